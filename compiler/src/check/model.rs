@@ -1,0 +1,290 @@
+//! The `model` section → [`Model`], with resource limits, and the `train`
+//! section → [`Train`].
+
+use super::expr;
+use super::sections::{duplicate, flatten, unknown_setting, Flat};
+use crate::diag::{Code, Diagnostic};
+use crate::graph::{Init, Mask, Model, Norm, Positions, Scalar, Train, TrainValue};
+use crate::span::Span;
+use crate::syntax::ast::{Expr, Ident, Section};
+
+/// Resource limits: a model above any of these is an error, never an
+/// allocation.
+pub mod limits {
+    pub const DEPTH: u64 = 4096;
+    pub const WIDTH: u64 = 65_536;
+    pub const HEADS: u64 = 4096;
+    pub const CONTEXT: u64 = 131_072;
+    pub const VOCAB: u64 = 4_194_304;
+    /// Total parameters (10¹²).
+    pub const PARAMS: u128 = 1_000_000_000_000;
+}
+
+const MODEL_KEYS: &[&str] =
+    &["block", "depth", "width", "heads", "context", "vocab", "mask", "positions", "final_norm", "tied_embeddings", "embed_init"];
+
+/// The settings of a section as a list of (name, value); reports
+/// duplicates, unknown keys, params and layer overrides.
+fn plain<'a>(s: &'a Section, known: &[&str], diags: &mut Vec<Diagnostic>) -> Vec<(&'a Ident, &'a Expr)> {
+    let kw = s.kind.keyword();
+    let mut out: Vec<(&Ident, &Expr)> = Vec::new();
+    for st in &s.body {
+        if let crate::syntax::ast::Stmt::Layer(l) = st {
+            diags.push(
+                Diagnostic::new(Code::E2020, l.span, format!("a `{kw}` section has no layer overrides"))
+                    .label("not allowed here")
+                    .help("put per-layer changes in the block or in an `attention`/`mlp` section"),
+            );
+        }
+    }
+    for f in flatten(&s.body, &[], &mut Vec::new()) {
+        match f {
+            Flat::Param(p) => diags.push(
+                Diagnostic::new(Code::E2008, p.span, format!("a `{kw}` section has no params"))
+                    .label("param here")
+                    .help("declare gains in a block or an attention section"),
+            ),
+            Flat::Assign(n, v, _) => {
+                if let Some((first, _)) = out.iter().find(|(k, _)| k.name == n.name) {
+                    diags.push(duplicate(n, first.span, "setting"));
+                } else if !known.contains(&n.name.as_str()) {
+                    diags.push(unknown_setting(n, known, kw));
+                } else {
+                    out.push((n, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A model's settings; `block` is resolved by the caller.
+pub struct ModelSettings<'a> {
+    pub block: Option<&'a Ident>,
+    pub model: Model,
+}
+
+pub fn header(s: &Section) -> Span {
+    Span { end: s.span.start + s.kind.keyword().len() as u32, ..s.span }
+}
+
+/// Resolves a `model` section; `None` if a required setting is missing or
+/// invalid (each problem reported).
+pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSettings<'a>> {
+    use limits::*;
+    let settings = plain(s, MODEL_KEYS, diags);
+    let get = |k: &str| settings.iter().find(|(n, _)| n.name == k).map(|(_, v)| *v);
+    let mut missing = Vec::new();
+    let mut int = |k: &str, min: u64, max: u64, diags: &mut Vec<Diagnostic>| match get(k) {
+        Some(v) => expr::integer(v, k, min, max, true, diags),
+        None => {
+            missing.push(k.to_string());
+            None
+        }
+    };
+    let depth = int("depth", 1, DEPTH, diags);
+    let width = int("width", 1, WIDTH, diags);
+    let heads = int("heads", 1, HEADS, diags);
+    let vocab = int("vocab", 2, VOCAB, diags);
+    let context = match get("context") {
+        Some(v) => expr::integer(v, "context", 1, CONTEXT, true, diags),
+        None => Some(128),
+    };
+    let block = match get("block") {
+        Some(Expr::Name(n)) => Some(n),
+        Some(other) => {
+            diags.push(expr::invalid(other.span(), "block", "the name of a block"));
+            None
+        }
+        None => {
+            missing.push("block".into());
+            None
+        }
+    };
+    if !missing.is_empty() {
+        diags.push(
+            Diagnostic::new(Code::E2017, header(s), format!("model is missing {}", expr::list(&missing)))
+                .label("incomplete model")
+                .help(format!("add {} to the model", missing.iter().map(|m| format!("`{m} = …`")).collect::<Vec<_>>().join(", "))),
+        );
+    }
+    let (depth, width, heads, context, vocab) = (depth?, width?, heads?, context?, vocab?);
+    if heads > width || width % heads != 0 {
+        let span = get("heads").map_or(header(s), Expr::span);
+        diags.push(
+            Diagnostic::new(Code::E2013, span, format!("{heads} heads do not divide the width {width}"))
+                .label(format!("{width} / {heads} is not a whole number"))
+                .help(format!("pick a head count that divides {width}, e.g. {}", divisor_near(width, heads))),
+        );
+        return None;
+    }
+    let mask = match get("mask") {
+        Some(v) => match expr::keyword(v, "mask", &["causal", "bidirectional"], diags)? {
+            "causal" => Mask::Causal,
+            _ => Mask::Bidirectional,
+        },
+        None => Mask::Causal,
+    };
+    let positions = match get("positions") {
+        Some(v) => positions(v, context, diags)?,
+        None => Positions::Learned { max: context },
+    };
+    let final_norm = match get("final_norm") {
+        Some(v) => final_norm(v, diags)?,
+        None => Some(Norm { kind: crate::graph::NormKind::LayerNorm, eps: super::block::DEFAULT_EPS }),
+    };
+    let tied_embeddings = match get("tied_embeddings") {
+        Some(v) => expr::boolean(v, "tied_embeddings", diags)?,
+        None => true,
+    };
+    let embed_init = match get("embed_init") {
+        Some(v) => expr::init(v, "embed_init", diags)?,
+        None => Init::Normal { std: Scalar::Const(0.02) },
+    };
+    let spans = settings.iter().map(|(n, v)| (n.name.clone(), n.span.to(v.span()))).collect();
+    let model = Model {
+        name: s.name.as_ref().map(|n| n.name.clone()),
+        block: usize::MAX,
+        depth,
+        width,
+        heads,
+        context,
+        vocab,
+        mask,
+        positions,
+        final_norm,
+        tied_embeddings,
+        embed_init,
+        spans,
+        span: s.span,
+    };
+    Some(ModelSettings { block, model })
+}
+
+fn divisor_near(width: u64, heads: u64) -> u64 {
+    (1..=width.min(heads.max(1) * 2)).rev().find(|h| width % h == 0 && *h <= heads.max(1)).unwrap_or(1)
+}
+
+fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Positions> {
+    if let Expr::Call { callee, args, span } = v {
+        if callee.name == "learned" {
+            if args.len() != 1 || args[0].name.as_ref().is_some_and(|n| n.name != "max") {
+                diags.push(expr::arity(*span, "learned", 1, args.len()));
+                return None;
+            }
+            let max = expr::integer(&args[0].value, "max", 1, limits::CONTEXT * 8, true, diags)?;
+            if max < context {
+                diags.push(expr::out_of_range(args[0].value.span(), "max", max as f64, &format!("at least the context ({context})")));
+                return None;
+            }
+            return Some(Positions::Learned { max });
+        }
+    }
+    Some(match expr::keyword(v, "positions", &["learned", "sinusoidal", "none"], diags)? {
+        "learned" => Positions::Learned { max: context },
+        "sinusoidal" => Positions::Sinusoidal,
+        _ => Positions::None,
+    })
+}
+
+fn final_norm(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<Norm>> {
+    let (name, args) = match v {
+        Expr::Call { callee, args, .. } => (callee, args.as_slice()),
+        Expr::Name(n) => (n, &[][..]),
+        _ => {
+            diags.push(expr::invalid(v.span(), "final_norm", "`rmsnorm`, `layernorm` or `none`"));
+            return None;
+        }
+    };
+    let k = expr::keyword(&Expr::Name(name.clone()), "final_norm", &["rmsnorm", "layernorm", "none"], diags)?;
+    let Some(kind) = super::sections::norm_kind(k) else { return Some(None) };
+    let mut eps = super::block::DEFAULT_EPS;
+    for a in args {
+        match &a.name {
+            Some(n) if n.name == "eps" => {
+                eps = expr::number(&a.value, "eps", diags)?;
+                if !(eps > 0.0 && eps < 1.0) {
+                    diags.push(expr::out_of_range(a.value.span(), "eps", eps, "between 0 and 1 (exclusive)"));
+                    return None;
+                }
+            }
+            _ => {
+                diags.push(expr::invalid(a.value.span(), "final_norm", "only `eps = …` as argument"));
+                return None;
+            }
+        }
+    }
+    Some(Some(Norm { kind, eps }))
+}
+
+/// What a training setting accepts.
+enum Kind {
+    Int(u64, u64),
+    /// A number in `lo..=hi`, `lo` excluded when the flag is set.
+    Float(f64, f64, bool),
+    Choice(&'static [&'static str]),
+    Text,
+}
+
+const TRAIN_KEYS: &[(&str, Kind)] = &[
+    ("data", Kind::Text),
+    ("tokenizer", Kind::Choice(&["bpe", "bytes"])),
+    ("batch", Kind::Int(1, 1 << 20)),
+    ("micro_batch", Kind::Int(1, 1 << 16)),
+    ("steps", Kind::Int(1, 1_000_000_000)),
+    ("lr", Kind::Float(0.0, 10.0, true)),
+    ("warmup", Kind::Float(0.0, 1.0, false)),
+    ("schedule", Kind::Choice(&["linear", "cosine", "constant"])),
+    ("optimizer", Kind::Choice(&["adamw", "adam", "sgd"])),
+    ("beta1", Kind::Float(0.0, 0.999_999, false)),
+    ("beta2", Kind::Float(0.0, 0.999_999_9, false)),
+    ("adam_eps", Kind::Float(0.0, 1.0, true)),
+    ("weight_decay", Kind::Float(0.0, 10.0, false)),
+    ("clip", Kind::Float(0.0, 1e6, false)),
+    ("eval_every", Kind::Int(1, 1_000_000_000)),
+    ("eval_batches", Kind::Int(1, 1_000_000)),
+    ("checkpoint_every", Kind::Int(1, 1_000_000_000)),
+    ("log_every", Kind::Int(1, 1_000_000_000)),
+    ("seed", Kind::Int(0, u32::MAX as u64)),
+    ("val_fraction", Kind::Float(0.0, 0.5, true)),
+    ("mask_rate", Kind::Float(0.0, 1.0, true)),
+    ("device", Kind::Choice(&["cpu", "cuda"])),
+];
+
+/// Resolves the `train` sections (used files first; a later setting
+/// replaces an earlier one of the same name): every key known, every value
+/// of its kind.
+pub fn train(sections: &[&Section], diags: &mut Vec<Diagnostic>) -> Train {
+    let keys: Vec<&str> = TRAIN_KEYS.iter().map(|(k, _)| *k).collect();
+    let mut settings: Vec<(String, TrainValue, Span)> = Vec::new();
+    let all = sections.iter().flat_map(|s| plain(s, &keys, diags));
+    for (n, v) in all.collect::<Vec<_>>() {
+        let Some((_, kind)) = TRAIN_KEYS.iter().find(|(k, _)| *k == n.name) else { continue };
+        let key = n.name.as_str();
+        let value = match kind {
+            Kind::Int(lo, hi) => expr::integer(v, key, *lo, *hi, false, diags).map(|i| TrainValue::Number(i as f64)),
+            Kind::Float(lo, hi, open) => expr::number(v, key, diags).and_then(|x| {
+                let ok = if *open { x > *lo } else { x >= *lo } && x <= *hi;
+                if !ok {
+                    let low = if *open { "above" } else { "at least" };
+                    diags.push(expr::out_of_range(v.span(), key, x, &format!("{low} {lo} and at most {hi}")));
+                }
+                ok.then_some(TrainValue::Number(x))
+            }),
+            Kind::Choice(c) => expr::keyword(v, key, c, diags).map(|k| TrainValue::Text(k.to_string())),
+            Kind::Text => match v {
+                Expr::String(s) => Some(TrainValue::Text(s.value.clone())),
+                other => {
+                    diags.push(expr::invalid(other.span(), key, "a string, e.g. \"python-stdlib\" or \"data/*.txt\""));
+                    None
+                }
+            },
+        };
+        if let Some(value) = value {
+            settings.retain(|(k, _, _)| *k != n.name);
+            settings.push((n.name.clone(), value, n.span.to(v.span())));
+        }
+    }
+    let span = sections.last().map_or_else(Span::default, |s| s.span);
+    Train { settings, span }
+}

@@ -1,0 +1,464 @@
+//! The block-graph IR: what later stages (signal analysis, lowering,
+//! parameter counting) consume.
+//!
+//! A [`BlockIr`] holds one resolved [`Graph`] for its ordinary layers and
+//! one per `layer` override; [`BlockIr::graph_at`] picks the graph of a
+//! given layer. A graph is a list of nodes in topological order (inputs
+//! before their users), each with the span it came from, so diagnostics of
+//! later stages point back into the source. Gains stay symbolic
+//! ([`Scalar`]) because they may depend on `depth` or `layer`; see
+//! [`crate::eval`].
+
+pub mod params;
+pub mod render;
+
+use serde::Serialize;
+
+use crate::span::Span;
+use crate::syntax::ast::{BinOp, LayerSelector};
+
+/// Index of a node in [`Graph::nodes`].
+pub type NodeId = usize;
+
+/// A whole checked program: every block, and the model and training
+/// settings if the files declare them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Program {
+    pub blocks: Vec<BlockIr>,
+    pub model: Option<Model>,
+    pub train: Option<Train>,
+}
+
+impl Program {
+    pub fn block(&self, name: &str) -> Option<&BlockIr> {
+        self.blocks.iter().find(|b| b.name == name)
+    }
+}
+
+/// A block with its per-layer variants.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockIr {
+    pub name: String,
+    pub span: Span,
+    /// The graph of every layer without an override.
+    pub base: Graph,
+    /// Every layer selector used by the block's overrides and by those of
+    /// the sections it calls, sorted.
+    pub selectors: Vec<LayerSelector>,
+    /// One graph per distinct set of matching selectors.
+    pub overrides: Vec<LayerGraph>,
+}
+
+/// The graph of the layers matched by exactly the selectors `layers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerGraph {
+    pub layers: Vec<LayerSelector>,
+    pub graph: Graph,
+    pub span: Span,
+}
+
+/// Whether `sel` picks layer `layer` (0-based) of a `depth`-layer stack.
+pub fn selects(sel: LayerSelector, layer: u64, depth: u64) -> bool {
+    match sel {
+        LayerSelector::First => layer == 0,
+        LayerSelector::Last => layer + 1 == depth,
+        LayerSelector::Index(i) => i == layer,
+    }
+}
+
+impl BlockIr {
+    /// The graph of layer `layer` (0-based) in a stack of `depth`.
+    pub fn graph_at(&self, layer: u64, depth: u64) -> &Graph {
+        let matched: Vec<LayerSelector> =
+            self.selectors.iter().copied().filter(|s| selects(*s, layer, depth)).collect();
+        if matched.is_empty() {
+            return &self.base;
+        }
+        self.overrides.iter().find(|o| o.layers == matched).map_or(&self.base, |o| &o.graph)
+    }
+
+    /// Every graph of the block: the base, then one per layer class.
+    pub fn graphs(&self) -> impl Iterator<Item = &Graph> {
+        std::iter::once(&self.base).chain(self.overrides.iter().map(|o| &o.graph))
+    }
+}
+
+/// A resolved block graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    /// Block-level gains, referred to by [`Scalar::Param`].
+    pub params: Vec<ParamDef>,
+    pub out: NodeId,
+}
+
+/// One node: an operation, the binding name it was given (if any) and the
+/// source it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub op: Op,
+    pub name: Option<String>,
+    pub span: Span,
+}
+
+/// Operations of the block graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Op {
+    /// The block input `x`.
+    Input,
+    Norm { norm: Norm, input: NodeId },
+    Attention { spec: Box<AttentionSpec>, input: NodeId },
+    Mlp { spec: MlpSpec, input: NodeId },
+    /// A weighted sum `Σ gain·input` (skips, branch gains, parallel sums).
+    Sum { terms: Vec<Term> },
+}
+
+impl Op {
+    pub fn inputs(&self) -> Vec<NodeId> {
+        match self {
+            Op::Input => Vec::new(),
+            Op::Norm { input, .. } | Op::Attention { input, .. } | Op::Mlp { input, .. } => vec![*input],
+            Op::Sum { terms } => terms.iter().map(|t| t.input).collect(),
+        }
+    }
+}
+
+/// One weighted input of a [`Op::Sum`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Term {
+    pub gain: Scalar,
+    pub input: NodeId,
+}
+
+/// Normalisation kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    RmsNorm,
+    LayerNorm,
+}
+
+impl NormKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            NormKind::RmsNorm => "rmsnorm",
+            NormKind::LayerNorm => "layernorm",
+        }
+    }
+}
+
+/// A normalisation layer: kind and epsilon. Scale (and, for LayerNorm,
+/// bias) are trainable, initialised to 1 and 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub eps: f64,
+}
+
+/// A scalar gain, symbolic until evaluated with [`crate::eval::Env`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Scalar {
+    Const(f64),
+    /// A param of the enclosing scope (block params for block gains, the
+    /// attention's own params inside an [`AttentionSpec`]).
+    Param(usize),
+    Var(Var),
+    Neg(Box<Scalar>),
+    Bin(BinOp, Box<Scalar>, Box<Scalar>),
+    Call(Func, Vec<Scalar>),
+}
+
+impl Scalar {
+    pub fn one() -> Scalar {
+        Scalar::Const(1.0)
+    }
+
+    /// `self * other`, folding constants.
+    pub fn times(self, other: Scalar) -> Scalar {
+        match (self, other) {
+            (Scalar::Const(a), Scalar::Const(b)) => Scalar::Const(a * b),
+            (Scalar::Const(a), s) | (s, Scalar::Const(a)) if a == 1.0 => s,
+            (a, b) => Scalar::Bin(BinOp::Mul, Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// `-self`, folding constants.
+    pub fn negate(self) -> Scalar {
+        match self {
+            Scalar::Const(a) => Scalar::Const(-a),
+            Scalar::Neg(s) => *s,
+            s => Scalar::Neg(Box::new(s)),
+        }
+    }
+
+    /// The constant value, if the scalar has no variables or params.
+    pub fn as_const(&self) -> Option<f64> {
+        match self {
+            Scalar::Const(c) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+/// Variables a gain may depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Var {
+    Depth,
+    Width,
+    Heads,
+    /// 0-based index of the layer.
+    Layer,
+}
+
+impl Var {
+    pub const ALL: [Var; 4] = [Var::Depth, Var::Width, Var::Heads, Var::Layer];
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Var::Depth => "depth",
+            Var::Width => "width",
+            Var::Heads => "heads",
+            Var::Layer => "layer",
+        }
+    }
+}
+
+/// Scalar functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Func {
+    Sqrt,
+    Exp,
+    Log,
+    Abs,
+    Min,
+    Max,
+}
+
+impl Func {
+    pub const ALL: [Func; 6] = [Func::Sqrt, Func::Exp, Func::Log, Func::Abs, Func::Min, Func::Max];
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Func::Sqrt => "sqrt",
+            Func::Exp => "exp",
+            Func::Log => "log",
+            Func::Abs => "abs",
+            Func::Min => "min",
+            Func::Max => "max",
+        }
+    }
+
+    pub fn arity(self) -> usize {
+        match self {
+            Func::Min | Func::Max => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A named scalar gain with its initial value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamDef {
+    pub name: String,
+    /// Initial value; may use `depth`, `width`, `heads` and `layer`.
+    pub init: Scalar,
+    pub trainable: bool,
+    /// One value per attention head.
+    pub per_head: bool,
+    pub span: Span,
+}
+
+/// How a weight matrix is initialised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    Zeros,
+    Identity,
+    /// Haar-random orthogonal, times `gain`.
+    Orthogonal { gain: Scalar },
+    /// N(0, std²) with an absolute std (the paper's 0.02).
+    Normal { std: Scalar },
+    /// N(0, gain²/fan_in).
+    FanIn { gain: Scalar },
+}
+
+/// A value or projection map.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Linear {
+    /// No parameter and no matmul.
+    Identity,
+    /// A trainable weight with the given init.
+    Dense { init: Init, bias: bool },
+    /// `skip·W_init + resid·ΔW` (He & Hofmann Eq. 6): W_init fixed, ΔW
+    /// trainable and zero at init; `skip` and `resid` trainable iff
+    /// `trainable`.
+    Reparam { skip: Scalar, resid: Scalar, init: Init, trainable: bool },
+}
+
+/// A term of the attention matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatrixTerm {
+    /// The identity I_T.
+    Identity,
+    /// softmax(QKᵀ/√d_k + M).
+    Softmax,
+    /// The softmax at zero logits under the mask (C).
+    Centre,
+}
+
+impl MatrixTerm {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            MatrixTerm::Identity => "I",
+            MatrixTerm::Softmax => "softmax",
+            MatrixTerm::Centre => "centre",
+        }
+    }
+}
+
+/// A resolved attention sub-block.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttentionSpec {
+    /// The `attention` section it came from, if any.
+    pub config: Option<String>,
+    /// Per-head dimension; `None` means `width / heads`.
+    pub head_dim: Option<u64>,
+    pub query: Init,
+    pub key: Init,
+    /// Biases on queries and keys (zero-initialised, trainable).
+    pub qk_bias: bool,
+    pub value: Linear,
+    pub proj: Linear,
+    /// The attention matrix as `Σ coefficient · term`.
+    pub matrix: Vec<(Scalar, MatrixTerm)>,
+    /// The section's gains (α, β, γ, …), referred to by the matrix.
+    pub params: Vec<ParamDef>,
+    pub qk_norm: Option<NormKind>,
+    /// `cap · tanh(logits / cap)` before the mask.
+    pub softcap: Option<f64>,
+}
+
+impl AttentionSpec {
+    pub fn uses(&self, term: MatrixTerm) -> bool {
+        self.matrix.iter().any(|(_, t)| *t == term)
+    }
+}
+
+/// MLP activations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    LeakyRelu { slope: f64 },
+    Gelu,
+    GeluTanh,
+    Silu,
+    Tanh,
+    Erf,
+    Identity,
+}
+
+/// A resolved MLP sub-block: `down(act(up(x)))`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MlpSpec {
+    pub config: Option<String>,
+    pub activation: Activation,
+    /// Hidden width as a multiple of the model width.
+    pub width: f64,
+    pub bias: bool,
+    pub up: Init,
+    pub down: Init,
+}
+
+/// Attention masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mask {
+    Causal,
+    Bidirectional,
+}
+
+/// Position encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    None,
+    /// A learned table with `max` rows.
+    Learned { max: u64 },
+    Sinusoidal,
+}
+
+/// A model: embedding, `depth` copies of a block, final norm, LM head.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Model {
+    pub name: Option<String>,
+    /// Index into [`Program::blocks`].
+    pub block: usize,
+    pub depth: u64,
+    pub width: u64,
+    pub heads: u64,
+    pub context: u64,
+    pub vocab: u64,
+    pub mask: Mask,
+    pub positions: Positions,
+    pub final_norm: Option<Norm>,
+    pub tied_embeddings: bool,
+    pub embed_init: Init,
+    /// Where each setting was written, for later diagnostics.
+    pub spans: Vec<(String, Span)>,
+    pub span: Span,
+}
+
+impl Model {
+    /// The small CPU model of `examples/small/` around block `block`: where
+    /// a bare block is counted, checked and benchmarked (6 blocks, width
+    /// 256, 4 heads, context 128, vocab 4096, learned positions, final
+    /// LayerNorm, tied embeddings).
+    pub fn small(block: usize) -> Model {
+        Model {
+            name: None,
+            block,
+            depth: 6,
+            width: 256,
+            heads: 4,
+            context: 128,
+            vocab: 4096,
+            mask: Mask::Causal,
+            positions: Positions::Learned { max: 128 },
+            final_norm: Some(Norm { kind: NormKind::LayerNorm, eps: 1e-5 }),
+            tied_embeddings: true,
+            embed_init: Init::Normal { std: Scalar::Const(0.02) },
+            spans: Vec::new(),
+            span: Span::default(),
+        }
+    }
+
+    pub fn span_of(&self, key: &str) -> Span {
+        self.spans.iter().find(|(k, _)| k == key).map_or(self.span, |(_, s)| *s)
+    }
+}
+
+/// Training settings as written (defaults are applied by the runtime).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Train {
+    pub settings: Vec<(String, TrainValue, Span)>,
+    pub span: Span,
+}
+
+impl Train {
+    pub fn get(&self, key: &str) -> Option<&TrainValue> {
+        self.settings.iter().find(|(k, _, _)| k == key).map(|(_, v, _)| v)
+    }
+}
+
+/// A checked training setting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TrainValue {
+    Number(f64),
+    Text(String),
+}

@@ -1,0 +1,123 @@
+//! Parameter counts computed from the graph (no tensors allocated).
+//!
+//! Convention (docs/language.md): every trainable tensor or gain is
+//! counted, frozen values are not — reparameterised `W_init` matrices are
+//! saved with the model but are not parameters, and absent biases are
+//! absent (the reference code keeps frozen zero biases, which add 0.06 % at
+//! CodeParrot size). Q/K are counted only when the matrix uses `softmax`;
+//! an identity value or projection has no parameters.
+
+use serde::Serialize;
+
+use super::{AttentionSpec, BlockIr, Graph, Linear, MatrixTerm, Model, NormKind, Op, ParamDef, Positions};
+
+/// Parameters per component and in total.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Count {
+    pub embedding: u128,
+    pub positions: u128,
+    pub attention_qk: u128,
+    pub attention_value_proj: u128,
+    pub attention_gains: u128,
+    pub mlp: u128,
+    pub norms: u128,
+    pub block_gains: u128,
+    pub final_norm: u128,
+    pub lm_head: u128,
+    pub total: u128,
+}
+
+impl Count {
+    /// (component, count) pairs in display order.
+    pub fn components(&self) -> [(&'static str, u128); 10] {
+        [
+            ("embedding", self.embedding),
+            ("positions", self.positions),
+            ("attention q/k", self.attention_qk),
+            ("attention value/proj", self.attention_value_proj),
+            ("attention gains", self.attention_gains),
+            ("mlp", self.mlp),
+            ("norms", self.norms),
+            ("block gains", self.block_gains),
+            ("final norm", self.final_norm),
+            ("lm head", self.lm_head),
+        ]
+    }
+}
+
+/// Counts the parameters of `model` built from `block`.
+pub fn count(model: &Model, block: &BlockIr) -> Count {
+    let (d, v) = (model.width as u128, model.vocab as u128);
+    let mut c = Count { embedding: v * d, ..Count::default() };
+    c.positions = match model.positions {
+        Positions::Learned { max } => max as u128 * d,
+        Positions::None | Positions::Sinusoidal => 0,
+    };
+    for layer in 0..model.depth {
+        add_graph(&mut c, block.graph_at(layer, model.depth), model);
+    }
+    c.final_norm = model.final_norm.map_or(0, |n| norm(n.kind, d));
+    c.lm_head = if model.tied_embeddings { 0 } else { v * d };
+    c.total = c.components().iter().map(|(_, n)| n).sum();
+    c
+}
+
+fn norm(kind: NormKind, d: u128) -> u128 {
+    match kind {
+        NormKind::RmsNorm => d,
+        NormKind::LayerNorm => 2 * d,
+    }
+}
+
+fn gains(ps: &[ParamDef], heads: u128) -> u128 {
+    ps.iter().filter(|p| p.trainable).map(|p| if p.per_head { heads } else { 1 }).sum()
+}
+
+fn add_graph(c: &mut Count, g: &Graph, m: &Model) {
+    let d = m.width as u128;
+    c.block_gains += gains(&g.params, m.heads as u128);
+    for n in &g.nodes {
+        match &n.op {
+            Op::Norm { norm: nm, .. } => c.norms += norm(nm.kind, d),
+            Op::Attention { spec, .. } => add_attention(c, spec, m),
+            Op::Mlp { spec, .. } => {
+                let h = hidden(d, spec.width);
+                c.mlp += 2 * d * h + if spec.bias { h + d } else { 0 };
+            }
+            Op::Input | Op::Sum { .. } => {}
+        }
+    }
+}
+
+/// The MLP hidden width: ⌊width · multiple⌋, at least 1 (as `int(d·mult)`
+/// in the reference code).
+pub fn hidden(d: u128, mult: f64) -> u128 {
+    ((d as f64 * mult).floor() as u128).max(1)
+}
+
+fn add_attention(c: &mut Count, spec: &AttentionSpec, m: &Model) {
+    let (d, h) = (m.width as u128, m.heads as u128);
+    let inner = h * spec.head_dim.map_or(d / h, u128::from);
+    if spec.uses(MatrixTerm::Softmax) {
+        c.attention_qk += 2 * (d * inner + if spec.qk_bias { inner } else { 0 });
+        let hd = inner / h;
+        c.attention_qk += spec.qk_norm.map_or(0, |k| 2 * norm(k, hd));
+    }
+    c.attention_value_proj += linear(&spec.value, inner, d) + linear(&spec.proj, d, inner);
+    c.attention_gains += gains(&spec.params, h) + reparam_gains(&spec.value) + reparam_gains(&spec.proj);
+}
+
+fn linear(l: &Linear, out: u128, inp: u128) -> u128 {
+    match l {
+        Linear::Identity => 0,
+        Linear::Dense { bias, .. } => inp * out + if *bias { out } else { 0 },
+        Linear::Reparam { .. } => inp * out,
+    }
+}
+
+fn reparam_gains(l: &Linear) -> u128 {
+    match l {
+        Linear::Reparam { trainable: true, .. } => 2,
+        _ => 0,
+    }
+}

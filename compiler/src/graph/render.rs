@@ -1,0 +1,208 @@
+//! Block graphs as Graphviz DOT or Mermaid, so a reader sees the residual
+//! trunk (input and sums, skip edges drawn bold), the branches, where each
+//! norm sits and the gain on every edge.
+
+use std::fmt::Write;
+
+use super::{AttentionSpec, Graph, Init, Linear, MlpSpec, Node, Op, ParamDef, Scalar};
+use crate::syntax::ast::BinOp;
+
+/// Output formats of [`render`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Dot,
+    Mermaid,
+}
+
+/// Renders `g` under the title `name`.
+pub fn render(g: &Graph, name: &str, format: Format) -> String {
+    match format {
+        Format::Dot => dot(g, name),
+        Format::Mermaid => mermaid(g),
+    }
+}
+
+/// Whether a node is part of the residual trunk (input or a sum).
+fn trunk(n: &Node) -> bool {
+    matches!(n.op, Op::Input | Op::Sum { .. })
+}
+
+/// Edges `(from, to, gain label)`.
+fn edges(g: &Graph) -> Vec<(usize, usize, Option<String>)> {
+    let mut out = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        match &n.op {
+            Op::Sum { terms } => {
+                for t in terms {
+                    out.push((t.input, i, Some(scalar(&t.gain, &g.params))));
+                }
+            }
+            op => out.extend(op.inputs().into_iter().map(|j| (j, i, None))),
+        }
+    }
+    out
+}
+
+fn label(n: &Node, g: &Graph, i: usize) -> Vec<String> {
+    let mut lines = match &n.op {
+        Op::Input => vec!["x".to_string()],
+        Op::Norm { norm, .. } => vec![format!("{} (eps {})", norm.kind.keyword(), norm.eps)],
+        Op::Attention { spec, .. } => attention(spec),
+        Op::Mlp { spec, .. } => mlp(spec),
+        Op::Sum { .. } => vec!["+".to_string()],
+    };
+    if let Some(name) = n.name.as_ref().filter(|_| !matches!(n.op, Op::Input)) {
+        lines[0] = format!("{name} = {}", lines[0]);
+    }
+    if i == g.out && n.name.as_deref() != Some("out") {
+        lines[0] = format!("out = {}", lines[0]);
+    }
+    lines
+}
+
+fn attention(s: &AttentionSpec) -> Vec<String> {
+    let head = match &s.config {
+        Some(c) => format!("attn {c}"),
+        None => "attn".to_string(),
+    };
+    let matrix: Vec<String> = s
+        .matrix
+        .iter()
+        .map(|(c, t)| match c {
+            Scalar::Const(v) if *v == 1.0 => t.keyword().to_string(),
+            c => format!("{}·{}", scalar(c, &s.params), t.keyword()),
+        })
+        .collect();
+    vec![
+        head,
+        format!("Q {} · K {}", init(&s.query), init(&s.key)),
+        format!("V {} · P {}", linear(&s.value, &s.params), linear(&s.proj, &s.params)),
+        format!("A = {}", matrix.join(" + ")),
+    ]
+}
+
+fn mlp(s: &MlpSpec) -> Vec<String> {
+    let head = match &s.config {
+        Some(c) => format!("mlp {c}"),
+        None => "mlp".to_string(),
+    };
+    vec![head, format!("{:?} · {}× · up {} · down {}", s.activation, s.width, init(&s.up), init(&s.down))]
+}
+
+fn init(i: &Init) -> String {
+    match i {
+        Init::Zeros => "zeros".into(),
+        Init::Identity => "identity".into(),
+        Init::Orthogonal { gain } => format!("orthogonal({})", scalar(gain, &[])),
+        Init::Normal { std } => format!("normal({})", scalar(std, &[])),
+        Init::FanIn { gain } => format!("fan_in({})", scalar(gain, &[])),
+    }
+}
+
+fn linear(l: &Linear, ps: &[ParamDef]) -> String {
+    match l {
+        Linear::Identity => "identity".into(),
+        Linear::Dense { init: i, .. } => format!("linear({})", init(i)),
+        Linear::Reparam { skip, resid, init: i, .. } => {
+            format!("reparam({}·{} + {}·ΔW)", scalar(skip, ps), init(i), scalar(resid, ps))
+        }
+    }
+}
+
+/// A gain as text, with param names.
+pub fn scalar(s: &Scalar, ps: &[ParamDef]) -> String {
+    match s {
+        Scalar::Const(v) => format!("{v}"),
+        Scalar::Param(i) => ps.get(*i).map_or_else(|| format!("p{i}"), |p| p.name.clone()),
+        Scalar::Var(v) => v.keyword().to_string(),
+        Scalar::Neg(a) => format!("-{}", scalar(a, ps)),
+        Scalar::Bin(op, a, b) => {
+            let wrap = |x: &Scalar| match x {
+                Scalar::Bin(inner, ..) if prec(*inner) < prec(*op) => format!("({})", scalar(x, ps)),
+                _ => scalar(x, ps),
+            };
+            let sym = if *op == BinOp::Mul { "·" } else { op.symbol() };
+            format!("{}{}{}", wrap(a), sym, wrap(b))
+        }
+        Scalar::Call(f, args) => {
+            let a: Vec<String> = args.iter().map(|x| scalar(x, ps)).collect();
+            format!("{}({})", f.keyword(), a.join(", "))
+        }
+    }
+}
+
+fn prec(op: BinOp) -> u8 {
+    op.precedence()
+}
+
+fn dot(g: &Graph, name: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "digraph \"{}\" {{", esc(name));
+    let _ = writeln!(s, "  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=11];\n  edge [fontname=\"Helvetica\", fontsize=10];");
+    for (i, n) in g.nodes.iter().enumerate() {
+        let text = label(n, g, i).iter().map(|l| esc(l)).collect::<Vec<_>>().join("\\n");
+        let style = match n.op {
+            Op::Input => "shape=ellipse, style=filled, fillcolor=\"#dddddd\"",
+            Op::Sum { .. } => "shape=circle, style=filled, fillcolor=\"#dddddd\"",
+            Op::Norm { .. } => "shape=box, style=\"rounded,filled\", fillcolor=\"#ffe9a8\"",
+            Op::Attention { .. } => "shape=box, style=filled, fillcolor=\"#b8d8ff\"",
+            Op::Mlp { .. } => "shape=box, style=filled, fillcolor=\"#c8f0c0\"",
+        };
+        let out = if i == g.out { ", peripheries=2" } else { "" };
+        let _ = writeln!(s, "  n{i} [label=\"{text}\", {style}{out}];");
+    }
+    for (from, to, gain) in edges(g) {
+        let skip = trunk(&g.nodes[from]) && matches!(g.nodes[to].op, Op::Sum { .. });
+        let mut attrs = Vec::new();
+        if let Some(gain) = gain {
+            attrs.push(format!("label=\"{}\"", esc(&gain)));
+        }
+        if skip {
+            attrs.push("style=bold, color=\"#555555\"".into());
+        }
+        let _ = writeln!(s, "  n{from} -> n{to}{};", if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) });
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn mermaid(g: &Graph) -> String {
+    let mut s = String::from("flowchart TB\n");
+    for (i, n) in g.nodes.iter().enumerate() {
+        let text = label(n, g, i).iter().map(|l| l.replace('"', "'")).collect::<Vec<_>>().join("<br/>");
+        let shape = match n.op {
+            Op::Input => format!("n{i}([\"{text}\"])"),
+            Op::Sum { .. } => format!("n{i}((\"{text}\"))"),
+            Op::Norm { .. } => format!("n{i}(\"{text}\")"),
+            _ => format!("n{i}[\"{text}\"]"),
+        };
+        let _ = writeln!(s, "  {shape}");
+    }
+    for (from, to, gain) in edges(g) {
+        let skip = trunk(&g.nodes[from]) && matches!(g.nodes[to].op, Op::Sum { .. });
+        let arrow = if skip { "==>" } else { "-->" };
+        match gain {
+            Some(gain) => {
+                let _ = writeln!(s, "  n{from} {arrow}|\"{}\"| n{to}", gain.replace('"', "'"));
+            }
+            None => {
+                let _ = writeln!(s, "  n{from} {arrow} n{to}");
+            }
+        }
+    }
+    let _ = writeln!(s, "  classDef norm fill:#ffe9a8\n  classDef attn fill:#b8d8ff\n  classDef mlp fill:#c8f0c0");
+    for (i, n) in g.nodes.iter().enumerate() {
+        let class = match n.op {
+            Op::Norm { .. } => "norm",
+            Op::Attention { .. } => "attn",
+            Op::Mlp { .. } => "mlp",
+            _ => continue,
+        };
+        let _ = writeln!(s, "  class n{i} {class}");
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}

@@ -1,0 +1,55 @@
+#![doc = include_str!("../ARCHITECTURE.md")]
+
+pub mod check;
+pub mod diag;
+pub mod eval;
+pub mod graph;
+pub mod load;
+pub mod source;
+pub mod span;
+pub mod syntax;
+
+use std::path::Path;
+
+pub use diag::{Code, Diagnostic, Severity};
+pub use graph::Program;
+pub use source::{FsLoader, Loader, MemLoader, SourceMap};
+
+/// The result of compiling one root file.
+#[derive(Debug)]
+pub struct Compilation {
+    pub sources: SourceMap,
+    /// `Some` when no error was found.
+    pub program: Option<Program>,
+    /// Every diagnostic, sorted by position.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compilation {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// `load` → `parse` → `check`: the whole front end. `Err` only when the
+/// root file itself cannot be read (the reason, for the caller to show).
+pub fn compile(root: &Path, loader: &dyn Loader) -> Result<Compilation, String> {
+    let (loaded, mut diags) = load::load(root, loader)?;
+    let (program, check_diags) = check::check(&loaded.files);
+    diags.extend(check_diags);
+    let mut all = diag::Diagnostics::default();
+    all.extend(diags);
+    let diagnostics = all.sorted();
+    let program = program.filter(|_| !diagnostics.iter().any(Diagnostic::is_error));
+    Ok(Compilation { sources: loaded.sources, program, diagnostics })
+}
+
+/// Compiles one in-memory text (tests, fuzzing, editors).
+pub fn compile_str(name: &str, text: &str) -> Compilation {
+    let loader = MemLoader::default().with(name, text);
+    compile(Path::new(name), &loader).unwrap_or_else(|_| Compilation {
+        sources: SourceMap::default(),
+        program: None,
+        diagnostics: Vec::new(),
+    })
+}

@@ -1,0 +1,172 @@
+//! Syntax errors in human words.
+//!
+//! A delimiter and character pre-scan runs before pest, so unclosed braces,
+//! unterminated strings and stray characters are each reported at the place
+//! that caused them (pest would report where it gave up). pest's own error
+//! is translated so that a user never sees a grammar rule's name.
+
+use pest::error::{Error, ErrorVariant, InputLocation};
+
+use super::parse::{describe, GrammarRule as Rule};
+use crate::diag::{Code, Diagnostic};
+use crate::span::{FileId, Span};
+
+/// Most stray-character diagnostics reported for one file.
+const MAX_STRAY: usize = 20;
+
+/// Finds unterminated strings, unbalanced delimiters and characters that
+/// cannot start a token. Comments and strings are skipped.
+pub fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut stray = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => skip_line(&mut chars),
+            '"' => {
+                if let Err(end) = skip_string(&mut chars, text.len()) {
+                    diags.push(
+                        Diagnostic::new(Code::E1002, Span::new(file, i, end), "unterminated string")
+                            .label("this string has no closing `\"`")
+                            .help("close the string with `\"` on the same line"),
+                    );
+                }
+            }
+            '{' | '(' => open.push((c, i)),
+            '}' | ')' => close(file, &mut open, &mut diags, c, i),
+            c if c.is_ascii_alphanumeric() || c.is_whitespace() || "_=+-*/^,.".contains(c) => {}
+            c => {
+                stray += 1;
+                if stray <= MAX_STRAY {
+                    diags.push(stray_char(file, i, c));
+                }
+            }
+        }
+    }
+    for (c, i) in open {
+        let closer = if c == '{' { '}' } else { ')' };
+        diags.push(
+            Diagnostic::new(Code::E1003, Span::new(file, i, i + 1), format!("unclosed `{c}`"))
+                .label("opened here and never closed")
+                .help(format!("add the matching `{closer}`")),
+        );
+    }
+    diags
+}
+
+fn skip_line(chars: &mut std::iter::Peekable<std::str::CharIndices>) {
+    while chars.next_if(|&(_, c)| c != '\n').is_some() {}
+}
+
+/// Skips to the closing quote; on failure returns where the string ends.
+fn skip_string(chars: &mut std::iter::Peekable<std::str::CharIndices>, len: usize) -> Result<(), usize> {
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok(()),
+            '\\' => {
+                chars.next_if(|&(_, c)| c != '\n');
+            }
+            '\n' => return Err(i),
+            _ => {}
+        }
+    }
+    Err(len)
+}
+
+fn close(file: FileId, open: &mut Vec<(char, usize)>, diags: &mut Vec<Diagnostic>, c: char, i: usize) {
+    let want = if c == '}' { '{' } else { '(' };
+    match open.last() {
+        Some(&(o, _)) if o == want => {
+            open.pop();
+        }
+        Some(&(o, at)) => {
+            let closer = if o == '{' { '}' } else { ')' };
+            diags.push(
+                Diagnostic::new(Code::E1004, Span::new(file, i, i + 1), format!("mismatched `{c}`"))
+                    .label(format!("expected `{closer}` here"))
+                    .note(Span::new(file, at, at + 1), format!("this `{o}` is still open"))
+                    .help(format!("close the `{o}` with `{closer}` first")),
+            );
+            open.pop();
+        }
+        None => diags.push(
+            Diagnostic::new(Code::E1004, Span::new(file, i, i + 1), format!("unmatched `{c}`"))
+                .label("nothing is open here")
+                .help(format!("remove it, or add the `{want}` it closes")),
+        ),
+    }
+}
+
+fn stray_char(file: FileId, i: usize, c: char) -> Diagnostic {
+    let hint = match c {
+        ';' => "statements end at the end of the line; remove the `;`".to_string(),
+        ':' => "settings are written `name = value`".to_string(),
+        '[' | ']' => "lists are not part of the language; write one value".to_string(),
+        '\'' => "strings use double quotes: \"…\"".to_string(),
+        _ => "remove it; only names, numbers, strings and `{ } ( ) = + - * / ^ , .` are allowed".to_string(),
+    };
+    Diagnostic::new(Code::E1006, Span::new(file, i, i + c.len_utf8()), format!("unexpected character `{c}`"))
+        .label("not allowed here")
+        .help(hint)
+}
+
+/// Turns pest's error into a diagnostic with plain words.
+pub fn translate(file: FileId, text: &str, e: &Error<Rule>) -> Diagnostic {
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
+    let found = token_at(text, pos);
+    let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
+    let found_words = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let expected = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
+            let mut words: Vec<&str> = positives.iter().map(|r| describe(*r)).collect();
+            words.dedup();
+            words.sort_unstable();
+            words.dedup();
+            words.join(" or ")
+        }
+        _ => String::new(),
+    };
+    let message = if expected.is_empty() {
+        format!("unexpected {found_words}")
+    } else {
+        format!("expected {expected}, found {found_words}")
+    };
+    Diagnostic::new(Code::E1001, span, message)
+        .label(if expected.is_empty() { "not expected here".to_string() } else { format!("expected {expected}") })
+        .help(help_for(&expected, &found))
+}
+
+fn help_for(expected: &str, found: &str) -> String {
+    if expected.contains("expression") {
+        "give a value: a number, a name, a call like `rmsnorm(x)`, or arithmetic of these".into()
+    } else if expected.contains("item") {
+        "top-level items are `block NAME { … }`, `attention NAME { … }`, `mlp NAME { … }`, `model { … }`, `train { … }` and `use \"file.blk\"`".into()
+    } else if found == "=" {
+        "one statement per `name = value`; a setting cannot be chained".into()
+    } else {
+        "write one `name = value`, `param name = value` or `layer … { … }` per line".into()
+    }
+}
+
+/// The token starting at `pos`: a word, a number or one character.
+fn token_at(text: &str, pos: usize) -> &str {
+    let Some(rest) = text.get(pos..) else { return "" };
+    let word: usize = rest
+        .char_indices()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .map(|(_, c)| c.len_utf8())
+        .sum();
+    if word > 0 {
+        return &rest[..word];
+    }
+    match rest.chars().next() {
+        Some(c) if c.is_whitespace() => "",
+        Some(c) => &rest[..c.len_utf8()],
+        None => "",
+    }
+}

@@ -1,0 +1,303 @@
+//! pest parse tree → spanned AST, one function per grammar rule.
+
+use std::sync::LazyLock;
+
+use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser;
+use pest_derive::Parser;
+
+use super::ast::*;
+use super::errors;
+use crate::diag::{Code, Diagnostic};
+use crate::span::{FileId, Span};
+
+#[derive(Parser)]
+#[grammar = "../../grammar/blk.pest"]
+struct BlkParser;
+
+static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
+    PrattParser::new()
+        .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+        .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left))
+        .op(Op::prefix(Rule::neg))
+        .op(Op::infix(Rule::pow, Assoc::Right))
+});
+
+/// Deepest nesting of parentheses and calls accepted (keeps the recursive
+/// parser and every later pass well inside the stack).
+pub const MAX_NESTING: usize = 64;
+
+/// Parses one file. Syntax errors are translated into diagnostics; pest
+/// stops at the first one, so at most one syntax diagnostic comes back
+/// (plus any found by the delimiter pre-scan).
+pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
+    let pre = errors::prescan(file, text);
+    if !pre.is_empty() {
+        return Err(pre);
+    }
+    let mut pairs = BlkParser::parse(Rule::file, text)
+        .map_err(|e| vec![errors::translate(file, text, &e)])?;
+    let Some(root) = pairs.next() else {
+        return Ok(File { items: Vec::new() });
+    };
+    let mut cx = Cx { file, diags: Vec::new() };
+    let items = root
+        .into_inner()
+        .filter(|p| p.as_rule() != Rule::EOI)
+        .map(|p| cx.item(p))
+        .collect();
+    if cx.diags.is_empty() {
+        Ok(File { items })
+    } else {
+        Err(cx.diags)
+    }
+}
+
+struct Cx {
+    file: FileId,
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn item(&mut self, p: Pair<Rule>) -> Item {
+        match p.as_rule() {
+            Rule::use_item => Item::Use(self.use_item(p)),
+            Rule::block_item => Item::Block(self.block_item(p)),
+            _ => Item::Section(self.section_item(p)),
+        }
+    }
+
+    fn use_item(&mut self, p: Pair<Rule>) -> Use {
+        let span = self.span(&p);
+        let path = match p.into_inner().next() {
+            Some(s) => self.string(s),
+            None => StringLit { value: String::new(), span },
+        };
+        Use { path, span }
+    }
+
+    fn block_item(&mut self, p: Pair<Rule>) -> Block {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next());
+        let body = inner.map(|s| self.stmt(s)).collect();
+        Block { name, body, span }
+    }
+
+    fn section_item(&mut self, p: Pair<Rule>) -> Section {
+        let span = self.span(&p);
+        let mut inner = p.into_inner().peekable();
+        let kind = self.section_kind(inner.next());
+        let name = match inner.peek() {
+            Some(n) if n.as_rule() == Rule::ident => Some(self.ident(inner.next())),
+            _ => None,
+        };
+        let body = inner.map(|s| self.stmt(s)).collect();
+        Section { kind, name, body, span }
+    }
+
+    fn section_kind(&mut self, p: Option<Pair<Rule>>) -> SectionKind {
+        match p.as_ref().map(Pair::as_str) {
+            Some("attention") => SectionKind::Attention,
+            Some("mlp") => SectionKind::Mlp,
+            Some("model") => SectionKind::Model,
+            _ => SectionKind::Train,
+        }
+    }
+
+    fn stmt(&mut self, p: Pair<Rule>) -> Stmt {
+        match p.as_rule() {
+            Rule::param => Stmt::Param(self.param(p)),
+            Rule::layer_override => Stmt::Layer(self.layer_override(p)),
+            _ => Stmt::Assign(self.assign(p)),
+        }
+    }
+
+    fn param(&mut self, p: Pair<Rule>) -> Param {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next());
+        let value = self.expr_opt(inner.next(), span);
+        let flags = inner.map(|f| (self.flag(&f), self.span(&f))).collect();
+        Param { name, value, flags, span }
+    }
+
+    fn flag(&mut self, p: &Pair<Rule>) -> Flag {
+        match p.as_str() {
+            "trainable" => Flag::Trainable,
+            "fixed" => Flag::Fixed,
+            _ => Flag::PerHead,
+        }
+    }
+
+    fn layer_override(&mut self, p: Pair<Rule>) -> LayerOverride {
+        let span = self.span(&p);
+        let mut selectors = Vec::new();
+        let mut body = Vec::new();
+        for q in p.into_inner() {
+            if q.as_rule() == Rule::layer_selector {
+                selectors.push((self.layer_selector(&q), self.span(&q)));
+            } else {
+                body.push(self.stmt(q));
+            }
+        }
+        LayerOverride { selectors, body, span }
+    }
+
+    fn layer_selector(&mut self, p: &Pair<Rule>) -> LayerSelector {
+        match p.as_str() {
+            "first" => LayerSelector::First,
+            "last" => LayerSelector::Last,
+            digits => match digits.parse::<u64>() {
+                Ok(n) => LayerSelector::Index(n),
+                Err(_) => {
+                    self.diags.push(too_large(self.span(p)));
+                    LayerSelector::Index(u64::MAX)
+                }
+            },
+        }
+    }
+
+    fn assign(&mut self, p: Pair<Rule>) -> Assign {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next());
+        let value = self.expr_opt(inner.next(), span);
+        Assign { name, value, span }
+    }
+
+    fn expr_opt(&mut self, p: Option<Pair<Rule>>, at: Span) -> Expr {
+        match p {
+            Some(p) => self.expr(p, 0),
+            None => Expr::Number { value: 0.0, text: "0".into(), span: at },
+        }
+    }
+
+    fn expr(&mut self, p: Pair<Rule>, depth: usize) -> Expr {
+        let span = self.span(&p);
+        if depth > MAX_NESTING {
+            self.diags.push(
+                Diagnostic::new(Code::E1001, span, "expression nested too deeply")
+                    .label(format!("more than {MAX_NESTING} levels of nesting"))
+                    .help("split the expression into named bindings or params"),
+            );
+            return Expr::Number { value: 0.0, text: "0".into(), span };
+        }
+        let file = self.file;
+        PRATT
+            .map_primary(|q| self.operand(q, depth))
+            .map_prefix(move |op, rhs| {
+                let s = Span::new(file, op.as_span().start(), op.as_span().end()).to(rhs.span());
+                Expr::Neg { operand: Box::new(rhs), span: s }
+            })
+            .map_infix(move |lhs, op, rhs| {
+                let op = bin_op(op.as_rule());
+                let s = lhs.span().to(rhs.span());
+                Expr::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs), span: s }
+            })
+            .parse(p.into_inner())
+    }
+
+    fn operand(&mut self, p: Pair<Rule>, depth: usize) -> Expr {
+        match p.as_rule() {
+            Rule::call => self.call(p, depth),
+            Rule::number => self.number(&p),
+            Rule::string => Expr::String(self.string(p)),
+            Rule::ident => Expr::Name(self.ident(Some(p))),
+            _ => self.expr(p, depth + 1),
+        }
+    }
+
+    fn call(&mut self, p: Pair<Rule>, depth: usize) -> Expr {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let callee = self.ident(inner.next());
+        let args = inner.map(|a| self.arg(a, depth + 1)).collect();
+        Expr::Call { callee, args, span }
+    }
+
+    fn arg(&mut self, p: Pair<Rule>, depth: usize) -> Arg {
+        if p.as_rule() == Rule::named_arg {
+            let span = self.span(&p);
+            let mut inner = p.into_inner();
+            let name = Some(self.ident(inner.next()));
+            let value = match inner.next() {
+                Some(v) => self.expr(v, depth),
+                None => Expr::Number { value: 0.0, text: "0".into(), span },
+            };
+            Arg { name, value }
+        } else {
+            Arg { name: None, value: self.expr(p, depth) }
+        }
+    }
+
+    fn number(&mut self, p: &Pair<Rule>) -> Expr {
+        let span = self.span(p);
+        let text = p.as_str().to_string();
+        let value = text.replace('_', "").parse::<f64>().unwrap_or(f64::INFINITY);
+        if !value.is_finite() {
+            self.diags.push(too_large(span));
+        }
+        Expr::Number { value, text, span }
+    }
+
+    fn string(&mut self, p: Pair<Rule>) -> StringLit {
+        let span = self.span(&p);
+        let body = p.into_inner().next().map_or("", |b| b.as_str());
+        let value = body.replace("\\\"", "\"").replace("\\\\", "\\");
+        StringLit { value, span }
+    }
+
+    fn ident(&mut self, p: Option<Pair<Rule>>) -> Ident {
+        match p {
+            Some(p) => Ident { name: p.as_str().to_string(), span: self.span(&p) },
+            None => Ident { name: String::new(), span: Span::default() },
+        }
+    }
+}
+
+fn bin_op(rule: Rule) -> BinOp {
+    match rule {
+        Rule::add => BinOp::Add,
+        Rule::sub => BinOp::Sub,
+        Rule::mul => BinOp::Mul,
+        Rule::div => BinOp::Div,
+        _ => BinOp::Pow,
+    }
+}
+
+fn too_large(span: Span) -> Diagnostic {
+    Diagnostic::new(Code::E1005, span, "number is too large to represent")
+        .label("this number")
+        .help("write a number below 1.8e308 (layer indices below 2^64)")
+}
+
+/// A rule's name in words, for syntax errors.
+pub(super) fn describe(rule: Rule) -> &'static str {
+    match rule {
+        Rule::file | Rule::EOI => "end of file",
+        Rule::item | Rule::use_item | Rule::block_item | Rule::section_item | Rule::section_kind => {
+            "an item (`block`, `attention`, `mlp`, `model`, `train` or `use`)"
+        }
+        Rule::stmt | Rule::param | Rule::assign | Rule::layer_override => {
+            "a statement (`name = …`, `param …` or `layer … { … }`)"
+        }
+        Rule::flag => "a flag (`trainable`, `fixed` or `per_head`)",
+        Rule::layer_selector => "a layer (`first`, `last` or a number)",
+        Rule::expr | Rule::operand | Rule::prefix | Rule::neg | Rule::call | Rule::arg => "an expression",
+        Rule::named_arg => "an argument",
+        Rule::infix | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
+        Rule::ident | Rule::ident_char => "a name",
+        Rule::number => "a number",
+        Rule::string | Rule::string_body => "a string",
+        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
+    }
+}
+
+pub(super) use Rule as GrammarRule;

@@ -1,0 +1,51 @@
+//! `blkc graph FILE`: a block's graph as Graphviz DOT or Mermaid.
+
+use std::path::PathBuf;
+
+use blkc::graph::render::{render, Format};
+
+use super::{compile_reported, BROKEN, OK};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A .blk file with a block or a model.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+    /// The block to draw (default: the model's block, else the file's first).
+    #[arg(long)]
+    pub block: Option<String>,
+    /// Draw the graph of this layer (0-based), with its overrides applied.
+    #[arg(long, default_value_t = 1)]
+    pub layer: u64,
+}
+
+pub fn run(args: &Args) -> u8 {
+    let Some(c) = compile_reported(&args.file) else { return BROKEN };
+    let Some(p) = c.program else { return BROKEN };
+    let block = match &args.block {
+        Some(name) => p.block(name),
+        None => p.model.as_ref().map(|m| &p.blocks[m.block]).or(p.blocks.first()),
+    };
+    let Some(block) = block else {
+        match &args.block {
+            Some(name) => eprintln!("error: no block `{name}` in `{}`", args.file.display()),
+            None => eprintln!("error[E5001]: `{}` defines no block to draw", args.file.display()),
+        }
+        return BROKEN;
+    };
+    let depth = p.model.as_ref().map_or(6, |m| m.depth);
+    let format = match args.format {
+        GraphFormat::Dot => Format::Dot,
+        GraphFormat::Mermaid => Format::Mermaid,
+    };
+    print!("{}", render(block.graph_at(args.layer, depth.max(args.layer + 1)), &block.name, format));
+    OK
+}

@@ -1,0 +1,82 @@
+//! Subcommands of `blkc`, one file each, and what they share: argument
+//! types, compiling a file from disk, and exit codes.
+
+pub mod check;
+pub mod fmt;
+pub mod graph;
+pub mod params;
+
+use std::path::{Path, PathBuf};
+
+use blkc::{Compilation, FsLoader};
+use clap::{Parser, Subcommand};
+
+use crate::report::{self, DiagFormat};
+
+/// Exit status: success.
+pub const OK: u8 = 0;
+/// Exit status: the input compiles but is rejected (or, for `fmt --check`,
+/// would be reformatted).
+pub const REJECTED: u8 = 1;
+/// Exit status: the input does not compile.
+pub const BROKEN: u8 = 2;
+
+/// blkc: transformer blocks as text, checked for rank collapse before
+/// training, lowered to burn and trained.
+#[derive(Debug, Parser)]
+#[command(name = "blkc", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check .blk files: syntax, names, types, shapes and limits.
+    /// Exit 0 when clean, 1 when rejected, 2 when a file does not compile.
+    Check(check::Args),
+    /// Rewrite .blk files in the canonical layout (comments kept).
+    Fmt(fmt::Args),
+    /// Print a block's graph as Graphviz DOT or Mermaid.
+    Graph(graph::Args),
+    /// Count the parameters of a model, per component.
+    Params(params::Args),
+}
+
+/// Compiles `path` from disk. On an unreadable root file, prints why and
+/// returns `None`.
+pub fn compile(path: &Path, format: DiagFormat) -> Option<Compilation> {
+    match blkc::compile(path, &FsLoader) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            unreadable(path, &why, format);
+            None
+        }
+    }
+}
+
+/// Reports a file that cannot be read at all.
+pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
+    match format {
+        DiagFormat::Human => eprintln!("error[E2012]: cannot read `{}`: {why}", path.display()),
+        DiagFormat::Json => println!(
+            "{}",
+            serde_json::json!({"code": "E2012", "severity": "error", "message": format!("cannot read `{}`: {why}", path.display()),
+                "file": path.display().to_string(), "line": 0, "column": 0, "help": "check the path"})
+        ),
+        DiagFormat::Github => println!("::error file={},title=E2012::cannot read file: {why}", path.display()),
+    }
+}
+
+/// Compiles and prints diagnostics; `None` when the file does not compile.
+pub fn compile_reported(path: &Path) -> Option<Compilation> {
+    let c = compile(path, DiagFormat::Human)?;
+    report::print(&c.diagnostics, &c.sources, DiagFormat::Human);
+    if c.program.is_none() {
+        return None;
+    }
+    Some(c)
+}
+
+/// A list of paths from the command line.
+pub type Files = Vec<PathBuf>;

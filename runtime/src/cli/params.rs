@@ -1,0 +1,65 @@
+//! `blkc params FILE`: parameters per component and in total, from the
+//! graph alone (nothing is allocated).
+
+use std::path::PathBuf;
+
+use blkc::graph::params::count;
+use blkc::graph::Model;
+
+use super::{compile_reported, BROKEN, OK};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A .blk file with a model (a bare block is counted in the small CPU
+    /// model of examples/small/).
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+}
+
+pub fn run(args: &Args) -> u8 {
+    let Some(c) = compile_reported(&args.file) else { return BROKEN };
+    let Some(p) = c.program else { return BROKEN };
+    let (model, bare) = match &p.model {
+        Some(m) => (m.clone(), false),
+        None if !p.blocks.is_empty() => (Model::small(0), true),
+        None => {
+            eprintln!("error[E5001]: `{}` defines no block or model to count", args.file.display());
+            return BROKEN;
+        }
+    };
+    let block = &p.blocks[model.block];
+    let n = count(&model, block);
+    match args.format {
+        Format::Json => {
+            let components: serde_json::Map<String, serde_json::Value> =
+                n.components().iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+            let out = serde_json::json!({
+                "file": args.file.display().to_string(),
+                "block": block.name,
+                "bare_block_in_small_model": bare,
+                "depth": model.depth, "width": model.width, "heads": model.heads, "vocab": model.vocab,
+                "components": components,
+                "total": n.total,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Format::Human => {
+            let title = if bare { " (bare block, in the small model)" } else { "" };
+            println!("{}: block `{}`, depth {}, width {}, heads {}, vocab {}{title}", args.file.display(), block.name, model.depth, model.width, model.heads, model.vocab);
+            for (k, v) in n.components() {
+                if v > 0 {
+                    println!("  {k:<22}{v:>14}");
+                }
+            }
+            println!("  {:<22}{:>14}  ({:.2}M)", "total", n.total, n.total as f64 / 1e6);
+        }
+    }
+    OK
+}

@@ -1,0 +1,9 @@
+//! The blkc runtime: the `blkc` command line and, behind it, everything
+//! that needs burn (lowering, training, measurement).
+//!
+//! The compiler front end is the `blkc` crate (`blkc-compiler`); this crate
+//! is the only one that depends on burn.
+
+pub mod backend;
+pub mod cli;
+pub mod report;

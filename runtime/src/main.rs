@@ -1,0 +1,18 @@
+//! The `blkc` command: parses arguments and dispatches to one file per
+//! subcommand in `cli/`.
+
+use std::process::ExitCode;
+
+use blkc_runtime::cli::{self, Cli, Command};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let code = match args.command {
+        Command::Check(a) => cli::check::run(&a),
+        Command::Fmt(a) => cli::fmt::run(&a),
+        Command::Graph(a) => cli::graph::run(&a),
+        Command::Params(a) => cli::params::run(&a),
+    };
+    ExitCode::from(code)
+}
