@@ -64,6 +64,7 @@ pub fn check(block: &Block, defs: &Defs, m: &[LayerSelector]) -> Checked {
         params: Vec::new(),
         scope: Vec::new(),
         x_used: false,
+        used_early: Vec::new(),
         all_names: flat.iter().map(|f| (f.name().name.clone(), f.name().span)).collect(),
     };
     for f in &flat {
@@ -81,6 +82,8 @@ struct Cx<'a> {
     scope: Vec<Binding>,
     x_used: bool,
     all_names: Vec<(String, Span)>,
+    /// Names used before their definition (already an error; not "unused").
+    used_early: Vec<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -156,12 +159,16 @@ impl<'a> Cx<'a> {
                     .help("a block should transform its input; refer to `x`"),
             );
         }
-        for b in self.scope.iter().filter(|b| !b.used) {
-            let (code, what) = if b.is_param { (Code::W2003, "param") } else { (Code::W2001, "binding") };
+        for b in self.scope.iter().filter(|b| !b.used && !self.used_early.contains(&b.name)) {
+            let (code, what, help) = if b.is_param {
+                (Code::W2003, "param", "use it as a gain, e.g. `out = x + g * attn(n)`, or remove it")
+            } else {
+                (Code::W2001, "binding", "use it or remove it (the binding named `out` is the block's output)")
+            };
             out.push(
                 Diagnostic::new(code, b.span, format!("{what} `{}` is never used", b.name))
                     .label("never used")
-                    .help(format!("use it or remove it (a binding named `out` is the block output)")),
+                    .help(help),
             );
         }
         out
@@ -217,6 +224,7 @@ impl<'a> Cx<'a> {
             return Val::Scalar(s);
         }
         if let Some((_, at)) = self.all_names.iter().find(|(k, _)| *k == n.name) {
+            self.used_early.push(n.name.clone());
             self.diags.push(
                 Diagnostic::new(Code::E2023, n.span, format!("`{}` is used before it is defined", n.name))
                     .label("not defined yet")
@@ -292,8 +300,13 @@ impl<'a> Cx<'a> {
         let kwargs: Vec<(&Ident, &Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
         let max = if matches!(name, "attn" | "mlp") { 2 } else { 1 };
         if positional.is_empty() || positional.len() > max {
-            let d = expr::arity(span, name, 1, positional.len());
-            let d = if max == 2 { d.help(format!("call it as `{name}(input)` or `{name}(input, section)`")) } else { d };
+            let d = if max == 2 {
+                Diagnostic::new(Code::E2006, span, format!("`{name}` takes 1 or 2 arguments, but {} were given", positional.len()))
+                    .label("wrong number of arguments")
+                    .help(format!("call it as `{name}(input)` or `{name}(input, section)`, with settings as `name = value`"))
+            } else {
+                expr::arity(span, name, 1, positional.len()).help(format!("call it as `{name}(input)` or `{name}(input, eps = 1e-6)`"))
+            };
             self.diags.push(d);
             return Val::Poison;
         }

@@ -163,7 +163,8 @@ pub fn tensor_not_scalar(span: Span, what: &str) -> Diagnostic {
 
 pub fn arity(span: Span, name: &str, want: usize, got: usize) -> Diagnostic {
     let s = if want == 1 { "" } else { "s" };
-    Diagnostic::new(Code::E2006, span, format!("`{name}` takes {want} argument{s}, but {got} were given"))
+    let verb = if got == 1 { "was" } else { "were" };
+    Diagnostic::new(Code::E2006, span, format!("`{name}` takes {want} argument{s}, but {got} {verb} given"))
         .label(format!("{got} argument{}", if got == 1 { "" } else { "s" }))
         .help(format!("call it as `{name}({})`", vec!["…"; want].join(", ")))
 }

@@ -26,6 +26,11 @@ use crate::syntax::ast::{Block, Expr, File, LayerSelector, Stmt};
 /// model of `examples/small/` (6 blocks, width 256, 4 heads).
 pub const BARE_ENV: Env = Env { depth: 6.0, width: 256.0, heads: 4.0, layer: 0.0 };
 
+/// Most statements in one block.
+pub const MAX_STATEMENTS: usize = 512;
+/// Most distinct layer selectors that may shape one block.
+pub const MAX_SELECTORS: usize = 64;
+
 /// Checks every file; the program is `Some` when there is no error.
 pub fn check(files: &[File]) -> (Option<Program>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
@@ -64,7 +69,23 @@ pub fn check(files: &[File]) -> (Option<Program>, Vec<Diagnostic>) {
 /// Checks a block for its ordinary layers and every layer class its
 /// overrides (and those of the sections it uses) create.
 fn block_ir(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> Option<BlockIr> {
+    if block.body.len() > MAX_STATEMENTS {
+        diags.push(
+            Diagnostic::new(Code::E2016, block.name.span, format!("block `{}` has more than {MAX_STATEMENTS} statements", block.name.name))
+                .label("too large")
+                .help("a block describes one transformer layer; split generated content into several blocks"),
+        );
+        return None;
+    }
     let selectors = selectors(block, defs, diags);
+    if selectors.len() > MAX_SELECTORS {
+        diags.push(
+            Diagnostic::new(Code::E2016, block.name.span, format!("block `{}` has overrides for more than {MAX_SELECTORS} distinct layers", block.name.name))
+                .label("too many layer overrides")
+                .help("use arithmetic over `layer` in gains instead of one override per layer"),
+        );
+        return None;
+    }
     let base = block::check(block, defs, &[]);
     diags.extend(base.diags);
     let mut unused = base.unused;

@@ -108,16 +108,11 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
                 .help(format!("add {} to the model", missing.iter().map(|m| format!("`{m} = …`")).collect::<Vec<_>>().join(", "))),
         );
     }
-    let (depth, width, heads, context, vocab) = (depth?, width?, heads?, context?, vocab?);
-    if heads > width || width % heads != 0 {
-        let span = get("heads").map_or(header(s), Expr::span);
-        diags.push(
-            Diagnostic::new(Code::E2013, span, format!("{heads} heads do not divide the width {width}"))
-                .label(format!("{width} / {heads} is not a whole number"))
-                .help(format!("pick a head count that divides {width}, e.g. {}", divisor_near(width, heads))),
-        );
-        return None;
+    if let (Some(width), Some(heads)) = (width, heads) {
+        heads_divide(width, heads, get("heads").map_or(header(s), Expr::span), diags)?;
     }
+    let (depth, width, heads, context, vocab) = (depth?, width?, heads?, context?, vocab?);
+
     let mask = match get("mask") {
         Some(v) => match expr::keyword(v, "mask", &["causal", "bidirectional"], diags)? {
             "causal" => Mask::Causal,
@@ -159,6 +154,18 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
         span: s.span,
     };
     Some(ModelSettings { block, model })
+}
+
+fn heads_divide(width: u64, heads: u64, span: Span, diags: &mut Vec<Diagnostic>) -> Option<()> {
+    if heads <= width && width % heads == 0 {
+        return Some(());
+    }
+    diags.push(
+        Diagnostic::new(Code::E2013, span, format!("{heads} heads do not divide the width {width}"))
+            .label(format!("{width} / {heads} is not a whole number"))
+            .help(format!("pick a head count that divides {width}, e.g. {}", divisor_near(width, heads))),
+    );
+    None
 }
 
 fn divisor_near(width: u64, heads: u64) -> u64 {

@@ -41,6 +41,14 @@ pub fn collect<'a>(files: &'a [File], diags: &mut Vec<Diagnostic>) -> Defs<'a> {
 
 fn section<'a>(defs: &mut Defs<'a>, s: &'a Section, diags: &mut Vec<Diagnostic>) {
     let header = crate::span::Span { end: s.span.start + s.kind.keyword().len() as u32, ..s.span };
+    if s.body.len() > super::MAX_STATEMENTS {
+        diags.push(
+            Diagnostic::new(Code::E2016, header, format!("`{}` section with more than {} statements", s.kind.keyword(), super::MAX_STATEMENTS))
+                .label("too large")
+                .help("a section holds a few settings; split generated content out"),
+        );
+        return;
+    }
     match s.kind {
         SectionKind::Attention | SectionKind::Mlp => {
             let Some(name) = &s.name else {

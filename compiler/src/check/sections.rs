@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::expr::{self, Lookup, Names};
 use crate::diag::{did_you_mean, Code, Diagnostic};
-use crate::graph::{Activation, AttentionSpec, MatrixTerm, MlpSpec, NormKind, ParamDef, Scalar};
+use crate::graph::{Activation, AttentionSpec, Linear, MatrixTerm, MlpSpec, NormKind, ParamDef, Scalar};
 use crate::span::Span;
 use crate::syntax::ast::{Assign, BinOp, Expr, Flag, Ident, LayerSelector, Param, Section, Stmt};
 
@@ -205,8 +205,8 @@ pub fn attention(
         let set = match key {
             "query" => expr::init(v, key, diags).map(|i| spec.query = i),
             "key" => expr::init(v, key, diags).map(|i| spec.key = i),
-            "value" => expr::linear(v, key, diags).map(|l| spec.value = l),
-            "proj" => expr::linear(v, key, diags).map(|l| spec.proj = l),
+            "value" => expr::linear(v, key, diags).map(|l| spec.value = stuck(l, v, diags)),
+            "proj" => expr::linear(v, key, diags).map(|l| spec.proj = stuck(l, v, diags)),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
             "qk_norm" => expr::keyword(v, key, &["none", "rmsnorm", "layernorm"], diags).map(|k| spec.qk_norm = norm_kind(k)),
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
@@ -235,6 +235,22 @@ fn unused_params(flat: &[Flat], params: &[ParamDef], used: &HashSet<usize>, _s: 
             );
         }
     }
+}
+
+/// Warns about a trainable reparam with `resid = 0`: ΔW starts at zero and
+/// is multiplied by zero, so neither it nor `resid` ever gets a gradient
+/// (the reference code turns this case into an identity when `skip = 1`).
+fn stuck(l: Linear, v: &Expr, diags: &mut Vec<Diagnostic>) -> Linear {
+    if let Linear::Reparam { resid: Scalar::Const(r), trainable: true, .. } = &l {
+        if *r == 0.0 {
+            diags.push(
+                Diagnostic::new(Code::W2004, v.span(), "`resid = 0` leaves `ΔW` and `resid` without gradient")
+                    .label("only `skip` can train here")
+                    .help("use a non-zero `resid` (e.g. 1), or `identity` if the map should have no parameters"),
+            );
+        }
+    }
+    l
 }
 
 pub fn norm_kind(k: &str) -> Option<NormKind> {

@@ -77,6 +77,6 @@ codes! {
     W2001 Warning "binding is never used";
     W2002 Warning "block input `x` is never used";
     W2003 Warning "parameter is never used";
-    W2004 Warning "trainable flag on a gain that cannot be trained";
+    W2004 Warning "trainable map that can never receive a gradient";
     E5001 Error "file has no block or model to work on";
 }

@@ -14,14 +14,32 @@ use crate::span::{FileId, Span};
 /// Most stray-character diagnostics reported for one file.
 const MAX_STRAY: usize = 20;
 
+/// Most operators in one expression (between two `=`, `,` or braces): keeps
+/// expression trees shallow enough for every recursive pass.
+pub const MAX_OPERATORS: usize = 256;
+
 /// Finds unterminated strings, unbalanced delimiters and characters that
 /// cannot start a token. Comments and strings are skipped.
 pub fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let mut open: Vec<(char, usize)> = Vec::new();
     let mut stray = 0;
+    let mut ops = 0;
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
+        if "={},".contains(c) {
+            ops = 0;
+        } else if "+-*/^".contains(c) {
+            ops += 1;
+            if ops > MAX_OPERATORS {
+                diags.push(too_complex(file, i, &format!("more than {MAX_OPERATORS} operators in one expression")));
+                return diags;
+            }
+        }
+        if open.len() >= super::MAX_NESTING && "{(".contains(c) {
+            diags.push(too_complex(file, i, &format!("more than {} nested brackets", super::MAX_NESTING)));
+            return diags;
+        }
         match c {
             '#' => skip_line(&mut chars),
             '"' => {
@@ -55,6 +73,12 @@ pub fn prescan(file: FileId, text: &str) -> Vec<Diagnostic> {
     diags
 }
 
+fn too_complex(file: FileId, i: usize, what: &str) -> Diagnostic {
+    Diagnostic::new(Code::E1001, Span::new(file, i, i + 1), format!("expression too complex: {what}"))
+        .label("limit reached here")
+        .help("split the expression into named bindings or params")
+}
+
 fn skip_line(chars: &mut std::iter::Peekable<std::str::CharIndices>) {
     while chars.next_if(|&(_, c)| c != '\n').is_some() {}
 }
@@ -76,26 +100,25 @@ fn skip_string(chars: &mut std::iter::Peekable<std::str::CharIndices>, len: usiz
 
 fn close(file: FileId, open: &mut Vec<(char, usize)>, diags: &mut Vec<Diagnostic>, c: char, i: usize) {
     let want = if c == '}' { '{' } else { '(' };
-    match open.last() {
-        Some(&(o, _)) if o == want => {
-            open.pop();
-        }
-        Some(&(o, at)) => {
-            let closer = if o == '{' { '}' } else { ')' };
-            diags.push(
-                Diagnostic::new(Code::E1004, Span::new(file, i, i + 1), format!("mismatched `{c}`"))
-                    .label(format!("expected `{closer}` here"))
-                    .note(Span::new(file, at, at + 1), format!("this `{o}` is still open"))
-                    .help(format!("close the `{o}` with `{closer}` first")),
-            );
-            open.pop();
-        }
-        None => diags.push(
+    let Some(depth) = open.iter().rposition(|&(o, _)| o == want) else {
+        diags.push(
             Diagnostic::new(Code::E1004, Span::new(file, i, i + 1), format!("unmatched `{c}`"))
                 .label("nothing is open here")
                 .help(format!("remove it, or add the `{want}` it closes")),
-        ),
+        );
+        return;
+    };
+    // Everything opened after the matching delimiter was never closed.
+    for (o, at) in open.drain(depth + 1..) {
+        let closer = if o == '{' { '}' } else { ')' };
+        diags.push(
+            Diagnostic::new(Code::E1003, Span::new(file, at, at + 1), format!("unclosed `{o}`"))
+                .label("opened here and never closed")
+                .note(Span::new(file, i, i + 1), format!("`{c}` reached before `{closer}`"))
+                .help(format!("add the matching `{closer}`")),
+        );
     }
+    open.pop();
 }
 
 fn stray_char(file: FileId, i: usize, c: char) -> Diagnostic {
@@ -124,7 +147,9 @@ pub fn translate(file: FileId, text: &str, e: &Error<Rule>) -> Diagnostic {
     let expected = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
             let mut words: Vec<&str> = positives.iter().map(|r| describe(*r)).collect();
-            words.dedup();
+            if words.contains(&"an expression") {
+                words.retain(|w| !matches!(*w, "a name" | "a number" | "a string"));
+            }
             words.sort_unstable();
             words.dedup();
             words.join(" or ")

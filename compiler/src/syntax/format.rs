@@ -15,7 +15,7 @@ use super::comments::{self, Comment};
 /// Formats a parsed file; `src` is the text it was parsed from (comments
 /// and blank lines are read from it).
 pub fn format(file: &File, src: &str) -> String {
-    let mut p = Printer { src, comments: comments::collect(src), next: 0, out: String::new() };
+    let mut p = Printer { src, comments: comments::collect(src), next: 0, out: String::new(), last: 0 };
     let mut prev: Option<&Item> = None;
     for item in &file.items {
         if let Some(prev) = prev {
@@ -41,6 +41,8 @@ struct Printer<'a> {
     comments: Vec<Comment>,
     next: usize,
     out: String,
+    /// Source offset of the end of the last thing printed.
+    last: usize,
 }
 
 const INDENT: &str = "    ";
@@ -78,12 +80,11 @@ impl Printer<'_> {
     fn flush_until(&mut self, upto: usize, _pos: usize, level: usize) {
         while self.next < upto {
             let c = self.comments[self.next].clone();
-            if self.next > 0 && self.out.ends_with('\n') {
-                let prev_end = self.comments[self.next - 1].end;
-                if self.blank_between(prev_end as u32, c.start as u32) && !self.out.ends_with("{\n") {
-                    self.out.push('\n');
-                }
+            let fresh = self.out.is_empty() || self.out.ends_with("\n\n") || self.out.ends_with("{\n");
+            if !fresh && self.blank_between(self.last as u32, c.start as u32) {
+                self.out.push('\n');
             }
+            self.last = c.end;
             self.indent(level);
             self.out.push_str(c.text(self.src));
             self.out.push('\n');
@@ -93,11 +94,13 @@ impl Printer<'_> {
 
     /// Emits a comment that sits on the same line after offset `end`.
     fn trailing(&mut self, end: usize) {
+        self.last = end;
         if let Some(c) = self.comments.get(self.next) {
             if c.start >= end && !self.src[end..c.start].contains('\n') {
                 let text = c.text(self.src).to_string();
                 self.out.push_str("  ");
                 self.out.push_str(&text);
+                self.last = c.end;
                 self.next += 1;
             }
         }
@@ -223,9 +226,10 @@ fn run_widths(stmts: &[Stmt], blank: impl Fn(u32, u32) -> bool) -> Vec<usize> {
             i += 1;
             continue;
         };
+        // `layer` overrides inside a run do not break it.
         let mut j = i + 1;
         while j < stmts.len()
-            && key(&stmts[j]).is_some_and(|(k, _)| k == kind)
+            && (matches!(stmts[j], Stmt::Layer(_)) || key(&stmts[j]).is_some_and(|(k, _)| k == kind))
             && !blank(stmts[j - 1].span().end, stmts[j].span().start)
         {
             j += 1;

@@ -26,7 +26,7 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 
 /// Deepest nesting of parentheses and calls accepted (keeps the recursive
 /// parser and every later pass well inside the stack).
-pub const MAX_NESTING: usize = 64;
+pub const MAX_NESTING: usize = 32;
 
 /// Parses one file. Syntax errors are translated into diagnostics; pest
 /// stops at the first one, so at most one syntax diagnostic comes back
@@ -60,9 +60,11 @@ struct Cx {
 }
 
 impl Cx {
+    /// The span of a pair, without the whitespace and comments that pest's
+    /// implicit skipping leaves at the end of rules ending in `x*` or `x?`.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        Span::new(self.file, s.start(), s.start() + significant_len(s.as_str()))
     }
 
     fn item(&mut self, p: Pair<Rule>) -> Item {
@@ -260,6 +262,36 @@ impl Cx {
             None => Ident { name: String::new(), span: Span::default() },
         }
     }
+}
+
+/// Length of `text` without trailing whitespace and trailing comments.
+fn significant_len(text: &str) -> usize {
+    let mut end = text.trim_end().len();
+    while end > 0 {
+        let line_start = text[..end].rfind('\n').map_or(0, |i| i + 1);
+        match comment_start(&text[line_start..end]) {
+            Some(c) => end = text[..line_start + c].trim_end().len(),
+            None => break,
+        }
+    }
+    end
+}
+
+/// Where a `#` comment starts in one line (strings never span lines).
+fn comment_start(line: &str) -> Option<usize> {
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match (in_string, escaped, c) {
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => in_string = false,
+            (true, _, _) => escaped = false,
+            (false, _, '"') => in_string = true,
+            (false, _, '#') => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn bin_op(rule: Rule) -> BinOp {

@@ -1,0 +1,47 @@
+//! Golden tests of diagnostics: each `tests/ui/<stage>/<case>.blk` is a bad
+//! input; its snapshot holds the source and the rendered diagnostics. The
+//! suite also checks that every diagnostic code of the registry is shown by
+//! at least one case.
+
+use std::collections::BTreeSet;
+
+use blkc::Code;
+use blkc_tests::{blk_files, compile_rel, rel, rendered};
+
+/// Codes that a static input file cannot show, and where they are tested.
+const ELSEWHERE: &[(Code, &str)] = &[
+    (Code::E1007, "a file over 1 MiB: `load` unit test in tests/robust.rs"),
+    (Code::E5001, "a file with nothing to count: runtime/tests/cli.rs"),
+];
+
+#[test]
+fn ui_cases_match_their_snapshots_and_cover_every_code() {
+    let cases = blk_files("tests/ui");
+    assert!(cases.len() >= 40, "only {} ui cases", cases.len());
+    let mut seen = BTreeSet::new();
+    for case in &cases {
+        let path = rel(case);
+        let c = compile_rel(&path);
+        assert!(!c.diagnostics.is_empty(), "{path} produced no diagnostic");
+        seen.extend(c.diagnostics.iter().map(|d| d.code));
+        for d in &c.diagnostics {
+            assert!(!d.help.is_empty(), "{path}: {} has no help", d.code.as_str());
+            assert!(!d.label.is_empty(), "{path}: {} has no label", d.code.as_str());
+            let first = d.message.chars().next().unwrap_or(' ');
+            assert!(!first.is_uppercase(), "{path}: message not lowercase: {}", d.message);
+        }
+        let positions: Vec<_> = c.diagnostics.iter().map(|d| (d.span.file, d.span.start)).collect();
+        assert!(positions.windows(2).all(|w| w[0] <= w[1]), "{path}: diagnostics not sorted by position");
+        let source = std::fs::read_to_string(case).unwrap_or_default();
+        let name = path.trim_start_matches("tests/ui/").trim_end_matches(".blk").replace('/', "__");
+        insta::with_settings!({ snapshot_path => "snapshots/ui", prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(name, format!("{source}\n────── diagnostics ──────\n{}", rendered(&c)));
+        });
+    }
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .filter(|c| !seen.contains(c) && !ELSEWHERE.iter().any(|(e, _)| e == *c))
+        .map(|c| c.as_str())
+        .collect();
+    assert!(missing.is_empty(), "codes without a ui case: {missing:?}");
+}
