@@ -82,7 +82,10 @@ fn layer(p: &Program, l: u64) -> &Graph {
 }
 
 fn attention(g: &Graph) -> Vec<&blkc::graph::AttentionSpec> {
-    g.nodes.iter().filter_map(|n| if let Op::Attention { spec, .. } = &n.op { Some(spec.as_ref()) } else { None }).collect()
+    g.nodes
+        .iter()
+        .filter_map(|n| if let Op::Attention { spec, .. } = &n.op { Some(spec.as_ref()) } else { None })
+        .collect()
 }
 
 fn norms(g: &Graph) -> usize {
@@ -197,7 +200,11 @@ fn graphs_of_the_canonical_blocks_match_their_snapshots() {
         let p = program(&rel(f));
         let b = &p.blocks[0];
         let name = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        let text = format!("{}\n--- layer 0 ---\n{}", render(&b.base, &b.name, Format::Mermaid), render(b.graph_at(0, 6), &b.name, Format::Mermaid));
+        let text = format!(
+            "{}\n--- layer 0 ---\n{}",
+            render(&b.base, &b.name, Format::Mermaid),
+            render(b.graph_at(0, 6), &b.name, Format::Mermaid)
+        );
         insta::with_settings!({ snapshot_path => "snapshots/graph", prepend_module_to_snapshot => false, omit_expression => true }, {
             insta::assert_snapshot!(name, text);
         });
@@ -207,7 +214,8 @@ fn graphs_of_the_canonical_blocks_match_their_snapshots() {
 #[test]
 fn readme_example_checks_clean() {
     let readme = std::fs::read_to_string(blkc_tests::repo().join("README.md")).unwrap_or_default();
-    let block: String = readme.split("```blk").nth(1).and_then(|s| s.split("```").next()).unwrap_or_default().to_string();
+    let block: String =
+        readme.split("```blk").nth(1).and_then(|s| s.split("```").next()).unwrap_or_default().to_string();
     assert!(block.contains("block"), "README has no ```blk example");
     let c = blkc::compile_str("README.md.blk", &block);
     assert!(c.diagnostics.is_empty() && c.program.is_some(), "{}", rendered(&c));

@@ -18,7 +18,30 @@ fn corpus() -> Vec<String> {
 /// A canonical file with random edits: deletions, insertions of
 /// grammar-relevant characters, and swaps of two byte ranges.
 fn mutate(text: &str, edits: &[(usize, usize, u8)]) -> String {
-    const PIECES: &[&str] = &["(", ")", "{", "}", "=", "+", "*", "-", "/", "^", ",", "\"", "#", "\n", "x", "attn(", "layer 0 {", "param", "1e999", "softmax", "out", " "];
+    const PIECES: &[&str] = &[
+        "(",
+        ")",
+        "{",
+        "}",
+        "=",
+        "+",
+        "*",
+        "-",
+        "/",
+        "^",
+        ",",
+        "\"",
+        "#",
+        "\n",
+        "x",
+        "attn(",
+        "layer 0 {",
+        "param",
+        "1e999",
+        "softmax",
+        "out",
+        " ",
+    ];
     let mut s: Vec<u8> = text.as_bytes().to_vec();
     for &(pos, len, op) in edits {
         if s.is_empty() {
@@ -81,7 +104,10 @@ fn pathological_shapes_are_diagnosed_not_crashed() {
         // Too many statements.
         format!("block b {{\n{}\n out = x\n}}", (0..600).map(|i| format!(" h{i} = x")).collect::<Vec<_>>().join("\n")),
         // Too many layer overrides.
-        format!("block b {{\n n = x\n{}\n out = x + attn(n)\n}}", (0..100).map(|i| format!(" layer {i} {{ n = rmsnorm(x) }}")).collect::<Vec<_>>().join("\n")),
+        format!(
+            "block b {{\n n = x\n{}\n out = x + attn(n)\n}}",
+            (0..100).map(|i| format!(" layer {i} {{ n = rmsnorm(x) }}")).collect::<Vec<_>>().join("\n")
+        ),
         // Many blocks.
         (0..2000).map(|i| format!("block b{i} {{ out = x + attn(x) }}\n")).collect::<String>(),
     ];

@@ -50,9 +50,13 @@ impl Cx<'_> {
         let id = self.loaded.sources.add(name, path.clone(), text);
         if text.len() > MAX_FILE_BYTES {
             self.diags.push(
-                Diagnostic::new(Code::E1007, Span::new(id, 0, 0), format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024))
-                    .label("file starts here")
-                    .help("a .blk file describes a block and a model; split generated content out"),
+                Diagnostic::new(
+                    Code::E1007,
+                    Span::new(id, 0, 0),
+                    format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024),
+                )
+                .label("file starts here")
+                .help("a .blk file describes a block and a model; split generated content out"),
             );
             return;
         }

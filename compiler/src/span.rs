@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 pub struct FileId(pub u32);
 
 /// A byte range `start..end` in file `file`.
-#[derive(Clone, Copy, Debug, Default, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, Eq, serde::Serialize)]
 pub struct Span {
     pub file: FileId,
     pub start: u32,

@@ -110,7 +110,12 @@ impl<'a> Cx<'a> {
                 None => Kind::Poison,
             },
             Flat::Assign(_, value, span) => match self.value(value) {
-                Val::Tensor(terms) => Kind::Tensor(self.materialise(terms, *span, Some(&name.name))),
+                Val::Tensor(terms) => {
+                    let id = self.materialise(terms, *span, Some(&name.name));
+                    // A binding of a module call names that module's node.
+                    self.nodes[id].name.get_or_insert_with(|| name.name.clone());
+                    Kind::Tensor(id)
+                }
                 Val::Scalar(s) => Kind::Scalar(s),
                 Val::Poison => Kind::Poison,
             },
@@ -154,9 +159,13 @@ impl<'a> Cx<'a> {
         let mut out = Vec::new();
         if !self.x_used {
             out.push(
-                Diagnostic::new(Code::W2002, block.name.span, format!("block `{}` never uses its input `x`", block.name.name))
-                    .label("input unused")
-                    .help("a block should transform its input; refer to `x`"),
+                Diagnostic::new(
+                    Code::W2002,
+                    block.name.span,
+                    format!("block `{}` never uses its input `x`", block.name.name),
+                )
+                .label("input unused")
+                .help("a block should transform its input; refer to `x`"),
             );
         }
         for b in self.scope.iter().filter(|b| !b.used && !self.used_early.contains(&b.name)) {
@@ -254,7 +263,10 @@ impl<'a> Cx<'a> {
             (BinOp::Add, Tensor(a), Tensor(b)) => Tensor(merge(a, b)),
             (BinOp::Sub, Tensor(a), Tensor(b)) => Tensor(merge(a, scale(b, crate::graph::Scalar::Const(-1.0)))),
             (BinOp::Mul, Scalar(s), Tensor(t)) | (BinOp::Mul, Tensor(t), Scalar(s)) => Tensor(scale(t, s)),
-            (BinOp::Div, Tensor(t), Scalar(s)) => Tensor(scale(t, crate::graph::Scalar::Bin(BinOp::Div, Box::new(crate::graph::Scalar::one()), Box::new(s)))),
+            (BinOp::Div, Tensor(t), Scalar(s)) => Tensor(scale(
+                t,
+                crate::graph::Scalar::Bin(BinOp::Div, Box::new(crate::graph::Scalar::one()), Box::new(s)),
+            )),
             (BinOp::Mul | BinOp::Div, Tensor(_), Tensor(_)) => {
                 let what = if op == BinOp::Mul { "multiply" } else { "divide" };
                 self.diags.push(
@@ -273,11 +285,13 @@ impl<'a> Cx<'a> {
                 Poison
             }
             (_, Tensor(_), _) => {
-                self.diags.push(expr::tensor_not_scalar(ls, &format!("the left side of `{}` is a tensor", op.symbol())));
+                self.diags
+                    .push(expr::tensor_not_scalar(ls, &format!("the left side of `{}` is a tensor", op.symbol())));
                 Poison
             }
             (_, _, Tensor(_)) => {
-                self.diags.push(expr::tensor_not_scalar(rs, &format!("the right side of `{}` is a tensor", op.symbol())));
+                self.diags
+                    .push(expr::tensor_not_scalar(rs, &format!("the right side of `{}` is a tensor", op.symbol())));
                 Poison
             }
         }
@@ -301,11 +315,18 @@ impl<'a> Cx<'a> {
         let max = if matches!(name, "attn" | "mlp") { 2 } else { 1 };
         if positional.is_empty() || positional.len() > max {
             let d = if max == 2 {
-                Diagnostic::new(Code::E2006, span, format!("`{name}` takes 1 or 2 arguments, but {} were given", positional.len()))
-                    .label("wrong number of arguments")
-                    .help(format!("call it as `{name}(input)` or `{name}(input, section)`, with settings as `name = value`"))
+                Diagnostic::new(
+                    Code::E2006,
+                    span,
+                    format!("`{name}` takes 1 or 2 arguments, but {} were given", positional.len()),
+                )
+                .label("wrong number of arguments")
+                .help(format!(
+                    "call it as `{name}(input)` or `{name}(input, section)`, with settings as `name = value`"
+                ))
             } else {
-                expr::arity(span, name, 1, positional.len()).help(format!("call it as `{name}(input)` or `{name}(input, eps = 1e-6)`"))
+                expr::arity(span, name, 1, positional.len())
+                    .help(format!("call it as `{name}(input)` or `{name}(input, eps = 1e-6)`"))
             };
             self.diags.push(d);
             return Val::Poison;
@@ -348,7 +369,13 @@ impl<'a> Cx<'a> {
         Some(Op::Norm { norm: Norm { kind, eps }, input })
     }
 
-    fn sub_block(&mut self, name: &str, input: NodeId, config: Option<&Expr>, kwargs: &[(&Ident, &Expr)]) -> Option<Op> {
+    fn sub_block(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        config: Option<&Expr>,
+        kwargs: &[(&Ident, &Expr)],
+    ) -> Option<Op> {
         let section = match config {
             None => None,
             Some(e) => Some(self.section_ref(name, e)?),
@@ -366,7 +393,11 @@ impl<'a> Cx<'a> {
         let defs: &'a Defs<'a> = self.defs;
         let (map, what) = if name == "attn" { (&defs.attention, "attention") } else { (&defs.mlp, "mlp") };
         let Some(id) = e.as_name() else {
-            self.diags.push(expr::invalid(e.span(), name, &format!("the name of an `{what}` section as second argument")));
+            self.diags.push(expr::invalid(
+                e.span(),
+                name,
+                &format!("the name of an `{what}` section as second argument"),
+            ));
             return None;
         };
         match map.get(id.name.as_str()) {

@@ -49,8 +49,7 @@ impl Names for NoNames {
 }
 
 pub fn unknown_name(name: &Ident, candidates: &[String], what: &str) -> Diagnostic {
-    let d = Diagnostic::new(Code::E2001, name.span, format!("unknown {what} `{}`", name.name))
-        .label("not defined");
+    let d = Diagnostic::new(Code::E2001, name.span, format!("unknown {what} `{}`", name.name)).label("not defined");
     match did_you_mean(&name.name, candidates.iter().map(String::as_str)) {
         Some(s) => d.help(format!("did you mean `{s}`?")),
         None if candidates.is_empty() => d.help("only numbers and arithmetic are allowed here"),
@@ -110,7 +109,13 @@ fn fold(op: BinOp, l: Scalar, r: Scalar) -> Scalar {
     }
 }
 
-fn call(callee: &Ident, args: &[Arg], span: Span, names: &mut dyn Names, diags: &mut Vec<Diagnostic>) -> Option<Scalar> {
+fn call(
+    callee: &Ident,
+    args: &[Arg],
+    span: Span,
+    names: &mut dyn Names,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Scalar> {
     let Some(f) = Func::ALL.iter().find(|f| f.keyword() == callee.name).copied() else {
         let funcs: Vec<String> = Func::ALL.iter().map(|f| f.keyword().to_string()).collect();
         let d = if is_module(&callee.name) {
@@ -259,7 +264,11 @@ pub fn init(e: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<Init> {
         Expr::Name(n) => (n, &[][..], n.span),
         Expr::Call { callee, args, span } => (callee, args.as_slice(), *span),
         _ => {
-            diags.push(invalid(e.span(), key, "an init (`zeros`, `identity`, `orthogonal`, `normal(std)` or `fan_in(gain)`)"));
+            diags.push(invalid(
+                e.span(),
+                key,
+                "an init (`zeros`, `identity`, `orthogonal`, `normal(std)` or `fan_in(gain)`)",
+            ));
             return None;
         }
     };

@@ -35,9 +35,13 @@ pub fn model(s: ModelSettings, defs: &Defs, blocks: &[BlockIr], diags: &mut Vec<
     let total = params::count(&model, b).total;
     if total > limits::PARAMS {
         diags.push(
-            Diagnostic::new(Code::E2016, header_of(&model), format!("the model has {total} parameters, above the limit of {}", limits::PARAMS))
-                .label("too large")
-                .help("reduce `depth`, `width` or `vocab`"),
+            Diagnostic::new(
+                Code::E2016,
+                header_of(&model),
+                format!("the model has {total} parameters, above the limit of {}", limits::PARAMS),
+            )
+            .label("too large")
+            .help("reduce `depth`, `width` or `vocab`"),
         );
         return None;
     }
@@ -65,9 +69,13 @@ fn layer_range(ast: &crate::syntax::ast::Block, defs: &Defs, depth: u64, diags: 
             if let LayerSelector::Index(i) = sel {
                 if *i >= depth && *i < limits::DEPTH {
                     diags.push(
-                        Diagnostic::new(Code::E2020, *span, format!("layer {i} does not exist in a model of depth {depth}"))
-                            .label(format!("layers are 0 to {}", depth - 1))
-                            .help("use an index below the depth, or `last` for the final layer"),
+                        Diagnostic::new(
+                            Code::E2020,
+                            *span,
+                            format!("layer {i} does not exist in a model of depth {depth}"),
+                        )
+                        .label(format!("layers are 0 to {}", depth - 1))
+                        .help("use an index below the depth, or `last` for the final layer"),
                     );
                 }
             }
@@ -101,7 +109,9 @@ fn param_values(ps: &[ParamDef], env: &Env, diags: &mut Vec<Diagnostic>) -> Vec<
 fn not_finite(span: Span, what: &str, why: &str) -> Diagnostic {
     Diagnostic::new(Code::E2022, span, format!("{what} is not a finite number: {why}"))
         .label(format!("{why} here"))
-        .help("check the arithmetic for division by zero, `sqrt` or `log` of negatives, and `layer` (0 at the first layer)")
+        .help(
+        "check the arithmetic for division by zero, `sqrt` or `log` of negatives, and `layer` (0 at the first layer)",
+    )
 }
 
 fn graph_values(g: &Graph, env: &Env, diags: &mut Vec<Diagnostic>) {
@@ -124,7 +134,9 @@ fn graph_values(g: &Graph, env: &Env, diags: &mut Vec<Diagnostic>) {
                         diags.push(not_finite(n.span, "an attention-matrix coefficient", &e.to_string()));
                     }
                 }
-                for init in [&spec.query, &spec.key].into_iter().chain(linear_init(&spec.value)).chain(linear_init(&spec.proj)) {
+                for init in
+                    [&spec.query, &spec.key].into_iter().chain(linear_init(&spec.value)).chain(linear_init(&spec.proj))
+                {
                     init_value(init, n.span, env, diags);
                 }
                 for l in [&spec.value, &spec.proj] {
@@ -182,9 +194,13 @@ fn shapes(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
             };
             if identity {
                 diags.push(
-                    Diagnostic::new(Code::E2014, n.span, format!("identity {what} needs heads × head_dim = width, but it is {inner} ≠ {}", m.width))
-                        .label(format!("{what} is an identity map here"))
-                        .help(format!("drop `head_dim`, or make `{what}` a `linear(…)` map with a non-identity init")),
+                    Diagnostic::new(
+                        Code::E2014,
+                        n.span,
+                        format!("identity {what} needs heads × head_dim = width, but it is {inner} ≠ {}", m.width),
+                    )
+                    .label(format!("{what} is an identity map here"))
+                    .help(format!("drop `head_dim`, or make `{what}` a `linear(…)` map with a non-identity init")),
                 );
             }
         }

@@ -71,18 +71,26 @@ pub fn check(files: &[File]) -> (Option<Program>, Vec<Diagnostic>) {
 fn block_ir(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> Option<BlockIr> {
     if block.body.len() > MAX_STATEMENTS {
         diags.push(
-            Diagnostic::new(Code::E2016, block.name.span, format!("block `{}` has more than {MAX_STATEMENTS} statements", block.name.name))
-                .label("too large")
-                .help("a block describes one transformer layer; split generated content into several blocks"),
+            Diagnostic::new(
+                Code::E2016,
+                block.name.span,
+                format!("block `{}` has more than {MAX_STATEMENTS} statements", block.name.name),
+            )
+            .label("too large")
+            .help("a block describes one transformer layer; split generated content into several blocks"),
         );
         return None;
     }
     let selectors = selectors(block, defs, diags);
     if selectors.len() > MAX_SELECTORS {
         diags.push(
-            Diagnostic::new(Code::E2016, block.name.span, format!("block `{}` has overrides for more than {MAX_SELECTORS} distinct layers", block.name.name))
-                .label("too many layer overrides")
-                .help("use arithmetic over `layer` in gains instead of one override per layer"),
+            Diagnostic::new(
+                Code::E2016,
+                block.name.span,
+                format!("block `{}` has overrides for more than {MAX_SELECTORS} distinct layers", block.name.name),
+            )
+            .label("too many layer overrides")
+            .help("use arithmetic over `layer` in gains instead of one override per layer"),
         );
         return None;
     }
@@ -126,9 +134,13 @@ fn selectors(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> 
                 for (sel, span) in &l.selectors {
                     match sel {
                         LayerSelector::Index(i) if *i >= limits::DEPTH => diags.push(
-                            Diagnostic::new(Code::E2020, *span, format!("layer {i} is beyond the depth limit of {}", limits::DEPTH))
-                                .label("no such layer")
-                                .help("layers are numbered from 0; use `first` or `last` for the ends"),
+                            Diagnostic::new(
+                                Code::E2020,
+                                *span,
+                                format!("layer {i} is beyond the depth limit of {}", limits::DEPTH),
+                            )
+                            .label("no such layer")
+                            .help("layers are numbered from 0; use `first` or `last` for the ends"),
                         ),
                         s => out.push(*s),
                     }

@@ -20,8 +20,19 @@ pub mod limits {
     pub const PARAMS: u128 = 1_000_000_000_000;
 }
 
-const MODEL_KEYS: &[&str] =
-    &["block", "depth", "width", "heads", "context", "vocab", "mask", "positions", "final_norm", "tied_embeddings", "embed_init"];
+const MODEL_KEYS: &[&str] = &[
+    "block",
+    "depth",
+    "width",
+    "heads",
+    "context",
+    "vocab",
+    "mask",
+    "positions",
+    "final_norm",
+    "tied_embeddings",
+    "embed_init",
+];
 
 /// The settings of a section as a list of (name, value); reports
 /// duplicates, unknown keys, params and layer overrides.
@@ -105,7 +116,10 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
         diags.push(
             Diagnostic::new(Code::E2017, header(s), format!("model is missing {}", expr::list(&missing)))
                 .label("incomplete model")
-                .help(format!("add {} to the model", missing.iter().map(|m| format!("`{m} = …`")).collect::<Vec<_>>().join(", "))),
+                .help(format!(
+                    "add {} to the model",
+                    missing.iter().map(|m| format!("`{m} = …`")).collect::<Vec<_>>().join(", ")
+                )),
         );
     }
     if let (Some(width), Some(heads)) = (width, heads) {
@@ -157,7 +171,7 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
 }
 
 fn heads_divide(width: u64, heads: u64, span: Span, diags: &mut Vec<Diagnostic>) -> Option<()> {
-    if heads <= width && width % heads == 0 {
+    if heads <= width && width.is_multiple_of(heads) {
         return Some(());
     }
     diags.push(
@@ -169,7 +183,7 @@ fn heads_divide(width: u64, heads: u64, span: Span, diags: &mut Vec<Diagnostic>)
 }
 
 fn divisor_near(width: u64, heads: u64) -> u64 {
-    (1..=width.min(heads.max(1) * 2)).rev().find(|h| width % h == 0 && *h <= heads.max(1)).unwrap_or(1)
+    (1..=width.min(heads.max(1) * 2)).rev().find(|h| width.is_multiple_of(*h) && *h <= heads.max(1)).unwrap_or(1)
 }
 
 fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Positions> {
@@ -181,7 +195,12 @@ fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Posi
             }
             let max = expr::integer(&args[0].value, "max", 1, limits::CONTEXT * 8, true, diags)?;
             if max < context {
-                diags.push(expr::out_of_range(args[0].value.span(), "max", max as f64, &format!("at least the context ({context})")));
+                diags.push(expr::out_of_range(
+                    args[0].value.span(),
+                    "max",
+                    max as f64,
+                    &format!("at least the context ({context})"),
+                ));
                 return None;
             }
             return Some(Positions::Learned { max });

@@ -43,9 +43,13 @@ fn section<'a>(defs: &mut Defs<'a>, s: &'a Section, diags: &mut Vec<Diagnostic>)
     let header = crate::span::Span { end: s.span.start + s.kind.keyword().len() as u32, ..s.span };
     if s.body.len() > super::MAX_STATEMENTS {
         diags.push(
-            Diagnostic::new(Code::E2016, header, format!("`{}` section with more than {} statements", s.kind.keyword(), super::MAX_STATEMENTS))
-                .label("too large")
-                .help("a section holds a few settings; split generated content out"),
+            Diagnostic::new(
+                Code::E2016,
+                header,
+                format!("`{}` section with more than {} statements", s.kind.keyword(), super::MAX_STATEMENTS),
+            )
+            .label("too large")
+            .help("a section holds a few settings; split generated content out"),
         );
         return;
     }
@@ -77,7 +81,10 @@ fn section<'a>(defs: &mut Defs<'a>, s: &'a Section, diags: &mut Vec<Diagnostic>)
                     diags.push(
                         Diagnostic::new(Code::E2018, header, format!("more than one `{kw}` section"))
                             .label(format!("second `{kw}`"))
-                            .note(crate::span::Span { end: prev.span.start + kw.len() as u32, ..prev.span }, "first one here")
+                            .note(
+                                crate::span::Span { end: prev.span.start + kw.len() as u32, ..prev.span },
+                                "first one here",
+                            )
                             .help(format!("a program has one `{kw}`; put other variants in their own files")),
                     );
                 }

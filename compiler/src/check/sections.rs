@@ -62,9 +62,13 @@ pub fn flatten<'a>(body: &'a [Stmt], m: &[LayerSelector], diags: &mut Vec<Diagno
                 Some(i) if applies(&l.selectors, m) => flat[i] = replacement,
                 Some(_) => {}
                 None => diags.push(
-                    Diagnostic::new(Code::E2025, name.span, format!("layer override of `{}`, which is not defined outside it", name.name))
-                        .label("nothing to override")
-                        .help(format!("define `{}` for every layer first, then override it here", name.name)),
+                    Diagnostic::new(
+                        Code::E2025,
+                        name.span,
+                        format!("layer override of `{}`, which is not defined outside it", name.name),
+                    )
+                    .label("nothing to override")
+                    .help(format!("define `{}` for every layer first, then override it here", name.name)),
                 ),
             }
         }
@@ -101,9 +105,13 @@ pub fn param(p: &Param, allow_per_head: bool, diags: &mut Vec<Diagnostic>) -> Op
     if p.has(Flag::PerHead) && !allow_per_head {
         let span = p.flags.iter().find(|(f, _)| *f == Flag::PerHead).map_or(p.span, |(_, s)| *s);
         diags.push(
-            Diagnostic::new(Code::E2021, span, format!("`per_head` gain `{}` outside an attention section", p.name.name))
-                .label("only attention has heads")
-                .help("declare per-head gains in an `attention` section (e.g. for the matrix), or drop `per_head`"),
+            Diagnostic::new(
+                Code::E2021,
+                span,
+                format!("`per_head` gain `{}` outside an attention section", p.name.name),
+            )
+            .label("only attention has heads")
+            .help("declare per-head gains in an `attention` section (e.g. for the matrix), or drop `per_head`"),
         );
     }
     let init = expr::scalar(&p.value, &mut expr::VarsOnly, diags)?;
@@ -160,7 +168,8 @@ fn settings<'a>(
 }
 
 pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
-    let d = Diagnostic::new(Code::E2007, n.span, format!("unknown {what} setting `{}`", n.name)).label("not a setting here");
+    let d = Diagnostic::new(Code::E2007, n.span, format!("unknown {what} setting `{}`", n.name))
+        .label("not a setting here");
     match did_you_mean(&n.name, known.iter().copied()) {
         Some(s) => d.help(format!("did you mean `{s}`?")),
         None => d.help(format!("{what} settings are {}", expr::one_of(known))),
@@ -208,7 +217,9 @@ pub fn attention(
             "value" => expr::linear(v, key, diags).map(|l| spec.value = stuck(l, v, diags)),
             "proj" => expr::linear(v, key, diags).map(|l| spec.proj = stuck(l, v, diags)),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
-            "qk_norm" => expr::keyword(v, key, &["none", "rmsnorm", "layernorm"], diags).map(|k| spec.qk_norm = norm_kind(k)),
+            "qk_norm" => {
+                expr::keyword(v, key, &["none", "rmsnorm", "layernorm"], diags).map(|k| spec.qk_norm = norm_kind(k))
+            }
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             _ => {
@@ -275,7 +286,12 @@ fn softcap(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
 
 /// Resolves an MLP sub-block: reference defaults (ReLU, 4×, no bias,
 /// N(0, 0.02²)), then the section, then the call's keyword arguments.
-pub fn mlp(section: Option<&Section>, kwargs: &[(&Ident, &Expr)], m: &[LayerSelector], diags: &mut Vec<Diagnostic>) -> Option<MlpSpec> {
+pub fn mlp(
+    section: Option<&Section>,
+    kwargs: &[(&Ident, &Expr)],
+    m: &[LayerSelector],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<MlpSpec> {
     let flat = section.map(|s| flatten(&s.body, m, diags)).unwrap_or_default();
     for f in &flat {
         if let Flat::Param(p) = f {
@@ -420,7 +436,11 @@ fn matrix(e: &Expr, names: &mut MatrixNames, diags: &mut Vec<Diagnostic>) -> Opt
             Some(t) => Some(vec![(Scalar::one(), t)]),
             None => {
                 let d = match names.lookup(n, &mut Vec::new()) {
-                    Lookup::Scalar(_) => bad(n.span, format!("`{}` alone is not an attention-matrix term", n.name), "a gain without a term"),
+                    Lookup::Scalar(_) => bad(
+                        n.span,
+                        format!("`{}` alone is not an attention-matrix term", n.name),
+                        "a gain without a term",
+                    ),
                     _ => unknown_term(n),
                 };
                 diags.push(d);
@@ -438,7 +458,11 @@ fn matrix(e: &Expr, names: &mut MatrixNames, diags: &mut Vec<Diagnostic>) -> Opt
             let (lt, rt) = (has_term(lhs, names.params), has_term(rhs, names.params));
             match (lt, rt) {
                 (true, true) => {
-                    diags.push(bad(*span, "product of two attention-matrix terms".into(), "terms can only be scaled and added"));
+                    diags.push(bad(
+                        *span,
+                        "product of two attention-matrix terms".into(),
+                        "terms can only be scaled and added",
+                    ));
                     None
                 }
                 (false, false) => {
@@ -448,14 +472,22 @@ fn matrix(e: &Expr, names: &mut MatrixNames, diags: &mut Vec<Diagnostic>) -> Opt
                     });
                     diags.push(match unknown {
                         Some(n) => unknown_term(n),
-                        None => bad(*span, "a gain without a term in the attention matrix".into(), "no `I`, `softmax` or `centre` here"),
+                        None => bad(
+                            *span,
+                            "a gain without a term in the attention matrix".into(),
+                            "no `I`, `softmax` or `centre` here",
+                        ),
                     });
                     None
                 }
                 (true, false) => {
                     let terms = matrix(lhs, names, diags)?;
                     let s = expr::scalar(rhs, names, diags)?;
-                    let s = if *op == BinOp::Div { Scalar::Bin(BinOp::Div, Box::new(Scalar::one()), Box::new(s)) } else { s };
+                    let s = if *op == BinOp::Div {
+                        Scalar::Bin(BinOp::Div, Box::new(Scalar::one()), Box::new(s))
+                    } else {
+                        s
+                    };
                     Some(scale(terms, s))
                 }
                 (false, true) if *op == BinOp::Mul => {
@@ -481,7 +513,8 @@ fn matrix(e: &Expr, names: &mut MatrixNames, diags: &mut Vec<Diagnostic>) -> Opt
 }
 
 fn unknown_term(n: &Ident) -> Diagnostic {
-    let d = Diagnostic::new(Code::E2009, n.span, format!("unknown attention-matrix term `{}`", n.name)).label("not a term");
+    let d =
+        Diagnostic::new(Code::E2009, n.span, format!("unknown attention-matrix term `{}`", n.name)).label("not a term");
     match did_you_mean(&n.name, ["I", "softmax", "centre", "center"]) {
         Some(s) if s == "center" => d.help("did you mean `centre`?"),
         Some(s) => d.help(format!("did you mean `{s}`?")),

@@ -31,14 +31,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(code: Code, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic {
-            code,
-            message: message.into(),
-            span,
-            label: String::new(),
-            help: String::new(),
-            notes: Vec::new(),
-        }
+        Diagnostic { code, message: message.into(), span, label: String::new(), help: String::new(), notes: Vec::new() }
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {
@@ -143,10 +136,7 @@ impl miette::Diagnostic for Rendered<'_> {
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let d = self.diag;
-        let primary = LabeledSpan::new_primary_with_span(
-            (!d.label.is_empty()).then(|| d.label.clone()),
-            d.span,
-        );
+        let primary = LabeledSpan::new_primary_with_span((!d.label.is_empty()).then(|| d.label.clone()), d.span);
         let notes = d
             .notes
             .iter()

@@ -106,11 +106,22 @@ pub struct Node {
 pub enum Op {
     /// The block input `x`.
     Input,
-    Norm { norm: Norm, input: NodeId },
-    Attention { spec: Box<AttentionSpec>, input: NodeId },
-    Mlp { spec: MlpSpec, input: NodeId },
+    Norm {
+        norm: Norm,
+        input: NodeId,
+    },
+    Attention {
+        spec: Box<AttentionSpec>,
+        input: NodeId,
+    },
+    Mlp {
+        spec: MlpSpec,
+        input: NodeId,
+    },
     /// A weighted sum `Σ gain·input` (skips, branch gains, parallel sums).
-    Sum { terms: Vec<Term> },
+    Sum {
+        terms: Vec<Term>,
+    },
 }
 
 impl Op {
@@ -277,11 +288,17 @@ pub enum Init {
     Zeros,
     Identity,
     /// Haar-random orthogonal, times `gain`.
-    Orthogonal { gain: Scalar },
+    Orthogonal {
+        gain: Scalar,
+    },
     /// N(0, std²) with an absolute std (the paper's 0.02).
-    Normal { std: Scalar },
+    Normal {
+        std: Scalar,
+    },
     /// N(0, gain²/fan_in).
-    FanIn { gain: Scalar },
+    FanIn {
+        gain: Scalar,
+    },
 }
 
 /// A value or projection map.
@@ -388,7 +405,9 @@ pub enum Mask {
 pub enum Positions {
     None,
     /// A learned table with `max` rows.
-    Learned { max: u64 },
+    Learned {
+        max: u64,
+    },
     Sinusoidal,
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{AttentionSpec, Graph, Init, Linear, MlpSpec, Node, Op, ParamDef, Scalar};
+use super::{Activation, AttentionSpec, Graph, Init, Linear, MlpSpec, Node, Op, ParamDef, Scalar};
 use crate::syntax::ast::BinOp;
 
 /// Output formats of [`render`].
@@ -46,7 +46,7 @@ fn edges(g: &Graph) -> Vec<(usize, usize, Option<String>)> {
 fn label(n: &Node, g: &Graph, i: usize) -> Vec<String> {
     let mut lines = match &n.op {
         Op::Input => vec!["x".to_string()],
-        Op::Norm { norm, .. } => vec![format!("{} (eps {})", norm.kind.keyword(), norm.eps)],
+        Op::Norm { norm, .. } => vec![format!("{} (eps {})", norm.kind.keyword(), num(norm.eps))],
         Op::Attention { spec, .. } => attention(spec),
         Op::Mlp { spec, .. } => mlp(spec),
         Op::Sum { .. } => vec!["+".to_string()],
@@ -65,19 +65,31 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
         Some(c) => format!("attn {c}"),
         None => "attn".to_string(),
     };
-    let matrix: Vec<String> = s
-        .matrix
-        .iter()
-        .map(|(c, t)| match c {
-            Scalar::Const(v) if *v == 1.0 => t.keyword().to_string(),
-            c => format!("{}·{}", scalar(c, &s.params), t.keyword()),
-        })
-        .collect();
+    let mut matrix = String::new();
+    for (i, (c, t)) in s.matrix.iter().enumerate() {
+        let (neg, c) = match c {
+            Scalar::Neg(inner) => (true, (**inner).clone()),
+            Scalar::Const(v) if *v < 0.0 => (true, Scalar::Const(-v)),
+            c => (false, c.clone()),
+        };
+        let sign = match (i, neg) {
+            (0, true) => "-",
+            (0, false) => "",
+            (_, true) => " - ",
+            (_, false) => " + ",
+        };
+        let term = match c {
+            Scalar::Const(1.0) => t.keyword().to_string(),
+            c => format!("{}·{}", scalar(&c, &s.params), t.keyword()),
+        };
+        matrix.push_str(sign);
+        matrix.push_str(&term);
+    }
     vec![
         head,
         format!("Q {} · K {}", init(&s.query), init(&s.key)),
         format!("V {} · P {}", linear(&s.value, &s.params), linear(&s.proj, &s.params)),
-        format!("A = {}", matrix.join(" + ")),
+        format!("A = {matrix}"),
     ]
 }
 
@@ -86,7 +98,17 @@ fn mlp(s: &MlpSpec) -> Vec<String> {
         Some(c) => format!("mlp {c}"),
         None => "mlp".to_string(),
     };
-    vec![head, format!("{:?} · {}× · up {} · down {}", s.activation, s.width, init(&s.up), init(&s.down))]
+    let act = match s.activation {
+        Activation::Relu => "relu".to_string(),
+        Activation::LeakyRelu { slope } => format!("leaky_relu({})", num(slope)),
+        Activation::Gelu => "gelu".into(),
+        Activation::GeluTanh => "gelu_tanh".into(),
+        Activation::Silu => "silu".into(),
+        Activation::Tanh => "tanh".into(),
+        Activation::Erf => "erf".into(),
+        Activation::Identity => "identity".into(),
+    };
+    vec![head, format!("{act} · {}× · up {} · down {}", num(s.width), init(&s.up), init(&s.down))]
 }
 
 fn init(i: &Init) -> String {
@@ -112,7 +134,7 @@ fn linear(l: &Linear, ps: &[ParamDef]) -> String {
 /// A gain as text, with param names.
 pub fn scalar(s: &Scalar, ps: &[ParamDef]) -> String {
     match s {
-        Scalar::Const(v) => format!("{v}"),
+        Scalar::Const(v) => num(*v),
         Scalar::Param(i) => ps.get(*i).map_or_else(|| format!("p{i}"), |p| p.name.clone()),
         Scalar::Var(v) => v.keyword().to_string(),
         Scalar::Neg(a) => format!("-{}", scalar(a, ps)),
@@ -131,6 +153,15 @@ pub fn scalar(s: &Scalar, ps: &[ParamDef]) -> String {
     }
 }
 
+/// A number as a person writes it: `0.02`, `1e-5`, `768`.
+pub fn num(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 fn prec(op: BinOp) -> u8 {
     op.precedence()
 }
@@ -138,7 +169,10 @@ fn prec(op: BinOp) -> u8 {
 fn dot(g: &Graph, name: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "digraph \"{}\" {{", esc(name));
-    let _ = writeln!(s, "  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=11];\n  edge [fontname=\"Helvetica\", fontsize=10];");
+    let _ = writeln!(
+        s,
+        "  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=11];\n  edge [fontname=\"Helvetica\", fontsize=10];"
+    );
     for (i, n) in g.nodes.iter().enumerate() {
         let text = label(n, g, i).iter().map(|l| esc(l)).collect::<Vec<_>>().join("\\n");
         let style = match n.op {
@@ -160,7 +194,11 @@ fn dot(g: &Graph, name: &str) -> String {
         if skip {
             attrs.push("style=bold, color=\"#555555\"".into());
         }
-        let _ = writeln!(s, "  n{from} -> n{to}{};", if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) });
+        let _ = writeln!(
+            s,
+            "  n{from} -> n{to}{};",
+            if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) }
+        );
     }
     s.push_str("}\n");
     s

@@ -203,12 +203,28 @@ pub struct Arg {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     /// A number; `text` is kept so the formatter writes it as written.
-    Number { value: f64, text: String, span: Span },
+    Number {
+        value: f64,
+        text: String,
+        span: Span,
+    },
     String(StringLit),
     Name(Ident),
-    Call { callee: Ident, args: Vec<Arg>, span: Span },
-    Neg { operand: Box<Expr>, span: Span },
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr>, span: Span },
+    Call {
+        callee: Ident,
+        args: Vec<Arg>,
+        span: Span,
+    },
+    Neg {
+        operand: Box<Expr>,
+        span: Span,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+        span: Span,
+    },
 }
 
 impl Expr {

@@ -163,7 +163,7 @@ pub fn translate(file: FileId, text: &str, e: &Error<Rule>) -> Diagnostic {
     };
     Diagnostic::new(Code::E1001, span, message)
         .label(if expected.is_empty() { "not expected here".to_string() } else { format!("expected {expected}") })
-        .help(help_for(&expected, &found))
+        .help(help_for(&expected, found))
 }
 
 fn help_for(expected: &str, found: &str) -> String {

@@ -140,7 +140,8 @@ impl Printer<'_> {
             return;
         }
         self.out.push_str(" {");
-        let open = self.src[span.start as usize..close].find('{').map_or(span.start as usize, |o| span.start as usize + o + 1);
+        let open =
+            self.src[span.start as usize..close].find('{').map_or(span.start as usize, |o| span.start as usize + o + 1);
         self.trailing(open);
         let widths = run_widths(stmts, |a, b| self.blank_between(a, b));
         for (i, stmt) in stmts.iter().enumerate() {
@@ -204,11 +205,7 @@ impl Printer<'_> {
 /// Where a statement's text starts, counting its leading comments.
 fn first_start(p: &Printer, stmt: &Stmt) -> u32 {
     let start = stmt.span().start as usize;
-    p.comments
-        .iter()
-        .skip(p.next)
-        .find(|c| c.own_line && c.start < start)
-        .map_or(start, |c| c.start) as u32
+    p.comments.iter().skip(p.next).find(|c| c.own_line && c.start < start).map_or(start, |c| c.start) as u32
 }
 
 /// The name width to pad to for each statement: the widest name in its run
@@ -280,7 +277,8 @@ pub fn expr(e: &Expr) -> String {
         Expr::Binary { op, lhs, rhs, .. } => {
             let p = op.precedence();
             let right_assoc = *op == BinOp::Pow;
-            let l_paren = prec(lhs) < p || (right_assoc && prec(lhs) <= p) || (right_assoc && matches!(**lhs, Expr::Neg { .. }));
+            let l_paren =
+                prec(lhs) < p || (right_assoc && prec(lhs) <= p) || (right_assoc && matches!(**lhs, Expr::Neg { .. }));
             let r_paren = prec(rhs) < p || (!right_assoc && prec(rhs) == p);
             format!("{} {} {}", wrap(lhs, l_paren), op.symbol(), wrap(rhs, r_paren))
         }

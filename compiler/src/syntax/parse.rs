@@ -36,17 +36,12 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     if !pre.is_empty() {
         return Err(pre);
     }
-    let mut pairs = BlkParser::parse(Rule::file, text)
-        .map_err(|e| vec![errors::translate(file, text, &e)])?;
+    let mut pairs = BlkParser::parse(Rule::file, text).map_err(|e| vec![errors::translate(file, text, &e)])?;
     let Some(root) = pairs.next() else {
         return Ok(File { items: Vec::new() });
     };
     let mut cx = Cx { file, diags: Vec::new() };
-    let items = root
-        .into_inner()
-        .filter(|p| p.as_rule() != Rule::EOI)
-        .map(|p| cx.item(p))
-        .collect();
+    let items = root.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(|p| cx.item(p)).collect();
     if cx.diags.is_empty() {
         Ok(File { items })
     } else {

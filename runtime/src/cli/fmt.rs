@@ -44,7 +44,10 @@ fn one(path: &Path, check: bool) -> u8 {
     // touching the file.
     let (_, again) = blkc::load::load_text("formatted", &formatted);
     if again.as_ref().ok() != Some(&file) {
-        eprintln!("error: formatting `{}` would change its meaning; this is a bug in blkc, the file was left as it is", path.display());
+        eprintln!(
+            "error: formatting `{}` would change its meaning; this is a bug in blkc, the file was left as it is",
+            path.display()
+        );
         return BROKEN;
     }
     if formatted == text {

@@ -52,7 +52,15 @@ pub fn run(args: &Args) -> u8 {
         }
         Format::Human => {
             let title = if bare { " (bare block, in the small model)" } else { "" };
-            println!("{}: block `{}`, depth {}, width {}, heads {}, vocab {}{title}", args.file.display(), block.name, model.depth, model.width, model.heads, model.vocab);
+            println!(
+                "{}: block `{}`, depth {}, width {}, heads {}, vocab {}{title}",
+                args.file.display(),
+                block.name,
+                model.depth,
+                model.width,
+                model.heads,
+                model.vocab
+            );
             for (k, v) in n.components() {
                 if v > 0 {
                     println!("  {k:<22}{v:>14}");

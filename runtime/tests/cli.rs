@@ -1,0 +1,157 @@
+//! The `blkc` command as a user runs it: help, a clean and a failing
+//! `check` (exit codes, rendered and machine-readable diagnostics), `fmt`,
+//! `graph` and `params`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn blkc(args: &[&str]) -> Output {
+    match Command::new(env!("CARGO_BIN_EXE_blkc")).args(args).current_dir(repo()).output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run blkc: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn canonical() -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in ["blocks", "examples/codeparrot", "examples/small"] {
+        let mut v: Vec<String> = std::fs::read_dir(repo().join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
+            .filter(|f| f.ends_with(".blk"))
+            .collect();
+        v.sort();
+        files.extend(v);
+    }
+    files
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let o = blkc(&["--help"]);
+    assert!(o.status.success());
+    let out = text(&o.stdout);
+    for cmd in ["check", "fmt", "graph", "params"] {
+        assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
+    }
+    let o = blkc(&["check", "--help"]);
+    assert!(text(&o.stdout).contains("--format"));
+}
+
+#[test]
+fn check_passes_on_every_canonical_file() {
+    let files = canonical();
+    let mut args = vec!["check"];
+    args.extend(files.iter().map(String::as_str));
+    let o = blkc(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("checked {} files: 0 errors, 0 warnings", files.len())));
+}
+
+#[test]
+fn a_failing_check_exits_2_with_a_rendered_diagnostic() {
+    let o = blkc(&["check", "tests/ui/check/unknown_name.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("E2001"), "{err}");
+    assert!(err.contains("unknown name `nrom`"), "{err}");
+    assert!(err.contains("did you mean `norm`?"), "{err}");
+    assert!(err.contains("unknown_name.blk:4:"), "{err}");
+    assert!(err.contains("does not compile"), "{err}");
+}
+
+#[test]
+fn check_speaks_json_and_github_annotations() {
+    let o = blkc(&["check", "--format", "json", "tests/ui/check/wrong_arity.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    let records: Vec<serde_json::Value> =
+        text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::Null)).collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|r| r["code"] == "E2006" && r["severity"] == "error" && r["line"].as_u64() > Some(0)));
+    let o = blkc(&["check", "--format", "github", "tests/ui/check/unused.blk"]);
+    assert_eq!(o.status.code(), Some(0), "warnings alone pass");
+    let out = text(&o.stdout);
+    assert!(out.lines().all(|l| l.starts_with("::warning file=tests/ui/check/unused.blk,line=")), "{out}");
+    let o = blkc(&["check", "--deny-warnings", "tests/ui/check/unused.blk"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn unreadable_files_exit_2() {
+    let o = blkc(&["check", "no/such.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("cannot read `no/such.blk`: no such file"));
+    let o = blkc(&["check", "blocks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("it is a directory"));
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let o = blkc(&["graph", "blocks/parallel.blk"]);
+    assert!(o.status.success());
+    let dot = text(&o.stdout);
+    assert!(dot.starts_with("digraph \"parallel\" {") && dot.trim_end().ends_with('}'), "{dot}");
+    assert!(dot.contains("rmsnorm") && dot.contains("style=bold"), "{dot}");
+    // The shared norm feeds both branches: one norm node, two edges out of it.
+    let norm = dot
+        .lines()
+        .find(|l| l.contains("label=\"n = rmsnorm"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("?");
+    assert_eq!(dot.matches(&format!("  {norm} -> ")).count(), 2, "{dot}");
+    let o = blkc(&["graph", "--format", "mermaid", "examples/codeparrot/sas.blk", "--layer", "0"]);
+    let mm = text(&o.stdout);
+    assert!(mm.starts_with("flowchart TB") && mm.contains("reparam"), "{mm}");
+}
+
+#[test]
+fn params_reports_the_paper_counts() {
+    let o = blkc(&["params", "--format", "json", "examples/codeparrot/sas-p.blk"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let total = v["total"].as_u64().unwrap_or(0) as f64;
+    assert!((total - 146.07e6).abs() / 146.07e6 < 0.002, "{v}");
+    let o = blkc(&["params", "blocks/preln.blk"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("bare block, in the small model") && out.contains("total"), "{out}");
+}
+
+#[test]
+fn params_of_a_file_without_block_is_e5001() {
+    let o = blkc(&["params", "blocks/shaped.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("E5001"));
+}
+
+#[test]
+fn fmt_rewrites_and_check_mode_reports() {
+    let dir = std::env::temp_dir().join(format!("blkc-fmt-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join("messy.blk");
+    let _ = std::fs::write(&file, "block b{ # keep me\nh=x+attn(rmsnorm(x))\nout=h}\n");
+    let path = file.to_string_lossy().to_string();
+    let o = blkc(&["fmt", "--check", &path]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).contains("would reformat"));
+    let o = blkc(&["fmt", &path]);
+    assert!(o.status.success());
+    let formatted = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(formatted, "block b {  # keep me\n    h   = x + attn(rmsnorm(x))\n    out = h\n}\n");
+    assert_eq!(blkc(&["fmt", "--check", &path]).status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = vec!["fmt", "--check"];
+    let files = canonical();
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(blkc(&args).status.code(), Some(0), "canonical files are formatted");
+}
