@@ -72,10 +72,7 @@ pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
 pub fn compile_reported(path: &Path) -> Option<Compilation> {
     let c = compile(path, DiagFormat::Human)?;
     report::print(&c.diagnostics, &c.sources, DiagFormat::Human);
-    if c.program.is_none() {
-        return None;
-    }
-    Some(c)
+    c.program.is_some().then_some(c)
 }
 
 /// A list of paths from the command line.
