@@ -1,10 +1,13 @@
 //! Golden tests of diagnostics: each `tests/ui/<stage>/<case>.blk` is a bad
 //! input; its snapshot holds the source and the rendered diagnostics. The
 //! suite also checks that every diagnostic code of the registry is shown by
-//! at least one case.
+//! at least one case. Cases under `tests/ui/signal/` also run the signal
+//! analysis.
 
 use std::collections::BTreeSet;
 
+use blkc::signal::report::{reports, Request};
+use blkc::span::FileId;
 use blkc::Code;
 use blkc_tests::{blk_files, compile_rel, rel, rendered};
 
@@ -21,7 +24,15 @@ fn ui_cases_match_their_snapshots_and_cover_every_code() {
     let mut seen = BTreeSet::new();
     for case in &cases {
         let path = rel(case);
-        let c = compile_rel(&path);
+        let mut c = compile_rel(&path);
+        if path.starts_with("tests/ui/signal/") {
+            // Signal cases: the analysis's diagnostics join the compiler's.
+            let p = c.program.as_ref().unwrap_or_else(|| panic!("{path} must compile:\n{}", rendered(&c)));
+            let found: Vec<_> =
+                reports(p, FileId(0), &Request::default()).into_iter().flat_map(|r| r.diagnostics).collect();
+            c.diagnostics.extend(found);
+            c.diagnostics.sort_by(|a, b| a.span.position_cmp(&b.span));
+        }
         assert!(!c.diagnostics.is_empty(), "{path} produced no diagnostic");
         seen.extend(c.diagnostics.iter().map(|d| d.code));
         for d in &c.diagnostics {

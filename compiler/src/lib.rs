@@ -5,6 +5,7 @@ pub mod diag;
 pub mod eval;
 pub mod graph;
 pub mod load;
+pub mod signal;
 pub mod source;
 pub mod span;
 pub mod syntax;

@@ -49,13 +49,23 @@ fn help_lists_the_subcommands() {
 }
 
 #[test]
-fn check_passes_on_every_canonical_file() {
+fn check_rejects_only_the_collapsing_block_among_the_canonical_files() {
     let files = canonical();
     let mut args = vec!["check"];
     args.extend(files.iter().map(String::as_str));
     let o = blkc(&args);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains(&format!("checked {} files: 0 errors, 0 warnings", files.len())));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("checked {} files: 3 errors, 0 warnings — rejected", files.len())), "{err}");
+    // Exactly the naive skipless block and its two models are rejected
+    // (theory.md §3.2: it fails from depth 6 on).
+    assert_eq!(err.matches("E3001").count(), 3, "{err}");
+    assert!(err.contains("blocks/skipless-naive.blk:5:11"), "{err}");
+    let out = text(&o.stdout);
+    assert_eq!(out.matches("verdict: reject").count(), 3, "{out}");
+    assert!(out.contains("verdict: pass; passes at every depth up to 1024"), "{out}");
+    let o = blkc(&["check", "--syntax-only", "blocks/skipless-naive.blk"]);
+    assert_eq!(o.status.code(), Some(0));
 }
 
 #[test]
@@ -74,16 +84,56 @@ fn a_failing_check_exits_2_with_a_rendered_diagnostic() {
 fn check_speaks_json_and_github_annotations() {
     let o = blkc(&["check", "--format", "json", "tests/ui/check/wrong_arity.blk"]);
     assert_eq!(o.status.code(), Some(2));
-    let records: Vec<serde_json::Value> =
-        text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::Null)).collect();
-    assert_eq!(records.len(), 3, "{records:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["verdict"], "error");
+    let records = v["diagnostics"].as_array().cloned().unwrap_or_default();
+    assert_eq!(records.len(), 3, "{v}");
     assert!(records.iter().all(|r| r["code"] == "E2006" && r["severity"] == "error" && r["line"].as_u64() > Some(0)));
+
+    let o = blkc(&["check", "--format", "json", "--depth", "72", "--emit-kernel", "examples/codeparrot/sas-p.blk"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["verdict"], "pass");
+    let layers = v["layers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(layers.len(), 72);
+    assert_eq!(layers[0]["layer"], 1);
+    for key in ["cosine", "effective_rank", "scale"] {
+        assert!(layers[71][key].is_f64(), "{key}: {}", layers[71]);
+    }
+    let kernel = v["kernel"].as_array().cloned().unwrap_or_default();
+    assert_eq!(kernel.len(), 128);
+    assert_eq!(kernel[0].as_array().map(Vec::len), Some(128));
+
     let o = blkc(&["check", "--format", "github", "tests/ui/check/unused.blk"]);
     assert_eq!(o.status.code(), Some(0), "warnings alone pass");
     let out = text(&o.stdout);
-    assert!(out.lines().all(|l| l.starts_with("::warning file=tests/ui/check/unused.blk,line=")), "{out}");
-    let o = blkc(&["check", "--deny-warnings", "tests/ui/check/unused.blk"]);
+    assert!(
+        !out.is_empty() && out.lines().all(|l| l.starts_with("::warning file=tests/ui/check/unused.blk,line=")),
+        "{out}"
+    );
+    let o = blkc(&["check", "--format", "github", "blocks/skipless-naive.blk"]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).starts_with("::error file=blocks/skipless-naive.blk,line=5,col=11"), "{}", text(&o.stdout));
+    let o = blkc(&["check", "--deny-warnings", "--syntax-only", "tests/ui/check/unused.blk"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn check_options_change_the_analysis() {
+    let o = blkc(&["check", "--format", "json", "--depth", "72", "examples/codeparrot/postln.blk"]);
+    assert_eq!(o.status.code(), Some(1), "Post-LN is rejected at depth 72");
+    let o = blkc(&["check", "--format", "json", "--input", "distinct", "--context", "32", "examples/small/preln.blk"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["context"], 32);
+    assert_eq!(v["inputs"].as_array().map(Vec::len), Some(1));
+    let o = blkc(&["check", "--input", "data=blocks/preln.blk", "blocks/preln.blk"]);
+    assert_eq!(o.status.code(), Some(2), "a file shorter than the window is a clear error");
+    assert!(text(&o.stderr).contains("fewer than"));
+    let o = blkc(&["check", "--input", "data=docs", "--format", "json", "blocks/sas.blk"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["input"], "data=docs", "{v}");
+    let o = blkc(&["check", "--depth", "100000", "blocks/sas.blk"]);
+    assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]

@@ -78,5 +78,11 @@ codes! {
     W2002 Warning "block input `x` is never used";
     W2003 Warning "parameter is never used";
     W2004 Warning "trainable map that can never receive a gradient";
+    E3001 Error "tokens collapse when the block is stacked";
+    E3002 Error "the signal explodes or vanishes when the block is stacked";
+    E3003 Error "a sub-block's output is zero at init";
+    W3001 Warning "tokens are close to collapse";
+    W3002 Warning "token distinctions shrink geometrically with depth";
+    W3003 Warning "a bare block that passes at the small model's depth is rejected at depth 18";
     E5001 Error "file has no block or model to work on";
 }

@@ -121,3 +121,29 @@ fn reparam_gains(l: &Linear) -> u128 {
         _ => 0,
     }
 }
+
+/// Forward FLOPs per token at context `t`: 2 per weight of every matmul
+/// (Q/K only when the matrix uses `softmax`, none for identity maps), plus
+/// 4·T·(heads·head_dim) for the scores and the weighted sum of each
+/// softmax attention, plus the LM head. Norms, activations and the
+/// `centre` term (a running mean) are not counted.
+pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
+    let (d, h, t) = (model.width as u128, model.heads as u128, t as u128);
+    let mut flops = 2 * d * model.vocab as u128;
+    for layer in 0..model.depth {
+        for n in &block.graph_at(layer, model.depth).nodes {
+            match &n.op {
+                Op::Attention { spec, .. } => {
+                    let inner = h * spec.head_dim.map_or(d / h, u128::from);
+                    if spec.uses(MatrixTerm::Softmax) {
+                        flops += 2 * 2 * d * inner + 4 * t * inner;
+                    }
+                    flops += 2 * (linear(&spec.value, inner, d) + linear(&spec.proj, d, inner));
+                }
+                Op::Mlp { spec, .. } => flops += 2 * 2 * d * hidden(d, spec.width),
+                _ => {}
+            }
+        }
+    }
+    flops
+}

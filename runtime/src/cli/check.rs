@@ -1,42 +1,71 @@
-//! `blkc check FILE…`: compile each file and report every problem.
+//! `blkc check FILE…`: compile each file, report every problem, then
+//! predict signal propagation at init and reject blocks that collapse.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use blkc::signal::report::{reports, table, Report, Request};
+use blkc::signal::verdict::Status;
+use blkc::signal::{AttentionMode, Input};
+use blkc::span::FileId;
+use blkc::{Compilation, Diagnostic};
 
 use super::{compile, BROKEN, OK, REJECTED};
 use crate::report::{self, plural, DiagFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attention {
+    /// Zero-query approximation while σ_Q·σ_K ≤ 1, Monte Carlo above.
+    Auto,
+    /// softmax = the mask's centre matrix (exact for zero queries).
+    Zero,
+    /// Monte Carlo over random queries and keys.
+    Mc,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The .blk files to check.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// How to print diagnostics: human (stderr), json (one record per
-    /// line on stdout) or github (workflow annotations).
+    /// human (diagnostics on stderr, report on stdout), json (one object
+    /// per analysed block, see docs/check.md) or github (annotations).
     #[arg(long, value_enum, default_value = "human")]
     pub format: DiagFormat,
     /// Treat warnings as rejection (exit 1).
     #[arg(long)]
     pub deny_warnings: bool,
+    /// Only syntax and semantics; no signal analysis.
+    #[arg(long)]
+    pub syntax_only: bool,
+    /// Analyse this many stacked blocks instead of the model's depth.
+    #[arg(long)]
+    pub depth: Option<u64>,
+    /// Tokens T of the analysis (default: the model's context, at most 128).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Input kernel: `distinct`, `rho=R` or `data=PATH` (byte tokens of a
+    /// text file); repeat for several (default: distinct and rho=0.2).
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
+    /// How random-query attention is evaluated.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attention: Attention,
+    /// Monte Carlo draws per attention layer.
+    #[arg(long, default_value_t = 64)]
+    pub samples: usize,
+    /// Include the final T×T kernel in the JSON report.
+    #[arg(long)]
+    pub emit_kernel: bool,
 }
 
 pub fn run(args: &Args) -> u8 {
     let mut status = OK;
     let (mut errors, mut warnings) = (0, 0);
     for path in &args.files {
-        let Some(c) = compile(path, args.format) else {
-            status = status.max(BROKEN);
-            errors += 1;
-            continue;
-        };
-        report::print(&c.diagnostics, &c.sources, args.format);
-        let (e, w) = report::counts(&c.diagnostics);
+        let (s, e, w) = one(path, args);
+        status = status.max(s);
         errors += e;
         warnings += w;
-        if e > 0 {
-            status = status.max(BROKEN);
-        } else if w > 0 && args.deny_warnings {
-            status = status.max(REJECTED);
-        }
     }
     if args.format == DiagFormat::Human {
         let verdict = match status {
@@ -52,4 +81,137 @@ pub fn run(args: &Args) -> u8 {
         );
     }
     status
+}
+
+/// Checks one file: (exit status, errors, warnings).
+fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
+    let Some(c) = compile(path, args.format) else { return (BROKEN, 1, 0) };
+    let mut reps = Vec::new();
+    if let (Some(p), false) = (&c.program, args.syntax_only) {
+        match request(args, path) {
+            Ok(req) => reps = reports(p, FileId(0), &req),
+            Err(why) => {
+                eprintln!("error: {why}");
+                return (BROKEN, 1, 0);
+            }
+        }
+    }
+    let mut diags: Vec<Diagnostic> = c.diagnostics.clone();
+    diags.extend(reps.iter().flat_map(|r| r.diagnostics.iter().cloned()));
+    diags.sort_by(|a, b| a.span.position_cmp(&b.span));
+    let (e, w) = report::counts(&diags);
+    let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
+    let status = if c.program.is_none() {
+        BROKEN
+    } else if rejected || (args.deny_warnings && w > 0) {
+        REJECTED
+    } else {
+        OK
+    };
+    print(path, &c, &diags, &reps, args.format);
+    (status, e, w)
+}
+
+fn print(path: &Path, c: &Compilation, diags: &[Diagnostic], reps: &[Report], format: DiagFormat) {
+    match format {
+        DiagFormat::Human => {
+            report::print(diags, &c.sources, format);
+            for r in reps {
+                println!("{}: {}", path.display(), table(r));
+            }
+        }
+        DiagFormat::Github => report::print(diags, &c.sources, format),
+        DiagFormat::Json => {
+            let records: Vec<serde_json::Value> =
+                diags.iter().map(|d| serde_json::to_value(report::record(d, &c.sources)).unwrap_or_default()).collect();
+            let file = path.display().to_string();
+            if reps.is_empty() {
+                let verdict = if c.program.is_some() { "pass" } else { "error" };
+                let v = serde_json::json!({"file": file, "verdict": verdict, "layers": [], "diagnostics": records});
+                println!("{v}");
+            }
+            for r in reps {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("file".into(), file.clone().into());
+                    o.insert("diagnostics".into(), records.clone().into());
+                }
+                println!("{v}");
+            }
+        }
+    }
+}
+
+fn request(args: &Args, file: &Path) -> Result<Request, String> {
+    let inputs = if args.inputs.is_empty() {
+        None
+    } else {
+        Some(args.inputs.iter().map(|i| input(i, file)).collect::<Result<Vec<_>, _>>()?)
+    };
+    if let Some(d) = args.depth.filter(|d| *d == 0 || *d > blkc::check::limits::DEPTH) {
+        return Err(format!("--depth {d} is out of range (1 to {})", blkc::check::limits::DEPTH));
+    }
+    if let Some(t) = args.context.filter(|t| *t < 2 || *t > blkc::signal::MAX_CONTEXT) {
+        return Err(format!("--context {t} is out of range (2 to {})", blkc::signal::MAX_CONTEXT));
+    }
+    Ok(Request {
+        depth: args.depth,
+        context: args.context,
+        inputs,
+        mode: Some(match args.attention {
+            Attention::Auto => AttentionMode::Auto,
+            Attention::Zero => AttentionMode::ZeroQuery,
+            Attention::Mc => AttentionMode::MonteCarlo,
+        }),
+        samples: Some(args.samples.clamp(1, 4096)),
+        emit_kernel: args.emit_kernel,
+    })
+}
+
+/// Parses `distinct`, `rho=R` or `data=PATH`.
+fn input(spec: &str, _file: &Path) -> Result<Input, String> {
+    match spec.split_once('=') {
+        None if spec == "distinct" => Ok(Input::Distinct),
+        Some(("rho", r)) => match r.parse::<f64>() {
+            Ok(r) if (0.0..1.0).contains(&r) => Ok(Input::Rho(r)),
+            _ => Err(format!("--input rho={r}: expected a correlation in [0, 1)")),
+        },
+        Some(("data", path)) => data_kernel(Path::new(path)),
+        _ => Err(format!("--input {spec}: expected `distinct`, `rho=R` or `data=PATH`")),
+    }
+}
+
+/// The input kernel of byte-token windows of a text file (or of the text
+/// files in a directory), with a learned position table.
+fn data_kernel(path: &Path) -> Result<Input, String> {
+    const T: usize = blkc::signal::MAX_CONTEXT;
+    const MAX_BYTES: usize = 1 << 22;
+    let mut bytes = Vec::new();
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("--input data={}: {e}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for f in files {
+        if bytes.len() >= MAX_BYTES {
+            break;
+        }
+        if let Ok(b) = std::fs::read(&f) {
+            bytes.extend(b.into_iter().take(MAX_BYTES));
+        }
+    }
+    let windows: Vec<Vec<u32>> =
+        bytes.chunks_exact(T).take(256).map(|w| w.iter().map(|b| u32::from(*b)).collect()).collect();
+    if windows.is_empty() {
+        return Err(format!("--input data={}: fewer than {T} bytes of text", path.display()));
+    }
+    let kernel = blkc::signal::kernel::token_kernel(&windows, T, true);
+    Ok(Input::Kernel { name: format!("data={}", path.display()), kernel })
 }

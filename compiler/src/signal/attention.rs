@@ -1,0 +1,130 @@
+//! The attention matrix at init (theory.md §2.2). With zero queries the
+//! logits vanish, so `softmax` equals the mask's centre matrix C and a
+//! shaped matrix αI + β·softmax − γC is a fixed T×T matrix. With random
+//! queries and keys the matrix stays random even at infinite width; its
+//! moments E[A] and E[A Σ Aᵀ] are then estimated by Monte Carlo over
+//! Gaussian queries and keys with the input's kernel.
+
+use super::kernel::Mat;
+use super::rng::Rng;
+use crate::graph::{Mask, MatrixTerm};
+
+/// C: the softmax of all-zero logits under the mask (causal: row i uniform
+/// over j ≤ i; bidirectional: 1/T everywhere).
+pub fn centre(t: usize, mask: Mask) -> Mat {
+    match mask {
+        Mask::Causal => Mat::from_fn(t, t, |i, j| if j <= i { 1.0 / (i + 1) as f64 } else { 0.0 }),
+        Mask::Bidirectional => Mat::from_element(t, t, 1.0 / t as f64),
+    }
+}
+
+/// Σ coefficient · term with `softmax` replaced by `soft`.
+pub fn combine(terms: &[(f64, MatrixTerm)], soft: &Mat, centre: &Mat) -> Mat {
+    let t = centre.nrows();
+    let mut a = Mat::zeros(t, t);
+    for (c, term) in terms {
+        match term {
+            MatrixTerm::Identity => {
+                for i in 0..t {
+                    a[(i, i)] += c;
+                }
+            }
+            MatrixTerm::Softmax => a += soft * *c,
+            MatrixTerm::Centre => a += centre * *c,
+        }
+    }
+    a
+}
+
+/// How the logits are drawn in the Monte Carlo estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Logits {
+    /// σ_Q·σ_K: the product of the query and key weight scales (fan-in
+    /// convention, so logits have variance (σ_Qσ_K)²·Σ_ik Σ_jl).
+    pub sigma_qk: f64,
+    pub head_dim: usize,
+    /// Per-head RMS normalisation of queries and keys.
+    pub qk_norm: bool,
+    pub softcap: Option<f64>,
+}
+
+/// Monte Carlo moments (E[A], E[A Σ Aᵀ]) of the attention matrix for input
+/// kernel `sigma`, from `samples` draws seeded by `seed`.
+pub fn mc_moments(
+    terms: &[(f64, MatrixTerm)],
+    logits: Logits,
+    sigma: &Mat,
+    mask: Mask,
+    samples: usize,
+    seed: u64,
+) -> (Mat, Mat) {
+    let t = sigma.nrows();
+    let c = centre(t, mask);
+    let l = cholesky(sigma);
+    let mut rng = Rng::new(seed);
+    let mut mean = Mat::zeros(t, t);
+    let mut second = Mat::zeros(t, t);
+    let dh = logits.head_dim.max(1);
+    for _ in 0..samples.max(1) {
+        let draw = |rng: &mut Rng| {
+            let z = Mat::from_fn(t, dh, |_, _| rng.normal());
+            let mut q = &l * z;
+            if logits.qk_norm {
+                for mut row in q.row_iter_mut() {
+                    let rms = (row.norm_squared() / dh as f64).sqrt().max(1e-12);
+                    row /= rms;
+                }
+            }
+            q
+        };
+        let q = draw(&mut rng);
+        let k = draw(&mut rng);
+        let scale = if logits.qk_norm { 1.0 } else { logits.sigma_qk };
+        let mut g = (q * k.transpose()) * (scale / (dh as f64).sqrt());
+        if let Some(cap) = logits.softcap {
+            g.apply(|x| *x = cap * (*x / cap).tanh());
+        }
+        let soft = masked_softmax(&g, mask);
+        let a = combine(terms, &soft, &c);
+        second += &a * sigma * a.transpose();
+        mean += a;
+    }
+    let n = samples.max(1) as f64;
+    (mean / n, second / n)
+}
+
+fn masked_softmax(g: &Mat, mask: Mask) -> Mat {
+    let t = g.nrows();
+    let mut out = Mat::zeros(t, t);
+    for i in 0..t {
+        let last = if mask == Mask::Causal { i } else { t - 1 };
+        let max = (0..=last).map(|j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        for j in 0..=last {
+            let e = (g[(i, j)] - max).exp();
+            out[(i, j)] = e;
+            sum += e;
+        }
+        for j in 0..=last {
+            out[(i, j)] /= sum;
+        }
+    }
+    out
+}
+
+/// Lower Cholesky factor of Σ (with a little jitter for rank-deficient
+/// kernels such as collapsed ones).
+pub fn cholesky(sigma: &Mat) -> Mat {
+    let t = sigma.nrows();
+    let mut jitter = 1e-10 * sigma.diagonal().mean().max(1e-300);
+    for _ in 0..12 {
+        let k = sigma + Mat::identity(t, t) * jitter;
+        if let Some(c) = k.cholesky() {
+            return c.l();
+        }
+        jitter *= 10.0;
+    }
+    // A kernel that is not positive semi-definite is a bug upstream; fall
+    // back to the diagonal so the analysis still completes.
+    Mat::from_diagonal(&sigma.diagonal().map(|q| q.max(0.0).sqrt()))
+}
