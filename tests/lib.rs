@@ -1,6 +1,8 @@
 //! Helpers shared by the golden and round-trip tests: finding the
 //! repository's `.blk` files and rendering what a user would see.
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 
 use blkc::diag::render_plain;

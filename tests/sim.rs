@@ -1,0 +1,197 @@
+//! A finite-width forward pass of a block graph with sampled weights, in
+//! plain Rust (nalgebra), written independently of the kernel rules so the
+//! two can be compared: the infinite-width prediction must match the mean
+//! over seeds of the measured token statistics (theory.md §5).
+
+use blkc::eval::{eval, eval_const, Env};
+use blkc::graph::{AttentionSpec, BlockIr, Graph, Init, Linear, Mask, MatrixTerm, MlpSpec, NormKind, Op};
+use blkc::signal::duals::apply;
+use blkc::signal::kernel::{mean_cosine, scale};
+use blkc::signal::rng::Rng;
+use blkc::signal::Mat;
+
+/// Model dimensions of a simulation.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub width: usize,
+    pub heads: usize,
+    pub mask: Mask,
+}
+
+/// Per-layer (mean cosine, scale) of the stack, from `x0` (T×d).
+pub fn run(block: &BlockIr, depth: u64, dims: Dims, x0: &Mat, seed: u64) -> Vec<(f64, f64)> {
+    let mut rng = Rng::new(seed);
+    let mut x = x0.clone();
+    let mut out = Vec::new();
+    for l in 0..depth {
+        let env = Env { depth: depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: l as f64 };
+        x = forward(block.graph_at(l, depth), &x, &env, dims, &mut rng);
+        let k = &x * x.transpose() / dims.width as f64;
+        out.push((mean_cosine(&k), scale(&k)));
+    }
+    out
+}
+
+/// Tokens with kernel Σ₀ at width d: L·Z with L = chol(Σ₀).
+pub fn tokens(sigma0: &Mat, d: usize, rng: &mut Rng) -> Mat {
+    let l = blkc::signal::attention::cholesky(sigma0);
+    let z = Mat::from_fn(sigma0.nrows(), d, |_, _| rng.normal());
+    l * z
+}
+
+fn forward(g: &Graph, x: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
+    let params: Vec<f64> = g.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let at = |i: usize| params[i];
+    let mut vals: Vec<Mat> = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let v = match &n.op {
+            Op::Input => x.clone(),
+            Op::Norm { norm, input } => normalise(&vals[*input], norm.kind, norm.eps),
+            Op::Attention { spec, input } => attention(spec, &vals[*input], env, dims, rng),
+            Op::Mlp { spec, input } => mlp(spec, &vals[*input], env, dims, rng),
+            Op::Sum { terms } => {
+                let mut acc = Mat::zeros(x.nrows(), x.ncols());
+                for t in terms {
+                    acc += &vals[t.input] * eval(&t.gain, env, &at).unwrap_or(0.0);
+                }
+                acc
+            }
+        };
+        vals.push(v);
+    }
+    vals.swap_remove(g.out)
+}
+
+fn normalise(x: &Mat, kind: NormKind, eps: f64) -> Mat {
+    let mut y = x.clone();
+    for mut row in y.row_iter_mut() {
+        if kind == NormKind::LayerNorm {
+            let mean = row.mean();
+            row.add_scalar_mut(-mean);
+        }
+        let rms = (row.norm_squared() / row.len() as f64 + eps).sqrt();
+        row /= rms;
+    }
+    y
+}
+
+/// A weight (fan_in × fan_out) drawn from `init`; `None` for identity.
+fn weight(init: &Init, fan_in: usize, fan_out: usize, env: &Env, rng: &mut Rng) -> Option<Mat> {
+    let v = |s| eval_const(s, env).unwrap_or(0.0);
+    Some(match init {
+        Init::Identity => return None,
+        Init::Zeros => Mat::zeros(fan_in, fan_out),
+        Init::Normal { std } => Mat::from_fn(fan_in, fan_out, |_, _| v(std) * rng.normal()),
+        Init::FanIn { gain } => Mat::from_fn(fan_in, fan_out, |_, _| v(gain) / (fan_in as f64).sqrt() * rng.normal()),
+        Init::Orthogonal { gain } => orthogonal(fan_in, fan_out, rng) * v(gain),
+    })
+}
+
+/// Haar-random matrix with orthonormal columns (or rows, if wide).
+fn orthogonal(n: usize, m: usize, rng: &mut Rng) -> Mat {
+    let (r, c) = (n.max(m), n.min(m));
+    let g = Mat::from_fn(r, c, |_, _| rng.normal());
+    let qr = g.qr();
+    let (q, rr) = (qr.q(), qr.r());
+    // Sign correction makes the distribution Haar.
+    let mut q = q;
+    for j in 0..c {
+        if rr[(j, j)] < 0.0 {
+            q.column_mut(j).neg_mut();
+        }
+    }
+    if n >= m {
+        q
+    } else {
+        q.transpose()
+    }
+}
+
+fn linear(l: &Linear, x: &Mat, fan_out: usize, env: &Env, rng: &mut Rng) -> Mat {
+    match l {
+        Linear::Identity => x.clone(),
+        Linear::Dense { init, .. } => weight(init, x.ncols(), fan_out, env, rng).map_or_else(|| x.clone(), |w| x * w),
+        Linear::Reparam { skip, init, .. } => {
+            let a = eval_const(skip, env).unwrap_or(0.0);
+            weight(init, x.ncols(), fan_out, env, rng).map_or_else(|| x * a, |w| x * w * a)
+        }
+    }
+}
+
+fn centre(t: usize, mask: Mask) -> Mat {
+    blkc::signal::attention::centre(t, mask)
+}
+
+fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
+    let (t, d) = (h.nrows(), dims.width);
+    let hd = spec.head_dim.map_or(d / dims.heads, |v| v as usize);
+    let inner = hd * dims.heads;
+    let params: Vec<f64> = spec.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let at = |i: usize| params[i];
+    let terms: Vec<(f64, MatrixTerm)> =
+        spec.matrix.iter().map(|(c, m)| (eval(c, env, &at).unwrap_or(0.0), *m)).collect();
+    let c = centre(t, dims.mask);
+    let v = linear(&spec.value, h, inner, env, rng);
+    let random = spec.uses(MatrixTerm::Softmax) && spec.query != Init::Zeros && spec.key != Init::Zeros;
+    let (q, k) = if random {
+        let wq = weight(&spec.query, d, inner, env, rng).unwrap_or_else(|| Mat::identity(d, inner));
+        let wk = weight(&spec.key, d, inner, env, rng).unwrap_or_else(|| Mat::identity(d, inner));
+        (h * wq, h * wk)
+    } else {
+        (Mat::zeros(t, inner), Mat::zeros(t, inner))
+    };
+    let mut o = Mat::zeros(t, inner);
+    for head in 0..dims.heads {
+        let cols = head * hd..(head + 1) * hd;
+        let soft = if random {
+            let mut qh = q.columns(cols.start, hd).into_owned();
+            let mut kh = k.columns(cols.start, hd).into_owned();
+            if spec.qk_norm.is_some() {
+                qh = normalise(&qh, NormKind::RmsNorm, 1e-12);
+                kh = normalise(&kh, NormKind::RmsNorm, 1e-12);
+            }
+            let mut logits = qh * kh.transpose() / (hd as f64).sqrt();
+            if let Some(cap) = spec.softcap {
+                logits.apply(|x| *x = cap * (*x / cap).tanh());
+            }
+            softmax(&logits, dims.mask)
+        } else {
+            c.clone()
+        };
+        let mut a = Mat::zeros(t, t);
+        for (coef, term) in &terms {
+            match term {
+                MatrixTerm::Identity => a += Mat::identity(t, t) * *coef,
+                MatrixTerm::Softmax => a += &soft * *coef,
+                MatrixTerm::Centre => a += &c * *coef,
+            }
+        }
+        let vh = v.columns(cols.start, hd);
+        o.columns_mut(cols.start, hd).copy_from(&(a * vh));
+    }
+    linear(&spec.proj, &o, d, env, rng)
+}
+
+fn softmax(g: &Mat, mask: Mask) -> Mat {
+    let t = g.nrows();
+    let mut out = Mat::zeros(t, t);
+    for i in 0..t {
+        let last = if mask == Mask::Causal { i } else { t - 1 };
+        let max = (0..=last).map(|j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = (0..=last).map(|j| (g[(i, j)] - max).exp()).sum();
+        for j in 0..=last {
+            out[(i, j)] = (g[(i, j)] - max).exp() / z;
+        }
+    }
+    out
+}
+
+fn mlp(spec: &MlpSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
+    let d = dims.width;
+    let hidden = ((d as f64 * spec.width).floor() as usize).max(1);
+    let w1 = weight(&spec.up, d, hidden, env, rng).unwrap_or_else(|| Mat::identity(d, hidden));
+    let mut pre = h * w1;
+    pre.apply(|x| *x = apply(spec.activation, *x));
+    let w2 = weight(&spec.down, hidden, d, env, rng).unwrap_or_else(|| Mat::identity(hidden, d));
+    pre * w2
+}
