@@ -205,3 +205,24 @@ fn fmt_rewrites_and_check_mode_reports() {
     args.extend(files.iter().map(String::as_str));
     assert_eq!(blkc(&args).status.code(), Some(0), "canonical files are formatted");
 }
+
+/// The command of examples/ci/blkc-check.yml, on this repository's blocks:
+/// it fails because of the naive skipless block, with its annotation.
+#[test]
+fn the_ci_example_rejects_the_collapsing_block() {
+    let blocks: Vec<String> = canonical().into_iter().filter(|f| f.starts_with("blocks/")).collect();
+    let mut args = vec!["check", "--format", "github"];
+    args.extend(blocks.iter().map(String::as_str));
+    let o = blkc(&args);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("::error")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].starts_with("::error file=blocks/skipless-naive.blk,line=5,col=11")
+            && errors[0].contains("title=E3001"),
+        "{out}"
+    );
+    let workflow = std::fs::read_to_string(repo().join("examples/ci/blkc-check.yml")).unwrap_or_default();
+    assert!(workflow.contains("blkc check --format github"), "the workflow runs the command tested here");
+}

@@ -25,9 +25,14 @@ pub struct InputSummary {
     pub kappa: Option<f64>,
 }
 
+/// Version of the JSON schema (docs/check.md); bumped on any change that
+/// is not a pure addition.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// The report of one block.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub schema_version: u32,
     pub block: String,
     pub model: Option<String>,
     /// A block without a model, analysed in the small CPU model.
@@ -127,6 +132,7 @@ fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
         .collect();
     let kernel = req.emit_kernel.then(|| worst.kernel.row_iter().map(|r| r.iter().copied().collect()).collect());
     Report {
+        schema_version: SCHEMA_VERSION,
         block: block.name.clone(),
         model: if bare { None } else { m.name.clone().or(Some(String::new())) },
         bare,

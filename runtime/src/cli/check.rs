@@ -127,7 +127,8 @@ fn print(path: &Path, c: &Compilation, diags: &[Diagnostic], reps: &[Report], fo
             let file = path.display().to_string();
             if reps.is_empty() {
                 let verdict = if c.program.is_some() { "pass" } else { "error" };
-                let v = serde_json::json!({"file": file, "verdict": verdict, "layers": [], "diagnostics": records});
+                let v = serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "file": file,
+                    "verdict": verdict, "layers": [], "diagnostics": records});
                 println!("{v}");
             }
             for r in reps {
