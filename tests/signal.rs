@@ -95,7 +95,7 @@ fn bare_blocks_report_how_deep_they_can_go() {
     assert!((3..18).contains(&d), "collapse within a few layers, not {d}");
     let p = program("blocks/sas-p.blk");
     let r = &reports(&p, FileId(0), &Request::default())[0];
-    assert_eq!(r.deepest_passing, Some(None), "SAS-P passes at every depth up to 1024");
+    assert_eq!(r.deepest_passing, Some(None), "SAS-P passes at every depth up to 256");
 }
 
 #[test]

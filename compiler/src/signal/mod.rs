@@ -29,8 +29,9 @@ use crate::graph::{BlockIr, Graph, Mask, Model, Op};
 pub const MAX_CONTEXT: usize = 512;
 /// Default analysis context: the model's, capped at 128.
 pub const DEFAULT_CONTEXT: usize = 128;
-/// Deepest stack tried when searching how deep a bare block can go.
-pub const MAX_SEARCH_DEPTH: u64 = 1024;
+/// Deepest stack tried when searching how deep a bare block can go (a
+/// model is always checked at its own depth, up to 4096).
+pub const MAX_SEARCH_DEPTH: u64 = 256;
 
 /// The model dimensions the analysis needs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -119,6 +120,19 @@ pub enum Detail {
 
 /// Carries `input` through `depth` layers of `block`.
 pub fn trace(block: &BlockIr, dims: Dims, input: &Input, opts: &Options, ablation: Ablation, detail: Detail) -> Trace {
+    trace_until(block, dims, input, opts, ablation, detail, |_| false)
+}
+
+/// [`trace`], stopping after the first layer for which `stop` holds.
+pub fn trace_until(
+    block: &BlockIr,
+    dims: Dims,
+    input: &Input,
+    opts: &Options,
+    ablation: Ablation,
+    detail: Detail,
+    stop: impl Fn(&LayerStats) -> bool,
+) -> Trace {
     let setting = propagate::Setting {
         width: dims.width,
         heads: dims.heads,
@@ -149,7 +163,12 @@ pub fn trace(block: &BlockIr, dims: Dims, input: &Input, opts: &Options, ablatio
             _ => kernel::effective_rank(&sigma),
         };
         let sub_blocks = if detail == Detail::Full { sub_blocks(g, &out.nodes) } else { Vec::new() };
-        layers.push(LayerStats { layer: l + 1, cosine, effective_rank, scale, sub_blocks });
+        let stats = LayerStats { layer: l + 1, cosine, effective_rank, scale, sub_blocks };
+        let done = stop(&stats);
+        layers.push(stats);
+        if done {
+            break;
+        }
     }
     Trace { input: input.name(), initial_scale, layers, kernel: sigma, zero_outputs }
 }
@@ -202,10 +221,22 @@ pub fn deepest_passing(block: &BlockIr, dims: Dims, opts: &Options) -> Option<u6
         // One deep run answers every depth: the stack at depth L is the
         // first L layers of the deepest one.
         let o = Options { depth: MAX_SEARCH_DEPTH, ..opts.clone() };
-        let traces: Vec<Trace> =
-            o.inputs.iter().map(|i| trace(block, dims, i, &o, Ablation::default(), Detail::Quick)).collect();
+        let thr = o.thresholds;
+        let rejected = |l: &LayerStats| {
+            l.cosine >= thr.collapse_cosine
+                || l.effective_rank < thr.collapse_effective_rank
+                || !(thr.scale_min..=thr.scale_max).contains(&l.scale)
+        };
+        let traces: Vec<Trace> = o
+            .inputs
+            .iter()
+            .map(|i| trace_until(block, dims, i, &o, Ablation::default(), Detail::Quick, rejected))
+            .collect();
         let first_fail = (1..=MAX_SEARCH_DEPTH).find(|&l| {
-            traces.iter().any(|t| verdict::judge_prefix(t, l as usize, &o.thresholds).status == verdict::Status::Reject)
+            traces.iter().any(|t| {
+                (l as usize) <= t.layers.len()
+                    && verdict::judge_prefix(t, l as usize, &o.thresholds).status == verdict::Status::Reject
+            })
         });
         return first_fail.map(|l| l - 1);
     }
