@@ -6,4 +6,6 @@
 
 pub mod backend;
 pub mod cli;
+pub mod layers;
+pub mod model;
 pub mod report;

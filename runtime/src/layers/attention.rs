@@ -1,0 +1,168 @@
+//! Multi-head attention with the attention matrix of the IR:
+//! `A = Σ gain_h · term`, terms `I`, `softmax(QKᵀ/√d_k + M)` and `centre`
+//! (the softmax at zero logits under the mask). Plain `softmax` uses burn's
+//! fused attention; any other matrix is computed term by term, the centre
+//! as a running mean (causal) or a mean (bidirectional) — never as a T×T
+//! matrix. Identity value/projection maps cost no matmul.
+
+use blkc::eval::Env;
+use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Scalar};
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention as fused;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Bool, Tensor};
+
+use super::init::{param, weight};
+use super::map::Map;
+use super::norm::Norm;
+use super::scalar::{self, Slot};
+
+/// The parts of an attention sub-block that are not parameters.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub terms: Vec<(Scalar, MatrixTerm)>,
+    pub slots: Vec<Slot>,
+    pub softcap: Option<f64>,
+    pub mask: Mask,
+    pub env: Env,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub query: Option<Param<Tensor<B, 2>>>,
+    pub key: Option<Param<Tensor<B, 2>>>,
+    pub query_bias: Option<Param<Tensor<B, 1>>>,
+    pub key_bias: Option<Param<Tensor<B, 1>>>,
+    pub query_norm: Option<Norm<B>>,
+    pub key_norm: Option<Norm<B>>,
+    pub value: Map<B>,
+    pub proj: Map<B>,
+    /// Trainable gains of the matrix (`[heads]` when per head).
+    pub gains: Vec<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    pub plan: Plan,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn build(spec: &AttentionSpec, width: usize, heads: usize, mask: Mask, env: &Env, device: &B::Device) -> Self {
+        let head_dim = spec.head_dim.map_or(width / heads, |h| h as usize);
+        let inner = head_dim * heads;
+        let softmax = spec.uses(MatrixTerm::Softmax);
+        let qk = |init| softmax.then(|| param(weight(init, width, inner, env, device)));
+        let bias = || (softmax && spec.qk_bias).then(|| param(Tensor::zeros([inner], device)));
+        let qk_norm = |k: Option<NormKind>| {
+            k.filter(|_| softmax).map(|kind| Norm::build(&NormIr { kind, eps: 1e-6 }, head_dim, device))
+        };
+        let (gains, slots) = scalar::gains(&spec.params, heads, env, device);
+        Attention {
+            query: qk(&spec.query),
+            key: qk(&spec.key),
+            query_bias: bias(),
+            key_bias: bias(),
+            query_norm: qk_norm(spec.qk_norm),
+            key_norm: qk_norm(spec.qk_norm),
+            value: Map::build(&spec.value, width, inner, env, device),
+            proj: Map::build(&spec.proj, inner, width, env, device),
+            gains,
+            plan: Plan { heads, head_dim, terms: spec.matrix.clone(), slots, softcap: spec.softcap, mask, env: *env },
+        }
+    }
+
+    /// `[batch, tokens, inner]` → `[batch, heads, tokens, head_dim]`.
+    fn split(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        x.reshape([b, t, self.plan.heads, self.plan.head_dim]).swap_dims(1, 2)
+    }
+
+    fn projected(
+        &self,
+        x: &Tensor<B, 3>,
+        w: &Option<Param<Tensor<B, 2>>>,
+        b: &Option<Param<Tensor<B, 1>>>,
+        n: &Option<Norm<B>>,
+    ) -> Tensor<B, 4> {
+        let mut y = match w {
+            Some(w) => x.clone().matmul(w.val().unsqueeze()),
+            None => x.clone(),
+        };
+        if let Some(b) = b {
+            y = y + b.val().unsqueeze();
+        }
+        let y = self.split(y);
+        match n {
+            Some(n) => n.forward(y),
+            None => y,
+        }
+    }
+
+    /// Whether the matrix is exactly `softmax` (burn's fused attention).
+    fn plain_softmax(&self) -> bool {
+        matches!(self.plan.terms.as_slice(), [(Scalar::Const(c), MatrixTerm::Softmax)] if *c == 1.0)
+    }
+
+    /// `x: [batch, tokens, width]` → `[batch, tokens, width]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let device = x.device();
+        let v = self.split(self.value.forward(x.clone())); // [b, h, t, hd]
+        let causal = self.plan.mask == Mask::Causal;
+        let out = if self.plain_softmax() {
+            let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
+            let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
+            let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
+            fused(q, k, v, None, None, options)
+        } else {
+            let mut acc: Option<Tensor<B, 4>> = None;
+            for (coef, term) in &self.plan.terms {
+                let part = match term {
+                    MatrixTerm::Identity => v.clone(),
+                    MatrixTerm::Centre => centre(v.clone(), causal),
+                    MatrixTerm::Softmax => self.softmax(&x, causal).matmul(v.clone()),
+                };
+                let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
+                let g = g.reshape([1, -1, 1, 1]);
+                let part = part * g;
+                acc = Some(match acc {
+                    Some(a) => a + part,
+                    None => part,
+                });
+            }
+            acc.unwrap_or_else(|| v.zeros_like())
+        };
+        let out = out.swap_dims(1, 2).reshape([b, t, self.plan.heads * self.plan.head_dim]);
+        self.proj.forward(out)
+    }
+
+    /// The attention weights `[b, h, t, t]`.
+    fn softmax(&self, x: &Tensor<B, 3>, causal: bool) -> Tensor<B, 4> {
+        let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
+        let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
+        let t = q.dims()[2];
+        let mut scores = q.matmul(k.swap_dims(2, 3)) / (self.plan.head_dim as f64).sqrt();
+        if let Some(cap) = self.plan.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        if causal {
+            // burn's `tril_mask(0)` is true above the diagonal: the future.
+            let mask = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device());
+            scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
+        }
+        activation::softmax(scores, 3)
+    }
+}
+
+/// C·v without a T×T matrix: the running mean over earlier tokens (causal)
+/// or the mean over all tokens (bidirectional).
+fn centre<B: Backend>(v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+    let [b, h, t, d] = v.dims();
+    if causal {
+        let counts =
+            Tensor::<B, 1, burn::tensor::Int>::arange(1..t as i64 + 1, &v.device()).float().reshape([1, 1, t, 1]);
+        v.cumsum(2) / counts
+    } else {
+        v.mean_dim(2).expand([b, h, t, d])
+    }
+}

@@ -1,0 +1,60 @@
+//! The MLP sub-block `down(act(up(x)))`.
+
+use blkc::eval::Env;
+use blkc::graph::{Activation, MlpSpec};
+use burn::module::{Module, Param};
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::init::{param, weight};
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub up: Param<Tensor<B, 2>>,
+    pub up_bias: Option<Param<Tensor<B, 1>>>,
+    pub down: Param<Tensor<B, 2>>,
+    pub down_bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn build(spec: &MlpSpec, width: usize, env: &Env, device: &B::Device) -> Self {
+        let hidden = blkc::graph::params::hidden(width as u128, spec.width) as usize;
+        Mlp {
+            up: param(weight(&spec.up, width, hidden, env, device)),
+            up_bias: spec.bias.then(|| param(Tensor::zeros([hidden], device))),
+            down: param(weight(&spec.down, hidden, width, env, device)),
+            down_bias: spec.bias.then(|| param(Tensor::zeros([width], device))),
+            activation: spec.activation,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut h = x.matmul(self.up.val().unsqueeze());
+        if let Some(b) = &self.up_bias {
+            h = h + b.val().unsqueeze();
+        }
+        let h = act(self.activation, h);
+        let y = h.matmul(self.down.val().unsqueeze());
+        match &self.down_bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// The activation of the IR.
+pub fn act<B: Backend, const D: usize>(a: Activation, x: Tensor<B, D>) -> Tensor<B, D> {
+    match a {
+        Activation::Relu => activation::relu(x),
+        Activation::LeakyRelu { slope } => activation::leaky_relu(x, slope),
+        Activation::Gelu => activation::gelu(x),
+        Activation::GeluTanh => activation::gelu_approximate(x),
+        Activation::Silu => activation::silu(x),
+        Activation::Tanh => activation::tanh(x),
+        Activation::Erf => x.erf(),
+        Activation::Identity => x,
+    }
+}

@@ -1,0 +1,94 @@
+//! Gains as tensors: a [`Scalar`] of the IR evaluated with trainable params
+//! as tensors (so gradients reach them) and everything else as constants.
+
+use blkc::eval::{eval_const, Env};
+use blkc::graph::{Func, ParamDef, Scalar};
+use blkc::syntax::ast::BinOp;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Where a param's value lives.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// Index into the module's trainable gains (`[1]`, or `[heads]` per head).
+    Trainable(usize),
+    Fixed(f64),
+}
+
+/// Trainable gains for the trainable params of `defs` (initial values
+/// evaluated at `env`), and a slot per param.
+pub fn gains<B: Backend>(
+    defs: &[ParamDef],
+    heads: usize,
+    env: &Env,
+    device: &B::Device,
+) -> (Vec<Param<Tensor<B, 1>>>, Vec<Slot>) {
+    let mut params = Vec::new();
+    let slots = defs
+        .iter()
+        .map(|p| {
+            let v = eval_const(&p.init, env).unwrap_or(0.0);
+            if p.trainable {
+                let n = if p.per_head { heads } else { 1 };
+                params.push(super::init::param(Tensor::full([n], v, device)));
+                Slot::Trainable(params.len() - 1)
+            } else {
+                Slot::Fixed(v)
+            }
+        })
+        .collect();
+    (params, slots)
+}
+
+/// `s` as a tensor of shape `[1]` (or `[heads]` when it involves a per-head
+/// gain).
+pub fn value<B: Backend>(
+    s: &Scalar,
+    slots: &[Slot],
+    gains: &[Param<Tensor<B, 1>>],
+    env: &Env,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let rec = |x: &Scalar| value(x, slots, gains, env, device);
+    match s {
+        Scalar::Param(i) => match slots.get(*i) {
+            Some(Slot::Trainable(j)) => gains[*j].val(),
+            Some(Slot::Fixed(v)) => Tensor::full([1], *v, device),
+            None => Tensor::zeros([1], device),
+        },
+        Scalar::Neg(a) => rec(a).neg(),
+        Scalar::Bin(op, a, b) => {
+            let (a, b) = (rec(a), rec(b));
+            match op {
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
+                BinOp::Mul => a * b,
+                BinOp::Div => a / b,
+                BinOp::Pow => a.powf(b),
+            }
+        }
+        Scalar::Call(f, args) => {
+            let mut a: Vec<Tensor<B, 1>> = args.iter().map(rec).collect();
+            let x = a.remove(0);
+            match f {
+                Func::Sqrt => x.sqrt(),
+                Func::Exp => x.exp(),
+                Func::Log => x.log(),
+                Func::Abs => x.abs(),
+                Func::Min => x.min_pair(a.remove(0)),
+                Func::Max => x.max_pair(a.remove(0)),
+            }
+        }
+        Scalar::Const(_) | Scalar::Var(_) => Tensor::full([1], eval_const(s, env).unwrap_or(0.0), device),
+    }
+}
+
+/// Whether `s` is a constant (no trainable param), and its value.
+pub fn constant(s: &Scalar, slots: &[Slot], env: &Env) -> Option<f64> {
+    let fixed = |i: usize| match slots.get(i) {
+        Some(Slot::Fixed(v)) => *v,
+        _ => f64::NAN,
+    };
+    blkc::eval::eval(s, env, &fixed).ok()
+}

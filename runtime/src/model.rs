@@ -1,0 +1,125 @@
+//! A whole model lowered from a checked program: token embedding,
+//! positions, the stack of blocks, final norm and LM head (tied to the
+//! embedding or not).
+
+use blkc::eval::Env;
+use blkc::graph::{Model as ModelIr, Positions, Program};
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::layers::block::Block;
+use crate::layers::init::{param, weight};
+use crate::layers::norm::Norm;
+
+#[derive(Module, Debug)]
+pub struct Model<B: Backend> {
+    /// `[vocab, width]`.
+    pub embedding: Param<Tensor<B, 2>>,
+    /// Learned positions `[max, width]`.
+    pub positions: Option<Param<Tensor<B, 2>>>,
+    pub blocks: Vec<Block<B>>,
+    pub final_norm: Option<Norm<B>>,
+    /// Untied LM head `[width, vocab]`.
+    pub head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub sinusoidal: bool,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds `m` with the block of `p` at init; `seed` fixes every draw.
+    pub fn build(p: &Program, m: &ModelIr, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        let (d, h) = (m.width as usize, m.heads as usize);
+        let block = &p.blocks[m.block];
+        let env = |layer: u64| Env {
+            depth: m.depth as f64,
+            width: m.width as f64,
+            heads: m.heads as f64,
+            layer: layer as f64,
+        };
+        let embedding = param(weight(&m.embed_init, m.vocab as usize, d, &env(0), device));
+        let positions = match m.positions {
+            Positions::Learned { max } => Some(param(weight(&m.embed_init, max as usize, d, &env(0), device))),
+            _ => None,
+        };
+        let blocks =
+            (0..m.depth).map(|l| Block::build(block.graph_at(l, m.depth), d, h, m.mask, &env(l), device)).collect();
+        let final_norm = m.final_norm.map(|n| Norm::build(&n, d, device));
+        let head = (!m.tied_embeddings).then(|| param(weight(&m.embed_init, d, m.vocab as usize, &env(0), device)));
+        Model { embedding, positions, blocks, final_norm, head, sinusoidal: m.positions == Positions::Sinusoidal }
+    }
+
+    /// Token and position embeddings of `tokens: [batch, T]` → `[batch, T, width]`.
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let w = self.embedding.val();
+        let d = w.dims()[1];
+        let x = w.select(0, tokens.reshape([b * t])).reshape([b, t, d]);
+        if let Some(p) = &self.positions {
+            return x + p.val().slice([0..t, 0..d]).unsqueeze::<3>();
+        }
+        if self.sinusoidal {
+            return x + sinusoidal::<B>(t, d, &device).unsqueeze::<3>();
+        }
+        x
+    }
+
+    /// The residual stream after each block (layer 1 = after the first).
+    pub fn stream(&self, tokens: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
+        let mut x = self.embed(tokens);
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            x = b.forward(x);
+            out.push(x.clone());
+        }
+        out
+    }
+
+    /// Parameters that train: every parameter but the fixed `W_init` of
+    /// reparameterised maps (the convention of `blkc params`).
+    pub fn trainable_params(&self) -> usize {
+        let frozen: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| &b.attention)
+            .flat_map(|a| [&a.value.fixed, &a.proj.fixed])
+            .flatten()
+            .map(|p| p.shape().num_elements())
+            .sum();
+        self.num_params() - frozen
+    }
+
+    /// Logits `[batch, T, vocab]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mut x = self.embed(tokens);
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        if let Some(n) = &self.final_norm {
+            x = n.forward(x);
+        }
+        let head = match &self.head {
+            Some(h) => h.val(),
+            None => self.embedding.val().transpose(),
+        };
+        x.matmul(head.unsqueeze())
+    }
+}
+
+/// The sinusoidal table of Vaswani et al. (2017): `[T, d]`.
+fn sinusoidal<B: Backend>(t: usize, d: usize, device: &B::Device) -> Tensor<B, 2> {
+    let data: Vec<f32> = (0..t * d)
+        .map(|k| {
+            let (pos, i) = ((k / d) as f64, k % d);
+            let freq = 1.0 / 10_000f64.powf((2 * (i / 2)) as f64 / d as f64);
+            if i % 2 == 0 {
+                (pos * freq).sin() as f32
+            } else {
+                (pos * freq).cos() as f32
+            }
+        })
+        .collect();
+    Tensor::from_data(burn::tensor::TensorData::new(data, [t, d]), device)
+}
