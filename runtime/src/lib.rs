@@ -7,5 +7,6 @@
 pub mod backend;
 pub mod cli;
 pub mod layers;
+pub mod measure;
 pub mod model;
 pub mod report;

@@ -10,6 +10,8 @@ use blkc::span::FileId;
 use blkc::{Compilation, Diagnostic};
 
 use super::{compile, BROKEN, OK, REJECTED};
+use crate::backend::Cpu;
+use crate::measure::{Comparison, Setup};
 use crate::report::{self, plural, DiagFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +58,23 @@ pub struct Args {
     /// Include the final T×T kernel in the JSON report.
     #[arg(long)]
     pub emit_kernel: bool,
+    /// Also build the lowered model at init (CPU), feed it random token
+    /// sequences and compare measured and predicted statistics per layer
+    /// (exit 1 when they disagree beyond the stated tolerance).
+    #[arg(long)]
+    pub measure: bool,
+    /// Width of the measured model (default: the model's).
+    #[arg(long)]
+    pub width: Option<u64>,
+    /// Random token sequences of the measurement.
+    #[arg(long, default_value_t = 8)]
+    pub sequences: usize,
+    /// Independently initialised models the measurement averages over.
+    #[arg(long, default_value_t = 3)]
+    pub models: usize,
+    /// Seed of the measured models' weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -96,6 +115,18 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
             }
         }
     }
+    let measured: Vec<Comparison> = match (&c.program, args.measure) {
+        (Some(p), true) => match measure_setup(args) {
+            Ok(setup) => {
+                models(p).iter().map(|m| crate::measure::compare::<Cpu>(p, m, setup, &Default::default())).collect()
+            }
+            Err(why) => {
+                eprintln!("error: {why}");
+                return (BROKEN, 1, 0);
+            }
+        },
+        _ => Vec::new(),
+    };
     let mut diags: Vec<Diagnostic> = c.diagnostics.clone();
     diags.extend(reps.iter().flat_map(|r| r.diagnostics.iter().cloned()));
     diags.sort_by(|a, b| a.span.position_cmp(&b.span));
@@ -103,21 +134,59 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
     let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
     let status = if c.program.is_none() {
         BROKEN
-    } else if rejected || (args.deny_warnings && w > 0) {
+    } else if rejected || (args.deny_warnings && w > 0) || measured.iter().any(|m| !m.agreement) {
         REJECTED
     } else {
         OK
     };
-    print(path, &c, &diags, &reps, args.format);
+    print(path, &c, &diags, &reps, &measured, args.format);
     (status, e, w)
 }
 
-fn print(path: &Path, c: &Compilation, diags: &[Diagnostic], reps: &[Report], format: DiagFormat) {
+/// The models analysed for a program: its model, or each bare block of the
+/// root file in the small model.
+fn models(p: &blkc::Program) -> Vec<blkc::graph::Model> {
+    match &p.model {
+        Some(m) => vec![m.clone()],
+        None => {
+            (0..p.blocks.len()).filter(|&i| p.blocks[i].span.file == FileId(0)).map(blkc::graph::Model::small).collect()
+        }
+    }
+}
+
+fn measure_setup(args: &Args) -> Result<Setup, String> {
+    if let Some(w) = args.width.filter(|w| *w < 8 || *w > 4096) {
+        return Err(format!("--width {w} is out of range for a measurement (8 to 4096)"));
+    }
+    if args.sequences == 0 || args.sequences > 256 {
+        return Err(format!("--sequences {} is out of range (1 to 256)", args.sequences));
+    }
+    Ok(Setup {
+        width: args.width,
+        depth: args.depth,
+        context: args.context.unwrap_or(blkc::signal::DEFAULT_CONTEXT),
+        sequences: args.sequences,
+        models: args.models.clamp(1, 16),
+        seed: args.seed,
+    })
+}
+
+fn print(
+    path: &Path,
+    c: &Compilation,
+    diags: &[Diagnostic],
+    reps: &[Report],
+    measured: &[Comparison],
+    format: DiagFormat,
+) {
     match format {
         DiagFormat::Human => {
             report::print(diags, &c.sources, format);
-            for r in reps {
+            for (i, r) in reps.iter().enumerate() {
                 println!("{}: {}", path.display(), table(r));
+                if let Some(m) = measured.get(i) {
+                    println!("{}", crate::measure::table(m));
+                }
             }
         }
         DiagFormat::Github => report::print(diags, &c.sources, format),
@@ -131,11 +200,23 @@ fn print(path: &Path, c: &Compilation, diags: &[Diagnostic], reps: &[Report], fo
                     "verdict": verdict, "layers": [], "diagnostics": records});
                 println!("{v}");
             }
-            for r in reps {
+            for (i, r) in reps.iter().enumerate() {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
                     o.insert("file".into(), file.clone().into());
                     o.insert("diagnostics".into(), records.clone().into());
+                    if let Some(m) = measured.get(i) {
+                        // The layers become the prediction for the measured
+                        // input, each with its measurement beside it.
+                        o.insert("input".into(), "measured".into());
+                        o.insert("layers".into(), serde_json::to_value(&m.layers).unwrap_or_default());
+                        o.insert("agreement".into(), m.agreement.into());
+                        o.insert("tolerance".into(), m.tolerance.into());
+                        o.insert("max_difference".into(), m.max_difference.into());
+                        o.insert("measured_width".into(), m.width.into());
+                        o.insert("measured_sequences".into(), m.sequences.into());
+                        o.insert("measured_models".into(), m.models.into());
+                    }
                 }
                 println!("{v}");
             }

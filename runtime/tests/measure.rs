@@ -1,0 +1,82 @@
+//! The measured init check: for every canonical block at depth 18 and
+//! width 256, the lowered model's per-layer token statistics (mean of 3
+//! independently initialised models × 8 random sequences) agree with the
+//! infinite-width prediction within the stated tolerance.
+
+use std::path::Path;
+
+use blkc::graph::Model as ModelIr;
+use blkc_runtime::backend::Cpu;
+use blkc_runtime::measure::{compare, tolerance, Setup};
+
+#[test]
+fn every_canonical_block_agrees_with_its_prediction() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let setup = Setup { width: Some(256), depth: Some(18), context: 128, sequences: 8, models: 3, seed: 0 };
+    for name in ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "vskipinit", "skipless-naive"] {
+        let c = blkc::compile(&root.join(format!("blocks/{name}.blk")), &blkc::FsLoader).expect("readable");
+        let p = c.program.expect("compiles");
+        let cmp = compare::<Cpu>(&p, &ModelIr::small(0), setup, &Default::default());
+        assert_eq!(cmp.layers.len(), 18, "{name}");
+        assert_eq!(cmp.tolerance, tolerance(256));
+        assert!(
+            cmp.agreement,
+            "{name}: largest difference {:.4}\n{}",
+            cmp.max_difference,
+            blkc_runtime::measure::table(&cmp)
+        );
+        // The measurement is not trivially equal to the prediction.
+        assert!(cmp.layers.iter().any(|l| l.measured_cosine != l.cosine), "{name}");
+    }
+}
+
+#[test]
+fn the_measured_check_reports_in_json_and_fails_on_disagreement() {
+    let bin = env!("CARGO_BIN_EXE_blkc");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(bin)
+        .args([
+            "check",
+            "--measure",
+            "--width",
+            "64",
+            "--depth",
+            "4",
+            "--context",
+            "16",
+            "--format",
+            "json",
+            "blocks/sas-p.blk",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["agreement"], true, "{v}");
+    assert_eq!(v["tolerance"], 0.05);
+    let layers = v["layers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(layers.len(), 4);
+    assert!(layers.iter().all(|l| l["measured_cosine"].is_f64() && l["measured_effective_rank"].is_f64()), "{v}");
+    // A width so small that finite-width effects dominate: disagreement, exit 1.
+    let out = std::process::Command::new(bin)
+        .args([
+            "check",
+            "--measure",
+            "--width",
+            "8",
+            "--depth",
+            "12",
+            "--context",
+            "32",
+            "--models",
+            "1",
+            "blocks/preln.blk",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DISAGREE"), "{text}");
+}
