@@ -16,10 +16,32 @@ pub fn weight<B: Backend>(init: &Init, fan_in: usize, fan_out: usize, env: &Env,
         Init::Normal { std } => Initializer::Normal { mean: 0.0, std: v(std) },
         // N(0, gain²/fan_in): the fan-in convention of theory.md §1.
         Init::FanIn { gain } => Initializer::Normal { mean: 0.0, std: v(gain) / (fan_in as f64).sqrt() },
-        // Haar (semi-)orthogonal as torch's orthogonal_ (Saxe et al. 2013).
-        Init::Orthogonal { gain } => Initializer::Orthogonal { gain: v(gain) },
+        Init::Orthogonal { gain } => return orthogonal(fan_in, fan_out, device) * v(gain),
     };
     initializer.init::<B, 2, _>([fan_in, fan_out], device).val()
+}
+
+/// Haar (semi-)orthogonal `[rows, cols]` with orthonormal rows or columns,
+/// whichever are fewer (as torch's `orthogonal_`; Saxe et al. 2013). The
+/// Gaussian is drawn by the backend (seeded); the QR runs on the host in
+/// f64 — burn's own QR is a long chain of small tensor ops, minutes at
+/// width 768.
+pub fn orthogonal<B: Backend>(rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+    let (tall, short) = (rows.max(cols), rows.min(cols));
+    let g: Tensor<B, 2> = Tensor::random([tall, short], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+    let data: Vec<f32> = g.into_data().to_vec().unwrap_or_default();
+    let m = nalgebra::DMatrix::from_row_iterator(tall, short, data.into_iter().map(f64::from));
+    let qr = m.qr();
+    let (mut q, r) = (qr.q(), qr.r());
+    // Sign correction makes the distribution Haar (Mezzadri 2007).
+    for j in 0..short {
+        if r[(j, j)] < 0.0 {
+            q.column_mut(j).neg_mut();
+        }
+    }
+    let q = if rows >= cols { q } else { q.transpose() };
+    let out: Vec<f32> = q.transpose().iter().map(|x| *x as f32).collect();
+    Tensor::from_data(TensorData::new(out, [rows, cols]), device)
 }
 
 /// The (rectangular) identity.
