@@ -1,0 +1,125 @@
+//! How much of a training step's forward + backward is spent outside matrix
+//! products: the small CPU example (6 blocks, width 256, 4 heads, T = 128,
+//! batch 16, vocab 4096), timed side by side with the same step's matmuls
+//! alone (every forward product and the two backward products of each, at
+//! their shapes). `cargo bench -p blkc-runtime --bench step`.
+
+use std::time::Instant;
+
+use blkc::graph::{MatrixTerm, Op};
+use blkc_runtime::backend::Cpu;
+use blkc_runtime::model::Model;
+use burn::backend::Autodiff;
+use burn::tensor::{Distribution, Int, Tensor};
+
+type Ad = Autodiff<Cpu>;
+const BATCH: usize = 16;
+const STEPS: usize = 7;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (batch, m, k, n) of every product of a forward + backward step.
+fn products(p: &blkc::Program, m: &blkc::graph::Model) -> Vec<(usize, usize, usize, usize)> {
+    let (d, h, t) = (m.width as usize, m.heads as usize, m.context as usize);
+    let rows = BATCH * t;
+    let mut fwd = Vec::new();
+    for l in 0..m.depth {
+        for n in &p.blocks[m.block].graph_at(l, m.depth).nodes {
+            match &n.op {
+                Op::Attention { spec, .. } => {
+                    let hd = d / h;
+                    if spec.uses(MatrixTerm::Softmax) {
+                        fwd.push((1, rows, d, d));
+                        fwd.push((1, rows, d, d));
+                        fwd.push((BATCH * h, t, hd, t));
+                        fwd.push((BATCH * h, t, t, hd));
+                    }
+                    for map in [&spec.value, &spec.proj] {
+                        if !matches!(map, blkc::graph::Linear::Identity) {
+                            fwd.push((1, rows, d, d));
+                        }
+                    }
+                }
+                Op::Mlp { spec, .. } => {
+                    let hidden = blkc::graph::params::hidden(d as u128, spec.width) as usize;
+                    fwd.push((1, rows, d, hidden));
+                    fwd.push((1, rows, hidden, d));
+                }
+                _ => {}
+            }
+        }
+    }
+    fwd.push((1, rows, d, m.vocab as usize));
+    // Y = X·W: dX = dY·Wᵀ is (m, n, k), dW = Xᵀ·dY is (k, m, n).
+    let mut all = fwd.clone();
+    for &(b, mm, k, n) in &fwd {
+        all.push((b, mm, n, k));
+        all.push((b, k, mm, n));
+    }
+    all
+}
+
+fn time_products(shapes: &[(usize, usize, usize, usize)]) -> f64 {
+    let device = Default::default();
+    let operands: Vec<(Tensor<Cpu, 3>, Tensor<Cpu, 3>)> = shapes
+        .iter()
+        .map(|&(b, m, k, n)| {
+            (
+                Tensor::random([b, m, k], Distribution::Default, &device),
+                Tensor::random([b, k, n], Distribution::Default, &device),
+            )
+        })
+        .collect();
+    let run = || {
+        let t = Instant::now();
+        for (a, b) in &operands {
+            let c = a.clone().matmul(b.clone());
+            let _ = c.sum().into_scalar();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    run();
+    median((0..STEPS).map(|_| run()).collect())
+}
+
+fn time_step(p: &blkc::Program, m: &blkc::graph::Model) -> f64 {
+    let device = Default::default();
+    let model = Model::<Ad>::build(p, m, 0, &device);
+    let t = m.context as usize;
+    let tokens: Tensor<Ad, 2, Int> =
+        Tensor::<Ad, 2>::random([BATCH, t], Distribution::Uniform(0.0, m.vocab as f64), &device).int();
+    let targets: Tensor<Ad, 1, Int> =
+        Tensor::<Ad, 1>::random([BATCH * t], Distribution::Uniform(0.0, m.vocab as f64), &device).int();
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
+    let step = || {
+        let start = Instant::now();
+        let logits = model.forward(tokens.clone()).reshape([BATCH * t, m.vocab as usize]);
+        let loss = loss_fn.forward(logits, targets.clone());
+        let grads = loss.backward();
+        let g = model.embedding.grad(&grads).map(|g| g.sum().into_scalar());
+        std::hint::black_box(g);
+        start.elapsed().as_secs_f64()
+    };
+    step();
+    median((0..STEPS).map(|_| step()).collect())
+}
+
+fn main() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    println!(
+        "forward + backward, batch {BATCH} × 128 tokens, CPU ({}), median of {STEPS}",
+        blkc_runtime::backend::cpu_name()
+    );
+    println!("{:<10} {:>10} {:>12} {:>16}", "model", "step ms", "matmuls ms", "outside matmuls");
+    for name in ["preln", "sas-p"] {
+        let c = blkc::compile(&root.join(format!("examples/small/{name}.blk")), &blkc::FsLoader).expect("readable");
+        let p = c.program.expect("compiles");
+        let m = p.model.clone().expect("model");
+        let step = time_step(&p, &m);
+        let mm = time_products(&products(&p, &m));
+        println!("{name:<10} {:>10.1} {:>12.1} {:>15.1}%", step * 1e3, mm * 1e3, 100.0 * (1.0 - mm / step));
+    }
+}
