@@ -50,6 +50,8 @@ pub struct Comparison {
     pub sequences: usize,
     /// Independently initialised models averaged over.
     pub models: usize,
+    /// `random`, or the data the sequences came from.
+    pub tokens: String,
     pub tolerance: f64,
     pub agreement: bool,
     pub max_difference: f64,
@@ -57,8 +59,10 @@ pub struct Comparison {
 }
 
 /// What to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Setup {
+    /// Token sequences to feed (real data); random tokens when `None`.
+    pub data: Option<Vec<Vec<u32>>>,
     pub width: Option<u64>,
     pub depth: Option<u64>,
     pub context: usize,
@@ -82,14 +86,25 @@ fn draw<B: Backend>(
     p: &Program,
     m: &ModelIr,
     t: usize,
-    sequences: usize,
+    setup: &Setup,
     seed: u64,
     device: &B::Device,
 ) -> (Vec<[f64; 3]>, Mat) {
     let model = Model::<B>::build(p, m, seed, device);
     B::seed(device, seed.wrapping_add(0x5EED));
-    let tokens: Tensor<B, 2, Int> =
-        Tensor::<B, 2>::random([sequences, t], Distribution::Uniform(0.0, m.vocab as f64), device).int();
+    let sequences = setup.sequences;
+    let tokens: Tensor<B, 2, Int> = match &setup.data {
+        // Real text: byte tokens, folded into the vocabulary.
+        Some(windows) => {
+            let ids: Vec<i64> = windows
+                .iter()
+                .take(sequences)
+                .flat_map(|w| w[..t].iter().map(|x| i64::from(*x) % m.vocab as i64))
+                .collect();
+            Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape([sequences, t])
+        }
+        None => Tensor::<B, 2>::random([sequences, t], Distribution::Uniform(0.0, m.vocab as f64), device).int(),
+    };
     let per_seq = |x: Tensor<B, 3>| -> Vec<Mat> {
         (0..sequences).map(|s| kernel(x.clone().narrow(0, s, 1).reshape([t, m.width as usize]))).collect()
     };
@@ -116,11 +131,16 @@ pub fn compare<B: Backend>(p: &Program, m: &ModelIr, setup: Setup, device: &B::D
     m.depth = setup.depth.unwrap_or(m.depth);
     m.vocab = m.vocab.min(MAX_VOCAB);
     let t = setup.context.min(m.context as usize).max(2);
+    let mut setup = setup;
+    if let Some(w) = &setup.data {
+        setup.sequences = setup.sequences.min(w.iter().filter(|w| w.len() >= t).count()).max(1);
+        setup.data = Some(w.iter().filter(|w| w.len() >= t).cloned().collect());
+    }
     let n = setup.models.max(1);
     let mut stats = vec![[0.0; 3]; m.depth as usize];
     let mut mean0 = Mat::zeros(t, t);
     for k in 0..n {
-        let (s, k0) = draw::<B>(p, &m, t, setup.sequences, setup.seed.wrapping_add(k as u64 * 1000), device);
+        let (s, k0) = draw::<B>(p, &m, t, &setup, setup.seed.wrapping_add(k as u64 * 1000), device);
         for (acc, v) in stats.iter_mut().zip(s) {
             for i in 0..3 {
                 acc[i] += v[i] / n as f64;
@@ -153,6 +173,7 @@ pub fn compare<B: Backend>(p: &Program, m: &ModelIr, setup: Setup, device: &B::D
         context: t,
         sequences: setup.sequences,
         models: n,
+        tokens: if setup.data.is_some() { "data".into() } else { "random".into() },
         tolerance: tol,
         agreement: max_difference <= tol,
         max_difference,
@@ -166,8 +187,8 @@ pub fn table(c: &Comparison) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "measured at init: width {}, depth {}, T = {}, mean of {} models × {} random sequences",
-        c.width, c.depth, c.context, c.models, c.sequences
+        "measured at init: width {}, depth {}, T = {}, mean of {} models × {} {} sequences",
+        c.width, c.depth, c.context, c.models, c.sequences, c.tokens
     );
     let _ = writeln!(
         s,

@@ -12,11 +12,11 @@ use blkc_runtime::measure::{compare, tolerance, Setup};
 #[test]
 fn every_canonical_block_agrees_with_its_prediction() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let setup = Setup { width: Some(256), depth: Some(18), context: 128, sequences: 8, models: 3, seed: 0 };
+    let setup = Setup { data: None, width: Some(256), depth: Some(18), context: 128, sequences: 8, models: 3, seed: 0 };
     for name in ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "vskipinit", "skipless-naive"] {
         let c = blkc::compile(&root.join(format!("blocks/{name}.blk")), &blkc::FsLoader).expect("readable");
         let p = c.program.expect("compiles");
-        let cmp = compare::<Cpu>(&p, &ModelIr::small(0), setup, &Default::default());
+        let cmp = compare::<Cpu>(&p, &ModelIr::small(0), setup.clone(), &Default::default());
         assert_eq!(cmp.layers.len(), 18, "{name}");
         assert_eq!(cmp.tolerance, tolerance(256));
         assert!(
@@ -79,4 +79,34 @@ fn the_measured_check_reports_in_json_and_fails_on_disagreement() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("DISAGREE"), "{text}");
+}
+
+#[test]
+fn the_measured_check_feeds_real_tokens_from_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .args([
+            "check",
+            "--measure",
+            "--width",
+            "128",
+            "--depth",
+            "6",
+            "--context",
+            "64",
+            "--input",
+            "data=docs",
+            "--format",
+            "json",
+            "blocks/preln.blk",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["agreement"], true, "{v}");
+    // Text repeats tokens, so its input kernel is far from distinct tokens.
+    let first = v["layers"][0]["measured_cosine"].as_f64().unwrap_or(0.0);
+    assert!(first > 0.1, "{v}");
 }

@@ -117,9 +117,10 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
     }
     let measured: Vec<Comparison> = match (&c.program, args.measure) {
         (Some(p), true) => match measure_setup(args) {
-            Ok(setup) => {
-                models(p).iter().map(|m| crate::measure::compare::<Cpu>(p, m, setup, &Default::default())).collect()
-            }
+            Ok(setup) => models(p)
+                .iter()
+                .map(|m| crate::measure::compare::<Cpu>(p, m, setup.clone(), &Default::default()))
+                .collect(),
             Err(why) => {
                 eprintln!("error: {why}");
                 return (BROKEN, 1, 0);
@@ -161,7 +162,13 @@ fn measure_setup(args: &Args) -> Result<Setup, String> {
     if args.sequences == 0 || args.sequences > 256 {
         return Err(format!("--sequences {} is out of range (1 to 256)", args.sequences));
     }
+    // With `--input data=PATH`, the measurement feeds those byte tokens.
+    let data = match args.inputs.iter().find_map(|i| i.strip_prefix("data=")) {
+        Some(path) => Some(byte_windows(Path::new(path), args.context.unwrap_or(blkc::signal::DEFAULT_CONTEXT))?),
+        None => None,
+    };
     Ok(Setup {
+        data,
         width: args.width,
         depth: args.depth,
         context: args.context.unwrap_or(blkc::signal::DEFAULT_CONTEXT),
@@ -263,10 +270,9 @@ fn input(spec: &str, _file: &Path) -> Result<Input, String> {
     }
 }
 
-/// The input kernel of byte-token windows of a text file (or of the text
-/// files in a directory), with a learned position table.
-fn data_kernel(path: &Path) -> Result<Input, String> {
-    const T: usize = blkc::signal::MAX_CONTEXT;
+/// Byte-token windows of `t` tokens from a text file (or the text files of
+/// a directory), at most 256.
+fn byte_windows(path: &Path, t: usize) -> Result<Vec<Vec<u32>>, String> {
     const MAX_BYTES: usize = 1 << 22;
     let mut bytes = Vec::new();
     let files: Vec<PathBuf> = if path.is_dir() {
@@ -290,10 +296,18 @@ fn data_kernel(path: &Path) -> Result<Input, String> {
         }
     }
     let windows: Vec<Vec<u32>> =
-        bytes.chunks_exact(T).take(256).map(|w| w.iter().map(|b| u32::from(*b)).collect()).collect();
+        bytes.chunks_exact(t).take(256).map(|w| w.iter().map(|b| u32::from(*b)).collect()).collect();
     if windows.is_empty() {
-        return Err(format!("--input data={}: fewer than {T} bytes of text", path.display()));
+        return Err(format!("--input data={}: fewer than {t} bytes of text", path.display()));
     }
+    Ok(windows)
+}
+
+/// The input kernel of byte-token windows of a text file (or of the text
+/// files in a directory), with a learned position table.
+fn data_kernel(path: &Path) -> Result<Input, String> {
+    const T: usize = blkc::signal::MAX_CONTEXT;
+    let windows = byte_windows(path, T)?;
     let kernel = blkc::signal::kernel::token_kernel(&windows, T, true);
     Ok(Input::Kernel { name: format!("data={}", path.display()), kernel })
 }
