@@ -30,81 +30,74 @@ fn every_canonical_block_agrees_with_its_prediction() {
     }
 }
 
+/// Runs `blkc` at the repository root: (exit status, stdout).
+fn blkc(args: &[&str]) -> (Option<i32>, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_blkc")).args(args).current_dir(&root).output().expect("runs");
+    assert!(out.status.code() != Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn the_measured_check_reports_in_json_and_fails_on_disagreement() {
-    let bin = env!("CARGO_BIN_EXE_blkc");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(bin)
-        .args([
-            "check",
-            "--measure",
-            "--width",
-            "64",
-            "--depth",
-            "4",
-            "--context",
-            "16",
-            "--format",
-            "json",
-            "blocks/sas-p.blk",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let (code, out) = blkc(&[
+        "check",
+        "--measure",
+        "--width",
+        "64",
+        "--depth",
+        "4",
+        "--context",
+        "16",
+        "--format",
+        "json",
+        "blocks/sas-p.blk",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     assert_eq!(v["agreement"], true, "{v}");
     assert_eq!(v["tolerance"], 0.05);
     let layers = v["layers"].as_array().cloned().unwrap_or_default();
     assert_eq!(layers.len(), 4);
     assert!(layers.iter().all(|l| l["measured_cosine"].is_f64() && l["measured_effective_rank"].is_f64()), "{v}");
     // A width so small that finite-width effects dominate: disagreement, exit 1.
-    let out = std::process::Command::new(bin)
-        .args([
-            "check",
-            "--measure",
-            "--width",
-            "8",
-            "--depth",
-            "12",
-            "--context",
-            "32",
-            "--models",
-            "1",
-            "blocks/preln.blk",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = blkc(&[
+        "check",
+        "--measure",
+        "--width",
+        "8",
+        "--depth",
+        "12",
+        "--context",
+        "32",
+        "--models",
+        "1",
+        "blocks/preln.blk",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("DISAGREE"), "{text}");
 }
 
 #[test]
 fn the_measured_check_feeds_real_tokens_from_data() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-        .args([
-            "check",
-            "--measure",
-            "--width",
-            "128",
-            "--depth",
-            "6",
-            "--context",
-            "64",
-            "--input",
-            "data=docs",
-            "--format",
-            "json",
-            "blocks/preln.blk",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let (code, out) = blkc(&[
+        "check",
+        "--measure",
+        "--width",
+        "128",
+        "--depth",
+        "6",
+        "--context",
+        "64",
+        "--input",
+        "data=docs",
+        "--format",
+        "json",
+        "blocks/preln.blk",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     assert_eq!(v["agreement"], true, "{v}");
     // Text repeats tokens, so its input kernel is far from distinct tokens.
     let first = v["layers"][0]["measured_cosine"].as_f64().unwrap_or(0.0);

@@ -92,6 +92,48 @@ pub struct Graph {
     pub out: NodeId,
 }
 
+impl Graph {
+    /// Every scalar of the graph: gains, param inits, attention-matrix
+    /// coefficients, reparam gains and init arguments.
+    pub fn scalars(&self) -> Vec<&Scalar> {
+        let mut out: Vec<&Scalar> = self.params.iter().map(|p| &p.init).collect();
+        for n in &self.nodes {
+            match &n.op {
+                Op::Sum { terms } => out.extend(terms.iter().map(|t| &t.gain)),
+                Op::Attention { spec, .. } => {
+                    out.extend(spec.params.iter().map(|p| &p.init));
+                    out.extend(spec.matrix.iter().map(|(c, _)| c));
+                    out.extend([&spec.query, &spec.key].into_iter().filter_map(Init::scalar));
+                    for l in [&spec.value, &spec.proj] {
+                        match l {
+                            Linear::Identity => {}
+                            Linear::Dense { init, .. } => out.extend(init.scalar()),
+                            Linear::Reparam { skip, resid, init, .. } => {
+                                out.extend([skip, resid]);
+                                out.extend(init.scalar());
+                            }
+                        }
+                    }
+                }
+                Op::Mlp { spec, .. } => out.extend([&spec.up, &spec.down].into_iter().filter_map(Init::scalar)),
+                Op::Input | Op::Norm { .. } => {}
+            }
+        }
+        out
+    }
+}
+
+impl Init {
+    /// The init's argument (gain or std), if it has one.
+    pub fn scalar(&self) -> Option<&Scalar> {
+        match self {
+            Init::Orthogonal { gain } | Init::FanIn { gain } => Some(gain),
+            Init::Normal { std } => Some(std),
+            Init::Zeros | Init::Identity => None,
+        }
+    }
+}
+
 /// One node: an operation, the binding name it was given (if any) and the
 /// source it came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,6 +241,17 @@ impl Scalar {
             Scalar::Const(a) => Scalar::Const(-a),
             Scalar::Neg(s) => *s,
             s => Scalar::Neg(Box::new(s)),
+        }
+    }
+
+    /// Whether the scalar refers to variable `v`.
+    pub fn uses(&self, v: Var) -> bool {
+        match self {
+            Scalar::Var(w) => *w == v,
+            Scalar::Const(_) | Scalar::Param(_) => false,
+            Scalar::Neg(a) => a.uses(v),
+            Scalar::Bin(_, a, b) => a.uses(v) || b.uses(v),
+            Scalar::Call(_, args) => args.iter().any(|a| a.uses(v)),
         }
     }
 

@@ -201,10 +201,10 @@ pub fn analyse(block: &BlockIr, dims: Dims, opts: &Options) -> verdict::Analysis
 /// Whether any gain of the block depends on `depth` or it has a `last`
 /// override (then a deeper stack is not a prefix of a shallower one).
 fn depth_dependent(block: &BlockIr) -> bool {
+    use crate::graph::Var;
     use crate::syntax::ast::LayerSelector;
-    let json = serde_json::to_string(&block.base).unwrap_or_default()
-        + &block.overrides.iter().map(|o| serde_json::to_string(&o.graph).unwrap_or_default()).collect::<String>();
-    json.contains("\"depth\"") || block.selectors.contains(&LayerSelector::Last)
+    block.selectors.contains(&LayerSelector::Last)
+        || block.graphs().flat_map(Graph::scalars).any(|s| s.uses(Var::Depth))
 }
 
 /// The deepest stack of `block` that still passes, searched up to
