@@ -40,7 +40,7 @@ pub fn tokens(sigma0: &Mat, d: usize, rng: &mut Rng) -> Mat {
 }
 
 fn forward(g: &Graph, x: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
-    let params: Vec<f64> = g.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let params = blkc::eval::param_values(&g.params, env);
     let at = |i: usize| params[i];
     let mut vals: Vec<Mat> = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
@@ -126,7 +126,7 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
     let (t, d) = (h.nrows(), dims.width);
     let hd = spec.head_dim.map_or(d / dims.heads, |v| v as usize);
     let inner = hd * dims.heads;
-    let params: Vec<f64> = spec.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let params = blkc::eval::param_values(&spec.params, env);
     let at = |i: usize| params[i];
     let terms: Vec<(f64, MatrixTerm)> =
         spec.matrix.iter().map(|(c, m)| (eval(c, env, &at).unwrap_or(0.0), *m)).collect();

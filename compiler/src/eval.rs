@@ -78,6 +78,12 @@ pub fn eval(s: &Scalar, env: &Env, param: &dyn Fn(usize) -> f64) -> Result<f64, 
     }
 }
 
+/// The initial values of `params` (0 where a value is not finite; the
+/// checker has already reported those).
+pub fn param_values(params: &[crate::graph::ParamDef], env: &Env) -> Vec<f64> {
+    params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect()
+}
+
 /// Evaluates a scalar that may not refer to params.
 pub fn eval_const(s: &Scalar, env: &Env) -> Result<f64, EvalError> {
     eval(s, env, &|_| f64::NAN)

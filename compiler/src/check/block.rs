@@ -259,7 +259,7 @@ impl<'a> Cx<'a> {
         use Val::*;
         match (op, l, r) {
             (_, Poison, _) | (_, _, Poison) => Poison,
-            (_, Scalar(a), Scalar(b)) => Scalar(fold(op, a, b)),
+            (_, Scalar(a), Scalar(b)) => Scalar(expr::fold(op, a, b)),
             (BinOp::Add, Tensor(a), Tensor(b)) => Tensor(merge(a, b)),
             (BinOp::Sub, Tensor(a), Tensor(b)) => Tensor(merge(a, scale(b, crate::graph::Scalar::Const(-1.0)))),
             (BinOp::Mul, Scalar(s), Tensor(t)) | (BinOp::Mul, Tensor(t), Scalar(s)) => Tensor(scale(t, s)),
@@ -444,16 +444,6 @@ fn scalar_not_tensor(span: Span, what: &str) -> Diagnostic {
         .help("tensors are `x`, module calls such as `attn(n)`, and bindings of them")
 }
 
-fn fold(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
-    match (op, &a, &b) {
-        (BinOp::Mul, _, _) => a.times(b),
-        (BinOp::Add, Scalar::Const(x), Scalar::Const(y)) => Scalar::Const(x + y),
-        (BinOp::Sub, Scalar::Const(x), Scalar::Const(y)) => Scalar::Const(x - y),
-        (BinOp::Div, Scalar::Const(x), Scalar::Const(y)) if *y != 0.0 => Scalar::Const(x / y),
-        _ => Scalar::Bin(op, Box::new(a), Box::new(b)),
-    }
-}
-
 fn scale(terms: Vec<Term>, by: Scalar) -> Vec<Term> {
     terms.into_iter().map(|t| Term { gain: by.clone().times(t.gain), input: t.input }).collect()
 }
@@ -462,7 +452,7 @@ fn scale(terms: Vec<Term>, by: Scalar) -> Vec<Term> {
 fn merge(mut a: Vec<Term>, b: Vec<Term>) -> Vec<Term> {
     for t in b {
         match a.iter_mut().find(|u| u.input == t.input) {
-            Some(u) => u.gain = fold(BinOp::Add, u.gain.clone(), t.gain),
+            Some(u) => u.gain = expr::fold(BinOp::Add, u.gain.clone(), t.gain),
             None => a.push(t),
         }
     }

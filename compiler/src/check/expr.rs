@@ -98,7 +98,8 @@ pub fn scalar(e: &Expr, names: &mut dyn Names, diags: &mut Vec<Diagnostic>) -> O
     }
 }
 
-fn fold(op: BinOp, l: Scalar, r: Scalar) -> Scalar {
+/// `l op r`, folding constants.
+pub(super) fn fold(op: BinOp, l: Scalar, r: Scalar) -> Scalar {
     match (op, &l, &r) {
         (BinOp::Add, Scalar::Const(a), Scalar::Const(b)) => Scalar::Const(a + b),
         (BinOp::Sub, Scalar::Const(a), Scalar::Const(b)) => Scalar::Const(a - b),

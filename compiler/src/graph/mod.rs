@@ -30,6 +30,19 @@ pub struct Program {
 }
 
 impl Program {
+    /// The models a check analyses: the program's model, or else every
+    /// block defined in file `root`, each bare in [`Model::small`]
+    /// (`true` marks a bare block).
+    pub fn analysed_models(&self, root: crate::span::FileId) -> Vec<(Model, bool)> {
+        match &self.model {
+            Some(m) => vec![(m.clone(), false)],
+            None => (0..self.blocks.len())
+                .filter(|&i| self.blocks[i].span.file == root)
+                .map(|i| (Model::small(i), true))
+                .collect(),
+        }
+    }
+
     pub fn block(&self, name: &str) -> Option<&BlockIr> {
         self.blocks.iter().find(|b| b.name == name)
     }

@@ -91,7 +91,7 @@ struct Tracker<'a> {
 
 /// Propagates kernel `sigma` through graph `g` at layer `layer`.
 pub fn block(g: &Graph, sigma: &Mat, env: &Env, setting: &Setting, ablation: Ablation) -> BlockOut {
-    let params: Vec<f64> = g.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let params = crate::eval::param_values(&g.params, env);
     let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
     let mut tr = Tracker { rel: Vec::new(), own: Vec::new(), cross: HashMap::new(), setting };
     let mut stats = Vec::new();
@@ -265,7 +265,7 @@ impl Tracker<'_> {
     /// (E[A], E[A Σ Aᵀ]) of the attention matrix for input kernel `k`.
     fn matrix_moments(&self, spec: &AttentionSpec, k: &Mat, env: &Env, head_dim: usize, salt: u64) -> (Mat, Mat) {
         let s = self.setting;
-        let params: Vec<f64> = spec.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+        let params = crate::eval::param_values(&spec.params, env);
         let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
         let terms: Vec<(f64, MatrixTerm)> =
             spec.matrix.iter().map(|(c, t)| (eval(c, env, &at).unwrap_or(0.0), *t)).collect();

@@ -78,13 +78,7 @@ pub struct Request {
 /// Reports for a checked program: the model's block, or every block
 /// defined in the root file analysed bare in the small model.
 pub fn reports(p: &Program, root: FileId, req: &Request) -> Vec<Report> {
-    match &p.model {
-        Some(m) => vec![report(p, m, false, req)],
-        None => (0..p.blocks.len())
-            .filter(|&i| p.blocks[i].span.file == root)
-            .map(|i| report(p, &Model::small(i), true, req))
-            .collect(),
-    }
+    p.analysed_models(root).iter().map(|(m, bare)| report(p, m, *bare, req)).collect()
 }
 
 fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{trace, Ablation, Detail, Dims, Options, Trace};
 use crate::diag::{Code, Diagnostic};
-use crate::eval::{eval, eval_const, Env};
+use crate::eval::{eval, Env};
 use crate::graph::{BlockIr, Graph, MatrixTerm, NodeId, Op};
 use crate::span::Span;
 
@@ -273,7 +273,7 @@ fn collapse(
 /// Whether the attention matrix is a multiple of I at init (zero queries
 /// make softmax equal to centre).
 fn identity_at_init(spec: &crate::graph::AttentionSpec, env: &Env) -> bool {
-    let params: Vec<f64> = spec.params.iter().map(|p| eval_const(&p.init, env).unwrap_or(0.0)).collect();
+    let params = crate::eval::param_values(&spec.params, env);
     let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
     let zero_q = spec.query == crate::graph::Init::Zeros;
     let mut mixing = 0.0;

@@ -117,9 +117,10 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
     }
     let measured: Vec<Comparison> = match (&c.program, args.measure) {
         (Some(p), true) => match measure_setup(args) {
-            Ok(setup) => models(p)
+            Ok(setup) => p
+                .analysed_models(FileId(0))
                 .iter()
-                .map(|m| crate::measure::compare::<Cpu>(p, m, setup.clone(), &Default::default()))
+                .map(|(m, _)| crate::measure::compare::<Cpu>(p, m, setup.clone(), &Default::default()))
                 .collect(),
             Err(why) => {
                 eprintln!("error: {why}");
@@ -142,17 +143,6 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
     };
     print(path, &c, &diags, &reps, &measured, args.format);
     (status, e, w)
-}
-
-/// The models analysed for a program: its model, or each bare block of the
-/// root file in the small model.
-fn models(p: &blkc::Program) -> Vec<blkc::graph::Model> {
-    match &p.model {
-        Some(m) => vec![m.clone()],
-        None => {
-            (0..p.blocks.len()).filter(|&i| p.blocks[i].span.file == FileId(0)).map(blkc::graph::Model::small).collect()
-        }
-    }
 }
 
 fn measure_setup(args: &Args) -> Result<Setup, String> {
