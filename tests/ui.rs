@@ -15,6 +15,7 @@ use blkc_tests::{blk_files, compile_rel, rel, rendered};
 const ELSEWHERE: &[(Code, &str)] = &[
     (Code::E1007, "a file over 1 MiB: `load` unit test in tests/robust.rs"),
     (Code::E5001, "a file with nothing to count: runtime/tests/cli.rs"),
+    (Code::E5002, "a vocabulary that is not the tokenizer's: runtime/tests/train.rs"),
 ];
 
 #[test]

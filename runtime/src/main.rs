@@ -13,6 +13,9 @@ fn main() -> ExitCode {
         Command::Fmt(a) => cli::fmt::run(&a),
         Command::Graph(a) => cli::graph::run(&a),
         Command::Params(a) => cli::params::run(&a),
+        Command::Train(a) => cli::train::run(&a),
+        Command::Eval(a) => cli::eval::run(&a),
+        Command::Sample(a) => cli::sample::run(&a),
     };
     ExitCode::from(code)
 }

@@ -91,6 +91,31 @@ impl<B: Backend> Model<B> {
         self.num_params() - frozen
     }
 
+    /// Every trainable gain, named `L.name` (block gains) or
+    /// `L.attention.name` (matrix gains), with its value averaged over
+    /// heads; read from the device in one transfer.
+    pub fn gains(&self) -> Vec<(String, f32)> {
+        let mut names = Vec::new();
+        let mut parts = Vec::new();
+        for (l, b) in self.blocks.iter().enumerate() {
+            for (n, g) in b.plan.gain_names.iter().zip(&b.gains) {
+                names.push(format!("{l}.{n}"));
+                parts.push(g.val().mean());
+            }
+            for a in &b.attention {
+                for (n, g) in a.plan.gain_names.iter().zip(&a.gains) {
+                    names.push(format!("{l}.attention.{n}"));
+                    parts.push(g.val().mean());
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Vec::new();
+        }
+        let values: Vec<f32> = Tensor::cat(parts, 0).into_data().convert::<f32>().to_vec().unwrap_or_default();
+        names.into_iter().zip(values).collect()
+    }
+
     /// Logits `[batch, T, vocab]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut x = self.embed(tokens);

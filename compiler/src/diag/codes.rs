@@ -85,4 +85,5 @@ codes! {
     W3002 Warning "token distinctions shrink geometrically with depth";
     W3003 Warning "a bare block that passes at the small model's depth is rejected at depth 18";
     E5001 Error "file has no block or model to work on";
+    E5002 Error "the model's vocabulary does not match its tokenizer's";
 }

@@ -2,9 +2,12 @@
 //! types, compiling a file from disk, and exit codes.
 
 pub mod check;
+pub mod eval;
 pub mod fmt;
 pub mod graph;
 pub mod params;
+pub mod sample;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +44,28 @@ pub enum Command {
     Graph(graph::Args),
     /// Count the parameters of a model, per component.
     Params(params::Args),
+    /// Train a model: metrics, plots and checkpoints in a run directory.
+    Train(train::Args),
+    /// Validation loss of a trained checkpoint.
+    Eval(eval::Args),
+    /// Continue a prompt with a trained causal model.
+    Sample(sample::Args),
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
 }
 
 /// Compiles `path` from disk. On an unreadable root file, prints why and

@@ -28,6 +28,8 @@ pub struct Plan {
     pub softcap: Option<f64>,
     pub mask: Mask,
     pub env: Env,
+    /// Names of the trainable gains, in the order of `Attention::gains`.
+    pub gain_names: Vec<String>,
 }
 
 #[derive(Module, Debug)]
@@ -67,7 +69,16 @@ impl<B: Backend> Attention<B> {
             value: Map::build(&spec.value, width, inner, env, device),
             proj: Map::build(&spec.proj, inner, width, env, device),
             gains,
-            plan: Plan { heads, head_dim, terms: spec.matrix.clone(), slots, softcap: spec.softcap, mask, env: *env },
+            plan: Plan {
+                heads,
+                head_dim,
+                terms: spec.matrix.clone(),
+                slots,
+                softcap: spec.softcap,
+                mask,
+                env: *env,
+                gain_names: scalar::trainable_names(&spec.params),
+            },
         }
     }
 

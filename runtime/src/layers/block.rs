@@ -28,6 +28,8 @@ pub struct Plan {
     pub out: NodeId,
     pub slots: Vec<Slot>,
     pub env: Env,
+    /// Names of the trainable gains, in the order of `Block::gains`.
+    pub gain_names: Vec<String>,
 }
 
 #[derive(Module, Debug)]
@@ -50,7 +52,13 @@ impl<B: Backend> Block<B> {
             attention: Vec::new(),
             mlp: Vec::new(),
             gains,
-            plan: Plan { steps: Vec::new(), out: g.out, slots, env: *env },
+            plan: Plan {
+                steps: Vec::new(),
+                out: g.out,
+                slots,
+                env: *env,
+                gain_names: scalar::trainable_names(&g.params),
+            },
         };
         for n in &g.nodes {
             let step = match &n.op {

@@ -41,6 +41,11 @@ pub fn gains<B: Backend>(
     (params, slots)
 }
 
+/// Names of the trainable params of `defs`, in the order [`gains`] makes them.
+pub fn trainable_names(defs: &[ParamDef]) -> Vec<String> {
+    defs.iter().filter(|p| p.trainable).map(|p| p.name.clone()).collect()
+}
+
 /// `s` as a tensor of shape `[1]` (or `[heads]` when it involves a per-head
 /// gain).
 pub fn value<B: Backend>(

@@ -1,0 +1,108 @@
+//! `blkc eval RUN`: the validation loss of a run's newest checkpoint (or of
+//! the checkpoint directory given), on the run's data or on `--data`.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+
+use super::{Device, OK, REJECTED};
+use crate::train::{self, batch, data};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A run directory or one of its `checkpoints/step-…` directories.
+    pub checkpoint: PathBuf,
+    /// Evaluate on this text instead of the run's validation split.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Batches to average (default: the run's `eval_batches`).
+    #[arg(long)]
+    pub batches: Option<u64>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> u8 {
+    match args.device {
+        Device::Cpu => eval_on::<crate::backend::Cpu>(args, &Default::default()),
+        Device::Cuda => cuda(args),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(args: &Args) -> u8 {
+    eval_on::<crate::backend::Cuda>(args, &Default::default())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_args: &Args) -> u8 {
+    eprintln!("error: this blkc was built without CUDA; rebuild with `--features cuda`");
+    REJECTED
+}
+
+fn eval_on<B: Backend>(args: &Args, device: &B::Device) -> u8 {
+    match evaluate::<B>(args, device) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            REJECTED
+        }
+    }
+}
+
+fn evaluate<B: Backend>(args: &Args, device: &B::Device) -> Result<(), String> {
+    let run = train::open::<B>(&args.checkpoint, device)?;
+    let s = &run.info.settings;
+    let source = args.data.clone().unwrap_or_else(|| s.data.clone());
+    let corpus = data::load(&source, s.val_fraction)?;
+    let obj = train::objective(&run.ir, s, &run.tokenizer);
+    let shifted = obj == batch::Objective::Causal;
+    let key = {
+        let mut h = data::Fnv::new();
+        h.write(&std::fs::read(run.dir.tokenizer()).unwrap_or_default());
+        h.finish()
+    };
+    let (train_stream, valid_stream, _) =
+        train::streams(&corpus, &run.tokenizer, key, run.ir.context as usize, shifted)?;
+    // With --data, every file of the given text is held out: evaluate on all of it.
+    let stream = if args.data.is_some() {
+        let mut all = train_stream.tokens;
+        all.extend(valid_stream.tokens);
+        batch::Stream::new(all, run.ir.context as usize, shifted)
+    } else {
+        valid_stream
+    };
+    if stream.windows() == 0 {
+        return Err(format!("`{source}` has fewer tokens than one context window"));
+    }
+    let batches = args.batches.unwrap_or(s.eval_batches) as usize;
+    let rows = s.micro() as usize;
+    let loss = train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device);
+    let n = batch::eval_batches(&stream, batches, rows);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": run.checkpoint.display().to_string(),
+                "step": run.state.step,
+                "data": source,
+                "eval_loss": loss,
+                "perplexity": loss.exp(),
+                "batches": n,
+                "rows": rows,
+            })
+        );
+    } else {
+        println!(
+            "{} (step {}): validation loss {loss:.4} nats/token, perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
+            run.checkpoint.display(),
+            run.state.step,
+            loss.exp(),
+            run.ir.context
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Token streams and batches. Each split is one stream (documents joined
+//! by end-of-text) cut into windows of the context length. Which windows a
+//! step sees is a pure function of (seed, step): a resumed run draws
+//! exactly the batches the uninterrupted run would have drawn, with no
+//! loader state to save.
+
+use blkc::signal::rng::Rng as SplitMix;
+
+/// One split's tokens, packed.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub tokens: Vec<u32>,
+    /// Tokens per window (the model's context).
+    pub context: usize,
+    /// Whether windows carry one extra token for the shifted targets.
+    pub shifted: bool,
+}
+
+impl Stream {
+    pub fn new(tokens: Vec<u32>, context: usize, shifted: bool) -> Stream {
+        Stream { tokens, context, shifted }
+    }
+
+    /// Number of whole windows (consecutive windows share one token when
+    /// shifted: the last target of one is the first input of the next).
+    pub fn windows(&self) -> usize {
+        let extra = usize::from(self.shifted);
+        if self.tokens.len() < self.context + extra {
+            return 0;
+        }
+        (self.tokens.len() - extra) / self.context
+    }
+
+    fn window(&self, w: usize) -> &[u32] {
+        let start = w * self.context;
+        &self.tokens[start..start + self.context + usize::from(self.shifted)]
+    }
+}
+
+/// A batch on the host: `inputs` and `targets` are `[rows, context]`
+/// row-major; `weights` marks the positions the loss counts (all of them
+/// for a causal model, the masked ones for MLM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub rows: usize,
+    pub context: usize,
+    pub inputs: Vec<i64>,
+    pub targets: Vec<i64>,
+    pub weights: Vec<f32>,
+}
+
+impl Batch {
+    pub fn counted(&self) -> f32 {
+        self.weights.iter().sum()
+    }
+}
+
+/// What the model learns to predict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
+    /// The next token.
+    Causal,
+    /// Masked tokens (BERT-style: of the chosen positions, 80 % become the
+    /// mask token, 10 % a random token, 10 % stay).
+    Masked { rate: f64, mask: u32, vocab: u32 },
+}
+
+/// The order in which training windows are visited: a fresh permutation
+/// per pass over the data, seeded by (seed, pass).
+#[derive(Debug)]
+pub struct Sampler {
+    seed: u64,
+    windows: usize,
+    pass: Option<(usize, Vec<u32>)>,
+}
+
+impl Sampler {
+    pub fn new(seed: u64, windows: usize) -> Sampler {
+        Sampler { seed, windows, pass: None }
+    }
+
+    /// The window of the `k`-th training sample (counting from the start
+    /// of the run).
+    pub fn window(&mut self, k: u64) -> usize {
+        let n = self.windows.max(1) as u64;
+        let (pass, at) = ((k / n) as usize, (k % n) as usize);
+        if self.pass.as_ref().map(|(p, _)| *p) != Some(pass) {
+            self.pass = Some((pass, permutation(self.windows, mix(self.seed, pass as u64, 0x5eed))));
+        }
+        self.pass.as_ref().map_or(0, |(_, order)| order[at] as usize)
+    }
+}
+
+fn permutation(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix::new(seed);
+    let mut v: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+fn mix(a: u64, b: u64, c: u64) -> u64 {
+    let mut r = SplitMix::new(a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rotate_left(17));
+    r.next_u64()
+}
+
+/// The training batch of `rows` samples starting at sample `first`.
+pub fn train_batch(
+    stream: &Stream,
+    sampler: &mut Sampler,
+    first: u64,
+    rows: usize,
+    obj: Objective,
+    seed: u64,
+) -> Batch {
+    let windows: Vec<usize> = (0..rows as u64).map(|r| sampler.window(first + r)).collect();
+    assemble(stream, &windows, obj, mix(seed, first, 0x3a5c))
+}
+
+/// Evaluation batch `i` of `count`: windows spread evenly over the split,
+/// the same at every evaluation.
+pub fn eval_batch(stream: &Stream, i: usize, count: usize, rows: usize, obj: Objective, seed: u64) -> Batch {
+    let n = stream.windows();
+    let total = (count * rows).max(1);
+    let spread = |j: usize| if total <= n { j * n / total } else { j % n.max(1) };
+    let windows: Vec<usize> = (0..rows).map(|r| spread(i * rows + r)).collect();
+    assemble(stream, &windows, obj, mix(seed, i as u64, 0xe7a1))
+}
+
+/// Batches an evaluation pass can hold without repeating windows.
+pub fn eval_batches(stream: &Stream, wanted: usize, rows: usize) -> usize {
+    wanted.min(stream.windows() / rows.max(1)).max(usize::from(stream.windows() > 0))
+}
+
+fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Batch {
+    let t = stream.context;
+    let mut b = Batch {
+        rows: windows.len(),
+        context: t,
+        inputs: Vec::with_capacity(windows.len() * t),
+        targets: Vec::with_capacity(windows.len() * t),
+        weights: Vec::with_capacity(windows.len() * t),
+    };
+    let mut rng = SplitMix::new(seed);
+    for &w in windows {
+        let win = stream.window(w);
+        match obj {
+            Objective::Causal => {
+                b.inputs.extend(win[..t].iter().map(|&x| i64::from(x)));
+                b.targets.extend(win[1..].iter().map(|&x| i64::from(x)));
+                b.weights.extend(std::iter::repeat_n(1.0, t));
+            }
+            Objective::Masked { rate, mask, vocab } => {
+                for &tok in win {
+                    let chosen = rng.uniform() < rate;
+                    let input = if !chosen {
+                        tok
+                    } else {
+                        let u = rng.uniform();
+                        if u < 0.8 {
+                            mask
+                        } else if u < 0.9 {
+                            (rng.next_u64() % u64::from(vocab)) as u32
+                        } else {
+                            tok
+                        }
+                    };
+                    b.inputs.push(i64::from(input));
+                    b.targets.push(i64::from(tok));
+                    b.weights.push(if chosen { 1.0 } else { 0.0 });
+                }
+            }
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(n: u32, t: usize) -> Stream {
+        Stream::new((0..n).collect(), t, true)
+    }
+
+    #[test]
+    fn causal_targets_are_the_next_tokens() {
+        let s = stream(100, 8);
+        assert_eq!(s.windows(), 12);
+        let mut sampler = Sampler::new(1, s.windows());
+        let b = train_batch(&s, &mut sampler, 0, 4, Objective::Causal, 1);
+        for r in 0..4 {
+            for i in 0..8 {
+                assert_eq!(b.targets[r * 8 + i], b.inputs[r * 8 + i] + 1);
+            }
+        }
+        assert_eq!(b.counted(), 32.0);
+    }
+
+    #[test]
+    fn a_pass_visits_every_window_once_and_batches_depend_only_on_the_step() {
+        let s = stream(1000, 10);
+        let n = s.windows();
+        let mut a = Sampler::new(7, n);
+        let mut seen: Vec<usize> = (0..n as u64).map(|k| a.window(k)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        // A fresh sampler (as after a resume) gives the same batch for a step.
+        let late = train_batch(&s, &mut a, 250, 4, Objective::Causal, 7);
+        let mut fresh = Sampler::new(7, n);
+        assert_eq!(train_batch(&s, &mut fresh, 250, 4, Objective::Causal, 7), late);
+        // Another seed, another order.
+        let mut other = Sampler::new(8, n);
+        assert_ne!(train_batch(&s, &mut other, 250, 4, Objective::Causal, 7), late);
+    }
+
+    #[test]
+    fn masking_hits_the_rate_and_counts_only_masked_positions() {
+        let s = Stream::new((0..20_000).map(|i| i % 200).collect(), 100, false);
+        let obj = Objective::Masked { rate: 0.25, mask: 257, vocab: 258 };
+        let mut sampler = Sampler::new(0, s.windows());
+        let b = train_batch(&s, &mut sampler, 0, 100, obj, 0);
+        let rate = b.counted() / 10_000.0;
+        assert!((0.23..0.27).contains(&rate), "mask rate {rate}");
+        let masked = b.inputs.iter().filter(|&&x| x == 257).count() as f32 / b.counted();
+        assert!((0.75..0.85).contains(&masked), "{masked} of chosen positions masked");
+        for i in 0..b.inputs.len() {
+            if b.weights[i] == 0.0 {
+                assert_eq!(b.inputs[i], b.targets[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn evaluation_batches_are_fixed_and_spread() {
+        let s = stream(10_000, 10);
+        let a = eval_batch(&s, 1, 4, 8, Objective::Causal, 0);
+        assert_eq!(a, eval_batch(&s, 1, 4, 8, Objective::Causal, 0));
+        assert_ne!(a, eval_batch(&s, 2, 4, 8, Objective::Causal, 0));
+        assert_eq!(eval_batches(&s, 4, 8), 4);
+        assert_eq!(eval_batches(&stream(30, 10), 4, 8), 1);
+    }
+}

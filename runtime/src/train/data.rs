@@ -1,0 +1,329 @@
+//! Training text: where it comes from (a directory, a file, a glob, or the
+//! named corpus `python-stdlib`), which files are kept, and the
+//! deterministic split of files into training and validation.
+
+use std::path::{Path, PathBuf};
+
+/// The named corpus of Python's standard library sources.
+pub const PYTHON_STDLIB: &str = "python-stdlib";
+
+/// Files larger than this are skipped (counted as too large): a text corpus
+/// file of 64 MiB is almost certainly not source text.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Files per corpus, at most (a glob over `/` must not exhaust memory).
+const MAX_FILES: usize = 1_000_000;
+
+/// One text file of the corpus.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// Path relative to the corpus root (what the split hashes).
+    pub name: String,
+    pub text: String,
+}
+
+/// Why files were left out, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub not_utf8: usize,
+    pub empty: usize,
+    pub unreadable: usize,
+    pub too_large: usize,
+}
+
+impl Skipped {
+    pub fn total(&self) -> usize {
+        self.not_utf8 + self.empty + self.unreadable + self.too_large
+    }
+
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            (self.not_utf8, "not UTF-8"),
+            (self.empty, "empty"),
+            (self.unreadable, "unreadable"),
+            (self.too_large, "over 64 MiB"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A corpus split by file.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// What was asked for (`python-stdlib`, a path or a glob).
+    pub source: String,
+    /// The directory the file names are relative to.
+    pub root: PathBuf,
+    pub train: Vec<Doc>,
+    pub valid: Vec<Doc>,
+    pub skipped: Skipped,
+}
+
+impl Corpus {
+    pub fn bytes(&self) -> usize {
+        self.train.iter().chain(&self.valid).map(|d| d.text.len()).sum()
+    }
+
+    /// A 64-bit fingerprint of the training split (names and contents):
+    /// the key under which tokenizers and token streams are cached.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        for d in &self.train {
+            h.write(d.name.as_bytes());
+            h.write(&[0]);
+            h.write(d.text.as_bytes());
+            h.write(&[0]);
+        }
+        h.finish()
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (the same on every machine and build).
+#[derive(Debug)]
+pub struct Fnv(u64);
+
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Loads the corpus named by `source` and splits it: a file goes to
+/// validation when the hash of its relative name falls below
+/// `val_fraction` (so the split does not depend on which other files
+/// exist). At least one file goes to each side when there are two or more.
+pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
+    let (root, files) = find(source)?;
+    let mut skipped = Skipped::default();
+    let mut docs = Vec::new();
+    for f in files {
+        match read(&f) {
+            Ok(text) => {
+                let name = f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+                docs.push(Doc { name, text });
+            }
+            Err(Skip::NotUtf8) => skipped.not_utf8 += 1,
+            Err(Skip::Empty) => skipped.empty += 1,
+            Err(Skip::Unreadable) => skipped.unreadable += 1,
+            Err(Skip::TooLarge) => skipped.too_large += 1,
+        }
+    }
+    if docs.is_empty() {
+        return Err(format!(
+            "no usable text in `{source}`: {} file(s) skipped ({}); give text files with --data",
+            skipped.total(),
+            skipped.describe()
+        ));
+    }
+    docs.sort_by(|a, b| a.name.cmp(&b.name));
+    let (mut train, mut valid): (Vec<Doc>, Vec<Doc>) =
+        docs.into_iter().partition(|d| !in_validation(&d.name, val_fraction));
+    if valid.is_empty() && train.len() >= 2 {
+        // Too few files for the hash to pick one: the last goes to validation.
+        valid.extend(train.pop());
+    } else if train.is_empty() && valid.len() >= 2 {
+        train.push(valid.remove(0));
+    }
+    if train.is_empty() {
+        // A single file: it trains, and validation is its last tenth.
+        let d = valid.remove(0);
+        let cut = floor_char_boundary(&d.text, d.text.len() * 9 / 10);
+        train.push(Doc { name: d.name.clone(), text: d.text[..cut].to_string() });
+        valid.push(Doc { name: d.name, text: d.text[cut..].to_string() });
+    }
+    Ok(Corpus { source: source.to_string(), root, train, valid, skipped })
+}
+
+/// Whether the file named `name` belongs to the validation split.
+pub fn in_validation(name: &str, fraction: f64) -> bool {
+    let mut h = Fnv::new();
+    h.write(name.as_bytes());
+    // Top 53 bits as a fraction in [0, 1).
+    ((h.finish() >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+enum Skip {
+    NotUtf8,
+    Empty,
+    Unreadable,
+    TooLarge,
+}
+
+fn read(path: &Path) -> Result<String, Skip> {
+    let meta = std::fs::metadata(path).map_err(|_| Skip::Unreadable)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Skip::TooLarge);
+    }
+    let bytes = std::fs::read(path).map_err(|_| Skip::Unreadable)?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Skip::Empty);
+    }
+    // NUL bytes mark binary files even when they happen to be valid UTF-8.
+    if bytes.contains(&0) {
+        return Err(Skip::NotUtf8);
+    }
+    String::from_utf8(bytes).map_err(|_| Skip::NotUtf8)
+}
+
+/// The files of `source` (sorted) and the root their names are relative to.
+fn find(source: &str) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    if source == PYTHON_STDLIB {
+        let root = python_stdlib().ok_or_else(|| {
+            "no Python standard library found (looked for lib/python3.*/os.py under /usr, /usr/local, /opt, \
+             $PYTHONHOME, $VIRTUAL_ENV, $CONDA_PREFIX and ~/.pyenv); give a text corpus with --data PATH"
+                .to_string()
+        })?;
+        let mut files = Vec::new();
+        walk(&root, &mut files, &|p| p.extension().is_some_and(|e| e == "py"), true)?;
+        files.sort();
+        return Ok((root, files));
+    }
+    let path = Path::new(source);
+    if path.is_dir() {
+        let mut files = Vec::new();
+        walk(path, &mut files, &|_| true, false)?;
+        if files.is_empty() {
+            return Err(format!("`{source}` is an empty directory; give a directory with text files"));
+        }
+        files.sort();
+        return Ok((path.to_path_buf(), files));
+    }
+    if path.is_file() {
+        let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok((root, vec![path.to_path_buf()]));
+    }
+    if source.contains(['*', '?', '[']) {
+        let paths = glob::glob(source).map_err(|e| format!("bad glob `{source}`: {e}"))?;
+        let mut files: Vec<PathBuf> =
+            paths.filter_map(Result::ok).filter(|p| p.is_file()).take(MAX_FILES + 1).collect();
+        if files.len() > MAX_FILES {
+            return Err(format!("`{source}` matches more than {MAX_FILES} files"));
+        }
+        if files.is_empty() {
+            return Err(format!("no file matches `{source}`"));
+        }
+        files.sort();
+        let root = glob_root(source);
+        return Ok((root, files));
+    }
+    Err(format!("`{source}` does not exist (give a directory, a file, a glob or `{PYTHON_STDLIB}`)"))
+}
+
+/// The directory part of a glob before its first wildcard.
+fn glob_root(pattern: &str) -> PathBuf {
+    let cut = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    let head = &pattern[..cut];
+    match head.rfind('/') {
+        Some(i) => PathBuf::from(&head[..=i]),
+        None => PathBuf::from("."),
+    }
+}
+
+/// Every file under `dir` (depth-first, hidden entries and symlinked
+/// directories skipped) that `keep` accepts.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool, library: bool) -> Result<(), String> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || (library && (name == "site-packages" || name == "dist-packages")) {
+                continue;
+            }
+            let Ok(kind) = e.file_type() else { continue };
+            let p = e.path();
+            if kind.is_dir() {
+                stack.push(p);
+            } else if (kind.is_file() || kind.is_symlink()) && keep(&p) {
+                out.push(p);
+                if out.len() > MAX_FILES {
+                    return Err(format!("`{}` holds more than {MAX_FILES} files", dir.display()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The standard library directory of the newest Python 3 found in the
+/// usual places.
+pub fn python_stdlib() -> Option<PathBuf> {
+    let mut prefixes: Vec<PathBuf> = ["PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX"]
+        .iter()
+        .filter_map(|v| std::env::var_os(v).map(PathBuf::from))
+        .collect();
+    prefixes.extend(["/usr", "/usr/local", "/opt/homebrew", "/opt/local", "/opt/conda"].map(PathBuf::from));
+    if let Some(home) = std::env::var_os("HOME") {
+        let versions = Path::new(&home).join(".pyenv/versions");
+        if let Ok(entries) = std::fs::read_dir(versions) {
+            prefixes.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = Vec::new();
+    for prefix in prefixes {
+        let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(minor) = name.strip_prefix("python3.").and_then(|m| m.parse::<u32>().ok()) else { continue };
+            if e.path().join("os.py").is_file() {
+                found.push((minor, e.path()));
+            }
+        }
+    }
+    // Newest version; among equals, the first place searched.
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().next().map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_is_stable_and_near_the_fraction() {
+        let names: Vec<String> = (0..4000).map(|i| format!("pkg/mod_{i}.py")).collect();
+        let valid = names.iter().filter(|n| in_validation(n, 0.1)).count();
+        assert!((300..500).contains(&valid), "{valid} of 4000 in validation at 0.1");
+        assert_eq!(in_validation("a/b.py", 0.3), in_validation("a/b.py", 0.3));
+        assert!(names.iter().all(|n| !in_validation(n, 0.0)));
+    }
+
+    #[test]
+    fn glob_roots() {
+        assert_eq!(glob_root("data/**/*.py"), PathBuf::from("data/"));
+        assert_eq!(glob_root("*.txt"), PathBuf::from("."));
+    }
+}

@@ -1,0 +1,236 @@
+//! Tokenizers: raw bytes, or byte-level BPE trained on the training split
+//! with the `tokenizers` crate and cached on disk under a key made of the
+//! corpus fingerprint and the settings.
+//!
+//! Both reserve two special tokens: end of text (between packed documents)
+//! and mask (the masked-language-model objective).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
+
+use super::data::{Corpus, Fnv};
+
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub const MASK: &str = "<|mask|>";
+
+/// Tokens of the bytes tokenizer: 256 bytes, end of text, mask.
+pub const BYTES_VOCAB: usize = 258;
+
+/// Bumped when the BPE recipe changes, so old cache entries are not reused.
+const RECIPE: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bpe,
+    Bytes,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "bpe" => Some(Kind::Bpe),
+            "bytes" => Some(Kind::Bytes),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bpe => "bpe",
+            Kind::Bytes => "bytes",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Tokenizer {
+    Bytes,
+    Bpe(Box<HfTokenizer>),
+}
+
+impl Tokenizer {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Tokenizer::Bytes => Kind::Bytes,
+            Tokenizer::Bpe(_) => Kind::Bpe,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => BYTES_VOCAB,
+            Tokenizer::Bpe(t) => t.get_vocab_size(true),
+        }
+    }
+
+    pub fn end_of_text(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => 256,
+            Tokenizer::Bpe(t) => t.token_to_id(END_OF_TEXT).unwrap_or(0),
+        }
+    }
+
+    pub fn mask(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => 257,
+            Tokenizer::Bpe(t) => t.token_to_id(MASK).unwrap_or(1),
+        }
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Bpe(t) => {
+                t.encode_fast(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| format!("cannot tokenize: {e}"))
+            }
+        }
+    }
+
+    /// Text of `ids`; special tokens are shown by name, undecodable bytes
+    /// as U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Tokenizer::Bytes => {
+                let mut out = String::new();
+                let mut bytes = Vec::new();
+                for &i in ids {
+                    if i < 256 {
+                        bytes.push(i as u8);
+                        continue;
+                    }
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                    bytes.clear();
+                    out.push_str(if i == 256 { END_OF_TEXT } else { MASK });
+                }
+                out.push_str(&String::from_utf8_lossy(&bytes));
+                out
+            }
+            Tokenizer::Bpe(t) => t.decode(ids, false).unwrap_or_else(|e| format!("<cannot decode: {e}>")),
+        }
+    }
+
+    /// Writes the tokenizer to `path` (JSON for BPE; a one-line marker for bytes).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let tmp = path.with_extension("json.tmp");
+        match self {
+            Tokenizer::Bytes => std::fs::write(&tmp, "{\"blkc_tokenizer\": \"bytes\"}\n").map_err(|e| e.to_string())?,
+            Tokenizer::Bpe(t) => t.save(&tmp, false).map_err(|e| format!("cannot save the tokenizer: {e}"))?,
+        }
+        std::fs::rename(&tmp, path).map_err(|e| format!("cannot save the tokenizer: {e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Tokenizer, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if text.contains("\"blkc_tokenizer\": \"bytes\"") {
+            return Ok(Tokenizer::Bytes);
+        }
+        let t = HfTokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| format!("`{}` is not a tokenizer: {e}", path.display()))?;
+        Ok(Tokenizer::Bpe(Box::new(t)))
+    }
+}
+
+/// Where tokenizers and token streams are cached: `$BLKC_CACHE`, else
+/// `$XDG_CACHE_HOME/blkc`, else `~/.cache/blkc`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BLKC_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("blkc");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/blkc"),
+        None => std::env::temp_dir().join("blkc-cache"),
+    }
+}
+
+/// How a tokenizer was obtained, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    Builtin,
+    Trained { seconds: f64, path: PathBuf },
+    Cached { path: PathBuf },
+}
+
+/// The tokenizer of `kind` for `corpus`: bytes, or BPE with `vocab` tokens
+/// from the cache or trained now (and cached).
+pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus) -> Result<(Tokenizer, Origin), String> {
+    if kind == Kind::Bytes {
+        return Ok((Tokenizer::Bytes, Origin::Builtin));
+    }
+    if vocab < 256 + 2 {
+        return Err(format!("a byte-level BPE needs a vocabulary of at least 258 tokens, not {vocab}"));
+    }
+    let mut key = Fnv::new();
+    key.write(&corpus.fingerprint().to_le_bytes());
+    key.write(&(vocab as u64).to_le_bytes());
+    key.write(&RECIPE.to_le_bytes());
+    let path = cache_dir().join("tokenizers").join(format!("bpe-{vocab}-{:016x}.json", key.finish()));
+    if path.is_file() {
+        if let Ok(t) = Tokenizer::load(&path) {
+            return Ok((t, Origin::Cached { path }));
+        }
+    }
+    let start = std::time::Instant::now();
+    let t = train_bpe(vocab, corpus.train.iter().map(|d| d.text.as_str()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the cache `{}`: {e}", dir.display()))?;
+    }
+    t.save(&path)?;
+    Ok((t, Origin::Trained { seconds, path }))
+}
+
+/// Trains a byte-level BPE of `vocab` tokens (special tokens and the 256
+/// byte symbols included) on `texts`.
+pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) -> Result<Tokenizer, String> {
+    let mut t = HfTokenizer::new(BPE::default());
+    t.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+    t.with_decoder(Some(ByteLevel::default()));
+    let specials = vec![AddedToken::from(END_OF_TEXT, true), AddedToken::from(MASK, true)];
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(vocab)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(specials.clone())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build()
+        .into();
+    t.train(&mut trainer, texts).map_err(|e| format!("BPE training failed: {e}"))?;
+    t.add_special_tokens(&specials);
+    Ok(Tokenizer::Bpe(Box::new(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_with_specials() {
+        let t = Tokenizer::Bytes;
+        let mut ids = t.encode("héllo").unwrap_or_default();
+        ids.push(t.end_of_text());
+        ids.extend(t.encode("x").unwrap_or_default());
+        assert_eq!(t.decode(&ids), format!("héllo{END_OF_TEXT}x"));
+        assert_eq!(t.vocab_size(), 258);
+    }
+
+    #[test]
+    fn bpe_trains_to_the_asked_size_and_round_trips() {
+        let text =
+            "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n";
+        let texts: Vec<String> = (0..50).map(|i| format!("{text}# {i}\n")).collect();
+        let t = train_bpe(300, texts.iter().map(String::as_str)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.vocab_size(), 300);
+        let ids = t.encode(text).unwrap_or_default();
+        assert!(ids.len() < text.len() / 2, "{} tokens for {} bytes", ids.len(), text.len());
+        assert_eq!(t.decode(&ids), text);
+        assert_ne!(t.end_of_text(), t.mask());
+        assert!(t.mask() < 300);
+    }
+}

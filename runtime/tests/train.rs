@@ -1,0 +1,328 @@
+//! `blkc train`, `eval` and `sample` as a user runs them, on a tiny model
+//! and a small corpus (the compiler's own sources): the loss falls; a run
+//! stopped (by `--stop-at`, by Ctrl-C) and resumed logs exactly the losses
+//! of an uninterrupted one; the same seed gives the same losses; a killed
+//! run leaves a checkpoint that loads; bad data and a vocabulary that does
+//! not fit the tokenizer are clear errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A scratch directory holding the tiny model, removed first if present.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("blkc-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    for f in ["sas-p.blk", "shaped.blk", "preln.blk"] {
+        std::fs::copy(repo().join("blocks").join(f), d.join(f)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    d
+}
+
+/// A tiny model of `block`; `extra` lines (`key = value`) replace or add
+/// train settings.
+fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf {
+    let file = if block == "preln" { "preln.blk" } else { "sas-p.blk" };
+    let data = format!("\"{}\"", repo().join("compiler/src").display());
+    let mut settings: Vec<(String, String)> = [
+        ("data", data.as_str()),
+        ("tokenizer", "bytes"),
+        ("batch", "8"),
+        ("steps", "30"),
+        ("lr", "3e-3"),
+        ("eval_every", "10"),
+        ("eval_batches", "4"),
+        ("log_every", "1"),
+        ("checkpoint_every", "10"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in extra.lines().filter(|l| l.contains('=')) {
+        let (k, v) = line.split_once('=').unwrap_or_default();
+        let (k, v) = (k.trim().to_string(), v.trim().to_string());
+        match settings.iter_mut().find(|(key, _)| *key == k) {
+            Some(slot) => slot.1 = v,
+            None => settings.push((k, v)),
+        }
+    }
+    let train: String = settings.iter().map(|(k, v)| format!("    {k} = {v}\n")).collect();
+    let text = format!(
+        "use \"{file}\"\n\nmodel tiny {{\n    block = {block}\n    depth = 2\n    width = 64\n    heads = 2\n    context = 32\n    \
+         vocab = {vocab}\n    mask = {mask}\n    positions = learned\n    final_norm = layernorm\n    tied_embeddings = true\n}}\n\n\
+         train {{\n{train}}}\n"
+    );
+    let p = dir.join("tiny.blk");
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+    p
+}
+
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blkc"));
+    c.args(args).current_dir(dir).env("BLKC_CACHE", dir.join("cache"));
+    c
+}
+
+fn blkc(dir: &Path, args: &[&str]) -> Output {
+    command(dir, args).output().unwrap_or_else(|e| panic!("cannot run blkc: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "blkc failed ({:?}):\n{}", o.status.code(), text(&o.stderr));
+}
+
+/// `step → (loss, eval_loss)` from a run's metrics.
+fn losses(run: &Path) -> BTreeMap<u64, (f64, Option<f64>)> {
+    let t = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    t.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad metrics line {l}: {e}")))
+        .map(|v| {
+            let step = v["step"].as_u64().unwrap_or_else(|| panic!("no step in {v}"));
+            (step, (v["loss"].as_f64().unwrap_or(f64::NAN), v.get("eval_loss").and_then(|e| e.as_f64())))
+        })
+        .collect()
+}
+
+#[test]
+fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
+    let d = scratch("learns");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "40"]);
+    ok(&o);
+    let run = d.join("run");
+    let l = losses(&run);
+    assert_eq!(l.len(), 40, "one line per step with log_every = 1");
+    let first: f64 = l.range(1..=3).map(|(_, v)| v.0).sum::<f64>() / 3.0;
+    let last: f64 = l.range(38..=40).map(|(_, v)| v.0).sum::<f64>() / 3.0;
+    assert!(first > 5.0, "a fresh byte model starts near ln 258 = 5.55, not {first}");
+    assert!(last < first - 1.5, "loss fell only from {first:.3} to {last:.3}");
+    let evals: Vec<f64> = l.values().filter_map(|v| v.1).collect();
+    assert_eq!(evals.len(), 4, "eval at 10, 20, 30, 40");
+    assert!(evals[3] < evals[0], "validation loss did not fall: {evals:?}");
+    // Every metrics line has the documented fields.
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().lines().nth(9).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    for key in ["step", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "tokens", "gains"] {
+        assert!(line.get(key).is_some(), "metrics line lacks `{key}`: {line}");
+    }
+    assert!(line["gains"].get("0.beta_ff").is_some(), "SAS-P's MLP gain is logged: {line}");
+    for f in ["run.json", "source.json", "tokenizer.json", "loss.png", "loss.svg", "checkpoints/latest"] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let png = std::fs::read(run.join("loss.png")).unwrap_or_default();
+    assert_eq!(&png[..4], b"\x89PNG");
+    let svg = std::fs::read_to_string(run.join("loss.svg")).unwrap_or_default();
+    assert!(svg.contains("<svg") && svg.contains("polyline"), "SVG without a curve");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(info["settings"]["steps"], 40);
+    assert_eq!(info["settings"]["weight_decay"], 0.1);
+
+    // eval reproduces the last logged validation loss; sample continues text.
+    let o = blkc(&d, &["eval", "run", "--json"]);
+    ok(&o);
+    let e: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap_or_default();
+    let logged = l[&40].1.unwrap_or(f64::NAN);
+    assert!((e["eval_loss"].as_f64().unwrap_or(0.0) - logged).abs() < 1e-5, "eval {e} vs logged {logged}");
+    let o = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0"]);
+    ok(&o);
+    let out = text(&o.stdout);
+    assert!(out.starts_with("fn ") && out.len() > 3, "{out:?}");
+    let again = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0"]);
+    assert_eq!(text(&again.stdout), out, "greedy sampling is deterministic");
+    // A second run into the same directory is refused, not overwritten.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("--resume"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn stopped_and_resumed_runs_log_the_losses_of_an_uninterrupted_one() {
+    let d = scratch("resume");
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "whole"]));
+    let whole = losses(&d.join("whole"));
+    assert_eq!(whole.len(), 30);
+
+    // Same seed, same machine: the same losses, bit for bit.
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "again"]));
+    assert_eq!(losses(&d.join("again")), whole);
+    // Another seed: other losses.
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "seed1", "--set", "seed=1"]));
+    assert_ne!(losses(&d.join("seed1")), whole);
+
+    // Stopped off a checkpoint boundary, then resumed.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "parts", "--stop-at", "13"]);
+    ok(&o);
+    assert_eq!(losses(&d.join("parts")).len(), 13);
+    ok(&blkc(&d, &["train", "--resume", "parts"]));
+    assert_eq!(losses(&d.join("parts")), whole, "resumed run differs from the uninterrupted one");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Waits until the run has logged `lines` metrics lines.
+fn wait_for_lines(run: &Path, lines: usize, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < lines {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("blkc ended early: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_a_killed_run_leaves_a_loadable_checkpoint() {
+    let d = scratch("signals");
+    tiny(&d, "sas_p", "causal", 258, "    checkpoint_every = 4\n");
+    let steps = ["--steps", "100000"];
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "whole", "--steps", "60", "--set", "eval_every=1000000"]));
+    let whole = losses(&d.join("whole"));
+
+    // Ctrl-C: exit 130 after a checkpoint of the step in progress.
+    let run = d.join("int");
+    let mut child = command(&d, &["train", "tiny.blk", "--out", "int", "--steps", "60", "--set", "eval_every=1000000"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_lines(&run, 6, &mut child);
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits with 130");
+    let stopped = losses(&run);
+    assert!(stopped.len() < 60, "the run stopped early");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap_or_default();
+    assert_eq!(latest.trim(), format!("step-{:08}", stopped.len()), "checkpoint of the last step");
+    ok(&blkc(&d, &["train", "--resume", "int"]));
+    assert_eq!(losses(&run), whole, "interrupted + resumed differs from uninterrupted");
+
+    // kill -9 at an arbitrary moment: the newest checkpoint loads and resumes.
+    let run = d.join("killed");
+    let mut child = command(&d, &["train", "tiny.blk", "--out", "killed", steps[0], steps[1]])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_lines(&run, 11, &mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+    let o = blkc(&d, &["eval", "killed", "--json"]);
+    ok(&o);
+    let e: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap_or_default();
+    assert!(e["step"].as_u64().unwrap_or(0) >= 8, "{e}");
+    assert!(e["eval_loss"].as_f64().is_some_and(f64::is_finite));
+    ok(&blkc(&d, &["train", "--resume", "killed", "--steps", "24"]));
+    assert_eq!(losses(&run).len(), 24);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn gradient_accumulation_matches_the_whole_batch() {
+    let d = scratch("accum");
+    tiny(&d, "preln", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "whole", "--steps", "6"]));
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "micro", "--steps", "6", "--set", "micro_batch=2"]));
+    let (a, b) = (losses(&d.join("whole")), losses(&d.join("micro")));
+    for (step, (la, _)) in &a {
+        let lb = b[step].0;
+        assert!((la - lb).abs() < 2e-4, "step {step}: {la} (batch 8) vs {lb} (4 × 2)");
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("micro/run.json")).unwrap_or_default())
+            .unwrap_or_default();
+    assert_eq!(info["settings"]["micro_batch"], 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_bidirectional_model_trains_as_a_masked_language_model() {
+    let d = scratch("mlm");
+    tiny(&d, "preln", "bidirectional", 258, "    mask_rate = 0.25\n");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "40"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("masked objective"), "{}", text(&o.stderr));
+    let l = losses(&d.join("run"));
+    let first: f64 = l.range(1..=3).map(|(_, v)| v.0).sum::<f64>() / 3.0;
+    let last: f64 = l.range(38..=40).map(|(_, v)| v.0).sum::<f64>() / 3.0;
+    assert!(last < first - 1.0, "masked loss fell only from {first:.3} to {last:.3}");
+    let o = blkc(&d, &["sample", "run", "--prompt", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("bidirectional"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_data_and_a_mismatched_vocabulary_are_clear_errors() {
+    let d = scratch("bad");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap_or_else(|e| panic!("{e}"));
+    let binary = d.join("binary");
+    std::fs::create_dir_all(&binary).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(binary.join("a.bin"), [0u8, 159, 146, 150, 0, 255]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(binary.join("b.txt"), [0xffu8, 0xfe, 0x41]).unwrap_or_else(|e| panic!("{e}"));
+    let cases = [
+        (empty.display().to_string(), "empty directory"),
+        (binary.display().to_string(), "2 not UTF-8"),
+        (d.join("nowhere").display().to_string(), "does not exist"),
+        (d.join("*.nothing").display().to_string(), "no file matches"),
+    ];
+    for (i, (data, why)) in cases.iter().enumerate() {
+        let out = format!("run{i}");
+        let o = blkc(&d, &["train", "tiny.blk", "--out", &out, "--data", data]);
+        assert_eq!(o.status.code(), Some(1), "{data}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(err.contains(why), "{data}: expected `{why}` in\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Mixed good and bad files: the bad ones are skipped and counted.
+    std::fs::write(binary.join("c.txt"), "def f(x):\n    return x\n".repeat(200)).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "mixed", "--data", &binary.display().to_string(), "--steps", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("skipped: 2 not UTF-8"), "{}", text(&o.stderr));
+
+    // The bytes tokenizer has 258 tokens: vocab 300 is an error on that line.
+    tiny(&d, "sas_p", "causal", 300, "");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "vocab"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("E5002") && err.contains("vocab = 300") && err.contains("258"), "{err}");
+    assert!(err.contains("tiny.blk:9:"), "the diagnostic points at the vocab line: {err}");
+    // A bad override is the compiler's diagnostic.
+    let o = blkc(&d, &["train", "tiny.blk", "--set", "lr=-1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("lr"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let d = scratch("nan");
+    // Plain SGD at lr 10 without clipping diverges within a few steps.
+    tiny(&d, "preln", "causal", 258, "    optimizer = sgd\n    warmup = 0\n    clip = 0\n    checkpoint_every = 1\n");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "400", "--set", "lr=10"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let at = err.split("at step ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
+    let at: u64 = at.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no step in {err}"));
+    assert!(err.contains("became") && err.contains(&format!("last good checkpoint (step {})", at - 1)), "{err}");
+    let latest = std::fs::read_to_string(d.join("run/checkpoints/latest")).unwrap_or_default();
+    assert_eq!(latest.trim(), format!("step-{:08}", at - 1));
+    let o = blkc(&d, &["eval", "run", "--json"]);
+    ok(&o);
+    let _ = std::fs::remove_dir_all(&d);
+}
