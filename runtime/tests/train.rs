@@ -19,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("blkc-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    for f in ["sas-p.blk", "shaped.blk", "preln.blk"] {
+    for f in ["sas-p.blk", "shaped.blk", "preln.blk", "skipless-naive.blk"] {
         std::fs::copy(repo().join("blocks").join(f), d.join(f)).unwrap_or_else(|e| panic!("{e}"));
     }
     d
@@ -28,7 +28,11 @@ fn scratch(name: &str) -> PathBuf {
 /// A tiny model of `block`; `extra` lines (`key = value`) replace or add
 /// train settings.
 fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf {
-    let file = if block == "preln" { "preln.blk" } else { "sas-p.blk" };
+    let file = match block {
+        "preln" => "preln.blk",
+        "skipless_naive" => "skipless-naive.blk",
+        _ => "sas-p.blk",
+    };
     let data = format!("\"{}\"", repo().join("compiler/src").display());
     let mut settings: Vec<(String, String)> = [
         ("data", data.as_str()),
@@ -52,9 +56,10 @@ fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf
             None => settings.push((k, v)),
         }
     }
+    let depth = if block == "skipless_naive" { 12 } else { 2 };
     let train: String = settings.iter().map(|(k, v)| format!("    {k} = {v}\n")).collect();
     let text = format!(
-        "use \"{file}\"\n\nmodel tiny {{\n    block = {block}\n    depth = 2\n    width = 64\n    heads = 2\n    context = 32\n    \
+        "use \"{file}\"\n\nmodel tiny {{\n    block = {block}\n    depth = {depth}\n    width = 64\n    heads = 2\n    context = 32\n    \
          vocab = {vocab}\n    mask = {mask}\n    positions = learned\n    final_norm = layernorm\n    tied_embeddings = true\n}}\n\n\
          train {{\n{train}}}\n"
     );
@@ -324,5 +329,20 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert_eq!(latest.trim(), format!("step-{:08}", at - 1));
     let o = blkc(&d, &["eval", "run", "--json"]);
     ok(&o);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_model_the_signal_check_rejects_is_not_trained_unless_asked() {
+    let d = scratch("collapse");
+    tiny(&d, "skipless_naive", "causal", 258, "");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("E3001") && err.contains("--no-check"), "{err}");
+    assert!(!d.join("run/run.json").exists(), "nothing was trained");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "2", "--no-check", "-q"]);
+    ok(&o);
+    assert_eq!(losses(&d.join("run")).len(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }

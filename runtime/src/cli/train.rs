@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+use blkc::signal::report::{reports, Request};
+use blkc::signal::verdict::Status;
+use blkc::span::FileId;
+
 use super::{compile_reported, Device, BROKEN, OK, REJECTED};
 use crate::report::{self, DiagFormat};
 use crate::train::rundir::RunDir;
@@ -39,6 +43,9 @@ pub struct Args {
     /// Stop once N steps are done, with a checkpoint, as if interrupted.
     #[arg(long, value_name = "N")]
     pub stop_at: Option<u64>,
+    /// Train even when the signal check predicts collapse at init.
+    #[arg(long)]
+    pub no_check: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -97,6 +104,9 @@ pub fn run(args: &Args) -> u8 {
             );
             return BROKEN;
         };
+        if !args.no_check && !signal_check(&program, &c.sources, args.quiet) {
+            return REJECTED;
+        }
         let mut s = Settings::default();
         if let Some(t) = &program.train {
             s.apply(t);
@@ -147,6 +157,24 @@ pub fn run(args: &Args) -> u8 {
             REJECTED
         }
     }
+}
+
+/// The signal check of `blkc check` on the model to train: prints its
+/// findings; false when it rejects the model.
+fn signal_check(program: &blkc::Program, sources: &blkc::SourceMap, quiet: bool) -> bool {
+    let reports = reports(program, FileId(0), &Request::default());
+    let mut ok = true;
+    for r in &reports {
+        let rejected = r.verdict == Status::Reject;
+        ok &= !rejected;
+        if rejected || !quiet {
+            report::print(&r.diagnostics, sources, DiagFormat::Human);
+        }
+    }
+    if !ok {
+        eprintln!("error: the signal check predicts that this model collapses at init; fix the block, or train anyway with --no-check");
+    }
+    ok
 }
 
 fn fail(msg: &str) -> u8 {

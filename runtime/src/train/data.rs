@@ -292,20 +292,28 @@ pub fn python_stdlib() -> Option<PathBuf> {
             prefixes.extend(entries.flatten().map(|e| e.path()));
         }
     }
+    stdlib_under(&prefixes)
+}
+
+/// The newest `lib/python3.N` (holding `os.py`) under `prefixes`; among
+/// equal versions, the first prefix wins.
+pub fn stdlib_under(prefixes: &[PathBuf]) -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = Vec::new();
     for prefix in prefixes {
         let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(minor) = name.strip_prefix("python3.").and_then(|m| m.parse::<u32>().ok()) else { continue };
-            if e.path().join("os.py").is_file() {
-                found.push((minor, e.path()));
-            }
-        }
+        let mut here: Vec<(u32, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let minor = name.strip_prefix("python3.")?.parse::<u32>().ok()?;
+                e.path().join("os.py").is_file().then(|| (minor, e.path()))
+            })
+            .collect();
+        here.sort();
+        found.extend(here);
     }
-    // Newest version; among equals, the first place searched.
-    found.sort_by(|a, b| b.0.cmp(&a.0));
-    found.into_iter().next().map(|(_, p)| p)
+    let newest = found.iter().map(|f| f.0).max()?;
+    found.into_iter().find(|f| f.0 == newest).map(|(_, p)| p)
 }
 
 #[cfg(test)]
@@ -319,6 +327,23 @@ mod tests {
         assert!((300..500).contains(&valid), "{valid} of 4000 in validation at 0.1");
         assert_eq!(in_validation("a/b.py", 0.3), in_validation("a/b.py", 0.3));
         assert!(names.iter().all(|n| !in_validation(n, 0.0)));
+    }
+
+    #[test]
+    fn the_newest_stdlib_is_found_and_none_is_none() {
+        let root = std::env::temp_dir().join(format!("blkc-stdlib-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (prefix, v, real) in [("a", "python3.9", true), ("b", "python3.12", true), ("b", "python3.13", false)] {
+            let lib = root.join(prefix).join("lib").join(v);
+            let _ = std::fs::create_dir_all(&lib);
+            if real {
+                let _ = std::fs::write(lib.join("os.py"), "import sys\n");
+            }
+        }
+        let prefixes = [root.join("a"), root.join("b"), root.join("missing")];
+        assert_eq!(stdlib_under(&prefixes), Some(root.join("b/lib/python3.12")));
+        assert_eq!(stdlib_under(&[root.join("missing")]), None);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
