@@ -25,10 +25,10 @@ fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
 #[test]
 fn adamw_decays_matrices_only_and_clips_by_the_global_norm() {
     let device = Default::default();
-    let w0 = [0.5, -1.0, 2.0, 0.25];
-    let g0 = [1.0, 0.2];
-    let cw = [0.3, -0.7, 1.1, 0.05];
-    let cg = [0.9, -0.4];
+    let w0: [f32; 4] = [0.5, -1.0, 2.0, 0.25];
+    let g0: [f32; 2] = [1.0, 0.2];
+    let cw: [f32; 4] = [0.3, -0.7, 1.1, 0.05];
+    let cg: [f32; 2] = [0.9, -0.4];
     let mut model = Two::<B> {
         w: Param::from_tensor(Tensor::from_data(TensorData::new(w0.to_vec(), [2, 2]), &device)),
         g: Param::from_tensor(Tensor::from_data(TensorData::new(g0.to_vec(), [2]), &device)),

@@ -122,7 +122,7 @@ impl Settings {
     /// Forward passes per step; an error when the batch does not split.
     pub fn accumulation(&self) -> Result<u64, String> {
         let m = self.micro();
-        if self.batch % m != 0 {
+        if !self.batch.is_multiple_of(m) {
             return Err(format!("batch {} is not a multiple of micro_batch {m}", self.batch));
         }
         Ok(self.batch / m)
