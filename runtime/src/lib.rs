@@ -5,6 +5,7 @@
 //! is the only one that depends on burn.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod layers;

@@ -346,3 +346,31 @@ fn a_model_the_signal_check_rejects_is_not_trained_unless_asked() {
     assert_eq!(losses(&d.join("run")).len(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn bench_measures_models_side_by_side() {
+    let d = scratch("bench");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let o = blkc(
+        &d,
+        &["bench", "tiny.blk", "preln.blk", "--steps", "2", "--warmup", "1", "--batch", "2", "--format", "json"],
+    );
+    ok(&o);
+    let v: serde_json::Value =
+        serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    let records = v.as_array().unwrap_or_else(|| panic!("not a list: {v}"));
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["params"], 105_106, "the tiny model's count, as `blkc params` gives it");
+    assert_eq!(records[1]["bare"], true, "a bare block runs in the small model");
+    for r in records {
+        for key in ["file", "params", "tokens_per_s", "step_ms", "forward_ms", "flops_per_token", "speed_vs_first"] {
+            assert!(r.get(key).is_some(), "record lacks {key}: {r}");
+        }
+        assert!(r["step_ms"].as_f64().is_some_and(|x| x > 0.0));
+        assert!(r["forward_ms"].as_f64() < r["step_ms"].as_f64(), "a forward costs less than a step: {r}");
+    }
+    assert_eq!(records[0]["speed_vs_first"], 1.0);
+    let o = blkc(&d, &["bench", "shaped.blk"]);
+    assert_eq!(o.status.code(), Some(2), "a file with no block: {}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}

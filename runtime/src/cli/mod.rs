@@ -1,6 +1,7 @@
 //! Subcommands of `blkc`, one file each, and what they share: argument
 //! types, compiling a file from disk, and exit codes.
 
+pub mod bench;
 pub mod check;
 pub mod eval;
 pub mod fmt;
@@ -50,6 +51,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Continue a prompt with a trained causal model.
     Sample(sample::Args),
+    /// Time training steps of several models side by side.
+    Bench(bench::Args),
 }
 
 /// Where a model runs.

@@ -121,6 +121,15 @@ pub fn objective(m: &ModelIr, s: &Settings, tok: &Tokenizer) -> Objective {
     }
 }
 
+/// The objective of a mask with default MLM settings (for benchmarks: the
+/// last token id stands for the mask).
+pub fn objective_for_mask(mask: Mask, vocab: u32) -> Objective {
+    match mask {
+        Mask::Causal => Objective::Causal,
+        Mask::Bidirectional => Objective::Masked { rate: 0.25, mask: vocab.saturating_sub(1), vocab },
+    }
+}
+
 /// Checks that the model's vocabulary is the tokenizer's: an error on the
 /// model's `vocab` line when not.
 pub fn check_vocab(m: &ModelIr, tok: &Tokenizer, sources: &SourceMap) -> Result<(), Failure> {

@@ -1,0 +1,214 @@
+//! `blkc bench`: training-step and forward timings of several models,
+//! measured interleaved (one step of each model in turn, round after round)
+//! so that their ratios hold on a noisy machine.
+//!
+//! A training step is what `blkc train` does per step: forward, loss,
+//! backward, the optimiser update; it ends when the loss has been read back
+//! (which waits for the device). Inputs are random tokens with a fixed seed.
+
+use std::time::Instant;
+
+use blkc::graph::{Model as ModelIr, Program};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
+
+use crate::model::Model;
+use crate::train::batch::{Batch, Objective};
+use crate::train::optim::{Config, Optimizer, Rule};
+use crate::train::{loss, objective_for_mask};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// One model's figures; times in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Record {
+    pub file: String,
+    pub model: String,
+    pub block: String,
+    /// A bare block benchmarked in the small CPU model.
+    pub bare: bool,
+    pub params: u64,
+    pub flops_per_token: u64,
+    pub batch: usize,
+    pub context: usize,
+    pub step_ms: f64,
+    /// Spread of the step time: lowest and highest of the timed rounds.
+    pub step_ms_min: f64,
+    pub step_ms_max: f64,
+    pub forward_ms: f64,
+    pub tokens_per_s: f64,
+    /// Training FLOPs (3 × forward) per second achieved.
+    pub gflops: f64,
+    /// Memory one training step adds at its peak, in MiB: the process's
+    /// peak resident set during the step less its size before (CPU, Linux).
+    pub peak_mib: Option<f64>,
+    /// Step-time speed relative to the first model (first / this).
+    pub speed_vs_first: f64,
+}
+
+struct Entry<B: AutodiffBackend> {
+    model: Option<Model<B>>,
+    opt: Optimizer<B::InnerBackend>,
+    batch: Batch,
+    obj: Objective,
+    steps: Vec<f64>,
+    forwards: Vec<f64>,
+    peak: Option<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// A batch of random tokens (fixed seed) for `m`.
+fn random_batch(m: &ModelIr, rows: usize, seed: u64) -> Batch {
+    let t = m.context as usize;
+    let mut rng = blkc::signal::rng::Rng::new(seed);
+    let mut draw = || (rng.next_u64() % m.vocab) as i64;
+    let inputs: Vec<i64> = (0..rows * t).map(|_| draw()).collect();
+    let targets: Vec<i64> = (0..rows * t).map(|_| draw()).collect();
+    Batch { rows, context: t, inputs, targets, weights: vec![1.0; rows * t] }
+}
+
+/// A memory figure of this process from /proc (Linux only), in MiB:
+/// `VmHWM` (peak since the last reset) or `VmRSS` (now).
+fn memory(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the peak RSS counter to the current RSS (Linux ≥ 4.0).
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn train_step<B: AutodiffBackend>(e: &mut Entry<B>, device: &B::Device) -> f64 {
+    let Some(model) = e.model.take() else { return f64::NAN };
+    let start = Instant::now();
+    let l = loss(&model, &e.batch, e.obj, device);
+    let value = l.clone().inner();
+    let grads = GradientsParams::from_grads(l.backward(), &model);
+    let (model, _) = e.opt.step::<B, _>(model, 1e-4, grads);
+    let _: f32 = value.into_scalar().elem();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    e.model = Some(model);
+    ms
+}
+
+fn forward<B: AutodiffBackend>(e: &Entry<B>, device: &B::Device) -> f64 {
+    let Some(model) = &e.model else { return f64::NAN };
+    let inner = model.valid();
+    let start = Instant::now();
+    let l = loss::<B::InnerBackend>(&inner, &e.batch, e.obj, device);
+    let _: f32 = l.into_scalar().elem();
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// A model to benchmark: its program, model and labels.
+#[derive(Debug)]
+pub struct Subject {
+    pub file: String,
+    pub program: Program,
+    pub model: ModelIr,
+    pub bare: bool,
+}
+
+/// Measures every subject, interleaved; `progress` is told each round.
+pub fn run<B: AutodiffBackend>(
+    subjects: &[Subject],
+    plan: Plan,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<Record> {
+    let config = Config { rule: Rule::AdamW, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, clip: 1.0 };
+    let mut entries: Vec<Entry<B>> = subjects
+        .iter()
+        .map(|s| Entry {
+            model: Some(Model::<B>::build(&s.program, &s.model, 0, device)),
+            opt: Optimizer::new(config),
+            batch: random_batch(&s.model, plan.batch, 1),
+            obj: objective_for_mask(s.model.mask, s.model.vocab as u32),
+            steps: Vec::new(),
+            forwards: Vec::new(),
+            peak: None,
+        })
+        .collect();
+    // Warm-up, and the peak memory of one step of each model alone.
+    for e in entries.iter_mut() {
+        for w in 0..plan.warmup.max(1) {
+            let before = if w == 0 && reset_peak() { memory("VmRSS:") } else { None };
+            train_step(e, device);
+            if let (Some(b), Some(peak)) = (before, memory("VmHWM:")) {
+                e.peak = Some(peak - b);
+            }
+            forward(e, device);
+        }
+    }
+    let rounds = plan.steps.max(1);
+    for r in 0..rounds {
+        for e in entries.iter_mut() {
+            let ms = train_step(e, device);
+            e.steps.push(ms);
+        }
+        for e in entries.iter_mut() {
+            let ms = forward(e, device);
+            e.forwards.push(ms);
+        }
+        progress(r + 1, rounds);
+    }
+    let mut records: Vec<Record> = subjects
+        .iter()
+        .zip(&entries)
+        .map(|(s, e)| {
+            let block = &s.program.blocks[s.model.block];
+            let t = s.model.context as usize;
+            let step = median(&e.steps);
+            let flops = blkc::graph::params::flops_per_token(&s.model, block, s.model.context) as f64;
+            let tokens = (plan.batch * t) as f64;
+            Record {
+                file: s.file.clone(),
+                model: s.model.name.clone().unwrap_or_else(|| "small".into()),
+                block: block.name.clone(),
+                bare: s.bare,
+                params: blkc::graph::params::count(&s.model, block).total as u64,
+                flops_per_token: flops as u64,
+                batch: plan.batch,
+                context: t,
+                step_ms: step,
+                step_ms_min: e.steps.iter().copied().fold(f64::INFINITY, f64::min),
+                step_ms_max: e.steps.iter().copied().fold(0.0, f64::max),
+                forward_ms: median(&e.forwards),
+                tokens_per_s: tokens / (step / 1e3),
+                gflops: 3.0 * flops * tokens / (step / 1e3) / 1e9,
+                peak_mib: e.peak,
+                speed_vs_first: 1.0,
+            }
+        })
+        .collect();
+    let first = records.first().map_or(f64::NAN, |r| r.step_ms);
+    for r in &mut records {
+        r.speed_vs_first = first / r.step_ms;
+    }
+    records
+}
+
+/// The backend's name for the table.
+pub fn device_name<B: Backend>(device: &B::Device) -> String {
+    B::name(device)
+}

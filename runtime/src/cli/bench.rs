@@ -1,0 +1,147 @@
+//! `blkc bench FILE…`: parameters, FLOPs per token, and measured training
+//! step, forward, tokens/s and peak memory of each model, interleaved, with
+//! speed ratios against the first file. A bare block is measured in the
+//! small CPU model of examples/small/.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use blkc::span::FileId;
+
+use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use crate::bench::{self, Plan, Record, Subject};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// .blk files: models, or bare blocks (measured in the small model).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Timed rounds (one step of every model per round).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed rounds first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+}
+
+pub fn run(args: &Args) -> u8 {
+    if args.batch == 0 {
+        eprintln!("error: --batch must be at least 1");
+        return BROKEN;
+    }
+    let mut subjects = Vec::new();
+    for f in &args.files {
+        let Some(c) = compile_reported(f) else { return BROKEN };
+        let Some(p) = c.program else { return BROKEN };
+        let models = p.analysed_models(FileId(0));
+        if models.is_empty() {
+            eprintln!("error[E5001]: `{}` defines no block or model to benchmark", f.display());
+            return BROKEN;
+        }
+        for (m, bare) in models {
+            subjects.push(Subject { file: f.display().to_string(), program: p.clone(), model: m, bare });
+        }
+    }
+    if let Some(n) = args.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+            eprintln!("error: cannot set {n} threads: {e}");
+            return REJECTED;
+        }
+    }
+    let plan = Plan { batch: args.batch, warmup: args.warmup, steps: args.steps };
+    let show = args.format == Format::Human && std::io::stderr().is_terminal();
+    let mut progress = |r: usize, n: usize| {
+        if show {
+            eprint!("\r\x1b[2Kround {r}/{n}");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let (records, device) = match args.device {
+        Device::Cpu => {
+            let device = Default::default();
+            (
+                bench::run::<burn::backend::Autodiff<crate::backend::Cpu>>(&subjects, plan, &device, &mut progress),
+                bench::device_name::<crate::backend::Cpu>(&device),
+            )
+        }
+        Device::Cuda => match cuda(&subjects, plan, &mut progress) {
+            Some(x) => x,
+            None => {
+                eprintln!("error: this blkc was built without CUDA; rebuild with `--features cuda`");
+                return REJECTED;
+            }
+        },
+    };
+    if show {
+        eprintln!();
+    }
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default()),
+        Format::Human => print!("{}", table(&records, &device, plan, args.threads)),
+    }
+    OK
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(subjects: &[Subject], plan: Plan, progress: &mut dyn FnMut(usize, usize)) -> Option<(Vec<Record>, String)> {
+    let device = Default::default();
+    Some((
+        bench::run::<burn::backend::Autodiff<crate::backend::Cuda>>(subjects, plan, &device, progress),
+        bench::device_name::<crate::backend::Cuda>(&device),
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &[Subject], _: Plan, _: &mut dyn FnMut(usize, usize)) -> Option<(Vec<Record>, String)> {
+    None
+}
+
+/// The terminal table.
+pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize>) -> String {
+    let threads = threads.map_or_else(
+        || std::thread::available_parallelism().map_or("all".into(), |n| n.to_string()),
+        |n| n.to_string(),
+    );
+    let mut out = format!(
+        "{device}, {threads} thread(s), batch {}, {} timed rounds after {} warm-up (median; spread min–max)\n\n",
+        plan.batch, plan.steps, plan.warmup
+    );
+    out.push_str(&format!(
+        "{:<34} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>9} {:>7}\n",
+        "file", "params", "MFLOP/tok", "step ms", "fwd ms", "tok/s", "GFLOP/s", "step MiB", "speed"
+    ));
+    for r in records {
+        let name = if r.bare { format!("{} (small)", r.file) } else { r.file.clone() };
+        out.push_str(&format!(
+            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10.1} {:>9.0} {:>8.1} {:>9} {:>6.3}×\n",
+            name,
+            r.params,
+            r.flops_per_token as f64 / 1e6,
+            r.step_ms,
+            r.step_ms_min,
+            r.step_ms_max,
+            r.forward_ms,
+            r.tokens_per_s,
+            r.gflops,
+            r.peak_mib.map_or("–".into(), |m| format!("{m:.0}")),
+            r.speed_vs_first
+        ));
+    }
+    out
+}
