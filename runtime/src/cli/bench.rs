@@ -8,14 +8,8 @@ use std::path::PathBuf;
 
 use blkc::span::FileId;
 
-use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use super::{compile_reported, Device, Format, BROKEN, OK, REJECTED};
 use crate::bench::{self, Plan, Record, Subject};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -55,6 +55,13 @@ pub enum Command {
     Bench(bench::Args),
 }
 
+/// Output of `params` and `bench`: a table for people or JSON for tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {

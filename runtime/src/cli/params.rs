@@ -6,13 +6,7 @@ use std::path::PathBuf;
 use blkc::graph::params::count;
 use blkc::graph::Model;
 
-use super::{compile_reported, BROKEN, OK};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
+use super::{compile_reported, Format, BROKEN, OK};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

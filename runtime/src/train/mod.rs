@@ -574,13 +574,8 @@ pub fn train<B: AutodiffBackend>(job: &Job, device: &B::Device) -> Result<Summar
         }
         bar.update(step, loss_value, timed_tokens as f64 / step_time.max(1e-9), eval, log_now);
         if step % s.checkpoint_every == 0 || step == s.steps {
-            let state = State {
-                step,
-                loss: loss_value,
-                eval_loss: last_eval,
-                tokens: tokens_seen,
-                seconds: seconds_before + run_start.elapsed().as_secs_f64(),
-            };
+            let seconds = seconds_before + run_start.elapsed().as_secs_f64();
+            let state = State { step, loss: loss_value, eval_loss: last_eval, tokens: tokens_seen, seconds };
             last_ckpt = Some(save(&model, &opt, &state)?);
         }
     }
@@ -589,13 +584,8 @@ pub fn train<B: AutodiffBackend>(job: &Job, device: &B::Device) -> Result<Summar
         && step > start
         && last_ckpt.as_ref().and_then(|c| rundir::read_state(c).ok()).map(|s| s.step) != Some(step)
     {
-        let state = State {
-            step,
-            loss: last_loss,
-            eval_loss: last_eval,
-            tokens: tokens_seen,
-            seconds: seconds_before + run_start.elapsed().as_secs_f64(),
-        };
+        let seconds = seconds_before + run_start.elapsed().as_secs_f64();
+        let state = State { step, loss: last_loss, eval_loss: last_eval, tokens: tokens_seen, seconds };
         last_ckpt = Some(save(&model, &opt, &state)?);
     }
     let curves = plot::Curves::read(&dir.metrics());
