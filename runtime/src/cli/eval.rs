@@ -60,11 +60,7 @@ fn evaluate<B: Backend>(args: &Args, device: &B::Device) -> Result<(), String> {
     let corpus = data::load(&source, s.val_fraction)?;
     let obj = train::objective(&run.ir, s, &run.tokenizer);
     let shifted = obj == batch::Objective::Causal;
-    let key = {
-        let mut h = data::Fnv::new();
-        h.write(&std::fs::read(run.dir.tokenizer()).unwrap_or_default());
-        h.finish()
-    };
+    let key = train::tokenizer_key(&run.dir.tokenizer());
     let (train_stream, valid_stream, _) =
         train::streams(&corpus, &run.tokenizer, key, run.ir.context as usize, shifted)?;
     // With --data, every file of the given text is held out: evaluate on all of it.

@@ -216,7 +216,7 @@ fn read_tokens(path: &Path) -> Option<(Vec<u32>, Vec<u32>)> {
 }
 
 /// A tokenizer's identity for the token cache.
-fn tokenizer_key(path: &Path) -> u64 {
+pub fn tokenizer_key(path: &Path) -> u64 {
     let mut h = Fnv::new();
     h.write(&std::fs::read(path).unwrap_or_default());
     h.finish()
