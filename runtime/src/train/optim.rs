@@ -9,7 +9,7 @@
 //! backend.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -142,7 +142,6 @@ impl<B: Backend> Optimizer<B> {
 
     /// Writes the state to `path` (little-endian f32, names sorted).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("cannot write optimiser state `{}`: {e}", path.display());
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.t.to_le_bytes());
@@ -160,11 +159,7 @@ impl<B: Backend> Optimizer<B> {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&out).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        super::rundir::write_atomic(path, &out)
     }
 
     /// Reads a state written by [`save`](Self::save).
