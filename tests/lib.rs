@@ -1,5 +1,6 @@
 //! Helpers shared by the golden and round-trip tests: finding the
 //! repository's `.blk` files and rendering what a user would see.
+#![forbid(unsafe_code)]
 
 pub mod sim;
 

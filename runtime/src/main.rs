@@ -7,6 +7,7 @@ use blkc_runtime::cli::{self, Cli, Command};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    blkc_runtime::kernels::alloc::keep_freed_memory();
     let args = Cli::parse();
     let code = match args.command {
         Command::Check(a) => cli::check::run(&a),

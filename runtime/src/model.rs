@@ -129,7 +129,7 @@ impl<B: Backend> Model<B> {
             Some(h) => h.val(),
             None => self.embedding.val().transpose(),
         };
-        x.matmul(head.unsqueeze())
+        crate::layers::linear(x, head, None)
     }
 }
 

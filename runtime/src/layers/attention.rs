@@ -14,6 +14,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Tensor};
 
 use super::init::{param, weight};
+use super::linear;
 use super::map::Map;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
@@ -95,13 +96,11 @@ impl<B: Backend> Attention<B> {
         b: &Option<Param<Tensor<B, 1>>>,
         n: &Option<Norm<B>>,
     ) -> Tensor<B, 4> {
-        let mut y = match w {
-            Some(w) => x.clone().matmul(w.val().unsqueeze()),
-            None => x.clone(),
+        let bias = b.as_ref().map(Param::val);
+        let y = match w {
+            Some(w) => linear(x.clone(), w.val(), bias),
+            None => bias.map_or_else(|| x.clone(), |b| x.clone() + b.unsqueeze()),
         };
-        if let Some(b) = b {
-            y = y + b.val().unsqueeze();
-        }
         let y = self.split(y);
         match n {
             Some(n) => n.forward(y),

@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::init::{frozen, param, weight};
+use super::linear;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -76,21 +77,15 @@ impl<B: Backend> Map<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = x.device();
         match (self.kind, &self.weight) {
-            (Kind::Dense, Some(w)) => {
-                let y = x.matmul(w.val().unsqueeze());
-                match &self.bias {
-                    Some(b) => y + b.val().unsqueeze(),
-                    None => y,
-                }
-            }
+            (Kind::Dense, Some(w)) => linear(x, w.val(), self.bias.as_ref().map(Param::val)),
             (Kind::Reparam, Some(dw)) => {
                 let skip = self.gain(&self.skip, self.gains.0, &device).unsqueeze::<3>();
                 let resid = self.gain(&self.resid, self.gains.1, &device).unsqueeze::<3>();
                 let base = match &self.fixed {
-                    Some(w0) => x.clone().matmul(w0.val().unsqueeze()),
+                    Some(w0) => linear(x.clone(), w0.val(), None),
                     None => x.clone(),
                 };
-                base * skip + x.matmul(dw.val().unsqueeze()) * resid
+                base * skip + linear(x, dw.val(), None) * resid
             }
             _ => x,
         }

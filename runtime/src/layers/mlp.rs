@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::init::{param, weight};
+use super::linear;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -32,16 +33,8 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mut h = x.matmul(self.up.val().unsqueeze());
-        if let Some(b) = &self.up_bias {
-            h = h + b.val().unsqueeze();
-        }
-        let h = act(self.activation, h);
-        let y = h.matmul(self.down.val().unsqueeze());
-        match &self.down_bias {
-            Some(b) => y + b.val().unsqueeze(),
-            None => y,
-        }
+        let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
+        linear(act(self.activation, h), self.down.val(), self.down_bias.as_ref().map(Param::val))
     }
 }
 
