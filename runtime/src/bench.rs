@@ -11,9 +11,10 @@ use std::time::Instant;
 use blkc::graph::{Model as ModelIr, Program};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 
+use crate::kernels::TrainKernels;
 use crate::model::Model;
 use crate::train::batch::{Batch, Objective};
 use crate::train::optim::{Config, Optimizer, Rule};
@@ -54,7 +55,7 @@ pub struct Record {
     pub speed_vs_first: f64,
 }
 
-struct Entry<B: AutodiffBackend> {
+struct Entry<B: TrainKernels> {
     model: Option<Model<B>>,
     opt: Optimizer<B::InnerBackend>,
     batch: Batch,
@@ -98,7 +99,7 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-fn train_step<B: AutodiffBackend>(e: &mut Entry<B>, device: &B::Device) -> f64 {
+fn train_step<B: TrainKernels>(e: &mut Entry<B>, device: &B::Device) -> f64 {
     let Some(model) = e.model.take() else { return f64::NAN };
     let start = Instant::now();
     let l = loss(&model, &e.batch, e.obj, device);
@@ -111,7 +112,7 @@ fn train_step<B: AutodiffBackend>(e: &mut Entry<B>, device: &B::Device) -> f64 {
     ms
 }
 
-fn forward<B: AutodiffBackend>(e: &Entry<B>, device: &B::Device) -> f64 {
+fn forward<B: TrainKernels>(e: &Entry<B>, device: &B::Device) -> f64 {
     let Some(model) = &e.model else { return f64::NAN };
     let inner = model.valid();
     let start = Instant::now();
@@ -130,7 +131,7 @@ pub struct Subject {
 }
 
 /// Measures every subject, interleaved; `progress` is told each round.
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: TrainKernels>(
     subjects: &[Subject],
     plan: Plan,
     device: &B::Device,

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::backend::Backend;
 
+use crate::kernels::Kernels;
 use crate::model::Model;
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -30,7 +30,7 @@ fn temporary(path: &Path) -> PathBuf {
 }
 
 /// Writes the model's weights to `path` (a `.mpk` burn record), atomically.
-pub fn save<B: Backend>(model: &Model<B>, path: &Path) -> Result<(), String> {
+pub fn save<B: Kernels>(model: &Model<B>, path: &Path) -> Result<(), String> {
     let tmp = temporary(path);
     // The recorder appends its extension; write to `tmp.mpk`.
     model.clone().save_file(tmp.clone(), &recorder()).map_err(|e| format!("cannot write checkpoint: {e}"))?;
@@ -39,14 +39,14 @@ pub fn save<B: Backend>(model: &Model<B>, path: &Path) -> Result<(), String> {
 }
 
 /// Loads weights saved by [`save`] into `model` (built from the same file).
-pub fn load<B: Backend>(model: Model<B>, path: &Path, device: &B::Device) -> Result<Model<B>, String> {
+pub fn load<B: Kernels>(model: Model<B>, path: &Path, device: &B::Device) -> Result<Model<B>, String> {
     model
         .load_file(path.to_path_buf(), &recorder(), device)
         .map_err(|e| format!("cannot read checkpoint `{}`: {e}", path.display()))
 }
 
 /// Exports the weights as safetensors, atomically.
-pub fn export<B: Backend>(model: &Model<B>, path: &Path) -> Result<(), String> {
+pub fn export<B: Kernels>(model: &Model<B>, path: &Path) -> Result<(), String> {
     let tmp = temporary(path);
     let mut store = SafetensorsStore::from_file(&tmp);
     model.save_into(&mut store).map_err(|e| format!("cannot export safetensors: {e}"))?;
@@ -54,7 +54,7 @@ pub fn export<B: Backend>(model: &Model<B>, path: &Path) -> Result<(), String> {
 }
 
 /// Loads safetensors written by [`export`] into `model`.
-pub fn import<B: Backend>(mut model: Model<B>, path: &Path) -> Result<Model<B>, String> {
+pub fn import<B: Kernels>(mut model: Model<B>, path: &Path) -> Result<Model<B>, String> {
     let mut store = SafetensorsStore::from_file(path);
     let result = model.load_from(&mut store).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
@@ -69,7 +69,7 @@ pub fn import<B: Backend>(mut model: Model<B>, path: &Path) -> Result<Model<B>, 
 }
 
 /// The names of the exported tensors, sorted.
-pub fn names<B: Backend>(model: &Model<B>) -> Vec<String> {
+pub fn names<B: Kernels>(model: &Model<B>) -> Vec<String> {
     let mut v: Vec<String> = model.collect(None, None, false).iter().map(|s| s.full_path()).collect();
     v.sort();
     v

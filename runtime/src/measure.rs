@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use serde::Serialize;
 
+use crate::kernels::Kernels;
 use crate::model::Model;
 
 /// Largest vocabulary built for a measurement: the statistics of the
@@ -82,7 +83,7 @@ fn kernel<B: Backend>(x: Tensor<B, 2>) -> Mat {
 /// Measured statistics of one model draw: per layer (cosine,
 /// effective rank, scale), averaged over sequences; and the mean input
 /// kernel.
-fn draw<B: Backend>(
+fn draw<B: Kernels>(
     p: &Program,
     m: &ModelIr,
     t: usize,
@@ -125,7 +126,7 @@ fn draw<B: Backend>(
 /// Measures `models` independent draws of `m` (width/depth possibly
 /// overridden), averages, and compares with the prediction from the mean
 /// measured input kernel.
-pub fn compare<B: Backend>(p: &Program, m: &ModelIr, setup: Setup, device: &B::Device) -> Comparison {
+pub fn compare<B: Kernels>(p: &Program, m: &ModelIr, setup: Setup, device: &B::Device) -> Comparison {
     let mut m = m.clone();
     m.width = setup.width.unwrap_or(m.width);
     m.depth = setup.depth.unwrap_or(m.depth);

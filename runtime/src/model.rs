@@ -8,6 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::kernels::Kernels;
 use crate::layers::block::Block;
 use crate::layers::init::{param, weight};
 use crate::layers::norm::Norm;
@@ -26,7 +27,7 @@ pub struct Model<B: Backend> {
     pub sinusoidal: bool,
 }
 
-impl<B: Backend> Model<B> {
+impl<B: Kernels> Model<B> {
     /// Builds `m` with the block of `p` at init; `seed` fixes every draw.
     pub fn build(p: &Program, m: &ModelIr, seed: u64, device: &B::Device) -> Self {
         B::seed(device, seed);

@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
-
 use super::{Device, OK, REJECTED};
+use crate::kernels::Kernels;
 use crate::train::{self, batch, data};
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +42,7 @@ fn cuda(_args: &Args) -> u8 {
     REJECTED
 }
 
-fn eval_on<B: Backend>(args: &Args, device: &B::Device) -> u8 {
+fn eval_on<B: Kernels>(args: &Args, device: &B::Device) -> u8 {
     match evaluate::<B>(args, device) {
         Ok(()) => OK,
         Err(e) => {
@@ -53,7 +52,7 @@ fn eval_on<B: Backend>(args: &Args, device: &B::Device) -> u8 {
     }
 }
 
-fn evaluate<B: Backend>(args: &Args, device: &B::Device) -> Result<(), String> {
+fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let run = train::open::<B>(&args.checkpoint, device)?;
     let s = &run.info.settings;
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());

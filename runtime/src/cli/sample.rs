@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use blkc::graph::Mask;
 use blkc::signal::rng::Rng;
-use burn::tensor::backend::Backend;
+
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{Device, OK, REJECTED};
+use crate::kernels::Kernels;
 use crate::train;
 
 #[derive(Debug, clap::Args)]
@@ -58,7 +59,7 @@ fn cuda(_args: &Args) -> Result<(), String> {
     Err("this blkc was built without CUDA; rebuild with `--features cuda`".into())
 }
 
-fn sample<B: Backend>(args: &Args, device: &B::Device) -> Result<(), String> {
+fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         return Err(format!("--temperature must be 0 or more, not {}", args.temperature));
     }

@@ -9,6 +9,8 @@ use blkc::eval::Env;
 use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Scalar};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
+
+use crate::kernels::Kernels;
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Tensor};
@@ -49,7 +51,7 @@ pub struct Attention<B: Backend> {
     pub plan: Plan,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     pub fn build(spec: &AttentionSpec, width: usize, heads: usize, mask: Mask, env: &Env, device: &B::Device) -> Self {
         let head_dim = spec.head_dim.map_or(width / heads, |h| h as usize);
         let inner = head_dim * heads;

@@ -5,6 +5,8 @@ use blkc::eval::Env;
 use blkc::graph::{Graph, Mask, NodeId, Op, Scalar};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
+
+use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
 use super::attention::Attention;
@@ -43,7 +45,7 @@ pub struct Block<B: Backend> {
     pub plan: Plan,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     /// Lowers `g` (the graph of one layer) at `env` (which fixes `layer`).
     pub fn build(g: &Graph, width: usize, heads: usize, mask: Mask, env: &Env, device: &B::Device) -> Self {
         let (gains, slots) = scalar::gains(&g.params, heads, env, device);

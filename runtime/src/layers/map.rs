@@ -6,6 +6,8 @@ use blkc::eval::{eval_const, Env};
 use blkc::graph::{Init, Linear};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
+
+use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
 use super::init::{frozen, param, weight};
@@ -36,7 +38,7 @@ pub struct Map<B: Backend> {
     pub gains: (f64, f64),
 }
 
-impl<B: Backend> Map<B> {
+impl<B: Kernels> Map<B> {
     pub fn build(l: &Linear, fan_in: usize, fan_out: usize, env: &Env, device: &B::Device) -> Self {
         let mut m = Map {
             weight: None,

@@ -5,6 +5,8 @@ use blkc::graph::{Activation, MlpSpec};
 use burn::module::{Module, Param};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
+
+use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
 use super::init::{param, weight};
@@ -20,7 +22,7 @@ pub struct Mlp<B: Backend> {
     pub activation: Activation,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     pub fn build(spec: &MlpSpec, width: usize, env: &Env, device: &B::Device) -> Self {
         let hidden = blkc::graph::params::hidden(width as u128, spec.width) as usize;
         Mlp {

@@ -10,17 +10,17 @@ pub mod mlp;
 pub mod norm;
 pub mod scalar;
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
 /// `x · w (+ b)` for `x: [batch, tokens, fan_in]`, `w: [fan_in, fan_out]`,
 /// as one 2-D product over all `batch · tokens` rows: the weight gradient is
 /// then a single `xᵀ · dy`, not one product per batch row summed afterwards
 /// (what a broadcast `[1, fan_in, fan_out]` weight costs in the backward).
-pub fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+pub fn linear<B: Kernels>(x: Tensor<B, 3>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
     let [batch, tokens, fan_in] = x.dims();
     let fan_out = w.dims()[1];
-    let mut y = x.reshape([batch * tokens, fan_in]).matmul(w);
+    let mut y = crate::kernels::matmul(x.reshape([batch * tokens, fan_in]), w);
     if let Some(b) = b {
         y = y + b.unsqueeze();
     }

@@ -22,11 +22,12 @@ use blkc::{Code, Diagnostic, MemLoader, SourceMap};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 
 use crate::checkpoint;
+use crate::kernels::{Kernels, TrainKernels};
 use crate::model::Model;
 use batch::{Batch, Objective, Sampler, Stream};
 use data::{Corpus, Fnv};
@@ -233,7 +234,7 @@ fn tensors<B: Backend>(b: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>, Ten
 }
 
 /// Mean cross-entropy (nats per counted token) of `model` on `b`.
-pub fn loss<B: Backend>(model: &Model<B>, b: &Batch, obj: Objective, device: &B::Device) -> Tensor<B, 1> {
+pub fn loss<B: Kernels>(model: &Model<B>, b: &Batch, obj: Objective, device: &B::Device) -> Tensor<B, 1> {
     let (inputs, targets, weights) = tensors::<B>(b, device);
     let logits = model.forward(inputs);
     let [rows, t, v] = logits.dims();
@@ -246,7 +247,7 @@ pub fn loss<B: Backend>(model: &Model<B>, b: &Batch, obj: Objective, device: &B:
 }
 
 /// Mean validation loss over `batches` fixed batches of `rows`.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: Kernels>(
     model: &Model<B>,
     valid: &Stream,
     batches: usize,
@@ -306,7 +307,7 @@ pub fn compile_saved(dir: &RunDir) -> Result<(Program, SourceMap), String> {
 
 /// Loads the newest checkpoint of a run (or the checkpoint directory
 /// given) into a freshly built model.
-pub fn open<B: Backend>(path: &Path, device: &B::Device) -> Result<Opened<B>, String> {
+pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, String> {
     // Either a run directory or one of its checkpoints.
     let (dir, ckpt) = if path.join("state.json").is_file() {
         let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
@@ -329,7 +330,7 @@ pub fn open<B: Backend>(path: &Path, device: &B::Device) -> Result<Opened<B>, St
 
 /// A run opened for evaluation or sampling.
 #[derive(Debug)]
-pub struct Opened<B: Backend> {
+pub struct Opened<B: Kernels> {
     pub dir: RunDir,
     pub checkpoint: PathBuf,
     pub info: RunInfo,
@@ -348,7 +349,7 @@ fn say(quiet: bool, s: impl AsRef<str>) {
 }
 
 /// Trains `job` on `device`.
-pub fn train<B: AutodiffBackend>(job: &Job, device: &B::Device) -> Result<Summary, Failure> {
+pub fn train<B: TrainKernels>(job: &Job, device: &B::Device) -> Result<Summary, Failure> {
     let dir = RunDir::new(&job.out);
     let mut s = job.settings.clone();
     let ir = model_of(&job.program)?.clone();
