@@ -4,9 +4,10 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
 
 use super::Kernels;
 
@@ -30,7 +31,108 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// Softmax attention `o = p · v`, `p = softmax(scale · q · kᵀ)`:
+/// `dv = pᵀ · g`, `dp = g · vᵀ`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)`,
+/// `dq = ds · k`, `dk = dsᵀ · q`. The weights `p` are kept from the forward.
+#[derive(Debug)]
+struct Attention;
+
+impl<B: Kernels> Backward<B, 3> for Attention {
+    /// `q`, `k`, `v`, the weights, the scale.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, p, scale) = ops.state;
+        let g = grads.consume::<B>(&ops.node);
+        let [nq, nk, nv] = ops.parents;
+        if let Some(node) = nv {
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(p.clone()), g.clone()));
+        }
+        if nq.is_none() && nk.is_none() {
+            return;
+        }
+        let dp = B::matmul(g, B::float_transpose(v));
+        let ds = B::softmax_scores_backward(p, dp, scale);
+        if let Some(node) = nq {
+            grads.register::<B>(node.id, B::matmul(ds.clone(), k));
+        }
+        if let Some(node) = nk {
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(ds), q));
+        }
+    }
+}
+
+/// `y = x ⊙ g` per group: `dx = dy ⊙ g`, `dg = Σ dy ⊙ x` per group.
+#[derive(Debug)]
+struct ScaleGroups;
+
+impl<B: Kernels> Backward<B, 2> for ScaleGroups {
+    /// `x` (for `dg`), `g` (for `dx`), the number of gains.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, g, n) = ops.state;
+        binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |dy| B::scale_groups(dy, g.expect("g is kept when x is tracked")),
+            |dy| {
+                let x = x.expect("x is kept when g is tracked");
+                B::scale_groups_grad(x, dy, n)
+            },
+        );
+    }
+}
+
+/// The running mean over tokens.
+#[derive(Debug)]
+struct CausalMean;
+
+impl<B: Kernels> Backward<B, 1> for CausalMean {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, B::causal_mean_backward);
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn scale_groups(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x_tracked, g_tracked) = (x.is_tracked(), g.is_tracked());
+        let y = B::scale_groups(x.primitive.clone(), g.primitive.clone());
+        match ScaleGroups.prepare::<C>([x.node.clone(), g.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let n = g.primitive.shape().num_elements();
+                let state = (g_tracked.then_some(x.primitive), x_tracked.then_some(g.primitive), n);
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = B::causal_mean(x.primitive.clone());
+        CausalMean.prepare::<C>([x.node.clone()]).compute_bound().stateless(y)
+    }
+
+    fn softmax_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+        let s = B::matmul(q.primitive.clone(), B::float_transpose(k.primitive.clone()));
+        let p = B::softmax_scores(s, scale, causal);
+        let o = B::matmul(p.clone(), v.primitive.clone());
+        match Attention.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, p, scale), o),
+            OpsKind::UnTracked(prep) => prep.finish(o),
+        }
+    }
+
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
         match Matmul.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {

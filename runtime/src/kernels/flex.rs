@@ -13,15 +13,200 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::Kernels;
+use super::{composed, Kernels};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
+
+/// Element-wise kernels on fewer elements than this run on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
 
 impl Kernels for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         matmul(a, b).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
+
+    fn scale_groups(x: FlexTensor, g: FlexTensor) -> FlexTensor {
+        let width = x.layout().shape().last().copied().unwrap_or(0);
+        let n = g.layout().num_elements();
+        if x.dtype() != DType::F32 || g.dtype() != DType::F32 || n == 0 || width % n != 0 {
+            return composed::scale_groups::<Flex>(x, g);
+        }
+        let g = g.to_contiguous();
+        let gains: &[f32] = &g.storage()[..n];
+        let inner = width / n;
+        let mut out = Rows::new(x);
+        out.for_each(|_, row| {
+            for (part, &gain) in row.chunks_mut(inner).zip(gains) {
+                part.iter_mut().for_each(|v| *v *= gain);
+            }
+        });
+        out.tensor
+    }
+
+    fn scale_groups_grad(x: FlexTensor, dy: FlexTensor, n: usize) -> FlexTensor {
+        let width = x.layout().shape().last().copied().unwrap_or(0);
+        if x.dtype() != DType::F32 || dy.dtype() != DType::F32 || n == 0 || width % n != 0 {
+            return composed::scale_groups_grad::<Flex>(x, dy, n);
+        }
+        let (x, dy) = (x.to_contiguous(), dy.to_contiguous());
+        let len = x.layout().num_elements();
+        let (xs, gs): (&[f32], &[f32]) = (&x.storage()[..len], &dy.storage()[..len]);
+        let inner = width / n;
+        // Per-group sums of x ⊙ dy, accumulated in f64 over blocks of rows.
+        let block = width * 64;
+        let partial = |(a, b): (&[f32], &[f32])| {
+            let mut acc = vec![0.0f64; n];
+            for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
+                for (i, (pa, pb)) in ra.chunks(inner).zip(rb.chunks(inner)).enumerate() {
+                    acc[i] += pa.iter().zip(pb).map(|(p, q)| p * q).sum::<f32>() as f64;
+                }
+            }
+            acc
+        };
+        let add = |mut a: Vec<f64>, b: Vec<f64>| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        };
+        let sums = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            xs.par_chunks(block).zip(gs.par_chunks(block)).map(partial).reduce(|| vec![0.0; n], add)
+        } else {
+            xs.chunks(block).zip(gs.chunks(block)).map(partial).fold(vec![0.0; n], add)
+        };
+        let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
+        FlexTensor::new(burn::tensor::Bytes::from_elems(sums), Layout::contiguous([n].into()), DType::F32)
+    }
+
+    fn causal_mean(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || x.layout().num_dims() != 3 {
+            return composed::causal_mean::<Flex>(x);
+        }
+        let [_, t, d] = dims3(&x);
+        let mut out = Rows::new(x);
+        out.for_each_sequence(t * d, |seq| {
+            let mut acc = vec![0.0f32; d];
+            for (i, row) in seq.chunks_mut(d).enumerate() {
+                let inv = 1.0 / (i + 1) as f32;
+                for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                    *a += *v;
+                    *v = *a * inv;
+                }
+            }
+        });
+        out.tensor
+    }
+
+    fn causal_mean_backward(dy: FlexTensor) -> FlexTensor {
+        if dy.dtype() != DType::F32 || dy.layout().num_dims() != 3 {
+            return composed::causal_mean_backward::<Flex>(dy);
+        }
+        let [_, t, d] = dims3(&dy);
+        let mut out = Rows::new(dy);
+        out.for_each_sequence(t * d, |seq| {
+            let mut acc = vec![0.0f32; d];
+            for (i, row) in seq.chunks_mut(d).enumerate().rev() {
+                let inv = 1.0 / (i + 1) as f32;
+                for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                    *a += *v * inv;
+                    *v = *a;
+                }
+            }
+        });
+        out.tensor
+    }
+
+    fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
+        if s.dtype() != DType::F32 {
+            return composed::softmax_scores::<Flex>(s, scale, causal);
+        }
+        let shape = s.layout().shape().clone();
+        let (tq, tk) = (shape[shape.num_dims() - 2], shape[shape.num_dims() - 1]);
+        let mut out = Rows::new(s);
+        let scale = scale as f32;
+        out.for_each(|r, row| {
+            // Row `i` of its matrix sees columns `0..=i`.
+            let seen = if causal { (r % tq + 1).min(tk) } else { tk };
+            let (live, future) = row.split_at_mut(seen);
+            let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0;
+            for x in live.iter_mut() {
+                *x = ((*x - max) * scale).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|x| *x *= inv);
+            future.fill(0.0);
+        });
+        out.tensor
+    }
+
+    fn softmax_scores_backward(p: FlexTensor, dp: FlexTensor, scale: f64) -> FlexTensor {
+        if p.dtype() != DType::F32 || dp.dtype() != DType::F32 {
+            return composed::softmax_scores_backward::<Flex>(p, dp, scale);
+        }
+        let p = p.to_contiguous();
+        let mut out = Rows::new(dp);
+        let tk = out.width();
+        let pv: &[f32] = p.storage();
+        let scale = scale as f32;
+        out.for_each(|r, row| {
+            let pr = &pv[r * tk..(r + 1) * tk];
+            let dot: f32 = pr.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+            for (g, &w) in row.iter_mut().zip(pr) {
+                *g = scale * w * (*g - dot);
+            }
+        });
+        out.tensor
+    }
+}
+
+/// A tensor's f32 elements, owned, contiguous and unique (copied only
+/// when they are not already), to be rewritten in place.
+struct Rows {
+    tensor: FlexTensor,
+}
+
+impl Rows {
+    fn new(t: FlexTensor) -> Self {
+        let owned = t.is_unique() && t.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+        Rows { tensor: if owned { t } else { t.to_contiguous() } }
+    }
+
+    /// The length of the last dimension.
+    fn width(&self) -> usize {
+        let shape = self.tensor.layout().shape();
+        shape[shape.num_dims() - 1]
+    }
+
+    /// Calls `f` on every consecutive run of `len` elements (a sequence of
+    /// a `[batch, tokens, width]` tensor), on several threads when large.
+    fn for_each_sequence<F: Fn(&mut [f32]) + Sync>(&mut self, len: usize, f: F) {
+        let n = self.tensor.layout().num_elements();
+        let data = &mut self.tensor.storage_mut::<f32>()[..n];
+        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(len.max(1)).for_each(&f);
+        } else {
+            data.chunks_mut(len.max(1)).for_each(f);
+        }
+    }
+
+    /// Calls `f(r, row)` on every row (last dimension) of the tensor, on
+    /// several threads when the work is large.
+    fn for_each<F: Fn(usize, &mut [f32]) + Sync>(&mut self, f: F) {
+        let width = self.width();
+        let n = self.tensor.layout().num_elements();
+        let data = &mut self.tensor.storage_mut::<f32>()[..n];
+        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+        } else {
+            data.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+        }
+    }
+}
+
+fn dims3(x: &FlexTensor) -> [usize; 3] {
+    let s = x.layout().shape();
+    [s[0], s[1], s[2]]
 }
 
 /// The start of each matrix of a `[..., rows, cols]` layout, in elements,

@@ -30,6 +30,58 @@ pub trait Kernels: Backend {
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(a, b)
     }
+
+    /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over
+    /// the last dimension of `scale · s`, with the future (`j > i`) weighted
+    /// 0 when `causal`.
+    fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        composed::softmax_scores::<Self>(s, scale, causal)
+    }
+
+    /// The gradient of the scores from that of the weights `p` (as made by
+    /// [`Kernels::softmax_scores`]): `scale · p ⊙ (dp − Σⱼ p ⊙ dp)`.
+    fn softmax_scores_backward(p: FloatTensor<Self>, dp: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        composed::softmax_scores_backward::<Self>(p, dp, scale)
+    }
+
+    /// `x` scaled by `g: [n]`, the last dimension of `x` split into `n`
+    /// equal groups (heads), group `i` multiplied by `g[i]`; `n = 1` scales
+    /// everything by one gain.
+    fn scale_groups(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::scale_groups::<Self>(x, g)
+    }
+
+    /// The gradient of the gains of [`Kernels::scale_groups`]:
+    /// `dg[i] = Σ dy ⊙ x` over group `i`.
+    fn scale_groups_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>, n: usize) -> FloatTensor<Self> {
+        composed::scale_groups_grad::<Self>(x, dy, n)
+    }
+
+    /// The running mean over tokens of `x: [batch, tokens, width]`: token
+    /// `i` of the output is the mean of tokens `0..=i` (the causal `centre`
+    /// matrix applied without a T×T matrix).
+    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::causal_mean::<Self>(x)
+    }
+
+    /// The gradient of [`Kernels::causal_mean`]:
+    /// `dx[s] = Σ_{i ≥ s} dy[i] / (i + 1)`.
+    fn causal_mean_backward(dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::causal_mean_backward::<Self>(dy)
+    }
+
+    /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
+    /// `q, k, v: [batch, heads, tokens, head_dim]`.
+    fn softmax_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let s = Self::matmul(q, Self::float_transpose(k));
+        Self::matmul(Self::softmax_scores(s, scale, causal), v)
+    }
 }
 
 /// An autodiff backend whose inner backend has the kernels too (what
@@ -44,12 +96,111 @@ impl Kernels for burn::backend::NdArray {}
 #[cfg(feature = "cuda")]
 impl Kernels for burn::backend::Cuda {}
 
+/// The kernels' definitions from burn's primitive ops: the default of every
+/// backend, and the fallback of the fused ones for other dtypes.
+mod composed {
+    use burn::tensor::backend::Backend;
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::{Bool, Tensor, TensorMetadata};
+
+    use super::{primitive, tensor};
+
+    pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
+        let s = B::float_mul_scalar(s, scale.into());
+        let s = if causal {
+            let shape = s.shape();
+            let rank = shape.num_dims();
+            let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+            let future = Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, &B::float_device(&s));
+            let mut dims = vec![1; rank];
+            dims[rank - 2] = tq;
+            dims[rank - 1] = tk;
+            let future = B::bool_expand(B::bool_reshape(future.into_primitive(), dims.into()), shape);
+            B::float_mask_fill(s, future, f32::NEG_INFINITY.into())
+        } else {
+            s
+        };
+        primitive(burn::tensor::activation::softmax(tensor::<B, 4>(s), 3))
+    }
+
+    /// `x` as `[outer, n, inner]` (`n` groups of the last dimension).
+    fn grouped<B: Backend>(x: FloatTensor<B>, n: usize) -> FloatTensor<B> {
+        let shape = x.shape();
+        let last = shape[shape.num_dims() - 1];
+        let outer = shape.num_elements() / last.max(1);
+        B::float_reshape(x, [outer, n, last / n].into())
+    }
+
+    pub fn scale_groups<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+        let shape = x.shape();
+        let n = g.shape().num_elements();
+        let g = B::float_reshape(g, [1, n, 1].into());
+        B::float_reshape(B::float_mul(grouped::<B>(x, n), g), shape)
+    }
+
+    pub fn scale_groups_grad<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, n: usize) -> FloatTensor<B> {
+        let prod = grouped::<B>(B::float_mul(x, dy), n);
+        let sums = B::float_sum_dim(B::float_sum_dim(prod, 2), 0);
+        B::float_reshape(sums, [n].into())
+    }
+
+    /// `[1, tokens, 1]`: 1, 2, …, tokens.
+    fn counts<B: Backend>(x: &FloatTensor<B>) -> FloatTensor<B> {
+        let t = x.shape()[1];
+        let c = Tensor::<B, 1, burn::tensor::Int>::arange(1..t as i64 + 1, &B::float_device(x)).float();
+        B::float_reshape(primitive(c), [1, t, 1].into())
+    }
+
+    pub fn causal_mean<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let c = counts::<B>(&x);
+        B::float_div(B::float_cumsum(x, 1), c)
+    }
+
+    pub fn causal_mean_backward<B: Backend>(dy: FloatTensor<B>) -> FloatTensor<B> {
+        // Σ_{i ≥ s} z[i] = Σ_i z[i] − Σ_{i < s} z[i], with z = dy / (i + 1).
+        let c = counts::<B>(&dy);
+        let z = B::float_div(dy, c);
+        let total = B::float_sum_dim(z.clone(), 1);
+        let before = B::float_sub(B::float_cumsum(z.clone(), 1), z);
+        B::float_sub(total, before)
+    }
+
+    pub fn softmax_scores_backward<B: Backend>(p: FloatTensor<B>, dp: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+        let rank = p.shape().num_dims();
+        let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), rank - 1);
+        let ds = B::float_mul(p, B::float_sub(dp, dot));
+        B::float_mul_scalar(ds, scale.into())
+    }
+}
+
 fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
 fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Softmax attention (see [`Kernels::softmax_attention`]).
+pub fn attention<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    causal: bool,
+) -> Tensor<B, 4> {
+    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), scale, causal))
+}
+
+/// `x` scaled by `g` per group of its last dimension (see
+/// [`Kernels::scale_groups`]).
+pub fn scale_groups<B: Kernels, const D: usize>(x: Tensor<B, D>, g: Tensor<B, 1>) -> Tensor<B, D> {
+    tensor(B::scale_groups(primitive(x), primitive(g)))
+}
+
+/// The running mean over tokens (see [`Kernels::causal_mean`]).
+pub fn causal_mean<B: Kernels>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    tensor(B::causal_mean(primitive(x)))
 }
 
 /// `a · b` (see [`Kernels::matmul`]).
@@ -109,5 +260,82 @@ mod tests {
         });
         // Large enough to run on several threads.
         same_as_burn(random([256, 200]), random([200, 300]), |x, _| x);
+    }
+
+    /// The attention kernel and burn's attention (its autodiff composition)
+    /// agree on value and on the gradients of q, k and v, causal or not.
+    #[test]
+    fn softmax_attention_matches_burn() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        for causal in [true, false] {
+            let [q, k, v] = [0, 1, 2].map(|_| random([2, 3, 7, 4]));
+            // Large logits, so that a missing max shift would overflow.
+            let q = (q * 30.0).detach().require_grad();
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+            let theirs = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let w = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
+            let g1 = (ours * w.clone()).sum().backward();
+            let g2 = (theirs * w).sum().backward();
+            for x in [&q, &k, &v] {
+                let (ours, theirs) = (x.grad(&g1).expect("gradient"), x.grad(&g2).expect("gradient"));
+                ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
+            }
+        }
+    }
+
+    /// `ours` (the kernels) and `theirs` (burn's ops), built in that order
+    /// from the same `leaves`, agree on value and on the leaves' gradients.
+    fn same_gradients<const D: usize>(leaves: &[Tensor<Ad, D>], ours: Tensor<Ad, D>, theirs: Tensor<Ad, D>) {
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let w = Tensor::<Ad, D>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
+        let g1 = (ours * w.clone()).sum().backward();
+        let g2 = (theirs * w).sum().backward();
+        for x in leaves {
+            let (ours, theirs) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
+        }
+    }
+
+    #[test]
+    fn scale_groups_matches_a_broadcast_product() {
+        // Per head: [b, t, h·d] with gains [h] is [b, t, h, d] times [1, 1, h, 1].
+        let (x, g) = (random::<3>([2, 5, 12]), random::<1>([3]));
+        let theirs = || (x.clone().reshape([2, 5, 3, 4]) * g.clone().reshape([1, 1, 3, 1])).reshape([2, 5, 12]);
+        same_gradients(std::slice::from_ref(&x), super::scale_groups(x.clone(), g.clone()), theirs());
+        // The gains' gradient (a graph is spent by its backward: build anew).
+        let w = Tensor::<Ad, 3>::random([2, 5, 12], Distribution::Normal(0.0, 1.0), &Default::default());
+        let g1 = (super::scale_groups(x.clone(), g.clone()) * w.clone()).sum().backward();
+        let g2 = (theirs() * w).sum().backward();
+        let (ours, theirs) = (g.grad(&g1).expect("gradient"), g.grad(&g2).expect("gradient"));
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
+        // One gain for everything, on a strided view.
+        let (x, g) = (random::<3>([5, 2, 8]), random::<1>([1]));
+        let ours = super::scale_groups(x.clone().swap_dims(0, 1), g.clone());
+        let w = Tensor::<Ad, 3>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
+        let grads = (ours.clone() * w.clone()).sum().backward();
+        let dx = x.grad(&grads).expect("gradient");
+        // x ⊙ g, and dx = w ⊙ g, by hand.
+        let gain = g.into_scalar();
+        ours.to_data().assert_approx_eq::<f32>(&(x.swap_dims(0, 1) * gain).to_data(), Tolerance::absolute(1e-5));
+        dx.to_data().assert_approx_eq::<f32>(&(w.inner().swap_dims(0, 1) * gain).to_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn causal_mean_is_the_running_mean() {
+        let x = random::<3>([2, 6, 5]);
+        let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..7, &Default::default()).float().reshape([1, 6, 1]);
+        let theirs = x.clone().cumsum(1) / counts;
+        same_gradients(std::slice::from_ref(&x), super::causal_mean(x.clone()), theirs);
+        // Token 0 is itself; the last token is the mean of all.
+        let ours = super::causal_mean(x.clone());
+        let first = ours.clone().slice([0..2, 0..1, 0..5]);
+        first
+            .to_data()
+            .assert_approx_eq::<f32>(&x.clone().slice([0..2, 0..1, 0..5]).to_data(), Tolerance::absolute(1e-6));
+        let last = ours.slice([0..2, 5..6, 0..5]);
+        last.to_data().assert_approx_eq::<f32>(&x.mean_dim(1).to_data(), Tolerance::absolute(1e-5));
     }
 }

@@ -1,7 +1,8 @@
 //! Multi-head attention with the attention matrix of the IR:
 //! `A = Σ gain_h · term`, terms `I`, `softmax(QKᵀ/√d_k + M)` and `centre`
-//! (the softmax at zero logits under the mask). Plain `softmax` uses burn's
-//! fused attention; any other matrix is computed term by term, the centre
+//! (the softmax at zero logits under the mask). The softmax term is blkc's
+//! attention kernel (`kernels::attention`: one graph node, the mask never
+//! built) or, with a soft-cap, burn's; any other term is computed apart, the centre
 //! as a running mean (causal) or a mean (bidirectional) — never as a T×T
 //! matrix. Identity value/projection maps cost no matmul.
 
@@ -10,10 +11,10 @@ use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Sca
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
-use crate::kernels::Kernels;
+use crate::kernels::{self, Kernels};
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Bool, Tensor};
+use burn::tensor::Tensor;
 
 use super::init::{param, weight};
 use super::linear;
@@ -115,28 +116,31 @@ impl<B: Kernels> Attention<B> {
         matches!(self.plan.terms.as_slice(), [(Scalar::Const(c), MatrixTerm::Softmax)] if *c == 1.0)
     }
 
-    /// `x: [batch, tokens, width]` → `[batch, tokens, width]`.
+    /// `x: [batch, tokens, width]` → `[batch, tokens, width]`. Every term
+    /// is formed in the `[batch, tokens, heads · head_dim]` layout, per-head
+    /// gains applied per group of the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, _] = x.dims();
         let device = x.device();
-        let v = self.split(self.value.forward(x.clone())); // [b, h, t, hd]
+        let v = self.value.forward(x.clone());
         let causal = self.plan.mask == Mask::Causal;
         let out = if self.plain_softmax() {
-            let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
-            let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
-            let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
-            fused(q, k, v, None, None, options)
+            self.softmax_times(&x, v, causal)
         } else {
-            let mut acc: Option<Tensor<B, 4>> = None;
+            let mut acc: Option<Tensor<B, 3>> = None;
             for (coef, term) in &self.plan.terms {
                 let part = match term {
                     MatrixTerm::Identity => v.clone(),
                     MatrixTerm::Centre => centre(v.clone(), causal),
-                    MatrixTerm::Softmax => self.softmax(&x, causal).matmul(v.clone()),
+                    MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal),
                 };
-                let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
-                let g = g.reshape([1, -1, 1, 1]);
-                let part = part * g;
+                let part = match scalar::constant(coef, &self.plan.slots, &self.plan.env) {
+                    Some(1.0) => part,
+                    Some(c) => part * c,
+                    None => {
+                        let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
+                        kernels::scale_groups(part, g)
+                    }
+                };
                 acc = Some(match acc {
                     Some(a) => a + part,
                     None => part,
@@ -144,37 +148,36 @@ impl<B: Kernels> Attention<B> {
             }
             acc.unwrap_or_else(|| v.zeros_like())
         };
-        let out = out.swap_dims(1, 2).reshape([b, t, self.plan.heads * self.plan.head_dim]);
         self.proj.forward(out)
     }
 
-    /// The attention weights `[b, h, t, t]`.
-    fn softmax(&self, x: &Tensor<B, 3>, causal: bool) -> Tensor<B, 4> {
+    /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
+    /// attention kernel, or, with a logit soft-cap, burn's attention (whose
+    /// autodiff composes it).
+    fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+        let [b, t, inner] = v.dims();
         let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
         let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
-        let t = q.dims()[2];
-        let mut scores = q.matmul(k.swap_dims(2, 3)) / (self.plan.head_dim as f64).sqrt();
-        if let Some(cap) = self.plan.softcap {
-            scores = (scores / cap).tanh() * cap;
-        }
-        if causal {
-            // burn's `tril_mask(0)` is true above the diagonal: the future.
-            let mask = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device());
-            scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
-        }
-        activation::softmax(scores, 3)
+        let v = self.split(v);
+        let o = match self.plan.softcap {
+            None => kernels::attention(q, k, v, 1.0 / (self.plan.head_dim as f64).sqrt(), causal),
+            Some(cap) => {
+                let options = AttentionModuleOptions { scale: None, softcap: Some(cap), is_causal: causal };
+                fused(q, k, v, None, None, options)
+            }
+        };
+        o.swap_dims(1, 2).reshape([b, t, inner])
     }
 }
 
-/// C·v without a T×T matrix: the running mean over earlier tokens (causal)
-/// or the mean over all tokens (bidirectional).
-fn centre<B: Backend>(v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
-    let [b, h, t, d] = v.dims();
+/// C·v without a T×T matrix, for `v: [batch, tokens, inner]`: the running
+/// mean over earlier tokens (causal) or the mean over all tokens
+/// (bidirectional).
+fn centre<B: Kernels>(v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
     if causal {
-        let counts =
-            Tensor::<B, 1, burn::tensor::Int>::arange(1..t as i64 + 1, &v.device()).float().reshape([1, 1, t, 1]);
-        v.cumsum(2) / counts
+        kernels::causal_mean(v)
     } else {
-        v.mean_dim(2).expand([b, h, t, d])
+        let dims = v.dims();
+        v.mean_dim(1).expand(dims)
     }
 }

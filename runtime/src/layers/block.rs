@@ -6,7 +6,7 @@ use blkc::graph::{Graph, Mask, NodeId, Op, Scalar};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
-use crate::kernels::Kernels;
+use crate::kernels::{self, Kernels};
 use burn::tensor::Tensor;
 
 use super::attention::Attention;
@@ -101,10 +101,10 @@ impl<B: Kernels> Block<B> {
                         let t = match scalar::constant(gain, &self.plan.slots, &self.plan.env) {
                             Some(1.0) => t,
                             Some(c) => t * c,
-                            None => {
-                                t * scalar::value(gain, &self.plan.slots, &self.gains, &self.plan.env, &device)
-                                    .unsqueeze::<3>()
-                            }
+                            None => kernels::scale_groups(
+                                t,
+                                scalar::value(gain, &self.plan.slots, &self.gains, &self.plan.env, &device),
+                            ),
                         };
                         acc = Some(match acc {
                             Some(a) => a + t,
