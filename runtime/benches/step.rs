@@ -76,7 +76,7 @@ fn time_products(shapes: &[(usize, usize, usize, usize)]) -> f64 {
     let run = || {
         let t = Instant::now();
         for (a, b) in &operands {
-            let c = a.clone().matmul(b.clone());
+            let c = blkc_runtime::kernels::matmul(a.clone(), b.clone());
             let _ = c.sum().into_scalar();
         }
         t.elapsed().as_secs_f64()
@@ -85,20 +85,16 @@ fn time_products(shapes: &[(usize, usize, usize, usize)]) -> f64 {
     median((0..STEPS).map(|_| run()).collect())
 }
 
+/// One forward + backward of the training loss (`train::loss`, as
+/// `blkc train` computes it) on a random batch.
 fn time_step(p: &blkc::Program, m: &blkc::graph::Model) -> f64 {
     let device = Default::default();
     let model = Model::<Ad>::build(p, m, 0, &device);
-    let t = m.context as usize;
-    let tokens: Tensor<Ad, 2, Int> =
-        Tensor::<Ad, 2>::random([BATCH, t], Distribution::Uniform(0.0, m.vocab as f64), &device).int();
-    let targets: Tensor<Ad, 1, Int> =
-        Tensor::<Ad, 1>::random([BATCH * t], Distribution::Uniform(0.0, m.vocab as f64), &device).int();
-    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
+    let batch = blkc_runtime::bench::random_batch(m, BATCH, 1);
+    let obj = blkc_runtime::train::objective_for_mask(m.mask, m.vocab as u32);
     let step = || {
         let start = Instant::now();
-        let logits = model.forward(tokens.clone()).reshape([BATCH * t, m.vocab as usize]);
-        let loss = loss_fn.forward(logits, targets.clone());
-        let grads = loss.backward();
+        let grads = blkc_runtime::train::loss(&model, &batch, obj, &device).backward();
         let g = model.embedding.grad(&grads).map(|g| g.sum().into_scalar());
         std::hint::black_box(g);
         start.elapsed().as_secs_f64()
@@ -108,10 +104,12 @@ fn time_step(p: &blkc::Program, m: &blkc::graph::Model) -> f64 {
 }
 
 fn main() {
+    blkc_runtime::kernels::alloc::keep_freed_memory();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!(
-        "forward + backward, batch {BATCH} × 128 tokens, CPU ({}), median of {STEPS}",
-        blkc_runtime::backend::cpu_name()
+        "forward + backward, batch {BATCH} × 128 tokens, CPU ({}, {} threads), median of {STEPS}",
+        blkc_runtime::backend::cpu_name(),
+        rayon::current_num_threads()
     );
     println!("{:<10} {:>10} {:>12} {:>16}", "model", "step ms", "matmuls ms", "outside matmuls");
     for name in ["preln", "sas-p"] {

@@ -6,7 +6,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorMetadata;
 
 use super::Kernels;
@@ -97,7 +97,29 @@ impl<B: Kernels> Backward<B, 1> for CausalMean {
     }
 }
 
+/// Cross-entropy per row: `dlogits = g ⊙ (softmax(logits) − onehot)`.
+#[derive(Debug)]
+struct Nll;
+
+impl<B: Kernels> Backward<B, 1> for Nll {
+    /// The logits, their log-sum-exp per row, the targets.
+    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (logits, lse, targets) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::cross_entropy_backward(logits, lse, targets, g));
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let (nll, lse) = B::cross_entropy(logits.primitive.clone(), targets.clone());
+        match Nll.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((logits.primitive, lse, targets), nll),
+            OpsKind::UnTracked(prep) => prep.finish(nll),
+        }
+    }
+
     fn scale_groups(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x_tracked, g_tracked) = (x.is_tracked(), g.is_tracked());
         let y = B::scale_groups(x.primitive.clone(), g.primitive.clone());

@@ -73,8 +73,7 @@ impl Kernels for Flex {
         } else {
             xs.chunks(block).zip(gs.chunks(block)).map(partial).fold(vec![0.0; n], add)
         };
-        let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
-        FlexTensor::new(burn::tensor::Bytes::from_elems(sums), Layout::contiguous([n].into()), DType::F32)
+        vector(sums.into_iter().map(|v| v as f32).collect())
     }
 
     fn causal_mean(x: FlexTensor) -> FlexTensor {
@@ -111,6 +110,46 @@ impl Kernels for Flex {
                     *v = *a;
                 }
             }
+        });
+        out.tensor
+    }
+
+    fn cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let Some(targets) = indices(&targets).filter(|_| logits.dtype() == DType::F32) else {
+            return composed::cross_entropy::<Flex>(logits, targets);
+        };
+        let logits = logits.to_contiguous();
+        let v = logits.layout().shape()[1];
+        let n = targets.len();
+        let x: &[f32] = &logits.storage()[..n * v];
+        let row = |(i, r): (usize, &[f32])| {
+            let max = r.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+            let sum: f32 = r.iter().map(|&a| (a - max).exp()).sum();
+            let lse = max + sum.ln();
+            (lse - r[targets[i].min(v - 1)], lse)
+        };
+        let pairs: Vec<(f32, f32)> = if n * v >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            x.par_chunks(v).enumerate().map(row).collect()
+        } else {
+            x.chunks(v).enumerate().map(row).collect()
+        };
+        let (nll, lse): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+        (vector(nll), vector(lse))
+    }
+
+    fn cross_entropy_backward(logits: FlexTensor, lse: FlexTensor, targets: FlexTensor, g: FlexTensor) -> FlexTensor {
+        let usable = logits.dtype() == DType::F32 && lse.dtype() == DType::F32 && g.dtype() == DType::F32;
+        let Some(t) = indices(&targets).filter(|_| usable) else {
+            return composed::cross_entropy_backward::<Flex>(logits, lse, targets, g);
+        };
+        let (lse, g) = (lse.to_contiguous(), g.to_contiguous());
+        let (lse, g): (&[f32], &[f32]) = (lse.storage(), g.storage());
+        let mut out = Rows::new(logits);
+        let v = out.width();
+        out.for_each(|i, row| {
+            let (shift, scale) = (lse[i], g[i]);
+            row.iter_mut().for_each(|a| *a = scale * (*a - shift).exp());
+            row[t[i].min(v - 1)] -= scale;
         });
         out.tensor
     }
@@ -202,6 +241,24 @@ impl Rows {
             data.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
         }
     }
+}
+
+/// An integer tensor's values as indices (i32 or i64 storage), or `None`
+/// for other dtypes; negative values become 0.
+fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
+    let t = t.to_contiguous();
+    let n = t.layout().num_elements();
+    match t.dtype() {
+        DType::I32 => Some(t.storage::<i32>()[..n].iter().map(|&i| i.max(0) as usize).collect()),
+        DType::I64 => Some(t.storage::<i64>()[..n].iter().map(|&i| i.max(0) as usize).collect()),
+        _ => None,
+    }
+}
+
+/// A `[n]` f32 tensor.
+fn vector(v: Vec<f32>) -> FlexTensor {
+    let n = v.len();
+    FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous([n].into()), DType::F32)
 }
 
 fn dims3(x: &FlexTensor) -> [usize; 3] {

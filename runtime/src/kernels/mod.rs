@@ -20,8 +20,8 @@ mod autodiff;
 mod flex;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 /// A backend with blkc's kernels.
 pub trait Kernels: Backend {
@@ -70,6 +70,29 @@ pub trait Kernels: Backend {
         composed::causal_mean_backward::<Self>(dy)
     }
 
+    /// Cross-entropy per row of `logits: [n, vocab]` against `targets: [n]`:
+    /// `(nll, lse)`, `lse[i] = log Σⱼ exp(logits[i, j])` and
+    /// `nll[i] = lse[i] − logits[i, targets[i]]`.
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::cross_entropy::<Self>(logits, targets)
+    }
+
+    /// The gradient of the logits from that of `nll`:
+    /// `g[i] · (exp(logits[i] − lse[i]) − onehot(targets[i]))`.
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::cross_entropy_backward::<Self>(logits, lse, targets, g)
+    }
+
+    /// `nll` of [`Kernels::cross_entropy`] (one graph node on autodiff).
+    fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::cross_entropy(logits, targets).0
+    }
+
     /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
     /// `q, k, v: [batch, heads, tokens, head_dim]`.
     fn softmax_attention(
@@ -100,8 +123,8 @@ impl Kernels for burn::backend::Cuda {}
 /// backend, and the fallback of the fused ones for other dtypes.
 mod composed {
     use burn::tensor::backend::Backend;
-    use burn::tensor::ops::FloatTensor;
-    use burn::tensor::{Bool, Tensor, TensorMetadata};
+    use burn::tensor::ops::{FloatTensor, IntTensor};
+    use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorMetadata};
 
     use super::{primitive, tensor};
 
@@ -165,6 +188,34 @@ mod composed {
         B::float_sub(total, before)
     }
 
+    pub fn cross_entropy<B: Backend>(
+        logits: FloatTensor<B>,
+        targets: IntTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let x = tensor::<B, 2>(logits);
+        let n = x.dims()[0];
+        let max = x.clone().max_dim(1).detach();
+        let lse = (x.clone() - max.clone()).exp().sum_dim(1).log() + max;
+        let targets = Tensor::<B, 1, Int>::from_primitive(targets).reshape([n, 1]);
+        let nll = (lse.clone() - x.gather(1, targets)).reshape([n]);
+        (primitive(nll), primitive(lse.reshape([n])))
+    }
+
+    pub fn cross_entropy_backward<B: Backend>(
+        logits: FloatTensor<B>,
+        lse: FloatTensor<B>,
+        targets: IntTensor<B>,
+        g: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let x = tensor::<B, 2>(logits);
+        let n = x.dims()[0];
+        let p = (x - tensor::<B, 1>(lse).reshape([n, 1])).exp();
+        let targets = Tensor::<B, 1, Int>::from_primitive(targets).reshape([n, 1]);
+        let minus_one = Tensor::<B, 2>::full([n, 1], -1.0, &p.device());
+        let d = p.scatter(1, targets, minus_one, IndexingUpdateOp::Add);
+        primitive(d * tensor::<B, 1>(g).reshape([n, 1]))
+    }
+
     pub fn softmax_scores_backward<B: Backend>(p: FloatTensor<B>, dp: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
         let rank = p.shape().num_dims();
         let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), rank - 1);
@@ -201,6 +252,11 @@ pub fn scale_groups<B: Kernels, const D: usize>(x: Tensor<B, D>, g: Tensor<B, 1>
 /// The running mean over tokens (see [`Kernels::causal_mean`]).
 pub fn causal_mean<B: Kernels>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     tensor(B::causal_mean(primitive(x)))
+}
+
+/// Cross-entropy per row (see [`Kernels::cross_entropy`]): `[n]`.
+pub fn nll<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    tensor(B::nll(primitive(logits), targets.into_primitive()))
 }
 
 /// `a · b` (see [`Kernels::matmul`]).
@@ -288,7 +344,11 @@ mod tests {
 
     /// `ours` (the kernels) and `theirs` (burn's ops), built in that order
     /// from the same `leaves`, agree on value and on the leaves' gradients.
-    fn same_gradients<const D: usize>(leaves: &[Tensor<Ad, D>], ours: Tensor<Ad, D>, theirs: Tensor<Ad, D>) {
+    fn same_gradients<const L: usize, const D: usize>(
+        leaves: &[Tensor<Ad, L>],
+        ours: Tensor<Ad, D>,
+        theirs: Tensor<Ad, D>,
+    ) {
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let w = Tensor::<Ad, D>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
         let g1 = (ours * w.clone()).sum().backward();
@@ -337,5 +397,16 @@ mod tests {
             .assert_approx_eq::<f32>(&x.clone().slice([0..2, 0..1, 0..5]).to_data(), Tolerance::absolute(1e-6));
         let last = ours.slice([0..2, 5..6, 0..5]);
         last.to_data().assert_approx_eq::<f32>(&x.mean_dim(1).to_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn nll_is_the_cross_entropy_of_log_softmax() {
+        let device = Default::default();
+        let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
+        let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+        let ours = super::nll(logits.clone(), targets.clone());
+        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+        let theirs = logp.gather(1, targets.reshape([6, 1])).reshape([6]).neg();
+        same_gradients(std::slice::from_ref(&logits), ours, theirs);
     }
 }

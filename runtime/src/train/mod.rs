@@ -21,13 +21,12 @@ use blkc::span::FileId;
 use blkc::{Code, Diagnostic, MemLoader, SourceMap};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 
 use crate::checkpoint;
-use crate::kernels::{Kernels, TrainKernels};
+use crate::kernels::{self, Kernels, TrainKernels};
 use crate::model::Model;
 use batch::{Batch, Objective, Sampler, Stream};
 use data::{Corpus, Fnv};
@@ -238,11 +237,10 @@ pub fn loss<B: Kernels>(model: &Model<B>, b: &Batch, obj: Objective, device: &B:
     let (inputs, targets, weights) = tensors::<B>(b, device);
     let logits = model.forward(inputs);
     let [rows, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([rows * t, v]), 1);
-    let picked = logp.gather(1, targets).reshape([rows * t]);
+    let nll = kernels::nll(logits.reshape([rows * t, v]), targets.reshape([rows * t]));
     match obj {
-        Objective::Causal => picked.mean().neg(),
-        Objective::Masked { .. } => (picked * weights).sum().div_scalar(b.counted().max(1.0)).neg(),
+        Objective::Causal => nll.mean(),
+        Objective::Masked { .. } => (nll * weights).sum().div_scalar(b.counted().max(1.0)),
     }
 }
 
