@@ -10,7 +10,7 @@ use blkc::graph::{MatrixTerm, Op};
 use blkc_runtime::backend::Cpu;
 use blkc_runtime::model::Model;
 use burn::backend::Autodiff;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Tensor};
 
 type Ad = Autodiff<Cpu>;
 const BATCH: usize = 16;

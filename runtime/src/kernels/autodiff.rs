@@ -111,7 +111,54 @@ impl<B: Kernels> Backward<B, 1> for Nll {
     }
 }
 
+/// RMSNorm or LayerNorm: parents `x`, `scale` (and `bias`, `N = 3`).
+#[derive(Debug)]
+struct Norm;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for Norm {
+    /// `x`, the scale, `rstd`, centred.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, bool);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, scale, rstd, centred) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dx, dscale, dbias) = B::norm_backward(x, scale, rstd, dy, centred);
+        for (parent, grad) in ops.parents.into_iter().zip([dx, dscale, dbias]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn normalise(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        eps: f64,
+        centred: bool,
+    ) -> FloatTensor<Self> {
+        let (y, rstd) = B::norm(
+            x.primitive.clone(),
+            scale.primitive.clone(),
+            bias.as_ref().map(|b| b.primitive.clone()),
+            eps,
+            centred,
+        );
+        let state = (x.primitive, scale.primitive, rstd, centred);
+        match bias {
+            Some(b) => match Norm.prepare::<C>([x.node, scale.node, b.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            None => match Norm.prepare::<C>([x.node, scale.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        }
+    }
+
     fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         let (nll, lse) = B::cross_entropy(logits.primitive.clone(), targets.clone());
         match Nll.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {

@@ -114,6 +114,88 @@ impl Kernels for Flex {
         out.tensor
     }
 
+    fn norm(
+        x: FlexTensor,
+        scale: FlexTensor,
+        bias: Option<FlexTensor>,
+        eps: f64,
+        centred: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let f32s = x.dtype() == DType::F32 && scale.dtype() == DType::F32;
+        if !f32s || x.layout().num_dims() != 2 || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+            return composed::norm::<Flex>(x, scale, bias, eps, centred);
+        }
+        let scale = scale.to_contiguous();
+        let bias = bias.map(|b| b.to_contiguous());
+        let gamma: &[f32] = scale.storage();
+        let beta: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+        let mut out = Rows::new(x);
+        let rows = out.tensor.layout().shape()[0];
+        let mut rstd = vec![0.0f32; rows];
+        let width = out.width();
+        let eps = eps as f32;
+        out.for_each_with(&mut rstd, |row, r| {
+            let mean = if centred { row.iter().sum::<f32>() / width as f32 } else { 0.0 };
+            let ms = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            *r = 1.0 / (ms + eps).sqrt();
+            match beta {
+                Some(beta) => {
+                    for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+                        *v = (*v - mean) * *r * g + b;
+                    }
+                }
+                None => {
+                    for (v, &g) in row.iter_mut().zip(gamma) {
+                        *v = (*v - mean) * *r * g;
+                    }
+                }
+            }
+        });
+        (out.tensor, vector(rstd))
+    }
+
+    fn norm_backward(
+        x: FlexTensor,
+        scale: FlexTensor,
+        rstd: FlexTensor,
+        dy: FlexTensor,
+        centred: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let f32s = [&x, &scale, &rstd, &dy].iter().all(|t| t.dtype() == DType::F32);
+        if !f32s || x.layout().num_dims() != 2 {
+            return composed::norm_backward::<Flex>(x, scale, rstd, dy, centred);
+        }
+        let (x, scale, rstd) = (x.to_contiguous(), scale.to_contiguous(), rstd.to_contiguous());
+        let width = x.layout().shape()[1];
+        let len = x.layout().num_elements();
+        let (xs, gamma, rs): (&[f32], &[f32], &[f32]) = (&x.storage()[..len], scale.storage(), rstd.storage());
+        let mut out = Rows::new(dy);
+        // dscale and dbias first: they need dy, which the rows below overwrite.
+        let (dscale, dbias) = {
+            let dys: &[f32] = &out.tensor.storage()[..len];
+            column_sums(xs, dys, rs, width, centred)
+        };
+        out.for_each(|i, row| {
+            let xr = &xs[i * width..(i + 1) * width];
+            let r = rs[i];
+            let mean = if centred { xr.iter().sum::<f32>() / width as f32 } else { 0.0 };
+            // g = dy ⊙ scale; dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂)).
+            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+            for ((&d, &g), &v) in row.iter().zip(gamma).zip(xr) {
+                let gi = d * g;
+                sum_g += gi;
+                sum_gx += gi * (v - mean) * r;
+            }
+            let mean_g = if centred { sum_g / width as f32 } else { 0.0 };
+            let mean_gx = sum_gx / width as f32;
+            for ((d, &g), &v) in row.iter_mut().zip(gamma).zip(xr) {
+                let xhat = (v - mean) * r;
+                *d = r * (*d * g - mean_g - xhat * mean_gx);
+            }
+        });
+        (out.tensor, vector(dscale), vector(dbias))
+    }
+
     fn cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
         let Some(targets) = indices(&targets).filter(|_| logits.dtype() == DType::F32) else {
             return composed::cross_entropy::<Flex>(logits, targets);
@@ -211,10 +293,10 @@ impl Rows {
         Rows { tensor: if owned { t } else { t.to_contiguous() } }
     }
 
-    /// The length of the last dimension.
+    /// The length of the last dimension (at least 1).
     fn width(&self) -> usize {
         let shape = self.tensor.layout().shape();
-        shape[shape.num_dims() - 1]
+        shape.last().copied().unwrap_or(1).max(1)
     }
 
     /// Calls `f` on every consecutive run of `len` elements (a sequence of
@@ -226,6 +308,19 @@ impl Rows {
             data.par_chunks_mut(len.max(1)).for_each(&f);
         } else {
             data.chunks_mut(len.max(1)).for_each(f);
+        }
+    }
+
+    /// Calls `f(row, &mut out[r])` on every row `r`, one output value per
+    /// row, on several threads when the work is large.
+    fn for_each_with<F: Fn(&mut [f32], &mut f32) + Sync>(&mut self, out: &mut [f32], f: F) {
+        let width = self.width();
+        let n = self.tensor.layout().num_elements();
+        let data = &mut self.tensor.storage_mut::<f32>()[..n];
+        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(width).zip(out.par_iter_mut()).for_each(|(row, o)| f(row, o));
+        } else {
+            data.chunks_mut(width).zip(out.iter_mut()).for_each(|(row, o)| f(row, o));
         }
     }
 
@@ -241,6 +336,38 @@ impl Rows {
             data.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
         }
     }
+}
+
+/// `Σ_rows dy ⊙ x̂` and `Σ_rows dy` for a norm's rows (x̂ recomputed from
+/// `x` and `rstd`), accumulated in f64 over blocks of rows.
+fn column_sums(xs: &[f32], dys: &[f32], rs: &[f32], width: usize, centred: bool) -> (Vec<f32>, Vec<f32>) {
+    let rows_per_block = 64;
+    let block = |(b, (xb, db)): (usize, (&[f32], &[f32]))| {
+        let (mut ds, mut dbias) = (vec![0.0f64; width], vec![0.0f64; width]);
+        for (j, (xr, dr)) in xb.chunks(width).zip(db.chunks(width)).enumerate() {
+            let r = rs[b * rows_per_block + j];
+            let mean = if centred { xr.iter().sum::<f32>() / width as f32 } else { 0.0 };
+            for (k, (&v, &d)) in xr.iter().zip(dr).enumerate() {
+                ds[k] += (d * (v - mean) * r) as f64;
+                dbias[k] += d as f64;
+            }
+        }
+        (ds, dbias)
+    };
+    let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
+        a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+        b.iter_mut().zip(d).for_each(|(x, y)| *x += y);
+        (a, b)
+    };
+    let chunk = rows_per_block * width;
+    let zero = || (vec![0.0f64; width], vec![0.0f64; width]);
+    let (ds, db) = if xs.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+        xs.par_chunks(chunk).zip(dys.par_chunks(chunk)).enumerate().map(block).reduce(zero, add)
+    } else {
+        xs.chunks(chunk).zip(dys.chunks(chunk)).enumerate().map(block).fold(zero(), add)
+    };
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(ds), f(db))
 }
 
 /// An integer tensor's values as indices (i32 or i64 storage), or `None`

@@ -93,6 +93,44 @@ pub trait Kernels: Backend {
         Self::cross_entropy(logits, targets).0
     }
 
+    /// RMSNorm (`centred = false`) or LayerNorm (`centred = true`) over the
+    /// last dimension of `x: [rows, width]`: `(y, rstd)`, with
+    /// `y = x̂ ⊙ scale (+ bias)`, `x̂ = (x − mean?) · rstd` and
+    /// `rstd[r] = 1 / sqrt(mean((x − mean?)²) + eps)` per row.
+    fn norm(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        eps: f64,
+        centred: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::norm::<Self>(x, scale, bias, eps, centred)
+    }
+
+    /// The gradients `(dx, dscale, dbias)` of [`Kernels::norm`] from `dy`:
+    /// with `g = dy ⊙ scale`, `dx = rstd · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`,
+    /// `dscale = Σ_rows dy ⊙ x̂`, `dbias = Σ_rows dy`.
+    fn norm_backward(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        centred: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::norm_backward::<Self>(x, scale, rstd, dy, centred)
+    }
+
+    /// `y` of [`Kernels::norm`] (one graph node on autodiff).
+    fn normalise(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        eps: f64,
+        centred: bool,
+    ) -> FloatTensor<Self> {
+        Self::norm(x, scale, bias, eps, centred).0
+    }
+
     /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
     /// `q, k, v: [batch, heads, tokens, head_dim]`.
     fn softmax_attention(
@@ -188,6 +226,53 @@ mod composed {
         B::float_sub(total, before)
     }
 
+    /// `x − mean` over the last dimension when `centred`.
+    fn centre_rows<B: Backend>(x: Tensor<B, 2>, centred: bool) -> Tensor<B, 2> {
+        if centred {
+            x.clone() - x.mean_dim(1)
+        } else {
+            x
+        }
+    }
+
+    pub fn norm<B: Backend>(
+        x: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        eps: f64,
+        centred: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let x = centre_rows::<B>(tensor(x), centred);
+        let rstd = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
+        let mut y = x * rstd.clone() * tensor::<B, 1>(scale).unsqueeze();
+        if let Some(b) = bias {
+            y = y + tensor::<B, 1>(b).unsqueeze();
+        }
+        let n = rstd.dims()[0];
+        (primitive(y), primitive(rstd.reshape([n])))
+    }
+
+    pub fn norm_backward<B: Backend>(
+        x: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        rstd: FloatTensor<B>,
+        dy: FloatTensor<B>,
+        centred: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let x = centre_rows::<B>(tensor(x), centred);
+        let n = x.dims()[0];
+        let rstd = tensor::<B, 1>(rstd).reshape([n, 1]);
+        let dy = tensor::<B, 2>(dy);
+        let xhat = x * rstd.clone();
+        let g = dy.clone() * tensor::<B, 1>(scale).unsqueeze();
+        let g = if centred { g.clone() - g.mean_dim(1) } else { g };
+        // mean(g ⊙ x̂) is unchanged by centring g, since Σ x̂ = 0 then.
+        let dx = (g.clone() - xhat.clone() * (g * xhat.clone()).mean_dim(1)) * rstd;
+        let dscale = (dy.clone() * xhat).sum_dim(0).squeeze_dim(0);
+        let dbias = dy.sum_dim(0).squeeze_dim(0);
+        (primitive(dx), primitive::<B, 1>(dscale), primitive::<B, 1>(dbias))
+    }
+
     pub fn cross_entropy<B: Backend>(
         logits: FloatTensor<B>,
         targets: IntTensor<B>,
@@ -252,6 +337,22 @@ pub fn scale_groups<B: Kernels, const D: usize>(x: Tensor<B, D>, g: Tensor<B, 1>
 /// The running mean over tokens (see [`Kernels::causal_mean`]).
 pub fn causal_mean<B: Kernels>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     tensor(B::causal_mean(primitive(x)))
+}
+
+/// RMSNorm or LayerNorm over the last dimension (see [`Kernels::norm`]).
+pub fn normalise<B: Kernels, const D: usize>(
+    x: Tensor<B, D>,
+    scale: Tensor<B, 1>,
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+    centred: bool,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let width = dims[D - 1];
+    let rows = x.shape().num_elements() / width.max(1);
+    let x = primitive(x.reshape([rows, width]));
+    let y = B::normalise(x, primitive(scale), bias.map(primitive), eps, centred);
+    tensor::<B, 2>(y).reshape(dims)
 }
 
 /// Cross-entropy per row (see [`Kernels::cross_entropy`]): `[n]`.
@@ -408,5 +509,112 @@ mod tests {
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
         let theirs = logp.gather(1, targets.reshape([6, 1])).reshape([6]).neg();
         same_gradients(std::slice::from_ref(&logits), ours, theirs);
+    }
+
+    /// The norm kernel against the norm written out in burn's ops (the
+    /// formula `layers::norm` used before the kernel), for RMSNorm and
+    /// LayerNorm, gradients of x, scale and bias included.
+    #[test]
+    fn norm_matches_its_formula() {
+        for centred in [false, true] {
+            let (x, scale, bias) = (random::<3>([2, 3, 16]), random::<1>([16]), random::<1>([16]));
+            let x = (x * 3.0 + 1.0).detach().require_grad();
+            let b = centred.then(|| bias.clone());
+            let ours = super::normalise(x.clone(), scale.clone(), b, 1e-5, centred);
+            let xc = if centred { x.clone() - x.clone().mean_dim(2) } else { x.clone() };
+            let rms = (xc.clone().square().mean_dim(2) + 1e-5).sqrt();
+            let mut theirs = xc / rms * scale.clone().unsqueeze::<3>();
+            if centred {
+                theirs = theirs + bias.clone().unsqueeze::<3>();
+            }
+            same_gradients(std::slice::from_ref(&x), ours, theirs);
+            // The parameters' gradients, from graphs built anew.
+            let w = Tensor::<Ad, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &Default::default());
+            let b = centred.then(|| bias.clone());
+            let g1 = (super::normalise(x.clone(), scale.clone(), b, 1e-5, centred) * w.clone()).sum().backward();
+            let xc = if centred { x.clone() - x.clone().mean_dim(2) } else { x.clone() };
+            let rms = (xc.clone().square().mean_dim(2) + 1e-5).sqrt();
+            let mut theirs = xc / rms * scale.clone().unsqueeze::<3>();
+            if centred {
+                theirs = theirs + bias.clone().unsqueeze::<3>();
+            }
+            let g2 = (theirs * w).sum().backward();
+            let mut params = vec![&scale];
+            if centred {
+                params.push(&bias);
+            }
+            for p in params {
+                let (ours, theirs) = (p.grad(&g1).expect("kernel gradient"), p.grad(&g2).expect("burn gradient"));
+                ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
+            }
+        }
+    }
+
+    /// Each fused CPU kernel equals its composition from burn's ops (the
+    /// path of the other backends), forward and backward.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn fused_kernels_equal_their_compositions() {
+        use burn::tensor::ops::FloatTensorOps;
+        use burn::tensor::Int;
+
+        use super::{composed, primitive, tensor, Kernels};
+        type C = Cpu;
+        let d = Default::default();
+        let r = |shape: [usize; 2]| primitive(Tensor::<C, 2>::random(shape, Distribution::Normal(0.0, 2.0), &d));
+        let same = |a: burn::tensor::ops::FloatTensor<C>, b: burn::tensor::ops::FloatTensor<C>| {
+            tensor::<C, 2>(a)
+                .to_data()
+                .assert_approx_eq::<f32>(&tensor::<C, 2>(b).to_data(), Tolerance::absolute(1e-4));
+        };
+        let same1 = |a: burn::tensor::ops::FloatTensor<C>, b: burn::tensor::ops::FloatTensor<C>| {
+            tensor::<C, 1>(a)
+                .to_data()
+                .assert_approx_eq::<f32>(&tensor::<C, 1>(b).to_data(), Tolerance::absolute(1e-3));
+        };
+        let (x, dy, scale, bias) =
+            (r([9, 24]), r([9, 24]), primitive(Tensor::<C, 1>::ones([24], &d) * 1.5), r([1, 24]));
+        let bias = C::float_reshape(bias, [24].into());
+        for centred in [false, true] {
+            let (y1, s1) = <C as Kernels>::norm(x.clone(), scale.clone(), Some(bias.clone()), 1e-6, centred);
+            let (y2, s2) = composed::norm::<C>(x.clone(), scale.clone(), Some(bias.clone()), 1e-6, centred);
+            same(y1, y2);
+            same1(s1.clone(), s2);
+            let (a1, b1, c1) = <C as Kernels>::norm_backward(x.clone(), scale.clone(), s1.clone(), dy.clone(), centred);
+            let (a2, b2, c2) = composed::norm_backward::<C>(x.clone(), scale.clone(), s1, dy.clone(), centred);
+            same(a1, a2);
+            same1(b1, b2);
+            same1(c1, c2);
+        }
+        let targets = Tensor::<C, 1, Int>::from_ints([3, 0, 23, 5, 5, 1, 2, 9, 17], &d).into_primitive();
+        let (n1, l1) = <C as Kernels>::cross_entropy(x.clone(), targets.clone());
+        let (n2, l2) = composed::cross_entropy::<C>(x.clone(), targets.clone());
+        same1(n1, n2);
+        same1(l1.clone(), l2);
+        let g = primitive(Tensor::<C, 1>::random([9], Distribution::Normal(0.0, 1.0), &d));
+        let d1 = <C as Kernels>::cross_entropy_backward(x.clone(), l1.clone(), targets.clone(), g.clone());
+        let d2 = composed::cross_entropy_backward::<C>(x.clone(), l1, targets, g);
+        same(d1, d2);
+        let x3 = C::float_reshape(x.clone(), [3, 3, 24].into());
+        let t3 = |p| tensor::<C, 3>(p).reshape([9, 24]);
+        let (m1, m2) = (<C as Kernels>::causal_mean(x3.clone()), composed::causal_mean::<C>(x3.clone()));
+        same(primitive(t3(m1)), primitive(t3(m2)));
+        let (m1, m2) = (<C as Kernels>::causal_mean_backward(x3.clone()), composed::causal_mean_backward::<C>(x3));
+        same(primitive(t3(m1)), primitive(t3(m2)));
+        let g4 = primitive(Tensor::<C, 1>::from_floats([0.5, -2.0, 3.0, 1.0], &d));
+        same(<C as Kernels>::scale_groups(x.clone(), g4.clone()), composed::scale_groups::<C>(x.clone(), g4));
+        same1(<C as Kernels>::scale_groups_grad(x.clone(), dy.clone(), 4), composed::scale_groups_grad::<C>(x, dy, 4));
+        // Attention weights: [2, 2, 6, 6] scores, causal or not.
+        let (s4, dp) = (r([4, 36]), r([4, 36]));
+        let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
+        let flat = |p| C::float_reshape(p, [4, 36].into());
+        for causal in [false, true] {
+            let p1 = <C as Kernels>::softmax_scores(four(s4.clone()), 0.7, causal);
+            let p2 = composed::softmax_scores::<C>(four(s4.clone()), 0.7, causal);
+            same(flat(p1.clone()), flat(p2));
+            let d1 = <C as Kernels>::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
+            let d2 = composed::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);
+            same(flat(d1), flat(d2));
+        }
     }
 }

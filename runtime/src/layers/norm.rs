@@ -6,6 +6,8 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::kernels::{self, Kernels};
+
 #[derive(Module, Debug)]
 pub struct Norm<B: Backend> {
     pub scale: Param<Tensor<B, 1>>,
@@ -21,14 +23,13 @@ impl<B: Backend> Norm<B> {
         Norm { scale: super::init::param(Tensor::ones([width], device)), bias, eps: ir.eps }
     }
 
-    /// `x / sqrt(mean(x²) + ε) · scale (+ bias)`, LayerNorm centring first.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let x = if self.bias.is_some() { x.clone() - x.mean_dim(D - 1) } else { x };
-        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
-        let y = (x / rms) * self.scale.val().unsqueeze();
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze(),
-            None => y,
-        }
+    /// `x / sqrt(mean(x²) + ε) · scale (+ bias)`, LayerNorm centring first
+    /// (one kernel: `kernels::normalise`).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: Kernels,
+    {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        kernels::normalise(x, self.scale.val(), bias, self.eps, self.bias.is_some())
     }
 }
