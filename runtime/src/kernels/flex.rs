@@ -13,7 +13,7 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{composed, Kernels};
+use super::{composed, AdamStep, Kernels};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -112,6 +112,38 @@ impl Kernels for Flex {
             }
         });
         out.tensor
+    }
+
+    fn adam(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        k: AdamStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if [&p, &g, &m, &v].iter().any(|t| t.dtype() != DType::F32) {
+            return composed::adam::<Flex>(p, g, m, v, k);
+        }
+        let g = g.to_contiguous();
+        let n = g.layout().num_elements();
+        let gs: &[f32] = &g.storage()[..n];
+        let (mut p, mut m, mut v) = (Rows::new(p), Rows::new(m), Rows::new(v));
+        let f = |x: f64| x as f32;
+        let (lr, b1, b2, eps) = (f(k.lr / k.bc1), f(k.beta1), f(k.beta2), f(k.eps));
+        let (inv_bc2, scale, l2, keep) = (f(1.0 / k.bc2), f(k.grad_scale), f(k.l2), f(1.0 - k.decay));
+        let (ps, ms, vs) = (p.all(), m.all(), v.all());
+        let update = |(((p, m), v), &g): (((&mut f32, &mut f32), &mut f32), &f32)| {
+            let g = g * scale + l2 * *p;
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p = *p * keep - lr * *m / ((*v * inv_bc2).sqrt() + eps);
+        };
+        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(gs.par_iter()).for_each(update);
+        } else {
+            ps.iter_mut().zip(ms.iter_mut()).zip(vs.iter_mut()).zip(gs.iter()).for_each(update);
+        }
+        (p.tensor, m.tensor, v.tensor)
     }
 
     fn norm(
@@ -291,6 +323,12 @@ impl Rows {
     fn new(t: FlexTensor) -> Self {
         let owned = t.is_unique() && t.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
         Rows { tensor: if owned { t } else { t.to_contiguous() } }
+    }
+
+    /// All the elements.
+    fn all(&mut self) -> &mut [f32] {
+        let n = self.tensor.layout().num_elements();
+        &mut self.tensor.storage_mut::<f32>()[..n]
     }
 
     /// The length of the last dimension (at least 1).

@@ -23,8 +23,38 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
+/// The constants of one Adam(W) update of one parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    pub bc1: f64,
+    pub bc2: f64,
+    /// Multiplier of the gradient (clipping).
+    pub grad_scale: f64,
+    /// L2 term added to the gradient (Adam's weight decay).
+    pub l2: f64,
+    /// Decoupled decay: the parameter is multiplied by `1 − decay` (AdamW).
+    pub decay: f64,
+}
+
 /// A backend with blkc's kernels.
 pub trait Kernels: Backend {
+    /// One Adam(W) update of `p` (flat, `[n]`) with gradient `g` and
+    /// moments `m`, `v`: returns the new `(p, m, v)`.
+    fn adam(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        k: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::adam::<Self>(p, g, m, v, k)
+    }
+
     /// `a · b` for `a: [..., m, k]`, `b: [..., k, n]` with equal leading
     /// dimensions (no broadcasting).
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -224,6 +254,22 @@ mod composed {
         let total = B::float_sum_dim(z.clone(), 1);
         let before = B::float_sub(B::float_cumsum(z.clone(), 1), z);
         B::float_sub(total, before)
+    }
+
+    pub fn adam<B: Backend>(
+        p: FloatTensor<B>,
+        g: FloatTensor<B>,
+        m: FloatTensor<B>,
+        v: FloatTensor<B>,
+        k: super::AdamStep,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let (p, g) = (tensor::<B, 1>(p), tensor::<B, 1>(g).mul_scalar(k.grad_scale));
+        let g = if k.l2 > 0.0 { g + p.clone().mul_scalar(k.l2) } else { g };
+        let m = tensor::<B, 1>(m).mul_scalar(k.beta1) + g.clone().mul_scalar(1.0 - k.beta1);
+        let v = tensor::<B, 1>(v).mul_scalar(k.beta2) + (g.clone() * g).mul_scalar(1.0 - k.beta2);
+        let step = m.clone().div(v.clone().div_scalar(k.bc2).sqrt().add_scalar(k.eps)).mul_scalar(k.lr / k.bc1);
+        let p = if k.decay > 0.0 { p.mul_scalar(1.0 - k.decay) } else { p };
+        (primitive(p - step), primitive(m), primitive(v))
     }
 
     /// `x − mean` over the last dimension when `centred`.
@@ -603,7 +649,30 @@ mod tests {
         same(primitive(t3(m1)), primitive(t3(m2)));
         let g4 = primitive(Tensor::<C, 1>::from_floats([0.5, -2.0, 3.0, 1.0], &d));
         same(<C as Kernels>::scale_groups(x.clone(), g4.clone()), composed::scale_groups::<C>(x.clone(), g4));
-        same1(<C as Kernels>::scale_groups_grad(x.clone(), dy.clone(), 4), composed::scale_groups_grad::<C>(x, dy, 4));
+        same1(
+            <C as Kernels>::scale_groups_grad(x.clone(), dy.clone(), 4),
+            composed::scale_groups_grad::<C>(x.clone(), dy.clone(), 4),
+        );
+        // Adam with an L2 term and AdamW's decoupled decay at once.
+        let flat9 = |p| C::float_reshape(p, [216].into());
+        let (p, g, m) = (flat9(x.clone()), flat9(dy.clone()), flat9(r([9, 24])));
+        let v = C::float_abs(flat9(r([9, 24])));
+        let k = super::AdamStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            bc1: 0.19,
+            bc2: 0.0975,
+            grad_scale: 0.5,
+            l2: 0.1,
+            decay: 0.001,
+        };
+        let (p1, m1, v1) = <C as Kernels>::adam(p.clone(), g.clone(), m.clone(), v.clone(), k);
+        let (p2, m2, v2) = composed::adam::<C>(p, g, m, v, k);
+        same1(p1, p2);
+        same1(m1, m2);
+        same1(v1, v2);
         // Attention weights: [2, 2, 6, 6] scores, causal or not.
         let (s4, dp) = (r([4, 36]), r([4, 36]));
         let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());

@@ -15,7 +15,9 @@ use std::path::Path;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
+
+use crate::kernels::{AdamStep, Kernels};
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,61 +87,6 @@ impl<B: Backend> Optimizer<B> {
         Optimizer { config, t: 0, moments: HashMap::new() }
     }
 
-    /// One update of `model` with `grads` at learning rate `lr`. Returns
-    /// the model and the global gradient norm before clipping.
-    pub fn step<AB, M>(&mut self, model: M, lr: f64, mut grads: GradientsParams) -> (M, f64)
-    where
-        AB: AutodiffBackend<InnerBackend = B>,
-        M: AutodiffModule<AB>,
-    {
-        let mut norm = SquaredNorm::<AB> { grads: &grads, total: None };
-        model.visit(&mut norm);
-        let norm = norm.total.map_or(0.0, |t| f64::from(t.into_scalar().elem::<f32>()).sqrt());
-        let scale = if self.config.clip > 0.0 && norm > self.config.clip { self.config.clip / norm } else { 1.0 };
-        self.t += 1;
-        let mut update = Update::<AB> { opt: self, grads: &mut grads, lr, scale, path: Vec::new() };
-        let model = model.map(&mut update);
-        (model, norm)
-    }
-
-    fn update<const D: usize>(
-        &mut self,
-        name: String,
-        p: Tensor<B, D>,
-        g: Tensor<B, D>,
-        lr: f64,
-        scale: f64,
-    ) -> Tensor<B, D> {
-        let c = self.config;
-        let dims = p.dims();
-        let n = p.shape().num_elements();
-        let (p, g) = (p.reshape([n]), g.reshape([n]).mul_scalar(scale));
-        let wd = if decays(D) { c.weight_decay } else { 0.0 };
-        let updated = match c.rule {
-            Rule::Sgd => {
-                let g = if wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
-                p - g.mul_scalar(lr)
-            }
-            Rule::AdamW | Rule::Adam => {
-                let g = if c.rule == Rule::Adam && wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
-                let device = p.device();
-                let st = self
-                    .moments
-                    .remove(&name)
-                    .unwrap_or_else(|| Moments { m: Tensor::zeros([n], &device), v: Tensor::zeros([n], &device) });
-                let m = st.m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-                let v = st.v.mul_scalar(c.beta2) + (g.clone() * g).mul_scalar(1.0 - c.beta2);
-                let t = self.t as i32;
-                let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-                let step = m.clone().div(v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps)).mul_scalar(lr / bc1);
-                let decayed = if c.rule == Rule::AdamW && wd > 0.0 { p.mul_scalar(1.0 - lr * wd) } else { p };
-                self.moments.insert(name, Moments { m, v });
-                decayed - step
-            }
-        };
-        updated.reshape(dims)
-    }
-
     /// Writes the state to `path` (little-endian f32, names sorted).
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let mut out = Vec::new();
@@ -190,6 +137,73 @@ impl<B: Backend> Optimizer<B> {
             return Err(bad("trailing bytes"));
         }
         Ok(Optimizer { config, t, moments })
+    }
+}
+
+impl<B: Kernels> Optimizer<B> {
+    /// One update of `model` with `grads` at learning rate `lr`. Returns
+    /// the model and the global gradient norm before clipping.
+    pub fn step<AB, M>(&mut self, model: M, lr: f64, mut grads: GradientsParams) -> (M, f64)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut norm = SquaredNorm::<AB> { grads: &grads, total: None };
+        model.visit(&mut norm);
+        let norm = norm.total.map_or(0.0, |t| f64::from(t.into_scalar().elem::<f32>()).sqrt());
+        let scale = if self.config.clip > 0.0 && norm > self.config.clip { self.config.clip / norm } else { 1.0 };
+        self.t += 1;
+        let mut update = Update::<AB> { opt: self, grads: &mut grads, lr, scale, path: Vec::new() };
+        let model = model.map(&mut update);
+        (model, norm)
+    }
+
+    fn update<const D: usize>(
+        &mut self,
+        name: String,
+        p: Tensor<B, D>,
+        g: Tensor<B, D>,
+        lr: f64,
+        scale: f64,
+    ) -> Tensor<B, D> {
+        let c = self.config;
+        let dims = p.dims();
+        let n = p.shape().num_elements();
+        let (p, g) = (p.reshape([n]), g.reshape([n]));
+        let wd = if decays(D) { c.weight_decay } else { 0.0 };
+        let updated = match c.rule {
+            Rule::Sgd => {
+                let g = g.mul_scalar(scale);
+                let g = if wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
+                p - g.mul_scalar(lr)
+            }
+            Rule::AdamW | Rule::Adam => {
+                let device = p.device();
+                let st = self
+                    .moments
+                    .remove(&name)
+                    .unwrap_or_else(|| Moments { m: Tensor::zeros([n], &device), v: Tensor::zeros([n], &device) });
+                let t = self.t as i32;
+                let adamw = c.rule == Rule::AdamW;
+                let k = AdamStep {
+                    lr,
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    bc1: 1.0 - c.beta1.powi(t),
+                    bc2: 1.0 - c.beta2.powi(t),
+                    grad_scale: scale,
+                    l2: if adamw { 0.0 } else { wd },
+                    decay: if adamw { lr * wd } else { 0.0 },
+                };
+                let prim = |x: Tensor<B, 1>| x.into_primitive().tensor();
+                let (p, m, v) = B::adam(prim(p), prim(g), prim(st.m), prim(st.v), k);
+                let tensor = |x| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x));
+                self.moments.insert(name, Moments { m: tensor(m), v: tensor(v) });
+                tensor(p)
+            }
+        };
+        updated.reshape(dims)
     }
 }
 
@@ -249,7 +263,7 @@ struct Update<'a, AB: AutodiffBackend> {
     path: Vec<String>,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB> {
+impl<AB: AutodiffBackend<InnerBackend: Kernels>> ModuleMapper<AB> for Update<'_, AB> {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
