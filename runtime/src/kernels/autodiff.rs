@@ -46,7 +46,7 @@ impl<B: Kernels> Backward<B, 3> for Attention {
         let g = grads.consume::<B>(&ops.node);
         let [nq, nk, nv] = ops.parents;
         if let Some(node) = nv {
-            grads.register::<B>(node.id, B::matmul(B::float_transpose(p.clone()), g.clone()));
+            grads.register::<B>(node.id, B::matmul_token_major(B::float_transpose(p.clone()), g.clone()));
         }
         if nq.is_none() && nk.is_none() {
             return;
@@ -54,10 +54,10 @@ impl<B: Kernels> Backward<B, 3> for Attention {
         let dp = B::matmul(g, B::float_transpose(v));
         let ds = B::softmax_scores_backward(p, dp, scale);
         if let Some(node) = nq {
-            grads.register::<B>(node.id, B::matmul(ds.clone(), k));
+            grads.register::<B>(node.id, B::matmul_token_major(ds.clone(), k));
         }
         if let Some(node) = nk {
-            grads.register::<B>(node.id, B::matmul(B::float_transpose(ds), q));
+            grads.register::<B>(node.id, B::matmul_token_major(B::float_transpose(ds), q));
         }
     }
 }
@@ -195,7 +195,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
         let s = B::matmul(q.primitive.clone(), B::float_transpose(k.primitive.clone()));
         let p = B::softmax_scores(s, scale, causal);
-        let o = B::matmul(p.clone(), v.primitive.clone());
+        let o = B::matmul_token_major(p.clone(), v.primitive.clone());
         match Attention.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, p, scale), o),
             OpsKind::UnTracked(prep) => prep.finish(o),

@@ -23,7 +23,11 @@ const PARALLEL_ELEMENTS: usize = 1 << 16;
 
 impl Kernels for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        matmul(a, b).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+        matmul(a, b, false).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+    }
+
+    fn matmul_token_major(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        matmul(a, b, true).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
     fn scale_groups(x: FlexTensor, g: FlexTensor) -> FlexTensor {
@@ -450,10 +454,36 @@ fn matrix_offsets(layout: &Layout) -> Vec<isize> {
         .collect()
 }
 
+/// The output pointer of a product, shared by the threads that write
+/// disjoint matrices of it.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+
+// SAFETY: each thread writes only the matrix of its own batch index; the
+// matrices are disjoint (see `matmul`).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// The pointer `offset` elements further.
+    ///
+    /// # Safety
+    /// `offset` must lie within the allocation `self` points into.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// `a · b` by `gemm`, or the operands back when this kernel does not apply
 /// (not f32, ranks or leading dimensions differ, an empty dimension).
+///
+/// With `token_major` (rank 4, `[batch, heads, tokens, n]`), the output is
+/// stored as `[batch, tokens, heads, n]` — the strides of a head split — so
+/// that merging the heads back (`swap_dims(1, 2)` then `reshape`) costs no
+/// copy.
 #[allow(clippy::result_large_err)]
-fn matmul(a: FlexTensor, b: FlexTensor) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
+fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
     let (la, lb) = (a.layout(), b.layout());
     let rank = la.num_dims();
     let (sa, sb) = (la.shape(), lb.shape());
@@ -474,22 +504,34 @@ fn matmul(a: FlexTensor, b: FlexTensor) -> Result<FlexTensor, (FlexTensor, FlexT
     let (b_rs, b_cs) = (lb.strides()[rank - 2], lb.strides()[rank - 1]);
     let (da, db): (&[f32], &[f32]) = (a.storage(), b.storage());
     let batch = oa.len();
+    let mut shape = sa.clone();
+    shape[rank - 1] = n;
+    // Where matrix `i` of the output starts, its row stride, and the layout.
+    let (start, out_rs, layout): (Box<dyn Fn(usize) -> usize + Sync>, usize, Layout) = if token_major && rank == 4 {
+        let heads = sa[1];
+        let strides = vec![(m * heads * n) as isize, n as isize, (heads * n) as isize, 1];
+        (Box::new(move |i| (i / heads) * m * heads * n + (i % heads) * n), heads * n, Layout::new(shape, strides, 0))
+    } else {
+        (Box::new(move |i| i * m * n), n, Layout::contiguous(shape))
+    };
     let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
-    let one = |dst: *mut f32, i: usize, par: gemm::Parallelism| {
+    let dst = Dst(out.spare_capacity_mut().as_mut_ptr().cast());
+    let one = |i: usize, par: gemm::Parallelism| {
         // SAFETY: `oa[i]`, `ob[i]` and the strides come from the operands'
         // own layouts, so every element gemm reads (`offset + r·rs + c·cs`
-        // for r < m or k, c < k or n) lies inside their storage; `dst`
-        // points at `m·n` writable elements of `out`'s spare capacity,
-        // disjoint between calls, and `read_dst = false` means gemm writes
-        // every one of them and reads none.
+        // for r < m or k, c < k or n) lies inside their storage. Matrix `i`
+        // of the output is the `m × n` elements at `start(i) + r·out_rs + c`,
+        // inside the `batch·m·n` capacity of `out` and disjoint between
+        // batch indices (both layouts are permutations of the elements);
+        // `read_dst = false` means gemm writes every one of them, reads none.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst,
+                dst.at(start(i)),
                 1,
-                n as isize,
+                out_rs as isize,
                 false,
                 da.as_ptr().offset(oa[i]),
                 a_cs,
@@ -507,21 +549,13 @@ fn matmul(a: FlexTensor, b: FlexTensor) -> Result<FlexTensor, (FlexTensor, FlexT
         }
     };
     let work = m * n * k;
-    let spare = &mut out.spare_capacity_mut()[..batch * m * n];
     if batch > 1 && work < PARALLEL_WORK && rayon::current_num_threads() > 1 {
-        spare
-            .par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(i, c)| one(c.as_mut_ptr().cast(), i, gemm::Parallelism::None));
+        (0..batch).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     } else {
         let par = if work >= PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-        for (i, c) in spare.chunks_mut(m * n).enumerate() {
-            one(c.as_mut_ptr().cast(), i, par);
-        }
+        (0..batch).for_each(|i| one(i, par));
     }
-    // SAFETY: the loop above wrote all `batch·m·n` elements.
+    // SAFETY: the products above wrote all `batch·m·n` elements.
     unsafe { out.set_len(batch * m * n) };
-    let mut shape = sa.clone();
-    shape[rank - 1] = n;
-    Ok(FlexTensor::new(burn::tensor::Bytes::from_elems(out), Layout::contiguous(shape), DType::F32))
+    Ok(FlexTensor::new(burn::tensor::Bytes::from_elems(out), layout, DType::F32))
 }

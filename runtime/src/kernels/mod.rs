@@ -61,6 +61,14 @@ pub trait Kernels: Backend {
         Self::float_matmul(a, b)
     }
 
+    /// [`Kernels::matmul`] of `[batch, heads, tokens, n]` products whose
+    /// output a backend may store token-major (`[batch, tokens, heads, n]`
+    /// in memory), so that merging heads back is free; the values are those
+    /// of `matmul`.
+    fn matmul_token_major(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::matmul(a, b)
+    }
+
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over
     /// the last dimension of `scale · s`, with the future (`j > i`) weighted
     /// 0 when `causal`.
@@ -171,7 +179,7 @@ pub trait Kernels: Backend {
         causal: bool,
     ) -> FloatTensor<Self> {
         let s = Self::matmul(q, Self::float_transpose(k));
-        Self::matmul(Self::softmax_scores(s, scale, causal), v)
+        Self::matmul_token_major(Self::softmax_scores(s, scale, causal), v)
     }
 }
 
