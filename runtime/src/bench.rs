@@ -48,8 +48,10 @@ pub struct Record {
     pub tokens_per_s: f64,
     /// Training FLOPs (3 × forward) per second achieved.
     pub gflops: f64,
-    /// Memory one training step adds at its peak, in MiB: the process's
-    /// peak resident set during the step less its size before (CPU, Linux).
+    /// Memory one training step allocates at its peak, in MiB: the most
+    /// host bytes in use during the step less those in use before (counted
+    /// by the `blkc` binary's allocator; `None` without it). On CUDA this is
+    /// host memory only.
     pub peak_mib: Option<f64>,
     /// Step-time speed relative to the first model (first / this).
     pub speed_vs_first: f64,
@@ -83,20 +85,6 @@ pub fn random_batch(m: &ModelIr, rows: usize, seed: u64) -> Batch {
     let inputs: Vec<i64> = (0..rows * t).map(|_| draw()).collect();
     let targets: Vec<i64> = (0..rows * t).map(|_| draw()).collect();
     Batch { rows, context: t, inputs, targets, weights: vec![1.0; rows * t] }
-}
-
-/// A memory figure of this process from /proc (Linux only), in MiB:
-/// `VmHWM` (peak since the last reset) or `VmRSS` (now).
-fn memory(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Resets the peak RSS counter to the current RSS (Linux ≥ 4.0).
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn train_step<B: TrainKernels>(e: &mut Entry<B>, device: &B::Device) -> f64 {
@@ -150,13 +138,17 @@ pub fn run<B: TrainKernels>(
             peak: None,
         })
         .collect();
-    // Warm-up, and the peak memory of one step of each model alone.
+    // Warm-up, and the peak memory of one step of each model.
     for e in entries.iter_mut() {
         for w in 0..plan.warmup.max(1) {
-            let before = if w == 0 && reset_peak() { memory("VmRSS:") } else { None };
+            // The last warm-up step: the optimiser's moments exist by then
+            // (unless there is a single warm-up step).
+            let last = w + 1 == plan.warmup.max(1);
+            let before = if last { crate::kernels::alloc::start_peak() } else { None };
             train_step(e, device);
-            if let (Some(b), Some(peak)) = (before, memory("VmHWM:")) {
-                e.peak = Some(peak - b);
+            if let Some(b) = before {
+                let bytes = crate::kernels::alloc::peak().saturating_sub(b);
+                e.peak = Some(bytes as f64 / (1024.0 * 1024.0));
             }
             forward(e, device);
         }

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use blkc_runtime::cli::{self, Cli, Command};
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: blkc_runtime::kernels::alloc::Counting = blkc_runtime::kernels::alloc::Counting;
+
 fn main() -> ExitCode {
     blkc_runtime::kernels::alloc::keep_freed_memory();
     let args = Cli::parse();

@@ -24,6 +24,17 @@ pub enum Step {
     Sum(Vec<(Scalar, NodeId)>),
 }
 
+impl Step {
+    /// The nodes this step reads (a node read twice is listed twice).
+    fn inputs(&self) -> Vec<NodeId> {
+        match self {
+            Step::Input => Vec::new(),
+            Step::Norm(_, n) | Step::Attention(_, n) | Step::Mlp(_, n) => vec![*n],
+            Step::Sum(terms) => terms.iter().map(|(_, n)| *n).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub steps: Vec<Step>,
@@ -84,20 +95,39 @@ impl<B: Kernels> Block<B> {
         b
     }
 
-    /// Every node's output, in graph order.
-    pub fn nodes(&self, x: Tensor<B, 3>) -> Vec<Tensor<B, 3>> {
+    /// The block's output. Each node's output is dropped after its last
+    /// use, so that tensors are freed (and updated in place) as early as in
+    /// a block written by hand.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = x.device();
-        let mut out: Vec<Tensor<B, 3>> = Vec::with_capacity(self.plan.steps.len());
-        for step in &self.plan.steps {
+        let steps = &self.plan.steps;
+        // How many reads of each node remain; the output's never reaches 0.
+        let mut remaining = vec![0usize; steps.len()];
+        for step in steps {
+            for input in step.inputs() {
+                remaining[input] += 1;
+            }
+        }
+        if let Some(r) = remaining.get_mut(self.plan.out) {
+            *r += 1;
+        }
+        let mut out: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(steps.len());
+        let mut x = Some(x);
+        for step in steps {
+            let mut read = |n: NodeId| -> Tensor<B, 3> {
+                remaining[n] -= 1;
+                let t = if remaining[n] == 0 { out[n].take() } else { out[n].clone() };
+                t.expect("a node is read after it is computed and before its last use")
+            };
             let y = match step {
-                Step::Input => x.clone(),
-                Step::Norm(i, input) => self.norms[*i].forward(out[*input].clone()),
-                Step::Attention(i, input) => self.attention[*i].forward(out[*input].clone()),
-                Step::Mlp(i, input) => self.mlp[*i].forward(out[*input].clone()),
+                Step::Input => x.take().expect("one input step"),
+                Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
+                Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
+                Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
                 Step::Sum(terms) => {
                     let mut acc: Option<Tensor<B, 3>> = None;
                     for (gain, input) in terms {
-                        let t = out[*input].clone();
+                        let t = read(*input);
                         let t = match scalar::constant(gain, &self.plan.slots, &self.plan.env) {
                             Some(1.0) => t,
                             Some(c) => t * c,
@@ -111,16 +141,11 @@ impl<B: Kernels> Block<B> {
                             None => t,
                         });
                     }
-                    acc.unwrap_or_else(|| x.zeros_like())
+                    acc.expect("a sum has at least one term")
                 }
             };
-            out.push(y);
+            out.push(Some(y));
         }
-        out
-    }
-
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let out = self.plan.out;
-        self.nodes(x).swap_remove(out)
+        out.swap_remove(self.plan.out).expect("the output node is kept")
     }
 }
