@@ -51,6 +51,19 @@ fn dense(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
     }
 }
 
+/// `relu(x · w)`: blkc's fused kernel, or burn's product and ReLU.
+fn up_relu(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
+    match ops {
+        Ops::Kernels => {
+            let [b, t, k] = x.dims();
+            let y = kernels::matmul_relu(x.reshape([b * t, k]), w);
+            let n = y.dims()[1];
+            y.reshape([b, t, n])
+        }
+        Ops::Stock => relu(dense(x, w, ops)),
+    }
+}
+
 /// The Pre-LN network of `m`'s weights, written out: `h = x + attn(rms(x))`,
 /// `out = h + mlp(rms(h))`, final LayerNorm, tied head; mean cross-entropy.
 fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 1, Int>, ops: Ops) -> Tensor<Ad, 1> {
@@ -79,10 +92,11 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
             }
         };
         let o = o.swap_dims(1, 2).reshape([b, t, h * hd]);
-        x = x + dense(o, weight(&a.proj.weight), ops);
+        // Branch first: its fresh output is then updated in place.
+        x = dense(o, weight(&a.proj.weight), ops) + x;
         let n = rms(x.clone(), blk.norms[1].scale.val(), blk.norms[1].eps, ops);
         let mlp = &blk.mlp[0];
-        x = x + dense(relu(dense(n, mlp.up.val(), ops)), mlp.down.val(), ops);
+        x = dense(up_relu(n, mlp.up.val(), ops), mlp.down.val(), ops) + x;
     }
     let f = m.final_norm.as_ref().expect("final norm");
     let bias = f.bias.as_ref().expect("layernorm").val();

@@ -8,10 +8,11 @@ use blkc::graph::{Model as ModelIr, Program};
 use blkc::signal::kernel::{effective_rank, mean_cosine, scale, Input};
 use blkc::signal::{trace, Ablation, AttentionMode, Detail, Dims, Mat, Options};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde::Serialize;
 
 use crate::kernels::Kernels;
+use crate::layers::init::Rng;
 use crate::model::Model;
 
 /// Largest vocabulary built for a measurement: the statistics of the
@@ -92,7 +93,6 @@ fn draw<B: Kernels>(
     device: &B::Device,
 ) -> (Vec<[f64; 3]>, Mat) {
     let model = Model::<B>::build(p, m, seed, device);
-    B::seed(device, seed.wrapping_add(0x5EED));
     let sequences = setup.sequences;
     let tokens: Tensor<B, 2, Int> = match &setup.data {
         // Real text: byte tokens, folded into the vocabulary.
@@ -104,7 +104,11 @@ fn draw<B: Kernels>(
                 .collect();
             Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape([sequences, t])
         }
-        None => Tensor::<B, 2>::random([sequences, t], Distribution::Uniform(0.0, m.vocab as f64), device).int(),
+        None => {
+            let mut rng = Rng::new(seed.wrapping_add(0x5EED));
+            let ids: Vec<i64> = (0..sequences * t).map(|_| (rng.uniform() * m.vocab as f64) as i64).collect();
+            Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape([sequences, t])
+        }
     };
     let per_seq = |x: Tensor<B, 3>| -> Vec<Mat> {
         (0..sequences).map(|s| kernel(x.clone().narrow(0, s, 1).reshape([t, m.width as usize]))).collect()

@@ -10,7 +10,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::kernels::Kernels;
 use crate::layers::block::Block;
-use crate::layers::init::{param, weight};
+use crate::layers::init::{param, weight, Rng};
 use crate::layers::norm::Norm;
 
 #[derive(Module, Debug)]
@@ -28,9 +28,10 @@ pub struct Model<B: Backend> {
 }
 
 impl<B: Kernels> Model<B> {
-    /// Builds `m` with the block of `p` at init; `seed` fixes every draw.
+    /// Builds `m` with the block of `p` at init; `seed` fixes every draw
+    /// (made on the host: the same weights on every backend).
     pub fn build(p: &Program, m: &ModelIr, seed: u64, device: &B::Device) -> Self {
-        B::seed(device, seed);
+        let mut rng = Rng::new(seed);
         let (d, h) = (m.width as usize, m.heads as usize);
         let block = &p.blocks[m.block];
         let env = |layer: u64| Env {
@@ -39,15 +40,19 @@ impl<B: Kernels> Model<B> {
             heads: m.heads as f64,
             layer: layer as f64,
         };
-        let embedding = param(weight(&m.embed_init, m.vocab as usize, d, &env(0), device));
+        let embedding = param(weight(&m.embed_init, m.vocab as usize, d, &env(0), &mut rng, device));
         let positions = match m.positions {
-            Positions::Learned { max } => Some(param(weight(&m.embed_init, max as usize, d, &env(0), device))),
+            Positions::Learned { max } => {
+                Some(param(weight(&m.embed_init, max as usize, d, &env(0), &mut rng, device)))
+            }
             _ => None,
         };
-        let blocks =
-            (0..m.depth).map(|l| Block::build(block.graph_at(l, m.depth), d, h, m.mask, &env(l), device)).collect();
+        let blocks = (0..m.depth)
+            .map(|l| Block::build(block.graph_at(l, m.depth), d, h, m.mask, &env(l), &mut rng, device))
+            .collect();
         let final_norm = m.final_norm.map(|n| Norm::build(&n, d, device));
-        let head = (!m.tied_embeddings).then(|| param(weight(&m.embed_init, d, m.vocab as usize, &env(0), device)));
+        let head =
+            (!m.tied_embeddings).then(|| param(weight(&m.embed_init, d, m.vocab as usize, &env(0), &mut rng, device)));
         Model { embedding, positions, blocks, final_norm, head, sinusoidal: m.positions == Positions::Sinusoidal }
     }
 

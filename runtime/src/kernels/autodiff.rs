@@ -31,6 +31,31 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// `y = relu(a · b)`: `dz = dy ⊙ (y > 0)`, then `da = dz · bᵀ`,
+/// `db = aᵀ · dz`. The output `y` (which the next product keeps anyway) is
+/// the state for the mask.
+#[derive(Debug)]
+struct MatmulRelu;
+
+impl<B: Kernels> Backward<B, 2> for MatmulRelu {
+    /// `a` (for `db`), `b` (for `da`), the output.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b, y) = ops.state;
+        let dz = B::relu_grad(y, grads.consume::<B>(&ops.node));
+        let [na, nb] = ops.parents;
+        if let Some(node) = nb {
+            let a = a.expect("a is kept when b is tracked");
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), dz.clone()));
+        }
+        if let Some(node) = na {
+            let b = b.expect("b is kept when a is tracked");
+            grads.register::<B>(node.id, B::matmul(dz, B::float_transpose(b)));
+        }
+    }
+}
+
 /// Softmax attention `o = p · v`, `p = softmax(scale · q · kᵀ)`:
 /// `dv = pᵀ · g`, `dp = g · vᵀ`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)`,
 /// `dq = ds · k`, `dk = dsᵀ · q`. The weights `p` are kept from the forward.
@@ -199,6 +224,18 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         match Attention.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, p, scale), o),
             OpsKind::UnTracked(prep) => prep.finish(o),
+        }
+    }
+
+    fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+        match MatmulRelu.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::matmul_relu(a.primitive.clone(), b.primitive.clone());
+                let state = (b_tracked.then_some(a.primitive), a_tracked.then_some(b.primitive), y.clone());
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::matmul_relu(a.primitive, b.primitive)),
         }
     }
 

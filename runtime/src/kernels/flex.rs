@@ -8,7 +8,7 @@
 //! under `matmul_gemm`).
 
 use burn::backend::Flex;
-use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::ops::{ActivationOps, FloatTensorOps};
 use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
@@ -28,6 +28,33 @@ impl Kernels for Flex {
 
     fn matmul_token_major(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         matmul(a, b, true).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+    }
+
+    fn matmul_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        match matmul(a, b, false) {
+            Ok(y) => {
+                let mut out = Rows::new(y);
+                out.for_each(|_, row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
+                out.tensor
+            }
+            Err((a, b)) => composed::matmul_relu::<Flex>(a, b),
+        }
+    }
+
+    fn relu_grad(y: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        if y.dtype() != DType::F32 || dy.dtype() != DType::F32 || y.layout().shape() != dy.layout().shape() {
+            return Flex::relu_backward(y, dy);
+        }
+        let y = y.to_contiguous();
+        let ys: &[f32] = &y.storage()[..y.layout().num_elements()];
+        let mut out = Rows::new(dy);
+        let width = out.width();
+        out.for_each(|r, row| {
+            for (d, &v) in row.iter_mut().zip(&ys[r * width..(r + 1) * width]) {
+                *d = if v > 0.0 { *d } else { 0.0 };
+            }
+        });
+        out.tensor
     }
 
     fn scale_groups(x: FlexTensor, g: FlexTensor) -> FlexTensor {

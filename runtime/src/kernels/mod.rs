@@ -61,6 +61,18 @@ pub trait Kernels: Backend {
         Self::float_matmul(a, b)
     }
 
+    /// `relu(a · b)` for 2-D `a`, `b` (an MLP's first product and its
+    /// activation, one node on autodiff).
+    fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::relu(Self::matmul(a, b))
+    }
+
+    /// The gradient at the input of a ReLU from `dy`, that at its output
+    /// `y`: `dy ⊙ (y > 0)`.
+    fn relu_grad(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::relu_backward(y, dy)
+    }
+
     /// [`Kernels::matmul`] of `[batch, heads, tokens, n]` products whose
     /// output a backend may store token-major (`[batch, tokens, heads, n]`
     /// in memory), so that merging heads back is free; the values are those
@@ -203,6 +215,10 @@ mod composed {
     use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorMetadata};
 
     use super::{primitive, tensor};
+
+    pub fn matmul_relu<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+        B::relu(B::float_matmul(a, b))
+    }
 
     pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
         let s = B::float_mul_scalar(s, scale.into());
@@ -414,6 +430,11 @@ pub fn nll<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tens
     tensor(B::nll(primitive(logits), targets.into_primitive()))
 }
 
+/// `relu(a · b)` (see [`Kernels::matmul_relu`]).
+pub fn matmul_relu<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    tensor(B::matmul_relu(primitive(a), primitive(b)))
+}
+
 /// `a · b` (see [`Kernels::matmul`]).
 pub fn matmul<B: Kernels, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     tensor(B::matmul(primitive(a), primitive(b)))
@@ -471,6 +492,19 @@ mod tests {
         });
         // Large enough to run on several threads.
         same_as_burn(random([256, 200]), random([200, 300]), |x, _| x);
+    }
+
+    /// The fused product and ReLU is burn's `relu(a.matmul(b))`, value and
+    /// gradients of both operands (with a zero row, where ReLU is flat).
+    #[test]
+    fn matmul_relu_matches_burn() {
+        let (a, b) = (random([13, 9]), random([9, 21]));
+        let a = (a * Tensor::<Ad, 2>::ones([13, 9], &Default::default()).slice_fill([4..5, 0..9], 0.0))
+            .detach()
+            .require_grad();
+        let ours = super::matmul_relu(a.clone(), b.clone());
+        let theirs = burn::tensor::activation::relu(a.clone().matmul(b.clone()));
+        same_gradients(&[a, b], ours, theirs);
     }
 
     /// The attention kernel and burn's attention (its autodiff composition)
@@ -609,7 +643,7 @@ mod tests {
     #[cfg(feature = "flex")]
     #[test]
     fn fused_kernels_equal_their_compositions() {
-        use burn::tensor::ops::FloatTensorOps;
+        use burn::tensor::ops::{ActivationOps, FloatTensorOps};
         use burn::tensor::Int;
 
         use super::{composed, primitive, tensor, Kernels};
@@ -681,6 +715,11 @@ mod tests {
         same1(p1, p2);
         same1(m1, m2);
         same1(v1, v2);
+        // ReLU after a product, and its gradient mask.
+        let w = r([24, 24]);
+        let y1 = <C as Kernels>::matmul_relu(x.clone(), w.clone());
+        same(y1.clone(), C::relu(C::float_matmul(x.clone(), w)));
+        same(<C as Kernels>::relu_grad(y1.clone(), dy.clone()), C::relu_backward(y1, dy.clone()));
         // Attention weights: [2, 2, 6, 6] scores, causal or not.
         let (s4, dp) = (r([4, 36]), r([4, 36]));
         let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());

@@ -16,7 +16,7 @@ use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use super::init::{param, weight};
+use super::init::{param, weight, Rng};
 use super::linear;
 use super::map::Map;
 use super::norm::Norm;
@@ -53,11 +53,19 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Kernels> Attention<B> {
-    pub fn build(spec: &AttentionSpec, width: usize, heads: usize, mask: Mask, env: &Env, device: &B::Device) -> Self {
+    pub fn build(
+        spec: &AttentionSpec,
+        width: usize,
+        heads: usize,
+        mask: Mask,
+        env: &Env,
+        rng: &mut Rng,
+        device: &B::Device,
+    ) -> Self {
         let head_dim = spec.head_dim.map_or(width / heads, |h| h as usize);
         let inner = head_dim * heads;
         let softmax = spec.uses(MatrixTerm::Softmax);
-        let qk = |init| softmax.then(|| param(weight(init, width, inner, env, device)));
+        let mut qk = |init| softmax.then(|| param(weight(init, width, inner, env, rng, device)));
         let bias = || (softmax && spec.qk_bias).then(|| param(Tensor::zeros([inner], device)));
         let qk_norm = |k: Option<NormKind>| {
             k.filter(|_| softmax).map(|kind| Norm::build(&NormIr { kind, eps: 1e-6 }, head_dim, device))
@@ -70,8 +78,8 @@ impl<B: Kernels> Attention<B> {
             key_bias: bias(),
             query_norm: qk_norm(spec.qk_norm),
             key_norm: qk_norm(spec.qk_norm),
-            value: Map::build(&spec.value, width, inner, env, device),
-            proj: Map::build(&spec.proj, inner, width, env, device),
+            value: Map::build(&spec.value, width, inner, env, rng, device),
+            proj: Map::build(&spec.proj, inner, width, env, rng, device),
             gains,
             plan: Plan {
                 heads,

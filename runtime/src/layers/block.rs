@@ -10,6 +10,7 @@ use crate::kernels::{self, Kernels};
 use burn::tensor::Tensor;
 
 use super::attention::Attention;
+use super::init::Rng;
 use super::mlp::Mlp;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
@@ -58,7 +59,15 @@ pub struct Block<B: Backend> {
 
 impl<B: Kernels> Block<B> {
     /// Lowers `g` (the graph of one layer) at `env` (which fixes `layer`).
-    pub fn build(g: &Graph, width: usize, heads: usize, mask: Mask, env: &Env, device: &B::Device) -> Self {
+    pub fn build(
+        g: &Graph,
+        width: usize,
+        heads: usize,
+        mask: Mask,
+        env: &Env,
+        rng: &mut Rng,
+        device: &B::Device,
+    ) -> Self {
         let (gains, slots) = scalar::gains(&g.params, heads, env, device);
         let mut b = Block {
             norms: Vec::new(),
@@ -81,11 +90,11 @@ impl<B: Kernels> Block<B> {
                     Step::Norm(b.norms.len() - 1, *input)
                 }
                 Op::Attention { spec, input } => {
-                    b.attention.push(Attention::build(spec, width, heads, mask, env, device));
+                    b.attention.push(Attention::build(spec, width, heads, mask, env, rng, device));
                     Step::Attention(b.attention.len() - 1, *input)
                 }
                 Op::Mlp { spec, input } => {
-                    b.mlp.push(Mlp::build(spec, width, env, device));
+                    b.mlp.push(Mlp::build(spec, width, env, rng, device));
                     Step::Mlp(b.mlp.len() - 1, *input)
                 }
                 Op::Sum { terms } => Step::Sum(terms.iter().map(|t| (t.gain.clone(), t.input)).collect()),
@@ -126,7 +135,9 @@ impl<B: Kernels> Block<B> {
                 Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
                 Step::Sum(terms) => {
                     let mut acc: Option<Tensor<B, 3>> = None;
-                    for (gain, input) in terms {
+                    // Last term first: it is usually a branch's fresh output,
+                    // which the additions then update in place.
+                    for (gain, input) in terms.iter().rev() {
                         let t = read(*input);
                         let t = match scalar::constant(gain, &self.plan.slots, &self.plan.env) {
                             Some(1.0) => t,

@@ -1,0 +1,10 @@
+//! The runtime's integration tests as one test binary, each file a module:
+//! burn's generic code is compiled and linked once, not once per file.
+//! `runtime/tests/cuda.rs` stays apart (it needs the `cuda` feature and a GPU).
+
+mod checkpoint;
+mod cli;
+mod lowering;
+mod measure;
+mod optim;
+mod train;
