@@ -2,7 +2,8 @@
 //! products: the small CPU example (6 blocks, width 256, 4 heads, T = 128,
 //! batch 16, vocab 4096), timed side by side with the same step's matmuls
 //! alone (every forward product and the two backward products of each, at
-//! their shapes). `cargo bench -p blkc-runtime --bench step`.
+//! their shapes), the two timed in alternation. `cargo bench -p
+//! blkc-runtime --bench step` (`RAYON_NUM_THREADS=N` for N threads).
 
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use burn::tensor::{Distribution, Tensor};
 
 type Ad = Autodiff<Cpu>;
 const BATCH: usize = 16;
-const STEPS: usize = 7;
+const STEPS: usize = 9;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -62,9 +63,10 @@ fn products(p: &blkc::Program, m: &blkc::graph::Model) -> Vec<(usize, usize, usi
     all
 }
 
-fn time_products(shapes: &[(usize, usize, usize, usize)]) -> f64 {
+/// Random operands of every product of `shapes`.
+fn operands(shapes: &[(usize, usize, usize, usize)]) -> Vec<(Tensor<Cpu, 3>, Tensor<Cpu, 3>)> {
     let device = Default::default();
-    let operands: Vec<(Tensor<Cpu, 3>, Tensor<Cpu, 3>)> = shapes
+    shapes
         .iter()
         .map(|&(b, m, k, n)| {
             (
@@ -72,35 +74,29 @@ fn time_products(shapes: &[(usize, usize, usize, usize)]) -> f64 {
                 Tensor::random([b, k, n], Distribution::Default, &device),
             )
         })
-        .collect();
-    let run = || {
-        let t = Instant::now();
-        for (a, b) in &operands {
-            let c = blkc_runtime::kernels::matmul(a.clone(), b.clone());
-            let _ = c.sum().into_scalar();
-        }
-        t.elapsed().as_secs_f64()
-    };
-    run();
-    median((0..STEPS).map(|_| run()).collect())
+        .collect()
+}
+
+/// The products alone (flex computes eagerly: each output is complete when
+/// the call returns).
+fn time_products(operands: &[(Tensor<Cpu, 3>, Tensor<Cpu, 3>)]) -> f64 {
+    let t = Instant::now();
+    for (a, b) in operands {
+        std::hint::black_box(blkc_runtime::kernels::matmul(a.clone(), b.clone()));
+    }
+    t.elapsed().as_secs_f64()
 }
 
 /// One forward + backward of the training loss (`train::loss`, as
 /// `blkc train` computes it) on a random batch.
-fn time_step(p: &blkc::Program, m: &blkc::graph::Model) -> f64 {
+fn time_step(model: &Model<Ad>, batch: &blkc_runtime::train::batch::Batch, m: &blkc::graph::Model) -> f64 {
     let device = Default::default();
-    let model = Model::<Ad>::build(p, m, 0, &device);
-    let batch = blkc_runtime::bench::random_batch(m, BATCH, 1);
     let obj = blkc_runtime::train::objective_for_mask(m.mask, m.vocab as u32);
-    let step = || {
-        let start = Instant::now();
-        let grads = blkc_runtime::train::loss(&model, &batch, obj, &device).backward();
-        let g = model.embedding.grad(&grads).map(|g| g.sum().into_scalar());
-        std::hint::black_box(g);
-        start.elapsed().as_secs_f64()
-    };
-    step();
-    median((0..STEPS).map(|_| step()).collect())
+    let start = Instant::now();
+    let grads = blkc_runtime::train::loss(model, batch, obj, &device).backward();
+    let g = model.embedding.grad(&grads).map(|g| g.sum().into_scalar());
+    std::hint::black_box(g);
+    start.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -116,8 +112,19 @@ fn main() {
         let c = blkc::compile(&root.join(format!("examples/small/{name}.blk")), &blkc::FsLoader).expect("readable");
         let p = c.program.expect("compiles");
         let m = p.model.clone().expect("model");
-        let step = time_step(&p, &m);
-        let mm = time_products(&products(&p, &m));
+        let model = Model::<Ad>::build(&p, &m, 0, &Default::default());
+        let batch = blkc_runtime::bench::random_batch(&m, BATCH, 1);
+        let ops = operands(&products(&p, &m));
+        // Warm up, then alternate the two so that the machine's drift
+        // affects both alike.
+        time_step(&model, &batch, &m);
+        time_products(&ops);
+        let (mut steps, mut mms) = (Vec::new(), Vec::new());
+        for _ in 0..STEPS {
+            steps.push(time_step(&model, &batch, &m));
+            mms.push(time_products(&ops));
+        }
+        let (step, mm) = (median(steps), median(mms));
         println!("{name:<10} {:>10.1} {:>12.1} {:>15.1}%", step * 1e3, mm * 1e3, 100.0 * (1.0 - mm / step));
     }
 }

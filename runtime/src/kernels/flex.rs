@@ -13,7 +13,7 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{composed, AdamStep, Kernels};
+use super::{composed, simd, AdamStep, Kernels};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -34,7 +34,7 @@ impl Kernels for Flex {
         match matmul(a, b, false) {
             Ok(y) => {
                 let mut out = Rows::new(y);
-                out.for_each(|_, row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
+                out.for_each(|_, row| simd::relu(row));
                 out.tensor
             }
             Err((a, b)) => composed::matmul_relu::<Flex>(a, b),
@@ -49,11 +49,7 @@ impl Kernels for Flex {
         let ys: &[f32] = &y.storage()[..y.layout().num_elements()];
         let mut out = Rows::new(dy);
         let width = out.width();
-        out.for_each(|r, row| {
-            for (d, &v) in row.iter_mut().zip(&ys[r * width..(r + 1) * width]) {
-                *d = if v > 0.0 { *d } else { 0.0 };
-            }
-        });
+        out.for_each(|r, row| simd::relu_grad(row, &ys[r * width..(r + 1) * width]));
         out.tensor
     }
 
@@ -67,11 +63,7 @@ impl Kernels for Flex {
         let gains: &[f32] = &g.storage()[..n];
         let inner = width / n;
         let mut out = Rows::new(x);
-        out.for_each(|_, row| {
-            for (part, &gain) in row.chunks_mut(inner).zip(gains) {
-                part.iter_mut().for_each(|v| *v *= gain);
-            }
-        });
+        out.for_each(|_, row| simd::scale_groups(row, gains, inner));
         out.tensor
     }
 
@@ -88,11 +80,7 @@ impl Kernels for Flex {
         let block = width * 64;
         let partial = |(a, b): (&[f32], &[f32])| {
             let mut acc = vec![0.0f64; n];
-            for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
-                for (i, (pa, pb)) in ra.chunks(inner).zip(rb.chunks(inner)).enumerate() {
-                    acc[i] += pa.iter().zip(pb).map(|(p, q)| p * q).sum::<f32>() as f64;
-                }
-            }
+            simd::group_dots(a, b, width, inner, &mut acc);
             acc
         };
         let add = |mut a: Vec<f64>, b: Vec<f64>| {
@@ -113,16 +101,7 @@ impl Kernels for Flex {
         }
         let [_, t, d] = dims3(&x);
         let mut out = Rows::new(x);
-        out.for_each_sequence(t * d, |seq| {
-            let mut acc = vec![0.0f32; d];
-            for (i, row) in seq.chunks_mut(d).enumerate() {
-                let inv = 1.0 / (i + 1) as f32;
-                for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
-                    *a += *v;
-                    *v = *a * inv;
-                }
-            }
-        });
+        out.for_each_sequence(t * d, |seq| simd::running_mean(seq, d));
         out.tensor
     }
 
@@ -132,16 +111,7 @@ impl Kernels for Flex {
         }
         let [_, t, d] = dims3(&dy);
         let mut out = Rows::new(dy);
-        out.for_each_sequence(t * d, |seq| {
-            let mut acc = vec![0.0f32; d];
-            for (i, row) in seq.chunks_mut(d).enumerate().rev() {
-                let inv = 1.0 / (i + 1) as f32;
-                for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
-                    *a += *v * inv;
-                    *v = *a;
-                }
-            }
-        });
+        out.for_each_sequence(t * d, |seq| simd::running_mean_backward(seq, d));
         out.tensor
     }
 
@@ -160,19 +130,24 @@ impl Kernels for Flex {
         let gs: &[f32] = &g.storage()[..n];
         let (mut p, mut m, mut v) = (Rows::new(p), Rows::new(m), Rows::new(v));
         let f = |x: f64| x as f32;
-        let (lr, b1, b2, eps) = (f(k.lr / k.bc1), f(k.beta1), f(k.beta2), f(k.eps));
-        let (inv_bc2, scale, l2, keep) = (f(1.0 / k.bc2), f(k.grad_scale), f(k.l2), f(1.0 - k.decay));
-        let (ps, ms, vs) = (p.all(), m.all(), v.all());
-        let update = |(((p, m), v), &g): (((&mut f32, &mut f32), &mut f32), &f32)| {
-            let g = g * scale + l2 * *p;
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p = *p * keep - lr * *m / ((*v * inv_bc2).sqrt() + eps);
+        let k = simd::Adam {
+            lr: f(k.lr / k.bc1),
+            beta1: f(k.beta1),
+            beta2: f(k.beta2),
+            eps: f(k.eps),
+            inv_bc2: f(1.0 / k.bc2),
+            grad_scale: f(k.grad_scale),
+            l2: f(k.l2),
+            keep: f(1.0 - k.decay),
         };
+        let (ps, ms, vs) = (p.all(), m.all(), v.all());
+        const CHUNK: usize = 1 << 14;
         if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(gs.par_iter()).for_each(update);
+            let chunks = ps.par_chunks_mut(CHUNK).zip(ms.par_chunks_mut(CHUNK)).zip(vs.par_chunks_mut(CHUNK));
+            chunks.zip(gs.par_chunks(CHUNK)).for_each(|(((p, m), v), g)| simd::adam(p, m, v, g, k));
         } else {
-            ps.iter_mut().zip(ms.iter_mut()).zip(vs.iter_mut()).zip(gs.iter()).for_each(update);
+            let chunks = ps.chunks_mut(CHUNK).zip(ms.chunks_mut(CHUNK)).zip(vs.chunks_mut(CHUNK));
+            chunks.zip(gs.chunks(CHUNK)).for_each(|(((p, m), v), g)| simd::adam(p, m, v, g, k));
         }
         (p.tensor, m.tensor, v.tensor)
     }
@@ -195,25 +170,8 @@ impl Kernels for Flex {
         let mut out = Rows::new(x);
         let rows = out.tensor.layout().shape()[0];
         let mut rstd = vec![0.0f32; rows];
-        let width = out.width();
         let eps = eps as f32;
-        out.for_each_with(&mut rstd, |row, r| {
-            let mean = if centred { row.iter().sum::<f32>() / width as f32 } else { 0.0 };
-            let ms = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-            *r = 1.0 / (ms + eps).sqrt();
-            match beta {
-                Some(beta) => {
-                    for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
-                        *v = (*v - mean) * *r * g + b;
-                    }
-                }
-                None => {
-                    for (v, &g) in row.iter_mut().zip(gamma) {
-                        *v = (*v - mean) * *r * g;
-                    }
-                }
-            }
-        });
+        out.for_each_with(&mut rstd, |row, r| *r = simd::norm(row, gamma, beta, eps, centred));
         (out.tensor, vector(rstd))
     }
 
@@ -238,24 +196,7 @@ impl Kernels for Flex {
             let dys: &[f32] = &out.tensor.storage()[..len];
             column_sums(xs, dys, rs, width, centred)
         };
-        out.for_each(|i, row| {
-            let xr = &xs[i * width..(i + 1) * width];
-            let r = rs[i];
-            let mean = if centred { xr.iter().sum::<f32>() / width as f32 } else { 0.0 };
-            // g = dy ⊙ scale; dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂)).
-            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-            for ((&d, &g), &v) in row.iter().zip(gamma).zip(xr) {
-                let gi = d * g;
-                sum_g += gi;
-                sum_gx += gi * (v - mean) * r;
-            }
-            let mean_g = if centred { sum_g / width as f32 } else { 0.0 };
-            let mean_gx = sum_gx / width as f32;
-            for ((d, &g), &v) in row.iter_mut().zip(gamma).zip(xr) {
-                let xhat = (v - mean) * r;
-                *d = r * (*d * g - mean_g - xhat * mean_gx);
-            }
-        });
+        out.for_each(|i, row| simd::norm_backward(row, &xs[i * width..(i + 1) * width], gamma, rs[i], centred));
         (out.tensor, vector(dscale), vector(dbias))
     }
 
@@ -268,9 +209,7 @@ impl Kernels for Flex {
         let n = targets.len();
         let x: &[f32] = &logits.storage()[..n * v];
         let row = |(i, r): (usize, &[f32])| {
-            let max = r.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-            let sum = sum_exp(r, max);
-            let lse = max + sum.ln();
+            let lse = simd::log_sum_exp(r);
             (lse - r[targets[i].min(v - 1)], lse)
         };
         let pairs: Vec<(f32, f32)> = if n * v >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
@@ -292,9 +231,8 @@ impl Kernels for Flex {
         let mut out = Rows::new(logits);
         let v = out.width();
         out.for_each(|i, row| {
-            let (shift, scale) = (lse[i], g[i]);
-            row.iter_mut().for_each(|a| *a = scale * exp(*a - shift));
-            row[t[i].min(v - 1)] -= scale;
+            simd::scaled_exp(row, lse[i], g[i]);
+            row[t[i].min(v - 1)] -= g[i];
         });
         out.tensor
     }
@@ -310,12 +248,7 @@ impl Kernels for Flex {
         out.for_each(|r, row| {
             // Row `i` of its matrix sees columns `0..=i`.
             let seen = if causal { (r % tq + 1).min(tk) } else { tk };
-            let (live, future) = row.split_at_mut(seen);
-            let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            live.iter_mut().for_each(|x| *x = exp((*x - max) * scale));
-            let inv = 1.0 / live.iter().sum::<f32>();
-            live.iter_mut().for_each(|x| *x *= inv);
-            future.fill(0.0);
+            simd::softmax(row, seen, scale);
         });
         out.tensor
     }
@@ -329,13 +262,7 @@ impl Kernels for Flex {
         let tk = out.width();
         let pv: &[f32] = p.storage();
         let scale = scale as f32;
-        out.for_each(|r, row| {
-            let pr = &pv[r * tk..(r + 1) * tk];
-            let dot: f32 = pr.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
-            for (g, &w) in row.iter_mut().zip(pr) {
-                *g = scale * w * (*g - dot);
-            }
-        });
+        out.for_each(|r, row| simd::softmax_backward(row, &pv[r * tk..(r + 1) * tk], scale));
         out.tensor
     }
 }
@@ -403,60 +330,14 @@ impl Rows {
     }
 }
 
-/// `eˣ` without a call into libm, so that loops over it vectorise: `x`
-/// clamped to [−87.3, 88] (2ⁿ stays a normal number), split as `x = n·ln 2 + r` with |r| ≤ ln 2 / 2
-/// (ln 2 in two parts), `eʳ` by its Taylor polynomial to degree 7 (error
-/// below 3·10⁻⁸ relative), `2ⁿ` put in the exponent bits. Within 2 ulp of
-/// `f32::exp`; 0 below −87.3 is returned as ≈ 1.2·10⁻³⁸.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and removing 1.5·2²³ rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
-
-/// `Σ exp(x − shift)` over `xs`, in blocks that vectorise.
-fn sum_exp(xs: &[f32], shift: f32) -> f32 {
-    let mut total = 0.0;
-    for chunk in xs.chunks(64) {
-        let mut buf = [0.0f32; 64];
-        for (b, &x) in buf.iter_mut().zip(chunk) {
-            *b = exp(x - shift);
-        }
-        total += buf[..chunk.len()].iter().sum::<f32>();
-    }
-    total
-}
-
 /// `Σ_rows dy ⊙ x̂` and `Σ_rows dy` for a norm's rows (x̂ recomputed from
 /// `x` and `rstd`), accumulated in f64 over blocks of rows.
 fn column_sums(xs: &[f32], dys: &[f32], rs: &[f32], width: usize, centred: bool) -> (Vec<f32>, Vec<f32>) {
     let rows_per_block = 64;
     let block = |(b, (xb, db)): (usize, (&[f32], &[f32]))| {
         let (mut ds, mut dbias) = (vec![0.0f64; width], vec![0.0f64; width]);
-        for (j, (xr, dr)) in xb.chunks(width).zip(db.chunks(width)).enumerate() {
-            let r = rs[b * rows_per_block + j];
-            let mean = if centred { xr.iter().sum::<f32>() / width as f32 } else { 0.0 };
-            for (k, (&v, &d)) in xr.iter().zip(dr).enumerate() {
-                ds[k] += (d * (v - mean) * r) as f64;
-                dbias[k] += d as f64;
-            }
-        }
+        let rows = &rs[b * rows_per_block..];
+        simd::norm_column_sums(xb, db, rows, width, centred, &mut ds, &mut dbias);
         (ds, dbias)
     };
     let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
@@ -621,23 +502,4 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
     // SAFETY: the products above wrote all `batch·m·n` elements.
     unsafe { out.set_len(batch * m * n) };
     Ok(FlexTensor::new(burn::tensor::Bytes::from_elems(out), layout, DType::F32))
-}
-
-#[cfg(test)]
-mod tests {
-    /// The polynomial exp is within 2 ulp (relative 2.5·10⁻⁷) of libm's
-    /// over the range softmax and cross-entropy use, and saturates below.
-    #[test]
-    fn exp_matches_libm() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 + 174.9 * i as f32 / 200_000.0;
-            let (ours, libm) = (super::exp(x) as f64, (x as f64).exp());
-            worst = worst.max(((ours - libm) / libm).abs());
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert!(super::exp(-1000.0) < 1e-37);
-        assert_eq!(super::exp(0.0), 1.0);
-        assert!(super::exp(1000.0).is_finite());
-    }
 }

@@ -18,6 +18,8 @@ pub mod alloc;
 mod autodiff;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod simd;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};

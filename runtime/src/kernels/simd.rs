@@ -1,0 +1,405 @@
+//! The loops of the CPU kernels, on slices, each compiled for three
+//! instruction sets — AVX-512, AVX2 + FMA, and baseline x86-64 — with the
+//! widest this CPU runs chosen at run time ([`multiversion!`]). The crate
+//! is built for baseline x86-64, where these loops would be 4-lane SSE and
+//! a float-to-int cast, element by element; here they are 16-lane.
+//!
+//! Reductions keep [`LANES`] partial sums (vectors of independent chains
+//! instead of one chain of dependent additions, which no compiler may
+//! reorder); their order is fixed by the source, so every instruction set
+//! gives the same result, bit for bit.
+
+/// The instruction sets the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Level {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+            Level::Avx512
+        } else if has!("avx2") && has!("fma") {
+            Level::Avx2
+        } else {
+            Level::Baseline
+        }
+    })
+}
+
+/// `fn name(args) -> ret { body }`, the body compiled once per [`Level`]
+/// (inlined into a function with that level's target features) and the
+/// widest this CPU runs called.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                match level() {
+                    // SAFETY: `level` found these features on this CPU.
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Partial sums of the reductions.
+const LANES: usize = 32;
+
+/// `Σ f(x)` over `xs`, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    tail + acc.iter().sum::<f32>()
+}
+
+/// `Σ f(a, b)` over pairs, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(x, y);
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    tail + acc.iter().sum::<f32>()
+}
+
+/// `Σ f(a, b, c)` over triples, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb, mut cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
+        for (((s, &x), &y), &z) in acc.iter_mut().zip(x).zip(y).zip(z) {
+            *s += f(x, y, z);
+        }
+    }
+    let rest = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder());
+    let tail: f32 = rest.map(|((&x, &y), &z)| f(x, y, z)).sum();
+    tail + acc.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    sum_map(xs, |x| x)
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    sum_zip(a, b, |x, y| x * y)
+}
+
+/// The largest element (−∞ for none).
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    acc.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// `eˣ` in operations that vectorise: `x` clamped to [−87.3, 88] (2ⁿ stays
+/// a normal number), split as `x = n·ln 2 + r` with |r| ≤ ln 2 / 2 (ln 2 in
+/// two parts), `eʳ` by its Taylor polynomial to degree 7 (relative error
+/// below 3·10⁻⁸), `2ⁿ` written into the exponent bits with integer
+/// operations. Within 2 ulp of `f32::exp`; below −87.3 it returns ≈ 1.2·10⁻³⁸.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5·2²³ rounds to an integer, held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    // The exponent field n + 127 (in 1..=254 after the clamp): `t`'s bits
+    // are those of 1.5·2²³ plus n, and the shift drops all but n + 127.
+    let bits = t.to_bits().wrapping_add(127) << 23;
+    p * f32::from_bits(bits)
+}
+
+multiversion! {
+    /// `max(v, 0)` in place.
+    pub fn relu(row: &mut [f32]) {
+        row.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+multiversion! {
+    /// `d ← d` where `y > 0`, else 0.
+    pub fn relu_grad(d: &mut [f32], y: &[f32]) {
+        for (d, &v) in d.iter_mut().zip(y) {
+            *d = if v > 0.0 { *d } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// Group `i` of `row` (groups of `inner`) times `gains[i]`, in place.
+    pub fn scale_groups(row: &mut [f32], gains: &[f32], inner: usize) {
+        for (part, &gain) in row.chunks_mut(inner.max(1)).zip(gains) {
+            part.iter_mut().for_each(|v| *v *= gain);
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[i] += Σ a ⊙ b` over group `i` of every row (rows of `width`,
+    /// groups of `inner`).
+    pub fn group_dots(a: &[f32], b: &[f32], width: usize, inner: usize, acc: &mut [f64]) {
+        for (ra, rb) in a.chunks(width.max(1)).zip(b.chunks(width.max(1))) {
+            for (i, (pa, pb)) in ra.chunks(inner.max(1)).zip(rb.chunks(inner.max(1))).enumerate() {
+                acc[i] += dot(pa, pb) as f64;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The running mean over the rows (of `width`) of one sequence, in place.
+    pub fn running_mean(seq: &mut [f32], width: usize) {
+        let mut acc = vec![0.0f32; width];
+        for (i, row) in seq.chunks_mut(width.max(1)).enumerate() {
+            let inv = 1.0 / (i + 1) as f32;
+            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                *a += *v;
+                *v = *a * inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The gradient of [`running_mean`] in place: row `s` becomes
+    /// `Σ_{i ≥ s} row[i] / (i + 1)`.
+    pub fn running_mean_backward(seq: &mut [f32], width: usize) {
+        let mut acc = vec![0.0f32; width];
+        for (i, row) in seq.chunks_mut(width.max(1)).enumerate().rev() {
+            let inv = 1.0 / (i + 1) as f32;
+            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                *a += *v * inv;
+                *v = *a;
+            }
+        }
+    }
+}
+
+/// The constants of an Adam(W) update, in f32 (see `kernels::AdamStep`).
+#[derive(Debug, Clone, Copy)]
+pub struct Adam {
+    /// `lr / (1 − β₁ᵗ)`.
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `1 / (1 − β₂ᵗ)`.
+    pub inv_bc2: f32,
+    pub grad_scale: f32,
+    pub l2: f32,
+    /// `1 − decay`.
+    pub keep: f32,
+}
+
+multiversion! {
+    /// One Adam(W) update of the parameters `p` and moments `m`, `v` from
+    /// the gradient `g`, in place.
+    pub fn adam(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Adam) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let g = g * k.grad_scale + k.l2 * *p;
+            *m = k.beta1 * *m + (1.0 - k.beta1) * g;
+            *v = k.beta2 * *v + (1.0 - k.beta2) * g * g;
+            *p = *p * k.keep - k.lr * *m / ((*v * k.inv_bc2).sqrt() + k.eps);
+        }
+    }
+}
+
+multiversion! {
+    /// RMSNorm (`centred = false`) or LayerNorm of one row in place:
+    /// `(x − mean?) · rstd ⊙ gamma (+ beta)`; returns `rstd`.
+    pub fn norm(row: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, centred: bool) -> f32 {
+        let width = row.len().max(1) as f32;
+        let mean = if centred { sum(row) / width } else { 0.0 };
+        let r = 1.0 / (sum_map(row, |v| (v - mean) * (v - mean)) / width + eps).sqrt();
+        match beta {
+            Some(beta) => {
+                for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *v = (*v - mean) * r * g + b;
+                }
+            }
+            None => {
+                for (v, &g) in row.iter_mut().zip(gamma) {
+                    *v = (*v - mean) * r * g;
+                }
+            }
+        }
+        r
+    }
+}
+
+multiversion! {
+    /// The input gradient of [`norm`] for one row, in place over `dy`:
+    /// with `g = dy ⊙ gamma`, `dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`.
+    pub fn norm_backward(dy: &mut [f32], x: &[f32], gamma: &[f32], r: f32, centred: bool) {
+        let width = x.len().max(1) as f32;
+        let mean = if centred { sum(x) / width } else { 0.0 };
+        let sum_g = if centred { dot(dy, gamma) } else { 0.0 };
+        let sum_gx = sum_zip3(dy, gamma, x, |d, g, v| d * g * ((v - mean) * r));
+        let (mean_g, mean_gx) = (sum_g / width, sum_gx / width);
+        for ((d, &g), &v) in dy.iter_mut().zip(gamma).zip(x) {
+            let xhat = (v - mean) * r;
+            *d = r * (*d * g - mean_g - xhat * mean_gx);
+        }
+    }
+}
+
+multiversion! {
+    /// `ds[k] += Σ dy ⊙ x̂` and `db[k] += Σ dy` over a block of rows (of
+    /// `width`) of a norm's input `x` and output gradient `dy`, `x̂`
+    /// recomputed with the rows' `rstd`.
+    pub fn norm_column_sums(
+        x: &[f32],
+        dy: &[f32],
+        rstd: &[f32],
+        width: usize,
+        centred: bool,
+        ds: &mut [f64],
+        db: &mut [f64],
+    ) {
+        let w = width.max(1);
+        for ((xr, dr), &r) in x.chunks(w).zip(dy.chunks(w)).zip(rstd) {
+            let mean = if centred { sum(xr) / w as f32 } else { 0.0 };
+            for (((s, b), &v), &d) in ds.iter_mut().zip(db.iter_mut()).zip(xr).zip(dr) {
+                *s += (d * (v - mean) * r) as f64;
+                *b += d as f64;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `log Σ exp(row)`, shifted by the row's maximum.
+    pub fn log_sum_exp(row: &[f32]) -> f32 {
+        let m = max(row);
+        m + sum_map(row, |x| exp(x - m)).ln()
+    }
+}
+
+multiversion! {
+    /// `row ← scale · exp(row − shift)` (softmax times `scale`, given the
+    /// row's log-sum-exp as `shift`).
+    pub fn scaled_exp(row: &mut [f32], shift: f32, scale: f32) {
+        row.iter_mut().for_each(|a| *a = scale * exp(*a - shift));
+    }
+}
+
+multiversion! {
+    /// The softmax of `scale · row[..seen]` in place, and zeros after.
+    pub fn softmax(row: &mut [f32], seen: usize, scale: f32) {
+        let (live, future) = row.split_at_mut(seen.min(row.len()));
+        let m = max(live);
+        live.iter_mut().for_each(|x| *x = exp((*x - m) * scale));
+        let inv = 1.0 / sum(live);
+        live.iter_mut().for_each(|x| *x *= inv);
+        future.fill(0.0);
+    }
+}
+
+multiversion! {
+    /// The gradient of softmax scores from the weights `p` and their
+    /// gradient `dp` (in place): `scale · p ⊙ (dp − Σ p ⊙ dp)`.
+    pub fn softmax_backward(dp: &mut [f32], p: &[f32], scale: f32) {
+        let d = dot(p, dp);
+        for (g, &w) in dp.iter_mut().zip(p) {
+            *g = scale * w * (*g - d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The polynomial exp is within 2 ulp (relative 2.5·10⁻⁷) of libm's
+    /// over the range softmax and cross-entropy use, and saturates below.
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 174.9 * i as f32 / 200_000.0;
+            let (ours, libm) = (super::exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((ours - libm) / libm).abs());
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert!(super::exp(-1000.0) < 1e-37);
+        assert_eq!(super::exp(0.0), 1.0);
+        assert!(super::exp(1000.0).is_finite());
+    }
+
+    /// Every instruction set computes the same bits (the reductions' order
+    /// is the source's); the CPU's widest is compared with the baseline.
+    #[test]
+    fn the_chosen_instruction_set_gives_the_baseline_bits() {
+        let xs: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+        let wide = super::log_sum_exp(&xs);
+        let baseline = {
+            let m = super::max(&xs);
+            m + super::sum_map(&xs, |x| super::exp(x - m)).ln()
+        };
+        assert_eq!(wide.to_bits(), baseline.to_bits());
+        let reference = xs.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert!((f64::from(wide) - reference).abs() < 1e-5, "{wide} vs {reference}");
+        let mut row = xs.clone();
+        super::softmax(&mut row, 700, 0.5);
+        assert!((row[..700].iter().map(|&p| f64::from(p)).sum::<f64>() - 1.0).abs() < 1e-5);
+        assert!(row[700..].iter().all(|&p| p == 0.0));
+    }
+}
