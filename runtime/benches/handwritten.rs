@@ -71,10 +71,13 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
     let e = m.embedding.val();
     let (v, d) = (e.dims()[0], e.dims()[1]);
     let pos = m.positions.as_ref().map(|p| p.val().slice([0..t, 0..d]));
-    let mut x = e.clone().select(0, tokens.clone().reshape([b * t])).reshape([b, t, d]);
-    if let Some(p) = pos {
-        x = x + p.unsqueeze();
-    }
+    let mut x = match ops {
+        Ops::Kernels => kernels::embed(e.clone(), tokens.clone().reshape([b * t]), pos).reshape([b, t, d]),
+        Ops::Stock => {
+            let x = e.clone().select(0, tokens.clone().reshape([b * t])).reshape([b, t, d]);
+            pos.map_or(x.clone(), |p| x + p.unsqueeze())
+        }
+    };
     for blk in &m.blocks {
         let a = &blk.attention[0];
         let (h, hd) = (a.plan.heads, a.plan.head_dim);

@@ -108,7 +108,9 @@ fn main() {
         rayon::current_num_threads()
     );
     println!("{:<10} {:>10} {:>12} {:>16}", "model", "step ms", "matmuls ms", "outside matmuls");
-    for name in ["preln", "sas-p"] {
+    // `cargo bench --bench step -- preln` times only the models named.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for name in ["preln", "sas-p"].into_iter().filter(|n| only.is_empty() || only.iter().any(|o| o == n)) {
         let c = blkc::compile(&root.join(format!("examples/small/{name}.blk")), &blkc::FsLoader).expect("readable");
         let p = c.program.expect("compiles");
         let m = p.model.clone().expect("model");

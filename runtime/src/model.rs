@@ -62,14 +62,12 @@ impl<B: Kernels> Model<B> {
         let device = tokens.device();
         let w = self.embedding.val();
         let d = w.dims()[1];
-        let x = w.select(0, tokens.reshape([b * t])).reshape([b, t, d]);
-        if let Some(p) = &self.positions {
-            return x + p.val().slice([0..t, 0..d]).unsqueeze::<3>();
-        }
-        if self.sinusoidal {
-            return x + sinusoidal::<B>(t, d, &device).unsqueeze::<3>();
-        }
-        x
+        let positions = match &self.positions {
+            Some(p) => Some(p.val().slice([0..t, 0..d])),
+            None if self.sinusoidal => Some(sinusoidal::<B>(t, d, &device)),
+            None => None,
+        };
+        crate::kernels::embed(w, tokens.reshape([b * t]), positions).reshape([b, t, d])
     }
 
     /// The residual stream after each block (layer 1 = after the first).

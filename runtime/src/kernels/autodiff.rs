@@ -31,6 +31,28 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// The embedding: parents the table (and the positions, `N = 2`).
+#[derive(Debug)]
+struct Embed;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
+    /// The tokens, the vocabulary, the number of positions.
+    type State = (IntTensor<B>, usize, Option<usize>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (tokens, vocab, t) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t);
+        let mut parents = ops.parents.into_iter();
+        if let Some(Some(node)) = parents.next() {
+            grads.register::<B>(node.id, dtable);
+        }
+        if let (Some(Some(node)), Some(dpos)) = (parents.next(), dpos) {
+            grads.register::<B>(node.id, dpos);
+        }
+    }
+}
+
 /// `y = relu(a · b)`: `dz = dy ⊙ (y > 0)`, then `da = dz · bᵀ`,
 /// `db = aᵀ · dz`. The output `y` (which the next product keeps anyway) is
 /// the state for the mask.
@@ -224,6 +246,27 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         match Attention.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, p, scale), o),
             OpsKind::UnTracked(prep) => prep.finish(o),
+        }
+    }
+
+    fn embed(
+        table: FloatTensor<Self>,
+        tokens: IntTensor<Self>,
+        positions: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let vocab = table.primitive.shape()[0];
+        let t = positions.as_ref().map(|p| p.primitive.shape()[0]);
+        let y = B::embed(table.primitive, tokens.clone(), positions.as_ref().map(|p| p.primitive.clone()));
+        let state = (tokens, vocab, t);
+        match positions {
+            Some(p) => match Embed.prepare::<C>([table.node, p.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            None => match Embed.prepare::<C>([table.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
         }
     }
 

@@ -30,6 +30,62 @@ impl Kernels for Flex {
         matmul(a, b, true).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
+    fn embed(table: FlexTensor, tokens: FlexTensor, positions: Option<FlexTensor>) -> FlexTensor {
+        let usable = table.dtype() == DType::F32
+            && table.layout().num_dims() == 2
+            && positions.as_ref().is_none_or(|p| p.dtype() == DType::F32 && p.layout().num_dims() == 2);
+        let Some(ids) = indices(&tokens).filter(|_| usable) else {
+            return composed::embed::<Flex>(table, tokens, positions);
+        };
+        let (table, positions) = (table.to_contiguous(), positions.map(|p| p.to_contiguous()));
+        let (vocab, d) = (table.layout().shape()[0], table.layout().shape()[1]);
+        let rows: &[f32] = &table.storage()[..vocab * d];
+        let pos: Option<(&[f32], usize)> =
+            positions.as_ref().map(|p| (&p.storage()[..p.layout().num_elements()], p.layout().shape()[0].max(1)));
+        let n = ids.len();
+        let mut out = vec![0.0f32; n * d];
+        let fill = |(i, o): (usize, &mut [f32])| {
+            let k = ids[i].min(vocab.saturating_sub(1));
+            simd::embed_row(o, &rows[k * d..(k + 1) * d], pos.map(|(p, t)| &p[(i % t) * d..(i % t + 1) * d]));
+        };
+        if vocab == 0 || d == 0 {
+            return composed::embed::<Flex>(table, tokens, positions);
+        }
+        if n * d >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            out.par_chunks_mut(d).enumerate().for_each(fill);
+        } else {
+            out.chunks_mut(d).enumerate().for_each(fill);
+        }
+        matrix(out, n, d)
+    }
+
+    fn embed_backward(
+        dy: FlexTensor,
+        tokens: FlexTensor,
+        vocab: usize,
+        t: Option<usize>,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let usable = dy.dtype() == DType::F32 && dy.layout().num_dims() == 2 && vocab > 0;
+        let Some(ids) = indices(&tokens).filter(|_| usable) else {
+            return composed::embed_backward::<Flex>(dy, tokens, vocab, t);
+        };
+        let dy = dy.to_contiguous();
+        let (n, d) = (dy.layout().shape()[0], dy.layout().shape()[1]);
+        let g: &[f32] = &dy.storage()[..n * d];
+        let mut table = vec![0.0f32; vocab * d];
+        let mut pos = t.map(|t| vec![0.0f32; t.max(1) * d]);
+        // One pass over dy (rows of a token add up: serial).
+        for (i, row) in g.chunks(d.max(1)).enumerate() {
+            let k = ids.get(i).copied().unwrap_or(0).min(vocab - 1);
+            simd::add_into(&mut table[k * d..(k + 1) * d], row);
+            if let (Some(p), Some(t)) = (pos.as_mut(), t) {
+                let j = i % t.max(1);
+                simd::add_into(&mut p[j * d..(j + 1) * d], row);
+            }
+        }
+        (matrix(table, vocab, d), pos.zip(t).map(|(p, t)| matrix(p, t.max(1), d)))
+    }
+
     fn matmul_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         match matmul(a, b, false) {
             Ok(y) => {
@@ -366,6 +422,11 @@ fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
         DType::I64 => Some(t.storage::<i64>()[..n].iter().map(|&i| i.max(0) as usize).collect()),
         _ => None,
     }
+}
+
+/// A `[rows, cols]` f32 tensor.
+fn matrix(v: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
+    FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous([rows, cols].into()), DType::F32)
 }
 
 /// A `[n]` f32 tensor.

@@ -63,6 +63,29 @@ pub trait Kernels: Backend {
         Self::float_matmul(a, b)
     }
 
+    /// The embedding of `tokens: [n]`: row `tokens[i]` of `table:
+    /// [vocab, d]`, plus row `i mod t` of `positions: [t, d]` when given
+    /// (the tokens of each sequence in order): `[n, d]`.
+    fn embed(
+        table: FloatTensor<Self>,
+        tokens: IntTensor<Self>,
+        positions: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        composed::embed::<Self>(table, tokens, positions)
+    }
+
+    /// The gradients of [`Kernels::embed`] from `dy: [n, d]`: the table's
+    /// (`[vocab, d]`, the rows of `dy` summed by token) and, with `t`
+    /// positions, theirs (`[t, d]`, the rows summed by `i mod t`).
+    fn embed_backward(
+        dy: FloatTensor<Self>,
+        tokens: IntTensor<Self>,
+        vocab: usize,
+        t: Option<usize>,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        composed::embed_backward::<Self>(dy, tokens, vocab, t)
+    }
+
     /// `relu(a · b)` for 2-D `a`, `b` (an MLP's first product and its
     /// activation, one node on autodiff).
     fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -217,6 +240,37 @@ mod composed {
     use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorMetadata};
 
     use super::{primitive, tensor};
+
+    pub fn embed<B: Backend>(
+        table: FloatTensor<B>,
+        tokens: IntTensor<B>,
+        positions: Option<FloatTensor<B>>,
+    ) -> FloatTensor<B> {
+        let x = B::float_select(table, 0, tokens);
+        let Some(p) = positions else { return x };
+        let (xs, ps) = (x.shape(), p.shape());
+        let (n, t, d) = (xs[0], ps[0], ps[1]);
+        let x = B::float_reshape(x, [n / t.max(1), t, d].into());
+        let sum = B::float_add(x, B::float_reshape(p, [1, t, d].into()));
+        B::float_reshape(sum, [n, d].into())
+    }
+
+    pub fn embed_backward<B: Backend>(
+        dy: FloatTensor<B>,
+        tokens: IntTensor<B>,
+        vocab: usize,
+        t: Option<usize>,
+    ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+        let shape = dy.shape();
+        let (n, d) = (shape[0], shape[1]);
+        let zeros = Tensor::<B, 2>::zeros([vocab, d], &B::float_device(&dy));
+        let dtable = B::float_select_add(primitive(zeros), 0, tokens, dy.clone());
+        let dpos = t.map(|t| {
+            let per_sequence = B::float_reshape(dy, [n / t.max(1), t, d].into());
+            B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
+        });
+        (dtable, dpos)
+    }
 
     pub fn matmul_relu<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
         B::relu(B::float_matmul(a, b))
@@ -432,6 +486,15 @@ pub fn nll<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tens
     tensor(B::nll(primitive(logits), targets.into_primitive()))
 }
 
+/// The token (and position) embedding (see [`Kernels::embed`]).
+pub fn embed<B: Kernels>(
+    table: Tensor<B, 2>,
+    tokens: Tensor<B, 1, Int>,
+    positions: Option<Tensor<B, 2>>,
+) -> Tensor<B, 2> {
+    tensor(B::embed(primitive(table), tokens.into_primitive(), positions.map(primitive)))
+}
+
 /// `relu(a · b)` (see [`Kernels::matmul_relu`]).
 pub fn matmul_relu<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     tensor(B::matmul_relu(primitive(a), primitive(b)))
@@ -494,6 +557,21 @@ mod tests {
         });
         // Large enough to run on several threads.
         same_as_burn(random([256, 200]), random([200, 300]), |x, _| x);
+    }
+
+    /// The embedding kernel is burn's `select` plus the positions, value and
+    /// gradients of the table (a token repeated) and of the positions.
+    #[test]
+    fn embed_matches_select_and_add() {
+        let device = Default::default();
+        let (table, pos) = (random([11, 6]), random([4, 6]));
+        let tokens = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([3, 0, 10, 3, 7, 7, 2, 3], &device);
+        let ours = super::embed(table.clone(), tokens.clone(), Some(pos.clone()));
+        let theirs =
+            (table.clone().select(0, tokens.clone()).reshape([2, 4, 6]) + pos.clone().unsqueeze::<3>()).reshape([8, 6]);
+        same_gradients(&[table.clone(), pos], ours, theirs);
+        let ours = super::embed(table.clone(), tokens.clone(), None);
+        same_gradients(std::slice::from_ref(&table), ours, table.clone().select(0, tokens));
     }
 
     /// The fused product and ReLU is burn's `relu(a.matmul(b))`, value and
@@ -717,6 +795,16 @@ mod tests {
         same1(p1, p2);
         same1(m1, m2);
         same1(v1, v2);
+        // The embedding and its gradients.
+        let tokens = Tensor::<C, 1, Int>::from_ints([3, 0, 8, 5, 5, 1], &d).into_primitive();
+        let pos = C::float_reshape(r([1, 72]), [3, 24].into());
+        let e1 = <C as Kernels>::embed(x.clone(), tokens.clone(), Some(pos.clone()));
+        same(e1, composed::embed::<C>(x.clone(), tokens.clone(), Some(pos)));
+        let dy6 = C::float_reshape(r([6, 24]), [6, 24].into());
+        let (t1, p1) = <C as Kernels>::embed_backward(dy6.clone(), tokens.clone(), 9, Some(3));
+        let (t2, p2) = composed::embed_backward::<C>(dy6, tokens, 9, Some(3));
+        same(t1, t2);
+        same(p1.expect("positions"), p2.expect("positions"));
         // ReLU after a product, and its gradient mask.
         let w = r([24, 24]);
         let y1 = <C as Kernels>::matmul_relu(x.clone(), w.clone());

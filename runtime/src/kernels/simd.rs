@@ -170,6 +170,29 @@ pub fn exp(x: f32) -> f32 {
 }
 
 multiversion! {
+    /// `out ← row (+ pos)`.
+    pub fn embed_row(out: &mut [f32], row: &[f32], pos: Option<&[f32]>) {
+        match pos {
+            Some(pos) => {
+                for ((o, &a), &b) in out.iter_mut().zip(row).zip(pos) {
+                    *o = a + b;
+                }
+            }
+            None => out.copy_from_slice(&row[..out.len()]),
+        }
+    }
+}
+
+multiversion! {
+    /// `dst ← dst + src`.
+    pub fn add_into(dst: &mut [f32], src: &[f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
+multiversion! {
     /// `max(v, 0)` in place.
     pub fn relu(row: &mut [f32]) {
         row.iter_mut().for_each(|v| *v = v.max(0.0));
