@@ -41,12 +41,19 @@ fn rms(x: Tensor<Ad, 3>, scale: Tensor<Ad, 1>, eps: f64, ops: Ops) -> Tensor<Ad,
 }
 
 fn dense(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
+    biased(x, w, None, ops)
+}
+
+/// `x · w (+ bias)`.
+fn biased(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, bias: Option<Tensor<Ad, 1>>, ops: Ops) -> Tensor<Ad, 3> {
     match ops {
-        Ops::Kernels => linear(x, w, None),
+        Ops::Kernels => linear(x, w, bias),
         Ops::Stock => {
             let [b, t, k] = x.dims();
             let n = w.dims()[1];
-            x.reshape([b * t, k]).matmul(w).reshape([b, t, n])
+            let y = x.reshape([b * t, k]).matmul(w);
+            let y = bias.map_or(y.clone(), |bias| y + bias.unsqueeze());
+            y.reshape([b, t, n])
         }
     }
 }
@@ -84,8 +91,9 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
         let n = rms(x.clone(), blk.norms[0].scale.val(), blk.norms[0].eps, ops);
         let split = |y: Tensor<Ad, 3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let weight = |w: &Option<burn::module::Param<Tensor<Ad, 2>>>| w.as_ref().expect("dense").val();
-        let q = split(dense(n.clone(), weight(&a.query), ops));
-        let k = split(dense(n.clone(), weight(&a.key), ops));
+        let bias = |b: &Option<burn::module::Param<Tensor<Ad, 1>>>| b.as_ref().map(|b| b.val());
+        let q = split(biased(n.clone(), weight(&a.query), bias(&a.query_bias), ops));
+        let k = split(biased(n.clone(), weight(&a.key), bias(&a.key_bias), ops));
         let vv = split(dense(n, weight(&a.value.weight), ops));
         let o = match ops {
             Ops::Kernels => kernels::attention(q, k, vv, 1.0 / (hd as f64).sqrt(), true),

@@ -31,6 +31,32 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// `a · b + bias`: as [`Matmul`], and `dbias = Σ_rows g`.
+#[derive(Debug)]
+struct MatmulBias;
+
+impl<B: Kernels> Backward<B, 3> for MatmulBias {
+    /// `a` (for `db`), `b` (for `da`).
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let g = grads.consume::<B>(&ops.node);
+        let [na, nb, nbias] = ops.parents;
+        if let Some(node) = nbias {
+            grads.register::<B>(node.id, B::column_sums(g.clone()));
+        }
+        if let Some(node) = nb {
+            let a = a.expect("a is kept when b is tracked");
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), g.clone()));
+        }
+        if let Some(node) = na {
+            let b = b.expect("b is kept when a is tracked");
+            grads.register::<B>(node.id, B::matmul(g, B::float_transpose(b)));
+        }
+    }
+}
+
 /// The embedding: parents the table (and the positions, `N = 2`).
 #[derive(Debug)]
 struct Embed;
@@ -267,6 +293,19 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
                 OpsKind::Tracked(prep) => prep.finish(state, y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
+        }
+    }
+
+    fn matmul_bias(a: FloatTensor<Self>, b: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+        let nodes = [a.node.clone(), b.node.clone(), bias.node.clone()];
+        let y = B::matmul_bias(a.primitive.clone(), b.primitive.clone(), bias.primitive);
+        match MatmulBias.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (b_tracked.then_some(a.primitive), a_tracked.then_some(b.primitive));
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

@@ -23,11 +23,51 @@ const PARALLEL_ELEMENTS: usize = 1 << 16;
 
 impl Kernels for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        matmul(a, b, false).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+        matmul(a, b, false, None).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
     fn matmul_token_major(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        matmul(a, b, true).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+        matmul(a, b, true, None).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+    }
+
+    fn matmul_bias(a: FlexTensor, b: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        if bias.dtype() != DType::F32 || a.layout().num_dims() != 2 {
+            return composed::matmul_bias::<Flex>(a, b, bias);
+        }
+        let bias = bias.to_contiguous();
+        let v: &[f32] = &bias.storage()[..bias.layout().num_elements()];
+        match matmul(a, b, false, Some(v)) {
+            Ok(y) => y,
+            Err((a, b)) => composed::matmul_bias::<Flex>(a, b, bias.clone()),
+        }
+    }
+
+    fn column_sums(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || x.layout().num_dims() != 2 {
+            return composed::column_sums::<Flex>(x);
+        }
+        let x = x.to_contiguous();
+        let (rows, cols) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let xs: &[f32] = &x.storage()[..rows * cols];
+        let block = |b: &[f32]| {
+            let mut acc = vec![0.0f32; cols];
+            for row in b.chunks(cols.max(1)) {
+                simd::add_into(&mut acc, row);
+            }
+            acc.into_iter().map(f64::from).collect::<Vec<f64>>()
+        };
+        let add = |mut a: Vec<f64>, b: Vec<f64>| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        };
+        // Blocks of 64 rows summed in f32, the blocks in f64.
+        let chunk = 64 * cols.max(1);
+        let sums = if xs.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            xs.par_chunks(chunk).map(block).reduce(|| vec![0.0; cols], add)
+        } else {
+            xs.chunks(chunk).map(block).fold(vec![0.0; cols], add)
+        };
+        vector(sums.into_iter().map(|v| v as f32).collect())
     }
 
     fn embed(table: FlexTensor, tokens: FlexTensor, positions: Option<FlexTensor>) -> FlexTensor {
@@ -87,7 +127,7 @@ impl Kernels for Flex {
     }
 
     fn matmul_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        match matmul(a, b, false) {
+        match matmul(a, b, false, None) {
             Ok(y) => {
                 let mut out = Rows::new(y);
                 out.for_each(|_, row| simd::relu(row));
@@ -487,8 +527,17 @@ impl Dst {
 /// stored as `[batch, tokens, heads, n]` — the strides of a head split — so
 /// that merging the heads back (`swap_dims(1, 2)` then `reshape`) costs no
 /// copy.
+///
+/// With `bias` (`[n]`, not token-major), every row of the output starts
+/// as the bias and the product is added to it (gemm's `read_dst`): the
+/// bias costs no pass of its own.
 #[allow(clippy::result_large_err)]
-fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
+fn matmul(
+    a: FlexTensor,
+    b: FlexTensor,
+    token_major: bool,
+    bias: Option<&[f32]>,
+) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
     let (la, lb) = (a.layout(), b.layout());
     let rank = la.num_dims();
     let (sa, sb) = (la.shape(), lb.shape());
@@ -499,7 +548,8 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
         && sa[..rank - 2] == sb[..rank - 2]
         && sa[rank - 1] == sb[rank - 2]
         && sa.num_elements() > 0
-        && sb.num_elements() > 0;
+        && sb.num_elements() > 0
+        && bias.is_none_or(|v| v.len() == sb[rank - 1] && !token_major);
     if !usable {
         return Err((a, b));
     }
@@ -519,8 +569,12 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
     } else {
         (Box::new(move |i| i * m * n), n, Layout::contiguous(shape))
     };
-    let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
-    let dst = Dst(out.spare_capacity_mut().as_mut_ptr().cast());
+    let mut out: Vec<f32> = match bias {
+        Some(v) => v.repeat(batch * m),
+        None => Vec::with_capacity(batch * m * n),
+    };
+    let read_dst = bias.is_some();
+    let dst = Dst(out.as_mut_ptr());
     let one = |i: usize, par: gemm::Parallelism| {
         // SAFETY: `oa[i]`, `ob[i]` and the strides come from the operands'
         // own layouts, so every element gemm reads (`offset + r·rs + c·cs`
@@ -528,7 +582,8 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
         // of the output is the `m × n` elements at `start(i) + r·out_rs + c`,
         // inside the `batch·m·n` capacity of `out` and disjoint between
         // batch indices (both layouts are permutations of the elements);
-        // `read_dst = false` means gemm writes every one of them, reads none.
+        // `read_dst = false` means gemm writes every one of them, reads none;
+        // with `read_dst` they are initialised (the bias rows, `out`'s length).
         unsafe {
             gemm::gemm(
                 m,
@@ -537,14 +592,14 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
                 dst.at(start(i)),
                 1,
                 out_rs as isize,
-                false,
+                read_dst,
                 da.as_ptr().offset(oa[i]),
                 a_cs,
                 a_rs,
                 db.as_ptr().offset(ob[i]),
                 b_cs,
                 b_rs,
-                0.0f32,
+                if read_dst { 1.0f32 } else { 0.0f32 },
                 1.0f32,
                 false,
                 false,
@@ -560,7 +615,9 @@ fn matmul(a: FlexTensor, b: FlexTensor, token_major: bool) -> Result<FlexTensor,
         let par = if work >= PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         (0..batch).for_each(|i| one(i, par));
     }
-    // SAFETY: the products above wrote all `batch·m·n` elements.
-    unsafe { out.set_len(batch * m * n) };
+    if !read_dst {
+        // SAFETY: the products above wrote all `batch·m·n` elements.
+        unsafe { out.set_len(batch * m * n) };
+    }
     Ok(FlexTensor::new(burn::tensor::Bytes::from_elems(out), layout, DType::F32))
 }

@@ -86,6 +86,16 @@ pub trait Kernels: Backend {
         composed::embed_backward::<Self>(dy, tokens, vocab, t)
     }
 
+    /// `a · b + bias` for 2-D `a`, `b` and `bias: [n]` added to every row.
+    fn matmul_bias(a: FloatTensor<Self>, b: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::matmul_bias::<Self>(a, b, bias)
+    }
+
+    /// The sums of the columns of `x: [rows, n]`: `[n]` (a bias's gradient).
+    fn column_sums(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::column_sums::<Self>(x)
+    }
+
     /// `relu(a · b)` for 2-D `a`, `b` (an MLP's first product and its
     /// activation, one node on autodiff).
     fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -270,6 +280,16 @@ mod composed {
             B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
         });
         (dtable, dpos)
+    }
+
+    pub fn matmul_bias<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+        let n = bias.shape().num_elements();
+        B::float_add(B::float_matmul(a, b), B::float_reshape(bias, [1, n].into()))
+    }
+
+    pub fn column_sums<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let n = x.shape()[1];
+        B::float_reshape(B::float_sum_dim(x, 0), [n].into())
     }
 
     pub fn matmul_relu<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
@@ -495,6 +515,11 @@ pub fn embed<B: Kernels>(
     tensor(B::embed(primitive(table), tokens.into_primitive(), positions.map(primitive)))
 }
 
+/// `a · b + bias` (see [`Kernels::matmul_bias`]).
+pub fn matmul_bias<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+    tensor(B::matmul_bias(primitive(a), primitive(b), primitive(bias)))
+}
+
 /// `relu(a · b)` (see [`Kernels::matmul_relu`]).
 pub fn matmul_relu<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     tensor(B::matmul_relu(primitive(a), primitive(b)))
@@ -572,6 +597,21 @@ mod tests {
         same_gradients(&[table.clone(), pos], ours, theirs);
         let ours = super::embed(table.clone(), tokens.clone(), None);
         same_gradients(std::slice::from_ref(&table), ours, table.clone().select(0, tokens));
+    }
+
+    /// The product with a bias is burn's `matmul` plus the bias, value and
+    /// gradients of all three.
+    #[test]
+    fn matmul_bias_matches_burn() {
+        let (a, b, bias) = (random([70, 9]), random([9, 21]), random([21]));
+        let ours = super::matmul_bias(a.clone(), b.clone(), bias.clone());
+        let theirs = a.clone().matmul(b.clone()) + bias.clone().unsqueeze();
+        same_gradients(&[a.clone(), b.clone()], ours, theirs);
+        let w = Tensor::<Ad, 2>::random([70, 21], Distribution::Normal(0.0, 1.0), &Default::default());
+        let g1 = (super::matmul_bias(a.clone(), b.clone(), bias.clone()) * w.clone()).sum().backward();
+        let g2 = ((a.matmul(b) + bias.clone().unsqueeze()) * w).sum().backward();
+        let (ours, theirs) = (bias.grad(&g1).expect("gradient"), bias.grad(&g2).expect("gradient"));
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
     }
 
     /// The fused product and ReLU is burn's `relu(a.matmul(b))`, value and

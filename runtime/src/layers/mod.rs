@@ -20,9 +20,10 @@ use burn::tensor::Tensor;
 pub fn linear<B: Kernels>(x: Tensor<B, 3>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
     let [batch, tokens, fan_in] = x.dims();
     let fan_out = w.dims()[1];
-    let mut y = crate::kernels::matmul(x.reshape([batch * tokens, fan_in]), w);
-    if let Some(b) = b {
-        y = y + b.unsqueeze();
-    }
+    let x = x.reshape([batch * tokens, fan_in]);
+    let y = match b {
+        Some(b) => crate::kernels::matmul_bias(x, w, b),
+        None => crate::kernels::matmul(x, w),
+    };
     y.reshape([batch, tokens, fan_out])
 }
