@@ -6,10 +6,24 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorMetadata;
 
 use super::Kernels;
+
+/// Takes the gradient registered so far for the parent `node` out of
+/// `grads` (`None` if there is none), so that a kernel adds the new one
+/// into it — one pass fewer than the addition `Gradients::register` makes.
+/// The key is an untracked tensor (`like`, any tensor) given the parent's
+/// node: `Gradients::remove` reads only its node's id.
+macro_rules! take_grad {
+    ($B:ty, $grads:expr, $node:expr, $like:expr) => {{
+        let mut key = <Autodiff<$B> as AutodiffBackend>::from_inner($like);
+        key.node = $node.clone();
+        $grads.remove::<$B>(&key)
+    }};
+}
 
 /// `a · b`: `da = g · bᵀ`, `db = aᵀ · g`.
 #[derive(Debug)]
@@ -21,13 +35,20 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
-        binary::<B, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |g| B::matmul(g, B::float_transpose(b.expect("b is kept when a is tracked"))),
-            |g| B::matmul(B::float_transpose(a.expect("a is kept when b is tracked")), g),
-        );
+        let g = grads.consume::<B>(&ops.node);
+        let [na, nb] = ops.parents;
+        if let Some(node) = nb {
+            let a = a.expect("a is kept when b is tracked");
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), g.clone()));
+        }
+        if let Some(node) = na {
+            let b = b.expect("b is kept when a is tracked");
+            let da = match take_grad!(B, grads, node, g.clone()) {
+                Some(c) => B::matmul_add(c, g, B::float_transpose(b)),
+                None => B::matmul(g, B::float_transpose(b)),
+            };
+            grads.register::<B>(node.id, da);
+        }
     }
 }
 
@@ -52,7 +73,11 @@ impl<B: Kernels> Backward<B, 3> for MatmulBias {
         }
         if let Some(node) = na {
             let b = b.expect("b is kept when a is tracked");
-            grads.register::<B>(node.id, B::matmul(g, B::float_transpose(b)));
+            let da = match take_grad!(B, grads, node, g.clone()) {
+                Some(c) => B::matmul_add(c, g, B::float_transpose(b)),
+                None => B::matmul(g, B::float_transpose(b)),
+            };
+            grads.register::<B>(node.id, da);
         }
     }
 }
@@ -99,7 +124,11 @@ impl<B: Kernels> Backward<B, 2> for MatmulRelu {
         }
         if let Some(node) = na {
             let b = b.expect("b is kept when a is tracked");
-            grads.register::<B>(node.id, B::matmul(dz, B::float_transpose(b)));
+            let da = match take_grad!(B, grads, node, dz.clone()) {
+                Some(c) => B::matmul_add(c, dz, B::float_transpose(b)),
+                None => B::matmul(dz, B::float_transpose(b)),
+            };
+            grads.register::<B>(node.id, da);
         }
     }
 }
@@ -195,7 +224,11 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Norm {
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, scale, rstd, centred) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let (dx, dscale, dbias) = B::norm_backward(x, scale, rstd, dy, centred);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let (dx, dscale, dbias) = B::norm_backward(x, scale, rstd, dy, centred, acc);
         for (parent, grad) in ops.parents.into_iter().zip([dx, dscale, dbias]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);

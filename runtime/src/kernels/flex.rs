@@ -23,11 +23,19 @@ const PARALLEL_ELEMENTS: usize = 1 << 16;
 
 impl Kernels for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        matmul(a, b, false, None).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+        matmul(a, b, false, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+    }
+
+    fn matmul_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        match matmul(a, b, false, Start::Add(c)) {
+            Ok(y) => y,
+            Err((a, b, Some(c))) => Flex::float_add(c, Self::matmul(a, b)),
+            Err((a, b, None)) => Self::matmul(a, b),
+        }
     }
 
     fn matmul_token_major(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        matmul(a, b, true, None).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
+        matmul(a, b, true, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
     fn matmul_bias(a: FlexTensor, b: FlexTensor, bias: FlexTensor) -> FlexTensor {
@@ -36,9 +44,9 @@ impl Kernels for Flex {
         }
         let bias = bias.to_contiguous();
         let v: &[f32] = &bias.storage()[..bias.layout().num_elements()];
-        match matmul(a, b, false, Some(v)) {
+        match matmul(a, b, false, Start::Bias(v)) {
             Ok(y) => y,
-            Err((a, b)) => composed::matmul_bias::<Flex>(a, b, bias.clone()),
+            Err((a, b, _)) => composed::matmul_bias::<Flex>(a, b, bias.clone()),
         }
     }
 
@@ -127,13 +135,13 @@ impl Kernels for Flex {
     }
 
     fn matmul_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        match matmul(a, b, false, None) {
+        match matmul(a, b, false, Start::Zero) {
             Ok(y) => {
                 let mut out = Rows::new(y);
                 out.for_each(|_, row| simd::relu(row));
                 out.tensor
             }
-            Err((a, b)) => composed::matmul_relu::<Flex>(a, b),
+            Err((a, b, _)) => composed::matmul_relu::<Flex>(a, b),
         }
     }
 
@@ -277,11 +285,16 @@ impl Kernels for Flex {
         rstd: FlexTensor,
         dy: FlexTensor,
         centred: bool,
+        acc: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let f32s = [&x, &scale, &rstd, &dy].iter().all(|t| t.dtype() == DType::F32);
-        if !f32s || x.layout().num_dims() != 2 {
-            return composed::norm_backward::<Flex>(x, scale, rstd, dy, centred);
+        let acc_fits = acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == x.layout().shape());
+        if !f32s || !acc_fits || x.layout().num_dims() != 2 {
+            let (dx, dscale, dbias) = composed::norm_backward::<Flex>(x, scale, rstd, dy, centred);
+            return (acc.map_or(dx.clone(), |a| Flex::float_add(dx, a)), dscale, dbias);
         }
+        let acc = acc.map(|a| a.to_contiguous());
+        let acc: Option<&[f32]> = acc.as_ref().map(|a| &a.storage()[..a.layout().num_elements()]);
         let (x, scale, rstd) = (x.to_contiguous(), scale.to_contiguous(), rstd.to_contiguous());
         let width = x.layout().shape()[1];
         let len = x.layout().num_elements();
@@ -292,7 +305,10 @@ impl Kernels for Flex {
             let dys: &[f32] = &out.tensor.storage()[..len];
             column_sums(xs, dys, rs, width, centred)
         };
-        out.for_each(|i, row| simd::norm_backward(row, &xs[i * width..(i + 1) * width], gamma, rs[i], centred));
+        out.for_each(|i, row| {
+            let rows = i * width..(i + 1) * width;
+            simd::norm_backward(row, &xs[rows.clone()], gamma, rs[i], centred, acc.map(|a| &a[rows]));
+        });
         (out.tensor, vector(dscale), vector(dbias))
     }
 
@@ -520,6 +536,16 @@ impl Dst {
     }
 }
 
+/// What a product's output starts as.
+enum Start<'a> {
+    /// Nothing: gemm writes every element.
+    Zero,
+    /// Every row the bias `[n]`.
+    Bias(&'a [f32]),
+    /// The tensor `c`, which the product is added into.
+    Add(FlexTensor),
+}
+
 /// `a · b` by `gemm`, or the operands back when this kernel does not apply
 /// (not f32, ranks or leading dimensions differ, an empty dimension).
 ///
@@ -528,16 +554,18 @@ impl Dst {
 /// that merging the heads back (`swap_dims(1, 2)` then `reshape`) costs no
 /// copy.
 ///
-/// With `bias` (`[n]`, not token-major), every row of the output starts
-/// as the bias and the product is added to it (gemm's `read_dst`): the
-/// bias costs no pass of its own.
+/// `init` (not token-major) can make every row of the output start as a
+/// bias, or make the output a given tensor `c` (unique, contiguous, of the
+/// output's shape) that the product is added into — gemm's `read_dst`: the
+/// bias, or the accumulation of a gradient, costs no pass of its own. When
+/// this kernel does not apply, `c` comes back with the operands.
 #[allow(clippy::result_large_err)]
 fn matmul(
     a: FlexTensor,
     b: FlexTensor,
     token_major: bool,
-    bias: Option<&[f32]>,
-) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
+    init: Start,
+) -> Result<FlexTensor, (FlexTensor, FlexTensor, Option<FlexTensor>)> {
     let (la, lb) = (a.layout(), b.layout());
     let rank = la.num_dims();
     let (sa, sb) = (la.shape(), lb.shape());
@@ -549,9 +577,25 @@ fn matmul(
         && sa[rank - 1] == sb[rank - 2]
         && sa.num_elements() > 0
         && sb.num_elements() > 0
-        && bias.is_none_or(|v| v.len() == sb[rank - 1] && !token_major);
+        && match &init {
+            Start::Zero => true,
+            Start::Bias(v) => v.len() == sb[rank - 1] && !token_major,
+            Start::Add(c) => {
+                let mut shape = sa.clone();
+                shape[rank - 1] = sb[rank - 1];
+                !token_major
+                    && c.dtype() == DType::F32
+                    && c.is_unique()
+                    && c.layout().shape() == &shape
+                    && c.layout().contiguous_offsets().is_some_and(|(s, _)| s == 0)
+            }
+        };
     if !usable {
-        return Err((a, b));
+        let c = match init {
+            Start::Add(c) => Some(c),
+            _ => None,
+        };
+        return Err((a, b, c));
     }
     let (m, k, n) = (sa[rank - 2], sa[rank - 1], sb[rank - 1]);
     let (oa, ob) = (matrix_offsets(la), matrix_offsets(lb));
@@ -569,12 +613,16 @@ fn matmul(
     } else {
         (Box::new(move |i| i * m * n), n, Layout::contiguous(shape))
     };
-    let mut out: Vec<f32> = match bias {
-        Some(v) => v.repeat(batch * m),
-        None => Vec::with_capacity(batch * m * n),
+    let read_dst = !matches!(init, Start::Zero);
+    let (mut out, mut into): (Vec<f32>, Option<FlexTensor>) = match init {
+        Start::Zero => (Vec::with_capacity(batch * m * n), None),
+        Start::Bias(v) => (v.repeat(batch * m), None),
+        Start::Add(c) => (Vec::new(), Some(c)),
     };
-    let read_dst = bias.is_some();
-    let dst = Dst(out.as_mut_ptr());
+    let dst = match into.as_mut() {
+        Some(c) => Dst(c.storage_mut::<f32>().as_mut_ptr()),
+        None => Dst(out.as_mut_ptr()),
+    };
     let one = |i: usize, par: gemm::Parallelism| {
         // SAFETY: `oa[i]`, `ob[i]` and the strides come from the operands'
         // own layouts, so every element gemm reads (`offset + r·rs + c·cs`
@@ -583,7 +631,8 @@ fn matmul(
         // inside the `batch·m·n` capacity of `out` and disjoint between
         // batch indices (both layouts are permutations of the elements);
         // `read_dst = false` means gemm writes every one of them, reads none;
-        // with `read_dst` they are initialised (the bias rows, `out`'s length).
+        // with `read_dst` they are initialised (the bias rows, `out`'s
+        // length; or the unique, contiguous `c` of the output's shape).
         unsafe {
             gemm::gemm(
                 m,
@@ -614,6 +663,9 @@ fn matmul(
     } else {
         let par = if work >= PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         (0..batch).for_each(|i| one(i, par));
+    }
+    if let Some(c) = into {
+        return Ok(c);
     }
     if !read_dst {
         // SAFETY: the products above wrote all `batch·m·n` elements.

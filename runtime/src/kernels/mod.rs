@@ -86,6 +86,12 @@ pub trait Kernels: Backend {
         composed::embed_backward::<Self>(dy, tokens, vocab, t)
     }
 
+    /// `c + a · b`, into `c`'s memory where the backend can (a gradient
+    /// accumulated by the product that adds to it).
+    fn matmul_add(c: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_add(c, Self::matmul(a, b))
+    }
+
     /// `a · b + bias` for 2-D `a`, `b` and `bias: [n]` added to every row.
     fn matmul_bias(a: FloatTensor<Self>, b: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::matmul_bias::<Self>(a, b, bias)
@@ -194,15 +200,18 @@ pub trait Kernels: Backend {
 
     /// The gradients `(dx, dscale, dbias)` of [`Kernels::norm`] from `dy`:
     /// with `g = dy ⊙ scale`, `dx = rstd · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`,
-    /// `dscale = Σ_rows dy ⊙ x̂`, `dbias = Σ_rows dy`.
+    /// `dscale = Σ_rows dy ⊙ x̂`, `dbias = Σ_rows dy`. With `acc` (a
+    /// gradient of `x` from elsewhere), `dx` is added to it.
     fn norm_backward(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         centred: bool,
+        acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed::norm_backward::<Self>(x, scale, rstd, dy, centred)
+        let (dx, dscale, dbias) = composed::norm_backward::<Self>(x, scale, rstd, dy, centred);
+        (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias)
     }
 
     /// `y` of [`Kernels::norm`] (one graph node on autodiff).
@@ -599,6 +608,24 @@ mod tests {
         same_gradients(std::slice::from_ref(&table), ours, table.clone().select(0, tokens));
     }
 
+    /// A tensor read by several kernels gets the sum of their gradients,
+    /// which the kernels add into one another (`matmul_add`, the norm's
+    /// `acc`) instead of `Gradients::register` adding them.
+    #[test]
+    fn gradients_added_into_by_the_kernels_match_burn() {
+        let (x, w1, w2, s) = (random([12, 8]), random([8, 5]), random([8, 5]), random([8]));
+        let n = super::normalise(x.clone(), s.clone(), None, 1e-5, false);
+        let ours = super::matmul(x.clone(), w1.clone())
+            + super::matmul_relu(x.clone(), w2.clone())
+            + super::matmul(n, w1.clone());
+        let r = (x.clone().square().mean_dim(1) + 1e-5).sqrt();
+        let n = x.clone() / r * s.clone().unsqueeze();
+        let theirs = x.clone().matmul(w1.clone())
+            + burn::tensor::activation::relu(x.clone().matmul(w2.clone()))
+            + n.matmul(w1.clone());
+        same_gradients(&[x, w1, w2], ours, theirs);
+    }
+
     /// The product with a bias is burn's `matmul` plus the bias, value and
     /// gradients of all three.
     #[test]
@@ -788,11 +815,16 @@ mod tests {
             let (y2, s2) = composed::norm::<C>(x.clone(), scale.clone(), Some(bias.clone()), 1e-6, centred);
             same(y1, y2);
             same1(s1.clone(), s2);
-            let (a1, b1, c1) = <C as Kernels>::norm_backward(x.clone(), scale.clone(), s1.clone(), dy.clone(), centred);
-            let (a2, b2, c2) = composed::norm_backward::<C>(x.clone(), scale.clone(), s1, dy.clone(), centred);
-            same(a1, a2);
+            let (a1, b1, c1) =
+                <C as Kernels>::norm_backward(x.clone(), scale.clone(), s1.clone(), dy.clone(), centred, None);
+            let (a2, b2, c2) = composed::norm_backward::<C>(x.clone(), scale.clone(), s1.clone(), dy.clone(), centred);
+            same(a1.clone(), a2.clone());
             same1(b1, b2);
             same1(c1, c2);
+            // Added into a gradient from elsewhere.
+            let (a3, _, _) =
+                <C as Kernels>::norm_backward(x.clone(), scale.clone(), s1, dy.clone(), centred, Some(x.clone()));
+            same(a3, C::float_add(a2, x.clone()));
         }
         let targets = Tensor::<C, 1, Int>::from_ints([3, 0, 23, 5, 5, 1, 2, 9, 17], &d).into_primitive();
         let (n1, l1) = <C as Kernels>::cross_entropy(x.clone(), targets.clone());
@@ -845,6 +877,14 @@ mod tests {
         let (t2, p2) = composed::embed_backward::<C>(dy6, tokens, 9, Some(3));
         same(t1, t2);
         same(p1.expect("positions"), p2.expect("positions"));
+        // A product added into a tensor (a fresh one: the in-place path).
+        let (a, b, c) = (r([9, 24]), r([24, 24]), r([9, 24]));
+        let expected = C::float_add(c.clone(), C::float_matmul(a.clone(), b.clone()));
+        same(<C as Kernels>::matmul_add(c, a.clone(), b.clone()), expected);
+        // …and into a view it cannot write (the composition).
+        let ct = C::float_transpose(r([24, 9]));
+        let expected = C::float_add(ct.clone(), C::float_matmul(a.clone(), b.clone()));
+        same(<C as Kernels>::matmul_add(ct, a, b), expected);
         // ReLU after a product, and its gradient mask.
         let w = r([24, 24]);
         let y1 = <C as Kernels>::matmul_relu(x.clone(), w.clone());

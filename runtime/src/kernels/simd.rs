@@ -312,16 +312,27 @@ multiversion! {
 
 multiversion! {
     /// The input gradient of [`norm`] for one row, in place over `dy`:
-    /// with `g = dy ⊙ gamma`, `dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`.
-    pub fn norm_backward(dy: &mut [f32], x: &[f32], gamma: &[f32], r: f32, centred: bool) {
+    /// with `g = dy ⊙ gamma`, `dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`,
+    /// plus `acc` when given.
+    pub fn norm_backward(dy: &mut [f32], x: &[f32], gamma: &[f32], r: f32, centred: bool, acc: Option<&[f32]>) {
         let width = x.len().max(1) as f32;
         let mean = if centred { sum(x) / width } else { 0.0 };
         let sum_g = if centred { dot(dy, gamma) } else { 0.0 };
         let sum_gx = sum_zip3(dy, gamma, x, |d, g, v| d * g * ((v - mean) * r));
         let (mean_g, mean_gx) = (sum_g / width, sum_gx / width);
-        for ((d, &g), &v) in dy.iter_mut().zip(gamma).zip(x) {
-            let xhat = (v - mean) * r;
-            *d = r * (*d * g - mean_g - xhat * mean_gx);
+        match acc {
+            Some(acc) => {
+                for (((d, &g), &v), &a) in dy.iter_mut().zip(gamma).zip(x).zip(acc) {
+                    let xhat = (v - mean) * r;
+                    *d = r * (*d * g - mean_g - xhat * mean_gx) + a;
+                }
+            }
+            None => {
+                for ((d, &g), &v) in dy.iter_mut().zip(gamma).zip(x) {
+                    let xhat = (v - mean) * r;
+                    *d = r * (*d * g - mean_g - xhat * mean_gx);
+                }
+            }
         }
     }
 }
@@ -368,13 +379,25 @@ multiversion! {
 
 multiversion! {
     /// The softmax of `scale · row[..seen]` in place, and zeros after.
+    /// Every pass runs over the whole row, the future masked by a select:
+    /// rows are short (T), and a loop over `..seen` would leave up to a
+    /// vector's unrolled width of it to scalar code.
     pub fn softmax(row: &mut [f32], seen: usize, scale: f32) {
-        let (live, future) = row.split_at_mut(seen.min(row.len()));
-        let m = max(live);
-        live.iter_mut().for_each(|x| *x = exp((*x - m) * scale));
-        let inv = 1.0 / sum(live);
-        live.iter_mut().for_each(|x| *x *= inv);
-        future.fill(0.0);
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for (c, base) in (&mut chunks).zip((0..).step_by(LANES)) {
+            for (i, (a, &x)) in acc.iter_mut().zip(c).enumerate() {
+                *a = a.max(if base + i < seen { x } else { f32::NEG_INFINITY });
+            }
+        }
+        let whole = row.len() - chunks.remainder().len();
+        let tail = chunks.remainder().iter().enumerate().filter(|&(i, _)| whole + i < seen);
+        let m = acc.iter().copied().chain(tail.map(|(_, &x)| x)).fold(f32::NEG_INFINITY, f32::max);
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = if j < seen { exp((*x - m) * scale) } else { 0.0 };
+        }
+        let inv = 1.0 / sum(row);
+        row.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
