@@ -15,7 +15,7 @@ use burn::tensor::{Distribution, Tensor};
 
 type Ad = Autodiff<Cpu>;
 const BATCH: usize = 16;
-const STEPS: usize = 9;
+const STEPS: usize = 15;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -52,6 +52,26 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// The shaped mix: parents `v`, `o` and the three gains.
+#[derive(Debug)]
+struct Mix;
+
+impl<B: Kernels> Backward<B, 5> for Mix {
+    /// `v`, `o`, the gains, causal.
+    type State = (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3], bool);
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (v, o, gains, causal) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal);
+        for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 /// `a · b + bias`: as [`Matmul`], and `dbias = Σ_rows g`.
 #[derive(Debug)]
 struct MatmulBias;
@@ -326,6 +346,22 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
                 OpsKind::Tracked(prep) => prep.finish(state, y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
+        }
+    }
+
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let [gi, gs, gc] = gains;
+        let nodes = [v.node.clone(), o.node.clone(), gi.node.clone(), gs.node.clone(), gc.node.clone()];
+        let inner = [gi.primitive, gs.primitive, gc.primitive];
+        let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
+        match Mix.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((v.primitive, o.primitive, inner, causal), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

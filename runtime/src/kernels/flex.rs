@@ -26,6 +26,131 @@ impl Kernels for Flex {
         matmul(a, b, false, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
+    fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
+        let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains) else {
+            return composed::mix::<Flex>(v, o, gains, causal);
+        };
+        let (v, o) = (v.to_contiguous(), o.to_contiguous());
+        let len = v.layout().num_elements();
+        let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
+        let [gi, gs, gc] = &cols;
+        let mut out = vec![0.0f32; len];
+        let sequence = |(s, y): (usize, &mut [f32])| {
+            let (vq, oq) = (&vs[s * t * w..(s + 1) * t * w], &os[s * t * w..(s + 1) * t * w]);
+            let mut acc = vec![0.0f32; w];
+            let mut c = vec![0.0f32; w];
+            if !causal {
+                vq.chunks(w).for_each(|row| simd::add_into(&mut acc, row));
+                c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a / t as f32);
+            }
+            for (i, y) in y.chunks_mut(w).enumerate() {
+                let rows = i * w..(i + 1) * w;
+                if causal {
+                    simd::add_into(&mut acc, &vq[rows.clone()]);
+                    let inv = 1.0 / (i + 1) as f32;
+                    c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a * inv);
+                }
+                simd::mix_row(y, &vq[rows.clone()], &oq[rows], &c, gi, gs, gc);
+            }
+        };
+        if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            out.par_chunks_mut(t * w).enumerate().for_each(sequence);
+        } else {
+            out.chunks_mut(t * w).enumerate().for_each(sequence);
+        }
+        FlexTensor::new(
+            burn::tensor::Bytes::from_elems(out),
+            Layout::contiguous(v.layout().shape().clone()),
+            DType::F32,
+        )
+    }
+
+    fn mix_backward(
+        v: FlexTensor,
+        o: FlexTensor,
+        gains: [FlexTensor; 3],
+        dy: FlexTensor,
+        causal: bool,
+    ) -> (FlexTensor, FlexTensor, [FlexTensor; 3]) {
+        let fits = dy.dtype() == DType::F32 && dy.layout().shape() == v.layout().shape();
+        let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains).filter(|_| fits) else {
+            return composed::mix_backward::<Flex>(v, o, gains, dy, causal);
+        };
+        let sizes = gains.each_ref().map(|g| g.layout().num_elements());
+        let (v, o, dy) = (v.to_contiguous(), o.to_contiguous(), dy.to_contiguous());
+        let len = v.layout().num_elements();
+        let (vs, os, gs_): (&[f32], &[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len], &dy.storage()[..len]);
+        let [gi, gs, gc] = &cols;
+        let (mut dv, mut d_o) = (vec![0.0f32; len], vec![0.0f32; len]);
+        // Per sequence: the gains' column sums (v, o, centre(v) against dy),
+        // `do`, then `dv` from the last token to the first.
+        let sequence = |(s, (dvq, doq)): (usize, (&mut [f32], &mut [f32]))| {
+            let span = s * t * w..(s + 1) * t * w;
+            let (vq, oq, dq) = (&vs[span.clone()], &os[span.clone()], &gs_[span]);
+            let mut sums = [vec![0.0f32; w], vec![0.0f32; w], vec![0.0f32; w]];
+            let (mut acc, mut c) = (vec![0.0f32; w], vec![0.0f32; w]);
+            if !causal {
+                vq.chunks(w).for_each(|row| simd::add_into(&mut acc, row));
+                c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a / t as f32);
+            }
+            for (i, d) in doq.chunks_mut(w).enumerate() {
+                let rows = i * w..(i + 1) * w;
+                if causal {
+                    simd::add_into(&mut acc, &vq[rows.clone()]);
+                    let inv = 1.0 / (i + 1) as f32;
+                    c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a * inv);
+                }
+                let g = &dq[rows.clone()];
+                let [si, ss, sc] = &mut sums;
+                simd::add_products(si, g, &vq[rows.clone()]);
+                simd::add_products(ss, g, &oq[rows]);
+                simd::add_products(sc, g, &c);
+                simd::scale_cols(d, g, gs);
+            }
+            let mut r = vec![0.0f32; w];
+            if !causal {
+                // The mean's gradient: Σ_i gc ⊙ dy_i / t, the same for every token.
+                dq.chunks(w).for_each(|row| simd::add_products(&mut r, row, gc));
+                r.iter_mut().for_each(|x| *x /= t as f32);
+            }
+            for (i, d) in dvq.chunks_mut(w).enumerate().rev() {
+                let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
+                simd::mix_back_row(d, &dq[i * w..(i + 1) * w], &mut r, gi, gc, inv);
+            }
+            sums
+        };
+        let add = |mut a: [Vec<f64>; 3], b: [Vec<f32>; 3]| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.iter_mut().zip(y).for_each(|(p, q)| *p += f64::from(q));
+            }
+            a
+        };
+        let zero = || [vec![0.0f64; w], vec![0.0f64; w], vec![0.0f64; w]];
+        let chunks = |dv: &mut [f32], d_o: &mut [f32]| -> [Vec<f64>; 3] {
+            if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+                let per: Vec<[Vec<f32>; 3]> =
+                    dv.par_chunks_mut(t * w).zip(d_o.par_chunks_mut(t * w)).enumerate().map(sequence).collect();
+                per.into_iter().fold(zero(), add)
+            } else {
+                dv.chunks_mut(t * w).zip(d_o.chunks_mut(t * w)).enumerate().map(sequence).fold(zero(), add)
+            }
+        };
+        let columns = chunks(&mut dv, &mut d_o);
+        // Column sums → one sum per gain's group.
+        let mut k = 0;
+        let dgains = columns.map(|col| {
+            let n = sizes[k];
+            k += 1;
+            let per = w / n;
+            vector(col.chunks(per).map(|g| g.iter().sum::<f64>() as f32).collect())
+        });
+        let shape = v.layout().shape().clone();
+        let tensor = |x: Vec<f32>| {
+            FlexTensor::new(burn::tensor::Bytes::from_elems(x), Layout::contiguous(shape.clone()), DType::F32)
+        };
+        (tensor(dv), tensor(d_o), dgains)
+    }
+
     fn matmul_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
         match matmul(a, b, false, Start::Add(c)) {
             Ok(y) => y,
@@ -478,6 +603,34 @@ fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
         DType::I64 => Some(t.storage::<i64>()[..n].iter().map(|&i| i.max(0) as usize).collect()),
         _ => None,
     }
+}
+
+/// The per-column gains of a shaped mix (`[width]` each) and the dims of
+/// `v`, or `None` where the fused kernel does not apply (not f32, not
+/// `[batch, tokens, width]`, `o` of another shape, a gain count that does
+/// not divide the width).
+fn mix_setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<([Vec<f32>; 3], [usize; 3])> {
+    let ok = v.dtype() == DType::F32
+        && o.dtype() == DType::F32
+        && v.layout().num_dims() == 3
+        && o.layout().shape() == v.layout().shape()
+        && gains.iter().all(|g| g.dtype() == DType::F32);
+    if !ok {
+        return None;
+    }
+    let dims = dims3(v);
+    let w = dims[2];
+    let mut cols = [Vec::new(), Vec::new(), Vec::new()];
+    for (col, g) in cols.iter_mut().zip(gains) {
+        let n = g.layout().num_elements();
+        if n == 0 || w == 0 || !w.is_multiple_of(n) || dims[1] == 0 {
+            return None;
+        }
+        let g = g.to_contiguous();
+        let values: &[f32] = &g.storage()[..n];
+        *col = (0..w).map(|j| values[j / (w / n)]).collect();
+    }
+    Some((cols, dims))
 }
 
 /// A `[rows, cols]` f32 tensor.

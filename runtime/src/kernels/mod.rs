@@ -86,6 +86,32 @@ pub trait Kernels: Backend {
         composed::embed_backward::<Self>(dy, tokens, vocab, t)
     }
 
+    /// The shaped attention's matrix applied to the values, as one pass:
+    /// `gi ⊙ v + gs ⊙ o + gc ⊙ centre(v)` for `v`, `o` (the softmax term,
+    /// `softmax · v`): `[batch, tokens, width]`, each gain `[n]` scaling
+    /// `n` equal groups of the last dimension (heads; `n = 1` scales
+    /// everything), `centre` the running mean over tokens (`causal`) or
+    /// their mean.
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        composed::mix::<Self>(v, o, gains, causal)
+    }
+
+    /// The gradients of [`Kernels::mix`] from `dy`: `(dv, do, [dgi, dgs, dgc])`.
+    fn mix_backward(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        dy: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
+        composed::mix_backward::<Self>(v, o, gains, dy, causal)
+    }
+
     /// `c + a · b`, into `c`'s memory where the backend can (a gradient
     /// accumulated by the product that adds to it).
     fn matmul_add(c: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -289,6 +315,58 @@ mod composed {
             B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
         });
         (dtable, dpos)
+    }
+
+    /// The `centre` term: running mean over tokens, or the mean.
+    fn centre<B: super::Kernels>(v: FloatTensor<B>, causal: bool) -> FloatTensor<B> {
+        if causal {
+            B::causal_mean(v)
+        } else {
+            let shape = v.shape();
+            B::float_expand(B::float_mean_dim(v, 1), shape)
+        }
+    }
+
+    fn centre_backward<B: super::Kernels>(dy: FloatTensor<B>, causal: bool) -> FloatTensor<B> {
+        if causal {
+            B::causal_mean_backward(dy)
+        } else {
+            let shape = dy.shape();
+            B::float_expand(B::float_mean_dim(dy, 1), shape)
+        }
+    }
+
+    pub fn mix<B: super::Kernels>(
+        v: FloatTensor<B>,
+        o: FloatTensor<B>,
+        gains: [FloatTensor<B>; 3],
+        causal: bool,
+    ) -> FloatTensor<B> {
+        let [gi, gs, gc] = gains;
+        let c = centre::<B>(v.clone(), causal);
+        let sum = B::float_add(B::scale_groups(v, gi), B::scale_groups(o, gs));
+        B::float_add(sum, B::scale_groups(c, gc))
+    }
+
+    pub fn mix_backward<B: super::Kernels>(
+        v: FloatTensor<B>,
+        o: FloatTensor<B>,
+        gains: [FloatTensor<B>; 3],
+        dy: FloatTensor<B>,
+        causal: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3]) {
+        let [gi, gs, gc] = gains;
+        let n = |g: &FloatTensor<B>| g.shape().num_elements();
+        let (ni, ns, nc) = (n(&gi), n(&gs), n(&gc));
+        let c = centre::<B>(v.clone(), causal);
+        let dgi = B::scale_groups_grad(v, dy.clone(), ni);
+        let dgs = B::scale_groups_grad(o, dy.clone(), ns);
+        let dgc = B::scale_groups_grad(c, dy.clone(), nc);
+        let dv = B::float_add(
+            B::scale_groups(dy.clone(), gi),
+            centre_backward::<B>(B::scale_groups(dy.clone(), gc), causal),
+        );
+        (dv, B::scale_groups(dy, gs), [dgi, dgs, dgc])
     }
 
     pub fn matmul_bias<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
@@ -524,6 +602,11 @@ pub fn embed<B: Kernels>(
     tensor(B::embed(primitive(table), tokens.into_primitive(), positions.map(primitive)))
 }
 
+/// The shaped attention's terms summed (see [`Kernels::mix`]).
+pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3], causal: bool) -> Tensor<B, 3> {
+    tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
+}
+
 /// `a · b + bias` (see [`Kernels::matmul_bias`]).
 pub fn matmul_bias<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     tensor(B::matmul_bias(primitive(a), primitive(b), primitive(bias)))
@@ -606,6 +689,45 @@ mod tests {
         same_gradients(&[table.clone(), pos], ours, theirs);
         let ours = super::embed(table.clone(), tokens.clone(), None);
         same_gradients(std::slice::from_ref(&table), ours, table.clone().select(0, tokens));
+    }
+
+    /// The fused shaped mix is its composition from burn's ops, causal or
+    /// not, with per-head, single and negated gains: value and the
+    /// gradients of v, o and all three gains.
+    #[test]
+    fn mix_matches_its_composition() {
+        for causal in [true, false] {
+            let (v, o) = (random([2, 5, 12]), random([2, 5, 12]));
+            let (gi, gs, gc) = (random([3]), random([1]), random([3]));
+            let centre = |v: Tensor<Ad, 3>| {
+                if causal {
+                    let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..6, &Default::default()).float();
+                    v.cumsum(1) / counts.reshape([1, 5, 1])
+                } else {
+                    v.mean_dim(1).expand([2, 5, 12])
+                }
+            };
+            let heads = |x: Tensor<Ad, 3>, g: Tensor<Ad, 1>| {
+                let n = g.dims()[0];
+                (x.reshape([2, 5, n, 12 / n]) * g.reshape([1, 1, n, 1])).reshape([2, 5, 12])
+            };
+            let theirs = heads(v.clone(), gi.clone())
+                + heads(o.clone(), gs.clone())
+                + heads(centre(v.clone()), gc.clone().neg());
+            let ours = super::mix(v.clone(), o.clone(), [gi.clone(), gs.clone(), gc.clone().neg()], causal);
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let w = Tensor::<Ad, 3>::random([2, 5, 12], Distribution::Normal(0.0, 1.0), &Default::default());
+            let g1 = (ours * w.clone()).sum().backward();
+            let g2 = (theirs * w).sum().backward();
+            for x in [&v, &o] {
+                let (a, b) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
+                a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-3));
+            }
+            for g in [&gi, &gs, &gc] {
+                let (a, b) = (g.grad(&g1).expect("kernel gradient"), g.grad(&g2).expect("burn gradient"));
+                a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-3));
+            }
+        }
     }
 
     /// A tensor read by several kernels gets the sum of their gradients,

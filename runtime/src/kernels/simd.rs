@@ -193,6 +193,49 @@ multiversion! {
 }
 
 multiversion! {
+    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ c` (gains
+    /// per column).
+    pub fn mix_row(out: &mut [f32], v: &[f32], o: &[f32], c: &[f32], gi: &[f32], gs: &[f32], gc: &[f32]) {
+        let cols = v.iter().zip(o).zip(c).zip(gi.iter().zip(gs).zip(gc));
+        for (y, (((&v, &o), &c), ((&a, &b), &g))) in out.iter_mut().zip(cols) {
+            *y = a * v + b * o + g * c;
+        }
+    }
+}
+
+multiversion! {
+    /// One row of the shaped mix's `dv`, rows taken last to first:
+    /// `r ← r + inv · gc ⊙ dy`, then `dv ← gi ⊙ dy + r` (`inv` is
+    /// 1/(i+1) for the causal running mean; for the plain mean `r` is set
+    /// once and `inv` is 0).
+    pub fn mix_back_row(dv: &mut [f32], dy: &[f32], r: &mut [f32], gi: &[f32], gc: &[f32], inv: f32) {
+        let cols = dy.iter().zip(gi).zip(gc);
+        for ((d, acc), ((&g, &a), &c)) in dv.iter_mut().zip(r.iter_mut()).zip(cols) {
+            *acc += inv * c * g;
+            *d = a * g + *acc;
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[j] += a[j] · b[j]`.
+    pub fn add_products(acc: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((s, &x), &y) in acc.iter_mut().zip(a).zip(b) {
+            *s += x * y;
+        }
+    }
+}
+
+multiversion! {
+    /// `out ← g ⊙ dy` (gains per column).
+    pub fn scale_cols(out: &mut [f32], dy: &[f32], g: &[f32]) {
+        for ((o, &d), &g) in out.iter_mut().zip(dy).zip(g) {
+            *o = g * d;
+        }
+    }
+}
+
+multiversion! {
     /// `max(v, 0)` in place.
     pub fn relu(row: &mut [f32]) {
         row.iter_mut().for_each(|v| *v = v.max(0.0));

@@ -124,6 +124,19 @@ impl<B: Kernels> Attention<B> {
         matches!(self.plan.terms.as_slice(), [(Scalar::Const(c), MatrixTerm::Softmax)] if *c == 1.0)
     }
 
+    /// The coefficients of `I`, `softmax` and `centre` when the matrix is
+    /// exactly these three terms, each once (shaped attention, any order).
+    fn shaped_terms(&self) -> Option<[&Scalar; 3]> {
+        let terms = &self.plan.terms;
+        let find = |t: MatrixTerm| {
+            let mut it = terms.iter().filter(|(_, term)| *term == t);
+            let first = it.next();
+            first.filter(|_| it.next().is_none()).map(|(c, _)| c)
+        };
+        let coefs = [find(MatrixTerm::Identity)?, find(MatrixTerm::Softmax)?, find(MatrixTerm::Centre)?];
+        (terms.len() == 3).then_some(coefs)
+    }
+
     /// `x: [batch, tokens, width]` → `[batch, tokens, width]`. Every term
     /// is formed in the `[batch, tokens, heads · head_dim]` layout, per-head
     /// gains applied per group of the last dimension.
@@ -133,6 +146,12 @@ impl<B: Kernels> Attention<B> {
         let causal = self.plan.mask == Mask::Causal;
         let out = if self.plain_softmax() {
             self.softmax_times(&x, v, causal)
+        } else if let Some([ci, cs, cc]) = self.shaped_terms() {
+            // Shaped attention: the three terms and their gains in one kernel.
+            let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, &device);
+            let gains = [gain(ci), gain(cs), gain(cc)];
+            let o = self.softmax_times(&x, v.clone(), causal);
+            kernels::mix(v, o, gains, causal)
         } else {
             let mut acc: Option<Tensor<B, 3>> = None;
             for (coef, term) in &self.plan.terms {
