@@ -52,6 +52,25 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     }
 }
 
+/// `ga ⊙ a + gb ⊙ b`: parents `a`, `b`, `ga`, `gb`.
+#[derive(Debug)]
+struct ScaledSum;
+
+impl<B: Kernels> Backward<B, 4> for ScaledSum {
+    type State = [FloatTensor<B>; 4];
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [a, b, ga, gb] = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let all = B::scaled_sum_backward(a, b, ga, gb, dy);
+        for (parent, grad) in ops.parents.into_iter().zip(all) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 /// The shaped mix: parents `v`, `o` and the three gains.
 #[derive(Debug)]
 struct Mix;
@@ -346,6 +365,22 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
                 OpsKind::Tracked(prep) => prep.finish(state, y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
+        }
+    }
+
+    fn scaled_sum(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ga: FloatTensor<Self>,
+        gb: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [a.node.clone(), b.node.clone(), ga.node.clone(), gb.node.clone()];
+        let inner = [a.primitive, b.primitive, ga.primitive, gb.primitive];
+        let [pa, pb, pga, pgb] = inner.clone();
+        let y = B::scaled_sum(pa, pb, pga, pgb);
+        match ScaledSum.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(inner, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

@@ -26,6 +26,77 @@ impl Kernels for Flex {
         matmul(a, b, false, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
 
+    fn scaled_sum(a: FlexTensor, b: FlexTensor, ga: FlexTensor, gb: FlexTensor) -> FlexTensor {
+        let fits = a.dtype() == DType::F32 && b.dtype() == DType::F32 && a.layout().shape() == b.layout().shape();
+        let width = a.layout().shape().last().copied().unwrap_or(0);
+        let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
+            return Self::float_add(Self::scale_groups(a, ga), Self::scale_groups(b, gb));
+        };
+        let b = b.to_contiguous();
+        let bv: &[f32] = &b.storage()[..b.layout().num_elements()];
+        let mut out = Rows::new(a);
+        out.for_each(|r, row| simd::sum2_row(row, &bv[r * width..(r + 1) * width], &ca, &cb));
+        out.tensor
+    }
+
+    fn scaled_sum_backward(
+        a: FlexTensor,
+        b: FlexTensor,
+        ga: FlexTensor,
+        gb: FlexTensor,
+        dy: FlexTensor,
+    ) -> [FlexTensor; 4] {
+        let fits = [&a, &b, &dy].iter().all(|t| t.dtype() == DType::F32 && t.layout().shape() == a.layout().shape());
+        let width = a.layout().shape().last().copied().unwrap_or(0);
+        let (na, nb) = (ga.layout().num_elements(), gb.layout().num_elements());
+        let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
+            let dga = Self::scale_groups_grad(a, dy.clone(), na);
+            let dgb = Self::scale_groups_grad(b, dy.clone(), nb);
+            return [Self::scale_groups(dy.clone(), ga), Self::scale_groups(dy, gb), dga, dgb];
+        };
+        let (a, b, dy) = (a.to_contiguous(), b.to_contiguous(), dy.to_contiguous());
+        let len = a.layout().num_elements();
+        let (av, bv, gv): (&[f32], &[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len], &dy.storage()[..len]);
+        let (mut da, mut db) = (vec![0.0f32; len], vec![0.0f32; len]);
+        // Blocks of 64 rows: `da`, `db`, and the gains' column sums.
+        let block = 64 * width;
+        let part = |(k, (xa, xb)): (usize, (&mut [f32], &mut [f32]))| {
+            let (mut sa, mut sb) = (vec![0.0f32; width], vec![0.0f32; width]);
+            let span = k * block..(k * block + xa.len());
+            let (ar, br, gr) = (&av[span.clone()], &bv[span.clone()], &gv[span]);
+            for (i, (ya, yb)) in xa.chunks_mut(width).zip(xb.chunks_mut(width)).enumerate() {
+                let row = i * width..(i + 1) * width;
+                let g = &gr[row.clone()];
+                simd::scale_cols(ya, g, &ca);
+                simd::scale_cols(yb, g, &cb);
+                simd::add_products(&mut sa, g, &ar[row.clone()]);
+                simd::add_products(&mut sb, g, &br[row]);
+            }
+            [sa, sb]
+        };
+        let add = |mut x: [Vec<f64>; 2], y: [Vec<f32>; 2]| {
+            for (p, q) in x.iter_mut().zip(y) {
+                p.iter_mut().zip(q).for_each(|(s, t)| *s += f64::from(t));
+            }
+            x
+        };
+        let zero = || [vec![0.0f64; width], vec![0.0f64; width]];
+        let [sa, sb] = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            let parts: Vec<[Vec<f32>; 2]> =
+                da.par_chunks_mut(block).zip(db.par_chunks_mut(block)).enumerate().map(part).collect();
+            parts.into_iter().fold(zero(), add)
+        } else {
+            da.chunks_mut(block).zip(db.chunks_mut(block)).enumerate().map(part).fold(zero(), add)
+        };
+        let groups =
+            |col: Vec<f64>, n: usize| vector(col.chunks(width / n).map(|g| g.iter().sum::<f64>() as f32).collect());
+        let shape = a.layout().shape().clone();
+        let tensor = |x: Vec<f32>| {
+            FlexTensor::new(burn::tensor::Bytes::from_elems(x), Layout::contiguous(shape.clone()), DType::F32)
+        };
+        [tensor(da), tensor(db), groups(sa, na), groups(sb, nb)]
+    }
+
     fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
         let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains) else {
             return composed::mix::<Flex>(v, o, gains, causal);
@@ -605,6 +676,18 @@ fn indices(t: &FlexTensor) -> Option<Vec<usize>> {
     }
 }
 
+/// A gain `[n]` as one value per column of a `width`-wide last dimension
+/// (group `j / (width / n)`), or `None` (not f32, `n` does not divide).
+fn columns(g: &FlexTensor, width: usize) -> Option<Vec<f32>> {
+    let n = g.layout().num_elements();
+    if g.dtype() != DType::F32 || n == 0 || width == 0 || !width.is_multiple_of(n) {
+        return None;
+    }
+    let g = g.to_contiguous();
+    let values: &[f32] = &g.storage()[..n];
+    Some((0..width).map(|j| values[j / (width / n)]).collect())
+}
+
 /// The per-column gains of a shaped mix (`[width]` each) and the dims of
 /// `v`, or `None` where the fused kernel does not apply (not f32, not
 /// `[batch, tokens, width]`, `o` of another shape, a gain count that does
@@ -620,17 +703,11 @@ fn mix_setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<
     }
     let dims = dims3(v);
     let w = dims[2];
-    let mut cols = [Vec::new(), Vec::new(), Vec::new()];
-    for (col, g) in cols.iter_mut().zip(gains) {
-        let n = g.layout().num_elements();
-        if n == 0 || w == 0 || !w.is_multiple_of(n) || dims[1] == 0 {
-            return None;
-        }
-        let g = g.to_contiguous();
-        let values: &[f32] = &g.storage()[..n];
-        *col = (0..w).map(|j| values[j / (w / n)]).collect();
+    if dims[1] == 0 {
+        return None;
     }
-    Some((cols, dims))
+    let [gi, gs, gc] = gains;
+    Some(([columns(gi, w)?, columns(gs, w)?, columns(gc, w)?], dims))
 }
 
 /// A `[rows, cols]` f32 tensor.

@@ -23,7 +23,7 @@ mod simd;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorMetadata, TensorPrimitive};
 
 /// The constants of one Adam(W) update of one parameter.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,32 @@ pub trait Kernels: Backend {
         t: Option<usize>,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         composed::embed_backward::<Self>(dy, tokens, vocab, t)
+    }
+
+    /// `ga ⊙ a + gb ⊙ b` for `a`, `b` of one shape, each gain `[n]`
+    /// scaling `n` equal groups of the last dimension (a sum node with
+    /// trainable gains, a reparameterised map).
+    fn scaled_sum(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ga: FloatTensor<Self>,
+        gb: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::float_add(Self::scale_groups(a, ga), Self::scale_groups(b, gb))
+    }
+
+    /// The gradients `(da, db, dga, dgb)` of [`Kernels::scaled_sum`] from `dy`.
+    fn scaled_sum_backward(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        ga: FloatTensor<Self>,
+        gb: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 4] {
+        let (na, nb) = (ga.shape().num_elements(), gb.shape().num_elements());
+        let dga = Self::scale_groups_grad(a, dy.clone(), na);
+        let dgb = Self::scale_groups_grad(b, dy.clone(), nb);
+        [Self::scale_groups(dy.clone(), ga), Self::scale_groups(dy, gb), dga, dgb]
     }
 
     /// The shaped attention's matrix applied to the values, as one pass:
@@ -602,6 +628,16 @@ pub fn embed<B: Kernels>(
     tensor(B::embed(primitive(table), tokens.into_primitive(), positions.map(primitive)))
 }
 
+/// `ga ⊙ a + gb ⊙ b` (see [`Kernels::scaled_sum`]).
+pub fn scaled_sum<B: Kernels, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    ga: Tensor<B, 1>,
+    gb: Tensor<B, 1>,
+) -> Tensor<B, D> {
+    tensor(B::scaled_sum(primitive(a), primitive(b), primitive(ga), primitive(gb)))
+}
+
 /// The shaped attention's terms summed (see [`Kernels::mix`]).
 pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3], causal: bool) -> Tensor<B, 3> {
     tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
@@ -689,6 +725,28 @@ mod tests {
         same_gradients(&[table.clone(), pos], ours, theirs);
         let ours = super::embed(table.clone(), tokens.clone(), None);
         same_gradients(std::slice::from_ref(&table), ours, table.clone().select(0, tokens));
+    }
+
+    /// The gained sum of two tensors is its composition, value and the
+    /// gradients of both tensors and both gains (per head and single).
+    #[test]
+    fn scaled_sum_matches_its_composition() {
+        let (a, b, ga, gb) = (random::<3>([2, 70, 12]), random::<3>([2, 70, 12]), random::<1>([4]), random::<1>([1]));
+        let ours = super::scaled_sum(a.clone(), b.clone(), ga.clone(), gb.clone());
+        let theirs = (a.clone().reshape([2, 70, 4, 3]) * ga.clone().reshape([1, 1, 4, 1])).reshape([2, 70, 12])
+            + b.clone() * gb.clone().reshape([1, 1, 1]);
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let w = Tensor::<Ad, 3>::random([2, 70, 12], Distribution::Normal(0.0, 1.0), &Default::default());
+        let g1 = (ours * w.clone()).sum().backward();
+        let g2 = (theirs * w).sum().backward();
+        for x in [&a, &b] {
+            let (p, q) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
+            p.to_data().assert_approx_eq::<f32>(&q.to_data(), Tolerance::absolute(1e-3));
+        }
+        for g in [&ga, &gb] {
+            let (p, q) = (g.grad(&g1).expect("kernel gradient"), g.grad(&g2).expect("burn gradient"));
+            p.to_data().assert_approx_eq::<f32>(&q.to_data(), Tolerance::absolute(1e-3));
+        }
     }
 
     /// The fused shaped mix is its composition from burn's ops, causal or

@@ -218,6 +218,16 @@ multiversion! {
 }
 
 multiversion! {
+    /// One row of a gained sum: `out ← ga ⊙ a + gb ⊙ b` (gains per column),
+    /// in place over `a`.
+    pub fn sum2_row(a: &mut [f32], b: &[f32], ga: &[f32], gb: &[f32]) {
+        for ((y, &b), (&p, &q)) in a.iter_mut().zip(b).zip(ga.iter().zip(gb)) {
+            *y = p * *y + q * b;
+        }
+    }
+}
+
+multiversion! {
     /// `acc[j] += a[j] · b[j]`.
     pub fn add_products(acc: &mut [f32], a: &[f32], b: &[f32]) {
         for ((s, &x), &y) in acc.iter_mut().zip(a).zip(b) {

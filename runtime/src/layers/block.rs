@@ -104,6 +104,11 @@ impl<B: Kernels> Block<B> {
         b
     }
 
+    /// Whether every gain of a sum is a constant.
+    fn constant_gains(&self, terms: &[(Scalar, NodeId)]) -> bool {
+        terms.iter().all(|(g, _)| scalar::constant(g, &self.plan.slots, &self.plan.env).is_some())
+    }
+
     /// The block's output. Each node's output is dropped after its last
     /// use, so that tensors are freed (and updated in place) as early as in
     /// a block written by hand.
@@ -133,6 +138,12 @@ impl<B: Kernels> Block<B> {
                 Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
                 Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
                 Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
+                Step::Sum(terms) if terms.len() == 2 && !self.constant_gains(terms) => {
+                    // Two terms with a trainable gain: one kernel.
+                    let gain = |g: &Scalar| scalar::value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
+                    let (b, a) = (read(terms[1].1), read(terms[0].1));
+                    kernels::scaled_sum(b, a, gain(&terms[1].0), gain(&terms[0].0))
+                }
                 Step::Sum(terms) => {
                     let mut acc: Option<Tensor<B, 3>> = None;
                     // Last term first: it is usually a branch's fresh output,

@@ -81,13 +81,13 @@ impl<B: Kernels> Map<B> {
         match (self.kind, &self.weight) {
             (Kind::Dense, Some(w)) => linear(x, w.val(), self.bias.as_ref().map(Param::val)),
             (Kind::Reparam, Some(dw)) => {
-                let skip = self.gain(&self.skip, self.gains.0, &device).unsqueeze::<3>();
-                let resid = self.gain(&self.resid, self.gains.1, &device).unsqueeze::<3>();
+                let skip = self.gain(&self.skip, self.gains.0, &device);
+                let resid = self.gain(&self.resid, self.gains.1, &device);
                 let base = match &self.fixed {
                     Some(w0) => linear(x.clone(), w0.val(), None),
                     None => x.clone(),
                 };
-                base * skip + linear(x, dw.val(), None) * resid
+                crate::kernels::scaled_sum(base, linear(x, dw.val(), None), skip, resid)
             }
             _ => x,
         }
