@@ -12,6 +12,7 @@ use burn::tensor::ops::{ActivationOps, FloatTensorOps};
 use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::{composed, simd, AdamStep, Kernels};
 
@@ -277,7 +278,10 @@ impl Kernels for Flex {
     fn embed(table: FlexTensor, tokens: FlexTensor, positions: Option<FlexTensor>) -> FlexTensor {
         let usable = table.dtype() == DType::F32
             && table.layout().num_dims() == 2
-            && positions.as_ref().is_none_or(|p| p.dtype() == DType::F32 && p.layout().num_dims() == 2);
+            && positions.as_ref().is_none_or(|p| {
+                let s = p.layout().shape();
+                p.dtype() == DType::F32 && s.num_dims() == 2 && s[0] > 0 && s[1] == table.layout().shape()[1]
+            });
         let Some(ids) = indices(&tokens).filter(|_| usable) else {
             return composed::embed::<Flex>(table, tokens, positions);
         };
@@ -287,19 +291,23 @@ impl Kernels for Flex {
         let pos: Option<(&[f32], usize)> =
             positions.as_ref().map(|p| (&p.storage()[..p.layout().num_elements()], p.layout().shape()[0].max(1)));
         let n = ids.len();
-        let mut out = vec![0.0f32; n * d];
-        let fill = |(i, o): (usize, &mut [f32])| {
+        let mut out: Vec<f32> = Vec::with_capacity(n * d);
+        let fill = |(i, o): (usize, &mut [MaybeUninit<f32>])| {
             let k = ids[i].min(vocab.saturating_sub(1));
             simd::embed_row(o, &rows[k * d..(k + 1) * d], pos.map(|(p, t)| &p[(i % t) * d..(i % t + 1) * d]));
         };
         if vocab == 0 || d == 0 {
             return composed::embed::<Flex>(table, tokens, positions);
         }
+        let spare = &mut out.spare_capacity_mut()[..n * d];
         if n * d >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(d).enumerate().for_each(fill);
+            spare.par_chunks_mut(d).enumerate().for_each(fill);
         } else {
-            out.chunks_mut(d).enumerate().for_each(fill);
+            spare.chunks_mut(d).enumerate().for_each(fill);
         }
+        // SAFETY: `simd::embed_row` wrote all `d` elements of each of the
+        // `n` rows (table rows and position rows are `d` long).
+        unsafe { out.set_len(n * d) };
         matrix(out, n, d)
     }
 
@@ -460,19 +468,39 @@ impl Kernels for Flex {
         centred: bool,
     ) -> (FlexTensor, FlexTensor) {
         let f32s = x.dtype() == DType::F32 && scale.dtype() == DType::F32;
-        if !f32s || x.layout().num_dims() != 2 || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        let width = x.layout().shape().last().copied().unwrap_or(0);
+        let fits = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().num_elements() == width;
+        if !f32s || x.layout().num_dims() != 2 || !fits(&scale) || bias.as_ref().is_some_and(|b| !fits(b)) {
             return composed::norm::<Flex>(x, scale, bias, eps, centred);
         }
         let scale = scale.to_contiguous();
         let bias = bias.map(|b| b.to_contiguous());
         let gamma: &[f32] = scale.storage();
         let beta: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
-        let mut out = Rows::new(x);
-        let rows = out.tensor.layout().shape()[0];
+        // Into a new tensor: `x` is almost always shared (autodiff keeps it
+        // for the backward, the residual stream reads it again), so working
+        // in place would first copy it.
+        let x = x.to_contiguous();
+        let (rows, width) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let xs: &[f32] = &x.storage()[..rows * width];
+        let mut out: Vec<f32> = Vec::with_capacity(rows * width);
         let mut rstd = vec![0.0f32; rows];
         let eps = eps as f32;
-        out.for_each_with(&mut rstd, |row, r| *r = simd::norm(row, gamma, beta, eps, centred));
-        (out.tensor, vector(rstd))
+        let row = |((y, x), r): ((&mut [MaybeUninit<f32>], &[f32]), &mut f32)| {
+            *r = simd::norm(y, x, gamma, beta, eps, centred)
+        };
+        let w = width.max(1);
+        let spare = &mut out.spare_capacity_mut()[..rows * width];
+        if rows * width >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            spare.par_chunks_mut(w).zip(xs.par_chunks(w)).zip(rstd.par_iter_mut()).for_each(row);
+        } else {
+            spare.chunks_mut(w).zip(xs.chunks(w)).zip(rstd.iter_mut()).for_each(row);
+        }
+        // SAFETY: `simd::norm` wrote every element of every row of the
+        // `rows · width` reserved above (its rows are `width` long, as are
+        // `x`'s and `gamma`).
+        unsafe { out.set_len(rows * width) };
+        (matrix(out, rows, width), vector(rstd))
     }
 
     fn norm_backward(
@@ -608,19 +636,6 @@ impl Rows {
             data.par_chunks_mut(len.max(1)).for_each(&f);
         } else {
             data.chunks_mut(len.max(1)).for_each(f);
-        }
-    }
-
-    /// Calls `f(row, &mut out[r])` on every row `r`, one output value per
-    /// row, on several threads when the work is large.
-    fn for_each_with<F: Fn(&mut [f32], &mut f32) + Sync>(&mut self, out: &mut [f32], f: F) {
-        let width = self.width();
-        let n = self.tensor.layout().num_elements();
-        let data = &mut self.tensor.storage_mut::<f32>()[..n];
-        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            data.par_chunks_mut(width).zip(out.par_iter_mut()).for_each(|(row, o)| f(row, o));
-        } else {
-            data.chunks_mut(width).zip(out.iter_mut()).for_each(|(row, o)| f(row, o));
         }
     }
 

@@ -9,6 +9,8 @@
 //! reorder); their order is fixed by the source, so every instruction set
 //! gives the same result, bit for bit.
 
+use std::mem::MaybeUninit;
+
 /// The instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -170,15 +172,20 @@ pub fn exp(x: f32) -> f32 {
 }
 
 multiversion! {
-    /// `out ← row (+ pos)`.
-    pub fn embed_row(out: &mut [f32], row: &[f32], pos: Option<&[f32]>) {
+    /// `out ← row (+ pos)`, every element of `out` written (`row` and
+    /// `pos` are at least as long).
+    pub fn embed_row(out: &mut [MaybeUninit<f32>], row: &[f32], pos: Option<&[f32]>) {
         match pos {
             Some(pos) => {
                 for ((o, &a), &b) in out.iter_mut().zip(row).zip(pos) {
-                    *o = a + b;
+                    o.write(a + b);
                 }
             }
-            None => out.copy_from_slice(&row[..out.len()]),
+            None => {
+                for (o, &a) in out.iter_mut().zip(row) {
+                    o.write(a);
+                }
+            }
         }
     }
 }
@@ -341,21 +348,29 @@ multiversion! {
 }
 
 multiversion! {
-    /// RMSNorm (`centred = false`) or LayerNorm of one row in place:
-    /// `(x − mean?) · rstd ⊙ gamma (+ beta)`; returns `rstd`.
-    pub fn norm(row: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, centred: bool) -> f32 {
-        let width = row.len().max(1) as f32;
-        let mean = if centred { sum(row) / width } else { 0.0 };
-        let r = 1.0 / (sum_map(row, |v| (v - mean) * (v - mean)) / width + eps).sqrt();
+    /// RMSNorm (`centred = false`) or LayerNorm of one row `x` into `out`
+    /// (every element written): `(x − mean?) · rstd ⊙ gamma (+ beta)`;
+    /// returns `rstd`.
+    pub fn norm(
+        out: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        gamma: &[f32],
+        beta: Option<&[f32]>,
+        eps: f32,
+        centred: bool,
+    ) -> f32 {
+        let width = x.len().max(1) as f32;
+        let mean = if centred { sum(x) / width } else { 0.0 };
+        let r = 1.0 / (sum_map(x, |v| (v - mean) * (v - mean)) / width + eps).sqrt();
         match beta {
             Some(beta) => {
-                for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
-                    *v = (*v - mean) * r * g + b;
+                for (((y, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    y.write((v - mean) * r * g + b);
                 }
             }
             None => {
-                for (v, &g) in row.iter_mut().zip(gamma) {
-                    *v = (*v - mean) * r * g;
+                for ((y, &v), &g) in out.iter_mut().zip(x).zip(gamma) {
+                    y.write((v - mean) * r * g);
                 }
             }
         }
@@ -403,13 +418,22 @@ multiversion! {
         ds: &mut [f64],
         db: &mut [f64],
     ) {
+        // In f32 over the block (callers pass blocks of 64 rows), then
+        // added to the f64 totals.
         let w = width.max(1);
+        let (mut s32, mut b32) = (vec![0.0f32; w], vec![0.0f32; w]);
         for ((xr, dr), &r) in x.chunks(w).zip(dy.chunks(w)).zip(rstd) {
             let mean = if centred { sum(xr) / w as f32 } else { 0.0 };
-            for (((s, b), &v), &d) in ds.iter_mut().zip(db.iter_mut()).zip(xr).zip(dr) {
-                *s += (d * (v - mean) * r) as f64;
-                *b += d as f64;
+            for (((s, b), &v), &d) in s32.iter_mut().zip(b32.iter_mut()).zip(xr).zip(dr) {
+                *s += d * ((v - mean) * r);
+                *b += d;
             }
+        }
+        for (t, s) in ds.iter_mut().zip(s32) {
+            *t += f64::from(s);
+        }
+        for (t, b) in db.iter_mut().zip(b32) {
+            *t += f64::from(b);
         }
     }
 }
