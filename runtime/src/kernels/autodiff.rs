@@ -7,8 +7,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::TensorMetadata;
+use burn::tensor::{Shape, TensorMetadata};
 
 use super::Kernels;
 
@@ -91,32 +92,51 @@ impl<B: Kernels> Backward<B, 5> for Mix {
     }
 }
 
-/// `a · b + bias`: as [`Matmul`], and `dbias = Σ_rows g`.
+/// `x` with its leading dimensions merged: `[rows, last]` (free for the
+/// contiguous tensors the layers pass).
+fn flat<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = t.shape();
+    let last = shape[shape.num_dims() - 1];
+    B::float_reshape(t, [shape.num_elements() / last.max(1), last].into())
+}
+
+/// `y = act(x · w (+ bias))` for `x: [..., k]` (its leading dimensions
+/// merged inside the op, not by a reshape node of the graph: a tensor read
+/// by several products or norms is then their direct parent, and each adds
+/// its gradient into the others', see `take_grad!`), `act` the identity or
+/// ReLU: `dz = dy (⊙ (y > 0))`, `dx = dz · wᵀ`, `dw = xᵀ · dz`,
+/// `dbias = Σ_rows dz`.
 #[derive(Debug)]
-struct MatmulBias;
+struct Linear;
 
-impl<B: Kernels> Backward<B, 3> for MatmulBias {
-    /// `a` (for `db`), `b` (for `da`).
-    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
+    /// `x` flat (for `dw`), `w` (for `dx`), `x`'s shape, the output when
+    /// it is a ReLU's.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, Shape, Option<FloatTensor<B>>);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (a, b) = ops.state;
-        let g = grads.consume::<B>(&ops.node);
-        let [na, nb, nbias] = ops.parents;
-        if let Some(node) = nbias {
-            grads.register::<B>(node.id, B::column_sums(g.clone()));
-        }
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, shape, relu) = ops.state;
+        let dy = flat::<B>(grads.consume::<B>(&ops.node));
+        let dz = match relu {
+            Some(y) => B::relu_grad(flat::<B>(y), dy),
+            None => dy,
+        };
+        let mut parents = ops.parents.into_iter();
+        let (nx, nw, nb) = (parents.next().flatten(), parents.next().flatten(), parents.next().flatten());
         if let Some(node) = nb {
-            let a = a.expect("a is kept when b is tracked");
-            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), g.clone()));
+            grads.register::<B>(node.id, B::column_sums(dz.clone()));
         }
-        if let Some(node) = na {
-            let b = b.expect("b is kept when a is tracked");
-            let da = match take_grad!(B, grads, node, g.clone()) {
-                Some(c) => B::matmul_add(c, g, B::float_transpose(b)),
-                None => B::matmul(g, B::float_transpose(b)),
+        if let Some(node) = nw {
+            let x = x.expect("x is kept when w is tracked");
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(x), dz.clone()));
+        }
+        if let Some(node) = nx {
+            let w = B::float_transpose(w.expect("w is kept when x is tracked"));
+            let dx = match take_grad!(B, grads, node, dz.clone()) {
+                Some(c) => B::matmul_add(flat::<B>(c), dz, w),
+                None => B::matmul(dz, w),
             };
-            grads.register::<B>(node.id, da);
+            grads.register::<B>(node.id, B::float_reshape(dx, shape));
         }
     }
 }
@@ -132,42 +152,17 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (tokens, vocab, t) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t, acc);
         let mut parents = ops.parents.into_iter();
         if let Some(Some(node)) = parents.next() {
             grads.register::<B>(node.id, dtable);
         }
         if let (Some(Some(node)), Some(dpos)) = (parents.next(), dpos) {
             grads.register::<B>(node.id, dpos);
-        }
-    }
-}
-
-/// `y = relu(a · b)`: `dz = dy ⊙ (y > 0)`, then `da = dz · bᵀ`,
-/// `db = aᵀ · dz`. The output `y` (which the next product keeps anyway) is
-/// the state for the mask.
-#[derive(Debug)]
-struct MatmulRelu;
-
-impl<B: Kernels> Backward<B, 2> for MatmulRelu {
-    /// `a` (for `db`), `b` (for `da`), the output.
-    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (a, b, y) = ops.state;
-        let dz = B::relu_grad(y, grads.consume::<B>(&ops.node));
-        let [na, nb] = ops.parents;
-        if let Some(node) = nb {
-            let a = a.expect("a is kept when b is tracked");
-            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), dz.clone()));
-        }
-        if let Some(node) = na {
-            let b = b.expect("b is kept when a is tracked");
-            let da = match take_grad!(B, grads, node, dz.clone()) {
-                Some(c) => B::matmul_add(c, dz, B::float_transpose(b)),
-                None => B::matmul(dz, B::float_transpose(b)),
-            };
-            grads.register::<B>(node.id, da);
         }
     }
 }
@@ -262,12 +257,14 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Norm {
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, scale, rstd, centred) = ops.state;
-        let dy = grads.consume::<B>(&ops.node);
+        let shape = x.shape();
+        let dy = flat::<B>(grads.consume::<B>(&ops.node));
         let acc = match &ops.parents[0] {
-            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            Some(node) => take_grad!(B, grads, node, dy.clone()).map(flat::<B>),
             None => None,
         };
-        let (dx, dscale, dbias) = B::norm_backward(x, scale, rstd, dy, centred, acc);
+        let (dx, dscale, dbias) = B::norm_backward(flat::<B>(x), scale, rstd, dy, centred, acc);
+        let dx = B::float_reshape(dx, shape);
         for (parent, grad) in ops.parents.into_iter().zip([dx, dscale, dbias]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
@@ -284,13 +281,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         eps: f64,
         centred: bool,
     ) -> FloatTensor<Self> {
+        let shape = x.primitive.shape();
         let (y, rstd) = B::norm(
-            x.primitive.clone(),
+            flat::<B>(x.primitive.clone()),
             scale.primitive.clone(),
             bias.as_ref().map(|b| b.primitive.clone()),
             eps,
             centred,
         );
+        let y = B::float_reshape(y, shape);
         let state = (x.primitive, scale.primitive, rstd, centred);
         match bias {
             Some(b) => match Norm.prepare::<C>([x.node, scale.node, b.node]).compute_bound().stateful() {
@@ -400,28 +399,30 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         }
     }
 
-    fn matmul_bias(a: FloatTensor<Self>, b: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
-        let nodes = [a.node.clone(), b.node.clone(), bias.node.clone()];
-        let y = B::matmul_bias(a.primitive.clone(), b.primitive.clone(), bias.primitive);
-        match MatmulBias.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let state = (b_tracked.then_some(a.primitive), a_tracked.then_some(b.primitive));
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
-    }
-
-    fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
-        match MatmulRelu.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = B::matmul_relu(a.primitive.clone(), b.primitive.clone());
-                let state = (b_tracked.then_some(a.primitive), a_tracked.then_some(b.primitive), y.clone());
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::matmul_relu(a.primitive, b.primitive)),
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+        let shape = x.primitive.shape();
+        let y = B::dense(x.primitive.clone(), w.primitive.clone(), bias.as_ref().map(|b| b.primitive.clone()), relu);
+        let state = (
+            w_tracked.then(|| flat::<B>(x.primitive.clone())),
+            x_tracked.then(|| w.primitive.clone()),
+            shape,
+            relu.then(|| y.clone()),
+        );
+        match bias {
+            Some(b) => match Linear.prepare::<C>([x.node, w.node, b.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            None => match Linear.prepare::<C>([x.node, w.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
         }
     }
 

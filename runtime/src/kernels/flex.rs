@@ -316,15 +316,27 @@ impl Kernels for Flex {
         tokens: FlexTensor,
         vocab: usize,
         t: Option<usize>,
+        acc: Option<FlexTensor>,
     ) -> (FlexTensor, Option<FlexTensor>) {
         let usable = dy.dtype() == DType::F32 && dy.layout().num_dims() == 2 && vocab > 0;
-        let Some(ids) = indices(&tokens).filter(|_| usable) else {
-            return composed::embed_backward::<Flex>(dy, tokens, vocab, t);
+        let d = dy.layout().shape().last().copied().unwrap_or(0);
+        let acc_fits = acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().num_elements() == vocab * d);
+        let Some(ids) = indices(&tokens).filter(|_| usable && acc_fits) else {
+            return composed::embed_backward::<Flex>(dy, tokens, vocab, t, acc);
         };
         let dy = dy.to_contiguous();
-        let (n, d) = (dy.layout().shape()[0], dy.layout().shape()[1]);
+        let n = dy.layout().shape()[0];
         let g: &[f32] = &dy.storage()[..n * d];
-        let mut table = vec![0.0f32; vocab * d];
+        // Into the table's gradient from elsewhere (a tied head's), else zeros.
+        let mut base = acc.map(Rows::new);
+        let mut zeros = Vec::new();
+        let table: &mut [f32] = match base.as_mut() {
+            Some(rows) => rows.all(),
+            None => {
+                zeros = vec![0.0f32; vocab * d];
+                &mut zeros
+            }
+        };
         let mut pos = t.map(|t| vec![0.0f32; t.max(1) * d]);
         // One pass over dy (rows of a token add up: serial).
         for (i, row) in g.chunks(d.max(1)).enumerate() {
@@ -335,7 +347,11 @@ impl Kernels for Flex {
                 simd::add_into(&mut p[j * d..(j + 1) * d], row);
             }
         }
-        (matrix(table, vocab, d), pos.zip(t).map(|(p, t)| matrix(p, t.max(1), d)))
+        let table = match base {
+            Some(rows) => Flex::float_reshape(rows.tensor, [vocab, d].into()),
+            None => matrix(zeros, vocab, d),
+        };
+        (table, pos.zip(t).map(|(p, t)| matrix(p, t.max(1), d)))
     }
 
     fn matmul_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {

@@ -76,14 +76,17 @@ pub trait Kernels: Backend {
 
     /// The gradients of [`Kernels::embed`] from `dy: [n, d]`: the table's
     /// (`[vocab, d]`, the rows of `dy` summed by token) and, with `t`
-    /// positions, theirs (`[t, d]`, the rows summed by `i mod t`).
+    /// positions, theirs (`[t, d]`, the rows summed by `i mod t`). With
+    /// `acc` (the table's gradient from elsewhere: a tied head), the rows
+    /// are added into it.
     fn embed_backward(
         dy: FloatTensor<Self>,
         tokens: IntTensor<Self>,
         vocab: usize,
         t: Option<usize>,
+        acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        composed::embed_backward::<Self>(dy, tokens, vocab, t)
+        composed::embed_backward::<Self>(dy, tokens, vocab, t, acc)
     }
 
     /// `ga ⊙ a + gb ⊙ b` for `a`, `b` of one shape, each gain `[n]`
@@ -136,6 +139,30 @@ pub trait Kernels: Backend {
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
         composed::mix_backward::<Self>(v, o, gains, dy, causal)
+    }
+
+    /// `act(x · w (+ bias))` for `x: [..., k]`, `w: [k, n]`: `[..., n]`,
+    /// `act` ReLU when `relu`, else the identity (a layer's linear map, as
+    /// one 2-D product over the rows of `x`).
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let k = shape[shape.num_dims() - 1];
+        let x = Self::float_reshape(x, [shape.num_elements() / k.max(1), k].into());
+        let y = match (bias, relu) {
+            (Some(b), false) => Self::matmul_bias(x, w, b),
+            (Some(b), true) => Self::relu(Self::matmul_bias(x, w, b)),
+            (None, false) => Self::matmul(x, w),
+            (None, true) => Self::matmul_relu(x, w),
+        };
+        let mut out = shape;
+        let last = out.num_dims() - 1;
+        out[last] = y.shape()[1];
+        Self::float_reshape(y, out)
     }
 
     /// `c + a · b`, into `c`'s memory where the backend can (a gradient
@@ -266,7 +293,8 @@ pub trait Kernels: Backend {
         (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias)
     }
 
-    /// `y` of [`Kernels::norm`] (one graph node on autodiff).
+    /// `y` of [`Kernels::norm`] over the last dimension of `x: [..., width]`
+    /// (one graph node on autodiff).
     fn normalise(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,
@@ -274,7 +302,10 @@ pub trait Kernels: Backend {
         eps: f64,
         centred: bool,
     ) -> FloatTensor<Self> {
-        Self::norm(x, scale, bias, eps, centred).0
+        let shape = x.shape();
+        let width = shape[shape.num_dims() - 1];
+        let x = Self::float_reshape(x, [shape.num_elements() / width.max(1), width].into());
+        Self::float_reshape(Self::norm(x, scale, bias, eps, centred).0, shape)
     }
 
     /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
@@ -331,11 +362,15 @@ mod composed {
         tokens: IntTensor<B>,
         vocab: usize,
         t: Option<usize>,
+        acc: Option<FloatTensor<B>>,
     ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
         let shape = dy.shape();
         let (n, d) = (shape[0], shape[1]);
-        let zeros = Tensor::<B, 2>::zeros([vocab, d], &B::float_device(&dy));
-        let dtable = B::float_select_add(primitive(zeros), 0, tokens, dy.clone());
+        let base = match acc {
+            Some(a) => B::float_reshape(a, [vocab, d].into()),
+            None => primitive(Tensor::<B, 2>::zeros([vocab, d], &B::float_device(&dy))),
+        };
+        let dtable = B::float_select_add(base, 0, tokens, dy.clone());
         let dpos = t.map(|t| {
             let per_sequence = B::float_reshape(dy, [n / t.max(1), t, d].into());
             B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
@@ -606,12 +641,7 @@ pub fn normalise<B: Kernels, const D: usize>(
     eps: f64,
     centred: bool,
 ) -> Tensor<B, D> {
-    let dims = x.dims();
-    let width = dims[D - 1];
-    let rows = x.shape().num_elements() / width.max(1);
-    let x = primitive(x.reshape([rows, width]));
-    let y = B::normalise(x, primitive(scale), bias.map(primitive), eps, centred);
-    tensor::<B, 2>(y).reshape(dims)
+    tensor(B::normalise(primitive(x), primitive(scale), bias.map(primitive), eps, centred))
 }
 
 /// Cross-entropy per row (see [`Kernels::cross_entropy`]): `[n]`.
@@ -643,14 +673,25 @@ pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3
     tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
 }
 
+/// `act(x · w (+ bias))` over the last dimension of `x` (see
+/// [`Kernels::dense`]).
+pub fn linear<B: Kernels, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    relu: bool,
+) -> Tensor<B, D> {
+    tensor(B::dense(primitive(x), primitive(w), bias.map(primitive), relu))
+}
+
 /// `a · b + bias` (see [`Kernels::matmul_bias`]).
 pub fn matmul_bias<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
-    tensor(B::matmul_bias(primitive(a), primitive(b), primitive(bias)))
+    tensor(B::dense(primitive(a), primitive(b), Some(primitive(bias)), false))
 }
 
 /// `relu(a · b)` (see [`Kernels::matmul_relu`]).
 pub fn matmul_relu<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
-    tensor(B::matmul_relu(primitive(a), primitive(b)))
+    tensor(B::dense(primitive(a), primitive(b), None, true))
 }
 
 /// `a · b` (see [`Kernels::matmul`]).
@@ -1053,10 +1094,15 @@ mod tests {
         let e1 = <C as Kernels>::embed(x.clone(), tokens.clone(), Some(pos.clone()));
         same(e1, composed::embed::<C>(x.clone(), tokens.clone(), Some(pos)));
         let dy6 = C::float_reshape(r([6, 24]), [6, 24].into());
-        let (t1, p1) = <C as Kernels>::embed_backward(dy6.clone(), tokens.clone(), 9, Some(3));
-        let (t2, p2) = composed::embed_backward::<C>(dy6, tokens, 9, Some(3));
+        let (t1, p1) = <C as Kernels>::embed_backward(dy6.clone(), tokens.clone(), 9, Some(3), None);
+        let (t2, p2) = composed::embed_backward::<C>(dy6.clone(), tokens.clone(), 9, Some(3), None);
         same(t1, t2);
         same(p1.expect("positions"), p2.expect("positions"));
+        // Added into the table's gradient from elsewhere.
+        let acc = r([9, 24]);
+        let (t3, _) = <C as Kernels>::embed_backward(dy6.clone(), tokens.clone(), 9, None, Some(acc.clone()));
+        let (t4, _) = composed::embed_backward::<C>(dy6, tokens, 9, None, None);
+        same(t3, C::float_add(t4, acc));
         // A product added into a tensor (a fresh one: the in-place path).
         let (a, b, c) = (r([9, 24]), r([24, 24]), r([9, 24]));
         let expected = C::float_add(c.clone(), C::float_matmul(a.clone(), b.clone()));

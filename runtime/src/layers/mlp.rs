@@ -36,12 +36,10 @@ impl<B: Kernels> Mlp<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let down_bias = self.down_bias.as_ref().map(Param::val);
-        if self.activation == Activation::Relu && self.up_bias.is_none() {
+        if self.activation == Activation::Relu {
             // The product and its ReLU as one kernel (one pass fewer each way).
-            let [batch, tokens, width] = x.dims();
-            let h = crate::kernels::matmul_relu(x.reshape([batch * tokens, width]), self.up.val());
-            let hidden = h.dims()[1];
-            return linear(h.reshape([batch, tokens, hidden]), self.down.val(), down_bias);
+            let h = crate::kernels::linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val), true);
+            return linear(h, self.down.val(), down_bias);
         }
         let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
         linear(act(self.activation, h), self.down.val(), down_bias)

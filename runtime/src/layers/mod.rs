@@ -18,12 +18,5 @@ use burn::tensor::Tensor;
 /// then a single `xᵀ · dy`, not one product per batch row summed afterwards
 /// (what a broadcast `[1, fan_in, fan_out]` weight costs in the backward).
 pub fn linear<B: Kernels>(x: Tensor<B, 3>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
-    let [batch, tokens, fan_in] = x.dims();
-    let fan_out = w.dims()[1];
-    let x = x.reshape([batch * tokens, fan_in]);
-    let y = match b {
-        Some(b) => crate::kernels::matmul_bias(x, w, b),
-        None => crate::kernels::matmul(x, w),
-    };
-    y.reshape([batch, tokens, fan_out])
+    crate::kernels::linear(x, w, b, false)
 }
