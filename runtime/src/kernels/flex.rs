@@ -109,20 +109,11 @@ impl Kernels for Flex {
         let mut out = vec![0.0f32; len];
         let sequence = |(s, y): (usize, &mut [f32])| {
             let (vq, oq) = (&vs[s * t * w..(s + 1) * t * w], &os[s * t * w..(s + 1) * t * w]);
-            let mut acc = vec![0.0f32; w];
-            let mut c = vec![0.0f32; w];
-            if !causal {
-                vq.chunks(w).for_each(|row| simd::add_into(&mut acc, row));
-                c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a / t as f32);
-            }
+            let mut centre = Centre::new(vq, t, w, causal);
             for (i, y) in y.chunks_mut(w).enumerate() {
                 let rows = i * w..(i + 1) * w;
-                if causal {
-                    simd::add_into(&mut acc, &vq[rows.clone()]);
-                    let inv = 1.0 / (i + 1) as f32;
-                    c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a * inv);
-                }
-                simd::mix_row(y, &vq[rows.clone()], &oq[rows], &c, gi, gs, gc);
+                let c = centre.row(i, &vq[rows.clone()]);
+                simd::mix_row(y, &vq[rows.clone()], &oq[rows], c, gi, gs, gc);
             }
         };
         if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
@@ -160,23 +151,15 @@ impl Kernels for Flex {
             let span = s * t * w..(s + 1) * t * w;
             let (vq, oq, dq) = (&vs[span.clone()], &os[span.clone()], &gs_[span]);
             let mut sums = [vec![0.0f32; w], vec![0.0f32; w], vec![0.0f32; w]];
-            let (mut acc, mut c) = (vec![0.0f32; w], vec![0.0f32; w]);
-            if !causal {
-                vq.chunks(w).for_each(|row| simd::add_into(&mut acc, row));
-                c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a / t as f32);
-            }
+            let mut centre = Centre::new(vq, t, w, causal);
             for (i, d) in doq.chunks_mut(w).enumerate() {
                 let rows = i * w..(i + 1) * w;
-                if causal {
-                    simd::add_into(&mut acc, &vq[rows.clone()]);
-                    let inv = 1.0 / (i + 1) as f32;
-                    c.iter_mut().zip(&acc).for_each(|(c, a)| *c = a * inv);
-                }
+                let c = centre.row(i, &vq[rows.clone()]);
                 let g = &dq[rows.clone()];
                 let [si, ss, sc] = &mut sums;
                 simd::add_products(si, g, &vq[rows.clone()]);
                 simd::add_products(ss, g, &oq[rows]);
-                simd::add_products(sc, g, &c);
+                simd::add_products(sc, g, c);
                 simd::scale_cols(d, g, gs);
             }
             let mut r = vec![0.0f32; w];
@@ -717,6 +700,35 @@ fn columns(g: &FlexTensor, width: usize) -> Option<Vec<f32>> {
     let g = g.to_contiguous();
     let values: &[f32] = &g.storage()[..n];
     Some((0..width).map(|j| values[j / (width / n)]).collect())
+}
+
+/// The `centre` term of one sequence (`t` rows of `w`), a row at a time:
+/// the running mean over the rows so far (causal) or the mean of all.
+struct Centre {
+    sum: Vec<f32>,
+    row: Vec<f32>,
+    causal: bool,
+}
+
+impl Centre {
+    fn new(seq: &[f32], t: usize, w: usize, causal: bool) -> Self {
+        let mut c = Centre { sum: vec![0.0; w], row: vec![0.0; w], causal };
+        if !causal {
+            seq.chunks(w.max(1)).for_each(|row| simd::add_into(&mut c.sum, row));
+            c.row.iter_mut().zip(&c.sum).for_each(|(r, s)| *r = s / t.max(1) as f32);
+        }
+        c
+    }
+
+    /// The term at row `i`, given the rows in order (`v` is row `i`).
+    fn row(&mut self, i: usize, v: &[f32]) -> &[f32] {
+        if self.causal {
+            simd::add_into(&mut self.sum, v);
+            let inv = 1.0 / (i + 1) as f32;
+            self.row.iter_mut().zip(&self.sum).for_each(|(r, s)| *r = s * inv);
+        }
+        &self.row
+    }
 }
 
 /// The per-column gains of a shaped mix (`[width]` each) and the dims of

@@ -777,17 +777,9 @@ mod tests {
         let theirs = (a.clone().reshape([2, 70, 4, 3]) * ga.clone().reshape([1, 1, 4, 1])).reshape([2, 70, 12])
             + b.clone() * gb.clone().reshape([1, 1, 1]);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-        let w = Tensor::<Ad, 3>::random([2, 70, 12], Distribution::Normal(0.0, 1.0), &Default::default());
-        let g1 = (ours * w.clone()).sum().backward();
-        let g2 = (theirs * w).sum().backward();
-        for x in [&a, &b] {
-            let (p, q) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
-            p.to_data().assert_approx_eq::<f32>(&q.to_data(), Tolerance::absolute(1e-3));
-        }
-        for g in [&ga, &gb] {
-            let (p, q) = (g.grad(&g1).expect("kernel gradient"), g.grad(&g2).expect("burn gradient"));
-            p.to_data().assert_approx_eq::<f32>(&q.to_data(), Tolerance::absolute(1e-3));
-        }
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[a, b], &g1, &g2);
+        grads_agree(&[ga, gb], &g1, &g2);
     }
 
     /// The fused shaped mix is its composition from burn's ops, causal or
@@ -815,17 +807,9 @@ mod tests {
                 + heads(centre(v.clone()), gc.clone().neg());
             let ours = super::mix(v.clone(), o.clone(), [gi.clone(), gs.clone(), gc.clone().neg()], causal);
             ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-            let w = Tensor::<Ad, 3>::random([2, 5, 12], Distribution::Normal(0.0, 1.0), &Default::default());
-            let g1 = (ours * w.clone()).sum().backward();
-            let g2 = (theirs * w).sum().backward();
-            for x in [&v, &o] {
-                let (a, b) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
-                a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-3));
-            }
-            for g in [&gi, &gs, &gc] {
-                let (a, b) = (g.grad(&g1).expect("kernel gradient"), g.grad(&g2).expect("burn gradient"));
-                a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-3));
-            }
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[v, o], &g1, &g2);
+            grads_agree(&[gi, gs, gc], &g1, &g2);
         }
     }
 
@@ -899,6 +883,31 @@ mod tests {
         }
     }
 
+    /// The gradients of `ours` and of `theirs` weighted by one random
+    /// tensor (not symmetric, so that a transposed gradient would show).
+    fn backward_both<const D: usize>(
+        ours: Tensor<Ad, D>,
+        theirs: Tensor<Ad, D>,
+    ) -> (
+        <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+        <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+    ) {
+        let w = Tensor::<Ad, D>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
+        ((ours * w.clone()).sum().backward(), (theirs * w).sum().backward())
+    }
+
+    /// Each leaf has the same gradient in `g1` (the kernels') and `g2`.
+    fn grads_agree<const L: usize>(
+        leaves: &[Tensor<Ad, L>],
+        g1: &<Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+        g2: &<Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+    ) {
+        for x in leaves {
+            let (a, b) = (x.grad(g1).expect("kernel gradient"), x.grad(g2).expect("burn gradient"));
+            a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(1e-3));
+        }
+    }
+
     /// `ours` (the kernels) and `theirs` (burn's ops), built in that order
     /// from the same `leaves`, agree on value and on the leaves' gradients.
     fn same_gradients<const L: usize, const D: usize>(
@@ -907,13 +916,8 @@ mod tests {
         theirs: Tensor<Ad, D>,
     ) {
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-        let w = Tensor::<Ad, D>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
-        let g1 = (ours * w.clone()).sum().backward();
-        let g2 = (theirs * w).sum().backward();
-        for x in leaves {
-            let (ours, theirs) = (x.grad(&g1).expect("kernel gradient"), x.grad(&g2).expect("burn gradient"));
-            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
-        }
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(leaves, &g1, &g2);
     }
 
     #[test]
