@@ -523,15 +523,35 @@ impl Kernels for Flex {
         let len = x.layout().num_elements();
         let (xs, gamma, rs): (&[f32], &[f32], &[f32]) = (&x.storage()[..len], scale.storage(), rstd.storage());
         let mut out = Rows::new(dy);
-        // dscale and dbias first: they need dy, which the rows below overwrite.
-        let (dscale, dbias) = {
-            let dys: &[f32] = &out.tensor.storage()[..len];
-            column_sums(xs, dys, rs, width, centred)
+        // Blocks of 64 rows (64 KiB of `x` and of `dy` at width 256, in
+        // cache for the second pass): dscale and dbias from the block first
+        // (they need dy, which the rows then overwrite with dx).
+        const ROWS: usize = 64;
+        let block = ROWS * width.max(1);
+        let part = |(b, d): (usize, &mut [f32])| {
+            let (first, span) = (b * ROWS, b * block..b * block + d.len());
+            let (mut ds, mut db) = (vec![0.0f64; width], vec![0.0f64; width]);
+            simd::norm_column_sums(&xs[span], d, &rs[first..], width, centred, &mut ds, &mut db);
+            for (i, row) in d.chunks_mut(width.max(1)).enumerate() {
+                let rows = (first + i) * width..(first + i + 1) * width;
+                simd::norm_backward(row, &xs[rows.clone()], gamma, rs[first + i], centred, acc.map(|a| &a[rows]));
+            }
+            (ds, db)
         };
-        out.for_each(|i, row| {
-            let rows = i * width..(i + 1) * width;
-            simd::norm_backward(row, &xs[rows.clone()], gamma, rs[i], centred, acc.map(|a| &a[rows]));
-        });
+        let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
+            a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+            b.iter_mut().zip(d).for_each(|(x, y)| *x += y);
+            (a, b)
+        };
+        let zero = || (vec![0.0f64; width], vec![0.0f64; width]);
+        let dys = out.all();
+        let (ds, db) = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            dys.par_chunks_mut(block).enumerate().map(part).reduce(zero, add)
+        } else {
+            dys.chunks_mut(block).enumerate().map(part).fold(zero(), add)
+        };
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        let (dscale, dbias): (Vec<f32>, Vec<f32>) = (f32s(ds), f32s(db));
         (out.tensor, vector(dscale), vector(dbias))
     }
 
@@ -650,32 +670,6 @@ impl Rows {
             data.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
         }
     }
-}
-
-/// `Σ_rows dy ⊙ x̂` and `Σ_rows dy` for a norm's rows (x̂ recomputed from
-/// `x` and `rstd`), accumulated in f64 over blocks of rows.
-fn column_sums(xs: &[f32], dys: &[f32], rs: &[f32], width: usize, centred: bool) -> (Vec<f32>, Vec<f32>) {
-    let rows_per_block = 64;
-    let block = |(b, (xb, db)): (usize, (&[f32], &[f32]))| {
-        let (mut ds, mut dbias) = (vec![0.0f64; width], vec![0.0f64; width]);
-        let rows = &rs[b * rows_per_block..];
-        simd::norm_column_sums(xb, db, rows, width, centred, &mut ds, &mut dbias);
-        (ds, dbias)
-    };
-    let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
-        a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
-        b.iter_mut().zip(d).for_each(|(x, y)| *x += y);
-        (a, b)
-    };
-    let chunk = rows_per_block * width;
-    let zero = || (vec![0.0f64; width], vec![0.0f64; width]);
-    let (ds, db) = if xs.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-        xs.par_chunks(chunk).zip(dys.par_chunks(chunk)).enumerate().map(block).reduce(zero, add)
-    } else {
-        xs.chunks(chunk).zip(dys.chunks(chunk)).enumerate().map(block).fold(zero(), add)
-    };
-    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-    (f(ds), f(db))
 }
 
 /// An integer tensor's values as indices (i32 or i64 storage), or `None`

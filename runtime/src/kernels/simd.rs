@@ -456,10 +456,13 @@ multiversion! {
 
 multiversion! {
     /// The softmax of `scale · row[..seen]` in place, and zeros after.
-    /// Every pass runs over the whole row, the future masked by a select:
-    /// rows are short (T), and a loop over `..seen` would leave up to a
-    /// vector's unrolled width of it to scalar code.
+    /// The passes run over `seen` rounded up to 64, the rest masked by a
+    /// select: rows are short (T), and a loop over `..seen` would leave up
+    /// to a vector's unrolled width of it to scalar code.
     pub fn softmax(row: &mut [f32], seen: usize, scale: f32) {
+        // Past `seen` rounded up to 64 (the unrolled vector width) all is 0.
+        let (row, zeros) = row.split_at_mut(seen.div_ceil(64).saturating_mul(64).min(row.len()));
+        zeros.fill(0.0);
         let mut acc = [f32::NEG_INFINITY; LANES];
         let mut chunks = row.chunks_exact(LANES);
         for (c, base) in (&mut chunks).zip((0..).step_by(LANES)) {
