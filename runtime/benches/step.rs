@@ -108,25 +108,37 @@ fn main() {
         rayon::current_num_threads()
     );
     println!("{:<10} {:>10} {:>12} {:>16}", "model", "step ms", "matmuls ms", "outside matmuls");
-    // `cargo bench --bench step -- preln` times only the models named.
+    // `cargo bench --bench step -- preln` times only the models named;
+    // `-- --steps-only` skips the products alone (for a profile of the
+    // step by itself: `perf record` on the bench binary).
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let steps_only = std::env::args().any(|a| a == "--steps-only");
     for name in ["preln", "sas-p"].into_iter().filter(|n| only.is_empty() || only.iter().any(|o| o == n)) {
         let c = blkc::compile(&root.join(format!("examples/small/{name}.blk")), &blkc::FsLoader).expect("readable");
         let p = c.program.expect("compiles");
         let m = p.model.clone().expect("model");
         let model = Model::<Ad>::build(&p, &m, 0, &Default::default());
         let batch = blkc_runtime::bench::random_batch(&m, BATCH, 1);
-        let ops = operands(&products(&p, &m));
+        let ops = if steps_only { Vec::new() } else { operands(&products(&p, &m)) };
         // Warm up, then alternate the two so that the machine's drift
         // affects both alike.
         time_step(&model, &batch, &m);
-        time_products(&ops);
+        if !steps_only {
+            time_products(&ops);
+        }
         let (mut steps, mut mms) = (Vec::new(), Vec::new());
         for _ in 0..STEPS {
             steps.push(time_step(&model, &batch, &m));
-            mms.push(time_products(&ops));
+            if !steps_only {
+                mms.push(time_products(&ops));
+            }
         }
-        let (step, mm) = (median(steps), median(mms));
+        let step = median(steps);
+        if steps_only {
+            println!("{name:<10} {:>10.1}", step * 1e3);
+            continue;
+        }
+        let mm = median(mms);
         println!("{name:<10} {:>10.1} {:>12.1} {:>15.1}%", step * 1e3, mm * 1e3, 100.0 * (1.0 - mm / step));
     }
 }
