@@ -61,12 +61,7 @@ fn biased(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, bias: Option<Tensor<Ad, 1>>, ops: 
 /// `relu(x · w)`: blkc's fused kernel, or burn's product and ReLU.
 fn up_relu(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
     match ops {
-        Ops::Kernels => {
-            let [b, t, k] = x.dims();
-            let y = kernels::matmul_relu(x.reshape([b * t, k]), w);
-            let n = y.dims()[1];
-            y.reshape([b, t, n])
-        }
+        Ops::Kernels => kernels::linear(x, w, None, true),
         Ops::Stock => relu(dense(x, w, ops)),
     }
 }

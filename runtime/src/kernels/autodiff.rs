@@ -13,6 +13,18 @@ use burn::tensor::{Shape, TensorMetadata};
 
 use super::Kernels;
 
+/// Records `y`, computed from the tensors of `nodes`, as one node of `op`
+/// in the graph (with `state` for its backward when a parent is tracked);
+/// `C` is the checkpoint strategy of the impl it is used in.
+macro_rules! record {
+    ($op:expr, $nodes:expr, $state:expr, $y:expr) => {
+        match $op.prepare::<C>($nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish($state, $y),
+            OpsKind::UnTracked(prep) => prep.finish($y),
+        }
+    };
+}
+
 /// Takes the gradient registered so far for the parent `node` out of
 /// `grads` (`None` if there is none), so that a kernel adds the new one
 /// into it — one pass fewer than the addition `Gradients::register` makes.
@@ -292,36 +304,22 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let y = B::float_reshape(y, shape);
         let state = (x.primitive, scale.primitive, rstd, centred);
         match bias {
-            Some(b) => match Norm.prepare::<C>([x.node, scale.node, b.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            None => match Norm.prepare::<C>([x.node, scale.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+            Some(b) => record!(Norm, [x.node, scale.node, b.node], state, y),
+            None => record!(Norm, [x.node, scale.node], state, y),
         }
     }
 
     fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         let (nll, lse) = B::cross_entropy(logits.primitive.clone(), targets.clone());
-        match Nll.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((logits.primitive, lse, targets), nll),
-            OpsKind::UnTracked(prep) => prep.finish(nll),
-        }
+        record!(Nll, [logits.node.clone()], (logits.primitive, lse, targets), nll)
     }
 
     fn scale_groups(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x_tracked, g_tracked) = (x.is_tracked(), g.is_tracked());
         let y = B::scale_groups(x.primitive.clone(), g.primitive.clone());
-        match ScaleGroups.prepare::<C>([x.node.clone(), g.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let n = g.primitive.shape().num_elements();
-                let state = (g_tracked.then_some(x.primitive), x_tracked.then_some(g.primitive), n);
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        let n = g.primitive.shape().num_elements();
+        let state = (g_tracked.then_some(x.primitive), x_tracked.then_some(g.primitive), n);
+        record!(ScaleGroups, [x.node, g.node], state, y)
     }
 
     fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -340,10 +338,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let s = B::matmul(q.primitive.clone(), B::float_transpose(k.primitive.clone()));
         let p = B::softmax_scores(s, scale, causal);
         let o = B::matmul_token_major(p.clone(), v.primitive.clone());
-        match Attention.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, p, scale), o),
-            OpsKind::UnTracked(prep) => prep.finish(o),
-        }
+        record!(Attention, nodes, (q.primitive, k.primitive, v.primitive, p, scale), o)
     }
 
     fn embed(
@@ -356,14 +351,8 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let y = B::embed(table.primitive, tokens.clone(), positions.as_ref().map(|p| p.primitive.clone()));
         let state = (tokens, vocab, t);
         match positions {
-            Some(p) => match Embed.prepare::<C>([table.node, p.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            None => match Embed.prepare::<C>([table.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+            Some(p) => record!(Embed, [table.node, p.node], state, y),
+            None => record!(Embed, [table.node], state, y),
         }
     }
 
@@ -377,10 +366,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let inner = [a.primitive, b.primitive, ga.primitive, gb.primitive];
         let [pa, pb, pga, pgb] = inner.clone();
         let y = B::scaled_sum(pa, pb, pga, pgb);
-        match ScaledSum.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(inner, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        record!(ScaledSum, nodes, inner, y)
     }
 
     fn mix(
@@ -393,10 +379,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let nodes = [v.node.clone(), o.node.clone(), gi.node.clone(), gs.node.clone(), gc.node.clone()];
         let inner = [gi.primitive, gs.primitive, gc.primitive];
         let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
-        match Mix.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((v.primitive, o.primitive, inner, causal), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        record!(Mix, nodes, (v.primitive, o.primitive, inner, causal), y)
     }
 
     fn dense(
@@ -415,25 +398,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             relu.then(|| y.clone()),
         );
         match bias {
-            Some(b) => match Linear.prepare::<C>([x.node, w.node, b.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            None => match Linear.prepare::<C>([x.node, w.node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+            Some(b) => record!(Linear, [x.node, w.node, b.node], state, y),
+            None => record!(Linear, [x.node, w.node], state, y),
         }
     }
 
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
-        match Matmul.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let state = (b_tracked.then(|| a.primitive.clone()), a_tracked.then(|| b.primitive.clone()));
-                prep.finish(state, B::matmul(a.primitive, b.primitive))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::matmul(a.primitive, b.primitive)),
-        }
+        let y = B::matmul(a.primitive.clone(), b.primitive.clone());
+        let state = (b_tracked.then_some(a.primitive), a_tracked.then_some(b.primitive));
+        record!(Matmul, [a.node, b.node], state, y)
     }
 }

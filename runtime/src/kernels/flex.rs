@@ -31,7 +31,7 @@ impl Kernels for Flex {
         let fits = a.dtype() == DType::F32 && b.dtype() == DType::F32 && a.layout().shape() == b.layout().shape();
         let width = a.layout().shape().last().copied().unwrap_or(0);
         let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
-            return Self::float_add(Self::scale_groups(a, ga), Self::scale_groups(b, gb));
+            return composed::scaled_sum::<Flex>(a, b, ga, gb);
         };
         let b = b.to_contiguous();
         let bv: &[f32] = &b.storage()[..b.layout().num_elements()];
@@ -51,9 +51,7 @@ impl Kernels for Flex {
         let width = a.layout().shape().last().copied().unwrap_or(0);
         let (na, nb) = (ga.layout().num_elements(), gb.layout().num_elements());
         let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
-            let dga = Self::scale_groups_grad(a, dy.clone(), na);
-            let dgb = Self::scale_groups_grad(b, dy.clone(), nb);
-            return [Self::scale_groups(dy.clone(), ga), Self::scale_groups(dy, gb), dga, dgb];
+            return composed::scaled_sum_backward::<Flex>(a, b, ga, gb, dy);
         };
         let (a, b, dy) = (a.to_contiguous(), b.to_contiguous(), dy.to_contiguous());
         let len = a.layout().num_elements();
@@ -89,13 +87,8 @@ impl Kernels for Flex {
         } else {
             da.chunks_mut(block).zip(db.chunks_mut(block)).enumerate().map(part).fold(zero(), add)
         };
-        let groups =
-            |col: Vec<f64>, n: usize| vector(col.chunks(width / n).map(|g| g.iter().sum::<f64>() as f32).collect());
         let shape = a.layout().shape().clone();
-        let tensor = |x: Vec<f32>| {
-            FlexTensor::new(burn::tensor::Bytes::from_elems(x), Layout::contiguous(shape.clone()), DType::F32)
-        };
-        [tensor(da), tensor(db), groups(sa, na), groups(sb, nb)]
+        [owned(da, shape.clone()), owned(db, shape), group_sums(&sa, na), group_sums(&sb, nb)]
     }
 
     fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
@@ -121,11 +114,7 @@ impl Kernels for Flex {
         } else {
             out.chunks_mut(t * w).enumerate().for_each(sequence);
         }
-        FlexTensor::new(
-            burn::tensor::Bytes::from_elems(out),
-            Layout::contiguous(v.layout().shape().clone()),
-            DType::F32,
-        )
+        owned(out, v.layout().shape().clone())
     }
 
     fn mix_backward(
@@ -191,19 +180,10 @@ impl Kernels for Flex {
             }
         };
         let columns = chunks(&mut dv, &mut d_o);
-        // Column sums → one sum per gain's group.
-        let mut k = 0;
-        let dgains = columns.map(|col| {
-            let n = sizes[k];
-            k += 1;
-            let per = w / n;
-            vector(col.chunks(per).map(|g| g.iter().sum::<f64>() as f32).collect())
-        });
+        let mut sizes = sizes.into_iter();
+        let dgains = columns.map(|col| group_sums(&col, sizes.next().unwrap_or(1)));
         let shape = v.layout().shape().clone();
-        let tensor = |x: Vec<f32>| {
-            FlexTensor::new(burn::tensor::Bytes::from_elems(x), Layout::contiguous(shape.clone()), DType::F32)
-        };
-        (tensor(dv), tensor(d_o), dgains)
+        (owned(dv, shape.clone()), owned(d_o, shape), dgains)
     }
 
     fn matmul_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
@@ -747,15 +727,27 @@ fn mix_setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<
     Some(([columns(gi, w)?, columns(gs, w)?, columns(gc, w)?], dims))
 }
 
+/// Per-column sums as one sum per group of `n` (a gain's gradient):
+/// `[n]`, group `i` the columns `i·w/n .. (i+1)·w/n`.
+fn group_sums(col: &[f64], n: usize) -> FlexTensor {
+    let per = col.len() / n.max(1);
+    vector(col.chunks(per.max(1)).map(|g| g.iter().sum::<f64>() as f32).collect())
+}
+
+/// A contiguous f32 tensor of `shape` owning `v`.
+fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
+}
+
 /// A `[rows, cols]` f32 tensor.
 fn matrix(v: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
-    FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous([rows, cols].into()), DType::F32)
+    owned(v, [rows, cols].into())
 }
 
 /// A `[n]` f32 tensor.
 fn vector(v: Vec<f32>) -> FlexTensor {
     let n = v.len();
-    FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous([n].into()), DType::F32)
+    owned(v, [n].into())
 }
 
 fn dims3(x: &FlexTensor) -> [usize; 3] {

@@ -98,7 +98,7 @@ pub trait Kernels: Backend {
         ga: FloatTensor<Self>,
         gb: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::float_add(Self::scale_groups(a, ga), Self::scale_groups(b, gb))
+        composed::scaled_sum::<Self>(a, b, ga, gb)
     }
 
     /// The gradients `(da, db, dga, dgb)` of [`Kernels::scaled_sum`] from `dy`.
@@ -109,10 +109,7 @@ pub trait Kernels: Backend {
         gb: FloatTensor<Self>,
         dy: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4] {
-        let (na, nb) = (ga.shape().num_elements(), gb.shape().num_elements());
-        let dga = Self::scale_groups_grad(a, dy.clone(), na);
-        let dgb = Self::scale_groups_grad(b, dy.clone(), nb);
-        [Self::scale_groups(dy.clone(), ga), Self::scale_groups(dy, gb), dga, dgb]
+        composed::scaled_sum_backward::<Self>(a, b, ga, gb, dy)
     }
 
     /// The shaped attention's matrix applied to the values, as one pass:
@@ -395,6 +392,28 @@ mod composed {
             let shape = dy.shape();
             B::float_expand(B::float_mean_dim(dy, 1), shape)
         }
+    }
+
+    pub fn scaled_sum<B: super::Kernels>(
+        a: FloatTensor<B>,
+        b: FloatTensor<B>,
+        ga: FloatTensor<B>,
+        gb: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        B::float_add(B::scale_groups(a, ga), B::scale_groups(b, gb))
+    }
+
+    pub fn scaled_sum_backward<B: super::Kernels>(
+        a: FloatTensor<B>,
+        b: FloatTensor<B>,
+        ga: FloatTensor<B>,
+        gb: FloatTensor<B>,
+        dy: FloatTensor<B>,
+    ) -> [FloatTensor<B>; 4] {
+        let (na, nb) = (ga.shape().num_elements(), gb.shape().num_elements());
+        let dga = B::scale_groups_grad(a, dy.clone(), na);
+        let dgb = B::scale_groups_grad(b, dy.clone(), nb);
+        [B::scale_groups(dy.clone(), ga), B::scale_groups(dy, gb), dga, dgb]
     }
 
     pub fn mix<B: super::Kernels>(
