@@ -1,14 +1,23 @@
 //! How much of a training step's forward + backward is spent outside matrix
 //! products: the small CPU example (6 blocks, width 256, 4 heads, T = 128,
-//! batch 16, vocab 4096), timed side by side with the same step's matmuls
-//! alone (every forward product and the two backward products of each, at
-//! their shapes), the two timed in alternation. `cargo bench -p
-//! blkc-runtime --bench step` (`RAYON_NUM_THREADS=N` for N threads).
+//! batch 16, vocab 4096). Two measures side by side:
+//!
+//! - in the step: the wall time inside `gemm` during the step, read from
+//!   the flex kernels' product clock ([`blkc_runtime::kernels::product_time`]);
+//! - alone: the same step's products (every forward product and the two
+//!   backward products of each, at their shapes) on random operands, timed
+//!   in alternation with the step. Isolated products read operands that are
+//!   not in cache, so this one moves with the machine's memory traffic.
+//!
+//! `cargo bench -p blkc-runtime --bench step` (`RAYON_NUM_THREADS=N` for N
+//! threads; `-- preln` for one model; `-- --steps-only` skips the products
+//! alone, for a profile of the step by itself).
 
 use std::time::Instant;
 
 use blkc::graph::{MatrixTerm, Op};
 use blkc_runtime::backend::Cpu;
+use blkc_runtime::kernels::product_time;
 use blkc_runtime::model::Model;
 use burn::backend::Autodiff;
 use burn::tensor::{Distribution, Tensor};
@@ -88,15 +97,18 @@ fn time_products(operands: &[(Tensor<Cpu, 3>, Tensor<Cpu, 3>)]) -> f64 {
 }
 
 /// One forward + backward of the training loss (`train::loss`, as
-/// `blkc train` computes it) on a random batch.
-fn time_step(model: &Model<Ad>, batch: &blkc_runtime::train::batch::Batch, m: &blkc::graph::Model) -> f64 {
+/// `blkc train` computes it) on a random batch: its seconds, and the
+/// seconds of it spent inside products.
+fn time_step(model: &Model<Ad>, batch: &blkc_runtime::train::batch::Batch, m: &blkc::graph::Model) -> (f64, f64) {
     let device = Default::default();
     let obj = blkc_runtime::train::objective_for_mask(m.mask, m.vocab as u32);
+    let products = product_time();
     let start = Instant::now();
     let grads = blkc_runtime::train::loss(model, batch, obj, &device).backward();
-    let g = model.embedding.grad(&grads).map(|g| g.sum().into_scalar());
-    std::hint::black_box(g);
-    start.elapsed().as_secs_f64()
+    drop(std::hint::black_box(grads));
+    let elapsed = start.elapsed().as_secs_f64();
+    let in_products = (product_time() - products).as_secs_f64();
+    (elapsed, in_products)
 }
 
 fn main() {
@@ -107,10 +119,10 @@ fn main() {
         blkc_runtime::backend::cpu_name(),
         rayon::current_num_threads()
     );
-    println!("{:<10} {:>10} {:>12} {:>16}", "model", "step ms", "matmuls ms", "outside matmuls");
-    // `cargo bench --bench step -- preln` times only the models named;
-    // `-- --steps-only` skips the products alone (for a profile of the
-    // step by itself: `perf record` on the bench binary).
+    println!(
+        "{:<8} {:>8} | {:>11} {:>8} | {:>11} {:>8}",
+        "model", "step ms", "in step ms", "outside", "alone ms", "outside"
+    );
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let steps_only = std::env::args().any(|a| a == "--steps-only");
     for name in ["preln", "sas-p"].into_iter().filter(|n| only.is_empty() || only.iter().any(|o| o == n)) {
@@ -126,19 +138,22 @@ fn main() {
         if !steps_only {
             time_products(&ops);
         }
-        let (mut steps, mut mms) = (Vec::new(), Vec::new());
+        let (mut steps, mut outside, mut alone) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..STEPS {
-            steps.push(time_step(&model, &batch, &m));
+            let (step, in_products) = time_step(&model, &batch, &m);
+            steps.push(step);
+            outside.push(1.0 - in_products / step);
             if !steps_only {
-                mms.push(time_products(&ops));
+                alone.push(time_products(&ops));
             }
         }
-        let step = median(steps);
+        let (step, outside) = (median(steps), median(outside));
+        print!("{name:<8} {:>8.1} | {:>11.1} {:>7.1}%", step * 1e3, step * (1.0 - outside) * 1e3, 100.0 * outside);
         if steps_only {
-            println!("{name:<10} {:>10.1}", step * 1e3);
+            println!();
             continue;
         }
-        let mm = median(mms);
-        println!("{name:<10} {:>10.1} {:>12.1} {:>15.1}%", step * 1e3, mm * 1e3, 100.0 * (1.0 - mm / step));
+        let alone = median(alone);
+        println!(" | {:>11.1} {:>7.1}%", alone * 1e3, 100.0 * (1.0 - alone / step));
     }
 }

@@ -13,6 +13,8 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::{composed, simd, AdamStep, Kernels};
 
@@ -21,6 +23,18 @@ const PARALLEL_WORK: usize = 192 * 192 * 192;
 
 /// Element-wise kernels on fewer elements than this run on one thread.
 const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// Nanoseconds spent inside `gemm` by the products of this process.
+static PRODUCT_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Wall time spent inside `gemm` by this backend's matrix products since
+/// the process started (the products' calls, not the setting up of their
+/// outputs). Burn runs a step's operations one after another, so the
+/// difference of two readings around a step is the step's time in
+/// products, however many threads each product uses.
+pub fn product_time() -> Duration {
+    Duration::from_nanos(PRODUCT_NANOS.load(Ordering::Relaxed))
+}
 
 impl Kernels for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
@@ -917,12 +931,14 @@ fn matmul(
         }
     };
     let work = m * n * k;
+    let clock = Instant::now();
     if batch > 1 && work < PARALLEL_WORK && rayon::current_num_threads() > 1 {
         (0..batch).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     } else {
         let par = if work >= PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         (0..batch).for_each(|i| one(i, par));
     }
+    PRODUCT_NANOS.fetch_add(clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
     if let Some(c) = into {
         return Ok(c);
     }

@@ -21,6 +21,9 @@ mod flex;
 #[cfg(feature = "flex")]
 mod simd;
 
+#[cfg(feature = "flex")]
+pub use flex::product_time;
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorMetadata, TensorPrimitive};
