@@ -95,7 +95,11 @@ impl<B: Kernels> Backward<B, 5> for Mix {
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (v, o, gains, causal) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal, acc);
         for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
@@ -129,14 +133,19 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, w, shape, relu) = ops.state;
         let dy = flat::<B>(grads.consume::<B>(&ops.node));
-        let dz = match relu {
-            Some(y) => B::relu_grad(flat::<B>(y), dy),
-            None => dy,
-        };
         let mut parents = ops.parents.into_iter();
         let (nx, nw, nb) = (parents.next().flatten(), parents.next().flatten(), parents.next().flatten());
-        if let Some(node) = nb {
-            grads.register::<B>(node.id, B::column_sums(dz.clone()));
+        let (dz, dbias) = match (relu, nb.is_some()) {
+            (Some(y), true) => {
+                let (dz, db) = B::relu_grad_bias(flat::<B>(y), dy);
+                (dz, Some(db))
+            }
+            (Some(y), false) => (B::relu_grad(flat::<B>(y), dy), None),
+            (None, true) => (dy.clone(), Some(B::column_sums(dy))),
+            (None, false) => (dy, None),
+        };
+        if let (Some(node), Some(db)) = (nb, dbias) {
+            grads.register::<B>(node.id, db);
         }
         if let Some(node) = nw {
             let x = x.expect("x is kept when w is tracked");

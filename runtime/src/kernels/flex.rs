@@ -47,11 +47,17 @@ impl Kernels for Flex {
         let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
             return composed::scaled_sum::<Flex>(a, b, ga, gb);
         };
-        let b = b.to_contiguous();
-        let bv: &[f32] = &b.storage()[..b.layout().num_elements()];
-        let mut out = Rows::new(a);
-        out.for_each(|r, row| simd::sum2_row(row, &bv[r * width..(r + 1) * width], &ca, &cb));
-        out.tensor
+        let (a, b) = (a.to_contiguous(), b.to_contiguous());
+        let len = a.layout().num_elements();
+        let (av, bv): (&[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len]);
+        // SAFETY: `simd::sum2_row` writes every element of its row.
+        let out = unsafe {
+            filled(len, width, |r, row| {
+                let span = r * width..(r + 1) * width;
+                simd::sum2_row(row, &av[span.clone()], &bv[span], &ca, &cb);
+            })
+        };
+        owned(out, a.layout().shape().clone())
     }
 
     fn scaled_sum_backward(
@@ -67,23 +73,25 @@ impl Kernels for Flex {
         let (Some(ca), Some(cb)) = (columns(&ga, width).filter(|_| fits), columns(&gb, width)) else {
             return composed::scaled_sum_backward::<Flex>(a, b, ga, gb, dy);
         };
-        let (a, b, dy) = (a.to_contiguous(), b.to_contiguous(), dy.to_contiguous());
+        let (a, b) = (a.to_contiguous(), b.to_contiguous());
         let len = a.layout().num_elements();
-        let (av, bv, gv): (&[f32], &[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len], &dy.storage()[..len]);
-        let (mut da, mut db) = (vec![0.0f32; len], vec![0.0f32; len]);
-        // Blocks of 64 rows: `da`, `db`, and the gains' column sums.
+        let (av, bv): (&[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len]);
+        // `da = ga ⊙ dy` over `dy` itself; `db` fresh.
+        let mut da = Rows::new(dy);
+        let mut db: Vec<f32> = Vec::with_capacity(len);
+        // Blocks of 64 rows: the gains' column sums from `dy`, then `db`
+        // and `da`.
         let block = 64 * width;
-        let part = |(k, (xa, xb)): (usize, (&mut [f32], &mut [f32]))| {
+        let part = |(k, (xa, xb)): (usize, (&mut [f32], &mut [MaybeUninit<f32>]))| {
             let (mut sa, mut sb) = (vec![0.0f32; width], vec![0.0f32; width]);
             let span = k * block..(k * block + xa.len());
-            let (ar, br, gr) = (&av[span.clone()], &bv[span.clone()], &gv[span]);
-            for (i, (ya, yb)) in xa.chunks_mut(width).zip(xb.chunks_mut(width)).enumerate() {
+            let (ar, br) = (&av[span.clone()], &bv[span]);
+            for (i, (g, yb)) in xa.chunks_mut(width).zip(xb.chunks_mut(width)).enumerate() {
                 let row = i * width..(i + 1) * width;
-                let g = &gr[row.clone()];
-                simd::scale_cols(ya, g, &ca);
-                simd::scale_cols(yb, g, &cb);
                 simd::add_products(&mut sa, g, &ar[row.clone()]);
                 simd::add_products(&mut sb, g, &br[row]);
+                simd::scale_cols(yb, g, &cb);
+                simd::scale_in_place(g, &ca);
             }
             [sa, sb]
         };
@@ -94,15 +102,19 @@ impl Kernels for Flex {
             x
         };
         let zero = || [vec![0.0f64; width], vec![0.0f64; width]];
+        let (ga_, gb_) = (da.all(), &mut db.spare_capacity_mut()[..len]);
         let [sa, sb] = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
             let parts: Vec<[Vec<f32>; 2]> =
-                da.par_chunks_mut(block).zip(db.par_chunks_mut(block)).enumerate().map(part).collect();
+                ga_.par_chunks_mut(block).zip(gb_.par_chunks_mut(block)).enumerate().map(part).collect();
             parts.into_iter().fold(zero(), add)
         } else {
-            da.chunks_mut(block).zip(db.chunks_mut(block)).enumerate().map(part).fold(zero(), add)
+            ga_.chunks_mut(block).zip(gb_.chunks_mut(block)).enumerate().map(part).fold(zero(), add)
         };
+        // SAFETY: `simd::scale_cols` wrote every element of every row of
+        // `db`'s `len` (the blocks cover it, rows of `width`).
+        unsafe { db.set_len(len) };
         let shape = a.layout().shape().clone();
-        [owned(da, shape.clone()), owned(db, shape), group_sums(&sa, na), group_sums(&sb, nb)]
+        [da.tensor, owned(db, shape), group_sums(&sa, na), group_sums(&sb, nb)]
     }
 
     fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
@@ -113,21 +125,23 @@ impl Kernels for Flex {
         let len = v.layout().num_elements();
         let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
         let [gi, gs, gc] = &cols;
-        let mut out = vec![0.0f32; len];
-        let sequence = |(s, y): (usize, &mut [f32])| {
-            let (vq, oq) = (&vs[s * t * w..(s + 1) * t * w], &os[s * t * w..(s + 1) * t * w]);
-            let mut centre = Centre::new(vq, t, w, causal);
+        let g = simd::MixGains { i: gi, s: gs, c: gc };
+        let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
+            let (vq, oq) = (&vs[q * t * w..(q + 1) * t * w], &os[q * t * w..(q + 1) * t * w]);
+            // The running sum of the rows (causal), or the sum of all.
+            let mut sum = vec![0.0f32; w];
+            if !causal {
+                vq.chunks(w).for_each(|row| simd::add_into(&mut sum, row));
+            }
             for (i, y) in y.chunks_mut(w).enumerate() {
                 let rows = i * w..(i + 1) * w;
-                let c = centre.row(i, &vq[rows.clone()]);
-                simd::mix_row(y, &vq[rows.clone()], &oq[rows], c, gi, gs, gc);
+                let inv = 1.0 / if causal { i + 1 } else { t } as f32;
+                simd::mix_row(y, &vq[rows.clone()], &oq[rows], &mut sum, g, inv, causal);
             }
         };
-        if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(t * w).enumerate().for_each(sequence);
-        } else {
-            out.chunks_mut(t * w).enumerate().for_each(sequence);
-        }
+        // SAFETY: `simd::mix_row` writes every element of every row of the
+        // sequence.
+        let out = unsafe { filled(len, t * w, sequence) };
         owned(out, v.layout().shape().clone())
     }
 
@@ -137,45 +151,48 @@ impl Kernels for Flex {
         gains: [FlexTensor; 3],
         dy: FlexTensor,
         causal: bool,
+        acc: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor, [FlexTensor; 3]) {
-        let fits = dy.dtype() == DType::F32 && dy.layout().shape() == v.layout().shape();
+        let fits = dy.dtype() == DType::F32
+            && dy.layout().shape() == v.layout().shape()
+            && acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == v.layout().shape());
         let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains).filter(|_| fits) else {
-            return composed::mix_backward::<Flex>(v, o, gains, dy, causal);
+            return composed::mix_backward::<Flex>(v, o, gains, dy, causal, acc);
         };
         let sizes = gains.each_ref().map(|g| g.layout().num_elements());
-        let (v, o, dy) = (v.to_contiguous(), o.to_contiguous(), dy.to_contiguous());
+        let (v, o) = (v.to_contiguous(), o.to_contiguous());
         let len = v.layout().num_elements();
-        let (vs, os, gs_): (&[f32], &[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len], &dy.storage()[..len]);
+        let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
         let [gi, gs, gc] = &cols;
-        let (mut dv, mut d_o) = (vec![0.0f32; len], vec![0.0f32; len]);
-        // Per sequence: the gains' column sums (v, o, centre(v) against dy),
-        // `do`, then `dv` from the last token to the first.
-        let sequence = |(s, (dvq, doq)): (usize, (&mut [f32], &mut [f32]))| {
-            let span = s * t * w..(s + 1) * t * w;
-            let (vq, oq, dq) = (&vs[span.clone()], &os[span.clone()], &gs_[span]);
-            let mut sums = [vec![0.0f32; w], vec![0.0f32; w], vec![0.0f32; w]];
-            let mut centre = Centre::new(vq, t, w, causal);
-            for (i, d) in doq.chunks_mut(w).enumerate() {
-                let rows = i * w..(i + 1) * w;
-                let c = centre.row(i, &vq[rows.clone()]);
-                let g = &dq[rows.clone()];
-                let [si, ss, sc] = &mut sums;
-                simd::add_products(si, g, &vq[rows.clone()]);
-                simd::add_products(ss, g, &oq[rows]);
-                simd::add_products(sc, g, c);
-                simd::scale_cols(d, g, gs);
-            }
+        let g = simd::MixGains { i: gi, s: gs, c: gc };
+        // `do = gs ⊙ dy` over `dy` itself; `dv` added into `acc`, or fresh.
+        let mut d_o = Rows::new(dy);
+        let mut acc = acc.map(Rows::new);
+        let mut fresh: Vec<f32> = Vec::new();
+        // Per sequence, one pass from the last token to the first: `dv`,
+        // the gains' column sums, `do`.
+        let sequence = |(q, (mut dvq, dq)): (usize, (Dv, &mut [f32]))| {
+            let span = q * t * w..(q + 1) * t * w;
+            let (vq, oq) = (&vs[span.clone()], &os[span]);
+            let [mut si, mut ss, mut sc] = [0, 1, 2].map(|_| vec![0.0f32; w]);
             let mut r = vec![0.0f32; w];
             if !causal {
-                // The mean's gradient: Σ_i gc ⊙ dy_i / t, the same for every token.
-                dq.chunks(w).for_each(|row| simd::add_products(&mut r, row, gc));
+                // The mean's gradient per unit gain: Σ_i dy_i / t, the same
+                // for every token.
+                dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
                 r.iter_mut().for_each(|x| *x /= t as f32);
             }
-            for (i, d) in dvq.chunks_mut(w).enumerate().rev() {
+            let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc };
+            for i in (0..t).rev() {
                 let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
-                simd::mix_back_row(d, &dq[i * w..(i + 1) * w], &mut r, gi, gc, inv);
+                let rows = i * w..(i + 1) * w;
+                let (dy, v, o) = (&mut dq[rows.clone()], &vq[rows.clone()], &oq[rows.clone()]);
+                match &mut dvq {
+                    Dv::Add(d) => simd::mix_back_row_add(&mut d[rows], dy, v, o, g, &mut sums, inv),
+                    Dv::Fresh(d) => simd::mix_back_row(&mut d[rows], dy, v, o, g, &mut sums, inv),
+                }
             }
-            sums
+            [si, ss, sc]
         };
         let add = |mut a: [Vec<f64>; 3], b: [Vec<f32>; 3]| {
             for (x, y) in a.iter_mut().zip(b) {
@@ -184,20 +201,34 @@ impl Kernels for Flex {
             a
         };
         let zero = || [vec![0.0f64; w], vec![0.0f64; w], vec![0.0f64; w]];
-        let chunks = |dv: &mut [f32], d_o: &mut [f32]| -> [Vec<f64>; 3] {
-            if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-                let per: Vec<[Vec<f32>; 3]> =
-                    dv.par_chunks_mut(t * w).zip(d_o.par_chunks_mut(t * w)).enumerate().map(sequence).collect();
-                per.into_iter().fold(zero(), add)
-            } else {
-                dv.chunks_mut(t * w).zip(d_o.chunks_mut(t * w)).enumerate().map(sequence).fold(zero(), add)
+        let dv: Vec<Dv> = match acc.as_mut() {
+            Some(rows) => rows.all().chunks_mut(t * w).map(Dv::Add).collect(),
+            None => {
+                fresh.reserve_exact(len);
+                fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(Dv::Fresh).collect()
             }
         };
-        let columns = chunks(&mut dv, &mut d_o);
+        let dq = d_o.all().chunks_mut(t * w);
+        let columns = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            let per: Vec<[Vec<f32>; 3]> =
+                dv.into_par_iter().zip(dq.collect::<Vec<_>>()).enumerate().map(sequence).collect();
+            per.into_iter().fold(zero(), add)
+        } else {
+            dv.into_iter().zip(dq).enumerate().map(sequence).fold(zero(), add)
+        };
+        let shape = v.layout().shape().clone();
+        let dv = match acc {
+            Some(rows) => rows.tensor,
+            None => {
+                // SAFETY: `simd::mix_back_row` wrote every element of every
+                // row of every sequence (`len` = sequences · t · w).
+                unsafe { fresh.set_len(len) };
+                owned(fresh, shape)
+            }
+        };
         let mut sizes = sizes.into_iter();
         let dgains = columns.map(|col| group_sums(&col, sizes.next().unwrap_or(1)));
-        let shape = v.layout().shape().clone();
-        (owned(dv, shape.clone()), owned(d_o, shape), dgains)
+        (dv, d_o.tensor, dgains)
     }
 
     fn matmul_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
@@ -268,23 +299,16 @@ impl Kernels for Flex {
         let pos: Option<(&[f32], usize)> =
             positions.as_ref().map(|p| (&p.storage()[..p.layout().num_elements()], p.layout().shape()[0].max(1)));
         let n = ids.len();
-        let mut out: Vec<f32> = Vec::with_capacity(n * d);
-        let fill = |(i, o): (usize, &mut [MaybeUninit<f32>])| {
+        let fill = |i: usize, o: &mut [MaybeUninit<f32>]| {
             let k = ids[i].min(vocab.saturating_sub(1));
             simd::embed_row(o, &rows[k * d..(k + 1) * d], pos.map(|(p, t)| &p[(i % t) * d..(i % t + 1) * d]));
         };
         if vocab == 0 || d == 0 {
             return composed::embed::<Flex>(table, tokens, positions);
         }
-        let spare = &mut out.spare_capacity_mut()[..n * d];
-        if n * d >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            spare.par_chunks_mut(d).enumerate().for_each(fill);
-        } else {
-            spare.chunks_mut(d).enumerate().for_each(fill);
-        }
-        // SAFETY: `simd::embed_row` wrote all `d` elements of each of the
-        // `n` rows (table rows and position rows are `d` long).
-        unsafe { out.set_len(n * d) };
+        // SAFETY: `simd::embed_row` writes all `d` elements of its row
+        // (table rows and position rows are `d` long).
+        let out = unsafe { filled(n * d, d, fill) };
         matrix(out, n, d)
     }
 
@@ -340,6 +364,78 @@ impl Kernels for Flex {
             }
             Err((a, b, _)) => composed::matmul_relu::<Flex>(a, b),
         }
+    }
+
+    fn dense(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, relu: bool) -> FlexTensor {
+        // ReLU after a bias: the bias added in the ReLU's pass over the
+        // product (rather than written as its initial output).
+        let shape = x.layout().shape().clone();
+        let (k, n) = (shape.last().copied().unwrap_or(0), w.layout().shape().last().copied().unwrap_or(0));
+        let fused = relu
+            && w.layout().num_dims() == 2
+            && bias.as_ref().is_some_and(|b| b.dtype() == DType::F32 && b.layout().num_elements() == n)
+            && k > 0
+            && n > 0;
+        let Some(b) = bias.as_ref().filter(|_| fused) else {
+            return composed::dense::<Flex>(x, w, bias, relu);
+        };
+        let b = b.to_contiguous();
+        let bv: &[f32] = &b.storage()[..n];
+        let x2 = Flex::float_reshape(x, [shape.num_elements() / k, k].into());
+        match matmul(x2, w, false, Start::Zero) {
+            Ok(y) => {
+                let mut out = Rows::new(y);
+                out.for_each(|_, row| simd::bias_relu(row, bv));
+                let mut dims = shape;
+                let last = dims.num_dims() - 1;
+                dims[last] = n;
+                Flex::float_reshape(out.tensor, dims)
+            }
+            Err((x2, w, _)) => {
+                let y = composed::dense::<Flex>(x2, w, bias, relu);
+                let mut dims = shape;
+                let last = dims.num_dims() - 1;
+                dims[last] = n;
+                Flex::float_reshape(y, dims)
+            }
+        }
+    }
+
+    fn relu_grad_bias(y: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let fits = y.dtype() == DType::F32
+            && dy.dtype() == DType::F32
+            && y.layout().num_dims() == 2
+            && y.layout().shape() == dy.layout().shape()
+            && y.layout().shape()[1] > 0;
+        if !fits {
+            let dz = Self::relu_grad(y, dy);
+            return (dz.clone(), Self::column_sums(dz));
+        }
+        let y = y.to_contiguous();
+        let (rows, cols) = (y.layout().shape()[0], y.layout().shape()[1]);
+        let ys: &[f32] = &y.storage()[..rows * cols];
+        let mut out = Rows::new(dy);
+        // Blocks of 64 rows summed in f32, the blocks in f64.
+        let chunk = 64 * cols;
+        let block = |(i, d): (usize, &mut [f32])| {
+            let mut acc = vec![0.0f32; cols];
+            let ys = &ys[i * chunk..i * chunk + d.len()];
+            for (row, y) in d.chunks_mut(cols).zip(ys.chunks(cols)) {
+                simd::relu_grad_sum(row, y, &mut acc);
+            }
+            acc.into_iter().map(f64::from).collect::<Vec<f64>>()
+        };
+        let add = |mut a: Vec<f64>, b: Vec<f64>| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        };
+        let data = out.all();
+        let sums = if data.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(chunk).enumerate().map(block).reduce(|| vec![0.0; cols], add)
+        } else {
+            data.chunks_mut(chunk).enumerate().map(block).fold(vec![0.0; cols], add)
+        };
+        (out.tensor, vector(sums.into_iter().map(|v| v as f32).collect()))
     }
 
     fn relu_grad(y: FlexTensor, dy: FlexTensor) -> FlexTensor {
@@ -690,35 +786,6 @@ fn columns(g: &FlexTensor, width: usize) -> Option<Vec<f32>> {
     Some((0..width).map(|j| values[j / (width / n)]).collect())
 }
 
-/// The `centre` term of one sequence (`t` rows of `w`), a row at a time:
-/// the running mean over the rows so far (causal) or the mean of all.
-struct Centre {
-    sum: Vec<f32>,
-    row: Vec<f32>,
-    causal: bool,
-}
-
-impl Centre {
-    fn new(seq: &[f32], t: usize, w: usize, causal: bool) -> Self {
-        let mut c = Centre { sum: vec![0.0; w], row: vec![0.0; w], causal };
-        if !causal {
-            seq.chunks(w.max(1)).for_each(|row| simd::add_into(&mut c.sum, row));
-            c.row.iter_mut().zip(&c.sum).for_each(|(r, s)| *r = s / t.max(1) as f32);
-        }
-        c
-    }
-
-    /// The term at row `i`, given the rows in order (`v` is row `i`).
-    fn row(&mut self, i: usize, v: &[f32]) -> &[f32] {
-        if self.causal {
-            simd::add_into(&mut self.sum, v);
-            let inv = 1.0 / (i + 1) as f32;
-            self.row.iter_mut().zip(&self.sum).for_each(|(r, s)| *r = s * inv);
-        }
-        &self.row
-    }
-}
-
 /// The per-column gains of a shaped mix (`[width]` each) and the dims of
 /// `v`, or `None` where the fused kernel does not apply (not f32, not
 /// `[batch, tokens, width]`, `o` of another shape, a gain count that does
@@ -746,6 +813,28 @@ fn mix_setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<
 fn group_sums(col: &[f64], n: usize) -> FlexTensor {
     let per = col.len() / n.max(1);
     vector(col.chunks(per.max(1)).map(|g| g.iter().sum::<f64>() as f32).collect())
+}
+
+/// A fresh buffer of `len` elements, `fill(i, chunk)` called on its
+/// consecutive chunks of `chunk` elements (on several threads when large).
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given.
+unsafe fn filled<F>(len: usize, chunk: usize, fill: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+{
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+        spare.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    } else {
+        spare.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    }
+    // SAFETY: the chunks cover all `len` elements, and the caller promises
+    // that `fill` wrote each.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// A contiguous f32 tensor of `shape` owning `v`.
@@ -807,6 +896,13 @@ impl Dst {
         // SAFETY: as the caller promises.
         unsafe { self.0.add(offset) }
     }
+}
+
+/// One sequence of the shaped mix's `dv`: added into a gradient from
+/// elsewhere, or written fresh.
+enum Dv<'a> {
+    Add(&'a mut [f32]),
+    Fresh(&'a mut [MaybeUninit<f32>]),
 }
 
 /// What a product's output starts as.

@@ -130,15 +130,18 @@ pub trait Kernels: Backend {
         composed::mix::<Self>(v, o, gains, causal)
     }
 
-    /// The gradients of [`Kernels::mix`] from `dy`: `(dv, do, [dgi, dgs, dgc])`.
+    /// The gradients of [`Kernels::mix`] from `dy`: `(dv, do, [dgi, dgs,
+    /// dgc])`. With `acc` (a gradient of `v` from elsewhere), `dv` is added
+    /// to it.
     fn mix_backward(
         v: FloatTensor<Self>,
         o: FloatTensor<Self>,
         gains: [FloatTensor<Self>; 3],
         dy: FloatTensor<Self>,
         causal: bool,
+        acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
-        composed::mix_backward::<Self>(v, o, gains, dy, causal)
+        composed::mix_backward::<Self>(v, o, gains, dy, causal, acc)
     }
 
     /// `act(x · w (+ bias))` for `x: [..., k]`, `w: [k, n]`: `[..., n]`,
@@ -150,19 +153,7 @@ pub trait Kernels: Backend {
         bias: Option<FloatTensor<Self>>,
         relu: bool,
     ) -> FloatTensor<Self> {
-        let shape = x.shape();
-        let k = shape[shape.num_dims() - 1];
-        let x = Self::float_reshape(x, [shape.num_elements() / k.max(1), k].into());
-        let y = match (bias, relu) {
-            (Some(b), false) => Self::matmul_bias(x, w, b),
-            (Some(b), true) => Self::relu(Self::matmul_bias(x, w, b)),
-            (None, false) => Self::matmul(x, w),
-            (None, true) => Self::matmul_relu(x, w),
-        };
-        let mut out = shape;
-        let last = out.num_dims() - 1;
-        out[last] = y.shape()[1];
-        Self::float_reshape(y, out)
+        composed::dense::<Self>(x, w, bias, relu)
     }
 
     /// `c + a · b`, into `c`'s memory where the backend can (a gradient
@@ -191,6 +182,13 @@ pub trait Kernels: Backend {
     /// `y`: `dy ⊙ (y > 0)`.
     fn relu_grad(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::relu_backward(y, dy)
+    }
+
+    /// [`Kernels::relu_grad`] of 2-D `y`, `dy` and the sums of its columns
+    /// (the gradient of a bias before the ReLU): `(dz, Σ_rows dz)`.
+    fn relu_grad_bias(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let dz = Self::relu_grad(y, dy);
+        (dz.clone(), Self::column_sums(dz))
     }
 
     /// [`Kernels::matmul`] of `[batch, heads, tokens, n]` products whose
@@ -419,6 +417,27 @@ mod composed {
         [B::scale_groups(dy.clone(), ga), B::scale_groups(dy, gb), dga, dgb]
     }
 
+    pub fn dense<B: super::Kernels>(
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        relu: bool,
+    ) -> FloatTensor<B> {
+        let shape = x.shape();
+        let k = shape[shape.num_dims() - 1];
+        let x = B::float_reshape(x, [shape.num_elements() / k.max(1), k].into());
+        let y = match (bias, relu) {
+            (Some(b), false) => B::matmul_bias(x, w, b),
+            (Some(b), true) => B::relu(B::matmul_bias(x, w, b)),
+            (None, false) => B::matmul(x, w),
+            (None, true) => B::matmul_relu(x, w),
+        };
+        let mut out = shape;
+        let last = out.num_dims() - 1;
+        out[last] = y.shape()[1];
+        B::float_reshape(y, out)
+    }
+
     pub fn mix<B: super::Kernels>(
         v: FloatTensor<B>,
         o: FloatTensor<B>,
@@ -437,6 +456,7 @@ mod composed {
         gains: [FloatTensor<B>; 3],
         dy: FloatTensor<B>,
         causal: bool,
+        acc: Option<FloatTensor<B>>,
     ) -> (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3]) {
         let [gi, gs, gc] = gains;
         let n = |g: &FloatTensor<B>| g.shape().num_elements();
@@ -449,6 +469,10 @@ mod composed {
             B::scale_groups(dy.clone(), gi),
             centre_backward::<B>(B::scale_groups(dy.clone(), gc), causal),
         );
+        let dv = match acc {
+            Some(a) => B::float_add(a, dv),
+            None => dv,
+        };
         (dv, B::scale_groups(dy, gs), [dgi, dgs, dgc])
     }
 
@@ -829,10 +853,57 @@ mod tests {
                 + heads(centre(v.clone()), gc.clone().neg());
             let ours = super::mix(v.clone(), o.clone(), [gi.clone(), gs.clone(), gc.clone().neg()], causal);
             ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            // `v` also read by a product made after the mix: its gradient
+            // is registered first, and the mix's `dv` is added into it.
+            let w = random([12, 12]);
+            let ours = ours + super::linear(v.clone(), w.clone(), None, false);
+            let theirs = theirs + v.clone().matmul(w.clone().unsqueeze());
             let (g1, g2) = backward_both(ours, theirs);
             grads_agree(&[v, o], &g1, &g2);
             grads_agree(&[gi, gs, gc], &g1, &g2);
+            grads_agree(&[w], &g1, &g2);
         }
+    }
+
+    /// The mix alone (its `dv` written fresh) has burn's gradients.
+    #[test]
+    fn mix_alone_has_the_composed_gradients() {
+        let (v, o) = (random([2, 6, 8]), random([2, 6, 8]));
+        let gains = [random([2]), random([2]), random([2])];
+        for causal in [true, false] {
+            let ours = super::mix(v.clone(), o.clone(), gains.clone(), causal);
+            let p = |t: &Tensor<Ad, 3>| t.clone().into_primitive().tensor();
+            let theirs =
+                Tensor::<Ad, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(super::composed::mix::<Ad>(
+                    p(&v),
+                    p(&o),
+                    gains.clone().map(|g| g.into_primitive().tensor()),
+                    causal,
+                )));
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[v.clone(), o.clone()], &g1, &g2);
+            grads_agree(&gains, &g1, &g2);
+        }
+    }
+
+    /// A layer's product, bias and ReLU (bias added in the ReLU's pass,
+    /// its gradient summed in the ReLU's backward pass) is burn's
+    /// `relu(x · w + bias)`: value and the gradients of all three, with a
+    /// zero row where ReLU is flat.
+    #[test]
+    fn dense_with_bias_and_relu_matches_burn() {
+        let (x, w, bias) = (random([3, 70, 9]), random([9, 21]), random([21]));
+        let x = (x * Tensor::<Ad, 3>::ones([3, 70, 9], &Default::default()).slice_fill([1..2, 4..5, 0..9], 0.0))
+            .detach()
+            .require_grad();
+        let ours = super::linear(x.clone(), w.clone(), Some(bias.clone()), true);
+        let theirs = burn::tensor::activation::relu(x.clone().matmul(w.clone().unsqueeze()) + bias.clone().unsqueeze());
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[x], &g1, &g2);
+        grads_agree(&[w], &g1, &g2);
+        grads_agree(&[bias], &g1, &g2);
     }
 
     /// A tensor read by several kernels gets the sum of their gradients,

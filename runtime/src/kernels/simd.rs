@@ -199,37 +199,149 @@ multiversion! {
     }
 }
 
+/// An output element that a kernel writes fresh (`MaybeUninit<f32>`) or
+/// adds into (`f32`: a gradient from elsewhere).
+pub trait Out {
+    fn put(&mut self, v: f32);
+}
+
+impl Out for f32 {
+    #[inline(always)]
+    fn put(&mut self, v: f32) {
+        *self += v;
+    }
+}
+
+impl Out for MaybeUninit<f32> {
+    #[inline(always)]
+    fn put(&mut self, v: f32) {
+        self.write(v);
+    }
+}
+
+/// The per-column gains of the shaped mix's three terms: `I`, `softmax`,
+/// `centre`.
+#[derive(Debug, Clone, Copy)]
+pub struct MixGains<'a> {
+    pub i: &'a [f32],
+    pub s: &'a [f32],
+    pub c: &'a [f32],
+}
+
+/// What the shaped mix's backward carries from row to row: `r`, the
+/// centre term's gradient per unit gain (see [`mix_back_row`]), and the
+/// column sums of the gains' gradients (`dy` against `v`, `o`, and the
+/// centre term).
+#[derive(Debug)]
+pub struct MixSums<'a> {
+    pub r: &'a mut [f32],
+    pub i: &'a mut [f32],
+    pub s: &'a mut [f32],
+    pub c: &'a mut [f32],
+}
+
 multiversion! {
-    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ c` (gains
-    /// per column).
-    pub fn mix_row(out: &mut [f32], v: &[f32], o: &[f32], c: &[f32], gi: &[f32], gs: &[f32], gc: &[f32]) {
-        let cols = v.iter().zip(o).zip(c).zip(gi.iter().zip(gs).zip(gc));
-        for (y, (((&v, &o), &c), ((&a, &b), &g))) in out.iter_mut().zip(cols) {
-            *y = a * v + b * o + g * c;
+    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ inv · sum`
+    /// (every element written). With `running` (the causal running mean,
+    /// rows in order), `v` is first added into `sum`; otherwise `sum` is the
+    /// sum of all rows.
+    pub fn mix_row(
+        out: &mut [MaybeUninit<f32>],
+        v: &[f32],
+        o: &[f32],
+        sum: &mut [f32],
+        g: MixGains<'_>,
+        inv: f32,
+        running: bool,
+    ) {
+        let n = out.len();
+        let (v, o, sum, gi, gs, gc) = (&v[..n], &o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
+        for j in 0..n {
+            if running {
+                sum[j] += v[j];
+            }
+            out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]));
+        }
+    }
+}
+
+/// One row of the shaped mix's backward (see [`mix_back_row`]).
+#[inline(always)]
+fn mix_back<D: Out>(
+    dv: &mut [D],
+    dy: &mut [f32],
+    v: &[f32],
+    o: &[f32],
+    g: MixGains<'_>,
+    sums: &mut MixSums<'_>,
+    inv: f32,
+) {
+    let n = dv.len();
+    let (dy, v, o) = (&mut dy[..n], &v[..n], &o[..n]);
+    let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
+    let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
+    for j in 0..n {
+        let d = dy[j];
+        r[j] += inv * d;
+        dv[j].put(gi[j] * d + gc[j] * r[j]);
+        si[j] += d * v[j];
+        ss[j] += d * o[j];
+        sc[j] += v[j] * r[j];
+        dy[j] = gs[j] * d;
+    }
+}
+
+multiversion! {
+    /// One row of the shaped mix's backward, rows taken last to first:
+    /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
+    /// that `r` is the centre term's gradient per unit gain; for the plain
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), then `dv ← gi ⊙
+    /// dy + gc ⊙ r` (every element written), the gains' sums `dy ⊙ v`,
+    /// `dy ⊙ o`, `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
+    pub fn mix_back_row(
+        dv: &mut [MaybeUninit<f32>],
+        dy: &mut [f32],
+        v: &[f32],
+        o: &[f32],
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        mix_back(dv, dy, v, o, g, sums, inv);
+    }
+}
+
+multiversion! {
+    /// [`mix_back_row`] with `dv` added into (a gradient of `v` from
+    /// elsewhere).
+    pub fn mix_back_row_add(
+        dv: &mut [f32],
+        dy: &mut [f32],
+        v: &[f32],
+        o: &[f32],
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        mix_back(dv, dy, v, o, g, sums, inv);
+    }
+}
+
+multiversion! {
+    /// `row ← row ⊙ g` (gains per column).
+    pub fn scale_in_place(row: &mut [f32], g: &[f32]) {
+        for (y, &g) in row.iter_mut().zip(g) {
+            *y *= g;
         }
     }
 }
 
 multiversion! {
-    /// One row of the shaped mix's `dv`, rows taken last to first:
-    /// `r ← r + inv · gc ⊙ dy`, then `dv ← gi ⊙ dy + r` (`inv` is
-    /// 1/(i+1) for the causal running mean; for the plain mean `r` is set
-    /// once and `inv` is 0).
-    pub fn mix_back_row(dv: &mut [f32], dy: &[f32], r: &mut [f32], gi: &[f32], gc: &[f32], inv: f32) {
-        let cols = dy.iter().zip(gi).zip(gc);
-        for ((d, acc), ((&g, &a), &c)) in dv.iter_mut().zip(r.iter_mut()).zip(cols) {
-            *acc += inv * c * g;
-            *d = a * g + *acc;
-        }
-    }
-}
-
-multiversion! {
-    /// One row of a gained sum: `out ← ga ⊙ a + gb ⊙ b` (gains per column),
-    /// in place over `a`.
-    pub fn sum2_row(a: &mut [f32], b: &[f32], ga: &[f32], gb: &[f32]) {
-        for ((y, &b), (&p, &q)) in a.iter_mut().zip(b).zip(ga.iter().zip(gb)) {
-            *y = p * *y + q * b;
+    /// One row of a gained sum: `out ← ga ⊙ a + gb ⊙ b` (gains per column;
+    /// every element of `out` written).
+    pub fn sum2_row(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], ga: &[f32], gb: &[f32]) {
+        for ((y, (&a, &b)), (&p, &q)) in out.iter_mut().zip(a.iter().zip(b)).zip(ga.iter().zip(gb)) {
+            y.write(p * a + q * b);
         }
     }
 }
@@ -244,10 +356,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// `out ← g ⊙ dy` (gains per column).
-    pub fn scale_cols(out: &mut [f32], dy: &[f32], g: &[f32]) {
+    /// `out ← g ⊙ dy` (gains per column; every element of `out` written).
+    pub fn scale_cols(out: &mut [MaybeUninit<f32>], dy: &[f32], g: &[f32]) {
         for ((o, &d), &g) in out.iter_mut().zip(dy).zip(g) {
-            *o = g * d;
+            o.write(g * d);
         }
     }
 }
@@ -260,10 +372,29 @@ multiversion! {
 }
 
 multiversion! {
+    /// `max(v + b, 0)` in place (`b` per column).
+    pub fn bias_relu(row: &mut [f32], b: &[f32]) {
+        for (v, &b) in row.iter_mut().zip(b) {
+            *v = (*v + b).max(0.0);
+        }
+    }
+}
+
+multiversion! {
     /// `d ← d` where `y > 0`, else 0.
     pub fn relu_grad(d: &mut [f32], y: &[f32]) {
         for (d, &v) in d.iter_mut().zip(y) {
             *d = if v > 0.0 { *d } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// [`relu_grad`], the result also added into `sums` (per column).
+    pub fn relu_grad_sum(d: &mut [f32], y: &[f32], sums: &mut [f32]) {
+        for ((d, &v), s) in d.iter_mut().zip(y).zip(sums) {
+            *d = if v > 0.0 { *d } else { 0.0 };
+            *s += *d;
         }
     }
 }
