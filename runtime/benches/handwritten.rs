@@ -89,15 +89,14 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
         let bias = |b: &Option<burn::module::Param<Tensor<Ad, 1>>>| b.as_ref().map(|b| b.val());
         let q = split(biased(n.clone(), weight(&a.query), bias(&a.query_bias), ops));
         let k = split(biased(n.clone(), weight(&a.key), bias(&a.key_bias), ops));
-        let vv = split(dense(n, weight(&a.value.weight), ops));
+        let vv = dense(n, weight(&a.value.weight), ops);
         let o = match ops {
             Ops::Kernels => kernels::attention(q, k, vv, 1.0 / (hd as f64).sqrt(), true),
             Ops::Stock => {
                 let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-                attention(q, k, vv, None, None, options)
+                attention(q, k, split(vv), None, None, options).swap_dims(1, 2).reshape([b, t, h * hd])
             }
         };
-        let o = o.swap_dims(1, 2).reshape([b, t, h * hd]);
         // Branch first: its fresh output is then updated in place.
         x = dense(o, weight(&a.proj.weight), ops) + x;
         let n = rms(x.clone(), blk.norms[1].scale.val(), blk.norms[1].eps, ops);

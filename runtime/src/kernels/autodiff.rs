@@ -191,24 +191,34 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
 /// Softmax attention `o = p · v`, `p = softmax(scale · q · kᵀ)`:
 /// `dv = pᵀ · g`, `dp = g · vᵀ`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)`,
 /// `dq = ds · k`, `dk = dsᵀ · q`. The weights `p` are kept from the forward.
+/// `v` and `o` are `[batch, tokens, heads · head_dim]` (heads split and
+/// merged inside the op), so that `v`'s tensor is the node's direct parent
+/// and `dv` is added into its gradient from elsewhere (see `take_grad!`).
 #[derive(Debug)]
 struct Attention;
 
 impl<B: Kernels> Backward<B, 3> for Attention {
-    /// `q`, `k`, `v`, the weights, the scale.
+    /// `q`, `k`, `v` (split into heads), the weights, the scale.
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (q, k, v, p, scale) = ops.state;
+        let heads = q.shape()[1];
         let g = grads.consume::<B>(&ops.node);
         let [nq, nk, nv] = ops.parents;
+        let g4 = split_heads::<B>(g.clone(), heads);
         if let Some(node) = nv {
-            grads.register::<B>(node.id, B::matmul_token_major(B::float_transpose(p.clone()), g.clone()));
+            let pt = B::float_transpose(p.clone());
+            let dv = match take_grad!(B, grads, node, g) {
+                Some(c) => B::matmul_token_major_add(c, pt, g4.clone()),
+                None => B::matmul_token_major(pt, g4.clone()),
+            };
+            grads.register::<B>(node.id, merge_heads::<B>(dv));
         }
         if nq.is_none() && nk.is_none() {
             return;
         }
-        let dp = B::matmul(g, B::float_transpose(v));
+        let dp = B::matmul(g4, B::float_transpose(v));
         let ds = B::softmax_scores_backward(p, dp, scale);
         if let Some(node) = nq {
             grads.register::<B>(node.id, B::matmul_token_major(ds.clone(), k));
@@ -217,6 +227,22 @@ impl<B: Kernels> Backward<B, 3> for Attention {
             grads.register::<B>(node.id, B::matmul_token_major(B::float_transpose(ds), q));
         }
     }
+}
+
+/// `[batch, tokens, heads · d]` → `[batch, heads, tokens, d]` (a view of a
+/// contiguous tensor).
+pub(super) fn split_heads<B: Backend>(x: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+    let s = x.shape();
+    let (b, t, inner) = (s[0], s[1], s[2]);
+    B::float_swap_dims(B::float_reshape(x, [b, t, heads, inner / heads.max(1)].into()), 1, 2)
+}
+
+/// `[batch, heads, tokens, d]` → `[batch, tokens, heads · d]` (a view when
+/// stored token-major, as [`Kernels::matmul_token_major`] stores it).
+pub(super) fn merge_heads<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let s = x.shape();
+    let (b, h, t, d) = (s[0], s[1], s[2], s[3]);
+    B::float_reshape(B::float_swap_dims(x, 1, 2), [b, t, h * d].into())
 }
 
 /// `y = x ⊙ g` per group: `dx = dy ⊙ g`, `dg = Σ dy ⊙ x` per group.
@@ -344,10 +370,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         causal: bool,
     ) -> FloatTensor<Self> {
         let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+        let v4 = split_heads::<B>(v.primitive, q.primitive.shape()[1]);
         let s = B::matmul(q.primitive.clone(), B::float_transpose(k.primitive.clone()));
         let p = B::softmax_scores(s, scale, causal);
-        let o = B::matmul_token_major(p.clone(), v.primitive.clone());
-        record!(Attention, nodes, (q.primitive, k.primitive, v.primitive, p, scale), o)
+        let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
+        record!(Attention, nodes, (q.primitive, k.primitive, v4, p, scale), o)
     }
 
     fn embed(

@@ -239,6 +239,17 @@ impl Kernels for Flex {
         }
     }
 
+    fn matmul_token_major_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        match matmul(a, b, true, Start::Add(c)) {
+            Ok(y) => y,
+            Err((a, b, Some(c))) => {
+                let c = super::autodiff::split_heads::<Flex>(c, a.layout().shape()[1]);
+                Flex::float_add(c, Self::matmul_token_major(a, b))
+            }
+            Err((a, b, None)) => Self::matmul_token_major(a, b),
+        }
+    }
+
     fn matmul_token_major(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         matmul(a, b, true, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
@@ -950,12 +961,19 @@ fn matmul(
             Start::Zero => true,
             Start::Bias(v) => v.len() == sb[rank - 1] && !token_major,
             Start::Add(c) => {
-                let mut shape = sa.clone();
-                shape[rank - 1] = sb[rank - 1];
-                !token_major
+                // The output's shape, or for token-major `[batch, tokens,
+                // heads · n]`, its layout in memory.
+                let shape: Vec<usize> = if token_major {
+                    vec![sa[0], sa[2], sa[1] * sb[3]]
+                } else {
+                    let mut shape = sa.to_vec();
+                    shape[rank - 1] = sb[rank - 1];
+                    shape
+                };
+                (!token_major || rank == 4)
                     && c.dtype() == DType::F32
                     && c.is_unique()
-                    && c.layout().shape() == &shape
+                    && c.layout().shape().as_slice() == shape.as_slice()
                     && c.layout().contiguous_offsets().is_some_and(|(s, _)| s == 0)
             }
         };
@@ -1036,6 +1054,11 @@ fn matmul(
     }
     PRODUCT_NANOS.fetch_add(clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
     if let Some(c) = into {
+        if token_major && rank == 4 {
+            // `c`'s memory seen as the `[batch, heads, tokens, n]` output.
+            let heads = sa[1];
+            return Ok(Flex::float_swap_dims(Flex::float_reshape(c, [sa[0], m, heads, n].into()), 1, 2));
+        }
         return Ok(c);
     }
     if !read_dst {

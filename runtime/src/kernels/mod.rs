@@ -162,6 +162,15 @@ pub trait Kernels: Backend {
         Self::float_add(c, Self::matmul(a, b))
     }
 
+    /// [`Kernels::matmul_token_major`] of `a: [batch, heads, tokens, k]`
+    /// and `b: [batch, heads, k, n]` added to `c: [batch, tokens, heads ·
+    /// n]` (seen as `[batch, heads, tokens, n]`), into `c`'s memory where
+    /// the backend can.
+    fn matmul_token_major_add(c: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let heads = a.shape()[1];
+        Self::float_add(autodiff::split_heads::<Self>(c, heads), Self::matmul_token_major(a, b))
+    }
+
     /// `a · b + bias` for 2-D `a`, `b` and `bias: [n]` added to every row.
     fn matmul_bias(a: FloatTensor<Self>, b: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::matmul_bias::<Self>(a, b, bias)
@@ -307,7 +316,8 @@ pub trait Kernels: Backend {
     }
 
     /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
-    /// `q, k, v: [batch, heads, tokens, head_dim]`.
+    /// `q, k: [batch, heads, tokens, head_dim]` and `v: [batch, tokens,
+    /// heads · head_dim]`, the heads merged the same way in the output.
     fn softmax_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -315,8 +325,9 @@ pub trait Kernels: Backend {
         scale: f64,
         causal: bool,
     ) -> FloatTensor<Self> {
+        let v = autodiff::split_heads::<Self>(v, q.shape()[1]);
         let s = Self::matmul(q, Self::float_transpose(k));
-        Self::matmul_token_major(Self::softmax_scores(s, scale, causal), v)
+        autodiff::merge_heads::<Self>(Self::matmul_token_major(Self::softmax_scores(s, scale, causal), v))
     }
 }
 
@@ -657,14 +668,15 @@ fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-/// Softmax attention (see [`Kernels::softmax_attention`]).
+/// Softmax attention (see [`Kernels::softmax_attention`]): `q`, `k` split
+/// into heads, `v` and the output `[batch, tokens, heads · head_dim]`.
 pub fn attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    v: Tensor<B, 3>,
     scale: f64,
     causal: bool,
-) -> Tensor<B, 4> {
+) -> Tensor<B, 3> {
     tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), scale, causal))
 }
 
@@ -959,20 +971,32 @@ mod tests {
         use burn::tensor::module::attention;
         use burn::tensor::ops::AttentionModuleOptions;
         for causal in [true, false] {
-            let [q, k, v] = [0, 1, 2].map(|_| random([2, 3, 7, 4]));
+            let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
             // Large logits, so that a missing max shift would overflow.
             let q = (q * 30.0).detach().require_grad();
-            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            // `v` (and the output) with the heads merged: `[2, 7, 3 · 4]`;
+            // `v` also read by a product made after the attention, so that
+            // the attention's `dv` is added into that product's.
+            let v = random([2, 7, 12]);
+            let w = random([12, 12]);
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal)
+                + super::linear(v.clone(), w.clone(), None, false);
             let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
-            let theirs = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+            let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+            let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12])
+                + v.clone().matmul(w.clone().unsqueeze());
             ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-            let w = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
-            let g1 = (ours * w.clone()).sum().backward();
-            let g2 = (theirs * w).sum().backward();
-            for x in [&q, &k, &v] {
-                let (ours, theirs) = (x.grad(&g1).expect("gradient"), x.grad(&g2).expect("gradient"));
-                ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3));
-            }
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[q.clone(), k], &g1, &g2);
+            grads_agree(&[v], &g1, &g2);
+            // Alone, `dv` is written fresh.
+            let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+            let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[q, k], &g1, &g2);
+            grads_agree(&[v], &g1, &g2);
         }
     }
 
@@ -1208,11 +1232,28 @@ mod tests {
         let ct = C::float_transpose(r([24, 9]));
         let expected = C::float_add(ct.clone(), C::float_matmul(a.clone(), b.clone()));
         same(<C as Kernels>::matmul_add(ct, a, b), expected);
-        // ReLU after a product, and its gradient mask.
+        // A token-major product added into `[batch, tokens, heads · n]`
+        // (a fresh one: in place), merged back to compare.
+        let (a4, b4) =
+            (C::float_reshape(r([1, 144]), [2, 3, 6, 4].into()), C::float_reshape(r([1, 120]), [2, 3, 4, 5].into()));
+        let c3 = C::float_reshape(r([1, 180]), [2, 6, 15].into());
+        let expected =
+            C::float_add(super::autodiff::split_heads::<C>(c3.clone(), 3), C::float_matmul(a4.clone(), b4.clone()));
+        let merged = |p| C::float_reshape(super::autodiff::merge_heads::<C>(p), [12, 15].into());
+        same(merged(<C as Kernels>::matmul_token_major_add(c3, a4, b4)), merged(expected));
+        // ReLU after a product, and its gradient mask (with the bias's
+        // gradient summed in the same pass).
         let w = r([24, 24]);
         let y1 = <C as Kernels>::matmul_relu(x.clone(), w.clone());
-        same(y1.clone(), C::relu(C::float_matmul(x.clone(), w)));
-        same(<C as Kernels>::relu_grad(y1.clone(), dy.clone()), C::relu_backward(y1, dy.clone()));
+        same(y1.clone(), C::relu(C::float_matmul(x.clone(), w.clone())));
+        same(<C as Kernels>::relu_grad(y1.clone(), dy.clone()), C::relu_backward(y1.clone(), dy.clone()));
+        let (dz, db) = <C as Kernels>::relu_grad_bias(y1.clone(), dy.clone());
+        let dz2 = C::relu_backward(y1, dy.clone());
+        same(dz, dz2.clone());
+        same1(db, composed::column_sums::<C>(dz2));
+        let bias = primitive(Tensor::<C, 1>::random([24], Distribution::Normal(0.0, 1.0), &d));
+        let y2 = <C as Kernels>::dense(x.clone(), w.clone(), Some(bias.clone()), true);
+        same(y2, C::relu(composed::matmul_bias::<C>(x.clone(), w, bias)));
         // Attention weights: [2, 2, 6, 6] scores, causal or not.
         let (s4, dp) = (r([4, 36]), r([4, 36]));
         let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());

@@ -185,15 +185,13 @@ impl<B: Kernels> Attention<B> {
         let [b, t, inner] = v.dims();
         let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
         let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
-        let v = self.split(v);
-        let o = match self.plan.softcap {
+        match self.plan.softcap {
             None => kernels::attention(q, k, v, 1.0 / (self.plan.head_dim as f64).sqrt(), causal),
             Some(cap) => {
                 let options = AttentionModuleOptions { scale: None, softcap: Some(cap), is_causal: causal };
-                fused(q, k, v, None, None, options)
+                fused(q, k, self.split(v), None, None, options).swap_dims(1, 2).reshape([b, t, inner])
             }
-        };
-        o.swap_dims(1, 2).reshape([b, t, inner])
+        }
     }
 }
 
