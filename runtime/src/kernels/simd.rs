@@ -81,7 +81,23 @@ fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    tail + acc.iter().sum::<f32>()
+    tail + fold_lanes(acc, |a, b| a + b)
+}
+
+/// The [`LANES`] partial results folded pairwise, the upper half onto the
+/// lower five times over: a fixed order (the same bits on every instruction
+/// set) of a few vector operations, rather than a chain of 31 dependent
+/// scalar ones, which dominated short rows (attention's).
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            acc[i] = f(acc[i], acc[i + n]);
+        }
+    }
+    acc[0]
 }
 
 /// `Σ f(a, b)` over pairs, in [`LANES`] partial sums.
@@ -97,7 +113,7 @@ fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
         }
     }
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
-    tail + acc.iter().sum::<f32>()
+    tail + fold_lanes(acc, |a, b| a + b)
 }
 
 /// `Σ f(a, b, c)` over triples, in [`LANES`] partial sums.
@@ -114,7 +130,7 @@ fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -
     }
     let rest = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder());
     let tail: f32 = rest.map(|((&x, &y), &z)| f(x, y, z)).sum();
-    tail + acc.iter().sum::<f32>()
+    tail + fold_lanes(acc, |a, b| a + b)
 }
 
 #[inline(always)]
@@ -138,7 +154,7 @@ fn max(xs: &[f32]) -> f32 {
         }
     }
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    acc.iter().fold(tail, |m, &x| m.max(x))
+    tail.max(fold_lanes(acc, f32::max))
 }
 
 /// `eˣ` in operations that vectorise: `x` clamped to [−87.3, 88] (2ⁿ stays
@@ -603,7 +619,7 @@ multiversion! {
         }
         let whole = row.len() - chunks.remainder().len();
         let tail = chunks.remainder().iter().enumerate().filter(|&(i, _)| whole + i < seen);
-        let m = acc.iter().copied().chain(tail.map(|(_, &x)| x)).fold(f32::NEG_INFINITY, f32::max);
+        let m = tail.map(|(_, &x)| x).fold(fold_lanes(acc, f32::max), f32::max);
         for (j, x) in row.iter_mut().enumerate() {
             *x = if j < seen { exp((*x - m) * scale) } else { 0.0 };
         }
