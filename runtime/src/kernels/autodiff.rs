@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::Kernels;
+use super::{Kernels, MixAddend, MixArgs};
 
 /// Records `y`, computed from the tensors of `nodes`, as one node of `op`
 /// in the graph (with `state` for its backward when a parent is tracked);
@@ -101,6 +101,31 @@ impl<B: Kernels> Backward<B, 5> for Mix {
         };
         let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal, acc);
         for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The shaped mix summed with another branch: parents `v`, `o`, the three
+/// gains, `b`, and the gains of the mix and of `b`.
+#[derive(Debug)]
+struct MixSum;
+
+impl<B: Kernels> Backward<B, 8> for MixSum {
+    type State = (MixArgs<FloatTensor<B>>, MixAddend<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 8>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (m, add) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let g = B::mix_sum_backward(m, add, dy, acc);
+        let [dgi, dgs, dgc] = g.dgains;
+        for (parent, grad) in ops.parents.into_iter().zip([g.dv, g.d_o, dgi, dgs, dgc, g.db, g.dga, g.dgb]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
@@ -416,6 +441,20 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let inner = [gi.primitive, gs.primitive, gc.primitive];
         let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
         record!(Mix, nodes, (v.primitive, o.primitive, inner, causal), y)
+    }
+
+    fn mix_sum(m: MixArgs<FloatTensor<Self>>, add: MixAddend<FloatTensor<Self>>) -> FloatTensor<Self> {
+        let [gi, gs, gc] = m.gains;
+        let nodes = [&m.v, &m.o, &gi, &gs, &gc, &add.b, &add.ga, &add.gb].map(|t| t.node.clone());
+        let inner = MixArgs {
+            v: m.v.primitive,
+            o: m.o.primitive,
+            gains: [gi.primitive, gs.primitive, gc.primitive],
+            causal: m.causal,
+        };
+        let addend = MixAddend { b: add.b.primitive, ga: add.ga.primitive, gb: add.gb.primitive };
+        let y = B::mix_sum(inner.clone(), addend.clone());
+        record!(MixSum, nodes, (inner, addend), y)
     }
 
     fn dense(

@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{composed, simd, AdamStep, Kernels};
+use super::{composed, simd, AdamStep, Kernels, MixAddend, MixArgs, MixSumGrads};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -118,31 +118,8 @@ impl Kernels for Flex {
     }
 
     fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
-        let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains) else {
-            return composed::mix::<Flex>(v, o, gains, causal);
-        };
-        let (v, o) = (v.to_contiguous(), o.to_contiguous());
-        let len = v.layout().num_elements();
-        let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-        let [gi, gs, gc] = &cols;
-        let g = simd::MixGains { i: gi, s: gs, c: gc };
-        let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
-            let (vq, oq) = (&vs[q * t * w..(q + 1) * t * w], &os[q * t * w..(q + 1) * t * w]);
-            // The running sum of the rows (causal), or the sum of all.
-            let mut sum = vec![0.0f32; w];
-            if !causal {
-                vq.chunks(w).for_each(|row| simd::add_into(&mut sum, row));
-            }
-            for (i, y) in y.chunks_mut(w).enumerate() {
-                let rows = i * w..(i + 1) * w;
-                let inv = 1.0 / if causal { i + 1 } else { t } as f32;
-                simd::mix_row(y, &vq[rows.clone()], &oq[rows], &mut sum, g, inv, causal);
-            }
-        };
-        // SAFETY: `simd::mix_row` writes every element of every row of the
-        // sequence.
-        let out = unsafe { filled(len, t * w, sequence) };
-        owned(out, v.layout().shape().clone())
+        let m = MixArgs { v, o, gains, causal };
+        mix_forward(m, None).unwrap_or_else(|(m, _)| composed::mix::<Flex>(m.v, m.o, m.gains, m.causal))
     }
 
     fn mix_backward(
@@ -153,82 +130,31 @@ impl Kernels for Flex {
         causal: bool,
         acc: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor, [FlexTensor; 3]) {
-        let fits = dy.dtype() == DType::F32
-            && dy.layout().shape() == v.layout().shape()
-            && acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == v.layout().shape());
-        let Some((cols, [_, t, w])) = mix_setup(&v, &o, &gains).filter(|_| fits) else {
-            return composed::mix_backward::<Flex>(v, o, gains, dy, causal, acc);
-        };
-        let sizes = gains.each_ref().map(|g| g.layout().num_elements());
-        let (v, o) = (v.to_contiguous(), o.to_contiguous());
-        let len = v.layout().num_elements();
-        let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-        let [gi, gs, gc] = &cols;
-        let g = simd::MixGains { i: gi, s: gs, c: gc };
-        // `do = gs ⊙ dy` over `dy` itself; `dv` added into `acc`, or fresh.
-        let mut d_o = Rows::new(dy);
-        let mut acc = acc.map(Rows::new);
-        let mut fresh: Vec<f32> = Vec::new();
-        // Per sequence, one pass from the last token to the first: `dv`,
-        // the gains' column sums, `do`.
-        let sequence = |(q, (mut dvq, dq)): (usize, (Dv, &mut [f32]))| {
-            let span = q * t * w..(q + 1) * t * w;
-            let (vq, oq) = (&vs[span.clone()], &os[span]);
-            let [mut si, mut ss, mut sc] = [0, 1, 2].map(|_| vec![0.0f32; w]);
-            let mut r = vec![0.0f32; w];
-            if !causal {
-                // The mean's gradient per unit gain: Σ_i dy_i / t, the same
-                // for every token.
-                dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
-                r.iter_mut().for_each(|x| *x /= t as f32);
+        match mix_backward(MixArgs { v, o, gains, causal }, None, dy, acc) {
+            Ok((dv, d_o, dgains, _)) => (dv, d_o, dgains),
+            Err((m, _, dy, acc)) => composed::mix_backward::<Flex>(m.v, m.o, m.gains, dy, m.causal, acc),
+        }
+    }
+
+    fn mix_sum(m: MixArgs<FlexTensor>, add: MixAddend<FlexTensor>) -> FlexTensor {
+        mix_forward(m, Some(add)).unwrap_or_else(|(m, add)| {
+            composed::mix_sum::<Flex>(m, add.expect("the addend comes back with the operands"))
+        })
+    }
+
+    fn mix_sum_backward(
+        m: MixArgs<FlexTensor>,
+        add: MixAddend<FlexTensor>,
+        dy: FlexTensor,
+        acc: Option<FlexTensor>,
+    ) -> MixSumGrads<FlexTensor> {
+        match mix_backward(m, Some(add), dy, acc) {
+            Ok((dv, d_o, dgains, Some([db, dga, dgb]))) => MixSumGrads { dv, d_o, dgains, db, dga, dgb },
+            Ok(_) => unreachable!("an addend's gradients come with it"),
+            Err((m, add, dy, acc)) => {
+                composed::mix_sum_backward::<Flex>(m, add.expect("the addend comes back with the operands"), dy, acc)
             }
-            let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc };
-            for i in (0..t).rev() {
-                let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
-                let rows = i * w..(i + 1) * w;
-                let (dy, v, o) = (&mut dq[rows.clone()], &vq[rows.clone()], &oq[rows.clone()]);
-                match &mut dvq {
-                    Dv::Add(d) => simd::mix_back_row_add(&mut d[rows], dy, v, o, g, &mut sums, inv),
-                    Dv::Fresh(d) => simd::mix_back_row(&mut d[rows], dy, v, o, g, &mut sums, inv),
-                }
-            }
-            [si, ss, sc]
-        };
-        let add = |mut a: [Vec<f64>; 3], b: [Vec<f32>; 3]| {
-            for (x, y) in a.iter_mut().zip(b) {
-                x.iter_mut().zip(y).for_each(|(p, q)| *p += f64::from(q));
-            }
-            a
-        };
-        let zero = || [vec![0.0f64; w], vec![0.0f64; w], vec![0.0f64; w]];
-        let dv: Vec<Dv> = match acc.as_mut() {
-            Some(rows) => rows.all().chunks_mut(t * w).map(Dv::Add).collect(),
-            None => {
-                fresh.reserve_exact(len);
-                fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(Dv::Fresh).collect()
-            }
-        };
-        let dq = d_o.all().chunks_mut(t * w);
-        let columns = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            let per: Vec<[Vec<f32>; 3]> =
-                dv.into_par_iter().zip(dq.collect::<Vec<_>>()).enumerate().map(sequence).collect();
-            per.into_iter().fold(zero(), add)
-        } else {
-            dv.into_iter().zip(dq).enumerate().map(sequence).fold(zero(), add)
-        };
-        let shape = v.layout().shape().clone();
-        let dv = match acc {
-            Some(rows) => rows.tensor,
-            None => {
-                // SAFETY: `simd::mix_back_row` wrote every element of every
-                // row of every sequence (`len` = sequences · t · w).
-                unsafe { fresh.set_len(len) };
-                owned(fresh, shape)
-            }
-        };
-        let mut sizes = sizes.into_iter();
-        let dgains = columns.map(|col| group_sums(&col, sizes.next().unwrap_or(1)));
-        (dv, d_o.tensor, dgains)
+        }
     }
 
     fn matmul_add(c: FlexTensor, a: FlexTensor, b: FlexTensor) -> FlexTensor {
@@ -907,6 +833,192 @@ impl Dst {
         // SAFETY: as the caller promises.
         unsafe { self.0.add(offset) }
     }
+}
+
+/// The operands of the shaped mix, and the addend, handed back where the
+/// fused kernel does not apply.
+type MixOperands = (MixArgs<FlexTensor>, Option<MixAddend<FlexTensor>>);
+
+/// The per-column gains of the mix's terms (times the mix's gain with an
+/// addend) and of the addend's branch, the mix's own per-column gain, and
+/// the dims of `v`; `None` where the fused kernel does not apply.
+struct MixPlan {
+    terms: [Vec<f32>; 3],
+    own: [Vec<f32>; 3],
+    ga: Option<Vec<f32>>,
+    gb: Vec<f32>,
+    dims: [usize; 3],
+}
+
+fn mix_plan(m: &MixArgs<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> Option<MixPlan> {
+    let (own, dims) = mix_setup(&m.v, &m.o, &m.gains)?;
+    let w = dims[2];
+    let (ga, gb) = match add {
+        Some(a) => {
+            let fits = a.b.dtype() == DType::F32 && a.b.layout().shape() == m.v.layout().shape();
+            (Some(columns(&a.ga, w).filter(|_| fits)?), columns(&a.gb, w)?)
+        }
+        None => (None, Vec::new()),
+    };
+    let terms = own.clone().map(|mut g| {
+        if let Some(ga) = &ga {
+            g.iter_mut().zip(ga).for_each(|(x, a)| *x *= a);
+        }
+        g
+    });
+    Some(MixPlan { terms, own, ga, gb, dims })
+}
+
+/// The shaped mix (plus `ga`/`gb`-gained `b` with an addend), one pass per
+/// sequence.
+fn mix_forward(m: MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Result<FlexTensor, MixOperands> {
+    let Some(plan) = mix_plan(&m, add.as_ref()) else {
+        return Err((m, add));
+    };
+    let [_, t, w] = plan.dims;
+    let causal = m.causal;
+    let (v, o) = (m.v.to_contiguous(), m.o.to_contiguous());
+    let b = add.map(|a| a.b.to_contiguous());
+    let len = v.layout().num_elements();
+    let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
+    let bs: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..len]);
+    let [gi, gs, gc] = &plan.terms;
+    let g = simd::MixGains { i: gi, s: gs, c: gc, b: &plan.gb };
+    let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
+        let span = q * t * w..(q + 1) * t * w;
+        let (vq, oq, bq) = (&vs[span.clone()], &os[span.clone()], bs.map(|b| &b[span]));
+        // The running sum of the rows (causal), or the sum of all.
+        let mut sum = vec![0.0f32; w];
+        if !causal {
+            vq.chunks(w).for_each(|row| simd::add_into(&mut sum, row));
+        }
+        for (i, y) in y.chunks_mut(w).enumerate() {
+            let rows = i * w..(i + 1) * w;
+            let inv = 1.0 / if causal { i + 1 } else { t } as f32;
+            let x = simd::MixIn { v: &vq[rows.clone()], o: &oq[rows.clone()], b: bq.map(|b| &b[rows]) };
+            simd::mix_row(y, x, &mut sum, g, inv, causal);
+        }
+    };
+    // SAFETY: `simd::mix_row` writes every element of every row of the
+    // sequence.
+    let out = unsafe { filled(len, t * w, sequence) };
+    Ok(owned(out, v.layout().shape().clone()))
+}
+
+/// The gradients of the shaped mix (`dv` added into `acc` when given; `do`
+/// over `dy`) and, with an addend, `[db, dga, dgb]`: one pass per sequence,
+/// from the last token to the first.
+#[allow(clippy::type_complexity)]
+fn mix_backward(
+    m: MixArgs<FlexTensor>,
+    add: Option<MixAddend<FlexTensor>>,
+    dy: FlexTensor,
+    acc: Option<FlexTensor>,
+) -> Result<
+    (FlexTensor, FlexTensor, [FlexTensor; 3], Option<[FlexTensor; 3]>),
+    (MixArgs<FlexTensor>, Option<MixAddend<FlexTensor>>, FlexTensor, Option<FlexTensor>),
+> {
+    let shape = m.v.layout().shape().clone();
+    let fits = dy.dtype() == DType::F32
+        && dy.layout().shape() == &shape
+        && acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == &shape);
+    let Some(plan) = mix_plan(&m, add.as_ref()).filter(|_| fits) else {
+        return Err((m, add, dy, acc));
+    };
+    let [_, t, w] = plan.dims;
+    let causal = m.causal;
+    let sizes = m.gains.each_ref().map(|g| g.layout().num_elements());
+    let add_sizes = add.as_ref().map(|a| [a.ga.layout().num_elements(), a.gb.layout().num_elements()]);
+    let (v, o) = (m.v.to_contiguous(), m.o.to_contiguous());
+    let b = add.map(|a| a.b.to_contiguous());
+    let len = v.layout().num_elements();
+    let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
+    let bs: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..len]);
+    let [gi, gs, gc] = &plan.terms;
+    let g = simd::MixGains { i: gi, s: gs, c: gc, b: &plan.gb };
+    // `do` over `dy` itself; `dv` added into `acc`, or fresh; `db` fresh.
+    let mut d_o = Rows::new(dy);
+    let mut acc = acc.map(Rows::new);
+    let (mut fresh, mut db): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+    let sequence = |(q, ((mut dvq, dq), mut dbq)): (usize, ((Dv, &mut [f32]), Option<&mut [MaybeUninit<f32>]>))| {
+        let span = q * t * w..(q + 1) * t * w;
+        let (vq, oq, bq) = (&vs[span.clone()], &os[span.clone()], bs.map(|b| &b[span]));
+        let [mut si, mut ss, mut sc, mut sb] = [0, 1, 2, 3].map(|_| vec![0.0f32; w]);
+        let mut r = vec![0.0f32; w];
+        if !causal {
+            // The mean's gradient per unit gain: Σ_i dy_i / t, the same
+            // for every token.
+            dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
+            r.iter_mut().for_each(|x| *x /= t as f32);
+        }
+        let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc, b: &mut sb };
+        for i in (0..t).rev() {
+            let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
+            let rows = i * w..(i + 1) * w;
+            let x = simd::MixIn { v: &vq[rows.clone()], o: &oq[rows.clone()], b: bq.map(|b| &b[rows.clone()]) };
+            let (dy, db) = (&mut dq[rows.clone()], dbq.as_mut().map(|d| &mut d[rows.clone()]));
+            match &mut dvq {
+                Dv::Add(d) => simd::mix_back_row_add(&mut d[rows], dy, x, db, g, &mut sums, inv),
+                Dv::Fresh(d) => simd::mix_back_row(&mut d[rows], dy, x, db, g, &mut sums, inv),
+            }
+        }
+        [si, ss, sc, sb]
+    };
+    let add4 = |mut a: [Vec<f64>; 4], b: [Vec<f32>; 4]| {
+        for (x, y) in a.iter_mut().zip(b) {
+            x.iter_mut().zip(y).for_each(|(p, q)| *p += f64::from(q));
+        }
+        a
+    };
+    let zero = || [0, 1, 2, 3].map(|_| vec![0.0f64; w]);
+    let dv: Vec<Dv> = match acc.as_mut() {
+        Some(rows) => rows.all().chunks_mut(t * w).map(Dv::Add).collect(),
+        None => {
+            fresh.reserve_exact(len);
+            fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(Dv::Fresh).collect()
+        }
+    };
+    let dbs: Vec<Option<&mut [MaybeUninit<f32>]>> = if bs.is_some() {
+        db.reserve_exact(len);
+        db.spare_capacity_mut()[..len].chunks_mut(t * w).map(Some).collect()
+    } else {
+        (0..dv.len()).map(|_| None).collect()
+    };
+    let dq: Vec<&mut [f32]> = d_o.all().chunks_mut(t * w).collect();
+    let work: Vec<_> = dv.into_iter().zip(dq).zip(dbs).collect();
+    let [si, ss, sc, sb] = if len >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+        let per: Vec<[Vec<f32>; 4]> = work.into_par_iter().enumerate().map(sequence).collect();
+        per.into_iter().fold(zero(), add4)
+    } else {
+        work.into_iter().enumerate().map(sequence).fold(zero(), add4)
+    };
+    let dv = match acc {
+        Some(rows) => rows.tensor,
+        None => {
+            // SAFETY: `simd::mix_back_row` wrote every element of every
+            // row of every sequence (`len` = sequences · t · w).
+            unsafe { fresh.set_len(len) };
+            owned(fresh, shape.clone())
+        }
+    };
+    // Each term's gain gradient is the mix's gain times its sum; the mix's
+    // gain gradient is Σ of each term's gain times its sum.
+    let sums = [si, ss, sc];
+    let scaled = |k: usize| -> Vec<f64> {
+        match &plan.ga {
+            Some(ga) => sums[k].iter().zip(ga).map(|(s, &a)| s * f64::from(a)).collect(),
+            None => sums[k].clone(),
+        }
+    };
+    let dgains = [0, 1, 2].map(|k| group_sums(&scaled(k), sizes[k]));
+    let extra = add_sizes.map(|[na, nb]| {
+        let dga: Vec<f64> = (0..w).map(|j| (0..3).map(|k| sums[k][j] * f64::from(plan.own[k][j])).sum()).collect();
+        // SAFETY: `simd::mix_back_row` wrote every element of every row of
+        // `db` (a branch `b` was given).
+        unsafe { db.set_len(len) };
+        [owned(db, shape.clone()), group_sums(&dga, na), group_sums(&sb, nb)]
+    });
+    Ok((dv, d_o.tensor, dgains, extra))
 }
 
 /// One sequence of the shaped mix's `dv`: added into a gradient from

@@ -46,6 +46,35 @@ pub struct AdamStep {
     pub decay: f64,
 }
 
+/// The operands of the shaped mix (see [`Kernels::mix`]).
+#[derive(Debug, Clone)]
+pub struct MixArgs<T> {
+    pub v: T,
+    pub o: T,
+    pub gains: [T; 3],
+    pub causal: bool,
+}
+
+/// A branch `b` that a block sums with the shaped mix: `ga ⊙ mix + gb ⊙ b`
+/// (gains `[n]`, one per group of columns).
+#[derive(Debug, Clone)]
+pub struct MixAddend<T> {
+    pub b: T,
+    pub ga: T,
+    pub gb: T,
+}
+
+/// The gradients of [`Kernels::mix_sum`].
+#[derive(Debug)]
+pub struct MixSumGrads<T> {
+    pub dv: T,
+    pub d_o: T,
+    pub dgains: [T; 3],
+    pub db: T,
+    pub dga: T,
+    pub dgb: T,
+}
+
 /// A backend with blkc's kernels.
 pub trait Kernels: Backend {
     /// One Adam(W) update of `p` (flat, `[n]`) with gradient `g` and
@@ -142,6 +171,24 @@ pub trait Kernels: Backend {
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
         composed::mix_backward::<Self>(v, o, gains, dy, causal, acc)
+    }
+
+    /// `ga ⊙ mix(v, o) + gb ⊙ b`: a parallel block's sum of its shaped
+    /// attention and another branch (one pass; the mix's output never
+    /// written on its own).
+    fn mix_sum(m: MixArgs<FloatTensor<Self>>, add: MixAddend<FloatTensor<Self>>) -> FloatTensor<Self> {
+        composed::mix_sum::<Self>(m, add)
+    }
+
+    /// The gradients of [`Kernels::mix_sum`] from `dy`; with `acc` (a
+    /// gradient of `v` from elsewhere), `dv` is added to it.
+    fn mix_sum_backward(
+        m: MixArgs<FloatTensor<Self>>,
+        add: MixAddend<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> MixSumGrads<FloatTensor<Self>> {
+        composed::mix_sum_backward::<Self>(m, add, dy, acc)
     }
 
     /// `act(x · w (+ bias))` for `x: [..., k]`, `w: [k, n]`: `[..., n]`,
@@ -426,6 +473,25 @@ mod composed {
         let dga = B::scale_groups_grad(a, dy.clone(), na);
         let dgb = B::scale_groups_grad(b, dy.clone(), nb);
         [B::scale_groups(dy.clone(), ga), B::scale_groups(dy, gb), dga, dgb]
+    }
+
+    pub fn mix_sum<B: super::Kernels>(
+        m: super::MixArgs<FloatTensor<B>>,
+        add: super::MixAddend<FloatTensor<B>>,
+    ) -> FloatTensor<B> {
+        B::scaled_sum(B::mix(m.v, m.o, m.gains, m.causal), add.b, add.ga, add.gb)
+    }
+
+    pub fn mix_sum_backward<B: super::Kernels>(
+        m: super::MixArgs<FloatTensor<B>>,
+        add: super::MixAddend<FloatTensor<B>>,
+        dy: FloatTensor<B>,
+        acc: Option<FloatTensor<B>>,
+    ) -> super::MixSumGrads<FloatTensor<B>> {
+        let a = B::mix(m.v.clone(), m.o.clone(), m.gains.clone(), m.causal);
+        let [da, db, dga, dgb] = B::scaled_sum_backward(a, add.b, add.ga, add.gb, dy);
+        let (dv, d_o, dgains) = B::mix_backward(m.v, m.o, m.gains, da, m.causal, acc);
+        super::MixSumGrads { dv, d_o, dgains, db, dga, dgb }
     }
 
     pub fn dense<B: super::Kernels>(
@@ -731,6 +797,20 @@ pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3
     tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
 }
 
+/// `ga ⊙ mix(v, o) + gb ⊙ b` (see [`Kernels::mix_sum`]).
+pub fn mix_sum<B: Kernels>(
+    v: Tensor<B, 3>,
+    o: Tensor<B, 3>,
+    gains: [Tensor<B, 1>; 3],
+    causal: bool,
+    b: Tensor<B, 3>,
+    ga: Tensor<B, 1>,
+    gb: Tensor<B, 1>,
+) -> Tensor<B, 3> {
+    let m = MixArgs { v: primitive(v), o: primitive(o), gains: gains.map(primitive), causal };
+    tensor(B::mix_sum(m, MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) }))
+}
+
 /// `act(x · w (+ bias))` over the last dimension of `x` (see
 /// [`Kernels::dense`]).
 pub fn linear<B: Kernels, const D: usize>(
@@ -874,6 +954,37 @@ mod tests {
             grads_agree(&[v, o], &g1, &g2);
             grads_agree(&[gi, gs, gc], &g1, &g2);
             grads_agree(&[w], &g1, &g2);
+        }
+    }
+
+    /// The mix summed with another branch in one kernel is the mix, then
+    /// the gained sum: value and the gradients of all eight operands
+    /// (per-head, single and per-column-group gains; `v` also read by a
+    /// later product, and alone).
+    #[test]
+    fn mix_sum_matches_the_mix_then_the_sum() {
+        for causal in [true, false] {
+            for shared in [true, false] {
+                let (v, o, b) = (random([2, 5, 12]), random([2, 5, 12]), random([2, 5, 12]));
+                let gains = [random([3]), random([1]), random([3])];
+                let (ga, gb) = (random([1]), random([3]));
+                let w = random([12, 12]);
+                let ours =
+                    super::mix_sum(v.clone(), o.clone(), gains.clone(), causal, b.clone(), ga.clone(), gb.clone());
+                let mixed = super::mix(v.clone(), o.clone(), gains.clone(), causal);
+                let theirs = super::scaled_sum(mixed, b.clone(), ga.clone(), gb.clone());
+                ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+                let (ours, theirs) = if shared {
+                    let extra = |v: Tensor<Ad, 3>| super::linear(v, w.clone(), None, false);
+                    (ours + extra(v.clone()), theirs + extra(v.clone()))
+                } else {
+                    (ours, theirs)
+                };
+                let (g1, g2) = backward_both(ours, theirs);
+                grads_agree(&[v, o, b], &g1, &g2);
+                grads_agree(&gains, &g1, &g2);
+                grads_agree(&[ga, gb], &g1, &g2);
+            }
         }
     }
 

@@ -235,48 +235,64 @@ impl Out for MaybeUninit<f32> {
     }
 }
 
-/// The per-column gains of the shaped mix's three terms: `I`, `softmax`,
-/// `centre`.
+/// One row of the shaped mix's inputs: `v`, `o`, and the other branch `b`
+/// that a block sums with the mix, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct MixIn<'a> {
+    pub v: &'a [f32],
+    pub o: &'a [f32],
+    pub b: Option<&'a [f32]>,
+}
+
+/// The per-column gains of the shaped mix's three terms (`I`, `softmax`,
+/// `centre`, each times the mix's gain in a sum), and of the other branch
+/// `b` (empty without one).
 #[derive(Debug, Clone, Copy)]
 pub struct MixGains<'a> {
     pub i: &'a [f32],
     pub s: &'a [f32],
     pub c: &'a [f32],
+    pub b: &'a [f32],
 }
 
 /// What the shaped mix's backward carries from row to row: `r`, the
 /// centre term's gradient per unit gain (see [`mix_back_row`]), and the
-/// column sums of the gains' gradients (`dy` against `v`, `o`, and the
-/// centre term).
+/// column sums of `dy` against `v`, `o`, the centre term, and `b`.
 #[derive(Debug)]
 pub struct MixSums<'a> {
     pub r: &'a mut [f32],
     pub i: &'a mut [f32],
     pub s: &'a mut [f32],
     pub c: &'a mut [f32],
+    pub b: &'a mut [f32],
 }
 
 multiversion! {
-    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ inv · sum`
-    /// (every element written). With `running` (the causal running mean,
-    /// rows in order), `v` is first added into `sum`; otherwise `sum` is the
-    /// sum of all rows.
-    pub fn mix_row(
-        out: &mut [MaybeUninit<f32>],
-        v: &[f32],
-        o: &[f32],
-        sum: &mut [f32],
-        g: MixGains<'_>,
-        inv: f32,
-        running: bool,
-    ) {
+    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ inv · sum
+    /// (+ gb ⊙ b)` (every element written). With `running` (the causal
+    /// running mean, rows in order), `v` is first added into `sum`;
+    /// otherwise `sum` is the sum of all rows.
+    pub fn mix_row(out: &mut [MaybeUninit<f32>], x: MixIn<'_>, sum: &mut [f32], g: MixGains<'_>, inv: f32, running: bool) {
         let n = out.len();
-        let (v, o, sum, gi, gs, gc) = (&v[..n], &o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
-        for j in 0..n {
-            if running {
-                sum[j] += v[j];
+        let (v, o, sum, gi, gs, gc) = (&x.v[..n], &x.o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
+        match x.b {
+            Some(b) => {
+                let (b, gb) = (&b[..n], &g.b[..n]);
+                for j in 0..n {
+                    if running {
+                        sum[j] += v[j];
+                    }
+                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]) + gb[j] * b[j]);
+                }
             }
-            out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]));
+            None => {
+                for j in 0..n {
+                    if running {
+                        sum[j] += v[j];
+                    }
+                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]));
+                }
+            }
         }
     }
 }
@@ -286,14 +302,22 @@ multiversion! {
 fn mix_back<D: Out>(
     dv: &mut [D],
     dy: &mut [f32],
-    v: &[f32],
-    o: &[f32],
+    x: MixIn<'_>,
+    db: Option<&mut [MaybeUninit<f32>]>,
     g: MixGains<'_>,
     sums: &mut MixSums<'_>,
     inv: f32,
 ) {
     let n = dv.len();
-    let (dy, v, o) = (&mut dy[..n], &v[..n], &o[..n]);
+    let dy = &mut dy[..n];
+    if let (Some(b), Some(db)) = (x.b, db) {
+        let (b, db, gb, sb) = (&b[..n], &mut db[..n], &g.b[..n], &mut sums.b[..n]);
+        for j in 0..n {
+            db[j].write(gb[j] * dy[j]);
+            sb[j] += dy[j] * b[j];
+        }
+    }
+    let (v, o) = (&x.v[..n], &x.o[..n]);
     let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
     let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
     for j in 0..n {
@@ -309,21 +333,22 @@ fn mix_back<D: Out>(
 
 multiversion! {
     /// One row of the shaped mix's backward, rows taken last to first:
+    /// with a branch `b`, `db ← gb ⊙ dy` and its gain's sum `dy ⊙ b`; then
     /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
     /// that `r` is the centre term's gradient per unit gain; for the plain
-    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), then `dv ← gi ⊙
-    /// dy + gc ⊙ r` (every element written), the gains' sums `dy ⊙ v`,
-    /// `dy ⊙ o`, `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy +
+    /// gc ⊙ r` (every element written), the gains' sums `dy ⊙ v`, `dy ⊙ o`,
+    /// `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
     pub fn mix_back_row(
         dv: &mut [MaybeUninit<f32>],
         dy: &mut [f32],
-        v: &[f32],
-        o: &[f32],
+        x: MixIn<'_>,
+        db: Option<&mut [MaybeUninit<f32>]>,
         g: MixGains<'_>,
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
-        mix_back(dv, dy, v, o, g, sums, inv);
+        mix_back(dv, dy, x, db, g, sums, inv);
     }
 }
 
@@ -333,13 +358,13 @@ multiversion! {
     pub fn mix_back_row_add(
         dv: &mut [f32],
         dy: &mut [f32],
-        v: &[f32],
-        o: &[f32],
+        x: MixIn<'_>,
+        db: Option<&mut [MaybeUninit<f32>]>,
         g: MixGains<'_>,
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
-        mix_back(dv, dy, v, o, g, sums, inv);
+        mix_back(dv, dy, x, db, g, sums, inv);
     }
 }
 

@@ -18,7 +18,7 @@ use burn::tensor::Tensor;
 
 use super::init::{param, weight, Rng};
 use super::linear;
-use super::map::Map;
+use super::map::{Kind, Map};
 use super::norm::Norm;
 use super::scalar::{self, Slot};
 
@@ -142,16 +142,15 @@ impl<B: Kernels> Attention<B> {
     /// gains applied per group of the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = x.device();
-        let v = self.value.forward(x.clone());
         let causal = self.plan.mask == Mask::Causal;
+        if self.shaped_terms().is_some() {
+            // Shaped attention: the three terms and their gains in one kernel.
+            let p = self.mix_parts(x);
+            return self.proj.forward(kernels::mix(p.v, p.o, p.gains, p.causal));
+        }
+        let v = self.value.forward(x.clone());
         let out = if self.plain_softmax() {
             self.softmax_times(&x, v, causal)
-        } else if let Some([ci, cs, cc]) = self.shaped_terms() {
-            // Shaped attention: the three terms and their gains in one kernel.
-            let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, &device);
-            let gains = [gain(ci), gain(cs), gain(cc)];
-            let o = self.softmax_times(&x, v.clone(), causal);
-            kernels::mix(v, o, gains, causal)
         } else {
             let mut acc: Option<Tensor<B, 3>> = None;
             for (coef, term) in &self.plan.terms {
@@ -178,6 +177,27 @@ impl<B: Kernels> Attention<B> {
         self.proj.forward(out)
     }
 
+    /// Whether the attention ends in the shaped mix with nothing after it
+    /// (an identity projection): a block may then take its
+    /// [`Attention::mix_parts`] and sum the mix with another branch in one
+    /// kernel ([`kernels::mix_sum`]).
+    pub fn ends_in_mix(&self) -> bool {
+        self.shaped_terms().is_some() && self.proj.kind == Kind::Identity
+    }
+
+    /// The shaped mix's operands: the value, the softmax term, the three
+    /// gains (for an attention whose matrix is `I`, `softmax` and `centre`).
+    pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
+        let device = x.device();
+        let causal = self.plan.mask == Mask::Causal;
+        let [ci, cs, cc] = self.shaped_terms().expect("a shaped attention's matrix");
+        let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, &device);
+        let gains = [gain(ci), gain(cs), gain(cc)];
+        let v = self.value.forward(x.clone());
+        let o = self.softmax_times(&x, v.clone(), causal);
+        MixParts { v, o, gains, causal }
+    }
+
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
     /// attention kernel, or, with a logit soft-cap, burn's attention (whose
     /// autodiff composes it).
@@ -193,6 +213,15 @@ impl<B: Kernels> Attention<B> {
             }
         }
     }
+}
+
+/// The operands of a shaped attention's mix, before mixing.
+#[derive(Debug)]
+pub struct MixParts<B: Backend> {
+    pub v: Tensor<B, 3>,
+    pub o: Tensor<B, 3>,
+    pub gains: [Tensor<B, 1>; 3],
+    pub causal: bool,
 }
 
 /// C·v without a T×T matrix, for `v: [batch, tokens, inner]`: the running

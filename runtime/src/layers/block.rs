@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use crate::kernels::{self, Kernels};
 use burn::tensor::Tensor;
 
-use super::attention::Attention;
+use super::attention::{Attention, MixParts};
 use super::init::Rng;
 use super::mlp::Mlp;
 use super::norm::Norm;
@@ -44,6 +44,9 @@ pub struct Plan {
     pub env: Env,
     /// Names of the trainable gains, in the order of `Block::gains`.
     pub gain_names: Vec<String>,
+    /// Per node: a shaped attention whose mix is done inside the sum that
+    /// reads it (`kernels::mix_sum`).
+    pub mixed_in_sum: Vec<bool>,
 }
 
 #[derive(Module, Debug)]
@@ -80,6 +83,7 @@ impl<B: Kernels> Block<B> {
                 slots,
                 env: *env,
                 gain_names: scalar::trainable_names(&g.params),
+                mixed_in_sum: Vec::new(),
             },
         };
         for n in &g.nodes {
@@ -101,7 +105,38 @@ impl<B: Kernels> Block<B> {
             };
             b.plan.steps.push(step);
         }
+        b.plan.mixed_in_sum = b.mixed_in_sums();
         b
+    }
+
+    /// The shaped attentions that a two-term sum with a trainable gain
+    /// reads, and nothing else does (a parallel block's attention branch):
+    /// that sum mixes them (one kernel; the attention's output is never
+    /// written on its own). At most one per sum.
+    fn mixed_in_sums(&self) -> Vec<bool> {
+        let steps = &self.plan.steps;
+        let mut reads = vec![0usize; steps.len()];
+        for step in steps {
+            for input in step.inputs() {
+                reads[input] += 1;
+            }
+        }
+        let mut mixed = vec![false; steps.len()];
+        for step in steps {
+            let Step::Sum(terms) = step else { continue };
+            if terms.len() != 2 || self.constant_gains(terms) {
+                continue;
+            }
+            let fusable = |n: NodeId| {
+                reads[n] == 1
+                    && n != self.plan.out
+                    && matches!(steps[n], Step::Attention(k, _) if self.attention[k].ends_in_mix())
+            };
+            if let Some(&(_, n)) = terms.iter().find(|(_, n)| fusable(*n)) {
+                mixed[n] = true;
+            }
+        }
+        mixed
     }
 
     /// Whether every gain of a sum is a constant.
@@ -126,8 +161,10 @@ impl<B: Kernels> Block<B> {
             *r += 1;
         }
         let mut out: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(steps.len());
+        // The operands of the attentions mixed inside a sum.
+        let mut parts: Vec<Option<MixParts<B>>> = (0..steps.len()).map(|_| None).collect();
         let mut x = Some(x);
-        for step in steps {
+        for (i, step) in steps.iter().enumerate() {
             let mut read = |n: NodeId| -> Tensor<B, 3> {
                 remaining[n] -= 1;
                 let t = if remaining[n] == 0 { out[n].take() } else { out[n].clone() };
@@ -136,13 +173,28 @@ impl<B: Kernels> Block<B> {
             let y = match step {
                 Step::Input => x.take().expect("one input step"),
                 Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
+                Step::Attention(k, input) if self.plan.mixed_in_sum[i] => {
+                    parts[i] = Some(self.attention[*k].mix_parts(read(*input)));
+                    out.push(None);
+                    continue;
+                }
                 Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
                 Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
                 Step::Sum(terms) if terms.len() == 2 && !self.constant_gains(terms) => {
-                    // Two terms with a trainable gain: one kernel.
+                    // Two terms with a trainable gain: one kernel (the
+                    // shaped mix's, when one term is an attention mixed here).
                     let gain = |g: &Scalar| scalar::value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
-                    let (b, a) = (read(terms[1].1), read(terms[0].1));
-                    kernels::scaled_sum(b, a, gain(&terms[1].0), gain(&terms[0].0))
+                    match terms.iter().position(|(_, n)| parts[*n].is_some()) {
+                        Some(j) => {
+                            let ((ga, a), (gb, b)) = (&terms[j], &terms[1 - j]);
+                            let p = parts[*a].take().expect("the parts of a mixed attention");
+                            kernels::mix_sum(p.v, p.o, p.gains, p.causal, read(*b), gain(ga), gain(gb))
+                        }
+                        None => {
+                            let (b, a) = (read(terms[1].1), read(terms[0].1));
+                            kernels::scaled_sum(b, a, gain(&terms[1].0), gain(&terms[0].0))
+                        }
+                    }
                 }
                 Step::Sum(terms) => {
                     let mut acc: Option<Tensor<B, 3>> = None;
