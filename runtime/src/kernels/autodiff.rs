@@ -231,25 +231,20 @@ impl<B: Kernels> Backward<B, 3> for Attention {
         let heads = q.shape()[1];
         let g = grads.consume::<B>(&ops.node);
         let [nq, nk, nv] = ops.parents;
-        let g4 = split_heads::<B>(g.clone(), heads);
-        if let Some(node) = nv {
-            let pt = B::float_transpose(p.clone());
-            let dv = match take_grad!(B, grads, node, g) {
-                Some(c) => B::matmul_token_major_add(c, pt, g4.clone()),
-                None => B::matmul_token_major(pt, g4.clone()),
-            };
+        let acc = match &nv {
+            Some(node) => take_grad!(B, grads, node, g.clone()),
+            None => None,
+        };
+        let wants = [nq.is_some(), nk.is_some(), nv.is_some()];
+        let g4 = split_heads::<B>(g, heads);
+        let [dq, dk, dv] = B::attention_backward([q, k, v], p, g4, scale, acc, wants);
+        for (node, grad) in [(nq, dq), (nk, dk)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+        if let (Some(node), Some(dv)) = (nv, dv) {
             grads.register::<B>(node.id, merge_heads::<B>(dv));
-        }
-        if nq.is_none() && nk.is_none() {
-            return;
-        }
-        let dp = B::matmul(g4, B::float_transpose(v));
-        let ds = B::softmax_scores_backward(p, dp, scale);
-        if let Some(node) = nq {
-            grads.register::<B>(node.id, B::matmul_token_major(ds.clone(), k));
-        }
-        if let Some(node) = nk {
-            grads.register::<B>(node.id, B::matmul_token_major(B::float_transpose(ds), q));
         }
     }
 }
@@ -396,10 +391,8 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
         let v4 = split_heads::<B>(v.primitive, q.primitive.shape()[1]);
-        let s = B::matmul(q.primitive.clone(), B::float_transpose(k.primitive.clone()));
-        let p = B::softmax_scores(s, scale, causal);
-        let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
-        record!(Attention, nodes, (q.primitive, k.primitive, v4, p, scale), o)
+        let (o, p) = B::attention_forward(q.primitive.clone(), k.primitive.clone(), v4.clone(), scale, causal);
+        record!(Attention, nodes, (q.primitive, k.primitive, v4, p, scale), merge_heads::<B>(o))
     }
 
     fn embed(

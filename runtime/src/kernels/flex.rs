@@ -619,6 +619,148 @@ impl Kernels for Flex {
         out.tensor
     }
 
+    fn attention_forward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        scale: f64,
+        causal: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let Some([b, h, t, d, dv]) = attention_dims(&q, &k, &v) else {
+            return composed::attention_forward::<Flex>(q, k, v, scale, causal);
+        };
+        let n = b * h;
+        let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
+        let (mut p, mut o): (Vec<f32>, Vec<f32>) = (Vec::with_capacity(n * t * t), Vec::with_capacity(n * t * dv));
+        let (pd, od) = (Dst(p.as_mut_ptr()), Dst(o.as_mut_ptr()));
+        let clock = AtomicU64::new(0);
+        let scale = scale as f32;
+        // Per head: the scores, their softmax while in cache, the output.
+        let head = |i: usize| {
+            // SAFETY: the operands' matrices lie in their storage (`Heads`
+            // reads each tensor's own layout); head `i` writes the `t × t`
+            // weights at `i·t·t` of `p` and its `t × dv` rows of the
+            // token-major `o` (row stride `h·dv`), within the capacities
+            // and disjoint between heads; the weights are read only after
+            // the product wrote all of them.
+            unsafe {
+                let pi = pd.at(i * t * t);
+                product([t, t, d], pi, t, false, qh.at(i), kh.at(i).transposed(), &clock);
+                let rows = std::slice::from_raw_parts_mut(pi, t * t);
+                for (r, row) in rows.chunks_mut(t).enumerate() {
+                    simd::softmax(row, if causal { r + 1 } else { t }, scale);
+                }
+                let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
+                let weights = Operand { ptr: pi, rs: t as isize, cs: 1 };
+                product([t, dv, t], oi, h * dv, false, weights, vh.at(i), &clock);
+            }
+        };
+        let threads = each_head(n, head);
+        commit(&clock, threads);
+        // SAFETY: the heads wrote all `n·t·t` weights and `n·t·dv` outputs.
+        unsafe {
+            p.set_len(n * t * t);
+            o.set_len(n * t * dv);
+        }
+        let strides = vec![(t * h * dv) as isize, dv as isize, (h * dv) as isize, 1];
+        let o = FlexTensor::new(
+            burn::tensor::Bytes::from_elems(o),
+            Layout::new([b, h, t, dv].into(), strides, 0),
+            DType::F32,
+        );
+        (o, owned(p, [b, h, t, t].into()))
+    }
+
+    fn attention_backward(
+        qkv: [FlexTensor; 3],
+        p: FlexTensor,
+        g: FlexTensor,
+        scale: f64,
+        acc: Option<FlexTensor>,
+        wants: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let [q, k, v] = &qkv;
+        let dims = attention_dims(q, k, v).filter(|&[b, h, t, _, dv]| {
+            p.dtype() == DType::F32
+                && p.layout().shape().as_slice() == [b, h, t, t]
+                && g.dtype() == DType::F32
+                && g.layout().shape().as_slice() == [b, h, t, dv]
+                && acc
+                    .as_ref()
+                    .is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape().as_slice() == [b, t, h * dv])
+        });
+        let Some([b, h, t, d, dv]) = dims else {
+            return composed::attention_backward::<Flex>(qkv, p, g, scale, acc, wants);
+        };
+        let n = b * h;
+        let p = p.to_contiguous();
+        let pv: &[f32] = &p.storage()[..n * t * t];
+        let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
+        let [want_q, want_k, want_v] = wants;
+        let scores = want_q || want_k;
+        let fresh = |len: usize, wanted: bool| if wanted { Vec::with_capacity(len) } else { Vec::new() };
+        let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (fresh(n * t * d, want_q), fresh(n * t * d, want_k));
+        let mut acc = acc.filter(|_| want_v).map(Rows::new);
+        let mut dvs: Vec<f32> = fresh(n * t * dv, want_v && acc.is_none());
+        let (dqd, dkd) = (Dst(dq.as_mut_ptr()), Dst(dk.as_mut_ptr()));
+        let dvd = Dst(match acc.as_mut() {
+            Some(rows) => rows.all().as_mut_ptr(),
+            None => dvs.as_mut_ptr(),
+        });
+        let read_dv = acc.is_some();
+        let clock = AtomicU64::new(0);
+        let scale = scale as f32;
+        let head = |i: usize| {
+            let pi = Operand { ptr: pv[i * t * t..].as_ptr(), rs: t as isize, cs: 1 };
+            let token = |w: usize| (i / h) * t * h * w + (i % h) * w;
+            // SAFETY: the operands' matrices lie in their storage (`Heads`
+            // reads each tensor's own layout, `p` is contiguous); head `i`
+            // writes only its own rows of the token-major outputs (row
+            // stride `h·width`), within their capacities or `acc`'s
+            // storage (unique, of that shape, initialised when read), and
+            // its own scratch `ds`, read only after the product wrote it.
+            unsafe {
+                if want_v {
+                    product([t, dv, t], dvd.at(token(dv)), h * dv, read_dv, pi.transposed(), gh.at(i), &clock);
+                }
+                if !scores {
+                    return;
+                }
+                // dp = g · vᵀ, then ds in place, while in cache.
+                let mut ds: Vec<f32> = Vec::with_capacity(t * t);
+                product([t, t, dv], ds.as_mut_ptr(), t, false, gh.at(i), vh.at(i).transposed(), &clock);
+                ds.set_len(t * t);
+                for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
+                    simd::softmax_backward(row, w, scale);
+                }
+                let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
+                if want_q {
+                    product([t, d, t], dqd.at(token(d)), h * d, false, dsi, kh.at(i), &clock);
+                }
+                if want_k {
+                    product([t, d, t], dkd.at(token(d)), h * d, false, dsi.transposed(), qh.at(i), &clock);
+                }
+            }
+        };
+        let threads = each_head(n, head);
+        commit(&clock, threads);
+        let token_major = |mut data: Vec<f32>, w: usize| {
+            // SAFETY: every head wrote its `t × w` rows of the output.
+            unsafe { data.set_len(n * t * w) };
+            let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
+            FlexTensor::new(
+                burn::tensor::Bytes::from_elems(data),
+                Layout::new([b, h, t, w].into(), strides, 0),
+                DType::F32,
+            )
+        };
+        let dv = want_v.then(|| match acc {
+            Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
+            None => token_major(dvs, dv),
+        });
+        [want_q.then(|| token_major(dq, d)), want_k.then(|| token_major(dk, d)), dv]
+    }
+
     fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
         if s.dtype() != DType::F32 {
             return composed::softmax_scores::<Flex>(s, scale, causal);
@@ -1026,6 +1168,133 @@ fn mix_backward(
 enum Dv<'a> {
     Add(&'a mut [f32]),
     Fresh(&'a mut [MaybeUninit<f32>]),
+}
+
+/// `[batch, heads, tokens, head_dim, value_dim]` of attention operands
+/// that the fused kernel takes (f32, `q`, `k`: `[b, h, t, d]`, `v`: `[b, h,
+/// t, dv]`, none empty), or `None`.
+fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<[usize; 5]> {
+    let ok = [q, k, v].iter().all(|x| x.dtype() == DType::F32 && x.layout().num_dims() == 4);
+    if !ok {
+        return None;
+    }
+    let (sq, sv) = (q.layout().shape(), v.layout().shape());
+    let dims = [sq[0], sq[1], sq[2], sq[3], sv[3]];
+    let fits = k.layout().shape() == sq && sv[..3] == sq[..3] && dims.iter().all(|&x| x > 0);
+    fits.then_some(dims)
+}
+
+/// One matrix operand of a product: its first element and strides.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: an operand is only read, by the products of one kernel call,
+// while the tensor it points into is alive (borrowed by that call).
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
+
+impl Operand {
+    fn transposed(self) -> Self {
+        Operand { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// The `batch · heads` matrices of a `[batch, heads, rows, cols]` f32
+/// tensor, from its own layout.
+struct Heads {
+    ptr: *const f32,
+    starts: Vec<isize>,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: as for `Operand`.
+unsafe impl Send for Heads {}
+unsafe impl Sync for Heads {}
+
+impl Heads {
+    fn new(x: &FlexTensor) -> Self {
+        let l = x.layout();
+        let data: &[f32] = x.storage();
+        Heads { ptr: data.as_ptr(), starts: matrix_offsets(l), rs: l.strides()[2], cs: l.strides()[3] }
+    }
+
+    /// Matrix `i`.
+    fn at(&self, i: usize) -> Operand {
+        // SAFETY: `starts[i]` is the offset of matrix `i` in the storage
+        // `ptr` points to (from the tensor's own layout).
+        Operand { ptr: unsafe { self.ptr.offset(self.starts[i]) }, rs: self.rs, cs: self.cs }
+    }
+}
+
+/// `dst ← a · b`, or `dst ← dst + a · b` with `read_dst`, for one `[m, n,
+/// k]` product on this thread, `dst` row-major with row stride `dst_rs`;
+/// the time inside gemm is added to `clock` (nanoseconds).
+///
+/// # Safety
+/// `a`'s `m × k` and `b`'s `k × n` elements (at `ptr + r·rs + c·cs`) lie in
+/// live f32 memory; `dst`'s `m × n` elements (at `dst + r·dst_rs + c`) are
+/// writable, touched by no other thread meanwhile, and initialised when
+/// `read_dst`.
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    read_dst: bool,
+    a: Operand,
+    b: Operand,
+    clock: &AtomicU64,
+) {
+    let start = Instant::now();
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            read_dst,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            if read_dst { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    clock.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Runs `head(i)` for every head `i < n`, on several threads when there
+/// are; returns how many.
+fn each_head(n: usize, head: impl Fn(usize) + Sync + Send) -> usize {
+    if rayon::current_num_threads() > 1 {
+        (0..n).into_par_iter().for_each(head);
+        rayon::current_num_threads().min(n)
+    } else {
+        (0..n).for_each(head);
+        1
+    }
+}
+
+/// Adds the products' time of a kernel whose heads ran on `threads`
+/// threads to the product clock: their summed time divided by the
+/// threads, the wall time they took when the threads' products overlap
+/// (exact on one thread).
+fn commit(clock: &AtomicU64, threads: usize) {
+    PRODUCT_NANOS.fetch_add(clock.load(Ordering::Relaxed) / threads.max(1) as u64, Ordering::Relaxed);
 }
 
 /// What a product's output starts as.

@@ -373,8 +373,37 @@ pub trait Kernels: Backend {
         causal: bool,
     ) -> FloatTensor<Self> {
         let v = autodiff::split_heads::<Self>(v, q.shape()[1]);
-        let s = Self::matmul(q, Self::float_transpose(k));
-        autodiff::merge_heads::<Self>(Self::matmul_token_major(Self::softmax_scores(s, scale, causal), v))
+        autodiff::merge_heads::<Self>(Self::attention_forward(q, k, v, scale, causal).0)
+    }
+
+    /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · q · kᵀ
+    /// (+ causal mask))` and `o = p · v` stored token-major (see
+    /// [`Kernels::matmul_token_major`]), for `q, k, v: [batch, heads,
+    /// tokens, head_dim]`.
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::attention_forward::<Self>(q, k, v, scale, causal)
+    }
+
+    /// The gradients `[dq, dk, dv]` of [`Kernels::attention_forward`] from
+    /// `g` (`o`'s, `[batch, heads, tokens, head_dim]`), each where `wants`
+    /// it, stored token-major: `dv = pᵀ · g`, `ds = scale · p ⊙ (dp − Σ p ⊙
+    /// dp)` with `dp = g · vᵀ`, `dq = ds · k`, `dk = dsᵀ · q`. `dv` is added
+    /// into `acc` (`[batch, tokens, heads · head_dim]`) when given.
+    fn attention_backward(
+        qkv: [FloatTensor<Self>; 3],
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        scale: f64,
+        acc: Option<FloatTensor<Self>>,
+        wants: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        composed::attention_backward::<Self>(qkv, p, g, scale, acc, wants)
     }
 }
 
@@ -473,6 +502,44 @@ mod composed {
         let dga = B::scale_groups_grad(a, dy.clone(), na);
         let dgb = B::scale_groups_grad(b, dy.clone(), nb);
         [B::scale_groups(dy.clone(), ga), B::scale_groups(dy, gb), dga, dgb]
+    }
+
+    pub fn attention_forward<B: super::Kernels>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        scale: f64,
+        causal: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let s = B::matmul(q, B::float_transpose(k));
+        let p = B::softmax_scores(s, scale, causal);
+        (B::matmul_token_major(p.clone(), v), p)
+    }
+
+    pub fn attention_backward<B: super::Kernels>(
+        qkv: [FloatTensor<B>; 3],
+        p: FloatTensor<B>,
+        g: FloatTensor<B>,
+        scale: f64,
+        acc: Option<FloatTensor<B>>,
+        wants: [bool; 3],
+    ) -> [Option<FloatTensor<B>>; 3] {
+        let [q, k, v] = qkv;
+        let dv = wants[2].then(|| {
+            let pt = B::float_transpose(p.clone());
+            match acc {
+                Some(c) => B::matmul_token_major_add(c, pt, g.clone()),
+                None => B::matmul_token_major(pt, g.clone()),
+            }
+        });
+        if !wants[0] && !wants[1] {
+            return [None, None, dv];
+        }
+        let dp = B::matmul(g, B::float_transpose(v));
+        let ds = B::softmax_scores_backward(p, dp, scale);
+        let dq = wants[0].then(|| B::matmul_token_major(ds.clone(), k));
+        let dk = wants[1].then(|| B::matmul_token_major(B::float_transpose(ds), q));
+        [dq, dk, dv]
     }
 
     pub fn mix_sum<B: super::Kernels>(
@@ -1352,6 +1419,27 @@ mod tests {
             C::float_add(super::autodiff::split_heads::<C>(c3.clone(), 3), C::float_matmul(a4.clone(), b4.clone()));
         let merged = |p| C::float_reshape(super::autodiff::merge_heads::<C>(p), [12, 15].into());
         same(merged(<C as Kernels>::matmul_token_major_add(c3, a4, b4)), merged(expected));
+        // Attention on heads split from `[batch, tokens, heads · d]` (the
+        // layers' strided views), forward and backward, causal or not, `dv`
+        // fresh and added into a gradient from elsewhere.
+        let heads = |p| super::autodiff::split_heads::<C>(C::float_reshape(p, [2, 5, 12].into()), 3);
+        let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 120])));
+        let merged = |p| C::float_reshape(super::autodiff::merge_heads::<C>(p), [10, 12].into());
+        for causal in [false, true] {
+            let (o1, p1) = <C as Kernels>::attention_forward(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let (o2, p2) = composed::attention_forward::<C>(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            same(merged(o1), merged(o2));
+            same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
+            for acc in [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))] {
+                let qkv = [q.clone(), k.clone(), v.clone()];
+                let ours =
+                    <C as Kernels>::attention_backward(qkv.clone(), p1.clone(), g.clone(), 0.5, acc.clone(), [true; 3]);
+                let theirs = composed::attention_backward::<C>(qkv, p1.clone(), g.clone(), 0.5, acc, [true; 3]);
+                for (a, b) in ours.into_iter().zip(theirs) {
+                    same(merged(a.expect("wanted")), merged(b.expect("wanted")));
+                }
+            }
+        }
         // ReLU after a product, and its gradient mask (with the bias's
         // gradient summed in the same pass).
         let w = r([24, 24]);
