@@ -129,11 +129,12 @@ impl<B: Kernels> Model<B> {
         if let Some(n) = &self.final_norm {
             x = n.forward(x);
         }
-        let head = match &self.head {
-            Some(h) => h.val(),
-            None => self.embedding.val().transpose(),
-        };
-        crate::layers::linear(x, head, None)
+        match &self.head {
+            Some(h) => crate::layers::linear(x, h.val(), None),
+            // Tied: the table itself is the product's operand (its
+            // gradient is added into the embedding's, no transpose node).
+            None => crate::kernels::linear_transposed(x, self.embedding.val()),
+        }
     }
 }
 

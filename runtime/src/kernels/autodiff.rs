@@ -146,17 +146,19 @@ fn flat<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
 /// by several products or norms is then their direct parent, and each adds
 /// its gradient into the others', see `take_grad!`), `act` the identity or
 /// ReLU: `dz = dy (⊙ (y > 0))`, `dx = dz · wᵀ`, `dw = xᵀ · dz`,
-/// `dbias = Σ_rows dz`.
+/// `dbias = Σ_rows dz`. With `transposed`, the parent is `w`'s transpose
+/// `[n, k]` (a tied LM head's embedding table), whose gradient is `dzᵀ ·
+/// x`. The gradient of `w` is added into one from elsewhere too.
 #[derive(Debug)]
 struct Linear;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
-    /// `x` flat (for `dw`), `w` (for `dx`), `x`'s shape, the output when
-    /// it is a ReLU's.
-    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, Shape, Option<FloatTensor<B>>);
+    /// `x` flat (for `dw`), `w` as the parent is (for `dx`), `x`'s shape,
+    /// the output when it is a ReLU's, and whether the parent is `wᵀ`.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, Shape, Option<FloatTensor<B>>, bool);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, w, shape, relu) = ops.state;
+        let (x, w, shape, relu, transposed) = ops.state;
         let dy = flat::<B>(grads.consume::<B>(&ops.node));
         let mut parents = ops.parents.into_iter();
         let (nx, nw, nb) = (parents.next().flatten(), parents.next().flatten(), parents.next().flatten());
@@ -174,10 +176,19 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
         }
         if let Some(node) = nw {
             let x = x.expect("x is kept when w is tracked");
-            grads.register::<B>(node.id, B::matmul(B::float_transpose(x), dz.clone()));
+            let (a, b) = match transposed {
+                true => (B::float_transpose(dz.clone()), x),
+                false => (B::float_transpose(x), dz.clone()),
+            };
+            let dw = match take_grad!(B, grads, node, dz.clone()) {
+                Some(c) => B::matmul_add(c, a, b),
+                None => B::matmul(a, b),
+            };
+            grads.register::<B>(node.id, dw);
         }
         if let Some(node) = nx {
-            let w = B::float_transpose(w.expect("w is kept when x is tracked"));
+            let w = w.expect("w is kept when x is tracked");
+            let w = if transposed { w } else { B::float_transpose(w) };
             let dx = match take_grad!(B, grads, node, dz.clone()) {
                 Some(c) => B::matmul_add(flat::<B>(c), dz, w),
                 None => B::matmul(dz, w),
@@ -464,11 +475,26 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             x_tracked.then(|| w.primitive.clone()),
             shape,
             relu.then(|| y.clone()),
+            false,
         );
         match bias {
             Some(b) => record!(Linear, [x.node, w.node, b.node], state, y),
             None => record!(Linear, [x.node, w.node], state, y),
         }
+    }
+
+    fn dense_transposed(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+        let shape = x.primitive.shape();
+        let y = B::dense_transposed(x.primitive.clone(), w.primitive.clone());
+        let state = (
+            w_tracked.then(|| flat::<B>(x.primitive.clone())),
+            x_tracked.then(|| w.primitive.clone()),
+            shape,
+            None,
+            true,
+        );
+        record!(Linear, [x.node, w.node], state, y)
     }
 
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {

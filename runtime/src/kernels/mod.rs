@@ -203,6 +203,12 @@ pub trait Kernels: Backend {
         composed::dense::<Self>(x, w, bias, relu)
     }
 
+    /// `x · wᵀ` for `x: [..., k]`, `w: [n, k]` (a tied LM head: the
+    /// embedding table is the graph's parent, not a transpose of it).
+    fn dense_transposed(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::dense(x, Self::float_transpose(w), None, false)
+    }
+
     /// `c + a · b`, into `c`'s memory where the backend can (a gradient
     /// accumulated by the product that adds to it).
     fn matmul_add(c: FloatTensor<Self>, a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -889,6 +895,12 @@ pub fn linear<B: Kernels, const D: usize>(
     tensor(B::dense(primitive(x), primitive(w), bias.map(primitive), relu))
 }
 
+/// `x · wᵀ` over the last dimension of `x`, for `w: [n, k]` (see
+/// [`Kernels::dense_transposed`]).
+pub fn linear_transposed<B: Kernels, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    tensor(B::dense_transposed(primitive(x), primitive(w)))
+}
+
 /// `a · b + bias` (see [`Kernels::matmul_bias`]).
 pub fn matmul_bias<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     tensor(B::dense(primitive(a), primitive(b), Some(primitive(bias)), false))
@@ -1105,13 +1117,27 @@ mod tests {
         let n = super::normalise(x.clone(), s.clone(), None, 1e-5, false);
         let ours = super::matmul(x.clone(), w1.clone())
             + super::matmul_relu(x.clone(), w2.clone())
-            + super::matmul(n, w1.clone());
+            + super::matmul(n, w1.clone())
+            + super::linear_transposed(x.clone(), w1.clone().transpose());
         let r = (x.clone().square().mean_dim(1) + 1e-5).sqrt();
         let n = x.clone() / r * s.clone().unsqueeze();
         let theirs = x.clone().matmul(w1.clone())
             + burn::tensor::activation::relu(x.clone().matmul(w2.clone()))
-            + n.matmul(w1.clone());
+            + n.matmul(w1.clone())
+            + x.clone().matmul(w1.clone());
         same_gradients(&[x, w1, w2], ours, theirs);
+    }
+
+    /// A tied LM head (`h · Eᵀ` with `E` the product's parent) over the
+    /// embedding of the same table: `E`'s gradient from both, added into
+    /// one another, is burn's.
+    #[test]
+    fn a_tied_head_has_burns_gradients() {
+        let e = random([9, 8]);
+        let tokens = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([3, 0, 8, 5, 5, 1], &Default::default());
+        let ours = super::linear_transposed(super::embed(e.clone(), tokens.clone(), None), e.clone());
+        let theirs = e.clone().select(0, tokens).matmul(e.clone().transpose());
+        same_gradients(&[e], ours, theirs);
     }
 
     /// The product with a bias is burn's `matmul` plus the bias, value and
