@@ -1013,6 +1013,7 @@ fn mix_plan(m: &MixArgs<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> Opt
 
 /// The shaped mix (plus `ga`/`gb`-gained `b` with an addend), one pass per
 /// sequence.
+#[allow(clippy::result_large_err)]
 fn mix_forward(m: MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Result<FlexTensor, MixOperands> {
     let Some(plan) = mix_plan(&m, add.as_ref()) else {
         return Err((m, add));
@@ -1050,7 +1051,7 @@ fn mix_forward(m: MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Re
 /// The gradients of the shaped mix (`dv` added into `acc` when given; `do`
 /// over `dy`) and, with an addend, `[db, dga, dgb]`: one pass per sequence,
 /// from the last token to the first.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::result_large_err)]
 fn mix_backward(
     m: MixArgs<FlexTensor>,
     add: Option<MixAddend<FlexTensor>>,

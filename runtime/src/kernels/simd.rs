@@ -180,7 +180,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let p = p * (r * r) + r + 1.0;
     // The exponent field n + 127 (in 1..=254 after the clamp): `t`'s bits
     // are those of 1.5·2²³ plus n, and the shift drops all but n + 127.
