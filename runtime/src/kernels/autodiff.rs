@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::{Kernels, MixAddend, MixArgs};
+use super::{Kernels, MixAddend, MixArgs, Shaped};
 
 /// Records `y`, computed from the tensors of `nodes`, as one node of `op`
 /// in the graph (with `state` for its backward when a parent is tracked);
@@ -126,6 +126,35 @@ impl<B: Kernels> Backward<B, 8> for MixSum {
         let g = B::mix_sum_backward(m, add, dy, acc);
         let [dgi, dgs, dgc] = g.dgains;
         for (parent, grad) in ops.parents.into_iter().zip([g.dv, g.d_o, dgi, dgs, dgc, g.db, g.dga, g.dgb]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// A shaped attention through its mix (and a sum with another branch):
+/// parents `q`, `k`, `v`, the three gains, and `b`, `ga`, `gb` with an
+/// addend (`N` = 6 or 9).
+#[derive(Debug)]
+struct ShapedAttention;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
+    /// The operands, the addend, the attention weights.
+    type State = (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, add, p) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let acc = match &ops.parents[2] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let g = B::shaped_attention_backward(a, add, p, dy, acc);
+        let [dgi, dgs, dgc] = g.dgains;
+        let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
+        all.extend(g.addend.into_iter().flatten());
+        for (parent, grad) in ops.parents.into_iter().zip(all) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
@@ -480,6 +509,35 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         match bias {
             Some(b) => record!(Linear, [x.node, w.node, b.node], state, y),
             None => record!(Linear, [x.node, w.node], state, y),
+        }
+    }
+
+    fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
+        let [gi, gs, gc] = a.gains;
+        let nodes = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
+        let inner = Shaped {
+            q: a.q.primitive,
+            k: a.k.primitive,
+            v: a.v.primitive,
+            gains: [gi.primitive, gs.primitive, gc.primitive],
+            scale: a.scale,
+            causal: a.causal,
+        };
+        let (extra, addend) = match add {
+            Some(m) => {
+                let extra = [&m.b, &m.ga, &m.gb].map(|t| t.node.clone());
+                (Some(extra), Some(MixAddend { b: m.b.primitive, ga: m.ga.primitive, gb: m.gb.primitive }))
+            }
+            None => (None, None),
+        };
+        let (y, p) = B::shaped_attention_forward(inner.clone(), addend.clone());
+        let state = (inner, addend, p);
+        match extra {
+            Some([b, ga, gb]) => {
+                let [q, k, v, gi, gs, gc] = nodes;
+                record!(ShapedAttention, [q, k, v, gi, gs, gc, b, ga, gb], state, y)
+            }
+            None => record!(ShapedAttention, nodes, state, y),
         }
     }
 

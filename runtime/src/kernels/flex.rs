@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{composed, simd, AdamStep, Kernels, MixAddend, MixArgs, MixSumGrads};
+use super::{composed, simd, AdamStep, Kernels, MixAddend, MixArgs, MixSumGrads, Shaped, ShapedGrads};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -645,14 +645,14 @@ impl Kernels for Flex {
             // the product wrote all of them.
             unsafe {
                 let pi = pd.at(i * t * t);
-                product([t, t, d], pi, t, false, qh.at(i), kh.at(i).transposed(), &clock);
+                product([t, t, d], pi, t, None, qh.at(i), kh.at(i).transposed(), &clock);
                 let rows = std::slice::from_raw_parts_mut(pi, t * t);
                 for (r, row) in rows.chunks_mut(t).enumerate() {
                     simd::softmax(row, if causal { r + 1 } else { t }, scale);
                 }
                 let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
                 let weights = Operand { ptr: pi, rs: t as isize, cs: 1 };
-                product([t, dv, t], oi, h * dv, false, weights, vh.at(i), &clock);
+                product([t, dv, t], oi, h * dv, None, weights, vh.at(i), &clock);
             }
         };
         let threads = each_head(n, head);
@@ -721,24 +721,32 @@ impl Kernels for Flex {
             // its own scratch `ds`, read only after the product wrote it.
             unsafe {
                 if want_v {
-                    product([t, dv, t], dvd.at(token(dv)), h * dv, read_dv, pi.transposed(), gh.at(i), &clock);
+                    product(
+                        [t, dv, t],
+                        dvd.at(token(dv)),
+                        h * dv,
+                        read_dv.then_some(1.0),
+                        pi.transposed(),
+                        gh.at(i),
+                        &clock,
+                    );
                 }
                 if !scores {
                     return;
                 }
                 // dp = g · vᵀ, then ds in place, while in cache.
                 let mut ds: Vec<f32> = Vec::with_capacity(t * t);
-                product([t, t, dv], ds.as_mut_ptr(), t, false, gh.at(i), vh.at(i).transposed(), &clock);
+                product([t, t, dv], ds.as_mut_ptr(), t, None, gh.at(i), vh.at(i).transposed(), &clock);
                 ds.set_len(t * t);
                 for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
                     simd::softmax_backward(row, w, scale);
                 }
                 let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
                 if want_q {
-                    product([t, d, t], dqd.at(token(d)), h * d, false, dsi, kh.at(i), &clock);
+                    product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
                 }
                 if want_k {
-                    product([t, d, t], dkd.at(token(d)), h * d, false, dsi.transposed(), qh.at(i), &clock);
+                    product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
                 }
             }
         };
@@ -759,6 +767,228 @@ impl Kernels for Flex {
             None => token_major(dvs, dv),
         });
         [want_q.then(|| token_major(dq, d)), want_k.then(|| token_major(dk, d)), dv]
+    }
+
+    fn shaped_attention_forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> (FlexTensor, FlexTensor) {
+        let Some(plan) = shaped_plan(&a, add.as_ref()) else {
+            return composed::shaped_attention_forward::<Flex>(a, add);
+        };
+        let [b, h, t, d, dv] = plan.dims;
+        let width = h * dv;
+        let (qh, kh) = (Heads::new(&a.q), Heads::new(&a.k));
+        let v = a.v.to_contiguous();
+        let bt = add.map(|m| m.b.to_contiguous());
+        let vs: &[f32] = &v.storage()[..b * t * width];
+        let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
+        let mut p: Vec<f32> = Vec::with_capacity(b * h * t * t);
+        let pd = Dst(p.as_mut_ptr());
+        let cols = plan.columns(dv);
+        let g = simd::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] };
+        let clock = AtomicU64::new(0);
+        let (scale, causal) = (a.scale as f32, a.causal);
+        // Per sequence: per head the scores, their softmax and the softmax
+        // term (into a scratch `[t, width]` that stays in cache), then the
+        // mix row by row.
+        let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
+            let span = q * t * width..(q + 1) * t * width;
+            let (vq, bq) = (&vs[span.clone()], bs.map(|x| &x[span]));
+            let mut o: Vec<f32> = Vec::with_capacity(t * width);
+            for hi in 0..h {
+                let i = q * h + hi;
+                let vi = Operand { ptr: vq[hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
+                // SAFETY: the operands lie in their storage (`Heads` reads
+                // the layouts; `v` is contiguous `[b, t, width]`); head `i`
+                // writes its `t × t` weights at `i·t·t` of `p` (within
+                // capacity, disjoint between heads) and its `dv` columns of
+                // the scratch `o`; each is read after it is written.
+                unsafe {
+                    let pi = pd.at(i * t * t);
+                    product([t, t, d], pi, t, None, qh.at(i), kh.at(i).transposed(), &clock);
+                    let rows = std::slice::from_raw_parts_mut(pi, t * t);
+                    for (r, row) in rows.chunks_mut(t).enumerate() {
+                        simd::softmax(row, if causal { r + 1 } else { t }, scale);
+                    }
+                    let weights = Operand { ptr: pi, rs: t as isize, cs: 1 };
+                    product([t, dv, t], o.as_mut_ptr().add(hi * dv), width, None, weights, vi, &clock);
+                }
+            }
+            // SAFETY: the heads wrote every column of every row of `o`.
+            unsafe { o.set_len(t * width) };
+            let mut sum = vec![0.0f32; width];
+            if !causal {
+                vq.chunks(width).for_each(|row| simd::add_into(&mut sum, row));
+            }
+            for (r, out) in y.chunks_mut(width).enumerate() {
+                let rows = r * width..(r + 1) * width;
+                let x = simd::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
+                let inv = 1.0 / if causal { r + 1 } else { t } as f32;
+                simd::mix_row(out, x, &mut sum, g, inv, causal);
+            }
+        };
+        // As `filled` runs the sequences.
+        let parallel = b * t * width >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
+        let threads = if parallel { rayon::current_num_threads().min(b) } else { 1 };
+        // SAFETY: `simd::mix_row` writes every element of every row of the
+        // sequence.
+        let y = unsafe { filled(b * t * width, t * width, sequence) };
+        commit(&clock, threads);
+        // SAFETY: the heads wrote all `b·h·t·t` weights.
+        unsafe { p.set_len(b * h * t * t) };
+        (owned(y, v.layout().shape().clone()), owned(p, [b, h, t, t].into()))
+    }
+
+    fn shaped_attention_backward(
+        a: Shaped<FlexTensor>,
+        add: Option<MixAddend<FlexTensor>>,
+        p: FlexTensor,
+        dy: FlexTensor,
+        acc: Option<FlexTensor>,
+    ) -> ShapedGrads<FlexTensor> {
+        let plan = shaped_plan(&a, add.as_ref()).filter(|plan| {
+            let [b, h, t, _, dv] = plan.dims;
+            let fits = |x: &FlexTensor| x.dtype() == DType::F32 && x.layout().shape().as_slice() == [b, t, h * dv];
+            p.dtype() == DType::F32
+                && p.layout().shape().as_slice() == [b, h, t, t]
+                && fits(&dy)
+                && acc.as_ref().is_none_or(fits)
+        });
+        let Some(plan) = plan else {
+            return composed::shaped_attention_backward::<Flex>(a, add, p, dy, acc);
+        };
+        let [b, h, t, d, dv] = plan.dims;
+        let (n, width) = (b * h, h * dv);
+        let (qh, kh) = (Heads::new(&a.q), Heads::new(&a.k));
+        let (v, p, dy) = (a.v.to_contiguous(), p.to_contiguous(), dy.to_contiguous());
+        let bt = add.as_ref().map(|m| m.b.to_contiguous());
+        let len = b * t * width;
+        let (vs, ps, gs): (&[f32], &[f32], &[f32]) =
+            (&v.storage()[..len], &p.storage()[..n * t * t], &dy.storage()[..len]);
+        let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..len]);
+        let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (Vec::with_capacity(n * t * d), Vec::with_capacity(n * t * d));
+        let mut acc = acc.map(Rows::new);
+        let mut fresh: Vec<f32> = if acc.is_some() { Vec::new() } else { Vec::with_capacity(len) };
+        let mut db: Vec<f32> = if bs.is_some() { Vec::with_capacity(len) } else { Vec::new() };
+        let (dqd, dkd, dbd) = (Dst(dq.as_mut_ptr()), Dst(dk.as_mut_ptr()), Dst(db.as_mut_ptr()));
+        let dvd = Dst(match acc.as_mut() {
+            Some(rows) => rows.all().as_mut_ptr(),
+            None => fresh.as_mut_ptr(),
+        });
+        let adding = acc.is_some();
+        let cols = plan.columns(dv);
+        let g = simd::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] };
+        let clock = AtomicU64::new(0);
+        let (scale, causal) = (a.scale as f32, a.causal);
+        // Per sequence: the mix's part of `dv` (and `db`) row by row from
+        // the last, then per head the attention's, the softmax gain folded
+        // in. Returns the column sums of `dy` against `v`, the centre term
+        // and `b`, and per head `dy · o`.
+        let sequence = |q: usize| -> ([Vec<f32>; 3], Vec<f64>) {
+            let base = q * t * width;
+            let [mut si, mut sc, mut sb, mut unused, mut r] = [0, 1, 2, 3, 4].map(|_| vec![0.0f32; width]);
+            let gq = &gs[base..base + t * width];
+            if !causal {
+                gq.chunks(width).for_each(|row| simd::add_into(&mut r, row));
+                r.iter_mut().for_each(|x| *x /= t as f32);
+            }
+            let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut unused, c: &mut sc, b: &mut sb };
+            let mut so = vec![0.0f64; h];
+            // SAFETY: the operands lie in their storage (`Heads` reads the
+            // layouts; `v`, `b`, `dy`, `p` are contiguous); sequence `q`
+            // writes only its own rows of `dv` (in `acc`'s storage: unique,
+            // of that shape, initialised; or within capacity) and of `db`,
+            // its heads' rows of the token-major `dq`, `dk`, and its
+            // scratch `ds`; each is read only after it is written.
+            unsafe {
+                for row in (0..t).rev() {
+                    let at = base + row * width;
+                    let inv = if causal { 1.0 / (row + 1) as f32 } else { 0.0 };
+                    let (gy, vr) = (&gs[at..at + width], &vs[at..at + width]);
+                    let branch = bs.map(|x| {
+                        let out = std::slice::from_raw_parts_mut(dbd.at(at).cast::<MaybeUninit<f32>>(), width);
+                        (&x[at..at + width], out)
+                    });
+                    if adding {
+                        let out = std::slice::from_raw_parts_mut(dvd.at(at), width);
+                        simd::shaped_back_row_add(out, gy, vr, branch, g, &mut sums, inv);
+                    } else {
+                        let out = std::slice::from_raw_parts_mut(dvd.at(at).cast::<MaybeUninit<f32>>(), width);
+                        simd::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
+                    }
+                }
+                let mut ds: Vec<f32> = Vec::with_capacity(t * t);
+                for hi in 0..h {
+                    let i = q * h + hi;
+                    let token = |w: usize| q * t * h * w + hi * w;
+                    let gi = Operand { ptr: gs[base + hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
+                    let vi = Operand { ptr: vs[base + hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
+                    let pi = Operand { ptr: ps[i * t * t..].as_ptr(), rs: t as isize, cs: 1 };
+                    let gain = cols[1][hi * dv];
+                    // dv += gs · pᵀ · dy (the mix's part is written above).
+                    product([t, dv, t], dvd.at(base + hi * dv), width, Some(gain), pi.transposed(), gi, &clock);
+                    // ds = gs · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ;
+                    // the row sums Σ p ⊙ dp are dy · o: the softmax gain's
+                    // gradient.
+                    product([t, t, dv], ds.as_mut_ptr(), t, None, gi, vi.transposed(), &clock);
+                    ds.set_len(t * t);
+                    for (row, w) in ds.chunks_mut(t).zip(ps[i * t * t..(i + 1) * t * t].chunks(t)) {
+                        so[hi] += f64::from(simd::softmax_backward(row, w, gain * scale));
+                    }
+                    let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
+                    product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
+                    product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
+                    ds.set_len(0);
+                }
+            }
+            ([si, sc, sb], so)
+        };
+        let (per, threads) = map_heads(b, sequence);
+        commit(&clock, threads);
+        // Per head: the sums of `dy` against `v`, `o`, the centre term and
+        // `b` over the batch and the head's columns.
+        let mut heads = vec![[0.0f64; 4]; h];
+        for ([si, sc, sb], so) in &per {
+            for (hi, x) in heads.iter_mut().enumerate() {
+                let part = |v: &[f32]| v[hi * dv..(hi + 1) * dv].iter().map(|&x| f64::from(x)).sum::<f64>();
+                x[0] += part(si);
+                x[1] += so[hi];
+                x[2] += part(sc);
+                x[3] += part(sb);
+            }
+        }
+        let ga = |hi: usize| plan.ga.as_ref().map_or(1.0, |g| f64::from(g[hi]));
+        let own = [&plan.gi, &plan.gs, &plan.gc];
+        let sizes = a.gains.each_ref().map(|g| g.layout().num_elements());
+        let dgains =
+            [0, 1, 2].map(|k| per_group(&(0..h).map(|hi| ga(hi) * heads[hi][k]).collect::<Vec<_>>(), sizes[k]));
+        let token_major = |mut data: Vec<f32>, w: usize| {
+            // SAFETY: every head wrote its `t × w` rows of the output.
+            unsafe { data.set_len(n * t * w) };
+            let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
+            FlexTensor::new(
+                burn::tensor::Bytes::from_elems(data),
+                Layout::new([b, h, t, w].into(), strides, 0),
+                DType::F32,
+            )
+        };
+        let shape = v.layout().shape().clone();
+        let dv = match acc {
+            Some(rows) => rows.tensor,
+            None => {
+                // SAFETY: every sequence wrote every element of its rows.
+                unsafe { fresh.set_len(len) };
+                owned(fresh, shape.clone())
+            }
+        };
+        let addend = add.map(|m| {
+            let dga: Vec<f64> = (0..h).map(|hi| (0..3).map(|k| f64::from(own[k][hi]) * heads[hi][k]).sum()).collect();
+            let dgb: Vec<f64> = (0..h).map(|hi| heads[hi][3]).collect();
+            // SAFETY: with a branch, every sequence wrote every element of
+            // its rows of `db`.
+            unsafe { db.set_len(len) };
+            let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
+            [owned(db, shape.clone()), per_group(&dga, na), per_group(&dgb, nb)]
+        });
+        ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend }
     }
 
     fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
@@ -786,7 +1016,9 @@ impl Kernels for Flex {
         let tk = out.width();
         let pv: &[f32] = p.storage();
         let scale = scale as f32;
-        out.for_each(|r, row| simd::softmax_backward(row, &pv[r * tk..(r + 1) * tk], scale));
+        out.for_each(|r, row| {
+            simd::softmax_backward(row, &pv[r * tk..(r + 1) * tk], scale);
+        });
         out.tensor
     }
 }
@@ -1185,6 +1417,88 @@ fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<[usi
     fits.then_some(dims)
 }
 
+/// A fused shaped attention's dims `[batch, heads, tokens, d, dv]` and its
+/// gains per head: the mix's own (`gi`, `gs`, `gc`), the sum's `ga`, `gb`.
+struct ShapedPlan {
+    dims: [usize; 5],
+    gi: Vec<f32>,
+    gs: Vec<f32>,
+    gc: Vec<f32>,
+    ga: Option<Vec<f32>>,
+    gb: Vec<f32>,
+}
+
+impl ShapedPlan {
+    /// The gains per column (`dv` per head): the three terms' times `ga`,
+    /// and `gb` (zeros without a branch).
+    fn columns(&self, dv: usize) -> [Vec<f32>; 4] {
+        let heads = self.gi.len();
+        let column = |f: &dyn Fn(usize) -> f32| (0..heads * dv).map(|j| f(j / dv)).collect::<Vec<f32>>();
+        let ga = |hi: usize| self.ga.as_ref().map_or(1.0, |g| g[hi]);
+        [
+            column(&|hi| self.gi[hi] * ga(hi)),
+            column(&|hi| self.gs[hi] * ga(hi)),
+            column(&|hi| self.gc[hi] * ga(hi)),
+            column(&|hi| self.gb.get(hi).copied().unwrap_or(0.0)),
+        ]
+    }
+}
+
+/// A gain `[n]` as one value per head, or `None` unless `n` divides the
+/// heads (each group of columns whole heads).
+fn per_head(g: &FlexTensor, heads: usize) -> Option<Vec<f32>> {
+    let n = g.layout().num_elements();
+    if g.dtype() != DType::F32 || n == 0 || !heads.is_multiple_of(n) {
+        return None;
+    }
+    let g = g.to_contiguous();
+    let values: &[f32] = &g.storage()[..n];
+    Some((0..heads).map(|i| values[i / (heads / n)]).collect())
+}
+
+/// Per-head sums as one sum per group of heads: `[n]`.
+fn per_group(heads: &[f64], n: usize) -> FlexTensor {
+    let per = heads.len() / n.max(1);
+    vector(heads.chunks(per.max(1)).map(|g| g.iter().sum::<f64>() as f32).collect())
+}
+
+/// The plan of a shaped attention the fused kernel takes: f32 throughout,
+/// `q`, `k` `[b, h, t, d]`, `v` (and `b`) `[b, t, h·dv]`, gains per whole
+/// heads.
+fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> Option<ShapedPlan> {
+    let (sq, sv) = (a.q.layout().shape(), a.v.layout().shape());
+    let ok = [&a.q, &a.k].iter().all(|x| x.dtype() == DType::F32 && x.layout().num_dims() == 4)
+        && a.k.layout().shape() == sq
+        && a.v.dtype() == DType::F32
+        && sv.num_dims() == 3;
+    if !ok {
+        return None;
+    }
+    let (b, h, t, d) = (sq[0], sq[1], sq[2], sq[3]);
+    let fits = sv[0] == b && sv[1] == t && sv[2].is_multiple_of(h) && [b, h, t, d, sv[2]].iter().all(|&x| x > 0);
+    if !fits {
+        return None;
+    }
+    let [gi, gs, gc] = [&a.gains[0], &a.gains[1], &a.gains[2]].map(|g| per_head(g, h));
+    let (ga, gb) = match add {
+        Some(m) => {
+            let same = m.b.dtype() == DType::F32 && m.b.layout().shape() == sv;
+            (Some(per_head(&m.ga, h).filter(|_| same)?), per_head(&m.gb, h)?)
+        }
+        None => (None, Vec::new()),
+    };
+    Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb })
+}
+
+/// [`each_head`], collecting what each head returns (in head order).
+fn map_heads<T: Send>(n: usize, head: impl Fn(usize) -> T + Sync + Send) -> (Vec<T>, usize) {
+    if rayon::current_num_threads() > 1 {
+        ((0..n).into_par_iter().map(head).collect(), rayon::current_num_threads().min(n))
+    } else {
+        ((0..n).map(head).collect(), 1)
+    }
+}
+
 /// One matrix operand of a product: its first element and strides.
 #[derive(Clone, Copy)]
 struct Operand {
@@ -1232,24 +1546,25 @@ impl Heads {
     }
 }
 
-/// `dst ← a · b`, or `dst ← dst + a · b` with `read_dst`, for one `[m, n,
-/// k]` product on this thread, `dst` row-major with row stride `dst_rs`;
-/// the time inside gemm is added to `clock` (nanoseconds).
+/// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`, for one
+/// `[m, n, k]` product on this thread, `dst` row-major with row stride
+/// `dst_rs`; the time inside gemm is added to `clock` (nanoseconds).
 ///
 /// # Safety
 /// `a`'s `m × k` and `b`'s `k × n` elements (at `ptr + r·rs + c·cs`) lie in
 /// live f32 memory; `dst`'s `m × n` elements (at `dst + r·dst_rs + c`) are
-/// writable, touched by no other thread meanwhile, and initialised when
-/// `read_dst`.
+/// writable, touched by no other thread meanwhile, and initialised with
+/// `add`.
 unsafe fn product(
     [m, n, k]: [usize; 3],
     dst: *mut f32,
     dst_rs: usize,
-    read_dst: bool,
+    add: Option<f32>,
     a: Operand,
     b: Operand,
     clock: &AtomicU64,
 ) {
+    let read_dst = add.is_some();
     let start = Instant::now();
     // SAFETY: as the caller promises.
     unsafe {
@@ -1268,7 +1583,7 @@ unsafe fn product(
             b.cs,
             b.rs,
             if read_dst { 1.0f32 } else { 0.0f32 },
-            1.0f32,
+            add.unwrap_or(1.0),
             false,
             false,
             false,

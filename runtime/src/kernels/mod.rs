@@ -75,6 +75,31 @@ pub struct MixSumGrads<T> {
     pub dgb: T,
 }
 
+/// A shaped attention that ends in its mix: `q`, `k` split into heads
+/// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
+/// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
+/// softmax scale and the mask.
+#[derive(Debug, Clone)]
+pub struct Shaped<T> {
+    pub q: T,
+    pub k: T,
+    pub v: T,
+    pub gains: [T; 3],
+    pub scale: f64,
+    pub causal: bool,
+}
+
+/// The gradients of [`Kernels::shaped_attention`].
+#[derive(Debug)]
+pub struct ShapedGrads<T> {
+    pub dq: T,
+    pub dk: T,
+    pub dv: T,
+    pub dgains: [T; 3],
+    /// `[db, dga, dgb]`, with an addend.
+    pub addend: Option<[T; 3]>,
+}
+
 /// A backend with blkc's kernels.
 pub trait Kernels: Backend {
     /// One Adam(W) update of `p` (flat, `[n]`) with gradient `g` and
@@ -189,6 +214,36 @@ pub trait Kernels: Backend {
         acc: Option<FloatTensor<Self>>,
     ) -> MixSumGrads<FloatTensor<Self>> {
         composed::mix_sum_backward::<Self>(m, add, dy, acc)
+    }
+
+    /// A shaped attention through its mix, summed with another branch
+    /// when `add` is given: `y = ga ⊙ (gi ⊙ v + gs ⊙ softmax(scale · q ·
+    /// kᵀ (+ mask)) · v + gc ⊙ centre(v)) + gb ⊙ b` (`ga` 1 without `add`),
+    /// `[batch, tokens, heads · d]`.
+    fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
+        Self::shaped_attention_forward(a, add).0
+    }
+
+    /// [`Kernels::shaped_attention`] and its attention weights `p` (what
+    /// its backward reads).
+    fn shaped_attention_forward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::shaped_attention_forward::<Self>(a, add)
+    }
+
+    /// The gradients of [`Kernels::shaped_attention`] from `dy`, given the
+    /// weights `p`; `dq`, `dk` stored token-major; `dv` added into `acc`
+    /// when given.
+    fn shaped_attention_backward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        p: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        composed::shaped_attention_backward::<Self>(a, add, p, dy, acc)
     }
 
     /// `act(x · w (+ bias))` for `x: [..., k]`, `w: [k, n]`: `[..., n]`,
@@ -548,6 +603,49 @@ mod composed {
         [dq, dk, dv]
     }
 
+    pub fn shaped_attention_forward<B: super::Kernels>(
+        a: super::Shaped<FloatTensor<B>>,
+        add: Option<super::MixAddend<FloatTensor<B>>>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let heads = a.q.shape()[1];
+        let v4 = super::autodiff::split_heads::<B>(a.v.clone(), heads);
+        let (o, p) = B::attention_forward(a.q, a.k, v4, a.scale, a.causal);
+        let m = super::MixArgs { v: a.v, o: super::autodiff::merge_heads::<B>(o), gains: a.gains, causal: a.causal };
+        let y = match add {
+            Some(add) => B::mix_sum(m, add),
+            None => B::mix(m.v, m.o, m.gains, m.causal),
+        };
+        (y, p)
+    }
+
+    pub fn shaped_attention_backward<B: super::Kernels>(
+        a: super::Shaped<FloatTensor<B>>,
+        add: Option<super::MixAddend<FloatTensor<B>>>,
+        p: FloatTensor<B>,
+        dy: FloatTensor<B>,
+        acc: Option<FloatTensor<B>>,
+    ) -> super::ShapedGrads<FloatTensor<B>> {
+        use super::autodiff::{merge_heads, split_heads};
+        let heads = a.q.shape()[1];
+        let v4 = split_heads::<B>(a.v.clone(), heads);
+        let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
+        let m = super::MixArgs { v: a.v, o, gains: a.gains, causal: a.causal };
+        let (dv, d_o, dgains, addend) = match add {
+            Some(add) => {
+                let g = B::mix_sum_backward(m, add, dy, acc);
+                (g.dv, g.d_o, g.dgains, Some([g.db, g.dga, g.dgb]))
+            }
+            None => {
+                let (dv, d_o, dgains) = B::mix_backward(m.v, m.o, m.gains, dy, m.causal, acc);
+                (dv, d_o, dgains, None)
+            }
+        };
+        let grads =
+            B::attention_backward([a.q, a.k, v4], p, split_heads::<B>(d_o, heads), a.scale, Some(dv), [true; 3]);
+        let [dq, dk, dv] = grads.map(|g| g.expect("every gradient was wanted"));
+        super::ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend }
+    }
+
     pub fn mix_sum<B: super::Kernels>(
         m: super::MixArgs<FloatTensor<B>>,
         add: super::MixAddend<FloatTensor<B>>,
@@ -870,6 +968,22 @@ pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3
     tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
 }
 
+/// A shaped attention through its mix (see [`Kernels::shaped_attention`]):
+/// `q`, `k` split into heads, `v` and the output `[batch, tokens, heads ·
+/// d]`, summed with `(b, ga, gb)` when given.
+pub fn shaped_attention<B: Kernels>(
+    qk: [Tensor<B, 4>; 2],
+    v: Tensor<B, 3>,
+    gains: [Tensor<B, 1>; 3],
+    (scale, causal): (f64, bool),
+    add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>,
+) -> Tensor<B, 3> {
+    let [q, k] = qk.map(primitive);
+    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal };
+    let add = add.map(|(b, ga, gb)| MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) });
+    tensor(B::shaped_attention(a, add))
+}
+
 /// `ga ⊙ mix(v, o) + gb ⊙ b` (see [`Kernels::mix_sum`]).
 pub fn mix_sum<B: Kernels>(
     v: Tensor<B, 3>,
@@ -1054,7 +1168,11 @@ mod tests {
                 let theirs = super::scaled_sum(mixed, b.clone(), ga.clone(), gb.clone());
                 ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
                 let (ours, theirs) = if shared {
-                    let extra = |v: Tensor<Ad, 3>| super::linear(v, w.clone(), None, false);
+                    // `v` also read by a product (its gradient added into), or not.
+                    let extra = |v: Tensor<Ad, 3>| match shared {
+                        true => super::linear(v, w.clone(), None, false),
+                        false => v.zeros_like(),
+                    };
                     (ours + extra(v.clone()), theirs + extra(v.clone()))
                 } else {
                     (ours, theirs)
@@ -1062,6 +1180,42 @@ mod tests {
                 let (g1, g2) = backward_both(ours, theirs);
                 grads_agree(&[v, o, b], &g1, &g2);
                 grads_agree(&gains, &g1, &g2);
+                grads_agree(&[ga, gb], &g1, &g2);
+            }
+        }
+    }
+
+    /// The shaped attention through its mix in one kernel (and summed with
+    /// another branch) is the attention, then the mix (then the gained
+    /// sum): value and every gradient, causal or not, `v` also read by a
+    /// product made after it.
+    #[test]
+    fn shaped_attention_matches_attention_then_mix() {
+        for (causal, addend, shared) in (0..8).map(|i| (i & 1 == 0, i & 2 == 0, i & 4 == 0)) {
+            let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
+            let gains = [random([3]), random([1]), random([3])];
+            let (b, ga, gb, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
+            let add = addend.then(|| (b.clone(), ga.clone(), gb.clone()));
+            // `v` also read by a product (its gradient added into), or not.
+            let extra = |v: Tensor<Ad, 3>| match shared {
+                true => super::linear(v, w.clone(), None, false),
+                false => v.zeros_like(),
+            };
+            let ours = super::shaped_attention([q.clone(), k.clone()], v.clone(), gains.clone(), (0.5, causal), add)
+                + extra(v.clone());
+            let o = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let mixed = super::mix(v.clone(), o, gains.clone(), causal);
+            let theirs = match addend {
+                true => super::scaled_sum(mixed, b.clone(), ga.clone(), gb.clone()),
+                false => mixed,
+            } + extra(v.clone());
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[q, k], &g1, &g2);
+            grads_agree(&[v], &g1, &g2);
+            grads_agree(&gains, &g1, &g2);
+            if addend {
+                grads_agree(&[b], &g1, &g2);
                 grads_agree(&[ga, gb], &g1, &g2);
             }
         }

@@ -369,6 +369,72 @@ multiversion! {
     }
 }
 
+/// One row of a shaped attention's mix, backward (see
+/// [`shaped_back_row`]).
+#[inline(always)]
+fn shaped_back<D: Out>(
+    dv: &mut [D],
+    dy: &[f32],
+    v: &[f32],
+    b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+    g: MixGains<'_>,
+    sums: &mut MixSums<'_>,
+    inv: f32,
+) {
+    let n = dv.len();
+    let (dy, v) = (&dy[..n], &v[..n]);
+    if let Some((b, db)) = b {
+        let (b, db, gb, sb) = (&b[..n], &mut db[..n], &g.b[..n], &mut sums.b[..n]);
+        for j in 0..n {
+            db[j].write(gb[j] * dy[j]);
+            sb[j] += dy[j] * b[j];
+        }
+    }
+    let (gi, gc) = (&g.i[..n], &g.c[..n]);
+    let (r, si, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.c[..n]);
+    for j in 0..n {
+        let d = dy[j];
+        r[j] += inv * d;
+        dv[j].put(gi[j] * d + gc[j] * r[j]);
+        si[j] += d * v[j];
+        sc[j] += v[j] * r[j];
+    }
+}
+
+multiversion! {
+    /// One row (one head's columns) of a shaped attention's mix, backward,
+    /// rows taken last to first: with a branch `(b, db)`, `db ← gb ⊙ dy`
+    /// and the sum `dy ⊙ b`; `r ← r + inv · dy` (as in [`mix_back_row`]),
+    /// `dv ← gi ⊙ dy + gc ⊙ r` (every element written), and the sums
+    /// `dy ⊙ v`, `v ⊙ r`. The softmax term's part is the attention's.
+    pub fn shaped_back_row(
+        dv: &mut [MaybeUninit<f32>],
+        dy: &[f32],
+        v: &[f32],
+        b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        shaped_back(dv, dy, v, b, g, sums, inv);
+    }
+}
+
+multiversion! {
+    /// [`shaped_back_row`] with `dv` added into.
+    pub fn shaped_back_row_add(
+        dv: &mut [f32],
+        dy: &[f32],
+        v: &[f32],
+        b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        shaped_back(dv, dy, v, b, g, sums, inv);
+    }
+}
+
 multiversion! {
     /// `row ← row ⊙ g` (gains per column).
     pub fn scale_in_place(row: &mut [f32], g: &[f32]) {
@@ -657,11 +723,13 @@ multiversion! {
 multiversion! {
     /// The gradient of softmax scores from the weights `p` and their
     /// gradient `dp` (in place): `scale · p ⊙ (dp − Σ p ⊙ dp)`.
-    pub fn softmax_backward(dp: &mut [f32], p: &[f32], scale: f32) {
+    /// Returns `Σ p ⊙ dp`.
+    pub fn softmax_backward(dp: &mut [f32], p: &[f32], scale: f32) -> f32 {
         let d = dot(p, dp);
         for (g, &w) in dp.iter_mut().zip(p) {
             *g = scale * w * (*g - d);
         }
+        d
     }
 }
 

@@ -145,8 +145,15 @@ impl<B: Kernels> Attention<B> {
         let causal = self.plan.mask == Mask::Causal;
         if self.shaped_terms().is_some() {
             // Shaped attention: the three terms and their gains in one kernel.
-            let p = self.mix_parts(x);
-            return self.proj.forward(kernels::mix(p.v, p.o, p.gains, p.causal));
+            let out = match self.plan.softcap {
+                None => self.mix_parts(x).apply(None),
+                Some(_) => {
+                    let v = self.value.forward(x.clone());
+                    let o = self.softmax_times(&x, v.clone(), causal);
+                    kernels::mix(v, o, self.mix_gains(&device), causal)
+                }
+            };
+            return self.proj.forward(out);
         }
         let v = self.value.forward(x.clone());
         let out = if self.plain_softmax() {
@@ -182,20 +189,27 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::mix_sum`]).
     pub fn ends_in_mix(&self) -> bool {
-        self.shaped_terms().is_some() && self.proj.kind == Kind::Identity
+        self.shaped_terms().is_some() && self.proj.kind == Kind::Identity && self.plan.softcap.is_none()
     }
 
-    /// The shaped mix's operands: the value, the softmax term, the three
-    /// gains (for an attention whose matrix is `I`, `softmax` and `centre`).
+    /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
+    fn mix_gains(&self, device: &B::Device) -> [Tensor<B, 1>; 3] {
+        let [ci, cs, cc] = self.shaped_terms().expect("a shaped attention's matrix");
+        let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, device);
+        [gain(ci), gain(cs), gain(cc)]
+    }
+
+    /// The operands of a shaped attention (matrix `I`, `softmax` and
+    /// `centre`, no soft-cap) before its products: queries and keys split
+    /// into heads, the value, the gains.
     pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
         let device = x.device();
-        let causal = self.plan.mask == Mask::Causal;
-        let [ci, cs, cc] = self.shaped_terms().expect("a shaped attention's matrix");
-        let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, &device);
-        let gains = [gain(ci), gain(cs), gain(cc)];
+        let gains = self.mix_gains(&device);
         let v = self.value.forward(x.clone());
-        let o = self.softmax_times(&x, v.clone(), causal);
-        MixParts { v, o, gains, causal }
+        let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
+        let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
+        let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
+        MixParts { q, k, v, gains, scale, causal: self.plan.mask == Mask::Causal }
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
@@ -215,13 +229,23 @@ impl<B: Kernels> Attention<B> {
     }
 }
 
-/// The operands of a shaped attention's mix, before mixing.
+/// The operands of a shaped attention, before its products and mix.
 #[derive(Debug)]
 pub struct MixParts<B: Backend> {
+    pub q: Tensor<B, 4>,
+    pub k: Tensor<B, 4>,
     pub v: Tensor<B, 3>,
-    pub o: Tensor<B, 3>,
     pub gains: [Tensor<B, 1>; 3],
+    pub scale: f64,
     pub causal: bool,
+}
+
+impl<B: Kernels> MixParts<B> {
+    /// The attention through its mix (one kernel), summed with `(b, ga,
+    /// gb)` when given.
+    pub fn apply(self, add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>) -> Tensor<B, 3> {
+        kernels::shaped_attention([self.q, self.k], self.v, self.gains, (self.scale, self.causal), add)
+    }
 }
 
 /// C·v without a T×T matrix, for `v: [batch, tokens, inner]`: the running

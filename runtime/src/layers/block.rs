@@ -188,7 +188,7 @@ impl<B: Kernels> Block<B> {
                         Some(j) => {
                             let ((ga, a), (gb, b)) = (&terms[j], &terms[1 - j]);
                             let p = parts[*a].take().expect("the parts of a mixed attention");
-                            kernels::mix_sum(p.v, p.o, p.gains, p.causal, read(*b), gain(ga), gain(gb))
+                            p.apply(Some((read(*b), gain(ga), gain(gb))))
                         }
                         None => {
                             let (b, a) = (read(terms[1].1), read(terms[0].1));
