@@ -181,13 +181,20 @@ impl Kernels for Flex {
     }
 
     fn matmul_bias(a: FlexTensor, b: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        if bias.dtype() != DType::F32 || a.layout().num_dims() != 2 {
+        let n = b.layout().shape().last().copied().unwrap_or(0);
+        if bias.dtype() != DType::F32 || a.layout().num_dims() != 2 || bias.layout().num_elements() != n {
             return composed::matmul_bias::<Flex>(a, b, bias);
         }
         let bias = bias.to_contiguous();
-        let v: &[f32] = &bias.storage()[..bias.layout().num_elements()];
-        match matmul(a, b, false, Start::Bias(v)) {
-            Ok(y) => y,
+        let v: &[f32] = &bias.storage()[..n];
+        match matmul(a, b, false, Start::Zero) {
+            Ok(y) => {
+                // The bias added after the product, while its output is
+                // still in cache.
+                let mut out = Rows::new(y);
+                out.for_each(|_, row| simd::add_into(row, v));
+                out.tensor
+            }
             Err((a, b, _)) => composed::matmul_bias::<Flex>(a, b, bias.clone()),
         }
     }
@@ -1614,11 +1621,9 @@ fn commit(clock: &AtomicU64, threads: usize) {
 }
 
 /// What a product's output starts as.
-enum Start<'a> {
+enum Start {
     /// Nothing: gemm writes every element.
     Zero,
-    /// Every row the bias `[n]`.
-    Bias(&'a [f32]),
     /// The tensor `c`, which the product is added into.
     Add(FlexTensor),
 }
@@ -1631,11 +1636,13 @@ enum Start<'a> {
 /// that merging the heads back (`swap_dims(1, 2)` then `reshape`) costs no
 /// copy.
 ///
-/// `init` (not token-major) can make every row of the output start as a
-/// bias, or make the output a given tensor `c` (unique, contiguous, of the
-/// output's shape) that the product is added into — gemm's `read_dst`: the
-/// bias, or the accumulation of a gradient, costs no pass of its own. When
-/// this kernel does not apply, `c` comes back with the operands.
+/// `init` can make the output a given tensor `c` (unique, contiguous, of
+/// the output's shape, or for token-major of `[batch, tokens, heads · n]`)
+/// that the product is added into — gemm's `read_dst`: the accumulation of
+/// a gradient costs no pass of its own. When this kernel does not apply,
+/// `c` comes back with the operands. (A bias is added after the product,
+/// while its output is in cache: measured cheaper than writing the bias
+/// rows for gemm to read.)
 #[allow(clippy::result_large_err)]
 fn matmul(
     a: FlexTensor,
@@ -1656,7 +1663,6 @@ fn matmul(
         && sb.num_elements() > 0
         && match &init {
             Start::Zero => true,
-            Start::Bias(v) => v.len() == sb[rank - 1] && !token_major,
             Start::Add(c) => {
                 // The output's shape, or for token-major `[batch, tokens,
                 // heads · n]`, its layout in memory.
@@ -1700,7 +1706,6 @@ fn matmul(
     let read_dst = !matches!(init, Start::Zero);
     let (mut out, mut into): (Vec<f32>, Option<FlexTensor>) = match init {
         Start::Zero => (Vec::with_capacity(batch * m * n), None),
-        Start::Bias(v) => (v.repeat(batch * m), None),
         Start::Add(c) => (Vec::new(), Some(c)),
     };
     let dst = match into.as_mut() {
