@@ -695,28 +695,31 @@ multiversion! {
 
 multiversion! {
     /// The softmax of `scale · row[..seen]` in place, and zeros after.
-    /// The passes run over `seen` rounded up to 64, the rest masked by a
-    /// select: rows are short (T), and a loop over `..seen` would leave up
-    /// to a vector's unrolled width of it to scalar code.
+    /// The passes run over `seen` rounded up to [`LANES`], in whole chunks
+    /// of [`LANES`] (a fixed-size loop each, so no scalar remainder), the
+    /// columns past `seen` masked by a select; a row whose length is not a
+    /// multiple of [`LANES`] ends in a short masked chunk.
     pub fn softmax(row: &mut [f32], seen: usize, scale: f32) {
-        // Past `seen` rounded up to 64 (the unrolled vector width) all is 0.
-        let (row, zeros) = row.split_at_mut(seen.div_ceil(64).saturating_mul(64).min(row.len()));
+        let (row, zeros) = row.split_at_mut(seen.div_ceil(LANES).saturating_mul(LANES).min(row.len()));
         zeros.fill(0.0);
         let mut acc = [f32::NEG_INFINITY; LANES];
-        let mut chunks = row.chunks_exact(LANES);
-        for (c, base) in (&mut chunks).zip((0..).step_by(LANES)) {
+        for (c, base) in row.chunks(LANES).zip((0..).step_by(LANES)) {
             for (i, (a, &x)) in acc.iter_mut().zip(c).enumerate() {
                 *a = a.max(if base + i < seen { x } else { f32::NEG_INFINITY });
             }
         }
-        let whole = row.len() - chunks.remainder().len();
-        let tail = chunks.remainder().iter().enumerate().filter(|&(i, _)| whole + i < seen);
-        let m = tail.map(|(_, &x)| x).fold(fold_lanes(acc, f32::max), f32::max);
-        for (j, x) in row.iter_mut().enumerate() {
-            *x = if j < seen { exp((*x - m) * scale) } else { 0.0 };
+        let m = fold_lanes(acc, f32::max);
+        let mut sums = [0.0f32; LANES];
+        for (c, base) in row.chunks_mut(LANES).zip((0..).step_by(LANES)) {
+            for (i, (s, x)) in sums.iter_mut().zip(c.iter_mut()).enumerate() {
+                *x = if base + i < seen { exp((*x - m) * scale) } else { 0.0 };
+                *s += *x;
+            }
         }
-        let inv = 1.0 / sum(row);
-        row.iter_mut().for_each(|x| *x *= inv);
+        let inv = 1.0 / fold_lanes(sums, |a, b| a + b);
+        for c in row.chunks_mut(LANES) {
+            c.iter_mut().for_each(|x| *x *= inv);
+        }
     }
 }
 
