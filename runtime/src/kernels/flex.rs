@@ -665,16 +665,10 @@ impl Kernels for Flex {
         let threads = each_head(n, head);
         commit(&clock, threads);
         // SAFETY: the heads wrote all `n·t·t` weights and `n·t·dv` outputs.
-        unsafe {
+        let o = unsafe {
             p.set_len(n * t * t);
-            o.set_len(n * t * dv);
-        }
-        let strides = vec![(t * h * dv) as isize, dv as isize, (h * dv) as isize, 1];
-        let o = FlexTensor::new(
-            burn::tensor::Bytes::from_elems(o),
-            Layout::new([b, h, t, dv].into(), strides, 0),
-            DType::F32,
-        );
+            token_major(o, [b, h, t, dv])
+        };
         (o, owned(p, [b, h, t, t].into()))
     }
 
@@ -759,16 +753,8 @@ impl Kernels for Flex {
         };
         let threads = each_head(n, head);
         commit(&clock, threads);
-        let token_major = |mut data: Vec<f32>, w: usize| {
-            // SAFETY: every head wrote its `t × w` rows of the output.
-            unsafe { data.set_len(n * t * w) };
-            let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
-            FlexTensor::new(
-                burn::tensor::Bytes::from_elems(data),
-                Layout::new([b, h, t, w].into(), strides, 0),
-                DType::F32,
-            )
-        };
+        // SAFETY: every head wrote its `t × w` rows of the output.
+        let token_major = |data: Vec<f32>, w: usize| unsafe { token_major(data, [b, h, t, w]) };
         let dv = want_v.then(|| match acc {
             Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
             None => token_major(dvs, dv),
@@ -914,13 +900,11 @@ impl Kernels for Flex {
                         let out = std::slice::from_raw_parts_mut(dbd.at(at).cast::<MaybeUninit<f32>>(), width);
                         (&x[at..at + width], out)
                     });
-                    if adding {
-                        let out = std::slice::from_raw_parts_mut(dvd.at(at), width);
-                        simd::shaped_back_row_add(out, gy, vr, branch, g, &mut sums, inv);
-                    } else {
-                        let out = std::slice::from_raw_parts_mut(dvd.at(at).cast::<MaybeUninit<f32>>(), width);
-                        simd::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
-                    }
+                    let out = match adding {
+                        true => simd::Grad::Add(std::slice::from_raw_parts_mut(dvd.at(at), width)),
+                        false => simd::Grad::Fresh(std::slice::from_raw_parts_mut(dvd.at(at).cast(), width)),
+                    };
+                    simd::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
                 }
                 let mut ds: Vec<f32> = Vec::with_capacity(t * t);
                 for hi in 0..h {
@@ -967,16 +951,8 @@ impl Kernels for Flex {
         let sizes = a.gains.each_ref().map(|g| g.layout().num_elements());
         let dgains =
             [0, 1, 2].map(|k| per_group(&(0..h).map(|hi| ga(hi) * heads[hi][k]).collect::<Vec<_>>(), sizes[k]));
-        let token_major = |mut data: Vec<f32>, w: usize| {
-            // SAFETY: every head wrote its `t × w` rows of the output.
-            unsafe { data.set_len(n * t * w) };
-            let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
-            FlexTensor::new(
-                burn::tensor::Bytes::from_elems(data),
-                Layout::new([b, h, t, w].into(), strides, 0),
-                DType::F32,
-            )
-        };
+        // SAFETY: every head wrote its `t × w` rows of the output.
+        let token_major = |data: Vec<f32>, w: usize| unsafe { token_major(data, [b, h, t, w]) };
         let shape = v.layout().shape().clone();
         let dv = match acc {
             Some(rows) => rows.tensor,
@@ -1155,6 +1131,18 @@ where
     out
 }
 
+/// A `[b, h, t, w]` f32 tensor stored token-major (`[b, t, h, w]` in
+/// memory, as `matmul` stores a token-major product) owning `data`.
+///
+/// # Safety
+/// All `b·h·t·w` elements of `data`'s capacity are written.
+unsafe fn token_major(mut data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTensor {
+    // SAFETY: as the caller promises.
+    unsafe { data.set_len(b * h * t * w) };
+    let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
+    FlexTensor::new(burn::tensor::Bytes::from_elems(data), Layout::new([b, h, t, w].into(), strides, 0), DType::F32)
+}
+
 /// A contiguous f32 tensor of `shape` owning `v`.
 fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
@@ -1231,6 +1219,34 @@ struct MixPlan {
     dims: [usize; 3],
 }
 
+impl MixPlan {
+    fn gains(&self) -> simd::MixGains<'_> {
+        let [i, s, c] = &self.terms;
+        simd::MixGains { i, s, c, b: &self.gb }
+    }
+}
+
+/// The shaped mix's `v`, `o` (and branch `b`), contiguous.
+struct MixData {
+    v: FlexTensor,
+    o: FlexTensor,
+    b: Option<FlexTensor>,
+    len: usize,
+}
+
+impl MixData {
+    fn new(m: &MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Self {
+        let (v, o) = (m.v.to_contiguous(), m.o.to_contiguous());
+        let len = v.layout().num_elements();
+        MixData { v, o, b: add.map(|a| a.b.to_contiguous()), len }
+    }
+
+    fn slices(&self) -> (&[f32], &[f32], Option<&[f32]>) {
+        let n = self.len;
+        (&self.v.storage()[..n], &self.o.storage()[..n], self.b.as_ref().map(|b| &b.storage()[..n]))
+    }
+}
+
 fn mix_plan(m: &MixArgs<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> Option<MixPlan> {
     let (own, dims) = mix_setup(&m.v, &m.o, &m.gains)?;
     let w = dims[2];
@@ -1259,13 +1275,9 @@ fn mix_forward(m: MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Re
     };
     let [_, t, w] = plan.dims;
     let causal = m.causal;
-    let (v, o) = (m.v.to_contiguous(), m.o.to_contiguous());
-    let b = add.map(|a| a.b.to_contiguous());
-    let len = v.layout().num_elements();
-    let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-    let bs: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..len]);
-    let [gi, gs, gc] = &plan.terms;
-    let g = simd::MixGains { i: gi, s: gs, c: gc, b: &plan.gb };
+    let data = MixData::new(&m, add);
+    let (len, (vs, os, bs)) = (data.len, data.slices());
+    let g = plan.gains();
     let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
         let span = q * t * w..(q + 1) * t * w;
         let (vq, oq, bq) = (&vs[span.clone()], &os[span.clone()], bs.map(|b| &b[span]));
@@ -1284,7 +1296,7 @@ fn mix_forward(m: MixArgs<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> Re
     // SAFETY: `simd::mix_row` writes every element of every row of the
     // sequence.
     let out = unsafe { filled(len, t * w, sequence) };
-    Ok(owned(out, v.layout().shape().clone()))
+    Ok(owned(out, data.v.layout().shape().clone()))
 }
 
 /// The gradients of the shaped mix (`dv` added into `acc` when given; `do`
@@ -1311,41 +1323,35 @@ fn mix_backward(
     let causal = m.causal;
     let sizes = m.gains.each_ref().map(|g| g.layout().num_elements());
     let add_sizes = add.as_ref().map(|a| [a.ga.layout().num_elements(), a.gb.layout().num_elements()]);
-    let (v, o) = (m.v.to_contiguous(), m.o.to_contiguous());
-    let b = add.map(|a| a.b.to_contiguous());
-    let len = v.layout().num_elements();
-    let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-    let bs: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..len]);
-    let [gi, gs, gc] = &plan.terms;
-    let g = simd::MixGains { i: gi, s: gs, c: gc, b: &plan.gb };
+    let data = MixData::new(&m, add);
+    let (len, (vs, os, bs)) = (data.len, data.slices());
+    let g = plan.gains();
     // `do` over `dy` itself; `dv` added into `acc`, or fresh; `db` fresh.
     let mut d_o = Rows::new(dy);
     let mut acc = acc.map(Rows::new);
     let (mut fresh, mut db): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
-    let sequence = |(q, ((mut dvq, dq), mut dbq)): (usize, ((Dv, &mut [f32]), Option<&mut [MaybeUninit<f32>]>))| {
-        let span = q * t * w..(q + 1) * t * w;
-        let (vq, oq, bq) = (&vs[span.clone()], &os[span.clone()], bs.map(|b| &b[span]));
-        let [mut si, mut ss, mut sc, mut sb] = [0, 1, 2, 3].map(|_| vec![0.0f32; w]);
-        let mut r = vec![0.0f32; w];
-        if !causal {
-            // The mean's gradient per unit gain: Σ_i dy_i / t, the same
-            // for every token.
-            dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
-            r.iter_mut().for_each(|x| *x /= t as f32);
-        }
-        let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc, b: &mut sb };
-        for i in (0..t).rev() {
-            let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
-            let rows = i * w..(i + 1) * w;
-            let x = simd::MixIn { v: &vq[rows.clone()], o: &oq[rows.clone()], b: bq.map(|b| &b[rows.clone()]) };
-            let (dy, db) = (&mut dq[rows.clone()], dbq.as_mut().map(|d| &mut d[rows.clone()]));
-            match &mut dvq {
-                Dv::Add(d) => simd::mix_back_row_add(&mut d[rows], dy, x, db, g, &mut sums, inv),
-                Dv::Fresh(d) => simd::mix_back_row(&mut d[rows], dy, x, db, g, &mut sums, inv),
+    let sequence =
+        |(q, ((mut dvq, dq), mut dbq)): (usize, ((simd::Grad, &mut [f32]), Option<&mut [MaybeUninit<f32>]>))| {
+            let span = q * t * w..(q + 1) * t * w;
+            let (vq, oq, bq) = (&vs[span.clone()], &os[span.clone()], bs.map(|b| &b[span]));
+            let [mut si, mut ss, mut sc, mut sb] = [0, 1, 2, 3].map(|_| vec![0.0f32; w]);
+            let mut r = vec![0.0f32; w];
+            if !causal {
+                // The mean's gradient per unit gain: Σ_i dy_i / t, the same
+                // for every token.
+                dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
+                r.iter_mut().for_each(|x| *x /= t as f32);
             }
-        }
-        [si, ss, sc, sb]
-    };
+            let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc, b: &mut sb };
+            for i in (0..t).rev() {
+                let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
+                let rows = i * w..(i + 1) * w;
+                let x = simd::MixIn { v: &vq[rows.clone()], o: &oq[rows.clone()], b: bq.map(|b| &b[rows.clone()]) };
+                let (dy, db) = (&mut dq[rows.clone()], dbq.as_mut().map(|d| &mut d[rows.clone()]));
+                simd::mix_back_row(dvq.part(rows), dy, x, db, g, &mut sums, inv);
+            }
+            [si, ss, sc, sb]
+        };
     let add4 = |mut a: [Vec<f64>; 4], b: [Vec<f32>; 4]| {
         for (x, y) in a.iter_mut().zip(b) {
             x.iter_mut().zip(y).for_each(|(p, q)| *p += f64::from(q));
@@ -1353,11 +1359,11 @@ fn mix_backward(
         a
     };
     let zero = || [0, 1, 2, 3].map(|_| vec![0.0f64; w]);
-    let dv: Vec<Dv> = match acc.as_mut() {
-        Some(rows) => rows.all().chunks_mut(t * w).map(Dv::Add).collect(),
+    let dv: Vec<simd::Grad> = match acc.as_mut() {
+        Some(rows) => rows.all().chunks_mut(t * w).map(simd::Grad::Add).collect(),
         None => {
             fresh.reserve_exact(len);
-            fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(Dv::Fresh).collect()
+            fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(simd::Grad::Fresh).collect()
         }
     };
     let dbs: Vec<Option<&mut [MaybeUninit<f32>]>> = if bs.is_some() {
@@ -1401,13 +1407,6 @@ fn mix_backward(
         [owned(db, shape.clone()), group_sums(&dga, na), group_sums(&sb, nb)]
     });
     Ok((dv, d_o.tensor, dgains, extra))
-}
-
-/// One sequence of the shaped mix's `dv`: added into a gradient from
-/// elsewhere, or written fresh.
-enum Dv<'a> {
-    Add(&'a mut [f32]),
-    Fresh(&'a mut [MaybeUninit<f32>]),
 }
 
 /// `[batch, heads, tokens, head_dim, value_dim]` of attention operands

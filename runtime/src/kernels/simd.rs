@@ -236,6 +236,24 @@ impl Out for MaybeUninit<f32> {
     }
 }
 
+/// A gradient that a kernel writes fresh (every element) or adds into (a
+/// gradient from elsewhere).
+#[derive(Debug)]
+pub enum Grad<'a> {
+    Add(&'a mut [f32]),
+    Fresh(&'a mut [MaybeUninit<f32>]),
+}
+
+impl Grad<'_> {
+    /// Elements `range` of it.
+    pub fn part(&mut self, range: std::ops::Range<usize>) -> Grad<'_> {
+        match self {
+            Grad::Add(d) => Grad::Add(&mut d[range]),
+            Grad::Fresh(d) => Grad::Fresh(&mut d[range]),
+        }
+    }
+}
+
 /// One row of the shaped mix's inputs: `v`, `o`, and the other branch `b`
 /// that a block sums with the mix, if any.
 #[derive(Debug, Clone, Copy)]
@@ -338,10 +356,10 @@ multiversion! {
     /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
     /// that `r` is the centre term's gradient per unit gain; for the plain
     /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy +
-    /// gc ⊙ r` (every element written), the gains' sums `dy ⊙ v`, `dy ⊙ o`,
+    /// gc ⊙ r` (written or added into), the gains' sums `dy ⊙ v`, `dy ⊙ o`,
     /// `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
     pub fn mix_back_row(
-        dv: &mut [MaybeUninit<f32>],
+        dv: Grad<'_>,
         dy: &mut [f32],
         x: MixIn<'_>,
         db: Option<&mut [MaybeUninit<f32>]>,
@@ -349,23 +367,10 @@ multiversion! {
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
-        mix_back(dv, dy, x, db, g, sums, inv);
-    }
-}
-
-multiversion! {
-    /// [`mix_back_row`] with `dv` added into (a gradient of `v` from
-    /// elsewhere).
-    pub fn mix_back_row_add(
-        dv: &mut [f32],
-        dy: &mut [f32],
-        x: MixIn<'_>,
-        db: Option<&mut [MaybeUninit<f32>]>,
-        g: MixGains<'_>,
-        sums: &mut MixSums<'_>,
-        inv: f32,
-    ) {
-        mix_back(dv, dy, x, db, g, sums, inv);
+        match dv {
+            Grad::Add(d) => mix_back(d, dy, x, db, g, sums, inv),
+            Grad::Fresh(d) => mix_back(d, dy, x, db, g, sums, inv),
+        }
     }
 }
 
@@ -402,13 +407,13 @@ fn shaped_back<D: Out>(
 }
 
 multiversion! {
-    /// One row (one head's columns) of a shaped attention's mix, backward,
-    /// rows taken last to first: with a branch `(b, db)`, `db ← gb ⊙ dy`
-    /// and the sum `dy ⊙ b`; `r ← r + inv · dy` (as in [`mix_back_row`]),
-    /// `dv ← gi ⊙ dy + gc ⊙ r` (every element written), and the sums
-    /// `dy ⊙ v`, `v ⊙ r`. The softmax term's part is the attention's.
+    /// One row of a shaped attention's mix, backward, rows taken last to
+    /// first: with a branch `(b, db)`, `db ← gb ⊙ dy` and the sum `dy ⊙ b`;
+    /// `r ← r + inv · dy` (as in [`mix_back_row`]), `dv ← gi ⊙ dy + gc ⊙ r`
+    /// (written or added into), and the sums `dy ⊙ v`, `v ⊙ r`. The softmax
+    /// term's part is the attention's.
     pub fn shaped_back_row(
-        dv: &mut [MaybeUninit<f32>],
+        dv: Grad<'_>,
         dy: &[f32],
         v: &[f32],
         b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
@@ -416,22 +421,10 @@ multiversion! {
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
-        shaped_back(dv, dy, v, b, g, sums, inv);
-    }
-}
-
-multiversion! {
-    /// [`shaped_back_row`] with `dv` added into.
-    pub fn shaped_back_row_add(
-        dv: &mut [f32],
-        dy: &[f32],
-        v: &[f32],
-        b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
-        g: MixGains<'_>,
-        sums: &mut MixSums<'_>,
-        inv: f32,
-    ) {
-        shaped_back(dv, dy, v, b, g, sums, inv);
+        match dv {
+            Grad::Add(d) => shaped_back(d, dy, v, b, g, sums, inv),
+            Grad::Fresh(d) => shaped_back(d, dy, v, b, g, sums, inv),
+        }
     }
 }
 
