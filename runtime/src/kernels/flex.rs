@@ -651,14 +651,8 @@ impl Kernels for Flex {
             // and disjoint between heads; the weights are read only after
             // the product wrote all of them.
             unsafe {
-                let pi = pd.at(i * t * t);
-                product([t, t, d], pi, t, None, qh.at(i), kh.at(i).transposed(), &clock);
-                let rows = std::slice::from_raw_parts_mut(pi, t * t);
-                for (r, row) in rows.chunks_mut(t).enumerate() {
-                    simd::softmax(row, if causal { r + 1 } else { t }, scale);
-                }
+                let weights = attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), &clock);
                 let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
-                let weights = Operand { ptr: pi, rs: t as isize, cs: 1 };
                 product([t, dv, t], oi, h * dv, None, weights, vh.at(i), &clock);
             }
         };
@@ -795,13 +789,8 @@ impl Kernels for Flex {
                 // capacity, disjoint between heads) and its `dv` columns of
                 // the scratch `o`; each is read after it is written.
                 unsafe {
-                    let pi = pd.at(i * t * t);
-                    product([t, t, d], pi, t, None, qh.at(i), kh.at(i).transposed(), &clock);
-                    let rows = std::slice::from_raw_parts_mut(pi, t * t);
-                    for (r, row) in rows.chunks_mut(t).enumerate() {
-                        simd::softmax(row, if causal { r + 1 } else { t }, scale);
-                    }
-                    let weights = Operand { ptr: pi, rs: t as isize, cs: 1 };
+                    let weights =
+                        attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), &clock);
                     product([t, dv, t], o.as_mut_ptr().add(hi * dv), width, None, weights, vi, &clock);
                 }
             }
@@ -1597,6 +1586,33 @@ unsafe fn product(
         );
     }
     clock.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// One head's attention weights `softmax(scale · q · kᵀ (+ causal mask))`
+/// (`q`, `k`: `t × d`) written at `p` (`t × t`, row-major); returns them
+/// as an operand.
+///
+/// # Safety
+/// As for [`product`]: `q`'s and `k`'s elements are live, `p`'s `t × t`
+/// are writable and touched by no other thread meanwhile.
+unsafe fn attention_weights(
+    p: *mut f32,
+    q: Operand,
+    k: Operand,
+    [t, d]: [usize; 2],
+    (scale, causal): (f32, bool),
+    clock: &AtomicU64,
+) -> Operand {
+    // SAFETY: as the caller promises; the rows are read after the product
+    // wrote all of them.
+    unsafe {
+        product([t, t, d], p, t, None, q, k.transposed(), clock);
+        let rows = std::slice::from_raw_parts_mut(p, t * t);
+        for (r, row) in rows.chunks_mut(t).enumerate() {
+            simd::softmax(row, if causal { r + 1 } else { t }, scale);
+        }
+    }
+    Operand { ptr: p, rs: t as isize, cs: 1 }
 }
 
 /// Runs `head(i)` for every head `i < n`, on several threads when there
