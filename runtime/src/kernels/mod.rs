@@ -292,7 +292,7 @@ pub trait Kernels: Backend {
     /// `relu(a · b)` for 2-D `a`, `b` (an MLP's first product and its
     /// activation, one node on autodiff).
     fn matmul_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::relu(Self::matmul(a, b))
+        composed::matmul_relu::<Self>(a, b)
     }
 
     /// The gradient at the input of a ReLU from `dy`, that at its output
