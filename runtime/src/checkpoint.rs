@@ -29,13 +29,30 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Moves the finished temporary file `tmp` over `path` durably: its
+/// contents reach the disk before the rename, and the rename before the
+/// return (an interrupted or crashed run never leaves a renamed file with
+/// missing contents).
+pub fn persist(tmp: &Path, path: &Path) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("cannot move `{}` into place: {e}", path.display());
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(err)?;
+    std::fs::rename(tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // A directory cannot be opened for syncing everywhere; the rename
+        // itself has happened either way.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 /// Writes the model's weights to `path` (a `.mpk` burn record), atomically.
 pub fn save<B: Kernels>(model: &Model<B>, path: &Path) -> Result<(), String> {
     let tmp = temporary(path);
     // The recorder appends its extension; write to `tmp.mpk`.
     model.clone().save_file(tmp.clone(), &recorder()).map_err(|e| format!("cannot write checkpoint: {e}"))?;
-    let written = tmp.with_extension("mpk");
-    std::fs::rename(&written, path).map_err(|e| format!("cannot move checkpoint into place: {e}"))
+    persist(&tmp.with_extension("mpk"), path)
 }
 
 /// Loads weights saved by [`save`] into `model` (built from the same file).
@@ -50,7 +67,7 @@ pub fn export<B: Kernels>(model: &Model<B>, path: &Path) -> Result<(), String> {
     let tmp = temporary(path);
     let mut store = SafetensorsStore::from_file(&tmp);
     model.save_into(&mut store).map_err(|e| format!("cannot export safetensors: {e}"))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot move export into place: {e}"))
+    persist(&tmp, path)
 }
 
 /// Loads safetensors written by [`export`] into `model`.

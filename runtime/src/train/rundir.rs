@@ -143,6 +143,9 @@ impl RunDir {
             // scheduled checkpoint): replace it.
             std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot replace `{}`: {e}", dir.display()))?;
         }
+        // The files' entries reach the disk before the directory is renamed
+        // (each file was synced as it was written).
+        sync_dir(&tmp);
         std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move the checkpoint into place: {e}"))?;
         sync_dir(&self.checkpoints());
         write_atomic(&self.checkpoints().join("latest"), name.as_bytes())?;

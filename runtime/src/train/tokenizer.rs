@@ -120,7 +120,7 @@ impl Tokenizer {
             Tokenizer::Bytes => std::fs::write(&tmp, "{\"blkc_tokenizer\": \"bytes\"}\n").map_err(|e| e.to_string())?,
             Tokenizer::Bpe(t) => t.save(&tmp, false).map_err(|e| format!("cannot save the tokenizer: {e}"))?,
         }
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot save the tokenizer: {e}"))
+        crate::checkpoint::persist(&tmp, path)
     }
 
     pub fn load(path: &Path) -> Result<Tokenizer, String> {
