@@ -340,6 +340,22 @@ impl<B: Kernels> Backward<B, 1> for CausalMean {
     }
 }
 
+/// The mean cross-entropy, its gradient computed in the forward pass (while
+/// each row of logits is in cache): the backward only scales it by the
+/// upstream gradient (nothing when that is 1, as for a training loss).
+#[derive(Debug)]
+struct NllMean;
+
+impl<B: Kernels> Backward<B, 1> for NllMean {
+    /// `(softmax(logits) − onehot) / n`.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::times_scalar(grad, g));
+    }
+}
+
 /// Cross-entropy per row: `dlogits = g ⊙ (softmax(logits) − onehot)`.
 #[derive(Debug)]
 struct Nll;
@@ -407,6 +423,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         let (nll, lse) = B::cross_entropy(logits.primitive.clone(), targets.clone());
         record!(Nll, [logits.node.clone()], (logits.primitive, lse, targets), nll)
+    }
+
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        if !logits.is_tracked() {
+            let loss = B::nll_mean(logits.primitive, targets);
+            return <Autodiff<B, C> as AutodiffBackend>::from_inner(loss);
+        }
+        let (loss, grad) = B::nll_mean_with_grad(logits.primitive, targets);
+        record!(NllMean, [logits.node.clone()], grad, loss)
     }
 
     fn scale_groups(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {

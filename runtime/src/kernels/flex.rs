@@ -610,6 +610,38 @@ impl Kernels for Flex {
         (vector(nll), vector(lse))
     }
 
+    fn nll_mean_with_grad(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
+        let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {
+            return composed::nll_mean_with_grad::<Flex>(logits, targets);
+        };
+        let mut out = Rows::new(logits);
+        let (n, v) = (t.len(), out.width());
+        let inv_n = 1.0 / n.max(1) as f32;
+        let rows = out.all();
+        let row = |(i, r): (usize, &mut [f32])| f64::from(simd::cross_entropy_grad_row(r, t[i].min(v - 1), inv_n));
+        let total: f64 = if n * v >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            rows.par_chunks_mut(v).enumerate().map(row).sum()
+        } else {
+            rows.chunks_mut(v).enumerate().map(row).sum()
+        };
+        (vector(vec![(total / n.max(1) as f64) as f32]), out.tensor)
+    }
+
+    fn times_scalar(x: FlexTensor, g: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || g.dtype() != DType::F32 || g.layout().num_elements() != 1 {
+            return composed::times_scalar::<Flex>(x, g);
+        }
+        let g = g.to_contiguous();
+        let k: f32 = g.storage::<f32>()[0];
+        if k == 1.0 {
+            return x;
+        }
+        let mut out = Rows::new(x);
+        out.for_each(|_, row| row.iter_mut().for_each(|v| *v *= k));
+        out.tensor
+    }
+
     fn cross_entropy_backward(logits: FlexTensor, lse: FlexTensor, targets: FlexTensor, g: FlexTensor) -> FlexTensor {
         let usable = logits.dtype() == DType::F32 && lse.dtype() == DType::F32 && g.dtype() == DType::F32;
         let Some(t) = indices(&targets).filter(|_| usable) else {

@@ -378,6 +378,31 @@ pub trait Kernels: Backend {
         Self::cross_entropy(logits, targets).0
     }
 
+    /// The mean cross-entropy `[1]` of `logits: [n, vocab]` against
+    /// `targets: [n]` (one graph node on autodiff, its gradient computed
+    /// in the forward pass).
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let nll = Self::cross_entropy(logits, targets).0;
+        let n = nll.shape().num_elements();
+        Self::float_div_scalar(Self::float_sum(nll), (n.max(1) as f64).into())
+    }
+
+    /// The mean cross-entropy `[1]` and its gradient with respect to the
+    /// logits, `(softmax(logits) − onehot) / n` — into the logits' memory
+    /// where the backend can.
+    fn nll_mean_with_grad(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::nll_mean_with_grad::<Self>(logits, targets)
+    }
+
+    /// `x` times the one-element `g` (a gradient scaled by its upstream
+    /// gradient); where the backend can, in place, and nothing when `g` is 1.
+    fn times_scalar(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::times_scalar::<Self>(x, g)
+    }
+
     /// RMSNorm (`centred = false`) or LayerNorm (`centred = true`) over the
     /// last dimension of `x: [rows, width]`: `(y, rstd)`, with
     /// `y = x̂ ⊙ scale (+ bias)`, `x̂ = (x − mean?) · rstd` and
@@ -601,6 +626,22 @@ mod composed {
         let dq = wants[0].then(|| B::matmul_token_major(ds.clone(), k));
         let dk = wants[1].then(|| B::matmul_token_major(B::float_transpose(ds), q));
         [dq, dk, dv]
+    }
+
+    pub fn nll_mean_with_grad<B: super::Kernels>(
+        logits: FloatTensor<B>,
+        targets: IntTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let n = logits.shape()[0];
+        let (nll, lse) = B::cross_entropy(logits.clone(), targets.clone());
+        let g = B::float_full([n].into(), (1.0 / n.max(1) as f64).into(), &B::float_device(&nll), nll.dtype().into());
+        let grad = B::cross_entropy_backward(logits, lse, targets, g);
+        (B::float_div_scalar(B::float_sum(nll), (n.max(1) as f64).into()), grad)
+    }
+
+    pub fn times_scalar<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+        let ones = vec![1usize; x.shape().num_dims()];
+        B::float_mul(x, B::float_reshape(g, ones.into()))
     }
 
     pub fn shaped_attention_forward<B: super::Kernels>(
@@ -937,6 +978,11 @@ pub fn normalise<B: Kernels, const D: usize>(
     centred: bool,
 ) -> Tensor<B, D> {
     tensor(B::normalise(primitive(x), primitive(scale), bias.map(primitive), eps, centred))
+}
+
+/// The mean cross-entropy (see [`Kernels::nll_mean`]): `[1]`.
+pub fn nll_mean<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    tensor(B::nll_mean(primitive(logits), targets.into_primitive()))
 }
 
 /// Cross-entropy per row (see [`Kernels::cross_entropy`]): `[n]`.
@@ -1444,6 +1490,28 @@ mod tests {
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
         let theirs = logp.gather(1, targets.reshape([6, 1])).reshape([6]).neg();
         same_gradients(std::slice::from_ref(&logits), ours, theirs);
+    }
+
+    /// The mean cross-entropy with its gradient written in the forward is
+    /// burn's mean of `−log_softmax` at the targets: value and the logits'
+    /// gradient, with an upstream gradient of 1 (a training loss: the
+    /// backward does nothing) and of 3 (scaled); untracked logits give the
+    /// same value.
+    #[test]
+    fn nll_mean_is_the_mean_cross_entropy() {
+        let device = Default::default();
+        let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+        for factor in [1.0, 3.0] {
+            let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
+            let ours = super::nll_mean(logits.clone(), targets.clone());
+            let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+            let theirs = logp.gather(1, targets.clone().reshape([6, 1])).reshape([6]).neg().mean();
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let plain = super::nll_mean(logits.clone().detach(), targets.clone());
+            plain.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = ((ours * factor).sum().backward(), (theirs * factor).sum().backward());
+            grads_agree(std::slice::from_ref(&logits), &g1, &g2);
+        }
     }
 
     /// The norm kernel against the norm written out in burn's ops (the

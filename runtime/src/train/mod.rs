@@ -237,10 +237,12 @@ pub fn loss<B: Kernels>(model: &Model<B>, b: &Batch, obj: Objective, device: &B:
     let (inputs, targets, weights) = tensors::<B>(b, device);
     let logits = model.forward(inputs);
     let [rows, t, v] = logits.dims();
-    let nll = kernels::nll(logits.reshape([rows * t, v]), targets.reshape([rows * t]));
+    let (logits, targets) = (logits.reshape([rows * t, v]), targets.reshape([rows * t]));
     match obj {
-        Objective::Causal => nll.mean(),
-        Objective::Masked { .. } => (nll * weights).sum().div_scalar(b.counted().max(1.0)),
+        // The mean over every token: one kernel whose gradient is written
+        // in the forward pass.
+        Objective::Causal => kernels::nll_mean(logits, targets),
+        Objective::Masked { .. } => (kernels::nll(logits, targets) * weights).sum().div_scalar(b.counted().max(1.0)),
     }
 }
 
