@@ -1517,7 +1517,9 @@ fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> O
     Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb })
 }
 
-/// [`each_head`], collecting what each head returns (in head order).
+/// Runs `head(i)` for every head `i < n`, on several threads when there
+/// are; returns what each head returned (in head order) and how many
+/// threads ran them.
 fn map_heads<T: Send>(n: usize, head: impl Fn(usize) -> T + Sync + Send) -> (Vec<T>, usize) {
     if rayon::current_num_threads() > 1 {
         ((0..n).into_par_iter().map(head).collect(), rayon::current_num_threads().min(n))
@@ -1647,16 +1649,9 @@ unsafe fn attention_weights(
     Operand { ptr: p, rs: t as isize, cs: 1 }
 }
 
-/// Runs `head(i)` for every head `i < n`, on several threads when there
-/// are; returns how many.
+/// [`map_heads`] for heads that return nothing: how many threads ran them.
 fn each_head(n: usize, head: impl Fn(usize) + Sync + Send) -> usize {
-    if rayon::current_num_threads() > 1 {
-        (0..n).into_par_iter().for_each(head);
-        rayon::current_num_threads().min(n)
-    } else {
-        (0..n).for_each(head);
-        1
-    }
+    map_heads(n, head).1
 }
 
 /// Adds the products' time of a kernel whose heads ran on `threads`
