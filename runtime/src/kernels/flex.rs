@@ -557,20 +557,18 @@ impl Kernels for Flex {
         let len = x.layout().num_elements();
         let (xs, gamma, rs): (&[f32], &[f32], &[f32]) = (&x.storage()[..len], scale.storage(), rstd.storage());
         let mut out = Rows::new(dy);
-        // Blocks of 64 rows (64 KiB of `x` and of `dy` at width 256, in
-        // cache for the second pass): dscale and dbias from the block first
-        // (they need dy, which the rows then overwrite with dx).
+        // Row by row, the column sums in f32 over blocks of 64 rows, the
+        // blocks' in f64.
         const ROWS: usize = 64;
         let block = ROWS * width.max(1);
         let part = |(b, d): (usize, &mut [f32])| {
-            let (first, span) = (b * ROWS, b * block..b * block + d.len());
-            let (mut ds, mut db) = (vec![0.0f64; width], vec![0.0f64; width]);
-            simd::norm_column_sums(&xs[span], d, &rs[first..], width, centred, &mut ds, &mut db);
+            let (mut s32, mut b32) = (vec![0.0f32; width], vec![0.0f32; width]);
             for (i, row) in d.chunks_mut(width.max(1)).enumerate() {
-                let rows = (first + i) * width..(first + i + 1) * width;
-                simd::norm_backward(row, &xs[rows.clone()], gamma, rs[first + i], centred, acc.map(|a| &a[rows]));
+                let (at, rows) = (b * ROWS + i, (b * ROWS + i) * width..(b * ROWS + i + 1) * width);
+                let acc = acc.map(|a| &a[rows.clone()]);
+                simd::norm_backward(row, &xs[rows], gamma, rs[at], centred, acc, &mut s32, &mut b32);
             }
-            (ds, db)
+            (s32.into_iter().map(f64::from).collect(), b32.into_iter().map(f64::from).collect())
         };
         let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
             a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
@@ -915,6 +913,19 @@ impl Kernels for Flex {
             unsafe {
                 for row in (0..t).rev() {
                     let at = base + row * width;
+                    // Rows last to first: the hardware prefetcher does not
+                    // follow, so ask for the rows two ahead.
+                    if row >= 2 {
+                        let next = at - 2 * width..at - width;
+                        simd::prefetch(&gs[next.clone()]);
+                        simd::prefetch(&vs[next.clone()]);
+                        if let Some(x) = bs {
+                            simd::prefetch(&x[next.clone()]);
+                        }
+                        if adding {
+                            simd::prefetch(std::slice::from_raw_parts(dvd.at(next.start), width));
+                        }
+                    }
                     let inv = if causal { 1.0 / (row + 1) as f32 } else { 0.0 };
                     let (gy, vr) = (&gs[at..at + width], &vs[at..at + width]);
                     let branch = bs.map(|x| {

@@ -1519,8 +1519,9 @@ mod tests {
     /// LayerNorm, gradients of x, scale and bias included.
     #[test]
     fn norm_matches_its_formula() {
-        for centred in [false, true] {
-            let (x, scale, bias) = (random::<3>([2, 3, 16]), random::<1>([16]), random::<1>([16]));
+        // Widths below, at and past the kernels' 32 partial sums.
+        for (centred, w) in [false, true].into_iter().flat_map(|c| [(c, 16), (c, 32), (c, 72)]) {
+            let (x, scale, bias) = (random::<3>([2, 3, w]), random::<1>([w]), random::<1>([w]));
             let x = (x * 3.0 + 1.0).detach().require_grad();
             let b = centred.then(|| bias.clone());
             let ours = super::normalise(x.clone(), scale.clone(), b, 1e-5, centred);
@@ -1532,7 +1533,7 @@ mod tests {
             }
             same_gradients(std::slice::from_ref(&x), ours, theirs);
             // The parameters' gradients, from graphs built anew.
-            let w = Tensor::<Ad, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &Default::default());
+            let w = Tensor::<Ad, 3>::random([2, 3, w], Distribution::Normal(0.0, 1.0), &Default::default());
             let b = centred.then(|| bias.clone());
             let g1 = (super::normalise(x.clone(), scale.clone(), b, 1e-5, centred) * w.clone()).sum().backward();
             let xc = if centred { x.clone() - x.clone().mean_dim(2) } else { x.clone() };

@@ -116,23 +116,6 @@ fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     tail + fold_lanes(acc, |a, b| a + b)
 }
 
-/// `Σ f(a, b, c)` over triples, in [`LANES`] partial sums.
-#[inline(always)]
-fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let n = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    let mut acc = [0.0f32; LANES];
-    let (mut ca, mut cb, mut cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
-    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
-        for (((s, &x), &y), &z) in acc.iter_mut().zip(x).zip(y).zip(z) {
-            *s += f(x, y, z);
-        }
-    }
-    let rest = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder());
-    let tail: f32 = rest.map(|((&x, &y), &z)| f(x, y, z)).sum();
-    tail + fold_lanes(acc, |a, b| a + b)
-}
-
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
     sum_map(xs, |x| x)
@@ -186,6 +169,21 @@ pub fn exp(x: f32) -> f32 {
     // are those of 1.5·2²³ plus n, and the shift drops all but n + 127.
     let bits = t.to_bits().wrapping_add(127) << 23;
     p * f32::from_bits(bits)
+}
+
+/// Asks the processor to bring the cache lines of `xs` in ahead of use: a
+/// hint, without effect on any result. For streams the hardware prefetcher
+/// does not follow, such as rows taken last to first.
+#[inline(always)]
+pub fn prefetch(xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in xs.chunks(16) {
+        // SAFETY: a prefetch reads nothing architecturally and cannot
+        // fault; the address lies within `xs`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = xs;
 }
 
 multiversion! {
@@ -611,14 +609,46 @@ multiversion! {
 }
 
 multiversion! {
-    /// The input gradient of [`norm`] for one row, in place over `dy`:
-    /// with `g = dy ⊙ gamma`, `dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`,
-    /// plus `acc` when given.
-    pub fn norm_backward(dy: &mut [f32], x: &[f32], gamma: &[f32], r: f32, centred: bool, acc: Option<&[f32]>) {
+    /// The gradients of [`norm`] for one row, `dx` in place over `dy`: with
+    /// `g = dy ⊙ gamma`, `dx = r · (g − mean(g)? − x̂ · mean(g ⊙ x̂))`, plus
+    /// `acc` when given. First adds `dy ⊙ x̂` and `dy` into the column sums
+    /// `ds` and `db` (the scale's and the shift's gradients), in the pass
+    /// that reads the row for `Σ g ⊙ x̂`.
+    pub fn norm_backward(
+        dy: &mut [f32],
+        x: &[f32],
+        gamma: &[f32],
+        r: f32,
+        centred: bool,
+        acc: Option<&[f32]>,
+        ds: &mut [f32],
+        db: &mut [f32],
+    ) {
         let width = x.len().max(1) as f32;
         let mean = if centred { sum(x) / width } else { 0.0 };
         let sum_g = if centred { dot(dy, gamma) } else { 0.0 };
-        let sum_gx = sum_zip3(dy, gamma, x, |d, g, v| d * g * ((v - mean) * r));
+        let n = dy.len().min(x.len()).min(gamma.len()).min(ds.len()).min(db.len());
+        let (d, x, gamma, ds, db) = (&dy[..n], &x[..n], &gamma[..n], &mut ds[..n], &mut db[..n]);
+        // Σ g ⊙ x̂ in [`LANES`] partial sums, the tail after them.
+        let mut lanes = [0.0f32; LANES];
+        let whole = n - n % LANES;
+        let rows = d[..whole].chunks_exact(LANES).zip(x[..whole].chunks_exact(LANES)).zip(gamma[..whole].chunks_exact(LANES));
+        for (((d, x), g), (s, b)) in rows.zip(ds[..whole].chunks_exact_mut(LANES).zip(db[..whole].chunks_exact_mut(LANES))) {
+            for (k, a) in lanes.iter_mut().enumerate() {
+                let xhat = (x[k] - mean) * r;
+                *a += d[k] * g[k] * xhat;
+                s[k] += d[k] * xhat;
+                b[k] += d[k];
+            }
+        }
+        let mut tail = 0.0f32;
+        for j in whole..n {
+            let xhat = (x[j] - mean) * r;
+            tail += d[j] * gamma[j] * xhat;
+            ds[j] += d[j] * xhat;
+            db[j] += d[j];
+        }
+        let sum_gx = tail + fold_lanes(lanes, |a, b| a + b);
         let (mean_g, mean_gx) = (sum_g / width, sum_gx / width);
         match acc {
             Some(acc) => {
@@ -633,39 +663,6 @@ multiversion! {
                     *d = r * (*d * g - mean_g - xhat * mean_gx);
                 }
             }
-        }
-    }
-}
-
-multiversion! {
-    /// `ds[k] += Σ dy ⊙ x̂` and `db[k] += Σ dy` over a block of rows (of
-    /// `width`) of a norm's input `x` and output gradient `dy`, `x̂`
-    /// recomputed with the rows' `rstd`.
-    pub fn norm_column_sums(
-        x: &[f32],
-        dy: &[f32],
-        rstd: &[f32],
-        width: usize,
-        centred: bool,
-        ds: &mut [f64],
-        db: &mut [f64],
-    ) {
-        // In f32 over the block (callers pass blocks of 64 rows), then
-        // added to the f64 totals.
-        let w = width.max(1);
-        let (mut s32, mut b32) = (vec![0.0f32; w], vec![0.0f32; w]);
-        for ((xr, dr), &r) in x.chunks(w).zip(dy.chunks(w)).zip(rstd) {
-            let mean = if centred { sum(xr) / w as f32 } else { 0.0 };
-            for (((s, b), &v), &d) in s32.iter_mut().zip(b32.iter_mut()).zip(xr).zip(dr) {
-                *s += d * ((v - mean) * r);
-                *b += d;
-            }
-        }
-        for (t, s) in ds.iter_mut().zip(s32) {
-            *t += f64::from(s);
-        }
-        for (t, b) in db.iter_mut().zip(b32) {
-            *t += f64::from(b);
         }
     }
 }
