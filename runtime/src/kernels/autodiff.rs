@@ -134,8 +134,9 @@ impl<B: Kernels> Backward<B, 8> for MixSum {
 }
 
 /// A shaped attention through its mix (and a sum with another branch):
-/// parents `q`, `k`, `v`, the three gains, and `b`, `ga`, `gb` with an
-/// addend (`N` = 6 or 9).
+/// parents `q`, `k`, `v`, the three gains, then `b`, `ga`, `gb` with an
+/// addend, then the biases of `q` and `k` with biases (`N` = 6, 8, 9 or
+/// 11).
 #[derive(Debug)]
 struct ShapedAttention;
 
@@ -154,6 +155,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
         let [dgi, dgs, dgc] = g.dgains;
         let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
         all.extend(g.addend.into_iter().flatten());
+        all.extend(g.biases.into_iter().flatten());
         for (parent, grad) in ops.parents.into_iter().zip(all) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
@@ -539,7 +541,8 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 
     fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
         let [gi, gs, gc] = a.gains;
-        let nodes = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
+        let [q, k, v, gi_n, gs_n, gc_n] = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
+        let bias_nodes = a.biases.as_ref().map(|b| b.each_ref().map(|t| t.node.clone()));
         let inner = Shaped {
             q: a.q.primitive,
             k: a.k.primitive,
@@ -547,6 +550,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             gains: [gi.primitive, gs.primitive, gc.primitive],
             scale: a.scale,
             causal: a.causal,
+            biases: a.biases.map(|b| b.map(|t| t.primitive)),
         };
         let (extra, addend) = match add {
             Some(m) => {
@@ -557,12 +561,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         };
         let (y, p) = B::shaped_attention_forward(inner.clone(), addend.clone());
         let state = (inner, addend, p);
-        match extra {
-            Some([b, ga, gb]) => {
-                let [q, k, v, gi, gs, gc] = nodes;
-                record!(ShapedAttention, [q, k, v, gi, gs, gc, b, ga, gb], state, y)
+        let n = ShapedAttention;
+        match (extra, bias_nodes) {
+            (None, None) => record!(n, [q, k, v, gi_n, gs_n, gc_n], state, y),
+            (None, Some([bq, bk])) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq, bk], state, y),
+            (Some([b, ga, gb]), None) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb], state, y),
+            (Some([b, ga, gb]), Some([bq, bk])) => {
+                record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq, bk], state, y)
             }
-            None => record!(ShapedAttention, nodes, state, y),
         }
     }
 

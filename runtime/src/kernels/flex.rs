@@ -681,7 +681,8 @@ impl Kernels for Flex {
             // and disjoint between heads; the weights are read only after
             // the product wrote all of them.
             unsafe {
-                let weights = attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), &clock);
+                let weights =
+                    attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), None, &clock);
                 let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
                 product([t, dv, t], oi, h * dv, None, weights, vh.at(i), &clock);
             }
@@ -819,8 +820,9 @@ impl Kernels for Flex {
                 // capacity, disjoint between heads) and its `dv` columns of
                 // the scratch `o`; each is read after it is written.
                 unsafe {
-                    let weights =
-                        attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), &clock);
+                    let u = plan.bq.as_ref().map(|bias| key_shift(kh.at(i), &bias[hi * d..], [t, d], &clock));
+                    let (at, w) = (pd.at(i * t * t), [t, d]);
+                    let weights = attention_weights(at, qh.at(i), kh.at(i), w, (scale, causal), u.as_deref(), &clock);
                     product([t, dv, t], o.as_mut_ptr().add(hi * dv), width, None, weights, vi, &clock);
                 }
             }
@@ -893,8 +895,9 @@ impl Kernels for Flex {
         // Per sequence: the mix's part of `dv` (and `db`) row by row from
         // the last, then per head the attention's, the softmax gain folded
         // in. Returns the column sums of `dy` against `v`, the centre term
-        // and `b`, and per head `dy · o`.
-        let sequence = |q: usize| -> ([Vec<f32>; 3], Vec<f64>) {
+        // and `b`, per head `dy · o`, and the sequence's part of the query
+        // bias's gradient.
+        let sequence = |q: usize| -> ([Vec<f32>; 3], Vec<f64>, Vec<f32>) {
             let base = q * t * width;
             let [mut si, mut sc, mut sb, mut unused, mut r] = [0, 1, 2, 3, 4].map(|_| vec![0.0f32; width]);
             let gq = &gs[base..base + t * width];
@@ -904,6 +907,7 @@ impl Kernels for Flex {
             }
             let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut unused, c: &mut sc, b: &mut sb };
             let mut so = vec![0.0f64; h];
+            let mut dbq = vec![0.0f32; if plan.bq.is_some() { h * d } else { 0 }];
             // SAFETY: the operands lie in their storage (`Heads` reads the
             // layouts; `v`, `b`, `dy`, `p` are contiguous); sequence `q`
             // writes only its own rows of `dv` (in `acc`'s storage: unique,
@@ -957,19 +961,33 @@ impl Kernels for Flex {
                         so[hi] += f64::from(simd::softmax_backward(row, w, gain * scale));
                     }
                     let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
+                    // dq = ds · k: the key's bias adds (Σ_j ds_ij) · bk,
+                    // and each row of ds sums to zero.
                     product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
                     product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
+                    if let Some(bias) = &plan.bq {
+                        // dk = dsᵀ · (q + bq): the query's bias adds c_j · bq
+                        // to row j, c the column sums of ds; dbq = Σ_i dq_i.
+                        let mut c = vec![0.0f32; t];
+                        ds.chunks(t).for_each(|row| simd::add_into(&mut c, row));
+                        let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
+                        for (r, &cr) in c.iter().enumerate() {
+                            let at = token(d) + r * h * d;
+                            simd::add_scaled(std::slice::from_raw_parts_mut(dkd.at(at), d), cr, bias);
+                            simd::add_into(part, std::slice::from_raw_parts(dqd.at(at), d));
+                        }
+                    }
                     ds.set_len(0);
                 }
             }
-            ([si, sc, sb], so)
+            ([si, sc, sb], so, dbq)
         };
         let (per, threads) = map_heads(b, sequence);
         commit(&clock, threads);
         // Per head: the sums of `dy` against `v`, `o`, the centre term and
         // `b` over the batch and the head's columns.
         let mut heads = vec![[0.0f64; 4]; h];
-        for ([si, sc, sb], so) in &per {
+        for ([si, sc, sb], so, _) in &per {
             for (hi, x) in heads.iter_mut().enumerate() {
                 let part = |v: &[f32]| v[hi * dv..(hi + 1) * dv].iter().map(|&x| f64::from(x)).sum::<f64>();
                 x[0] += part(si);
@@ -1003,7 +1021,15 @@ impl Kernels for Flex {
             let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
             [owned(db, shape.clone()), per_group(&dga, na), per_group(&dgb, nb)]
         });
-        ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend }
+        let biases = plan.bq.as_ref().map(|_| {
+            let mut dbq = vec![0.0f64; h * d];
+            for (_, _, part) in &per {
+                dbq.iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
+            }
+            // The key's bias shifts each row of scores by a constant.
+            [vector(dbq.into_iter().map(|x| x as f32).collect()), vector(vec![0.0; h * d])]
+        });
+        ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend, biases }
     }
 
     fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
@@ -1455,8 +1481,9 @@ fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<[usi
     fits.then_some(dims)
 }
 
-/// A fused shaped attention's dims `[batch, heads, tokens, d, dv]` and its
-/// gains per head: the mix's own (`gi`, `gs`, `gc`), the sum's `ga`, `gb`.
+/// A fused shaped attention's dims `[batch, heads, tokens, d, dv]`, its
+/// gains per head: the mix's own (`gi`, `gs`, `gc`), the sum's `ga`, `gb`;
+/// and the query's bias (`[heads · d]`) when it has biases.
 struct ShapedPlan {
     dims: [usize; 5],
     gi: Vec<f32>,
@@ -1464,6 +1491,7 @@ struct ShapedPlan {
     gc: Vec<f32>,
     ga: Option<Vec<f32>>,
     gb: Vec<f32>,
+    bq: Option<Vec<f32>>,
 }
 
 impl ShapedPlan {
@@ -1525,7 +1553,15 @@ fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> O
         }
         None => (None, Vec::new()),
     };
-    Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb })
+    let bq = match &a.biases {
+        Some(biases) => {
+            let fits = biases.iter().all(|x| x.dtype() == DType::F32 && x.layout().num_elements() == h * d);
+            let bq = biases[0].to_contiguous();
+            Some(fits.then(|| bq.storage::<f32>()[..h * d].to_vec())?)
+        }
+        None => None,
+    };
+    Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb, bq })
 }
 
 /// Runs `head(i)` for every head `i < n`, on several threads when there
@@ -1633,9 +1669,9 @@ unsafe fn product(
     clock.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
-/// One head's attention weights `softmax(scale · q · kᵀ (+ causal mask))`
-/// (`q`, `k`: `t × d`) written at `p` (`t × t`, row-major); returns them
-/// as an operand.
+/// One head's attention weights `softmax(scale · (q · kᵀ + 1 · uᵀ) (+
+/// causal mask))` (`q`, `k`: `t × d`; `u`, a shift per key, or none)
+/// written at `p` (`t × t`, row-major); returns them as an operand.
 ///
 /// # Safety
 /// As for [`product`]: `q`'s and `k`'s elements are live, `p`'s `t × t`
@@ -1646,6 +1682,7 @@ unsafe fn attention_weights(
     k: Operand,
     [t, d]: [usize; 2],
     (scale, causal): (f32, bool),
+    shift: Option<&[f32]>,
     clock: &AtomicU64,
 ) -> Operand {
     // SAFETY: as the caller promises; the rows are read after the product
@@ -1654,10 +1691,32 @@ unsafe fn attention_weights(
         product([t, t, d], p, t, None, q, k.transposed(), clock);
         let rows = std::slice::from_raw_parts_mut(p, t * t);
         for (r, row) in rows.chunks_mut(t).enumerate() {
-            simd::softmax(row, if causal { r + 1 } else { t }, scale);
+            let seen = if causal { r + 1 } else { t };
+            if let Some(u) = shift {
+                simd::add_into(&mut row[..seen], &u[..seen]);
+            }
+            simd::softmax(row, seen, scale);
         }
     }
     Operand { ptr: p, rs: t as isize, cs: 1 }
+}
+
+/// The scores' shift per key from a query bias `bq` (one head's `d`
+/// entries): `u = k · bq`, `u_j = bq · k_j` (`k`: `t × d`). With the bias,
+/// a score is `(q_i + bq) · k_j = q_i · k_j + u_j`.
+///
+/// # Safety
+/// As for [`product`]: `k`'s elements are live.
+unsafe fn key_shift(k: Operand, bq: &[f32], [t, d]: [usize; 2], clock: &AtomicU64) -> Vec<f32> {
+    let mut u: Vec<f32> = Vec::with_capacity(t);
+    let b = Operand { ptr: bq.as_ptr(), rs: 1, cs: 1 };
+    // SAFETY: as the caller promises; `bq` holds `d` entries, `u` room for
+    // `t`, all written by the product.
+    unsafe {
+        product([t, 1, d], u.as_mut_ptr(), 1, None, k, b, clock);
+        u.set_len(t);
+    }
+    u
 }
 
 /// [`map_heads`] for heads that return nothing: how many threads ran them.

@@ -78,7 +78,10 @@ pub struct MixSumGrads<T> {
 /// A shaped attention that ends in its mix: `q`, `k` split into heads
 /// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
 /// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
-/// softmax scale and the mask.
+/// softmax scale and the mask; and the biases of `q` and `k` (`[heads ·
+/// d]` each), added to them when given. The key's bias adds `q_i · bk` to
+/// every score of row `i`, which the softmax does not see: its gradient is
+/// zero, and kernels may leave it out.
 #[derive(Debug, Clone)]
 pub struct Shaped<T> {
     pub q: T,
@@ -87,6 +90,7 @@ pub struct Shaped<T> {
     pub gains: [T; 3],
     pub scale: f64,
     pub causal: bool,
+    pub biases: Option<[T; 2]>,
 }
 
 /// The gradients of [`Kernels::shaped_attention`].
@@ -98,6 +102,8 @@ pub struct ShapedGrads<T> {
     pub dgains: [T; 3],
     /// `[db, dga, dgb]`, with an addend.
     pub addend: Option<[T; 3]>,
+    /// `[dbq, dbk]`, with biases.
+    pub biases: Option<[T; 2]>,
 }
 
 /// A backend with blkc's kernels.
@@ -644,10 +650,32 @@ mod composed {
         B::float_mul(x, B::float_reshape(g, ones.into()))
     }
 
+    /// `q + bq`, `k + bk` (`[batch, heads, tokens, d]`, biases `[heads ·
+    /// d]`), or `q`, `k` without biases.
+    fn biased<B: Backend>(a: &super::Shaped<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
+        let Some([bq, bk]) = a.biases.clone() else {
+            return (a.q.clone(), a.k.clone());
+        };
+        let [_, h, _, d] = a.q.shape().dims();
+        let add = |x: &FloatTensor<B>, b: FloatTensor<B>| {
+            super::primitive(super::tensor::<B, 4>(x.clone()) + super::tensor::<B, 1>(b).reshape([1, h, 1, d]))
+        };
+        (add(&a.q, bq), add(&a.k, bk))
+    }
+
+    /// The gradient of a bias added to `x: [batch, heads, tokens, d]`
+    /// from `x`'s: its sums over the batch and the tokens, `[heads · d]`.
+    fn bias_grad<B: Backend>(dx: &FloatTensor<B>) -> FloatTensor<B> {
+        let [_, h, _, d] = dx.shape().dims();
+        super::primitive(super::tensor::<B, 4>(dx.clone()).sum_dim(0).sum_dim(2).reshape([h * d]))
+    }
+
     pub fn shaped_attention_forward<B: super::Kernels>(
         a: super::Shaped<FloatTensor<B>>,
         add: Option<super::MixAddend<FloatTensor<B>>>,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (q, k) = biased::<B>(&a);
+        let a = super::Shaped { q, k, biases: None, ..a };
         let heads = a.q.shape()[1];
         let v4 = super::autodiff::split_heads::<B>(a.v.clone(), heads);
         let (o, p) = B::attention_forward(a.q, a.k, v4, a.scale, a.causal);
@@ -667,6 +695,9 @@ mod composed {
         acc: Option<FloatTensor<B>>,
     ) -> super::ShapedGrads<FloatTensor<B>> {
         use super::autodiff::{merge_heads, split_heads};
+        let (q, k) = biased::<B>(&a);
+        let with_biases = a.biases.is_some();
+        let a = super::Shaped { q, k, biases: None, ..a };
         let heads = a.q.shape()[1];
         let v4 = split_heads::<B>(a.v.clone(), heads);
         let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
@@ -684,7 +715,8 @@ mod composed {
         let grads =
             B::attention_backward([a.q, a.k, v4], p, split_heads::<B>(d_o, heads), a.scale, Some(dv), [true; 3]);
         let [dq, dk, dv] = grads.map(|g| g.expect("every gradient was wanted"));
-        super::ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend }
+        let biases = with_biases.then(|| [bias_grad::<B>(&dq), bias_grad::<B>(&dk)]);
+        super::ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, biases }
     }
 
     pub fn mix_sum<B: super::Kernels>(
@@ -1015,17 +1047,20 @@ pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3
 }
 
 /// A shaped attention through its mix (see [`Kernels::shaped_attention`]):
-/// `q`, `k` split into heads, `v` and the output `[batch, tokens, heads ·
-/// d]`, summed with `(b, ga, gb)` when given.
+/// `q`, `k` split into heads (plus their biases `[heads · d]` when given),
+/// `v` and the output `[batch, tokens, heads · d]`, summed with `(b, ga,
+/// gb)` when given.
 pub fn shaped_attention<B: Kernels>(
     qk: [Tensor<B, 4>; 2],
+    biases: Option<[Tensor<B, 1>; 2]>,
     v: Tensor<B, 3>,
     gains: [Tensor<B, 1>; 3],
     (scale, causal): (f64, bool),
     add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>,
 ) -> Tensor<B, 3> {
     let [q, k] = qk.map(primitive);
-    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal };
+    let biases = biases.map(|b| b.map(primitive));
+    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, biases };
     let add = add.map(|(b, ga, gb)| MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) });
     tensor(B::shaped_attention(a, add))
 }
@@ -1234,22 +1269,30 @@ mod tests {
     /// The shaped attention through its mix in one kernel (and summed with
     /// another branch) is the attention, then the mix (then the gained
     /// sum): value and every gradient, causal or not, `v` also read by a
-    /// product made after it.
+    /// product made after it, with biases of `q` and `k` or without.
     #[test]
     fn shaped_attention_matches_attention_then_mix() {
-        for (causal, addend, shared) in (0..8).map(|i| (i & 1 == 0, i & 2 == 0, i & 4 == 0)) {
+        for i in 0..16 {
+            let (causal, addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0, i & 8 == 0);
             let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
             let gains = [random([3]), random([1]), random([3])];
             let (b, ga, gb, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
+            let (bq, bk) = (random([12]), random([12]));
             let add = addend.then(|| (b.clone(), ga.clone(), gb.clone()));
             // `v` also read by a product (its gradient added into), or not.
             let extra = |v: Tensor<Ad, 3>| match shared {
                 true => super::linear(v, w.clone(), None, false),
                 false => v.zeros_like(),
             };
-            let ours = super::shaped_attention([q.clone(), k.clone()], v.clone(), gains.clone(), (0.5, causal), add)
-                + extra(v.clone());
-            let o = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let biases = biased.then(|| [bq.clone(), bk.clone()]);
+            let ours =
+                super::shaped_attention([q.clone(), k.clone()], biases, v.clone(), gains.clone(), (0.5, causal), add)
+                    + extra(v.clone());
+            let (q1, k1) = match biased {
+                true => (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4])),
+                false => (q.clone(), k.clone()),
+            };
+            let o = super::attention(q1, k1, v.clone(), 0.5, causal);
             let mixed = super::mix(v.clone(), o, gains.clone(), causal);
             let theirs = match addend {
                 true => super::scaled_sum(mixed, b.clone(), ga.clone(), gb.clone()),
@@ -1263,6 +1306,10 @@ mod tests {
             if addend {
                 grads_agree(&[b], &g1, &g2);
                 grads_agree(&[ga, gb], &g1, &g2);
+            }
+            if biased {
+                // The key's bias's gradient is zero up to rounding.
+                grads_agree(&[bq, bk], &g1, &g2);
             }
         }
     }

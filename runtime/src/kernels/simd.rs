@@ -427,6 +427,15 @@ multiversion! {
 }
 
 multiversion! {
+    /// `dst ← dst + s · x`.
+    pub fn add_scaled(dst: &mut [f32], s: f32, x: &[f32]) {
+        for (d, &x) in dst.iter_mut().zip(x) {
+            *d += s * x;
+        }
+    }
+}
+
+multiversion! {
     /// `row ← row ⊙ g` (gains per column).
     pub fn scale_in_place(row: &mut [f32], g: &[f32]) {
         for (y, &g) in row.iter_mut().zip(g) {

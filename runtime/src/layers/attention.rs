@@ -201,15 +201,27 @@ impl<B: Kernels> Attention<B> {
 
     /// The operands of a shaped attention (matrix `I`, `softmax` and
     /// `centre`, no soft-cap) before its products: queries and keys split
-    /// into heads, the value, the gains.
+    /// into heads, the value, the gains. Without QK-norm, the biases of
+    /// the queries and keys go to the kernel apart (which adds the query's
+    /// where it forms the scores, and has no use for the key's: it shifts a
+    /// row of scores by a constant), not added to the products' outputs.
     pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
         let device = x.device();
         let gains = self.mix_gains(&device);
         let v = self.value.forward(x.clone());
-        let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
-        let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
+        let apart = self.query_norm.is_none() && self.key_norm.is_none();
+        let biases = match (&self.query_bias, &self.key_bias) {
+            (Some(bq), Some(bk)) if apart => Some([bq.val(), bk.val()]),
+            _ => None,
+        };
+        let (bq, bk) = match biases {
+            Some(_) => (&None, &None),
+            None => (&self.query_bias, &self.key_bias),
+        };
+        let q = self.projected(&x, &self.query, bq, &self.query_norm);
+        let k = self.projected(&x, &self.key, bk, &self.key_norm);
         let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
-        MixParts { q, k, v, gains, scale, causal: self.plan.mask == Mask::Causal }
+        MixParts { q, k, biases, v, gains, scale, causal: self.plan.mask == Mask::Causal }
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
@@ -234,6 +246,8 @@ impl<B: Kernels> Attention<B> {
 pub struct MixParts<B: Backend> {
     pub q: Tensor<B, 4>,
     pub k: Tensor<B, 4>,
+    /// The biases of `q` and `k`, when not added to them.
+    pub biases: Option<[Tensor<B, 1>; 2]>,
     pub v: Tensor<B, 3>,
     pub gains: [Tensor<B, 1>; 3],
     pub scale: f64,
@@ -244,7 +258,7 @@ impl<B: Kernels> MixParts<B> {
     /// The attention through its mix (one kernel), summed with `(b, ga,
     /// gb)` when given.
     pub fn apply(self, add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>) -> Tensor<B, 3> {
-        kernels::shaped_attention([self.q, self.k], self.v, self.gains, (self.scale, self.causal), add)
+        kernels::shaped_attention([self.q, self.k], self.biases, self.v, self.gains, (self.scale, self.causal), add)
     }
 }
 
