@@ -566,7 +566,7 @@ impl Kernels for Flex {
             for (i, row) in d.chunks_mut(width.max(1)).enumerate() {
                 let (at, rows) = (b * ROWS + i, (b * ROWS + i) * width..(b * ROWS + i + 1) * width);
                 let acc = acc.map(|a| &a[rows.clone()]);
-                simd::norm_backward(row, &xs[rows], gamma, rs[at], centred, acc, &mut s32, &mut b32);
+                simd::norm_backward(row, &xs[rows], gamma, rs[at], centred, acc, (&mut s32, &mut b32));
             }
             (s32.into_iter().map(f64::from).collect(), b32.into_iter().map(f64::from).collect())
         };

@@ -630,8 +630,7 @@ multiversion! {
         r: f32,
         centred: bool,
         acc: Option<&[f32]>,
-        ds: &mut [f32],
-        db: &mut [f32],
+        (ds, db): (&mut [f32], &mut [f32]),
     ) {
         let width = x.len().max(1) as f32;
         let mean = if centred { sum(x) / width } else { 0.0 };
