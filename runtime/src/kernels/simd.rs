@@ -630,8 +630,9 @@ multiversion! {
         r: f32,
         centred: bool,
         acc: Option<&[f32]>,
-        (ds, db): (&mut [f32], &mut [f32]),
+        sums: (&mut [f32], &mut [f32]),
     ) {
+        let (ds, db) = sums;
         let width = x.len().max(1) as f32;
         let mean = if centred { sum(x) / width } else { 0.0 };
         let sum_g = if centred { dot(dy, gamma) } else { 0.0 };
