@@ -87,12 +87,18 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
         let split = |y: Tensor<Ad, 3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let weight = |w: &Option<burn::module::Param<Tensor<Ad, 2>>>| w.as_ref().expect("dense").val();
         let bias = |b: &Option<burn::module::Param<Tensor<Ad, 1>>>| b.as_ref().map(|b| b.val());
-        let q = split(biased(n.clone(), weight(&a.query), bias(&a.query_bias), ops));
-        let k = split(biased(n.clone(), weight(&a.key), bias(&a.key_bias), ops));
-        let vv = dense(n, weight(&a.value.weight), ops);
+        let vv = dense(n.clone(), weight(&a.value.weight), ops);
         let o = match ops {
-            Ops::Kernels => kernels::attention(q, k, vv, 1.0 / (hd as f64).sqrt(), true),
+            // The query's bias to the kernel, the key's left out (a
+            // constant per row of scores).
+            Ops::Kernels => {
+                let q = split(dense(n.clone(), weight(&a.query), ops));
+                let k = split(dense(n, weight(&a.key), ops));
+                kernels::attention(q, k, vv, bias(&a.query_bias), (1.0 / (hd as f64).sqrt(), true))
+            }
             Ops::Stock => {
+                let q = split(biased(n.clone(), weight(&a.query), bias(&a.query_bias), ops));
+                let k = split(biased(n, weight(&a.key), bias(&a.key_bias), ops));
                 let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
                 attention(q, k, split(vv), None, None, options).swap_dims(1, 2).reshape([b, t, h * hd])
             }

@@ -135,8 +135,7 @@ impl<B: Kernels> Backward<B, 8> for MixSum {
 
 /// A shaped attention through its mix (and a sum with another branch):
 /// parents `q`, `k`, `v`, the three gains, then `b`, `ga`, `gb` with an
-/// addend, then the biases of `q` and `k` with biases (`N` = 6, 8, 9 or
-/// 11).
+/// addend, then the query's bias with one (`N` = 6, 7, 9 or 10).
 #[derive(Debug)]
 struct ShapedAttention;
 
@@ -155,7 +154,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
         let [dgi, dgs, dgc] = g.dgains;
         let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
         all.extend(g.addend.into_iter().flatten());
-        all.extend(g.biases.into_iter().flatten());
+        all.extend(g.dbq);
         for (parent, grad) in ops.parents.into_iter().zip(all) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
@@ -255,38 +254,40 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
     }
 }
 
-/// Softmax attention `o = p · v`, `p = softmax(scale · q · kᵀ)`:
+/// Softmax attention `o = p · v`, `p = softmax(scale · (q + bq) · kᵀ)`:
 /// `dv = pᵀ · g`, `dp = g · vᵀ`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)`,
-/// `dq = ds · k`, `dk = dsᵀ · q`. The weights `p` are kept from the forward.
+/// `dq = ds · k`, `dk = dsᵀ · (q + bq)`, `dbq = Σ dq`; parents `q`, `k`,
+/// `v` (and `bq`, `N` = 3 or 4). The weights `p` are kept from the forward.
 /// `v` and `o` are `[batch, tokens, heads · head_dim]` (heads split and
 /// merged inside the op), so that `v`'s tensor is the node's direct parent
 /// and `dv` is added into its gradient from elsewhere (see `take_grad!`).
 #[derive(Debug)]
 struct Attention;
 
-impl<B: Kernels> Backward<B, 3> for Attention {
-    /// `q`, `k`, `v` (split into heads), the weights, the scale.
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
+    /// `q`, `k`, `v` (split into heads), the query's bias, the weights,
+    /// the scale.
+    type State = ([FloatTensor<B>; 3], Option<FloatTensor<B>>, FloatTensor<B>, f64);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (q, k, v, p, scale) = ops.state;
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let ([q, k, v], bq, p, scale) = ops.state;
         let heads = q.shape()[1];
         let g = grads.consume::<B>(&ops.node);
-        let [nq, nk, nv] = ops.parents;
+        let mut parents = ops.parents.into_iter();
+        let [nq, nk, nv, nb] = [0; 4].map(|_| parents.next().flatten());
         let acc = match &nv {
             Some(node) => take_grad!(B, grads, node, g.clone()),
             None => None,
         };
         let wants = [nq.is_some(), nk.is_some(), nv.is_some()];
         let g4 = split_heads::<B>(g, heads);
-        let [dq, dk, dv] = B::attention_backward([q, k, v], p, g4, scale, acc, wants);
-        for (node, grad) in [(nq, dq), (nk, dk)] {
+        let bq = bq.filter(|_| nb.is_some());
+        let [dq, dk, dv, dbq] = B::attention_backward([q, k, v], bq, p, g4, (scale, acc), wants);
+        let dv = dv.map(merge_heads::<B>);
+        for (node, grad) in [(nq, dq), (nk, dk), (nv, dv), (nb, dbq)] {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
             }
-        }
-        if let (Some(node), Some(dv)) = (nv, dv) {
-            grads.register::<B>(node.id, merge_heads::<B>(dv));
         }
     }
 }
@@ -453,13 +454,22 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: f64,
-        causal: bool,
+        bq: Option<FloatTensor<Self>>,
+        (scale, causal): (f64, bool),
     ) -> FloatTensor<Self> {
         let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
         let v4 = split_heads::<B>(v.primitive, q.primitive.shape()[1]);
-        let (o, p) = B::attention_forward(q.primitive.clone(), k.primitive.clone(), v4.clone(), scale, causal);
-        record!(Attention, nodes, (q.primitive, k.primitive, v4, p, scale), merge_heads::<B>(o))
+        let (qp, kp) = (q.primitive, k.primitive);
+        let b = bq.as_ref().map(|b| b.primitive.clone());
+        let (o, p) = B::attention_forward(qp.clone(), kp.clone(), v4.clone(), b.clone(), (scale, causal));
+        let (state, y) = (([qp, kp, v4], b, p, scale), merge_heads::<B>(o));
+        match bq {
+            Some(bq) => {
+                let [q, k, v] = nodes;
+                record!(Attention, [q, k, v, bq.node], state, y)
+            }
+            None => record!(Attention, nodes, state, y),
+        }
     }
 
     fn embed(
@@ -542,7 +552,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
         let [gi, gs, gc] = a.gains;
         let [q, k, v, gi_n, gs_n, gc_n] = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
-        let bias_nodes = a.biases.as_ref().map(|b| b.each_ref().map(|t| t.node.clone()));
+        let bias_node = a.bq.as_ref().map(|b| b.node.clone());
         let inner = Shaped {
             q: a.q.primitive,
             k: a.k.primitive,
@@ -550,7 +560,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             gains: [gi.primitive, gs.primitive, gc.primitive],
             scale: a.scale,
             causal: a.causal,
-            biases: a.biases.map(|b| b.map(|t| t.primitive)),
+            bq: a.bq.map(|t| t.primitive),
         };
         let (extra, addend) = match add {
             Some(m) => {
@@ -562,13 +572,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let (y, p) = B::shaped_attention_forward(inner.clone(), addend.clone());
         let state = (inner, addend, p);
         let n = ShapedAttention;
-        match (extra, bias_nodes) {
+        match (extra, bias_node) {
             (None, None) => record!(n, [q, k, v, gi_n, gs_n, gc_n], state, y),
-            (None, Some([bq, bk])) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq, bk], state, y),
+            (None, Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq], state, y),
             (Some([b, ga, gb]), None) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb], state, y),
-            (Some([b, ga, gb]), Some([bq, bk])) => {
-                record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq, bk], state, y)
-            }
+            (Some([b, ga, gb]), Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq], state, y),
         }
     }
 

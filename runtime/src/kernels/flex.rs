@@ -660,11 +660,12 @@ impl Kernels for Flex {
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
-        scale: f64,
-        causal: bool,
+        bq: Option<FlexTensor>,
+        (scale, causal): (f64, bool),
     ) -> (FlexTensor, FlexTensor) {
-        let Some([b, h, t, d, dv]) = attention_dims(&q, &k, &v) else {
-            return composed::attention_forward::<Flex>(q, k, v, scale, causal);
+        let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
+        let Some(([b, h, t, d, dv], bias)) = plan else {
+            return composed::attention_forward::<Flex>(q, k, v, bq, (scale, causal));
         };
         let n = b * h;
         let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
@@ -681,8 +682,9 @@ impl Kernels for Flex {
             // and disjoint between heads; the weights are read only after
             // the product wrote all of them.
             unsafe {
-                let weights =
-                    attention_weights(pd.at(i * t * t), qh.at(i), kh.at(i), [t, d], (scale, causal), None, &clock);
+                let u = bias.as_ref().map(|bias| key_shift(kh.at(i), &bias[(i % h) * d..], [t, d], &clock));
+                let (at, w) = (pd.at(i * t * t), [t, d]);
+                let weights = attention_weights(at, qh.at(i), kh.at(i), w, (scale, causal), u.as_deref(), &clock);
                 let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
                 product([t, dv, t], oi, h * dv, None, weights, vh.at(i), &clock);
             }
@@ -699,12 +701,12 @@ impl Kernels for Flex {
 
     fn attention_backward(
         qkv: [FlexTensor; 3],
+        bq: Option<FlexTensor>,
         p: FlexTensor,
         g: FlexTensor,
-        scale: f64,
-        acc: Option<FlexTensor>,
+        (scale, acc): (f64, Option<FlexTensor>),
         wants: [bool; 3],
-    ) -> [Option<FlexTensor>; 3] {
+    ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
         let dims = attention_dims(q, k, v).filter(|&[b, h, t, _, dv]| {
             p.dtype() == DType::F32
@@ -715,14 +717,17 @@ impl Kernels for Flex {
                     .as_ref()
                     .is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape().as_slice() == [b, t, h * dv])
         });
-        let Some([b, h, t, d, dv]) = dims else {
-            return composed::attention_backward::<Flex>(qkv, p, g, scale, acc, wants);
+        let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
+        let Some(([b, h, t, d, dv], bias)) = plan else {
+            return composed::attention_backward::<Flex>(qkv, bq, p, g, (scale, acc), wants);
         };
         let n = b * h;
         let p = p.to_contiguous();
         let pv: &[f32] = &p.storage()[..n * t * t];
         let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
         let [want_q, want_k, want_v] = wants;
+        // With a query bias, `dq` is needed for its gradient.
+        let (want_q, keep_q) = (want_q || bias.is_some(), want_q);
         let scores = want_q || want_k;
         let fresh = |len: usize, wanted: bool| if wanted { Vec::with_capacity(len) } else { Vec::new() };
         let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (fresh(n * t * d, want_q), fresh(n * t * d, want_k));
@@ -758,7 +763,7 @@ impl Kernels for Flex {
                     );
                 }
                 if !scores {
-                    return;
+                    return Vec::new();
                 }
                 // dp = g · vᵀ, then ds in place, while in cache.
                 let mut ds: Vec<f32> = Vec::with_capacity(t * t);
@@ -774,17 +779,33 @@ impl Kernels for Flex {
                 if want_k {
                     product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
                 }
+                let mut dbq = Vec::new();
+                if let Some(bias) = &bias {
+                    dbq = vec![0.0f32; d];
+                    let dk = want_k.then(|| dkd.at(token(d)));
+                    let bias = &bias[(i % h) * d..(i % h + 1) * d];
+                    query_bias_back(&ds, [t, d, h * d], bias, dqd.at(token(d)), dk, &mut dbq);
+                }
+                dbq
             }
         };
-        let threads = each_head(n, head);
+        let (parts, threads) = map_heads(n, head);
         commit(&clock, threads);
+        let dbq = bias.map(|_| {
+            let mut sums = vec![0.0f64; h * d];
+            for (i, part) in parts.iter().enumerate() {
+                let hi = i % h;
+                sums[hi * d..(hi + 1) * d].iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
+            }
+            vector(sums.into_iter().map(|x| x as f32).collect())
+        });
         // SAFETY: every head wrote its `t × w` rows of the output.
         let token_major = |data: Vec<f32>, w: usize| unsafe { token_major(data, [b, h, t, w]) };
         let dv = want_v.then(|| match acc {
             Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
             None => token_major(dvs, dv),
         });
-        [want_q.then(|| token_major(dq, d)), want_k.then(|| token_major(dk, d)), dv]
+        [keep_q.then(|| token_major(dq, d)), want_k.then(|| token_major(dk, d)), dv, dbq]
     }
 
     fn shaped_attention_forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> (FlexTensor, FlexTensor) {
@@ -966,16 +987,8 @@ impl Kernels for Flex {
                     product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
                     product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
                     if let Some(bias) = &plan.bq {
-                        // dk = dsᵀ · (q + bq): the query's bias adds c_j · bq
-                        // to row j, c the column sums of ds; dbq = Σ_i dq_i.
-                        let mut c = vec![0.0f32; t];
-                        ds.chunks(t).for_each(|row| simd::add_into(&mut c, row));
                         let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
-                        for (r, &cr) in c.iter().enumerate() {
-                            let at = token(d) + r * h * d;
-                            simd::add_scaled(std::slice::from_raw_parts_mut(dkd.at(at), d), cr, bias);
-                            simd::add_into(part, std::slice::from_raw_parts(dqd.at(at), d));
-                        }
+                        query_bias_back(&ds, [t, d, h * d], bias, dqd.at(token(d)), Some(dkd.at(token(d))), part);
                     }
                     ds.set_len(0);
                 }
@@ -1021,15 +1034,14 @@ impl Kernels for Flex {
             let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
             [owned(db, shape.clone()), per_group(&dga, na), per_group(&dgb, nb)]
         });
-        let biases = plan.bq.as_ref().map(|_| {
+        let dbq = plan.bq.as_ref().map(|_| {
             let mut dbq = vec![0.0f64; h * d];
             for (_, _, part) in &per {
                 dbq.iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
             }
-            // The key's bias shifts each row of scores by a constant.
-            [vector(dbq.into_iter().map(|x| x as f32).collect()), vector(vec![0.0; h * d])]
+            vector(dbq.into_iter().map(|x| x as f32).collect())
         });
-        ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend, biases }
+        ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend, dbq }
     }
 
     fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
@@ -1553,14 +1565,7 @@ fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTensor>>) -> O
         }
         None => (None, Vec::new()),
     };
-    let bq = match &a.biases {
-        Some(biases) => {
-            let fits = biases.iter().all(|x| x.dtype() == DType::F32 && x.layout().num_elements() == h * d);
-            let bq = biases[0].to_contiguous();
-            Some(fits.then(|| bq.storage::<f32>()[..h * d].to_vec())?)
-        }
-        None => None,
-    };
+    let bq = bias_values(&a.bq, h * d)?;
     Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb, bq })
 }
 
@@ -1717,6 +1722,48 @@ unsafe fn key_shift(k: Operand, bq: &[f32], [t, d]: [usize; 2], clock: &AtomicU6
         u.set_len(t);
     }
     u
+}
+
+/// A query bias's part of one head's backward, from its score gradients
+/// `ds` (`t × t`, rows summing to zero): with `dk = dsᵀ · (q + bq)`, adds
+/// `c_j · bq` to row `j` of `dk` (when given), `c` the column sums of `ds`;
+/// adds the rows of `dq = ds · k` (exact without the key's bias, whose
+/// term is `(Σ_j ds_ij) · bk = 0`) into `dbq`. Rows of `d`, `rs` apart.
+///
+/// # Safety
+/// `dq`'s and `dk`'s `t` rows are initialised and touched by no other
+/// thread meanwhile.
+unsafe fn query_bias_back(
+    ds: &[f32],
+    [t, d, rs]: [usize; 3],
+    bq: &[f32],
+    dq: *const f32,
+    dk: Option<*mut f32>,
+    dbq: &mut [f32],
+) {
+    let mut c = vec![0.0f32; t];
+    ds.chunks(t).take(t).for_each(|row| simd::add_into(&mut c, row));
+    for (r, &cr) in c.iter().enumerate() {
+        // SAFETY: as the caller promises; row `r` lies at `r·rs`.
+        unsafe {
+            if let Some(dk) = dk {
+                simd::add_scaled(std::slice::from_raw_parts_mut(dk.add(r * rs), d), cr, bq);
+            }
+            simd::add_into(dbq, std::slice::from_raw_parts(dq.add(r * rs), d));
+        }
+    }
+}
+
+/// A query bias's values when it suits the kernels (f32, `n` of them):
+/// `Some(None)` without one, `None` when it does not suit.
+fn bias_values(bq: &Option<FlexTensor>, n: usize) -> Option<Option<Vec<f32>>> {
+    match bq {
+        None => Some(None),
+        Some(b) if b.dtype() == DType::F32 && b.layout().num_elements() == n => {
+            Some(Some(b.to_contiguous().storage::<f32>()[..n].to_vec()))
+        }
+        Some(_) => None,
+    }
 }
 
 /// [`map_heads`] for heads that return nothing: how many threads ran them.

@@ -78,10 +78,8 @@ pub struct MixSumGrads<T> {
 /// A shaped attention that ends in its mix: `q`, `k` split into heads
 /// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
 /// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
-/// softmax scale and the mask; and the biases of `q` and `k` (`[heads ·
-/// d]` each), added to them when given. The key's bias adds `q_i · bk` to
-/// every score of row `i`, which the softmax does not see: its gradient is
-/// zero, and kernels may leave it out.
+/// softmax scale and the mask; and the query's bias `bq` (`[heads · d]`),
+/// added to `q` when given (see [`Kernels::attention_forward`]).
 #[derive(Debug, Clone)]
 pub struct Shaped<T> {
     pub q: T,
@@ -90,7 +88,7 @@ pub struct Shaped<T> {
     pub gains: [T; 3],
     pub scale: f64,
     pub causal: bool,
-    pub biases: Option<[T; 2]>,
+    pub bq: Option<T>,
 }
 
 /// The gradients of [`Kernels::shaped_attention`].
@@ -102,8 +100,8 @@ pub struct ShapedGrads<T> {
     pub dgains: [T; 3],
     /// `[db, dga, dgb]`, with an addend.
     pub addend: Option<[T; 3]>,
-    /// `[dbq, dbk]`, with biases.
-    pub biases: Option<[T; 2]>,
+    /// The query's bias's, with one.
+    pub dbq: Option<T>,
 }
 
 /// A backend with blkc's kernels.
@@ -454,48 +452,54 @@ pub trait Kernels: Backend {
         Self::float_reshape(Self::norm(x, scale, bias, eps, centred).0, shape)
     }
 
-    /// Softmax attention `softmax(scale · q · kᵀ (+ causal mask)) · v` for
-    /// `q, k: [batch, heads, tokens, head_dim]` and `v: [batch, tokens,
-    /// heads · head_dim]`, the heads merged the same way in the output.
+    /// Softmax attention `softmax(scale · (q + bq) · kᵀ (+ causal mask)) ·
+    /// v` for `q, k: [batch, heads, tokens, head_dim]` and `v: [batch,
+    /// tokens, heads · head_dim]`, the heads merged the same way in the
+    /// output (`bq` as in [`Kernels::attention_forward`]).
     fn softmax_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: f64,
-        causal: bool,
+        bq: Option<FloatTensor<Self>>,
+        (scale, causal): (f64, bool),
     ) -> FloatTensor<Self> {
         let v = autodiff::split_heads::<Self>(v, q.shape()[1]);
-        autodiff::merge_heads::<Self>(Self::attention_forward(q, k, v, scale, causal).0)
+        autodiff::merge_heads::<Self>(Self::attention_forward(q, k, v, bq, (scale, causal)).0)
     }
 
-    /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · q · kᵀ
-    /// (+ causal mask))` and `o = p · v` stored token-major (see
+    /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · (q + bq)
+    /// · kᵀ (+ causal mask))` and `o = p · v` stored token-major (see
     /// [`Kernels::matmul_token_major`]), for `q, k, v: [batch, heads,
-    /// tokens, head_dim]`.
+    /// tokens, head_dim]` and the query's bias `bq: [heads · head_dim]`
+    /// when given. There is no key bias: `bk` would add `(q_i + bq) · bk`
+    /// to every score of row `i`, which the softmax does not see, so its
+    /// gradient is zero; layers leave it out.
     fn attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        scale: f64,
-        causal: bool,
+        bq: Option<FloatTensor<Self>>,
+        (scale, causal): (f64, bool),
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed::attention_forward::<Self>(q, k, v, scale, causal)
+        composed::attention_forward::<Self>(q, k, v, bq, (scale, causal))
     }
 
-    /// The gradients `[dq, dk, dv]` of [`Kernels::attention_forward`] from
-    /// `g` (`o`'s, `[batch, heads, tokens, head_dim]`), each where `wants`
-    /// it, stored token-major: `dv = pᵀ · g`, `ds = scale · p ⊙ (dp − Σ p ⊙
-    /// dp)` with `dp = g · vᵀ`, `dq = ds · k`, `dk = dsᵀ · q`. `dv` is added
-    /// into `acc` (`[batch, tokens, heads · head_dim]`) when given.
+    /// The gradients `[dq, dk, dv, dbq]` of [`Kernels::attention_forward`]
+    /// from `g` (`o`'s, `[batch, heads, tokens, head_dim]`), the first
+    /// three where `wants` them, `dbq` with `bq`; stored token-major: `dv =
+    /// pᵀ · g`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)` with `dp = g · vᵀ`, `dq
+    /// = ds · k`, `dk = dsᵀ · (q + bq)`, `dbq = Σ dq` over the batch and
+    /// tokens. `dv` is added into `acc` (`[batch, tokens, heads ·
+    /// head_dim]`) when given.
     fn attention_backward(
         qkv: [FloatTensor<Self>; 3],
+        bq: Option<FloatTensor<Self>>,
         p: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        scale: f64,
-        acc: Option<FloatTensor<Self>>,
+        (scale, acc): (f64, Option<FloatTensor<Self>>),
         wants: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 3] {
-        composed::attention_backward::<Self>(qkv, p, g, scale, acc, wants)
+    ) -> [Option<FloatTensor<Self>>; 4] {
+        composed::attention_backward::<Self>(qkv, bq, p, g, (scale, acc), wants)
     }
 }
 
@@ -596,27 +600,45 @@ mod composed {
         [B::scale_groups(dy.clone(), ga), B::scale_groups(dy, gb), dga, dgb]
     }
 
+    /// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
+    fn biased<B: Backend>(q: FloatTensor<B>, bq: Option<FloatTensor<B>>) -> FloatTensor<B> {
+        let Some(bq) = bq else {
+            return q;
+        };
+        let [_, h, _, d] = q.shape().dims();
+        super::primitive(super::tensor::<B, 4>(q) + super::tensor::<B, 1>(bq).reshape([1, h, 1, d]))
+    }
+
+    /// The gradient of a bias added to `x: [batch, heads, tokens, d]`
+    /// from `x`'s: its sums over the batch and the tokens, `[heads · d]`.
+    fn bias_grad<B: Backend>(dx: &FloatTensor<B>) -> FloatTensor<B> {
+        let [_, h, _, d] = dx.shape().dims();
+        super::primitive(super::tensor::<B, 4>(dx.clone()).sum_dim(0).sum_dim(2).reshape([h * d]))
+    }
+
     pub fn attention_forward<B: super::Kernels>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         v: FloatTensor<B>,
-        scale: f64,
-        causal: bool,
+        bq: Option<FloatTensor<B>>,
+        (scale, causal): (f64, bool),
     ) -> (FloatTensor<B>, FloatTensor<B>) {
-        let s = B::matmul(q, B::float_transpose(k));
+        let s = B::matmul(biased::<B>(q, bq), B::float_transpose(k));
         let p = B::softmax_scores(s, scale, causal);
         (B::matmul_token_major(p.clone(), v), p)
     }
 
     pub fn attention_backward<B: super::Kernels>(
         qkv: [FloatTensor<B>; 3],
+        bq: Option<FloatTensor<B>>,
         p: FloatTensor<B>,
         g: FloatTensor<B>,
-        scale: f64,
-        acc: Option<FloatTensor<B>>,
+        (scale, acc): (f64, Option<FloatTensor<B>>),
         wants: [bool; 3],
-    ) -> [Option<FloatTensor<B>>; 3] {
+    ) -> [Option<FloatTensor<B>>; 4] {
         let [q, k, v] = qkv;
+        let with_bias = bq.is_some();
+        let q = biased::<B>(q, bq);
         let dv = wants[2].then(|| {
             let pt = B::float_transpose(p.clone());
             match acc {
@@ -624,14 +646,15 @@ mod composed {
                 None => B::matmul_token_major(pt, g.clone()),
             }
         });
-        if !wants[0] && !wants[1] {
-            return [None, None, dv];
+        if !wants[0] && !wants[1] && !with_bias {
+            return [None, None, dv, None];
         }
         let dp = B::matmul(g, B::float_transpose(v));
         let ds = B::softmax_scores_backward(p, dp, scale);
-        let dq = wants[0].then(|| B::matmul_token_major(ds.clone(), k));
+        let dq = (wants[0] || with_bias).then(|| B::matmul_token_major(ds.clone(), k));
         let dk = wants[1].then(|| B::matmul_token_major(B::float_transpose(ds), q));
-        [dq, dk, dv]
+        let dbq = dq.as_ref().filter(|_| with_bias).map(bias_grad::<B>);
+        [dq.filter(|_| wants[0]), dk, dv, dbq]
     }
 
     pub fn nll_mean_with_grad<B: super::Kernels>(
@@ -650,35 +673,13 @@ mod composed {
         B::float_mul(x, B::float_reshape(g, ones.into()))
     }
 
-    /// `q + bq`, `k + bk` (`[batch, heads, tokens, d]`, biases `[heads ·
-    /// d]`), or `q`, `k` without biases.
-    fn biased<B: Backend>(a: &super::Shaped<FloatTensor<B>>) -> (FloatTensor<B>, FloatTensor<B>) {
-        let Some([bq, bk]) = a.biases.clone() else {
-            return (a.q.clone(), a.k.clone());
-        };
-        let [_, h, _, d] = a.q.shape().dims();
-        let add = |x: &FloatTensor<B>, b: FloatTensor<B>| {
-            super::primitive(super::tensor::<B, 4>(x.clone()) + super::tensor::<B, 1>(b).reshape([1, h, 1, d]))
-        };
-        (add(&a.q, bq), add(&a.k, bk))
-    }
-
-    /// The gradient of a bias added to `x: [batch, heads, tokens, d]`
-    /// from `x`'s: its sums over the batch and the tokens, `[heads · d]`.
-    fn bias_grad<B: Backend>(dx: &FloatTensor<B>) -> FloatTensor<B> {
-        let [_, h, _, d] = dx.shape().dims();
-        super::primitive(super::tensor::<B, 4>(dx.clone()).sum_dim(0).sum_dim(2).reshape([h * d]))
-    }
-
     pub fn shaped_attention_forward<B: super::Kernels>(
         a: super::Shaped<FloatTensor<B>>,
         add: Option<super::MixAddend<FloatTensor<B>>>,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
-        let (q, k) = biased::<B>(&a);
-        let a = super::Shaped { q, k, biases: None, ..a };
         let heads = a.q.shape()[1];
         let v4 = super::autodiff::split_heads::<B>(a.v.clone(), heads);
-        let (o, p) = B::attention_forward(a.q, a.k, v4, a.scale, a.causal);
+        let (o, p) = B::attention_forward(a.q, a.k, v4, a.bq, (a.scale, a.causal));
         let m = super::MixArgs { v: a.v, o: super::autodiff::merge_heads::<B>(o), gains: a.gains, causal: a.causal };
         let y = match add {
             Some(add) => B::mix_sum(m, add),
@@ -695,9 +696,6 @@ mod composed {
         acc: Option<FloatTensor<B>>,
     ) -> super::ShapedGrads<FloatTensor<B>> {
         use super::autodiff::{merge_heads, split_heads};
-        let (q, k) = biased::<B>(&a);
-        let with_biases = a.biases.is_some();
-        let a = super::Shaped { q, k, biases: None, ..a };
         let heads = a.q.shape()[1];
         let v4 = split_heads::<B>(a.v.clone(), heads);
         let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
@@ -712,11 +710,10 @@ mod composed {
                 (dv, d_o, dgains, None)
             }
         };
-        let grads =
-            B::attention_backward([a.q, a.k, v4], p, split_heads::<B>(d_o, heads), a.scale, Some(dv), [true; 3]);
-        let [dq, dk, dv] = grads.map(|g| g.expect("every gradient was wanted"));
-        let biases = with_biases.then(|| [bias_grad::<B>(&dq), bias_grad::<B>(&dk)]);
-        super::ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, biases }
+        let d_o = split_heads::<B>(d_o, heads);
+        let [dq, dk, dv, dbq] = B::attention_backward([a.q, a.k, v4], a.bq, p, d_o, (a.scale, Some(dv)), [true; 3]);
+        let [dq, dk, dv] = [dq, dk, dv].map(|g| g.expect("every gradient was wanted"));
+        super::ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, dbq }
     }
 
     pub fn mix_sum<B: super::Kernels>(
@@ -979,15 +976,16 @@ fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 }
 
 /// Softmax attention (see [`Kernels::softmax_attention`]): `q`, `k` split
-/// into heads, `v` and the output `[batch, tokens, heads · head_dim]`.
+/// into heads (plus the query's bias `[heads · head_dim]` when given), `v`
+/// and the output `[batch, tokens, heads · head_dim]`.
 pub fn attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 3>,
-    scale: f64,
-    causal: bool,
+    bq: Option<Tensor<B, 1>>,
+    (scale, causal): (f64, bool),
 ) -> Tensor<B, 3> {
-    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), scale, causal))
+    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), bq.map(primitive), (scale, causal)))
 }
 
 /// `x` scaled by `g` per group of its last dimension (see
@@ -1047,20 +1045,19 @@ pub fn mix<B: Kernels>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3
 }
 
 /// A shaped attention through its mix (see [`Kernels::shaped_attention`]):
-/// `q`, `k` split into heads (plus their biases `[heads · d]` when given),
-/// `v` and the output `[batch, tokens, heads · d]`, summed with `(b, ga,
-/// gb)` when given.
+/// `q`, `k` split into heads (plus the query's bias `[heads · d]` when
+/// given), `v` and the output `[batch, tokens, heads · d]`, summed with
+/// `(b, ga, gb)` when given.
 pub fn shaped_attention<B: Kernels>(
     qk: [Tensor<B, 4>; 2],
-    biases: Option<[Tensor<B, 1>; 2]>,
+    bq: Option<Tensor<B, 1>>,
     v: Tensor<B, 3>,
     gains: [Tensor<B, 1>; 3],
     (scale, causal): (f64, bool),
     add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>,
 ) -> Tensor<B, 3> {
     let [q, k] = qk.map(primitive);
-    let biases = biases.map(|b| b.map(primitive));
-    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, biases };
+    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, bq: bq.map(primitive) };
     let add = add.map(|(b, ga, gb)| MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) });
     tensor(B::shaped_attention(a, add))
 }
@@ -1269,7 +1266,8 @@ mod tests {
     /// The shaped attention through its mix in one kernel (and summed with
     /// another branch) is the attention, then the mix (then the gained
     /// sum): value and every gradient, causal or not, `v` also read by a
-    /// product made after it, with biases of `q` and `k` or without.
+    /// product made after it, with the query's bias or without (and, with
+    /// it, theirs with a key bias, which changes nothing).
     #[test]
     fn shaped_attention_matches_attention_then_mix() {
         for i in 0..16 {
@@ -1284,15 +1282,15 @@ mod tests {
                 true => super::linear(v, w.clone(), None, false),
                 false => v.zeros_like(),
             };
-            let biases = biased.then(|| [bq.clone(), bk.clone()]);
+            let bias = biased.then(|| bq.clone());
             let ours =
-                super::shaped_attention([q.clone(), k.clone()], biases, v.clone(), gains.clone(), (0.5, causal), add)
+                super::shaped_attention([q.clone(), k.clone()], bias, v.clone(), gains.clone(), (0.5, causal), add)
                     + extra(v.clone());
             let (q1, k1) = match biased {
                 true => (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4])),
                 false => (q.clone(), k.clone()),
             };
-            let o = super::attention(q1, k1, v.clone(), 0.5, causal);
+            let o = super::attention(q1, k1, v.clone(), None, (0.5, causal));
             let mixed = super::mix(v.clone(), o, gains.clone(), causal);
             let theirs = match addend {
                 true => super::scaled_sum(mixed, b.clone(), ga.clone(), gb.clone()),
@@ -1308,8 +1306,11 @@ mod tests {
                 grads_agree(&[ga, gb], &g1, &g2);
             }
             if biased {
-                // The key's bias's gradient is zero up to rounding.
-                grads_agree(&[bq, bk], &g1, &g2);
+                // The key's bias (theirs only) changes nothing and has a
+                // zero gradient.
+                grads_agree(&[bq], &g1, &g2);
+                let dbk = bk.grad(&g2).expect("burn gradient");
+                dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
             }
         }
     }
@@ -1416,11 +1417,31 @@ mod tests {
     }
 
     /// The attention kernel and burn's attention (its autodiff composition)
-    /// agree on value and on the gradients of q, k and v, causal or not.
+    /// agree on value and on the gradients of q, k and v, causal or not;
+    /// and with the query's bias given to the kernel, with burn's on `q +
+    /// bq` and `k + bk`: the key's bias changes nothing, and its gradient
+    /// is zero.
     #[test]
     fn softmax_attention_matches_burn() {
         use burn::tensor::module::attention;
         use burn::tensor::ops::AttentionModuleOptions;
+        for causal in [true, false] {
+            let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
+            let (bq, bk) = (random([12]), random([12]));
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), Some(bq.clone()), (0.5, causal));
+            let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+            let (q1, k1) = (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4]));
+            let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+            let theirs = attention(q1, k1, v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[q, k], &g1, &g2);
+            grads_agree(&[v], &g1, &g2);
+            let dbq = (bq.grad(&g1).expect("kernel gradient"), bq.grad(&g2).expect("burn gradient"));
+            dbq.0.to_data().assert_approx_eq::<f32>(&dbq.1.to_data(), Tolerance::absolute(1e-3));
+            let dbk = bk.grad(&g2).expect("burn gradient");
+            dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
+        }
         for causal in [true, false] {
             let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
             // Large logits, so that a missing max shift would overflow.
@@ -1430,7 +1451,7 @@ mod tests {
             // the attention's `dv` is added into that product's.
             let v = random([2, 7, 12]);
             let w = random([12, 12]);
-            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal)
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal))
                 + super::linear(v.clone(), w.clone(), None, false);
             let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
             let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
@@ -1442,7 +1463,7 @@ mod tests {
             grads_agree(&[v], &g1, &g2);
             // Alone, `dv` is written fresh.
             let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
-            let ours = super::attention(q.clone(), k.clone(), v.clone(), 0.5, causal);
+            let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal));
             let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
             let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
             let (g1, g2) = backward_both(ours, theirs);
@@ -1721,18 +1742,30 @@ mod tests {
         let heads = |p| super::autodiff::split_heads::<C>(C::float_reshape(p, [2, 5, 12].into()), 3);
         let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 120])));
         let merged = |p| C::float_reshape(super::autodiff::merge_heads::<C>(p), [10, 12].into());
-        for causal in [false, true] {
-            let (o1, p1) = <C as Kernels>::attention_forward(q.clone(), k.clone(), v.clone(), 0.5, causal);
-            let (o2, p2) = composed::attention_forward::<C>(q.clone(), k.clone(), v.clone(), 0.5, causal);
+        // With a query bias or not; every gradient or only some.
+        let bias = C::float_reshape(r([1, 12]), [12].into());
+        for (causal, bq) in [false, true].into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]) {
+            let (o1, p1) =
+                <C as Kernels>::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
+            let (o2, p2) = composed::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
             same(merged(o1), merged(o2));
             same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
-            for acc in [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))] {
+            let accs = [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))];
+            for (acc, wants) in accs.into_iter().flat_map(|a| [(a.clone(), [true; 3]), (a, [false, true, false])]) {
                 let qkv = [q.clone(), k.clone(), v.clone()];
+                let (p, go) = (p1.clone(), g.clone());
                 let ours =
-                    <C as Kernels>::attention_backward(qkv.clone(), p1.clone(), g.clone(), 0.5, acc.clone(), [true; 3]);
-                let theirs = composed::attention_backward::<C>(qkv, p1.clone(), g.clone(), 0.5, acc, [true; 3]);
-                for (a, b) in ours.into_iter().zip(theirs) {
-                    same(merged(a.expect("wanted")), merged(b.expect("wanted")));
+                    <C as Kernels>::attention_backward(qkv.clone(), bq.clone(), p, go, (0.5, acc.clone()), wants);
+                let theirs =
+                    composed::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (0.5, acc), wants);
+                for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
+                    let wanted = if i < 3 { wants[i] } else { bq.is_some() };
+                    assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "gradient {i}");
+                    match (a, b) {
+                        (Some(a), Some(b)) if i < 3 => same(merged(a), merged(b)),
+                        (Some(a), Some(b)) => same1(a, b),
+                        _ => {}
+                    }
                 }
             }
         }

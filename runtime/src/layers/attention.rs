@@ -201,27 +201,33 @@ impl<B: Kernels> Attention<B> {
 
     /// The operands of a shaped attention (matrix `I`, `softmax` and
     /// `centre`, no soft-cap) before its products: queries and keys split
-    /// into heads, the value, the gains. Without QK-norm, the biases of
-    /// the queries and keys go to the kernel apart (which adds the query's
-    /// where it forms the scores, and has no use for the key's: it shifts a
-    /// row of scores by a constant), not added to the products' outputs.
+    /// into heads (see [`Attention::queries_keys`]), the value, the gains.
     pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
         let device = x.device();
         let gains = self.mix_gains(&device);
         let v = self.value.forward(x.clone());
-        let apart = self.query_norm.is_none() && self.key_norm.is_none();
-        let biases = match (&self.query_bias, &self.key_bias) {
-            (Some(bq), Some(bk)) if apart => Some([bq.val(), bk.val()]),
-            _ => None,
-        };
-        let (bq, bk) = match biases {
-            Some(_) => (&None, &None),
-            None => (&self.query_bias, &self.key_bias),
-        };
-        let q = self.projected(&x, &self.query, bq, &self.query_norm);
-        let k = self.projected(&x, &self.key, bk, &self.key_norm);
+        let (q, k, bq) = self.queries_keys(&x);
         let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
-        MixParts { q, k, biases, v, gains, scale, causal: self.plan.mask == Mask::Causal }
+        MixParts { q, k, bq, v, gains, scale, causal: self.plan.mask == Mask::Causal }
+    }
+
+    /// Queries and keys split into heads for blkc's attention kernels,
+    /// and the query's bias when the kernel is to add it. Without QK-norm
+    /// the kernel takes the query's bias where it forms the scores (no
+    /// pass over the queries to add it, none over their gradient to sum
+    /// it), and the key's bias is left out: it adds `(q_i + bq) · bk` to
+    /// every score of row `i`, which the softmax does not see, so the
+    /// function is the same and its gradient is zero (it keeps its value).
+    /// With QK-norm, both are added before the norm.
+    fn queries_keys(&self, x: &Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 1>>) {
+        let apart = self.query_norm.is_none() && self.key_norm.is_none();
+        let (bq, bk) = match apart {
+            true => (&None, &None),
+            false => (&self.query_bias, &self.key_bias),
+        };
+        let q = self.projected(x, &self.query, bq, &self.query_norm);
+        let k = self.projected(x, &self.key, bk, &self.key_norm);
+        (q, k, self.query_bias.as_ref().filter(|_| apart).map(Param::val))
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
@@ -229,11 +235,14 @@ impl<B: Kernels> Attention<B> {
     /// autodiff composes it).
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         let [b, t, inner] = v.dims();
-        let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
-        let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
         match self.plan.softcap {
-            None => kernels::attention(q, k, v, 1.0 / (self.plan.head_dim as f64).sqrt(), causal),
+            None => {
+                let (q, k, bq) = self.queries_keys(x);
+                kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal))
+            }
             Some(cap) => {
+                let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
+                let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
                 let options = AttentionModuleOptions { scale: None, softcap: Some(cap), is_causal: causal };
                 fused(q, k, self.split(v), None, None, options).swap_dims(1, 2).reshape([b, t, inner])
             }
@@ -246,8 +255,8 @@ impl<B: Kernels> Attention<B> {
 pub struct MixParts<B: Backend> {
     pub q: Tensor<B, 4>,
     pub k: Tensor<B, 4>,
-    /// The biases of `q` and `k`, when not added to them.
-    pub biases: Option<[Tensor<B, 1>; 2]>,
+    /// The query's bias, when not added to `q`.
+    pub bq: Option<Tensor<B, 1>>,
     pub v: Tensor<B, 3>,
     pub gains: [Tensor<B, 1>; 3],
     pub scale: f64,
@@ -258,7 +267,7 @@ impl<B: Kernels> MixParts<B> {
     /// The attention through its mix (one kernel), summed with `(b, ga,
     /// gb)` when given.
     pub fn apply(self, add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>) -> Tensor<B, 3> {
-        kernels::shaped_attention([self.q, self.k], self.biases, self.v, self.gains, (self.scale, self.causal), add)
+        kernels::shaped_attention([self.q, self.k], self.bq, self.v, self.gains, (self.scale, self.causal), add)
     }
 }
 
