@@ -184,7 +184,8 @@ struct Linear;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
     /// `x` flat (for `dw`), `w` as the parent is (for `dx`), `x`'s shape,
-    /// the output when it is a ReLU's, and whether the parent is `wᵀ`.
+    /// a ReLU's mask (see [`Kernels::dense_relu`]), and whether the parent
+    /// is `wᵀ`.
     type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, Shape, Option<FloatTensor<B>>, bool);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -535,12 +536,19 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
         let shape = x.primitive.shape();
-        let y = B::dense(x.primitive.clone(), w.primitive.clone(), bias.as_ref().map(|b| b.primitive.clone()), relu);
+        let (xp, wp, bp) = (x.primitive.clone(), w.primitive.clone(), bias.as_ref().map(|b| b.primitive.clone()));
+        let (y, mask) = match relu {
+            true => {
+                let (y, mask) = B::dense_relu(xp, wp, bp);
+                (y, Some(mask))
+            }
+            false => (B::dense(xp, wp, bp, false), None),
+        };
         let state = (
             w_tracked.then(|| flat::<B>(x.primitive.clone())),
             x_tracked.then(|| w.primitive.clone()),
             shape,
-            relu.then(|| y.clone()),
+            mask,
             false,
         );
         match bias {

@@ -345,7 +345,55 @@ impl Kernels for Flex {
         }
     }
 
+    fn dense_relu(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>) -> (FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().clone();
+        let (k, n) = (shape.last().copied().unwrap_or(0), w.layout().shape().last().copied().unwrap_or(0));
+        let fits = w.layout().num_dims() == 2
+            && k > 0
+            && n > 0
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32 && b.layout().num_elements() == n);
+        if !fits {
+            let y = composed::dense::<Flex>(x, w, bias, true);
+            return (y.clone(), y);
+        }
+        let mut dims = shape.clone();
+        let last = dims.num_dims() - 1;
+        dims[last] = n;
+        let rows = shape.num_elements() / k;
+        let b = bias.map(|b| b.to_contiguous());
+        let bv: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..n]);
+        match matmul(Flex::float_reshape(x, [rows, k].into()), w, false, Start::Zero) {
+            Ok(y) => {
+                // The bias (if any) and the ReLU in one pass over the
+                // product, which also writes the mask's bits.
+                let words = n.div_ceil(32);
+                let mut bits = vec![0u32; rows * words];
+                let mut out = Rows::new(y);
+                out.for_each_with(&mut bits, words, |row, part| simd::relu_bits(row, bv, part));
+                let mask = FlexTensor::new(
+                    burn::tensor::Bytes::from_elems(bits),
+                    Layout::contiguous([rows, words].into()),
+                    DType::U32,
+                );
+                (Flex::float_reshape(out.tensor, dims), mask)
+            }
+            Err((x2, w, _)) => {
+                let y = Flex::float_reshape(composed::dense::<Flex>(x2, w, b.clone(), true), dims);
+                (y.clone(), y)
+            }
+        }
+    }
+
     fn relu_grad_bias(y: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+        if let Some((mask, words)) = relu_mask(&y, &dy) {
+            let bits: &[u32] = mask.storage();
+            let mut out = Rows::new(dy);
+            let cols = out.width();
+            let sums = column_blocks(out.all(), cols, |r, row, acc| {
+                simd::relu_grad_bits_sum(row, &bits[r * words..(r + 1) * words], acc);
+            });
+            return (out.tensor, vector(sums));
+        }
         let fits = y.dtype() == DType::F32
             && dy.dtype() == DType::F32
             && y.layout().num_dims() == 2
@@ -359,30 +407,19 @@ impl Kernels for Flex {
         let (rows, cols) = (y.layout().shape()[0], y.layout().shape()[1]);
         let ys: &[f32] = &y.storage()[..rows * cols];
         let mut out = Rows::new(dy);
-        // Blocks of 64 rows summed in f32, the blocks in f64.
-        let chunk = 64 * cols;
-        let block = |(i, d): (usize, &mut [f32])| {
-            let mut acc = vec![0.0f32; cols];
-            let ys = &ys[i * chunk..i * chunk + d.len()];
-            for (row, y) in d.chunks_mut(cols).zip(ys.chunks(cols)) {
-                simd::relu_grad_sum(row, y, &mut acc);
-            }
-            acc.into_iter().map(f64::from).collect::<Vec<f64>>()
-        };
-        let add = |mut a: Vec<f64>, b: Vec<f64>| {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-            a
-        };
-        let data = out.all();
-        let sums = if data.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            data.par_chunks_mut(chunk).enumerate().map(block).reduce(|| vec![0.0; cols], add)
-        } else {
-            data.chunks_mut(chunk).enumerate().map(block).fold(vec![0.0; cols], add)
-        };
-        (out.tensor, vector(sums.into_iter().map(|v| v as f32).collect()))
+        let sums = column_blocks(out.all(), cols, |r, row, acc| {
+            simd::relu_grad_sum(row, &ys[r * cols..(r + 1) * cols], acc);
+        });
+        (out.tensor, vector(sums))
     }
 
     fn relu_grad(y: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        if let Some((mask, words)) = relu_mask(&y, &dy) {
+            let bits: &[u32] = mask.storage();
+            let mut out = Rows::new(dy);
+            out.for_each(|r, row| simd::relu_grad_bits(row, &bits[r * words..(r + 1) * words]));
+            return out.tensor;
+        }
         if y.dtype() != DType::F32 || dy.dtype() != DType::F32 || y.layout().shape() != dy.layout().shape() {
             return Flex::relu_backward(y, dy);
         }
@@ -1112,6 +1149,19 @@ impl Rows {
         }
     }
 
+    /// Calls `f(row, part)` on every row with its own `per` elements of
+    /// `other` (row `r`'s at `r · per`), on several threads when large.
+    fn for_each_with<T: Send, F: Fn(&mut [f32], &mut [T]) + Sync>(&mut self, other: &mut [T], per: usize, f: F) {
+        let width = self.width();
+        let n = self.tensor.layout().num_elements();
+        let data = &mut self.tensor.storage_mut::<f32>()[..n];
+        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(width).zip(other.par_chunks_mut(per.max(1))).for_each(|(row, part)| f(row, part));
+        } else {
+            data.chunks_mut(width).zip(other.chunks_mut(per.max(1))).for_each(|(row, part)| f(row, part));
+        }
+    }
+
     /// Calls `f(r, row)` on every row (last dimension) of the tensor, on
     /// several threads when the work is large.
     fn for_each<F: Fn(usize, &mut [f32]) + Sync>(&mut self, f: F) {
@@ -1124,6 +1174,44 @@ impl Rows {
             data.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
         }
     }
+}
+
+/// A ReLU's mask of bits from [`Kernels::dense_relu`] (`[rows,
+/// ceil(cols / 32)]` words) for the gradient `dy: [rows, cols]`,
+/// contiguous, and its words per row; `None` when `y` is not such a mask
+/// (then it is the ReLU's output).
+fn relu_mask(y: &FlexTensor, dy: &FlexTensor) -> Option<(FlexTensor, usize)> {
+    if y.dtype() != DType::U32 {
+        return None;
+    }
+    let (m, d) = (y.layout().shape(), dy.layout().shape());
+    let fits = m.num_dims() == 2 && d.num_dims() == 2 && m[0] == d[0] && m[1] == d[1].div_ceil(32);
+    assert!(fits && dy.dtype() == DType::F32, "a ReLU mask {m:?} for a gradient {d:?} it was not made for");
+    Some((y.to_contiguous(), m[1]))
+}
+
+/// Calls `f(r, row, acc)` on every row of `data` (rows of `cols`) and
+/// returns the column sums `f` adds into `acc`: in f32 over blocks of 64
+/// rows, the blocks' in f64; on several threads when large.
+fn column_blocks(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let chunk = 64 * cols.max(1);
+    let block = |(i, d): (usize, &mut [f32])| {
+        let mut acc = vec![0.0f32; cols];
+        for (j, row) in d.chunks_mut(cols.max(1)).enumerate() {
+            f(i * 64 + j, row, &mut acc);
+        }
+        acc.into_iter().map(f64::from).collect::<Vec<f64>>()
+    };
+    let add = |mut a: Vec<f64>, b: Vec<f64>| {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        a
+    };
+    let sums = if data.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
+        data.par_chunks_mut(chunk).enumerate().map(block).reduce(|| vec![0.0; cols], add)
+    } else {
+        data.chunks_mut(chunk).enumerate().map(block).fold(vec![0.0; cols], add)
+    };
+    sums.into_iter().map(|v| v as f32).collect()
 }
 
 /// An integer tensor's values as indices (i32 or i64 storage), or `None`

@@ -262,6 +262,19 @@ pub trait Kernels: Backend {
         composed::dense::<Self>(x, w, bias, relu)
     }
 
+    /// [`Kernels::dense`] with ReLU, and the mask its backward reads
+    /// ([`Kernels::relu_grad`]): `y` itself by default; a backend may keep
+    /// a smaller one made in the pass that applies the ReLU (flex: a bit
+    /// per element, so the backward does not read `y` again).
+    fn dense_relu(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let y = Self::dense(x, w, bias, true);
+        (y.clone(), y)
+    }
+
     /// `x · wᵀ` for `x: [..., k]`, `w: [n, k]` (a tied LM head: the
     /// embedding table is the graph's parent, not a transpose of it).
     fn dense_transposed(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -300,7 +313,8 @@ pub trait Kernels: Backend {
     }
 
     /// The gradient at the input of a ReLU from `dy`, that at its output
-    /// `y`: `dy ⊙ (y > 0)`.
+    /// `y`: `dy ⊙ (y > 0)`; `y` is the output or the mask
+    /// [`Kernels::dense_relu`] returned.
     fn relu_grad(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::relu_backward(y, dy)
     }
@@ -1343,17 +1357,28 @@ mod tests {
     /// zero row where ReLU is flat.
     #[test]
     fn dense_with_bias_and_relu_matches_burn() {
-        let (x, w, bias) = (random([3, 70, 9]), random([9, 21]), random([21]));
-        let x = (x * Tensor::<Ad, 3>::ones([3, 70, 9], &Default::default()).slice_fill([1..2, 4..5, 0..9], 0.0))
-            .detach()
-            .require_grad();
-        let ours = super::linear(x.clone(), w.clone(), Some(bias.clone()), true);
-        let theirs = burn::tensor::activation::relu(x.clone().matmul(w.clone().unsqueeze()) + bias.clone().unsqueeze());
-        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-        let (g1, g2) = backward_both(ours, theirs);
-        grads_agree(&[x], &g1, &g2);
-        grads_agree(&[w], &g1, &g2);
-        grads_agree(&[bias], &g1, &g2);
+        // 210 rows (blocks of 64 and a rest), 40 columns (a mask word and
+        // part of one); with a bias and without.
+        for with_bias in [true, false] {
+            let (x, w, bias) = (random([3, 70, 9]), random([9, 40]), random([40]));
+            let x = (x * Tensor::<Ad, 3>::ones([3, 70, 9], &Default::default()).slice_fill([1..2, 4..5, 0..9], 0.0))
+                .detach()
+                .require_grad();
+            let b = with_bias.then(|| bias.clone());
+            let ours = super::linear(x.clone(), w.clone(), b, true);
+            let product = x.clone().matmul(w.clone().unsqueeze());
+            let theirs = match with_bias {
+                true => burn::tensor::activation::relu(product + bias.clone().unsqueeze()),
+                false => burn::tensor::activation::relu(product),
+            };
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[x], &g1, &g2);
+            grads_agree(&[w], &g1, &g2);
+            if with_bias {
+                grads_agree(&[bias], &g1, &g2);
+            }
+        }
     }
 
     /// A tensor read by several kernels gets the sum of their gradients,
@@ -1781,7 +1806,24 @@ mod tests {
         same1(db, composed::column_sums::<C>(dz2));
         let bias = primitive(Tensor::<C, 1>::random([24], Distribution::Normal(0.0, 1.0), &d));
         let y2 = <C as Kernels>::dense(x.clone(), w.clone(), Some(bias.clone()), true);
-        same(y2, C::relu(composed::matmul_bias::<C>(x.clone(), w, bias)));
+        same(y2, C::relu(composed::matmul_bias::<C>(x.clone(), w.clone(), bias.clone())));
+        // The same with the mask of bits, rows past a block of 64 and
+        // columns past a word of 32.
+        let (x70, w40, dy40) = (r([70, 24]), r([24, 40]), r([70, 40]));
+        let b40 = C::float_reshape(r([1, 40]), [40].into());
+        for b in [None, Some(b40.clone())] {
+            let (y, mask) = <C as Kernels>::dense_relu(x70.clone(), w40.clone(), b.clone());
+            let expected = match &b {
+                Some(b) => C::relu(composed::matmul_bias::<C>(x70.clone(), w40.clone(), b.clone())),
+                None => C::relu(C::float_matmul(x70.clone(), w40.clone())),
+            };
+            same(y.clone(), expected);
+            let dz2 = C::relu_backward(y, dy40.clone());
+            same(<C as Kernels>::relu_grad(mask.clone(), dy40.clone()), dz2.clone());
+            let (dz, db) = <C as Kernels>::relu_grad_bias(mask, dy40.clone());
+            same(dz, dz2.clone());
+            same1(db, composed::column_sums::<C>(dz2));
+        }
         // Attention weights: [2, 2, 6, 6] scores, causal or not.
         let (s4, dp) = (r([4, 36]), r([4, 36]));
         let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
