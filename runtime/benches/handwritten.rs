@@ -59,10 +59,11 @@ fn biased(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, bias: Option<Tensor<Ad, 1>>, ops: 
 }
 
 /// `relu(x · w)`: blkc's fused kernel, or burn's product and ReLU.
-fn up_relu(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
+/// `relu(x · up) · down`.
+fn mlp(x: Tensor<Ad, 3>, up: Tensor<Ad, 2>, down: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
     match ops {
-        Ops::Kernels => kernels::linear(x, w, None, true),
-        Ops::Stock => relu(dense(x, w, ops)),
+        Ops::Kernels => kernels::relu_mlp(x, (up, None), (down, None)),
+        Ops::Stock => dense(relu(dense(x, up, ops)), down, ops),
     }
 }
 
@@ -106,8 +107,7 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
         // Branch first: its fresh output is then updated in place.
         x = dense(o, weight(&a.proj.weight), ops) + x;
         let n = rms(x.clone(), blk.norms[1].scale.val(), blk.norms[1].eps, ops);
-        let mlp = &blk.mlp[0];
-        x = dense(up_relu(n, mlp.up.val(), ops), mlp.down.val(), ops) + x;
+        x = mlp(n, blk.mlp[0].up.val(), blk.mlp[0].down.val(), ops) + x;
     }
     let f = m.final_norm.as_ref().expect("final norm");
     let bias = f.bias.as_ref().expect("layernorm").val();

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::{Kernels, MixAddend, MixArgs, Shaped};
+use super::{Kernels, MixAddend, MixArgs, Projection, Shaped};
 
 /// Records `y`, computed from the tensors of `nodes`, as one node of `op`
 /// in the graph (with `state` for its backward when a parent is tracked);
@@ -223,6 +223,63 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
             let dx = match take_grad!(B, grads, node, dz.clone()) {
                 Some(c) => B::matmul_add(flat::<B>(c), dz, w),
                 None => B::matmul(dz, w),
+            };
+            grads.register::<B>(node.id, B::float_reshape(dx, shape));
+        }
+    }
+}
+
+/// A ReLU MLP `y = relu(x · w1 (+ b1)) · w2 (+ b2)`: parents `x`, `w1`,
+/// `w2`, then `b1`, `b2` where the MLP has them (`N` = 3 to 5). With `h`
+/// the hidden output and `m` its ReLU's mask: `dw2 = hᵀ · dy`, `db2 =
+/// Σ_rows dy`, `dz = m ⊙ (dy · w2ᵀ)` (one kernel, which masks as it
+/// forms the product), `db1 = Σ_rows dz`, `dw1 = xᵀ · dz`, `dx = dz ·
+/// w1ᵀ`; the gradients of `x` and the weights added into ones from
+/// elsewhere.
+#[derive(Debug)]
+struct ReluMlp;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for ReluMlp {
+    /// `x` flat, `w1`, the mask, `h` flat, `w2`, `x`'s shape, and whether
+    /// there are `b1` and `b2`.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Shape, [bool; 2]);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w1, mask, h, w2, shape, [has_b1, has_b2]) = ops.state;
+        let dy = flat::<B>(grads.consume::<B>(&ops.node));
+        let mut parents = ops.parents.into_iter();
+        let [nx, nw1, nw2] = [0; 3].map(|_| parents.next().flatten());
+        let nb1 = if has_b1 { parents.next().flatten() } else { None };
+        let nb2 = if has_b2 { parents.next().flatten() } else { None };
+        if let Some(node) = nb2 {
+            grads.register::<B>(node.id, B::column_sums(dy.clone()));
+        }
+        if let Some(node) = nw2 {
+            let dw = match take_grad!(B, grads, node, dy.clone()) {
+                Some(c) => B::matmul_add(c, B::float_transpose(h), dy.clone()),
+                None => B::matmul(B::float_transpose(h), dy.clone()),
+            };
+            grads.register::<B>(node.id, dw);
+        }
+        if nx.is_none() && nw1.is_none() && nb1.is_none() {
+            return;
+        }
+        let (dz, db1) = B::masked_product(dy, w2, mask, nb1.is_some());
+        if let (Some(node), Some(db)) = (nb1, db1) {
+            grads.register::<B>(node.id, db);
+        }
+        if let Some(node) = nw1 {
+            let dw = match take_grad!(B, grads, node, dz.clone()) {
+                Some(c) => B::matmul_add(c, B::float_transpose(x), dz.clone()),
+                None => B::matmul(B::float_transpose(x), dz.clone()),
+            };
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = nx {
+            let w1t = B::float_transpose(w1);
+            let dx = match take_grad!(B, grads, node, dz.clone()) {
+                Some(c) => B::matmul_add(flat::<B>(c), dz, w1t),
+                None => B::matmul(dz, w1t),
             };
             grads.register::<B>(node.id, B::float_reshape(dx, shape));
         }
@@ -585,6 +642,22 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             (None, Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq], state, y),
             (Some([b, ga, gb]), None) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb], state, y),
             (Some([b, ga, gb]), Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq], state, y),
+        }
+    }
+
+    fn relu_mlp(x: FloatTensor<Self>, up: Projection<Self>, down: Projection<Self>) -> FloatTensor<Self> {
+        let ((w1, b1), (w2, b2)) = (up, down);
+        let shape = x.primitive.shape();
+        let prim = |b: &Option<FloatTensor<Self>>| b.as_ref().map(|b| b.primitive.clone());
+        let (h, mask) = B::dense_relu(x.primitive.clone(), w1.primitive.clone(), prim(&b1));
+        let y = B::dense(h.clone(), w2.primitive.clone(), prim(&b2), false);
+        let flags = [b1.is_some(), b2.is_some()];
+        let state = (flat::<B>(x.primitive), w1.primitive, mask, flat::<B>(h), w2.primitive, shape, flags);
+        let (n, [x, w1, w2]) = (ReluMlp, [x.node, w1.node, w2.node]);
+        match (b1, b2) {
+            (None, None) => record!(n, [x, w1, w2], state, y),
+            (Some(b), None) | (None, Some(b)) => record!(n, [x, w1, w2, b.node], state, y),
+            (Some(b1), Some(b2)) => record!(n, [x, w1, w2, b1.node, b2.node], state, y),
         }
     }
 

@@ -362,26 +362,119 @@ impl Kernels for Flex {
         let rows = shape.num_elements() / k;
         let b = bias.map(|b| b.to_contiguous());
         let bv: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..n]);
-        match matmul(Flex::float_reshape(x, [rows, k].into()), w, false, Start::Zero) {
-            Ok(y) => {
-                // The bias (if any) and the ReLU in one pass over the
-                // product, which also writes the mask's bits.
-                let words = n.div_ceil(32);
-                let mut bits = vec![0u32; rows * words];
-                let mut out = Rows::new(y);
-                out.for_each_with(&mut bits, words, |row, part| simd::relu_bits(row, bv, part));
-                let mask = FlexTensor::new(
-                    burn::tensor::Bytes::from_elems(bits),
-                    Layout::contiguous([rows, words].into()),
-                    DType::U32,
-                );
-                (Flex::float_reshape(out.tensor, dims), mask)
-            }
-            Err((x2, w, _)) => {
-                let y = Flex::float_reshape(composed::dense::<Flex>(x2, w, b.clone(), true), dims);
-                (y.clone(), y)
-            }
+        let (x, w) = (x.to_contiguous(), w.to_contiguous());
+        if x.dtype() != DType::F32 || w.dtype() != DType::F32 || w.layout().shape()[0] != k {
+            let y = composed::dense::<Flex>(x, w, b, true);
+            return (y.clone(), y);
         }
+        let (xs, ws): (&[f32], &[f32]) = (&x.storage()[..rows * k], &w.storage()[..k * n]);
+        let wo = Operand { ptr: ws.as_ptr(), rs: n as isize, cs: 1 };
+        // By blocks of rows: the block's product, then the bias, the ReLU
+        // and the mask's bits while the block is in cache (the product's
+        // output would otherwise be read back from memory by a pass of
+        // its own).
+        const BLOCK: usize = 128;
+        let words = n.div_ceil(32);
+        let mut bits = vec![0u32; rows * words];
+        let bd = Words(bits.as_mut_ptr());
+        let clock = AtomicU64::new(0);
+        let block = |i: usize, out: &mut [MaybeUninit<f32>]| {
+            let (first, m) = (i * BLOCK, out.len() / n);
+            let xo = Operand { ptr: xs[first * k..].as_ptr(), rs: k as isize, cs: 1 };
+            // SAFETY: `x`'s rows `first..first + m` and `w` lie in their
+            // storage; `out` is this block's `m × n` (row stride `n`),
+            // written by the product before it is read; the block's
+            // words of the mask are its own.
+            unsafe {
+                product([m, n, k], out.as_mut_ptr().cast(), n, None, xo, wo, &clock);
+                let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * n);
+                let bits = std::slice::from_raw_parts_mut(bd.at(first * words), m * words);
+                for (row, part) in out.chunks_mut(n).zip(bits.chunks_mut(words)) {
+                    simd::relu_bits(row, bv, part);
+                }
+            }
+        };
+        let parallel = rows * n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
+        let threads = if parallel { rayon::current_num_threads().min(rows.div_ceil(BLOCK)) } else { 1 };
+        // SAFETY: each block's product writes all of its elements.
+        let y = unsafe { filled(rows * n, BLOCK * n, block) };
+        commit(&clock, threads);
+        let mask = FlexTensor::new(
+            burn::tensor::Bytes::from_elems(bits),
+            Layout::contiguous([rows, words].into()),
+            DType::U32,
+        );
+        (owned(y, dims), mask)
+    }
+
+    fn masked_product(dy: FlexTensor, w: FlexTensor, mask: FlexTensor, sums: bool) -> (FlexTensor, Option<FlexTensor>) {
+        let (sd, sw, sm) = (dy.layout().shape(), w.layout().shape(), mask.layout().shape());
+        let fits = dy.dtype() == DType::F32
+            && w.dtype() == DType::F32
+            && mask.dtype() == DType::U32
+            && [sd.num_dims(), sw.num_dims(), sm.num_dims()] == [2; 3]
+            && sw[1] == sd[1]
+            && sm[0] == sd[0]
+            && sm[1] == sw[0].div_ceil(32)
+            && sd.num_elements() > 0
+            && sw.num_elements() > 0;
+        if !fits {
+            let g = Flex::matmul(dy, Flex::float_transpose(w));
+            return match sums {
+                true => {
+                    let (dz, db) = Flex::relu_grad_bias(mask, g);
+                    (dz, Some(db))
+                }
+                false => (Flex::relu_grad(mask, g), None),
+            };
+        }
+        let (rows, n, k, words) = (sd[0], sd[1], sw[0], sm[1]);
+        let (dy, w, mask) = (dy.to_contiguous(), w.to_contiguous(), mask.to_contiguous());
+        let (ds, ws, bits): (&[f32], &[f32], &[u32]) =
+            (&dy.storage()[..rows * n], &w.storage()[..k * n], &mask.storage()[..rows * words]);
+        let wt = Operand { ptr: ws.as_ptr(), rs: 1, cs: n as isize };
+        // By blocks of rows: the block's product, then the mask (and the
+        // column sums) while the block is in cache.
+        const BLOCK: usize = 128;
+        let clock = AtomicU64::new(0);
+        let block = |(i, out): (usize, &mut [MaybeUninit<f32>])| -> Vec<f32> {
+            let (first, m) = (i * BLOCK, out.len() / k);
+            let go = Operand { ptr: ds[first * n..].as_ptr(), rs: n as isize, cs: 1 };
+            let mut acc = vec![0.0f32; if sums { k } else { 0 }];
+            // SAFETY: `dy`'s rows `first..first + m` and `w` lie in their
+            // storage; `out` is this block's `m × k` (row stride `k`),
+            // written by the product before it is read.
+            unsafe {
+                product([m, k, n], out.as_mut_ptr().cast(), k, None, go, wt, &clock);
+                let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * k);
+                let bits = &bits[first * words..(first + m) * words];
+                for (row, part) in out.chunks_mut(k).zip(bits.chunks(words)) {
+                    match sums {
+                        true => simd::relu_grad_bits_sum(row, part, &mut acc),
+                        false => simd::relu_grad_bits(row, part),
+                    }
+                }
+            }
+            acc
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(rows * k);
+        let spare = &mut out.spare_capacity_mut()[..rows * k];
+        let parallel = rows * k >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
+        let parts: Vec<Vec<f32>> = match parallel {
+            true => spare.par_chunks_mut(BLOCK * k).enumerate().map(block).collect(),
+            false => spare.chunks_mut(BLOCK * k).enumerate().map(block).collect(),
+        };
+        commit(&clock, if parallel { rayon::current_num_threads().min(parts.len()) } else { 1 });
+        // SAFETY: every block's product wrote all its elements.
+        unsafe { out.set_len(rows * k) };
+        let sums = sums.then(|| {
+            let mut total = vec![0.0f64; k];
+            for part in &parts {
+                total.iter_mut().zip(part).for_each(|(t, &x)| *t += f64::from(x));
+            }
+            vector(total.into_iter().map(|x| x as f32).collect())
+        });
+        (matrix(out, rows, k), sums)
     }
 
     fn relu_grad_bias(y: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
@@ -966,6 +1059,7 @@ impl Kernels for Flex {
             let mut sums = simd::MixSums { r: &mut r, i: &mut si, s: &mut unused, c: &mut sc, b: &mut sb };
             let mut so = vec![0.0f64; h];
             let mut dbq = vec![0.0f32; if plan.bq.is_some() { h * d } else { 0 }];
+            let (mut row_dv, mut row_db) = (vec![0.0f32; width], vec![0.0f32; width]);
             // SAFETY: the operands lie in their storage (`Heads` reads the
             // layouts; `v`, `b`, `dy`, `p` are contiguous); sequence `q`
             // writes only its own rows of `dv` (in `acc`'s storage: unique,
@@ -990,16 +1084,25 @@ impl Kernels for Flex {
                     }
                     let inv = if causal { 1.0 / (row + 1) as f32 } else { 0.0 };
                     let (gy, vr) = (&gs[at..at + width], &vs[at..at + width]);
-                    let branch = bs.map(|x| {
-                        let out = std::slice::from_raw_parts_mut(dbd.at(at).cast::<MaybeUninit<f32>>(), width);
-                        (&x[at..at + width], out)
-                    });
+                    // Fresh rows into scratch in cache (`shaped_back_row`
+                    // writes every element of both), then streamed out.
+                    let scratch = |row: &mut Vec<f32>| std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), width);
+                    let branch = bs.map(|x| (&x[at..at + width], scratch(&mut row_db)));
                     let out = match adding {
                         true => simd::Grad::Add(std::slice::from_raw_parts_mut(dvd.at(at), width)),
-                        false => simd::Grad::Fresh(std::slice::from_raw_parts_mut(dvd.at(at).cast(), width)),
+                        false => simd::Grad::Fresh(scratch(&mut row_dv)),
                     };
                     simd::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
+                    if bs.is_some() {
+                        let out = std::slice::from_raw_parts_mut(dbd.at(at).cast::<MaybeUninit<f32>>(), width);
+                        simd::stream(out, &row_db);
+                    }
+                    if !adding {
+                        let out = std::slice::from_raw_parts_mut(dvd.at(at).cast::<MaybeUninit<f32>>(), width);
+                        simd::stream(out, &row_dv);
+                    }
                 }
+                simd::fence();
                 let mut ds: Vec<f32> = Vec::with_capacity(t * t);
                 for hi in 0..h {
                     let i = q * h + hi;
@@ -1149,19 +1252,6 @@ impl Rows {
         }
     }
 
-    /// Calls `f(row, part)` on every row with its own `per` elements of
-    /// `other` (row `r`'s at `r · per`), on several threads when large.
-    fn for_each_with<T: Send, F: Fn(&mut [f32], &mut [T]) + Sync>(&mut self, other: &mut [T], per: usize, f: F) {
-        let width = self.width();
-        let n = self.tensor.layout().num_elements();
-        let data = &mut self.tensor.storage_mut::<f32>()[..n];
-        if n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            data.par_chunks_mut(width).zip(other.par_chunks_mut(per.max(1))).for_each(|(row, part)| f(row, part));
-        } else {
-            data.chunks_mut(width).zip(other.chunks_mut(per.max(1))).for_each(|(row, part)| f(row, part));
-        }
-    }
-
     /// Calls `f(r, row)` on every row (last dimension) of the tensor, on
     /// several threads when the work is large.
     fn for_each<F: Fn(usize, &mut [f32]) + Sync>(&mut self, f: F) {
@@ -1304,6 +1394,26 @@ unsafe fn token_major(mut data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTenso
 /// A contiguous f32 tensor of `shape` owning `v`.
 fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
+}
+
+/// Where the words of a mask of bits are written, shared by the threads
+/// that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Words(*mut u32);
+
+// SAFETY: each thread writes only the words of its own rows.
+unsafe impl Send for Words {}
+unsafe impl Sync for Words {}
+
+impl Words {
+    /// The pointer `offset` words further.
+    ///
+    /// # Safety
+    /// `offset` must lie within the allocation `self` points into.
+    unsafe fn at(self, offset: usize) -> *mut u32 {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// A `[rows, cols]` f32 tensor.

@@ -104,6 +104,9 @@ pub struct ShapedGrads<T> {
     pub dbq: Option<T>,
 }
 
+/// A projection's weight `[in, out]` and its bias `[out]`, if any.
+pub type Projection<B> = (FloatTensor<B>, Option<FloatTensor<B>>);
+
 /// A backend with blkc's kernels.
 pub trait Kernels: Backend {
     /// One Adam(W) update of `p` (flat, `[n]`) with gradient `g` and
@@ -273,6 +276,36 @@ pub trait Kernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let y = Self::dense(x, w, bias, true);
         (y.clone(), y)
+    }
+
+    /// A ReLU MLP `relu(x · up (+ up_bias)) · down (+ down_bias)` over the
+    /// last dimension of `x` (on autodiff one node, whose backward masks
+    /// the hidden gradient as the product that forms it writes it, see
+    /// [`Kernels::masked_product`]).
+    fn relu_mlp(x: FloatTensor<Self>, up: Projection<Self>, down: Projection<Self>) -> FloatTensor<Self> {
+        let h = Self::dense(x, up.0, up.1, true);
+        Self::dense(h, down.0, down.1, false)
+    }
+
+    /// `mask ⊙ (dy · wᵀ)` for `dy: [rows, n]`, `w: [k, n]` and a ReLU's
+    /// mask from [`Kernels::dense_relu`] (`[rows, k]` values): the
+    /// gradient at the input of the ReLU whose output `w` multiplied; with
+    /// `sums`, also its column sums (the gradient of a bias before the
+    /// ReLU).
+    fn masked_product(
+        dy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        sums: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let g = Self::matmul(dy, Self::float_transpose(w));
+        match sums {
+            true => {
+                let (dz, db) = Self::relu_grad_bias(mask, g);
+                (dz, Some(db))
+            }
+            false => (Self::relu_grad(mask, g), None),
+        }
     }
 
     /// `x · wᵀ` for `x: [..., k]`, `w: [n, k]` (a tied LM head: the
@@ -1101,6 +1134,18 @@ pub fn linear<B: Kernels, const D: usize>(
     tensor(B::dense(primitive(x), primitive(w), bias.map(primitive), relu))
 }
 
+/// A ReLU MLP over the last dimension of `x` (see
+/// [`Kernels::relu_mlp`]): `relu(x · up (+ up_bias)) · down (+ down_bias)`.
+pub fn relu_mlp<B: Kernels, const D: usize>(
+    x: Tensor<B, D>,
+    (up, up_bias): (Tensor<B, 2>, Option<Tensor<B, 1>>),
+    (down, down_bias): (Tensor<B, 2>, Option<Tensor<B, 1>>),
+) -> Tensor<B, D> {
+    let up = (primitive(up), up_bias.map(primitive));
+    let down = (primitive(down), down_bias.map(primitive));
+    tensor(B::relu_mlp(primitive(x), up, down))
+}
+
 /// `x · wᵀ` over the last dimension of `x`, for `w: [n, k]` (see
 /// [`Kernels::dense_transposed`]).
 pub fn linear_transposed<B: Kernels, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
@@ -1378,6 +1423,38 @@ mod tests {
             if with_bias {
                 grads_agree(&[bias], &g1, &g2);
             }
+        }
+    }
+
+    /// The ReLU MLP (one node, the hidden gradient masked in the product
+    /// that forms it) is burn's `relu(x · up + b1) · down + b2`: value and
+    /// every gradient, with biases or without, over rows past a block of
+    /// 128, `x` also read by a product made after it.
+    #[test]
+    fn relu_mlp_matches_burn() {
+        for (b1, b2) in [(true, true), (true, false), (false, true), (false, false)] {
+            let (x, up, down, w) = (random([3, 50, 9]), random([9, 40]), random([40, 7]), random([9, 7]));
+            let (bu, bd) = (random([40]), random([7]));
+            let ours = super::relu_mlp(
+                x.clone(),
+                (up.clone(), b1.then(|| bu.clone())),
+                (down.clone(), b2.then(|| bd.clone())),
+            ) + super::linear(x.clone(), w.clone(), None, false);
+            let mut h = x.clone().matmul(up.clone().unsqueeze());
+            if b1 {
+                h = h + bu.clone().unsqueeze();
+            }
+            let mut theirs = burn::tensor::activation::relu(h).matmul(down.clone().unsqueeze());
+            if b2 {
+                theirs = theirs + bd.clone().unsqueeze();
+            }
+            let theirs = theirs + x.clone().matmul(w.clone().unsqueeze());
+            ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+            let (g1, g2) = backward_both(ours, theirs);
+            grads_agree(&[x], &g1, &g2);
+            grads_agree(&[up, down, w], &g1, &g2);
+            let biases: Vec<_> = [(b1, bu), (b2, bd)].into_iter().filter(|(on, _)| *on).map(|(_, b)| b).collect();
+            grads_agree(&biases, &g1, &g2);
         }
     }
 
@@ -1818,11 +1895,21 @@ mod tests {
                 None => C::relu(C::float_matmul(x70.clone(), w40.clone())),
             };
             same(y.clone(), expected);
-            let dz2 = C::relu_backward(y, dy40.clone());
+            let dz2 = C::relu_backward(y.clone(), dy40.clone());
             same(<C as Kernels>::relu_grad(mask.clone(), dy40.clone()), dz2.clone());
-            let (dz, db) = <C as Kernels>::relu_grad_bias(mask, dy40.clone());
+            let (dz, db) = <C as Kernels>::relu_grad_bias(mask.clone(), dy40.clone());
             same(dz, dz2.clone());
             same1(db, composed::column_sums::<C>(dz2));
+            // The product masked as it is formed, against the composition.
+            let (g7, w7) = (r([70, 7]), r([40, 7]));
+            let g = C::float_matmul(g7.clone(), C::float_transpose(w7.clone()));
+            let (dz, db) = <C as Kernels>::masked_product(g7.clone(), w7.clone(), mask.clone(), true);
+            let expected = C::relu_backward(y.clone(), g);
+            same(dz, expected.clone());
+            same1(db.expect("sums"), composed::column_sums::<C>(expected.clone()));
+            let (dz, db) = <C as Kernels>::masked_product(g7, w7, mask, false);
+            same(dz, expected);
+            assert!(db.is_none());
         }
         // Attention weights: [2, 2, 6, 6] scores, causal or not.
         let (s4, dp) = (r([4, 36]), r([4, 36]));

@@ -186,6 +186,48 @@ pub fn prefetch(xs: &[f32]) {
     let _ = xs;
 }
 
+/// Copies `src` into `dst` (the shorter's length) with stores that bypass
+/// the cache: no read of the destination's lines first (the
+/// read-for-ownership a plain store makes), for an output written once
+/// here and read by another kernel later. [`fence`] before it is read.
+pub fn stream(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        // Plain stores up to a 16-byte boundary and after the last whole
+        // group of four.
+        let head = dst.as_ptr().align_offset(16).min(n);
+        let body = head + (n - head) / 4 * 4;
+        for (d, &s) in dst[..head].iter_mut().zip(&src[..head]) {
+            d.write(s);
+        }
+        for i in (head..body).step_by(4) {
+            // SAFETY: `i + 3 < n`; `dst + i` is 16-byte aligned (`head`
+            // aligns it, steps of four f32 keep it so).
+            unsafe { _mm_stream_ps(dst.as_mut_ptr().add(i).cast(), _mm_loadu_ps(src.as_ptr().add(i))) };
+        }
+        for (d, &s) in dst[body..].iter_mut().zip(&src[body..]) {
+            d.write(s);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
+/// Orders the [`stream`] stores of this thread before its later stores:
+/// what makes them visible to a thread that learns of them afterwards.
+pub fn fence() {
+    // SAFETY: SSE, which `_mm_sfence` needs, is part of x86-64.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 multiversion! {
     /// `out ← row (+ pos)`, every element of `out` written (`row` and
     /// `pos` are at least as long).

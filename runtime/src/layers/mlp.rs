@@ -37,9 +37,10 @@ impl<B: Kernels> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let down_bias = self.down_bias.as_ref().map(Param::val);
         if self.activation == Activation::Relu {
-            // The product and its ReLU as one kernel (one pass fewer each way).
-            let h = crate::kernels::linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val), true);
-            return linear(h, self.down.val(), down_bias);
+            // One kernel: the ReLU applied, and its gradient masked, while
+            // the product that forms each block of rows is in cache.
+            let up = (self.up.val(), self.up_bias.as_ref().map(Param::val));
+            return crate::kernels::relu_mlp(x, up, (self.down.val(), down_bias));
         }
         let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
         linear(act(self.activation, h), self.down.val(), down_bias)
