@@ -649,19 +649,29 @@ impl Kernels for Flex {
         let mut out: Vec<f32> = Vec::with_capacity(rows * width);
         let mut rstd = vec![0.0f32; rows];
         let eps = eps as f32;
-        let row = |((y, x), r): ((&mut [MaybeUninit<f32>], &[f32]), &mut f32)| {
-            *r = simd::norm(y, x, gamma, beta, eps, centred)
-        };
+        // By blocks of 64 rows, each row into a scratch row in cache, then
+        // streamed out (the output is read by later kernels, not this one).
         let w = width.max(1);
+        let block = |((y, x), r): RowBlock<'_>| {
+            let mut row = vec![0.0f32; w];
+            for ((y, x), r) in y.chunks_mut(w).zip(x.chunks(w)).zip(r) {
+                // SAFETY: the scratch row is initialised; `simd::norm`
+                // writes all `w` of its elements.
+                let scratch = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), w) };
+                *r = simd::norm(scratch, x, gamma, beta, eps, centred);
+                simd::stream(y, &row);
+            }
+            simd::fence();
+        };
         let spare = &mut out.spare_capacity_mut()[..rows * width];
         if rows * width >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 {
-            spare.par_chunks_mut(w).zip(xs.par_chunks(w)).zip(rstd.par_iter_mut()).for_each(row);
+            spare.par_chunks_mut(64 * w).zip(xs.par_chunks(64 * w)).zip(rstd.par_chunks_mut(64)).for_each(block);
         } else {
-            spare.chunks_mut(w).zip(xs.chunks(w)).zip(rstd.iter_mut()).for_each(row);
+            spare.chunks_mut(64 * w).zip(xs.chunks(64 * w)).zip(rstd.chunks_mut(64)).for_each(block);
         }
-        // SAFETY: `simd::norm` wrote every element of every row of the
-        // `rows · width` reserved above (its rows are `width` long, as are
-        // `x`'s and `gamma`).
+        // SAFETY: every row of the `rows · width` reserved above was
+        // streamed whole from a scratch row `simd::norm` wrote (its rows are
+        // `width` long, as are `x`'s and `gamma`).
         unsafe { out.set_len(rows * width) };
         (matrix(out, rows, width), vector(rstd))
     }
@@ -983,18 +993,25 @@ impl Kernels for Flex {
             if !causal {
                 vq.chunks(width).for_each(|row| simd::add_into(&mut sum, row));
             }
+            // Each row into a scratch row in cache, then streamed out.
+            let mut row = vec![0.0f32; width];
             for (r, out) in y.chunks_mut(width).enumerate() {
                 let rows = r * width..(r + 1) * width;
                 let x = simd::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
                 let inv = 1.0 / if causal { r + 1 } else { t } as f32;
-                simd::mix_row(out, x, &mut sum, g, inv, causal);
+                // SAFETY: the scratch row is initialised; `simd::mix_row`
+                // writes all `width` of its elements.
+                let scratch = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), width) };
+                simd::mix_row(scratch, x, &mut sum, g, inv, causal);
+                simd::stream(out, &row);
             }
+            simd::fence();
         };
         // As `filled` runs the sequences.
         let parallel = b * t * width >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
         let threads = if parallel { rayon::current_num_threads().min(b) } else { 1 };
-        // SAFETY: `simd::mix_row` writes every element of every row of the
-        // sequence.
+        // SAFETY: every row of the sequence is streamed whole from a
+        // scratch row `simd::mix_row` wrote.
         let y = unsafe { filled(b * t * width, t * width, sequence) };
         commit(&clock, threads);
         // SAFETY: the heads wrote all `b·h·t·t` weights.
@@ -1395,6 +1412,10 @@ unsafe fn token_major(mut data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTenso
 fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
 }
+
+/// A block of rows of a row kernel: its output, its input and one value
+/// per row.
+type RowBlock<'a> = ((&'a mut [MaybeUninit<f32>], &'a [f32]), &'a mut [f32]);
 
 /// Where the words of a mask of bits are written, shared by the threads
 /// that write disjoint parts of it.
