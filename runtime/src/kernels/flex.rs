@@ -376,7 +376,7 @@ impl Kernels for Flex {
         const BLOCK: usize = 128;
         let words = n.div_ceil(32);
         let mut bits = vec![0u32; rows * words];
-        let bd = Words(bits.as_mut_ptr());
+        let bd = Dst(bits.as_mut_ptr());
         let clock = AtomicU64::new(0);
         let block = |i: usize, out: &mut [MaybeUninit<f32>]| {
             let (first, m) = (i * BLOCK, out.len() / n);
@@ -1417,26 +1417,6 @@ fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
 /// per row.
 type RowBlock<'a> = ((&'a mut [MaybeUninit<f32>], &'a [f32]), &'a mut [f32]);
 
-/// Where the words of a mask of bits are written, shared by the threads
-/// that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Words(*mut u32);
-
-// SAFETY: each thread writes only the words of its own rows.
-unsafe impl Send for Words {}
-unsafe impl Sync for Words {}
-
-impl Words {
-    /// The pointer `offset` words further.
-    ///
-    /// # Safety
-    /// `offset` must lie within the allocation `self` points into.
-    unsafe fn at(self, offset: usize) -> *mut u32 {
-        // SAFETY: as the caller promises.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// A `[rows, cols]` f32 tensor.
 fn matrix(v: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
     owned(v, [rows, cols].into())
@@ -1472,22 +1452,22 @@ fn matrix_offsets(layout: &Layout) -> Vec<isize> {
         .collect()
 }
 
-/// The output pointer of a product, shared by the threads that write
-/// disjoint matrices of it.
+/// The output pointer of a kernel (a product's, a mask's words), shared by
+/// the threads that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct Dst(*mut f32);
+struct Dst<T = f32>(*mut T);
 
-// SAFETY: each thread writes only the matrix of its own batch index; the
-// matrices are disjoint (see `matmul`).
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
+// SAFETY: each thread writes only its own part of the output (the matrix
+// of its own batch index, see `matmul`; its own rows).
+unsafe impl<T> Send for Dst<T> {}
+unsafe impl<T> Sync for Dst<T> {}
 
-impl Dst {
+impl<T> Dst<T> {
     /// The pointer `offset` elements further.
     ///
     /// # Safety
     /// `offset` must lie within the allocation `self` points into.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    unsafe fn at(self, offset: usize) -> *mut T {
         // SAFETY: as the caller promises.
         unsafe { self.0.add(offset) }
     }
