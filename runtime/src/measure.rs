@@ -47,6 +47,7 @@ pub struct LayerComparison {
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub width: u64,
+    pub heads: u64,
     pub depth: u64,
     pub context: usize,
     pub sequences: usize,
@@ -127,12 +128,30 @@ fn draw<B: Kernels>(
     (stats, mean0)
 }
 
+/// The heads of a model of `heads` at `width` measured at `w`: as many as
+/// keep the model's head dimension when that divides `w`, else the most
+/// (at most `heads`) that divide `w` — the heads must split the width.
+fn heads_at(width: u64, heads: u64, w: u64) -> u64 {
+    let head_dim = (width / heads.max(1)).max(1);
+    if w.is_multiple_of(heads.max(1)) {
+        heads.max(1)
+    } else if w.is_multiple_of(head_dim) {
+        w / head_dim
+    } else {
+        (1..=heads.max(1)).rev().find(|h| w.is_multiple_of(*h)).unwrap_or(1)
+    }
+}
+
 /// Measures `models` independent draws of `m` (width/depth possibly
-/// overridden), averages, and compares with the prediction from the mean
-/// measured input kernel.
+/// overridden; at another width the heads follow, see `heads_at`),
+/// averages, and compares with the prediction from the mean measured
+/// input kernel.
 pub fn compare<B: Kernels>(p: &Program, m: &ModelIr, setup: Setup, device: &B::Device) -> Comparison {
     let mut m = m.clone();
-    m.width = setup.width.unwrap_or(m.width);
+    if let Some(w) = setup.width {
+        m.heads = heads_at(m.width, m.heads, w);
+        m.width = w;
+    }
     m.depth = setup.depth.unwrap_or(m.depth);
     m.vocab = m.vocab.min(MAX_VOCAB);
     let t = setup.context.min(m.context as usize).max(2);
@@ -174,6 +193,7 @@ pub fn compare<B: Kernels>(p: &Program, m: &ModelIr, setup: Setup, device: &B::D
     let max_difference = layers.iter().map(|l| (l.cosine - l.measured_cosine).abs()).fold(0.0, f64::max);
     Comparison {
         width: m.width,
+        heads: m.heads,
         depth: m.depth,
         context: t,
         sequences: setup.sequences,
@@ -192,8 +212,8 @@ pub fn table(c: &Comparison) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "measured at init: width {}, depth {}, T = {}, mean of {} models × {} {} sequences",
-        c.width, c.depth, c.context, c.models, c.sequences, c.tokens
+        "measured at init: width {} ({} heads), depth {}, T = {}, mean of {} models × {} {} sequences",
+        c.width, c.heads, c.depth, c.context, c.models, c.sequences, c.tokens
     );
     let _ = writeln!(
         s,

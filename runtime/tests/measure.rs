@@ -104,3 +104,31 @@ fn the_measured_check_feeds_real_tokens_from_data() {
     let first = v["layers"][0]["measured_cosine"].as_f64().unwrap_or(0.0);
     assert!(first > 0.1, "{v}");
 }
+
+/// A measurement width the model's heads do not divide (the CodeParrot
+/// SAS-P's 12 heads at width 256): the heads follow the width (4 of the
+/// model's head dimension 64), the trainable first-layer value included,
+/// instead of a failure deep in the lowering.
+#[test]
+fn a_width_the_heads_do_not_divide_is_measured_with_heads_that_do() {
+    let (code, out) = blkc(&[
+        "check",
+        "--measure",
+        "--width",
+        "256",
+        "--depth",
+        "3",
+        "--context",
+        "16",
+        "--models",
+        "1",
+        "--format",
+        "json",
+        "examples/codeparrot/sas-p.blk",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert_eq!(v["agreement"], true, "{v}");
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!((v["measured_width"].as_u64(), v["measured_heads"].as_u64()), (Some(256), Some(4)), "{v}");
+}

@@ -211,6 +211,7 @@ fn print(
                         o.insert("tolerance".into(), m.tolerance.into());
                         o.insert("max_difference".into(), m.max_difference.into());
                         o.insert("measured_width".into(), m.width.into());
+                        o.insert("measured_heads".into(), m.heads.into());
                         o.insert("measured_sequences".into(), m.sequences.into());
                         o.insert("measured_models".into(), m.models.into());
                     }
