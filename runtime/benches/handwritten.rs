@@ -58,8 +58,7 @@ fn biased(x: Tensor<Ad, 3>, w: Tensor<Ad, 2>, bias: Option<Tensor<Ad, 1>>, ops: 
     }
 }
 
-/// `relu(x · w)`: blkc's fused kernel, or burn's product and ReLU.
-/// `relu(x · up) · down`.
+/// `relu(x · up) · down`: blkc's MLP kernel, or burn's products and ReLU.
 fn mlp(x: Tensor<Ad, 3>, up: Tensor<Ad, 2>, down: Tensor<Ad, 2>, ops: Ops) -> Tensor<Ad, 3> {
     match ops {
         Ops::Kernels => kernels::relu_mlp(x, (up, None), (down, None)),

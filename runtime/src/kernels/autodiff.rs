@@ -38,6 +38,20 @@ macro_rules! take_grad {
     }};
 }
 
+/// The 2-D product `a · b` for the gradient of the parent `node` (a
+/// layer's input or weight): added by the product into the gradient
+/// registered for it so far (its leading dimensions merged), if any (see
+/// `take_grad!`).
+macro_rules! product_into {
+    ($B:ty, $grads:expr, $node:expr, $a:expr, $b:expr) => {{
+        let (a, b) = ($a, $b);
+        match take_grad!($B, $grads, $node, b.clone()) {
+            Some(c) => <$B>::matmul_add(flat::<$B>(c), a, b),
+            None => <$B>::matmul(a, b),
+        }
+    }};
+}
+
 /// `a · b`: `da = g · bᵀ`, `db = aᵀ · g`.
 #[derive(Debug)]
 struct Matmul;
@@ -211,19 +225,13 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Linear {
                 true => (B::float_transpose(dz.clone()), x),
                 false => (B::float_transpose(x), dz.clone()),
             };
-            let dw = match take_grad!(B, grads, node, dz.clone()) {
-                Some(c) => B::matmul_add(c, a, b),
-                None => B::matmul(a, b),
-            };
+            let dw = product_into!(B, grads, node, a, b);
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = nx {
             let w = w.expect("w is kept when x is tracked");
             let w = if transposed { w } else { B::float_transpose(w) };
-            let dx = match take_grad!(B, grads, node, dz.clone()) {
-                Some(c) => B::matmul_add(flat::<B>(c), dz, w),
-                None => B::matmul(dz, w),
-            };
+            let dx = product_into!(B, grads, node, dz, w);
             grads.register::<B>(node.id, B::float_reshape(dx, shape));
         }
     }
@@ -255,10 +263,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ReluMlp {
             grads.register::<B>(node.id, B::column_sums(dy.clone()));
         }
         if let Some(node) = nw2 {
-            let dw = match take_grad!(B, grads, node, dy.clone()) {
-                Some(c) => B::matmul_add(c, B::float_transpose(h), dy.clone()),
-                None => B::matmul(B::float_transpose(h), dy.clone()),
-            };
+            let dw = product_into!(B, grads, node, B::float_transpose(h), dy.clone());
             grads.register::<B>(node.id, dw);
         }
         if nx.is_none() && nw1.is_none() && nb1.is_none() {
@@ -269,18 +274,11 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ReluMlp {
             grads.register::<B>(node.id, db);
         }
         if let Some(node) = nw1 {
-            let dw = match take_grad!(B, grads, node, dz.clone()) {
-                Some(c) => B::matmul_add(c, B::float_transpose(x), dz.clone()),
-                None => B::matmul(B::float_transpose(x), dz.clone()),
-            };
+            let dw = product_into!(B, grads, node, B::float_transpose(x), dz.clone());
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = nx {
-            let w1t = B::float_transpose(w1);
-            let dx = match take_grad!(B, grads, node, dz.clone()) {
-                Some(c) => B::matmul_add(flat::<B>(c), dz, w1t),
-                None => B::matmul(dz, w1t),
-            };
+            let dx = product_into!(B, grads, node, dz, B::float_transpose(w1));
             grads.register::<B>(node.id, B::float_reshape(dx, shape));
         }
     }

@@ -348,7 +348,10 @@ impl Kernels for Flex {
     fn dense_relu(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>) -> (FlexTensor, FlexTensor) {
         let shape = x.layout().shape().clone();
         let (k, n) = (shape.last().copied().unwrap_or(0), w.layout().shape().last().copied().unwrap_or(0));
-        let fits = w.layout().num_dims() == 2
+        let fits = x.dtype() == DType::F32
+            && w.dtype() == DType::F32
+            && w.layout().num_dims() == 2
+            && w.layout().shape()[0] == k
             && k > 0
             && n > 0
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32 && b.layout().num_elements() == n);
@@ -363,42 +366,18 @@ impl Kernels for Flex {
         let b = bias.map(|b| b.to_contiguous());
         let bv: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..n]);
         let (x, w) = (x.to_contiguous(), w.to_contiguous());
-        if x.dtype() != DType::F32 || w.dtype() != DType::F32 || w.layout().shape()[0] != k {
-            let y = composed::dense::<Flex>(x, w, b, true);
-            return (y.clone(), y);
-        }
-        let (xs, ws): (&[f32], &[f32]) = (&x.storage()[..rows * k], &w.storage()[..k * n]);
-        let wo = Operand { ptr: ws.as_ptr(), rs: n as isize, cs: 1 };
-        // By blocks of rows: the block's product, then the bias, the ReLU
-        // and the mask's bits while the block is in cache (the product's
-        // output would otherwise be read back from memory by a pass of
-        // its own).
-        const BLOCK: usize = 128;
+        let wo = Operand { ptr: w.storage::<f32>().as_ptr(), rs: n as isize, cs: 1 };
+        // The bias, the ReLU and the mask's bits while each block of the
+        // product is in cache.
         let words = n.div_ceil(32);
-        let mut bits = vec![0u32; rows * words];
-        let bd = Dst(bits.as_mut_ptr());
-        let clock = AtomicU64::new(0);
-        let block = |i: usize, out: &mut [MaybeUninit<f32>]| {
-            let (first, m) = (i * BLOCK, out.len() / n);
-            let xo = Operand { ptr: xs[first * k..].as_ptr(), rs: k as isize, cs: 1 };
-            // SAFETY: `x`'s rows `first..first + m` and `w` lie in their
-            // storage; `out` is this block's `m × n` (row stride `n`),
-            // written by the product before it is read; the block's
-            // words of the mask are its own.
-            unsafe {
-                product([m, n, k], out.as_mut_ptr().cast(), n, None, xo, wo, &clock);
-                let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * n);
-                let bits = std::slice::from_raw_parts_mut(bd.at(first * words), m * words);
-                for (row, part) in out.chunks_mut(n).zip(bits.chunks_mut(words)) {
-                    simd::relu_bits(row, bv, part);
-                }
+        let (y, bits) = product_by_blocks(&x.storage()[..rows * k], [rows, k, n], wo, |_, block| {
+            let mut bits = vec![0u32; block.len() / n * words];
+            for (row, part) in block.chunks_mut(n).zip(bits.chunks_mut(words)) {
+                simd::relu_bits(row, bv, part);
             }
-        };
-        let parallel = rows * n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
-        let threads = if parallel { rayon::current_num_threads().min(rows.div_ceil(BLOCK)) } else { 1 };
-        // SAFETY: each block's product writes all of its elements.
-        let y = unsafe { filled(rows * n, BLOCK * n, block) };
-        commit(&clock, threads);
+            bits
+        });
+        let bits: Vec<u32> = bits.concat();
         let mask = FlexTensor::new(
             burn::tensor::Bytes::from_elems(bits),
             Layout::contiguous([rows, words].into()),
@@ -430,51 +409,23 @@ impl Kernels for Flex {
         }
         let (rows, n, k, words) = (sd[0], sd[1], sw[0], sm[1]);
         let (dy, w, mask) = (dy.to_contiguous(), w.to_contiguous(), mask.to_contiguous());
-        let (ds, ws, bits): (&[f32], &[f32], &[u32]) =
-            (&dy.storage()[..rows * n], &w.storage()[..k * n], &mask.storage()[..rows * words]);
-        let wt = Operand { ptr: ws.as_ptr(), rs: 1, cs: n as isize };
-        // By blocks of rows: the block's product, then the mask (and the
-        // column sums) while the block is in cache.
-        const BLOCK: usize = 128;
-        let clock = AtomicU64::new(0);
-        let block = |(i, out): (usize, &mut [MaybeUninit<f32>])| -> Vec<f32> {
-            let (first, m) = (i * BLOCK, out.len() / k);
-            let go = Operand { ptr: ds[first * n..].as_ptr(), rs: n as isize, cs: 1 };
+        let bits: &[u32] = &mask.storage()[..rows * words];
+        let wt = Operand { ptr: w.storage::<f32>().as_ptr(), rs: 1, cs: n as isize };
+        // The mask (and the column sums) while each block of the product
+        // is in cache.
+        let (dz, parts) = product_by_blocks(&dy.storage()[..rows * n], [rows, n, k], wt, |first, block| {
             let mut acc = vec![0.0f32; if sums { k } else { 0 }];
-            // SAFETY: `dy`'s rows `first..first + m` and `w` lie in their
-            // storage; `out` is this block's `m × k` (row stride `k`),
-            // written by the product before it is read.
-            unsafe {
-                product([m, k, n], out.as_mut_ptr().cast(), k, None, go, wt, &clock);
-                let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * k);
-                let bits = &bits[first * words..(first + m) * words];
-                for (row, part) in out.chunks_mut(k).zip(bits.chunks(words)) {
-                    match sums {
-                        true => simd::relu_grad_bits_sum(row, part, &mut acc),
-                        false => simd::relu_grad_bits(row, part),
-                    }
+            let bits = &bits[first * words..];
+            for (row, part) in block.chunks_mut(k).zip(bits.chunks(words)) {
+                match sums {
+                    true => simd::relu_grad_bits_sum(row, part, &mut acc),
+                    false => simd::relu_grad_bits(row, part),
                 }
             }
             acc
-        };
-        let mut out: Vec<f32> = Vec::with_capacity(rows * k);
-        let spare = &mut out.spare_capacity_mut()[..rows * k];
-        let parallel = rows * k >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
-        let parts: Vec<Vec<f32>> = match parallel {
-            true => spare.par_chunks_mut(BLOCK * k).enumerate().map(block).collect(),
-            false => spare.chunks_mut(BLOCK * k).enumerate().map(block).collect(),
-        };
-        commit(&clock, if parallel { rayon::current_num_threads().min(parts.len()) } else { 1 });
-        // SAFETY: every block's product wrote all its elements.
-        unsafe { out.set_len(rows * k) };
-        let sums = sums.then(|| {
-            let mut total = vec![0.0f64; k];
-            for part in &parts {
-                total.iter_mut().zip(part).for_each(|(t, &x)| *t += f64::from(x));
-            }
-            vector(total.into_iter().map(|x| x as f32).collect())
         });
-        (matrix(out, rows, k), sums)
+        let sums = sums.then(|| vector(totals(parts.iter().map(Vec::as_slice), k)));
+        (matrix(dz, rows, k), sums)
     }
 
     fn relu_grad_bias(y: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
@@ -1191,13 +1142,7 @@ impl Kernels for Flex {
             let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
             [owned(db, shape.clone()), per_group(&dga, na), per_group(&dgb, nb)]
         });
-        let dbq = plan.bq.as_ref().map(|_| {
-            let mut dbq = vec![0.0f64; h * d];
-            for (_, _, part) in &per {
-                dbq.iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
-            }
-            vector(dbq.into_iter().map(|x| x as f32).collect())
-        });
+        let dbq = plan.bq.as_ref().map(|_| vector(totals(per.iter().map(|(_, _, part)| part.as_slice()), h * d)));
         ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend, dbq }
     }
 
@@ -1295,6 +1240,55 @@ fn relu_mask(y: &FlexTensor, dy: &FlexTensor) -> Option<(FlexTensor, usize)> {
     let fits = m.num_dims() == 2 && d.num_dims() == 2 && m[0] == d[0] && m[1] == d[1].div_ceil(32);
     assert!(fits && dy.dtype() == DType::F32, "a ReLU mask {m:?} for a gradient {d:?} it was not made for");
     Some((y.to_contiguous(), m[1]))
+}
+
+/// `a · b` for `a: [rows, k]` (contiguous) and an operand `b` (`k × n`),
+/// by blocks of 128 rows on several threads when large; each block's
+/// output (`m × n`, its first row `first`) is given to `then(first,
+/// block)` while it is in cache. Returns the output and what `then`
+/// returned for each block, in order.
+fn product_by_blocks<T: Send>(
+    a: &[f32],
+    [rows, k, n]: [usize; 3],
+    b: Operand,
+    then: impl Fn(usize, &mut [f32]) -> T + Sync,
+) -> (Vec<f32>, Vec<T>) {
+    const BLOCK: usize = 128;
+    let clock = AtomicU64::new(0);
+    let block = |(i, out): (usize, &mut [MaybeUninit<f32>])| -> T {
+        let (first, m) = (i * BLOCK, out.len() / n.max(1));
+        let ao = Operand { ptr: a[first * k..].as_ptr(), rs: k as isize, cs: 1 };
+        // SAFETY: `a`'s rows `first..first + m` lie in `a`, `b`'s elements
+        // in their storage (the caller's operand); `out` is this block's
+        // `m × n` (row stride `n`), all written by the product before it
+        // is read.
+        let out = unsafe {
+            product([m, n, k], out.as_mut_ptr().cast(), n, None, ao, b, &clock);
+            std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * n)
+        };
+        then(first, out)
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
+    let spare = &mut out.spare_capacity_mut()[..rows * n];
+    let chunk = (BLOCK * n).max(1);
+    let parallel = rows * n >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
+    let parts: Vec<T> = match parallel {
+        true => spare.par_chunks_mut(chunk).enumerate().map(block).collect(),
+        false => spare.chunks_mut(chunk).enumerate().map(block).collect(),
+    };
+    commit(&clock, if parallel { rayon::current_num_threads().min(parts.len()) } else { 1 });
+    // SAFETY: every block's product wrote all its elements.
+    unsafe { out.set_len(rows * n) };
+    (out, parts)
+}
+
+/// The sums of `parts` (each `n` long, or shorter), in f64.
+fn totals<'a>(parts: impl IntoIterator<Item = &'a [f32]>, n: usize) -> Vec<f32> {
+    let mut total = vec![0.0f64; n];
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(t, &x)| *t += f64::from(x));
+    }
+    total.into_iter().map(|x| x as f32).collect()
 }
 
 /// Calls `f(r, row, acc)` on every row of `data` (rows of `cols`) and
@@ -1452,22 +1446,22 @@ fn matrix_offsets(layout: &Layout) -> Vec<isize> {
         .collect()
 }
 
-/// The output pointer of a kernel (a product's, a mask's words), shared by
-/// the threads that write disjoint parts of it.
+/// The output pointer of a product, shared by the threads that write
+/// disjoint matrices of it.
 #[derive(Clone, Copy)]
-struct Dst<T = f32>(*mut T);
+struct Dst(*mut f32);
 
-// SAFETY: each thread writes only its own part of the output (the matrix
-// of its own batch index, see `matmul`; its own rows).
-unsafe impl<T> Send for Dst<T> {}
-unsafe impl<T> Sync for Dst<T> {}
+// SAFETY: each thread writes only the matrix of its own batch index; the
+// matrices are disjoint (see `matmul`).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
 
-impl<T> Dst<T> {
+impl Dst {
     /// The pointer `offset` elements further.
     ///
     /// # Safety
     /// `offset` must lie within the allocation `self` points into.
-    unsafe fn at(self, offset: usize) -> *mut T {
+    unsafe fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: as the caller promises.
         unsafe { self.0.add(offset) }
     }
