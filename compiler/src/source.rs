@@ -65,17 +65,21 @@ impl Loader for MemLoader {
     }
 }
 
-/// Removes `.` and resolves `..` lexically (no filesystem access).
+/// Removes `.` and resolves `..` lexically (no filesystem access). A `..`
+/// cancels the name before it, never another `..` (so `../../a` keeps
+/// both), and stops at the root (`/..` is `/`).
 pub fn normalise(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
             other => out.push(other),
         }
     }
@@ -148,5 +152,26 @@ impl SourceMap {
         let line = upto.matches('\n').count() + 1;
         let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> String {
+        normalise(Path::new(p)).display().to_string()
+    }
+
+    #[test]
+    fn parent_steps_cancel_names_not_each_other() {
+        assert_eq!(n("../../blocks/sas-p.blk"), "../../blocks/sas-p.blk");
+        assert_eq!(n("../../../blocks/preln.blk"), "../../../blocks/preln.blk");
+        assert_eq!(n("./sas-p.blk"), "sas-p.blk");
+        assert_eq!(n("a/b/../../c"), "c");
+        assert_eq!(n("a/../../c"), "../c");
+        assert_eq!(n("examples/small/../../blocks/x.blk"), "blocks/x.blk");
+        assert_eq!(n("/../x"), "/x");
+        assert_eq!(n("/a/./b/.."), "/a");
     }
 }

@@ -15,6 +15,65 @@ pub type Cpu = burn::backend::NdArray;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// A GPU that answered the probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    pub name: String,
+    /// Free and total device memory, in bytes.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Checks, before burn touches it, that CUDA can run here: the driver
+/// library loads, a device answers, NVRTC (which compiles the kernels)
+/// loads. Where burn would panic on the first tensor (cudarc cannot load
+/// `libcuda.so`, then a dead device thread), this says what is missing.
+#[cfg(feature = "cuda")]
+pub fn cuda() -> Result<Gpu, String> {
+    let driver = quietly(cudarc::driver::result::init).ok_or(
+        "CUDA's driver library (libcuda.so) cannot be loaded: this machine has no NVIDIA driver, or it is not on \
+         the library path (LD_LIBRARY_PATH)",
+    )?;
+    driver.map_err(|e| format!("the NVIDIA driver does not start: {e}"))?;
+    let count = quietly(cudarc::driver::result::device::get_count).and_then(Result::ok).unwrap_or(0);
+    if count < 1 {
+        return Err("the NVIDIA driver loads but sees no GPU (is CUDA_VISIBLE_DEVICES empty?)".into());
+    }
+    let ctx = quietly(|| cudarc::driver::CudaContext::new(0))
+        .and_then(Result::ok)
+        .ok_or("GPU 0 cannot be opened (it may be busy in exclusive mode, or in a bad state)")?;
+    let name = ctx.name().unwrap_or_else(|_| "GPU 0".into());
+    let (free, total) = ctx.mem_get_info().map_err(|e| format!("cannot read the memory of {name}: {e}"))?;
+    let nvrtc = quietly(|| cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void probe() {}"));
+    match nvrtc {
+        None => {
+            return Err("CUDA's runtime compiler (libnvrtc.so) cannot be loaded: install the CUDA toolkit's \
+                            NVRTC, or add its lib64 folder to LD_LIBRARY_PATH"
+                .into())
+        }
+        Some(Err(e)) => return Err(format!("CUDA's runtime compiler (NVRTC) does not work: {e}")),
+        Some(Ok(_)) => {}
+    }
+    Ok(Gpu { name, free: free as u64, total: total as u64 })
+}
+
+/// Whether this build has CUDA, and CUDA runs here.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda() -> Result<Gpu, String> {
+    Err("this blkc was built without CUDA; rebuild with `cargo build --release -p blkc-runtime --features cuda`".into())
+}
+
+/// Runs `f`, turning a panic into `None` without printing it (cudarc
+/// panics when a CUDA library cannot be loaded).
+#[cfg(feature = "cuda")]
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    std::panic::set_hook(hook);
+    r
+}
+
 /// The name of the CPU backend compiled in.
 pub fn cpu_name() -> &'static str {
     if cfg!(feature = "flex") {

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod durable;
 pub mod kernels;
 pub mod layers;
 pub mod measure;

@@ -11,7 +11,18 @@ static ALLOCATOR: blkc_runtime::kernels::alloc::Counting = blkc_runtime::kernels
 
 fn main() -> ExitCode {
     blkc_runtime::kernels::alloc::keep_freed_memory();
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let glob = e.kind() == clap::error::ErrorKind::UnknownArgument
+                && std::env::args().any(|a| a == "--data" || a.starts_with("--data="));
+            let _ = e.print();
+            if glob {
+                eprintln!("hint: quote a --data glob (`--data 'corpus/*.txt'`): unquoted, the shell expands it into several paths");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let code = match args.command {
         Command::Check(a) => cli::check::run(&a),
         Command::Fmt(a) => cli::fmt::run(&a),

@@ -10,7 +10,11 @@ fn repo() -> PathBuf {
 }
 
 fn blkc(args: &[&str]) -> Output {
-    match Command::new(env!("CARGO_BIN_EXE_blkc")).args(args).current_dir(repo()).output() {
+    blkc_in(&repo(), args)
+}
+
+fn blkc_in(dir: &Path, args: &[&str]) -> Output {
+    match Command::new(env!("CARGO_BIN_EXE_blkc")).args(args).current_dir(dir).output() {
         Ok(o) => o,
         Err(e) => panic!("cannot run blkc: {e}"),
     }
@@ -225,4 +229,31 @@ fn the_ci_example_rejects_the_collapsing_block() {
     );
     let workflow = std::fs::read_to_string(repo().join("examples/ci/blkc-check.yml")).unwrap_or_default();
     assert!(workflow.contains("blkc check --format github"), "the workflow runs the command tested here");
+}
+
+/// `use` paths are relative to the file that holds them, wherever blkc
+/// runs from: the file's own directory, with `./`, or three levels deep.
+#[test]
+fn use_paths_hold_from_any_working_directory() {
+    let small = repo().join("examples/small");
+    for file in ["sas-p.blk", "./sas-p.blk"] {
+        for cmd in ["check", "params", "graph"] {
+            let o = blkc_in(&small, &[cmd, file]);
+            assert!(o.status.code() != Some(2), "{cmd} {file} from examples/small:\n{}", text(&o.stderr));
+        }
+    }
+    let root = std::env::temp_dir().join(format!("blkc-deep-{}", std::process::id()));
+    let deep = root.join("deep/a/b");
+    let _ = std::fs::create_dir_all(&deep);
+    let _ = std::fs::create_dir_all(root.join("blocks"));
+    let _ = std::fs::copy(repo().join("blocks/preln.blk"), root.join("blocks/preln.blk"));
+    let model =
+        "use \"../../../blocks/preln.blk\"\n\nmodel m {\n    block = preln\n    depth = 2\n    width = 64\n    \
+                 heads = 2\n    context = 16\n    vocab = 258\n}\n";
+    let _ = std::fs::write(deep.join("m.blk"), model);
+    for (dir, file) in [(&deep, "m.blk"), (&root, "deep/a/b/m.blk"), (&root.join("deep"), "a/b/m.blk")] {
+        let o = blkc_in(dir, &["check", file]);
+        assert_eq!(o.status.code(), Some(0), "check {file} from {}:\n{}", dir.display(), text(&o.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

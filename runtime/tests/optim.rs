@@ -93,8 +93,9 @@ fn optimizer_state_round_trips_exactly() {
     };
     model = step(model, &mut opt);
     let path = std::env::temp_dir().join(format!("blkc-optim-{}.bin", std::process::id()));
-    opt.save(&path).unwrap_or_else(|e| panic!("{e}"));
-    let mut loaded = Optimizer::<Cpu>::load(config, &path, &device).unwrap_or_else(|e| panic!("{e}"));
+    let sum = opt.save(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut loaded = Optimizer::<Cpu>::load(config, &path, Some(sum), &device).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.check(&model, &path).is_ok());
     assert_eq!(loaded.t, 1);
     let a = step(model.clone(), &mut opt);
     let b = step(model, &mut loaded);
@@ -103,6 +104,21 @@ fn optimizer_state_round_trips_exactly() {
     // A damaged file is an error, not a panic.
     let bytes = std::fs::read(&path).unwrap_or_default();
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(Optimizer::<Cpu>::load(config, &path, &device).is_err());
+    assert!(Optimizer::<Cpu>::load(config, &path, None, &device).is_err());
+    // A flipped bit in a moment is caught by the recorded checksum.
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 2;
+    flipped[last] ^= 1;
+    std::fs::write(&path, &flipped).unwrap_or_else(|e| panic!("{e}"));
+    let err = Optimizer::<Cpu>::load(config, &path, Some(sum), &device).err().unwrap_or_default();
+    assert!(err.contains("is damaged"), "{err}");
+    // Moments of a parameter of another size belong to another model.
+    std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let other = Two::<B> {
+        w: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32; 6], [2, 3]), &device)),
+        g: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, 0.2], [2]), &device)),
+    };
+    let err = loaded.check(&other, &path).err().unwrap_or_default();
+    assert!(err.contains("`w`") && err.contains("another model"), "{err}");
     let _ = std::fs::remove_file(&path);
 }

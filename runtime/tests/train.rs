@@ -230,7 +230,10 @@ fn ctrl_c_checkpoints_and_a_killed_run_leaves_a_loadable_checkpoint() {
     let e: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap_or_default();
     assert!(e["step"].as_u64().unwrap_or(0) >= 8, "{e}");
     assert!(e["eval_loss"].as_f64().is_some_and(f64::is_finite));
-    ok(&blkc(&d, &["train", "--resume", "killed", "--steps", "24"]));
+    let o = blkc(&d, &["train", "--resume", "killed", "--steps", "24"]);
+    assert_eq!(o.status.code(), Some(1), "a changed schedule needs --reschedule");
+    assert!(text(&o.stderr).contains("--reschedule"), "{}", text(&o.stderr));
+    ok(&blkc(&d, &["train", "--resume", "killed", "--steps", "24", "--reschedule"]));
     assert_eq!(losses(&run).len(), 24);
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -74,11 +74,11 @@ pub fn run(args: &Args) -> u8 {
                 bench::device_name::<crate::backend::Cpu>(&device),
             )
         }
-        Device::Cuda => match cuda(&subjects, plan, &mut progress) {
-            Some(x) => x,
-            None => {
-                eprintln!("error: this blkc was built without CUDA; rebuild with `--features cuda`");
-                return REJECTED;
+        Device::Cuda => match crate::backend::cuda().and_then(|_| cuda(&subjects, plan, &mut progress)) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: cannot benchmark on CUDA: {e}");
+                return super::train::NO_DEVICE;
             }
         },
     };
@@ -93,17 +93,21 @@ pub fn run(args: &Args) -> u8 {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(subjects: &[Subject], plan: Plan, progress: &mut dyn FnMut(usize, usize)) -> Option<(Vec<Record>, String)> {
+fn cuda(
+    subjects: &[Subject],
+    plan: Plan,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Record>, String), String> {
     let device = Default::default();
-    Some((
+    Ok((
         bench::run::<burn::backend::Autodiff<crate::backend::Cuda>>(subjects, plan, &device, progress),
         bench::device_name::<crate::backend::Cuda>(&device),
     ))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &[Subject], _: Plan, _: &mut dyn FnMut(usize, usize)) -> Option<(Vec<Record>, String)> {
-    None
+fn cuda(_: &[Subject], _: Plan, _: &mut dyn FnMut(usize, usize)) -> Result<(Vec<Record>, String), String> {
+    crate::backend::cuda().map(|_| (Vec::new(), String::new()))
 }
 
 /// The terminal table.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{Device, OK, REJECTED};
 use crate::kernels::Kernels;
-use crate::train::{self, batch, data};
+use crate::train::{self, batch, data, tokens};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,7 +27,13 @@ pub struct Args {
 pub fn run(args: &Args) -> u8 {
     match args.device {
         Device::Cpu => eval_on::<crate::backend::Cpu>(args, &Default::default()),
-        Device::Cuda => cuda(args),
+        Device::Cuda => match crate::backend::cuda() {
+            Ok(_) => cuda(args),
+            Err(e) => {
+                eprintln!("error: cannot evaluate on CUDA: {e}");
+                super::train::NO_DEVICE
+            }
+        },
     }
 }
 
@@ -38,8 +44,7 @@ fn cuda(args: &Args) -> u8 {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_args: &Args) -> u8 {
-    eprintln!("error: this blkc was built without CUDA; rebuild with `--features cuda`");
-    REJECTED
+    super::train::NO_DEVICE
 }
 
 fn eval_on<B: Kernels>(args: &Args, device: &B::Device) -> u8 {
@@ -53,15 +58,18 @@ fn eval_on<B: Kernels>(args: &Args, device: &B::Device) -> u8 {
 }
 
 fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
-    let run = train::open::<B>(&args.checkpoint, device)?;
+    let run = train::open::open::<B>(&args.checkpoint, device)?;
+    if let Some(note) = &run.note {
+        eprintln!("warning: {note}");
+    }
     let s = &run.info.settings;
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());
     let corpus = data::load(&source, s.val_fraction)?;
     let obj = train::objective(&run.ir, s, &run.tokenizer);
     let shifted = obj == batch::Objective::Causal;
-    let key = train::tokenizer_key(&run.dir.tokenizer());
+    let key = tokens::tokenizer_key(&run.dir.tokenizer());
     let (train_stream, valid_stream, _) =
-        train::streams(&corpus, &run.tokenizer, key, run.ir.context as usize, shifted)?;
+        tokens::streams(&corpus, &run.tokenizer, key, run.ir.context as usize, shifted, run.ir.vocab as usize)?;
     // With --data, every file of the given text is held out: evaluate on all of it.
     let stream = if args.data.is_some() {
         let mut all = train_stream.tokens;

@@ -38,7 +38,13 @@ pub struct Args {
 pub fn run(args: &Args) -> u8 {
     let r = match args.device {
         Device::Cpu => sample::<crate::backend::Cpu>(args, &Default::default()),
-        Device::Cuda => cuda(args),
+        Device::Cuda => match crate::backend::cuda() {
+            Ok(_) => cuda(args),
+            Err(e) => {
+                eprintln!("error: cannot sample on CUDA: {e}");
+                return super::train::NO_DEVICE;
+            }
+        },
     };
     match r {
         Ok(()) => OK,
@@ -63,7 +69,7 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         return Err(format!("--temperature must be 0 or more, not {}", args.temperature));
     }
-    let run = train::open::<B>(&args.checkpoint, device)?;
+    let run = train::open::open::<B>(&args.checkpoint, device)?;
     if run.ir.mask != Mask::Causal {
         return Err(
             "this model is bidirectional (masked-language model): it fills masks, it does not continue text".into()

@@ -2,7 +2,7 @@
 //! writing metrics, plots and checkpoints to a run directory;
 //! `--resume DIR` continues a run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use blkc::signal::report::{reports, Request};
 use blkc::signal::verdict::Status;
@@ -12,10 +12,11 @@ use super::{compile_reported, Device, BROKEN, OK, REJECTED};
 use crate::report::{self, DiagFormat};
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Settings};
-use crate::train::{self, Failure, Job};
+use crate::train::{self, memory, open, signals, Failure, Job, Resume};
 
-/// Exit status of a run stopped by Ctrl-C (after its checkpoint).
-const INTERRUPTED: u8 = 130;
+/// Exit status when the device asked for cannot run (no CUDA driver, no
+/// GPU, a build without CUDA).
+pub const NO_DEVICE: u8 = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,7 +26,7 @@ pub struct Args {
     /// Where to run (overrides the file's `device`).
     #[arg(long, value_enum)]
     pub device: Option<Device>,
-    /// Training text: `python-stdlib`, a directory, a file or a glob.
+    /// Training text: `python-stdlib`, a directory, a file or a glob (quoted).
     #[arg(long)]
     pub data: Option<String>,
     /// Steps to train (the total, also when resuming).
@@ -34,9 +35,15 @@ pub struct Args {
     /// Run directory (default `runs/<model name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in DIR from its newest checkpoint.
+    /// Continue the run in DIR from its newest complete checkpoint (or
+    /// from the checkpoint directory given).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "out"])]
     pub resume: Option<PathBuf>,
+    /// When resuming: accept settings that change the learning-rate
+    /// schedule (`--steps`, `lr`, `warmup`, `schedule`); the rate then
+    /// follows the new schedule from the next step on.
+    #[arg(long, requires = "resume")]
+    pub reschedule: bool,
     /// Override any `train` setting, e.g. `--set lr=3e-4 --set batch=32`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -46,87 +53,44 @@ pub struct Args {
     /// Train even when the signal check predicts collapse at init.
     #[arg(long)]
     pub no_check: bool,
+    /// Train even when the memory estimate exceeds what is free.
+    #[arg(long)]
+    pub no_memory_check: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let mut overrides = args.set.clone();
+    let mut flags = Vec::new();
     if let Some(d) = &args.data {
-        overrides.push(format!("data={d}"));
+        flags.push(format!("data={d}"));
     }
     if let Some(n) = args.steps {
-        overrides.push(format!("steps={n}"));
+        flags.push(format!("steps={n}"));
     }
     if let Some(d) = args.device {
-        overrides.push(format!("device={}", d.name()));
+        flags.push(format!("device={}", d.name()));
     }
-    let extra = match settings::overrides(&overrides) {
+    let extra = match settings::overrides(&args.set, &flags) {
         Ok(t) => t,
         Err(e) => {
             eprint!("{e}");
             return BROKEN;
         }
     };
-    let job = if let Some(dir) = &args.resume {
-        let run = RunDir::new(dir);
-        let info = match run.read_info() {
-            Ok(i) => i,
-            Err(e) => return fail(&e),
-        };
-        let (program, sources) = match train::compile_saved(&run) {
-            Ok(x) => x,
-            Err(e) => return fail(&e),
-        };
-        let mut s = info.settings.clone();
-        if let Some(t) = &extra {
-            s.apply(t);
-        }
-        Job {
-            program,
-            sources,
-            file: info.file,
-            settings: s,
-            out: dir.clone(),
-            resume: true,
-            stop_at: args.stop_at,
-            quiet: args.quiet,
-        }
-    } else {
-        let Some(file) = &args.file else { return fail("give a .blk file to train, or --resume DIR") };
-        let Some(c) = compile_reported(file) else { return BROKEN };
-        let Some(program) = c.program else { return BROKEN };
-        let Ok(model) = train::model_of(&program) else {
-            eprintln!(
-                "error[E5001]: `{}` defines no model to train; write a `model` section (see examples/small/sas-p.blk)",
-                file.display()
-            );
-            return BROKEN;
-        };
-        if !args.no_check && !signal_check(&program, &c.sources, args.quiet) {
-            return REJECTED;
-        }
-        let mut s = Settings::default();
-        if let Some(t) = &program.train {
-            s.apply(t);
-        }
-        if let Some(t) = &extra {
-            s.apply(t);
-        }
-        let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::model_name(model)));
-        Job {
-            program,
-            sources: c.sources,
-            file: file.display().to_string(),
-            settings: s,
-            out,
-            resume: false,
-            stop_at: args.stop_at,
-            quiet: args.quiet,
-        }
+    let job = match &args.resume {
+        Some(path) => resumed(args, path, extra.as_ref()),
+        None => fresh(args, extra.as_ref()),
     };
-    train::handle_interrupts();
+    let job = match job {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    if let Err(code) = fits(&job, args) {
+        return code;
+    }
+    signals::install();
     let result = match job.settings.device.as_str() {
         "cuda" => on_cuda(&job),
         _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
@@ -145,11 +109,7 @@ pub fn run(args: &Args) -> u8 {
                     s.checkpoint.map(|c| format!("; checkpoint {}", c.display())).unwrap_or_default()
                 );
             }
-            if s.interrupted && args.stop_at.is_none_or(|n| s.steps < n) {
-                INTERRUPTED
-            } else {
-                OK
-            }
+            s.signal.map_or(OK, signals::exit_status)
         }
         Err(Failure::Message(m)) => fail(&m),
         Err(Failure::Located(d, sources)) => {
@@ -157,6 +117,94 @@ pub fn run(args: &Args) -> u8 {
             REJECTED
         }
     }
+}
+
+/// The job of a new run of `args.file`.
+fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
+    let Some(file) = &args.file else { return Err(fail("give a .blk file to train, or --resume DIR")) };
+    let c = compile_reported(file).ok_or(BROKEN)?;
+    let Some(program) = c.program else { return Err(BROKEN) };
+    let Ok(model) = train::model_of(&program) else {
+        eprintln!(
+            "error[E5001]: `{}` defines no model to train; write a `model` section (see examples/small/sas-p.blk)",
+            file.display()
+        );
+        return Err(BROKEN);
+    };
+    if !args.no_check && !signal_check(&program, &c.sources, args.quiet) {
+        return Err(REJECTED);
+    }
+    let mut s = Settings::default();
+    if let Some(t) = &program.train {
+        s.apply_file(t, &c.sources);
+    }
+    if let Some(t) = extra {
+        s.apply_command_line(t);
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::model_name(model)));
+    Ok(Job {
+        program,
+        sources: c.sources,
+        file: file.display().to_string(),
+        settings: s,
+        out,
+        resume: None,
+        stop_at: args.stop_at,
+        quiet: args.quiet,
+    })
+}
+
+/// The job that continues the run at `path` (a run directory or one of
+/// its checkpoints).
+fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
+    let (dir, checkpoint) = if path.join("state.json").is_file() {
+        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        (root, Some(path.to_path_buf()))
+    } else {
+        (path.to_path_buf(), None)
+    };
+    let run = RunDir::new(&dir);
+    let info = open::read_info(&run).map_err(|e| fail(&e))?;
+    let (program, sources) = open::compile_saved(&run).map_err(|e| fail(&e))?;
+    let mut s = info.settings.clone();
+    if let Some(t) = extra {
+        s.apply_command_line(t);
+    }
+    Ok(Job {
+        program,
+        sources,
+        file: info.file,
+        settings: s,
+        out: dir,
+        resume: Some(Resume { checkpoint, before: info.settings, reschedule: args.reschedule }),
+        stop_at: args.stop_at,
+        quiet: args.quiet,
+    })
+}
+
+/// Checks that the device can run and that the run fits in its memory,
+/// before anything is created on disk.
+fn fits(job: &Job, args: &Args) -> Result<(), u8> {
+    let Ok(model) = train::model_of(&job.program) else { return Err(BROKEN) };
+    let rows = job.settings.micro();
+    let estimate = memory::estimate(&job.program, model, rows);
+    let (have, what) = if job.settings.device == "cuda" {
+        let gpu = crate::backend::cuda().map_err(|e| {
+            eprintln!("error: cannot train on CUDA: {e}");
+            NO_DEVICE
+        })?;
+        (Some(u128::from(gpu.free)), format!("the GPU ({})", gpu.name))
+    } else {
+        (memory::available(), "this machine".to_string())
+    };
+    if args.no_memory_check {
+        return Ok(());
+    }
+    let Some(have) = have else { return Ok(()) };
+    memory::check(&estimate, have, &what, rows, model).map_err(|e| {
+        eprintln!("error: {e} (an estimate; --no-memory-check trains anyway)");
+        REJECTED
+    })
 }
 
 /// The signal check of `blkc check` on the model to train: prints its
@@ -189,7 +237,5 @@ fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
 
 #[cfg(not(feature = "cuda"))]
 fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
-    Err(Failure::Message(
-        "this blkc was built without CUDA; rebuild with `cargo build --release -p blkc-runtime --features cuda`".into(),
-    ))
+    Err(Failure::Message(crate::backend::cuda().err().unwrap_or_default()))
 }

@@ -29,11 +29,13 @@ pub struct Skipped {
     pub empty: usize,
     pub unreadable: usize,
     pub too_large: usize,
+    /// Devices, pipes, sockets (directly or behind a link): never read.
+    pub not_regular: usize,
 }
 
 impl Skipped {
     pub fn total(&self) -> usize {
-        self.not_utf8 + self.empty + self.unreadable + self.too_large
+        self.not_utf8 + self.empty + self.unreadable + self.too_large + self.not_regular
     }
 
     pub fn describe(&self) -> String {
@@ -42,6 +44,7 @@ impl Skipped {
             (self.empty, "empty"),
             (self.unreadable, "unreadable"),
             (self.too_large, "over 64 MiB"),
+            (self.not_regular, "not regular files"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -131,6 +134,7 @@ pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
             Err(Skip::Empty) => skipped.empty += 1,
             Err(Skip::Unreadable) => skipped.unreadable += 1,
             Err(Skip::TooLarge) => skipped.too_large += 1,
+            Err(Skip::NotRegular) => skipped.not_regular += 1,
         }
     }
     if docs.is_empty() {
@@ -149,12 +153,13 @@ pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
     } else if train.is_empty() && valid.len() >= 2 {
         train.push(valid.remove(0));
     }
-    if train.is_empty() {
-        // A single file: it trains, and validation is its last tenth.
-        let d = valid.remove(0);
-        let cut = floor_char_boundary(&d.text, d.text.len() * 9 / 10);
-        train.push(Doc { name: d.name.clone(), text: d.text[..cut].to_string() });
-        valid.push(Doc { name: d.name, text: d.text[cut..].to_string() });
+    if train.len() + valid.len() == 1 {
+        // A single file, on whichever side its name hashed to: it trains,
+        // and validation is its last tenth.
+        let d = train.pop().or_else(|| valid.pop()).ok_or("no documents")?;
+        let (head, tail) = split_tail(&d.text);
+        train.push(Doc { name: d.name.clone(), text: head.to_string() });
+        valid.push(Doc { name: d.name, text: tail.to_string() });
     }
     Ok(Corpus { source: source.to_string(), root, train, valid, skipped })
 }
@@ -167,11 +172,15 @@ pub fn in_validation(name: &str, fraction: f64) -> bool {
     ((h.finish() >> 11) as f64 / (1u64 << 53) as f64) < fraction
 }
 
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
+/// A text cut before its last tenth, at the start of a line where one
+/// is near (else at a character boundary).
+fn split_tail(text: &str) -> (&str, &str) {
+    let mut cut = text.len() * 9 / 10;
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
     }
-    i
+    let line = text[..cut].rfind('\n').map(|i| i + 1).filter(|&i| cut - i < text.len() / 20 + 1);
+    text.split_at(line.filter(|&i| i > 0).unwrap_or(cut))
 }
 
 enum Skip {
@@ -179,14 +188,27 @@ enum Skip {
     Empty,
     Unreadable,
     TooLarge,
+    NotRegular,
 }
 
+/// A file's text. Only regular files are opened (a link to a device or a
+/// pipe would read forever or block), and the size cap applies to what is
+/// read, not to what the file system reports.
 fn read(path: &Path) -> Result<String, Skip> {
     let meta = std::fs::metadata(path).map_err(|_| Skip::Unreadable)?;
+    if !meta.is_file() {
+        return Err(Skip::NotRegular);
+    }
     if meta.len() > MAX_FILE_BYTES {
         return Err(Skip::TooLarge);
     }
-    let bytes = std::fs::read(path).map_err(|_| Skip::Unreadable)?;
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(|_| Skip::Unreadable)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES + 1), &mut bytes)
+        .map_err(|_| Skip::Unreadable)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Skip::TooLarge);
+    }
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Skip::Empty);
     }
@@ -238,6 +260,9 @@ fn find(source: &str) -> Result<(PathBuf, Vec<PathBuf>), String> {
         let root = glob_root(source);
         return Ok((root, files));
     }
+    if std::fs::metadata(path).is_ok() {
+        return Err(format!("`{source}` is not a regular file or a directory (a device, a pipe or a socket)"));
+    }
     Err(format!("`{source}` does not exist (give a directory, a file, a glob or `{PYTHON_STDLIB}`)"))
 }
 
@@ -267,7 +292,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool, librar
             let p = e.path();
             if kind.is_dir() {
                 stack.push(p);
-            } else if (kind.is_file() || kind.is_symlink()) && keep(&p) {
+            } else if keep(&p) {
+                // Links, pipes and devices too: `read` counts them as not
+                // regular instead of reading them.
                 out.push(p);
                 if out.len() > MAX_FILES {
                     return Err(format!("`{}` holds more than {MAX_FILES} files", dir.display()));
@@ -344,6 +371,43 @@ mod tests {
         assert_eq!(stdlib_under(&prefixes), Some(root.join("b/lib/python3.12")));
         assert_eq!(stdlib_under(&[root.join("missing")]), None);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_single_file_trains_and_gives_its_last_tenth_to_validation() {
+        let dir = std::env::temp_dir().join(format!("blkc-single-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        // Names hash to either side at this fraction; each must split.
+        for name in ["a.txt", "b.py", "corpus.txt", "x", "data.jsonl", "z.md"] {
+            let p = dir.join(name);
+            let text: String = (0..100).map(|i| format!("line {i} of {name}\n")).collect();
+            let _ = std::fs::write(&p, &text);
+            let c = load(&p.display().to_string(), 0.5).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((c.train.len(), c.valid.len()), (1, 1), "{name}");
+            let (t, v) = (&c.train[0].text, &c.valid[0].text);
+            assert_eq!(format!("{t}{v}"), text);
+            assert!(v.starts_with("line 90 ") || v.starts_with("line 89 "), "{name}: {v:.20}");
+            let _ = std::fs::remove_file(&p);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("blkc-special-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("good.txt"), "def f():\n    return 1\n".repeat(50));
+        let _ = std::os::unix::fs::symlink("/dev/zero", dir.join("zero.txt"));
+        let fifo = dir.join("pipe.txt");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        let c = load(&dir.display().to_string(), 0.0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.skipped.not_regular, 1 + usize::from(made), "{:?}", c.skipped);
+        assert!(c.skipped.describe().contains("not regular files"));
+        let err = load("/dev/zero", 0.1).err().unwrap_or_default();
+        assert!(err.contains("not a regular file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

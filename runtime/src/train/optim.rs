@@ -9,10 +9,9 @@
 //! backend.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
@@ -87,8 +86,14 @@ impl<B: Backend> Optimizer<B> {
         Optimizer { config, t: 0, moments: HashMap::new() }
     }
 
-    /// Writes the state to `path` (little-endian f32, names sorted).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    /// Whether no parameter has moments yet.
+    pub fn is_empty(&self) -> bool {
+        self.moments.is_empty()
+    }
+
+    /// Writes the state to `path` (little-endian f32, names sorted);
+    /// returns its checksum.
+    pub fn save(&self, path: &Path) -> Result<u32, String> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.t.to_le_bytes());
@@ -106,16 +111,15 @@ impl<B: Backend> Optimizer<B> {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        super::rundir::write_atomic(path, &out)
+        crate::durable::write_atomic(path, &out)?;
+        Ok(crate::durable::checksum(&out))
     }
 
-    /// Reads a state written by [`save`](Self::save).
-    pub fn load(config: Config, path: &Path, device: &B::Device) -> Result<Self, String> {
+    /// Reads a state written by [`save`](Self::save), verifying its
+    /// checksum when one was recorded.
+    pub fn load(config: Config, path: &Path, checksum: Option<u32>, device: &B::Device) -> Result<Self, String> {
         let bad = |why: &str| format!("`{}` is not an optimiser state: {why}", path.display());
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let bytes = crate::durable::read_verified(path, checksum)?;
         let mut r = Reader { bytes: &bytes, at: 0 };
         if r.take(MAGIC.len()).ok_or_else(|| bad("too short"))? != MAGIC {
             return Err(bad("wrong header"));
@@ -128,6 +132,9 @@ impl<B: Backend> Optimizer<B> {
             let name = String::from_utf8(r.take(len).ok_or_else(|| bad("truncated"))?.to_vec())
                 .map_err(|_| bad("bad name"))?;
             let n = r.u64().ok_or_else(|| bad("truncated"))? as usize;
+            if n.checked_mul(8).is_none_or(|b| b > r.left()) {
+                return Err(bad("truncated"));
+            }
             let m = r.floats(n).ok_or_else(|| bad("truncated"))?;
             let v = r.floats(n).ok_or_else(|| bad("truncated"))?;
             let tensor = |x: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x, [n]), device);
@@ -137,6 +144,48 @@ impl<B: Backend> Optimizer<B> {
             return Err(bad("trailing bytes"));
         }
         Ok(Optimizer { config, t, moments })
+    }
+
+    /// Checks the state against the model it is to update: every moment
+    /// belongs to a parameter of that path and size. Loading another
+    /// model's state is then an error naming the parameter, not a silent
+    /// partial update.
+    pub fn check<AB: Backend, M: Module<AB>>(&self, model: &M, path: &Path) -> Result<(), String> {
+        let mut sizes = Sizes { path: Vec::new(), sizes: HashMap::new() };
+        model.visit(&mut sizes);
+        let mut names: Vec<&String> = self.moments.keys().collect();
+        names.sort();
+        for name in names {
+            let have = self.moments[name].m.shape().num_elements();
+            match sizes.sizes.get(name) {
+                None => return Err(format!("`{}` holds moments for `{name}`, which this model does not have; it belongs to another model", path.display())),
+                Some(&want) if want != have => {
+                    return Err(format!("`{}` holds {have} moments for `{name}`, which has {want} weights in this model; it belongs to another model", path.display()))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every float parameter's path and size.
+struct Sizes {
+    path: Vec<String>,
+    sizes: HashMap<String, usize>,
+}
+
+impl<AB: Backend> ModuleVisitor<AB> for Sizes {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        self.sizes.insert(self.path.join("."), param.lazy_shape().num_elements());
     }
 }
 
@@ -224,6 +273,10 @@ impl<'a> Reader<'a> {
         let s = self.bytes.get(self.at..end)?;
         self.at = end;
         Some(s)
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
     }
 
     fn u64(&mut self) -> Option<u64> {

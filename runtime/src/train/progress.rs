@@ -20,7 +20,7 @@ impl Progress {
     }
 
     /// After step `step` (1-based count of steps done).
-    pub fn update(&self, step: u64, loss: f64, tokens_per_s: f64, eval: Option<f64>, log_line: bool) {
+    pub fn update(&self, step: u64, loss: f64, lr: f64, tokens_per_s: f64, eval: Option<f64>, log_line: bool) {
         if self.quiet || (!self.terminal && !log_line && eval.is_none()) {
             return;
         }
@@ -43,7 +43,7 @@ impl Progress {
             .collect();
         let eval = eval.map(|e| format!(" | eval {e:.4}")).unwrap_or_default();
         let line = format!(
-            "step {step:>w$}/{} [{bar}] loss {loss:.4}{eval} | {} tok/s | eta {}",
+            "step {step:>w$}/{} [{bar}] loss {loss:.4}{eval} | lr {lr:.2e} | {} tok/s | eta {}",
             self.total,
             thousands(tokens_per_s),
             clock(eta),

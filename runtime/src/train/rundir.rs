@@ -2,24 +2,33 @@
 //!
 //! ```text
 //! run.json            what was run: model, resolved settings, sizes
-//! source/…            copies of every .blk file the model was built from
+//! source.json         every .blk file the model was built from
 //! tokenizer.json      the tokenizer (BPE JSON, or a marker for bytes)
 //! metrics.jsonl       one JSON object per logged step
 //! loss.png, loss.svg  the loss curves
+//! .lock               held by the one process writing the run
 //! checkpoints/latest  the name of the newest complete checkpoint
-//! checkpoints/step-NNNNNNNN/{model.mpk, optimizer.bin, state.json}
+//! checkpoints/step-NNNNNNNN/{model.safetensors, optimizer.bin, state.json}
 //! ```
 //!
 //! A checkpoint is written into a hidden directory and renamed into place,
 //! then `latest` is replaced (write + rename): a crash at any point leaves
-//! the previous checkpoint intact and `latest` naming a whole one.
+//! the previous checkpoint intact. `state.json` records a checksum of each
+//! file beside it. When `latest` is missing, damaged or points elsewhere,
+//! the newest complete checkpoint is used instead, and the user is told.
+//!
+//! One process writes a run: [`RunDir::lock`] takes an advisory lock on
+//! `.lock` for the writer's life. The operating system drops it when the
+//! process ends, however it ends, so a killed run's lock is never stale.
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::settings::Settings;
+use crate::durable::{self, write_atomic};
 
 /// Checkpoints kept (the newest ones).
 const KEEP: usize = 2;
@@ -30,7 +39,7 @@ pub struct RunInfo {
     pub blkc_version: String,
     /// The .blk file as given on the command line.
     pub file: String,
-    /// Its path inside `source/`.
+    /// Its path inside `source.json`.
     pub entry: String,
     pub model: String,
     pub block: String,
@@ -50,6 +59,25 @@ pub struct State {
     pub eval_loss: Option<f64>,
     pub tokens: u64,
     pub seconds: f64,
+    /// CRC-32 of each file of the checkpoint, by name (absent in
+    /// checkpoints of older blkc: then nothing is verified).
+    #[serde(default)]
+    pub checksums: BTreeMap<String, u32>,
+}
+
+/// A checkpoint found in a run, and why it was chosen when it is not the
+/// one `latest` names.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: PathBuf,
+    pub state: State,
+    pub note: Option<String>,
+}
+
+/// The lock of a run directory, held until dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
 }
 
 #[derive(Debug)]
@@ -74,26 +102,73 @@ impl RunDir {
         self.root.join("tokenizer.json")
     }
 
-    pub fn source(&self) -> PathBuf {
-        self.root.join("source")
+    pub fn sources(&self) -> PathBuf {
+        self.root.join("source.json")
     }
 
-    fn checkpoints(&self) -> PathBuf {
+    pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
 
-    /// Creates the directory for a fresh run; refuses one that already
-    /// holds a run (so a run is never overwritten by accident).
-    pub fn create(&self) -> Result<(), String> {
-        if self.info_path().exists() {
+    /// Takes the run's writer lock (creating the directory), or says which
+    /// process holds it. Then removes what killed writers left half-written.
+    pub fn lock(&self) -> Result<Lock, String> {
+        std::fs::create_dir_all(&self.root).map_err(|e| durable::describe("create", &self.root, &e))?;
+        let path = self.root.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| durable::describe("open", &path, &e))?;
+        if let Err(e) = file.try_lock() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let pid = holder.trim();
+            let who = if pid.is_empty() { "another process".to_string() } else { format!("process {pid}") };
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "`{}` is being written by {who} (another `blkc train`); one run directory has one writer: \
+                     wait for it to finish, stop it, or choose another --out",
+                    self.root.display()
+                ),
+                std::fs::TryLockError::Error(e) => durable::describe("lock", &path, &e),
+            });
+        }
+        // The pid, for the message above; the lock itself is the flock.
+        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+        let _ = durable::remove_temporaries(&self.root);
+        Ok(Lock { _file: file })
+    }
+
+    /// Prepares the directory for a fresh run (the caller holds the lock).
+    /// Refuses a directory holding a run with checkpoints, or checkpoints
+    /// and metrics without `run.json` (they belong to something else). A
+    /// run stopped before its first checkpoint is taken over: returns a note.
+    pub fn create(&self) -> Result<Option<String>, String> {
+        let checkpoints = self.list().len();
+        let has_run = self.info_path().exists();
+        if has_run && checkpoints > 0 {
             return Err(format!(
                 "`{}` already holds a run; continue it with `--resume {}` or choose another --out",
                 self.root.display(),
                 self.root.display()
             ));
         }
-        std::fs::create_dir_all(self.checkpoints())
-            .map_err(|e| format!("cannot create the run directory `{}`: {e}", self.root.display()))
+        if !has_run && (checkpoints > 0 || self.metrics().exists()) {
+            return Err(format!(
+                "`{}` holds checkpoints or metrics but no run.json, so it is not a run blkc can continue or \
+                 replace; choose another --out, or remove the directory",
+                self.root.display()
+            ));
+        }
+        std::fs::create_dir_all(self.checkpoints()).map_err(|e| durable::describe("create", &self.root, &e))?;
+        if !has_run {
+            return Ok(None);
+        }
+        let _ = std::fs::remove_file(self.metrics());
+        Ok(Some(format!("`{}` held a run stopped before its first checkpoint: starting it again", self.root.display())))
     }
 
     pub fn write_info(&self, info: &RunInfo) -> Result<(), String> {
@@ -108,49 +183,82 @@ impl RunDir {
         serde_json::from_str(&text).map_err(|e| format!("`{}` is damaged: {e}", p.display()))
     }
 
-    /// Copies the sources (relative display names kept) into `source/`.
-    pub fn write_sources(&self, files: &[(String, String)]) -> Result<(), String> {
-        for (name, text) in files {
-            let p = self.source().join(name);
-            if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d).map_err(|e| format!("cannot write `{}`: {e}", d.display()))?;
-            }
-            write_atomic(&p, text.as_bytes())?;
-        }
-        Ok(())
+    /// The complete checkpoints (a `state.json` that reads, beside a
+    /// weights file and an optimiser state), by step.
+    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return Vec::new() };
+        let mut v: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            .filter_map(|e| complete(&e.path()).map(|s| (s.step, e.path())))
+            .collect();
+        v.sort();
+        v
     }
 
-    /// The newest complete checkpoint, if any.
-    pub fn latest(&self) -> Option<PathBuf> {
-        let name = std::fs::read_to_string(self.checkpoints().join("latest")).ok()?;
-        let p = self.checkpoints().join(name.trim());
-        p.join("state.json").is_file().then_some(p)
+    /// The newest complete checkpoint: the one `latest` names, else (it is
+    /// missing, damaged, incomplete or points outside the run) the newest
+    /// complete one, with a note saying so.
+    pub fn latest(&self) -> Option<Found> {
+        let named = std::fs::read_to_string(self.checkpoints().join("latest")).map(|n| n.trim().to_string());
+        let why = match &named {
+            Ok(n) if !valid_name(n) => format!("`latest` names `{n}`, which is not a checkpoint of this run"),
+            Ok(n) => match complete(&self.checkpoints().join(n)) {
+                Some(state) => return Some(Found { path: self.checkpoints().join(n), state, note: None }),
+                None => format!("`latest` names `{n}`, which is missing or incomplete"),
+            },
+            Err(_) => "`latest` is missing".to_string(),
+        };
+        let (_, path) = self.list().pop()?;
+        let state = complete(&path)?;
+        let note = format!("{why}; using the newest complete checkpoint, {}", path.display());
+        Some(Found { path, state, note: Some(note) })
     }
 
-    /// Writes checkpoint `step`: `fill` puts the weights and optimiser state
-    /// into the directory it is given.
-    pub fn checkpoint(&self, state: &State, fill: impl FnOnce(&Path) -> Result<(), String>) -> Result<PathBuf, String> {
+    /// Writes checkpoint `state.step`: `fill` puts the weights and optimiser
+    /// state into the directory it is given and returns their checksums.
+    pub fn checkpoint(
+        &self,
+        state: &State,
+        fill: impl FnOnce(&Path) -> Result<BTreeMap<String, u32>, String>,
+    ) -> Result<PathBuf, String> {
         let name = format!("step-{:08}", state.step);
         let dir = self.checkpoints().join(&name);
-        let tmp = self.checkpoints().join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = durable::temporary(&dir);
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot write a checkpoint: {e}"))?;
-        fill(&tmp)?;
-        let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&tmp).map_err(|e| durable::describe("create", &tmp, &e))?;
+        let result = self.fill_and_place(state, fill, &tmp, &dir);
+        if result.is_err() {
+            // A full disk must not be left fuller: the half-written
+            // directory goes, the previous checkpoint stays.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result?;
+        write_atomic(&self.checkpoints().join("latest"), name.as_bytes())?;
+        self.prune(&name);
+        Ok(dir)
+    }
+
+    fn fill_and_place(
+        &self,
+        state: &State,
+        fill: impl FnOnce(&Path) -> Result<BTreeMap<String, u32>, String>,
+        tmp: &Path,
+        dir: &Path,
+    ) -> Result<(), String> {
+        let checksums = fill(tmp)?;
+        let state = State { checksums, ..state.clone() };
+        let text = serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?;
         write_atomic(&tmp.join("state.json"), text.as_bytes())?;
         if dir.exists() {
             // The same step written again (e.g. an interrupt right after a
             // scheduled checkpoint): replace it.
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot replace `{}`: {e}", dir.display()))?;
+            std::fs::remove_dir_all(dir).map_err(|e| durable::describe("replace", dir, &e))?;
         }
-        // The files' entries reach the disk before the directory is renamed
-        // (each file was synced as it was written).
-        sync_dir(&tmp);
-        std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move the checkpoint into place: {e}"))?;
-        sync_dir(&self.checkpoints());
-        write_atomic(&self.checkpoints().join("latest"), name.as_bytes())?;
-        self.prune(&name);
-        Ok(dir)
+        durable::sync_dir(tmp);
+        std::fs::rename(tmp, dir).map_err(|e| durable::describe("move into place", dir, &e))?;
+        durable::sync_dir(&self.checkpoints());
+        Ok(())
     }
 
     /// Removes all but the newest [`KEEP`] checkpoints (never `current`).
@@ -162,20 +270,28 @@ impl RunDir {
             .filter(|n| n.starts_with("step-"))
             .collect();
         names.sort();
-        // Half-written checkpoints of killed runs.
-        if let Ok(entries) = std::fs::read_dir(self.checkpoints()) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".step-") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
         let excess = names.len().saturating_sub(KEEP);
         for n in names.into_iter().take(excess) {
             if n != current {
                 let _ = std::fs::remove_dir_all(self.checkpoints().join(n));
             }
         }
+    }
+
+    /// Removes the checkpoints after `step` (a run resumed from an older
+    /// checkpoint abandons them); returns their names.
+    pub fn drop_after(&self, step: u64) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return Vec::new() };
+        let mut gone = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let later = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > step);
+            if later && std::fs::remove_dir_all(e.path()).is_ok() {
+                gone.push(name);
+            }
+        }
+        gone.sort();
+        gone
     }
 
     /// Keeps the metrics lines up to `step` (a resumed run continues from
@@ -198,35 +314,115 @@ impl RunDir {
 
     /// Appends one metrics line (flushed, so a killed run keeps it).
     pub fn log(&self, line: &serde_json::Value) -> Result<(), String> {
+        let p = self.metrics();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.metrics())
-            .map_err(|e| format!("cannot write metrics: {e}"))?;
-        writeln!(f, "{line}").map_err(|e| format!("cannot write metrics: {e}"))
+            .open(&p)
+            .map_err(|e| durable::describe("write", &p, &e))?;
+        writeln!(f, "{line}").map_err(|e| durable::describe("write", &p, &e))
     }
+}
+
+/// Whether `name` can be a checkpoint directory of this run (`step-N`, no
+/// path separators, nothing that leaves `checkpoints/`).
+fn valid_name(name: &str) -> bool {
+    name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The state of `ckpt` when the checkpoint is complete.
+fn complete(ckpt: &Path) -> Option<State> {
+    let state = read_state(ckpt).ok()?;
+    let weights =
+        [crate::checkpoint::WEIGHTS, crate::checkpoint::LEGACY_WEIGHTS].iter().any(|w| ckpt.join(w).is_file());
+    (weights && ckpt.join("optimizer.bin").is_file()).then_some(state)
 }
 
 /// Reads a checkpoint's state.
 pub fn read_state(ckpt: &Path) -> Result<State, String> {
     let p = ckpt.join("state.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+    let text = std::fs::read_to_string(&p).map_err(|e| durable::describe("read", &p, &e))?;
     serde_json::from_str(&text).map_err(|e| format!("`{}` is damaged: {e}", p.display()))
 }
 
-/// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let err = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+/// The weights file of a checkpoint (legacy name where that is what it holds).
+pub fn weights(ckpt: &Path) -> PathBuf {
+    let legacy = ckpt.join(crate::checkpoint::LEGACY_WEIGHTS);
+    if !ckpt.join(crate::checkpoint::WEIGHTS).exists() && legacy.exists() {
+        return legacy;
+    }
+    ckpt.join(crate::checkpoint::WEIGHTS)
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> RunDir {
+        let d = std::env::temp_dir().join(format!("blkc-rundir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        RunDir::new(&d)
+    }
+
+    fn fake(run: &RunDir, step: u64) {
+        let state = State { step, loss: 1.0, eval_loss: None, tokens: 0, seconds: 0.0, checksums: BTreeMap::new() };
+        let made = run.checkpoint(&state, |d| {
+            let _ = std::fs::write(d.join(crate::checkpoint::WEIGHTS), b"w");
+            let _ = std::fs::write(d.join("optimizer.bin"), b"o");
+            Ok(BTreeMap::new())
+        });
+        assert!(made.is_ok(), "{made:?}");
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_until_the_first_lets_go() {
+        let run = scratch("lock");
+        let first = run.lock().unwrap_or_else(|e| panic!("{e}"));
+        let err = run.lock().err().unwrap_or_default();
+        assert!(err.contains(&format!("process {}", std::process::id())) && err.contains("one writer"), "{err}");
+        drop(first);
+        assert!(run.lock().is_ok(), "the lock is free once its holder is gone");
+        let _ = std::fs::remove_dir_all(&run.root);
+    }
+
+    #[test]
+    fn a_damaged_latest_falls_back_to_the_newest_complete_checkpoint() {
+        let run = scratch("latest");
+        let _ = std::fs::create_dir_all(run.checkpoints());
+        fake(&run, 4);
+        fake(&run, 8);
+        assert_eq!(run.latest().map(|f| (f.state.step, f.note.is_none())), Some((8, true)));
+        for (text, why) in [
+            ("garbage\u{0}", "not a checkpoint"),
+            ("../../elsewhere", "not a checkpoint"),
+            ("step-00000099", "missing"),
+        ] {
+            let _ = std::fs::write(run.checkpoints().join("latest"), text);
+            let f = run.latest().unwrap_or_else(|| panic!("no fallback for {text:?}"));
+            assert_eq!(f.state.step, 8);
+            assert!(f.note.as_deref().is_some_and(|n| n.contains(why) && n.contains("step-00000008")), "{:?}", f.note);
+        }
+        let _ = std::fs::remove_file(run.checkpoints().join("latest"));
+        assert!(run.latest().and_then(|f| f.note).is_some_and(|n| n.contains("missing")));
+        // An incomplete newest checkpoint is passed over.
+        let _ = std::fs::remove_file(run.checkpoints().join("step-00000008/optimizer.bin"));
+        assert_eq!(run.latest().map(|f| f.state.step), Some(4));
+        let _ = std::fs::remove_dir_all(&run.root);
+    }
+
+    #[test]
+    fn stray_checkpoints_without_run_json_are_refused_and_an_empty_run_is_taken_over() {
+        let run = scratch("create");
+        let _ = std::fs::create_dir_all(run.checkpoints());
+        fake(&run, 3);
+        let err = run.create().err().unwrap_or_default();
+        assert!(err.contains("no run.json"), "{err}");
+        let _ = std::fs::remove_dir_all(run.checkpoints());
+        let _ = std::fs::write(run.info_path(), "{}");
+        let _ = std::fs::write(run.metrics(), "{\"step\": 1}\n");
+        let note = run.create().unwrap_or_else(|e| panic!("{e}"));
+        assert!(note.is_some_and(|n| n.contains("before its first checkpoint")));
+        assert!(!run.metrics().exists(), "the stopped run's metrics go");
+        let _ = std::fs::remove_dir_all(&run.root);
     }
 }

@@ -3,8 +3,10 @@
 //! one, `reference/paper.md` §5.3). Overrides are checked by the compiler's
 //! own rules: `--set key=value` is compiled as a one-line `train` section.
 
+use std::path::Path;
+
 use blkc::graph::{Train, TrainValue};
-use blkc::Diagnostic;
+use blkc::{Diagnostic, SourceMap};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{Config, Rule, Schedule};
@@ -70,6 +72,27 @@ impl Settings {
     pub fn apply(&mut self, train: &Train) {
         for (key, value, _) in &train.settings {
             self.set(key, value);
+        }
+    }
+
+    /// Applies a file's `train` sections: a relative `data` path is taken
+    /// relative to the file that sets it (as `use` paths are), and stored
+    /// absolute, so the run reads the same text from any directory.
+    pub fn apply_file(&mut self, train: &Train, sources: &SourceMap) {
+        self.apply(train);
+        if let Some((_, _, span)) = train.settings.iter().rev().find(|(k, _, _)| k == "data") {
+            let file = &sources.get(span.file).path;
+            let dir = file.parent().unwrap_or(Path::new(""));
+            self.data = resolve(&self.data, dir);
+        }
+    }
+
+    /// Applies command-line overrides: a relative `data` path is taken
+    /// relative to the working directory, and stored absolute.
+    pub fn apply_command_line(&mut self, train: &Train) {
+        self.apply(train);
+        if train.settings.iter().any(|(k, _, _)| k == "data") {
+            self.data = resolve(&self.data, Path::new(""));
         }
     }
 
@@ -146,26 +169,130 @@ impl Settings {
     pub fn tokenizer_kind(&self) -> Kind {
         Kind::parse(&self.tokenizer).unwrap_or(Kind::Bpe)
     }
+
+    /// How continuing at `step` with the `new` settings changes the
+    /// learning-rate schedule these settings set, if it does.
+    pub fn schedule_change(&self, new: &Settings, step: u64) -> Option<String> {
+        let key = |s: &Settings| (s.steps, s.lr.to_bits(), s.warmup.to_bits(), s.schedule.clone());
+        if key(self) == key(new) {
+            return None;
+        }
+        let rate = |s: &Settings| super::optim::learning_rate(s.lr, step, s.steps, s.warmup, s.schedule());
+        let shape = |s: &Settings| {
+            format!("{} warm-up and {} decay from {:e} over {} steps", s.warmup, s.schedule, s.lr, s.steps)
+        };
+        Some(format!(
+            "this changes the run's learning-rate schedule ({}) to {}: at step {} the rate becomes {:.3e} instead of {:.3e}",
+            shape(self),
+            shape(new),
+            step + 1,
+            rate(new),
+            rate(self)
+        ))
+    }
+
+    /// Every setting as `key=value`, as `--set` takes it (`micro_batch`
+    /// only when set). A keyword that is not a plain word is quoted, so
+    /// that the compiler rejects it rather than reading it as more syntax.
+    pub fn pairs(&self) -> Vec<String> {
+        let word = |k: &str, v: &str| {
+            let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if plain {
+                format!("{k}={v}")
+            } else {
+                format!("{k}={}", quote(v))
+            }
+        };
+        let int = |k: &str, v: u64| format!("{k}={v}");
+        let num = |k: &str, v: f64| format!("{k}={v:?}");
+        let mut v = vec![
+            format!("data={}", quote(&self.data)),
+            word("tokenizer", &self.tokenizer),
+            int("batch", self.batch),
+            int("steps", self.steps),
+            num("lr", self.lr),
+            num("warmup", self.warmup),
+            word("schedule", &self.schedule),
+            word("optimizer", &self.optimizer),
+            num("beta1", self.beta1),
+            num("beta2", self.beta2),
+            num("adam_eps", self.adam_eps),
+            num("weight_decay", self.weight_decay),
+            num("clip", self.clip),
+            int("eval_every", self.eval_every),
+            int("eval_batches", self.eval_batches),
+            int("checkpoint_every", self.checkpoint_every),
+            int("log_every", self.log_every),
+            int("seed", self.seed),
+            num("val_fraction", self.val_fraction),
+            num("mask_rate", self.mask_rate),
+            word("device", &self.device),
+        ];
+        if self.micro_batch != 0 {
+            v.push(int("micro_batch", self.micro_batch));
+        }
+        v
+    }
+
+    /// Checks every setting by the rules a file's `train` section and
+    /// `--set` obey (settings read back from a run's `run.json` may have
+    /// been edited: a zero batch, a negative rate, an unknown optimiser).
+    pub fn validate(&self) -> Result<(), String> {
+        let pairs = self.pairs();
+        let c = compile_pairs(&pairs, "run.json");
+        let errors: Vec<Diagnostic> = c.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(blkc::diag::render_plain(&errors, &c.sources))
+    }
 }
 
-/// Checks `key=value` overrides with the compiler's rules for `train`
-/// settings; the diagnostics (rendered) when one is wrong.
-pub fn overrides(pairs: &[String]) -> Result<Option<Train>, String> {
-    if pairs.is_empty() {
-        return Ok(None);
+/// A data path relative to `dir`, made absolute (globs too) without `.`
+/// and `..`; the named corpus is left as it is.
+fn resolve(data: &str, dir: &Path) -> String {
+    if data == super::data::PYTHON_STDLIB {
+        return data.to_string();
     }
+    let joined = dir.join(data);
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    blkc::source::normalise(&absolute).display().to_string()
+}
+
+/// `v` as a `.blk` string literal.
+fn quote(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `key=value` pairs compiled as one `train` section named `name`.
+fn compile_pairs(pairs: &[String], name: &str) -> blkc::Compilation {
     let mut text = String::from("train {\n");
     for p in pairs {
-        let Some((k, v)) = p.split_once('=') else {
-            return Err(format!("`--set {p}`: write KEY=VALUE, e.g. `--set lr=3e-4`"));
-        };
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
         let (k, v) = (k.trim(), v.trim());
-        let quoted = k == "data" && !v.starts_with('"');
-        let v = if quoted { format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")) } else { v.to_string() };
+        let needs_quotes = k == "data" && !v.starts_with('"');
+        let v = if needs_quotes { quote(v) } else { v.to_string() };
         text.push_str(&format!("    {k} = {v}\n"));
     }
     text.push_str("}\n");
-    let c = blkc::compile_str("<command line>", &text);
+    blkc::compile_str(name, &text)
+}
+
+/// Checks `key=value` overrides with the compiler's rules for `train`
+/// settings; the diagnostics (rendered) when one is wrong. `flags` (from
+/// `--data`, `--steps`, `--device`) win over a `--set` of the same key.
+pub fn overrides(pairs: &[String], flags: &[String]) -> Result<Option<Train>, String> {
+    let key = |p: &String| p.split_once('=').map(|(k, _)| k.trim().to_string());
+    let flagged: Vec<String> = flags.iter().filter_map(key).collect();
+    let mut all: Vec<String> = pairs.iter().filter(|p| key(p).is_none_or(|k| !flagged.contains(&k))).cloned().collect();
+    all.extend(flags.iter().cloned());
+    if all.is_empty() {
+        return Ok(None);
+    }
+    if let Some(p) = all.iter().find(|p| !p.contains('=')) {
+        return Err(format!("`--set {p}`: write KEY=VALUE, e.g. `--set lr=3e-4`"));
+    }
+    let c = compile_pairs(&all, "<command line>");
     let errors: Vec<Diagnostic> = c.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
     if !errors.is_empty() {
         return Err(blkc::diag::render_plain(&errors, &c.sources));
@@ -179,16 +306,70 @@ mod tests {
 
     #[test]
     fn overrides_are_checked_by_the_compiler() {
-        let t = overrides(&["lr=3e-4".into(), "steps=20".into(), "data=some/dir".into()])
+        let t = overrides(&["lr=3e-4".into(), "steps=20".into(), "data=some/dir".into()], &[])
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no train section"));
         let mut s = Settings::default();
         s.apply(&t);
         assert_eq!((s.lr, s.steps, s.data.as_str()), (3e-4, 20, "some/dir"));
-        let bad = overrides(&["lr=-1".into()]).err().unwrap_or_default();
+        let bad = overrides(&["lr=-1".into()], &[]).err().unwrap_or_default();
         assert!(bad.contains("lr"), "{bad}");
-        assert!(overrides(&["colour=red".into()]).is_err());
-        assert!(overrides(&["steps".into()]).is_err());
+        assert!(overrides(&["colour=red".into()], &[]).is_err());
+        assert!(overrides(&["steps".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn a_flag_wins_over_a_set_of_the_same_key() {
+        let t = overrides(&["steps=3".into(), "lr=0.01".into()], &["steps=2".into()])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no train section"));
+        let mut s = Settings::default();
+        s.apply(&t);
+        assert_eq!((s.steps, s.lr), (2, 0.01));
+    }
+
+    #[test]
+    fn data_paths_follow_the_file_that_sets_them() {
+        let c = blkc::compile_str("examples/small/train.blk", "train {\n    data = \"../corpus\"\n}\n");
+        let t = c.program.and_then(|p| p.train).unwrap_or_else(|| panic!("no train section"));
+        let mut s = Settings::default();
+        s.apply_file(&t, &c.sources);
+        let cwd = std::env::current_dir().unwrap_or_default();
+        assert_eq!(Path::new(&s.data), cwd.join("examples/corpus"));
+        let t = overrides(&["data=texts/*.txt".into()], &[]).ok().flatten().unwrap_or_else(|| panic!("no section"));
+        s.apply_command_line(&t);
+        assert_eq!(Path::new(&s.data), cwd.join("texts/*.txt"));
+        let t = overrides(&["data=python-stdlib".into()], &[]).ok().flatten().unwrap_or_else(|| panic!("no section"));
+        s.apply_command_line(&t);
+        assert_eq!(s.data, "python-stdlib");
+    }
+
+    #[test]
+    fn a_changed_schedule_is_described_with_the_rates() {
+        let old = Settings { steps: 50, lr: 1e-3, ..Settings::default() };
+        assert_eq!(old.schedule_change(&old.clone(), 50), None);
+        let longer = Settings { steps: 60, ..old.clone() };
+        let change = old.schedule_change(&longer, 50).unwrap_or_default();
+        assert!(change.contains("over 50 steps") && change.contains("over 60 steps"), "{change}");
+        assert!(change.contains("step 51 the rate becomes 1.754e-4 instead of 0.000e0"), "{change}");
+    }
+
+    #[test]
+    fn settings_read_back_are_validated_as_set_would_be() {
+        assert_eq!(Settings::default().validate(), Ok(()));
+        let s = Settings { micro_batch: 4, data: "a \"quoted\" dir\\x".into(), adam_eps: 1e-8, ..Settings::default() };
+        assert_eq!(s.validate(), Ok(()));
+        for (bad, key) in [
+            (Settings { batch: 0, ..Settings::default() }, "batch"),
+            (Settings { eval_every: 0, ..Settings::default() }, "eval_every"),
+            (Settings { checkpoint_every: 0, ..Settings::default() }, "checkpoint_every"),
+            (Settings { lr: -1e-3, ..Settings::default() }, "lr"),
+            (Settings { optimizer: "lion".into(), ..Settings::default() }, "optimizer"),
+            (Settings { device: "tpu".into(), ..Settings::default() }, "device"),
+        ] {
+            let err = bad.validate().err().unwrap_or_default();
+            assert!(err.contains(key) && err.contains("run.json"), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::fixed_length::FixedLength;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use super::data::{Corpus, Fnv};
@@ -21,7 +24,15 @@ pub const MASK: &str = "<|mask|>";
 pub const BYTES_VOCAB: usize = 258;
 
 /// Bumped when the BPE recipe changes, so old cache entries are not reused.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
+
+/// Longest piece, in bytes, that BPE sees after splitting on whitespace
+/// and punctuation: a long run without spaces (minified code, base64, a
+/// data line) is cut into pieces of this length. BPE training costs about
+/// the vocabulary size times the longest piece, so without the bound one
+/// 400 KB line took a minute and 50 MB never finished; no token of a
+/// code corpus is longer than this anyway.
+pub const MAX_PIECE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -115,12 +126,11 @@ impl Tokenizer {
 
     /// Writes the tokenizer to `path` (JSON for BPE; a one-line marker for bytes).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let tmp = path.with_extension("json.tmp");
-        match self {
-            Tokenizer::Bytes => std::fs::write(&tmp, "{\"blkc_tokenizer\": \"bytes\"}\n").map_err(|e| e.to_string())?,
-            Tokenizer::Bpe(t) => t.save(&tmp, false).map_err(|e| format!("cannot save the tokenizer: {e}"))?,
-        }
-        crate::checkpoint::persist(&tmp, path)
+        let text = match self {
+            Tokenizer::Bytes => "{\"blkc_tokenizer\": \"bytes\"}\n".to_string(),
+            Tokenizer::Bpe(t) => t.to_string(false).map_err(|e| format!("cannot save the tokenizer: {e}"))?,
+        };
+        crate::durable::write_atomic(path, text.as_bytes())
     }
 
     pub fn load(path: &Path) -> Result<Tokenizer, String> {
@@ -159,7 +169,7 @@ pub enum Origin {
 
 /// The tokenizer of `kind` for `corpus`: bytes, or BPE with `vocab` tokens
 /// from the cache or trained now (and cached).
-pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus) -> Result<(Tokenizer, Origin), String> {
+pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus, quiet: bool) -> Result<(Tokenizer, Origin), String> {
     if kind == Kind::Bytes {
         return Ok((Tokenizer::Bytes, Origin::Builtin));
     }
@@ -176,6 +186,10 @@ pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus) -> Result<(Tokenizer, O
             return Ok((t, Origin::Cached { path }));
         }
     }
+    if !quiet {
+        let mb = corpus.train.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
+        eprintln!("tokenizer: training a byte-level BPE of {vocab} tokens on {mb:.1} MB (once per corpus; cached)…");
+    }
     let start = std::time::Instant::now();
     let t = train_bpe(vocab, corpus.train.iter().map(|d| d.text.as_str()))?;
     let seconds = start.elapsed().as_secs_f64();
@@ -190,7 +204,10 @@ pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus) -> Result<(Tokenizer, O
 /// byte symbols included) on `texts`.
 pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) -> Result<Tokenizer, String> {
     let mut t = HfTokenizer::new(BPE::default());
-    t.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+    t.with_pre_tokenizer(Some(Sequence::new(vec![
+        PreTokenizerWrapper::ByteLevel(ByteLevel::default().add_prefix_space(false)),
+        PreTokenizerWrapper::FixedLength(FixedLength::new(MAX_PIECE)),
+    ])));
     t.with_decoder(Some(ByteLevel::default()));
     let specials = vec![AddedToken::from(END_OF_TEXT, true), AddedToken::from(MASK, true)];
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
@@ -218,6 +235,19 @@ mod tests {
         ids.extend(t.encode("x").unwrap_or_default());
         assert_eq!(t.decode(&ids), format!("héllo{END_OF_TEXT}x"));
         assert_eq!(t.vocab_size(), 258);
+    }
+
+    #[test]
+    fn long_lines_without_spaces_are_cut_into_bounded_pieces() {
+        // Before the bound this took minutes (quadratic in the line).
+        let line: String = (0..400_000u32).map(|i| char::from(b'a' + ((i * 7 + i / 13) % 26) as u8)).collect();
+        let texts = [line.as_str(), "def f(x):\n    return x\n"];
+        let t = train_bpe(400, texts.iter().copied()).unwrap_or_else(|e| panic!("{e}"));
+        let Tokenizer::Bpe(hf) = &t else { panic!("not a BPE") };
+        let longest = hf.get_vocab(false).keys().map(|k| k.chars().count()).max().unwrap_or(0);
+        assert!(longest <= MAX_PIECE, "a token of {longest} bytes");
+        let ids = t.encode(&line[..10_000]).unwrap_or_default();
+        assert_eq!(t.decode(&ids), &line[..10_000]);
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! Memory a training run will need, estimated from the model and settings
+//! before anything is allocated, against what the machine has: a run that
+//! cannot fit is refused with the numbers and what to change, instead of
+//! being killed by the kernel after minutes (or aborting mid-allocation).
+//!
+//! The estimate is deliberately simple and on the high side: weights,
+//! gradients (and their accumulation), the two Adam moments and the
+//! updated weights (five copies of the parameters); per micro-batch row
+//! and token, what backward keeps of every node of every layer (its
+//! outputs, an MLP's hidden layer twice, an attention's scores and
+//! weights); the logits and their gradient. Measured peaks of the step
+//! (`blkc bench`, bench/NOTES.md) lie below it.
+
+use blkc::graph::{BlockIr, Model as ModelIr, Op, Program};
+
+/// Bytes of an f32.
+const F32: u128 = 4;
+/// What the process needs besides the model: code, the allocator's slack,
+/// the token streams of a small corpus.
+const BASE: u128 = 256 << 20;
+
+/// The estimate, in bytes, with its parts for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Weights, gradients, optimiser moments, updated weights.
+    pub parameters: u128,
+    /// Activations kept for backward, per micro-batch.
+    pub activations: u128,
+    /// Logits and their gradient, per micro-batch.
+    pub logits: u128,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u128 {
+        BASE + self.parameters + self.activations + self.logits
+    }
+}
+
+/// The estimate for training `model` with micro-batches of `rows`.
+pub fn estimate(program: &Program, model: &ModelIr, rows: u64) -> Estimate {
+    let block = &program.blocks[model.block];
+    let params = blkc::graph::params::count(model, block).total;
+    let tokens = u128::from(rows) * u128::from(model.context);
+    let per_token: u128 = (0..model.depth).map(|l| layer_floats(block, model, l)).sum();
+    Estimate {
+        parameters: 5 * F32 * params,
+        activations: F32 * tokens * per_token,
+        logits: 3 * F32 * tokens * u128::from(model.vocab),
+    }
+}
+
+/// Floats kept per token by layer `layer`.
+fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64) -> u128 {
+    let (d, h, t) = (u128::from(m.width), u128::from(m.heads), u128::from(m.context));
+    block
+        .graph_at(layer, m.depth)
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::Input | Op::Sum { .. } => d,
+            Op::Norm { .. } => 2 * d,
+            Op::Attention { .. } => 6 * d + 2 * h * t,
+            Op::Mlp { spec, .. } => 2 * d + 2 * (d as f64 * spec.width).ceil() as u128,
+        })
+        .sum()
+}
+
+/// Bytes free for this process: the smaller of the system's available
+/// memory and what its control group still allows. `None` where neither
+/// can be read.
+pub fn available() -> Option<u128> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| meminfo_available(&t));
+    let cgroup = cgroup_left();
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn meminfo_available(text: &str) -> Option<u128> {
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What a cgroup-v2 limit leaves (`memory.max` − `memory.current`).
+fn cgroup_left() -> Option<u128> {
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+    let max: u128 = read("memory.max")?.trim().parse().ok()?;
+    let current: u128 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// `Err` with the numbers and what to change when `need` does not fit in
+/// `have` bytes of `what` (the CPU's memory, a GPU's).
+pub fn check(e: &Estimate, have: u128, what: &str, rows: u64, model: &ModelIr) -> Result<(), String> {
+    if e.total() <= have {
+        return Ok(());
+    }
+    let per_row = (e.activations + e.logits) / u128::from(rows.max(1));
+    let fits = have.saturating_sub(BASE + e.parameters) / per_row.max(1);
+    let hint = if e.parameters + BASE > have {
+        format!(
+            "the parameters alone need {}: choose a smaller width ({}) or depth ({})",
+            gib(e.parameters),
+            model.width,
+            model.depth
+        )
+    } else if fits >= 1 {
+        format!(
+            "set micro_batch to {} or less (`--set micro_batch={}`; gradients are accumulated to the same batch)",
+            fits,
+            pow2_floor(fits)
+        )
+    } else {
+        format!(
+            "even one sequence of {} tokens needs {}: lower the context ({}) or the model's size",
+            model.context,
+            gib(per_row),
+            model.context
+        )
+    };
+    Err(format!(
+        "this run needs about {} of memory but {what} has {} free: parameters, gradients and optimiser state {}, \
+         activations {} and logits {} for micro-batches of {rows}; {hint}",
+        gib(e.total()),
+        gib(have),
+        gib(e.parameters),
+        gib(e.activations),
+        gib(e.logits)
+    ))
+}
+
+fn pow2_floor(n: u128) -> u128 {
+    1 << (127 - n.max(1).leading_zeros())
+}
+
+/// Bytes in GiB (or MiB below one), for messages.
+pub fn gib(bytes: u128) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(width: u64, context: u64) -> Program {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
+        let c = blkc::compile_str(
+            "m.blk",
+            &format!("{block}\nmodel m {{\n block = preln\n depth = 6\n width = {width}\n heads = 4\n context = {context}\n vocab = 4096\n}}\n"),
+        );
+        c.program.unwrap_or_else(|| panic!("{}", blkc::diag::render_plain(&c.diagnostics, &c.sources)))
+    }
+
+    #[test]
+    fn a_model_that_cannot_fit_is_refused_with_a_hint() {
+        let p = program(256, 128);
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let small = estimate(&p, &m, 16);
+        assert!(check(&small, 8 << 30, "this machine", 16, &m).is_ok(), "{small:?}");
+        let big = estimate(&p, &m, 100_000);
+        let err = check(&big, 8 << 30, "this machine", 100_000, &m).err().unwrap_or_default();
+        assert!(err.contains("needs about") && err.contains("micro_batch"), "{err}");
+        // Width 16384: the parameters alone do not fit.
+        let p = program(16384, 128);
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m).err().unwrap_or_default();
+        assert!(err.contains("parameters alone"), "{err}");
+        // Context 131072: one sequence's attention does not fit.
+        let p = program(256, 131_072);
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m).err().unwrap_or_default();
+        assert!(err.contains("lower the context"), "{err}");
+    }
+
+    #[test]
+    fn available_memory_is_read() {
+        assert_eq!(meminfo_available("MemTotal: 100 kB\nMemAvailable:   2048 kB\n"), Some(2 << 20));
+        if cfg!(target_os = "linux") {
+            assert!(available().is_some_and(|b| b > 0));
+        }
+    }
+}

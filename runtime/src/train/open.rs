@@ -1,0 +1,175 @@
+//! Opening what a run left on disk: its saved model (recompiled from
+//! `source.json`), its settings (validated as `--set` is), and a
+//! checkpoint's weights and optimiser state, each checked against the
+//! rebuilt model, so a damaged or foreign file is an error that names it.
+
+use std::path::{Path, PathBuf};
+
+use blkc::graph::{Model as ModelIr, Program};
+use blkc::{MemLoader, SourceMap};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+
+use super::optim::{Optimizer, Rule};
+use super::rundir::{self, Found, RunDir, RunInfo, State};
+use super::settings::Settings;
+use super::tokenizer::Tokenizer;
+use super::{model_of, tokens};
+use crate::checkpoint;
+use crate::kernels::Kernels;
+use crate::model::Model;
+
+/// Recompiles a run's model from the copy of its sources in `source.json`.
+pub fn compile_saved(dir: &RunDir) -> Result<(Program, SourceMap), String> {
+    let p = dir.sources();
+    let text = std::fs::read_to_string(&p).map_err(|e| crate::durable::describe("read", &p, &e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("`{}` is damaged: {e}", p.display()))?;
+    let entry = v.get("entry").and_then(|e| e.as_str()).ok_or_else(|| format!("`{}` has no entry", p.display()))?;
+    let mut loader = MemLoader::default();
+    if let Some(files) = v.get("files").and_then(|f| f.as_object()) {
+        for (path, text) in files {
+            loader = loader.with(path, text.as_str().unwrap_or_default());
+        }
+    }
+    let c = blkc::compile(Path::new(entry), &loader).map_err(|e| format!("cannot rebuild the model: {e}"))?;
+    match c.program {
+        Some(p) => Ok((p, c.sources)),
+        None => Err(format!(
+            "the run's saved model (`{}`) no longer compiles:\n{}",
+            p.display(),
+            blkc::diag::render_plain(&c.diagnostics, &c.sources)
+        )),
+    }
+}
+
+/// A run's `run.json`, its settings validated.
+pub fn read_info(dir: &RunDir) -> Result<RunInfo, String> {
+    let info = dir.read_info()?;
+    info.settings
+        .validate()
+        .map_err(|e| format!("`{}` holds settings blkc refuses:\n{e}", dir.info_path().display()))?;
+    Ok(info)
+}
+
+/// The checkpoint `path` names: a run directory (its newest complete
+/// checkpoint) or one of its `checkpoints/step-…` directories. `Ok(None)`
+/// for a run with no checkpoint yet.
+pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
+    if path.join("state.json").is_file() {
+        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let state = rundir::read_state(path)?;
+        return Ok((RunDir::new(&root), Some(Found { path: path.to_path_buf(), state, note: None })));
+    }
+    let dir = RunDir::new(path);
+    if !dir.info_path().exists() {
+        return Err(format!("`{}` is neither a run directory (no run.json) nor a checkpoint", path.display()));
+    }
+    let found = dir.latest();
+    Ok((dir, found))
+}
+
+/// A checkpoint's weights loaded into `model`, verified against the
+/// checksum its state recorded.
+pub fn load_weights<B: Kernels>(model: Model<B>, ckpt: &Found, device: &B::Device) -> Result<Model<B>, String> {
+    let path = rundir::weights(&ckpt.path);
+    let sum = path.file_name().and_then(|n| ckpt.state.checksums.get(n.to_string_lossy().as_ref())).copied();
+    checkpoint::load(model, &path, sum, device)
+}
+
+/// A checkpoint's optimiser state, verified and checked against `model`
+/// and against the checkpoint's step.
+pub fn load_optimizer<AB: Backend, B: Kernels, M: Module<AB>>(
+    settings: &Settings,
+    ckpt: &Found,
+    model: &M,
+    device: &B::Device,
+) -> Result<Optimizer<B>, String> {
+    let path = ckpt.path.join("optimizer.bin");
+    let sum = ckpt.state.checksums.get("optimizer.bin").copied();
+    let opt = Optimizer::load(settings.optimizer_config(), &path, sum, device)?;
+    opt.check(model, &path)?;
+    if opt.t != ckpt.state.step {
+        return Err(format!(
+            "`{}` has made {} updates but its checkpoint is at step {}: the two files belong to different runs",
+            path.display(),
+            opt.t,
+            ckpt.state.step
+        ));
+    }
+    let rule = settings.optimizer_config().rule;
+    if rule != Rule::Sgd && opt.t > 0 && opt.is_empty() {
+        return Err(format!("`{}` holds no moments after {} updates: it is damaged", path.display(), opt.t));
+    }
+    Ok(opt)
+}
+
+/// Refuses a checkpoint the run's settings cannot continue.
+pub fn check_state(state: &State, settings: &Settings, ckpt: &Path) -> Result<(), String> {
+    if state.step > settings.steps {
+        return Err(format!(
+            "`{}` is at step {}, past the {} steps the run is set for; give --steps {} or more (with --reschedule)",
+            ckpt.display(),
+            state.step,
+            settings.steps,
+            state.step
+        ));
+    }
+    Ok(())
+}
+
+/// A run opened for evaluation or sampling.
+#[derive(Debug)]
+pub struct Opened<B: Kernels> {
+    pub dir: RunDir,
+    pub checkpoint: PathBuf,
+    pub info: RunInfo,
+    pub program: Program,
+    pub sources: SourceMap,
+    pub ir: ModelIr,
+    pub model: Model<B>,
+    pub tokenizer: Tokenizer,
+    pub state: State,
+    /// Why another checkpoint than `latest` was opened.
+    pub note: Option<String>,
+}
+
+/// Loads the newest checkpoint of a run (or the checkpoint directory
+/// given) into a freshly built model.
+pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, String> {
+    let (dir, found) = locate(path)?;
+    let found = found.ok_or_else(|| {
+        format!(
+            "`{}` holds no complete checkpoint yet (the run stopped before its first); continue it with \
+             `blkc train --resume {}`",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let info = read_info(&dir)?;
+    let (program, sources) = compile_saved(&dir)?;
+    let ir = model_of(&program)?.clone();
+    let tok = Tokenizer::load(&dir.tokenizer())?;
+    if tok.vocab_size() > ir.vocab as usize {
+        return Err(format!(
+            "`{}` has {} tokens, more than the model's vocabulary of {}: it is not this run's tokenizer",
+            dir.tokenizer().display(),
+            tok.vocab_size(),
+            ir.vocab
+        ));
+    }
+    tokens::check_ids(&[tok.end_of_text(), tok.mask()], ir.vocab as usize)?;
+    let model = Model::<B>::build(&program, &ir, info.settings.seed, device);
+    let model = load_weights(model, &found, device)?;
+    Ok(Opened {
+        dir,
+        checkpoint: found.path,
+        info,
+        program,
+        sources,
+        ir,
+        model,
+        tokenizer: tok,
+        state: found.state,
+        note: found.note,
+    })
+}

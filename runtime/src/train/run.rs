@@ -1,0 +1,457 @@
+//! The training loop and how a run starts: fresh (a new run directory) or
+//! resumed (from a checkpoint, validated against the rebuilt model).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use blkc::graph::Model as ModelIr;
+use blkc::span::FileId;
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Tensor;
+use serde_json::json;
+
+use super::batch::{self, Objective, Sampler};
+use super::optim::{self, Optimizer};
+use super::rundir::{self, RunDir, RunInfo, State};
+use super::settings::Settings;
+use super::tokenizer::{self, Origin, Tokenizer};
+use super::{
+    check_vocab, data, evaluate, loss, model_name, model_of, objective, open, plot, progress, say, signals,
+    source_files, tokens, Failure, Job, Summary,
+};
+use crate::checkpoint;
+use crate::kernels::TrainKernels;
+use crate::model::Model;
+
+/// Where training starts from.
+struct Start<B: TrainKernels> {
+    step: u64,
+    opt: Optimizer<B::InnerBackend>,
+    model: Model<B>,
+    tokens: u64,
+    seconds: f64,
+    last: Option<PathBuf>,
+}
+
+/// Trains `job` on `device`, holding the run directory's lock throughout.
+/// A fresh run that fails before it has written `run.json` leaves no
+/// directory behind.
+pub fn train<B: TrainKernels>(job: &Job, device: &B::Device) -> Result<Summary, Failure> {
+    let dir = RunDir::new(&job.out);
+    let existed = dir.root.exists();
+    let lock = dir.lock()?;
+    let result = run::<B>(job, &dir, device);
+    if result.is_err() && job.resume.is_none() && !existed && !dir.info_path().exists() {
+        drop(lock);
+        let _ = std::fs::remove_dir_all(&dir.root);
+    }
+    result
+}
+
+fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<Summary, Failure> {
+    let mut s = job.settings.clone();
+    let ir = model_of(&job.program)?.clone();
+    let accum = s.accumulation()?;
+    let micro = s.micro() as usize;
+    let q = job.quiet;
+    if job.resume.is_none() {
+        if let Some(note) = dir.create()? {
+            say(q, note);
+        }
+    }
+
+    // Data and tokenizer.
+    let t0 = Instant::now();
+    let corpus = data::load(&s.data, s.val_fraction)?;
+    say(
+        q,
+        format!(
+            "data: `{}` ({}): {} training and {} validation files, {:.1} MB; skipped: {}",
+            s.data,
+            corpus.root.display(),
+            corpus.train.len(),
+            corpus.valid.len(),
+            corpus.bytes() as f64 / 1e6,
+            corpus.skipped.describe()
+        ),
+    );
+    let (tok, origin) = if job.resume.is_some() {
+        (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
+    } else {
+        tokenizer::obtain(s.tokenizer_kind(), ir.vocab as usize, &corpus, q)?
+    };
+    say_tokenizer(q, &tok, &origin);
+    check_vocab(&ir, &tok, &job.sources)?;
+    let obj = objective(&ir, &s, &tok);
+    let shifted = obj == Objective::Causal;
+    let context = ir.context as usize;
+
+    let start = match &job.resume {
+        Some(_) => resumed::<B>(job, dir, &ir, &s, device)?,
+        None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
+    };
+    let key = tokens::tokenizer_key(&dir.tokenizer());
+    let (train_stream, valid_stream, cached) =
+        tokens::streams(&corpus, &tok, key, context, shifted, ir.vocab as usize)?;
+    say(
+        q,
+        format!(
+            "tokens: {} training, {} validation ({}, {:.1} s)",
+            progress::thousands(train_stream.tokens.len() as f64),
+            progress::thousands(valid_stream.tokens.len() as f64),
+            if cached { "cached" } else { "encoded" },
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    let window = context + usize::from(shifted);
+    if train_stream.windows() == 0 {
+        return Err(Failure::Message(format!(
+            "the training split has {} tokens, fewer than one window of {window} ({}); give more text with --data",
+            train_stream.tokens.len(),
+            s.data
+        )));
+    }
+    if valid_stream.windows() == 0 {
+        return Err(Failure::Message(format!(
+            "the validation split has {} tokens, fewer than one window of {window}; raise val_fraction or give more text",
+            valid_stream.tokens.len(),
+        )));
+    }
+    let block = job.program.blocks[ir.block].name.clone();
+    let params = start.model.trainable_params() as u64;
+    if job.resume.is_none() {
+        s.micro_batch = micro as u64;
+    }
+    let info = RunInfo {
+        blkc_version: env!("CARGO_PKG_VERSION").into(),
+        file: job.file.clone(),
+        entry: job.sources.get(FileId(0)).path.display().to_string(),
+        model: model_name(&ir),
+        block: block.clone(),
+        params,
+        settings: s.clone(),
+        tokenizer_vocab: tok.vocab_size() as u64,
+        train_tokens: train_stream.tokens.len() as u64,
+        valid_tokens: valid_stream.tokens.len() as u64,
+    };
+    dir.write_info(&info)?;
+    say(
+        q,
+        format!(
+            "model: `{}` (block `{block}`), {} parameters, {} objective; {} steps of {} × {} tokens ({}) on {}; run in {}",
+            model_name(&ir),
+            progress::thousands(params as f64),
+            if shifted { "causal" } else { "masked" },
+            s.steps,
+            s.batch,
+            context,
+            micro_batches(accum, micro),
+            B::name(device),
+            dir.root.display()
+        ),
+    );
+    let loop_ = Loop { job, dir, s: &s, obj, context, accum, micro, train: &train_stream, valid: &valid_stream };
+    let summary = loop_.run::<B>(start, device)?;
+    let curves = plot::Curves::read(&dir.metrics());
+    match plot::draw(&curves, &format!("{} ({})", model_name(&ir), block), &dir.root) {
+        Ok((_, true)) => {}
+        Ok((_, false)) => say(q, "plot: no system font found; loss.png and loss.svg are drawn without labels"),
+        Err(e) => say(q, format!("plot: {e}")),
+    }
+    if summary.interrupted {
+        say(
+            q,
+            format!("stopped at step {}; continue with `blkc train --resume {}`", summary.steps, dir.root.display()),
+        );
+    }
+    Ok(summary)
+}
+
+/// "4 micro-batches of 8", "1 micro-batch of 8".
+fn micro_batches(n: u64, rows: usize) -> String {
+    format!("{n} micro-batch{} of {rows}", if n == 1 { "" } else { "es" })
+}
+
+fn say_tokenizer(q: bool, tok: &Tokenizer, origin: &Origin) {
+    match origin {
+        Origin::Builtin => say(q, "tokenizer: bytes (258 tokens)"),
+        Origin::Trained { seconds, path } => say(
+            q,
+            format!(
+                "tokenizer: BPE of {} tokens trained in {seconds:.1} s, cached at {}",
+                tok.vocab_size(),
+                path.display()
+            ),
+        ),
+        Origin::Cached { path } => {
+            say(q, format!("tokenizer: {} of {} tokens from {}", tok.kind().name(), tok.vocab_size(), path.display()))
+        }
+    }
+}
+
+/// A new run: its tokenizer and sources saved, the model built.
+fn fresh<B: TrainKernels>(
+    job: &Job,
+    dir: &RunDir,
+    tok: &Tokenizer,
+    ir: &ModelIr,
+    s: &Settings,
+    device: &B::Device,
+) -> Result<Start<B>, Failure> {
+    tok.save(&dir.tokenizer())?;
+    let files: serde_json::Map<String, serde_json::Value> =
+        source_files(&job.sources).into_iter().map(|(p, t)| (p, json!(t))).collect();
+    let entry = job.sources.get(FileId(0)).path.display().to_string();
+    crate::durable::write_atomic(&dir.sources(), json!({"entry": entry, "files": files}).to_string().as_bytes())?;
+    let model = Model::<B>::build(&job.program, ir, s.seed, device);
+    Ok(Start { step: 0, opt: Optimizer::new(s.optimizer_config()), model, tokens: 0, seconds: 0.0, last: None })
+}
+
+/// A run continued from its newest complete checkpoint (or the one given),
+/// or from step 0 when it stopped before its first.
+fn resumed<B: TrainKernels>(
+    job: &Job,
+    dir: &RunDir,
+    ir: &ModelIr,
+    s: &Settings,
+    device: &B::Device,
+) -> Result<Start<B>, Failure> {
+    let q = job.quiet;
+    let r = job.resume.as_ref().ok_or_else(|| "not a resumed run".to_string())?;
+    let found = match &r.checkpoint {
+        Some(p) => open::locate(p)?.1,
+        None => dir.latest(),
+    };
+    let model = Model::<B>::build(&job.program, ir, s.seed, device);
+    let Some(found) = found else {
+        say(
+            q,
+            format!(
+                "resume: `{}` has no checkpoint yet (it stopped before its first): starting from step 0",
+                dir.root.display()
+            ),
+        );
+        dir.truncate_metrics(0)?;
+        return Ok(Start {
+            step: 0,
+            opt: Optimizer::new(s.optimizer_config()),
+            model,
+            tokens: 0,
+            seconds: 0.0,
+            last: None,
+        });
+    };
+    if let Some(note) = &found.note {
+        eprintln!("warning: {note}");
+    }
+    open::check_state(&found.state, s, &found.path)?;
+    if let Some(change) = r.before.schedule_change(s, found.state.step) {
+        if !r.reschedule {
+            return Err(Failure::Message(format!(
+                "{change}; pass --reschedule to train on with the new schedule, or leave the run's settings as they were"
+            )));
+        }
+        say(q, format!("resume: {change} (--reschedule)"));
+    }
+    let model = open::load_weights(model, &found, device)?;
+    let opt = open::load_optimizer::<B, B::InnerBackend, _>(s, &found, &model, device)?;
+    let step = found.state.step;
+    dir.truncate_metrics(step)?;
+    let dropped = dir.drop_after(step);
+    if !dropped.is_empty() {
+        say(q, format!("resume: removed {} (later than the checkpoint resumed from)", dropped.join(", ")));
+    }
+    say(q, format!("resume: from {} (step {step})", found.path.display()));
+    Ok(Start { step, opt, model, tokens: found.state.tokens, seconds: found.state.seconds, last: Some(found.path) })
+}
+
+/// What the loop needs besides the model.
+struct Loop<'a> {
+    job: &'a Job,
+    dir: &'a RunDir,
+    s: &'a Settings,
+    obj: Objective,
+    context: usize,
+    accum: u64,
+    micro: usize,
+    train: &'a batch::Stream,
+    valid: &'a batch::Stream,
+}
+
+impl Loop<'_> {
+    fn run<B: TrainKernels>(&self, start: Start<B>, device: &B::Device) -> Result<Summary, Failure> {
+        let (s, dir, obj) = (self.s, self.dir, self.obj);
+        let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
+            start;
+        let mut sampler = Sampler::new(s.seed, self.train.windows());
+        let sched = s.schedule();
+        let bar = progress::Progress::new(first, s.steps, self.job.quiet);
+        let run_start = Instant::now();
+        let (mut last_loss, mut last_eval) = (f64::NAN, None);
+        let (mut step_time, mut data_time, mut timed_tokens) = (0.0f64, 0.0f64, 0u64);
+        let stop_at = self.job.stop_at.unwrap_or(u64::MAX);
+        let mut stopped: Option<Option<i32>> = None;
+        let mut step = first;
+        let save = |model: &Model<B>, opt: &Optimizer<B::InnerBackend>, state: &State| {
+            dir.checkpoint(state, |d| {
+                let mut sums = BTreeMap::new();
+                sums.insert(checkpoint::WEIGHTS.to_string(), checkpoint::save(model, &d.join(checkpoint::WEIGHTS))?);
+                sums.insert("optimizer.bin".to_string(), opt.save(&d.join("optimizer.bin"))?);
+                Ok(sums)
+            })
+        };
+        while step < s.steps {
+            if let Some(sig) = signals::received() {
+                stopped = Some(Some(sig));
+                break;
+            }
+            if step >= stop_at {
+                stopped = Some(None);
+                break;
+            }
+            let began = Instant::now();
+            let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
+            let mut acc = GradientsAccumulator::<Model<B>>::new();
+            let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
+            for m in 0..self.accum {
+                let d0 = Instant::now();
+                let first_row = (step * self.accum + m) * self.micro as u64;
+                let b = batch::train_batch(self.train, &mut sampler, first_row, self.micro, obj, s.seed);
+                data_time += d0.elapsed().as_secs_f64();
+                let l = loss(&model, &b, obj, device).div_scalar(self.accum as f64);
+                let value = l.clone().inner();
+                total = Some(match total.take() {
+                    Some(t) => t + value,
+                    None => value,
+                });
+                let grads = GradientsParams::from_grads(l.backward(), &model);
+                acc.accumulate(&model, grads);
+            }
+            let loss_value =
+                total.map_or(f64::NAN, |t| f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar())));
+            if !loss_value.is_finite() {
+                bar.finish();
+                return Err(non_finite(step + 1, "loss", loss_value, &last));
+            }
+            let (updated, grad_norm) = opt.step::<B, _>(model, lr, acc.grads());
+            model = updated;
+            if !grad_norm.is_finite() {
+                bar.finish();
+                return Err(non_finite(step + 1, "gradient norm", grad_norm, &last));
+            }
+            step += 1;
+            let dt = began.elapsed().as_secs_f64();
+            step_time += dt;
+            let step_tokens = (s.batch as usize * self.context) as u64;
+            tokens_seen += step_tokens;
+            timed_tokens += step_tokens;
+            last_loss = loss_value;
+            let eval_now = step.is_multiple_of(s.eval_every) || step == s.steps;
+            let eval = eval_now.then(|| {
+                let inner = model.valid();
+                evaluate(&inner, self.valid, s.eval_batches as usize, self.micro, obj, s.seed, device)
+            });
+            if eval.is_some() {
+                last_eval = eval;
+            }
+            let log_now = step.is_multiple_of(s.log_every) || step == s.steps || eval.is_some() || step == 1;
+            if log_now {
+                let elapsed = seconds_before + run_start.elapsed().as_secs_f64();
+                dir.log(&metrics_line(
+                    step,
+                    loss_value,
+                    lr,
+                    grad_norm,
+                    step_tokens as f64 / dt,
+                    tokens_seen,
+                    elapsed,
+                    eval,
+                    &model,
+                ))?;
+            }
+            bar.update(step, loss_value, lr, timed_tokens as f64 / step_time.max(1e-9), eval, log_now);
+            if step.is_multiple_of(s.checkpoint_every) || step == s.steps {
+                let seconds = seconds_before + run_start.elapsed().as_secs_f64();
+                let state = State {
+                    step,
+                    loss: loss_value,
+                    eval_loss: last_eval,
+                    tokens: tokens_seen,
+                    seconds,
+                    checksums: BTreeMap::new(),
+                };
+                last = Some(save(&model, &opt, &state)?);
+            }
+        }
+        bar.finish();
+        let at_last = last.as_ref().and_then(|c| rundir::read_state(c).ok()).map(|s| s.step) == Some(step);
+        if stopped.is_some() && step > first && !at_last {
+            let seconds = seconds_before + run_start.elapsed().as_secs_f64();
+            let state = State {
+                step,
+                loss: last_loss,
+                eval_loss: last_eval,
+                tokens: tokens_seen,
+                seconds,
+                checksums: BTreeMap::new(),
+            };
+            last = Some(save(&model, &opt, &state)?);
+        }
+        Ok(Summary {
+            steps: step,
+            loss: last_loss,
+            eval_loss: last_eval,
+            tokens_per_s: timed_tokens as f64 / step_time.max(1e-9),
+            data_share: data_time / step_time.max(1e-9),
+            interrupted: stopped.is_some(),
+            signal: stopped.flatten(),
+            checkpoint: last,
+        })
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[allow(clippy::too_many_arguments)]
+fn metrics_line<B: TrainKernels>(
+    step: u64,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens_per_s: f64,
+    tokens: u64,
+    elapsed: f64,
+    eval: Option<f64>,
+    model: &Model<B>,
+) -> serde_json::Value {
+    let gains: BTreeMap<String, f64> =
+        model.gains().into_iter().map(|(k, v)| (k, (f64::from(v) * 1e6).round() / 1e6)).collect();
+    let mut line = json!({
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": (tokens_per_s * 10.0).round() / 10.0,
+        "tokens": tokens,
+        "elapsed_s": (elapsed * 1000.0).round() / 1000.0,
+    });
+    if let Some(e) = eval {
+        line["eval_loss"] = json!(e);
+    }
+    if !gains.is_empty() {
+        line["gains"] = json!(gains);
+    }
+    line
+}
+
+fn non_finite(step: u64, what: &str, value: f64, last: &Option<PathBuf>) -> Failure {
+    let kept = match last.as_ref().and_then(|c| rundir::read_state(c).ok().map(|s| (c, s.step))) {
+        Some((c, s)) => format!("the last good checkpoint (step {s}) is kept at {}", c.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    };
+    Failure::Message(format!(
+        "the {what} became {value} at step {step}, so training stopped; {kept}. Lower the learning rate (lr), \
+         raise warmup, turn on clipping, or check the block's gains"
+    ))
+}
