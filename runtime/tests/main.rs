@@ -7,4 +7,5 @@ mod cli;
 mod lowering;
 mod measure;
 mod optim;
+mod safety;
 mod train;

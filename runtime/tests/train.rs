@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A scratch directory holding the tiny model, removed first if present.
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("blkc-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
@@ -27,7 +27,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A tiny model of `block`; `extra` lines (`key = value`) replace or add
 /// train settings.
-fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf {
+pub(crate) fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf {
     let file = match block {
         "preln" => "preln.blk",
         "skipless_naive" => "skipless-naive.blk",
@@ -68,26 +68,26 @@ fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str) -> PathBuf
     p
 }
 
-fn command(dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn command(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blkc"));
     c.args(args).current_dir(dir).env("BLKC_CACHE", dir.join("cache"));
     c
 }
 
-fn blkc(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn blkc(dir: &Path, args: &[&str]) -> Output {
     command(dir, args).output().unwrap_or_else(|e| panic!("cannot run blkc: {e}"))
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn ok(o: &Output) {
+pub(crate) fn ok(o: &Output) {
     assert!(o.status.success(), "blkc failed ({:?}):\n{}", o.status.code(), text(&o.stderr));
 }
 
 /// `step → (loss, eval_loss)` from a run's metrics.
-fn losses(run: &Path) -> BTreeMap<u64, (f64, Option<f64>)> {
+pub(crate) fn losses(run: &Path) -> BTreeMap<u64, (f64, Option<f64>)> {
     let t = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     t.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad metrics line {l}: {e}")))
@@ -179,7 +179,7 @@ fn stopped_and_resumed_runs_log_the_losses_of_an_uninterrupted_one() {
 }
 
 /// Waits until the run has logged `lines` metrics lines.
-fn wait_for_lines(run: &Path, lines: usize, child: &mut std::process::Child) {
+pub(crate) fn wait_for_lines(run: &Path, lines: usize, child: &mut std::process::Child) {
     let start = Instant::now();
     while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < lines {
         if let Ok(Some(status)) = child.try_wait() {

@@ -1,0 +1,290 @@
+//! A run directory is safe against users, crashes, full disks and other
+//! processes: each test below is one way a run used to end in a panic, a
+//! hang, an out-of-memory kill, silently wrong numbers or a dead end
+//! (docs/training.md, "What survives what").
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::train::{blkc, command, losses, ok, repo, scratch, text, tiny, wait_for_lines};
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn write(p: &Path, s: &str) {
+    std::fs::write(p, s).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("{} → {}: {e}", from.display(), to.display()));
+}
+
+/// Asserts exit 1 with `what` in the message and no panic.
+fn refused(o: &std::process::Output, what: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "expected a refusal with `{what}`:\n{err}");
+    assert!(err.contains(what), "expected `{what}` in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn ckpt(run: &Path, step: u64) -> std::path::PathBuf {
+    run.join(format!("checkpoints/step-{step:08}"))
+}
+
+/// Edits a JSON file in place.
+fn edit(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{e}"));
+    f(&mut v);
+    write(p, &v.to_string());
+}
+
+#[cfg(unix)]
+#[test]
+fn one_writer_per_run_and_sigterm_checkpoints_like_ctrl_c() {
+    let d = scratch("writers");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let run = d.join("run");
+    let mut first =
+        command(&d, &["train", "tiny.blk", "--out", "run", "--steps", "100000", "--set", "eval_every=100000"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_lines(&run, 4, &mut first);
+    let holder = format!("process {}", first.id());
+    refused(&blkc(&d, &["train", "--resume", "run", "--stop-at", "2"]), &holder);
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "run"]), &holder);
+    let _ = Command::new("kill").args(["-TERM", &first.id().to_string()]).status();
+    let status = first.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(143), "SIGTERM stops with 128 + 15 after its checkpoint");
+    let done = losses(&run).len() as u64;
+    assert_eq!(
+        read(&run.join("checkpoints/latest")).trim(),
+        format!("step-{done:08}"),
+        "a checkpoint of the last step"
+    );
+    // The lock died with its holder: the run continues.
+    ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", &(done + 2).to_string()]));
+    assert_eq!(losses(&run).len() as u64, done + 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn weights_and_moments_of_another_run_are_refused_by_name() {
+    let d = scratch("foreign");
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "a", "--steps", "10", "-q"]));
+    tiny(&d, "preln", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "b", "--steps", "10", "-q"]));
+    let (a, b) = (ckpt(&d.join("a"), 10), ckpt(&d.join("b"), 10));
+    let own = d.join("own.safetensors");
+    copy(&a.join("model.safetensors"), &own);
+    // Another model's weights: the recorded checksum does not match.
+    copy(&b.join("model.safetensors"), &a.join("model.safetensors"));
+    refused(&blkc(&d, &["eval", "a"]), "is damaged");
+    // Without checksums (an older checkpoint), the shapes still do not.
+    edit(&a.join("state.json"), |v| v["checksums"] = serde_json::json!({}));
+    for args in [vec!["eval", "a"], vec!["sample", "a", "--tokens", "2"], vec!["train", "--resume", "a"]] {
+        refused(&blkc(&d, &args), "does not fit this model");
+    }
+    // Another model's optimiser state: the moments name its parameters.
+    copy(&own, &a.join("model.safetensors"));
+    copy(&b.join("optimizer.bin"), &a.join("optimizer.bin"));
+    refused(&blkc(&d, &["train", "--resume", "a", "--steps", "12", "--reschedule"]), "belongs to another model");
+    // An edited source: the rebuilt model no longer fits the weights.
+    let source = d.join("b/source.json");
+    write(&source, &read(&source).replace("width = 64", "width = 32"));
+    refused(&blkc(&d, &["eval", "b"]), "does not fit this model");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn stored_settings_and_states_are_validated() {
+    let d = scratch("stored");
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "10", "-q"]));
+    let info = d.join("run/run.json");
+    let saved = read(&info);
+    for (key, value) in [
+        ("batch", serde_json::json!(0)),
+        ("eval_every", serde_json::json!(0)),
+        ("checkpoint_every", serde_json::json!(0)),
+        ("lr", serde_json::json!(-0.01)),
+        ("optimizer", serde_json::json!("lion")),
+        ("device", serde_json::json!("tpu")),
+    ] {
+        edit(&info, |v| v["settings"][key] = value.clone());
+        let o = blkc(&d, &["train", "--resume", "run", "--steps", "12", "--reschedule"]);
+        refused(&o, "settings blkc refuses");
+        assert!(text(&o.stderr).contains(key), "{key}: {}", text(&o.stderr));
+        refused(&blkc(&d, &["eval", "run"]), key);
+        write(&info, &saved);
+    }
+    let state = ckpt(&d.join("run"), 10).join("state.json");
+    let saved = read(&state);
+    edit(&state, |v| v["step"] = serde_json::json!(1_000_000));
+    refused(&blkc(&d, &["train", "--resume", "run"]), "past the 10 steps");
+    edit(&state, |v| v["step"] = serde_json::json!(5));
+    refused(&blkc(&d, &["train", "--resume", "run"]), "belong to different runs");
+    write(&state, &saved);
+    ok(&blkc(&d, &["train", "--resume", "run", "--steps", "12", "--reschedule", "-q"]));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn recovery_has_no_dead_ends() {
+    let d = scratch("recover");
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "20", "-q"]));
+    let run = d.join("run");
+    let latest = run.join("checkpoints/latest");
+    for damaged in ["garbage\u{1}", "../../elsewhere", "step-00000099"] {
+        write(&latest, damaged);
+        let o = blkc(&d, &["eval", "run", "--json"]);
+        ok(&o);
+        assert!(text(&o.stderr).contains("using the newest complete checkpoint"), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        assert_eq!(v["step"], 20, "{v}");
+    }
+    // An incomplete newest checkpoint is passed over for the one before.
+    let _ = std::fs::remove_file(ckpt(&run, 20).join("optimizer.bin"));
+    let o = blkc(&d, &["eval", "run", "--json"]);
+    ok(&o);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["step"], 10);
+    // Temporaries of killed writers are removed by the next one.
+    let stale = [
+        run.join("checkpoints/.step-00000030.tmp-1"),
+        run.join(".run.json.tmp-7"),
+        run.join("checkpoints/.latest.tmp-9"),
+    ];
+    let _ = std::fs::create_dir_all(&stale[0]);
+    write(&stale[1], "{");
+    write(&stale[2], "x");
+    ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", "11", "-q"]));
+    assert!(stale.iter().all(|p| !p.exists()), "stale temporaries left");
+    // A run stopped before its first checkpoint resumes from step 0 …
+    let _ = std::fs::remove_dir_all(run.join("checkpoints"));
+    let o = blkc(&d, &["train", "--resume", "run", "--stop-at", "3"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("starting from step 0"), "{}", text(&o.stderr));
+    assert_eq!(losses(&run).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    // … or is taken over by a fresh run.
+    let _ = std::fs::remove_dir_all(run.join("checkpoints"));
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("stopped before its first checkpoint"), "{}", text(&o.stderr));
+    // Checkpoints without run.json belong to something blkc cannot continue.
+    let _ = std::fs::remove_file(run.join("run.json"));
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "run"]), "no run.json");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The run directory on a 2 MiB file system: the second checkpoint does
+/// not fit. Run in a private mount namespace (`unshare`), so no root and
+/// no host mount is needed.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_keeps_the_last_checkpoint_and_leaves_a_way_on() {
+    let d = scratch("full");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "set -u\nmount -t tmpfs -o size=2m tmpfs {m}\nexport BLKC_CACHE={d}/cache\ncd {d}\n\
+         {b} train tiny.blk --out {m}/run --steps 40 -q 2> full.err; echo $? > full.code\n\
+         ls -a {m}/run/checkpoints > full.ls\ncat {m}/run/checkpoints/latest > full.latest\n\
+         {b} eval {m}/run --json > eval.out 2> eval.err; echo $? > eval.code\n\
+         mount -o remount,size=64m {m}\n\
+         {b} train --resume {m}/run -q 2> resume.err; echo $? > resume.code\n\
+         wc -l < {m}/run/metrics.jsonl > resume.lines\n",
+        m = mnt.display(),
+        d = d.display(),
+        b = env!("CARGO_BIN_EXE_blkc"),
+    );
+    let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "unshare -rm (util-linux) could not run the script: {status:?}");
+    let code = |f: &str| read(&d.join(f)).trim().to_string();
+    let err = read(&d.join("full.err"));
+    assert_eq!(code("full.code"), "1", "{err}");
+    assert!(err.contains("no space left on device") && err.contains("step-00000020"), "{err}");
+    assert!(!read(&d.join("full.ls")).contains(".step-"), "a half-written checkpoint was left");
+    assert_eq!(code("full.latest"), "step-00000010");
+    assert_eq!(code("eval.code"), "0", "{}", read(&d.join("eval.err")));
+    assert_eq!(code("resume.code"), "0", "{}", read(&d.join("resume.err")));
+    assert_eq!(code("resume.lines"), "40");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn data_and_tokens_that_would_hang_or_lie_are_refused() {
+    let d = scratch("data");
+    tiny(&d, "sas_p", "causal", 258, "");
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "zero", "--data", "/dev/zero"]), "not a regular file");
+    assert!(!d.join("zero").exists(), "a refused run leaves no directory");
+    // One file: it trains, its last tenth validates.
+    let single = d.join("parse.rs");
+    copy(&repo().join("compiler/src/syntax/parse.rs"), &single);
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "single", "--data", "parse.rs", "--steps", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("1 training and 1 validation files"), "{}", text(&o.stderr));
+    // A damaged token cache is encoded again, not trusted.
+    let tokens = d.join("cache/tokens");
+    let entry = std::fs::read_dir(&tokens).ok().and_then(|mut e| e.next()).and_then(Result::ok).map(|e| e.path());
+    let entry = entry.unwrap_or_else(|| panic!("no token cache in {}", tokens.display()));
+    let mut bytes = std::fs::read(&entry).unwrap_or_default();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&entry, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "again", "--data", "parse.rs", "--steps", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("(encoded,"), "{}", text(&o.stderr));
+    // A tokenizer larger than the model's vocabulary: refused, not clamped.
+    tiny(&d, "sas_p", "causal", 300, "    tokenizer = bpe\n");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "bpe", "--steps", "1", "-q"]));
+    copy(&d.join("bpe/tokenizer.json"), &d.join("single/tokenizer.json"));
+    refused(&blkc(&d, &["eval", "single"]), "more than the model's vocabulary of 258");
+    // A flag wins over a --set of the same key.
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "flag", "--steps", "2", "--set", "steps=3", "-q"]));
+    assert_eq!(losses(&d.join("flag")).len(), 2);
+    // A batch that cannot fit in memory is refused before anything is allocated.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "huge", "--set", "batch=1000000"]);
+    refused(&o, "needs about");
+    assert!(text(&o.stderr).contains("micro_batch"), "{}", text(&o.stderr));
+    assert!(!d.join("huge").exists());
+    // No CUDA in this build (or no driver): a clear error, exit 3, nothing on disk.
+    if !cfg!(feature = "cuda") {
+        let o = blkc(&d, &["train", "tiny.blk", "--out", "gpu", "--device", "cuda"]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("built without CUDA"), "{}", text(&o.stderr));
+        assert!(!d.join("gpu").exists());
+        for cmd in [vec!["eval", "flag", "--device", "cuda"], vec!["sample", "flag", "--device", "cuda"]] {
+            assert_eq!(blkc(&d, &cmd).status.code(), Some(3), "{cmd:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `data` in a file is relative to that file, and is stored resolved: the
+/// run trains and evaluates from any working directory.
+#[test]
+fn data_paths_follow_the_file_and_hold_from_anywhere() {
+    let d = scratch("relative");
+    tiny(&d, "sas_p", "causal", 258, "    data = \"corpus\"\n");
+    let corpus = d.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap_or_else(|e| panic!("{e}"));
+    for f in ["parse.rs", "format.rs", "errors.rs"] {
+        copy(&repo().join("compiler/src/syntax").join(f), &corpus.join(f));
+    }
+    let parent = d.parent().unwrap_or(Path::new("/"));
+    let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let run = d.join("run");
+    let out = run.display().to_string();
+    let from =
+        |dir: &Path, args: &[&str]| command(&d, args).current_dir(dir).output().unwrap_or_else(|e| panic!("{e}"));
+    ok(&from(parent, &["train", &format!("{name}/tiny.blk"), "--out", &out, "--steps", "2"]));
+    let info: serde_json::Value = serde_json::from_str(&read(&run.join("run.json"))).unwrap_or_default();
+    assert_eq!(info["settings"]["data"].as_str().map(Path::new), Some(corpus.as_path()));
+    ok(&from(Path::new("/"), &["eval", &out]));
+    let _ = std::fs::remove_dir_all(&d);
+}
