@@ -23,7 +23,7 @@ def blkc_side(blkc, threads, steps):
         [blkc, "bench", "blocks/preln.blk", "blocks/sas-p.blk", "--threads", str(threads),
          "--steps", str(steps), "--format", "json"],
         cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    return {("preln" if "preln" in r["file"] else "sas-p"): r for r in json.loads(out)}
+    return {("preln" if "preln" in r["file"] else "sas-p"): r for r in json.loads(out)["records"]}
 
 
 def torch_side(python, threads, steps, compiled):

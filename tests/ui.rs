@@ -1,5 +1,6 @@
 //! Golden tests of diagnostics: each `tests/ui/<stage>/<case>.blk` is a bad
-//! input; its snapshot holds the source and the rendered diagnostics. The
+//! input; its snapshot holds the source and the rendered diagnostics, and
+//! its `# blkc: expect` line names exactly the codes it reports. The
 //! suite also checks that every diagnostic code of the registry is shown by
 //! at least one case. Cases under `tests/ui/signal/` also run the signal
 //! analysis.
@@ -35,6 +36,12 @@ fn ui_cases_match_their_snapshots_and_cover_every_code() {
             c.diagnostics.sort_by(|a, b| a.span.position_cmp(&b.span));
         }
         assert!(!c.diagnostics.is_empty(), "{path} produced no diagnostic");
+        // Each case says what it is for; `blkc check` holds it to that.
+        let text = std::fs::read_to_string(case).unwrap_or_default();
+        let expected = blkc::expect::expectations(&text).unwrap_or_else(|e| panic!("{path}: bad expectation {e:?}"));
+        let want: BTreeSet<Code> = expected.iter().map(|(c, _)| *c).collect();
+        let have: BTreeSet<Code> = c.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(have, want, "{path}: the codes reported are not those of its `# blkc: expect` line");
         seen.extend(c.diagnostics.iter().map(|d| d.code));
         for d in &c.diagnostics {
             assert!(!d.help.is_empty(), "{path}: {} has no help", d.code.as_str());

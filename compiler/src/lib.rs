@@ -4,6 +4,7 @@
 pub mod check;
 pub mod diag;
 pub mod eval;
+pub mod expect;
 pub mod graph;
 pub mod load;
 pub mod signal;

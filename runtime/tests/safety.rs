@@ -202,7 +202,10 @@ fn a_full_disk_keeps_the_last_checkpoint_and_leaves_a_way_on() {
         b = env!("CARGO_BIN_EXE_blkc"),
     );
     let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "unshare -rm (util-linux) could not run the script: {status:?}");
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "unshare -rm (util-linux) could not run the script: {status:?}"
+    );
     let code = |f: &str| read(&d.join(f)).trim().to_string();
     let err = read(&d.join("full.err"));
     assert_eq!(code("full.code"), "1", "{err}");
@@ -266,7 +269,8 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
 }
 
 /// `data` in a file is relative to that file, and is stored resolved: the
-/// run trains and evaluates from any working directory.
+/// run trains and evaluates from any working directory, and its directory
+/// can be moved.
 #[test]
 fn data_paths_follow_the_file_and_hold_from_anywhere() {
     let d = scratch("relative");
@@ -286,5 +290,12 @@ fn data_paths_follow_the_file_and_hold_from_anywhere() {
     let info: serde_json::Value = serde_json::from_str(&read(&run.join("run.json"))).unwrap_or_default();
     assert_eq!(info["settings"]["data"].as_str().map(Path::new), Some(corpus.as_path()));
     ok(&from(Path::new("/"), &["eval", &out]));
+    // A run directory moved elsewhere evaluates and resumes where it is.
+    let moved = d.join("moved");
+    std::fs::rename(&run, &moved).unwrap_or_else(|e| panic!("{e}"));
+    let moved = moved.display().to_string();
+    ok(&from(Path::new("/"), &["eval", &moved]));
+    ok(&from(Path::new("/"), &["train", "--resume", &moved, "--steps", "3", "--reschedule", "-q"]));
+    assert_eq!(losses(Path::new(&moved)).len(), 3);
     let _ = std::fs::remove_dir_all(&d);
 }

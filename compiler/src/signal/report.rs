@@ -103,7 +103,7 @@ fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
                     block.span_name(),
                     format!("`{}` passes at depth {depth} but is rejected at depth {}", block.name, d + 1),
                 )
-                .label(format!("trainable to depth {d} only"))
+                .label(format!("keeps tokens apart at init only up to depth {d}"))
                 .help("check it at the depth you will train: `blkc check --depth N`, or in a model file"),
             );
         }
@@ -202,8 +202,8 @@ pub fn table(r: &Report) -> String {
         Status::Reject => "reject",
     };
     let depth_note = match r.deepest_passing {
-        Some(Some(d)) => format!("; trainable to depth {d}"),
-        Some(None) => format!("; passes at every depth up to {}", r.search_limit),
+        Some(Some(d)) => format!("; keeps tokens apart at init up to depth {d}"),
+        Some(None) => format!("; keeps tokens apart at init at every depth up to {}", r.search_limit),
         None => String::new(),
     };
     let _ = writeln!(

@@ -86,7 +86,18 @@ pub fn run(args: &Args) -> u8 {
         eprintln!();
     }
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default()),
+        Format::Json => {
+            let out = serde_json::json!({
+                "schema_version": super::JSON_VERSION,
+                "command": "bench",
+                "device": device,
+                "batch": plan.batch,
+                "steps": plan.steps,
+                "warmup": plan.warmup,
+                "records": records,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
         Format::Human => print!("{}", table(&records, &device, plan, args.threads)),
     }
     OK

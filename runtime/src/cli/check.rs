@@ -79,12 +79,13 @@ pub struct Args {
 
 pub fn run(args: &Args) -> u8 {
     let mut status = OK;
-    let (mut errors, mut warnings) = (0, 0);
+    let mut total = Tally::default();
     for path in &args.files {
-        let (s, e, w) = one(path, args);
+        let (s, t) = one(path, args);
         status = status.max(s);
-        errors += e;
-        warnings += w;
+        total.errors += t.errors;
+        total.warnings += t.warnings;
+        total.expected += t.expected;
     }
     if args.format == DiagFormat::Human {
         let verdict = match status {
@@ -92,26 +93,49 @@ pub fn run(args: &Args) -> u8 {
             REJECTED => "rejected",
             _ => "does not compile",
         };
+        let expected = if total.expected > 0 { format!(" ({} as expected)", total.expected) } else { String::new() };
         eprintln!(
-            "checked {}: {}, {} — {verdict}",
+            "checked {}: {}, {}{expected} — {verdict}",
             plural(args.files.len(), "file"),
-            plural(errors, "error"),
-            plural(warnings, "warning")
+            plural(total.errors, "error"),
+            plural(total.warnings, "warning")
         );
     }
     status
 }
 
-/// Checks one file: (exit status, errors, warnings).
-fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
-    let Some(c) = compile(path, args.format) else { return (BROKEN, 1, 0) };
+/// What one file contributed to the summary line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    errors: usize,
+    warnings: usize,
+    /// Diagnostics the file said to expect (`# blkc: expect CODE`).
+    expected: usize,
+}
+
+/// Checks one file: its exit status and tally.
+fn one(path: &Path, args: &Args) -> (u8, Tally) {
+    let broken = (BROKEN, Tally { errors: 1, ..Tally::default() });
+    let Some(c) = compile(path, args.format) else { return broken };
+    let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
+        // Without the analysis, its codes cannot be reported, nor expected.
+        Ok(e) if args.syntax_only => e.into_iter().filter(|(c, _)| !c.as_str()[1..].starts_with('3')).collect(),
+        Ok(e) => e,
+        Err((word, line)) => {
+            eprintln!(
+                "error: {}:{line}: `# blkc: expect {word}`: `{word}` is not a diagnostic code of blkc",
+                path.display()
+            );
+            return broken;
+        }
+    };
     let mut reps = Vec::new();
     if let (Some(p), false) = (&c.program, args.syntax_only) {
         match request(args, path) {
             Ok(req) => reps = reports(p, FileId(0), &req),
             Err(why) => {
                 eprintln!("error: {why}");
-                return (BROKEN, 1, 0);
+                return broken;
             }
         }
     }
@@ -124,7 +148,7 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
                 .collect(),
             Err(why) => {
                 eprintln!("error: {why}");
-                return (BROKEN, 1, 0);
+                return broken;
             }
         },
         _ => Vec::new(),
@@ -132,17 +156,39 @@ fn one(path: &Path, args: &Args) -> (u8, usize, usize) {
     let mut diags: Vec<Diagnostic> = c.diagnostics.clone();
     diags.extend(reps.iter().flat_map(|r| r.diagnostics.iter().cloned()));
     diags.sort_by(|a, b| a.span.position_cmp(&b.span));
-    let (e, w) = report::counts(&diags);
-    let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
-    let status = if c.program.is_none() {
+    let outcome = blkc::expect::compare(&expected, &diags);
+    let (unexpected, as_said): (Vec<Diagnostic>, Vec<Diagnostic>) =
+        diags.into_iter().partition(|d| !blkc::expect::is_expected(&expected, d));
+    let (e, w) = report::counts(&unexpected);
+    let rejected = reps.iter().any(|r| {
+        r.verdict == Status::Reject
+            && r.diagnostics.iter().any(|d| d.is_error() && !blkc::expect::is_expected(&expected, d))
+    });
+    let status = if !outcome.unmet.is_empty() || measured.iter().any(|m| !m.agreement) {
+        REJECTED
+    } else if c.program.is_none() && e > 0 {
         BROKEN
-    } else if rejected || (args.deny_warnings && w > 0) || measured.iter().any(|m| !m.agreement) {
+    } else if rejected || (args.deny_warnings && w > 0) {
         REJECTED
     } else {
         OK
     };
-    print(path, &c, &diags, &reps, &measured, args.format);
-    (status, e, w)
+    let checked =
+        Checked { path, c: &c, unexpected: &unexpected, as_said: &as_said, expected: &expected, outcome: &outcome };
+    print(&checked, &reps, &measured, args);
+    (status, Tally { errors: e + outcome.unmet.len(), warnings: w, expected: as_said.len() })
+}
+
+/// A checked file, for printing.
+struct Checked<'a> {
+    path: &'a Path,
+    c: &'a Compilation,
+    /// Diagnostics the file does not expect.
+    unexpected: &'a [Diagnostic],
+    /// Diagnostics it does (`# blkc: expect CODE`).
+    as_said: &'a [Diagnostic],
+    expected: &'a [(blkc::Code, usize)],
+    outcome: &'a blkc::expect::Outcome,
 }
 
 fn measure_setup(args: &Args) -> Result<Setup, String> {
@@ -168,17 +214,27 @@ fn measure_setup(args: &Args) -> Result<Setup, String> {
     })
 }
 
-fn print(
-    path: &Path,
-    c: &Compilation,
-    diags: &[Diagnostic],
-    reps: &[Report],
-    measured: &[Comparison],
-    format: DiagFormat,
-) {
-    match format {
+fn print(k: &Checked, reps: &[Report], measured: &[Comparison], args: &Args) {
+    let (path, c) = (k.path, k.c);
+    let line_of = |code: blkc::Code| k.expected.iter().find(|(e, _)| *e == code).map_or(0, |(_, l)| *l);
+    match args.format {
         DiagFormat::Human => {
-            report::print(diags, &c.sources, format);
+            report::print(k.unexpected, &c.sources, args.format);
+            for d in k.as_said {
+                let r = report::record(d, &c.sources);
+                eprintln!("note: {}:{}:{}: {} as expected: {}", r.file, r.line, r.column, r.code, r.message);
+            }
+            for code in &k.outcome.unmet {
+                eprintln!(
+                    "error: {}:{}: the file expects {}, which was not reported (remove the `# blkc: expect` line if it no longer applies)",
+                    path.display(),
+                    line_of(*code),
+                    code.as_str()
+                );
+            }
+            if reps.is_empty() && c.program.is_some() && !args.syntax_only {
+                println!("{}: no block or model to analyse (skipped)", path.display());
+            }
             for (i, r) in reps.iter().enumerate() {
                 println!("{}: {}", path.display(), table(r));
                 if let Some(m) = measured.get(i) {
@@ -186,39 +242,87 @@ fn print(
                 }
             }
         }
-        DiagFormat::Github => report::print(diags, &c.sources, format),
-        DiagFormat::Json => {
-            let records: Vec<serde_json::Value> =
-                diags.iter().map(|d| serde_json::to_value(report::record(d, &c.sources)).unwrap_or_default()).collect();
-            let file = path.display().to_string();
-            if reps.is_empty() {
-                let verdict = if c.program.is_some() { "pass" } else { "error" };
-                let v = serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "file": file,
-                    "verdict": verdict, "layers": [], "diagnostics": records});
-                println!("{v}");
+        DiagFormat::Github => {
+            report::print(k.unexpected, &c.sources, args.format);
+            for d in k.as_said {
+                println!(
+                    "{}",
+                    report::github(d, &c.sources).replacen("::error", "::notice", 1).replacen(
+                        "::warning",
+                        "::notice",
+                        1
+                    )
+                );
             }
-            for (i, r) in reps.iter().enumerate() {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("file".into(), file.clone().into());
-                    o.insert("diagnostics".into(), records.clone().into());
-                    if let Some(m) = measured.get(i) {
-                        // The layers become the prediction for the measured
-                        // input, each with its measurement beside it.
-                        o.insert("input".into(), "measured".into());
-                        o.insert("layers".into(), serde_json::to_value(&m.layers).unwrap_or_default());
-                        o.insert("agreement".into(), m.agreement.into());
-                        o.insert("tolerance".into(), m.tolerance.into());
-                        o.insert("max_difference".into(), m.max_difference.into());
-                        o.insert("measured_width".into(), m.width.into());
-                        o.insert("measured_heads".into(), m.heads.into());
-                        o.insert("measured_sequences".into(), m.sequences.into());
-                        o.insert("measured_models".into(), m.models.into());
-                    }
-                }
-                println!("{v}");
+            for code in &k.outcome.unmet {
+                println!(
+                    "::error file={},line={},title=expected {}::the file expects {}, which was not reported",
+                    path.display(),
+                    line_of(*code),
+                    code.as_str(),
+                    code.as_str()
+                );
             }
         }
+        DiagFormat::Json => json(k, reps, measured, args.syntax_only),
+    }
+}
+
+/// The JSON lines of a file (docs/check.md): one per analysed block, or
+/// one for the file when nothing is analysed.
+fn json(k: &Checked, reps: &[Report], measured: &[Comparison], syntax_only: bool) {
+    let c = k.c;
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    for (d, expected) in k.unexpected.iter().map(|d| (d, false)).chain(k.as_said.iter().map(|d| (d, true))) {
+        let mut r = serde_json::to_value(report::record(d, &c.sources)).unwrap_or_default();
+        r["expected"] = expected.into();
+        records.push(r);
+    }
+    records.sort_by_key(|r| (r["line"].as_u64(), r["column"].as_u64()));
+    let codes = |v: &[blkc::Code]| v.iter().map(|c| c.as_str()).collect::<Vec<_>>();
+    let expected: Vec<blkc::Code> = k.expected.iter().map(|(c, _)| *c).collect();
+    let file = k.path.display().to_string();
+    let common = serde_json::json!({
+        "file": file,
+        "diagnostics": records,
+        "expected": codes(&expected),
+        "unmet": codes(&k.outcome.unmet),
+        "as_expected": k.outcome.as_expected(),
+    });
+    let merge = |v: &mut serde_json::Value| {
+        if let (Some(o), Some(extra)) = (v.as_object_mut(), common.as_object()) {
+            o.extend(extra.clone());
+        }
+    };
+    if reps.is_empty() {
+        // Nothing analysed: it does not compile, the analysis was not
+        // asked for, or the file has no block or model.
+        let verdict = match (&c.program, syntax_only) {
+            (None, _) => "error",
+            (Some(_), true) => "pass",
+            (Some(_), false) => "skipped",
+        };
+        let mut v = serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "verdict": verdict, "layers": []});
+        merge(&mut v);
+        println!("{v}");
+    }
+    for (i, r) in reps.iter().enumerate() {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        merge(&mut v);
+        if let (Some(o), Some(m)) = (v.as_object_mut(), measured.get(i)) {
+            // The layers become the prediction for the measured input,
+            // each with its measurement beside it.
+            o.insert("input".into(), "measured".into());
+            o.insert("layers".into(), serde_json::to_value(&m.layers).unwrap_or_default());
+            o.insert("agreement".into(), m.agreement.into());
+            o.insert("tolerance".into(), m.tolerance.into());
+            o.insert("max_difference".into(), m.max_difference.into());
+            o.insert("measured_width".into(), m.width.into());
+            o.insert("measured_heads".into(), m.heads.into());
+            o.insert("measured_sequences".into(), m.sequences.into());
+            o.insert("measured_models".into(), m.models.into());
+        }
+        println!("{v}");
     }
 }
 
@@ -278,12 +382,18 @@ fn byte_windows(path: &Path, t: usize) -> Result<Vec<Vec<u32>>, String> {
     } else {
         vec![path.to_path_buf()]
     };
+    if !path.is_dir() && !path.is_file() {
+        return Err(format!("--input data={}: not a regular file or a directory", path.display()));
+    }
     for f in files {
         if bytes.len() >= MAX_BYTES {
             break;
         }
-        if let Ok(b) = std::fs::read(&f) {
-            bytes.extend(b.into_iter().take(MAX_BYTES));
+        // Regular files only, and never more than the cap (a link to a
+        // device would read forever).
+        if let Ok(file) = std::fs::File::open(&f) {
+            let left = (MAX_BYTES - bytes.len()) as u64;
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(file, left), &mut bytes);
         }
     }
     let windows: Vec<Vec<u32>> =

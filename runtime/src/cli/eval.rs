@@ -89,6 +89,8 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         println!(
             "{}",
             serde_json::json!({
+                "schema_version": super::JSON_VERSION,
+                "command": "eval",
                 "checkpoint": run.checkpoint.display().to_string(),
                 "step": run.state.step,
                 "data": source,

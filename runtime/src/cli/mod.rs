@@ -25,6 +25,11 @@ pub const REJECTED: u8 = 1;
 /// Exit status: the input does not compile.
 pub const BROKEN: u8 = 2;
 
+/// Version of the JSON that `params`, `bench` and `eval` print (docs/json.md);
+/// bumped on any change that is not a pure addition. `check` has its own
+/// (`blkc::signal::report::SCHEMA_VERSION`).
+pub const JSON_VERSION: u32 = 1;
+
 /// blkc: transformer blocks as text, checked for rank collapse before
 /// training, lowered to burn and trained.
 #[derive(Debug, Parser)]
@@ -94,11 +99,19 @@ pub fn compile(path: &Path, format: DiagFormat) -> Option<Compilation> {
 pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
     match format {
         DiagFormat::Human => eprintln!("error[E2012]: cannot read `{}`: {why}", path.display()),
-        DiagFormat::Json => println!(
-            "{}",
-            serde_json::json!({"code": "E2012", "severity": "error", "message": format!("cannot read `{}`: {why}", path.display()),
-                "file": path.display().to_string(), "line": 0, "column": 0, "help": "check the path"})
-        ),
+        DiagFormat::Json => {
+            // The shape of every `check --format json` line; a file that
+            // cannot be read has no position (`null`), not line 0.
+            let file = path.display().to_string();
+            let diagnostic = serde_json::json!({"code": "E2012", "severity": "error",
+                "message": format!("cannot read `{file}`: {why}"), "file": file, "line": null, "column": null,
+                "end_line": null, "end_column": null, "label": "", "help": "check the path"});
+            println!(
+                "{}",
+                serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "file": file,
+                    "verdict": "error", "layers": [], "diagnostics": [diagnostic]})
+            );
+        }
         DiagFormat::Github => println!("::error file={},title=E2012::cannot read file: {why}", path.display()),
     }
 }

@@ -35,6 +35,8 @@ pub fn run(args: &Args) -> u8 {
             let components: serde_json::Map<String, serde_json::Value> =
                 n.components().iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
             let out = serde_json::json!({
+                "schema_version": super::JSON_VERSION,
+                "command": "params",
                 "file": args.file.display().to_string(),
                 "block": block.name,
                 "bare_block_in_small_model": bare,
