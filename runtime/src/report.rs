@@ -32,15 +32,9 @@ pub fn print(diags: &[Diagnostic], sources: &SourceMap, format: DiagFormat) {
     }
 }
 
-/// miette's graphical rendering, coloured when `colour`.
+/// The compiler's rendering (header, snippet, help), coloured when `colour`.
 pub fn human(diags: &[Diagnostic], sources: &SourceMap, colour: bool) -> String {
-    let theme = if colour { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
-    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
-    let mut out = String::new();
-    for d in diags {
-        let _ = handler.render_report(&mut out, &d.with_source(sources));
-    }
-    out
+    blkc::diag::render(diags, sources, colour)
 }
 
 /// One diagnostic as a stable JSON record.

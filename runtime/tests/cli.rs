@@ -60,6 +60,12 @@ fn help_lists_the_subcommands() {
     for cmd in ["check", "fmt", "graph", "params"] {
         assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
     }
+    assert!(out.starts_with("blkc: a compiler for transformer blocks"), "the tagline says what blkc is:\n{out}");
+    assert!(out.contains("signal check"), "{out}");
+    // An unquoted glob, expanded by the shell into several paths, gets a hint.
+    let o = blkc(&["train", "blocks/sas-p.blk", "--data", "a.txt", "b.txt"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("quote a --data glob"), "{}", text(&o.stderr));
     let o = blkc(&["check", "--help"]);
     assert!(text(&o.stdout).contains("--format"));
 }
@@ -256,6 +262,23 @@ fn fmt_rewrites_and_check_mode_reports() {
     let files = canonical();
     args.extend(files.iter().map(String::as_str));
     assert_eq!(blkc(&args).status.code(), Some(0), "canonical files are formatted");
+}
+
+#[test]
+fn fmt_dash_formats_standard_input() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .args(["fmt", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(b"block b{ # keep me\nh=x+attn(rmsnorm(x))\nout=h}\n");
+    }
+    let o = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "block b {  # keep me\n    h   = x + attn(rmsnorm(x))\n    out = h\n}\n");
 }
 
 /// The command of examples/ci/blkc-check.yml, on every `.blk` file of this

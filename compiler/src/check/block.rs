@@ -246,6 +246,13 @@ impl<'a> Cx<'a> {
         candidates.push("x".into());
         candidates.extend(Var::ALL.iter().map(|v| v.keyword().to_string()));
         let d = expr::unknown_name(n, &candidates, "name");
+        // The binding the typo meant is used, in intent: no "never used"
+        // warning for it on top of the error.
+        if let Some(meant) = did_you_mean(&n.name, candidates.iter().map(String::as_str)) {
+            if let Some(b) = self.scope.iter_mut().find(|b| b.name == meant) {
+                b.used = true;
+            }
+        }
         let d = if self.defs.attention.contains_key(n.name.as_str()) || self.defs.mlp.contains_key(n.name.as_str()) {
             d.help(format!("`{}` is a section; pass it to a call: `attn(n, {})`", n.name, n.name))
         } else {

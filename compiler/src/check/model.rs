@@ -112,6 +112,16 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
             None
         }
     };
+    // A setting written under another tool's name (`n_layer`) is already
+    // reported with blkc's name; it is not missing as well.
+    let written: Vec<String> = flatten(&s.body, &[], &mut Vec::new())
+        .iter()
+        .filter_map(|f| match f {
+            Flat::Assign(n, _, _) => crate::check::sections::renamed(&n.name).map(str::to_string),
+            Flat::Param(_) => None,
+        })
+        .collect();
+    missing.retain(|k| !written.contains(k));
     if !missing.is_empty() {
         diags.push(
             Diagnostic::new(Code::E2017, header(s), format!("model is missing {}", expr::list(&missing)))

@@ -85,9 +85,16 @@ pub fn params(flat: &[Flat], allow_per_head: bool, diags: &mut Vec<Diagnostic>) 
             diags.push(duplicate(&p.name, prev.span, "param"));
             continue;
         }
-        if let Some(def) = param(p, allow_per_head, diags) {
-            out.push(def);
-        }
+        // A param whose value is wrong is still declared: the error is
+        // reported once, at its value, not again at every use of its name.
+        // (With an error, no program is built from the placeholder.)
+        out.push(param(p, allow_per_head, diags).unwrap_or_else(|| ParamDef {
+            name: p.name.name.clone(),
+            init: Scalar::Const(1.0),
+            trainable: p.has(Flag::Trainable),
+            per_head: p.has(Flag::PerHead) && allow_per_head,
+            span: p.span,
+        }));
     }
     out
 }
@@ -167,9 +174,54 @@ fn settings<'a>(
     out
 }
 
+/// Names other tools (the reference code, Hugging Face, nanoGPT) give
+/// settings that blkc spells otherwise (docs/language.md §11).
+const RENAMED: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("warmup_ratio", "warmup"),
+    ("warmup_steps", "warmup"),
+    ("max_grad_norm", "clip"),
+    ("grad_clip", "clip"),
+    ("clip_grad_norm", "clip"),
+    ("batch_size", "batch"),
+    ("micro_batch_size", "micro_batch"),
+    ("max_steps", "steps"),
+    ("max_iters", "steps"),
+    ("num_steps", "steps"),
+    ("eval_interval", "eval_every"),
+    ("eval_iters", "eval_batches"),
+    ("lr_scheduler", "schedule"),
+    ("lr_scheduler_type", "schedule"),
+    ("n_layer", "depth"),
+    ("num_layers", "depth"),
+    ("n_embd", "width"),
+    ("d_model", "width"),
+    ("hidden_size", "width"),
+    ("n_head", "heads"),
+    ("num_heads", "heads"),
+    ("num_attention_heads", "heads"),
+    ("context_length", "context"),
+    ("block_size", "context"),
+    ("n_positions", "context"),
+    ("vocab_size", "vocab"),
+    ("n_layers", "depth"),
+    ("layer_norm_epsilon", "eps"),
+    ("mlp_width_mult", "width"),
+    ("activation_function", "activation"),
+];
+
+/// blkc's name for a setting another tool calls `name`.
+pub fn renamed(name: &str) -> Option<&'static str> {
+    RENAMED.iter().find(|(theirs, _)| *theirs == name).map(|(_, ours)| *ours)
+}
+
 pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
     let d = Diagnostic::new(Code::E2007, n.span, format!("unknown {what} setting `{}`", n.name))
         .label("not a setting here");
+    if let Some((_, ours)) = RENAMED.iter().find(|(theirs, ours)| *theirs == n.name && known.contains(ours)) {
+        return d
+            .help(format!("blkc calls `{}` `{ours}` (docs/language.md §11 maps the names of other tools)", n.name));
+    }
     match did_you_mean(&n.name, known.iter().copied()) {
         Some(s) => d.help(format!("did you mean `{s}`?")),
         None => d.help(format!("{what} settings are {}", expr::one_of(known))),

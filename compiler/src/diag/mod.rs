@@ -59,7 +59,7 @@ impl Diagnostic {
 
     /// Pairs the diagnostic with its source for miette rendering.
     pub fn with_source<'a>(&'a self, sources: &'a SourceMap) -> Rendered<'a> {
-        Rendered { diag: self, source: sources.get(self.span.file) }
+        Rendered { diag: self, source: sources.get(self.span.file), snippet_only: false }
     }
 }
 
@@ -104,10 +104,15 @@ impl Diagnostics {
 pub struct Rendered<'a> {
     diag: &'a Diagnostic,
     source: &'a SourceFile,
+    /// Without code and message: the snippet under a header of our own.
+    snippet_only: bool,
 }
 
 impl fmt::Display for Rendered<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.snippet_only {
+            return Ok(());
+        }
         f.write_str(&self.diag.message)
     }
 }
@@ -116,7 +121,7 @@ impl std::error::Error for Rendered<'_> {}
 
 impl miette::Diagnostic for Rendered<'_> {
     fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        Some(Box::new(self.diag.code.as_str()))
+        (!self.snippet_only).then(|| Box::new(self.diag.code.as_str()) as Box<dyn fmt::Display>)
     }
 
     fn severity(&self) -> Option<miette::Severity> {
@@ -149,15 +154,46 @@ impl miette::Diagnostic for Rendered<'_> {
 /// Renders diagnostics as plain text (no colour), for snapshots and logs.
 #[cfg(feature = "render")]
 pub fn render_plain(diags: &[Diagnostic], sources: &SourceMap) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .with_width(100)
-        .with_links(false);
+    render(diags, sources, false)
+}
+
+/// Renders diagnostics as people read them, in the one header style of
+/// every blkc error (`error[E2001]: unknown name …`, as rustc writes
+/// them), then the source snippet with its labels and the help (miette's).
+#[cfg(feature = "render")]
+pub fn render(diags: &[Diagnostic], sources: &SourceMap, colour: bool) -> String {
+    let theme = if colour { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
     let mut out = String::new();
     for d in diags {
+        out.push_str(&header(d, colour));
+        out.push('\n');
+        let snippet = Rendered { diag: d, source: sources.get(d.span.file), snippet_only: true };
+        let mut body = String::new();
         // Writing to a String cannot fail.
-        let _ = handler.render_report(&mut out, &d.with_source(sources));
+        let _ = handler.render_report(&mut body, &snippet);
+        // Without the line miette gives the (empty) message: its icon.
+        let body = body.trim_start_matches('\n');
+        out.push_str(body.split_once('\n').map_or("", |(_, rest)| rest));
+        if !out.ends_with("\n\n") {
+            out.push('\n');
+        }
     }
     out
+}
+
+/// `error[E2001]: message` (bold and coloured on a terminal).
+#[cfg(feature = "render")]
+fn header(d: &Diagnostic, colour: bool) -> String {
+    let (kind, ansi) = match d.severity() {
+        Severity::Error => ("error", "31"),
+        Severity::Warning => ("warning", "33"),
+    };
+    if colour {
+        format!("\x1b[1;{ansi}m{kind}[{}]\x1b[0m\x1b[1m: {}\x1b[0m", d.code.as_str(), d.message)
+    } else {
+        format!("{kind}[{}]: {}", d.code.as_str(), d.message)
+    }
 }
 
 /// "did you mean" help for a misspelt name, if a candidate is close enough.

@@ -166,7 +166,15 @@ pub fn translate(file: FileId, text: &str, e: &Error<Rule>) -> Diagnostic {
         .help(help_for(&expected, found))
 }
 
+/// Words the grammar knows where a misspelling is likely, for "did you mean".
+const KEYWORDS: &[&str] =
+    &["trainable", "fixed", "per_head", "param", "layer", "block", "attention", "mlp", "model", "train", "use"];
+
 fn help_for(expected: &str, found: &str) -> String {
+    let word = found.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !found.is_empty();
+    if let Some(k) = word.then(|| crate::diag::did_you_mean(found, KEYWORDS.iter().copied())).flatten() {
+        return format!("did you mean `{k}`?");
+    }
     if expected.contains("expression") {
         "give a value: a number, a name, a call like `rmsnorm(x)`, or arithmetic of these".into()
     } else if expected.contains("item") {
@@ -174,7 +182,7 @@ fn help_for(expected: &str, found: &str) -> String {
     } else if found == "=" {
         "one statement per `name = value`; a setting cannot be chained".into()
     } else {
-        "write one `name = value`, `param name = value` or `layer … { … }` per line".into()
+        "a statement is `name = value`, `param name = value` or `layer … { … }` (line breaks are free)".into()
     }
 }
 

@@ -11,7 +11,8 @@ use crate::train::{self, batch, data, tokens};
 pub struct Args {
     /// A run directory or one of its `checkpoints/step-…` directories.
     pub checkpoint: PathBuf,
-    /// Evaluate on this text instead of the run's validation split.
+    /// Evaluate on all of this text (a directory, a file or a glob; every
+    /// file, no split) instead of the run's validation split.
     #[arg(long)]
     pub data: Option<String>,
     /// Batches to average (default: the run's `eval_batches`).

@@ -1,4 +1,5 @@
-//! `blkc fmt [--check] FILE…`: rewrite files in the canonical layout.
+//! `blkc fmt [--check] FILE…`: rewrite files in the canonical layout;
+//! `blkc fmt -` formats standard input to standard output (for editors).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,8 @@ use crate::report::{self, DiagFormat};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The .blk files to format in place.
+    /// The .blk files to format in place; `-` reads standard input and
+    /// writes the formatted text to standard output.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Change nothing; list the files that are not formatted and exit 1 if
@@ -24,13 +26,16 @@ pub fn run(args: &Args) -> u8 {
 }
 
 fn one(path: &Path, check: bool) -> u8 {
-    let text = match FsLoader.load(path) {
+    let stdin = path == Path::new("-");
+    let loaded = if stdin { read_stdin() } else { FsLoader.load(path) };
+    let text = match loaded {
         Ok(t) => t,
         Err(why) => {
             unreadable(path, &why, DiagFormat::Human);
             return BROKEN;
         }
     };
+    let path = if stdin { Path::new("<stdin>") } else { path };
     let (sources, parsed) = blkc::load::load_text(&path.display().to_string(), &text);
     let file = match parsed {
         Ok(f) => f,
@@ -50,6 +55,10 @@ fn one(path: &Path, check: bool) -> u8 {
         );
         return BROKEN;
     }
+    if stdin && !check {
+        print!("{formatted}");
+        return OK;
+    }
     if formatted == text {
         return OK;
     }
@@ -57,24 +66,26 @@ fn one(path: &Path, check: bool) -> u8 {
         println!("would reformat {}", path.display());
         return REJECTED;
     }
-    match write_atomic(path, &formatted) {
+    match crate::durable::write_atomic(path, formatted.as_bytes()) {
         Ok(()) => {
             println!("formatted {}", path.display());
             OK
         }
         Err(e) => {
-            eprintln!("error: cannot write `{}`: {e}", path.display());
+            eprintln!("error: {e}");
             BROKEN
         }
     }
 }
 
-/// Writes through a temporary file in the same directory and a rename, so
-/// an interrupted write never leaves a half-written file.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.blkc-tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+/// Standard input as text, up to the compiler's file limit.
+fn read_stdin() -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let limit = blkc::source::MAX_FILE_BYTES as u64;
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin().lock(), limit + 1), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("it is larger than the {} KiB limit", limit / 1024));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8 text".into())
 }

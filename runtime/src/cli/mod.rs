@@ -33,7 +33,14 @@ pub const JSON_VERSION: u32 = 1;
 /// blkc: transformer blocks as text, checked for rank collapse before
 /// training, lowered to burn and trained.
 #[derive(Debug, Parser)]
-#[command(name = "blkc", version, about, long_about = None)]
+#[command(
+    name = "blkc",
+    version,
+    about = "blkc: a compiler for transformer blocks written as text. It checks a .blk file, predicts from \
+             signal propagation whether the block stacked deep keeps its tokens apart at init (and rejects it if \
+             not), and trains it on CPU or CUDA",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,7 +48,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check .blk files: syntax, names, types, shapes and limits.
+    /// Check .blk files: syntax, names, types, shapes and limits, then the
+    /// signal check (does the stacked block keep tokens apart at init?).
     /// Exit 0 when clean, 1 when rejected, 2 when a file does not compile.
     Check(check::Args),
     /// Rewrite .blk files in the canonical layout (comments kept).
