@@ -123,7 +123,17 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
         assert!(line.get(key).is_some(), "metrics line lacks `{key}`: {line}");
     }
     assert!(line["gains"].get("0.beta_ff").is_some(), "SAS-P's MLP gain is logged: {line}");
-    for f in ["run.json", "source.json", "tokenizer.json", "loss.png", "loss.svg", "checkpoints/latest"] {
+    for f in [
+        "run.json",
+        "source.json",
+        "tokenizer.json",
+        "loss.png",
+        "loss.svg",
+        "training.png",
+        "training.svg",
+        "metrics.csv",
+        "checkpoints/latest",
+    ] {
         assert!(run.join(f).is_file(), "missing {f}");
     }
     let png = std::fs::read(run.join("loss.png")).unwrap_or_default();
@@ -134,6 +144,18 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap_or_default()).unwrap_or_default();
     assert_eq!(info["settings"]["steps"], 40);
     assert_eq!(info["settings"]["weight_decay"], 0.1);
+    assert_eq!(info["resolved_model"]["depth"], 2, "{info}");
+    assert_eq!(info["resolved_model"]["mask"], "causal");
+    assert!(info["started"].as_str().is_some_and(|t| t.ends_with('Z')), "{info}");
+    let argv = info["commands"][0]["argv"].as_array().cloned().unwrap_or_default();
+    assert!(argv.iter().any(|a| a == "train") && argv.iter().any(|a| a == "tiny.blk"), "{info}");
+    assert!(info["git"].is_null(), "a scratch directory is no repository: {info}");
+    // The same metrics as a table and as TensorBoard events.
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
+    assert_eq!(csv.lines().count(), 41, "a header and a row per logged step");
+    assert!(csv.starts_with("step,loss,eval_loss,lr,grad_norm,"), "{csv:.80}");
+    let events = std::fs::read_dir(run.join("tensorboard")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(events, 1, "one TensorBoard event file");
 
     // eval reproduces the last logged validation loss; sample continues text.
     let o = blkc(&d, &["eval", "run", "--json"]);
@@ -175,6 +197,13 @@ fn stopped_and_resumed_runs_log_the_losses_of_an_uninterrupted_one() {
     assert_eq!(losses(&d.join("parts")).len(), 13);
     ok(&blkc(&d, &["train", "--resume", "parts"]));
     assert_eq!(losses(&d.join("parts")), whole, "resumed run differs from the uninterrupted one");
+    let csv = std::fs::read_to_string(d.join("parts/metrics.csv")).unwrap_or_default();
+    let steps: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap_or("")).collect();
+    assert_eq!(steps, (1..=30).map(|s| s.to_string()).collect::<Vec<_>>(), "metrics.csv follows the resumed run");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("parts/run.json")).unwrap_or_default())
+            .unwrap_or_default();
+    assert_eq!(info["commands"].as_array().map(Vec::len), Some(2), "both commands are recorded: {info}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

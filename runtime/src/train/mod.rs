@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod data;
+pub mod logs;
 pub mod memory;
 pub mod open;
 pub mod optim;

@@ -124,7 +124,19 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     if job.resume.is_none() {
         s.micro_batch = micro as u64;
     }
+    let before = job.resume.as_ref().and_then(|_| dir.read_info().ok());
+    let now = rundir::timestamp();
+    let mut commands = before.as_ref().map(|b| b.commands.clone()).unwrap_or_default();
+    commands.push(rundir::Invocation { at: now.clone(), argv: std::env::args().collect() });
     let info = RunInfo {
+        resolved_model: resolved(&ir),
+        git: match &before {
+            Some(b) => b.git.clone(),
+            None => rundir::Git::of(std::path::Path::new(&job.file)),
+        },
+        commands,
+        started: before.as_ref().map_or_else(|| now.clone(), |b| b.started.clone()),
+        updated: now,
         blkc_version: env!("CARGO_PKG_VERSION").into(),
         file: job.file.clone(),
         entry: job.sources.get(FileId(0)).path.display().to_string(),
@@ -137,6 +149,8 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         valid_tokens: valid_stream.tokens.len() as u64,
     };
     dir.write_info(&info)?;
+    // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
+    super::logs::rebuild(&dir.root)?;
     say(
         q,
         format!(
@@ -155,10 +169,8 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     let loop_ = Loop { job, dir, s: &s, obj, context, accum, micro, train: &train_stream, valid: &valid_stream };
     let summary = loop_.run::<B>(start, device)?;
     let curves = plot::Curves::read(&dir.metrics());
-    match plot::draw(&curves, &format!("{} ({})", model_name(&ir), block), &dir.root) {
-        Ok((_, true)) => {}
-        Ok((_, false)) => say(q, "plot: no system font found; loss.png and loss.svg are drawn without labels"),
-        Err(e) => say(q, format!("plot: {e}")),
+    if let Err(e) = plot::draw(&curves, &format!("{} ({})", model_name(&ir), block), &dir.root) {
+        say(q, format!("plot: {e}"));
     }
     if summary.interrupted {
         say(
@@ -167,6 +179,16 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         );
     }
     Ok(summary)
+}
+
+/// The model as the compiler resolved it, without source positions.
+fn resolved(ir: &ModelIr) -> serde_json::Value {
+    let mut v = serde_json::to_value(ir).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("spans");
+        o.remove("span");
+    }
+    v
 }
 
 /// "4 micro-batches of 8", "1 micro-batch of 8".

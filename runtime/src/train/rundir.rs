@@ -5,7 +5,9 @@
 //! source.json         every .blk file the model was built from
 //! tokenizer.json      the tokenizer (BPE JSON, or a marker for bytes)
 //! metrics.jsonl       one JSON object per logged step
-//! loss.png, loss.svg  the loss curves
+//! metrics.csv         the same as a table
+//! tensorboard/        the same as a TensorBoard event file
+//! loss.{png,svg}      the loss curves; training.{png,svg} also lr, gradient norm, gains
 //! .lock               held by the one process writing the run
 //! checkpoints/latest  the name of the newest complete checkpoint
 //! checkpoints/step-NNNNNNNN/{model.safetensors, optimizer.bin, state.json}
@@ -48,6 +50,74 @@ pub struct RunInfo {
     pub tokenizer_vocab: u64,
     pub train_tokens: u64,
     pub valid_tokens: u64,
+    /// The model as resolved by the compiler (block, sizes, mask,
+    /// positions, final norm, embeddings).
+    #[serde(default)]
+    pub resolved_model: serde_json::Value,
+    /// The git commit of the repository holding the .blk file, if any.
+    #[serde(default)]
+    pub git: Option<Git>,
+    /// Every command that trained this run: when, and its arguments.
+    #[serde(default)]
+    pub commands: Vec<Invocation>,
+    /// When the run was started and last written (UTC, RFC 3339).
+    #[serde(default)]
+    pub started: String,
+    #[serde(default)]
+    pub updated: String,
+}
+
+/// Where the source of a run came from in version control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Git {
+    pub commit: String,
+    /// The .blk files differed from the commit.
+    pub dirty: bool,
+}
+
+/// One `blkc train` that wrote the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub at: String,
+    pub argv: Vec<String>,
+}
+
+impl Git {
+    /// The commit of the repository holding `file`, and whether `file` has
+    /// changes since; `None` outside a repository or without git.
+    pub fn of(file: &Path) -> Option<Git> {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let git = |args: &[&str]| {
+            let o = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+            o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let commit = git(&["rev-parse", "HEAD"])?;
+        let name = file.file_name()?.to_string_lossy().to_string();
+        let dirty = git(&["status", "--porcelain", "--", &name]).is_some_and(|s| !s.is_empty());
+        Some(Git { commit, dirty })
+    }
+}
+
+/// The time now, UTC, as `2026-12-04T19:52:03Z`.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian;
+/// H. Hinnant's days-to-civil).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// `state.json` of a checkpoint.
@@ -312,7 +382,8 @@ impl RunDir {
         write_atomic(&p, kept.as_bytes())
     }
 
-    /// Appends one metrics line (flushed, so a killed run keeps it).
+    /// Appends one metrics line (flushed, so a killed run keeps it), and
+    /// its row of `metrics.csv` and event of the TensorBoard file.
     pub fn log(&self, line: &serde_json::Value) -> Result<(), String> {
         let p = self.metrics();
         let mut f = std::fs::OpenOptions::new()
@@ -320,7 +391,8 @@ impl RunDir {
             .append(true)
             .open(&p)
             .map_err(|e| durable::describe("write", &p, &e))?;
-        writeln!(f, "{line}").map_err(|e| durable::describe("write", &p, &e))
+        writeln!(f, "{line}").map_err(|e| durable::describe("write", &p, &e))?;
+        super::logs::append(&self.root, line)
     }
 }
 
@@ -372,6 +444,15 @@ mod tests {
             Ok(BTreeMap::new())
         });
         assert!(made.is_ok(), "{made:?}");
+    }
+
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(20_791), (2026, 12, 4));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+        assert!(timestamp().ends_with('Z') && timestamp().len() == 20);
     }
 
     #[test]
