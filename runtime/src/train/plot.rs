@@ -29,6 +29,9 @@ fn font() {
 
 type Series = Vec<(f64, f64)>;
 
+/// A named, coloured series to draw.
+type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
 /// Points to draw, by step.
 #[derive(Debug, Default, Clone)]
 pub struct Curves {
@@ -122,7 +125,7 @@ where
     panel(&areas[1], "learning rate", "lr", &[("lr", c.lr.as_slice(), BLACK)], Scale::Linear)?;
     let norm = [("before clipping", c.grad_norm.as_slice(), MAGENTA)];
     panel(&areas[2], "gradient norm", "global L2 norm", &norm, Scale::Log)?;
-    let gains: Vec<(&str, &[(f64, f64)], RGBColor)> = c
+    let gains: Vec<Line> = c
         .gains
         .iter()
         .enumerate()
@@ -153,7 +156,7 @@ fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     y_desc: &str,
-    lines: &[(&str, &[(f64, f64)], RGBColor)],
+    lines: &[Line],
     scale: Scale,
 ) -> Drawn
 where
@@ -180,10 +183,9 @@ where
         Scale::Log => {
             let mut chart = b.build_cartesian_2d(0.0..x_max, (lo * 0.8..hi * 1.25).log_scale())?;
             chart.configure_mesh().x_desc("step").y_desc(y_desc).draw()?;
-            let positive: Vec<(&str, Vec<(f64, f64)>, RGBColor)> =
-                lines.iter().map(|(n, s, c)| (*n, s.iter().copied().filter(|p| p.1 > 0.0).collect(), *c)).collect();
-            let refs: Vec<(&str, &[(f64, f64)], RGBColor)> =
-                positive.iter().map(|(n, s, c)| (*n, s.as_slice(), *c)).collect();
+            let positive: Vec<Series> =
+                lines.iter().map(|(_, s, _)| s.iter().copied().filter(|p| p.1 > 0.0).collect()).collect();
+            let refs: Vec<Line> = lines.iter().zip(&positive).map(|((n, _, c), s)| (*n, s.as_slice(), *c)).collect();
             series(&mut chart, &refs, show)
         }
     }
@@ -191,7 +193,7 @@ where
 
 fn series<'a, DB: DrawingBackend + 'a, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-    lines: &[(&str, &[(f64, f64)], RGBColor)],
+    lines: &[Line],
     legend: bool,
 ) -> Drawn
 where
