@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(&a),
         Command::Eval(a) => cli::eval::run(&a),
         Command::Sample(a) => cli::sample::run(&a),
+        Command::Fill(a) => cli::fill::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
     };
     ExitCode::from(code)

@@ -163,12 +163,24 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
     let e: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap_or_default();
     let logged = l[&40].1.unwrap_or(f64::NAN);
     assert!((e["eval_loss"].as_f64().unwrap_or(0.0) - logged).abs() < 1e-5, "eval {e} vs logged {logged}");
+    // Bytes tokenizer: about one token per byte, so bits/byte ≈ nats/token / ln 2.
+    let bpb = e["bits_per_byte"].as_f64().unwrap_or(0.0);
+    let per = e["bytes_per_token"].as_f64().unwrap_or(0.0);
+    assert!((0.9..=1.0).contains(&per), "{e}");
+    assert!((bpb - logged / std::f64::consts::LN_2 / per).abs() < 1e-9, "{e}");
     let o = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0"]);
     ok(&o);
     let out = text(&o.stdout);
     assert!(out.starts_with("fn ") && out.len() > 3, "{out:?}");
     let again = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0"]);
     assert_eq!(text(&again.stdout), out, "greedy sampling is deterministic");
+    // A stop string ends the text before it; nucleus sampling runs.
+    let stop = out[3..].chars().take(2).collect::<String>();
+    let o = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0", "--stop", &stop]);
+    ok(&o);
+    assert_eq!(text(&o.stdout), "fn \n", "stopped at {stop:?}, which greedy decoding writes first");
+    ok(&blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--top-p", "0.9", "--seed", "3"]));
+    assert_eq!(blkc(&d, &["fill", "run", "--text", "<mask>"]).status.code(), Some(1), "a causal model fills nothing");
     // A second run into the same directory is refused, not overwritten.
     let o = blkc(&d, &["train", "tiny.blk", "--out", "run"]);
     assert_eq!(o.status.code(), Some(1));
@@ -299,6 +311,18 @@ fn a_bidirectional_model_trains_as_a_masked_language_model() {
     let o = blkc(&d, &["sample", "run", "--prompt", "x"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("bidirectional"));
+    // It fills masks instead: candidates by falling probability.
+    let o = blkc(&d, &["fill", "run", "--text", "fn main() { let <mask> = 1; }", "--top", "3", "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let c = v["masks"][0]["candidates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(c.len(), 3, "{v}");
+    let p: Vec<f64> = c.iter().map(|c| c["probability"].as_f64().unwrap_or(-1.0)).collect();
+    assert!(p.windows(2).all(|w| w[0] >= w[1]) && p[0] <= 1.0 && p.iter().sum::<f64>() <= 1.0 + 1e-9, "{p:?}");
+    let filled = v["filled"].as_str().unwrap_or_default();
+    assert!(filled.starts_with("fn main() { let ") && !filled.contains("mask"), "{filled}");
+    let o = blkc(&d, &["fill", "run", "--text", "no mask here"]);
+    assert_eq!(o.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(&d);
 }
 

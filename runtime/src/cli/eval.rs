@@ -71,6 +71,14 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let key = tokens::tokenizer_key(&run.dir.tokenizer());
     let (train_stream, valid_stream, _) =
         tokens::streams(&corpus, &run.tokenizer, key, run.ir.context as usize, shifted, run.ir.vocab as usize)?;
+    // Bytes of text per token of the evaluated stream (end-of-text tokens
+    // included), to turn nats per token into bits per byte.
+    let docs = if args.data.is_some() {
+        corpus.train.iter().chain(&corpus.valid).collect::<Vec<_>>()
+    } else {
+        corpus.valid.iter().collect()
+    };
+    let text_bytes: usize = docs.iter().map(|d| d.text.len()).sum();
     // With --data, every file of the given text is held out: evaluate on all of it.
     let stream = if args.data.is_some() {
         let mut all = train_stream.tokens;
@@ -86,6 +94,8 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let rows = s.micro() as usize;
     let loss = train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device);
     let n = batch::eval_batches(&stream, batches, rows);
+    // For a masked model, the loss is over the masked positions only.
+    let bits_per_byte = loss / std::f64::consts::LN_2 * stream.tokens.len() as f64 / text_bytes.max(1) as f64;
     if args.json {
         println!(
             "{}",
@@ -97,13 +107,15 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
                 "data": source,
                 "eval_loss": loss,
                 "perplexity": loss.exp(),
+                "bits_per_byte": bits_per_byte,
+                "bytes_per_token": text_bytes as f64 / stream.tokens.len().max(1) as f64,
                 "batches": n,
                 "rows": rows,
             })
         );
     } else {
         println!(
-            "{} (step {}): validation loss {loss:.4} nats/token, perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
+            "{} (step {}): validation loss {loss:.4} nats/token ({bits_per_byte:.4} bits/byte), perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
             run.checkpoint.display(),
             run.state.step,
             loss.exp(),

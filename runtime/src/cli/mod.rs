@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod eval;
+pub mod fill;
 pub mod fmt;
 pub mod graph;
 pub mod params;
@@ -64,6 +65,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Continue a prompt with a trained causal model.
     Sample(sample::Args),
+    /// Fill the `<mask>`s of a text with a trained bidirectional model.
+    Fill(fill::Args),
     /// Time training steps of several models side by side.
     Bench(bench::Args),
 }

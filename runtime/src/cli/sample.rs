@@ -29,6 +29,14 @@ pub struct Args {
     /// Sample only among the K most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
+    /// Nucleus sampling: only among the most likely tokens whose
+    /// probabilities sum to P (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Stop when the text generated contains this string (which is not
+    /// printed); repeat for several.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stops: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -69,11 +77,17 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         return Err(format!("--temperature must be 0 or more, not {}", args.temperature));
     }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        return Err(format!("--top-p must be above 0 and at most 1, not {}", args.top_p));
+    }
+    if args.stops.iter().any(String::is_empty) {
+        return Err("--stop needs a non-empty text".into());
+    }
     let run = train::open::open::<B>(&args.checkpoint, device)?;
     if run.ir.mask != Mask::Causal {
-        return Err(
-            "this model is bidirectional (masked-language model): it fills masks, it does not continue text".into()
-        );
+        return Err("this model is bidirectional (masked-language model): it fills masks, it does not continue text; \
+             use `blkc fill RUN --text \"… <mask> …\"`"
+            .into());
     }
     let tok = &run.tokenizer;
     let mut ids = tok.encode(&args.prompt)?;
@@ -85,6 +99,8 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let mut rng = Rng::new(args.seed);
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", args.prompt);
+    // Text that could still be the start of a stop string is held back.
+    let hold = args.stops.iter().map(String::len).max().unwrap_or(1) - 1;
     let mut shown = 0;
     for _ in 0..args.tokens {
         let window = &ids[ids.len().saturating_sub(context)..];
@@ -95,13 +111,26 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         let v = logits.dims()[2];
         let last: Vec<f32> =
             logits.slice([0..1, t - 1..t, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))?;
-        ids.push(pick(&last, args.temperature, args.top_k, &mut rng));
+        ids.push(pick(
+            &last,
+            Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
+            &mut rng,
+        ));
         let text = tok.decode(&ids[prompt_len..]);
+        if let Some(at) = args.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+            let _ = write!(out, "{}", text.get(shown..at).unwrap_or_default());
+            let _ = writeln!(out);
+            return Ok(());
+        }
         // Print what is new (multi-byte characters may complete later).
-        if text.len() > shown && text.is_char_boundary(shown) && !text.ends_with('\u{fffd}') {
-            let _ = write!(out, "{}", &text[shown..]);
+        let mut upto = text.len().saturating_sub(hold);
+        while upto > shown && !text.is_char_boundary(upto) {
+            upto -= 1;
+        }
+        if upto > shown && text.is_char_boundary(shown) && !text[..upto].ends_with('\u{fffd}') {
+            let _ = write!(out, "{}", &text[shown..upto]);
             let _ = out.flush();
-            shown = text.len();
+            shown = upto;
         }
     }
     let text = tok.decode(&ids[prompt_len..]);
@@ -112,19 +141,43 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     Ok(())
 }
 
-/// The next token from `logits`.
-fn pick(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> u32 {
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0 picks the most likely token.
+    pub temperature: f64,
+    /// Only the K most likely (0: all).
+    pub top_k: usize,
+    /// Only the most likely whose probabilities sum to P.
+    pub top_p: f64,
+}
+
+/// The next token from `logits`: the most likely at temperature 0, else a
+/// draw from the softmax at `temperature`, cut to the `top_k` most likely
+/// and then to the smallest set whose probability reaches `top_p`.
+pub fn pick(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
     let argmax = logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
-    if temperature == 0.0 {
+    if s.temperature == 0.0 {
         return argmax as u32;
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if top_k > 0 {
-        order.truncate(top_k);
+    if s.top_k > 0 {
+        order.truncate(s.top_k);
     }
     let top = f64::from(logits[order[0]]);
-    let weights: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i]) - top) / temperature).exp()).collect();
+    let mut weights: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i]) - top) / s.temperature).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    if s.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = weights.iter().take_while(|w| {
+            let before = mass;
+            mass += *w / total;
+            before < s.top_p
+        });
+        let n = keep.count().max(1);
+        weights.truncate(n);
+    }
     let total: f64 = weights.iter().sum();
     let mut u = rng.uniform() * total;
     for (k, w) in order.iter().zip(&weights) {
@@ -134,4 +187,25 @@ fn pick(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> u32 {
         u -= w;
     }
     argmax as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        // Probabilities about 0.64, 0.24, 0.09, 0.03 at temperature 1.
+        let logits = [3.0f32, 2.0, 1.0, -0.1];
+        let mut rng = Rng::new(7);
+        let draw = |s: Sampling, rng: &mut Rng| (0..2000).map(|_| pick(&logits, s, rng)).collect::<Vec<u32>>();
+        let nucleus = draw(Sampling { temperature: 1.0, top_k: 0, top_p: 0.8 }, &mut rng);
+        assert!(nucleus.iter().all(|&t| t <= 1), "0.64 + 0.24 reach 0.8: only the first two");
+        assert!(nucleus.contains(&0) && nucleus.contains(&1));
+        let all = draw(Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }, &mut rng);
+        assert!(all.contains(&3), "without a nucleus the tail is drawn too");
+        let one = draw(Sampling { temperature: 1.0, top_k: 0, top_p: 0.1 }, &mut rng);
+        assert!(one.iter().all(|&t| t == 0), "the most likely token alone reaches 0.1");
+        assert_eq!(pick(&logits, Sampling { temperature: 0.0, top_k: 0, top_p: 0.5 }, &mut rng), 0);
+    }
 }
