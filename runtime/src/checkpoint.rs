@@ -31,7 +31,16 @@ pub const LEGACY_WEIGHTS: &str = "model.mpk";
 
 /// The model's weights as safetensors bytes.
 pub fn encode<B: Kernels>(model: &Model<B>) -> Result<Vec<u8>, String> {
+    encode_with(model, &[])
+}
+
+/// The model's weights as safetensors bytes, with `metadata` (string
+/// pairs in the file's header) beside burn's own.
+pub fn encode_with<B: Kernels>(model: &Model<B>, metadata: &[(&str, String)]) -> Result<Vec<u8>, String> {
     let mut store = SafetensorsStore::from_bytes(None);
+    for (k, v) in metadata {
+        store = store.metadata(*k, v.clone());
+    }
     model.save_into(&mut store).map_err(|e| format!("cannot encode the weights: {e}"))?;
     store.get_bytes().map_err(|e| format!("cannot encode the weights: {e}"))
 }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(&a),
         Command::Sample(a) => cli::sample::run(&a),
         Command::Fill(a) => cli::fill::run(&a),
+        Command::Export(a) => cli::export::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
     };
     ExitCode::from(code)

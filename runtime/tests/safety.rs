@@ -229,7 +229,7 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     copy(&repo().join("compiler/src/syntax/parse.rs"), &single);
     let o = blkc(&d, &["train", "tiny.blk", "--out", "single", "--data", "parse.rs", "--steps", "2"]);
     ok(&o);
-    assert!(text(&o.stderr).contains("1 training and 1 validation files"), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("1 training and 1 validation documents"), "{}", text(&o.stderr));
     // A damaged token cache is encoded again, not trusted.
     let tokens = d.join("cache/tokens");
     let entry = std::fs::read_dir(&tokens).ok().and_then(|mut e| e.next()).and_then(Result::ok).map(|e| e.path());
@@ -246,6 +246,42 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "bpe", "--steps", "1", "-q"]));
     copy(&d.join("bpe/tokenizer.json"), &d.join("single/tokenizer.json"));
     refused(&blkc(&d, &["eval", "single"]), "more than the model's vocabulary of 258");
+    // An existing tokenizer, named relative to the file that names it.
+    tiny(&d, "sas_p", "causal", 300, "    tokenizer = \"bpe/tokenizer.json\"\n");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "external", "--steps", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("tokenizer: 300 tokens from"), "{}", text(&o.stderr));
+    let info: serde_json::Value = serde_json::from_str(&read(&d.join("external/run.json"))).unwrap_or_default();
+    assert_eq!(info["settings"]["tokenizer"].as_str().map(Path::new), Some(d.join("bpe/tokenizer.json").as_path()));
+    tiny(&d, "sas_p", "causal", 258, "    tokenizer = \"bpe/tokenizer.json\"\n");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "mismatch"]);
+    refused(&o, "E5002");
+    assert!(text(&o.stderr).contains("tokenizer.json` has 300 tokens"), "{}", text(&o.stderr));
+    // JSON lines: one document per record, its text field.
+    let records: String = read(&repo().join("compiler/src/syntax/parse.rs"))
+        .lines()
+        .map(|l| format!("{}\n", serde_json::json!({"source": "parse.rs", "content": l})))
+        .collect();
+    write(&d.join("corpus.jsonl"), &records);
+    let o = blkc(
+        &d,
+        &[
+            "train",
+            "tiny.blk",
+            "--out",
+            "jsonl",
+            "--data",
+            "corpus.jsonl",
+            "--steps",
+            "2",
+            "--set",
+            "data_field=\"content\"",
+            "--set",
+            "tokenizer=bytes",
+        ],
+    );
+    ok(&o);
+    assert!(text(&o.stderr).contains("validation documents"), "{}", text(&o.stderr));
     // A flag wins over a --set of the same key.
     tiny(&d, "sas_p", "causal", 258, "");
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "flag", "--steps", "2", "--set", "steps=3", "-q"]));

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use blkc_runtime::backend::Cpu;
+use blkc_runtime::model::Model;
+use burn::tensor::{Int, Tensor};
+
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -181,6 +185,24 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
     assert_eq!(text(&o.stdout), "fn \n", "stopped at {stop:?}, which greedy decoding writes first");
     ok(&blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--top-p", "0.9", "--seed", "3"]));
     assert_eq!(blkc(&d, &["fill", "run", "--text", "<mask>"]).status.code(), Some(1), "a causal model fills nothing");
+    // Exported weights load back into a rebuilt model and give its logits.
+    let o = blkc(&d, &["export", "run"]);
+    ok(&o);
+    let exported = d.join(text(&o.stdout).trim());
+    let device = Default::default();
+    let opened = blkc_runtime::train::open::open::<Cpu>(&run, &device).unwrap_or_else(|e| panic!("{e}"));
+    let fresh = Model::<Cpu>::build(&opened.program, &opened.ir, 99, &device);
+    let imported = blkc_runtime::checkpoint::import(fresh, &exported).unwrap_or_else(|e| panic!("{e}"));
+    let tokens = || Tensor::<Cpu, 2, Int>::from_ints([[3, 1, 4, 1, 5, 9, 2, 6]], &device);
+    let logits = |m: &Model<Cpu>| m.forward(tokens()).into_data().to_vec::<f32>().unwrap_or_default();
+    assert_eq!(logits(&imported), logits(&opened.model), "the export round-trips");
+    let bytes = std::fs::read(&exported).unwrap_or_default();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap_or_default();
+    let meta = &header["__metadata__"];
+    assert_eq!((meta["blkc_model"].as_str(), meta["blkc_step"].as_str()), (Some("tiny"), Some("40")), "{meta}");
+    assert!(meta["blkc_source"].as_str().is_some_and(|s| s.contains("model tiny")), "{meta}");
+    assert!(header.get("blocks.0.mlp.0.up").is_some(), "stable names: {header}");
     // A second run into the same directory is refused, not overwritten.
     let o = blkc(&d, &["train", "tiny.blk", "--out", "run"]);
     assert_eq!(o.status.code(), Some(1));

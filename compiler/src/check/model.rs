@@ -259,12 +259,15 @@ enum Kind {
     /// A number in `lo..=hi`, `lo` excluded when the flag is set.
     Float(f64, f64, bool),
     Choice(&'static [&'static str]),
+    /// One of the keywords, or a string (a path).
+    ChoiceOrText(&'static [&'static str]),
     Text,
 }
 
 const TRAIN_KEYS: &[(&str, Kind)] = &[
     ("data", Kind::Text),
-    ("tokenizer", Kind::Choice(&["bpe", "bytes"])),
+    ("data_field", Kind::Text),
+    ("tokenizer", Kind::ChoiceOrText(&["bpe", "bytes"])),
     ("batch", Kind::Int(1, 1 << 20)),
     ("micro_batch", Kind::Int(1, 1 << 16)),
     ("steps", Kind::Int(1, 1_000_000_000)),
@@ -308,6 +311,10 @@ pub fn train(sections: &[&Section], diags: &mut Vec<Diagnostic>) -> Train {
                 ok.then_some(TrainValue::Number(x))
             }),
             Kind::Choice(c) => expr::keyword(v, key, c, diags).map(|k| TrainValue::Text(k.to_string())),
+            Kind::ChoiceOrText(c) => match v {
+                Expr::String(s) if !s.value.is_empty() => Some(TrainValue::Text(s.value.clone())),
+                other => expr::keyword(other, key, c, diags).map(|k| TrainValue::Text(k.to_string())),
+            },
             Kind::Text => match v {
                 Expr::String(s) => Some(TrainValue::Text(s.value.clone())),
                 other => {

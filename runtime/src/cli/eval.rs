@@ -65,7 +65,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     }
     let s = &run.info.settings;
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());
-    let corpus = data::load(&source, s.val_fraction)?;
+    let corpus = data::load(&source, s.val_fraction, &s.data_field)?;
     let obj = train::objective(&run.ir, s, &run.tokenizer);
     let shifted = obj == batch::Objective::Causal;
     let key = tokens::tokenizer_key(&run.dir.tokenizer());

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod eval;
+pub mod export;
 pub mod fill;
 pub mod fmt;
 pub mod graph;
@@ -67,6 +68,8 @@ pub enum Command {
     Sample(sample::Args),
     /// Fill the `<mask>`s of a text with a trained bidirectional model.
     Fill(fill::Args),
+    /// Write a run's weights as safetensors for other tools.
+    Export(export::Args),
     /// Time training steps of several models side by side.
     Bench(bench::Args),
 }

@@ -1,6 +1,9 @@
 //! Training text: where it comes from (a directory, a file, a glob, or the
 //! named corpus `python-stdlib`), which files are kept, and the
-//! deterministic split of files into training and validation.
+//! deterministic split of documents into training and validation. A file
+//! is a document, except a JSON-lines file (`.jsonl`, `.ndjson`), whose
+//! every record is one: the string in its text field (`data_field`,
+//! default `text`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,11 +34,13 @@ pub struct Skipped {
     pub too_large: usize,
     /// Devices, pipes, sockets (directly or behind a link): never read.
     pub not_regular: usize,
+    /// JSON-lines records that are not objects with a text field.
+    pub bad_records: usize,
 }
 
 impl Skipped {
     pub fn total(&self) -> usize {
-        self.not_utf8 + self.empty + self.unreadable + self.too_large + self.not_regular
+        self.not_utf8 + self.empty + self.unreadable + self.too_large + self.not_regular + self.bad_records
     }
 
     pub fn describe(&self) -> String {
@@ -45,6 +50,7 @@ impl Skipped {
             (self.unreadable, "unreadable"),
             (self.too_large, "over 64 MiB"),
             (self.not_regular, "not regular files"),
+            (self.bad_records, "JSON lines without their text field"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -120,7 +126,7 @@ impl Default for Fnv {
 /// validation when the hash of its relative name falls below
 /// `val_fraction` (so the split does not depend on which other files
 /// exist). At least one file goes to each side when there are two or more.
-pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
+pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
     let (root, files) = find(source)?;
     let mut skipped = Skipped::default();
     let mut docs = Vec::new();
@@ -128,7 +134,11 @@ pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
         match read(&f) {
             Ok(text) => {
                 let name = f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
-                docs.push(Doc { name, text });
+                if is_json_lines(&f) {
+                    skipped.bad_records += records(&name, &text, field, &mut docs);
+                } else {
+                    docs.push(Doc { name, text });
+                }
             }
             Err(Skip::NotUtf8) => skipped.not_utf8 += 1,
             Err(Skip::Empty) => skipped.empty += 1,
@@ -139,8 +149,7 @@ pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
     }
     if docs.is_empty() {
         return Err(format!(
-            "no usable text in `{source}`: {} file(s) skipped ({}); give text files with --data",
-            skipped.total(),
+            "no usable text in `{source}`: skipped {}; give text files (or JSON lines with a `{field}` field) with --data",
             skipped.describe()
         ));
     }
@@ -162,6 +171,24 @@ pub fn load(source: &str, val_fraction: f64) -> Result<Corpus, String> {
         valid.push(Doc { name: d.name, text: tail.to_string() });
     }
     Ok(Corpus { source: source.to_string(), root, train, valid, skipped })
+}
+
+fn is_json_lines(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson")
+}
+
+/// The records of a JSON-lines file as documents named `file:line`;
+/// returns how many lines held no text in `field`.
+fn records(name: &str, text: &str, field: &str, docs: &mut Vec<Doc>) -> usize {
+    let mut bad = 0;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: Option<serde_json::Value> = serde_json::from_str(line).ok();
+        match value.as_ref().and_then(|v| v.get(field)).and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
+            Some(t) => docs.push(Doc { name: format!("{name}:{}", i + 1), text: t.to_string() }),
+            None => bad += 1,
+        }
+    }
+    bad
 }
 
 /// Whether the file named `name` belongs to the validation split.
@@ -378,17 +405,40 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("blkc-single-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         // Names hash to either side at this fraction; each must split.
-        for name in ["a.txt", "b.py", "corpus.txt", "x", "data.jsonl", "z.md"] {
+        for name in ["a.txt", "b.py", "corpus.txt", "x", "data.csv", "z.md"] {
             let p = dir.join(name);
             let text: String = (0..100).map(|i| format!("line {i} of {name}\n")).collect();
             let _ = std::fs::write(&p, &text);
-            let c = load(&p.display().to_string(), 0.5).unwrap_or_else(|e| panic!("{e}"));
+            let c = load(&p.display().to_string(), 0.5, "text").unwrap_or_else(|e| panic!("{e}"));
             assert_eq!((c.train.len(), c.valid.len()), (1, 1), "{name}");
             let (t, v) = (&c.train[0].text, &c.valid[0].text);
             assert_eq!(format!("{t}{v}"), text);
             assert!(v.starts_with("line 90 ") || v.starts_with("line 89 "), "{name}: {v:.20}");
             let _ = std::fs::remove_file(&p);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn json_lines_give_a_document_per_record() {
+        let dir = std::env::temp_dir().join(format!("blkc-jsonl-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let p = dir.join("corpus.jsonl");
+        let mut text: String =
+            (0..40).map(|i| format!("{{\"id\": {i}, \"content\": \"def f{i}(x):\\n    return x\"}}\n")).collect();
+        text.push_str("not json\n{\"id\": 99}\n\n");
+        let _ = std::fs::write(&p, text);
+        let c = load(&p.display().to_string(), 0.2, "content").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.train.len() + c.valid.len(), 40);
+        assert!(!c.valid.is_empty() && c.train.len() > c.valid.len());
+        assert_eq!(c.skipped.bad_records, 2, "{:?}", c.skipped);
+        assert!(c
+            .train
+            .iter()
+            .chain(&c.valid)
+            .any(|d| d.name == "corpus.jsonl:1" && d.text == "def f0(x):\n    return x"));
+        let err = load(&p.display().to_string(), 0.2, "text").err().unwrap_or_default();
+        assert!(err.contains("42 JSON lines without their text field"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -402,10 +452,10 @@ mod tests {
         let _ = std::os::unix::fs::symlink("/dev/zero", dir.join("zero.txt"));
         let fifo = dir.join("pipe.txt");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
-        let c = load(&dir.display().to_string(), 0.0).unwrap_or_else(|e| panic!("{e}"));
+        let c = load(&dir.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.skipped.not_regular, 1 + usize::from(made), "{:?}", c.skipped);
         assert!(c.skipped.describe().contains("not regular files"));
-        let err = load("/dev/zero", 0.1).err().unwrap_or_default();
+        let err = load("/dev/zero", 0.1, "text").err().unwrap_or_default();
         assert!(err.contains("not a regular file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

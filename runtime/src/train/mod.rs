@@ -125,14 +125,22 @@ pub fn objective_for_mask(mask: Mask, vocab: u32) -> Objective {
 
 /// Checks that the model's vocabulary is the tokenizer's: an error on the
 /// model's `vocab` line when not.
-pub fn check_vocab(m: &ModelIr, tok: &Tokenizer, sources: &SourceMap) -> Result<(), Failure> {
+pub fn check_vocab(
+    m: &ModelIr,
+    tok: &Tokenizer,
+    origin: &tokenizer::Origin,
+    sources: &SourceMap,
+) -> Result<(), Failure> {
     let have = tok.vocab_size() as u64;
     if m.vocab == have {
         return Ok(());
     }
-    let help = match tok.kind() {
-        tokenizer::Kind::Bytes => format!("write `vocab = {have}` (256 bytes, end of text, mask) or use `tokenizer = bpe`"),
-        tokenizer::Kind::Bpe => format!(
+    let help = match (origin, tok.kind()) {
+        (tokenizer::Origin::File { path }, _) => format!("`{}` has {have} tokens: write `vocab = {have}`", path.display()),
+        (_, tokenizer::Kind::Bytes) => {
+            format!("write `vocab = {have}` (256 bytes, end of text, mask) or use `tokenizer = bpe`")
+        }
+        (_, tokenizer::Kind::Bpe) => format!(
             "the corpus gave a BPE of only {have} tokens; write `vocab = {have}`, train on more text, or use `tokenizer = bytes`"
         ),
     };

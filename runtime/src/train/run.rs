@@ -64,11 +64,11 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
 
     // Data and tokenizer.
     let t0 = Instant::now();
-    let corpus = data::load(&s.data, s.val_fraction)?;
+    let corpus = data::load(&s.data, s.val_fraction, &s.data_field)?;
     say(
         q,
         format!(
-            "data: `{}` ({}): {} training and {} validation files, {:.1} MB; skipped: {}",
+            "data: `{}` ({}): {} training and {} validation documents, {:.1} MB; skipped: {}",
             s.data,
             corpus.root.display(),
             corpus.train.len(),
@@ -80,10 +80,17 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     let (tok, origin) = if job.resume.is_some() {
         (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
     } else {
-        tokenizer::obtain(s.tokenizer_kind(), ir.vocab as usize, &corpus, q)?
+        tokenizer::obtain(&s.tokenizer, ir.vocab as usize, &corpus, q)?
     };
     say_tokenizer(q, &tok, &origin);
-    check_vocab(&ir, &tok, &job.sources)?;
+    check_vocab(&ir, &tok, &origin, &job.sources)?;
+    if ir.mask == blkc::graph::Mask::Bidirectional && tok.mask_token().is_none() {
+        return Err(Failure::Message(
+            "a bidirectional model trains by predicting masked tokens, and this tokenizer has no mask token \
+             (`<|mask|>`, `[MASK]` or `<mask>`); use `tokenizer = bpe` or one with a mask token"
+                .into(),
+        ));
+    }
     let obj = objective(&ir, &s, &tok);
     let shifted = obj == Objective::Causal;
     let context = ir.context as usize;
@@ -207,6 +214,7 @@ fn say_tokenizer(q: bool, tok: &Tokenizer, origin: &Origin) {
                 path.display()
             ),
         ),
+        Origin::File { path } => say(q, format!("tokenizer: {} tokens from {}", tok.vocab_size(), path.display())),
         Origin::Cached { path } => {
             say(q, format!("tokenizer: {} of {} tokens from {}", tok.kind().name(), tok.vocab_size(), path.display()))
         }

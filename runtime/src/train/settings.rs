@@ -15,6 +15,9 @@ use super::tokenizer::Kind;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub data: String,
+    /// The field of a JSON-lines record that holds its text.
+    #[serde(default = "text_field")]
+    pub data_field: String,
     pub tokenizer: String,
     pub batch: u64,
     pub micro_batch: u64,
@@ -42,6 +45,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             data: super::data::PYTHON_STDLIB.into(),
+            data_field: text_field(),
             tokenizer: "bpe".into(),
             batch: 16,
             micro_batch: 0,
@@ -80,10 +84,15 @@ impl Settings {
     /// absolute, so the run reads the same text from any directory.
     pub fn apply_file(&mut self, train: &Train, sources: &SourceMap) {
         self.apply(train);
-        if let Some((_, _, span)) = train.settings.iter().rev().find(|(k, _, _)| k == "data") {
-            let file = &sources.get(span.file).path;
-            let dir = file.parent().unwrap_or(Path::new(""));
-            self.data = resolve(&self.data, dir);
+        let dir_of = |key: &str| {
+            let (_, _, span) = train.settings.iter().rev().find(|(k, _, _)| k == key)?;
+            Some(sources.get(span.file).path.parent().unwrap_or(Path::new("")).to_path_buf())
+        };
+        if let Some(dir) = dir_of("data") {
+            self.data = resolve(&self.data, &dir);
+        }
+        if let (Some(dir), true) = (dir_of("tokenizer"), self.tokenizer_is_file()) {
+            self.tokenizer = resolve(&self.tokenizer, &dir);
         }
     }
 
@@ -93,6 +102,9 @@ impl Settings {
         self.apply(train);
         if train.settings.iter().any(|(k, _, _)| k == "data") {
             self.data = resolve(&self.data, Path::new(""));
+        }
+        if train.settings.iter().any(|(k, _, _)| k == "tokenizer") && self.tokenizer_is_file() {
+            self.tokenizer = resolve(&self.tokenizer, Path::new(""));
         }
     }
 
@@ -108,6 +120,7 @@ impl Settings {
         let int = num as u64;
         match key {
             "data" => self.data = text,
+            "data_field" => self.data_field = text,
             "tokenizer" => self.tokenizer = text,
             "batch" => self.batch = int,
             "micro_batch" => self.micro_batch = int,
@@ -166,8 +179,9 @@ impl Settings {
         Schedule::parse(&self.schedule).unwrap_or(Schedule::Linear)
     }
 
-    pub fn tokenizer_kind(&self) -> Kind {
-        Kind::parse(&self.tokenizer).unwrap_or(Kind::Bpe)
+    /// Whether the tokenizer is an existing file rather than one blkc makes.
+    pub fn tokenizer_is_file(&self) -> bool {
+        Kind::parse(&self.tokenizer).is_none()
     }
 
     /// How continuing at `step` with the `new` settings changes the
@@ -207,7 +221,12 @@ impl Settings {
         let num = |k: &str, v: f64| format!("{k}={v:?}");
         let mut v = vec![
             format!("data={}", quote(&self.data)),
-            word("tokenizer", &self.tokenizer),
+            format!("data_field={}", quote(&self.data_field)),
+            if self.tokenizer_is_file() {
+                format!("tokenizer={}", quote(&self.tokenizer))
+            } else {
+                word("tokenizer", &self.tokenizer)
+            },
             int("batch", self.batch),
             int("steps", self.steps),
             num("lr", self.lr),
@@ -259,6 +278,10 @@ fn resolve(data: &str, dir: &Path) -> String {
     blkc::source::normalise(&absolute).display().to_string()
 }
 
+fn text_field() -> String {
+    "text".into()
+}
+
 /// `v` as a `.blk` string literal.
 fn quote(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
@@ -270,7 +293,8 @@ fn compile_pairs(pairs: &[String], name: &str) -> blkc::Compilation {
     for p in pairs {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         let (k, v) = (k.trim(), v.trim());
-        let needs_quotes = k == "data" && !v.starts_with('"');
+        let path = k == "data" || k == "data_field" || (k == "tokenizer" && Kind::parse(v).is_none());
+        let needs_quotes = path && !v.starts_with('"');
         let v = if needs_quotes { quote(v) } else { v.to_string() };
         text.push_str(&format!("    {k} = {v}\n"));
     }

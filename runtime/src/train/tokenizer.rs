@@ -20,6 +20,11 @@ use super::data::{Corpus, Fnv};
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const MASK: &str = "<|mask|>";
 
+/// Names an existing tokenizer may give its end-of-text token, in order.
+const EOT_NAMES: &[&str] = &[END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>", "[SEP]", "<|eot_id|>"];
+/// Names an existing tokenizer may give its mask token.
+const MASK_NAMES: &[&str] = &[MASK, "[MASK]", "<mask>"];
+
 /// Tokens of the bytes tokenizer: 256 bytes, end of text, mask.
 pub const BYTES_VOCAB: usize = 258;
 
@@ -78,18 +83,29 @@ impl Tokenizer {
         }
     }
 
+    /// The token between packed documents: blkc's own, or the one an
+    /// existing tokenizer uses for it (GPT-2's `<|endoftext|>`, `</s>`,
+    /// `[SEP]`…); 0 for a tokenizer that has none.
     pub fn end_of_text(&self) -> u32 {
         match self {
             Tokenizer::Bytes => 256,
-            Tokenizer::Bpe(t) => t.token_to_id(END_OF_TEXT).unwrap_or(0),
+            Tokenizer::Bpe(t) => EOT_NAMES.iter().find_map(|n| t.token_to_id(n)).unwrap_or(0),
         }
     }
 
-    pub fn mask(&self) -> u32 {
+    /// The mask token of the masked-language objective, if the tokenizer
+    /// has one (`<|mask|>`, `[MASK]`, `<mask>`).
+    pub fn mask_token(&self) -> Option<u32> {
         match self {
-            Tokenizer::Bytes => 257,
-            Tokenizer::Bpe(t) => t.token_to_id(MASK).unwrap_or(1),
+            Tokenizer::Bytes => Some(257),
+            Tokenizer::Bpe(t) => MASK_NAMES.iter().find_map(|n| t.token_to_id(n)),
         }
+    }
+
+    /// The mask token (the end of text for a tokenizer without one: only
+    /// causal models use such a tokenizer, which training checks).
+    pub fn mask(&self) -> u32 {
+        self.mask_token().unwrap_or_else(|| self.end_of_text())
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
@@ -163,13 +179,32 @@ pub fn cache_dir() -> PathBuf {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Builtin,
-    Trained { seconds: f64, path: PathBuf },
-    Cached { path: PathBuf },
+    Trained {
+        seconds: f64,
+        path: PathBuf,
+    },
+    Cached {
+        path: PathBuf,
+    },
+    /// An existing tokenizer named by `tokenizer = "path"`.
+    File {
+        path: PathBuf,
+    },
 }
 
-/// The tokenizer of `kind` for `corpus`: bytes, or BPE with `vocab` tokens
-/// from the cache or trained now (and cached).
-pub fn obtain(kind: Kind, vocab: usize, corpus: &Corpus, quiet: bool) -> Result<(Tokenizer, Origin), String> {
+/// The tokenizer a `tokenizer` setting names for `corpus`: bytes, BPE with
+/// `vocab` tokens (from the cache, or trained now and cached), or
+/// An existing tokenizer file (`tokenizer = "path"`): a `tokenizer.json`
+/// of the tokenizers library (Hugging Face's format), or a run's.
+pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Result<(Tokenizer, Origin), String> {
+    let kind = match Kind::parse(setting) {
+        Some(k) => k,
+        None => {
+            let path = PathBuf::from(setting);
+            let t = Tokenizer::load(&path)?;
+            return Ok((t, Origin::File { path }));
+        }
+    };
     if kind == Kind::Bytes {
         return Ok((Tokenizer::Bytes, Origin::Builtin));
     }
