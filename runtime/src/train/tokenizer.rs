@@ -117,6 +117,39 @@ impl Tokenizer {
         }
     }
 
+    /// The ids of many texts, in order: long texts are encoded in pieces
+    /// of at most [`CHUNK`] bytes (cut before a line break where there is
+    /// one), and pieces in parallel batches. Encoding a 45 MB text whole
+    /// took 9 GB; in pieces its memory is bounded by the batch (about
+    /// 0.5 GB).
+    pub fn encode_all(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
+        let Tokenizer::Bpe(t) = self else {
+            return Ok(texts.iter().map(|x| x.bytes().map(u32::from).collect()).collect());
+        };
+        let mut out: Vec<Vec<u32>> = texts.iter().map(|_| Vec::new()).collect();
+        let pieces: Vec<(usize, &str)> =
+            texts.iter().enumerate().flat_map(|(i, x)| chunks(x).map(move |c| (i, c))).collect();
+        // Batches of about BATCH_BYTES: encoding holds some 200 bytes of
+        // offsets and alignments per byte of text until it is done.
+        let mut batches: Vec<&[(usize, &str)]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (k, (_, c)) in pieces.iter().enumerate() {
+            bytes += c.len();
+            if bytes >= BATCH_BYTES || k + 1 == pieces.len() {
+                batches.push(&pieces[start..=k]);
+                (start, bytes) = (k + 1, 0);
+            }
+        }
+        for batch in batches {
+            let inputs: Vec<&str> = batch.iter().map(|(_, c)| *c).collect();
+            let encoded = t.encode_batch_fast(inputs, false).map_err(|e| format!("cannot tokenize: {e}"))?;
+            for ((i, _), e) in batch.iter().zip(encoded) {
+                out[*i].extend_from_slice(e.get_ids());
+            }
+        }
+        Ok(out)
+    }
+
     /// Text of `ids`; special tokens are shown by name, undecodable bytes
     /// as U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
@@ -158,6 +191,35 @@ impl Tokenizer {
             .map_err(|e| format!("`{}` is not a tokenizer: {e}", path.display()))?;
         Ok(Tokenizer::Bpe(Box::new(t)))
     }
+}
+
+/// Longest piece of text encoded at once, in bytes.
+pub const CHUNK: usize = 256 << 10;
+
+/// Text encoded in one parallel batch, in bytes.
+const BATCH_BYTES: usize = 2 << 20;
+
+/// `text` in pieces of at most [`CHUNK`] bytes, each cut before a line
+/// break where one is in its second half (else at a character boundary).
+fn chunks(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = rest.len().min(CHUNK);
+        if cut < rest.len() {
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if let Some(nl) = rest[CHUNK / 2..cut].rfind('\n') {
+                cut = CHUNK / 2 + nl;
+            }
+        }
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
 }
 
 /// Where tokenizers and token streams are cached: `$BLKC_CACHE`, else
@@ -226,7 +288,11 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
         eprintln!("tokenizer: training a byte-level BPE of {vocab} tokens on {mb:.1} MB (once per corpus; cached)…");
     }
     let start = std::time::Instant::now();
-    let t = train_bpe(vocab, corpus.train.iter().map(|d| d.text.as_str()))?;
+    // Progress bars on a terminal (the tokenizers library's own).
+    let bars = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // In pieces, as for encoding: the library pre-tokenises a whole text at
+    // once, some 200 bytes per byte (9 GB for a 45 MB file).
+    let t = train_bpe_with(vocab, corpus.train.iter().flat_map(|d| chunks(&d.text)), bars)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the cache `{}`: {e}", dir.display()))?;
@@ -238,6 +304,15 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
 /// Trains a byte-level BPE of `vocab` tokens (special tokens and the 256
 /// byte symbols included) on `texts`.
 pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) -> Result<Tokenizer, String> {
+    train_bpe_with(vocab, texts, false)
+}
+
+/// [`train_bpe`], with the library's progress bars when `progress`.
+pub fn train_bpe_with<'a>(
+    vocab: usize,
+    texts: impl Iterator<Item = &'a str> + Send,
+    progress: bool,
+) -> Result<Tokenizer, String> {
     let mut t = HfTokenizer::new(BPE::default());
     t.with_pre_tokenizer(Some(Sequence::new(vec![
         PreTokenizerWrapper::ByteLevel(ByteLevel::default().add_prefix_space(false)),
@@ -248,7 +323,7 @@ pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) 
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
         .vocab_size(vocab)
         .min_frequency(2)
-        .show_progress(false)
+        .show_progress(progress)
         .special_tokens(specials.clone())
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build()
@@ -261,6 +336,21 @@ pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_encoded_in_pieces_that_join_up() {
+        let line = "x = [1, 2, 3]  # ünïcode\n";
+        let text = line.repeat(3 * CHUNK / line.len() + 7);
+        let pieces: Vec<&str> = chunks(&text).collect();
+        assert!(pieces.len() >= 3 && pieces.iter().all(|p| p.len() <= CHUNK));
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces[1].starts_with('\n'), "cut before a line break");
+        let texts: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}\n")).collect();
+        let t = train_bpe(300, texts.iter().map(String::as_str)).unwrap_or_else(|e| panic!("{e}"));
+        let all = t.encode_all(&[texts[3].as_str(), &text]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all[0], t.encode(&texts[3]).unwrap_or_default());
+        assert_eq!(t.decode(&all[1]), text);
+    }
 
     #[test]
     fn bytes_round_trip_with_specials() {

@@ -56,9 +56,13 @@ pub fn streams(
 /// Documents encoded and joined by end-of-text.
 fn join(tok: &Tokenizer, docs: &[data::Doc]) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
-    for d in docs {
-        out.extend(tok.encode(&d.text)?);
-        out.push(tok.end_of_text());
+    // Documents by groups, so that the encodings in memory stay bounded.
+    for group in docs.chunks(1024) {
+        let texts: Vec<&str> = group.iter().map(|d| d.text.as_str()).collect();
+        for ids in tok.encode_all(&texts)? {
+            out.extend(ids);
+            out.push(tok.end_of_text());
+        }
     }
     Ok(out)
 }
