@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod durable;
+pub mod export;
 pub mod kernels;
 pub mod layers;
 pub mod measure;

@@ -203,6 +203,19 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
     assert_eq!((meta["blkc_model"].as_str(), meta["blkc_step"].as_str()), (Some("tiny"), Some("40")), "{meta}");
     assert!(meta["blkc_source"].as_str().is_some_and(|s| s.contains("model tiny")), "{meta}");
     assert!(header.get("blocks.0.mlp.0.up").is_some(), "stable names: {header}");
+    // For PyTorch: the weights and a model.py that rebuilds the model from
+    // its plan (bench/export-check.sh compares its logits with blkc's where
+    // PyTorch is installed); here it must at least be valid Python.
+    let o = blkc(&d, &["export", "run", "--format", "pytorch", "--out", "torch"]);
+    ok(&o);
+    let py = d.join("torch/model.py");
+    assert!(d.join("torch/model.safetensors").is_file());
+    let compiled = Command::new("python3").args(["-m", "py_compile"]).arg(&py).status();
+    assert!(compiled.is_ok_and(|s| s.success()), "model.py does not compile");
+    let source = std::fs::read_to_string(&py).unwrap_or_default();
+    let plan = source.split("r'''").nth(1).and_then(|p| p.split("'''").next()).unwrap_or_default();
+    let plan: serde_json::Value = serde_json::from_str(plan).unwrap_or_else(|e| panic!("the plan: {e}"));
+    assert_eq!(plan["layers"].as_array().map(Vec::len), Some(2), "{plan}");
     // A second run into the same directory is refused, not overwritten.
     let o = blkc(&d, &["train", "tiny.blk", "--out", "run"]);
     assert_eq!(o.status.code(), Some(1));

@@ -1,7 +1,8 @@
 //! `blkc export RUN`: a run's weights for other tools, as safetensors with
 //! the stable tensor names of docs/lowering.md and, in the file's header,
 //! what is needed to rebuild the model (the `.blk` sources, the resolved
-//! model, the step).
+//! model, the step); `--format pytorch` adds a `model.py` that rebuilds the
+//! model in plain PyTorch and loads them (`crate::export`).
 
 use std::path::PathBuf;
 
@@ -12,9 +13,20 @@ use crate::train;
 pub struct Args {
     /// A run directory or one of its `checkpoints/step-…` directories.
     pub checkpoint: PathBuf,
-    /// Where to write (default: `RUN/export/model.safetensors`).
+    /// The directory to write to (default: `RUN/export/`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// `safetensors` (the weights) or `pytorch` (the weights and a
+    /// `model.py` that loads them into a PyTorch module).
+    #[arg(long, value_enum, default_value = "safetensors")]
+    pub format: ExportFormat,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Safetensors,
+    Pytorch,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -36,10 +48,9 @@ fn export(args: &Args) -> Result<PathBuf, String> {
     if let Some(note) = &run.note {
         eprintln!("warning: {note}");
     }
-    let out = args.out.clone().unwrap_or_else(|| run.dir.root.join("export").join("model.safetensors"));
-    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| crate::durable::describe("create", d, &e))?;
-    }
+    let dir = args.out.clone().unwrap_or_else(|| run.dir.root.join("export"));
+    std::fs::create_dir_all(&dir).map_err(|e| crate::durable::describe("create", &dir, &e))?;
+    let out = dir.join("model.safetensors");
     let sources = std::fs::read_to_string(run.dir.sources()).unwrap_or_default();
     let info = serde_json::to_string(&run.info.resolved_model).unwrap_or_default();
     let metadata = [
@@ -52,5 +63,10 @@ fn export(args: &Args) -> Result<PathBuf, String> {
     ];
     let bytes = crate::checkpoint::encode_with(&run.model, &metadata)?;
     crate::durable::write_atomic(&out, &bytes)?;
+    if args.format == ExportFormat::Pytorch {
+        let py = dir.join("model.py");
+        crate::durable::write_atomic(&py, crate::export::model_py(&run.program, &run.ir).as_bytes())?;
+        return Ok(py);
+    }
     Ok(out)
 }
