@@ -282,6 +282,27 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     );
     ok(&o);
     assert!(text(&o.stderr).contains("validation documents"), "{}", text(&o.stderr));
+    // Pre-tokenised data: nanoGPT's train.bin / val.bin (16-bit ids).
+    let toks = d.join("toks");
+    std::fs::create_dir_all(&toks).unwrap_or_else(|e| panic!("{e}"));
+    let ids = |text: String| -> Vec<u8> { text.bytes().flat_map(|b| u16::from(b).to_le_bytes()).collect() };
+    std::fs::write(toks.join("train.bin"), ids(read(&repo().join("compiler/src/syntax/parse.rs"))))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(toks.join("val.bin"), ids(read(&repo().join("compiler/src/syntax/format.rs"))))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(
+        &d,
+        &["train", "tiny.blk", "--out", "pretok", "--data", "toks", "--steps", "2", "--set", "tokenizer=bytes"],
+    );
+    ok(&o);
+    assert!(text(&o.stderr).contains("(pre-tokenised,"), "{}", text(&o.stderr));
+    let e: serde_json::Value =
+        serde_json::from_slice(&blkc(&d, &["eval", "pretok", "--json"]).stdout).unwrap_or_default();
+    assert!(e["eval_loss"].as_f64().is_some_and(f64::is_finite) && e["bits_per_byte"].is_null(), "{e}");
+    refused(
+        &blkc(&d, &["train", "tiny.blk", "--out", "pretok-bpe", "--data", "toks", "--set", "tokenizer=bpe"]),
+        "pre-tokenised",
+    );
     // A flag wins over a --set of the same key.
     tiny(&d, "sas_p", "causal", 258, "");
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "flag", "--steps", "2", "--set", "steps=3", "-q"]));

@@ -95,7 +95,9 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let loss = train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device);
     let n = batch::eval_batches(&stream, batches, rows);
     // For a masked model, the loss is over the masked positions only.
-    let bits_per_byte = loss / std::f64::consts::LN_2 * stream.tokens.len() as f64 / text_bytes.max(1) as f64;
+    // Pre-tokenised data has no text to count bytes of.
+    let bits_per_byte =
+        (text_bytes > 0).then(|| loss / std::f64::consts::LN_2 * stream.tokens.len() as f64 / text_bytes as f64);
     if args.json {
         println!(
             "{}",
@@ -108,16 +110,17 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
                 "eval_loss": loss,
                 "perplexity": loss.exp(),
                 "bits_per_byte": bits_per_byte,
-                "bytes_per_token": text_bytes as f64 / stream.tokens.len().max(1) as f64,
+                "bytes_per_token": (text_bytes > 0).then(|| text_bytes as f64 / stream.tokens.len().max(1) as f64),
                 "batches": n,
                 "rows": rows,
             })
         );
     } else {
         println!(
-            "{} (step {}): validation loss {loss:.4} nats/token ({bits_per_byte:.4} bits/byte), perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
+            "{} (step {}): validation loss {loss:.4} nats/token{}, perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
             run.checkpoint.display(),
             run.state.step,
+            bits_per_byte.map(|b| format!(" ({b:.4} bits/byte)")).unwrap_or_default(),
             loss.exp(),
             run.ir.context
         );

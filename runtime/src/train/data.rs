@@ -74,6 +74,10 @@ pub struct Corpus {
     pub train: Vec<Doc>,
     pub valid: Vec<Doc>,
     pub skipped: Skipped,
+    /// Pre-tokenised data (`super::token_files`): read with the tokenizer,
+    /// which gives the end-of-text id; then `train` and `valid` are empty.
+    pub token_files: Vec<PathBuf>,
+    pub val_fraction: f64,
 }
 
 impl Corpus {
@@ -128,6 +132,25 @@ impl Default for Fnv {
 /// exist). At least one file goes to each side when there are two or more.
 pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
     let (root, files) = find(source)?;
+    let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
+    if tokens > 0 {
+        if tokens < files.len() {
+            return Err(format!(
+                "`{source}` holds token files (.npy, .bin) and {} other files; give pre-tokenised data or text, not both",
+                files.len() - tokens
+            ));
+        }
+        let empty = Vec::new;
+        return Ok(Corpus {
+            source: source.to_string(),
+            root,
+            train: empty(),
+            valid: empty(),
+            skipped: Skipped::default(),
+            token_files: files,
+            val_fraction,
+        });
+    }
     let mut skipped = Skipped::default();
     let mut docs = Vec::new();
     for f in files {
@@ -170,7 +193,7 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
         train.push(Doc { name: d.name.clone(), text: head.to_string() });
         valid.push(Doc { name: d.name, text: tail.to_string() });
     }
-    Ok(Corpus { source: source.to_string(), root, train, valid, skipped })
+    Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), val_fraction })
 }
 
 fn is_json_lines(path: &Path) -> bool {

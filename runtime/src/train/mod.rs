@@ -14,6 +14,7 @@ pub mod run;
 pub mod rundir;
 pub mod settings;
 pub mod signals;
+pub mod token_files;
 pub mod tokenizer;
 pub mod tokens;
 

@@ -65,18 +65,22 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     // Data and tokenizer.
     let t0 = Instant::now();
     let corpus = data::load(&s.data, s.val_fraction, &s.data_field)?;
-    say(
-        q,
-        format!(
-            "data: `{}` ({}): {} training and {} validation documents, {:.1} MB; skipped: {}",
-            s.data,
-            corpus.root.display(),
-            corpus.train.len(),
-            corpus.valid.len(),
-            corpus.bytes() as f64 / 1e6,
-            corpus.skipped.describe()
-        ),
-    );
+    if !corpus.token_files.is_empty() {
+        say(q, format!("data: `{}`: {} pre-tokenised file(s)", s.data, corpus.token_files.len()));
+    } else {
+        say(
+            q,
+            format!(
+                "data: `{}` ({}): {} training and {} validation documents, {:.1} MB; skipped: {}",
+                s.data,
+                corpus.root.display(),
+                corpus.train.len(),
+                corpus.valid.len(),
+                corpus.bytes() as f64 / 1e6,
+                corpus.skipped.describe()
+            ),
+        );
+    }
     let (tok, origin) = if job.resume.is_some() {
         (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
     } else {
@@ -108,7 +112,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
             "tokens: {} training, {} validation ({}, {:.1} s)",
             progress::thousands(train_stream.tokens.len() as f64),
             progress::thousands(valid_stream.tokens.len() as f64),
-            if cached { "cached" } else { "encoded" },
+            cached,
             t0.elapsed().as_secs_f64()
         ),
     );

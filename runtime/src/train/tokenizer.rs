@@ -270,6 +270,13 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
     if kind == Kind::Bytes {
         return Ok((Tokenizer::Bytes, Origin::Builtin));
     }
+    if !corpus.token_files.is_empty() {
+        return Err(format!(
+            "`{}` is pre-tokenised: name the tokenizer that made it (`tokenizer = \"path/tokenizer.json\"`, or \
+             `tokenizer = bytes`); a BPE cannot be trained on token ids",
+            corpus.source
+        ));
+    }
     if vocab < 256 + 2 {
         return Err(format!("a byte-level BPE needs a vocabulary of at least 258 tokens, not {vocab}"));
     }

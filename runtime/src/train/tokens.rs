@@ -23,7 +23,14 @@ pub fn streams(
     context: usize,
     shifted: bool,
     vocab: usize,
-) -> Result<(Stream, Stream, bool), String> {
+) -> Result<(Stream, Stream, &'static str), String> {
+    if !corpus.token_files.is_empty() {
+        let t = super::token_files::load(&corpus.root, &corpus.token_files, corpus.val_fraction, tok.end_of_text())?;
+        for (name, ids) in [("training", &t.train), ("validation", &t.valid)] {
+            check_ids(ids, vocab).map_err(|e| format!("the {name} tokens of `{}`: {e}", corpus.source))?;
+        }
+        return Ok((Stream::new(t.train, context, shifted), Stream::new(t.valid, context, shifted), "pre-tokenised"));
+    }
     let mut h = Fnv::new();
     h.write(&key.to_le_bytes());
     h.write(&corpus.fingerprint().to_le_bytes());
@@ -50,7 +57,8 @@ pub fn streams(
     for (name, ids) in [("training", &train), ("validation", &valid)] {
         check_ids(ids, vocab).map_err(|e| format!("the {name} tokens of `{}`: {e}", corpus.source))?;
     }
-    Ok((Stream::new(train, context, shifted), Stream::new(valid, context, shifted), hit))
+    let how = if hit { "cached" } else { "encoded" };
+    Ok((Stream::new(train, context, shifted), Stream::new(valid, context, shifted), how))
 }
 
 /// Documents encoded and joined by end-of-text.
