@@ -79,7 +79,7 @@ pub fn read(path: &Path) -> Result<Vec<u32>, String> {
     let bytes = std::fs::read(path).map_err(|e| crate::durable::describe("read", path, &e))?;
     let bad = |why: &str| format!("`{}` is not a token file: {why}", path.display());
     if path.extension().is_some_and(|e| e == "bin") {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(bad("a .bin file holds 16-bit ids, and its size is odd"));
         }
         return Ok(bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect());
@@ -119,7 +119,7 @@ fn npy(bytes: &[u8]) -> Result<Vec<u32>, String> {
     }
     let data = &bytes[at + len..];
     let ids = |width: usize, f: &dyn Fn(&[u8]) -> i128| -> Result<Vec<u32>, String> {
-        if data.len() % width != 0 {
+        if !data.len().is_multiple_of(width) {
             return Err("its data does not fill the last id".into());
         }
         data.chunks_exact(width)
