@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Device, OK, REJECTED};
+use super::Device;
 use crate::kernels::Kernels;
 use crate::train::{self, batch, data, tokens};
 
@@ -26,35 +26,12 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    match args.device {
-        Device::Cpu => eval_on::<crate::backend::Cpu>(args, &Default::default()),
-        Device::Cuda => match crate::backend::cuda() {
-            Ok(_) => cuda(args),
-            Err(e) => {
-                eprintln!("error: cannot evaluate on CUDA: {e}");
-                super::train::NO_DEVICE
-            }
-        },
-    }
+    super::dispatch(args.device, "evaluate", args)
 }
 
-#[cfg(feature = "cuda")]
-fn cuda(args: &Args) -> u8 {
-    eval_on::<crate::backend::Cuda>(args, &Default::default())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(_args: &Args) -> u8 {
-    super::train::NO_DEVICE
-}
-
-fn eval_on<B: Kernels>(args: &Args, device: &B::Device) -> u8 {
-    match evaluate::<B>(args, device) {
-        Ok(()) => OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            REJECTED
-        }
+impl super::Generic for Args {
+    fn run<B: Kernels>(&self, device: &B::Device) -> Result<(), String> {
+        evaluate::<B>(self, device)
     }
 }
 

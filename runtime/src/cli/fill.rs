@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use blkc::graph::Mask;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{Device, OK, REJECTED};
+use super::Device;
 use crate::kernels::Kernels;
 use crate::train::{self, tokenizer::MASK};
 
@@ -32,33 +32,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let r = match args.device {
-        Device::Cpu => fill::<crate::backend::Cpu>(args, &Default::default()),
-        Device::Cuda => match crate::backend::cuda() {
-            Ok(_) => cuda(args),
-            Err(e) => {
-                eprintln!("error: cannot fill on CUDA: {e}");
-                return super::train::NO_DEVICE;
-            }
-        },
-    };
-    match r {
-        Ok(()) => OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            REJECTED
-        }
+    super::dispatch(args.device, "fill", args)
+}
+
+impl super::Generic for Args {
+    fn run<B: Kernels>(&self, device: &B::Device) -> Result<(), String> {
+        fill::<B>(self, device)
     }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(args: &Args) -> Result<(), String> {
-    fill::<crate::backend::Cuda>(args, &Default::default())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(_args: &Args) -> Result<(), String> {
-    crate::backend::cuda().map(|_| ())
 }
 
 /// One candidate for a mask.

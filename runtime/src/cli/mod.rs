@@ -97,6 +97,43 @@ impl Device {
     }
 }
 
+/// A command that runs on any backend (`eval`, `sample`, `fill`).
+pub trait Generic {
+    fn run<B: crate::kernels::Kernels>(&self, device: &B::Device) -> Result<(), String>;
+}
+
+/// Runs `cmd` on `device` — the CPU, or CUDA where this build has it and it
+/// runs here — and prints its error: the exit status.
+pub fn dispatch(device: Device, what: &str, cmd: &impl Generic) -> u8 {
+    let result = match device {
+        Device::Cpu => cmd.run::<crate::backend::Cpu>(&Default::default()),
+        Device::Cuda => {
+            if let Err(e) = crate::backend::cuda() {
+                eprintln!("error: cannot {what} on CUDA: {e}");
+                return train::NO_DEVICE;
+            }
+            on_cuda(cmd)
+        }
+    };
+    match result {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            REJECTED
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn on_cuda(cmd: &impl Generic) -> Result<(), String> {
+    cmd.run::<crate::backend::Cuda>(&Default::default())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(_: &impl Generic) -> Result<(), String> {
+    crate::backend::cuda().map(|_| ())
+}
+
 /// Compiles `path` from disk. On an unreadable root file, prints why and
 /// returns `None`.
 pub fn compile(path: &Path, format: DiagFormat) -> Option<Compilation> {

@@ -9,7 +9,7 @@ use blkc::signal::rng::Rng;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{Device, OK, REJECTED};
+use super::Device;
 use crate::kernels::Kernels;
 use crate::train;
 
@@ -44,33 +44,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let r = match args.device {
-        Device::Cpu => sample::<crate::backend::Cpu>(args, &Default::default()),
-        Device::Cuda => match crate::backend::cuda() {
-            Ok(_) => cuda(args),
-            Err(e) => {
-                eprintln!("error: cannot sample on CUDA: {e}");
-                return super::train::NO_DEVICE;
-            }
-        },
-    };
-    match r {
-        Ok(()) => OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            REJECTED
-        }
+    super::dispatch(args.device, "sample", args)
+}
+
+impl super::Generic for Args {
+    fn run<B: Kernels>(&self, device: &B::Device) -> Result<(), String> {
+        sample::<B>(self, device)
     }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(args: &Args) -> Result<(), String> {
-    sample::<crate::backend::Cuda>(args, &Default::default())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(_args: &Args) -> Result<(), String> {
-    Err("this blkc was built without CUDA; rebuild with `--features cuda`".into())
 }
 
 fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {

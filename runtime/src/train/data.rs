@@ -133,13 +133,9 @@ impl Default for Fnv {
 pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
     let (root, files) = find(source)?;
     let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
-    if tokens > 0 {
-        if tokens < files.len() {
-            return Err(format!(
-                "`{source}` holds token files (.npy, .bin) and {} other files; give pre-tokenised data or text, not both",
-                files.len() - tokens
-            ));
-        }
+    // Pre-tokenised only when every file is a token file: a `.bin` among
+    // text files is read (and skipped) as any other file.
+    if tokens > 0 && tokens == files.len() {
         let empty = Vec::new;
         return Ok(Corpus {
             source: source.to_string(),

@@ -35,6 +35,13 @@ struct Start<B: TrainKernels> {
     last: Option<PathBuf>,
 }
 
+impl<B: TrainKernels> Start<B> {
+    /// Step 0: the model at init, no optimiser state.
+    fn at_zero(model: Model<B>, s: &Settings) -> Self {
+        Start { step: 0, opt: Optimizer::new(s.optimizer_config()), model, tokens: 0, seconds: 0.0, last: None }
+    }
+}
+
 /// Trains `job` on `device`, holding the run directory's lock throughout.
 /// A fresh run that fails before it has written `run.json` leaves no
 /// directory behind.
@@ -240,7 +247,7 @@ fn fresh<B: TrainKernels>(
     let entry = job.sources.get(FileId(0)).path.display().to_string();
     crate::durable::write_atomic(&dir.sources(), json!({"entry": entry, "files": files}).to_string().as_bytes())?;
     let model = Model::<B>::build(&job.program, ir, s.seed, device);
-    Ok(Start { step: 0, opt: Optimizer::new(s.optimizer_config()), model, tokens: 0, seconds: 0.0, last: None })
+    Ok(Start::at_zero(model, s))
 }
 
 /// A run continued from its newest complete checkpoint (or the one given),
@@ -268,14 +275,7 @@ fn resumed<B: TrainKernels>(
             ),
         );
         dir.truncate_metrics(0)?;
-        return Ok(Start {
-            step: 0,
-            opt: Optimizer::new(s.optimizer_config()),
-            model,
-            tokens: 0,
-            seconds: 0.0,
-            last: None,
-        });
+        return Ok(Start::at_zero(model, s));
     };
     if let Some(note) = &found.note {
         eprintln!("warning: {note}");
