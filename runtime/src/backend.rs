@@ -63,10 +63,10 @@ pub fn cuda() -> Result<Gpu, String> {
     Err("this blkc was built without CUDA; rebuild with `cargo build --release -p blkc-runtime --features cuda`".into())
 }
 
-/// Runs `f`, turning a panic into `None` without printing it (cudarc
-/// panics when a CUDA library cannot be loaded).
-#[cfg(feature = "cuda")]
-fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+/// Runs `f`, turning a panic into `None` without printing it: for library
+/// code that panics on bad input or a missing system library (cudarc when
+/// CUDA cannot be loaded, burn's record loading on another architecture).
+pub fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();

@@ -112,11 +112,8 @@ fn load_legacy<B: Kernels>(
     let record = Recorder::<B>::load(&recorder, bytes, device)
         .map_err(|e| format!("`{}` does not fit this model: {e}", path.display()))?;
     let target = model.clone();
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.load_record(record)));
-    std::panic::set_hook(quiet);
-    let loaded = loaded.map_err(|_| format!("`{}` does not fit this model (another architecture)", path.display()))?;
+    let loaded = crate::backend::quietly(|| model.load_record(record))
+        .ok_or_else(|| format!("`{}` does not fit this model (another architecture)", path.display()))?;
     // Through safetensors into the model as built: `decode`'s shape check.
     decode(target, encode(&loaded)?, path)
 }

@@ -102,6 +102,32 @@ pub fn read_verified(path: &Path, expected: Option<u32>) -> Result<Vec<u8>, Stri
     Ok(bytes)
 }
 
+/// What reading a file of data gave.
+#[derive(Debug)]
+pub enum Read {
+    Bytes(Vec<u8>),
+    /// A device, pipe or socket (directly or behind a link): never opened,
+    /// since reading it could block or never end.
+    NotRegular,
+    /// More than the cap; the cap applies to what is read, not to the size
+    /// the file system reports.
+    TooLarge,
+}
+
+/// The bytes of `path` when it is a regular file of at most `cap` bytes.
+pub fn read_regular(path: &Path, cap: u64) -> std::io::Result<Read> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Ok(Read::NotRegular);
+    }
+    if meta.len() > cap {
+        return Ok(Read::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path)?, cap + 1), &mut bytes)?;
+    Ok(if bytes.len() as u64 > cap { Read::TooLarge } else { Read::Bytes(bytes) })
+}
+
 /// Removes the temporaries under `dir` (one level, and the `checkpoints`
 /// folder below it) left by killed or failed writers; returns how many.
 /// Only the holder of the run's lock may call this: another live writer's

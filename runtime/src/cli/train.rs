@@ -157,12 +157,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
 /// The job that continues the run at `path` (a run directory or one of
 /// its checkpoints).
 fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
-    let (dir, checkpoint) = if path.join("state.json").is_file() {
-        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-        (root, Some(path.to_path_buf()))
-    } else {
-        (path.to_path_buf(), None)
-    };
+    let (dir, checkpoint) = open::split(path);
     let run = RunDir::new(&dir);
     let info = open::read_info(&run).map_err(|e| fail(&e))?;
     let (program, sources) = open::compile_saved(&run).map_err(|e| fail(&e))?;
@@ -173,10 +168,10 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
     Ok(Job {
         program,
         sources,
-        file: info.file,
+        file: info.file.clone(),
         settings: s,
         out: dir,
-        resume: Some(Resume { checkpoint, before: info.settings, reschedule: args.reschedule }),
+        resume: Some(Resume { checkpoint, before: info, reschedule: args.reschedule }),
         stop_at: args.stop_at,
         quiet: args.quiet,
     })

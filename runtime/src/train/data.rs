@@ -237,24 +237,13 @@ enum Skip {
     NotRegular,
 }
 
-/// A file's text. Only regular files are opened (a link to a device or a
-/// pipe would read forever or block), and the size cap applies to what is
-/// read, not to what the file system reports.
+/// A file's text: a regular file of at most 64 MiB (`durable::read_regular`).
 fn read(path: &Path) -> Result<String, Skip> {
-    let meta = std::fs::metadata(path).map_err(|_| Skip::Unreadable)?;
-    if !meta.is_file() {
-        return Err(Skip::NotRegular);
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(Skip::TooLarge);
-    }
-    let mut bytes = Vec::new();
-    let file = std::fs::File::open(path).map_err(|_| Skip::Unreadable)?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES + 1), &mut bytes)
-        .map_err(|_| Skip::Unreadable)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Skip::TooLarge);
-    }
+    let bytes = match crate::durable::read_regular(path, MAX_FILE_BYTES).map_err(|_| Skip::Unreadable)? {
+        crate::durable::Read::Bytes(b) => b,
+        crate::durable::Read::NotRegular => return Err(Skip::NotRegular),
+        crate::durable::Read::TooLarge => return Err(Skip::TooLarge),
+    };
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Skip::Empty);
     }

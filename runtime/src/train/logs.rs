@@ -23,71 +23,81 @@ use crate::durable;
 /// Columns of `metrics.csv` before the gains.
 const COLUMNS: &[&str] = &["step", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s"];
 
-/// Appends one metrics line to `metrics.csv` and the TensorBoard file.
-pub fn append(dir: &Path, line: &serde_json::Value) -> Result<(), String> {
-    append_csv(&dir.join("metrics.csv"), line)?;
-    append_events(&events_file(dir)?, line)
+/// The open `metrics.csv` (with its columns) and TensorBoard file of a
+/// run, appended to as lines are logged.
+#[derive(Debug)]
+pub struct Logs {
+    csv: (std::fs::File, PathBuf),
+    /// Fixed by the first line (the gains are the same on every line).
+    columns: Option<Vec<String>>,
+    events: (std::fs::File, PathBuf),
 }
 
-/// Rebuilds `metrics.csv` and the TensorBoard file from `metrics.jsonl`.
-pub fn rebuild(dir: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let csv = dir.join("metrics.csv");
-    let _ = std::fs::remove_file(&csv);
-    let tb = dir.join("tensorboard");
-    let _ = std::fs::remove_dir_all(&tb);
-    std::fs::create_dir_all(&tb).map_err(|e| durable::describe("create", &tb, &e))?;
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let events = tb.join(format!("events.out.tfevents.{secs}.blkc"));
-    let mut f = open_append(&events)?;
-    f.write_all(&record(&event(secs as f64, 0, Body::Version))).map_err(|e| durable::describe("write", &events, &e))?;
-    for l in &lines {
-        append(dir, l)?;
+impl Logs {
+    /// Rebuilds `metrics.csv` and the TensorBoard file of the run in `dir`
+    /// from its `metrics.jsonl`, and keeps them open for [`Logs::append`].
+    pub fn rebuild(dir: &Path) -> Result<Logs, String> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+        let csv = dir.join("metrics.csv");
+        let _ = std::fs::remove_file(&csv);
+        let tb = dir.join("tensorboard");
+        let _ = std::fs::remove_dir_all(&tb);
+        std::fs::create_dir_all(&tb).map_err(|e| durable::describe("create", &tb, &e))?;
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let events = tb.join(format!("events.out.tfevents.{secs}.blkc"));
+        let mut logs = Logs { csv: (open_append(&csv)?, csv), columns: None, events: (open_append(&events)?, events) };
+        logs.events.0.write_all(&record(&event(secs as f64, 0, Body::Version))).map_err(|e| logs.events_error(&e))?;
+        for line in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            logs.append(&line)?;
+        }
+        Ok(logs)
     }
-    Ok(())
+
+    /// Appends one metrics line: a row of `metrics.csv`, an event.
+    pub fn append(&mut self, line: &serde_json::Value) -> Result<(), String> {
+        self.append_csv(line)?;
+        if let Some(e) = events(line) {
+            self.events.0.write_all(&e).map_err(|e| self.events_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn events_error(&self, e: &std::io::Error) -> String {
+        durable::describe("write", &self.events.1, e)
+    }
+
+    fn append_csv(&mut self, line: &serde_json::Value) -> Result<(), String> {
+        let (f, path) = &mut self.csv;
+        let columns = match &self.columns {
+            Some(c) => c,
+            None => {
+                let mut c: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
+                if let Some(g) = line.get("gains").and_then(|g| g.as_object()) {
+                    c.extend(g.keys().map(|k| format!("gain.{k}")));
+                }
+                writeln!(f, "{}", c.join(",")).map_err(|e| durable::describe("write", path, &e))?;
+                self.columns.insert(c)
+            }
+        };
+        let cell = |c: &String| {
+            let v = match c.strip_prefix("gain.") {
+                Some(g) => line.get("gains").and_then(|gs| gs.get(g)),
+                None => line.get(c.as_str()),
+            };
+            v.map(|v| v.to_string()).unwrap_or_default()
+        };
+        let row: Vec<String> = columns.iter().map(cell).collect();
+        writeln!(f, "{}", row.join(",")).map_err(|e| durable::describe("write", path, &e))
+    }
 }
 
 fn open_append(p: &Path) -> Result<std::fs::File, String> {
     std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| durable::describe("write", p, &e))
 }
 
-/// The run's TensorBoard file (made by [`rebuild`]).
-fn events_file(dir: &Path) -> Result<PathBuf, String> {
-    let tb = dir.join("tensorboard");
-    let found = std::fs::read_dir(&tb)
-        .ok()
-        .and_then(|e| e.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("tfevents")));
-    found.ok_or_else(|| format!("`{}` has no event file", tb.display()))
-}
-
-fn append_csv(path: &Path, line: &serde_json::Value) -> Result<(), String> {
-    let header = std::fs::read_to_string(path).ok().and_then(|t| t.lines().next().map(str::to_string));
-    let mut f = open_append(path)?;
-    let columns: Vec<String> = match header {
-        Some(h) => h.split(',').map(str::to_string).collect(),
-        None => {
-            let mut c: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
-            if let Some(g) = line.get("gains").and_then(|g| g.as_object()) {
-                c.extend(g.keys().map(|k| format!("gain.{k}")));
-            }
-            writeln!(f, "{}", c.join(",")).map_err(|e| durable::describe("write", path, &e))?;
-            c
-        }
-    };
-    let cell = |c: &String| {
-        let v = match c.strip_prefix("gain.") {
-            Some(g) => line.get("gains").and_then(|gs| gs.get(g)),
-            None => line.get(c.as_str()),
-        };
-        v.map(|v| v.to_string()).unwrap_or_default()
-    };
-    let row: Vec<String> = columns.iter().map(cell).collect();
-    writeln!(f, "{}", row.join(",")).map_err(|e| durable::describe("write", path, &e))
-}
-
-fn append_events(path: &Path, line: &serde_json::Value) -> Result<(), String> {
-    let Some(step) = line.get("step").and_then(|s| s.as_i64()) else { return Ok(()) };
+/// The TensorBoard record of a metrics line (`None` without a step).
+fn events(line: &serde_json::Value) -> Option<Vec<u8>> {
+    let step = line.get("step").and_then(|s| s.as_i64())?;
     let mut values: Vec<(String, f32)> = Vec::new();
     for (key, tag) in [
         ("loss", "train/loss"),
@@ -104,8 +114,7 @@ fn append_events(path: &Path, line: &serde_json::Value) -> Result<(), String> {
         values.extend(g.iter().filter_map(|(k, v)| v.as_f64().map(|x| (format!("gains/{k}"), x as f32))));
     }
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let mut f = open_append(path)?;
-    f.write_all(&record(&event(wall, step, Body::Scalars(&values)))).map_err(|e| durable::describe("write", path, &e))
+    Some(record(&event(wall, step, Body::Scalars(&values))))
 }
 
 /// What an event carries.
@@ -225,15 +234,17 @@ mod tests {
             |s: u64| serde_json::json!({"step": s, "loss": 5.0 - s as f64, "lr": 1e-3, "gains": {"0.beta_ff": 0.1}});
         let jsonl: String = (1..=3).map(|s| format!("{}\n", line(s))).collect();
         let _ = std::fs::write(dir.join("metrics.jsonl"), jsonl);
-        rebuild(&dir).unwrap_or_else(|e| panic!("{e}"));
-        append(&dir, &serde_json::json!({"step": 4, "loss": 1.5, "eval_loss": 1.75, "gains": {"0.beta_ff": 0.2}}))
+        let mut logs = Logs::rebuild(&dir).unwrap_or_else(|e| panic!("{e}"));
+        logs.append(&serde_json::json!({"step": 4, "loss": 1.5, "eval_loss": 1.75, "gains": {"0.beta_ff": 0.2}}))
             .unwrap_or_else(|e| panic!("{e}"));
+        drop(logs);
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap_or_default();
         let rows: Vec<&str> = csv.lines().collect();
         assert_eq!(rows[0], "step,loss,eval_loss,lr,grad_norm,tokens_per_s,tokens,elapsed_s,gain.0.beta_ff");
         assert_eq!(rows[1], "1,4.0,,0.001,,,,,0.1");
         assert_eq!(rows[4], "4,1.5,1.75,,,,,,0.2");
-        let events = std::fs::read(events_file(&dir).unwrap_or_default()).unwrap_or_default();
+        let file = std::fs::read_dir(dir.join("tensorboard")).ok().and_then(|mut e| e.next()).and_then(Result::ok);
+        let events = std::fs::read(file.map(|f| f.path()).unwrap_or_default()).unwrap_or_default();
         let recs = records(&events);
         assert_eq!(recs.len(), 5, "the version event and one per line");
         assert!(recs[0].windows(13).any(|w| w == b"brain.Event:2"));

@@ -70,8 +70,9 @@ pub struct Job {
 pub struct Resume {
     /// The checkpoint to continue from (default: the newest complete one).
     pub checkpoint: Option<PathBuf>,
-    /// The settings the run was started (or last resumed) with.
-    pub before: Settings,
+    /// The run as `run.json` had it (settings validated): the settings it
+    /// was started (or last resumed) with, its commands, its git commit.
+    pub before: rundir::RunInfo,
     /// Whether a changed learning-rate schedule is accepted.
     pub reschedule: bool,
 }

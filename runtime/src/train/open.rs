@@ -51,14 +51,23 @@ pub fn read_info(dir: &RunDir) -> Result<RunInfo, String> {
     Ok(info)
 }
 
+/// The run directory `path` belongs to, and the checkpoint it names when
+/// it is one (`RUN/checkpoints/step-N`) rather than the run itself.
+pub fn split(path: &Path) -> (PathBuf, Option<PathBuf>) {
+    if path.join("state.json").is_file() {
+        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        return (root, Some(path.to_path_buf()));
+    }
+    (path.to_path_buf(), None)
+}
+
 /// The checkpoint `path` names: a run directory (its newest complete
 /// checkpoint) or one of its `checkpoints/step-…` directories. `Ok(None)`
 /// for a run with no checkpoint yet.
 pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
-    if path.join("state.json").is_file() {
-        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-        let state = rundir::read_state(path)?;
-        return Ok((RunDir::new(&root), Some(Found { path: path.to_path_buf(), state, note: None })));
+    if let (root, Some(ckpt)) = split(path) {
+        let state = rundir::read_state(&ckpt)?;
+        return Ok((RunDir::new(&root), Some(Found { path: ckpt, state, note: None })));
     }
     let dir = RunDir::new(path);
     if !dir.info_path().exists() {

@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use serde_json::json;
 
 use super::batch::{self, Objective, Sampler};
+use super::logs::Logs;
 use super::optim::{self, Optimizer};
 use super::rundir::{self, RunDir, RunInfo, State};
 use super::settings::Settings;
@@ -32,7 +33,8 @@ struct Start<B: TrainKernels> {
     model: Model<B>,
     tokens: u64,
     seconds: f64,
-    last: Option<PathBuf>,
+    /// The newest checkpoint and its step.
+    last: Option<(PathBuf, u64)>,
 }
 
 impl<B: TrainKernels> Start<B> {
@@ -142,7 +144,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     if job.resume.is_none() {
         s.micro_batch = micro as u64;
     }
-    let before = job.resume.as_ref().and_then(|_| dir.read_info().ok());
+    let before = job.resume.as_ref().map(|r| &r.before);
     let now = rundir::timestamp();
     let mut commands = before.as_ref().map(|b| b.commands.clone()).unwrap_or_default();
     commands.push(rundir::Invocation { at: now.clone(), argv: std::env::args().collect() });
@@ -168,7 +170,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     };
     dir.write_info(&info)?;
     // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
-    super::logs::rebuild(&dir.root)?;
+    let logs = super::logs::Logs::rebuild(&dir.root)?;
     say(
         q,
         format!(
@@ -185,7 +187,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         ),
     );
     let loop_ = Loop { job, dir, s: &s, obj, context, accum, micro, train: &train_stream, valid: &valid_stream };
-    let summary = loop_.run::<B>(start, device)?;
+    let summary = loop_.run::<B>(start, logs, device)?;
     let curves = plot::Curves::read(&dir.metrics());
     if let Err(e) = plot::draw(&curves, &format!("{} ({})", model_name(&ir), block), &dir.root) {
         say(q, format!("plot: {e}"));
@@ -281,7 +283,7 @@ fn resumed<B: TrainKernels>(
         eprintln!("warning: {note}");
     }
     open::check_state(&found.state, s, &found.path)?;
-    if let Some(change) = r.before.schedule_change(s, found.state.step) {
+    if let Some(change) = r.before.settings.schedule_change(s, found.state.step) {
         if !r.reschedule {
             return Err(Failure::Message(format!(
                 "{change}; pass --reschedule to train on with the new schedule, or leave the run's settings as they were"
@@ -298,7 +300,14 @@ fn resumed<B: TrainKernels>(
         say(q, format!("resume: removed {} (later than the checkpoint resumed from)", dropped.join(", ")));
     }
     say(q, format!("resume: from {} (step {step})", found.path.display()));
-    Ok(Start { step, opt, model, tokens: found.state.tokens, seconds: found.state.seconds, last: Some(found.path) })
+    Ok(Start {
+        step,
+        opt,
+        model,
+        tokens: found.state.tokens,
+        seconds: found.state.seconds,
+        last: Some((found.path, step)),
+    })
 }
 
 /// What the loop needs besides the model.
@@ -315,7 +324,7 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
-    fn run<B: TrainKernels>(&self, start: Start<B>, device: &B::Device) -> Result<Summary, Failure> {
+    fn run<B: TrainKernels>(&self, start: Start<B>, mut logs: Logs, device: &B::Device) -> Result<Summary, Failure> {
         let (s, dir, obj) = (self.s, self.dir, self.obj);
         let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
             start;
@@ -326,23 +335,30 @@ impl Loop<'_> {
         let (mut last_loss, mut last_eval) = (f64::NAN, None);
         let (mut step_time, mut data_time, mut timed_tokens) = (0.0f64, 0.0f64, 0u64);
         let stop_at = self.job.stop_at.unwrap_or(u64::MAX);
-        let mut stopped: Option<Option<i32>> = None;
+        // Stopped before `steps` (by a signal, or by --stop-at).
+        let (mut stopped, mut signal) = (false, None);
         let mut step = first;
-        let save = |model: &Model<B>, opt: &Optimizer<B::InnerBackend>, state: &State| {
-            dir.checkpoint(state, |d| {
+        let state_at = |step, loss, eval_loss, tokens| State {
+            step,
+            loss,
+            eval_loss,
+            tokens,
+            seconds: seconds_before + run_start.elapsed().as_secs_f64(),
+            checksums: BTreeMap::new(),
+        };
+        let save = |model: &Model<B>, opt: &Optimizer<B::InnerBackend>, state: State| {
+            let path = dir.checkpoint(&state, |d| {
                 let mut sums = BTreeMap::new();
                 sums.insert(checkpoint::WEIGHTS.to_string(), checkpoint::save(model, &d.join(checkpoint::WEIGHTS))?);
                 sums.insert("optimizer.bin".to_string(), opt.save(&d.join("optimizer.bin"))?);
                 Ok(sums)
-            })
+            })?;
+            Ok::<_, String>(Some((path, state.step)))
         };
         while step < s.steps {
-            if let Some(sig) = signals::received() {
-                stopped = Some(Some(sig));
-                break;
-            }
-            if step >= stop_at {
-                stopped = Some(None);
+            signal = signals::received();
+            if signal.is_some() || step >= stop_at {
+                stopped = true;
                 break;
             }
             let began = Instant::now();
@@ -393,7 +409,7 @@ impl Loop<'_> {
             let log_now = step.is_multiple_of(s.log_every) || step == s.steps || eval.is_some() || step == 1;
             if log_now {
                 let elapsed = seconds_before + run_start.elapsed().as_secs_f64();
-                dir.log(&metrics_line(
+                let line = metrics_line(
                     step,
                     loss_value,
                     lr,
@@ -403,35 +419,18 @@ impl Loop<'_> {
                     elapsed,
                     eval,
                     &model,
-                ))?;
+                );
+                dir.log(&line)?;
+                logs.append(&line)?;
             }
             bar.update(step, loss_value, lr, timed_tokens as f64 / step_time.max(1e-9), eval, log_now);
             if step.is_multiple_of(s.checkpoint_every) || step == s.steps {
-                let seconds = seconds_before + run_start.elapsed().as_secs_f64();
-                let state = State {
-                    step,
-                    loss: loss_value,
-                    eval_loss: last_eval,
-                    tokens: tokens_seen,
-                    seconds,
-                    checksums: BTreeMap::new(),
-                };
-                last = Some(save(&model, &opt, &state)?);
+                last = save(&model, &opt, state_at(step, loss_value, last_eval, tokens_seen))?;
             }
         }
         bar.finish();
-        let at_last = last.as_ref().and_then(|c| rundir::read_state(c).ok()).map(|s| s.step) == Some(step);
-        if stopped.is_some() && step > first && !at_last {
-            let seconds = seconds_before + run_start.elapsed().as_secs_f64();
-            let state = State {
-                step,
-                loss: last_loss,
-                eval_loss: last_eval,
-                tokens: tokens_seen,
-                seconds,
-                checksums: BTreeMap::new(),
-            };
-            last = Some(save(&model, &opt, &state)?);
+        if stopped && step > first && last.as_ref().map(|l| l.1) != Some(step) {
+            last = save(&model, &opt, state_at(step, last_loss, last_eval, tokens_seen))?;
         }
         Ok(Summary {
             steps: step,
@@ -439,9 +438,9 @@ impl Loop<'_> {
             eval_loss: last_eval,
             tokens_per_s: timed_tokens as f64 / step_time.max(1e-9),
             data_share: data_time / step_time.max(1e-9),
-            interrupted: stopped.is_some(),
-            signal: stopped.flatten(),
-            checkpoint: last,
+            interrupted: stopped,
+            signal,
+            checkpoint: last.map(|l| l.0),
         })
     }
 }
@@ -479,8 +478,8 @@ fn metrics_line<B: TrainKernels>(
     line
 }
 
-fn non_finite(step: u64, what: &str, value: f64, last: &Option<PathBuf>) -> Failure {
-    let kept = match last.as_ref().and_then(|c| rundir::read_state(c).ok().map(|s| (c, s.step))) {
+fn non_finite(step: u64, what: &str, value: f64, last: &Option<(PathBuf, u64)>) -> Failure {
+    let kept = match last {
         Some((c, s)) => format!("the last good checkpoint (step {s}) is kept at {}", c.display()),
         None => "no checkpoint had been written yet".to_string(),
     };

@@ -60,7 +60,8 @@ pub struct RunInfo {
     /// Every command that trained this run: when, and its arguments.
     #[serde(default)]
     pub commands: Vec<Invocation>,
-    /// When the run was started and last written (UTC, RFC 3339).
+    /// When the run was started, and when a command last started training
+    /// it (UTC, RFC 3339).
     #[serde(default)]
     pub started: String,
     #[serde(default)]
@@ -382,8 +383,7 @@ impl RunDir {
         write_atomic(&p, kept.as_bytes())
     }
 
-    /// Appends one metrics line (flushed, so a killed run keeps it), and
-    /// its row of `metrics.csv` and event of the TensorBoard file.
+    /// Appends one metrics line (flushed, so a killed run keeps it).
     pub fn log(&self, line: &serde_json::Value) -> Result<(), String> {
         let p = self.metrics();
         let mut f = std::fs::OpenOptions::new()
@@ -391,8 +391,7 @@ impl RunDir {
             .append(true)
             .open(&p)
             .map_err(|e| durable::describe("write", &p, &e))?;
-        writeln!(f, "{line}").map_err(|e| durable::describe("write", &p, &e))?;
-        super::logs::append(&self.root, line)
+        writeln!(f, "{line}").map_err(|e| durable::describe("write", &p, &e))
     }
 }
 

@@ -69,14 +69,18 @@ pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32) -> Resu
 
 /// The ids of one token file.
 pub fn read(path: &Path) -> Result<Vec<u32>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| crate::durable::describe("read", path, &e))?;
-    if !meta.is_file() {
-        return Err(format!("`{}` is not a regular file", path.display()));
-    }
-    if meta.len() > MAX_BYTES {
-        return Err(format!("`{}` is larger than the {} GiB a token file may have", path.display(), MAX_BYTES >> 30));
-    }
-    let bytes = std::fs::read(path).map_err(|e| crate::durable::describe("read", path, &e))?;
+    use crate::durable::{read_regular, Read};
+    let bytes = match read_regular(path, MAX_BYTES).map_err(|e| crate::durable::describe("read", path, &e))? {
+        Read::Bytes(b) => b,
+        Read::NotRegular => return Err(format!("`{}` is not a regular file", path.display())),
+        Read::TooLarge => {
+            return Err(format!(
+                "`{}` is larger than the {} GiB a token file may have",
+                path.display(),
+                MAX_BYTES >> 30
+            ))
+        }
+    };
     let bad = |why: &str| format!("`{}` is not a token file: {why}", path.display());
     if path.extension().is_some_and(|e| e == "bin") {
         if !bytes.len().is_multiple_of(2) {
