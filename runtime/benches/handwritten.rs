@@ -126,7 +126,7 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
 }
 
 fn main() {
-    blkc_runtime::kernels::alloc::keep_freed_memory();
+    blkc_runtime::alloc::keep_freed_memory();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let c = blkc::compile(&root.join("examples/small/preln.blk"), &blkc::FsLoader).expect("readable");
     let p = c.program.expect("compiles");

@@ -112,7 +112,7 @@ fn time_step(model: &Model<Ad>, batch: &blkc_runtime::train::batch::Batch, m: &b
 }
 
 fn main() {
-    blkc_runtime::kernels::alloc::keep_freed_memory();
+    blkc_runtime::alloc::keep_freed_memory();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!(
         "forward + backward, batch {BATCH} × 128 tokens, CPU ({}, {} threads), median of {STEPS}",

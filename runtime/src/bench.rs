@@ -144,10 +144,10 @@ pub fn run<B: TrainKernels>(
             // The last warm-up step: the optimiser's moments exist by then
             // (unless there is a single warm-up step).
             let last = w + 1 == plan.warmup.max(1);
-            let before = if last { crate::kernels::alloc::start_peak() } else { None };
+            let before = if last { crate::alloc::start_peak() } else { None };
             train_step(e, device);
             if let Some(b) = before {
-                let bytes = crate::kernels::alloc::peak().saturating_sub(b);
+                let bytes = crate::alloc::peak().saturating_sub(b);
                 e.peak = Some(bytes as f64 / (1024.0 * 1024.0));
             }
             forward(e, device);

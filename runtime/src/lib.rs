@@ -4,6 +4,7 @@
 //! The compiler front end is the `blkc` crate (`blkc-compiler`); this crate
 //! is the only one that depends on burn.
 
+pub mod alloc;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

@@ -7,10 +7,10 @@ use blkc_runtime::cli::{self, Cli, Command};
 use clap::Parser;
 
 #[global_allocator]
-static ALLOCATOR: blkc_runtime::kernels::alloc::Counting = blkc_runtime::kernels::alloc::Counting;
+static ALLOCATOR: blkc_runtime::alloc::Counting = blkc_runtime::alloc::Counting;
 
 fn main() -> ExitCode {
-    blkc_runtime::kernels::alloc::keep_freed_memory();
+    blkc_runtime::alloc::keep_freed_memory();
     let args = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

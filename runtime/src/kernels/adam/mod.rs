@@ -1,0 +1,45 @@
+//! Adam(W): one update of a parameter and its moments, in one pass.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+#[cfg(feature = "flex")]
+mod cpu;
+#[cfg(feature = "flex")]
+mod loops;
+pub(super) mod reference;
+#[cfg(all(test, feature = "flex"))]
+mod tests;
+
+/// The constants of one Adam(W) update of one parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    pub bc1: f64,
+    pub bc2: f64,
+    /// Multiplier of the gradient (clipping).
+    pub grad_scale: f64,
+    /// L2 term added to the gradient (Adam's weight decay).
+    pub l2: f64,
+    /// Decoupled decay: the parameter is multiplied by `1 − decay` (AdamW).
+    pub decay: f64,
+}
+
+/// The Adam family.
+pub trait AdamOps: Backend {
+    /// One Adam(W) update of `p` (flat, `[n]`) with gradient `g` and
+    /// moments `m`, `v`: returns the new `(p, m, v)`.
+    fn adam(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        k: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::adam::<Self>(p, g, m, v, k)
+    }
+}

@@ -1,0 +1,91 @@
+//! Softmax attention from burn's primitive ops and the dense family's
+//! products.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bool, Tensor, TensorMetadata};
+
+use super::AttentionOps;
+use crate::kernels::tensor::{primitive, tensor};
+
+/// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
+fn biased<B: Backend>(q: FloatTensor<B>, bq: Option<FloatTensor<B>>) -> FloatTensor<B> {
+    let Some(bq) = bq else {
+        return q;
+    };
+    let [_, h, _, d] = q.shape().dims();
+    primitive(tensor::<B, 4>(q) + tensor::<B, 1>(bq).reshape([1, h, 1, d]))
+}
+
+/// The gradient of a bias added to `x: [batch, heads, tokens, d]`
+/// from `x`'s: its sums over the batch and the tokens, `[heads · d]`.
+fn bias_grad<B: Backend>(dx: &FloatTensor<B>) -> FloatTensor<B> {
+    let [_, h, _, d] = dx.shape().dims();
+    primitive(tensor::<B, 4>(dx.clone()).sum_dim(0).sum_dim(2).reshape([h * d]))
+}
+
+pub fn attention_forward<B: AttentionOps>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bq: Option<FloatTensor<B>>,
+    (scale, causal): (f64, bool),
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let s = B::matmul(biased::<B>(q, bq), B::float_transpose(k));
+    let p = B::softmax_scores(s, scale, causal);
+    (B::matmul_token_major(p.clone(), v), p)
+}
+
+pub fn attention_backward<B: AttentionOps>(
+    qkv: [FloatTensor<B>; 3],
+    bq: Option<FloatTensor<B>>,
+    p: FloatTensor<B>,
+    g: FloatTensor<B>,
+    (scale, acc): (f64, Option<FloatTensor<B>>),
+    wants: [bool; 3],
+) -> [Option<FloatTensor<B>>; 4] {
+    let [q, k, v] = qkv;
+    let with_bias = bq.is_some();
+    let q = biased::<B>(q, bq);
+    let dv = wants[2].then(|| {
+        let pt = B::float_transpose(p.clone());
+        match acc {
+            Some(c) => B::matmul_token_major_add(c, pt, g.clone()),
+            None => B::matmul_token_major(pt, g.clone()),
+        }
+    });
+    if !wants[0] && !wants[1] && !with_bias {
+        return [None, None, dv, None];
+    }
+    let dp = B::matmul(g, B::float_transpose(v));
+    let ds = B::softmax_scores_backward(p, dp, scale);
+    let dq = (wants[0] || with_bias).then(|| B::matmul_token_major(ds.clone(), k));
+    let dk = wants[1].then(|| B::matmul_token_major(B::float_transpose(ds), q));
+    let dbq = dq.as_ref().filter(|_| with_bias).map(bias_grad::<B>);
+    [dq.filter(|_| wants[0]), dk, dv, dbq]
+}
+
+pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
+    let s = B::float_mul_scalar(s, scale.into());
+    let s = if causal {
+        let shape = s.shape();
+        let rank = shape.num_dims();
+        let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+        let future = Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, &B::float_device(&s));
+        let mut dims = vec![1; rank];
+        dims[rank - 2] = tq;
+        dims[rank - 1] = tk;
+        let future = B::bool_expand(B::bool_reshape(future.into_primitive(), dims.into()), shape);
+        B::float_mask_fill(s, future, f32::NEG_INFINITY.into())
+    } else {
+        s
+    };
+    primitive(burn::tensor::activation::softmax(tensor::<B, 4>(s), 3))
+}
+
+pub fn softmax_scores_backward<B: Backend>(p: FloatTensor<B>, dp: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+    let rank = p.shape().num_dims();
+    let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), rank - 1);
+    let ds = B::float_mul(p, B::float_sub(dp, dot));
+    B::float_mul_scalar(ds, scale.into())
+}

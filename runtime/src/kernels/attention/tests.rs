@@ -1,0 +1,115 @@
+//! Softmax attention against burn's own, and the CPU kernels against the
+//! reference maths.
+
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::Tolerance;
+
+use super::{reference, AttentionOps};
+use crate::kernels::tensor::{merge_heads, split_heads};
+use crate::kernels::testing::*;
+use crate::kernels::*;
+
+/// The attention kernel and burn's attention (its autodiff composition)
+/// agree on value and on the gradients of q, k and v, causal or not;
+/// and with the query's bias given to the kernel, with burn's on `q +
+/// bq` and `k + bk`: the key's bias changes nothing, and its gradient
+/// is zero.
+#[test]
+fn softmax_attention_matches_burn() {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    for causal in [true, false] {
+        let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
+        let (bq, bk) = (random([12]), random([12]));
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), Some(bq.clone()), (0.5, causal));
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+        let (q1, k1) = (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4]));
+        let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+        let theirs = attention(q1, k1, v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[q, k], &g1, &g2);
+        grads_agree(&[v], &g1, &g2);
+        let dbq = (bq.grad(&g1).expect("kernel gradient"), bq.grad(&g2).expect("burn gradient"));
+        dbq.0.to_data().assert_approx_eq::<f32>(&dbq.1.to_data(), Tolerance::absolute(1e-3));
+        let dbk = bk.grad(&g2).expect("burn gradient");
+        dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
+    }
+    for causal in [true, false] {
+        let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
+        // Large logits, so that a missing max shift would overflow.
+        let q = (q * 30.0).detach().require_grad();
+        // `v` (and the output) with the heads merged: `[2, 7, 3 · 4]`;
+        // `v` also read by a product made after the attention, so that
+        // the attention's `dv` is added into that product's.
+        let v = random([2, 7, 12]);
+        let w = random([12, 12]);
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal))
+            + linear(v.clone(), w.clone(), None, false);
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+        let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+        let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12])
+            + v.clone().matmul(w.clone().unsqueeze());
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[q.clone(), k], &g1, &g2);
+        grads_agree(&[v], &g1, &g2);
+        // Alone, `dv` is written fresh.
+        let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal));
+        let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
+        let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[q, k], &g1, &g2);
+        grads_agree(&[v], &g1, &g2);
+    }
+}
+
+/// The CPU's attention on heads split from `[batch, tokens, heads · d]`
+/// (the layers' strided views), forward and backward, and its weights'
+/// softmax and backward, against the reference.
+#[test]
+fn the_cpu_kernels_equal_the_reference() {
+    // Heads split from `[batch, tokens, heads · d]` (the
+    // layers' strided views), forward and backward, causal or not, `dv`
+    // fresh and added into a gradient from elsewhere.
+    let heads = |p| split_heads::<C>(C::float_reshape(p, [2, 5, 12].into()), 3);
+    let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 120])));
+    let merged = |p| C::float_reshape(merge_heads::<C>(p), [10, 12].into());
+    // With a query bias or not; every gradient or only some.
+    let bias = C::float_reshape(r([1, 12]), [12].into());
+    for (causal, bq) in [false, true].into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]) {
+        let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
+        let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
+        same(merged(o1), merged(o2));
+        same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
+        let accs = [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))];
+        for (acc, wants) in accs.into_iter().flat_map(|a| [(a.clone(), [true; 3]), (a, [false, true, false])]) {
+            let qkv = [q.clone(), k.clone(), v.clone()];
+            let (p, go) = (p1.clone(), g.clone());
+            let ours = C::attention_backward(qkv.clone(), bq.clone(), p, go, (0.5, acc.clone()), wants);
+            let theirs = reference::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (0.5, acc), wants);
+            for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
+                let wanted = if i < 3 { wants[i] } else { bq.is_some() };
+                assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "gradient {i}");
+                match (a, b) {
+                    (Some(a), Some(b)) if i < 3 => same(merged(a), merged(b)),
+                    (Some(a), Some(b)) => same1(a, b),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Attention weights: [2, 2, 6, 6] scores, causal or not.
+    let (s4, dp) = (r([4, 36]), r([4, 36]));
+    let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
+    let flat = |p| C::float_reshape(p, [4, 36].into());
+    for causal in [false, true] {
+        let p1 = C::softmax_scores(four(s4.clone()), 0.7, causal);
+        let p2 = reference::softmax_scores::<C>(four(s4.clone()), 0.7, causal);
+        same(flat(p1.clone()), flat(p2));
+        let d1 = C::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
+        let d2 = reference::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);
+        same(flat(d1), flat(d2));
+    }
+}

@@ -1,0 +1,66 @@
+//! The dense family from burn's primitive ops: what a backend without its
+//! own kernels runs, and what the CPU's fall back to for other dtypes.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorMetadata};
+
+use super::{DenseOps, ReluMask};
+use crate::kernels::tensor::{primitive, tensor};
+
+/// `act(x · w (+ bias))` as one 2-D product over the rows of `x`.
+pub fn dense<B: DenseOps>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    relu: bool,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let k = shape[shape.num_dims() - 1];
+    let x = B::float_reshape(x, [shape.num_elements() / k.max(1), k].into());
+    let mut y = B::matmul(x, w);
+    let n = y.shape()[1];
+    if let Some(b) = bias {
+        y = B::float_add(y, B::float_reshape(b, [1, n].into()));
+    }
+    if relu {
+        y = B::relu(y);
+    }
+    let mut out = shape;
+    let last = out.num_dims() - 1;
+    out[last] = n;
+    B::float_reshape(y, out)
+}
+
+pub fn column_sums<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let n = x.shape()[1];
+    B::float_reshape(B::float_sum_dim(x, 0), [n].into())
+}
+
+/// `dy` where the ReLU's input was positive: the output's sign, or the
+/// mask's bits unpacked (`[rows, words]` → `[rows, words · 32]`, the
+/// columns past `cols` dropped).
+pub fn relu_grad<B: Backend>(mask: ReluMask<B>, dy: FloatTensor<B>) -> FloatTensor<B> {
+    match mask {
+        ReluMask::Output(y) => B::relu_backward(y, dy),
+        ReluMask::Bits { words, cols } => {
+            // As i64: the words' u32 and the shifts' dtype would differ.
+            let words = Tensor::<B, 2, Int>::from_primitive(words).cast(burn::tensor::IntDType::I64);
+            let [rows, n] = words.dims();
+            let device = words.device();
+            let shifts = Tensor::<B, 1, Int>::arange(0..32, &device).cast(burn::tensor::IntDType::I64);
+            let shifts = shifts.reshape([1, 1, 32]).expand([rows, n, 32]);
+            let words = words.reshape([rows, n, 1]).expand([rows, n, 32]);
+            let bits = words.bitwise_right_shift(shifts).bitwise_and_scalar(1.elem());
+            let passed = bits.reshape([rows, n * 32]).slice([0..rows, 0..cols]).equal_elem(1);
+            let dy = tensor::<B, 2>(dy);
+            primitive(dy.clone().zeros_like().mask_where(passed, dy))
+        }
+    }
+}
+
+/// [`relu_grad`] and the sums of its columns.
+pub fn relu_grad_bias<B: Backend>(mask: ReluMask<B>, dy: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dz = relu_grad::<B>(mask, dy);
+    (dz.clone(), column_sums::<B>(dz))
+}

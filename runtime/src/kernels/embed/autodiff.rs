@@ -1,0 +1,56 @@
+//! The embedding on `Autodiff<B>`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::Autodiff;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::TensorMetadata;
+
+use super::EmbedOps;
+use crate::kernels::graph::{record, take_grad};
+use crate::kernels::Kernels;
+
+/// The embedding: parents the table (and the positions, `N = 2`).
+#[derive(Debug)]
+struct Embed;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
+    /// The tokens, the vocabulary, the number of positions.
+    type State = (IntTensor<B>, usize, Option<usize>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (tokens, vocab, t) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t, acc);
+        let mut parents = ops.parents.into_iter();
+        if let Some(Some(node)) = parents.next() {
+            grads.register::<B>(node.id, dtable);
+        }
+        if let (Some(Some(node)), Some(dpos)) = (parents.next(), dpos) {
+            grads.register::<B>(node.id, dpos);
+        }
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> EmbedOps for Autodiff<B, C> {
+    fn embed(
+        table: FloatTensor<Self>,
+        tokens: IntTensor<Self>,
+        positions: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let vocab = table.primitive.shape()[0];
+        let t = positions.as_ref().map(|p| p.primitive.shape()[0]);
+        let y = B::embed(table.primitive, tokens.clone(), positions.as_ref().map(|p| p.primitive.clone()));
+        let state = (tokens, vocab, t);
+        match positions {
+            Some(p) => record!(Embed, [table.node, p.node], state, y),
+            None => record!(Embed, [table.node], state, y),
+        }
+    }
+}

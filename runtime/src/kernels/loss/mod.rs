@@ -1,0 +1,78 @@
+//! The loss: cross-entropy of logits against targets, per row and as the
+//! mean whose gradient is formed in the forward pass.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorMetadata};
+
+use super::tensor::{primitive, tensor};
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod cpu;
+#[cfg(feature = "flex")]
+pub(crate) mod loops;
+pub(super) mod reference;
+#[cfg(all(test, feature = "flex"))]
+mod tests;
+
+/// The loss family.
+pub trait LossOps: Backend {
+    /// Cross-entropy per row of `logits: [n, vocab]` against `targets: [n]`:
+    /// `(nll, lse)`, `lse[i] = log Σⱼ exp(logits[i, j])` and
+    /// `nll[i] = lse[i] − logits[i, targets[i]]`.
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::cross_entropy::<Self>(logits, targets)
+    }
+
+    /// The gradient of the logits from that of `nll`:
+    /// `g[i] · (exp(logits[i] − lse[i]) − onehot(targets[i]))`.
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        g: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::cross_entropy_backward::<Self>(logits, lse, targets, g)
+    }
+
+    /// `nll` of [`LossOps::cross_entropy`] (one graph node on autodiff).
+    fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::cross_entropy(logits, targets).0
+    }
+
+    /// The mean cross-entropy `[1]` of `logits: [n, vocab]` against
+    /// `targets: [n]` (one graph node on autodiff, its gradient computed
+    /// in the forward pass).
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let nll = Self::cross_entropy(logits, targets).0;
+        let n = nll.shape().num_elements();
+        Self::float_div_scalar(Self::float_sum(nll), (n.max(1) as f64).into())
+    }
+
+    /// The mean cross-entropy `[1]` and its gradient with respect to the
+    /// logits, `(softmax(logits) − onehot) / n` — into the logits' memory
+    /// where the backend can.
+    fn nll_mean_with_grad(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::nll_mean_with_grad::<Self>(logits, targets)
+    }
+
+    /// `x` times the one-element `g` (a gradient scaled by its upstream
+    /// gradient); where the backend can, in place, and nothing when `g` is 1.
+    fn times_scalar(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::times_scalar::<Self>(x, g)
+    }
+}
+
+/// The mean cross-entropy (see [`LossOps::nll_mean`]): `[1]`.
+pub fn nll_mean<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    tensor(B::nll_mean(primitive(logits), targets.into_primitive()))
+}
+
+/// Cross-entropy per row (see [`LossOps::cross_entropy`]): `[n]`.
+pub fn nll<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    tensor(B::nll(primitive(logits), targets.into_primitive()))
+}

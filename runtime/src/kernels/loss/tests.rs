@@ -1,0 +1,57 @@
+//! The loss against burn's log-softmax, and the CPU kernels against the
+//! reference maths.
+
+use burn::tensor::{Distribution, Int, Tensor, Tolerance};
+
+use super::{reference, LossOps};
+use crate::kernels::testing::*;
+use crate::kernels::*;
+
+#[test]
+fn nll_is_the_cross_entropy_of_log_softmax() {
+    let device = Default::default();
+    let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
+    let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+    let ours = nll(logits.clone(), targets.clone());
+    let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+    let theirs = logp.gather(1, targets.reshape([6, 1])).reshape([6]).neg();
+    same_gradients(std::slice::from_ref(&logits), ours, theirs);
+}
+
+/// The mean cross-entropy with its gradient written in the forward is
+/// burn's mean of `−log_softmax` at the targets: value and the logits'
+/// gradient, with an upstream gradient of 1 (a training loss: the
+/// backward does nothing) and of 3 (scaled); untracked logits give the
+/// same value.
+#[test]
+fn nll_mean_is_the_mean_cross_entropy() {
+    let device = Default::default();
+    let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+    for factor in [1.0, 3.0] {
+        let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
+        let ours = nll_mean(logits.clone(), targets.clone());
+        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+        let theirs = logp.gather(1, targets.clone().reshape([6, 1])).reshape([6]).neg().mean();
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let plain = nll_mean(logits.clone().detach(), targets.clone());
+        plain.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = ((ours * factor).sum().backward(), (theirs * factor).sum().backward());
+        grads_agree(std::slice::from_ref(&logits), &g1, &g2);
+    }
+}
+
+/// The CPU's cross-entropy per row and its gradient against the
+/// reference.
+#[test]
+fn the_cpu_kernels_equal_the_reference() {
+    let (d, x) = (Default::default(), r([9, 24]));
+    let targets = Tensor::<C, 1, Int>::from_ints([3, 0, 23, 5, 5, 1, 2, 9, 17], &d).into_primitive();
+    let (n1, l1) = C::cross_entropy(x.clone(), targets.clone());
+    let (n2, l2) = reference::cross_entropy::<C>(x.clone(), targets.clone());
+    same1(n1, n2);
+    same1(l1.clone(), l2);
+    let g = primitive(Tensor::<C, 1>::random([9], Distribution::Normal(0.0, 1.0), &d));
+    let d1 = C::cross_entropy_backward(x.clone(), l1.clone(), targets.clone(), g.clone());
+    let d2 = reference::cross_entropy_backward::<C>(x.clone(), l1, targets, g);
+    same(d1, d2);
+}

@@ -1,0 +1,131 @@
+//! The shaped attention on `Autodiff<B>`: one node for the attention
+//! through its mix (and a gained sum), one for the mix alone, one for the
+//! running mean.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops};
+use burn::backend::Autodiff;
+use burn::tensor::ops::FloatTensor;
+
+use super::{MixAddend, Shaped, ShapedOps};
+use crate::kernels::graph::{record, take_grad};
+use crate::kernels::Kernels;
+
+/// A shaped attention through its mix (and a sum with another branch):
+/// parents `q`, `k`, `v`, the three gains, then `b`, `ga`, `gb` with an
+/// addend, then the query's bias with one (`N` = 6, 7, 9 or 10).
+#[derive(Debug)]
+struct ShapedAttention;
+
+impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
+    /// The operands, the addend, the attention weights.
+    type State = (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, add, p) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let acc = match &ops.parents[2] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let g = B::shaped_attention_backward(a, add, p, dy, acc);
+        let [dgi, dgs, dgc] = g.dgains;
+        let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
+        all.extend(g.addend.into_iter().flatten());
+        all.extend(g.dbq);
+        for (parent, grad) in ops.parents.into_iter().zip(all) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The shaped mix: parents `v`, `o` and the three gains.
+#[derive(Debug)]
+struct Mix;
+
+impl<B: Kernels> Backward<B, 5> for Mix {
+    /// `v`, `o`, the gains, causal.
+    type State = (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3], bool);
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (v, o, gains, causal) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let acc = match &ops.parents[0] {
+            Some(node) => take_grad!(B, grads, node, dy.clone()),
+            None => None,
+        };
+        let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal, acc);
+        for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The running mean over tokens.
+#[derive(Debug)]
+struct CausalMean;
+
+impl<B: Kernels> Backward<B, 1> for CausalMean {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, B::causal_mean_backward);
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
+    fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
+        let [gi, gs, gc] = a.gains;
+        let [q, k, v, gi_n, gs_n, gc_n] = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
+        let bias_node = a.bq.as_ref().map(|b| b.node.clone());
+        let inner = Shaped {
+            q: a.q.primitive,
+            k: a.k.primitive,
+            v: a.v.primitive,
+            gains: [gi.primitive, gs.primitive, gc.primitive],
+            scale: a.scale,
+            causal: a.causal,
+            bq: a.bq.map(|t| t.primitive),
+        };
+        let (extra, addend) = match add {
+            Some(m) => {
+                let extra = [&m.b, &m.ga, &m.gb].map(|t| t.node.clone());
+                (Some(extra), Some(MixAddend { b: m.b.primitive, ga: m.ga.primitive, gb: m.gb.primitive }))
+            }
+            None => (None, None),
+        };
+        let (y, p) = B::shaped_attention_forward(inner.clone(), addend.clone());
+        let state = (inner, addend, p);
+        let n = ShapedAttention;
+        match (extra, bias_node) {
+            (None, None) => record!(n, [q, k, v, gi_n, gs_n, gc_n], state, y),
+            (None, Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq], state, y),
+            (Some([b, ga, gb]), None) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb], state, y),
+            (Some([b, ga, gb]), Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq], state, y),
+        }
+    }
+
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let [gi, gs, gc] = gains;
+        let nodes = [v.node.clone(), o.node.clone(), gi.node.clone(), gs.node.clone(), gc.node.clone()];
+        let inner = [gi.primitive, gs.primitive, gc.primitive];
+        let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
+        record!(Mix, nodes, (v.primitive, o.primitive, inner, causal), y)
+    }
+
+    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = B::causal_mean(x.primitive.clone());
+        CausalMean.prepare::<C>([x.node.clone()]).compute_bound().stateless(y)
+    }
+}

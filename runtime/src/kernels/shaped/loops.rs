@@ -1,0 +1,238 @@
+//! The shaped family's loops: the mix row by row (the `I`, `softmax` and
+//! `centre` terms with their per-column gains, and the other branch of a
+//! block's sum), its backward, and the running mean over tokens.
+
+use std::mem::MaybeUninit;
+
+use crate::kernels::cpu::raw::multiversion;
+
+multiversion! {
+    /// The running mean over the rows (of `width`) of one sequence, in place.
+    pub fn running_mean(seq: &mut [f32], width: usize) {
+        let mut acc = vec![0.0f32; width];
+        for (i, row) in seq.chunks_mut(width.max(1)).enumerate() {
+            let inv = 1.0 / (i + 1) as f32;
+            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                *a += *v;
+                *v = *a * inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The gradient of [`running_mean`] in place: row `s` becomes
+    /// `Σ_{i ≥ s} row[i] / (i + 1)`.
+    pub fn running_mean_backward(seq: &mut [f32], width: usize) {
+        let mut acc = vec![0.0f32; width];
+        for (i, row) in seq.chunks_mut(width.max(1)).enumerate().rev() {
+            let inv = 1.0 / (i + 1) as f32;
+            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
+                *a += *v * inv;
+                *v = *a;
+            }
+        }
+    }
+}
+
+/// An output element that a kernel writes fresh (`MaybeUninit<f32>`) or
+/// adds into (`f32`: a gradient from elsewhere).
+pub trait Out {
+    fn put(&mut self, v: f32);
+}
+
+impl Out for f32 {
+    #[inline(always)]
+    fn put(&mut self, v: f32) {
+        *self += v;
+    }
+}
+
+impl Out for MaybeUninit<f32> {
+    #[inline(always)]
+    fn put(&mut self, v: f32) {
+        self.write(v);
+    }
+}
+
+/// A gradient that a kernel writes fresh (every element) or adds into (a
+/// gradient from elsewhere).
+#[derive(Debug)]
+pub enum Grad<'a> {
+    Add(&'a mut [f32]),
+    Fresh(&'a mut [MaybeUninit<f32>]),
+}
+
+impl Grad<'_> {
+    /// Elements `range` of it.
+    pub fn part(&mut self, range: std::ops::Range<usize>) -> Grad<'_> {
+        match self {
+            Grad::Add(d) => Grad::Add(&mut d[range]),
+            Grad::Fresh(d) => Grad::Fresh(&mut d[range]),
+        }
+    }
+}
+
+/// One row of the shaped mix's inputs: `v`, `o`, and the other branch `b`
+/// that a block sums with the mix, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct MixIn<'a> {
+    pub v: &'a [f32],
+    pub o: &'a [f32],
+    pub b: Option<&'a [f32]>,
+}
+
+/// The per-column gains of the shaped mix's three terms (`I`, `softmax`,
+/// `centre`, each times the mix's gain in a sum), and of the other branch
+/// `b` (empty without one).
+#[derive(Debug, Clone, Copy)]
+pub struct MixGains<'a> {
+    pub i: &'a [f32],
+    pub s: &'a [f32],
+    pub c: &'a [f32],
+    pub b: &'a [f32],
+}
+
+/// What the shaped mix's backward carries from row to row: `r`, the
+/// centre term's gradient per unit gain (see [`mix_back_row`]), and the
+/// column sums of `dy` against `v`, `o`, the centre term, and `b`.
+#[derive(Debug)]
+pub struct MixSums<'a> {
+    pub r: &'a mut [f32],
+    pub i: &'a mut [f32],
+    pub s: &'a mut [f32],
+    pub c: &'a mut [f32],
+    pub b: &'a mut [f32],
+}
+
+multiversion! {
+    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ inv · sum
+    /// (+ gb ⊙ b)` (every element written). With `running` (the causal
+    /// running mean, rows in order), `v` is first added into `sum`;
+    /// otherwise `sum` is the sum of all rows.
+    pub fn mix_row(out: &mut [MaybeUninit<f32>], x: MixIn<'_>, sum: &mut [f32], g: MixGains<'_>, inv: f32, running: bool) {
+        let n = out.len();
+        let (v, o, sum, gi, gs, gc) = (&x.v[..n], &x.o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
+        match x.b {
+            Some(b) => {
+                let (b, gb) = (&b[..n], &g.b[..n]);
+                for j in 0..n {
+                    if running {
+                        sum[j] += v[j];
+                    }
+                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]) + gb[j] * b[j]);
+                }
+            }
+            None => {
+                for j in 0..n {
+                    if running {
+                        sum[j] += v[j];
+                    }
+                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]));
+                }
+            }
+        }
+    }
+}
+
+/// One row of the shaped mix's backward (see [`mix_back_row`]).
+#[inline(always)]
+fn mix_back<D: Out>(
+    dv: &mut [D],
+    dy: &mut [f32],
+    [v, o]: [&[f32]; 2],
+    g: MixGains<'_>,
+    sums: &mut MixSums<'_>,
+    inv: f32,
+) {
+    let n = dv.len();
+    let dy = &mut dy[..n];
+    let (v, o) = (&v[..n], &o[..n]);
+    let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
+    let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
+    for j in 0..n {
+        let d = dy[j];
+        r[j] += inv * d;
+        dv[j].put(gi[j] * d + gc[j] * r[j]);
+        si[j] += d * v[j];
+        ss[j] += d * o[j];
+        sc[j] += v[j] * r[j];
+        dy[j] = gs[j] * d;
+    }
+}
+
+multiversion! {
+    /// One row of the shaped mix's backward, rows taken last to first:
+    /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
+    /// that `r` is the centre term's gradient per unit gain; for the plain
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy +
+    /// gc ⊙ r` (written or added into), the gains' sums `dy ⊙ v`, `dy ⊙ o`,
+    /// `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
+    pub fn mix_back_row(
+        dv: Grad<'_>,
+        dy: &mut [f32],
+        vo: [&[f32]; 2],
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        match dv {
+            Grad::Add(d) => mix_back(d, dy, vo, g, sums, inv),
+            Grad::Fresh(d) => mix_back(d, dy, vo, g, sums, inv),
+        }
+    }
+}
+
+/// One row of a shaped attention's mix, backward (see
+/// [`shaped_back_row`]).
+#[inline(always)]
+fn shaped_back<D: Out>(
+    dv: &mut [D],
+    dy: &[f32],
+    v: &[f32],
+    b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+    g: MixGains<'_>,
+    sums: &mut MixSums<'_>,
+    inv: f32,
+) {
+    let n = dv.len();
+    let (dy, v) = (&dy[..n], &v[..n]);
+    if let Some((b, db)) = b {
+        let (b, db, gb, sb) = (&b[..n], &mut db[..n], &g.b[..n], &mut sums.b[..n]);
+        for j in 0..n {
+            db[j].write(gb[j] * dy[j]);
+            sb[j] += dy[j] * b[j];
+        }
+    }
+    let (gi, gc) = (&g.i[..n], &g.c[..n]);
+    let (r, si, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.c[..n]);
+    for j in 0..n {
+        let d = dy[j];
+        r[j] += inv * d;
+        dv[j].put(gi[j] * d + gc[j] * r[j]);
+        si[j] += d * v[j];
+        sc[j] += v[j] * r[j];
+    }
+}
+
+multiversion! {
+    /// One row of a shaped attention's mix, backward, rows taken last to
+    /// first: with a branch `(b, db)`, `db ← gb ⊙ dy` and the sum `dy ⊙ b`;
+    /// `r ← r + inv · dy` (as in [`mix_back_row`]), `dv ← gi ⊙ dy + gc ⊙ r`
+    /// (written or added into), and the sums `dy ⊙ v`, `v ⊙ r`. The softmax
+    /// term's part is the attention's.
+    pub fn shaped_back_row(
+        dv: Grad<'_>,
+        dy: &[f32],
+        v: &[f32],
+        b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        match dv {
+            Grad::Add(d) => shaped_back(d, dy, v, b, g, sums, inv),
+            Grad::Fresh(d) => shaped_back(d, dy, v, b, g, sums, inv),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The shaped attention (He & Hofmann): `gi ⊙ v + gs ⊙ softmax(·) · v +
+//! gc ⊙ centre(v)`, as one graph node that never writes the attention's
+//! output on its own, summed with a block's other branch when it ends in
+//! a gained sum; its mix (the three terms, given the softmax term) and the
+//! causal `centre` (a running mean over tokens).
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::Tensor;
+
+use super::attention::AttentionOps;
+use super::gains::GainOps;
+use super::tensor::{primitive, tensor};
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod cpu;
+#[cfg(feature = "flex")]
+mod loops;
+#[cfg(feature = "flex")]
+mod mix;
+pub(super) mod reference;
+#[cfg(all(test, feature = "flex"))]
+mod tests;
+
+/// A branch `b` that a block sums with the shaped mix: `ga ⊙ mix + gb ⊙ b`
+/// (gains `[n]`, one per group of columns).
+#[derive(Debug, Clone)]
+pub struct MixAddend<T> {
+    pub b: T,
+    pub ga: T,
+    pub gb: T,
+}
+
+/// A shaped attention that ends in its mix: `q`, `k` split into heads
+/// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
+/// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
+/// softmax scale and the mask; and the query's bias `bq` (`[heads · d]`),
+/// added to `q` when given (see [`ShapedOps::attention_forward`]).
+#[derive(Debug, Clone)]
+pub struct Shaped<T> {
+    pub q: T,
+    pub k: T,
+    pub v: T,
+    pub gains: [T; 3],
+    pub scale: f64,
+    pub causal: bool,
+    pub bq: Option<T>,
+}
+
+/// The gradients of [`ShapedOps::shaped_attention`].
+#[derive(Debug)]
+pub struct ShapedGrads<T> {
+    pub dq: T,
+    pub dk: T,
+    pub dv: T,
+    pub dgains: [T; 3],
+    /// `[db, dga, dgb]`, with an addend.
+    pub addend: Option<[T; 3]>,
+    /// The query's bias's, with one.
+    pub dbq: Option<T>,
+}
+
+/// The shaped family.
+pub trait ShapedOps: AttentionOps + GainOps {
+    /// A shaped attention through its mix, summed with another branch
+    /// when `add` is given: `y = ga ⊙ (gi ⊙ v + gs ⊙ softmax(scale · q ·
+    /// kᵀ (+ mask)) · v + gc ⊙ centre(v)) + gb ⊙ b` (`ga` 1 without `add`),
+    /// `[batch, tokens, heads · d]`.
+    fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
+        Self::shaped_attention_forward(a, add).0
+    }
+
+    /// [`ShapedOps::shaped_attention`] and its attention weights `p` (what
+    /// its backward reads).
+    fn shaped_attention_forward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::shaped_attention_forward::<Self>(a, add)
+    }
+
+    /// The gradients of [`ShapedOps::shaped_attention`] from `dy`, given the
+    /// weights `p`; `dq`, `dk` stored token-major; `dv` added into `acc`
+    /// when given.
+    fn shaped_attention_backward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        p: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        reference::shaped_attention_backward::<Self>(a, add, p, dy, acc)
+    }
+
+    /// The shaped attention's matrix applied to the values, as one pass:
+    /// `gi ⊙ v + gs ⊙ o + gc ⊙ centre(v)` for `v`, `o` (the softmax term,
+    /// `softmax · v`): `[batch, tokens, width]`, each gain `[n]` scaling
+    /// `n` equal groups of the last dimension (heads; `n = 1` scales
+    /// everything), `centre` the running mean over tokens (`causal`) or
+    /// their mean.
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        reference::mix::<Self>(v, o, gains, causal)
+    }
+
+    /// The gradients of [`ShapedOps::mix`] from `dy`: `(dv, do, [dgi, dgs,
+    /// dgc])`. With `acc` (a gradient of `v` from elsewhere), `dv` is added
+    /// to it.
+    fn mix_backward(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        dy: FloatTensor<Self>,
+        causal: bool,
+        acc: Option<FloatTensor<Self>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
+        reference::mix_backward::<Self>(v, o, gains, dy, causal, acc)
+    }
+
+    /// The running mean over tokens of `x: [batch, tokens, width]`: token
+    /// `i` of the output is the mean of tokens `0..=i` (the causal `centre`
+    /// matrix applied without a T×T matrix).
+    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::causal_mean::<Self>(x)
+    }
+
+    /// The gradient of [`ShapedOps::causal_mean`]:
+    /// `dx[s] = Σ_{i ≥ s} dy[i] / (i + 1)`.
+    fn causal_mean_backward(dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::causal_mean_backward::<Self>(dy)
+    }
+}
+
+/// A shaped attention through its mix (see [`ShapedOps::shaped_attention`]):
+/// `q`, `k` split into heads (plus the query's bias `[heads · d]` when
+/// given), `v` and the output `[batch, tokens, heads · d]`, summed with
+/// `(b, ga, gb)` when given.
+pub fn shaped_attention<B: ShapedOps>(
+    qk: [Tensor<B, 4>; 2],
+    bq: Option<Tensor<B, 1>>,
+    v: Tensor<B, 3>,
+    gains: [Tensor<B, 1>; 3],
+    (scale, causal): (f64, bool),
+    add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>,
+) -> Tensor<B, 3> {
+    let [q, k] = qk.map(primitive);
+    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, bq: bq.map(primitive) };
+    let add = add.map(|(b, ga, gb)| MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) });
+    tensor(B::shaped_attention(a, add))
+}
+
+/// The shaped attention's terms summed (see [`ShapedOps::mix`]).
+pub fn mix<B: ShapedOps>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3], causal: bool) -> Tensor<B, 3> {
+    tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
+}
+
+/// The running mean over tokens (see [`ShapedOps::causal_mean`]).
+pub fn causal_mean<B: ShapedOps>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    tensor(B::causal_mean(primitive(x)))
+}

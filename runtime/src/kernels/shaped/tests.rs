@@ -1,0 +1,144 @@
+//! The shaped attention against its composition from the attention and
+//! burn's ops, and the CPU kernels against the reference maths.
+
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{Tensor, Tolerance};
+
+use super::{reference, ShapedOps};
+use crate::kernels::testing::*;
+use crate::kernels::*;
+
+/// The fused shaped mix is its composition from burn's ops, causal or
+/// not, with per-head, single and negated gains: value and the
+/// gradients of v, o and all three gains.
+#[test]
+fn mix_matches_its_composition() {
+    for causal in [true, false] {
+        let (v, o) = (random([2, 5, 12]), random([2, 5, 12]));
+        let (gi, gs, gc) = (random([3]), random([1]), random([3]));
+        let centre = |v: Tensor<Ad, 3>| {
+            if causal {
+                let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..6, &Default::default()).float();
+                v.cumsum(1) / counts.reshape([1, 5, 1])
+            } else {
+                v.mean_dim(1).expand([2, 5, 12])
+            }
+        };
+        let heads = |x: Tensor<Ad, 3>, g: Tensor<Ad, 1>| {
+            let n = g.dims()[0];
+            (x.reshape([2, 5, n, 12 / n]) * g.reshape([1, 1, n, 1])).reshape([2, 5, 12])
+        };
+        let theirs =
+            heads(v.clone(), gi.clone()) + heads(o.clone(), gs.clone()) + heads(centre(v.clone()), gc.clone().neg());
+        let ours = mix(v.clone(), o.clone(), [gi.clone(), gs.clone(), gc.clone().neg()], causal);
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        // `v` also read by a product made after the mix: its gradient
+        // is registered first, and the mix's `dv` is added into it.
+        let w = random([12, 12]);
+        let ours = ours + linear(v.clone(), w.clone(), None, false);
+        let theirs = theirs + v.clone().matmul(w.clone().unsqueeze());
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[v, o], &g1, &g2);
+        grads_agree(&[gi, gs, gc], &g1, &g2);
+        grads_agree(&[w], &g1, &g2);
+    }
+}
+
+/// The shaped attention through its mix in one kernel (and summed with
+/// another branch) is the attention, then the mix (then the gained
+/// sum): value and every gradient, causal or not, `v` also read by a
+/// product made after it, with the query's bias or without (and, with
+/// it, theirs with a key bias, which changes nothing).
+#[test]
+fn shaped_attention_matches_attention_then_mix() {
+    for i in 0..16 {
+        let (causal, addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0, i & 8 == 0);
+        let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
+        let gains = [random([3]), random([1]), random([3])];
+        let (b, ga, gb, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
+        let (bq, bk) = (random([12]), random([12]));
+        let add = addend.then(|| (b.clone(), ga.clone(), gb.clone()));
+        // `v` also read by a product (its gradient added into), or not.
+        let extra = |v: Tensor<Ad, 3>| match shared {
+            true => linear(v, w.clone(), None, false),
+            false => v.zeros_like(),
+        };
+        let bias = biased.then(|| bq.clone());
+        let ours = shaped_attention([q.clone(), k.clone()], bias, v.clone(), gains.clone(), (0.5, causal), add)
+            + extra(v.clone());
+        let (q1, k1) = match biased {
+            true => (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4])),
+            false => (q.clone(), k.clone()),
+        };
+        let o = attention(q1, k1, v.clone(), None, (0.5, causal));
+        let mixed = mix(v.clone(), o, gains.clone(), causal);
+        let theirs = match addend {
+            true => scaled_sum(mixed, b.clone(), ga.clone(), gb.clone()),
+            false => mixed,
+        } + extra(v.clone());
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[q, k], &g1, &g2);
+        grads_agree(&[v], &g1, &g2);
+        grads_agree(&gains, &g1, &g2);
+        if addend {
+            grads_agree(&[b], &g1, &g2);
+            grads_agree(&[ga, gb], &g1, &g2);
+        }
+        if biased {
+            // The key's bias (theirs only) changes nothing and has a
+            // zero gradient.
+            grads_agree(&[bq], &g1, &g2);
+            let dbk = bk.grad(&g2).expect("burn gradient");
+            dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
+        }
+    }
+}
+
+/// The mix alone (its `dv` written fresh) has burn's gradients.
+#[test]
+fn mix_alone_has_the_composed_gradients() {
+    let (v, o) = (random([2, 6, 8]), random([2, 6, 8]));
+    let gains = [random([2]), random([2]), random([2])];
+    for causal in [true, false] {
+        let ours = mix(v.clone(), o.clone(), gains.clone(), causal);
+        let p = |t: &Tensor<Ad, 3>| t.clone().into_primitive().tensor();
+        let theirs = Tensor::<Ad, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(reference::mix::<Ad>(
+            p(&v),
+            p(&o),
+            gains.clone().map(|g| g.into_primitive().tensor()),
+            causal,
+        )));
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = backward_both(ours, theirs);
+        grads_agree(&[v.clone(), o.clone()], &g1, &g2);
+        grads_agree(&gains, &g1, &g2);
+    }
+}
+
+#[test]
+fn causal_mean_is_the_running_mean() {
+    let x = random::<3>([2, 6, 5]);
+    let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..7, &Default::default()).float().reshape([1, 6, 1]);
+    let theirs = x.clone().cumsum(1) / counts;
+    same_gradients(std::slice::from_ref(&x), causal_mean(x.clone()), theirs);
+    // Token 0 is itself; the last token is the mean of all.
+    let ours = causal_mean(x.clone());
+    let first = ours.clone().slice([0..2, 0..1, 0..5]);
+    first.to_data().assert_approx_eq::<f32>(&x.clone().slice([0..2, 0..1, 0..5]).to_data(), Tolerance::absolute(1e-6));
+    let last = ours.slice([0..2, 5..6, 0..5]);
+    last.to_data().assert_approx_eq::<f32>(&x.mean_dim(1).to_data(), Tolerance::absolute(1e-5));
+}
+
+/// The CPU's running mean over tokens and its backward against the
+/// reference.
+#[test]
+fn the_cpu_kernels_equal_the_reference() {
+    let x = r([9, 24]);
+    let x3 = C::float_reshape(x.clone(), [3, 3, 24].into());
+    let t3 = |p| tensor::<C, 3>(p).reshape([9, 24]);
+    let (m1, m2) = (C::causal_mean(x3.clone()), reference::causal_mean::<C>(x3.clone()));
+    same(primitive(t3(m1)), primitive(t3(m2)));
+    let (m1, m2) = (C::causal_mean_backward(x3.clone()), reference::causal_mean_backward::<C>(x3));
+    same(primitive(t3(m1)), primitive(t3(m2)));
+}
