@@ -2,18 +2,13 @@
 //! output while in cache, and their backward. The shaped family's kernel
 //! is built from the same pieces.
 
-#![allow(unsafe_code)]
-
-use std::sync::atomic::AtomicU64;
-
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
-use burn_flex::FlexTensor;
-use rayon::prelude::*;
+use burn_flex::{FlexTensor, Layout};
 
 use super::{loops, reference, AttentionOps};
-use crate::kernels::cpu::raw::{commit, product, token_major, Dst, Heads, Operand};
+use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, vector, Rows};
 use crate::kernels::cpu::simd;
 
@@ -85,64 +80,36 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
     fits.then_some(dims)
 }
 
-/// Runs `head(i)` for every head `i < n`, on several threads when there
-/// are; returns what each head returned (in head order) and how many
-/// threads ran them.
-pub(crate) fn map_heads<T: Send>(n: usize, head: impl Fn(usize) -> T + Sync + Send) -> (Vec<T>, usize) {
-    if rayon::current_num_threads() > 1 {
-        ((0..n).into_par_iter().map(head).collect(), rayon::current_num_threads().min(n))
-    } else {
-        ((0..n).map(head).collect(), 1)
-    }
-}
-
 /// One head's attention weights `softmax(scale · (q · kᵀ + 1 · uᵀ) (+
 /// causal mask))` (`q`, `k`: `t × d`; `u`, a shift per key, or none)
-/// written at `p` (`t × t`, row-major); returns them as an operand.
-///
-/// # Safety
-/// As for [`product`]: `q`'s and `k`'s elements are live, `p`'s `t × t`
-/// are writable and touched by no other thread meanwhile.
-pub(crate) unsafe fn attention_weights(
-    p: *mut f32,
-    q: Operand,
-    k: Operand,
-    [t, d]: [usize; 2],
+/// formed in `p` (`t × t`).
+pub(crate) fn attention_weights<'a>(
+    gemm: &Gemm,
+    p: MatOut<'a>,
+    [q, k]: [Mat<'_>; 2],
     (scale, causal): (f32, bool),
     shift: Option<&[f32]>,
-    clock: &AtomicU64,
-) -> Operand {
-    // SAFETY: as the caller promises; the rows are read after the product
-    // wrote all of them.
-    unsafe {
-        product([t, t, d], p, t, None, q, k.transposed(), clock);
-        let rows = std::slice::from_raw_parts_mut(p, t * t);
-        for (r, row) in rows.chunks_mut(t).enumerate() {
-            let seen = if causal { r + 1 } else { t };
-            if let Some(u) = shift {
-                simd::add_into(&mut row[..seen], &u[..seen]);
-            }
-            loops::softmax(row, seen, scale);
+) -> (MatMut<'a>, Written) {
+    let (mut p, proof) = gemm.into(p, q, k.t());
+    let t = p.dims()[0];
+    for r in 0..t {
+        let row = p.row(r);
+        let seen = if causal { r + 1 } else { t };
+        if let Some(u) = shift {
+            simd::add_into(&mut row[..seen], &u[..seen]);
         }
+        loops::softmax(row, seen, scale);
     }
-    Operand { ptr: p, rs: t as isize, cs: 1 }
+    (p, proof)
 }
 
 /// The scores' shift per key from a query bias `bq` (one head's `d`
 /// entries): `u = k · bq`, `u_j = bq · k_j` (`k`: `t × d`). With the bias,
 /// a score is `(q_i + bq) · k_j = q_i · k_j + u_j`.
-///
-/// # Safety
-/// As for [`product`]: `k`'s elements are live.
-pub(crate) unsafe fn key_shift(k: Operand, bq: &[f32], [t, d]: [usize; 2], clock: &AtomicU64) -> Vec<f32> {
-    let mut u: Vec<f32> = Vec::with_capacity(t);
-    let b = Operand { ptr: bq.as_ptr(), rs: 1, cs: 1 };
-    // SAFETY: as the caller promises; `bq` holds `d` entries, `u` room for
-    // `t`, all written by the product.
-    unsafe {
-        product([t, 1, d], u.as_mut_ptr(), 1, None, k, b, clock);
-        u.set_len(t);
-    }
+pub(crate) fn key_shift(gemm: &Gemm, k: Mat<'_>, bq: &[f32]) -> Vec<f32> {
+    let [t, d] = k.dims();
+    let mut u = vec![0.0f32; t];
+    gemm.product(&mut MatMut::rows(&mut u, t, 1), None, k, Mat::rows(&bq[..d], d, 1));
     u
 }
 
@@ -150,29 +117,23 @@ pub(crate) unsafe fn key_shift(k: Operand, bq: &[f32], [t, d]: [usize; 2], clock
 /// `ds` (`t × t`, rows summing to zero): with `dk = dsᵀ · (q + bq)`, adds
 /// `c_j · bq` to row `j` of `dk` (when given), `c` the column sums of `ds`;
 /// adds the rows of `dq = ds · k` (exact without the key's bias, whose
-/// term is `(Σ_j ds_ij) · bk = 0`) into `dbq`. Rows of `d`, `rs` apart.
-///
-/// # Safety
-/// `dq`'s and `dk`'s `t` rows are initialised and touched by no other
-/// thread meanwhile.
-pub(crate) unsafe fn query_bias_back(
+/// term is `(Σ_j ds_ij) · bk = 0`) into `dbq`.
+pub(crate) fn query_bias_back(
     ds: &[f32],
-    [t, d, rs]: [usize; 3],
     bq: &[f32],
-    dq: *const f32,
-    dk: Option<*mut f32>,
+    dq: &mut MatMut<'_>,
+    dk: Option<&mut MatMut<'_>>,
     dbq: &mut [f32],
 ) {
+    let t = dq.dims()[0];
     let mut c = vec![0.0f32; t];
     ds.chunks(t).take(t).for_each(|row| simd::add_into(&mut c, row));
+    let mut dk = dk;
     for (r, &cr) in c.iter().enumerate() {
-        // SAFETY: as the caller promises; row `r` lies at `r·rs`.
-        unsafe {
-            if let Some(dk) = dk {
-                simd::add_scaled(std::slice::from_raw_parts_mut(dk.add(r * rs), d), cr, bq);
-            }
-            simd::add_into(dbq, std::slice::from_raw_parts(dq.add(r * rs), d));
+        if let Some(dk) = dk.as_mut() {
+            simd::add_scaled(dk.row(r), cr, bq);
         }
+        simd::add_into(dbq, dq.row(r));
     }
 }
 
@@ -188,9 +149,19 @@ pub(crate) fn bias_values(bq: &Option<FlexTensor>, n: usize) -> Option<Option<Ve
     }
 }
 
-/// [`map_heads`] for heads that return nothing: how many threads ran them.
-pub(crate) fn each_head(n: usize, head: impl Fn(usize) + Sync + Send) -> usize {
-    map_heads(n, head).1
+/// A `[b, h, t, w]` f32 tensor stored token-major (`[b, t, h, w]` in
+/// memory, as the heads' products write it).
+pub(crate) fn token_major(data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTensor {
+    let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
+    FlexTensor::new(burn::tensor::Bytes::from_elems(data), Layout::new([b, h, t, w].into(), strides, 0), DType::F32)
+}
+
+/// `f`'s heads when `wanted`, else as many `None`s.
+fn optional_heads(f: &mut Fresh, dims: [usize; 4], wanted: bool) -> Vec<Option<MatOut<'_>>> {
+    match wanted {
+        true => f.heads(dims).into_iter().map(Some).collect(),
+        false => (0..dims[0] * dims[1]).map(|_| None).collect(),
+    }
 }
 
 fn forward(
@@ -206,34 +177,18 @@ fn forward(
     };
     let n = b * h;
     let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
-    let (mut p, mut o): (Vec<f32>, Vec<f32>) = (Vec::with_capacity(n * t * t), Vec::with_capacity(n * t * dv));
-    let (pd, od) = (Dst(p.as_mut_ptr()), Dst(o.as_mut_ptr()));
-    let clock = AtomicU64::new(0);
+    let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
+    let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
     let scale = scale as f32;
     // Per head: the scores, their softmax while in cache, the output.
-    let head = |i: usize| {
-        // SAFETY: the operands' matrices lie in their storage (`Heads`
-        // reads each tensor's own layout); head `i` writes the `t × t`
-        // weights at `i·t·t` of `p` and its `t × dv` rows of the
-        // token-major `o` (row stride `h·dv`), within the capacities
-        // and disjoint between heads; the weights are read only after
-        // the product wrote all of them.
-        unsafe {
-            let u = bias.as_ref().map(|bias| key_shift(kh.at(i), &bias[(i % h) * d..], [t, d], &clock));
-            let (at, w) = (pd.at(i * t * t), [t, d]);
-            let weights = attention_weights(at, qh.at(i), kh.at(i), w, (scale, causal), u.as_deref(), &clock);
-            let oi = od.at((i / h) * t * h * dv + (i % h) * dv);
-            product([t, dv, t], oi, h * dv, None, weights, vh.at(i), &clock);
-        }
-    };
-    let threads = each_head(n, head);
-    commit(&clock, threads);
-    // SAFETY: the heads wrote all `n·t·t` weights and `n·t·dv` outputs.
-    let o = unsafe {
-        p.set_len(n * t * t);
-        token_major(o, [b, h, t, dv])
-    };
-    (o, owned(p, [b, h, t, t].into()))
+    let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
+        let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
+        let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
+        let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
+        (wp, op)
+    });
+    let (wp, op): (Vec<Written>, Vec<Written>) = proofs.into_iter().unzip();
+    (token_major(o.finish(op), [b, h, t, dv]), owned(p.finish(wp), [b, h, t, t].into()))
 }
 
 fn backward(
@@ -264,68 +219,55 @@ fn backward(
     // With a query bias, `dq` is needed for its gradient.
     let (want_q, keep_q) = (want_q || bias.is_some(), want_q);
     let scores = want_q || want_k;
-    let fresh = |len: usize, wanted: bool| if wanted { Vec::with_capacity(len) } else { Vec::new() };
-    let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (fresh(n * t * d, want_q), fresh(n * t * d, want_k));
+    // `dv` added into `acc`, or fresh; `dq`, `dk` fresh.
     let mut acc = acc.filter(|_| want_v).map(Rows::new);
-    let mut dvs: Vec<f32> = fresh(n * t * dv, want_v && acc.is_none());
-    let (dqd, dkd) = (Dst(dq.as_mut_ptr()), Dst(dk.as_mut_ptr()));
-    let dvd = Dst(match acc.as_mut() {
-        Some(rows) => rows.all().as_mut_ptr(),
-        None => dvs.as_mut_ptr(),
-    });
-    let read_dv = acc.is_some();
-    let clock = AtomicU64::new(0);
-    let scale = scale as f32;
-    let head = |i: usize| {
-        let pi = Operand { ptr: pv[i * t * t..].as_ptr(), rs: t as isize, cs: 1 };
-        let token = |w: usize| (i / h) * t * h * w + (i % h) * w;
-        // SAFETY: the operands' matrices lie in their storage (`Heads`
-        // reads each tensor's own layout, `p` is contiguous); head `i`
-        // writes only its own rows of the token-major outputs (row
-        // stride `h·width`), within their capacities or `acc`'s
-        // storage (unique, of that shape, initialised when read), and
-        // its own scratch `ds`, read only after the product wrote it.
-        unsafe {
-            if want_v {
-                product(
-                    [t, dv, t],
-                    dvd.at(token(dv)),
-                    h * dv,
-                    read_dv.then_some(1.0),
-                    pi.transposed(),
-                    gh.at(i),
-                    &clock,
-                );
-            }
-            if !scores {
-                return Vec::new();
-            }
-            // dp = g · vᵀ, then ds in place, while in cache.
-            let mut ds: Vec<f32> = Vec::with_capacity(t * t);
-            product([t, t, dv], ds.as_mut_ptr(), t, None, gh.at(i), vh.at(i).transposed(), &clock);
-            ds.set_len(t * t);
-            for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
-                loops::softmax_backward(row, w, scale);
-            }
-            let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
-            if want_q {
-                product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
-            }
-            if want_k {
-                product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
-            }
-            let mut dbq = Vec::new();
-            if let Some(bias) = &bias {
-                dbq = vec![0.0f32; d];
-                let dk = want_k.then(|| dkd.at(token(d)));
-                let bias = &bias[(i % h) * d..(i % h + 1) * d];
-                query_bias_back(&ds, [t, d, h * d], bias, dqd.at(token(d)), dk, &mut dbq);
-            }
-            dbq
-        }
+    let [mut dq, mut dk, mut dvs] = [(d, want_q), (d, want_k), (dv, want_v && acc.is_none())]
+        .map(|(w, wanted)| Fresh::new(if wanted { n * t * w } else { 0 }));
+    let (dqs, dks) = (optional_heads(&mut dq, [b, h, t, d], want_q), optional_heads(&mut dk, [b, h, t, d], want_k));
+    let dvs_out = optional_heads(&mut dvs, [b, h, t, dv], want_v && acc.is_none());
+    let dv_add: Vec<Option<MatMut<'_>>> = match acc.as_mut() {
+        Some(rows) => MatMut::heads(rows.all(), [b, h, t, dv]).into_iter().map(Some).collect(),
+        None => (0..n).map(|_| None).collect(),
     };
-    let (parts, threads) = map_heads(n, head);
-    commit(&clock, threads);
+    let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
+    let scale = scale as f32;
+    let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
+        let pi = Mat::rows(&pv[i * t * t..(i + 1) * t * t], t, t);
+        let mut proofs = Vec::new();
+        // dv = pᵀ · g, fresh or added into a gradient from elsewhere.
+        match (dv_fresh, dv_add) {
+            (Some(out), _) => proofs.push((2, gemm.into(out, pi.t(), gh.at(i)).1)),
+            (None, Some(mut into)) => gemm.product(&mut into, Some(1.0), pi.t(), gh.at(i)),
+            (None, None) => {}
+        }
+        if !scores {
+            return (proofs, Vec::new());
+        }
+        // dp = g · vᵀ, then ds in place, while in cache.
+        let mut ds = vec![0.0f32; t * t];
+        gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gh.at(i), vh.at(i).t());
+        for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
+            loops::softmax_backward(row, w, scale);
+        }
+        let dsi = Mat::rows(&ds, t, t);
+        let mut dq = dqi.map(|out| gemm.into(out, dsi, kh.at(i)));
+        let mut dk = dki.map(|out| gemm.into(out, dsi.t(), qh.at(i)));
+        let mut dbq = Vec::new();
+        if let (Some(bias), Some((dq, _))) = (&bias, dq.as_mut()) {
+            dbq = vec![0.0f32; d];
+            let bias = &bias[(i % h) * d..(i % h + 1) * d];
+            query_bias_back(&ds, bias, dq, dk.as_mut().map(|(dk, _)| dk), &mut dbq);
+        }
+        proofs.extend(dq.map(|(_, w)| (0, w)));
+        proofs.extend(dk.map(|(_, w)| (1, w)));
+        (proofs, dbq)
+    });
+    let mut by = [Vec::new(), Vec::new(), Vec::new()];
+    let mut parts = Vec::with_capacity(n);
+    for (proofs, dbq) in done {
+        proofs.into_iter().for_each(|(j, w)| by[j].push(w));
+        parts.push(dbq);
+    }
     let dbq = bias.map(|_| {
         let mut sums = vec![0.0f64; h * d];
         for (i, part) in parts.iter().enumerate() {
@@ -334,11 +276,12 @@ fn backward(
         }
         vector(sums.into_iter().map(|x| x as f32).collect())
     });
-    // SAFETY: every head wrote its `t × w` rows of the output.
-    let token_major = |data: Vec<f32>, w: usize| unsafe { token_major(data, [b, h, t, w]) };
+    let [pq, pk, pv] = by;
     let dv = want_v.then(|| match acc {
         Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
-        None => token_major(dvs, dv),
+        None => token_major(dvs.finish(pv), [b, h, t, dv]),
     });
-    [keep_q.then(|| token_major(dq, d)), want_k.then(|| token_major(dk, d)), dv, dbq]
+    let dq = want_q.then(|| token_major(dq.finish(pq), [b, h, t, d])).filter(|_| keep_q);
+    let dk = want_k.then(|| token_major(dk.finish(pk), [b, h, t, d]));
+    [dq, dk, dv, dbq]
 }

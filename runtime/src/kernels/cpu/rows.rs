@@ -2,8 +2,6 @@
 //! place, row blocks with their column sums, gains per column, and the
 //! tensors made from plain vectors.
 
-use std::mem::MaybeUninit;
-
 use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
@@ -141,10 +139,6 @@ pub fn per_head(g: &FlexTensor, heads: usize) -> Option<Vec<f32>> {
 pub fn owned(v: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
 }
-
-/// A block of rows of a row kernel: its output, its input and one value
-/// per row.
-pub type RowBlock<'a> = ((&'a mut [MaybeUninit<f32>], &'a [f32]), &'a mut [f32]);
 
 /// A `[rows, cols]` f32 tensor.
 pub fn matrix(v: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {

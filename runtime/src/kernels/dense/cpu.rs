@@ -9,7 +9,7 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use super::{loops, reference, DenseOps, ReluMask};
-use crate::kernels::cpu::raw::{matmul, product_by_blocks, Operand, Start};
+use crate::kernels::cpu::raw::{matmul, product_by_blocks, Mat, Start};
 use crate::kernels::cpu::rows::{column_blocks, matrix, owned, totals, vector, Rows};
 use crate::kernels::cpu::{parallel, simd};
 use crate::kernels::tensor::split_heads;
@@ -126,7 +126,7 @@ impl DenseOps for Flex {
         let b = bias.map(|b| b.to_contiguous());
         let bv: Option<&[f32]> = b.as_ref().map(|b| &b.storage()[..n]);
         let (x, w) = (x.to_contiguous(), w.to_contiguous());
-        let wo = Operand { ptr: w.storage::<f32>().as_ptr(), rs: n as isize, cs: 1 };
+        let wo = Mat::rows(&w.storage::<f32>()[..k * n], k, n);
         // The bias, the ReLU and the mask's bits while each block of the
         // product is in cache.
         let words = n.div_ceil(32);
@@ -173,7 +173,7 @@ impl DenseOps for Flex {
         let (rows, n, k) = (sd[0], sd[1], sw[0]);
         let (dy, w) = (dy.to_contiguous(), w.to_contiguous());
         let bits: &[u32] = &mask.storage()[..rows * words];
-        let wt = Operand { ptr: w.storage::<f32>().as_ptr(), rs: 1, cs: n as isize };
+        let wt = Mat::rows(&w.storage::<f32>()[..k * n], k, n).t();
         // The mask (and the column sums) while each block of the product
         // is in cache.
         let (dz, parts) = product_by_blocks(&dy.storage()[..rows * n], [rows, n, k], wt, |first, block| {

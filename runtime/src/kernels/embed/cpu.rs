@@ -1,17 +1,13 @@
 //! The embedding on the CPU: rows copied into an output that is not
 //! zeroed; the gradient added by token in one pass.
 
-#![allow(unsafe_code)]
-
-use std::mem::MaybeUninit;
-
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
 use super::{loops, reference, EmbedOps};
-use crate::kernels::cpu::raw::filled;
+use crate::kernels::cpu::raw::{fresh, Out};
 use crate::kernels::cpu::rows::{indices, matrix, Rows};
 use crate::kernels::cpu::simd;
 
@@ -32,16 +28,13 @@ impl EmbedOps for Flex {
         let pos: Option<(&[f32], usize)> =
             positions.as_ref().map(|p| (&p.storage()[..p.layout().num_elements()], p.layout().shape()[0].max(1)));
         let n = ids.len();
-        let fill = |i: usize, o: &mut [MaybeUninit<f32>]| {
-            let k = ids[i].min(vocab.saturating_sub(1));
-            loops::embed_row(o, &rows[k * d..(k + 1) * d], pos.map(|(p, t)| &p[(i % t) * d..(i % t + 1) * d]));
-        };
         if vocab == 0 || d == 0 {
             return reference::embed::<Flex>(table, tokens, positions);
         }
-        // SAFETY: `loops::embed_row` writes all `d` elements of its row
-        // (table rows and position rows are `d` long).
-        let out = unsafe { filled(n * d, d, fill) };
+        let out = fresh(n * d, d, |i, o: Out<'_>| {
+            let k = ids[i].min(vocab.saturating_sub(1));
+            loops::embed_row(o, &rows[k * d..(k + 1) * d], pos.map(|(p, t)| &p[(i % t) * d..(i % t + 1) * d]))
+        });
         matrix(out, n, d)
     }
 

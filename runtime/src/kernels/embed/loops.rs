@@ -1,24 +1,17 @@
 //! The embedding's loop: a table row plus a position row.
 
-use std::mem::MaybeUninit;
-
-use crate::kernels::cpu::raw::multiversion;
+use crate::kernels::cpu::raw::{multiversion, Out, Written};
 
 multiversion! {
-    /// `out ← row (+ pos)`, every element of `out` written (`row` and
-    /// `pos` are at least as long).
-    pub fn embed_row(out: &mut [MaybeUninit<f32>], row: &[f32], pos: Option<&[f32]>) {
+    /// `out ← row (+ pos)` (`row` and `pos` are at least as long).
+    pub fn embed_row(out: Out<'_>, row: &[f32], pos: Option<&[f32]>) -> Written {
+        let row = &row[..out.len()];
         match pos {
             Some(pos) => {
-                for ((o, &a), &b) in out.iter_mut().zip(row).zip(pos) {
-                    o.write(a + b);
-                }
+                let pos = &pos[..out.len()];
+                out.each(|j| row[j] + pos[j])
             }
-            None => {
-                for (o, &a) in out.iter_mut().zip(row) {
-                    o.write(a);
-                }
-            }
+            None => out.copy(row),
         }
     }
 }

@@ -1,17 +1,13 @@
 //! Gains on the CPU: a row at a time, gains per column, the gains'
 //! gradients summed over blocks of rows.
 
-#![allow(unsafe_code)]
-
-use std::mem::MaybeUninit;
-
 use burn::backend::Flex;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{loops, reference, GainOps};
-use crate::kernels::cpu::raw::filled;
+use crate::kernels::cpu::raw::{fresh, fresh_along, Out};
 use crate::kernels::cpu::rows::{columns, group_sums, owned, vector, Rows};
 use crate::kernels::cpu::{parallel, simd};
 
@@ -25,13 +21,10 @@ impl GainOps for Flex {
         let (a, b) = (a.to_contiguous(), b.to_contiguous());
         let len = a.layout().num_elements();
         let (av, bv): (&[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len]);
-        // SAFETY: `loops::sum2_row` writes every element of its row.
-        let out = unsafe {
-            filled(len, width, |r, row| {
-                let span = r * width..(r + 1) * width;
-                loops::sum2_row(row, &av[span.clone()], &bv[span], &ca, &cb);
-            })
-        };
+        let out = fresh(len, width, |r, row: Out<'_>| {
+            let span = r * width..(r + 1) * width;
+            loops::sum2_row(row, &av[span.clone()], &bv[span], &ca, &cb)
+        });
         owned(out, a.layout().shape().clone())
     }
 
@@ -53,23 +46,9 @@ impl GainOps for Flex {
         let (av, bv): (&[f32], &[f32]) = (&a.storage()[..len], &b.storage()[..len]);
         // `da = ga ⊙ dy` over `dy` itself; `db` fresh.
         let mut da = Rows::new(dy);
-        let mut db: Vec<f32> = Vec::with_capacity(len);
         // Blocks of 64 rows: the gains' column sums from `dy`, then `db`
-        // and `da`.
+        // (fresh) and `da`.
         let block = 64 * width;
-        let part = |(k, (xa, xb)): (usize, (&mut [f32], &mut [MaybeUninit<f32>]))| {
-            let (mut sa, mut sb) = (vec![0.0f32; width], vec![0.0f32; width]);
-            let span = k * block..(k * block + xa.len());
-            let (ar, br) = (&av[span.clone()], &bv[span]);
-            for (i, (g, yb)) in xa.chunks_mut(width).zip(xb.chunks_mut(width)).enumerate() {
-                let row = i * width..(i + 1) * width;
-                simd::add_products(&mut sa, g, &ar[row.clone()]);
-                simd::add_products(&mut sb, g, &br[row]);
-                loops::scale_cols(yb, g, &cb);
-                simd::scale_in_place(g, &ca);
-            }
-            [sa, sb]
-        };
         let add = |mut x: [Vec<f64>; 2], y: [Vec<f32>; 2]| {
             for (p, q) in x.iter_mut().zip(y) {
                 p.iter_mut().zip(q).for_each(|(s, t)| *s += f64::from(t));
@@ -77,17 +56,24 @@ impl GainOps for Flex {
             x
         };
         let zero = || [vec![0.0f64; width], vec![0.0f64; width]];
-        let (ga_, gb_) = (da.all(), &mut db.spare_capacity_mut()[..len]);
-        let [sa, sb] = if parallel(len) {
-            let parts: Vec<[Vec<f32>; 2]> =
-                ga_.par_chunks_mut(block).zip(gb_.par_chunks_mut(block)).enumerate().map(part).collect();
-            parts.into_iter().fold(zero(), add)
-        } else {
-            ga_.chunks_mut(block).zip(gb_.chunks_mut(block)).enumerate().map(part).fold(zero(), add)
-        };
-        // SAFETY: `loops::scale_cols` wrote every element of every row of
-        // `db`'s `len` (the blocks cover it, rows of `width`).
-        unsafe { db.set_len(len) };
+        let chunks = da.all().chunks_mut(block.max(1)).collect();
+        let (db, parts) = fresh_along(len, block, chunks, |k, yb: Out<'_>, xa: &mut [f32]| {
+            let (mut sa, mut sb) = (vec![0.0f32; width], vec![0.0f32; width]);
+            let span = k * block..(k * block + xa.len());
+            let (ar, br) = (&av[span.clone()], &bv[span]);
+            let mut rows = xa.chunks_mut(width);
+            let written = yb.rows(width, false, |i, yb| {
+                let g = rows.next().expect("a row of dy per row of db");
+                let row = i * width..(i + 1) * width;
+                simd::add_products(&mut sa, g, &ar[row.clone()]);
+                simd::add_products(&mut sb, g, &br[row]);
+                let written = loops::scale_cols(yb, g, &cb);
+                simd::scale_in_place(g, &ca);
+                written
+            });
+            (written, [sa, sb])
+        });
+        let [sa, sb] = parts.into_iter().fold(zero(), add);
         let shape = a.layout().shape().clone();
         [da.tensor, owned(db, shape), group_sums(&sa, na), group_sums(&sb, nb)]
     }

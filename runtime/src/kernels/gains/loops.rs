@@ -1,27 +1,24 @@
 //! The gains family's loops: rows of a gained sum, gains per column, and
 //! per group of columns with their gradients.
 
-use std::mem::MaybeUninit;
-
-use crate::kernels::cpu::raw::multiversion;
+use crate::kernels::cpu::raw::{multiversion, Out, Written};
 use crate::kernels::cpu::simd::dot;
 
 multiversion! {
-    /// One row of a gained sum: `out ← ga ⊙ a + gb ⊙ b` (gains per column;
-    /// every element of `out` written).
-    pub fn sum2_row(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], ga: &[f32], gb: &[f32]) {
-        for ((y, (&a, &b)), (&p, &q)) in out.iter_mut().zip(a.iter().zip(b)).zip(ga.iter().zip(gb)) {
-            y.write(p * a + q * b);
-        }
+    /// One row of a gained sum: `out ← ga ⊙ a + gb ⊙ b` (gains per column).
+    pub fn sum2_row(out: Out<'_>, a: &[f32], b: &[f32], ga: &[f32], gb: &[f32]) -> Written {
+        let n = out.len();
+        let (a, b, ga, gb) = (&a[..n], &b[..n], &ga[..n], &gb[..n]);
+        out.each(|j| ga[j] * a[j] + gb[j] * b[j])
     }
 }
 
 multiversion! {
-    /// `out ← g ⊙ dy` (gains per column; every element of `out` written).
-    pub fn scale_cols(out: &mut [MaybeUninit<f32>], dy: &[f32], g: &[f32]) {
-        for ((o, &d), &g) in out.iter_mut().zip(dy).zip(g) {
-            o.write(g * d);
-        }
+    /// `out ← g ⊙ dy` (gains per column).
+    pub fn scale_cols(out: Out<'_>, dy: &[f32], g: &[f32]) -> Written {
+        let n = out.len();
+        let (dy, g) = (&dy[..n], &g[..n]);
+        out.each(|j| g[j] * dy[j])
     }
 }
 

@@ -1,8 +1,6 @@
 //! LayerNorm and RMSNorm on the CPU: a row at a time, the statistics and
 //! the output in one pass; backward with the scale and shift gradients.
 
-#![allow(unsafe_code)]
-
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
@@ -11,8 +9,8 @@ use rayon::prelude::*;
 
 use super::{loops, reference, NormOps};
 use crate::kernels::cpu::parallel;
-use crate::kernels::cpu::raw;
-use crate::kernels::cpu::rows::{matrix, vector, RowBlock, Rows};
+use crate::kernels::cpu::raw::{self, fresh_along, Out};
+use crate::kernels::cpu::rows::{matrix, vector, Rows};
 
 impl NormOps for Flex {
     fn norm(
@@ -38,33 +36,22 @@ impl NormOps for Flex {
         let x = x.to_contiguous();
         let (rows, width) = (x.layout().shape()[0], x.layout().shape()[1]);
         let xs: &[f32] = &x.storage()[..rows * width];
-        let mut out: Vec<f32> = Vec::with_capacity(rows * width);
         let mut rstd = vec![0.0f32; rows];
         let eps = eps as f32;
         // By blocks of 64 rows, each row into a scratch row in cache, then
         // streamed out (the output is read by later kernels, not this one).
         let w = width.max(1);
-        let block = |((y, x), r): RowBlock<'_>| {
+        let along = rstd.chunks_mut(64).collect();
+        let (out, _) = fresh_along(rows * width, 64 * w, along, |b, y: Out<'_>, r: &mut [f32]| {
             let mut row = vec![0.0f32; w];
-            for ((y, x), r) in y.chunks_mut(w).zip(x.chunks(w)).zip(r) {
-                // SAFETY: the scratch row is initialised; `loops::norm`
-                // writes all `w` of its elements.
-                let scratch = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), w) };
-                *r = loops::norm(scratch, x, gamma, beta, eps, centred);
-                raw::stream(y, &row);
-            }
+            let written = y.rows(w, false, |i, y| {
+                let at = (b * 64 + i) * w;
+                r[i] = loops::norm(&mut row, &xs[at..at + w], gamma, beta, eps, centred);
+                y.stream(&row)
+            });
             raw::fence();
-        };
-        let spare = &mut out.spare_capacity_mut()[..rows * width];
-        if parallel(rows * width) {
-            spare.par_chunks_mut(64 * w).zip(xs.par_chunks(64 * w)).zip(rstd.par_chunks_mut(64)).for_each(block);
-        } else {
-            spare.chunks_mut(64 * w).zip(xs.chunks(64 * w)).zip(rstd.chunks_mut(64)).for_each(block);
-        }
-        // SAFETY: every row of the `rows · width` reserved above was
-        // streamed whole from a scratch row `loops::norm` wrote (its rows are
-        // `width` long, as are `x`'s and `gamma`).
-        unsafe { out.set_len(rows * width) };
+            (written, ())
+        });
         (matrix(out, rows, width), vector(rstd))
     }
 

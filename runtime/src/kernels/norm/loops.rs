@@ -1,17 +1,14 @@
 //! The norm family's loops: a row normalised with its statistics in one
 //! pass, and its backward.
 
-use std::mem::MaybeUninit;
-
 use crate::kernels::cpu::raw::multiversion;
 use crate::kernels::cpu::simd::{dot, fold_lanes, sum, sum_map, LANES};
 
 multiversion! {
-    /// RMSNorm (`centred = false`) or LayerNorm of one row `x` into `out`
-    /// (every element written): `(x − mean?) · rstd ⊙ gamma (+ beta)`;
+    /// RMSNorm (`centred = false`) or LayerNorm of one row `x` into `out`: `(x − mean?) · rstd ⊙ gamma (+ beta)`;
     /// returns `rstd`.
     pub fn norm(
-        out: &mut [MaybeUninit<f32>],
+        out: &mut [f32],
         x: &[f32],
         gamma: &[f32],
         beta: Option<&[f32]>,
@@ -24,12 +21,12 @@ multiversion! {
         match beta {
             Some(beta) => {
                 for (((y, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    y.write((v - mean) * r * g + b);
+                    *y = (v - mean) * r * g + b;
                 }
             }
             None => {
                 for ((y, &v), &g) in out.iter_mut().zip(x).zip(gamma) {
-                    y.write((v - mean) * r * g);
+                    *y = (v - mean) * r * g;
                 }
             }
         }

@@ -3,19 +3,14 @@
 //! then the mix (and the block's gained sum) row by row; the backward the
 //! other way round. Built from the attention family's pieces.
 
-#![allow(unsafe_code)]
-
-use std::mem::MaybeUninit;
-use std::sync::atomic::AtomicU64;
-
 use burn::backend::Flex;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
-use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift, map_heads, query_bias_back};
-use crate::kernels::cpu::raw::{self, commit, filled, product, token_major, Dst, Heads, Operand};
+use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift, query_bias_back, token_major};
+use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, MatMut, Out, Written};
 use crate::kernels::cpu::rows::{dims3, group_sums, owned, per_head, totals, vector, Rows};
 use crate::kernels::cpu::{parallel, simd};
 
@@ -142,62 +137,49 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> (FlexTe
     let bt = add.map(|m| m.b.to_contiguous());
     let vs: &[f32] = &v.storage()[..b * t * width];
     let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
-    let mut p: Vec<f32> = Vec::with_capacity(b * h * t * t);
-    let pd = Dst(p.as_mut_ptr());
+    let (mut p, mut y) = (Fresh::new(b * h * t * t), Fresh::new(b * t * width));
+    let mut weights = p.matrices(b * h, [t, t]).into_iter();
+    let seqs: Vec<_> =
+        y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
     let cols = plan.columns(dv);
     let g = loops::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] };
-    let clock = AtomicU64::new(0);
     let (scale, causal) = (a.scale as f32, a.causal);
     // Per sequence: per head the scores, their softmax and the softmax
     // term (into a scratch `[t, width]` that stays in cache), then the
     // mix row by row.
-    let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
+    let done = Gemm::map_if(parallel(b * t * width), seqs, |q, (pq, yq), gemm| {
         let span = q * t * width..(q + 1) * t * width;
         let (vq, bq) = (&vs[span.clone()], bs.map(|x| &x[span]));
-        let mut o: Vec<f32> = Vec::with_capacity(t * width);
-        for hi in 0..h {
+        let mut o = Fresh::new(t * width);
+        let mut heads = Vec::with_capacity(h);
+        let mut proofs = Vec::with_capacity(h);
+        for (hi, (pi, oi)) in pq.into_iter().zip(o.heads([1, h, t, dv])).enumerate() {
             let i = q * h + hi;
-            let vi = Operand { ptr: vq[hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
-            // SAFETY: the operands lie in their storage (`Heads` reads
-            // the layouts; `v` is contiguous `[b, t, width]`); head `i`
-            // writes its `t × t` weights at `i·t·t` of `p` (within
-            // capacity, disjoint between heads) and its `dv` columns of
-            // the scratch `o`; each is read after it is written.
-            unsafe {
-                let u = plan.bq.as_ref().map(|bias| key_shift(kh.at(i), &bias[hi * d..], [t, d], &clock));
-                let (at, w) = (pd.at(i * t * t), [t, d]);
-                let weights = attention_weights(at, qh.at(i), kh.at(i), w, (scale, causal), u.as_deref(), &clock);
-                product([t, dv, t], o.as_mut_ptr().add(hi * dv), width, None, weights, vi, &clock);
-            }
+            let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
+            let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
+            let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
+            heads.push(gemm.into(oi, wi.mat(), vi).1);
+            proofs.push(wp);
         }
-        // SAFETY: the heads wrote every column of every row of `o`.
-        unsafe { o.set_len(t * width) };
+        let o = o.finish(heads);
         let mut sum = vec![0.0f32; width];
         if !causal {
             vq.chunks(width).for_each(|row| simd::add_into(&mut sum, row));
         }
         // Each row into a scratch row in cache, then streamed out.
         let mut row = vec![0.0f32; width];
-        for (r, out) in y.chunks_mut(width).enumerate() {
+        let yp = yq.rows(width, false, |r, out| {
             let rows = r * width..(r + 1) * width;
             let x = loops::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
             let inv = 1.0 / if causal { r + 1 } else { t } as f32;
-            // SAFETY: the scratch row is initialised; `loops::mix_row`
-            // writes all `width` of its elements.
-            let scratch = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), width) };
-            loops::mix_row(scratch, x, &mut sum, g, inv, causal);
-            raw::stream(out, &row);
-        }
+            loops::mix_row(&mut row, x, &mut sum, g, inv, causal);
+            out.stream(&row)
+        });
         raw::fence();
-    };
-    // As `filled` runs the sequences.
-    let threads = if parallel(b * t * width) { rayon::current_num_threads().min(b) } else { 1 };
-    // SAFETY: every row of the sequence is streamed whole from a
-    // scratch row `loops::mix_row` wrote.
-    let y = unsafe { filled(b * t * width, t * width, sequence) };
-    commit(&clock, threads);
-    // SAFETY: the heads wrote all `b·h·t·t` weights.
-    unsafe { p.set_len(b * h * t * t) };
+        (proofs, yp)
+    });
+    let (pp, yp): (Vec<Vec<Written>>, Vec<Written>) = done.into_iter().unzip();
+    let (p, y) = (p.finish(pp.into_iter().flatten()), y.finish(yp));
     (owned(y, v.layout().shape().clone()), owned(p, [b, h, t, t].into()))
 }
 
@@ -227,26 +209,34 @@ fn backward(
     let len = b * t * width;
     let (vs, ps, gs): (&[f32], &[f32], &[f32]) = (&v.storage()[..len], &p.storage()[..n * t * t], &dy.storage()[..len]);
     let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..len]);
-    let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (Vec::with_capacity(n * t * d), Vec::with_capacity(n * t * d));
+    // `dq`, `dk` and `db` fresh; `dv` added into `acc`, or fresh.
+    let (mut dq, mut dk) = (Fresh::new(n * t * d), Fresh::new(n * t * d));
+    let mut db = Fresh::new(if bs.is_some() { len } else { 0 });
     let mut acc = acc.map(Rows::new);
-    let mut fresh: Vec<f32> = if acc.is_some() { Vec::new() } else { Vec::with_capacity(len) };
-    let mut db: Vec<f32> = if bs.is_some() { Vec::with_capacity(len) } else { Vec::new() };
-    let (dqd, dkd, dbd) = (Dst(dq.as_mut_ptr()), Dst(dk.as_mut_ptr()), Dst(db.as_mut_ptr()));
-    let dvd = Dst(match acc.as_mut() {
-        Some(rows) => rows.all().as_mut_ptr(),
-        None => fresh.as_mut_ptr(),
-    });
-    let adding = acc.is_some();
+    let mut fresh = Fresh::new(if acc.is_some() { 0 } else { len });
+    let dvs: Vec<Dv<'_>> = match acc.as_mut() {
+        Some(rows) => rows.all().chunks_mut(t * width).map(Dv::Add).collect(),
+        None => fresh.parts(t * width).into_iter().map(Dv::Fresh).collect(),
+    };
+    let mut dbs: Vec<Option<Out<'_>>> = match bs {
+        Some(_) => db.parts(t * width).into_iter().map(Some).collect(),
+        None => (0..b).map(|_| None).collect(),
+    };
+    let (mut dqs, mut dks) = (dq.heads([b, h, t, d]).into_iter(), dk.heads([b, h, t, d]).into_iter());
+    let seqs: Vec<_> = dvs
+        .into_iter()
+        .zip(dbs.drain(..))
+        .map(|(dv, db)| (dv, db, dqs.by_ref().take(h).collect::<Vec<_>>(), dks.by_ref().take(h).collect::<Vec<_>>()))
+        .collect();
     let cols = plan.columns(dv);
     let g = loops::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] };
-    let clock = AtomicU64::new(0);
     let (scale, causal) = (a.scale as f32, a.causal);
     // Per sequence: the mix's part of `dv` (and `db`) row by row from
     // the last, then per head the attention's, the softmax gain folded
     // in. Returns the column sums of `dy` against `v`, the centre term
-    // and `b`, per head `dy · o`, and the sequence's part of the query
-    // bias's gradient.
-    let sequence = |q: usize| -> ([Vec<f32>; 3], Vec<f64>, Vec<f32>) {
+    // and `b`, per head `dy · o`, the sequence's part of the query
+    // bias's gradient, and the proofs of what it wrote.
+    let done = Gemm::map(seqs, |q, (dvq, dbq_out, dqq, dkq), gemm| {
         let base = q * t * width;
         let [mut si, mut sc, mut sb, mut unused, mut r] = [0, 1, 2, 3, 4].map(|_| vec![0.0f32; width]);
         let gq = &gs[base..base + t * width];
@@ -258,83 +248,98 @@ fn backward(
         let mut so = vec![0.0f64; h];
         let mut dbq = vec![0.0f32; if plan.bq.is_some() { h * d } else { 0 }];
         let (mut row_dv, mut row_db) = (vec![0.0f32; width], vec![0.0f32; width]);
-        // SAFETY: the operands lie in their storage (`Heads` reads the
-        // layouts; `v`, `b`, `dy`, `p` are contiguous); sequence `q`
-        // writes only its own rows of `dv` (in `acc`'s storage: unique,
-        // of that shape, initialised; or within capacity) and of `db`,
-        // its heads' rows of the token-major `dq`, `dk`, and its
-        // scratch `ds`; each is read only after it is written.
-        unsafe {
-            for row in (0..t).rev() {
-                let at = base + row * width;
-                // Rows last to first: the hardware prefetcher does not
-                // follow, so ask for the rows two ahead.
-                if row >= 2 {
-                    let next = at - 2 * width..at - width;
-                    raw::prefetch(&gs[next.clone()]);
-                    raw::prefetch(&vs[next.clone()]);
-                    if let Some(x) = bs {
-                        raw::prefetch(&x[next.clone()]);
-                    }
-                    if adding {
-                        raw::prefetch(std::slice::from_raw_parts(dvd.at(next.start), width));
-                    }
+        let mut proofs = Vec::new();
+        // Fresh rows into scratch rows in cache, then streamed out.
+        let (mut db_rows, db_join) = match dbq_out.map(|o| o.split(width)) {
+            Some((rows, join)) => (rows.into_iter().map(Some).collect(), Some(join)),
+            None => (Vec::new(), None),
+        };
+        let (mut dv_add, mut dv_rows, dv_join) = match dvq {
+            Dv::Add(x) => (Some(x), Vec::new(), None),
+            Dv::Fresh(o) => {
+                let (rows, join) = o.split(width);
+                (None, rows.into_iter().map(Some).collect::<Vec<_>>(), Some(join))
+            }
+        };
+        let (mut dv_proofs, mut db_proofs) = (Vec::with_capacity(t), Vec::with_capacity(t));
+        for row in (0..t).rev() {
+            let at = base + row * width;
+            // Rows last to first: the hardware prefetcher does not
+            // follow, so ask for the rows two ahead.
+            if row >= 2 {
+                let next = at - 2 * width..at - width;
+                raw::prefetch(&gs[next.clone()]);
+                raw::prefetch(&vs[next.clone()]);
+                if let Some(x) = bs {
+                    raw::prefetch(&x[next.clone()]);
                 }
-                let inv = if causal { 1.0 / (row + 1) as f32 } else { 0.0 };
-                let (gy, vr) = (&gs[at..at + width], &vs[at..at + width]);
-                // Fresh rows into scratch in cache (`shaped_back_row`
-                // writes every element of both), then streamed out.
-                let scratch = |row: &mut Vec<f32>| std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), width);
-                let branch = bs.map(|x| (&x[at..at + width], scratch(&mut row_db)));
-                let out = match adding {
-                    true => loops::Grad::Add(std::slice::from_raw_parts_mut(dvd.at(at), width)),
-                    false => loops::Grad::Fresh(scratch(&mut row_dv)),
-                };
-                loops::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
-                if bs.is_some() {
-                    let out = std::slice::from_raw_parts_mut(dbd.at(at).cast::<MaybeUninit<f32>>(), width);
-                    raw::stream(out, &row_db);
-                }
-                if !adding {
-                    let out = std::slice::from_raw_parts_mut(dvd.at(at).cast::<MaybeUninit<f32>>(), width);
-                    raw::stream(out, &row_dv);
+                if let Some(x) = dv_add.as_deref() {
+                    raw::prefetch(&x[(row - 2) * width..(row - 1) * width]);
                 }
             }
-            raw::fence();
-            let mut ds: Vec<f32> = Vec::with_capacity(t * t);
-            for hi in 0..h {
-                let i = q * h + hi;
-                let token = |w: usize| q * t * h * w + hi * w;
-                let gi = Operand { ptr: gs[base + hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
-                let vi = Operand { ptr: vs[base + hi * dv..].as_ptr(), rs: width as isize, cs: 1 };
-                let pi = Operand { ptr: ps[i * t * t..].as_ptr(), rs: t as isize, cs: 1 };
-                let gain = cols[1][hi * dv];
-                // dv += gs · pᵀ · dy (the mix's part is written above).
-                product([t, dv, t], dvd.at(base + hi * dv), width, Some(gain), pi.transposed(), gi, &clock);
-                // ds = gs · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ;
-                // the row sums Σ p ⊙ dp are dy · o: the softmax gain's
-                // gradient.
-                product([t, t, dv], ds.as_mut_ptr(), t, None, gi, vi.transposed(), &clock);
-                ds.set_len(t * t);
-                for (row, w) in ds.chunks_mut(t).zip(ps[i * t * t..(i + 1) * t * t].chunks(t)) {
-                    so[hi] += f64::from(crate::kernels::attention::loops::softmax_backward(row, w, gain * scale));
-                }
-                let dsi = Operand { ptr: ds.as_ptr(), rs: t as isize, cs: 1 };
-                // dq = ds · k: the key's bias adds (Σ_j ds_ij) · bk,
-                // and each row of ds sums to zero.
-                product([t, d, t], dqd.at(token(d)), h * d, None, dsi, kh.at(i), &clock);
-                product([t, d, t], dkd.at(token(d)), h * d, None, dsi.transposed(), qh.at(i), &clock);
-                if let Some(bias) = &plan.bq {
-                    let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
-                    query_bias_back(&ds, [t, d, h * d], bias, dqd.at(token(d)), Some(dkd.at(token(d))), part);
-                }
-                ds.set_len(0);
+            let inv = if causal { 1.0 / (row + 1) as f32 } else { 0.0 };
+            let (gy, vr) = (&gs[at..at + width], &vs[at..at + width]);
+            let branch = bs.map(|x| (&x[at..at + width], &mut row_db[..]));
+            let out = match dv_add.as_deref_mut() {
+                Some(x) => loops::Grad::Add(&mut x[row * width..(row + 1) * width]),
+                None => loops::Grad::Set(&mut row_dv),
+            };
+            loops::shaped_back_row(out, gy, vr, branch, g, &mut sums, inv);
+            if let Some(out) = db_rows.get_mut(row).and_then(Option::take) {
+                db_proofs.push(out.stream(&row_db));
+            }
+            if let Some(out) = dv_rows.get_mut(row).and_then(Option::take) {
+                dv_proofs.push(out.stream(&row_dv));
             }
         }
-        ([si, sc, sb], so, dbq)
-    };
-    let (per, threads) = map_heads(b, sequence);
-    commit(&clock, threads);
+        raw::fence();
+        proofs.extend(db_join.map(|j| (1, j.join(db_proofs).0)));
+        let dv_all: &mut [f32] = match (dv_add, dv_join) {
+            (Some(x), _) => x,
+            (None, Some(j)) => {
+                let (proof, data) = j.join(dv_proofs);
+                proofs.push((0, proof));
+                data
+            }
+            (None, None) => unreachable!("dv is added into or fresh"),
+        };
+        let mut ds = vec![0.0f32; t * t];
+        let dv_heads = MatMut::heads(dv_all, [1, h, t, dv]);
+        for (hi, ((mut dvi, dqi), dki)) in dv_heads.into_iter().zip(dqq).zip(dkq).enumerate() {
+            let i = q * h + hi;
+            let gi = Mat::new(gs, base + hi * dv, [t, dv], [width as isize, 1]);
+            let vi = Mat::new(vs, base + hi * dv, [t, dv], [width as isize, 1]);
+            let pi = Mat::rows(&ps[i * t * t..(i + 1) * t * t], t, t);
+            let gain = cols[1][hi * dv];
+            // dv += gs · pᵀ · dy (the mix's part is written above).
+            gemm.product(&mut dvi, Some(gain), pi.t(), gi);
+            // ds = gs · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ; the row
+            // sums Σ p ⊙ dp are dy · o: the softmax gain's gradient.
+            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gi, vi.t());
+            for (row, w) in ds.chunks_mut(t).zip(ps[i * t * t..(i + 1) * t * t].chunks(t)) {
+                so[hi] += f64::from(crate::kernels::attention::loops::softmax_backward(row, w, gain * scale));
+            }
+            let dsi = Mat::rows(&ds, t, t);
+            // dq = ds · k: the key's bias adds (Σ_j ds_ij) · bk, and each
+            // row of ds sums to zero.
+            let (mut dqm, pq) = gemm.into(dqi, dsi, kh.at(i));
+            let (mut dkm, pk) = gemm.into(dki, dsi.t(), qh.at(i));
+            if let Some(bias) = &plan.bq {
+                let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
+                query_bias_back(&ds, bias, &mut dqm, Some(&mut dkm), part);
+            }
+            proofs.push((2, pq));
+            proofs.push((3, pk));
+        }
+        (([si, sc, sb], so, dbq), proofs)
+    });
+    let mut by: [Vec<Written>; 4] = Default::default();
+    let mut per = Vec::with_capacity(b);
+    for (part, proofs) in done {
+        proofs.into_iter().for_each(|(k, w)| by[k].push(w));
+        per.push(part);
+    }
+    let [pv, pb, pq, pk] = by;
     // Per head: the sums of `dy` against `v`, `o`, the centre term and
     // `b` over the batch and the head's columns.
     let mut heads = vec![[0.0f64; 4]; h];
@@ -351,26 +356,25 @@ fn backward(
     let own = [&plan.gi, &plan.gs, &plan.gc];
     let sizes = a.gains.each_ref().map(|g| g.layout().num_elements());
     let dgains = [0, 1, 2].map(|k| group_sums(&(0..h).map(|hi| ga(hi) * heads[hi][k]).collect::<Vec<_>>(), sizes[k]));
-    // SAFETY: every head wrote its `t × w` rows of the output.
-    let token_major = |data: Vec<f32>, w: usize| unsafe { token_major(data, [b, h, t, w]) };
     let shape = v.layout().shape().clone();
     let dv = match acc {
         Some(rows) => rows.tensor,
-        None => {
-            // SAFETY: every sequence wrote every element of its rows.
-            unsafe { fresh.set_len(len) };
-            owned(fresh, shape.clone())
-        }
+        None => owned(fresh.finish(pv), shape.clone()),
     };
     let addend = add.map(|m| {
         let dga: Vec<f64> = (0..h).map(|hi| (0..3).map(|k| f64::from(own[k][hi]) * heads[hi][k]).sum()).collect();
         let dgb: Vec<f64> = (0..h).map(|hi| heads[hi][3]).collect();
-        // SAFETY: with a branch, every sequence wrote every element of
-        // its rows of `db`.
-        unsafe { db.set_len(len) };
         let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
-        [owned(db, shape.clone()), group_sums(&dga, na), group_sums(&dgb, nb)]
+        [owned(db.finish(pb), shape.clone()), group_sums(&dga, na), group_sums(&dgb, nb)]
     });
     let dbq = plan.bq.as_ref().map(|_| vector(totals(per.iter().map(|(_, _, part)| part.as_slice()), h * d)));
-    ShapedGrads { dq: token_major(dq, d), dk: token_major(dk, d), dv, dgains, addend, dbq }
+    let (dq, dk) = (token_major(dq.finish(pq), [b, h, t, d]), token_major(dk.finish(pk), [b, h, t, d]));
+    ShapedGrads { dq, dk, dv, dgains, addend, dbq }
+}
+
+/// Where a sequence's `dv` goes: added into a gradient from elsewhere, or
+/// fresh.
+enum Dv<'a> {
+    Add(&'a mut [f32]),
+    Fresh(Out<'a>),
 }

@@ -2,8 +2,6 @@
 //! `centre` terms with their per-column gains, and the other branch of a
 //! block's sum), its backward, and the running mean over tokens.
 
-use std::mem::MaybeUninit;
-
 use crate::kernels::cpu::raw::multiversion;
 
 multiversion! {
@@ -35,42 +33,12 @@ multiversion! {
     }
 }
 
-/// An output element that a kernel writes fresh (`MaybeUninit<f32>`) or
-/// adds into (`f32`: a gradient from elsewhere).
-pub trait Out {
-    fn put(&mut self, v: f32);
-}
-
-impl Out for f32 {
-    #[inline(always)]
-    fn put(&mut self, v: f32) {
-        *self += v;
-    }
-}
-
-impl Out for MaybeUninit<f32> {
-    #[inline(always)]
-    fn put(&mut self, v: f32) {
-        self.write(v);
-    }
-}
-
-/// A gradient that a kernel writes fresh (every element) or adds into (a
-/// gradient from elsewhere).
+/// A row of a gradient that a kernel writes (`Set`: a scratch row, every
+/// element) or adds into (`Add`: a gradient from elsewhere).
 #[derive(Debug)]
 pub enum Grad<'a> {
     Add(&'a mut [f32]),
-    Fresh(&'a mut [MaybeUninit<f32>]),
-}
-
-impl Grad<'_> {
-    /// Elements `range` of it.
-    pub fn part(&mut self, range: std::ops::Range<usize>) -> Grad<'_> {
-        match self {
-            Grad::Add(d) => Grad::Add(&mut d[range]),
-            Grad::Fresh(d) => Grad::Fresh(&mut d[range]),
-        }
-    }
+    Set(&'a mut [f32]),
 }
 
 /// One row of the shaped mix's inputs: `v`, `o`, and the other branch `b`
@@ -110,7 +78,7 @@ multiversion! {
     /// (+ gb ⊙ b)` (every element written). With `running` (the causal
     /// running mean, rows in order), `v` is first added into `sum`;
     /// otherwise `sum` is the sum of all rows.
-    pub fn mix_row(out: &mut [MaybeUninit<f32>], x: MixIn<'_>, sum: &mut [f32], g: MixGains<'_>, inv: f32, running: bool) {
+    pub fn mix_row(out: &mut [f32], x: MixIn<'_>, sum: &mut [f32], g: MixGains<'_>, inv: f32, running: bool) {
         let n = out.len();
         let (v, o, sum, gi, gs, gc) = (&x.v[..n], &x.o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
         match x.b {
@@ -120,7 +88,7 @@ multiversion! {
                     if running {
                         sum[j] += v[j];
                     }
-                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]) + gb[j] * b[j]);
+                    out[j] = gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]) + gb[j] * b[j];
                 }
             }
             None => {
@@ -128,36 +96,10 @@ multiversion! {
                     if running {
                         sum[j] += v[j];
                     }
-                    out[j].write(gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]));
+                    out[j] = gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]);
                 }
             }
         }
-    }
-}
-
-/// One row of the shaped mix's backward (see [`mix_back_row`]).
-#[inline(always)]
-fn mix_back<D: Out>(
-    dv: &mut [D],
-    dy: &mut [f32],
-    [v, o]: [&[f32]; 2],
-    g: MixGains<'_>,
-    sums: &mut MixSums<'_>,
-    inv: f32,
-) {
-    let n = dv.len();
-    let dy = &mut dy[..n];
-    let (v, o) = (&v[..n], &o[..n]);
-    let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
-    let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
-    for j in 0..n {
-        let d = dy[j];
-        r[j] += inv * d;
-        dv[j].put(gi[j] * d + gc[j] * r[j]);
-        si[j] += d * v[j];
-        ss[j] += d * o[j];
-        sc[j] += v[j] * r[j];
-        dy[j] = gs[j] * d;
     }
 }
 
@@ -165,20 +107,30 @@ multiversion! {
     /// One row of the shaped mix's backward, rows taken last to first:
     /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
     /// that `r` is the centre term's gradient per unit gain; for the plain
-    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy +
-    /// gc ⊙ r` (written or added into), the gains' sums `dy ⊙ v`, `dy ⊙ o`,
-    /// `v ⊙ r`, and `do = gs ⊙ dy` in place over `dy`.
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv += gi ⊙ dy +
+    /// gc ⊙ r`, the gains' sums `dy ⊙ v`, `dy ⊙ o`, `v ⊙ r`, and `do = gs ⊙
+    /// dy` in place over `dy`.
     pub fn mix_back_row(
-        dv: Grad<'_>,
+        dv: &mut [f32],
         dy: &mut [f32],
         vo: [&[f32]; 2],
         g: MixGains<'_>,
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
-        match dv {
-            Grad::Add(d) => mix_back(d, dy, vo, g, sums, inv),
-            Grad::Fresh(d) => mix_back(d, dy, vo, g, sums, inv),
+        let n = dv.len();
+        let dy = &mut dy[..n];
+        let (v, o) = (&vo[0][..n], &vo[1][..n]);
+        let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
+        let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
+        for j in 0..n {
+            let d = dy[j];
+            r[j] += inv * d;
+            dv[j] += gi[j] * d + gc[j] * r[j];
+            si[j] += d * v[j];
+            ss[j] += d * o[j];
+            sc[j] += v[j] * r[j];
+            dy[j] = gs[j] * d;
         }
     }
 }
@@ -186,11 +138,11 @@ multiversion! {
 /// One row of a shaped attention's mix, backward (see
 /// [`shaped_back_row`]).
 #[inline(always)]
-fn shaped_back<D: Out>(
-    dv: &mut [D],
+fn shaped_back<const ADD: bool>(
+    dv: &mut [f32],
     dy: &[f32],
     v: &[f32],
-    b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+    b: Option<(&[f32], &mut [f32])>,
     g: MixGains<'_>,
     sums: &mut MixSums<'_>,
     inv: f32,
@@ -200,7 +152,7 @@ fn shaped_back<D: Out>(
     if let Some((b, db)) = b {
         let (b, db, gb, sb) = (&b[..n], &mut db[..n], &g.b[..n], &mut sums.b[..n]);
         for j in 0..n {
-            db[j].write(gb[j] * dy[j]);
+            db[j] = gb[j] * dy[j];
             sb[j] += dy[j] * b[j];
         }
     }
@@ -209,7 +161,8 @@ fn shaped_back<D: Out>(
     for j in 0..n {
         let d = dy[j];
         r[j] += inv * d;
-        dv[j].put(gi[j] * d + gc[j] * r[j]);
+        let x = gi[j] * d + gc[j] * r[j];
+        dv[j] = if ADD { dv[j] + x } else { x };
         si[j] += d * v[j];
         sc[j] += v[j] * r[j];
     }
@@ -225,14 +178,14 @@ multiversion! {
         dv: Grad<'_>,
         dy: &[f32],
         v: &[f32],
-        b: Option<(&[f32], &mut [MaybeUninit<f32>])>,
+        b: Option<(&[f32], &mut [f32])>,
         g: MixGains<'_>,
         sums: &mut MixSums<'_>,
         inv: f32,
     ) {
         match dv {
-            Grad::Add(d) => shaped_back(d, dy, v, b, g, sums, inv),
-            Grad::Fresh(d) => shaped_back(d, dy, v, b, g, sums, inv),
+            Grad::Add(d) => shaped_back::<true>(d, dy, v, b, g, sums, inv),
+            Grad::Set(d) => shaped_back::<false>(d, dy, v, b, g, sums, inv),
         }
     }
 }

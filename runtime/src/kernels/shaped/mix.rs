@@ -1,18 +1,14 @@
 //! The shaped mix on the CPU, given the softmax term: one pass per
 //! sequence forward, one from the last token to the first backward.
 
-#![allow(unsafe_code)]
-
-use std::mem::MaybeUninit;
-
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::loops;
-use crate::kernels::cpu::parallel;
-use crate::kernels::cpu::raw::filled;
+use crate::kernels::cpu::raw::{fresh, Out};
 use crate::kernels::cpu::rows::{columns, dims3, group_sums, owned, Rows};
+use crate::kernels::cpu::{parallel, simd};
 
 /// The per-column gains of a shaped mix (`[width]` each) and the dims of
 /// `v`, or `None` where the fused kernel does not apply (not f32, not
@@ -44,24 +40,23 @@ pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], caus
     let len = v.layout().num_elements();
     let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
     let g = loops::MixGains { i: &gi, s: &gs, c: &gc, b: &[] };
-    let sequence = |q: usize, y: &mut [MaybeUninit<f32>]| {
+    let out = fresh(len, t * w, |q, y: Out<'_>| {
         let span = q * t * w..(q + 1) * t * w;
         let (vq, oq) = (&vs[span.clone()], &os[span]);
         // The running sum of the rows (causal), or the sum of all.
         let mut sum = vec![0.0f32; w];
         if !causal {
-            vq.chunks(w).for_each(|row| crate::kernels::cpu::simd::add_into(&mut sum, row));
+            vq.chunks(w).for_each(|row| simd::add_into(&mut sum, row));
         }
-        for (i, y) in y.chunks_mut(w).enumerate() {
+        let mut row = vec![0.0f32; w];
+        y.rows(w, false, |i, y| {
             let rows = i * w..(i + 1) * w;
             let inv = 1.0 / if causal { i + 1 } else { t } as f32;
             let x = loops::MixIn { v: &vq[rows.clone()], o: &oq[rows], b: None };
-            loops::mix_row(y, x, &mut sum, g, inv, causal);
-        }
-    };
-    // SAFETY: `loops::mix_row` writes every element of every row of the
-    // sequence.
-    let out = unsafe { filled(len, t * w, sequence) };
+            loops::mix_row(&mut row, x, &mut sum, g, inv, causal);
+            y.copy(&row)
+        })
+    });
     Some(owned(out, v.layout().shape().clone()))
 }
 
@@ -89,11 +84,11 @@ pub fn mix_backward(
     let len = v.layout().num_elements();
     let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
     let g = loops::MixGains { i: &gi, s: &gs, c: &gc, b: &[] };
-    // `do` over `dy` itself; `dv` added into `acc`, or fresh.
+    // `do` over `dy` itself; `dv` added into `acc`, or into zeros (the
+    // mix alone runs only with a soft-cap).
     let mut d_o = Rows::new(dy);
-    let mut acc = acc.map(Rows::new);
-    let mut fresh: Vec<f32> = Vec::new();
-    let sequence = |(q, (mut dvq, dq)): (usize, (loops::Grad, &mut [f32]))| {
+    let mut dv = Rows::new(acc.unwrap_or_else(|| owned(vec![0.0; len], shape.clone())));
+    let sequence = |(q, (dvq, dq)): (usize, (&mut [f32], &mut [f32]))| {
         let span = q * t * w..(q + 1) * t * w;
         let (vq, oq) = (&vs[span.clone()], &os[span]);
         let [mut si, mut ss, mut sc, mut unused] = [0, 1, 2, 3].map(|_| vec![0.0f32; w]);
@@ -101,7 +96,7 @@ pub fn mix_backward(
         if !causal {
             // The mean's gradient per unit gain: Σ_i dy_i / t, the same
             // for every token.
-            dq.chunks(w).for_each(|row| crate::kernels::cpu::simd::add_into(&mut r, row));
+            dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
             r.iter_mut().for_each(|x| *x /= t as f32);
         }
         let mut sums = loops::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc, b: &mut unused };
@@ -109,7 +104,7 @@ pub fn mix_backward(
             let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
             let rows = i * w..(i + 1) * w;
             let vo = [&vq[rows.clone()], &oq[rows.clone()]];
-            loops::mix_back_row(dvq.part(rows.clone()), &mut dq[rows], vo, g, &mut sums, inv);
+            loops::mix_back_row(&mut dvq[rows.clone()], &mut dq[rows], vo, g, &mut sums, inv);
         }
         [si, ss, sc]
     };
@@ -120,30 +115,15 @@ pub fn mix_backward(
         a
     };
     let zero = || [0, 1, 2].map(|_| vec![0.0f64; w]);
-    let dv: Vec<loops::Grad> = match acc.as_mut() {
-        Some(rows) => rows.all().chunks_mut(t * w).map(loops::Grad::Add).collect(),
-        None => {
-            fresh.reserve_exact(len);
-            fresh.spare_capacity_mut()[..len].chunks_mut(t * w).map(loops::Grad::Fresh).collect()
-        }
-    };
+    let dvs: Vec<&mut [f32]> = dv.all().chunks_mut(t * w).collect();
     let dq: Vec<&mut [f32]> = d_o.all().chunks_mut(t * w).collect();
-    let work: Vec<_> = dv.into_iter().zip(dq).collect();
+    let work: Vec<_> = dvs.into_iter().zip(dq).collect();
     let sums = if parallel(len) {
         let per: Vec<[Vec<f32>; 3]> = work.into_par_iter().enumerate().map(sequence).collect();
         per.into_iter().fold(zero(), add3)
     } else {
         work.into_iter().enumerate().map(sequence).fold(zero(), add3)
     };
-    let dv = match acc {
-        Some(rows) => rows.tensor,
-        None => {
-            // SAFETY: `loops::mix_back_row` wrote every element of every
-            // row of every sequence (`len` = sequences · t · w).
-            unsafe { fresh.set_len(len) };
-            owned(fresh, shape)
-        }
-    };
     let dgains = [0, 1, 2].map(|k| group_sums(&sums[k], sizes[k]));
-    Ok((dv, d_o.tensor, dgains))
+    Ok((dv.tensor, d_o.tensor, dgains))
 }

@@ -1,7 +1,6 @@
 //! Matrix products through `gemm`, into outputs that are not zeroed, and
 //! the clock of the time spent in them.
 
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,13 +10,15 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
+use super::mat::{Gemm, Mat};
+use super::out::{Fresh, Written};
 use crate::kernels::cpu::parallel;
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
 /// Nanoseconds spent inside `gemm` by the products of this process.
-static PRODUCT_NANOS: AtomicU64 = AtomicU64::new(0);
+pub(super) static PRODUCT_NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// Wall time spent inside `gemm` by this backend's matrix products since
 /// the process started (the products' calls, not the setting up of their
@@ -28,113 +29,10 @@ pub fn product_time() -> Duration {
     Duration::from_nanos(PRODUCT_NANOS.load(Ordering::Relaxed))
 }
 
-/// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`, for one
-/// `[m, n, k]` product on this thread, `dst` row-major with row stride
-/// `dst_rs`; the time inside gemm is added to `clock` (nanoseconds).
-///
-/// # Safety
-/// `a`'s `m × k` and `b`'s `k × n` elements (at `ptr + r·rs + c·cs`) lie in
-/// live f32 memory; `dst`'s `m × n` elements (at `dst + r·dst_rs + c`) are
-/// writable, touched by no other thread meanwhile, and initialised with
-/// `add`.
-pub unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    add: Option<f32>,
-    a: Operand,
-    b: Operand,
-    clock: &AtomicU64,
-) {
-    let read_dst = add.is_some();
-    let start = Instant::now();
-    // SAFETY: as the caller promises.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            read_dst,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            if read_dst { 1.0f32 } else { 0.0f32 },
-            add.unwrap_or(1.0),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    clock.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-}
-
-/// Adds the products' time of a kernel whose heads ran on `threads`
-/// threads to the product clock: their summed time divided by the
-/// threads, the wall time they took when the threads' products overlap
-/// (exact on one thread).
-pub fn commit(clock: &AtomicU64, threads: usize) {
-    PRODUCT_NANOS.fetch_add(clock.load(Ordering::Relaxed) / threads.max(1) as u64, Ordering::Relaxed);
-}
-
-/// One matrix operand of a product: its first element and strides.
-#[derive(Debug, Clone, Copy)]
-pub struct Operand {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-// SAFETY: an operand is only read, by the products of one kernel call,
-// while the tensor it points into is alive (borrowed by that call).
-unsafe impl Send for Operand {}
-unsafe impl Sync for Operand {}
-
-impl Operand {
-    pub fn transposed(self) -> Self {
-        Operand { ptr: self.ptr, rs: self.cs, cs: self.rs }
-    }
-}
-
-/// The `batch · heads` matrices of a `[batch, heads, rows, cols]` f32
-/// tensor, from its own layout.
-#[derive(Debug)]
-pub struct Heads {
-    pub ptr: *const f32,
-    pub starts: Vec<isize>,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-// SAFETY: as for `Operand`.
-unsafe impl Send for Heads {}
-unsafe impl Sync for Heads {}
-
-impl Heads {
-    pub fn new(x: &FlexTensor) -> Self {
-        let l = x.layout();
-        let data: &[f32] = x.storage();
-        Heads { ptr: data.as_ptr(), starts: matrix_offsets(l), rs: l.strides()[2], cs: l.strides()[3] }
-    }
-
-    /// Matrix `i`.
-    pub fn at(&self, i: usize) -> Operand {
-        // SAFETY: `starts[i]` is the offset of matrix `i` in the storage
-        // `ptr` points to (from the tensor's own layout).
-        Operand { ptr: unsafe { self.ptr.offset(self.starts[i]) }, rs: self.rs, cs: self.cs }
-    }
-}
-
 /// The output pointer of a product, shared by the threads that write
 /// disjoint matrices of it.
 #[derive(Debug, Clone, Copy)]
-pub struct Dst(pub *mut f32);
+struct Dst(pub *mut f32);
 
 // SAFETY: each thread writes only the matrix of its own batch index; the
 // matrices are disjoint (see `matmul`).
@@ -179,36 +77,19 @@ pub fn matrix_offsets(layout: &Layout) -> Vec<isize> {
 pub fn product_by_blocks<T: Send>(
     a: &[f32],
     [rows, k, n]: [usize; 3],
-    b: Operand,
+    b: Mat<'_>,
     then: impl Fn(usize, &mut [f32]) -> T + Sync,
 ) -> (Vec<f32>, Vec<T>) {
     const BLOCK: usize = 128;
-    let clock = AtomicU64::new(0);
-    let block = |(i, out): (usize, &mut [MaybeUninit<f32>])| -> T {
-        let (first, m) = (i * BLOCK, out.len() / n.max(1));
-        let ao = Operand { ptr: a[first * k..].as_ptr(), rs: k as isize, cs: 1 };
-        // SAFETY: `a`'s rows `first..first + m` lie in `a`, `b`'s elements
-        // in their storage (the caller's operand); `out` is this block's
-        // `m × n` (row stride `n`), all written by the product before it
-        // is read.
-        let out = unsafe {
-            product([m, n, k], out.as_mut_ptr().cast(), n, None, ao, b, &clock);
-            std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), m * n)
-        };
-        then(first, out)
-    };
-    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
-    let spare = &mut out.spare_capacity_mut()[..rows * n];
-    let chunk = (BLOCK * n).max(1);
-    let many = parallel(rows * n);
-    let parts: Vec<T> = match many {
-        true => spare.par_chunks_mut(chunk).enumerate().map(block).collect(),
-        false => spare.chunks_mut(chunk).enumerate().map(block).collect(),
-    };
-    commit(&clock, if many { rayon::current_num_threads().min(parts.len()) } else { 1 });
-    // SAFETY: every block's product wrote all its elements.
-    unsafe { out.set_len(rows * n) };
-    (out, parts)
+    let mut out = Fresh::new(rows * n);
+    let blocks = out.blocks([rows, n], BLOCK);
+    let done = Gemm::map_if(parallel(rows * n), blocks, |i, block, gemm| {
+        let (first, m) = (i * BLOCK, block.dims()[0]);
+        let (mut y, proof) = gemm.into(block, Mat::rows(&a[first * k..], m, k), b);
+        (proof, then(first, y.all()))
+    });
+    let (proofs, parts): (Vec<Written>, Vec<T>) = done.into_iter().unzip();
+    (out.finish(proofs), parts)
 }
 
 /// What a product's output starts as.

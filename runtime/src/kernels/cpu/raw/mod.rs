@@ -10,9 +10,11 @@
 use std::mem::MaybeUninit;
 
 mod gemm;
+mod mat;
 mod out;
 
 pub use gemm::*;
+pub use mat::*;
 pub use out::*;
 
 /// The instruction sets the kernels are compiled for.
@@ -80,11 +82,11 @@ pub fn widest<K: Body<A>, A>(args: A) -> K::Out {
 macro_rules! multiversion {
     (@out) => { () };
     (@out $ret:ty) => { $ret };
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* pub fn $name:ident $(<$($lt:lifetime),*>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        pub fn $name $(<$($lt),*>)? ($($arg: $ty),*) $(-> $ret)? {
             struct Loop;
-            impl $crate::kernels::cpu::raw::Body<($($ty,)*)> for Loop {
+            impl $(<$($lt),*>)? $crate::kernels::cpu::raw::Body<($($ty,)*)> for Loop {
                 type Out = multiversion!(@out $($ret)?);
                 #[inline(always)]
                 #[allow(unused_parens)]

@@ -1,0 +1,283 @@
+//! Matrices for the kernels that run products head by head: operands
+//! checked to lie in their storage when made ([`Mat`]), disjoint views of
+//! one output that several threads write ([`MatMut`], [`MatOut`] when not
+//! yet written), and [`Gemm`], the products, whose clock it keeps.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::gemm::{matrix_offsets, PRODUCT_NANOS};
+use super::out::{Fresh, Written};
+
+/// A matrix to read: `rows × cols` elements at `start + r·rs + c·cs` of
+/// `data`, every one inside it (checked when made).
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    ptr: *const f32,
+    dims: [usize; 2],
+    strides: [isize; 2],
+    life: PhantomData<&'a [f32]>,
+}
+
+// SAFETY: a `Mat` only reads elements that nothing writes while it lives
+// (its borrow), so threads may share it.
+unsafe impl Send for Mat<'_> {}
+unsafe impl Sync for Mat<'_> {}
+
+impl<'a> Mat<'a> {
+    /// The matrix at `start` of `data`; panics if an element lies outside.
+    pub fn new(data: &'a [f32], start: usize, dims: [usize; 2], strides: [isize; 2]) -> Self {
+        let [rows, cols] = dims;
+        if rows > 0 && cols > 0 {
+            let far = |n: usize, s: isize| (n as isize - 1) * s;
+            let (lo, hi) = [(rows, strides[0]), (cols, strides[1])]
+                .iter()
+                .fold((start as isize, start as isize), |(lo, hi), &(n, s)| {
+                    (lo + far(n, s).min(0), hi + far(n, s).max(0))
+                });
+            assert!(
+                lo >= 0 && (hi as usize) < data.len(),
+                "a matrix {dims:?} at {start} outside {} elements",
+                data.len()
+            );
+        }
+        Mat { ptr: data[start.min(data.len())..].as_ptr(), dims, strides, life: PhantomData }
+    }
+
+    /// `rows × cols` row-major from the start of `data`.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, 0, [rows, cols], [cols as isize, 1])
+    }
+
+    /// The transposed view.
+    pub fn t(self) -> Self {
+        let ([r, c], [rs, cs]) = (self.dims, self.strides);
+        Mat { dims: [c, r], strides: [cs, rs], ..self }
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+}
+
+/// The `batch · heads` matrices of a `[batch, heads, rows, cols]` f32
+/// tensor, from its own layout.
+#[derive(Debug)]
+pub struct Heads<'a> {
+    data: &'a [f32],
+    starts: Vec<isize>,
+    dims: [usize; 2],
+    strides: [isize; 2],
+}
+
+impl<'a> Heads<'a> {
+    pub fn new(x: &'a FlexTensor) -> Self {
+        let l = x.layout();
+        let (s, st) = (l.shape(), l.strides());
+        Heads { data: x.storage(), starts: matrix_offsets(l), dims: [s[2], s[3]], strides: [st[2], st[3]] }
+    }
+
+    /// Matrix `i`.
+    pub fn at(&self, i: usize) -> Mat<'a> {
+        Mat::new(self.data, self.starts[i] as usize, self.dims, self.strides)
+    }
+}
+
+/// A matrix of written elements to rewrite: `rows × cols` at `r·rs + c`
+/// from `ptr`, which no other view touches.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    ptr: *mut f32,
+    dims: [usize; 2],
+    rs: usize,
+    life: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `MatMut` is the only view of its elements (the functions that
+// make several make them disjoint), so it may move to another thread.
+unsafe impl Send for MatMut<'_> {}
+
+/// Disjoint views of `data` as `[b, t, h, w]` (token-major): its `b · h`
+/// matrices `t × w` with row stride `h · w`, in (batch, head) order.
+fn heads_of(ptr: *mut f32, len: usize, [b, h, t, w]: [usize; 4]) -> Vec<(*mut f32, [usize; 2], usize)> {
+    assert!(len >= b * t * h * w, "{len} elements for [{b}, {t}, {h}, {w}]");
+    // SAFETY: matrix (i, j) starts at `i·t·h·w + j·w`, inside `data` (its
+    // last element `+ (t−1)·h·w + w − 1` too), and the matrices are
+    // disjoint: column blocks `j·w..(j+1)·w` of the rows of sequence `i`.
+    (0..b * h).map(|n| (unsafe { ptr.add((n / h) * t * h * w + (n % h) * w) }, [t, w], h * w)).collect()
+}
+
+impl<'a> MatMut<'a> {
+    /// All of `data` as one `rows × cols` row-major matrix.
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols, "{} elements for {rows} × {cols}", data.len());
+        MatMut { ptr: data.as_mut_ptr(), dims: [rows, cols], rs: cols, life: PhantomData }
+    }
+
+    /// `data` as `[b, t, h, w]` split into its heads (see [`heads_of`]).
+    pub fn heads(data: &'a mut [f32], dims: [usize; 4]) -> Vec<Self> {
+        let views = heads_of(data.as_mut_ptr(), data.len(), dims);
+        views.into_iter().map(|(ptr, dims, rs)| MatMut { ptr, dims, rs, life: PhantomData }).collect()
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// All the elements, when the view is contiguous (its row stride its
+    /// width).
+    pub fn all(&mut self) -> &mut [f32] {
+        assert_eq!(self.rs, self.dims[1], "a contiguous view");
+        // SAFETY: the view's `rows · cols` elements are contiguous (row
+        // stride = width), written, and touched by no other view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.dims[0] * self.dims[1]) }
+    }
+
+    /// Row `r`.
+    pub fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.dims[0], "row {r} of {}", self.dims[0]);
+        // SAFETY: row `r` is `cols` elements at `r·rs` of this view, which
+        // no other view touches, all written.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.rs), self.dims[1]) }
+    }
+
+    /// The view as an operand (read while it is not written).
+    pub fn mat(&self) -> Mat<'_> {
+        // This view's elements, written, and not written while borrowed.
+        Mat { ptr: self.ptr, dims: self.dims, strides: [self.rs as isize, 1], life: PhantomData }
+    }
+}
+
+/// A matrix of a [`Fresh`] output, not yet written, that a product writes
+/// whole.
+#[derive(Debug)]
+pub struct MatOut<'a> {
+    view: MatMut<'a>,
+    proof: Written,
+}
+
+impl Fresh {
+    /// The output as `[b, t, h, w]` (token-major) split into its heads.
+    pub fn heads(&mut self, dims: [usize; 4]) -> Vec<MatOut<'_>> {
+        let (spare, proofs) = self.hand_out(dims[0] * dims[1]);
+        let views = heads_of(spare.as_mut_ptr().cast(), spare.len(), dims);
+        let out = views.into_iter().zip(proofs);
+        out.map(|((ptr, dims, rs), proof)| MatOut { view: MatMut { ptr, dims, rs, life: PhantomData }, proof })
+            .collect()
+    }
+
+    /// The output as `[rows, cols]` row-major in blocks of `block` rows
+    /// (the last may have fewer).
+    pub fn blocks(&mut self, [rows, cols]: [usize; 2], block: usize) -> Vec<MatOut<'_>> {
+        let n = rows.div_ceil(block.max(1));
+        let (spare, proofs) = self.hand_out(n);
+        assert!(spare.len() >= rows * cols, "{} elements for {rows} × {cols}", spare.len());
+        let out = spare[..rows * cols].chunks_mut((block * cols).max(1)).zip(proofs);
+        let view = |m: &mut [std::mem::MaybeUninit<f32>]| {
+            let dims = [m.len() / cols.max(1), cols];
+            MatMut { ptr: m.as_mut_ptr().cast(), dims, rs: cols, life: PhantomData }
+        };
+        out.map(|(m, proof)| MatOut { view: view(m), proof }).collect()
+    }
+
+    /// The output as `n` consecutive `rows × cols` row-major matrices.
+    pub fn matrices(&mut self, n: usize, [rows, cols]: [usize; 2]) -> Vec<MatOut<'_>> {
+        let (spare, proofs) = self.hand_out(n);
+        assert!(spare.len() >= n * rows * cols, "{} elements for {n} × {rows} × {cols}", spare.len());
+        let out = spare.chunks_mut((rows * cols).max(1)).zip(proofs);
+        let view = |m: &mut [std::mem::MaybeUninit<f32>]| MatMut {
+            ptr: m.as_mut_ptr().cast(),
+            dims: [rows, cols],
+            rs: cols,
+            life: PhantomData,
+        };
+        out.map(|(m, proof)| MatOut { view: view(m), proof }).collect()
+    }
+}
+
+impl MatOut<'_> {
+    pub fn dims(&self) -> [usize; 2] {
+        self.view.dims
+    }
+}
+
+/// The matrix products of one kernel, timed: what a head (or a sequence)
+/// of a kernel run by [`Gemm::map`] is given.
+#[derive(Debug)]
+pub struct Gemm {
+    nanos: AtomicU64,
+}
+
+impl Gemm {
+    /// `f(i, items[i], gemm)` for every item, on several threads when
+    /// there are; their products' time added to the product clock (their
+    /// sum divided by the threads: the wall time when the threads'
+    /// products overlap, exact on one). Returns what each call returned.
+    pub fn map<U: Send, T: Send>(items: Vec<U>, f: impl Fn(usize, U, &Gemm) -> T + Sync + Send) -> Vec<T> {
+        Self::map_if(true, items, f)
+    }
+
+    /// [`Gemm::map`], on one thread unless `parallel`.
+    pub fn map_if<U: Send, T: Send>(
+        parallel: bool,
+        items: Vec<U>,
+        f: impl Fn(usize, U, &Gemm) -> T + Sync + Send,
+    ) -> Vec<T> {
+        let gemm = Gemm { nanos: AtomicU64::new(0) };
+        let n = items.len();
+        let threads = if parallel { rayon::current_num_threads().min(n).max(1) } else { 1 };
+        let out = match threads > 1 {
+            true => items.into_par_iter().enumerate().map(|(i, u)| f(i, u, &gemm)).collect(),
+            false => items.into_iter().enumerate().map(|(i, u)| f(i, u, &gemm)).collect(),
+        };
+        PRODUCT_NANOS.fetch_add(gemm.nanos.load(Ordering::Relaxed) / threads as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`.
+    pub fn product(&self, dst: &mut MatMut<'_>, add: Option<f32>, a: Mat<'_>, b: Mat<'_>) {
+        let ([m, k], [k2, n]) = (a.dims, b.dims);
+        assert!(k == k2 && dst.dims == [m, n], "a product {:?} · {:?} into {:?}", a.dims, b.dims, dst.dims);
+        let start = Instant::now();
+        // SAFETY: `a` and `b` lie in their storage (checked when made);
+        // `dst` is `m × n` writable elements at `r·rs + c` that no other
+        // view touches, written (gemm reads them only with `add`).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.ptr,
+                1,
+                dst.rs as isize,
+                add.is_some(),
+                a.ptr,
+                a.strides[1],
+                a.strides[0],
+                b.ptr,
+                b.strides[1],
+                b.strides[0],
+                if add.is_some() { 1.0f32 } else { 0.0f32 },
+                add.unwrap_or(1.0),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// `out ← a · b`: the matrix, written, and the proof.
+    pub fn into<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>) -> (MatMut<'a>, Written) {
+        let MatOut { mut view, proof } = out;
+        // `dst` not yet written: gemm writes every element and reads none
+        // without `add`.
+        self.product(&mut view, None, a, b);
+        (view, proof)
+    }
+}
