@@ -22,6 +22,37 @@ use super::map::{Kind, Map};
 use super::norm::Norm;
 use super::scalar::{self, Slot};
 
+/// How the attention's matrix is computed, decided when it is built.
+#[derive(Debug, Clone)]
+pub enum Form {
+    /// Exactly `softmax`: blkc's attention kernel.
+    Softmax,
+    /// `I`, `softmax` and `centre`, each once (in any order), with these
+    /// coefficients: the shaped attention's kernel (or, with a soft-cap,
+    /// the softmax term apart and the mix's kernel).
+    Shaped([Scalar; 3]),
+    /// Any other matrix, term by term.
+    Terms,
+}
+
+impl Form {
+    fn of(terms: &[(Scalar, MatrixTerm)]) -> Self {
+        if matches!(terms, [(Scalar::Const(c), MatrixTerm::Softmax)] if *c == 1.0) {
+            return Form::Softmax;
+        }
+        let find = |t: MatrixTerm| {
+            let mut it = terms.iter().filter(|(_, term)| *term == t);
+            let first = it.next();
+            first.filter(|_| it.next().is_none()).map(|(c, _)| c.clone())
+        };
+        let coefs = [find(MatrixTerm::Identity), find(MatrixTerm::Softmax), find(MatrixTerm::Centre)];
+        match coefs {
+            [Some(i), Some(s), Some(c)] if terms.len() == 3 => Form::Shaped([i, s, c]),
+            _ => Form::Terms,
+        }
+    }
+}
+
 /// The parts of an attention sub-block that are not parameters.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -34,6 +65,7 @@ pub struct Plan {
     pub env: Env,
     /// Names of the trainable gains, in the order of `Attention::gains`.
     pub gain_names: Vec<String>,
+    pub form: Form,
 }
 
 #[derive(Module, Debug)]
@@ -90,6 +122,7 @@ impl<B: Kernels> Attention<B> {
                 mask,
                 env: *env,
                 gain_names: scalar::trainable_names(&spec.params),
+                form: Form::of(&spec.matrix),
             },
         }
     }
@@ -119,84 +152,68 @@ impl<B: Kernels> Attention<B> {
         }
     }
 
-    /// Whether the matrix is exactly `softmax` (burn's fused attention).
-    fn plain_softmax(&self) -> bool {
-        matches!(self.plan.terms.as_slice(), [(Scalar::Const(c), MatrixTerm::Softmax)] if *c == 1.0)
-    }
-
-    /// The coefficients of `I`, `softmax` and `centre` when the matrix is
-    /// exactly these three terms, each once (shaped attention, any order).
-    fn shaped_terms(&self) -> Option<[&Scalar; 3]> {
-        let terms = &self.plan.terms;
-        let find = |t: MatrixTerm| {
-            let mut it = terms.iter().filter(|(_, term)| *term == t);
-            let first = it.next();
-            first.filter(|_| it.next().is_none()).map(|(c, _)| c)
-        };
-        let coefs = [find(MatrixTerm::Identity)?, find(MatrixTerm::Softmax)?, find(MatrixTerm::Centre)?];
-        (terms.len() == 3).then_some(coefs)
-    }
-
     /// `x: [batch, tokens, width]` → `[batch, tokens, width]`. Every term
     /// is formed in the `[batch, tokens, heads · head_dim]` layout, per-head
     /// gains applied per group of the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = x.device();
         let causal = self.plan.mask == Mask::Causal;
-        if self.shaped_terms().is_some() {
-            // Shaped attention: the three terms and their gains in one kernel.
-            let out = match self.plan.softcap {
-                None => self.mix_parts(x).apply(None),
-                Some(_) => {
-                    let v = self.value.forward(x.clone());
-                    let o = self.softmax_times(&x, v.clone(), causal);
-                    kernels::mix(v, o, self.mix_gains(&device), causal)
-                }
-            };
-            return self.proj.forward(out);
-        }
-        let v = self.value.forward(x.clone());
-        let out = if self.plain_softmax() {
-            self.softmax_times(&x, v, causal)
-        } else {
-            let mut acc: Option<Tensor<B, 3>> = None;
-            for (coef, term) in &self.plan.terms {
-                let part = match term {
-                    MatrixTerm::Identity => v.clone(),
-                    MatrixTerm::Centre => centre(v.clone(), causal),
-                    MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal),
-                };
-                let part = match scalar::constant(coef, &self.plan.slots, &self.plan.env) {
-                    Some(1.0) => part,
-                    Some(c) => part * c,
-                    None => {
-                        let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
-                        kernels::scale_groups(part, g)
-                    }
-                };
-                acc = Some(match acc {
-                    Some(a) => a + part,
-                    None => part,
-                });
+        let out = match &self.plan.form {
+            // The three terms and their gains in one kernel.
+            Form::Shaped(_) if self.plan.softcap.is_none() => self.mix_parts(x).apply(None),
+            Form::Shaped(_) => {
+                let v = self.value.forward(x.clone());
+                let o = self.softmax_times(&x, v.clone(), causal);
+                kernels::mix(v, o, self.mix_gains(&device), causal)
             }
-            acc.unwrap_or_else(|| v.zeros_like())
+            Form::Softmax => {
+                let v = self.value.forward(x.clone());
+                self.softmax_times(&x, v, causal)
+            }
+            Form::Terms => self.terms(x, causal),
         };
         self.proj.forward(out)
+    }
+
+    /// The matrix's terms one by one, each with its gain, summed.
+    fn terms(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+        let device = x.device();
+        let v = self.value.forward(x.clone());
+        let mut acc: Option<Tensor<B, 3>> = None;
+        for (coef, term) in &self.plan.terms {
+            let part = match term {
+                MatrixTerm::Identity => v.clone(),
+                MatrixTerm::Centre => centre(v.clone(), causal),
+                MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal),
+            };
+            let part = match scalar::constant(coef, &self.plan.slots, &self.plan.env) {
+                Some(1.0) => part,
+                Some(c) => part * c,
+                None => {
+                    let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
+                    kernels::scale_groups(part, g)
+                }
+            };
+            acc = Some(match acc {
+                Some(a) => a + part,
+                None => part,
+            });
+        }
+        acc.unwrap_or_else(|| v.zeros_like())
     }
 
     /// Whether the attention ends in the shaped mix with nothing after it
     /// (an identity projection): a block may then take its
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
-    /// kernel ([`kernels::mix_sum`]).
+    /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        self.shaped_terms().is_some() && self.proj.kind == Kind::Identity && self.plan.softcap.is_none()
+        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.plan.softcap.is_none()
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
     fn mix_gains(&self, device: &B::Device) -> [Tensor<B, 1>; 3] {
-        let [ci, cs, cc] = self.shaped_terms().expect("a shaped attention's matrix");
-        let gain = |c: &Scalar| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, device);
-        [gain(ci), gain(cs), gain(cc)]
+        let Form::Shaped(coefs) = &self.plan.form else { unreachable!("the mix of a shaped attention's matrix") };
+        coefs.each_ref().map(|c| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, device))
     }
 
     /// The operands of a shaped attention (matrix `I`, `softmax` and

@@ -15,13 +15,25 @@ use super::mlp::Mlp;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
 
-/// One step of the plan.
+/// One step of the plan, fused where the build found it can be.
 #[derive(Debug, Clone)]
 pub enum Step {
     Input,
     Norm(usize, NodeId),
     Attention(usize, NodeId),
+    /// A shaped attention whose mix is done by the sum that reads it: its
+    /// operands only.
+    MixParts(usize, NodeId),
     Mlp(usize, NodeId),
+    /// `ga · parts + gb · other`: a shaped attention's parts, mixed and
+    /// summed with the other term in one kernel.
+    MixedSum {
+        parts: (Scalar, NodeId),
+        other: (Scalar, NodeId),
+    },
+    /// Two terms and a trainable gain: one kernel.
+    GainedSum([(Scalar, NodeId); 2]),
+    /// Any other sum, term by term (constant gains folded in).
     Sum(Vec<(Scalar, NodeId)>),
 }
 
@@ -30,7 +42,9 @@ impl Step {
     fn inputs(&self) -> Vec<NodeId> {
         match self {
             Step::Input => Vec::new(),
-            Step::Norm(_, n) | Step::Attention(_, n) | Step::Mlp(_, n) => vec![*n],
+            Step::Norm(_, n) | Step::Attention(_, n) | Step::MixParts(_, n) | Step::Mlp(_, n) => vec![*n],
+            Step::MixedSum { parts, other } => vec![parts.1, other.1],
+            Step::GainedSum(terms) => terms.iter().map(|(_, n)| *n).collect(),
             Step::Sum(terms) => terms.iter().map(|(_, n)| *n).collect(),
         }
     }
@@ -44,9 +58,9 @@ pub struct Plan {
     pub env: Env,
     /// Names of the trainable gains, in the order of `Block::gains`.
     pub gain_names: Vec<String>,
-    /// Per node: a shaped attention whose mix is done inside the sum that
-    /// reads it (`kernels::mix_sum`).
-    pub mixed_in_sum: Vec<bool>,
+    /// How many times each node is read (the output once more, so that it
+    /// is kept).
+    pub reads: Vec<usize>,
 }
 
 #[derive(Module, Debug)]
@@ -83,7 +97,7 @@ impl<B: Kernels> Block<B> {
                 slots,
                 env: *env,
                 gain_names: scalar::trainable_names(&g.params),
-                mixed_in_sum: Vec::new(),
+                reads: Vec::new(),
             },
         };
         for n in &g.nodes {
@@ -105,38 +119,52 @@ impl<B: Kernels> Block<B> {
             };
             b.plan.steps.push(step);
         }
-        b.plan.mixed_in_sum = b.mixed_in_sums();
+        b.plan.reads = b.reads();
+        b.fuse();
         b
     }
 
-    /// The shaped attentions that a two-term sum with a trainable gain
-    /// reads, and nothing else does (a parallel block's attention branch):
-    /// that sum mixes them (one kernel; the attention's output is never
-    /// written on its own). At most one per sum.
-    fn mixed_in_sums(&self) -> Vec<bool> {
+    /// How many times each node is read, the output once more.
+    fn reads(&self) -> Vec<usize> {
         let steps = &self.plan.steps;
         let mut reads = vec![0usize; steps.len()];
-        for step in steps {
-            for input in step.inputs() {
-                reads[input] += 1;
-            }
+        for input in steps.iter().flat_map(Step::inputs) {
+            reads[input] += 1;
         }
-        let mut mixed = vec![false; steps.len()];
-        for step in steps {
-            let Step::Sum(terms) = step else { continue };
+        if let Some(r) = reads.get_mut(self.plan.out) {
+            *r += 1;
+        }
+        reads
+    }
+
+    /// The fused steps: a sum of two terms with a trainable gain is one
+    /// kernel; when one term is a shaped attention that ends in its mix
+    /// and nothing else reads (a parallel block's attention branch), the
+    /// attention yields its operands and the sum's kernel mixes them (its
+    /// output is never written on its own). At most one per sum.
+    fn fuse(&mut self) {
+        let reads = self.plan.reads.clone();
+        for i in 0..self.plan.steps.len() {
+            let Step::Sum(terms) = &self.plan.steps[i] else { continue };
             if terms.len() != 2 || self.constant_gains(terms) {
                 continue;
             }
-            let fusable = |n: NodeId| {
-                reads[n] == 1
-                    && n != self.plan.out
-                    && matches!(steps[n], Step::Attention(k, _) if self.attention[k].ends_in_mix())
+            let pair = [terms[0].clone(), terms[1].clone()];
+            let mixable = |n: NodeId| match self.plan.steps[n] {
+                Step::Attention(k, _) => reads[n] == 1 && self.attention[k].ends_in_mix(),
+                _ => false,
             };
-            if let Some(&(_, n)) = terms.iter().find(|(_, n)| fusable(*n)) {
-                mixed[n] = true;
-            }
+            self.plan.steps[i] = match pair.iter().position(|(_, n)| mixable(*n)) {
+                Some(j) => {
+                    let (parts, other) = (pair[j].clone(), pair[1 - j].clone());
+                    if let Step::Attention(k, input) = self.plan.steps[parts.1] {
+                        self.plan.steps[parts.1] = Step::MixParts(k, input);
+                    }
+                    Step::MixedSum { parts, other }
+                }
+                None => Step::GainedSum(pair),
+            };
         }
-        mixed
     }
 
     /// Whether every gain of a sum is a constant.
@@ -144,26 +172,18 @@ impl<B: Kernels> Block<B> {
         terms.iter().all(|(g, _)| scalar::constant(g, &self.plan.slots, &self.plan.env).is_some())
     }
 
-    /// The block's output. Each node's output is dropped after its last
-    /// use, so that tensors are freed (and updated in place) as early as in
-    /// a block written by hand.
+    /// The block's output: its steps in order. Each node's output is
+    /// dropped after its last read, so that tensors are freed (and updated
+    /// in place) as early as in a block written by hand.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = x.device();
         let steps = &self.plan.steps;
-        // How many reads of each node remain; the output's never reaches 0.
-        let mut remaining = vec![0usize; steps.len()];
-        for step in steps {
-            for input in step.inputs() {
-                remaining[input] += 1;
-            }
-        }
-        if let Some(r) = remaining.get_mut(self.plan.out) {
-            *r += 1;
-        }
+        let mut remaining = self.plan.reads.clone();
         let mut out: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(steps.len());
         // The operands of the attentions mixed inside a sum.
         let mut parts: Vec<Option<MixParts<B>>> = (0..steps.len()).map(|_| None).collect();
         let mut x = Some(x);
+        let gain = |g: &Scalar| scalar::value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
         for (i, step) in steps.iter().enumerate() {
             let mut read = |n: NodeId| -> Tensor<B, 3> {
                 remaining[n] -= 1;
@@ -173,42 +193,31 @@ impl<B: Kernels> Block<B> {
             let y = match step {
                 Step::Input => x.take().expect("one input step"),
                 Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
-                Step::Attention(k, input) if self.plan.mixed_in_sum[i] => {
+                Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
+                Step::MixParts(k, input) => {
                     parts[i] = Some(self.attention[*k].mix_parts(read(*input)));
                     out.push(None);
                     continue;
                 }
-                Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
                 Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
-                Step::Sum(terms) if terms.len() == 2 && !self.constant_gains(terms) => {
-                    // Two terms with a trainable gain: one kernel (the
-                    // shaped mix's, when one term is an attention mixed here).
-                    let gain = |g: &Scalar| scalar::value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
-                    match terms.iter().position(|(_, n)| parts[*n].is_some()) {
-                        Some(j) => {
-                            let ((ga, a), (gb, b)) = (&terms[j], &terms[1 - j]);
-                            let p = parts[*a].take().expect("the parts of a mixed attention");
-                            p.apply(Some((read(*b), gain(ga), gain(gb))))
-                        }
-                        None => {
-                            let (b, a) = (read(terms[1].1), read(terms[0].1));
-                            kernels::scaled_sum(b, a, gain(&terms[1].0), gain(&terms[0].0))
-                        }
-                    }
+                Step::MixedSum { parts: (ga, a), other: (gb, b) } => {
+                    let p = parts[*a].take().expect("the parts of a mixed attention");
+                    p.apply(Some((read(*b), gain(ga), gain(gb))))
+                }
+                Step::GainedSum([(ga, a), (gb, b)]) => {
+                    let (b, a) = (read(*b), read(*a));
+                    kernels::scaled_sum(b, a, gain(gb), gain(ga))
                 }
                 Step::Sum(terms) => {
                     let mut acc: Option<Tensor<B, 3>> = None;
                     // Last term first: it is usually a branch's fresh output,
                     // which the additions then update in place.
-                    for (gain, input) in terms.iter().rev() {
+                    for (g, input) in terms.iter().rev() {
                         let t = read(*input);
-                        let t = match scalar::constant(gain, &self.plan.slots, &self.plan.env) {
+                        let t = match scalar::constant(g, &self.plan.slots, &self.plan.env) {
                             Some(1.0) => t,
                             Some(c) => t * c,
-                            None => kernels::scale_groups(
-                                t,
-                                scalar::value(gain, &self.plan.slots, &self.gains, &self.plan.env, &device),
-                            ),
+                            None => kernels::scale_groups(t, gain(g)),
                         };
                         acc = Some(match acc {
                             Some(a) => a + t,
