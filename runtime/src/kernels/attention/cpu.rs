@@ -20,7 +20,24 @@ impl AttentionOps for Flex {
         bq: Option<FlexTensor>,
         (scale, causal): (f64, bool),
     ) -> (FlexTensor, FlexTensor) {
-        forward(q, k, v, bq, (scale, causal))
+        let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
+        let Some(([b, h, t, d, dv], bias)) = plan else {
+            return reference::attention_forward::<Flex>(q, k, v, bq, (scale, causal));
+        };
+        let n = b * h;
+        let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
+        let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
+        let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
+        let scale = scale as f32;
+        // Per head: the scores, their softmax while in cache, the output.
+        let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
+            let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
+            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
+            let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
+            (wp, op)
+        });
+        let (wp, op): (Vec<Written>, Vec<Written>) = proofs.into_iter().unzip();
+        (token_major(o.finish(op), [b, h, t, dv]), owned(p.finish(wp), [b, h, t, t].into()))
     }
 
     fn attention_backward(
@@ -31,7 +48,93 @@ impl AttentionOps for Flex {
         (scale, acc): (f64, Option<FlexTensor>),
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
-        backward(qkv, bq, p, g, (scale, acc), wants)
+        let [q, k, v] = &qkv;
+        let dims = attention_dims(q, k, v).filter(|&[b, h, t, _, dv]| {
+            p.dtype() == DType::F32
+                && p.layout().shape().as_slice() == [b, h, t, t]
+                && g.dtype() == DType::F32
+                && g.layout().shape().as_slice() == [b, h, t, dv]
+                && acc
+                    .as_ref()
+                    .is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape().as_slice() == [b, t, h * dv])
+        });
+        let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
+        let Some(([b, h, t, d, dv], bias)) = plan else {
+            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, acc), wants);
+        };
+        let n = b * h;
+        let p = p.to_contiguous();
+        let pv: &[f32] = &p.storage()[..n * t * t];
+        let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
+        let [want_q, want_k, want_v] = wants;
+        // With a query bias, `dq` is needed for its gradient.
+        let (want_q, keep_q) = (want_q || bias.is_some(), want_q);
+        let scores = want_q || want_k;
+        // `dv` added into `acc`, or fresh; `dq`, `dk` fresh.
+        let mut acc = acc.filter(|_| want_v).map(Rows::new);
+        let [mut dq, mut dk, mut dvs] = [(d, want_q), (d, want_k), (dv, want_v && acc.is_none())]
+            .map(|(w, wanted)| Fresh::new(if wanted { n * t * w } else { 0 }));
+        let (dqs, dks) = (optional_heads(&mut dq, [b, h, t, d], want_q), optional_heads(&mut dk, [b, h, t, d], want_k));
+        let dvs_out = optional_heads(&mut dvs, [b, h, t, dv], want_v && acc.is_none());
+        let dv_add: Vec<Option<MatMut<'_>>> = match acc.as_mut() {
+            Some(rows) => MatMut::heads(rows.all(), [b, h, t, dv]).into_iter().map(Some).collect(),
+            None => (0..n).map(|_| None).collect(),
+        };
+        let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
+        let scale = scale as f32;
+        let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
+            let pi = Mat::rows(&pv[i * t * t..(i + 1) * t * t], t, t);
+            let mut proofs = Vec::new();
+            // dv = pᵀ · g, fresh or added into a gradient from elsewhere.
+            match (dv_fresh, dv_add) {
+                (Some(out), _) => proofs.push((2, gemm.into(out, pi.t(), gh.at(i)).1)),
+                (None, Some(mut into)) => gemm.product(&mut into, Some(1.0), pi.t(), gh.at(i)),
+                (None, None) => {}
+            }
+            if !scores {
+                return (proofs, Vec::new());
+            }
+            // dp = g · vᵀ, then ds in place, while in cache.
+            let mut ds = vec![0.0f32; t * t];
+            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gh.at(i), vh.at(i).t());
+            for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
+                loops::softmax_backward(row, w, scale);
+            }
+            let dsi = Mat::rows(&ds, t, t);
+            let mut dq = dqi.map(|out| gemm.into(out, dsi, kh.at(i)));
+            let mut dk = dki.map(|out| gemm.into(out, dsi.t(), qh.at(i)));
+            let mut dbq = Vec::new();
+            if let (Some(bias), Some((dq, _))) = (&bias, dq.as_mut()) {
+                dbq = vec![0.0f32; d];
+                let bias = &bias[(i % h) * d..(i % h + 1) * d];
+                query_bias_back(&ds, bias, dq, dk.as_mut().map(|(dk, _)| dk), &mut dbq);
+            }
+            proofs.extend(dq.map(|(_, w)| (0, w)));
+            proofs.extend(dk.map(|(_, w)| (1, w)));
+            (proofs, dbq)
+        });
+        let mut by = [Vec::new(), Vec::new(), Vec::new()];
+        let mut parts = Vec::with_capacity(n);
+        for (proofs, dbq) in done {
+            proofs.into_iter().for_each(|(j, w)| by[j].push(w));
+            parts.push(dbq);
+        }
+        let dbq = bias.map(|_| {
+            let mut sums = vec![0.0f64; h * d];
+            for (i, part) in parts.iter().enumerate() {
+                let hi = i % h;
+                sums[hi * d..(hi + 1) * d].iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
+            }
+            vector(sums.into_iter().map(|x| x as f32).collect())
+        });
+        let [pq, pk, pv] = by;
+        let dv = want_v.then(|| match acc {
+            Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
+            None => token_major(dvs.finish(pv), [b, h, t, dv]),
+        });
+        let dq = want_q.then(|| token_major(dq.finish(pq), [b, h, t, d])).filter(|_| keep_q);
+        let dk = want_k.then(|| token_major(dk.finish(pk), [b, h, t, d]));
+        [dq, dk, dv, dbq]
     }
 
     fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
@@ -162,126 +265,4 @@ fn optional_heads(f: &mut Fresh, dims: [usize; 4], wanted: bool) -> Vec<Option<M
         true => f.heads(dims).into_iter().map(Some).collect(),
         false => (0..dims[0] * dims[1]).map(|_| None).collect(),
     }
-}
-
-fn forward(
-    q: FlexTensor,
-    k: FlexTensor,
-    v: FlexTensor,
-    bq: Option<FlexTensor>,
-    (scale, causal): (f64, bool),
-) -> (FlexTensor, FlexTensor) {
-    let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
-    let Some(([b, h, t, d, dv], bias)) = plan else {
-        return reference::attention_forward::<Flex>(q, k, v, bq, (scale, causal));
-    };
-    let n = b * h;
-    let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
-    let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
-    let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
-    let scale = scale as f32;
-    // Per head: the scores, their softmax while in cache, the output.
-    let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
-        let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-        let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
-        let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
-        (wp, op)
-    });
-    let (wp, op): (Vec<Written>, Vec<Written>) = proofs.into_iter().unzip();
-    (token_major(o.finish(op), [b, h, t, dv]), owned(p.finish(wp), [b, h, t, t].into()))
-}
-
-fn backward(
-    qkv: [FlexTensor; 3],
-    bq: Option<FlexTensor>,
-    p: FlexTensor,
-    g: FlexTensor,
-    (scale, acc): (f64, Option<FlexTensor>),
-    wants: [bool; 3],
-) -> [Option<FlexTensor>; 4] {
-    let [q, k, v] = &qkv;
-    let dims = attention_dims(q, k, v).filter(|&[b, h, t, _, dv]| {
-        p.dtype() == DType::F32
-            && p.layout().shape().as_slice() == [b, h, t, t]
-            && g.dtype() == DType::F32
-            && g.layout().shape().as_slice() == [b, h, t, dv]
-            && acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape().as_slice() == [b, t, h * dv])
-    });
-    let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
-    let Some(([b, h, t, d, dv], bias)) = plan else {
-        return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, acc), wants);
-    };
-    let n = b * h;
-    let p = p.to_contiguous();
-    let pv: &[f32] = &p.storage()[..n * t * t];
-    let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
-    let [want_q, want_k, want_v] = wants;
-    // With a query bias, `dq` is needed for its gradient.
-    let (want_q, keep_q) = (want_q || bias.is_some(), want_q);
-    let scores = want_q || want_k;
-    // `dv` added into `acc`, or fresh; `dq`, `dk` fresh.
-    let mut acc = acc.filter(|_| want_v).map(Rows::new);
-    let [mut dq, mut dk, mut dvs] = [(d, want_q), (d, want_k), (dv, want_v && acc.is_none())]
-        .map(|(w, wanted)| Fresh::new(if wanted { n * t * w } else { 0 }));
-    let (dqs, dks) = (optional_heads(&mut dq, [b, h, t, d], want_q), optional_heads(&mut dk, [b, h, t, d], want_k));
-    let dvs_out = optional_heads(&mut dvs, [b, h, t, dv], want_v && acc.is_none());
-    let dv_add: Vec<Option<MatMut<'_>>> = match acc.as_mut() {
-        Some(rows) => MatMut::heads(rows.all(), [b, h, t, dv]).into_iter().map(Some).collect(),
-        None => (0..n).map(|_| None).collect(),
-    };
-    let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
-    let scale = scale as f32;
-    let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
-        let pi = Mat::rows(&pv[i * t * t..(i + 1) * t * t], t, t);
-        let mut proofs = Vec::new();
-        // dv = pᵀ · g, fresh or added into a gradient from elsewhere.
-        match (dv_fresh, dv_add) {
-            (Some(out), _) => proofs.push((2, gemm.into(out, pi.t(), gh.at(i)).1)),
-            (None, Some(mut into)) => gemm.product(&mut into, Some(1.0), pi.t(), gh.at(i)),
-            (None, None) => {}
-        }
-        if !scores {
-            return (proofs, Vec::new());
-        }
-        // dp = g · vᵀ, then ds in place, while in cache.
-        let mut ds = vec![0.0f32; t * t];
-        gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gh.at(i), vh.at(i).t());
-        for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
-            loops::softmax_backward(row, w, scale);
-        }
-        let dsi = Mat::rows(&ds, t, t);
-        let mut dq = dqi.map(|out| gemm.into(out, dsi, kh.at(i)));
-        let mut dk = dki.map(|out| gemm.into(out, dsi.t(), qh.at(i)));
-        let mut dbq = Vec::new();
-        if let (Some(bias), Some((dq, _))) = (&bias, dq.as_mut()) {
-            dbq = vec![0.0f32; d];
-            let bias = &bias[(i % h) * d..(i % h + 1) * d];
-            query_bias_back(&ds, bias, dq, dk.as_mut().map(|(dk, _)| dk), &mut dbq);
-        }
-        proofs.extend(dq.map(|(_, w)| (0, w)));
-        proofs.extend(dk.map(|(_, w)| (1, w)));
-        (proofs, dbq)
-    });
-    let mut by = [Vec::new(), Vec::new(), Vec::new()];
-    let mut parts = Vec::with_capacity(n);
-    for (proofs, dbq) in done {
-        proofs.into_iter().for_each(|(j, w)| by[j].push(w));
-        parts.push(dbq);
-    }
-    let dbq = bias.map(|_| {
-        let mut sums = vec![0.0f64; h * d];
-        for (i, part) in parts.iter().enumerate() {
-            let hi = i % h;
-            sums[hi * d..(hi + 1) * d].iter_mut().zip(part).for_each(|(a, &x)| *a += f64::from(x));
-        }
-        vector(sums.into_iter().map(|x| x as f32).collect())
-    });
-    let [pq, pk, pv] = by;
-    let dv = want_v.then(|| match acc {
-        Some(rows) => Flex::float_swap_dims(Flex::float_reshape(rows.tensor, [b, t, h, dv].into()), 1, 2),
-        None => token_major(dvs.finish(pv), [b, h, t, dv]),
-    });
-    let dq = want_q.then(|| token_major(dq.finish(pq), [b, h, t, d])).filter(|_| keep_q);
-    let dk = want_k.then(|| token_major(dk.finish(pk), [b, h, t, d]));
-    [dq, dk, dv, dbq]
 }

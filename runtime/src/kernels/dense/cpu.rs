@@ -8,8 +8,9 @@ use burn::tensor::DType;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
+use super::product::{matmul, product_by_blocks, Start};
 use super::{loops, reference, DenseOps, ReluMask};
-use crate::kernels::cpu::raw::{matmul, product_by_blocks, Mat, Start};
+use crate::kernels::cpu::raw::Mat;
 use crate::kernels::cpu::rows::{column_blocks, matrix, owned, totals, vector, Rows};
 use crate::kernels::cpu::{parallel, simd};
 use crate::kernels::tensor::split_heads;

@@ -13,6 +13,8 @@ mod autodiff;
 mod cpu;
 #[cfg(feature = "flex")]
 mod loops;
+#[cfg(feature = "flex")]
+mod product;
 pub(super) mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;

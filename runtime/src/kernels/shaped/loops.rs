@@ -103,38 +103,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// One row of the shaped mix's backward, rows taken last to first:
-    /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
-    /// that `r` is the centre term's gradient per unit gain; for the plain
-    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv += gi ⊙ dy +
-    /// gc ⊙ r`, the gains' sums `dy ⊙ v`, `dy ⊙ o`, `v ⊙ r`, and `do = gs ⊙
-    /// dy` in place over `dy`.
-    pub fn mix_back_row(
-        dv: &mut [f32],
-        dy: &mut [f32],
-        vo: [&[f32]; 2],
-        g: MixGains<'_>,
-        sums: &mut MixSums<'_>,
-        inv: f32,
-    ) {
-        let n = dv.len();
-        let dy = &mut dy[..n];
-        let (v, o) = (&vo[0][..n], &vo[1][..n]);
-        let (gi, gs, gc) = (&g.i[..n], &g.s[..n], &g.c[..n]);
-        let (r, si, ss, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.s[..n], &mut sums.c[..n]);
-        for j in 0..n {
-            let d = dy[j];
-            r[j] += inv * d;
-            dv[j] += gi[j] * d + gc[j] * r[j];
-            si[j] += d * v[j];
-            ss[j] += d * o[j];
-            sc[j] += v[j] * r[j];
-            dy[j] = gs[j] * d;
-        }
-    }
-}
-
 /// One row of a shaped attention's mix, backward (see
 /// [`shaped_back_row`]).
 #[inline(always)]
@@ -171,7 +139,9 @@ fn shaped_back<const ADD: bool>(
 multiversion! {
     /// One row of a shaped attention's mix, backward, rows taken last to
     /// first: with a branch `(b, db)`, `db ← gb ⊙ dy` and the sum `dy ⊙ b`;
-    /// `r ← r + inv · dy` (as in [`mix_back_row`]), `dv ← gi ⊙ dy + gc ⊙ r`
+    /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
+    /// that `r` is the centre term's gradient per unit gain; for the plain
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy + gc ⊙ r`
     /// (written or added into), and the sums `dy ⊙ v`, `v ⊙ r`. The softmax
     /// term's part is the attention's.
     pub fn shaped_back_row(
@@ -186,6 +156,29 @@ multiversion! {
         match dv {
             Grad::Add(d) => shaped_back::<true>(d, dy, v, b, g, sums, inv),
             Grad::Set(d) => shaped_back::<false>(d, dy, v, b, g, sums, inv),
+        }
+    }
+}
+
+multiversion! {
+    /// One row of the shaped mix's backward, rows taken last to first: the
+    /// shaped attention's row ([`shaped_back_row`], `dv` added into), then
+    /// the softmax term's gain's sum `dy ⊙ o` and `do = gs ⊙ dy` in place
+    /// over `dy`.
+    pub fn mix_back_row(
+        dv: &mut [f32],
+        dy: &mut [f32],
+        vo: [&[f32]; 2],
+        g: MixGains<'_>,
+        sums: &mut MixSums<'_>,
+        inv: f32,
+    ) {
+        let n = dv.len();
+        shaped_back::<true>(dv, dy, vo[0], None, g, sums, inv);
+        let (dy, o, gs, ss) = (&mut dy[..n], &vo[1][..n], &g.s[..n], &mut sums.s[..n]);
+        for j in 0..n {
+            ss[j] += dy[j] * o[j];
+            dy[j] *= gs[j];
         }
     }
 }

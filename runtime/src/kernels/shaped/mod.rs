@@ -13,6 +13,8 @@ use super::tensor::{primitive, tensor};
 
 mod autodiff;
 #[cfg(feature = "flex")]
+mod backward;
+#[cfg(feature = "flex")]
 mod cpu;
 #[cfg(feature = "flex")]
 mod loops;

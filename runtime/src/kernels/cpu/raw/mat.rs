@@ -5,13 +5,43 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use burn_flex::FlexTensor;
+use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::gemm::{matrix_offsets, PRODUCT_NANOS};
 use super::out::{Fresh, Written};
+
+/// Nanoseconds spent inside `gemm` by the products of this process.
+static PRODUCT_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Wall time spent inside `gemm` by this backend's matrix products since
+/// the process started (the products' calls, not the setting up of their
+/// outputs). Burn runs a step's operations one after another, so the
+/// difference of two readings around a step is the step's time in
+/// products, however many threads each product uses.
+pub fn product_time() -> Duration {
+    Duration::from_nanos(PRODUCT_NANOS.load(Ordering::Relaxed))
+}
+
+/// The start of each matrix of a `[..., rows, cols]` layout, in elements,
+/// in row-major order of the leading dimensions.
+fn matrix_offsets(layout: &Layout) -> Vec<isize> {
+    let dims = layout.num_dims();
+    let lead = &layout.shape()[..dims - 2];
+    let strides = &layout.strides()[..dims - 2];
+    let count: usize = lead.iter().product();
+    (0..count)
+        .map(|mut i| {
+            let mut offset = layout.start_offset() as isize;
+            for (&n, &s) in lead.iter().zip(strides).rev() {
+                offset += (i % n) as isize * s;
+                i /= n;
+            }
+            offset
+        })
+        .collect()
+}
 
 /// A matrix to read: `rows × cols` elements at `start + r·rs + c·cs` of
 /// `data`, every one inside it (checked when made).
@@ -64,8 +94,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// The `batch · heads` matrices of a `[batch, heads, rows, cols]` f32
-/// tensor, from its own layout.
+/// The matrices of a `[..., rows, cols]` f32 tensor (`batch · heads` of a
+/// `[batch, heads, rows, cols]` one), from its own layout.
 #[derive(Debug)]
 pub struct Heads<'a> {
     data: &'a [f32],
@@ -77,8 +107,22 @@ pub struct Heads<'a> {
 impl<'a> Heads<'a> {
     pub fn new(x: &'a FlexTensor) -> Self {
         let l = x.layout();
-        let (s, st) = (l.shape(), l.strides());
-        Heads { data: x.storage(), starts: matrix_offsets(l), dims: [s[2], s[3]], strides: [st[2], st[3]] }
+        let (s, st, r) = (l.shape(), l.strides(), l.num_dims());
+        Heads {
+            data: x.storage(),
+            starts: matrix_offsets(l),
+            dims: [s[r - 2], s[r - 1]],
+            strides: [st[r - 2], st[r - 1]],
+        }
+    }
+
+    /// How many matrices.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
     }
 
     /// Matrix `i`.
@@ -205,11 +249,23 @@ impl MatOut<'_> {
     }
 }
 
+/// Where the threads of a kernel's products go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threads {
+    /// Across its items (heads, sequences, blocks), each product on one.
+    Items,
+    /// To each product in turn (a few large ones).
+    Inside,
+    /// One thread for all.
+    One,
+}
+
 /// The matrix products of one kernel, timed: what a head (or a sequence)
 /// of a kernel run by [`Gemm::map`] is given.
 #[derive(Debug)]
 pub struct Gemm {
     nanos: AtomicU64,
+    inside: bool,
 }
 
 impl Gemm {
@@ -218,18 +274,21 @@ impl Gemm {
     /// sum divided by the threads: the wall time when the threads'
     /// products overlap, exact on one). Returns what each call returned.
     pub fn map<U: Send, T: Send>(items: Vec<U>, f: impl Fn(usize, U, &Gemm) -> T + Sync + Send) -> Vec<T> {
-        Self::map_if(true, items, f)
+        Self::map_with(Threads::Items, items, f)
     }
 
-    /// [`Gemm::map`], on one thread unless `parallel`.
-    pub fn map_if<U: Send, T: Send>(
-        parallel: bool,
+    /// [`Gemm::map`] with the threads where `threads` says.
+    pub fn map_with<U: Send, T: Send>(
+        threads: Threads,
         items: Vec<U>,
         f: impl Fn(usize, U, &Gemm) -> T + Sync + Send,
     ) -> Vec<T> {
-        let gemm = Gemm { nanos: AtomicU64::new(0) };
+        let gemm = Gemm { nanos: AtomicU64::new(0), inside: threads == Threads::Inside };
         let n = items.len();
-        let threads = if parallel { rayon::current_num_threads().min(n).max(1) } else { 1 };
+        let threads = match threads {
+            Threads::Items => rayon::current_num_threads().min(n).max(1),
+            Threads::Inside | Threads::One => 1,
+        };
         let out = match threads > 1 {
             true => items.into_par_iter().enumerate().map(|(i, u)| f(i, u, &gemm)).collect(),
             false => items.into_iter().enumerate().map(|(i, u)| f(i, u, &gemm)).collect(),
@@ -266,7 +325,7 @@ impl Gemm {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                if self.inside { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
             );
         }
         self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -9,11 +9,9 @@
 
 use std::mem::MaybeUninit;
 
-mod gemm;
 mod mat;
 mod out;
 
-pub use gemm::*;
 pub use mat::*;
 pub use out::*;
 
