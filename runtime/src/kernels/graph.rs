@@ -15,8 +15,9 @@ macro_rules! record {
 }
 pub(crate) use record;
 
-/// Takes the gradient registered so far for the parent `node` out of
-/// `grads` (`None` if there is none), so that a kernel adds the new one
+/// Takes the gradient registered so far for the parent `node` (an
+/// `Option`: `None` for an untracked one) out of `grads` (`None` if there
+/// is none), so that a kernel adds the new one
 /// into it — one pass fewer than the addition `Gradients::register` makes.
 ///
 /// Relies on burn-autodiff 0.21: `Gradients::remove` takes a tensor but
@@ -25,10 +26,16 @@ pub(crate) use record;
 /// `NodeRef`, is not exported.) `a_gradient_is_taken_by_its_node_alone`
 /// fails if a burn version changes that.
 macro_rules! take_grad {
-    ($B:ty, $grads:expr, $node:expr, $like:expr) => {{
-        let mut key = <::burn::backend::Autodiff<$B> as ::burn::tensor::backend::AutodiffBackend>::from_inner($like);
-        key.node = $node.clone();
-        $grads.remove::<$B>(&key)
+    ($B:ty, $grads:expr, $parent:expr, $like:expr) => {{
+        match $parent {
+            Some(node) => {
+                let mut key =
+                    <::burn::backend::Autodiff<$B> as ::burn::tensor::backend::AutodiffBackend>::from_inner($like);
+                key.node = node.clone();
+                $grads.remove::<$B>(&key)
+            }
+            None => None,
+        }
     }};
 }
 pub(crate) use take_grad;
@@ -50,7 +57,7 @@ mod tests {
         let mut grads = (x.clone() * 2.5).sum().backward();
         let node = primitive(x.clone()).node.clone();
         let like = primitive(Tensor::<Cpu, 1>::zeros([3], &d));
-        let taken = take_grad!(Cpu, grads, node, like).expect("the registered gradient");
+        let taken = take_grad!(Cpu, grads, Some(&node), like).expect("the registered gradient");
         crate::kernels::tensor::tensor::<Cpu, 1>(taken).into_data().assert_eq(&[2.5f32, 2.5, 2.5].into(), false);
         assert!(x.grad(&grads).is_none(), "taken out, not copied");
     }

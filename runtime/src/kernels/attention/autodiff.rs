@@ -35,10 +35,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
         let g = grads.consume::<B>(&ops.node);
         let mut parents = ops.parents.into_iter();
         let [nq, nk, nv, nb] = [0; 4].map(|_| parents.next().flatten());
-        let acc = match &nv {
-            Some(node) => take_grad!(B, grads, node, g.clone()),
-            None => None,
-        };
+        let acc = take_grad!(B, grads, &nv, g.clone());
         let wants = [nq.is_some(), nk.is_some(), nv.is_some()];
         let g4 = split_heads::<B>(g, heads);
         let bq = bq.filter(|_| nb.is_some());

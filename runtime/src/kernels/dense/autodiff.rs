@@ -22,7 +22,7 @@ use crate::kernels::Kernels;
 macro_rules! product_into {
     ($B:ty, $grads:expr, $node:expr, $a:expr, $b:expr) => {{
         let (a, b) = ($a, $b);
-        match take_grad!($B, $grads, $node, b.clone()) {
+        match take_grad!($B, $grads, Some(&$node), b.clone()) {
             Some(c) => <$B>::matmul_add(flat::<$B>(c), a, b),
             None => <$B>::matmul(a, b),
         }
@@ -47,7 +47,7 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
         }
         if let Some(node) = na {
             let b = b.expect("b is kept when a is tracked");
-            let da = match take_grad!(B, grads, node, g.clone()) {
+            let da = match take_grad!(B, grads, Some(&node), g.clone()) {
                 Some(c) => B::matmul_add(c, g, B::float_transpose(b)),
                 None => B::matmul(g, B::float_transpose(b)),
             };

@@ -23,10 +23,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (tokens, vocab, t) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let acc = match &ops.parents[0] {
-            Some(node) => take_grad!(B, grads, node, dy.clone()),
-            None => None,
-        };
+        let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
         let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t, acc);
         let mut parents = ops.parents.into_iter();
         if let Some(Some(node)) = parents.next() {

@@ -25,10 +25,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Norm {
         let (x, scale, rstd, centred) = ops.state;
         let shape = x.shape();
         let dy = flat::<B>(grads.consume::<B>(&ops.node));
-        let acc = match &ops.parents[0] {
-            Some(node) => take_grad!(B, grads, node, dy.clone()).map(flat::<B>),
-            None => None,
-        };
+        let acc = take_grad!(B, grads, &ops.parents[0], dy.clone()).map(flat::<B>);
         let (dx, dscale, dbias) = B::norm_backward(flat::<B>(x), scale, rstd, dy, centred, acc);
         let dx = B::float_reshape(dx, shape);
         for (parent, grad) in ops.parents.into_iter().zip([dx, dscale, dbias]) {

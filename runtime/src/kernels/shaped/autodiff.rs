@@ -26,10 +26,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, add, p) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let acc = match &ops.parents[2] {
-            Some(node) => take_grad!(B, grads, node, dy.clone()),
-            None => None,
-        };
+        let acc = take_grad!(B, grads, &ops.parents[2], dy.clone());
         let g = B::shaped_attention_backward(a, add, p, dy, acc);
         let [dgi, dgs, dgc] = g.dgains;
         let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
@@ -54,10 +51,7 @@ impl<B: Kernels> Backward<B, 5> for Mix {
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (v, o, gains, causal) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
-        let acc = match &ops.parents[0] {
-            Some(node) => take_grad!(B, grads, node, dy.clone()),
-            None => None,
-        };
+        let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
         let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal, acc);
         for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
             if let Some(node) = parent {
