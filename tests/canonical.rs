@@ -1,6 +1,6 @@
 //! The canonical blocks and examples: they check clean, are formatted,
 //! format round-trips, their settings match the paper's preset table
-//! (reference/paper.md §5.4) and the CodeParrot parameter counts land on
+//! (docs/language.md §11: the reference code's CodeParrot presets) and the CodeParrot parameter counts land on
 //! the paper's 167M / 146M.
 
 use blkc::graph::params::count;
@@ -152,7 +152,8 @@ fn codeparrot_models_match_the_paper_preset_table() {
     assert_eq!(norms(layer(&nonorm, 0)), 1, "block 0 keeps its LayerNorm, as in the reference code");
 }
 
-/// The reference code's counts (paper.md §7.4) include frozen zero biases
+/// The reference code's counts (its modules' parameters, frozen ones
+/// included; docs/language.md) include frozen zero biases
 /// that blkc does not create; both must agree within 0.2 %.
 #[test]
 fn codeparrot_parameter_counts_land_on_the_paper() {
@@ -219,4 +220,57 @@ fn readme_example_checks_clean() {
     assert!(block.contains("block"), "README has no ```blk example");
     let c = blkc::compile_str("README.md.blk", &block);
     assert!(c.diagnostics.is_empty() && c.program.is_some(), "{}", rendered(&c));
+}
+
+/// Every `docs/theory.md §N` cited in the repository's code and docs names
+/// a section that exists, and nothing cites the theory or the paper
+/// outside the repository.
+#[test]
+fn every_theory_citation_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let theory = std::fs::read_to_string(root.join("docs/theory.md")).expect("docs/theory.md");
+    let sections: Vec<String> = theory
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .filter_map(|l| {
+            l.trim_start_matches('#').split_whitespace().next().map(|n| n.trim_end_matches('.').to_string())
+        })
+        .collect();
+    let mut cited = 0;
+    for dir in ["compiler/src", "runtime/src", "runtime/tests", "tests", "docs"] {
+        for path in walk(&root.join(dir)).into_iter().filter(|p| !p.ends_with("tests/canonical.rs")) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let text = text.replace("\n///", " ").replace("\n//!", " ").replace("\n//", " ");
+            for (i, _) in text.match_indices("theory.md") {
+                let before = &text[..i];
+                assert!(before.ends_with("docs/"), "{}: a theory citation outside docs/theory.md", path.display());
+                let after = text[i + "theory.md".len()..].trim_start();
+                let Some(rest) = after.strip_prefix('§') else { continue };
+                let section: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+                let section = section.trim_end_matches('.');
+                assert!(
+                    sections.iter().any(|s| s == section),
+                    "{}: docs/theory.md §{section} does not exist",
+                    path.display()
+                );
+                cited += 1;
+            }
+            assert!(!text.contains("paper.md"), "{}: cites paper.md, which is not in the repository", path.display());
+        }
+    }
+    assert!(cited >= 20, "only {cited} citations found");
+}
+
+/// The `.rs` and `.md` files below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "md") {
+            out.push(path);
+        }
+    }
+    out
 }

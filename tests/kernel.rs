@@ -28,13 +28,13 @@ fn block_file(path: &str) -> BlockIr {
     }
 }
 
-/// Width of the simulations: theory.md §5 finds deviations ≤ 0.016 in the
+/// Width of the simulations: docs/theory.md §5 finds deviations ≤ 0.016 in the
 /// mean cosine at d = 512 (0.046 at 256), largest in the first layers.
 const WIDTH: usize = 512;
 const HEADS: usize = 8;
 const T: usize = 32;
 const SEEDS: u64 = 3;
-/// Tolerance on the mean cosine, averaged over the seeds: theory.md §5
+/// Tolerance on the mean cosine, averaged over the seeds: docs/theory.md §5
 /// recommends 0.03 at d = 512–768 (fluctuations of each random layer
 /// accumulate as d^{-1/2}).
 const COSINE_TOL: f64 = 0.03;
@@ -76,7 +76,7 @@ fn canonical_blocks_match_finite_width_simulation() {
 }
 
 /// Identity value and projection keep the attention branch correlated with
-/// the stream; dropping those cross terms is a large error (theory.md §2.5).
+/// the stream; dropping those cross terms is a large error (docs/theory.md §2.5).
 #[test]
 fn cross_terms_of_identity_values_match_simulation() {
     let b = block_from(
@@ -90,7 +90,7 @@ fn bidirectional_mask_matches_simulation() {
     let b = block_file("blocks/preln.blk");
     agree("pre-ln bidirectional", &b, 4, Mask::Bidirectional, AttentionMode::Auto, COSINE_TOL);
     // Without a skip, the small logits of the 0.02 init matter in the first
-    // layer (theory.md §2.2); the Monte Carlo prediction accounts for them.
+    // layer (docs/theory.md §2.2); the Monte Carlo prediction accounts for them.
     let naive = block_file("blocks/skipless-naive.blk");
     agree("naive bidirectional", &naive, 2, Mask::Bidirectional, AttentionMode::MonteCarlo, COSINE_TOL);
 }
@@ -109,7 +109,7 @@ fn activations_norms_and_inits_match_simulation() {
 
 /// Random queries and keys: the attention matrix stays random even at
 /// infinite width; the Monte Carlo expectation predicts the measured
-/// kernel (theory.md §2.2: within about 0.02 at d = 768, 12 heads; with 8
+/// kernel (docs/theory.md §2.2: within about 0.02 at d = 768, 12 heads; with 8
 /// heads at d = 512 the head average is noisier, hence 0.04).
 #[test]
 fn random_query_attention_matches_simulation_in_monte_carlo_mode() {
@@ -181,7 +181,7 @@ fn every_dual_matches_numerical_integration() {
 
 #[test]
 fn the_relu_dual_has_the_known_values() {
-    // theory.md §2.3: the C-map of ReLU at c = 0, 0.5, 0.9 (unit variance,
+    // docs/theory.md §2.3: the C-map of ReLU at c = 0, 0.5, 0.9 (unit variance,
     // normalised by q/2) is 1/π, 0.609, 0.9095.
     for (c, want) in [(0.0, 1.0 / std::f64::consts::PI), (0.5, 0.609), (0.9, 0.9095)] {
         let k = Mat::from_row_slice(2, 2, &[1.0, c, c, 1.0]);

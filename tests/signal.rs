@@ -1,5 +1,5 @@
 //! The signal check on the CodeParrot models: the verdicts issue 3 asks
-//! for, the worked numbers of theory.md §3.3 ("gpt2std", Σ₀ = I), and a
+//! for, the worked numbers of docs/theory.md §3.3 ("gpt2std", Σ₀ = I), and a
 //! golden report for every canonical block.
 
 use blkc::graph::Program;
@@ -39,7 +39,7 @@ fn codeparrot_verdicts_at_depth_18_and_72() {
     assert_eq!(verdict("tests/signal/sas-gamma-half.blk", 18).0, Status::Reject);
 }
 
-/// theory.md §3.3, GPT-2 std 0.02 init, Σ₀ = I, causal, T = 128: mean
+/// docs/theory.md §3.3, GPT-2 std 0.02 init, Σ₀ = I, causal, T = 128: mean
 /// cosine at depth 6 / 18 / 36 / 72, printed to three decimals there.
 #[test]
 fn mean_cosines_match_the_worked_numbers_of_the_theory() {

@@ -1,7 +1,7 @@
 //! A finite-width forward pass of a block graph with sampled weights, in
 //! plain Rust (nalgebra), written independently of the kernel rules so the
 //! two can be compared: the infinite-width prediction must match the mean
-//! over seeds of the measured token statistics (theory.md §5).
+//! over seeds of the measured token statistics (docs/theory.md §5).
 
 use blkc::eval::{eval, eval_const, Env};
 use blkc::graph::{AttentionSpec, BlockIr, Graph, Init, Linear, Mask, MatrixTerm, MlpSpec, NormKind, Op};

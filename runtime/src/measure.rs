@@ -2,7 +2,7 @@
 //! sequences, against the infinite-width prediction made from the same
 //! input kernel. Agreement is the proof that the theory and the lowering
 //! describe the same network; finite width makes them differ by
-//! O(1/√width) (theory.md §5).
+//! O(1/√width) (docs/theory.md §5).
 
 use blkc::graph::{Model as ModelIr, Program};
 use blkc::signal::kernel::{effective_rank, mean_cosine, scale, Input};
@@ -20,7 +20,7 @@ use crate::model::Model;
 pub const MAX_VOCAB: u64 = 4096;
 
 /// The stated tolerance on the mean token cosine, for the mean over
-/// several model draws (theory.md §5: 3 seeds deviate from the prediction
+/// several model draws (docs/theory.md §5: 3 seeds deviate from the prediction
 /// by at most 0.046 at width 256 and 0.016 at 512–768, over 72 layers; one
 /// draw alone fluctuates by up to ~0.07 at width 256).
 pub fn tolerance(width: u64) -> f64 {

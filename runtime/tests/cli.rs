@@ -78,7 +78,7 @@ fn check_rejects_only_the_collapsing_block_among_the_canonical_files() {
     let o = blkc(&args);
     let err = text(&o.stderr);
     // Exactly the naive skipless block and its two models are rejected
-    // (theory.md §3.2: it fails from depth 6 on), as their
+    // (docs/theory.md §3.2: it fails from depth 6 on), as their
     // `# blkc: expect E3001` lines say: so the whole set passes.
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(

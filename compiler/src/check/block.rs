@@ -16,7 +16,7 @@ const RESERVED: &[&str] = &["x", "depth", "width", "heads", "layer"];
 const MODULES: &[&str] = &["attn", "mlp", "rmsnorm", "layernorm"];
 
 /// Default epsilon of `rmsnorm` and `layernorm`: the GPT-2 config's 1e-5,
-/// which the reference code uses for every norm (paper.md §5.5).
+/// which the reference code uses for every norm (docs/theory.md §6).
 pub const DEFAULT_EPS: f64 = 1e-5;
 
 /// A typed value.

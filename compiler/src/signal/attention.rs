@@ -1,4 +1,4 @@
-//! The attention matrix at init (theory.md §2.2). With zero queries the
+//! The attention matrix at init (docs/theory.md §2.2). With zero queries the
 //! logits vanish, so `softmax` equals the mask's centre matrix C and a
 //! shaped matrix αI + β·softmax − γC is a fixed T×T matrix. With random
 //! queries and keys the matrix stays random even at infinite width; its

@@ -1,5 +1,5 @@
 //! Dual maps ("C-maps") of activations: the kernel of φ(u) for a zero-mean
-//! Gaussian u with kernel K (theory.md §2.3). Closed forms for ReLU, leaky
+//! Gaussian u with kernel K (docs/theory.md §2.3). Closed forms for ReLU, leaky
 //! ReLU (Cho & Saul 2009), exact GELU (Tsuchida et al. 2020) and erf
 //! (Williams 1997); a Hermite (Mehler) series (Daniely et al. 2016) for
 //! every other φ, with exact diagonals from 1-D Gauss–Hermite quadrature.

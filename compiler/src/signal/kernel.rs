@@ -67,7 +67,7 @@ pub fn symmetrise(k: &mut Mat) {
 }
 
 /// The input kernels of the analysis, all with unit diagonal (the scale
-/// the thresholds of theory.md §3 are calibrated for).
+/// the thresholds of docs/theory.md §3 are calibrated for).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// Distinct tokens: Σ₀ = I.

@@ -2,10 +2,10 @@
 //! model's depth, keep tokens distinguishable and the signal's scale sane?
 //!
 //! The T×T token kernel Σ is carried through every node of every layer in
-//! the infinite-width limit ([`propagate`], rules of theory.md §2), from
+//! the infinite-width limit ([`propagate`], rules of docs/theory.md §2), from
 //! reference input kernels ([`kernel::Input`]); per layer the mean token
 //! cosine, the effective rank and the scale are recorded ([`Trace`]), and
-//! [`verdict`] judges them with the thresholds of theory.md §3.2.
+//! [`verdict`] judges them with the thresholds of docs/theory.md §3.2.
 
 pub mod attention;
 pub mod duals;
@@ -24,7 +24,7 @@ use crate::eval::Env;
 use crate::graph::{BlockIr, Graph, Mask, Model, Op};
 
 /// Longest context the analysis runs at: its cost is O(depth·T³), and the
-/// mean cosine barely depends on T (theory.md §2.6: 0.9009 / 0.8991 /
+/// mean cosine barely depends on T (docs/theory.md §2.6: 0.9009 / 0.8991 /
 /// 0.8991 / 0.9006 at T = 16 / 32 / 64 / 128).
 pub const MAX_CONTEXT: usize = 512;
 /// Default analysis context: the model's, capped at 128.
@@ -63,7 +63,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults of theory.md §3.2: inputs Σ₀ = I and 0.8 I + 0.2·11ᵀ.
+    /// The defaults of docs/theory.md §3.2: inputs Σ₀ = I and 0.8 I + 0.2·11ᵀ.
     pub fn new(depth: u64, context: usize) -> Options {
         Options {
             depth,

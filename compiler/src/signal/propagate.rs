@@ -1,4 +1,4 @@
-//! One block, one layer: the joint-Gram tracker of theory.md §2.6.
+//! One block, one layer: the joint-Gram tracker of docs/theory.md §2.6.
 //!
 //! Every node of the block graph is a signal with its own kernel G(n, n);
 //! cross kernels G(a, b) are computed on demand from the later node's
@@ -21,7 +21,7 @@ use crate::graph::{AttentionSpec, Graph, Init, Linear, Mask, MatrixTerm, MlpSpec
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionMode {
     /// Zero-query approximation while σ_Q·σ_K ≤ 1 (error ≤ 0.02 in ρ̄,
-    /// theory.md §6), Monte Carlo above.
+    /// docs/theory.md §6), Monte Carlo above.
     Auto,
     /// Always the zero-query approximation (A_softmax = C).
     ZeroQuery,
@@ -122,7 +122,7 @@ pub fn block(g: &Graph, sigma: &Mat, env: &Env, setting: &Setting, ablation: Abl
     BlockOut { kernel: out, nodes: stats }
 }
 
-/// Variance factor σ² of a random weight (fan-in convention, theory.md
+/// Variance factor σ² of a random weight (fan-in convention, docs/theory.md
 /// §2.1); `None` for an identity map (correlated with its input).
 fn variance(init: &Init, fan_in: f64, fan_out: f64, env: &Env) -> Option<f64> {
     let v = |s: &crate::graph::Scalar| eval_const(s, env).unwrap_or(0.0);
@@ -221,7 +221,7 @@ impl Tracker<'_> {
             return (Rel::Fresh, None);
         };
         // At init, RMSNorm and LayerNorm (zero-mean input) are the per-token
-        // rescaling x_i / sqrt(q_i + ε) (theory.md §2.4).
+        // rescaling x_i / sqrt(q_i + ε) (docs/theory.md §2.4).
         let d = k.diagonal().map(|q| 1.0 / (q.max(0.0) + eps).sqrt());
         let own = Mat::from_fn(k.nrows(), k.ncols(), |i, j| d[i] * k[(i, j)] * d[j]);
         (Rel::Linear(input, Map::Diag(d)), Some(own))

@@ -1,4 +1,4 @@
-//! Judging traces with the thresholds of theory.md §3.2, and turning a
+//! Judging traces with the thresholds of docs/theory.md §3.2, and turning a
 //! rejection into a diagnostic that points at the part of the block
 //! responsible (found by re-running the analysis with counterfactual
 //! changes: attention made the identity, MLP branches removed).
@@ -11,7 +11,7 @@ use crate::eval::{eval, Env};
 use crate::graph::{BlockIr, Graph, MatrixTerm, NodeId, Op};
 use crate::span::Span;
 
-/// The thresholds (theory.md §3.2, calibrated on causal and bidirectional
+/// The thresholds (docs/theory.md §3.2, calibrated on causal and bidirectional
 /// masks, T = 16–128, depth 6–72, fan-in σ = 1 and GPT-2 0.02 inits).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Thresholds {

@@ -92,7 +92,7 @@ pub fn weight<B: Backend>(
         Init::Identity => return identity(fan_in, fan_out, device),
         // The paper's absolute std (App. D.1: 0.02 for every weight).
         Init::Normal { std } => v(std),
-        // N(0, gain²/fan_in): the fan-in convention of theory.md §1.
+        // N(0, gain²/fan_in): the fan-in convention of docs/theory.md §1.
         Init::FanIn { gain } => v(gain) / (fan_in as f64).sqrt(),
         Init::Orthogonal { gain } => return orthogonal(fan_in, fan_out, rng, device) * v(gain),
     };

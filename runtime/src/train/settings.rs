@@ -1,6 +1,6 @@
 //! Training settings resolved: the file's `train` sections, then the
 //! command line's overrides, then defaults (the paper's setup where it has
-//! one, `reference/paper.md` §5.3). Overrides are checked by the compiler's
+//! one: He & Hofmann 2023, App. D.1, and the reference code's `train.yaml`). Overrides are checked by the compiler's
 //! own rules: `--set key=value` is compiled as a one-line `train` section.
 
 use std::path::Path;
