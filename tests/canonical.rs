@@ -237,10 +237,10 @@ fn every_theory_citation_resolves() {
         })
         .collect();
     let mut cited = 0;
-    for dir in ["compiler/src", "runtime/src", "runtime/tests", "tests", "docs"] {
+    for dir in ["compiler/src", "runtime/src", "runtime/tests", "tests", "docs", "blocks", "examples"] {
         for path in walk(&root.join(dir)).into_iter().filter(|p| !p.ends_with("tests/canonical.rs")) {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let text = text.replace("\n///", " ").replace("\n//!", " ").replace("\n//", " ");
+            let text = text.replace("\n///", " ").replace("\n//!", " ").replace("\n//", " ").replace("\n#", " ");
             for (i, _) in text.match_indices("theory.md") {
                 let before = &text[..i];
                 assert!(before.ends_with("docs/"), "{}: a theory citation outside docs/theory.md", path.display());
@@ -261,14 +261,14 @@ fn every_theory_citation_resolves() {
     assert!(cited >= 20, "only {cited} citations found");
 }
 
-/// The `.rs` and `.md` files below `dir`.
+/// The `.rs`, `.md` and `.blk` files below `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.is_dir() {
             out.extend(walk(&path));
-        } else if path.extension().is_some_and(|e| e == "rs" || e == "md") {
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "md" || e == "blk") {
             out.push(path);
         }
     }
