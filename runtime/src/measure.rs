@@ -1,7 +1,8 @@
 //! The measured init check: the lowered model at init, fed random token
 //! sequences, against the infinite-width prediction made from the same
-//! input kernel. Agreement is the proof that the theory and the lowering
-//! describe the same network; finite width makes them differ by
+//! input Gram Σ (the signal analysis's token "kernel"; in this crate a
+//! kernel is a compute kernel). Agreement is the proof that the theory and
+//! the lowering describe the same network; finite width makes them differ by
 //! O(1/√width) (docs/theory.md §5).
 
 use blkc::graph::{Model as ModelIr, Program};
@@ -74,8 +75,8 @@ pub struct Setup {
     pub seed: u64,
 }
 
-/// Kernel X·Xᵀ/d of one sequence's activations `[T, d]`.
-fn kernel<B: Backend>(x: Tensor<B, 2>) -> Mat {
+/// The token Gram X·Xᵀ/d of one sequence's activations `[T, d]`.
+fn gram<B: Backend>(x: Tensor<B, 2>) -> Mat {
     let [t, d] = x.dims();
     let k = x.clone().matmul(x.transpose()) / d as f64;
     let v: Vec<f32> = k.into_data().to_vec().unwrap_or_default();
@@ -84,7 +85,7 @@ fn kernel<B: Backend>(x: Tensor<B, 2>) -> Mat {
 
 /// Measured statistics of one model draw: per layer (cosine,
 /// effective rank, scale), averaged over sequences; and the mean input
-/// kernel.
+/// Gram.
 fn draw<B: Kernels>(
     p: &Program,
     m: &ModelIr,
@@ -112,7 +113,7 @@ fn draw<B: Kernels>(
         }
     };
     let per_seq = |x: Tensor<B, 3>| -> Vec<Mat> {
-        (0..sequences).map(|s| kernel(x.clone().narrow(0, s, 1).reshape([t, m.width as usize]))).collect()
+        (0..sequences).map(|s| gram(x.clone().narrow(0, s, 1).reshape([t, m.width as usize]))).collect()
     };
     let avg = |ks: &[Mat], f: fn(&Mat) -> f64| ks.iter().map(f).sum::<f64>() / ks.len() as f64;
     let k0 = per_seq(model.embed(tokens.clone()));
@@ -145,7 +146,7 @@ fn heads_at(width: u64, heads: u64, w: u64) -> u64 {
 /// Measures `models` independent draws of `m` (width/depth possibly
 /// overridden; at another width the heads follow, see `heads_at`),
 /// averages, and compares with the prediction from the mean measured
-/// input kernel.
+/// input Gram.
 pub fn compare<B: Kernels>(p: &Program, m: &ModelIr, setup: Setup, device: &B::Device) -> Comparison {
     let mut m = m.clone();
     if let Some(w) = setup.width {

@@ -281,8 +281,8 @@ pub struct MixParts<B: Backend> {
 }
 
 impl<B: Kernels> MixParts<B> {
-    /// The attention through its mix (one kernel), summed with `(b, ga,
-    /// gb)` when given.
+    /// The attention through its mix (one kernel), summed with `(b, beta_sa,
+    /// beta_ff)` when given.
     pub fn apply(self, add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>) -> Tensor<B, 3> {
         kernels::shaped_attention([self.q, self.k], self.bq, self.v, self.gains, (self.scale, self.causal), add)
     }

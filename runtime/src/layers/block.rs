@@ -25,7 +25,8 @@ pub enum Step {
     /// operands only.
     MixParts(usize, NodeId),
     Mlp(usize, NodeId),
-    /// `ga · parts + gb · other`: a shaped attention's parts, mixed and
+    /// `beta_sa · parts + beta_ff · other` (SAS-P's gains): a shaped
+    /// attention's parts, mixed and
     /// summed with the other term in one kernel.
     MixedSum {
         parts: (Scalar, NodeId),
@@ -200,9 +201,9 @@ impl<B: Kernels> Block<B> {
                     continue;
                 }
                 Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
-                Step::MixedSum { parts: (ga, a), other: (gb, b) } => {
+                Step::MixedSum { parts: (beta_sa, a), other: (beta_ff, b) } => {
                     let p = parts[*a].take().expect("the parts of a mixed attention");
-                    p.apply(Some((read(*b), gain(ga), gain(gb))))
+                    p.apply(Some((read(*b), gain(beta_sa), gain(beta_ff))))
                 }
                 Step::GainedSum([(ga, a), (gb, b)]) => {
                     let (b, a) = (read(*b), read(*a));

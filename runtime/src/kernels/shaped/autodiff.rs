@@ -14,7 +14,7 @@ use crate::kernels::graph::{record, take_grad};
 use crate::kernels::Kernels;
 
 /// A shaped attention through its mix (and a sum with another branch):
-/// parents `q`, `k`, `v`, the three gains, then `b`, `ga`, `gb` with an
+/// parents `q`, `k`, `v`, the three gains, then `b`, `beta_sa`, `beta_ff` with an
 /// addend, then the query's bias with one (`N` = 6, 7, 9 or 10).
 #[derive(Debug)]
 struct ShapedAttention;
@@ -28,8 +28,8 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[2], dy.clone());
         let g = B::shaped_attention_backward(a, add, p, dy, acc);
-        let [dgi, dgs, dgc] = g.dgains;
-        let mut all = vec![g.dq, g.dk, g.dv, dgi, dgs, dgc];
+        let [dalpha, dbeta, dgamma] = g.dgains;
+        let mut all = vec![g.dq, g.dk, g.dv, dalpha, dbeta, dgamma];
         all.extend(g.addend.into_iter().flatten());
         all.extend(g.dbq);
         for (parent, grad) in ops.parents.into_iter().zip(all) {
@@ -52,8 +52,8 @@ impl<B: Kernels> Backward<B, 5> for Mix {
         let (v, o, gains, causal) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
-        let (dv, d_o, [dgi, dgs, dgc]) = B::mix_backward(v, o, gains, dy, causal, acc);
-        for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dgi, dgs, dgc]) {
+        let (dv, d_o, [dalpha, dbeta, dgamma]) = B::mix_backward(v, o, gains, dy, causal, acc);
+        for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dalpha, dbeta, dgamma]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
@@ -75,22 +75,25 @@ impl<B: Kernels> Backward<B, 1> for CausalMean {
 
 impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
     fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
-        let [gi, gs, gc] = a.gains;
-        let [q, k, v, gi_n, gs_n, gc_n] = [&a.q, &a.k, &a.v, &gi, &gs, &gc].map(|t| t.node.clone());
+        let [alpha, beta, gamma] = a.gains;
+        let [q, k, v, gi_n, gs_n, gc_n] = [&a.q, &a.k, &a.v, &alpha, &beta, &gamma].map(|t| t.node.clone());
         let bias_node = a.bq.as_ref().map(|b| b.node.clone());
         let inner = Shaped {
             q: a.q.primitive,
             k: a.k.primitive,
             v: a.v.primitive,
-            gains: [gi.primitive, gs.primitive, gc.primitive],
+            gains: [alpha.primitive, beta.primitive, gamma.primitive],
             scale: a.scale,
             causal: a.causal,
             bq: a.bq.map(|t| t.primitive),
         };
         let (extra, addend) = match add {
             Some(m) => {
-                let extra = [&m.b, &m.ga, &m.gb].map(|t| t.node.clone());
-                (Some(extra), Some(MixAddend { b: m.b.primitive, ga: m.ga.primitive, gb: m.gb.primitive }))
+                let extra = [&m.b, &m.beta_sa, &m.beta_ff].map(|t| t.node.clone());
+                (
+                    Some(extra),
+                    Some(MixAddend { b: m.b.primitive, beta_sa: m.beta_sa.primitive, beta_ff: m.beta_ff.primitive }),
+                )
             }
             None => (None, None),
         };
@@ -100,8 +103,12 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
         match (extra, bias_node) {
             (None, None) => record!(n, [q, k, v, gi_n, gs_n, gc_n], state, y),
             (None, Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, bq], state, y),
-            (Some([b, ga, gb]), None) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb], state, y),
-            (Some([b, ga, gb]), Some(bq)) => record!(n, [q, k, v, gi_n, gs_n, gc_n, b, ga, gb, bq], state, y),
+            (Some([b, beta_sa, beta_ff]), None) => {
+                record!(n, [q, k, v, gi_n, gs_n, gc_n, b, beta_sa, beta_ff], state, y)
+            }
+            (Some([b, beta_sa, beta_ff]), Some(bq)) => {
+                record!(n, [q, k, v, gi_n, gs_n, gc_n, b, beta_sa, beta_ff, bq], state, y)
+            }
         }
     }
 
@@ -111,9 +118,9 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
         gains: [FloatTensor<Self>; 3],
         causal: bool,
     ) -> FloatTensor<Self> {
-        let [gi, gs, gc] = gains;
-        let nodes = [v.node.clone(), o.node.clone(), gi.node.clone(), gs.node.clone(), gc.node.clone()];
-        let inner = [gi.primitive, gs.primitive, gc.primitive];
+        let [alpha, beta, gamma] = gains;
+        let nodes = [v.node.clone(), o.node.clone(), alpha.node.clone(), beta.node.clone(), gamma.node.clone()];
+        let inner = [alpha.primitive, beta.primitive, gamma.primitive];
         let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
         record!(Mix, nodes, (v.primitive, o.primitive, inner, causal), y)
     }

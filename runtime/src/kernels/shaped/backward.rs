@@ -87,7 +87,7 @@ pub(super) fn backward(
         p: &p.storage()[..n * t * t],
         dy: &dy.storage()[..len],
         b: bt.as_ref().map(|x| &x.storage()[..len]),
-        gains: loops::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] },
+        gains: loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] },
         softmax_gain: &cols[1],
         scale: a.scale as f32,
         causal: a.causal,
@@ -130,10 +130,10 @@ pub(super) fn backward(
         None => owned(fresh.finish(pv), shape.clone()),
     };
     let sizes = a.gains.each_ref().map(|g| g.layout().num_elements());
-    let (dgains, [dga, dgb]) = gain_grads(&plan, &per, sizes);
+    let (dgains, [dbeta_sa, dbeta_ff]) = gain_grads(&plan, &per, sizes);
     let addend = add.map(|m| {
-        let [na, nb] = [&m.ga, &m.gb].map(|g| g.layout().num_elements());
-        [owned(db.finish(pb), shape.clone()), group_sums(&dga, na), group_sums(&dgb, nb)]
+        let [na, nb] = [&m.beta_sa, &m.beta_ff].map(|g| g.layout().num_elements());
+        [owned(db.finish(pb), shape.clone()), group_sums(&dbeta_sa, na), group_sums(&dbeta_ff, nb)]
     });
     let dbq = plan.bq.as_ref().map(|_| vector(totals(per.iter().map(|s| s.dbq.as_slice()), h * d)));
     let (dq, dk) = (token_major(dq.finish(pq), [b, h, t, d]), token_major(dk.finish(pk), [b, h, t, d]));
@@ -142,7 +142,7 @@ pub(super) fn backward(
 
 /// The gains' gradients from the sequences' sums: the mix's own three
 /// (`[n]` each, as `sizes` says), and per head those of the sum's gains
-/// `ga`, `gb`.
+/// `beta_sa`, `beta_ff`.
 fn gain_grads(plan: &ShapedPlan, per: &[Sums], sizes: [usize; 3]) -> ([FlexTensor; 3], [Vec<f64>; 2]) {
     let [_, h, _, _, dv] = plan.dims;
     // Per head: the sums of `dy` against `v`, `o`, the centre term and
@@ -155,12 +155,13 @@ fn gain_grads(plan: &ShapedPlan, per: &[Sums], sizes: [usize; 3]) -> ([FlexTenso
             *x = [x[0] + part(si), x[1] + s.so[hi], x[2] + part(sc), x[3] + part(sb)];
         }
     }
-    let ga = |hi: usize| plan.ga.as_ref().map_or(1.0, |g| f64::from(g[hi]));
-    let own = [&plan.gi, &plan.gs, &plan.gc];
-    let dgains = [0, 1, 2].map(|k| group_sums(&(0..h).map(|hi| ga(hi) * heads[hi][k]).collect::<Vec<_>>(), sizes[k]));
-    let dga = (0..h).map(|hi| (0..3).map(|k| f64::from(own[k][hi]) * heads[hi][k]).sum()).collect();
-    let dgb = (0..h).map(|hi| heads[hi][3]).collect();
-    (dgains, [dga, dgb])
+    let beta_sa = |hi: usize| plan.beta_sa.as_ref().map_or(1.0, |g| f64::from(g[hi]));
+    let own = [&plan.alpha, &plan.beta, &plan.gamma];
+    let dgains =
+        [0, 1, 2].map(|k| group_sums(&(0..h).map(|hi| beta_sa(hi) * heads[hi][k]).collect::<Vec<_>>(), sizes[k]));
+    let dbeta_sa = (0..h).map(|hi| (0..3).map(|k| f64::from(own[k][hi]) * heads[hi][k]).sum()).collect();
+    let dbeta_ff = (0..h).map(|hi| heads[hi][3]).collect();
+    (dgains, [dbeta_sa, dbeta_ff])
 }
 
 impl Back<'_> {
@@ -176,14 +177,14 @@ impl Back<'_> {
     /// Returns the column sums, `dv`'s rows, written, and the proofs.
     fn mix_rows<'a>(&self, q: usize, dv: Dv<'a>, db: Option<Out<'_>>) -> ([Vec<f32>; 3], &'a mut [f32], Proofs) {
         let [_, _, t, _, _] = self.plan.dims;
-        let width = self.gains.i.len();
+        let width = self.gains.alpha.len();
         let base = q * t * width;
         let [mut si, mut sc, mut sb, mut unused, mut r] = [0, 1, 2, 3, 4].map(|_| vec![0.0f32; width]);
         if !self.causal {
             self.dy[base..base + t * width].chunks(width).for_each(|row| simd::add_into(&mut r, row));
             r.iter_mut().for_each(|x| *x /= t as f32);
         }
-        let mut sums = loops::MixSums { r: &mut r, i: &mut si, s: &mut unused, c: &mut sc, b: &mut sb };
+        let mut sums = loops::MixSums { r: &mut r, alpha: &mut si, beta: &mut unused, gamma: &mut sc, branch: &mut sb };
         let (mut row_dv, mut row_db) = (vec![0.0f32; width], vec![0.0f32; width]);
         let (mut db_rows, db_join) = match db.map(|o| o.split(width)) {
             Some((rows, join)) => (rows.into_iter().map(Some).collect(), Some(join)),
@@ -267,14 +268,14 @@ impl Back<'_> {
         let dv_heads = MatMut::heads(dv, [1, h, t, dvw]);
         for (hi, ((mut dvi, dqi), dki)) in dv_heads.into_iter().zip(dqs).zip(dks).enumerate() {
             let i = q * h + hi;
-            let gi = Mat::new(self.dy, base + hi * dvw, [t, dvw], [width as isize, 1]);
+            let dyi = Mat::new(self.dy, base + hi * dvw, [t, dvw], [width as isize, 1]);
             let vi = Mat::new(self.v, base + hi * dvw, [t, dvw], [width as isize, 1]);
             let (p, gain) = (&self.p[i * t * t..(i + 1) * t * t], self.softmax_gain[hi * dvw]);
-            // dv += gs · pᵀ · dy (the mix's part is written already).
-            gemm.product(&mut dvi, Some(gain), Mat::rows(p, t, t).t(), gi);
-            // ds = gs · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ; the row
+            // dv += beta · pᵀ · dy (the mix's part is written already).
+            gemm.product(&mut dvi, Some(gain), Mat::rows(p, t, t).t(), dyi);
+            // ds = beta · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ; the row
             // sums Σ p ⊙ dp are dy · o: the softmax gain's gradient.
-            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gi, vi.t());
+            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, dyi, vi.t());
             for (row, w) in ds.chunks_mut(t).zip(p.chunks(t)) {
                 so[hi] += f64::from(softmax_backward(row, w, gain * self.scale));
             }

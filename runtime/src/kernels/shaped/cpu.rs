@@ -31,7 +31,7 @@ impl ShapedOps for Flex {
         let seqs: Vec<_> =
             y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
         let cols = plan.columns(dv);
-        let g = loops::MixGains { i: &cols[0], s: &cols[1], c: &cols[2], b: &cols[3] };
+        let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
         let (scale, causal) = (a.scale as f32, a.causal);
         // Per sequence: per head the scores, their softmax and the softmax
         // term (into a scratch `[t, width]` that stays in cache), then the
@@ -123,30 +123,30 @@ impl ShapedOps for Flex {
 }
 
 /// A fused shaped attention's dims `[batch, heads, tokens, d, dv]`, its
-/// gains per head: the mix's own (`gi`, `gs`, `gc`), the sum's `ga`, `gb`;
+/// gains per head: the mix's own (`alpha`, `beta`, `gamma`), the sum's `beta_sa`, `beta_ff`;
 /// and the query's bias (`[heads · d]`) when it has biases.
 pub(super) struct ShapedPlan {
     pub(super) dims: [usize; 5],
-    pub(super) gi: Vec<f32>,
-    pub(super) gs: Vec<f32>,
-    pub(super) gc: Vec<f32>,
-    pub(super) ga: Option<Vec<f32>>,
-    pub(super) gb: Vec<f32>,
+    pub(super) alpha: Vec<f32>,
+    pub(super) beta: Vec<f32>,
+    pub(super) gamma: Vec<f32>,
+    pub(super) beta_sa: Option<Vec<f32>>,
+    pub(super) beta_ff: Vec<f32>,
     pub(super) bq: Option<Vec<f32>>,
 }
 
 impl ShapedPlan {
-    /// The gains per column (`dv` per head): the three terms' times `ga`,
-    /// and `gb` (zeros without a branch).
+    /// The gains per column (`dv` per head): the three terms' times `beta_sa`,
+    /// and `beta_ff` (zeros without a branch).
     pub(super) fn columns(&self, dv: usize) -> [Vec<f32>; 4] {
-        let heads = self.gi.len();
+        let heads = self.alpha.len();
         let column = |f: &dyn Fn(usize) -> f32| (0..heads * dv).map(|j| f(j / dv)).collect::<Vec<f32>>();
-        let ga = |hi: usize| self.ga.as_ref().map_or(1.0, |g| g[hi]);
+        let beta_sa = |hi: usize| self.beta_sa.as_ref().map_or(1.0, |g| g[hi]);
         [
-            column(&|hi| self.gi[hi] * ga(hi)),
-            column(&|hi| self.gs[hi] * ga(hi)),
-            column(&|hi| self.gc[hi] * ga(hi)),
-            column(&|hi| self.gb.get(hi).copied().unwrap_or(0.0)),
+            column(&|hi| self.alpha[hi] * beta_sa(hi)),
+            column(&|hi| self.beta[hi] * beta_sa(hi)),
+            column(&|hi| self.gamma[hi] * beta_sa(hi)),
+            column(&|hi| self.beta_ff.get(hi).copied().unwrap_or(0.0)),
         ]
     }
 }
@@ -168,14 +168,14 @@ pub(super) fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTen
     if !fits {
         return None;
     }
-    let [gi, gs, gc] = [&a.gains[0], &a.gains[1], &a.gains[2]].map(|g| per_head(g, h));
-    let (ga, gb) = match add {
+    let [alpha, beta, gamma] = [&a.gains[0], &a.gains[1], &a.gains[2]].map(|g| per_head(g, h));
+    let (beta_sa, beta_ff) = match add {
         Some(m) => {
             let same = m.b.dtype() == DType::F32 && m.b.layout().shape() == sv;
-            (Some(per_head(&m.ga, h).filter(|_| same)?), per_head(&m.gb, h)?)
+            (Some(per_head(&m.beta_sa, h).filter(|_| same)?), per_head(&m.beta_ff, h)?)
         }
         None => (None, Vec::new()),
     };
     let bq = bias_values(&a.bq, h * d)?;
-    Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], gi: gi?, gs: gs?, gc: gc?, ga, gb, bq })
+    Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], alpha: alpha?, beta: beta?, gamma: gamma?, beta_sa, beta_ff, bq })
 }

@@ -55,10 +55,10 @@ pub struct MixIn<'a> {
 /// `b` (empty without one).
 #[derive(Debug, Clone, Copy)]
 pub struct MixGains<'a> {
-    pub i: &'a [f32],
-    pub s: &'a [f32],
-    pub c: &'a [f32],
-    pub b: &'a [f32],
+    pub alpha: &'a [f32],
+    pub beta: &'a [f32],
+    pub gamma: &'a [f32],
+    pub branch: &'a [f32],
 }
 
 /// What the shaped mix's backward carries from row to row: `r`, the
@@ -67,28 +67,28 @@ pub struct MixGains<'a> {
 #[derive(Debug)]
 pub struct MixSums<'a> {
     pub r: &'a mut [f32],
-    pub i: &'a mut [f32],
-    pub s: &'a mut [f32],
-    pub c: &'a mut [f32],
-    pub b: &'a mut [f32],
+    pub alpha: &'a mut [f32],
+    pub beta: &'a mut [f32],
+    pub gamma: &'a mut [f32],
+    pub branch: &'a mut [f32],
 }
 
 multiversion! {
-    /// One row of the shaped mix: `out ← gi ⊙ v + gs ⊙ o + gc ⊙ inv · sum
-    /// (+ gb ⊙ b)` (every element written). With `running` (the causal
+    /// One row of the shaped mix: `out ← alpha ⊙ v + beta ⊙ o + gamma ⊙ inv · sum
+    /// (+ beta_ff ⊙ b)` (every element written). With `running` (the causal
     /// running mean, rows in order), `v` is first added into `sum`;
     /// otherwise `sum` is the sum of all rows.
     pub fn mix_row(out: &mut [f32], x: MixIn<'_>, sum: &mut [f32], g: MixGains<'_>, inv: f32, running: bool) {
         let n = out.len();
-        let (v, o, sum, gi, gs, gc) = (&x.v[..n], &x.o[..n], &mut sum[..n], &g.i[..n], &g.s[..n], &g.c[..n]);
+        let (v, o, sum, alpha, beta, gamma) = (&x.v[..n], &x.o[..n], &mut sum[..n], &g.alpha[..n], &g.beta[..n], &g.gamma[..n]);
         match x.b {
             Some(b) => {
-                let (b, gb) = (&b[..n], &g.b[..n]);
+                let (b, beta_ff) = (&b[..n], &g.branch[..n]);
                 for j in 0..n {
                     if running {
                         sum[j] += v[j];
                     }
-                    out[j] = gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]) + gb[j] * b[j];
+                    out[j] = alpha[j] * v[j] + beta[j] * o[j] + gamma[j] * (inv * sum[j]) + beta_ff[j] * b[j];
                 }
             }
             None => {
@@ -96,7 +96,7 @@ multiversion! {
                     if running {
                         sum[j] += v[j];
                     }
-                    out[j] = gi[j] * v[j] + gs[j] * o[j] + gc[j] * (inv * sum[j]);
+                    out[j] = alpha[j] * v[j] + beta[j] * o[j] + gamma[j] * (inv * sum[j]);
                 }
             }
         }
@@ -118,18 +118,18 @@ fn shaped_back<const ADD: bool>(
     let n = dv.len();
     let (dy, v) = (&dy[..n], &v[..n]);
     if let Some((b, db)) = b {
-        let (b, db, gb, sb) = (&b[..n], &mut db[..n], &g.b[..n], &mut sums.b[..n]);
+        let (b, db, beta_ff, sb) = (&b[..n], &mut db[..n], &g.branch[..n], &mut sums.branch[..n]);
         for j in 0..n {
-            db[j] = gb[j] * dy[j];
+            db[j] = beta_ff[j] * dy[j];
             sb[j] += dy[j] * b[j];
         }
     }
-    let (gi, gc) = (&g.i[..n], &g.c[..n]);
-    let (r, si, sc) = (&mut sums.r[..n], &mut sums.i[..n], &mut sums.c[..n]);
+    let (alpha, gamma) = (&g.alpha[..n], &g.gamma[..n]);
+    let (r, si, sc) = (&mut sums.r[..n], &mut sums.alpha[..n], &mut sums.gamma[..n]);
     for j in 0..n {
         let d = dy[j];
         r[j] += inv * d;
-        let x = gi[j] * d + gc[j] * r[j];
+        let x = alpha[j] * d + gamma[j] * r[j];
         dv[j] = if ADD { dv[j] + x } else { x };
         si[j] += d * v[j];
         sc[j] += v[j] * r[j];
@@ -138,10 +138,10 @@ fn shaped_back<const ADD: bool>(
 
 multiversion! {
     /// One row of a shaped attention's mix, backward, rows taken last to
-    /// first: with a branch `(b, db)`, `db ← gb ⊙ dy` and the sum `dy ⊙ b`;
+    /// first: with a branch `(b, db)`, `db ← beta_ff ⊙ dy` and the sum `dy ⊙ b`;
     /// `r ← r + inv · dy` (`inv` is 1/(i+1) for the causal running mean, so
     /// that `r` is the centre term's gradient per unit gain; for the plain
-    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← gi ⊙ dy + gc ⊙ r`
+    /// mean `r` is set once to `Σ dy / t` and `inv` is 0), `dv ← alpha ⊙ dy + gamma ⊙ r`
     /// (written or added into), and the sums `dy ⊙ v`, `v ⊙ r`. The softmax
     /// term's part is the attention's.
     pub fn shaped_back_row(
@@ -163,7 +163,7 @@ multiversion! {
 multiversion! {
     /// One row of the shaped mix's backward, rows taken last to first: the
     /// shaped attention's row ([`shaped_back_row`], `dv` added into), then
-    /// the softmax term's gain's sum `dy ⊙ o` and `do = gs ⊙ dy` in place
+    /// the softmax term's gain's sum `dy ⊙ o` and `do = beta ⊙ dy` in place
     /// over `dy`.
     pub fn mix_back_row(
         dv: &mut [f32],
@@ -175,10 +175,10 @@ multiversion! {
     ) {
         let n = dv.len();
         shaped_back::<true>(dv, dy, vo[0], None, g, sums, inv);
-        let (dy, o, gs, ss) = (&mut dy[..n], &vo[1][..n], &g.s[..n], &mut sums.s[..n]);
+        let (dy, o, beta, ss) = (&mut dy[..n], &vo[1][..n], &g.beta[..n], &mut sums.beta[..n]);
         for j in 0..n {
             ss[j] += dy[j] * o[j];
-            dy[j] *= gs[j];
+            dy[j] *= beta[j];
         }
     }
 }

@@ -28,18 +28,18 @@ fn setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<([Ve
     if dims[1] == 0 {
         return None;
     }
-    let [gi, gs, gc] = gains;
-    Some(([columns(gi, w)?, columns(gs, w)?, columns(gc, w)?], dims))
+    let [alpha, beta, gamma] = gains;
+    Some(([columns(alpha, w)?, columns(beta, w)?, columns(gamma, w)?], dims))
 }
 
 /// The shaped mix, one pass per sequence; `None` where the kernel does
 /// not apply.
 pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], causal: bool) -> Option<FlexTensor> {
-    let ([gi, gs, gc], [_, t, w]) = setup(v, o, gains)?;
+    let ([alpha, beta, gamma], [_, t, w]) = setup(v, o, gains)?;
     let (v, o) = (v.to_contiguous(), o.to_contiguous());
     let len = v.layout().num_elements();
     let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-    let g = loops::MixGains { i: &gi, s: &gs, c: &gc, b: &[] };
+    let g = loops::MixGains { alpha: &alpha, beta: &beta, gamma: &gamma, branch: &[] };
     let out = fresh(len, t * w, |q, y: Out<'_>| {
         let span = q * t * w..(q + 1) * t * w;
         let (vq, oq) = (&vs[span.clone()], &os[span]);
@@ -60,7 +60,7 @@ pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], caus
     Some(owned(out, v.layout().shape().clone()))
 }
 
-/// The gradients `(dv, do, [dgi, dgs, dgc])` of the shaped mix (`dv` added
+/// The gradients `(dv, do, [dalpha, dbeta, dgamma])` of the shaped mix (`dv` added
 /// into `acc` when given; `do` over `dy`): one pass per sequence, from the
 /// last token to the first. The operands come back where the kernel does
 /// not apply.
@@ -76,14 +76,14 @@ pub fn mix_backward(
     let fits = dy.dtype() == DType::F32
         && dy.layout().shape() == &shape
         && acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == &shape);
-    let Some(([gi, gs, gc], [_, t, w])) = setup(v, o, gains).filter(|_| fits) else {
+    let Some(([alpha, beta, gamma], [_, t, w])) = setup(v, o, gains).filter(|_| fits) else {
         return Err((dy, acc));
     };
     let sizes = gains.each_ref().map(|g| g.layout().num_elements());
     let (v, o) = (v.to_contiguous(), o.to_contiguous());
     let len = v.layout().num_elements();
     let (vs, os): (&[f32], &[f32]) = (&v.storage()[..len], &o.storage()[..len]);
-    let g = loops::MixGains { i: &gi, s: &gs, c: &gc, b: &[] };
+    let g = loops::MixGains { alpha: &alpha, beta: &beta, gamma: &gamma, branch: &[] };
     // `do` over `dy` itself; `dv` added into `acc`, or into zeros (the
     // mix alone runs only with a soft-cap).
     let mut d_o = Rows::new(dy);
@@ -99,7 +99,7 @@ pub fn mix_backward(
             dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
             r.iter_mut().for_each(|x| *x /= t as f32);
         }
-        let mut sums = loops::MixSums { r: &mut r, i: &mut si, s: &mut ss, c: &mut sc, b: &mut unused };
+        let mut sums = loops::MixSums { r: &mut r, alpha: &mut si, beta: &mut ss, gamma: &mut sc, branch: &mut unused };
         for i in (0..t).rev() {
             let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
             let rows = i * w..(i + 1) * w;

@@ -1,5 +1,7 @@
-//! The shaped attention (He & Hofmann): `gi ⊙ v + gs ⊙ softmax(·) · v +
-//! gc ⊙ centre(v)`, as one graph node that never writes the attention's
+//! The shaped attention (He & Hofmann): `alpha ⊙ v + beta ⊙ softmax(·) · v +
+//! gamma ⊙ centre(v)` — `alpha`, `beta`, `gamma` the coefficients of `I`,
+//! `softmax` and `C` as the block gives them (the paper's α, β and −γ in
+//! `αI + β softmax − γC`) — as one graph node that never writes the attention's
 //! output on its own, summed with a block's other branch when it ends in
 //! a gained sum; its mix (the three terms, given the softmax term) and the
 //! causal `centre` (a running mean over tokens).
@@ -24,13 +26,13 @@ pub(super) mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 
-/// A branch `b` that a block sums with the shaped mix: `ga ⊙ mix + gb ⊙ b`
+/// A branch `b` that a block sums with the shaped mix: `beta_sa ⊙ mix + beta_ff ⊙ b`
 /// (gains `[n]`, one per group of columns).
 #[derive(Debug, Clone)]
 pub struct MixAddend<T> {
     pub b: T,
-    pub ga: T,
-    pub gb: T,
+    pub beta_sa: T,
+    pub beta_ff: T,
 }
 
 /// A shaped attention that ends in its mix: `q`, `k` split into heads
@@ -56,7 +58,7 @@ pub struct ShapedGrads<T> {
     pub dk: T,
     pub dv: T,
     pub dgains: [T; 3],
-    /// `[db, dga, dgb]`, with an addend.
+    /// `[db, dbeta_sa, dbeta_ff]`, with an addend.
     pub addend: Option<[T; 3]>,
     /// The query's bias's, with one.
     pub dbq: Option<T>,
@@ -65,8 +67,8 @@ pub struct ShapedGrads<T> {
 /// The shaped family.
 pub trait ShapedOps: AttentionOps + GainOps {
     /// A shaped attention through its mix, summed with another branch
-    /// when `add` is given: `y = ga ⊙ (gi ⊙ v + gs ⊙ softmax(scale · q ·
-    /// kᵀ (+ mask)) · v + gc ⊙ centre(v)) + gb ⊙ b` (`ga` 1 without `add`),
+    /// when `add` is given: `y = beta_sa ⊙ (alpha ⊙ v + beta ⊙ softmax(scale · q ·
+    /// kᵀ (+ mask)) · v + gamma ⊙ centre(v)) + beta_ff ⊙ b` (`beta_sa` 1 without `add`),
     /// `[batch, tokens, heads · d]`.
     fn shaped_attention(a: Shaped<FloatTensor<Self>>, add: Option<MixAddend<FloatTensor<Self>>>) -> FloatTensor<Self> {
         Self::shaped_attention_forward(a, add).0
@@ -95,7 +97,7 @@ pub trait ShapedOps: AttentionOps + GainOps {
     }
 
     /// The shaped attention's matrix applied to the values, as one pass:
-    /// `gi ⊙ v + gs ⊙ o + gc ⊙ centre(v)` for `v`, `o` (the softmax term,
+    /// `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre(v)` for `v`, `o` (the softmax term,
     /// `softmax · v`): `[batch, tokens, width]`, each gain `[n]` scaling
     /// `n` equal groups of the last dimension (heads; `n = 1` scales
     /// everything), `centre` the running mean over tokens (`causal`) or
@@ -109,8 +111,8 @@ pub trait ShapedOps: AttentionOps + GainOps {
         reference::mix::<Self>(v, o, gains, causal)
     }
 
-    /// The gradients of [`ShapedOps::mix`] from `dy`: `(dv, do, [dgi, dgs,
-    /// dgc])`. With `acc` (a gradient of `v` from elsewhere), `dv` is added
+    /// The gradients of [`ShapedOps::mix`] from `dy`: `(dv, do, [dalpha, dbeta,
+    /// dgamma])`. With `acc` (a gradient of `v` from elsewhere), `dv` is added
     /// to it.
     fn mix_backward(
         v: FloatTensor<Self>,
@@ -140,7 +142,7 @@ pub trait ShapedOps: AttentionOps + GainOps {
 /// A shaped attention through its mix (see [`ShapedOps::shaped_attention`]):
 /// `q`, `k` split into heads (plus the query's bias `[heads · d]` when
 /// given), `v` and the output `[batch, tokens, heads · d]`, summed with
-/// `(b, ga, gb)` when given.
+/// `(b, beta_sa, beta_ff)` when given.
 pub fn shaped_attention<B: ShapedOps>(
     qk: [Tensor<B, 4>; 2],
     bq: Option<Tensor<B, 1>>,
@@ -151,7 +153,11 @@ pub fn shaped_attention<B: ShapedOps>(
 ) -> Tensor<B, 3> {
     let [q, k] = qk.map(primitive);
     let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, bq: bq.map(primitive) };
-    let add = add.map(|(b, ga, gb)| MixAddend { b: primitive(b), ga: primitive(ga), gb: primitive(gb) });
+    let add = add.map(|(b, beta_sa, beta_ff)| MixAddend {
+        b: primitive(b),
+        beta_sa: primitive(beta_sa),
+        beta_ff: primitive(beta_ff),
+    });
     tensor(B::shaped_attention(a, add))
 }
 

@@ -36,7 +36,7 @@ pub fn shaped_attention_forward<B: ShapedOps>(
     let (o, p) = B::attention_forward(a.q, a.k, v4, a.bq, (a.scale, a.causal));
     let y = B::mix(a.v, merge_heads::<B>(o), a.gains, a.causal);
     let y = match add {
-        Some(m) => B::scaled_sum(y, m.b, m.ga, m.gb),
+        Some(m) => B::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
     };
     (y, p)
@@ -56,8 +56,8 @@ pub fn shaped_attention_backward<B: ShapedOps>(
     let (dy, addend) = match add {
         Some(m) => {
             let y = B::mix(a.v.clone(), o.clone(), a.gains.clone(), a.causal);
-            let [dmix, db, dga, dgb] = B::scaled_sum_backward(y, m.b, m.ga, m.gb, dy);
-            (dmix, Some([db, dga, dgb]))
+            let [dmix, db, dbeta_sa, dbeta_ff] = B::scaled_sum_backward(y, m.b, m.beta_sa, m.beta_ff, dy);
+            (dmix, Some([db, dbeta_sa, dbeta_ff]))
         }
         None => (dy, None),
     };
@@ -74,10 +74,10 @@ pub fn mix<B: ShapedOps>(
     gains: [FloatTensor<B>; 3],
     causal: bool,
 ) -> FloatTensor<B> {
-    let [gi, gs, gc] = gains;
+    let [alpha, beta, gamma] = gains;
     let c = centre::<B>(v.clone(), causal);
-    let sum = B::float_add(B::scale_groups(v, gi), B::scale_groups(o, gs));
-    B::float_add(sum, B::scale_groups(c, gc))
+    let sum = B::float_add(B::scale_groups(v, alpha), B::scale_groups(o, beta));
+    B::float_add(sum, B::scale_groups(c, gamma))
 }
 
 pub fn mix_backward<B: ShapedOps>(
@@ -88,20 +88,22 @@ pub fn mix_backward<B: ShapedOps>(
     causal: bool,
     acc: Option<FloatTensor<B>>,
 ) -> (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3]) {
-    let [gi, gs, gc] = gains;
+    let [alpha, beta, gamma] = gains;
     let n = |g: &FloatTensor<B>| g.shape().num_elements();
-    let (ni, ns, nc) = (n(&gi), n(&gs), n(&gc));
+    let (ni, ns, nc) = (n(&alpha), n(&beta), n(&gamma));
     let c = centre::<B>(v.clone(), causal);
-    let dgi = B::scale_groups_grad(v, dy.clone(), ni);
-    let dgs = B::scale_groups_grad(o, dy.clone(), ns);
-    let dgc = B::scale_groups_grad(c, dy.clone(), nc);
-    let dv =
-        B::float_add(B::scale_groups(dy.clone(), gi), centre_backward::<B>(B::scale_groups(dy.clone(), gc), causal));
+    let dalpha = B::scale_groups_grad(v, dy.clone(), ni);
+    let dbeta = B::scale_groups_grad(o, dy.clone(), ns);
+    let dgamma = B::scale_groups_grad(c, dy.clone(), nc);
+    let dv = B::float_add(
+        B::scale_groups(dy.clone(), alpha),
+        centre_backward::<B>(B::scale_groups(dy.clone(), gamma), causal),
+    );
     let dv = match acc {
         Some(a) => B::float_add(a, dv),
         None => dv,
     };
-    (dv, B::scale_groups(dy, gs), [dgi, dgs, dgc])
+    (dv, B::scale_groups(dy, beta), [dalpha, dbeta, dgamma])
 }
 
 /// `[1, tokens, 1]`: 1, 2, …, tokens.

@@ -15,7 +15,7 @@ use crate::kernels::*;
 fn mix_matches_its_composition() {
     for causal in [true, false] {
         let (v, o) = (random([2, 5, 12]), random([2, 5, 12]));
-        let (gi, gs, gc) = (random([3]), random([1]), random([3]));
+        let (alpha, beta, gamma) = (random([3]), random([1]), random([3]));
         let centre = |v: Tensor<Ad, 3>| {
             if causal {
                 let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..6, &Default::default()).float();
@@ -28,9 +28,10 @@ fn mix_matches_its_composition() {
             let n = g.dims()[0];
             (x.reshape([2, 5, n, 12 / n]) * g.reshape([1, 1, n, 1])).reshape([2, 5, 12])
         };
-        let theirs =
-            heads(v.clone(), gi.clone()) + heads(o.clone(), gs.clone()) + heads(centre(v.clone()), gc.clone().neg());
-        let ours = mix(v.clone(), o.clone(), [gi.clone(), gs.clone(), gc.clone().neg()], causal);
+        let theirs = heads(v.clone(), alpha.clone())
+            + heads(o.clone(), beta.clone())
+            + heads(centre(v.clone()), gamma.clone().neg());
+        let ours = mix(v.clone(), o.clone(), [alpha.clone(), beta.clone(), gamma.clone().neg()], causal);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         // `v` also read by a product made after the mix: its gradient
         // is registered first, and the mix's `dv` is added into it.
@@ -39,7 +40,7 @@ fn mix_matches_its_composition() {
         let theirs = theirs + v.clone().matmul(w.clone().unsqueeze());
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[v, o], &g1, &g2);
-        grads_agree(&[gi, gs, gc], &g1, &g2);
+        grads_agree(&[alpha, beta, gamma], &g1, &g2);
         grads_agree(&[w], &g1, &g2);
     }
 }
@@ -55,9 +56,9 @@ fn shaped_attention_matches_attention_then_mix() {
         let (causal, addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0, i & 8 == 0);
         let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
         let gains = [random([3]), random([1]), random([3])];
-        let (b, ga, gb, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
+        let (b, beta_sa, beta_ff, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
         let (bq, bk) = (random([12]), random([12]));
-        let add = addend.then(|| (b.clone(), ga.clone(), gb.clone()));
+        let add = addend.then(|| (b.clone(), beta_sa.clone(), beta_ff.clone()));
         // `v` also read by a product (its gradient added into), or not.
         let extra = |v: Tensor<Ad, 3>| match shared {
             true => linear(v, w.clone(), None, false),
@@ -73,7 +74,7 @@ fn shaped_attention_matches_attention_then_mix() {
         let o = attention(q1, k1, v.clone(), None, (0.5, causal));
         let mixed = mix(v.clone(), o, gains.clone(), causal);
         let theirs = match addend {
-            true => scaled_sum(mixed, b.clone(), ga.clone(), gb.clone()),
+            true => scaled_sum(mixed, b.clone(), beta_sa.clone(), beta_ff.clone()),
             false => mixed,
         } + extra(v.clone());
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
@@ -83,7 +84,7 @@ fn shaped_attention_matches_attention_then_mix() {
         grads_agree(&gains, &g1, &g2);
         if addend {
             grads_agree(&[b], &g1, &g2);
-            grads_agree(&[ga, gb], &g1, &g2);
+            grads_agree(&[beta_sa, beta_ff], &g1, &g2);
         }
         if biased {
             // The key's bias (theirs only) changes nothing and has a
