@@ -62,17 +62,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let mut flags = Vec::new();
-    if let Some(d) = &args.data {
-        flags.push(format!("data={d}"));
-    }
-    if let Some(n) = args.steps {
-        flags.push(format!("steps={n}"));
-    }
-    if let Some(d) = args.device {
-        flags.push(format!("device={}", d.name()));
-    }
-    let extra = match settings::overrides(&args.set, &flags) {
+    let extra = match settings::overrides(&args.set) {
         Ok(t) => t,
         Err(e) => {
             eprint!("{e}");
@@ -119,6 +109,11 @@ pub fn run(args: &Args) -> u8 {
     }
 }
 
+/// The flags that name a setting.
+fn flags(args: &Args) -> settings::Flags {
+    settings::Flags { data: args.data.clone(), steps: args.steps, device: args.device.map(|d| d.name().to_string()) }
+}
+
 /// The job of a new run of `args.file`.
 fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
     let Some(file) = &args.file else { return Err(fail("give a .blk file to train, or --resume DIR")) };
@@ -141,6 +136,10 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
     if let Some(t) = extra {
         s.apply_command_line(t);
     }
+    s.apply_flags(&flags(args)).map_err(|e| {
+        eprint!("{e}");
+        BROKEN
+    })?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::model_name(model)));
     Ok(Job {
         program,
@@ -165,6 +164,10 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
     if let Some(t) = extra {
         s.apply_command_line(t);
     }
+    s.apply_flags(&flags(args)).map_err(|e| {
+        eprint!("{e}");
+        BROKEN
+    })?;
     Ok(Job {
         program,
         sources,

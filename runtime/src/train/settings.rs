@@ -257,8 +257,29 @@ impl Settings {
     /// `--set` obey (settings read back from a run's `run.json` may have
     /// been edited: a zero batch, a negative rate, an unknown optimiser).
     pub fn validate(&self) -> Result<(), String> {
+        self.check("run.json")
+    }
+
+    /// The typed flags of the command line over these settings (they win
+    /// over a `--set` of the same key), checked by the compiler's rules.
+    pub fn apply_flags(&mut self, f: &Flags) -> Result<(), String> {
+        if let Some(d) = &f.data {
+            self.data = resolve(d, Path::new(""));
+        }
+        if let Some(n) = f.steps {
+            self.steps = n;
+        }
+        if let Some(d) = &f.device {
+            self.device = d.clone();
+        }
+        self.check("<command line>")
+    }
+
+    /// The settings compiled as a `train` section named `origin`: the
+    /// compiler's diagnostics, rendered, when a value breaks its rules.
+    fn check(&self, origin: &str) -> Result<(), String> {
         let pairs = self.pairs();
-        let c = compile_pairs(&pairs, "run.json");
+        let c = compile_pairs(&pairs, origin);
         let errors: Vec<Diagnostic> = c.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
         if errors.is_empty() {
             return Ok(());
@@ -302,21 +323,25 @@ fn compile_pairs(pairs: &[String], name: &str) -> blkc::Compilation {
     blkc::compile_str(name, &text)
 }
 
+/// The flags of `blkc train` that name a setting, as typed values.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub data: Option<String>,
+    pub steps: Option<u64>,
+    pub device: Option<String>,
+}
+
 /// Checks `key=value` overrides with the compiler's rules for `train`
 /// settings; the diagnostics (rendered) when one is wrong. `flags` (from
 /// `--data`, `--steps`, `--device`) win over a `--set` of the same key.
-pub fn overrides(pairs: &[String], flags: &[String]) -> Result<Option<Train>, String> {
-    let key = |p: &String| p.split_once('=').map(|(k, _)| k.trim().to_string());
-    let flagged: Vec<String> = flags.iter().filter_map(key).collect();
-    let mut all: Vec<String> = pairs.iter().filter(|p| key(p).is_none_or(|k| !flagged.contains(&k))).cloned().collect();
-    all.extend(flags.iter().cloned());
+pub fn overrides(all: &[String]) -> Result<Option<Train>, String> {
     if all.is_empty() {
         return Ok(None);
     }
     if let Some(p) = all.iter().find(|p| !p.contains('=')) {
         return Err(format!("`--set {p}`: write KEY=VALUE, e.g. `--set lr=3e-4`"));
     }
-    let c = compile_pairs(&all, "<command line>");
+    let c = compile_pairs(all, "<command line>");
     let errors: Vec<Diagnostic> = c.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
     if !errors.is_empty() {
         return Err(blkc::diag::render_plain(&errors, &c.sources));
@@ -330,26 +355,33 @@ mod tests {
 
     #[test]
     fn overrides_are_checked_by_the_compiler() {
-        let t = overrides(&["lr=3e-4".into(), "steps=20".into(), "data=some/dir".into()], &[])
+        let t = overrides(&["lr=3e-4".into(), "steps=20".into(), "data=some/dir".into()])
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no train section"));
         let mut s = Settings::default();
         s.apply(&t);
         assert_eq!((s.lr, s.steps, s.data.as_str()), (3e-4, 20, "some/dir"));
-        let bad = overrides(&["lr=-1".into()], &[]).err().unwrap_or_default();
+        let bad = overrides(&["lr=-1".into()]).err().unwrap_or_default();
         assert!(bad.contains("lr"), "{bad}");
-        assert!(overrides(&["colour=red".into()], &[]).is_err());
-        assert!(overrides(&["steps".into()], &[]).is_err());
+        assert!(overrides(&["colour=red".into()]).is_err());
+        assert!(overrides(&["steps".into()]).is_err());
     }
 
     #[test]
-    fn a_flag_wins_over_a_set_of_the_same_key() {
-        let t = overrides(&["steps=3".into(), "lr=0.01".into()], &["steps=2".into()])
+    fn a_flag_wins_over_a_set_of_the_same_key_and_is_checked() {
+        let t = overrides(&["steps=3".into(), "lr=0.01".into()])
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no train section"));
         let mut s = Settings::default();
         s.apply(&t);
+        let flags = Flags { steps: Some(2), ..Flags::default() };
+        s.apply_flags(&flags).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((s.steps, s.lr), (2, 0.01));
+        let zero = Flags { steps: Some(0), ..Flags::default() };
+        let e = s.apply_flags(&zero).err().unwrap_or_default();
+        assert!(e.contains("steps"), "{e}");
+        let gpu = Flags { device: Some("tpu".into()), ..Flags::default() };
+        assert!(s.apply_flags(&gpu).is_err());
     }
 
     #[test]
@@ -360,10 +392,10 @@ mod tests {
         s.apply_file(&t, &c.sources);
         let cwd = std::env::current_dir().unwrap_or_default();
         assert_eq!(Path::new(&s.data), cwd.join("examples/corpus"));
-        let t = overrides(&["data=texts/*.txt".into()], &[]).ok().flatten().unwrap_or_else(|| panic!("no section"));
+        let t = overrides(&["data=texts/*.txt".into()]).ok().flatten().unwrap_or_else(|| panic!("no section"));
         s.apply_command_line(&t);
         assert_eq!(Path::new(&s.data), cwd.join("texts/*.txt"));
-        let t = overrides(&["data=python-stdlib".into()], &[]).ok().flatten().unwrap_or_else(|| panic!("no section"));
+        let t = overrides(&["data=python-stdlib".into()]).ok().flatten().unwrap_or_else(|| panic!("no section"));
         s.apply_command_line(&t);
         assert_eq!(s.data, "python-stdlib");
     }
