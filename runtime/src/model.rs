@@ -12,6 +12,7 @@ use crate::kernels::Kernels;
 use crate::layers::block::Block;
 use crate::layers::init::{param, weight, Rng};
 use crate::layers::norm::Norm;
+use crate::layers::Build;
 
 #[derive(Module, Debug)]
 pub struct Model<B: Backend> {
@@ -48,7 +49,10 @@ impl<B: Kernels> Model<B> {
             _ => None,
         };
         let blocks = (0..m.depth)
-            .map(|l| Block::build(block.graph_at(l, m.depth), d, h, m.mask, &env(l), &mut rng, device))
+            .map(|l| {
+                let mut b = Build { width: d, heads: h, mask: m.mask, env: env(l), rng: &mut rng, device };
+                Block::build(block.graph_at(l, m.depth), &mut b)
+            })
             .collect();
         let final_norm = m.final_norm.map(|n| Norm::build(&n, d, device));
         let head =

@@ -40,7 +40,9 @@ fn block(p: &Program, layer: u64) -> Block<B> {
     let m = p.model.as_ref().expect("model");
     let env = blkc::eval::Env { depth: m.depth as f64, width: 16.0, heads: 2.0, layer: layer as f64 };
     let mut rng = blkc_runtime::layers::init::Rng::new(layer);
-    Block::build(p.blocks[m.block].graph_at(layer, m.depth), 16, 2, m.mask, &env, &mut rng, &Default::default())
+    let device = Default::default();
+    let mut b = blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, env, rng: &mut rng, device: &device };
+    Block::build(p.blocks[m.block].graph_at(layer, m.depth), &mut b)
 }
 
 fn input() -> Tensor<B, 3> {

@@ -6,6 +6,7 @@
 //! as a running mean (causal) or a mean (bidirectional) — never as a T×T
 //! matrix. Identity value/projection maps cost no matmul.
 
+use super::Build;
 use blkc::eval::Env;
 use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Scalar};
 use burn::module::{Module, Param};
@@ -16,7 +17,7 @@ use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use super::init::{param, weight, Rng};
+use super::init::param;
 use super::linear;
 use super::map::{Kind, Map};
 use super::norm::Norm;
@@ -85,33 +86,30 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Kernels> Attention<B> {
-    pub fn build(
-        spec: &AttentionSpec,
-        width: usize,
-        heads: usize,
-        mask: Mask,
-        env: &Env,
-        rng: &mut Rng,
-        device: &B::Device,
-    ) -> Self {
+    pub fn build(spec: &AttentionSpec, b: &mut Build<'_, B>) -> Self {
+        let (width, heads, device, env) = (b.width, b.heads, b.device, b.env);
         let head_dim = spec.head_dim.map_or(width / heads, |h| h as usize);
         let inner = head_dim * heads;
         let softmax = spec.uses(MatrixTerm::Softmax);
-        let mut qk = |init| softmax.then(|| param(weight(init, width, inner, env, rng, device)));
+        // Drawn in this order: query, key, value, projection.
+        let query = softmax.then(|| param(b.weight(&spec.query, width, inner)));
+        let key = softmax.then(|| param(b.weight(&spec.key, width, inner)));
+        let value = Map::build(&spec.value, width, inner, b);
+        let proj = Map::build(&spec.proj, inner, width, b);
         let bias = || (softmax && spec.qk_bias).then(|| param(Tensor::zeros([inner], device)));
         let qk_norm = |k: Option<NormKind>| {
             k.filter(|_| softmax).map(|kind| Norm::build(&NormIr { kind, eps: 1e-6 }, head_dim, device))
         };
-        let (gains, slots) = scalar::gains(&spec.params, heads, env, device);
+        let (gains, slots) = scalar::gains(&spec.params, heads, &env, device);
         Attention {
-            query: qk(&spec.query),
-            key: qk(&spec.key),
+            query,
+            key,
             query_bias: bias(),
             key_bias: bias(),
             query_norm: qk_norm(spec.qk_norm),
             key_norm: qk_norm(spec.qk_norm),
-            value: Map::build(&spec.value, width, inner, env, rng, device),
-            proj: Map::build(&spec.proj, inner, width, env, rng, device),
+            value,
+            proj,
             gains,
             plan: Plan {
                 heads,
@@ -119,8 +117,8 @@ impl<B: Kernels> Attention<B> {
                 terms: spec.matrix.clone(),
                 slots,
                 softcap: spec.softcap,
-                mask,
-                env: *env,
+                mask: b.mask,
+                env,
                 gain_names: scalar::trainable_names(&spec.params),
                 form: Form::of(&spec.matrix),
             },

@@ -1,8 +1,9 @@
 //! A block graph lowered: the modules of its nodes and a plan that runs
 //! them in order, summing with gains where the graph sums.
 
+use super::Build;
 use blkc::eval::Env;
-use blkc::graph::{Graph, Mask, NodeId, Op, Scalar};
+use blkc::graph::{Graph, NodeId, Op, Scalar};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
@@ -10,7 +11,6 @@ use crate::kernels::{self, Kernels};
 use burn::tensor::Tensor;
 
 use super::attention::{Attention, MixParts};
-use super::init::Rng;
 use super::mlp::Mlp;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
@@ -77,16 +77,9 @@ pub struct Block<B: Backend> {
 
 impl<B: Kernels> Block<B> {
     /// Lowers `g` (the graph of one layer) at `env` (which fixes `layer`).
-    pub fn build(
-        g: &Graph,
-        width: usize,
-        heads: usize,
-        mask: Mask,
-        env: &Env,
-        rng: &mut Rng,
-        device: &B::Device,
-    ) -> Self {
-        let (gains, slots) = scalar::gains(&g.params, heads, env, device);
+    pub fn build(g: &Graph, b: &mut Build<'_, B>) -> Self {
+        let (gains, slots) = scalar::gains(&g.params, b.heads, &b.env, b.device);
+        let block = b;
         let mut b = Block {
             norms: Vec::new(),
             attention: Vec::new(),
@@ -96,7 +89,7 @@ impl<B: Kernels> Block<B> {
                 steps: Vec::new(),
                 out: g.out,
                 slots,
-                env: *env,
+                env: block.env,
                 gain_names: scalar::trainable_names(&g.params),
                 reads: Vec::new(),
             },
@@ -105,15 +98,15 @@ impl<B: Kernels> Block<B> {
             let step = match &n.op {
                 Op::Input => Step::Input,
                 Op::Norm { norm, input } => {
-                    b.norms.push(Norm::build(norm, width, device));
+                    b.norms.push(Norm::build(norm, block.width, block.device));
                     Step::Norm(b.norms.len() - 1, *input)
                 }
                 Op::Attention { spec, input } => {
-                    b.attention.push(Attention::build(spec, width, heads, mask, env, rng, device));
+                    b.attention.push(Attention::build(spec, block));
                     Step::Attention(b.attention.len() - 1, *input)
                 }
                 Op::Mlp { spec, input } => {
-                    b.mlp.push(Mlp::build(spec, width, env, rng, device));
+                    b.mlp.push(Mlp::build(spec, block));
                     Step::Mlp(b.mlp.len() - 1, *input)
                 }
                 Op::Sum { terms } => Step::Sum(terms.iter().map(|t| (t.gain.clone(), t.input)).collect()),

@@ -2,7 +2,8 @@
 //! `linear(init)` (a trainable weight), or `reparam` (He & Hofmann Eq. 6:
 //! `W = skip·W_init + resid·ΔW`, W_init fixed and saved, ΔW zero at init).
 
-use blkc::eval::{eval_const, Env};
+use super::Build;
+use blkc::eval::eval_const;
 use blkc::graph::{Init, Linear};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -10,7 +11,7 @@ use burn::tensor::backend::Backend;
 use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
-use super::init::{frozen, param, weight, Rng};
+use super::init::{frozen, param};
 use super::linear;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,7 +40,8 @@ pub struct Map<B: Backend> {
 }
 
 impl<B: Kernels> Map<B> {
-    pub fn build(l: &Linear, fan_in: usize, fan_out: usize, env: &Env, rng: &mut Rng, device: &B::Device) -> Self {
+    pub fn build(l: &Linear, fan_in: usize, fan_out: usize, build: &mut Build<'_, B>) -> Self {
+        let (env, device) = (build.env, build.device);
         let mut m = Map {
             weight: None,
             bias: None,
@@ -53,14 +55,14 @@ impl<B: Kernels> Map<B> {
             Linear::Identity => {}
             Linear::Dense { init, bias } => {
                 m.kind = Kind::Dense;
-                m.weight = Some(param(weight(init, fan_in, fan_out, env, rng, device)));
+                m.weight = Some(param(build.weight(init, fan_in, fan_out)));
                 m.bias = bias.then(|| param(Tensor::zeros([fan_out], device)));
             }
             Linear::Reparam { skip, resid, init, trainable } => {
                 m.kind = Kind::Reparam;
-                let (a, b) = (eval_const(skip, env).unwrap_or(0.0), eval_const(resid, env).unwrap_or(0.0));
+                let (a, b) = (eval_const(skip, &env).unwrap_or(0.0), eval_const(resid, &env).unwrap_or(0.0));
                 m.weight = Some(param(Tensor::zeros([fan_in, fan_out], device)));
-                m.fixed = (*init != Init::Identity).then(|| frozen(weight(init, fan_in, fan_out, env, rng, device)));
+                m.fixed = (*init != Init::Identity).then(|| frozen(build.weight(init, fan_in, fan_out)));
                 if *trainable {
                     m.skip = Some(param(Tensor::full([1], a, device)));
                     m.resid = Some(param(Tensor::full([1], b, device)));

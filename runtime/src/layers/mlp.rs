@@ -1,6 +1,6 @@
 //! The MLP sub-block `down(act(up(x)))`.
 
-use blkc::eval::Env;
+use super::Build;
 use blkc::graph::{Activation, MlpSpec};
 use burn::module::{Module, Param};
 use burn::tensor::activation;
@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
-use super::init::{param, weight, Rng};
+use super::init::param;
 use super::linear;
 
 #[derive(Module, Debug)]
@@ -23,13 +23,14 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Kernels> Mlp<B> {
-    pub fn build(spec: &MlpSpec, width: usize, env: &Env, rng: &mut Rng, device: &B::Device) -> Self {
+    pub fn build(spec: &MlpSpec, b: &mut Build<'_, B>) -> Self {
+        let width = b.width;
         let hidden = blkc::graph::params::hidden(width as u128, spec.width) as usize;
         Mlp {
-            up: param(weight(&spec.up, width, hidden, env, rng, device)),
-            up_bias: spec.bias.then(|| param(Tensor::zeros([hidden], device))),
-            down: param(weight(&spec.down, hidden, width, env, rng, device)),
-            down_bias: spec.bias.then(|| param(Tensor::zeros([width], device))),
+            up: param(b.weight(&spec.up, width, hidden)),
+            up_bias: spec.bias.then(|| param(Tensor::zeros([hidden], b.device))),
+            down: param(b.weight(&spec.down, hidden, width)),
+            down_bias: spec.bias.then(|| param(Tensor::zeros([width], b.device))),
             activation: spec.activation,
         }
     }

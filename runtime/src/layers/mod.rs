@@ -10,8 +10,33 @@ pub mod mlp;
 pub mod norm;
 pub mod scalar;
 
-use crate::kernels::Kernels;
+use blkc::eval::Env;
+use blkc::graph::{Init, Mask};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+
+use crate::kernels::Kernels;
+use init::Rng;
+
+/// What building one layer's modules reads: the model's width, heads and
+/// mask, the layer's environment (`layer`, `depth`, …), the generator of
+/// every draw, and the device.
+#[derive(Debug)]
+pub struct Build<'a, B: Backend> {
+    pub width: usize,
+    pub heads: usize,
+    pub mask: Mask,
+    pub env: Env,
+    pub rng: &'a mut Rng,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> Build<'_, B> {
+    /// A `[fan_in, fan_out]` weight drawn from `init` (see [`init::weight`]).
+    pub fn weight(&mut self, init: &Init, fan_in: usize, fan_out: usize) -> Tensor<B, 2> {
+        init::weight(init, fan_in, fan_out, &self.env, self.rng, self.device)
+    }
+}
 
 /// `x · w (+ b)` for `x: [batch, tokens, fan_in]`, `w: [fan_in, fan_out]`,
 /// as one 2-D product over all `batch · tokens` rows: the weight gradient is
