@@ -80,7 +80,7 @@ fn median(v: &[f64]) -> f64 {
 /// A batch of random tokens (fixed seed) for `m`.
 pub fn random_batch(m: &ModelIr, rows: usize, seed: u64) -> Batch {
     let t = m.context as usize;
-    let mut rng = blkc::signal::rng::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut draw = || (rng.next_u64() % m.vocab) as i64;
     let inputs: Vec<i64> = (0..rows * t).map(|_| draw()).collect();
     let targets: Vec<i64> = (0..rows * t).map(|_| draw()).collect();

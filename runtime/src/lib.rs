@@ -16,4 +16,5 @@ pub mod layers;
 pub mod measure;
 pub mod model;
 pub mod report;
+pub mod rng;
 pub mod train;

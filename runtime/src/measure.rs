@@ -13,8 +13,8 @@ use burn::tensor::{Int, Tensor};
 use serde::Serialize;
 
 use crate::kernels::Kernels;
-use crate::layers::init::Rng;
 use crate::model::Model;
+use crate::rng::Rng;
 
 /// Largest vocabulary built for a measurement: the statistics of the
 /// blocks do not depend on it, the memory does.

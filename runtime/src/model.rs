@@ -10,9 +10,10 @@ use burn::tensor::{Int, Tensor};
 
 use crate::kernels::Kernels;
 use crate::layers::block::Block;
-use crate::layers::init::{param, weight, Rng};
+use crate::layers::init::{param, weight};
 use crate::layers::norm::Norm;
 use crate::layers::Build;
+use crate::rng::Rng;
 
 #[derive(Module, Debug)]
 pub struct Model<B: Backend> {

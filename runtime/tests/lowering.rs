@@ -39,7 +39,7 @@ fn tiny(name: &str, depth: u64, mask: &str) -> Program {
 fn block(p: &Program, layer: u64) -> Block<B> {
     let m = p.model.as_ref().expect("model");
     let env = blkc::eval::Env { depth: m.depth as f64, width: 16.0, heads: 2.0, layer: layer as f64 };
-    let mut rng = blkc_runtime::layers::init::Rng::new(layer);
+    let mut rng = blkc_runtime::rng::Rng::new(layer);
     let device = Default::default();
     let mut b = blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, env, rng: &mut rng, device: &device };
     Block::build(p.blocks[m.block].graph_at(layer, m.depth), &mut b)
@@ -208,7 +208,7 @@ fn codeparrot_models_built_have_the_counted_parameters() {
 #[test]
 fn orthogonal_init_is_orthogonal() {
     let device = Default::default();
-    let mut rng = blkc_runtime::layers::init::Rng::new(1);
+    let mut rng = blkc_runtime::rng::Rng::new(1);
     for (r, c) in [(16, 16), (8, 32), (32, 8)] {
         let w: Tensor<B, 2> = blkc_runtime::layers::init::orthogonal(r, c, &mut rng, &device);
         let (g, n) = if r <= c { (w.clone().matmul(w.transpose()), r) } else { (w.clone().transpose().matmul(w), c) };

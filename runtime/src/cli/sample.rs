@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::rng::Rng;
 use blkc::graph::Mask;
-use blkc::signal::rng::Rng;
 
 use burn::tensor::{Int, Tensor, TensorData};
 

@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::kernels::Kernels;
-use init::Rng;
+use crate::rng::Rng;
 
 /// What building one layer's modules reads: the model's width, heads and
 /// mask, the layer's environment (`layer`, `depth`, …), the generator of

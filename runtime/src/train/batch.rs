@@ -4,7 +4,7 @@
 //! exactly the batches the uninterrupted run would have drawn, with no
 //! loader state to save.
 
-use blkc::signal::rng::Rng as SplitMix;
+use crate::rng::Rng;
 
 /// One split's tokens, packed.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ impl Sampler {
 }
 
 fn permutation(n: usize, seed: u64) -> Vec<u32> {
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     let mut v: Vec<u32> = (0..n as u32).collect();
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
@@ -102,7 +102,7 @@ fn permutation(n: usize, seed: u64) -> Vec<u32> {
 }
 
 fn mix(a: u64, b: u64, c: u64) -> u64 {
-    let mut r = SplitMix::new(a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rotate_left(17));
+    let mut r = Rng::new(a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rotate_left(17));
     r.next_u64()
 }
 
@@ -143,7 +143,7 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Ba
         targets: Vec::with_capacity(windows.len() * t),
         weights: Vec::with_capacity(windows.len() * t),
     };
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     for &w in windows {
         let win = stream.window(w);
         match obj {
