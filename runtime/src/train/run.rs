@@ -71,39 +71,8 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         }
     }
 
-    // Data and tokenizer.
     let t0 = Instant::now();
-    let corpus = data::load(&s.data, s.val_fraction, &s.data_field)?;
-    if !corpus.token_files.is_empty() {
-        say(q, format!("data: `{}`: {} pre-tokenised file(s)", s.data, corpus.token_files.len()));
-    } else {
-        say(
-            q,
-            format!(
-                "data: `{}` ({}): {} training and {} validation documents, {:.1} MB; skipped: {}",
-                s.data,
-                corpus.root.display(),
-                corpus.train.len(),
-                corpus.valid.len(),
-                corpus.bytes() as f64 / 1e6,
-                corpus.skipped.describe()
-            ),
-        );
-    }
-    let (tok, origin) = if job.resume.is_some() {
-        (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
-    } else {
-        tokenizer::obtain(&s.tokenizer, ir.vocab as usize, &corpus, q)?
-    };
-    say_tokenizer(q, &tok, &origin);
-    check_vocab(&ir, &tok, &origin, &job.sources)?;
-    if ir.mask == blkc::graph::Mask::Bidirectional && tok.mask_token().is_none() {
-        return Err(Failure::Message(
-            "a bidirectional model trains by predicting masked tokens, and this tokenizer has no mask token \
-             (`<|mask|>`, `[MASK]` or `<mask>`); use `tokenizer = bpe` or one with a mask token"
-                .into(),
-        ));
-    }
+    let (corpus, tok) = data_and_tokenizer(job, dir, &s, &ir)?;
     let obj = objective(&ir, &s, &tok);
     let shifted = obj == Objective::Causal;
     let context = ir.context as usize;
@@ -112,62 +81,13 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         Some(_) => resumed::<B>(job, dir, &ir, &s, device)?,
         None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
     };
-    let key = tokens::tokenizer_key(&dir.tokenizer());
-    let (train_stream, valid_stream, cached) =
-        tokens::streams(&corpus, &tok, key, context, shifted, ir.vocab as usize)?;
-    say(
-        q,
-        format!(
-            "tokens: {} training, {} validation ({}, {:.1} s)",
-            progress::thousands(train_stream.tokens.len() as f64),
-            progress::thousands(valid_stream.tokens.len() as f64),
-            cached,
-            t0.elapsed().as_secs_f64()
-        ),
-    );
-    let window = context + usize::from(shifted);
-    if train_stream.windows() == 0 {
-        return Err(Failure::Message(format!(
-            "the training split has {} tokens, fewer than one window of {window} ({}); give more text with --data",
-            train_stream.tokens.len(),
-            s.data
-        )));
-    }
-    if valid_stream.windows() == 0 {
-        return Err(Failure::Message(format!(
-            "the validation split has {} tokens, fewer than one window of {window}; raise val_fraction or give more text",
-            valid_stream.tokens.len(),
-        )));
-    }
+    let (train_stream, valid_stream) = token_streams(job, dir, &corpus, &tok, &ir, t0)?;
     let block = job.program.blocks[ir.block].name.clone();
     let params = start.model.trainable_params() as u64;
     if job.resume.is_none() {
         s.micro_batch = micro as u64;
     }
-    let before = job.resume.as_ref().map(|r| &r.before);
-    let now = rundir::timestamp();
-    let mut commands = before.as_ref().map(|b| b.commands.clone()).unwrap_or_default();
-    commands.push(rundir::Invocation { at: now.clone(), argv: std::env::args().collect() });
-    let info = RunInfo {
-        resolved_model: resolved(&ir),
-        git: match &before {
-            Some(b) => b.git.clone(),
-            None => rundir::Git::of(std::path::Path::new(&job.file)),
-        },
-        commands,
-        started: before.as_ref().map_or_else(|| now.clone(), |b| b.started.clone()),
-        updated: now,
-        blkc_version: env!("CARGO_PKG_VERSION").into(),
-        file: job.file.clone(),
-        entry: job.sources.get(FileId(0)).path.display().to_string(),
-        model: model_name(&ir),
-        block: block.clone(),
-        params,
-        settings: s.clone(),
-        tokenizer_vocab: tok.vocab_size() as u64,
-        train_tokens: train_stream.tokens.len() as u64,
-        valid_tokens: valid_stream.tokens.len() as u64,
-    };
+    let info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream]);
     dir.write_info(&info)?;
     // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
     let logs = super::logs::Logs::rebuild(&dir.root)?;
@@ -199,6 +119,127 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         );
     }
     Ok(summary)
+}
+
+/// The run's corpus and tokenizer (trained, read, or the run's own when it
+/// resumes), checked against the model.
+fn data_and_tokenizer(
+    job: &Job,
+    dir: &RunDir,
+    s: &Settings,
+    ir: &ModelIr,
+) -> Result<(data::Corpus, Tokenizer), Failure> {
+    let q = job.quiet;
+    let corpus = data::load(&s.data, s.val_fraction, &s.data_field)?;
+    if !corpus.token_files.is_empty() {
+        say(q, format!("data: `{}`: {} pre-tokenised file(s)", s.data, corpus.token_files.len()));
+    } else {
+        say(
+            q,
+            format!(
+                "data: `{}` ({}): {} training and {} validation documents, {:.1} MB; skipped: {}",
+                s.data,
+                corpus.root.display(),
+                corpus.train.len(),
+                corpus.valid.len(),
+                corpus.bytes() as f64 / 1e6,
+                corpus.skipped.describe()
+            ),
+        );
+    }
+    let (tok, origin) = if job.resume.is_some() {
+        (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
+    } else {
+        tokenizer::obtain(&s.tokenizer, ir.vocab as usize, &corpus, q)?
+    };
+    say_tokenizer(q, &tok, &origin);
+    check_vocab(ir, &tok, &origin, &job.sources)?;
+    if ir.mask == blkc::graph::Mask::Bidirectional && tok.mask_token().is_none() {
+        return Err(Failure::Message(
+            "a bidirectional model trains by predicting masked tokens, and this tokenizer has no mask token \
+             (`<|mask|>`, `[MASK]` or `<mask>`); use `tokenizer = bpe` or one with a mask token"
+                .into(),
+        ));
+    }
+    Ok((corpus, tok))
+}
+
+/// The training and validation token streams (cached by tokenizer), each
+/// at least one window long.
+fn token_streams(
+    job: &Job,
+    dir: &RunDir,
+    corpus: &data::Corpus,
+    tok: &Tokenizer,
+    ir: &ModelIr,
+    t0: Instant,
+) -> Result<(batch::Stream, batch::Stream), Failure> {
+    let (q, s) = (job.quiet, &job.settings);
+    let shifted = objective(ir, s, tok) == Objective::Causal;
+    let context = ir.context as usize;
+    let key = tokens::tokenizer_key(&dir.tokenizer());
+    let (train_stream, valid_stream, cached) = tokens::streams(corpus, tok, key, context, shifted, ir.vocab as usize)?;
+    say(
+        q,
+        format!(
+            "tokens: {} training, {} validation ({}, {:.1} s)",
+            progress::thousands(train_stream.tokens.len() as f64),
+            progress::thousands(valid_stream.tokens.len() as f64),
+            cached,
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    let window = context + usize::from(shifted);
+    if train_stream.windows() == 0 {
+        return Err(Failure::Message(format!(
+            "the training split has {} tokens, fewer than one window of {window} ({}); give more text with --data",
+            train_stream.tokens.len(),
+            s.data
+        )));
+    }
+    if valid_stream.windows() == 0 {
+        return Err(Failure::Message(format!(
+            "the validation split has {} tokens, fewer than one window of {window}; raise val_fraction or give more text",
+            valid_stream.tokens.len(),
+        )));
+    }
+    Ok((train_stream, valid_stream))
+}
+
+/// What `run.json` says of this run (its history kept when it resumes).
+fn run_info(
+    job: &Job,
+    ir: &ModelIr,
+    s: &Settings,
+    tok: &Tokenizer,
+    params: u64,
+    [train, valid]: [&batch::Stream; 2],
+) -> RunInfo {
+    let block = job.program.blocks[ir.block].name.clone();
+    let before = job.resume.as_ref().map(|r| &r.before);
+    let now = rundir::timestamp();
+    let mut commands = before.as_ref().map(|b| b.commands.clone()).unwrap_or_default();
+    commands.push(rundir::Invocation { at: now.clone(), argv: std::env::args().collect() });
+    RunInfo {
+        resolved_model: resolved(ir),
+        git: match &before {
+            Some(b) => b.git.clone(),
+            None => rundir::Git::of(std::path::Path::new(&job.file)),
+        },
+        commands,
+        started: before.as_ref().map_or_else(|| now.clone(), |b| b.started.clone()),
+        updated: now,
+        blkc_version: env!("CARGO_PKG_VERSION").into(),
+        file: job.file.clone(),
+        entry: job.sources.get(FileId(0)).path.display().to_string(),
+        model: model_name(ir),
+        block: block.clone(),
+        params,
+        settings: s.clone(),
+        tokenizer_vocab: tok.vocab_size() as u64,
+        train_tokens: train.tokens.len() as u64,
+        valid_tokens: valid.tokens.len() as u64,
+    }
 }
 
 /// The model as the compiler resolved it, without source positions.
@@ -324,8 +365,63 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
+    /// The gradients of step `step` (its micro-batches accumulated), its
+    /// loss, and the seconds spent assembling its batches.
+    fn gradients<B: TrainKernels>(
+        &self,
+        model: &Model<B>,
+        sampler: &mut Sampler,
+        step: u64,
+        device: &B::Device,
+    ) -> (GradientsParams, f64, f64) {
+        let (s, obj) = (self.s, self.obj);
+        let mut acc = GradientsAccumulator::<Model<B>>::new();
+        let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
+        let mut data_time = 0.0;
+        for m in 0..self.accum {
+            let d0 = Instant::now();
+            let first_row = (step * self.accum + m) * self.micro as u64;
+            let b = batch::train_batch(self.train, sampler, first_row, self.micro, obj, s.seed);
+            data_time += d0.elapsed().as_secs_f64();
+            let l = loss(model, &b, obj, device).div_scalar(self.accum as f64);
+            let value = l.clone().inner();
+            total = Some(match total.take() {
+                Some(t) => t + value,
+                None => value,
+            });
+            let grads = GradientsParams::from_grads(l.backward(), model);
+            acc.accumulate(model, grads);
+        }
+        let loss = total.map_or(f64::NAN, |t| f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar())));
+        (acc.grads(), loss, data_time)
+    }
+
+    /// The validation loss after step `step`, when it is time for one.
+    fn evaluation<B: TrainKernels>(&self, model: &Model<B>, step: u64, device: &B::Device) -> Option<f64> {
+        let s = self.s;
+        let now = step.is_multiple_of(s.eval_every) || step == s.steps;
+        now.then(|| evaluate(&model.valid(), self.valid, s.eval_batches as usize, self.micro, self.obj, s.seed, device))
+    }
+
+    /// A checkpoint of the model and the optimiser at `state`: its path and
+    /// step.
+    fn save<B: TrainKernels>(
+        &self,
+        model: &Model<B>,
+        opt: &Optimizer<B::InnerBackend>,
+        state: State,
+    ) -> Result<(std::path::PathBuf, u64), String> {
+        let path = self.dir.checkpoint(&state, |d| {
+            let mut sums = BTreeMap::new();
+            sums.insert(checkpoint::WEIGHTS.to_string(), checkpoint::save(model, &d.join(checkpoint::WEIGHTS))?);
+            sums.insert("optimizer.bin".to_string(), opt.save(&d.join("optimizer.bin"))?);
+            Ok(sums)
+        })?;
+        Ok((path, state.step))
+    }
+
     fn run<B: TrainKernels>(&self, start: Start<B>, mut logs: Logs, device: &B::Device) -> Result<Summary, Failure> {
-        let (s, dir, obj) = (self.s, self.dir, self.obj);
+        let (s, dir) = (self.s, self.dir);
         let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
             start;
         let mut sampler = Sampler::new(s.seed, self.train.windows());
@@ -346,15 +442,6 @@ impl Loop<'_> {
             seconds: seconds_before + run_start.elapsed().as_secs_f64(),
             checksums: BTreeMap::new(),
         };
-        let save = |model: &Model<B>, opt: &Optimizer<B::InnerBackend>, state: State| {
-            let path = dir.checkpoint(&state, |d| {
-                let mut sums = BTreeMap::new();
-                sums.insert(checkpoint::WEIGHTS.to_string(), checkpoint::save(model, &d.join(checkpoint::WEIGHTS))?);
-                sums.insert("optimizer.bin".to_string(), opt.save(&d.join("optimizer.bin"))?);
-                Ok(sums)
-            })?;
-            Ok::<_, String>(Some((path, state.step)))
-        };
         while step < s.steps {
             signal = signals::received();
             if signal.is_some() || step >= stop_at {
@@ -363,29 +450,13 @@ impl Loop<'_> {
             }
             let began = Instant::now();
             let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
-            let mut acc = GradientsAccumulator::<Model<B>>::new();
-            let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
-            for m in 0..self.accum {
-                let d0 = Instant::now();
-                let first_row = (step * self.accum + m) * self.micro as u64;
-                let b = batch::train_batch(self.train, &mut sampler, first_row, self.micro, obj, s.seed);
-                data_time += d0.elapsed().as_secs_f64();
-                let l = loss(&model, &b, obj, device).div_scalar(self.accum as f64);
-                let value = l.clone().inner();
-                total = Some(match total.take() {
-                    Some(t) => t + value,
-                    None => value,
-                });
-                let grads = GradientsParams::from_grads(l.backward(), &model);
-                acc.accumulate(&model, grads);
-            }
-            let loss_value =
-                total.map_or(f64::NAN, |t| f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar())));
+            let (grads, loss_value, data) = self.gradients(&model, &mut sampler, step, device);
+            data_time += data;
             if !loss_value.is_finite() {
                 bar.finish();
                 return Err(non_finite(step + 1, "loss", loss_value, &last));
             }
-            let (updated, grad_norm) = opt.step::<B, _>(model, lr, acc.grads());
+            let (updated, grad_norm) = opt.step::<B, _>(model, lr, grads);
             model = updated;
             if !grad_norm.is_finite() {
                 bar.finish();
@@ -398,11 +469,7 @@ impl Loop<'_> {
             tokens_seen += step_tokens;
             timed_tokens += step_tokens;
             last_loss = loss_value;
-            let eval_now = step.is_multiple_of(s.eval_every) || step == s.steps;
-            let eval = eval_now.then(|| {
-                let inner = model.valid();
-                evaluate(&inner, self.valid, s.eval_batches as usize, self.micro, obj, s.seed, device)
-            });
+            let eval = self.evaluation(&model, step, device);
             if eval.is_some() {
                 last_eval = eval;
             }
@@ -425,12 +492,12 @@ impl Loop<'_> {
             }
             bar.update(step, loss_value, lr, timed_tokens as f64 / step_time.max(1e-9), eval, log_now);
             if step.is_multiple_of(s.checkpoint_every) || step == s.steps {
-                last = save(&model, &opt, state_at(step, loss_value, last_eval, tokens_seen))?;
+                last = Some(self.save(&model, &opt, state_at(step, loss_value, last_eval, tokens_seen))?);
             }
         }
         bar.finish();
         if stopped && step > first && last.as_ref().map(|l| l.1) != Some(step) {
-            last = save(&model, &opt, state_at(step, last_loss, last_eval, tokens_seen))?;
+            last = Some(self.save(&model, &opt, state_at(step, last_loss, last_eval, tokens_seen))?);
         }
         Ok(Summary {
             steps: step,
