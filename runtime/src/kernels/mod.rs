@@ -131,4 +131,35 @@ mod tests {
         }
         assert_eq!(families.len(), 8);
     }
+
+    /// `unsafe` code is in `kernels/cpu/raw/` and the allocator's file
+    /// only (the workspace denies it elsewhere; this names where).
+    #[test]
+    fn the_unsafe_folder_is_the_only_one() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        // Spelt apart so that this test does not find itself.
+        let word = ["un", "safe"].concat();
+        let marks = [format!("{word} {{"), format!("{word} fn"), format!("{word} impl"), format!("{word}_code")];
+        let mut found = Vec::new();
+        let mut stack = vec![src.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a source folder").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let code = text
+                    .lines()
+                    .map(|l| l.split("//").next().unwrap_or(""))
+                    .any(|l| marks.iter().any(|m| l.contains(m)));
+                let rel = path.strip_prefix(&src).unwrap_or(&path).to_string_lossy().to_string();
+                if code && !rel.starts_with("kernels/cpu/raw/") && rel != "alloc.rs" {
+                    found.push(rel);
+                }
+            }
+        }
+        assert!(found.is_empty(), "unsafe code outside kernels/cpu/raw/: {found:?}");
+    }
 }
