@@ -3,6 +3,12 @@
 //! (`rows.rs`), with loops compiled per instruction set (`simd.rs`) and
 //! products through `gemm` (`raw/`, the only `unsafe` code).
 //!
+//! Every CPU override has one shape: it checks that its operands suit the
+//! kernel (f32, the shapes it handles) and otherwise returns the family's
+//! reference maths on the same operands (`reference::op::<Flex>(…)`);
+//! helpers that may not apply hand their operands back (`Err`/`None`) for
+//! the caller to do so.
+//!
 //! Matrix products call `gemm` straight into an output that is allocated
 //! and not zeroed: flex 0.21 allocates a product's output zeroed and then
 //! copies it once more to realign it (`FlexTensor::empty`), which cost 19 %
