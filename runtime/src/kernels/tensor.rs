@@ -32,7 +32,7 @@ pub fn split_heads<B: Backend>(x: FloatTensor<B>, heads: usize) -> FloatTensor<B
 }
 
 /// `[batch, heads, tokens, d]` → `[batch, tokens, heads · d]` (a view when
-/// stored token-major, as [`Kernels::matmul_token_major`] stores it).
+/// stored token-major, as [`crate::kernels::DenseOps::matmul_token_major`] stores it).
 pub fn merge_heads<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let s = x.shape();
     let (b, h, t, d) = (s[0], s[1], s[2], s[3]);

@@ -216,7 +216,7 @@ impl<B: Kernels> Attention<B> {
 
     /// The operands of a shaped attention (matrix `I`, `softmax` and
     /// `centre`, no soft-cap) before its products: queries and keys split
-    /// into heads (see [`Attention::queries_keys`]), the value, the gains.
+    /// into heads (see `Attention::queries_keys`), the value, the gains.
     pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
         let device = x.device();
         let gains = self.mix_gains(&device);

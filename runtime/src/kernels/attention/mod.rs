@@ -36,7 +36,7 @@ pub trait AttentionOps: DenseOps {
 
     /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · (q + bq)
     /// · kᵀ (+ causal mask))` and `o = p · v` stored token-major (see
-    /// [`AttentionOps::matmul_token_major`]), for `q, k, v: [batch, heads,
+    /// [`crate::kernels::DenseOps::matmul_token_major`]), for `q, k, v: [batch, heads,
     /// tokens, head_dim]` and the query's bias `bq: [heads · head_dim]`
     /// when given. There is no key bias: `bk` would add `(q_i + bq) · bk`
     /// to every score of row `i`, which the softmax does not see, so its

@@ -1,5 +1,5 @@
 //! The loops every CPU kernel shares, on slices: sums, dot products, `exp`,
-//! row updates; each compiled per instruction set ([`multiversion!`]). An
+//! row updates; each compiled per instruction set (`multiversion!`). An
 //! op family's own loops live in its folder (`loops.rs`).
 //!
 //! Reductions keep [`LANES`] partial sums (vectors of independent chains

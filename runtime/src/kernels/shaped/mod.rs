@@ -39,7 +39,7 @@ pub struct MixAddend<T> {
 /// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
 /// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
 /// softmax scale and the mask; and the query's bias `bq` (`[heads · d]`),
-/// added to `q` when given (see [`ShapedOps::attention_forward`]).
+/// added to `q` when given (see [`crate::kernels::AttentionOps::attention_forward`]).
 #[derive(Debug, Clone)]
 pub struct Shaped<T> {
     pub q: T,

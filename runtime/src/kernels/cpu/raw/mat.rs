@@ -162,7 +162,7 @@ impl<'a> MatMut<'a> {
         MatMut { ptr: data.as_mut_ptr(), dims: [rows, cols], rs: cols, life: PhantomData }
     }
 
-    /// `data` as `[b, t, h, w]` split into its heads (see [`heads_of`]).
+    /// `data` as `[b, t, h, w]` split into its heads (see `heads_of`).
     pub fn heads(data: &'a mut [f32], dims: [usize; 4]) -> Vec<Self> {
         let views = heads_of(data.as_mut_ptr(), data.len(), dims);
         views.into_iter().map(|(ptr, dims, rs)| MatMut { ptr, dims, rs, life: PhantomData }).collect()

@@ -1,6 +1,6 @@
 //! The CPU kernels' only `unsafe` code, each use with its SAFETY argument:
 //! the dispatch to the widest instruction set this CPU runs ([`widest`],
-//! behind [`multiversion!`]), the cache hints and streaming stores of
+//! behind `multiversion!`), the cache hints and streaming stores of
 //! x86-64, the `gemm` calls (whose clock lives here), outputs allocated
 //! and not zeroed, and the raw rows of a tensor that several threads
 //! write apart. The op folders call the safe functions here.
@@ -40,7 +40,7 @@ fn level() -> Level {
 }
 
 /// A loop to compile once per instruction set: a function of `A` that
-/// is always inlined (what [`multiversion!`] makes of a body).
+/// is always inlined (what `multiversion!` makes of a body).
 pub trait Body<A> {
     type Out;
     fn run(args: A) -> Self::Out;
@@ -48,7 +48,7 @@ pub trait Body<A> {
 
 /// `K::run(args)` compiled for the widest instruction set this CPU runs:
 /// the body is inlined into a copy of this function per set — AVX-512,
-/// AVX2 + FMA, baseline x86-64 — and the widest one that [`level`] found
+/// AVX2 + FMA, baseline x86-64 — and the widest one that `level` found
 /// is called.
 #[inline(always)]
 pub fn widest<K: Body<A>, A>(args: A) -> K::Out {
