@@ -118,10 +118,14 @@ fn flags(args: &Args) -> settings::Flags {
 fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
     let Some(file) = &args.file else { return Err(fail("give a .blk file to train, or --resume DIR")) };
     let c = compile_reported(file).ok_or(BROKEN)?;
-    let Some(program) = c.program else { return Err(BROKEN) };
+    let Some(mut program) = c.program else { return Err(BROKEN) };
+    if program.model.is_none() {
+        program.model = bare_model(&program, file);
+    }
     let Ok(model) = train::model_of(&program) else {
         eprintln!(
-            "error[E5001]: `{}` defines no model to train; write a `model` section (see examples/small/sas-p.blk)",
+            "error[E5001]: `{}` defines no model to train, and more than one block; write a `model` section (see \
+             examples/small/sas-p.blk)",
             file.display()
         );
         return Err(BROKEN);
@@ -151,6 +155,17 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
         stop_at: args.stop_at,
         quiet: args.quiet,
     })
+}
+
+/// The small CPU model around the one block a file without a `model`
+/// defines (`small_<block>`), as `blkc bench` measures it; `None` when it
+/// defines several.
+pub(super) fn bare_model(p: &blkc::Program, file: &Path) -> Option<blkc::graph::Model> {
+    let own: Vec<&blkc::graph::BlockIr> = p.blocks.iter().filter(|b| b.span.file == FileId(0)).collect();
+    let [block] = own.as_slice() else { return None };
+    let model = train::small_model(p, &block.name, &format!("small_{}", block.name))?;
+    eprintln!("note: `{}` has no model: training block `{}` in the small model (6 × 256)", file.display(), block.name);
+    Some(model)
 }
 
 /// The job that continues the run at `path` (a run directory or one of

@@ -101,6 +101,14 @@ pub fn model_of(p: &Program) -> Result<&ModelIr, String> {
     })
 }
 
+/// The small CPU model of `examples/small/` (6 blocks, width 256) around
+/// the block named `block`, named `name`: where a file without a `model`
+/// trains (as `blkc bench` measures it).
+pub fn small_model(p: &Program, block: &str, name: &str) -> Option<ModelIr> {
+    let i = p.blocks.iter().position(|b| b.name == block)?;
+    Some(ModelIr { name: Some(name.to_string()), ..ModelIr::small(i) })
+}
+
 /// The model's name (`model` when the section has none).
 pub fn model_name(m: &ModelIr) -> String {
     m.name.clone().unwrap_or_else(|| "model".into())

@@ -33,7 +33,15 @@ pub fn compile_saved(dir: &RunDir) -> Result<(Program, SourceMap), String> {
     }
     let c = blkc::compile(Path::new(entry), &loader).map_err(|e| format!("cannot rebuild the model: {e}"))?;
     match c.program {
-        Some(p) => Ok((p, c.sources)),
+        Some(mut p) => {
+            if p.model.is_none() {
+                // A bare block trained in the small model: the block
+                // run.json names.
+                let info = dir.read_info()?;
+                p.model = super::small_model(&p, &info.block, &info.model);
+            }
+            Ok((p, c.sources))
+        }
         None => Err(format!(
             "the run's saved model (`{}`) no longer compiles:\n{}",
             p.display(),
