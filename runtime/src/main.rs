@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Fill(a) => cli::fill::run(&a),
         Command::Export(a) => cli::export::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
+        Command::Compare(a) => cli::compare::run(&a),
     };
     ExitCode::from(code)
 }

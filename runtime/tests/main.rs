@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod cli;
+mod compare;
 mod lowering;
 mod measure;
 mod optim;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod fill;
@@ -72,6 +73,9 @@ pub enum Command {
     Export(export::Args),
     /// Time training steps of several models side by side.
     Bench(bench::Args),
+    /// Train block variants side by side (same data, same batches per
+    /// seed) and tabulate how they did; run again to finish or extend.
+    Compare(compare::Args),
 }
 
 /// Output of `params` and `bench`: a table for people or JSON for tools.

@@ -244,11 +244,11 @@ fn fail(msg: &str) -> u8 {
 }
 
 #[cfg(feature = "cuda")]
-fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
+pub(super) fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
     train::train::<burn::backend::Autodiff<crate::backend::Cuda>>(job, &Default::default())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
+pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
     Err(Failure::Message(crate::backend::cuda().err().unwrap_or_default()))
 }

@@ -1,0 +1,289 @@
+//! `blkc compare FILE…`: block variants trained side by side — every file
+//! (a bare block in the small model) times every seed, on the same data and
+//! tokenizer and, for a seed, the same batches in the same order — each an
+//! ordinary run directory under `--out`, then one table of how they did.
+//! Run again, it finishes the unfinished runs and skips the finished ones.
+
+use std::path::{Path, PathBuf};
+
+use blkc::signal::report::{reports, Request};
+use blkc::signal::verdict::Status;
+use blkc::span::FileId;
+use serde::Serialize;
+
+use super::train::{bare_model, on_cuda};
+use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use crate::train::rundir::RunDir;
+use crate::train::settings::{self, Flags, Settings};
+use crate::train::{self, open, signals, Failure, Job, Resume};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// .blk files: models, or a bare block each (trained in the small model).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Steps each variant trains.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seeds per variant (0, 1, …): seed k gives every variant the same
+    /// batches in the same order.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Training text, for every variant (see `blkc train --data`).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Override a `train` setting of every variant, e.g. `--set lr=3e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where the runs and the summary go.
+    #[arg(long, default_value = "runs/compare")]
+    pub out: PathBuf,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Train the variants the signal check rejects too (marked in the table).
+    #[arg(long)]
+    pub no_check: bool,
+    /// Stop each run once N steps are done, with a checkpoint, as if
+    /// interrupted (the next `compare` continues it).
+    #[arg(long, value_name = "N")]
+    pub stop_at: Option<u64>,
+    /// Print nothing but errors and the table.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// One variant: a file's model.
+struct Variant {
+    name: String,
+    file: PathBuf,
+    program: blkc::Program,
+    sources: blkc::SourceMap,
+    rejected: bool,
+}
+
+/// How one variant did, over its seeds.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub variant: String,
+    pub file: String,
+    pub rejected: bool,
+    pub params: u64,
+    pub seeds: usize,
+    /// Final training loss: mean, min, max over the seeds.
+    pub loss: [f64; 3],
+    /// Final validation loss: mean, min, max.
+    pub eval_loss: [f64; 3],
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+pub fn run(args: &Args) -> u8 {
+    let variants = match variants(args) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if let Some(v) = variants.iter().find(|v| v.rejected && !args.no_check) {
+        eprintln!(
+            "error: the signal check rejects `{}`; compare it anyway with --no-check (it is marked in the table)",
+            v.file.display()
+        );
+        return REJECTED;
+    }
+    let extra = match settings::overrides(&args.set) {
+        Ok(t) => t,
+        Err(e) => {
+            eprint!("{e}");
+            return BROKEN;
+        }
+    };
+    signals::install();
+    let total = variants.len() as u64 * args.seeds;
+    let mut done = 0;
+    for v in &variants {
+        for seed in 0..args.seeds {
+            done += 1;
+            let out = args.out.join(&v.name).join(format!("seed-{seed}"));
+            if !args.quiet {
+                eprintln!("compare: {} seed {seed} ({done}/{total}) in {}", v.name, out.display());
+            }
+            let job = match job(args, v, seed, extra.as_ref(), &out) {
+                Ok(Some(j)) => j,
+                Ok(None) => continue,
+                Err(code) => return code,
+            };
+            let result = match job.settings.device.as_str() {
+                "cuda" => on_cuda(&job),
+                _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
+            };
+            match result {
+                Ok(s) if s.interrupted => {
+                    eprintln!("stopped; run the same command again to finish the comparison");
+                    return s.signal.map_or(OK, signals::exit_status);
+                }
+                Ok(_) => {}
+                Err(Failure::Message(m)) => {
+                    eprintln!("error: {}: {m}", v.name);
+                    return REJECTED;
+                }
+                Err(Failure::Located(d, sources)) => {
+                    crate::report::print(&[*d], &sources, crate::report::DiagFormat::Human);
+                    return REJECTED;
+                }
+            }
+        }
+    }
+    let rows: Vec<Row> = variants.iter().map(|v| row(v, &args.out, args.seeds)).collect();
+    let table = markdown(&rows);
+    print!("{table}");
+    let json = serde_json::json!({ "schema_version": super::JSON_VERSION, "variants": rows });
+    let written = crate::durable::write_atomic(&args.out.join("summary.md"), table.as_bytes())
+        .and_then(|_| crate::durable::write_atomic(&args.out.join("summary.json"), json.to_string().as_bytes()));
+    if let Err(e) = written {
+        eprintln!("error: {e}");
+        return REJECTED;
+    }
+    OK
+}
+
+/// The files' models (a bare block in the small model), named by file
+/// stem, and whether the signal check rejects each.
+fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
+    let mut out: Vec<Variant> = Vec::new();
+    for file in &args.files {
+        let c = compile_reported(file).ok_or(BROKEN)?;
+        let Some(mut program) = c.program else { return Err(BROKEN) };
+        if program.model.is_none() {
+            program.model = bare_model(&program, file);
+        }
+        if program.model.is_none() {
+            eprintln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());
+            return Err(BROKEN);
+        }
+        let rejected = reports(&program, FileId(0), &Request::default()).iter().any(|r| r.verdict == Status::Reject);
+        let stem = file.file_stem().map_or_else(|| "variant".into(), |s| s.to_string_lossy().to_string());
+        let mut name = stem.clone();
+        let mut k = 2;
+        while out.iter().any(|v| v.name == name) {
+            name = format!("{stem}-{k}");
+            k += 1;
+        }
+        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected });
+    }
+    Ok(out)
+}
+
+/// The job of variant `v` with `seed` in `out`: fresh, resumed, or `None`
+/// when it has already trained its steps.
+fn job(args: &Args, v: &Variant, seed: u64, extra: Option<&blkc::graph::Train>, out: &Path) -> Result<Option<Job>, u8> {
+    let flags = Flags { data: args.data.clone(), steps: args.steps, device: args.device.map(|d| d.name().to_string()) };
+    let fail = |e: String| {
+        eprintln!("error: {}: {e}", v.name);
+        REJECTED
+    };
+    let run = RunDir::new(out);
+    if run.info_path().exists() {
+        let info = open::read_info(&run).map_err(fail)?;
+        let mut s = info.settings.clone();
+        if let Some(t) = extra {
+            s.apply_command_line(t);
+        }
+        s.seed = seed;
+        s.apply_flags(&flags).map_err(fail)?;
+        if run.latest().is_some_and(|c| c.state.step >= s.steps) {
+            return Ok(None);
+        }
+        let (program, sources) = open::compile_saved(&run).map_err(fail)?;
+        let resume = Resume { checkpoint: None, before: info.clone(), reschedule: false };
+        let file = info.file.clone();
+        return Ok(Some(Job {
+            program,
+            sources,
+            file,
+            settings: s,
+            out: out.into(),
+            resume: Some(resume),
+            stop_at: args.stop_at,
+            quiet: args.quiet,
+        }));
+    }
+    let mut s = Settings::default();
+    if let Some(t) = &v.program.train {
+        s.apply_file(t, &v.sources);
+    }
+    if let Some(t) = extra {
+        s.apply_command_line(t);
+    }
+    s.seed = seed;
+    s.apply_flags(&flags).map_err(fail)?;
+    Ok(Some(Job {
+        program: v.program.clone(),
+        sources: v.sources.clone(),
+        file: v.file.display().to_string(),
+        settings: s,
+        out: out.into(),
+        resume: None,
+        stop_at: args.stop_at,
+        quiet: args.quiet,
+    }))
+}
+
+/// Variant `v`'s row from its runs' `run.json` and `metrics.jsonl`.
+fn row(v: &Variant, out: &Path, seeds: u64) -> Row {
+    let mut finals = Vec::new();
+    let mut params = 0;
+    for seed in 0..seeds {
+        let run = RunDir::new(&out.join(&v.name).join(format!("seed-{seed}")));
+        if let Ok(info) = run.read_info() {
+            params = info.params;
+        }
+        let text = std::fs::read_to_string(run.metrics()).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let last = |key: &str| lines.iter().rev().find_map(|l| l.get(key).and_then(serde_json::Value::as_f64));
+        let rate: Vec<f64> =
+            lines.iter().filter_map(|l| l.get("tokens_per_s").and_then(serde_json::Value::as_f64)).collect();
+        finals.push((
+            last("loss").unwrap_or(f64::NAN),
+            last("eval_loss").unwrap_or(f64::NAN),
+            rate.iter().sum::<f64>() / rate.len().max(1) as f64,
+            last("elapsed_s").unwrap_or(f64::NAN),
+        ));
+    }
+    let stats = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+        let xs: Vec<f64> = finals.iter().map(f).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+        [mean, xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)]
+    };
+    Row {
+        variant: v.name.clone(),
+        file: v.file.display().to_string(),
+        rejected: v.rejected,
+        params,
+        seeds: finals.len(),
+        loss: stats(|x| x.0),
+        eval_loss: stats(|x| x.1),
+        tokens_per_s: stats(|x| x.2)[0],
+        seconds: stats(|x| x.3)[0],
+    }
+}
+
+/// The table, in Markdown.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| variant | check | parameters | seeds | train loss | validation loss | tokens/s | seconds |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let spread = |x: [f64; 3]| format!("{:.4} ({:.4}–{:.4})", x[0], x[1], x[2]);
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+            r.variant,
+            if r.rejected { "rejected" } else { "passes" },
+            r.params,
+            r.seeds,
+            spread(r.loss),
+            spread(r.eval_loss),
+            r.tokens_per_s,
+            r.seconds
+        ));
+    }
+    t
+}

@@ -1,0 +1,74 @@
+//! `blkc compare` as a user runs it, on tiny models: variants with the same
+//! seed see the same batches (two copies of one model log the same losses,
+//! step by step), seeds differ, and an interrupted comparison run again
+//! ends with the numbers of an uninterrupted one.
+
+use std::path::Path;
+
+use crate::train::{blkc, losses, ok, scratch, text, tiny};
+
+/// Two variants in `d`: `tiny.blk` (SAS-P) and `twin.blk` (the same model),
+/// and `pre.blk` (Pre-LN).
+fn variants(d: &Path) {
+    tiny(d, "preln", "causal", 258, "");
+    std::fs::rename(d.join("tiny.blk"), d.join("pre.blk")).unwrap_or_else(|e| panic!("{e}"));
+    tiny(d, "sas_p", "causal", 258, "");
+    std::fs::copy(d.join("tiny.blk"), d.join("twin.blk")).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn variants_with_one_seed_see_the_same_batches() {
+    let d = scratch("compare-batches");
+    variants(&d);
+    let o = blkc(&d, &["compare", "tiny.blk", "twin.blk", "pre.blk", "--steps", "5", "--seeds", "2", "--out", "cmp"]);
+    ok(&o);
+    let run = |v: &str, s: u64| losses(&d.join("cmp").join(v).join(format!("seed-{s}")));
+    for seed in 0..2 {
+        let (a, b) = (run("tiny", seed), run("twin", seed));
+        assert_eq!(a.len(), 5, "a loss per step");
+        assert_eq!(a, b, "the same model with seed {seed} learns the same: same weights, same batches");
+    }
+    assert_ne!(run("tiny", 0), run("tiny", 1), "another seed, other weights and batches");
+    assert_ne!(run("tiny", 0), run("pre", 0), "another block, other losses");
+    let table = text(&o.stdout);
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| tiny") || l.starts_with("| twin") || l.starts_with("| pre")).count(),
+        3,
+        "{table}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("cmp/summary.json")).unwrap_or_default())
+            .unwrap_or_default();
+    assert_eq!(summary["variants"][0]["seeds"], 2, "{summary}");
+    assert!(d.join("cmp/summary.md").is_file());
+}
+
+#[test]
+fn an_interrupted_comparison_finishes_with_the_numbers_of_an_uninterrupted_one() {
+    let d = scratch("compare-resume");
+    variants(&d);
+    let args = |out: &str| {
+        vec!["compare", "tiny.blk", "pre.blk", "--steps", "6", "--out", out]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| blkc(&d, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run(args("whole")));
+    let mut stopped = args("parts");
+    stopped.extend(["--stop-at".to_string(), "3".to_string()]);
+    let o = run(stopped);
+    ok(&o);
+    assert!(text(&o.stderr).contains("run the same command again"), "{}", text(&o.stderr));
+    assert!(!d.join("parts/pre").exists(), "stopped during the first variant");
+    ok(&run(args("parts")));
+    for v in ["tiny", "pre"] {
+        let (a, b) = (losses(&d.join("whole").join(v).join("seed-0")), losses(&d.join("parts").join(v).join("seed-0")));
+        assert_eq!(a.len(), 6);
+        assert_eq!(a, b, "{v}: resumed losses equal the uninterrupted ones");
+    }
+    // A finished comparison run again trains nothing.
+    let before = std::fs::read_to_string(d.join("parts/tiny/seed-0/metrics.jsonl")).unwrap_or_default();
+    ok(&run(args("parts")));
+    assert_eq!(before, std::fs::read_to_string(d.join("parts/tiny/seed-0/metrics.jsonl")).unwrap_or_default());
+}
