@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use super::train::{bare_model, on_cuda};
 use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use crate::train::comparison;
+use crate::train::plot::Curves;
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Flags, Settings};
 use crate::train::{self, open, signals, Failure, Job, Resume};
@@ -102,7 +104,7 @@ pub fn run(args: &Args) -> u8 {
     for v in &variants {
         for seed in 0..args.seeds {
             done += 1;
-            let out = args.out.join(&v.name).join(format!("seed-{seed}"));
+            let out = run_dir(&args.out, v, seed);
             if !args.quiet {
                 eprintln!("compare: {} seed {seed} ({done}/{total}) in {}", v.name, out.display());
             }
@@ -133,6 +135,17 @@ pub fn run(args: &Args) -> u8 {
         }
     }
     let rows: Vec<Row> = variants.iter().map(|v| row(v, &args.out, args.seeds)).collect();
+    let curves: Vec<comparison::Variant> = variants
+        .iter()
+        .map(|v| comparison::Variant {
+            name: v.name.clone(),
+            rejected: v.rejected,
+            seeds: (0..args.seeds).map(|k| Curves::read(&RunDir::new(&run_dir(&args.out, v, k)).metrics())).collect(),
+        })
+        .collect();
+    if let Err(e) = comparison::draw(&curves, "blkc compare", &args.out) {
+        eprintln!("plot: {e}");
+    }
     let table = markdown(&rows);
     print!("{table}");
     let json = serde_json::json!({ "schema_version": super::JSON_VERSION, "variants": rows });
@@ -227,12 +240,17 @@ fn job(args: &Args, v: &Variant, seed: u64, extra: Option<&blkc::graph::Train>, 
     }))
 }
 
+/// The run directory of variant `v` with `seed`.
+fn run_dir(out: &Path, v: &Variant, seed: u64) -> PathBuf {
+    out.join(&v.name).join(format!("seed-{seed}"))
+}
+
 /// Variant `v`'s row from its runs' `run.json` and `metrics.jsonl`.
 fn row(v: &Variant, out: &Path, seeds: u64) -> Row {
     let mut finals = Vec::new();
     let mut params = 0;
     for seed in 0..seeds {
-        let run = RunDir::new(&out.join(&v.name).join(format!("seed-{seed}")));
+        let run = RunDir::new(&run_dir(out, v, seed));
         if let Ok(info) = run.read_info() {
             params = info.params;
         }

@@ -3,6 +3,7 @@
 //! the loop itself ([`train`]).
 
 pub mod batch;
+pub mod comparison;
 pub mod data;
 pub mod logs;
 pub mod memory;

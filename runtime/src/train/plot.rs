@@ -19,7 +19,7 @@ use plotters::style::FontStyle;
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// Registers the embedded font as plotters' sans-serif (once).
-fn font() {
+pub(super) fn font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The bytes are a valid TrueType font; a failure would only cost labels.
@@ -27,7 +27,7 @@ fn font() {
     });
 }
 
-type Series = Vec<(f64, f64)>;
+pub(super) type Series = Vec<(f64, f64)>;
 
 /// A named, coloured series to draw.
 type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
@@ -39,6 +39,8 @@ pub struct Curves {
     pub eval: Series,
     pub lr: Series,
     pub grad_norm: Series,
+    /// Seconds since the run started, per logged step.
+    pub elapsed: Series,
     /// Every trainable gain by its metrics name (`layer.name`).
     pub gains: BTreeMap<String, Series>,
 }
@@ -60,6 +62,7 @@ impl Curves {
             push("eval_loss", &mut c.eval);
             push("lr", &mut c.lr);
             push("grad_norm", &mut c.grad_norm);
+            push("elapsed_s", &mut c.elapsed);
             if let Some(gains) = v.get("gains").and_then(|g| g.as_object()) {
                 for (name, g) in gains {
                     if let Some(g) = g.as_f64() {
