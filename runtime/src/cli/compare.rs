@@ -61,6 +61,8 @@ struct Variant {
     program: blkc::Program,
     sources: blkc::SourceMap,
     rejected: bool,
+    /// The signal check's final mean token cosine (the worst input's).
+    cosine: f64,
 }
 
 /// How one variant did, over its seeds.
@@ -69,7 +71,10 @@ pub struct Row {
     pub variant: String,
     pub file: String,
     pub rejected: bool,
+    /// The signal check's final mean token cosine at init.
+    pub cosine: f64,
     pub params: u64,
+    pub flops_per_token: u64,
     pub seeds: usize,
     /// Final training loss: mean, min, max over the seeds.
     pub loss: [f64; 3],
@@ -101,18 +106,28 @@ pub fn run(args: &Args) -> u8 {
     signals::install();
     let total = variants.len() as u64 * args.seeds;
     let mut done = 0;
+    // Runs trained by this command and their time: the estimate of the rest.
+    let (began, mut trained) = (std::time::Instant::now(), 0u32);
     for v in &variants {
         for seed in 0..args.seeds {
             done += 1;
             let out = run_dir(&args.out, v, seed);
             if !args.quiet {
-                eprintln!("compare: {} seed {seed} ({done}/{total}) in {}", v.name, out.display());
+                let left = match trained {
+                    0 => String::new(),
+                    n => {
+                        let per = began.elapsed().as_secs_f64() / f64::from(n);
+                        format!(", about {:.0} s left", per * (total - done + 1) as f64)
+                    }
+                };
+                eprintln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
             }
             let job = match job(args, v, seed, extra.as_ref(), &out) {
                 Ok(Some(j)) => j,
                 Ok(None) => continue,
                 Err(code) => return code,
             };
+            trained += 1;
             let result = match job.settings.device.as_str() {
                 "cuda" => on_cuda(&job),
                 _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
@@ -172,7 +187,9 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             eprintln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());
             return Err(BROKEN);
         }
-        let rejected = reports(&program, FileId(0), &Request::default()).iter().any(|r| r.verdict == Status::Reject);
+        let reps = reports(&program, FileId(0), &Request::default());
+        let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
+        let cosine = reps.first().and_then(|r| r.layers.last()).map_or(f64::NAN, |l| l.cosine);
         let stem = file.file_stem().map_or_else(|| "variant".into(), |s| s.to_string_lossy().to_string());
         let mut name = stem.clone();
         let mut k = 2;
@@ -180,7 +197,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             name = format!("{stem}-{k}");
             k += 1;
         }
-        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected });
+        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected, cosine });
     }
     Ok(out)
 }
@@ -271,11 +288,18 @@ fn row(v: &Variant, out: &Path, seeds: u64) -> Row {
         let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
         [mean, xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)]
     };
+    let flops = v
+        .program
+        .model
+        .as_ref()
+        .map_or(0, |m| blkc::graph::params::flops_per_token(m, &v.program.blocks[m.block], m.context));
     Row {
         variant: v.name.clone(),
         file: v.file.display().to_string(),
         rejected: v.rejected,
+        cosine: v.cosine,
         params,
+        flops_per_token: flops as u64,
         seeds: finals.len(),
         loss: stats(|x| x.0),
         eval_loss: stats(|x| x.1),
@@ -287,15 +311,17 @@ fn row(v: &Variant, out: &Path, seeds: u64) -> Row {
 /// The table, in Markdown.
 pub fn markdown(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| variant | check | parameters | seeds | train loss | validation loss | tokens/s | seconds |\n|---|---|---|---|---|---|---|---|\n",
+        "| variant | check (final cosine) | parameters | MFLOP/token | seeds | train loss | validation loss | tokens/s | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let spread = |x: [f64; 3]| format!("{:.4} ({:.4}–{:.4})", x[0], x[1], x[2]);
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} ({:.3}) | {} | {:.1} | {} | {} | {} | {:.0} | {:.0} |\n",
             r.variant,
             if r.rejected { "rejected" } else { "passes" },
+            r.cosine,
             r.params,
+            r.flops_per_token as f64 / 1e6,
             r.seeds,
             spread(r.loss),
             spread(r.eval_loss),
