@@ -72,3 +72,25 @@ fn an_interrupted_comparison_finishes_with_the_numbers_of_an_uninterrupted_one()
     ok(&run(args("parts")));
     assert_eq!(before, std::fs::read_to_string(d.join("parts/tiny/seed-0/metrics.jsonl")).unwrap_or_default());
 }
+
+#[test]
+fn a_sweep_trains_every_value_and_refuses_a_bad_one() {
+    let d = scratch("compare-sweep");
+    variants(&d);
+    let o = blkc(&d, &["compare", "tiny.blk", "--sweep", "lr=1e-3,1e-2", "--steps", "3", "--out", "cmp"]);
+    ok(&o);
+    let run = |v: &str| d.join("cmp").join(v).join("seed-0");
+    let info = |v: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run(v).join("run.json")).unwrap_or_default()).unwrap_or_default()
+    };
+    assert_eq!(info("tiny.lr=1e-3")["settings"]["lr"], 1e-3);
+    assert_eq!(info("tiny.lr=1e-2")["settings"]["lr"], 1e-2);
+    let (slow, fast) = (losses(&run("tiny.lr=1e-3")), losses(&run("tiny.lr=1e-2")));
+    assert_eq!(slow[&1].0, fast[&1].0, "the same weights and batch before the first update");
+    assert_ne!(slow[&3].0, fast[&3].0, "then the learning rates differ");
+    for bad in ["lr", "colour=red,blue", "lr=-1"] {
+        let o = blkc(&d, &["compare", "tiny.blk", "--sweep", bad, "--steps", "3", "--out", "bad"]);
+        assert_eq!(o.status.code(), Some(2), "--sweep {bad}: {}", text(&o.stderr));
+        assert!(!d.join("bad").exists(), "--sweep {bad} created runs");
+    }
+}

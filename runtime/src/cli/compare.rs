@@ -37,6 +37,10 @@ pub struct Args {
     /// Override a `train` setting of every variant, e.g. `--set lr=3e-4`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Train every file once per value of a `train` setting, e.g.
+    /// `--sweep lr=1e-3,3e-4` (several: every combination).
+    #[arg(long, value_name = "KEY=V1,V2,…")]
+    pub sweep: Vec<String>,
     /// Where the runs and the summary go.
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
@@ -54,7 +58,8 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// One variant: a file's model.
+/// One variant: a file's model (with one value of each sweep).
+#[derive(Clone)]
 struct Variant {
     name: String,
     file: PathBuf,
@@ -63,6 +68,8 @@ struct Variant {
     rejected: bool,
     /// The signal check's final mean token cosine (the worst input's).
     cosine: f64,
+    /// The `--set` pairs of this variant: the command's, then its sweep's.
+    set: Vec<String>,
 }
 
 /// How one variant did, over its seeds.
@@ -96,13 +103,6 @@ pub fn run(args: &Args) -> u8 {
         );
         return REJECTED;
     }
-    let extra = match settings::overrides(&args.set) {
-        Ok(t) => t,
-        Err(e) => {
-            eprint!("{e}");
-            return BROKEN;
-        }
-    };
     signals::install();
     let total = variants.len() as u64 * args.seeds;
     let mut done = 0;
@@ -122,6 +122,7 @@ pub fn run(args: &Args) -> u8 {
                 };
                 eprintln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
             }
+            let extra = settings::overrides(&v.set).ok().flatten();
             let job = match job(args, v, seed, extra.as_ref(), &out) {
                 Ok(Some(j)) => j,
                 Ok(None) => continue,
@@ -197,9 +198,54 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             name = format!("{stem}-{k}");
             k += 1;
         }
-        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected, cosine });
+        out.push(Variant {
+            name,
+            file: file.clone(),
+            program,
+            sources: c.sources,
+            rejected,
+            cosine,
+            set: args.set.clone(),
+        });
     }
-    Ok(out)
+    let mut swept = Vec::new();
+    for v in out {
+        for combo in sweeps(&args.sweep)? {
+            let suffix: String = combo.iter().map(|p| format!(".{p}")).collect();
+            let mut set = v.set.clone();
+            set.extend(combo);
+            settings::overrides(&set).map_err(|e| {
+                eprint!("{e}");
+                BROKEN
+            })?;
+            swept.push(Variant { name: format!("{}{suffix}", v.name), set, ..v.clone() });
+        }
+    }
+    Ok(swept)
+}
+
+/// Every combination of the sweeps' values, as `KEY=VALUE` pairs (one
+/// empty combination without sweeps).
+fn sweeps(specs: &[String]) -> Result<Vec<Vec<String>>, u8> {
+    let mut combos = vec![Vec::new()];
+    for spec in specs {
+        let Some((key, values)) = spec.split_once('=').filter(|(k, v)| !k.trim().is_empty() && !v.is_empty()) else {
+            eprintln!("error: `--sweep {spec}`: write KEY=V1,V2,…, e.g. `--sweep lr=1e-3,3e-4`");
+            return Err(BROKEN);
+        };
+        let values: Vec<&str> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push(format!("{}={v}", key.trim()));
+                    c
+                })
+            })
+            .collect();
+    }
+    Ok(combos)
 }
 
 /// The job of variant `v` with `seed` in `out`: fresh, resumed, or `None`
