@@ -11,7 +11,7 @@ use blkc::signal::verdict::Status;
 use blkc::span::FileId;
 use serde::Serialize;
 
-use super::train::{bare_model, on_cuda};
+use super::train::{bare_model, fits, on_cuda};
 use super::{compile_reported, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::Curves;
@@ -53,6 +53,9 @@ pub struct Args {
     /// interrupted (the next `compare` continues it).
     #[arg(long, value_name = "N")]
     pub stop_at: Option<u64>,
+    /// Train even when the memory estimate exceeds what is free.
+    #[arg(long)]
+    pub no_memory_check: bool,
     /// Print nothing but errors and the table.
     #[arg(long, short)]
     pub quiet: bool,
@@ -104,11 +107,20 @@ pub fn run(args: &Args) -> u8 {
         return REJECTED;
     }
     signals::install();
+    if let Err(code) = train_all(args, &variants) {
+        return code;
+    }
+    summarise(args, &variants)
+}
+
+/// Trains every variant with every seed that has not trained yet, in
+/// order; an interruption ends the command (exit status of the signal).
+fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
     let total = variants.len() as u64 * args.seeds;
     let mut done = 0;
     // Runs trained by this command and their time: the estimate of the rest.
     let (began, mut trained) = (std::time::Instant::now(), 0u32);
-    for v in &variants {
+    for v in variants {
         for seed in 0..args.seeds {
             done += 1;
             let out = run_dir(&args.out, v, seed);
@@ -123,11 +135,8 @@ pub fn run(args: &Args) -> u8 {
                 eprintln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
             }
             let extra = settings::overrides(&v.set).ok().flatten();
-            let job = match job(args, v, seed, extra.as_ref(), &out) {
-                Ok(Some(j)) => j,
-                Ok(None) => continue,
-                Err(code) => return code,
-            };
+            let Some(job) = job(args, v, seed, extra.as_ref(), &out)? else { continue };
+            fits(&job, args.no_memory_check)?;
             trained += 1;
             let result = match job.settings.device.as_str() {
                 "cuda" => on_cuda(&job),
@@ -136,20 +145,26 @@ pub fn run(args: &Args) -> u8 {
             match result {
                 Ok(s) if s.interrupted => {
                     eprintln!("stopped; run the same command again to finish the comparison");
-                    return s.signal.map_or(OK, signals::exit_status);
+                    return Err(s.signal.map_or(OK, signals::exit_status));
                 }
                 Ok(_) => {}
                 Err(Failure::Message(m)) => {
                     eprintln!("error: {}: {m}", v.name);
-                    return REJECTED;
+                    return Err(REJECTED);
                 }
                 Err(Failure::Located(d, sources)) => {
                     crate::report::print(&[*d], &sources, crate::report::DiagFormat::Human);
-                    return REJECTED;
+                    return Err(REJECTED);
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// The table and the plot of every variant's runs, printed and written
+/// into `--out`.
+fn summarise(args: &Args, variants: &[Variant]) -> u8 {
     let rows: Vec<Row> = variants.iter().map(|v| row(v, &args.out, args.seeds)).collect();
     let curves: Vec<comparison::Variant> = variants
         .iter()

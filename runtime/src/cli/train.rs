@@ -77,7 +77,7 @@ pub fn run(args: &Args) -> u8 {
         Ok(j) => j,
         Err(code) => return code,
     };
-    if let Err(code) = fits(&job, args) {
+    if let Err(code) = fits(&job, args.no_memory_check) {
         return code;
     }
     signals::install();
@@ -197,7 +197,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
 
 /// Checks that the device can run and that the run fits in its memory,
 /// before anything is created on disk.
-fn fits(job: &Job, args: &Args) -> Result<(), u8> {
+pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     let Ok(model) = train::model_of(&job.program) else { return Err(BROKEN) };
     let rows = job.settings.micro();
     let estimate = memory::estimate(&job.program, model, rows);
@@ -210,7 +210,7 @@ fn fits(job: &Job, args: &Args) -> Result<(), u8> {
     } else {
         (memory::available(), "this machine".to_string())
     };
-    if args.no_memory_check {
+    if no_memory_check {
         return Ok(());
     }
     let Some(have) = have else { return Ok(()) };
