@@ -466,3 +466,20 @@ fn bench_measures_models_side_by_side() {
     assert_eq!(o.status.code(), Some(2), "a file with no block: {}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `blkc train FILE --resume DIR` continues the run when FILE is its own
+/// source, and refuses, saying why, when FILE differs from it.
+#[test]
+fn resume_accepts_the_runs_own_file_and_refuses_another() {
+    let d = scratch("resume-file");
+    tiny(&d, "sas_p", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "4", "--stop-at", "2"]));
+    ok(&blkc(&d, &["train", "tiny.blk", "--resume", "run", "--stop-at", "3"]));
+    assert_eq!(losses(&d.join("run")).len(), 3, "resumed with its own file");
+    let text_now = std::fs::read_to_string(d.join("tiny.blk")).unwrap_or_default();
+    std::fs::write(d.join("tiny.blk"), text_now.replace("lr = 3e-3", "lr = 1e-3")).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["train", "tiny.blk", "--resume", "run"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("differs from the source"), "{}", text(&o.stderr));
+    assert_eq!(losses(&d.join("run")).len(), 3, "nothing trained");
+}

@@ -37,7 +37,8 @@ pub struct Args {
     pub out: Option<PathBuf>,
     /// Continue the run in DIR from its newest complete checkpoint (or
     /// from the checkpoint directory given).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "out"])]
+    /// FILE may be given too when it is the run's own source.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// When resuming: accept settings that change the learning-rate
     /// schedule (`--steps`, `lr`, `warmup`, `schedule`); the rate then
@@ -175,6 +176,9 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
     let run = RunDir::new(&dir);
     let info = open::read_info(&run).map_err(|e| fail(&e))?;
     let (program, sources) = open::compile_saved(&run).map_err(|e| fail(&e))?;
+    if let Some(file) = &args.file {
+        same_source(file, &sources, &dir)?;
+    }
     let mut s = info.settings.clone();
     if let Some(t) = extra {
         s.apply_command_line(t);
@@ -193,6 +197,23 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
         stop_at: args.stop_at,
         quiet: args.quiet,
     })
+}
+
+/// `blkc train FILE --resume DIR`: accepted when FILE (and every file it
+/// uses) reads as the run's saved source; refused, saying so, when not —
+/// a resume trains the model the run started with.
+fn same_source(file: &Path, saved: &blkc::SourceMap, dir: &Path) -> Result<(), u8> {
+    let given = compile_reported(file).ok_or(BROKEN)?;
+    let texts = |m: &blkc::SourceMap| train::source_files(m).into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    if texts(&given.sources) == texts(saved) {
+        return Ok(());
+    }
+    Err(fail(&format!(
+        "`{}` differs from the source `{}` was trained from (its sources.json); a resume continues the run's own \
+         model: resume without the file, or train the changed file into another directory with --out",
+        file.display(),
+        dir.display()
+    )))
 }
 
 /// Checks that the device can run and that the run fits in its memory,
