@@ -256,18 +256,42 @@ fn collapse(
             return Diagnostic::new(Code::E3001, node.span, message).label(label).help(help);
         }
     }
-    let mlp = g.nodes.iter().find(|n| matches!(n.op, Op::Mlp { .. }));
-    if let Some(node) = mlp {
+    let mlp = g.nodes.iter().enumerate().find(|(_, n)| matches!(n.op, Op::Mlp { .. }));
+    if let Some((id, node)) = mlp {
         let ab = Ablation { mlp_zero: true, ..Ablation::default() };
         if fixed_by(block, dims, opts, input, ab) {
-            return Diagnostic::new(Code::E3001, node.span, message)
-                .label("this branch drives the tokens together")
-                .help("down-weight the MLP branch by about 1/sqrt(depth) (`beta_ff * mlp(…)`, `param beta_ff = 1 / sqrt(depth)`), or move its norm inside the branch (Pre-LN)");
+            // Down-weighting helps a branch beside a skip; without one, the
+            // MLP is the stack's only path.
+            let skip = skipped(g, id);
+            let help = match skip {
+                true => "down-weight the MLP branch by about 1/sqrt(depth) (`beta_ff * mlp(…)`, `param beta_ff = 1 / sqrt(depth)`), or move its norm inside the branch (Pre-LN)",
+                false => "every path through the block goes through this MLP, so scaling it cannot help: add a skip around it (`out = x + beta_ff * mlp(…)` with `param beta_ff = 1 / sqrt(depth)`)",
+            };
+            let label = match skip {
+                true => "this branch drives the tokens together",
+                false => "this MLP, with no skip around it, drives the tokens together",
+            };
+            return Diagnostic::new(Code::E3001, node.span, message).label(label).help(help);
         }
     }
     Diagnostic::new(Code::E3001, block.span_name(), message)
         .label("this block collapses when stacked")
         .help("keep a skip around each token-mixing sub-block, shape the attention so it is the identity at init, and down-weight residual branches by about 1/sqrt(depth)")
+}
+
+/// Whether the block's input reaches its output by a path that avoids
+/// node `avoid` (a skip around it).
+fn skipped(g: &Graph, avoid: usize) -> bool {
+    let mut reach = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        reach[i] = i != avoid
+            && match &n.op {
+                Op::Input => true,
+                Op::Norm { input, .. } | Op::Attention { input, .. } | Op::Mlp { input, .. } => reach[*input],
+                Op::Sum { terms } => terms.iter().any(|t| reach[t.input]),
+            };
+    }
+    reach.get(g.out).copied().unwrap_or(false)
 }
 
 /// Whether the attention matrix is a multiple of I at init (zero queries
