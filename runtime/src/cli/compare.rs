@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::train::{bare_model, fits, on_cuda};
 use super::{compile_reported, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
-use crate::train::plot::Curves;
+use crate::train::plot::{self, Curves};
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Flags, Settings};
 use crate::train::{self, open, signals, Failure, Job, Resume};
@@ -71,8 +71,9 @@ struct Variant {
     rejected: bool,
     /// The signal check's final mean token cosine (the worst input's).
     cosine: f64,
-    /// The `--set` pairs of this variant: the command's, then its sweep's.
-    set: Vec<String>,
+    /// The `--set` pairs of this variant (the command's, then its
+    /// sweep's), compiled.
+    extra: Option<blkc::graph::Train>,
 }
 
 /// How one variant did, over its seeds.
@@ -134,8 +135,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
                 };
                 eprintln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
             }
-            let extra = settings::overrides(&v.set).ok().flatten();
-            let Some(job) = job(args, v, seed, extra.as_ref(), &out)? else { continue };
+            let Some(job) = job(args, v, seed, &out)? else { continue };
             fits(&job, args.no_memory_check)?;
             trained += 1;
             let result = match job.settings.device.as_str() {
@@ -165,7 +165,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
 /// The table and the plot of every variant's runs, printed and written
 /// into `--out`.
 fn summarise(args: &Args, variants: &[Variant]) -> u8 {
-    let rows: Vec<Row> = variants.iter().map(|v| row(v, &args.out, args.seeds)).collect();
+    // Each run's metrics, read once for the table and the plot.
     let curves: Vec<comparison::Variant> = variants
         .iter()
         .map(|v| comparison::Variant {
@@ -174,6 +174,8 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
             seeds: (0..args.seeds).map(|k| Curves::read(&RunDir::new(&run_dir(&args.out, v, k)).metrics())).collect(),
         })
         .collect();
+    let rows: Vec<Row> =
+        variants.iter().zip(&curves).map(|(v, c)| row(v, &RunDir::new(&run_dir(&args.out, v, 0)), &c.seeds)).collect();
     if let Err(e) = comparison::draw(&curves, "blkc compare", &args.out) {
         eprintln!("plot: {e}");
     }
@@ -213,27 +215,19 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             name = format!("{stem}-{k}");
             k += 1;
         }
-        out.push(Variant {
-            name,
-            file: file.clone(),
-            program,
-            sources: c.sources,
-            rejected,
-            cosine,
-            set: args.set.clone(),
-        });
+        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected, cosine, extra: None });
     }
     let mut swept = Vec::new();
     for v in out {
         for combo in sweeps(&args.sweep)? {
             let suffix: String = combo.iter().map(|p| format!(".{p}")).collect();
-            let mut set = v.set.clone();
+            let mut set = args.set.clone();
             set.extend(combo);
-            settings::overrides(&set).map_err(|e| {
+            let extra = settings::overrides(&set).map_err(|e| {
                 eprint!("{e}");
                 BROKEN
             })?;
-            swept.push(Variant { name: format!("{}{suffix}", v.name), set, ..v.clone() });
+            swept.push(Variant { name: format!("{}{suffix}", v.name), extra, ..v.clone() });
         }
     }
     Ok(swept)
@@ -265,54 +259,41 @@ fn sweeps(specs: &[String]) -> Result<Vec<Vec<String>>, u8> {
 
 /// The job of variant `v` with `seed` in `out`: fresh, resumed, or `None`
 /// when it has already trained its steps.
-fn job(args: &Args, v: &Variant, seed: u64, extra: Option<&blkc::graph::Train>, out: &Path) -> Result<Option<Job>, u8> {
-    let flags = Flags { data: args.data.clone(), steps: args.steps, device: args.device.map(|d| d.name().to_string()) };
+fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u8> {
+    let flags = Flags {
+        data: args.data.clone(),
+        steps: args.steps,
+        device: args.device.map(|d| d.name().to_string()),
+        seed: Some(seed),
+    };
     let fail = |e: String| {
         eprintln!("error: {}: {e}", v.name);
         REJECTED
     };
+    let extra = v.extra.as_ref();
     let run = RunDir::new(out);
-    if run.info_path().exists() {
+    let fresh = !run.info_path().exists();
+    let (program, sources, file, settings, resume) = if fresh {
+        let file_train = v.program.train.as_ref().map(|t| (t, &v.sources));
+        let s = Settings::of_run(file_train, extra, &flags).map_err(fail)?;
+        (v.program.clone(), v.sources.clone(), v.file.display().to_string(), s, None)
+    } else {
         let info = open::read_info(&run).map_err(fail)?;
-        let mut s = info.settings.clone();
-        if let Some(t) = extra {
-            s.apply_command_line(t);
-        }
-        s.seed = seed;
-        s.apply_flags(&flags).map_err(fail)?;
+        let s = info.settings.clone().overridden(extra, &flags).map_err(fail)?;
         if run.latest().is_some_and(|c| c.state.step >= s.steps) {
             return Ok(None);
         }
         let (program, sources) = open::compile_saved(&run).map_err(fail)?;
-        let resume = Resume { checkpoint: None, before: info.clone(), reschedule: false };
         let file = info.file.clone();
-        return Ok(Some(Job {
-            program,
-            sources,
-            file,
-            settings: s,
-            out: out.into(),
-            resume: Some(resume),
-            stop_at: args.stop_at,
-            quiet: args.quiet,
-        }));
-    }
-    let mut s = Settings::default();
-    if let Some(t) = &v.program.train {
-        s.apply_file(t, &v.sources);
-    }
-    if let Some(t) = extra {
-        s.apply_command_line(t);
-    }
-    s.seed = seed;
-    s.apply_flags(&flags).map_err(fail)?;
+        (program, sources, file, s, Some(Resume { checkpoint: None, before: info, reschedule: false }))
+    };
     Ok(Some(Job {
-        program: v.program.clone(),
-        sources: v.sources.clone(),
-        file: v.file.display().to_string(),
-        settings: s,
+        program,
+        sources,
+        file,
+        settings,
         out: out.into(),
-        resume: None,
+        resume,
         stop_at: args.stop_at,
         quiet: args.quiet,
     }))
@@ -323,27 +304,14 @@ fn run_dir(out: &Path, v: &Variant, seed: u64) -> PathBuf {
     out.join(&v.name).join(format!("seed-{seed}"))
 }
 
-/// Variant `v`'s row from its runs' `run.json` and `metrics.jsonl`.
-fn row(v: &Variant, out: &Path, seeds: u64) -> Row {
-    let mut finals = Vec::new();
-    let mut params = 0;
-    for seed in 0..seeds {
-        let run = RunDir::new(&run_dir(out, v, seed));
-        if let Ok(info) = run.read_info() {
-            params = info.params;
-        }
-        let text = std::fs::read_to_string(run.metrics()).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let last = |key: &str| lines.iter().rev().find_map(|l| l.get(key).and_then(serde_json::Value::as_f64));
-        let rate: Vec<f64> =
-            lines.iter().filter_map(|l| l.get("tokens_per_s").and_then(serde_json::Value::as_f64)).collect();
-        finals.push((
-            last("loss").unwrap_or(f64::NAN),
-            last("eval_loss").unwrap_or(f64::NAN),
-            rate.iter().sum::<f64>() / rate.len().max(1) as f64,
-            last("elapsed_s").unwrap_or(f64::NAN),
-        ));
-    }
+/// Variant `v`'s row from its first run's `run.json` and every seed's
+/// metrics.
+fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
+    let params = first.read_info().map_or(0, |info| info.params);
+    let last = |s: &plot::Series| s.last().map_or(f64::NAN, |p| p.1);
+    let mean = |s: &plot::Series| s.iter().map(|p| p.1).sum::<f64>() / s.len().max(1) as f64;
+    let finals: Vec<(f64, f64, f64, f64)> =
+        seeds.iter().map(|c| (last(&c.train), last(&c.eval), mean(&c.tokens_per_s), last(&c.elapsed))).collect();
     let stats = |f: fn(&(f64, f64, f64, f64)) -> f64| {
         let xs: Vec<f64> = finals.iter().map(f).collect();
         let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;

@@ -112,7 +112,12 @@ pub fn run(args: &Args) -> u8 {
 
 /// The flags that name a setting.
 fn flags(args: &Args) -> settings::Flags {
-    settings::Flags { data: args.data.clone(), steps: args.steps, device: args.device.map(|d| d.name().to_string()) }
+    settings::Flags {
+        data: args.data.clone(),
+        steps: args.steps,
+        device: args.device.map(|d| d.name().to_string()),
+        seed: None,
+    }
 }
 
 /// The job of a new run of `args.file`.
@@ -134,14 +139,8 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
     if !args.no_check && !signal_check(&program, &c.sources, args.quiet) {
         return Err(REJECTED);
     }
-    let mut s = Settings::default();
-    if let Some(t) = &program.train {
-        s.apply_file(t, &c.sources);
-    }
-    if let Some(t) = extra {
-        s.apply_command_line(t);
-    }
-    s.apply_flags(&flags(args)).map_err(|e| {
+    let file_train = program.train.as_ref().map(|t| (t, &c.sources));
+    let s = Settings::of_run(file_train, extra, &flags(args)).map_err(|e| {
         eprint!("{e}");
         BROKEN
     })?;
@@ -179,11 +178,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
     if let Some(file) = &args.file {
         same_source(file, &sources, &dir)?;
     }
-    let mut s = info.settings.clone();
-    if let Some(t) = extra {
-        s.apply_command_line(t);
-    }
-    s.apply_flags(&flags(args)).map_err(|e| {
+    let s = info.settings.clone().overridden(extra, &flags(args)).map_err(|e| {
         eprint!("{e}");
         BROKEN
     })?;

@@ -40,6 +40,19 @@ macro_rules! take_grad {
 }
 pub(crate) use take_grad;
 
+/// Registers each gradient of `values` for the parent beside it in
+/// `parents`, skipping untracked ones.
+macro_rules! register_all {
+    ($B:ty, $grads:expr, $parents:expr, $values:expr) => {
+        for (parent, value) in $parents.into_iter().zip($values) {
+            if let Some(node) = parent {
+                $grads.register::<$B>(node.id, value);
+            }
+        }
+    };
+}
+pub(crate) use register_all;
+
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use burn::backend::Autodiff;

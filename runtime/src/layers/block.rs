@@ -77,9 +77,8 @@ pub struct Block<B: Backend> {
 
 impl<B: Kernels> Block<B> {
     /// Lowers `g` (the graph of one layer) at `env` (which fixes `layer`).
-    pub fn build(g: &Graph, b: &mut Build<'_, B>) -> Self {
-        let (gains, slots) = scalar::gains(&g.params, b.heads, &b.env, b.device);
-        let block = b;
+    pub fn build(g: &Graph, ctx: &mut Build<'_, B>) -> Self {
+        let (gains, slots) = scalar::gains(&g.params, ctx.heads, &ctx.env, ctx.device);
         let mut b = Block {
             norms: Vec::new(),
             attention: Vec::new(),
@@ -89,7 +88,7 @@ impl<B: Kernels> Block<B> {
                 steps: Vec::new(),
                 out: g.out,
                 slots,
-                env: block.env,
+                env: ctx.env,
                 gain_names: scalar::trainable_names(&g.params),
                 reads: Vec::new(),
             },
@@ -98,15 +97,15 @@ impl<B: Kernels> Block<B> {
             let step = match &n.op {
                 Op::Input => Step::Input,
                 Op::Norm { norm, input } => {
-                    b.norms.push(Norm::build(norm, block.width, block.device));
+                    b.norms.push(Norm::build(norm, ctx.width, ctx.device));
                     Step::Norm(b.norms.len() - 1, *input)
                 }
                 Op::Attention { spec, input } => {
-                    b.attention.push(Attention::build(spec, block));
+                    b.attention.push(Attention::build(spec, ctx));
                     Step::Attention(b.attention.len() - 1, *input)
                 }
                 Op::Mlp { spec, input } => {
-                    b.mlp.push(Mlp::build(spec, block));
+                    b.mlp.push(Mlp::build(spec, ctx));
                     Step::Mlp(b.mlp.len() - 1, *input)
                 }
                 Op::Sum { terms } => Step::Sum(terms.iter().map(|t| (t.gain.clone(), t.input)).collect()),

@@ -27,7 +27,7 @@ pub(super) fn font() {
     });
 }
 
-pub(super) type Series = Vec<(f64, f64)>;
+pub type Series = Vec<(f64, f64)>;
 
 /// A named, coloured series to draw.
 type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
@@ -41,6 +41,8 @@ pub struct Curves {
     pub grad_norm: Series,
     /// Seconds since the run started, per logged step.
     pub elapsed: Series,
+    /// Training throughput, per logged step.
+    pub tokens_per_s: Series,
     /// Every trainable gain by its metrics name (`layer.name`).
     pub gains: BTreeMap<String, Series>,
 }
@@ -63,6 +65,7 @@ impl Curves {
             push("lr", &mut c.lr);
             push("grad_norm", &mut c.grad_norm);
             push("elapsed_s", &mut c.elapsed);
+            push("tokens_per_s", &mut c.tokens_per_s);
             if let Some(gains) = v.get("gains").and_then(|g| g.as_object()) {
                 for (name, g) in gains {
                     if let Some(g) = g.as_f64() {

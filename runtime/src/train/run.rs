@@ -81,7 +81,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
         Some(_) => resumed::<B>(job, dir, &ir, &s, device)?,
         None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
     };
-    let (train_stream, valid_stream) = token_streams(job, dir, &corpus, &tok, &ir, t0)?;
+    let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted, t0)?;
     let block = job.program.blocks[ir.block].name.clone();
     let params = start.model.trainable_params() as u64;
     if job.resume.is_none() {
@@ -165,17 +165,16 @@ fn data_and_tokenizer(
 }
 
 /// The training and validation token streams (cached by tokenizer), each
-/// at least one window long.
+/// at least one window long; `shifted` for a causal objective.
 fn token_streams(
     job: &Job,
     dir: &RunDir,
-    corpus: &data::Corpus,
-    tok: &Tokenizer,
+    (corpus, tok): (&data::Corpus, &Tokenizer),
     ir: &ModelIr,
+    shifted: bool,
     t0: Instant,
 ) -> Result<(batch::Stream, batch::Stream), Failure> {
     let (q, s) = (job.quiet, &job.settings);
-    let shifted = objective(ir, s, tok) == Objective::Causal;
     let context = ir.context as usize;
     let key = tokens::tokenizer_key(&dir.tokenizer());
     let (train_stream, valid_stream, cached) = tokens::streams(corpus, tok, key, context, shifted, ir.vocab as usize)?;

@@ -263,6 +263,12 @@ impl Settings {
     /// The typed flags of the command line over these settings (they win
     /// over a `--set` of the same key), checked by the compiler's rules.
     pub fn apply_flags(&mut self, f: &Flags) -> Result<(), String> {
+        if f.data.is_none() && f.steps.is_none() && f.device.is_none() && f.seed.is_none() {
+            return Ok(());
+        }
+        if let Some(n) = f.seed {
+            self.seed = n;
+        }
         if let Some(d) = &f.data {
             self.data = resolve(d, Path::new(""));
         }
@@ -273,6 +279,27 @@ impl Settings {
             self.device = d.clone();
         }
         self.check("<command line>")
+    }
+
+    /// A new run's settings: the defaults, the file's `train` section (its
+    /// paths relative to it), the command line's `--set` section, then its
+    /// typed flags.
+    pub fn of_run(file: Option<(&Train, &SourceMap)>, extra: Option<&Train>, f: &Flags) -> Result<Self, String> {
+        let mut s = Settings::default();
+        if let Some((t, sources)) = file {
+            s.apply_file(t, sources);
+        }
+        s.overridden(extra, f)
+    }
+
+    /// These settings with the command line's `--set` section and typed
+    /// flags over them.
+    pub fn overridden(mut self, extra: Option<&Train>, f: &Flags) -> Result<Self, String> {
+        if let Some(t) = extra {
+            self.apply_command_line(t);
+        }
+        self.apply_flags(f)?;
+        Ok(self)
     }
 
     /// The settings compiled as a `train` section named `origin`: the
@@ -323,12 +350,14 @@ fn compile_pairs(pairs: &[String], name: &str) -> blkc::Compilation {
     blkc::compile_str(name, &text)
 }
 
-/// The flags of `blkc train` that name a setting, as typed values.
+/// The flags of `blkc train` and `blkc compare` that name a setting, as
+/// typed values.
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     pub data: Option<String>,
     pub steps: Option<u64>,
     pub device: Option<String>,
+    pub seed: Option<u64>,
 }
 
 /// Checks `key=value` overrides with the compiler's rules for `train`

@@ -5,11 +5,11 @@
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
-use burn_flex::{FlexTensor, Layout};
+use burn_flex::FlexTensor;
 
 use super::{loops, reference, AttentionOps};
 use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
-use crate::kernels::cpu::rows::{owned, vector, Rows};
+use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
 
 impl AttentionOps for Flex {
@@ -250,13 +250,6 @@ pub(crate) fn bias_values(bq: &Option<FlexTensor>, n: usize) -> Option<Option<Ve
         }
         Some(_) => None,
     }
-}
-
-/// A `[b, h, t, w]` f32 tensor stored token-major (`[b, t, h, w]` in
-/// memory, as the heads' products write it).
-pub(crate) fn token_major(data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTensor {
-    let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
-    FlexTensor::new(burn::tensor::Bytes::from_elems(data), Layout::new([b, h, t, w].into(), strides, 0), DType::F32)
 }
 
 /// `f`'s heads when `wanted`, else as many `None`s.

@@ -155,3 +155,10 @@ pub fn dims3(x: &FlexTensor) -> [usize; 3] {
     let s = x.layout().shape();
     [s[0], s[1], s[2]]
 }
+
+/// A `[b, h, t, w]` f32 tensor stored token-major (`[b, t, h, w]` in
+/// memory, as the heads' products write it).
+pub fn token_major(data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTensor {
+    let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
+    FlexTensor::new(burn::tensor::Bytes::from_elems(data), Layout::new([b, h, t, w].into(), strides, 0), DType::F32)
+}

@@ -7,10 +7,9 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
-use crate::kernels::attention::cpu::token_major as token_major_tensor;
 use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, Threads, Written};
-use crate::kernels::cpu::rows::owned;
+use crate::kernels::cpu::rows::{self, owned};
 
 /// Products of fewer multiply-adds than this run on one thread.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -96,29 +95,29 @@ pub(super) fn matmul(
     let heads = sa[rank - 3.min(rank)];
     let mut shape = sa.clone();
     shape[rank - 1] = n;
-    let token_major = token_major && rank == 4;
+    let by_heads = token_major && rank == 4;
     match init {
         Start::Zero => {
             let mut out = Fresh::new(batch * m * n);
-            let views = match token_major {
+            let views = match by_heads {
                 true => out.heads([sa[0], heads, m, n]),
                 false => out.matrices(batch, [m, n]),
             };
             let proofs = Gemm::map_with(threads, views, |i, v, gemm| gemm.into(v, ma.at(i), mb.at(i)).1);
             let data = out.finish(proofs);
-            Ok(match token_major {
-                true => token_major_tensor(data, [sa[0], heads, m, n]),
+            Ok(match by_heads {
+                true => rows::token_major(data, [sa[0], heads, m, n]),
                 false => owned(data, shape),
             })
         }
         Start::Add(mut c) => {
             let data = &mut c.storage_mut::<f32>()[..batch * m * n];
-            let views = match token_major {
+            let views = match by_heads {
                 true => MatMut::heads(data, [sa[0], heads, m, n]),
                 false => data.chunks_mut((m * n).max(1)).map(|x| MatMut::rows(x, m, n)).collect(),
             };
             Gemm::map_with(threads, views, |i, mut v, gemm| gemm.product(&mut v, Some(1.0), ma.at(i), mb.at(i)));
-            Ok(match token_major {
+            Ok(match by_heads {
                 // `c`'s memory seen as the `[batch, heads, tokens, n]` output.
                 true => Flex::float_swap_dims(Flex::float_reshape(c, [sa[0], m, heads, n].into()), 1, 2),
                 false => c,

@@ -9,7 +9,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorMetadata;
 
 use super::GainOps;
-use crate::kernels::graph::record;
+use crate::kernels::graph::{record, register_all};
 use crate::kernels::Kernels;
 
 /// `ga ⊙ a + gb ⊙ b`: parents `a`, `b`, `ga`, `gb`.
@@ -23,11 +23,7 @@ impl<B: Kernels> Backward<B, 4> for ScaledSum {
         let [a, b, ga, gb] = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let all = B::scaled_sum_backward(a, b, ga, gb, dy);
-        for (parent, grad) in ops.parents.into_iter().zip(all) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_all!(B, grads, ops.parents, all);
     }
 }
 

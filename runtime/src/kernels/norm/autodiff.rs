@@ -9,7 +9,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorMetadata;
 
 use super::NormOps;
-use crate::kernels::graph::{record, take_grad};
+use crate::kernels::graph::{record, register_all, take_grad};
 use crate::kernels::tensor::flat;
 use crate::kernels::Kernels;
 
@@ -28,11 +28,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Norm {
         let acc = take_grad!(B, grads, &ops.parents[0], dy.clone()).map(flat::<B>);
         let (dx, dscale, dbias) = B::norm_backward(flat::<B>(x), scale, rstd, dy, centred, acc);
         let dx = B::float_reshape(dx, shape);
-        for (parent, grad) in ops.parents.into_iter().zip([dx, dscale, dbias]) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_all!(B, grads, ops.parents, [dx, dscale, dbias]);
     }
 }
 

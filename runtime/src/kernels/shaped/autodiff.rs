@@ -10,7 +10,7 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 
 use super::{MixAddend, Shaped, ShapedOps};
-use crate::kernels::graph::{record, take_grad};
+use crate::kernels::graph::{record, register_all, take_grad};
 use crate::kernels::Kernels;
 
 /// A shaped attention through its mix (and a sum with another branch):
@@ -32,11 +32,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
         let mut all = vec![g.dq, g.dk, g.dv, dalpha, dbeta, dgamma];
         all.extend(g.addend.into_iter().flatten());
         all.extend(g.dbq);
-        for (parent, grad) in ops.parents.into_iter().zip(all) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_all!(B, grads, ops.parents, all);
     }
 }
 
@@ -53,11 +49,7 @@ impl<B: Kernels> Backward<B, 5> for Mix {
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
         let (dv, d_o, [dalpha, dbeta, dgamma]) = B::mix_backward(v, o, gains, dy, causal, acc);
-        for (parent, grad) in ops.parents.into_iter().zip([dv, d_o, dalpha, dbeta, dgamma]) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_all!(B, grads, ops.parents, [dv, d_o, dalpha, dbeta, dgamma]);
     }
 }
 

@@ -8,10 +8,10 @@ use burn_flex::FlexTensor;
 
 use super::cpu::{shaped_plan, ShapedPlan};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads};
-use crate::kernels::attention::cpu::{query_bias_back, token_major};
+use crate::kernels::attention::cpu::query_bias_back;
 use crate::kernels::attention::loops::softmax_backward;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
-use crate::kernels::cpu::rows::{group_sums, owned, totals, vector, Rows};
+use crate::kernels::cpu::rows::{group_sums, owned, token_major, totals, vector, Rows};
 use crate::kernels::cpu::simd;
 
 /// Where a sequence's `dv` goes: added into a gradient from elsewhere, or

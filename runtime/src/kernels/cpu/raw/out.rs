@@ -4,8 +4,6 @@
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use burn::tensor::DType;
-use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use crate::kernels::cpu::parallel;
@@ -33,14 +31,6 @@ pub struct Out<'a> {
 }
 
 impl<'a> Out<'a> {
-    /// Elements already written, to be written again (a scratch row).
-    pub fn over(xs: &'a mut [f32]) -> Self {
-        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and an `Out` only
-        // ever writes initialised values, so `xs` stays initialised.
-        let data = unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        Out { data, proof: Written { id: 0, index: 0 } }
-    }
-
     pub fn len(&self) -> usize {
         self.data.len()
     }
@@ -77,15 +67,9 @@ impl<'a> Out<'a> {
     }
 
     /// Its rows of `width` (the last may be shorter), each written by
-    /// `f(r, row)`: first to last, or last to first with `rev`; the proof
-    /// and the elements, now written.
+    /// `f(r, row)`: first to last, or last to first with `rev`.
     #[inline(always)]
-    pub fn fill_rows(
-        self,
-        width: usize,
-        rev: bool,
-        mut f: impl FnMut(usize, Out<'_>) -> Written,
-    ) -> (Written, &'a mut [f32]) {
+    pub fn rows(self, width: usize, rev: bool, mut f: impl FnMut(usize, Out<'_>) -> Written) -> Written {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let rows = self.data.chunks_mut(width.max(1)).enumerate();
         let mut one = |(r, row): (usize, &mut [MaybeUninit<f32>])| {
@@ -96,10 +80,7 @@ impl<'a> Out<'a> {
             true => rows.rev().for_each(&mut one),
             false => rows.for_each(&mut one),
         }
-        // SAFETY: every row was written (each call proved its own), so all
-        // the elements are.
-        let data = unsafe { &mut *(self.data as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        (self.proof, data)
+        self.proof
     }
 
     /// Its rows of `width` (the last may be shorter) as `Out`s of their
@@ -115,12 +96,6 @@ impl<'a> Out<'a> {
             .collect();
         let join = Join { ptr, len, id, count: rows.len(), proof: self.proof, life: std::marker::PhantomData };
         (rows, join)
-    }
-
-    /// [`Out::fill_rows`], the proof only.
-    #[inline(always)]
-    pub fn rows(self, width: usize, rev: bool, f: impl FnMut(usize, Out<'_>) -> Written) -> Written {
-        self.fill_rows(width, rev, f).0
     }
 }
 
@@ -234,16 +209,4 @@ where
 {
     let along = vec![(); len.div_ceil(chunk.max(1))];
     fresh_along(len, chunk, along, |i, out, ()| (fill(i, out), ())).0
-}
-
-/// A `[b, h, t, w]` f32 tensor stored token-major (`[b, t, h, w]` in
-/// memory, as `matmul` stores a token-major product) owning `data`.
-///
-/// # Safety
-/// All `b·h·t·w` elements of `data`'s capacity are written.
-pub unsafe fn token_major(mut data: Vec<f32>, [b, h, t, w]: [usize; 4]) -> FlexTensor {
-    // SAFETY: as the caller promises.
-    unsafe { data.set_len(b * h * t * w) };
-    let strides = vec![(t * h * w) as isize, w as isize, (h * w) as isize, 1];
-    FlexTensor::new(burn::tensor::Bytes::from_elems(data), Layout::new([b, h, t, w].into(), strides, 0), DType::F32)
 }
