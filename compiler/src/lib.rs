@@ -22,6 +22,9 @@ pub use source::{FsLoader, Loader, MemLoader, SourceMap};
 #[derive(Debug)]
 pub struct Compilation {
     pub sources: SourceMap,
+    /// Every file that parsed, with its id (files with syntax errors are
+    /// missing): what editors resolve names in.
+    pub files: Vec<(span::FileId, syntax::ast::File)>,
     /// `Some` when no error was found.
     pub program: Option<Program>,
     /// Every diagnostic, sorted by position.
@@ -44,7 +47,8 @@ pub fn compile(root: &Path, loader: &dyn Loader) -> Result<Compilation, String> 
     all.extend(diags);
     let diagnostics = all.sorted();
     let program = program.filter(|_| !diagnostics.iter().any(Diagnostic::is_error));
-    Ok(Compilation { sources: loaded.sources, program, diagnostics })
+    let files = loaded.ids.into_iter().zip(loaded.files).collect();
+    Ok(Compilation { sources: loaded.sources, files, program, diagnostics })
 }
 
 /// Compiles one in-memory text (tests, fuzzing, editors).
@@ -52,6 +56,7 @@ pub fn compile_str(name: &str, text: &str) -> Compilation {
     let loader = MemLoader::default().with(name, text);
     compile(Path::new(name), &loader).unwrap_or_else(|_| Compilation {
         sources: SourceMap::default(),
+        files: Vec::new(),
         program: None,
         diagnostics: Vec::new(),
     })

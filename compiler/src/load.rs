@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::{Code, Diagnostic};
 use crate::source::{normalise, Loader, SourceMap, MAX_FILE_BYTES};
-use crate::span::Span;
+use crate::span::{FileId, Span};
 use crate::syntax::ast::{File, Item};
 use crate::syntax::parse;
 
@@ -19,6 +19,8 @@ pub const MAX_FILES: usize = 256;
 pub struct Loaded {
     pub sources: SourceMap,
     pub files: Vec<File>,
+    /// The file of each entry of `files`.
+    pub ids: Vec<FileId>,
 }
 
 /// Loads `root` (read failures of the root itself are the caller's to
@@ -76,6 +78,7 @@ impl Cx<'_> {
         }
         self.stack.pop();
         self.loaded.files.push(file);
+        self.loaded.ids.push(id);
     }
 
     fn use_file(&mut self, dir: &Path, rel: &str, span: Span) {

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
         Command::Compare(a) => cli::compare::run(&a),
+        Command::Lsp(a) => cli::lsp::run(&a),
     };
     ExitCode::from(code)
 }

@@ -6,6 +6,7 @@ mod checkpoint;
 mod cli;
 mod compare;
 mod lowering;
+mod lsp;
 mod measure;
 mod optim;
 mod safety;

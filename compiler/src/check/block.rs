@@ -12,8 +12,8 @@ use crate::span::Span;
 use crate::syntax::ast::{Arg, BinOp, Block, Expr, Ident, LayerSelector};
 
 /// Names a block may not bind.
-const RESERVED: &[&str] = &["x", "depth", "width", "heads", "layer"];
-const MODULES: &[&str] = &["attn", "mlp", "rmsnorm", "layernorm"];
+pub(crate) const RESERVED: &[&str] = &["x", "depth", "width", "heads", "layer"];
+pub(crate) const MODULES: &[&str] = &["attn", "mlp", "rmsnorm", "layernorm"];
 
 /// Default epsilon of `rmsnorm` and `layernorm`: the GPT-2 config's 1e-5,
 /// which the reference code uses for every norm (docs/theory.md §6).

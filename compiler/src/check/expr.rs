@@ -256,7 +256,7 @@ pub fn boolean(e: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<bool>
     keyword(e, key, &["true", "false"], diags).map(|k| k == "true")
 }
 
-const INITS: &[&str] = &["zeros", "identity", "orthogonal", "normal", "fan_in"];
+pub(crate) const INITS: &[&str] = &["zeros", "identity", "orthogonal", "normal", "fan_in"];
 
 /// An init: `zeros`, `identity`, `orthogonal[(gain)]`, `normal(std)`,
 /// `fan_in[(gain)]`.

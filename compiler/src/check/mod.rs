@@ -13,6 +13,7 @@ mod finish;
 mod model;
 mod scope;
 mod sections;
+pub mod vocabulary;
 
 pub use block::DEFAULT_EPS;
 pub use model::limits;

@@ -20,7 +20,12 @@ pub mod limits {
     pub const PARAMS: u128 = 1_000_000_000_000;
 }
 
-const MODEL_KEYS: &[&str] = &[
+/// The values of `mask`, `positions` and `final_norm`.
+pub(crate) const MASKS: &[&str] = &["causal", "bidirectional"];
+pub(crate) const POSITIONS: &[&str] = &["learned", "sinusoidal", "none"];
+pub(crate) const NORMS: &[&str] = &["rmsnorm", "layernorm", "none"];
+
+pub(crate) const MODEL_KEYS: &[&str] = &[
     "block",
     "depth",
     "width",
@@ -138,7 +143,7 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
     let (depth, width, heads, context, vocab) = (depth?, width?, heads?, context?, vocab?);
 
     let mask = match get("mask") {
-        Some(v) => match expr::keyword(v, "mask", &["causal", "bidirectional"], diags)? {
+        Some(v) => match expr::keyword(v, "mask", MASKS, diags)? {
             "causal" => Mask::Causal,
             _ => Mask::Bidirectional,
         },
@@ -216,7 +221,7 @@ fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Posi
             return Some(Positions::Learned { max });
         }
     }
-    Some(match expr::keyword(v, "positions", &["learned", "sinusoidal", "none"], diags)? {
+    Some(match expr::keyword(v, "positions", POSITIONS, diags)? {
         "learned" => Positions::Learned { max: context },
         "sinusoidal" => Positions::Sinusoidal,
         _ => Positions::None,
@@ -232,7 +237,7 @@ fn final_norm(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<Norm>> {
             return None;
         }
     };
-    let k = expr::keyword(&Expr::Name(name.clone()), "final_norm", &["rmsnorm", "layernorm", "none"], diags)?;
+    let k = expr::keyword(&Expr::Name(name.clone()), "final_norm", NORMS, diags)?;
     let Some(kind) = super::sections::norm_kind(k) else { return Some(None) };
     let mut eps = super::block::DEFAULT_EPS;
     for a in args {
@@ -254,7 +259,7 @@ fn final_norm(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<Norm>> {
 }
 
 /// What a training setting accepts.
-enum Kind {
+pub(crate) enum Kind {
     Int(u64, u64),
     /// A number in `lo..=hi`, `lo` excluded when the flag is set.
     Float(f64, f64, bool),
@@ -264,7 +269,7 @@ enum Kind {
     Text,
 }
 
-const TRAIN_KEYS: &[(&str, Kind)] = &[
+pub(crate) const TRAIN_KEYS: &[(&str, Kind)] = &[
     ("data", Kind::Text),
     ("data_field", Kind::Text),
     ("tokenizer", Kind::ChoiceOrText(&["bpe", "bytes"])),

@@ -228,8 +228,9 @@ pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
     }
 }
 
-const ATTENTION_KEYS: &[&str] = &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim"];
-const MLP_KEYS: &[&str] = &["activation", "width", "bias", "up", "down"];
+pub(crate) const ATTENTION_KEYS: &[&str] =
+    &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim"];
+pub(crate) const MLP_KEYS: &[&str] = &["activation", "width", "bias", "up", "down"];
 
 /// The paper's default init for every weight: N(0, 0.02²) (App. D.1).
 fn std002() -> crate::graph::Init {
@@ -269,9 +270,7 @@ pub fn attention(
             "value" => expr::linear(v, key, diags).map(|l| spec.value = stuck(l, v, diags)),
             "proj" => expr::linear(v, key, diags).map(|l| spec.proj = stuck(l, v, diags)),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
-            "qk_norm" => {
-                expr::keyword(v, key, &["none", "rmsnorm", "layernorm"], diags).map(|k| spec.qk_norm = norm_kind(k))
-            }
+            "qk_norm" => expr::keyword(v, key, super::model::NORMS, diags).map(|k| spec.qk_norm = norm_kind(k)),
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             _ => {
@@ -397,7 +396,7 @@ fn mlp_width(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     Some(w)
 }
 
-const ACTIVATIONS: &[&str] = &["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "erf", "identity"];
+pub(crate) const ACTIVATIONS: &[&str] = &["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "erf", "identity"];
 
 fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Activation> {
     if let Expr::Call { callee, args, span } = v {

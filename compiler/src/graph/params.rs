@@ -74,19 +74,31 @@ fn gains(ps: &[ParamDef], heads: u128) -> u128 {
 }
 
 fn add_graph(c: &mut Count, g: &Graph, m: &Model) {
-    let d = m.width as u128;
     c.block_gains += gains(&g.params, m.heads as u128);
     for n in &g.nodes {
-        match &n.op {
-            Op::Norm { norm: nm, .. } => c.norms += norm(nm.kind, d),
-            Op::Attention { spec, .. } => add_attention(c, spec, m),
-            Op::Mlp { spec, .. } => {
-                let h = hidden(d, spec.width);
-                c.mlp += 2 * d * h + if spec.bias { h + d } else { 0 };
-            }
-            Op::Input | Op::Sum { .. } => {}
-        }
+        add_op(c, &n.op, m);
     }
+}
+
+fn add_op(c: &mut Count, op: &Op, m: &Model) {
+    let d = m.width as u128;
+    match op {
+        Op::Norm { norm: nm, .. } => c.norms += norm(nm.kind, d),
+        Op::Attention { spec, .. } => add_attention(c, spec, m),
+        Op::Mlp { spec, .. } => {
+            let h = hidden(d, spec.width);
+            c.mlp += 2 * d * h + if spec.bias { h + d } else { 0 };
+        }
+        Op::Input | Op::Sum { .. } => {}
+    }
+}
+
+/// The parameters of one operation of one layer (its module's weights
+/// and gains; a block's own gains are the graph's).
+pub fn of_op(op: &Op, model: &Model) -> u128 {
+    let mut c = Count::default();
+    add_op(&mut c, op, model);
+    c.components().iter().map(|(_, n)| n).sum()
 }
 
 /// The MLP hidden width: ⌊width · multiple⌋, at least 1 (as `int(d·mult)`

@@ -44,13 +44,7 @@ fn edges(g: &Graph) -> Vec<(usize, usize, Option<String>)> {
 }
 
 fn label(n: &Node, g: &Graph, i: usize) -> Vec<String> {
-    let mut lines = match &n.op {
-        Op::Input => vec!["x".to_string()],
-        Op::Norm { norm, .. } => vec![format!("{} (eps {})", norm.kind.keyword(), num(norm.eps))],
-        Op::Attention { spec, .. } => attention(spec),
-        Op::Mlp { spec, .. } => mlp(spec),
-        Op::Sum { .. } => vec!["+".to_string()],
-    };
+    let mut lines = op_lines(&n.op);
     if let Some(name) = n.name.as_ref().filter(|_| !matches!(n.op, Op::Input)) {
         lines[0] = format!("{name} = {}", lines[0]);
     }
@@ -58,6 +52,18 @@ fn label(n: &Node, g: &Graph, i: usize) -> Vec<String> {
         lines[0] = format!("out = {}", lines[0]);
     }
     lines
+}
+
+/// An operation as the graph draws it: its kind and settings, one line
+/// per group (an attention's Q/K inits, V/P maps, matrix).
+pub fn op_lines(op: &Op) -> Vec<String> {
+    match op {
+        Op::Input => vec!["x".to_string()],
+        Op::Norm { norm, .. } => vec![format!("{} (eps {})", norm.kind.keyword(), num(norm.eps))],
+        Op::Attention { spec, .. } => attention(spec),
+        Op::Mlp { spec, .. } => mlp(spec),
+        Op::Sum { .. } => vec!["+".to_string()],
+    }
 }
 
 fn attention(s: &AttentionSpec) -> Vec<String> {

@@ -9,6 +9,7 @@ pub mod export;
 pub mod fill;
 pub mod fmt;
 pub mod graph;
+pub mod lsp;
 pub mod params;
 pub mod sample;
 pub mod train;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Train block variants side by side (same data, same batches per
     /// seed) and tabulate how they did; run again to finish or extend.
     Compare(compare::Args),
+    /// The language server for editors, over stdio (diagnostics, hover
+    /// with the signal verdict, definitions, formatting, completion).
+    Lsp(lsp::Args),
 }
 
 /// Output of `params` and `bench`: a table for people or JSON for tools.

@@ -1,0 +1,383 @@
+//! The server loop: documents in, diagnostics out (debounced while the
+//! user types), requests answered from the latest analysis, or from the
+//! last one whose file parsed when the file is broken.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response};
+use lsp_types::notification::{self as note, Notification as _};
+use lsp_types::request::{self as req, Request as _};
+use lsp_types::{
+    CompletionOptions, CompletionResponse, DocumentSymbolResponse, GotoDefinitionResponse, Hover, HoverContents,
+    HoverProviderCapability, Location, MarkupContent, MarkupKind, OneOf, Position, PublishDiagnosticsParams,
+    ServerCapabilities, TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, Url,
+};
+
+use crate::analysis::{Analysis, Options};
+use crate::index::Target;
+use crate::text::Lines;
+use crate::workspace::{path_of, Document, Documents};
+use crate::{complete, hover, symbols};
+
+/// How long the user must pause typing before a changed document is
+/// analysed again.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// What the server tells the client it can do.
+pub fn capabilities() -> ServerCapabilities {
+    ServerCapabilities {
+        text_document_sync: Some(TextDocumentSyncCapability::Kind(TextDocumentSyncKind::FULL)),
+        hover_provider: Some(HoverProviderCapability::Simple(true)),
+        definition_provider: Some(OneOf::Left(true)),
+        references_provider: Some(OneOf::Left(true)),
+        document_formatting_provider: Some(OneOf::Left(true)),
+        document_symbol_provider: Some(OneOf::Left(true)),
+        completion_provider: Some(CompletionOptions {
+            trigger_characters: Some(vec!["=".into(), "(".into(), " ".into()]),
+            ..CompletionOptions::default()
+        }),
+        inlay_hint_provider: Some(OneOf::Left(true)),
+        ..ServerCapabilities::default()
+    }
+}
+
+/// The server's state between messages.
+pub struct Server<'c> {
+    conn: &'c Connection,
+    docs: Documents,
+    options: Options,
+    /// The latest analysis of each open document.
+    latest: HashMap<PathBuf, Rc<Analysis>>,
+    /// The latest analysis whose root file parsed.
+    good: HashMap<PathBuf, Rc<Analysis>>,
+    /// Changed documents and when to analyse them.
+    due: BTreeMap<PathBuf, Instant>,
+}
+
+impl std::fmt::Debug for Server<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("docs", &self.docs).field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl<'c> Server<'c> {
+    pub fn new(conn: &'c Connection, options: Options) -> Self {
+        Server {
+            conn,
+            docs: Documents::default(),
+            options,
+            latest: HashMap::new(),
+            good: HashMap::new(),
+            due: BTreeMap::new(),
+        }
+    }
+
+    /// Serves until the client says `exit` (or goes away).
+    pub fn run(&mut self) -> Result<(), String> {
+        loop {
+            let next = self.due.values().min().map(|t| t.saturating_duration_since(Instant::now()));
+            let msg = match next {
+                Some(wait) => match self.conn.receiver.recv_timeout(wait) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.analyse_due();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                },
+                None => match self.conn.receiver.recv() {
+                    Ok(m) => m,
+                    Err(_) => return Ok(()),
+                },
+            };
+            match msg {
+                Message::Request(r) => {
+                    if self.conn.handle_shutdown(&r).map_err(|e| e.to_string())? {
+                        return Ok(());
+                    }
+                    let response = self.request(r);
+                    self.send(Message::Response(response));
+                }
+                Message::Notification(n) if n.method == note::Exit::METHOD => return Ok(()),
+                Message::Notification(n) => self.notification(n),
+                Message::Response(_) => {}
+            }
+        }
+    }
+
+    fn send(&self, m: Message) {
+        // The client is gone when this fails; the loop ends at the next receive.
+        let _ = self.conn.sender.send(m);
+    }
+
+    fn notification(&mut self, n: Notification) {
+        match n.method.as_str() {
+            note::DidOpenTextDocument::METHOD => {
+                let Ok(p) = serde_json::from_value::<lsp_types::DidOpenTextDocumentParams>(n.params) else { return };
+                let d = p.text_document;
+                let path = self.docs.open(Document { uri: d.uri, text: d.text, version: d.version });
+                self.analyse(&path);
+            }
+            note::DidChangeTextDocument::METHOD => {
+                let Ok(p) = serde_json::from_value::<lsp_types::DidChangeTextDocumentParams>(n.params) else { return };
+                let path = path_of(&p.text_document.uri);
+                let Some(doc) = self.docs.get_mut(&path) else { return };
+                // Full sync: the last change holds the whole text.
+                if let Some(change) = p.content_changes.into_iter().last() {
+                    doc.text = change.text;
+                    doc.version = p.text_document.version;
+                    self.due.insert(path, Instant::now() + DEBOUNCE);
+                }
+            }
+            note::DidSaveTextDocument::METHOD => {
+                let Ok(p) = serde_json::from_value::<lsp_types::DidSaveTextDocumentParams>(n.params) else { return };
+                let path = path_of(&p.text_document.uri);
+                if self.docs.get(&path).is_some() {
+                    self.analyse(&path);
+                }
+            }
+            note::DidCloseTextDocument::METHOD => {
+                let Ok(p) = serde_json::from_value::<lsp_types::DidCloseTextDocumentParams>(n.params) else { return };
+                if let Some(d) = self.docs.close(&p.text_document.uri) {
+                    let path = path_of(&d.uri);
+                    self.latest.remove(&path);
+                    self.good.remove(&path);
+                    self.due.remove(&path);
+                    self.publish(d.uri, Vec::new(), None);
+                }
+            }
+            note::DidChangeConfiguration::METHOD => {
+                let Ok(p) = serde_json::from_value::<lsp_types::DidChangeConfigurationParams>(n.params) else { return };
+                let value = p.settings.get("blkc").cloned().unwrap_or(p.settings);
+                if let Ok(options) = serde_json::from_value::<Options>(value) {
+                    self.options = options;
+                    let all: Vec<PathBuf> = self.docs.paths().cloned().collect();
+                    for path in all {
+                        self.analyse(&path);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn analyse_due(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<PathBuf> = self.due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+        for path in ready {
+            self.analyse(&path);
+        }
+    }
+
+    /// Analyses one document, publishes its diagnostics, then does the same
+    /// for every other open document that `use`s it.
+    fn analyse(&mut self, path: &Path) {
+        self.one(path);
+        let dependents: Vec<PathBuf> = self
+            .latest
+            .iter()
+            .filter(|(p, a)| p.as_path() != path && a.paths().any(|q| q == path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in dependents {
+            self.one(&p);
+        }
+    }
+
+    fn one(&mut self, path: &Path) {
+        self.due.remove(path);
+        let Some(doc) = self.docs.get(path) else { return };
+        let (uri, version) = (doc.uri.clone(), doc.version);
+        let analysed = catch_unwind(AssertUnwindSafe(|| Analysis::of(path, &self.docs, self.options)));
+        let Ok(Some(a)) = analysed else {
+            eprintln!("blkc lsp: the analysis of {} failed", path.display());
+            return;
+        };
+        let a = Rc::new(a);
+        let diagnostics = a.lsp_diagnostics(&self.docs);
+        if a.parsed() {
+            self.good.insert(path.to_path_buf(), a.clone());
+        }
+        self.latest.insert(path.to_path_buf(), a);
+        self.publish(uri, diagnostics, Some(version));
+    }
+
+    fn publish(&self, uri: Url, diagnostics: Vec<lsp_types::Diagnostic>, version: Option<i32>) {
+        let params = PublishDiagnosticsParams { uri, diagnostics, version };
+        self.send(Message::Notification(Notification::new(note::PublishDiagnostics::METHOD.into(), params)));
+    }
+
+    /// Answers one request; a handler that panics answers an error and the
+    /// server goes on.
+    fn request(&mut self, r: Request) -> Response {
+        let id = r.id.clone();
+        if let Some(uri) = r.params.pointer("/textDocument/uri").and_then(|u| u.as_str()) {
+            if let Ok(uri) = Url::parse(uri) {
+                let path = path_of(&uri);
+                if self.due.contains_key(&path) {
+                    self.analyse(&path);
+                }
+            }
+        }
+        let answer = catch_unwind(AssertUnwindSafe(|| self.answer(&r)));
+        match answer {
+            Ok(Ok(value)) => Response { id, result: Some(value), error: None },
+            Ok(Err((code, message))) => Response::new_err(id, code as i32, message),
+            Err(_) => {
+                Response::new_err(id, ErrorCode::InternalError as i32, format!("blkc lsp: `{}` failed", r.method))
+            }
+        }
+    }
+
+    fn answer(&self, r: &Request) -> Result<serde_json::Value, (ErrorCode, String)> {
+        let value = match r.method.as_str() {
+            req::HoverRequest::METHOD => {
+                let p: lsp_types::HoverParams = params(r)?;
+                json(self.hover(
+                    &p.text_document_position_params.text_document.uri,
+                    p.text_document_position_params.position,
+                ))
+            }
+            req::GotoDefinition::METHOD => {
+                let p: lsp_types::GotoDefinitionParams = params(r)?;
+                let tdp = p.text_document_position_params;
+                json(self.definition(&tdp.text_document.uri, tdp.position).map(GotoDefinitionResponse::Scalar))
+            }
+            req::References::METHOD => {
+                let p: lsp_types::ReferenceParams = params(r)?;
+                let tdp = p.text_document_position;
+                json(self.references(&tdp.text_document.uri, tdp.position, p.context.include_declaration))
+            }
+            req::Formatting::METHOD => {
+                let p: lsp_types::DocumentFormattingParams = params(r)?;
+                json(self.format(&p.text_document.uri))
+            }
+            req::DocumentSymbolRequest::METHOD => {
+                let p: lsp_types::DocumentSymbolParams = params(r)?;
+                let a = self.parsed(&path_of(&p.text_document.uri));
+                json(a.map(|a| DocumentSymbolResponse::Nested(symbols::outline(&a))))
+            }
+            req::Completion::METHOD => {
+                let p: lsp_types::CompletionParams = params(r)?;
+                let tdp = p.text_document_position;
+                json(self.complete(&tdp.text_document.uri, tdp.position).map(CompletionResponse::Array))
+            }
+            req::InlayHintRequest::METHOD => {
+                let p: lsp_types::InlayHintParams = params(r)?;
+                let a = self.latest.get(&path_of(&p.text_document.uri));
+                json(a.map(|a| symbols::hints(a)))
+            }
+            other => return Err((ErrorCode::MethodNotFound, format!("blkc lsp does not answer `{other}`"))),
+        };
+        Ok(value)
+    }
+
+    /// The analysis to answer from: the latest, or the last that parsed.
+    fn parsed(&self, path: &Path) -> Option<Rc<Analysis>> {
+        match self.latest.get(path) {
+            Some(a) if a.parsed() => Some(a.clone()),
+            _ => self.good.get(path).cloned(),
+        }
+    }
+
+    /// The analysis of `uri` and the byte offset of `pos` in its root text.
+    fn at(&self, uri: &Url, pos: Position) -> Option<(Rc<Analysis>, u32)> {
+        let a = self.parsed(&path_of(uri))?;
+        let offset = a.lines(blkc::span::FileId(0)).offset(pos);
+        Some((a, offset as u32))
+    }
+
+    fn hover(&self, uri: &Url, pos: Position) -> Option<Hover> {
+        let (a, offset) = self.at(uri, pos)?;
+        let here = path_of(uri);
+        let others: Vec<Rc<Analysis>> =
+            self.docs.paths().filter(|p| **p != here).filter_map(|p| self.parsed(p)).collect();
+        let others: Vec<&Analysis> = others.iter().map(|o| o.as_ref()).collect();
+        let (text, span) = hover::hover(&a, &others, blkc::span::FileId(0), offset)?;
+        Some(Hover {
+            contents: HoverContents::Markup(MarkupContent { kind: MarkupKind::Markdown, value: text }),
+            range: Some(a.range(span)),
+        })
+    }
+
+    fn definition(&self, uri: &Url, pos: Position) -> Option<Location> {
+        let (a, offset) = self.at(uri, pos)?;
+        let root = blkc::span::FileId(0);
+        // A `use`'s path: the file it names.
+        if let Some((_, f)) = a.compilation.files.iter().find(|(id, _)| *id == root) {
+            for item in &f.items {
+                if let blkc::syntax::ast::Item::Use(u) = item {
+                    if u.path.span.start <= offset && offset <= u.path.span.end {
+                        let dir = a.root.parent().map(Path::to_path_buf).unwrap_or_default();
+                        let path = blkc::source::normalise(&dir.join(&u.path.value));
+                        let uri = crate::workspace::uri_of(&path, &self.docs)?;
+                        return Some(Location::new(uri, lsp_types::Range::default()));
+                    }
+                }
+            }
+        }
+        match a.index.at(root, offset)?.target {
+            Target::Def(i) => a.location(a.index.defs[i].span, &self.docs),
+            _ => None,
+        }
+    }
+
+    /// Every use of the definition under the cursor, in every open
+    /// document's program.
+    fn references(&self, uri: &Url, pos: Position, declaration: bool) -> Option<Vec<Location>> {
+        let (a, offset) = self.at(uri, pos)?;
+        let Target::Def(i) = a.index.at(blkc::span::FileId(0), offset)?.target else { return None };
+        let def = &a.index.defs[i];
+        let def_path = a.compilation.sources.get(def.span.file).path.clone();
+        let mut out: Vec<Location> = Vec::new();
+        for other in self.docs.paths().filter_map(|p| self.parsed(p)) {
+            let Some(file) = other.file(&def_path) else { continue };
+            let same = other.index.defs.iter().position(|d| d.span.file == file && d.span.start == def.span.start);
+            let Some(j) = same else { continue };
+            for o in other.index.uses(j) {
+                let is_declaration = o.span.file == file && o.span.start == def.span.start;
+                if is_declaration && !declaration {
+                    continue;
+                }
+                if let Some(l) = other.location(o.span, &self.docs) {
+                    if !out.contains(&l) {
+                        out.push(l);
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// `blkc fmt`'s layout as one edit; nothing when the text does not parse.
+    fn format(&self, uri: &Url) -> Option<Vec<TextEdit>> {
+        let doc = self.docs.get(&path_of(uri))?;
+        let (_, parsed) = blkc::load::load_text("document", &doc.text);
+        let formatted = blkc::syntax::format::format(&parsed.ok()?, &doc.text);
+        if formatted == doc.text {
+            return Some(Vec::new());
+        }
+        Some(vec![TextEdit { range: Lines::new(&doc.text).all(), new_text: formatted }])
+    }
+
+    fn complete(&self, uri: &Url, pos: Position) -> Option<Vec<lsp_types::CompletionItem>> {
+        let path = path_of(uri);
+        let doc = self.docs.get(&path)?;
+        let offset = Lines::new(&doc.text).offset(pos);
+        let a = self.parsed(&path);
+        Some(complete::complete(&doc.text, offset, a.as_deref()))
+    }
+}
+
+fn params<P: serde::de::DeserializeOwned>(r: &Request) -> Result<P, (ErrorCode, String)> {
+    serde_json::from_value(r.params.clone()).map_err(|e| (ErrorCode::InvalidParams, e.to_string()))
+}
+
+fn json<T: serde::Serialize>(v: T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,374 @@
+//! `blkc lsp` driven over stdio by a small test client: a whole editing
+//! session answered as the snapshots say, and the diagnostics of every
+//! `tests/ui` case equal to `blkc check`'s.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// How long any answer may take before the test fails (no hang).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+fn uri(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// A client of one `blkc lsp` process.
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    incoming: Receiver<Value>,
+    /// Notifications received while waiting for something else.
+    queued: VecDeque<Value>,
+    next_id: i64,
+}
+
+impl Client {
+    fn start(init_options: Value) -> Client {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .arg("lsp")
+            .current_dir(root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("blkc lsp starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, incoming) = channel();
+        std::thread::spawn(move || {
+            while let Some(m) = read_message(&mut stdout) {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = Client { child, stdin, incoming, queued: VecDeque::new(), next_id: 1 };
+        let init = c.request(
+            "initialize",
+            json!({ "processId": null, "rootUri": uri(&root()), "capabilities": {}, "initializationOptions": init_options }),
+        );
+        assert_eq!(init["serverInfo"]["name"], "blkc", "{init}");
+        c.notify("initialized", json!({}));
+        c
+    }
+
+    fn send(&mut self, v: &Value) {
+        let body = v.to_string();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn notify(&mut self, method: &str, params: Value) {
+        self.send(&json!({ "jsonrpc": "2.0", "method": method, "params": params }));
+    }
+
+    fn next(&mut self) -> Value {
+        self.incoming.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("no message from blkc lsp within {PATIENCE:?}"))
+    }
+
+    /// Sends a request and returns its result (panics on an error answer).
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
+        loop {
+            let m = self.next();
+            if m["id"] == json!(id) {
+                assert!(m.get("error").is_none(), "{method} answered an error: {m}");
+                return m["result"].clone();
+            }
+            self.queued.push_back(m);
+        }
+    }
+
+    /// The next diagnostics published for `uri`.
+    fn diagnostics(&mut self, uri: &str) -> Vec<Value> {
+        if let Some(i) = self.queued.iter().position(|m| is_diagnostics_for(m, uri)) {
+            let m = self.queued.remove(i).expect("queued");
+            return m["params"]["diagnostics"].as_array().cloned().unwrap_or_default();
+        }
+        loop {
+            let m = self.next();
+            if is_diagnostics_for(&m, uri) {
+                return m["params"]["diagnostics"].as_array().cloned().unwrap_or_default();
+            }
+            self.queued.push_back(m);
+        }
+    }
+
+    fn open(&mut self, uri: &str, text: &str) -> Vec<Value> {
+        let doc = json!({ "uri": uri, "languageId": "blk", "version": 1, "text": text });
+        self.notify("textDocument/didOpen", json!({ "textDocument": doc }));
+        self.diagnostics(uri)
+    }
+
+    fn at(&mut self, method: &str, uri: &str, line: u32, character: u32) -> Value {
+        let mut params = json!({
+            "textDocument": { "uri": uri },
+            "position": { "line": line, "character": character },
+        });
+        if method == "textDocument/references" {
+            params["context"] = json!({ "includeDeclaration": true });
+        }
+        self.request(method, params)
+    }
+
+    fn shutdown(mut self) {
+        self.request("shutdown", Value::Null);
+        self.notify("exit", Value::Null);
+        let status = self.child.wait().expect("blkc lsp exits");
+        assert!(status.success(), "blkc lsp exited with {status}");
+    }
+}
+
+fn is_diagnostics_for(m: &Value, uri: &str) -> bool {
+    m["method"] == "textDocument/publishDiagnostics" && m["params"]["uri"] == uri
+}
+
+/// One LSP message (`Content-Length` framing), or `None` at the end.
+fn read_message(r: &mut impl BufRead) -> Option<Value> {
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("Content-Length: ") {
+            length = n.parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; length?];
+    r.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// An answer with the checkout's path replaced, for snapshots.
+fn portable(v: &Value) -> Value {
+    let text = v.to_string().replace(&uri(&root()), "file:///REPO");
+    serde_json::from_str(&text).expect("json")
+}
+
+fn text_of(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).expect("readable")
+}
+
+fn snapshot(name: &str, v: &Value) {
+    insta::with_settings!({ snapshot_path => "snapshots/lsp", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!(name, serde_json::to_string_pretty(&portable(v)).expect("json"));
+    });
+}
+
+#[test]
+fn an_editing_session_is_answered_as_the_snapshots_say() {
+    let mut c = Client::start(json!({}));
+
+    // The rejected block: the E3001 squiggle on the attention call, with
+    // its help; the file expects it, so it is information (as `blkc check`).
+    let naive = uri(&root().join("blocks/skipless-naive.blk"));
+    let diags = c.open(&naive, &text_of("blocks/skipless-naive.blk"));
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    let d = &diags[0];
+    assert_eq!(d["code"], "E3001");
+    assert_eq!(d["range"], json!({ "start": { "line": 4, "character": 10 }, "end": { "line": 4, "character": 26 } }));
+    let message = d["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("tokens collapse at layer 6 of 6") && message.contains("help: keep the skip"),
+        "{message}"
+    );
+    snapshot("naive_diagnostics", &Value::Array(diags));
+    // Hover on the block: the verdict and the per-layer trace.
+    let hover = c.at("textDocument/hover", &naive, 3, 8);
+    let value = hover["contents"]["value"].as_str().unwrap_or("");
+    assert!(value.contains("reject · collapses at layer") && value.contains("| 6 | 0.99"), "{value}");
+    snapshot("naive_hover_block", &hover);
+    let hints = c.request(
+        "textDocument/inlayHint",
+        json!({ "textDocument": { "uri": naive }, "range": {
+        "start": { "line": 0, "character": 0 }, "end": { "line": 20, "character": 0 } } }),
+    );
+    snapshot("naive_inlay_hints", &hints);
+    let symbols = c.request("textDocument/documentSymbol", json!({ "textDocument": { "uri": naive } }));
+    snapshot("naive_symbols", &symbols);
+
+    // SAS-P: names across `use`d files.
+    let sas_p = uri(&root().join("blocks/sas-p.blk"));
+    assert_eq!(c.open(&sas_p, &text_of("blocks/sas-p.blk")), Vec::<Value>::new());
+    // `shaped` in `attn(n, shaped)` is defined in shaped.blk.
+    let def = c.at("textDocument/definition", &sas_p, 8, 30);
+    assert_eq!(def["uri"], uri(&root().join("blocks/shaped.blk")), "{def}");
+    assert_eq!(def["range"]["start"], json!({ "line": 4, "character": 10 }));
+    let refs = c.at("textDocument/references", &sas_p, 8, 30);
+    snapshot("sas_p_references_shaped", &refs);
+    // A param: its initial value at each layer.
+    let hover = c.at("textDocument/hover", &sas_p, 6, 12);
+    assert!(hover["contents"]["value"].as_str().unwrap_or("").contains("0.1 (layers 1–6)"), "{hover}");
+    snapshot("sas_p_hover_param", &hover);
+    // A module call: what it lowers to and its parameters.
+    let hover = c.at("textDocument/hover", &sas_p, 8, 49);
+    snapshot("sas_p_hover_mlp_call", &hover);
+    // A binding, at init.
+    snapshot("sas_p_hover_binding", &c.at("textDocument/hover", &sas_p, 7, 4));
+    // A section's settings per layer class (hovered in the used file's program).
+    let shaped = uri(&root().join("blocks/shaped.blk"));
+    c.open(&shaped, &text_of("blocks/shaped.blk"));
+    let hover = c.at("textDocument/hover", &shaped, 4, 12);
+    let value = hover["contents"]["value"].as_str().unwrap_or("");
+    assert!(value.contains("every layer of `sas_p`") && value.contains("layer first of `sas_p`"), "{value}");
+    snapshot("shaped_hover_section", &hover);
+    let hover = c.at("textDocument/hover", &shaped, 9, 11);
+    assert!(hover["contents"]["value"].as_str().unwrap_or("").contains("1 (layers 1–6)"), "{hover}");
+    snapshot("shaped_hover_param", &hover);
+
+    // Formatting, completion, and a broken edit.
+    let scratch = uri(&root().join("target/lsp-scratch/untidy.blk"));
+    let untidy = "block b {\nn=rmsnorm(x)   # the norm\n  out = x+attn(n)+mlp(rmsnorm(x+attn(n)))\n}\n";
+    c.open(&scratch, untidy);
+    let edits = c.request(
+        "textDocument/formatting",
+        json!({ "textDocument": { "uri": scratch }, "options": {
+        "tabSize": 4, "insertSpaces": true } }),
+    );
+    snapshot("untidy_formatting", &edits);
+    let model = "block b { out = x + attn(rmsnorm(x)) }\nmodel m {\n  block = \n}\n";
+    c.notify(
+        "textDocument/didChange",
+        json!({ "textDocument": { "uri": scratch, "version": 2 },
+        "contentChanges": [{ "text": model }] }),
+    );
+    let items = c.at("textDocument/completion", &scratch, 2, 10);
+    let labels: Vec<&str> =
+        items.as_array().map(|a| a.iter().filter_map(|i| i["label"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(labels, vec!["b"], "a model's `block =` offers the blocks");
+    let after_change = c.diagnostics(&scratch);
+    assert!(after_change.iter().any(|d| d["code"] == "E1002" || d["code"] == "E1001"), "{after_change:?}");
+    // Hover still answers on the broken file, from its last good parse.
+    let hover = c.at("textDocument/hover", &scratch, 0, 7);
+    assert!(hover["contents"]["value"].as_str().unwrap_or("").contains("block `b`"), "{hover}");
+
+    c.shutdown();
+}
+
+/// One diagnostic as `blkc check --format github` prints it.
+#[derive(Debug, Clone, PartialEq)]
+struct Reported {
+    level: String,
+    file: String,
+    line: u32,
+    col: u32,
+    end: Option<(u32, u32)>,
+    code: String,
+    message: String,
+}
+
+fn github(line: &str) -> Option<Reported> {
+    let (head, message) = line.strip_prefix("::")?.split_once("::")?;
+    let (level, props) = head.split_once(' ')?;
+    let prop = |k: &str| {
+        props
+            .split(',')
+            .find_map(|p| p.strip_prefix(&format!("{k}=")))
+            .map(|v| v.replace("%3A", ":").replace("%2C", ","))
+    };
+    let num = |k: &str| prop(k).and_then(|v| v.parse::<u32>().ok());
+    let end = num("endLine").zip(num("endColumn"));
+    let message = message.replace("%0A", "\n").replace("%25", "%");
+    let message = message.split(" (help: ").next().unwrap_or("").to_string();
+    Some(Reported {
+        level: level.to_string(),
+        file: prop("file")?,
+        line: num("line")?,
+        col: num("col").unwrap_or(1),
+        end,
+        code: prop("title")?,
+        message,
+    })
+}
+
+/// The 0-based UTF-16 column of a 1-based character column.
+fn utf16(text: &str, line: u32, col: u32) -> u32 {
+    let l = text.lines().nth(line as usize - 1).unwrap_or("");
+    l.chars().take(col as usize - 1).map(char::len_utf16).sum::<usize>() as u32
+}
+
+#[test]
+fn diagnostics_equal_the_clis_for_every_ui_case() {
+    let mut cases = Vec::new();
+    let mut dirs = vec![root().join("tests/ui")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("tests/ui").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "blk") && !p.components().any(|c| c.as_os_str() == "_lib") {
+                cases.push(p);
+            }
+        }
+    }
+    cases.sort();
+    assert!(cases.len() >= 40, "only {} ui cases", cases.len());
+    let mut c = Client::start(json!({}));
+    let mut compared = 0;
+    for case in &cases {
+        let rel = case.strip_prefix(root()).expect("inside").display().to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(["check", "--format", "github", &rel])
+            .current_dir(root())
+            .output()
+            .expect("blkc check runs");
+        let cli: Vec<Reported> = String::from_utf8_lossy(&out.stdout).lines().filter_map(github).collect();
+        let text = std::fs::read_to_string(case).unwrap_or_default();
+        let lsp = c.open(&uri(case), &text);
+        assert_eq!(lsp.len(), cli.len(), "{rel}: the CLI reports {cli:#?}\nthe server {lsp:#?}");
+        for (r, d) in cli.iter().zip(&lsp) {
+            let severity = match r.level.as_str() {
+                "error" => 1,
+                "warning" => 2,
+                _ => 3,
+            };
+            assert_eq!(d["severity"], severity, "{rel}: {r:?} vs {d}");
+            // The server names files by absolute path, the CLI as given.
+            let message = d["message"].as_str().unwrap_or("").replace(&format!("{}/", root().display()), "");
+            let code = d["code"].as_str().unwrap_or("");
+            if r.code.starts_with("expected ") {
+                assert_eq!(code, r.code, "{rel}");
+                assert_eq!(d["range"]["start"]["line"], r.line - 1, "{rel}");
+                continue;
+            }
+            assert_eq!(code, r.code, "{rel}");
+            let start = json!({ "line": r.line - 1, "character": utf16(&text, r.line, r.col) });
+            if r.file == rel {
+                assert!(message.starts_with(&r.message), "{rel}: `{message}` does not start with `{}`", r.message);
+                assert_eq!(d["range"]["start"], start, "{rel}: {r:?}");
+                if let Some((line, col)) = r.end {
+                    let end = json!({ "line": line - 1, "character": utf16(&text, line, col) });
+                    assert_eq!(d["range"]["end"], end, "{rel}: {r:?}");
+                }
+            } else {
+                // In a used file: on the `use`, with the place as related information.
+                assert!(message.contains(&r.message), "{rel}: `{message}` lacks `{}`", r.message);
+                let related = &d["relatedInformation"][0]["location"];
+                assert_eq!(related["uri"], uri(&root().join(&r.file)), "{rel}");
+                let other = std::fs::read_to_string(root().join(&r.file)).unwrap_or_default();
+                let start = json!({ "line": r.line - 1, "character": utf16(&other, r.line, r.col) });
+                assert_eq!(related["range"]["start"], start, "{rel}");
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared >= 60, "only {compared} diagnostics compared");
+    c.shutdown();
+}
