@@ -227,7 +227,7 @@ fn an_editing_session_is_answered_as_the_snapshots_say() {
     c.open(&shaped, &text_of("blocks/shaped.blk"));
     let hover = c.at("textDocument/hover", &shaped, 4, 12);
     let value = hover["contents"]["value"].as_str().unwrap_or("");
-    assert!(value.contains("every layer of `sas_p`") && value.contains("layer first of `sas_p`"), "{value}");
+    assert!(value.contains("other layers of `sas_p`") && value.contains("layer first of `sas_p`"), "{value}");
     snapshot("shaped_hover_section", &hover);
     let hover = c.at("textDocument/hover", &shaped, 9, 11);
     assert!(hover["contents"]["value"].as_str().unwrap_or("").contains("1 (layers 1–6)"), "{hover}");
