@@ -7,6 +7,7 @@ pub mod eval;
 pub mod expect;
 pub mod graph;
 pub mod load;
+pub mod set;
 pub mod signal;
 pub mod source;
 pub mod span;
@@ -40,7 +41,16 @@ impl Compilation {
 /// `load` → `parse` → `check`: the whole front end. `Err` only when the
 /// root file itself cannot be read (the reason, for the caller to show).
 pub fn compile(root: &Path, loader: &dyn Loader) -> Result<Compilation, String> {
-    let (loaded, mut diags) = load::load(root, loader)?;
+    compile_with(root, loader, &[])
+}
+
+/// [`compile`] with `--set KEY=VALUE` pairs applied before the check
+/// (see [`set`]).
+pub fn compile_with(root: &Path, loader: &dyn Loader, sets: &[String]) -> Result<Compilation, String> {
+    let (mut loaded, mut diags) = load::load(root, loader)?;
+    if !sets.is_empty() {
+        set::apply(&mut loaded, sets, &mut diags);
+    }
     let (program, check_diags) = check::check(&loaded.files);
     diags.extend(check_diags);
     let mut all = diag::Diagnostics::default();

@@ -236,6 +236,26 @@ fn params_reports_the_paper_counts() {
 }
 
 #[test]
+fn set_gives_model_settings_and_params_to_check_and_params() {
+    let total = |args: &[&str]| -> u64 {
+        let o = blkc(args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["total"].as_u64().unwrap_or_else(|| panic!("no total in {v}"))
+    };
+    let six = total(&["params", "blocks/preln.blk", "--format", "json"]);
+    let twelve = total(&["params", "blocks/preln.blk", "--format", "json", "--set", "depth=12"]);
+    let embedding = 4096 * 256 + 128 * 256 + 2 * 256;
+    assert_eq!(twelve - embedding, 2 * (six - embedding), "twice the blocks, the same embeddings");
+    // The naive block passes at depth 4 and collapses by 12 (in the small model).
+    let o = blkc(&["check", "blocks/skipless-naive.blk", "--set", "depth=4"]);
+    assert!(text(&o.stderr).contains("expects E3001, which was not reported"), "{}", text(&o.stderr));
+    let o = blkc(&["check", "blocks/sas-p.blk", "--set", "beta_ff=nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("<command line>"), "{}", text(&o.stderr));
+}
+
+#[test]
 fn params_of_a_file_without_block_is_e5001() {
     let o = blkc(&["params", "blocks/shaped.blk"]);
     assert_eq!(o.status.code(), Some(2));

@@ -483,3 +483,36 @@ fn resume_accepts_the_runs_own_file_and_refuses_another() {
     assert!(text(&o.stderr).contains("differs from the source"), "{}", text(&o.stderr));
     assert_eq!(losses(&d.join("run")).len(), 3, "nothing trained");
 }
+
+#[test]
+fn model_settings_and_params_set_on_the_command_line_are_the_runs() {
+    let d = scratch("set");
+    tiny(&d, "sas_p", "causal", 258, "steps = 4\ncheckpoint_every = 2\neval_every = 2");
+    let args = ["train", "tiny.blk", "--out", "run", "--set", "depth=3", "--set", "beta_ff=0.3", "--stop-at", "2"];
+    ok(&blkc(&d, &args));
+    let first: serde_json::Value = std::fs::read_to_string(d.join("run/metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let gains = &first["gains"];
+    assert!(gains.get("2.beta_ff").is_some() && gains.get("3.beta_ff").is_none(), "three layers: {gains}");
+    let beta_ff = gains["0.beta_ff"].as_f64().unwrap_or(f64::NAN);
+    assert!((beta_ff - 0.3).abs() < 0.02, "beta_ff starts at the value set: {beta_ff}");
+    // A resume keeps the run's model and refuses to change it.
+    let o = blkc(&d, &["train", "--resume", "run", "--set", "depth=4"]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("resume continues the run's own model"),
+        "{}",
+        text(&o.stderr)
+    );
+    ok(&blkc(&d, &["train", "--resume", "run"]));
+    let last = losses(&d.join("run"));
+    assert_eq!(last.len(), 4, "the resumed run finished");
+    // Values set are checked by the compiler's rules, located in the command line.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "bad", "--set", "heads=3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("<command line>"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -32,6 +32,10 @@ pub struct Args {
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
+    /// Give a model setting or a param another value in every file, e.g.
+    /// `--set depth=12`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -41,7 +45,7 @@ pub fn run(args: &Args) -> u8 {
     }
     let mut subjects = Vec::new();
     for f in &args.files {
-        let Some(c) = compile_reported(f) else { return BROKEN };
+        let Some(c) = compile_reported(f, &args.set) else { return BROKEN };
         let Some(p) = c.program else { return BROKEN };
         let models = p.analysed_models(FileId(0));
         if models.is_empty() {

@@ -75,6 +75,10 @@ pub struct Args {
     /// Seed of the measured models' weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Give a model setting or a param another value, e.g. `--set depth=72`
+    /// or `--set beta_ff=0.2` (a bare block gets the small model to set).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -116,7 +120,7 @@ struct Tally {
 /// Checks one file: its exit status and tally.
 fn one(path: &Path, args: &Args) -> (u8, Tally) {
     let broken = (BROKEN, Tally { errors: 1, ..Tally::default() });
-    let Some(c) = compile(path, args.format) else { return broken };
+    let Some(c) = compile(path, &args.set, args.format) else { return broken };
     let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
         // Without the analysis, its codes cannot be reported, nor expected.
         Ok(e) if args.syntax_only => e.into_iter().filter(|(c, _)| !c.as_str()[1..].starts_with('3')).collect(),

@@ -12,7 +12,7 @@ use blkc::span::FileId;
 use serde::Serialize;
 
 use super::train::{bare_model, fits, on_cuda};
-use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::{self, Curves};
 use crate::train::rundir::RunDir;
@@ -71,9 +71,11 @@ struct Variant {
     rejected: bool,
     /// The signal check's final mean token cosine (the worst input's).
     cosine: f64,
-    /// The `--set` pairs of this variant (the command's, then its
-    /// sweep's), compiled.
+    /// The training settings among the `--set` pairs of this variant (the
+    /// command's, then its sweep's), compiled.
     extra: Option<blkc::graph::Train>,
+    /// The model settings and params among them (compiled into `program`).
+    sets: Vec<String>,
 }
 
 /// How one variant did, over its seeds.
@@ -194,43 +196,55 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
 /// The files' models (a bare block in the small model), named by file
 /// stem, and whether the signal check rejects each.
 fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
+    let combos = sweeps(&args.sweep)?;
     let mut out: Vec<Variant> = Vec::new();
+    let mut stems: Vec<String> = Vec::new();
     for file in &args.files {
-        let c = compile_reported(file).ok_or(BROKEN)?;
-        let Some(mut program) = c.program else { return Err(BROKEN) };
-        if program.model.is_none() {
-            program.model = bare_model(&program, file);
-        }
-        if program.model.is_none() {
-            eprintln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());
-            return Err(BROKEN);
-        }
-        let reps = reports(&program, FileId(0), &Request::default());
-        let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
-        let cosine = reps.first().and_then(|r| r.layers.last()).map_or(f64::NAN, |l| l.cosine);
         let stem = file.file_stem().map_or_else(|| "variant".into(), |s| s.to_string_lossy().to_string());
         let mut name = stem.clone();
         let mut k = 2;
-        while out.iter().any(|v| v.name == name) {
+        while stems.contains(&name) {
             name = format!("{stem}-{k}");
             k += 1;
         }
-        out.push(Variant { name, file: file.clone(), program, sources: c.sources, rejected, cosine, extra: None });
-    }
-    let mut swept = Vec::new();
-    for v in out {
-        for combo in sweeps(&args.sweep)? {
+        stems.push(name.clone());
+        for combo in &combos {
             let suffix: String = combo.iter().map(|p| format!(".{p}")).collect();
             let mut set = args.set.clone();
-            set.extend(combo);
-            let extra = settings::overrides(&set).map_err(|e| {
+            set.extend(combo.iter().cloned());
+            let (train_pairs, sets) = split_sets(&set);
+            let extra = settings::overrides(&train_pairs).map_err(|e| {
                 eprint!("{e}");
                 BROKEN
             })?;
-            swept.push(Variant { name: format!("{}{suffix}", v.name), extra, ..v.clone() });
+            let c = compile_reported(file, &sets).ok_or(BROKEN)?;
+            let Some(mut program) = c.program else { return Err(BROKEN) };
+            if program.model.is_none() {
+                program.model = bare_model(&program, file);
+            }
+            if program.model.is_none() {
+                eprintln!(
+                    "error: `{}` has no model and several blocks; give one model or block per file",
+                    file.display()
+                );
+                return Err(BROKEN);
+            }
+            let reps = reports(&program, FileId(0), &Request::default());
+            let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
+            let cosine = reps.first().and_then(|r| r.layers.last()).map_or(f64::NAN, |l| l.cosine);
+            out.push(Variant {
+                name: format!("{name}{suffix}"),
+                file: file.clone(),
+                program,
+                sources: c.sources,
+                rejected,
+                cosine,
+                extra,
+                sets,
+            });
         }
     }
-    Ok(swept)
+    Ok(out)
 }
 
 /// Every combination of the sweeps' values, as `KEY=VALUE` pairs (one
@@ -290,6 +304,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
     Ok(Some(Job {
         program,
         sources,
+        sets: v.sets.clone(),
         file,
         settings,
         out: out.into(),

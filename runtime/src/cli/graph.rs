@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(c) = compile_reported(&args.file) else { return BROKEN };
+    let Some(c) = compile_reported(&args.file, &[]) else { return BROKEN };
     let Some(p) = c.program else { return BROKEN };
     let block = match &args.block {
         Some(name) => p.block(name),

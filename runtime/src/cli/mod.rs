@@ -142,10 +142,11 @@ fn on_cuda(_: &impl Generic) -> Result<(), String> {
     crate::backend::cuda().map(|_| ())
 }
 
-/// Compiles `path` from disk. On an unreadable root file, prints why and
+/// Compiles `path` from disk with the `--set` pairs `sets` (model
+/// settings and params). On an unreadable root file, prints why and
 /// returns `None`.
-pub fn compile(path: &Path, format: DiagFormat) -> Option<Compilation> {
-    match blkc::compile(path, &FsLoader) {
+pub fn compile(path: &Path, sets: &[String], format: DiagFormat) -> Option<Compilation> {
+    match blkc::compile_with(path, &FsLoader, sets) {
         Ok(c) => Some(c),
         Err(why) => {
             unreadable(path, &why, format);
@@ -175,11 +176,20 @@ pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
     }
 }
 
-/// Compiles and prints diagnostics; `None` when the file does not compile.
-pub fn compile_reported(path: &Path) -> Option<Compilation> {
-    let c = compile(path, DiagFormat::Human)?;
+/// Compiles (with `sets`) and prints diagnostics; `None` when the file
+/// does not compile.
+pub fn compile_reported(path: &Path, sets: &[String]) -> Option<Compilation> {
+    let c = compile(path, sets, DiagFormat::Human)?;
     report::print(&c.diagnostics, &c.sources, DiagFormat::Human);
     c.program.is_some().then_some(c)
+}
+
+/// `--set KEY=VALUE` pairs split into training settings (the runtime's)
+/// and the rest (model settings and params, the compiler's).
+pub fn split_sets(all: &[String]) -> (Vec<String>, Vec<String>) {
+    all.iter()
+        .cloned()
+        .partition(|p| !blkc::set::is_program_key(p.split_once('=').map_or(p.as_str(), |(k, _)| k).trim()))
 }
 
 /// A list of paths from the command line.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use blkc::graph::params::count;
-use blkc::graph::Model;
+use blkc::span::FileId;
 
 use super::{compile_reported, Format, BROKEN, OK};
 
@@ -15,15 +15,19 @@ pub struct Args {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
+    /// Give a model setting or a param another value, e.g. `--set width=512`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 pub fn run(args: &Args) -> u8 {
-    let Some(c) = compile_reported(&args.file) else { return BROKEN };
+    let Some(c) = compile_reported(&args.file, &args.set) else { return BROKEN };
     let Some(p) = c.program else { return BROKEN };
-    let (model, bare) = match &p.model {
-        Some(m) => (m.clone(), false),
-        None if !p.blocks.is_empty() => (Model::small(0), true),
-        None => {
+    // The model, or the root file's first block in the small model.
+    let (model, bare) = match (&p.model, p.analysed_models(FileId(0)).first()) {
+        (Some(m), _) => (m.clone(), false),
+        (None, Some((m, _))) => (m.clone(), true),
+        (None, None) => {
             eprintln!("error[E5001]: `{}` defines no block or model to count", args.file.display());
             return BROKEN;
         }

@@ -8,7 +8,7 @@ use blkc::signal::report::{reports, Request};
 use blkc::signal::verdict::Status;
 use blkc::span::FileId;
 
-use super::{compile_reported, Device, BROKEN, OK, REJECTED};
+use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
 use crate::report::{self, DiagFormat};
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Settings};
@@ -45,7 +45,9 @@ pub struct Args {
     /// follows the new schedule from the next step on.
     #[arg(long, requires = "resume")]
     pub reschedule: bool,
-    /// Override any `train` setting, e.g. `--set lr=3e-4 --set batch=32`.
+    /// Override a `train` setting (`--set lr=3e-4 --set batch=32`), a
+    /// model setting (`--set depth=12`; a bare block gets the small model
+    /// to set) or a param (`--set beta_ff=0.2`), checked like the file's.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Stop once N steps are done, with a checkpoint, as if interrupted.
@@ -63,7 +65,15 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let extra = match settings::overrides(&args.set) {
+    let (train_pairs, sets) = split_sets(&args.set);
+    if args.resume.is_some() && !sets.is_empty() {
+        return fail(&format!(
+            "`--set {}` changes the model, and a resume continues the run's own model: train it into another \
+             directory with --out",
+            sets[0]
+        ));
+    }
+    let extra = match settings::overrides(&train_pairs) {
         Ok(t) => t,
         Err(e) => {
             eprint!("{e}");
@@ -72,7 +82,7 @@ pub fn run(args: &Args) -> u8 {
     };
     let job = match &args.resume {
         Some(path) => resumed(args, path, extra.as_ref()),
-        None => fresh(args, extra.as_ref()),
+        None => fresh(args, extra.as_ref(), sets),
     };
     let job = match job {
         Ok(j) => j,
@@ -121,9 +131,9 @@ fn flags(args: &Args) -> settings::Flags {
 }
 
 /// The job of a new run of `args.file`.
-fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
+fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> Result<Job, u8> {
     let Some(file) = &args.file else { return Err(fail("give a .blk file to train, or --resume DIR")) };
-    let c = compile_reported(file).ok_or(BROKEN)?;
+    let c = compile_reported(file, &sets).ok_or(BROKEN)?;
     let Some(mut program) = c.program else { return Err(BROKEN) };
     if program.model.is_none() {
         program.model = bare_model(&program, file);
@@ -148,6 +158,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>) -> Result<Job, u8> {
     Ok(Job {
         program,
         sources: c.sources,
+        sets,
         file: file.display().to_string(),
         settings: s,
         out,
@@ -185,6 +196,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
     Ok(Job {
         program,
         sources,
+        sets: Vec::new(),
         file: info.file.clone(),
         settings: s,
         out: dir,
@@ -198,7 +210,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
 /// uses) reads as the run's saved source; refused, saying so, when not —
 /// a resume trains the model the run started with.
 fn same_source(file: &Path, saved: &blkc::SourceMap, dir: &Path) -> Result<(), u8> {
-    let given = compile_reported(file).ok_or(BROKEN)?;
+    let given = compile_reported(file, &[]).ok_or(BROKEN)?;
     let texts = |m: &blkc::SourceMap| train::source_files(m).into_iter().map(|(_, t)| t).collect::<Vec<_>>();
     if texts(&given.sources) == texts(saved) {
         return Ok(());

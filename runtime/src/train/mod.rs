@@ -55,6 +55,9 @@ impl From<String> for Failure {
 pub struct Job {
     pub program: Program,
     pub sources: SourceMap,
+    /// The `--set` model settings and params compiled into `program`
+    /// (saved with the sources, so a resume rebuilds the same model).
+    pub sets: Vec<String>,
     /// The .blk file as given.
     pub file: String,
     pub settings: Settings,
@@ -219,10 +222,10 @@ pub fn evaluate<B: Kernels>(
 /// The sources of a compilation as `(path, text)` pairs.
 pub fn source_files(sources: &SourceMap) -> Vec<(String, String)> {
     (0..sources.len())
-        .map(|i| {
-            let f = sources.get(FileId(i as u32));
-            (f.path.display().to_string(), f.text.to_string())
-        })
+        .map(|i| sources.get(FileId(i as u32)))
+        // Not the command line's `--set` pairs and what they add (saved apart).
+        .filter(|f| !f.name.starts_with('<'))
+        .map(|f| (f.path.display().to_string(), f.text.to_string()))
         .collect()
 }
 

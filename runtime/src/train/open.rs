@@ -31,7 +31,14 @@ pub fn compile_saved(dir: &RunDir) -> Result<(Program, SourceMap), String> {
             loader = loader.with(path, text.as_str().unwrap_or_default());
         }
     }
-    let c = blkc::compile(Path::new(entry), &loader).map_err(|e| format!("cannot rebuild the model: {e}"))?;
+    // The `--set` model settings and params the run was started with.
+    let sets: Vec<String> = v
+        .get("set")
+        .and_then(|s| s.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let c =
+        blkc::compile_with(Path::new(entry), &loader, &sets).map_err(|e| format!("cannot rebuild the model: {e}"))?;
     match c.program {
         Some(mut p) => {
             if p.model.is_none() {

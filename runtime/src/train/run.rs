@@ -287,7 +287,10 @@ fn fresh<B: TrainKernels>(
     let files: serde_json::Map<String, serde_json::Value> =
         source_files(&job.sources).into_iter().map(|(p, t)| (p, json!(t))).collect();
     let entry = job.sources.get(FileId(0)).path.display().to_string();
-    crate::durable::write_atomic(&dir.sources(), json!({"entry": entry, "files": files}).to_string().as_bytes())?;
+    crate::durable::write_atomic(
+        &dir.sources(),
+        json!({"entry": entry, "files": files, "set": job.sets}).to_string().as_bytes(),
+    )?;
     let model = Model::<B>::build(&job.program, ir, s.seed, device);
     Ok(Start::at_zero(model, s))
 }
