@@ -1,4 +1,5 @@
-// The grammar's tests: the assertion cases under test/cases (every
+// The grammar's tests: the assertion cases under test/cases (`*.blk-test`,
+// not `.blk`: they are not programs; every
 // construct, scope by scope), then a snapshot of the scopes of every .blk
 // file the repository ships (blocks/, examples/), so a change to the
 // grammar shows what it changes in real files. `UPDATE=1 npm test`
@@ -37,7 +38,7 @@ function shipped() {
   return out.sort();
 }
 
-run("vscode-tmgrammar-test", ["-g", grammar, "test/cases/*.test.blk"]);
+run("vscode-tmgrammar-test", ["-g", grammar, "test/cases/*.blk-test"]);
 
 const update = process.env.UPDATE === "1";
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "blk-grammar-"));
