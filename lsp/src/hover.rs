@@ -197,7 +197,7 @@ fn section(programs: &[&Analysis], kind: SectionKind, name: &str, whole: Span) -
             let Some((m, _)) = model_of(an, &b.name) else { continue };
             let base = if b.overrides.is_empty() { "every layer" } else { "other layers" };
             let classes = std::iter::once((base.to_string(), &b.base)).chain(b.overrides.iter().map(|o| {
-                let sel: Vec<String> = o.layers.iter().map(selector).collect();
+                let sel: Vec<String> = o.layers.iter().map(|s| blkc::syntax::format::selector(*s)).collect();
                 (format!("layer {}", sel.join(", ")), &o.graph)
             }));
             for (class, g) in classes {
@@ -228,14 +228,6 @@ fn configured_by(op: &Op, name: &str, kind: SectionKind) -> bool {
         (Op::Attention { spec, .. }, SectionKind::Attention) => spec.config.as_deref() == Some(name),
         (Op::Mlp { spec, .. }, SectionKind::Mlp) => spec.config.as_deref() == Some(name),
         _ => false,
-    }
-}
-
-fn selector(s: &blkc::syntax::ast::LayerSelector) -> String {
-    match s {
-        blkc::syntax::ast::LayerSelector::First => "first".into(),
-        blkc::syntax::ast::LayerSelector::Last => "last".into(),
-        blkc::syntax::ast::LayerSelector::Index(i) => i.to_string(),
     }
 }
 

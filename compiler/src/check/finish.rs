@@ -66,6 +66,22 @@ fn layer_range(ast: &crate::syntax::ast::Block, defs: &Defs, depth: u64, diags: 
     for s in bodies.into_iter().flatten() {
         let Stmt::Layer(l) = s else { continue };
         for (sel, span) in &l.selectors {
+            if let LayerSelector::Range(a, b) = sel {
+                let (start, end) = (a.at(depth), b.at(depth));
+                let past = b.per_depth as i128 * depth as i128 + b.offset as i128 > depth as i128 * b.divisor as i128;
+                if start >= end || past {
+                    let what = if past { "reaches past the last layer" } else { "selects no layer" };
+                    diags.push(
+                        Diagnostic::new(
+                            Code::E2020,
+                            *span,
+                            format!("layer range `{}..{}` {what} in a model of depth {depth}", a.text(), b.text()),
+                        )
+                        .label(format!("layers {start}..{end} of 0..{depth}"))
+                        .help("a range `A..B` holds layers A to B − 1: keep A < B ≤ depth, e.g. `0..depth/2`"),
+                    );
+                }
+            }
             if let LayerSelector::Index(i) = sel {
                 if *i >= depth && *i < limits::DEPTH {
                     diags.push(

@@ -143,6 +143,21 @@ fn selectors(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> 
                             .label("no such layer")
                             .help("layers are numbered from 0; use `first` or `last` for the ends"),
                         ),
+                        LayerSelector::Range(..)
+                            if !out.contains(sel)
+                                && out.iter().filter(|s| matches!(s, LayerSelector::Range(..))).count()
+                                    >= MAX_RANGES =>
+                        {
+                            diags.push(
+                                Diagnostic::new(
+                                    Code::E2016,
+                                    *span,
+                                    format!("more than {MAX_RANGES} layer ranges in one block and its sections"),
+                                )
+                                .label("one range too many")
+                                .help("merge ranges, or give the layers an index each"),
+                            )
+                        }
                         s => out.push(*s),
                     }
                 }
@@ -153,6 +168,10 @@ fn selectors(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> 
     out.dedup();
     out
 }
+
+/// Most distinct layer ranges a block (with its sections) may use: every
+/// subset of them is a layer class with its own graph.
+pub const MAX_RANGES: usize = 6;
 
 pub(super) fn visit_calls(s: &Stmt, out: &mut Vec<(String, String)>) {
     fn walk(e: &Expr, out: &mut Vec<(String, String)>) {
@@ -181,8 +200,33 @@ pub(super) fn visit_calls(s: &Stmt, out: &mut Vec<(String, String)>) {
 
 /// The distinct sets of selectors that can match one layer. A layer is
 /// matched by `first` only at 0, by `last` only at depth − 1 and by an
-/// index only at that index, so these few sets cover every (layer, depth).
+/// index only at that index, so a few sets cover every (layer, depth); a
+/// range can match together with any of them and with any other range, so
+/// every subset of the ranges joins each of those sets.
 pub fn layer_classes(selectors: &[LayerSelector]) -> Vec<Vec<LayerSelector>> {
+    let ranges: Vec<LayerSelector> =
+        selectors.iter().copied().filter(|s| matches!(s, LayerSelector::Range(..))).collect();
+    let points: Vec<LayerSelector> =
+        selectors.iter().copied().filter(|s| !matches!(s, LayerSelector::Range(..))).collect();
+    let mut classes = Vec::new();
+    let mut bases = point_classes(&points);
+    bases.push(Vec::new());
+    for base in bases {
+        for subset in 0..1u32 << ranges.len() {
+            let mut c = base.clone();
+            c.extend(ranges.iter().enumerate().filter(|(i, _)| subset >> i & 1 == 1).map(|(_, r)| *r));
+            c.sort();
+            classes.push(c);
+        }
+    }
+    classes.retain(|c| !c.is_empty());
+    classes.sort();
+    classes.dedup();
+    classes
+}
+
+/// [`layer_classes`] of `first`, `last` and indices.
+fn point_classes(selectors: &[LayerSelector]) -> Vec<Vec<LayerSelector>> {
     let has = |s: LayerSelector| selectors.contains(&s);
     let pick = |v: &[LayerSelector]| -> Vec<LayerSelector> { v.iter().copied().filter(|s| has(*s)).collect() };
     let mut classes = vec![
@@ -215,4 +259,68 @@ fn own_classes(body: &[Stmt]) -> Vec<Vec<LayerSelector>> {
     let mut classes = layer_classes(&sel);
     classes.insert(0, Vec::new());
     classes
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::graph::{Init, NormKind, Op};
+
+    const RANGES: &str = "attention a {\n    query = normal(0.02)\n    layer depth - 2..depth { query = zeros }\n}\nblock b {\n    param g = 1\n    n = rmsnorm(x)\n    layer 0..depth/2 { param g = 0.5 }\n    layer 2..4, last { n = layernorm(x) }\n    out = x + g * attn(n, a) + mlp(rmsnorm(x))\n}\n";
+
+    /// (g, the norm is a layernorm, the query is zero) in each layer.
+    fn layers(depth: u64) -> Vec<(f64, bool, bool)> {
+        let c = crate::compile_str("r.blk", RANGES);
+        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let b = &p.blocks[0];
+        (0..depth)
+            .map(|l| {
+                let g = b.graph_at(l, depth);
+                let gain = g.params[0].init.as_const().unwrap_or(f64::NAN);
+                let layernorm =
+                    g.nodes.iter().any(|n| matches!(&n.op, Op::Norm { norm, .. } if norm.kind == NormKind::LayerNorm));
+                let zero =
+                    g.nodes.iter().any(|n| matches!(&n.op, Op::Attention { spec, .. } if spec.query == Init::Zeros));
+                (gain, layernorm, zero)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_ranges_select_their_layers_at_every_depth() {
+        let at7 = layers(7);
+        let g: Vec<f64> = at7.iter().map(|l| l.0).collect();
+        assert_eq!(g, [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0], "0..depth/2 at depth 7 is layers 0, 1, 2");
+        let ln: Vec<bool> = at7.iter().map(|l| l.1).collect();
+        assert_eq!(ln, [false, false, true, true, false, false, true], "2..4 and last");
+        let zero: Vec<bool> = at7.iter().map(|l| l.2).collect();
+        assert_eq!(zero, [false, false, false, false, false, true, true], "depth - 2..depth");
+        // The same file at depth 12: the ranges follow the depth.
+        let at12 = layers(12);
+        assert_eq!(at12.iter().filter(|l| l.0 == 0.5).count(), 6);
+        assert!(at12[10].2 && at12[11].2 && !at12[9].2);
+        assert!(at12[11].1 && at12[3].1 && !at12[4].1);
+    }
+
+    #[test]
+    fn bounds_are_linear_in_depth_and_written_canonically() {
+        let text = |sel: &str| {
+            let src = format!(
+                "block b {{\n    n = rmsnorm(x)\n    layer {sel} {{ n = layernorm(x) }}\n    out = x + attn(n)\n}}\n"
+            );
+            let (_, parsed) = crate::load::load_text("t.blk", &src);
+            let file = parsed.unwrap_or_else(|d| panic!("{sel}: {d:?}"));
+            crate::syntax::format::format(&file, &src).lines().nth(2).unwrap_or("").trim().to_string()
+        };
+        assert_eq!(text("0..depth/2"), "layer 0..depth/2 { n = layernorm(x) }");
+        assert_eq!(text("(depth+1)/2 .. depth"), "layer (depth + 1)/2..depth { n = layernorm(x) }");
+        assert_eq!(text("2*depth/3..depth-1"), "layer 2*depth/3..depth - 1 { n = layernorm(x) }");
+        let bad = |sel: &str| {
+            let src = format!("block b {{\n    layer {sel} {{ n = x }}\n    out = x\n}}\n");
+            crate::compile_str("t.blk", &src).diagnostics.first().map(|d| (d.code, d.message.clone()))
+        };
+        let (code, message) = bad("0..depth*depth").unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(code, crate::Code::E1005);
+        assert!(message.contains("depth by depth"), "{message}");
+        assert!(bad("0..4/0").is_some_and(|(_, m)| m.contains("zero")));
+    }
 }

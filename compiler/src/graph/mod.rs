@@ -76,6 +76,7 @@ pub fn selects(sel: LayerSelector, layer: u64, depth: u64) -> bool {
         LayerSelector::First => layer == 0,
         LayerSelector::Last => layer + 1 == depth,
         LayerSelector::Index(i) => i == layer,
+        LayerSelector::Range(a, b) => a.at(depth) <= layer && layer < b.at(depth),
     }
 }
 

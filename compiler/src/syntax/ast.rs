@@ -136,9 +136,53 @@ pub enum LayerSelector {
     First,
     Last,
     Index(u64),
+    /// `start..end`: the layers from `start` up to but not including `end`
+    /// (as Rust's ranges), each bound a whole number or a function of `depth`.
+    Range(Bound, Bound),
 }
 
-/// `layer first|last|N { … }`.
+/// A layer-range bound: ⌊(per_depth·depth + offset) / divisor⌋, clamped to
+/// `0..=depth` (`3`, `depth`, `depth/2`, `depth - 2`, `2*depth/3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Bound {
+    pub per_depth: i64,
+    pub offset: i64,
+    /// Always positive.
+    pub divisor: i64,
+}
+
+impl Bound {
+    pub fn at(self, depth: u64) -> u64 {
+        let d = i128::from(depth as i64);
+        let v = (i128::from(self.per_depth) * d + i128::from(self.offset)).div_euclid(i128::from(self.divisor.max(1)));
+        v.clamp(0, d) as u64
+    }
+
+    /// The bound as written canonically (`depth/2`, `(depth + 1)/2`, `3`).
+    pub fn text(self) -> String {
+        let linear = match (self.per_depth, self.offset) {
+            (0, b) => b.to_string(),
+            (a, 0) => coefficient(a),
+            (a, b) if b < 0 => format!("{} - {}", coefficient(a), -b),
+            (a, b) => format!("{} + {b}", coefficient(a)),
+        };
+        match self.divisor {
+            1 => linear,
+            c if self.per_depth != 0 && self.offset != 0 => format!("({linear})/{c}"),
+            c => format!("{linear}/{c}"),
+        }
+    }
+}
+
+fn coefficient(a: i64) -> String {
+    match a {
+        1 => "depth".into(),
+        -1 => "-depth".into(),
+        a => format!("{a}*depth"),
+    }
+}
+
+/// `layer first|last|N|A..B { … }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerOverride {
     pub selectors: Vec<(LayerSelector, Span)>,

@@ -238,11 +238,13 @@ fn run_widths(stmts: &[Stmt], blank: impl Fn(u32, u32) -> bool) -> Vec<usize> {
     widths
 }
 
-fn selector(s: LayerSelector) -> String {
+/// A layer selector as written in canonical form.
+pub fn selector(s: LayerSelector) -> String {
     match s {
         LayerSelector::First => "first".into(),
         LayerSelector::Last => "last".into(),
         LayerSelector::Index(n) => n.to_string(),
+        LayerSelector::Range(a, b) => format!("{}..{}", a.text(), b.text()),
     }
 }
 

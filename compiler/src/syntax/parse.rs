@@ -140,6 +140,13 @@ impl Cx {
         for q in p.into_inner() {
             if q.as_rule() == Rule::layer_selector {
                 selectors.push((self.layer_selector(&q), self.span(&q)));
+            } else if q.as_rule() == Rule::layer_range {
+                let span = self.span(&q);
+                let mut bounds = q.into_inner().map(|b| self.range_bound(b));
+                let (a, b) = (bounds.next().flatten(), bounds.next().flatten());
+                if let (Some(a), Some(b)) = (a, b) {
+                    selectors.push((LayerSelector::Range(a, b), span));
+                }
             } else {
                 body.push(self.stmt(q));
             }
@@ -158,6 +165,25 @@ impl Cx {
                     LayerSelector::Index(u64::MAX)
                 }
             },
+        }
+    }
+
+    /// A range bound as ⌊(a·depth + b)/c⌋; `None` (reported) when it is
+    /// not of that form (depth times depth, division by depth or by zero)
+    /// or its numbers are too large.
+    fn range_bound(&mut self, p: Pair<Rule>) -> Option<Bound> {
+        let span = self.span(&p);
+        let bad = |why: &str| {
+            Diagnostic::new(Code::E1005, span, format!("layer range bound {why}")).label("this bound").help(
+                "a bound is a whole number or a linear function of `depth`, e.g. `0..depth/2`, `depth - 2..depth`",
+            )
+        };
+        match linear(p) {
+            Ok((a, b, c)) => Some(Bound { per_depth: a, offset: b, divisor: c }),
+            Err(why) => {
+                self.diags.push(bad(why));
+                None
+            }
         }
     }
 
@@ -299,6 +325,40 @@ fn bin_op(rule: Rule) -> BinOp {
     }
 }
 
+/// (a, b, c) with a range expression = (a·depth + b)/c, c > 0.
+fn linear(p: Pair<Rule>) -> Result<(i64, i64, i64), &'static str> {
+    let big = "has numbers too large to represent";
+    match p.as_rule() {
+        Rule::range_int => p.as_str().parse::<i64>().map(|n| (0, n, 1)).map_err(|_| big),
+        Rule::range_depth => Ok((1, 0, 1)),
+        Rule::range_sum | Rule::range_product => {
+            let mut inner = p.into_inner();
+            let mut acc = linear(inner.next().ok_or("is empty")?)?;
+            while let (Some(op), Some(rhs)) = (inner.next(), inner.next()) {
+                let (a2, b2, c2) = linear(rhs)?;
+                let (a1, b1, c1) = acc;
+                let m = |x: i64, y: i64| x.checked_mul(y).ok_or(big);
+                let add = |x: i64, y: i64| x.checked_add(y).ok_or(big);
+                acc = match op.as_str() {
+                    "+" => (add(m(a1, c2)?, m(a2, c1)?)?, add(m(b1, c2)?, m(b2, c1)?)?, m(c1, c2)?),
+                    "-" => (add(m(a1, c2)?, -m(a2, c1)?)?, add(m(b1, c2)?, -m(b2, c1)?)?, m(c1, c2)?),
+                    "*" if a1 != 0 && a2 != 0 => return Err("multiplies depth by depth"),
+                    "*" => (add(m(a1, b2)?, m(a2, b1)?)?, m(b1, b2)?, m(c1, c2)?),
+                    _ if a2 != 0 => return Err("divides by depth"),
+                    _ if b2 == 0 => return Err("divides by zero"),
+                    // x / (b2/c2) = x·c2 / b2, kept with a positive divisor.
+                    _ => {
+                        let s = b2.signum();
+                        (m(m(a1, c2)?, s)?, m(m(b1, c2)?, s)?, m(c1, b2.abs())?)
+                    }
+                };
+            }
+            Ok(acc)
+        }
+        _ => Err("is not a number or `depth`"),
+    }
+}
+
 fn too_large(span: Span) -> Diagnostic {
     Diagnostic::new(Code::E1005, span, "number is too large to represent")
         .label("this number")
@@ -317,6 +377,13 @@ pub(super) fn describe(rule: Rule) -> &'static str {
         }
         Rule::flag => "a flag (`trainable`, `fixed` or `per_head`)",
         Rule::layer_selector => "a layer (`first`, `last` or a number)",
+        Rule::layer_range
+        | Rule::range_sum
+        | Rule::range_product
+        | Rule::range_atom
+        | Rule::range_int
+        | Rule::range_depth => "a layer range (`A..B`, e.g. `0..depth/2`)",
+        Rule::range_add_op | Rule::range_mul_op => "an operator of a layer range (`+ - * /`)",
         Rule::expr | Rule::operand | Rule::prefix | Rule::neg | Rule::call | Rule::arg => "an expression",
         Rule::named_arg => "an argument",
         Rule::infix | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
