@@ -119,6 +119,36 @@ fn random_query_attention_matches_simulation_in_monte_carlo_mode() {
     agree("qk-norm + soft-cap", &block_from(qk), 3, Mask::Causal, AttentionMode::MonteCarlo, 0.04);
 }
 
+/// Per-head gains that start at a value depending on `head`: each head
+/// mixes its own slice of the width, and the prediction averages the
+/// heads' moments (docs/theory.md §2.2).
+#[test]
+fn gains_that_differ_by_head_match_simulation() {
+    let src = "attention a {\n query = zeros\n value = identity\n proj = identity\n matrix = alpha * I + beta * softmax - gamma * centre\n param alpha = 1 - head / heads per_head\n param beta = 0.2 + head / heads per_head\n param gamma = 0.2 per_head\n}\nblock b {\n out = attn(rmsnorm(x), a)\n}\n";
+    let varied = block_from(src);
+    agree("alpha and beta by head", &varied, 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+    // With an MLP beside it (which mixes the slices), and with a random
+    // value or projection (which reads or writes the whole width).
+    let parallel = src.replace("out = attn(rmsnorm(x), a)", "n = rmsnorm(x)\n out = attn(n, a) + 0.3 * mlp(n)");
+    agree("by head, parallel MLP", &block_from(&parallel), 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+    let proj = src.replace("proj = identity", "proj = linear(orthogonal)");
+    agree("by head, random projection", &block_from(&proj), 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+    let value = src
+        .replace("value = identity", "value = linear(orthogonal)")
+        .replace("out = attn(rmsnorm(x), a)", "out = x + attn(rmsnorm(x), a)");
+    agree("by head, random value", &block_from(&value), 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+    // The average is not the first head's: the prediction differs from
+    // that of every head starting as head 0.
+    let first = block_from(&src.replace("1 - head / heads", "1").replace("0.2 + head / heads", "0.2"));
+    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal };
+    let opts = Options::new(6, T);
+    let cos = |b: &BlockIr| {
+        let t = trace(b, dims, &Input::Distinct, &opts, Ablation::default(), Detail::Quick);
+        t.layers.last().map_or(f64::NAN, |l| l.cosine)
+    };
+    assert!((cos(&varied) - cos(&first)).abs() > 0.05, "{} vs {}", cos(&varied), cos(&first));
+}
+
 // ----- activation duals against numerical integration -----
 
 /// E[φ(u)φ(v)] for (u, v) with variances q1, q2 and correlation c, by
@@ -212,7 +242,7 @@ fn setting() -> Setting {
 }
 
 fn env() -> blkc::eval::Env {
-    blkc::eval::Env { depth: 6.0, width: 256.0, heads: 4.0, layer: 1.0 }
+    blkc::eval::Env { depth: 6.0, width: 256.0, heads: 4.0, layer: 1.0, head: 0.0 }
 }
 
 /// A random positive semi-definite kernel L·Lᵀ/T.
@@ -232,7 +262,7 @@ proptest! {
         let names = ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "vskipinit", "skipless-naive"];
         let b = block_file(&format!("blocks/{}.blk", names[which]));
         let sigma = psd(8, &entries);
-        let out = propagate::block(b.graph_at(1, 6), &sigma, &env(), &setting(), Ablation::default()).kernel;
+        let out = propagate::block(b.graph_at(1, 6), std::slice::from_ref(&sigma), &env(), &setting(), Ablation::default()).kernel;
         let scale = out.diagonal().amax().max(1e-300);
         prop_assert!((&out - out.transpose()).amax() <= 1e-12 * scale);
         let min = out.symmetric_eigenvalues().min();
@@ -254,7 +284,7 @@ proptest! {
             "block b {\n out = x + 0 * mlp(x) + 0 * attn(rmsnorm(x))\n}\n".to_string(),
         ] {
             let b = block_from(&src);
-            let out = propagate::block(&b.base, &sigma, &env(), &setting(), Ablation::default()).kernel;
+            let out = propagate::block(&b.base, std::slice::from_ref(&sigma), &env(), &setting(), Ablation::default()).kernel;
             prop_assert!((&out - &sigma).amax() <= 1e-12 * sigma.amax(), "{src}");
         }
     }

@@ -24,7 +24,8 @@ pub fn run(block: &BlockIr, depth: u64, dims: Dims, x0: &Mat, seed: u64) -> Vec<
     let mut x = x0.clone();
     let mut out = Vec::new();
     for l in 0..depth {
-        let env = Env { depth: depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: l as f64 };
+        let env =
+            Env { depth: depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: l as f64, head: 0.0 };
         x = forward(block.graph_at(l, depth), &x, &env, dims, &mut rng);
         let k = &x * x.transpose() / dims.width as f64;
         out.push((mean_cosine(&k), scale(&k)));
@@ -126,10 +127,14 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
     let (t, d) = (h.nrows(), dims.width);
     let hd = spec.head_dim.map_or(d / dims.heads, |v| v as usize);
     let inner = hd * dims.heads;
-    let params = blkc::eval::param_values(&spec.params, env);
-    let at = |i: usize| params[i];
-    let terms: Vec<(f64, MatrixTerm)> =
-        spec.matrix.iter().map(|(c, m)| (eval(c, env, &at).unwrap_or(0.0), *m)).collect();
+    // The matrix's gains in one head (a per-head param may start at a
+    // value that depends on `head`).
+    let terms_of = |head: usize| -> Vec<(f64, MatrixTerm)> {
+        let env = Env { head: head as f64, ..*env };
+        let params = blkc::eval::param_values(&spec.params, &env);
+        let at = |i: usize| params[i];
+        spec.matrix.iter().map(|(c, m)| (eval(c, &env, &at).unwrap_or(0.0), *m)).collect()
+    };
     let c = centre(t, dims.mask);
     let v = linear(&spec.value, h, inner, env, rng);
     let random = spec.uses(MatrixTerm::Softmax) && spec.query != Init::Zeros && spec.key != Init::Zeros;
@@ -159,7 +164,7 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
             c.clone()
         };
         let mut a = Mat::zeros(t, t);
-        for (coef, term) in &terms {
+        for (coef, term) in &terms_of(head) {
             match term {
                 MatrixTerm::Identity => a += Mat::identity(t, t) * *coef,
                 MatrixTerm::Softmax => a += &soft * *coef,

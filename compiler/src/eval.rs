@@ -10,6 +10,8 @@ pub struct Env {
     pub width: f64,
     pub heads: f64,
     pub layer: f64,
+    /// The head a `per_head` param's initial value is evaluated for.
+    pub head: f64,
 }
 
 impl Env {
@@ -19,6 +21,7 @@ impl Env {
             Var::Width => self.width,
             Var::Heads => self.heads,
             Var::Layer => self.layer,
+            Var::Head => self.head,
         }
     }
 }

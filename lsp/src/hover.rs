@@ -269,11 +269,34 @@ fn param_values(s: &mut String, a: &Analysis, owner: &Def, name: &str) {
         let values: Vec<Option<f64>> = (0..depth)
             .map(|layer| {
                 let g = b.graph_at(layer, depth);
-                let env =
-                    Env { depth: depth as f64, width: m.width as f64, heads: m.heads as f64, layer: layer as f64 };
+                let env = Env {
+                    depth: depth as f64,
+                    width: m.width as f64,
+                    heads: m.heads as f64,
+                    layer: layer as f64,
+                    head: 0.0,
+                };
                 find_param(g, owner, name).and_then(|p| eval(&p.init, &env, &|_| f64::NAN).ok())
             })
             .collect();
+        let first = find_param(b.graph_at(0, depth), owner, name);
+        if let Some(p) = first.filter(|p| p.per_head && p.init.uses(blkc::graph::Var::Head)) {
+            // A value per head: each head's, in the first layer.
+            let heads: Vec<String> = (0..m.heads)
+                .map(|h| {
+                    let env = Env {
+                        depth: depth as f64,
+                        width: m.width as f64,
+                        heads: m.heads as f64,
+                        layer: 0.0,
+                        head: h as f64,
+                    };
+                    eval(&p.init, &env, &|_| f64::NAN).map_or_else(|e| e.to_string(), num)
+                })
+                .collect();
+            let _ = writeln!(s, "\nBy head in `{}` (layer 1, heads 0–{}): {}", b.name, m.heads - 1, heads.join(", "));
+            continue;
+        }
         let _ = writeln!(s, "\nInitial value in `{}` ({depth} layers): {}", b.name, runs(&values));
     }
 }

@@ -26,8 +26,13 @@ pub fn model_py(p: &Program, m: &ModelIr) -> String {
 /// The plan `model.py` interprets (documented at its top).
 pub fn plan(p: &Program, m: &ModelIr) -> Value {
     let block = &p.blocks[m.block];
-    let env =
-        |layer: u64| Env { depth: m.depth as f64, width: m.width as f64, heads: m.heads as f64, layer: layer as f64 };
+    let env = |layer: u64| Env {
+        depth: m.depth as f64,
+        width: m.width as f64,
+        heads: m.heads as f64,
+        layer: layer as f64,
+        head: 0.0,
+    };
     let layers: Vec<Value> = (0..m.depth).map(|l| layer(block.graph_at(l, m.depth), m, &env(l))).collect();
     json!({
         "format": "blkc-plan-1",
@@ -90,6 +95,12 @@ fn params(defs: &[ParamDef], env: &Env) -> Vec<Value> {
                 trainable += 1;
                 let size = if d.per_head { env.heads as u64 } else { 1 };
                 json!({"gain": trainable - 1, "size": size})
+            } else if d.per_head && d.init.uses(blkc::graph::Var::Head) {
+                // A value per head.
+                let heads = env.heads as usize;
+                let values: Vec<f64> =
+                    (0..heads).map(|h| eval_const(&d.init, &Env { head: h as f64, ..*env }).unwrap_or(0.0)).collect();
+                json!({ "values": values })
             } else {
                 json!({"value": eval_const(&d.init, env).unwrap_or(0.0)})
             }

@@ -41,6 +41,7 @@ impl<B: Kernels> Model<B> {
             width: m.width as f64,
             heads: m.heads as f64,
             layer: layer as f64,
+            head: 0.0,
         };
         let embedding = param(weight(&m.embed_init, m.vocab as usize, d, &env(0), &mut rng, device));
         let positions = match m.positions {

@@ -38,7 +38,7 @@ fn tiny(name: &str, depth: u64, mask: &str) -> Program {
 
 fn block(p: &Program, layer: u64) -> Block<B> {
     let m = p.model.as_ref().expect("model");
-    let env = blkc::eval::Env { depth: m.depth as f64, width: 16.0, heads: 2.0, layer: layer as f64 };
+    let env = blkc::eval::Env { depth: m.depth as f64, width: 16.0, heads: 2.0, layer: layer as f64, head: 0.0 };
     let mut rng = blkc_runtime::rng::Rng::new(layer);
     let device = Default::default();
     let mut b = blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, env, rng: &mut rng, device: &device };

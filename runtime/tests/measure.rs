@@ -132,3 +132,33 @@ fn a_width_the_heads_do_not_divide_is_measured_with_heads_that_do() {
     assert_eq!(v["layers"].as_array().map(Vec::len), Some(3), "{v}");
     assert_eq!((v["measured_width"].as_u64(), v["measured_heads"].as_u64()), (Some(256), Some(4)), "{v}");
 }
+
+/// Heads that start with different gains (`head` in a per-head param's
+/// initial value): the lowered model gives each head its own gains, and
+/// the prediction, which tracks each head's slice of the width, agrees
+/// with what the model measures — and differs from heads that start alike.
+#[test]
+fn heads_that_start_differently_agree_with_their_prediction() {
+    // `gamma` is fixed: its heads' values are constants of the model.
+    let text = |alpha: &str, beta: &str, gamma: &str| {
+        format!(
+            "attention by_head {{\n    query  = zeros\n    value  = identity\n    proj   = identity\n    matrix = alpha * I + beta * softmax - gamma * centre\n    param alpha = {alpha} trainable per_head\n    param beta  = {beta} trainable per_head\n    param gamma = {gamma} per_head\n}}\nblock b {{\n    n   = rmsnorm(x)\n    out = attn(n, by_head) + 0.1 * mlp(n)\n}}\n"
+        )
+    };
+    let setup = Setup { data: None, width: Some(256), depth: Some(12), context: 64, sequences: 8, models: 3, seed: 0 };
+    let measured = |src: &str| {
+        let c = blkc::compile_str("by_head.blk", src);
+        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        compare::<Cpu>(&p, &ModelIr::small(0), setup.clone(), &Default::default())
+    };
+    let differ = measured(&text("1 - 0.3 * head / heads", "0.2 + 0.3 * head / heads", "0.2 + 0.1 * head / heads"));
+    assert!(
+        differ.agreement,
+        "largest difference {:.4}\n{}",
+        differ.max_difference,
+        blkc_runtime::measure::table(&differ)
+    );
+    let alike = measured(&text("0.85", "0.35", "0.25"));
+    let last = |c: &blkc_runtime::measure::Comparison| c.layers.last().map_or(f64::NAN, |l| l.cosine);
+    assert!((last(&differ) - last(&alike)).abs() > 0.02, "{} vs {}", last(&differ), last(&alike));
+}

@@ -242,6 +242,10 @@ impl<'a> Cx<'a> {
             );
             return Val::Poison;
         }
+        if n.name == "head" {
+            self.diags.push(expr::head_outside(n));
+            return Val::Poison;
+        }
         let mut candidates: Vec<String> = self.scope.iter().map(|b| b.name.clone()).collect();
         candidates.push("x".into());
         candidates.extend(Var::ALL.iter().map(|v| v.keyword().to_string()));

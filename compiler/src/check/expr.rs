@@ -26,9 +26,33 @@ pub trait Names {
 pub struct VarsOnly;
 
 impl Names for VarsOnly {
-    fn lookup(&mut self, name: &Ident, _: &mut Vec<Diagnostic>) -> Lookup {
+    fn lookup(&mut self, name: &Ident, diags: &mut Vec<Diagnostic>) -> Lookup {
+        if name.name == "head" {
+            diags.push(head_outside(name));
+            return Lookup::Reported;
+        }
         var_lookup(&name.name)
     }
+}
+
+/// The names of a `per_head` param's initial value: the variables and
+/// `head`, the index of the head (0-based).
+pub struct PerHead;
+
+impl Names for PerHead {
+    fn lookup(&mut self, name: &Ident, diags: &mut Vec<Diagnostic>) -> Lookup {
+        match name.name.as_str() {
+            "head" => Lookup::Scalar(Scalar::Var(Var::Head)),
+            _ => VarsOnly.lookup(name, diags),
+        }
+    }
+}
+
+/// `head` where there is no head.
+pub fn head_outside(name: &Ident) -> Diagnostic {
+    Diagnostic::new(Code::E2001, name.span, "`head` is defined only in the initial value of a `per_head` param")
+        .label("no head here")
+        .help("give an attention section's gain a value per head: `param beta = 1 + 0.1 * head trainable per_head`")
 }
 
 /// Looks up a built-in variable.

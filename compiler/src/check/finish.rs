@@ -27,7 +27,8 @@ pub fn model(s: ModelSettings, defs: &Defs, blocks: &[BlockIr], diags: &mut Vec<
     let block = blocks.iter().position(|b| b.name == name.name);
     let b = &blocks[block?];
     model.block = block?;
-    let env = Env { depth: model.depth as f64, width: model.width as f64, heads: model.heads as f64, layer: 0.0 };
+    let env =
+        Env { depth: model.depth as f64, width: model.width as f64, heads: model.heads as f64, layer: 0.0, head: 0.0 };
     values(b, &env, diags);
     for g in b.graphs() {
         shapes(g, &model, diags);
@@ -105,7 +106,9 @@ fn layer_range(ast: &crate::syntax::ast::Block, defs: &Defs, depth: u64, diags: 
 pub fn values(b: &BlockIr, env: &Env, diags: &mut Vec<Diagnostic>) {
     for g in b.graphs() {
         for layer in [0.0, (env.depth - 1.0).max(0.0)] {
-            graph_values(g, &Env { layer, ..*env }, diags);
+            for head in [0.0, (env.heads - 1.0).max(0.0)] {
+                graph_values(g, &Env { layer, head, ..*env }, diags);
+            }
         }
     }
 }

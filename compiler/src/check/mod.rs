@@ -25,7 +25,7 @@ use crate::syntax::ast::{Block, Expr, File, LayerSelector, Stmt};
 
 /// The model a bare block is checked (and benchmarked) in: the small CPU
 /// model of `examples/small/` (6 blocks, width 256, 4 heads).
-pub const BARE_ENV: Env = Env { depth: 6.0, width: 256.0, heads: 4.0, layer: 0.0 };
+pub const BARE_ENV: Env = Env { depth: 6.0, width: 256.0, heads: 4.0, layer: 0.0, head: 0.0 };
 
 /// Most statements in one block.
 pub const MAX_STATEMENTS: usize = 512;
@@ -42,6 +42,7 @@ pub fn check(files: &[File]) -> (Option<Program>, Vec<Diagnostic>) {
         width: m.model.width as f64,
         heads: m.model.heads as f64,
         layer: 0.0,
+        head: 0.0,
     });
     let blocks: Vec<Option<BlockIr>> = defs.block_order.iter().map(|b| block_ir(b, &defs, &mut diags)).collect();
     for s in defs.attention.values() {

@@ -121,7 +121,11 @@ pub fn param(p: &Param, allow_per_head: bool, diags: &mut Vec<Diagnostic>) -> Op
             .help("declare per-head gains in an `attention` section (e.g. for the matrix), or drop `per_head`"),
         );
     }
-    let init = expr::scalar(&p.value, &mut expr::VarsOnly, diags)?;
+    let init = if p.has(Flag::PerHead) && allow_per_head {
+        expr::scalar(&p.value, &mut expr::PerHead, diags)?
+    } else {
+        expr::scalar(&p.value, &mut expr::VarsOnly, diags)?
+    };
     Some(ParamDef {
         name: p.name.name.clone(),
         init,

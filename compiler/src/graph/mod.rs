@@ -287,6 +287,9 @@ pub enum Var {
     Heads,
     /// 0-based index of the layer.
     Layer,
+    /// 0-based index of the head, only in the initial value of a
+    /// `per_head` param (not in [`Var::ALL`], the variables of every gain).
+    Head,
 }
 
 impl Var {
@@ -298,6 +301,7 @@ impl Var {
             Var::Width => "width",
             Var::Heads => "heads",
             Var::Layer => "layer",
+            Var::Head => "head",
         }
     }
 }

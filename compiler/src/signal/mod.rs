@@ -143,12 +143,22 @@ pub fn trace_until(
     };
     let mut sigma = input.kernel(opts.context);
     let initial_scale = kernel::scale(&sigma);
+    // One kernel per head's slice of the width when heads start unlike.
+    let graphs: Vec<&Graph> = block.graphs().collect();
+    let n = if propagate::heads_differ(&graphs) { dims.heads.max(1) as usize } else { 1 };
+    let mut slices = vec![sigma.clone(); n];
     let mut layers = Vec::with_capacity(opts.depth as usize);
     let mut zero_outputs = Vec::new();
     for l in 0..opts.depth {
-        let env = Env { depth: opts.depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: l as f64 };
+        let env = Env {
+            depth: opts.depth as f64,
+            width: dims.width as f64,
+            heads: dims.heads as f64,
+            layer: l as f64,
+            head: 0.0,
+        };
         let g = block.graph_at(l, opts.depth);
-        let out = propagate::block(g, &sigma, &env, &setting, ablation);
+        let out = propagate::block(g, &slices, &env, &setting, ablation);
         for s in &out.nodes {
             let is_module = matches!(g.nodes[s.node].op, Op::Attention { .. } | Op::Mlp { .. });
             if is_module && s.scale == 0.0 && !zero_outputs.contains(&s.node) {
@@ -156,6 +166,7 @@ pub fn trace_until(
             }
         }
         sigma = out.kernel;
+        slices = out.slices;
         let cosine = kernel::mean_cosine(&sigma);
         let scale = kernel::scale(&sigma);
         let effective_rank = match detail {

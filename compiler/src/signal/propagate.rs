@@ -15,7 +15,7 @@ use super::attention::{self, Logits};
 use super::duals;
 use super::kernel::{self, Mat};
 use crate::eval::{eval, eval_const, Env};
-use crate::graph::{AttentionSpec, Graph, Init, Linear, Mask, MatrixTerm, MlpSpec, NodeId, Op};
+use crate::graph::{AttentionSpec, Graph, Init, Linear, Mask, MatrixTerm, MlpSpec, NodeId, Op, Var};
 
 /// How the attention matrix is evaluated when queries are not zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +61,22 @@ pub struct NodeStat {
 /// The block's output kernel and per-node statistics.
 #[derive(Debug, Clone)]
 pub struct BlockOut {
+    /// The token kernel of the whole width (the mean of the slices').
     pub kernel: Mat,
+    /// The kernel of each head's slice of the width (one slice when the
+    /// heads start alike).
+    pub slices: Vec<Mat>,
     pub nodes: Vec<NodeStat>,
 }
 
 /// A token map applied to a node's input to give the node.
 #[derive(Debug, Clone)]
 enum Map {
+    /// The same per-token scaling in every slice (a norm).
     Diag(DVector<f64>),
-    Full(Mat),
+    /// One token map per slice (an attention with identity value and
+    /// projection: head h's matrix on slice h).
+    Full(Vec<Mat>),
 }
 
 #[derive(Debug, Clone)]
@@ -82,22 +89,45 @@ enum Rel {
     Sum(Vec<(f64, NodeId)>),
 }
 
+/// A kernel per slice of the width.
+type Slices = Vec<Mat>;
+
+/// The kernel of the whole width: the mean over its slices.
+pub fn mean(slices: &[Mat]) -> Mat {
+    let mut acc = slices[0].clone();
+    for s in &slices[1..] {
+        acc += s;
+    }
+    acc / slices.len() as f64
+}
+
 struct Tracker<'a> {
     rel: Vec<Rel>,
-    own: Vec<Option<Mat>>,
-    cross: HashMap<(NodeId, NodeId), Option<Mat>>,
+    own: Vec<Option<Slices>>,
+    cross: HashMap<(NodeId, NodeId), Option<Slices>>,
     setting: &'a Setting,
 }
 
-/// Propagates kernel `sigma` through graph `g` at layer `layer`.
-pub fn block(g: &Graph, sigma: &Mat, env: &Env, setting: &Setting, ablation: Ablation) -> BlockOut {
+/// Whether some head of the block starts with other gains than the others
+/// (a `per_head` param whose initial value uses `head`): the heads' slices
+/// of the width then carry different kernels, tracked one by one.
+pub fn heads_differ(graphs: &[&Graph]) -> bool {
+    graphs.iter().flat_map(|g| &g.nodes).any(|n| match &n.op {
+        Op::Attention { spec, .. } => spec.params.iter().any(|p| p.per_head && p.init.uses(Var::Head)),
+        _ => false,
+    })
+}
+
+/// Propagates the slice kernels `sigma` (one per head's slice of the
+/// width, or one for the whole width) through graph `g` at layer `layer`.
+pub fn block(g: &Graph, sigma: &[Mat], env: &Env, setting: &Setting, ablation: Ablation) -> BlockOut {
     let params = crate::eval::param_values(&g.params, env);
     let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
     let mut tr = Tracker { rel: Vec::new(), own: Vec::new(), cross: HashMap::new(), setting };
     let mut stats = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
         let (rel, own) = match &node.op {
-            Op::Input => (Rel::Input, Some(sigma.clone())),
+            Op::Input => (Rel::Input, Some(sigma.to_vec())),
             Op::Norm { norm, input } => tr.norm(*input, norm.eps),
             Op::Attention { spec, input } => tr.attention(spec, *input, env, ablation, id as u64),
             Op::Mlp { spec, input } if !ablation.mlp_zero => tr.mlp(spec, *input, env),
@@ -110,16 +140,19 @@ pub fn block(g: &Graph, sigma: &Mat, env: &Env, setting: &Setting, ablation: Abl
             }
         };
         if !matches!(node.op, Op::Input) {
-            let (cosine, scale) = own.as_ref().map_or((f64::NAN, 0.0), |k| (kernel::mean_cosine(k), kernel::scale(k)));
+            let (cosine, scale) = own.as_ref().map_or((f64::NAN, 0.0), |k| {
+                let k = mean(k);
+                (kernel::mean_cosine(&k), kernel::scale(&k))
+            });
             stats.push(NodeStat { node: id, cosine, scale });
         }
         tr.rel.push(rel);
         tr.own.push(own);
     }
-    let t = sigma.nrows();
-    let mut out = tr.own.get(g.out).cloned().flatten().unwrap_or_else(|| Mat::zeros(t, t));
-    kernel::symmetrise(&mut out);
-    BlockOut { kernel: out, nodes: stats }
+    let t = sigma[0].nrows();
+    let mut slices = tr.own.get(g.out).cloned().flatten().unwrap_or_else(|| vec![Mat::zeros(t, t); sigma.len()]);
+    slices.iter_mut().for_each(kernel::symmetrise);
+    BlockOut { kernel: mean(&slices), slices, nodes: stats }
 }
 
 /// Variance factor σ² of a random weight (fan-in convention, docs/theory.md
@@ -150,8 +183,8 @@ fn linear_map(l: &Linear, fan_in: f64, fan_out: f64, env: &Env) -> Result<f64, f
 }
 
 impl Tracker<'_> {
-    /// G(a, b), `None` when it is zero.
-    fn gram(&mut self, a: NodeId, b: NodeId) -> Option<Mat> {
+    /// G(a, b) per slice, `None` when it is zero.
+    fn gram(&mut self, a: NodeId, b: NodeId) -> Option<Slices> {
         if a == b {
             return self.own[a].clone();
         }
@@ -165,29 +198,31 @@ impl Tracker<'_> {
             }
         };
         if flip {
-            g.map(|m| m.transpose())
+            g.map(|m| m.iter().map(|x| x.transpose()).collect())
         } else {
             g
         }
     }
 
-    fn compute_cross(&mut self, hi: NodeId, lo: NodeId) -> Option<Mat> {
+    fn compute_cross(&mut self, hi: NodeId, lo: NodeId) -> Option<Slices> {
         match self.rel[hi].clone() {
             Rel::Input | Rel::Fresh => None,
             Rel::Linear(from, map) => {
                 let g = self.gram(from, lo)?;
                 Some(match map {
-                    Map::Diag(d) => Mat::from_fn(g.nrows(), g.ncols(), |i, j| d[i] * g[(i, j)]),
-                    Map::Full(m) => m * g,
+                    Map::Diag(d) => {
+                        g.iter().map(|g| Mat::from_fn(g.nrows(), g.ncols(), |i, j| d[i] * g[(i, j)])).collect()
+                    }
+                    Map::Full(m) => m.iter().zip(&g).map(|(m, g)| m * g).collect(),
                 })
             }
             Rel::Sum(terms) => {
-                let mut acc: Option<Mat> = None;
+                let mut acc: Option<Slices> = None;
                 for (c, s) in terms {
                     if let Some(g) = self.gram(s, lo) {
                         acc = Some(match acc {
-                            Some(a) => a + g * c,
-                            None => g * c,
+                            Some(a) => a.iter().zip(&g).map(|(a, g)| a + g * c).collect(),
+                            None => g.iter().map(|g| g * c).collect(),
                         });
                     }
                 }
@@ -196,19 +231,18 @@ impl Tracker<'_> {
         }
     }
 
-    fn sum(&mut self, terms: &[(f64, NodeId)]) -> Option<Mat> {
-        let mut acc: Option<Mat> = None;
+    fn sum(&mut self, terms: &[(f64, NodeId)]) -> Option<Slices> {
+        let mut acc: Option<Slices> = None;
         for (i, (ci, si)) in terms.iter().enumerate() {
             for (cj, sj) in &terms[i..] {
                 let Some(g) = self.gram(*si, *sj) else { continue };
-                let part = if si == sj {
-                    g * (ci * cj)
+                let part: Slices = if si == sj {
+                    g.iter().map(|g| g * (ci * cj)).collect()
                 } else {
-                    let gt = g.transpose();
-                    (g + gt) * (ci * cj)
+                    g.iter().map(|g| (g + g.transpose()) * (ci * cj)).collect()
                 };
                 acc = Some(match acc {
-                    Some(a) => a + part,
+                    Some(a) => a.iter().zip(&part).map(|(a, p)| a + p).collect(),
                     None => part,
                 });
             }
@@ -216,17 +250,22 @@ impl Tracker<'_> {
         acc
     }
 
-    fn norm(&mut self, input: NodeId, eps: f64) -> (Rel, Option<Mat>) {
+    fn norm(&mut self, input: NodeId, eps: f64) -> (Rel, Option<Slices>) {
         let Some(k) = self.own[input].clone() else {
             return (Rel::Fresh, None);
         };
         // At init, RMSNorm and LayerNorm (zero-mean input) are the per-token
-        // rescaling x_i / sqrt(q_i + ε) (docs/theory.md §2.4).
-        let d = k.diagonal().map(|q| 1.0 / (q.max(0.0) + eps).sqrt());
-        let own = Mat::from_fn(k.nrows(), k.ncols(), |i, j| d[i] * k[(i, j)] * d[j]);
+        // rescaling x_i / sqrt(q_i + ε) (docs/theory.md §2.4), q_i over the
+        // whole width: the same scaling of every slice.
+        let d = mean(&k).diagonal().map(|q| 1.0 / (q.max(0.0) + eps).sqrt());
+        let own = k.iter().map(|k| Mat::from_fn(k.nrows(), k.ncols(), |i, j| d[i] * k[(i, j)] * d[j])).collect();
         (Rel::Linear(input, Map::Diag(d)), Some(own))
     }
 
+    /// An attention: head h mixes slice h of its value's output with its
+    /// matrix A_h. An identity value reads slice h of the input, a random
+    /// one the whole width; an identity projection writes slice h, a random
+    /// one mixes every head into every slice (docs/theory.md §2.2).
     fn attention(
         &mut self,
         spec: &AttentionSpec,
@@ -234,7 +273,7 @@ impl Tracker<'_> {
         env: &Env,
         ab: Ablation,
         salt: u64,
-    ) -> (Rel, Option<Mat>) {
+    ) -> (Rel, Option<Slices>) {
         let Some(k) = self.own[input].clone() else {
             return (Rel::Fresh, None);
         };
@@ -244,31 +283,75 @@ impl Tracker<'_> {
         let inner = (head_dim * h) as f64;
         let value = linear_map(&spec.value, d, inner, env);
         let proj = linear_map(&spec.proj, inner, d, env);
-        let factor = match (value, proj) {
-            (Ok(a), Ok(b)) => Ok(a * b),
-            (Ok(a), Err(v)) | (Err(v), Ok(a)) => Err(a * a * v),
-            (Err(u), Err(v)) => Err(u * v),
-        };
-        let t = k.nrows();
-        let (mean, second) = if ab.attention_identity {
-            (Mat::identity(t, t), k.clone())
+        // Each slice's head: its matrix moments for what the value gives it.
+        let whole = mean(&k);
+        let moments: Vec<(Mat, Mat)> = if ab.attention_identity {
+            let read = |i: usize| if value.is_ok() { k[i].clone() } else { whole.clone() };
+            (0..k.len()).map(|i| (Mat::identity(whole.nrows(), whole.ncols()), read(i))).collect()
         } else {
-            self.matrix_moments(spec, &k, env, head_dim as usize, salt)
+            self.matrix_moments(spec, &k, &whole, value.is_ok(), env, head_dim as usize, salt)
         };
-        match factor {
-            Ok(a) if a != 0.0 => (Rel::Linear(input, Map::Full(mean * a)), Some(second * (a * a))),
-            Err(v) if v != 0.0 => (Rel::Fresh, Some(second * v)),
+        let per_slice = |f: f64| -> Slices { moments.iter().map(|(_, second)| second * f).collect() };
+        let mixed = |f: f64| -> Slices {
+            let all: Vec<Mat> = moments.iter().map(|(_, second)| second.clone()).collect();
+            vec![mean(&all) * f; k.len()]
+        };
+        match (value, proj) {
+            (Ok(a), Ok(b)) if a * b != 0.0 => {
+                let maps = moments.iter().map(|(m, _)| m * (a * b)).collect();
+                (Rel::Linear(input, Map::Full(maps)), Some(per_slice((a * b) * (a * b))))
+            }
+            (Err(u), Ok(b)) if u * b != 0.0 => (Rel::Fresh, Some(per_slice(u * b * b))),
+            (Ok(a), Err(p)) if a * p != 0.0 => (Rel::Fresh, Some(mixed(a * a * p))),
+            (Err(u), Err(p)) if u * p != 0.0 => (Rel::Fresh, Some(mixed(u * p))),
             _ => (Rel::Fresh, None),
         }
     }
 
-    /// (E[A], E[A Σ Aᵀ]) of the attention matrix for input kernel `k`.
-    fn matrix_moments(&self, spec: &AttentionSpec, k: &Mat, env: &Env, head_dim: usize, salt: u64) -> (Mat, Mat) {
+    /// (E[A_h], E[A_h Σ_h A_hᵀ]) for each slice h (one entry when the
+    /// kernel has one slice): Σ_h is slice h's kernel when the value reads
+    /// slice h (`own_slice`), the whole width's otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn matrix_moments(
+        &self,
+        spec: &AttentionSpec,
+        k: &[Mat],
+        whole: &Mat,
+        own_slice: bool,
+        env: &Env,
+        head_dim: usize,
+        salt: u64,
+    ) -> Vec<(Mat, Mat)> {
+        let terms_at = |env: &Env| -> Vec<(f64, MatrixTerm)> {
+            let params = crate::eval::param_values(&spec.params, env);
+            let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
+            spec.matrix.iter().map(|(c, t)| (eval(c, env, &at).unwrap_or(0.0), *t)).collect()
+        };
+        if k.len() == 1 {
+            return vec![self.head_moments(spec, &terms_at(env), whole, env, head_dim, salt)];
+        }
+        (0..k.len())
+            .map(|head| {
+                let terms = terms_at(&Env { head: head as f64, ..*env });
+                let input = if own_slice { &k[head] } else { whole };
+                let salt = salt ^ (head as u64).wrapping_mul(0x2545_F491);
+                self.head_moments(spec, &terms, input, env, head_dim, salt)
+            })
+            .collect()
+    }
+
+    /// (E[A], E[A Σ Aᵀ]) of one head whose matrix has the gains `terms`.
+    fn head_moments(
+        &self,
+        spec: &AttentionSpec,
+        terms: &[(f64, MatrixTerm)],
+        k: &Mat,
+        env: &Env,
+        head_dim: usize,
+        salt: u64,
+    ) -> (Mat, Mat) {
         let s = self.setting;
-        let params = crate::eval::param_values(&spec.params, env);
-        let at = |i: usize| params.get(i).copied().unwrap_or(0.0);
-        let terms: Vec<(f64, MatrixTerm)> =
-            spec.matrix.iter().map(|(c, t)| (eval(c, env, &at).unwrap_or(0.0), *t)).collect();
+        let terms = terms.to_vec();
         let t = k.nrows();
         let c = attention::centre(t, s.mask);
         let d = s.width as f64;
@@ -293,7 +376,7 @@ impl Tracker<'_> {
         (a, second)
     }
 
-    fn mlp(&mut self, spec: &MlpSpec, input: NodeId, env: &Env) -> (Rel, Option<Mat>) {
+    fn mlp(&mut self, spec: &MlpSpec, input: NodeId, env: &Env) -> (Rel, Option<Slices>) {
         let Some(k) = self.own[input].clone() else {
             return (Rel::Fresh, None);
         };
@@ -305,7 +388,8 @@ impl Tracker<'_> {
         if up == 0.0 || down == 0.0 {
             return (Rel::Fresh, None);
         }
-        let post = duals::dual(spec.activation, &(k * up));
-        (Rel::Fresh, Some(post * down))
+        // The first map mixes the whole width; its output is every slice's.
+        let post = duals::dual(spec.activation, &(mean(&k) * up));
+        (Rel::Fresh, Some(vec![post * down; k.len()]))
     }
 }

@@ -227,7 +227,8 @@ fn collapse(
     erank: f64,
 ) -> Diagnostic {
     let g = block.graph_at(0, opts.depth);
-    let env = Env { depth: opts.depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: 0.0 };
+    let env =
+        Env { depth: opts.depth as f64, width: dims.width as f64, heads: dims.heads as f64, layer: 0.0, head: 0.0 };
     let what = if cosine >= opts.thresholds.collapse_cosine {
         format!("mean token cosine {cosine:.4} ≥ {}", opts.thresholds.collapse_cosine)
     } else {

@@ -14,6 +14,9 @@ pub enum Slot {
     /// Index into the module's trainable gains (`[1]`, or `[heads]` per head).
     Trainable(usize),
     Fixed(f64),
+    /// A fixed per-head gain whose heads start at different values (its
+    /// initial value uses `head`).
+    FixedHeads(Vec<f64>),
 }
 
 /// Trainable gains for the trainable params of `defs` (initial values
@@ -28,13 +31,18 @@ pub fn gains<B: Backend>(
     let slots = defs
         .iter()
         .map(|p| {
-            let v = eval_const(&p.init, env).unwrap_or(0.0);
+            // One value per head for a per-head param (its init may use `head`).
+            let n = if p.per_head { heads } else { 1 };
+            let values: Vec<f64> =
+                (0..n).map(|h| eval_const(&p.init, &Env { head: h as f64, ..*env }).unwrap_or(0.0)).collect();
             if p.trainable {
-                let n = if p.per_head { heads } else { 1 };
-                params.push(super::init::param(Tensor::full([n], v, device)));
+                let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                params.push(super::init::param(Tensor::from_floats(data.as_slice(), device)));
                 Slot::Trainable(params.len() - 1)
+            } else if values.iter().all(|&v| v == values[0]) {
+                Slot::Fixed(values[0])
             } else {
-                Slot::Fixed(v)
+                Slot::FixedHeads(values)
             }
         })
         .collect();
@@ -60,6 +68,10 @@ pub fn value<B: Backend>(
         Scalar::Param(i) => match slots.get(*i) {
             Some(Slot::Trainable(j)) => gains[*j].val(),
             Some(Slot::Fixed(v)) => Tensor::full([1], *v, device),
+            Some(Slot::FixedHeads(vs)) => {
+                let data: Vec<f32> = vs.iter().map(|&v| v as f32).collect();
+                Tensor::from_floats(data.as_slice(), device)
+            }
             None => Tensor::zeros([1], device),
         },
         Scalar::Neg(a) => rec(a).neg(),
