@@ -197,6 +197,11 @@ fn mlp(spec: &MlpSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
     let w1 = weight(&spec.up, d, hidden, env, rng).unwrap_or_else(|| Mat::identity(d, hidden));
     let mut pre = h * w1;
     pre.apply(|x| *x = apply(spec.activation, *x));
+    if spec.gated {
+        // act(h W_gate) ⊙ (h W_up), the second matrix drawn independently.
+        let w_up = weight(&spec.up, d, hidden, env, rng).unwrap_or_else(|| Mat::identity(d, hidden));
+        pre.component_mul_assign(&(h * w_up));
+    }
     let w2 = weight(&spec.down, hidden, d, env, rng).unwrap_or_else(|| Mat::identity(hidden, d));
     pre * w2
 }

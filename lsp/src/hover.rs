@@ -410,7 +410,7 @@ fn call(a: &Analysis, occ: &Occurrence) -> Option<String> {
         "attn" => {
             "multi-head attention; a shaped matrix (`I`, `softmax`, `centre` terms) runs as one fused kernel per head"
         }
-        "mlp" => "two dense layers with the activation between (matmul + bias + activation fused)",
+        "mlp" => "two dense layers with the activation between, or a gated unit (act(x·gate) ⊙ x·up, then down)",
         "rmsnorm" => "RMSNorm over the width, with a trainable scale",
         "layernorm" => "LayerNorm over the width, with a trainable scale and shift",
         _ => {

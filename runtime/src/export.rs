@@ -183,6 +183,6 @@ fn mlp_spec(spec: &MlpSpec, m: &ModelIr) -> Value {
         Activation::Erf => ("erf", 0.0),
         Activation::Identity => ("identity", 0.0),
     };
-    let hidden = blkc::graph::params::hidden(u128::from(m.width), spec.width);
-    json!({"activation": name, "slope": slope, "bias": spec.bias, "hidden": hidden as u64})
+    let hidden = spec.hidden(u128::from(m.width));
+    json!({"activation": name, "slope": slope, "gated": spec.gated, "bias": spec.bias, "hidden": hidden as u64})
 }

@@ -217,3 +217,34 @@ fn orthogonal_init_is_orthogonal() {
         assert!(err < 1e-5, "{r}x{c}: {err}");
     }
 }
+
+/// A gated MLP (SwiGLU, GeGLU, ReGLU) computes `down(act(x·gate) ⊙ x·up)`,
+/// with the hidden width rounded up to `multiple_of`, and has the
+/// parameters `blkc params` counts (three matrices and their biases).
+#[test]
+fn gated_mlps_match_a_hand_written_forward_pass_and_their_count() {
+    use burn::tensor::activation::{gelu, silu};
+    let x = input();
+    for (act, f) in
+        [("swiglu", silu::<3, B> as fn(Tensor<B, 3>) -> Tensor<B, 3>), ("geglu", gelu::<3, B>), ("reglu", relu::<3, B>)]
+    {
+        let text = format!(
+            "mlp m {{\n activation = {act}\n width = 8/3\n multiple_of = 8\n bias = true\n}}\nblock b {{\n out = x + mlp(rmsnorm(x), m)\n}}\nmodel {{\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n}}\n"
+        );
+        let p = program(&text);
+        let b = block(&p, 1);
+        let m = &b.mlp[0];
+        let gate = m.gate.as_ref().expect("a gate").val();
+        // ⌊16 · 8/3⌋ = 42, rounded up to a multiple of 8: 48.
+        assert_eq!(gate.dims(), [16, 48], "{act}");
+        let bias = |p: &Option<burn::module::Param<Tensor<B, 1>>>| p.as_ref().expect("bias").val().unsqueeze::<3>();
+        let n = rms(x.clone());
+        let g = n.clone().matmul(gate.unsqueeze()) + bias(&m.gate_bias);
+        let h = n.matmul(m.up.val().unsqueeze()) + bias(&m.up_bias);
+        let want = x.clone() + (f(g) * h).matmul(m.down.val().unsqueeze()) + bias(&m.down_bias);
+        assert!(max_diff(b.forward(x.clone()), want) < 1e-5, "{act}");
+        let model = p.model.as_ref().expect("model");
+        let built = Model::<B>::build(&p, model, 0, &Default::default());
+        assert_eq!(built.trainable_params() as u128, count(model, &p.blocks[model.block]).total, "{act}");
+    }
+}

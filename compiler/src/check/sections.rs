@@ -234,7 +234,7 @@ pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
 
 pub(crate) const ATTENTION_KEYS: &[&str] =
     &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim"];
-pub(crate) const MLP_KEYS: &[&str] = &["activation", "width", "bias", "up", "down"];
+pub(crate) const MLP_KEYS: &[&str] = &["activation", "width", "multiple_of", "bias", "up", "down"];
 
 /// The paper's default init for every weight: N(0, 0.02²) (App. D.1).
 fn std002() -> crate::graph::Init {
@@ -360,7 +360,9 @@ pub fn mlp(
     let mut spec = MlpSpec {
         config: section.and_then(|s| s.name.as_ref().map(|n| n.name.clone())),
         activation: Activation::Relu,
+        gated: false,
         width: 4.0,
+        multiple_of: 1,
         bias: false,
         up: std002(),
         down: std002(),
@@ -369,8 +371,12 @@ pub fn mlp(
     for (n, v) in settings(&flat, kwargs, MLP_KEYS, "mlp", diags) {
         let key = n.name.as_str();
         let set = match key {
-            "activation" => activation(v, diags).map(|a| spec.activation = a),
+            "activation" => activation(v, diags).map(|(a, gated)| {
+                spec.activation = a;
+                spec.gated = gated;
+            }),
             "width" => mlp_width(v, diags).map(|w| spec.width = w),
+            "multiple_of" => expr::integer(v, key, 1, 1 << 16, false, diags).map(|m| spec.multiple_of = m),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.bias = b),
             "up" => expr::init(v, key, diags).map(|i| spec.up = i),
             _ => expr::init(v, key, diags).map(|i| spec.down = i),
@@ -400,9 +406,12 @@ fn mlp_width(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     Some(w)
 }
 
-pub(crate) const ACTIVATIONS: &[&str] = &["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "erf", "identity"];
+pub(crate) const ACTIVATIONS: &[&str] =
+    &["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "erf", "identity", "swiglu", "geglu", "reglu"];
 
-fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Activation> {
+/// The activation, and whether the unit is gated (`swiglu`, `geglu`,
+/// `reglu`: the activation of a gate times a linear map).
+fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Activation, bool)> {
     if let Expr::Call { callee, args, span } = v {
         if callee.name == "leaky_relu" {
             if args.len() != 1 || args[0].name.as_ref().is_some_and(|n| n.name != "slope") {
@@ -414,20 +423,24 @@ fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Activation> {
                 diags.push(expr::out_of_range(args[0].value.span(), "slope", s, "between -1 and 1"));
                 return None;
             }
-            return Some(Activation::LeakyRelu { slope: s });
+            return Some((Activation::LeakyRelu { slope: s }, false));
         }
     }
     let k = expr::keyword(v, "activation", ACTIVATIONS, diags)?;
-    Some(match k {
-        "relu" => Activation::Relu,
-        "leaky_relu" => Activation::LeakyRelu { slope: 0.01 },
-        "gelu" => Activation::Gelu,
-        "gelu_tanh" => Activation::GeluTanh,
-        "silu" => Activation::Silu,
-        "tanh" => Activation::Tanh,
-        "erf" => Activation::Erf,
-        _ => Activation::Identity,
-    })
+    let gated = matches!(k, "swiglu" | "geglu" | "reglu");
+    Some((
+        match k {
+            "relu" | "reglu" => Activation::Relu,
+            "leaky_relu" => Activation::LeakyRelu { slope: 0.01 },
+            "gelu" | "geglu" => Activation::Gelu,
+            "gelu_tanh" => Activation::GeluTanh,
+            "silu" | "swiglu" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            "erf" => Activation::Erf,
+            _ => Activation::Identity,
+        },
+        gated,
+    ))
 }
 
 /// Names inside an attention matrix: the section's params and variables.

@@ -455,8 +455,14 @@ pub enum Activation {
 pub struct MlpSpec {
     pub config: Option<String>,
     pub activation: Activation,
+    /// A gated unit (SwiGLU, GeGLU, ReGLU): `act(x W_gate) ⊙ (x W_up)`,
+    /// both drawn from the `up` init.
+    pub gated: bool,
     /// Hidden width as a multiple of the model width.
     pub width: f64,
+    /// The hidden width is rounded up to a multiple of this (Llama's
+    /// `multiple_of`; 1 keeps ⌊width · multiple⌋).
+    pub multiple_of: u64,
     pub bias: bool,
     pub up: Init,
     pub down: Init,

@@ -86,8 +86,10 @@ fn add_op(c: &mut Count, op: &Op, m: &Model) {
         Op::Norm { norm: nm, .. } => c.norms += norm(nm.kind, d),
         Op::Attention { spec, .. } => add_attention(c, spec, m),
         Op::Mlp { spec, .. } => {
-            let h = hidden(d, spec.width);
-            c.mlp += 2 * d * h + if spec.bias { h + d } else { 0 };
+            let h = spec.hidden(d);
+            let matrices = if spec.gated { 3 } else { 2 };
+            let biases = if spec.gated { 2 * h + d } else { h + d };
+            c.mlp += matrices * d * h + if spec.bias { biases } else { 0 };
         }
         Op::Input | Op::Sum { .. } => {}
     }
@@ -105,6 +107,15 @@ pub fn of_op(op: &Op, model: &Model) -> u128 {
 /// in the reference code).
 pub fn hidden(d: u128, mult: f64) -> u128 {
     ((d as f64 * mult).floor() as u128).max(1)
+}
+
+impl super::MlpSpec {
+    /// The hidden width at model width `d`: [`hidden`], rounded up to a
+    /// multiple of `multiple_of` (as Llama's `multiple_of`).
+    pub fn hidden(&self, d: u128) -> u128 {
+        let m = u128::from(self.multiple_of.max(1));
+        hidden(d, self.width).div_ceil(m) * m
+    }
 }
 
 fn add_attention(c: &mut Count, spec: &AttentionSpec, m: &Model) {
@@ -152,7 +163,7 @@ pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
                     }
                     flops += 2 * (linear(&spec.value, inner, d) + linear(&spec.proj, d, inner));
                 }
-                Op::Mlp { spec, .. } => flops += 2 * 2 * d * hidden(d, spec.width),
+                Op::Mlp { spec, .. } => flops += 2 * if spec.gated { 3 } else { 2 } * d * spec.hidden(d),
                 _ => {}
             }
         }

@@ -114,7 +114,15 @@ fn mlp(s: &MlpSpec) -> Vec<String> {
         Activation::Erf => "erf".into(),
         Activation::Identity => "identity".into(),
     };
-    vec![head, format!("{act} · {}× · up {} · down {}", num(s.width), init(&s.up), init(&s.down))]
+    let act = match (s.gated, s.activation) {
+        (true, Activation::Silu) => "swiglu".to_string(),
+        (true, Activation::Gelu) => "geglu".to_string(),
+        (true, Activation::Relu) => "reglu".to_string(),
+        (true, _) => format!("gated {act}"),
+        (false, _) => act,
+    };
+    let round = if s.multiple_of > 1 { format!(" (to a multiple of {})", s.multiple_of) } else { String::new() };
+    vec![head, format!("{act} · {}×{round} · up {} · down {}", num(s.width), init(&s.up), init(&s.down))]
 }
 
 fn init(i: &Init) -> String {

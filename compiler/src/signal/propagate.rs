@@ -381,7 +381,7 @@ impl Tracker<'_> {
             return (Rel::Fresh, None);
         };
         let d = self.setting.width as f64;
-        let hidden = crate::graph::params::hidden(self.setting.width as u128, spec.width) as f64;
+        let hidden = spec.hidden(self.setting.width as u128) as f64;
         // An identity init (square only) keeps the pre-activation's kernel.
         let up = variance(&spec.up, d, hidden, env).unwrap_or(1.0);
         let down = variance(&spec.down, hidden, d, env).unwrap_or(1.0);
@@ -389,7 +389,14 @@ impl Tracker<'_> {
             return (Rel::Fresh, None);
         }
         // The first map mixes the whole width; its output is every slice's.
-        let post = duals::dual(spec.activation, &(mean(&k) * up));
+        let pre = mean(&k) * up;
+        let mut post = duals::dual(spec.activation, &pre);
+        if spec.gated {
+            // act(x W_gate) ⊙ (x W_up) with W_gate, W_up independent: the
+            // expectation factors into the dual times the linear kernel
+            // (docs/theory.md §2.3).
+            post.component_mul_assign(&pre);
+        }
         (Rel::Fresh, Some(vec![post * down; k.len()]))
     }
 }

@@ -1,4 +1,5 @@
-//! The MLP sub-block `down(act(up(x)))`.
+//! The MLP sub-block `down(act(up(x)))`, or gated (SwiGLU, GeGLU,
+//! ReGLU): `down(act(gate(x)) ⊙ up(x))`.
 
 use super::Build;
 use blkc::graph::{Activation, MlpSpec};
@@ -16,6 +17,9 @@ use super::linear;
 pub struct Mlp<B: Backend> {
     pub up: Param<Tensor<B, 2>>,
     pub up_bias: Option<Param<Tensor<B, 1>>>,
+    /// The gate of a gated unit (its activation multiplies `up`'s output).
+    pub gate: Option<Param<Tensor<B, 2>>>,
+    pub gate_bias: Option<Param<Tensor<B, 1>>>,
     pub down: Param<Tensor<B, 2>>,
     pub down_bias: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
@@ -25,11 +29,18 @@ pub struct Mlp<B: Backend> {
 impl<B: Kernels> Mlp<B> {
     pub fn build(spec: &MlpSpec, b: &mut Build<'_, B>) -> Self {
         let width = b.width;
-        let hidden = blkc::graph::params::hidden(width as u128, spec.width) as usize;
+        let hidden = spec.hidden(width as u128) as usize;
+        // Drawn in this order: up, down, then the gate (so models without
+        // one draw what they always drew).
+        let up = param(b.weight(&spec.up, width, hidden));
+        let down = param(b.weight(&spec.down, hidden, width));
+        let gate = spec.gated.then(|| param(b.weight(&spec.up, width, hidden)));
         Mlp {
-            up: param(b.weight(&spec.up, width, hidden)),
+            up,
             up_bias: spec.bias.then(|| param(Tensor::zeros([hidden], b.device))),
-            down: param(b.weight(&spec.down, hidden, width)),
+            gate_bias: (spec.gated && spec.bias).then(|| param(Tensor::zeros([hidden], b.device))),
+            gate,
+            down,
             down_bias: spec.bias.then(|| param(Tensor::zeros([width], b.device))),
             activation: spec.activation,
         }
@@ -37,6 +48,11 @@ impl<B: Kernels> Mlp<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let down_bias = self.down_bias.as_ref().map(Param::val);
+        if let Some(gate) = &self.gate {
+            let g = linear(x.clone(), gate.val(), self.gate_bias.as_ref().map(Param::val));
+            let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
+            return linear(act(self.activation, g) * h, self.down.val(), down_bias);
+        }
         if self.activation == Activation::Relu {
             // One kernel: the ReLU applied, and its gradient masked, while
             // the product that forms each block of rows is in cache.
