@@ -69,7 +69,9 @@ fn agree(name: &str, block: &BlockIr, depth: u64, mask: Mask, mode: AttentionMod
 
 #[test]
 fn canonical_blocks_match_finite_width_simulation() {
-    for f in ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "vskipinit", "skipless-naive"] {
+    for f in
+        ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "sas-p-swiglu", "vskipinit", "skipless-naive"]
+    {
         let b = block_file(&format!("blocks/{f}.blk"));
         agree(f, &b, 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
     }

@@ -167,13 +167,17 @@ pub fn scalar(s: &Scalar, ps: &[ParamDef]) -> String {
     }
 }
 
-/// A number as a person writes it: `0.02`, `1e-5`, `768`.
+/// A number as a person writes it: `0.02`, `1e-5`, `768`, `2.6667` (a
+/// long fraction to four decimals).
 pub fn num(v: f64) -> String {
     if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
-        format!("{v:e}")
-    } else {
-        format!("{v}")
+        return format!("{v:e}");
     }
+    let s = format!("{v}");
+    if s.len() <= 8 {
+        return s;
+    }
+    format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn prec(op: BinOp) -> u8 {
