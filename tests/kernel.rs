@@ -109,6 +109,23 @@ fn activations_norms_and_inits_match_simulation() {
     agree("orthogonal", &block_from(orth), 4, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
 }
 
+/// Grouped-query and multi-query attention: heads that share keys and
+/// values. At infinite width the token kernel is that of one key/value
+/// head per query head (the projection's columns of two heads are
+/// independent, so heads sharing a value add no cross term); the
+/// simulation shares them for real.
+#[test]
+fn grouped_query_attention_matches_simulation() {
+    for kv in [1, 2, 4] {
+        let src = format!("attention g {{\n kv_heads = {kv}\n}}\nblock b {{\n h = x + attn(rmsnorm(x), g)\n out = h + mlp(rmsnorm(h))\n}}\n");
+        agree(&format!("kv_heads {kv}"), &block_from(&src), 4, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+        // Random queries and keys (as `random_query_attention_…`): heads of
+        // a group share their keys.
+        let qk = format!("attention g {{\n kv_heads = {kv}\n query = fan_in(2)\n key = fan_in(2)\n}}\nblock b {{\n h = x + attn(rmsnorm(x), g)\n out = h + mlp(rmsnorm(h))\n}}\n");
+        agree(&format!("kv_heads {kv}, random qk"), &block_from(&qk), 4, Mask::Causal, AttentionMode::MonteCarlo, 0.04);
+    }
+}
+
 /// Gated MLPs: the activation of one random map times another, whose
 /// kernel is the activation's dual times the linear kernel (the two maps
 /// are independent at init: docs/theory.md §2.3).

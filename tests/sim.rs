@@ -136,21 +136,25 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
         spec.matrix.iter().map(|(c, m)| (eval(c, &env, &at).unwrap_or(0.0), *m)).collect()
     };
     let c = centre(t, dims.mask);
-    let v = linear(&spec.value, h, inner, env, rng);
+    // Grouped-query attention: `kv` heads of keys and values, head `h`
+    // reading those of group h / (heads / kv).
+    let kv = spec.kv_heads.map_or(dims.heads, |k| k as usize);
+    let group = |head: usize| head / (dims.heads / kv);
+    let v = linear(&spec.value, h, hd * kv, env, rng);
     let random = spec.uses(MatrixTerm::Softmax) && spec.query != Init::Zeros && spec.key != Init::Zeros;
     let (q, k) = if random {
         let wq = weight(&spec.query, d, inner, env, rng).unwrap_or_else(|| Mat::identity(d, inner));
-        let wk = weight(&spec.key, d, inner, env, rng).unwrap_or_else(|| Mat::identity(d, inner));
+        let wk = weight(&spec.key, d, hd * kv, env, rng).unwrap_or_else(|| Mat::identity(d, hd * kv));
         (h * wq, h * wk)
     } else {
-        (Mat::zeros(t, inner), Mat::zeros(t, inner))
+        (Mat::zeros(t, inner), Mat::zeros(t, hd * kv))
     };
     let mut o = Mat::zeros(t, inner);
     for head in 0..dims.heads {
         let cols = head * hd..(head + 1) * hd;
         let soft = if random {
             let mut qh = q.columns(cols.start, hd).into_owned();
-            let mut kh = k.columns(cols.start, hd).into_owned();
+            let mut kh = k.columns(group(head) * hd, hd).into_owned();
             if spec.qk_norm.is_some() {
                 qh = normalise(&qh, NormKind::RmsNorm, 1e-12);
                 kh = normalise(&kh, NormKind::RmsNorm, 1e-12);
@@ -171,7 +175,7 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
                 MatrixTerm::Centre => a += &c * *coef,
             }
         }
-        let vh = v.columns(cols.start, hd);
+        let vh = v.columns(group(head) * hd, hd);
         o.columns_mut(cols.start, hd).copy_from(&(a * vh));
     }
     linear(&spec.proj, &o, d, env, rng)

@@ -147,6 +147,7 @@ fn attn(spec: &AttentionSpec, m: &ModelIr, env: &Env) -> Value {
         .collect();
     json!({
         "head_dim": head_dim,
+        "kv_heads": spec.kv_heads.unwrap_or(m.heads),
         "softmax": spec.uses(MatrixTerm::Softmax),
         "qk_bias": spec.qk_bias,
         "qk_norm": spec.qk_norm.map(|k| norm(k, 1e-6)),

@@ -248,3 +248,44 @@ fn gated_mlps_match_a_hand_written_forward_pass_and_their_count() {
         assert_eq!(built.trainable_params() as u128, count(model, &p.blocks[model.block]).total, "{act}");
     }
 }
+
+/// Grouped-query attention: keys and values of `kv_heads` heads, each
+/// serving `heads / kv_heads` query heads, written out by hand; and the
+/// count of `blkc params`.
+#[test]
+fn grouped_query_attention_matches_a_hand_written_forward_pass_and_its_count() {
+    let x = input();
+    // 4 heads of 4 over width 16, keys and values in 2 (or 1) heads.
+    for kv in [2usize, 1] {
+        let text = format!(
+            "attention g {{\n kv_heads = {kv}\n bias = false\n}}\nblock b {{\n out = x + attn(rmsnorm(x), g)\n}}\nmodel {{\n block = b\n depth = 2\n width = 16\n heads = 4\n context = 8\n vocab = 50\n}}\n"
+        );
+        let p = program(&text);
+        let m = p.model.as_ref().expect("model");
+        let env = blkc::eval::Env { depth: 2.0, width: 16.0, heads: 4.0, layer: 1.0, head: 0.0 };
+        let mut rng = blkc_runtime::rng::Rng::new(1);
+        let device = Default::default();
+        let mut ctx =
+            blkc_runtime::layers::Build { width: 16, heads: 4, mask: m.mask, env, rng: &mut rng, device: &device };
+        let b = Block::<B>::build(p.blocks[m.block].graph_at(1, 2), &mut ctx);
+        let a = &b.attention[0];
+        let w = |p: &Option<burn::module::Param<Tensor<B, 2>>>| p.as_ref().expect("weight").val();
+        assert_eq!(w(&a.key).dims(), [16, 4 * kv]);
+        let n = rms(x.clone());
+        let heads = |t: Tensor<B, 3>, h: usize| t.reshape([3, 8, h, 4]).swap_dims(1, 2);
+        let q = heads(n.clone().matmul(w(&a.query).unsqueeze()), 4);
+        // Each key/value head repeated for the query heads of its group.
+        let group = |t: Tensor<B, 3>| heads(t, kv).unsqueeze_dim::<5>(2).repeat_dim(2, 4 / kv).reshape([3, 4, 8, 4]);
+        let k = group(n.clone().matmul(w(&a.key).unsqueeze()));
+        let v = group(n.matmul(a.value.weight.as_ref().expect("a value weight").val().unsqueeze()));
+        let scores = q.matmul(k.swap_dims(2, 3)) / 2.0;
+        let mask = Tensor::<B, 2, Bool>::tril_mask([8, 8], 0, &Default::default());
+        let att = softmax(scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY), 3);
+        let o = att.matmul(v).swap_dims(1, 2).reshape([3, 8, 16]);
+        let proj = a.proj.weight.as_ref().expect("a projection weight").val();
+        let want = x.clone() + o.matmul(proj.unsqueeze());
+        assert!(max_diff(b.forward(x.clone()), want) < 1e-5, "kv_heads {kv}");
+        let built = Model::<B>::build(&p, m, 0, &Default::default());
+        assert_eq!(built.trainable_params() as u128, count(m, &p.blocks[m.block]).total, "kv_heads {kv}");
+    }
+}

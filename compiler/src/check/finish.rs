@@ -197,11 +197,43 @@ fn init_value(init: &Init, span: Span, env: &Env, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Grouped-query attention: `kv_heads` divides the heads, and the value
+/// is a map to `kv_heads × head_dim` (not an identity).
+fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, diags: &mut Vec<Diagnostic>) {
+    if kv > m.heads || m.heads % kv != 0 {
+        diags.push(
+            Diagnostic::new(Code::E2013, span, format!("`kv_heads` = {kv} does not divide the {} heads", m.heads))
+                .label("key/value heads must group the query heads evenly")
+                .help(format!("use a divisor of {}: 1 (multi-query) up to {}", m.heads, m.heads)),
+        );
+        return;
+    }
+    let identity = match &spec.value {
+        Linear::Identity => true,
+        Linear::Dense { init, .. } | Linear::Reparam { init, .. } => *init == Init::Identity,
+    };
+    if identity {
+        diags.push(
+            Diagnostic::new(
+                Code::E2014,
+                span,
+                format!("an identity value cannot have {kv} heads for {} query heads", m.heads),
+            )
+            .label("value is an identity map here")
+            .help("give the attention a value map: `value = linear(orthogonal)`, or drop `kv_heads`"),
+        );
+    }
+}
+
 /// Identity value/projection (or identity-initialised ones) need
 /// `heads × head_dim = width`.
 fn shapes(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
     for n in &g.nodes {
         let Op::Attention { spec, .. } = &n.op else { continue };
+        if let Some(kv) = spec.kv_heads.filter(|kv| *kv != m.heads) {
+            grouped(spec, kv, n.span, m, diags);
+            continue;
+        }
         let inner = m.heads * spec.head_dim.unwrap_or(m.width / m.heads);
         if inner == m.width {
             continue;

@@ -233,7 +233,7 @@ pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
 }
 
 pub(crate) const ATTENTION_KEYS: &[&str] =
-    &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim"];
+    &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim", "kv_heads"];
 pub(crate) const MLP_KEYS: &[&str] = &["activation", "width", "multiple_of", "bias", "up", "down"];
 
 /// The paper's default init for every weight: N(0, 0.02²) (App. D.1).
@@ -254,6 +254,7 @@ pub fn attention(
     let mut spec = AttentionSpec {
         config: section.and_then(|s| s.name.as_ref().map(|n| n.name.clone())),
         head_dim: None,
+        kv_heads: None,
         query: std002(),
         key: std002(),
         qk_bias: true,
@@ -277,6 +278,7 @@ pub fn attention(
             "qk_norm" => expr::keyword(v, key, super::model::NORMS, diags).map(|k| spec.qk_norm = norm_kind(k)),
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
+            "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.kv_heads = Some(h)),
             _ => {
                 let mut names = MatrixNames { params: &spec.params, used: &mut used };
                 matrix(v, &mut names, diags).map(|m| spec.matrix = m)

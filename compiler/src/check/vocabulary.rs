@@ -67,6 +67,7 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Attention, "qk_norm") => "a norm on queries and keys per head",
         (SectionKind::Attention, "softcap") => "caps the scores: c·tanh(s/c)",
         (SectionKind::Attention, "head_dim") => "width of one head (default: width / heads)",
+        (SectionKind::Attention, "kv_heads") => "heads of keys and values, each shared by heads / kv_heads query heads (grouped-query attention; 1: multi-query)",
         (SectionKind::Mlp, "activation") => "the hidden activation",
         (SectionKind::Mlp, "width") => "hidden width as a multiple of the model width (e.g. 8/3 for a gated unit)",
         (SectionKind::Mlp, "multiple_of") => "round the hidden width up to a multiple of this (Llama's `multiple_of`)",

@@ -415,6 +415,9 @@ pub struct AttentionSpec {
     pub config: Option<String>,
     /// Per-head dimension; `None` means `width / heads`.
     pub head_dim: Option<u64>,
+    /// Heads of keys and values (grouped-query attention: each serves
+    /// `heads / kv_heads` query heads; `None` is one per query head).
+    pub kv_heads: Option<u64>,
     pub query: Init,
     pub key: Init,
     /// Biases on queries and keys (zero-initialised, trainable).

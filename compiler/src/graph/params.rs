@@ -121,12 +121,14 @@ impl super::MlpSpec {
 fn add_attention(c: &mut Count, spec: &AttentionSpec, m: &Model) {
     let (d, h) = (m.width as u128, m.heads as u128);
     let inner = h * spec.head_dim.map_or(d / h, u128::from);
+    // Keys and values: one head per `kv_heads` (grouped-query attention).
+    let kv_inner = inner / h * spec.kv_heads.map_or(h, u128::from);
     if spec.uses(MatrixTerm::Softmax) {
-        c.attention_qk += 2 * (d * inner + if spec.qk_bias { inner } else { 0 });
+        c.attention_qk += d * inner + d * kv_inner + if spec.qk_bias { inner + kv_inner } else { 0 };
         let hd = inner / h;
         c.attention_qk += spec.qk_norm.map_or(0, |k| 2 * norm(k, hd));
     }
-    c.attention_value_proj += linear(&spec.value, inner, d) + linear(&spec.proj, d, inner);
+    c.attention_value_proj += linear(&spec.value, kv_inner, d) + linear(&spec.proj, d, inner);
     c.attention_gains += gains(&spec.params, h) + reparam_gains(&spec.value) + reparam_gains(&spec.proj);
 }
 
@@ -158,10 +160,11 @@ pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
             match &n.op {
                 Op::Attention { spec, .. } => {
                     let inner = h * spec.head_dim.map_or(d / h, u128::from);
+                    let kv_inner = inner / h * spec.kv_heads.map_or(h, u128::from);
                     if spec.uses(MatrixTerm::Softmax) {
-                        flops += 2 * 2 * d * inner + 4 * t * inner;
+                        flops += 2 * d * (inner + kv_inner) + 4 * t * inner;
                     }
-                    flops += 2 * (linear(&spec.value, inner, d) + linear(&spec.proj, d, inner));
+                    flops += 2 * (linear(&spec.value, kv_inner, d) + linear(&spec.proj, d, inner));
                 }
                 Op::Mlp { spec, .. } => flops += 2 * if spec.gated { 3 } else { 2 } * d * spec.hidden(d),
                 _ => {}

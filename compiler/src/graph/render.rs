@@ -93,7 +93,10 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
     }
     vec![
         head,
-        format!("Q {} · K {}", init(&s.query), init(&s.key)),
+        match s.kv_heads {
+            Some(kv) => format!("Q {} · K {} ({kv} kv heads)", init(&s.query), init(&s.key)),
+            None => format!("Q {} · K {}", init(&s.query), init(&s.key)),
+        },
         format!("V {} · P {}", linear(&s.value, &s.params), linear(&s.proj, &s.params)),
         format!("A = {matrix}"),
     ]

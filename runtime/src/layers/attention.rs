@@ -58,6 +58,8 @@ impl Form {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub heads: usize,
+    /// Heads of keys and values (grouped-query attention when below `heads`).
+    pub kv_heads: usize,
     pub head_dim: usize,
     pub terms: Vec<(Scalar, MatrixTerm)>,
     pub slots: Vec<Slot>,
@@ -90,13 +92,15 @@ impl<B: Kernels> Attention<B> {
         let (width, heads, device, env) = (b.width, b.heads, b.device, b.env);
         let head_dim = spec.head_dim.map_or(width / heads, |h| h as usize);
         let inner = head_dim * heads;
+        let kv_heads = spec.kv_heads.map_or(heads, |k| k as usize);
+        let kv_inner = head_dim * kv_heads;
         let softmax = spec.uses(MatrixTerm::Softmax);
         // Drawn in this order: query, key, value, projection.
         let query = softmax.then(|| param(b.weight(&spec.query, width, inner)));
-        let key = softmax.then(|| param(b.weight(&spec.key, width, inner)));
-        let value = Map::build(&spec.value, width, inner, b);
+        let key = softmax.then(|| param(b.weight(&spec.key, width, kv_inner)));
+        let value = Map::build(&spec.value, width, kv_inner, b);
         let proj = Map::build(&spec.proj, inner, width, b);
-        let bias = || (softmax && spec.qk_bias).then(|| param(Tensor::zeros([inner], device)));
+        let bias = |n: usize| (softmax && spec.qk_bias).then(|| param(Tensor::zeros([n], device)));
         let qk_norm = |k: Option<NormKind>| {
             k.filter(|_| softmax).map(|kind| Norm::build(&NormIr { kind, eps: 1e-6 }, head_dim, device))
         };
@@ -104,8 +108,8 @@ impl<B: Kernels> Attention<B> {
         Attention {
             query,
             key,
-            query_bias: bias(),
-            key_bias: bias(),
+            query_bias: bias(inner),
+            key_bias: bias(kv_inner),
             query_norm: qk_norm(spec.qk_norm),
             key_norm: qk_norm(spec.qk_norm),
             value,
@@ -113,6 +117,7 @@ impl<B: Kernels> Attention<B> {
             gains,
             plan: Plan {
                 heads,
+                kv_heads,
                 head_dim,
                 terms: spec.matrix.clone(),
                 slots,
@@ -123,6 +128,23 @@ impl<B: Kernels> Attention<B> {
                 form: Form::of(&spec.matrix),
             },
         }
+    }
+
+    /// Keys or values of `kv_heads` heads, `[batch, tokens, kv_heads ·
+    /// head_dim]`, repeated for the query heads of each group →
+    /// `[batch, tokens, heads · head_dim]` (the identity without groups).
+    fn widen(&self, y: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (heads, kv, hd) = (self.plan.heads, self.plan.kv_heads, self.plan.head_dim);
+        let [b, t, w] = y.dims();
+        if kv == heads || w != kv * hd {
+            return y;
+        }
+        y.reshape([b, t, kv, 1, hd]).repeat_dim(3, heads / kv).reshape([b, t, heads * hd])
+    }
+
+    /// The value, one head per query head.
+    fn values(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.widen(self.value.forward(x))
     }
 
     /// `[batch, tokens, inner]` → `[batch, heads, tokens, head_dim]`.
@@ -143,7 +165,7 @@ impl<B: Kernels> Attention<B> {
             Some(w) => linear(x.clone(), w.val(), bias),
             None => bias.map_or_else(|| x.clone(), |b| x.clone() + b.unsqueeze()),
         };
-        let y = self.split(y);
+        let y = self.split(self.widen(y));
         match n {
             Some(n) => n.forward(y),
             None => y,
@@ -160,12 +182,12 @@ impl<B: Kernels> Attention<B> {
             // The three terms and their gains in one kernel.
             Form::Shaped(_) if self.plan.softcap.is_none() => self.mix_parts(x).apply(None),
             Form::Shaped(_) => {
-                let v = self.value.forward(x.clone());
+                let v = self.values(x.clone());
                 let o = self.softmax_times(&x, v.clone(), causal);
                 kernels::mix(v, o, self.mix_gains(&device), causal)
             }
             Form::Softmax => {
-                let v = self.value.forward(x.clone());
+                let v = self.values(x.clone());
                 self.softmax_times(&x, v, causal)
             }
             Form::Terms => self.terms(x, causal),
@@ -176,7 +198,7 @@ impl<B: Kernels> Attention<B> {
     /// The matrix's terms one by one, each with its gain, summed.
     fn terms(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         let device = x.device();
-        let v = self.value.forward(x.clone());
+        let v = self.values(x.clone());
         let mut acc: Option<Tensor<B, 3>> = None;
         for (coef, term) in &self.plan.terms {
             let part = match term {
@@ -220,7 +242,7 @@ impl<B: Kernels> Attention<B> {
     pub fn mix_parts(&self, x: Tensor<B, 3>) -> MixParts<B> {
         let device = x.device();
         let gains = self.mix_gains(&device);
-        let v = self.value.forward(x.clone());
+        let v = self.values(x.clone());
         let (q, k, bq) = self.queries_keys(&x);
         let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
         MixParts { q, k, bq, v, gains, scale, causal: self.plan.mask == Mask::Causal }
