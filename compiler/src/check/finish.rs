@@ -200,7 +200,7 @@ fn init_value(init: &Init, span: Span, env: &Env, diags: &mut Vec<Diagnostic>) {
 /// Grouped-query attention: `kv_heads` divides the heads, and the value
 /// is a map to `kv_heads × head_dim` (not an identity).
 fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, diags: &mut Vec<Diagnostic>) {
-    if kv > m.heads || m.heads % kv != 0 {
+    if kv > m.heads || !m.heads.is_multiple_of(kv) {
         diags.push(
             Diagnostic::new(Code::E2013, span, format!("`kv_heads` = {kv} does not divide the {} heads", m.heads))
                 .label("key/value heads must group the query heads evenly")
