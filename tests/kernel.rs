@@ -44,7 +44,19 @@ const SCALE_TOL: f64 = 0.08;
 /// Predicted and measured (cosine, scale) per layer agree within the
 /// tolerances; `mode` picks how random-query attention is predicted.
 fn agree(name: &str, block: &BlockIr, depth: u64, mask: Mask, mode: AttentionMode, cos_tol: f64) {
-    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask };
+    agree_in(name, block, depth, (mask, None), mode, cos_tol);
+}
+
+/// [`agree`] with rotary positions.
+fn agree_in(
+    name: &str,
+    block: &BlockIr,
+    depth: u64,
+    (mask, rope): (Mask, Option<blkc::graph::Rope>),
+    mode: AttentionMode,
+    cos_tol: f64,
+) {
+    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask, rope };
     let mut opts = Options::new(depth, T);
     opts.mode = mode;
     opts.samples = 256;
@@ -53,7 +65,7 @@ fn agree(name: &str, block: &BlockIr, depth: u64, mask: Mask, mode: AttentionMod
     for seed in 0..SEEDS {
         let mut rng = Rng::new(1000 + seed);
         let x0 = sim::tokens(&Mat::identity(T, T), WIDTH, &mut rng);
-        let sd = sim::Dims { width: WIDTH, heads: HEADS, mask };
+        let sd = sim::Dims { width: WIDTH, heads: HEADS, mask, rope };
         for (acc, m) in sum.iter_mut().zip(sim::run(block, depth, sd, &x0, seed)) {
             acc.0 += m.0 / SEEDS as f64;
             acc.1 += m.1 / SEEDS as f64;
@@ -107,6 +119,32 @@ fn activations_norms_and_inits_match_simulation() {
     }
     let orth = "mlp m {\n up = orthogonal(2)\n down = orthogonal\n}\nattention a {\n value = linear(orthogonal)\n proj = reparam(skip = 0.5, resid = 1, init = orthogonal)\n}\nblock b {\n h = x + attn(rmsnorm(x), a)\n out = h + 0.5 * mlp(rmsnorm(h), m)\n}\n";
     agree("orthogonal", &block_from(orth), 4, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
+}
+
+/// Rotary positions rotate random queries and keys by their positions,
+/// which changes the scores (and so the kernel) only when queries are
+/// random; the Monte Carlo prediction rotates its draws (GPT-NeoX pairs),
+/// the simulation rotates with GPT-J's interleaved pairs (the same
+/// statistics: the dimensions are exchangeable).
+#[test]
+fn rotary_positions_match_simulation() {
+    let src = "attention a {\n query = fan_in(2)\n key = fan_in(2)\n}\nblock b {\n h = x + attn(rmsnorm(x), a)\n out = h + mlp(rmsnorm(h))\n}\n";
+    let b = block_from(src);
+    for rope in [blkc::graph::Rope { base: 10_000.0, fraction: 1.0 }, blkc::graph::Rope { base: 100.0, fraction: 0.5 }]
+    {
+        agree_in("rope", &b, 4, (Mask::Causal, Some(rope)), AttentionMode::MonteCarlo, 0.04);
+    }
+    // The rotation matters: with a fast-turning base the prediction moves
+    // (the same draws with and without it, so the difference is its own).
+    let dims = |rope| Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope };
+    let mut opts = Options::new(4, T);
+    opts.mode = AttentionMode::MonteCarlo;
+    let cos = |rope| {
+        let t = trace(&b, dims(rope), &Input::Rho(0.5), &opts, Ablation::default(), Detail::Quick);
+        t.layers.last().map_or(f64::NAN, |l| l.cosine)
+    };
+    let fast = Some(blkc::graph::Rope { base: 2.0, fraction: 1.0 });
+    assert!((cos(None) - cos(fast)).abs() > 0.004, "{} vs {}", cos(None), cos(fast));
 }
 
 /// Grouped-query and multi-query attention: heads that share keys and
@@ -175,7 +213,7 @@ fn gains_that_differ_by_head_match_simulation() {
     // The average is not the first head's: the prediction differs from
     // that of every head starting as head 0.
     let first = block_from(&src.replace("1 - head / heads", "1").replace("0.2 + head / heads", "0.2"));
-    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal };
+    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope: None };
     let opts = Options::new(6, T);
     let cos = |b: &BlockIr| {
         let t = trace(b, dims, &Input::Distinct, &opts, Ablation::default(), Detail::Quick);
@@ -273,7 +311,7 @@ fn quadrature_and_erf_are_accurate() {
 // ----- invariants -----
 
 fn setting() -> Setting {
-    Setting { width: 256, heads: 4, mask: Mask::Causal, mode: AttentionMode::Auto, samples: 16, seed: 0 }
+    Setting { width: 256, heads: 4, mask: Mask::Causal, rope: None, mode: AttentionMode::Auto, samples: 16, seed: 0 }
 }
 
 fn env() -> blkc::eval::Env {

@@ -16,6 +16,21 @@ pub struct Dims {
     pub width: usize,
     pub heads: usize,
     pub mask: Mask,
+    pub rope: Option<blkc::graph::Rope>,
+}
+
+/// Rotary positions with GPT-J's interleaved pairs `(2p, 2p + 1)` (the
+/// model and the analysis use GPT-NeoX's halves; the statistics agree).
+fn rotate(x: &mut Mat, rope: blkc::graph::Rope) {
+    let r = rope.dims(x.ncols());
+    for i in 0..x.nrows() {
+        for p in 0..r / 2 {
+            let theta = i as f64 * rope.base.powf(-2.0 * p as f64 / r as f64);
+            let (a, b) = (x[(i, 2 * p)], x[(i, 2 * p + 1)]);
+            x[(i, 2 * p)] = a * theta.cos() - b * theta.sin();
+            x[(i, 2 * p + 1)] = b * theta.cos() + a * theta.sin();
+        }
+    }
 }
 
 /// Per-layer (mean cosine, scale) of the stack, from `x0` (T×d).
@@ -158,6 +173,10 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
             if spec.qk_norm.is_some() {
                 qh = normalise(&qh, NormKind::RmsNorm, 1e-12);
                 kh = normalise(&kh, NormKind::RmsNorm, 1e-12);
+            }
+            if let Some(rope) = dims.rope {
+                rotate(&mut qh, rope);
+                rotate(&mut kh, rope);
             }
             let mut logits = qh * kh.transpose() / (hd as f64).sqrt();
             if let Some(cap) = spec.softcap {

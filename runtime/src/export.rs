@@ -45,6 +45,7 @@ pub fn plan(p: &Program, m: &ModelIr) -> Value {
             Positions::None => json!({"kind": "none"}),
             Positions::Learned { max } => json!({"kind": "learned", "max": max}),
             Positions::Sinusoidal => json!({"kind": "sinusoidal"}),
+            Positions::Rope(r) => json!({"kind": "rope", "base": r.base, "fraction": r.fraction, "layout": "neox"}),
         },
         "final_norm": m.final_norm.map(|n| norm(n.kind, n.eps)),
         "tied": m.tied_embeddings,

@@ -52,7 +52,8 @@ impl<B: Kernels> Model<B> {
         };
         let blocks = (0..m.depth)
             .map(|l| {
-                let mut b = Build { width: d, heads: h, mask: m.mask, env: env(l), rng: &mut rng, device };
+                let rope = m.positions.rope();
+                let mut b = Build { width: d, heads: h, mask: m.mask, rope, env: env(l), rng: &mut rng, device };
                 Block::build(block.graph_at(l, m.depth), &mut b)
             })
             .collect();

@@ -41,7 +41,9 @@ fn block(p: &Program, layer: u64) -> Block<B> {
     let env = blkc::eval::Env { depth: m.depth as f64, width: 16.0, heads: 2.0, layer: layer as f64, head: 0.0 };
     let mut rng = blkc_runtime::rng::Rng::new(layer);
     let device = Default::default();
-    let mut b = blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, env, rng: &mut rng, device: &device };
+    let rope = m.positions.rope();
+    let mut b =
+        blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, rope, env, rng: &mut rng, device: &device };
     Block::build(p.blocks[m.block].graph_at(layer, m.depth), &mut b)
 }
 
@@ -265,8 +267,15 @@ fn grouped_query_attention_matches_a_hand_written_forward_pass_and_its_count() {
         let env = blkc::eval::Env { depth: 2.0, width: 16.0, heads: 4.0, layer: 1.0, head: 0.0 };
         let mut rng = blkc_runtime::rng::Rng::new(1);
         let device = Default::default();
-        let mut ctx =
-            blkc_runtime::layers::Build { width: 16, heads: 4, mask: m.mask, env, rng: &mut rng, device: &device };
+        let mut ctx = blkc_runtime::layers::Build {
+            width: 16,
+            heads: 4,
+            mask: m.mask,
+            rope: None,
+            env,
+            rng: &mut rng,
+            device: &device,
+        };
         let b = Block::<B>::build(p.blocks[m.block].graph_at(1, 2), &mut ctx);
         let a = &b.attention[0];
         let w = |p: &Option<burn::module::Param<Tensor<B, 2>>>| p.as_ref().expect("weight").val();
@@ -288,4 +297,49 @@ fn grouped_query_attention_matches_a_hand_written_forward_pass_and_its_count() {
         let built = Model::<B>::build(&p, m, 0, &Default::default());
         assert_eq!(built.trainable_params() as u128, count(m, &p.blocks[m.block]).total, "kv_heads {kv}");
     }
+}
+
+/// Rotary positions (`positions = rope(…)`): queries and keys of every
+/// head turned pair by pair before the scores, written out by hand (half
+/// of each head's 8 dimensions rotate, base 100); the weights have no
+/// position table.
+#[test]
+fn rotary_positions_match_a_hand_written_forward_pass() {
+    // Queries and keys large enough that the scores are far from uniform.
+    let text = "attention a {\n query = fan_in(2)\n key = fan_in(2)\n}\nblock b {\n out = x + attn(rmsnorm(x), a)\n}\nmodel {\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n positions = rope(base = 100, fraction = 0.5)\n}\n";
+    let p = program(text);
+    let b = block(&p, 1);
+    let a = &b.attention[0];
+    let w = |p: &Option<burn::module::Param<Tensor<B, 2>>>| p.as_ref().map(|p| p.val()).expect("weight");
+    let x = input();
+    let n = rms(x.clone());
+    let split = |t: Tensor<B, 3>| t.reshape([3, 8, 2, 8]).swap_dims(1, 2);
+    // Token i, pair p of the first 4 dimensions: (p, p + 2) by i·100^(−p/2).
+    let rotate = |t: Tensor<B, 4>| {
+        let mut data = t.to_data().to_vec::<f32>().expect("floats");
+        for (row, chunk) in data.chunks_mut(8).enumerate() {
+            let i = row % 8;
+            for p in 0..2 {
+                let theta = i as f64 * 100f64.powf(-(p as f64) / 2.0);
+                let (a, b) = (chunk[p] as f64, chunk[p + 2] as f64);
+                chunk[p] = (a * theta.cos() - b * theta.sin()) as f32;
+                chunk[p + 2] = (b * theta.cos() + a * theta.sin()) as f32;
+            }
+        }
+        Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(data, [3, 2, 8, 8]), &Default::default())
+    };
+    let q = rotate(split(n.clone().matmul(w(&a.query).unsqueeze())));
+    let k = rotate(split(n.clone().matmul(w(&a.key).unsqueeze())));
+    let v = split(n.matmul(w(&a.value.weight).unsqueeze()));
+    let scores = q.matmul(k.swap_dims(2, 3)) / 8f64.sqrt();
+    let mask = Tensor::<B, 2, Bool>::tril_mask([8, 8], 0, &Default::default());
+    let att = softmax(scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY), 3);
+    let o = att.matmul(v).swap_dims(1, 2).reshape([3, 8, 16]);
+    let want = x.clone() + o.matmul(w(&a.proj.weight).unsqueeze());
+    assert!(max_diff(b.forward(x.clone()), want.clone()) < 1e-5, "rope");
+    // Not the same function as without the rotation.
+    let plain = block(&program(&text.replace(" positions = rope(base = 100, fraction = 0.5)\n", "")), 1);
+    assert!(max_diff(plain.forward(x), want) > 1e-3, "the rotation changes the output");
+    let m = p.model.as_ref().expect("model");
+    assert!(Model::<B>::build(&p, m, 0, &Default::default()).positions.is_none(), "no position table");
 }

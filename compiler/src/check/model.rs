@@ -22,7 +22,7 @@ pub mod limits {
 
 /// The values of `mask`, `positions` and `final_norm`.
 pub(crate) const MASKS: &[&str] = &["causal", "bidirectional"];
-pub(crate) const POSITIONS: &[&str] = &["learned", "sinusoidal", "none"];
+pub(crate) const POSITIONS: &[&str] = &["learned", "sinusoidal", "rope", "none"];
 pub(crate) const NORMS: &[&str] = &["rmsnorm", "layernorm", "none"];
 
 pub(crate) const MODEL_KEYS: &[&str] = &[
@@ -202,6 +202,11 @@ fn divisor_near(width: u64, heads: u64) -> u64 {
 }
 
 fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Positions> {
+    if let Expr::Call { callee, args, .. } = v {
+        if callee.name == "rope" {
+            return rope(args, diags).map(Positions::Rope);
+        }
+    }
     if let Expr::Call { callee, args, span } = v {
         if callee.name == "learned" {
             if args.len() != 1 || args[0].name.as_ref().is_some_and(|n| n.name != "max") {
@@ -224,8 +229,41 @@ fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Posi
     Some(match expr::keyword(v, "positions", POSITIONS, diags)? {
         "learned" => Positions::Learned { max: context },
         "sinusoidal" => Positions::Sinusoidal,
+        "rope" => Positions::Rope(DEFAULT_ROPE),
         _ => Positions::None,
     })
+}
+
+/// RoPE as most models set it: base 10000, every dimension rotated.
+const DEFAULT_ROPE: crate::graph::Rope = crate::graph::Rope { base: 10_000.0, fraction: 1.0 };
+
+/// `rope(base = B, fraction = F)`, both optional.
+fn rope(args: &[crate::syntax::ast::Arg], diags: &mut Vec<Diagnostic>) -> Option<crate::graph::Rope> {
+    let mut r = DEFAULT_ROPE;
+    for a in args {
+        let Some(name) = &a.name else {
+            diags.push(expr::invalid(a.value.span(), "rope", "named arguments: `rope(base = 10000, fraction = 0.25)`"));
+            return None;
+        };
+        let x = expr::number(&a.value, &name.name, diags)?;
+        match name.name.as_str() {
+            "base" if x > 1.0 && x <= 1e9 => r.base = x,
+            "base" => {
+                diags.push(expr::out_of_range(a.value.span(), "base", x, "above 1 and at most 1e9"));
+                return None;
+            }
+            "fraction" if x > 0.0 && x <= 1.0 => r.fraction = x,
+            "fraction" => {
+                diags.push(expr::out_of_range(a.value.span(), "fraction", x, "above 0 and at most 1"));
+                return None;
+            }
+            _ => {
+                diags.push(expr::invalid(name.span, "rope", "`base` or `fraction`"));
+                return None;
+            }
+        }
+    }
+    Some(r)
 }
 
 fn final_norm(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<Norm>> {

@@ -480,7 +480,7 @@ pub enum Mask {
 }
 
 /// Position encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Positions {
     None,
@@ -489,6 +489,38 @@ pub enum Positions {
         max: u64,
     },
     Sinusoidal,
+    /// Rotary embeddings of queries and keys in every attention.
+    Rope(Rope),
+}
+
+/// Rotary position embeddings (Su et al. 2021): the first `fraction` of
+/// each head's dimensions, in pairs `(p, p + r/2)` (GPT-NeoX's and
+/// Llama's layout), rotated by `position · base^(−2p/r)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rope {
+    pub base: f64,
+    pub fraction: f64,
+}
+
+impl Rope {
+    /// How many of `head_dim` dimensions rotate (even, at least 2).
+    pub fn dims(self, head_dim: usize) -> usize {
+        (((self.fraction * head_dim as f64) as usize) / 2 * 2).clamp(2.min(head_dim), head_dim / 2 * 2)
+    }
+
+    /// The angle of pair `p` of `r` rotating dimensions at `position`.
+    pub fn angle(self, position: usize, p: usize, r: usize) -> f64 {
+        position as f64 * self.base.powf(-2.0 * p as f64 / r as f64)
+    }
+}
+
+impl Positions {
+    pub fn rope(self) -> Option<Rope> {
+        match self {
+            Positions::Rope(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// A model: embedding, `depth` copies of a block, final norm, LM head.

@@ -46,6 +46,24 @@ pub struct Logits {
     /// Per-head RMS normalisation of queries and keys.
     pub qk_norm: bool,
     pub softcap: Option<f64>,
+    /// Rotary positions, applied to the drawn queries and keys (token `i`
+    /// at position `i`).
+    pub rope: Option<crate::graph::Rope>,
+}
+
+/// Rotates each row `i` (a token at position `i`) of `x` (tokens × head
+/// dims) by RoPE: pairs `(p, p + r/2)` of its first `r` dimensions.
+pub fn rotate(x: &mut Mat, rope: crate::graph::Rope) {
+    let r = rope.dims(x.ncols());
+    let half = r / 2;
+    for i in 0..x.nrows() {
+        for p in 0..half {
+            let (sin, cos) = rope.angle(i, p, r).sin_cos();
+            let (a, b) = (x[(i, p)], x[(i, p + half)]);
+            x[(i, p)] = a * cos - b * sin;
+            x[(i, p + half)] = b * cos + a * sin;
+        }
+    }
 }
 
 /// Monte Carlo moments (E[A], E[A Σ Aᵀ]) of the attention matrix for input
@@ -74,6 +92,9 @@ pub fn mc_moments(
                     let rms = (row.norm_squared() / dh as f64).sqrt().max(1e-12);
                     row /= rms;
                 }
+            }
+            if let Some(rope) = logits.rope {
+                rotate(&mut q, rope);
             }
             q
         };

@@ -39,11 +39,14 @@ pub struct Dims {
     pub width: u64,
     pub heads: u64,
     pub mask: Mask,
+    /// Rotary positions (they move random queries and keys; zero queries
+    /// stay zero).
+    pub rope: Option<crate::graph::Rope>,
 }
 
 impl Dims {
     pub fn of(m: &Model) -> Dims {
-        Dims { width: m.width, heads: m.heads, mask: m.mask }
+        Dims { width: m.width, heads: m.heads, mask: m.mask, rope: m.positions.rope() }
     }
 }
 
@@ -137,6 +140,7 @@ pub fn trace_until(
         width: dims.width,
         heads: dims.heads,
         mask: dims.mask,
+        rope: dims.rope,
         mode: opts.mode,
         samples: opts.samples,
         seed: opts.seed,

@@ -35,6 +35,7 @@ pub struct Setting {
     pub width: u64,
     pub heads: u64,
     pub mask: Mask,
+    pub rope: Option<crate::graph::Rope>,
     pub mode: AttentionMode,
     pub samples: usize,
     pub seed: u64,
@@ -366,7 +367,8 @@ impl Tracker<'_> {
                 AttentionMode::Auto => sigma_qk > 1.0 || spec.qk_norm.is_some(),
             };
         if monte_carlo {
-            let logits = Logits { sigma_qk, head_dim, qk_norm: spec.qk_norm.is_some(), softcap: spec.softcap };
+            let logits =
+                Logits { sigma_qk, head_dim, qk_norm: spec.qk_norm.is_some(), softcap: spec.softcap, rope: s.rope };
             let seed = s.seed ^ (env.layer as u64).wrapping_mul(0x9E37_79B9) ^ salt.wrapping_mul(0x85EB_CA6B);
             return attention::mc_moments(&terms, logits, k, s.mask, s.samples, seed);
         }

@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use crate::kernels::{self, Kernels};
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use super::init::param;
 use super::linear;
@@ -65,6 +65,8 @@ pub struct Plan {
     pub slots: Vec<Slot>,
     pub softcap: Option<f64>,
     pub mask: Mask,
+    /// Rotary positions of queries and keys.
+    pub rope: Option<blkc::graph::Rope>,
     pub env: Env,
     /// Names of the trainable gains, in the order of `Attention::gains`.
     pub gain_names: Vec<String>,
@@ -123,6 +125,7 @@ impl<B: Kernels> Attention<B> {
                 slots,
                 softcap: spec.softcap,
                 mask: b.mask,
+                rope: b.rope,
                 env,
                 gain_names: scalar::trainable_names(&spec.params),
                 form: Form::of(&spec.matrix),
@@ -256,15 +259,45 @@ impl<B: Kernels> Attention<B> {
     /// every score of row `i`, which the softmax does not see, so the
     /// function is the same and its gradient is zero (it keeps its value).
     /// With QK-norm, both are added before the norm.
+    /// With rotary positions, too: the biases are rotated with the rest.
     fn queries_keys(&self, x: &Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 1>>) {
-        let apart = self.query_norm.is_none() && self.key_norm.is_none();
+        let apart = self.query_norm.is_none() && self.key_norm.is_none() && self.plan.rope.is_none();
         let (bq, bk) = match apart {
             true => (&None, &None),
             false => (&self.query_bias, &self.key_bias),
         };
-        let q = self.projected(x, &self.query, bq, &self.query_norm);
-        let k = self.projected(x, &self.key, bk, &self.key_norm);
+        let q = self.rotated(self.projected(x, &self.query, bq, &self.query_norm));
+        let k = self.rotated(self.projected(x, &self.key, bk, &self.key_norm));
         (q, k, self.query_bias.as_ref().filter(|_| apart).map(Param::val))
+    }
+
+    /// Rotary positions on `[batch, heads, tokens, head_dim]`: the first
+    /// `r` dimensions of each head in pairs `(p, p + r/2)` (GPT-NeoX's and
+    /// Llama's layout) turned by `position · base^(−2p/r)`; the rest pass.
+    fn rotated(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let Some(rope) = self.plan.rope else { return x };
+        let [b, h, t, hd] = x.dims();
+        let r = rope.dims(hd);
+        let half = r / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for i in 0..t {
+            for p in 0..half {
+                let (s, c) = rope.angle(i, p, r).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        let device = x.device();
+        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, half]), &device).unsqueeze::<4>();
+        let (cos, sin) = (table(cos), table(sin));
+        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+        let x2 = x.clone().slice([0..b, 0..h, 0..t, half..r]);
+        let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+        let r2 = x2 * cos + x1 * sin;
+        if r == hd {
+            return Tensor::cat(vec![r1, r2], 3);
+        }
+        Tensor::cat(vec![r1, r2, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
@@ -278,8 +311,8 @@ impl<B: Kernels> Attention<B> {
                 kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal))
             }
             Some(cap) => {
-                let q = self.projected(x, &self.query, &self.query_bias, &self.query_norm);
-                let k = self.projected(x, &self.key, &self.key_bias, &self.key_norm);
+                let q = self.rotated(self.projected(x, &self.query, &self.query_bias, &self.query_norm));
+                let k = self.rotated(self.projected(x, &self.key, &self.key_bias, &self.key_norm));
                 let options = AttentionModuleOptions { scale: None, softcap: Some(cap), is_causal: causal };
                 fused(q, k, self.split(v), None, None, options).swap_dims(1, 2).reshape([b, t, inner])
             }

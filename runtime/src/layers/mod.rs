@@ -26,6 +26,8 @@ pub struct Build<'a, B: Backend> {
     pub width: usize,
     pub heads: usize,
     pub mask: Mask,
+    /// Rotary positions for every attention's queries and keys.
+    pub rope: Option<blkc::graph::Rope>,
     pub env: Env,
     pub rng: &'a mut Rng,
     pub device: &'a B::Device,
