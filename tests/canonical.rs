@@ -274,3 +274,24 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `blocks/llama.blk` in `examples/small/llama.blk` (6 blocks, width 256, 4
+/// heads of 64, 2 key/value heads, vocab 4096, untied head), counted by
+/// hand: the compiler's count (and the built model's, runtime/tests) agree.
+#[test]
+fn the_llama_file_is_short_and_has_the_hand_counted_parameters() {
+    let text = std::fs::read_to_string(blkc_tests::repo().join("blocks/llama.blk")).unwrap_or_default();
+    assert!(text.lines().count() <= 20, "blocks/llama.blk has {} lines", text.lines().count());
+    let p = program("examples/small/llama.blk");
+    let m = p.model.as_ref().expect("a model");
+    let (d, kv, vocab) = (256u128, 2 * 64u128, 4096u128);
+    // SwiGLU hidden: ⌊256 · 8/3⌋ = 682, rounded up to a multiple of 256.
+    let hidden = 768u128;
+    let attention = d * d + d * kv + d * kv + d * d; // Q, K, V, out; no biases
+    let mlp = 3 * d * hidden; // gate, up, down
+    let norms = 2 * d; // two RMSNorm scales
+    let per_layer = attention + mlp + norms;
+    let hand = vocab * d + 6 * per_layer + d + vocab * d; // embedding, blocks, final RMSNorm, untied head
+    assert_eq!(hand, 6_819_072);
+    assert_eq!(blkc::graph::params::count(m, &p.blocks[m.block]).total, hand);
+}

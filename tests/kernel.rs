@@ -81,9 +81,8 @@ fn agree_in(
 
 #[test]
 fn canonical_blocks_match_finite_width_simulation() {
-    for f in
-        ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "sas-p-swiglu", "vskipinit", "skipless-naive"]
-    {
+    let canonical = ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "sas-p-swiglu", "vskipinit"];
+    for f in canonical.into_iter().chain(["skipless-naive", "llama", "gpt-j"]) {
         let b = block_file(&format!("blocks/{f}.blk"));
         agree(f, &b, 6, Mask::Causal, AttentionMode::Auto, COSINE_TOL);
     }

@@ -216,7 +216,7 @@ fn softmax(g: &Mat, mask: Mask) -> Mat {
 
 fn mlp(spec: &MlpSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
     let d = dims.width;
-    let hidden = ((d as f64 * spec.width).floor() as usize).max(1);
+    let hidden = spec.hidden(d as u128) as usize;
     let w1 = weight(&spec.up, d, hidden, env, rng).unwrap_or_else(|| Mat::identity(d, hidden));
     let mut pre = h * w1;
     pre.apply(|x| *x = apply(spec.activation, *x));

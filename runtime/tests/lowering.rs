@@ -143,7 +143,7 @@ fn parameter_counts_match_blkc_params() {
         .filter(|n| n.ends_with(".blk") && n != "train.blk")
         .collect();
     names.sort();
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 11);
     for n in names {
         let p = file(&format!("examples/small/{n}"));
         let m = p.model.as_ref().expect("model");

@@ -13,9 +13,8 @@ use blkc_runtime::measure::{compare, tolerance, Setup};
 fn every_canonical_block_agrees_with_its_prediction() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let setup = Setup { data: None, width: Some(256), depth: Some(18), context: 128, sequences: 8, models: 3, seed: 0 };
-    for name in
-        ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "sas-p-swiglu", "vskipinit", "skipless-naive"]
-    {
+    let names = ["preln", "postln", "parallel", "sas", "sas-p", "sas-p-nonorm", "sas-p-swiglu", "vskipinit"];
+    for name in names.into_iter().chain(["skipless-naive", "llama", "gpt-j"]) {
         let c = blkc::compile(&root.join(format!("blocks/{name}.blk")), &blkc::FsLoader).expect("readable");
         let p = c.program.expect("compiles");
         let cmp = compare::<Cpu>(&p, &ModelIr::small(0), setup.clone(), &Default::default());
