@@ -44,7 +44,7 @@ const SCALE_TOL: f64 = 0.08;
 /// Predicted and measured (cosine, scale) per layer agree within the
 /// tolerances; `mode` picks how random-query attention is predicted.
 fn agree(name: &str, block: &BlockIr, depth: u64, mask: Mask, mode: AttentionMode, cos_tol: f64) {
-    agree_in(name, block, depth, (mask, None), mode, cos_tol);
+    agree_in(name, block, depth, (mask, None, false), mode, cos_tol);
 }
 
 /// [`agree`] with rotary positions.
@@ -52,11 +52,11 @@ fn agree_in(
     name: &str,
     block: &BlockIr,
     depth: u64,
-    (mask, rope): (Mask, Option<blkc::graph::Rope>),
+    (mask, rope, alibi): (Mask, Option<blkc::graph::Rope>, bool),
     mode: AttentionMode,
     cos_tol: f64,
 ) {
-    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask, rope };
+    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask, rope, alibi };
     let mut opts = Options::new(depth, T);
     opts.mode = mode;
     opts.samples = 256;
@@ -65,7 +65,7 @@ fn agree_in(
     for seed in 0..SEEDS {
         let mut rng = Rng::new(1000 + seed);
         let x0 = sim::tokens(&Mat::identity(T, T), WIDTH, &mut rng);
-        let sd = sim::Dims { width: WIDTH, heads: HEADS, mask, rope };
+        let sd = sim::Dims { width: WIDTH, heads: HEADS, mask, rope, alibi };
         for (acc, m) in sum.iter_mut().zip(sim::run(block, depth, sd, &x0, seed)) {
             acc.0 += m.0 / SEEDS as f64;
             acc.1 += m.1 / SEEDS as f64;
@@ -131,11 +131,11 @@ fn rotary_positions_match_simulation() {
     let b = block_from(src);
     for rope in [blkc::graph::Rope { base: 10_000.0, fraction: 1.0 }, blkc::graph::Rope { base: 100.0, fraction: 0.5 }]
     {
-        agree_in("rope", &b, 4, (Mask::Causal, Some(rope)), AttentionMode::MonteCarlo, 0.04);
+        agree_in("rope", &b, 4, (Mask::Causal, Some(rope), false), AttentionMode::MonteCarlo, 0.04);
     }
     // The rotation matters: with a fast-turning base the prediction moves
     // (the same draws with and without it, so the difference is its own).
-    let dims = |rope| Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope };
+    let dims = |rope| Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope, alibi: false };
     let mut opts = Options::new(4, T);
     opts.mode = AttentionMode::MonteCarlo;
     let cos = |rope| {
@@ -144,6 +144,30 @@ fn rotary_positions_match_simulation() {
     };
     let fast = Some(blkc::graph::Rope { base: 2.0, fraction: 1.0 });
     assert!((cos(None) - cos(fast)).abs() > 0.004, "{} vs {}", cos(None), cos(fast));
+}
+
+/// ALiBi biases every head's scores by distance with its own slope, so
+/// the matrix changes at init even with zero queries, and each head
+/// differently: the prediction tracks the heads' slices (docs/theory.md
+/// §2.2). Zero queries (Pre-LN and the naive block) and random ones.
+#[test]
+fn alibi_matches_simulation() {
+    for (name, depth) in [("preln", 6), ("skipless-naive", 3)] {
+        let b = block_file(&format!("blocks/{name}.blk"));
+        agree_in(name, &b, depth, (Mask::Causal, None, true), AttentionMode::Auto, COSINE_TOL);
+        agree_in(name, &b, 3, (Mask::Bidirectional, None, true), AttentionMode::Auto, COSINE_TOL);
+    }
+    let qk = "attention a {\n query = fan_in(2)\n key = fan_in(2)\n}\nblock b {\n h = x + attn(rmsnorm(x), a)\n out = h + mlp(rmsnorm(h))\n}\n";
+    agree_in("alibi, random qk", &block_from(qk), 4, (Mask::Causal, None, true), AttentionMode::MonteCarlo, 0.04);
+    // It matters: the naive block without ALiBi collapses faster.
+    let naive = block_file("blocks/skipless-naive.blk");
+    let opts = Options::new(3, T);
+    let cos = |alibi| {
+        let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope: None, alibi };
+        let t = trace(&naive, dims, &Input::Distinct, &opts, Ablation::default(), Detail::Quick);
+        t.layers.last().map_or(f64::NAN, |l| l.cosine)
+    };
+    assert!(cos(false) - cos(true) > 0.03, "{} vs {}", cos(false), cos(true));
 }
 
 /// Grouped-query and multi-query attention: heads that share keys and
@@ -212,7 +236,7 @@ fn gains_that_differ_by_head_match_simulation() {
     // The average is not the first head's: the prediction differs from
     // that of every head starting as head 0.
     let first = block_from(&src.replace("1 - head / heads", "1").replace("0.2 + head / heads", "0.2"));
-    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope: None };
+    let dims = Dims { width: WIDTH as u64, heads: HEADS as u64, mask: Mask::Causal, rope: None, alibi: false };
     let opts = Options::new(6, T);
     let cos = |b: &BlockIr| {
         let t = trace(b, dims, &Input::Distinct, &opts, Ablation::default(), Detail::Quick);
@@ -310,7 +334,16 @@ fn quadrature_and_erf_are_accurate() {
 // ----- invariants -----
 
 fn setting() -> Setting {
-    Setting { width: 256, heads: 4, mask: Mask::Causal, rope: None, mode: AttentionMode::Auto, samples: 16, seed: 0 }
+    Setting {
+        width: 256,
+        heads: 4,
+        mask: Mask::Causal,
+        rope: None,
+        alibi: false,
+        mode: AttentionMode::Auto,
+        samples: 16,
+        seed: 0,
+    }
 }
 
 fn env() -> blkc::eval::Env {

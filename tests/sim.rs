@@ -17,6 +17,7 @@ pub struct Dims {
     pub heads: usize,
     pub mask: Mask,
     pub rope: Option<blkc::graph::Rope>,
+    pub alibi: bool,
 }
 
 /// Rotary positions with GPT-J's interleaved pairs `(2p, 2p + 1)` (the
@@ -151,6 +152,18 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
         spec.matrix.iter().map(|(c, m)| (eval(c, &env, &at).unwrap_or(0.0), *m)).collect()
     };
     let c = centre(t, dims.mask);
+    // ALiBi: −m_h·(i − j) on head h's scores (|i − j| without a causal mask).
+    let slopes = blkc::graph::alibi_slopes(dims.heads);
+    let distance_bias = |head: usize| {
+        Mat::from_fn(t, t, |i, j| {
+            let d = (i as f64 - j as f64).abs();
+            if dims.alibi {
+                -slopes[head] * d
+            } else {
+                0.0
+            }
+        })
+    };
     // Grouped-query attention: `kv` heads of keys and values, head `h`
     // reading those of group h / (heads / kv).
     let kv = spec.kv_heads.map_or(dims.heads, |k| k as usize);
@@ -182,7 +195,9 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
             if let Some(cap) = spec.softcap {
                 logits.apply(|x| *x = cap * (*x / cap).tanh());
             }
-            softmax(&logits, dims.mask)
+            softmax(&(logits + distance_bias(head)), dims.mask)
+        } else if dims.alibi {
+            softmax(&distance_bias(head), dims.mask)
         } else {
             c.clone()
         };

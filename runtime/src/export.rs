@@ -46,6 +46,7 @@ pub fn plan(p: &Program, m: &ModelIr) -> Value {
             Positions::Learned { max } => json!({"kind": "learned", "max": max}),
             Positions::Sinusoidal => json!({"kind": "sinusoidal"}),
             Positions::Rope(r) => json!({"kind": "rope", "base": r.base, "fraction": r.fraction, "layout": "neox"}),
+            Positions::Alibi => json!({"kind": "alibi", "slopes": blkc::graph::alibi_slopes(m.heads as usize)}),
         },
         "final_norm": m.final_norm.map(|n| norm(n.kind, n.eps)),
         "tied": m.tied_embeddings,

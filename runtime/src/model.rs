@@ -53,7 +53,8 @@ impl<B: Kernels> Model<B> {
         let blocks = (0..m.depth)
             .map(|l| {
                 let rope = m.positions.rope();
-                let mut b = Build { width: d, heads: h, mask: m.mask, rope, env: env(l), rng: &mut rng, device };
+                let alibi = m.positions == Positions::Alibi;
+                let mut b = Build { width: d, heads: h, mask: m.mask, rope, alibi, env: env(l), rng: &mut rng, device };
                 Block::build(block.graph_at(l, m.depth), &mut b)
             })
             .collect();

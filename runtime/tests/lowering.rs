@@ -42,8 +42,17 @@ fn block(p: &Program, layer: u64) -> Block<B> {
     let mut rng = blkc_runtime::rng::Rng::new(layer);
     let device = Default::default();
     let rope = m.positions.rope();
-    let mut b =
-        blkc_runtime::layers::Build { width: 16, heads: 2, mask: m.mask, rope, env, rng: &mut rng, device: &device };
+    let alibi = m.positions == blkc::graph::Positions::Alibi;
+    let mut b = blkc_runtime::layers::Build {
+        width: 16,
+        heads: 2,
+        mask: m.mask,
+        rope,
+        alibi,
+        env,
+        rng: &mut rng,
+        device: &device,
+    };
     Block::build(p.blocks[m.block].graph_at(layer, m.depth), &mut b)
 }
 
@@ -272,6 +281,7 @@ fn grouped_query_attention_matches_a_hand_written_forward_pass_and_its_count() {
             heads: 4,
             mask: m.mask,
             rope: None,
+            alibi: false,
             env,
             rng: &mut rng,
             device: &device,
@@ -342,4 +352,53 @@ fn rotary_positions_match_a_hand_written_forward_pass() {
     assert!(max_diff(plain.forward(x), want) > 1e-3, "the rotation changes the output");
     let m = p.model.as_ref().expect("model");
     assert!(Model::<B>::build(&p, m, 0, &Default::default()).positions.is_none(), "no position table");
+}
+
+/// ALiBi (`positions = alibi`): each head's scores get `−m_h·(i − j)`
+/// (slopes 2^-4 and 2^-8 for 2 heads), written out by hand; a shaped
+/// attention under ALiBi runs its softmax term with the bias too.
+#[test]
+fn alibi_matches_a_hand_written_forward_pass() {
+    let text = "attention a {\n query = fan_in(2)\n key = fan_in(2)\n}\nblock b {\n out = x + attn(rmsnorm(x), a)\n}\nmodel {\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n positions = alibi\n}\n";
+    let p = program(text);
+    let b = block(&p, 1);
+    let a = &b.attention[0];
+    let w = |p: &Option<burn::module::Param<Tensor<B, 2>>>| p.as_ref().map(|p| p.val()).expect("weight");
+    let bias = |p: &Option<burn::module::Param<Tensor<B, 1>>>| p.as_ref().map(|p| p.val()).expect("bias");
+    let x = input();
+    let n = rms(x.clone());
+    let split = |t: Tensor<B, 3>| t.reshape([3, 8, 2, 8]).swap_dims(1, 2);
+    let q = split(n.clone().matmul(w(&a.query).unsqueeze()) + bias(&a.query_bias).unsqueeze());
+    let k = split(n.clone().matmul(w(&a.key).unsqueeze()) + bias(&a.key_bias).unsqueeze());
+    let v = split(n.matmul(w(&a.value.weight).unsqueeze()));
+    let slopes = [2f32.powi(-4), 2f32.powi(-8)];
+    let mut distance = Vec::new();
+    for m in slopes {
+        for i in 0..8 {
+            for j in 0..8 {
+                distance.push(-m * (i as f32 - j as f32));
+            }
+        }
+    }
+    let alibi = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(distance, [1, 2, 8, 8]), &Default::default());
+    let scores = q.matmul(k.swap_dims(2, 3)) / 8f64.sqrt() + alibi;
+    let mask = Tensor::<B, 2, Bool>::tril_mask([8, 8], 0, &Default::default());
+    let att = softmax(scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY), 3);
+    let o = att.matmul(v).swap_dims(1, 2).reshape([3, 8, 16]);
+    let want = x.clone() + o.matmul(w(&a.proj.weight).unsqueeze());
+    assert!(max_diff(b.forward(x.clone()), want) < 1e-5, "alibi");
+    // SAS-P under ALiBi: its softmax sees the bias, so at init it is no
+    // longer the identity it is without (tiny("sas-p") is).
+    let sas = tiny("sas-p", 2, "causal");
+    let text = format!("{:?}", sas.model.as_ref().map(|m| m.positions));
+    assert!(text.contains("Learned"), "{text}");
+    let with = {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks");
+        let shaped = std::fs::read_to_string(root.join("shaped.blk")).unwrap_or_default();
+        let body =
+            std::fs::read_to_string(root.join("sas-p.blk")).unwrap_or_default().replace("use \"shaped.blk\"", &shaped);
+        program(&format!("{body}\nmodel {{\n block = sas_p\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n positions = alibi\n}}\n"))
+    };
+    let (plain, biased) = (block(&sas, 1).forward(x.clone()), block(&with, 1).forward(x));
+    assert!(max_diff(plain, biased) > 1e-3, "ALiBi changes SAS-P's attention at init");
 }

@@ -22,7 +22,7 @@ pub mod limits {
 
 /// The values of `mask`, `positions` and `final_norm`.
 pub(crate) const MASKS: &[&str] = &["causal", "bidirectional"];
-pub(crate) const POSITIONS: &[&str] = &["learned", "sinusoidal", "rope", "none"];
+pub(crate) const POSITIONS: &[&str] = &["learned", "sinusoidal", "rope", "alibi", "none"];
 pub(crate) const NORMS: &[&str] = &["rmsnorm", "layernorm", "none"];
 
 pub(crate) const MODEL_KEYS: &[&str] = &[
@@ -230,6 +230,7 @@ fn positions(v: &Expr, context: u64, diags: &mut Vec<Diagnostic>) -> Option<Posi
         "learned" => Positions::Learned { max: context },
         "sinusoidal" => Positions::Sinusoidal,
         "rope" => Positions::Rope(DEFAULT_ROPE),
+        "alibi" => Positions::Alibi,
         _ => Positions::None,
     })
 }

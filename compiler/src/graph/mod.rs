@@ -491,6 +491,24 @@ pub enum Positions {
     Sinusoidal,
     /// Rotary embeddings of queries and keys in every attention.
     Rope(Rope),
+    /// ALiBi (Press et al. 2022): every softmax's scores get
+    /// `−m_h · distance`, with a slope `m_h` per head ([`alibi_slopes`]).
+    Alibi,
+}
+
+/// ALiBi's slopes for `heads` heads: the geometric sequence from
+/// `2^(−8/n)` with ratio `2^(−8/n)` for a power of two `n`; otherwise those
+/// of the largest power of two below, then every other slope of twice it
+/// (as the ALiBi paper sets them).
+pub fn alibi_slopes(heads: usize) -> Vec<f64> {
+    let geometric = |n: usize| -> Vec<f64> { (1..=n).map(|i| 2f64.powf(-8.0 * i as f64 / n as f64)).collect() };
+    if heads.is_power_of_two() {
+        return geometric(heads);
+    }
+    let n = 1usize << (usize::BITS - 1 - heads.leading_zeros());
+    let mut slopes = geometric(n);
+    slopes.extend(geometric(2 * n).into_iter().step_by(2).take(heads - n));
+    slopes
 }
 
 /// Rotary position embeddings (Su et al. 2021): the first `fraction` of

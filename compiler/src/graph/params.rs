@@ -51,7 +51,7 @@ pub fn count(model: &Model, block: &BlockIr) -> Count {
     let mut c = Count { embedding: v * d, ..Count::default() };
     c.positions = match model.positions {
         Positions::Learned { max } => max as u128 * d,
-        Positions::None | Positions::Sinusoidal | Positions::Rope(_) => 0,
+        Positions::None | Positions::Sinusoidal | Positions::Rope(_) | Positions::Alibi => 0,
     };
     for layer in 0..model.depth {
         add_graph(&mut c, block.graph_at(layer, model.depth), model);

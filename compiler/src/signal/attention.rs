@@ -71,6 +71,7 @@ pub fn rotate(x: &mut Mat, rope: crate::graph::Rope) {
 pub fn mc_moments(
     terms: &[(f64, MatrixTerm)],
     logits: Logits,
+    bias: Option<&Mat>,
     sigma: &Mat,
     mask: Mask,
     samples: usize,
@@ -105,6 +106,9 @@ pub fn mc_moments(
         if let Some(cap) = logits.softcap {
             g.apply(|x| *x = cap * (*x / cap).tanh());
         }
+        if let Some(b) = bias {
+            g += b;
+        }
         let soft = masked_softmax(&g, mask);
         let a = combine(terms, &soft, &c);
         second += &a * sigma * a.transpose();
@@ -112,6 +116,20 @@ pub fn mc_moments(
     }
     let n = samples.max(1) as f64;
     (mean / n, second / n)
+}
+
+/// ALiBi's bias of one head: `−slope · (i − j)` (causal) or
+/// `−slope · |i − j|` (bidirectional).
+pub fn alibi(t: usize, slope: f64, mask: Mask) -> Mat {
+    Mat::from_fn(t, t, |i, j| match mask {
+        Mask::Causal => -slope * (i as f64 - j as f64),
+        Mask::Bidirectional => -slope * (i as f64 - j as f64).abs(),
+    })
+}
+
+/// The row softmax of scores `g` under `mask`.
+pub fn softmax_masked(g: &Mat, mask: Mask) -> Mat {
+    masked_softmax(g, mask)
 }
 
 fn masked_softmax(g: &Mat, mask: Mask) -> Mat {

@@ -42,11 +42,15 @@ pub struct Dims {
     /// Rotary positions (they move random queries and keys; zero queries
     /// stay zero).
     pub rope: Option<crate::graph::Rope>,
+    /// ALiBi: every softmax's scores biased by distance, a slope per head
+    /// (it changes the matrix at init, even with zero queries).
+    pub alibi: bool,
 }
 
 impl Dims {
     pub fn of(m: &Model) -> Dims {
-        Dims { width: m.width, heads: m.heads, mask: m.mask, rope: m.positions.rope() }
+        let alibi = m.positions == crate::graph::Positions::Alibi;
+        Dims { width: m.width, heads: m.heads, mask: m.mask, rope: m.positions.rope(), alibi }
     }
 }
 
@@ -141,6 +145,7 @@ pub fn trace_until(
         heads: dims.heads,
         mask: dims.mask,
         rope: dims.rope,
+        alibi: dims.alibi,
         mode: opts.mode,
         samples: opts.samples,
         seed: opts.seed,
@@ -149,7 +154,7 @@ pub fn trace_until(
     let initial_scale = kernel::scale(&sigma);
     // One kernel per head's slice of the width when heads start unlike.
     let graphs: Vec<&Graph> = block.graphs().collect();
-    let n = if propagate::heads_differ(&graphs) { dims.heads.max(1) as usize } else { 1 };
+    let n = if propagate::heads_differ(&graphs, dims.alibi) { dims.heads.max(1) as usize } else { 1 };
     let mut slices = vec![sigma.clone(); n];
     let mut layers = Vec::with_capacity(opts.depth as usize);
     let mut zero_outputs = Vec::new();

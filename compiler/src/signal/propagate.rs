@@ -36,6 +36,7 @@ pub struct Setting {
     pub heads: u64,
     pub mask: Mask,
     pub rope: Option<crate::graph::Rope>,
+    pub alibi: bool,
     pub mode: AttentionMode,
     pub samples: usize,
     pub seed: u64,
@@ -109,12 +110,16 @@ struct Tracker<'a> {
     setting: &'a Setting,
 }
 
-/// Whether some head of the block starts with other gains than the others
-/// (a `per_head` param whose initial value uses `head`): the heads' slices
-/// of the width then carry different kernels, tracked one by one.
-pub fn heads_differ(graphs: &[&Graph]) -> bool {
+/// Whether some head of the block starts unlike the others (a `per_head`
+/// param whose initial value uses `head`, or ALiBi's slope in a softmax):
+/// the heads' slices of the width then carry different kernels, tracked
+/// one by one.
+pub fn heads_differ(graphs: &[&Graph], alibi: bool) -> bool {
     graphs.iter().flat_map(|g| &g.nodes).any(|n| match &n.op {
-        Op::Attention { spec, .. } => spec.params.iter().any(|p| p.per_head && p.init.uses(Var::Head)),
+        Op::Attention { spec, .. } => {
+            spec.params.iter().any(|p| p.per_head && p.init.uses(Var::Head))
+                || (alibi && spec.uses(MatrixTerm::Softmax))
+        }
         _ => false,
     })
 }
@@ -329,14 +334,14 @@ impl Tracker<'_> {
             spec.matrix.iter().map(|(c, t)| (eval(c, env, &at).unwrap_or(0.0), *t)).collect()
         };
         if k.len() == 1 {
-            return vec![self.head_moments(spec, &terms_at(env), whole, env, head_dim, salt)];
+            return vec![self.head_moments(spec, &terms_at(env), whole, (env, 0), head_dim, salt)];
         }
         (0..k.len())
             .map(|head| {
                 let terms = terms_at(&Env { head: head as f64, ..*env });
                 let input = if own_slice { &k[head] } else { whole };
                 let salt = salt ^ (head as u64).wrapping_mul(0x2545_F491);
-                self.head_moments(spec, &terms, input, env, head_dim, salt)
+                self.head_moments(spec, &terms, input, (env, head), head_dim, salt)
             })
             .collect()
     }
@@ -347,7 +352,7 @@ impl Tracker<'_> {
         spec: &AttentionSpec,
         terms: &[(f64, MatrixTerm)],
         k: &Mat,
-        env: &Env,
+        (env, head): (&Env, usize),
         head_dim: usize,
         salt: u64,
     ) -> (Mat, Mat) {
@@ -355,6 +360,11 @@ impl Tracker<'_> {
         let terms = terms.to_vec();
         let t = k.nrows();
         let c = attention::centre(t, s.mask);
+        // ALiBi's distance bias of this head, in the softmax only.
+        let bias = (s.alibi && spec.uses(MatrixTerm::Softmax)).then(|| {
+            let slope = crate::graph::alibi_slopes(s.heads.max(1) as usize)[head.min(s.heads.max(1) as usize - 1)];
+            attention::alibi(t, slope, s.mask)
+        });
         let d = s.width as f64;
         let sq = variance(&spec.query, d, d, env).unwrap_or(1.0);
         let sk = variance(&spec.key, d, d, env).unwrap_or(1.0);
@@ -370,10 +380,12 @@ impl Tracker<'_> {
             let logits =
                 Logits { sigma_qk, head_dim, qk_norm: spec.qk_norm.is_some(), softcap: spec.softcap, rope: s.rope };
             let seed = s.seed ^ (env.layer as u64).wrapping_mul(0x9E37_79B9) ^ salt.wrapping_mul(0x85EB_CA6B);
-            return attention::mc_moments(&terms, logits, k, s.mask, s.samples, seed);
+            return attention::mc_moments(&terms, logits, bias.as_ref(), k, s.mask, s.samples, seed);
         }
-        // Zero queries (exact) or small logits (approximate): softmax = C.
-        let a = attention::combine(&terms, &c, &c);
+        // Zero queries (exact) or small logits (approximate): the softmax of
+        // the bias alone, C without one.
+        let soft = bias.map_or_else(|| c.clone(), |b| attention::softmax_masked(&b, s.mask));
+        let a = attention::combine(&terms, &soft, &c);
         let second = &a * k * a.transpose();
         (a, second)
     }

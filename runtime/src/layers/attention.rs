@@ -67,6 +67,8 @@ pub struct Plan {
     pub mask: Mask,
     /// Rotary positions of queries and keys.
     pub rope: Option<blkc::graph::Rope>,
+    /// ALiBi's distance bias on the scores (burn's attention takes it).
+    pub alibi: bool,
     pub env: Env,
     /// Names of the trainable gains, in the order of `Attention::gains`.
     pub gain_names: Vec<String>,
@@ -126,6 +128,7 @@ impl<B: Kernels> Attention<B> {
                 softcap: spec.softcap,
                 mask: b.mask,
                 rope: b.rope,
+                alibi: b.alibi,
                 env,
                 gain_names: scalar::trainable_names(&spec.params),
                 form: Form::of(&spec.matrix),
@@ -183,7 +186,7 @@ impl<B: Kernels> Attention<B> {
         let causal = self.plan.mask == Mask::Causal;
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
-            Form::Shaped(_) if self.plan.softcap.is_none() => self.mix_parts(x).apply(None),
+            Form::Shaped(_) if self.plan.softcap.is_none() && !self.plan.alibi => self.mix_parts(x).apply(None),
             Form::Shaped(_) => {
                 let v = self.values(x.clone());
                 let o = self.softmax_times(&x, v.clone(), causal);
@@ -230,7 +233,10 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.plan.softcap.is_none()
+        matches!(self.plan.form, Form::Shaped(_))
+            && self.proj.kind == Kind::Identity
+            && self.plan.softcap.is_none()
+            && !self.plan.alibi
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
@@ -305,18 +311,31 @@ impl<B: Kernels> Attention<B> {
     /// autodiff composes it).
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         let [b, t, inner] = v.dims();
-        match self.plan.softcap {
-            None => {
-                let (q, k, bq) = self.queries_keys(x);
-                kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal))
-            }
-            Some(cap) => {
-                let q = self.rotated(self.projected(x, &self.query, &self.query_bias, &self.query_norm));
-                let k = self.rotated(self.projected(x, &self.key, &self.key_bias, &self.key_norm));
-                let options = AttentionModuleOptions { scale: None, softcap: Some(cap), is_causal: causal };
-                fused(q, k, self.split(v), None, None, options).swap_dims(1, 2).reshape([b, t, inner])
+        if self.plan.softcap.is_none() && !self.plan.alibi {
+            let (q, k, bq) = self.queries_keys(x);
+            return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal));
+        }
+        let q = self.rotated(self.projected(x, &self.query, &self.query_bias, &self.query_norm));
+        let k = self.rotated(self.projected(x, &self.key, &self.key_bias, &self.key_norm));
+        let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
+        let bias = self.plan.alibi.then(|| self.alibi_bias(t, causal, &x.device()));
+        fused(q, k, self.split(v), None, bias, options).swap_dims(1, 2).reshape([b, t, inner])
+    }
+
+    /// ALiBi's bias `[1, heads, t, t]`: `−m_h · (i − j)`, or `· |i − j|`
+    /// without a causal mask (masked entries are the mask's to hide).
+    fn alibi_bias(&self, t: usize, causal: bool, device: &B::Device) -> Tensor<B, 4> {
+        let slopes = blkc::graph::alibi_slopes(self.plan.heads);
+        let mut data = Vec::with_capacity(self.plan.heads * t * t);
+        for m in &slopes {
+            for i in 0..t {
+                for j in 0..t {
+                    let d = i as f64 - j as f64;
+                    data.push((-m * if causal { d } else { d.abs() }) as f32);
+                }
             }
         }
+        Tensor::from_data(TensorData::new(data, [1, self.plan.heads, t, t]), device)
     }
 }
 

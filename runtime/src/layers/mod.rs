@@ -28,6 +28,8 @@ pub struct Build<'a, B: Backend> {
     pub mask: Mask,
     /// Rotary positions for every attention's queries and keys.
     pub rope: Option<blkc::graph::Rope>,
+    /// ALiBi's distance bias on every softmax's scores.
+    pub alibi: bool,
     pub env: Env,
     pub rng: &'a mut Rng,
     pub device: &'a B::Device,
