@@ -91,8 +91,7 @@ where
             .enumerate()
             .map(|(i, v)| {
                 let label = if v.rejected { format!("{} (rejected)", v.name) } else { v.name.clone() };
-                let c = Palette99::pick(i).to_rgba();
-                (label, banded(&v.seeds, pick, time), RGBColor(c.0, c.1, c.2))
+                (label, banded(&v.seeds, pick, time), super::plot::colour(i))
             })
             .collect();
         panel(area, name, x_desc, &curves)?;

@@ -32,6 +32,27 @@ pub type Series = Vec<(f64, f64)>;
 /// A named, coloured series to draw.
 type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
 
+/// Ten colours told apart at a glance (the common "category 10" set),
+/// then plotters' palette: line `i` of a plot.
+pub fn colour(i: usize) -> RGBColor {
+    const TEN: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    match TEN.get(i) {
+        Some(&(r, g, b)) => RGBColor(r, g, b),
+        None => Palette99::pick(i).to_rgba().rgb_color(),
+    }
+}
+
 /// Points to draw, by step.
 #[derive(Debug, Default, Clone)]
 pub struct Curves {
@@ -135,7 +156,7 @@ where
         .gains
         .iter()
         .enumerate()
-        .map(|(i, (name, s))| (name.as_str(), s.as_slice(), Palette99::pick(i).to_rgba().rgb_color()))
+        .map(|(i, (name, s))| (name.as_str(), s.as_slice(), colour(i)))
         .collect();
     panel(&areas[3], "trainable gains", "value (mean over heads)", &gains, Scale::Linear)
 }
