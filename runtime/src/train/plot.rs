@@ -152,12 +152,8 @@ where
     panel(&areas[1], "learning rate", "lr", &[("lr", c.lr.as_slice(), BLACK)], Scale::Linear)?;
     let norm = [("before clipping", c.grad_norm.as_slice(), MAGENTA)];
     panel(&areas[2], "gradient norm", "global L2 norm", &norm, Scale::Log)?;
-    let gains: Vec<Line> = c
-        .gains
-        .iter()
-        .enumerate()
-        .map(|(i, (name, s))| (name.as_str(), s.as_slice(), colour(i)))
-        .collect();
+    let gains: Vec<Line> =
+        c.gains.iter().enumerate().map(|(i, (name, s))| (name.as_str(), s.as_slice(), colour(i))).collect();
     panel(&areas[3], "trainable gains", "value (mean over heads)", &gains, Scale::Linear)
 }
 
