@@ -26,13 +26,7 @@ pub fn model_py(p: &Program, m: &ModelIr) -> String {
 /// The plan `model.py` interprets (documented at its top).
 pub fn plan(p: &Program, m: &ModelIr) -> Value {
     let block = &p.blocks[m.block];
-    let env = |layer: u64| Env {
-        depth: m.depth as f64,
-        width: m.width as f64,
-        heads: m.heads as f64,
-        layer: layer as f64,
-        head: 0.0,
-    };
+    let env = |layer: u64| m.env(layer);
     let layers: Vec<Value> = (0..m.depth).map(|l| layer(block.graph_at(l, m.depth), m, &env(l))).collect();
     json!({
         "format": "blkc-plan-1",

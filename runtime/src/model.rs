@@ -2,7 +2,6 @@
 //! positions, the stack of blocks, final norm and LM head (tied to the
 //! embedding or not).
 
-use blkc::eval::Env;
 use blkc::graph::{Model as ModelIr, Positions, Program};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -36,13 +35,7 @@ impl<B: Kernels> Model<B> {
         let mut rng = Rng::new(seed);
         let (d, h) = (m.width as usize, m.heads as usize);
         let block = &p.blocks[m.block];
-        let env = |layer: u64| Env {
-            depth: m.depth as f64,
-            width: m.width as f64,
-            heads: m.heads as f64,
-            layer: layer as f64,
-            head: 0.0,
-        };
+        let env = |layer: u64| m.env(layer);
         let embedding = param(weight(&m.embed_init, m.vocab as usize, d, &env(0), &mut rng, device));
         let positions = match m.positions {
             Positions::Learned { max } => {

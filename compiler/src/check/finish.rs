@@ -208,11 +208,7 @@ fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, d
         );
         return;
     }
-    let identity = match &spec.value {
-        Linear::Identity => true,
-        Linear::Dense { init, .. } | Linear::Reparam { init, .. } => *init == Init::Identity,
-    };
-    if identity {
+    if spec.value.is_identity() {
         diags.push(
             Diagnostic::new(
                 Code::E2014,
@@ -239,11 +235,7 @@ fn shapes(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
             continue;
         }
         for (what, l) in [("value", &spec.value), ("proj", &spec.proj)] {
-            let identity = match l {
-                Linear::Identity => true,
-                Linear::Dense { init, .. } | Linear::Reparam { init, .. } => *init == Init::Identity,
-            };
-            if identity {
+            if l.is_identity() {
                 diags.push(
                     Diagnostic::new(
                         Code::E2014,

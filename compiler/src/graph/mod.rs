@@ -433,6 +433,29 @@ pub struct AttentionSpec {
     pub softcap: Option<f64>,
 }
 
+impl Linear {
+    /// An identity map, or one that starts as the identity.
+    pub fn is_identity(&self) -> bool {
+        match self {
+            Linear::Identity => true,
+            Linear::Dense { init, .. } | Linear::Reparam { init, .. } => *init == Init::Identity,
+        }
+    }
+}
+
+impl Model {
+    /// The values of the variables in layer `layer` of this model.
+    pub fn env(&self, layer: u64) -> crate::eval::Env {
+        crate::eval::Env {
+            depth: self.depth as f64,
+            width: self.width as f64,
+            heads: self.heads as f64,
+            layer: layer as f64,
+            head: 0.0,
+        }
+    }
+}
+
 impl AttentionSpec {
     pub fn uses(&self, term: MatrixTerm) -> bool {
         self.matrix.iter().any(|(_, t)| *t == term)
