@@ -365,7 +365,36 @@ fn setting(a: &Analysis, kind: SectionKind, key: &str) -> String {
             let _ = write!(s, "\n\nIn effect (after every `train` section of the program): `{}`", train_value(v));
         }
     }
+    if let (SectionKind::Model, Some(p)) = (kind, a.compilation.program.as_ref()) {
+        if let Some(v) = p.model.as_ref().and_then(|m| model_value(p, m, key)) {
+            let _ = write!(s, "\n\nIn effect: `{v}`");
+        }
+    }
     s
+}
+
+/// A model setting's value as the checker resolved it (defaults included).
+fn model_value(p: &blkc::Program, m: &Model, key: &str) -> Option<String> {
+    use blkc::graph::{Mask, Positions};
+    Some(match key {
+        "block" => p.blocks.get(m.block)?.name.clone(),
+        "depth" => m.depth.to_string(),
+        "width" => m.width.to_string(),
+        "heads" => m.heads.to_string(),
+        "context" => m.context.to_string(),
+        "vocab" => m.vocab.to_string(),
+        "mask" => if m.mask == Mask::Causal { "causal" } else { "bidirectional" }.to_string(),
+        "positions" => match m.positions {
+            Positions::None => "none".into(),
+            Positions::Learned { max } => format!("learned({max})"),
+            Positions::Sinusoidal => "sinusoidal".into(),
+            Positions::Rope(r) => format!("rope(base = {}, fraction = {})", num(r.base), num(r.fraction)),
+            Positions::Alibi => "alibi".into(),
+        },
+        "final_norm" => m.final_norm.map_or_else(|| "none".into(), |n| n.kind.keyword().to_string()),
+        "tied_embeddings" => m.tied_embeddings.to_string(),
+        _ => return None,
+    })
 }
 
 fn train_value(v: &blkc::graph::TrainValue) -> String {
