@@ -9,7 +9,7 @@ use std::fmt::Write;
 use blkc::check::vocabulary;
 use blkc::eval::{eval, Env};
 use blkc::graph::params::{flops_per_token, of_op};
-use blkc::graph::render::{num, op_lines};
+use blkc::graph::render::{num, op_lines, thousands};
 use blkc::graph::{BlockIr, Graph, Model, Op, ParamDef};
 use blkc::signal::report::Report;
 use blkc::signal::verdict::{Finding, Status};
@@ -154,7 +154,7 @@ fn block(a: &Analysis, name: &str) -> String {
     let _ = write!(
         s,
         "\n{} parameters · {:.1} MFLOP/token\n\n| layer | cosine | eff. rank | scale |\n|---:|---:|---:|---:|\n",
-        thousands(r.parameters),
+        thousands(r.parameters as f64),
         r.flops_per_token as f64 / 1e6
     );
     for l in &r.layers {
@@ -171,7 +171,12 @@ fn graph_summary(b: &BlockIr, m: &Model) -> String {
             continue;
         }
         let name = n.name.as_deref().unwrap_or("·");
-        let _ = writeln!(s, "- `{name}`: {} ({} parameters)", op_lines(&n.op).join(" · "), thousands(of_op(&n.op, m)));
+        let _ = writeln!(
+            s,
+            "- `{name}`: {} ({} parameters)",
+            op_lines(&n.op).join(" · "),
+            thousands(of_op(&n.op, m) as f64)
+        );
     }
     s
 }
@@ -203,8 +208,11 @@ fn section(programs: &[&Analysis], kind: SectionKind, name: &str, whole: Span) -
             for (class, g) in classes {
                 for n in g.nodes.iter().filter(|n| configured_by(&n.op, name, kind)) {
                     let lines = op_lines(&n.op).join(" · ");
-                    let line =
-                        format!("- {class} of `{}`: {lines} ({} parameters)", b.name, thousands(of_op(&n.op, &m)));
+                    let line = format!(
+                        "- {class} of `{}`: {lines} ({} parameters)",
+                        b.name,
+                        thousands(of_op(&n.op, &m) as f64)
+                    );
                     if !shown.contains(&line) {
                         let _ = writeln!(s, "{line}");
                         shown.push(line);
@@ -269,13 +277,7 @@ fn param_values(s: &mut String, a: &Analysis, owner: &Def, name: &str) {
         let values: Vec<Option<f64>> = (0..depth)
             .map(|layer| {
                 let g = b.graph_at(layer, depth);
-                let env = Env {
-                    depth: depth as f64,
-                    width: m.width as f64,
-                    heads: m.heads as f64,
-                    layer: layer as f64,
-                    head: 0.0,
-                };
+                let env = Env { depth: depth as f64, ..m.env(layer) };
                 find_param(g, owner, name).and_then(|p| eval(&p.init, &env, &|_| f64::NAN).ok())
             })
             .collect();
@@ -284,13 +286,7 @@ fn param_values(s: &mut String, a: &Analysis, owner: &Def, name: &str) {
             // A value per head: each head's, in the first layer.
             let heads: Vec<String> = (0..m.heads)
                 .map(|h| {
-                    let env = Env {
-                        depth: depth as f64,
-                        width: m.width as f64,
-                        heads: m.heads as f64,
-                        layer: 0.0,
-                        head: h as f64,
-                    };
+                    let env = Env { depth: depth as f64, head: h as f64, ..m.env(0) };
                     eval(&p.init, &env, &|_| f64::NAN).map_or_else(|e| e.to_string(), num)
                 })
                 .collect();
@@ -455,7 +451,7 @@ fn call(a: &Analysis, occ: &Occurrence) -> Option<String> {
             s,
             "\n\n{}\n\n{} parameters per layer (width {}, {} heads)",
             op_lines(&n.op).join(" · "),
-            thousands(of_op(&n.op, &m)),
+            thousands(of_op(&n.op, &m) as f64),
             m.width,
             m.heads
         );
@@ -463,17 +459,4 @@ fn call(a: &Analysis, occ: &Occurrence) -> Option<String> {
         let _ = write!(s, "; the model: {:.1} MFLOP/token", flops as f64 / 1e6);
     }
     Some(s)
-}
-
-/// `5,084,246`.
-pub fn thousands(n: u128) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

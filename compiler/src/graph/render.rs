@@ -183,6 +183,19 @@ pub fn num(v: f64) -> String {
     format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// A count with thousands separated: `12345.6` → `12,346`.
+pub fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn prec(op: BinOp) -> u8 {
     op.precedence()
 }

@@ -272,17 +272,20 @@ impl<B: Kernels> Attention<B> {
             true => (&None, &None),
             false => (&self.query_bias, &self.key_bias),
         };
-        let q = self.rotated(self.projected(x, &self.query, bq, &self.query_norm));
-        let k = self.rotated(self.projected(x, &self.key, bk, &self.key_norm));
+        let (q, k) = self.rotated(
+            self.projected(x, &self.query, bq, &self.query_norm),
+            self.projected(x, &self.key, bk, &self.key_norm),
+        );
         (q, k, self.query_bias.as_ref().filter(|_| apart).map(Param::val))
     }
 
-    /// Rotary positions on `[batch, heads, tokens, head_dim]`: the first
-    /// `r` dimensions of each head in pairs `(p, p + r/2)` (GPT-NeoX's and
-    /// Llama's layout) turned by `position · base^(−2p/r)`; the rest pass.
-    fn rotated(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let Some(rope) = self.plan.rope else { return x };
-        let [b, h, t, hd] = x.dims();
+    /// Rotary positions on queries and keys `[batch, heads, tokens,
+    /// head_dim]`: the first `r` dimensions of each head in pairs
+    /// `(p, p + r/2)` (GPT-NeoX's and Llama's layout) turned by
+    /// `position · base^(−2p/r)`; the rest pass. One table of angles for both.
+    fn rotated(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let Some(rope) = self.plan.rope else { return (q, k) };
+        let [_, _, t, hd] = q.dims();
         let r = rope.dims(hd);
         let half = r / 2;
         let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
@@ -293,17 +296,21 @@ impl<B: Kernels> Attention<B> {
                 sin.push(s as f32);
             }
         }
-        let device = x.device();
+        let device = q.device();
         let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, half]), &device).unsqueeze::<4>();
         let (cos, sin) = (table(cos), table(sin));
-        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-        let x2 = x.clone().slice([0..b, 0..h, 0..t, half..r]);
-        let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-        let r2 = x2 * cos + x1 * sin;
-        if r == hd {
-            return Tensor::cat(vec![r1, r2], 3);
-        }
-        Tensor::cat(vec![r1, r2, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
+        let turn = |x: Tensor<B, 4>| {
+            let [b, h, _, _] = x.dims();
+            let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+            let x2 = x.clone().slice([0..b, 0..h, 0..t, half..r]);
+            let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+            let r2 = x2 * cos.clone() + x1 * sin.clone();
+            if r == hd {
+                return Tensor::cat(vec![r1, r2], 3);
+            }
+            Tensor::cat(vec![r1, r2, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
+        };
+        (turn(q), turn(k))
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
@@ -315,8 +322,10 @@ impl<B: Kernels> Attention<B> {
             let (q, k, bq) = self.queries_keys(x);
             return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal));
         }
-        let q = self.rotated(self.projected(x, &self.query, &self.query_bias, &self.query_norm));
-        let k = self.rotated(self.projected(x, &self.key, &self.key_bias, &self.key_norm));
+        let (q, k) = self.rotated(
+            self.projected(x, &self.query, &self.query_bias, &self.query_norm),
+            self.projected(x, &self.key, &self.key_bias, &self.key_norm),
+        );
         let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
         let bias = self.plan.alibi.then(|| self.alibi_bias(t, causal, &x.device()));
         fused(q, k, self.split(v), None, bias, options).swap_dims(1, 2).reshape([b, t, inner])

@@ -67,18 +67,7 @@ impl Progress {
     }
 }
 
-/// `12345.6` → `12,346`.
-pub fn thousands(x: f64) -> String {
-    let s = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use blkc::graph::render::thousands;
 
 /// Seconds as `1h02m`, `3m05s` or `42s`.
 pub fn clock(s: f64) -> String {
