@@ -124,3 +124,29 @@ fn reports_of_the_canonical_blocks_match_their_snapshots() {
         });
     }
 }
+
+/// Dropout acts in training only: the check analyses the network at init,
+/// so a block with dropout gets the numbers of the same block without it,
+/// and the report says that dropout was left out.
+#[test]
+fn dropout_is_left_out_of_the_check_and_the_report_says_so() {
+    let file = |drop: &str| {
+        format!(
+            "attention a {{ {drop} }}\nmlp m {{ activation = gelu {drop} }}\n\
+             block b {{\n h = x + attn(layernorm(x), a)\n out = h + mlp(layernorm(h), m)\n}}\n"
+        )
+    };
+    let report = |text: &str| {
+        let c = blkc::compile_str("t.blk", text);
+        let p = c.program.unwrap_or_else(|| panic!("{text}: {:?}", c.diagnostics));
+        reports(&p, FileId(0), &Request { depth: Some(12), ..Request::default() }).remove(0)
+    };
+    let (with, without) = (report(&file("dropout = 0.3 resid_dropout = 0.2")), report(&file("")));
+    assert!(with.dropout_ignored && !without.dropout_ignored);
+    assert_eq!(with.layers, without.layers, "the same numbers with and without dropout");
+    assert_eq!(with.verdict, without.verdict);
+    assert!(table(&with).contains("dropout: left out of this check"), "{}", table(&with));
+    assert!(!table(&without).contains("dropout"), "{}", table(&without));
+    let json = serde_json::to_value(&with).unwrap_or_default();
+    assert_eq!(json["dropout_ignored"], true);
+}

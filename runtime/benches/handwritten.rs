@@ -140,7 +140,7 @@ fn main() {
     let obj = blkc_runtime::train::objective_for_mask(ir.mask, ir.vocab as u32);
 
     // The three compute the same loss.
-    let lowered = blkc_runtime::train::loss(&model, &batch, obj, &device).into_scalar();
+    let lowered = blkc_runtime::train::loss(&model, &batch, obj, None, &device).into_scalar();
     let by_kernels = handwritten(&model, &tokens, &targets, Ops::Kernels).into_scalar();
     let by_stock = handwritten(&model, &tokens, &targets, Ops::Stock).into_scalar();
     assert!(
@@ -155,7 +155,7 @@ fn main() {
         start.elapsed().as_secs_f64() * 1e3
     };
     let subjects: [(&str, &dyn Fn() -> Tensor<Ad, 1>); 3] = [
-        ("blkc-lowered", &|| blkc_runtime::train::loss(&model, &batch, obj, &device)),
+        ("blkc-lowered", &|| blkc_runtime::train::loss(&model, &batch, obj, None, &device)),
         ("hand-written, blkc kernels", &|| handwritten(&model, &tokens, &targets, Ops::Kernels)),
         ("hand-written, burn ops", &|| handwritten(&model, &tokens, &targets, Ops::Stock)),
     ];

@@ -9,6 +9,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::kernels::Kernels;
 use crate::layers::block::Block;
+use crate::layers::dropout::Noise;
 use crate::layers::init::{param, weight};
 use crate::layers::norm::Norm;
 use crate::layers::Build;
@@ -121,11 +122,17 @@ impl<B: Kernels> Model<B> {
         names.into_iter().zip(values).collect()
     }
 
-    /// Logits `[batch, T, vocab]`.
+    /// Logits `[batch, T, vocab]`, as at evaluation (no dropout).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(tokens, None)
+    }
+
+    /// Logits `[batch, T, vocab]`, with the blocks' dropout drawn from
+    /// `noise` when it is given (a training forward).
+    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, noise: Option<Noise>) -> Tensor<B, 3> {
         let mut x = self.embed(tokens);
         for b in &self.blocks {
-            x = b.forward(x);
+            x = b.forward_with(x, noise);
         }
         if let Some(n) = &self.final_norm {
             x = n.forward(x);

@@ -6,6 +6,7 @@
 use blkc::graph::{params::count, Program};
 use blkc_runtime::backend::Cpu;
 use blkc_runtime::layers::block::Block;
+use blkc_runtime::layers::dropout::Noise;
 use blkc_runtime::model::Model;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Bool, Distribution, Int, Tensor};
@@ -401,4 +402,108 @@ fn alibi_matches_a_hand_written_forward_pass() {
     };
     let (plain, biased) = (block(&sas, 1).forward(x.clone()), block(&with, 1).forward(x));
     assert!(max_diff(plain, biased) > 1e-3, "ALiBi changes SAS-P's attention at init");
+}
+
+/// `noise`'s factors at a site for a tensor of `dims` (rows first).
+fn factors<const D: usize>(noise: Noise, dims: [usize; D], p: f64) -> Tensor<B, D> {
+    let per_row = dims[1..].iter().product();
+    Tensor::from_data(burn::tensor::TensorData::new(noise.factors(dims[0], per_row, p), dims), &Default::default())
+}
+
+/// Dropout on the softmax weights, the attention's output, the MLP's
+/// hidden layer and its output, with the masks of the documented sites
+/// (layer, node, then 0 for the weights or the hidden layer, 1 for the
+/// output): a training forward equals the one written out with those masks,
+/// and an evaluation forward has no dropout at all.
+#[test]
+fn dropout_drops_where_the_file_says_in_training_only() {
+    use burn::tensor::activation::gelu;
+    let text = "attention a { dropout = 0.2  resid_dropout = 0.3 }\nmlp m { activation = gelu  dropout = 0.25 }\n\
+                block b {\n h = x + attn(rmsnorm(x), a)\n out = h + mlp(rmsnorm(h), m, resid_dropout = 0.1)\n}\n\
+                model {\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n}\n";
+    let b = block(&program(text), 1);
+    let x = input();
+    let noise = Noise::new(5, 40);
+    let layer = noise.at(1);
+    let (attn, mlp) = (layer.at(2), layer.at(5));
+
+    let a = &b.attention[0];
+    let w = |p: &Option<burn::module::Param<Tensor<B, 2>>>| p.as_ref().map(|p| p.val()).expect("weight");
+    let bias = |p: &Option<burn::module::Param<Tensor<B, 1>>>| p.as_ref().map(|p| p.val()).expect("bias");
+    let split = |t: Tensor<B, 3>| t.reshape([3, 8, 2, 8]).swap_dims(1, 2);
+    let attention = |x: Tensor<B, 3>, drop: bool| {
+        let q = split(x.clone().matmul(w(&a.query).unsqueeze()) + bias(&a.query_bias).unsqueeze());
+        let k = split(x.clone().matmul(w(&a.key).unsqueeze()) + bias(&a.key_bias).unsqueeze());
+        let v = split(x.matmul(w(&a.value.weight).unsqueeze()));
+        let mask = Tensor::<B, 2, Bool>::tril_mask([8, 8], 0, &Default::default());
+        let mut att =
+            softmax((q.matmul(k.swap_dims(2, 3)) / 8f64.sqrt()).mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY), 3);
+        if drop {
+            att = att * factors(attn.at(0), [3, 2, 8, 8], 0.2);
+        }
+        let o = att.matmul(v).swap_dims(1, 2).reshape([3, 8, 16]).matmul(w(&a.proj.weight).unsqueeze());
+        if drop {
+            o * factors(attn.at(1), [3, 8, 16], 0.3)
+        } else {
+            o
+        }
+    };
+    let m = &b.mlp[0];
+    let feed = |x: Tensor<B, 3>, drop: bool| {
+        let mut h = gelu(x.matmul(m.up.val().unsqueeze()));
+        if drop {
+            h = h * factors(mlp.at(0), [3, 8, 64], 0.25);
+        }
+        let o = h.matmul(m.down.val().unsqueeze());
+        if drop {
+            o * factors(mlp.at(1), [3, 8, 16], 0.1)
+        } else {
+            o
+        }
+    };
+    let by_hand = |drop: bool| {
+        let h = x.clone() + attention(rms(x.clone()), drop);
+        h.clone() + feed(rms(h), drop)
+    };
+    assert!(max_diff(b.forward_with(x.clone(), Some(noise)), by_hand(true)) < 1e-5, "training");
+    assert!(max_diff(b.forward(x.clone()), by_hand(false)) < 1e-5, "evaluation");
+    // The branches are small at init (weights of std 0.02): compare what
+    // the dropout changes with the branches themselves.
+    let branches = max_diff(by_hand(false), x.clone());
+    let dropped = max_diff(b.forward_with(x.clone(), Some(noise)), b.forward(x.clone()));
+    assert!(dropped > 0.1 * branches, "the masks drop: {dropped} against branches of {branches}");
+    // Other rows of the run, other masks.
+    let other = max_diff(b.forward_with(x.clone(), Some(noise)), b.forward_with(x, Some(Noise::new(5, 41))));
+    assert!(other > 0.1 * branches, "other rows, other masks: {other} against {branches}");
+}
+
+/// SAS-P with dropout on its shaped attention's softmax weights: the
+/// training forward leaves the fused kernels for the written-out weights,
+/// `α·v + β·drop(softmax)·v − γ·C·v`, which at init (zero queries, so a
+/// uniform causal softmax) no longer cancels the centring term.
+#[test]
+fn dropout_on_a_shaped_attentions_weights_leaves_its_identity_at_init() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks");
+    let shaped = std::fs::read_to_string(root.join("shaped.blk")).unwrap_or_default();
+    let text = format!(
+        "{shaped}\nblock b {{\n param beta_ff = 0.1 trainable\n n = rmsnorm(x)\n out = attn(n, shaped, dropout = 0.5) + beta_ff * mlp(n)\n}}\n\
+         model {{\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n}}\n"
+    );
+    let b = block(&program(&text), 1);
+    let x = input();
+    let noise = Noise::new(9, 0);
+    let n = rms(x.clone());
+    // The uniform causal weights: 1/(i+1) for j ≤ i.
+    let uniform: Vec<f32> = (0..64).map(|k| if k % 8 <= k / 8 { 1.0 / (k / 8 + 1) as f32 } else { 0.0 }).collect();
+    let uniform = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(uniform, [8, 8]), &Default::default());
+    let weights =
+        uniform.clone().unsqueeze::<4>().expand([3, 2, 8, 8]) * factors(noise.at(1).at(2).at(0), [3, 2, 8, 8], 0.5);
+    let heads = |t: Tensor<B, 3>| t.reshape([3, 8, 2, 8]).swap_dims(1, 2);
+    let merge = |t: Tensor<B, 4>| t.swap_dims(1, 2).reshape([3, 8, 16]);
+    let dropped = merge(weights.matmul(heads(n.clone())));
+    let centre = merge(uniform.unsqueeze::<4>().expand([3, 2, 8, 8]).matmul(heads(n.clone())));
+    let want = n.clone() + dropped - centre + mlp_by_hand(&b, n.clone()) * 0.1;
+    assert!(max_diff(b.forward_with(x.clone(), Some(noise)), want) < 1e-5, "training");
+    // Evaluation: the identity at init, through the fused kernels.
+    assert!(max_diff(b.forward(x), n.clone() + mlp_by_hand(&b, n) * 0.1) < 1e-5, "evaluation");
 }

@@ -35,6 +35,7 @@ pub(crate) fn tiny(dir: &Path, block: &str, mask: &str, vocab: u32, extra: &str)
     let file = match block {
         "preln" => "preln.blk",
         "skipless_naive" => "skipless-naive.blk",
+        "dropped" | "undropped" => "dropout.blk",
         _ => "sas-p.blk",
     };
     let data = format!("\"{}\"", repo().join("compiler/src").display());
@@ -329,6 +330,44 @@ fn gradient_accumulation_matches_the_whole_batch() {
         serde_json::from_str(&std::fs::read_to_string(d.join("micro/run.json")).unwrap_or_default())
             .unwrap_or_default();
     assert_eq!(info["settings"]["micro_batch"], 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Pre-LN with nanoGPT's dropout, and the same block without it.
+const DROPOUT: &str = "use \"preln.blk\"\n\
+    attention drop { dropout = 0.1  resid_dropout = 0.1 }\n\
+    mlp drop { dropout = 0.1  resid_dropout = 0.1 }\n\
+    block dropped {\n h = x + attn(layernorm(x), drop)\n out = h + mlp(layernorm(h), drop)\n}\n\
+    block undropped {\n h = x + attn(layernorm(x))\n out = h + mlp(layernorm(h))\n}\n";
+
+/// Dropout acts in training (the first step's loss is another than the
+/// same model's without it, from the same weights and batch), its masks
+/// follow the rows (a batch split in micro-batches draws the same ones),
+/// and a stopped and resumed run draws those of an uninterrupted one.
+#[test]
+fn dropout_trains_resumes_exactly_and_follows_the_rows() {
+    let d = scratch("dropout");
+    std::fs::write(d.join("dropout.blk"), DROPOUT).unwrap_or_else(|e| panic!("{e}"));
+    tiny(&d, "undropped", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "plain", "--steps", "12"]));
+    tiny(&d, "dropped", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "whole", "--steps", "12"]));
+    let (plain, whole) = (losses(&d.join("plain")), losses(&d.join("whole")));
+    assert!((plain[&1].0 - whole[&1].0).abs() > 1e-3, "step 1: {} without dropout, {} with", plain[&1].0, whole[&1].0);
+    // Evaluation has no dropout: at step 10 the models differ by 10 steps
+    // of training only, so their validation losses are close.
+    let (pe, we) = (plain[&10].1.unwrap_or(f64::NAN), whole[&10].1.unwrap_or(f64::NAN));
+    assert!((pe - we).abs() < 0.1, "validation at step 10: {pe} without dropout, {we} with");
+
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "micro", "--steps", "12", "--set", "micro_batch=2"]));
+    for (step, (la, _)) in &whole {
+        let lb = losses(&d.join("micro"))[step].0;
+        assert!((la - lb).abs() < 2e-4, "step {step}: {la} (batch 8) vs {lb} (4 × 2)");
+    }
+
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "parts", "--steps", "12", "--stop-at", "7"]));
+    ok(&blkc(&d, &["train", "--resume", "parts"]));
+    assert_eq!(losses(&d.join("parts")), whole, "resumed run differs from the uninterrupted one");
     let _ = std::fs::remove_dir_all(&d);
 }
 

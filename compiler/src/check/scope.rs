@@ -57,10 +57,11 @@ fn section<'a>(defs: &mut Defs<'a>, s: &'a Section, diags: &mut Vec<Diagnostic>)
         SectionKind::Attention | SectionKind::Mlp => {
             let Some(name) = &s.name else {
                 let kw = s.kind.keyword();
+                let call = if s.kind == SectionKind::Mlp { "mlp" } else { "attn" };
                 diags.push(
                     Diagnostic::new(Code::E2017, header, format!("`{kw}` section without a name"))
                         .label("needs a name")
-                        .help(format!("name it so blocks can use it: `{kw} NAME {{ … }}`, then `attn(n, NAME)`")),
+                        .help(format!("name it so blocks can use it: `{kw} NAME {{ … }}`, then `{call}(n, NAME)`")),
                 );
                 return;
             };

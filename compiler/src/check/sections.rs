@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::expr::{self, Lookup, Names};
 use crate::diag::{did_you_mean, Code, Diagnostic};
-use crate::graph::{Activation, AttentionSpec, Linear, MatrixTerm, MlpSpec, NormKind, ParamDef, Scalar};
+use crate::graph::{Activation, AttentionSpec, Dropout, Linear, MatrixTerm, MlpSpec, NormKind, ParamDef, Scalar};
 use crate::span::Span;
 use crate::syntax::ast::{Assign, BinOp, Expr, Flag, Ident, LayerSelector, Param, Section, Stmt};
 
@@ -212,6 +212,10 @@ const RENAMED: &[(&str, &str)] = &[
     ("layer_norm_epsilon", "eps"),
     ("mlp_width_mult", "width"),
     ("activation_function", "activation"),
+    ("attn_pdrop", "dropout"),
+    ("attn_dropout", "dropout"),
+    ("ff_dropout", "dropout"),
+    ("resid_pdrop", "resid_dropout"),
 ];
 
 /// blkc's name for a setting another tool calls `name`.
@@ -232,9 +236,22 @@ pub fn unknown_setting(n: &Ident, known: &[&str], what: &str) -> Diagnostic {
     }
 }
 
-pub(crate) const ATTENTION_KEYS: &[&str] =
-    &["query", "key", "value", "proj", "matrix", "bias", "qk_norm", "softcap", "head_dim", "kv_heads"];
-pub(crate) const MLP_KEYS: &[&str] = &["activation", "width", "multiple_of", "bias", "up", "down"];
+pub(crate) const ATTENTION_KEYS: &[&str] = &[
+    "query",
+    "key",
+    "value",
+    "proj",
+    "matrix",
+    "bias",
+    "qk_norm",
+    "softcap",
+    "head_dim",
+    "kv_heads",
+    "dropout",
+    "resid_dropout",
+];
+pub(crate) const MLP_KEYS: &[&str] =
+    &["activation", "width", "multiple_of", "bias", "up", "down", "dropout", "resid_dropout"];
 
 /// The paper's default init for every weight: N(0, 0.02²) (App. D.1).
 fn std002() -> crate::graph::Init {
@@ -264,6 +281,7 @@ pub fn attention(
         params,
         qk_norm: None,
         softcap: None,
+        dropout: Dropout::default(),
     };
     let mut used = HashSet::new();
     let mut ok = true;
@@ -279,6 +297,8 @@ pub fn attention(
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.kv_heads = Some(h)),
+            "dropout" => rate(v, key, diags).map(|p| spec.dropout.inner = p),
+            "resid_dropout" => rate(v, key, diags).map(|p| spec.dropout.branch = p),
             _ => {
                 let mut names = MatrixNames { params: &spec.params, used: &mut used };
                 matrix(v, &mut names, diags).map(|m| spec.matrix = m)
@@ -368,6 +388,7 @@ pub fn mlp(
         bias: false,
         up: std002(),
         down: std002(),
+        dropout: Dropout::default(),
     };
     let mut ok = true;
     for (n, v) in settings(&flat, kwargs, MLP_KEYS, "mlp", diags) {
@@ -381,11 +402,26 @@ pub fn mlp(
             "multiple_of" => expr::integer(v, key, 1, 1 << 16, false, diags).map(|m| spec.multiple_of = m),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.bias = b),
             "up" => expr::init(v, key, diags).map(|i| spec.up = i),
+            "dropout" => rate(v, key, diags).map(|p| spec.dropout.inner = p),
+            "resid_dropout" => rate(v, key, diags).map(|p| spec.dropout.branch = p),
             _ => expr::init(v, key, diags).map(|i| spec.down = i),
         };
         ok &= set.is_some();
     }
     ok.then_some(spec)
+}
+
+/// A dropout rate: a constant in [0, 1).
+fn rate(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<f64> {
+    let p = expr::number(v, key, diags)?;
+    if !(0.0..1.0).contains(&p) {
+        diags.push(
+            expr::out_of_range(v.span(), key, p, "in [0, 1)")
+                .help("a dropout rate is the probability of dropping a value: from 0 (none, the default) to below 1"),
+        );
+        return None;
+    }
+    Some(p)
 }
 
 /// Largest MLP width multiple.

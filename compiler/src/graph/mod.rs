@@ -137,6 +137,24 @@ impl Graph {
     }
 }
 
+impl Op {
+    /// The dropout of a sub-block (none for other operations).
+    pub fn dropout(&self) -> Dropout {
+        match self {
+            Op::Attention { spec, .. } => spec.dropout,
+            Op::Mlp { spec, .. } => spec.dropout,
+            Op::Input | Op::Norm { .. } | Op::Sum { .. } => Dropout::default(),
+        }
+    }
+}
+
+impl BlockIr {
+    /// Whether any layer of the block drops values in training.
+    pub fn has_dropout(&self) -> bool {
+        self.graphs().flat_map(|g| &g.nodes).any(|n| !n.op.dropout().is_off())
+    }
+}
+
 impl Init {
     /// The init's argument (gain or std), if it has one.
     pub fn scalar(&self) -> Option<&Scalar> {
@@ -431,6 +449,25 @@ pub struct AttentionSpec {
     pub qk_norm: Option<NormKind>,
     /// `cap · tanh(logits / cap)` before the mask.
     pub softcap: Option<f64>,
+    /// Dropout on the softmax weights and on the sub-block's output.
+    #[serde(skip_serializing_if = "Dropout::is_off")]
+    pub dropout: Dropout,
+}
+
+/// Dropout rates of a sub-block, active in training only: `inner` on the
+/// attention's softmax weights or the MLP's hidden layer, `branch` on the
+/// sub-block's output (the residual branch). The signal analysis leaves
+/// them out: it describes the network at init, whose forward has none.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Dropout {
+    pub inner: f64,
+    pub branch: f64,
+}
+
+impl Dropout {
+    pub fn is_off(&self) -> bool {
+        self.inner == 0.0 && self.branch == 0.0
+    }
 }
 
 impl Linear {
@@ -492,6 +529,9 @@ pub struct MlpSpec {
     pub bias: bool,
     pub up: Init,
     pub down: Init,
+    /// Dropout on the hidden layer and on the sub-block's output.
+    #[serde(skip_serializing_if = "Dropout::is_off")]
+    pub dropout: Dropout,
 }
 
 /// Attention masks.

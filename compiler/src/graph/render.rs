@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{Activation, AttentionSpec, Graph, Init, Linear, MlpSpec, Node, Op, ParamDef, Scalar};
+use super::{Activation, AttentionSpec, Dropout, Graph, Init, Linear, MlpSpec, Node, Op, ParamDef, Scalar};
 use crate::syntax::ast::BinOp;
 
 /// Output formats of [`render`].
@@ -91,7 +91,7 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
         matrix.push_str(sign);
         matrix.push_str(&term);
     }
-    vec![
+    let mut lines = vec![
         head,
         match s.kv_heads {
             Some(kv) => format!("Q {} · K {} ({kv} kv heads)", init(&s.query), init(&s.key)),
@@ -99,7 +99,19 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
         },
         format!("V {} · P {}", linear(&s.value, &s.params), linear(&s.proj, &s.params)),
         format!("A = {matrix}"),
-    ]
+    ];
+    lines.extend(dropout(s.dropout, "weights"));
+    lines
+}
+
+/// A line on a sub-block's dropout, if it has any.
+fn dropout(d: Dropout, inner: &str) -> Option<String> {
+    let parts: Vec<String> = [(d.inner, inner), (d.branch, "output")]
+        .into_iter()
+        .filter(|(p, _)| *p > 0.0)
+        .map(|(p, what)| format!("{} on the {what}", num(p)))
+        .collect();
+    (!parts.is_empty()).then(|| format!("dropout {} (training only)", parts.join(", ")))
 }
 
 fn mlp(s: &MlpSpec) -> Vec<String> {
@@ -125,7 +137,10 @@ fn mlp(s: &MlpSpec) -> Vec<String> {
         (false, _) => act,
     };
     let round = if s.multiple_of > 1 { format!(" (to a multiple of {})", s.multiple_of) } else { String::new() };
-    vec![head, format!("{act} · {}×{round} · up {} · down {}", num(s.width), init(&s.up), init(&s.down))]
+    let mut lines =
+        vec![head, format!("{act} · {}×{round} · up {} · down {}", num(s.width), init(&s.up), init(&s.down))];
+    lines.extend(dropout(s.dropout, "hidden layer"));
+    lines
 }
 
 fn init(i: &Init) -> String {

@@ -57,6 +57,10 @@ pub struct Report {
     pub parameters: u128,
     pub flops_per_token: u128,
     pub attention_mode: &'static str,
+    /// The block drops values in training, which the analysis leaves out
+    /// (it describes the network at init, whose forward has no dropout).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dropout_ignored: bool,
     /// The final kernel of the reported input (`--emit-kernel`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<Vec<Vec<f64>>>,
@@ -150,6 +154,7 @@ fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
             super::AttentionMode::ZeroQuery => "zero-query",
             super::AttentionMode::MonteCarlo => "monte-carlo",
         },
+        dropout_ignored: block.has_dropout(),
         kernel,
         diagnostics,
     }
@@ -212,5 +217,8 @@ pub fn table(r: &Report) -> String {
         r.parameters as f64 / 1e6,
         r.flops_per_token as f64 / 1e9
     );
+    if r.dropout_ignored {
+        let _ = writeln!(s, "  dropout: left out of this check (it acts in training only, not at init)");
+    }
     s
 }

@@ -15,8 +15,9 @@ use burn::tensor::backend::Backend;
 use crate::kernels::{self, Kernels};
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Tensor, TensorData};
 
+use super::dropout::Noise;
 use super::init::param;
 use super::linear;
 use super::map::{Kind, Map};
@@ -73,6 +74,8 @@ pub struct Plan {
     /// Names of the trainable gains, in the order of `Attention::gains`.
     pub gain_names: Vec<String>,
     pub form: Form,
+    /// Dropout in training.
+    pub dropout: blkc::graph::Dropout,
 }
 
 #[derive(Module, Debug)]
@@ -132,6 +135,7 @@ impl<B: Kernels> Attention<B> {
                 env,
                 gain_names: scalar::trainable_names(&spec.params),
                 form: Form::of(&spec.matrix),
+                dropout: spec.dropout,
             },
         }
     }
@@ -178,31 +182,51 @@ impl<B: Kernels> Attention<B> {
         }
     }
 
-    /// `x: [batch, tokens, width]` → `[batch, tokens, width]`. Every term
-    /// is formed in the `[batch, tokens, heads · head_dim]` layout, per-head
-    /// gains applied per group of the last dimension.
+    /// `x: [batch, tokens, width]` → `[batch, tokens, width]`, as at
+    /// evaluation (no dropout).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, None)
+    }
+
+    /// The attention, with the spec's dropout drawn from `noise` when it is
+    /// given (a training forward). Every term is formed in the `[batch,
+    /// tokens, heads · head_dim]` layout, per-head gains applied per group
+    /// of the last dimension.
+    pub fn forward_with(&self, x: Tensor<B, 3>, noise: Option<Noise>) -> Tensor<B, 3> {
         let device = x.device();
         let causal = self.plan.mask == Mask::Causal;
+        // Dropout on the softmax weights needs them written out: the
+        // composed path.
+        let weights = noise.filter(|_| self.plan.dropout.inner > 0.0).map(|n| n.at(0));
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
-            Form::Shaped(_) if self.plan.softcap.is_none() && !self.plan.alibi => self.mix_parts(x).apply(None),
+            Form::Shaped(_) if self.fused() && weights.is_none() => self.mix_parts(x).apply(None),
             Form::Shaped(_) => {
                 let v = self.values(x.clone());
-                let o = self.softmax_times(&x, v.clone(), causal);
+                let o = self.softmax_times(&x, v.clone(), causal, weights);
                 kernels::mix(v, o, self.mix_gains(&device), causal)
             }
             Form::Softmax => {
                 let v = self.values(x.clone());
-                self.softmax_times(&x, v, causal)
+                self.softmax_times(&x, v, causal, weights)
             }
-            Form::Terms => self.terms(x, causal),
+            Form::Terms => self.terms(x, causal, weights),
         };
-        self.proj.forward(out)
+        let out = self.proj.forward(out);
+        match noise {
+            Some(n) => n.at(1).drop(out, self.plan.dropout.branch),
+            None => out,
+        }
+    }
+
+    /// Whether blkc's attention kernels compute the softmax term (no
+    /// soft-cap, no ALiBi bias).
+    fn fused(&self) -> bool {
+        self.plan.softcap.is_none() && !self.plan.alibi
     }
 
     /// The matrix's terms one by one, each with its gain, summed.
-    fn terms(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+    fn terms(&self, x: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
         let device = x.device();
         let v = self.values(x.clone());
         let mut acc: Option<Tensor<B, 3>> = None;
@@ -210,7 +234,7 @@ impl<B: Kernels> Attention<B> {
             let part = match term {
                 MatrixTerm::Identity => v.clone(),
                 MatrixTerm::Centre => centre(v.clone(), causal),
-                MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal),
+                MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal, weights),
             };
             let part = match scalar::constant(coef, &self.plan.slots, &self.plan.env) {
                 Some(1.0) => part,
@@ -233,10 +257,7 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        matches!(self.plan.form, Form::Shaped(_))
-            && self.proj.kind == Kind::Identity
-            && self.plan.softcap.is_none()
-            && !self.plan.alibi
+        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.fused()
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
@@ -314,11 +335,12 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
-    /// attention kernel, or, with a logit soft-cap, burn's attention (whose
-    /// autodiff composes it).
-    fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+    /// attention kernel, or, with a logit soft-cap or ALiBi, burn's
+    /// attention (whose autodiff composes it), or, with dropout on the
+    /// weights (`weights`, in training), the weights written out.
+    fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
         let [b, t, inner] = v.dims();
-        if self.plan.softcap.is_none() && !self.plan.alibi {
+        if self.fused() && weights.is_none() {
             let (q, k, bq) = self.queries_keys(x);
             return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal));
         }
@@ -326,9 +348,38 @@ impl<B: Kernels> Attention<B> {
             self.projected(x, &self.query, &self.query_bias, &self.query_norm),
             self.projected(x, &self.key, &self.key_bias, &self.key_norm),
         );
-        let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
         let bias = self.plan.alibi.then(|| self.alibi_bias(t, causal, &x.device()));
-        fused(q, k, self.split(v), None, bias, options).swap_dims(1, 2).reshape([b, t, inner])
+        let out = match weights {
+            Some(noise) => {
+                let w = self.weights(q, k, bias, causal);
+                noise.drop(w, self.plan.dropout.inner).matmul(self.split(v))
+            }
+            None => {
+                let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
+                fused(q, k, self.split(v), None, bias, options)
+            }
+        };
+        out.swap_dims(1, 2).reshape([b, t, inner])
+    }
+
+    /// The softmax weights `[batch, heads, t, t]` of queries and keys split
+    /// into heads, in the order of burn's attention: scale, soft-cap, mask,
+    /// bias, softmax.
+    fn weights(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, bias: Option<Tensor<B, 4>>, causal: bool) -> Tensor<B, 4> {
+        let [b, h, t, _] = q.dims();
+        let mut s = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.plan.head_dim as f64).sqrt());
+        if let Some(c) = self.plan.softcap {
+            s = s.div_scalar(c).tanh().mul_scalar(c);
+        }
+        if causal {
+            let future =
+                Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &s.device()).reshape([1, 1, t, t]).expand([b, h, t, t]);
+            s = s.mask_fill(future, f32::NEG_INFINITY);
+        }
+        if let Some(bias) = bias {
+            s = s + bias;
+        }
+        burn::tensor::activation::softmax(s, 3)
     }
 
     /// ALiBi's bias `[1, heads, t, t]`: `−m_h · (i − j)`, or `· |i − j|`

@@ -11,6 +11,7 @@ use crate::kernels::{self, Kernels};
 use burn::tensor::Tensor;
 
 use super::attention::{Attention, MixParts};
+use super::dropout::Noise;
 use super::mlp::Mlp;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
@@ -54,6 +55,9 @@ impl Step {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// The steps unfused, when a sub-block drops values in training (its
+    /// dropout sits inside what the fused steps compute in one kernel).
+    pub plain: Option<Vec<Step>>,
     pub out: NodeId,
     pub slots: Vec<Slot>,
     pub env: Env,
@@ -86,6 +90,7 @@ impl<B: Kernels> Block<B> {
             gains,
             plan: Plan {
                 steps: Vec::new(),
+                plain: None,
                 out: g.out,
                 slots,
                 env: ctx.env,
@@ -113,6 +118,9 @@ impl<B: Kernels> Block<B> {
             b.plan.steps.push(step);
         }
         b.plan.reads = b.reads();
+        if g.nodes.iter().any(|n| !n.op.dropout().is_off()) {
+            b.plan.plain = Some(b.plan.steps.clone());
+        }
         b.fuse();
         b
     }
@@ -165,12 +173,21 @@ impl<B: Kernels> Block<B> {
         terms.iter().all(|(g, _)| scalar::constant(g, &self.plan.slots, &self.plan.env).is_some())
     }
 
-    /// The block's output: its steps in order. Each node's output is
-    /// dropped after its last read, so that tensors are freed (and updated
-    /// in place) as early as in a block written by hand.
+    /// The block's output at evaluation (no dropout).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, None)
+    }
+
+    /// The block's output: its steps in order, with the sub-blocks' dropout
+    /// drawn from `noise` when it is given (a training forward). Each
+    /// node's output is dropped after its last read, so that tensors are
+    /// freed (and updated in place) as early as in a block written by hand.
+    pub fn forward_with(&self, x: Tensor<B, 3>, noise: Option<Noise>) -> Tensor<B, 3> {
         let device = x.device();
-        let steps = &self.plan.steps;
+        let (steps, noise) = match (&self.plan.plain, noise) {
+            (Some(plain), Some(n)) => (plain, Some(n.at(self.plan.env.layer as u64))),
+            _ => (&self.plan.steps, None),
+        };
         let mut remaining = self.plan.reads.clone();
         let mut out: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(steps.len());
         // The operands of the attentions mixed inside a sum.
@@ -183,16 +200,17 @@ impl<B: Kernels> Block<B> {
                 let t = if remaining[n] == 0 { out[n].take() } else { out[n].clone() };
                 t.expect("a node is read after it is computed and before its last use")
             };
+            let noise = noise.map(|n| n.at(i as u64));
             let y = match step {
                 Step::Input => x.take().expect("one input step"),
                 Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
-                Step::Attention(k, input) => self.attention[*k].forward(read(*input)),
+                Step::Attention(k, input) => self.attention[*k].forward_with(read(*input), noise),
                 Step::MixParts(k, input) => {
                     parts[i] = Some(self.attention[*k].mix_parts(read(*input)));
                     out.push(None);
                     continue;
                 }
-                Step::Mlp(k, input) => self.mlp[*k].forward(read(*input)),
+                Step::Mlp(k, input) => self.mlp[*k].forward_with(read(*input), noise),
                 Step::MixedSum { parts: (beta_sa, a), other: (beta_ff, b) } => {
                     let p = parts[*a].take().expect("the parts of a mixed attention");
                     p.apply(Some((read(*b), gain(beta_sa), gain(beta_ff))))

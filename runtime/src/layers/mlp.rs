@@ -2,7 +2,7 @@
 //! ReGLU): `down(act(gate(x)) ⊙ up(x))`.
 
 use super::Build;
-use blkc::graph::{Activation, MlpSpec};
+use blkc::graph::{Activation, Dropout, MlpSpec};
 use burn::module::{Module, Param};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
+use super::dropout::Noise;
 use super::init::param;
 use super::linear;
 
@@ -24,6 +25,9 @@ pub struct Mlp<B: Backend> {
     pub down_bias: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     pub activation: Activation,
+    /// Dropout in training.
+    #[module(skip)]
+    pub dropout: Dropout,
 }
 
 impl<B: Kernels> Mlp<B> {
@@ -43,24 +47,46 @@ impl<B: Kernels> Mlp<B> {
             down,
             down_bias: spec.bias.then(|| param(Tensor::zeros([width], b.device))),
             activation: spec.activation,
+            dropout: spec.dropout,
         }
     }
 
+    /// The MLP as at evaluation (no dropout).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, None)
+    }
+
+    /// The MLP, with the spec's dropout drawn from `noise` when it is given
+    /// (a training forward).
+    pub fn forward_with(&self, x: Tensor<B, 3>, noise: Option<Noise>) -> Tensor<B, 3> {
+        let out = self.unit(x, noise.filter(|_| self.dropout.inner > 0.0).map(|n| n.at(0)));
+        match noise {
+            Some(n) => n.at(1).drop(out, self.dropout.branch),
+            None => out,
+        }
+    }
+
+    /// `down(act(up(x)))` or the gated unit, `hidden` dropping values of
+    /// the hidden layer.
+    fn unit(&self, x: Tensor<B, 3>, hidden: Option<Noise>) -> Tensor<B, 3> {
         let down_bias = self.down_bias.as_ref().map(Param::val);
+        let drop = |h: Tensor<B, 3>| match hidden {
+            Some(n) => n.drop(h, self.dropout.inner),
+            None => h,
+        };
         if let Some(gate) = &self.gate {
             let g = linear(x.clone(), gate.val(), self.gate_bias.as_ref().map(Param::val));
             let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
-            return linear(act(self.activation, g) * h, self.down.val(), down_bias);
+            return linear(drop(act(self.activation, g) * h), self.down.val(), down_bias);
         }
-        if self.activation == Activation::Relu {
+        if self.activation == Activation::Relu && hidden.is_none() {
             // One kernel: the ReLU applied, and its gradient masked, while
             // the product that forms each block of rows is in cache.
             let up = (self.up.val(), self.up_bias.as_ref().map(Param::val));
             return crate::kernels::relu_mlp(x, up, (self.down.val(), down_bias));
         }
         let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
-        linear(act(self.activation, h), self.down.val(), down_bias)
+        linear(drop(act(self.activation, h)), self.down.val(), down_bias)
     }
 }
 

@@ -28,6 +28,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::kernels::{self, Kernels};
+use crate::layers::dropout::Noise;
 use crate::model::Model;
 use batch::{Batch, Objective, Stream};
 use settings::Settings;
@@ -178,10 +179,17 @@ fn tensors<B: Backend>(b: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>, Ten
     (inputs, targets, weights)
 }
 
-/// Mean cross-entropy (nats per counted token) of `model` on `b`.
-pub fn loss<B: Kernels>(model: &Model<B>, b: &Batch, obj: Objective, device: &B::Device) -> Tensor<B, 1> {
+/// Mean cross-entropy (nats per counted token) of `model` on `b`, with
+/// dropout drawn from `noise` in a training forward (`None` evaluates).
+pub fn loss<B: Kernels>(
+    model: &Model<B>,
+    b: &Batch,
+    obj: Objective,
+    noise: Option<Noise>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
     let (inputs, targets, weights) = tensors::<B>(b, device);
-    let logits = model.forward(inputs);
+    let logits = model.forward_with(inputs, noise);
     let [rows, t, v] = logits.dims();
     let (logits, targets) = (logits.reshape([rows * t, v]), targets.reshape([rows * t]));
     match obj {
@@ -208,7 +216,7 @@ pub fn evaluate<B: Kernels>(
     for i in 0..n {
         let b = batch::eval_batch(valid, i, n, rows, obj, seed);
         let c = f64::from(b.counted());
-        let l = loss(model, &b, obj, device).into_scalar();
+        let l = loss(model, &b, obj, None, device).into_scalar();
         total += f64::from(burn::tensor::ElementConversion::elem::<f32>(l)) * c;
         count += c;
     }

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::checkpoint;
 use crate::kernels::TrainKernels;
+use crate::layers::dropout::Noise;
 use crate::model::Model;
 
 /// Where training starts from.
@@ -385,7 +386,9 @@ impl Loop<'_> {
             let first_row = (step * self.accum + m) * self.micro as u64;
             let b = batch::train_batch(self.train, sampler, first_row, self.micro, obj, s.seed);
             data_time += d0.elapsed().as_secs_f64();
-            let l = loss(model, &b, obj, device).div_scalar(self.accum as f64);
+            // Dropout's masks are keyed by the rows' place in the run.
+            let noise = Noise::new(s.seed, first_row);
+            let l = loss(model, &b, obj, Some(noise), device).div_scalar(self.accum as f64);
             let value = l.clone().inner();
             total = Some(match total.take() {
                 Some(t) => t + value,
