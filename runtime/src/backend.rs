@@ -15,6 +15,11 @@ pub type Cpu = burn::backend::NdArray;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// burn's WebGPU backend (feature `wgpu`): the CubeCL kernels of the
+/// CUDA backend, on Vulkan (Mesa's llvmpipe where there is no GPU).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+
 /// A GPU that answered the probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gpu {

@@ -1,6 +1,6 @@
 //! The runtime's integration tests as one test binary, each file a module:
 //! burn's generic code is compiled and linked once, not once per file.
-//! `runtime/tests/cuda.rs` stays apart (it needs the `cuda` feature and a GPU).
+//! `runtime/tests/device.rs` stays apart (it needs the `wgpu` or `cuda` feature).
 
 mod checkpoint;
 mod cli;

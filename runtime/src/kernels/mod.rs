@@ -94,6 +94,9 @@ reference_backend!(burn::backend::NdArray);
 #[cfg(feature = "cuda")]
 reference_backend!(burn::backend::Cuda);
 
+#[cfg(feature = "wgpu")]
+reference_backend!(burn::backend::Wgpu);
+
 #[cfg(test)]
 mod tests {
     /// Every row of the family table names files that exist and functions

@@ -1,0 +1,229 @@
+//! The GPU path computes what the CPU computes. For every model of
+//! `examples/small/` (shrunk to depth 2, width 64, 32 tokens, a vocabulary of
+//! 512), with the CPU's weights moved through a safetensors export: the
+//! logits, every parameter's gradient, and the losses of AdamW steps on the
+//! device equal the CPU's within the tolerances below.
+//!
+//! It runs on burn's CubeCL backends: `wgpu` on Mesa's software Vulkan
+//! (llvmpipe) here and in CI —
+//! `cargo test -p blkc-runtime --features wgpu --test device` — and `cuda`
+//! where a GPU is lent (`bench/gpu-check.sh`, which builds this test binary
+//! here and runs it there: `--ignored`).
+//!
+//! The tolerances, for fp32 on both sides. The two backends add in other
+//! orders (blocked products, tree reductions), and each order rounds
+//! differently: a sum of n terms carries a relative error of about
+//! √n · 2⁻²⁴ ≈ 6·10⁻⁸ · √n, so the largest sums of a step (a weight
+//! gradient sums batch × tokens = 128 products of width-long dot products)
+//! differ in the 6th–7th digit. Two blocks, a norm and a softmax keep that
+//! order: logits within 1e-4 (absolute; they are O(1)), each parameter's
+//! gradient within 1e-3 of its own largest entry — or of a thousandth of
+//! the model's largest gradient entry, when the parameter's is smaller:
+//! such a gradient is a sum that cancels (a gain's at init is Σ dout ⊙
+//! branch over batch · tokens · width terms of both signs, 10⁻⁵ where
+//! others are 10⁻²), whose relative error has no bound. Measured on
+//! llvmpipe: logits 2–4·10⁻⁷; gradients ≤ 10⁻⁶ of their scale, the gains'
+//! ≤ 1.5·10⁻⁴ of the floor (absolute differences of 4·10⁻⁹). A product
+//! in TF32 (10 bits of mantissa, 2⁻¹¹ ≈ 5·10⁻⁴ relative) misses both by
+//! orders of magnitude: this is what tells fp32 from TF32.
+//! Training is chaotic in the small differences: the losses of the steps
+//! agree to 1e-3 (relative) over the first steps measured here, and the
+//! report prints the gap at every step so its growth is seen.
+#![cfg(any(feature = "cuda", feature = "wgpu"))]
+
+use blkc_runtime::backend::Cpu;
+use blkc_runtime::bench::random_batch;
+use blkc_runtime::checkpoint::{export, import};
+use blkc_runtime::kernels::TrainKernels;
+use blkc_runtime::model::Model;
+use blkc_runtime::train::optim::{Config, Optimizer, Rule};
+use blkc_runtime::train::{loss, objective_for_mask};
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+
+/// The CPU side: burn's `flex` with blkc's kernels, under autodiff.
+type Host = Autodiff<Cpu>;
+
+const MODELS: &[&str] = &[
+    "preln",
+    "parallel",
+    "sas",
+    "sas-p",
+    "sas-p-nonorm",
+    "vskipinit",
+    "postln",
+    "skipless-naive",
+    "sas-p-swiglu",
+    "llama",
+    "gpt-j",
+];
+const SHRUNK: &[&str] = &["depth=2", "width=64", "context=32", "vocab=512"];
+const LOGITS: f32 = 1e-4;
+const GRADIENT: f32 = 1e-3;
+const LOSS: f64 = 1e-3;
+
+fn program(name: &str) -> blkc::Program {
+    // Relative to the crate directory, where cargo (and gpu-check.sh) run
+    // the test, so the binary also works from another checkout.
+    let path = std::path::Path::new("..").join(format!("examples/small/{name}.blk"));
+    let sets: Vec<String> = SHRUNK.iter().map(|s| s.to_string()).collect();
+    let c = blkc::compile_with(&path, &blkc::FsLoader, &sets).unwrap_or_else(|e| panic!("{e}"));
+    c.program.unwrap_or_else(|| panic!("{name}: {:?}", c.diagnostics))
+}
+
+/// Every parameter's gradient, by path, read back to the host.
+struct Gradients<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    path: Vec<String>,
+    out: Vec<(String, Vec<f32>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gradients<'_, B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let values = param.grad(self.grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+        self.out.push((self.path.join("."), values.unwrap_or_default()));
+    }
+}
+
+fn gradients<B: TrainKernels>(model: &Model<B>, grads: &B::Gradients) -> Vec<(String, Vec<f32>)> {
+    let mut v = Gradients::<B> { grads, path: Vec::new(), out: Vec::new() };
+    model.visit(&mut v);
+    v.out
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "the same shapes");
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// What one model's comparison found.
+struct Found {
+    logits: f32,
+    /// The parameter whose gradient differs most, relative to its largest
+    /// entry, and that ratio.
+    worst: (String, f32),
+    /// Per step: (CPU loss, device loss).
+    losses: Vec<(f64, f64)>,
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    f64::from(t.into_scalar().elem::<f32>())
+}
+
+/// The comparison of one model between the CPU and device `D`.
+fn compare<D: TrainKernels>(name: &str, device: &D::Device, steps: usize) -> Found {
+    let p = program(name);
+    let m = p.model.as_ref().expect("a model");
+    let host_device = Default::default();
+    let cpu = Model::<Host>::build(&p, m, 7, &host_device);
+    let file = std::env::temp_dir().join(format!("blkc-device-{name}-{}.safetensors", std::process::id()));
+    export(&cpu, &file).expect("export");
+    // Other weights at first, replaced by the CPU's: the import is tested too.
+    let dev = import(Model::<D>::build(&p, m, 8, device), &file).expect("import");
+    let _ = std::fs::remove_file(&file);
+
+    let batch = random_batch(m, 4, 3);
+    let obj = objective_for_mask(m.mask, m.vocab as u32);
+    let tokens: Vec<i64> = batch.inputs.clone();
+    let shape = [batch.rows, batch.context];
+    let a: Vec<f32> = cpu
+        .forward(Tensor::<Host, 1, Int>::from_ints(tokens.as_slice(), &host_device).reshape(shape))
+        .into_data()
+        .to_vec()
+        .unwrap_or_default();
+    let b: Vec<f32> = dev
+        .forward(Tensor::<D, 1, Int>::from_ints(tokens.as_slice(), device).reshape(shape))
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    let logits = max_diff(&a, &b);
+
+    let (lc, ld) = (loss(&cpu, &batch, obj, None, &host_device), loss(&dev, &batch, obj, None, device));
+    let (gc, gd) = (lc.backward(), ld.backward());
+    let (gc, gd) = (gradients(&cpu, &gc), gradients(&dev, &gd));
+    assert_eq!(gc.len(), gd.len(), "{name}: the same parameters");
+    // A gradient far below the model's largest is a sum that cancels; it
+    // is judged on a thousandth of that largest entry (see the top).
+    let floor = 1e-3 * gc.iter().map(|(_, c)| max_abs(c)).fold(0.0f32, f32::max);
+    let mut worst = (String::new(), 0.0f32);
+    for ((path, c), (_, d)) in gc.iter().zip(&gd) {
+        let ratio = max_diff(c, d) / max_abs(c).max(floor).max(1e-30);
+        if ratio > worst.1 {
+            worst = (path.clone(), ratio);
+        }
+    }
+
+    let config = Config { rule: Rule::AdamW, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, clip: 1.0 };
+    let (mut oc, mut od) = (Optimizer::new(config), Optimizer::new(config));
+    let (mut cpu, mut dev) = (cpu, dev);
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        let b = random_batch(m, 4, 100 + s as u64);
+        let (lc, ld) = (loss(&cpu, &b, obj, None, &host_device), loss(&dev, &b, obj, None, device));
+        let (vc, vd) = (scalar(lc.clone().inner()), scalar(ld.clone().inner()));
+        let (gc, gd) =
+            (GradientsParams::from_grads(lc.backward(), &cpu), GradientsParams::from_grads(ld.backward(), &dev));
+        cpu = oc.step::<Host, _>(cpu, 1e-3, gc).0;
+        dev = od.step::<D, _>(dev, 1e-3, gd).0;
+        losses.push((vc, vd));
+    }
+    Found { logits, worst, losses }
+}
+
+/// Every model on device `D`: prints the report, then asserts.
+fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize) {
+    let found: Vec<(&str, Found)> = MODELS.iter().map(|n| (*n, compare::<D>(n, device, steps))).collect();
+    println!("{label} against the CPU (fp32; depth 2, width 64, 4 × 32 tokens):");
+    println!("{:<16} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
+    for (name, f) in &found {
+        let gap = f.losses.iter().map(|(c, d)| ((c - d) / c).abs()).fold(0.0f64, f64::max);
+        println!("{name:<16} {:>12.3e} {:>12.3e}  {:<44} {gap:>12.3e}", f.logits, f.worst.1, f.worst.0);
+    }
+    for (name, f) in &found {
+        let gaps: Vec<String> = f.losses.iter().map(|(c, d)| format!("{:.1e}", ((c - d) / c).abs())).collect();
+        println!("{name}: loss gap per step {}", gaps.join(" "));
+    }
+    for (name, f) in &found {
+        assert!(f.logits < LOGITS, "{name}: logits differ by {:e}", f.logits);
+        assert!(
+            f.worst.1 < GRADIENT,
+            "{name}: the gradient of {} differs by {:e} of its largest",
+            f.worst.0,
+            f.worst.1
+        );
+        for (s, (c, d)) in f.losses.iter().enumerate() {
+            assert!(((c - d) / c).abs() < LOSS, "{name}: step {}: loss {c} on the CPU, {d} on the device", s + 1);
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_the_cpu() {
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu", 5);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_matches_the_cpu() {
+    let device = Default::default();
+    check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda", 100);
+}
