@@ -14,6 +14,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 
+use crate::kernels::precision::{scope, Precision};
 use crate::kernels::TrainKernels;
 use crate::layers::dropout::Noise;
 use crate::model::Model;
@@ -27,6 +28,8 @@ pub struct Plan {
     pub batch: usize,
     pub warmup: usize,
     pub steps: usize,
+    /// The precision of the weight products.
+    pub precision: Precision,
 }
 
 /// One model's figures; times in milliseconds.
@@ -120,8 +123,18 @@ pub struct Subject {
     pub bare: bool,
 }
 
-/// Measures every subject, interleaved; `progress` is told each round.
+/// Measures every subject, interleaved, with the products in the plan's
+/// precision; `progress` is told each round.
 pub fn run<B: TrainKernels>(
+    subjects: &[Subject],
+    plan: Plan,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<Record> {
+    scope(plan.precision, || measure::<B>(subjects, plan, device, progress))
+}
+
+fn measure<B: TrainKernels>(
     subjects: &[Subject],
     plan: Plan,
     device: &B::Device,

@@ -9,5 +9,6 @@ mod lowering;
 mod lsp;
 mod measure;
 mod optim;
+mod precision;
 mod safety;
 mod train;

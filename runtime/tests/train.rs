@@ -371,6 +371,56 @@ fn dropout_trains_resumes_exactly_and_follows_the_rows() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Mixed precision: a bf16 run tracks the fp32 run of the same model, seed
+/// and batches, writes fp32 checkpoints, records its precision, and
+/// resumes exactly; `blkc eval` evaluates in the run's precision.
+#[test]
+fn a_bf16_run_tracks_fp32_keeps_fp32_weights_and_resumes_exactly() {
+    let d = scratch("bf16");
+    tiny(&d, "preln", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "fp32", "--precision", "fp32"]));
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "bf16", "--precision", "bf16"]));
+    let (full, half) = (losses(&d.join("fp32")), losses(&d.join("bf16")));
+    assert_ne!(full, half, "bf16 products round differently");
+    for (step, (lf, ef)) in &full {
+        let (lh, eh) = half[step];
+        assert!(((lf - lh) / lf).abs() < 0.01, "step {step}: {lf} in fp32, {lh} in bf16");
+        if let (Some(ef), Some(eh)) = (ef, eh) {
+            assert!(((ef - eh) / ef).abs() < 0.01, "step {step}: validation {ef} in fp32, {eh} in bf16");
+        }
+    }
+    let info = std::fs::read_to_string(d.join("bf16/run.json")).unwrap_or_default();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+    assert_eq!(info["settings"]["precision"], "bf16");
+    // The checkpoint's tensors are fp32 (safetensors: a JSON header after
+    // its 8-byte length).
+    let ckpt = std::fs::read(d.join("bf16/checkpoints/step-00000030/model.safetensors")).unwrap_or_default();
+    let n = u64::from_le_bytes(ckpt[..8].try_into().unwrap_or_default()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&ckpt[8..8 + n]).unwrap_or_default();
+    let dtypes: Vec<&str> = header.as_object().into_iter().flatten().filter_map(|(_, t)| t["dtype"].as_str()).collect();
+    assert!(!dtypes.is_empty() && dtypes.iter().all(|t| *t == "F32"), "{dtypes:?}");
+
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "parts", "--precision", "bf16", "--stop-at", "13"]));
+    ok(&blkc(&d, &["train", "--resume", "parts"]));
+    assert_eq!(losses(&d.join("parts")), half, "the resumed bf16 run differs from the uninterrupted one");
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "bf16", "--json"];
+        args.extend(extra);
+        let o = blkc(&d, &args);
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap_or_default();
+        v["eval_loss"].as_f64().unwrap_or(f64::NAN)
+    };
+    assert_eq!(
+        eval(&[]),
+        half[&30].1.unwrap_or(f64::NAN),
+        "eval in the run's precision gives its last validation loss"
+    );
+    assert_ne!(eval(&["--precision", "fp32"]), eval(&[]), "fp32 products give another loss");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn a_bidirectional_model_trains_as_a_masked_language_model() {
     let d = scratch("mlm");

@@ -112,6 +112,9 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Train, "val_fraction") => "share of the data held out for validation",
         (SectionKind::Train, "mask_rate") => "share of tokens masked (bidirectional models)",
         (SectionKind::Train, "device") => "where training runs",
+        (SectionKind::Train, "precision") => {
+            "the weight products: `fp32`, `bf16` (fp32 weights, optimiser, norms, softmax, loss), `auto` (bf16 on CUDA)"
+        }
         _ => return None,
     })
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use blkc::span::FileId;
 
-use super::{compile_reported, Device, Format, BROKEN, OK, REJECTED};
+use super::{compile_reported, Device, Format, PrecisionArg, BROKEN, OK, REJECTED};
 use crate::bench::{self, Plan, Record, Subject};
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +18,10 @@ pub struct Args {
     pub files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// The weight products: `bf16` (fp32 weights, optimiser, norms,
+    /// softmax, loss), `fp32`, or `auto` (bf16 on CUDA, fp32 on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
     /// Timed rounds (one step of every model per round).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -62,7 +66,8 @@ pub fn run(args: &Args) -> u8 {
             return REJECTED;
         }
     }
-    let plan = Plan { batch: args.batch, warmup: args.warmup, steps: args.steps };
+    let plan =
+        Plan { batch: args.batch, warmup: args.warmup, steps: args.steps, precision: args.precision.on(args.device) };
     let show = args.format == Format::Human && std::io::stderr().is_terminal();
     let mut progress = |r: usize, n: usize| {
         if show {
@@ -95,6 +100,7 @@ pub fn run(args: &Args) -> u8 {
                 "schema_version": super::JSON_VERSION,
                 "command": "bench",
                 "device": device,
+                "precision": plan.precision.name(),
                 "batch": plan.batch,
                 "steps": plan.steps,
                 "warmup": plan.warmup,
@@ -132,8 +138,11 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
         |n| n.to_string(),
     );
     let mut out = format!(
-        "{device}, {threads} thread(s), batch {}, {} timed rounds after {} warm-up (median; spread min–max)\n\n",
-        plan.batch, plan.steps, plan.warmup
+        "{device}, {threads} thread(s), {} products, batch {}, {} timed rounds after {} warm-up (median; spread min–max)\n\n",
+        plan.precision.name(),
+        plan.batch,
+        plan.steps,
+        plan.warmup
     );
     out.push_str(&format!(
         "{:<34} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>9} {:>7}\n",

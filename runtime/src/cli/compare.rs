@@ -46,6 +46,9 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, value_enum)]
     pub device: Option<Device>,
+    /// The weight products (see `blkc train --help`).
+    #[arg(long, value_enum)]
+    pub precision: Option<super::PrecisionArg>,
     /// Train the variants the signal check rejects too (marked in the table).
     #[arg(long)]
     pub no_check: bool,
@@ -279,6 +282,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         steps: args.steps,
         device: args.device.map(|d| d.name().to_string()),
         seed: Some(seed),
+        precision: args.precision.map(|p| p.name().to_string()),
     };
     let fail = |e: String| {
         eprintln!("error: {}: {e}", v.name);

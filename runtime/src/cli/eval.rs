@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::Device;
+use super::{Device, PrecisionArg};
 use crate::kernels::Kernels;
 use crate::train::{self, batch, data, tokens};
 
@@ -20,6 +20,10 @@ pub struct Args {
     pub batches: Option<u64>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// The weight products (default: the run's `precision` on this
+    /// device; `auto` is bf16 on CUDA, fp32 on the CPU).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -69,7 +73,13 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     }
     let batches = args.batches.unwrap_or(s.eval_batches) as usize;
     let rows = s.micro() as usize;
-    let loss = train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device);
+    let precision = match args.precision {
+        Some(p) => p.on(args.device),
+        None => crate::kernels::precision::Precision::resolve(&s.precision, args.device.name()),
+    };
+    let loss = crate::kernels::precision::scope(precision, || {
+        train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device)
+    });
     let n = batch::eval_batches(&stream, batches, rows);
     // For a masked model, the loss is over the masked positions only.
     // Pre-tokenised data has no text to count bytes of.
@@ -85,6 +95,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
                 "step": run.state.step,
                 "data": source,
                 "eval_loss": loss,
+                "precision": precision.name(),
                 "perplexity": loss.exp(),
                 "bits_per_byte": bits_per_byte,
                 "bytes_per_token": (text_bytes > 0).then(|| text_bytes as f64 / stream.tokens.len().max(1) as f64),

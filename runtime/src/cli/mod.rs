@@ -105,6 +105,29 @@ impl Device {
     }
 }
 
+/// The precision of the weight products, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Auto => "auto",
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision on `device`.
+    pub fn on(self, device: Device) -> crate::kernels::precision::Precision {
+        crate::kernels::precision::Precision::resolve(self.name(), device.name())
+    }
+}
+
 /// A command that runs on any backend (`eval`, `sample`, `fill`).
 pub trait Generic {
     fn run<B: crate::kernels::Kernels>(&self, device: &B::Device) -> Result<(), String>;

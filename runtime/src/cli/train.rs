@@ -8,7 +8,7 @@ use blkc::signal::report::{reports, Request};
 use blkc::signal::verdict::Status;
 use blkc::span::FileId;
 
-use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
+use super::{compile_reported, split_sets, Device, PrecisionArg, BROKEN, OK, REJECTED};
 use crate::report::{self, DiagFormat};
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Settings};
@@ -26,6 +26,11 @@ pub struct Args {
     /// Where to run (overrides the file's `device`).
     #[arg(long, value_enum)]
     pub device: Option<Device>,
+    /// The weight products (overrides the file's `precision`): `bf16`
+    /// keeps fp32 weights, optimiser, norms, softmax and loss; `auto` is
+    /// bf16 on CUDA, fp32 on the CPU.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Training text: `python-stdlib`, a directory, a file or a glob (quoted).
     #[arg(long)]
     pub data: Option<String>,
@@ -127,6 +132,7 @@ fn flags(args: &Args) -> settings::Flags {
         steps: args.steps,
         device: args.device.map(|d| d.name().to_string()),
         seed: None,
+        precision: args.precision.map(|p| p.name().to_string()),
     }
 }
 

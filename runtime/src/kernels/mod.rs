@@ -39,6 +39,7 @@ pub mod gains;
 mod graph;
 pub mod loss;
 pub mod norm;
+pub mod precision;
 pub mod shaped;
 pub mod tensor;
 #[cfg(all(test, feature = "flex"))]

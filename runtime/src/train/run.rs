@@ -23,6 +23,7 @@ use super::{
     source_files, tokens, Failure, Job, Summary,
 };
 use crate::checkpoint;
+use crate::kernels::precision::scope;
 use crate::kernels::TrainKernels;
 use crate::layers::dropout::Noise;
 use crate::model::Model;
@@ -388,7 +389,7 @@ impl Loop<'_> {
             data_time += d0.elapsed().as_secs_f64();
             // Dropout's masks are keyed by the rows' place in the run.
             let noise = Noise::new(s.seed, first_row);
-            let l = loss(model, &b, obj, Some(noise), device).div_scalar(self.accum as f64);
+            let l = scope(s.products(), || loss(model, &b, obj, Some(noise), device)).div_scalar(self.accum as f64);
             let value = l.clone().inner();
             total = Some(match total.take() {
                 Some(t) => t + value,
@@ -405,7 +406,11 @@ impl Loop<'_> {
     fn evaluation<B: TrainKernels>(&self, model: &Model<B>, step: u64, device: &B::Device) -> Option<f64> {
         let s = self.s;
         let now = step.is_multiple_of(s.eval_every) || step == s.steps;
-        now.then(|| evaluate(&model.valid(), self.valid, s.eval_batches as usize, self.micro, self.obj, s.seed, device))
+        now.then(|| {
+            scope(s.products(), || {
+                evaluate(&model.valid(), self.valid, s.eval_batches as usize, self.micro, self.obj, s.seed, device)
+            })
+        })
     }
 
     /// A checkpoint of the model and the optimiser at `state`: its path and

@@ -39,6 +39,15 @@ pub struct Settings {
     pub val_fraction: f64,
     pub mask_rate: f64,
     pub device: String,
+    /// The weight products: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`
+    /// or `bf16` (see [`crate::kernels::precision`]). A run recorded
+    /// before the setting existed ran in fp32, and resumes so.
+    #[serde(default = "fp32")]
+    pub precision: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 impl Default for Settings {
@@ -67,6 +76,7 @@ impl Default for Settings {
             val_fraction: 0.05,
             mask_rate: 0.25,
             device: "cpu".into(),
+            precision: "auto".into(),
         }
     }
 }
@@ -142,8 +152,14 @@ impl Settings {
             "val_fraction" => self.val_fraction = num,
             "mask_rate" => self.mask_rate = num,
             "device" => self.device = text,
+            "precision" => self.precision = text,
             _ => {}
         }
+    }
+
+    /// The precision of the weight products on this run's device.
+    pub fn products(&self) -> crate::kernels::precision::Precision {
+        crate::kernels::precision::Precision::resolve(&self.precision, &self.device)
     }
 
     /// Rows per forward pass (the batch when `micro_batch` is unset).
@@ -246,6 +262,7 @@ impl Settings {
             num("val_fraction", self.val_fraction),
             num("mask_rate", self.mask_rate),
             word("device", &self.device),
+            word("precision", &self.precision),
         ];
         if self.micro_batch != 0 {
             v.push(int("micro_batch", self.micro_batch));
@@ -263,7 +280,7 @@ impl Settings {
     /// The typed flags of the command line over these settings (they win
     /// over a `--set` of the same key), checked by the compiler's rules.
     pub fn apply_flags(&mut self, f: &Flags) -> Result<(), String> {
-        if f.data.is_none() && f.steps.is_none() && f.device.is_none() && f.seed.is_none() {
+        if f.data.is_none() && f.steps.is_none() && f.device.is_none() && f.seed.is_none() && f.precision.is_none() {
             return Ok(());
         }
         if let Some(n) = f.seed {
@@ -277,6 +294,9 @@ impl Settings {
         }
         if let Some(d) = &f.device {
             self.device = d.clone();
+        }
+        if let Some(p) = &f.precision {
+            self.precision = p.clone();
         }
         self.check("<command line>")
     }
@@ -358,6 +378,7 @@ pub struct Flags {
     pub steps: Option<u64>,
     pub device: Option<String>,
     pub seed: Option<u64>,
+    pub precision: Option<String>,
 }
 
 /// Checks `key=value` overrides with the compiler's rules for `train`
@@ -451,10 +472,22 @@ mod tests {
             (Settings { lr: -1e-3, ..Settings::default() }, "lr"),
             (Settings { optimizer: "lion".into(), ..Settings::default() }, "optimizer"),
             (Settings { device: "tpu".into(), ..Settings::default() }, "device"),
+            (Settings { precision: "fp8".into(), ..Settings::default() }, "precision"),
         ] {
             let err = bad.validate().err().unwrap_or_default();
             assert!(err.contains(key) && err.contains("run.json"), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_run_recorded_before_precision_existed_resumes_in_fp32() {
+        let cuda = Settings { device: "cuda".into(), ..Settings::default() };
+        let mut json = serde_json::to_value(&cuda).unwrap_or_default();
+        assert_eq!(json["precision"], "auto");
+        json.as_object_mut().map(|o| o.remove("precision"));
+        let old: Settings = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!((old.precision.as_str(), old.products().name()), ("fp32", "fp32"));
+        assert_eq!(cuda.products().name(), "bf16");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Tensor, TensorMetadata};
 
+use super::precision::{self, narrow, widen};
 use super::tensor::{primitive, split_heads, tensor};
 
 mod autodiff;
@@ -145,12 +146,18 @@ pub trait DenseOps: Backend {
 
 /// `act(x · w (+ bias))` over the last dimension of `x` (see
 /// [`DenseOps::dense`]).
+/// In a bf16 scope ([`super::precision`]) the operands are cast to bf16 and
+/// the output back to fp32, here and in the other products of this family.
 pub fn linear<B: DenseOps, const D: usize>(
     x: Tensor<B, D>,
     w: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     relu: bool,
 ) -> Tensor<B, D> {
+    if precision::bf16() {
+        let y = B::dense(primitive(narrow(x)), primitive(narrow(w)), bias.map(|b| primitive(narrow(b))), relu);
+        return widen(tensor(y));
+    }
     tensor(B::dense(primitive(x), primitive(w), bias.map(primitive), relu))
 }
 /// A ReLU MLP over the last dimension of `x` (see
@@ -160,6 +167,11 @@ pub fn relu_mlp<B: DenseOps, const D: usize>(
     (up, up_bias): (Tensor<B, 2>, Option<Tensor<B, 1>>),
     (down, down_bias): (Tensor<B, 2>, Option<Tensor<B, 1>>),
 ) -> Tensor<B, D> {
+    if precision::bf16() {
+        let up = (primitive(narrow(up)), up_bias.map(|b| primitive(narrow(b))));
+        let down = (primitive(narrow(down)), down_bias.map(|b| primitive(narrow(b))));
+        return widen(tensor(B::relu_mlp(primitive(narrow(x)), up, down)));
+    }
     let up = (primitive(up), up_bias.map(primitive));
     let down = (primitive(down), down_bias.map(primitive));
     tensor(B::relu_mlp(primitive(x), up, down))
@@ -167,6 +179,9 @@ pub fn relu_mlp<B: DenseOps, const D: usize>(
 /// `x · wᵀ` over the last dimension of `x`, for `w: [n, k]` (see
 /// [`DenseOps::dense_transposed`]).
 pub fn linear_transposed<B: DenseOps, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    if precision::bf16() {
+        return widen(tensor(B::dense_transposed(primitive(narrow(x)), primitive(narrow(w)))));
+    }
     tensor(B::dense_transposed(primitive(x), primitive(w)))
 }
 /// `a · b` (see [`DenseOps::matmul`]).
