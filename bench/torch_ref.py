@@ -1,19 +1,31 @@
-"""The small CPU model of examples/small/ in plain PyTorch, Pre-LN and SAS-P,
-timed the way `blkc bench` times its lowered modules: one training step is
-forward, cross-entropy, backward, global-norm clipping and an AdamW update
-(decay on matrices only), ended by reading the loss; median of the timed
-steps after warm-up. Eager and torch.compile.
+"""Pre-LN and SAS-P in plain PyTorch, timed the way `blkc bench` times its
+lowered modules: one training step is forward, cross-entropy, backward,
+global-norm clipping (1.0) and an AdamW update (decay on matrices only),
+ended by reading the loss back; the median of the timed steps after the
+warm-up steps. Eager and, with --compile, torch.compile.
 
     python bench/torch_ref.py --threads 1 [--steps 10] [--compile]
+    python bench/torch_ref.py --device cuda --shape codeparrot --batch 32 \
+        --dtype bf16 [--compile]
 
 Prints one JSON object per (block, mode) on stdout. The models mirror
 blocks/preln.blk and blocks/sas-p.blk as blkc lowers them (docs/lowering.md):
-6 blocks, width 256, 4 heads, context 128, vocab 4096, batch 16, fp32,
 learned positions, final LayerNorm, tied embeddings, RMSNorm (eps 1e-5),
 ReLU MLP of width 4d without biases, Q/K with biases, GPT-2 init N(0, 0.02).
+Shapes: `small` is examples/small/ (6 blocks, width 256, 4 heads, context
+128, vocab 4096, batch 16); `codeparrot` is examples/codeparrot/ (18 blocks,
+width 768, 12 heads, context 128, vocab 50000, a 1024-row position table,
+batch 32).
+
+Precision as a PyTorch user runs it: `fp32` with TF32 off (exact fp32
+products, as blkc's `--precision fp32` intends); `bf16` is
+`torch.autocast(dtype=torch.bfloat16)` over fp32 weights, as blkc's
+`--precision bf16`. On CUDA the AdamW is `fused=True`, and the JSON has the
+peak GPU memory that PyTorch reserved (`peak_mib`).
 """
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -23,7 +35,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DEPTH, WIDTH, HEADS, CONTEXT, VOCAB, BATCH = 6, 256, 4, 128, 4096, 16
+# depth, width, heads, context, vocab, position rows, batch
+SHAPES = {
+    "small": (6, 256, 4, 128, 4096, 128, 16),
+    "codeparrot": (18, 768, 12, 128, 50000, 1024, 32),
+}
+DEPTH, WIDTH, HEADS, CONTEXT, VOCAB, POSITIONS, BATCH = SHAPES["small"]
+
+
+def use_shape(name, batch):
+    """Sets the module-level shape the model classes read."""
+    global DEPTH, WIDTH, HEADS, CONTEXT, VOCAB, POSITIONS, BATCH
+    DEPTH, WIDTH, HEADS, CONTEXT, VOCAB, POSITIONS, BATCH = SHAPES[name]
+    if batch:
+        BATCH = batch
 
 
 def normal(*shape):
@@ -130,7 +155,7 @@ class SASP(nn.Module):
 class Model(nn.Module):
     def __init__(self, block):
         super().__init__()
-        self.embedding, self.positions = normal(VOCAB, WIDTH), normal(CONTEXT, WIDTH)
+        self.embedding, self.positions = normal(VOCAB, WIDTH), normal(POSITIONS, WIDTH)
         self.blocks = nn.ModuleList(block(WIDTH, i) for i in range(DEPTH))
         self.final = nn.LayerNorm(WIDTH, eps=1e-5)
 
@@ -141,26 +166,34 @@ class Model(nn.Module):
         return self.final(x) @ self.embedding.t()
 
 
-def optimizer(model):
+def optimizer(model, device):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    fused = {"fused": True} if device == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, **fused)
 
 
-def measure(block, compiled, steps, warmup):
+def measure(block, compiled, steps, warmup, device, dtype):
     torch.manual_seed(0)
-    model = Model(block)
+    model = Model(block).to(device)
     params = sum(p.numel() for p in model.parameters())
-    opt = optimizer(model)
+    opt = optimizer(model, device)
     run = torch.compile(model) if compiled else model
     g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, VOCAB, (BATCH, CONTEXT), generator=g)
-    targets = torch.randint(0, VOCAB, (BATCH, CONTEXT), generator=g)
+    tokens = torch.randint(0, VOCAB, (BATCH, CONTEXT), generator=g).to(device)
+    targets = torch.randint(0, VOCAB, (BATCH, CONTEXT), generator=g).to(device)
+    # bf16: autocast over the fp32 weights (the loss is taken in fp32).
+    cast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    def loss_of():
+        with cast():
+            logits = run(tokens)
+        return F.cross_entropy(logits.float().view(-1, VOCAB), targets.view(-1))
 
     def step():
         start = time.perf_counter()
-        loss = F.cross_entropy(run(tokens).view(-1, VOCAB), targets.view(-1))
+        loss = loss_of()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -171,8 +204,12 @@ def measure(block, compiled, steps, warmup):
     def forward():
         start = time.perf_counter()
         with torch.no_grad():
-            F.cross_entropy(run(tokens).view(-1, VOCAB), targets.view(-1)).item()
+            loss_of().item()
         return (time.perf_counter() - start) * 1e3
+
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
     for _ in range(warmup):
         step()
@@ -182,9 +219,13 @@ def measure(block, compiled, steps, warmup):
         times.append(step())
         fwd.append(forward())
     ms = statistics.median(times)
-    return {
+    record = {
         "impl": "pytorch-compile" if compiled else "pytorch-eager",
         "block": "preln" if block is PreLN else "sas-p",
+        "device": device,
+        "dtype": dtype,
+        "batch": BATCH,
+        "context": CONTEXT,
         "threads": torch.get_num_threads(),
         "params": params,
         "step_ms": ms,
@@ -194,21 +235,40 @@ def measure(block, compiled, steps, warmup):
         "tokens_per_s": BATCH * CONTEXT / (ms / 1e3),
         "torch": torch.__version__,
     }
+    if device == "cuda":
+        record["gpu"] = torch.cuda.get_device_name()
+        record["peak_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    del model, opt, run
+    return record
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument("--only-compile", action="store_true", help="time torch.compile only")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--batch", type=int, default=0, help="sequences per step (default: the shape's)")
+    ap.add_argument("--blocks", default="preln,sas-p", help="which blocks, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    modes = [False, True] if args.compile else [False]
+    use_shape(args.shape, args.batch)
+    if args.device == "cuda":
+        # fp32 means fp32: no TF32 in products or convolutions.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    modes = [True] if args.only_compile else [False, True] if args.compile else [False]
+    blocks = [b for name, b in (("preln", PreLN), ("sas-p", SASP)) if name in args.blocks.split(",")]
     for compiled in modes:
-        for block in (PreLN, SASP):
+        for block in blocks:
             try:
-                print(json.dumps(measure(block, compiled, args.steps, args.warmup)), flush=True)
+                record = measure(block, compiled, args.steps, args.warmup, args.device, args.dtype)
+                print(json.dumps({"shape": args.shape, **record}), flush=True)
             except Exception as e:  # torch.compile needs a C++ toolchain
                 name = "preln" if block is PreLN else "sas-p"
                 print(json.dumps({"impl": "pytorch-compile" if compiled else "pytorch-eager", "block": name,

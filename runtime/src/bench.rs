@@ -52,11 +52,21 @@ pub struct Record {
     pub tokens_per_s: f64,
     /// Training FLOPs (3 × forward) per second achieved.
     pub gflops: f64,
-    /// Memory one training step allocates at its peak, in MiB: the most
-    /// host bytes in use during the step less those in use before (counted
-    /// by the `blkc` binary's allocator; `None` without it). On CUDA this is
-    /// host memory only.
+    /// Memory one training step allocates at its peak, in MiB. On the CPU:
+    /// the most host bytes in use during the step less those in use before
+    /// (counted by the `blkc` binary's allocator; `None` without it). On a
+    /// GPU: the device bytes the backend's allocator holds after the step
+    /// (its memory pool: what the process needs from the device, for every
+    /// model of the run so far, as `torch.cuda.memory_reserved` counts).
     pub peak_mib: Option<f64>,
+    /// Where `peak_mib` was counted: `host` or `device`.
+    pub memory: &'static str,
+    /// Device bytes in live tensors before the step (the models' weights and
+    /// optimiser state), in MiB; `None` on the CPU.
+    pub resident_mib: Option<f64>,
+    /// Training FLOPs per second over the device's measured peak for a
+    /// large matrix product in the same precision ([`peak_gflops`]).
+    pub mfu: Option<f64>,
     /// Step-time speed relative to the first model (first / this).
     pub speed_vs_first: f64,
 }
@@ -69,6 +79,8 @@ struct Entry<B: TrainKernels> {
     steps: Vec<f64>,
     forwards: Vec<f64>,
     peak: Option<f64>,
+    memory: &'static str,
+    resident: Option<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -103,6 +115,65 @@ fn train_step<B: TrainKernels>(e: &mut Entry<B>, device: &B::Device) -> f64 {
     let ms = start.elapsed().as_secs_f64() * 1e3;
     e.model = Some(model);
     ms
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A training step of `e` whose peak memory is recorded: device bytes on a
+/// GPU, host bytes on the CPU.
+fn step_memory<B: TrainKernels>(e: &mut Entry<B>, device: &B::Device) {
+    if let Some(before) = B::device_bytes(device) {
+        train_step(e, device);
+        if let Some(after) = B::device_bytes(device) {
+            e.peak = Some(after.reserved as f64 / MIB);
+            e.resident = Some(before.in_use as f64 / MIB);
+            e.memory = "device";
+        }
+        return;
+    }
+    let before = crate::alloc::start_peak();
+    train_step(e, device);
+    if let Some(b) = before {
+        e.peak = Some(crate::alloc::peak().saturating_sub(b) as f64 / MIB);
+    }
+}
+
+/// The device's rate for a square matrix product in `precision`, in
+/// GFLOP/s: the best of five products of a side that takes the device at
+/// least 20 ms (from 512, doubled up to 8192: large enough for a GPU's
+/// tensor cores to reach their rate). `None` if it could not be timed.
+/// The denominator of the MFU: the peak this device reaches with this
+/// backend, not a datasheet figure.
+pub fn peak_gflops<B: Backend>(device: &B::Device, precision: Precision) -> Option<f64> {
+    let time = |n: usize, reps: usize| -> Option<f64> {
+        let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let a = burn::tensor::Tensor::<B, 2>::random([n, n], dist, device);
+        let b = burn::tensor::Tensor::<B, 2>::random([n, n], dist, device);
+        let (a, b) = match precision {
+            Precision::Bf16 => (a.cast(burn::tensor::FloatDType::BF16), b.cast(burn::tensor::FloatDType::BF16)),
+            Precision::Fp32 => (a, b),
+        };
+        let mut best = f64::INFINITY;
+        // The first product compiles and warms up.
+        for rep in 0..=reps {
+            B::sync(device).ok()?;
+            let start = Instant::now();
+            let c = a.clone().matmul(b.clone());
+            B::sync(device).ok()?;
+            let s = start.elapsed().as_secs_f64();
+            drop(c);
+            if rep > 0 {
+                best = best.min(s);
+            }
+        }
+        (best.is_finite() && best > 0.0).then_some(best)
+    };
+    let mut n = 512;
+    while n < 8192 && time(n, 1)? < 0.02 {
+        n *= 2;
+    }
+    let best = time(n, 5)?;
+    Some(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
 fn forward<B: TrainKernels>(e: &Entry<B>, device: &B::Device) -> f64 {
@@ -151,6 +222,8 @@ fn measure<B: TrainKernels>(
             steps: Vec::new(),
             forwards: Vec::new(),
             peak: None,
+            memory: "host",
+            resident: None,
         })
         .collect();
     // Warm-up, and the peak memory of one step of each model.
@@ -159,11 +232,10 @@ fn measure<B: TrainKernels>(
             // The last warm-up step: the optimiser's moments exist by then
             // (unless there is a single warm-up step).
             let last = w + 1 == plan.warmup.max(1);
-            let before = if last { crate::alloc::start_peak() } else { None };
-            train_step(e, device);
-            if let Some(b) = before {
-                let bytes = crate::alloc::peak().saturating_sub(b);
-                e.peak = Some(bytes as f64 / (1024.0 * 1024.0));
+            if last {
+                step_memory(e, device);
+            } else {
+                train_step(e, device);
             }
             forward(e, device);
         }
@@ -180,6 +252,7 @@ fn measure<B: TrainKernels>(
         }
         progress(r + 1, rounds);
     }
+    let peak = peak_gflops::<B::InnerBackend>(device, plan.precision);
     let mut records: Vec<Record> = subjects
         .iter()
         .zip(&entries)
@@ -205,6 +278,9 @@ fn measure<B: TrainKernels>(
                 tokens_per_s: tokens / (step / 1e3),
                 gflops: 3.0 * flops * tokens / (step / 1e3) / 1e9,
                 peak_mib: e.peak,
+                memory: e.memory,
+                resident_mib: e.resident,
+                mfu: peak.map(|p| 3.0 * flops * tokens / (step / 1e3) / 1e9 / p),
                 speed_vs_first: 1.0,
             }
         })

@@ -227,3 +227,42 @@ fn cuda_matches_the_cpu() {
     let device = Default::default();
     check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda", 100);
 }
+
+/// `blkc bench` on a GPU backend counts the device's bytes (not the
+/// host's) and gives the MFU against the device's own product rate.
+fn bench_reports_device_memory<D: TrainKernels>(device: &D::Device) {
+    use blkc_runtime::bench::{run, Plan, Subject};
+    use blkc_runtime::kernels::precision::Precision;
+    let program = program("sas-p");
+    let model = program.model.clone().unwrap_or_else(|| panic!("examples/small/sas-p.blk has a model"));
+    let subjects = [Subject { file: "sas-p".into(), program, model, bare: false }];
+    let plan = Plan { batch: 4, warmup: 2, steps: 2, precision: Precision::Fp32 };
+    let records = run::<D>(&subjects, plan, device, &mut |_, _| {});
+    let r = &records[0];
+    println!("{r:?}");
+    assert_eq!(r.memory, "device");
+    // The weights and Adam's moments live on the device between steps
+    // (f32; at least the weights and one moment).
+    let state = 2.0 * r.params as f64 * 4.0 / (1024.0 * 1024.0);
+    assert!(r.resident_mib.is_some_and(|m| m >= state), "{:?} MiB resident, {state:.2} MiB of state", r.resident_mib);
+    assert!(
+        r.peak_mib >= r.resident_mib,
+        "the pool holds the live tensors: {:?} MiB, {:?}",
+        r.peak_mib,
+        r.resident_mib
+    );
+    assert!(r.mfu.is_some_and(|m| m > 0.0 && m < 2.0), "MFU {:?}", r.mfu);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_bench_counts_device_memory() {
+    bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Wgpu>>(&Default::default());
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_bench_counts_device_memory() {
+    bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default());
+}

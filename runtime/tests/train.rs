@@ -549,6 +549,9 @@ fn bench_measures_models_side_by_side() {
         }
         assert!(r["step_ms"].as_f64().is_some_and(|x| x > 0.0));
         assert!(r["forward_ms"].as_f64() < r["step_ms"].as_f64(), "a forward costs less than a step: {r}");
+        assert_eq!(r["memory"], "host", "the CPU counts host bytes: {r}");
+        let mfu = r["mfu"].as_f64().unwrap_or(-1.0);
+        assert!(mfu > 0.0 && mfu < 2.0, "the step's rate over a large product's: {r}");
     }
     assert_eq!(records[0]["speed_vs_first"], 1.0);
     let o = blkc(&d, &["bench", "shaped.blk"]);

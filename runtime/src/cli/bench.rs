@@ -144,14 +144,15 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
         plan.steps,
         plan.warmup
     );
+    let memory = if records.iter().any(|r| r.memory == "device") { "dev MiB" } else { "step MiB" };
     out.push_str(&format!(
-        "{:<34} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>9} {:>7}\n",
-        "file", "params", "MFLOP/tok", "step ms", "fwd ms", "tok/s", "GFLOP/s", "step MiB", "speed"
+        "{:<34} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>5} {:>9} {:>7}\n",
+        "file", "params", "MFLOP/tok", "step ms", "fwd ms", "tok/s", "GFLOP/s", "MFU", memory, "speed"
     ));
     for r in records {
         let name = if r.bare { format!("{} (small)", r.file) } else { r.file.clone() };
         out.push_str(&format!(
-            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10.1} {:>9.0} {:>8.1} {:>9} {:>6.3}×\n",
+            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10.1} {:>9.0} {:>8.1} {:>5} {:>9} {:>6.3}×\n",
             name,
             r.params,
             r.flops_per_token as f64 / 1e6,
@@ -161,8 +162,16 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
             r.forward_ms,
             r.tokens_per_s,
             r.gflops,
+            r.mfu.map_or("–".into(), |m| format!("{:.0}%", m * 100.0)),
             r.peak_mib.map_or("–".into(), |m| format!("{m:.0}")),
             r.speed_vs_first
+        ));
+    }
+    if let Some(p) = records.first().and_then(|r| r.mfu.map(|m| r.gflops / m)) {
+        out.push_str(&format!(
+            "\nMFU: training FLOPs (3 × forward) per second over this device's rate for a large {} product, \
+             measured now: {p:.0} GFLOP/s\n",
+            plan.precision.name()
         ));
     }
     out

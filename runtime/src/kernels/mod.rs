@@ -19,14 +19,16 @@
 //! |---|---|---|---|---|---|---|
 //! | `dense` | `linear`, `relu_mlp`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | reference | `dense/tests.rs` |
 //! | `attention` | `attention` | `attention/reference.rs` | `attention/autodiff.rs` | `attention/cpu.rs` | reference | `attention/tests.rs` |
-//! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | reference | `shaped/tests.rs` |
+//! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube.rs` | `shaped/tests.rs` |
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | reference | `gains/tests.rs` |
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | reference | `norm/tests.rs` |
 //! | `loss` | `nll_mean`, `nll` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | reference | `loss/tests.rs` |
 //! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | reference | `embed/tests.rs` |
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | reference | `adam/tests.rs` |
 //!
-//! "reference" in the GPU column: CUDA runs the family's reference maths.
+//! The GPU column is burn's CubeCL backends (CUDA, wgpu) without operation
+//! fusion (`cube.rs`): a family's CubeCL kernels, or "reference", its
+//! reference maths; with fusion every family runs its reference maths.
 //! `the_family_table_is_true` keeps this table in step with the folders.
 
 pub mod adam;
@@ -38,6 +40,7 @@ pub mod embed;
 pub mod gains;
 mod graph;
 pub mod loss;
+pub mod memory;
 pub mod norm;
 pub mod precision;
 pub mod shaped;
@@ -53,15 +56,22 @@ pub use dense::{linear, linear_transposed, matmul, relu_mlp, DenseOps, Projectio
 pub use embed::{embed, EmbedOps};
 pub use gains::{scale_groups, scaled_sum, GainOps};
 pub use loss::{nll, nll_mean, LossOps};
+pub use memory::{DeviceBytes, DeviceMemory};
 pub use norm::{normalise, NormOps};
 pub use shaped::{causal_mean, mix, shaped_attention, MixAddend, Shaped, ShapedGrads, ShapedOps};
 
 use burn::tensor::backend::AutodiffBackend;
 
 /// A backend with every family of kernels.
-pub trait Kernels: DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps {}
+pub trait Kernels:
+    DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps + DeviceMemory
+{
+}
 
-impl<B: DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps> Kernels for B {}
+impl<B: DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps + DeviceMemory> Kernels
+    for B
+{
+}
 
 /// An autodiff backend whose inner backend has the kernels too (what
 /// training needs: the model runs on both).
@@ -92,10 +102,15 @@ macro_rules! reference_backend {
 #[cfg(feature = "ndarray")]
 reference_backend!(burn::backend::NdArray);
 
-#[cfg(feature = "cuda")]
+// burn's CubeCL backends: with operation fusion, every family's reference
+// maths; without, the CubeCL kernels where a family has them (`cube.rs`).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
+
+#[cfg(all(feature = "cuda", feature = "fusion"))]
 reference_backend!(burn::backend::Cuda);
 
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
 reference_backend!(burn::backend::Wgpu);
 
 #[cfg(test)]

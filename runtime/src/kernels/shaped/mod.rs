@@ -18,6 +18,8 @@ mod autodiff;
 mod backward;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 #[cfg(feature = "flex")]
 mod loops;
 #[cfg(feature = "flex")]

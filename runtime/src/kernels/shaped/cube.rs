@@ -1,0 +1,568 @@
+//! The shaped attention on burn's CubeCL backends (CUDA, and wgpu: the
+//! software Vulkan device of the tests), as three kernels that never write
+//! the T×T weights: one unit per (batch, head, token) row.
+//!
+//! - `forward`: for query row `i`, one pass over its keys with a running
+//!   maximum (the online softmax) accumulates `softmax · v` and the sum of
+//!   the values the `centre` averages (the same tokens: `0..=i` causal, all
+//!   otherwise), then writes the mix `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre`
+//!   and the row's log-sum-exp, which is all the backward keeps (in the
+//!   place of the reference's weights `p`).
+//! - `rows` (backward by query row): recomputes `o_i` from the
+//!   log-sum-exp, then `dq_i = scale · Σ_j p_ij (do_i · v_j − D_i) k_j` with
+//!   `D_i = do_i · o_i`, and each row's share of the gains' gradients.
+//! - `columns` (backward by key row): `dk_j` and `dv_j`, summing over the
+//!   queries that see key `j`, with the `alpha` and `centre` terms of `dv`.
+//!
+//! The query's bias is added before, the gains' gradients summed after,
+//! and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
+//! around the kernels with the gains family. Other dtypes than f32, head
+//! dimensions above 256 and gains grouped otherwise than by head or as one
+//! value take the reference maths. Tested against the reference on wgpu
+//! (`tests` below) and end to end in `runtime/tests/device.rs`.
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+use burn::tensor::ops::FloatTensorOps;
+
+use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::gains::GainOps;
+
+/// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
+/// `[batch, tokens, heads·d]` tensor start at `h·d`.
+#[cube(launch)]
+fn shaped_forward<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    gains: &Tensor<F>,
+    y: &mut Tensor<F>,
+    lse: &mut Tensor<F>,
+    scale: f32,
+    units: usize,
+    heads: usize,
+    tokens: usize,
+    #[comptime] d: usize,
+    #[comptime] causal: bool,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= units {
+        terminate!();
+    }
+    let scale = F::cast_from(scale);
+    let i = pos % tokens;
+    let bh = pos / tokens;
+    let h = bh % heads;
+    let b = bh / heads;
+    let width = heads * d;
+    let qrow = pos * d;
+    let kbase = bh * tokens * d;
+    let end = if causal { i + 1 } else { tokens };
+    let mut acc = Array::<F>::new(d);
+    let mut sum = Array::<F>::new(d);
+    for e in 0..d {
+        acc[e] = F::new(0.0);
+        sum[e] = F::new(0.0);
+    }
+    let mut m = F::min_value();
+    let mut l = F::new(0.0);
+    for j in 0..end {
+        let mut s = F::new(0.0);
+        for e in 0..d {
+            s += q[qrow + e] * k[kbase + j * d + e];
+        }
+        s *= scale;
+        let top = F::max(m, s);
+        let keep = F::exp(m - top);
+        let p = F::exp(s - top);
+        l = l * keep + p;
+        let vrow = (b * tokens + j) * width + h * d;
+        for e in 0..d {
+            let x = v[vrow + e];
+            acc[e] = acc[e] * keep + p * x;
+            sum[e] += x;
+        }
+        m = top;
+    }
+    let inv = F::new(1.0) / l;
+    let count = F::cast_from(end);
+    let out = (b * tokens + i) * width + h * d;
+    let alpha = h;
+    let beta = heads + h;
+    let gamma = 2 * heads + h;
+    for e in 0..d {
+        y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
+    }
+    lse[pos] = m + F::ln(l);
+}
+
+/// The backward by query row: `dq`, `D_i` (`delta`) and each row's share
+/// of the gains' gradients, `part[4, rows]`: `Σ g·v`, `Σ g·o`, `Σ g·centre`
+/// (`g` the mix's gradient) and `Σ dy·mix` (for `beta_sa`).
+#[cube(launch)]
+fn shaped_rows<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    gains: &Tensor<F>,
+    lse: &Tensor<F>,
+    dy: &Tensor<F>,
+    dq: &mut Tensor<F>,
+    delta: &mut Tensor<F>,
+    part: &mut Tensor<F>,
+    scale: f32,
+    units: usize,
+    heads: usize,
+    tokens: usize,
+    #[comptime] d: usize,
+    #[comptime] causal: bool,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= units {
+        terminate!();
+    }
+    let scale = F::cast_from(scale);
+    let i = pos % tokens;
+    let bh = pos / tokens;
+    let h = bh % heads;
+    let b = bh / heads;
+    let width = heads * d;
+    let qrow = pos * d;
+    let kbase = bh * tokens * d;
+    let end = if causal { i + 1 } else { tokens };
+    let alpha = h;
+    let beta = heads + h;
+    let gamma = 2 * heads + h;
+    let sa = gains[3 * heads + h];
+    let row_lse = lse[pos];
+    let mut o = Array::<F>::new(d);
+    let mut sum = Array::<F>::new(d);
+    let mut d_o = Array::<F>::new(d);
+    let mut grad = Array::<F>::new(d);
+    for e in 0..d {
+        o[e] = F::new(0.0);
+        sum[e] = F::new(0.0);
+        grad[e] = F::new(0.0);
+    }
+    for j in 0..end {
+        let mut s = F::new(0.0);
+        for e in 0..d {
+            s += q[qrow + e] * k[kbase + j * d + e];
+        }
+        let p = F::exp(s * scale - row_lse);
+        let vrow = (b * tokens + j) * width + h * d;
+        for e in 0..d {
+            let x = v[vrow + e];
+            o[e] += p * x;
+            sum[e] += x;
+        }
+    }
+    let count = F::cast_from(end);
+    let at = (b * tokens + i) * width + h * d;
+    let mut dd = F::new(0.0);
+    let mut pv = F::new(0.0);
+    let mut po = F::new(0.0);
+    let mut pc = F::new(0.0);
+    let mut pm = F::new(0.0);
+    for e in 0..d {
+        let up = dy[at + e];
+        let g = sa * up;
+        let x = v[at + e];
+        let c = sum[e] / count;
+        d_o[e] = gains[beta] * g;
+        dd += d_o[e] * o[e];
+        pv += g * x;
+        po += g * o[e];
+        pc += g * c;
+        pm += up * (gains[alpha] * x + gains[beta] * o[e] + gains[gamma] * c);
+    }
+    for j in 0..end {
+        let mut s = F::new(0.0);
+        let mut dp = F::new(0.0);
+        let vrow = (b * tokens + j) * width + h * d;
+        for e in 0..d {
+            s += q[qrow + e] * k[kbase + j * d + e];
+            dp += d_o[e] * v[vrow + e];
+        }
+        let p = F::exp(s * scale - row_lse);
+        let ds = p * (dp - dd);
+        for e in 0..d {
+            grad[e] += ds * k[kbase + j * d + e];
+        }
+    }
+    for e in 0..d {
+        dq[qrow + e] = grad[e] * scale;
+    }
+    delta[pos] = dd;
+    part[pos] = pv;
+    part[units + pos] = po;
+    part[2 * units + pos] = pc;
+    part[3 * units + pos] = pm;
+}
+
+/// The backward by key row: `dk_j` and `dv_j` (head `h`'s columns).
+#[cube(launch)]
+fn shaped_columns<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    gains: &Tensor<F>,
+    lse: &Tensor<F>,
+    delta: &Tensor<F>,
+    dy: &Tensor<F>,
+    dk: &mut Tensor<F>,
+    dv: &mut Tensor<F>,
+    scale: f32,
+    units: usize,
+    heads: usize,
+    tokens: usize,
+    #[comptime] d: usize,
+    #[comptime] causal: bool,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= units {
+        terminate!();
+    }
+    let scale = F::cast_from(scale);
+    let j = pos % tokens;
+    let bh = pos / tokens;
+    let h = bh % heads;
+    let b = bh / heads;
+    let width = heads * d;
+    let krow = pos * d;
+    let qbase = bh * tokens * d;
+    let mut start = 0;
+    if causal {
+        start = j;
+    }
+    let alpha = h;
+    let beta = heads + h;
+    let gamma = 2 * heads + h;
+    let sa = gains[3 * heads + h];
+    let gb = gains[beta] * sa;
+    let gg = gains[gamma] * sa;
+    let vat = (b * tokens + j) * width + h * d;
+    let mut gk = Array::<F>::new(d);
+    let mut gv = Array::<F>::new(d);
+    for e in 0..d {
+        gk[e] = F::new(0.0);
+        gv[e] = gains[alpha] * sa * dy[vat + e];
+    }
+    for i in start..tokens {
+        let qrow = qbase + i * d;
+        let yrow = (b * tokens + i) * width + h * d;
+        let mut s = F::new(0.0);
+        let mut dp = F::new(0.0);
+        for e in 0..d {
+            s += q[qrow + e] * k[krow + e];
+            dp += gb * dy[yrow + e] * v[vat + e];
+        }
+        let p = F::exp(s * scale - lse[bh * tokens + i]);
+        let ds = p * (dp - delta[bh * tokens + i]);
+        // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
+        let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
+        for e in 0..d {
+            let up = dy[yrow + e];
+            gk[e] += ds * q[qrow + e];
+            gv[e] += p * gb * up + w * gg * up;
+        }
+    }
+    for e in 0..d {
+        dk[krow + e] = gk[e] * scale;
+        dv[vat + e] = gv[e];
+    }
+}
+
+/// Heads of at most this dimension run the kernels (a row's
+/// accumulators are local arrays of this length).
+const MAX_HEAD_DIM: usize = 256;
+
+/// The shape the kernels run, when they can (else the reference runs).
+struct Plan {
+    batch: usize,
+    heads: usize,
+    tokens: usize,
+    d: usize,
+    /// The lengths of alpha, beta, gamma and `beta_sa` (1 or `heads`).
+    lengths: [usize; 4],
+}
+
+fn plan<R: CubeRuntime>(a: &Shaped<CubeTensor<R>>, add: Option<&MixAddend<CubeTensor<R>>>) -> Option<Plan> {
+    let s = a.q.shape();
+    if s.num_dims() != 4 {
+        return None;
+    }
+    let [batch, heads, tokens, d] = [s[0], s[1], s[2], s[3]];
+    let n = |t: &CubeTensor<R>| t.shape().num_elements();
+    let sa = add.map_or(1, |m| n(&m.beta_sa));
+    let lengths = [n(&a.gains[0]), n(&a.gains[1]), n(&a.gains[2]), sa];
+    let f32s = [&a.q, &a.k, &a.v].into_iter().chain(&a.gains).chain(a.bq.as_ref()).all(|t| t.dtype == DType::F32)
+        && add.is_none_or(|m| [&m.b, &m.beta_sa, &m.beta_ff].iter().all(|t| t.dtype == DType::F32));
+    let grouped = lengths.iter().all(|&l| l == 1 || l == heads);
+    let shapes =
+        a.k.shape().as_slice() == [batch, heads, tokens, d] && a.v.shape().as_slice() == [batch, tokens, heads * d];
+    let fits = (1..=MAX_HEAD_DIM).contains(&d) && tokens > 0 && batch > 0;
+    (f32s && grouped && shapes && fits).then_some(Plan { batch, heads, tokens, d, lengths })
+}
+
+impl Plan {
+    fn rows(&self) -> usize {
+        self.batch * self.heads * self.tokens
+    }
+
+    fn launch_size<R: CubeRuntime>(&self, client: &ComputeClient<R>) -> (CubeCount, CubeDim) {
+        let dim = CubeDim::new(client, self.rows());
+        let count = cubecl::calculate_cube_count_elemwise(client, self.rows(), dim);
+        (count, dim)
+    }
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: impl Into<Shape>) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
+}
+
+/// `q` plus the query's bias, `k` and `v`, contiguous; and the gains
+/// as one tensor `[alpha | beta | gamma | beta_sa]` of one value per
+/// head each (`beta_sa` 1 without a gained sum).
+fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    a: &Shaped<CubeTensor<R>>,
+    beta_sa: Option<&CubeTensor<R>>,
+    p: &Plan,
+) -> [CubeTensor<R>; 4] {
+    let q = match &a.bq {
+        Some(bq) => CubeBackend::<R, F, I, BT>::float_add(
+            a.q.clone(),
+            CubeBackend::<R, F, I, BT>::float_reshape(bq.clone(), [1, p.heads, 1, p.d].into()),
+        ),
+        None => a.q.clone(),
+    };
+    let one = || CubeBackend::<R, F, I, BT>::float_ones([1].into(), &a.q.device, DType::F32.into());
+    let per_head = |g: CubeTensor<R>| {
+        let g = CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into());
+        into_contiguous(CubeBackend::<R, F, I, BT>::float_expand(g, [p.heads].into()))
+    };
+    let mut parts: Vec<CubeTensor<R>> = a.gains.iter().cloned().map(per_head).collect();
+    parts.push(per_head(beta_sa.cloned().unwrap_or_else(one)));
+    let gains = into_contiguous(CubeBackend::<R, F, I, BT>::float_cat(parts, 0));
+    [into_contiguous(q), into_contiguous(a.k.clone()), into_contiguous(a.v.clone()), gains]
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps for CubeBackend<R, F, I, BT> {
+    fn shaped_attention_forward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
+        let [q, k, v, gains] = operands::<R, F, I, BT>(&a, None, &p);
+        let y = empty(&v, [p.batch, p.tokens, p.heads * p.d]);
+        let lse = empty(&v, [p.batch, p.heads, p.tokens]);
+        let client = v.client.clone();
+        let (count, dim) = p.launch_size(&client);
+        shaped_forward::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            gains.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            a.scale as f32,
+            p.rows(),
+            p.heads,
+            p.tokens,
+            p.d,
+            a.causal,
+        );
+        let y = match add {
+            Some(m) => Self::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
+            None => y,
+        };
+        (y, lse)
+    }
+
+    fn shaped_attention_backward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        lse: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        let Some(p) = plan(&a, add.as_ref()) else {
+            return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
+        };
+        let [q, k, v, gains] = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
+        let dy = into_contiguous(dy);
+        let client = v.client.clone();
+        let (count, dim) = p.launch_size(&client);
+        let dq = empty(&v, [p.batch, p.heads, p.tokens, p.d]);
+        let dk = empty(&v, [p.batch, p.heads, p.tokens, p.d]);
+        let dv = empty(&v, [p.batch, p.tokens, p.heads * p.d]);
+        let delta = empty(&v, [p.batch, p.heads, p.tokens]);
+        let part = empty(&v, [4, p.batch, p.heads, p.tokens]);
+        shaped_rows::launch::<f32, R>(
+            &client,
+            count.clone(),
+            dim,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            gains.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            part.clone().into_tensor_arg(),
+            a.scale as f32,
+            p.rows(),
+            p.heads,
+            p.tokens,
+            p.d,
+            a.causal,
+        );
+        shaped_columns::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            gains.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            a.scale as f32,
+            p.rows(),
+            p.heads,
+            p.tokens,
+            p.d,
+            a.causal,
+        );
+        // The rows' shares summed over batch and tokens: one value per head
+        // (then one in all, for a single gain).
+        let per_head = Self::float_sum_dim(Self::float_sum_dim(part, 3), 1);
+        let per_head = Self::float_reshape(per_head, [4, p.heads].into());
+        let gain = |which: usize| {
+            let g = Self::float_slice(per_head.clone(), &[burn::tensor::Slice::from(which..which + 1)]);
+            let g = Self::float_reshape(g, [p.heads].into());
+            if p.lengths[which] == 1 {
+                Self::float_reshape(Self::float_sum(g), [1].into())
+            } else {
+                g
+            }
+        };
+        let dgains = [gain(0), gain(1), gain(2)];
+        let addend = add.map(|m| {
+            let n = m.beta_ff.shape().num_elements();
+            let db = Self::scale_groups(dy.clone(), m.beta_ff.clone());
+            let dbeta_ff = Self::scale_groups_grad(m.b, dy.clone(), n);
+            [db, gain(3), dbeta_ff]
+        });
+        let dbq = a.bq.as_ref().map(|_| {
+            let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);
+            Self::float_reshape(s, [p.heads * p.d].into())
+        });
+        let dv = match acc {
+            Some(acc) => Self::float_add(acc, dv),
+            None => dv,
+        };
+        ShapedGrads { dq, dk, dv, dgains, addend, dbq }
+    }
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests {
+    //! The kernels against the reference maths on the same device (wgpu;
+    //! on a machine without a GPU, Mesa's software Vulkan).
+
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::super::{reference, MixAddend, Shaped, ShapedOps};
+    use crate::kernels::tensor::{flat, primitive, tensor};
+
+    type B = burn::backend::Wgpu;
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    fn values(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
+        tensor::<B, 1>(flat::<B>(t)).into_data().to_vec::<f32>().unwrap_or_default()
+    }
+
+    /// The largest difference of `a` and `b` over the largest entry of `b`
+    /// (or 1, when `b` is small).
+    fn gap(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    }
+
+    #[test]
+    fn the_kernels_are_the_reference() {
+        // Causal or not; with the query's bias or not; summed with another
+        // branch or not; per-head or single gains; `v` read elsewhere (acc).
+        let mut worst = 0.0f32;
+        for case in 0..16 {
+            let (causal, biased, added, per_head) = (case & 1 == 0, case & 2 == 0, case & 4 == 0, case & 8 == 0);
+            let (batch, heads, tokens, d) = (2, 3, 7, 8);
+            let n = if per_head { heads } else { 1 };
+            let shaped = Shaped {
+                q: primitive(random([batch, heads, tokens, d])),
+                k: primitive(random([batch, heads, tokens, d])),
+                v: primitive(random([batch, tokens, heads * d])),
+                gains: [primitive(random([n])), primitive(random([1])), primitive(random([n]))],
+                scale: 1.0 / (d as f64).sqrt(),
+                causal,
+                bq: biased.then(|| primitive(random([heads * d]))),
+            };
+            let add = added.then(|| MixAddend {
+                b: primitive(random([batch, tokens, heads * d])),
+                beta_sa: primitive(random([n])),
+                beta_ff: primitive(random([heads])),
+            });
+            assert!(super::plan(&shaped, add.as_ref()).is_some(), "case {case}: the kernels run, not the reference");
+            let (ours, lse) = B::shaped_attention_forward(shaped.clone(), add.clone());
+            assert_eq!(burn::tensor::TensorMetadata::shape(&lse).num_dims(), 3, "the backward keeps row statistics");
+            let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
+            let forward = gap(&values(ours), &values(theirs));
+            assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
+            worst = worst.max(forward);
+            let dy = primitive(random([batch, tokens, heads * d]));
+            let acc: Option<Tensor<B, 3>> = (case % 3 == 0).then(|| random([batch, tokens, heads * d]));
+            let acc = || acc.clone().map(primitive);
+            let g = B::shaped_attention_backward(shaped.clone(), add.clone(), lse, dy.clone(), acc());
+            let r = reference::shaped_attention_backward::<B>(shaped.clone(), add.clone(), p, dy, acc());
+            let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];
+            for (name, (a, b)) in ["dalpha", "dbeta", "dgamma"].into_iter().zip(g.dgains.into_iter().zip(r.dgains)) {
+                pairs.push((name, a, b));
+            }
+            if let (Some(a), Some(b)) = (g.addend, r.addend) {
+                for (name, (x, y)) in ["db", "dbeta_sa", "dbeta_ff"].into_iter().zip(a.into_iter().zip(b)) {
+                    pairs.push((name, x, y));
+                }
+            }
+            if let (Some(a), Some(b)) = (g.dbq, r.dbq) {
+                pairs.push(("dbq", a, b));
+            }
+            assert_eq!(pairs.len(), 6 + 3 * usize::from(added) + usize::from(biased), "case {case}: every gradient");
+            for (name, a, b) in pairs {
+                let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
+                assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
+                let e = gap(&values(a), &values(b));
+                worst = worst.max(e);
+                assert!(e < 1e-5, "case {case}: {name} differs by {e:e} of its largest");
+            }
+        }
+        println!("kernels against the reference: largest gap {worst:.1e} of scale");
+    }
+}
