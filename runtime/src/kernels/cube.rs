@@ -1,11 +1,12 @@
 //! burn's CubeCL backends without operation fusion (`CubeBackend`, which
 //! `burn::backend::Cuda` and `Wgpu` are when the `fusion` feature is off):
-//! every family, by its CubeCL kernels where it has them (`shaped`), by its
+//! every family, by its CubeCL kernels where it has them (`shaped`, `adam`:
+//! their `cube.rs`), by its
 //! reference maths otherwise.
 
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use super::{AdamOps, AttentionOps, DenseOps, EmbedOps, GainOps, LossOps, NormOps};
+use super::{AttentionOps, DenseOps, EmbedOps, GainOps, LossOps, NormOps};
 
 macro_rules! reference_families {
     ($($family:ident),*) => {
@@ -13,4 +14,4 @@ macro_rules! reference_families {
     };
 }
 
-reference_families!(DenseOps, AttentionOps, GainOps, NormOps, LossOps, EmbedOps, AdamOps);
+reference_families!(DenseOps, AttentionOps, GainOps, NormOps, LossOps, EmbedOps);

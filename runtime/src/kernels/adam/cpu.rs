@@ -30,6 +30,8 @@ impl AdamOps for Flex {
             lr: f(k.lr / k.bc1),
             beta1: f(k.beta1),
             beta2: f(k.beta2),
+            rest1: f(1.0 - k.beta1),
+            rest2: f(1.0 - k.beta2),
             eps: f(k.eps),
             inv_bc2: f(1.0 / k.bc2),
             grad_scale: f(k.grad_scale),

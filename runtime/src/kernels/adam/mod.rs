@@ -5,6 +5,8 @@ use burn::tensor::ops::FloatTensor;
 
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 #[cfg(feature = "flex")]
 mod loops;
 pub(super) mod reference;

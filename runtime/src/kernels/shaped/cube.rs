@@ -14,6 +14,9 @@
 //! - `columns` (backward by key row): `dk_j` and `dv_j`, summing over the
 //!   queries that see key `j`, with the `alpha` and `centre` terms of `dv`.
 //!
+//! The loops over a head's `d` entries are unrolled (`d` is known when a
+//! kernel is compiled), so that a row's accumulators can live in registers.
+//!
 //! The query's bias is added before, the gains' gradients summed after,
 //! and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
 //! around the kernels with the gains family. Other dtypes than f32, head
@@ -66,6 +69,7 @@ fn shaped_forward<F: Float>(
     let end = if causal { i + 1 } else { tokens };
     let mut acc = Array::<F>::new(d);
     let mut sum = Array::<F>::new(d);
+    #[unroll]
     for e in 0..d {
         acc[e] = F::new(0.0);
         sum[e] = F::new(0.0);
@@ -74,6 +78,7 @@ fn shaped_forward<F: Float>(
     let mut l = F::new(0.0);
     for j in 0..end {
         let mut s = F::new(0.0);
+        #[unroll]
         for e in 0..d {
             s += q[qrow + e] * k[kbase + j * d + e];
         }
@@ -83,6 +88,7 @@ fn shaped_forward<F: Float>(
         let p = F::exp(s - top);
         l = l * keep + p;
         let vrow = (b * tokens + j) * width + h * d;
+        #[unroll]
         for e in 0..d {
             let x = v[vrow + e];
             acc[e] = acc[e] * keep + p * x;
@@ -96,6 +102,7 @@ fn shaped_forward<F: Float>(
     let alpha = h;
     let beta = heads + h;
     let gamma = 2 * heads + h;
+    #[unroll]
     for e in 0..d {
         y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
     }
@@ -145,6 +152,7 @@ fn shaped_rows<F: Float>(
     let mut sum = Array::<F>::new(d);
     let mut d_o = Array::<F>::new(d);
     let mut grad = Array::<F>::new(d);
+    #[unroll]
     for e in 0..d {
         o[e] = F::new(0.0);
         sum[e] = F::new(0.0);
@@ -152,11 +160,13 @@ fn shaped_rows<F: Float>(
     }
     for j in 0..end {
         let mut s = F::new(0.0);
+        #[unroll]
         for e in 0..d {
             s += q[qrow + e] * k[kbase + j * d + e];
         }
         let p = F::exp(s * scale - row_lse);
         let vrow = (b * tokens + j) * width + h * d;
+        #[unroll]
         for e in 0..d {
             let x = v[vrow + e];
             o[e] += p * x;
@@ -170,6 +180,7 @@ fn shaped_rows<F: Float>(
     let mut po = F::new(0.0);
     let mut pc = F::new(0.0);
     let mut pm = F::new(0.0);
+    #[unroll]
     for e in 0..d {
         let up = dy[at + e];
         let g = sa * up;
@@ -186,16 +197,19 @@ fn shaped_rows<F: Float>(
         let mut s = F::new(0.0);
         let mut dp = F::new(0.0);
         let vrow = (b * tokens + j) * width + h * d;
+        #[unroll]
         for e in 0..d {
             s += q[qrow + e] * k[kbase + j * d + e];
             dp += d_o[e] * v[vrow + e];
         }
         let p = F::exp(s * scale - row_lse);
         let ds = p * (dp - dd);
+        #[unroll]
         for e in 0..d {
             grad[e] += ds * k[kbase + j * d + e];
         }
     }
+    #[unroll]
     for e in 0..d {
         dq[qrow + e] = grad[e] * scale;
     }
@@ -250,6 +264,7 @@ fn shaped_columns<F: Float>(
     let vat = (b * tokens + j) * width + h * d;
     let mut gk = Array::<F>::new(d);
     let mut gv = Array::<F>::new(d);
+    #[unroll]
     for e in 0..d {
         gk[e] = F::new(0.0);
         gv[e] = gains[alpha] * sa * dy[vat + e];
@@ -259,6 +274,7 @@ fn shaped_columns<F: Float>(
         let yrow = (b * tokens + i) * width + h * d;
         let mut s = F::new(0.0);
         let mut dp = F::new(0.0);
+        #[unroll]
         for e in 0..d {
             s += q[qrow + e] * k[krow + e];
             dp += gb * dy[yrow + e] * v[vat + e];
@@ -267,12 +283,14 @@ fn shaped_columns<F: Float>(
         let ds = p * (dp - delta[bh * tokens + i]);
         // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
         let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
+        #[unroll]
         for e in 0..d {
             let up = dy[yrow + e];
             gk[e] += ds * q[qrow + e];
             gv[e] += p * gb * up + w * gg * up;
         }
     }
+    #[unroll]
     for e in 0..d {
         dk[krow + e] = gk[e] * scale;
         dv[vat + e] = gv[e];
@@ -489,7 +507,9 @@ mod tests {
     use super::super::{reference, MixAddend, Shaped, ShapedOps};
     use crate::kernels::tensor::{flat, primitive, tensor};
 
-    type B = burn::backend::Wgpu;
+    /// burn's wgpu backend without fusion (what `Wgpu` is unless the
+    /// `fusion` feature is on).
+    type B = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
     fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
