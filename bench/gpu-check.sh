@@ -10,17 +10,20 @@
 # operation fusion and kernel autotuning), stripped and xz-compressed.
 #
 # `run`, most important first, each result written as soon as it exists
-# (a run cut short still leaves what it finished):
-#   1. device.txt     every small model's logits, every parameter's gradient
-#                     and 100 AdamW steps on CUDA against the CPU, and the
-#                     bench's device memory (runtime/tests/device.rs)
-#   2. blkc-*.json    `blkc bench` of the CodeParrot Pre-LN and SAS-P, fp32
-#                     and bf16, batch 32 and 128, both binaries
-#   3. torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
-#                     fp32 (TF32 off) and bf16 autocast, batch 32 and 128;
-#                     torch.compile at batch 32
-#   4. curve-*.jsonl  200 steps of the quick SAS-P in fp32 and in bf16
-#   5. table.md       bench/gpu_table.py over all of it
+# (a run cut short still leaves what it finished; none is started after
+# GPU_CHECK_SECONDS, default 500, so that one device call of 10 minutes
+# holds it):
+#   device.txt     every small model's logits, every parameter's gradient
+#                  and 100 AdamW steps on CUDA against the CPU, and the
+#                  bench's device memory (runtime/tests/device.rs)
+#   blkc-*.json    `blkc bench` of the CodeParrot Pre-LN and SAS-P, bf16 and
+#                  fp32, batch 32 (both binaries) and 128
+#   torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
+#                  bf16 autocast and fp32 (TF32 off) at batch 32 and 128;
+#                  torch.compile bf16, then fp32, at batch 32
+#   curve-*.jsonl  100 steps of the quick SAS-P on CUDA in fp32 and in bf16
+#   table.md       bench/gpu_table.py over all of it (run it again here on
+#                  the files if the call was cut short)
 # Record table.md in bench/NOTES.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,44 +49,47 @@ case "${1:-}" in
   run)
     out="${OUT:-/tmp/gpu-check}"
     mkdir -p "$out"
+    # Stop starting new work after this many seconds (the table is still
+    # written from what finished).
+    budget="${GPU_CHECK_SECONDS:-500}"
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     for f in target-gpu/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
     chmod +x target-gpu/* 2>/dev/null
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu.csv" 2>&1
-    say() { echo "[$(date +%T)] $*" | tee -a "$out/log.txt"; }
+    say() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$out/log.txt"; }
+    due() { [ "$SECONDS" -lt "$budget" ] || { say "skipped (budget): $*"; return 1; }; }
+    bench() { # binary precision batch
+      due "$1 $2 b$3" || return 0
+      say "$1 bench $2 batch $3"
+      timeout 150 "target-gpu/$1" bench examples/codeparrot/preln.blk examples/codeparrot/sas-p.blk \
+        --device cuda --precision "$2" --batch "$3" --steps 8 --warmup 3 --format json \
+        > "$out/$1-$2-b$3.json" 2> "$out/$1-$2-b$3.err"
+      say "  exit $?"
+    }
+    torch() { # dtype batch [--only-compile]
+      due "torch $*" || return 0
+      say "torch $*"
+      timeout 200 python3 bench/torch_ref.py --device cuda --shape codeparrot --dtype "$1" --batch "$2" \
+        --steps 8 ${3:-} > "$out/torch-$1-b$2${3:+-compile}.jsonl" 2> "$out/torch-$1-b$2${3:+-compile}.err"
+      say "  exit $?"
+    }
     say "device checks"
-    (cd runtime && timeout 240 ../target-gpu/device-test --ignored --nocapture --test-threads 1) > "$out/device.txt" 2>&1
-    say "device checks: exit $?"
-    for batch in 32 128; do
-      for p in bf16 fp32; do
-        for bin in blkc blkc-fused; do
-          say "$bin bench $p batch $batch"
-          timeout 180 "target-gpu/$bin" bench examples/codeparrot/preln.blk examples/codeparrot/sas-p.blk \
-            --device cuda --precision "$p" --batch "$batch" --steps 10 --warmup 3 --format json \
-            > "$out/$bin-$p-b$batch.json" 2> "$out/$bin-$p-b$batch.err"
-          say "  exit $?"
-        done
+    (cd runtime && timeout 150 ../target-gpu/device-test --ignored --nocapture --test-threads 1) > "$out/device.txt" 2>&1
+    say "  exit $?"
+    for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-fused $p 32; done
+    for p in bf16 fp32; do bench blkc $p 128; torch $p 128; done
+    torch bf16 32 --only-compile
+    if due "curves"; then
+      say "quick SAS-P, 100 steps, fp32 and bf16"
+      for p in fp32 bf16; do
+        rm -rf "/tmp/curve-$p"
+        timeout 60 target-gpu/blkc train examples/quick/sas-p.blk --device cuda --precision "$p" --out "/tmp/curve-$p" \
+          --steps 100 --data compiler/src --set eval_every=50 --set log_every=10 -q > "$out/curve-$p.txt" 2>&1
+        cp "/tmp/curve-$p/metrics.jsonl" "$out/curve-$p.jsonl" 2>/dev/null
       done
-    done
-    for batch in 32 128; do
-      for d in bf16 fp32; do
-        say "torch eager $d batch $batch"
-        timeout 180 python3 bench/torch_ref.py --device cuda --shape codeparrot --dtype "$d" --batch "$batch" \
-          --steps 10 > "$out/torch-$d-b$batch.jsonl" 2> "$out/torch-$d-b$batch.err"
-      done
-    done
-    say "quick SAS-P, 200 steps, fp32 and bf16"
-    for p in fp32 bf16; do
-      rm -rf "/tmp/curve-$p"
-      timeout 120 target-gpu/blkc train examples/quick/sas-p.blk --device cuda --precision "$p" --out "/tmp/curve-$p" \
-        --steps 200 --data compiler/src --set eval_every=50 --set log_every=10 -q > "$out/curve-$p.txt" 2>&1
-      cp "/tmp/curve-$p/metrics.jsonl" "$out/curve-$p.jsonl" 2>/dev/null
-    done
-    for d in bf16 fp32; do
-      say "torch.compile $d batch 32"
-      timeout 240 python3 bench/torch_ref.py --device cuda --shape codeparrot --dtype "$d" --batch 32 \
-        --steps 10 --only-compile > "$out/torch-$d-b32-compile.jsonl" 2> "$out/torch-$d-b32-compile.err"
-    done
+    fi
+    torch fp32 32 --only-compile
+    for p in bf16 fp32; do bench blkc-fused $p 128; done
     python3 bench/gpu_table.py "$out" > "$out/table.md" 2> "$out/table.err"
     cat "$out/table.md"
     say "done"

@@ -42,7 +42,7 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 
 /// The CPU side: burn's `flex` with blkc's kernels, under autodiff.
 type Host = Autodiff<Cpu>;
@@ -265,4 +265,140 @@ fn wgpu_bench_counts_device_memory() {
 #[ignore = "needs a CUDA GPU"]
 fn cuda_bench_counts_device_memory() {
     bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default());
+}
+
+/// The largest difference of `a` and `b` over the largest entry of `b`.
+fn gap_of_scale(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(f32::MIN_POSITIVE, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+fn values<B: Backend>(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
+    let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
+    let t = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t)).reshape([n]);
+    t.into_data().to_vec::<f32>().unwrap_or_default()
+}
+
+/// The shaped attention's CubeCL kernels (`kernels/shaped/cube.rs`)
+/// against the reference maths on the same device: the output and every
+/// gradient, causal or not, with the query's bias or not, summed with
+/// another branch or not, per-head or single gains, `v` read elsewhere.
+fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::shaped::reference;
+    use blkc_runtime::kernels::{MixAddend, Shaped};
+    let random = |shape: &[usize]| {
+        let t = Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, 1.0), device);
+        B::float_reshape(t.into_primitive().tensor(), burn::tensor::Shape::from(shape.to_vec()))
+    };
+    let mut worst = 0.0f32;
+    for case in 0..16 {
+        let (causal, biased, added, per_head) = (case & 1 == 0, case & 2 == 0, case & 4 == 0, case & 8 == 0);
+        let (batch, heads, tokens, d) = (2, 3, 7, 8);
+        let n = if per_head { heads } else { 1 };
+        let shaped = Shaped {
+            q: random(&[batch, heads, tokens, d]),
+            k: random(&[batch, heads, tokens, d]),
+            v: random(&[batch, tokens, heads * d]),
+            gains: [random(&[n]), random(&[1]), random(&[n])],
+            scale: 1.0 / (d as f64).sqrt(),
+            causal,
+            bq: biased.then(|| random(&[heads * d])),
+        };
+        let add = added.then(|| MixAddend {
+            b: random(&[batch, tokens, heads * d]),
+            beta_sa: random(&[n]),
+            beta_ff: random(&[heads]),
+        });
+        let (ours, kept) = B::shaped_attention_forward(shaped.clone(), add.clone());
+        let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
+        assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
+        let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
+        let forward = gap_of_scale(&values::<B>(ours), &values::<B>(theirs));
+        assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
+        worst = worst.max(forward);
+        let dy = random(&[batch, tokens, heads * d]);
+        let acc = (case % 3 == 0).then(|| random(&[batch, tokens, heads * d]));
+        let g = B::shaped_attention_backward(shaped.clone(), add.clone(), kept, dy.clone(), acc.clone());
+        let r = reference::shaped_attention_backward::<B>(shaped, add, p, dy, acc);
+        let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];
+        for (name, (a, b)) in ["dalpha", "dbeta", "dgamma"].into_iter().zip(g.dgains.into_iter().zip(r.dgains)) {
+            pairs.push((name, a, b));
+        }
+        if let (Some(a), Some(b)) = (g.addend, r.addend) {
+            for (name, (x, y)) in ["db", "dbeta_sa", "dbeta_ff"].into_iter().zip(a.into_iter().zip(b)) {
+                pairs.push((name, x, y));
+            }
+        }
+        if let (Some(a), Some(b)) = (g.dbq, r.dbq) {
+            pairs.push(("dbq", a, b));
+        }
+        assert_eq!(pairs.len(), 6 + 3 * usize::from(added) + usize::from(biased), "case {case}: every gradient");
+        for (name, a, b) in pairs {
+            let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
+            assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            worst = worst.max(e);
+            assert!(e < 1e-5, "case {case}: {name} differs by {e:e} of its largest");
+        }
+    }
+    println!("shaped kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The AdamW kernel (`kernels/adam/cube.rs`) against the reference:
+/// decoupled decay from zero moments (`v` is `(1 − β₂) g²` alone), an L2
+/// term, a clipped gradient, early and late bias corrections.
+fn adam_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::adam::reference;
+    use blkc_runtime::kernels::AdamStep;
+    let random = |n: usize, lo: f64, hi: f64| Tensor::<B, 1>::random([n], Distribution::Uniform(lo, hi), device);
+    let n = 10_007;
+    for (t, decay, l2, grad_scale) in [(1, 0.01, 0.0, 1.0), (50, 0.0, 0.1, 0.5), (1000, 1e-4, 0.0, 0.25)] {
+        let (beta1, beta2) = (0.9f64, 0.999f64);
+        let k = AdamStep {
+            lr: 1e-3,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            bc1: 1.0 - beta1.powi(t),
+            bc2: 1.0 - beta2.powi(t),
+            grad_scale,
+            l2,
+            decay,
+        };
+        let (p, g) = (random(n, -1.0, 1.0), random(n, -1.0, 1.0));
+        let (m, v) = if t == 1 {
+            (Tensor::zeros([n], device), Tensor::zeros([n], device))
+        } else {
+            (random(n, -0.1, 0.1), random(n, 0.0, 0.01))
+        };
+        let [p, g, m, v] = [p, g, m, v].map(|x| x.into_primitive().tensor());
+        let ours = B::adam(p.clone(), g.clone(), m.clone(), v.clone(), k);
+        let theirs = reference::adam::<B>(p, g, m, v, k);
+        for (name, a, b) in [("p", ours.0, theirs.0), ("m", ours.1, theirs.1), ("v", ours.2, theirs.2)] {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-6, "step {t}: {name} differs by {e:e} of its largest entry");
+        }
+    }
+}
+
+/// burn's wgpu backend without operation fusion (what `Wgpu` is unless
+/// the `fusion` feature is on): where blkc's CubeCL kernels run.
+#[cfg(feature = "wgpu")]
+type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_kernels_are_the_reference() {
+    shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_kernels_are_the_reference() {
+    type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    shaped_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }

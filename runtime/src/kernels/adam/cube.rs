@@ -2,7 +2,7 @@
 //! reads the parameter, its gradient and both moments once and writes the
 //! three updated, where the reference runs a dozen element-wise operations
 //! (each a launch and a pass over memory). f32 only; other dtypes take the
-//! reference.
+//! reference. Tested against the reference in `runtime/tests/device.rs`.
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorMetadata};
@@ -101,63 +101,5 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
             (1.0 - k.decay) as f32,
         );
         (p1, m1, v1)
-    }
-}
-
-#[cfg(all(test, feature = "wgpu"))]
-mod tests {
-    use burn::tensor::{Distribution, Tensor};
-
-    use super::super::{reference, AdamOps, AdamStep};
-    use crate::kernels::tensor::{primitive, tensor};
-
-    /// burn's wgpu backend without fusion.
-    type B = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
-
-    fn values(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
-        tensor::<B, 1>(t).into_data().to_vec::<f32>().unwrap_or_default()
-    }
-
-    /// The kernel is the reference: AdamW (decoupled decay) from zero
-    /// moments, Adam with an L2 term, a clipped gradient, early and late
-    /// bias corrections.
-    #[test]
-    fn the_kernel_is_the_reference() {
-        let random = |n: usize, lo: f64, hi: f64| {
-            primitive(Tensor::<B, 1>::random([n], Distribution::Uniform(lo, hi), &Default::default()))
-        };
-        let n = 10_007;
-        for (t, decay, l2, grad_scale) in [(1, 0.01, 0.0, 1.0), (50, 0.0, 0.1, 0.5), (1000, 1e-4, 0.0, 0.25)] {
-            let (beta1, beta2) = (0.9f64, 0.999f64);
-            let k = AdamStep {
-                lr: 1e-3,
-                beta1,
-                beta2,
-                eps: 1e-8,
-                bc1: 1.0 - beta1.powi(t),
-                bc2: 1.0 - beta2.powi(t),
-                grad_scale,
-                l2,
-                decay,
-            };
-            let (p, g) = (random(n, -1.0, 1.0), random(n, -1.0, 1.0));
-            // The first step from zero moments (`v` is `(1 − β₂) g²` alone).
-            let (m, v) = if t == 1 {
-                (random(n, 0.0, 0.0), random(n, 0.0, 0.0))
-            } else {
-                (random(n, -0.1, 0.1), random(n, 0.0, 0.01))
-            };
-            let ours = B::adam(p.clone(), g.clone(), m.clone(), v.clone(), k);
-            let theirs = reference::adam::<B>(p, g, m, v, k);
-            for (name, a, b) in [("p", ours.0, theirs.0), ("m", ours.1, theirs.1), ("v", ours.2, theirs.2)] {
-                let (a, b) = (values(a), values(b));
-                assert_eq!(a.len(), n);
-                // Against the tensor's largest entry: a moment near zero
-                // (a cancellation) has no relative precision to keep.
-                let scale = b.iter().fold(0.0f32, |s, y| s.max(y.abs()));
-                let gap = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
-                assert!(gap < 1e-6, "step {t}: {name} differs by {gap:e} of its largest entry");
-            }
-        }
     }
 }

@@ -9,7 +9,7 @@ mod cpu;
 mod cube;
 #[cfg(feature = "flex")]
 mod loops;
-pub(super) mod reference;
+pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 

@@ -16,7 +16,7 @@ mod cpu;
 mod loops;
 #[cfg(feature = "flex")]
 mod product;
-pub(super) mod reference;
+pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 

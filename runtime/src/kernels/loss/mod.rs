@@ -12,7 +12,7 @@ mod autodiff;
 mod cpu;
 #[cfg(feature = "flex")]
 pub(crate) mod loops;
-pub(super) mod reference;
+pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 

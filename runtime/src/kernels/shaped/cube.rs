@@ -21,8 +21,8 @@
 //! and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
 //! around the kernels with the gains family. Other dtypes than f32, head
 //! dimensions above 256 and gains grouped otherwise than by head or as one
-//! value take the reference maths. Tested against the reference on wgpu
-//! (`tests` below) and end to end in `runtime/tests/device.rs`.
+//! value take the reference maths. Tested against the reference on the
+//! device, and end to end against the CPU, in `runtime/tests/device.rs`.
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
@@ -77,12 +77,7 @@ fn shaped_forward<F: Float>(
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in 0..end {
-        let mut s = F::new(0.0);
-        #[unroll]
-        for e in 0..d {
-            s += q[qrow + e] * k[kbase + j * d + e];
-        }
-        s *= scale;
+        let s = dot(q, qrow, k, kbase + j * d, d) * scale;
         let top = F::max(m, s);
         let keep = F::exp(m - top);
         let p = F::exp(s - top);
@@ -107,6 +102,17 @@ fn shaped_forward<F: Float>(
         y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
     }
     lse[pos] = m + F::ln(l);
+}
+
+/// `Σ_e a[a0 + e] · b[b0 + e]` over a head's `d` entries.
+#[cube]
+fn dot<F: Float>(a: &Tensor<F>, a0: usize, b: &Tensor<F>, b0: usize, #[comptime] d: usize) -> F {
+    let mut s = F::new(0.0);
+    #[unroll]
+    for e in 0..d {
+        s += a[a0 + e] * b[b0 + e];
+    }
+    s
 }
 
 /// The backward by query row: `dq`, `D_i` (`delta`) and each row's share
@@ -159,12 +165,7 @@ fn shaped_rows<F: Float>(
         grad[e] = F::new(0.0);
     }
     for j in 0..end {
-        let mut s = F::new(0.0);
-        #[unroll]
-        for e in 0..d {
-            s += q[qrow + e] * k[kbase + j * d + e];
-        }
-        let p = F::exp(s * scale - row_lse);
+        let p = F::exp(dot(q, qrow, k, kbase + j * d, d) * scale - row_lse);
         let vrow = (b * tokens + j) * width + h * d;
         #[unroll]
         for e in 0..d {
@@ -194,15 +195,13 @@ fn shaped_rows<F: Float>(
         pm += up * (gains[alpha] * x + gains[beta] * o[e] + gains[gamma] * c);
     }
     for j in 0..end {
-        let mut s = F::new(0.0);
         let mut dp = F::new(0.0);
         let vrow = (b * tokens + j) * width + h * d;
         #[unroll]
         for e in 0..d {
-            s += q[qrow + e] * k[kbase + j * d + e];
             dp += d_o[e] * v[vrow + e];
         }
-        let p = F::exp(s * scale - row_lse);
+        let p = F::exp(dot(q, qrow, k, kbase + j * d, d) * scale - row_lse);
         let ds = p * (dp - dd);
         #[unroll]
         for e in 0..d {
@@ -272,14 +271,8 @@ fn shaped_columns<F: Float>(
     for i in start..tokens {
         let qrow = qbase + i * d;
         let yrow = (b * tokens + i) * width + h * d;
-        let mut s = F::new(0.0);
-        let mut dp = F::new(0.0);
-        #[unroll]
-        for e in 0..d {
-            s += q[qrow + e] * k[krow + e];
-            dp += gb * dy[yrow + e] * v[vat + e];
-        }
-        let p = F::exp(s * scale - lse[bh * tokens + i]);
+        let dp = gb * dot(dy, yrow, v, vat, d);
+        let p = F::exp(dot(q, qrow, k, krow, d) * scale - lse[bh * tokens + i]);
         let ds = p * (dp - delta[bh * tokens + i]);
         // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
         let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
@@ -494,95 +487,5 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             None => dv,
         };
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
-    }
-}
-
-#[cfg(all(test, feature = "wgpu"))]
-mod tests {
-    //! The kernels against the reference maths on the same device (wgpu;
-    //! on a machine without a GPU, Mesa's software Vulkan).
-
-    use burn::tensor::{Distribution, Tensor};
-
-    use super::super::{reference, MixAddend, Shaped, ShapedOps};
-    use crate::kernels::tensor::{flat, primitive, tensor};
-
-    /// burn's wgpu backend without fusion (what `Wgpu` is unless the
-    /// `fusion` feature is on).
-    type B = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
-
-    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    fn values(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
-        tensor::<B, 1>(flat::<B>(t)).into_data().to_vec::<f32>().unwrap_or_default()
-    }
-
-    /// The largest difference of `a` and `b` over the largest entry of `b`
-    /// (or 1, when `b` is small).
-    fn gap(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
-    }
-
-    #[test]
-    fn the_kernels_are_the_reference() {
-        // Causal or not; with the query's bias or not; summed with another
-        // branch or not; per-head or single gains; `v` read elsewhere (acc).
-        let mut worst = 0.0f32;
-        for case in 0..16 {
-            let (causal, biased, added, per_head) = (case & 1 == 0, case & 2 == 0, case & 4 == 0, case & 8 == 0);
-            let (batch, heads, tokens, d) = (2, 3, 7, 8);
-            let n = if per_head { heads } else { 1 };
-            let shaped = Shaped {
-                q: primitive(random([batch, heads, tokens, d])),
-                k: primitive(random([batch, heads, tokens, d])),
-                v: primitive(random([batch, tokens, heads * d])),
-                gains: [primitive(random([n])), primitive(random([1])), primitive(random([n]))],
-                scale: 1.0 / (d as f64).sqrt(),
-                causal,
-                bq: biased.then(|| primitive(random([heads * d]))),
-            };
-            let add = added.then(|| MixAddend {
-                b: primitive(random([batch, tokens, heads * d])),
-                beta_sa: primitive(random([n])),
-                beta_ff: primitive(random([heads])),
-            });
-            assert!(super::plan(&shaped, add.as_ref()).is_some(), "case {case}: the kernels run, not the reference");
-            let (ours, lse) = B::shaped_attention_forward(shaped.clone(), add.clone());
-            assert_eq!(burn::tensor::TensorMetadata::shape(&lse).num_dims(), 3, "the backward keeps row statistics");
-            let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
-            let forward = gap(&values(ours), &values(theirs));
-            assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
-            worst = worst.max(forward);
-            let dy = primitive(random([batch, tokens, heads * d]));
-            let acc: Option<Tensor<B, 3>> = (case % 3 == 0).then(|| random([batch, tokens, heads * d]));
-            let acc = || acc.clone().map(primitive);
-            let g = B::shaped_attention_backward(shaped.clone(), add.clone(), lse, dy.clone(), acc());
-            let r = reference::shaped_attention_backward::<B>(shaped.clone(), add.clone(), p, dy, acc());
-            let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];
-            for (name, (a, b)) in ["dalpha", "dbeta", "dgamma"].into_iter().zip(g.dgains.into_iter().zip(r.dgains)) {
-                pairs.push((name, a, b));
-            }
-            if let (Some(a), Some(b)) = (g.addend, r.addend) {
-                for (name, (x, y)) in ["db", "dbeta_sa", "dbeta_ff"].into_iter().zip(a.into_iter().zip(b)) {
-                    pairs.push((name, x, y));
-                }
-            }
-            if let (Some(a), Some(b)) = (g.dbq, r.dbq) {
-                pairs.push(("dbq", a, b));
-            }
-            assert_eq!(pairs.len(), 6 + 3 * usize::from(added) + usize::from(biased), "case {case}: every gradient");
-            for (name, a, b) in pairs {
-                let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
-                assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
-                let e = gap(&values(a), &values(b));
-                worst = worst.max(e);
-                assert!(e < 1e-5, "case {case}: {name} differs by {e:e} of its largest");
-            }
-        }
-        println!("kernels against the reference: largest gap {worst:.1e} of scale");
     }
 }

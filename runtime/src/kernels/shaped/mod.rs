@@ -24,7 +24,7 @@ mod cube;
 mod loops;
 #[cfg(feature = "flex")]
 mod mix;
-pub(super) mod reference;
+pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 
