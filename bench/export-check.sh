@@ -4,7 +4,8 @@
 # norm, soft-cap, query/key bias, fixed and per-head gains, gains that depend
 # on `layer`, dense maps with bias, reparam maps, GELU and leaky-ReLU MLPs,
 # sinusoidal positions, an untied head, a bidirectional mask) for a few
-# steps, exports each, and compares the PyTorch model's logits with blkc's
+# steps — and Llama (rotary, grouped-query, SwiGLU), GPT-J (partial rotary),
+# the gated SAS-P and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's
 # (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
 #   bench/export-check.sh [WORKDIR]
@@ -30,8 +31,9 @@ attention wide {
     value   = linear(normal(0.02), bias = true)
     proj    = reparam(skip = 0.5, resid = 1, init = orthogonal, trainable)
     matrix  = a * I + softmax - c * centre
-    param a = 0.5 trainable per_head
+    param a = 0.5 + 0.1 * head trainable per_head
     param c = 0.25 per_head
+    dropout = 0.1
 }
 mlp act {
     activation = leaky_relu(0.1)
@@ -53,11 +55,16 @@ BLK
 fail=0
 dirs=()
 for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-p-nonorm:sas_p_nonorm \
-            vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything; do
+            vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything \
+            llama:llama gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln; do
     file="${spec%%:*}"; block="${spec##*:}"
     src="$file"; [ "$file" = everything-mlm ] && src=everything
+    [ "$file" = preln-alibi ] && src=preln
     mask=causal; positions=learned; tied=true
     if [ "$file" = everything-mlm ]; then mask=bidirectional; positions=sinusoidal; tied=false; fi
+    [ "$file" = llama ] && positions=rope && tied=false
+    [ "$file" = gpt-j ] && positions="rope(fraction = 0.25)" && tied=false
+    [ "$file" = preln-alibi ] && positions=alibi
     cat > "$work/m-$file.blk" <<BLK
 use "$src.blk"
 model m {

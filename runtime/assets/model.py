@@ -14,14 +14,16 @@ gives blkc's logits. Weights multiply on the right (`y = x @ W`, W of
 shape [fan_in, fan_out]), as in blkc.
 
 The plan: `width`, `heads`, `vocab`, `context`, `causal`, `positions`
-(`none`, `learned` with `max`, `sinusoidal`), `final_norm`, `tied`, and
+(`none`, `learned` with `max`, `sinusoidal`, `rope` with `base` and
+`fraction` in GPT-NeoX's layout, `alibi` with the heads' `slopes`),
+`final_norm`, `tied`, and
 `layers`, each with `params` (a trainable one names its gain tensor
 `gains.G` and its `size`, 1 or the heads; a fixed one has its `value`), `nodes` and `out`. A node is
 `input`, `norm` (`centred` = LayerNorm, else RMSNorm, and `eps`),
-`attention` (`head_dim`, `terms` of the matrix: `I`, `softmax`, `centre`
+`attention` (`head_dim`, `kv_heads`, `terms` of the matrix: `I`, `softmax`, `centre`
 with their gains, `value` and `proj` maps: `identity`, `dense`, or
 `reparam` with `skip`, `resid`, a `fixed` W_init or the identity, and
-trainable gains), `mlp` (`activation`, `hidden`, `bias`) or `sum` (terms of
+trainable gains), `mlp` (`activation`, `hidden`, `bias`, `gated`) or `sum` (terms of
 a gain and a node). A gain is a scalar expression of constants and params
 (`const`, `param`, `neg`, `bin`, `call`).
 """
@@ -152,20 +154,22 @@ class Attention(nn.Module):
     `softmax(q kᵀ / √head_dim + mask)` and `centre` (the softmax at zero
     logits: a running mean under a causal mask, a mean otherwise)."""
 
-    def __init__(self, spec, width, heads, causal):
+    def __init__(self, spec, width, heads, causal, positions):
         super().__init__()
-        self.spec, self.heads, self.causal = spec, heads, causal
+        self.spec, self.heads, self.causal, self.positions = spec, heads, causal, positions
         d, inner = spec["head_dim"], spec["head_dim"] * heads
+        # Grouped-query attention: keys and values of `kv_heads` heads.
+        kv = spec.get("kv_heads", heads) * d
         if spec["softmax"]:
             self.query = _param(width, inner)
-            self.key = _param(width, inner)
+            self.key = _param(width, kv)
             if spec["qk_bias"]:
                 self.query_bias = _param(inner)
-                self.key_bias = _param(inner)
+                self.key_bias = _param(kv)
             if spec["qk_norm"]:
                 self.query_norm = Norm(d, spec["qk_norm"]["centred"], spec["qk_norm"]["eps"])
                 self.key_norm = Norm(d, spec["qk_norm"]["centred"], spec["qk_norm"]["eps"])
-        self.value = Map(spec["value"], width, inner)
+        self.value = Map(spec["value"], width, kv)
         self.proj = Map(spec["proj"], inner, width)
         self.gains = nn.ParameterList([_param(p["size"]) for p in spec["params"] if "gain" in p])
 
@@ -173,21 +177,53 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.heads, -1).transpose(1, 2)
 
+    def widen(self, y):
+        """Keys or values of `kv_heads` heads, each repeated for the query
+        heads of its group: [b, t, kv·d] -> [b, t, heads·d]."""
+        b, t, w = y.shape
+        d = self.spec["head_dim"]
+        kv = w // d
+        if kv == self.heads or w != kv * d:
+            return y
+        return y.reshape(b, t, kv, 1, d).expand(b, t, kv, self.heads // kv, d).reshape(b, t, self.heads * d)
+
+    def rotate(self, x):
+        """Rotary positions on [b, heads, t, d]: the first r dimensions of
+        each head in pairs (p, p + r/2), turned by t · base^(-2p/r)."""
+        pos = self.positions
+        if pos["kind"] != "rope":
+            return x
+        t, d = x.shape[-2], x.shape[-1]
+        r = max(min(int(pos["fraction"] * d) // 2 * 2, d // 2 * 2), min(2, d))
+        half = r // 2
+        p = torch.arange(half, dtype=torch.float64)
+        angle = torch.arange(t, dtype=torch.float64).reshape(-1, 1) * pos["base"] ** (-2.0 * p / r)
+        cos, sin = angle.cos().to(x), angle.sin().to(x)
+        x1, x2 = x[..., :half], x[..., half:r]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., r:]], -1)
+
     def softmax_times(self, x, v):
         s = self.spec
         q, k = x @ self.query, x @ self.key
         if s["qk_bias"]:
             q, k = q + self.query_bias, k + self.key_bias
-        q, k = self.split(q), self.split(k)
+        q, k = self.split(q), self.split(self.widen(k))
         if s["qk_norm"]:
             q, k = self.query_norm(q), self.key_norm(k)
+        q, k = self.rotate(q), self.rotate(k)
         scores = q @ k.transpose(-1, -2) / math.sqrt(s["head_dim"])
         if s["softcap"]:
             scores = s["softcap"] * torch.tanh(scores / s["softcap"])
+        t = scores.shape[-1]
         if self.causal:
-            t = scores.shape[-1]
             blocked = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(blocked, float("-inf"))
+        if self.positions["kind"] == "alibi":
+            i = torch.arange(t, device=x.device, dtype=torch.float64)
+            dist = i.reshape(-1, 1) - i.reshape(1, -1)
+            dist = dist if self.causal else dist.abs()
+            slopes = torch.tensor(self.positions["slopes"], dtype=torch.float64, device=x.device)
+            scores = scores + (-slopes.reshape(-1, 1, 1) * dist).to(scores)
         o = scores.softmax(-1) @ self.split(v)
         return o.transpose(1, 2).reshape(v.shape)
 
@@ -198,7 +234,7 @@ class Attention(nn.Module):
         return v.mean(1, keepdim=True).expand_as(v)
 
     def forward(self, x):
-        v = self.value(x)
+        v = self.widen(self.value(x))
         out = None
         for expr, term in self.spec["terms"]:
             part = {"I": lambda: v, "centre": lambda: self.centre(v), "softmax": lambda: self.softmax_times(x, v)}[term]()
@@ -208,20 +244,26 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """act(x @ up + up_bias) @ down + down_bias."""
+    """act(x @ up + up_bias) @ down + down_bias, or gated (SwiGLU, GeGLU,
+    ReGLU): (act(x @ gate + gate_bias) * (x @ up + up_bias)) @ down + down_bias."""
 
     def __init__(self, spec, width):
         super().__init__()
         self.spec = spec
         self.up = _param(width, spec["hidden"])
         self.down = _param(spec["hidden"], width)
+        if spec.get("gated"):
+            self.gate = _param(width, spec["hidden"])
         if spec["bias"]:
             self.up_bias = _param(spec["hidden"])
             self.down_bias = _param(width)
+            if spec.get("gated"):
+                self.gate_bias = _param(spec["hidden"])
 
     def forward(self, x):
         s = self.spec
-        h = x @ self.up + (self.up_bias if s["bias"] else 0)
+        up = x @ self.up + (self.up_bias if s["bias"] else 0)
+        h = x @ self.gate + (self.gate_bias if s["bias"] else 0) if s.get("gated") else up
         h = {
             "relu": lambda: F.relu(h),
             "leaky_relu": lambda: F.leaky_relu(h, s["slope"]),
@@ -232,6 +274,8 @@ class Mlp(nn.Module):
             "erf": lambda: torch.erf(h),
             "identity": lambda: h,
         }[s["activation"]]()
+        if s.get("gated"):
+            h = h * up
         return h @ self.down + (self.down_bias if s["bias"] else 0)
 
 
@@ -247,7 +291,11 @@ class Block(nn.Module):
             [Norm(width, n["norm"]["centred"], n["norm"]["eps"]) for n in nodes if n["op"] == "norm"]
         )
         self.attention = nn.ModuleList(
-            [Attention(n["spec"], width, heads, plan["causal"]) for n in nodes if n["op"] == "attention"]
+            [
+                Attention(n["spec"], width, heads, plan["causal"], plan["positions"])
+                for n in nodes
+                if n["op"] == "attention"
+            ]
         )
         self.mlp = nn.ModuleList([Mlp(n["spec"], width) for n in nodes if n["op"] == "mlp"])
         self.gains = nn.ParameterList([_param(p["size"]) for p in layer["params"] if "gain" in p])
