@@ -7,12 +7,11 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 use super::{reference, AdamOps, AdamStep};
+use crate::kernels::cube::{empty_f32, units};
 
 /// `g ← g · grad_scale + l2 · p`, the moments (`rest` = 1 − β), then
 /// `p ← p · keep − lr · m / (sqrt(v · inv_bc2) + eps)` (`lr` already over
@@ -69,13 +68,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
             return reference::adam::<Self>(p, g, m, v, k);
         }
         let [p, g, m, v] = [p, g, m, v].map(into_contiguous);
-        let out = |like: &CubeTensor<R>| {
-            empty_device_dtype(like.client.clone(), like.device.clone(), like.shape(), DType::F32)
-        };
-        let (p1, m1, v1) = (out(&p), out(&m), out(&v));
+        let (p1, m1, v1) = (empty_f32(&p, p.shape()), empty_f32(&m, m.shape()), empty_f32(&v, v.shape()));
         let client = p.client.clone();
-        let dim = CubeDim::new(&client, n);
-        let count = cubecl::calculate_cube_count_elemwise(&client, n, dim);
+        let (count, dim) = units(&client, n);
         adam_update::launch::<f32, R>(
             &client,
             count,

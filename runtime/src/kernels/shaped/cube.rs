@@ -25,9 +25,8 @@
 //! device, and end to end against the CPU, in `runtime/tests/device.rs`.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape, TensorMetadata};
+use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -35,6 +34,7 @@ use cubecl::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
 
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::cube::{empty_f32, units};
 use crate::kernels::gains::GainOps;
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
@@ -326,16 +326,6 @@ impl Plan {
     fn rows(&self) -> usize {
         self.batch * self.heads * self.tokens
     }
-
-    fn launch_size<R: CubeRuntime>(&self, client: &ComputeClient<R>) -> (CubeCount, CubeDim) {
-        let dim = CubeDim::new(client, self.rows());
-        let count = cubecl::calculate_cube_count_elemwise(client, self.rows(), dim);
-        (count, dim)
-    }
-}
-
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: impl Into<Shape>) -> CubeTensor<R> {
-    empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
 }
 
 /// `q` plus the query's bias, `k` and `v`, contiguous; and the gains
@@ -371,10 +361,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
         let [q, k, v, gains] = operands::<R, F, I, BT>(&a, None, &p);
-        let y = empty(&v, [p.batch, p.tokens, p.heads * p.d]);
-        let lse = empty(&v, [p.batch, p.heads, p.tokens]);
+        let y = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
+        let lse = empty_f32(&v, [p.batch, p.heads, p.tokens]);
         let client = v.client.clone();
-        let (count, dim) = p.launch_size(&client);
+        let (count, dim) = units(&client, p.rows());
         shaped_forward::launch::<f32, R>(
             &client,
             count,
@@ -412,12 +402,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let [q, k, v, gains] = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
         let dy = into_contiguous(dy);
         let client = v.client.clone();
-        let (count, dim) = p.launch_size(&client);
-        let dq = empty(&v, [p.batch, p.heads, p.tokens, p.d]);
-        let dk = empty(&v, [p.batch, p.heads, p.tokens, p.d]);
-        let dv = empty(&v, [p.batch, p.tokens, p.heads * p.d]);
-        let delta = empty(&v, [p.batch, p.heads, p.tokens]);
-        let part = empty(&v, [4, p.batch, p.heads, p.tokens]);
+        let (count, dim) = units(&client, p.rows());
+        let dq = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
+        let dk = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
+        let dv = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
+        let delta = empty_f32(&v, [p.batch, p.heads, p.tokens]);
+        let part = empty_f32(&v, [4, p.batch, p.heads, p.tokens]);
         shaped_rows::launch::<f32, R>(
             &client,
             count.clone(),
