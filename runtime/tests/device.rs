@@ -391,6 +391,146 @@ fn adam_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::D
     }
 }
 
+/// A tensor of `shape` drawn from N(0, 1) on `device`.
+fn normal<B: Backend>(device: &B::Device, shape: &[usize]) -> burn::tensor::ops::FloatTensor<B> {
+    let t = Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, 1.0), device);
+    B::float_reshape(t.into_primitive().tensor(), burn::tensor::Shape::from(shape.to_vec()))
+}
+
+/// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
+/// the shaped kernels with a plain softmax's gains) against the reference:
+/// the output, and every gradient wanted or some, causal or not, with the
+/// query's bias or not, `dv` added into a gradient from elsewhere or not,
+/// with the heads split from the layers' strided views.
+fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::attention::reference;
+    use blkc_runtime::kernels::tensor::split_heads;
+    B::seed(device, 19);
+    let (batch, heads, tokens, d) = (2, 3, 9, 8);
+    let split = |x| split_heads::<B>(x, heads);
+    let mut worst = 0.0f32;
+    for case in 0..8 {
+        let (causal, biased, added) = (case & 1 == 0, case & 2 == 0, case & 4 == 0);
+        let [q, k, v] = [0; 3].map(|_| split(normal::<B>(device, &[batch, tokens, heads * d])));
+        let bq = biased.then(|| normal::<B>(device, &[heads * d]));
+        let (o, kept) = B::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, causal));
+        let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
+        assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
+        let (o2, p) = reference::attention_forward::<B>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, causal));
+        let merged = |x| blkc_runtime::kernels::tensor::merge_heads::<B>(x);
+        let e = gap_of_scale(&values::<B>(merged(o)), &values::<B>(merged(o2)));
+        assert!(e < 1e-5, "case {case}: outputs differ by {e:e} of scale");
+        worst = worst.max(e);
+        let g = split(normal::<B>(device, &[batch, tokens, heads * d]));
+        let wants = if case < 4 { [true; 3] } else { [false, true, true] };
+        let acc = added.then(|| normal::<B>(device, &[batch, tokens, heads * d]));
+        let qkv = [q, k, v];
+        let ours = B::attention_backward(qkv.clone(), bq.clone(), kept, g.clone(), (0.35, causal, acc.clone()), wants);
+        let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (0.35, causal, acc), wants);
+        for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
+            let wanted = if i < 3 { wants[i] } else { biased };
+            assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "case {case}: gradient {i}");
+            if let (Some(a), Some(b)) = (a, b) {
+                let (a, b) = if i < 3 { (merged(a), merged(b)) } else { (a, b) };
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                // The query bias's gradient sums over batch and tokens.
+                let tolerance = if i == 3 { 1e-4 } else { 1e-5 };
+                assert!(e < tolerance, "case {case}: gradient {i} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    println!("attention kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The norms' CubeCL kernels (`kernels/norm/cube.rs`) against the
+/// reference: LayerNorm and RMSNorm, with a shift or not, the input's
+/// gradient added into one from elsewhere or not; rows wider than a cube
+/// (each unit striding over several entries) and narrower, and rows that
+/// are not a whole number of the column kernel's chunks.
+fn norm_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::norm::reference;
+    B::seed(device, 20);
+    let mut worst = 0.0f32;
+    for (case, (rows, width)) in [(70, 600), (33, 24), (128, 64)].into_iter().enumerate() {
+        for variant in 0..4 {
+            let (centred, shifted) = (variant & 1 == 0, variant & 2 == 0);
+            // An offset mean, as a residual stream has: centring must
+            // not cancel.
+            let x = B::float_add_scalar(normal::<B>(device, &[rows, width]), 3.0.into());
+            let scale = normal::<B>(device, &[width]);
+            let bias = shifted.then(|| normal::<B>(device, &[width]));
+            let (y, rstd) = B::norm(x.clone(), scale.clone(), bias.clone(), 1e-5, centred);
+            let (y2, rstd2) = reference::norm::<B>(x.clone(), scale.clone(), bias, 1e-5, centred);
+            let mut pairs = vec![("y", y, y2), ("rstd", rstd.clone(), rstd2)];
+            let dy = normal::<B>(device, &[rows, width]);
+            let acc = (variant < 2).then(|| normal::<B>(device, &[rows, width]));
+            let (dx, ds, db) =
+                B::norm_backward(x.clone(), scale.clone(), rstd.clone(), dy.clone(), centred, acc.clone());
+            let (dx2, ds2, db2) = reference::norm_backward::<B>(x, scale, rstd, dy, centred);
+            let dx2 = acc.map_or(dx2.clone(), |a| B::float_add(dx2, a));
+            pairs.extend([("dx", dx, dx2), ("dscale", ds, ds2), ("dbias", db, db2)]);
+            for (name, a, b) in pairs {
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                // The scale's and shift's gradients sum over the rows.
+                let tolerance = if name.starts_with("d") && name != "dx" { 1e-4 } else { 1e-5 };
+                assert!(e < tolerance, "case {case}.{variant}: {name} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    // The kernels ran (a fallback to the reference would equal it exactly).
+    assert!(worst > 0.0, "the norm kernels ran");
+    println!("norm kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The loss's CubeCL kernels (`kernels/loss/cube.rs`) against the
+/// reference: the cross-entropy and its log-sum-exp per row, its backward
+/// from a gradient per row, and the mean with its gradient written over
+/// the logits (shared logits are left as they were); vocabularies wider
+/// than a cube and narrower, large logits (the online maximum matters).
+fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::loss::reference;
+    B::seed(device, 21);
+    let mut worst = 0.0f32;
+    for (rows, vocab) in [(37, 1000), (16, 5), (64, 512)] {
+        let logits = B::float_mul_scalar(normal::<B>(device, &[rows, vocab]), 8.0.into());
+        let draw = Tensor::<B, 1>::random([rows], Distribution::Uniform(0.0, vocab as f64), device);
+        let targets = draw.int().clamp(0, vocab as i64 - 1).into_primitive();
+        let (nll, lse) = B::cross_entropy(logits.clone(), targets.clone());
+        let (nll2, lse2) = reference::cross_entropy::<B>(logits.clone(), targets.clone());
+        let g = normal::<B>(device, &[rows]);
+        let d = B::cross_entropy_backward(logits.clone(), lse.clone(), targets.clone(), g.clone());
+        let d2 = reference::cross_entropy_backward::<B>(logits.clone(), lse2.clone(), targets.clone(), g);
+        let before = values::<B>(logits.clone());
+        let (mean, grad) = B::nll_mean_with_grad(logits.clone(), targets.clone());
+        let targets2 = targets.clone();
+        let (mean2, grad2) = reference::nll_mean_with_grad::<B>(logits.clone(), targets);
+        assert_eq!(values::<B>(logits.clone()), before, "{rows}×{vocab}: the shared logits are unchanged");
+        // Logits held nowhere else (a training step's) take the gradient
+        // in their own memory.
+        let alone = B::float_add_scalar(logits, 0.0.into());
+        let (mean3, grad3) = B::nll_mean_with_grad(alone, targets2.clone());
+        let pairs = [
+            ("nll", nll, nll2),
+            ("lse", lse, lse2),
+            ("dlogits", d, d2),
+            ("mean", mean, mean2.clone()),
+            ("grad", grad, grad2.clone()),
+            ("mean in place", mean3, mean2),
+            ("grad in place", grad3, grad2),
+        ];
+        for (name, a, b) in pairs {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-5, "{rows}×{vocab}: {name} differs by {e:e} of scale");
+            worst = worst.max(e);
+        }
+    }
+    // The kernels ran (a fallback to the reference would equal it exactly).
+    assert!(worst > 0.0, "the loss kernels ran");
+    println!("loss kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
 /// burn's wgpu backend without operation fusion (what `Wgpu` is unless
 /// the `fusion` feature is on): where blkc's CubeCL kernels run.
 #[cfg(feature = "wgpu")]
@@ -400,6 +540,9 @@ type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32
 #[test]
 fn wgpu_kernels_are_the_reference() {
     shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    loss_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
 }
 
@@ -409,5 +552,8 @@ fn wgpu_kernels_are_the_reference() {
 fn cuda_kernels_are_the_reference() {
     type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     shaped_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    attention_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    norm_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
     adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }

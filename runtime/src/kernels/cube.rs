@@ -1,16 +1,17 @@
 //! burn's CubeCL backends without operation fusion (`CubeBackend`, which
 //! `burn::backend::Cuda` and `Wgpu` are when the `fusion` feature is off):
-//! every family, by its CubeCL kernels where it has them (`shaped`, `adam`:
-//! their `cube.rs`), by its
-//! reference maths otherwise.
+//! every family, by its CubeCL kernels where it has them (`shaped`,
+//! `attention`, `norm`, `loss`, `adam`: their `cube.rs`), by its reference
+//! maths otherwise; and what those kernels share: launch sizes, fresh
+//! outputs, and the sum over the units of a cube.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use cubecl::prelude::{ComputeClient, CubeCount, CubeDim};
+use cubecl::prelude::*;
 
-use super::{AttentionOps, DenseOps, EmbedOps, GainOps, LossOps, NormOps};
+use super::{DenseOps, EmbedOps, GainOps};
 
 macro_rules! reference_families {
     ($($family:ident),*) => {
@@ -18,7 +19,7 @@ macro_rules! reference_families {
     };
 }
 
-reference_families!(DenseOps, AttentionOps, GainOps, NormOps, LossOps, EmbedOps);
+reference_families!(DenseOps, GainOps, EmbedOps);
 
 /// The launch of `n` units, one per row or element.
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
@@ -29,4 +30,40 @@ pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (Cub
 /// An uninitialised f32 tensor of `shape` on `like`'s device.
 pub(super) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: impl Into<Shape>) -> CubeTensor<R> {
     empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
+}
+
+/// The launch of one cube per row for `rows` rows of `width` entries: the
+/// count, the cube, and its number of units (a power of two, at most 256
+/// and the device's limit, and no more than `width` needs).
+pub(super) fn row_cubes<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    rows: usize,
+    width: usize,
+) -> (CubeCount, CubeDim, usize) {
+    let limit = (client.properties().hardware.max_units_per_cube as usize).clamp(1, 256);
+    let limit = 1 << limit.ilog2();
+    let block = width.next_power_of_two().clamp(1, limit);
+    let count = cubecl::calculate_cube_count_elemwise(client, rows, CubeDim::new_single());
+    (count, CubeDim::new_1d(block as u32), block)
+}
+
+/// The sum of `value` over the `block` units of a cube (a power of two),
+/// through `shared` (`block` entries), returned to every unit; `shared` may
+/// be used again after.
+#[cube]
+pub(super) fn cube_sum<F: Float>(shared: &mut SharedMemory<F>, value: F, #[comptime] block: usize) -> F {
+    let u = UNIT_POS as usize;
+    shared[u] = value;
+    sync_cube();
+    let mut stride = block.runtime() / 2;
+    while stride > 0 {
+        if u < stride {
+            shared[u] = shared[u] + shared[u + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
 }

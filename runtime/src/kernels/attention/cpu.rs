@@ -45,7 +45,7 @@ impl AttentionOps for Flex {
         bq: Option<FlexTensor>,
         p: FlexTensor,
         g: FlexTensor,
-        (scale, acc): (f64, Option<FlexTensor>),
+        (scale, causal, acc): (f64, bool, Option<FlexTensor>),
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
@@ -60,7 +60,7 @@ impl AttentionOps for Flex {
         });
         let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
         let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, acc), wants);
+            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, causal, acc), wants);
         };
         let n = b * h;
         let p = p.to_contiguous();

@@ -11,9 +11,11 @@ use super::tensor::{merge_heads, primitive, split_heads, tensor};
 mod autodiff;
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 #[cfg(feature = "flex")]
 pub(crate) mod loops;
-pub(crate) mod reference;
+pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
 
@@ -57,16 +59,18 @@ pub trait AttentionOps: DenseOps {
     /// pᵀ · g`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)` with `dp = g · vᵀ`, `dq
     /// = ds · k`, `dk = dsᵀ · (q + bq)`, `dbq = Σ dq` over the batch and
     /// tokens. `dv` is added into `acc` (`[batch, tokens, heads ·
-    /// head_dim]`) when given.
+    /// head_dim]`) when given. `p` is what the forward kept: the weights,
+    /// or what a backend keeps in their place (the rows' log-sum-exp on
+    /// the CubeCL backends), with the mask `causal` of the forward.
     fn attention_backward(
         qkv: [FloatTensor<Self>; 3],
         bq: Option<FloatTensor<Self>>,
         p: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        (scale, acc): (f64, Option<FloatTensor<Self>>),
+        (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, acc), wants)
+        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants)
     }
 
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over

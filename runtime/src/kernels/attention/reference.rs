@@ -41,7 +41,7 @@ pub fn attention_backward<B: AttentionOps>(
     bq: Option<FloatTensor<B>>,
     p: FloatTensor<B>,
     g: FloatTensor<B>,
-    (scale, acc): (f64, Option<FloatTensor<B>>),
+    (scale, _causal, acc): (f64, bool, Option<FloatTensor<B>>),
     wants: [bool; 3],
 ) -> [Option<FloatTensor<B>>; 4] {
     let [q, k, v] = qkv;

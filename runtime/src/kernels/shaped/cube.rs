@@ -53,6 +53,7 @@ fn shaped_forward<F: Float>(
     tokens: usize,
     #[comptime] d: usize,
     #[comptime] causal: bool,
+    #[comptime] mixed: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -87,7 +88,9 @@ fn shaped_forward<F: Float>(
         for e in 0..d {
             let x = v[vrow + e];
             acc[e] = acc[e] * keep + p * x;
-            sum[e] += x;
+            if mixed {
+                sum[e] += x;
+            }
         }
         m = top;
     }
@@ -135,6 +138,7 @@ fn shaped_rows<F: Float>(
     tokens: usize,
     #[comptime] d: usize,
     #[comptime] causal: bool,
+    #[comptime] mixed: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -171,7 +175,9 @@ fn shaped_rows<F: Float>(
         for e in 0..d {
             let x = v[vrow + e];
             o[e] += p * x;
-            sum[e] += x;
+            if mixed {
+                sum[e] += x;
+            }
         }
     }
     let count = F::cast_from(end);
@@ -237,6 +243,7 @@ fn shaped_columns<F: Float>(
     tokens: usize,
     #[comptime] d: usize,
     #[comptime] causal: bool,
+    #[comptime] mixed: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -280,7 +287,10 @@ fn shaped_columns<F: Float>(
         for e in 0..d {
             let up = dy[yrow + e];
             gk[e] += ds * q[qrow + e];
-            gv[e] += p * gb * up + w * gg * up;
+            gv[e] += p * gb * up;
+            if mixed {
+                gv[e] += w * gg * up;
+            }
         }
     }
     #[unroll]
@@ -295,16 +305,16 @@ fn shaped_columns<F: Float>(
 const MAX_HEAD_DIM: usize = 256;
 
 /// The shape the kernels run, when they can (else the reference runs).
-struct Plan {
-    batch: usize,
-    heads: usize,
-    tokens: usize,
-    d: usize,
+pub(crate) struct Plan {
+    pub(crate) batch: usize,
+    pub(crate) heads: usize,
+    pub(crate) tokens: usize,
+    pub(crate) d: usize,
     /// The lengths of alpha, beta, gamma and `beta_sa` (1 or `heads`).
-    lengths: [usize; 4],
+    pub(crate) lengths: [usize; 4],
 }
 
-fn plan<R: CubeRuntime>(a: &Shaped<CubeTensor<R>>, add: Option<&MixAddend<CubeTensor<R>>>) -> Option<Plan> {
+pub(crate) fn plan<R: CubeRuntime>(a: &Shaped<CubeTensor<R>>, add: Option<&MixAddend<CubeTensor<R>>>) -> Option<Plan> {
     let s = a.q.shape();
     if s.num_dims() != 4 {
         return None;
@@ -331,7 +341,7 @@ impl Plan {
 /// `q` plus the query's bias, `k` and `v`, contiguous; and the gains
 /// as one tensor `[alpha | beta | gamma | beta_sa]` of one value per
 /// head each (`beta_sa` 1 without a gained sum).
-fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+pub(crate) fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     a: &Shaped<CubeTensor<R>>,
     beta_sa: Option<&CubeTensor<R>>,
     p: &Plan,
@@ -354,34 +364,107 @@ fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     [into_contiguous(q), into_contiguous(a.k.clone()), into_contiguous(a.v.clone()), gains]
 }
 
+/// The forward kernel on `operands`: `(mix, lse)`; `mixed` false leaves
+/// out the centre's sums (a plain softmax attention, its gains `[0, 1, 0]`).
+pub(crate) fn forward<R: CubeRuntime>(
+    [q, k, v, gains]: [CubeTensor<R>; 4],
+    p: &Plan,
+    (scale, causal, mixed): (f64, bool, bool),
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let y = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
+    let lse = empty_f32(&v, [p.batch, p.heads, p.tokens]);
+    let client = v.client.clone();
+    let (count, dim) = units(&client, p.rows());
+    shaped_forward::launch::<f32, R>(
+        &client,
+        count,
+        dim,
+        q.into_tensor_arg(),
+        k.into_tensor_arg(),
+        v.into_tensor_arg(),
+        gains.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        scale as f32,
+        p.rows(),
+        p.heads,
+        p.tokens,
+        p.d,
+        causal,
+        mixed,
+    );
+    (y, lse)
+}
+
+/// The backward kernels on `operands`, given the forward's `lse` and the
+/// output's gradient `dy` (contiguous): `[dq, dk, dv, part]`, `part` the
+/// rows' shares of the gains' gradients (see `shaped_rows`).
+pub(crate) fn backward<R: CubeRuntime>(
+    [q, k, v, gains]: [CubeTensor<R>; 4],
+    p: &Plan,
+    lse: CubeTensor<R>,
+    dy: CubeTensor<R>,
+    (scale, causal, mixed): (f64, bool, bool),
+) -> [CubeTensor<R>; 4] {
+    let client = v.client.clone();
+    let (count, dim) = units(&client, p.rows());
+    let dq = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
+    let dk = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
+    let dv = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
+    let delta = empty_f32(&v, [p.batch, p.heads, p.tokens]);
+    let part = empty_f32(&v, [4, p.batch, p.heads, p.tokens]);
+    shaped_rows::launch::<f32, R>(
+        &client,
+        count.clone(),
+        dim,
+        q.clone().into_tensor_arg(),
+        k.clone().into_tensor_arg(),
+        v.clone().into_tensor_arg(),
+        gains.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        dq.clone().into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        part.clone().into_tensor_arg(),
+        scale as f32,
+        p.rows(),
+        p.heads,
+        p.tokens,
+        p.d,
+        causal,
+        mixed,
+    );
+    shaped_columns::launch::<f32, R>(
+        &client,
+        count,
+        dim,
+        q.into_tensor_arg(),
+        k.into_tensor_arg(),
+        v.into_tensor_arg(),
+        gains.into_tensor_arg(),
+        lse.into_tensor_arg(),
+        delta.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        dk.clone().into_tensor_arg(),
+        dv.clone().into_tensor_arg(),
+        scale as f32,
+        p.rows(),
+        p.heads,
+        p.tokens,
+        p.d,
+        causal,
+        mixed,
+    );
+    [dq, dk, dv, part]
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps for CubeBackend<R, F, I, BT> {
     fn shaped_attention_forward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
-        let [q, k, v, gains] = operands::<R, F, I, BT>(&a, None, &p);
-        let y = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
-        let lse = empty_f32(&v, [p.batch, p.heads, p.tokens]);
-        let client = v.client.clone();
-        let (count, dim) = units(&client, p.rows());
-        shaped_forward::launch::<f32, R>(
-            &client,
-            count,
-            dim,
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            gains.into_tensor_arg(),
-            y.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            a.scale as f32,
-            p.rows(),
-            p.heads,
-            p.tokens,
-            p.d,
-            a.causal,
-        );
+        let (y, lse) = forward(operands::<R, F, I, BT>(&a, None, &p), &p, (a.scale, a.causal, true));
         let y = match add {
             Some(m) => Self::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
             None => y,
@@ -399,55 +482,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let Some(p) = plan(&a, add.as_ref()) else {
             return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
         };
-        let [q, k, v, gains] = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
+        let operands = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
         let dy = into_contiguous(dy);
-        let client = v.client.clone();
-        let (count, dim) = units(&client, p.rows());
-        let dq = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
-        let dk = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
-        let dv = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
-        let delta = empty_f32(&v, [p.batch, p.heads, p.tokens]);
-        let part = empty_f32(&v, [4, p.batch, p.heads, p.tokens]);
-        shaped_rows::launch::<f32, R>(
-            &client,
-            count.clone(),
-            dim,
-            q.clone().into_tensor_arg(),
-            k.clone().into_tensor_arg(),
-            v.clone().into_tensor_arg(),
-            gains.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            dy.clone().into_tensor_arg(),
-            dq.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            part.clone().into_tensor_arg(),
-            a.scale as f32,
-            p.rows(),
-            p.heads,
-            p.tokens,
-            p.d,
-            a.causal,
-        );
-        shaped_columns::launch::<f32, R>(
-            &client,
-            count,
-            dim,
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            gains.into_tensor_arg(),
-            lse.into_tensor_arg(),
-            delta.into_tensor_arg(),
-            dy.clone().into_tensor_arg(),
-            dk.clone().into_tensor_arg(),
-            dv.clone().into_tensor_arg(),
-            a.scale as f32,
-            p.rows(),
-            p.heads,
-            p.tokens,
-            p.d,
-            a.causal,
-        );
+        let [dq, dk, dv, part] = backward(operands, &p, lse, dy.clone(), (a.scale, a.causal, true));
         // The rows' shares summed over batch and tokens: one value per head
         // (then one in all, for a single gain).
         let per_head = Self::float_sum_dim(Self::float_sum_dim(part, 3), 1);

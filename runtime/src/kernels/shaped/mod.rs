@@ -19,7 +19,7 @@ mod backward;
 #[cfg(feature = "flex")]
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-mod cube;
+pub(crate) mod cube;
 #[cfg(feature = "flex")]
 mod loops;
 #[cfg(feature = "flex")]

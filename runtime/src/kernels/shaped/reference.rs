@@ -1,11 +1,13 @@
-//! The shaped attention from the attention and gains families and burn's
-//! primitive ops.
+//! The shaped attention from the attention family's reference maths (its
+//! weights kept, whatever a backend's own attention keeps), the gains
+//! family and burn's primitive ops.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata};
 
 use super::{MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::attention::reference as attention;
 use crate::kernels::tensor::{merge_heads, primitive, split_heads};
 
 /// The `centre` term: running mean over tokens, or the mean.
@@ -33,7 +35,7 @@ pub fn shaped_attention_forward<B: ShapedOps>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let heads = a.q.shape()[1];
     let v4 = split_heads::<B>(a.v.clone(), heads);
-    let (o, p) = B::attention_forward(a.q, a.k, v4, a.bq, (a.scale, a.causal));
+    let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, (a.scale, a.causal));
     let y = B::mix(a.v, merge_heads::<B>(o), a.gains, a.causal);
     let y = match add {
         Some(m) => B::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
@@ -63,7 +65,8 @@ pub fn shaped_attention_backward<B: ShapedOps>(
     };
     let (dv, d_o, dgains) = B::mix_backward(a.v, o, a.gains, dy, a.causal, acc);
     let d_o = split_heads::<B>(d_o, heads);
-    let [dq, dk, dv, dbq] = B::attention_backward([a.q, a.k, v4], a.bq, p, d_o, (a.scale, Some(dv)), [true; 3]);
+    let [dq, dk, dv, dbq] =
+        attention::attention_backward::<B>([a.q, a.k, v4], a.bq, p, d_o, (a.scale, a.causal, Some(dv)), [true; 3]);
     let [dq, dk, dv] = [dq, dk, dv].map(|g| g.expect("every gradient was wanted"));
     ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, dbq }
 }

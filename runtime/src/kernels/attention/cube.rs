@@ -1,0 +1,87 @@
+//! Softmax attention on burn's CubeCL backends: the shaped attention's
+//! kernels (`shaped/cube.rs`) with a plain softmax's gains — `[0, 1, 0]`
+//! — and the centre's sums compiled out. The T×T weights are never
+//! written: the forward keeps the rows' log-sum-exp in their place
+//! (`[batch, heads, tokens]`, where the reference keeps the weights
+//! `[batch, heads, tokens, tokens]`), and the backward recomputes the
+//! weights from it, row by row.
+//!
+//! What the shaped kernels do not take (other dtypes than f32, head
+//! dimensions above theirs) runs the reference, which keeps the weights;
+//! the backward tells the two apart by rank. Tested against the reference
+//! in `runtime/tests/device.rs`.
+
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use super::{reference, AttentionOps};
+use crate::kernels::shaped::cube::{backward, forward, operands, plan};
+use crate::kernels::shaped::Shaped;
+use crate::kernels::tensor::{merge_heads, split_heads};
+
+/// `q`, `k`, `v` (`[batch, heads, tokens, d]`) as the shaped attention's
+/// operands, with the gains of a plain softmax.
+fn as_shaped<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    [q, k, v]: [CubeTensor<R>; 3],
+    bq: Option<CubeTensor<R>>,
+    (scale, causal): (f64, bool),
+) -> Shaped<CubeTensor<R>> {
+    type B<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+    let device = q.device.clone();
+    let gain = |x: f64| B::<R, F, I, BT>::float_full([1].into(), x.into(), &device, DType::F32.into());
+    Shaped { q, k, v: merge_heads::<B<R, F, I, BT>>(v), gains: [gain(0.0), gain(1.0), gain(0.0)], scale, causal, bq }
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionOps for CubeBackend<R, F, I, BT> {
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bq: Option<FloatTensor<Self>>,
+        (scale, causal): (f64, bool),
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let a = as_shaped::<R, F, I, BT>([q.clone(), k.clone(), v.clone()], bq.clone(), (scale, causal));
+        let Some(p) = plan(&a, None) else {
+            return reference::attention_forward::<Self>(q, k, v, bq, (scale, causal));
+        };
+        let (o, lse) = forward(operands::<R, F, I, BT>(&a, None, &p), &p, (scale, causal, false));
+        (split_heads::<Self>(o, p.heads), lse)
+    }
+
+    fn attention_backward(
+        qkv: [FloatTensor<Self>; 3],
+        bq: Option<FloatTensor<Self>>,
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
+        wants: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 4] {
+        if p.shape().num_dims() != 3 {
+            return reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants);
+        }
+        let a = as_shaped::<R, F, I, BT>(qkv.clone(), bq.clone(), (scale, causal));
+        let Some(plan) = plan(&a, None) else {
+            // Not reached (the forward kept row statistics, so it ran the
+            // kernels on these operands); the reference, from its weights.
+            let [q, k, v] = qkv.clone();
+            let weights = reference::attention_forward::<Self>(q, k, v, bq.clone(), (scale, causal)).1;
+            return reference::attention_backward::<Self>(qkv, bq, weights, g, (scale, causal, acc), wants);
+        };
+        let dy = into_contiguous(merge_heads::<Self>(g));
+        let operands = operands::<R, F, I, BT>(&a, None, &plan);
+        let [dq, dk, dv, _] = backward(operands, &plan, p, dy, (scale, causal, false));
+        let dbq = bq.as_ref().map(|_| {
+            let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);
+            Self::float_reshape(s, [plan.heads * plan.d].into())
+        });
+        let dv = match acc {
+            Some(acc) => Self::float_add(acc, dv),
+            None => dv,
+        };
+        let [dq, dk, dv] = [dq, dk, split_heads::<Self>(dv, plan.heads)];
+        [wants[0].then_some(dq), wants[1].then_some(dk), wants[2].then_some(dv), dbq]
+    }
+}
