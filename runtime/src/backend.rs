@@ -1,5 +1,6 @@
 //! The burn backends blkc runs on, chosen at build time by feature:
-//! `flex` (the CPU default), `ndarray` (CPU) and `cuda`.
+//! `flex` (the CPU default), `ndarray` (CPU), `cuda` and `wgpu` (Vulkan,
+//! Metal or DX12).
 
 /// The CPU backend of this build: burn's `flex` unless only `ndarray` is
 /// enabled.
@@ -16,7 +17,8 @@ pub type Cpu = burn::backend::NdArray;
 pub type Cuda = burn::backend::Cuda;
 
 /// burn's WebGPU backend (feature `wgpu`): the CubeCL kernels of the
-/// CUDA backend, on Vulkan (Mesa's llvmpipe where there is no GPU).
+/// CUDA backend, on Vulkan, Metal or DX12 (Mesa's llvmpipe where there is
+/// no GPU).
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;
 
@@ -66,6 +68,32 @@ pub fn cuda() -> Result<Gpu, String> {
 #[cfg(not(feature = "cuda"))]
 pub fn cuda() -> Result<Gpu, String> {
     Err("this blkc was built without CUDA; rebuild with `cargo build --release -p blkc-runtime --features cuda`".into())
+}
+
+/// Checks, before a run starts, that burn's wgpu backend finds an adapter
+/// and computes on it (burn panics in its device thread where there is
+/// none). The memory of a WebGPU adapter is not known: `free` and `total`
+/// are 0.
+#[cfg(feature = "wgpu")]
+pub fn wgpu() -> Result<Gpu, String> {
+    let sum = quietly(|| {
+        let device = Default::default();
+        let t = burn::tensor::Tensor::<Wgpu, 1>::from_floats([1.0, 2.0], &device);
+        t.sum().into_scalar()
+    });
+    match sum {
+        Some(3.0) => Ok(Gpu { name: "WebGPU (default adapter)".into(), free: 0, total: 0 }),
+        Some(s) => Err(format!("the WebGPU adapter computes 1 + 2 = {s}")),
+        None => Err("no WebGPU adapter answers: this machine has no Vulkan, Metal or DX12 driver (on Linux without \
+                     a GPU, Mesa's software one is the package mesa-vulkan-drivers)"
+            .into()),
+    }
+}
+
+/// Whether this build has wgpu, and an adapter answers here.
+#[cfg(not(feature = "wgpu"))]
+pub fn wgpu() -> Result<Gpu, String> {
+    Err("this blkc was built without wgpu; rebuild with `cargo build --release -p blkc-runtime --features wgpu`".into())
 }
 
 /// Runs `f`, turning a panic into `None` without printing it: for library

@@ -557,3 +557,41 @@ fn cuda_kernels_are_the_reference() {
     loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
     adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }
+
+/// `blkc train --device wgpu` trains and checkpoints from the command
+/// line, and the checkpoint is the device's weights: evaluated on wgpu and
+/// on the CPU, the validation loss is the same.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_trains_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("blkc-wgpu-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = dir.join("run");
+    let run = run.to_string_lossy().to_string();
+    let blkc = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "blkc {args:?}: {err}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let sets = ["depth=1", "width=64", "context=32", "batch=4", "eval_batches=2"];
+    let mut train = vec!["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--out", &run, "--steps", "3"];
+    train.extend(["--data", "../compiler/src", "-q"]);
+    for s in &sets {
+        train.extend(["--set", s]);
+    }
+    blkc(&train);
+    let loss = |device: &str| {
+        let out = blkc(&["eval", &run, "--device", device, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["eval_loss"].as_f64().unwrap_or(f64::NAN)
+    };
+    let (gpu, cpu) = (loss("wgpu"), loss("cpu"));
+    println!("validation loss of a wgpu run: {gpu} on wgpu, {cpu} on the CPU");
+    assert!(gpu.is_finite() && (gpu - cpu).abs() < 1e-4 * cpu.abs().max(1.0), "{gpu} on wgpu, {cpu} on the CPU");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -322,6 +322,19 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
             assert_eq!(blkc(&d, &cmd).status.code(), Some(3), "{cmd:?}");
         }
     }
+    // WebGPU: no bf16 product there, said before anything is on disk; and
+    // no wgpu in this build, said as for CUDA.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "webgpu", "--device", "wgpu", "--precision", "bf16"]);
+    refused(&o, "WebGPU has no bf16");
+    assert!(!d.join("webgpu").exists());
+    refused(&blkc(&d, &["bench", "tiny.blk", "--device", "wgpu", "--precision", "bf16"]), "--precision fp32");
+    if !cfg!(feature = "wgpu") {
+        let o = blkc(&d, &["train", "tiny.blk", "--out", "webgpu", "--device", "wgpu"]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("built without wgpu"), "{}", text(&o.stderr));
+        assert!(!d.join("webgpu").exists());
+        assert_eq!(blkc(&d, &["eval", "flag", "--device", "wgpu"]).status.code(), Some(3));
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -331,7 +331,7 @@ pub(crate) const TRAIN_KEYS: &[(&str, Kind)] = &[
     ("seed", Kind::Int(0, u32::MAX as u64)),
     ("val_fraction", Kind::Float(0.0, 0.5, true)),
     ("mask_rate", Kind::Float(0.0, 1.0, true)),
-    ("device", Kind::Choice(&["cpu", "cuda"])),
+    ("device", Kind::Choice(&["cpu", "cuda", "wgpu"])),
     ("precision", Kind::Choice(&["auto", "fp32", "bf16"])),
 ];
 

@@ -66,8 +66,14 @@ pub fn run(args: &Args) -> u8 {
             return REJECTED;
         }
     }
-    let plan =
-        Plan { batch: args.batch, warmup: args.warmup, steps: args.steps, precision: args.precision.on(args.device) };
+    let precision = match args.precision.on(args.device).on_device(args.device.name()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return REJECTED;
+        }
+    };
+    let plan = Plan { batch: args.batch, warmup: args.warmup, steps: args.steps, precision };
     let show = args.format == Format::Human && std::io::stderr().is_terminal();
     let mut progress = |r: usize, n: usize| {
         if show {
@@ -87,6 +93,13 @@ pub fn run(args: &Args) -> u8 {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("error: cannot benchmark on CUDA: {e}");
+                return super::train::NO_DEVICE;
+            }
+        },
+        Device::Wgpu => match crate::backend::wgpu().and_then(|_| wgpu(&subjects, plan, &mut progress)) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: cannot benchmark on wgpu: {e}");
                 return super::train::NO_DEVICE;
             }
         },
@@ -129,6 +142,24 @@ fn cuda(
 #[cfg(not(feature = "cuda"))]
 fn cuda(_: &[Subject], _: Plan, _: &mut dyn FnMut(usize, usize)) -> Result<(Vec<Record>, String), String> {
     crate::backend::cuda().map(|_| (Vec::new(), String::new()))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(
+    subjects: &[Subject],
+    plan: Plan,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Record>, String), String> {
+    let device = Default::default();
+    Ok((
+        bench::run::<burn::backend::Autodiff<crate::backend::Wgpu>>(subjects, plan, &device, progress),
+        bench::device_name::<crate::backend::Wgpu>(&device),
+    ))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_: &[Subject], _: Plan, _: &mut dyn FnMut(usize, usize)) -> Result<(Vec<Record>, String), String> {
+    crate::backend::wgpu().map(|_| (Vec::new(), String::new()))
 }
 
 /// The terminal table.

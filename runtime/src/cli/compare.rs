@@ -11,7 +11,7 @@ use blkc::signal::verdict::Status;
 use blkc::span::FileId;
 use serde::Serialize;
 
-use super::train::{bare_model, fits, on_cuda};
+use super::train::{bare_model, fits, on_cuda, on_wgpu};
 use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::{self, Curves};
@@ -145,6 +145,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
             trained += 1;
             let result = match job.settings.device.as_str() {
                 "cuda" => on_cuda(&job),
+                "wgpu" => on_wgpu(&job),
                 _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
             };
             match result {

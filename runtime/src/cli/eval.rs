@@ -76,7 +76,8 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let precision = match args.precision {
         Some(p) => p.on(args.device),
         None => crate::kernels::precision::Precision::resolve(&s.precision, args.device.name()),
-    };
+    }
+    .on_device(args.device.name())?;
     let loss = crate::kernels::precision::scope(precision, || {
         train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device)
     });

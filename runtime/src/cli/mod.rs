@@ -94,6 +94,8 @@ pub enum Format {
 pub enum Device {
     Cpu,
     Cuda,
+    /// burn's WebGPU backend (Vulkan, Metal, DX12): fp32 only.
+    Wgpu,
 }
 
 impl Device {
@@ -101,6 +103,7 @@ impl Device {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
+            Device::Wgpu => "wgpu",
         }
     }
 }
@@ -145,6 +148,13 @@ pub fn dispatch(device: Device, what: &str, cmd: &impl Generic) -> u8 {
             }
             on_cuda(cmd)
         }
+        Device::Wgpu => {
+            if let Err(e) = crate::backend::wgpu() {
+                eprintln!("error: cannot {what} on wgpu: {e}");
+                return train::NO_DEVICE;
+            }
+            on_wgpu(cmd)
+        }
     };
     match result {
         Ok(()) => OK,
@@ -163,6 +173,16 @@ fn on_cuda(cmd: &impl Generic) -> Result<(), String> {
 #[cfg(not(feature = "cuda"))]
 fn on_cuda(_: &impl Generic) -> Result<(), String> {
     crate::backend::cuda().map(|_| ())
+}
+
+#[cfg(feature = "wgpu")]
+fn on_wgpu(cmd: &impl Generic) -> Result<(), String> {
+    cmd.run::<crate::backend::Wgpu>(&Default::default())
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn on_wgpu(_: &impl Generic) -> Result<(), String> {
+    crate::backend::wgpu().map(|_| ())
 }
 
 /// Compiles `path` from disk with the `--set` pairs `sets` (model

@@ -99,6 +99,7 @@ pub fn run(args: &Args) -> u8 {
     signals::install();
     let result = match job.settings.device.as_str() {
         "cuda" => on_cuda(&job),
+        "wgpu" => on_wgpu(&job),
         _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
     };
     match result {
@@ -234,6 +235,10 @@ fn same_source(file: &Path, saved: &blkc::SourceMap, dir: &Path) -> Result<(), u
 pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     let Ok(model) = train::model_of(&job.program) else { return Err(BROKEN) };
     let rows = job.settings.micro();
+    if let Err(e) = job.settings.products().on_device(&job.settings.device) {
+        eprintln!("error: {e}");
+        return Err(REJECTED);
+    }
     let estimate = memory::estimate(&job.program, model, rows);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
@@ -241,6 +246,13 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
             NO_DEVICE
         })?;
         (Some(u128::from(gpu.free)), format!("the GPU ({})", gpu.name))
+    } else if job.settings.device == "wgpu" {
+        // WebGPU does not say how much memory its adapter has.
+        crate::backend::wgpu().map_err(|e| {
+            eprintln!("error: cannot train on wgpu: {e}");
+            NO_DEVICE
+        })?;
+        (None, String::new())
     } else {
         (memory::available(), "this machine".to_string())
     };
@@ -285,4 +297,14 @@ pub(super) fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
 #[cfg(not(feature = "cuda"))]
 pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
     Err(Failure::Message(crate::backend::cuda().err().unwrap_or_default()))
+}
+
+#[cfg(feature = "wgpu")]
+pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
+    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &Default::default())
+}
+
+#[cfg(not(feature = "wgpu"))]
+pub(super) fn on_wgpu(_job: &Job) -> Result<train::Summary, Failure> {
+    Err(Failure::Message(crate::backend::wgpu().err().unwrap_or_default()))
 }

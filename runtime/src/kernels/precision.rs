@@ -42,6 +42,17 @@ impl Precision {
             _ => Precision::Fp32,
         }
     }
+
+    /// `self`, where `device` runs it: WebGPU (`wgpu`) has no bf16 matrix
+    /// product, so bf16 there is an error that says what to do.
+    pub fn on_device(self, device: &str) -> Result<Self, String> {
+        match (self, device) {
+            (Precision::Bf16, "wgpu") => Err("bf16 products need CUDA or the CPU: WebGPU has no bf16 matrix \
+                                              product; use --precision fp32 (or auto)"
+                .into()),
+            _ => Ok(self),
+        }
+    }
 }
 
 thread_local! {
@@ -108,5 +119,8 @@ mod tests {
         assert_eq!(Precision::resolve("auto", "cuda"), Precision::Bf16);
         assert_eq!(Precision::resolve("auto", "cpu"), Precision::Fp32);
         assert_eq!(Precision::resolve("fp32", "cuda"), Precision::Fp32);
+        assert_eq!(Precision::resolve("auto", "wgpu"), Precision::Fp32);
+        assert!(Precision::Bf16.on_device("wgpu").is_err_and(|e| e.contains("--precision fp32")));
+        assert_eq!(Precision::Bf16.on_device("cuda"), Ok(Precision::Bf16));
     }
 }
