@@ -18,6 +18,8 @@
 #                  bench's device memory (runtime/tests/device.rs)
 #   blkc-*.json    `blkc bench` of the CodeParrot Pre-LN and SAS-P, bf16 and
 #                  fp32, batch 32 (both binaries) and 128
+#   profile-*.txt  where blkc's training step spends its time, by GPU kernel
+#                  (`blkc bench --profile`): Pre-LN and SAS-P, bf16, batch 32
 #   torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
 #                  bf16 autocast and fp32 (TF32 off) at batch 32 and 128;
 #                  torch.compile bf16, then fp32, at batch 32
@@ -73,10 +75,19 @@ case "${1:-}" in
         --steps 8 ${3:-} > "$out/torch-$1-b$2${3:+-compile}.jsonl" 2> "$out/torch-$1-b$2${3:+-compile}.err"
       say "  exit $?"
     }
+    profile() { # model precision batch
+      due "profile $1 $2 b$3" || return 0
+      say "profile $1 $2 batch $3"
+      timeout 120 target-gpu/blkc bench "examples/codeparrot/$1.blk" --device cuda --precision "$2" --batch "$3" \
+        --steps 3 --warmup 1 --profile > "$out/profile-$1-$2-b$3.txt" 2>&1
+      say "  exit $?"
+    }
     say "device checks"
     (cd runtime && timeout 150 ../target-gpu/device-test --ignored --nocapture --test-threads 1) > "$out/device.txt" 2>&1
     say "  exit $?"
     for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-fused $p 32; done
+    profile sas-p bf16 32
+    profile preln bf16 32
     for p in bf16 fp32; do bench blkc $p 128; torch $p 128; done
     torch bf16 32 --only-compile
     if due "curves"; then

@@ -30,6 +30,9 @@ pub struct Plan {
     pub steps: usize,
     /// The precision of the weight products.
     pub precision: Precision,
+    /// Training steps only (no forward pass timed, no product rate
+    /// measured): what `--profile` sums by kernel.
+    pub steps_only: bool,
 }
 
 /// One model's figures; times in milliseconds.
@@ -237,7 +240,9 @@ fn measure<B: TrainKernels>(
             } else {
                 train_step(e, device);
             }
-            forward(e, device);
+            if !plan.steps_only {
+                forward(e, device);
+            }
         }
     }
     let rounds = plan.steps.max(1);
@@ -246,13 +251,13 @@ fn measure<B: TrainKernels>(
             let ms = train_step(e, device);
             e.steps.push(ms);
         }
-        for e in entries.iter_mut() {
+        for e in entries.iter_mut().filter(|_| !plan.steps_only) {
             let ms = forward(e, device);
             e.forwards.push(ms);
         }
         progress(r + 1, rounds);
     }
-    let peak = peak_gflops::<B::InnerBackend>(device, plan.precision);
+    let peak = if plan.steps_only { None } else { peak_gflops::<B::InnerBackend>(device, plan.precision) };
     let mut records: Vec<Record> = subjects
         .iter()
         .zip(&entries)

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod measure;
 pub mod model;
+pub mod profile;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -236,7 +236,7 @@ fn bench_reports_device_memory<D: TrainKernels>(device: &D::Device) {
     let program = program("sas-p");
     let model = program.model.clone().unwrap_or_else(|| panic!("examples/small/sas-p.blk has a model"));
     let subjects = [Subject { file: "sas-p".into(), program, model, bare: false }];
-    let plan = Plan { batch: 4, warmup: 2, steps: 2, precision: Precision::Fp32 };
+    let plan = Plan { batch: 4, warmup: 2, steps: 2, precision: Precision::Fp32, steps_only: false };
     let records = run::<D>(&subjects, plan, device, &mut |_, _| {});
     let r = &records[0];
     println!("{r:?}");
@@ -594,4 +594,44 @@ fn wgpu_trains_from_the_command_line() {
     println!("validation loss of a wgpu run: {gpu} on wgpu, {cpu} on the CPU");
     assert!(gpu.is_finite() && (gpu - cpu).abs() < 1e-4 * cpu.abs().max(1.0), "{gpu} on wgpu, {cpu} on the CPU");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `blkc bench --profile` on wgpu: a training step's time by GPU kernel,
+/// in which blkc's own kernels are seen running (the attention, the
+/// norms, the loss and AdamW), each launched as often as the model says.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_profile_names_blkcs_kernels() {
+    for (file, depth) in [("../examples/small/sas-p.blk", 2), ("../examples/small/preln.blk", 1)] {
+        let set_depth = format!("depth={depth}");
+        let args = ["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(args)
+            .args(["--steps", "2", "--warmup", "1", "--set", &set_depth, "--set", "width=64"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{file}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let rows = v["profile"].as_array().cloned().unwrap_or_default();
+        let launches = |kernel: &str| {
+            rows.iter()
+                .find(|r| r["kernel"] == kernel)
+                .and_then(|r| r["launches_per_step"].as_f64())
+                .unwrap_or_else(|| panic!("{file}: no `{kernel}` in the profile {rows:?}"))
+        };
+        let share: f64 = rows.iter().filter_map(|r| r["share"].as_f64()).sum();
+        assert!((share - 1.0).abs() < 1e-9, "{file}: shares sum to {share}");
+        // Per block one attention (forward, and two backward kernels);
+        // one loss with its gradient per step.
+        let d = f64::from(depth);
+        for kernel in ["ShapedForward | f32", "ShapedRows | f32", "ShapedColumns | f32"] {
+            assert_eq!(launches(kernel), d, "{file}: {kernel}");
+        }
+        assert_eq!(launches("LossWithGrad | f32"), 1.0, "{file}");
+        assert!(launches("NormForward | f32") >= d && launches("NormRows | f32") >= d, "{file}");
+        assert!(launches("AdamUpdate | f32") >= 4.0 * d, "{file}");
+        println!("{file}: {} kernels profiled", rows.len());
+    }
 }

@@ -328,6 +328,7 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     refused(&o, "WebGPU has no bf16");
     assert!(!d.join("webgpu").exists());
     refused(&blkc(&d, &["bench", "tiny.blk", "--device", "wgpu", "--precision", "bf16"]), "--precision fp32");
+    refused(&blkc(&d, &["bench", "tiny.blk", "--profile"]), "give --device cuda or --device wgpu");
     if !cfg!(feature = "wgpu") {
         let o = blkc(&d, &["train", "tiny.blk", "--out", "webgpu", "--device", "wgpu"]);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));

@@ -40,6 +40,12 @@ pub struct Args {
     /// `--set depth=12`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Where a training step's time goes, by GPU kernel (`--device cuda`
+    /// or `wgpu`, one model): every launch is timed on the device and waits
+    /// for the one before, so the step times printed with it are slower
+    /// than without.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -73,7 +79,22 @@ pub fn run(args: &Args) -> u8 {
             return REJECTED;
         }
     };
-    let plan = Plan { batch: args.batch, warmup: args.warmup, steps: args.steps, precision };
+    let profile_log = std::env::temp_dir().join(format!("blkc-profile-{}.log", std::process::id()));
+    if args.profile {
+        if args.device == Device::Cpu {
+            eprintln!("error: --profile times GPU kernels: give --device cuda or --device wgpu");
+            return REJECTED;
+        }
+        if subjects.len() != 1 {
+            eprintln!("error: --profile measures one model at a time; {} were given", subjects.len());
+            return REJECTED;
+        }
+        if let Err(e) = crate::profile::enable(&profile_log) {
+            eprintln!("error: {e}");
+            return REJECTED;
+        }
+    }
+    let plan = Plan { batch: args.batch, warmup: args.warmup, steps: args.steps, precision, steps_only: args.profile };
     let show = args.format == Format::Human && std::io::stderr().is_terminal();
     let mut progress = |r: usize, n: usize| {
         if show {
@@ -107,6 +128,23 @@ pub fn run(args: &Args) -> u8 {
     if show {
         eprintln!();
     }
+    let profile = if args.profile {
+        let read = crate::profile::read(&profile_log, plan.warmup.max(1) + plan.steps.max(1));
+        let _ = std::fs::remove_file(&profile_log);
+        match read {
+            Ok(rows) if !rows.is_empty() => Some(rows),
+            Ok(_) => {
+                eprintln!("error: the profile logged no kernel launch");
+                return REJECTED;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return REJECTED;
+            }
+        }
+    } else {
+        None
+    };
     match args.format {
         Format::Json => {
             let out = serde_json::json!({
@@ -118,10 +156,21 @@ pub fn run(args: &Args) -> u8 {
                 "steps": plan.steps,
                 "warmup": plan.warmup,
                 "records": records,
+                "profile": profile,
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
-        Format::Human => print!("{}", table(&records, &device, plan, args.threads)),
+        Format::Human => {
+            print!("{}", table(&records, &device, plan, args.threads));
+            if let Some(rows) = &profile {
+                println!(
+                    "\nGPU kernels of a training step (mean of {} steps; each kernel's first launch, which compiles \
+                     it, left out; the step times above are slowed by the profile):",
+                    plan.warmup.max(1) + plan.steps.max(1)
+                );
+                print!("{}", crate::profile::table(rows, 0.95));
+            }
+        }
     }
     OK
 }
@@ -183,14 +232,14 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
     for r in records {
         let name = if r.bare { format!("{} (small)", r.file) } else { r.file.clone() };
         out.push_str(&format!(
-            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10.1} {:>9.0} {:>8.1} {:>5} {:>9} {:>6.3}×\n",
+            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10} {:>9.0} {:>8.1} {:>5} {:>9} {:>6.3}×\n",
             name,
             r.params,
             r.flops_per_token as f64 / 1e6,
             r.step_ms,
             r.step_ms_min,
             r.step_ms_max,
-            r.forward_ms,
+            if r.forward_ms.is_finite() { format!("{:.1}", r.forward_ms) } else { "–".into() },
             r.tokens_per_s,
             r.gflops,
             r.mfu.map_or("–".into(), |m| format!("{:.0}%", m * 100.0)),
