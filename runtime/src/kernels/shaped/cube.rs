@@ -15,7 +15,10 @@
 //!   queries that see key `j`, with the `alpha` and `centre` terms of `dv`.
 //!
 //! The loops over a head's `d` entries are unrolled (`d` is known when a
-//! kernel is compiled), so that a row's accumulators can live in registers.
+//! kernel is compiled), so that a row's accumulators can live in registers;
+//! so does the row a unit dots with all others (its query, or in `columns`
+//! its key), read once: the rows it meets are the same for every unit of
+//! a warp at each step (one broadcast read), its own row is not.
 //!
 //! The query's bias is added before, the gains' gradients summed after,
 //! and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
@@ -68,6 +71,7 @@ fn shaped_forward<F: Float>(
     let qrow = pos * d;
     let kbase = bh * tokens * d;
     let end = if causal { i + 1 } else { tokens };
+    let qr = held(q, qrow, d);
     let mut acc = Array::<F>::new(d);
     let mut sum = Array::<F>::new(d);
     #[unroll]
@@ -78,7 +82,7 @@ fn shaped_forward<F: Float>(
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in 0..end {
-        let s = dot(q, qrow, k, kbase + j * d, d) * scale;
+        let s = dot(&qr, k, kbase + j * d, d) * scale;
         let top = F::max(m, s);
         let keep = F::exp(m - top);
         let p = F::exp(s - top);
@@ -107,13 +111,25 @@ fn shaped_forward<F: Float>(
     lse[pos] = m + F::ln(l);
 }
 
-/// `Σ_e a[a0 + e] · b[b0 + e]` over a head's `d` entries.
+/// A head's `d` entries of `x` from `at`, read once into registers: the
+/// row a unit dots with every other row.
 #[cube]
-fn dot<F: Float>(a: &Tensor<F>, a0: usize, b: &Tensor<F>, b0: usize, #[comptime] d: usize) -> F {
+fn held<F: Float>(x: &Tensor<F>, at: usize, #[comptime] d: usize) -> Array<F> {
+    let mut r = Array::<F>::new(d);
+    #[unroll]
+    for e in 0..d {
+        r[e] = x[at + e];
+    }
+    r
+}
+
+/// `Σ_e a[e] · b[b0 + e]` over a head's `d` entries.
+#[cube]
+fn dot<F: Float>(a: &Array<F>, b: &Tensor<F>, b0: usize, #[comptime] d: usize) -> F {
     let mut s = F::new(0.0);
     #[unroll]
     for e in 0..d {
-        s += a[a0 + e] * b[b0 + e];
+        s += a[e] * b[b0 + e];
     }
     s
 }
@@ -158,6 +174,7 @@ fn shaped_rows<F: Float>(
     let gamma = 2 * heads + h;
     let sa = gains[3 * heads + h];
     let row_lse = lse[pos];
+    let qr = held(q, qrow, d);
     let mut o = Array::<F>::new(d);
     let mut sum = Array::<F>::new(d);
     let mut d_o = Array::<F>::new(d);
@@ -169,7 +186,7 @@ fn shaped_rows<F: Float>(
         grad[e] = F::new(0.0);
     }
     for j in 0..end {
-        let p = F::exp(dot(q, qrow, k, kbase + j * d, d) * scale - row_lse);
+        let p = F::exp(dot(&qr, k, kbase + j * d, d) * scale - row_lse);
         let vrow = (b * tokens + j) * width + h * d;
         #[unroll]
         for e in 0..d {
@@ -207,7 +224,7 @@ fn shaped_rows<F: Float>(
         for e in 0..d {
             dp += d_o[e] * v[vrow + e];
         }
-        let p = F::exp(dot(q, qrow, k, kbase + j * d, d) * scale - row_lse);
+        let p = F::exp(dot(&qr, k, kbase + j * d, d) * scale - row_lse);
         let ds = p * (dp - dd);
         #[unroll]
         for e in 0..d {
@@ -257,6 +274,7 @@ fn shaped_columns<F: Float>(
     let width = heads * d;
     let krow = pos * d;
     let qbase = bh * tokens * d;
+    let kr = held(k, krow, d);
     let mut start = 0;
     if causal {
         start = j;
@@ -278,8 +296,13 @@ fn shaped_columns<F: Float>(
     for i in start..tokens {
         let qrow = qbase + i * d;
         let yrow = (b * tokens + i) * width + h * d;
-        let dp = gb * dot(dy, yrow, v, vat, d);
-        let p = F::exp(dot(q, qrow, k, krow, d) * scale - lse[bh * tokens + i]);
+        let mut dp = F::new(0.0);
+        #[unroll]
+        for e in 0..d {
+            dp += dy[yrow + e] * v[vat + e];
+        }
+        let dp = gb * dp;
+        let p = F::exp(dot(&kr, q, qrow, d) * scale - lse[bh * tokens + i]);
         let ds = p * (dp - delta[bh * tokens + i]);
         // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
         let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
