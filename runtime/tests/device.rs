@@ -484,6 +484,43 @@ fn norm_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
     println!("norm kernels against the reference: largest gap {worst:.1e} of scale");
 }
 
+/// The gained sum's CubeCL kernels (`kernels/gains/cube.rs`) against the
+/// reference: one gain or one per head on either branch, rows that are
+/// not a whole number of the backward's chunks, `b` a strided view.
+fn gains_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::gains::reference;
+    B::seed(device, 22);
+    let mut worst = 0.0f32;
+    for (case, (shape, na, nb)) in
+        [([2, 37, 48], 4, 1), ([3, 5, 12], 1, 12), ([1, 64, 64], 8, 8)].into_iter().enumerate()
+    {
+        let a = normal::<B>(device, &shape);
+        let [x, y, z] = shape;
+        let b = B::float_swap_dims(normal::<B>(device, &[y, x, z]), 0, 1);
+        let (ga, gb) = (normal::<B>(device, &[na]), normal::<B>(device, &[nb]));
+        let dy = normal::<B>(device, &shape);
+        let ours = B::scaled_sum(a.clone(), b.clone(), ga.clone(), gb.clone());
+        let theirs = reference::scaled_sum::<B>(a.clone(), b.clone(), ga.clone(), gb.clone());
+        let mut pairs = vec![("y", ours, theirs)];
+        let g = B::scaled_sum_backward(a.clone(), b.clone(), ga.clone(), gb.clone(), dy.clone());
+        let r = reference::scaled_sum_backward::<B>(a, b, ga, gb, dy);
+        for (name, (x, y)) in ["da", "db", "dga", "dgb"].into_iter().zip(g.into_iter().zip(r)) {
+            pairs.push((name, x, y));
+        }
+        for (name, a, b) in pairs {
+            let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
+            assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            // The gains' gradients sum over every row of their columns.
+            let tolerance = if name.starts_with("dg") { 1e-4 } else { 1e-5 };
+            assert!(e < tolerance, "case {case}: {name} differs by {e:e} of scale");
+            worst = worst.max(e);
+        }
+    }
+    assert!(worst > 0.0, "the gains kernels ran");
+    println!("gains kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
 /// The loss's CubeCL kernels (`kernels/loss/cube.rs`) against the
 /// reference: the cross-entropy and its log-sum-exp per row, its backward
 /// from a gradient per row, and the mean with its gradient written over
@@ -542,6 +579,7 @@ fn wgpu_kernels_are_the_reference() {
     shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    gains_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     loss_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
 }
@@ -554,6 +592,7 @@ fn cuda_kernels_are_the_reference() {
     shaped_kernels_are_the_reference::<CudaKernels>(&Default::default());
     attention_kernels_are_the_reference::<CudaKernels>(&Default::default());
     norm_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    gains_kernels_are_the_reference::<CudaKernels>(&Default::default());
     loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
     adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }

@@ -11,6 +11,8 @@ use super::tensor::{primitive, tensor};
 mod autodiff;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 #[cfg(feature = "flex")]
 mod loops;
 pub mod reference;
