@@ -1,6 +1,6 @@
 //! Softmax attention on burn's CubeCL backends: the shaped attention's
-//! kernels (`shaped/cube.rs`) with a plain softmax's gains — `[0, 1, 0]`
-//! — and the centre's sums compiled out. The T×T weights are never
+//! kernels (`shaped/cube.rs`) compiled for a plain softmax (not `mixed`:
+//! gains `[0, 1, 0]` as constants, no gains read, no centre's sums). The T×T weights are never
 //! written: the forward keeps the rows' log-sum-exp in their place
 //! (`[batch, heads, tokens]`, where the reference keeps the weights
 //! `[batch, heads, tokens, tokens]`), and the backward recomputes the
@@ -12,27 +12,27 @@
 //! in `runtime/tests/device.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, TensorMetadata};
+use burn::tensor::TensorMetadata;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::{reference, AttentionOps};
-use crate::kernels::shaped::cube::{backward, forward, operands, plan};
-use crate::kernels::shaped::Shaped;
+use crate::kernels::shaped::cube::{backward, biased, forward, no_gains, shape_plan, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
-/// `q`, `k`, `v` (`[batch, heads, tokens, d]`) as the shaped attention's
-/// operands, with the gains of a plain softmax.
-fn as_shaped<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    [q, k, v]: [CubeTensor<R>; 3],
-    bq: Option<CubeTensor<R>>,
-    (scale, causal): (f64, bool),
-) -> Shaped<CubeTensor<R>> {
-    type B<R, F, I, BT> = CubeBackend<R, F, I, BT>;
-    let device = q.device.clone();
-    let gain = |x: f64| B::<R, F, I, BT>::float_full([1].into(), x.into(), &device, DType::F32.into());
-    Shaped { q, k, v: merge_heads::<B<R, F, I, BT>>(v), gains: [gain(0.0), gain(1.0), gain(0.0)], scale, causal, bq }
+/// `q` (plus its bias), `k` and `v` with the heads merged, contiguous,
+/// and a placeholder for the gains; with their plan, where the kernels
+/// take them.
+fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    [q, k, v]: &[CubeTensor<R>; 3],
+    bq: Option<&CubeTensor<R>>,
+) -> Option<([CubeTensor<R>; 4], Plan)> {
+    let v = merge_heads::<CubeBackend<R, F, I, BT>>(v.clone());
+    let p = shape_plan(q, k, &v, bq)?;
+    let q = into_contiguous(biased::<R, F, I, BT>(q.clone(), bq, &p));
+    let gains = no_gains(&v);
+    Some(([q, into_contiguous(k.clone()), into_contiguous(v), gains], p))
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionOps for CubeBackend<R, F, I, BT> {
@@ -43,11 +43,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         (scale, causal): (f64, bool),
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let a = as_shaped::<R, F, I, BT>([q.clone(), k.clone(), v.clone()], bq.clone(), (scale, causal));
-        let Some(p) = plan(&a, None) else {
+        let qkv = [q, k, v];
+        let Some((operands, p)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
+            let [q, k, v] = qkv;
             return reference::attention_forward::<Self>(q, k, v, bq, (scale, causal));
         };
-        let (o, lse) = forward(operands::<R, F, I, BT>(&a, None, &p), &p, (scale, causal, false));
+        let (o, lse) = forward(operands, &p, (scale, causal, false));
         (split_heads::<Self>(o, p.heads), lse)
     }
 
@@ -62,8 +63,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         if p.shape().num_dims() != 3 {
             return reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants);
         }
-        let a = as_shaped::<R, F, I, BT>(qkv.clone(), bq.clone(), (scale, causal));
-        let Some(plan) = plan(&a, None) else {
+        let Some((operands, plan)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
             // Not reached (the forward kept row statistics, so it ran the
             // kernels on these operands); the reference, from its weights.
             let [q, k, v] = qkv.clone();
@@ -71,7 +71,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
             return reference::attention_backward::<Self>(qkv, bq, weights, g, (scale, causal, acc), wants);
         };
         let dy = into_contiguous(merge_heads::<Self>(g));
-        let operands = operands::<R, F, I, BT>(&a, None, &plan);
         let [dq, dk, dv, _] = backward(operands, &plan, p, dy, (scale, causal, false));
         let dbq = bq.as_ref().map(|_| {
             let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);

@@ -101,12 +101,14 @@ fn shaped_forward<F: Float>(
     let inv = F::new(1.0) / l;
     let count = F::cast_from(end);
     let out = (b * tokens + i) * width + h * d;
-    let alpha = h;
-    let beta = heads + h;
-    let gamma = 2 * heads + h;
+    let (alpha, beta, gamma) = (h, heads + h, 2 * heads + h);
     #[unroll]
     for e in 0..d {
-        y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
+        if mixed {
+            y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
+        } else {
+            y[out + e] = acc[e] * inv;
+        }
     }
     lse[pos] = m + F::ln(l);
 }
@@ -169,10 +171,18 @@ fn shaped_rows<F: Float>(
     let qrow = pos * d;
     let kbase = bh * tokens * d;
     let end = if causal { i + 1 } else { tokens };
-    let alpha = h;
-    let beta = heads + h;
-    let gamma = 2 * heads + h;
-    let sa = gains[3 * heads + h];
+    // A plain softmax (not `mixed`): gains `[0, 1, 0]` and no gained sum,
+    // `gains` and `part` not read or written.
+    let mut sa = F::new(1.0);
+    let mut g_alpha = F::new(0.0);
+    let mut g_beta = F::new(1.0);
+    let mut g_gamma = F::new(0.0);
+    if mixed {
+        sa = gains[3 * heads + h];
+        g_alpha = gains[h];
+        g_beta = gains[heads + h];
+        g_gamma = gains[2 * heads + h];
+    }
     let row_lse = lse[pos];
     let qr = held(q, qrow, d);
     let mut o = Array::<F>::new(d);
@@ -210,12 +220,14 @@ fn shaped_rows<F: Float>(
         let g = sa * up;
         let x = v[at + e];
         let c = sum[e] / count;
-        d_o[e] = gains[beta] * g;
+        d_o[e] = g_beta * g;
         dd += d_o[e] * o[e];
-        pv += g * x;
-        po += g * o[e];
-        pc += g * c;
-        pm += up * (gains[alpha] * x + gains[beta] * o[e] + gains[gamma] * c);
+        if mixed {
+            pv += g * x;
+            po += g * o[e];
+            pc += g * c;
+            pm += up * (g_alpha * x + g_beta * o[e] + g_gamma * c);
+        }
     }
     for j in 0..end {
         let mut dp = F::new(0.0);
@@ -236,10 +248,12 @@ fn shaped_rows<F: Float>(
         dq[qrow + e] = grad[e] * scale;
     }
     delta[pos] = dd;
-    part[pos] = pv;
-    part[units + pos] = po;
-    part[2 * units + pos] = pc;
-    part[3 * units + pos] = pm;
+    if mixed {
+        part[pos] = pv;
+        part[units + pos] = po;
+        part[2 * units + pos] = pc;
+        part[3 * units + pos] = pm;
+    }
 }
 
 /// The backward by key row: `dk_j` and `dv_j` (head `h`'s columns).
@@ -279,19 +293,23 @@ fn shaped_columns<F: Float>(
     if causal {
         start = j;
     }
-    let alpha = h;
-    let beta = heads + h;
-    let gamma = 2 * heads + h;
-    let sa = gains[3 * heads + h];
-    let gb = gains[beta] * sa;
-    let gg = gains[gamma] * sa;
+    // A plain softmax (not `mixed`): `beta` 1, no other term.
+    let mut ga = F::new(0.0);
+    let mut gb = F::new(1.0);
+    let mut gg = F::new(0.0);
+    if mixed {
+        let sa = gains[3 * heads + h];
+        ga = gains[h] * sa;
+        gb = gains[heads + h] * sa;
+        gg = gains[2 * heads + h] * sa;
+    }
     let vat = (b * tokens + j) * width + h * d;
     let mut gk = Array::<F>::new(d);
     let mut gv = Array::<F>::new(d);
     #[unroll]
     for e in 0..d {
         gk[e] = F::new(0.0);
-        gv[e] = gains[alpha] * sa * dy[vat + e];
+        gv[e] = ga * dy[vat + e];
     }
     for i in start..tokens {
         let qrow = qbase + i * d;
@@ -338,21 +356,51 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn plan<R: CubeRuntime>(a: &Shaped<CubeTensor<R>>, add: Option<&MixAddend<CubeTensor<R>>>) -> Option<Plan> {
-    let s = a.q.shape();
+    let mut p = shape_plan(&a.q, &a.k, &a.v, a.bq.as_ref())?;
+    let n = |t: &CubeTensor<R>| t.shape().num_elements();
+    let sa = add.map_or(1, |m| n(&m.beta_sa));
+    p.lengths = [n(&a.gains[0]), n(&a.gains[1]), n(&a.gains[2]), sa];
+    let f32s = a.gains.iter().all(|t| t.dtype == DType::F32)
+        && add.is_none_or(|m| [&m.b, &m.beta_sa, &m.beta_ff].iter().all(|t| t.dtype == DType::F32));
+    let grouped = p.lengths.iter().all(|&l| l == 1 || l == p.heads);
+    (f32s && grouped).then_some(p)
+}
+
+/// The plan of `q`, `k` (`[batch, heads, tokens, d]`), `v` (`[batch,
+/// tokens, heads · d]`) and the query's bias, without gains: what a plain
+/// softmax attention runs.
+pub(crate) fn shape_plan<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    bq: Option<&CubeTensor<R>>,
+) -> Option<Plan> {
+    let s = q.shape();
     if s.num_dims() != 4 {
         return None;
     }
     let [batch, heads, tokens, d] = [s[0], s[1], s[2], s[3]];
-    let n = |t: &CubeTensor<R>| t.shape().num_elements();
-    let sa = add.map_or(1, |m| n(&m.beta_sa));
-    let lengths = [n(&a.gains[0]), n(&a.gains[1]), n(&a.gains[2]), sa];
-    let f32s = [&a.q, &a.k, &a.v].into_iter().chain(&a.gains).chain(a.bq.as_ref()).all(|t| t.dtype == DType::F32)
-        && add.is_none_or(|m| [&m.b, &m.beta_sa, &m.beta_ff].iter().all(|t| t.dtype == DType::F32));
-    let grouped = lengths.iter().all(|&l| l == 1 || l == heads);
-    let shapes =
-        a.k.shape().as_slice() == [batch, heads, tokens, d] && a.v.shape().as_slice() == [batch, tokens, heads * d];
+    let f32s = [q, k, v].into_iter().chain(bq).all(|t| t.dtype == DType::F32);
+    let shapes = k.shape().as_slice() == [batch, heads, tokens, d]
+        && v.shape().as_slice() == [batch, tokens, heads * d]
+        && bq.is_none_or(|b| b.shape().num_elements() == heads * d);
     let fits = (1..=MAX_HEAD_DIM).contains(&d) && tokens > 0 && batch > 0;
-    (f32s && grouped && shapes && fits).then_some(Plan { batch, heads, tokens, d, lengths })
+    (f32s && shapes && fits).then_some(Plan { batch, heads, tokens, d, lengths: [1; 4] })
+}
+
+/// `q` plus the query's bias `bq` (`[heads · d]`) when given.
+pub(crate) fn biased<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    q: CubeTensor<R>,
+    bq: Option<&CubeTensor<R>>,
+    p: &Plan,
+) -> CubeTensor<R> {
+    match bq {
+        Some(bq) => CubeBackend::<R, F, I, BT>::float_add(
+            q,
+            CubeBackend::<R, F, I, BT>::float_reshape(bq.clone(), [1, p.heads, 1, p.d].into()),
+        ),
+        None => q,
+    }
 }
 
 impl Plan {
@@ -369,13 +417,7 @@ pub(crate) fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolE
     beta_sa: Option<&CubeTensor<R>>,
     p: &Plan,
 ) -> [CubeTensor<R>; 4] {
-    let q = match &a.bq {
-        Some(bq) => CubeBackend::<R, F, I, BT>::float_add(
-            a.q.clone(),
-            CubeBackend::<R, F, I, BT>::float_reshape(bq.clone(), [1, p.heads, 1, p.d].into()),
-        ),
-        None => a.q.clone(),
-    };
+    let q = biased::<R, F, I, BT>(a.q.clone(), a.bq.as_ref(), p);
     let one = || CubeBackend::<R, F, I, BT>::float_ones([1].into(), &a.q.device, DType::F32.into());
     let per_head = |g: CubeTensor<R>| {
         let g = CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into());
@@ -387,8 +429,9 @@ pub(crate) fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolE
     [into_contiguous(q), into_contiguous(a.k.clone()), into_contiguous(a.v.clone()), gains]
 }
 
-/// The forward kernel on `operands`: `(mix, lse)`; `mixed` false leaves
-/// out the centre's sums (a plain softmax attention, its gains `[0, 1, 0]`).
+/// The forward kernel on `operands`: `(mix, lse)`; `mixed` false is a
+/// plain softmax attention (gains `[0, 1, 0]`, no centre's sums), whose
+/// `gains` are not read: any f32 tensor, [`no_gains`].
 pub(crate) fn forward<R: CubeRuntime>(
     [q, k, v, gains]: [CubeTensor<R>; 4],
     p: &Plan,
@@ -419,6 +462,12 @@ pub(crate) fn forward<R: CubeRuntime>(
     (y, lse)
 }
 
+/// The gains tensor of a plain softmax attention, which its kernels do
+/// not read.
+pub(crate) fn no_gains<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_f32(like, [1])
+}
+
 /// The backward kernels on `operands`, given the forward's `lse` and the
 /// output's gradient `dy` (contiguous): `[dq, dk, dv, part]`, `part` the
 /// rows' shares of the gains' gradients (see `shaped_rows`).
@@ -435,7 +484,8 @@ pub(crate) fn backward<R: CubeRuntime>(
     let dk = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
     let dv = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
     let delta = empty_f32(&v, [p.batch, p.heads, p.tokens]);
-    let part = empty_f32(&v, [4, p.batch, p.heads, p.tokens]);
+    // Not written for a plain softmax: a placeholder then.
+    let part = empty_f32(&v, if mixed { [4, p.batch, p.heads, p.tokens] } else { [1, 1, 1, 1] });
     shaped_rows::launch::<f32, R>(
         &client,
         count.clone(),
