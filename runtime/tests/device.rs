@@ -388,7 +388,16 @@ fn adam_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::D
             let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
             assert!(e < 1e-6, "step {t}: {name} differs by {e:e} of its largest entry");
         }
-    }
+    } // The gradients' squared norm: tensors of one entry to more than the
+      // most cubes one is spread over hold.
+    let xs: Vec<_> = [1, 300, 10_007, 2_000_000].map(|n| random(n, -1.0, 1.0).into_primitive().tensor()).into();
+    let ours = values::<B>(B::squared_norm(xs.clone(), device));
+    let theirs = values::<B>(reference::squared_norm::<B>(xs, device));
+    assert_eq!(ours.len(), 1);
+    let e = ((ours[0] - theirs[0]) / theirs[0]).abs();
+    assert!(e < 1e-5, "squared norms {ours:?} and {theirs:?}: {e:e} apart");
+    let none = values::<B>(B::squared_norm(Vec::new(), device));
+    assert_eq!(none, vec![0.0], "no gradient, no norm");
 }
 
 /// A tensor of `shape` drawn from N(0, 1) on `device`.

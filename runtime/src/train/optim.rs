@@ -14,6 +14,7 @@ use std::path::Path;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
 
 use crate::kernels::{AdamStep, Kernels};
@@ -197,9 +198,16 @@ impl<B: Kernels> Optimizer<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let mut norm = SquaredNorm::<AB> { grads: &grads, total: None };
+        let mut norm = SquaredNorm::<AB> { grads: &grads, all: Vec::new(), device: None };
         model.visit(&mut norm);
-        let norm = norm.total.map_or(0.0, |t| f64::from(t.into_scalar().elem::<f32>()).sqrt());
+        let norm = match norm.device {
+            Some(device) => {
+                let total: Tensor<B, 1> =
+                    Tensor::from_primitive(TensorPrimitive::Float(B::squared_norm(norm.all, &device)));
+                f64::from(total.into_scalar().elem::<f32>()).sqrt()
+            }
+            None => 0.0,
+        };
         let scale = if self.config.clip > 0.0 && norm > self.config.clip { self.config.clip / norm } else { 1.0 };
         self.t += 1;
         let mut update = Update::<AB> { opt: self, grads: &mut grads, lr, scale, path: Vec::new() };
@@ -292,17 +300,16 @@ impl<'a> Reader<'a> {
 /// Sums the squared gradients of every parameter (one tensor, read once).
 struct SquaredNorm<'a, AB: AutodiffBackend> {
     grads: &'a GradientsParams,
-    total: Option<Tensor<AB::InnerBackend, 1>>,
+    /// Every gradient, for one [`crate::kernels::AdamOps::squared_norm`].
+    all: Vec<FloatTensor<AB::InnerBackend>>,
+    device: Option<burn::tensor::Device<AB::InnerBackend>>,
 }
 
 impl<AB: AutodiffBackend> ModuleVisitor<AB> for SquaredNorm<'_, AB> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
-            let s = (g.clone() * g).sum();
-            self.total = Some(match self.total.take() {
-                Some(t) => t + s,
-                None => s,
-            });
+            self.device.get_or_insert_with(|| g.device());
+            self.all.push(g.into_primitive().tensor());
         }
     }
 }

@@ -1,17 +1,52 @@
 //! Adam(W) on burn's CubeCL backends: one kernel per parameter tensor that
 //! reads the parameter, its gradient and both moments once and writes the
 //! three updated, where the reference runs a dozen element-wise operations
-//! (each a launch and a pass over memory). f32 only; other dtypes take the
-//! reference. Tested against the reference in `runtime/tests/device.rs`.
+//! (each a launch and a pass over memory). The gradients' squared norm:
+//! one launch per gradient, each cube's sum into its slot of one buffer,
+//! then one sum of the buffer (the reference: a square, a sum and an add
+//! per gradient). f32 only; other dtypes take the reference. Tested
+//! against the reference in `runtime/tests/device.rs`.
 
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 use super::{reference, AdamOps, AdamStep};
-use crate::kernels::cube::{empty_f32, units};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, units};
+
+/// Most cubes one gradient's sum of squares is spread over.
+const MAX_CUBES: usize = 1024;
+
+/// Cube `c` of `cubes` sums the squares of its stride of `x` (`n` entries)
+/// into `partials[offset + c]`.
+#[cube(launch)]
+fn squares<F: Float>(
+    x: &Tensor<F>,
+    partials: &mut Tensor<F>,
+    n: usize,
+    offset: usize,
+    cubes: usize,
+    #[comptime] block: usize,
+) {
+    let c = CUBE_POS;
+    if c >= cubes {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<F>::new(block);
+    let mut s = F::new(0.0);
+    let mut i = c * block + UNIT_POS as usize;
+    while i < n {
+        let v = x[i];
+        s += v * v;
+        i += cubes * block;
+    }
+    let total = cube_sum(&mut shared, s, block);
+    if UNIT_POS == 0 {
+        partials[offset + c] = total;
+    }
+}
 
 /// `g ← g · grad_scale + l2 · p`, the moments (`rest` = 1 − β), then
 /// `p ← p · keep − lr · m / (sqrt(v · inv_bc2) + eps)` (`lr` already over
@@ -96,5 +131,43 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
             (1.0 - k.decay) as f32,
         );
         (p1, m1, v1)
+    }
+
+    fn squared_norm(xs: Vec<FloatTensor<Self>>, device: &Self::Device) -> FloatTensor<Self> {
+        let sizes: Vec<usize> = xs.iter().map(|x| x.shape().num_elements()).collect();
+        if xs.is_empty() || xs.iter().any(|x| x.dtype != DType::F32) || sizes.contains(&0) {
+            return reference::squared_norm::<Self>(xs, device);
+        }
+        let client = xs[0].client.clone();
+        // Each gradient's cubes: enough for 4 entries per unit, at most
+        // MAX_CUBES.
+        let plans: Vec<_> = sizes
+            .iter()
+            .map(|&n| {
+                let (_, dim, block) = row_cubes(&client, 1, n);
+                let cubes = n.div_ceil(block * 4).clamp(1, MAX_CUBES);
+                let (count, _, _) = row_cubes(&client, cubes, n);
+                (count, dim, block, cubes)
+            })
+            .collect();
+        let slots: usize = plans.iter().map(|p| p.3).sum();
+        let partials = empty_f32(&xs[0], [slots]);
+        let mut offset = 0;
+        for ((x, &n), (count, dim, block, cubes)) in xs.into_iter().zip(&sizes).zip(plans) {
+            let x = into_contiguous(x);
+            squares::launch::<f32, R>(
+                &client,
+                count,
+                dim,
+                x.into_tensor_arg(),
+                partials.clone().into_tensor_arg(),
+                n,
+                offset,
+                cubes,
+                block,
+            );
+            offset += cubes;
+        }
+        Self::float_sum(partials)
     }
 }

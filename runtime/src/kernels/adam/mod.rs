@@ -1,4 +1,5 @@
-//! Adam(W): one update of a parameter and its moments, in one pass.
+//! Adam(W): one update of a parameter and its moments, in one pass; and
+//! the global norm of the gradients that clipping reads.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -43,5 +44,11 @@ pub trait AdamOps: Backend {
         k: AdamStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         reference::adam::<Self>(p, g, m, v, k)
+    }
+
+    /// `Σ_t Σ x²` over every tensor `t` of `xs` (the squared global norm of
+    /// the gradients, which clipping reads): `[1]`, 0 for none.
+    fn squared_norm(xs: Vec<FloatTensor<Self>>, device: &Self::Device) -> FloatTensor<Self> {
+        reference::squared_norm::<Self>(xs, device)
     }
 }

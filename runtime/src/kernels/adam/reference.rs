@@ -21,3 +21,13 @@ pub fn adam<B: Backend>(
     let p = if k.decay > 0.0 { p.mul_scalar(1.0 - k.decay) } else { p };
     (primitive(p - step), primitive(m), primitive(v))
 }
+
+pub fn squared_norm<B: Backend>(xs: Vec<FloatTensor<B>>, device: &B::Device) -> FloatTensor<B> {
+    let zero = burn::tensor::Tensor::<B, 1>::zeros([1], device);
+    let total = xs.into_iter().fold(zero, |t, x| {
+        let n = burn::tensor::TensorMetadata::shape(&x).num_elements();
+        let x = tensor::<B, 1>(B::float_reshape(x, [n].into()));
+        t + (x.clone() * x).sum()
+    });
+    primitive(total)
+}
