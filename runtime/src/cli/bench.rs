@@ -103,13 +103,7 @@ pub fn run(args: &Args) -> u8 {
         }
     };
     let (records, device) = match args.device {
-        Device::Cpu => {
-            let device = Default::default();
-            (
-                bench::run::<burn::backend::Autodiff<crate::backend::Cpu>>(&subjects, plan, &device, &mut progress),
-                bench::device_name::<crate::backend::Cpu>(&device),
-            )
-        }
+        Device::Cpu => on::<crate::backend::Cpu>(&subjects, plan, &mut progress),
         Device::Cuda => match crate::backend::cuda().and_then(|_| cuda(&subjects, plan, &mut progress)) {
             Ok(x) => x,
             Err(e) => {
@@ -175,17 +169,23 @@ pub fn run(args: &Args) -> u8 {
     OK
 }
 
+/// The records of `subjects` on backend `B`'s default device, and its name.
+fn on<B: crate::kernels::Kernels>(
+    subjects: &[Subject],
+    plan: Plan,
+    progress: &mut dyn FnMut(usize, usize),
+) -> (Vec<Record>, String) {
+    let device = Default::default();
+    (bench::run::<burn::backend::Autodiff<B>>(subjects, plan, &device, progress), bench::device_name::<B>(&device))
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(
     subjects: &[Subject],
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    let device = Default::default();
-    Ok((
-        bench::run::<burn::backend::Autodiff<crate::backend::Cuda>>(subjects, plan, &device, progress),
-        bench::device_name::<crate::backend::Cuda>(&device),
-    ))
+    Ok(on::<crate::backend::Cuda>(subjects, plan, progress))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -199,11 +199,7 @@ fn wgpu(
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    let device = Default::default();
-    Ok((
-        bench::run::<burn::backend::Autodiff<crate::backend::Wgpu>>(subjects, plan, &device, progress),
-        bench::device_name::<crate::backend::Wgpu>(&device),
-    ))
+    Ok(on::<crate::backend::Wgpu>(subjects, plan, progress))
 }
 
 #[cfg(not(feature = "wgpu"))]

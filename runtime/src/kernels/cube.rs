@@ -67,3 +67,13 @@ pub(super) fn cube_sum<F: Float>(shared: &mut SharedMemory<F>, value: F, #[compt
     sync_cube();
     total
 }
+
+/// The end of the chunk of `chunk` rows from `first`, within `rows`.
+#[cube]
+pub(super) fn chunk_end(first: usize, #[comptime] chunk: usize, rows: usize) -> usize {
+    let mut last = first + chunk;
+    if last > rows {
+        last = rows;
+    }
+    last
+}

@@ -15,7 +15,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, GainOps};
-use crate::kernels::cube::{empty_f32, units};
+use crate::kernels::cube::{chunk_end, empty_f32, units};
 
 /// Rows a unit of `gains_backward` sums.
 const CHUNK: usize = 32;
@@ -70,10 +70,7 @@ fn gains_backward<F: Float>(
     }
     let column = pos % width;
     let first = (pos / width) * chunk;
-    let mut last = first + chunk;
-    if last > rows {
-        last = rows;
-    }
+    let last = chunk_end(first, chunk, rows);
     let (wa, wb) = (ga[column / span_a], gb[column / span_b]);
     let mut sa = F::new(0.0);
     let mut sb = F::new(0.0);

@@ -23,7 +23,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, NormOps};
-use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, units};
+use crate::kernels::cube::{chunk_end, cube_sum, empty_f32, row_cubes, units};
 
 /// Rows a unit of `columns` sums.
 const CHUNK: usize = 32;
@@ -170,10 +170,7 @@ fn norm_columns<F: Float>(
     }
     let column = pos % width;
     let first = (pos / width) * chunk;
-    let mut last = first + chunk;
-    if last > rows {
-        last = rows;
-    }
+    let last = chunk_end(first, chunk, rows);
     let mut sx = F::new(0.0);
     let mut s = F::new(0.0);
     for row in first..last {
