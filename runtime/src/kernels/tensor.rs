@@ -23,6 +23,12 @@ pub fn flat<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_reshape(t, [shape.num_elements() / last.max(1), last].into())
 }
 
+/// Entry `k` of `x`'s first dimension, flattened to its `width` entries
+/// (a row of stacked sums: `[k, …]` → `[width]`).
+pub fn row<B: Backend>(x: FloatTensor<B>, k: usize, width: usize) -> FloatTensor<B> {
+    B::float_reshape(B::float_slice(x, &[burn::tensor::Slice::from(k..k + 1)]), [width].into())
+}
+
 /// `[batch, tokens, heads · d]` → `[batch, heads, tokens, d]` (a view of a
 /// contiguous tensor).
 pub fn split_heads<B: Backend>(x: FloatTensor<B>, heads: usize) -> FloatTensor<B> {

@@ -16,6 +16,7 @@ use cubecl::prelude::*;
 
 use super::{reference, GainOps};
 use crate::kernels::cube::{chunk_end, empty_f32, units};
+use crate::kernels::tensor::row;
 
 /// Rows a unit of `gains_backward` sums.
 const CHUNK: usize = 32;
@@ -172,8 +173,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GainOps fo
         // Per column, then per group of columns.
         let columns = Self::float_sum_dim(parts, 1);
         let gain = |k: usize, n: usize| {
-            let c = Self::float_slice(columns.clone(), &[burn::tensor::Slice::from(k..k + 1)]);
-            let grouped = Self::float_reshape(c, [n, width / n].into());
+            let grouped = Self::float_reshape(row::<Self>(columns.clone(), k, width), [n, width / n].into());
             Self::float_reshape(Self::float_sum_dim(grouped, 1), [n].into())
         };
         let (dga, dgb) = (gain(0, na), gain(1, nb));

@@ -24,6 +24,7 @@ use cubecl::prelude::*;
 
 use super::{reference, NormOps};
 use crate::kernels::cube::{chunk_end, cube_sum, empty_f32, row_cubes, units};
+use crate::kernels::tensor::row;
 
 /// Rows a unit of `columns` sums.
 const CHUNK: usize = 32;
@@ -290,11 +291,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormOps fo
             chunks,
             CHUNK,
         );
-        let sums = Self::float_reshape(Self::float_sum_dim(parts, 1), [2, width].into());
-        let part = |k: usize| {
-            let s = Self::float_slice(sums.clone(), &[burn::tensor::Slice::from(k..k + 1)]);
-            Self::float_reshape(s, [width].into())
-        };
-        (dx, part(0), part(1))
+        let sums = Self::float_sum_dim(parts, 1);
+        (dx, row::<Self>(sums.clone(), 0, width), row::<Self>(sums, 1, width))
     }
 }

@@ -39,6 +39,7 @@ use burn::tensor::ops::FloatTensorOps;
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::cube::{empty_f32, units};
 use crate::kernels::gains::GainOps;
+use crate::kernels::tensor::row;
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
 /// `[batch, tokens, heads·d]` tensor start at `h·d`.
@@ -561,10 +562,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         // The rows' shares summed over batch and tokens: one value per head
         // (then one in all, for a single gain).
         let per_head = Self::float_sum_dim(Self::float_sum_dim(part, 3), 1);
-        let per_head = Self::float_reshape(per_head, [4, p.heads].into());
         let gain = |which: usize| {
-            let g = Self::float_slice(per_head.clone(), &[burn::tensor::Slice::from(which..which + 1)]);
-            let g = Self::float_reshape(g, [p.heads].into());
+            let g = row::<Self>(per_head.clone(), which, p.heads);
             if p.lengths[which] == 1 {
                 Self::float_reshape(Self::float_sum(g), [1].into())
             } else {
