@@ -245,6 +245,10 @@ fn measure<B: TrainKernels>(
             }
         }
     }
+    if plan.steps_only {
+        // What a kernel profile counts starts here.
+        B::profile_mark(device);
+    }
     let rounds = plan.steps.max(1);
     for r in 0..rounds {
         for e in entries.iter_mut() {

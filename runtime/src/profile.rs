@@ -5,10 +5,13 @@
 //! (each launch waits for the one before, and is timed on the device); the
 //! log is a line per launch, `| 1.234ms | KernelName | f32 | CudaRuntime`.
 //! [`enable`] turns it on, into a file, before the device starts; [`read`]
-//! sums the file by kernel. A kernel's first launch compiles it, so it is
-//! left out of its mean; the launches are spread over the steps run (the
-//! warm-up and timed steps of one model, nothing else: the profiled bench
-//! measures no forward pass and no product rate).
+//! sums the file by kernel. The bench launches a marker kernel ([`mark`])
+//! between its warm-up and its timed steps, and only the launches after
+//! the last marker are counted, over the timed steps: what a step launches
+//! once the optimiser's state exists and every kernel is compiled. Without
+//! a marker, every launch counts, over all steps run, and a kernel's first
+//! launch (which compiles it) is left out of its mean time. The profiled
+//! bench measures no forward pass and no product rate.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,10 +49,43 @@ pub fn enable(_: &Path) -> Result<(), String> {
     Err("this blkc has no GPU backend to profile (build with --features cuda or wgpu)".into())
 }
 
-/// The profile in `log` over `steps` training steps, the kernels that take
-/// the most time first. Waits (up to 10 s) for the log to stop growing:
-/// CubeCL writes it from another thread.
-pub fn read(log: &Path, steps: usize) -> Result<Vec<KernelTime>, String> {
+/// The name the marker kernel has in the log.
+const MARK: &str = "ProfileMark";
+
+/// Launches the marker kernel on `device`'s CubeCL runtime: the log's
+/// launches after it are the timed steps'.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub use marker::mark;
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod marker {
+    use cubecl::prelude::*;
+
+    /// Named `ProfileMark` in the log.
+    #[cube(launch)]
+    fn profile_mark(out: &mut Tensor<f32>) {
+        if ABSOLUTE_POS == 0 {
+            out[0] = 0.0;
+        }
+    }
+
+    pub fn mark<R: burn_cubecl::CubeRuntime>(device: &R::Device) {
+        let client = R::client(device);
+        let out = burn_cubecl::ops::numeric::empty_device_dtype(
+            client.clone(),
+            device.clone(),
+            [1].into(),
+            burn::tensor::DType::F32,
+        );
+        profile_mark::launch::<R>(&client, CubeCount::new_single(), CubeDim::new_single(), out.into_tensor_arg());
+    }
+}
+
+/// The profile in `log` of a bench that ran `all` training steps, the last
+/// `timed` of them after the marker, the kernels that take the most time
+/// first. Waits (up to 10 s) for the log to stop growing: CubeCL writes it
+/// from another thread.
+pub fn read(log: &Path, all: usize, timed: usize) -> Result<Vec<KernelTime>, String> {
     let mut last = None;
     for _ in 0..50 {
         let len = std::fs::metadata(log).map(|m| m.len()).ok();
@@ -60,26 +96,35 @@ pub fn read(log: &Path, steps: usize) -> Result<Vec<KernelTime>, String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let text = std::fs::read_to_string(log).map_err(|e| format!("cannot read the profile {}: {e}", log.display()))?;
-    Ok(summarise(&text, steps))
+    Ok(summarise(&text, all, timed))
 }
 
-/// Sums the launches of `text` (CubeCL's profiling log) by kernel.
-pub fn summarise(text: &str, steps: usize) -> Vec<KernelTime> {
-    // Per kernel: launches, and the time of all but the first.
-    let mut seen: HashMap<String, (usize, f64)> = HashMap::new();
-    for line in text.lines() {
-        let Some((ms, name)) = launch(line) else { continue };
-        let entry = seen.entry(name).or_insert((0, 0.0));
-        if entry.0 > 0 {
-            entry.1 += ms;
+/// Sums the launches of `text` (CubeCL's profiling log) by kernel: after
+/// its last marker over `timed` steps, or all of them over `all` steps.
+pub fn summarise(text: &str, all: usize, timed: usize) -> Vec<KernelTime> {
+    let launches: Vec<(f64, String)> = text.lines().filter_map(launch).collect();
+    let last_mark = launches.iter().rposition(|(_, name)| name.starts_with(MARK));
+    let (warm, counted, steps) = match last_mark {
+        Some(i) => (&launches[..i], &launches[i + 1..], timed),
+        None => (&launches[..0], &launches[..], all),
+    };
+    // Per kernel: launches, those timed (all but a first, which compiled
+    // it, unless it ran in the warm-up), and their time.
+    let compiled: std::collections::HashSet<&str> = warm.iter().map(|(_, n)| n.as_str()).collect();
+    let mut seen: HashMap<String, (usize, usize, f64)> = HashMap::new();
+    for (ms, name) in counted {
+        let entry = seen.entry(name.clone()).or_insert((0, 0, 0.0));
+        if entry.0 > 0 || compiled.contains(name.as_str()) {
+            entry.1 += 1;
+            entry.2 += ms;
         }
         entry.0 += 1;
     }
     let steps = steps.max(1) as f64;
     let mut rows: Vec<KernelTime> = seen
         .into_iter()
-        .map(|(kernel, (n, ms))| {
-            let mean = if n > 1 { ms / (n - 1) as f64 } else { 0.0 };
+        .map(|(kernel, (n, timed, ms))| {
+            let mean = if timed > 0 { ms / timed as f64 } else { 0.0 };
             let launches = n as f64 / steps;
             KernelTime { kernel, launches_per_step: launches, ms_per_step: mean * launches, share: 0.0 }
         })
@@ -176,7 +221,7 @@ mod tests {
 
     #[test]
     fn launches_are_summed_by_kernel_without_the_first_one() {
-        let rows = summarise(LOG, 2);
+        let rows = summarise(LOG, 2, 1);
         let by = |k: &str| rows.iter().find(|r| r.kernel == k).cloned();
         let norm = by("NormForward | f32").unwrap_or_else(|| panic!("{rows:?}"));
         // Three launches over two steps; the mean of the two after the
@@ -194,6 +239,31 @@ mod tests {
         assert!((shares - 1.0).abs() < 1e-12);
         let t = table(&rows, 0.9);
         assert!(t.contains("NormForward | f32") && t.contains("all kernels"), "{t}");
+    }
+
+    /// With a marker, the launches after the last one, over the timed
+    /// steps; a kernel that ran before it (compiled) has all its launches
+    /// timed, one first seen after it all but the first.
+    #[test]
+    fn launches_after_the_marker_are_the_timed_steps() {
+        let log = "\
+| 9ms        | NormForward | f32 | CudaRuntime
+| 7ms        | FullKernel | CudaRuntime
+| 1µs        | ProfileMark | CudaRuntime
+| 1ms        | NormForward | f32 | CudaRuntime
+| 3ms        | NormForward | f32 | CudaRuntime
+| 8ms        | LossRows | f32 | CudaRuntime
+| 2ms        | LossRows | f32 | CudaRuntime
+";
+        let rows = summarise(log, 3, 2);
+        let by = |k: &str| rows.iter().find(|r| r.kernel == k).cloned().unwrap_or_else(|| panic!("{k}: {rows:?}"));
+        let norm = by("NormForward | f32");
+        assert_eq!(norm.launches_per_step, 1.0);
+        assert!((norm.ms_per_step - 2.0).abs() < 1e-12, "{norm:?}");
+        let loss = by("LossRows | f32");
+        assert_eq!(loss.launches_per_step, 1.0);
+        assert!((loss.ms_per_step - 2.0).abs() < 1e-12, "{loss:?}");
+        assert!(rows.iter().all(|r| r.kernel != "FullKernel" && !r.kernel.starts_with("ProfileMark")), "{rows:?}");
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn run(args: &Args) -> u8 {
         eprintln!();
     }
     let profile = if args.profile {
-        let read = crate::profile::read(&profile_log, plan.warmup.max(1) + plan.steps.max(1));
+        let read = crate::profile::read(&profile_log, plan.warmup.max(1) + plan.steps.max(1), plan.steps.max(1));
         let _ = std::fs::remove_file(&profile_log);
         match read {
             Ok(rows) if !rows.is_empty() => Some(rows),

@@ -19,6 +19,10 @@ pub trait DeviceMemory: Backend {
     fn device_bytes(_device: &Self::Device) -> Option<DeviceBytes> {
         None
     }
+
+    /// Marks the kernel profile here (`crate::profile::mark`): a GPU
+    /// backend launches the marker kernel, others do nothing.
+    fn profile_mark(_device: &Self::Device) {}
 }
 
 impl<B: DeviceMemory, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> DeviceMemory
@@ -26,6 +30,10 @@ impl<B: DeviceMemory, C: burn::backend::autodiff::checkpoint::strategy::Checkpoi
 {
     fn device_bytes(device: &Self::Device) -> Option<DeviceBytes> {
         B::device_bytes(device)
+    }
+
+    fn profile_mark(device: &Self::Device) {
+        B::profile_mark(device)
     }
 }
 
@@ -54,6 +62,10 @@ impl<
         Self::sync(device).ok()?;
         cube_bytes::<R>(device)
     }
+
+    fn profile_mark(device: &Self::Device) {
+        crate::profile::mark::<R>(device)
+    }
 }
 
 /// With operation fusion, `Cuda` and `Wgpu` are fused backends over the
@@ -65,6 +77,11 @@ macro_rules! fused_memory {
             fn device_bytes(device: &Self::Device) -> Option<DeviceBytes> {
                 <$B as Backend>::sync(device).ok()?;
                 cube_bytes::<$R>(device)
+            }
+
+            fn profile_mark(device: &Self::Device) {
+                <$B as Backend>::sync(device).ok();
+                crate::profile::mark::<$R>(device)
             }
         }
     };

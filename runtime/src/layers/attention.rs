@@ -76,6 +76,8 @@ pub struct Plan {
     pub form: Form,
     /// Dropout in training.
     pub dropout: blkc::graph::Dropout,
+    /// The constant gains as tensors, once made.
+    pub constants: scalar::Constants,
 }
 
 #[derive(Module, Debug)]
@@ -136,6 +138,7 @@ impl<B: Kernels> Attention<B> {
                 gain_names: scalar::trainable_names(&spec.params),
                 form: Form::of(&spec.matrix),
                 dropout: spec.dropout,
+                constants: Default::default(),
             },
         }
     }
@@ -240,7 +243,7 @@ impl<B: Kernels> Attention<B> {
                 Some(1.0) => part,
                 Some(c) => part * c,
                 None => {
-                    let g = scalar::value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
+                    let g = self.plan.constants.value(coef, &self.plan.slots, &self.gains, &self.plan.env, &device);
                     kernels::scale_groups(part, g)
                 }
             };
@@ -263,7 +266,7 @@ impl<B: Kernels> Attention<B> {
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
     fn mix_gains(&self, device: &B::Device) -> [Tensor<B, 1>; 3] {
         let Form::Shaped(coefs) = &self.plan.form else { unreachable!("the mix of a shaped attention's matrix") };
-        coefs.each_ref().map(|c| scalar::value(c, &self.plan.slots, &self.gains, &self.plan.env, device))
+        coefs.each_ref().map(|c| self.plan.constants.value(c, &self.plan.slots, &self.gains, &self.plan.env, device))
     }
 
     /// The operands of a shaped attention (matrix `I`, `softmax` and

@@ -66,6 +66,8 @@ pub struct Plan {
     /// How many times each node is read (the output once more, so that it
     /// is kept).
     pub reads: Vec<usize>,
+    /// The constant gains as tensors, once made.
+    pub constants: scalar::Constants,
 }
 
 #[derive(Module, Debug)]
@@ -96,6 +98,7 @@ impl<B: Kernels> Block<B> {
                 env: ctx.env,
                 gain_names: scalar::trainable_names(&g.params),
                 reads: Vec::new(),
+                constants: Default::default(),
             },
         };
         for n in &g.nodes {
@@ -193,7 +196,7 @@ impl<B: Kernels> Block<B> {
         // The operands of the attentions mixed inside a sum.
         let mut parts: Vec<Option<MixParts<B>>> = (0..steps.len()).map(|_| None).collect();
         let mut x = Some(x);
-        let gain = |g: &Scalar| scalar::value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
+        let gain = |g: &Scalar| self.plan.constants.value(g, &self.plan.slots, &self.gains, &self.plan.env, &device);
         for (i, step) in steps.iter().enumerate() {
             let mut read = |n: NodeId| -> Tensor<B, 3> {
                 remaining[n] -= 1;

@@ -4,8 +4,12 @@
 use blkc::eval::{eval_const, Env};
 use blkc::graph::{Func, ParamDef, Scalar};
 use blkc::syntax::ast::BinOp;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use burn::module::Param;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, DeviceId, DeviceOps};
 use burn::tensor::Tensor;
 
 /// Where a param's value lives.
@@ -98,6 +102,60 @@ pub fn value<B: Backend>(
             }
         }
         Scalar::Const(_) | Scalar::Var(_) => Tensor::full([1], eval_const(s, env).unwrap_or(0.0), device),
+    }
+}
+
+/// A plan's constant gains as tensors, made on first use per backend and
+/// device and read by every forward after: each would otherwise be a fill
+/// (a kernel launch on a GPU) in every step. Keyed by the expression, which
+/// within one plan (its slots and variables fixed) names one value. Shared
+/// by a plan's clones.
+#[derive(Clone, Default)]
+pub struct Constants(Arc<Mutex<HashMap<ConstantKey, Box<dyn Any + Send>>>>);
+
+/// A constant's backend, device and expression.
+type ConstantKey = (TypeId, DeviceId, String);
+
+impl std::fmt::Debug for Constants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "Constants({n} held)")
+    }
+}
+
+impl Constants {
+    /// [`value`] of `s`, from the cache when it involves no trainable
+    /// param (computed the same way the first time, so the same numbers).
+    pub fn value<B: Backend>(
+        &self,
+        s: &Scalar,
+        slots: &[Slot],
+        gains: &[Param<Tensor<B, 1>>],
+        env: &Env,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        if trainable(s, slots) {
+            return value(s, slots, gains, env, device);
+        }
+        let key = (TypeId::of::<B>(), device.id(), format!("{s:?}"));
+        let Ok(mut held) = self.0.lock() else { return value(s, slots, gains, env, device) };
+        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<Tensor<B, 1>>()) {
+            return t.clone();
+        }
+        let t = value(s, slots, gains, env, device);
+        held.insert(key, Box::new(t.clone()));
+        t
+    }
+}
+
+/// Whether `s` reads a trainable param.
+fn trainable(s: &Scalar, slots: &[Slot]) -> bool {
+    match s {
+        Scalar::Param(i) => matches!(slots.get(*i), Some(Slot::Trainable(_))),
+        Scalar::Neg(a) => trainable(a, slots),
+        Scalar::Bin(_, a, b) => trainable(a, slots) || trainable(b, slots),
+        Scalar::Call(_, args) => args.iter().any(|a| trainable(a, slots)),
+        Scalar::Const(_) | Scalar::Var(_) => false,
     }
 }
 

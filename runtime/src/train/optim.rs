@@ -210,57 +210,60 @@ impl<B: Kernels> Optimizer<B> {
         };
         let scale = if self.config.clip > 0.0 && norm > self.config.clip { self.config.clip / norm } else { 1.0 };
         self.t += 1;
-        let mut update = Update::<AB> { opt: self, grads: &mut grads, lr, scale, path: Vec::new() };
-        let model = model.map(&mut update);
+        let model = match self.config.rule {
+            Rule::Sgd => model.map(&mut Sgd { config: self.config, grads: &mut grads, lr, scale }),
+            Rule::AdamW | Rule::Adam => {
+                let mut gather = Gather::<AB> { grads: &mut grads, path: Vec::new(), items: Vec::new() };
+                model.visit(&mut gather);
+                let updated = self.adam(gather.items, lr, scale);
+                model.map(&mut Apply::<AB> { updated })
+            }
+        };
         (model, norm)
     }
 
-    fn update<const D: usize>(
-        &mut self,
-        name: String,
-        p: Tensor<B, D>,
-        g: Tensor<B, D>,
-        lr: f64,
-        scale: f64,
-    ) -> Tensor<B, D> {
+    /// Adam(W) of every gathered parameter, those with weight decay and
+    /// those without each in one [`AdamOps::adam_many`](crate::kernels::AdamOps::adam_many):
+    /// the new values by parameter.
+    fn adam(&mut self, items: Vec<Gathered<B>>, lr: f64, scale: f64) -> HashMap<ParamId, FloatTensor<B>> {
         let c = self.config;
-        let dims = p.dims();
-        let n = p.shape().num_elements();
-        let (p, g) = (p.reshape([n]), g.reshape([n]));
-        let wd = if decays(D) { c.weight_decay } else { 0.0 };
-        let updated = match c.rule {
-            Rule::Sgd => {
-                let g = g.mul_scalar(scale);
-                let g = if wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
-                p - g.mul_scalar(lr)
-            }
-            Rule::AdamW | Rule::Adam => {
-                let device = p.device();
-                let st = self
-                    .moments
-                    .remove(&name)
-                    .unwrap_or_else(|| Moments { m: Tensor::zeros([n], &device), v: Tensor::zeros([n], &device) });
-                let t = self.t as i32;
-                let adamw = c.rule == Rule::AdamW;
-                let k = AdamStep {
-                    lr,
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    eps: c.eps,
-                    bc1: 1.0 - c.beta1.powi(t),
-                    bc2: 1.0 - c.beta2.powi(t),
-                    grad_scale: scale,
-                    l2: if adamw { 0.0 } else { wd },
-                    decay: if adamw { lr * wd } else { 0.0 },
-                };
-                let prim = |x: Tensor<B, 1>| x.into_primitive().tensor();
-                let (p, m, v) = B::adam(prim(p), prim(g), prim(st.m), prim(st.v), k);
-                let tensor = |x| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x));
-                self.moments.insert(name, Moments { m: tensor(m), v: tensor(v) });
-                tensor(p)
-            }
+        let t = self.t as i32;
+        let adamw = c.rule == Rule::AdamW;
+        let step = |wd: f64| AdamStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            bc1: 1.0 - c.beta1.powi(t),
+            bc2: 1.0 - c.beta2.powi(t),
+            grad_scale: scale,
+            l2: if adamw { 0.0 } else { wd },
+            decay: if adamw { lr * wd } else { 0.0 },
         };
-        updated.reshape(dims)
+        let mut updated = HashMap::new();
+        let (decayed, kept): (Vec<_>, Vec<_>) = items.into_iter().partition(|it| it.decays);
+        for (items, wd) in [(decayed, c.weight_decay), (kept, 0.0)] {
+            let mut names = Vec::with_capacity(items.len());
+            let operands = items
+                .into_iter()
+                .map(|it| {
+                    let n = it.p.shape().num_elements();
+                    let device = it.p.device();
+                    let st = self
+                        .moments
+                        .remove(&it.name)
+                        .unwrap_or_else(|| Moments { m: Tensor::zeros([n], &device), v: Tensor::zeros([n], &device) });
+                    names.push((it.id, it.name));
+                    [it.p, it.g, st.m, st.v].map(|x| x.into_primitive().tensor())
+                })
+                .collect();
+            let tensor = |x| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(x));
+            for ((id, name), [p, m, v]) in names.into_iter().zip(B::adam_many(operands, step(wd))) {
+                self.moments.insert(name, Moments { m: tensor(m), v: tensor(v) });
+                updated.insert(id, p);
+            }
+        }
+        updated
     }
 }
 
@@ -314,16 +317,23 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for SquaredNorm<'_, AB> {
     }
 }
 
-/// Applies the update to every parameter that has a gradient.
-struct Update<'a, AB: AutodiffBackend> {
-    opt: &'a mut Optimizer<AB::InnerBackend>,
-    grads: &'a mut GradientsParams,
-    lr: f64,
-    scale: f64,
-    path: Vec<String>,
+/// A parameter to update, flattened, with its gradient.
+struct Gathered<B: Backend> {
+    id: ParamId,
+    name: String,
+    decays: bool,
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
 }
 
-impl<AB: AutodiffBackend<InnerBackend: Kernels>> ModuleMapper<AB> for Update<'_, AB> {
+/// Takes every parameter that has a gradient, with the gradient.
+struct Gather<'a, AB: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    path: Vec<String>,
+    items: Vec<Gathered<AB::InnerBackend>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Gather<'_, AB> {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -332,19 +342,69 @@ impl<AB: AutodiffBackend<InnerBackend: Kernels>> ModuleMapper<AB> for Update<'_,
         self.path.pop();
     }
 
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some(g) = self.grads.remove::<AB::InnerBackend, D>(param.id) else { return };
+        let p = param.val().inner();
+        let n = p.shape().num_elements();
+        self.items.push(Gathered {
+            id: param.id,
+            name: self.path.join("."),
+            decays: decays(D),
+            p: p.reshape([n]),
+            g: g.reshape([n]),
+        });
+    }
+}
+
+/// Puts the updated values in their parameters' places.
+struct Apply<AB: AutodiffBackend> {
+    updated: HashMap<ParamId, FloatTensor<AB::InnerBackend>>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Apply<AB> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper): (ParamId, _, _) = param.consume();
+        let Some(p) = self.updated.remove(&id) else { return Param::from_mapped_value(id, tensor, mapper) };
+        Param::from_mapped_value(id, replaced(tensor, p), mapper)
+    }
+}
+
+/// `old`'s place (shape, whether it takes gradients) holding `new` (flat).
+fn replaced<AB: AutodiffBackend, const D: usize>(
+    old: Tensor<AB, D>,
+    new: FloatTensor<AB::InnerBackend>,
+) -> Tensor<AB, D> {
+    let new = Tensor::<AB::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(new)).reshape(old.dims());
+    let t = Tensor::<AB, D>::from_inner(new);
+    if old.is_require_grad() {
+        t.require_grad()
+    } else {
+        t
+    }
+}
+
+/// Plain SGD of every parameter that has a gradient (L2 decay in the
+/// gradient, on matrices).
+struct Sgd<'a> {
+    config: Config,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    scale: f64,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Sgd<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper): (ParamId, _, _) = param.consume();
         let Some(g) = self.grads.remove::<AB::InnerBackend, D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let name = self.path.join(".");
-        let grad_required = tensor.is_require_grad();
-        let updated = self.opt.update(name, tensor.inner(), g, self.lr, self.scale);
-        let mut t = Tensor::<AB, D>::from_inner(updated);
-        if grad_required {
-            t = t.require_grad();
-        }
-        Param::from_mapped_value(id, t, mapper)
+        let wd = if decays(D) { self.config.weight_decay } else { 0.0 };
+        let p = tensor.clone().inner();
+        let g = g.mul_scalar(self.scale);
+        let g = if wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
+        let p = p - g.mul_scalar(self.lr);
+        let n = p.shape().num_elements();
+        Param::from_mapped_value(id, replaced(tensor, p.reshape([n]).into_primitive().tensor()), mapper)
     }
 }
 

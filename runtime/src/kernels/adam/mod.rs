@@ -46,9 +46,41 @@ pub trait AdamOps: Backend {
         reference::adam::<Self>(p, g, m, v, k)
     }
 
+    /// [`adam`](Self::adam) of many parameters with the same constants,
+    /// each `[p, g, m, v]`: their new `[p, m, v]`, in order. The CubeCL
+    /// backends update several parameters per launch.
+    fn adam_many(items: Vec<[FloatTensor<Self>; 4]>, k: AdamStep) -> Vec<[FloatTensor<Self>; 3]> {
+        items
+            .into_iter()
+            .map(|[p, g, m, v]| {
+                let (p, m, v) = Self::adam(p, g, m, v, k);
+                [p, m, v]
+            })
+            .collect()
+    }
+
     /// `Σ_t Σ x²` over every tensor `t` of `xs` (the squared global norm of
     /// the gradients, which clipping reads): `[1]`, 0 for none.
     fn squared_norm(xs: Vec<FloatTensor<Self>>, device: &Self::Device) -> FloatTensor<Self> {
         reference::squared_norm::<Self>(xs, device)
     }
+}
+
+/// Consecutive runs of tensors of `sizes` that one launch updates
+/// together: at most `most` tensors and (unless one alone is larger) `cap`
+/// entries each, in order.
+pub fn groups(sizes: &[usize], most: usize, cap: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut first, mut held) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > first && (i - first == most || held + n > cap) {
+            out.push(first..i);
+            (first, held) = (i, 0);
+        }
+        held += n;
+    }
+    if first < sizes.len() {
+        out.push(first..sizes.len());
+    }
+    out
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::ops::FloatTensorOps;
 
-use super::{reference, AdamOps, AdamStep};
+use super::{groups, reference, AdamOps, AdamStep};
 use crate::kernels::testing::*;
 
 /// One update with an L2 term and AdamW's decoupled decay at once, with
@@ -41,4 +41,24 @@ fn the_cpu_kernel_equals_the_reference() {
 
 fn values(t: burn::tensor::ops::FloatTensor<C>) -> Vec<f32> {
     crate::kernels::tensor::tensor::<C, 1>(t).into_data().to_vec::<f32>().unwrap_or_default()
+}
+
+/// The grouped launches: every tensor once, in order, no group above its
+/// count or (unless one tensor alone is) its size.
+#[test]
+fn groups_cover_every_tensor_in_order_within_their_limits() {
+    let sizes = [5, 1, 1, 40, 1, 1, 1, 1, 9, 100, 2];
+    for (most, cap) in [(1, usize::MAX), (3, usize::MAX), (16, 10), (4, 40), (2, 1)] {
+        let gs = groups(&sizes, most, cap);
+        let flat: Vec<usize> = gs.iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(flat, (0..sizes.len()).collect::<Vec<_>>(), "most {most}, cap {cap}: {gs:?}");
+        for r in &gs {
+            let held: usize = sizes[r.clone()].iter().sum();
+            assert!(!r.is_empty() && r.len() <= most, "most {most}: {r:?}");
+            assert!(r.len() == 1 || held <= cap, "cap {cap}: {r:?} holds {held}");
+        }
+    }
+    assert_eq!(groups(&sizes, 16, usize::MAX), vec![0..11]);
+    assert_eq!(groups(&sizes, 4, 40), vec![0..3, 3..4, 4..8, 8..9, 9..10, 10..11]);
+    assert!(groups(&[], 4, 4).is_empty());
 }

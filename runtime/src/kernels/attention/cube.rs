@@ -18,7 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::{reference, AttentionOps};
-use crate::kernels::shaped::cube::{backward, biased, forward, no_gains, shape_plan, Plan};
+use crate::kernels::shaped::cube::{backward, biased, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
 /// `q` (plus its bias), `k` and `v` with the heads merged, contiguous,
@@ -27,12 +27,13 @@ use crate::kernels::tensor::{merge_heads, split_heads};
 fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     [q, k, v]: &[CubeTensor<R>; 3],
     bq: Option<&CubeTensor<R>>,
-) -> Option<([CubeTensor<R>; 4], Plan)> {
+) -> Option<(Operands<R>, Plan)> {
     let v = merge_heads::<CubeBackend<R, F, I, BT>>(v.clone());
     let p = shape_plan(q, k, &v, bq)?;
     let q = into_contiguous(biased::<R, F, I, BT>(q.clone(), bq, &p));
-    let gains = no_gains(&v);
-    Some(([q, into_contiguous(k.clone()), into_contiguous(v), gains], p))
+    let none = no_gains(&v);
+    let gains = [none.clone(), none.clone(), none.clone(), none];
+    Some((Operands { q, k: into_contiguous(k.clone()), v: into_contiguous(v), gains }, p))
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionOps for CubeBackend<R, F, I, BT> {
@@ -71,7 +72,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
             return reference::attention_backward::<Self>(qkv, bq, weights, g, (scale, causal, acc), wants);
         };
         let dy = into_contiguous(merge_heads::<Self>(g));
-        let [dq, dk, dv, _] = backward(operands, &plan, p, dy, (scale, causal, false));
+        let [dq, dk, dv, _] = backward(operands, &plan, p, dy, (scale, causal, Mix { mixed: false, summed: false }));
         let dbq = bq.as_ref().map(|_| {
             let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);
             Self::float_reshape(s, [plan.heads * plan.d].into())

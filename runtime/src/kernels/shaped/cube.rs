@@ -20,8 +20,10 @@
 //! its key), read once: the rows it meets are the same for every unit of
 //! a warp at each step (one broadcast read), its own row is not.
 //!
-//! The query's bias is added before, the gains' gradients summed after,
-//! and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
+//! The kernels read the gains as they are (one value per head or one in
+//! all: no gathering per call); each row's shares of the gains' gradients
+//! are summed after by one more kernel, `gain_sums`. The query's bias is
+//! added before, and a block's other branch (`beta_sa ⊙ mix + beta_ff ⊙ b`) is applied
 //! around the kernels with the gains family. Other dtypes than f32, head
 //! dimensions above 256 and gains grouped otherwise than by head or as one
 //! value take the reference maths. Tested against the reference on the
@@ -37,9 +39,8 @@ use cubecl::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
 
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
-use crate::kernels::cube::{empty_f32, units};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, units};
 use crate::kernels::gains::GainOps;
-use crate::kernels::tensor::row;
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
 /// `[batch, tokens, heads·d]` tensor start at `h·d`.
@@ -48,7 +49,9 @@ fn shaped_forward<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    gains: &Tensor<F>,
+    alpha: &Tensor<F>,
+    beta: &Tensor<F>,
+    gamma: &Tensor<F>,
     y: &mut Tensor<F>,
     lse: &mut Tensor<F>,
     scale: f32,
@@ -102,16 +105,33 @@ fn shaped_forward<F: Float>(
     let inv = F::new(1.0) / l;
     let count = F::cast_from(end);
     let out = (b * tokens + i) * width + h * d;
-    let (alpha, beta, gamma) = (h, heads + h, 2 * heads + h);
+    let mut ga = F::new(0.0);
+    let mut gb = F::new(1.0);
+    let mut gg = F::new(0.0);
+    if mixed {
+        ga = gain(alpha, h);
+        gb = gain(beta, h);
+        gg = gain(gamma, h);
+    }
     #[unroll]
     for e in 0..d {
         if mixed {
-            y[out + e] = gains[alpha] * v[out + e] + gains[beta] * acc[e] * inv + gains[gamma] * sum[e] / count;
+            y[out + e] = ga * v[out + e] + gb * acc[e] * inv + gg * sum[e] / count;
         } else {
             y[out + e] = acc[e] * inv;
         }
     }
     lse[pos] = m + F::ln(l);
+}
+
+/// Head `h`'s value of a gain of one value per head or one in all.
+#[cube]
+fn gain<F: Float>(g: &Tensor<F>, h: usize) -> F {
+    let mut at = h;
+    if g.len() == 1 {
+        at = 0;
+    }
+    g[at]
 }
 
 /// A head's `d` entries of `x` from `at`, read once into registers: the
@@ -145,7 +165,10 @@ fn shaped_rows<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    gains: &Tensor<F>,
+    alpha: &Tensor<F>,
+    beta: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta_sa: &Tensor<F>,
     lse: &Tensor<F>,
     dy: &Tensor<F>,
     dq: &mut Tensor<F>,
@@ -158,6 +181,7 @@ fn shaped_rows<F: Float>(
     #[comptime] d: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
+    #[comptime] summed: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -179,10 +203,12 @@ fn shaped_rows<F: Float>(
     let mut g_beta = F::new(1.0);
     let mut g_gamma = F::new(0.0);
     if mixed {
-        sa = gains[3 * heads + h];
-        g_alpha = gains[h];
-        g_beta = gains[heads + h];
-        g_gamma = gains[2 * heads + h];
+        if summed {
+            sa = gain(beta_sa, h);
+        }
+        g_alpha = gain(alpha, h);
+        g_beta = gain(beta, h);
+        g_gamma = gain(gamma, h);
     }
     let row_lse = lse[pos];
     let qr = held(q, qrow, d);
@@ -263,7 +289,10 @@ fn shaped_columns<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    gains: &Tensor<F>,
+    alpha: &Tensor<F>,
+    beta: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta_sa: &Tensor<F>,
     lse: &Tensor<F>,
     delta: &Tensor<F>,
     dy: &Tensor<F>,
@@ -276,6 +305,7 @@ fn shaped_columns<F: Float>(
     #[comptime] d: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
+    #[comptime] summed: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -299,10 +329,13 @@ fn shaped_columns<F: Float>(
     let mut gb = F::new(1.0);
     let mut gg = F::new(0.0);
     if mixed {
-        let sa = gains[3 * heads + h];
-        ga = gains[h] * sa;
-        gb = gains[heads + h] * sa;
-        gg = gains[2 * heads + h] * sa;
+        let mut sa = F::new(1.0);
+        if summed {
+            sa = gain(beta_sa, h);
+        }
+        ga = gain(alpha, h) * sa;
+        gb = gain(beta, h) * sa;
+        gg = gain(gamma, h) * sa;
     }
     let vat = (b * tokens + j) * width + h * d;
     let mut gk = Array::<F>::new(d);
@@ -410,46 +443,60 @@ impl Plan {
     }
 }
 
-/// `q` plus the query's bias, `k` and `v`, contiguous; and the gains
-/// as one tensor `[alpha | beta | gamma | beta_sa]` of one value per
-/// head each (`beta_sa` 1 without a gained sum).
-pub(crate) fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+/// What the kernels read: `q` plus the query's bias, `k`, `v`
+/// (contiguous), and the gains alpha, beta, gamma and `beta_sa`, each one
+/// value per head or one in all (for a plain softmax, or `beta_sa` without
+/// a gained sum, a placeholder not read).
+pub(crate) struct Operands<R: CubeRuntime> {
+    pub(crate) q: CubeTensor<R>,
+    pub(crate) k: CubeTensor<R>,
+    pub(crate) v: CubeTensor<R>,
+    pub(crate) gains: [CubeTensor<R>; 4],
+}
+
+/// The operands of a shaped attention (`beta_sa` that of its gained sum).
+fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     a: &Shaped<CubeTensor<R>>,
     beta_sa: Option<&CubeTensor<R>>,
     p: &Plan,
-) -> [CubeTensor<R>; 4] {
+) -> Operands<R> {
     let q = biased::<R, F, I, BT>(a.q.clone(), a.bq.as_ref(), p);
-    let one = || CubeBackend::<R, F, I, BT>::float_ones([1].into(), &a.q.device, DType::F32.into());
-    let per_head = |g: CubeTensor<R>| {
-        let g = CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into());
-        into_contiguous(CubeBackend::<R, F, I, BT>::float_expand(g, [p.heads].into()))
+    let flat = |g: &CubeTensor<R>| {
+        into_contiguous(CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into()))
     };
-    let mut parts: Vec<CubeTensor<R>> = a.gains.iter().cloned().map(per_head).collect();
-    parts.push(per_head(beta_sa.cloned().unwrap_or_else(one)));
-    let gains = into_contiguous(CubeBackend::<R, F, I, BT>::float_cat(parts, 0));
-    [into_contiguous(q), into_contiguous(a.k.clone()), into_contiguous(a.v.clone()), gains]
+    let [alpha, beta, gamma] = a.gains.each_ref().map(flat);
+    let beta_sa = beta_sa.map_or_else(|| no_gains(&a.v), flat);
+    Operands {
+        q: into_contiguous(q),
+        k: into_contiguous(a.k.clone()),
+        v: into_contiguous(a.v.clone()),
+        gains: [alpha, beta, gamma, beta_sa],
+    }
 }
 
-/// The forward kernel on `operands`: `(mix, lse)`; `mixed` false is a
-/// plain softmax attention (gains `[0, 1, 0]`, no centre's sums), whose
-/// `gains` are not read: any f32 tensor, [`no_gains`].
+/// The forward kernel: `(mix, lse)`; `mixed` false is a plain softmax
+/// attention (gains `[0, 1, 0]`, no centre's sums), whose gains are not
+/// read.
 pub(crate) fn forward<R: CubeRuntime>(
-    [q, k, v, gains]: [CubeTensor<R>; 4],
+    o: Operands<R>,
     p: &Plan,
     (scale, causal, mixed): (f64, bool, bool),
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let y = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
-    let lse = empty_f32(&v, [p.batch, p.heads, p.tokens]);
-    let client = v.client.clone();
+    let y = empty_f32(&o.v, [p.batch, p.tokens, p.heads * p.d]);
+    let lse = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
+    let client = o.v.client.clone();
     let (count, dim) = units(&client, p.rows());
+    let [alpha, beta, gamma, _] = o.gains;
     shaped_forward::launch::<f32, R>(
         &client,
         count,
         dim,
-        q.into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        gains.into_tensor_arg(),
+        o.q.into_tensor_arg(),
+        o.k.into_tensor_arg(),
+        o.v.into_tensor_arg(),
+        alpha.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        gamma.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
         scale as f32,
@@ -463,38 +510,51 @@ pub(crate) fn forward<R: CubeRuntime>(
     (y, lse)
 }
 
-/// The gains tensor of a plain softmax attention, which its kernels do
-/// not read.
+/// A gain the kernels do not read (a plain softmax's, or `beta_sa`
+/// without a gained sum).
 pub(crate) fn no_gains<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
     empty_f32(like, [1])
 }
 
-/// The backward kernels on `operands`, given the forward's `lse` and the
-/// output's gradient `dy` (contiguous): `[dq, dk, dv, part]`, `part` the
-/// rows' shares of the gains' gradients (see `shaped_rows`).
+/// Whether the kernels mix (the shaped attention, not a plain softmax) and
+/// the mix is summed with a gain (`beta_sa`, read by the backward).
+#[derive(Clone, Copy)]
+pub(crate) struct Mix {
+    pub(crate) mixed: bool,
+    pub(crate) summed: bool,
+}
+
+/// The backward kernels, given the forward's `lse` and the output's
+/// gradient `dy` (contiguous): `[dq, dk, dv, part]`, `part` the rows'
+/// shares of the gains' gradients (see `shaped_rows`; a placeholder for a
+/// plain softmax).
 pub(crate) fn backward<R: CubeRuntime>(
-    [q, k, v, gains]: [CubeTensor<R>; 4],
+    o: Operands<R>,
     p: &Plan,
     lse: CubeTensor<R>,
     dy: CubeTensor<R>,
-    (scale, causal, mixed): (f64, bool, bool),
+    (scale, causal, mix): (f64, bool, Mix),
 ) -> [CubeTensor<R>; 4] {
-    let client = v.client.clone();
+    let client = o.v.client.clone();
     let (count, dim) = units(&client, p.rows());
-    let dq = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
-    let dk = empty_f32(&v, [p.batch, p.heads, p.tokens, p.d]);
-    let dv = empty_f32(&v, [p.batch, p.tokens, p.heads * p.d]);
-    let delta = empty_f32(&v, [p.batch, p.heads, p.tokens]);
-    // Not written for a plain softmax: a placeholder then.
-    let part = empty_f32(&v, if mixed { [4, p.batch, p.heads, p.tokens] } else { [1, 1, 1, 1] });
+    let dq = empty_f32(&o.v, [p.batch, p.heads, p.tokens, p.d]);
+    let dk = empty_f32(&o.v, [p.batch, p.heads, p.tokens, p.d]);
+    let dv = empty_f32(&o.v, [p.batch, p.tokens, p.heads * p.d]);
+    let delta = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
+    let part = empty_f32(&o.v, if mix.mixed { [4, p.batch, p.heads, p.tokens] } else { [1, 1, 1, 1] });
+    let gains = || o.gains.clone().map(|g| g.into_tensor_arg());
+    let [alpha, beta, gamma, beta_sa] = gains();
     shaped_rows::launch::<f32, R>(
         &client,
         count.clone(),
         dim,
-        q.clone().into_tensor_arg(),
-        k.clone().into_tensor_arg(),
-        v.clone().into_tensor_arg(),
-        gains.clone().into_tensor_arg(),
+        o.q.clone().into_tensor_arg(),
+        o.k.clone().into_tensor_arg(),
+        o.v.clone().into_tensor_arg(),
+        alpha,
+        beta,
+        gamma,
+        beta_sa,
         lse.clone().into_tensor_arg(),
         dy.clone().into_tensor_arg(),
         dq.clone().into_tensor_arg(),
@@ -506,16 +566,21 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.tokens,
         p.d,
         causal,
-        mixed,
+        mix.mixed,
+        mix.summed,
     );
+    let [alpha, beta, gamma, beta_sa] = gains();
     shaped_columns::launch::<f32, R>(
         &client,
         count,
         dim,
-        q.into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        gains.into_tensor_arg(),
+        o.q.into_tensor_arg(),
+        o.k.into_tensor_arg(),
+        o.v.into_tensor_arg(),
+        alpha,
+        beta,
+        gamma,
+        beta_sa,
         lse.into_tensor_arg(),
         delta.into_tensor_arg(),
         dy.into_tensor_arg(),
@@ -527,9 +592,102 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.tokens,
         p.d,
         causal,
-        mixed,
+        mix.mixed,
+        mix.summed,
     );
     [dq, dk, dv, part]
+}
+
+/// The gains' gradients from the rows' shares `part` (`[4, batch, heads,
+/// tokens]`): cube `(which, h)` sums share `which` of head `h` over batch
+/// and tokens into `out_which[h]`, or, for a gain of one value in all
+/// (`out_which` of one entry), cube `(which, 0)` sums all heads'.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn gain_sums<F: Float>(
+    part: &Tensor<F>,
+    d_alpha: &mut Tensor<F>,
+    d_beta: &mut Tensor<F>,
+    d_gamma: &mut Tensor<F>,
+    d_beta_sa: &mut Tensor<F>,
+    batch: usize,
+    heads: usize,
+    tokens: usize,
+    #[comptime] block: usize,
+) {
+    let which = CUBE_POS / heads;
+    let h = CUBE_POS % heads;
+    let mut len = d_alpha.len();
+    if which == 1 {
+        len = d_beta.len();
+    } else if which == 2 {
+        len = d_gamma.len();
+    } else if which == 3 {
+        len = d_beta_sa.len();
+    }
+    let single = len == 1;
+    if which >= 4 || (single && h > 0) {
+        terminate!();
+    }
+    let rows = batch * heads * tokens;
+    let base = which * rows;
+    let mut n = batch * tokens;
+    if single {
+        n = rows;
+    }
+    let mut s = F::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < n {
+        let mut at = j;
+        if !single {
+            at = ((j / tokens) * heads + h) * tokens + j % tokens;
+        }
+        s += part[base + at];
+        j += block;
+    }
+    let mut shared = SharedMemory::<F>::new(block);
+    let total = cube_sum(&mut shared, s, block);
+    if UNIT_POS == 0 {
+        if which == 0 {
+            d_alpha[h] = total;
+        } else if which == 1 {
+            d_beta[h] = total;
+        } else if which == 2 {
+            d_gamma[h] = total;
+        } else {
+            d_beta_sa[h] = total;
+        }
+    }
+}
+
+/// The gains' gradients (`lengths` entries each: alpha, beta, gamma, and
+/// `beta_sa` when `summed`) from the rows' shares, in one launch.
+fn gain_grads<R: CubeRuntime>(part: CubeTensor<R>, p: &Plan, summed: bool) -> [Option<CubeTensor<R>>; 4] {
+    let which = if summed { 4 } else { 3 };
+    let out: [CubeTensor<R>; 4] =
+        std::array::from_fn(|i| if i < which { empty_f32(&part, [p.lengths[i]]) } else { no_gains(&part) });
+    let client = part.client.clone();
+    let (count, dim, block) = row_cubes(&client, which * p.heads, p.batch * p.tokens);
+    let [a, b, g, sa] = out.clone().map(|t| t.into_tensor_arg());
+    gain_sums::launch::<f32, R>(
+        &client,
+        count,
+        dim,
+        part.into_tensor_arg(),
+        a,
+        b,
+        g,
+        sa,
+        p.batch,
+        p.heads,
+        p.tokens,
+        block,
+    );
+    let mut i = 0;
+    out.map(|t| {
+        i += 1;
+        (i <= which).then_some(t)
+    })
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps for CubeBackend<R, F, I, BT> {
@@ -558,24 +716,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         };
         let operands = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
         let dy = into_contiguous(dy);
-        let [dq, dk, dv, part] = backward(operands, &p, lse, dy.clone(), (a.scale, a.causal, true));
-        // The rows' shares summed over batch and tokens: one value per head
-        // (then one in all, for a single gain).
-        let per_head = Self::float_sum_dim(Self::float_sum_dim(part, 3), 1);
-        let gain = |which: usize| {
-            let g = row::<Self>(per_head.clone(), which, p.heads);
-            if p.lengths[which] == 1 {
-                Self::float_reshape(Self::float_sum(g), [1].into())
-            } else {
-                g
-            }
-        };
-        let dgains = [gain(0), gain(1), gain(2)];
-        let addend = add.map(|m| {
+        let summed = add.is_some();
+        let mix = Mix { mixed: true, summed };
+        let [dq, dk, dv, part] = backward(operands, &p, lse, dy.clone(), (a.scale, a.causal, mix));
+        let [da, db, dg, dsa] = gain_grads(part, &p, summed);
+        let some =
+            |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
+        let dgains = [some(da), some(db), some(dg)];
+        let addend = add.zip(dsa).map(|(m, dsa)| {
             let n = m.beta_ff.shape().num_elements();
             let db = Self::scale_groups(dy.clone(), m.beta_ff.clone());
             let dbeta_ff = Self::scale_groups_grad(m.b, dy.clone(), n);
-            [db, gain(3), dbeta_ff]
+            [db, dsa, dbeta_ff]
         });
         let dbq = a.bq.as_ref().map(|_| {
             let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);
