@@ -18,22 +18,21 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::{reference, AttentionOps};
-use crate::kernels::shaped::cube::{backward, biased, forward, no_gains, shape_plan, Mix, Operands, Plan};
+use crate::kernels::shaped::cube::{backward, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
-/// `q` (plus its bias), `k` and `v` with the heads merged, contiguous,
-/// and a placeholder for the gains; with their plan, where the kernels
-/// take them.
+/// `q`, `k`, the query's bias and `v` with the heads merged, and
+/// placeholders for the gains; with their plan, where the kernels take
+/// them.
 fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     [q, k, v]: &[CubeTensor<R>; 3],
     bq: Option<&CubeTensor<R>>,
 ) -> Option<(Operands<R>, Plan)> {
     let v = merge_heads::<CubeBackend<R, F, I, BT>>(v.clone());
     let p = shape_plan(q, k, &v, bq)?;
-    let q = into_contiguous(biased::<R, F, I, BT>(q.clone(), bq, &p));
     let none = no_gains(&v);
     let gains = [none.clone(), none.clone(), none.clone(), none];
-    Some((Operands { q, k: into_contiguous(k.clone()), v: into_contiguous(v), gains }, p))
+    Some((Operands::new([q.clone(), k.clone(), v], bq, gains), p))
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionOps for CubeBackend<R, F, I, BT> {

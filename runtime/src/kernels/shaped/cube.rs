@@ -48,6 +48,7 @@ use crate::kernels::gains::GainOps;
 fn shaped_forward<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
+    bq: &Tensor<F>,
     v: &Tensor<F>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
@@ -61,6 +62,7 @@ fn shaped_forward<F: Float>(
     #[comptime] d: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
+    #[comptime] biased: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -72,10 +74,11 @@ fn shaped_forward<F: Float>(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * d;
-    let qrow = pos * d;
-    let kbase = bh * tokens * d;
+    let qrow = b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+    let kbase = b * k.stride(0) + h * k.stride(1);
+    let ks = k.stride(2);
     let end = if causal { i + 1 } else { tokens };
-    let qr = held(q, qrow, d);
+    let qr = held(q, qrow, bq, h * d, d, biased);
     let mut acc = Array::<F>::new(d);
     let mut sum = Array::<F>::new(d);
     #[unroll]
@@ -86,7 +89,7 @@ fn shaped_forward<F: Float>(
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in 0..end {
-        let s = dot(&qr, k, kbase + j * d, d) * scale;
+        let s = dot(&qr, k, kbase + j * ks, d) * scale;
         let top = F::max(m, s);
         let keep = F::exp(m - top);
         let p = F::exp(s - top);
@@ -135,13 +138,24 @@ fn gain<F: Float>(g: &Tensor<F>, h: usize) -> F {
 }
 
 /// A head's `d` entries of `x` from `at`, read once into registers: the
-/// row a unit dots with every other row.
+/// row a unit dots with every other row; plus `bias` from `b0` when
+/// `biased` (the query's bias).
 #[cube]
-fn held<F: Float>(x: &Tensor<F>, at: usize, #[comptime] d: usize) -> Array<F> {
+fn held<F: Float>(
+    x: &Tensor<F>,
+    at: usize,
+    bias: &Tensor<F>,
+    b0: usize,
+    #[comptime] d: usize,
+    #[comptime] biased: bool,
+) -> Array<F> {
     let mut r = Array::<F>::new(d);
     #[unroll]
     for e in 0..d {
         r[e] = x[at + e];
+        if biased {
+            r[e] += bias[b0 + e];
+        }
     }
     r
 }
@@ -164,6 +178,7 @@ fn dot<F: Float>(a: &Array<F>, b: &Tensor<F>, b0: usize, #[comptime] d: usize) -
 fn shaped_rows<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
+    bq: &Tensor<F>,
     v: &Tensor<F>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
@@ -182,6 +197,7 @@ fn shaped_rows<F: Float>(
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
+    #[comptime] biased: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -193,8 +209,9 @@ fn shaped_rows<F: Float>(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * d;
-    let qrow = pos * d;
-    let kbase = bh * tokens * d;
+    let qrow = b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+    let kbase = b * k.stride(0) + h * k.stride(1);
+    let ks = k.stride(2);
     let end = if causal { i + 1 } else { tokens };
     // A plain softmax (not `mixed`): gains `[0, 1, 0]` and no gained sum,
     // `gains` and `part` not read or written.
@@ -211,7 +228,7 @@ fn shaped_rows<F: Float>(
         g_gamma = gain(gamma, h);
     }
     let row_lse = lse[pos];
-    let qr = held(q, qrow, d);
+    let qr = held(q, qrow, bq, h * d, d, biased);
     let mut o = Array::<F>::new(d);
     let mut sum = Array::<F>::new(d);
     let mut d_o = Array::<F>::new(d);
@@ -223,7 +240,7 @@ fn shaped_rows<F: Float>(
         grad[e] = F::new(0.0);
     }
     for j in 0..end {
-        let p = F::exp(dot(&qr, k, kbase + j * d, d) * scale - row_lse);
+        let p = F::exp(dot(&qr, k, kbase + j * ks, d) * scale - row_lse);
         let vrow = (b * tokens + j) * width + h * d;
         #[unroll]
         for e in 0..d {
@@ -263,16 +280,16 @@ fn shaped_rows<F: Float>(
         for e in 0..d {
             dp += d_o[e] * v[vrow + e];
         }
-        let p = F::exp(dot(&qr, k, kbase + j * d, d) * scale - row_lse);
+        let p = F::exp(dot(&qr, k, kbase + j * ks, d) * scale - row_lse);
         let ds = p * (dp - dd);
         #[unroll]
         for e in 0..d {
-            grad[e] += ds * k[kbase + j * d + e];
+            grad[e] += ds * k[kbase + j * ks + e];
         }
     }
     #[unroll]
     for e in 0..d {
-        dq[qrow + e] = grad[e] * scale;
+        dq[pos * d + e] = grad[e] * scale;
     }
     delta[pos] = dd;
     if mixed {
@@ -288,6 +305,7 @@ fn shaped_rows<F: Float>(
 fn shaped_columns<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
+    bq: &Tensor<F>,
     v: &Tensor<F>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
@@ -306,6 +324,7 @@ fn shaped_columns<F: Float>(
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
+    #[comptime] biased: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -317,9 +336,19 @@ fn shaped_columns<F: Float>(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * d;
-    let krow = pos * d;
-    let qbase = bh * tokens * d;
-    let kr = held(k, krow, d);
+    let qbase = b * q.stride(0) + h * q.stride(1);
+    let qs = q.stride(2);
+    let kr = held(k, b * k.stride(0) + h * k.stride(1) + j * k.stride(2), bq, 0, d, false);
+    // The query's bias: its part of every score, `k_j · bq`, and of `dk_j`,
+    // `Σ_i ds_i · bq`.
+    let mut kb = F::new(0.0);
+    if biased {
+        #[unroll]
+        for e in 0..d {
+            kb += kr[e] * bq[h * d + e];
+        }
+    }
+    let mut sds = F::new(0.0);
     let mut start = 0;
     if causal {
         start = j;
@@ -346,7 +375,7 @@ fn shaped_columns<F: Float>(
         gv[e] = ga * dy[vat + e];
     }
     for i in start..tokens {
-        let qrow = qbase + i * d;
+        let qrow = qbase + i * qs;
         let yrow = (b * tokens + i) * width + h * d;
         let mut dp = F::new(0.0);
         #[unroll]
@@ -354,8 +383,11 @@ fn shaped_columns<F: Float>(
             dp += dy[yrow + e] * v[vat + e];
         }
         let dp = gb * dp;
-        let p = F::exp(dot(&kr, q, qrow, d) * scale - lse[bh * tokens + i]);
+        let p = F::exp((dot(&kr, q, qrow, d) + kb) * scale - lse[bh * tokens + i]);
         let ds = p * (dp - delta[bh * tokens + i]);
+        if biased {
+            sds += ds;
+        }
         // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
         let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
         #[unroll]
@@ -370,7 +402,11 @@ fn shaped_columns<F: Float>(
     }
     #[unroll]
     for e in 0..d {
-        dk[krow + e] = gk[e] * scale;
+        let mut g = gk[e];
+        if biased {
+            g += sds * bq[h * d + e];
+        }
+        dk[pos * d + e] = g * scale;
         dv[vat + e] = gv[e];
     }
 }
@@ -422,56 +458,59 @@ pub(crate) fn shape_plan<R: CubeRuntime>(
     (f32s && shapes && fits).then_some(Plan { batch, heads, tokens, d, lengths: [1; 4] })
 }
 
-/// `q` plus the query's bias `bq` (`[heads · d]`) when given.
-pub(crate) fn biased<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    q: CubeTensor<R>,
-    bq: Option<&CubeTensor<R>>,
-    p: &Plan,
-) -> CubeTensor<R> {
-    match bq {
-        Some(bq) => CubeBackend::<R, F, I, BT>::float_add(
-            q,
-            CubeBackend::<R, F, I, BT>::float_reshape(bq.clone(), [1, p.heads, 1, p.d].into()),
-        ),
-        None => q,
-    }
-}
-
 impl Plan {
     fn rows(&self) -> usize {
         self.batch * self.heads * self.tokens
     }
 }
 
-/// What the kernels read: `q` plus the query's bias, `k`, `v`
-/// (contiguous), and the gains alpha, beta, gamma and `beta_sa`, each one
-/// value per head or one in all (for a plain softmax, or `beta_sa` without
-/// a gained sum, a placeholder not read).
+/// What the kernels read: `q` and `k` (`[batch, heads, tokens, d]`, any
+/// layout whose last dimension is contiguous: the products' token-major
+/// views are read as they are), the query's bias `bq` (`[heads · d]`,
+/// added where the kernels read `q`) when `biased`, `v` (`[batch, tokens,
+/// heads · d]`, contiguous), and the gains alpha, beta, gamma and
+/// `beta_sa`, each one value per head or one in all. What is not read (no
+/// bias, a plain softmax's gains, `beta_sa` without a gained sum) is a
+/// placeholder.
 pub(crate) struct Operands<R: CubeRuntime> {
     pub(crate) q: CubeTensor<R>,
     pub(crate) k: CubeTensor<R>,
+    pub(crate) bq: CubeTensor<R>,
+    pub(crate) biased: bool,
     pub(crate) v: CubeTensor<R>,
     pub(crate) gains: [CubeTensor<R>; 4],
+}
+
+/// `x` itself when its last dimension is contiguous, else a contiguous copy.
+fn rows_contiguous<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    let strides = x.meta.strides();
+    if strides.last().is_some_and(|&s| s == 1) {
+        x
+    } else {
+        into_contiguous(x)
+    }
+}
+
+impl<R: CubeRuntime> Operands<R> {
+    /// `q`, `k`, `bq` and `v` as the kernels read them, with `gains`.
+    pub(crate) fn new([q, k, v]: [CubeTensor<R>; 3], bq: Option<&CubeTensor<R>>, gains: [CubeTensor<R>; 4]) -> Self {
+        let biased = bq.is_some();
+        let bq = bq.map_or_else(|| no_gains(&v), |b| into_contiguous(b.clone()));
+        Operands { q: rows_contiguous(q), k: rows_contiguous(k), bq, biased, v: into_contiguous(v), gains }
+    }
 }
 
 /// The operands of a shaped attention (`beta_sa` that of its gained sum).
 fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     a: &Shaped<CubeTensor<R>>,
     beta_sa: Option<&CubeTensor<R>>,
-    p: &Plan,
 ) -> Operands<R> {
-    let q = biased::<R, F, I, BT>(a.q.clone(), a.bq.as_ref(), p);
     let flat = |g: &CubeTensor<R>| {
         into_contiguous(CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into()))
     };
     let [alpha, beta, gamma] = a.gains.each_ref().map(flat);
     let beta_sa = beta_sa.map_or_else(|| no_gains(&a.v), flat);
-    Operands {
-        q: into_contiguous(q),
-        k: into_contiguous(a.k.clone()),
-        v: into_contiguous(a.v.clone()),
-        gains: [alpha, beta, gamma, beta_sa],
-    }
+    Operands::new([a.q.clone(), a.k.clone(), a.v.clone()], a.bq.as_ref(), [alpha, beta, gamma, beta_sa])
 }
 
 /// The forward kernel: `(mix, lse)`; `mixed` false is a plain softmax
@@ -493,6 +532,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         dim,
         o.q.into_tensor_arg(),
         o.k.into_tensor_arg(),
+        o.bq.into_tensor_arg(),
         o.v.into_tensor_arg(),
         alpha.into_tensor_arg(),
         beta.into_tensor_arg(),
@@ -506,6 +546,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         p.d,
         causal,
         mixed,
+        o.biased,
     );
     (y, lse)
 }
@@ -550,6 +591,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         dim,
         o.q.clone().into_tensor_arg(),
         o.k.clone().into_tensor_arg(),
+        o.bq.clone().into_tensor_arg(),
         o.v.clone().into_tensor_arg(),
         alpha,
         beta,
@@ -568,6 +610,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         causal,
         mix.mixed,
         mix.summed,
+        o.biased,
     );
     let [alpha, beta, gamma, beta_sa] = gains();
     shaped_columns::launch::<f32, R>(
@@ -576,6 +619,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         dim,
         o.q.into_tensor_arg(),
         o.k.into_tensor_arg(),
+        o.bq.into_tensor_arg(),
         o.v.into_tensor_arg(),
         alpha,
         beta,
@@ -594,6 +638,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         causal,
         mix.mixed,
         mix.summed,
+        o.biased,
     );
     [dq, dk, dv, part]
 }
@@ -696,7 +741,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
-        let (y, lse) = forward(operands::<R, F, I, BT>(&a, None, &p), &p, (a.scale, a.causal, true));
+        let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), &p, (a.scale, a.causal, true));
         let y = match add {
             Some(m) => Self::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
             None => y,
@@ -714,7 +759,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let Some(p) = plan(&a, add.as_ref()) else {
             return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
         };
-        let operands = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa), &p);
+        let operands = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa));
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
