@@ -43,23 +43,27 @@ use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, units};
 use crate::kernels::gains::GainOps;
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
-/// `[batch, tokens, heads·d]` tensor start at `h·d`.
+/// `[batch, tokens, heads·d]` tensor start at `h·d`. Rows are read and
+/// written as `w` vectors of `n` entries (`d = w·n`); offsets are in
+/// vectors, the tensors' strides in entries.
 #[cube(launch)]
-fn shaped_forward<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    bq: &Tensor<F>,
-    v: &Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn shaped_forward<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    bq: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
     gamma: &Tensor<F>,
-    y: &mut Tensor<F>,
+    y: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<F>,
     scale: f32,
     units: usize,
     heads: usize,
     tokens: usize,
-    #[comptime] d: usize,
+    #[comptime] w: usize,
+    #[comptime] n: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] biased: bool,
@@ -73,55 +77,48 @@ fn shaped_forward<F: Float>(
     let bh = pos / tokens;
     let h = bh % heads;
     let b = bh / heads;
-    let width = heads * d;
-    let qrow = b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
-    let kbase = b * k.stride(0) + h * k.stride(1);
-    let ks = k.stride(2);
+    let width = heads * w;
+    let qrow = (b * q.stride(0) + h * q.stride(1) + i * q.stride(2)) / n;
+    let kbase = (b * k.stride(0) + h * k.stride(1)) / n;
+    let ks = k.stride(2) / n;
     let end = if causal { i + 1 } else { tokens };
-    let qr = held(q, qrow, bq, h * d, d, biased);
-    let mut acc = Array::<F>::new(d);
-    let mut sum = Array::<F>::new(d);
-    #[unroll]
-    for e in 0..d {
-        acc[e] = F::new(0.0);
-        sum[e] = F::new(0.0);
-    }
+    let qr = held(q, qrow, bq, h * w, w, biased);
+    let mut acc = zeros::<F, N>(w);
+    let mut sum = zeros::<F, N>(w);
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in 0..end {
-        let s = dot(&qr, k, kbase + j * ks, d) * scale;
+        let s = dot(&qr, k, kbase + j * ks, w) * scale;
         let top = F::max(m, s);
-        let keep = F::exp(m - top);
+        let keep = Vector::new(F::exp(m - top));
         let p = F::exp(s - top);
-        l = l * keep + p;
-        let vrow = (b * tokens + j) * width + h * d;
+        l = l * F::exp(m - top) + p;
+        let p = Vector::new(p);
+        let vrow = (b * tokens + j) * width + h * w;
         #[unroll]
-        for e in 0..d {
-            let x = v[vrow + e];
-            acc[e] = acc[e] * keep + p * x;
+        for c in 0..w {
+            let x = v[vrow + c];
+            acc[c] = acc[c] * keep + p * x;
             if mixed {
-                sum[e] += x;
+                sum[c] += x;
             }
         }
         m = top;
     }
-    let inv = F::new(1.0) / l;
-    let count = F::cast_from(end);
-    let out = (b * tokens + i) * width + h * d;
-    let mut ga = F::new(0.0);
-    let mut gb = F::new(1.0);
-    let mut gg = F::new(0.0);
+    let inv = Vector::new(F::new(1.0) / l);
+    let out = (b * tokens + i) * width + h * w;
     if mixed {
-        ga = gain(alpha, h);
-        gb = gain(beta, h);
-        gg = gain(gamma, h);
-    }
-    #[unroll]
-    for e in 0..d {
-        if mixed {
-            y[out + e] = ga * v[out + e] + gb * acc[e] * inv + gg * sum[e] / count;
-        } else {
-            y[out + e] = acc[e] * inv;
+        let ga = Vector::new(gain(alpha, h));
+        let gb = Vector::new(gain(beta, h));
+        let gg = Vector::new(gain(gamma, h) / F::cast_from(end));
+        #[unroll]
+        for c in 0..w {
+            y[out + c] = ga * v[out + c] + gb * acc[c] * inv + gg * sum[c];
+        }
+    } else {
+        #[unroll]
+        for c in 0..w {
+            y[out + c] = acc[c] * inv;
         }
     }
     lse[pos] = m + F::ln(l);
@@ -137,63 +134,82 @@ fn gain<F: Float>(g: &Tensor<F>, h: usize) -> F {
     g[at]
 }
 
-/// A head's `d` entries of `x` from `at`, read once into registers: the
+/// `w` zero vectors.
+#[cube]
+fn zeros<F: Float, N: Size>(#[comptime] w: usize) -> Array<Vector<F, N>> {
+    let mut r = Array::<Vector<F, N>>::new(w);
+    #[unroll]
+    for c in 0..w {
+        r[c] = Vector::new(F::new(0.0));
+    }
+    r
+}
+
+/// The sum of a vector's entries.
+#[cube]
+fn total<F: Float, N: Size>(x: Vector<F, N>) -> F {
+    x.dot(Vector::new(F::new(1.0)))
+}
+
+/// A head's `w` vectors of `x` from `at`, read once into registers: the
 /// row a unit dots with every other row; plus `bias` from `b0` when
 /// `biased` (the query's bias).
 #[cube]
-fn held<F: Float>(
-    x: &Tensor<F>,
+fn held<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
     at: usize,
-    bias: &Tensor<F>,
+    bias: &Tensor<Vector<F, N>>,
     b0: usize,
-    #[comptime] d: usize,
+    #[comptime] w: usize,
     #[comptime] biased: bool,
-) -> Array<F> {
-    let mut r = Array::<F>::new(d);
+) -> Array<Vector<F, N>> {
+    let mut r = Array::<Vector<F, N>>::new(w);
     #[unroll]
-    for e in 0..d {
-        r[e] = x[at + e];
+    for c in 0..w {
+        r[c] = x[at + c];
         if biased {
-            r[e] += bias[b0 + e];
+            r[c] += bias[b0 + c];
         }
     }
     r
 }
 
-/// `Σ_e a[e] · b[b0 + e]` over a head's `d` entries.
+/// `Σ a · b[b0..]` over a head's `w` vectors.
 #[cube]
-fn dot<F: Float>(a: &Array<F>, b: &Tensor<F>, b0: usize, #[comptime] d: usize) -> F {
-    let mut s = F::new(0.0);
+fn dot<F: Float, N: Size>(a: &Array<Vector<F, N>>, b: &Tensor<Vector<F, N>>, b0: usize, #[comptime] w: usize) -> F {
+    let mut s = Vector::new(F::new(0.0));
     #[unroll]
-    for e in 0..d {
-        s += a[e] * b[b0 + e];
+    for c in 0..w {
+        s += a[c] * b[b0 + c];
     }
-    s
+    total(s)
 }
 
 /// The backward by query row: `dq`, `D_i` (`delta`) and each row's share
 /// of the gains' gradients, `part[4, rows]`: `Σ g·v`, `Σ g·o`, `Σ g·centre`
 /// (`g` the mix's gradient) and `Σ dy·mix` (for `beta_sa`).
 #[cube(launch)]
-fn shaped_rows<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    bq: &Tensor<F>,
-    v: &Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn shaped_rows<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    bq: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
     gamma: &Tensor<F>,
     beta_sa: &Tensor<F>,
     lse: &Tensor<F>,
-    dy: &Tensor<F>,
-    dq: &mut Tensor<F>,
+    dy: &Tensor<Vector<F, N>>,
+    dq: &mut Tensor<Vector<F, N>>,
     delta: &mut Tensor<F>,
     part: &mut Tensor<F>,
     scale: f32,
     units: usize,
     heads: usize,
     tokens: usize,
-    #[comptime] d: usize,
+    #[comptime] w: usize,
+    #[comptime] n: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
@@ -208,13 +224,13 @@ fn shaped_rows<F: Float>(
     let bh = pos / tokens;
     let h = bh % heads;
     let b = bh / heads;
-    let width = heads * d;
-    let qrow = b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
-    let kbase = b * k.stride(0) + h * k.stride(1);
-    let ks = k.stride(2);
+    let width = heads * w;
+    let qrow = (b * q.stride(0) + h * q.stride(1) + i * q.stride(2)) / n;
+    let kbase = (b * k.stride(0) + h * k.stride(1)) / n;
+    let ks = k.stride(2) / n;
     let end = if causal { i + 1 } else { tokens };
     // A plain softmax (not `mixed`): gains `[0, 1, 0]` and no gained sum,
-    // `gains` and `part` not read or written.
+    // the gains and `part` not read or written.
     let mut sa = F::new(1.0);
     let mut g_alpha = F::new(0.0);
     let mut g_beta = F::new(1.0);
@@ -228,99 +244,93 @@ fn shaped_rows<F: Float>(
         g_gamma = gain(gamma, h);
     }
     let row_lse = lse[pos];
-    let qr = held(q, qrow, bq, h * d, d, biased);
-    let mut o = Array::<F>::new(d);
-    let mut sum = Array::<F>::new(d);
-    let mut d_o = Array::<F>::new(d);
-    let mut grad = Array::<F>::new(d);
-    #[unroll]
-    for e in 0..d {
-        o[e] = F::new(0.0);
-        sum[e] = F::new(0.0);
-        grad[e] = F::new(0.0);
-    }
+    let qr = held(q, qrow, bq, h * w, w, biased);
+    let mut o = zeros::<F, N>(w);
+    let mut sum = zeros::<F, N>(w);
+    let mut grad = zeros::<F, N>(w);
     for j in 0..end {
-        let p = F::exp(dot(&qr, k, kbase + j * ks, d) * scale - row_lse);
-        let vrow = (b * tokens + j) * width + h * d;
+        let p = Vector::new(F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse));
+        let vrow = (b * tokens + j) * width + h * w;
         #[unroll]
-        for e in 0..d {
-            let x = v[vrow + e];
-            o[e] += p * x;
+        for c in 0..w {
+            let x = v[vrow + c];
+            o[c] += p * x;
             if mixed {
-                sum[e] += x;
+                sum[c] += x;
             }
         }
     }
-    let count = F::cast_from(end);
-    let at = (b * tokens + i) * width + h * d;
-    let mut dd = F::new(0.0);
-    let mut pv = F::new(0.0);
-    let mut po = F::new(0.0);
-    let mut pc = F::new(0.0);
-    let mut pm = F::new(0.0);
+    let inv_count = Vector::new(F::new(1.0) / F::cast_from(end));
+    let at = (b * tokens + i) * width + h * w;
+    let mut d_o = Array::<Vector<F, N>>::new(w);
+    let mut dd = Vector::new(F::new(0.0));
+    let mut pv = Vector::new(F::new(0.0));
+    let mut po = Vector::new(F::new(0.0));
+    let mut pc = Vector::new(F::new(0.0));
+    let mut pm = Vector::new(F::new(0.0));
     #[unroll]
-    for e in 0..d {
-        let up = dy[at + e];
-        let g = sa * up;
-        let x = v[at + e];
-        let c = sum[e] / count;
-        d_o[e] = g_beta * g;
-        dd += d_o[e] * o[e];
+    for c in 0..w {
+        let up = dy[at + c];
+        let g = Vector::new(sa) * up;
+        d_o[c] = Vector::new(g_beta) * g;
+        dd += d_o[c] * o[c];
         if mixed {
+            let x = v[at + c];
+            let centre = sum[c] * inv_count;
             pv += g * x;
-            po += g * o[e];
-            pc += g * c;
-            pm += up * (g_alpha * x + g_beta * o[e] + g_gamma * c);
+            po += g * o[c];
+            pc += g * centre;
+            pm += up * (Vector::new(g_alpha) * x + Vector::new(g_beta) * o[c] + Vector::new(g_gamma) * centre);
         }
     }
+    let dd = total(dd);
     for j in 0..end {
-        let mut dp = F::new(0.0);
-        let vrow = (b * tokens + j) * width + h * d;
+        let vrow = (b * tokens + j) * width + h * w;
+        let dp = dot(&d_o, v, vrow, w);
+        let p = F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse);
+        let ds = Vector::new(p * (dp - dd));
         #[unroll]
-        for e in 0..d {
-            dp += d_o[e] * v[vrow + e];
-        }
-        let p = F::exp(dot(&qr, k, kbase + j * ks, d) * scale - row_lse);
-        let ds = p * (dp - dd);
-        #[unroll]
-        for e in 0..d {
-            grad[e] += ds * k[kbase + j * ks + e];
+        for c in 0..w {
+            grad[c] += ds * k[kbase + j * ks + c];
         }
     }
+    let scale = Vector::new(scale);
     #[unroll]
-    for e in 0..d {
-        dq[pos * d + e] = grad[e] * scale;
+    for c in 0..w {
+        dq[pos * w + c] = grad[c] * scale;
     }
     delta[pos] = dd;
     if mixed {
-        part[pos] = pv;
-        part[units + pos] = po;
-        part[2 * units + pos] = pc;
-        part[3 * units + pos] = pm;
+        part[pos] = total(pv);
+        part[units + pos] = total(po);
+        part[2 * units + pos] = total(pc);
+        part[3 * units + pos] = total(pm);
     }
 }
 
 /// The backward by key row: `dk_j` and `dv_j` (head `h`'s columns).
 #[cube(launch)]
-fn shaped_columns<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    bq: &Tensor<F>,
-    v: &Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn shaped_columns<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    bq: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     alpha: &Tensor<F>,
     beta: &Tensor<F>,
     gamma: &Tensor<F>,
     beta_sa: &Tensor<F>,
     lse: &Tensor<F>,
     delta: &Tensor<F>,
-    dy: &Tensor<F>,
-    dk: &mut Tensor<F>,
-    dv: &mut Tensor<F>,
+    dy: &Tensor<Vector<F, N>>,
+    dk: &mut Tensor<Vector<F, N>>,
+    dv: &mut Tensor<Vector<F, N>>,
     scale: f32,
     units: usize,
     heads: usize,
     tokens: usize,
-    #[comptime] d: usize,
+    #[comptime] w: usize,
+    #[comptime] n: usize,
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
@@ -335,18 +345,15 @@ fn shaped_columns<F: Float>(
     let bh = pos / tokens;
     let h = bh % heads;
     let b = bh / heads;
-    let width = heads * d;
-    let qbase = b * q.stride(0) + h * q.stride(1);
-    let qs = q.stride(2);
-    let kr = held(k, b * k.stride(0) + h * k.stride(1) + j * k.stride(2), bq, 0, d, false);
+    let width = heads * w;
+    let qbase = (b * q.stride(0) + h * q.stride(1)) / n;
+    let qs = q.stride(2) / n;
+    let kr = held(k, (b * k.stride(0) + h * k.stride(1) + j * k.stride(2)) / n, bq, 0, w, false);
     // The query's bias: its part of every score, `k_j · bq`, and of `dk_j`,
     // `Σ_i ds_i · bq`.
     let mut kb = F::new(0.0);
     if biased {
-        #[unroll]
-        for e in 0..d {
-            kb += kr[e] * bq[h * d + e];
-        }
+        kb = dot(&kr, bq, h * w, w);
     }
     let mut sds = F::new(0.0);
     let mut start = 0;
@@ -366,48 +373,50 @@ fn shaped_columns<F: Float>(
         gb = gain(beta, h) * sa;
         gg = gain(gamma, h) * sa;
     }
-    let vat = (b * tokens + j) * width + h * d;
-    let mut gk = Array::<F>::new(d);
-    let mut gv = Array::<F>::new(d);
+    let vat = (b * tokens + j) * width + h * w;
+    let mut gk = zeros::<F, N>(w);
+    let mut gv = Array::<Vector<F, N>>::new(w);
     #[unroll]
-    for e in 0..d {
-        gk[e] = F::new(0.0);
-        gv[e] = ga * dy[vat + e];
+    for c in 0..w {
+        gv[c] = Vector::new(ga) * dy[vat + c];
     }
     for i in start..tokens {
         let qrow = qbase + i * qs;
-        let yrow = (b * tokens + i) * width + h * d;
-        let mut dp = F::new(0.0);
+        let yrow = (b * tokens + i) * width + h * w;
+        let mut dpv = Vector::new(F::new(0.0));
         #[unroll]
-        for e in 0..d {
-            dp += dy[yrow + e] * v[vat + e];
+        for c in 0..w {
+            dpv += dy[yrow + c] * v[vat + c];
         }
-        let dp = gb * dp;
-        let p = F::exp((dot(&kr, q, qrow, d) + kb) * scale - lse[bh * tokens + i]);
+        let dp = gb * total(dpv);
+        let p = F::exp((dot(&kr, q, qrow, w) + kb) * scale - lse[bh * tokens + i]);
         let ds = p * (dp - delta[bh * tokens + i]);
         if biased {
             sds += ds;
         }
         // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
-        let w = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
+        let mut weight = p * gb;
+        if mixed {
+            let centre = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
+            weight += centre * gg;
+        }
+        let (ds, weight) = (Vector::new(ds), Vector::new(weight));
         #[unroll]
-        for e in 0..d {
-            let up = dy[yrow + e];
-            gk[e] += ds * q[qrow + e];
-            gv[e] += p * gb * up;
-            if mixed {
-                gv[e] += w * gg * up;
-            }
+        for c in 0..w {
+            gk[c] += ds * q[qrow + c];
+            gv[c] += weight * dy[yrow + c];
         }
     }
+    let scale = Vector::new(scale);
+    let sds = Vector::new(sds);
     #[unroll]
-    for e in 0..d {
-        let mut g = gk[e];
+    for c in 0..w {
+        let mut g = gk[c];
         if biased {
-            g += sds * bq[h * d + e];
+            g += sds * bq[h * w + c];
         }
-        dk[pos * d + e] = g * scale;
-        dv[vat + e] = gv[e];
+        dk[pos * w + c] = g * scale;
+        dv[vat + c] = gv[c];
     }
 }
 
@@ -491,7 +500,22 @@ fn rows_contiguous<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     }
 }
 
+/// Entries per vector the kernels read and write: 4 where a head's `d`
+/// and every stride of `q` and `k` are multiples of 4 (and the device
+/// reads vectors of 4), else 1.
+const LANES: usize = 4;
+
 impl<R: CubeRuntime> Operands<R> {
+    fn lanes(&self, p: &Plan) -> usize {
+        let strides = |t: &CubeTensor<R>| t.meta.strides().iter().all(|&s| s.is_multiple_of(LANES) || s == 1);
+        let device = self.v.client.properties().hardware.max_vector_size >= LANES;
+        if device && p.d.is_multiple_of(LANES) && strides(&self.q) && strides(&self.k) {
+            LANES
+        } else {
+            1
+        }
+    }
+
     /// `q`, `k`, `bq` and `v` as the kernels read them, with `gains`.
     pub(crate) fn new([q, k, v]: [CubeTensor<R>; 3], bq: Option<&CubeTensor<R>>, gains: [CubeTensor<R>; 4]) -> Self {
         let biased = bq.is_some();
@@ -525,11 +549,13 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
     let client = o.v.client.clone();
     let (count, dim) = units(&client, p.rows());
+    let n = o.lanes(p);
     let [alpha, beta, gamma, _] = o.gains;
     shaped_forward::launch::<f32, R>(
         &client,
         count,
         dim,
+        n,
         o.q.into_tensor_arg(),
         o.k.into_tensor_arg(),
         o.bq.into_tensor_arg(),
@@ -543,7 +569,8 @@ pub(crate) fn forward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
-        p.d,
+        p.d / n,
+        n,
         causal,
         mixed,
         o.biased,
@@ -583,12 +610,14 @@ pub(crate) fn backward<R: CubeRuntime>(
     let dv = empty_f32(&o.v, [p.batch, p.tokens, p.heads * p.d]);
     let delta = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
     let part = empty_f32(&o.v, if mix.mixed { [4, p.batch, p.heads, p.tokens] } else { [1, 1, 1, 1] });
+    let n = o.lanes(p);
     let gains = || o.gains.clone().map(|g| g.into_tensor_arg());
     let [alpha, beta, gamma, beta_sa] = gains();
     shaped_rows::launch::<f32, R>(
         &client,
         count.clone(),
         dim,
+        n,
         o.q.clone().into_tensor_arg(),
         o.k.clone().into_tensor_arg(),
         o.bq.clone().into_tensor_arg(),
@@ -606,7 +635,8 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
-        p.d,
+        p.d / n,
+        n,
         causal,
         mix.mixed,
         mix.summed,
@@ -617,6 +647,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         &client,
         count,
         dim,
+        n,
         o.q.into_tensor_arg(),
         o.k.into_tensor_arg(),
         o.bq.into_tensor_arg(),
@@ -634,7 +665,8 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
-        p.d,
+        p.d / n,
+        n,
         causal,
         mix.mixed,
         mix.summed,
