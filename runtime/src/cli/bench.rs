@@ -158,9 +158,9 @@ pub fn run(args: &Args) -> u8 {
             print!("{}", table(&records, &device, plan, args.threads));
             if let Some(rows) = &profile {
                 println!(
-                    "\nGPU kernels of a training step (mean of {} steps; each kernel's first launch, which compiles \
-                     it, left out; the step times above are slowed by the profile):",
-                    plan.warmup.max(1) + plan.steps.max(1)
+                    "\nGPU kernels of a training step (mean of the {} timed steps, after the warm-up; the step times \
+                     above are slowed by the profile):",
+                    plan.steps.max(1)
                 );
                 print!("{}", crate::profile::table(rows, 0.95));
             }
