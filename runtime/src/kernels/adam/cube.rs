@@ -16,9 +16,9 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{groups, reference, AdamOps, AdamStep};
-use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, units};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes};
 
-/// Most cubes one gradient's sum of squares is spread over.
+/// Most cubes one tensor is spread over (its units then stride further).
 const MAX_CUBES: usize = 1024;
 
 /// The cubes one tensor of `n` entries is spread over, `block` units
@@ -128,9 +128,9 @@ fn update_at<F: Float>(
         - F::cast_from(k.lr) * m1 / (F::sqrt(v1 * F::cast_from(k.inv_bc2)) + F::cast_from(k.eps));
 }
 
-/// `count` parameters in one launch: unit `u` updates entry `u − start`
-/// of the parameter whose entries `[start, start + n)` hold it, the
-/// parameters laid end to end in order.
+/// `count` parameters in one launch: each parameter's cubes ([`spread`])
+/// follow the previous one's, and the units of a cube update its stride of
+/// that parameter (so a cube, and every warp, works on one parameter).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn adam_group<F: Float>(
@@ -143,30 +143,36 @@ fn adam_group<F: Float>(
     v_out: &mut Sequence<Tensor<F>>,
     total: usize,
     k: &Consts,
+    #[comptime] block: usize,
     #[comptime] count: usize,
 ) {
-    let u = ABSOLUTE_POS;
-    if u >= total {
+    let c = CUBE_POS;
+    if c >= total {
         terminate!();
     }
-    let mut start = 0;
+    let mut first = 0;
     #[unroll]
     for t in 0..count {
         let n = p.index(t).len();
-        if u >= start && u < start + n {
-            update_at(
-                p.index(t),
-                g.index(t),
-                m.index(t),
-                v.index(t),
-                p_out.index_mut(t),
-                m_out.index_mut(t),
-                v_out.index_mut(t),
-                u - start,
-                k,
-            );
+        let cubes = spread(n, block);
+        if c >= first && c < first + cubes {
+            let mut i = (c - first) * block + UNIT_POS as usize;
+            while i < n {
+                update_at(
+                    p.index(t),
+                    g.index(t),
+                    m.index(t),
+                    v.index(t),
+                    p_out.index_mut(t),
+                    m_out.index_mut(t),
+                    v_out.index_mut(t),
+                    i,
+                    k,
+                );
+                i += cubes * block;
+            }
         }
-        start += n;
+        first += cubes;
     }
 }
 
@@ -204,6 +210,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
         // alone would be (the memory estimate's one copy of the weights).
         let cap = sizes.iter().copied().max().unwrap_or(0);
         let most = group_size(&client, 7).max(1);
+        let (_, dim, block) = row_cubes(&client, 1, cap);
         let mut items = items.into_iter();
         let mut out = Vec::with_capacity(sizes.len());
         for range in groups(&sizes, most, cap) {
@@ -218,14 +225,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
             let group: Vec<[FloatTensor<Self>; 4]> = group.into_iter().map(|t| t.map(into_contiguous)).collect();
             let fresh: Vec<[FloatTensor<Self>; 3]> =
                 group.iter().map(|[p, _, m, v]| [p, m, v].map(|t| empty_f32(t, t.shape()))).collect();
-            let total: usize = sizes[range].iter().sum();
+            let total: usize = sizes[range].iter().map(|&n| spread(n, block)).sum();
             let arg = |which: &dyn Fn(&[FloatTensor<Self>; 4]) -> &FloatTensor<Self>| -> SequenceArg<R, Tensor<f32>> {
                 group.iter().map(|t| which(t).clone().into_tensor_arg()).collect()
             };
             let out_arg = |i: usize| -> SequenceArg<R, Tensor<f32>> {
                 fresh.iter().map(|t| t[i].clone().into_tensor_arg()).collect()
             };
-            let (count, dim) = units(&client, total);
+            let (count, _, _) = row_cubes(&client, total, block);
             adam_group::launch::<f32, R>(
                 &client,
                 count,
@@ -239,6 +246,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
                 out_arg(2),
                 total,
                 Consts::of(k),
+                block,
                 group.len(),
             );
             out.extend(fresh);
