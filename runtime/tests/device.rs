@@ -280,7 +280,7 @@ fn values<B: Backend>(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap_or_default()
 }
 
-/// The shaped attention's CubeCL kernels (`kernels/shaped/cube.rs`)
+/// The shaped attention's CubeCL kernels (`kernels/shaped/cube/`)
 /// against the reference maths on the same device: the output and every
 /// gradient, causal or not, with the query's bias or not, summed with
 /// another branch or not, per-head or single gains, `v` read elsewhere.

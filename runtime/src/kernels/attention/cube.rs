@@ -1,5 +1,5 @@
 //! Softmax attention on burn's CubeCL backends: the shaped attention's
-//! kernels (`shaped/cube.rs`) compiled for a plain softmax (not `mixed`:
+//! kernels (`shaped/cube/`) compiled for a plain softmax (not `mixed`:
 //! gains `[0, 1, 0]` as constants, no gains read, no centre's sums). The T×T weights are never
 //! written: the forward keeps the rows' log-sum-exp in their place
 //! (`[batch, heads, tokens]`, where the reference keeps the weights
