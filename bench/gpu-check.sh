@@ -5,9 +5,11 @@
 #   bench/gpu-check.sh build   # here: builds into target-gpu/ (carry it)
 #   bench/gpu-check.sh run     # there: results as files under $OUT
 #
-# `build` makes the device test binary and two blkc binaries: `blkc` (burn's
-# CUDA backend as blkc's default build has it) and `blkc-fused` (with burn's
-# operation fusion and kernel autotuning), stripped and xz-compressed.
+# `build` makes the device test binary and three blkc binaries: `blkc` (burn's
+# CUDA backend as blkc's default build has it), `blkc-tuned` (burn's kernel
+# autotuning on: its products chosen per shape by timing, blkc's kernels
+# as in `blkc`) and `blkc-fused` (burn's operation fusion and autotuning:
+# burn's kernels only), stripped and xz-compressed.
 #
 # `run`, most important first, each result written as soon as it exists
 # (a run cut short still leaves what it finished; none is started after
@@ -17,11 +19,12 @@
 #                  and 100 AdamW steps on CUDA against the CPU, and the
 #                  bench's device memory (runtime/tests/device.rs)
 #   blkc-*.json    `blkc bench` of the CodeParrot Pre-LN and SAS-P, bf16 and
-#                  fp32, batch 32 (both binaries) and 128
+#                  fp32, batch 32 (every binary) and 128; tf32 at batch 32
 #   profile-*.txt  where blkc's training step spends its time, by GPU kernel
 #                  (`blkc bench --profile`): Pre-LN and SAS-P, bf16, batch 32
 #   torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
-#                  bf16 autocast and fp32 (TF32 off) at batch 32 and 128;
+#                  bf16 autocast and fp32 (TF32 off) at batch 32 and 128,
+#                  fp32 with TF32 on at batch 32;
 #                  torch.compile bf16, then fp32, at batch 32
 #   curve-*.jsonl  100 steps of the quick SAS-P on CUDA in fp32 and in bf16
 #   table.md       bench/gpu_table.py over all of it (run it again here on
@@ -40,9 +43,11 @@ case "${1:-}" in
     cp "$bin" target-gpu/device-test
     cargo build -p blkc-runtime --release --features cuda
     cp "$target/release/blkc" target-gpu/blkc
+    cargo build -p blkc-runtime --release --features cuda,autotune
+    cp "$target/release/blkc" target-gpu/blkc-tuned
     cargo build -p blkc-runtime --release --features cuda,fusion,autotune
     cp "$target/release/blkc" target-gpu/blkc-fused
-    for f in device-test blkc blkc-fused; do
+    for f in device-test blkc blkc-tuned blkc-fused; do
       strip "target-gpu/$f"
       xz -T0 -f "target-gpu/$f"
     done
@@ -85,9 +90,10 @@ case "${1:-}" in
     say "device checks"
     (cd runtime && timeout 150 ../target-gpu/device-test --ignored --nocapture --test-threads 1) > "$out/device.txt" 2>&1
     say "  exit $?"
-    for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-fused $p 32; done
+    for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-tuned $p 32; bench blkc-fused $p 32; done
     profile sas-p bf16 32
     profile preln bf16 32
+    bench blkc tf32 32; torch tf32 32
     for p in bf16 fp32; do bench blkc $p 128; torch $p 128; done
     torch bf16 32 --only-compile
     if due "curves"; then

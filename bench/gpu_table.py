@@ -4,8 +4,8 @@ as ratios.
 
     python bench/gpu_table.py OUT_DIR > table.md
 
-Reads what `bench/gpu-check.sh run` wrote to OUT_DIR: `blkc*-{fp32,bf16}-b{N}.json`
-(`blkc bench --format json`), `torch-{fp32,bf16}-b{N}[-compile].jsonl`
+Reads what `bench/gpu-check.sh run` wrote to OUT_DIR: `blkc*-{fp32,tf32,bf16}-b{N}.json`
+(`blkc bench --format json`), `torch-{fp32,tf32,bf16}-b{N}[-compile].jsonl`
 (bench/torch_ref.py), `device.txt` (the device test's output) and
 `curve-{fp32,bf16}.jsonl` (metrics of two training runs). A missing file
 leaves its cells empty.
@@ -23,7 +23,7 @@ def blkc_rows(out):
     """{(binary, precision, batch): {block: record}}"""
     rows = {}
     for f in sorted(out.glob("blkc*-b*.json")):
-        m = re.fullmatch(r"(blkc(?:-\w+)?)-(fp32|bf16)-b(\d+)\.json", f.name)
+        m = re.fullmatch(r"(blkc(?:-\w+)?)-(fp32|tf32|bf16)-b(\d+)\.json", f.name)
         if not m:
             continue
         try:
@@ -77,7 +77,8 @@ def main():
     print("| | precision | batch | Pre-LN | SAS-P | SAS-P / Pre-LN | MiB (Pre-LN / SAS-P) | MFU (Pre-LN / SAS-P) |")
     print("|---|---|---|---|---|---|---|---|")
     names = {"pytorch-eager": "PyTorch eager", "pytorch-compile": "torch.compile"}
-    for dtype in ("fp32", "bf16"):
+    labels = {"fp32": " (TF32 off)", "tf32": " (TF32 on)", "bf16": " (autocast)"}
+    for dtype in ("fp32", "tf32", "bf16"):
         for batch in (32, 128):
             for (binary, p, b), row in sorted(ours.items()):
                 if (p, b) != (dtype, batch):
@@ -92,12 +93,12 @@ def main():
                     continue
                 a, s = tps(row, "preln"), tps(row, "sas-p")
                 mib = " / ".join(f"{row[x]['peak_mib']:.0f}" if row.get(x, {}).get("peak_mib") else "–" for x in BLOCKS)
-                label = names[impl] + (" (TF32 off)" if dtype == "fp32" else " (autocast)")
+                label = names[impl] + labels[dtype]
                 print(f"| {label} | {dtype} | {batch} | {k(a)} | {k(s)} | {ratio(s, a)} | {mib} | |")
     print("\nTargets (issue 15): ratios of tokens/s")
     print("| target | batch | block | blkc | against | ratio |")
     print("|---|---|---|---|---|---|")
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "tf32", "bf16"):
         for batch in (32, 128):
             eager = theirs.get(("pytorch-eager", dtype, batch))
             for (binary, p, b), row in sorted(ours.items()):

@@ -18,7 +18,8 @@ width 768, 12 heads, context 128, vocab 50000, a 1024-row position table,
 batch 32).
 
 Precision as a PyTorch user runs it: `fp32` with TF32 off (exact fp32
-products, as blkc's `--precision fp32` intends); `bf16` is
+products, as blkc's `--precision fp32`); `tf32` with TF32 on
+(`allow_tf32`, as blkc's `--precision tf32`); `bf16` is
 `torch.autocast(dtype=torch.bfloat16)` over fp32 weights, as blkc's
 `--precision bf16`. On CUDA the AdamW is `fused=True`, and the JSON has the
 peak GPU memory that PyTorch reserved (`peak_mib`).
@@ -250,7 +251,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--only-compile", action="store_true", help="time torch.compile only")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="fp32")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--batch", type=int, default=0, help="sequences per step (default: the shape's)")
     ap.add_argument("--blocks", default="preln,sas-p", help="which blocks, comma-separated")
@@ -258,10 +259,12 @@ def main():
     torch.set_num_threads(args.threads)
     use_shape(args.shape, args.batch)
     if args.device == "cuda":
-        # fp32 means fp32: no TF32 in products or convolutions.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
+        # fp32 means fp32: no TF32 in products or convolutions; tf32 asks
+        # for it (f32 tensors, products on tensor cores).
+        tf32 = args.dtype == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
     modes = [True] if args.only_compile else [False, True] if args.compile else [False]
     blocks = [b for name, b in (("preln", PreLN), ("sas-p", SASP)) if name in args.blocks.split(",")]
     for compiled in modes:

@@ -147,21 +147,22 @@ fn step_memory<B: TrainKernels>(e: &mut Entry<B>, device: &B::Device) {
 /// tensor cores to reach their rate). `None` if it could not be timed.
 /// The denominator of the MFU: the peak this device reaches with this
 /// backend, not a datasheet figure.
-pub fn peak_gflops<B: Backend>(device: &B::Device, precision: Precision) -> Option<f64> {
+pub fn peak_gflops<B: crate::kernels::DenseOps>(device: &B::Device, precision: Precision) -> Option<f64> {
     let time = |n: usize, reps: usize| -> Option<f64> {
         let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
         let a = burn::tensor::Tensor::<B, 2>::random([n, n], dist, device);
         let b = burn::tensor::Tensor::<B, 2>::random([n, n], dist, device);
         let (a, b) = match precision {
             Precision::Bf16 => (a.cast(burn::tensor::FloatDType::BF16), b.cast(burn::tensor::FloatDType::BF16)),
-            Precision::Fp32 => (a, b),
+            Precision::Fp32 | Precision::Tf32 => (a, b),
         };
         let mut best = f64::INFINITY;
         // The first product compiles and warms up.
         for rep in 0..=reps {
             B::sync(device).ok()?;
             let start = Instant::now();
-            let c = a.clone().matmul(b.clone());
+            // The model's products: fp32 exact or TF32 as `precision` says.
+            let c = scope(precision, || crate::kernels::dense::matmul(a.clone(), b.clone()));
             B::sync(device).ok()?;
             let s = start.elapsed().as_secs_f64();
             drop(c);

@@ -25,7 +25,10 @@
 //! llvmpipe: logits 2–4·10⁻⁷; gradients ≤ 10⁻⁶ of their scale, the gains'
 //! ≤ 1.5·10⁻⁴ of the floor (absolute differences of 4·10⁻⁹). A product
 //! in TF32 (10 bits of mantissa, 2⁻¹¹ ≈ 5·10⁻⁴ relative) misses both by
-//! orders of magnitude: this is what tells fp32 from TF32.
+//! orders of magnitude: this is what tells fp32 from TF32 (burn's own
+//! product runs f32 on TF32 tensor cores on CUDA, which made the logits
+//! 1.28·10⁻³ apart on an H200; blkc's fp32 products are fp32 FMAs, see
+//! `kernels/dense/cube.rs`).
 //! Training is chaotic in the small differences: the losses of the steps
 //! agree to 1e-3 (relative) over the first steps measured here, and the
 //! report prints the gap at every step so its growth is seen.
@@ -487,6 +490,69 @@ impl Draws {
     }
 }
 
+/// The dense family's products (`kernels/dense/cube.rs`) against a product
+/// in f64 on the host: in fp32 every multiply-add is fp32 (a gap of the
+/// order of 2⁻²⁴ of the output's scale, where TF32's 10-bit mantissa
+/// leaves 10⁻⁴–10⁻³); 2-D, batched, operands read through transposed
+/// views (also of permuted batches, as attention's `q · kᵀ` reads them),
+/// a short inner dimension, sizes that are not multiples of any tile, a
+/// 512-term sum, an empty inner dimension. Returns the largest gaps in fp32 and in tf32.
+fn dense_products_are_exact<B: blkc_runtime::kernels::Kernels>(device: &B::Device) -> (f32, f32) {
+    use blkc_runtime::kernels::precision::{scope, Precision};
+    let draws = Draws::new(31);
+    let (mut fp32, mut tf32) = (0.0f32, 0.0f32);
+    // (a's shape, b's shape, a drawn with its last two dimensions swapped,
+    // b likewise): the swapped ones are read through a transposed view.
+    let cases: [(&[usize], &[usize], bool, bool); 7] = [
+        (&[2, 3, 7, 8], &[2, 3, 8, 7], true, true),
+        (&[37, 53], &[53, 29], false, false),
+        (&[3, 17, 64], &[3, 64, 40], false, false),
+        (&[64, 96], &[96, 48], false, true),
+        (&[2, 3, 16, 8], &[2, 3, 8, 16], true, false),
+        (&[256, 512], &[512, 384], false, false),
+        (&[4, 0], &[0, 5], false, false),
+    ];
+    for (case, (sa, sb, ta, tb)) in cases.into_iter().enumerate() {
+        let draw = |shape: &[usize], swapped: bool| {
+            let r = shape.len();
+            let mut drawn = shape.to_vec();
+            if swapped {
+                drawn.swap(r - 2, r - 1);
+                B::float_swap_dims(draws.normal::<B>(device, &drawn), r - 2, r - 1)
+            } else {
+                draws.normal::<B>(device, &drawn)
+            }
+        };
+        let (a, b) = (draw(sa, ta), draw(sb, tb));
+        let r = sa.len();
+        let (m, k, n) = (sa[r - 2], sa[r - 1], sb[r - 1]);
+        if k == 0 {
+            let ours = B::matmul(a, b);
+            assert_eq!(burn::tensor::TensorMetadata::shape(&ours).as_slice(), [m, n], "case {case}: the shape");
+            assert!(values::<B>(ours).iter().all(|&x| x == 0.0), "case {case}: an empty sum is 0");
+            continue;
+        }
+        let (ha, hb) = (values::<B>(a.clone()), values::<B>(b.clone()));
+        let batch: usize = sa[..r - 2].iter().product();
+        let mut exact = vec![0.0f32; batch * m * n];
+        for (p, e) in exact.iter_mut().enumerate() {
+            let (t, i, j) = (p / (m * n), p / n % m, p % n);
+            let s: f64 = (0..k).map(|l| ha[(t * m + i) * k + l] as f64 * hb[(t * k + l) * n + j] as f64).sum();
+            *e = s as f32;
+        }
+        let ours = values::<B>(B::matmul(a.clone(), b.clone()));
+        let tensor_cores = values::<B>(scope(Precision::Tf32, || B::matmul(a, b)));
+        assert_eq!(ours.len(), exact.len(), "case {case}: the product's size");
+        let (e, t) = (gap_of_scale(&ours, &exact), gap_of_scale(&tensor_cores, &exact));
+        assert!(e < 1e-5, "case {case}: the fp32 product differs by {e:e} of scale");
+        fp32 = fp32.max(e);
+        tf32 = tf32.max(t);
+    }
+    assert!(fp32 > 0.0, "the products ran");
+    println!("dense products against f64: largest gap {fp32:.1e} of scale in fp32, {tf32:.1e} in tf32");
+    (fp32, tf32)
+}
+
 /// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
 /// the shaped kernels with a plain softmax's gains) against the reference:
 /// the output, and every gradient wanted or some, causal or not, with the
@@ -666,6 +732,7 @@ type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_kernels_are_the_reference() {
+    dense_products_are_exact::<WgpuKernels>(&Default::default());
     shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
@@ -679,6 +746,13 @@ fn wgpu_kernels_are_the_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn cuda_kernels_are_the_reference() {
     type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    let (fp32, tf32) = dense_products_are_exact::<CudaKernels>(&Default::default());
+    // Where the GPU has TF32 (Ampere and later), tf32 is what it asks for.
+    use burn_cubecl::cubecl::prelude::{CubePrimitive, Runtime};
+    let client = burn::cubecl::cuda::CudaRuntime::client(&Default::default());
+    if client.properties().supports_type(burn_cubecl::cubecl::tf32::as_type_native_unchecked().storage_type()) {
+        assert!(tf32 > 10.0 * fp32, "tf32 products ({tf32:e}) are not TF32's (fp32: {fp32:e})");
+    }
     shaped_kernels_are_the_reference::<CudaKernels>(&Default::default());
     attention_kernels_are_the_reference::<CudaKernels>(&Default::default());
     norm_kernels_are_the_reference::<CudaKernels>(&Default::default());

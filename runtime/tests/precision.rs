@@ -60,6 +60,8 @@ fn bf16_products_give_fp32_results_to_bf16_precision() {
             y.into_data().to_vec::<f32>().unwrap_or_default()
         };
         let (full, half) = (logits(Precision::Fp32), logits(Precision::Bf16));
+        // The CPU has no TF32: tf32 there is fp32, to the bit.
+        assert_eq!(logits(Precision::Tf32), full, "{name}: tf32 on the CPU is fp32");
         let r = relative(&full, &half);
         // bf16 keeps 8 bits: a rounding of 2⁻⁹ relative per operand.
         assert!(r > 1e-5 && r < 2e-2, "{name}: logits differ by {r:e} (relative, in norm)");

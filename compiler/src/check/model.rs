@@ -332,7 +332,7 @@ pub(crate) const TRAIN_KEYS: &[(&str, Kind)] = &[
     ("val_fraction", Kind::Float(0.0, 0.5, true)),
     ("mask_rate", Kind::Float(0.0, 1.0, true)),
     ("device", Kind::Choice(&["cpu", "cuda", "wgpu"])),
-    ("precision", Kind::Choice(&["auto", "fp32", "bf16"])),
+    ("precision", Kind::Choice(&["auto", "fp32", "tf32", "bf16"])),
 ];
 
 /// Resolves the `train` sections (used files first; a later setting

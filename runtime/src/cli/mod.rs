@@ -113,6 +113,7 @@ impl Device {
 pub enum PrecisionArg {
     Auto,
     Fp32,
+    Tf32,
     Bf16,
 }
 
@@ -121,6 +122,7 @@ impl PrecisionArg {
         match self {
             PrecisionArg::Auto => "auto",
             PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Tf32 => "tf32",
             PrecisionArg::Bf16 => "bf16",
         }
     }

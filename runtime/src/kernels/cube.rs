@@ -1,7 +1,8 @@
 //! burn's CubeCL backends without operation fusion (`CubeBackend`, which
 //! `burn::backend::Cuda` and `Wgpu` are when the `fusion` feature is off):
 //! every family, by its CubeCL kernels where it has them (`shaped`,
-//! `attention`, `gains`, `norm`, `loss`, `adam`: their `cube.rs`), by its reference
+//! `attention`, `gains`, `norm`, `loss`, `adam`: their `cube.rs`; `dense`
+//! by cubek's products in the precision asked for), by its reference
 //! maths otherwise; and what those kernels share: launch sizes, fresh
 //! outputs, and the sum over the units of a cube.
 
@@ -11,7 +12,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::{DenseOps, EmbedOps};
+use super::EmbedOps;
 
 macro_rules! reference_families {
     ($($family:ident),*) => {
@@ -19,7 +20,7 @@ macro_rules! reference_families {
     };
 }
 
-reference_families!(DenseOps, EmbedOps);
+reference_families!(EmbedOps);
 
 /// The launch of `n` units, one per row or element.
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {

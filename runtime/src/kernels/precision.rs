@@ -1,5 +1,7 @@
-//! The precision of the weight products: `fp32`, or `bf16` operands with
-//! everything else in fp32 — the weights the optimiser keeps and updates,
+//! The precision of the weight products: `fp32` (every multiply-add in
+//! fp32, also on a GPU with tensor cores), `tf32` (f32 tensors, the
+//! products on tensor cores in TF32 where the device has it — PyTorch's
+//! `allow_tf32`), or `bf16` operands with everything else in fp32 — the weights the optimiser keeps and updates,
 //! its moments, the residual stream, norms and their statistics, the
 //! softmax, the loss — as `torch.autocast(dtype=torch.bfloat16)` runs a
 //! linear layer: its input, weight and bias cast to bf16, the product
@@ -22,6 +24,7 @@ use burn::tensor::{DType, FloatDType, Tensor};
 pub enum Precision {
     #[default]
     Fp32,
+    Tf32,
     Bf16,
 }
 
@@ -29,16 +32,19 @@ impl Precision {
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
         }
     }
 
-    /// `fp32` or `bf16`; `auto` is bf16 on CUDA (where tensor cores run it
-    /// several times faster than fp32) and fp32 elsewhere (the CPU kernels
-    /// are fp32, and have no faster bf16 product).
+    /// `fp32`, `tf32` or `bf16`; `auto` is bf16 on CUDA (where tensor cores
+    /// run it several times faster than fp32) and fp32 elsewhere (the CPU
+    /// kernels are fp32, and have no faster bf16 product). `tf32` is fp32
+    /// where the device has no TF32 (the CPU, WebGPU).
     pub fn resolve(setting: &str, device: &str) -> Self {
         match (setting, device) {
             ("bf16", _) | ("auto", "cuda") => Precision::Bf16,
+            ("tf32", _) => Precision::Tf32,
             _ => Precision::Fp32,
         }
     }
@@ -120,6 +126,8 @@ mod tests {
         assert_eq!(Precision::resolve("auto", "cpu"), Precision::Fp32);
         assert_eq!(Precision::resolve("fp32", "cuda"), Precision::Fp32);
         assert_eq!(Precision::resolve("auto", "wgpu"), Precision::Fp32);
+        assert_eq!(Precision::resolve("tf32", "cuda"), Precision::Tf32);
+        assert_eq!(Precision::Tf32.on_device("wgpu"), Ok(Precision::Tf32));
         assert!(Precision::Bf16.on_device("wgpu").is_err_and(|e| e.contains("--precision fp32")));
         assert_eq!(Precision::Bf16.on_device("cuda"), Ok(Precision::Bf16));
     }

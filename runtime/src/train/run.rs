@@ -389,13 +389,18 @@ impl Loop<'_> {
             data_time += d0.elapsed().as_secs_f64();
             // Dropout's masks are keyed by the rows' place in the run.
             let noise = Noise::new(s.seed, first_row);
-            let l = scope(s.products(), || loss(model, &b, obj, Some(noise), device)).div_scalar(self.accum as f64);
-            let value = l.clone().inner();
+            // The backward in the same scope: its products are those of
+            // the forward's precision too (fp32 exact or TF32; bf16's casts
+            // are in the graph).
+            let (value, grads) = scope(s.products(), || {
+                let l = loss(model, &b, obj, Some(noise), device).div_scalar(self.accum as f64);
+                (l.clone().inner(), l.backward())
+            });
             total = Some(match total.take() {
                 Some(t) => t + value,
                 None => value,
             });
-            let grads = GradientsParams::from_grads(l.backward(), model);
+            let grads = GradientsParams::from_grads(grads, model);
             acc.accumulate(model, grads);
         }
         let loss = total.map_or(f64::NAN, |t| f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar())));

@@ -12,6 +12,8 @@ use super::tensor::{primitive, split_heads, tensor};
 mod autodiff;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 #[cfg(feature = "flex")]
 mod loops;
 #[cfg(feature = "flex")]
