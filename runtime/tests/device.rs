@@ -553,6 +553,33 @@ fn dense_products_are_exact<B: blkc_runtime::kernels::Kernels>(device: &B::Devic
     (fp32, tf32)
 }
 
+/// The ReLU's backward (`kernels/dense/cube.rs`) against the reference: a
+/// gradient held nowhere else is written over, one that is held elsewhere
+/// (or read through a transposed view) is left as it was.
+fn relu_grad_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::dense::reference;
+    use blkc_runtime::kernels::ReluMask;
+    let draws = Draws::new(32);
+    for (case, shape) in [[33usize, 65], [4, 8], [1, 1]].into_iter().enumerate() {
+        let y = B::relu(draws.normal::<B>(device, &shape));
+        let dy = draws.normal::<B>(device, &shape);
+        let before = values::<B>(dy.clone());
+        let theirs = values::<B>(reference::relu_grad::<B>(ReluMask::Output(y.clone()), dy.clone()));
+        // `dy` is held here too: the kernel must not write over it.
+        let held = values::<B>(B::relu_grad(ReluMask::Output(y.clone()), dy.clone()));
+        assert_eq!(held, theirs, "case {case}: a held gradient");
+        assert_eq!(values::<B>(dy.clone()), before, "case {case}: the held gradient is unchanged");
+        let own = values::<B>(B::relu_grad(ReluMask::Output(y.clone()), dy));
+        assert_eq!(own, theirs, "case {case}: a gradient held nowhere else");
+        let [r, c] = shape;
+        let view = B::float_swap_dims(draws.normal::<B>(device, &[c, r]), 0, 1);
+        let theirs = values::<B>(reference::relu_grad::<B>(ReluMask::Output(y.clone()), view.clone()));
+        assert_eq!(values::<B>(B::relu_grad(ReluMask::Output(y), view)), theirs, "case {case}: a transposed view");
+        assert!(theirs.iter().any(|&x| x == 0.0) || shape == [1, 1], "case {case}: some outputs were not positive");
+    }
+    println!("ReLU backward: equal to the reference");
+}
+
 /// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
 /// the shaped kernels with a plain softmax's gains) against the reference:
 /// the output, and every gradient wanted or some, causal or not, with the
@@ -733,6 +760,7 @@ type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32
 #[test]
 fn wgpu_kernels_are_the_reference() {
     dense_products_are_exact::<WgpuKernels>(&Default::default());
+    relu_grad_is_the_reference::<WgpuKernels>(&Default::default());
     shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
@@ -747,6 +775,7 @@ fn wgpu_kernels_are_the_reference() {
 fn cuda_kernels_are_the_reference() {
     type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let (fp32, tf32) = dense_products_are_exact::<CudaKernels>(&Default::default());
+    relu_grad_is_the_reference::<CudaKernels>(&Default::default());
     // Where the GPU has TF32 (Ampere and later), tf32 is what it asks for.
     use burn_cubecl::cubecl::prelude::{CubePrimitive, Runtime};
     let client = burn::cubecl::cuda::CudaRuntime::client(&Default::default());

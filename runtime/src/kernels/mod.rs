@@ -17,7 +17,7 @@
 //!
 //! | family | the layers call | spec | autodiff | CPU | GPU | tests |
 //! |---|---|---|---|---|---|---|
-//! | `dense` | `linear`, `relu_mlp`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | reference | `dense/tests.rs` |
+//! | `dense` | `linear`, `relu_mlp`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | `dense/cube.rs` | `dense/tests.rs` |
 //! | `attention` | `attention` | `attention/reference.rs` | `attention/autodiff.rs` | `attention/cpu.rs` | `attention/cube.rs` | `attention/tests.rs` |
 //! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube/` | `shaped/tests.rs` |
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | `gains/cube.rs` | `gains/tests.rs` |

@@ -12,12 +12,20 @@
 //! own. In `tf32` (PyTorch's
 //! `allow_tf32`) and for bf16 operands it runs burn's product.
 //!
-//! Tested against a product in f64 on the host in `runtime/tests/device.rs`.
+//! A ReLU's backward is one kernel that zeroes the gradient where the
+//! output was not positive, in the gradient's memory when nothing else
+//! holds it (the product that made it), where burn compares (a launch and
+//! a mask in memory) then fills (another launch).
+//!
+//! Tested against a product in f64 on the host and against the reference
+//! ReLU backward in `runtime/tests/device.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, CubeTuneId, FloatElement, IntElement};
+use cubecl::prelude::*;
 use cubecl::tune::{local_tuner, LocalTuner, Tunable, TunableSet};
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError};
 use cubek::matmul::launch::{launch_ref, MatmulAutotuneKey, Strategy};
@@ -25,8 +33,8 @@ use cubek::matmul::routines::simple_unit::SimpleUnitSelectionArgs;
 use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
 use cubek::std::InputBinding;
 
-use super::DenseOps;
-use crate::kernels::cube::empty_f32;
+use super::{reference, DenseOps, ReluMask};
+use crate::kernels::cube::{empty_f32, units};
 use crate::kernels::precision::{self, Precision};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for CubeBackend<R, F, I, BT> {
@@ -36,6 +44,40 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps f
         }
         Self::float_matmul(a, b)
     }
+
+    fn relu_grad(mask: ReluMask<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        match mask {
+            ReluMask::Output(y) if y.dtype == DType::F32 && dy.dtype == DType::F32 && y.shape() == dy.shape() => {
+                relu_grad(y, dy)
+            }
+            mask => reference::relu_grad::<Self>(mask, dy),
+        }
+    }
+}
+
+/// `g[i] ← 0` where `y[i] ≤ 0`, for `n` entries.
+#[cube(launch)]
+fn relu_mask<F: Float>(y: &Tensor<F>, g: &mut Tensor<F>, n: usize) {
+    let i = ABSOLUTE_POS;
+    if i < n && y[i] <= F::new(0.0) {
+        g[i] = F::new(0.0);
+    }
+}
+
+/// `dy` where the ReLU's output `y` is positive, else 0: written over `dy`
+/// when it is contiguous and held nowhere else, else over a copy.
+fn relu_grad<R: CubeRuntime>(y: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
+    let y = into_contiguous(y);
+    let g = into_contiguous(dy);
+    let g = if g.can_mut() && g.is_contiguous_buffer() { g } else { g.copy() };
+    let n = g.meta.shape().num_elements();
+    if n == 0 {
+        return g;
+    }
+    let client = g.client.clone();
+    let (count, dim) = units(&client, n);
+    relu_mask::launch::<f32, R>(&client, count, dim, y.into_tensor_arg(), g.clone().into_tensor_arg(), n);
+    g
 }
 
 /// The fp32 strategies: cubek's single-buffered unit matmul with the
