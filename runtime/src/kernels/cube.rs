@@ -12,7 +12,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::EmbedOps;
+use super::{EmbedOps, RopeOps};
 
 macro_rules! reference_families {
     ($($family:ident),*) => {
@@ -20,7 +20,7 @@ macro_rules! reference_families {
     };
 }
 
-reference_families!(EmbedOps);
+reference_families!(EmbedOps, RopeOps);
 
 /// The launch of `n` units, one per row or element.
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {

@@ -24,6 +24,7 @@
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | `norm/cube.rs` | `norm/tests.rs` |
 //! | `loss` | `nll_mean`, `nll` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
 //! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | reference | `embed/tests.rs` |
+//! | `rope` | `rope` | `rope/reference.rs` | `rope/autodiff.rs` | `rope/cpu.rs` | reference | `rope/tests.rs` |
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | `adam/cube.rs` | `adam/tests.rs` |
 //!
 //! The GPU column is burn's CubeCL backends (CUDA, wgpu) without operation
@@ -43,6 +44,7 @@ pub mod loss;
 pub mod memory;
 pub mod norm;
 pub mod precision;
+pub mod rope;
 pub mod shaped;
 pub mod tensor;
 #[cfg(all(test, feature = "flex"))]
@@ -58,18 +60,20 @@ pub use gains::{scale_groups, scaled_sum, GainOps};
 pub use loss::{nll, nll_mean, LossOps};
 pub use memory::{DeviceBytes, DeviceMemory};
 pub use norm::{normalise, NormOps};
+pub use rope::{rope, RopeOps};
 pub use shaped::{causal_mean, mix, shaped_attention, MixAddend, Shaped, ShapedGrads, ShapedOps};
 
 use burn::tensor::backend::AutodiffBackend;
 
 /// A backend with every family of kernels.
 pub trait Kernels:
-    DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps + DeviceMemory
+    DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + RopeOps + AdamOps + DeviceMemory
 {
 }
 
-impl<B: DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + AdamOps + DeviceMemory> Kernels
-    for B
+impl<
+        B: DenseOps + AttentionOps + ShapedOps + GainOps + NormOps + LossOps + EmbedOps + RopeOps + AdamOps + DeviceMemory,
+    > Kernels for B
 {
 }
 
@@ -95,6 +99,7 @@ macro_rules! reference_backend {
         impl NormOps for $B {}
         impl LossOps for $B {}
         impl EmbedOps for $B {}
+        impl RopeOps for $B {}
         impl AdamOps for $B {}
     };
 }

@@ -321,20 +321,9 @@ impl<B: Kernels> Attention<B> {
             }
         }
         let device = q.device();
-        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, half]), &device).unsqueeze::<4>();
+        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, half]), &device);
         let (cos, sin) = (table(cos), table(sin));
-        let turn = |x: Tensor<B, 4>| {
-            let [b, h, _, _] = x.dims();
-            let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-            let x2 = x.clone().slice([0..b, 0..h, 0..t, half..r]);
-            let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-            let r2 = x2 * cos.clone() + x1 * sin.clone();
-            if r == hd {
-                return Tensor::cat(vec![r1, r2], 3);
-            }
-            Tensor::cat(vec![r1, r2, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
-        };
-        (turn(q), turn(k))
+        (kernels::rope(q, cos.clone(), sin.clone()), kernels::rope(k, cos, sin))
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
