@@ -17,7 +17,7 @@
 //!
 //! | family | the layers call | spec | autodiff | CPU | GPU | tests |
 //! |---|---|---|---|---|---|---|
-//! | `dense` | `linear`, `relu_mlp`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | `dense/cube.rs` | `dense/tests.rs` |
+//! | `dense` | `linear`, `relu_mlp`, `gated`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | `dense/cube.rs` | `dense/tests.rs` |
 //! | `attention` | `attention` | `attention/reference.rs` | `attention/autodiff.rs` | `attention/cpu.rs` | `attention/cube.rs` | `attention/tests.rs` |
 //! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube/` | `shaped/tests.rs` |
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | `gains/cube.rs` | `gains/tests.rs` |
@@ -153,7 +153,7 @@ mod tests {
                 assert!(families.contains(&name), "the table has a row for {name}/");
             }
         }
-        assert_eq!(families.len(), 8);
+        assert_eq!(families.len(), 9);
     }
 
     /// `unsafe` code is in `kernels/cpu/raw/` and the allocator's file

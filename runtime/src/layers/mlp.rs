@@ -7,6 +7,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 
+use crate::kernels::dense::Gate;
 use crate::kernels::Kernels;
 use burn::tensor::Tensor;
 
@@ -77,7 +78,13 @@ impl<B: Kernels> Mlp<B> {
         if let Some(gate) = &self.gate {
             let g = linear(x.clone(), gate.val(), self.gate_bias.as_ref().map(Param::val));
             let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
-            return linear(drop(act(self.activation, g) * h), self.down.val(), down_bias);
+            // One pass forward and one backward where the family has the
+            // activation's derivative; else burn's ops.
+            let z = match Gate::of(self.activation) {
+                Some(gate) => crate::kernels::dense::gated(g, h, gate),
+                None => act(self.activation, g) * h,
+            };
+            return linear(drop(z), self.down.val(), down_bias);
         }
         if self.activation == Activation::Relu && hidden.is_none() {
             // One kernel: the ReLU applied, and its gradient masked, while

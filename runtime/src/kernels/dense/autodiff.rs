@@ -10,8 +10,8 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::{DenseOps, Projection, ReluMask};
-use crate::kernels::graph::{record, take_grad};
+use super::{DenseOps, Gate, Projection, ReluMask};
+use crate::kernels::graph::{record, register_all, take_grad};
 use crate::kernels::tensor::flat;
 use crate::kernels::Kernels;
 
@@ -155,7 +155,29 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ReluMlp {
     }
 }
 
+/// `z = act(g) ⊙ h`: `dg = dz ⊙ h ⊙ act'(g)`, `dh = dz ⊙ act(g)`, in one
+/// pass of the backend's kernel.
+#[derive(Debug)]
+struct Gated;
+
+impl<B: Kernels> Backward<B, 2> for Gated {
+    /// `g`, `h`, the activation.
+    type State = (FloatTensor<B>, FloatTensor<B>, Gate);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (g, h, gate) = ops.state;
+        let dz = grads.consume::<B>(&ops.node);
+        let (dg, dh) = B::gated_backward(g, h, dz, gate);
+        register_all!(B, grads, ops.parents, [dg, dh]);
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
+    fn gated(g: FloatTensor<Self>, h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        let z = B::gated(g.primitive.clone(), h.primitive.clone(), gate);
+        record!(Gated, [g.node, h.node], (g.primitive, h.primitive, gate), z)
+    }
+
     fn dense(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,

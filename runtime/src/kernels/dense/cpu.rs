@@ -9,13 +9,59 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use super::product::{matmul, product_by_blocks, Start};
-use super::{loops, reference, DenseOps, ReluMask};
+use super::{loops, reference, DenseOps, Gate, ReluMask};
 use crate::kernels::cpu::raw::Mat;
 use crate::kernels::cpu::rows::{column_blocks, matrix, owned, totals, vector, Rows};
 use crate::kernels::cpu::{parallel, simd};
 use crate::kernels::tensor::split_heads;
 
 impl DenseOps for Flex {
+    fn gated(g: FlexTensor, h: FlexTensor, gate: Gate) -> FlexTensor {
+        if !same_f32(&[&g, &h]) {
+            return reference::gated::<Flex>(g, h, gate);
+        }
+        let shape = h.layout().shape().clone();
+        let (g, h) = (g.to_contiguous(), h.to_contiguous());
+        let n = shape.num_elements();
+        let (gs, hs): (&[f32], &[f32]) = (&g.storage()[..n], &h.storage()[..n]);
+        let mut z = vec![0.0f32; n];
+        elementwise(&mut z, |at, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = gate.at(gs[at + i]).0 * hs[at + i];
+            }
+        });
+        owned(z, shape)
+    }
+
+    fn gated_backward(g: FlexTensor, h: FlexTensor, dz: FlexTensor, gate: Gate) -> (FlexTensor, FlexTensor) {
+        if !same_f32(&[&g, &h, &dz]) {
+            return reference::gated_backward::<Flex>(g, h, dz, gate);
+        }
+        let shape = dz.layout().shape().clone();
+        let (g, h, dz) = (g.to_contiguous(), h.to_contiguous(), dz.to_contiguous());
+        let n = shape.num_elements();
+        let (gs, hs, ds): (&[f32], &[f32], &[f32]) = (&g.storage()[..n], &h.storage()[..n], &dz.storage()[..n]);
+        // `dg` and `dh` interleaved by blocks, so one pass writes both.
+        let mut both = vec![0.0f32; 2 * n];
+        let (dg, dh) = both.split_at_mut(n);
+        let block = 4096;
+        let work = |(k, (a, b)): (usize, (&mut [f32], &mut [f32]))| {
+            let at = k * block;
+            for i in 0..a.len() {
+                let (act, slope) = gate.at(gs[at + i]);
+                a[i] = ds[at + i] * hs[at + i] * slope;
+                b[i] = ds[at + i] * act;
+            }
+        };
+        if parallel(n) {
+            dg.par_chunks_mut(block).zip(dh.par_chunks_mut(block)).enumerate().for_each(work);
+        } else {
+            dg.chunks_mut(block).zip(dh.chunks_mut(block)).enumerate().for_each(work);
+        }
+        let dh = both.split_off(n);
+        (owned(both, shape.clone()), owned(dh, shape))
+    }
+
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         matmul(a, b, false, Start::Zero).map_err(|(a, b, _)| (a, b)).unwrap_or_else(|(a, b)| Flex::float_matmul(a, b))
     }
@@ -262,4 +308,20 @@ fn bit_words(mask: &ReluMask<Flex>, rows: usize, cols: usize) -> Option<(FlexTen
 fn relu_bits(mask: &ReluMask<Flex>, dy: &FlexTensor) -> Option<(FlexTensor, usize)> {
     let d = dy.layout().shape();
     (dy.dtype() == DType::F32 && d.num_dims() == 2).then(|| bit_words(mask, d[0], d[1])).flatten()
+}
+
+/// Whether every tensor is f32 with the first one's shape.
+fn same_f32(ts: &[&FlexTensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32 && t.layout().shape() == ts[0].layout().shape())
+}
+
+/// `f(start, block)` over `out` by blocks of 4096 entries, in parallel
+/// when it is large.
+fn elementwise(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let block = 4096;
+    if parallel(out.len()) {
+        out.par_chunks_mut(block).enumerate().for_each(|(k, o)| f(k * block, o));
+    } else {
+        out.chunks_mut(block).enumerate().for_each(|(k, o)| f(k * block, o));
+    }
 }

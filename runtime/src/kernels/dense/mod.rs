@@ -1,6 +1,7 @@
 //! Dense: a layer's linear map and its products — `x · w (+ bias)`, the
-//! ReLU after it, the ReLU MLP as one graph node, a tied head's `x · wᵀ`,
-//! and the products that backward passes add into gradients.
+//! ReLU after it, the ReLU MLP as one graph node, a gated unit's `act(g) ⊙
+//! h`, a tied head's `x · wᵀ`, and the products that backward passes add
+//! into gradients.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -43,6 +44,67 @@ impl<B: Backend> ReluMask<B> {
         match self {
             ReluMask::Output(y) => ReluMask::Output(crate::kernels::tensor::flat::<B>(y)),
             bits => bits,
+        }
+    }
+}
+
+/// The activation of a gated unit whose derivative the family computes
+/// (SwiGLU's SiLU, GeGLU's tanh GELU, ReGLU's ReLU, …); a gate of another
+/// activation is composed from burn's ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gate {
+    Relu,
+    LeakyRelu(f64),
+    Silu,
+    GeluTanh,
+    Tanh,
+    Identity,
+}
+
+impl Gate {
+    /// The gate of an IR activation, if the family has its derivative.
+    pub fn of(a: blkc::graph::Activation) -> Option<Gate> {
+        use blkc::graph::Activation as A;
+        match a {
+            A::Relu => Some(Gate::Relu),
+            A::LeakyRelu { slope } => Some(Gate::LeakyRelu(slope)),
+            A::Silu => Some(Gate::Silu),
+            A::GeluTanh => Some(Gate::GeluTanh),
+            A::Tanh => Some(Gate::Tanh),
+            A::Identity => Some(Gate::Identity),
+            A::Gelu | A::Erf => None,
+        }
+    }
+
+    /// `(act(x), act'(x))` in f32.
+    pub fn at(self, x: f32) -> (f32, f32) {
+        match self {
+            Gate::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
+            Gate::LeakyRelu(s) => {
+                let s = s as f32;
+                if x > 0.0 {
+                    (x, 1.0)
+                } else {
+                    (s * x, s)
+                }
+            }
+            Gate::Silu => {
+                let sig = 1.0 / (1.0 + (-x).exp());
+                (x * sig, sig * (1.0 + x * (1.0 - sig)))
+            }
+            Gate::GeluTanh => {
+                let k = (2.0 / std::f32::consts::PI).sqrt();
+                let th = (k * (x + 0.044715 * x * x * x)).tanh();
+                (
+                    0.5 * x * (1.0 + th),
+                    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * x * x),
+                )
+            }
+            Gate::Tanh => {
+                let th = x.tanh();
+                (th, 1.0 - th * th)
+            }
+            Gate::Identity => (x, 1.0),
         }
     }
 }
@@ -138,6 +200,21 @@ pub trait DenseOps: Backend {
     fn relu_grad(mask: ReluMask<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::relu_grad::<Self>(mask, dy)
     }
+    /// `act(g) ⊙ h` for `g`, `h` of one shape: a gated unit's hidden
+    /// layer (one graph node on autodiff, see [`DenseOps::gated_backward`]).
+    fn gated(g: FloatTensor<Self>, h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        reference::gated::<Self>(g, h, gate)
+    }
+    /// The gradients `(dg, dh)` of [`DenseOps::gated`] from `dz`: `dg = dz
+    /// ⊙ h ⊙ act'(g)`, `dh = dz ⊙ act(g)`.
+    fn gated_backward(
+        g: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+        gate: Gate,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::gated_backward::<Self>(g, h, dz, gate)
+    }
     /// [`DenseOps::relu_grad`] of a 2-D `dy` and the sums of its columns
     /// (the gradient of a bias before the ReLU): `(dz, Σ_rows dz)`.
     fn relu_grad_bias(mask: ReluMask<Self>, dy: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -185,6 +262,10 @@ pub fn linear_transposed<B: DenseOps, const D: usize>(x: Tensor<B, D>, w: Tensor
         return widen(tensor(B::dense_transposed(primitive(narrow(x)), primitive(narrow(w)))));
     }
     tensor(B::dense_transposed(primitive(x), primitive(w)))
+}
+/// `act(g) ⊙ h` (see [`DenseOps::gated`]).
+pub fn gated<B: DenseOps, const D: usize>(g: Tensor<B, D>, h: Tensor<B, D>, gate: Gate) -> Tensor<B, D> {
+    tensor(B::gated(primitive(g), primitive(h), gate))
 }
 /// `a · b` (see [`DenseOps::matmul`]).
 pub fn matmul<B: DenseOps, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {

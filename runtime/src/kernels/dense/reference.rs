@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorMetadata};
 
-use super::{DenseOps, ReluMask};
+use super::{DenseOps, Gate, ReluMask};
 use crate::kernels::tensor::{primitive, tensor};
 
 /// `act(x · w (+ bias))` as one 2-D product over the rows of `x`.
@@ -63,4 +63,57 @@ pub fn relu_grad<B: Backend>(mask: ReluMask<B>, dy: FloatTensor<B>) -> FloatTens
 pub fn relu_grad_bias<B: Backend>(mask: ReluMask<B>, dy: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
     let dz = relu_grad::<B>(mask, dy);
     (dz.clone(), column_sums::<B>(dz))
+}
+
+/// `(act(g), act'(g))` from burn's ops.
+fn activation_and_slope<B: Backend>(g: FloatTensor<B>, gate: Gate) -> (FloatTensor<B>, FloatTensor<B>) {
+    use burn::tensor::activation;
+    let g = tensor::<B, 1>(B::float_reshape(g.clone(), [g.shape().num_elements()].into()));
+    let ones = g.ones_like();
+    let (a, s) = match gate {
+        Gate::Relu => (activation::relu(g.clone()), ones.mask_fill(g.lower_equal_elem(0.0), 0.0)),
+        Gate::LeakyRelu(k) => (activation::leaky_relu(g.clone(), k), ones.mask_fill(g.lower_equal_elem(0.0), k)),
+        Gate::Silu => {
+            let sig = activation::sigmoid(g.clone());
+            (g.clone() * sig.clone(), sig.clone() * (g * (sig.neg() + 1.0) + 1.0))
+        }
+        Gate::GeluTanh => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            let th = ((g.clone() + g.clone().powi_scalar(3) * 0.044715) * k).tanh();
+            let a = g.clone() * (th.clone() + 1.0) * 0.5;
+            let s = (th.clone() + 1.0) * 0.5
+                + g.clone()
+                    * (th.clone() * th).neg().add_scalar(1.0)
+                    * (g.powi_scalar(2) * (3.0 * 0.044715) + 1.0)
+                    * (0.5 * k);
+            (a, s)
+        }
+        Gate::Tanh => {
+            let th = g.tanh();
+            (th.clone(), (th.clone() * th).neg() + 1.0)
+        }
+        Gate::Identity => (g, ones),
+    };
+    (primitive(a), primitive(s))
+}
+
+/// `act(g) ⊙ h`.
+pub fn gated<B: Backend>(g: FloatTensor<B>, h: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
+    let shape = h.shape();
+    let (a, _) = activation_and_slope::<B>(g, gate);
+    B::float_mul(B::float_reshape(a, shape), h)
+}
+
+/// `(dz ⊙ h ⊙ act'(g), dz ⊙ act(g))`.
+pub fn gated_backward<B: Backend>(
+    g: FloatTensor<B>,
+    h: FloatTensor<B>,
+    dz: FloatTensor<B>,
+    gate: Gate,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = dz.shape();
+    let (a, s) = activation_and_slope::<B>(g, gate);
+    let (a, s) = (B::float_reshape(a, shape.clone()), B::float_reshape(s, shape));
+    let dg = B::float_mul(B::float_mul(dz.clone(), h), s);
+    (dg, B::float_mul(dz, a))
 }
