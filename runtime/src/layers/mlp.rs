@@ -93,7 +93,11 @@ impl<B: Kernels> Mlp<B> {
             return crate::kernels::relu_mlp(x, up, (self.down.val(), down_bias));
         }
         let h = linear(x, self.up.val(), self.up_bias.as_ref().map(Param::val));
-        linear(drop(act(self.activation, h)), self.down.val(), down_bias)
+        let a = match Gate::of(self.activation) {
+            Some(gate) => crate::kernels::dense::activate(h, gate),
+            None => act(self.activation, h),
+        };
+        linear(drop(a), self.down.val(), down_bias)
     }
 }
 

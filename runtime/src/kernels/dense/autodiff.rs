@@ -172,7 +172,27 @@ impl<B: Kernels> Backward<B, 2> for Gated {
     }
 }
 
+/// `y = act(x)`: `dx = dy ⊙ act'(x)`.
+#[derive(Debug)]
+struct Activate;
+
+impl<B: Kernels> Backward<B, 1> for Activate {
+    /// `x`, the activation.
+    type State = (FloatTensor<B>, Gate);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gate) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        register_all!(B, grads, ops.parents, [B::activate_backward(x, dy, gate)]);
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
+    fn activate(x: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        let y = B::activate(x.primitive.clone(), gate);
+        record!(Activate, [x.node], (x.primitive, gate), y)
+    }
+
     fn gated(g: FloatTensor<Self>, h: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
         let z = B::gated(g.primitive.clone(), h.primitive.clone(), gate);
         record!(Gated, [g.node, h.node], (g.primitive, h.primitive, gate), z)

@@ -16,6 +16,40 @@ use crate::kernels::cpu::{parallel, simd};
 use crate::kernels::tensor::split_heads;
 
 impl DenseOps for Flex {
+    fn activate(x: FlexTensor, gate: Gate) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return reference::activate::<Flex>(x, gate);
+        }
+        let shape = x.layout().shape().clone();
+        let x = x.to_contiguous();
+        let n = shape.num_elements();
+        let xs: &[f32] = &x.storage()[..n];
+        let mut y = vec![0.0f32; n];
+        elementwise(&mut y, |at, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = gate.at(xs[at + i]).0;
+            }
+        });
+        owned(y, shape)
+    }
+
+    fn activate_backward(x: FlexTensor, dy: FlexTensor, gate: Gate) -> FlexTensor {
+        if !same_f32(&[&x, &dy]) {
+            return reference::activate_backward::<Flex>(x, dy, gate);
+        }
+        let shape = dy.layout().shape().clone();
+        let (x, dy) = (x.to_contiguous(), dy.to_contiguous());
+        let n = shape.num_elements();
+        let (xs, ds): (&[f32], &[f32]) = (&x.storage()[..n], &dy.storage()[..n]);
+        let mut dx = vec![0.0f32; n];
+        elementwise(&mut dx, |at, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = ds[at + i] * gate.at(xs[at + i]).1;
+            }
+        });
+        owned(dx, shape)
+    }
+
     fn gated(g: FlexTensor, h: FlexTensor, gate: Gate) -> FlexTensor {
         if !same_f32(&[&g, &h]) {
             return reference::gated::<Flex>(g, h, gate);

@@ -215,6 +215,15 @@ pub trait DenseOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference::gated_backward::<Self>(g, h, dz, gate)
     }
+    /// `act(x)` for an activation whose derivative the family has (an
+    /// MLP's hidden layer without a gate; one graph node on autodiff).
+    fn activate(x: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        reference::activate::<Self>(x, gate)
+    }
+    /// The gradient `dy ⊙ act'(x)` of [`DenseOps::activate`].
+    fn activate_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>, gate: Gate) -> FloatTensor<Self> {
+        reference::activate_backward::<Self>(x, dy, gate)
+    }
     /// [`DenseOps::relu_grad`] of a 2-D `dy` and the sums of its columns
     /// (the gradient of a bias before the ReLU): `(dz, Σ_rows dz)`.
     fn relu_grad_bias(mask: ReluMask<Self>, dy: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -266,6 +275,10 @@ pub fn linear_transposed<B: DenseOps, const D: usize>(x: Tensor<B, D>, w: Tensor
 /// `act(g) ⊙ h` (see [`DenseOps::gated`]).
 pub fn gated<B: DenseOps, const D: usize>(g: Tensor<B, D>, h: Tensor<B, D>, gate: Gate) -> Tensor<B, D> {
     tensor(B::gated(primitive(g), primitive(h), gate))
+}
+/// `act(x)` (see [`DenseOps::activate`]).
+pub fn activate<B: DenseOps, const D: usize>(x: Tensor<B, D>, gate: Gate) -> Tensor<B, D> {
+    tensor(B::activate(primitive(x), gate))
 }
 /// `a · b` (see [`DenseOps::matmul`]).
 pub fn matmul<B: DenseOps, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {

@@ -117,3 +117,15 @@ pub fn gated_backward<B: Backend>(
     let dg = B::float_mul(B::float_mul(dz.clone(), h), s);
     (dg, B::float_mul(dz, a))
 }
+
+/// `act(x)`.
+pub fn activate<B: Backend>(x: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
+    let shape = x.shape();
+    B::float_reshape(activation_and_slope::<B>(x, gate).0, shape)
+}
+
+/// `dy ⊙ act'(x)`.
+pub fn activate_backward<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
+    let shape = dy.shape();
+    B::float_mul(dy, B::float_reshape(activation_and_slope::<B>(x, gate).1, shape))
+}

@@ -229,9 +229,10 @@ fn linear_relu(a: Tensor<Ad, 2>, b: Tensor<Ad, 2>) -> Tensor<Ad, 2> {
     linear(a, b, None, true)
 }
 
-/// A gated unit's `act(g) ⊙ h` is burn's composition, value and both
-/// gradients, for every activation the family has the derivative of (on
-/// a transposed view too); the CPU kernel equals the reference.
+/// A gated unit's `act(g) ⊙ h` and the activation alone are burn's
+/// composition, value and gradients, for every activation the family has
+/// the derivative of (on a transposed view too); the CPU kernels equal the
+/// reference.
 #[test]
 fn gated_units_match_their_composition() {
     use super::{gated, Gate};
@@ -259,8 +260,13 @@ fn gated_units_match_their_composition() {
         let (g, h, dz) = (r([7, 33]), r([7, 33]), r([7, 33]));
         same(C::gated(g.clone(), h.clone(), gate), reference::gated::<C>(g.clone(), h.clone(), gate));
         let (dg, dh) = C::gated_backward(g.clone(), h.clone(), dz.clone(), gate);
-        let (eg, eh) = reference::gated_backward::<C>(g, h, dz, gate);
+        let (eg, eh) = reference::gated_backward::<C>(g.clone(), h, dz.clone(), gate);
         same(dg, eg);
         same(dh, eh);
+        // The activation alone.
+        let x = random::<3>([3, 5, 8]);
+        same_gradients(std::slice::from_ref(&x), super::activate(x.clone(), gate), composed(x.clone()));
+        same(C::activate(g.clone(), gate), reference::activate::<C>(g.clone(), gate));
+        same(C::activate_backward(g.clone(), dz.clone(), gate), reference::activate_backward::<C>(g, dz, gate));
     }
 }
