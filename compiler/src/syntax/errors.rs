@@ -134,12 +134,51 @@ fn stray_char(file: FileId, i: usize, c: char) -> Diagnostic {
         .help(hint)
 }
 
-/// Turns pest's error into a diagnostic with plain words.
-pub fn translate(file: FileId, text: &str, e: &Error<Rule>) -> Diagnostic {
+/// Where an item that starts with a keyword fails, parsed alone: the
+/// offset in the item's text and the tokens that would continue it there.
+pub type ItemError = fn(&str, &str) -> Option<(usize, Vec<String>)>;
+
+/// The words that start an item.
+const ITEMS: &[&str] = &["use", "block", "attention", "mlp", "model", "train"];
+
+/// Turns pest's error into a diagnostic with plain words. An error at the
+/// start of an item (`model m-1 {`: pest gave up on the item and reports
+/// where it began) is reported where the item itself fails (`item`).
+pub fn translate(file: FileId, text: &str, e: &Error<Rule>, item: ItemError) -> Diagnostic {
     let pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
+    let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
+    let found = token_at(text, pos);
+    if ITEMS.contains(&found) {
+        if let Some((at, tokens)) = text.get(pos..).and_then(|rest| item(found, rest)) {
+            return inside_item(file, text, pos + at, &tokens);
+        }
+    }
+    at_position(file, text, pos, e)
+}
+
+/// The diagnostic of an item that fails at `pos`, where one of `tokens`
+/// was expected.
+fn inside_item(file: FileId, text: &str, pos: usize, tokens: &[String]) -> Diagnostic {
+    let found = token_at(text, pos);
+    let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
+    let found_words = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let expected: Vec<String> = tokens.iter().map(|t| format!("`{t}`")).collect();
+    let expected = if expected.is_empty() { "more of this item".to_string() } else { expected.join(" or ") };
+    let help = if found == "-" || found == "." {
+        "names are letters, digits and `_` (e.g. `my_model`)".to_string()
+    } else {
+        help_for(&expected, found)
+    };
+    Diagnostic::new(Code::E1001, span, format!("expected {expected}, found {found_words}"))
+        .label(format!("expected {expected}"))
+        .help(help)
+}
+
+/// The diagnostic of pest's error `e` reported at `pos`.
+fn at_position(file: FileId, text: &str, pos: usize, e: &Error<Rule>) -> Diagnostic {
     let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
     let found = token_at(text, pos);
     let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
@@ -172,6 +211,8 @@ const KEYWORDS: &[&str] =
 
 fn help_for(expected: &str, found: &str) -> String {
     let word = found.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !found.is_empty();
+    // A keyword is not its own misspelling.
+    let word = word && !KEYWORDS.contains(&found);
     if let Some(k) = word.then(|| crate::diag::did_you_mean(found, KEYWORDS.iter().copied())).flatten() {
         return format!("did you mean `{k}`?");
     }

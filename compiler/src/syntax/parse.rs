@@ -36,7 +36,8 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
     if !pre.is_empty() {
         return Err(pre);
     }
-    let mut pairs = BlkParser::parse(Rule::file, text).map_err(|e| vec![errors::translate(file, text, &e)])?;
+    let mut pairs =
+        BlkParser::parse(Rule::file, text).map_err(|e| vec![errors::translate(file, text, &e, item_error)])?;
     let Some(root) = pairs.next() else {
         return Ok(File { items: Vec::new() });
     };
@@ -363,6 +364,42 @@ fn too_large(span: Span) -> Diagnostic {
     Diagnostic::new(Code::E1005, span, "number is too large to represent")
         .label("this number")
         .help("write a number below 1.8e308 (layer indices below 2^64)")
+}
+
+/// Where the item of kind `keyword` that starts `rest` fails when parsed
+/// alone, and the literal tokens that would have continued it there (pest,
+/// failing inside an item of a file, reports the item's start, and names
+/// rules, not the `{` that was missing): an offset into `rest`; `None` if
+/// the item parses, or fails at its first word or inside its braces.
+fn item_error(keyword: &str, rest: &str) -> Option<(usize, Vec<String>)> {
+    let rule = match keyword {
+        "use" => Rule::use_item,
+        "block" => Rule::block_item,
+        _ => Rule::section_item,
+    };
+    // pest's detail (the furthest position tried and the tokens expected
+    // there) is a process-wide switch, on for this one parse: a parse on
+    // another thread meanwhile only collects more than it reports.
+    pest::set_error_detail(true);
+    let result = BlkParser::parse(rule, rest);
+    pest::set_error_detail(false);
+    let attempts = result.err()?.parse_attempts()?;
+    let expected = attempts
+        .expected_tokens()
+        .into_iter()
+        .map(|t| t.to_string())
+        // Literal words and marks only: not character ranges (`a..z`),
+        // built-in rules, whitespace or comments.
+        .filter(|t| {
+            let range = t.chars().count() == 4 && t.chars().nth(1) == Some('.') && t.chars().nth(2) == Some('.');
+            !range && t != "BUILTIN_RULE" && t != "_" && !t.trim().is_empty() && !t.starts_with('#')
+        })
+        .collect();
+    // Only the item's head (its kind, name, `{`): inside the braces the
+    // furthest try can be deeper than the mistake.
+    let head = rest.find('{').map_or(rest.len(), |b| b + 1);
+    let at = attempts.max_position;
+    (at > 0 && at < head).then_some((at, expected))
 }
 
 /// A rule's name in words, for syntax errors.

@@ -17,54 +17,15 @@ use crate::kernels::tensor::split_heads;
 
 impl DenseOps for Flex {
     fn activate(x: FlexTensor, gate: Gate) -> FlexTensor {
-        if x.dtype() != DType::F32 {
-            return reference::activate::<Flex>(x, gate);
-        }
-        let shape = x.layout().shape().clone();
-        let x = x.to_contiguous();
-        let n = shape.num_elements();
-        let xs: &[f32] = &x.storage()[..n];
-        let mut y = vec![0.0f32; n];
-        elementwise(&mut y, |at, out| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = gate.at(xs[at + i]).0;
-            }
-        });
-        owned(y, shape)
+        map([&x], |[x]| gate.at(x).0).unwrap_or_else(|| reference::activate::<Flex>(x, gate))
     }
 
     fn activate_backward(x: FlexTensor, dy: FlexTensor, gate: Gate) -> FlexTensor {
-        if !same_f32(&[&x, &dy]) {
-            return reference::activate_backward::<Flex>(x, dy, gate);
-        }
-        let shape = dy.layout().shape().clone();
-        let (x, dy) = (x.to_contiguous(), dy.to_contiguous());
-        let n = shape.num_elements();
-        let (xs, ds): (&[f32], &[f32]) = (&x.storage()[..n], &dy.storage()[..n]);
-        let mut dx = vec![0.0f32; n];
-        elementwise(&mut dx, |at, out| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = ds[at + i] * gate.at(xs[at + i]).1;
-            }
-        });
-        owned(dx, shape)
+        map([&x, &dy], |[x, dy]| dy * gate.at(x).1).unwrap_or_else(|| reference::activate_backward::<Flex>(x, dy, gate))
     }
 
     fn gated(g: FlexTensor, h: FlexTensor, gate: Gate) -> FlexTensor {
-        if !same_f32(&[&g, &h]) {
-            return reference::gated::<Flex>(g, h, gate);
-        }
-        let shape = h.layout().shape().clone();
-        let (g, h) = (g.to_contiguous(), h.to_contiguous());
-        let n = shape.num_elements();
-        let (gs, hs): (&[f32], &[f32]) = (&g.storage()[..n], &h.storage()[..n]);
-        let mut z = vec![0.0f32; n];
-        elementwise(&mut z, |at, out| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = gate.at(gs[at + i]).0 * hs[at + i];
-            }
-        });
-        owned(z, shape)
+        map([&g, &h], |[g, h]| gate.at(g).0 * h).unwrap_or_else(|| reference::gated::<Flex>(g, h, gate))
     }
 
     fn gated_backward(g: FlexTensor, h: FlexTensor, dz: FlexTensor, gate: Gate) -> (FlexTensor, FlexTensor) {
@@ -349,13 +310,29 @@ fn same_f32(ts: &[&FlexTensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32 && t.layout().shape() == ts[0].layout().shape())
 }
 
-/// `f(start, block)` over `out` by blocks of 4096 entries, in parallel
-/// when it is large.
-fn elementwise(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
-    let block = 4096;
-    if parallel(out.len()) {
-        out.par_chunks_mut(block).enumerate().for_each(|(k, o)| f(k * block, o));
-    } else {
-        out.chunks_mut(block).enumerate().for_each(|(k, o)| f(k * block, o));
+/// `f` of the entries of `ts` at each index, as a new tensor of their
+/// shape, in parallel by blocks when large; `None` unless every tensor is
+/// f32 with one shape.
+fn map<const N: usize>(ts: [&FlexTensor; N], f: impl Fn([f32; N]) -> f32 + Sync) -> Option<FlexTensor> {
+    if !same_f32(&ts) {
+        return None;
     }
+    let shape = ts[0].layout().shape().clone();
+    let n = shape.num_elements();
+    let held = ts.map(|t| t.to_contiguous());
+    let xs: [&[f32]; N] = std::array::from_fn(|k| &held[k].storage()[..n]);
+    let mut y = vec![0.0f32; n];
+    let block = 4096;
+    let run = |(k, out): (usize, &mut [f32])| {
+        let at = k * block;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|j| xs[j][at + i]));
+        }
+    };
+    if parallel(n) {
+        y.par_chunks_mut(block).enumerate().for_each(run);
+    } else {
+        y.chunks_mut(block).enumerate().for_each(run);
+    }
+    Some(owned(y, shape))
 }
