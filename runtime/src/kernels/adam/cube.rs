@@ -7,7 +7,7 @@
 //! cube's sum into its slot of one buffer, then one sum of the buffer (the
 //! reference: a square, a sum and an add per gradient). f32 only; other
 //! dtypes take the reference. Tested against the reference in
-//! `runtime/tests/device.rs`.
+//! `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, TensorMetadata};

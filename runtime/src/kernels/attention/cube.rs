@@ -9,7 +9,7 @@
 //! What the shaped kernels do not take (other dtypes than f32, head
 //! dimensions above theirs) runs the reference, which keeps the weights;
 //! the backward tells the two apart by rank. Tested against the reference
-//! in `runtime/tests/device.rs`.
+//! in `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::TensorMetadata;

@@ -5,7 +5,7 @@
 //! reductions then sum per group (the reference: two scalings, two
 //! products and four sums). A single scaling keeps the reference (one
 //! broadcast product already). f32 only; other dtypes take the reference.
-//! Tested against the reference in `runtime/tests/device.rs`.
+//! Tested against the reference in `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, TensorMetadata};

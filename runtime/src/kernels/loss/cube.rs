@@ -10,7 +10,7 @@
 //!
 //! f32 logits and targets of the backend's int type only; others take the
 //! reference. A target past the vocabulary reads its last entry, as on the
-//! CPU. Tested against the reference in `runtime/tests/device.rs`.
+//! CPU. Tested against the reference in `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn::tensor::{DType, Element, TensorMetadata};

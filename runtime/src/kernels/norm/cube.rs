@@ -13,7 +13,7 @@
 //!   scale's and the shift's gradients.
 //!
 //! f32 only; other dtypes take the reference. Tested against the
-//! reference in `runtime/tests/device.rs`.
+//! reference in `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, TensorMetadata};

@@ -27,7 +27,8 @@
 //! around the kernels with the gains family. Other dtypes than f32, head
 //! dimensions above 256 and gains grouped otherwise than by head or as one
 //! value take the reference maths. Tested against the reference on the
-//! device, and end to end against the CPU, in `runtime/tests/device.rs`.
+//! device (`runtime/tests/device/kernels.rs`), and end to end against the
+//! CPU (`runtime/tests/device.rs`).
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorMetadata};

@@ -1,0 +1,526 @@
+//! Each CubeCL kernel family against its reference maths on the same
+//! device (`kernels/*/cube.rs`), on inputs drawn on the host; the dense
+//! products against an f64 product. Part of the device test
+//! (`runtime/tests/device.rs`), which runs whole models against the CPU.
+
+use super::*;
+
+/// The largest difference of `a` and `b` over the largest entry of `b`.
+fn gap_of_scale(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(f32::MIN_POSITIVE, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+fn values<B: Backend>(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
+    let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
+    let t = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t)).reshape([n]);
+    t.into_data().to_vec::<f32>().unwrap_or_default()
+}
+
+/// The shaped attention's CubeCL kernels (`kernels/shaped/cube/`)
+/// against the reference maths on the same device: the output and every
+/// gradient, causal or not, with the query's bias or not, summed with
+/// another branch or not, per-head or single gains, `v` read elsewhere.
+fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::shaped::reference;
+    use blkc_runtime::kernels::{MixAddend, Shaped};
+    let draws = Draws::new(18);
+    let random = |shape: &[usize]| draws.normal::<B>(device, shape);
+    // `q` and `k` as the products leave them (`[batch, tokens, heads, d]`
+    // in memory, seen as `[batch, heads, tokens, d]`), or contiguous.
+    let heads_view = |token_major: bool, [b, h, t, d]: [usize; 4]| match token_major {
+        true => B::float_swap_dims(random(&[b, t, h, d]), 1, 2),
+        false => random(&[b, h, t, d]),
+    };
+    let mut worst = (0.0f32, 0, "");
+    for case in 0..32 {
+        let (causal, biased, added, per_head) = (case & 1 == 0, case & 2 == 0, case & 4 == 0, case & 8 == 0);
+        let token_major = case & 16 == 0;
+        // Heads of 8 entries are read as vectors of 4, of 6 one by one.
+        let d = if case % 3 == 1 { 6 } else { 8 };
+        let (batch, heads, tokens) = (2, 3, 7);
+        let n = if per_head { heads } else { 1 };
+        let shaped = Shaped {
+            q: heads_view(token_major, [batch, heads, tokens, d]),
+            k: heads_view(token_major, [batch, heads, tokens, d]),
+            v: random(&[batch, tokens, heads * d]),
+            gains: [random(&[n]), random(&[1]), random(&[n])],
+            scale: 1.0 / (d as f64).sqrt(),
+            causal,
+            bq: biased.then(|| random(&[heads * d])),
+        };
+        let add = added.then(|| MixAddend {
+            b: random(&[batch, tokens, heads * d]),
+            beta_sa: random(&[n]),
+            beta_ff: random(&[heads]),
+        });
+        let (ours, kept) = B::shaped_attention_forward(shaped.clone(), add.clone());
+        let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
+        assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
+        let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
+        let forward = gap_of_scale(&values::<B>(ours), &values::<B>(theirs));
+        assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
+        if forward > worst.0 {
+            worst = (forward, case, "the output");
+        }
+        let dy = random(&[batch, tokens, heads * d]);
+        let acc = (case % 3 == 0).then(|| random(&[batch, tokens, heads * d]));
+        let g = B::shaped_attention_backward(shaped.clone(), add.clone(), kept, dy.clone(), acc.clone());
+        let r = reference::shaped_attention_backward::<B>(shaped, add, p, dy, acc);
+        let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];
+        for (name, (a, b)) in ["dalpha", "dbeta", "dgamma"].into_iter().zip(g.dgains.into_iter().zip(r.dgains)) {
+            pairs.push((name, a, b));
+        }
+        if let (Some(a), Some(b)) = (g.addend, r.addend) {
+            for (name, (x, y)) in ["db", "dbeta_sa", "dbeta_ff"].into_iter().zip(a.into_iter().zip(b)) {
+                pairs.push((name, x, y));
+            }
+        }
+        if let (Some(a), Some(b)) = (g.dbq, r.dbq) {
+            pairs.push(("dbq", a, b));
+        }
+        assert_eq!(pairs.len(), 6 + 3 * usize::from(added) + usize::from(biased), "case {case}: every gradient");
+        for (name, a, b) in pairs {
+            let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
+            assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            if e > worst.0 {
+                worst = (e, case, name);
+            }
+            // A gain's (or the bias's) gradient is a sum over batch, tokens
+            // and a head's entries (all heads' for a single gain: 336 terms
+            // here), in another order than the reference's; it may cancel
+            // to well below its terms, so its round-off is measured against
+            // less.
+            let reduced = ["dalpha", "dbeta", "dgamma", "dbeta_sa", "dbeta_ff", "dbq"].contains(&name);
+            let tolerance = if reduced { 1e-4 } else { 1e-5 };
+            assert!(e < tolerance, "case {case}: {name} differs by {e:e} of its largest");
+        }
+    }
+    println!(
+        "shaped kernels against the reference: largest gap {:.1e} of scale ({} of case {})",
+        worst.0, worst.2, worst.1
+    );
+}
+
+/// The AdamW kernel (`kernels/adam/cube.rs`) against the reference:
+/// decoupled decay from zero moments (`v` is `(1 − β₂) g²` alone), an L2
+/// term, a clipped gradient, early and late bias corrections.
+fn adam_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::adam::reference;
+    use blkc_runtime::kernels::AdamStep;
+    let draws = Draws::new(15);
+    let random = |n: usize, lo: f64, hi: f64| draws.uniform::<B>(n, lo, hi, device);
+    let n = 10_007;
+    for (t, decay, l2, grad_scale) in [(1, 0.01, 0.0, 1.0), (50, 0.0, 0.1, 0.5), (1000, 1e-4, 0.0, 0.25)] {
+        let (beta1, beta2) = (0.9f64, 0.999f64);
+        let k = AdamStep {
+            lr: 1e-3,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            bc1: 1.0 - beta1.powi(t),
+            bc2: 1.0 - beta2.powi(t),
+            grad_scale,
+            l2,
+            decay,
+        };
+        let (p, g) = (random(n, -1.0, 1.0), random(n, -1.0, 1.0));
+        let (m, v) = if t == 1 {
+            (Tensor::zeros([n], device), Tensor::zeros([n], device))
+        } else {
+            (random(n, -0.1, 0.1), random(n, 0.0, 0.01))
+        };
+        let [p, g, m, v] = [p, g, m, v].map(|x| x.into_primitive().tensor());
+        let ours = B::adam(p.clone(), g.clone(), m.clone(), v.clone(), k);
+        let theirs = reference::adam::<B>(p, g, m, v, k);
+        for (name, a, b) in [("p", ours.0, theirs.0), ("m", ours.1, theirs.1), ("v", ours.2, theirs.2)] {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-6, "step {t}: {name} differs by {e:e} of its largest entry");
+        }
+    }
+    // Many parameters at once (more than one launch's group, of sizes from
+    // one entry up), each against the reference alone.
+    let k = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        bc1: 0.5,
+        bc2: 0.1,
+        grad_scale: 0.7,
+        l2: 0.0,
+        decay: 1e-3,
+    };
+    let sizes: Vec<usize> = (0..37).map(|i| [1, 3, 768, 10_007, 1][i % 5] + i).collect();
+    let items: Vec<[_; 4]> = sizes
+        .iter()
+        .map(|&n| [random(n, -1.0, 1.0), random(n, -1.0, 1.0), random(n, -0.1, 0.1), random(n, 0.0, 0.01)])
+        .map(|t| t.map(|x| x.into_primitive().tensor()))
+        .collect();
+    let ours = B::adam_many(items.clone(), k);
+    assert_eq!(ours.len(), items.len());
+    for (i, ([p, g, m, v], ours)) in items.into_iter().zip(ours).enumerate() {
+        let theirs = reference::adam::<B>(p, g, m, v, k);
+        for (name, a, b) in [("p", &ours[0], theirs.0), ("m", &ours[1], theirs.1), ("v", &ours[2], theirs.2)] {
+            let (a, b) = (values::<B>(a.clone()), values::<B>(b));
+            assert_eq!(a.len(), sizes[i], "parameter {i}: {name}'s size");
+            let e = gap_of_scale(&a, &b);
+            assert!(e < 1e-6, "parameter {i} of {}: {name} differs by {e:e} of its largest entry", sizes.len());
+        }
+    }
+    // The gradients' squared norm: tensors of one entry to more than the
+    // most cubes one is spread over hold, and more tensors than one launch
+    // takes.
+    let mut xs: Vec<_> = [1, 300, 10_007, 2_000_000].map(|n| random(n, -1.0, 1.0).into_primitive().tensor()).into();
+    xs.extend((0..40).map(|i| random(1 + 97 * i, -1.0, 1.0).into_primitive().tensor()));
+    let ours = values::<B>(B::squared_norm(xs.clone(), device));
+    let theirs = values::<B>(reference::squared_norm::<B>(xs, device));
+    assert_eq!(ours.len(), 1);
+    let e = ((ours[0] - theirs[0]) / theirs[0]).abs();
+    assert!(e < 1e-5, "squared norms {ours:?} and {theirs:?}: {e:e} apart");
+    let none = values::<B>(B::squared_norm(Vec::new(), device));
+    assert_eq!(none, vec![0.0], "no gradient, no norm");
+}
+
+/// A kernel test's random inputs: a fixed sequence drawn on the host and
+/// uploaded, so that they are the same whatever other tests draw from the
+/// device's generator meanwhile (the tests of one binary run in parallel).
+struct Draws(std::cell::Cell<u64>);
+
+impl Draws {
+    fn new(seed: u64) -> Self {
+        Draws(std::cell::Cell::new(seed))
+    }
+
+    /// Uniform in [0, 1) (SplitMix64).
+    fn next(&self) -> f64 {
+        let s = self.0.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `n` draws from U(lo, hi) on `device`.
+    fn uniform<B: Backend>(&self, n: usize, lo: f64, hi: f64, device: &B::Device) -> Tensor<B, 1> {
+        let xs: Vec<f32> = (0..n).map(|_| (lo + (hi - lo) * self.next()) as f32).collect();
+        Tensor::from_floats(xs.as_slice(), device)
+    }
+
+    /// A tensor of `shape` drawn from N(0, 1) (Box–Muller) on `device`.
+    fn normal<B: Backend>(&self, device: &B::Device, shape: &[usize]) -> burn::tensor::ops::FloatTensor<B> {
+        let n: usize = shape.iter().product();
+        let xs: Vec<f32> = (0..n)
+            .map(|_| {
+                let (u, v) = (1.0 - self.next(), self.next());
+                ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+            })
+            .collect();
+        let t = Tensor::<B, 1>::from_floats(xs.as_slice(), device);
+        B::float_reshape(t.into_primitive().tensor(), burn::tensor::Shape::from(shape.to_vec()))
+    }
+}
+
+/// The dense family's products (`kernels/dense/cube.rs`) against a product
+/// in f64 on the host: in fp32 every multiply-add is fp32 (a gap of the
+/// order of 2⁻²⁴ of the output's scale, where TF32's 10-bit mantissa
+/// leaves 10⁻⁴–10⁻³); 2-D, batched, operands read through transposed
+/// views (also of permuted batches, as attention's `q · kᵀ` reads them),
+/// a short inner dimension, sizes that are not multiples of any tile, a
+/// 512-term sum, an empty inner dimension. Returns the largest gaps in fp32 and in tf32.
+fn dense_products_are_exact<B: blkc_runtime::kernels::Kernels>(device: &B::Device) -> (f32, f32) {
+    use blkc_runtime::kernels::precision::{scope, Precision};
+    let draws = Draws::new(31);
+    let (mut fp32, mut tf32) = (0.0f32, 0.0f32);
+    // (a's shape, b's shape, a drawn with its last two dimensions swapped,
+    // b likewise): the swapped ones are read through a transposed view.
+    let cases: [(&[usize], &[usize], bool, bool); 7] = [
+        (&[2, 3, 7, 8], &[2, 3, 8, 7], true, true),
+        (&[37, 53], &[53, 29], false, false),
+        (&[3, 17, 64], &[3, 64, 40], false, false),
+        (&[64, 96], &[96, 48], false, true),
+        (&[2, 3, 16, 8], &[2, 3, 8, 16], true, false),
+        (&[256, 512], &[512, 384], false, false),
+        (&[4, 0], &[0, 5], false, false),
+    ];
+    for (case, (sa, sb, ta, tb)) in cases.into_iter().enumerate() {
+        let draw = |shape: &[usize], swapped: bool| {
+            let r = shape.len();
+            let mut drawn = shape.to_vec();
+            if swapped {
+                drawn.swap(r - 2, r - 1);
+                B::float_swap_dims(draws.normal::<B>(device, &drawn), r - 2, r - 1)
+            } else {
+                draws.normal::<B>(device, &drawn)
+            }
+        };
+        let (a, b) = (draw(sa, ta), draw(sb, tb));
+        let r = sa.len();
+        let (m, k, n) = (sa[r - 2], sa[r - 1], sb[r - 1]);
+        if k == 0 {
+            let ours = B::matmul(a, b);
+            assert_eq!(burn::tensor::TensorMetadata::shape(&ours).as_slice(), [m, n], "case {case}: the shape");
+            assert!(values::<B>(ours).iter().all(|&x| x == 0.0), "case {case}: an empty sum is 0");
+            continue;
+        }
+        let (ha, hb) = (values::<B>(a.clone()), values::<B>(b.clone()));
+        let batch: usize = sa[..r - 2].iter().product();
+        let mut exact = vec![0.0f32; batch * m * n];
+        for (p, e) in exact.iter_mut().enumerate() {
+            let (t, i, j) = (p / (m * n), p / n % m, p % n);
+            let s: f64 = (0..k).map(|l| ha[(t * m + i) * k + l] as f64 * hb[(t * k + l) * n + j] as f64).sum();
+            *e = s as f32;
+        }
+        let ours = values::<B>(B::matmul(a.clone(), b.clone()));
+        let tensor_cores = values::<B>(scope(Precision::Tf32, || B::matmul(a, b)));
+        assert_eq!(ours.len(), exact.len(), "case {case}: the product's size");
+        let (e, t) = (gap_of_scale(&ours, &exact), gap_of_scale(&tensor_cores, &exact));
+        assert!(e < 1e-5, "case {case}: the fp32 product differs by {e:e} of scale");
+        fp32 = fp32.max(e);
+        tf32 = tf32.max(t);
+    }
+    assert!(fp32 > 0.0, "the products ran");
+    println!("dense products against f64: largest gap {fp32:.1e} of scale in fp32, {tf32:.1e} in tf32");
+    (fp32, tf32)
+}
+
+/// The ReLU's backward (`kernels/dense/cube.rs`) against the reference: a
+/// gradient held nowhere else is written over, one that is held elsewhere
+/// (or read through a transposed view) is left as it was.
+fn relu_grad_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::dense::reference;
+    use blkc_runtime::kernels::ReluMask;
+    let draws = Draws::new(32);
+    for (case, shape) in [[33usize, 65], [4, 8], [1, 1]].into_iter().enumerate() {
+        let y = B::relu(draws.normal::<B>(device, &shape));
+        let dy = draws.normal::<B>(device, &shape);
+        let before = values::<B>(dy.clone());
+        let theirs = values::<B>(reference::relu_grad::<B>(ReluMask::Output(y.clone()), dy.clone()));
+        // `dy` is held here too: the kernel must not write over it.
+        let held = values::<B>(B::relu_grad(ReluMask::Output(y.clone()), dy.clone()));
+        assert_eq!(held, theirs, "case {case}: a held gradient");
+        assert_eq!(values::<B>(dy.clone()), before, "case {case}: the held gradient is unchanged");
+        let own = values::<B>(B::relu_grad(ReluMask::Output(y.clone()), dy));
+        assert_eq!(own, theirs, "case {case}: a gradient held nowhere else");
+        let [r, c] = shape;
+        let view = B::float_swap_dims(draws.normal::<B>(device, &[c, r]), 0, 1);
+        let theirs = values::<B>(reference::relu_grad::<B>(ReluMask::Output(y.clone()), view.clone()));
+        assert_eq!(values::<B>(B::relu_grad(ReluMask::Output(y), view)), theirs, "case {case}: a transposed view");
+        assert!(theirs.contains(&0.0) || shape == [1, 1], "case {case}: some outputs were not positive");
+    }
+    println!("ReLU backward: equal to the reference");
+}
+
+/// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
+/// the shaped kernels with a plain softmax's gains) against the reference:
+/// the output, and every gradient wanted or some, causal or not, with the
+/// query's bias or not, `dv` added into a gradient from elsewhere or not,
+/// with the heads split from the layers' strided views.
+fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::attention::reference;
+    use blkc_runtime::kernels::tensor::split_heads;
+    let draws = Draws::new(19);
+    let (batch, heads, tokens, d) = (2, 3, 9, 8);
+    let split = |x| split_heads::<B>(x, heads);
+    let mut worst = 0.0f32;
+    for case in 0..8 {
+        let (causal, biased, added) = (case & 1 == 0, case & 2 == 0, case & 4 == 0);
+        let [q, k, v] = [0; 3].map(|_| split(draws.normal::<B>(device, &[batch, tokens, heads * d])));
+        let bq = biased.then(|| draws.normal::<B>(device, &[heads * d]));
+        let (o, kept) = B::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, causal));
+        let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
+        assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
+        let (o2, p) = reference::attention_forward::<B>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, causal));
+        let merged = |x| blkc_runtime::kernels::tensor::merge_heads::<B>(x);
+        let e = gap_of_scale(&values::<B>(merged(o)), &values::<B>(merged(o2)));
+        assert!(e < 1e-5, "case {case}: outputs differ by {e:e} of scale");
+        worst = worst.max(e);
+        let g = split(draws.normal::<B>(device, &[batch, tokens, heads * d]));
+        let wants = if case < 4 { [true; 3] } else { [false, true, true] };
+        let acc = added.then(|| draws.normal::<B>(device, &[batch, tokens, heads * d]));
+        let qkv = [q, k, v];
+        let ours = B::attention_backward(qkv.clone(), bq.clone(), kept, g.clone(), (0.35, causal, acc.clone()), wants);
+        let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (0.35, causal, acc), wants);
+        for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
+            let wanted = if i < 3 { wants[i] } else { biased };
+            assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "case {case}: gradient {i}");
+            if let (Some(a), Some(b)) = (a, b) {
+                let (a, b) = if i < 3 { (merged(a), merged(b)) } else { (a, b) };
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                // The query bias's gradient sums over batch and tokens.
+                let tolerance = if i == 3 { 1e-4 } else { 1e-5 };
+                assert!(e < tolerance, "case {case}: gradient {i} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    println!("attention kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The norms' CubeCL kernels (`kernels/norm/cube.rs`) against the
+/// reference: LayerNorm and RMSNorm, with a shift or not, the input's
+/// gradient added into one from elsewhere or not; rows wider than a cube
+/// (each unit striding over several entries) and narrower, and rows that
+/// are not a whole number of the column kernel's chunks.
+fn norm_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::norm::reference;
+    let draws = Draws::new(20);
+    let mut worst = 0.0f32;
+    for (case, (rows, width)) in [(70, 600), (33, 24), (128, 64)].into_iter().enumerate() {
+        for variant in 0..4 {
+            let (centred, shifted) = (variant & 1 == 0, variant & 2 == 0);
+            // An offset mean, as a residual stream has: centring must
+            // not cancel.
+            let x = B::float_add_scalar(draws.normal::<B>(device, &[rows, width]), 3.0.into());
+            let scale = draws.normal::<B>(device, &[width]);
+            let bias = shifted.then(|| draws.normal::<B>(device, &[width]));
+            let (y, rstd) = B::norm(x.clone(), scale.clone(), bias.clone(), 1e-5, centred);
+            let (y2, rstd2) = reference::norm::<B>(x.clone(), scale.clone(), bias, 1e-5, centred);
+            let mut pairs = vec![("y", y, y2), ("rstd", rstd.clone(), rstd2)];
+            let dy = draws.normal::<B>(device, &[rows, width]);
+            let acc = (variant < 2).then(|| draws.normal::<B>(device, &[rows, width]));
+            let (dx, ds, db) =
+                B::norm_backward(x.clone(), scale.clone(), rstd.clone(), dy.clone(), centred, acc.clone());
+            let (dx2, ds2, db2) = reference::norm_backward::<B>(x, scale, rstd, dy, centred);
+            let dx2 = acc.map_or(dx2.clone(), |a| B::float_add(dx2, a));
+            pairs.extend([("dx", dx, dx2), ("dscale", ds, ds2), ("dbias", db, db2)]);
+            for (name, a, b) in pairs {
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                // The scale's and shift's gradients sum over the rows.
+                let tolerance = if name.starts_with("d") && name != "dx" { 1e-4 } else { 1e-5 };
+                assert!(e < tolerance, "case {case}.{variant}: {name} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    // The kernels ran (a fallback to the reference would equal it exactly).
+    assert!(worst > 0.0, "the norm kernels ran");
+    println!("norm kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The gained sum's CubeCL kernels (`kernels/gains/cube.rs`) against the
+/// reference: one gain or one per head on either branch, rows that are
+/// not a whole number of the backward's chunks, `b` a strided view.
+fn gains_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::gains::reference;
+    let draws = Draws::new(22);
+    let mut worst = 0.0f32;
+    for (case, (shape, na, nb)) in
+        [([2, 37, 48], 4, 1), ([3, 5, 12], 1, 12), ([1, 64, 64], 8, 8)].into_iter().enumerate()
+    {
+        let a = draws.normal::<B>(device, &shape);
+        let [x, y, z] = shape;
+        let b = B::float_swap_dims(draws.normal::<B>(device, &[y, x, z]), 0, 1);
+        let (ga, gb) = (draws.normal::<B>(device, &[na]), draws.normal::<B>(device, &[nb]));
+        let dy = draws.normal::<B>(device, &shape);
+        let ours = B::scaled_sum(a.clone(), b.clone(), ga.clone(), gb.clone());
+        let theirs = reference::scaled_sum::<B>(a.clone(), b.clone(), ga.clone(), gb.clone());
+        let mut pairs = vec![("y", ours, theirs)];
+        let g = B::scaled_sum_backward(a.clone(), b.clone(), ga.clone(), gb.clone(), dy.clone());
+        let r = reference::scaled_sum_backward::<B>(a, b, ga, gb, dy);
+        for (name, (x, y)) in ["da", "db", "dga", "dgb"].into_iter().zip(g.into_iter().zip(r)) {
+            pairs.push((name, x, y));
+        }
+        for (name, a, b) in pairs {
+            let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
+            assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            // The gains' gradients sum over every row of their columns.
+            let tolerance = if name.starts_with("dg") { 1e-4 } else { 1e-5 };
+            assert!(e < tolerance, "case {case}: {name} differs by {e:e} of scale");
+            worst = worst.max(e);
+        }
+    }
+    assert!(worst > 0.0, "the gains kernels ran");
+    println!("gains kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The loss's CubeCL kernels (`kernels/loss/cube.rs`) against the
+/// reference: the cross-entropy and its log-sum-exp per row, its backward
+/// from a gradient per row, and the mean with its gradient written over
+/// the logits (shared logits are left as they were); vocabularies wider
+/// than a cube and narrower, large logits (the online maximum matters).
+fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::loss::reference;
+    let draws = Draws::new(21);
+    let mut worst = 0.0f32;
+    for (rows, vocab) in [(37, 1000), (16, 5), (64, 512)] {
+        let logits = B::float_mul_scalar(draws.normal::<B>(device, &[rows, vocab]), 8.0.into());
+        let draw = draws.uniform::<B>(rows, 0.0, vocab as f64, device);
+        let targets = draw.int().clamp(0, vocab as i64 - 1).into_primitive();
+        let (nll, lse) = B::cross_entropy(logits.clone(), targets.clone());
+        let (nll2, lse2) = reference::cross_entropy::<B>(logits.clone(), targets.clone());
+        let g = draws.normal::<B>(device, &[rows]);
+        let d = B::cross_entropy_backward(logits.clone(), lse.clone(), targets.clone(), g.clone());
+        let d2 = reference::cross_entropy_backward::<B>(logits.clone(), lse2.clone(), targets.clone(), g);
+        let before = values::<B>(logits.clone());
+        let (mean, grad) = B::nll_mean_with_grad(logits.clone(), targets.clone());
+        let targets2 = targets.clone();
+        let (mean2, grad2) = reference::nll_mean_with_grad::<B>(logits.clone(), targets);
+        assert_eq!(values::<B>(logits.clone()), before, "{rows}×{vocab}: the shared logits are unchanged");
+        // Logits held nowhere else (a training step's) take the gradient
+        // in their own memory.
+        let alone = B::float_add_scalar(logits, 0.0.into());
+        let (mean3, grad3) = B::nll_mean_with_grad(alone, targets2.clone());
+        let pairs = [
+            ("nll", nll, nll2),
+            ("lse", lse, lse2),
+            ("dlogits", d, d2),
+            ("mean", mean, mean2.clone()),
+            ("grad", grad, grad2.clone()),
+            ("mean in place", mean3, mean2),
+            ("grad in place", grad3, grad2),
+        ];
+        for (name, a, b) in pairs {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-5, "{rows}×{vocab}: {name} differs by {e:e} of scale");
+            worst = worst.max(e);
+        }
+    }
+    // The kernels ran (a fallback to the reference would equal it exactly).
+    assert!(worst > 0.0, "the loss kernels ran");
+    println!("loss kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// burn's wgpu backend without operation fusion (what `Wgpu` is unless
+/// the `fusion` feature is on): where blkc's CubeCL kernels run.
+#[cfg(feature = "wgpu")]
+type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_kernels_are_the_reference() {
+    dense_products_are_exact::<WgpuKernels>(&Default::default());
+    relu_grad_is_the_reference::<WgpuKernels>(&Default::default());
+    shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    gains_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    loss_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_kernels_are_the_reference() {
+    type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    let (fp32, tf32) = dense_products_are_exact::<CudaKernels>(&Default::default());
+    relu_grad_is_the_reference::<CudaKernels>(&Default::default());
+    // Where the GPU has TF32 (Ampere and later), tf32 is what it asks for.
+    use burn_cubecl::cubecl::prelude::{CubePrimitive, Runtime};
+    let client = burn::cubecl::cuda::CudaRuntime::client(&Default::default());
+    if client.properties().supports_type(burn_cubecl::cubecl::tf32::as_type_native_unchecked().storage_type()) {
+        assert!(tf32 > 10.0 * fp32, "tf32 products ({tf32:e}) are not TF32's (fp32: {fp32:e})");
+    }
+    shaped_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    attention_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    norm_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    gains_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
+}
