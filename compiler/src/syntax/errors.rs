@@ -159,12 +159,20 @@ pub fn translate(file: FileId, text: &str, e: &Error<Rule>, item: ItemError) -> 
     at_position(file, text, pos, e)
 }
 
+/// The token at `pos` (past whitespace), its span, and how a message names
+/// it.
+fn found_at(file: FileId, text: &str, pos: usize) -> (&str, Span, String) {
+    let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
+    let found = token_at(text, pos);
+    let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
+    let words = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    (found, span, words)
+}
+
 /// The diagnostic of an item that fails at `pos`, where one of `tokens`
 /// was expected.
 fn inside_item(file: FileId, text: &str, pos: usize, tokens: &[String]) -> Diagnostic {
-    let found = token_at(text, pos);
-    let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
-    let found_words = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let (found, span, found_words) = found_at(file, text, pos);
     let expected: Vec<String> = tokens.iter().map(|t| format!("`{t}`")).collect();
     let expected = if expected.is_empty() { "more of this item".to_string() } else { expected.join(" or ") };
     let help = if found == "-" || found == "." {
@@ -179,10 +187,7 @@ fn inside_item(file: FileId, text: &str, pos: usize, tokens: &[String]) -> Diagn
 
 /// The diagnostic of pest's error `e` reported at `pos`.
 fn at_position(file: FileId, text: &str, pos: usize, e: &Error<Rule>) -> Diagnostic {
-    let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
-    let found = token_at(text, pos);
-    let span = Span::new(file, pos, pos + found.len().max(1).min(text.len().saturating_sub(pos).max(1)));
-    let found_words = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let (found, span, found_words) = found_at(file, text, pos);
     let expected = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
             let mut words: Vec<&str> = positives.iter().map(|r| describe(*r)).collect();

@@ -65,43 +65,59 @@ pub fn relu_grad_bias<B: Backend>(mask: ReluMask<B>, dy: FloatTensor<B>) -> (Flo
     (dz.clone(), column_sums::<B>(dz))
 }
 
-/// `(act(g), act'(g))` from burn's ops.
-fn activation_and_slope<B: Backend>(g: FloatTensor<B>, gate: Gate) -> (FloatTensor<B>, FloatTensor<B>) {
+/// `g` flat (`[n]`), as the activation's formulas take it.
+fn flat<B: Backend>(g: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = g.shape().num_elements();
+    tensor::<B, 1>(B::float_reshape(g, [n].into()))
+}
+
+/// `act(g)` from burn's ops, flat.
+fn activation<B: Backend>(g: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
     use burn::tensor::activation;
-    let g = tensor::<B, 1>(B::float_reshape(g.clone(), [g.shape().num_elements()].into()));
+    let g = flat::<B>(g);
+    primitive(match gate {
+        Gate::Relu => activation::relu(g),
+        Gate::LeakyRelu(k) => activation::leaky_relu(g, k),
+        Gate::Silu => activation::silu(g),
+        Gate::GeluTanh => activation::gelu_approximate(g),
+        Gate::Tanh => g.tanh(),
+        Gate::Identity => g,
+    })
+}
+
+/// `act'(g)` from burn's ops, flat.
+fn slope<B: Backend>(g: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
+    use burn::tensor::activation;
+    let g = flat::<B>(g);
     let ones = g.ones_like();
-    let (a, s) = match gate {
-        Gate::Relu => (activation::relu(g.clone()), ones.mask_fill(g.lower_equal_elem(0.0), 0.0)),
-        Gate::LeakyRelu(k) => (activation::leaky_relu(g.clone(), k), ones.mask_fill(g.lower_equal_elem(0.0), k)),
+    primitive(match gate {
+        Gate::Relu => ones.mask_fill(g.lower_equal_elem(0.0), 0.0),
+        Gate::LeakyRelu(k) => ones.mask_fill(g.lower_equal_elem(0.0), k),
         Gate::Silu => {
             let sig = activation::sigmoid(g.clone());
-            (g.clone() * sig.clone(), sig.clone() * (g * (sig.neg() + 1.0) + 1.0))
+            sig.clone() * (g * (sig.neg() + 1.0) + 1.0)
         }
         Gate::GeluTanh => {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             let th = ((g.clone() + g.clone().powi_scalar(3) * 0.044715) * k).tanh();
-            let a = g.clone() * (th.clone() + 1.0) * 0.5;
-            let s = (th.clone() + 1.0) * 0.5
+            (th.clone() + 1.0) * 0.5
                 + g.clone()
                     * (th.clone() * th).neg().add_scalar(1.0)
                     * (g.powi_scalar(2) * (3.0 * 0.044715) + 1.0)
-                    * (0.5 * k);
-            (a, s)
+                    * (0.5 * k)
         }
         Gate::Tanh => {
             let th = g.tanh();
-            (th.clone(), (th.clone() * th).neg() + 1.0)
+            (th.clone() * th).neg() + 1.0
         }
-        Gate::Identity => (g, ones),
-    };
-    (primitive(a), primitive(s))
+        Gate::Identity => ones,
+    })
 }
 
 /// `act(g) ⊙ h`.
 pub fn gated<B: Backend>(g: FloatTensor<B>, h: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
     let shape = h.shape();
-    let (a, _) = activation_and_slope::<B>(g, gate);
-    B::float_mul(B::float_reshape(a, shape), h)
+    B::float_mul(B::float_reshape(activation::<B>(g, gate), shape), h)
 }
 
 /// `(dz ⊙ h ⊙ act'(g), dz ⊙ act(g))`.
@@ -112,8 +128,8 @@ pub fn gated_backward<B: Backend>(
     gate: Gate,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let shape = dz.shape();
-    let (a, s) = activation_and_slope::<B>(g, gate);
-    let (a, s) = (B::float_reshape(a, shape.clone()), B::float_reshape(s, shape));
+    let a = B::float_reshape(activation::<B>(g.clone(), gate), shape.clone());
+    let s = B::float_reshape(slope::<B>(g, gate), shape);
     let dg = B::float_mul(B::float_mul(dz.clone(), h), s);
     (dg, B::float_mul(dz, a))
 }
@@ -121,11 +137,11 @@ pub fn gated_backward<B: Backend>(
 /// `act(x)`.
 pub fn activate<B: Backend>(x: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
     let shape = x.shape();
-    B::float_reshape(activation_and_slope::<B>(x, gate).0, shape)
+    B::float_reshape(activation::<B>(x, gate), shape)
 }
 
 /// `dy ⊙ act'(x)`.
 pub fn activate_backward<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
     let shape = dy.shape();
-    B::float_mul(dy, B::float_reshape(activation_and_slope::<B>(x, gate).1, shape))
+    B::float_mul(dy, B::float_reshape(slope::<B>(x, gate), shape))
 }
