@@ -5,6 +5,7 @@ pub mod check;
 pub mod diag;
 pub mod eval;
 pub mod expect;
+pub mod fix;
 pub mod graph;
 pub mod load;
 pub mod set;

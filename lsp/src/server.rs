@@ -13,9 +13,10 @@ use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response
 use lsp_types::notification::{self as note, Notification as _};
 use lsp_types::request::{self as req, Request as _};
 use lsp_types::{
-    CompletionOptions, CompletionResponse, DocumentSymbolResponse, GotoDefinitionResponse, Hover, HoverContents,
-    HoverProviderCapability, Location, MarkupContent, MarkupKind, OneOf, Position, PublishDiagnosticsParams,
-    ServerCapabilities, TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, Url,
+    CodeAction, CodeActionKind, CodeActionOrCommand, CodeActionProviderCapability, CompletionOptions,
+    CompletionResponse, DocumentSymbolResponse, GotoDefinitionResponse, Hover, HoverContents, HoverProviderCapability,
+    Location, MarkupContent, MarkupKind, OneOf, Position, PublishDiagnosticsParams, ServerCapabilities,
+    TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, Url,
 };
 
 use crate::analysis::{Analysis, Options};
@@ -42,6 +43,7 @@ pub fn capabilities() -> ServerCapabilities {
             ..CompletionOptions::default()
         }),
         inlay_hint_provider: Some(OneOf::Left(true)),
+        code_action_provider: Some(CodeActionProviderCapability::Simple(true)),
         ..ServerCapabilities::default()
     }
 }
@@ -57,6 +59,8 @@ pub struct Server<'c> {
     good: HashMap<PathBuf, Rc<Analysis>>,
     /// Changed documents and when to analyse them.
     due: BTreeMap<PathBuf, Instant>,
+    /// The quick fixes last searched for each document, with its version.
+    fixed: std::cell::RefCell<HashMap<PathBuf, (i32, Vec<CodeActionOrCommand>)>>,
 }
 
 impl std::fmt::Debug for Server<'_> {
@@ -74,6 +78,7 @@ impl<'c> Server<'c> {
             latest: HashMap::new(),
             good: HashMap::new(),
             due: BTreeMap::new(),
+            fixed: Default::default(),
         }
     }
 
@@ -272,6 +277,10 @@ impl<'c> Server<'c> {
                 let a = self.latest.get(&path_of(&p.text_document.uri));
                 json(a.map(|a| symbols::hints(a)))
             }
+            req::CodeActionRequest::METHOD => {
+                let p: lsp_types::CodeActionParams = params(r)?;
+                json(self.fixes(&p.text_document.uri, p.range))
+            }
             other => return Err((ErrorCode::MethodNotFound, format!("blkc lsp does not answer `{other}`"))),
         };
         Ok(value)
@@ -363,6 +372,55 @@ impl<'c> Server<'c> {
             return Some(Vec::new());
         }
         Some(vec![TextEdit { range: Lines::new(&doc.text).all(), new_text: formatted }])
+    }
+
+    /// Quick fixes of a rejection under `range` (`blkc check --fix`): the
+    /// cheapest set of changes that makes the block pass, preferred, then
+    /// the other sets that pass; each one edit of the text between the
+    /// first and the last character it changes. Searched only when `range`
+    /// touches a rejection, and once per version of the document.
+    fn fixes(&self, uri: &Url, range: lsp_types::Range) -> Option<Vec<CodeActionOrCommand>> {
+        let path = path_of(uri);
+        let doc = self.docs.get(&path)?;
+        let a = self.latest.get(&path)?;
+        let rejections: Vec<lsp_types::Diagnostic> = a
+            .lsp_diagnostics(&self.docs)
+            .into_iter()
+            .filter(|d| d.severity == Some(lsp_types::DiagnosticSeverity::ERROR))
+            .filter(|d| matches!(&d.code, Some(lsp_types::NumberOrString::String(c)) if c.starts_with("E3")))
+            .filter(|d| d.range.start <= range.end && range.start <= d.range.end)
+            .collect();
+        if rejections.is_empty() || a.syntax_only {
+            return Some(Vec::new());
+        }
+        let mut cache = self.fixed.borrow_mut();
+        if let Some((version, actions)) = cache.get(&path) {
+            if *version == doc.version {
+                return Some(actions.clone());
+            }
+        }
+        let request = blkc::signal::report::Request { depth: self.options.depth, ..Default::default() };
+        let found = blkc::fix::fix(&path, &crate::workspace::Overlay(&self.docs), &[], &request).unwrap_or_default();
+        let mut actions = Vec::new();
+        for o in found {
+            let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };
+            for (k, f) in std::iter::once(fix).chain(others).enumerate() {
+                let edit = crate::text::replacement(&doc.text, &f.text);
+                let changes = std::collections::HashMap::from([(uri.clone(), vec![edit])]);
+                actions.push(CodeActionOrCommand::CodeAction(CodeAction {
+                    title: format!("blkc: make `{block}` pass: {}", f.changes.join("; ")),
+                    kind: Some(CodeActionKind::QUICKFIX),
+                    diagnostics: Some(rejections.clone()),
+                    edit: Some(lsp_types::WorkspaceEdit { changes: Some(changes), ..Default::default() }),
+                    is_preferred: Some(k == 0),
+                    ..CodeAction::default()
+                }));
+            }
+            // One block at a time: the next is fixed once this one is.
+            break;
+        }
+        cache.insert(path, (doc.version, actions.clone()));
+        Some(actions)
     }
 
     fn complete(&self, uri: &Url, pos: Position) -> Option<Vec<lsp_types::CompletionItem>> {

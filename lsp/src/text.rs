@@ -53,6 +53,24 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// The one edit that turns `before` into `after`: the text between their
+/// common beginning and common end replaced (at character boundaries).
+pub fn replacement(before: &str, after: &str) -> lsp_types::TextEdit {
+    let mut pre = before.bytes().zip(after.bytes()).take_while(|(a, b)| a == b).count();
+    while !before.is_char_boundary(pre) || !after.is_char_boundary(pre) {
+        pre -= 1;
+    }
+    let room = before.len().min(after.len()) - pre;
+    let mut suf = before.bytes().rev().zip(after.bytes().rev()).take(room).take_while(|(a, b)| a == b).count();
+    while !before.is_char_boundary(before.len() - suf) || !after.is_char_boundary(after.len() - suf) {
+        suf -= 1;
+    }
+    lsp_types::TextEdit {
+        range: Lines::new(before).range(pre, before.len() - suf),
+        new_text: after[pre..after.len() - suf].to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +88,20 @@ mod tests {
         assert_eq!(lines.position(text.len()), Position::new(3, 4));
         assert_eq!(lines.offset(Position::new(0, 99)), 2);
         assert_eq!(lines.offset(Position::new(9, 0)), text.len());
+    }
+
+    #[test]
+    fn a_replacement_spans_only_what_changed() {
+        let before = "block b {\n    h = attn(x)\n}\n";
+        let after = "block b {\n    h = x + attn(x)\n}\n";
+        let e = replacement(before, after);
+        assert_eq!(e.range, Range::new(Position::new(1, 8), Position::new(1, 8)));
+        assert_eq!(e.new_text, "x + ");
+        // Repeated text at the seam (`aa` → `aaa`) and multi-byte characters.
+        let e = replacement("γaa", "γaaa");
+        assert_eq!((e.range.start, e.new_text.as_str()), (Position::new(0, 3), "a"));
+        let e = replacement("αβ", "αγβ");
+        assert_eq!((e.range, e.new_text.as_str()), (Range::new(Position::new(0, 1), Position::new(0, 1)), "γ"));
+        assert_eq!(replacement("same", "same").new_text, "");
     }
 }

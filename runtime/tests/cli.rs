@@ -195,6 +195,38 @@ fn check_options_change_the_analysis() {
 }
 
 #[test]
+fn check_fix_writes_the_smallest_passing_change() {
+    // The naive block without its `# blkc: expect`: rejected.
+    let path = unexpected("tests/ui/signal/naive_collapse.blk");
+    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(blkc(&["check", &path]).status.code(), Some(1), "rejected as it is");
+    let o = blkc(&["check", "--fix", "--diff", &path]);
+    assert_eq!(o.status.code(), Some(1), "--diff leaves it rejected");
+    let err = text(&o.stderr);
+    assert!(err.contains("-    h   = attn(rmsnorm(x))") && err.contains("+    h   = x + attn(rmsnorm(x))"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), before, "--diff writes nothing");
+    let o = blkc(&["check", "--fix", &path]);
+    assert_eq!(o.status.code(), Some(0), "fixed, it passes: {}", text(&o.stderr));
+    let after = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(after.contains("h   = x + attn(rmsnorm(x))"), "{after}");
+    assert!(after.starts_with("# E3001: attention without a skip"), "comments are kept: {after}");
+    // A file that expects its rejection is left alone, and still passes.
+    let kept = repo().join("tests/ui/signal/naive_collapse.blk");
+    let original = std::fs::read_to_string(&kept).unwrap_or_default();
+    let o = blkc(&["check", "--fix", "--diff", "tests/ui/signal/naive_collapse.blk"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("expects its rejection"));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap_or_default(), original);
+    // A file with errors is not changed; the check says why.
+    let broken = unexpected("tests/ui/parse/hyphen_in_name.blk");
+    let before = std::fs::read_to_string(&broken).unwrap_or_default();
+    let o = blkc(&["check", "--fix", &broken]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("left as it is"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&broken).unwrap_or_default(), before);
+}
+
+#[test]
 fn unreadable_files_exit_2() {
     let o = blkc(&["check", "no/such.blk"]);
     assert_eq!(o.status.code(), Some(2));

@@ -304,6 +304,45 @@ fn utf16(text: &str, line: u32, col: u32) -> u32 {
     l.chars().take(col as usize - 1).map(char::len_utf16).sum::<usize>() as u32
 }
 
+/// A rejected block's quick fix: the smallest change that makes it pass,
+/// as one edit, offered where the rejection is; none elsewhere, none for a
+/// file that expects its rejection.
+#[test]
+fn a_rejection_offers_the_fix_that_makes_it_pass() {
+    let mut c = Client::start(json!({}));
+    let scratch = uri(&root().join("target/lsp-scratch/naive.blk"));
+    let text = "block naive {\n    h   = attn(rmsnorm(x))\n    out = h + mlp(rmsnorm(h))\n}\n";
+    let diags = c.open(&scratch, text);
+    let rejection = diags.iter().find(|d| d["code"] == "E3001").cloned().expect("rejected");
+    let actions = |c: &mut Client, range: Value| {
+        c.request(
+            "textDocument/codeAction",
+            json!({ "textDocument": { "uri": scratch }, "range": range, "context": { "diagnostics": [] } }),
+        )
+    };
+    let offered = actions(&mut c, rejection["range"].clone());
+    let first = &offered[0];
+    assert!(first["title"].as_str().unwrap_or("").contains("add a skip from `x`"), "{offered}");
+    assert_eq!(first["kind"], "quickfix");
+    assert_eq!(first["isPreferred"], true);
+    let edit = &first["edit"]["changes"][&scratch][0];
+    assert_eq!(edit["newText"], "x + ", "{edit}");
+    assert_eq!(edit["range"]["start"], json!({ "line": 1, "character": 10 }));
+    // Nowhere near the rejection: nothing.
+    let elsewhere = json!({ "start": { "line": 2, "character": 0 }, "end": { "line": 2, "character": 3 } });
+    assert_eq!(actions(&mut c, elsewhere), json!([]));
+    // blocks/skipless-naive.blk expects its rejection: nothing to fix.
+    let naive = uri(&root().join("blocks/skipless-naive.blk"));
+    let diags = c.open(&naive, &text_of("blocks/skipless-naive.blk"));
+    let d = diags.iter().find(|d| d["code"] == "E3001").cloned().expect("reported");
+    let none = c.request(
+        "textDocument/codeAction",
+        json!({ "textDocument": { "uri": naive }, "range": d["range"], "context": { "diagnostics": [] } }),
+    );
+    assert_eq!(none, json!([]));
+    c.shutdown();
+}
+
 #[test]
 fn diagnostics_equal_the_clis_for_every_ui_case() {
     let mut cases = Vec::new();

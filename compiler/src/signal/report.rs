@@ -85,8 +85,9 @@ pub fn reports(p: &Program, root: FileId, req: &Request) -> Vec<Report> {
     p.analysed_models(root).iter().map(|(m, bare)| report(p, m, *bare, req)).collect()
 }
 
-fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
-    let block = &p.blocks[m.block];
+/// The dimensions and options of the analysis of model `m` that `req` asks
+/// for.
+pub fn setup(m: &Model, req: &Request) -> (Dims, Options) {
     let depth = req.depth.unwrap_or(m.depth).max(1);
     let context = req.context.unwrap_or((m.context as usize).min(super::DEFAULT_CONTEXT));
     let mut opts = Options::new(depth, context);
@@ -95,7 +96,13 @@ fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
     }
     opts.mode = req.mode.unwrap_or(opts.mode);
     opts.samples = req.samples.unwrap_or(opts.samples);
-    let dims = Dims::of(m);
+    (Dims::of(m), opts)
+}
+
+fn report(p: &Program, m: &Model, bare: bool, req: &Request) -> Report {
+    let block = &p.blocks[m.block];
+    let (dims, opts) = setup(m, req);
+    let depth = opts.depth;
     let a = analyse(block, dims, &opts);
     let mut diagnostics = verdict::diagnostics(block, dims, &opts, &a);
     let deepest = bare.then(|| deepest_passing(block, dims, &opts));

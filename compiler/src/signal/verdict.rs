@@ -235,11 +235,11 @@ fn collapse(
         format!("effective rank {erank:.3} < {}", opts.thresholds.collapse_effective_rank)
     };
     let message = format!("tokens collapse at layer {layer} of {}: {what} (input {input})", opts.depth);
-    let mixing = g.nodes.iter().find_map(|n| match &n.op {
-        Op::Attention { spec, .. } if !identity_at_init(spec, &env) => Some((n, spec)),
+    let mixing = g.nodes.iter().enumerate().find_map(|(id, n)| match &n.op {
+        Op::Attention { spec, .. } if !identity_at_init(spec, &env) => Some((n, spec, skipped(g, id))),
         _ => None,
     });
-    if let Some((node, spec)) = mixing {
+    if let Some((node, spec, skip)) = mixing {
         let ab = Ablation { attention_identity: true, ..Ablation::default() };
         if fixed_by(block, dims, opts, input, ab) {
             let shaped = spec.uses(MatrixTerm::Identity) || spec.uses(MatrixTerm::Centre);
@@ -247,6 +247,11 @@ fn collapse(
                 (
                     "this attention is not the identity at init",
                     "make `beta * softmax - gamma * centre` vanish at init: `query = zeros` and `gamma` initialised equal to `beta`",
+                )
+            } else if skip {
+                (
+                    "token mixing that its skip does not outweigh",
+                    "down-weight this branch by about 1/sqrt(depth) (`beta_sa * attn(…)`, `param beta_sa = 1 / sqrt(depth)`), or shape it so that it is the identity at init (blocks/shaped.blk); `blkc check --fix` finds the smallest change",
                 )
             } else {
                 (

@@ -7,7 +7,7 @@ use blkc::signal::report::{reports, table, Report, Request};
 use blkc::signal::verdict::Status;
 use blkc::signal::{AttentionMode, Input};
 use blkc::span::FileId;
-use blkc::{Compilation, Diagnostic};
+use blkc::{Compilation, Diagnostic, Loader};
 
 use super::{compile, BROKEN, OK, REJECTED};
 use crate::backend::Cpu;
@@ -75,6 +75,15 @@ pub struct Args {
     /// Seed of the measured models' weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Change a file whose block is rejected as little as makes it pass
+    /// (a skip, a gain, shaped attention, …: every candidate checked by
+    /// this analysis), write it back, then check it. Formatting and
+    /// comments are kept.
+    #[arg(long, conflicts_with = "syntax_only")]
+    pub fix: bool,
+    /// With `--fix`: print the change as a diff, leave the file as it is.
+    #[arg(long, requires = "fix")]
+    pub diff: bool,
     /// Give a model setting or a param another value, e.g. `--set depth=72`
     /// or `--set beta_ff=0.2` (a bare block gets the small model to set).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -120,6 +129,12 @@ struct Tally {
 /// Checks one file: its exit status and tally.
 fn one(path: &Path, args: &Args) -> (u8, Tally) {
     let broken = (BROKEN, Tally { errors: 1, ..Tally::default() });
+    if args.fix {
+        if let Err(why) = fix(path, args) {
+            eprintln!("error: {why}");
+            return broken;
+        }
+    }
     let Some(c) = compile(path, &args.set, args.format) else { return broken };
     let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
         // Without the analysis, its codes cannot be reported, nor expected.
@@ -415,4 +430,74 @@ fn data_kernel(path: &Path) -> Result<Input, String> {
     let windows = byte_windows(path, T)?;
     let kernel = blkc::signal::kernel::token_kernel(&windows, T, true);
     Ok(Input::Kernel { name: format!("data={}", path.display()), kernel })
+}
+
+/// `--fix`: searches the smallest change that makes each rejected block of
+/// `path` pass, says what it changes (a diff on stderr), and writes the file
+/// back unless `--diff`. A file that expects its rejection (`# blkc:
+/// expect E3…`) or does not compile is left as it is (the check that
+/// follows reports why). `Err`: the fixed file could not be written.
+fn fix(path: &Path, args: &Args) -> Result<(), String> {
+    let Ok(text) = blkc::FsLoader.load(path) else { return Ok(()) };
+    let expects_rejection =
+        blkc::expect::expectations(&text).is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")));
+    if expects_rejection {
+        eprintln!("fix: {}: left as it is: it expects its rejection (`# blkc: expect`)", path.display());
+        return Ok(());
+    }
+    let Ok(req) = request(args, path) else { return Ok(()) };
+    let outcomes = match blkc::fix::fix(path, &blkc::FsLoader, &args.set, &req) {
+        Ok(o) => o,
+        Err(why) => {
+            eprintln!("fix: {}: left as it is: {why}", path.display());
+            return Ok(());
+        }
+    };
+    let mut fixed = None;
+    for o in &outcomes {
+        match o {
+            blkc::fix::Outcome::Fixed { block, fix, others } => {
+                let n = fix.changes.len();
+                eprintln!(
+                    "fix: `{block}` in {} passes with {}:",
+                    path.display(),
+                    if n == 1 { "one change".to_string() } else { format!("{n} changes") }
+                );
+                for c in &fix.changes {
+                    eprintln!("  - {c}");
+                }
+                for other in others {
+                    eprintln!("  (also passes: {})", other.changes.join("; "));
+                }
+                fixed = Some(fix.text.clone());
+            }
+            blkc::fix::Outcome::NotFound { block, tried, why } => {
+                eprintln!("fix: `{block}` in {}: no fix found ({why}; {tried} variants checked)", path.display());
+            }
+        }
+    }
+    let Some(after) = fixed else { return Ok(()) };
+    let before = text;
+    let name = path.display();
+    eprintln!("--- {name}\n+++ {name} (fixed)");
+    let mut hunk = true;
+    for line in blkc::fix::diff(&before, &after, 1) {
+        match line {
+            Some((a, _, marker, t)) => {
+                if hunk {
+                    eprintln!("@@ line {a} @@");
+                    hunk = false;
+                }
+                eprintln!("{marker}{t}");
+            }
+            None => hunk = true,
+        }
+    }
+    if args.diff {
+        eprintln!("fix: {name} not written (--diff)");
+        return Ok(());
+    }
+    crate::durable::write_atomic(path, after.as_bytes())?;
+    eprintln!("fix: wrote {name}");
+    Ok(())
 }
