@@ -1,9 +1,10 @@
 //! burn's CubeCL backends without operation fusion (`CubeBackend`, which
 //! `burn::backend::Cuda` and `Wgpu` are when the `fusion` feature is off):
 //! every family, by its CubeCL kernels where it has them (`shaped`,
-//! `attention`, `gains`, `norm`, `loss`, `adam`: their `cube.rs`; `dense`
-//! by cubek's products in the precision asked for), by its reference
-//! maths otherwise; and what those kernels share: launch sizes, fresh
+//! `attention`, `gains`, `norm`, `loss`, `adam`, `rope`: their `cube.rs`;
+//! `dense` by cubek's products in the precision asked for and its own
+//! kernels for activations and gated units), by its reference maths
+//! otherwise (`embed`); and what those kernels share: launch sizes, fresh
 //! outputs, and the sum over the units of a cube.
 
 use burn::tensor::{DType, Shape};
@@ -12,7 +13,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::{EmbedOps, RopeOps};
+use super::EmbedOps;
 
 macro_rules! reference_families {
     ($($family:ident),*) => {
@@ -20,7 +21,7 @@ macro_rules! reference_families {
     };
 }
 
-reference_families!(EmbedOps, RopeOps);
+reference_families!(EmbedOps);
 
 /// The launch of `n` units, one per row or element.
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {

@@ -24,7 +24,7 @@
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | `norm/cube.rs` | `norm/tests.rs` |
 //! | `loss` | `nll_mean`, `nll` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
 //! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | reference | `embed/tests.rs` |
-//! | `rope` | `rope` | `rope/reference.rs` | `rope/autodiff.rs` | `rope/cpu.rs` | reference | `rope/tests.rs` |
+//! | `rope` | `rope` | `rope/reference.rs` | `rope/autodiff.rs` | `rope/cpu.rs` | `rope/cube.rs` | `rope/tests.rs` |
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | `adam/cube.rs` | `adam/tests.rs` |
 //!
 //! The GPU column is burn's CubeCL backends (CUDA, wgpu) without operation

@@ -315,6 +315,93 @@ fn relu_grad_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Dev
     println!("ReLU backward: equal to the reference");
 }
 
+/// The gated units' and activations' kernels (`kernels/dense/cube.rs`)
+/// against the reference, for every gate the family has: the value and
+/// both gradients, on sizes read as vectors of 4 and one by one, with
+/// inputs large enough to saturate tanh and the sigmoid; an incoming
+/// gradient held elsewhere is left as it was.
+fn gate_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::dense::reference;
+    use blkc_runtime::kernels::dense::Gate;
+    let draws = Draws::new(44);
+    let gates = [Gate::Relu, Gate::LeakyRelu(0.1), Gate::Silu, Gate::GeluTanh, Gate::Tanh, Gate::Identity];
+    let mut worst = 0.0f32;
+    for gate in gates {
+        for shape in [[4usize, 8], [33, 65], [1, 1]] {
+            // Normal draws, three of them ±40 (where tanh and the sigmoid
+            // are flat to f32).
+            let spread = |t| B::float_mul_scalar(t, 3.0.into());
+            let mut xs = values::<B>(spread(draws.normal::<B>(device, &shape)));
+            for (k, v) in xs.iter_mut().take(3).enumerate() {
+                *v = if k % 2 == 0 { 40.0 } else { -40.0 };
+            }
+            let g = Tensor::<B, 1>::from_floats(xs.as_slice(), device).reshape(shape).into_primitive().tensor();
+            let h = draws.normal::<B>(device, &shape);
+            let dz = draws.normal::<B>(device, &shape);
+            let case = format!("{gate:?} {shape:?}");
+            let mut check = |what: &str, ours: Vec<f32>, theirs: Vec<f32>| {
+                assert!(ours.iter().all(|x| x.is_finite()), "{case} {what}: not finite");
+                let gap = gap_of_scale(&ours, &theirs);
+                assert!(gap < 1e-5, "{case} {what}: {gap:e} of scale from the reference");
+                worst = worst.max(gap);
+            };
+            check(
+                "act",
+                values::<B>(B::activate(g.clone(), gate)),
+                values::<B>(reference::activate::<B>(g.clone(), gate)),
+            );
+            let before = values::<B>(dz.clone());
+            let ours = values::<B>(B::activate_backward(g.clone(), dz.clone(), gate));
+            check("act'", ours, values::<B>(reference::activate_backward::<B>(g.clone(), dz.clone(), gate)));
+            assert_eq!(values::<B>(dz.clone()), before, "{case}: a held gradient is unchanged");
+            let ours = values::<B>(B::gated(g.clone(), h.clone(), gate));
+            check("gated", ours, values::<B>(reference::gated::<B>(g.clone(), h.clone(), gate)));
+            let (dg, dh) = reference::gated_backward::<B>(g.clone(), h.clone(), dz.clone(), gate);
+            let (theirs_g, theirs_h) = (values::<B>(dg), values::<B>(dh));
+            // `dz` held nowhere else: written over.
+            let fresh = B::float_mul_scalar(dz.clone(), 1.0.into());
+            let (dg, dh) = B::gated_backward(g.clone(), h.clone(), fresh, gate);
+            check("gated dg", values::<B>(dg), theirs_g);
+            check("gated dh", values::<B>(dh), theirs_h);
+            assert_eq!(values::<B>(dz), before, "{case}: a held gradient is unchanged");
+        }
+    }
+    println!("gated units and activations against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// Rotary positions' kernel (`kernels/rope/cube.rs`) against the
+/// reference: all of each head turned or its first part (GPT-J's partial
+/// rotary), halves read as vectors of 4 and one by one, `x` token-major
+/// (as the products leave it), contiguous, or another view; the backward's
+/// opposite turn undoes the forward.
+fn rope_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::rope::reference;
+    let draws = Draws::new(45);
+    let (b, h, t) = (2, 3, 5);
+    let mut worst = 0.0f32;
+    for (d, half) in [(16usize, 8usize), (16, 4), (12, 3), (8, 2), (6, 3)] {
+        for layout in 0..3 {
+            let x = match layout {
+                0 => B::float_swap_dims(draws.normal::<B>(device, &[b, t, h, d]), 1, 2),
+                1 => draws.normal::<B>(device, &[b, h, t, d]),
+                _ => B::float_swap_dims(draws.normal::<B>(device, &[h, b, t, d]), 0, 1),
+            };
+            let angles: Vec<f32> = (0..t * half).map(|k| (k / half) as f32 * (0.3 + k as f32 * 0.01)).collect();
+            let a = Tensor::<B, 1>::from_floats(angles.as_slice(), device).reshape([t, half]);
+            let (cos, sin) = (a.clone().cos().into_primitive().tensor(), a.sin().into_primitive().tensor());
+            let ours = B::rope(x.clone(), cos.clone(), sin.clone());
+            let theirs = values::<B>(reference::rope::<B>(x.clone(), cos.clone(), sin.clone()));
+            let gap = gap_of_scale(&values::<B>(ours.clone()), &theirs);
+            assert!(gap < 1e-6, "d {d}, half {half}, layout {layout}: {gap:e} of scale from the reference");
+            let back = B::rope(ours, cos, B::float_neg(sin));
+            let undone = gap_of_scale(&values::<B>(back), &values::<B>(x));
+            assert!(undone < 1e-5, "d {d}, half {half}, layout {layout}: turned back {undone:e} off");
+            worst = worst.max(gap);
+        }
+    }
+    println!("rotary positions against the reference: largest gap {worst:.1e} of scale");
+}
+
 /// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
 /// the shaped kernels with a plain softmax's gains) against the reference:
 /// the output, and every gradient wanted or some, causal or not, with the
@@ -486,6 +573,25 @@ fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
     println!("loss kernels against the reference: largest gap {worst:.1e} of scale");
 }
 
+/// The rotary kernel ran (the reference concatenates into a contiguous
+/// tensor): a token-major input gives a token-major output, as the
+/// attention kernels read the products' output.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn rope_keeps_the_token_major_layout<R: burn_cubecl::CubeRuntime>(device: &R::Device) {
+    type Cube<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
+    let draws = Draws::new(46);
+    let (b, h, t, d, half) = (2, 3, 5, 8, 4);
+    use blkc_runtime::kernels::RopeOps;
+    use burn::tensor::ops::FloatTensorOps;
+    let x = <Cube<R>>::float_swap_dims(draws.normal::<Cube<R>>(device, &[b, t, h, d]), 1, 2);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = (0..t * half).map(|k| f(k as f32 * 0.1)).collect();
+        Tensor::<Cube<R>, 1>::from_floats(v.as_slice(), device).reshape([t, half]).into_primitive().tensor()
+    };
+    let y = <Cube<R>>::rope(x, table(f32::cos), table(f32::sin));
+    assert_eq!(y.meta.strides().to_vec(), vec![t * h * d, d, h * d, 1], "the output is token-major");
+}
+
 /// burn's wgpu backend without operation fusion (what `Wgpu` is unless
 /// the `fusion` feature is on): where blkc's CubeCL kernels run.
 #[cfg(feature = "wgpu")]
@@ -496,6 +602,9 @@ type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32
 fn wgpu_kernels_are_the_reference() {
     dense_products_are_exact::<WgpuKernels>(&Default::default());
     relu_grad_is_the_reference::<WgpuKernels>(&Default::default());
+    gate_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    rope_kernel_is_the_reference::<WgpuKernels>(&Default::default());
+    rope_keeps_the_token_major_layout::<burn::cubecl::wgpu::WgpuRuntime>(&Default::default());
     shaped_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     attention_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
@@ -511,6 +620,9 @@ fn cuda_kernels_are_the_reference() {
     type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let (fp32, tf32) = dense_products_are_exact::<CudaKernels>(&Default::default());
     relu_grad_is_the_reference::<CudaKernels>(&Default::default());
+    gate_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    rope_kernel_is_the_reference::<CudaKernels>(&Default::default());
+    rope_keeps_the_token_major_layout::<burn::cubecl::cuda::CudaRuntime>(&Default::default());
     // Where the GPU has TF32 (Ampere and later), tf32 is what it asks for.
     use burn_cubecl::cubecl::prelude::{CubePrimitive, Runtime};
     let client = burn::cubecl::cuda::CudaRuntime::client(&Default::default());

@@ -13,6 +13,8 @@ use super::tensor::{primitive, tensor};
 mod autodiff;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
