@@ -175,6 +175,9 @@ fn inside_item(file: FileId, text: &str, pos: usize, tokens: &[String]) -> Diagn
     let (found, span, found_words) = found_at(file, text, pos);
     let expected: Vec<String> = tokens.iter().map(|t| format!("`{t}`")).collect();
     let expected = if expected.is_empty() { "more of this item".to_string() } else { expected.join(" or ") };
+    if let Some(d) = missing_equals(file, text, pos) {
+        return d;
+    }
     let help = if found == "-" || found == "." {
         "names are letters, digits and `_` (e.g. `my_model`)".to_string()
     } else {
@@ -205,9 +208,61 @@ fn at_position(file: FileId, text: &str, pos: usize, e: &Error<Rule>) -> Diagnos
     } else {
         format!("expected {expected}, found {found_words}")
     };
+    if let Some(d) = missing_equals(file, text, pos) {
+        return d;
+    }
     Diagnostic::new(Code::E1001, span, message)
         .label(if expected.is_empty() { "not expected here".to_string() } else { format!("expected {expected}") })
         .help(help_for(&expected, found))
+}
+
+/// A statement written without its `=` (`h attn(x)`, `block b`), where an
+/// error is at the start of a line: that line, or the one before it (the
+/// parser fails at the next line when the statement looked unfinished).
+/// Reported at the word that should follow `=`, with the statement as it
+/// was meant.
+fn missing_equals(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
+    let start = text.get(..pos)?.rfind('\n').map_or(0, |i| i + 1);
+    if !text[start..pos].trim().is_empty() {
+        return None;
+    }
+    let previous = text[..start.saturating_sub(1)].rfind('\n').map_or(0, |i| i + 1);
+    let lines = if start == 0 { vec![start] } else { vec![start, previous] };
+    lines.into_iter().find_map(|from| {
+        let end = text[from..].find('\n').map_or(text.len(), |i| from + i);
+        let raw = &text[from..end];
+        let l = raw.split('#').next().unwrap_or(raw).trim_end();
+        let indent = l.len() - l.trim_start().len();
+        let l = l.trim_start();
+        let name: usize = l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').map(char::len_utf8).sum();
+        let (head, rest) = l.split_at(name);
+        let gap = rest.len() - rest.trim_start().len();
+        let rest = rest.trim_start();
+        let starts_value = rest.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '(' || c == '"');
+        let keyword = matches!(head, "param" | "layer" | "use");
+        let opens = l.ends_with('{') || l.ends_with('}');
+        // `parm beta = 1` has its `=`: a misspelt keyword, not this.
+        let mut depth = 0i32;
+        let assigns = rest.chars().any(|c| {
+            depth += i32::from(c == '(') - i32::from(c == ')');
+            c == '=' && depth == 0
+        });
+        if name == 0 || gap == 0 || !starts_value || keyword || opens || assigns {
+            return None;
+        }
+        let at = from + indent + name + gap;
+        let next = token_at(text, at);
+        Some(
+            Diagnostic::new(
+                Code::E1001,
+                Span::new(file, at, at + next.len().max(1)),
+                format!("expected `=` after `{head}`, found `{next}`"),
+            )
+            .label("expected `=` before this")
+            .help(format!("a statement is `name = value`: write `{head} = {rest}`")),
+        )
+    })
 }
 
 /// Words the grammar knows where a misspelling is likely, for "did you mean".
