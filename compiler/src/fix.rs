@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::graph::Program;
 use crate::signal::report::{setup, Request};
@@ -84,9 +85,20 @@ pub enum Outcome {
 /// Fixes every rejected block of the file at `root` in turn (each fix
 /// searched on the text the previous one left). An empty list: nothing
 /// is rejected. `Err`: the file does not compile (fix its errors first).
-pub fn fix(root: &Path, loader: &dyn Loader, sets: &[String], req: &Request) -> Result<Vec<Outcome>, String> {
+///
+/// The search stops at `budget` (checking a variant can take seconds where
+/// the analysis samples random queries): what it found by then is its
+/// answer.
+pub fn fix(
+    root: &Path,
+    loader: &dyn Loader,
+    sets: &[String],
+    req: &Request,
+    budget: Duration,
+) -> Result<Vec<Outcome>, String> {
     let text = loader.load(&normalise(root))?;
-    let mut search = Search { root: normalise(root), loader, sets, req, tried: 0 };
+    let deadline = Instant::now() + budget;
+    let mut search = Search { root: normalise(root), loader, sets, req, tried: 0, deadline };
     let Some(verdicts) = search.verdicts(&text, None) else {
         return Err("the file has errors: fix them first (`blkc check` shows them)".into());
     };
@@ -116,6 +128,7 @@ struct Search<'a> {
     sets: &'a [String],
     req: &'a Request,
     tried: usize,
+    deadline: Instant,
 }
 
 /// The root file's text replaced, every other file read as before.
@@ -168,6 +181,11 @@ impl Search<'_> {
         )
     }
 
+    /// Whether the search must stop: too many variants or too long.
+    fn out_of_budget(&self) -> bool {
+        self.tried >= MAX_VARIANTS || Instant::now() >= self.deadline
+    }
+
     /// The verdict of `block` in `text`.
     fn verdict(&mut self, text: &str, block: &str) -> Option<(Status, Progress)> {
         self.verdicts(text, Some(block))?.into_iter().next().map(|(_, s, p)| (s, p))
@@ -184,7 +202,7 @@ impl Search<'_> {
             for (base, made, weight) in &frontier {
                 let Some(file) = parse(base) else { continue };
                 for change in changes(&file, base, block) {
-                    if self.tried >= MAX_VARIANTS {
+                    if self.out_of_budget() {
                         break;
                     }
                     let fixed = apply(base, &change.edits);
@@ -218,6 +236,8 @@ impl Search<'_> {
                 format!("`{block}` is not defined in this file: run the fix on the file that defines it")
             } else if self.tried >= MAX_VARIANTS {
                 format!("none of the {MAX_VARIANTS} variants tried passes")
+            } else if Instant::now() >= self.deadline {
+                "none of the variants checked in the time allowed passes".to_string()
             } else {
                 format!("no set of up to {MAX_CHANGES} changes passes")
             };
@@ -677,14 +697,14 @@ pub fn diff(a: &str, b: &str, context: usize) -> Vec<Option<(usize, usize, char,
 mod tests {
     use std::path::Path;
 
-    use super::{apply, diff, fix, Edit, Outcome};
+    use super::{apply, changes, diff, fix, Edit, Outcome};
     use crate::signal::report::Request;
     use crate::signal::verdict::Status;
     use crate::MemLoader;
 
     /// The outcomes of fixing `text` as `m.blk`.
     fn fixed(text: &str) -> Result<Vec<Outcome>, String> {
-        fix(Path::new("m.blk"), &MemLoader::default().with("m.blk", text), &[], &Request::default())
+        fix(Path::new("m.blk"), &MemLoader::default().with("m.blk", text), &[], &Request::default(), LONG)
     }
 
     /// The single outcome's fix: its changes and text.
@@ -701,6 +721,9 @@ mod tests {
     fn passes(text: &str) -> bool {
         fixed(text).expect("compiles").is_empty()
     }
+
+    /// Time enough for any search of these tests.
+    const LONG: std::time::Duration = std::time::Duration::from_secs(600);
 
     const MODEL: &str = "model {\n    block = b\n    depth = 12\n    width = 256\n    heads = 4\n    vocab = 1000\n}\n";
 
@@ -766,6 +789,82 @@ mod tests {
         assert!(fixed(&text).expect("compiles").is_empty());
         let err = fixed("block b {\n    out = x + mlp(y)\n}\n").expect_err("an unknown name");
         assert!(err.contains("errors"), "{err}");
+    }
+
+    /// A shaped attention whose queries are not zero is offered them (its
+    /// softmax is then the centre, and with β = γ the attention is the
+    /// identity at init), in place or as a new line.
+    #[test]
+    fn a_shaped_attention_is_offered_zero_queries() {
+        let section = |query: &str| {
+            format!("attention s {{\n{query}    value  = identity\n    matrix = alpha * I + beta * softmax - gamma * centre\n    param alpha = 1 trainable per_head\n    param beta  = 1 trainable per_head\n    param gamma = 1 trainable per_head\n}}\n\nblock b {{\n    out = attn(rmsnorm(x), s)\n}}\n")
+        };
+        for (query, expect) in
+            [("    query  = fan_in(4)\n", "    query  = zeros\n"), ("", "    query = zeros\n    value")]
+        {
+            let text = section(query);
+            let file = crate::syntax::parse(crate::span::FileId(0), &text).expect("parses");
+            let all = changes(&file, &text, "b");
+            let zero = all.iter().find(|c| c.what.starts_with("zero queries in `attention s`")).expect("offered");
+            let after = apply(&text, &zero.edits);
+            assert!(after.contains(expect), "{after}");
+            assert!(crate::compile_str("m.blk", &after).program.is_some(), "the change compiles: {after}");
+        }
+        // Zero already: nothing to offer.
+        let text = section("    query  = zeros\n");
+        let file = crate::syntax::parse(crate::span::FileId(0), &text).expect("parses");
+        assert!(!changes(&file, &text, "b").iter().any(|c| c.what.starts_with("zero queries")));
+    }
+
+    #[test]
+    fn every_rejected_bare_block_is_fixed_in_turn() {
+        let text = "block one {\n    h   = attn(rmsnorm(x))\n    out = h + mlp(rmsnorm(h))\n}\n\nblock two {\n    out = 8 * x + mlp(x)\n}\n\nblock fine {\n    h   = x + attn(rmsnorm(x))\n    out = h + mlp(rmsnorm(h))\n}\n";
+        let out = fixed(text).expect("compiles");
+        let blocks: Vec<&str> = out
+            .iter()
+            .map(|o| match o {
+                Outcome::Fixed { block, .. } => block.as_str(),
+                Outcome::NotFound { block, why, .. } => panic!("`{block}` not fixed: {why}"),
+            })
+            .collect();
+        assert_eq!(blocks, ["one", "two"]);
+        let Some(Outcome::Fixed { fix, .. }) = out.last() else { unreachable!() };
+        assert!(
+            fix.text.contains("h   = x + attn(rmsnorm(x))") && fix.text.contains("out = x + mlp(x)"),
+            "{}",
+            fix.text
+        );
+        assert!(passes(&fix.text), "the last fix's text has both changes");
+    }
+
+    #[test]
+    fn a_block_from_another_file_is_not_edited_here() {
+        let loader = MemLoader::default()
+            .with("lib.blk", "block naive {\n    h   = attn(rmsnorm(x))\n    out = h + mlp(rmsnorm(h))\n}\n")
+            .with("m.blk", &format!("use \"lib.blk\"\n\n{}", MODEL.replace("block = b", "block = naive")));
+        let out = fix(Path::new("m.blk"), &loader, &[], &Request::default(), LONG).expect("compiles");
+        match &out[..] {
+            [Outcome::NotFound { block, why, .. }] => {
+                assert_eq!(block, "naive");
+                assert!(why.contains("not defined in this file"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_search_stops_at_its_budget() {
+        let text = format!("block b {{\n    h   = attn(rmsnorm(x))\n    out = h + mlp(rmsnorm(h))\n}}\n\n{MODEL}");
+        let loader = MemLoader::default().with("m.blk", &text);
+        let out =
+            fix(Path::new("m.blk"), &loader, &[], &Request::default(), std::time::Duration::ZERO).expect("compiles");
+        match &out[..] {
+            [Outcome::NotFound { why, tried, .. }] => {
+                assert!(why.contains("time allowed"), "{why}");
+                assert_eq!(*tried, 0);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

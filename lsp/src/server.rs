@@ -400,7 +400,10 @@ impl<'c> Server<'c> {
             }
         }
         let request = blkc::signal::report::Request { depth: self.options.depth, ..Default::default() };
-        let found = blkc::fix::fix(&path, &crate::workspace::Overlay(&self.docs), &[], &request).unwrap_or_default();
+        // The editor waits for the answer: a short search.
+        let budget = std::time::Duration::from_secs(3);
+        let found =
+            blkc::fix::fix(&path, &crate::workspace::Overlay(&self.docs), &[], &request, budget).unwrap_or_default();
         let mut actions = Vec::new();
         for o in found {
             let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };

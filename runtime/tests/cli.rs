@@ -205,6 +205,10 @@ fn check_fix_writes_the_smallest_passing_change() {
     let err = text(&o.stderr);
     assert!(err.contains("-    h   = attn(rmsnorm(x))") && err.contains("+    h   = x + attn(rmsnorm(x))"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), before, "--diff writes nothing");
+    // In CI: a notice on the line the fix changes.
+    let o = blkc(&["check", "--fix", "--diff", "--format", "github", &path]);
+    let out = text(&o.stdout);
+    assert!(out.contains(",line=3,title=blkc check --fix::`naive` passes with: add a skip from `x`"), "{out}");
     let o = blkc(&["check", "--fix", &path]);
     assert_eq!(o.status.code(), Some(0), "fixed, it passes: {}", text(&o.stderr));
     let after = std::fs::read_to_string(&path).unwrap_or_default();

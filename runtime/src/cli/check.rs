@@ -432,6 +432,10 @@ fn data_kernel(path: &Path) -> Result<Input, String> {
     Ok(Input::Kernel { name: format!("data={}", path.display()), kernel })
 }
 
+/// How long `--fix` searches one file (a variant whose attention is
+/// sampled takes seconds to check).
+const FIX_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `--fix`: searches the smallest change that makes each rejected block of
 /// `path` pass, says what it changes (a diff on stderr), and writes the file
 /// back unless `--diff`. A file that expects its rejection (`# blkc:
@@ -446,14 +450,14 @@ fn fix(path: &Path, args: &Args) -> Result<(), String> {
         return Ok(());
     }
     let Ok(req) = request(args, path) else { return Ok(()) };
-    let outcomes = match blkc::fix::fix(path, &blkc::FsLoader, &args.set, &req) {
+    let outcomes = match blkc::fix::fix(path, &blkc::FsLoader, &args.set, &req, FIX_BUDGET) {
         Ok(o) => o,
         Err(why) => {
             eprintln!("fix: {}: left as it is: {why}", path.display());
             return Ok(());
         }
     };
-    let mut fixed = None;
+    let mut fixed: Option<String> = None;
     for o in &outcomes {
         match o {
             blkc::fix::Outcome::Fixed { block, fix, others } => {
@@ -468,6 +472,16 @@ fn fix(path: &Path, args: &Args) -> Result<(), String> {
                 }
                 for other in others {
                     eprintln!("  (also passes: {})", other.changes.join("; "));
+                }
+                if args.format == DiagFormat::Github {
+                    // An annotation on the first line the fix changes.
+                    let before = fixed.as_deref().unwrap_or(text.as_str());
+                    let line = blkc::fix::diff(before, &fix.text, 0).into_iter().flatten().next().map_or(1, |l| l.0);
+                    println!(
+                        "::notice file={},line={line},title=blkc check --fix::`{block}` passes with: {}",
+                        path.display(),
+                        fix.changes.join("; ")
+                    );
                 }
                 fixed = Some(fix.text.clone());
             }
