@@ -390,6 +390,18 @@ fn line_of(text: &str, at: usize) -> (usize, &str) {
     (start, &text[start..indent_end])
 }
 
+/// Inserting statement `stmt` before the statement at `at`: a line of its
+/// own, indented as that one, or (where that statement shares its line
+/// with what comes before, `block b { out = … }`) on the same line.
+fn statement_before(text: &str, at: usize, stmt: &str) -> Edit {
+    let (line, indent) = line_of(text, at);
+    if text[line..at].trim().is_empty() {
+        Edit::insert(line, format!("{indent}{stmt}\n"))
+    } else {
+        Edit::insert(at, format!("{stmt} "))
+    }
+}
+
 /// The whole lines a statement occupies, with its line break (removing a
 /// statement leaves no blank line).
 fn lines_of(text: &str, start: usize, end: usize) -> (usize, usize) {
@@ -519,14 +531,13 @@ fn down_weight<'p>(
     let shown = format!("{kind}(…)");
     match gain {
         None => {
-            let at = first_stmt.unwrap_or(b.span.end as usize);
-            let (line, indent) = line_of(text, at);
+            let at = first_stmt.unwrap_or((b.span.end as usize).saturating_sub(1));
             let name = fresh(text, if kind == "attn" { "beta_sa" } else { "beta_ff" });
             Some(Change {
                 what: format!("down-weight `{shown}` in `{stmt}` by a gain `{name}` = {DOWN_WEIGHT}"),
                 cost: 4,
                 edits: vec![
-                    Edit::insert(line, format!("{indent}param {name} = {DOWN_WEIGHT} trainable\n")),
+                    statement_before(text, at, &format!("param {name} = {DOWN_WEIGHT} trainable")),
                     Edit::insert(call.span().start as usize, format!("{name} * ")),
                 ],
             })
@@ -627,12 +638,11 @@ fn section_changes(file: &File, text: &str) -> Vec<Change> {
                 }],
             }),
             None => {
-                let at = s.body.first().map_or(s.span.end as usize, |st| st.span().start as usize);
-                let (line, indent) = line_of(text, at);
+                let at = s.body.first().map_or((s.span.end as usize).saturating_sub(1), |st| st.span().start as usize);
                 out.push(Change {
                     what: format!("zero queries in `{label}`: `query = zeros`"),
                     cost: 3,
-                    edits: vec![Edit::insert(line, format!("{indent}query = zeros\n"))],
+                    edits: vec![statement_before(text, at, "query = zeros")],
                 });
             }
         }
@@ -850,6 +860,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_block_on_one_line_gets_its_new_gain_on_that_line() {
+        let text = "block b { h = rmsnorm(x + attn(x)) out = rmsnorm(h + mlp(h)) }\nmodel {\n    block = b\n    depth = 72\n    width = 768\n    heads = 12\n    vocab = 1000\n}\n";
+        assert!(!passes(text));
+        let (changes, after, _) = only(text);
+        assert!(changes[0].starts_with("down-weight"), "{changes:?}");
+        assert!(after.starts_with("block b { param beta_"), "{after}");
+        assert!(passes(&after));
     }
 
     #[test]
