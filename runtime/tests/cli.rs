@@ -205,6 +205,13 @@ fn check_fix_writes_the_smallest_passing_change() {
     let err = text(&o.stderr);
     assert!(err.contains("-    h   = attn(rmsnorm(x))") && err.contains("+    h   = x + attn(rmsnorm(x))"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), before, "--diff writes nothing");
+    // As JSON: the block's record says what would change.
+    let o = blkc(&["check", "--fix", "--diff", "--format", "json", &path]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["verdict"], "reject", "{v}");
+    assert_eq!(v["fix"]["found"], true, "{v}");
+    assert_eq!(v["fix"]["written"], false);
+    assert_eq!(v["fix"]["changes"][0], "add a skip from `x` around `attn(…)` in `h`");
     // In CI: a notice on the line the fix changes.
     let o = blkc(&["check", "--fix", "--diff", "--format", "github", &path]);
     let out = text(&o.stdout);

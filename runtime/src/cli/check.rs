@@ -129,12 +129,17 @@ struct Tally {
 /// Checks one file: its exit status and tally.
 fn one(path: &Path, args: &Args) -> (u8, Tally) {
     let broken = (BROKEN, Tally { errors: 1, ..Tally::default() });
-    if args.fix {
-        if let Err(why) = fix(path, args) {
-            eprintln!("error: {why}");
-            return broken;
+    let fixes = if args.fix {
+        match fix(path, args) {
+            Ok(f) => f,
+            Err(why) => {
+                eprintln!("error: {why}");
+                return broken;
+            }
         }
-    }
+    } else {
+        Vec::new()
+    };
     let Some(c) = compile(path, &args.set, args.format) else { return broken };
     let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
         // Without the analysis, its codes cannot be reported, nor expected.
@@ -192,8 +197,15 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
     } else {
         OK
     };
-    let checked =
-        Checked { path, c: &c, unexpected: &unexpected, as_said: &as_said, expected: &expected, outcome: &outcome };
+    let checked = Checked {
+        path,
+        c: &c,
+        unexpected: &unexpected,
+        as_said: &as_said,
+        expected: &expected,
+        outcome: &outcome,
+        fixes: &fixes,
+    };
     print(&checked, &reps, &measured, args);
     (status, Tally { errors: e + outcome.unmet.len(), warnings: w, expected: as_said.len() })
 }
@@ -208,6 +220,8 @@ struct Checked<'a> {
     as_said: &'a [Diagnostic],
     expected: &'a [(blkc::Code, usize)],
     outcome: &'a blkc::expect::Outcome,
+    /// What `--fix` did, per block it tried (JSON's `fix`).
+    fixes: &'a [(String, serde_json::Value)],
 }
 
 fn measure_setup(args: &Args) -> Result<Setup, String> {
@@ -328,6 +342,9 @@ fn json(k: &Checked, reps: &[Report], measured: &[Comparison], syntax_only: bool
     for (i, r) in reps.iter().enumerate() {
         let mut v = serde_json::to_value(r).unwrap_or_default();
         merge(&mut v);
+        if let (Some(o), Some((_, f))) = (v.as_object_mut(), k.fixes.iter().find(|(b, _)| *b == r.block)) {
+            o.insert("fix".into(), f.clone());
+        }
         if let (Some(o), Some(m)) = (v.as_object_mut(), measured.get(i)) {
             // The layers become the prediction for the measured input,
             // each with its measurement beside it.
@@ -440,21 +457,24 @@ const FIX_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 /// `path` pass, says what it changes (a diff on stderr), and writes the file
 /// back unless `--diff`. A file that expects its rejection (`# blkc:
 /// expect E3…`) or does not compile is left as it is (the check that
-/// follows reports why). `Err`: the fixed file could not be written.
-fn fix(path: &Path, args: &Args) -> Result<(), String> {
-    let Ok(text) = blkc::FsLoader.load(path) else { return Ok(()) };
+/// follows reports why). Returns, per block it tried, what it found (for
+/// JSON: `changes`, `written`, or `found: false` with `why`). `Err`: the
+/// fixed file could not be written.
+fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let mut records = Vec::new();
+    let Ok(text) = blkc::FsLoader.load(path) else { return Ok(records) };
     let expects_rejection =
         blkc::expect::expectations(&text).is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")));
     if expects_rejection {
         eprintln!("fix: {}: left as it is: it expects its rejection (`# blkc: expect`)", path.display());
-        return Ok(());
+        return Ok(records);
     }
-    let Ok(req) = request(args, path) else { return Ok(()) };
+    let Ok(req) = request(args, path) else { return Ok(records) };
     let outcomes = match blkc::fix::fix(path, &blkc::FsLoader, &args.set, &req, FIX_BUDGET) {
         Ok(o) => o,
         Err(why) => {
             eprintln!("fix: {}: left as it is: {why}", path.display());
-            return Ok(());
+            return Ok(records);
         }
     };
     let mut fixed: Option<String> = None;
@@ -484,13 +504,19 @@ fn fix(path: &Path, args: &Args) -> Result<(), String> {
                     );
                 }
                 fixed = Some(fix.text.clone());
+                let also: Vec<&Vec<String>> = others.iter().map(|o| &o.changes).collect();
+                records.push((
+                    block.clone(),
+                    serde_json::json!({"found": true, "changes": fix.changes, "also": also, "written": !args.diff}),
+                ));
             }
             blkc::fix::Outcome::NotFound { block, tried, why } => {
                 eprintln!("fix: `{block}` in {}: no fix found ({why}; {tried} variants checked)", path.display());
+                records.push((block.clone(), serde_json::json!({"found": false, "why": why, "tried": tried})));
             }
         }
     }
-    let Some(after) = fixed else { return Ok(()) };
+    let Some(after) = fixed else { return Ok(records) };
     let before = text;
     let name = path.display();
     eprintln!("--- {name}\n+++ {name} (fixed)");
@@ -509,9 +535,9 @@ fn fix(path: &Path, args: &Args) -> Result<(), String> {
     }
     if args.diff {
         eprintln!("fix: {name} not written (--diff)");
-        return Ok(());
+        return Ok(records);
     }
     crate::durable::write_atomic(path, after.as_bytes())?;
     eprintln!("fix: wrote {name}");
-    Ok(())
+    Ok(records)
 }
