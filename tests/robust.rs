@@ -129,3 +129,67 @@ fn a_huge_file_is_refused_with_e1007() {
 fn corpus_is_not_empty() {
     assert!(corpus().len() > 40, "{:?}", blk_files("tests/ui").iter().map(|p| rel(p)).collect::<Vec<_>>());
 }
+
+/// `blkc check --fix` on every file of the repository that has a rejected
+/// block: every fix it proposes passes the check that `blkc check` runs
+/// (the same reports, with their diagnostics), changes the text, and leaves
+/// a file that compiles; and it finds fixes for several of them.
+#[test]
+fn every_fix_passes_the_check() {
+    use blkc::signal::report::{reports, Request};
+    use blkc::signal::verdict::Status;
+    let mut files = blk_files("blocks");
+    files.extend(blk_files("examples"));
+    files.extend(blk_files("tests/ui"));
+    let (mut rejected, mut fixed) = (0, 0);
+    for path in files {
+        let Ok(c) = blkc::compile(&path, &blkc::FsLoader) else { continue };
+        let Some(p) = &c.program else { continue };
+        let req = Request::default();
+        if !reports(p, blkc::span::FileId(0), &req).iter().any(|r| r.verdict == Status::Reject) {
+            continue;
+        }
+        rejected += 1;
+        let budget = std::time::Duration::from_secs(20);
+        let outcomes = blkc::fix::fix(&path, &blkc::FsLoader, &[], &req, budget).expect("it compiles");
+        let original = std::fs::read_to_string(&path).unwrap_or_default();
+        for o in outcomes {
+            let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };
+            for f in std::iter::once(&fix).chain(&others) {
+                assert_ne!(f.text, original, "{}: `{block}`: the fix changes the text", rel(&path));
+                let name = path.to_string_lossy().to_string();
+                // The fixed text where the file was, its `use`s read as before.
+                let mut loader = MemLoader::default().with(&name, &f.text);
+                for other in blk_files("blocks").into_iter().chain(blk_files("examples")) {
+                    if other != path {
+                        let text = std::fs::read_to_string(&other).unwrap_or_default();
+                        loader = loader.with(&other.to_string_lossy(), &text);
+                    }
+                }
+                let after = blkc::compile(&path, &loader).expect("readable");
+                let program = after.program.as_ref().unwrap_or_else(|| {
+                    panic!(
+                        "{}: `{block}` fixed by {:?} does not compile: {:?}",
+                        rel(&path),
+                        f.changes,
+                        after.diagnostics
+                    )
+                });
+                let verdict = reports(program, blkc::span::FileId(0), &req)
+                    .into_iter()
+                    .find(|r| r.block == block)
+                    .map(|r| r.verdict);
+                assert!(
+                    matches!(verdict, Some(Status::Pass | Status::Warn)),
+                    "{}: `{block}` fixed by {:?} is {verdict:?}",
+                    rel(&path),
+                    f.changes
+                );
+            }
+            fixed += 1;
+        }
+    }
+    println!("fixed {fixed} of {rejected} files with a rejected block");
+    assert!(rejected >= 4, "the repository has rejected blocks to fix ({rejected})");
+    assert!(fixed >= 4, "fixes were found ({fixed} of {rejected})");
+}
