@@ -150,6 +150,9 @@ pub fn translate(file: FileId, text: &str, e: &Error<Rule>, item: ItemError) -> 
         InputLocation::Span((s, _)) => s,
     };
     let pos = pos + text.get(pos..).map_or(0, |r| r.len() - r.trim_start().len());
+    if let Some(d) = in_a_statement(file, text, pos) {
+        return d;
+    }
     let found = token_at(text, pos);
     if ITEMS.contains(&found) {
         if let Some((at, tokens)) = text.get(pos..).and_then(|rest| item(found, rest)) {
@@ -175,7 +178,7 @@ fn inside_item(file: FileId, text: &str, pos: usize, tokens: &[String]) -> Diagn
     let (found, span, found_words) = found_at(file, text, pos);
     let expected: Vec<String> = tokens.iter().map(|t| format!("`{t}`")).collect();
     let expected = if expected.is_empty() { "more of this item".to_string() } else { expected.join(" or ") };
-    if let Some(d) = missing_equals(file, text, pos) {
+    if let Some(d) = in_a_statement(file, text, pos) {
         return d;
     }
     let help = if found == "-" || found == "." {
@@ -208,12 +211,204 @@ fn at_position(file: FileId, text: &str, pos: usize, e: &Error<Rule>) -> Diagnos
     } else {
         format!("expected {expected}, found {found_words}")
     };
-    if let Some(d) = missing_equals(file, text, pos) {
+    if let Some(d) = in_a_statement(file, text, pos) {
         return d;
     }
     Diagnostic::new(Code::E1001, span, message)
         .label(if expected.is_empty() { "not expected here".to_string() } else { format!("expected {expected}") })
         .help(help_for(&expected, found))
+}
+
+/// The mistakes inside one statement that pest reports where it gave up
+/// (often the next statement or item): a missing `=`, a value with nothing
+/// after its `=`, two values with no operator between them, a layer
+/// override without its `{`. Each reported where it is, with the statement
+/// as meant.
+fn in_a_statement(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    missing_equals(file, text, pos)
+        .or_else(|| empty_value(file, text, pos))
+        .or_else(|| juxtaposed(file, text, pos))
+        .or_else(|| layer_without_brace(file, text, pos))
+}
+
+/// The text of line `from..` up to its comment, without trailing space.
+fn code_of_line(text: &str, from: usize) -> &str {
+    let end = text[from..].find('\n').map_or(text.len(), |i| from + i);
+    let raw = &text[from..end];
+    raw.split('#').next().unwrap_or(raw).trim_end()
+}
+
+/// The start of the line before the one starting at `start` that has code.
+fn previous_code_line(text: &str, start: usize) -> Option<usize> {
+    let mut end = start.checked_sub(1)?;
+    loop {
+        let from = text[..end].rfind('\n').map_or(0, |i| i + 1);
+        if !code_of_line(text, from).trim().is_empty() {
+            return Some(from);
+        }
+        end = from.checked_sub(1)?;
+    }
+}
+
+/// `depth =` with its value missing: pest read the next line's name as the
+/// value and fails at that line's `=`.
+fn empty_value(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    if token_at(text, pos) != "=" {
+        return None;
+    }
+    let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let head = text[start..pos].trim();
+    if head.is_empty() || !head.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let from = previous_code_line(text, start)?;
+    let line = code_of_line(text, from);
+    let name = line.trim_start().strip_suffix('=')?.trim_end();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let at = from + line.len() - 1;
+    Some(
+        Diagnostic::new(Code::E1001, Span::new(file, at, at + 1), format!("expected a value after `{name} =`"))
+            .label("nothing follows this `=`")
+            .help(format!("give `{name}` its value on the same line: `{name} = …`")),
+    )
+}
+
+/// The expression that ends at byte `end` of `text` (on one line): a name,
+/// a number, or a call with its parentheses.
+fn expression_before(text: &str, end: usize) -> &str {
+    let bytes = text.as_bytes();
+    let mut start = end;
+    if start > 0 && bytes[start - 1] == b')' {
+        let mut depth = 0i32;
+        while start > 0 {
+            start -= 1;
+            match bytes[start] {
+                b')' => depth += 1,
+                b'(' => depth -= 1,
+                b'\n' => return &text[end..end],
+                _ => {}
+            }
+            if depth == 0 {
+                break;
+            }
+        }
+    }
+    while start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || matches!(bytes[start - 1], b'_' | b'.')) {
+        start -= 1;
+    }
+    &text[start..end]
+}
+
+/// The expression that starts at byte `start`: a name or number, with the
+/// parentheses of a call after it.
+fn expression_after(text: &str, start: usize) -> &str {
+    let word = token_at(text, start);
+    let mut end = start + word.len();
+    if text[end..].starts_with('(') {
+        let mut depth = 0i32;
+        for (i, c) in text[end..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                '\n' => break,
+                _ => {}
+            }
+            if depth == 0 {
+                end += i + 1;
+                break;
+            }
+        }
+    }
+    &text[start..end]
+}
+
+/// Two values in a row in a statement's value (`beta softmax`,
+/// `attn(n) mlp(n)`): pest fails at the second (or, where it is an item's
+/// keyword such as `mlp`, at its `(`).
+fn juxtaposed(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    let mut start = pos;
+    if text.get(pos..)?.starts_with('(') {
+        start -=
+            text[..pos].len() - text[..pos].trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_').len();
+    }
+    let next = token_at(text, start);
+    if !next.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        return None;
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let kept = before.trim_end();
+    if kept.len() == before.len() || !kept.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ')') {
+        return None;
+    }
+    let line = kept.trim_start();
+    let first = token_at(line, 0);
+    if !line.contains('=') || matches!(first, "param" | "layer" | "use") {
+        return None;
+    }
+    // `1 trainabel`: a misspelt word, said by "did you mean".
+    if crate::diag::did_you_mean(next, KEYWORDS.iter().copied()).is_some_and(|k| k != next) {
+        return None;
+    }
+    let prev = expression_before(text, line_start + kept.len());
+    let after = expression_after(text, start);
+    let call = |e: &str| ["attn(", "mlp(", "rmsnorm(", "layernorm("].iter().any(|c| e.starts_with(c));
+    let op = if call(after) && prev.ends_with(')') { "+" } else { "*" };
+    Some(
+        Diagnostic::new(
+            Code::E1001,
+            Span::new(file, start, start + next.len()),
+            format!("expected an operator before `{next}`"),
+        )
+        .label("two values in a row")
+        .help(format!("join them with `+`, `-`, `*` or `/`, e.g. `{prev} {op} {after}`")),
+    )
+}
+
+/// `layer first out = x`: an override's selectors not followed by `{`.
+fn layer_without_brace(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line = code_of_line(text, line_start);
+    let indent = line.len() - line.trim_start().len();
+    let rest = line.trim_start().strip_prefix("layer")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    // The selectors: words, numbers, `..`, arithmetic of `depth`, commas.
+    let mut at = line_start + indent + "layer".len();
+    let mut selectors = String::new();
+    loop {
+        at += text[at..].len() - text[at..].trim_start_matches([' ', '\t']).len();
+        let t = token_at(text, at);
+        let selector = t == "first"
+            || t == "last"
+            || t == "depth"
+            || t.chars().all(|c| c.is_ascii_digit() || c == '.')
+            || matches!(t, "," | "+" | "-" | "*" | "/" | "(" | ")");
+        if t.is_empty() || !selector || t == "{" {
+            break;
+        }
+        selectors.push_str(t);
+        if t == "," {
+            selectors.push(' ');
+        }
+        at += t.len();
+    }
+    let found = token_at(text, at);
+    if selectors.is_empty() || found == "{" || found.is_empty() {
+        return None;
+    }
+    Some(
+        Diagnostic::new(
+            Code::E1001,
+            Span::new(file, at, at + found.len()),
+            format!("expected `{{` after `layer {selectors}`, found `{found}`"),
+        )
+        .label("expected `{`")
+        .help(format!("a layer override is `layer {selectors} {{ … }}`, its statements inside the braces")),
+    )
 }
 
 /// A statement written without its `=` (`h attn(x)`, `block b`), where an
