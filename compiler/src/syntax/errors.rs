@@ -229,6 +229,26 @@ fn in_a_statement(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
         .or_else(|| empty_value(file, text, pos))
         .or_else(|| juxtaposed(file, text, pos))
         .or_else(|| layer_without_brace(file, text, pos))
+        .or_else(|| trailing_comma(file, text, pos))
+}
+
+/// `query = zeros,`: a comma after a statement (statements end with their
+/// line; commas separate a call's arguments only).
+fn trailing_comma(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
+    if token_at(text, pos) != "," {
+        return None;
+    }
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line = code_of_line(text, line_start);
+    let open = text[line_start..pos].matches('(').count() > text[line_start..pos].matches(')').count();
+    if open || line_start + line.len() != pos + 1 {
+        return None;
+    }
+    Some(
+        Diagnostic::new(Code::E1001, Span::new(file, pos, pos + 1), "unexpected `,` after a statement")
+            .label("not needed here")
+            .help("a statement ends with its line; commas only separate a call's arguments: remove the `,`"),
+    )
 }
 
 /// The text of line `from..` up to its comment, without trailing space.
