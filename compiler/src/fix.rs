@@ -245,6 +245,13 @@ impl Search<'_> {
         }
         // Cheapest first; a clean pass before a warning; fewer changes.
         found.sort_by_key(|f| (f.cost, f.status as u8, f.changes.len()));
+        // The same changes made in another order are one fix.
+        let mut sets: HashSet<Vec<String>> = HashSet::new();
+        found.retain(|f| {
+            let mut set = f.changes.clone();
+            set.sort();
+            sets.insert(set)
+        });
         let formatted = parse(text).is_some_and(|f| crate::syntax::format::format(&f, text) == text);
         if formatted {
             for f in &mut found {
@@ -783,6 +790,30 @@ mod tests {
         let (changes, after, _) = only(text);
         assert!(changes[0].starts_with("add a skip from `x`"), "{changes:?}");
         assert!(passes(&after), "{after}");
+    }
+
+    /// A block that needs several changes gets them; the same changes made
+    /// in another order are offered once.
+    #[test]
+    fn several_changes_combine_and_orders_are_one_fix() {
+        let text = "block naive {\n    h   = attn(x)\n    out = h + mlp(h)\n}\n\nmodel {\n    block = naive\n    depth = 72\n    width = 768\n    heads = 12\n    vocab = 1000\n}\n";
+        assert!(!passes(text));
+        let mut out = fixed(text).expect("compiles");
+        let Some(Outcome::Fixed { fix, others, .. }) = out.pop() else { panic!("not fixed") };
+        assert!(fix.changes.len() >= 2, "{:?}", fix.changes);
+        assert!(passes(&fix.text), "{}", fix.text);
+        let mut sets: Vec<Vec<String>> = std::iter::once(&fix)
+            .chain(&others)
+            .map(|f| {
+                let mut c = f.changes.clone();
+                c.sort();
+                c
+            })
+            .collect();
+        let n = sets.len();
+        sets.sort();
+        sets.dedup();
+        assert_eq!(sets.len(), n, "no set of changes offered twice");
     }
 
     #[test]
