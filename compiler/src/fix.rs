@@ -209,9 +209,14 @@ impl Search<'_> {
                     if !seen.insert(fixed.clone()) {
                         continue;
                     }
+                    let cost = weight + change.cost;
+                    // Past the single changes, nothing dearer than a fix
+                    // found is worth checking.
+                    if round > 0 && found.iter().any(|f| f.cost < cost) {
+                        continue;
+                    }
                     let mut names = made.clone();
                     names.push(change.what.clone());
-                    let cost = weight + change.cost;
                     match self.verdict(&fixed, block) {
                         Some((Status::Reject, progress)) => rejected.push((progress, fixed, names, cost)),
                         Some((status, _)) => found.push(Fix { changes: names, cost, text: fixed, status }),

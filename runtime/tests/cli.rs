@@ -354,7 +354,7 @@ fn the_ci_example_passes_on_this_repository() {
     let listed = listed.map(|o| text(&o.stdout)).unwrap_or_default();
     let files: Vec<&str> = listed.lines().collect();
     assert!(files.len() > 80, "git ls-files found {} .blk files", files.len());
-    let mut args = vec!["check", "--format", "github"];
+    let mut args = vec!["check", "--fix", "--diff", "--format", "github"];
     args.extend(files.iter().copied());
     let o = blkc(&args);
     let out = text(&o.stdout);
@@ -363,7 +363,7 @@ fn the_ci_example_passes_on_this_repository() {
     let notice = out.lines().find(|l| l.starts_with("::notice file=blocks/skipless-naive.blk,line=5,col=11"));
     assert!(notice.is_some_and(|l| l.contains("title=E3001")), "{out}");
     let workflow = std::fs::read_to_string(repo().join("examples/ci/blkc-check.yml")).unwrap_or_default();
-    assert!(workflow.contains("blkc check --format github"), "the workflow runs the command tested here");
+    assert!(workflow.contains("blkc check --fix --diff --format github"), "the workflow runs the command tested here");
 }
 
 /// Every command's JSON carries its schema version; a file that cannot be
