@@ -220,6 +220,10 @@ fn check_fix_writes_the_smallest_passing_change() {
     assert_eq!(o.status.code(), Some(0), "fixed, it passes: {}", text(&o.stderr));
     let after = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(after.contains("h   = x + attn(rmsnorm(x))"), "{after}");
+    let o = blkc(&["check", "--fix", &path]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("nothing to fix"), "a second --fix changes nothing");
+    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), after);
     assert!(after.starts_with("# E3001: attention without a skip"), "comments are kept: {after}");
     // A file that expects its rejection is left alone, and still passes.
     let kept = repo().join("tests/ui/signal/naive_collapse.blk");

@@ -477,6 +477,9 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
             return Ok(records);
         }
     };
+    if outcomes.is_empty() {
+        eprintln!("fix: {}: nothing to fix (no block is rejected)", path.display());
+    }
     let mut fixed: Option<String> = None;
     for o in &outcomes {
         match o {
