@@ -19,6 +19,8 @@ use lsp_types::{
     TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, Url,
 };
 
+use blkc::Loader;
+
 use crate::analysis::{Analysis, Options};
 use crate::index::Target;
 use crate::text::Lines;
@@ -408,10 +410,24 @@ impl<'c> Server<'c> {
         for o in found {
             let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };
             for (k, f) in std::iter::once(fix).chain(others).enumerate() {
-                let edit = crate::text::replacement(&doc.text, &f.text);
-                let changes = std::collections::HashMap::from([(uri.clone(), vec![edit])]);
+                // The block may be defined in a `use`d file: the edit is there.
+                let (target, before) = if f.file == path {
+                    (uri.clone(), doc.text.clone())
+                } else {
+                    let Some(target) = crate::workspace::uri_of(&f.file, &self.docs) else { continue };
+                    let Ok(before) = crate::workspace::Overlay(&self.docs).load(&f.file) else { continue };
+                    let expects = blkc::expect::expectations(&before)
+                        .is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")));
+                    if expects {
+                        continue;
+                    }
+                    (target, before)
+                };
+                let edit = crate::text::replacement(&before, &f.text);
+                let place = if f.file == path { String::new() } else { format!(" (in {})", f.file.display()) };
+                let changes = std::collections::HashMap::from([(target, vec![edit])]);
                 actions.push(CodeActionOrCommand::CodeAction(CodeAction {
-                    title: format!("blkc: make `{block}` pass: {}", f.changes.join("; ")),
+                    title: format!("blkc: make `{block}` pass{place}: {}", f.changes.join("; ")),
                     kind: Some(CodeActionKind::QUICKFIX),
                     diagnostics: Some(rejections.clone()),
                     edit: Some(lsp_types::WorkspaceEdit { changes: Some(changes), ..Default::default() }),

@@ -241,6 +241,32 @@ fn check_fix_writes_the_smallest_passing_change() {
     assert_eq!(std::fs::read_to_string(&broken).unwrap_or_default(), before);
 }
 
+/// A model whose block comes from another file: the fix is made in that
+/// file, as the model analyses the block (Post-LN passes bare, not at depth
+/// 72 and width 768); a file that expects its rejection is left alone.
+#[test]
+fn check_fix_changes_the_file_that_defines_the_block() {
+    let dir = std::env::temp_dir().join(format!("blkc-fix-used-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let lib = "block postln {\n    h   = rmsnorm(x + attn(x))\n    out = rmsnorm(h + mlp(h))\n}\n";
+    let model = "use \"lib.blk\"\n\nmodel {\n    block = postln\n    depth = 72\n    width = 768\n    heads = 12\n    vocab = 1000\n}\n";
+    let _ = std::fs::write(dir.join("lib.blk"), lib);
+    let _ = std::fs::write(dir.join("m.blk"), model);
+    let o = blkc_in(&dir, &["check", "--fix", "m.blk"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("(defined in lib.blk, used by m.blk)") && err.contains("fix: wrote lib.blk"), "{err}");
+    let fixed = std::fs::read_to_string(dir.join("lib.blk")).unwrap_or_default();
+    assert!(fixed.contains("param beta_") && fixed.contains("1 / sqrt(depth)"), "{fixed}");
+    assert_eq!(std::fs::read_to_string(dir.join("m.blk")).unwrap_or_default(), model, "the model file is unchanged");
+    // The library says it expects the rejection: nothing is written.
+    let expecting = format!("{lib}# blkc: expect E3001\n");
+    let _ = std::fs::write(dir.join("lib.blk"), &expecting);
+    let o = blkc_in(&dir, &["check", "--fix", "m.blk"]);
+    assert!(text(&o.stderr).contains("which expects its rejection"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(dir.join("lib.blk")).unwrap_or_default(), expecting);
+}
+
 #[test]
 fn unreadable_files_exit_2() {
     let o = blkc(&["check", "no/such.blk"]);

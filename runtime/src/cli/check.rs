@@ -454,8 +454,9 @@ fn data_kernel(path: &Path) -> Result<Input, String> {
 const FIX_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `--fix`: searches the smallest change that makes each rejected block of
-/// `path` pass, says what it changes (a diff on stderr), and writes the file
-/// back unless `--diff`. A file that expects its rejection (`# blkc:
+/// `path` pass (in the file that defines it: `path` or one it `use`s), says
+/// what it changes (a diff on stderr), and writes the changed files back
+/// unless `--diff`. A file that expects its rejection (`# blkc:
 /// expect E3…`) or does not compile is left as it is (the check that
 /// follows reports why). Returns, per block it tried, what it found (for
 /// JSON: `changes`, `written`, or `found: false` with `why`). `Err`: the
@@ -480,14 +481,36 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
     if outcomes.is_empty() {
         eprintln!("fix: {}: nothing to fix (no block is rejected)", path.display());
     }
-    let mut fixed: Option<String> = None;
+    let root = blkc::source::normalise(path);
+    // Each file the fixes change: its text before, and after.
+    let mut files: Vec<(std::path::PathBuf, String, String)> = Vec::new();
     for o in &outcomes {
         match o {
             blkc::fix::Outcome::Fixed { block, fix, others } => {
+                let elsewhere = fix.file != root;
+                let before = match files.iter().find(|(f, ..)| *f == fix.file) {
+                    Some((_, _, after)) => after.clone(),
+                    None if elsewhere => blkc::FsLoader.load(&fix.file).unwrap_or_default(),
+                    None => text.clone(),
+                };
+                let shown = fix.file.display();
+                if elsewhere
+                    && blkc::expect::expectations(&before)
+                        .is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")))
+                {
+                    let why = format!("`{block}` is defined in {shown}, which expects its rejection");
+                    eprintln!("fix: `{block}`: left as it is: {why}");
+                    records.push((block.clone(), serde_json::json!({"found": false, "why": why, "tried": 0})));
+                    continue;
+                }
                 let n = fix.changes.len();
+                let place = if elsewhere {
+                    format!("defined in {shown}, used by {}", path.display())
+                } else {
+                    format!("in {shown}")
+                };
                 eprintln!(
-                    "fix: `{block}` in {} passes with {}:",
-                    path.display(),
+                    "fix: `{block}` ({place}) passes with {}:",
                     if n == 1 { "one change".to_string() } else { format!("{n} changes") }
                 );
                 for c in &fix.changes {
@@ -496,21 +519,26 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
                 for other in others {
                     eprintln!("  (also passes: {})", other.changes.join("; "));
                 }
+                if elsewhere {
+                    eprintln!("  (this changes {shown}, so every model that uses `{block}`)");
+                }
                 if args.format == DiagFormat::Github {
                     // An annotation on the first line the fix changes.
-                    let before = fixed.as_deref().unwrap_or(text.as_str());
-                    let line = blkc::fix::diff(before, &fix.text, 0).into_iter().flatten().next().map_or(1, |l| l.0);
+                    let line = blkc::fix::diff(&before, &fix.text, 0).into_iter().flatten().next().map_or(1, |l| l.0);
                     println!(
-                        "::notice file={},line={line},title=blkc check --fix::`{block}` passes with: {}",
-                        path.display(),
+                        "::notice file={shown},line={line},title=blkc check --fix::`{block}` passes with: {}",
                         fix.changes.join("; ")
                     );
                 }
-                fixed = Some(fix.text.clone());
+                match files.iter_mut().find(|(f, ..)| *f == fix.file) {
+                    Some(entry) => entry.2 = fix.text.clone(),
+                    None => files.push((fix.file.clone(), before, fix.text.clone())),
+                }
                 let also: Vec<&Vec<String>> = others.iter().map(|o| &o.changes).collect();
                 records.push((
                     block.clone(),
-                    serde_json::json!({"found": true, "changes": fix.changes, "also": also, "written": !args.diff}),
+                    serde_json::json!({"found": true, "changes": fix.changes, "also": also, "written": !args.diff,
+                        "file": shown.to_string()}),
                 ));
             }
             blkc::fix::Outcome::NotFound { block, tried, why } => {
@@ -519,28 +547,29 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
             }
         }
     }
-    let Some(after) = fixed else { return Ok(records) };
-    let before = text;
-    let name = path.display();
-    eprintln!("--- {name}\n+++ {name} (fixed)");
-    let mut hunk = true;
-    for line in blkc::fix::diff(&before, &after, 1) {
-        match line {
-            Some((a, _, marker, t)) => {
-                if hunk {
-                    eprintln!("@@ line {a} @@");
-                    hunk = false;
+    // Each file's text before its first fix is the file as it was.
+    for (file, original, after) in &files {
+        let name = file.display();
+        eprintln!("--- {name}\n+++ {name} (fixed)");
+        let mut hunk = true;
+        for line in blkc::fix::diff(original, after, 1) {
+            match line {
+                Some((a, _, marker, t)) => {
+                    if hunk {
+                        eprintln!("@@ line {a} @@");
+                        hunk = false;
+                    }
+                    eprintln!("{marker}{t}");
                 }
-                eprintln!("{marker}{t}");
+                None => hunk = true,
             }
-            None => hunk = true,
         }
+        if args.diff {
+            eprintln!("fix: {name} not written (--diff)");
+            continue;
+        }
+        crate::durable::write_atomic(file, after.as_bytes())?;
+        eprintln!("fix: wrote {name}");
     }
-    if args.diff {
-        eprintln!("fix: {name} not written (--diff)");
-        return Ok(records);
-    }
-    crate::durable::write_atomic(path, after.as_bytes())?;
-    eprintln!("fix: wrote {name}");
     Ok(records)
 }
