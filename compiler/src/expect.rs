@@ -37,6 +37,13 @@ pub fn expectations(text: &str) -> Result<Vec<(Code, usize)>, (String, usize)> {
     Ok(out)
 }
 
+/// Whether a file's text expects a rejection by the signal check (`#
+/// blkc: expect E3…`): a negative example, which `check --fix` leaves as it
+/// is.
+pub fn expects_rejection(text: &str) -> bool {
+    expectations(text).is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")))
+}
+
 /// `E1234` or `W1234`.
 fn looks_like_code(word: &str) -> bool {
     let b = word.as_bytes();

@@ -416,9 +416,7 @@ impl<'c> Server<'c> {
                 } else {
                     let Some(target) = crate::workspace::uri_of(&f.file, &self.docs) else { continue };
                     let Ok(before) = crate::workspace::Overlay(&self.docs).load(&f.file) else { continue };
-                    let expects = blkc::expect::expectations(&before)
-                        .is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")));
-                    if expects {
+                    if blkc::expect::expects_rejection(&before) {
                         continue;
                     }
                     (target, before)

@@ -445,9 +445,7 @@ fn missing_equals(file: FileId, text: &str, pos: usize) -> Option<Diagnostic> {
     let previous = text[..start.saturating_sub(1)].rfind('\n').map_or(0, |i| i + 1);
     let lines = if start == 0 { vec![start] } else { vec![start, previous] };
     lines.into_iter().find_map(|from| {
-        let end = text[from..].find('\n').map_or(text.len(), |i| from + i);
-        let raw = &text[from..end];
-        let l = raw.split('#').next().unwrap_or(raw).trim_end();
+        let l = code_of_line(text, from);
         let indent = l.len() - l.trim_start().len();
         let l = l.trim_start();
         let name: usize = l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').map(char::len_utf8).sum();

@@ -464,9 +464,7 @@ const FIX_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, String> {
     let mut records = Vec::new();
     let Ok(text) = blkc::FsLoader.load(path) else { return Ok(records) };
-    let expects_rejection =
-        blkc::expect::expectations(&text).is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")));
-    if expects_rejection {
+    if blkc::expect::expects_rejection(&text) {
         eprintln!("fix: {}: left as it is: it expects its rejection (`# blkc: expect`)", path.display());
         return Ok(records);
     }
@@ -494,10 +492,7 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
                     None => text.clone(),
                 };
                 let shown = fix.file.display();
-                if elsewhere
-                    && blkc::expect::expectations(&before)
-                        .is_ok_and(|e| e.iter().any(|(c, _)| c.as_str().starts_with("E3")))
-                {
+                if elsewhere && blkc::expect::expects_rejection(&before) {
                     let why = format!("`{block}` is defined in {shown}, which expects its rejection");
                     eprintln!("fix: `{block}`: left as it is: {why}");
                     records.push((block.clone(), serde_json::json!({"found": false, "why": why, "tried": 0})));
