@@ -29,6 +29,8 @@ pub struct Gpu {
     /// Free and total device memory, in bytes.
     pub free: u64,
     pub total: u64,
+    /// GPUs of this kind the machine has (its CUDA devices).
+    pub count: usize,
 }
 
 /// Checks, before burn touches it, that CUDA can run here: the driver
@@ -61,7 +63,7 @@ pub fn cuda() -> Result<Gpu, String> {
         Some(Err(e)) => return Err(format!("CUDA's runtime compiler (NVRTC) does not work: {e}")),
         Some(Ok(_)) => {}
     }
-    Ok(Gpu { name, free: free as u64, total: total as u64 })
+    Ok(Gpu { name, free: free as u64, total: total as u64, count: count as usize })
 }
 
 /// Whether this build has CUDA, and CUDA runs here.
@@ -82,7 +84,7 @@ pub fn wgpu() -> Result<Gpu, String> {
         t.sum().into_scalar()
     });
     match sum {
-        Some(3.0) => Ok(Gpu { name: "WebGPU (default adapter)".into(), free: 0, total: 0 }),
+        Some(3.0) => Ok(Gpu { name: "WebGPU (default adapter)".into(), free: 0, total: 0, count: 1 }),
         Some(s) => Err(format!("the WebGPU adapter computes 1 + 2 = {s}")),
         None => Err("no WebGPU adapter answers: this machine has no Vulkan, Metal or DX12 driver (on Linux without \
                      a GPU, Mesa's software one is the package mesa-vulkan-drivers)"

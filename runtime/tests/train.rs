@@ -372,6 +372,66 @@ fn dropout_trains_resumes_exactly_and_follows_the_rows() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Data parallel on the CPU (peers sharing its one device): two and four
+/// devices, each with its share of every batch, train as one device does
+/// (the same batches and dropout masks; losses equal but for the order of
+/// the sums); a run resumes on another number of devices; a masked model's
+/// shares weigh their masked tokens; a batch that does not split is
+/// refused before anything is written.
+#[test]
+fn data_parallel_trains_as_one_device_does() {
+    let d = scratch("parallel");
+    std::fs::write(d.join("dropout.blk"), DROPOUT).unwrap_or_else(|e| panic!("{e}"));
+    tiny(&d, "dropped", "causal", 258, "");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "one", "--steps", "12"]));
+    let one = losses(&d.join("one"));
+    let close = |a: &BTreeMap<u64, (f64, Option<f64>)>, what: &str| {
+        assert_eq!(a.keys().collect::<Vec<_>>(), one.keys().collect::<Vec<_>>(), "{what}");
+        for (step, (l1, e1)) in &one {
+            let (l, e) = a[step];
+            assert!((l - l1).abs() < 2e-4, "{what}, step {step}: loss {l}, on one device {l1}");
+            assert_eq!(e.is_some(), e1.is_some(), "{what}, step {step}: an evaluation on one only");
+            if let (Some(e), Some(e1)) = (e, e1) {
+                assert!((e - e1).abs() < 2e-4, "{what}, step {step}: validation {e}, on one device {e1}");
+            }
+        }
+    };
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "two", "--steps", "12", "--devices", "2"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("2 copies in data parallel sharing"), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("1 micro-batch of 4 per device"), "{}", text(&o.stderr));
+    close(&losses(&d.join("two")), "two devices");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("two/run.json")).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(run["settings"]["devices"], 2);
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "four", "--steps", "12", "--set", "devices=4"]));
+    close(&losses(&d.join("four")), "four devices");
+
+    // Stopped on two devices, resumed on one.
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "parts", "--steps", "12", "--devices", "2", "--stop-at", "7"]));
+    ok(&blkc(&d, &["train", "--resume", "parts", "--devices", "1"]));
+    close(&losses(&d.join("parts")), "two devices, then one");
+
+    // A masked model: its shares hold different numbers of masked tokens.
+    tiny(&d, "preln", "bidirectional", 258, "    mask_rate = 0.25\n");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "mlm1", "--steps", "6"]));
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "mlm2", "--steps", "6", "--devices", "2"]));
+    let (m1, m2) = (losses(&d.join("mlm1")), losses(&d.join("mlm2")));
+    for (step, (l1, _)) in &m1 {
+        let l2 = m2[step].0;
+        assert!((l1 - l2).abs() < 2e-4, "masked, step {step}: {l2} on two devices, {l1} on one");
+    }
+
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "three", "--devices", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("batch 8 does not split over 3 devices"), "{}", text(&o.stderr));
+    assert!(!d.join("three").exists(), "a refused run leaves no directory");
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "none", "--devices", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("devices"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Mixed precision: a bf16 run tracks the fp32 run of the same model, seed
 /// and batches, writes fp32 checkpoints, records its precision, and
 /// resumes exactly; `blkc eval` evaluates in the run's precision.

@@ -333,6 +333,7 @@ pub(crate) const TRAIN_KEYS: &[(&str, Kind)] = &[
     ("mask_rate", Kind::Float(0.0, 1.0, true)),
     ("device", Kind::Choice(&["cpu", "cuda", "wgpu"])),
     ("precision", Kind::Choice(&["auto", "fp32", "tf32", "bf16"])),
+    ("devices", Kind::Int(1, 1024)),
 ];
 
 /// Resolves the `train` sections (used files first; a later setting

@@ -112,6 +112,7 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Train, "val_fraction") => "share of the data held out for validation",
         (SectionKind::Train, "mask_rate") => "share of tokens masked (bidirectional models)",
         (SectionKind::Train, "device") => "where training runs",
+        (SectionKind::Train, "devices") => "devices training runs on in parallel, each with its share of the batch",
         (SectionKind::Train, "precision") => {
             "the weight products: `fp32`, `tf32` (f32 tensors, TF32 tensor cores where the GPU has them), `bf16` (fp32 weights, optimiser, norms, softmax, loss), `auto` (bf16 on CUDA)"
         }

@@ -11,13 +11,13 @@ use blkc::signal::verdict::Status;
 use blkc::span::FileId;
 use serde::Serialize;
 
-use super::train::{bare_model, fits, on_cuda, on_wgpu};
+use super::train::{bare_model, fits, on_cpu, on_cuda, on_wgpu};
 use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::{self, Curves};
 use crate::train::rundir::RunDir;
 use crate::train::settings::{self, Flags, Settings};
-use crate::train::{self, open, signals, Failure, Job, Resume};
+use crate::train::{open, signals, Failure, Job, Resume};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,6 +46,9 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, value_enum)]
     pub device: Option<Device>,
+    /// Train each run on N devices in data parallel (see `blkc train --help`).
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u64>,
     /// The weight products (see `blkc train --help`).
     #[arg(long, value_enum)]
     pub precision: Option<super::PrecisionArg>,
@@ -146,7 +149,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
             let result = match job.settings.device.as_str() {
                 "cuda" => on_cuda(&job),
                 "wgpu" => on_wgpu(&job),
-                _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
+                _ => on_cpu(&job),
             };
             match result {
                 Ok(s) if s.interrupted => {
@@ -284,6 +287,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         device: args.device.map(|d| d.name().to_string()),
         seed: Some(seed),
         precision: args.precision.map(|p| p.name().to_string()),
+        devices: args.devices,
     };
     let fail = |e: String| {
         eprintln!("error: {}: {e}", v.name);

@@ -72,7 +72,8 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         return Err(format!("`{source}` has fewer tokens than one context window"));
     }
     let batches = args.batches.unwrap_or(s.eval_batches) as usize;
-    let rows = s.micro() as usize;
+    // The batches of the run's own evaluations (on however many devices).
+    let rows = s.rows_per_pass() as usize;
     let precision = match args.precision {
         Some(p) => p.on(args.device),
         None => crate::kernels::precision::Precision::resolve(&s.precision, args.device.name()),

@@ -26,6 +26,11 @@ pub struct Args {
     /// Where to run (overrides the file's `device`).
     #[arg(long, value_enum)]
     pub device: Option<Device>,
+    /// Train on N devices in data parallel (overrides the file's
+    /// `devices`): CUDA GPUs 0 to N−1, each with a copy of the model and
+    /// 1/N of every batch; on the CPU, N copies share the one device.
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u64>,
     /// The weight products (overrides the file's `precision`): `bf16`
     /// keeps fp32 weights, optimiser, norms, softmax and loss; `auto` is
     /// bf16 on CUDA, fp32 on the CPU.
@@ -100,7 +105,7 @@ pub fn run(args: &Args) -> u8 {
     let result = match job.settings.device.as_str() {
         "cuda" => on_cuda(&job),
         "wgpu" => on_wgpu(&job),
-        _ => train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(&job, &Default::default()),
+        _ => on_cpu(&job),
     };
     match result {
         Ok(s) => {
@@ -134,6 +139,7 @@ fn flags(args: &Args) -> settings::Flags {
         device: args.device.map(|d| d.name().to_string()),
         seed: None,
         precision: args.precision.map(|p| p.name().to_string()),
+        devices: args.devices,
     }
 }
 
@@ -239,14 +245,32 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         eprintln!("error: {e}");
         return Err(REJECTED);
     }
+    if let Err(e) = job.settings.accumulation() {
+        eprintln!("error: {e}");
+        return Err(REJECTED);
+    }
+    let devices = job.settings.devices;
     let estimate = memory::estimate(&job.program, model, rows);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
             eprintln!("error: cannot train on CUDA: {e}");
             NO_DEVICE
         })?;
-        (Some(u128::from(gpu.free)), format!("the GPU ({})", gpu.name))
+        if gpu.count < devices as usize {
+            eprintln!(
+                "error: cannot train on {devices} GPUs: this machine has {} (CUDA_VISIBLE_DEVICES may hide some); use \
+                 --devices {}",
+                gpu.count, gpu.count
+            );
+            return Err(NO_DEVICE);
+        }
+        let which = if devices > 1 { "each GPU".to_string() } else { format!("the GPU ({})", gpu.name) };
+        (Some(u128::from(gpu.free)), which)
     } else if job.settings.device == "wgpu" {
+        if devices > 1 {
+            eprintln!("error: data-parallel training (devices = {devices}) runs on CUDA or the CPU, not on wgpu");
+            return Err(NO_DEVICE);
+        }
         // WebGPU does not say how much memory its adapter has.
         crate::backend::wgpu().map_err(|e| {
             eprintln!("error: cannot train on wgpu: {e}");
@@ -254,7 +278,9 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         })?;
         (None, String::new())
     } else {
-        (memory::available(), "this machine".to_string())
+        // Every copy of the model on the CPU shares its memory.
+        let share = memory::available().map(|m| m / u128::from(devices.max(1)));
+        (share, if devices > 1 { format!("this machine's 1/{devices} share") } else { "this machine".to_string() })
     };
     if no_memory_check {
         return Ok(());
@@ -289,9 +315,19 @@ fn fail(msg: &str) -> u8 {
     REJECTED
 }
 
+/// The CPU: the one device, shared by every copy of the model in data
+/// parallel (which checks a multi-device run before it goes to GPUs).
+pub(super) fn on_cpu(job: &Job) -> Result<train::Summary, Failure> {
+    let devices = vec![Default::default(); job.settings.devices.max(1) as usize];
+    train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(job, &devices)
+}
+
+/// CUDA GPUs 0 to `devices` − 1.
 #[cfg(feature = "cuda")]
 pub(super) fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
-    train::train::<burn::backend::Autodiff<crate::backend::Cuda>>(job, &Default::default())
+    let devices: Vec<_> =
+        (0..job.settings.devices.max(1) as usize).map(|index| burn::backend::cuda::CudaDevice { index }).collect();
+    train::train::<burn::backend::Autodiff<crate::backend::Cuda>>(job, &devices)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -301,7 +337,7 @@ pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
 
 #[cfg(feature = "wgpu")]
 pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
-    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &Default::default())
+    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &[Default::default()])
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -53,6 +53,19 @@ impl Batch {
     pub fn counted(&self) -> f32 {
         self.weights.iter().sum()
     }
+
+    /// Rows `range` of this batch (a device's share of it).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Batch {
+        let (a, b) = (range.start.min(self.rows), range.end.clamp(range.start.min(self.rows), self.rows));
+        let cut = |t: usize| t * self.context;
+        Batch {
+            rows: b - a,
+            context: self.context,
+            inputs: self.inputs[cut(a)..cut(b)].to_vec(),
+            targets: self.targets[cut(a)..cut(b)].to_vec(),
+            weights: self.weights[cut(a)..cut(b)].to_vec(),
+        }
+    }
 }
 
 /// What the model learns to predict.
@@ -241,5 +254,20 @@ mod tests {
         assert_ne!(a, eval_batch(&s, 2, 4, 8, Objective::Causal, 0));
         assert_eq!(eval_batches(&s, 4, 8), 4);
         assert_eq!(eval_batches(&stream(30, 10), 4, 8), 1);
+    }
+
+    #[test]
+    fn the_shares_of_a_batch_make_it_whole() {
+        let s = stream(1000, 10);
+        let mut sampler = Sampler::new(3, s.windows());
+        let b = train_batch(&s, &mut sampler, 40, 6, Objective::Causal, 3);
+        let (first, second) = (b.rows(0..4), b.rows(4..6));
+        assert_eq!((first.rows, second.rows), (4, 2));
+        assert_eq!([first.inputs.clone(), second.inputs.clone()].concat(), b.inputs);
+        assert_eq!([first.targets.clone(), second.targets.clone()].concat(), b.targets);
+        assert_eq!(first.counted() + second.counted(), b.counted());
+        // Past the end: empty, not a panic.
+        assert_eq!(b.rows(5..9).rows, 1);
+        assert_eq!(b.rows(7..9).rows, 0);
     }
 }

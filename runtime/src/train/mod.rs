@@ -9,6 +9,7 @@ pub mod logs;
 pub mod memory;
 pub mod open;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod progress;
 pub mod run;
@@ -188,15 +189,50 @@ pub fn loss<B: Kernels>(
     noise: Option<Noise>,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let (inputs, targets, weights) = tensors::<B>(b, device);
+    share_of_loss(model, b, Whole::of(b), obj, noise, device)
+}
+
+/// The batch that a share (a device's rows) is part of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Whole {
+    pub rows: usize,
+    /// Tokens the whole batch's loss counts.
+    pub counted: f32,
+}
+
+impl Whole {
+    pub fn of(b: &Batch) -> Whole {
+        Whole { rows: b.rows, counted: b.counted() }
+    }
+}
+
+/// The part of the whole batch's mean cross-entropy that `share`, some of
+/// its rows, contributes: the shares' parts sum to the whole's loss (and
+/// their gradients to its gradient). The whole's own share is its loss.
+pub fn share_of_loss<B: Kernels>(
+    model: &Model<B>,
+    share: &Batch,
+    whole: Whole,
+    obj: Objective,
+    noise: Option<Noise>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let (inputs, targets, weights) = tensors::<B>(share, device);
     let logits = model.forward_with(inputs, noise);
     let [rows, t, v] = logits.dims();
     let (logits, targets) = (logits.reshape([rows * t, v]), targets.reshape([rows * t]));
     match obj {
         // The mean over every token: one kernel whose gradient is written
-        // in the forward pass.
-        Objective::Causal => kernels::nll_mean(logits, targets),
-        Objective::Masked { .. } => (kernels::nll(logits, targets) * weights).sum().div_scalar(b.counted().max(1.0)),
+        // in the forward pass; every row counts the same number of them.
+        Objective::Causal => {
+            let mean = kernels::nll_mean(logits, targets);
+            if share.rows == whole.rows {
+                mean
+            } else {
+                mean.mul_scalar(share.rows as f64 / whole.rows.max(1) as f64)
+            }
+        }
+        Objective::Masked { .. } => (kernels::nll(logits, targets) * weights).sum().div_scalar(whole.counted.max(1.0)),
     }
 }
 
@@ -210,21 +246,42 @@ pub fn evaluate<B: Kernels>(
     seed: u64,
     device: &B::Device,
 ) -> f64 {
-    let n = batch::eval_batches(valid, batches, rows);
-    let mut total = 0.0;
-    let mut count = 0.0;
-    for i in 0..n {
-        let b = batch::eval_batch(valid, i, n, rows, obj, seed);
-        let c = f64::from(b.counted());
-        let l = loss(model, &b, obj, None, device).into_scalar();
-        total += f64::from(burn::tensor::ElementConversion::elem::<f32>(l)) * c;
-        count += c;
-    }
+    let (total, count) = evaluate_share(model, valid, batches, rows, obj, seed, device, parallel::Peer::ALONE);
     if count > 0.0 {
         total / count
     } else {
         f64::NAN
     }
+}
+
+/// This peer's share of an evaluation ([`evaluate`]): its rows of each
+/// batch, as (summed loss, tokens counted).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn evaluate_share<B: Kernels>(
+    model: &Model<B>,
+    valid: &Stream,
+    batches: usize,
+    rows: usize,
+    obj: Objective,
+    seed: u64,
+    device: &B::Device,
+    peer: parallel::Peer,
+) -> (f64, f64) {
+    let n = batch::eval_batches(valid, batches, rows);
+    let mut total = 0.0;
+    let mut count = 0.0;
+    for i in 0..n {
+        let whole = batch::eval_batch(valid, i, n, rows, obj, seed);
+        let b = peer.share(&whole);
+        let c = f64::from(b.counted());
+        if b.rows == 0 {
+            continue;
+        }
+        let l = loss(model, &b, obj, None, device).into_scalar();
+        total += f64::from(burn::tensor::ElementConversion::elem::<f32>(l)) * c;
+        count += c;
+    }
+    (total, count)
 }
 
 /// The sources of a compilation as `(path, text)` pairs.

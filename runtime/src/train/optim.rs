@@ -87,6 +87,17 @@ impl<B: Backend> Optimizer<B> {
         Optimizer { config, t: 0, moments: HashMap::new() }
     }
 
+    /// A copy of this state on `device` (for another device's copy of the
+    /// model, in data-parallel training).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        let moments = self
+            .moments
+            .iter()
+            .map(|(k, s)| (k.clone(), Moments { m: s.m.clone().to_device(device), v: s.v.clone().to_device(device) }))
+            .collect();
+        Optimizer { config: self.config, t: self.t, moments }
+    }
+
     /// Whether no parameter has moments yet.
     pub fn is_empty(&self) -> bool {
         self.moments.is_empty()

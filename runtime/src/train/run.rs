@@ -2,12 +2,14 @@
 //! resumed (from a checkpoint, validated against the rebuilt model).
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use blkc::graph::Model as ModelIr;
 use blkc::span::FileId;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use serde_json::json;
@@ -15,12 +17,13 @@ use serde_json::json;
 use super::batch::{self, Objective, Sampler};
 use super::logs::Logs;
 use super::optim::{self, Optimizer};
+use super::parallel::{self, Peer};
 use super::rundir::{self, RunDir, RunInfo, State};
 use super::settings::Settings;
 use super::tokenizer::{self, Origin, Tokenizer};
 use super::{
-    check_vocab, data, evaluate, loss, model_name, model_of, objective, open, plot, progress, say, signals,
-    source_files, tokens, Failure, Job, Summary,
+    check_vocab, data, model_name, model_of, objective, open, plot, progress, say, share_of_loss, signals,
+    source_files, tokens, Failure, Job, Summary, Whole,
 };
 use crate::checkpoint;
 use crate::kernels::precision::scope;
@@ -46,14 +49,14 @@ impl<B: TrainKernels> Start<B> {
     }
 }
 
-/// Trains `job` on `device`, holding the run directory's lock throughout.
-/// A fresh run that fails before it has written `run.json` leaves no
-/// directory behind.
-pub fn train<B: TrainKernels>(job: &Job, device: &B::Device) -> Result<Summary, Failure> {
+/// Trains `job` on `devices` (one, or several in data parallel: see
+/// [`parallel`]), holding the run directory's lock throughout. A fresh run
+/// that fails before it has written `run.json` leaves no directory behind.
+pub fn train<B: TrainKernels>(job: &Job, devices: &[B::Device]) -> Result<Summary, Failure> {
     let dir = RunDir::new(&job.out);
     let existed = dir.root.exists();
     let lock = dir.lock()?;
-    let result = run::<B>(job, &dir, device);
+    let result = run::<B>(job, &dir, devices);
     if result.is_err() && job.resume.is_none() && !existed && !dir.info_path().exists() {
         drop(lock);
         let _ = std::fs::remove_dir_all(&dir.root);
@@ -61,9 +64,13 @@ pub fn train<B: TrainKernels>(job: &Job, device: &B::Device) -> Result<Summary, 
     result
 }
 
-fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<Summary, Failure> {
+fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Result<Summary, Failure> {
     let mut s = job.settings.clone();
     let ir = model_of(&job.program)?.clone();
+    let [device, ..] = devices else { return Err(Failure::Message("no device to train on".into())) };
+    if devices.len() as u64 != s.devices {
+        return Err(Failure::Message(format!("{} devices given for a run on {}", devices.len(), s.devices)));
+    }
     let accum = s.accumulation()?;
     let micro = s.micro() as usize;
     let q = job.quiet;
@@ -86,7 +93,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
     let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted, t0)?;
     let block = job.program.blocks[ir.block].name.clone();
     let params = start.model.trainable_params() as u64;
-    if job.resume.is_none() {
+    if job.resume.is_none() && s.devices == 1 {
         s.micro_batch = micro as u64;
     }
     let info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream]);
@@ -103,13 +110,15 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, device: &B::Device) -> Result<S
             s.steps,
             s.batch,
             context,
-            micro_batches(accum, micro),
-            B::name(device),
+            micro_batches(accum, micro, devices.len()),
+            on_devices::<B>(devices),
             dir.root.display()
         ),
     );
-    let loop_ = Loop { job, dir, s: &s, obj, context, accum, micro, train: &train_stream, valid: &valid_stream };
-    let summary = loop_.run::<B>(start, logs, device)?;
+    let peers = devices.len();
+    let loop_ =
+        Loop { job, dir, s: &s, obj, context, accum, rows: micro, peers, train: &train_stream, valid: &valid_stream };
+    let summary = loop_.run::<B>(start, logs, devices)?;
     let curves = plot::Curves::read(&dir.metrics());
     if let Err(e) = plot::draw(&curves, &format!("{} ({})", model_name(&ir), block), &dir.root) {
         say(q, format!("plot: {e}"));
@@ -253,9 +262,26 @@ fn resolved(ir: &ModelIr) -> serde_json::Value {
     v
 }
 
-/// "4 micro-batches of 8", "1 micro-batch of 8".
-fn micro_batches(n: u64, rows: usize) -> String {
-    format!("{n} micro-batch{} of {rows}", if n == 1 { "" } else { "es" })
+/// "4 micro-batches of 8", "1 micro-batch of 8", "1 micro-batch of 4 per
+/// device".
+fn micro_batches(n: u64, rows: usize, devices: usize) -> String {
+    let per = if devices > 1 { " per device" } else { "" };
+    format!("{n} micro-batch{} of {rows}{per}", if n == 1 { "" } else { "es" })
+}
+
+/// "autodiff<flex>", "2 devices in data parallel (autodiff<cuda>: Cuda(0),
+/// Cuda(1))", "2 copies in data parallel sharing autodiff<flex>".
+fn on_devices<B: TrainKernels>(devices: &[B::Device]) -> String {
+    match devices {
+        [one] => B::name(one),
+        [first, rest @ ..] if rest.iter().all(|d| d == first) => {
+            format!("{} copies in data parallel sharing {}", devices.len(), B::name(first))
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(|d| format!("{d:?}")).collect();
+            format!("{} devices in data parallel ({}: {})", many.len(), B::name(&many[0]), names.join(", "))
+        }
+    }
 }
 
 fn say_tokenizer(q: bool, tok: &Tokenizer, origin: &Origin) {
@@ -362,38 +388,54 @@ struct Loop<'a> {
     s: &'a Settings,
     obj: Objective,
     context: usize,
+    /// Forward passes per step.
     accum: u64,
-    micro: usize,
+    /// Rows of a forward pass on one device.
+    rows: usize,
+    /// Devices training together.
+    peers: usize,
     train: &'a batch::Stream,
     valid: &'a batch::Stream,
 }
 
+/// What stops the other devices: the leader's word or a failure.
+type Orders = Vec<mpsc::Sender<u64>>;
+
 impl Loop<'_> {
-    /// The gradients of step `step` (its micro-batches accumulated), its
-    /// loss, and the seconds spent assembling its batches.
+    /// Rows of a forward pass over every device.
+    fn pass(&self) -> usize {
+        self.rows * self.peers
+    }
+
+    /// The gradients of step `step` (its micro-batches accumulated) summed
+    /// over the devices, its loss, and the seconds spent assembling its
+    /// batches.
     fn gradients<B: TrainKernels>(
         &self,
         model: &Model<B>,
         sampler: &mut Sampler,
         step: u64,
         device: &B::Device,
-    ) -> (GradientsParams, f64, f64) {
+        peer: Peer,
+    ) -> Result<(GradientsParams, f64, f64), String> {
         let (s, obj) = (self.s, self.obj);
         let mut acc = GradientsAccumulator::<Model<B>>::new();
         let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut data_time = 0.0;
         for m in 0..self.accum {
             let d0 = Instant::now();
-            let first_row = (step * self.accum + m) * self.micro as u64;
-            let b = batch::train_batch(self.train, sampler, first_row, self.micro, obj, s.seed);
+            let first_row = (step * self.accum + m) * self.pass() as u64;
+            let whole = batch::train_batch(self.train, sampler, first_row, self.pass(), obj, s.seed);
+            let b = peer.share(&whole);
             data_time += d0.elapsed().as_secs_f64();
             // Dropout's masks are keyed by the rows' place in the run.
-            let noise = Noise::new(s.seed, first_row);
+            let noise = Noise::new(s.seed, first_row + peer.first(self.pass()) as u64);
             // The backward in the same scope: its products are those of
             // the forward's precision too (fp32 exact or TF32; bf16's casts
             // are in the graph).
             let (value, grads) = scope(s.products(), || {
-                let l = loss(model, &b, obj, Some(noise), device).div_scalar(self.accum as f64);
+                let l =
+                    share_of_loss(model, &b, Whole::of(&whole), obj, Some(noise), device).div_scalar(self.accum as f64);
                 (l.clone().inner(), l.backward())
             });
             total = Some(match total.take() {
@@ -403,19 +445,51 @@ impl Loop<'_> {
             let grads = GradientsParams::from_grads(grads, model);
             acc.accumulate(model, grads);
         }
-        let loss = total.map_or(f64::NAN, |t| f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar())));
-        (acc.grads(), loss, data_time)
+        let grads = parallel::sum_gradients::<B::InnerBackend>(peer, acc.grads())?;
+        let loss = match total {
+            Some(t) => {
+                let t = parallel::sum(peer, t)?;
+                f64::from(burn::tensor::ElementConversion::elem::<f32>(t.into_scalar()))
+            }
+            None => f64::NAN,
+        };
+        Ok((grads, loss, data_time))
     }
 
-    /// The validation loss after step `step`, when it is time for one.
-    fn evaluation<B: TrainKernels>(&self, model: &Model<B>, step: u64, device: &B::Device) -> Option<f64> {
+    /// The validation loss after step `step`, when it is time for one
+    /// (every device evaluates its share of the batches).
+    fn evaluation<B: TrainKernels>(
+        &self,
+        model: &Model<B>,
+        step: u64,
+        device: &B::Device,
+        peer: Peer,
+    ) -> Result<Option<f64>, String> {
         let s = self.s;
-        let now = step.is_multiple_of(s.eval_every) || step == s.steps;
-        now.then(|| {
-            scope(s.products(), || {
-                evaluate(&model.valid(), self.valid, s.eval_batches as usize, self.micro, self.obj, s.seed, device)
-            })
-        })
+        if !(step.is_multiple_of(s.eval_every) || step == s.steps) {
+            return Ok(None);
+        }
+        let model = model.valid();
+        let (total, count) = scope(s.products(), || {
+            super::evaluate_share(
+                &model,
+                self.valid,
+                s.eval_batches as usize,
+                self.pass(),
+                self.obj,
+                s.seed,
+                device,
+                peer,
+            )
+        });
+        let (total, count) = if peer.alone() {
+            (total, count)
+        } else {
+            let both = Tensor::<B::InnerBackend, 1>::from_floats([total as f32, count as f32], device);
+            let both = parallel::sum(peer, both)?.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            (f64::from(both[0]), f64::from(both[1]))
+        };
+        Ok(Some(if count > 0.0 { total / count } else { f64::NAN }))
     }
 
     /// A checkpoint of the model and the optimiser at `state`: its path and
@@ -435,8 +509,109 @@ impl Loop<'_> {
         Ok((path, state.step))
     }
 
-    fn run<B: TrainKernels>(&self, start: Start<B>, mut logs: Logs, device: &B::Device) -> Result<Summary, Failure> {
+    /// Trains from `start` on `devices`: on one, or with a copy of the
+    /// model and optimiser on each of the others, following the first.
+    fn run<B: TrainKernels>(&self, start: Start<B>, logs: Logs, devices: &[B::Device]) -> Result<Summary, Failure> {
+        let [device, others @ ..] = devices else { return Err(Failure::Message("no device to train on".into())) };
+        if others.is_empty() {
+            return self.lead(start, logs, device, Vec::new());
+        }
+        let count = devices.len();
+        // Copies made before any peer starts: a peer waits for every other
+        // one to join, so nothing may fail between the first join and the
+        // last.
+        let copies: Vec<(Model<B>, Optimizer<B::InnerBackend>)> =
+            others.iter().map(|d| (start.model.clone().fork(d), start.opt.to_device(d))).collect();
+        let first = start.step;
+        parallel::reset::<B::InnerBackend>();
+        std::thread::scope(|scope| {
+            let mut orders = Vec::new();
+            let mut followers = Vec::new();
+            for (i, ((model, opt), d)) in copies.into_iter().zip(others).enumerate() {
+                let (tx, rx) = mpsc::channel();
+                orders.push(tx);
+                let peer = Peer { index: i + 1, count };
+                followers.push(scope.spawn(move || {
+                    let followed =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| self.follow(model, opt, first, d, peer, rx)));
+                    let result =
+                        followed.unwrap_or_else(|p| Err(format!("device {} failed: {}", peer.index, panicked(&p))));
+                    if result.is_err() {
+                        parallel::reset::<B::InnerBackend>();
+                    }
+                    result
+                }));
+            }
+            let led = self.lead(start, logs, device, orders);
+            // Any follower still waiting in a collective returns.
+            parallel::reset::<B::InnerBackend>();
+            let mut first_failure = None;
+            for f in followers {
+                let r = f.join().unwrap_or_else(|p| Err(panicked(&p)));
+                if let Err(e) = r {
+                    if !parallel::is_knock_on(&e) && first_failure.is_none() {
+                        first_failure = Some(e);
+                    }
+                }
+            }
+            match (led, first_failure) {
+                // The leader stopped because a follower failed: say why.
+                (Err(Failure::Message(m)), Some(e)) if parallel::is_knock_on(&m) => Err(Failure::Message(e)),
+                (Ok(_), Some(e)) => Err(Failure::Message(e)),
+                (led, _) => led,
+            }
+        })
+    }
+
+    /// A device other than the first: the steps the leader orders, on its
+    /// copy, until it orders no more.
+    fn follow<B: TrainKernels>(
+        &self,
+        mut model: Model<B>,
+        mut opt: Optimizer<B::InnerBackend>,
+        first: u64,
+        device: &B::Device,
+        peer: Peer,
+        orders: mpsc::Receiver<u64>,
+    ) -> Result<(), String> {
+        let s = self.s;
+        parallel::register::<B::InnerBackend>(peer, device)?;
+        let mut sampler = Sampler::new(s.seed, self.train.windows());
+        let sched = s.schedule();
+        let mut expected = first;
+        while let Ok(step) = orders.recv() {
+            if step != expected {
+                return Err(format!("device {} was ordered step {} after step {expected}", peer.index, step + 1));
+            }
+            let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
+            let (grads, loss, _) = self.gradients(&model, &mut sampler, step, device, peer)?;
+            // The leader sees the same sums, and stops with the error.
+            if !loss.is_finite() {
+                return Ok(());
+            }
+            let (updated, norm) = opt.step::<B, _>(model, lr, grads);
+            model = updated;
+            if !norm.is_finite() {
+                return Ok(());
+            }
+            self.evaluation(&model, step + 1, device, peer)?;
+            expected = step + 1;
+        }
+        Ok(())
+    }
+
+    /// The first device: trains its copy, orders the others' steps, logs
+    /// and saves.
+    fn lead<B: TrainKernels>(
+        &self,
+        start: Start<B>,
+        mut logs: Logs,
+        device: &B::Device,
+        orders: Orders,
+    ) -> Result<Summary, Failure> {
         let (s, dir) = (self.s, self.dir);
+        let peer = Peer { index: 0, count: orders.len() + 1 };
+        parallel::register::<B::InnerBackend>(peer, device)?;
         let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
             start;
         let mut sampler = Sampler::new(s.seed, self.train.windows());
@@ -463,9 +638,14 @@ impl Loop<'_> {
                 stopped = true;
                 break;
             }
+            // A follower that has stopped has failed: its error is reported.
+            if orders.iter().any(|o| o.send(step).is_err()) {
+                bar.finish();
+                return Err(Failure::Message(format!("device 0 stopped at step {}: another device stopped", step + 1)));
+            }
             let began = Instant::now();
             let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
-            let (grads, loss_value, data) = self.gradients(&model, &mut sampler, step, device);
+            let (grads, loss_value, data) = self.gradients(&model, &mut sampler, step, device, peer)?;
             data_time += data;
             if !loss_value.is_finite() {
                 bar.finish();
@@ -484,7 +664,7 @@ impl Loop<'_> {
             tokens_seen += step_tokens;
             timed_tokens += step_tokens;
             last_loss = loss_value;
-            let eval = self.evaluation(&model, step, device);
+            let eval = self.evaluation(&model, step, device, peer)?;
             if eval.is_some() {
                 last_eval = eval;
             }
@@ -510,6 +690,7 @@ impl Loop<'_> {
                 last = Some(self.save(&model, &opt, state_at(step, loss_value, last_eval, tokens_seen))?);
             }
         }
+        drop(orders);
         bar.finish();
         if stopped && step > first && last.as_ref().map(|l| l.1) != Some(step) {
             last = Some(self.save(&model, &opt, state_at(step, last_loss, last_eval, tokens_seen))?);
@@ -525,6 +706,14 @@ impl Loop<'_> {
             checkpoint: last.map(|l| l.0),
         })
     }
+}
+
+/// A panic's message.
+fn panicked(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// One line of `metrics.jsonl`.

@@ -44,6 +44,15 @@ pub struct Settings {
     /// before the setting existed ran in fp32, and resumes so.
     #[serde(default = "fp32")]
     pub precision: String,
+    /// Devices training runs on in parallel, each with a copy of the model
+    /// and its share of every batch (data parallel). A run recorded before
+    /// the setting existed ran on one.
+    #[serde(default = "one")]
+    pub devices: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn fp32() -> String {
@@ -77,6 +86,7 @@ impl Default for Settings {
             mask_rate: 0.25,
             device: "cpu".into(),
             precision: "auto".into(),
+            devices: 1,
         }
     }
 }
@@ -153,6 +163,7 @@ impl Settings {
             "mask_rate" => self.mask_rate = num,
             "device" => self.device = text,
             "precision" => self.precision = text,
+            "devices" => self.devices = int,
             _ => {}
         }
     }
@@ -162,22 +173,47 @@ impl Settings {
         crate::kernels::precision::Precision::resolve(&self.precision, &self.device)
     }
 
-    /// Rows per forward pass (the batch when `micro_batch` is unset).
+    /// Rows per forward pass on one device: `micro_batch`, or when unset
+    /// (or larger) the device's share of the batch.
     pub fn micro(&self) -> u64 {
+        let share = (self.batch / self.devices.max(1)).max(1);
         if self.micro_batch == 0 {
-            self.batch
+            share
         } else {
-            self.micro_batch.min(self.batch)
+            self.micro_batch.min(share)
         }
     }
 
-    /// Forward passes per step; an error when the batch does not split.
+    /// Rows of one forward pass over every device (the rows of an
+    /// evaluation batch too, so that a run evaluates the same windows on
+    /// any number of devices when `micro_batch` is unset).
+    pub fn rows_per_pass(&self) -> u64 {
+        self.micro() * self.devices.max(1)
+    }
+
+    /// Forward passes per step on each device; an error when the batch
+    /// does not split over the devices and into micro-batches.
     pub fn accumulation(&self) -> Result<u64, String> {
-        let m = self.micro();
-        if !self.batch.is_multiple_of(m) {
-            return Err(format!("batch {} is not a multiple of micro_batch {m}", self.batch));
+        let n = self.devices.max(1);
+        if !self.batch.is_multiple_of(n) {
+            return Err(format!(
+                "batch {} does not split over {n} devices: make it a multiple of {n}, or use fewer devices",
+                self.batch
+            ));
         }
-        Ok(self.batch / m)
+        let m = self.micro();
+        let share = self.batch / n;
+        if !share.is_multiple_of(m) {
+            return Err(if n == 1 {
+                format!("batch {} is not a multiple of micro_batch {m}", self.batch)
+            } else {
+                format!(
+                    "each device's share of the batch ({share} of {}) is not a multiple of micro_batch {m}",
+                    self.batch
+                )
+            });
+        }
+        Ok(share / m)
     }
 
     pub fn optimizer_config(&self) -> Config {
@@ -263,6 +299,7 @@ impl Settings {
             num("mask_rate", self.mask_rate),
             word("device", &self.device),
             word("precision", &self.precision),
+            int("devices", self.devices),
         ];
         if self.micro_batch != 0 {
             v.push(int("micro_batch", self.micro_batch));
@@ -280,7 +317,13 @@ impl Settings {
     /// The typed flags of the command line over these settings (they win
     /// over a `--set` of the same key), checked by the compiler's rules.
     pub fn apply_flags(&mut self, f: &Flags) -> Result<(), String> {
-        if f.data.is_none() && f.steps.is_none() && f.device.is_none() && f.seed.is_none() && f.precision.is_none() {
+        if f.data.is_none()
+            && f.steps.is_none()
+            && f.device.is_none()
+            && f.seed.is_none()
+            && f.precision.is_none()
+            && f.devices.is_none()
+        {
             return Ok(());
         }
         if let Some(n) = f.seed {
@@ -297,6 +340,9 @@ impl Settings {
         }
         if let Some(p) = &f.precision {
             self.precision = p.clone();
+        }
+        if let Some(n) = f.devices {
+            self.devices = n;
         }
         self.check("<command line>")
     }
@@ -379,6 +425,7 @@ pub struct Flags {
     pub device: Option<String>,
     pub seed: Option<u64>,
     pub precision: Option<String>,
+    pub devices: Option<u64>,
 }
 
 /// Checks `key=value` overrides with the compiler's rules for `train`
@@ -496,5 +543,30 @@ mod tests {
         assert_eq!(s.accumulation(), Ok(4));
         let s = Settings { batch: 16, micro_batch: 6, ..Settings::default() };
         assert!(s.accumulation().is_err());
+    }
+
+    #[test]
+    fn the_batch_splits_over_the_devices() {
+        // Unset micro_batch: each of 4 devices takes a quarter in one pass.
+        let s = Settings { batch: 16, devices: 4, ..Settings::default() };
+        assert_eq!((s.micro(), s.accumulation(), s.rows_per_pass()), (4, Ok(1), 16));
+        // micro_batch 2: two passes of 2 rows on each device.
+        let s = Settings { batch: 16, devices: 4, micro_batch: 2, ..Settings::default() };
+        assert_eq!((s.micro(), s.accumulation(), s.rows_per_pass()), (2, Ok(2), 8));
+        // A micro_batch above a device's share is that share.
+        let s = Settings { batch: 16, devices: 2, micro_batch: 16, ..Settings::default() };
+        assert_eq!((s.micro(), s.accumulation()), (8, Ok(1)));
+        let e = Settings { batch: 10, devices: 4, ..Settings::default() }.accumulation().err().unwrap_or_default();
+        assert!(e.contains("does not split over 4 devices"), "{e}");
+        let e = Settings { batch: 16, devices: 2, micro_batch: 3, ..Settings::default() }
+            .accumulation()
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("share of the batch (8 of 16)"), "{e}");
+        // A run.json written before the setting existed ran on one device.
+        let mut json = serde_json::to_value(Settings::default()).unwrap_or_default();
+        json.as_object_mut().map(|o| o.remove("devices"));
+        let old: Settings = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old.devices, 1);
     }
 }
