@@ -27,6 +27,10 @@
 #                  fp32 with TF32 on at batch 32;
 #                  torch.compile bf16, then fp32, at batch 32
 #   curve-*.jsonl  100 steps of the quick SAS-P on CUDA in fp32 and in bf16
+#   parallel-*.jsonl  where the machine has two GPUs or more: 30 steps of
+#                  the quick SAS-P (batch 32) on one GPU and in data parallel
+#                  on two, fp32 (the losses agree but for rounding; the
+#                  tokens/s says what the second GPU buys)
 #   table.md       bench/gpu_table.py over all of it (run it again here on
 #                  the files if the call was cut short)
 # Record table.md in bench/NOTES.md.
@@ -107,6 +111,20 @@ case "${1:-}" in
     fi
     torch fp32 32 --only-compile
     for p in bf16 fp32; do bench blkc-fused $p 128; done
+    gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+    if [ "$gpus" -ge 2 ] && due "data parallel"; then
+      for n in 1 2; do
+        say "quick SAS-P on $n GPU(s)"
+        rm -rf "/tmp/parallel-$n"
+        timeout 90 target-gpu/blkc train examples/quick/sas-p.blk --device cuda --devices "$n" --precision fp32 \
+          --out "/tmp/parallel-$n" --steps 30 --data compiler/src --set batch=32 --set log_every=1 -q \
+          > "$out/parallel-$n.txt" 2>&1
+        say "  exit $?"
+        cp "/tmp/parallel-$n/metrics.jsonl" "$out/parallel-$n.jsonl" 2>/dev/null
+      done
+    else
+      say "data parallel: skipped ($gpus GPU)"
+    fi
     python3 bench/gpu_table.py "$out" > "$out/table.md" 2> "$out/table.err"
     cat "$out/table.md"
     say "done"

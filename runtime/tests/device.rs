@@ -311,6 +311,45 @@ fn wgpu_trains_from_the_command_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Data parallel on a CubeCL backend: two copies of a model on the wgpu
+/// adapter, each with half of every batch, their gradients summed by
+/// burn's collective on the device, train as one copy does (the same
+/// losses but for the order of the sums).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_trains_in_data_parallel() {
+    let dir = std::env::temp_dir().join(format!("blkc-wgpu-parallel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let losses = |devices: &str| {
+        let run = dir.join(format!("run-{devices}")).to_string_lossy().to_string();
+        let mut args = vec!["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--out", &run, "--steps", "4"];
+        args.extend(["--devices", devices, "--data", "../compiler/src", "-q"]);
+        for s in ["depth=1", "width=64", "context=32", "batch=4", "eval_batches=2", "log_every=1"] {
+            args.extend(["--set", s]);
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(std::path::Path::new(&run).join("metrics.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_default()["loss"].as_f64().unwrap_or(f64::NAN)
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (one, two) = (losses("1"), losses("2"));
+    println!("losses on one copy {one:?}, on two {two:?}");
+    assert_eq!(one.len(), 4);
+    assert_eq!(one.len(), two.len());
+    for (a, b) in one.iter().zip(&two) {
+        assert!((a - b).abs() < LOSS * a.abs(), "{a} on one copy, {b} on two");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `blkc bench --profile` on wgpu: a training step's time by GPU kernel,
 /// in which blkc's own kernels are seen running (the attention, the
 /// norms, the loss and AdamW), each launched as often as the model says.

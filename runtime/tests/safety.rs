@@ -218,6 +218,51 @@ fn a_full_disk_keeps_the_last_checkpoint_and_leaves_a_way_on() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Data parallel (two copies on the CPU) stops as one device does: on
+/// SIGTERM with a checkpoint of the last step, and on a full disk with the
+/// leader's error — the other copy, waiting for the leader's next step or
+/// in a sum with it, stops too instead of hanging the process.
+#[test]
+fn data_parallel_stops_cleanly_on_sigterm_and_a_full_disk() {
+    let d = scratch("parallel-stops");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let run = d.join("run");
+    let mut first = command(
+        &d,
+        &["train", "tiny.blk", "--out", "run", "--steps", "100000", "--devices", "2", "--set", "eval_every=3"],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_lines(&run, 4, &mut first);
+    let _ = Command::new("kill").args(["-TERM", &first.id().to_string()]).status();
+    let status = first.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(143), "SIGTERM stops with 128 + 15 after its checkpoint");
+    let done = losses(&run).len() as u64;
+    assert_eq!(read(&run.join("checkpoints/latest")).trim(), format!("step-{done:08}"));
+    ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", &(done + 2).to_string()]));
+    assert_eq!(losses(&run).len() as u64, done + 2);
+
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "set -u\nmount -t tmpfs -o size=2m tmpfs {m}\nexport BLKC_CACHE={d}/cache\ncd {d}\n\
+         timeout 300 {b} train tiny.blk --out {m}/run --steps 40 --devices 2 -q 2> full.err; echo $? > full.code\n",
+        m = mnt.display(),
+        d = d.display(),
+        b = env!("CARGO_BIN_EXE_blkc"),
+    );
+    let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "unshare -rm (util-linux) could not run the script: {status:?}"
+    );
+    let err = read(&d.join("full.err"));
+    assert_eq!(read(&d.join("full.code")).trim(), "1", "124 is a hang: {err}");
+    assert!(err.contains("no space left on device") && !err.contains("another device stopped"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     let d = scratch("data");

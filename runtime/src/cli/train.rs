@@ -28,7 +28,8 @@ pub struct Args {
     pub device: Option<Device>,
     /// Train on N devices in data parallel (overrides the file's
     /// `devices`): CUDA GPUs 0 to N−1, each with a copy of the model and
-    /// 1/N of every batch; on the CPU, N copies share the one device.
+    /// 1/N of every batch; on the CPU (and wgpu's default adapter), N
+    /// copies share the one device.
     #[arg(long, value_name = "N")]
     pub devices: Option<u64>,
     /// The weight products (overrides the file's `precision`): `bf16`
@@ -267,10 +268,6 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         let which = if devices > 1 { "each GPU".to_string() } else { format!("the GPU ({})", gpu.name) };
         (Some(u128::from(gpu.free)), which)
     } else if job.settings.device == "wgpu" {
-        if devices > 1 {
-            eprintln!("error: data-parallel training (devices = {devices}) runs on CUDA or the CPU, not on wgpu");
-            return Err(NO_DEVICE);
-        }
         // WebGPU does not say how much memory its adapter has.
         crate::backend::wgpu().map_err(|e| {
             eprintln!("error: cannot train on wgpu: {e}");
@@ -337,7 +334,9 @@ pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
 
 #[cfg(feature = "wgpu")]
 pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
-    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &[Default::default()])
+    // The default adapter, shared by every copy (as the CPU is).
+    let devices = vec![Default::default(); job.settings.devices.max(1) as usize];
+    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &devices)
 }
 
 #[cfg(not(feature = "wgpu"))]

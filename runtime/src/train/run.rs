@@ -542,7 +542,10 @@ impl Loop<'_> {
                     result
                 }));
             }
-            let led = self.lead(start, logs, device, orders);
+            // A panic here must not leave the followers waiting for this
+            // device while the scope waits for them.
+            let led = std::panic::catch_unwind(AssertUnwindSafe(|| self.lead(start, logs, device, orders)))
+                .unwrap_or_else(|p| Err(Failure::Message(format!("device 0 failed: {}", panicked(&p)))));
             // Any follower still waiting in a collective returns.
             parallel::reset::<B::InnerBackend>();
             let mut first_failure = None;
