@@ -80,7 +80,8 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     }
     .on_device(args.device.name())?;
     let loss = crate::kernels::precision::scope(precision, || {
-        train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device)
+        let alone = train::parallel::Peer::ALONE;
+        train::mean_loss(train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device, alone))
     });
     let n = batch::eval_batches(&stream, batches, rows);
     // For a masked model, the loss is over the masked positions only.

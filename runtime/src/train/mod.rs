@@ -236,28 +236,11 @@ pub fn share_of_loss<B: Kernels>(
     }
 }
 
-/// Mean validation loss over `batches` fixed batches of `rows`.
-pub fn evaluate<B: Kernels>(
-    model: &Model<B>,
-    valid: &Stream,
-    batches: usize,
-    rows: usize,
-    obj: Objective,
-    seed: u64,
-    device: &B::Device,
-) -> f64 {
-    let (total, count) = evaluate_share(model, valid, batches, rows, obj, seed, device, parallel::Peer::ALONE);
-    if count > 0.0 {
-        total / count
-    } else {
-        f64::NAN
-    }
-}
-
-/// This peer's share of an evaluation ([`evaluate`]): its rows of each
-/// batch, as (summed loss, tokens counted).
+/// The validation loss over `batches` fixed batches of `rows`, as `peer`
+/// sees it: over its rows of each batch, as (summed loss, tokens counted);
+/// [`mean_loss`] of the peers' sums is the loss.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn evaluate_share<B: Kernels>(
+pub fn evaluate<B: Kernels>(
     model: &Model<B>,
     valid: &Stream,
     batches: usize,
@@ -282,6 +265,15 @@ pub(crate) fn evaluate_share<B: Kernels>(
         count += c;
     }
     (total, count)
+}
+
+/// The mean loss of (summed loss, tokens counted); NaN of no tokens.
+pub fn mean_loss((total, count): (f64, f64)) -> f64 {
+    if count > 0.0 {
+        total / count
+    } else {
+        f64::NAN
+    }
 }
 
 /// The sources of a compilation as `(path, text)` pairs.

@@ -471,16 +471,7 @@ impl Loop<'_> {
         }
         let model = model.valid();
         let (total, count) = scope(s.products(), || {
-            super::evaluate_share(
-                &model,
-                self.valid,
-                s.eval_batches as usize,
-                self.pass(),
-                self.obj,
-                s.seed,
-                device,
-                peer,
-            )
+            super::evaluate(&model, self.valid, s.eval_batches as usize, self.pass(), self.obj, s.seed, device, peer)
         });
         let (total, count) = if peer.alone() {
             (total, count)
@@ -489,7 +480,7 @@ impl Loop<'_> {
             let both = parallel::sum(peer, both)?.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
             (f64::from(both[0]), f64::from(both[1]))
         };
-        Ok(Some(if count > 0.0 { total / count } else { f64::NAN }))
+        Ok(Some(super::mean_loss((total, count))))
     }
 
     /// A checkpoint of the model and the optimiser at `state`: its path and
