@@ -1,6 +1,8 @@
 //! The server loop: documents in, diagnostics out (debounced while the
 //! user types), requests answered from the latest analysis, or from the
-//! last one whose file parsed when the file is broken.
+//! last one whose file parsed when the file is broken. A quick fix is
+//! searched on a worker thread: its request is answered when the search
+//! ends, and the others meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -8,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
-use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response};
+use crossbeam_channel::{Receiver, Sender};
+use lsp_server::{Connection, ErrorCode, Message, Notification, Request, RequestId, Response};
 use lsp_types::notification::{self as note, Notification as _};
 use lsp_types::request::{self as req, Request as _};
 use lsp_types::{
@@ -30,6 +32,27 @@ use crate::{complete, hover, symbols};
 /// How long the user must pause typing before a changed document is
 /// analysed again.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// How long a quick fix is searched for (on its own thread: the editor
+/// waits for the light bulb, not for its other answers).
+pub const FIX_BUDGET: Duration = Duration::from_secs(5);
+
+/// A quick-fix search that ended: the document, its version, the actions.
+type Found = (PathBuf, i32, Vec<CodeAction>);
+
+/// A code-action request waiting for a search, with the rejections it
+/// touches.
+type Waiting = (RequestId, Vec<lsp_types::Diagnostic>);
+
+/// What the server loop wakes up for.
+enum Event {
+    Message(Message),
+    Found(Found),
+    /// A changed document's pause is over.
+    Due,
+    /// The client went away.
+    Gone,
+}
 
 /// What the server tells the client it can do.
 pub fn capabilities() -> ServerCapabilities {
@@ -62,7 +85,12 @@ pub struct Server<'c> {
     /// Changed documents and when to analyse them.
     due: BTreeMap<PathBuf, Instant>,
     /// The quick fixes last searched for each document, with its version.
-    fixed: std::cell::RefCell<HashMap<PathBuf, (i32, Vec<CodeActionOrCommand>)>>,
+    fixed: HashMap<PathBuf, (i32, Vec<CodeAction>)>,
+    /// The search under way for a document (one at a time): the version
+    /// searched, and the code-action requests waiting for it.
+    searching: HashMap<PathBuf, (i32, Vec<Waiting>)>,
+    /// Where searches report.
+    found: (Sender<Found>, Receiver<Found>),
 }
 
 impl std::fmt::Debug for Server<'_> {
@@ -80,40 +108,57 @@ impl<'c> Server<'c> {
             latest: HashMap::new(),
             good: HashMap::new(),
             due: BTreeMap::new(),
-            fixed: Default::default(),
+            fixed: HashMap::new(),
+            searching: HashMap::new(),
+            found: crossbeam_channel::unbounded(),
         }
     }
 
     /// Serves until the client says `exit` (or goes away).
     pub fn run(&mut self) -> Result<(), String> {
         loop {
-            let next = self.due.values().min().map(|t| t.saturating_duration_since(Instant::now()));
-            let msg = match next {
-                Some(wait) => match self.conn.receiver.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.analyse_due();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                },
-                None => match self.conn.receiver.recv() {
-                    Ok(m) => m,
-                    Err(_) => return Ok(()),
-                },
+            let msg = match self.next_event() {
+                Event::Message(m) => m,
+                Event::Found(f) => {
+                    self.answer_fixes(f);
+                    continue;
+                }
+                Event::Due => {
+                    self.analyse_due();
+                    continue;
+                }
+                Event::Gone => return Ok(()),
             };
             match msg {
                 Message::Request(r) => {
                     if self.conn.handle_shutdown(&r).map_err(|e| e.to_string())? {
                         return Ok(());
                     }
-                    let response = self.request(r);
-                    self.send(Message::Response(response));
+                    if let Some(response) = self.request(r) {
+                        self.send(Message::Response(response));
+                    }
                 }
                 Message::Notification(n) if n.method == note::Exit::METHOD => return Ok(()),
                 Message::Notification(n) => self.notification(n),
                 Message::Response(_) => {}
             }
+        }
+    }
+
+    /// Waits for a message, a search's end, or the next analysis due.
+    fn next_event(&self) -> Event {
+        let message = |m: Result<Message, _>| m.map_or(Event::Gone, Event::Message);
+        let found = |f: Result<Found, _>| f.map_or(Event::Gone, Event::Found);
+        match self.due.values().min().map(|t| t.saturating_duration_since(Instant::now())) {
+            Some(wait) => crossbeam_channel::select! {
+                recv(self.conn.receiver) -> m => message(m),
+                recv(self.found.1) -> f => found(f),
+                default(wait) => Event::Due,
+            },
+            None => crossbeam_channel::select! {
+                recv(self.conn.receiver) -> m => message(m),
+                recv(self.found.1) -> f => found(f),
+            },
         }
     }
 
@@ -219,9 +264,9 @@ impl<'c> Server<'c> {
         self.send(Message::Notification(Notification::new(note::PublishDiagnostics::METHOD.into(), params)));
     }
 
-    /// Answers one request; a handler that panics answers an error and the
-    /// server goes on.
-    fn request(&mut self, r: Request) -> Response {
+    /// Answers one request (`None`: later, when its search ends); a handler
+    /// that panics answers an error and the server goes on.
+    fn request(&mut self, r: Request) -> Option<Response> {
         let id = r.id.clone();
         if let Some(uri) = r.params.pointer("/textDocument/uri").and_then(|u| u.as_str()) {
             if let Ok(uri) = Url::parse(uri) {
@@ -231,14 +276,27 @@ impl<'c> Server<'c> {
                 }
             }
         }
+        if r.method == req::CodeActionRequest::METHOD {
+            let p: lsp_types::CodeActionParams = match params(&r) {
+                Ok(p) => p,
+                Err((code, message)) => return Some(Response::new_err(id, code as i32, message)),
+            };
+            let fixes = catch_unwind(AssertUnwindSafe(|| self.fixes(id.clone(), &p.text_document.uri, p.range)));
+            return match fixes {
+                Ok(actions) => Some(Response { id, result: Some(json(actions?)), error: None }),
+                Err(_) => {
+                    Some(Response::new_err(id, ErrorCode::InternalError as i32, "blkc lsp: the fix failed".into()))
+                }
+            };
+        }
         let answer = catch_unwind(AssertUnwindSafe(|| self.answer(&r)));
-        match answer {
+        Some(match answer {
             Ok(Ok(value)) => Response { id, result: Some(value), error: None },
             Ok(Err((code, message))) => Response::new_err(id, code as i32, message),
             Err(_) => {
                 Response::new_err(id, ErrorCode::InternalError as i32, format!("blkc lsp: `{}` failed", r.method))
             }
-        }
+        })
     }
 
     fn answer(&self, r: &Request) -> Result<serde_json::Value, (ErrorCode, String)> {
@@ -278,10 +336,6 @@ impl<'c> Server<'c> {
                 let p: lsp_types::InlayHintParams = params(r)?;
                 let a = self.latest.get(&path_of(&p.text_document.uri));
                 json(a.map(|a| symbols::hints(a)))
-            }
-            req::CodeActionRequest::METHOD => {
-                let p: lsp_types::CodeActionParams = params(r)?;
-                json(self.fixes(&p.text_document.uri, p.range))
             }
             other => return Err((ErrorCode::MethodNotFound, format!("blkc lsp does not answer `{other}`"))),
         };
@@ -380,11 +434,14 @@ impl<'c> Server<'c> {
     /// cheapest set of changes that makes the block pass, preferred, then
     /// the other sets that pass; each one edit of the text between the
     /// first and the last character it changes. Searched only when `range`
-    /// touches a rejection, and once per version of the document.
-    fn fixes(&self, uri: &Url, range: lsp_types::Range) -> Option<Vec<CodeActionOrCommand>> {
+    /// touches a rejection, once per version of the document, on a worker
+    /// thread: `None` when request `id` is answered once it ends. One
+    /// search at a time per document: asked about another version of it
+    /// meanwhile, nothing (the editor asks again).
+    fn fixes(&mut self, id: RequestId, uri: &Url, range: lsp_types::Range) -> Option<Vec<CodeActionOrCommand>> {
         let path = path_of(uri);
-        let doc = self.docs.get(&path)?;
-        let a = self.latest.get(&path)?;
+        let Some(doc) = self.docs.get(&path) else { return Some(Vec::new()) };
+        let Some(a) = self.latest.get(&path) else { return Some(Vec::new()) };
         let rejections: Vec<lsp_types::Diagnostic> = a
             .lsp_diagnostics(&self.docs)
             .into_iter()
@@ -395,49 +452,41 @@ impl<'c> Server<'c> {
         if rejections.is_empty() || a.syntax_only {
             return Some(Vec::new());
         }
-        let mut cache = self.fixed.borrow_mut();
-        if let Some((version, actions)) = cache.get(&path) {
-            if *version == doc.version {
-                return Some(actions.clone());
+        let version = doc.version;
+        if let Some((v, actions)) = self.fixed.get(&path) {
+            if *v == version {
+                return Some(for_rejections(actions, &rejections));
             }
         }
-        let request = blkc::signal::report::Request { depth: self.options.depth, ..Default::default() };
-        // The editor waits for the answer: a short search.
-        let budget = std::time::Duration::from_secs(3);
-        let found =
-            blkc::fix::fix(&path, &crate::workspace::Overlay(&self.docs), &[], &request, budget).unwrap_or_default();
-        let mut actions = Vec::new();
-        for o in found {
-            let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };
-            for (k, f) in std::iter::once(fix).chain(others).enumerate() {
-                // The block may be defined in a `use`d file: the edit is there.
-                let (target, before) = if f.file == path {
-                    (uri.clone(), doc.text.clone())
-                } else {
-                    let Some(target) = crate::workspace::uri_of(&f.file, &self.docs) else { continue };
-                    let Ok(before) = crate::workspace::Overlay(&self.docs).load(&f.file) else { continue };
-                    if blkc::expect::expects_rejection(&before) {
-                        continue;
-                    }
-                    (target, before)
-                };
-                let edit = crate::text::replacement(&before, &f.text);
-                let place = if f.file == path { String::new() } else { format!(" (in {})", f.file.display()) };
-                let changes = std::collections::HashMap::from([(target, vec![edit])]);
-                actions.push(CodeActionOrCommand::CodeAction(CodeAction {
-                    title: format!("blkc: make `{block}` pass{place}: {}", f.changes.join("; ")),
-                    kind: Some(CodeActionKind::QUICKFIX),
-                    diagnostics: Some(rejections.clone()),
-                    edit: Some(lsp_types::WorkspaceEdit { changes: Some(changes), ..Default::default() }),
-                    is_preferred: Some(k == 0),
-                    ..CodeAction::default()
-                }));
+        match self.searching.get_mut(&path) {
+            Some((v, waiting)) if *v == version => waiting.push((id, rejections)),
+            Some(_) => return Some(Vec::new()),
+            None => {
+                self.searching.insert(path.clone(), (version, vec![(id, rejections)]));
+                let (docs, depth, tx) = (self.docs.clone(), self.options.depth, self.found.0.clone());
+                let uri = uri.clone();
+                std::thread::spawn(move || {
+                    let actions =
+                        catch_unwind(AssertUnwindSafe(|| search(&docs, &path, &uri, depth))).unwrap_or_default();
+                    // The server is gone when this fails.
+                    let _ = tx.send((path, version, actions));
+                });
             }
-            // One block at a time: the next is fixed once this one is.
-            break;
         }
-        cache.insert(path, (doc.version, actions.clone()));
-        Some(actions)
+        None
+    }
+
+    /// A search ended: its actions are kept for that version and answer
+    /// the requests that wait for them — with nothing if the document has
+    /// changed since (its edits would land on another text).
+    fn answer_fixes(&mut self, (path, version, actions): Found) {
+        let current = self.docs.get(&path).is_some_and(|d| d.version == version);
+        let (_, waiting) = self.searching.remove(&path).unwrap_or_default();
+        for (id, rejections) in waiting {
+            let answer = if current { for_rejections(&actions, &rejections) } else { Vec::new() };
+            self.send(Message::Response(Response { id, result: Some(json(answer)), error: None }));
+        }
+        self.fixed.insert(path, (version, actions));
     }
 
     fn complete(&self, uri: &Url, pos: Position) -> Option<Vec<lsp_types::CompletionItem>> {
@@ -447,6 +496,54 @@ impl<'c> Server<'c> {
         let a = self.parsed(&path);
         Some(complete::complete(&doc.text, offset, a.as_deref()))
     }
+}
+
+/// The quick fixes for the rejection of the document at `path` (the open
+/// documents as `docs` holds them), as code actions without their
+/// diagnostics.
+fn search(docs: &Documents, path: &Path, uri: &Url, depth: Option<u64>) -> Vec<CodeAction> {
+    let request = blkc::signal::report::Request { depth, ..Default::default() };
+    let overlay = crate::workspace::Overlay(docs);
+    let found = blkc::fix::fix(path, &overlay, &[], &request, FIX_BUDGET).unwrap_or_default();
+    let Some(text) = docs.get(path).map(|d| d.text.clone()) else { return Vec::new() };
+    let mut actions = Vec::new();
+    for o in found {
+        let blkc::fix::Outcome::Fixed { block, fix, others } = o else { continue };
+        for (k, f) in std::iter::once(fix).chain(others).enumerate() {
+            // The block may be defined in a `use`d file: the edit is there.
+            let (target, before) = if f.file == path {
+                (uri.clone(), text.clone())
+            } else {
+                let Some(target) = crate::workspace::uri_of(&f.file, docs) else { continue };
+                let Ok(before) = overlay.load(&f.file) else { continue };
+                if blkc::expect::expects_rejection(&before) {
+                    continue;
+                }
+                (target, before)
+            };
+            let edit = crate::text::replacement(&before, &f.text);
+            let place = if f.file == path { String::new() } else { format!(" (in {})", f.file.display()) };
+            let changes = HashMap::from([(target, vec![edit])]);
+            actions.push(CodeAction {
+                title: format!("blkc: make `{block}` pass{place}: {}", f.changes.join("; ")),
+                kind: Some(CodeActionKind::QUICKFIX),
+                edit: Some(lsp_types::WorkspaceEdit { changes: Some(changes), ..Default::default() }),
+                is_preferred: Some(k == 0),
+                ..CodeAction::default()
+            });
+        }
+        // One block at a time: the next is fixed once this one is.
+        break;
+    }
+    actions
+}
+
+/// `actions` as the answer to a request about `rejections`.
+fn for_rejections(actions: &[CodeAction], rejections: &[lsp_types::Diagnostic]) -> Vec<CodeActionOrCommand> {
+    actions
+        .iter()
+        .map(|a| CodeActionOrCommand::CodeAction(CodeAction { diagnostics: Some(rejections.to_vec()), ..a.clone() }))
+        .collect()
 }
 
 fn params<P: serde::de::DeserializeOwned>(r: &Request) -> Result<P, (ErrorCode, String)> {

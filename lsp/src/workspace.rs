@@ -18,7 +18,7 @@ pub struct Document {
 }
 
 /// Every open document, by normalised path.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Documents {
     open: BTreeMap<PathBuf, Document>,
 }

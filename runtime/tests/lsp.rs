@@ -343,6 +343,49 @@ fn a_rejection_offers_the_fix_that_makes_it_pass() {
     c.shutdown();
 }
 
+/// A quick fix is searched on its own thread: a hover asked after it is
+/// answered first, and the fix follows when its search ends (Post-LN at
+/// depth 72: about a second of search).
+#[test]
+fn a_fix_search_does_not_hold_up_other_answers() {
+    let mut c = Client::start(json!({}));
+    let scratch = uri(&root().join("target/lsp-scratch/deep.blk"));
+    let text = "model deep {\n    block = postln\n    depth = 72\n    width = 768\n    heads = 12\n    context = 128\n    \
+                vocab = 50000\n    mask = causal\n    positions = learned\n    final_norm = layernorm\n    \
+                tied_embeddings = true\n}\n\nblock postln {\n    h   = rmsnorm(x + attn(x))\n    out = rmsnorm(h + mlp(h))\n}\n";
+    let diags = c.open(&scratch, text);
+    let rejection = diags.iter().find(|d| d["code"] == "E3001").cloned().expect("rejected");
+    let (fix, hover) = (c.next_id, c.next_id + 1);
+    c.next_id += 2;
+    let params =
+        json!({ "textDocument": { "uri": scratch }, "range": rejection["range"], "context": { "diagnostics": [] } });
+    c.send(&json!({ "jsonrpc": "2.0", "id": fix, "method": "textDocument/codeAction", "params": params.clone() }));
+    let at = json!({ "textDocument": { "uri": scratch }, "position": { "line": 1, "character": 13 } });
+    c.send(&json!({ "jsonrpc": "2.0", "id": hover, "method": "textDocument/hover", "params": at }));
+    let mut order = Vec::new();
+    let mut offered = Value::Null;
+    while order.len() < 2 {
+        let m = c.next();
+        if m["id"] == json!(fix) || m["id"] == json!(hover) {
+            assert!(m.get("error").is_none(), "{m}");
+            if m["id"] == json!(fix) {
+                offered = m["result"].clone();
+            }
+            order.push(m["id"].clone());
+        } else {
+            c.queued.push_back(m);
+        }
+    }
+    assert_eq!(order, [json!(hover), json!(fix)], "the hover waited for the fix search");
+    let first = &offered[0];
+    assert!(first["title"].as_str().unwrap_or("").contains("beta_sa"), "{offered}");
+    assert_eq!(first["diagnostics"][0]["code"], "E3001", "{first}");
+    // Asked again for the same text: the same fix, from the search done.
+    let again = c.request("textDocument/codeAction", params);
+    assert_eq!(again, offered);
+    c.shutdown();
+}
+
 #[test]
 fn diagnostics_equal_the_clis_for_every_ui_case() {
     let mut cases = Vec::new();
