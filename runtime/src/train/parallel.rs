@@ -18,10 +18,12 @@
 //! that fails resets the collective, so that no other one waits for it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use burn::collective::{self, CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::batch::Batch;
@@ -84,13 +86,91 @@ pub fn sum<B: Backend, const D: usize>(peer: Peer, t: Tensor<B, D>) -> Result<Te
     Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
 }
 
-/// The sum of `grads` over the peers (every parameter's, in the same order
-/// on every peer).
-pub fn sum_gradients<B: Backend>(peer: Peer, grads: GradientsParams) -> Result<GradientsParams, String> {
+/// Values summed in one all-reduce (128 MiB of f32): a model's gradients
+/// go in a few buckets, not one all-reduce per parameter.
+pub const BUCKET: usize = 1 << 25;
+
+/// The sum of `model`'s gradients `grads` over the peers: flattened in the
+/// model's order into buckets of up to [`BUCKET`] values, one all-reduce
+/// each (the same buckets on every peer).
+pub fn sum_gradients<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    peer: Peer,
+    model: &M,
+    grads: GradientsParams,
+) -> Result<GradientsParams, String> {
+    sum_in_buckets::<AB, M>(peer, model, grads, BUCKET)
+}
+
+/// [`sum_gradients`] with buckets of up to `bucket` values.
+fn sum_in_buckets<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    peer: Peer,
+    model: &M,
+    mut grads: GradientsParams,
+    bucket: usize,
+) -> Result<GradientsParams, String> {
     if peer.alone() {
         return Ok(grads);
     }
-    grads.all_reduce::<B>(peer.id(), ReduceOperation::Sum).map_err(|e| failed(peer, "sum the gradients", &e))
+    let mut take = Take::<AB> { grads: &mut grads, flat: Vec::new() };
+    model.visit(&mut take);
+    let flat = take.flat;
+    // Anything not a parameter of the model (nothing, from `from_grads`)
+    // is summed one tensor at a time.
+    let mut grads = if grads.is_empty() {
+        grads
+    } else {
+        grads
+            .all_reduce::<AB::InnerBackend>(peer.id(), ReduceOperation::Sum)
+            .map_err(|e| failed(peer, "sum the gradients", &e))?
+    };
+    let mut summed = HashMap::new();
+    let mut start = 0;
+    while start < flat.len() {
+        let (mut end, mut size) = (start, 0);
+        while end < flat.len() && (end == start || size + flat[end].2.dims()[0] <= bucket) {
+            size += flat[end].2.dims()[0];
+            end += 1;
+        }
+        let parts: Vec<Tensor<AB::InnerBackend, 1>> = flat[start..end].iter().map(|f| f.2.clone()).collect();
+        let total = sum(peer, Tensor::cat(parts, 0))?;
+        let mut at = 0;
+        for (id, dims, g) in &flat[start..end] {
+            let n = g.dims()[0];
+            summed.insert(*id, (total.clone().narrow(0, at, n), dims.clone()));
+            at += n;
+        }
+        start = end;
+    }
+    model.visit(&mut Put::<AB> { grads: &mut grads, summed });
+    Ok(grads)
+}
+
+/// Takes the model's gradients out, flattened, in the model's order.
+struct Take<'a, AB: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    flat: Vec<(ParamId, Vec<usize>, Tensor<AB::InnerBackend, 1>)>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Take<'_, AB> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some(g) = self.grads.remove::<AB::InnerBackend, D>(param.id) else { return };
+        let dims = g.dims();
+        self.flat.push((param.id, dims.to_vec(), g.reshape([dims.iter().product::<usize>()])));
+    }
+}
+
+/// Puts the summed gradients back, in their parameters' shapes.
+struct Put<'a, AB: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    summed: HashMap<ParamId, (Tensor<AB::InnerBackend, 1>, Vec<usize>)>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Put<'_, AB> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some((flat, dims)) = self.summed.remove(&param.id) else { return };
+        let Ok(dims) = <[usize; D]>::try_from(dims) else { return };
+        self.grads.register::<AB::InnerBackend, D>(param.id, flat.reshape(dims));
+    }
 }
 
 /// Ends the collective of `B`: every peer still waiting in one of its
@@ -118,6 +198,12 @@ pub fn is_knock_on(message: &str) -> bool {
 mod tests {
     use super::*;
     use crate::backend::Cpu;
+
+    #[derive(burn::module::Module, Debug)]
+    struct Pair<B: Backend> {
+        a: Param<Tensor<B, 2>>,
+        b: Param<Tensor<B, 1>>,
+    }
 
     fn floats(t: Tensor<Cpu, 1>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().unwrap_or_default()
@@ -160,6 +246,50 @@ mod tests {
         });
         let e = waited.err().unwrap_or_default();
         assert!(is_knock_on(&e), "{e}");
+
+        // Gradients summed in buckets (of up to 4 values here, each holding
+        // one parameter at least: the 2×3 alone, then the 4-vector) equal
+        // burn's sums one parameter at a time, bit for bit, and the exact
+        // sums.
+        reset::<Cpu>();
+        type Ad = burn::backend::Autodiff<Cpu>;
+        let model = Pair::<Ad> {
+            a: Param::from_tensor(Tensor::from_floats([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &device)),
+            b: Param::from_tensor(Tensor::from_floats([1.0, -1.0, 2.0, 0.5], &device)),
+        };
+        let grads = |m: &Pair<Ad>, k: f32| {
+            let loss = m.a.val().mul_scalar(k + 1.0).sum() + (m.b.val() * m.b.val()).mul_scalar(k + 2.0).sum();
+            GradientsParams::from_grads(loss.backward(), m)
+        };
+        let results: Vec<Result<[Vec<f32>; 4], String>> = std::thread::scope(|s| {
+            let peers: Vec<_> = (0..2)
+                .map(|index| {
+                    let m = model.clone();
+                    s.spawn(move || {
+                        let peer = Peer { index, count: 2 };
+                        register::<Cpu>(peer, &device)?;
+                        let bucketed = sum_in_buckets::<Ad, _>(peer, &m, grads(&m, index as f32), 4)?;
+                        let each = grads(&m, index as f32)
+                            .all_reduce::<Cpu>(peer.id(), ReduceOperation::Sum)
+                            .map_err(|e| format!("{e:?}"))?;
+                        let flat2 = |g: &GradientsParams| {
+                            floats(g.get::<Cpu, 2>(m.a.id).map_or(Tensor::zeros([1], &device), |t| t.reshape([6])))
+                        };
+                        let flat1 = |g: &GradientsParams| {
+                            floats(g.get::<Cpu, 1>(m.b.id).unwrap_or(Tensor::zeros([1], &device)))
+                        };
+                        Ok([flat2(&bucketed), flat1(&bucketed), flat2(&each), flat1(&each)])
+                    })
+                })
+                .collect();
+            peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".into()))).collect()
+        });
+        for r in results {
+            let [a, b, a_each, b_each] = r.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((&a, &b), (&a_each, &b_each));
+            assert_eq!(a, vec![3.0; 6]);
+            assert_eq!(b, vec![10.0, -10.0, 20.0, 5.0]);
+        }
     }
 
     #[test]

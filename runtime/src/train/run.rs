@@ -445,7 +445,7 @@ impl Loop<'_> {
             let grads = GradientsParams::from_grads(grads, model);
             acc.accumulate(model, grads);
         }
-        let grads = parallel::sum_gradients::<B::InnerBackend>(peer, acc.grads())?;
+        let grads = parallel::sum_gradients::<B, _>(peer, model, acc.grads())?;
         let loss = match total {
             Some(t) => {
                 let t = parallel::sum(peer, t)?;
