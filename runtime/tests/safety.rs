@@ -32,6 +32,24 @@ fn ckpt(run: &Path, step: u64) -> std::path::PathBuf {
     run.join(format!("checkpoints/step-{step:08}"))
 }
 
+/// Runs the shell `commands` in `d` with `d/mnt` a 2 MB tmpfs (in a mount
+/// namespace of their own: no root needed) and the cache in `d/cache`.
+#[cfg(target_os = "linux")]
+fn on_a_small_disk(d: &Path, commands: &str) {
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "set -u\nmount -t tmpfs -o size=2m tmpfs {m}\nexport BLKC_CACHE={d}/cache\ncd {d}\n{commands}",
+        m = mnt.display(),
+        d = d.display(),
+    );
+    let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "unshare -rm (util-linux) could not run the script: {status:?}"
+    );
+}
+
 /// Edits a JSON file in place.
 fn edit(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value = serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{e}"));
@@ -187,24 +205,17 @@ fn recovery_has_no_dead_ends() {
 fn a_full_disk_keeps_the_last_checkpoint_and_leaves_a_way_on() {
     let d = scratch("full");
     tiny(&d, "sas_p", "causal", 258, "");
-    let mnt = d.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
-    let script = format!(
-        "set -u\nmount -t tmpfs -o size=2m tmpfs {m}\nexport BLKC_CACHE={d}/cache\ncd {d}\n\
-         {b} train tiny.blk --out {m}/run --steps 40 -q 2> full.err; echo $? > full.code\n\
-         ls -a {m}/run/checkpoints > full.ls\ncat {m}/run/checkpoints/latest > full.latest\n\
-         {b} eval {m}/run --json > eval.out 2> eval.err; echo $? > eval.code\n\
-         mount -o remount,size=64m {m}\n\
-         {b} train --resume {m}/run -q 2> resume.err; echo $? > resume.code\n\
-         wc -l < {m}/run/metrics.jsonl > resume.lines\n",
-        m = mnt.display(),
-        d = d.display(),
-        b = env!("CARGO_BIN_EXE_blkc"),
-    );
-    let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "unshare -rm (util-linux) could not run the script: {status:?}"
+    let (m, b) = (d.join("mnt").display().to_string(), env!("CARGO_BIN_EXE_blkc"));
+    on_a_small_disk(
+        &d,
+        &format!(
+            "{b} train tiny.blk --out {m}/run --steps 40 -q 2> full.err; echo $? > full.code\n\
+             ls -a {m}/run/checkpoints > full.ls\ncat {m}/run/checkpoints/latest > full.latest\n\
+             {b} eval {m}/run --json > eval.out 2> eval.err; echo $? > eval.code\n\
+             mount -o remount,size=64m {m}\n\
+             {b} train --resume {m}/run -q 2> resume.err; echo $? > resume.code\n\
+             wc -l < {m}/run/metrics.jsonl > resume.lines\n"
+        ),
     );
     let code = |f: &str| read(&d.join(f)).trim().to_string();
     let err = read(&d.join("full.err"));
@@ -222,6 +233,7 @@ fn a_full_disk_keeps_the_last_checkpoint_and_leaves_a_way_on() {
 /// SIGTERM with a checkpoint of the last step, and on a full disk with the
 /// leader's error — the other copy, waiting for the leader's next step or
 /// in a sum with it, stops too instead of hanging the process.
+#[cfg(target_os = "linux")]
 #[test]
 fn data_parallel_stops_cleanly_on_sigterm_and_a_full_disk() {
     let d = scratch("parallel-stops");
@@ -243,19 +255,12 @@ fn data_parallel_stops_cleanly_on_sigterm_and_a_full_disk() {
     ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", &(done + 2).to_string()]));
     assert_eq!(losses(&run).len() as u64, done + 2);
 
-    let mnt = d.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("{e}"));
-    let script = format!(
-        "set -u\nmount -t tmpfs -o size=2m tmpfs {m}\nexport BLKC_CACHE={d}/cache\ncd {d}\n\
-         timeout 300 {b} train tiny.blk --out {m}/run --steps 40 --devices 2 -q 2> full.err; echo $? > full.code\n",
-        m = mnt.display(),
-        d = d.display(),
-        b = env!("CARGO_BIN_EXE_blkc"),
-    );
-    let status = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status();
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "unshare -rm (util-linux) could not run the script: {status:?}"
+    let (m, b) = (d.join("mnt").display().to_string(), env!("CARGO_BIN_EXE_blkc"));
+    on_a_small_disk(
+        &d,
+        &format!(
+            "timeout 300 {b} train tiny.blk --out {m}/run --steps 40 --devices 2 -q 2> full.err; echo $? > full.code\n"
+        ),
     );
     let err = read(&d.join("full.err"));
     assert_eq!(read(&d.join("full.code")).trim(), "1", "124 is a hang: {err}");
