@@ -5,6 +5,8 @@
 //! moments E[A] and E[A Σ Aᵀ] are then estimated by Monte Carlo over
 //! Gaussian queries and keys with the input's kernel.
 
+use rayon::prelude::*;
+
 use super::kernel::Mat;
 use super::rng::Rng;
 use crate::graph::{Mask, MatrixTerm};
@@ -80,38 +82,49 @@ pub fn mc_moments(
     let t = sigma.nrows();
     let c = centre(t, mask);
     let l = cholesky(sigma);
-    let mut rng = Rng::new(seed);
+    let dh = logits.head_dim.max(1);
+    // Draw j takes normals 2·j·T·d_h onwards of the one seeded stream (its
+    // queries, then its keys), wherever it runs; the sums are in draw
+    // order: the same moments, bit for bit, on any number of threads.
+    let per_draw = 2 * (t * dh) as u64;
+    let draw = |z: Mat| {
+        let mut q = &l * z;
+        if logits.qk_norm {
+            for mut row in q.row_iter_mut() {
+                let rms = (row.norm_squared() / dh as f64).sqrt().max(1e-12);
+                row /= rms;
+            }
+        }
+        if let Some(rope) = logits.rope {
+            rotate(&mut q, rope);
+        }
+        q
+    };
+    let moments: Vec<(Mat, Mat)> = (0..samples.max(1) as u64)
+        .into_par_iter()
+        .map(|j| {
+            let mut rng = Rng::at_normal(seed, j * per_draw);
+            let zq = Mat::from_fn(t, dh, |_, _| rng.normal());
+            let zk = Mat::from_fn(t, dh, |_, _| rng.normal());
+            let (q, k) = (draw(zq), draw(zk));
+            let scale = if logits.qk_norm { 1.0 } else { logits.sigma_qk };
+            let mut g = (q * k.transpose()) * (scale / (dh as f64).sqrt());
+            if let Some(cap) = logits.softcap {
+                g.apply(|x| *x = cap * (*x / cap).tanh());
+            }
+            if let Some(b) = bias {
+                g += b;
+            }
+            let soft = masked_softmax(&g, mask);
+            let a = combine(terms, &soft, &c);
+            let second = &a * sigma * a.transpose();
+            (a, second)
+        })
+        .collect();
     let mut mean = Mat::zeros(t, t);
     let mut second = Mat::zeros(t, t);
-    let dh = logits.head_dim.max(1);
-    for _ in 0..samples.max(1) {
-        let draw = |rng: &mut Rng| {
-            let z = Mat::from_fn(t, dh, |_, _| rng.normal());
-            let mut q = &l * z;
-            if logits.qk_norm {
-                for mut row in q.row_iter_mut() {
-                    let rms = (row.norm_squared() / dh as f64).sqrt().max(1e-12);
-                    row /= rms;
-                }
-            }
-            if let Some(rope) = logits.rope {
-                rotate(&mut q, rope);
-            }
-            q
-        };
-        let q = draw(&mut rng);
-        let k = draw(&mut rng);
-        let scale = if logits.qk_norm { 1.0 } else { logits.sigma_qk };
-        let mut g = (q * k.transpose()) * (scale / (dh as f64).sqrt());
-        if let Some(cap) = logits.softcap {
-            g.apply(|x| *x = cap * (*x / cap).tanh());
-        }
-        if let Some(b) = bias {
-            g += b;
-        }
-        let soft = masked_softmax(&g, mask);
-        let a = combine(terms, &soft, &c);
-        second += &a * sigma * a.transpose();
+    for (a, s) in moments {
+        second += s;
         mean += a;
     }
     let n = samples.max(1) as f64;
