@@ -398,7 +398,8 @@ struct Loop<'a> {
     valid: &'a batch::Stream,
 }
 
-/// What stops the other devices: the leader's word or a failure.
+/// The leader's channels to the other devices: the step each is to take
+/// next; dropped, they stop.
 type Orders = Vec<mpsc::Sender<u64>>;
 
 impl Loop<'_> {
