@@ -407,6 +407,19 @@ fn data_parallel_trains_as_one_device_does() {
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "four", "--steps", "12", "--set", "devices=4"]));
     close(&losses(&d.join("four")), "four devices");
 
+    // Gradient accumulation on each device: two passes of 2 rows per
+    // device are the passes of 4 rows on one.
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "acc1", "--steps", "12", "--set", "micro_batch=4"]));
+    let args = ["train", "tiny.blk", "--out", "acc2", "--steps", "12", "--devices", "2", "--set", "micro_batch=2"];
+    let o = blkc(&d, &args);
+    ok(&o);
+    assert!(text(&o.stderr).contains("2 micro-batches of 2 per device"), "{}", text(&o.stderr));
+    let (acc1, acc2) = (losses(&d.join("acc1")), losses(&d.join("acc2")));
+    for (step, (l1, _)) in &acc1 {
+        let l2 = acc2[step].0;
+        assert!((l1 - l2).abs() < 2e-4, "accumulated, step {step}: {l2} on two devices, {l1} on one");
+    }
+
     // Stopped on two devices, resumed on one.
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "parts", "--steps", "12", "--devices", "2", "--stop-at", "7"]));
     ok(&blkc(&d, &["train", "--resume", "parts", "--devices", "1"]));
