@@ -69,6 +69,13 @@ pub fn capabilities() -> ServerCapabilities {
         }),
         inlay_hint_provider: Some(OneOf::Left(true)),
         code_action_provider: Some(CodeActionProviderCapability::Simple(true)),
+        semantic_tokens_provider: Some(lsp_types::SemanticTokensServerCapabilities::SemanticTokensOptions(
+            lsp_types::SemanticTokensOptions {
+                legend: crate::semantic::legend(),
+                full: Some(lsp_types::SemanticTokensFullOptions::Bool(true)),
+                ..Default::default()
+            },
+        )),
         ..ServerCapabilities::default()
     }
 }
@@ -331,6 +338,16 @@ impl<'c> Server<'c> {
                 let p: lsp_types::CompletionParams = params(r)?;
                 let tdp = p.text_document_position;
                 json(self.complete(&tdp.text_document.uri, tdp.position).map(CompletionResponse::Array))
+            }
+            req::SemanticTokensFullRequest::METHOD => {
+                let p: lsp_types::SemanticTokensParams = params(r)?;
+                let a = self.parsed(&path_of(&p.text_document.uri));
+                json(a.map(|a| {
+                    lsp_types::SemanticTokensResult::Tokens(lsp_types::SemanticTokens {
+                        result_id: None,
+                        data: crate::semantic::tokens(&a),
+                    })
+                }))
             }
             req::InlayHintRequest::METHOD => {
                 let p: lsp_types::InlayHintParams = params(r)?;

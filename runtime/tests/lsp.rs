@@ -30,6 +30,8 @@ struct Client {
     /// Notifications received while waiting for something else.
     queued: VecDeque<Value>,
     next_id: i64,
+    /// What the server said it can do (`initialize`'s answer).
+    capabilities: Value,
 }
 
 impl Client {
@@ -52,12 +54,13 @@ impl Client {
                 }
             }
         });
-        let mut c = Client { child, stdin, incoming, queued: VecDeque::new(), next_id: 1 };
+        let mut c = Client { child, stdin, incoming, queued: VecDeque::new(), next_id: 1, capabilities: Value::Null };
         let init = c.request(
             "initialize",
             json!({ "processId": null, "rootUri": uri(&root()), "capabilities": {}, "initializationOptions": init_options }),
         );
         assert_eq!(init["serverInfo"]["name"], "blkc", "{init}");
+        c.capabilities = init["capabilities"].clone();
         c.notify("initialized", json!({}));
         c
     }
@@ -383,6 +386,44 @@ fn a_fix_search_does_not_hold_up_other_answers() {
     // Asked again for the same text: the same fix, from the search done.
     let again = c.request("textDocument/codeAction", params);
     assert_eq!(again, offered);
+    c.shutdown();
+}
+
+/// Semantic tokens: each name coloured by what the index says it is — the
+/// block and its params and bindings (declared, then used), the section
+/// named in a call, setting keys, built-in functions and variables.
+#[test]
+fn names_are_coloured_by_what_they_are() {
+    let mut c = Client::start(json!({}));
+    let doc = uri(&root().join("target/lsp-scratch/tokens.blk"));
+    let text = "attention shaped {\n    query = zeros\n}\n\nblock b {\n    param beta = 0.5 trainable\n    \
+                h = x + beta * attn(rmsnorm(x), shaped)\n    out = h + mlp(rmsnorm(h))\n}\n";
+    c.open(&doc, text);
+    let legend = c.capabilities["semanticTokensProvider"]["legend"].clone();
+    let name = |i: u64| legend["tokenTypes"][i as usize].as_str().unwrap_or("?").to_string();
+    let result = c.request("textDocument/semanticTokens/full", json!({ "textDocument": { "uri": doc } }));
+    let data: Vec<u64> =
+        result["data"].as_array().cloned().unwrap_or_default().iter().filter_map(Value::as_u64).collect();
+    assert_eq!(data.len() % 5, 0, "{result}");
+    // (line, column, length, type, modifiers: 1 declaration, 2 built-in)
+    let (mut line, mut col) = (0, 0);
+    let mut tokens = Vec::new();
+    for t in data.chunks(5) {
+        line += t[0];
+        col = if t[0] == 0 { col + t[1] } else { t[1] };
+        tokens.push((line, col, t[2], name(t[3]), t[4]));
+    }
+    let at = |l: u64, c: u64| tokens.iter().find(|t| t.0 == l && t.1 == c).cloned();
+    assert_eq!(at(0, 10), Some((0, 10, 6, "type".into(), 1)), "{tokens:?}");
+    assert_eq!(at(1, 4), Some((1, 4, 5, "property".into(), 0)), "{tokens:?}");
+    assert_eq!(at(4, 6), Some((4, 6, 1, "class".into(), 1)), "{tokens:?}");
+    assert_eq!(at(5, 10), Some((5, 10, 4, "parameter".into(), 1)), "{tokens:?}");
+    assert_eq!(at(6, 4), Some((6, 4, 1, "variable".into(), 1)), "{tokens:?}");
+    assert_eq!(at(6, 8), Some((6, 8, 1, "variable".into(), 2)), "{tokens:?}");
+    assert_eq!(at(6, 12), Some((6, 12, 4, "parameter".into(), 0)), "{tokens:?}");
+    assert_eq!(at(6, 19), Some((6, 19, 4, "function".into(), 2)), "{tokens:?}");
+    assert_eq!(at(6, 36), Some((6, 36, 6, "type".into(), 0)), "{tokens:?}");
+    assert_eq!(at(7, 10), Some((7, 10, 1, "variable".into(), 0)), "{tokens:?}");
     c.shutdown();
 }
 
