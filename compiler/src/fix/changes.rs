@@ -141,12 +141,17 @@ const DOWN_WEIGHT: &str = "1 / sqrt(depth)";
 pub fn changes(file: &File, text: &str, block: &str) -> Vec<Change> {
     let Some(b) = find_block(file, block) else { return Vec::new() };
     let mut out = Vec::new();
-    let mut streams: HashSet<String> = HashSet::from(["x".to_string()]);
-    for s in &b.body {
-        if let Stmt::Assign(a) = s {
-            streams.insert(a.name.name.clone());
-        }
-    }
+    let assigns: Vec<&crate::syntax::ast::Assign> = b
+        .body
+        .iter()
+        .filter_map(|s| match s {
+            Stmt::Assign(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    // The streams a term may add: the input and every binding.
+    let streams: HashSet<String> =
+        std::iter::once("x".to_string()).chain(assigns.iter().map(|a| a.name.name.clone())).collect();
     let params: Vec<&crate::syntax::ast::Param> = b
         .body
         .iter()
@@ -157,14 +162,6 @@ pub fn changes(file: &File, text: &str, block: &str) -> Vec<Change> {
         .collect();
     let param = |g: &Expr| g.as_name().and_then(|n| params.iter().find(|p| p.name.name == n.name).copied());
     let first_stmt = b.body.first().map(|s| s.span().start as usize);
-    let assigns: Vec<&crate::syntax::ast::Assign> = b
-        .body
-        .iter()
-        .filter_map(|s| match s {
-            Stmt::Assign(a) => Some(a),
-            _ => None,
-        })
-        .collect();
     for a in &assigns {
         let sum = sum_of(&a.value);
         let ts: Vec<Term> = terms(sum).into_iter().map(|t| classify(t, &streams)).collect();

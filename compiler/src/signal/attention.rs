@@ -100,6 +100,7 @@ pub fn mc_moments(
         }
         q
     };
+    let scale = (if logits.qk_norm { 1.0 } else { logits.sigma_qk }) / (dh as f64).sqrt();
     let moments: Vec<(Mat, Mat)> = (0..samples.max(1) as u64)
         .into_par_iter()
         .map(|j| {
@@ -107,8 +108,7 @@ pub fn mc_moments(
             let zq = Mat::from_fn(t, dh, |_, _| rng.normal());
             let zk = Mat::from_fn(t, dh, |_, _| rng.normal());
             let (q, k) = (draw(zq), draw(zk));
-            let scale = if logits.qk_norm { 1.0 } else { logits.sigma_qk };
-            let mut g = (q * k.transpose()) * (scale / (dh as f64).sqrt());
+            let mut g = (q * k.transpose()) * scale;
             if let Some(cap) = logits.softcap {
                 g.apply(|x| *x = cap * (*x / cap).tanh());
             }

@@ -315,8 +315,12 @@ fn fail(msg: &str) -> u8 {
 /// The CPU: the one device, shared by every copy of the model in data
 /// parallel (which checks a multi-device run before it goes to GPUs).
 pub(super) fn on_cpu(job: &Job) -> Result<train::Summary, Failure> {
-    let devices = vec![Default::default(); job.settings.devices.max(1) as usize];
-    train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(job, &devices)
+    train::train::<burn::backend::Autodiff<crate::backend::Cpu>>(job, &shared(job))
+}
+
+/// The default device once for each copy of the model the run asks for.
+fn shared<D: Default + Clone>(job: &Job) -> Vec<D> {
+    vec![D::default(); job.settings.devices.max(1) as usize]
 }
 
 /// CUDA GPUs 0 to `devices` − 1.
@@ -335,8 +339,7 @@ pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
 #[cfg(feature = "wgpu")]
 pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
     // The default adapter, shared by every copy (as the CPU is).
-    let devices = vec![Default::default(); job.settings.devices.max(1) as usize];
-    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &devices)
+    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &shared(job))
 }
 
 #[cfg(not(feature = "wgpu"))]
