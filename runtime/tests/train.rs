@@ -573,16 +573,22 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let d = scratch("nan");
     // Plain SGD at lr 10 without clipping diverges within a few steps.
     tiny(&d, "preln", "causal", 258, "    optimizer = sgd\n    warmup = 0\n    clip = 0\n    checkpoint_every = 1\n");
-    let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "400", "--set", "lr=10"]);
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    let at = err.split("at step ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
-    let at: u64 = at.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no step in {err}"));
-    assert!(err.contains("became") && err.contains(&format!("last good checkpoint (step {})", at - 1)), "{err}");
-    let latest = std::fs::read_to_string(d.join("run/checkpoints/latest")).unwrap_or_default();
-    assert_eq!(latest.trim(), format!("step-{:08}", at - 1));
-    let o = blkc(&d, &["eval", "run", "--json"]);
-    ok(&o);
+    // On one device, and on two (the other device halts with the first,
+    // which reports it; nothing waits).
+    for (run, devices) in [("run", "1"), ("run2", "2")] {
+        let o =
+            blkc(&d, &["train", "tiny.blk", "--out", run, "--steps", "400", "--set", "lr=10", "--devices", devices]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let at = err.split("at step ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
+        let at: u64 = at.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no step in {err}"));
+        assert!(err.contains("became") && err.contains(&format!("last good checkpoint (step {})", at - 1)), "{err}");
+        assert!(!err.contains("another device"), "{err}");
+        let latest = std::fs::read_to_string(d.join(run).join("checkpoints/latest")).unwrap_or_default();
+        assert_eq!(latest.trim(), format!("step-{:08}", at - 1));
+        let o = blkc(&d, &["eval", run, "--json"]);
+        ok(&o);
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 
 use burn::collective::{self, CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
@@ -67,8 +68,44 @@ impl Peer {
     }
 }
 
+/// Why a peer stopped before the leader told it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerError {
+    /// Another peer stopped first: its error, not this one, is the one to
+    /// report.
+    KnockOn(String),
+    /// This peer failed.
+    Failed(String),
+}
+
+impl PeerError {
+    pub fn is_knock_on(&self) -> bool {
+        matches!(self, PeerError::KnockOn(_))
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            PeerError::KnockOn(m) | PeerError::Failed(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::KnockOn(m) | PeerError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for PeerError {
+    fn from(m: String) -> Self {
+        PeerError::Failed(m)
+    }
+}
+
 /// Joins this peer to the run's collective; returns once every peer has.
-pub fn register<B: Backend>(peer: Peer, device: &B::Device) -> Result<(), String> {
+pub fn register<B: Backend>(peer: Peer, device: &B::Device) -> Result<(), PeerError> {
     if peer.alone() {
         return Ok(());
     }
@@ -77,7 +114,7 @@ pub fn register<B: Backend>(peer: Peer, device: &B::Device) -> Result<(), String
 }
 
 /// The sum of `t` over the peers (`t` itself on one device).
-pub fn sum<B: Backend, const D: usize>(peer: Peer, t: Tensor<B, D>) -> Result<Tensor<B, D>, String> {
+pub fn sum<B: Backend, const D: usize>(peer: Peer, t: Tensor<B, D>) -> Result<Tensor<B, D>, PeerError> {
     if peer.alone() {
         return Ok(t);
     }
@@ -97,7 +134,7 @@ pub fn sum_gradients<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     peer: Peer,
     model: &M,
     grads: GradientsParams,
-) -> Result<GradientsParams, String> {
+) -> Result<GradientsParams, PeerError> {
     sum_in_buckets::<AB, M>(peer, model, grads, BUCKET)
 }
 
@@ -107,7 +144,7 @@ fn sum_in_buckets<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,
     mut grads: GradientsParams,
     bucket: usize,
-) -> Result<GradientsParams, String> {
+) -> Result<GradientsParams, PeerError> {
     if peer.alone() {
         return Ok(grads);
     }
@@ -179,19 +216,14 @@ pub fn reset<B: Backend>() {
     collective::reset_collective::<B>();
 }
 
-fn failed(peer: Peer, what: &str, e: &CollectiveError) -> String {
+fn failed(peer: Peer, what: &str, e: &CollectiveError) -> PeerError {
     match e {
-        // Another peer stopped (its error is the one to report).
+        // The collective was reset: another peer stopped.
         CollectiveError::LocalServerMissing | CollectiveError::RegisterNotFirstOperation => {
-            format!("device {} could not {what}: another device stopped", peer.index)
+            PeerError::KnockOn(format!("device {} could not {what}: another device stopped", peer.index))
         }
-        e => format!("device {} could not {what} with the other devices: {e:?}", peer.index),
+        e => PeerError::Failed(format!("device {} could not {what} with the other devices: {e:?}", peer.index)),
     }
-}
-
-/// Whether `message` says only that another peer stopped first.
-pub fn is_knock_on(message: &str) -> bool {
-    message.ends_with("another device stopped")
 }
 
 #[cfg(all(test, feature = "flex"))]
@@ -216,7 +248,7 @@ mod tests {
     fn peers_sum_and_a_stopped_peer_stops_the_others() {
         let device = burn::tensor::Device::<Cpu>::default();
         reset::<Cpu>();
-        let sums: Vec<Result<Vec<f32>, String>> = std::thread::scope(|s| {
+        let sums: Vec<Result<Vec<f32>, PeerError>> = std::thread::scope(|s| {
             let peers: Vec<_> = (0..3)
                 .map(|index| {
                     s.spawn(move || {
@@ -227,7 +259,7 @@ mod tests {
                     })
                 })
                 .collect();
-            peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".into()))).collect()
+            peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".to_string().into()))).collect()
         });
         assert_eq!(sums, vec![Ok(vec![3.0, 3.0]); 3]);
 
@@ -242,10 +274,11 @@ mod tests {
             // The other peer is (or is about to be) waiting for this one.
             std::thread::sleep(std::time::Duration::from_millis(200));
             reset::<Cpu>();
-            waiting.join().unwrap_or_else(|_| Err("panicked".into()))
+            waiting.join().unwrap_or_else(|_| Err("panicked".to_string().into()))
         });
-        let e = waited.err().unwrap_or_default();
-        assert!(is_knock_on(&e), "{e}");
+        let e = waited.err().unwrap_or_else(|| PeerError::Failed("the sum returned".into()));
+        assert!(e.is_knock_on(), "{e}");
+        assert!(e.to_string().ends_with("another device stopped"), "{e}");
 
         // Gradients summed in buckets (of up to 4 values here, each holding
         // one parameter at least: the 2×3 alone, then the 4-vector) equal
@@ -261,7 +294,7 @@ mod tests {
             let loss = m.a.val().mul_scalar(k + 1.0).sum() + (m.b.val() * m.b.val()).mul_scalar(k + 2.0).sum();
             GradientsParams::from_grads(loss.backward(), m)
         };
-        let results: Vec<Result<[Vec<f32>; 4], String>> = std::thread::scope(|s| {
+        let results: Vec<Result<[Vec<f32>; 4], PeerError>> = std::thread::scope(|s| {
             let peers: Vec<_> = (0..2)
                 .map(|index| {
                     let m = model.clone();
@@ -271,7 +304,7 @@ mod tests {
                         let bucketed = sum_in_buckets::<Ad, _>(peer, &m, grads(&m, index as f32), 4)?;
                         let each = grads(&m, index as f32)
                             .all_reduce::<Cpu>(peer.id(), ReduceOperation::Sum)
-                            .map_err(|e| format!("{e:?}"))?;
+                            .map_err(|e| PeerError::Failed(format!("{e:?}")))?;
                         let flat2 = |g: &GradientsParams| {
                             floats(g.get::<Cpu, 2>(m.a.id).map_or(Tensor::zeros([1], &device), |t| t.reshape([6])))
                         };
@@ -282,7 +315,7 @@ mod tests {
                     })
                 })
                 .collect();
-            peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".into()))).collect()
+            peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".to_string().into()))).collect()
         });
         for r in results {
             let [a, b, a_each, b_each] = r.unwrap_or_else(|e| panic!("{e}"));

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::batch::{self, Objective, Sampler};
 use super::logs::Logs;
 use super::optim::{self, Optimizer};
-use super::parallel::{self, Peer};
+use super::parallel::{self, Peer, PeerError};
 use super::rundir::{self, RunDir, RunInfo, State};
 use super::settings::Settings;
 use super::tokenizer::{self, Origin, Tokenizer};
@@ -402,6 +402,67 @@ struct Loop<'a> {
 /// next; dropped, they stop.
 type Orders = Vec<mpsc::Sender<u64>>;
 
+/// A step taken on one device.
+struct Stepped<B: TrainKernels> {
+    model: Model<B>,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    /// Seconds spent assembling the step's batches.
+    data: f64,
+}
+
+/// Why a step was not taken.
+enum Halt {
+    /// The loss or the gradient norm (which, and its value) is not finite:
+    /// every device sees the same sums, so all of them halt here.
+    NonFinite(&'static str, f64),
+    Peer(PeerError),
+}
+
+impl From<PeerError> for Halt {
+    fn from(e: PeerError) -> Self {
+        Halt::Peer(e)
+    }
+}
+
+/// Why the leading device stopped before the end.
+enum Stop {
+    Failed(Failure),
+    /// Another device stopped first; its error is the one to report.
+    KnockOn(String),
+}
+
+impl Stop {
+    fn failure(self) -> Failure {
+        match self {
+            Stop::Failed(f) => f,
+            Stop::KnockOn(m) => Failure::Message(m),
+        }
+    }
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Failed(f)
+    }
+}
+
+impl From<String> for Stop {
+    fn from(m: String) -> Self {
+        Stop::Failed(Failure::Message(m))
+    }
+}
+
+impl From<PeerError> for Stop {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::KnockOn(m) => Stop::KnockOn(m),
+            PeerError::Failed(m) => m.into(),
+        }
+    }
+}
+
 impl Loop<'_> {
     /// Rows of a forward pass over every device.
     fn pass(&self) -> usize {
@@ -418,7 +479,7 @@ impl Loop<'_> {
         step: u64,
         device: &B::Device,
         peer: Peer,
-    ) -> Result<(GradientsParams, f64, f64), String> {
+    ) -> Result<(GradientsParams, f64, f64), PeerError> {
         let (s, obj) = (self.s, self.obj);
         let mut acc = GradientsAccumulator::<Model<B>>::new();
         let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
@@ -465,7 +526,7 @@ impl Loop<'_> {
         step: u64,
         device: &B::Device,
         peer: Peer,
-    ) -> Result<Option<f64>, String> {
+    ) -> Result<Option<f64>, PeerError> {
         let s = self.s;
         if !(step.is_multiple_of(s.eval_every) || step == s.steps) {
             return Ok(None);
@@ -478,10 +539,37 @@ impl Loop<'_> {
             (total, count)
         } else {
             let both = Tensor::<B::InnerBackend, 1>::from_floats([total as f32, count as f32], device);
-            let both = parallel::sum(peer, both)?.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            let both = parallel::sum(peer, both)?
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| PeerError::Failed(format!("device {} could not read a loss: {e:?}", peer.index)))?;
             (f64::from(both[0]), f64::from(both[1]))
         };
         Ok(Some(super::mean_loss((total, count))))
+    }
+
+    /// Step `step` on `device`: the gradients of its batches summed over
+    /// the devices, then the optimiser's update of `model`.
+    fn step<B: TrainKernels>(
+        &self,
+        model: Model<B>,
+        opt: &mut Optimizer<B::InnerBackend>,
+        sampler: &mut Sampler,
+        step: u64,
+        device: &B::Device,
+        peer: Peer,
+    ) -> Result<Stepped<B>, Halt> {
+        let s = self.s;
+        let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, s.schedule());
+        let (grads, loss, data) = self.gradients(&model, sampler, step, device, peer)?;
+        if !loss.is_finite() {
+            return Err(Halt::NonFinite("loss", loss));
+        }
+        let (model, grad_norm) = opt.step::<B, _>(model, lr, grads);
+        if !grad_norm.is_finite() {
+            return Err(Halt::NonFinite("gradient norm", grad_norm));
+        }
+        Ok(Stepped { model, loss, lr, grad_norm, data })
     }
 
     /// A checkpoint of the model and the optimiser at `state`: its path and
@@ -506,7 +594,7 @@ impl Loop<'_> {
     fn run<B: TrainKernels>(&self, start: Start<B>, logs: Logs, devices: &[B::Device]) -> Result<Summary, Failure> {
         let [device, others @ ..] = devices else { return Err(Failure::Message("no device to train on".into())) };
         if others.is_empty() {
-            return self.lead(start, logs, device, Vec::new());
+            return self.lead(start, logs, device, Vec::new()).map_err(Stop::failure);
         }
         let count = devices.len();
         // Copies made before any peer starts: a peer waits for every other
@@ -526,8 +614,9 @@ impl Loop<'_> {
                 followers.push(scope.spawn(move || {
                     let followed =
                         std::panic::catch_unwind(AssertUnwindSafe(|| self.follow(model, opt, first, d, peer, rx)));
-                    let result =
-                        followed.unwrap_or_else(|p| Err(format!("device {} failed: {}", peer.index, panicked(&p))));
+                    let result = followed.unwrap_or_else(|p| {
+                        Err(PeerError::Failed(format!("device {} failed: {}", peer.index, panicked(&p))))
+                    });
                     if result.is_err() {
                         parallel::reset::<B::InnerBackend>();
                     }
@@ -537,23 +626,19 @@ impl Loop<'_> {
             // A panic here must not leave the followers waiting for this
             // device while the scope waits for them.
             let led = std::panic::catch_unwind(AssertUnwindSafe(|| self.lead(start, logs, device, orders)))
-                .unwrap_or_else(|p| Err(Failure::Message(format!("device 0 failed: {}", panicked(&p)))));
+                .unwrap_or_else(|p| Err(format!("device 0 failed: {}", panicked(&p)).into()));
             // Any follower still waiting in a collective returns.
             parallel::reset::<B::InnerBackend>();
             let mut first_failure = None;
             for f in followers {
-                let r = f.join().unwrap_or_else(|p| Err(panicked(&p)));
-                if let Err(e) = r {
-                    if !parallel::is_knock_on(&e) && first_failure.is_none() {
-                        first_failure = Some(e);
-                    }
+                if let Err(PeerError::Failed(e)) = f.join().unwrap_or_else(|p| Err(PeerError::Failed(panicked(&p)))) {
+                    first_failure.get_or_insert(e);
                 }
             }
             match (led, first_failure) {
                 // The leader stopped because a follower failed: say why.
-                (Err(Failure::Message(m)), Some(e)) if parallel::is_knock_on(&m) => Err(Failure::Message(e)),
-                (Ok(_), Some(e)) => Err(Failure::Message(e)),
-                (led, _) => led,
+                (Ok(_) | Err(Stop::KnockOn(_)), Some(e)) => Err(Failure::Message(e)),
+                (led, _) => led.map_err(Stop::failure),
             }
         })
     }
@@ -568,27 +653,21 @@ impl Loop<'_> {
         device: &B::Device,
         peer: Peer,
         orders: mpsc::Receiver<u64>,
-    ) -> Result<(), String> {
-        let s = self.s;
+    ) -> Result<(), PeerError> {
         parallel::register::<B::InnerBackend>(peer, device)?;
-        let mut sampler = Sampler::new(s.seed, self.train.windows());
-        let sched = s.schedule();
+        let mut sampler = Sampler::new(self.s.seed, self.train.windows());
         let mut expected = first;
         while let Ok(step) = orders.recv() {
             if step != expected {
-                return Err(format!("device {} was ordered step {} after step {expected}", peer.index, step + 1));
+                let e = format!("device {} was ordered step {} after step {expected}", peer.index, step + 1);
+                return Err(PeerError::Failed(e));
             }
-            let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
-            let (grads, loss, _) = self.gradients(&model, &mut sampler, step, device, peer)?;
-            // The leader sees the same sums, and stops with the error.
-            if !loss.is_finite() {
-                return Ok(());
-            }
-            let (updated, norm) = opt.step::<B, _>(model, lr, grads);
-            model = updated;
-            if !norm.is_finite() {
-                return Ok(());
-            }
+            model = match self.step(model, &mut opt, &mut sampler, step, device, peer) {
+                Ok(taken) => taken.model,
+                // The leader halts with the same values, and reports them.
+                Err(Halt::NonFinite(..)) => return Ok(()),
+                Err(Halt::Peer(e)) => return Err(e),
+            };
             self.evaluation(&model, step + 1, device, peer)?;
             expected = step + 1;
         }
@@ -603,14 +682,13 @@ impl Loop<'_> {
         mut logs: Logs,
         device: &B::Device,
         orders: Orders,
-    ) -> Result<Summary, Failure> {
+    ) -> Result<Summary, Stop> {
         let (s, dir) = (self.s, self.dir);
         let peer = Peer { index: 0, count: orders.len() + 1 };
         parallel::register::<B::InnerBackend>(peer, device)?;
         let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
             start;
         let mut sampler = Sampler::new(s.seed, self.train.windows());
-        let sched = s.schedule();
         let bar = progress::Progress::new(first, s.steps, self.job.quiet);
         let run_start = Instant::now();
         let (mut last_loss, mut last_eval) = (f64::NAN, None);
@@ -636,22 +714,22 @@ impl Loop<'_> {
             // A follower that has stopped has failed: its error is reported.
             if orders.iter().any(|o| o.send(step).is_err()) {
                 bar.finish();
-                return Err(Failure::Message(format!("device 0 stopped at step {}: another device stopped", step + 1)));
+                return Err(Stop::KnockOn(format!("device 0 stopped at step {}: another device stopped", step + 1)));
             }
             let began = Instant::now();
-            let lr = optim::learning_rate(s.lr, step, s.steps, s.warmup, sched);
-            let (grads, loss_value, data) = self.gradients(&model, &mut sampler, step, device, peer)?;
-            data_time += data;
-            if !loss_value.is_finite() {
-                bar.finish();
-                return Err(non_finite(step + 1, "loss", loss_value, &last));
-            }
-            let (updated, grad_norm) = opt.step::<B, _>(model, lr, grads);
+            let taken = self.step(model, &mut opt, &mut sampler, step, device, peer);
+            let Stepped { model: updated, loss: loss_value, lr, grad_norm, data } = match taken {
+                Ok(taken) => taken,
+                Err(halt) => {
+                    bar.finish();
+                    return Err(match halt {
+                        Halt::NonFinite(what, value) => non_finite(step + 1, what, value, &last).into(),
+                        Halt::Peer(e) => e.into(),
+                    });
+                }
+            };
             model = updated;
-            if !grad_norm.is_finite() {
-                bar.finish();
-                return Err(non_finite(step + 1, "gradient norm", grad_norm, &last));
-            }
+            data_time += data;
             step += 1;
             let dt = began.elapsed().as_secs_f64();
             step_time += dt;
