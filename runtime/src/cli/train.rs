@@ -275,15 +275,16 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         })?;
         (None, String::new())
     } else {
-        // Every copy of the model on the CPU shares its memory.
-        let share = memory::available().map(|m| m / u128::from(devices.max(1)));
-        (share, if devices > 1 { format!("this machine's 1/{devices} share") } else { "this machine".to_string() })
+        (memory::available(), "this machine".to_string())
     };
+    // Every copy of the model on the CPU shares its memory (and wgpu's,
+    // whose copies share its one adapter); each GPU holds one.
+    let copies = if job.settings.device == "cuda" { 1 } else { devices };
     if no_memory_check {
         return Ok(());
     }
     let Some(have) = have else { return Ok(()) };
-    memory::check(&estimate, have, &what, rows, model).map_err(|e| {
+    memory::check(&estimate, have, &what, rows, model, copies).map_err(|e| {
         eprintln!("error: {e} (an estimate; --no-memory-check trains anyway)");
         REJECTED
     })

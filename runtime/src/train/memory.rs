@@ -30,12 +30,6 @@ pub struct Estimate {
     pub logits: u128,
 }
 
-impl Estimate {
-    pub fn total(&self) -> u128 {
-        BASE + self.parameters + self.activations + self.logits
-    }
-}
-
 /// The estimate for training `model` with micro-batches of `rows`.
 pub fn estimate(program: &Program, model: &ModelIr, rows: u64) -> Estimate {
     let block = &program.blocks[model.block];
@@ -92,15 +86,26 @@ fn cgroup_left() -> Option<u128> {
     Some(max.saturating_sub(current))
 }
 
-/// `Err` with the numbers and what to change when `need` does not fit in
-/// `have` bytes of `what` (the CPU's memory, a GPU's).
-pub fn check(e: &Estimate, have: u128, what: &str, rows: u64, model: &ModelIr) -> Result<(), String> {
-    if e.total() <= have {
+/// Refuses a run whose estimate exceeds `have` bytes free in `what`, where
+/// `copies` copies of the model (data-parallel devices that share that
+/// memory, as on the CPU) each need the estimate's parameters,
+/// activations and logits, and the process its base once; says what
+/// would fit.
+pub fn check(e: &Estimate, have: u128, what: &str, rows: u64, model: &ModelIr, copies: u64) -> Result<(), String> {
+    let copies = u128::from(copies.max(1));
+    let per_copy = e.parameters + e.activations + e.logits;
+    let need = BASE + copies * per_copy;
+    if need <= have {
         return Ok(());
     }
+    // What one copy has, with the process's base counted once.
+    let share = have.saturating_sub(BASE) / copies;
     let per_row = (e.activations + e.logits) / u128::from(rows.max(1));
-    let fits = have.saturating_sub(BASE + e.parameters) / per_row.max(1);
-    let hint = if e.parameters + BASE > have {
+    let fits = share.saturating_sub(e.parameters) / per_row.max(1);
+    let fit_copies = have.saturating_sub(BASE) / per_copy.max(1);
+    let hint = if copies > 1 && fit_copies >= 1 {
+        format!("use fewer devices: {fit_copies} at most fit")
+    } else if e.parameters > share {
         format!(
             "the parameters alone need {}: choose a smaller width ({}) or depth ({})",
             gib(e.parameters),
@@ -121,14 +126,16 @@ pub fn check(e: &Estimate, have: u128, what: &str, rows: u64, model: &ModelIr) -
             model.context
         )
     };
+    let each = if copies > 1 { format!(" for each of {copies} devices") } else { String::new() };
     Err(format!(
         "this run needs about {} of memory but {what} has {} free: parameters, gradients and optimiser state {}, \
-         activations {} and logits {} for micro-batches of {rows}; {hint}",
-        gib(e.total()),
+         activations {} and logits {} for micro-batches of {rows}{each}, and {} for the process; {hint}",
+        gib(need),
         gib(have),
         gib(e.parameters),
         gib(e.activations),
-        gib(e.logits)
+        gib(e.logits),
+        gib(BASE)
     ))
 }
 
@@ -165,19 +172,32 @@ mod tests {
         let p = program(256, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
         let small = estimate(&p, &m, 16);
-        assert!(check(&small, 8 << 30, "this machine", 16, &m).is_ok(), "{small:?}");
+        assert!(check(&small, 8 << 30, "this machine", 16, &m, 1).is_ok(), "{small:?}");
         let big = estimate(&p, &m, 100_000);
-        let err = check(&big, 8 << 30, "this machine", 100_000, &m).err().unwrap_or_default();
+        let err = check(&big, 8 << 30, "this machine", 100_000, &m, 1).err().unwrap_or_default();
         assert!(err.contains("needs about") && err.contains("micro_batch"), "{err}");
+        // The parts the message names add up to its total.
+        let need = BASE + small.parameters + small.activations + small.logits;
+        let err = check(&small, need - 1, "this machine", 16, &m, 1).err().unwrap_or_default();
+        assert!(
+            err.contains(&format!("needs about {}", gib(need))) && err.contains("256 MiB for the process"),
+            "{err}"
+        );
+        // Copies sharing the memory: the base once, the rest for each; the
+        // hint says how many copies fit.
+        let two = need + small.parameters + small.activations + small.logits;
+        assert!(check(&small, two, "this machine", 16, &m, 2).is_ok());
+        let err = check(&small, two - 1, "this machine", 16, &m, 2).err().unwrap_or_default();
+        assert!(err.contains("for each of 2 devices") && err.contains("use fewer devices: 1 at most fit"), "{err}");
         // Width 16384: the parameters alone do not fit.
         let p = program(16384, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1).err().unwrap_or_default();
         assert!(err.contains("parameters alone"), "{err}");
         // Context 131072: one sequence's attention does not fit.
         let p = program(256, 131_072);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1).err().unwrap_or_default();
         assert!(err.contains("lower the context"), "{err}");
     }
 
