@@ -34,6 +34,7 @@ pub mod semantic;
 pub mod server;
 pub mod symbols;
 pub mod text;
+pub mod transport;
 pub mod workspace;
 
 use lsp_server::Connection;
@@ -42,16 +43,25 @@ pub use analysis::Options;
 
 /// Serves one client over stdin and stdout until it exits.
 pub fn run_stdio() -> Result<(), String> {
-    let (conn, io) = Connection::stdio();
-    serve(&conn)?;
+    let (conn, io) = transport::stdio();
+    let served = serve(&conn);
     drop(conn);
-    io.join().map_err(|e| e.to_string())
+    // Bad input from the client is why the session ended, whatever the
+    // server made of the closed channel.
+    let io = io.finish();
+    io.and(served)
 }
 
 /// Runs the handshake, then serves `conn` until the client exits.
 pub fn serve(conn: &Connection) -> Result<(), String> {
     let caps = serde_json::to_value(server::capabilities()).map_err(|e| e.to_string())?;
-    let (id, init) = conn.initialize_start().map_err(|e| e.to_string())?;
+    let (id, init) = conn.initialize_start().map_err(|e| {
+        if e.channel_is_disconnected() {
+            "the client closed the connection before `initialize`".to_string()
+        } else {
+            e.to_string()
+        }
+    })?;
     let result = serde_json::json!({
         "capabilities": caps,
         "serverInfo": { "name": "blkc", "version": env!("CARGO_PKG_VERSION") },

@@ -495,3 +495,44 @@ fn diagnostics_equal_the_clis_for_every_ui_case() {
     assert!(compared >= 60, "only {compared} diagnostics compared");
     c.shutdown();
 }
+
+/// Input that is not LSP: a body that is not JSON-RPC is skipped (its
+/// framing was sound, the session goes on); a header that claims 4 GB is
+/// refused before anything is allocated, and the server exits 2 saying why.
+#[test]
+fn bad_input_is_skipped_or_refused_with_a_reason() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .arg("lsp")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("blkc lsp starts");
+    let framed = |v: &str| format!("Content-Length: {}\r\n\r\n{v}", v.len());
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": { "capabilities": {} } });
+    let symbols = json!({ "jsonrpc": "2.0", "id": 2, "method": "workspace/symbol", "params": { "query": "" } });
+    let input = [
+        framed(&init.to_string()),
+        framed(&json!({ "jsonrpc": "2.0", "method": "initialized", "params": {} }).to_string()),
+        framed("{not json"),
+        framed(&symbols.to_string()),
+        "Content-Length: 4000000000\r\n\r\n".to_string(),
+    ]
+    .concat();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write");
+    drop(stdin);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx.recv_timeout(PATIENCE).expect("blkc lsp exits").expect("output");
+    let mut stdout = BufReader::new(&out.stdout[..]);
+    let answered: Vec<Value> = std::iter::from_fn(|| read_message(&mut stdout)).map(|m| m["id"].clone()).collect();
+    assert!(answered.contains(&json!(1)) && answered.contains(&json!(2)), "{answered:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("skipped a message that is not JSON-RPC"), "{err}");
+    assert!(err.contains("bad input from the client: Content-Length 4000000000 is over the limit of 64 MiB"), "{err}");
+}
