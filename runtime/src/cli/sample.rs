@@ -37,6 +37,10 @@ pub struct Args {
     /// printed); repeat for several.
     #[arg(long = "stop", value_name = "TEXT")]
     pub stops: Vec<String>,
+    /// Go on past the end of text (generation stops there otherwise, as
+    /// the document the model writes has ended).
+    #[arg(long)]
+    pub ignore_eot: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -74,51 +78,90 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     if ids.is_empty() {
         ids.push(tok.end_of_text());
     }
-    let prompt_len = ids.len();
     let context = run.ir.context as usize;
-    let mut rng = Rng::new(args.seed);
+    let g = Generation {
+        tokens: args.tokens,
+        sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
+        stops: &args.stops,
+        end: (!args.ignore_eot).then(|| tok.end_of_text()),
+        // The causal objective never has the mask as its target.
+        never: tok.mask_token().filter(|&m| m != tok.end_of_text()),
+    };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", args.prompt);
-    // Text that could still be the start of a stop string is held back.
-    let hold = args.stops.iter().map(String::len).max().unwrap_or(1) - 1;
-    let mut shown = 0;
-    for _ in 0..args.tokens {
+    let logits = |ids: &[u32]| -> Result<Vec<f32>, String> {
         let window = &ids[ids.len().saturating_sub(context)..];
         let t = window.len();
         let input: Vec<i64> = window.iter().map(|&x| i64::from(x)).collect();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, t]), device);
         let logits = run.model.forward(input);
         let v = logits.dims()[2];
-        let last: Vec<f32> =
-            logits.slice([0..1, t - 1..t, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))?;
-        ids.push(pick(
-            &last,
-            Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
-            &mut rng,
-        ));
-        let text = tok.decode(&ids[prompt_len..]);
-        if let Some(at) = args.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            let _ = write!(out, "{}", text.get(shown..at).unwrap_or_default());
-            let _ = writeln!(out);
-            return Ok(());
+        logits.slice([0..1, t - 1..t, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))
+    };
+    g.run(ids, &mut Rng::new(args.seed), |ids| tok.decode(ids), logits, &mut out)
+}
+
+/// What a generation draws and where it ends.
+struct Generation<'a> {
+    /// Tokens to draw at most.
+    tokens: usize,
+    sampling: Sampling,
+    /// Texts that end it (not written).
+    stops: &'a [String],
+    /// The token that ends it (not written).
+    end: Option<u32>,
+    /// A token never drawn.
+    never: Option<u32>,
+}
+
+impl Generation<'_> {
+    /// Continues `ids` with tokens drawn from `logits` (of the ids so far),
+    /// writing the decoded text to `out` as it comes.
+    fn run(
+        &self,
+        mut ids: Vec<u32>,
+        rng: &mut Rng,
+        decode: impl Fn(&[u32]) -> String,
+        mut logits: impl FnMut(&[u32]) -> Result<Vec<f32>, String>,
+        out: &mut impl Write,
+    ) -> Result<(), String> {
+        let prompt_len = ids.len();
+        // Text that could still be the start of a stop string is held back.
+        let hold = self.stops.iter().map(String::len).max().unwrap_or(1) - 1;
+        let mut shown = 0;
+        for _ in 0..self.tokens {
+            let mut last = logits(&ids)?;
+            if let Some(x) = self.never.and_then(|n| last.get_mut(n as usize)) {
+                *x = f32::NEG_INFINITY;
+            }
+            let next = pick(&last, self.sampling, rng);
+            if Some(next) == self.end {
+                break;
+            }
+            ids.push(next);
+            let text = decode(&ids[prompt_len..]);
+            if let Some(at) = self.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+                let _ = writeln!(out, "{}", text.get(shown..at).unwrap_or_default());
+                return Ok(());
+            }
+            // Print what is new (multi-byte characters may complete later).
+            let mut upto = text.len().saturating_sub(hold);
+            while upto > shown && !text.is_char_boundary(upto) {
+                upto -= 1;
+            }
+            if upto > shown && text.is_char_boundary(shown) && !text[..upto].ends_with('\u{fffd}') {
+                let _ = write!(out, "{}", &text[shown..upto]);
+                let _ = out.flush();
+                shown = upto;
+            }
         }
-        // Print what is new (multi-byte characters may complete later).
-        let mut upto = text.len().saturating_sub(hold);
-        while upto > shown && !text.is_char_boundary(upto) {
-            upto -= 1;
+        let text = decode(&ids[prompt_len..]);
+        if text.len() > shown && text.is_char_boundary(shown) {
+            let _ = write!(out, "{}", &text[shown..]);
         }
-        if upto > shown && text.is_char_boundary(shown) && !text[..upto].ends_with('\u{fffd}') {
-            let _ = write!(out, "{}", &text[shown..upto]);
-            let _ = out.flush();
-            shown = upto;
-        }
+        let _ = writeln!(out);
+        Ok(())
     }
-    let text = tok.decode(&ids[prompt_len..]);
-    if text.len() > shown && text.is_char_boundary(shown) {
-        let _ = write!(out, "{}", &text[shown..]);
-    }
-    let _ = writeln!(out);
-    Ok(())
 }
 
 /// How the next token is chosen.
@@ -187,5 +230,36 @@ mod tests {
         let one = draw(Sampling { temperature: 1.0, top_k: 0, top_p: 0.1 }, &mut rng);
         assert!(one.iter().all(|&t| t == 0), "the most likely token alone reaches 0.1");
         assert_eq!(pick(&logits, Sampling { temperature: 0.0, top_k: 0, top_p: 0.5 }, &mut rng), 0);
+    }
+
+    /// Tokens are letters: 0 'a', 1 'b', 2 'c', 3 the end of text, 4 the
+    /// mask; `scores` gives the logits after each count of ids so far.
+    fn generated(g: &Generation<'_>, scores: &[[f32; 5]]) -> String {
+        let decode = |ids: &[u32]| ids.iter().map(|&i| ["a", "b", "c", "<eot>", "<mask>"][i as usize]).collect();
+        let mut out = Vec::new();
+        let logits = |ids: &[u32]| Ok(scores[(ids.len() - 1).min(scores.len() - 1)].to_vec());
+        g.run(vec![0], &mut Rng::new(1), decode, logits, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn generation_ends_at_the_end_of_text_and_never_draws_the_mask() {
+        let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
+        let g = Generation { tokens: 10, sampling: greedy, stops: &[], end: Some(3), never: Some(4) };
+        // b, then the mask (most likely, never drawn: c instead), then the end.
+        let scores = [[0.0, 5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 9.0], [0.0, 0.0, 0.0, 9.0, 0.0]];
+        assert_eq!(generated(&g, &scores), "bc\n");
+        // Past the end of text when asked, to the token count.
+        let on = Generation { tokens: 4, end: None, ..g };
+        assert_eq!(generated(&on, &scores), "bc<eot><eot>\n");
+        // A stop string ends it before the text is written.
+        let stops = ["c<".to_string()];
+        let stopped = Generation { stops: &stops, ..on };
+        assert_eq!(generated(&stopped, &scores), "b\n");
+        // Sampled, the mask is never drawn however likely.
+        let hot = Sampling { temperature: 2.0, top_k: 0, top_p: 1.0 };
+        let drawn = Generation { tokens: 200, sampling: hot, end: None, ..g };
+        let text = generated(&drawn, &[[0.0, 0.0, 0.0, 0.0, 3.0]]);
+        assert!(!text.contains("<mask>") && text.contains('a') && text.contains("<eot>"), "{text}");
     }
 }
