@@ -93,4 +93,24 @@ fn a_sweep_trains_every_value_and_refuses_a_bad_one() {
         assert_eq!(o.status.code(), Some(2), "--sweep {bad}: {}", text(&o.stderr));
         assert!(!d.join("bad").exists(), "--sweep {bad} created runs");
     }
+    // Variants that would be one run, and no seed at all, are refused
+    // before anything is trained.
+    let twice: [&[&str]; 4] = [
+        &["--sweep", "lr=1e-3,1e-3"],
+        &["--sweep", "lr=1e-3", "--sweep", "lr=1e-2"],
+        &["--sweep", "lr=1e-3,1e-2", "--set", "lr=1e-4"],
+        &["--seeds", "0"],
+    ];
+    for extra in twice {
+        let o = blkc(&d, &[&["compare", "tiny.blk", "--steps", "3", "--out", "bad"], extra].concat());
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(["twice", "both set", "0 is not in 1.."].iter().any(|w| err.contains(w)), "{extra:?}: {err}");
+        assert!(!d.join("bad").exists(), "{extra:?} created runs");
+    }
+    // A setting out of range is the compiler's diagnostic, as in `train`.
+    let o = blkc(&d, &["compare", "tiny.blk", "--steps", "0", "--out", "bad"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("variant `tiny`: error[E2015]"), "{}", text(&o.stderr));
+    assert!(!d.join("bad").exists());
 }

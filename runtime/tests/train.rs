@@ -636,6 +636,9 @@ fn bench_measures_models_side_by_side() {
     assert_eq!(records[0]["speed_vs_first"], 1.0);
     let o = blkc(&d, &["bench", "shaped.blk"]);
     assert_eq!(o.status.code(), Some(2), "a file with no block: {}", text(&o.stderr));
+    let o = blkc(&d, &["bench", "tiny.blk", "--steps", "0"]);
+    assert_eq!(o.status.code(), Some(2), "no timed step: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--steps must be at least 1"), "{}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -49,8 +49,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    if args.batch == 0 {
-        eprintln!("error: --batch must be at least 1");
+    if args.batch == 0 || args.steps == 0 {
+        eprintln!("error: --{} must be at least 1", if args.batch == 0 { "batch" } else { "steps" });
         return BROKEN;
     }
     let mut subjects = Vec::new();

@@ -29,7 +29,7 @@ pub struct Args {
     pub steps: Option<u64>,
     /// Seeds per variant (0, 1, …): seed k gives every variant the same
     /// batches in the same order.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: u64,
     /// Training text, for every variant (see `blkc train --data`).
     #[arg(long)]
@@ -203,7 +203,10 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
 /// The files' models (a bare block in the small model), named by file
 /// stem, and whether the signal check rejects each.
 fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
-    let combos = sweeps(&args.sweep)?;
+    let combos = sweeps(&args.sweep, &args.set).map_err(|e| {
+        eprintln!("error: {e}");
+        BROKEN
+    })?;
     let mut out: Vec<Variant> = Vec::new();
     let mut stems: Vec<String> = Vec::new();
     for file in &args.files {
@@ -255,21 +258,33 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
 }
 
 /// Every combination of the sweeps' values, as `KEY=VALUE` pairs (one
-/// empty combination without sweeps).
-fn sweeps(specs: &[String]) -> Result<Vec<Vec<String>>, u8> {
+/// empty combination without sweeps); refused: a sweep that is not
+/// `KEY=V1,V2,…`, a value given twice, a key swept twice or also `set`.
+fn sweeps(specs: &[String], set: &[String]) -> Result<Vec<Vec<String>>, String> {
     let mut combos = vec![Vec::new()];
+    let mut keys: Vec<&str> = Vec::new();
     for spec in specs {
         let Some((key, values)) = spec.split_once('=').filter(|(k, v)| !k.trim().is_empty() && !v.is_empty()) else {
-            eprintln!("error: `--sweep {spec}`: write KEY=V1,V2,…, e.g. `--sweep lr=1e-3,3e-4`");
-            return Err(BROKEN);
+            return Err(format!("`--sweep {spec}`: write KEY=V1,V2,…, e.g. `--sweep lr=1e-3,3e-4`"));
         };
+        let key = key.trim();
+        if keys.contains(&key) {
+            return Err(format!("`{key}` is swept twice: give all its values in one `--sweep {key}=…`"));
+        }
+        if set.iter().any(|p| p.split_once('=').map_or(p.as_str(), |(k, _)| k).trim() == key) {
+            return Err(format!("`{key}` is both set (`--set`) and swept (`--sweep`): keep one"));
+        }
+        keys.push(key);
         let values: Vec<&str> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+        if let Some(v) = values.iter().enumerate().find_map(|(i, v)| values[..i].contains(v).then_some(v)) {
+            return Err(format!("`--sweep {spec}` gives {v} twice (the two variants would be one run)"));
+        }
         combos = combos
             .into_iter()
             .flat_map(|c| {
                 values.iter().map(move |v| {
                     let mut c = c.clone();
-                    c.push(format!("{}={v}", key.trim()));
+                    c.push(format!("{key}={v}"));
                     c
                 })
             })
@@ -298,7 +313,11 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
     let fresh = !run.info_path().exists();
     let (program, sources, file, settings, resume) = if fresh {
         let file_train = v.program.train.as_ref().map(|t| (t, &v.sources));
-        let s = Settings::of_run(file_train, extra, &flags).map_err(fail)?;
+        // The compiler's diagnostics, rendered: the input is broken.
+        let s = Settings::of_run(file_train, extra, &flags).map_err(|e| {
+            eprint!("variant `{}`: {e}", v.name);
+            BROKEN
+        })?;
         (v.program.clone(), v.sources.clone(), v.file.display().to_string(), s, None)
     } else {
         let info = open::read_info(&run).map_err(fail)?;
