@@ -30,11 +30,58 @@ impl Loader for FsLoader {
         if meta.is_dir() {
             return Err("it is a directory".into());
         }
-        if meta.len() as usize > MAX_FILE_BYTES {
-            return Err(format!("it is larger than the {} KiB limit", MAX_FILE_BYTES / 1024));
+        if is_device(&meta) {
+            return Err("it is a device, not a file".into());
         }
-        let bytes = std::fs::read(path).map_err(|e| io_reason(&e))?;
+        let too_large = || format!("it is larger than the {} KiB limit", MAX_FILE_BYTES / 1024);
+        if meta.len() as usize > MAX_FILE_BYTES {
+            return Err(too_large());
+        }
+        // A pipe says no length: read no more than the limit.
+        let mut bytes = Vec::new();
+        read_pipe_or_file(path, &mut bytes).map_err(|e| io_reason(&e))?;
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(too_large());
+        }
         String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8 text".into())
+    }
+}
+
+#[cfg(unix)]
+fn is_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    t.is_char_device() || t.is_block_device() || t.is_socket()
+}
+
+#[cfg(not(unix))]
+fn is_device(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Reads up to one byte past [`MAX_FILE_BYTES`] of `path` into `out`. A
+/// named pipe is opened without waiting for a writer (one that has none
+/// reads as empty, where a plain open would wait for ever); one whose
+/// writer has not written yet is waited for.
+fn read_pipe_or_file(path: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Read};
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = options.open(path)?.take(MAX_FILE_BYTES as u64 + 1);
+    let mut chunk = [0u8; 1 << 16];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -158,6 +205,45 @@ impl SourceMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Devices are refused, a pipe is read to its end or to the limit,
+    /// and a named pipe without a writer reads as empty: nothing waits
+    /// for ever or reads without end.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_files_and_pipes_are_read_and_no_further_than_the_limit() {
+        use std::io::Write;
+        assert_eq!(FsLoader.load(Path::new("/dev/zero")), Err("it is a device, not a file".into()));
+        let dir = std::env::temp_dir().join(format!("blkc-source-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let fifo = dir.join("pipe.blk");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        assert_eq!(FsLoader.load(&fifo), Ok(String::new()), "no writer: empty, at once");
+        // A writer that is there but writes later is waited for (opened
+        // for reading and writing, it holds the pipe open without a reader).
+        let writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo);
+        let mut writer = writer.unwrap_or_else(|e| panic!("{e}"));
+        let text = "block b { out = x }\n";
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let _ = writer.write_all(text.as_bytes());
+        });
+        let read = FsLoader.load(&fifo);
+        let _ = late.join();
+        assert_eq!(read, Ok(text.to_string()));
+        // A writer that sends more than the limit is read no further.
+        let writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo);
+        let mut writer = writer.unwrap_or_else(|e| panic!("{e}"));
+        let flood = std::thread::spawn(move || {
+            // What the reader leaves (4 KiB less one byte) fits in the
+            // pipe's buffer, so this write returns.
+            let _ = writer.write_all(&vec![b'#'; MAX_FILE_BYTES + 4096]);
+        });
+        assert!(FsLoader.load(&fifo).is_err_and(|e| e.contains("larger than the 1024 KiB limit")));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = flood.join();
+    }
 
     fn n(p: &str) -> String {
         normalise(Path::new(p)).display().to_string()
