@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::train::{blkc, command, losses, ok, repo, scratch, text, tiny, wait_for_lines};
 
@@ -84,6 +85,45 @@ fn one_writer_per_run_and_sigterm_checkpoints_like_ctrl_c() {
     // The lock died with its holder: the run continues.
     ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", &(done + 2).to_string()]));
     assert_eq!(losses(&run).len() as u64, done + 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A stop signal while the run is prepared (here: a BPE trained on the
+/// repository's sources, then the corpus encoded) exits at once with 128 +
+/// the signal and leaves no run directory, instead of announcing a
+/// checkpoint and waiting for the preparation to end.
+#[cfg(unix)]
+#[test]
+fn a_stop_signal_before_the_first_step_exits_at_once_and_leaves_nothing() {
+    use std::io::BufRead;
+    let d = scratch("prepare-stop");
+    let data = format!("data = \"{}\"", repo().join("runtime/src").display());
+    tiny(&d, "sas_p", "causal", 2048, &format!("{data}\ntokenizer = bpe\n"));
+    let mut child = command(&d, &["train", "tiny.blk", "--out", "run"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        let training = line.starts_with("tokenizer: training");
+        seen.push(line);
+        if training {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.starts_with("tokenizer: training")), "{seen:?}");
+    let signalled = Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let rest: Vec<String> = lines.map(Result::unwrap_or_default).collect();
+    assert_eq!(status.code(), Some(143), "{rest:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(20), "exited {:?} after the signal", signalled.elapsed());
+    assert!(rest.iter().any(|l| l.contains("stopping before the first step (nothing to save)")), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.starts_with("step ") || l.starts_with("model:")), "{rest:?}");
+    assert!(!d.join("run").exists(), "the new run's directory is removed");
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -274,6 +314,10 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     tiny(&d, "sas_p", "causal", 258, "");
     refused(&blkc(&d, &["train", "tiny.blk", "--out", "zero", "--data", "/dev/zero"]), "not a regular file");
     assert!(!d.join("zero").exists(), "a refused run leaves no directory");
+    // A tokenizer "file" that is a device is not read (it was, until memory ran out).
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "zero", "--set", "tokenizer=\"/dev/zero\""]);
+    refused(&o, "`/dev/zero` is not a tokenizer file (a device, a pipe or a socket)");
+    assert!(!d.join("zero").exists());
     // One file: it trains, its last tenth validates.
     let single = d.join("parse.rs");
     copy(&repo().join("compiler/src/syntax/parse.rs"), &single);

@@ -56,6 +56,7 @@ pub fn train<B: TrainKernels>(job: &Job, devices: &[B::Device]) -> Result<Summar
     let dir = RunDir::new(&job.out);
     let existed = dir.root.exists();
     let lock = dir.lock()?;
+    signals::preparing((job.resume.is_none() && !existed).then(|| (dir.root.clone(), dir.info_path())));
     let result = run::<B>(job, &dir, devices);
     if result.is_err() && job.resume.is_none() && !existed && !dir.info_path().exists() {
         drop(lock);
@@ -705,6 +706,7 @@ impl Loop<'_> {
             seconds: seconds_before + run_start.elapsed().as_secs_f64(),
             checksums: BTreeMap::new(),
         };
+        signals::training();
         while step < s.steps {
             signal = signals::received();
             if signal.is_some() || step >= stop_at {

@@ -3,11 +3,39 @@
 //! training loop to finish its step, write a checkpoint and stop; the exit
 //! status is then 128 + the signal (130, 143, 129). A second signal exits at
 //! once: checkpoints are atomic, so nothing half-written is left.
+//!
+//! While a run is still being prepared (its tokenizer trained, its corpus
+//! encoded: minutes on a large corpus), there is no step to finish and
+//! nothing to save: a stop signal exits at once, removing a fresh run's
+//! directory as a failed start does.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
 
 /// The first stop signal received (0: none).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Whether a run's steps have begun (a signal then asks for a checkpoint).
+static TRAINING: AtomicBool = AtomicBool::new(false);
+
+/// The fresh run being prepared: its directory, and the file whose
+/// presence makes it a run to keep.
+static FRESH: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+
+/// A run is being prepared: a stop signal exits at once, removing `fresh`
+/// (a new run directory, and its `run.json`) unless that file exists by
+/// then.
+pub fn preparing(fresh: Option<(PathBuf, PathBuf)>) {
+    *FRESH.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    TRAINING.store(false, Ordering::SeqCst);
+}
+
+/// The run's steps begin: a stop signal now finishes the step and saves.
+pub fn training() {
+    TRAINING.store(true, Ordering::SeqCst);
+    *FRESH.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
 
 /// SIGINT's number, for code that stops as if interrupted (`--stop-at`).
 pub const SIGINT: i32 = 2;
@@ -37,8 +65,18 @@ fn listen() {
     let _ = ctrlc::set_handler(|| stop(SIGINT));
 }
 
-/// Records a stop signal: the first asks for a checkpoint, the second quits.
+/// Records a stop signal: the first asks for a checkpoint, the second quits;
+/// before the steps, the first quits.
 fn stop(sig: i32) {
+    if !TRAINING.load(Ordering::SeqCst) {
+        eprintln!("\n{}: stopping before the first step (nothing to save)", name(sig));
+        if let Some((root, keep)) = FRESH.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            if !keep.exists() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+        std::process::exit(128 + sig);
+    }
     if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         eprintln!("\n{} again: exiting without a new checkpoint", name(sig));
         std::process::exit(128 + sig);

@@ -183,7 +183,23 @@ impl Tokenizer {
     }
 
     pub fn load(path: &Path) -> Result<Tokenizer, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        use crate::durable::{read_regular, Read};
+        let bytes =
+            match read_regular(path, MAX_TOKENIZER_BYTES).map_err(|e| crate::durable::describe("read", path, &e))? {
+                Read::Bytes(b) => b,
+                Read::NotRegular => {
+                    return Err(format!("`{}` is not a tokenizer file (a device, a pipe or a socket)", path.display()))
+                }
+                Read::TooLarge => {
+                    return Err(format!(
+                        "`{}` is larger than a tokenizer file ({} MiB)",
+                        path.display(),
+                        MAX_TOKENIZER_BYTES >> 20
+                    ))
+                }
+            };
+        let text =
+            String::from_utf8(bytes).map_err(|_| format!("`{}` is not a tokenizer: not UTF-8 text", path.display()))?;
         if text.contains("\"blkc_tokenizer\": \"bytes\"") {
             return Ok(Tokenizer::Bytes);
         }
@@ -192,6 +208,10 @@ impl Tokenizer {
         Ok(Tokenizer::Bpe(Box::new(t)))
     }
 }
+
+/// Largest tokenizer file read (the largest published `tokenizer.json`s are
+/// tens of MiB).
+const MAX_TOKENIZER_BYTES: u64 = 512 << 20;
 
 /// Longest piece of text encoded at once, in bytes.
 pub const CHUNK: usize = 256 << 10;
