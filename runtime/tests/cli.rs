@@ -192,6 +192,18 @@ fn check_options_change_the_analysis() {
     assert_eq!(v["input"], "data=docs", "{v}");
     let o = blkc(&["check", "--depth", "100000", "blocks/sas.blk"]);
     assert_eq!(o.status.code(), Some(2));
+    // Out of range is said, never quietly clamped.
+    for (flag, value, says) in [
+        ("--samples", "0", "--samples 0 is out of range (1 to 4096)"),
+        ("--samples", "100000000", "--samples 100000000 is out of range (1 to 4096)"),
+    ] {
+        let o = blkc(&["check", flag, value, "blocks/llama.blk"]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        assert!(text(&o.stderr).contains(says), "{}", text(&o.stderr));
+    }
+    let o = blkc(&["check", "--measure", "--models", "0", "blocks/sas.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--models 0 is out of range (1 to 16)"), "{}", text(&o.stderr));
 }
 
 #[test]

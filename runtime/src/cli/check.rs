@@ -231,6 +231,9 @@ fn measure_setup(args: &Args) -> Result<Setup, String> {
     if args.sequences == 0 || args.sequences > 256 {
         return Err(format!("--sequences {} is out of range (1 to 256)", args.sequences));
     }
+    if args.models == 0 || args.models > 16 {
+        return Err(format!("--models {} is out of range (1 to 16)", args.models));
+    }
     // With `--input data=PATH`, the measurement feeds those byte tokens.
     let data = match args.inputs.iter().find_map(|i| i.strip_prefix("data=")) {
         Some(path) => Some(byte_windows(Path::new(path), args.context.unwrap_or(blkc::signal::DEFAULT_CONTEXT))?),
@@ -242,7 +245,7 @@ fn measure_setup(args: &Args) -> Result<Setup, String> {
         depth: args.depth,
         context: args.context.unwrap_or(blkc::signal::DEFAULT_CONTEXT),
         sequences: args.sequences,
-        models: args.models.clamp(1, 16),
+        models: args.models,
         seed: args.seed,
     })
 }
@@ -362,6 +365,9 @@ fn json(k: &Checked, reps: &[Report], measured: &[Comparison], syntax_only: bool
     }
 }
 
+/// Most Monte Carlo draws per attention layer.
+const MAX_SAMPLES: usize = 4096;
+
 fn request(args: &Args, file: &Path) -> Result<Request, String> {
     let inputs = if args.inputs.is_empty() {
         None
@@ -370,6 +376,9 @@ fn request(args: &Args, file: &Path) -> Result<Request, String> {
     };
     if let Some(d) = args.depth.filter(|d| *d == 0 || *d > blkc::check::limits::DEPTH) {
         return Err(format!("--depth {d} is out of range (1 to {})", blkc::check::limits::DEPTH));
+    }
+    if args.samples == 0 || args.samples > MAX_SAMPLES {
+        return Err(format!("--samples {} is out of range (1 to {MAX_SAMPLES})", args.samples));
     }
     if let Some(t) = args.context.filter(|t| *t < 2 || *t > blkc::signal::MAX_CONTEXT) {
         return Err(format!("--context {t} is out of range (2 to {})", blkc::signal::MAX_CONTEXT));
@@ -383,7 +392,7 @@ fn request(args: &Args, file: &Path) -> Result<Request, String> {
             Attention::Zero => AttentionMode::ZeroQuery,
             Attention::Mc => AttentionMode::MonteCarlo,
         }),
-        samples: Some(args.samples.clamp(1, 4096)),
+        samples: Some(args.samples),
         emit_kernel: args.emit_kernel,
     })
 }
