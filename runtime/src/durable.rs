@@ -38,6 +38,9 @@ pub fn describe(action: &str, path: &Path, e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
         std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
         std::io::ErrorKind::ReadOnlyFilesystem => "read-only file system".to_string(),
+        // What creating a directory where a file is says.
+        std::io::ErrorKind::AlreadyExists => "it exists and is not a directory".to_string(),
+        std::io::ErrorKind::NotADirectory => "a part of the path is a file, not a directory".to_string(),
         _ => e.to_string(),
     };
     format!("cannot {action} `{}`: {why}", path.display())

@@ -318,6 +318,9 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     let o = blkc(&d, &["train", "tiny.blk", "--out", "zero", "--set", "tokenizer=\"/dev/zero\""]);
     refused(&o, "`/dev/zero` is not a tokenizer file (a device, a pipe or a socket)");
     assert!(!d.join("zero").exists());
+    // An --out that is a file, or under one, is said in words.
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "tiny.blk"]), "`tiny.blk`: it exists and is not a directory");
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "tiny.blk/run"]), "a part of the path is a file");
     // One file: it trains, its last tenth validates.
     let single = d.join("parse.rs");
     copy(&repo().join("compiler/src/syntax/parse.rs"), &single);
