@@ -30,6 +30,7 @@ pub mod analysis;
 pub mod complete;
 pub mod hover;
 pub mod index;
+pub mod rename;
 pub mod semantic;
 pub mod server;
 pub mod symbols;

@@ -61,6 +61,10 @@ pub fn capabilities() -> ServerCapabilities {
         hover_provider: Some(HoverProviderCapability::Simple(true)),
         definition_provider: Some(OneOf::Left(true)),
         references_provider: Some(OneOf::Left(true)),
+        rename_provider: Some(OneOf::Right(lsp_types::RenameOptions {
+            prepare_provider: Some(true),
+            work_done_progress_options: Default::default(),
+        })),
         document_formatting_provider: Some(OneOf::Left(true)),
         document_symbol_provider: Some(OneOf::Left(true)),
         completion_provider: Some(CompletionOptions {
@@ -325,6 +329,15 @@ impl<'c> Server<'c> {
                 let tdp = p.text_document_position;
                 json(self.references(&tdp.text_document.uri, tdp.position, p.context.include_declaration))
             }
+            req::PrepareRenameRequest::METHOD => {
+                let p: lsp_types::TextDocumentPositionParams = params(r)?;
+                json(self.prepare_rename(&p.text_document.uri, p.position)?)
+            }
+            req::Rename::METHOD => {
+                let p: lsp_types::RenameParams = params(r)?;
+                let tdp = p.text_document_position;
+                json(self.rename(&tdp.text_document.uri, tdp.position, &p.new_name)?)
+            }
             req::Formatting::METHOD => {
                 let p: lsp_types::DocumentFormattingParams = params(r)?;
                 json(self.format(&p.text_document.uri))
@@ -434,6 +447,58 @@ impl<'c> Server<'c> {
             }
         }
         Some(out)
+    }
+
+    /// The name under the cursor, when it is one that can be renamed.
+    fn prepare_rename(
+        &self,
+        uri: &Url,
+        pos: Position,
+    ) -> Result<Option<lsp_types::PrepareRenameResponse>, (ErrorCode, String)> {
+        let Some((a, offset)) = self.at(uri, pos) else { return Ok(None) };
+        crate::rename::target(&a, offset).map_err(|e| (ErrorCode::RequestFailed, e))?;
+        let Some(o) = a.index.at(blkc::span::FileId(0), offset) else { return Ok(None) };
+        Ok(Some(lsp_types::PrepareRenameResponse::Range(a.range(o.span))))
+    }
+
+    /// Every occurrence of the definition under the cursor renamed, in
+    /// every open document's program (see [`crate::rename`]).
+    fn rename(
+        &self,
+        uri: &Url,
+        pos: Position,
+        new: &str,
+    ) -> Result<Option<lsp_types::WorkspaceEdit>, (ErrorCode, String)> {
+        let Some((a, offset)) = self.at(uri, pos) else { return Ok(None) };
+        let failed = |e: String| (ErrorCode::RequestFailed, e);
+        let def = crate::rename::target(&a, offset).map_err(failed)?;
+        let here = path_of(uri);
+        let others: Vec<Rc<Analysis>> =
+            self.docs.paths().filter(|p| **p != here).filter_map(|p| self.parsed(p)).collect();
+        let others: Vec<&Analysis> = others.iter().map(|o| o.as_ref()).collect();
+        let edits = crate::rename::occurrences(&a, def, &others);
+        let def_path = a.compilation.sources.get(a.index.defs[def].span.file).path.clone();
+        let all: Vec<&Analysis> = std::iter::once(a.as_ref()).chain(others.iter().copied()).collect();
+        let roots = crate::rename::roots_holding(&def_path, &all);
+        crate::rename::check(&a, def, new, &edits, &roots, &self.docs).map_err(failed)?;
+        let mut changes = std::collections::HashMap::new();
+        for (path, spans) in &edits {
+            let Some(uri) = crate::workspace::uri_of(path, &self.docs) else { continue };
+            let text = match self.docs.get(path) {
+                Some(d) => d.text.clone(),
+                None => blkc::FsLoader.load(path).map_err(failed)?,
+            };
+            let lines = Lines::new(&text);
+            let edits: Vec<TextEdit> = spans
+                .iter()
+                .map(|&(start, end)| TextEdit {
+                    range: lines.range(start as usize, end as usize),
+                    new_text: new.to_string(),
+                })
+                .collect();
+            changes.insert(uri, edits);
+        }
+        Ok(Some(lsp_types::WorkspaceEdit { changes: Some(changes), ..Default::default() }))
     }
 
     /// `blkc fmt`'s layout as one edit; nothing when the text does not parse.

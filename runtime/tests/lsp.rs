@@ -81,14 +81,20 @@ impl Client {
 
     /// Sends a request and returns its result (panics on an error answer).
     fn request(&mut self, method: &str, params: Value) -> Value {
+        let m = self.answer(method, params);
+        assert!(m.get("error").is_none(), "{method} answered an error: {m}");
+        m["result"].clone()
+    }
+
+    /// Sends a request and returns the whole answer (a result or an error).
+    fn answer(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
         loop {
             let m = self.next();
             if m["id"] == json!(id) {
-                assert!(m.get("error").is_none(), "{method} answered an error: {m}");
-                return m["result"].clone();
+                return m;
             }
             self.queued.push_back(m);
         }
@@ -535,4 +541,50 @@ fn bad_input_is_skipped_or_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("skipped a message that is not JSON-RPC"), "{err}");
     assert!(err.contains("bad input from the client: Content-Length 4000000000 is over the limit of 64 MiB"), "{err}");
+}
+
+/// Rename: a param renamed at its declaration and every use; a section
+/// renamed in the file that defines it (not open) and in the one that uses
+/// it; refused, with the reason, for a built-in, a malformed name, and a
+/// name the renamed program does not compile with.
+#[test]
+fn a_rename_changes_every_use_or_says_why_not() {
+    let dir = root().join("target/lsp-scratch/rename");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("lib.blk"), "attention sh {\n    query = zeros\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    let main = "use \"lib.blk\"\n\nblock b {\n    param beta = 0.5 trainable\n    \
+                h = x + beta * attn(rmsnorm(x), sh)\n    out = h + beta * mlp(rmsnorm(h))\n}\n";
+    std::fs::write(dir.join("main.blk"), main).unwrap_or_else(|e| panic!("{e}"));
+    let (main_uri, lib_uri) = (uri(&dir.join("main.blk")), uri(&dir.join("lib.blk")));
+    let mut c = Client::start(json!({}));
+    c.open(&main_uri, main);
+    let at = |line: u32, character: u32, new: &str| json!({ "textDocument": { "uri": main_uri }, "position": { "line": line, "character": character }, "newName": new });
+    // `beta` where it is used (line 4, column 12).
+    let prepared = c.request("textDocument/prepareRename", at(4, 13, ""));
+    assert_eq!(prepared["start"], json!({ "line": 4, "character": 12 }), "{prepared}");
+    let edit = c.request("textDocument/rename", at(4, 13, "gain"));
+    let edits = edit["changes"][&main_uri].as_array().cloned().unwrap_or_default();
+    let lines: Vec<u64> = edits.iter().filter_map(|e| e["range"]["start"]["line"].as_u64()).collect();
+    assert_eq!(lines, [3, 4, 5], "the declaration and both uses: {edit}");
+    assert!(edits.iter().all(|e| e["newText"] == "gain"), "{edit}");
+    // The section, from its use: its definition is in lib.blk, on disk.
+    let edit = c.request("textDocument/rename", at(4, 36, "shaped2"));
+    let lib = edit["changes"][&lib_uri].as_array().cloned().unwrap_or_default();
+    assert_eq!(lib.len(), 1, "{edit}");
+    assert_eq!(lib[0]["range"]["start"], json!({ "line": 0, "character": 10 }), "{edit}");
+    assert_eq!(edit["changes"][&main_uri].as_array().map(Vec::len), Some(1), "{edit}");
+    // Refusals, each with its reason.
+    for (line, character, new, says) in [
+        (4, 8, "y", "built into the language"),
+        (4, 13, "a-b", "not a name the language takes"),
+        (4, 13, "x", "`x` is reserved"),
+        (4, 4, "out", "would not compile"),
+    ] {
+        let m = c.answer("textDocument/rename", at(line, character, new));
+        let message = m["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "rename at {line}:{character} to {new}: {m}");
+    }
+    let m = c.answer("textDocument/prepareRename", at(4, 8, ""));
+    assert!(m["error"]["message"].as_str().is_some_and(|e| e.contains("`x` is built into")), "{m}");
+    c.shutdown();
 }
