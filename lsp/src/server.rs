@@ -61,6 +61,7 @@ pub fn capabilities() -> ServerCapabilities {
         hover_provider: Some(HoverProviderCapability::Simple(true)),
         definition_provider: Some(OneOf::Left(true)),
         references_provider: Some(OneOf::Left(true)),
+        document_highlight_provider: Some(OneOf::Left(true)),
         rename_provider: Some(OneOf::Right(lsp_types::RenameOptions {
             prepare_provider: Some(true),
             work_done_progress_options: Default::default(),
@@ -329,6 +330,11 @@ impl<'c> Server<'c> {
                 let tdp = p.text_document_position;
                 json(self.references(&tdp.text_document.uri, tdp.position, p.context.include_declaration))
             }
+            req::DocumentHighlightRequest::METHOD => {
+                let p: lsp_types::DocumentHighlightParams = params(r)?;
+                let tdp = p.text_document_position_params;
+                json(self.highlights(&tdp.text_document.uri, tdp.position))
+            }
             req::PrepareRenameRequest::METHOD => {
                 let p: lsp_types::TextDocumentPositionParams = params(r)?;
                 json(self.prepare_rename(&p.text_document.uri, p.position)?)
@@ -446,6 +452,39 @@ impl<'c> Server<'c> {
                 }
             }
         }
+        Some(out)
+    }
+
+    /// The occurrences in this document of what the name under the cursor
+    /// means: a definition's (its declaration written, its uses read), or
+    /// a built-in's or setting's of the same spelling.
+    fn highlights(&self, uri: &Url, pos: Position) -> Option<Vec<lsp_types::DocumentHighlight>> {
+        let (a, offset) = self.at(uri, pos)?;
+        let root = blkc::span::FileId(0);
+        let here = a.index.at(root, offset)?;
+        let same = |o: &crate::index::Occurrence| match here.target {
+            Target::Def(_) => o.target == here.target,
+            Target::Builtin | Target::Setting(_) => o.target == here.target && o.name == here.name,
+            Target::Unknown => false,
+        };
+        let out = a
+            .index
+            .occurrences
+            .iter()
+            .filter(|o| o.span.file == root && same(o))
+            .map(|o| {
+                let declared = matches!(o.target, Target::Def(i) if a.index.defs[i].span.file == o.span.file
+                    && a.index.defs[i].span.start == o.span.start);
+                lsp_types::DocumentHighlight {
+                    range: a.range(o.span),
+                    kind: Some(if declared {
+                        lsp_types::DocumentHighlightKind::WRITE
+                    } else {
+                        lsp_types::DocumentHighlightKind::READ
+                    }),
+                }
+            })
+            .collect();
         Some(out)
     }
 

@@ -543,7 +543,7 @@ fn bad_input_is_skipped_or_refused_with_a_reason() {
     assert!(err.contains("bad input from the client: Content-Length 4000000000 is over the limit of 64 MiB"), "{err}");
 }
 
-/// Rename: a param renamed at its declaration and every use; a section
+/// Rename and highlights: a param renamed at its declaration and every use; a section
 /// renamed in the file that defines it (not open) and in the one that uses
 /// it; refused, with the reason, for a built-in, a malformed name, and a
 /// name the renamed program does not compile with.
@@ -584,6 +584,17 @@ fn a_rename_changes_every_use_or_says_why_not() {
         let message = m["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "rename at {line}:{character} to {new}: {m}");
     }
+    // Highlights: the param's declaration (written) and uses (read); the
+    // built-in `x` wherever it stands in this document.
+    let highlight = |c: &mut Client, line: u32, character: u32| -> Vec<(u64, u64)> {
+        let h = c.at("textDocument/documentHighlight", &main_uri, line, character);
+        let h = h.as_array().cloned().unwrap_or_default();
+        h.iter()
+            .map(|h| (h["range"]["start"]["line"].as_u64().unwrap_or(99), h["kind"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    assert_eq!(highlight(&mut c, 4, 13), [(3, 3), (4, 2), (5, 2)]);
+    assert_eq!(highlight(&mut c, 4, 8), [(4, 2), (4, 2)]);
     let m = c.answer("textDocument/prepareRename", at(4, 8, ""));
     assert!(m["error"]["message"].as_str().is_some_and(|e| e.contains("`x` is built into")), "{m}");
     c.shutdown();

@@ -102,15 +102,41 @@ fn fill<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
 }
 
 /// The `top` most likely tokens of a row of logits, with probabilities.
+/// The mask token is never a candidate (the objective's targets are the
+/// tokens a mask hides, never the mask itself): the probabilities are over
+/// the other tokens.
 fn candidates(row: &[f32], top: usize, tok: &train::tokenizer::Tokenizer) -> Vec<Candidate> {
+    let never = tok.mask_token().map(|m| m as usize);
     let max = row.iter().copied().fold(f32::MIN, f32::max);
-    let exp: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+    let exp: Vec<f64> =
+        row.iter().enumerate().map(|(i, &x)| if Some(i) == never { 0.0 } else { f64::from(x - max).exp() }).collect();
     let total: f64 = exp.iter().sum();
-    let mut order: Vec<usize> = (0..row.len()).collect();
+    let mut order: Vec<usize> = (0..row.len()).filter(|&i| Some(i) != never).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     order
         .into_iter()
         .take(top.max(1))
         .map(|i| Candidate { token: tok.decode(&[i as u32]), id: i as u32, probability: exp[i] / total })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tokenizer::Tokenizer;
+
+    #[test]
+    fn the_mask_is_never_a_candidate() {
+        // Bytes: 'a' = 97, 'b' = 98, the mask 257 the most likely.
+        let mut row = vec![-30.0f32; 258];
+        row[257] = 5.0;
+        row[97] = 2.0;
+        row[98] = 2.0 - 2f32.ln();
+        let c = candidates(&row, 3, &Tokenizer::Bytes);
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>()[..2], [97, 98]);
+        assert!(c.iter().all(|c| c.id != 257));
+        // Without the mask, 'a' and 'b' share the mass two to one.
+        assert!((c[0].probability - 2.0 / 3.0).abs() < 1e-6, "{}", c[0].probability);
+        assert!((c[1].probability - 1.0 / 3.0).abs() < 1e-6, "{}", c[1].probability);
+    }
 }
