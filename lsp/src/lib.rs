@@ -72,5 +72,14 @@ pub fn serve(conn: &Connection) -> Result<(), String> {
         .get("initializationOptions")
         .and_then(|o| serde_json::from_value::<Options>(o.get("blkc").cloned().unwrap_or_else(|| o.clone())).ok())
         .unwrap_or_default();
-    server::Server::new(conn, options).run()
+    // The folder the editor opened (`rootUri`, else the first workspace folder).
+    let folder = init
+        .get("rootUri")
+        .and_then(|u| u.as_str())
+        .or_else(|| {
+            init.get("workspaceFolders").and_then(|f| f.get(0)).and_then(|f| f.get("uri")).and_then(|u| u.as_str())
+        })
+        .and_then(|u| lsp_types::Url::parse(u).ok())
+        .and_then(|u| u.to_file_path().ok());
+    server::Server::new(conn, options).in_workspace(folder).run()
 }

@@ -85,6 +85,9 @@ pub fn capabilities() -> ServerCapabilities {
     }
 }
 
+/// Most workspace files looked at for references and renames.
+const WORKSPACE_FILES: usize = 2000;
+
 /// The server's state between messages.
 pub struct Server<'c> {
     conn: &'c Connection,
@@ -103,6 +106,9 @@ pub struct Server<'c> {
     searching: HashMap<PathBuf, (i32, Vec<Waiting>)>,
     /// Where searches report.
     found: (Sender<Found>, Receiver<Found>),
+    /// The folder the editor opened: its `.blk` files are searched for
+    /// references and renamed with the open ones.
+    workspace: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server<'_> {
@@ -122,6 +128,7 @@ impl<'c> Server<'c> {
             due: BTreeMap::new(),
             fixed: HashMap::new(),
             searching: HashMap::new(),
+            workspace: None,
             found: crossbeam_channel::unbounded(),
         }
     }
@@ -378,6 +385,42 @@ impl<'c> Server<'c> {
         Ok(value)
     }
 
+    /// The same server, searching `root`'s `.blk` files for references.
+    pub fn in_workspace(mut self, root: Option<PathBuf>) -> Self {
+        self.workspace = root.filter(|r| r.is_dir());
+        self
+    }
+
+    /// The programs, other than `here`'s, that may use definition `def`
+    /// of `a`: the open documents' (their last parse), and, for a block or
+    /// a section (a param or a binding is used in its own block only),
+    /// those of the workspace's files that are not open and mention its
+    /// name (names and syntax only; at most [`WORKSPACE_FILES`] files
+    /// looked at).
+    fn other_programs(&self, here: &Path, a: &Analysis, def: usize) -> Vec<Rc<Analysis>> {
+        let mut out: Vec<Rc<Analysis>> =
+            self.docs.paths().filter(|p| **p != here).filter_map(|p| self.parsed(p)).collect();
+        let d = &a.index.defs[def];
+        let (def_path, name) = (&a.compilation.sources.get(d.span.file).path, &d.name);
+        let Some(root) = self.workspace.as_ref().filter(|_| d.parent.is_none()) else { return out };
+        let syntax = Options { syntax_only: true, ..self.options };
+        for file in crate::workspace::blk_files(root, WORKSPACE_FILES) {
+            if file == here || self.docs.get(&file).is_some() {
+                continue;
+            }
+            let mentions = std::fs::read_to_string(&file).is_ok_and(|t| t.contains(name));
+            if !mentions {
+                continue;
+            }
+            if let Some(other) = Analysis::of(&file, &self.docs, syntax) {
+                if other.parsed() && other.file(def_path).is_some() {
+                    out.push(Rc::new(other));
+                }
+            }
+        }
+        out
+    }
+
     /// The analysis to answer from: the latest, or the last that parsed.
     fn parsed(&self, path: &Path) -> Option<Rc<Analysis>> {
         match self.latest.get(path) {
@@ -436,7 +479,9 @@ impl<'c> Server<'c> {
         let def = &a.index.defs[i];
         let def_path = a.compilation.sources.get(def.span.file).path.clone();
         let mut out: Vec<Location> = Vec::new();
-        for other in self.docs.paths().filter_map(|p| self.parsed(p)) {
+        let here = path_of(uri);
+        let others = self.other_programs(&here, &a, i);
+        for other in std::iter::once(a.clone()).chain(others) {
             let Some(file) = other.file(&def_path) else { continue };
             let same = other.index.defs.iter().position(|d| d.span.file == file && d.span.start == def.span.start);
             let Some(j) = same else { continue };
@@ -512,8 +557,7 @@ impl<'c> Server<'c> {
         let failed = |e: String| (ErrorCode::RequestFailed, e);
         let def = crate::rename::target(&a, offset).map_err(failed)?;
         let here = path_of(uri);
-        let others: Vec<Rc<Analysis>> =
-            self.docs.paths().filter(|p| **p != here).filter_map(|p| self.parsed(p)).collect();
+        let others = self.other_programs(&here, &a, def);
         let others: Vec<&Analysis> = others.iter().map(|o| o.as_ref()).collect();
         let edits = crate::rename::occurrences(&a, def, &others);
         let def_path = a.compilation.sources.get(a.index.defs[def].span.file).path.clone();

@@ -77,3 +77,31 @@ impl Loader for Overlay<'_> {
         }
     }
 }
+
+/// The `.blk` files under `root` (hidden folders, `target` and
+/// `node_modules` left out), at most `limit`, in a stable order.
+pub fn blk_files(root: &Path, limit: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    dirs.push(e.path());
+                }
+            } else if kind.is_file() && name.ends_with(".blk") {
+                out.push(normalise(&e.path()));
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}

@@ -36,6 +36,11 @@ struct Client {
 
 impl Client {
     fn start(init_options: Value) -> Client {
+        Client::start_in(&root(), init_options)
+    }
+
+    /// A client whose workspace folder is `folder`.
+    fn start_in(folder: &Path, init_options: Value) -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
             .arg("lsp")
             .current_dir(root())
@@ -57,7 +62,7 @@ impl Client {
         let mut c = Client { child, stdin, incoming, queued: VecDeque::new(), next_id: 1, capabilities: Value::Null };
         let init = c.request(
             "initialize",
-            json!({ "processId": null, "rootUri": uri(&root()), "capabilities": {}, "initializationOptions": init_options }),
+            json!({ "processId": null, "rootUri": uri(folder), "capabilities": {}, "initializationOptions": init_options }),
         );
         assert_eq!(init["serverInfo"]["name"], "blkc", "{init}");
         c.capabilities = init["capabilities"].clone();
@@ -544,19 +549,24 @@ fn bad_input_is_skipped_or_refused_with_a_reason() {
 }
 
 /// Rename and highlights: a param renamed at its declaration and every use; a section
-/// renamed in the file that defines it (not open) and in the one that uses
-/// it; refused, with the reason, for a built-in, a malformed name, and a
+/// renamed in the file that defines it (not open), in the one that uses
+/// it, and in a workspace file (not open) that uses it too; refused, with the reason, for a built-in, a malformed name, and a
 /// name the renamed program does not compile with.
 #[test]
 fn a_rename_changes_every_use_or_says_why_not() {
-    let dir = root().join("target/lsp-scratch/rename");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("blkc-lsp-rename-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("more")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("lib.blk"), "attention sh {\n    query = zeros\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    // A file of the workspace that is not open and uses the section too.
+    let other = "use \"../lib.blk\"\n\nblock c {\n    out = x + attn(x, sh)\n}\n";
+    std::fs::write(dir.join("more/other.blk"), other).unwrap_or_else(|e| panic!("{e}"));
     let main = "use \"lib.blk\"\n\nblock b {\n    param beta = 0.5 trainable\n    \
                 h = x + beta * attn(rmsnorm(x), sh)\n    out = h + beta * mlp(rmsnorm(h))\n}\n";
     std::fs::write(dir.join("main.blk"), main).unwrap_or_else(|e| panic!("{e}"));
     let (main_uri, lib_uri) = (uri(&dir.join("main.blk")), uri(&dir.join("lib.blk")));
-    let mut c = Client::start(json!({}));
+    let other_uri = uri(&dir.join("more/other.blk"));
+    let mut c = Client::start_in(&dir, json!({}));
     c.open(&main_uri, main);
     let at = |line: u32, character: u32, new: &str| json!({ "textDocument": { "uri": main_uri }, "position": { "line": line, "character": character }, "newName": new });
     // `beta` where it is used (line 4, column 12).
@@ -573,6 +583,26 @@ fn a_rename_changes_every_use_or_says_why_not() {
     assert_eq!(lib.len(), 1, "{edit}");
     assert_eq!(lib[0]["range"]["start"], json!({ "line": 0, "character": 10 }), "{edit}");
     assert_eq!(edit["changes"][&main_uri].as_array().map(Vec::len), Some(1), "{edit}");
+    let elsewhere = edit["changes"][&other_uri].as_array().cloned().unwrap_or_default();
+    assert_eq!(elsewhere.len(), 1, "the workspace file that uses it: {edit}");
+    assert_eq!(elsewhere[0]["range"]["start"], json!({ "line": 3, "character": 22 }), "{edit}");
+    // References: the definition, and the uses in both programs.
+    let refs = c.request(
+        "textDocument/references",
+        json!({ "textDocument": { "uri": main_uri }, "position": { "line": 4, "character": 36 },
+                "context": { "includeDeclaration": true } }),
+    );
+    let mut files: Vec<String> = refs
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["uri"].as_str().map(String::from))
+        .collect();
+    files.sort();
+    let mut want = vec![lib_uri.clone(), main_uri.clone(), other_uri.clone()];
+    want.sort();
+    assert_eq!(files, want, "{refs}");
     // Refusals, each with its reason.
     for (line, character, new, says) in [
         (4, 8, "y", "built into the language"),
@@ -598,4 +628,5 @@ fn a_rename_changes_every_use_or_says_why_not() {
     let m = c.answer("textDocument/prepareRename", at(4, 8, ""));
     assert!(m["error"]["message"].as_str().is_some_and(|e| e.contains("`x` is built into")), "{m}");
     c.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
