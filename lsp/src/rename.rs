@@ -135,7 +135,12 @@ pub fn check(
         };
         let errors = |x: &Analysis| x.compilation.diagnostics.iter().filter(|d| d.is_error()).count();
         if errors(&after) > errors(&before) {
-            let first = after.compilation.diagnostics.iter().find(|d| d.is_error()).map(|d| d.message.clone());
+            // The error the rename brings (not one the program had).
+            let had = |e: &blkc::Diagnostic| {
+                before.compilation.diagnostics.iter().any(|b| b.code == e.code && b.message == e.message)
+            };
+            let first =
+                after.compilation.diagnostics.iter().find(|e| e.is_error() && !had(e)).map(|e| e.message.clone());
             return Err(format!("renaming `{}` to `{new}` would not compile: {}", d.name, first.unwrap_or_default()));
         }
         let used = uses_of(&before, &at).map(|u| u.1);
