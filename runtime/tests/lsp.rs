@@ -22,6 +22,18 @@ fn uri(path: &Path) -> String {
     format!("file://{}", path.display())
 }
 
+/// `blkc lsp` started in the repository, its stdin and stdout piped.
+fn server(stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .arg("lsp")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("blkc lsp starts")
+}
+
 /// A client of one `blkc lsp` process.
 struct Client {
     child: Child,
@@ -41,14 +53,7 @@ impl Client {
 
     /// A client whose workspace folder is `folder`.
     fn start_in(folder: &Path, init_options: Value) -> Client {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .arg("lsp")
-            .current_dir(root())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("blkc lsp starts");
+        let mut child = server(Stdio::inherit());
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, incoming) = channel();
@@ -512,14 +517,7 @@ fn diagnostics_equal_the_clis_for_every_ui_case() {
 /// refused before anything is allocated, and the server exits 2 saying why.
 #[test]
 fn bad_input_is_skipped_or_refused_with_a_reason() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
-        .arg("lsp")
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("blkc lsp starts");
+    let mut child = server(Stdio::piped());
     let framed = |v: &str| format!("Content-Length: {}\r\n\r\n{v}", v.len());
     let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": { "capabilities": {} } });
     let symbols = json!({ "jsonrpc": "2.0", "id": 2, "method": "workspace/symbol", "params": { "query": "" } });
