@@ -78,14 +78,24 @@ impl Loader for Overlay<'_> {
     }
 }
 
+/// Directory entries looked at, at most, by [`blk_files`]: a folder as
+/// large as a home directory (or `/`) is searched in part, not for minutes.
+pub const MAX_ENTRIES: usize = 200_000;
+
 /// The `.blk` files under `root` (hidden folders, `target` and
-/// `node_modules` left out), at most `limit`, in a stable order.
+/// `node_modules` left out), at most `limit`, in a stable order; no more
+/// than [`MAX_ENTRIES`] entries are read.
 pub fn blk_files(root: &Path, limit: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
+    let mut seen = 0;
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        let mut entries: Vec<_> = entries.take(MAX_ENTRIES - seen).filter_map(Result::ok).collect();
+        seen += entries.len();
+        if seen >= MAX_ENTRIES {
+            return out;
+        }
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name();
@@ -104,4 +114,38 @@ pub fn blk_files(root: &Path, limit: usize) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blk_files_are_found_in_order_without_hidden_or_build_folders() {
+        let root = std::env::temp_dir().join(format!("blkc-ws-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["a", "b/c", ".git", "target", "node_modules"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for f in [
+            "a/one.blk",
+            "b/c/two.blk",
+            "b/three.blk",
+            "b/notes.txt",
+            ".git/x.blk",
+            "target/y.blk",
+            "node_modules/z.blk",
+        ] {
+            std::fs::write(root.join(f), "").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let rel = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter().filter_map(|p| p.strip_prefix(&root).ok()).map(|p| p.display().to_string()).collect()
+        };
+        let all = rel(blk_files(&root, 10));
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["a/one.blk", "b/c/two.blk", "b/three.blk"]);
+        assert_eq!(rel(blk_files(&root, 2)).len(), 2, "no more than the limit");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
