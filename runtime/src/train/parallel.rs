@@ -241,9 +241,12 @@ mod tests {
         t.into_data().to_vec::<f32>().unwrap_or_default()
     }
 
-    /// Three peers (threads) sum their tensors; then, a peer left waiting
-    /// in a sum that another never joins is freed by a reset, with an
-    /// error that says another device stopped (no hang).
+    /// Three peers (threads) sum their tensors; two sum gradients in
+    /// buckets; then, a peer left waiting in a sum that another never
+    /// joins is freed by a reset, with an error that says another device
+    /// stopped (no hang). That comes last: a sum the waiting peer sends
+    /// after the reset (a loaded machine) would reach the next phase's
+    /// collective.
     #[test]
     fn peers_sum_and_a_stopped_peer_stops_the_others() {
         let device = burn::tensor::Device::<Cpu>::default();
@@ -262,23 +265,6 @@ mod tests {
             peers.into_iter().map(|p| p.join().unwrap_or_else(|_| Err("panicked".to_string().into()))).collect()
         });
         assert_eq!(sums, vec![Ok(vec![3.0, 3.0]); 3]);
-
-        reset::<Cpu>();
-        let waited = std::thread::scope(|s| {
-            let waiting = s.spawn(move || {
-                let peer = Peer { index: 1, count: 2 };
-                register::<Cpu>(peer, &device)?;
-                sum(peer, Tensor::<Cpu, 1>::from_floats([1.0], &device)).map(floats)
-            });
-            register::<Cpu>(Peer { index: 0, count: 2 }, &device).unwrap_or_else(|e| panic!("{e}"));
-            // The other peer is (or is about to be) waiting for this one.
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            reset::<Cpu>();
-            waiting.join().unwrap_or_else(|_| Err("panicked".to_string().into()))
-        });
-        let e = waited.err().unwrap_or_else(|| PeerError::Failed("the sum returned".into()));
-        assert!(e.is_knock_on(), "{e}");
-        assert!(e.to_string().ends_with("another device stopped"), "{e}");
 
         // Gradients summed in buckets (of up to 4 values here, each holding
         // one parameter at least: the 2×3 alone, then the 4-vector) equal
@@ -323,6 +309,22 @@ mod tests {
             assert_eq!(a, vec![3.0; 6]);
             assert_eq!(b, vec![10.0, -10.0, 20.0, 5.0]);
         }
+        reset::<Cpu>();
+        let waited = std::thread::scope(|s| {
+            let waiting = s.spawn(move || {
+                let peer = Peer { index: 1, count: 2 };
+                register::<Cpu>(peer, &device)?;
+                sum(peer, Tensor::<Cpu, 1>::from_floats([1.0], &device)).map(floats)
+            });
+            register::<Cpu>(Peer { index: 0, count: 2 }, &device).unwrap_or_else(|e| panic!("{e}"));
+            // The other peer is (or is about to be) waiting for this one.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            reset::<Cpu>();
+            waiting.join().unwrap_or_else(|_| Err("panicked".to_string().into()))
+        });
+        let e = waited.err().unwrap_or_else(|| PeerError::Failed("the sum returned".into()));
+        assert!(e.is_knock_on(), "{e}");
+        assert!(e.to_string().ends_with("another device stopped"), "{e}");
     }
 
     #[test]
