@@ -16,6 +16,7 @@ pub mod run;
 pub mod rundir;
 pub mod settings;
 pub mod signals;
+mod steps;
 pub mod token_files;
 pub mod tokenizer;
 pub mod tokens;
