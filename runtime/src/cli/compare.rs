@@ -271,7 +271,7 @@ fn sweeps(specs: &[String], set: &[String]) -> Result<Vec<Vec<String>>, String> 
         if keys.contains(&key) {
             return Err(format!("`{key}` is swept twice: give all its values in one `--sweep {key}=…`"));
         }
-        if set.iter().any(|p| p.split_once('=').map_or(p.as_str(), |(k, _)| k).trim() == key) {
+        if set.iter().any(|p| super::set_key(p) == key) {
             return Err(format!("`{key}` is both set (`--set`) and swept (`--sweep`): keep one"));
         }
         keys.push(key);

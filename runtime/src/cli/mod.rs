@@ -232,9 +232,12 @@ pub fn compile_reported(path: &Path, sets: &[String]) -> Option<Compilation> {
 /// `--set KEY=VALUE` pairs split into training settings (the runtime's)
 /// and the rest (model settings and params, the compiler's).
 pub fn split_sets(all: &[String]) -> (Vec<String>, Vec<String>) {
-    all.iter()
-        .cloned()
-        .partition(|p| !blkc::set::is_program_key(p.split_once('=').map_or(p.as_str(), |(k, _)| k).trim()))
+    all.iter().cloned().partition(|p| !blkc::set::is_program_key(set_key(p)))
+}
+
+/// The key of a `KEY=VALUE` pair (the whole text without `=`).
+pub fn set_key(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k).trim()
 }
 
 /// A list of paths from the command line.
