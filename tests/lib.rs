@@ -46,8 +46,13 @@ pub fn rel(p: &Path) -> String {
 /// Compiles a repository file by its relative path (so file names in
 /// diagnostics are stable).
 pub fn compile_rel(rel_path: &str) -> Compilation {
+    compile_rel_with(rel_path, &[])
+}
+
+/// [`compile_rel`] with `--set` pairs.
+pub fn compile_rel_with(rel_path: &str, sets: &[String]) -> Compilation {
     let _cwd = CwdGuard::enter(&repo());
-    match blkc::compile(Path::new(rel_path), &FsLoader) {
+    match blkc::compile_with(Path::new(rel_path), &FsLoader, sets) {
         Ok(c) => c,
         Err(why) => panic!("cannot read {rel_path}: {why}"),
     }

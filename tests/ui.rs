@@ -64,3 +64,20 @@ fn ui_cases_match_their_snapshots_and_cover_every_code() {
         .collect();
     assert!(missing.is_empty(), "codes without a ui case: {missing:?}");
 }
+
+/// A note in another file than the error (here the width set on the
+/// command line, the error at the file's heads) is shown in a snippet of
+/// that file below the error's, so the value the message names is seen
+/// where it was given.
+#[test]
+fn a_note_in_another_file_gets_its_own_snippet() {
+    let c = blkc_tests::compile_rel_with("blocks/sas.blk", &["width=7".to_string()]);
+    let d = c.diagnostics.iter().find(|d| d.code == Code::E2013).unwrap_or_else(|| panic!("no E2013"));
+    assert_ne!(d.notes[0].0.file, d.span.file, "the width is set on the command line, the heads in the file");
+    let text = rendered(&c);
+    let error = text.find("4 heads do not divide the width 7").unwrap_or_else(|| panic!("{text}"));
+    let heads = text.find("heads = 4").unwrap_or_else(|| panic!("the heads' snippet:\n{text}"));
+    let width = text.find("width = 7").unwrap_or_else(|| panic!("the command line's snippet:\n{text}"));
+    assert!(error < heads && heads < width, "error, then the heads, then the width:\n{text}");
+    assert!(text.contains("<command line>") && text.contains("the width, 7"), "{text}");
+}

@@ -138,7 +138,8 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
         );
     }
     if let (Some(width), Some(heads)) = (width, heads) {
-        heads_divide(width, heads, get("heads").map_or(header(s), Expr::span), diags)?;
+        let at = |key| get(key).map_or(header(s), Expr::span);
+        heads_divide((width, at("width")), (heads, at("heads")), diags)?;
     }
     let (depth, width, heads, context, vocab) = (depth?, width?, heads?, context?, vocab?);
 
@@ -185,13 +186,17 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
     Some(ModelSettings { block, model })
 }
 
-fn heads_divide(width: u64, heads: u64, span: Span, diags: &mut Vec<Diagnostic>) -> Option<()> {
+/// The head count must divide the width; the error is at the heads, with
+/// the width's value marked where it is set (another file when it came
+/// from `--set`).
+fn heads_divide((width, width_at): (u64, Span), (heads, span): (u64, Span), diags: &mut Vec<Diagnostic>) -> Option<()> {
     if heads <= width && width.is_multiple_of(heads) {
         return Some(());
     }
     diags.push(
         Diagnostic::new(Code::E2013, span, format!("{heads} heads do not divide the width {width}"))
             .label(format!("{width} / {heads} is not a whole number"))
+            .note(width_at, format!("the width, {width}"))
             .help(format!("pick a head count that divides {width}, e.g. {}", divisor_near(width, heads))),
     );
     None

@@ -25,7 +25,9 @@ pub struct Diagnostic {
     pub span: Span,
     pub label: String,
     pub help: String,
-    /// Secondary labels (rendered when in the same file as `span`).
+    /// Secondary labels: beside the primary one in its file's snippet, or
+    /// in a snippet of their own file below it (a value set on the command
+    /// line, a definition in a `use`d file).
     pub notes: Vec<(Span, String)>,
 }
 
@@ -59,7 +61,7 @@ impl Diagnostic {
 
     /// Pairs the diagnostic with its source for miette rendering.
     pub fn with_source<'a>(&'a self, sources: &'a SourceMap) -> Rendered<'a> {
-        Rendered { diag: self, source: sources.get(self.span.file), snippet_only: false }
+        Rendered { diag: self, source: sources.get(self.span.file), snippet_only: false, no_help: false }
     }
 }
 
@@ -106,6 +108,8 @@ pub struct Rendered<'a> {
     source: &'a SourceFile,
     /// Without code and message: the snippet under a header of our own.
     snippet_only: bool,
+    /// Without the help (it follows the snippets of notes in other files).
+    no_help: bool,
 }
 
 impl fmt::Display for Rendered<'_> {
@@ -132,7 +136,7 @@ impl miette::Diagnostic for Rendered<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        (!self.diag.help.is_empty()).then(|| Box::new(&self.diag.help) as Box<dyn fmt::Display>)
+        (!self.no_help && !self.diag.help.is_empty()).then(|| Box::new(&self.diag.help) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -168,18 +172,79 @@ pub fn render(diags: &[Diagnostic], sources: &SourceMap, colour: bool) -> String
     for d in diags {
         out.push_str(&header(d, colour));
         out.push('\n');
-        let snippet = Rendered { diag: d, source: sources.get(d.span.file), snippet_only: true };
-        let mut body = String::new();
-        // Writing to a String cannot fail.
-        let _ = handler.render_report(&mut body, &snippet);
-        // Without the line miette gives the (empty) message: its icon.
-        let body = body.trim_start_matches('\n');
-        out.push_str(body.split_once('\n').map_or("", |(_, rest)| rest));
+        // Notes in other files: a snippet of each file, in the order the
+        // files first appear among the notes, the help below the last.
+        let mut files: Vec<crate::span::FileId> = Vec::new();
+        for (s, _) in &d.notes {
+            if s.file != d.span.file && !files.contains(&s.file) {
+                files.push(s.file);
+            }
+        }
+        let primary =
+            Rendered { diag: d, source: sources.get(d.span.file), snippet_only: true, no_help: !files.is_empty() };
+        out.push_str(&snippet(&handler, &primary));
+        for (i, &file) in files.iter().enumerate() {
+            let help = i + 1 == files.len();
+            out.push_str(&snippet(&handler, &Elsewhere { diag: d, source: sources.get(file), file, help }));
+        }
         if !out.ends_with("\n\n") {
             out.push('\n');
         }
     }
     out
+}
+
+/// One report as miette draws it, without its first line (the icon of
+/// the empty message: our header is above).
+#[cfg(feature = "render")]
+fn snippet(handler: &miette::GraphicalReportHandler, report: &dyn miette::Diagnostic) -> String {
+    let mut body = String::new();
+    // Writing to a String cannot fail.
+    let _ = handler.render_report(&mut body, report);
+    let body = body.trim_start_matches('\n');
+    body.split_once('\n').map_or("", |(_, rest)| rest).to_string()
+}
+
+/// The notes of a diagnostic that lie in another file than its primary
+/// span, as a snippet of that file (no header: the diagnostic's is above).
+#[cfg(feature = "render")]
+#[derive(Debug)]
+struct Elsewhere<'a> {
+    diag: &'a Diagnostic,
+    source: &'a SourceFile,
+    file: crate::span::FileId,
+    /// The diagnostic's help goes below this snippet (the last one).
+    help: bool,
+}
+
+#[cfg(feature = "render")]
+impl fmt::Display for Elsewhere<'_> {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "render")]
+impl std::error::Error for Elsewhere<'_> {}
+
+#[cfg(feature = "render")]
+impl miette::Diagnostic for Elsewhere<'_> {
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(miette::Severity::Advice)
+    }
+
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        (self.help && !self.diag.help.is_empty()).then(|| Box::new(&self.diag.help) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        Some(self.source)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let here = self.diag.notes.iter().filter(|(s, _)| s.file == self.file);
+        Some(Box::new(here.map(|(s, t)| LabeledSpan::new_with_span(Some(t.clone()), *s))))
+    }
 }
 
 /// `error[E2001]: message` (bold and coloured on a terminal).
