@@ -93,6 +93,57 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Directory entries read, at most, by [`blk_files`]: a folder as large
+/// as a home directory (or `/`) is searched in part, not for minutes.
+pub const MAX_ENTRIES: usize = 200_000;
+
+/// The `.blk` files under a folder, as [`blk_files`] finds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// In path order (a folder's entries by name, depth first).
+    pub files: Vec<PathBuf>,
+    /// False when the search stopped at `limit` files or at
+    /// [`MAX_ENTRIES`] entries before the end.
+    pub complete: bool,
+}
+
+/// The `.blk` files under `root` (hidden folders, `target` and
+/// `node_modules` left out; links not followed), at most `limit`, in path
+/// order; no more than [`MAX_ENTRIES`] entries are read.
+pub fn blk_files(root: &Path, limit: usize) -> Found {
+    let mut found = Found::default();
+    let mut stack = vec![(root.to_path_buf(), true)];
+    let mut seen = 0;
+    while let Some((path, is_dir)) = stack.pop() {
+        if !is_dir {
+            if found.files.len() == limit {
+                return found;
+            }
+            found.files.push(normalise(&path));
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        let mut entries: Vec<_> = entries.take(MAX_ENTRIES - seen).filter_map(Result::ok).collect();
+        seen += entries.len();
+        if seen >= MAX_ENTRIES {
+            return found;
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for e in entries {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && !name.starts_with('.') && name != "target" && name != "node_modules" {
+                stack.push((e.path(), true));
+            } else if kind.is_file() && name.ends_with(".blk") {
+                stack.push((e.path(), false));
+            }
+        }
+    }
+    found.complete = true;
+    found
+}
+
 /// Files held in memory, for tests and tools.
 #[derive(Debug, Default, Clone)]
 pub struct MemLoader {
@@ -205,6 +256,28 @@ impl SourceMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blk_files_are_found_in_path_order_without_hidden_or_build_folders() {
+        let root = std::env::temp_dir().join(format!("blkc-found-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["a", "b/c", ".git", "target", "node_modules"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let files = ["a/one.blk", "b/c/two.blk", "b/three.blk", "b/notes.txt", ".git/x.blk", "target/y.blk"];
+        for f in files.iter().chain(&["node_modules/z.blk", "b/a.blk"]) {
+            std::fs::write(root.join(f), "").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let rel = |f: Found| -> (Vec<String>, bool) {
+            let names = f.files.iter().filter_map(|p| p.strip_prefix(&root).ok()).map(|p| p.display().to_string());
+            (names.collect(), f.complete)
+        };
+        let all = (["a/one.blk", "b/a.blk", "b/c/two.blk", "b/three.blk"].map(String::from).to_vec(), true);
+        assert_eq!(rel(blk_files(&root, 10)), all);
+        assert_eq!(rel(blk_files(&root, 4)), all, "exactly the limit: complete");
+        assert_eq!(rel(blk_files(&root, 2)), (all.0[..2].to_vec(), false), "no more than the limit");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     /// Devices are refused, a pipe is read to its end or to the limit,
     /// and a named pipe without a writer reads as empty: nothing waits

@@ -404,7 +404,7 @@ impl<'c> Server<'c> {
         let (def_path, name) = (&a.compilation.sources.get(d.span.file).path, &d.name);
         let Some(root) = self.workspace.as_ref().filter(|_| d.parent.is_none()) else { return out };
         let syntax = Options { syntax_only: true, ..self.options };
-        for file in crate::workspace::blk_files(root, WORKSPACE_FILES) {
+        for file in blkc::source::blk_files(root, WORKSPACE_FILES).files {
             if file == here || self.docs.get(&file).is_some() {
                 continue;
             }
