@@ -50,8 +50,32 @@ pub fn describe(action: &str, path: &Path, e: &std::io::Error) -> String {
 /// `path`. On failure the temporary is removed (a full disk leaves no
 /// half-written file behind to fill it further).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write_with(path, bytes, None)
+}
+
+/// Rewrites a file the user keeps (a source `blkc fmt` formats) as
+/// [`write_atomic`] does, but as an editor saves it: through a symbolic
+/// link to the file it names (the link stays), with the file's permissions
+/// kept; a read-only file is refused, as is anything that is not a regular
+/// file (a named pipe would be replaced by a file).
+pub fn rewrite(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let target = std::fs::canonicalize(path).map_err(|e| describe("write", path, &e))?;
+    let meta = std::fs::metadata(&target).map_err(|e| describe("write", path, &e))?;
+    if !meta.is_file() {
+        return Err(format!("cannot write `{}`: it is not a regular file", path.display()));
+    }
+    if meta.permissions().readonly() {
+        return Err(format!("cannot write `{}`: it is read-only", path.display()));
+    }
+    write_with(&target, bytes, Some(meta.permissions()))
+}
+
+fn write_with(path: &Path, bytes: &[u8], permissions: Option<std::fs::Permissions>) -> Result<(), String> {
     let tmp = temporary(path);
     let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        if let Some(p) = permissions {
+            f.set_permissions(p)?;
+        }
         f.write_all(bytes)?;
         f.sync_all()
     });

@@ -94,6 +94,42 @@ fn check_rejects_only_the_collapsing_block_among_the_canonical_files() {
     assert_eq!(o.status.code(), Some(0), "without the analysis its expected codes are not held against the file");
 }
 
+/// A folder argument stands for the `.blk` files under it (as `ruff check
+/// src/` does), hidden and build folders left out; a folder without any is
+/// an error, not a silent pass.
+#[test]
+fn a_folder_stands_for_its_blk_files() {
+    let blocks = canonical().iter().filter(|f| f.starts_with("blocks/")).count();
+    let o = blkc(&["check", "--syntax-only", "blocks"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("checked {blocks} files: 0 errors")), "{}", text(&o.stderr));
+    let o = blkc(&["fmt", "--check", "blocks", "examples"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", text(&o.stdout), text(&o.stderr));
+
+    let dir = std::env::temp_dir().join(format!("blkc-folder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(dir.join("deep/er"));
+    let _ = std::fs::create_dir_all(dir.join(".hidden"));
+    let _ = std::fs::create_dir_all(dir.join("empty"));
+    let _ = std::fs::write(dir.join("deep/er/bad.blk"), "block b { out = x + attn(y) }\n");
+    let _ = std::fs::write(dir.join(".hidden/worse.blk"), "block {\n");
+    let o = blkc_in(&dir, &["check", "--syntax-only", "."]);
+    assert_eq!(o.status.code(), Some(2), "the file in a subfolder is found");
+    let err = text(&o.stderr);
+    assert!(err.contains("deep/er/bad.blk") && !err.contains("worse.blk"), "{err}");
+    assert!(err.contains("checked 1 file: 1 error"), "{err}");
+    for cmd in [&["check", "empty"][..], &["fmt", "empty"]] {
+        let o = blkc_in(&dir, cmd);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}");
+        assert!(
+            text(&o.stderr).contains("cannot read `empty`: it is a folder without .blk files"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A file that stops failing the way it says fails `check`; a file with
 /// an unknown code in its expectation does not compile.
 #[test]
@@ -187,6 +223,9 @@ fn check_options_change_the_analysis() {
     let o = blkc(&["check", "--input", "data=blocks/preln.blk", "blocks/preln.blk"]);
     assert_eq!(o.status.code(), Some(2), "a file shorter than the window is a clear error");
     assert!(text(&o.stderr).contains("fewer than"));
+    let o = blkc(&["check", "--input", "data=no/such/corpus", "blocks/preln.blk"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("data=no/such/corpus: no such file or directory"), "{}", text(&o.stderr));
     let o = blkc(&["check", "--input", "data=docs", "--format", "json", "blocks/sas.blk"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     assert_eq!(v["input"], "data=docs", "{v}");
@@ -284,7 +323,8 @@ fn unreadable_files_exit_2() {
     let o = blkc(&["check", "no/such.blk"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("cannot read `no/such.blk`: no such file"));
-    let o = blkc(&["check", "blocks"]);
+    // `check` and `fmt` take a folder for its files; one-file commands not.
+    let o = blkc(&["graph", "blocks"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("it is a directory"));
 }
@@ -306,6 +346,15 @@ fn graph_prints_dot_and_mermaid() {
     let o = blkc(&["graph", "--format", "mermaid", "examples/codeparrot/sas.blk", "--layer", "0"]);
     let mm = text(&o.stdout);
     assert!(mm.starts_with("flowchart TB") && mm.contains("reparam"), "{mm}");
+    // A layer past the model's last, or a block that is not there, is said.
+    let o = blkc(&["graph", "examples/codeparrot/sas.blk", "--layer", "18"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("its layers are 0 to 17"), "{}", text(&o.stderr));
+    let o = blkc(&["graph", "blocks/sas.blk", "--layer", "6"]);
+    assert!(text(&o.stderr).contains("the small model a bare block is drawn in"), "{}", text(&o.stderr));
+    let o = blkc(&["graph", "blocks/sas.blk", "--block", "sass"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("no block `sass` in `blocks/sas.blk`: it has `sas`"), "{}", text(&o.stderr));
 }
 
 #[test]
@@ -367,6 +416,49 @@ fn fmt_rewrites_and_check_mode_reports() {
     let files = canonical();
     args.extend(files.iter().map(String::as_str));
     assert_eq!(blkc(&args).status.code(), Some(0), "canonical files are formatted");
+}
+
+/// `fmt` saves as an editor does: through a symbolic link (the link stays
+/// a link), keeping the file's mode; it refuses a read-only file and a
+/// named pipe (which it would have read empty and replaced by a file).
+#[cfg(unix)]
+#[test]
+fn fmt_in_place_keeps_links_and_modes_and_refuses_what_it_would_break() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("blkc-fmt-keeps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(dir.join("real"));
+    let messy = "block b{\nout=x+attn(rmsnorm(x))}\n";
+    let tidy = "block b {\n    out = x + attn(rmsnorm(x))\n}\n";
+    let file = dir.join("real/b.blk");
+    let _ = std::fs::write(&file, messy);
+    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640));
+    let link = dir.join("b.blk");
+    let _ = std::os::unix::fs::symlink("real/b.blk", &link);
+    let o = blkc(&["fmt", &link.to_string_lossy()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let meta = std::fs::symlink_metadata(&link).unwrap_or_else(|e| panic!("{e}"));
+    assert!(meta.file_type().is_symlink(), "the link was replaced by a file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), tidy, "the file the link names is formatted");
+    let mode = std::fs::metadata(&file).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode, 0o640, "the mode is kept");
+
+    let _ = std::fs::write(&file, messy);
+    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444));
+    let o = blkc(&["fmt", &file.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("it is read-only"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), messy, "a read-only file is left as it is");
+
+    let fifo = dir.join("pipe.blk");
+    let made = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    assert!(made, "mkfifo");
+    let o = blkc(&["fmt", &fifo.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("not a regular file"), "{}", text(&o.stderr));
+    let kind = std::fs::symlink_metadata(&fifo).map(|m| m.file_type().is_fifo());
+    assert!(kind.unwrap_or(false), "the pipe is still a pipe");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

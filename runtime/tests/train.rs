@@ -204,6 +204,19 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
     assert_eq!((meta["blkc_model"].as_str(), meta["blkc_step"].as_str()), (Some("tiny"), Some("40")), "{meta}");
     assert!(meta["blkc_source"].as_str().is_some_and(|s| s.contains("model tiny")), "{meta}");
     assert!(header.get("blocks.0.mlp.0.up").is_some(), "stable names: {header}");
+    // `--out` naming a `.safetensors` file writes that file (a directory
+    // of that name is not what was asked for); the PyTorch export needs a
+    // directory and says so.
+    let o = blkc(&d, &["export", "run", "--out", "weights/tiny.safetensors"]);
+    ok(&o);
+    assert_eq!(text(&o.stdout).trim(), "weights/tiny.safetensors");
+    let fresh = Model::<Cpu>::build(&opened.program, &opened.ir, 99, &device);
+    let named = blkc_runtime::checkpoint::import(fresh, &d.join("weights/tiny.safetensors"));
+    let named = named.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(logits(&named), logits(&opened.model), "the same weights, in the file named");
+    let o = blkc(&d, &["export", "run", "--format", "pytorch", "--out", "weights/tiny.safetensors"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("give --out a directory"), "{}", text(&o.stderr));
     // For PyTorch: the weights and a model.py that rebuilds the model from
     // its plan (bench/export-check.sh compares its logits with blkc's where
     // PyTorch is installed); here it must at least be valid Python.

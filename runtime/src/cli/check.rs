@@ -9,7 +9,7 @@ use blkc::signal::{AttentionMode, Input};
 use blkc::span::FileId;
 use blkc::{Compilation, Diagnostic, Loader};
 
-use super::{compile, BROKEN, OK, REJECTED};
+use super::{compile, unreadable, BROKEN, OK, REJECTED};
 use crate::backend::Cpu;
 use crate::measure::{Comparison, Setup};
 use crate::report::{self, plural, DiagFormat};
@@ -26,7 +26,7 @@ pub enum Attention {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The .blk files to check.
+    /// The .blk files to check; a folder checks every .blk file under it.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// human (diagnostics on stderr, report on stdout), json (one object
@@ -93,7 +93,14 @@ pub struct Args {
 pub fn run(args: &Args) -> u8 {
     let mut status = OK;
     let mut total = Tally::default();
-    for path in &args.files {
+    let files = super::blk_arguments(&args.files);
+    for (path, problem) in &files {
+        if let Some(why) = problem {
+            unreadable(path, why, args.format);
+            status = BROKEN;
+            total.errors += 1;
+            continue;
+        }
         let (s, t) = one(path, args);
         status = status.max(s);
         total.errors += t.errors;
@@ -109,7 +116,7 @@ pub fn run(args: &Args) -> u8 {
         let expected = if total.expected > 0 { format!(" ({} as expected)", total.expected) } else { String::new() };
         eprintln!(
             "checked {}: {}, {}{expected} — {verdict}",
-            plural(args.files.len(), "file"),
+            plural(files.len(), "file"),
             plural(total.errors, "error"),
             plural(total.warnings, "warning")
         );
@@ -428,7 +435,8 @@ fn byte_windows(path: &Path, t: usize) -> Result<Vec<Vec<u32>>, String> {
         vec![path.to_path_buf()]
     };
     if !path.is_dir() && !path.is_file() {
-        return Err(format!("--input data={}: not a regular file or a directory", path.display()));
+        let what = if path.exists() { "not a regular file or a directory" } else { "no such file or directory" };
+        return Err(format!("--input data={}: {what}", path.display()));
     }
     for f in files {
         if bytes.len() >= MAX_BYTES {
@@ -572,7 +580,8 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
             eprintln!("fix: {name} not written (--diff)");
             continue;
         }
-        crate::durable::write_atomic(file, after.as_bytes())?;
+        // As an editor saves: through a link, the file's mode kept.
+        crate::durable::rewrite(file, after.as_bytes())?;
         eprintln!("fix: wrote {name}");
     }
     Ok(records)

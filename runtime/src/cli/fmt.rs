@@ -11,8 +11,9 @@ use crate::report::{self, DiagFormat};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The .blk files to format in place; `-` reads standard input and
-    /// writes the formatted text to standard output.
+    /// The .blk files to format in place (a folder: every .blk file under
+    /// it); `-` reads standard input and writes the formatted text to
+    /// standard output.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Change nothing; list the files that are not formatted and exit 1 if
@@ -22,11 +23,30 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> u8 {
-    args.files.iter().map(|p| one(p, args.check)).max().unwrap_or(OK)
+    let files = super::blk_arguments(&args.files);
+    let each = files.iter().map(|(path, problem)| match problem {
+        Some(why) => {
+            unreadable(path, why, DiagFormat::Human);
+            BROKEN
+        }
+        None => one(path, args.check),
+    });
+    // Every file is formatted, whatever an earlier one gave.
+    each.collect::<Vec<_>>().into_iter().max().unwrap_or(OK)
 }
 
 fn one(path: &Path, check: bool) -> u8 {
     let stdin = path == Path::new("-");
+    // Formatting in place reads the file, then replaces it: a named pipe or
+    // a device would lose what was read and become a file. Refused before
+    // anything is read.
+    if !stdin && !check && std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        eprintln!(
+            "error: cannot format `{}` in place: it is not a regular file (`blkc fmt - < {0}` prints the formatted text)",
+            path.display()
+        );
+        return BROKEN;
+    }
     let loaded = if stdin { read_stdin() } else { FsLoader.load(path) };
     let text = match loaded {
         Ok(t) => t,
@@ -66,7 +86,7 @@ fn one(path: &Path, check: bool) -> u8 {
         println!("would reformat {}", path.display());
         return REJECTED;
     }
-    match crate::durable::write_atomic(path, formatted.as_bytes()) {
+    match crate::durable::rewrite(path, formatted.as_bytes()) {
         Ok(()) => {
             println!("formatted {}", path.display());
             OK

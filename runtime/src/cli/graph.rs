@@ -36,16 +36,30 @@ pub fn run(args: &Args) -> u8 {
     };
     let Some(block) = block else {
         match &args.block {
-            Some(name) => eprintln!("error: no block `{name}` in `{}`", args.file.display()),
+            Some(name) => {
+                let names: Vec<String> = p.blocks.iter().map(|b| format!("`{}`", b.name)).collect();
+                let has =
+                    if names.is_empty() { "it has none".to_string() } else { format!("it has {}", names.join(", ")) };
+                eprintln!("error: no block `{name}` in `{}`: {has}", args.file.display());
+            }
             None => eprintln!("error[E5001]: `{}` defines no block to draw", args.file.display()),
         }
         return BROKEN;
     };
-    let depth = p.model.as_ref().map_or(6, |m| m.depth);
+    // A bare block is drawn in a stack of the small model's depth.
+    let depth = p.model.as_ref().map_or(blkc::graph::Model::small(0).depth, |m| m.depth);
+    if args.layer >= depth {
+        let of = match &p.model {
+            Some(m) => format!("model `{}`", m.name.as_deref().unwrap_or("model")),
+            None => "the small model a bare block is drawn in".to_string(),
+        };
+        eprintln!("error: --layer {} is past the last layer of {of}: its layers are 0 to {}", args.layer, depth - 1);
+        return BROKEN;
+    }
     let format = match args.format {
         GraphFormat::Dot => Format::Dot,
         GraphFormat::Mermaid => Format::Mermaid,
     };
-    print!("{}", render(block.graph_at(args.layer, depth.max(args.layer + 1)), &block.name, format));
+    print!("{}", render(block.graph_at(args.layer, depth), &block.name, format));
     OK
 }

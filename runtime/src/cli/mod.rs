@@ -242,3 +242,35 @@ pub fn set_key(pair: &str) -> &str {
 
 /// A list of paths from the command line.
 pub type Files = Vec<PathBuf>;
+
+/// Most files one folder argument of `check` or `fmt` stands for.
+const FOLDER_FILES: usize = 100_000;
+
+/// The FILE arguments of `check` and `fmt` as files: a folder stands for
+/// the `.blk` files under it (hidden folders, `target` and `node_modules`
+/// left out, links not followed), in path order, as `blkc check blocks/`
+/// is meant. A folder without any, or too large to search whole, stays
+/// as itself with the reason, to be reported as a file that cannot be read.
+pub fn blk_arguments(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
+    let mut out = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            out.push((path.clone(), None));
+            continue;
+        }
+        let found = blkc::source::blk_files(path, FOLDER_FILES);
+        if !found.complete {
+            let why = format!(
+                "it is a folder too large to search whole ({FOLDER_FILES} files or {} entries at most): name a \
+                 smaller one",
+                blkc::source::MAX_ENTRIES
+            );
+            out.push((path.clone(), Some(why)));
+        } else if found.files.is_empty() {
+            out.push((path.clone(), Some("it is a folder without .blk files".into())));
+        } else {
+            out.extend(found.files.into_iter().map(|f| (f, None)));
+        }
+    }
+    out
+}

@@ -284,7 +284,14 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         return Ok(());
     }
     let Some(have) = have else { return Ok(()) };
-    memory::check(&estimate, have, &what, rows, model, copies).map_err(|e| {
+    // With fewer devices, each takes a larger share of the batch.
+    let per_copy = |d: u64| {
+        let s = crate::train::settings::Settings { devices: d, ..job.settings.clone() };
+        s.accumulation().ok()?;
+        let e = memory::estimate(&job.program, model, s.micro());
+        Some(e.parameters + e.activations + e.logits)
+    };
+    memory::check(&estimate, have, &what, rows, model, copies, &per_copy).map_err(|e| {
         eprintln!("error: {e} (an estimate; --no-memory-check trains anyway)");
         REJECTED
     })

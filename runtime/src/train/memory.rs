@@ -90,21 +90,30 @@ fn cgroup_left() -> Option<u128> {
 /// `copies` copies of the model (data-parallel devices that share that
 /// memory, as on the CPU) each need the estimate's parameters,
 /// activations and logits, and the process its base once; says what
-/// would fit.
-pub fn check(e: &Estimate, have: u128, what: &str, rows: u64, model: &ModelIr, copies: u64) -> Result<(), String> {
-    let copies = u128::from(copies.max(1));
-    let per_copy = e.parameters + e.activations + e.logits;
-    let need = BASE + copies * per_copy;
+/// would fit. `per_copy(d)` is what one copy needs with `d` devices (each
+/// device's share of the batch, and so its activations, depends on `d`),
+/// `None` where the batch does not split over `d` devices.
+pub fn check(
+    e: &Estimate,
+    have: u128,
+    what: &str,
+    rows: u64,
+    model: &ModelIr,
+    copies: u64,
+    per_copy: &dyn Fn(u64) -> Option<u128>,
+) -> Result<(), String> {
+    let copies = copies.max(1);
+    let need = BASE + u128::from(copies) * (e.parameters + e.activations + e.logits);
     if need <= have {
         return Ok(());
     }
     // What one copy has, with the process's base counted once.
-    let share = have.saturating_sub(BASE) / copies;
+    let share = have.saturating_sub(BASE) / u128::from(copies);
     let per_row = (e.activations + e.logits) / u128::from(rows.max(1));
     let fits = share.saturating_sub(e.parameters) / per_row.max(1);
-    let fit_copies = have.saturating_sub(BASE) / per_copy.max(1);
-    let hint = if copies > 1 && fit_copies >= 1 {
-        format!("use fewer devices: {fit_copies} at most fit")
+    let fewer = (1..copies).rev().find(|&d| per_copy(d).is_some_and(|p| BASE + u128::from(d) * p <= have));
+    let hint = if let Some(d) = fewer {
+        format!("use fewer devices: `--devices {d}` fits")
     } else if e.parameters > share {
         format!(
             "the parameters alone need {}: choose a smaller width ({}) or depth ({})",
@@ -171,33 +180,51 @@ mod tests {
     fn a_model_that_cannot_fit_is_refused_with_a_hint() {
         let p = program(256, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let none = |_: u64| None;
         let small = estimate(&p, &m, 16);
-        assert!(check(&small, 8 << 30, "this machine", 16, &m, 1).is_ok(), "{small:?}");
+        assert!(check(&small, 8 << 30, "this machine", 16, &m, 1, &none).is_ok(), "{small:?}");
         let big = estimate(&p, &m, 100_000);
-        let err = check(&big, 8 << 30, "this machine", 100_000, &m, 1).err().unwrap_or_default();
+        let err = check(&big, 8 << 30, "this machine", 100_000, &m, 1, &none).err().unwrap_or_default();
         assert!(err.contains("needs about") && err.contains("micro_batch"), "{err}");
         // The parts the message names add up to its total.
         let need = BASE + small.parameters + small.activations + small.logits;
-        let err = check(&small, need - 1, "this machine", 16, &m, 1).err().unwrap_or_default();
+        let err = check(&small, need - 1, "this machine", 16, &m, 1, &none).err().unwrap_or_default();
         assert!(
             err.contains(&format!("needs about {}", gib(need))) && err.contains("256 MiB for the process"),
             "{err}"
         );
-        // Copies sharing the memory: the base once, the rest for each; the
-        // hint says how many copies fit.
+        // Copies sharing the memory: the base once, the rest for each.
         let two = need + small.parameters + small.activations + small.logits;
-        assert!(check(&small, two, "this machine", 16, &m, 2).is_ok());
-        let err = check(&small, two - 1, "this machine", 16, &m, 2).err().unwrap_or_default();
-        assert!(err.contains("for each of 2 devices") && err.contains("use fewer devices: 1 at most fit"), "{err}");
+        let same = |_: u64| Some(small.parameters + small.activations + small.logits);
+        assert!(check(&small, two, "this machine", 16, &m, 2, &same).is_ok());
+        let err = check(&small, two - 1, "this machine", 16, &m, 2, &same).err().unwrap_or_default();
+        assert!(err.contains("for each of 2 devices") && err.contains("`--devices 1` fits"), "{err}");
+        // The hint names a device count that splits the batch and fits with
+        // its larger share of it: of 4 devices sharing a batch of 20 rows
+        // (5 each), 3 do not split it, 2 (10 rows each) need less than 4
+        // (two copies of the parameters fewer) and more than 1.
+        let rows = |d: u64| 20_u64.is_multiple_of(d).then(|| estimate(&p, &m, 20 / d));
+        let bytes = |e: Estimate| e.parameters + e.activations + e.logits;
+        let per_copy = |d: u64| rows(d).map(bytes);
+        let four = rows(4).unwrap_or_else(|| panic!("4 split 20"));
+        let one = BASE + bytes(estimate(&p, &m, 20));
+        let two = BASE + 2 * bytes(estimate(&p, &m, 10));
+        assert!(BASE + 4 * bytes(four) > two && two > one, "each copy of the parameters counts");
+        let err = check(&four, one, "this machine", 5, &m, 4, &per_copy).err().unwrap_or_default();
+        assert!(err.contains("`--devices 1` fits"), "only one device fits in {}: {err}", gib(one));
+        let err = check(&four, two, "this machine", 5, &m, 4, &per_copy).err().unwrap_or_default();
+        assert!(err.contains("`--devices 2` fits"), "{err}");
+        let err = check(&four, BASE + bytes(four), "this machine", 5, &m, 4, &per_copy).err().unwrap_or_default();
+        assert!(!err.contains("--devices"), "no count fits: {err}");
         // Width 16384: the parameters alone do not fit.
         let p = program(16384, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1, &none).err().unwrap_or_default();
         assert!(err.contains("parameters alone"), "{err}");
         // Context 131072: one sequence's attention does not fit.
         let p = program(256, 131_072);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1, &none).err().unwrap_or_default();
         assert!(err.contains("lower the context"), "{err}");
     }
 
