@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use blkc::span::Span;
-use blkc::{FsLoader, Loader};
 
 use crate::analysis::{Analysis, Options};
 use crate::index::{DefKind, Target};
@@ -94,13 +93,15 @@ fn replaced(text: &str, spans: &[(u32, u32)], new: &str) -> Option<String> {
 }
 
 /// Checks that renaming definition `def` of `a` to `new` (at the ranges
-/// `edits`) leaves the programs of `roots` reading as before: no new
-/// error, and the renamed definition used exactly where it was.
+/// `edits` of the files' `texts`) leaves the programs of `roots` reading
+/// as before: no new error, and the renamed definition used exactly where
+/// it was.
 pub fn check(
     a: &Analysis,
     def: usize,
     new: &str,
     edits: &BTreeMap<PathBuf, Vec<(u32, u32)>>,
+    texts: &BTreeMap<PathBuf, String>,
     roots: &[PathBuf],
     docs: &Documents,
 ) -> Result<(), String> {
@@ -113,14 +114,12 @@ pub fn check(
     }
     let mut edited = docs.clone();
     for (path, spans) in edits {
-        let (text, uri, version) = match docs.get(path) {
-            Some(doc) => (doc.text.clone(), doc.uri.clone(), doc.version),
-            None => {
-                let text = FsLoader.load(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-                (text, uri_of(path, docs).ok_or("a file without a URL")?, 0)
-            }
+        let text = texts.get(path).ok_or("a file without its text")?;
+        let (uri, version) = match docs.get(path) {
+            Some(doc) => (doc.uri.clone(), doc.version),
+            None => (uri_of(path, docs).ok_or("a file without a URL")?, 0),
         };
-        let text = replaced(&text, spans, new).ok_or("the document changed under the rename")?;
+        let text = replaced(text, spans, new).ok_or("the document changed under the rename")?;
         edited.open(Document { uri, text, version });
     }
     let at = place(a, d.span);

@@ -563,15 +563,25 @@ impl<'c> Server<'c> {
         let def_path = a.compilation.sources.get(a.index.defs[def].span.file).path.clone();
         let all: Vec<&Analysis> = std::iter::once(a.as_ref()).chain(others.iter().copied()).collect();
         let roots = crate::rename::roots_holding(&def_path, &all);
-        crate::rename::check(&a, def, new, &edits, &roots, &self.docs).map_err(failed)?;
+        // The text each occurrence was found in: the editor's, or the file
+        // as the analysis read it (not read again: it may have changed on
+        // disk since, and the ranges are of this text).
+        let mut texts = std::collections::BTreeMap::new();
+        for path in edits.keys() {
+            let held = all.iter().find_map(|a| a.file(path).map(|f| a.compilation.sources.get(f).text.to_string()));
+            let text = match (self.docs.get(path), held) {
+                (Some(d), _) => d.text.clone(),
+                (None, Some(t)) => t,
+                (None, None) => blkc::FsLoader.load(path).map_err(failed)?,
+            };
+            texts.insert(path.clone(), text);
+        }
+        crate::rename::check(&a, def, new, &edits, &texts, &roots, &self.docs).map_err(failed)?;
         let mut changes = std::collections::HashMap::new();
         for (path, spans) in &edits {
             let Some(uri) = crate::workspace::uri_of(path, &self.docs) else { continue };
-            let text = match self.docs.get(path) {
-                Some(d) => d.text.clone(),
-                None => blkc::FsLoader.load(path).map_err(failed)?,
-            };
-            let lines = Lines::new(&text);
+            let Some(text) = texts.get(path) else { continue };
+            let lines = Lines::new(text);
             let edits: Vec<TextEdit> = spans
                 .iter()
                 .map(|&(start, end)| TextEdit {

@@ -49,8 +49,9 @@ pub fn run(args: &Args) -> u8 {
     // A bare block is drawn in a stack of the small model's depth.
     let depth = p.model.as_ref().map_or(blkc::graph::Model::small(0).depth, |m| m.depth);
     if args.layer >= depth {
-        let of = match &p.model {
-            Some(m) => format!("model `{}`", m.name.as_deref().unwrap_or("model")),
+        let of = match p.model.as_ref().map(|m| m.name.as_deref()) {
+            Some(Some(name)) => format!("model `{name}`"),
+            Some(None) => "the model".to_string(),
             None => "the small model a bare block is drawn in".to_string(),
         };
         eprintln!("error: --layer {} is past the last layer of {of}: its layers are 0 to {}", args.layer, depth - 1);
