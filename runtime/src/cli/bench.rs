@@ -34,6 +34,7 @@ pub struct Args {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// `human` (a table) or `json` (one object, docs/json.md).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     /// Give a model setting or a param another value in every file, e.g.

@@ -13,6 +13,7 @@ pub struct Args {
     /// A .blk file with a model (a bare block is counted in the small CPU
     /// model of examples/small/).
     pub file: PathBuf,
+    /// `human` (a table) or `json` (one object, docs/json.md).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     /// Give a model setting or a param another value, e.g. `--set width=512`.

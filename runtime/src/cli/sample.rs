@@ -41,6 +41,8 @@ pub struct Args {
     /// the document the model writes has ended).
     #[arg(long)]
     pub ignore_eot: bool,
+    /// Seed of the draws: the same seed, checkpoint and options give the
+    /// same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "cpu")]
