@@ -222,15 +222,17 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
         plan.warmup
     );
     let memory = if records.iter().any(|r| r.memory == "device") { "dev MiB" } else { "step MiB" };
+    let name = |r: &Record| if r.bare { format!("{} (small)", r.file) } else { r.file.clone() };
+    // The first column as wide as the longest name (the rest stay aligned).
+    let wide = records.iter().map(|r| name(r).chars().count()).max().unwrap_or(0).max(34);
     out.push_str(&format!(
-        "{:<34} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>5} {:>9} {:>7}\n",
+        "{:<wide$} {:>11} {:>9} {:>19} {:>10} {:>9} {:>8} {:>5} {:>9} {:>7}\n",
         "file", "params", "MFLOP/tok", "step ms", "fwd ms", "tok/s", "GFLOP/s", "MFU", memory, "speed"
     ));
     for r in records {
-        let name = if r.bare { format!("{} (small)", r.file) } else { r.file.clone() };
         out.push_str(&format!(
-            "{:<34} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10} {:>9.0} {:>8.1} {:>5} {:>9} {:>6.3}×\n",
-            name,
+            "{:<wide$} {:>11} {:>9.1} {:>8.1} ({:>4.0}–{:<4.0}) {:>10} {:>9.0} {:>8.1} {:>5} {:>9} {:>6.3}×\n",
+            name(r),
             r.params,
             r.flops_per_token as f64 / 1e6,
             r.step_ms,
@@ -252,4 +254,55 @@ pub fn table(records: &[Record], device: &str, plan: Plan, threads: Option<usize
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_stays_aligned_whatever_the_names() {
+        let record = |file: &str, bare: bool| Record {
+            file: file.into(),
+            model: "m".into(),
+            block: "b".into(),
+            bare,
+            params: 5_806_592,
+            flops_per_token: 12_300_000,
+            batch: 2,
+            context: 128,
+            step_ms: 102.1,
+            step_ms_min: 101.0,
+            step_ms_max: 103.0,
+            forward_ms: 28.4,
+            tokens_per_s: 2508.0,
+            gflops: 92.7,
+            peak_mib: Some(72.0),
+            memory: "host",
+            resident_mib: None,
+            mfu: Some(0.56),
+            speed_vs_first: 1.0,
+        };
+        let records = [record("/a/rather/long/path/to/blocks/skipless-naive.blk", true), record("b.blk", false)];
+        let plan = Plan {
+            batch: 2,
+            warmup: 0,
+            steps: 1,
+            precision: crate::kernels::precision::Precision::Fp32,
+            steps_only: false,
+        };
+        let text = table(&records, "flex", plan, Some(2));
+        let lines: Vec<&str> = text.lines().skip(2).take(3).collect();
+        // Every line's `params` column ends at the same place.
+        let ends: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                let token = if l.starts_with("file") { "params" } else { "5806592" };
+                let at = l.find(token).unwrap_or_else(|| panic!("{l}"));
+                l[..at].chars().count() + token.len()
+            })
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{text}");
+        assert!(lines[1].starts_with("/a/rather/long/path/to/blocks/skipless-naive.blk (small) "), "{text}");
+    }
 }
