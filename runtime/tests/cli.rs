@@ -130,6 +130,39 @@ fn a_folder_stands_for_its_blk_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `check -` reads the file from standard input (a pipe, an editor's
+/// buffer), its `use`s relative to the working directory; named `<stdin>`
+/// in what it prints. Given twice, or with `--fix`, it is refused.
+#[test]
+fn check_dash_reads_standard_input() {
+    use std::io::Write;
+    let piped = |dir: &Path, args: &[&str], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let sas = std::fs::read_to_string(repo().join("blocks/sas.blk")).unwrap_or_default();
+    let o = piped(&repo().join("blocks"), &["check", "-"], &sas);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("<stdin>") && text(&o.stdout).contains("verdict: pass"), "{}", text(&o.stdout));
+    let o = piped(&repo(), &["check", "-"], "block b {\n    out = x + atn(x)\n}\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("<stdin>:2:"), "{}", text(&o.stderr));
+    for args in [&["check", "-", "-"][..], &["check", "--fix", "-"]] {
+        let o = piped(&repo(), args, &sas);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+}
+
 /// A file that stops failing the way it says fails `check`; a file with
 /// an unknown code in its expectation does not compile.
 #[test]

@@ -26,7 +26,8 @@ pub enum Attention {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The .blk files to check; a folder checks every .blk file under it.
+    /// The .blk files to check; a folder checks every .blk file under it,
+    /// `-` standard input (its `use`s relative to the working directory).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// human (diagnostics on stderr, report on stdout), json (one object
@@ -94,6 +95,15 @@ pub fn run(args: &Args) -> u8 {
     let mut status = OK;
     let mut total = Tally::default();
     let files = super::blk_arguments(&args.files);
+    let stdin = Path::new("-");
+    if args.files.iter().filter(|p| *p == stdin).count() > 1 {
+        eprintln!("error: `-` (standard input) is given more than once; it can be read once");
+        return BROKEN;
+    }
+    if args.fix && args.files.iter().any(|p| p == stdin) {
+        eprintln!("error: --fix writes the fixed file back; it cannot fix standard input (give the file)");
+        return BROKEN;
+    }
     for (path, problem) in &files {
         if let Some(why) = problem {
             unreadable(path, why, args.format);
@@ -148,6 +158,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
         Vec::new()
     };
     let Some(c) = compile(path, &args.set, args.format) else { return broken };
+    let path = if path == Path::new("-") { Path::new(super::STDIN) } else { path };
     let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
         // Without the analysis, its codes cannot be reported, nor expected.
         Ok(e) if args.syntax_only => e.into_iter().filter(|(c, _)| !c.as_str()[1..].starts_with('3')).collect(),

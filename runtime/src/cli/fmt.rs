@@ -47,7 +47,7 @@ fn one(path: &Path, check: bool) -> u8 {
         );
         return BROKEN;
     }
-    let loaded = if stdin { read_stdin() } else { FsLoader.load(path) };
+    let loaded = if stdin { super::read_stdin() } else { FsLoader.load(path) };
     let text = match loaded {
         Ok(t) => t,
         Err(why) => {
@@ -55,7 +55,7 @@ fn one(path: &Path, check: bool) -> u8 {
             return BROKEN;
         }
     };
-    let path = if stdin { Path::new("<stdin>") } else { path };
+    let path = if stdin { Path::new(super::STDIN) } else { path };
     let (sources, parsed) = blkc::load::load_text(&path.display().to_string(), &text);
     let file = match parsed {
         Ok(f) => f,
@@ -96,16 +96,4 @@ fn one(path: &Path, check: bool) -> u8 {
             BROKEN
         }
     }
-}
-
-/// Standard input as text, up to the compiler's file limit.
-fn read_stdin() -> Result<String, String> {
-    let mut bytes = Vec::new();
-    let limit = blkc::source::MAX_FILE_BYTES as u64;
-    std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin().lock(), limit + 1), &mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > limit {
-        return Err(format!("it is larger than the {} KiB limit", limit / 1024));
-    }
-    String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8 text".into())
 }

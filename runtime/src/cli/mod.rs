@@ -187,11 +187,45 @@ fn on_wgpu(_: &impl Generic) -> Result<(), String> {
     crate::backend::wgpu().map(|_| ())
 }
 
-/// Compiles `path` from disk with the `--set` pairs `sets` (model
-/// settings and params). On an unreadable root file, prints why and
-/// returns `None`.
+/// The name standard input has in diagnostics (`-` on the command line).
+pub const STDIN: &str = "<stdin>";
+
+/// Standard input as the root file (its `use`s read from disk, relative to
+/// the working directory).
+#[derive(Debug)]
+struct Stdin(String);
+
+impl blkc::Loader for Stdin {
+    fn load(&self, path: &Path) -> Result<String, String> {
+        if path == Path::new(STDIN) {
+            return Ok(self.0.clone());
+        }
+        blkc::Loader::load(&FsLoader, path)
+    }
+}
+
+/// Standard input as text, up to the compiler's file limit.
+pub fn read_stdin() -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let limit = blkc::source::MAX_FILE_BYTES as u64;
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin().lock(), limit + 1), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("it is larger than the {} KiB limit", limit / 1024));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8 text".into())
+}
+
+/// Compiles `path` from disk (`-`: standard input, named [`STDIN`]) with
+/// the `--set` pairs `sets` (model settings and params). On an unreadable
+/// root file, prints why and returns `None`.
 pub fn compile(path: &Path, sets: &[String], format: DiagFormat) -> Option<Compilation> {
-    match blkc::compile_with(path, &FsLoader, sets) {
+    let compiled = if path == Path::new("-") {
+        read_stdin().and_then(|text| blkc::compile_with(Path::new(STDIN), &Stdin(text), sets))
+    } else {
+        blkc::compile_with(path, &FsLoader, sets)
+    };
+    match compiled {
         Ok(c) => Some(c),
         Err(why) => {
             unreadable(path, &why, format);
