@@ -24,6 +24,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> u8 {
     let files = super::blk_arguments(&args.files);
+    // `max` takes every file (none is skipped after a failure).
     let each = files.iter().map(|(path, problem)| match problem {
         Some(why) => {
             unreadable(path, why, DiagFormat::Human);
@@ -31,8 +32,7 @@ pub fn run(args: &Args) -> u8 {
         }
         None => one(path, args.check),
     });
-    // Every file is formatted, whatever an earlier one gave.
-    each.collect::<Vec<_>>().into_iter().max().unwrap_or(OK)
+    each.max().unwrap_or(OK)
 }
 
 fn one(path: &Path, check: bool) -> u8 {
