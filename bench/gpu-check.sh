@@ -5,11 +5,12 @@
 #   bench/gpu-check.sh build   # here: builds into target-gpu/ (carry it)
 #   bench/gpu-check.sh run     # there: results as files under $OUT
 #
-# `build` makes the device test binary and three blkc binaries: `blkc` (burn's
-# CUDA backend as blkc's default build has it), `blkc-tuned` (burn's kernel
-# autotuning on: its products chosen per shape by timing, blkc's kernels
-# as in `blkc`) and `blkc-fused` (burn's operation fusion and autotuning:
-# burn's kernels only), stripped and xz-compressed.
+# `build` makes the device test binary (and again with fusion) and three
+# blkc binaries: `blkc` (burn's CUDA backend as blkc's default build has
+# it), `blkc-tuned` (burn's kernel autotuning on: its products chosen per
+# shape by timing, blkc's kernels as in `blkc`) and `blkc-fused` (burn's
+# operation fusion and autotuning, blkc's kernels as custom operations of
+# the fusion streams), stripped and xz-compressed.
 #
 # `run`, most important first, each result written as soon as it exists
 # (a run cut short still leaves what it finished; none is started after
@@ -27,6 +28,7 @@
 #                  fp32 with TF32 on at batch 32;
 #                  torch.compile bf16, then fp32, at batch 32
 #   curve-*.jsonl  100 steps of the quick SAS-P on CUDA in fp32 and in bf16
+#   device-fused.txt  the device checks again, built with burn's fusion
 #   parallel-*.jsonl  where the machine has two GPUs or more: 30 steps of
 #                  the quick SAS-P (batch 32) on one GPU and in data parallel
 #                  on two, fp32 (the losses agree but for rounding; the
@@ -51,7 +53,10 @@ case "${1:-}" in
     cp "$target/release/blkc" target-gpu/blkc-tuned
     cargo build -p blkc-runtime --release --features cuda,fusion,autotune
     cp "$target/release/blkc" target-gpu/blkc-fused
-    for f in device-test blkc blkc-tuned blkc-fused; do
+    bin=$(cargo test -p blkc-runtime --release --features cuda,fusion,autotune --test device --no-run --message-format=json \
+      | python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"" in l][-1])')
+    cp "$bin" target-gpu/device-test-fused
+    for f in device-test device-test-fused blkc blkc-tuned blkc-fused; do
       strip "target-gpu/$f"
       xz -T0 -f "target-gpu/$f"
     done
@@ -111,6 +116,12 @@ case "${1:-}" in
     fi
     torch fp32 32 --only-compile
     for p in bf16 fp32; do bench blkc-fused $p 128; done
+    if due "device checks, fused"; then
+      say "device checks with burn's fusion (blkc's kernels as its custom operations)"
+      (cd runtime && timeout 150 ../target-gpu/device-test-fused --ignored --nocapture --test-threads 1) \
+        > "$out/device-fused.txt" 2>&1
+      say "  exit $?"
+    fi
     gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
     if [ "$gpus" -ge 2 ] && due "data parallel"; then
       for n in 1 2; do

@@ -314,12 +314,25 @@ fn wgpu_trains_from_the_command_line() {
 /// Data parallel on a CubeCL backend: two copies of a model on the wgpu
 /// adapter, each with half of every batch, their gradients summed by
 /// burn's collective on the device, train as one copy does (the same
-/// losses but for the order of the sums).
+/// losses but for the order of the sums). With burn's fusion, whose
+/// streams sum them wrongly, it is refused before the run starts.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_trains_in_data_parallel() {
     let dir = std::env::temp_dir().join(format!("blkc-wgpu-parallel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    if cfg!(feature = "fusion") {
+        let run = dir.join("refused").to_string_lossy().to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--devices", "2", "--out", &run])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.contains("operation fusion") && !std::path::Path::new(&run).exists(), "{err}");
+        return;
+    }
     let losses = |devices: &str| {
         let run = dir.join(format!("run-{devices}")).to_string_lossy().to_string();
         let mut args = vec!["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--out", &run, "--steps", "4"];

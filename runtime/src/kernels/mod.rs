@@ -29,7 +29,10 @@
 //!
 //! The GPU column is burn's CubeCL backends (CUDA, wgpu) without operation
 //! fusion (`cube.rs`): a family's CubeCL kernels, or "reference", its
-//! reference maths; with fusion every family runs its reference maths.
+//! reference maths. With fusion (feature `fusion`) the same kernels run as
+//! custom operations of burn's fusion streams (each family's `fused.rs`,
+//! and `fused.rs` here); the gained sums and the embedding stay reference
+//! there, which fusion joins to the element-wise work around them.
 //! `the_family_table_is_true` keeps this table in step with the folders.
 
 pub mod adam;
@@ -107,16 +110,15 @@ macro_rules! reference_backend {
 #[cfg(feature = "ndarray")]
 reference_backend!(burn::backend::NdArray);
 
-// burn's CubeCL backends: with operation fusion, every family's reference
-// maths; without, the CubeCL kernels where a family has them (`cube.rs`).
+// burn's CubeCL backends: the CubeCL kernels where a family has them
+// (`cube.rs`).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod cube;
 
-#[cfg(all(feature = "cuda", feature = "fusion"))]
-reference_backend!(burn::backend::Cuda);
-
-#[cfg(all(feature = "wgpu", feature = "fusion"))]
-reference_backend!(burn::backend::Wgpu);
+// With fusion, the same kernels as custom operations of its streams
+// (`fused.rs`, and each family's `fused.rs`).
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 
 #[cfg(test)]
 mod tests {

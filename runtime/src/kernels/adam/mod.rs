@@ -8,6 +8,8 @@ use burn::tensor::ops::FloatTensor;
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod cube;
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 #[cfg(feature = "flex")]
 mod loops;
 pub mod reference;

@@ -29,7 +29,7 @@ fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     bq: Option<&CubeTensor<R>>,
 ) -> Option<(Operands<R>, Plan)> {
     let v = merge_heads::<CubeBackend<R, F, I, BT>>(v.clone());
-    let p = shape_plan(q, k, &v, bq)?;
+    let p = shape_plan(q, k, (v.shape(), v.dtype), bq)?;
     let none = no_gains(&v);
     let gains = [none.clone(), none.clone(), none.clone(), none];
     Some((Operands::new([q.clone(), k.clone(), v], bq, gains), p))

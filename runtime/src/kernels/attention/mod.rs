@@ -13,6 +13,8 @@ mod autodiff;
 pub(crate) mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod cube;
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 #[cfg(feature = "flex")]
 pub(crate) mod loops;
 pub mod reference;

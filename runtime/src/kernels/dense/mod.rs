@@ -15,6 +15,8 @@ mod autodiff;
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 #[cfg(feature = "flex")]
 mod loops;
 #[cfg(feature = "flex")]

@@ -15,7 +15,6 @@
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn::tensor::{DType, Element, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
@@ -151,21 +150,34 @@ fn loss_backward<F: Float, I: Int>(
 }
 
 /// `[rows, vocab]` when the logits are an f32 matrix and the targets `rows`
-/// of the backend's int type `I`.
-fn plan<R: CubeRuntime, I: Element>(logits: &CubeTensor<R>, targets: &CubeTensor<R>) -> Option<[usize; 2]> {
+/// of the backend's int type `I`. Of metadata only, as burn's fusion
+/// streams plan too (`kernels/fused/`).
+pub(crate) fn plan<T: TensorMetadata, I: Element>(logits: &T, targets: &T) -> Option<[usize; 2]> {
     let s = logits.shape();
     let fits = s.num_dims() == 2
         && s[0] > 0
         && s[1] > 0
-        && logits.dtype == DType::F32
-        && targets.dtype == I::dtype()
+        && logits.dtype() == DType::F32
+        && targets.dtype() == I::dtype()
         && targets.shape().num_elements() == s[0];
     fits.then(|| [s[0], s[1]])
 }
 
+/// The plan of the loss's backward (see [`plan`]): `lse` and `g` f32 of
+/// `rows`.
+pub(crate) fn backward_plan<T: TensorMetadata, I: Element>(
+    logits: &T,
+    lse: &T,
+    targets: &T,
+    g: &T,
+) -> Option<[usize; 2]> {
+    let rowwise = |t: &T, rows: usize| t.dtype() == DType::F32 && t.shape().num_elements() == rows;
+    plan::<T, I>(logits, targets).filter(|&[rows, _]| rowwise(lse, rows) && rowwise(g, rows))
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps for CubeBackend<R, F, I, BT> {
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let Some([rows, vocab]) = plan::<R, I>(&logits, &targets) else {
+        let Some([rows, vocab]) = plan::<_, I>(&logits, &targets) else {
             return reference::cross_entropy::<Self>(logits, targets);
         };
         let [x, targets] = [logits, targets].map(into_contiguous);
@@ -194,9 +206,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         targets: IntTensor<Self>,
         g: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let rowwise = |t: &CubeTensor<R>, rows: usize| t.dtype == DType::F32 && t.shape().num_elements() == rows;
-        let planned = plan::<R, I>(&logits, &targets).filter(|&[rows, _]| rowwise(&lse, rows) && rowwise(&g, rows));
-        let Some([rows, vocab]) = planned else {
+        let Some([rows, vocab]) = backward_plan::<_, I>(&logits, &lse, &targets, &g) else {
             return reference::cross_entropy_backward::<Self>(logits, lse, targets, g);
         };
         let [x, lse, targets, g] = [logits, lse, targets, g].map(into_contiguous);
@@ -222,7 +232,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let Some([rows, vocab]) = plan::<R, I>(&logits, &targets) else {
+        let Some([rows, vocab]) = plan::<_, I>(&logits, &targets) else {
             return reference::nll_mean_with_grad::<Self>(logits, targets);
         };
         // The gradient goes over the logits: a fresh copy when they are

@@ -18,7 +18,6 @@
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
@@ -184,14 +183,30 @@ fn norm_columns<F: Float>(
 }
 
 /// `[rows, width]` when `x` is a matrix of f32 and `scale` (and `bias`)
-/// f32 of `width`.
-fn plan<R: CubeRuntime>(x: &CubeTensor<R>, scale: &CubeTensor<R>, bias: Option<&CubeTensor<R>>) -> Option<[usize; 2]> {
+/// f32 of `width`. Of metadata only, as burn's fusion streams plan too
+/// (`kernels/fused/`).
+pub(crate) fn plan<T: TensorMetadata>(x: &T, scale: &T, bias: Option<&T>) -> Option<[usize; 2]> {
     let s = x.shape();
     if s.num_dims() != 2 || s[0] == 0 || s[1] == 0 {
         return None;
     }
-    let fits = |t: &CubeTensor<R>| t.dtype == DType::F32 && t.shape().num_elements() == s[1];
-    (x.dtype == DType::F32 && fits(scale) && bias.is_none_or(fits)).then_some([s[0], s[1]])
+    let fits = |t: &T| t.dtype() == DType::F32 && t.shape().num_elements() == s[1];
+    (x.dtype() == DType::F32 && fits(scale) && bias.is_none_or(fits)).then_some([s[0], s[1]])
+}
+
+/// The plan of a norm's backward (see [`plan`]): `rstd` f32 of `rows`,
+/// `dy` (and `acc`) f32 `[rows, width]`.
+pub(crate) fn backward_plan<T: TensorMetadata>(
+    x: &T,
+    scale: &T,
+    rstd: &T,
+    dy: &T,
+    acc: Option<&T>,
+) -> Option<[usize; 2]> {
+    plan(x, scale, None).filter(|&[rows, width]| {
+        let matrix = |t: &T| t.dtype() == DType::F32 && t.shape().as_slice() == [rows, width];
+        rstd.dtype() == DType::F32 && rstd.shape().num_elements() == rows && matrix(dy) && acc.is_none_or(matrix)
+    })
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormOps for CubeBackend<R, F, I, BT> {
@@ -239,14 +254,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormOps fo
         centred: bool,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let planned = plan(&x, &scale, None).filter(|&[rows, width]| {
-            let matrix = |t: &CubeTensor<R>| t.dtype == DType::F32 && t.shape().as_slice() == [rows, width];
-            rstd.dtype == DType::F32
-                && rstd.shape().num_elements() == rows
-                && matrix(&dy)
-                && acc.as_ref().is_none_or(matrix)
-        });
-        let Some([rows, width]) = planned else {
+        let Some([rows, width]) = backward_plan(&x, &scale, &rstd, &dy, acc.as_ref()) else {
             let (dx, dscale, dbias) = reference::norm_backward::<Self>(x, scale, rstd, dy, centred);
             return (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias);
         };

@@ -15,6 +15,8 @@ mod autodiff;
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod cube;
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 pub mod reference;
 #[cfg(all(test, feature = "flex"))]
 mod tests;

@@ -20,6 +20,8 @@ mod backward;
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub(crate) mod cube;
+#[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
+mod fused;
 #[cfg(feature = "flex")]
 mod loops;
 #[cfg(feature = "flex")]

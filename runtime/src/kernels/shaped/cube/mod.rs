@@ -31,7 +31,7 @@
 //! CPU (`runtime/tests/device.rs`).
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -60,34 +60,35 @@ pub(crate) struct Plan {
     pub(crate) lengths: [usize; 4],
 }
 
-pub(crate) fn plan<R: CubeRuntime>(a: &Shaped<CubeTensor<R>>, add: Option<&MixAddend<CubeTensor<R>>>) -> Option<Plan> {
-    let mut p = shape_plan(&a.q, &a.k, &a.v, a.bq.as_ref())?;
-    let n = |t: &CubeTensor<R>| t.shape().num_elements();
+pub(crate) fn plan<T: TensorMetadata>(a: &Shaped<T>, add: Option<&MixAddend<T>>) -> Option<Plan> {
+    let mut p = shape_plan(&a.q, &a.k, (a.v.shape(), a.v.dtype()), a.bq.as_ref())?;
+    let n = |t: &T| t.shape().num_elements();
     let sa = add.map_or(1, |m| n(&m.beta_sa));
     p.lengths = [n(&a.gains[0]), n(&a.gains[1]), n(&a.gains[2]), sa];
-    let f32s = a.gains.iter().all(|t| t.dtype == DType::F32)
-        && add.is_none_or(|m| [&m.b, &m.beta_sa, &m.beta_ff].iter().all(|t| t.dtype == DType::F32));
+    let f32s = a.gains.iter().all(|t| t.dtype() == DType::F32)
+        && add.is_none_or(|m| [&m.b, &m.beta_sa, &m.beta_ff].iter().all(|t| t.dtype() == DType::F32));
     let grouped = p.lengths.iter().all(|&l| l == 1 || l == p.heads);
     (f32s && grouped).then_some(p)
 }
 
-/// The plan of `q`, `k` (`[batch, heads, tokens, d]`), `v` (`[batch,
-/// tokens, heads · d]`) and the query's bias, without gains: what a plain
-/// softmax attention runs.
-pub(crate) fn shape_plan<R: CubeRuntime>(
-    q: &CubeTensor<R>,
-    k: &CubeTensor<R>,
-    v: &CubeTensor<R>,
-    bq: Option<&CubeTensor<R>>,
+/// The plan of `q`, `k` (`[batch, heads, tokens, d]`), `v` (its shape
+/// and dtype: `[batch, tokens, heads · d]`) and the query's bias, without
+/// gains: what a plain softmax attention runs. Of metadata only, so that
+/// burn's fusion streams plan as the kernels will (`kernels/fused/`).
+pub(crate) fn shape_plan<T: TensorMetadata>(
+    q: &T,
+    k: &T,
+    (v, v_dtype): (Shape, DType),
+    bq: Option<&T>,
 ) -> Option<Plan> {
     let s = q.shape();
     if s.num_dims() != 4 {
         return None;
     }
     let [batch, heads, tokens, d] = [s[0], s[1], s[2], s[3]];
-    let f32s = [q, k, v].into_iter().chain(bq).all(|t| t.dtype == DType::F32);
+    let f32s = [q, k].into_iter().chain(bq).all(|t| t.dtype() == DType::F32) && v_dtype == DType::F32;
     let shapes = k.shape().as_slice() == [batch, heads, tokens, d]
-        && v.shape().as_slice() == [batch, tokens, heads * d]
+        && v.as_slice() == [batch, tokens, heads * d]
         && bq.is_none_or(|b| b.shape().num_elements() == heads * d);
     let fits = (1..=MAX_HEAD_DIM).contains(&d) && tokens > 0 && batch > 0;
     (f32s && shapes && fits).then_some(Plan { batch, heads, tokens, d, lengths: [1; 4] })

@@ -1,0 +1,40 @@
+//! The dense family under burn's fusion: f32 products in fp32 (`cube.rs`'s
+//! [`exact`], as a custom operation of the fusion streams: see
+//! `kernels/fused.rs`), since burn's fused product runs f32 on TF32 tensor
+//! cores. Products in bf16 or TF32 are burn's, which fusion joins to the
+//! element-wise work around them (bias, activation), as it does the
+//! activations and gated units of the reference maths.
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_fusion::Fusion;
+
+use super::cube::exact;
+use super::DenseOps;
+use crate::kernels::fused::{f32s, outputs, run, Operands};
+use crate::kernels::precision::{self, Precision};
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for Fusion<CubeBackend<R, F, I, BT>> {
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::tensor::ops::FloatTensorOps;
+        let (sa, sb) = (a.shape(), b.shape());
+        let fp32 = a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::current() != Precision::Tf32;
+        if !fp32 || sa.num_dims() != sb.num_dims() || sa.num_dims() < 2 {
+            return Self::float_matmul(a, b);
+        }
+        let rank = sa.num_dims();
+        let mut dims = sa.to_vec();
+        dims[rank - 1] = sb[rank - 1];
+        let [y] = outputs(run(
+            "blkc.matmul",
+            Operands::<CubeBackend<R, F, I, BT>>::new().floats([a, b]),
+            vec![f32s(Shape::from(dims))],
+            |mut x| {
+                let [a, b] = x.floats();
+                vec![exact(a, b)]
+            },
+        ));
+        y
+    }
+}

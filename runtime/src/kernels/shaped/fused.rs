@@ -1,0 +1,100 @@
+//! The shaped attention under burn's fusion: the kernels of `cube/` as
+//! custom operations of the fusion streams (see `kernels/fused.rs`), planned
+//! as `cube/` plans; what they do not take, the reference.
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_fusion::{Fusion, FusionBackend};
+
+use super::cube::plan;
+use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
+
+/// `a`'s tensors and `add`'s as operands.
+fn operands<B: FusionBackend>(
+    a: Shaped<FloatTensor<Fusion<B>>>,
+    add: Option<MixAddend<FloatTensor<Fusion<B>>>>,
+) -> Operands<B> {
+    let Shaped { q, k, v, gains, bq, .. } = a;
+    let (b, beta_sa, beta_ff) =
+        add.map(|m| (m.b, m.beta_sa, m.beta_ff)).map_or((None, None, None), |(b, s, f)| (Some(b), Some(s), Some(f)));
+    Operands::new().floats([q, k, v]).floats(gains).maybe(bq).maybe(b).maybe(beta_sa).maybe(beta_ff)
+}
+
+/// The shaped attention and its addend back from [`operands`].
+fn taken<B: burn::tensor::backend::Backend>(
+    x: &mut Taken<B>,
+    (scale, causal): (f64, bool),
+) -> (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>) {
+    let [q, k, v] = x.floats();
+    let gains = x.floats();
+    let bq = x.maybe();
+    let add = match (x.maybe(), x.maybe(), x.maybe()) {
+        (Some(b), Some(beta_sa), Some(beta_ff)) => Some(MixAddend { b, beta_sa, beta_ff }),
+        _ => None,
+    };
+    (Shaped { q, k, v, gains, scale, causal, bq }, add)
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps for Fusion<CubeBackend<R, F, I, BT>> {
+    fn shaped_attention_forward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
+        let mask = (a.scale, a.causal);
+        let shapes = vec![f32s([p.batch, p.tokens, p.heads * p.d]), f32s([p.batch, p.heads, p.tokens])];
+        let [y, lse] =
+            outputs(run("blkc.shaped_forward", operands::<CubeBackend<R, F, I, BT>>(a, add), shapes, move |mut x| {
+                let (a, add) = taken(&mut x, mask);
+                let (y, lse) = CubeBackend::<R, F, I, BT>::shaped_attention_forward(a, add);
+                vec![y, lse]
+            }));
+        (y, lse)
+    }
+
+    fn shaped_attention_backward(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        lse: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        let Some(p) = plan(&a, add.as_ref()) else {
+            return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
+        };
+        let mask = (a.scale, a.causal);
+        let (biased, added) = (a.bq.is_some(), add.is_some());
+        // What the kernels return: dq, dk, dv, the three gains', then the
+        // addend's three (db as dy, one per beta_sa and beta_ff entry) and
+        // the query bias's.
+        let mut shapes = vec![like(&a.q), like(&a.k), f32s([p.batch, p.tokens, p.heads * p.d])];
+        shapes.extend(p.lengths[..3].iter().map(|&n| f32s([n])));
+        if let Some(m) = &add {
+            shapes.extend([like(&dy), f32s([p.lengths[3]]), f32s([m.beta_ff.shape().num_elements()])]);
+        }
+        if biased {
+            shapes.push(f32s([p.heads * p.d]));
+        }
+        let ops = operands::<CubeBackend<R, F, I, BT>>(a, add).float(lse).float(dy).maybe(acc);
+        let mut out = run("blkc.shaped_backward", ops, shapes, move |mut x| {
+            let (a, add) = taken(&mut x, mask);
+            let [lse, dy] = x.floats();
+            let acc = x.maybe();
+            let g = CubeBackend::<R, F, I, BT>::shaped_attention_backward(a, add, lse, dy, acc);
+            let mut v = vec![g.dq, g.dk, g.dv];
+            v.extend(g.dgains);
+            v.extend(g.addend.into_iter().flatten());
+            v.extend(g.dbq);
+            v
+        })
+        .into_iter();
+        let mut next = || out.next().unwrap_or_else(|| unreachable!("one tensor per declared output"));
+        let [dq, dk, dv] = std::array::from_fn(|_| next());
+        let dgains = std::array::from_fn(|_| next());
+        let addend = added.then(|| std::array::from_fn(|_| next()));
+        let dbq = biased.then(next);
+        ShapedGrads { dq, dk, dv, dgains, addend, dbq }
+    }
+}
