@@ -151,7 +151,7 @@ fn loss_backward<F: Float, I: Int>(
 
 /// `[rows, vocab]` when the logits are an f32 matrix and the targets `rows`
 /// of the backend's int type `I`. Of metadata only, as burn's fusion
-/// streams plan too (`kernels/fused/`).
+/// streams plan too (`kernels/fused.rs` and the family's `fused.rs`).
 pub(crate) fn plan<T: TensorMetadata, I: Element>(logits: &T, targets: &T) -> Option<[usize; 2]> {
     let s = logits.shape();
     let fits = s.num_dims() == 2

@@ -184,7 +184,7 @@ fn norm_columns<F: Float>(
 
 /// `[rows, width]` when `x` is a matrix of f32 and `scale` (and `bias`)
 /// f32 of `width`. Of metadata only, as burn's fusion streams plan too
-/// (`kernels/fused/`).
+/// (`kernels/fused.rs` and the family's `fused.rs`).
 pub(crate) fn plan<T: TensorMetadata>(x: &T, scale: &T, bias: Option<&T>) -> Option<[usize; 2]> {
     let s = x.shape();
     if s.num_dims() != 2 || s[0] == 0 || s[1] == 0 {

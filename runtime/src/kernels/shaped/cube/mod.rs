@@ -74,7 +74,8 @@ pub(crate) fn plan<T: TensorMetadata>(a: &Shaped<T>, add: Option<&MixAddend<T>>)
 /// The plan of `q`, `k` (`[batch, heads, tokens, d]`), `v` (its shape
 /// and dtype: `[batch, tokens, heads · d]`) and the query's bias, without
 /// gains: what a plain softmax attention runs. Of metadata only, so that
-/// burn's fusion streams plan as the kernels will (`kernels/fused/`).
+/// burn's fusion streams plan as the kernels will (`kernels/fused.rs` and
+/// the family's `fused.rs`).
 pub(crate) fn shape_plan<T: TensorMetadata>(
     q: &T,
     k: &T,
