@@ -270,6 +270,73 @@ fn cuda_bench_counts_device_memory() {
     bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default());
 }
 
+/// A run on the device is reproducible and resumes exactly: the same
+/// command twice logs the same losses bit for bit, and a run stopped at a
+/// step and resumed logs the losses of the run that was not stopped (its
+/// checkpoint holds the weights, the moments, the data's place and the
+/// random state).
+fn resumes_exactly(device: &str) {
+    let dir = std::env::temp_dir().join(format!("blkc-{device}-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |name: &str, extra: &[&str]| -> Vec<String> {
+        let out = dir.join(name).to_string_lossy().to_string();
+        let mut args = vec!["train", "../examples/small/sas-p.blk", "--device", device, "--steps", "6"];
+        args.extend(["--data", "../compiler/src", "-q", "--out", &out]);
+        for s in ["depth=1", "width=64", "context=32", "batch=4", "eval_batches=1", "eval_every=3", "log_every=1"] {
+            args.extend(["--set", s]);
+        }
+        args.extend(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        logged(&dir.join(name))
+    };
+    let whole = run("whole", &[]);
+    assert_eq!(whole.len(), 6, "{whole:?}");
+    assert_eq!(run("again", &[]), whole, "the same run twice on {device}");
+    let first = run("parts", &["--stop-at", "4"]);
+    assert_eq!(first.len(), 4, "{first:?}");
+    let out = dir.join("parts").to_string_lossy().to_string();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .args(["train", "--resume", &out, "-q"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+    assert!(o.status.success(), "resume on {device}: {}", String::from_utf8_lossy(&o.stderr));
+    println!("{device}: losses {whole:?}");
+    assert_eq!(logged(&dir.join("parts")), whole, "a run resumed on {device} differs from the one not stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The training and validation losses a run logged, as their decimal text
+/// (serde_json writes the shortest text that reads back to the same f64:
+/// equal text is equal bits).
+fn logged(run: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            format!("{} {}", v["loss"], v["eval_loss"])
+        })
+        .collect()
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_resumes_exactly() {
+    resumes_exactly("wgpu");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_resumes_exactly() {
+    resumes_exactly("cuda");
+}
+
 #[path = "device/kernels.rs"]
 mod kernels;
 

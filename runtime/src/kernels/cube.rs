@@ -8,6 +8,7 @@
 //! outputs, and the sum over the units of a cube.
 
 use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::reduce::{sum_fallback, KernelReduceStrategy, SumStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -22,6 +23,18 @@ macro_rules! reference_families {
 }
 
 reference_families!(EmbedOps);
+
+/// The sum of every entry of `x`, as `[1]`, in an order the shape fixes.
+/// burn's `float_sum` adds its cubes' partial sums with atomics (its
+/// `OneShot` strategy), in an order that changes from run to run: the
+/// loss of a step and the gradient norm that clipping reads would differ
+/// in their last bits between two runs of one command, and a resumed run
+/// would not retrace the run it continues (`wgpu_resumes_exactly` in
+/// `runtime/tests/device.rs` saw a step's loss 1 ulp apart).
+pub(super) fn sum_all<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    sum_fallback(x, SumStrategy::Chained(KernelReduceStrategy::Unspecified))
+        .unwrap_or_else(|e| unreachable!("a reduction of every entry has a valid shape: {e:?}"))
+}
 
 /// The launch of `n` units, one per row or element.
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {

@@ -288,6 +288,32 @@ fn dense_products_are_exact<B: blkc_runtime::kernels::Kernels>(device: &B::Devic
     (fp32, tf32)
 }
 
+/// The unit matmuls that `exact` chooses among by timing give the same
+/// bits on every shape the dense products test: the choice (which may
+/// differ from one run, or machine, to the next) never changes a run's
+/// numbers, so a resumed run retraces the one it continues.
+fn unit_strategies_agree_to_the_bit<R: burn_cubecl::CubeRuntime>(device: &R::Device) {
+    type Cube<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
+    let draws = Draws::new(32);
+    let shapes: [(&[usize], &[usize]); 5] = [
+        (&[2, 3, 7, 8], &[2, 3, 8, 7]),
+        (&[37, 53], &[53, 29]),
+        (&[3, 17, 64], &[3, 64, 40]),
+        (&[128, 64], &[64, 192]),
+        (&[256, 512], &[512, 384]),
+    ];
+    for (case, (sa, sb)) in shapes.into_iter().enumerate() {
+        let (a, b) = (draws.normal::<Cube<R>>(device, sa), draws.normal::<Cube<R>>(device, sb));
+        let outs = blkc_runtime::kernels::dense::cube::exact_by_each(a, b);
+        assert!(outs.len() == 2, "case {case}: both strategies take the shape ({} did)", outs.len());
+        let bits = |t| values::<Cube<R>>(t).iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let [first, second] = [outs[0].clone(), outs[1].clone()].map(bits);
+        let differ = first.iter().zip(&second).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "case {case}: {differ} of {} entries differ between the strategies", first.len());
+    }
+    println!("unit matmul strategies agree to the bit on {} shapes", shapes.len());
+}
+
 /// The ReLU's backward (`kernels/dense/cube.rs`) against the reference: a
 /// gradient held nowhere else is written over, one that is held elsewhere
 /// (or read through a transposed view) is left as it was.
@@ -601,6 +627,7 @@ type WgpuKernels = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32
 #[test]
 fn wgpu_kernels_are_the_reference() {
     dense_products_are_exact::<WgpuKernels>(&Default::default());
+    unit_strategies_agree_to_the_bit::<burn::cubecl::wgpu::WgpuRuntime>(&Default::default());
     relu_grad_is_the_reference::<WgpuKernels>(&Default::default());
     gate_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     rope_kernel_is_the_reference::<WgpuKernels>(&Default::default());
@@ -619,6 +646,7 @@ fn wgpu_kernels_are_the_reference() {
 fn cuda_kernels_are_the_reference() {
     type CudaKernels = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
     let (fp32, tf32) = dense_products_are_exact::<CudaKernels>(&Default::default());
+    unit_strategies_agree_to_the_bit::<burn::cubecl::cuda::CudaRuntime>(&Default::default());
     relu_grad_is_the_reference::<CudaKernels>(&Default::default());
     gate_kernels_are_the_reference::<CudaKernels>(&Default::default());
     rope_kernel_is_the_reference::<CudaKernels>(&Default::default());

@@ -16,7 +16,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{groups, reference, AdamOps, AdamStep};
-use crate::kernels::cube::{cube_sum, empty_f32, row_cubes};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, sum_all};
 
 /// Most cubes one tensor is spread over (its units then stride further).
 const MAX_CUBES: usize = 1024;
@@ -284,6 +284,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
             );
             offset += total;
         }
-        Self::float_sum(partials)
+        sum_all(partials)
     }
 }

@@ -401,6 +401,23 @@ pub fn exact<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R
     out
 }
 
+/// `a · b` by each of [`strategies`] that takes the shape (what autotune
+/// chooses among in [`exact`]), for the test that they agree to the bit:
+/// which one autotune picks, by timing, must not change a run's numbers.
+#[doc(hidden)]
+pub fn exact_by_each<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> Vec<CubeTensor<R>> {
+    let (sa, sb) = (a.meta.shape().clone(), b.meta.shape().clone());
+    let mut dims = sa.to_vec();
+    dims[sa.num_dims() - 1] = sb[sb.num_dims() - 1];
+    strategies()
+        .iter()
+        .filter_map(|s| {
+            let out = empty_f32(&a, Shape::from(dims.clone()));
+            launch(s, a.clone(), b.clone(), out.clone()).ok().map(|_| out)
+        })
+        .collect()
+}
+
 /// A product's operands and output.
 type Operands<R> = (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>);
 

@@ -19,7 +19,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, LossOps};
-use crate::kernels::cube::{empty_f32, row_cubes, units};
+use crate::kernels::cube::{empty_f32, row_cubes, sum_all, units};
 
 /// The log-sum-exp of the row starting at `start`, returned to every unit
 /// of the cube.
@@ -228,6 +228,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         dx
     }
 
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let Some([rows, _]) = plan::<_, I>(&logits, &targets) else {
+            return reference::nll_mean::<Self>(logits, targets);
+        };
+        let nll = Self::cross_entropy(logits, targets).0;
+        Self::float_div_scalar(sum_all(nll), (rows as f64).into())
+    }
+
     fn nll_mean_with_grad(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -255,7 +263,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
             1.0 / rows as f32,
             block,
         );
-        let loss = Self::float_div_scalar(Self::float_sum(nll), (rows as f64).into());
+        let loss = Self::float_div_scalar(sum_all(nll), (rows as f64).into());
         (loss, x)
     }
 }

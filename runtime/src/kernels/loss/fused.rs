@@ -42,6 +42,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         dx
     }
 
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        if plan::<_, I>(&logits, &targets).is_none() {
+            return reference::nll_mean::<Self>(logits, targets);
+        }
+        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(logits).int(targets);
+        let [mean] = outputs(run("blkc.nll_mean", ops, vec![f32s([1])], |mut a| {
+            let logits = a.float();
+            vec![CubeBackend::<R, F, I, BT>::nll_mean(logits, a.int())]
+        }));
+        mean
+    }
+
     fn nll_mean_with_grad(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,

@@ -49,9 +49,7 @@ pub trait LossOps: Backend {
     /// `targets: [n]` (one graph node on autodiff, its gradient computed
     /// in the forward pass).
     fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        let nll = Self::cross_entropy(logits, targets).0;
-        let n = nll.shape().num_elements();
-        Self::float_div_scalar(Self::float_sum(nll), (n.max(1) as f64).into())
+        reference::nll_mean::<Self>(logits, targets)
     }
 
     /// The mean cross-entropy `[1]` and its gradient with respect to the

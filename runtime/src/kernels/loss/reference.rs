@@ -32,6 +32,12 @@ pub fn cross_entropy_backward<B: Backend>(
     primitive(d * tensor::<B, 1>(g).reshape([n, 1]))
 }
 
+pub fn nll_mean<B: LossOps>(logits: FloatTensor<B>, targets: IntTensor<B>) -> FloatTensor<B> {
+    let nll = B::cross_entropy(logits, targets).0;
+    let n = nll.shape().num_elements();
+    B::float_div_scalar(B::float_sum(nll), (n.max(1) as f64).into())
+}
+
 pub fn nll_mean_with_grad<B: LossOps>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
