@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorMetadata};
+use burn::tensor::{Int, Tensor};
 
 use super::tensor::{primitive, tensor};
 
