@@ -1,6 +1,7 @@
 //! The GPU path computes what the CPU computes. For every model of
 //! `examples/small/` (shrunk to depth 2, width 64, 32 tokens, a vocabulary of
-//! 512), with the CPU's weights moved through a safetensors export: the
+//! 512; SAS-P also bidirectional, with the masked-token objective), with
+//! the CPU's weights moved through a safetensors export: the
 //! logits, every parameter's gradient, and the losses of AdamW steps on the
 //! device equal the CPU's within the tolerances below.
 //!
@@ -62,6 +63,9 @@ const MODELS: &[&str] = &[
     "sas-p-swiglu",
     "llama",
     "gpt-j",
+    // Bidirectional: the masked-token objective, whose loss is a weighted
+    // sum of the tokens' losses (`kernels::total`).
+    "sas-p mask=bidirectional",
 ];
 const SHRUNK: &[&str] = &["depth=2", "width=64", "context=32", "vocab=512"];
 const LOGITS: f32 = 1e-4;
@@ -71,8 +75,11 @@ const LOSS: f64 = 1e-3;
 fn program(name: &str) -> blkc::Program {
     // Relative to the crate directory, where cargo (and gpu-check.sh) run
     // the test, so the binary also works from another checkout.
-    let path = std::path::Path::new("..").join(format!("examples/small/{name}.blk"));
-    let sets: Vec<String> = SHRUNK.iter().map(|s| s.to_string()).collect();
+    // A name is a file of examples/small/, then any settings.
+    let mut words = name.split_whitespace();
+    let file = words.next().unwrap_or(name);
+    let path = std::path::Path::new("..").join(format!("examples/small/{file}.blk"));
+    let sets: Vec<String> = SHRUNK.iter().copied().chain(words).map(str::to_string).collect();
     let c = blkc::compile_with(&path, &blkc::FsLoader, &sets).unwrap_or_else(|e| panic!("{e}"));
     c.program.unwrap_or_else(|| panic!("{name}: {:?}", c.diagnostics))
 }
@@ -193,10 +200,10 @@ fn compare<D: TrainKernels>(name: &str, device: &D::Device, steps: usize) -> Fou
 fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize) {
     let found: Vec<(&str, Found)> = MODELS.iter().map(|n| (*n, compare::<D>(n, device, steps))).collect();
     println!("{label} against the CPU (fp32; depth 2, width 64, 4 × 32 tokens):");
-    println!("{:<16} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
+    println!("{:<26} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
     for (name, f) in &found {
         let gap = f.losses.iter().map(|(c, d)| ((c - d) / c).abs()).fold(0.0f64, f64::max);
-        println!("{name:<16} {:>12.3e} {:>12.3e}  {:<44} {gap:>12.3e}", f.logits, f.worst.1, f.worst.0);
+        println!("{name:<26} {:>12.3e} {:>12.3e}  {:<44} {gap:>12.3e}", f.logits, f.worst.1, f.worst.0);
     }
     for (name, f) in &found {
         let gaps: Vec<String> = f.losses.iter().map(|(c, d)| format!("{:.1e}", ((c - d) / c).abs())).collect();

@@ -22,7 +22,7 @@
 //! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube/` | `shaped/tests.rs` |
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | `gains/cube.rs` | `gains/tests.rs` |
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | `norm/cube.rs` | `norm/tests.rs` |
-//! | `loss` | `nll_mean`, `nll` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
+//! | `loss` | `nll_mean`, `nll`, `total` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
 //! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | reference | `embed/tests.rs` |
 //! | `rope` | `rope` | `rope/reference.rs` | `rope/autodiff.rs` | `rope/cpu.rs` | `rope/cube.rs` | `rope/tests.rs` |
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | `adam/cube.rs` | `adam/tests.rs` |
@@ -60,7 +60,7 @@ pub use cpu::product_time;
 pub use dense::{linear, linear_transposed, matmul, relu_mlp, DenseOps, Projection, ReluMask};
 pub use embed::{embed, EmbedOps};
 pub use gains::{scale_groups, scaled_sum, GainOps};
-pub use loss::{nll, nll_mean, LossOps};
+pub use loss::{nll, nll_mean, total, LossOps};
 pub use memory::{DeviceBytes, DeviceMemory};
 pub use norm::{normalise, NormOps};
 pub use rope::{rope, RopeOps};

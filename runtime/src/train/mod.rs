@@ -233,7 +233,9 @@ pub fn share_of_loss<B: Kernels>(
                 mean.mul_scalar(share.rows as f64 / whole.rows.max(1) as f64)
             }
         }
-        Objective::Masked { .. } => (kernels::nll(logits, targets) * weights).sum().div_scalar(whole.counted.max(1.0)),
+        Objective::Masked { .. } => {
+            kernels::total(kernels::nll(logits, targets) * weights).div_scalar(whole.counted.max(1.0))
+        }
     }
 }
 

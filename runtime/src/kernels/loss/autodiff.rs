@@ -7,6 +7,7 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Shape, TensorMetadata};
 
 use super::LossOps;
 use crate::kernels::graph::record;
@@ -42,7 +43,29 @@ impl<B: Kernels> Backward<B, 1> for Nll {
     }
 }
 
+/// The sum of every entry: `dx = g` at every entry.
+#[derive(Debug)]
+struct Total;
+
+impl<B: Kernels> Backward<B, 1> for Total {
+    /// The shape of `x`.
+    type State = Shape;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let shape = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| {
+            let ones = Shape::from(vec![1; shape.num_dims()]);
+            B::float_expand(B::float_reshape(g, ones), shape)
+        });
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> LossOps for Autodiff<B, C> {
+    fn total(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.primitive.shape();
+        record!(Total, [x.node.clone()], shape, B::total(x.primitive))
+    }
+
     fn nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         let (nll, lse) = B::cross_entropy(logits.primitive.clone(), targets.clone());
         record!(Nll, [logits.node.clone()], (logits.primitive, lse, targets), nll)

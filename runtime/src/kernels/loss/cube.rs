@@ -228,6 +228,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         dx
     }
 
+    fn total(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.shape().num_elements() == 0 {
+            return Self::float_sum(x);
+        }
+        sum_all(x)
+    }
+
     fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         let Some([rows, _]) = plan::<_, I>(&logits, &targets) else {
             return reference::nll_mean::<Self>(logits, targets);

@@ -3,6 +3,7 @@
 //! `cube.rs` plans; what they do not take, the reference.
 
 use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Shape, TensorMetadata};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
@@ -40,6 +41,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
             vec![CubeBackend::<R, F, I, BT>::cross_entropy_backward(logits, lse, targets, a.float())]
         }));
         dx
+    }
+
+    fn total(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.shape().num_elements() == 0 {
+            return <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_sum(x);
+        }
+        let shapes = vec![(Shape::from([1]), x.dtype())];
+        let [sum] =
+            outputs(run("blkc.total", Operands::<CubeBackend<R, F, I, BT>>::new().float(x), shapes, |mut a| {
+                vec![CubeBackend::<R, F, I, BT>::total(a.float())]
+            }));
+        sum
     }
 
     fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {

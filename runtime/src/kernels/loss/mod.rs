@@ -62,6 +62,13 @@ pub trait LossOps: Backend {
         reference::nll_mean_with_grad::<Self>(logits, targets)
     }
 
+    /// The sum of every entry of `x`, `[1]`, in an order its shape fixes (a
+    /// masked model's loss: the tokens' losses, weighted); burn's own sum
+    /// on a GPU adds partial sums with atomics, in any order.
+    fn total(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_sum(x)
+    }
+
     /// `x` times the one-element `g` (a gradient scaled by its upstream
     /// gradient); where the backend can, in place, and nothing when `g` is 1.
     fn times_scalar(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -72,6 +79,11 @@ pub trait LossOps: Backend {
 /// The mean cross-entropy (see [`LossOps::nll_mean`]): `[1]`.
 pub fn nll_mean<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     tensor(B::nll_mean(primitive(logits), targets.into_primitive()))
+}
+
+/// The sum of every entry (see [`LossOps::total`]): `[1]`.
+pub fn total<B: LossOps>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    tensor(B::total(primitive(x)))
 }
 
 /// Cross-entropy per row (see [`LossOps::cross_entropy`]): `[n]`.

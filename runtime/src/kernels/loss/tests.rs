@@ -40,6 +40,20 @@ fn nll_mean_is_the_mean_cross_entropy() {
     }
 }
 
+/// `total` is the sum, value and gradient (a masked model's loss: the
+/// tokens' losses times their weights): `d total(x ⊙ w) / dx = g · w`.
+#[test]
+fn total_is_the_sum() {
+    let x = random::<1>([37]).detach().require_grad();
+    let w = random::<1>([37]).detach();
+    let ours = total(x.clone() * w.clone());
+    let sum = (x.clone().inner() * w.clone().inner()).sum();
+    ours.clone().inner().to_data().assert_approx_eq::<f32>(&sum.to_data(), Tolerance::absolute(1e-4));
+    let grads = (ours * 3.0).backward();
+    let dx = x.grad(&grads).expect("x has a gradient");
+    dx.to_data().assert_approx_eq::<f32>(&(w.inner() * 3.0).to_data(), Tolerance::absolute(1e-5));
+}
+
 /// The CPU's cross-entropy per row and its gradient against the
 /// reference.
 #[test]
