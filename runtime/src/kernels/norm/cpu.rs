@@ -2,7 +2,6 @@
 //! the output in one pass; backward with the scale and shift gradients.
 
 use burn::backend::Flex;
-use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -66,8 +65,7 @@ impl NormOps for Flex {
         let f32s = [&x, &scale, &rstd, &dy].iter().all(|t| t.dtype() == DType::F32);
         let acc_fits = acc.as_ref().is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape() == x.layout().shape());
         if !f32s || !acc_fits || x.layout().num_dims() != 2 {
-            let (dx, dscale, dbias) = reference::norm_backward::<Flex>(x, scale, rstd, dy, centred);
-            return (acc.map_or(dx.clone(), |a| Flex::float_add(dx, a)), dscale, dbias);
+            return reference::norm_backward_adding::<Flex>(x, scale, rstd, dy, centred, acc);
         }
         let acc = acc.map(|a| a.to_contiguous());
         let acc: Option<&[f32]> = acc.as_ref().map(|a| &a.storage()[..a.layout().num_elements()]);

@@ -255,8 +255,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormOps fo
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let Some([rows, width]) = backward_plan(&x, &scale, &rstd, &dy, acc.as_ref()) else {
-            let (dx, dscale, dbias) = reference::norm_backward::<Self>(x, scale, rstd, dy, centred);
-            return (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias);
+            return reference::norm_backward_adding::<Self>(x, scale, rstd, dy, centred, acc);
         };
         let [x, scale, rstd, dy] = [x, scale, rstd, dy].map(into_contiguous);
         let accumulate = acc.is_some();

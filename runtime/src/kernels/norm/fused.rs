@@ -2,7 +2,7 @@
 //! operations of the fusion streams (see `kernels/fused.rs`), planned as
 //! `cube.rs` plans; what they do not take, the reference.
 
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
@@ -39,8 +39,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormOps fo
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let Some([rows, width]) = backward_plan(&x, &scale, &rstd, &dy, acc.as_ref()) else {
-            let (dx, dscale, dbias) = reference::norm_backward::<Self>(x, scale, rstd, dy, centred);
-            return (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias);
+            return reference::norm_backward_adding::<Self>(x, scale, rstd, dy, centred, acc);
         };
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([x, scale, rstd, dy]).maybe(acc);
         let shapes = vec![f32s([rows, width]), f32s([width]), f32s([width])];

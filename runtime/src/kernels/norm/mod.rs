@@ -48,8 +48,7 @@ pub trait NormOps: Backend {
         centred: bool,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dscale, dbias) = reference::norm_backward::<Self>(x, scale, rstd, dy, centred);
-        (acc.map_or(dx.clone(), |a| Self::float_add(dx, a)), dscale, dbias)
+        reference::norm_backward_adding::<Self>(x, scale, rstd, dy, centred, acc)
     }
 
     /// `y` of [`NormOps::norm`] over the last dimension of `x: [..., width]`

@@ -32,6 +32,20 @@ pub fn norm<B: Backend>(
     (primitive(y), primitive(rstd.reshape([n])))
 }
 
+/// [`norm_backward`] with `dx` added to `acc` when given (the trait's
+/// signature: what a kernel without a plan for its operands falls back to).
+pub fn norm_backward_adding<B: Backend>(
+    x: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    centred: bool,
+    acc: Option<FloatTensor<B>>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (dx, dscale, dbias) = norm_backward::<B>(x, scale, rstd, dy, centred);
+    (acc.map_or(dx.clone(), |a| B::float_add(dx, a)), dscale, dbias)
+}
+
 pub fn norm_backward<B: Backend>(
     x: FloatTensor<B>,
     scale: FloatTensor<B>,
