@@ -28,6 +28,8 @@
 #                  fp32 with TF32 on at batch 32;
 #                  torch.compile bf16, then fp32, at batch 32
 #   curve-*.jsonl  100 steps of the quick SAS-P on CUDA in fp32 and in bf16
+#   device-resume.txt  a short run on CUDA twice, and stopped and resumed:
+#                  the same losses bit for bit (cuda_resumes_exactly)
 #   device-fused.txt  the device checks again, built with burn's fusion
 #   parallel-*.jsonl  where the machine has two GPUs or more: 30 steps of
 #                  the quick SAS-P (batch 32) on one GPU and in data parallel
@@ -97,7 +99,8 @@ case "${1:-}" in
       say "  exit $?"
     }
     say "device checks"
-    (cd runtime && timeout 150 ../target-gpu/device-test --ignored --nocapture --test-threads 1) > "$out/device.txt" 2>&1
+    (cd runtime && timeout 150 ../target-gpu/device-test --ignored --nocapture --test-threads 1 --skip resumes) \
+      > "$out/device.txt" 2>&1
     say "  exit $?"
     for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-tuned $p 32; bench blkc-fused $p 32; done
     profile sas-p bf16 32
@@ -114,11 +117,17 @@ case "${1:-}" in
         cp "/tmp/curve-$p/metrics.jsonl" "$out/curve-$p.jsonl" 2>/dev/null
       done
     fi
+    if due "resume check"; then
+      say "a run twice, and stopped and resumed: the same losses bit for bit"
+      (cd runtime && timeout 120 ../target-gpu/device-test --ignored --nocapture --exact cuda_resumes_exactly) \
+        > "$out/device-resume.txt" 2>&1
+      say "  exit $?"
+    fi
     torch fp32 32 --only-compile
     for p in bf16 fp32; do bench blkc-fused $p 128; done
     if due "device checks, fused"; then
       say "device checks with burn's fusion (blkc's kernels as its custom operations)"
-      (cd runtime && timeout 150 ../target-gpu/device-test-fused --ignored --nocapture --test-threads 1) \
+      (cd runtime && timeout 150 ../target-gpu/device-test-fused --ignored --nocapture --test-threads 1 --skip resumes) \
         > "$out/device-fused.txt" 2>&1
       say "  exit $?"
     fi
