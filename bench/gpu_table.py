@@ -6,7 +6,8 @@ as ratios.
 
 Reads what `bench/gpu-check.sh run` wrote to OUT_DIR: `blkc*-{fp32,tf32,bf16}-b{N}.json`
 (`blkc bench --format json`), `torch-{fp32,tf32,bf16}-b{N}[-compile].jsonl`
-(bench/torch_ref.py), `device.txt` (the device test's output) and
+(bench/torch_ref.py), `device.txt`, `device-resume.txt` and `device-fused.txt` (the
+device test's outputs) and
 `curve-{fp32,bf16}.jsonl` (metrics of two training runs). A missing file
 leaves its cells empty.
 """
@@ -114,11 +115,13 @@ def main():
                   f"| {ratio(tps(row, 'sas-p'), tps(compiled, 'preln'))} |")
     for (binary, p, b), row in sorted(ours.items()):
         print(f"| SAS-P / Pre-LN ≥ 1.15 | {b} | {p} | {binary} | itself | {ratio(tps(row, 'sas-p'), tps(row, 'preln'))} |")
-    device = out / "device.txt"
-    if device.exists():
-        text = device.read_text()
-        results = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
-        print(f"\nDevice checks (runtime/tests/device.rs): {results or 'no result (see device.txt)'}")
+    for name, what in (("device.txt", "Device checks"), ("device-resume.txt", "Resume check"),
+                       ("device-fused.txt", "Device checks with fusion")):
+        device = out / name
+        if device.exists():
+            text = device.read_text()
+            results = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
+            print(f"\n{what} (runtime/tests/device.rs): {results or f'no result (see {name})'}")
     curves = {}
     for p in ("fp32", "bf16"):
         f = out / f"curve-{p}.jsonl"
