@@ -54,6 +54,27 @@ fn total_is_the_sum() {
     dx.to_data().assert_approx_eq::<f32>(&(w.inner() * 3.0).to_data(), Tolerance::absolute(1e-5));
 }
 
+/// A masked model's loss through `total` has burn's gradient: the weighted
+/// cross-entropy summed, on two leaves of the same values (two graphs).
+#[test]
+fn a_weighted_total_has_burns_gradient() {
+    let device = Default::default();
+    let values = (random::<2>([6, 11]) * 5.0).inner();
+    let targets = Tensor::<Ad, 1, Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+    let w = Tensor::<Ad, 1>::from_floats([1.0, 0.0, 2.0, 0.5, 0.0, 1.0], &device);
+    let (a, b) = (
+        Tensor::<Ad, 2>::from_inner(values.clone()).require_grad(),
+        Tensor::<Ad, 2>::from_inner(values).require_grad(),
+    );
+    let ours = total(nll(a.clone(), targets.clone()) * w.clone());
+    let logp = burn::tensor::activation::log_softmax(b.clone(), 1);
+    let theirs = (logp.gather(1, targets.reshape([6, 1])).reshape([6]).neg() * w).sum();
+    ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+    let (ga, gb) = ((ours * 2.0).backward(), (theirs * 2.0).backward());
+    let (da, db) = (a.grad(&ga).expect("a's gradient"), b.grad(&gb).expect("b's gradient"));
+    da.to_data().assert_approx_eq::<f32>(&db.to_data(), Tolerance::absolute(1e-4));
+}
+
 /// The CPU's cross-entropy per row and its gradient against the
 /// reference.
 #[test]
