@@ -254,11 +254,12 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     if devices > 1 && job.settings.device != "cpu" && cfg!(feature = "fusion") {
         // Measured on wgpu (runtime/tests/device.rs): two copies' losses
         // part from one copy's at the second step (8.35 against 8.34,
-        // up to 53 from run to run), with or without blkc's kernels.
+        // up to 53 from run to run), with or without blkc's kernels, and
+        // with the sums on the host (bench/NOTES.md).
         eprintln!(
             "error: cannot train on {devices} devices with this blkc: it was built with burn's operation fusion \
-             (feature `fusion`), whose streams sum the copies' gradients wrongly in burn 0.21; train on one \
-             device, or rebuild without `--features fusion`"
+             (feature `fusion`), under which copies training at once compute wrongly in burn 0.21; train on \
+             one device, or rebuild without `--features fusion`"
         );
         return Err(NO_DEVICE);
     }
