@@ -277,6 +277,16 @@ fn cuda_bench_counts_device_memory() {
     bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default());
 }
 
+/// `blkc args`, run from the crate's directory (the paths of the tests
+/// are relative to it).
+fn blkc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("blkc runs: {e}"))
+}
+
 /// A run on the device is reproducible and resumes exactly: the same
 /// command twice logs the same losses bit for bit, and a run stopped at a
 /// step and resumed logs the losses of the run that was not stopped (its
@@ -293,11 +303,7 @@ fn resumes_exactly(device: &str) {
             args.extend(["--set", s]);
         }
         args.extend(extra);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let o = blkc(&args);
         assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         logged(&dir.join(name))
     };
@@ -307,11 +313,7 @@ fn resumes_exactly(device: &str) {
     let first = run("parts", &["--stop-at", "4"]);
     assert_eq!(first.len(), 4, "{first:?}");
     let out = dir.join("parts").to_string_lossy().to_string();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-        .args(["train", "--resume", &out, "-q"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+    let o = blkc(&["train", "--resume", &out, "-q"]);
     assert!(o.status.success(), "resume on {device}: {}", String::from_utf8_lossy(&o.stderr));
     println!("{device}: losses {whole:?}");
     assert_eq!(logged(&dir.join("parts")), whole, "a run resumed on {device} differs from the one not stopped");
@@ -357,12 +359,8 @@ fn wgpu_trains_from_the_command_line() {
     let _ = std::fs::remove_dir_all(&dir);
     let run = dir.join("run");
     let run = run.to_string_lossy().to_string();
-    let blkc = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+    let ok = |args: &[&str]| {
+        let o = blkc(args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "blkc {args:?}: {err}");
         String::from_utf8_lossy(&o.stdout).to_string()
@@ -373,9 +371,9 @@ fn wgpu_trains_from_the_command_line() {
     for s in &sets {
         train.extend(["--set", s]);
     }
-    blkc(&train);
+    ok(&train);
     let loss = |device: &str| {
-        let out = blkc(&["eval", &run, "--device", device, "--json"]);
+        let out = ok(&["eval", &run, "--device", device, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v["eval_loss"].as_f64().unwrap_or(f64::NAN)
     };
@@ -397,11 +395,7 @@ fn wgpu_trains_in_data_parallel() {
     let _ = std::fs::remove_dir_all(&dir);
     if cfg!(feature = "fusion") {
         let run = dir.join("refused").to_string_lossy().to_string();
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .args(["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--devices", "2", "--out", &run])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let o = blkc(&["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--devices", "2", "--out", &run]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(3), "{err}");
         assert!(err.contains("operation fusion") && !std::path::Path::new(&run).exists(), "{err}");
@@ -414,11 +408,7 @@ fn wgpu_trains_in_data_parallel() {
         for s in ["depth=1", "width=64", "context=32", "batch=4", "eval_batches=2", "log_every=1"] {
             args.extend(["--set", s]);
         }
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let o = blkc(&args);
         assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         let text = std::fs::read_to_string(std::path::Path::new(&run).join("metrics.jsonl")).unwrap_or_default();
         text.lines()
@@ -445,13 +435,9 @@ fn wgpu_trains_in_data_parallel() {
 fn wgpu_profile_names_blkcs_kernels() {
     for (file, depth) in [("../examples/small/sas-p.blk", 2), ("../examples/small/preln.blk", 1)] {
         let set_depth = format!("depth={depth}");
-        let args = ["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
-            .args(args)
-            .args(["--steps", "2", "--warmup", "1", "--set", &set_depth, "--set", "width=64"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap_or_else(|e| panic!("blkc runs: {e}"));
+        let mut args = vec!["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
+        args.extend(["--steps", "2", "--warmup", "1", "--set", &set_depth, "--set", "width=64"]);
+        let o = blkc(&args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "{file}: {err}");
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();

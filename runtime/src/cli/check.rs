@@ -95,12 +95,11 @@ pub fn run(args: &Args) -> u8 {
     let mut status = OK;
     let mut total = Tally::default();
     let files = super::blk_arguments(&args.files);
-    let stdin = Path::new("-");
-    if args.files.iter().filter(|p| *p == stdin).count() > 1 {
+    if args.files.iter().filter(|p| super::is_stdin(p)).count() > 1 {
         eprintln!("error: `-` (standard input) is given more than once; it can be read once");
         return BROKEN;
     }
-    if args.fix && args.files.iter().any(|p| p == stdin) {
+    if args.fix && args.files.iter().any(|p| super::is_stdin(p)) {
         eprintln!("error: --fix writes the fixed file back; it cannot fix standard input (give the file)");
         return BROKEN;
     }
@@ -158,7 +157,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
         Vec::new()
     };
     let Some(c) = compile(path, &args.set, args.format) else { return broken };
-    let path = if path == Path::new("-") { Path::new(super::STDIN) } else { path };
+    let path = super::shown(path);
     let expected = match blkc::expect::expectations(&c.sources.get(FileId(0)).text) {
         // Without the analysis, its codes cannot be reported, nor expected.
         Ok(e) if args.syntax_only => e.into_iter().filter(|(c, _)| !c.as_str()[1..].starts_with('3')).collect(),

@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> u8 {
 }
 
 fn one(path: &Path, check: bool) -> u8 {
-    let stdin = path == Path::new("-");
+    let stdin = super::is_stdin(path);
     // Formatting in place reads the file, then replaces it: a named pipe or
     // a device would lose what was read and become a file. Refused before
     // anything is read.
@@ -55,7 +55,7 @@ fn one(path: &Path, check: bool) -> u8 {
             return BROKEN;
         }
     };
-    let path = if stdin { Path::new(super::STDIN) } else { path };
+    let path = super::shown(path);
     let (sources, parsed) = blkc::load::load_text(&path.display().to_string(), &text);
     let file = match parsed {
         Ok(f) => f,

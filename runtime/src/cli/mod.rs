@@ -190,6 +190,20 @@ fn on_wgpu(_: &impl Generic) -> Result<(), String> {
 /// The name standard input has in diagnostics (`-` on the command line).
 pub const STDIN: &str = "<stdin>";
 
+/// Whether `path` is `-`, standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path == Path::new("-")
+}
+
+/// `path` as diagnostics name it: [`STDIN`] for `-`.
+pub fn shown(path: &Path) -> &Path {
+    if is_stdin(path) {
+        Path::new(STDIN)
+    } else {
+        path
+    }
+}
+
 /// Standard input as the root file (its `use`s read from disk, relative to
 /// the working directory).
 #[derive(Debug)]
@@ -220,7 +234,7 @@ pub fn read_stdin() -> Result<String, String> {
 /// the `--set` pairs `sets` (model settings and params). On an unreadable
 /// root file, prints why and returns `None`.
 pub fn compile(path: &Path, sets: &[String], format: DiagFormat) -> Option<Compilation> {
-    let compiled = if path == Path::new("-") {
+    let compiled = if is_stdin(path) {
         read_stdin().and_then(|text| blkc::compile_with(Path::new(STDIN), &Stdin(text), sets))
     } else {
         blkc::compile_with(path, &FsLoader, sets)

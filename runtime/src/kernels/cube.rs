@@ -30,10 +30,14 @@ reference_families!(EmbedOps);
 /// loss of a step and the gradient norm that clipping reads would differ
 /// in their last bits between two runs of one command, and a resumed run
 /// would not retrace the run it continues (`wgpu_resumes_exactly` in
-/// `runtime/tests/device.rs` saw a step's loss 1 ulp apart).
+/// `runtime/tests/device.rs` saw a step's loss 1 ulp apart). An empty `x`
+/// (nothing to order) is burn's sum, 0.
 pub(super) fn sum_all<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
-    sum_fallback(x, SumStrategy::Chained(KernelReduceStrategy::Unspecified))
-        .unwrap_or_else(|e| unreachable!("a reduction of every entry has a valid shape: {e:?}"))
+    let strategy = match x.meta.shape().num_elements() {
+        0 => SumStrategy::default(),
+        _ => SumStrategy::Chained(KernelReduceStrategy::Unspecified),
+    };
+    sum_fallback(x, strategy).unwrap_or_else(|e| unreachable!("a reduction of every entry has a valid shape: {e:?}"))
 }
 
 /// The launch of `n` units, one per row or element.

@@ -60,13 +60,12 @@ impl<B: FusionBackend> Operands<B> {
         ts.into_iter().fold(self, Self::float)
     }
 
-    pub(super) fn maybe(self, t: Option<FloatTensor<Fusion<B>>>) -> Self {
+    pub(super) fn maybe(mut self, t: Option<FloatTensor<Fusion<B>>>) -> Self {
         match t {
             Some(t) => self.float(t),
             None => {
-                let mut s = self;
-                s.slots.push(Slot::Absent);
-                s
+                self.slots.push(Slot::Absent);
+                self
             }
         }
     }

@@ -187,6 +187,12 @@ fn group_size<R: CubeRuntime>(client: &ComputeClient<R>, per: usize) -> usize {
     (bindings.saturating_sub(2) / per).min(GROUP)
 }
 
+/// Whether the squares kernel sums `xs`: f32 tensors, at least one, none
+/// empty (of metadata only, so that fusion plans as this file does).
+pub(crate) fn squares_plan<T: TensorMetadata>(xs: &[T]) -> bool {
+    !xs.is_empty() && xs.iter().all(|x| x.dtype() == DType::F32 && x.shape().num_elements() > 0)
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps for CubeBackend<R, F, I, BT> {
     fn adam(
         p: FloatTensor<Self>,
@@ -255,10 +261,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
     }
 
     fn squared_norm(xs: Vec<FloatTensor<Self>>, device: &Self::Device) -> FloatTensor<Self> {
-        let sizes: Vec<usize> = xs.iter().map(|x| x.shape().num_elements()).collect();
-        if xs.is_empty() || xs.iter().any(|x| x.dtype != DType::F32) || sizes.contains(&0) {
+        if !squares_plan(&xs) {
             return reference::squared_norm::<Self>(xs, device);
         }
+        let sizes: Vec<usize> = xs.iter().map(|x| x.shape().num_elements()).collect();
         let client = xs[0].client.clone();
         let (_, dim, block) = row_cubes(&client, 1, sizes.iter().copied().max().unwrap_or(1));
         let cubes: Vec<usize> = sizes.iter().map(|&n| spread(n, block)).collect();

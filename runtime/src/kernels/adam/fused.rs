@@ -4,10 +4,10 @@
 //! whichever way `cube.rs` goes.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
+use super::cube::squares_plan;
 use super::{reference, AdamOps, AdamStep};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands};
 
@@ -39,8 +39,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AdamOps fo
     }
 
     fn squared_norm(xs: Vec<FloatTensor<Self>>, device: &Self::Device) -> FloatTensor<Self> {
-        // As `cube.rs`: f32 tensors, none empty, else the reference.
-        if xs.is_empty() || xs.iter().any(|x| x.dtype() != DType::F32 || x.shape().num_elements() == 0) {
+        if !squares_plan(&xs) {
             return reference::squared_norm::<Self>(xs, device);
         }
         let device = device.clone();

@@ -46,7 +46,7 @@ use crate::kernels::precision::{self, Precision};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for CubeBackend<R, F, I, BT> {
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        if a.dtype == DType::F32 && b.dtype == DType::F32 && precision::current() != Precision::Tf32 {
+        if fp32_product(&a, &b) {
             return exact(a, b);
         }
         Self::float_matmul(a, b)
@@ -165,6 +165,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps f
         }
         (dg, dh)
     }
+}
+
+/// Whether `a · b` runs in fp32 ([`exact`]): both f32, and the precision
+/// asked for is not TF32 (of metadata only, so that fusion decides as
+/// this file does).
+pub(crate) fn fp32_product<T: TensorMetadata>(a: &T, b: &T) -> bool {
+    a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::current() != Precision::Tf32
+}
+
+/// The shape of `a · b` for `a: [..., m, k]` and `b: [..., k, n]`:
+/// `[..., m, n]`, the leading dimensions `a`'s.
+pub(crate) fn product_shape(a: &Shape, b: &Shape) -> Shape {
+    let mut dims = a.to_vec();
+    dims[a.num_dims() - 1] = b[b.num_dims() - 1];
+    Shape::from(dims)
 }
 
 /// Whether every tensor is f32 (the kernels' dtype).
@@ -376,10 +391,7 @@ fn strategies() -> [Strategy; 2] {
 /// [`strategies`] for this shape and layout, tuned once per device.
 pub fn exact<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R> {
     let (sa, sb) = (a.meta.shape().clone(), b.meta.shape().clone());
-    let rank = sa.num_dims();
-    let mut dims = sa.to_vec();
-    dims[rank - 1] = sb[rank - 1];
-    let out = empty_f32(&a, Shape::from(dims));
+    let out = empty_f32(&a, product_shape(&sa, &sb));
     if sa.num_elements() == 0 || sb.num_elements() == 0 {
         // An empty side: a sum of no terms (or no output at all).
         return zeros(out);
@@ -406,13 +418,11 @@ pub fn exact<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R
 /// which one autotune picks, by timing, must not change a run's numbers.
 #[doc(hidden)]
 pub fn exact_by_each<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> Vec<CubeTensor<R>> {
-    let (sa, sb) = (a.meta.shape().clone(), b.meta.shape().clone());
-    let mut dims = sa.to_vec();
-    dims[sa.num_dims() - 1] = sb[sb.num_dims() - 1];
+    let shape = product_shape(a.meta.shape(), b.meta.shape());
     strategies()
         .iter()
         .filter_map(|s| {
-            let out = empty_f32(&a, Shape::from(dims.clone()));
+            let out = empty_f32(&a, shape.clone());
             launch(s, a.clone(), b.clone(), out.clone()).ok().map(|_| out)
         })
         .collect()

@@ -6,30 +6,25 @@
 //! activations and gated units of the reference maths.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape, TensorMetadata};
+use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
-use super::cube::exact;
+use super::cube::{exact, fp32_product, product_shape};
 use super::DenseOps;
 use crate::kernels::fused::{f32s, outputs, run, Operands};
-use crate::kernels::precision::{self, Precision};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for Fusion<CubeBackend<R, F, I, BT>> {
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::tensor::ops::FloatTensorOps;
         let (sa, sb) = (a.shape(), b.shape());
-        let fp32 = a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::current() != Precision::Tf32;
-        if !fp32 || sa.num_dims() != sb.num_dims() || sa.num_dims() < 2 {
+        if !fp32_product(&a, &b) || sa.num_dims() != sb.num_dims() || sa.num_dims() < 2 {
             return Self::float_matmul(a, b);
         }
-        let rank = sa.num_dims();
-        let mut dims = sa.to_vec();
-        dims[rank - 1] = sb[rank - 1];
         let [y] = outputs(run(
             "blkc.matmul",
             Operands::<CubeBackend<R, F, I, BT>>::new().floats([a, b]),
-            vec![f32s(Shape::from(dims))],
+            vec![f32s(product_shape(&sa, &sb))],
             |mut x| {
                 let [a, b] = x.floats();
                 vec![exact(a, b)]

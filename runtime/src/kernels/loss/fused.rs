@@ -44,9 +44,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
     }
 
     fn total(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.shape().num_elements() == 0 {
-            return <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_sum(x);
-        }
         let shapes = vec![(Shape::from([1]), x.dtype())];
         let [sum] =
             outputs(run("blkc.total", Operands::<CubeBackend<R, F, I, BT>>::new().float(x), shapes, |mut a| {

@@ -17,9 +17,11 @@ fn operands<B: FusionBackend>(
     add: Option<MixAddend<FloatTensor<Fusion<B>>>>,
 ) -> Operands<B> {
     let Shaped { q, k, v, gains, bq, .. } = a;
-    let (b, beta_sa, beta_ff) =
-        add.map(|m| (m.b, m.beta_sa, m.beta_ff)).map_or((None, None, None), |(b, s, f)| (Some(b), Some(s), Some(f)));
-    Operands::new().floats([q, k, v]).floats(gains).maybe(bq).maybe(b).maybe(beta_sa).maybe(beta_ff)
+    let ops = Operands::new().floats([q, k, v]).floats(gains).maybe(bq);
+    match add {
+        Some(m) => ops.floats([m.b, m.beta_sa, m.beta_ff]),
+        None => ops.maybe(None).maybe(None).maybe(None),
+    }
 }
 
 /// The shaped attention and its addend back from [`operands`].
