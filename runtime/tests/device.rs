@@ -429,7 +429,8 @@ fn wgpu_trains_in_data_parallel() {
 
 /// `blkc bench --profile` on wgpu: a training step's time by GPU kernel,
 /// in which blkc's own kernels are seen running (the attention, the
-/// norms, the loss and AdamW), each launched as often as the model says.
+/// norms, the loss, the embedding's gradient and AdamW), each launched as
+/// often as the model says.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_profile_names_blkcs_kernels() {
@@ -457,6 +458,9 @@ fn wgpu_profile_names_blkcs_kernels() {
             assert_eq!(launches(kernel), d, "{file}: {kernel}");
         }
         assert_eq!(launches("LossWithGrad | f32"), 1.0, "{file}");
+        // The embedding's gradient summed by token once per step.
+        let embed = rows.iter().find(|r| r["kernel"].as_str().is_some_and(|k| k.starts_with("SumByToken |")));
+        assert_eq!(embed.and_then(|r| r["launches_per_step"].as_f64()), Some(1.0), "{file}: SumByToken in {rows:?}");
         assert!(launches("NormForward | f32") >= d && launches("NormRows | f32") >= d, "{file}");
         // AdamW and the clipping norm, several parameters per launch (as
         // many as the device binds buffers for).

@@ -1,28 +1,17 @@
 //! burn's CubeCL backends without operation fusion (`CubeBackend`, which
 //! `burn::backend::Cuda` and `Wgpu` are when the `fusion` feature is off):
-//! every family, by its CubeCL kernels where it has them (`shaped`,
-//! `attention`, `gains`, `norm`, `loss`, `adam`, `rope`: their `cube.rs`;
-//! `dense` by cubek's products in the precision asked for and its own
-//! kernels for activations and gated units), by its reference maths
-//! otherwise (`embed`); and what those kernels share: launch sizes, fresh
-//! outputs, and the sum over the units of a cube.
+//! every family by its CubeCL kernels (`shaped`, `attention`, `gains`,
+//! `norm`, `loss`, `adam`, `rope`, `embed`: their `cube.rs`; `dense` by
+//! cubek's products in the precision asked for and its own kernels for
+//! activations and gated units); and what those kernels share: launch
+//! sizes, fresh outputs, and the sum over the units of a cube.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::reduce::{sum_fallback, KernelReduceStrategy, SumStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
-
-use super::EmbedOps;
-
-macro_rules! reference_families {
-    ($($family:ident),*) => {
-        $(impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> $family for CubeBackend<R, F, I, BT> {})*
-    };
-}
-
-reference_families!(EmbedOps);
 
 /// The sum of every entry of `x`, as `[1]`, in an order the shape fixes.
 /// burn's `float_sum` adds its cubes' partial sums with atomics (its

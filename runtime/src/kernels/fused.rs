@@ -12,7 +12,7 @@
 //! shape it does not plan) stays the family's reference maths, recorded
 //! operation by operation, which fusion may fuse. The families fusion
 //! already serves as well as a kernel (the gained sums, element-wise)
-//! stay reference; the embedding is burn's.
+//! stay reference, as does the embedding's lookup (burn's `select`).
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -25,10 +25,9 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::{EmbedOps, GainOps};
+use super::GainOps;
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> GainOps for Fusion<CubeBackend<R, F, I, BT>> {}
-impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> EmbedOps for Fusion<CubeBackend<R, F, I, BT>> {}
 
 /// What an operand slot holds.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,7 @@
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | `gains/cube.rs` | `gains/tests.rs` |
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | `norm/cube.rs` | `norm/tests.rs` |
 //! | `loss` | `nll_mean`, `nll`, `total` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
-//! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | reference | `embed/tests.rs` |
+//! | `embed` | `embed` | `embed/reference.rs` | `embed/autodiff.rs` | `embed/cpu.rs` | `embed/cube.rs` | `embed/tests.rs` |
 //! | `rope` | `rope` | `rope/reference.rs` | `rope/autodiff.rs` | `rope/cpu.rs` | `rope/cube.rs` | `rope/tests.rs` |
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | `adam/cube.rs` | `adam/tests.rs` |
 //!
@@ -31,8 +31,8 @@
 //! fusion (`cube.rs`): a family's CubeCL kernels, or "reference", its
 //! reference maths. With fusion (feature `fusion`) the same kernels run as
 //! custom operations of burn's fusion streams (each family's `fused.rs`,
-//! and `fused.rs` here); the gained sums and the embedding stay reference
-//! there, which fusion joins to the element-wise work around them.
+//! and `fused.rs` here); the gained sums stay reference there, which
+//! fusion joins to the element-wise work around them.
 //! `the_family_table_is_true` keeps this table in step with the folders.
 
 pub mod adam;

@@ -599,6 +599,44 @@ fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
     println!("loss kernels against the reference: largest gap {worst:.1e} of scale");
 }
 
+/// The embedding's gradient kernel (`kernels/embed/cube.rs`) against the
+/// reference (burn's `select_add`): tokens repeated a few times and a few
+/// tokens repeated hundreds of times, rows read as vectors of 4 and one by
+/// one, with the positions' gradient, added into a table gradient from
+/// elsewhere (which, held elsewhere too, is left as it was) or into zeros.
+fn embed_kernel_is_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::embed::{groups, reference};
+    let draws = Draws::new(47);
+    let mut worst = 0.0f32;
+    for (n, vocab, d, t, spread) in
+        [(24usize, 11usize, 8usize, 6usize, 11usize), (600, 50, 16, 40, 5), (35, 7, 6, 5, 7)]
+    {
+        let ids: Vec<i32> = (0..n).map(|_| (draws.next() * spread as f64) as i32).collect();
+        let tokens = Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).into_primitive();
+        let dy = draws.normal::<B>(device, &[n, d]);
+        let g = Some(groups::<B>(&tokens, vocab));
+        for with_acc in [false, true] {
+            let acc = with_acc.then(|| draws.normal::<B>(device, &[vocab, d]));
+            let before = acc.clone().map(values::<B>);
+            let (table, pos) = B::embed_backward(dy.clone(), tokens.clone(), g.clone(), vocab, Some(t), acc.clone());
+            let (table2, pos2) =
+                reference::embed_backward::<B>(dy.clone(), tokens.clone(), vocab, Some(t), acc.clone());
+            if let (Some(a), Some(before)) = (acc, before) {
+                assert_eq!(values::<B>(a), before, "{n} tokens: a table gradient held elsewhere is unchanged");
+            }
+            let e = gap_of_scale(&values::<B>(table), &values::<B>(table2));
+            assert!(e < 1e-5, "{n} tokens, d {d}, acc {with_acc}: the table's gradient differs by {e:e} of scale");
+            let p = gap_of_scale(&values::<B>(pos.expect("positions")), &values::<B>(pos2.expect("positions")));
+            assert!(p < 1e-5, "{n} tokens: the positions' gradient differs by {p:e} of scale");
+            worst = worst.max(e);
+        }
+    }
+    // The kernel ran (the reference adds row by row into the table; the
+    // kernel sums a token's rows first, which rounds otherwise).
+    assert!(worst > 0.0, "the embedding's kernel ran");
+    println!("embedding gradient against the reference: largest gap {worst:.1e} of scale");
+}
+
 /// The rotary kernel ran (the reference concatenates into a contiguous
 /// tensor): a token-major input gives a token-major output, as the
 /// attention kernels read the products' output.
@@ -637,6 +675,7 @@ fn wgpu_kernels_are_the_reference() {
     norm_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     gains_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     loss_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    embed_kernel_is_the_reference::<WgpuKernels>(&Default::default());
     adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
 }
 
@@ -662,5 +701,6 @@ fn cuda_kernels_are_the_reference() {
     norm_kernels_are_the_reference::<CudaKernels>(&Default::default());
     gains_kernels_are_the_reference::<CudaKernels>(&Default::default());
     loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    embed_kernel_is_the_reference::<CudaKernels>(&Default::default());
     adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }

@@ -3,13 +3,13 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorMetadata;
 
 use super::EmbedOps;
-use crate::kernels::graph::{record, take_grad};
+use crate::kernels::graph::take_grad;
 use crate::kernels::Kernels;
 
 /// The embedding: parents the table (and the positions, `N = 2`).
@@ -17,14 +17,14 @@ use crate::kernels::Kernels;
 struct Embed;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
-    /// The tokens, the vocabulary, the number of positions.
-    type State = (IntTensor<B>, usize, Option<usize>);
+    /// The tokens (and their groups), the vocabulary, the number of positions.
+    type State = (IntTensor<B>, Option<IntTensor<B>>, usize, Option<usize>);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (tokens, vocab, t) = ops.state;
+        let (tokens, groups, vocab, t) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
-        let (dtable, dpos) = B::embed_backward(dy, tokens, vocab, t, acc);
+        let (dtable, dpos) = B::embed_backward(dy, tokens, groups, vocab, t, acc);
         let mut parents = ops.parents.into_iter();
         if let Some(Some(node)) = parents.next() {
             grads.register::<B>(node.id, dtable);
@@ -33,6 +33,21 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Embed {
             grads.register::<B>(node.id, dpos);
         }
     }
+}
+
+/// Records the embedding `y` of `tokens` with parents `nodes` (as
+/// `record!` does), grouping the tokens for the backward only when a
+/// parent is tracked: the grouping reads the tokens from the device.
+macro_rules! tracked_if_needed {
+    ($C:ty, $nodes:expr, ($tokens:expr, $vocab:expr, $t:expr), $y:expr) => {
+        match Embed.prepare::<$C>($nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let groups = B::embed_groups(&$tokens, $vocab);
+                prep.finish(($tokens, groups, $vocab, $t), $y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish($y),
+        }
+    };
 }
 
 impl<B: Kernels, C: CheckpointStrategy> EmbedOps for Autodiff<B, C> {
@@ -44,10 +59,9 @@ impl<B: Kernels, C: CheckpointStrategy> EmbedOps for Autodiff<B, C> {
         let vocab = table.primitive.shape()[0];
         let t = positions.as_ref().map(|p| p.primitive.shape()[0]);
         let y = B::embed(table.primitive, tokens.clone(), positions.as_ref().map(|p| p.primitive.clone()));
-        let state = (tokens, vocab, t);
         match positions {
-            Some(p) => record!(Embed, [table.node, p.node], state, y),
-            None => record!(Embed, [table.node], state, y),
+            Some(p) => tracked_if_needed!(C, [table.node, p.node], (tokens, vocab, t), y),
+            None => tracked_if_needed!(C, [table.node], (tokens, vocab, t), y),
         }
     }
 }

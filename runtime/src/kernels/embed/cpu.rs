@@ -41,6 +41,7 @@ impl EmbedOps for Flex {
     fn embed_backward(
         dy: FlexTensor,
         tokens: FlexTensor,
+        _groups: Option<FlexTensor>,
         vocab: usize,
         t: Option<usize>,
         acc: Option<FlexTensor>,

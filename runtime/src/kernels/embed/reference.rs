@@ -27,16 +27,19 @@ pub fn embed_backward<B: Backend>(
     t: Option<usize>,
     acc: Option<FloatTensor<B>>,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
-    let shape = dy.shape();
-    let (n, d) = (shape[0], shape[1]);
+    let d = dy.shape()[1];
     let base = match acc {
         Some(a) => B::float_reshape(a, [vocab, d].into()),
         None => primitive(Tensor::<B, 2>::zeros([vocab, d], &B::float_device(&dy))),
     };
     let dtable = B::float_select_add(base, 0, tokens, dy.clone());
-    let dpos = t.map(|t| {
-        let per_sequence = B::float_reshape(dy, [n / t.max(1), t, d].into());
-        B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
-    });
-    (dtable, dpos)
+    (dtable, t.map(|t| position_grad::<B>(dy, t)))
+}
+
+/// The positions' gradient from `dy: [n, d]`: its rows summed by `i mod t`, `[t, d]`.
+pub fn position_grad<B: Backend>(dy: FloatTensor<B>, t: usize) -> FloatTensor<B> {
+    let shape = dy.shape();
+    let (n, d) = (shape[0], shape[1]);
+    let per_sequence = B::float_reshape(dy, [n / t.max(1), t, d].into());
+    B::float_reshape(B::float_sum_dim(per_sequence, 0), [t, d].into())
 }

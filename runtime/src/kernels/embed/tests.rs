@@ -34,13 +34,35 @@ fn the_cpu_kernels_equal_the_reference() {
     let e1 = C::embed(x.clone(), tokens.clone(), Some(pos.clone()));
     same(e1, reference::embed::<C>(x.clone(), tokens.clone(), Some(pos)));
     let dy6 = C::float_reshape(r([6, 24]), [6, 24].into());
-    let (t1, p1) = C::embed_backward(dy6.clone(), tokens.clone(), 9, Some(3), None);
+    let (t1, p1) = C::embed_backward(dy6.clone(), tokens.clone(), None, 9, Some(3), None);
     let (t2, p2) = reference::embed_backward::<C>(dy6.clone(), tokens.clone(), 9, Some(3), None);
     same(t1, t2);
     same(p1.expect("positions"), p2.expect("positions"));
     // Added into the table's gradient from elsewhere.
     let acc = r([9, 24]);
-    let (t3, _) = C::embed_backward(dy6.clone(), tokens.clone(), 9, None, Some(acc.clone()));
+    let (t3, _) = C::embed_backward(dy6.clone(), tokens.clone(), None, 9, None, Some(acc.clone()));
     let (t4, _) = reference::embed_backward::<C>(dy6, tokens, 9, None, None);
     same(t3, C::float_add(t4, acc));
+}
+
+/// The tokens grouped for a GPU's backward: the rows in token order (each
+/// token's in their own order), where each group starts, then the tokens;
+/// tokens outside the vocabulary count as its nearest end.
+#[test]
+fn tokens_are_grouped_stably_by_token() {
+    let d = Default::default();
+    let tokens = Tensor::<C, 1, Int>::from_ints([3, 0, 8, 5, 5, 1, 3, 12, -2, 3], &d).into_primitive();
+    let g = super::groups::<C>(&tokens, 9);
+    let got: Vec<i64> = Tensor::<C, 1, Int>::from_primitive(g).into_data().iter::<i64>().collect();
+    // Tokens as read: 3 0 8 5 5 1 3 8 0 3.
+    let order = [1, 8, 5, 0, 6, 9, 3, 4, 2, 7];
+    let starts = [0, 2, 3, 6, 8, 10];
+    let ids = [0, 1, 3, 5, 8];
+    let want: Vec<i64> = order.iter().chain(&starts).chain(&ids).map(|&x| x as i64).collect();
+    assert_eq!(got, want);
+    // No tokens: the end alone.
+    let none = Tensor::<C, 1, Int>::from_ints([0i32; 0], &d).into_primitive();
+    let got: Vec<i64> =
+        Tensor::<C, 1, Int>::from_primitive(super::groups::<C>(&none, 9)).into_data().iter::<i64>().collect();
+    assert_eq!(got, vec![0]);
 }
