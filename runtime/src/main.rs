@@ -23,6 +23,17 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // How the GPU backends run attentions (`kernels/attention/route.rs`):
+    // a knob for timing the two routes side by side.
+    if let Ok(route) = std::env::var("BLKC_ATTENTION") {
+        match blkc_runtime::kernels::attention::Route::parse(route.trim()) {
+            Ok(r) => r.set_default(),
+            Err(e) => {
+                eprintln!("error: BLKC_ATTENTION: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let code = match args.command {
         Command::Check(a) => cli::check::run(&a),
         Command::Fmt(a) => cli::fmt::run(&a),

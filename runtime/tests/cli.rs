@@ -550,3 +550,26 @@ fn json_has_one_versioned_shape_per_command() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     assert_eq!((v["schema_version"].as_u64(), v["command"].as_str()), (Some(1), Some("params")), "{v}");
 }
+
+/// `BLKC_ATTENTION` takes `auto`, `rows` or `products`; anything else is a
+/// usage error (exit 2) that names the variable and the choices, before
+/// any command runs.
+#[test]
+fn the_attention_route_is_checked() {
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(["check", "blocks/sas-p.blk"])
+            .current_dir(repo())
+            .env("BLKC_ATTENTION", value)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run blkc: {e}"))
+    };
+    let o = run("fastest");
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("BLKC_ATTENTION") && err.contains("auto, rows or products"), "{err}");
+    assert!(text(&o.stdout).is_empty(), "nothing ran");
+    for ok in ["auto", "rows", "products"] {
+        assert_eq!(run(ok).status.code(), Some(0), "BLKC_ATTENTION={ok}");
+    }
+}

@@ -38,6 +38,7 @@
 use blkc_runtime::backend::Cpu;
 use blkc_runtime::bench::random_batch;
 use blkc_runtime::checkpoint::{export, import};
+use blkc_runtime::kernels::attention::Route;
 use blkc_runtime::kernels::TrainKernels;
 use blkc_runtime::model::Model;
 use blkc_runtime::train::optim::{Config, Optimizer, Rule};
@@ -196,9 +197,13 @@ fn compare<D: TrainKernels>(name: &str, device: &D::Device, steps: usize) -> Fou
     Found { logits, worst, losses }
 }
 
-/// Every model on device `D`: prints the report, then asserts.
-fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize) {
-    let found: Vec<(&str, Found)> = MODELS.iter().map(|n| (*n, compare::<D>(n, device, steps))).collect();
+/// The models whose attention runs as products too (`Route::Products`:
+/// the softmax, the shaped mix and the products kernels of their own).
+const AS_PRODUCTS: &[&str] = &["preln", "sas", "sas-p", "sas-p mask=bidirectional", "llama"];
+
+/// Every model of `models` on device `D`: prints the report, then asserts.
+fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize, models: &[&str]) {
+    let found: Vec<(&str, Found)> = models.iter().map(|n| (*n, compare::<D>(n, device, steps))).collect();
     println!("{label} against the CPU (fp32; depth 2, width 64, 4 × 32 tokens):");
     println!("{:<26} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
     for (name, f) in &found {
@@ -227,7 +232,10 @@ fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize) {
 #[test]
 fn wgpu_matches_the_cpu() {
     let device = burn::backend::wgpu::WgpuDevice::default();
-    check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu", 5);
+    check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu", 5, MODELS);
+    Route::Products.scope(|| {
+        check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu, attention as products", 5, AS_PRODUCTS)
+    });
 }
 
 #[cfg(feature = "cuda")]
@@ -235,7 +243,10 @@ fn wgpu_matches_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn cuda_matches_the_cpu() {
     let device = Default::default();
-    check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda", 100);
+    check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda", 100, MODELS);
+    Route::Products.scope(|| {
+        check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda, attention as products", 100, AS_PRODUCTS)
+    });
 }
 
 /// `blkc bench` on a GPU backend counts the device's bytes (not the
@@ -280,8 +291,14 @@ fn cuda_bench_counts_device_memory() {
 /// `blkc args`, run from the crate's directory (the paths of the tests
 /// are relative to it).
 fn blkc(args: &[&str]) -> std::process::Output {
+    blkc_with(args, &[])
+}
+
+/// [`blkc`] with environment variables `vars` set.
+fn blkc_with(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
         .args(args)
+        .envs(vars.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap_or_else(|e| panic!("blkc runs: {e}"))
@@ -466,5 +483,24 @@ fn wgpu_profile_names_blkcs_kernels() {
         // many as the device binds buffers for).
         assert!(launches("AdamGroup | f32") >= 1.0 && launches("Squares | f32") >= 1.0, "{file}");
         println!("{file}: {} kernels profiled", rows.len());
+    }
+    // The attention as products: the softmax (and the shaped mix) one
+    // kernel each way per block, no row kernel.
+    for (file, mixed) in [("../examples/small/sas-p.blk", true), ("../examples/small/preln.blk", false)] {
+        let args = ["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
+        let more = ["--steps", "2", "--warmup", "1", "--set", "depth=2", "--set", "width=64"];
+        let all: Vec<&str> = args.iter().chain(&more).copied().collect();
+        let o = blkc_with(&all, &[("BLKC_ATTENTION", "products")]);
+        assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let rows = v["profile"].as_array().cloned().unwrap_or_default();
+        let launches = |kernel: &str| {
+            rows.iter().find(|r| r["kernel"] == kernel).and_then(|r| r["launches_per_step"].as_f64()).unwrap_or(0.0)
+        };
+        assert_eq!(launches("SoftmaxRows | f32"), 2.0, "{file}: {rows:?}");
+        assert_eq!(launches("SoftmaxRowsGrad | f32"), 2.0, "{file}: {rows:?}");
+        let mixes = if mixed { 2.0 } else { 0.0 };
+        assert!(launches("MixForward | f32") >= mixes && launches("MixBackward | f32") == mixes, "{file}: {rows:?}");
+        assert_eq!(launches("ShapedForward | f32"), 0.0, "{file}: no row kernel");
     }
 }

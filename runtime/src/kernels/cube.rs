@@ -85,3 +85,40 @@ pub(super) fn chunk_end(first: usize, #[comptime] chunk: usize, rows: usize) -> 
     }
     last
 }
+
+/// The log-sum-exp of `scale ·` the `len` entries from `start` (a row),
+/// returned to every unit of the cube (`block` units, a power of two):
+/// each unit's share with a running maximum, then merged pairwise.
+#[cube]
+pub(super) fn row_lse<F: Float>(x: &Tensor<F>, start: usize, len: usize, scale: F, #[comptime] block: usize) -> F {
+    let u = UNIT_POS as usize;
+    let mut m = F::min_value();
+    let mut l = F::new(0.0);
+    let mut c = u;
+    while c < len {
+        let e = x[start + c] * scale;
+        let top = F::max(m, e);
+        l = l * F::exp(m - top) + F::exp(e - top);
+        m = top;
+        c += block;
+    }
+    let mut tops = SharedMemory::<F>::new(block);
+    let mut sums = SharedMemory::<F>::new(block);
+    tops[u] = m;
+    sums[u] = l;
+    sync_cube();
+    let mut stride = block.runtime() / 2;
+    while stride > 0 {
+        if u < stride {
+            let (m1, m2) = (tops[u], tops[u + stride]);
+            let top = F::max(m1, m2);
+            sums[u] = sums[u] * F::exp(m1 - top) + sums[u + stride] * F::exp(m2 - top);
+            tops[u] = top;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let lse = tops[0] + F::ln(sums[0]);
+    sync_cube();
+    lse
+}

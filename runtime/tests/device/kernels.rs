@@ -599,6 +599,84 @@ fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
     println!("loss kernels against the reference: largest gap {worst:.1e} of scale");
 }
 
+/// The softmax's row kernels (`kernels/attention/cube.rs`, what the
+/// attention runs as products) against the reference: the weights of
+/// scores `[batch, heads, t_q, t_k]` causal or not (rows wider and
+/// narrower than a cube, `t_q` ≠ `t_k`, large scores), and the scores'
+/// gradient, over a `dp` held elsewhere (left as it was) and over one held
+/// nowhere else.
+fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::attention::reference;
+    let draws = Draws::new(48);
+    let mut worst = 0.0f32;
+    for (shape, scale) in
+        [([2usize, 3, 9, 9], 0.35), ([1, 2, 5, 7], 1.0), ([1, 1, 300, 300], 0.125), ([2, 1, 1, 3], 2.0)]
+    {
+        for causal in [false, true] {
+            let s = B::float_mul_scalar(draws.normal::<B>(device, &shape), 6.0.into());
+            let p = B::softmax_scores(s.clone(), scale, causal);
+            let p2 = reference::softmax_scores::<B>(s, scale, causal);
+            let dp = draws.normal::<B>(device, &shape);
+            let before = values::<B>(dp.clone());
+            let ds = B::softmax_scores_backward(p2.clone(), dp.clone(), scale);
+            assert_eq!(values::<B>(dp.clone()), before, "{shape:?}: a dp held elsewhere is unchanged");
+            let ds2 = reference::softmax_scores_backward::<B>(p2.clone(), dp.clone(), scale);
+            let alone = B::float_add_scalar(dp, 0.0.into());
+            let ds3 = B::softmax_scores_backward(p2.clone(), alone, scale);
+            for (name, a, b) in [("p", p, p2), ("ds", ds, ds2.clone()), ("ds in place", ds3, ds2)] {
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                assert!(e < 1e-5, "{shape:?}, causal {causal}: {name} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    assert!(worst > 0.0, "the softmax kernels ran");
+    println!("softmax kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
+/// The shaped mix's kernels (`kernels/shaped/cube/mix.rs`) against the
+/// reference: the mix and its backward, causal or not, gains one per head
+/// or one in all (mixed), heads read as vectors of 4 and one by one, `dv`
+/// added into a gradient from elsewhere or not.
+fn mix_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::shaped::reference;
+    let draws = Draws::new(49);
+    let mut worst = 0.0f32;
+    for (batch, tokens, heads, d) in [(2usize, 9usize, 3usize, 8usize), (3, 5, 2, 6), (1, 40, 4, 4)] {
+        let width = heads * d;
+        for (lengths, causal, with_acc) in
+            [([heads, heads, heads], true, false), ([1, heads, 1], false, true), ([heads, 1, heads], true, true)]
+        {
+            let gains = lengths.map(|n| draws.normal::<B>(device, &[n]));
+            let v = draws.normal::<B>(device, &[batch, tokens, width]);
+            let o = draws.normal::<B>(device, &[batch, tokens, width]);
+            let dy = draws.normal::<B>(device, &[batch, tokens, width]);
+            let acc = with_acc.then(|| draws.normal::<B>(device, &[batch, tokens, width]));
+            let y = B::mix(v.clone(), o.clone(), gains.clone(), causal);
+            let y2 = reference::mix::<B>(v.clone(), o.clone(), gains.clone(), causal);
+            let (dv, d_o, dg) = B::mix_backward(v.clone(), o.clone(), gains.clone(), dy.clone(), causal, acc.clone());
+            let (dv2, d_o2, dg2) = reference::mix_backward::<B>(v, o, gains, dy, causal, acc);
+            let [da, db, dc] = dg;
+            let [da2, db2, dc2] = dg2;
+            let pairs = [
+                ("y", y, y2),
+                ("dv", dv, dv2),
+                ("do", d_o, d_o2),
+                ("dalpha", da, da2),
+                ("dbeta", db, db2),
+                ("dgamma", dc, dc2),
+            ];
+            for (name, a, b) in pairs {
+                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                assert!(e < 1e-5, "{batch}×{tokens}×{heads}×{d}, gains {lengths:?}, causal {causal}: {name} differs by {e:e} of scale");
+                worst = worst.max(e);
+            }
+        }
+    }
+    assert!(worst > 0.0, "the mix kernels ran");
+    println!("mix kernels against the reference: largest gap {worst:.1e} of scale");
+}
+
 /// The embedding's gradient kernel (`kernels/embed/cube.rs`) against the
 /// reference (burn's `select_add`): tokens repeated a few times and a few
 /// tokens repeated hundreds of times, rows read as vectors of 4 and one by
@@ -676,6 +754,8 @@ fn wgpu_kernels_are_the_reference() {
     gains_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     loss_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     embed_kernel_is_the_reference::<WgpuKernels>(&Default::default());
+    softmax_kernels_are_the_reference::<WgpuKernels>(&Default::default());
+    mix_kernels_are_the_reference::<WgpuKernels>(&Default::default());
     adam_kernel_is_the_reference::<WgpuKernels>(&Default::default());
 }
 
@@ -702,5 +782,7 @@ fn cuda_kernels_are_the_reference() {
     gains_kernels_are_the_reference::<CudaKernels>(&Default::default());
     loss_kernels_are_the_reference::<CudaKernels>(&Default::default());
     embed_kernel_is_the_reference::<CudaKernels>(&Default::default());
+    softmax_kernels_are_the_reference::<CudaKernels>(&Default::default());
+    mix_kernels_are_the_reference::<CudaKernels>(&Default::default());
     adam_kernel_is_the_reference::<CudaKernels>(&Default::default());
 }

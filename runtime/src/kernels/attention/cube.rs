@@ -6,18 +6,24 @@
 //! `[batch, heads, tokens, tokens]`), and the backward recomputes the
 //! weights from it, row by row.
 //!
-//! What the shaped kernels do not take (other dtypes than f32, head
-//! dimensions above theirs) runs the reference, which keeps the weights;
-//! the backward tells the two apart by rank. Tested against the reference
-//! in `runtime/tests/device/kernels.rs`.
+//! In bf16, up to [`super::PRODUCTS_UP_TO`] tokens, the attention runs as
+//! products instead ([`super::Route`]): the reference maths, whose `q · kᵀ`
+//! and `p · v` the dense family runs on bf16 tensor cores, and whose
+//! softmax and its backward are one kernel each here (a cube per row of
+//! weights). That path keeps the weights, as does the reference where the
+//! shaped kernels do not take the operands (other dtypes than f32, head
+//! dimensions above theirs); the backward tells the two apart by rank.
+//! Tested against the reference in `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::TensorMetadata;
+use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
 
 use super::{reference, AttentionOps};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, row_lse};
 use crate::kernels::shaped::cube::{backward, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
@@ -43,6 +49,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         (scale, causal): (f64, bool),
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if super::as_products(q.shape()[2]) {
+            return reference::attention_forward::<Self>(q, k, v, bq, (scale, causal));
+        }
         let qkv = [q, k, v];
         let Some((operands, p)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
             let [q, k, v] = qkv;
@@ -82,5 +91,133 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         };
         let [dq, dk, dv] = [dq, dk, split_heads::<Self>(dv, plan.heads)];
         [wants[0].then_some(dq), wants[1].then_some(dk), wants[2].then_some(dv), dbq]
+    }
+
+    fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        let Some([rows, tq, tk]) = rows_of(&s) else { return reference::softmax_scores::<Self>(s, scale, causal) };
+        let s = into_contiguous(s);
+        let p = empty_f32(&s, s.shape());
+        let client = s.client.clone();
+        let (count, dim, block) = row_cubes(&client, rows, tk);
+        softmax_rows::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            s.into_tensor_arg(),
+            p.clone().into_tensor_arg(),
+            scale as f32,
+            rows,
+            tq,
+            tk,
+            block,
+            causal,
+        );
+        p
+    }
+
+    fn softmax_scores_backward(p: FloatTensor<Self>, dp: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let fits = rows_of(&p).filter(|_| dp.dtype == DType::F32 && dp.shape() == p.shape());
+        let Some([rows, _, tk]) = fits else { return reference::softmax_scores_backward::<Self>(p, dp, scale) };
+        let p = into_contiguous(p);
+        let ds = into_contiguous(dp);
+        let ds = match ds.can_mut() {
+            true => ds,
+            false => ds.copy(),
+        };
+        let client = p.client.clone();
+        let (count, dim, block) = row_cubes(&client, rows, tk);
+        softmax_rows_grad::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            p.into_tensor_arg(),
+            ds.clone().into_tensor_arg(),
+            scale as f32,
+            rows,
+            tk,
+            block,
+        );
+        ds
+    }
+}
+
+/// `[rows, t_q, t_k]` of f32 scores or weights `[..., t_q, t_k]` (at least
+/// one query and one key), which the row kernels take.
+fn rows_of<R: CubeRuntime>(s: &CubeTensor<R>) -> Option<[usize; 3]> {
+    let shape = s.shape();
+    let rank = shape.num_dims();
+    if s.dtype != DType::F32 || rank < 2 || shape.num_elements() == 0 {
+        return None;
+    }
+    let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+    Some([shape.num_elements() / tk, tq, tk])
+}
+
+/// Row `CUBE_POS` of `rows` rows of `tk` scores (`tq` rows a matrix): the
+/// softmax of `scale · s` over its keys, the future (`j > i`) weighted 0
+/// when `causal`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn softmax_rows<F: Float>(
+    s: &Tensor<F>,
+    p: &mut Tensor<F>,
+    scale: f32,
+    rows: usize,
+    tq: usize,
+    tk: usize,
+    #[comptime] block: usize,
+    #[comptime] causal: bool,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let start = row * tk;
+    let mut end = tk;
+    if causal && row % tq < tk {
+        end = row % tq + 1;
+    }
+    let scale = F::cast_from(scale);
+    let lse = row_lse(s, start, end, scale, block);
+    let mut j = UNIT_POS as usize;
+    while j < tk {
+        let mut x = F::new(0.0);
+        if j < end {
+            x = F::exp(s[start + j] * scale - lse);
+        }
+        p[start + j] = x;
+        j += block;
+    }
+}
+
+/// Row `CUBE_POS` of the scores' gradient, written over `d` (the weights'
+/// gradient `dp`): `scale · p ⊙ (dp − Σⱼ p ⊙ dp)`.
+#[cube(launch)]
+fn softmax_rows_grad<F: Float>(
+    p: &Tensor<F>,
+    d: &mut Tensor<F>,
+    scale: f32,
+    rows: usize,
+    tk: usize,
+    #[comptime] block: usize,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let start = row * tk;
+    let mut part = F::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < tk {
+        part += p[start + j] * d[start + j];
+        j += block;
+    }
+    let mut shared = SharedMemory::<F>::new(block);
+    let dot = cube_sum(&mut shared, part, block);
+    let scale = F::cast_from(scale);
+    j = UNIT_POS as usize;
+    while j < tk {
+        d[start + j] = scale * p[start + j] * (d[start + j] - dot);
+        j += block;
     }
 }

@@ -28,7 +28,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         (scale, causal): (f64, bool),
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let planned = merged(&v).and_then(|m| shape_plan(&q, &k, (m, v.dtype()), bq.as_ref()));
+        let products = crate::kernels::attention::as_products(q.shape()[2]);
+        let planned = merged(&v).and_then(|m| shape_plan(&q, &k, (m, v.dtype()), bq.as_ref())).filter(|_| !products);
         let Some(p) = planned else { return reference::attention_forward::<Self>(q, k, v, bq, (scale, causal)) };
         let shapes = vec![f32s([p.batch, p.heads, p.tokens, p.d]), f32s([p.batch, p.heads, p.tokens])];
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([q, k, v]).maybe(bq);

@@ -18,8 +18,13 @@ mod fused;
 #[cfg(feature = "flex")]
 pub(crate) mod loops;
 pub mod reference;
+mod route;
 #[cfg(all(test, feature = "flex"))]
 mod tests;
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) use route::as_products;
+pub use route::{Route, PRODUCTS_UP_TO};
 
 /// The attention family.
 pub trait AttentionOps: DenseOps {

@@ -10,7 +10,8 @@
 //! tensor core — choosing per shape the faster of two (the largest or the
 //! smallest register tile) by cubecl's autotune, as burn chooses among its
 //! own. In `tf32` (PyTorch's
-//! `allow_tf32`) and for bf16 operands it runs burn's product.
+//! `allow_tf32`) and for bf16 operands it runs burn's product; f32
+//! operands in a bf16 scope are cast to bf16 for it, and its output back.
 //!
 //! A ReLU's backward is one kernel that zeroes the gradient where the
 //! output was not positive, in the gradient's memory when nothing else
@@ -28,7 +29,7 @@
 //! `runtime/tests/device/kernels.rs`.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, Shape, TensorMetadata};
+use burn::tensor::{DType, FloatDType, Shape, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, CubeTuneId, FloatElement, IntElement};
@@ -46,6 +47,10 @@ use crate::kernels::precision::{self, Precision};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for CubeBackend<R, F, I, BT> {
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        if bf16_product(&a, &b) {
+            let [a, b] = [a, b].map(|t| Self::float_cast(t, FloatDType::BF16));
+            return Self::float_cast(Self::float_matmul(a, b), FloatDType::F32);
+        }
         if fp32_product(&a, &b) {
             return exact(a, b);
         }
@@ -168,10 +173,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps f
 }
 
 /// Whether `a · b` runs in fp32 ([`exact`]): both f32, and the precision
-/// asked for is not TF32 (of metadata only, so that fusion decides as
-/// this file does).
+/// asked for is fp32 (of metadata only, so that fusion decides as this
+/// file does).
 pub(crate) fn fp32_product<T: TensorMetadata>(a: &T, b: &T) -> bool {
-    a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::current() != Precision::Tf32
+    a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::current() == Precision::Fp32
+}
+
+/// Whether `a · b` runs in bf16: both f32 in a bf16 scope (the attention's
+/// products when it runs as products, [`crate::kernels::attention::Route`]):
+/// cast to bf16, burn's product, its output widened back to f32, as
+/// autocast runs a product of f32 tensors.
+pub(crate) fn bf16_product<T: TensorMetadata>(a: &T, b: &T) -> bool {
+    a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::bf16()
 }
 
 /// The shape of `a · b` for `a: [..., m, k]` and `b: [..., k, n]`:

@@ -19,41 +19,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, LossOps};
-use crate::kernels::cube::{empty_f32, row_cubes, sum_all, units};
-
-/// The log-sum-exp of the row starting at `start`, returned to every unit
-/// of the cube.
-#[cube]
-fn row_lse<F: Float>(x: &Tensor<F>, start: usize, vocab: usize, #[comptime] block: usize) -> F {
-    let u = UNIT_POS as usize;
-    let mut m = F::min_value();
-    let mut l = F::new(0.0);
-    let mut c = u;
-    while c < vocab {
-        let e = x[start + c];
-        let top = F::max(m, e);
-        l = l * F::exp(m - top) + F::exp(e - top);
-        m = top;
-        c += block;
-    }
-    let mut tops = SharedMemory::<F>::new(block);
-    let mut sums = SharedMemory::<F>::new(block);
-    tops[u] = m;
-    sums[u] = l;
-    sync_cube();
-    let mut stride = block.runtime() / 2;
-    while stride > 0 {
-        if u < stride {
-            let (m1, m2) = (tops[u], tops[u + stride]);
-            let top = F::max(m1, m2);
-            sums[u] = sums[u] * F::exp(m1 - top) + sums[u + stride] * F::exp(m2 - top);
-            tops[u] = top;
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    tops[0] + F::ln(sums[0])
-}
+use crate::kernels::cube::{empty_f32, row_cubes, row_lse, sum_all, units};
 
 /// The target of `row`, within the vocabulary.
 #[cube]
@@ -81,7 +47,7 @@ fn loss_rows<F: Float, I: Int>(
         terminate!();
     }
     let start = row * vocab;
-    let s = row_lse(x, start, vocab, block);
+    let s = row_lse(x, start, vocab, F::new(1.0), block);
     if UNIT_POS == 0 {
         nll[row] = s - x[start + target(targets, row, vocab)];
         lse[row] = s;
@@ -109,7 +75,7 @@ fn loss_with_grad<F: Float, I: Int>(
     // Read before the row is overwritten (the writes follow the cube's
     // synchronisations in `row_lse`).
     let picked = x[start + t];
-    let s = row_lse(x, start, vocab, block);
+    let s = row_lse(x, start, vocab, F::new(1.0), block);
     let k = F::cast_from(inv_n);
     let mut c = UNIT_POS as usize;
     while c < vocab {

@@ -44,7 +44,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
+        let products = crate::kernels::attention::as_products(a.q.shape()[2]);
+        let planned = plan(&a, add.as_ref()).filter(|_| !products);
+        let Some(p) = planned else { return reference::shaped_attention_forward::<Self>(a, add) };
         let mask = (a.scale, a.causal);
         let shapes = vec![f32s([p.batch, p.tokens, p.heads * p.d]), f32s([p.batch, p.heads, p.tokens])];
         let [y, lse] =
@@ -63,7 +65,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         dy: FloatTensor<Self>,
         acc: Option<FloatTensor<Self>>,
     ) -> ShapedGrads<FloatTensor<Self>> {
-        let Some(p) = plan(&a, add.as_ref()) else {
+        // The weights (products, or the reference), or the rows' statistics.
+        let planned = plan(&a, add.as_ref()).filter(|_| lse.shape().num_dims() == 3);
+        let Some(p) = planned else {
             return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
         };
         let mask = (a.scale, a.causal);

@@ -90,7 +90,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
 
 /// Head `h`'s value of a gain of one value per head or one in all.
 #[cube]
-fn gain<F: Float>(g: &Tensor<F>, h: usize) -> F {
+pub(super) fn gain<F: Float>(g: &Tensor<F>, h: usize) -> F {
     let mut at = h;
     if g.len() == 1 {
         at = 0;

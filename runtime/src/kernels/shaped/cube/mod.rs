@@ -43,6 +43,7 @@ use crate::kernels::cube::{empty_f32, row_cubes, units};
 use crate::kernels::gains::GainOps;
 
 mod kernels;
+mod mix;
 
 use kernels::{gain_sums, shaped_columns, shaped_forward, shaped_rows};
 
@@ -338,7 +339,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let Some(p) = plan(&a, add.as_ref()) else { return reference::shaped_attention_forward::<Self>(a, add) };
+        let products = crate::kernels::attention::as_products(a.q.shape()[2]);
+        let planned = plan(&a, add.as_ref()).filter(|_| !products);
+        let Some(p) = planned else { return reference::shaped_attention_forward::<Self>(a, add) };
         let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), &p, (a.scale, a.causal, true));
         let y = match add {
             Some(m) => Self::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
@@ -354,7 +357,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         dy: FloatTensor<Self>,
         acc: Option<FloatTensor<Self>>,
     ) -> ShapedGrads<FloatTensor<Self>> {
-        let Some(p) = plan(&a, add.as_ref()) else {
+        // The weights (the products' route, or the reference's), or the
+        // rows' log-sum-exp (the kernels').
+        let planned = plan(&a, add.as_ref()).filter(|_| lse.shape().num_dims() == 3);
+        let Some(p) = planned else {
             return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
         };
         let operands = operands::<R, F, I, BT>(&a, add.as_ref().map(|m| &m.beta_sa));
@@ -382,4 +388,135 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         };
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
     }
+
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let Some(m) = mix_plan(&v, &o, &gains) else { return reference::mix::<Self>(v, o, gains, causal) };
+        let [v, o] = [v, o].map(into_contiguous);
+        let [alpha, beta, gamma] =
+            gains.map(|g| into_contiguous(Self::float_reshape(g.clone(), [g.shape().num_elements()].into())));
+        let y = empty_f32(&v, v.shape());
+        let client = v.client.clone();
+        let (count, dim) = units(&client, m.units());
+        mix::mix_forward::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            m.lanes,
+            v.into_tensor_arg(),
+            o.into_tensor_arg(),
+            alpha.into_tensor_arg(),
+            beta.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            m.units(),
+            m.tokens,
+            m.w,
+            m.hw,
+            causal,
+        );
+        y
+    }
+
+    fn mix_backward(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        dy: FloatTensor<Self>,
+        causal: bool,
+        acc: Option<FloatTensor<Self>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
+        let fits = mix_plan(&v, &o, &gains).filter(|_| {
+            dy.dtype == DType::F32
+                && dy.shape() == v.shape()
+                && acc.as_ref().is_none_or(|a| a.dtype == DType::F32 && a.shape() == v.shape())
+        });
+        let Some(m) = fits else { return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc) };
+        let [v, o, dy] = [v, o, dy].map(into_contiguous);
+        let lengths = gains.each_ref().map(|g| g.shape().num_elements());
+        let [alpha, beta, gamma] =
+            gains.map(|g| into_contiguous(Self::float_reshape(g.clone(), [g.shape().num_elements()].into())));
+        let accumulate = acc.is_some();
+        let acc = acc.map_or_else(|| no_gains(&v), into_contiguous);
+        let (dv, d_o) = (empty_f32(&v, v.shape()), empty_f32(&v, v.shape()));
+        let part = empty_f32(&v, [4, m.units()]);
+        let client = v.client.clone();
+        let (count, dim) = units(&client, m.units());
+        mix::mix_backward::launch::<f32, R>(
+            &client,
+            count,
+            dim,
+            m.lanes,
+            v.into_tensor_arg(),
+            o.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            acc.into_tensor_arg(),
+            alpha.into_tensor_arg(),
+            beta.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            d_o.clone().into_tensor_arg(),
+            part.clone().into_tensor_arg(),
+            m.units(),
+            m.tokens,
+            m.w,
+            m.hw,
+            causal,
+            accumulate,
+        );
+        // The rows' shares summed per group as the shaped kernels' are:
+        // `[3, batch, groups, hw]` read as `[3, batch, heads, tokens]`.
+        let sums = Plan {
+            batch: m.batch,
+            heads: m.groups,
+            tokens: m.hw,
+            d: 0,
+            lengths: [lengths[0], lengths[1], lengths[2], 1],
+        };
+        let [da, db, dg, _] = gain_grads(part, &sums, false);
+        let some = |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the three gains' gradients are made"));
+        (dv, d_o, [some(da), some(db), some(dg)])
+    }
+}
+
+/// How the mix kernels run: `batch` sequences of `tokens` tokens, `w`
+/// vectors of `lanes` entries a token, in `groups` groups of `hw` vectors
+/// (a gain of `groups` values scales one each).
+struct MixPlan {
+    batch: usize,
+    tokens: usize,
+    w: usize,
+    hw: usize,
+    groups: usize,
+    lanes: usize,
+}
+
+impl MixPlan {
+    fn units(&self) -> usize {
+        self.batch * self.w
+    }
+}
+
+/// The mix kernels' plan for f32 `v`, `o` (`[batch, tokens, width]`) and
+/// gains of one value or one per group (the same number of groups for
+/// all, dividing the width).
+fn mix_plan<R: CubeRuntime>(v: &CubeTensor<R>, o: &CubeTensor<R>, gains: &[CubeTensor<R>; 3]) -> Option<MixPlan> {
+    let s = v.shape();
+    let lengths = gains.each_ref().map(|g| g.shape().num_elements());
+    let groups = lengths.iter().copied().max().unwrap_or(1);
+    let f32s = [v, o].into_iter().chain(gains).all(|t| t.dtype == DType::F32);
+    if !f32s || s.num_dims() != 3 || o.shape() != s || s.num_elements() == 0 {
+        return None;
+    }
+    let [batch, tokens, width] = [s[0], s[1], s[2]];
+    if !lengths.iter().all(|&l| l == 1 || l == groups) || !width.is_multiple_of(groups) {
+        return None;
+    }
+    let per_group = width / groups;
+    let lanes = if v.client.properties().hardware.max_vector_size >= 4 && per_group.is_multiple_of(4) { 4 } else { 1 };
+    Some(MixPlan { batch, tokens, w: width / lanes, hw: per_group / lanes, groups, lanes })
 }
