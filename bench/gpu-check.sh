@@ -20,7 +20,10 @@
 #                  and 100 AdamW steps on CUDA against the CPU, and the
 #                  bench's device memory (runtime/tests/device.rs)
 #   blkc-*.json    `blkc bench` of the CodeParrot Pre-LN and SAS-P, bf16 and
-#                  fp32, batch 32 (every binary) and 128; tf32 at batch 32
+#                  fp32, batch 32 (every binary) and 128; tf32 at batch 32;
+#                  bf16 with the attention by rows (`blkc-rows-*`:
+#                  BLKC_ATTENTION=rows, blkc's row kernels, where bf16's
+#                  default runs it as tensor-core products)
 #   profile-*.txt  where blkc's training step spends its time, by GPU kernel
 #                  (`blkc bench --profile`): Pre-LN and SAS-P, bf16, batch 32
 #   torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
@@ -76,12 +79,13 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu.csv" 2>&1
     say() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$out/log.txt"; }
     due() { [ "$SECONDS" -lt "$budget" ] || { say "skipped (budget): $*"; return 1; }; }
-    bench() { # binary precision batch
-      due "$1 $2 b$3" || return 0
-      say "$1 bench $2 batch $3"
-      timeout 150 "target-gpu/$1" bench examples/codeparrot/preln.blk examples/codeparrot/sas-p.blk \
-        --device cuda --precision "$2" --batch "$3" --steps 8 --warmup 3 --format json \
-        > "$out/$1-$2-b$3.json" 2> "$out/$1-$2-b$3.err"
+    bench() { # binary precision batch [attention route]
+      local name="$1${4:+-$4}"
+      due "$name $2 b$3" || return 0
+      say "$name bench $2 batch $3"
+      BLKC_ATTENTION="${4:-auto}" timeout 150 "target-gpu/$1" bench examples/codeparrot/preln.blk \
+        examples/codeparrot/sas-p.blk --device cuda --precision "$2" --batch "$3" --steps 8 --warmup 3 \
+        --format json > "$out/$name-$2-b$3.json" 2> "$out/$name-$2-b$3.err"
       say "  exit $?"
     }
     torch() { # dtype batch [--only-compile]
@@ -103,10 +107,12 @@ case "${1:-}" in
       > "$out/device.txt" 2>&1
     say "  exit $?"
     for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-tuned $p 32; bench blkc-fused $p 32; done
+    bench blkc bf16 32 rows
     profile sas-p bf16 32
     profile preln bf16 32
     bench blkc tf32 32; torch tf32 32
     for p in bf16 fp32; do bench blkc $p 128; torch $p 128; done
+    bench blkc bf16 128 rows
     torch bf16 32 --only-compile
     if due "curves"; then
       say "quick SAS-P, 100 steps, fp32 and bf16"

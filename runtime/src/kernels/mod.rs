@@ -28,8 +28,8 @@
 //! | `adam` | `Kernels::adam` (the optimiser) | `adam/reference.rs` | — | `adam/cpu.rs` | `adam/cube.rs` | `adam/tests.rs` |
 //!
 //! The GPU column is burn's CubeCL backends (CUDA, wgpu) without operation
-//! fusion (`cube.rs`): a family's CubeCL kernels, or "reference", its
-//! reference maths. With fusion (feature `fusion`) the same kernels run as
+//! fusion (`cube.rs`): a family's CubeCL kernels. An attention there runs
+//! by rows or as products (`attention/route.rs`). With fusion (feature `fusion`) the same kernels run as
 //! custom operations of burn's fusion streams (each family's `fused.rs`,
 //! and `fused.rs` here); the gained sums stay reference there, which
 //! fusion joins to the element-wise work around them.

@@ -142,11 +142,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
 }
 
 /// `[rows, t_q, t_k]` of f32 scores or weights `[..., t_q, t_k]` (at least
-/// one query and one key), which the row kernels take.
-fn rows_of<R: CubeRuntime>(s: &CubeTensor<R>) -> Option<[usize; 3]> {
+/// one query and one key), which the row kernels take (of metadata only,
+/// so that fusion plans as this file does).
+pub(crate) fn rows_of<T: TensorMetadata>(s: &T) -> Option<[usize; 3]> {
     let shape = s.shape();
     let rank = shape.num_dims();
-    if s.dtype != DType::F32 || rank < 2 || shape.num_elements() == 0 {
+    if s.dtype() != DType::F32 || rank < 2 || shape.num_elements() == 0 {
         return None;
     }
     let (tq, tk) = (shape[rank - 2], shape[rank - 1]);

@@ -2,12 +2,15 @@
 //! custom operations of the fusion streams (see `kernels/fused.rs`), planned
 //! as `cube.rs` plans; what they do not take, the reference (which keeps
 //! the weights, so the backward tells the two apart by rank, as there).
+//! So does the route of products (`route.rs`), whose softmax and its
+//! backward are the row kernels of `cube.rs` here too.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
+use super::cube::rows_of;
 use super::{reference, AttentionOps};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands};
 use crate::kernels::shaped::cube::shape_plan;
@@ -71,5 +74,30 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         let [dq, dk, dv] = wants.map(|w| w.then(|| out.next()).flatten());
         let dbq = biased.and_then(|_| out.next());
         [dq, dk, dv, dbq]
+    }
+
+    fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        if rows_of(&s).is_none() {
+            return reference::softmax_scores::<Self>(s, scale, causal);
+        }
+        let shapes = vec![like(&s)];
+        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(s);
+        let [p] = outputs(run("blkc.softmax_scores", ops, shapes, move |mut x| {
+            vec![CubeBackend::<R, F, I, BT>::softmax_scores(x.float(), scale, causal)]
+        }));
+        p
+    }
+
+    fn softmax_scores_backward(p: FloatTensor<Self>, dp: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        if rows_of(&p).is_none() || dp.dtype() != DType::F32 || dp.shape() != p.shape() {
+            return reference::softmax_scores_backward::<Self>(p, dp, scale);
+        }
+        let shapes = vec![like(&dp)];
+        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([p, dp]);
+        let [ds] = outputs(run("blkc.softmax_scores_backward", ops, shapes, move |mut x| {
+            let [p, dp] = x.floats();
+            vec![CubeBackend::<R, F, I, BT>::softmax_scores_backward(p, dp, scale)]
+        }));
+        ds
     }
 }

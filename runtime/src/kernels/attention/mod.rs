@@ -12,7 +12,7 @@ mod autodiff;
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-mod cube;
+pub(crate) mod cube;
 #[cfg(all(feature = "fusion", any(feature = "cuda", feature = "wgpu")))]
 mod fused;
 #[cfg(feature = "flex")]

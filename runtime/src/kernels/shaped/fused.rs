@@ -1,13 +1,15 @@
 //! The shaped attention under burn's fusion: the kernels of `cube/` as
 //! custom operations of the fusion streams (see `kernels/fused.rs`), planned
-//! as `cube/` plans; what they do not take, the reference.
+//! as `cube/` plans; what they do not take, the reference. The route of
+//! products (`kernels/attention/route.rs`) runs the reference too, whose
+//! mix and its backward are `cube/mix.rs`'s kernels here as well.
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::{Fusion, FusionBackend};
 
-use super::cube::plan;
+use super::cube::{mix_backward_fits, mix_plan, plan};
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
 
@@ -102,5 +104,48 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let addend = added.then(|| std::array::from_fn(|_| next()));
         let dbq = biased.then(next);
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
+    }
+
+    fn mix(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        if mix_plan(&v, &o, &gains, false).is_none() {
+            return reference::mix::<Self>(v, o, gains, causal);
+        }
+        let shapes = vec![like(&v)];
+        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([v, o]).floats(gains);
+        let [y] = outputs(run("blkc.mix", ops, shapes, move |mut x| {
+            let [v, o] = x.floats();
+            vec![CubeBackend::<R, F, I, BT>::mix(v, o, x.floats(), causal)]
+        }));
+        y
+    }
+
+    fn mix_backward(
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        gains: [FloatTensor<Self>; 3],
+        dy: FloatTensor<Self>,
+        causal: bool,
+        acc: Option<FloatTensor<Self>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
+        if mix_plan(&v, &o, &gains, false).is_none() || !mix_backward_fits(&v, &dy, acc.as_ref()) {
+            return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc);
+        }
+        let mut shapes = vec![like(&v), like(&v)];
+        shapes.extend(gains.iter().map(|g| f32s([g.shape().num_elements()])));
+        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([v, o]).floats(gains).float(dy).maybe(acc);
+        let [dv, d_o, da, db, dg] = outputs(run("blkc.mix_backward", ops, shapes, move |mut x| {
+            let [v, o] = x.floats();
+            let gains = x.floats();
+            let dy = x.float();
+            let acc = x.maybe();
+            let (dv, d_o, [da, db, dg]) = CubeBackend::<R, F, I, BT>::mix_backward(v, o, gains, dy, causal, acc);
+            vec![dv, d_o, da, db, dg]
+        }));
+        (dv, d_o, [da, db, dg])
     }
 }

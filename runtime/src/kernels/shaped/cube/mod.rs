@@ -395,7 +395,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         gains: [FloatTensor<Self>; 3],
         causal: bool,
     ) -> FloatTensor<Self> {
-        let Some(m) = mix_plan(&v, &o, &gains) else { return reference::mix::<Self>(v, o, gains, causal) };
+        let Some(m) = mix_plan(&v, &o, &gains, vectors(&v)) else { return reference::mix::<Self>(v, o, gains, causal) };
         let [v, o] = [v, o].map(into_contiguous);
         let [alpha, beta, gamma] =
             gains.map(|g| into_contiguous(Self::float_reshape(g.clone(), [g.shape().num_elements()].into())));
@@ -430,11 +430,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         causal: bool,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
-        let fits = mix_plan(&v, &o, &gains).filter(|_| {
-            dy.dtype == DType::F32
-                && dy.shape() == v.shape()
-                && acc.as_ref().is_none_or(|a| a.dtype == DType::F32 && a.shape() == v.shape())
-        });
+        let fits = mix_plan(&v, &o, &gains, vectors(&v)).filter(|_| mix_backward_fits(&v, &dy, acc.as_ref()));
         let Some(m) = fits else { return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc) };
         let [v, o, dy] = [v, o, dy].map(into_contiguous);
         let lengths = gains.each_ref().map(|g| g.shape().num_elements());
@@ -486,7 +482,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
 /// How the mix kernels run: `batch` sequences of `tokens` tokens, `w`
 /// vectors of `lanes` entries a token, in `groups` groups of `hw` vectors
 /// (a gain of `groups` values scales one each).
-struct MixPlan {
+pub(crate) struct MixPlan {
     batch: usize,
     tokens: usize,
     w: usize,
@@ -503,12 +499,15 @@ impl MixPlan {
 
 /// The mix kernels' plan for f32 `v`, `o` (`[batch, tokens, width]`) and
 /// gains of one value or one per group (the same number of groups for
-/// all, dividing the width).
-fn mix_plan<R: CubeRuntime>(v: &CubeTensor<R>, o: &CubeTensor<R>, gains: &[CubeTensor<R>; 3]) -> Option<MixPlan> {
+/// all, dividing the width), reading vectors of 4 where `vectors` (the
+/// device reads them) and a group's width allow. Of metadata only, so
+/// that fusion plans as this file does (`vectors` false there: its
+/// outputs' shapes do not depend on it).
+pub(crate) fn mix_plan<T: TensorMetadata>(v: &T, o: &T, gains: &[T; 3], vectors: bool) -> Option<MixPlan> {
     let s = v.shape();
     let lengths = gains.each_ref().map(|g| g.shape().num_elements());
     let groups = lengths.iter().copied().max().unwrap_or(1);
-    let f32s = [v, o].into_iter().chain(gains).all(|t| t.dtype == DType::F32);
+    let f32s = [v, o].into_iter().chain(gains).all(|t| t.dtype() == DType::F32);
     if !f32s || s.num_dims() != 3 || o.shape() != s || s.num_elements() == 0 {
         return None;
     }
@@ -517,6 +516,18 @@ fn mix_plan<R: CubeRuntime>(v: &CubeTensor<R>, o: &CubeTensor<R>, gains: &[CubeT
         return None;
     }
     let per_group = width / groups;
-    let lanes = if v.client.properties().hardware.max_vector_size >= 4 && per_group.is_multiple_of(4) { 4 } else { 1 };
+    let lanes = if vectors && per_group.is_multiple_of(4) { 4 } else { 1 };
     Some(MixPlan { batch, tokens, w: width / lanes, hw: per_group / lanes, groups, lanes })
+}
+
+/// Whether the mix's backward kernel takes `dy` and `acc` (f32, shaped as
+/// `v`) beside a planned mix.
+pub(crate) fn mix_backward_fits<T: TensorMetadata>(v: &T, dy: &T, acc: Option<&T>) -> bool {
+    let like_v = |t: &T| t.dtype() == DType::F32 && t.shape() == v.shape();
+    like_v(dy) && acc.is_none_or(like_v)
+}
+
+/// Whether `like`'s device reads vectors of 4.
+fn vectors<R: CubeRuntime>(like: &CubeTensor<R>) -> bool {
+    like.client.properties().hardware.max_vector_size >= 4
 }
