@@ -39,6 +39,7 @@ use blkc_runtime::backend::Cpu;
 use blkc_runtime::bench::random_batch;
 use blkc_runtime::checkpoint::{export, import};
 use blkc_runtime::kernels::attention::Route;
+use blkc_runtime::kernels::precision::{self, Precision};
 use blkc_runtime::kernels::TrainKernels;
 use blkc_runtime::model::Model;
 use blkc_runtime::train::optim::{Config, Optimizer, Rule};
@@ -249,11 +250,73 @@ fn cuda_matches_the_cpu() {
     });
 }
 
+/// The two routes of an attention (by rows, as products) agree on one
+/// device in `precision`: for the small Pre-LN and SAS-P (and SAS-P
+/// without its mask), the loss within `loss_tol` relative and every
+/// parameter's gradient within `grad_tol` of the model's largest entry.
+/// In fp32 both are fp32 maths; in bf16 the products route multiplies in
+/// bf16 where the rows multiply in fp32 (the tolerances say how far that
+/// may move them: bf16 keeps 8 bits, 4·10⁻³ relative per rounding).
+fn routes_agree<D: TrainKernels>(device: &D::Device, precision: Precision, (loss_tol, grad_tol): (f64, f32)) {
+    for name in ["preln", "sas-p", "sas-p mask=bidirectional"] {
+        let p = program(name);
+        let m = p.model.as_ref().expect("a model");
+        let obj = objective_for_mask(m.mask, m.vocab as u32);
+        // Two large steps first, so that the shaped attention's query is
+        // off its init (zero: uniform weights, whose softmax term the
+        // centre cancels).
+        let mut model = Model::<D>::build(&p, m, 7, device);
+        let config = Config { rule: Rule::AdamW, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, clip: 0.0 };
+        let mut opt = Optimizer::new(config);
+        for s in 0..2 {
+            let g = GradientsParams::from_grads(
+                loss(&model, &random_batch(m, 4, 50 + s), obj, None, device).backward(),
+                &model,
+            );
+            model = opt.step::<D, _>(model, 3e-2, g).0;
+        }
+        let batch = random_batch(m, 4, 3);
+        let run = |route: Route| {
+            route.scope(|| {
+                precision::scope(precision, || {
+                    let l = loss(&model, &batch, obj, None, device);
+                    let value = scalar(l.clone().inner());
+                    (value, gradients(&model, &l.backward()))
+                })
+            })
+        };
+        let ((lr, gr), (lp, gp)) = (run(Route::Rows), run(Route::Products));
+        let largest = gr.iter().map(|(_, g)| max_abs(g)).fold(0.0f32, f32::max);
+        let (worst, gap) = gr
+            .iter()
+            .zip(&gp)
+            .map(|((path, a), (_, b))| (path.clone(), max_diff(a, b) / largest))
+            .fold((String::new(), 0.0f32), |w, x| if x.1 > w.1 { x } else { w });
+        let loss_gap = ((lr - lp) / lr).abs();
+        println!("{name} in {}: losses {lr} and {lp} by rows and as products; gradients {gap:.1e} of the largest apart ({worst})", precision.name());
+        assert!(loss_gap < loss_tol, "{name}: the losses differ by {loss_gap:e}");
+        assert!(gap < grad_tol, "{name}: the gradient of {worst} differs by {gap:e} of the largest");
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_routes_agree() {
+    routes_agree::<Autodiff<blkc_runtime::backend::Wgpu>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_routes_agree() {
+    routes_agree::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+    routes_agree::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default(), Precision::Bf16, (1e-2, 5e-2));
+}
+
 /// `blkc bench` on a GPU backend counts the device's bytes (not the
 /// host's) and gives the MFU against the device's own product rate.
 fn bench_reports_device_memory<D: TrainKernels>(device: &D::Device) {
     use blkc_runtime::bench::{run, Plan, Subject};
-    use blkc_runtime::kernels::precision::Precision;
     let program = program("sas-p");
     let model = program.model.clone().unwrap_or_else(|| panic!("examples/small/sas-p.blk has a model"));
     let subjects = [Subject { file: "sas-p".into(), program, model, bare: false }];
