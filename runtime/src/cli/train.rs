@@ -256,11 +256,7 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         // part from one copy's at the second step (8.35 against 8.34,
         // up to 53 from run to run), with or without blkc's kernels, and
         // with the sums on the host (bench/NOTES.md).
-        eprintln!(
-            "error: cannot train on {devices} devices with this blkc: it was built with burn's operation fusion \
-             (feature `fusion`), under which copies training at once compute wrongly in burn 0.21; train on \
-             one device, or rebuild without `--features fusion`"
-        );
+        eprintln!("error: {}", train::parallel::not_under_fusion(devices));
         return Err(NO_DEVICE);
     }
     let estimate = memory::estimate(&job.program, model, rows);

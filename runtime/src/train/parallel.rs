@@ -226,6 +226,20 @@ fn failed(peer: Peer, what: &str, e: &CollectiveError) -> PeerError {
     }
 }
 
+/// Why `devices` copies cannot train at once in a build with burn's
+/// operation fusion: measured on wgpu (`runtime/tests/device.rs`), two
+/// copies' losses part from one copy's at the second step, with or
+/// without blkc's kernels and with the sums on the host (bench/NOTES.md).
+/// The command line refuses before anything is written; the library's
+/// `train` refuses too.
+pub fn not_under_fusion(devices: u64) -> String {
+    format!(
+        "cannot train on {devices} devices with this blkc: it was built with burn's operation fusion (feature \
+         `fusion`), under which copies training at once compute wrongly in burn 0.21; train on one device, or \
+         rebuild without `--features fusion`"
+    )
+}
+
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;

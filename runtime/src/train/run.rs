@@ -62,6 +62,9 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
     if devices.len() as u64 != s.devices {
         return Err(Failure::Message(format!("{} devices given for a run on {}", devices.len(), s.devices)));
     }
+    if devices.len() > 1 && B::name(device).contains("fusion<") {
+        return Err(Failure::Message(super::parallel::not_under_fusion(devices.len() as u64)));
+    }
     let accum = s.accumulation()?;
     let micro = s.micro() as usize;
     let q = job.quiet;
