@@ -23,7 +23,9 @@
 #                  fp32, batch 32 (every binary) and 128; tf32 at batch 32;
 #                  bf16 with the attention by rows (`blkc-rows-*`:
 #                  BLKC_ATTENTION=rows, blkc's row kernels, where bf16's
-#                  default runs it as tensor-core products)
+#                  default runs it as tensor-core products) and fp32 with
+#                  it as products (`blkc-products-*`: cubek's fp32 unit
+#                  matmuls, where fp32's default runs the row kernels)
 #   profile-*.txt  where blkc's training step spends its time, by GPU kernel
 #                  (`blkc bench --profile`): Pre-LN and SAS-P, bf16, batch 32
 #   torch-*.jsonl  the same models in PyTorch (bench/torch_ref.py): eager
@@ -108,6 +110,7 @@ case "${1:-}" in
     say "  exit $?"
     for p in bf16 fp32; do bench blkc $p 32; torch $p 32; bench blkc-tuned $p 32; bench blkc-fused $p 32; done
     bench blkc bf16 32 rows
+    bench blkc fp32 32 products
     profile sas-p bf16 32
     profile preln bf16 32
     bench blkc tf32 32; torch tf32 32

@@ -6,9 +6,12 @@
 //! keeps the weights for the backward (`[batch, heads, tokens, tokens]`
 //! f32 per layer).
 //!
-//! By default (`auto`) a bf16 scope runs products up to
-//! [`PRODUCTS_UP_TO`] tokens, as `torch.autocast` runs the attention of
-//! a model written with matrix products, and everything else by rows.
+//! By default (`auto`) a bf16 or tf32 scope — the precisions of tensor
+//! cores — runs products up to [`PRODUCTS_UP_TO`] tokens, as
+//! `torch.autocast` (or `allow_tf32`) runs the attention of a model
+//! written with matrix products, and everything else by rows (fp32's
+//! products would be cubek's unit matmuls, fp32 multiply-adds as the rows
+//! are: `bench/gpu-check.sh` times that route too).
 //! `BLKC_ATTENTION=rows|products|auto` (read by the command line) sets it
 //! for a run, so that the two can be timed side by side
 //! (`bench/gpu-check.sh`); [`Route::scope`] sets it for one thread (the
@@ -17,12 +20,13 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::kernels::precision;
+use crate::kernels::precision::{self, Precision};
 
 /// How an attention runs on the CubeCL backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Route {
-    /// Products in bf16 up to [`PRODUCTS_UP_TO`] tokens, rows otherwise.
+    /// Products in bf16 or tf32 up to [`PRODUCTS_UP_TO`] tokens, rows
+    /// otherwise.
     #[default]
     Auto,
     Rows,
@@ -105,7 +109,7 @@ pub(crate) fn as_products(tokens: usize) -> bool {
     match Route::current() {
         Route::Products => true,
         Route::Rows => false,
-        Route::Auto => precision::bf16() && tokens <= PRODUCTS_UP_TO,
+        Route::Auto => precision::current() != Precision::Fp32 && tokens <= PRODUCTS_UP_TO,
     }
 }
 
@@ -115,9 +119,10 @@ mod tests {
     use crate::kernels::precision::{scope, Precision};
 
     #[test]
-    fn auto_runs_products_in_bf16_up_to_the_limit() {
+    fn auto_runs_products_on_tensor_cores_up_to_the_limit() {
         assert!(!as_products(128), "fp32 runs by rows");
         assert!(scope(Precision::Bf16, || as_products(128) && !as_products(4096)));
+        assert!(scope(Precision::Tf32, || as_products(1024) && !as_products(1025)));
         assert!(Route::Products.scope(|| as_products(4096)));
         assert!(!Route::Rows.scope(|| scope(Precision::Bf16, || as_products(128))));
         assert_eq!(Route::current(), Route::Auto, "the scope is put back");
