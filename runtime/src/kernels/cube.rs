@@ -7,6 +7,7 @@
 //! sizes, fresh outputs, and the sum over the units of a cube.
 
 use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::kernel::reduce::{sum_fallback, KernelReduceStrategy, SumStrategy};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -33,6 +34,17 @@ pub(super) fn sum_all<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
 pub(super) fn units<R: CubeRuntime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new(client, n);
     (cubecl::calculate_cube_count_elemwise(client, n, dim), dim)
+}
+
+/// `t` contiguous, in its own memory when nothing else holds it, else in a
+/// copy: a buffer a kernel may write over.
+pub(super) fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = into_contiguous(t);
+    if t.can_mut() && t.is_contiguous_buffer() {
+        t
+    } else {
+        t.copy()
+    }
 }
 
 /// An uninitialised f32 tensor of `shape` on `like`'s device.

@@ -23,7 +23,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, AttentionOps};
-use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, row_lse};
+use crate::kernels::cube::{cube_sum, empty_f32, row_cubes, row_lse, writable};
 use crate::kernels::shaped::cube::{backward, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
@@ -119,11 +119,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         let fits = rows_of(&p).filter(|_| dp.dtype == DType::F32 && dp.shape() == p.shape());
         let Some([rows, _, tk]) = fits else { return reference::softmax_scores_backward::<Self>(p, dp, scale) };
         let p = into_contiguous(p);
-        let ds = into_contiguous(dp);
-        let ds = match ds.can_mut() {
-            true => ds,
-            false => ds.copy(),
-        };
+        let ds = writable(dp);
         let client = p.client.clone();
         let (count, dim, block) = row_cubes(&client, rows, tk);
         softmax_rows_grad::launch::<f32, R>(

@@ -42,7 +42,7 @@ use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
 use cubek::std::InputBinding;
 
 use super::{reference, DenseOps, Gate, ReluMask};
-use crate::kernels::cube::{empty_f32, units};
+use crate::kernels::cube::{empty_f32, units, writable};
 use crate::kernels::precision::{self, Precision};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for CubeBackend<R, F, I, BT> {
@@ -198,17 +198,6 @@ pub(crate) fn product_shape(a: &Shape, b: &Shape) -> Shape {
 /// Whether every tensor is f32 (the kernels' dtype).
 fn all_f32<R: CubeRuntime>(ts: &[&CubeTensor<R>]) -> bool {
     ts.iter().all(|t| t.dtype == DType::F32)
-}
-
-/// `t` contiguous, in its own memory when nothing else holds it, else in a
-/// copy: a buffer a kernel may write over.
-fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let t = into_contiguous(t);
-    if t.can_mut() && t.is_contiguous_buffer() {
-        t
-    } else {
-        t.copy()
-    }
 }
 
 /// The launch of an element-wise kernel over `like`'s entries, read and

@@ -19,7 +19,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, EmbedOps};
-use crate::kernels::cube::units;
+use crate::kernels::cube::{units, writable};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> EmbedOps for CubeBackend<R, F, I, BT> {
     fn embed_groups(tokens: &IntTensor<Self>, vocab: usize) -> Option<IntTensor<Self>> {
@@ -77,13 +77,7 @@ pub(crate) fn table_grad<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
     type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
     let [n, d] = [dy.shape()[0], dy.shape()[1]];
     let table = match acc {
-        Some(a) => {
-            let a = Cube::<R, F, I, BT>::float_reshape(into_contiguous(a), [vocab, d].into());
-            match a.can_mut() {
-                true => a,
-                false => a.copy(),
-            }
-        }
+        Some(a) => Cube::<R, F, I, BT>::float_reshape(writable(a), [vocab, d].into()),
         None => Cube::<R, F, I, BT>::float_zeros([vocab, d].into(), &dy.device, FloatDType::F32),
     };
     let runs = (groups.shape()[0] - n - 1) / 2;

@@ -19,7 +19,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, LossOps};
-use crate::kernels::cube::{empty_f32, row_cubes, row_lse, sum_all, units};
+use crate::kernels::cube::{empty_f32, row_cubes, row_lse, sum_all, units, writable};
 
 /// The target of `row`, within the vocabulary.
 #[cube]
@@ -215,8 +215,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         };
         // The gradient goes over the logits: a fresh copy when they are
         // shared or strided.
-        let x = into_contiguous(logits);
-        let x = if x.can_mut() { x } else { x.copy() };
+        let x = writable(logits);
         let targets = into_contiguous(targets);
         let nll = empty_f32(&x, [rows]);
         let client = x.client.clone();

@@ -153,16 +153,18 @@ impl<R: CubeRuntime> Operands<R> {
     }
 }
 
+/// A gain as the kernels read it: its values in a row, contiguous.
+fn flat<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(g: &CubeTensor<R>) -> CubeTensor<R> {
+    into_contiguous(CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into()))
+}
+
 /// The operands of a shaped attention (`beta_sa` that of its gained sum).
 fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     a: &Shaped<CubeTensor<R>>,
     beta_sa: Option<&CubeTensor<R>>,
 ) -> Operands<R> {
-    let flat = |g: &CubeTensor<R>| {
-        into_contiguous(CubeBackend::<R, F, I, BT>::float_reshape(g.clone(), [g.shape().num_elements()].into()))
-    };
-    let [alpha, beta, gamma] = a.gains.each_ref().map(flat);
-    let beta_sa = beta_sa.map_or_else(|| no_gains(&a.v), flat);
+    let [alpha, beta, gamma] = a.gains.each_ref().map(flat::<R, F, I, BT>);
+    let beta_sa = beta_sa.map_or_else(|| no_gains(&a.v), flat::<R, F, I, BT>);
     Operands::new([a.q.clone(), a.k.clone(), a.v.clone()], a.bq.as_ref(), [alpha, beta, gamma, beta_sa])
 }
 
@@ -397,8 +399,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     ) -> FloatTensor<Self> {
         let Some(m) = mix_plan(&v, &o, &gains, vectors(&v)) else { return reference::mix::<Self>(v, o, gains, causal) };
         let [v, o] = [v, o].map(into_contiguous);
-        let [alpha, beta, gamma] =
-            gains.map(|g| into_contiguous(Self::float_reshape(g.clone(), [g.shape().num_elements()].into())));
+        let [alpha, beta, gamma] = gains.each_ref().map(flat::<R, F, I, BT>);
         let y = empty_f32(&v, v.shape());
         let client = v.client.clone();
         let (count, dim) = units(&client, m.units());
@@ -434,8 +435,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let Some(m) = fits else { return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc) };
         let [v, o, dy] = [v, o, dy].map(into_contiguous);
         let lengths = gains.each_ref().map(|g| g.shape().num_elements());
-        let [alpha, beta, gamma] =
-            gains.map(|g| into_contiguous(Self::float_reshape(g.clone(), [g.shape().num_elements()].into())));
+        let [alpha, beta, gamma] = gains.each_ref().map(flat::<R, F, I, BT>);
         let accumulate = acc.is_some();
         let acc = acc.map_or_else(|| no_gains(&v), into_contiguous);
         let (dv, d_o) = (empty_f32(&v, v.shape()), empty_f32(&v, v.shape()));
