@@ -440,6 +440,7 @@ fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device
     let (batch, heads, tokens, d) = (2, 3, 9, 8);
     let split = |x| split_heads::<B>(x, heads);
     let mut worst = 0.0f32;
+    let mut kept_ran = false;
     for case in 0..8 {
         let (causal, biased, added) = (case & 1 == 0, case & 2 == 0, case & 4 == 0);
         let [q, k, v] = [0; 3].map(|_| split(draws.normal::<B>(device, &[batch, tokens, heads * d])));
@@ -449,28 +450,39 @@ fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device
         assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
         let (o2, p) = reference::attention_forward::<B>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, causal));
         let merged = |x| blkc_runtime::kernels::tensor::merge_heads::<B>(x);
-        let e = gap_of_scale(&values::<B>(merged(o)), &values::<B>(merged(o2)));
+        let e = gap_of_scale(&values::<B>(merged(o.clone())), &values::<B>(merged(o2)));
         assert!(e < 1e-5, "case {case}: outputs differ by {e:e} of scale");
         worst = worst.max(e);
         let g = split(draws.normal::<B>(device, &[batch, tokens, heads * d]));
         let wants = if case < 4 { [true; 3] } else { [false, true, true] };
         let acc = added.then(|| draws.normal::<B>(device, &[batch, tokens, heads * d]));
         let qkv = [q, k, v];
-        let ours = B::attention_backward(qkv.clone(), bq.clone(), kept, g.clone(), (0.35, causal, acc.clone()), wants);
+        let mask = (0.35, causal, acc.clone());
+        // From the row statistics alone, and with the output kept (the
+        // rows' kernel then reads `D_i` from it, which rounds otherwise:
+        // `dq` and `dk` differ from the first in their last bits).
+        let ours = B::attention_backward(qkv.clone(), bq.clone(), kept.clone(), g.clone(), mask.clone(), wants);
+        let from_o = B::attention_backward_from(qkv.clone(), bq.clone(), (kept, o), g.clone(), mask, wants);
         let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (0.35, causal, acc), wants);
-        for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
+        for (i, ((a, a2), b)) in ours.into_iter().zip(from_o).zip(theirs).enumerate() {
             let wanted = if i < 3 { wants[i] } else { biased };
-            assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "case {case}: gradient {i}");
-            if let (Some(a), Some(b)) = (a, b) {
-                let (a, b) = if i < 3 { (merged(a), merged(b)) } else { (a, b) };
-                let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert_eq!((a.is_some(), a2.is_some(), b.is_some()), (wanted, wanted, wanted), "case {case}: gradient {i}");
+            if let (Some(a), Some(a2), Some(b)) = (a, a2, b) {
+                let (a, a2, b) = if i < 3 { (merged(a), merged(a2), merged(b)) } else { (a, a2, b) };
+                let (a, a2, b) = (values::<B>(a), values::<B>(a2), values::<B>(b));
+                let (e, e2) = (gap_of_scale(&a, &b), gap_of_scale(&a2, &b));
                 // The query bias's gradient sums over batch and tokens.
                 let tolerance = if i == 3 { 1e-4 } else { 1e-5 };
                 assert!(e < tolerance, "case {case}: gradient {i} differs by {e:e} of scale");
-                worst = worst.max(e);
+                assert!(e2 < tolerance, "case {case}: gradient {i} from the kept output differs by {e2:e} of scale");
+                if i == 0 {
+                    kept_ran |= a != a2;
+                }
+                worst = worst.max(e).max(e2);
             }
         }
     }
+    assert!(kept_ran, "the rows' kernel read the kept output");
     println!("attention kernels against the reference: largest gap {worst:.1e} of scale");
 }
 

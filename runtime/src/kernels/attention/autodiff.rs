@@ -26,11 +26,12 @@ struct Attention;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
     /// `q`, `k`, `v` (split into heads), the query's bias, the weights
-    /// (or what the backend keeps in their place), the scale, the mask.
-    type State = ([FloatTensor<B>; 3], Option<FloatTensor<B>>, FloatTensor<B>, f64, bool);
+    /// (or what the backend keeps in their place) and the output (which
+    /// the node's output shares: no memory of its own), the scale, the mask.
+    type State = ([FloatTensor<B>; 3], Option<FloatTensor<B>>, [FloatTensor<B>; 2], f64, bool);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let ([q, k, v], bq, p, scale, causal) = ops.state;
+        let ([q, k, v], bq, kept, scale, causal) = ops.state;
         let heads = q.shape()[1];
         let g = grads.consume::<B>(&ops.node);
         let mut parents = ops.parents.into_iter();
@@ -39,7 +40,8 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
         let wants = [nq.is_some(), nk.is_some(), nv.is_some()];
         let g4 = split_heads::<B>(g, heads);
         let bq = bq.filter(|_| nb.is_some());
-        let [dq, dk, dv, dbq] = B::attention_backward([q, k, v], bq, p, g4, (scale, causal, acc), wants);
+        let [p, o] = kept;
+        let [dq, dk, dv, dbq] = B::attention_backward_from([q, k, v], bq, (p, o), g4, (scale, causal, acc), wants);
         let dv = dv.map(merge_heads::<B>);
         for (node, grad) in [(nq, dq), (nk, dk), (nv, dv), (nb, dbq)] {
             if let (Some(node), Some(grad)) = (node, grad) {
@@ -62,7 +64,7 @@ impl<B: Kernels, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
         let (qp, kp) = (q.primitive, k.primitive);
         let b = bq.as_ref().map(|b| b.primitive.clone());
         let (o, p) = B::attention_forward(qp.clone(), kp.clone(), v4.clone(), b.clone(), (scale, causal));
-        let (state, y) = (([qp, kp, v4], b, p, scale, causal), merge_heads::<B>(o));
+        let (state, y) = (([qp, kp, v4], b, [p, o.clone()], scale, causal), merge_heads::<B>(o));
         match bq {
             Some(bq) => {
                 let [q, k, v] = nodes;

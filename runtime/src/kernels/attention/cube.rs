@@ -66,31 +66,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         p: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
+        mask: (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        if p.shape().num_dims() != 3 {
-            return reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants);
-        }
-        let Some((operands, plan)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
-            // Not reached (the forward kept row statistics, so it ran the
-            // kernels on these operands); the reference, from its weights.
-            let [q, k, v] = qkv.clone();
-            let weights = reference::attention_forward::<Self>(q, k, v, bq.clone(), (scale, causal)).1;
-            return reference::attention_backward::<Self>(qkv, bq, weights, g, (scale, causal, acc), wants);
-        };
-        let dy = into_contiguous(merge_heads::<Self>(g));
-        let [dq, dk, dv, _] = backward(operands, &plan, p, dy, (scale, causal, Mix { mixed: false, summed: false }));
-        let dbq = bq.as_ref().map(|_| {
-            let s = Self::float_sum_dim(Self::float_sum_dim(dq.clone(), 2), 0);
-            Self::float_reshape(s, [plan.heads * plan.d].into())
-        });
-        let dv = match acc {
-            Some(acc) => Self::float_add(acc, dv),
-            None => dv,
-        };
-        let [dq, dk, dv] = [dq, dk, split_heads::<Self>(dv, plan.heads)];
-        [wants[0].then_some(dq), wants[1].then_some(dk), wants[2].then_some(dv), dbq]
+        rows_backward::<R, F, I, BT>(qkv, bq, (p, None), g, mask, wants)
+    }
+
+    fn attention_backward_from(
+        qkv: [FloatTensor<Self>; 3],
+        bq: Option<FloatTensor<Self>>,
+        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
+        g: FloatTensor<Self>,
+        mask: (f64, bool, Option<FloatTensor<Self>>),
+        wants: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 4] {
+        rows_backward::<R, F, I, BT>(qkv, bq, (p, Some(o)), g, mask, wants)
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
@@ -135,6 +125,47 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         );
         ds
     }
+}
+
+/// The backward from what the forward kept (`p`): the row kernels from
+/// the rows' log-sum-exp (reading `D_i` from the output `o` when given),
+/// the reference from the weights.
+fn rows_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    qkv: [CubeTensor<R>; 3],
+    bq: Option<CubeTensor<R>>,
+    (p, o): (CubeTensor<R>, Option<CubeTensor<R>>),
+    g: CubeTensor<R>,
+    (scale, causal, acc): (f64, bool, Option<CubeTensor<R>>),
+    wants: [bool; 3],
+) -> [Option<CubeTensor<R>>; 4] {
+    type B<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+    if p.shape().num_dims() != 3 {
+        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, p, g, (scale, causal, acc), wants);
+    }
+    let Some((operands, plan)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
+        // Not reached (the forward kept row statistics, so it ran the
+        // kernels on these operands); the reference, from its weights.
+        let [q, k, v] = qkv.clone();
+        let weights = reference::attention_forward::<B<R, F, I, BT>>(q, k, v, bq.clone(), (scale, causal)).1;
+        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, weights, g, (scale, causal, acc), wants);
+    };
+    let dy = into_contiguous(merge_heads::<B<R, F, I, BT>>(g));
+    let shape = [plan.batch, plan.heads, plan.tokens, plan.d];
+    let kept = o
+        .filter(|o| o.dtype == DType::F32 && o.shape().as_slice() == shape)
+        .map(|o| into_contiguous(merge_heads::<B<R, F, I, BT>>(o)));
+    let plain = Mix { mixed: false, summed: false };
+    let [dq, dk, dv, _] = backward(operands, &plan, (p, kept), dy, (scale, causal, plain));
+    let dbq = bq.as_ref().map(|_| {
+        let s = B::<R, F, I, BT>::float_sum_dim(B::<R, F, I, BT>::float_sum_dim(dq.clone(), 2), 0);
+        B::<R, F, I, BT>::float_reshape(s, [plan.heads * plan.d].into())
+    });
+    let dv = match acc {
+        Some(acc) => B::<R, F, I, BT>::float_add(acc, dv),
+        None => dv,
+    };
+    let [dq, dk, dv] = [dq, dk, split_heads::<B<R, F, I, BT>>(dv, plan.heads)];
+    [wants[0].then_some(dq), wants[1].then_some(dk), wants[2].then_some(dv), dbq]
 }
 
 /// `[rows, t_q, t_k]` of f32 scores or weights `[..., t_q, t_k]` (at least

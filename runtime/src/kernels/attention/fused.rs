@@ -50,30 +50,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         p: FloatTensor<Self>,
         g: FloatTensor<Self>,
-        (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
+        mask: (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        if p.shape().num_dims() != 3 {
-            return reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants);
-        }
-        // The gradients asked for, shaped as their operands, and the query
-        // bias's (one per entry of `heads · d`, as the bias).
-        let mut shapes: Vec<_> = qkv.iter().zip(wants).filter(|(_, w)| *w).map(|(t, _)| like(t)).collect();
-        let biased = bq.as_ref().map(|b| f32s([b.shape().num_elements()]));
-        shapes.extend(biased.clone());
-        let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats(qkv).maybe(bq).float(p).float(g).maybe(acc);
-        let mut out = run("blkc.attention_backward", ops, shapes, move |mut x| {
-            let qkv = x.floats();
-            let bq = x.maybe();
-            let [p, g] = x.floats();
-            let acc = x.maybe();
-            let grads = CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, p, g, (scale, causal, acc), wants);
-            grads.into_iter().flatten().collect()
-        })
-        .into_iter();
-        let [dq, dk, dv] = wants.map(|w| w.then(|| out.next()).flatten());
-        let dbq = biased.and_then(|_| out.next());
-        [dq, dk, dv, dbq]
+        backward_op::<R, F, I, BT>(qkv, bq, (p, None), g, mask, wants)
+    }
+
+    fn attention_backward_from(
+        qkv: [FloatTensor<Self>; 3],
+        bq: Option<FloatTensor<Self>>,
+        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
+        g: FloatTensor<Self>,
+        mask: (f64, bool, Option<FloatTensor<Self>>),
+        wants: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 4] {
+        backward_op::<R, F, I, BT>(qkv, bq, (p, Some(o)), g, mask, wants)
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
@@ -100,4 +91,55 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         }));
         ds
     }
+}
+
+/// A float tensor under fusion.
+type Fused<R, F, I, BT> = FloatTensor<Fusion<CubeBackend<R, F, I, BT>>>;
+
+/// The backward as one custom operation (the row kernels, given the kept
+/// output `o` or not); the reference from the weights. (The trait's
+/// argument tuples, spelt out for the fusion backend.)
+#[allow(clippy::type_complexity)]
+fn backward_op<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    qkv: [Fused<R, F, I, BT>; 3],
+    bq: Option<Fused<R, F, I, BT>>,
+    (p, o): (Fused<R, F, I, BT>, Option<Fused<R, F, I, BT>>),
+    g: Fused<R, F, I, BT>,
+    (scale, causal, acc): (f64, bool, Option<Fused<R, F, I, BT>>),
+    wants: [bool; 3],
+) -> [Option<Fused<R, F, I, BT>>; 4] {
+    if p.shape().num_dims() != 3 {
+        return reference::attention_backward::<Fusion<CubeBackend<R, F, I, BT>>>(
+            qkv,
+            bq,
+            p,
+            g,
+            (scale, causal, acc),
+            wants,
+        );
+    }
+    // The gradients asked for, shaped as their operands, and the query
+    // bias's (one per entry of `heads · d`, as the bias).
+    let mut shapes: Vec<_> = qkv.iter().zip(wants).filter(|(_, w)| *w).map(|(t, _)| like(t)).collect();
+    let biased = bq.as_ref().map(|b| f32s([b.shape().num_elements()]));
+    shapes.extend(biased.clone());
+    let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats(qkv).maybe(bq).float(p).maybe(o).float(g).maybe(acc);
+    let mut out = run("blkc.attention_backward", ops, shapes, move |mut x| {
+        let qkv = x.floats();
+        let bq = x.maybe();
+        let p = x.float();
+        let o = x.maybe();
+        let g = x.float();
+        let acc = x.maybe();
+        let mask = (scale, causal, acc);
+        let grads = match o {
+            Some(o) => CubeBackend::<R, F, I, BT>::attention_backward_from(qkv, bq, (p, o), g, mask, wants),
+            None => CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, p, g, mask, wants),
+        };
+        grads.into_iter().flatten().collect()
+    })
+    .into_iter();
+    let [dq, dk, dv] = wants.map(|w| w.then(|| out.next()).flatten());
+    let dbq = biased.and_then(|_| out.next());
+    [dq, dk, dv, dbq]
 }

@@ -151,7 +151,9 @@ fn dot<F: Float, N: Size>(a: &Array<Vector<F, N>>, b: &Tensor<Vector<F, N>>, b0:
 
 /// The backward by query row: `dq`, `D_i` (`delta`) and each row's share
 /// of the gains' gradients, `part[4, rows]`: `Σ g·v`, `Σ g·o`, `Σ g·centre`
-/// (`g` the mix's gradient) and `Σ dy·mix` (for `beta_sa`).
+/// (`g` the mix's gradient) and `Σ dy·mix` (for `beta_sa`). With `kept` (a
+/// plain softmax only), `o` is read from `o_kept` (`[batch, tokens, heads
+/// · d]`, the forward's output) instead of recomputed.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn shaped_rows<F: Float, N: Size>(
@@ -164,6 +166,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     gamma: &Tensor<F>,
     beta_sa: &Tensor<F>,
     lse: &Tensor<F>,
+    o_kept: &Tensor<Vector<F, N>>,
     dy: &Tensor<Vector<F, N>>,
     dq: &mut Tensor<Vector<F, N>>,
     delta: &mut Tensor<F>,
@@ -178,6 +181,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
     #[comptime] biased: bool,
+    #[comptime] kept: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -209,23 +213,32 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     }
     let row_lse = lse[pos];
     let qr = held(q, qrow, bq, h * w, w, biased);
+    let at = (b * tokens + i) * width + h * w;
     let mut o = zeros::<F, N>(w);
     let mut sum = zeros::<F, N>(w);
     let mut grad = zeros::<F, N>(w);
-    for j in 0..end {
-        let p = Vector::new(F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse));
-        let vrow = (b * tokens + j) * width + h * w;
+    if kept {
+        // A plain softmax's output as the forward wrote it: no pass to
+        // recompute it.
         #[unroll]
         for c in 0..w {
-            let x = v[vrow + c];
-            o[c] += p * x;
-            if mixed {
-                sum[c] += x;
+            o[c] = o_kept[at + c];
+        }
+    } else {
+        for j in 0..end {
+            let p = Vector::new(F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse));
+            let vrow = (b * tokens + j) * width + h * w;
+            #[unroll]
+            for c in 0..w {
+                let x = v[vrow + c];
+                o[c] += p * x;
+                if mixed {
+                    sum[c] += x;
+                }
             }
         }
     }
     let inv_count = Vector::new(F::new(1.0) / F::cast_from(end));
-    let at = (b * tokens + i) * width + h * w;
     let mut d_o = Array::<Vector<F, N>>::new(w);
     let mut dd = Vector::new(F::new(0.0));
     let mut pv = Vector::new(F::new(0.0));

@@ -226,11 +226,13 @@ pub(crate) struct Mix {
 /// The backward kernels, given the forward's `lse` and the output's
 /// gradient `dy` (contiguous): `[dq, dk, dv, part]`, `part` the rows'
 /// shares of the gains' gradients (see `shaped_rows`; a placeholder for a
-/// plain softmax).
+/// plain softmax). `kept`: a plain softmax's output as its forward wrote
+/// it (`[batch, tokens, heads · d]`, contiguous), which spares the rows'
+/// kernel its first pass.
 pub(crate) fn backward<R: CubeRuntime>(
     o: Operands<R>,
     p: &Plan,
-    lse: CubeTensor<R>,
+    (lse, kept): (CubeTensor<R>, Option<CubeTensor<R>>),
     dy: CubeTensor<R>,
     (scale, causal, mix): (f64, bool, Mix),
 ) -> [CubeTensor<R>; 4] {
@@ -244,6 +246,9 @@ pub(crate) fn backward<R: CubeRuntime>(
     let n = o.lanes(p);
     let gains = || o.gains.clone().map(|g| g.into_tensor_arg());
     let [alpha, beta, gamma, beta_sa] = gains();
+    let kept = kept.filter(|_| !mix.mixed);
+    let with_o = kept.is_some();
+    let o_kept = kept.unwrap_or_else(|| no_gains(&o.v));
     shaped_rows::launch::<f32, R>(
         &client,
         count.clone(),
@@ -258,6 +263,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         gamma,
         beta_sa,
         lse.clone().into_tensor_arg(),
+        o_kept.into_tensor_arg(),
         dy.clone().into_tensor_arg(),
         dq.clone().into_tensor_arg(),
         delta.clone().into_tensor_arg(),
@@ -272,6 +278,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         mix.mixed,
         mix.summed,
         o.biased,
+        with_o,
     );
     let [alpha, beta, gamma, beta_sa] = gains();
     shaped_columns::launch::<f32, R>(
@@ -369,7 +376,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
-        let [dq, dk, dv, part] = backward(operands, &p, lse, dy.clone(), (a.scale, a.causal, mix));
+        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, a.causal, mix));
         let [da, db, dg, dsa] = gain_grads(part, &p, summed);
         let some =
             |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
