@@ -26,9 +26,10 @@ struct Attention;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
     /// `q`, `k`, `v` (split into heads), the query's bias, the weights
-    /// (or what the backend keeps in their place) and the output (which
-    /// the node's output shares: no memory of its own), the scale, the mask.
-    type State = ([FloatTensor<B>; 3], Option<FloatTensor<B>>, [FloatTensor<B>; 2], f64, bool);
+    /// (or what the backend keeps in their place) and, beside row
+    /// statistics, the output (which the node's output shares), the scale,
+    /// the mask.
+    type State = ([FloatTensor<B>; 3], Option<FloatTensor<B>>, (FloatTensor<B>, Option<FloatTensor<B>>), f64, bool);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let ([q, k, v], bq, kept, scale, causal) = ops.state;
@@ -40,8 +41,11 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
         let wants = [nq.is_some(), nk.is_some(), nv.is_some()];
         let g4 = split_heads::<B>(g, heads);
         let bq = bq.filter(|_| nb.is_some());
-        let [p, o] = kept;
-        let [dq, dk, dv, dbq] = B::attention_backward_from([q, k, v], bq, (p, o), g4, (scale, causal, acc), wants);
+        let mask = (scale, causal, acc);
+        let [dq, dk, dv, dbq] = match kept {
+            (p, Some(o)) => B::attention_backward_from([q, k, v], bq, (p, o), g4, mask, wants),
+            (p, None) => B::attention_backward([q, k, v], bq, p, g4, mask, wants),
+        };
         let dv = dv.map(merge_heads::<B>);
         for (node, grad) in [(nq, dq), (nk, dk), (nv, dv), (nb, dbq)] {
             if let (Some(node), Some(grad)) = (node, grad) {
@@ -64,7 +68,10 @@ impl<B: Kernels, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
         let (qp, kp) = (q.primitive, k.primitive);
         let b = bq.as_ref().map(|b| b.primitive.clone());
         let (o, p) = B::attention_forward(qp.clone(), kp.clone(), v4.clone(), b.clone(), (scale, causal));
-        let (state, y) = (([qp, kp, v4], b, [p, o.clone()], scale, causal), merge_heads::<B>(o));
+        // The output too where the backend kept row statistics (whose
+        // backward would recompute it), not beside the weights.
+        let o_kept = (p.shape().num_dims() == 3).then(|| o.clone());
+        let (state, y) = (([qp, kp, v4], b, (p, o_kept), scale, causal), merge_heads::<B>(o));
         match bq {
             Some(bq) => {
                 let [q, k, v] = nodes;
