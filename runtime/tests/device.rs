@@ -556,6 +556,7 @@ fn wgpu_profile_names_blkcs_kernels() {
         let o = blkc_with(&all, &[("BLKC_ATTENTION", "products")]);
         assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        assert_eq!(v["attention"], "products", "{file}: the route the bench ran, in its JSON");
         let rows = v["profile"].as_array().cloned().unwrap_or_default();
         let launches = |kernel: &str| {
             rows.iter().find(|r| r["kernel"] == kernel).and_then(|r| r["launches_per_step"].as_f64()).unwrap_or(0.0)

@@ -632,6 +632,7 @@ fn bench_measures_models_side_by_side() {
     let v: serde_json::Value =
         serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
     assert_eq!((v["schema_version"].as_u64(), v["command"].as_str()), (Some(1), Some("bench")), "{v}");
+    assert_eq!(v["attention"], "auto", "the attention's route, as BLKC_ATTENTION leaves it");
     let records = v["records"].as_array().unwrap_or_else(|| panic!("no records: {v}"));
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["params"], 105_106, "the tiny model's count, as `blkc params` gives it");

@@ -147,6 +147,7 @@ pub fn run(args: &Args) -> u8 {
                 "command": "bench",
                 "device": device,
                 "precision": plan.precision.name(),
+                "attention": crate::kernels::attention::Route::current().name(),
                 "batch": plan.batch,
                 "steps": plan.steps,
                 "warmup": plan.warmup,

@@ -33,7 +33,7 @@ pub enum Route {
     Products,
 }
 
-/// The longest sequence that `auto` runs as products in bf16: the weights
+/// The longest sequence that `auto` runs as products (in bf16 or tf32): the weights
 /// a layer keeps grow with its square (at 1024 tokens, 4 MiB per head and
 /// sequence).
 pub const PRODUCTS_UP_TO: usize = 1024;
