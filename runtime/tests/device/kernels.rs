@@ -21,8 +21,10 @@ fn values<B: Backend>(t: burn::tensor::ops::FloatTensor<B>) -> Vec<f32> {
 /// The shaped attention's CubeCL kernels (`kernels/shaped/cube/`)
 /// against the reference maths on the same device: the output and every
 /// gradient, causal or not, with the query's bias or not, summed with
-/// another branch or not, per-head or single gains, `v` read elsewhere.
+/// another branch or not, per-head or single gains, `v` read elsewhere;
+/// and the route of products (its kept softmax term read by its backward).
 fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
+    use blkc_runtime::kernels::attention::Route;
     use blkc_runtime::kernels::shaped::reference;
     use blkc_runtime::kernels::{MixAddend, Shaped};
     let draws = Draws::new(18);
@@ -59,13 +61,36 @@ fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &
         let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
         assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
         let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
-        let forward = gap_of_scale(&values::<B>(ours), &values::<B>(theirs));
+        let theirs = values::<B>(theirs);
+        let forward = gap_of_scale(&values::<B>(ours), &theirs);
         assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
         if forward > worst.0 {
             worst = (forward, case, "the output");
         }
         let dy = random(&[batch, tokens, heads * d]);
         let acc = (case % 3 == 0).then(|| random(&[batch, tokens, heads * d]));
+        // The route of products too (the weights kept, and the softmax
+        // term, which its backward then does not recompute).
+        let (as_products, weights, o) =
+            Route::Products.scope(|| B::shaped_attention_forward_kept(shaped.clone(), add.clone()));
+        let rank = burn::tensor::TensorMetadata::shape(&weights).num_dims();
+        assert_eq!(rank, 4, "case {case}: as products, the weights are kept");
+        let o = o.unwrap_or_else(|| panic!("case {case}: as products, the softmax term is kept"));
+        let e = gap_of_scale(&values::<B>(as_products), &theirs);
+        assert!(e < 1e-5, "case {case}: as products, the output differs by {e:e}");
+        let g2 = Route::Products.scope(|| {
+            B::shaped_attention_backward_from(shaped.clone(), add.clone(), (weights, o), dy.clone(), acc.clone())
+        });
+        let r2 =
+            reference::shaped_attention_backward::<B>(shaped.clone(), add.clone(), p.clone(), dy.clone(), acc.clone());
+        for (name, a, b) in [("dq", g2.dq, r2.dq), ("dk", g2.dk, r2.dk), ("dv", g2.dv, r2.dv)] {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-5, "case {case}: as products, {name} differs by {e:e} of its largest");
+        }
+        for (a, b) in g2.dgains.into_iter().zip(r2.dgains) {
+            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            assert!(e < 1e-4, "case {case}: as products, a gain's gradient differs by {e:e} of its largest");
+        }
         let g = B::shaped_attention_backward(shaped.clone(), add.clone(), kept, dy.clone(), acc.clone());
         let r = reference::shaped_attention_backward::<B>(shaped, add, p, dy, acc);
         let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];

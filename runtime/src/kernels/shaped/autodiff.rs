@@ -20,14 +20,18 @@ use crate::kernels::Kernels;
 struct ShapedAttention;
 
 impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
-    /// The operands, the addend, the attention weights.
-    type State = (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, FloatTensor<B>);
+    /// The operands, the addend, the attention weights (or what the
+    /// backend keeps in their place) and the softmax term where kept.
+    type State = (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, (FloatTensor<B>, Option<FloatTensor<B>>));
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (a, add, p) = ops.state;
+        let (a, add, kept) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[2], dy.clone());
-        let g = B::shaped_attention_backward(a, add, p, dy, acc);
+        let g = match kept {
+            (p, Some(o)) => B::shaped_attention_backward_from(a, add, (p, o), dy, acc),
+            (p, None) => B::shaped_attention_backward(a, add, p, dy, acc),
+        };
         let [dalpha, dbeta, dgamma] = g.dgains;
         let mut all = vec![g.dq, g.dk, g.dv, dalpha, dbeta, dgamma];
         all.extend(g.addend.into_iter().flatten());
@@ -89,8 +93,8 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
             }
             None => (None, None),
         };
-        let (y, p) = B::shaped_attention_forward(inner.clone(), addend.clone());
-        let state = (inner, addend, p);
+        let (y, p, o) = B::shaped_attention_forward_kept(inner.clone(), addend.clone());
+        let state = (inner, addend, (p, o));
         let n = ShapedAttention;
         match (extra, bias_node) {
             (None, None) => record!(n, [q, k, v, gi_n, gs_n, gc_n], state, y),

@@ -9,7 +9,7 @@ use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::{Fusion, FusionBackend};
 
-use super::cube::{mix_backward_fits, mix_plan, plan};
+use super::cube::{backward_from, forward_kept, mix_backward_fits, mix_plan, plan};
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
 
@@ -104,6 +104,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let addend = added.then(|| std::array::from_fn(|_| next()));
         let dbq = biased.then(next);
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
+    }
+
+    fn shaped_attention_forward_kept(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        forward_kept::<Self>(a, add)
+    }
+
+    fn shaped_attention_backward_from(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        kept: (FloatTensor<Self>, FloatTensor<Self>),
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        backward_from::<Self>(a, add, kept, dy, acc)
     }
 
     fn mix(

@@ -100,6 +100,32 @@ pub trait ShapedOps: AttentionOps + GainOps {
         reference::shaped_attention_backward::<Self>(a, add, p, dy, acc)
     }
 
+    /// [`ShapedOps::shaped_attention_forward`] and, where this backend's
+    /// backward would otherwise recompute it, the softmax term `o =
+    /// softmax · v` made on the way (`[batch, heads, tokens, d]`), for
+    /// [`ShapedOps::shaped_attention_backward_from`]. By default none.
+    fn shaped_attention_forward_kept(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (y, p) = Self::shaped_attention_forward(a, add);
+        (y, p, None)
+    }
+
+    /// [`ShapedOps::shaped_attention_backward`] given the softmax term `o`
+    /// that [`ShapedOps::shaped_attention_forward_kept`] kept. By default
+    /// `o` is not read.
+    fn shaped_attention_backward_from(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        let _ = o;
+        Self::shaped_attention_backward(a, add, p, dy, acc)
+    }
+
     /// The shaped attention's matrix applied to the values, as one pass:
     /// `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre(v)` for `v`, `o` (the softmax term,
     /// `softmax · v`): `[batch, tokens, width]`, each gain `[n]` scaling

@@ -33,15 +33,26 @@ pub fn shaped_attention_forward<B: ShapedOps>(
     a: Shaped<FloatTensor<B>>,
     add: Option<MixAddend<FloatTensor<B>>>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (y, p, _) = shaped_attention_forward_kept::<B>(a, add);
+    (y, p)
+}
+
+/// The forward, the weights, and the softmax term `o` (`[batch, heads,
+/// tokens, d]`), which [`shaped_attention_backward_with`] can take instead
+/// of recomputing it.
+pub fn shaped_attention_forward_kept<B: ShapedOps>(
+    a: Shaped<FloatTensor<B>>,
+    add: Option<MixAddend<FloatTensor<B>>>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let heads = a.q.shape()[1];
     let v4 = split_heads::<B>(a.v.clone(), heads);
     let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, (a.scale, a.causal));
-    let y = B::mix(a.v, merge_heads::<B>(o), a.gains, a.causal);
+    let y = B::mix(a.v, merge_heads::<B>(o.clone()), a.gains, a.causal);
     let y = match add {
         Some(m) => B::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
     };
-    (y, p)
+    (y, p, o)
 }
 
 pub fn shaped_attention_backward<B: ShapedOps>(
@@ -51,9 +62,22 @@ pub fn shaped_attention_backward<B: ShapedOps>(
     dy: FloatTensor<B>,
     acc: Option<FloatTensor<B>>,
 ) -> ShapedGrads<FloatTensor<B>> {
+    shaped_attention_backward_with::<B>(a, add, p, None, dy, acc)
+}
+
+/// The backward from the weights `p`, and the softmax term `o` when the
+/// forward kept it (else recomputed as `p · v`).
+pub fn shaped_attention_backward_with<B: ShapedOps>(
+    a: Shaped<FloatTensor<B>>,
+    add: Option<MixAddend<FloatTensor<B>>>,
+    p: FloatTensor<B>,
+    o: Option<FloatTensor<B>>,
+    dy: FloatTensor<B>,
+    acc: Option<FloatTensor<B>>,
+) -> ShapedGrads<FloatTensor<B>> {
     let heads = a.q.shape()[1];
     let v4 = split_heads::<B>(a.v.clone(), heads);
-    let o = merge_heads::<B>(B::matmul_token_major(p.clone(), v4.clone()));
+    let o = merge_heads::<B>(o.unwrap_or_else(|| B::matmul_token_major(p.clone(), v4.clone())));
     // With an addend, the gained sum's backward first: `dy` at the mix.
     let (dy, addend) = match add {
         Some(m) => {

@@ -398,6 +398,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
     }
 
+    fn shaped_attention_forward_kept(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        forward_kept::<Self>(a, add)
+    }
+
+    fn shaped_attention_backward_from(
+        a: Shaped<FloatTensor<Self>>,
+        add: Option<MixAddend<FloatTensor<Self>>>,
+        kept: (FloatTensor<Self>, FloatTensor<Self>),
+        dy: FloatTensor<Self>,
+        acc: Option<FloatTensor<Self>>,
+    ) -> ShapedGrads<FloatTensor<Self>> {
+        backward_from::<Self>(a, add, kept, dy, acc)
+    }
+
     fn mix(
         v: FloatTensor<Self>,
         o: FloatTensor<Self>,
@@ -483,6 +500,37 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let [da, db, dg, _] = gain_grads(part, &sums, false);
         let some = |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the three gains' gradients are made"));
         (dv, d_o, [some(da), some(db), some(dg)])
+    }
+}
+
+/// The forward of a CubeCL backend (with fusion or not) that keeps the
+/// softmax term where it runs the attention as products (the reference
+/// maths, whose backward would recompute it as `p · v`); the rows'
+/// kernels keep their statistics alone.
+pub(crate) fn forward_kept<B: ShapedOps>(
+    a: Shaped<FloatTensor<B>>,
+    add: Option<MixAddend<FloatTensor<B>>>,
+) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>) {
+    if crate::kernels::attention::as_products(a.q.shape()[2]) {
+        let (y, p, o) = reference::shaped_attention_forward_kept::<B>(a, add);
+        return (y, p, Some(o));
+    }
+    let (y, p) = B::shaped_attention_forward(a, add);
+    (y, p, None)
+}
+
+/// The backward from [`forward_kept`]'s: from the weights and the kept
+/// softmax term, or the rows' kernels from their statistics.
+pub(crate) fn backward_from<B: ShapedOps>(
+    a: Shaped<FloatTensor<B>>,
+    add: Option<MixAddend<FloatTensor<B>>>,
+    (p, o): (FloatTensor<B>, FloatTensor<B>),
+    dy: FloatTensor<B>,
+    acc: Option<FloatTensor<B>>,
+) -> ShapedGrads<FloatTensor<B>> {
+    match p.shape().num_dims() {
+        4 => reference::shaped_attention_backward_with::<B>(a, add, p, Some(o), dy, acc),
+        _ => B::shaped_attention_backward(a, add, p, dy, acc),
     }
 }
 
