@@ -6,9 +6,13 @@
 //! `[batch, heads, tokens, tokens]`), and the backward recomputes the
 //! weights from it, row by row.
 //!
-//! In bf16, up to [`super::PRODUCTS_UP_TO`] tokens, the attention runs as
-//! products instead ([`super::Route`]): the reference maths, whose `q · kᵀ`
-//! and `p · v` the dense family runs on bf16 tensor cores, and whose
+//! The backward is given the forward's output too
+//! ([`AttentionOps::attention_backward_from`]), so the query rows' kernel
+//! reads `o_i` rather than recomputing it.
+//!
+//! In bf16 or tf32, up to [`super::PRODUCTS_UP_TO`] tokens, the attention
+//! runs as products instead ([`super::Route`]): the reference maths, whose
+//! `q · kᵀ` and `p · v` the dense family runs on tensor cores, and whose
 //! softmax and its backward are one kernel each here (a cube per row of
 //! weights). That path keeps the weights, as does the reference where the
 //! shaped kernels do not take the operands (other dtypes than f32, head
