@@ -426,6 +426,8 @@ fn cuda_resumes_exactly() {
     resumes_exactly("cuda");
 }
 
+#[path = "device/attention.rs"]
+mod attention;
 #[path = "device/kernels.rs"]
 mod kernels;
 
