@@ -48,8 +48,7 @@ use crate::kernels::precision::{self, Precision};
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps for CubeBackend<R, F, I, BT> {
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         if bf16_product(&a, &b) {
-            let [a, b] = [a, b].map(|t| Self::float_cast(t, FloatDType::BF16));
-            return Self::float_cast(Self::float_matmul(a, b), FloatDType::F32);
+            return in_bf16::<Self>(a, b);
         }
         if fp32_product(&a, &b) {
             return exact(a, b);
@@ -185,6 +184,13 @@ pub(crate) fn fp32_product<T: TensorMetadata>(a: &T, b: &T) -> bool {
 /// autocast runs a product of f32 tensors.
 pub(crate) fn bf16_product<T: TensorMetadata>(a: &T, b: &T) -> bool {
     a.dtype() == DType::F32 && b.dtype() == DType::F32 && precision::bf16()
+}
+
+/// `a · b` of f32 operands by burn's product in bf16, widened back to f32
+/// (for [`bf16_product`]s, with fusion or not).
+pub(crate) fn in_bf16<B: burn::tensor::backend::Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+    let [a, b] = [a, b].map(|t| B::float_cast(t, FloatDType::BF16));
+    B::float_cast(B::float_matmul(a, b), FloatDType::F32)
 }
 
 /// The shape of `a · b` for `a: [..., m, k]` and `b: [..., k, n]`:

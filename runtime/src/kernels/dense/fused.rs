@@ -7,11 +7,11 @@
 //! activations and gated units of the reference maths.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{FloatDType, TensorMetadata};
+use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::Fusion;
 
-use super::cube::{bf16_product, exact, fp32_product, product_shape};
+use super::cube::{bf16_product, exact, fp32_product, in_bf16, product_shape};
 use super::DenseOps;
 use crate::kernels::fused::{f32s, outputs, run, Operands};
 
@@ -20,8 +20,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DenseOps f
         use burn::tensor::ops::FloatTensorOps;
         let (sa, sb) = (a.shape(), b.shape());
         if bf16_product(&a, &b) {
-            let [a, b] = [a, b].map(|t| Self::float_cast(t, FloatDType::BF16));
-            return Self::float_cast(Self::float_matmul(a, b), FloatDType::F32);
+            return in_bf16::<Self>(a, b);
         }
         if !fp32_product(&a, &b) || sa.num_dims() != sb.num_dims() || sa.num_dims() < 2 {
             return Self::float_matmul(a, b);
