@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod decode;
 pub mod durable;
 pub mod export;
 pub mod kernels;

@@ -60,13 +60,18 @@ impl<B: Kernels> Model<B> {
 
     /// Token and position embeddings of `tokens: [batch, T]` → `[batch, T, width]`.
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_from(tokens, 0)
+    }
+
+    /// [`Model::embed`] of tokens at positions `from` to `from + T`.
+    pub fn embed_from(&self, tokens: Tensor<B, 2, Int>, from: usize) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let w = self.embedding.val();
         let d = w.dims()[1];
         let positions = match &self.positions {
-            Some(p) => Some(p.val().slice([0..t, 0..d])),
-            None if self.sinusoidal => Some(sinusoidal::<B>(t, d, &device)),
+            Some(p) => Some(p.val().slice([from..from + t, 0..d])),
+            None if self.sinusoidal => Some(sinusoidal::<B>(from..from + t, d, &device)),
             None => None,
         };
         crate::kernels::embed(w, tokens.reshape([b * t]), positions).reshape([b, t, d])
@@ -134,6 +139,11 @@ impl<B: Kernels> Model<B> {
         for b in &self.blocks {
             x = b.forward_with(x, noise);
         }
+        self.logits(x)
+    }
+
+    /// The final norm and the head on the last block's output.
+    pub fn logits(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         if let Some(n) = &self.final_norm {
             x = n.forward(x);
         }
@@ -146,11 +156,13 @@ impl<B: Kernels> Model<B> {
     }
 }
 
-/// The sinusoidal table of Vaswani et al. (2017): `[T, d]`.
-fn sinusoidal<B: Backend>(t: usize, d: usize, device: &B::Device) -> Tensor<B, 2> {
+/// The rows `positions` of the sinusoidal table of Vaswani et al. (2017):
+/// `[positions.len(), d]`.
+fn sinusoidal<B: Backend>(positions: std::ops::Range<usize>, d: usize, device: &B::Device) -> Tensor<B, 2> {
+    let t = positions.len();
     let data: Vec<f32> = (0..t * d)
         .map(|k| {
-            let (pos, i) = ((k / d) as f64, k % d);
+            let (pos, i) = ((positions.start + k / d) as f64, k % d);
             let freq = 1.0 / 10_000f64.powf((2 * (i / 2)) as f64 / d as f64);
             if i % 2 == 0 {
                 (pos * freq).sin() as f32

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod cli;
 mod compare;
+mod decode;
 mod lowering;
 mod lsp;
 mod measure;

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use crate::rng::Rng;
 use blkc::graph::Mask;
 
-use burn::tensor::{Int, Tensor, TensorData};
-
 use super::Device;
+use crate::decode::Window;
 use crate::kernels::Kernels;
 use crate::train;
 
@@ -91,15 +90,9 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", args.prompt);
-    let logits = |ids: &[u32]| -> Result<Vec<f32>, String> {
-        let window = &ids[ids.len().saturating_sub(context)..];
-        let t = window.len();
-        let input: Vec<i64> = window.iter().map(|&x| i64::from(x)).collect();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, t]), device);
-        let logits = run.model.forward(input);
-        let v = logits.dims()[2];
-        logits.slice([0..1, t - 1..t, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))
-    };
+    // Each token read once: the attentions keep their keys and values.
+    let mut window = Window::new(&run.model, context, device);
+    let logits = |ids: &[u32]| window.next(ids);
     g.run(ids, &mut Rng::new(args.seed), |ids| tok.decode(ids), logits, &mut out)
 }
 

@@ -156,17 +156,17 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// The value, one head per query head.
-    fn values(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn values(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.widen(self.value.forward(x))
     }
 
     /// `[batch, tokens, inner]` → `[batch, heads, tokens, head_dim]`.
-    fn split(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+    pub(crate) fn split(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [b, t, _] = x.dims();
         x.reshape([b, t, self.plan.heads, self.plan.head_dim]).swap_dims(1, 2)
     }
 
-    fn projected(
+    pub(crate) fn projected(
         &self,
         x: &Tensor<B, 3>,
         w: &Option<Param<Tensor<B, 2>>>,
@@ -230,14 +230,27 @@ impl<B: Kernels> Attention<B> {
 
     /// The matrix's terms one by one, each with its gain, summed.
     fn terms(&self, x: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
-        let device = x.device();
         let v = self.values(x.clone());
+        let mut soft = None;
+        let softmax = || soft.get_or_insert_with(|| self.softmax_times(&x, v.clone(), causal, weights)).clone();
+        self.summed(v.clone(), || centre(v.clone(), causal), softmax)
+    }
+
+    /// The matrix's terms, each with its gain, summed, given the values
+    /// (the identity term), the centre term and the softmax term.
+    pub(crate) fn summed(
+        &self,
+        v: Tensor<B, 3>,
+        mut centre: impl FnMut() -> Tensor<B, 3>,
+        mut softmax: impl FnMut() -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let device = v.device();
         let mut acc: Option<Tensor<B, 3>> = None;
         for (coef, term) in &self.plan.terms {
             let part = match term {
                 MatrixTerm::Identity => v.clone(),
-                MatrixTerm::Centre => centre(v.clone(), causal),
-                MatrixTerm::Softmax => self.softmax_times(&x, v.clone(), causal, weights),
+                MatrixTerm::Centre => centre(),
+                MatrixTerm::Softmax => softmax(),
             };
             let part = match scalar::constant(coef, &self.plan.slots, &self.plan.env) {
                 Some(1.0) => part,
@@ -299,6 +312,7 @@ impl<B: Kernels> Attention<B> {
         let (q, k) = self.rotated(
             self.projected(x, &self.query, bq, &self.query_norm),
             self.projected(x, &self.key, bk, &self.key_norm),
+            0,
         );
         (q, k, self.query_bias.as_ref().filter(|_| apart).map(Param::val))
     }
@@ -306,14 +320,15 @@ impl<B: Kernels> Attention<B> {
     /// Rotary positions on queries and keys `[batch, heads, tokens,
     /// head_dim]`: the first `r` dimensions of each head in pairs
     /// `(p, p + r/2)` (GPT-NeoX's and Llama's layout) turned by
-    /// `position · base^(−2p/r)`; the rest pass. One table of angles for both.
-    fn rotated(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// `position · base^(−2p/r)`; the rest pass. One table of angles for both,
+    /// whose tokens are at positions `from`, `from + 1`, ….
+    pub(crate) fn rotated(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, from: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let Some(rope) = self.plan.rope else { return (q, k) };
         let [_, _, t, hd] = q.dims();
         let r = rope.dims(hd);
         let half = r / 2;
         let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
-        for i in 0..t {
+        for i in from..from + t {
             for p in 0..half {
                 let (s, c) = rope.angle(i, p, r).sin_cos();
                 cos.push(c as f32);
@@ -339,11 +354,12 @@ impl<B: Kernels> Attention<B> {
         let (q, k) = self.rotated(
             self.projected(x, &self.query, &self.query_bias, &self.query_norm),
             self.projected(x, &self.key, &self.key_bias, &self.key_norm),
+            0,
         );
-        let bias = self.plan.alibi.then(|| self.alibi_bias(t, causal, &x.device()));
+        let bias = self.plan.alibi.then(|| self.alibi_bias((0, t), t, causal, &x.device()));
         let out = match weights {
             Some(noise) => {
-                let w = self.weights(q, k, bias, causal);
+                let w = self.weights(q, k, bias, causal, 0);
                 noise.drop(w, self.plan.dropout.inner).matmul(self.split(v))
             }
             None => {
@@ -354,18 +370,28 @@ impl<B: Kernels> Attention<B> {
         out.swap_dims(1, 2).reshape([b, t, inner])
     }
 
-    /// The softmax weights `[batch, heads, t, t]` of queries and keys split
-    /// into heads, in the order of burn's attention: scale, soft-cap, mask,
-    /// bias, softmax.
-    fn weights(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, bias: Option<Tensor<B, 4>>, causal: bool) -> Tensor<B, 4> {
-        let [b, h, t, _] = q.dims();
+    /// The softmax weights `[batch, heads, n, t]` of queries (at positions
+    /// `from` to `from + n`) and keys (at positions 0 to `t`) split into
+    /// heads, in the order of burn's attention: scale, soft-cap, mask, bias,
+    /// softmax.
+    pub(crate) fn weights(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        bias: Option<Tensor<B, 4>>,
+        causal: bool,
+        from: usize,
+    ) -> Tensor<B, 4> {
+        let [b, h, n, _] = q.dims();
+        let t = k.dims()[2];
         let mut s = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.plan.head_dim as f64).sqrt());
         if let Some(c) = self.plan.softcap {
             s = s.div_scalar(c).tanh().mul_scalar(c);
         }
         if causal {
-            let future =
-                Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &s.device()).reshape([1, 1, t, t]).expand([b, h, t, t]);
+            let future = Tensor::<B, 2, Bool>::tril_mask([n, t], from as i64, &s.device())
+                .reshape([1, 1, n, t])
+                .expand([b, h, n, t]);
             s = s.mask_fill(future, f32::NEG_INFINITY);
         }
         if let Some(bias) = bias {
@@ -374,20 +400,28 @@ impl<B: Kernels> Attention<B> {
         burn::tensor::activation::softmax(s, 3)
     }
 
-    /// ALiBi's bias `[1, heads, t, t]`: `−m_h · (i − j)`, or `· |i − j|`
-    /// without a causal mask (masked entries are the mask's to hide).
-    fn alibi_bias(&self, t: usize, causal: bool, device: &B::Device) -> Tensor<B, 4> {
+    /// ALiBi's bias `[1, heads, n, t]` of queries at positions `from` to
+    /// `from + n` (`rows`) and keys at 0 to `t`: `−m_h · (i − j)`, or
+    /// `· |i − j|` without a causal mask (masked entries are the mask's to
+    /// hide).
+    pub(crate) fn alibi_bias(
+        &self,
+        (from, n): (usize, usize),
+        t: usize,
+        causal: bool,
+        device: &B::Device,
+    ) -> Tensor<B, 4> {
         let slopes = blkc::graph::alibi_slopes(self.plan.heads);
-        let mut data = Vec::with_capacity(self.plan.heads * t * t);
+        let mut data = Vec::with_capacity(self.plan.heads * n * t);
         for m in &slopes {
-            for i in 0..t {
+            for i in from..from + n {
                 for j in 0..t {
                     let d = i as f64 - j as f64;
                     data.push((-m * if causal { d } else { d.abs() }) as f32);
                 }
             }
         }
-        Tensor::from_data(TensorData::new(data, [1, self.plan.heads, t, t]), device)
+        Tensor::from_data(TensorData::new(data, [1, self.plan.heads, n, t]), device)
     }
 }
 

@@ -15,6 +15,7 @@ use super::dropout::Noise;
 use super::mlp::Mlp;
 use super::norm::Norm;
 use super::scalar::{self, Slot};
+use crate::decode::Cache;
 
 /// One step of the plan, fused where the build found it can be.
 #[derive(Debug, Clone)]
@@ -55,9 +56,12 @@ impl Step {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    /// The steps unfused, when a sub-block drops values in training (its
-    /// dropout sits inside what the fused steps compute in one kernel).
-    pub plain: Option<Vec<Step>>,
+    /// The steps unfused: run when a sub-block drops values in training
+    /// (its dropout sits inside what the fused steps compute in one
+    /// kernel), and when decoding a token at a time.
+    pub unfused: Vec<Step>,
+    /// Whether a sub-block drops values in training.
+    pub dropout: bool,
     pub out: NodeId,
     pub slots: Vec<Slot>,
     pub env: Env,
@@ -92,7 +96,8 @@ impl<B: Kernels> Block<B> {
             gains,
             plan: Plan {
                 steps: Vec::new(),
-                plain: None,
+                unfused: Vec::new(),
+                dropout: false,
                 out: g.out,
                 slots,
                 env: ctx.env,
@@ -121,9 +126,8 @@ impl<B: Kernels> Block<B> {
             b.plan.steps.push(step);
         }
         b.plan.reads = b.reads();
-        if g.nodes.iter().any(|n| !n.op.dropout().is_off()) {
-            b.plan.plain = Some(b.plan.steps.clone());
-        }
+        b.plan.unfused = b.plan.steps.clone();
+        b.plan.dropout = g.nodes.iter().any(|n| !n.op.dropout().is_off());
         b.fuse();
         b
     }
@@ -181,16 +185,39 @@ impl<B: Kernels> Block<B> {
         self.forward_with(x, None)
     }
 
-    /// The block's output: its steps in order, with the sub-blocks' dropout
-    /// drawn from `noise` when it is given (a training forward). Each
-    /// node's output is dropped after its last read, so that tensors are
-    /// freed (and updated in place) as early as in a block written by hand.
+    /// The block's output, with the sub-blocks' dropout drawn from `noise`
+    /// when it is given (a training forward).
     pub fn forward_with(&self, x: Tensor<B, 3>, noise: Option<Noise>) -> Tensor<B, 3> {
+        match noise {
+            Some(n) if self.plan.dropout => {
+                let n = n.at(self.plan.env.layer as u64);
+                let attend = |k: usize, x, noise| self.attention[k].forward_with(x, noise);
+                self.run(&self.plan.unfused, x, Some(n), attend)
+            }
+            _ => self.run(&self.plan.steps, x, None, |k, x, _| self.attention[k].forward(x)),
+        }
+    }
+
+    /// The block's output for the tokens that follow those of `caches`
+    /// (one per attention, see [`Attention::decode`]), which then hold
+    /// them too: as at evaluation, causal only.
+    pub fn decode(&self, x: Tensor<B, 3>, caches: &mut [Cache<B>]) -> Tensor<B, 3> {
+        self.run(&self.plan.unfused, x, None, |k, x, _| self.attention[k].decode(x, &mut caches[k]))
+    }
+
+    /// `steps` in order on `x`, each attention's output from `attend(k,
+    /// input, noise)`, with the sub-blocks' dropout drawn from `noise` when
+    /// it is given. Each node's output is dropped after its last read, so
+    /// that tensors are freed (and updated in place) as early as in a block
+    /// written by hand.
+    fn run(
+        &self,
+        steps: &[Step],
+        x: Tensor<B, 3>,
+        noise: Option<Noise>,
+        mut attend: impl FnMut(usize, Tensor<B, 3>, Option<Noise>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let device = x.device();
-        let (steps, noise) = match (&self.plan.plain, noise) {
-            (Some(plain), Some(n)) => (plain, Some(n.at(self.plan.env.layer as u64))),
-            _ => (&self.plan.steps, None),
-        };
         let mut remaining = self.plan.reads.clone();
         let mut out: Vec<Option<Tensor<B, 3>>> = Vec::with_capacity(steps.len());
         // The operands of the attentions mixed inside a sum.
@@ -207,7 +234,7 @@ impl<B: Kernels> Block<B> {
             let y = match step {
                 Step::Input => x.take().expect("one input step"),
                 Step::Norm(k, input) => self.norms[*k].forward(read(*input)),
-                Step::Attention(k, input) => self.attention[*k].forward_with(read(*input), noise),
+                Step::Attention(k, input) => attend(*k, read(*input), noise),
                 Step::MixParts(k, input) => {
                     parts[i] = Some(self.attention[*k].mix_parts(read(*input)));
                     out.push(None);

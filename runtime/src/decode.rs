@@ -1,0 +1,186 @@
+//! Decoding a causal model a token at a time: each attention keeps the keys
+//! and values of the tokens so far ([`Cache`]), so that the next token's
+//! logits cost one token's work through the stack plus its attentions'
+//! reads of what they kept — not a forward pass over the whole window,
+//! which made generating `n` tokens cost `n` forward passes. The logits are
+//! those a forward pass over the same tokens gives at the same positions
+//! (`runtime/tests/decode.rs`: every block of `blocks/`, every kind of
+//! positions, grouped queries, QK-norm, soft-cap, matrices of any terms).
+//! [`Window`] slides over a text longer than the model's context.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::kernels::{self, Kernels};
+use crate::layers::attention::Attention;
+use crate::model::Model;
+
+/// What one attention keeps of the tokens decoded so far.
+#[derive(Debug, Clone)]
+pub struct Cache<B: Backend> {
+    /// Keys `[batch, heads, tokens, head_dim]` as its softmax reads them
+    /// (with their bias, normed, rotated; one per query head).
+    keys: Option<Tensor<B, 4>>,
+    /// Values `[batch, tokens, heads · head_dim]`, one per query head.
+    values: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Default for Cache<B> {
+    fn default() -> Self {
+        Cache { keys: None, values: None }
+    }
+}
+
+impl<B: Backend> Cache<B> {
+    /// Tokens kept.
+    pub fn len(&self) -> usize {
+        self.values.as_ref().map_or(0, |v| v.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `kept` with `new` after it along `dim`.
+fn joined<B: Backend, const D: usize>(kept: Option<Tensor<B, D>>, new: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    match kept {
+        Some(k) => Tensor::cat(vec![k, new], dim),
+        None => new,
+    }
+}
+
+impl<B: Kernels> Attention<B> {
+    /// The attention's output `[batch, n, width]` for `x: [batch, n,
+    /// width]`, the `n` tokens that follow those `cache` holds (whose count
+    /// is their first position); `cache` then holds them too. Causal, as at
+    /// evaluation (no dropout).
+    pub fn decode(&self, x: Tensor<B, 3>, cache: &mut Cache<B>) -> Tensor<B, 3> {
+        let [b, n, _] = x.dims();
+        let from = cache.len();
+        let t = from + n;
+        let v = self.values(x.clone());
+        let inner = v.dims()[2];
+        let all = joined(cache.values.take(), v.clone(), 1);
+        let mut soft = None;
+        let softmax = || {
+            let out = soft.get_or_insert_with(|| {
+                let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
+                let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
+                let (q, k) = self.rotated(q, k, from);
+                let keys = joined(cache.keys.take(), k, 2);
+                let bias = self.plan.alibi.then(|| self.alibi_bias((from, n), t, true, &x.device()));
+                let w = self.weights(q, keys.clone(), bias, true, from);
+                cache.keys = Some(keys);
+                w.matmul(self.split(all.clone())).swap_dims(1, 2).reshape([b, n, inner])
+            });
+            out.clone()
+        };
+        let centre = || kernels::causal_mean(all.clone()).slice([0..b, from..t]);
+        let out = self.summed(v, centre, softmax);
+        cache.values = Some(all);
+        self.proj.forward(out)
+    }
+}
+
+/// The caches of a whole model: one per attention of each block, and the
+/// tokens they hold.
+#[derive(Debug, Clone)]
+pub struct State<B: Backend> {
+    blocks: Vec<Vec<Cache<B>>>,
+    len: usize,
+}
+
+impl<B: Kernels> State<B> {
+    /// Empty caches for `model`.
+    pub fn new(model: &Model<B>) -> Self {
+        State { blocks: model.blocks.iter().map(|b| vec![Cache::default(); b.attention.len()]).collect(), len: 0 }
+    }
+
+    /// Tokens held: the position of the next.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<B: Kernels> Model<B> {
+    /// Logits `[batch, n, vocab]` of `tokens: [batch, n]`, the tokens that
+    /// follow those `state` holds; `state` then holds them too. A causal
+    /// model at evaluation: the logits of a forward pass over all the
+    /// tokens at these positions. Refused when the positions would pass
+    /// the model's table of learned positions.
+    pub fn decode(&self, tokens: Tensor<B, 2, Int>, state: &mut State<B>) -> Result<Tensor<B, 3>, String> {
+        let from = state.len();
+        let n = tokens.dims()[1];
+        if let Some(p) = &self.positions {
+            let max = p.val().dims()[0];
+            if from + n > max {
+                return Err(format!("positions {from} to {} are past the model's {max} learned positions", from + n));
+            }
+        }
+        let mut x = self.embed_from(tokens, from);
+        for (b, caches) in self.blocks.iter().zip(&mut state.blocks) {
+            x = b.decode(x, caches);
+        }
+        state.len += n;
+        Ok(self.logits(x))
+    }
+}
+
+/// Next-token logits over a growing text, decoded a token at a time: the
+/// window the model reads starts at the text's start, and when the text
+/// outgrows the context, restarts at its last `context / 2` tokens (a
+/// prompt longer than the context keeps its last `context`). Each token
+/// then sees at least half the context, at the cost of one forward pass
+/// of `context / 2` tokens per `context / 2` generated.
+#[derive(Debug)]
+pub struct Window<'a, B: Kernels> {
+    model: &'a Model<B>,
+    context: usize,
+    device: B::Device,
+    state: State<B>,
+    /// Where the window starts in the text.
+    start: usize,
+}
+
+impl<'a, B: Kernels> Window<'a, B> {
+    pub fn new(model: &'a Model<B>, context: usize, device: &B::Device) -> Self {
+        Window { model, context: context.max(1), device: device.clone(), state: State::new(model), start: 0 }
+    }
+
+    /// Where the window starts in the text now.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// The logits of the token after `ids` (the text so far: what the last
+    /// call was given, and more).
+    pub fn next(&mut self, ids: &[u32]) -> Result<Vec<f32>, String> {
+        let len = ids.len();
+        let fed = self.start + self.state.len();
+        if len == 0 || fed > len {
+            return Err("the text to continue is empty, or shorter than before".into());
+        }
+        let (mut fed, mut start) = (fed, self.start);
+        if len - start > self.context {
+            let keep = if fed == 0 { self.context } else { (self.context / 2).max(1) };
+            start = len - keep;
+            fed = start;
+            self.state = State::new(self.model);
+        }
+        self.start = start;
+        let new: Vec<i64> = ids[fed..].iter().map(|&x| i64::from(x)).collect();
+        let n = new.len();
+        if n == 0 {
+            return Err("no new token to read".into());
+        }
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(new, [1, n]), &self.device);
+        let logits = self.model.decode(input, &mut self.state)?;
+        let v = logits.dims()[2];
+        logits.slice([0..1, n - 1..n, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))
+    }
+}

@@ -1,0 +1,191 @@
+//! Decoding a token at a time (`blkc_runtime::decode`) gives the logits of
+//! a forward pass over the same tokens: every block of `blocks/` with
+//! every kind of positions, and attentions with QK-norm, a soft-cap,
+//! grouped queries, biases, head dimensions of their own and matrices of
+//! any terms; and the window that slides over a text longer than the
+//! context reads what it says it reads.
+
+use blkc::graph::Program;
+use blkc_runtime::backend::Cpu;
+use blkc_runtime::decode::{State, Window};
+use blkc_runtime::model::Model;
+use burn::module::Param;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+type B = Cpu;
+
+const CONTEXT: usize = 10;
+
+fn program(text: &str) -> Program {
+    let c = blkc::compile_str("t.blk", text);
+    c.program.unwrap_or_else(|| panic!("{text}\n{:?}", c.diagnostics))
+}
+
+/// A tiny causal model of `blocks/NAME.blk`'s block (or of `block`, a
+/// block's text) with these positions, two blocks deep.
+fn tiny(text: &str, block: &str, positions: &str) -> Program {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks");
+    let shaped = std::fs::read_to_string(root.join("shaped.blk")).unwrap_or_default();
+    let body = text.replace("use \"shaped.blk\"", &shaped);
+    program(&format!(
+        "{body}\nmodel {{\n block = {block}\n depth = 2\n width = 16\n heads = 4\n context = {CONTEXT}\n vocab = 40\n \
+         mask = causal\n positions = {positions}\n}}\n"
+    ))
+}
+
+/// `program`'s model with its queries, keys, biases and gains drawn at
+/// random, so that each attention's softmax, identity and centre terms all
+/// matter (at init shaped attention is the identity).
+fn built(p: &Program) -> Model<B> {
+    let m = p.model.as_ref().expect("model");
+    let mut model = Model::<B>::build(p, m, 3, &Default::default());
+    let device = Default::default();
+    let draw = |dims: Vec<usize>, sd: f64| {
+        Tensor::<B, 1>::random([dims.iter().product::<usize>()], Distribution::Normal(0.0, sd), &device)
+    };
+    for blk in &mut model.blocks {
+        for a in &mut blk.attention {
+            for w in [&mut a.query, &mut a.key].into_iter().flatten() {
+                let dims = w.val().dims();
+                *w = Param::from_tensor(draw(dims.to_vec(), 0.5).reshape(dims));
+            }
+            for b in [&mut a.query_bias, &mut a.key_bias].into_iter().flatten() {
+                *b = Param::from_tensor(draw(b.val().dims().to_vec(), 0.3));
+            }
+            for g in &mut a.gains {
+                let dims = g.val().dims();
+                *g = Param::from_tensor(draw(dims.to_vec(), 1.0) + 1.0);
+            }
+        }
+    }
+    model
+}
+
+fn tokens(b: usize, t: usize, seed: i64) -> Vec<i64> {
+    (0..(b * t) as i64).map(|i| (i * 7 + seed * 13 + i * i) % 40).collect()
+}
+
+/// `|a − b|` over `|b|`, at most.
+fn gap(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+    let scale: f32 = b.clone().abs().max().into_scalar();
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    diff / scale.max(1e-6)
+}
+
+/// Three tokens at once, then one at a time up to the context: each
+/// step's logits against the forward pass over the whole sequence.
+fn decodes_as_the_forward_pass(p: &Program, what: &str) {
+    let model = built(p);
+    let device = Default::default();
+    let ids = tokens(2, CONTEXT, 1);
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, CONTEXT]), &device);
+    let full = model.forward(input.clone());
+    let vocab = full.dims()[2];
+    let mut state = State::new(&model);
+    let mut at = 0;
+    for n in [3].into_iter().chain(std::iter::repeat_n(1, CONTEXT - 3)) {
+        let step = model.decode(input.clone().slice([0..2, at..at + n]), &mut state);
+        let step = step.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = full.clone().slice([0..2, at..at + n, 0..vocab]);
+        let g = gap(step, want);
+        assert!(g < 2e-5, "{what}: positions {at}..{}: logits {g} of their scale apart", at + n);
+        at += n;
+        assert_eq!(state.len(), at, "{what}");
+    }
+    let past = model.decode(input.slice([0..2, 0..1]), &mut state);
+    if p.model.as_ref().is_some_and(|m| matches!(m.positions, blkc::graph::Positions::Learned { .. })) {
+        assert!(past.is_err_and(|e| e.contains("learned positions")), "{what}: past the table");
+    }
+}
+
+#[test]
+fn every_block_decodes_as_its_forward_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".blk") && n != "shaped.blk")
+        .collect();
+    names.sort();
+    assert!(names.len() >= 11, "{names:?}");
+    for name in names {
+        let text = std::fs::read_to_string(root.join(&name)).unwrap_or_default();
+        let block = name.trim_end_matches(".blk").replace('-', "_");
+        for positions in ["learned", "sinusoidal", "rope", "rope(base = 500, fraction = 0.5)", "alibi", "none"] {
+            decodes_as_the_forward_pass(&tiny(&text, &block, positions), &format!("{name}, positions {positions}"));
+        }
+    }
+}
+
+#[test]
+fn attentions_of_every_form_decode_as_their_forward_pass() {
+    let attention = [
+        "qk_norm = rmsnorm\n softcap = 5",
+        "qk_norm = layernorm\n kv_heads = 1\n value = linear(normal(0.3))",
+        "head_dim = 3\n matrix = 0.5 * softmax + 0.7 * centre - 0.2 * I\n dropout = 0.1",
+        "matrix = softmax + softmax - centre\n bias = false",
+        "matrix = 0.3 * I + centre\n value = linear(normal(0.3))",
+        "matrix = a * I + b * softmax - c * centre\n param a = 1 trainable per_head\n param b = 2 trainable\n \
+         param c = 1 trainable per_head\n softcap = 3",
+    ];
+    for (i, body) in attention.iter().enumerate() {
+        let text = format!(
+            "attention odd {{\n {body}\n}}\nblock b {{\n n = rmsnorm(x)\n out = x + 0.5 * attn(n, odd) + mlp(n)\n}}"
+        );
+        for positions in ["learned", "rope", "alibi"] {
+            decodes_as_the_forward_pass(&tiny(&text, "b", positions), &format!("attention {i} ({body}), {positions}"));
+        }
+    }
+}
+
+/// A prompt longer than the context keeps its last `context` tokens; the
+/// window then grows a token at a time and, full, restarts at the last
+/// `context / 2`; each token's logits are those of a forward pass over the
+/// window.
+#[test]
+fn the_window_slides_over_a_long_text() {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks/llama.blk"))
+        .unwrap_or_default();
+    let p = tiny(&text, "llama", "rope");
+    let model = built(&p);
+    let device = Default::default();
+    let ids: Vec<u32> = tokens(1, 40, 2).into_iter().map(|x| x as u32).collect();
+    for prompt in [3, 14] {
+        let mut window = Window::new(&model, CONTEXT, &device);
+        let mut starts = Vec::new();
+        for len in prompt..ids.len() {
+            let got = window.next(&ids[..len]).unwrap_or_else(|e| panic!("{e}"));
+            let start = window.start();
+            assert!(len - start <= CONTEXT && len - start >= (CONTEXT / 2).min(len), "window {start}..{len}");
+            let seen: Vec<i64> = ids[start..len].iter().map(|&x| i64::from(x)).collect();
+            let n = seen.len();
+            let want = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(seen, [1, n]), &device));
+            let want = want.slice([0..1, n - 1..n]);
+            let got = Tensor::<B, 1>::from_floats(got.as_slice(), &device).reshape([1, 1, want.dims()[2]]);
+            let g = gap(got, want);
+            assert!(g < 2e-5, "prompt {prompt}, window {start}..{len}: {g}");
+            if starts.last() != Some(&start) {
+                starts.push(start);
+            }
+        }
+        // The restarts: by half a context once full.
+        let first = prompt.saturating_sub(CONTEXT);
+        let mut want = vec![first];
+        let mut s = first;
+        let mut len = prompt;
+        while len < ids.len() {
+            if len - s > CONTEXT {
+                s = len - CONTEXT / 2;
+                want.push(s);
+            }
+            len += 1;
+        }
+        assert_eq!(starts, want, "prompt {prompt}");
+    }
+    let mut window = Window::new(&model, CONTEXT, &device);
+    assert!(window.next(&[]).is_err(), "an empty text");
+    assert!(window.next(&ids[..5]).is_ok());
+    assert!(window.next(&ids[..4]).is_err(), "a shorter text than before");
+}
