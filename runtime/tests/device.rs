@@ -426,8 +426,12 @@ fn cuda_resumes_exactly() {
     resumes_exactly("cuda");
 }
 
+// The kernels' checks call `CubeBackend` itself, the same with or without
+// fusion: on wgpu they run in the build without it only (CI runs both).
+#[cfg(any(feature = "cuda", not(feature = "fusion")))]
 #[path = "device/attention.rs"]
 mod attention;
+#[cfg(any(feature = "cuda", not(feature = "fusion")))]
 #[path = "device/kernels.rs"]
 mod kernels;
 
