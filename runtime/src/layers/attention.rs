@@ -401,7 +401,7 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// ALiBi's bias `[1, heads, n, t]` of queries at positions `from` to
-    /// `from + n` (`rows`) and keys at 0 to `t`: `−m_h · (i − j)`, or
+    /// `from + n` and keys at 0 to `t`: `−m_h · (i − j)`, or
     /// `· |i − j|` without a causal mask (masked entries are the mask's to
     /// hide).
     pub(crate) fn alibi_bias(
