@@ -161,18 +161,16 @@ impl<'a, B: Kernels> Window<'a, B> {
     /// call was given, and more).
     pub fn next(&mut self, ids: &[u32]) -> Result<Vec<f32>, String> {
         let len = ids.len();
-        let fed = self.start + self.state.len();
+        let mut fed = self.start + self.state.len();
         if len == 0 || fed > len {
             return Err("the text to continue is empty, or shorter than before".into());
         }
-        let (mut fed, mut start) = (fed, self.start);
-        if len - start > self.context {
+        if len - self.start > self.context {
             let keep = if fed == 0 { self.context } else { (self.context / 2).max(1) };
-            start = len - keep;
-            fed = start;
+            self.start = len - keep;
+            fed = self.start;
             self.state = State::new(self.model);
         }
-        self.start = start;
         let new: Vec<i64> = ids[fed..].iter().map(|&x| i64::from(x)).collect();
         let n = new.len();
         if n == 0 {

@@ -66,7 +66,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
         let e = gap_of_scale(&values::<B>(as_products), &theirs);
         assert!(e < 1e-5, "case {case}: as products, the output differs by {e:e}");
         let g2 = Route::Products.scope(|| {
-            B::shaped_attention_backward_from(shaped.clone(), add.clone(), (weights, o), dy.clone(), acc.clone())
+            B::shaped_attention_backward(shaped.clone(), add.clone(), (weights, Some(o)), dy.clone(), acc.clone())
         });
         let r2 =
             reference::shaped_attention_backward::<B>(shaped.clone(), add.clone(), p.clone(), dy.clone(), acc.clone());
@@ -78,7 +78,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
             let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
             assert!(e < 1e-4, "case {case}: as products, a gain's gradient differs by {e:e} of its largest");
         }
-        let g = B::shaped_attention_backward(shaped.clone(), add.clone(), kept, dy.clone(), acc.clone());
+        let g = B::shaped_attention_backward(shaped.clone(), add.clone(), (kept, None), dy.clone(), acc.clone());
         let r = reference::shaped_attention_backward::<B>(shaped, add, p, dy, acc);
         let mut pairs = vec![("dq", g.dq, r.dq), ("dk", g.dk, r.dk), ("dv", g.dv, r.dv)];
         for (name, (a, b)) in ["dalpha", "dbeta", "dgamma"].into_iter().zip(g.dgains.into_iter().zip(r.dgains)) {
@@ -149,8 +149,8 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
         // From the row statistics alone, and with the output kept (the
         // rows' kernel then reads `D_i` from it, which rounds otherwise:
         // `dq` and `dk` differ from the first in their last bits).
-        let ours = B::attention_backward(qkv.clone(), bq.clone(), kept.clone(), g.clone(), mask.clone(), wants);
-        let from_o = B::attention_backward_from(qkv.clone(), bq.clone(), (kept, o), g.clone(), mask, wants);
+        let ours = B::attention_backward(qkv.clone(), bq.clone(), (kept.clone(), None), g.clone(), mask.clone(), wants);
+        let from_o = B::attention_backward(qkv.clone(), bq.clone(), (kept, Some(o)), g.clone(), mask, wants);
         let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (0.35, causal, acc), wants);
         for (i, ((a, a2), b)) in ours.into_iter().zip(from_o).zip(theirs).enumerate() {
             let wanted = if i < 3 { wants[i] } else { biased };

@@ -42,10 +42,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for Attention {
         let g4 = split_heads::<B>(g, heads);
         let bq = bq.filter(|_| nb.is_some());
         let mask = (scale, causal, acc);
-        let [dq, dk, dv, dbq] = match kept {
-            (p, Some(o)) => B::attention_backward_from([q, k, v], bq, (p, o), g4, mask, wants),
-            (p, None) => B::attention_backward([q, k, v], bq, p, g4, mask, wants),
-        };
+        let [dq, dk, dv, dbq] = B::attention_backward([q, k, v], bq, kept, g4, mask, wants);
         let dv = dv.map(merge_heads::<B>);
         for (node, grad) in [(nq, dq), (nk, dk), (nv, dv), (nb, dbq)] {
             if let (Some(node), Some(grad)) = (node, grad) {

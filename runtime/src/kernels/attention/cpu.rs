@@ -43,7 +43,7 @@ impl AttentionOps for Flex {
     fn attention_backward(
         qkv: [FlexTensor; 3],
         bq: Option<FlexTensor>,
-        p: FlexTensor,
+        (p, _): (FlexTensor, Option<FlexTensor>),
         g: FlexTensor,
         (scale, causal, acc): (f64, bool, Option<FlexTensor>),
         wants: [bool; 3],

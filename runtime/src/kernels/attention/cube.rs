@@ -7,7 +7,7 @@
 //! weights from it, row by row.
 //!
 //! The backward is given the forward's output too
-//! ([`AttentionOps::attention_backward_from`]), so the query rows' kernel
+//! (the `o` of [`AttentionOps::attention_backward`]), so the query rows' kernel
 //! reads `o_i` rather than recomputing it.
 //!
 //! In bf16 or tf32, up to [`super::PRODUCTS_UP_TO`] tokens, the attention
@@ -68,23 +68,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
     fn attention_backward(
         qkv: [FloatTensor<Self>; 3],
         bq: Option<FloatTensor<Self>>,
-        p: FloatTensor<Self>,
+        kept: (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
         mask: (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        rows_backward::<R, F, I, BT>(qkv, bq, (p, None), g, mask, wants)
-    }
-
-    fn attention_backward_from(
-        qkv: [FloatTensor<Self>; 3],
-        bq: Option<FloatTensor<Self>>,
-        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
-        g: FloatTensor<Self>,
-        mask: (f64, bool, Option<FloatTensor<Self>>),
-        wants: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 4] {
-        rows_backward::<R, F, I, BT>(qkv, bq, (p, Some(o)), g, mask, wants)
+        rows_backward::<R, F, I, BT>(qkv, bq, kept, g, mask, wants)
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {

@@ -48,23 +48,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
     fn attention_backward(
         qkv: [FloatTensor<Self>; 3],
         bq: Option<FloatTensor<Self>>,
-        p: FloatTensor<Self>,
+        kept: (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
         mask: (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        backward_op::<R, F, I, BT>(qkv, bq, (p, None), g, mask, wants)
-    }
-
-    fn attention_backward_from(
-        qkv: [FloatTensor<Self>; 3],
-        bq: Option<FloatTensor<Self>>,
-        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
-        g: FloatTensor<Self>,
-        mask: (f64, bool, Option<FloatTensor<Self>>),
-        wants: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 4] {
-        backward_op::<R, F, I, BT>(qkv, bq, (p, Some(o)), g, mask, wants)
+        backward_op::<R, F, I, BT>(qkv, bq, kept, g, mask, wants)
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
@@ -132,10 +121,7 @@ fn backward_op<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         let g = x.float();
         let acc = x.maybe();
         let mask = (scale, causal, acc);
-        let grads = match o {
-            Some(o) => CubeBackend::<R, F, I, BT>::attention_backward_from(qkv, bq, (p, o), g, mask, wants),
-            None => CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, p, g, mask, wants),
-        };
+        let grads = CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, (p, o), g, mask, wants);
         grads.into_iter().flatten().collect()
     })
     .into_iter();

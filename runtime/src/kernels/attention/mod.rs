@@ -68,33 +68,22 @@ pub trait AttentionOps: DenseOps {
     /// tokens. `dv` is added into `acc` (`[batch, tokens, heads ·
     /// head_dim]`) when given. `p` is what the forward kept: the weights,
     /// or what a backend keeps in their place (the rows' log-sum-exp on
-    /// the CubeCL backends), with the mask `causal` of the forward.
+    /// the CubeCL backends), with the mask `causal` of the forward. `o`,
+    /// when given, is the forward's output (as
+    /// [`AttentionOps::attention_forward`] returned it), which the graph
+    /// keeps anyway (the next product reads it): a backend that kept row
+    /// statistics in `p` reads `D_i = g_i · o_i` from it instead of
+    /// recomputing `o_i`. By default `o` is not read.
     fn attention_backward(
         qkv: [FloatTensor<Self>; 3],
         bq: Option<FloatTensor<Self>>,
-        p: FloatTensor<Self>,
+        (p, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
         (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
-        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants)
-    }
-
-    /// [`AttentionOps::attention_backward`] given the forward's output `o`
-    /// too (as [`AttentionOps::attention_forward`] returned it), which the
-    /// graph keeps anyway (the next product reads it): a backend that kept
-    /// row statistics in `p` reads `D_i = g_i · o_i` from it instead of
-    /// recomputing `o_i`. By default `o` is not read.
-    fn attention_backward_from(
-        qkv: [FloatTensor<Self>; 3],
-        bq: Option<FloatTensor<Self>>,
-        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
-        g: FloatTensor<Self>,
-        mask: (f64, bool, Option<FloatTensor<Self>>),
-        wants: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 4] {
         let _ = o;
-        Self::attention_backward(qkv, bq, p, g, mask, wants)
+        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants)
     }
 
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over

@@ -28,10 +28,7 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
         let (a, add, kept) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[2], dy.clone());
-        let g = match kept {
-            (p, Some(o)) => B::shaped_attention_backward_from(a, add, (p, o), dy, acc),
-            (p, None) => B::shaped_attention_backward(a, add, p, dy, acc),
-        };
+        let g = B::shaped_attention_backward(a, add, kept, dy, acc);
         let [dalpha, dbeta, dgamma] = g.dgains;
         let mut all = vec![g.dq, g.dk, g.dv, dalpha, dbeta, dgamma];
         all.extend(g.addend.into_iter().flatten());

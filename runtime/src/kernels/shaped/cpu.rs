@@ -76,7 +76,7 @@ impl ShapedOps for Flex {
     fn shaped_attention_backward(
         a: Shaped<FlexTensor>,
         add: Option<MixAddend<FlexTensor>>,
-        p: FlexTensor,
+        (p, _): (FlexTensor, Option<FlexTensor>),
         dy: FlexTensor,
         acc: Option<FlexTensor>,
     ) -> ShapedGrads<FlexTensor> {

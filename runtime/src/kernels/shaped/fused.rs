@@ -9,7 +9,7 @@ use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::{Fusion, FusionBackend};
 
-use super::cube::{backward_from, forward_kept, mix_backward_fits, mix_plan, plan};
+use super::cube::{forward_kept, mix_backward_fits, mix_plan, plan};
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
 
@@ -63,10 +63,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     fn shaped_attention_backward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-        lse: FloatTensor<Self>,
+        (lse, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         dy: FloatTensor<Self>,
         acc: Option<FloatTensor<Self>>,
     ) -> ShapedGrads<FloatTensor<Self>> {
+        if let Some(o) = o.filter(|_| lse.shape().num_dims() == 4) {
+            // The products' route kept the weights and the softmax term.
+            return reference::shaped_attention_backward_with::<Self>(a, add, lse, Some(o), dy, acc);
+        }
         // The weights (products, or the reference), or the rows' statistics.
         let planned = plan(&a, add.as_ref()).filter(|_| lse.shape().num_dims() == 3);
         let Some(p) = planned else {
@@ -90,7 +94,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             let (a, add) = taken(&mut x, mask);
             let [lse, dy] = x.floats();
             let acc = x.maybe();
-            let g = CubeBackend::<R, F, I, BT>::shaped_attention_backward(a, add, lse, dy, acc);
+            let g = CubeBackend::<R, F, I, BT>::shaped_attention_backward(a, add, (lse, None), dy, acc);
             let mut v = vec![g.dq, g.dk, g.dv];
             v.extend(g.dgains);
             v.extend(g.addend.into_iter().flatten());
@@ -111,16 +115,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         forward_kept::<Self>(a, add)
-    }
-
-    fn shaped_attention_backward_from(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-        kept: (FloatTensor<Self>, FloatTensor<Self>),
-        dy: FloatTensor<Self>,
-        acc: Option<FloatTensor<Self>>,
-    ) -> ShapedGrads<FloatTensor<Self>> {
-        backward_from::<Self>(a, add, kept, dy, acc)
     }
 
     fn mix(

@@ -88,42 +88,31 @@ pub trait ShapedOps: AttentionOps + GainOps {
     }
 
     /// The gradients of [`ShapedOps::shaped_attention`] from `dy`, given the
-    /// weights `p`; `dq`, `dk` stored token-major; `dv` added into `acc`
-    /// when given.
+    /// weights `p` (or what the backend keeps in their place) and the
+    /// softmax term `o` where [`ShapedOps::shaped_attention_forward_kept`]
+    /// kept it (by default `o` is not read); `dq`, `dk` stored
+    /// token-major; `dv` added into `acc` when given.
     fn shaped_attention_backward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-        p: FloatTensor<Self>,
+        (p, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         dy: FloatTensor<Self>,
         acc: Option<FloatTensor<Self>>,
     ) -> ShapedGrads<FloatTensor<Self>> {
+        let _ = o;
         reference::shaped_attention_backward::<Self>(a, add, p, dy, acc)
     }
 
     /// [`ShapedOps::shaped_attention_forward`] and, where this backend's
     /// backward would otherwise recompute it, the softmax term `o =
     /// softmax · v` made on the way (`[batch, heads, tokens, d]`), for
-    /// [`ShapedOps::shaped_attention_backward_from`]. By default none.
+    /// [`ShapedOps::shaped_attention_backward`]. By default none.
     fn shaped_attention_forward_kept(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let (y, p) = Self::shaped_attention_forward(a, add);
         (y, p, None)
-    }
-
-    /// [`ShapedOps::shaped_attention_backward`] given the softmax term `o`
-    /// that [`ShapedOps::shaped_attention_forward_kept`] kept. By default
-    /// `o` is not read.
-    fn shaped_attention_backward_from(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-        (p, o): (FloatTensor<Self>, FloatTensor<Self>),
-        dy: FloatTensor<Self>,
-        acc: Option<FloatTensor<Self>>,
-    ) -> ShapedGrads<FloatTensor<Self>> {
-        let _ = o;
-        Self::shaped_attention_backward(a, add, p, dy, acc)
     }
 
     /// The shaped attention's matrix applied to the values, as one pass:

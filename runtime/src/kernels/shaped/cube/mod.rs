@@ -362,10 +362,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     fn shaped_attention_backward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-        lse: FloatTensor<Self>,
+        (lse, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         dy: FloatTensor<Self>,
         acc: Option<FloatTensor<Self>>,
     ) -> ShapedGrads<FloatTensor<Self>> {
+        if let Some(o) = o.filter(|_| lse.shape().num_dims() == 4) {
+            // The products' route kept the weights and the softmax term.
+            return reference::shaped_attention_backward_with::<Self>(a, add, lse, Some(o), dy, acc);
+        }
         // The weights (the products' route, or the reference's), or the
         // rows' log-sum-exp (the kernels').
         let planned = plan(&a, add.as_ref()).filter(|_| lse.shape().num_dims() == 3);
@@ -403,16 +407,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         forward_kept::<Self>(a, add)
-    }
-
-    fn shaped_attention_backward_from(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-        kept: (FloatTensor<Self>, FloatTensor<Self>),
-        dy: FloatTensor<Self>,
-        acc: Option<FloatTensor<Self>>,
-    ) -> ShapedGrads<FloatTensor<Self>> {
-        backward_from::<Self>(a, add, kept, dy, acc)
     }
 
     fn mix(
@@ -517,21 +511,6 @@ pub(crate) fn forward_kept<B: ShapedOps>(
     }
     let (y, p) = B::shaped_attention_forward(a, add);
     (y, p, None)
-}
-
-/// The backward from [`forward_kept`]'s: from the weights and the kept
-/// softmax term, or the rows' kernels from their statistics.
-pub(crate) fn backward_from<B: ShapedOps>(
-    a: Shaped<FloatTensor<B>>,
-    add: Option<MixAddend<FloatTensor<B>>>,
-    (p, o): (FloatTensor<B>, FloatTensor<B>),
-    dy: FloatTensor<B>,
-    acc: Option<FloatTensor<B>>,
-) -> ShapedGrads<FloatTensor<B>> {
-    match p.shape().num_dims() {
-        4 => reference::shaped_attention_backward_with::<B>(a, add, p, Some(o), dy, acc),
-        _ => B::shaped_attention_backward(a, add, p, dy, acc),
-    }
 }
 
 /// How the mix kernels run: `batch` sequences of `tokens` tokens, `w`
