@@ -57,17 +57,13 @@ impl Lcg {
     }
 }
 
-#[test]
-fn no_request_panics_on_any_file_or_any_broken_version_of_it() {
-    let mut files = Vec::new();
-    for dir in ["blocks", "examples", "tests/ui"] {
-        blk_files(&root().join(dir), &mut files);
-    }
-    files.sort();
-    assert!(files.len() >= 60, "only {} files", files.len());
-    let mut rng = Lcg(7);
+/// Answers every request on each of `files` and on six broken versions of
+/// it (each numbered: the number seeds its generator); the number of
+/// broken versions that failed to parse.
+fn break_each<'a>(files: impl Iterator<Item = (usize, &'a PathBuf)>) -> usize {
     let mut broken_parses = 0;
-    for path in &files {
+    for (i, path) in files {
+        let mut rng = Lcg(7 + i as u64);
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let Some(good) = analyse(path, &text) else { panic!("{} cannot be analysed", path.display()) };
         answer_everything(&good, &text, 1);
@@ -92,5 +88,26 @@ fn no_request_panics_on_any_file_or_any_broken_version_of_it() {
             }
         }
     }
+    broken_parses
+}
+
+#[test]
+fn no_request_panics_on_any_file_or_any_broken_version_of_it() {
+    let mut files = Vec::new();
+    for dir in ["blocks", "examples", "tests/ui"] {
+        blk_files(&root().join(dir), &mut files);
+    }
+    files.sort();
+    assert!(files.len() >= 60, "only {} files", files.len());
+    // The files dealt to as many threads as there are cores (one test:
+    // cargo runs it alone), each file broken by its own generator.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let broken_parses: usize = std::thread::scope(|s| {
+        let files = &files;
+        let parts: Vec<_> = (0..threads)
+            .map(|k| s.spawn(move || break_each(files.iter().enumerate().skip(k).step_by(threads))))
+            .collect();
+        parts.into_iter().map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).sum()
+    });
     assert!(broken_parses > 50, "only {broken_parses} broken versions failed to parse: the test breaks too little");
 }
