@@ -5,12 +5,13 @@
 #   bench/gpu-check.sh build   # here: builds into target-gpu/ (carry it)
 #   bench/gpu-check.sh run     # there: results as files under $OUT
 #
-# `build` makes the device test binary (and again with fusion) and three
+# `build` makes the device test binary (and again with fusion) and two
 # blkc binaries: `blkc` (burn's CUDA backend as blkc's default build has
-# it), `blkc-tuned` (burn's kernel autotuning on: its products chosen per
-# shape by timing, blkc's kernels as in `blkc`) and `blkc-fused` (burn's
-# operation fusion and autotuning, blkc's kernels as custom operations of
-# the fusion streams), stripped and xz-compressed.
+# it) and `blkc-fused` (burn's operation fusion and autotuning, blkc's
+# kernels as custom operations of the fusion streams), stripped and
+# xz-compressed. `blkc-fused` with BLKC_FUSION=off is what the results
+# call `blkc-tuned` (burn's kernel autotuning on: its products chosen per
+# shape by timing, blkc's kernels as in `blkc`).
 #
 # `run`, most important first, each result written as soon as it exists
 # (a run cut short still leaves what it finished; none is started after
@@ -56,14 +57,12 @@ case "${1:-}" in
     cp "$bin" target-gpu/device-test
     cargo build -p blkc-runtime --release --features cuda
     cp "$target/release/blkc" target-gpu/blkc
-    cargo build -p blkc-runtime --release --features cuda,autotune
-    cp "$target/release/blkc" target-gpu/blkc-tuned
     cargo build -p blkc-runtime --release --features cuda,fusion,autotune
     cp "$target/release/blkc" target-gpu/blkc-fused
     bin=$(cargo test -p blkc-runtime --release --features cuda,fusion,autotune --test device --no-run --message-format=json \
       | python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"" in l][-1])')
     cp "$bin" target-gpu/device-test-fused
-    for f in device-test device-test-fused blkc blkc-tuned blkc-fused; do
+    for f in device-test device-test-fused blkc blkc-fused; do
       strip "target-gpu/$f"
       xz -T0 -f "target-gpu/$f"
     done
@@ -82,10 +81,12 @@ case "${1:-}" in
     say() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$out/log.txt"; }
     due() { [ "$SECONDS" -lt "$budget" ] || { say "skipped (budget): $*"; return 1; }; }
     bench() { # binary precision batch [attention route]
-      local name="$1${4:+-$4}"
+      local name="$1${4:+-$4}" bin="$1" fusion=()
+      # blkc-tuned: the fused build's binary with fusion off.
+      [ "$1" = blkc-tuned ] && bin=blkc-fused fusion=(BLKC_FUSION=off)
       due "$name $2 b$3" || return 0
       say "$name bench $2 batch $3"
-      BLKC_ATTENTION="${4:-auto}" timeout 150 "target-gpu/$1" bench examples/codeparrot/preln.blk \
+      env "${fusion[@]}" BLKC_ATTENTION="${4:-auto}" timeout 150 "target-gpu/$bin" bench examples/codeparrot/preln.blk \
         examples/codeparrot/sas-p.blk --device cuda --precision "$2" --batch "$3" --steps 8 --warmup 3 \
         --format json > "$out/$name-$2-b$3.json" 2> "$out/$name-$2-b$3.err"
       say "  exit $?"
@@ -136,7 +137,7 @@ case "${1:-}" in
     for p in bf16 fp32; do bench blkc-fused $p 128; done
     if due "device checks, fused"; then
       say "device checks with burn's fusion (blkc's kernels as its custom operations)"
-      (cd runtime && timeout 150 ../target-gpu/device-test-fused --ignored --nocapture --test-threads 1 --skip resumes) \
+      (cd runtime && timeout 150 ../target-gpu/device-test-fused fused --ignored --nocapture --test-threads 1 --skip resumes) \
         > "$out/device-fused.txt" 2>&1
       say "  exit $?"
     fi

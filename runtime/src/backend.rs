@@ -12,15 +12,80 @@ pub type Cpu = burn::backend::Flex;
 #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
 pub type Cpu = burn::backend::NdArray;
 
-/// The CUDA backend (feature `cuda`).
+/// The CUDA backend (feature `cuda`): burn's operation fusion over
+/// [`CudaUnfused`] in a build with the `fusion` feature.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// burn's CUDA backend without operation fusion, where blkc's CubeCL
+/// kernels run as they are (`Cuda` itself without the `fusion` feature).
+#[cfg(feature = "cuda")]
+pub type CudaUnfused = burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
 /// burn's WebGPU backend (feature `wgpu`): the CubeCL kernels of the
 /// CUDA backend, on Vulkan, Metal or DX12 (Mesa's llvmpipe where there is
-/// no GPU).
+/// no GPU); with the `fusion` feature, burn's operation fusion over
+/// [`WgpuUnfused`].
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;
+
+/// burn's WebGPU backend without operation fusion.
+#[cfg(feature = "wgpu")]
+pub type WgpuUnfused = burn_cubecl::CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+
+/// Set when a build with burn's operation fusion runs without it.
+static UNFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the GPU backends run under burn's operation fusion: in a build
+/// with the `fusion` feature, unless [`set_fusion`] turned it off. Both
+/// backends are compiled into such a build, so that one binary times them
+/// side by side.
+pub fn fusion() -> bool {
+    cfg!(feature = "fusion") && !UNFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Turns burn's operation fusion on or off for this process, from the
+/// value of `BLKC_FUSION` (`on` or `off`): an error for any other value,
+/// and for `on` in a build without fusion.
+pub fn set_fusion(value: &str) -> Result<(), String> {
+    let off = match value {
+        "off" => true,
+        "on" if cfg!(feature = "fusion") => false,
+        "on" => {
+            return Err("this blkc was built without burn's operation fusion; rebuild with `cargo build --release -p \
+                        blkc-runtime --features cuda,fusion` (or wgpu,fusion)"
+                .into())
+        }
+        other => return Err(format!("`{other}`: expected on or off")),
+    };
+    UNFUSED.store(off, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Runs `$body` with the type `$B` the GPU backend this process runs:
+/// `$fused` under burn's operation fusion ([`fusion`]), `$unfused`
+/// otherwise (the two are one type in a build without the `fusion`
+/// feature).
+#[macro_export]
+macro_rules! fused_or_not {
+    ($fused:ty, $unfused:ty, |$B:ident| $body:expr) => {{
+        #[cfg(feature = "fusion")]
+        {
+            if $crate::backend::fusion() {
+                type $B = $fused;
+                $body
+            } else {
+                type $B = $unfused;
+                $body
+            }
+        }
+        #[cfg(not(feature = "fusion"))]
+        {
+            type $B = $unfused;
+            $body
+        }
+    }};
+}
 
 /// A GPU that answered the probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,6 +34,14 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Whether a build with burn's operation fusion runs under it
+    // (`backend::fusion`): a knob for timing the two side by side.
+    if let Ok(value) = std::env::var("BLKC_FUSION") {
+        if let Err(e) = blkc_runtime::backend::set_fusion(value.trim()) {
+            eprintln!("error: BLKC_FUSION: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let code = match args.command {
         Command::Check(a) => cli::check::run(&a),
         Command::Fmt(a) => cli::fmt::run(&a),

@@ -573,3 +573,37 @@ fn the_attention_route_is_checked() {
         assert_eq!(run(ok).status.code(), Some(0), "BLKC_ATTENTION={ok}");
     }
 }
+
+/// `BLKC_FUSION` takes `on` or `off`; `on` in a build without burn's
+/// operation fusion, or any other value, is a usage error (exit 2) that
+/// says why, before any command runs. The bench's JSON says whether
+/// fusion ran (never on the CPU).
+#[test]
+fn fusion_is_checked() {
+    let run = |value: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_blkc"))
+            .args(args)
+            .current_dir(repo())
+            .env("BLKC_FUSION", value)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run blkc: {e}"))
+    };
+    let check = ["check", "blocks/sas-p.blk"];
+    let o = run("yes", &check);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("BLKC_FUSION") && err.contains("`yes`: expected on or off"), "{err}");
+    assert!(text(&o.stdout).is_empty(), "nothing ran");
+    let o = run("on", &check);
+    if cfg!(feature = "fusion") {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    } else {
+        assert_eq!(o.status.code(), Some(2));
+        assert!(text(&o.stderr).contains("built without burn's operation fusion"), "{}", text(&o.stderr));
+    }
+    let bench = ["bench", "examples/small/sas-p.blk", "--set", "depth=1", "--set", "width=32", "--steps", "1"];
+    let o = run("off", &[&bench[..], &["--warmup", "0", "--batch", "1", "--format", "json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["fusion"], false, "{v}");
+}

@@ -7,9 +7,10 @@
 //!
 //! It runs on burn's CubeCL backends: `wgpu` on Mesa's software Vulkan
 //! (llvmpipe) here and in CI —
-//! `cargo test -p blkc-runtime --features wgpu --test device` — and `cuda`
-//! where a GPU is lent (`bench/gpu-check.sh`, which builds this test binary
-//! here and runs it there: `--ignored`).
+//! `cargo test -p blkc-runtime --features wgpu,fusion --test device`, which
+//! checks the backend with burn's operation fusion and without it — and
+//! `cuda` where a GPU is lent (`bench/gpu-check.sh`, which builds this test
+//! binary here and runs it there: `--ignored`).
 //!
 //! The tolerances, for fp32 on both sides. The two backends add in other
 //! orders (blocked products, tree reductions), and each order rounds
@@ -143,7 +144,10 @@ fn compare<D: TrainKernels>(name: &str, device: &D::Device, steps: usize) -> Fou
     let m = p.model.as_ref().expect("a model");
     let host_device = Default::default();
     let cpu = Model::<Host>::build(&p, m, 7, &host_device);
-    let file = std::env::temp_dir().join(format!("blkc-device-{name}-{}.safetensors", std::process::id()));
+    // A file of its own: the checks of several backends run at once.
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("blkc-device-{name}-{}-{n}.safetensors", std::process::id()));
     export(&cpu, &file).expect("export");
     // Other weights at first, replaced by the CPU's: the import is tested too.
     let dev = import(Model::<D>::build(&p, m, 8, device), &file).expect("import");
@@ -229,13 +233,38 @@ fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize, models:
     }
 }
 
+// Each check runs on the backend without burn's operation fusion, and
+// again under it in a build with the `fusion` feature (`*_fused_*`: blkc's
+// kernels as custom operations of fusion's streams). One build holds both
+// (`backend::fusion`).
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+use blkc_runtime::backend::Cuda;
+#[cfg(feature = "cuda")]
+use blkc_runtime::backend::CudaUnfused;
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+use blkc_runtime::backend::Wgpu;
+#[cfg(feature = "wgpu")]
+use blkc_runtime::backend::WgpuUnfused;
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_matches_the_cpu() {
-    let device = burn::backend::wgpu::WgpuDevice::default();
-    check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu", 5, MODELS);
+    check::<Autodiff<WgpuUnfused>>(&Default::default(), "wgpu", 5, MODELS);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_the_cpu_as_products() {
+    Route::Products
+        .scope(|| check::<Autodiff<WgpuUnfused>>(&Default::default(), "wgpu, attention as products", 5, AS_PRODUCTS));
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_matches_the_cpu() {
+    check::<Autodiff<Wgpu>>(&Default::default(), "wgpu under fusion", 5, MODELS);
     Route::Products.scope(|| {
-        check::<Autodiff<blkc_runtime::backend::Wgpu>>(&device, "wgpu, attention as products", 5, AS_PRODUCTS)
+        check::<Autodiff<Wgpu>>(&Default::default(), "wgpu under fusion, attention as products", 5, AS_PRODUCTS)
     });
 }
 
@@ -244,10 +273,18 @@ fn wgpu_matches_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn cuda_matches_the_cpu() {
     let device = Default::default();
-    check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda", 100, MODELS);
-    Route::Products.scope(|| {
-        check::<Autodiff<blkc_runtime::backend::Cuda>>(&device, "cuda, attention as products", 20, AS_PRODUCTS)
-    });
+    check::<Autodiff<CudaUnfused>>(&device, "cuda", 100, MODELS);
+    Route::Products.scope(|| check::<Autodiff<CudaUnfused>>(&device, "cuda, attention as products", 20, AS_PRODUCTS));
+}
+
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_fused_matches_the_cpu() {
+    let device = Default::default();
+    check::<Autodiff<Cuda>>(&device, "cuda under fusion", 100, MODELS);
+    Route::Products
+        .scope(|| check::<Autodiff<Cuda>>(&device, "cuda under fusion, attention as products", 20, AS_PRODUCTS));
 }
 
 /// The two routes of an attention (by rows, as products) agree on one
@@ -302,15 +339,29 @@ fn routes_agree<D: TrainKernels>(device: &D::Device, precision: Precision, (loss
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_routes_agree() {
-    routes_agree::<Autodiff<blkc_runtime::backend::Wgpu>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+    routes_agree::<Autodiff<WgpuUnfused>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_routes_agree() {
+    routes_agree::<Autodiff<Wgpu>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_routes_agree() {
-    routes_agree::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
-    routes_agree::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default(), Precision::Bf16, (1e-2, 5e-2));
+    routes_agree::<Autodiff<CudaUnfused>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+    routes_agree::<Autodiff<CudaUnfused>>(&Default::default(), Precision::Bf16, (1e-2, 5e-2));
+}
+
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_fused_routes_agree() {
+    routes_agree::<Autodiff<Cuda>>(&Default::default(), Precision::Fp32, (1e-6, 1e-5));
+    routes_agree::<Autodiff<Cuda>>(&Default::default(), Precision::Bf16, (1e-2, 5e-2));
 }
 
 /// `blkc bench` on a GPU backend counts the device's bytes (not the
@@ -341,26 +392,41 @@ fn bench_reports_device_memory<D: TrainKernels>(device: &D::Device) {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_bench_counts_device_memory() {
-    bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Wgpu>>(&Default::default());
+    bench_reports_device_memory::<Autodiff<WgpuUnfused>>(&Default::default());
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_bench_counts_device_memory() {
+    bench_reports_device_memory::<Autodiff<Wgpu>>(&Default::default());
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_bench_counts_device_memory() {
-    bench_reports_device_memory::<Autodiff<blkc_runtime::backend::Cuda>>(&Default::default());
+    bench_reports_device_memory::<Autodiff<CudaUnfused>>(&Default::default());
 }
 
-/// `blkc args`, run from the crate's directory (the paths of the tests
-/// are relative to it).
-fn blkc(args: &[&str]) -> std::process::Output {
-    blkc_with(args, &[])
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_fused_bench_counts_device_memory() {
+    bench_reports_device_memory::<Autodiff<Cuda>>(&Default::default());
+}
+
+/// `blkc args` under burn's operation fusion or without it (`fused`; on
+/// only in a build with the `fusion` feature), run from the crate's
+/// directory (the paths of the tests are relative to it).
+fn blkc(fused: bool, args: &[&str]) -> std::process::Output {
+    blkc_with(fused, args, &[])
 }
 
 /// [`blkc`] with environment variables `vars` set.
-fn blkc_with(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+fn blkc_with(fused: bool, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_blkc"))
         .args(args)
+        .env("BLKC_FUSION", if fused { "on" } else { "off" })
         .envs(vars.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -372,8 +438,8 @@ fn blkc_with(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
 /// step and resumed logs the losses of the run that was not stopped (its
 /// checkpoint holds the weights, the moments, the data's place and the
 /// random state).
-fn resumes_exactly(device: &str) {
-    let dir = std::env::temp_dir().join(format!("blkc-{device}-resume-{}", std::process::id()));
+fn resumes_exactly(device: &str, fused: bool) {
+    let dir = std::env::temp_dir().join(format!("blkc-{device}-{fused}-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = |name: &str, extra: &[&str]| -> Vec<String> {
         let out = dir.join(name).to_string_lossy().to_string();
@@ -383,7 +449,7 @@ fn resumes_exactly(device: &str) {
             args.extend(["--set", s]);
         }
         args.extend(extra);
-        let o = blkc(&args);
+        let o = blkc(fused, &args);
         assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         logged(&dir.join(name))
     };
@@ -393,7 +459,7 @@ fn resumes_exactly(device: &str) {
     let first = run("parts", &["--stop-at", "4"]);
     assert_eq!(first.len(), 4, "{first:?}");
     let out = dir.join("parts").to_string_lossy().to_string();
-    let o = blkc(&["train", "--resume", &out, "-q"]);
+    let o = blkc(fused, &["train", "--resume", &out, "-q"]);
     assert!(o.status.success(), "resume on {device}: {}", String::from_utf8_lossy(&o.stderr));
     println!("{device}: losses {whole:?}");
     assert_eq!(logged(&dir.join("parts")), whole, "a run resumed on {device} differs from the one not stopped");
@@ -416,22 +482,32 @@ fn logged(run: &std::path::Path) -> Vec<String> {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_resumes_exactly() {
-    resumes_exactly("wgpu");
+    resumes_exactly("wgpu", false);
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_resumes_exactly() {
+    resumes_exactly("wgpu", true);
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_resumes_exactly() {
-    resumes_exactly("cuda");
+    resumes_exactly("cuda", false);
 }
 
-// The kernels' checks call `CubeBackend` itself, the same with or without
-// fusion: on wgpu they run in the build without it only (CI runs both).
-#[cfg(any(feature = "cuda", not(feature = "fusion")))]
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_fused_resumes_exactly() {
+    resumes_exactly("cuda", true);
+}
+
+// The kernels' checks call `CubeBackend` itself (fusion or not).
 #[path = "device/attention.rs"]
 mod attention;
-#[cfg(any(feature = "cuda", not(feature = "fusion")))]
 #[path = "device/kernels.rs"]
 mod kernels;
 
@@ -441,12 +517,23 @@ mod kernels;
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_trains_from_the_command_line() {
-    let dir = std::env::temp_dir().join(format!("blkc-wgpu-cli-{}", std::process::id()));
+    trains_from_the_command_line(false);
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_trains_from_the_command_line() {
+    trains_from_the_command_line(true);
+}
+
+#[cfg(feature = "wgpu")]
+fn trains_from_the_command_line(fused: bool) {
+    let dir = std::env::temp_dir().join(format!("blkc-wgpu-{fused}-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = dir.join("run");
     let run = run.to_string_lossy().to_string();
     let ok = |args: &[&str]| {
-        let o = blkc(args);
+        let o = blkc(fused, args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "blkc {args:?}: {err}");
         String::from_utf8_lossy(&o.stdout).to_string()
@@ -469,24 +556,29 @@ fn wgpu_trains_from_the_command_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Under burn's fusion, whose streams sum the copies' gradients wrongly,
+/// data parallel is refused before the run starts.
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_refuses_data_parallel() {
+    let run = std::env::temp_dir().join(format!("blkc-wgpu-refused-{}", std::process::id()));
+    let run = run.to_string_lossy().to_string();
+    let o = blkc(true, &["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--devices", "2", "--out", &run]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("operation fusion") && err.contains("BLKC_FUSION=off"), "{err}");
+    assert!(!std::path::Path::new(&run).exists(), "{err}");
+}
+
 /// Data parallel on a CubeCL backend: two copies of a model on the wgpu
 /// adapter, each with half of every batch, their gradients summed by
 /// burn's collective on the device, train as one copy does (the same
-/// losses but for the order of the sums). With burn's fusion, whose
-/// streams sum them wrongly, it is refused before the run starts.
+/// losses but for the order of the sums).
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_trains_in_data_parallel() {
     let dir = std::env::temp_dir().join(format!("blkc-wgpu-parallel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    if cfg!(feature = "fusion") {
-        let run = dir.join("refused").to_string_lossy().to_string();
-        let o = blkc(&["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--devices", "2", "--out", &run]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(3), "{err}");
-        assert!(err.contains("operation fusion") && !std::path::Path::new(&run).exists(), "{err}");
-        return;
-    }
     let losses = |devices: &str| {
         let run = dir.join(format!("run-{devices}")).to_string_lossy().to_string();
         let mut args = vec!["train", "../examples/small/sas-p.blk", "--device", "wgpu", "--out", &run, "--steps", "4"];
@@ -494,7 +586,7 @@ fn wgpu_trains_in_data_parallel() {
         for s in ["depth=1", "width=64", "context=32", "batch=4", "eval_batches=2", "log_every=1"] {
             args.extend(["--set", s]);
         }
-        let o = blkc(&args);
+        let o = blkc(false, &args);
         assert!(o.status.success(), "blkc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         let text = std::fs::read_to_string(std::path::Path::new(&run).join("metrics.jsonl")).unwrap_or_default();
         text.lines()
@@ -520,14 +612,26 @@ fn wgpu_trains_in_data_parallel() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_profile_names_blkcs_kernels() {
+    profile_names_blkcs_kernels(false);
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_profile_names_blkcs_kernels() {
+    profile_names_blkcs_kernels(true);
+}
+
+#[cfg(feature = "wgpu")]
+fn profile_names_blkcs_kernels(fused: bool) {
     for (file, depth) in [("../examples/small/sas-p.blk", 2), ("../examples/small/preln.blk", 1)] {
         let set_depth = format!("depth={depth}");
         let mut args = vec!["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
         args.extend(["--steps", "2", "--warmup", "1", "--set", &set_depth, "--set", "width=64"]);
-        let o = blkc(&args);
+        let o = blkc(fused, &args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "{file}: {err}");
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        assert_eq!(v["fusion"], fused, "{file}: whether the bench ran under fusion, in its JSON");
         let rows = v["profile"].as_array().cloned().unwrap_or_default();
         let launches = |kernel: &str| {
             rows.iter()
@@ -553,13 +657,29 @@ fn wgpu_profile_names_blkcs_kernels() {
         assert!(launches("AdamGroup | f32") >= 1.0 && launches("Squares | f32") >= 1.0, "{file}");
         println!("{file}: {} kernels profiled", rows.len());
     }
-    // The attention as products: the softmax (and the shaped mix) one
-    // kernel each way per block, no row kernel.
+}
+
+/// The attention as products in the profile: the softmax (and the shaped
+/// mix) one kernel each way per block, no row kernel.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_profile_names_the_products_kernels() {
+    profile_names_the_products_kernels(false);
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_profile_names_the_products_kernels() {
+    profile_names_the_products_kernels(true);
+}
+
+#[cfg(feature = "wgpu")]
+fn profile_names_the_products_kernels(fused: bool) {
     for (file, mixed) in [("../examples/small/sas-p.blk", true), ("../examples/small/preln.blk", false)] {
         let args = ["bench", file, "--device", "wgpu", "--profile", "--format", "json", "--batch", "2"];
         let more = ["--steps", "2", "--warmup", "1", "--set", "depth=2", "--set", "width=64"];
         let all: Vec<&str> = args.iter().chain(&more).copied().collect();
-        let o = blkc_with(&all, &[("BLKC_ATTENTION", "products")]);
+        let o = blkc_with(fused, &all, &[("BLKC_ATTENTION", "products")]);
         assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         assert_eq!(v["attention"], "products", "{file}: the route the bench ran, in its JSON");

@@ -140,6 +140,7 @@ pub fn run(args: &Args) -> u8 {
     } else {
         None
     };
+    let fused = !matches!(args.device, Device::Cpu) && crate::backend::fusion();
     match args.format {
         Format::Json => {
             let out = serde_json::json!({
@@ -148,6 +149,7 @@ pub fn run(args: &Args) -> u8 {
                 "device": device,
                 "precision": plan.precision.name(),
                 "attention": crate::kernels::attention::Route::current().name(),
+                "fusion": fused,
                 "batch": plan.batch,
                 "steps": plan.steps,
                 "warmup": plan.warmup,
@@ -157,6 +159,7 @@ pub fn run(args: &Args) -> u8 {
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Human => {
+            let device = if fused { format!("{device} under burn's operation fusion") } else { device };
             print!("{}", table(&records, &device, plan, args.threads));
             if let Some(rows) = &profile {
                 println!(
@@ -187,7 +190,7 @@ fn cuda(
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    Ok(on::<crate::backend::Cuda>(subjects, plan, progress))
+    Ok(crate::fused_or_not!(crate::backend::Cuda, crate::backend::CudaUnfused, |B| on::<B>(subjects, plan, progress)))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -201,7 +204,7 @@ fn wgpu(
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    Ok(on::<crate::backend::Wgpu>(subjects, plan, progress))
+    Ok(crate::fused_or_not!(crate::backend::Wgpu, crate::backend::WgpuUnfused, |B| on::<B>(subjects, plan, progress)))
 }
 
 #[cfg(not(feature = "wgpu"))]

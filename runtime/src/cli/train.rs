@@ -251,7 +251,7 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         return Err(REJECTED);
     }
     let devices = job.settings.devices;
-    if devices > 1 && job.settings.device != "cpu" && cfg!(feature = "fusion") {
+    if devices > 1 && job.settings.device != "cpu" && crate::backend::fusion() {
         // Measured on wgpu (runtime/tests/device.rs): two copies' losses
         // part from one copy's at the second step (8.35 against 8.34,
         // up to 53 from run to run), with or without blkc's kernels, and
@@ -344,7 +344,9 @@ fn shared<D: Default + Clone>(job: &Job) -> Vec<D> {
 pub(super) fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
     let devices: Vec<_> =
         (0..job.settings.devices.max(1) as usize).map(|index| burn::backend::cuda::CudaDevice { index }).collect();
-    train::train::<burn::backend::Autodiff<crate::backend::Cuda>>(job, &devices)
+    crate::fused_or_not!(crate::backend::Cuda, crate::backend::CudaUnfused, |B| {
+        train::train::<burn::backend::Autodiff<B>>(job, &devices)
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -355,7 +357,9 @@ pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
 #[cfg(feature = "wgpu")]
 pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
     // The default adapter, shared by every copy (as the CPU is).
-    train::train::<burn::backend::Autodiff<crate::backend::Wgpu>>(job, &shared(job))
+    crate::fused_or_not!(crate::backend::Wgpu, crate::backend::WgpuUnfused, |B| {
+        train::train::<burn::backend::Autodiff<B>>(job, &shared(job))
+    })
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -234,9 +234,9 @@ fn failed(peer: Peer, what: &str, e: &CollectiveError) -> PeerError {
 /// `train` refuses too.
 pub fn not_under_fusion(devices: u64) -> String {
     format!(
-        "cannot train on {devices} devices with this blkc: it was built with burn's operation fusion (feature \
-         `fusion`), under which copies training at once compute wrongly in burn 0.21; train on one device, or \
-         rebuild without `--features fusion`"
+        "cannot train on {devices} devices under burn's operation fusion (this blkc was built with the feature \
+         `fusion`), under which copies training at once compute wrongly in burn 0.21; turn it off for this run \
+         with BLKC_FUSION=off, or train on one device"
     )
 }
 
