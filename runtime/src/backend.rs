@@ -66,7 +66,7 @@ pub fn set_fusion(value: &str) -> Result<(), String> {
 /// `$fused` under burn's operation fusion ([`fusion`]), `$unfused`
 /// otherwise (the two are one type in a build without the `fusion`
 /// feature).
-#[macro_export]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 macro_rules! fused_or_not {
     ($fused:ty, $unfused:ty, |$B:ident| $body:expr) => {{
         #[cfg(feature = "fusion")]
@@ -86,6 +86,8 @@ macro_rules! fused_or_not {
         }
     }};
 }
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) use fused_or_not;
 
 /// A GPU that answered the probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,10 +44,11 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
             beta_sa: random(&[n]),
             beta_ff: random(&[heads]),
         });
-        let (ours, kept) = B::shaped_attention_forward(shaped.clone(), add.clone());
+        let (ours, kept, o) = B::shaped_attention_forward(shaped.clone(), add.clone());
         let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
         assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
-        let (theirs, p) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
+        assert!(o.is_none(), "case {case}: by rows, no softmax term is kept");
+        let (theirs, p, _) = reference::shaped_attention_forward::<B>(shaped.clone(), add.clone());
         let theirs = values::<B>(theirs);
         let forward = gap_of_scale(&values::<B>(ours), &theirs);
         assert!(forward < 1e-5, "case {case}: outputs differ by {forward:e}");
@@ -59,7 +60,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
         // The route of products too (the weights kept, and the softmax
         // term, which its backward then does not recompute).
         let (as_products, weights, o) =
-            Route::Products.scope(|| B::shaped_attention_forward_kept(shaped.clone(), add.clone()));
+            Route::Products.scope(|| B::shaped_attention_forward(shaped.clone(), add.clone()));
         let rank = burn::tensor::TensorMetadata::shape(&weights).num_dims();
         assert_eq!(rank, 4, "case {case}: as products, the weights are kept");
         let o = o.unwrap_or_else(|| panic!("case {case}: as products, the softmax term is kept"));

@@ -90,7 +90,7 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
             }
             None => (None, None),
         };
-        let (y, p, o) = B::shaped_attention_forward_kept(inner.clone(), addend.clone());
+        let (y, p, o) = B::shaped_attention_forward(inner.clone(), addend.clone());
         let state = (inner, addend, (p, o));
         let n = ShapedAttention;
         match (extra, bias_node) {

@@ -15,9 +15,13 @@ use crate::kernels::cpu::rows::{dims3, owned, per_head, Rows};
 use crate::kernels::cpu::{parallel, simd};
 
 impl ShapedOps for Flex {
-    fn shaped_attention_forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> (FlexTensor, FlexTensor) {
+    fn shaped_attention_forward(
+        a: Shaped<FlexTensor>,
+        add: Option<MixAddend<FlexTensor>>,
+    ) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
         let Some(plan) = shaped_plan(&a, add.as_ref()) else {
-            return reference::shaped_attention_forward::<Flex>(a, add);
+            let (y, p, _) = reference::shaped_attention_forward::<Flex>(a, add);
+            return (y, p, None);
         };
         let [b, h, t, d, dv] = plan.dims;
         let width = h * dv;
@@ -70,7 +74,7 @@ impl ShapedOps for Flex {
         });
         let (pp, yp): (Vec<Vec<Written>>, Vec<Written>) = done.into_iter().unzip();
         let (p, y) = (p.finish(pp.into_iter().flatten()), y.finish(yp));
-        (owned(y, v.layout().shape().clone()), owned(p, [b, h, t, t].into()))
+        (owned(y, v.layout().shape().clone()), owned(p, [b, h, t, t].into()), None)
     }
 
     fn shaped_attention_backward(

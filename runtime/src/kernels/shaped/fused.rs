@@ -9,7 +9,7 @@ use burn::tensor::TensorMetadata;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::{Fusion, FusionBackend};
 
-use super::cube::{forward_kept, mix_backward_fits, mix_plan, plan};
+use super::cube::{by_rows, mix_backward_fits, mix_plan, plan, routed};
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
 
@@ -45,19 +45,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     fn shaped_attention_forward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let products = crate::kernels::attention::as_products(a.q.shape()[2]);
-        let planned = plan(&a, add.as_ref()).filter(|_| !products);
-        let Some(p) = planned else { return reference::shaped_attention_forward::<Self>(a, add) };
-        let mask = (a.scale, a.causal);
-        let shapes = vec![f32s([p.batch, p.tokens, p.heads * p.d]), f32s([p.batch, p.heads, p.tokens])];
-        let [y, lse] =
-            outputs(run("blkc.shaped_forward", operands::<CubeBackend<R, F, I, BT>>(a, add), shapes, move |mut x| {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        routed::<Self>(a, add, |a, add, p| {
+            let mask = (a.scale, a.causal);
+            let shapes = vec![f32s([p.batch, p.tokens, p.heads * p.d]), f32s([p.batch, p.heads, p.tokens])];
+            let ops = operands::<CubeBackend<R, F, I, BT>>(a, add);
+            let [y, lse] = outputs(run("blkc.shaped_forward", ops, shapes, move |mut x| {
                 let (a, add) = taken(&mut x, mask);
-                let (y, lse) = CubeBackend::<R, F, I, BT>::shaped_attention_forward(a, add);
+                let (y, lse) = by_rows::<R, F, I, BT>(a, add, &p);
                 vec![y, lse]
             }));
-        (y, lse)
+            (y, lse)
+        })
     }
 
     fn shaped_attention_backward(
@@ -108,13 +107,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let addend = added.then(|| std::array::from_fn(|_| next()));
         let dbq = biased.then(next);
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
-    }
-
-    fn shaped_attention_forward_kept(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        forward_kept::<Self>(a, add)
     }
 
     fn mix(

@@ -78,20 +78,24 @@ pub trait ShapedOps: AttentionOps + GainOps {
         Self::shaped_attention_forward(a, add).0
     }
 
-    /// [`ShapedOps::shaped_attention`] and its attention weights `p` (what
-    /// its backward reads).
+    /// [`ShapedOps::shaped_attention`], its attention weights `p` (or what
+    /// the backend keeps in their place) and, where this backend's backward
+    /// would otherwise recompute it, the softmax term `o = softmax · v`
+    /// made on the way (`[batch, heads, tokens, d]`): what
+    /// [`ShapedOps::shaped_attention_backward`] reads. By default no `o`.
     fn shaped_attention_forward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::shaped_attention_forward::<Self>(a, add)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (y, p, _) = reference::shaped_attention_forward::<Self>(a, add);
+        (y, p, None)
     }
 
-    /// The gradients of [`ShapedOps::shaped_attention`] from `dy`, given the
-    /// weights `p` (or what the backend keeps in their place) and the
-    /// softmax term `o` where [`ShapedOps::shaped_attention_forward_kept`]
-    /// kept it (by default `o` is not read); `dq`, `dk` stored
-    /// token-major; `dv` added into `acc` when given.
+    /// The gradients of [`ShapedOps::shaped_attention`] from `dy`, given
+    /// what [`ShapedOps::shaped_attention_forward`] kept: the weights `p`
+    /// (or what the backend keeps in their place) and the softmax term `o`
+    /// (by default not read); `dq`, `dk` stored token-major; `dv` added
+    /// into `acc` when given.
     fn shaped_attention_backward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
@@ -101,18 +105,6 @@ pub trait ShapedOps: AttentionOps + GainOps {
     ) -> ShapedGrads<FloatTensor<Self>> {
         let _ = o;
         reference::shaped_attention_backward::<Self>(a, add, p, dy, acc)
-    }
-
-    /// [`ShapedOps::shaped_attention_forward`] and, where this backend's
-    /// backward would otherwise recompute it, the softmax term `o =
-    /// softmax · v` made on the way (`[batch, heads, tokens, d]`), for
-    /// [`ShapedOps::shaped_attention_backward`]. By default none.
-    fn shaped_attention_forward_kept(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (y, p) = Self::shaped_attention_forward(a, add);
-        (y, p, None)
     }
 
     /// The shaped attention's matrix applied to the values, as one pass:

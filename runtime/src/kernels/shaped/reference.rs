@@ -29,18 +29,10 @@ fn centre_backward<B: ShapedOps>(dy: FloatTensor<B>, causal: bool) -> FloatTenso
     }
 }
 
-pub fn shaped_attention_forward<B: ShapedOps>(
-    a: Shaped<FloatTensor<B>>,
-    add: Option<MixAddend<FloatTensor<B>>>,
-) -> (FloatTensor<B>, FloatTensor<B>) {
-    let (y, p, _) = shaped_attention_forward_kept::<B>(a, add);
-    (y, p)
-}
-
 /// The forward, the weights, and the softmax term `o` (`[batch, heads,
 /// tokens, d]`), which [`shaped_attention_backward_with`] can take instead
 /// of recomputing it.
-pub fn shaped_attention_forward_kept<B: ShapedOps>(
+pub fn shaped_attention_forward<B: ShapedOps>(
     a: Shaped<FloatTensor<B>>,
     add: Option<MixAddend<FloatTensor<B>>>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {

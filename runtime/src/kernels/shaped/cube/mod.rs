@@ -52,6 +52,7 @@ use kernels::{gain_sums, shaped_columns, shaped_forward, shaped_rows};
 const MAX_HEAD_DIM: usize = 256;
 
 /// The shape the kernels run, when they can (else the reference runs).
+#[derive(Clone, Copy)]
 pub(crate) struct Plan {
     pub(crate) batch: usize,
     pub(crate) heads: usize,
@@ -347,16 +348,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     fn shaped_attention_forward(
         a: Shaped<FloatTensor<Self>>,
         add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let products = crate::kernels::attention::as_products(a.q.shape()[2]);
-        let planned = plan(&a, add.as_ref()).filter(|_| !products);
-        let Some(p) = planned else { return reference::shaped_attention_forward::<Self>(a, add) };
-        let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), &p, (a.scale, a.causal, true));
-        let y = match add {
-            Some(m) => Self::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
-            None => y,
-        };
-        (y, lse)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        routed::<Self>(a, add, |a, add, p| by_rows::<R, F, I, BT>(a, add, &p))
     }
 
     fn shaped_attention_backward(
@@ -400,13 +393,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             None => dv,
         };
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
-    }
-
-    fn shaped_attention_forward_kept(
-        a: Shaped<FloatTensor<Self>>,
-        add: Option<MixAddend<FloatTensor<Self>>>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        forward_kept::<Self>(a, add)
     }
 
     fn mix(
@@ -497,20 +483,41 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
     }
 }
 
-/// The forward of a CubeCL backend (with fusion or not) that keeps the
-/// softmax term where it runs the attention as products (the reference
-/// maths, whose backward would recompute it as `p · v`); the rows'
-/// kernels keep their statistics alone.
-pub(crate) fn forward_kept<B: ShapedOps>(
+/// The forward of a CubeCL backend (with fusion or not). As products
+/// (`attention::as_products`): the reference maths, keeping the softmax
+/// term, which their backward would recompute as `p · v`. By rows: `rows`
+/// (the output and the rows' log-sum-exp, which the backward kernels
+/// read) where the kernels take the shape, the reference otherwise.
+pub(crate) fn routed<B: ShapedOps>(
     a: Shaped<FloatTensor<B>>,
     add: Option<MixAddend<FloatTensor<B>>>,
+    rows: impl FnOnce(Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, Plan) -> (FloatTensor<B>, FloatTensor<B>),
 ) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>) {
-    if crate::kernels::attention::as_products(a.q.shape()[2]) {
-        let (y, p, o) = reference::shaped_attention_forward_kept::<B>(a, add);
-        return (y, p, Some(o));
-    }
-    let (y, p) = B::shaped_attention_forward(a, add);
-    (y, p, None)
+    let (y, p, o) = if crate::kernels::attention::as_products(a.q.shape()[2]) {
+        reference::shaped_attention_forward::<B>(a, add)
+    } else if let Some(p) = plan(&a, add.as_ref()) {
+        let (y, lse) = rows(a, add, p);
+        return (y, lse, None);
+    } else {
+        let (y, p, _) = reference::shaped_attention_forward::<B>(a, add);
+        return (y, p, None);
+    };
+    (y, p, Some(o))
+}
+
+/// The row kernels' forward for plan `p`: the output, summed with `add`
+/// when given, and the rows' log-sum-exp.
+pub(crate) fn by_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    a: Shaped<CubeTensor<R>>,
+    add: Option<MixAddend<CubeTensor<R>>>,
+    p: &Plan,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, a.causal, true));
+    let y = match add {
+        Some(m) => CubeBackend::<R, F, I, BT>::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
+        None => y,
+    };
+    (y, lse)
 }
 
 /// How the mix kernels run: `batch` sequences of `tokens` tokens, `w`
