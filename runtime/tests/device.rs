@@ -364,6 +364,69 @@ fn cuda_fused_routes_agree() {
     routes_agree::<Autodiff<Cuda>>(&Default::default(), Precision::Bf16, (1e-2, 5e-2));
 }
 
+/// Decoding a token at a time on the device (`blkc sample`'s path: each
+/// attention's cache of keys and values, its rotations and masks from an
+/// offset, the running centre) gives the logits of the device's forward
+/// pass over the same tokens: for models with learned and rotary
+/// positions, grouped queries, the shaped and the standard attention, with
+/// their queries and keys drawn at random (at init the shaped attention's
+/// softmax is uniform). Three tokens, then one at a time to twelve.
+fn decodes_as_the_forward_pass<D: blkc_runtime::kernels::Kernels>(device: &D::Device) {
+    use blkc_runtime::decode::State;
+    use burn::tensor::Distribution;
+    for name in ["preln", "sas-p", "llama", "gpt-j"] {
+        let p = program(name);
+        let m = p.model.as_ref().expect("a model");
+        let mut model = Model::<D>::build(&p, m, 7, device);
+        for a in model.blocks.iter_mut().flat_map(|b| b.attention.iter_mut()) {
+            for w in [&mut a.query, &mut a.key].into_iter().flatten() {
+                let dims = w.val().dims();
+                *w = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.3), device));
+            }
+        }
+        let (b, n) = (2, 12);
+        let ids: Vec<i64> = (0..(b * n) as i64).map(|i| (i * 37 + i * i) % m.vocab as i64).collect();
+        let tokens = Tensor::<D, 1, Int>::from_ints(ids.as_slice(), device).reshape([b, n]);
+        let whole = model.forward(tokens.clone());
+        let mut state = State::new(&model);
+        let mut steps = vec![model.decode(tokens.clone().slice([0..b, 0..3]), &mut state).expect("decodes")];
+        for i in 3..n {
+            steps.push(model.decode(tokens.clone().slice([0..b, i..i + 1]), &mut state).expect("decodes"));
+        }
+        let decoded: Vec<f32> = Tensor::cat(steps, 1).into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let whole: Vec<f32> = whole.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let gap = max_diff(&decoded, &whole);
+        println!("{name}: decoded logits {gap:.1e} from the forward pass's (largest {:.2})", max_abs(&whole));
+        assert!(gap < LOGITS, "{name}: decoding differs from the forward pass by {gap:e}");
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_decodes_as_the_forward_pass() {
+    decodes_as_the_forward_pass::<WgpuUnfused>(&Default::default());
+}
+
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+#[test]
+fn wgpu_fused_decodes_as_the_forward_pass() {
+    decodes_as_the_forward_pass::<Wgpu>(&Default::default());
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_decodes_as_the_forward_pass() {
+    decodes_as_the_forward_pass::<CudaUnfused>(&Default::default());
+}
+
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_fused_decodes_as_the_forward_pass() {
+    decodes_as_the_forward_pass::<Cuda>(&Default::default());
+}
+
 /// `blkc bench` on a GPU backend counts the device's bytes (not the
 /// host's) and gives the MFU against the device's own product rate.
 fn bench_reports_device_memory<D: TrainKernels>(device: &D::Device) {
@@ -553,6 +616,11 @@ fn trains_from_the_command_line(fused: bool) {
     let (gpu, cpu) = (loss("wgpu"), loss("cpu"));
     println!("validation loss of a wgpu run: {gpu} on wgpu, {cpu} on the CPU");
     assert!(gpu.is_finite() && (gpu - cpu).abs() < 1e-4 * cpu.abs().max(1.0), "{gpu} on wgpu, {cpu} on the CPU");
+    // Greedy decoding picks the same tokens on the device as on the CPU
+    // (past the context of 32, so the window restarts too).
+    let sample = |device: &str| ok(&["sample", &run, "--device", device, "--tokens", "40", "--temperature", "0"]);
+    let (gpu, cpu) = (sample("wgpu"), sample("cpu"));
+    assert!(!cpu.is_empty() && gpu == cpu, "sampled on wgpu: {gpu:?}, on the CPU: {cpu:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
