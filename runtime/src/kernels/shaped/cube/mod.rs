@@ -493,16 +493,20 @@ pub(crate) fn routed<B: ShapedOps>(
     add: Option<MixAddend<FloatTensor<B>>>,
     rows: impl FnOnce(Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>, Plan) -> (FloatTensor<B>, FloatTensor<B>),
 ) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>) {
-    let (y, p, o) = if crate::kernels::attention::as_products(a.q.shape()[2]) {
-        reference::shaped_attention_forward::<B>(a, add)
-    } else if let Some(p) = plan(&a, add.as_ref()) {
-        let (y, lse) = rows(a, add, p);
-        return (y, lse, None);
-    } else {
-        let (y, p, _) = reference::shaped_attention_forward::<B>(a, add);
-        return (y, p, None);
-    };
-    (y, p, Some(o))
+    if crate::kernels::attention::as_products(a.q.shape()[2]) {
+        let (y, p, o) = reference::shaped_attention_forward::<B>(a, add);
+        return (y, p, Some(o));
+    }
+    match plan(&a, add.as_ref()) {
+        Some(p) => {
+            let (y, lse) = rows(a, add, p);
+            (y, lse, None)
+        }
+        None => {
+            let (y, p, _) = reference::shaped_attention_forward::<B>(a, add);
+            (y, p, None)
+        }
+    }
 }
 
 /// The row kernels' forward for plan `p`: the output, summed with `add`
