@@ -62,13 +62,19 @@ pub fn set_fusion(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `$body` with the type `$B` the GPU backend this process runs:
-/// `$fused` under burn's operation fusion ([`fusion`]), `$unfused`
-/// otherwise (the two are one type in a build without the `fusion`
-/// feature).
+/// Runs `$body` with the type `$B` the backend this process runs on
+/// `Cuda` or `Wgpu`: burn's operation fusion over it ([`fusion`]), or
+/// `CudaUnfused` / `WgpuUnfused` (one type with the other in a build
+/// without the `fusion` feature).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 macro_rules! fused_or_not {
-    ($fused:ty, $unfused:ty, |$B:ident| $body:expr) => {{
+    (Cuda, |$B:ident| $body:expr) => {
+        $crate::backend::fused_or_not!(@ $crate::backend::Cuda, $crate::backend::CudaUnfused, $B, $body)
+    };
+    (Wgpu, |$B:ident| $body:expr) => {
+        $crate::backend::fused_or_not!(@ $crate::backend::Wgpu, $crate::backend::WgpuUnfused, $B, $body)
+    };
+    (@ $fused:ty, $unfused:ty, $B:ident, $body:expr) => {{
         #[cfg(feature = "fusion")]
         {
             if $crate::backend::fusion() {

@@ -190,9 +190,7 @@ fn cuda(
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    Ok(crate::backend::fused_or_not!(crate::backend::Cuda, crate::backend::CudaUnfused, |B| on::<B>(
-        subjects, plan, progress
-    )))
+    Ok(crate::backend::fused_or_not!(Cuda, |B| on::<B>(subjects, plan, progress)))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -206,9 +204,7 @@ fn wgpu(
     plan: Plan,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Record>, String), String> {
-    Ok(crate::backend::fused_or_not!(crate::backend::Wgpu, crate::backend::WgpuUnfused, |B| on::<B>(
-        subjects, plan, progress
-    )))
+    Ok(crate::backend::fused_or_not!(Wgpu, |B| on::<B>(subjects, plan, progress)))
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -169,8 +169,7 @@ pub fn dispatch(device: Device, what: &str, cmd: &impl Generic) -> u8 {
 
 #[cfg(feature = "cuda")]
 fn on_cuda(cmd: &impl Generic) -> Result<(), String> {
-    crate::backend::fused_or_not!(crate::backend::Cuda, crate::backend::CudaUnfused, |B| cmd
-        .run::<B>(&Default::default()))
+    crate::backend::fused_or_not!(Cuda, |B| cmd.run::<B>(&Default::default()))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -180,8 +179,7 @@ fn on_cuda(_: &impl Generic) -> Result<(), String> {
 
 #[cfg(feature = "wgpu")]
 fn on_wgpu(cmd: &impl Generic) -> Result<(), String> {
-    crate::backend::fused_or_not!(crate::backend::Wgpu, crate::backend::WgpuUnfused, |B| cmd
-        .run::<B>(&Default::default()))
+    crate::backend::fused_or_not!(Wgpu, |B| cmd.run::<B>(&Default::default()))
 }
 
 #[cfg(not(feature = "wgpu"))]

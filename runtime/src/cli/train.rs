@@ -344,9 +344,7 @@ fn shared<D: Default + Clone>(job: &Job) -> Vec<D> {
 pub(super) fn on_cuda(job: &Job) -> Result<train::Summary, Failure> {
     let devices: Vec<_> =
         (0..job.settings.devices.max(1) as usize).map(|index| burn::backend::cuda::CudaDevice { index }).collect();
-    crate::backend::fused_or_not!(crate::backend::Cuda, crate::backend::CudaUnfused, |B| {
-        train::train::<burn::backend::Autodiff<B>>(job, &devices)
-    })
+    crate::backend::fused_or_not!(Cuda, |B| train::train::<burn::backend::Autodiff<B>>(job, &devices))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -357,9 +355,7 @@ pub(super) fn on_cuda(_job: &Job) -> Result<train::Summary, Failure> {
 #[cfg(feature = "wgpu")]
 pub(super) fn on_wgpu(job: &Job) -> Result<train::Summary, Failure> {
     // The default adapter, shared by every copy (as the CPU is).
-    crate::backend::fused_or_not!(crate::backend::Wgpu, crate::backend::WgpuUnfused, |B| {
-        train::train::<burn::backend::Autodiff<B>>(job, &shared(job))
-    })
+    crate::backend::fused_or_not!(Wgpu, |B| train::train::<burn::backend::Autodiff<B>>(job, &shared(job)))
 }
 
 #[cfg(not(feature = "wgpu"))]
