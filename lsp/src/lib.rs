@@ -26,6 +26,10 @@
 //! | `workspace.rs` | open documents; the loader that reads them before the disk |
 //! | `text.rs` | byte offsets ↔ LSP positions (UTF-16) |
 
+// Its standard output is the protocol; its log lines must not panic
+// when standard error is gone.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod analysis;
 pub mod complete;
 pub mod hover;

@@ -5,6 +5,7 @@
 //! ends, and the others meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -266,7 +267,8 @@ impl<'c> Server<'c> {
         let (uri, version) = (doc.uri.clone(), doc.version);
         let analysed = catch_unwind(AssertUnwindSafe(|| Analysis::of(path, &self.docs, self.options)));
         let Ok(Some(a)) = analysed else {
-            eprintln!("blkc lsp: the analysis of {} failed", path.display());
+            // A log line an editor may not read: dropped if stderr is gone.
+            let _ = writeln!(std::io::stderr(), "blkc lsp: the analysis of {} failed", path.display());
             return;
         };
         let a = Rc::new(a);

@@ -82,7 +82,7 @@ fn forward(input: &mut dyn BufRead, to_server: &crossbeam_channel::Sender<Messag
         let message = match serde_json::from_slice::<Message>(&body) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("blkc lsp: skipped a message that is not JSON-RPC ({e})");
+                let _ = writeln!(std::io::stderr(), "blkc lsp: skipped a message that is not JSON-RPC ({e})");
                 continue;
             }
         };

@@ -4,6 +4,13 @@
 //! The compiler front end is the `blkc` crate (`blkc-compiler`); this crate
 //! is the only one that depends on burn.
 
+// Printing goes through `out!`/`outln!`/`err!`/`errln!` (`output.rs`),
+// which never panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+pub mod output;
+
 pub mod alloc;
 pub mod backend;
 pub mod bench;

@@ -1,9 +1,12 @@
 //! The `blkc` command: parses arguments and dispatches to one file per
 //! subcommand in `cli/`.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use blkc_runtime::cli::{self, Cli, Command};
+use blkc_runtime::errln;
 use clap::Parser;
 
 #[global_allocator]
@@ -18,7 +21,7 @@ fn main() -> ExitCode {
                 && std::env::args().any(|a| a == "--data" || a.starts_with("--data="));
             let _ = e.print();
             if glob {
-                eprintln!("hint: quote a --data glob (`--data 'corpus/*.txt'`): unquoted, the shell expands it into several paths");
+                errln!("hint: quote a --data glob (`--data 'corpus/*.txt'`): unquoted, the shell expands it into several paths");
             }
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
         match blkc_runtime::kernels::attention::Route::parse(route.trim()) {
             Ok(r) => r.set_default(),
             Err(e) => {
-                eprintln!("error: BLKC_ATTENTION: {e}");
+                errln!("error: BLKC_ATTENTION: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
     // (`backend::fusion`): a knob for timing the two side by side.
     if let Ok(value) = std::env::var("BLKC_FUSION") {
         if let Err(e) = blkc_runtime::backend::set_fusion(value.trim()) {
-            eprintln!("error: BLKC_FUSION: {e}");
+            errln!("error: BLKC_FUSION: {e}");
             return ExitCode::from(2);
         }
     }
@@ -56,5 +59,6 @@ fn main() -> ExitCode {
         Command::Compare(a) => cli::compare::run(&a),
         Command::Lsp(a) => cli::lsp::run(&a),
     };
-    ExitCode::from(code)
+    // Standard output lost to a full disk fails the command (`output.rs`).
+    ExitCode::from(blkc_runtime::output::finish(code))
 }

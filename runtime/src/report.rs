@@ -18,15 +18,15 @@ pub enum DiagFormat {
 /// Prints diagnostics to stderr (human) or stdout (json, github).
 pub fn print(diags: &[Diagnostic], sources: &SourceMap, format: DiagFormat) {
     match format {
-        DiagFormat::Human => eprint!("{}", human(diags, sources, std::io::stderr().is_terminal())),
+        DiagFormat::Human => err!("{}", human(diags, sources, std::io::stderr().is_terminal())),
         DiagFormat::Json => {
             for d in diags {
-                println!("{}", serde_json::to_string(&record(d, sources)).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&record(d, sources)).unwrap_or_default());
             }
         }
         DiagFormat::Github => {
             for d in diags {
-                println!("{}", github(d, sources));
+                outln!("{}", github(d, sources));
             }
         }
     }

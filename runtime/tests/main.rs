@@ -10,6 +10,7 @@ mod lowering;
 mod lsp;
 mod measure;
 mod optim;
+mod output;
 mod precision;
 mod safety;
 mod train;

@@ -51,7 +51,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> u8 {
     if args.batch == 0 || args.steps == 0 {
-        eprintln!("error: --{} must be at least 1", if args.batch == 0 { "batch" } else { "steps" });
+        errln!("error: --{} must be at least 1", if args.batch == 0 { "batch" } else { "steps" });
         return BROKEN;
     }
     let mut subjects = Vec::new();
@@ -60,7 +60,7 @@ pub fn run(args: &Args) -> u8 {
         let Some(p) = c.program else { return BROKEN };
         let models = p.analysed_models(FileId(0));
         if models.is_empty() {
-            eprintln!("error[E5001]: `{}` defines no block or model to benchmark", f.display());
+            errln!("error[E5001]: `{}` defines no block or model to benchmark", f.display());
             return BROKEN;
         }
         for (m, bare) in models {
@@ -69,29 +69,29 @@ pub fn run(args: &Args) -> u8 {
     }
     if let Some(n) = args.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
-            eprintln!("error: cannot set {n} threads: {e}");
+            errln!("error: cannot set {n} threads: {e}");
             return REJECTED;
         }
     }
     let precision = match args.precision.on(args.device).on_device(args.device.name()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return REJECTED;
         }
     };
     let profile_log = std::env::temp_dir().join(format!("blkc-profile-{}.log", std::process::id()));
     if args.profile {
         if args.device == Device::Cpu {
-            eprintln!("error: --profile times GPU kernels: give --device cuda or --device wgpu");
+            errln!("error: --profile times GPU kernels: give --device cuda or --device wgpu");
             return REJECTED;
         }
         if subjects.len() != 1 {
-            eprintln!("error: --profile measures one model at a time; {} were given", subjects.len());
+            errln!("error: --profile measures one model at a time; {} were given", subjects.len());
             return REJECTED;
         }
         if let Err(e) = crate::profile::enable(&profile_log) {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return REJECTED;
         }
     }
@@ -99,7 +99,7 @@ pub fn run(args: &Args) -> u8 {
     let show = args.format == Format::Human && std::io::stderr().is_terminal();
     let mut progress = |r: usize, n: usize| {
         if show {
-            eprint!("\r\x1b[2Kround {r}/{n}");
+            err!("\r\x1b[2Kround {r}/{n}");
             let _ = std::io::stderr().flush();
         }
     };
@@ -108,20 +108,20 @@ pub fn run(args: &Args) -> u8 {
         Device::Cuda => match crate::backend::cuda().and_then(|_| cuda(&subjects, plan, &mut progress)) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("error: cannot benchmark on CUDA: {e}");
+                errln!("error: cannot benchmark on CUDA: {e}");
                 return super::train::NO_DEVICE;
             }
         },
         Device::Wgpu => match crate::backend::wgpu().and_then(|_| wgpu(&subjects, plan, &mut progress)) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("error: cannot benchmark on wgpu: {e}");
+                errln!("error: cannot benchmark on wgpu: {e}");
                 return super::train::NO_DEVICE;
             }
         },
     };
     if show {
-        eprintln!();
+        errln!();
     }
     let profile = if args.profile {
         let read = crate::profile::read(&profile_log, plan.warmup.max(1) + plan.steps.max(1), plan.steps.max(1));
@@ -129,11 +129,11 @@ pub fn run(args: &Args) -> u8 {
         match read {
             Ok(rows) if !rows.is_empty() => Some(rows),
             Ok(_) => {
-                eprintln!("error: the profile logged no kernel launch");
+                errln!("error: the profile logged no kernel launch");
                 return REJECTED;
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return REJECTED;
             }
         }
@@ -156,18 +156,18 @@ pub fn run(args: &Args) -> u8 {
                 "records": records,
                 "profile": profile,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Human => {
             let device = if fused { format!("{device} under burn's operation fusion") } else { device };
-            print!("{}", table(&records, &device, plan, args.threads));
+            out!("{}", table(&records, &device, plan, args.threads));
             if let Some(rows) = &profile {
-                println!(
+                outln!(
                     "\nGPU kernels of a training step (mean of the {} timed steps, after the warm-up; the step times \
                      above are slowed by the profile):",
                     plan.steps.max(1)
                 );
-                print!("{}", crate::profile::table(rows, 0.95));
+                out!("{}", crate::profile::table(rows, 0.95));
             }
         }
     }

@@ -96,11 +96,11 @@ pub fn run(args: &Args) -> u8 {
     let mut total = Tally::default();
     let files = super::blk_arguments(&args.files);
     if args.files.iter().filter(|p| super::is_stdin(p)).count() > 1 {
-        eprintln!("error: `-` (standard input) is given more than once; it can be read once");
+        errln!("error: `-` (standard input) is given more than once; it can be read once");
         return BROKEN;
     }
     if args.fix && args.files.iter().any(|p| super::is_stdin(p)) {
-        eprintln!("error: --fix writes the fixed file back; it cannot fix standard input (give the file)");
+        errln!("error: --fix writes the fixed file back; it cannot fix standard input (give the file)");
         return BROKEN;
     }
     for (path, problem) in &files {
@@ -123,7 +123,7 @@ pub fn run(args: &Args) -> u8 {
             _ => "does not compile",
         };
         let expected = if total.expected > 0 { format!(" ({} as expected)", total.expected) } else { String::new() };
-        eprintln!(
+        errln!(
             "checked {}: {}, {}{expected} — {verdict}",
             plural(files.len(), "file"),
             plural(total.errors, "error"),
@@ -149,7 +149,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
         match fix(path, args) {
             Ok(f) => f,
             Err(why) => {
-                eprintln!("error: {why}");
+                errln!("error: {why}");
                 return broken;
             }
         }
@@ -163,7 +163,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
         Ok(e) if args.syntax_only => e.into_iter().filter(|(c, _)| !c.as_str()[1..].starts_with('3')).collect(),
         Ok(e) => e,
         Err((word, line)) => {
-            eprintln!(
+            errln!(
                 "error: {}:{line}: `# blkc: expect {word}`: `{word}` is not a diagnostic code of blkc",
                 path.display()
             );
@@ -175,7 +175,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
         match request(args, path) {
             Ok(req) => reps = reports(p, FileId(0), &req),
             Err(why) => {
-                eprintln!("error: {why}");
+                errln!("error: {why}");
                 return broken;
             }
         }
@@ -188,7 +188,7 @@ fn one(path: &Path, args: &Args) -> (u8, Tally) {
                 .map(|(m, _)| crate::measure::compare::<Cpu>(p, m, setup.clone(), &Default::default()))
                 .collect(),
             Err(why) => {
-                eprintln!("error: {why}");
+                errln!("error: {why}");
                 return broken;
             }
         },
@@ -275,10 +275,10 @@ fn print(k: &Checked, reps: &[Report], measured: &[Comparison], args: &Args) {
             report::print(k.unexpected, &c.sources, args.format);
             for d in k.as_said {
                 let r = report::record(d, &c.sources);
-                eprintln!("note: {}:{}:{}: {} as expected: {}", r.file, r.line, r.column, r.code, r.message);
+                errln!("note: {}:{}:{}: {} as expected: {}", r.file, r.line, r.column, r.code, r.message);
             }
             for code in &k.outcome.unmet {
-                eprintln!(
+                errln!(
                     "error: {}:{}: the file expects {}, which was not reported (remove the `# blkc: expect` line if it no longer applies)",
                     path.display(),
                     line_of(*code),
@@ -286,19 +286,19 @@ fn print(k: &Checked, reps: &[Report], measured: &[Comparison], args: &Args) {
                 );
             }
             if reps.is_empty() && c.program.is_some() && !args.syntax_only {
-                println!("{}: no block or model to analyse (skipped)", path.display());
+                outln!("{}: no block or model to analyse (skipped)", path.display());
             }
             for (i, r) in reps.iter().enumerate() {
-                println!("{}: {}", path.display(), table(r));
+                outln!("{}: {}", path.display(), table(r));
                 if let Some(m) = measured.get(i) {
-                    println!("{}", crate::measure::table(m));
+                    outln!("{}", crate::measure::table(m));
                 }
             }
         }
         DiagFormat::Github => {
             report::print(k.unexpected, &c.sources, args.format);
             for d in k.as_said {
-                println!(
+                outln!(
                     "{}",
                     report::github(d, &c.sources).replacen("::error", "::notice", 1).replacen(
                         "::warning",
@@ -308,7 +308,7 @@ fn print(k: &Checked, reps: &[Report], measured: &[Comparison], args: &Args) {
                 );
             }
             for code in &k.outcome.unmet {
-                println!(
+                outln!(
                     "::error file={},line={},title=expected {}::the file expects {}, which was not reported",
                     path.display(),
                     line_of(*code),
@@ -357,7 +357,7 @@ fn json(k: &Checked, reps: &[Report], measured: &[Comparison], syntax_only: bool
         };
         let mut v = serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "verdict": verdict, "layers": []});
         merge(&mut v);
-        println!("{v}");
+        outln!("{v}");
     }
     for (i, r) in reps.iter().enumerate() {
         let mut v = serde_json::to_value(r).unwrap_or_default();
@@ -378,7 +378,7 @@ fn json(k: &Checked, reps: &[Report], measured: &[Comparison], syntax_only: bool
             o.insert("measured_sequences".into(), m.sequences.into());
             o.insert("measured_models".into(), m.models.into());
         }
-        println!("{v}");
+        outln!("{v}");
     }
 }
 
@@ -492,19 +492,19 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
     let mut records = Vec::new();
     let Ok(text) = blkc::FsLoader.load(path) else { return Ok(records) };
     if blkc::expect::expects_rejection(&text) {
-        eprintln!("fix: {}: left as it is: it expects its rejection (`# blkc: expect`)", path.display());
+        errln!("fix: {}: left as it is: it expects its rejection (`# blkc: expect`)", path.display());
         return Ok(records);
     }
     let Ok(req) = request(args, path) else { return Ok(records) };
     let outcomes = match blkc::fix::fix(path, &blkc::FsLoader, &args.set, &req, FIX_BUDGET) {
         Ok(o) => o,
         Err(why) => {
-            eprintln!("fix: {}: left as it is: {why}", path.display());
+            errln!("fix: {}: left as it is: {why}", path.display());
             return Ok(records);
         }
     };
     if outcomes.is_empty() {
-        eprintln!("fix: {}: nothing to fix (no block is rejected)", path.display());
+        errln!("fix: {}: nothing to fix (no block is rejected)", path.display());
     }
     let root = blkc::source::normalise(path);
     // Each file the fixes change: its text before, and after.
@@ -521,7 +521,7 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
                 let shown = fix.file.display();
                 if elsewhere && blkc::expect::expects_rejection(&before) {
                     let why = format!("`{block}` is defined in {shown}, which expects its rejection");
-                    eprintln!("fix: `{block}`: left as it is: {why}");
+                    errln!("fix: `{block}`: left as it is: {why}");
                     records.push((block.clone(), serde_json::json!({"found": false, "why": why, "tried": 0})));
                     continue;
                 }
@@ -531,23 +531,23 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
                 } else {
                     format!("in {shown}")
                 };
-                eprintln!(
+                errln!(
                     "fix: `{block}` ({place}) passes with {}:",
                     if n == 1 { "one change".to_string() } else { format!("{n} changes") }
                 );
                 for c in &fix.changes {
-                    eprintln!("  - {c}");
+                    errln!("  - {c}");
                 }
                 for other in others {
-                    eprintln!("  (also passes: {})", other.changes.join("; "));
+                    errln!("  (also passes: {})", other.changes.join("; "));
                 }
                 if elsewhere {
-                    eprintln!("  (this changes {shown}, so every model that uses `{block}`)");
+                    errln!("  (this changes {shown}, so every model that uses `{block}`)");
                 }
                 if args.format == DiagFormat::Github {
                     // An annotation on the first line the fix changes.
                     let line = blkc::fix::diff(&before, &fix.text, 0).into_iter().flatten().next().map_or(1, |l| l.0);
-                    println!(
+                    outln!(
                         "::notice file={shown},line={line},title=blkc check --fix::`{block}` passes with: {}",
                         fix.changes.join("; ")
                     );
@@ -564,7 +564,7 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
                 ));
             }
             blkc::fix::Outcome::NotFound { block, tried, why } => {
-                eprintln!("fix: `{block}` in {}: no fix found ({why}; {tried} variants checked)", path.display());
+                errln!("fix: `{block}` in {}: no fix found ({why}; {tried} variants checked)", path.display());
                 records.push((block.clone(), serde_json::json!({"found": false, "why": why, "tried": tried})));
             }
         }
@@ -572,27 +572,27 @@ fn fix(path: &Path, args: &Args) -> Result<Vec<(String, serde_json::Value)>, Str
     // Each file's text before its first fix is the file as it was.
     for (file, original, after) in &files {
         let name = file.display();
-        eprintln!("--- {name}\n+++ {name} (fixed)");
+        errln!("--- {name}\n+++ {name} (fixed)");
         let mut hunk = true;
         for line in blkc::fix::diff(original, after, 1) {
             match line {
                 Some((a, _, marker, t)) => {
                     if hunk {
-                        eprintln!("@@ line {a} @@");
+                        errln!("@@ line {a} @@");
                         hunk = false;
                     }
-                    eprintln!("{marker}{t}");
+                    errln!("{marker}{t}");
                 }
                 None => hunk = true,
             }
         }
         if args.diff {
-            eprintln!("fix: {name} not written (--diff)");
+            errln!("fix: {name} not written (--diff)");
             continue;
         }
         // As an editor saves: through a link, the file's mode kept.
         crate::durable::rewrite(file, after.as_bytes())?;
-        eprintln!("fix: wrote {name}");
+        errln!("fix: wrote {name}");
     }
     Ok(records)
 }

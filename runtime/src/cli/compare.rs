@@ -109,7 +109,7 @@ pub fn run(args: &Args) -> u8 {
         Err(code) => return code,
     };
     if let Some(v) = variants.iter().find(|v| v.rejected && !args.no_check) {
-        eprintln!(
+        errln!(
             "error: the signal check rejects `{}`; compare it anyway with --no-check (it is marked in the table)",
             v.file.display()
         );
@@ -141,7 +141,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
                         format!(", about {:.0} s left", per * (total - done + 1) as f64)
                     }
                 };
-                eprintln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
+                errln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
             }
             let Some(job) = job(args, v, seed, &out)? else { continue };
             fits(&job, args.no_memory_check)?;
@@ -153,12 +153,12 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
             };
             match result {
                 Ok(s) if s.interrupted => {
-                    eprintln!("stopped; run the same command again to finish the comparison");
+                    errln!("stopped; run the same command again to finish the comparison");
                     return Err(s.signal.map_or(OK, signals::exit_status));
                 }
                 Ok(_) => {}
                 Err(Failure::Message(m)) => {
-                    eprintln!("error: {}: {m}", v.name);
+                    errln!("error: {}: {m}", v.name);
                     return Err(REJECTED);
                 }
                 Err(Failure::Located(d, sources)) => {
@@ -186,15 +186,15 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
     let rows: Vec<Row> =
         variants.iter().zip(&curves).map(|(v, c)| row(v, &RunDir::new(&run_dir(&args.out, v, 0)), &c.seeds)).collect();
     if let Err(e) = comparison::draw(&curves, "blkc compare", &args.out) {
-        eprintln!("plot: {e}");
+        errln!("plot: {e}");
     }
     let table = markdown(&rows);
-    print!("{table}");
+    out!("{table}");
     let json = serde_json::json!({ "schema_version": super::JSON_VERSION, "variants": rows });
     let written = crate::durable::write_atomic(&args.out.join("summary.md"), table.as_bytes())
         .and_then(|_| crate::durable::write_atomic(&args.out.join("summary.json"), json.to_string().as_bytes()));
     if let Err(e) = written {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return REJECTED;
     }
     OK
@@ -204,7 +204,7 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
 /// stem, and whether the signal check rejects each.
 fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
     let combos = sweeps(&args.sweep, &args.set).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         BROKEN
     })?;
     let mut out: Vec<Variant> = Vec::new();
@@ -224,7 +224,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             set.extend(combo.iter().cloned());
             let (train_pairs, sets) = split_sets(&set);
             let extra = settings::overrides(&train_pairs).map_err(|e| {
-                eprint!("{e}");
+                err!("{e}");
                 BROKEN
             })?;
             let c = compile_reported(file, &sets).ok_or(BROKEN)?;
@@ -233,10 +233,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
                 program.model = bare_model(&program, file);
             }
             if program.model.is_none() {
-                eprintln!(
-                    "error: `{}` has no model and several blocks; give one model or block per file",
-                    file.display()
-                );
+                errln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());
                 return Err(BROKEN);
             }
             let reps = reports(&program, FileId(0), &Request::default());
@@ -305,7 +302,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         devices: args.devices,
     };
     let fail = |e: String| {
-        eprintln!("error: {}: {e}", v.name);
+        errln!("error: {}: {e}", v.name);
         REJECTED
     };
     let extra = v.extra.as_ref();
@@ -315,7 +312,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         let file_train = v.program.train.as_ref().map(|t| (t, &v.sources));
         // The compiler's diagnostics, rendered: the input is broken.
         let s = Settings::of_run(file_train, extra, &flags).map_err(|e| {
-            eprint!("variant `{}`: {e}", v.name);
+            err!("variant `{}`: {e}", v.name);
             BROKEN
         })?;
         (v.program.clone(), v.sources.clone(), v.file.display().to_string(), s, None)

@@ -42,7 +42,7 @@ impl super::Generic for Args {
 fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let run = train::open::open::<B>(&args.checkpoint, device)?;
     if let Some(note) = &run.note {
-        eprintln!("warning: {note}");
+        errln!("warning: {note}");
     }
     let s = &run.info.settings;
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());
@@ -89,7 +89,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     let bits_per_byte =
         (text_bytes > 0).then(|| loss / std::f64::consts::LN_2 * stream.tokens.len() as f64 / text_bytes as f64);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "schema_version": super::JSON_VERSION,
@@ -107,7 +107,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{} (step {}): validation loss {loss:.4} nats/token{}, perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
             run.checkpoint.display(),
             run.state.step,

@@ -33,11 +33,11 @@ pub enum ExportFormat {
 pub fn run(args: &Args) -> u8 {
     match export(args) {
         Ok(path) => {
-            println!("{}", path.display());
+            outln!("{}", path.display());
             OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             REJECTED
         }
     }
@@ -71,7 +71,7 @@ fn export(args: &Args) -> Result<PathBuf, String> {
     let device = Default::default();
     let run = train::open::open::<crate::backend::Cpu>(&args.checkpoint, &device)?;
     if let Some(note) = &run.note {
-        eprintln!("warning: {note}");
+        errln!("warning: {note}");
     }
     let (dir, out) = destination(args, &run.dir.root)?;
     std::fs::create_dir_all(&dir).map_err(|e| crate::durable::describe("create", &dir, &e))?;

@@ -90,13 +90,13 @@ fn fill<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
             masks.iter().zip(&found).map(|(p, c)| serde_json::json!({"position": p, "candidates": c})).collect();
         let out = serde_json::json!({"schema_version": super::JSON_VERSION, "command": "fill",
             "checkpoint": run.checkpoint.display().to_string(), "step": run.state.step, "filled": filled, "masks": masks});
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
-    println!("{filled}");
+    outln!("{filled}");
     for (i, c) in found.iter().enumerate() {
         let list: Vec<String> = c.iter().map(|c| format!("{:?} {:.3}", c.token, c.probability)).collect();
-        println!("mask {}: {}", i + 1, list.join(", "));
+        outln!("mask {}: {}", i + 1, list.join(", "));
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ fn one(path: &Path, check: bool) -> u8 {
     // a device would lose what was read and become a file. Refused before
     // anything is read.
     if !stdin && !check && std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        eprintln!(
+        errln!(
             "error: cannot format `{}` in place: it is not a regular file (`blkc fmt - < {0}` prints the formatted text)",
             path.display()
         );
@@ -69,30 +69,30 @@ fn one(path: &Path, check: bool) -> u8 {
     // touching the file.
     let (_, again) = blkc::load::load_text("formatted", &formatted);
     if again.as_ref().ok() != Some(&file) {
-        eprintln!(
+        errln!(
             "error: formatting `{}` would change its meaning; this is a bug in blkc, the file was left as it is",
             path.display()
         );
         return BROKEN;
     }
     if stdin && !check {
-        print!("{formatted}");
+        out!("{formatted}");
         return OK;
     }
     if formatted == text {
         return OK;
     }
     if check {
-        println!("would reformat {}", path.display());
+        outln!("would reformat {}", path.display());
         return REJECTED;
     }
     match crate::durable::rewrite(path, formatted.as_bytes()) {
         Ok(()) => {
-            println!("formatted {}", path.display());
+            outln!("formatted {}", path.display());
             OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             BROKEN
         }
     }

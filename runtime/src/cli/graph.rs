@@ -40,9 +40,9 @@ pub fn run(args: &Args) -> u8 {
                 let names: Vec<String> = p.blocks.iter().map(|b| format!("`{}`", b.name)).collect();
                 let has =
                     if names.is_empty() { "it has none".to_string() } else { format!("it has {}", names.join(", ")) };
-                eprintln!("error: no block `{name}` in `{}`: {has}", args.file.display());
+                errln!("error: no block `{name}` in `{}`: {has}", args.file.display());
             }
-            None => eprintln!("error[E5001]: `{}` defines no block to draw", args.file.display()),
+            None => errln!("error[E5001]: `{}` defines no block to draw", args.file.display()),
         }
         return BROKEN;
     };
@@ -54,13 +54,13 @@ pub fn run(args: &Args) -> u8 {
             Some(None) => "the model".to_string(),
             None => "the small model a bare block is drawn in".to_string(),
         };
-        eprintln!("error: --layer {} is past the last layer of {of}: its layers are 0 to {}", args.layer, depth - 1);
+        errln!("error: --layer {} is past the last layer of {of}: its layers are 0 to {}", args.layer, depth - 1);
         return BROKEN;
     }
     let format = match args.format {
         GraphFormat::Dot => Format::Dot,
         GraphFormat::Mermaid => Format::Mermaid,
     };
-    print!("{}", render(block.graph_at(args.layer, depth), &block.name, format));
+    out!("{}", render(block.graph_at(args.layer, depth), &block.name, format));
     OK
 }

@@ -15,7 +15,7 @@ pub fn run(_: &Args) -> u8 {
     match blkc_lsp::run_stdio() {
         Ok(()) => OK,
         Err(why) => {
-            eprintln!("error: blkc lsp: {why}");
+            errln!("error: blkc lsp: {why}");
             BROKEN
         }
     }

@@ -145,14 +145,14 @@ pub fn dispatch(device: Device, what: &str, cmd: &impl Generic) -> u8 {
         Device::Cpu => cmd.run::<crate::backend::Cpu>(&Default::default()),
         Device::Cuda => {
             if let Err(e) = crate::backend::cuda() {
-                eprintln!("error: cannot {what} on CUDA: {e}");
+                errln!("error: cannot {what} on CUDA: {e}");
                 return train::NO_DEVICE;
             }
             on_cuda(cmd)
         }
         Device::Wgpu => {
             if let Err(e) = crate::backend::wgpu() {
-                eprintln!("error: cannot {what} on wgpu: {e}");
+                errln!("error: cannot {what} on wgpu: {e}");
                 return train::NO_DEVICE;
             }
             on_wgpu(cmd)
@@ -161,7 +161,7 @@ pub fn dispatch(device: Device, what: &str, cmd: &impl Generic) -> u8 {
     match result {
         Ok(()) => OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             REJECTED
         }
     }
@@ -251,7 +251,7 @@ pub fn compile(path: &Path, sets: &[String], format: DiagFormat) -> Option<Compi
 /// Reports a file that cannot be read at all.
 pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
     match format {
-        DiagFormat::Human => eprintln!("error[E2012]: cannot read `{}`: {why}", path.display()),
+        DiagFormat::Human => errln!("error[E2012]: cannot read `{}`: {why}", path.display()),
         DiagFormat::Json => {
             // The shape of every `check --format json` line; a file that
             // cannot be read has no position (`null`), not line 0.
@@ -259,13 +259,13 @@ pub fn unreadable(path: &Path, why: &str, format: DiagFormat) {
             let diagnostic = serde_json::json!({"code": "E2012", "severity": "error",
                 "message": format!("cannot read `{file}`: {why}"), "file": file, "line": null, "column": null,
                 "end_line": null, "end_column": null, "label": "", "help": "check the path"});
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"schema_version": blkc::signal::report::SCHEMA_VERSION, "file": file,
                     "verdict": "error", "layers": [], "diagnostics": [diagnostic]})
             );
         }
-        DiagFormat::Github => println!("::error file={},title=E2012::cannot read file: {why}", path.display()),
+        DiagFormat::Github => outln!("::error file={},title=E2012::cannot read file: {why}", path.display()),
     }
 }
 

@@ -29,7 +29,7 @@ pub fn run(args: &Args) -> u8 {
         (Some(m), _) => (m.clone(), false),
         (None, Some((m, _))) => (m.clone(), true),
         (None, None) => {
-            eprintln!("error[E5001]: `{}` defines no block or model to count", args.file.display());
+            errln!("error[E5001]: `{}` defines no block or model to count", args.file.display());
             return BROKEN;
         }
     };
@@ -49,11 +49,11 @@ pub fn run(args: &Args) -> u8 {
                 "components": components,
                 "total": n.total,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Human => {
             let title = if bare { " (bare block, in the small model)" } else { "" };
-            println!(
+            outln!(
                 "{}: block `{}`, depth {}, width {}, heads {}, vocab {}{title}",
                 args.file.display(),
                 block.name,
@@ -64,10 +64,10 @@ pub fn run(args: &Args) -> u8 {
             );
             for (k, v) in n.components() {
                 if v > 0 {
-                    println!("  {k:<22}{v:>14}");
+                    outln!("  {k:<22}{v:>14}");
                 }
             }
-            println!("  {:<22}{:>14}  ({:.2}M)", "total", n.total, n.total as f64 / 1e6);
+            outln!("  {:<22}{:>14}  ({:.2}M)", "total", n.total, n.total as f64 / 1e6);
         }
     }
     OK

@@ -88,8 +88,10 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         // The causal objective never has the mask as its target.
         never: tok.mask_token().filter(|&m| m != tok.end_of_text()),
     };
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{}", args.prompt);
+    let mut out = crate::output::Out;
+    if write!(out, "{}", args.prompt).is_err() {
+        return Ok(()); // nobody reads: `output::finish` decides the status
+    }
     // Each token read once: the attentions keep their keys and values.
     let mut window = Window::new(&run.model, context, device);
     let logits = |ids: &[u32]| window.next(ids);
@@ -111,7 +113,8 @@ struct Generation<'a> {
 
 impl Generation<'_> {
     /// Continues `ids` with tokens drawn from `logits` (of the ids so far),
-    /// writing the decoded text to `out` as it comes.
+    /// writing the decoded text to `out` as it comes; stops when `out`
+    /// cannot be written (its reader left: `blkc sample … | head`).
     fn run(
         &self,
         mut ids: Vec<u32>,
@@ -145,8 +148,9 @@ impl Generation<'_> {
                 upto -= 1;
             }
             if upto > shown && text.is_char_boundary(shown) && !text[..upto].ends_with('\u{fffd}') {
-                let _ = write!(out, "{}", &text[shown..upto]);
-                let _ = out.flush();
+                if write!(out, "{}", &text[shown..upto]).and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
                 shown = upto;
             }
         }
@@ -256,5 +260,40 @@ mod tests {
         let drawn = Generation { tokens: 200, sampling: hot, end: None, ..g };
         let text = generated(&drawn, &[[0.0, 0.0, 0.0, 0.0, 3.0]]);
         assert!(!text.contains("<mask>") && text.contains('a') && text.contains("<eot>"), "{text}");
+    }
+
+    /// Takes `room` bytes, then fails as a pipe whose reader left.
+    struct Closing {
+        room: usize,
+    }
+
+    impl Write for Closing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if buf.len() > self.room {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.room -= buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn generation_stops_when_nobody_reads() {
+        let greedy = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 };
+        let g = Generation { tokens: 1_000_000, sampling: greedy, stops: &[], end: None, never: None };
+        let mut calls = 0;
+        let logits = |_: &[u32]| {
+            calls += 1;
+            Ok(vec![1.0, 0.0])
+        };
+        let mut out = Closing { room: 10 };
+        g.run(vec![0], &mut Rng::new(1), |ids| "a".repeat(ids.len()), logits, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Ten tokens written, the eleventh refused: no token is drawn after.
+        assert_eq!(calls, 11);
     }
 }

@@ -87,7 +87,7 @@ pub fn run(args: &Args) -> u8 {
     let extra = match settings::overrides(&train_pairs) {
         Ok(t) => t,
         Err(e) => {
-            eprint!("{e}");
+            err!("{e}");
             return BROKEN;
         }
     };
@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> u8 {
         Ok(s) => {
             if !job.quiet {
                 let eval = s.eval_loss.map(|e| format!(", validation loss {e:.4}")).unwrap_or_default();
-                eprintln!(
+                errln!(
                     "{} at step {}: loss {:.4}{eval}; {:.0} tokens/s, data pipeline {:.2} % of step time{}",
                     if s.interrupted { "stopped" } else { "done" },
                     s.steps,
@@ -153,7 +153,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
         program.model = bare_model(&program, file);
     }
     let Ok(model) = train::model_of(&program) else {
-        eprintln!(
+        errln!(
             "error[E5001]: `{}` defines no model to train, and more than one block; write a `model` section (see \
              examples/small/sas-p.blk)",
             file.display()
@@ -165,7 +165,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
     }
     let file_train = program.train.as_ref().map(|t| (t, &c.sources));
     let s = Settings::of_run(file_train, extra, &flags(args)).map_err(|e| {
-        eprint!("{e}");
+        err!("{e}");
         BROKEN
     })?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::model_name(model)));
@@ -189,7 +189,7 @@ pub(super) fn bare_model(p: &blkc::Program, file: &Path) -> Option<blkc::graph::
     let own: Vec<&blkc::graph::BlockIr> = p.blocks.iter().filter(|b| b.span.file == FileId(0)).collect();
     let [block] = own.as_slice() else { return None };
     let model = train::small_model(p, &block.name, &format!("small_{}", block.name))?;
-    eprintln!("note: `{}` has no model: training block `{}` in the small model (6 × 256)", file.display(), block.name);
+    errln!("note: `{}` has no model: training block `{}` in the small model (6 × 256)", file.display(), block.name);
     Some(model)
 }
 
@@ -204,7 +204,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
         same_source(file, &sources, &dir)?;
     }
     let s = info.settings.clone().overridden(extra, &flags(args)).map_err(|e| {
-        eprint!("{e}");
+        err!("{e}");
         BROKEN
     })?;
     Ok(Job {
@@ -243,11 +243,11 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     let Ok(model) = train::model_of(&job.program) else { return Err(BROKEN) };
     let rows = job.settings.micro();
     if let Err(e) = job.settings.products().on_device(&job.settings.device) {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return Err(REJECTED);
     }
     if let Err(e) = job.settings.accumulation() {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return Err(REJECTED);
     }
     let devices = job.settings.devices;
@@ -256,20 +256,21 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         // part from one copy's at the second step (8.35 against 8.34,
         // up to 53 from run to run), with or without blkc's kernels, and
         // with the sums on the host (bench/NOTES.md).
-        eprintln!("error: {}", train::parallel::not_under_fusion(devices));
+        errln!("error: {}", train::parallel::not_under_fusion(devices));
         return Err(NO_DEVICE);
     }
     let estimate = memory::estimate(&job.program, model, rows);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
-            eprintln!("error: cannot train on CUDA: {e}");
+            errln!("error: cannot train on CUDA: {e}");
             NO_DEVICE
         })?;
         if gpu.count < devices as usize {
-            eprintln!(
+            errln!(
                 "error: cannot train on {devices} GPUs: this machine has {} (CUDA_VISIBLE_DEVICES may hide some); use \
                  --devices {}",
-                gpu.count, gpu.count
+                gpu.count,
+                gpu.count
             );
             return Err(NO_DEVICE);
         }
@@ -278,7 +279,7 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     } else if job.settings.device == "wgpu" {
         // WebGPU does not say how much memory its adapter has.
         crate::backend::wgpu().map_err(|e| {
-            eprintln!("error: cannot train on wgpu: {e}");
+            errln!("error: cannot train on wgpu: {e}");
             NO_DEVICE
         })?;
         (None, String::new())
@@ -300,7 +301,7 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         Some(e.parameters + e.activations + e.logits)
     };
     memory::check(&estimate, have, &what, rows, model, copies, &per_copy).map_err(|e| {
-        eprintln!("error: {e} (an estimate; --no-memory-check trains anyway)");
+        errln!("error: {e} (an estimate; --no-memory-check trains anyway)");
         REJECTED
     })
 }
@@ -318,13 +319,13 @@ fn signal_check(program: &blkc::Program, sources: &blkc::SourceMap, quiet: bool)
         }
     }
     if !ok {
-        eprintln!("error: the signal check predicts that this model collapses at init; fix the block, or train anyway with --no-check");
+        errln!("error: the signal check predicts that this model collapses at init; fix the block, or train anyway with --no-check");
     }
     ok
 }
 
 fn fail(msg: &str) -> u8 {
-    eprintln!("error: {msg}");
+    errln!("error: {msg}");
     REJECTED
 }
 

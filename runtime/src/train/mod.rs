@@ -291,6 +291,6 @@ pub fn source_files(sources: &SourceMap) -> Vec<(String, String)> {
 
 pub(crate) fn say(quiet: bool, s: impl AsRef<str>) {
     if !quiet {
-        eprintln!("{}", s.as_ref());
+        errln!("{}", s.as_ref());
     }
 }

@@ -62,7 +62,7 @@ impl Progress {
     /// Ends an in-place line.
     pub fn finish(&self) {
         if self.terminal && !self.quiet {
-            eprintln!();
+            errln!();
         }
     }
 }

@@ -345,7 +345,7 @@ fn resumed<B: TrainKernels>(
         return Ok(Start::at_zero(model, s));
     };
     if let Some(note) = &found.note {
-        eprintln!("warning: {note}");
+        errln!("warning: {note}");
     }
     open::check_state(&found.state, s, &found.path)?;
     if let Some(change) = r.before.settings.schedule_change(s, found.state.step) {

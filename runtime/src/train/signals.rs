@@ -50,7 +50,7 @@ pub fn install() {
 fn listen() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        eprintln!("warning: cannot install signal handlers; a stop signal will end the run without a checkpoint");
+        errln!("warning: cannot install signal handlers; a stop signal will end the run without a checkpoint");
         return;
     };
     std::thread::spawn(move || {
@@ -69,7 +69,7 @@ fn listen() {
 /// before the steps, the first quits.
 fn stop(sig: i32) {
     if !TRAINING.load(Ordering::SeqCst) {
-        eprintln!("\n{}: stopping before the first step (nothing to save)", name(sig));
+        errln!("\n{}: stopping before the first step (nothing to save)", name(sig));
         if let Some((root, keep)) = FRESH.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             if !keep.exists() {
                 let _ = std::fs::remove_dir_all(root);
@@ -78,10 +78,10 @@ fn stop(sig: i32) {
         std::process::exit(128 + sig);
     }
     if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-        eprintln!("\n{} again: exiting without a new checkpoint", name(sig));
+        errln!("\n{} again: exiting without a new checkpoint", name(sig));
         std::process::exit(128 + sig);
     }
-    eprintln!("\n{}: finishing this step and writing a checkpoint (send it again to quit now)", name(sig));
+    errln!("\n{}: finishing this step and writing a checkpoint (send it again to quit now)", name(sig));
 }
 
 /// The stop signal received so far, if any.

@@ -312,7 +312,7 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
     }
     if !quiet {
         let mb = corpus.train.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
-        eprintln!("tokenizer: training a byte-level BPE of {vocab} tokens on {mb:.1} MB (once per corpus; cached)…");
+        errln!("tokenizer: training a byte-level BPE of {vocab} tokens on {mb:.1} MB (once per corpus; cached)…");
     }
     let start = std::time::Instant::now();
     // Progress bars on a terminal (the tokenizers library's own).
