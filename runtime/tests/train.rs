@@ -653,6 +653,15 @@ fn bench_measures_models_side_by_side() {
     let o = blkc(&d, &["bench", "tiny.blk", "--steps", "0"]);
     assert_eq!(o.status.code(), Some(2), "no timed step: {}", text(&o.stderr));
     assert!(text(&o.stderr).contains("--steps must be at least 1"), "{}", text(&o.stderr));
+    // A batch no machine holds (terabytes of activations) is refused before
+    // anything is allocated, with the batch that fits; it was an
+    // out-of-memory kill.
+    let o = blkc(&d, &["bench", "tiny.blk", "--batch", "100000000"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs about") && err.contains("GiB free"), "{err}");
+    let fits = err.split("--batch ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    assert!(fits.is_some_and(|n| (1..100_000_000).contains(&n)), "the batch that fits: {err}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -10,6 +10,7 @@ use blkc::span::FileId;
 
 use super::{compile_reported, Device, Format, PrecisionArg, BROKEN, OK, REJECTED};
 use crate::bench::{self, Plan, Record, Subject};
+use crate::train::memory;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,6 +48,9 @@ pub struct Args {
     /// than without.
     #[arg(long)]
     pub profile: bool,
+    /// Run even when the memory estimate exceeds what is free.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -65,6 +69,12 @@ pub fn run(args: &Args) -> u8 {
         }
         for (m, bare) in models {
             subjects.push(Subject { file: f.display().to_string(), program: p.clone(), model: m, bare });
+        }
+    }
+    if !args.no_memory_check {
+        if let Err(e) = fits(&subjects, args.batch, args.device) {
+            errln!("error: {e} (an estimate; --no-memory-check runs anyway)");
+            return REJECTED;
         }
     }
     if let Some(n) = args.threads {
@@ -172,6 +182,53 @@ pub fn run(args: &Args) -> u8 {
         }
     }
     OK
+}
+
+/// Refuses to benchmark `subjects` at `batch` where the device has too
+/// little memory free (with the estimate `blkc train` makes): every model
+/// is built at once, with its gradients and optimiser state, and steps one
+/// at a time. Passes where the free memory is unknown (wgpu, or a CUDA
+/// device that cannot be reached: the benchmark then says why).
+fn fits(subjects: &[Subject], batch: usize, device: Device) -> Result<(), String> {
+    let (have, what) = match device {
+        Device::Cpu => (memory::available(), "this machine".to_string()),
+        Device::Cuda => match crate::backend::cuda() {
+            Ok(gpu) => (Some(u128::from(gpu.free)), format!("the GPU ({})", gpu.name)),
+            Err(_) => (None, String::new()),
+        },
+        Device::Wgpu => (None, String::new()),
+    };
+    let Some(have) = have else { return Ok(()) };
+    let rows = batch as u64;
+    let estimates: Vec<_> = subjects.iter().map(|s| memory::estimate(&s.program, &s.model, rows)).collect();
+    let parameters: u128 = estimates.iter().map(|e| e.parameters).sum();
+    let step = estimates.iter().map(|e| e.activations + e.logits).max().unwrap_or(0);
+    let need = memory::BASE + parameters + step;
+    if need <= have {
+        return Ok(());
+    }
+    let per_row = (step / u128::from(rows.max(1))).max(1);
+    let room = have.saturating_sub(memory::BASE + parameters) / per_row;
+    let models = if subjects.len() == 1 { "the model".to_string() } else { format!("{} models", subjects.len()) };
+    let hint = if room >= 1 {
+        format!("--batch {room} or less fits")
+    } else if memory::BASE + parameters > have {
+        format!(
+            "benchmark fewer or smaller models: their weights and optimiser state alone need {}",
+            memory::gib(parameters)
+        )
+    } else {
+        format!("even a batch of one needs {} for its step", memory::gib(per_row))
+    };
+    Err(format!(
+        "benchmarking {models} at batch {batch} needs about {} of memory but {what} has {} free: parameters, \
+         gradients and optimiser state {}, one step's activations and logits {}, and {} for the process; {hint}",
+        memory::gib(need),
+        memory::gib(have),
+        memory::gib(parameters),
+        memory::gib(step),
+        memory::gib(memory::BASE)
+    ))
 }
 
 /// The records of `subjects` on backend `B`'s default device, and its name.

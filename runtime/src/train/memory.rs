@@ -17,7 +17,7 @@ use blkc::graph::{BlockIr, Model as ModelIr, Op, Program};
 const F32: u128 = 4;
 /// What the process needs besides the model: code, the allocator's slack,
 /// the token streams of a small corpus.
-const BASE: u128 = 256 << 20;
+pub const BASE: u128 = 256 << 20;
 
 /// The estimate, in bytes, with its parts for the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
