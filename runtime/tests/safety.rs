@@ -409,6 +409,27 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     refused(&o, "needs about");
     assert!(text(&o.stderr).contains("micro_batch"), "{}", text(&o.stderr));
     assert!(!d.join("huge").exists());
+    // A corpus larger than memory (held whole, as text and as ids) is refused
+    // before a byte of it is read, where it was an out-of-memory kill: sparse
+    // token files of 4 GiB, as many as take the machine's free memory.
+    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?.to_string();
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    if let Some(kib) = free {
+        let big = d.join("big");
+        std::fs::create_dir_all(&big).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..=kib / (4 << 20) / 5 {
+            let f = std::fs::File::create(big.join(format!("part{i}.bin"))).unwrap_or_else(|e| panic!("{e}"));
+            f.set_len(4 << 30).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let start = std::time::Instant::now();
+        let o = blkc(&d, &["train", "tiny.blk", "--out", "big-run", "--data", "big"]);
+        refused(&o, "the corpus is held whole");
+        assert!(start.elapsed() < Duration::from_secs(30), "refused without reading it");
+        assert!(!d.join("big-run").exists());
+        let _ = std::fs::remove_dir_all(&big);
+    }
     // No CUDA in this build (or no driver): a clear error, exit 3, nothing on disk.
     if !cfg!(feature = "cuda") {
         let o = blkc(&d, &["train", "tiny.blk", "--out", "gpu", "--device", "cuda"]);

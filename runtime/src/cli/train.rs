@@ -259,6 +259,24 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         errln!("error: {}", train::parallel::not_under_fusion(devices));
         return Err(NO_DEVICE);
     }
+    // The corpus is held in host memory whole (`data::footprint`); a
+    // corpus that cannot be read is reported where it is read.
+    let data = match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes") {
+        Ok(bytes) if !no_memory_check => bytes,
+        _ => 0,
+    };
+    let host = memory::available();
+    if let Some(host) = host.filter(|&h| memory::BASE + data > h) {
+        errln!(
+            "error: reading `{}` needs about {} of memory but this machine has {} free: the corpus is held whole, \
+             as text and as token ids (an estimate; --no-memory-check trains anyway); train on a part of it (a \
+             smaller directory, or a glob: `--data 'corpus/part-0*'`)",
+            job.settings.data,
+            memory::gib(memory::BASE + data),
+            memory::gib(host)
+        );
+        return Err(REJECTED);
+    }
     let estimate = memory::estimate(&job.program, model, rows);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
@@ -283,8 +301,14 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
             NO_DEVICE
         })?;
         (None, String::new())
+    } else if data > 0 {
+        // The model shares the host with the corpus.
+        (
+            host.map(|h| h.saturating_sub(data)),
+            format!("this machine (besides the {} the data takes)", memory::gib(data)),
+        )
     } else {
-        (memory::available(), "this machine".to_string())
+        (host, "this machine".to_string())
     };
     // Every copy of the model on the CPU shares its memory (and wgpu's,
     // whose copies share its one adapter); each GPU holds one.
