@@ -409,9 +409,9 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     refused(&o, "needs about");
     assert!(text(&o.stderr).contains("micro_batch"), "{}", text(&o.stderr));
     assert!(!d.join("huge").exists());
-    // A corpus larger than memory (held whole, as text and as ids) is refused
-    // before a byte of it is read, where it was an out-of-memory kill: sparse
-    // token files of 4 GiB, as many as take the machine's free memory.
+    // A text corpus larger than memory (held whole, as text and as ids) is
+    // refused before a byte of it is read, where it was an out-of-memory
+    // kill: sparse files of 64 MiB, as many as take the machine's free memory.
     let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
         let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?.to_string();
         line.split_whitespace().nth(1)?.parse::<u64>().ok()
@@ -419,13 +419,14 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     if let Some(kib) = free {
         let big = d.join("big");
         std::fs::create_dir_all(&big).unwrap_or_else(|e| panic!("{e}"));
-        for i in 0..=kib / (4 << 20) / 5 {
-            let f = std::fs::File::create(big.join(format!("part{i}.bin"))).unwrap_or_else(|e| panic!("{e}"));
-            f.set_len(4 << 30).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..=kib / (64 << 10) / 9 {
+            let f = std::fs::File::create(big.join(format!("part{i}.txt"))).unwrap_or_else(|e| panic!("{e}"));
+            f.set_len(64 << 20).unwrap_or_else(|e| panic!("{e}"));
         }
         let start = std::time::Instant::now();
         let o = blkc(&d, &["train", "tiny.blk", "--out", "big-run", "--data", "big"]);
-        refused(&o, "the corpus is held whole");
+        refused(&o, "a text corpus is held whole");
+        assert!(text(&o.stderr).contains("pre-tokenise"), "{}", text(&o.stderr));
         assert!(start.elapsed() < Duration::from_secs(30), "refused without reading it");
         assert!(!d.join("big-run").exists());
         let _ = std::fs::remove_dir_all(&big);
@@ -486,5 +487,34 @@ fn data_paths_follow_the_file_and_hold_from_anywhere() {
     ok(&from(Path::new("/"), &["eval", &moved]));
     ok(&from(Path::new("/"), &["train", "--resume", &moved, "--steps", "3", "--reschedule", "-q"]));
     assert_eq!(losses(Path::new(&moved)).len(), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Token files are read window by window: a corpus of 6 GiB of ids (30
+/// GiB when they were held as u32 beside the file read) trains in a
+/// process allowed 4 GiB of address space.
+#[cfg(target_os = "linux")]
+#[test]
+fn token_files_larger_than_the_memory_allowed_train() {
+    let d = scratch("token-files-on-disk");
+    tiny(&d, "sas_p", "causal", 258, "");
+    let toks = d.join("toks");
+    std::fs::create_dir_all(&toks).unwrap_or_else(|e| panic!("{e}"));
+    // Sparse: zeros (id 0) that take no disk.
+    let f = std::fs::File::create(toks.join("train.bin")).unwrap_or_else(|e| panic!("{e}"));
+    f.set_len(6 << 30).unwrap_or_else(|e| panic!("{e}"));
+    write(&toks.join("val.bin"), "\x05\x00\x06\x00".repeat(100).as_str());
+    let blkc = env!("CARGO_BIN_EXE_blkc");
+    let o = Command::new("sh")
+        .args(["-c", &format!("ulimit -v {}; exec {blkc} train tiny.blk --out run --data toks --steps 2 -q", 4 << 20)])
+        .current_dir(&d)
+        .env("BLKC_CACHE", d.join("cache"))
+        // glibc reserves address space per thread for its arenas.
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(&o);
+    assert_eq!(losses(&d.join("run")).len(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }

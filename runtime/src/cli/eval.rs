@@ -61,13 +61,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     };
     let text_bytes: usize = docs.iter().map(|d| d.text.len()).sum();
     // With --data, every file of the given text is held out: evaluate on all of it.
-    let stream = if args.data.is_some() {
-        let mut all = train_stream.tokens;
-        all.extend(valid_stream.tokens);
-        batch::Stream::new(all, run.ir.context as usize, shifted)
-    } else {
-        valid_stream
-    };
+    let stream = if args.data.is_some() { train_stream.join(valid_stream) } else { valid_stream };
     if stream.windows() == 0 {
         return Err(format!("`{source}` has fewer tokens than one context window"));
     }
@@ -81,13 +75,13 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     .on_device(args.device.name())?;
     let loss = crate::kernels::precision::scope(precision, || {
         let alone = train::parallel::Peer::ALONE;
-        train::mean_loss(train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device, alone))
-    });
+        train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device, alone).map(train::mean_loss)
+    })?;
     let n = batch::eval_batches(&stream, batches, rows);
     // For a masked model, the loss is over the masked positions only.
     // Pre-tokenised data has no text to count bytes of.
     let bits_per_byte =
-        (text_bytes > 0).then(|| loss / std::f64::consts::LN_2 * stream.tokens.len() as f64 / text_bytes as f64);
+        (text_bytes > 0).then(|| loss / std::f64::consts::LN_2 * stream.len() as f64 / text_bytes as f64);
     if args.json {
         outln!(
             "{}",
@@ -101,7 +95,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
                 "precision": precision.name(),
                 "perplexity": loss.exp(),
                 "bits_per_byte": bits_per_byte,
-                "bytes_per_token": (text_bytes > 0).then(|| text_bytes as f64 / stream.tokens.len().max(1) as f64),
+                "bytes_per_token": (text_bytes > 0).then(|| text_bytes as f64 / stream.len().max(1) as f64),
                 "batches": n,
                 "rows": rows,
             })

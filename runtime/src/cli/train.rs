@@ -261,16 +261,17 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     }
     // The corpus is held in host memory whole (`data::footprint`); a
     // corpus that cannot be read is reported where it is read.
-    let data = match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes") {
+    let data = match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes", model.context) {
         Ok(bytes) if !no_memory_check => bytes,
         _ => 0,
     };
     let host = memory::available();
     if let Some(host) = host.filter(|&h| memory::BASE + data > h) {
         errln!(
-            "error: reading `{}` needs about {} of memory but this machine has {} free: the corpus is held whole, \
-             as text and as token ids (an estimate; --no-memory-check trains anyway); train on a part of it (a \
-             smaller directory, or a glob: `--data 'corpus/part-0*'`)",
+            "error: reading `{}` needs about {} of memory but this machine has {} free: a text corpus is held \
+             whole, as text and as token ids (an estimate; --no-memory-check trains anyway); pre-tokenise it into \
+             token files (.npy or .bin, read from disk as training goes; docs/training.md), or train on a part of \
+             it (a smaller directory, or a glob: `--data 'corpus/part-0*'`)",
             job.settings.data,
             memory::gib(memory::BASE + data),
             memory::gib(host)

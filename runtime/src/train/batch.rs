@@ -4,36 +4,91 @@
 //! exactly the batches the uninterrupted run would have drawn, with no
 //! loader state to save.
 
+use super::token_files::OnDisk;
 use crate::rng::Rng;
 
 /// One split's tokens, packed.
 #[derive(Debug, Clone)]
 pub struct Stream {
-    pub tokens: Vec<u32>,
+    ids: Ids,
     /// Tokens per window (the model's context).
     pub context: usize,
     /// Whether windows carry one extra token for the shifted targets.
     pub shifted: bool,
 }
 
+/// Where a stream's ids are.
+#[derive(Debug, Clone)]
+enum Ids {
+    /// Encoded text, held whole.
+    Memory(Vec<u32>),
+    /// Token files, read window by window.
+    Disk(OnDisk),
+}
+
 impl Stream {
     pub fn new(tokens: Vec<u32>, context: usize, shifted: bool) -> Stream {
-        Stream { tokens, context, shifted }
+        Stream { ids: Ids::Memory(tokens), context, shifted }
+    }
+
+    /// A stream of token files' ids, read as the windows are drawn.
+    pub fn on_disk(ids: OnDisk, context: usize, shifted: bool) -> Stream {
+        Stream { ids: Ids::Disk(ids), context, shifted }
+    }
+
+    /// Ids in the stream.
+    pub fn len(&self) -> usize {
+        match &self.ids {
+            Ids::Memory(v) => v.len(),
+            Ids::Disk(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// This stream's ids, then `other`'s, in windows of this one.
+    pub fn join(self, other: Stream) -> Stream {
+        let ids = match (self.ids, other.ids) {
+            (Ids::Memory(mut a), Ids::Memory(b)) => {
+                a.extend(b);
+                Ids::Memory(a)
+            }
+            (Ids::Disk(mut a), Ids::Disk(b)) => {
+                a.append(b);
+                Ids::Disk(a)
+            }
+            // Both splits of a corpus are of one kind; this keeps the first.
+            (a, _) => a,
+        };
+        Stream { ids, ..self }
     }
 
     /// Number of whole windows (consecutive windows share one token when
     /// shifted: the last target of one is the first input of the next).
     pub fn windows(&self) -> usize {
         let extra = usize::from(self.shifted);
-        if self.tokens.len() < self.context + extra {
+        if self.len() < self.context + extra {
             return 0;
         }
-        (self.tokens.len() - extra) / self.context
+        (self.len() - extra) / self.context
     }
 
-    fn window(&self, w: usize) -> &[u32] {
-        let start = w * self.context;
-        &self.tokens[start..start + self.context + usize::from(self.shifted)]
+    /// Window `w` into `out`.
+    fn window(&self, w: usize, out: &mut Vec<u32>) -> Result<(), String> {
+        let (start, n) = (w * self.context, self.context + usize::from(self.shifted));
+        out.clear();
+        match &self.ids {
+            Ids::Memory(v) => {
+                out.extend_from_slice(v.get(start..start + n).ok_or("a window past the end of the stream")?);
+                Ok(())
+            }
+            Ids::Disk(d) => {
+                out.resize(n, 0);
+                d.read(start, out)
+            }
+        }
     }
 }
 
@@ -127,14 +182,21 @@ pub fn train_batch(
     rows: usize,
     obj: Objective,
     seed: u64,
-) -> Batch {
+) -> Result<Batch, String> {
     let windows: Vec<usize> = (0..rows as u64).map(|r| sampler.window(first + r)).collect();
     assemble(stream, &windows, obj, mix(seed, first, 0x3a5c))
 }
 
 /// Evaluation batch `i` of `count`: windows spread evenly over the split,
 /// the same at every evaluation.
-pub fn eval_batch(stream: &Stream, i: usize, count: usize, rows: usize, obj: Objective, seed: u64) -> Batch {
+pub fn eval_batch(
+    stream: &Stream,
+    i: usize,
+    count: usize,
+    rows: usize,
+    obj: Objective,
+    seed: u64,
+) -> Result<Batch, String> {
     let n = stream.windows();
     let total = (count * rows).max(1);
     let spread = |j: usize| if total <= n { j * n / total } else { j % n.max(1) };
@@ -147,7 +209,8 @@ pub fn eval_batches(stream: &Stream, wanted: usize, rows: usize) -> usize {
     wanted.min(stream.windows() / rows.max(1)).max(usize::from(stream.windows() > 0))
 }
 
-fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Batch {
+/// The batch of `windows`; fails only where a token file cannot be read.
+fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Result<Batch, String> {
     let t = stream.context;
     let mut b = Batch {
         rows: windows.len(),
@@ -157,8 +220,9 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Ba
         weights: Vec::with_capacity(windows.len() * t),
     };
     let mut rng = Rng::new(seed);
+    let mut win = Vec::with_capacity(t + 1);
     for &w in windows {
-        let win = stream.window(w);
+        stream.window(w, &mut win)?;
         match obj {
             Objective::Causal => {
                 b.inputs.extend(win[..t].iter().map(|&x| i64::from(x)));
@@ -166,7 +230,7 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Ba
                 b.weights.extend(std::iter::repeat_n(1.0, t));
             }
             Objective::Masked { rate, mask, vocab } => {
-                for &tok in win {
+                for &tok in &win {
                     let chosen = rng.uniform() < rate;
                     let input = if !chosen {
                         tok
@@ -187,12 +251,20 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Ba
             }
         }
     }
-    b
+    Ok(b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tb(s: &Stream, sampler: &mut Sampler, first: u64, rows: usize, obj: Objective, seed: u64) -> Batch {
+        train_batch(s, sampler, first, rows, obj, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn eb(s: &Stream, i: usize, count: usize, rows: usize, obj: Objective, seed: u64) -> Batch {
+        eval_batch(s, i, count, rows, obj, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
 
     fn stream(n: u32, t: usize) -> Stream {
         Stream::new((0..n).collect(), t, true)
@@ -203,7 +275,7 @@ mod tests {
         let s = stream(100, 8);
         assert_eq!(s.windows(), 12);
         let mut sampler = Sampler::new(1, s.windows());
-        let b = train_batch(&s, &mut sampler, 0, 4, Objective::Causal, 1);
+        let b = tb(&s, &mut sampler, 0, 4, Objective::Causal, 1);
         for r in 0..4 {
             for i in 0..8 {
                 assert_eq!(b.targets[r * 8 + i], b.inputs[r * 8 + i] + 1);
@@ -221,12 +293,12 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..n).collect::<Vec<_>>());
         // A fresh sampler (as after a resume) gives the same batch for a step.
-        let late = train_batch(&s, &mut a, 250, 4, Objective::Causal, 7);
+        let late = tb(&s, &mut a, 250, 4, Objective::Causal, 7);
         let mut fresh = Sampler::new(7, n);
-        assert_eq!(train_batch(&s, &mut fresh, 250, 4, Objective::Causal, 7), late);
+        assert_eq!(tb(&s, &mut fresh, 250, 4, Objective::Causal, 7), late);
         // Another seed, another order.
         let mut other = Sampler::new(8, n);
-        assert_ne!(train_batch(&s, &mut other, 250, 4, Objective::Causal, 7), late);
+        assert_ne!(tb(&s, &mut other, 250, 4, Objective::Causal, 7), late);
     }
 
     #[test]
@@ -234,7 +306,7 @@ mod tests {
         let s = Stream::new((0..20_000).map(|i| i % 200).collect(), 100, false);
         let obj = Objective::Masked { rate: 0.25, mask: 257, vocab: 258 };
         let mut sampler = Sampler::new(0, s.windows());
-        let b = train_batch(&s, &mut sampler, 0, 100, obj, 0);
+        let b = tb(&s, &mut sampler, 0, 100, obj, 0);
         let rate = b.counted() / 10_000.0;
         assert!((0.23..0.27).contains(&rate), "mask rate {rate}");
         let masked = b.inputs.iter().filter(|&&x| x == 257).count() as f32 / b.counted();
@@ -249,9 +321,9 @@ mod tests {
     #[test]
     fn evaluation_batches_are_fixed_and_spread() {
         let s = stream(10_000, 10);
-        let a = eval_batch(&s, 1, 4, 8, Objective::Causal, 0);
-        assert_eq!(a, eval_batch(&s, 1, 4, 8, Objective::Causal, 0));
-        assert_ne!(a, eval_batch(&s, 2, 4, 8, Objective::Causal, 0));
+        let a = eb(&s, 1, 4, 8, Objective::Causal, 0);
+        assert_eq!(a, eb(&s, 1, 4, 8, Objective::Causal, 0));
+        assert_ne!(a, eb(&s, 2, 4, 8, Objective::Causal, 0));
         assert_eq!(eval_batches(&s, 4, 8), 4);
         assert_eq!(eval_batches(&stream(30, 10), 4, 8), 1);
     }
@@ -260,7 +332,7 @@ mod tests {
     fn the_shares_of_a_batch_make_it_whole() {
         let s = stream(1000, 10);
         let mut sampler = Sampler::new(3, s.windows());
-        let b = train_batch(&s, &mut sampler, 40, 6, Objective::Causal, 3);
+        let b = tb(&s, &mut sampler, 40, 6, Objective::Causal, 3);
         let (first, second) = (b.rows(0..4), b.rows(4..6));
         assert_eq!((first.rows, second.rows), (4, 2));
         assert_eq!([first.inputs.clone(), second.inputs.clone()].concat(), b.inputs);

@@ -193,19 +193,20 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
 }
 
 /// Bytes of memory that reading `source` will take, estimated from its
-/// files' sizes before any is read, on the high side. The corpus is held
-/// whole: a text corpus as text and as token ids (4 bytes each, one per
-/// byte with the `bytes` tokenizer), and again as the encoded bytes that
-/// go to the token cache; token files as their ids, grown as each file
-/// joins its split, beside the file being read. Measured peaks (the
-/// process, a tiny model): 9.2× the text with `bytes`, 3.8× with a BPE
-/// trained on it, 5.0× the bytes of u16 token files (bench/NOTES.md).
-pub fn footprint(source: &str, bytes_tokenizer: bool) -> Result<u128, String> {
+/// files' sizes before any is read, on the high side. A text corpus is
+/// held whole: as text and as token ids (4 bytes each, one per byte with
+/// the `bytes` tokenizer), and again as the encoded bytes that go to the
+/// token cache. Token files stay on disk (`token_files`): what is held is
+/// the order of the windows, 4 bytes per window of `context` ids. Measured
+/// peaks (the process, a tiny model): 9.2× the text with `bytes`, 3.8× with
+/// a BPE trained on it (bench/NOTES.md).
+pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<u128, String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
     let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
     if tokens > 0 && tokens == files.len() {
-        return Ok(5 * files.iter().map(size).sum::<u128>());
+        // At most one id per byte (8-bit ids).
+        return Ok(4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)));
     }
     let text: u128 = files.iter().map(|f| size(f).min(u128::from(MAX_FILE_BYTES))).sum();
     Ok(text * if bytes_tokenizer { 9 } else { 5 })

@@ -252,12 +252,12 @@ pub fn evaluate<B: Kernels>(
     seed: u64,
     device: &B::Device,
     peer: parallel::Peer,
-) -> (f64, f64) {
+) -> Result<(f64, f64), String> {
     let n = batch::eval_batches(valid, batches, rows);
     let mut total = 0.0;
     let mut count = 0.0;
     for i in 0..n {
-        let whole = batch::eval_batch(valid, i, n, rows, obj, seed);
+        let whole = batch::eval_batch(valid, i, n, rows, obj, seed)?;
         let b = peer.share(&whole);
         let c = f64::from(b.counted());
         if b.rows == 0 {
@@ -267,7 +267,7 @@ pub fn evaluate<B: Kernels>(
         total += f64::from(burn::tensor::ElementConversion::elem::<f32>(l)) * c;
         count += c;
     }
-    (total, count)
+    Ok((total, count))
 }
 
 /// The mean loss of (summed loss, tokens counted); NaN of no tokens.

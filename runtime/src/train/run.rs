@@ -187,8 +187,8 @@ fn token_streams(
         q,
         format!(
             "tokens: {} training, {} validation ({}, {:.1} s)",
-            progress::thousands(train_stream.tokens.len() as f64),
-            progress::thousands(valid_stream.tokens.len() as f64),
+            progress::thousands(train_stream.len() as f64),
+            progress::thousands(valid_stream.len() as f64),
             cached,
             t0.elapsed().as_secs_f64()
         ),
@@ -197,14 +197,14 @@ fn token_streams(
     if train_stream.windows() == 0 {
         return Err(Failure::Message(format!(
             "the training split has {} tokens, fewer than one window of {window} ({}); give more text with --data",
-            train_stream.tokens.len(),
+            train_stream.len(),
             s.data
         )));
     }
     if valid_stream.windows() == 0 {
         return Err(Failure::Message(format!(
             "the validation split has {} tokens, fewer than one window of {window}; raise val_fraction or give more text",
-            valid_stream.tokens.len(),
+            valid_stream.len(),
         )));
     }
     Ok((train_stream, valid_stream))
@@ -241,8 +241,8 @@ fn run_info(
         params,
         settings: s.clone(),
         tokenizer_vocab: tok.vocab_size() as u64,
-        train_tokens: train.tokens.len() as u64,
-        valid_tokens: valid.tokens.len() as u64,
+        train_tokens: train.len() as u64,
+        valid_tokens: valid.len() as u64,
     }
 }
 

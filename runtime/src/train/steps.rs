@@ -133,7 +133,8 @@ impl Loop<'_> {
         for m in 0..self.accum {
             let d0 = Instant::now();
             let first_row = (step * self.accum + m) * self.pass() as u64;
-            let whole = batch::train_batch(self.train, sampler, first_row, self.pass(), obj, s.seed);
+            let whole = batch::train_batch(self.train, sampler, first_row, self.pass(), obj, s.seed)
+                .map_err(PeerError::Failed)?;
             let b = peer.share(&whole);
             data_time += d0.elapsed().as_secs_f64();
             // Dropout's masks are keyed by the rows' place in the run.
@@ -180,7 +181,8 @@ impl Loop<'_> {
         let model = model.valid();
         let (total, count) = scope(s.products(), || {
             super::evaluate(&model, self.valid, s.eval_batches as usize, self.pass(), self.obj, s.seed, device, peer)
-        });
+        })
+        .map_err(PeerError::Failed)?;
         let (total, count) = if peer.alone() {
             (total, count)
         } else {

@@ -10,56 +10,242 @@
 //! validation and several are split by the hash of their names, as text
 //! files are. Each file ends with the tokenizer's end of text unless it
 //! already does.
+//!
+//! The ids stay on disk: a split is a list of ranges of its files' ids
+//! ([`OnDisk`]), and a batch reads its windows from them, so a corpus of
+//! any size trains in the memory of its batches (the page cache keeps what
+//! is read often). Every id is checked against the vocabulary once, when
+//! the run starts, in one pass over the files a block at a time.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Largest token file read, in bytes.
-pub const MAX_BYTES: u64 = 4 << 30;
+/// Largest token file, in bytes (1 TiB: larger is a mistake, not a corpus).
+pub const MAX_BYTES: u64 = 1 << 40;
+
+/// Bytes read at a time by the check of every id (a multiple of every id
+/// width).
+const BLOCK: usize = 1 << 20;
 
 /// Whether `path` names a token file.
 pub fn is_token_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "npy" || e == "bin")
 }
 
-/// Token streams read from files, and what went where.
+/// Token streams of files, and what went where.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    pub train: Vec<u32>,
-    pub valid: Vec<u32>,
+    pub train: OnDisk,
+    pub valid: OnDisk,
     /// Files in each split.
     pub files: (usize, usize),
 }
 
-/// Reads `files` (relative names from `root`) into training and
-/// validation streams, each file followed by `end` when it does not end
-/// with it.
-pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32) -> Result<Tokens, String> {
+/// How a file stores its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    /// Bytes per id.
+    width: usize,
+    signed: bool,
+}
+
+impl Kind {
+    /// The smallest and the largest id of `bytes` (whole ids).
+    fn range(self, bytes: &[u8]) -> (i128, i128) {
+        fn fold<const N: usize, T: Ord + Copy + Into<i128>>(bytes: &[u8], f: fn([u8; N]) -> T) -> (i128, i128) {
+            let mut ids = bytes.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N])));
+            let Some(first) = ids.next() else { return (0, 0) };
+            let (low, high) = ids.fold((first, first), |(l, h), x| (l.min(x), h.max(x)));
+            (low.into(), high.into())
+        }
+        match (self.width, self.signed) {
+            (1, _) => fold::<1, u8>(bytes, u8::from_le_bytes),
+            (2, false) => fold::<2, u16>(bytes, u16::from_le_bytes),
+            (2, true) => fold::<2, i16>(bytes, i16::from_le_bytes),
+            (4, false) => fold::<4, u32>(bytes, u32::from_le_bytes),
+            (4, true) => fold::<4, i32>(bytes, i32::from_le_bytes),
+            (_, false) => fold::<8, u64>(bytes, u64::from_le_bytes),
+            (_, true) => fold::<8, i64>(bytes, i64::from_le_bytes),
+        }
+    }
+
+    fn id(self, b: &[u8]) -> i128 {
+        let mut le = [0u8; 16];
+        le[..self.width].copy_from_slice(&b[..self.width]);
+        if self.signed && b[self.width - 1] & 0x80 != 0 {
+            le[self.width..].fill(0xff);
+        }
+        i128::from_le_bytes(le)
+    }
+}
+
+/// Ids `first..first + count` of one file, and the end of text after them
+/// where `end` (the file does not end with one).
+#[derive(Debug, Clone)]
+struct Part {
+    file: Arc<File>,
+    path: Arc<Path>,
+    /// Byte offset of the file's id 0.
+    data: u64,
+    kind: Kind,
+    first: u64,
+    count: u64,
+    end: bool,
+}
+
+impl Part {
+    fn len(&self) -> u64 {
+        self.count + u64::from(self.end)
+    }
+}
+
+/// One split's ids where they lie: ranges of files, one after the other,
+/// read on demand. Cloning shares the open files.
+#[derive(Debug, Clone, Default)]
+pub struct OnDisk {
+    parts: Vec<Part>,
+    /// Where each part starts in the split.
+    starts: Vec<u64>,
+    len: u64,
+    /// The end of text.
+    end: u32,
+    /// Ids at or above this were refused when the files were checked: one
+    /// read later means a file changed under the run.
+    vocab: u64,
+}
+
+impl OnDisk {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, p: Part) {
+        if p.len() > 0 {
+            self.starts.push(self.len);
+            self.len += p.len();
+            self.parts.push(p);
+        }
+    }
+
+    /// `other`'s ids after these.
+    pub fn append(&mut self, other: OnDisk) {
+        for p in other.parts {
+            self.push(p);
+        }
+    }
+
+    /// Keeps ids `..at` and returns the rest (`at` at most the length).
+    fn split_off(&mut self, at: u64) -> OnDisk {
+        let mut rest = OnDisk { end: self.end, vocab: self.vocab, ..OnDisk::default() };
+        let mut keep = OnDisk { end: self.end, vocab: self.vocab, ..OnDisk::default() };
+        for (p, start) in std::mem::take(&mut self.parts).into_iter().zip(std::mem::take(&mut self.starts)) {
+            if start + p.len() <= at {
+                keep.push(p);
+            } else if start >= at {
+                rest.push(p);
+            } else {
+                // The cut falls inside: among the ids, or before the end of text.
+                let cut = at - start;
+                keep.push(Part { count: cut, end: false, ..p.clone() });
+                rest.push(Part { first: p.first + cut, count: p.count - cut, ..p });
+            }
+        }
+        *self = keep;
+        rest
+    }
+
+    /// Fills `out` with the split's ids from `start`.
+    pub fn read(&self, start: usize, out: &mut [u32]) -> Result<(), String> {
+        let mut at = start as u64;
+        let mut filled = 0;
+        let mut bytes = Vec::new();
+        while filled < out.len() {
+            // The part holding `at` (parts are never empty).
+            let i = match self.starts.partition_point(|&s| s <= at).checked_sub(1) {
+                Some(i) if at < self.len => i,
+                _ => return Err(format!("id {at} is past the {} ids of the split", self.len)),
+            };
+            let (p, off) = (&self.parts[i], at - self.starts[i]);
+            let take = (p.len() - off).min((out.len() - filled) as u64) as usize;
+            let from_file = take.min(p.count.saturating_sub(off) as usize);
+            if from_file > 0 {
+                bytes.resize(from_file * p.kind.width, 0);
+                let offset = p.data + (p.first + off) * p.kind.width as u64;
+                read_at(&p.file, &mut bytes, offset)
+                    .map_err(|e| crate::durable::describe("read", &p.path, &e) + " (a token file of this run)")?;
+                for (slot, b) in out[filled..filled + from_file].iter_mut().zip(bytes.chunks_exact(p.kind.width)) {
+                    let id = p.kind.id(b);
+                    if !(0..i128::from(self.vocab)).contains(&id) {
+                        return Err(format!(
+                            "`{}` changed while the run read it: id {id} where its check found only ids below {}",
+                            p.path.display(),
+                            self.vocab
+                        ));
+                    }
+                    *slot = id as u32;
+                }
+            }
+            out[filled + from_file..filled + take].fill(self.end);
+            filled += take;
+            at += take as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `files` (relative names from `root`) as training and validation
+/// streams, each file followed by `end` when it does not end with it, after
+/// checking that every id is below `vocab`.
+pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32, vocab: usize) -> Result<Tokens, String> {
     let name = |f: &PathBuf| f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
     let named_valid = |f: &PathBuf| {
         let stem = f.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
         stem.starts_with("val")
     };
     let by_name = files.iter().any(named_valid);
-    let mut t = Tokens::default();
+    let split = || OnDisk { end, vocab: vocab as u64, ..OnDisk::default() };
+    let mut t = Tokens { train: split(), valid: split(), files: (0, 0) };
     for f in files {
-        let mut ids = read(f)?;
-        if ids.last() != Some(&end) {
-            ids.push(end);
-        }
+        let part = open(f, end, vocab)?;
         let valid = if by_name { named_valid(f) } else { super::data::in_validation(&name(f), val_fraction) };
         if valid {
-            t.valid.extend(ids);
+            t.valid.push(part);
             t.files.1 += 1;
         } else {
-            t.train.extend(ids);
+            t.train.push(part);
             t.files.0 += 1;
         }
     }
     if t.valid.is_empty() || t.train.is_empty() {
         // One side empty: the last tenth of everything validates.
-        let mut all = std::mem::take(&mut t.train);
-        all.append(&mut t.valid);
-        let cut = all.len() - all.len() / 10;
+        let mut all = std::mem::replace(&mut t.train, split());
+        all.append(std::mem::replace(&mut t.valid, split()));
+        let cut = all.len - all.len / 10;
         t.valid = all.split_off(cut);
         t.train = all;
         t.files = (files.len(), files.len());
@@ -67,45 +253,81 @@ pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32) -> Resu
     Ok(t)
 }
 
-/// The ids of one token file.
-pub fn read(path: &Path) -> Result<Vec<u32>, String> {
-    use crate::durable::{read_regular, Read};
-    let bytes = match read_regular(path, MAX_BYTES).map_err(|e| crate::durable::describe("read", path, &e))? {
-        Read::Bytes(b) => b,
-        Read::NotRegular => return Err(format!("`{}` is not a regular file", path.display())),
-        Read::TooLarge => {
-            return Err(format!(
-                "`{}` is larger than the {} GiB a token file may have",
-                path.display(),
-                MAX_BYTES >> 30
-            ))
-        }
-    };
+/// One token file, its every id checked: whole, followed by `end` unless
+/// it ends with it.
+fn open(path: &Path, end: u32, vocab: usize) -> Result<Part, String> {
+    let io = |e: std::io::Error| crate::durable::describe("read", path, &e);
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(format!("`{}` is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_BYTES {
+        return Err(format!("`{}` is larger than the {} GiB a token file may have", path.display(), MAX_BYTES >> 30));
+    }
+    let file = File::open(path).map_err(io)?;
     let bad = |why: &str| format!("`{}` is not a token file: {why}", path.display());
-    if path.extension().is_some_and(|e| e == "bin") {
-        if !bytes.len().is_multiple_of(2) {
+    let (data, kind) = if path.extension().is_some_and(|e| e == "bin") {
+        if !meta.len().is_multiple_of(2) {
             return Err(bad("a .bin file holds 16-bit ids, and its size is odd"));
         }
-        return Ok(bytes.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect());
+        (0, Kind { width: 2, signed: false })
+    } else {
+        npy_layout(&file, meta.len()).map_err(|e| bad(&e))?
+    };
+    let count = (meta.len() - data) / kind.width as u64;
+    // Every id, a block at a time; and the last, for the end of text.
+    let mut last = None;
+    let mut block = vec![0u8; BLOCK];
+    let mut at = 0u64;
+    while at < count {
+        let n = (count - at).min((BLOCK / kind.width) as u64) as usize;
+        let bytes = &mut block[..n * kind.width];
+        read_at(&file, bytes, data + at * kind.width as u64).map_err(io)?;
+        // The block's range first (a loop the compiler vectorises), each id
+        // only where it holds a bad one (for the message).
+        let (low, high) = kind.range(bytes);
+        if low < 0 || high >= vocab as i128 {
+            for (i, b) in bytes.chunks_exact(kind.width).enumerate() {
+                let id = kind.id(b);
+                if id < 0 || id > i128::from(u32::MAX) {
+                    return Err(bad(&format!("an id of {id} is not a token id")));
+                }
+                if id >= vocab as i128 {
+                    return Err(format!(
+                        "`{}`: token {} has id {id}, but the model's vocabulary has {vocab} tokens (ids 0 to {}); \
+                         the tokenizer does not belong to this model",
+                        path.display(),
+                        at + i as u64,
+                        vocab.saturating_sub(1)
+                    ));
+                }
+            }
+        }
+        last = bytes.rchunks_exact(kind.width).next().map(|b| kind.id(b) as u32);
+        at += n as u64;
     }
-    npy(&bytes).map_err(|e| bad(&e))
+    Ok(Part { file: Arc::new(file), path: path.into(), data, kind, first: 0, count, end: last != Some(end) })
 }
 
-/// The ids of a `.npy` file (format versions 1 to 3).
-fn npy(bytes: &[u8]) -> Result<Vec<u32>, String> {
-    if bytes.get(..6) != Some(b"\x93NUMPY") {
+/// Where a `.npy` file's ids start and how they are stored (format
+/// versions 1 to 3); `size` is the file's.
+fn npy_layout(file: &File, size: u64) -> Result<(u64, Kind), String> {
+    let mut head = [0u8; 12];
+    read_at(file, &mut head[..size.min(12) as usize], 0).map_err(|e| e.to_string())?;
+    if head.get(..6) != Some(b"\x93NUMPY") {
         return Err("no NumPy header".into());
     }
-    let major = *bytes.get(6).ok_or("truncated")?;
-    let (len, at) = match major {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 => {
-            let b = bytes.get(8..12).ok_or("truncated")?;
-            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
-        }
+    let (len, at) = match head[6] {
+        1 => (u64::from(u16::from_le_bytes([head[8], head[9]])), 10),
+        2 | 3 => (u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]])), 12),
         v => return Err(format!("NumPy format version {v}")),
     };
-    let header = std::str::from_utf8(bytes.get(at..at + len).ok_or("truncated header")?).map_err(|_| "bad header")?;
+    if at + len > size || len > 1 << 20 {
+        return Err("truncated header".into());
+    }
+    let mut bytes = vec![0u8; len as usize];
+    read_at(file, &mut bytes, at).map_err(|e| e.to_string())?;
+    let header = std::str::from_utf8(&bytes).map_err(|_| "bad header")?;
     let field = |key: &str| {
         let rest = &header[header.find(key)? + key.len()..];
         let rest = rest.trim_start_matches(|c: char| c == '\'' || c == ':' || c.is_whitespace());
@@ -121,25 +343,22 @@ fn npy(bytes: &[u8]) -> Result<Vec<u32>, String> {
     if dims.len() != 1 {
         return Err(format!("an array of {} dimensions; token ids are one", dims.len()));
     }
-    let data = &bytes[at + len..];
-    let ids = |width: usize, f: &dyn Fn(&[u8]) -> i128| -> Result<Vec<u32>, String> {
-        if !data.len().is_multiple_of(width) {
-            return Err("its data does not fill the last id".into());
-        }
-        data.chunks_exact(width)
-            .map(|c| u32::try_from(f(c)).map_err(|_| format!("an id of {} is not a token id", f(c))))
-            .collect()
+    let kind = |width, signed| Kind { width, signed };
+    let kind = match descr.as_str() {
+        "|u1" | "<u1" => kind(1, false),
+        "<u2" => kind(2, false),
+        "<i2" => kind(2, true),
+        "<u4" => kind(4, false),
+        "<i4" => kind(4, true),
+        "<u8" => kind(8, false),
+        "<i8" => kind(8, true),
+        other => return Err(format!("dtype {other}; token ids are little-endian integers")),
     };
-    match descr.as_str() {
-        "|u1" | "<u1" => ids(1, &|c| i128::from(c[0])),
-        "<u2" => ids(2, &|c| i128::from(u16::from_le_bytes([c[0], c[1]]))),
-        "<i2" => ids(2, &|c| i128::from(i16::from_le_bytes([c[0], c[1]]))),
-        "<u4" => ids(4, &|c| i128::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        "<i4" => ids(4, &|c| i128::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        "<u8" => ids(8, &|c| i128::from(u64::from_le_bytes(c.try_into().unwrap_or_default()))),
-        "<i8" => ids(8, &|c| i128::from(i64::from_le_bytes(c.try_into().unwrap_or_default()))),
-        other => Err(format!("dtype {other}; token ids are little-endian integers")),
+    let data = at + len;
+    if !(size - data).is_multiple_of(kind.width as u64) {
+        return Err("its data does not fill the last id".into());
     }
+    Ok((data, kind))
 }
 
 #[cfg(test)]
@@ -160,25 +379,106 @@ mod tests {
         b
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("blkc-tokfiles-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    fn all(d: &OnDisk) -> Vec<u32> {
+        let mut v = vec![0; d.len()];
+        d.read(0, &mut v).unwrap_or_else(|e| panic!("{e}"));
+        v
+    }
+
+    /// The ids of one file alone, as a split.
+    fn ids_of(path: &Path, vocab: usize) -> Result<Vec<u32>, String> {
+        let mut d = OnDisk { end: u32::MAX, vocab: vocab as u64, ..OnDisk::default() };
+        d.push(Part { end: false, ..open(path, u32::MAX, vocab)? });
+        Ok(all(&d))
+    }
+
     #[test]
     fn npy_and_bin_files_are_read() {
+        let dir = scratch("formats");
         let ids: Vec<u32> = vec![5, 300, 70_000, 0];
+        let write = |name: &str, bytes: Vec<u8>| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("{e}"));
+            p
+        };
         let le32: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-        assert_eq!(npy(&npy_file("<u4", 4, &le32)), Ok(ids.clone()));
+        assert_eq!(ids_of(&write("a.npy", npy_file("<u4", 4, &le32)), 1 << 20), Ok(ids.clone()));
         let le64: Vec<u8> = ids.iter().flat_map(|&i| i64::from(i).to_le_bytes()).collect();
-        assert_eq!(npy(&npy_file("<i8", 4, &le64)), Ok(ids));
-        assert!(npy(&npy_file("<f4", 1, &[0; 4])).is_err_and(|e| e.contains("dtype <f4")));
-        assert!(npy(&npy_file("<i4", 1, &(-3i32).to_le_bytes())).is_err_and(|e| e.contains("-3")));
-        let dir = std::env::temp_dir().join(format!("blkc-tokfiles-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
+        assert_eq!(ids_of(&write("b.npy", npy_file("<i8", 4, &le64)), 1 << 20), Ok(ids.clone()));
+        let le16: Vec<u8> = [7i16, 9].iter().flat_map(|i| i.to_le_bytes()).collect();
+        assert_eq!(ids_of(&write("c.npy", npy_file("<i2", 2, &le16)), 10), Ok(vec![7, 9]));
+        let f4 = ids_of(&write("d.npy", npy_file("<f4", 1, &[0; 4])), 10);
+        assert!(f4.is_err_and(|e| e.contains("dtype <f4")));
+        let negative = ids_of(&write("e.npy", npy_file("<i4", 1, &(-3i32).to_le_bytes())), 10);
+        assert!(negative.is_err_and(|e| e.contains("-3")));
+        let big = ids_of(&write("f.npy", npy_file("<u4", 4, &le32)), 70_000);
+        assert!(big.is_err_and(|e| e.contains("token 2 has id 70000") && e.contains("70000 tokens")));
+        assert!(ids_of(&write("g.bin", vec![1, 0, 2]), 10).is_err_and(|e| e.contains("size is odd")));
+        assert!(
+            ids_of(&write("h.npy", b"\x93NUMPY\x01\x00\xff\x7f".to_vec()), 10).is_err_and(|e| e.contains("truncated"))
+        );
         let train: Vec<u8> = (0..1000u16).flat_map(|i| (i % 250).to_le_bytes()).collect();
-        let _ = std::fs::write(dir.join("train.bin"), &train);
-        let _ = std::fs::write(dir.join("val.bin"), [7u8, 0, 8, 0]);
-        let files = [dir.join("train.bin"), dir.join("val.bin")];
-        let t = load(&dir, &files, 0.05, 256).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((t.train.len(), t.valid.clone()), (1001, vec![7, 8, 256]), "named splits, end of text after each");
-        let one = load(&dir, &files[..1], 0.05, 256).unwrap_or_else(|e| panic!("{e}"));
+        let files = [write("train.bin", train), write("val.bin", vec![7u8, 0, 8, 0])];
+        let t = load(&dir, &files, 0.05, 256, 258).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.train.len(), all(&t.valid)), (1001, vec![7, 8, 256]), "named splits, end of text after each");
+        assert_eq!(all(&t.train)[998..], [248, 249, 256]);
+        let one = load(&dir, &files[..1], 0.05, 256, 258).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((one.train.len(), one.valid.len()), (901, 100));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Any run of ids read from the files is the same run of the split
+    /// held whole: across files, across the end of text added after a
+    /// file, and across the cut of the last tenth.
+    #[test]
+    fn any_window_reads_as_the_split_held_whole() {
+        let dir = scratch("windows");
+        let end = 9u32;
+        let mut rng = crate::rng::Rng::new(3);
+        let mut whole = Vec::new();
+        let mut files = Vec::new();
+        for f in 0..5 {
+            let n = [0, 1, 37, 200, 5][f];
+            let mut ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % 9) as u32).collect();
+            if f == 3 {
+                ids.push(end); // ends with the end of text: none is added
+            }
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect();
+            let p = dir.join(format!("part{f}.bin"));
+            std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("{e}"));
+            files.push(p);
+            whole.extend(&ids);
+            if ids.last() != Some(&end) {
+                whole.push(end);
+            }
+        }
+        // No file is named for validation and 0 puts none there by hash:
+        // the last tenth of all of them validates.
+        let t = load(&dir, &files, 0.0, end, 10).unwrap_or_else(|e| panic!("{e}"));
+        let cut = whole.len() - whole.len() / 10;
+        assert_eq!((all(&t.train), all(&t.valid)), (whole[..cut].to_vec(), whole[cut..].to_vec()));
+        for _ in 0..500 {
+            let start = (rng.next_u64() % whole.len() as u64) as usize;
+            let n = 1 + (rng.next_u64() % 60) as usize;
+            let mut out = vec![0; n];
+            let read = t.train.read(start, &mut out);
+            if start + n <= cut {
+                assert_eq!((read, &out[..]), (Ok(()), &whole[start..start + n]), "{start}+{n}");
+            } else {
+                assert!(read.is_err(), "past the end of the split: {start}+{n}");
+            }
+        }
+        // A file that shrinks under the run: an error, not a panic.
+        std::fs::write(&files[3], [1u8, 0]).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = vec![0; cut];
+        assert!(t.train.read(0, &mut out).is_err_and(|e| e.contains("part3.bin")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -25,11 +25,14 @@ pub fn streams(
     vocab: usize,
 ) -> Result<(Stream, Stream, &'static str), String> {
     if !corpus.token_files.is_empty() {
-        let t = super::token_files::load(&corpus.root, &corpus.token_files, corpus.val_fraction, tok.end_of_text())?;
-        for (name, ids) in [("training", &t.train), ("validation", &t.valid)] {
-            check_ids(ids, vocab).map_err(|e| format!("the {name} tokens of `{}`: {e}", corpus.source))?;
-        }
-        return Ok((Stream::new(t.train, context, shifted), Stream::new(t.valid, context, shifted), "pre-tokenised"));
+        // Every id checked here; the windows are read as they are drawn.
+        let (root, files) = (&corpus.root, &corpus.token_files);
+        let t = super::token_files::load(root, files, corpus.val_fraction, tok.end_of_text(), vocab)?;
+        return Ok((
+            Stream::on_disk(t.train, context, shifted),
+            Stream::on_disk(t.valid, context, shifted),
+            "pre-tokenised",
+        ));
     }
     let mut h = Fnv::new();
     h.write(&key.to_le_bytes());
