@@ -259,19 +259,28 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         errln!("error: {}", train::parallel::not_under_fusion(devices));
         return Err(NO_DEVICE);
     }
-    // The corpus is held in host memory whole (`data::footprint`); a
-    // corpus that cannot be read is reported where it is read.
-    let data = match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes", model.context) {
-        Ok(bytes) if !no_memory_check => bytes,
-        _ => 0,
-    };
+    // A text corpus is held in host memory whole; token files, the order
+    // of their windows (`data::footprint`). A corpus that cannot be read
+    // is reported where it is read.
+    let (data, text) =
+        match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes", model.context) {
+            Ok(f) if !no_memory_check => f,
+            _ => (0, false),
+        };
     let host = memory::available();
     if let Some(host) = host.filter(|&h| memory::BASE + data > h) {
+        let (held, way) = if text {
+            (
+                "a text corpus is held whole, as text and as token ids",
+                "pre-tokenise it into token files (.npy or .bin, read from disk as training goes; docs/training.md), \
+                 or train on a part of it",
+            )
+        } else {
+            ("the order of a token corpus's windows is held whole, 4 bytes a window", "train on a part of it")
+        };
         errln!(
-            "error: reading `{}` needs about {} of memory but this machine has {} free: a text corpus is held \
-             whole, as text and as token ids (an estimate; --no-memory-check trains anyway); pre-tokenise it into \
-             token files (.npy or .bin, read from disk as training goes; docs/training.md), or train on a part of \
-             it (a smaller directory, or a glob: `--data 'corpus/part-0*'`)",
+            "error: reading `{}` needs about {} of memory but this machine has {} free: {held} (an estimate; \
+             --no-memory-check trains anyway); {way} (a smaller directory, or a glob: `--data 'corpus/part-0*'`)",
             job.settings.data,
             memory::gib(memory::BASE + data),
             memory::gib(host)

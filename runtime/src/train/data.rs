@@ -200,16 +200,17 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
 /// the order of the windows, 4 bytes per window of `context` ids. Measured
 /// peaks (the process, a tiny model): 9.2× the text with `bytes`, 3.8× with
 /// a BPE trained on it (bench/NOTES.md).
-pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<u128, String> {
+/// Also says whether the corpus is text (not token files).
+pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
     let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
     if tokens > 0 && tokens == files.len() {
         // At most one id per byte (8-bit ids).
-        return Ok(4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)));
+        return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
     let text: u128 = files.iter().map(|f| size(f).min(u128::from(MAX_FILE_BYTES))).sum();
-    Ok(text * if bytes_tokenizer { 9 } else { 5 })
+    Ok((text * if bytes_tokenizer { 9 } else { 5 }, true))
 }
 
 fn is_json_lines(path: &Path) -> bool {

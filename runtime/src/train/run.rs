@@ -207,6 +207,16 @@ fn token_streams(
             valid_stream.len(),
         )));
     }
+    if train_stream.windows() > u32::MAX as usize {
+        // The order of a pass is a permutation of u32 window numbers.
+        return Err(Failure::Message(format!(
+            "the training split has {} windows of {window} tokens, more than the {} a run can order; train on a \
+             part of `{}` or with a longer context",
+            train_stream.windows(),
+            u32::MAX,
+            s.data
+        )));
+    }
     Ok((train_stream, valid_stream))
 }
 
