@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => cli::sample::run(&a),
         Command::Fill(a) => cli::fill::run(&a),
         Command::Export(a) => cli::export::run(&a),
+        Command::Tokenize(a) => cli::tokenize::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
         Command::Compare(a) => cli::compare::run(&a),
         Command::Lsp(a) => cli::lsp::run(&a),

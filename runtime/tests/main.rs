@@ -13,4 +13,5 @@ mod optim;
 mod output;
 mod precision;
 mod safety;
+mod tokenize;
 mod train;

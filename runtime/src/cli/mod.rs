@@ -12,6 +12,7 @@ pub mod graph;
 pub mod lsp;
 pub mod params;
 pub mod sample;
+pub mod tokenize;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,9 @@ pub enum Command {
     Fill(fill::Args),
     /// Write a run's weights as safetensors for other tools.
     Export(export::Args),
+    /// Write a text corpus as token files (train.bin, val.bin), split and
+    /// packed as `train` would: a corpus of any size, in bounded memory.
+    Tokenize(tokenize::Args),
     /// Time training steps of several models side by side.
     Bench(bench::Args),
     /// Train block variants side by side (same data, same batches per

@@ -272,8 +272,8 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         let (held, way) = if text {
             (
                 "a text corpus is held whole, as text and as token ids",
-                "pre-tokenise it into token files (.npy or .bin, read from disk as training goes; docs/training.md), \
-                 or train on a part of it",
+                "pre-tokenise it (`blkc tokenize DATA --tokenizer T --out DIR`: token files are read from disk as \
+                 training goes; docs/training.md), or train on a part of it",
             )
         } else {
             ("the order of a token corpus's windows is held whole, 4 bytes a window", "train on a part of it")

@@ -39,6 +39,16 @@ pub struct Skipped {
 }
 
 impl Skipped {
+    fn count(&mut self, why: Skip) {
+        match why {
+            Skip::NotUtf8 => self.not_utf8 += 1,
+            Skip::Empty => self.empty += 1,
+            Skip::Unreadable => self.unreadable += 1,
+            Skip::TooLarge => self.too_large += 1,
+            Skip::NotRegular => self.not_regular += 1,
+        }
+    }
+
     pub fn total(&self) -> usize {
         self.not_utf8 + self.empty + self.unreadable + self.too_large + self.not_regular + self.bad_records
     }
@@ -154,42 +164,188 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
             Ok(text) => {
                 let name = f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
                 if is_json_lines(&f) {
-                    skipped.bad_records += records(&name, &text, field, &mut docs);
+                    skipped.bad_records += records(&text, field, |line, t| {
+                        docs.push(Doc { name: format!("{name}:{line}"), text: t.to_string() });
+                    });
                 } else {
                     docs.push(Doc { name, text });
                 }
             }
-            Err(Skip::NotUtf8) => skipped.not_utf8 += 1,
-            Err(Skip::Empty) => skipped.empty += 1,
-            Err(Skip::Unreadable) => skipped.unreadable += 1,
-            Err(Skip::TooLarge) => skipped.too_large += 1,
-            Err(Skip::NotRegular) => skipped.not_regular += 1,
+            Err(why) => skipped.count(why),
         }
     }
     if docs.is_empty() {
-        return Err(format!(
-            "no usable text in `{source}`: skipped {}; give text files (or JSON lines with a `{field}` field) with --data",
-            skipped.describe()
-        ));
+        return Err(no_text(source, &skipped, field));
     }
-    docs.sort_by(|a, b| a.name.cmp(&b.name));
-    let (mut train, mut valid): (Vec<Doc>, Vec<Doc>) =
-        docs.into_iter().partition(|d| !in_validation(&d.name, val_fraction));
+    let (train, valid) = match split(docs, |d| &d.name, val_fraction) {
+        Split::Two(train, valid) => (train, valid),
+        Split::One(d) => {
+            let (head, tail) = split_tail(&d.text);
+            (
+                vec![Doc { name: d.name.clone(), text: head.to_string() }],
+                vec![Doc { name: d.name, text: tail.to_string() }],
+            )
+        }
+    };
+    Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), val_fraction })
+}
+
+fn no_text(source: &str, skipped: &Skipped, field: &str) -> String {
+    format!(
+        "no usable text in `{source}`: skipped {}; give text files (or JSON lines with a `{field}` field) with --data",
+        skipped.describe()
+    )
+}
+
+/// A corpus's documents split.
+enum Split<T> {
+    /// Training and validation.
+    Two(Vec<T>, Vec<T>),
+    /// A single document: it trains, and validation is its last tenth.
+    One(T),
+}
+
+/// Splits documents by the hash of their names, in the order of their
+/// names, at least one on each side when there are two or more.
+fn split<T>(mut docs: Vec<T>, name: impl Fn(&T) -> &str, val_fraction: f64) -> Split<T> {
+    docs.sort_by(|a, b| name(a).cmp(name(b)));
+    let (mut train, mut valid): (Vec<T>, Vec<T>) =
+        docs.into_iter().partition(|d| !in_validation(name(d), val_fraction));
     if valid.is_empty() && train.len() >= 2 {
         // Too few files for the hash to pick one: the last goes to validation.
         valid.extend(train.pop());
     } else if train.is_empty() && valid.len() >= 2 {
         train.push(valid.remove(0));
     }
-    if train.len() + valid.len() == 1 {
-        // A single file, on whichever side its name hashed to: it trains,
-        // and validation is its last tenth.
-        let d = train.pop().or_else(|| valid.pop()).ok_or("no documents")?;
-        let (head, tail) = split_tail(&d.text);
-        train.push(Doc { name: d.name.clone(), text: head.to_string() });
-        valid.push(Doc { name: d.name, text: tail.to_string() });
+    match (train.len(), valid.len()) {
+        (1, 0) => Split::One(train.remove(0)),
+        (0, 1) => Split::One(valid.remove(0)),
+        _ => Split::Two(train, valid),
     }
-    Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), val_fraction })
+}
+
+/// Where a document of a corpus is, its text not held ([`Plan`]).
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub name: String,
+    /// Its file, in [`Plan::files`].
+    file: usize,
+    /// Its line, where the file is JSON lines (1-based).
+    line: Option<usize>,
+}
+
+/// A text corpus named and split as [`load`] splits it, without holding
+/// its text: the documents are read again, one file at a time, by
+/// [`Plan::texts`] (`blkc tokenize`, for corpora larger than memory).
+#[derive(Debug)]
+pub struct Plan {
+    pub root: PathBuf,
+    files: Vec<PathBuf>,
+    pub train: Vec<Place>,
+    pub valid: Vec<Place>,
+    /// The single document, whose last tenth validates.
+    single: Option<Place>,
+    pub skipped: Skipped,
+    field: String,
+}
+
+/// The [`Plan`] of the text corpus `source`: every file read once (to skip
+/// what [`load`] skips, and to name JSON lines' records), nothing kept but
+/// the names.
+pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String> {
+    let (root, files) = find(source)?;
+    if files.iter().all(|f| super::token_files::is_token_file(f)) {
+        return Err(format!("`{source}` holds token files already: it is tokenised"));
+    }
+    let mut skipped = Skipped::default();
+    let mut places = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        match read(f) {
+            Ok(text) => {
+                let name = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+                if is_json_lines(f) {
+                    skipped.bad_records += records(&text, field, |line, _| {
+                        places.push(Place { name: format!("{name}:{line}"), file: i, line: Some(line) });
+                    });
+                } else {
+                    places.push(Place { name, file: i, line: None });
+                }
+            }
+            Err(why) => skipped.count(why),
+        }
+    }
+    if places.is_empty() {
+        return Err(no_text(source, &skipped, field));
+    }
+    let (train, valid, single) = match split(places, |p| &p.name, val_fraction) {
+        Split::Two(train, valid) => (train, valid, None),
+        Split::One(p) => (Vec::new(), Vec::new(), Some(p)),
+    };
+    Ok(Plan { root, files, train, valid, single, skipped, field: field.to_string() })
+}
+
+impl Plan {
+    /// Documents in the split.
+    pub fn documents(&self, valid: bool) -> usize {
+        if self.single.is_some() {
+            return 1;
+        }
+        if valid {
+            self.valid.len()
+        } else {
+            self.train.len()
+        }
+    }
+
+    /// Gives `each` the text of every document of the training (or the
+    /// validation) split, in order, reading each file again; fails where a
+    /// file changed since the plan.
+    pub fn texts(&self, valid: bool, mut each: impl FnMut(&str) -> Result<(), String>) -> Result<(), String> {
+        let changed = |p: &Place| format!("`{}` changed while it was tokenised", self.files[p.file].display());
+        if let Some(p) = &self.single {
+            let text = read(&self.files[p.file]).map_err(|_| changed(p))?;
+            let (head, tail) = split_tail(&text);
+            return each(if valid { tail } else { head });
+        }
+        // The file read last: its index, its text, and its lines where it
+        // is JSON lines.
+        struct Held {
+            file: usize,
+            text: String,
+            lines: Vec<(usize, usize)>,
+        }
+        let mut held: Option<Held> = None;
+        for p in if valid { &self.valid } else { &self.train } {
+            if held.as_ref().map(|h| h.file) != Some(p.file) {
+                let text = read(&self.files[p.file]).map_err(|_| changed(p))?;
+                let lines = if p.line.is_some() { line_spans(&text) } else { Vec::new() };
+                held = Some(Held { file: p.file, text, lines });
+            }
+            let Some(Held { text, lines, .. }) = &held else { continue };
+            match p.line {
+                None => each(text)?,
+                Some(l) => {
+                    let (a, b) = *lines.get(l - 1).ok_or_else(|| changed(p))?;
+                    let mut found = None;
+                    records(&text[a..b], &self.field, |_, t| found = Some(t.to_string()));
+                    each(&found.ok_or_else(|| changed(p))?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each line of `text` lies, as `str::lines` cuts them.
+fn line_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    for line in text.lines() {
+        let at = start + text[start..].find(line).unwrap_or(0);
+        spans.push((at, at + line.len()));
+        start = at + line.len();
+    }
+    spans
 }
 
 /// Bytes of memory that reading `source` will take, estimated from its
@@ -217,14 +373,15 @@ fn is_json_lines(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson")
 }
 
-/// The records of a JSON-lines file as documents named `file:line`;
-/// returns how many lines held no text in `field`.
-fn records(name: &str, text: &str, field: &str, docs: &mut Vec<Doc>) -> usize {
+/// Gives `each` the line (1-based) and text of every record of a JSON-lines
+/// file that has a non-empty text in `field`; returns how many lines had
+/// none.
+fn records(text: &str, field: &str, mut each: impl FnMut(usize, &str)) -> usize {
     let mut bad = 0;
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let value: Option<serde_json::Value> = serde_json::from_str(line).ok();
         match value.as_ref().and_then(|v| v.get(field)).and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
-            Some(t) => docs.push(Doc { name: format!("{name}:{}", i + 1), text: t.to_string() }),
+            Some(t) => each(i + 1, t),
             None => bad += 1,
         }
     }

@@ -1,0 +1,227 @@
+//! `blkc tokenize DATA --tokenizer T --out DIR`: a text corpus as token
+//! files (`DIR/train.bin` and `DIR/val.bin`, or `.npy` for vocabularies
+//! over 65,536), split and packed exactly as `blkc train` splits and packs
+//! the text, so that training on DIR sees the same batches as training on
+//! DATA. The text is read one file at a time and the ids written as they
+//! come, so a corpus of any size is tokenised in bounded memory; `blkc
+//! train` then reads the files window by window (`train/token_files.rs`).
+
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{OK, REJECTED};
+use crate::durable;
+use crate::train::data;
+use crate::train::tokenizer::{Kind, Tokenizer};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The text: a directory, a file, a glob or `python-stdlib`, as
+    /// `data` in a train section.
+    pub data: String,
+    /// `bytes`, or a tokenizer.json (a run's own: `runs/NAME/tokenizer.json`).
+    #[arg(long)]
+    pub tokenizer: String,
+    /// The directory to write `train.*` and `val.*` to (made if missing;
+    /// token files already there are never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of the documents that validate, as `val_fraction` in a train
+    /// section (the same documents are chosen).
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// The text field of JSON-lines records, as `data_field`.
+    #[arg(long, default_value = "text")]
+    pub data_field: String,
+}
+
+pub fn run(args: &Args) -> u8 {
+    match tokenize(args) {
+        Ok(()) => OK,
+        Err(e) => {
+            errln!("error: {e}");
+            REJECTED
+        }
+    }
+}
+
+fn tokenize(args: &Args) -> Result<(), String> {
+    if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
+        return Err(format!("--val-fraction must be above 0 and below 1, not {}", args.val_fraction));
+    }
+    let tok = match Kind::parse(&args.tokenizer) {
+        Some(Kind::Bytes) => Tokenizer::Bytes,
+        Some(_) => {
+            return Err(format!(
+                "--tokenizer {} trains a tokenizer on the corpus, which `tokenize` does not: give `bytes` or a \
+                 tokenizer.json (a run's own, `runs/NAME/tokenizer.json`, after `blkc train` trained one)",
+                args.tokenizer
+            ))
+        }
+        None => Tokenizer::load(Path::new(&args.tokenizer))?,
+    };
+    let taken = ["train.bin", "train.npy", "val.bin", "val.npy"].iter().map(|f| args.out.join(f)).find(|p| p.exists());
+    if let Some(p) = taken {
+        return Err(format!("`{}` exists; choose another --out (token files are never overwritten)", p.display()));
+    }
+    let plan = data::plan(&args.data, args.val_fraction, &args.data_field)?;
+    errln!(
+        "data: `{}`: {} training and {} validation documents; skipped: {}",
+        args.data,
+        plan.documents(false),
+        plan.documents(true),
+        plan.skipped.describe()
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| durable::describe("create", &args.out, &e))?;
+    let wide = tok.vocab_size() > 1 << 16;
+    let start = Instant::now();
+    for (valid, stem) in [(false, "train"), (true, "val")] {
+        let mut ids = Ids::create(&args.out, stem, wide)?;
+        let written = write_split(&plan, valid, &tok, &mut ids, start);
+        let (path, count) = match written {
+            Ok(()) => ids.finish()?,
+            Err(e) => {
+                ids.abandon();
+                return Err(e);
+            }
+        };
+        outln!("{}: {} tokens of {} documents", path.display(), count, plan.documents(valid));
+    }
+    errln!(
+        "tokenised in {:.1} s; train on it with `data = \"{}\"` and `tokenizer = \"{}\"`",
+        start.elapsed().as_secs_f64(),
+        args.out.display(),
+        args.tokenizer
+    );
+    Ok(())
+}
+
+/// Bytes of text encoded at once (the tokenizer works on a group in
+/// parallel).
+const GROUP_BYTES: usize = 8 << 20;
+
+/// The split's documents, encoded and each followed by the end of text, as
+/// `train/tokens.rs` packs them.
+fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, start: Instant) -> Result<(), String> {
+    let mut group: Vec<String> = Vec::new();
+    let (mut done, total) = (0usize, plan.documents(valid));
+    let mut told = Instant::now();
+    let mut flush = |group: &mut Vec<String>, ids: &mut Ids| -> Result<(), String> {
+        let texts: Vec<&str> = group.iter().map(String::as_str).collect();
+        for doc in tok.encode_all(&texts)? {
+            ids.push(&doc)?;
+            ids.push(&[tok.end_of_text()])?;
+        }
+        done += group.len();
+        group.clear();
+        if told.elapsed().as_secs() >= 10 {
+            told = Instant::now();
+            let split = if valid { "validation" } else { "training" };
+            errln!("{done} of {total} {split} documents ({:.0} s)", start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    };
+    plan.texts(valid, |text| {
+        group.push(text.to_string());
+        if group.iter().map(String::len).sum::<usize>() >= GROUP_BYTES || group.len() >= 1024 {
+            flush(&mut group, ids)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut group, ids)
+}
+
+/// Bytes of the `.npy` header written (a version-1 header, padded).
+const NPY_HEADER: usize = 128;
+
+/// A token file being written: a temporary file, moved into place when
+/// finished.
+struct Ids {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    /// u32 ids in a `.npy` (else u16 in a `.bin`).
+    wide: bool,
+    count: u64,
+}
+
+impl Ids {
+    fn create(dir: &Path, stem: &str, wide: bool) -> Result<Ids, String> {
+        let path = dir.join(format!("{stem}.{}", if wide { "npy" } else { "bin" }));
+        let tmp = durable::temporary(&path);
+        let file = std::fs::File::create(&tmp).map_err(|e| durable::describe("create", &tmp, &e))?;
+        let mut ids = Ids { path, tmp, out: std::io::BufWriter::with_capacity(1 << 20, file), wide, count: 0 };
+        if wide {
+            // Rewritten with the count when finished.
+            ids.write(&npy_header(0))?;
+        }
+        Ok(ids)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.out.write_all(bytes).map_err(|e| durable::describe("write", &self.path, &e))
+    }
+
+    fn push(&mut self, ids: &[u32]) -> Result<(), String> {
+        let bytes: Vec<u8> = if self.wide {
+            ids.iter().flat_map(|i| i.to_le_bytes()).collect()
+        } else {
+            // Ids fit: the vocabulary has at most 65,536 tokens.
+            ids.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect()
+        };
+        self.count += ids.len() as u64;
+        self.write(&bytes)
+    }
+
+    /// Moves the finished file into place: its path and its ids.
+    fn finish(mut self) -> Result<(PathBuf, u64), String> {
+        let done = self.out.flush().and_then(|()| {
+            if self.wide {
+                let file = self.out.get_mut();
+                file.rewind()?;
+                file.write_all(&npy_header(self.count))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            let why = durable::describe("write", &self.path, &e);
+            self.abandon();
+            return Err(why);
+        }
+        durable::persist(&self.tmp, &self.path)?;
+        Ok((self.path, self.count))
+    }
+
+    fn abandon(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// A version-1 `.npy` header of `count` little-endian u32, [`NPY_HEADER`]
+/// bytes long.
+fn npy_header(count: u64) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '<u4', 'fortran_order': False, 'shape': ({count},), }}");
+    while dict.len() < NPY_HEADER - 10 - 1 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&((NPY_HEADER - 10) as u16).to_le_bytes());
+    b.extend_from_slice(dict.as_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_npy_header_has_one_length_for_every_count() {
+        for count in [0, 7, u64::MAX] {
+            let h = npy_header(count);
+            assert_eq!(h.len(), NPY_HEADER, "{count}");
+            assert!(String::from_utf8_lossy(&h).contains(&format!("({count},)")));
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `blkc tokenize`: a text corpus as token files that train exactly as the
+//! text does (same split, same packing, so the same batches and losses),
+//! written in bounded memory.
+
+use std::path::Path;
+
+use super::train::{blkc, losses, ok, repo, scratch, text, tiny};
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", p.display()))
+}
+
+/// Trains the tiny model of `d` on `data` (a flag) into `out`, with `sets`.
+fn trained(d: &Path, out: &str, data: &str, sets: &[&str]) {
+    let mut args = vec!["train", "tiny.blk", "--out", out, "--data", data, "-q"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    ok(&blkc(d, &args));
+}
+
+#[test]
+fn token_files_train_as_their_text() {
+    let d = scratch("tokenize");
+    tiny(&d, "sas_p", "causal", 258, "steps = 4\neval_every = 2");
+    let src = repo().join("compiler/src");
+    // A directory of text with the bytes tokenizer.
+    trained(&d, "text", arg(&src), &[]);
+    let o = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bytes", "--out", "toks"]);
+    ok(&o);
+    assert!(text(&o.stdout).contains("train.bin: ") && text(&o.stdout).contains("val.bin: "), "{}", text(&o.stdout));
+    trained(&d, "ids", "toks", &[]);
+    let (a, b) = (losses(&d.join("text")), losses(&d.join("ids")));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "the same batches, the same losses and validation losses");
+    // A single file: its last tenth validates, cut where the text path cuts.
+    let one = src.join("syntax/parse.rs");
+    trained(&d, "one-text", arg(&one), &[]);
+    ok(&blkc(&d, &["tokenize", arg(&one), "--tokenizer", "bytes", "--out", "one"]));
+    trained(&d, "one-ids", "one", &[]);
+    assert_eq!(losses(&d.join("one-text")), losses(&d.join("one-ids")));
+    // Token files already there are never overwritten; nothing else is
+    // tokenised.
+    let again = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bytes", "--out", "toks"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("train.bin` exists"), "{}", text(&again.stderr));
+    let bpe = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bpe", "--out", "other"]);
+    assert_eq!(bpe.status.code(), Some(1));
+    assert!(text(&bpe.stderr).contains("give `bytes` or a tokenizer.json"), "{}", text(&bpe.stderr));
+    let ids = blkc(&d, &["tokenize", "toks", "--tokenizer", "bytes", "--out", "other"]);
+    assert!(text(&ids.stderr).contains("tokenised"), "{}", text(&ids.stderr));
+    assert!(!d.join("other").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// JSON lines beside a text file, with a trained BPE: records are named
+/// `file:LINE` and ordered by name (line 10 before line 2), as the text
+/// path orders them.
+#[test]
+fn json_lines_and_a_bpe_tokenise_as_they_train() {
+    let d = scratch("tokenize-jsonl");
+    tiny(&d, "sas_p", "causal", 300, "tokenizer = bpe\nsteps = 1");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "bpe", "-q"]));
+    let corpus = d.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap_or_else(|e| panic!("{e}"));
+    let source = std::fs::read_to_string(repo().join("compiler/src/syntax/format.rs")).unwrap_or_default();
+    let records: String = source
+        .lines()
+        .map(|l| format!("{}\n", serde_json::json!({ "content": l, "n": 1 })))
+        .chain(["{\"other\": 1}\n".to_string(), "not json\n".to_string()])
+        .collect();
+    std::fs::write(corpus.join("lines.jsonl"), records).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(repo().join("compiler/src/syntax/parse.rs"), corpus.join("parse.rs"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tiny(&d, "sas_p", "causal", 300, "tokenizer = \"bpe/tokenizer.json\"\nsteps = 3\neval_every = 3");
+    trained(&d, "text", "corpus", &["data_field=\"content\""]);
+    let o = blkc(
+        &d,
+        &["tokenize", "corpus", "--tokenizer", "bpe/tokenizer.json", "--out", "toks", "--data-field", "content"],
+    );
+    ok(&o);
+    assert!(text(&o.stderr).contains("JSON lines without their text field"), "{}", text(&o.stderr));
+    trained(&d, "ids", "toks", &[]);
+    let (a, b) = (losses(&d.join("text")), losses(&d.join("ids")));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&d);
+}
