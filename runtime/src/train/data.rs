@@ -239,7 +239,6 @@ pub struct Place {
 /// [`Plan::texts`] (`blkc tokenize`, for corpora larger than memory).
 #[derive(Debug)]
 pub struct Plan {
-    pub root: PathBuf,
     files: Vec<PathBuf>,
     pub train: Vec<Place>,
     pub valid: Vec<Place>,
@@ -281,7 +280,7 @@ pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String
         Split::Two(train, valid) => (train, valid, None),
         Split::One(p) => (Vec::new(), Vec::new(), Some(p)),
     };
-    Ok(Plan { root, files, train, valid, single, skipped, field: field.to_string() })
+    Ok(Plan { files, train, valid, single, skipped, field: field.to_string() })
 }
 
 impl Plan {
@@ -303,7 +302,11 @@ impl Plan {
     pub fn texts(&self, valid: bool, mut each: impl FnMut(&str) -> Result<(), String>) -> Result<(), String> {
         let changed = |p: &Place| format!("`{}` changed while it was tokenised", self.files[p.file].display());
         if let Some(p) = &self.single {
-            let text = read(&self.files[p.file]).map_err(|_| changed(p))?;
+            let file = read(&self.files[p.file]).map_err(|_| changed(p))?;
+            let text = match p.line {
+                None => file,
+                Some(l) => record(&file, &line_spans(&file), l, &self.field).ok_or_else(|| changed(p))?,
+            };
             let (head, tail) = split_tail(&text);
             return each(if valid { tail } else { head });
         }
@@ -324,16 +327,20 @@ impl Plan {
             let Some(Held { text, lines, .. }) = &held else { continue };
             match p.line {
                 None => each(text)?,
-                Some(l) => {
-                    let (a, b) = *lines.get(l - 1).ok_or_else(|| changed(p))?;
-                    let mut found = None;
-                    records(&text[a..b], &self.field, |_, t| found = Some(t.to_string()));
-                    each(&found.ok_or_else(|| changed(p))?)?;
-                }
+                Some(l) => each(&record(text, lines, l, &self.field).ok_or_else(|| changed(p))?)?,
             }
         }
         Ok(())
     }
+}
+
+/// The text of the record on line `l` (1-based) of a JSON-lines file,
+/// whose lines lie at `lines`.
+fn record(text: &str, lines: &[(usize, usize)], l: usize, field: &str) -> Option<String> {
+    let &(a, b) = lines.get(l.checked_sub(1)?)?;
+    let mut found = None;
+    records(&text[a..b], field, |_, t| found = Some(t.to_string()));
+    found
 }
 
 /// Where each line of `text` lies, as `str::lines` cuts them.
@@ -355,8 +362,8 @@ fn line_spans(text: &str) -> Vec<(usize, usize)> {
 /// token cache. Token files stay on disk (`token_files`): what is held is
 /// the order of the windows, 4 bytes per window of `context` ids. Measured
 /// peaks (the process, a tiny model): 9.2× the text with `bytes`, 3.8× with
-/// a BPE trained on it (bench/NOTES.md).
-/// Also says whether the corpus is text (not token files).
+/// a BPE trained on it (bench/NOTES.md). Also says whether the corpus is
+/// text (not token files).
 pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
@@ -559,6 +566,61 @@ pub fn stdlib_under(prefixes: &[PathBuf]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The texts of a plan's split, read again.
+    fn planned(plan: &Plan, valid: bool) -> Vec<String> {
+        let mut texts = Vec::new();
+        plan.texts(valid, |t| {
+            texts.push(t.to_string());
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        texts
+    }
+
+    /// What `plan` reads again is what `load` holds: the same documents in
+    /// the same order on the same side, for several files with JSON lines
+    /// among them (records ordered by name: line 10 before line 2), a
+    /// single text file and a single record (each cut to its last tenth).
+    #[test]
+    fn a_plan_reads_what_load_holds() {
+        let dir = std::env::temp_dir().join(format!("blkc-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |rel: &str, text: &str| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap_or(&dir)).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        };
+        let lines: String = (0..14).map(|i| format!("{{\"text\": \"record {i}\\nof a file\"}}\n")).collect();
+        write("many/a-b/x.txt", "first\n");
+        write("many/a/x.txt", "second\n");
+        write("many/r.jsonl", &format!("{lines}not json\n\n"));
+        write("many/z.txt", "last\n");
+        write("many/empty.txt", "  \n");
+        let long: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        write("one/only.txt", &long);
+        write("record/r.jsonl", &format!("{}\n", serde_json::json!({ "text": long })));
+        for (corpus, fraction) in [("many", 0.3), ("many", 0.0), ("one", 0.05), ("record", 0.05)] {
+            let source = dir.join(corpus).display().to_string();
+            let c = load(&source, fraction, "text").unwrap_or_else(|e| panic!("{e}"));
+            let p = plan(&source, fraction, "text").unwrap_or_else(|e| panic!("{e}"));
+            let held = |docs: &[Doc]| docs.iter().map(|d| d.text.clone()).collect::<Vec<_>>();
+            assert_eq!(planned(&p, false), held(&c.train), "{corpus} at {fraction}: training");
+            assert_eq!(planned(&p, true), held(&c.valid), "{corpus} at {fraction}: validation");
+            assert_eq!(p.skipped, c.skipped, "{corpus}");
+            assert_eq!((p.documents(false), p.documents(true)), (c.train.len(), c.valid.len()), "{corpus}");
+        }
+        // A record that went away between the two passes is an error.
+        let source = dir.join("many").display().to_string();
+        let p = plan(&source, 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
+        write("many/r.jsonl", "{}\n");
+        let mut read = Ok(());
+        for valid in [false, true] {
+            read = read.and(p.texts(valid, |_| Ok(())));
+        }
+        assert!(read.is_err_and(|e| e.contains("r.jsonl` changed")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_split_is_stable_and_near_the_fraction() {
