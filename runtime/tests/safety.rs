@@ -429,6 +429,8 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
         assert!(text(&o.stderr).contains("pre-tokenise"), "{}", text(&o.stderr));
         assert!(start.elapsed() < Duration::from_secs(30), "refused without reading it");
         assert!(!d.join("big-run").exists());
+        // And evaluating on it, likewise.
+        refused(&blkc(&d, &["eval", "flag", "--data", "big"]), "a text corpus is held whole");
         let _ = std::fs::remove_dir_all(&big);
     }
     // No CUDA in this build (or no driver): a clear error, exit 3, nothing on disk.

@@ -27,6 +27,9 @@ pub struct Args {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Read the data even when its memory estimate exceeds what is free.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -46,6 +49,10 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     }
     let s = &run.info.settings;
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());
+    if !args.no_memory_check {
+        let bytes = run.tokenizer.kind() == crate::train::tokenizer::Kind::Bytes;
+        super::train::corpus_fits(&source, bytes, run.ir.context, "evaluates")?;
+    }
     let corpus = data::load(&source, s.val_fraction, &s.data_field)?;
     let obj = train::objective(&run.ir, s, &run.tokenizer);
     let shifted = obj == batch::Objective::Causal;

@@ -259,34 +259,15 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         errln!("error: {}", train::parallel::not_under_fusion(devices));
         return Err(NO_DEVICE);
     }
-    // A text corpus is held in host memory whole; token files, the order
-    // of their windows (`data::footprint`). A corpus that cannot be read
-    // is reported where it is read.
-    let (data, text) =
-        match train::data::footprint(&job.settings.data, job.settings.tokenizer == "bytes", model.context) {
-            Ok(f) if !no_memory_check => f,
-            _ => (0, false),
-        };
+    let data = if no_memory_check {
+        0
+    } else {
+        corpus_fits(&job.settings.data, job.settings.tokenizer == "bytes", model.context, "trains").map_err(|e| {
+            errln!("error: {e}");
+            REJECTED
+        })?
+    };
     let host = memory::available();
-    if let Some(host) = host.filter(|&h| memory::BASE + data > h) {
-        let (held, way) = if text {
-            (
-                "a text corpus is held whole, as text and as token ids",
-                "pre-tokenise it (`blkc tokenize DATA --tokenizer T --out DIR`: token files are read from disk as \
-                 training goes; docs/training.md), or train on a part of it",
-            )
-        } else {
-            ("the order of a token corpus's windows is held whole, 4 bytes a window", "train on a part of it")
-        };
-        errln!(
-            "error: reading `{}` needs about {} of memory but this machine has {} free: {held} (an estimate; \
-             --no-memory-check trains anyway); {way} (a smaller directory, or a glob: `--data 'corpus/part-0*'`)",
-            job.settings.data,
-            memory::gib(memory::BASE + data),
-            memory::gib(host)
-        );
-        return Err(REJECTED);
-    }
     let estimate = memory::estimate(&job.program, model, rows);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
@@ -338,6 +319,31 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         errln!("error: {e} (an estimate; --no-memory-check trains anyway)");
         REJECTED
     })
+}
+
+/// The memory reading the corpus `data` will hold (`data::footprint`: a
+/// text corpus whole, token files the order of their windows), refused
+/// where this machine has not that much free; `what` is what
+/// `--no-memory-check` does anyway. A corpus that cannot be read passes
+/// here, to be reported where it is read.
+pub(super) fn corpus_fits(data: &str, bytes_tokenizer: bool, context: u64, what: &str) -> Result<u128, String> {
+    let Ok((need, text)) = train::data::footprint(data, bytes_tokenizer, context) else { return Ok(0) };
+    let Some(host) = memory::available().filter(|&h| memory::BASE + need > h) else { return Ok(need) };
+    let (held, way) = if text {
+        (
+            "a text corpus is held whole, as text and as token ids",
+            "pre-tokenise it (`blkc tokenize DATA --tokenizer T --out DIR`: token files are read from disk as \
+             training goes; docs/training.md), or use a part of it",
+        )
+    } else {
+        ("the order of a token corpus's windows is held whole, 4 bytes a window", "use a part of it")
+    };
+    Err(format!(
+        "reading `{data}` needs about {} of memory but this machine has {} free: {held} (an estimate; \
+         --no-memory-check {what} anyway); {way} (a smaller directory, or a glob: `--data 'corpus/part-0*'`)",
+        memory::gib(memory::BASE + need),
+        memory::gib(host)
+    ))
 }
 
 /// The signal check of `blkc check` on the model to train: prints its
