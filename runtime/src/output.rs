@@ -16,8 +16,8 @@
 //!   end ([`finish`]): `blkc graph m.blk > /full/disk/g.dot` must not exit 0
 //!   with half a file. A closed pipe is not a failure, as for other Unix
 //!   tools: the reader took what it wanted.
-//! - Commands that would go on writing for long (`blkc sample`) ask
-//!   [`lost`] and stop.
+//! - Commands that would go on writing for long (`blkc sample`) stop at
+//!   the first write that fails.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
@@ -49,12 +49,6 @@ impl Write for Out {
     fn write_fmt(&mut self, args: std::fmt::Arguments<'_>) -> io::Result<()> {
         io::stdout().lock().write_fmt(args).inspect_err(record)
     }
-}
-
-/// Whether standard output failed (its reader left, or worse): what is
-/// written from now on goes nowhere.
-pub fn lost() -> bool {
-    LOST.lock().unwrap_or_else(|p| p.into_inner()).is_some()
 }
 
 /// The exit status of a command that would exit with `code`: standard
