@@ -47,6 +47,7 @@ pub fn run(args: &Args) -> u8 {
 }
 
 fn tokenize(args: &Args) -> Result<(), String> {
+    let start = Instant::now();
     if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
         return Err(format!("--val-fraction must be above 0 and below 1, not {}", args.val_fraction));
     }
@@ -75,7 +76,6 @@ fn tokenize(args: &Args) -> Result<(), String> {
     );
     std::fs::create_dir_all(&args.out).map_err(|e| durable::describe("create", &args.out, &e))?;
     let wide = tok.vocab_size() > 1 << 16;
-    let start = Instant::now();
     for (valid, stem) in [(false, "train"), (true, "val")] {
         let mut ids = Ids::create(&args.out, stem, wide)?;
         let written = write_split(&plan, valid, &tok, &mut ids, start);
