@@ -412,11 +412,7 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     // A text corpus larger than memory (held whole, as text and as ids) is
     // refused before a byte of it is read, where it was an out-of-memory
     // kill: sparse files of 64 MiB, as many as take the machine's free memory.
-    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
-        let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?.to_string();
-        line.split_whitespace().nth(1)?.parse::<u64>().ok()
-    });
-    if let Some(kib) = free {
+    if let Some(kib) = blkc_runtime::train::memory::available().map(|b| (b >> 10) as u64) {
         let big = d.join("big");
         std::fs::create_dir_all(&big).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..=kib / (64 << 10) / 9 {

@@ -105,6 +105,7 @@ const GROUP_BYTES: usize = 8 << 20;
 /// `train/tokens.rs` packs them.
 fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, start: Instant) -> Result<(), String> {
     let mut group: Vec<String> = Vec::new();
+    let mut bytes = 0;
     let (mut done, total) = (0usize, plan.documents(valid));
     let mut told = Instant::now();
     let mut flush = |group: &mut Vec<String>, ids: &mut Ids| -> Result<(), String> {
@@ -124,7 +125,9 @@ fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, s
     };
     plan.texts(valid, |text| {
         group.push(text.to_string());
-        if group.iter().map(String::len).sum::<usize>() >= GROUP_BYTES || group.len() >= 1024 {
+        bytes += text.len();
+        if bytes >= GROUP_BYTES || group.len() >= 1024 {
+            bytes = 0;
             flush(&mut group, ids)?;
         }
         Ok(())

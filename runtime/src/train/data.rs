@@ -142,10 +142,7 @@ impl Default for Fnv {
 /// exist). At least one file goes to each side when there are two or more.
 pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
     let (root, files) = find(source)?;
-    let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
-    // Pre-tokenised only when every file is a token file: a `.bin` among
-    // text files is read (and skipped) as any other file.
-    if tokens > 0 && tokens == files.len() {
+    if tokenised(&files) {
         let empty = Vec::new;
         return Ok(Corpus {
             source: source.to_string(),
@@ -157,23 +154,8 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
             val_fraction,
         });
     }
-    let mut skipped = Skipped::default();
     let mut docs = Vec::new();
-    for f in files {
-        match read(&f) {
-            Ok(text) => {
-                let name = f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
-                if is_json_lines(&f) {
-                    skipped.bad_records += records(&text, field, |line, t| {
-                        docs.push(Doc { name: format!("{name}:{line}"), text: t.to_string() });
-                    });
-                } else {
-                    docs.push(Doc { name, text });
-                }
-            }
-            Err(why) => skipped.count(why),
-        }
-    }
+    let skipped = documents(&root, &files, field, |name, _, _, text| docs.push(Doc { name, text: text.into_owned() }));
     if docs.is_empty() {
         return Err(no_text(source, &skipped, field));
     }
@@ -188,6 +170,40 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
         }
     };
     Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), val_fraction })
+}
+
+/// Gives `each` every document of `files` (relative names from `root`):
+/// its name, its file's index, its line where the file is JSON lines, and
+/// its text; returns what was skipped.
+fn documents(
+    root: &Path,
+    files: &[PathBuf],
+    field: &str,
+    mut each: impl FnMut(String, usize, Option<usize>, std::borrow::Cow<'_, str>),
+) -> Skipped {
+    let mut skipped = Skipped::default();
+    for (i, f) in files.iter().enumerate() {
+        match read(f) {
+            Ok(text) => {
+                let name = f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+                if is_json_lines(f) {
+                    skipped.bad_records += records(&text, field, |line, t| {
+                        each(format!("{name}:{line}"), i, Some(line), t.into());
+                    });
+                } else {
+                    each(name, i, None, text.into());
+                }
+            }
+            Err(why) => skipped.count(why),
+        }
+    }
+    skipped
+}
+
+/// Whether `files` are all token files: a pre-tokenised corpus (a `.bin`
+/// among text files is read, and skipped, as any other file).
+fn tokenised(files: &[PathBuf]) -> bool {
+    files.iter().all(|f| super::token_files::is_token_file(f))
 }
 
 fn no_text(source: &str, skipped: &Skipped, field: &str) -> String {
@@ -253,26 +269,11 @@ pub struct Plan {
 /// the names.
 pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String> {
     let (root, files) = find(source)?;
-    if files.iter().all(|f| super::token_files::is_token_file(f)) {
+    if tokenised(&files) {
         return Err(format!("`{source}` holds token files already: it is tokenised"));
     }
-    let mut skipped = Skipped::default();
     let mut places = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        match read(f) {
-            Ok(text) => {
-                let name = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
-                if is_json_lines(f) {
-                    skipped.bad_records += records(&text, field, |line, _| {
-                        places.push(Place { name: format!("{name}:{line}"), file: i, line: Some(line) });
-                    });
-                } else {
-                    places.push(Place { name, file: i, line: None });
-                }
-            }
-            Err(why) => skipped.count(why),
-        }
-    }
+    let skipped = documents(&root, &files, field, |name, file, line, _| places.push(Place { name, file, line }));
     if places.is_empty() {
         return Err(no_text(source, &skipped, field));
     }
@@ -367,8 +368,7 @@ fn line_spans(text: &str) -> Vec<(usize, usize)> {
 pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
-    let tokens = files.iter().filter(|f| super::token_files::is_token_file(f)).count();
-    if tokens > 0 && tokens == files.len() {
+    if tokenised(&files) {
         // At most one id per byte (8-bit ids).
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
