@@ -44,9 +44,6 @@ fn token_files_train_as_their_text() {
     let again = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bytes", "--out", "toks"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("train.bin` exists"), "{}", text(&again.stderr));
-    let bpe = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bpe", "--out", "other"]);
-    assert_eq!(bpe.status.code(), Some(1));
-    assert!(text(&bpe.stderr).contains("give `bytes` or a tokenizer.json"), "{}", text(&bpe.stderr));
     let ids = blkc(&d, &["tokenize", "toks", "--tokenizer", "bytes", "--out", "other"]);
     assert!(text(&ids.stderr).contains("tokenised"), "{}", text(&ids.stderr));
     assert!(!d.join("other").exists());
@@ -84,5 +81,55 @@ fn json_lines_and_a_bpe_tokenise_as_they_train() {
     let (a, b) = (losses(&d.join("text")), losses(&d.join("ids")));
     assert_eq!(a.len(), 3);
     assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `--tokenizer bpe`: the BPE that `tokenize` trains on a training split no
+/// larger than `--sample-bytes` is, byte for byte, the one `blkc train`
+/// trains on that text, and its token files train as the text does.
+#[test]
+fn tokenize_trains_the_bpe_train_trains() {
+    let d = scratch("tokenize-bpe");
+    let src = repo().join("compiler/src/syntax");
+    tiny(&d, "sas_p", "causal", 300, "tokenizer = bpe\nsteps = 3\neval_every = 3");
+    trained(&d, "text", arg(&src), &[]);
+    let o = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bpe", "--vocab", "300", "--out", "toks"]);
+    ok(&o);
+    assert!(text(&o.stdout).contains("tokenizer.json: a byte-level BPE of 300 tokens"), "{}", text(&o.stdout));
+    let read = |p: &str| std::fs::read(d.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert!(read("toks/tokenizer.json") == read("text/tokenizer.json"), "the same BPE as train's");
+    // The BPE beside the ids is named where a run asks to train one.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "no", "--data", "toks", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("toks/tokenizer.json\"`, beside them"), "{}", text(&o.stderr));
+    tiny(&d, "sas_p", "causal", 300, "tokenizer = \"toks/tokenizer.json\"\nsteps = 3\neval_every = 3");
+    trained(&d, "ids", "toks", &[]);
+    let (a, b) = (losses(&d.join("text")), losses(&d.join("ids")));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
+    // A sample: trained on part of the split, so another BPE.
+    let o = blkc(
+        &d,
+        &["tokenize", arg(&src), "--tokenizer", "bpe", "--vocab", "300", "--out", "few", "--sample-bytes", "30K"],
+    );
+    ok(&o);
+    assert!(text(&o.stderr).contains("an evenly spread sample of 0.0 MB"), "{}", text(&o.stderr));
+    assert!(read("few/tokenizer.json") != read("toks/tokenizer.json"));
+    // Refused before anything is read or written.
+    for (args, why) in [
+        (&["--tokenizer", "bpe", "--out", "no"][..], "needs --vocab"),
+        (&["--tokenizer", "bpe", "--vocab", "100", "--out", "no"], "at least 258 tokens"),
+        (&["--tokenizer", "bytes", "--vocab", "300", "--out", "no"], "--vocab is for a tokenizer to train"),
+        (&["--tokenizer", "bpe", "--vocab", "300", "--out", "no", "--sample-bytes", "2X"], "K, M, G or T"),
+    ] {
+        let o = blkc(&d, &[&["tokenize", arg(&src)][..], args].concat());
+        assert_eq!(o.status.code(), Some(if why.contains("K, M") { 2 } else { 1 }), "{args:?}");
+        assert!(text(&o.stderr).contains(why), "{args:?}: {}", text(&o.stderr));
+        assert!(!d.join("no").exists());
+    }
+    std::fs::remove_file(d.join("toks/train.bin")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(d.join("toks/val.bin")).unwrap_or_else(|e| panic!("{e}"));
+    let again = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bpe", "--vocab", "300", "--out", "toks"]);
+    assert!(text(&again.stderr).contains("tokenizer.json` exists"), "{}", text(&again.stderr));
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -13,16 +13,27 @@ use std::time::Instant;
 use super::{OK, REJECTED};
 use crate::durable;
 use crate::train::data;
-use crate::train::tokenizer::{Kind, Tokenizer};
+use crate::train::tokenizer::{self, Kind, Tokenizer};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The text: a directory, a file, a glob or `python-stdlib`, as
     /// `data` in a train section.
     pub data: String,
-    /// `bytes`, or a tokenizer.json (a run's own: `runs/NAME/tokenizer.json`).
+    /// `bytes`, a tokenizer.json (a run's own: `runs/NAME/tokenizer.json`),
+    /// or `bpe`: a byte-level BPE of `--vocab` tokens trained on the
+    /// training split, written to `DIR/tokenizer.json`.
     #[arg(long)]
     pub tokenizer: String,
+    /// Tokens of the BPE to train (with `--tokenizer bpe`), as the model's
+    /// `vocab`.
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Bytes of text the BPE is trained on: an evenly spread sample of the
+    /// training split (`500M`, `2G`; `0` for all of it). A split no larger
+    /// is used whole, and the BPE is then the one `blkc train` trains.
+    #[arg(long, default_value = "1G", value_parser = bytes_setting)]
+    pub sample_bytes: u64,
     /// The directory to write `train.*` and `val.*` to (made if missing;
     /// token files already there are never overwritten).
     #[arg(long)]
@@ -51,20 +62,28 @@ fn tokenize(args: &Args) -> Result<(), String> {
     if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
         return Err(format!("--val-fraction must be above 0 and below 1, not {}", args.val_fraction));
     }
-    let tok = match Kind::parse(&args.tokenizer) {
-        Some(Kind::Bytes) => Tokenizer::Bytes,
-        Some(_) => {
-            return Err(format!(
-                "--tokenizer {} trains a tokenizer on the corpus, which `tokenize` does not: give `bytes` or a \
-                 tokenizer.json (a run's own, `runs/NAME/tokenizer.json`, after `blkc train` trained one)",
-                args.tokenizer
-            ))
-        }
-        None => Tokenizer::load(Path::new(&args.tokenizer))?,
+    let kind = Kind::parse(&args.tokenizer);
+    let trains = kind.is_some_and(|k| k != Kind::Bytes);
+    match (trains, args.vocab) {
+        (true, None) => return Err(format!("--tokenizer {} needs --vocab (the model's `vocab`)", args.tokenizer)),
+        (false, Some(_)) => return Err("--vocab is for a tokenizer to train (`--tokenizer bpe`)".into()),
+        (true, Some(v)) => tokenizer::bpe_vocab(v)?,
+        _ => {}
+    }
+    let loaded = match kind {
+        Some(Kind::Bytes) => Some(Tokenizer::Bytes),
+        Some(_) => None,
+        None => Some(Tokenizer::load(Path::new(&args.tokenizer))?),
     };
-    let taken = ["train.bin", "train.npy", "val.bin", "val.npy"].iter().map(|f| args.out.join(f)).find(|p| p.exists());
-    if let Some(p) = taken {
-        return Err(format!("`{}` exists; choose another --out (token files are never overwritten)", p.display()));
+    let mut outputs = vec!["train.bin", "train.npy", "val.bin", "val.npy"];
+    if trains {
+        outputs.push("tokenizer.json");
+    }
+    if let Some(p) = outputs.iter().map(|f| args.out.join(f)).find(|p| p.exists()) {
+        return Err(format!(
+            "`{}` exists; choose another --out (what `tokenize` writes is never overwritten)",
+            p.display()
+        ));
     }
     let plan = data::plan(&args.data, args.val_fraction, &args.data_field)?;
     errln!(
@@ -75,6 +94,16 @@ fn tokenize(args: &Args) -> Result<(), String> {
         plan.skipped.describe()
     );
     std::fs::create_dir_all(&args.out).map_err(|e| durable::describe("create", &args.out, &e))?;
+    let (tok, named) = match loaded {
+        Some(t) => (t, args.tokenizer.clone()),
+        None => {
+            let path = args.out.join("tokenizer.json");
+            let t = train_bpe(&plan, args.vocab.unwrap_or(0), args.sample_bytes)?;
+            t.save(&path)?;
+            outln!("{}: a byte-level BPE of {} tokens", path.display(), t.vocab_size());
+            (t, path.display().to_string())
+        }
+    };
     let wide = tok.vocab_size() > 1 << 16;
     for (valid, stem) in [(false, "train"), (true, "val")] {
         let mut ids = Ids::create(&args.out, stem, wide)?;
@@ -92,9 +121,70 @@ fn tokenize(args: &Args) -> Result<(), String> {
         "tokenised in {:.1} s; train on it with `data = \"{}\"` and `tokenizer = \"{}\"`",
         start.elapsed().as_secs_f64(),
         args.out.display(),
-        args.tokenizer
+        named
     );
     Ok(())
+}
+
+/// A byte-level BPE of `vocab` tokens trained on an evenly spread sample of
+/// `budget` bytes of the plan's training split (all of it for 0).
+fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, String> {
+    let start = Instant::now();
+    let total = plan.bytes(false);
+    let budget = if budget == 0 { total } else { budget.min(total) };
+    let sample = plan.sample(budget);
+    let which = if budget < total { "an evenly spread sample of " } else { "" };
+    errln!(
+        "tokenizer: training a byte-level BPE of {vocab} tokens on {which}{:.1} MB of the {:.1} MB training split…",
+        budget as f64 / 1e6,
+        total as f64 / 1e6
+    );
+    let t = tokenizer::train_bpe_streamed(vocab, |give| {
+        // The sample exceeds its budget by at most a document: cut there.
+        let mut left = budget as usize;
+        sample.texts(false, |text| {
+            let take = &text[..floor_char_boundary(text, left.min(text.len()))];
+            left -= take.len();
+            if take.is_empty() || give(take) {
+                Ok(())
+            } else {
+                Err("stopped".into())
+            }
+        })
+    })?;
+    errln!("tokenizer: trained in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(t)
+}
+
+/// The largest character boundary of `s` at or below `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A number of bytes: digits with an optional `K`, `M`, `G` or `T`
+/// (powers of 1,000, as the sizes printed), e.g. `500M` or `1.5G`.
+fn bytes_setting(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale = match c.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                'T' => 1e12,
+                _ => return Err(format!("`{s}`: the unit is K, M, G or T")),
+            };
+            (&t[..i], scale)
+        }
+        _ => (t, 1.0),
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && n * scale < 1.8e19 => Ok((n * scale) as u64),
+        _ => Err(format!("`{s}` is not a number of bytes (e.g. 500M, 2G, or 0 for all)")),
+    }
 }
 
 /// Bytes of text encoded at once (the tokenizer works on a group in
@@ -218,6 +308,17 @@ fn npy_header(count: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_with_their_units() {
+        assert_eq!(bytes_setting("0"), Ok(0));
+        assert_eq!(bytes_setting("1G"), Ok(1_000_000_000));
+        assert_eq!(bytes_setting("1.5m"), Ok(1_500_000));
+        assert_eq!(bytes_setting("4096"), Ok(4096));
+        for bad in ["", "G", "-1M", "2X", "nanG", "1e30"] {
+            assert!(bytes_setting(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_npy_header_has_one_length_for_every_count() {

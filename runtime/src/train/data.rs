@@ -142,7 +142,7 @@ impl Default for Fnv {
 /// exist). At least one file goes to each side when there are two or more.
 pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
     let (root, files) = find(source)?;
-    if tokenised(&files) {
+    if let Some(files) = tokenised(&files) {
         let empty = Vec::new;
         return Ok(Corpus {
             source: source.to_string(),
@@ -200,10 +200,14 @@ fn documents(
     skipped
 }
 
-/// Whether `files` are all token files: a pre-tokenised corpus (a `.bin`
-/// among text files is read, and skipped, as any other file).
-fn tokenised(files: &[PathBuf]) -> bool {
-    files.iter().all(|f| super::token_files::is_token_file(f))
+/// The token files of a pre-tokenised corpus: `files` where all are token
+/// files, but for the tokenizer that made them (a `tokenizer.json`, as
+/// `blkc tokenize --tokenizer bpe` writes beside them). A `.bin` among text
+/// files is read, and skipped, as any other file.
+fn tokenised(files: &[PathBuf]) -> Option<Vec<PathBuf>> {
+    let (ids, rest): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|f| super::token_files::is_token_file(f));
+    let beside = |f: &&PathBuf| f.file_name().is_some_and(|n| n == "tokenizer.json");
+    (!ids.is_empty() && rest.iter().all(beside)).then(|| ids.into_iter().cloned().collect())
 }
 
 fn no_text(source: &str, skipped: &Skipped, field: &str) -> String {
@@ -248,6 +252,8 @@ pub struct Place {
     file: usize,
     /// Its line, where the file is JSON lines (1-based).
     line: Option<usize>,
+    /// Bytes of its text.
+    pub bytes: usize,
 }
 
 /// A text corpus named and split as [`load`] splits it, without holding
@@ -269,11 +275,13 @@ pub struct Plan {
 /// the names.
 pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String> {
     let (root, files) = find(source)?;
-    if tokenised(&files) {
+    if tokenised(&files).is_some() {
         return Err(format!("`{source}` holds token files already: it is tokenised"));
     }
     let mut places = Vec::new();
-    let skipped = documents(&root, &files, field, |name, file, line, _| places.push(Place { name, file, line }));
+    let skipped = documents(&root, &files, field, |name, file, line, text| {
+        places.push(Place { name, file, line, bytes: text.len() })
+    });
     if places.is_empty() {
         return Err(no_text(source, &skipped, field));
     }
@@ -294,6 +302,41 @@ impl Plan {
             self.valid.len()
         } else {
             self.train.len()
+        }
+    }
+
+    /// Bytes of text in the split (the whole document, where there is one).
+    pub fn bytes(&self, valid: bool) -> u64 {
+        match &self.single {
+            Some(p) => p.bytes as u64,
+            None => (if valid { &self.valid } else { &self.train }).iter().map(|p| p.bytes as u64).sum(),
+        }
+    }
+
+    /// This plan with its training documents thinned to about `budget`
+    /// bytes spread evenly over the split (in name order, each document
+    /// kept while the bytes kept stay under the pro-rata share of the bytes
+    /// seen), and no validation documents; the whole split where it is no
+    /// larger. Over the budget by at most one document (and a single
+    /// document is not thinned): a reader that needs a bound cuts.
+    pub fn sample(&self, budget: u64) -> Plan {
+        let total = self.bytes(false);
+        let mut train = Vec::new();
+        let (mut seen, mut kept) = (0u64, 0u64);
+        for p in &self.train {
+            seen += p.bytes as u64;
+            if total <= budget || (kept as u128) * (total as u128) < (budget as u128) * (seen as u128) {
+                kept += p.bytes as u64;
+                train.push(p.clone());
+            }
+        }
+        Plan {
+            files: self.files.clone(),
+            train,
+            valid: Vec::new(),
+            single: self.single.clone(),
+            skipped: self.skipped,
+            field: self.field.clone(),
         }
     }
 
@@ -368,7 +411,7 @@ fn line_spans(text: &str) -> Vec<(usize, usize)> {
 pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
-    if tokenised(&files) {
+    if let Some(files) = tokenised(&files) {
         // At most one id per byte (8-bit ids).
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
@@ -620,6 +663,53 @@ mod tests {
         }
         assert!(read.is_err_and(|e| e.contains("r.jsonl` changed")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn token_files_may_have_their_tokenizer_beside_them() {
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let ids = paths(&["d/train.bin", "d/val.npy"]);
+        assert_eq!(tokenised(&ids), Some(ids.clone()));
+        assert_eq!(tokenised(&paths(&["d/train.bin", "d/val.npy", "d/tokenizer.json"])), Some(ids));
+        assert_eq!(tokenised(&paths(&["d/train.bin", "d/notes.json"])), None);
+        assert_eq!(tokenised(&paths(&["d/tokenizer.json"])), None);
+    }
+
+    #[test]
+    fn a_sample_is_spread_evenly_and_near_its_budget() {
+        // 1,000 documents of 1 to 997 bytes, in an irregular pattern.
+        let train: Vec<Place> = (0..1000)
+            .map(|i| Place { name: format!("{i:04}"), file: 0, line: None, bytes: 1 + (i * 7919) % 997 })
+            .collect();
+        let plan = Plan {
+            files: vec![PathBuf::from("f")],
+            valid: train[..3].to_vec(),
+            train,
+            single: None,
+            skipped: Skipped::default(),
+            field: "text".into(),
+        };
+        let total = plan.bytes(false);
+        let largest = plan.train.iter().map(|p| p.bytes as u64).max().unwrap_or(0);
+        for budget in [1, 5_000, total / 3, total - 1] {
+            let s = plan.sample(budget);
+            let kept = s.bytes(false);
+            assert!(kept >= budget && kept < budget + largest, "{kept} kept for {budget} of {total}");
+            assert!(s.valid.is_empty());
+            // Every tenth of the split gives its share of the sample.
+            if budget >= total / 3 {
+                let tenth = |places: &[Place], t: usize| -> u64 {
+                    places.iter().filter(|p| p.name[1..2] == t.to_string()).map(|p| p.bytes as u64).sum()
+                };
+                for t in 0..10 {
+                    let (part, whole) = (tenth(&s.train, t), tenth(&plan.train, t));
+                    let share = whole * budget / total;
+                    assert!(part.abs_diff(share) < 2 * largest, "tenth {t}: {part} kept, {share} its share");
+                }
+            }
+        }
+        let all = plan.sample(total);
+        assert_eq!(all.train.len(), 1000);
     }
 
     #[test]

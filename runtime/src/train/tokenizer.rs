@@ -291,14 +291,17 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
         return Ok((Tokenizer::Bytes, Origin::Builtin));
     }
     if !corpus.token_files.is_empty() {
+        // `blkc tokenize --tokenizer bpe` writes its BPE beside the ids.
+        let source = Path::new(&corpus.source);
+        let beside = if source.is_dir() { Some(source) } else { source.parent() }.map(|d| d.join("tokenizer.json"));
+        let name = match beside.filter(|p| p.is_file()) {
+            Some(p) => format!("`tokenizer = \"{}\"`, beside them", p.display()),
+            None => "`tokenizer = \"path/tokenizer.json\"`, or `tokenizer = bytes`".to_string(),
+        };
         return Err(format!(
-            "`{}` is pre-tokenised: name the tokenizer that made it (`tokenizer = \"path/tokenizer.json\"`, or \
-             `tokenizer = bytes`); a BPE cannot be trained on token ids",
+            "`{}` is pre-tokenised: name the tokenizer that made it ({name}); a BPE cannot be trained on token ids",
             corpus.source
         ));
-    }
-    if vocab < 256 + 2 {
-        return Err(format!("a byte-level BPE needs a vocabulary of at least 258 tokens, not {vocab}"));
     }
     let mut key = Fnv::new();
     key.write(&corpus.fingerprint().to_le_bytes());
@@ -334,12 +337,43 @@ pub fn train_bpe<'a>(vocab: usize, texts: impl Iterator<Item = &'a str> + Send) 
     train_bpe_with(vocab, texts, false)
 }
 
+/// Whether a byte-level BPE can have `vocab` tokens: the 256 bytes and the
+/// two special tokens at least.
+pub fn bpe_vocab(vocab: usize) -> Result<(), String> {
+    if vocab < 256 + 2 {
+        return Err(format!("a byte-level BPE needs a vocabulary of at least 258 tokens, not {vocab}"));
+    }
+    Ok(())
+}
+
+/// [`train_bpe`] on texts that `produce` hands over one at a time (its
+/// callback says false once training has failed and no more are wanted),
+/// cut into pieces and passed on as they come, so that no more than a few
+/// pieces are held at once: the memory is the word counts'. `produce` runs
+/// on a thread of its own; its error, if any, is returned.
+pub fn train_bpe_streamed<F>(vocab: usize, produce: F) -> Result<Tokenizer, String>
+where
+    F: FnOnce(&mut dyn FnMut(&str) -> bool) -> Result<(), String> + Send,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(16);
+    std::thread::scope(|scope| {
+        let producer = scope
+            .spawn(move || produce(&mut |text: &str| chunks(text).all(|piece| tx.send(piece.to_string()).is_ok())));
+        let trained = train_bpe_with(vocab, rx.into_iter(), false);
+        let produced =
+            producer.join().unwrap_or_else(|_| Err("the texts could not be read (a thread panicked)".into()));
+        // Training's own error first: the producer stops when it fails.
+        trained.and_then(|t| produced.map(|()| t))
+    })
+}
+
 /// [`train_bpe`], with the library's progress bars when `progress`.
-pub fn train_bpe_with<'a>(
+pub fn train_bpe_with<S: AsRef<str> + Send>(
     vocab: usize,
-    texts: impl Iterator<Item = &'a str> + Send,
+    texts: impl Iterator<Item = S> + Send,
     progress: bool,
 ) -> Result<Tokenizer, String> {
+    bpe_vocab(vocab)?;
     let mut t = HfTokenizer::new(BPE::default());
     t.with_pre_tokenizer(Some(Sequence::new(vec![
         PreTokenizerWrapper::ByteLevel(ByteLevel::default().add_prefix_space(false)),
