@@ -415,7 +415,7 @@ fn data_and_tokens_that_would_hang_or_lie_are_refused() {
     if let Some(kib) = blkc_runtime::train::memory::available().map(|b| (b >> 10) as u64) {
         let big = d.join("big");
         std::fs::create_dir_all(&big).unwrap_or_else(|e| panic!("{e}"));
-        for i in 0..=kib / (64 << 10) / 9 {
+        for i in 0..=kib / (64 << 10) / 5 {
             let f = std::fs::File::create(big.join(format!("part{i}.txt"))).unwrap_or_else(|e| panic!("{e}"));
             f.set_len(64 << 20).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -401,13 +401,14 @@ fn line_spans(text: &str) -> Vec<(usize, usize)> {
 
 /// Bytes of memory that reading `source` will take, estimated from its
 /// files' sizes before any is read, on the high side. A text corpus is
-/// held whole: as text and as token ids (4 bytes each, one per byte with
-/// the `bytes` tokenizer), and again as the encoded bytes that go to the
-/// token cache. Token files stay on disk (`token_files`): what is held is
-/// the order of the windows, 4 bytes per window of `context` ids. Measured
-/// peaks (the process, a tiny model): 9.2× the text with `bytes`, 3.8× with
-/// a BPE trained on it (bench/NOTES.md). Also says whether the corpus is
-/// text (not token files).
+/// held whole while it is encoded: as text and as token ids (4 bytes each,
+/// one per byte with the `bytes` tokenizer, fewer with a BPE, whose
+/// encoder also holds a few hundred MB while it works). Token files stay on
+/// disk (`token_files`): what is held is the order of the windows, 4 bytes
+/// per window of `context` ids. Measured peaks of the process (a tiny
+/// model, 58 MB of text; bench/NOTES.md): 5.6× the text with `bytes`; with
+/// a BPE trained on it, 4.9× for 4,096 tokens and 8.6× (0.50 GB) for 300.
+/// Also says whether the corpus is text (not token files).
 pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
@@ -416,7 +417,8 @@ pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
     let text: u128 = files.iter().map(|f| size(f).min(u128::from(MAX_FILE_BYTES))).sum();
-    Ok((text * if bytes_tokenizer { 9 } else { 5 }, true))
+    // A BPE's encoder holds some 200 bytes per byte of a batch of text.
+    Ok((if bytes_tokenizer { 6 * text } else { 5 * text + (200 * text).min(512 << 20) }, true))
 }
 
 fn is_json_lines(path: &Path) -> bool {

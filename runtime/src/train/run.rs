@@ -85,6 +85,8 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
         None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
     };
     let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted, t0)?;
+    // The text is encoded: only its ids train.
+    drop(corpus);
     let block = job.program.blocks[ir.block].name.clone();
     let params = start.model.trainable_params() as u64;
     if job.resume.is_none() && s.devices == 1 {

@@ -3,6 +3,7 @@
 //! entry is encoded again instead of feeding the model garbage. Every id
 //! is checked against the vocabulary before a model sees it.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use super::batch::Stream;
@@ -51,7 +52,7 @@ pub fn streams(
             if let Some(dir) = path.parent() {
                 // A cache that cannot be written only costs time next run.
                 if std::fs::create_dir_all(dir).is_ok() {
-                    let _ = durable::write_atomic(&path, &encode(&t.0, &t.1));
+                    let _ = write(&path, &t.0, &t.1);
                 }
             }
             t
@@ -66,17 +67,39 @@ pub fn streams(
 
 /// Documents encoded and joined by end-of-text.
 fn join(tok: &Tokenizer, docs: &[data::Doc]) -> Result<Vec<u32>, String> {
+    let eot = tok.end_of_text();
+    if tok.kind() == tokenizer::Kind::Bytes {
+        // An id per byte and one per document, written in place.
+        let mut out = Vec::with_capacity(docs.iter().map(|d| d.text.len() + 1).sum());
+        for d in docs {
+            out.extend(d.text.bytes().map(u32::from));
+            out.push(eot);
+        }
+        return Ok(out);
+    }
     let mut out = Vec::new();
-    // Documents by groups, so that the encodings in memory stay bounded.
-    for group in docs.chunks(1024) {
-        let texts: Vec<&str> = group.iter().map(|d| d.text.as_str()).collect();
+    // Documents by groups of bounded text, so that the encodings in memory
+    // stay bounded.
+    let mut start = 0;
+    while start < docs.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < docs.len() && end - start < 1024 && (end == start || bytes + docs[end].text.len() <= GROUP_BYTES) {
+            bytes += docs[end].text.len();
+            end += 1;
+        }
+        let texts: Vec<&str> = docs[start..end].iter().map(|d| d.text.as_str()).collect();
         for ids in tok.encode_all(&texts)? {
             out.extend(ids);
-            out.push(tok.end_of_text());
+            out.push(eot);
         }
+        start = end;
     }
     Ok(out)
 }
+
+/// Bytes of text encoded in one group (beyond one document).
+const GROUP_BYTES: usize = 16 << 20;
 
 /// Refuses an id the model has no embedding for.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), String> {
@@ -91,45 +114,97 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), String> {
     }
 }
 
-/// A cache entry: magic, two lengths, the CRC-32 of the ids, the ids
-/// (little-endian u32).
-fn encode(train: &[u32], valid: &[u32]) -> Vec<u8> {
-    let mut ids = Vec::with_capacity(4 * (train.len() + valid.len()));
-    for t in train.iter().chain(valid) {
-        ids.extend_from_slice(&t.to_le_bytes());
+/// Bytes of a cache entry's header: magic, two lengths, the CRC-32 of the
+/// ids; then the ids (little-endian u32).
+const HEADER: usize = 28;
+
+/// Ids converted to or from bytes at once, as a cache entry is written or
+/// read (so that no copy of the whole streams is made).
+const BLOCK: usize = 1 << 18;
+
+/// Writes a cache entry for the streams `train` and `valid`, atomically.
+fn write(path: &Path, train: &[u32], valid: &[u32]) -> Result<(), String> {
+    let mut sum = crc32fast::Hasher::new();
+    blocks(train, valid, |b| sum.update(b));
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&(train.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(valid.len() as u64).to_le_bytes());
+    header.extend_from_slice(&sum.finalize().to_le_bytes());
+    let tmp = durable::temporary(path);
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut out = std::io::BufWriter::with_capacity(4 * BLOCK, f);
+        out.write_all(&header)?;
+        let mut result = Ok(());
+        blocks(train, valid, |b| {
+            if result.is_ok() {
+                result = out.write_all(b);
+            }
+        });
+        result?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(durable::describe("write", path, &e));
     }
-    let mut bytes = Vec::with_capacity(28 + ids.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&(train.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&(valid.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&durable::checksum(&ids).to_le_bytes());
-    bytes.extend_from_slice(&ids);
-    bytes
+    durable::persist(&tmp, path)
+}
+
+/// Gives `each` the ids of `train` then `valid` as little-endian bytes, a
+/// block at a time.
+fn blocks(train: &[u32], valid: &[u32], mut each: impl FnMut(&[u8])) {
+    let mut bytes = Vec::with_capacity(4 * BLOCK);
+    for block in train.chunks(BLOCK).chain(valid.chunks(BLOCK)) {
+        bytes.clear();
+        bytes.extend(block.iter().flat_map(|t| t.to_le_bytes()));
+        each(&bytes);
+    }
 }
 
 /// A cache entry's streams; `None` when missing, of another format,
-/// truncated or damaged (then it is encoded again).
+/// truncated or damaged (then it is encoded again). Read a block at a time
+/// into the streams.
 fn read(path: &Path) -> Option<(Vec<u32>, Vec<u32>)> {
-    let bytes = std::fs::read(path).ok()?;
-    decode(&bytes)
+    let mut file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut header = [0u8; HEADER];
+    file.read_exact(&mut header).ok()?;
+    let (n, m, want) = parse_header(&header)?;
+    if size != (HEADER as u64).checked_add(4 * (n as u64).checked_add(m as u64)?)? {
+        return None;
+    }
+    let (mut train, mut valid) = (Vec::with_capacity(n), Vec::with_capacity(m));
+    let mut sum = crc32fast::Hasher::new();
+    let mut bytes = vec![0u8; 4 * BLOCK];
+    let mut left = n + m;
+    while left > 0 {
+        let take = left.min(BLOCK);
+        let b = &mut bytes[..4 * take];
+        file.read_exact(b).ok()?;
+        sum.update(b);
+        for c in b.chunks_exact(4) {
+            let id = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            if train.len() < n {
+                train.push(id);
+            } else {
+                valid.push(id);
+            }
+        }
+        left -= take;
+    }
+    (sum.finalize() == want).then_some((train, valid))
 }
 
-fn decode(bytes: &[u8]) -> Option<(Vec<u32>, Vec<u32>)> {
-    if bytes.get(..8)? != MAGIC {
+/// The two lengths and the checksum of a cache entry's header; `None`
+/// when it is not one of this format.
+fn parse_header(h: &[u8; HEADER]) -> Option<(usize, usize, u32)> {
+    if &h[..8] != MAGIC {
         return None;
     }
-    let n = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?) as usize;
-    let m = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?) as usize;
-    let sum = u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?);
-    let ids = bytes.get(28..)?;
-    if ids.len() != 4 * n.checked_add(m)? || durable::checksum(ids) != sum {
-        return None;
-    }
-    let all: Vec<u32> = ids.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let valid = all[n..].to_vec();
-    let mut train = all;
-    train.truncate(n);
-    Some((train, valid))
+    let n = usize::try_from(u64::from_le_bytes(h[8..16].try_into().ok()?)).ok()?;
+    let m = usize::try_from(u64::from_le_bytes(h[16..24].try_into().ok()?)).ok()?;
+    Some((n, m, u32::from_le_bytes(h[24..28].try_into().ok()?)))
 }
 
 /// A tokenizer's identity for the token cache.
@@ -145,15 +220,25 @@ mod tests {
 
     #[test]
     fn cache_entries_round_trip_and_damage_is_noticed() {
-        let (train, valid) = (vec![1, 2, 3, 70_000], vec![5, 6]);
-        let bytes = encode(&train, &valid);
-        assert_eq!(decode(&bytes), Some((train, valid)));
-        for at in [0, 9, 25, 30, bytes.len() - 1] {
+        let dir = std::env::temp_dir().join(format!("blkc-token-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("entry.bin");
+        // More than a block, so that blocks join up and straddle the split.
+        let train: Vec<u32> = (0..BLOCK as u32 + 7).map(|i| i.wrapping_mul(2_654_435_761) % 70_000).collect();
+        let valid = vec![5, 6, 69_999];
+        write(&path, &train, &valid).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read(&path), Some((train.clone(), valid.clone())));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bytes.len(), HEADER + 4 * (train.len() + valid.len()));
+        for at in [0, 9, 17, 25, 30, 4 * BLOCK + 40, bytes.len() - 1] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
-            assert_eq!(decode(&bad), None, "a flipped bit at byte {at} went unnoticed");
+            std::fs::write(&path, &bad).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(read(&path), None, "a flipped bit at byte {at} went unnoticed");
         }
-        assert_eq!(decode(&bytes[..bytes.len() - 4]), None, "truncated");
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read(&path), None, "truncated");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
