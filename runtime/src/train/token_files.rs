@@ -15,7 +15,11 @@
 //! ([`OnDisk`]), and a batch reads its windows from them, so a corpus of
 //! any size trains in the memory of its batches (the page cache keeps what
 //! is read often). Every id is checked against the vocabulary once, when
-//! the run starts, in one pass over the files a block at a time.
+//! the run starts, in one pass over the files a block at a time; a file's
+//! smallest, largest and last id are then kept in the cache, keyed by the
+//! file's path, size and times, so that the next start (a resume, another
+//! model) skips the pass. Each window is checked again as it is read, so a
+//! file changed behind the key's back gives an error, never a wrong id.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -230,8 +234,9 @@ pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32, vocab: 
     let by_name = files.iter().any(named_valid);
     let split = || OnDisk { end, vocab: vocab as u64, ..OnDisk::default() };
     let mut t = Tokens { train: split(), valid: split(), files: (0, 0) };
+    let cache = super::tokenizer::cache_dir();
     for f in files {
-        let part = open(f, end, vocab)?;
+        let part = open(f, end, vocab, Some(&cache))?;
         let valid = if by_name { named_valid(f) } else { super::data::in_validation(&name(f), val_fraction) };
         if valid {
             t.valid.push(part);
@@ -253,9 +258,9 @@ pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32, vocab: 
     Ok(t)
 }
 
-/// One token file, its every id checked: whole, followed by `end` unless
-/// it ends with it.
-fn open(path: &Path, end: u32, vocab: usize) -> Result<Part, String> {
+/// One token file, its every id checked (or found checked in the cache
+/// `cache`): whole, followed by `end` unless it ends with it.
+fn open(path: &Path, end: u32, vocab: usize, cache: Option<&Path>) -> Result<Part, String> {
     let io = |e: std::io::Error| crate::durable::describe("read", path, &e);
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
@@ -275,17 +280,96 @@ fn open(path: &Path, end: u32, vocab: usize) -> Result<Part, String> {
         npy_layout(&file, meta.len()).map_err(|e| bad(&e))?
     };
     let count = (meta.len() - data) / kind.width as u64;
-    // Every id, a block at a time; and the last, for the end of text.
+    let key = cache.zip(check_key(path, &meta));
+    let known = key.and_then(|(cache, k)| Checked::read(cache, k));
+    let checked = match known {
+        Some(c) if c.low >= 0 && c.high < vocab as i128 => c,
+        _ => {
+            let c = check(path, &file, data, kind, count, vocab)?;
+            if let Some((cache, k)) = key {
+                // A check that cannot be kept only costs time next start.
+                let _ = c.write(cache, k);
+            }
+            c
+        }
+    };
+    let end = checked.last != i128::from(end);
+    Ok(Part { file: Arc::new(file), path: path.into(), data, kind, first: 0, count, end })
+}
+
+/// What the check of every id of a token file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checked {
+    low: i128,
+    high: i128,
+    last: i128,
+}
+
+/// The key of a token file's check in the cache: its canonical path, its
+/// size and its modification time, and on Unix its inode and status-change
+/// time (which no tool can set back); `None` where they cannot be read.
+fn check_key(path: &Path, meta: &std::fs::Metadata) -> Option<u64> {
+    let mut h = super::data::Fnv::new();
+    h.write(std::fs::canonicalize(path).ok()?.to_string_lossy().as_bytes());
+    h.write(&meta.len().to_le_bytes());
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    h.write(&modified.as_nanos().to_le_bytes());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        for v in [meta.ino() as i64, meta.dev() as i64, meta.ctime(), meta.ctime_nsec()] {
+            h.write(&v.to_le_bytes());
+        }
+    }
+    Some(h.finish())
+}
+
+/// Header of a kept check (its format's version in the last byte).
+const CHECKED: &str = "blkcchk1";
+
+impl Checked {
+    /// Where the check of key `key` is kept under the cache `cache`.
+    fn path(cache: &Path, key: u64) -> PathBuf {
+        cache.join("token-checks").join(format!("{key:016x}"))
+    }
+
+    fn read(cache: &Path, key: u64) -> Option<Checked> {
+        let text = std::fs::read_to_string(Self::path(cache, key)).ok()?;
+        let mut words = text.split_whitespace();
+        if words.next() != Some(CHECKED) {
+            return None;
+        }
+        let mut num = || words.next()?.parse::<i128>().ok();
+        Some(Checked { low: num()?, high: num()?, last: num()? })
+    }
+
+    fn write(self, cache: &Path, key: u64) -> Result<(), String> {
+        let path = Self::path(cache, key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| crate::durable::describe("create", dir, &e))?;
+        }
+        let text = format!("{CHECKED} {} {} {}\n", self.low, self.high, self.last);
+        crate::durable::write_atomic(&path, text.as_bytes())
+    }
+}
+
+/// Reads every id of a token file, a block at a time, refusing one that is
+/// not a token id or not below `vocab`.
+fn check(path: &Path, file: &File, data: u64, kind: Kind, count: u64, vocab: usize) -> Result<Checked, String> {
+    let io = |e: std::io::Error| crate::durable::describe("read", path, &e);
+    let bad = |why: &str| format!("`{}` is not a token file: {why}", path.display());
+    let mut found = Checked { low: i128::MAX, high: i128::MIN, last: -1 };
     let mut last = None;
     let mut block = vec![0u8; BLOCK];
     let mut at = 0u64;
     while at < count {
         let n = (count - at).min((BLOCK / kind.width) as u64) as usize;
         let bytes = &mut block[..n * kind.width];
-        read_at(&file, bytes, data + at * kind.width as u64).map_err(io)?;
+        read_at(file, bytes, data + at * kind.width as u64).map_err(io)?;
         // The block's range first (a loop the compiler vectorises), each id
         // only where it holds a bad one (for the message).
         let (low, high) = kind.range(bytes);
+        (found.low, found.high) = (found.low.min(low), found.high.max(high));
         if low < 0 || high >= vocab as i128 {
             for (i, b) in bytes.chunks_exact(kind.width).enumerate() {
                 let id = kind.id(b);
@@ -303,10 +387,11 @@ fn open(path: &Path, end: u32, vocab: usize) -> Result<Part, String> {
                 }
             }
         }
-        last = bytes.rchunks_exact(kind.width).next().map(|b| kind.id(b) as u32);
+        last = bytes.rchunks_exact(kind.width).next().map(|b| kind.id(b));
         at += n as u64;
     }
-    Ok(Part { file: Arc::new(file), path: path.into(), data, kind, first: 0, count, end: last != Some(end) })
+    found.last = last.unwrap_or(-1);
+    Ok(found)
 }
 
 /// Where a `.npy` file's ids start and how they are stored (format
@@ -395,8 +480,50 @@ mod tests {
     /// The ids of one file alone, as a split.
     fn ids_of(path: &Path, vocab: usize) -> Result<Vec<u32>, String> {
         let mut d = OnDisk { end: u32::MAX, vocab: vocab as u64, ..OnDisk::default() };
-        d.push(Part { end: false, ..open(path, u32::MAX, vocab)? });
+        d.push(Part { end: false, ..open(path, u32::MAX, vocab, None)? });
         Ok(all(&d))
+    }
+
+    #[test]
+    fn a_check_is_kept_until_its_file_changes() {
+        let d = scratch("checks");
+        let (f, cache) = (d.join("train.bin"), d.join("cache"));
+        let bin = |ids: &[u16]| ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(&f, bin(&[1, 7, 3])).unwrap_or_else(|e| panic!("{e}"));
+        let meta = || std::fs::metadata(&f).unwrap_or_else(|e| panic!("{e}"));
+        let key = check_key(&f, &meta()).unwrap_or_else(|| panic!("no key"));
+        assert_eq!(check_key(&f, &meta()), Some(key), "the same file, the same key");
+        let first = open(&f, 0, 8, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checked::read(&cache, key), Some(Checked { low: 1, high: 7, last: 3 }));
+        // Kept: a vocabulary the ids fit is not read again; one they do not
+        // fit is, for its message.
+        let again = open(&f, 3, 8, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(first.end && !again.end, "ends with 3, not 0");
+        let small = open(&f, 0, 5, Some(&cache)).err().unwrap_or_default();
+        assert!(small.contains("token 1 has id 7"), "{small}");
+        // A kept check is believed (the pass is skipped), and the reads
+        // check again: a file that changed behind its key gives an error.
+        let lie = Checked { low: 1, high: 4, last: 3 };
+        lie.write(&cache, key).unwrap_or_else(|e| panic!("{e}"));
+        let trusted = open(&f, 0, 5, Some(&cache)).unwrap_or_else(|e| panic!("the pass was not skipped: {e}"));
+        let mut d5 = OnDisk { end: 0, vocab: 5, ..OnDisk::default() };
+        d5.push(trusted);
+        let read = d5.read(0, &mut [0; 3]).err().unwrap_or_default();
+        assert!(read.contains("changed while the run read it"), "{read}");
+        // A damaged entry is no entry.
+        std::fs::write(Checked::path(&cache, key), "blkcchk1 1 x").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checked::read(&cache, key), None);
+        // Rewritten with other ids, the same size and the old time set back:
+        // another key on Unix (the status-change time moves).
+        let modified = meta().modified().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&f, bin(&[1, 2, 9])).unwrap_or_else(|e| panic!("{e}"));
+        let file = File::options().write(true).open(&f).unwrap_or_else(|e| panic!("{e}"));
+        file.set_modified(modified).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta().modified().ok(), Some(modified));
+        if cfg!(unix) {
+            assert_ne!(check_key(&f, &meta()), Some(key));
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
