@@ -74,7 +74,8 @@ pub enum Command {
     /// Write a run's weights as safetensors for other tools.
     Export(export::Args),
     /// Write a text corpus as token files (train.bin, val.bin), split and
-    /// packed as `train` would: a corpus of any size, in bounded memory.
+    /// packed as `train` would: a corpus of any size, in bounded memory
+    /// (`--tokenizer bpe --vocab N` trains the BPE first, beside them).
     Tokenize(tokenize::Args),
     /// Time training steps of several models side by side.
     Bench(bench::Args),
