@@ -88,3 +88,31 @@ impl Drop for CwdGuard {
         let _ = std::env::set_current_dir(&self.old);
     }
 }
+
+/// `text` with random edits, each `(position, length, kind)`: a deletion of
+/// up to 7 characters, an insertion of one of `pieces`, or a swap of two
+/// characters. On characters, so the result is text.
+pub fn mutate(text: &str, edits: &[(usize, usize, u8)], pieces: &[&str]) -> String {
+    let mut s: Vec<char> = text.chars().collect();
+    for &(pos, len, op) in edits {
+        if s.is_empty() {
+            break;
+        }
+        let at = pos % s.len();
+        match op % 3 {
+            0 => {
+                let end = (at + len % 8).min(s.len());
+                s.drain(at..end);
+            }
+            1 => {
+                let piece = pieces[len % pieces.len()];
+                s.splice(at..at, piece.chars());
+            }
+            _ => {
+                let other = (pos / 7) % s.len();
+                s.swap(at, other);
+            }
+        }
+    }
+    s.into_iter().collect()
+}

@@ -15,55 +15,35 @@ fn corpus() -> Vec<String> {
     files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
 }
 
-/// A canonical file with random edits: deletions, insertions of
-/// grammar-relevant characters, and swaps of two byte ranges.
+/// Pieces of the language that edits insert.
+const PIECES: &[&str] = &[
+    "(",
+    ")",
+    "{",
+    "}",
+    "=",
+    "+",
+    "*",
+    "-",
+    "/",
+    "^",
+    ",",
+    "\"",
+    "#",
+    "\n",
+    "x",
+    "attn(",
+    "layer 0 {",
+    "param",
+    "1e999",
+    "softmax",
+    "out",
+    " ",
+];
+
+/// A canonical file with random edits ([`blkc_tests::mutate`]).
 fn mutate(text: &str, edits: &[(usize, usize, u8)]) -> String {
-    const PIECES: &[&str] = &[
-        "(",
-        ")",
-        "{",
-        "}",
-        "=",
-        "+",
-        "*",
-        "-",
-        "/",
-        "^",
-        ",",
-        "\"",
-        "#",
-        "\n",
-        "x",
-        "attn(",
-        "layer 0 {",
-        "param",
-        "1e999",
-        "softmax",
-        "out",
-        " ",
-    ];
-    let mut s: Vec<u8> = text.as_bytes().to_vec();
-    for &(pos, len, op) in edits {
-        if s.is_empty() {
-            break;
-        }
-        let at = pos % s.len();
-        match op % 3 {
-            0 => {
-                let end = (at + len % 8).min(s.len());
-                s.drain(at..end);
-            }
-            1 => {
-                let piece = PIECES[len % PIECES.len()].as_bytes();
-                s.splice(at..at, piece.iter().copied());
-            }
-            _ => {
-                let other = (pos / 7) % s.len();
-                s.swap(at, other);
-            }
-        }
-    }
-    String::from_utf8_lossy(&s).into_owned()
+    blkc_tests::mutate(text, edits, PIECES)
 }
 
 proptest! {

@@ -406,10 +406,14 @@ fn item_error(keyword: &str, rest: &str) -> Option<(usize, Vec<String>)> {
 pub(super) fn describe(rule: Rule) -> &'static str {
     match rule {
         Rule::file | Rule::EOI => "end of file",
-        Rule::item | Rule::use_item | Rule::block_item | Rule::section_item | Rule::section_kind => {
-            "an item (`block`, `attention`, `mlp`, `model`, `train` or `use`)"
-        }
-        Rule::stmt | Rule::param | Rule::assign | Rule::layer_override => {
+        Rule::item
+        | Rule::use_item
+        | Rule::block_item
+        | Rule::section_item
+        | Rule::section_kind
+        | Rule::keyword_use
+        | Rule::keyword_block => "an item (`block`, `attention`, `mlp`, `model`, `train` or `use`)",
+        Rule::stmt | Rule::param | Rule::assign | Rule::layer_override | Rule::keyword_param | Rule::keyword_layer => {
             "a statement (`name = …`, `param …` or `layer … { … }`)"
         }
         Rule::flag => "a flag (`trainable`, `fixed` or `per_head`)",

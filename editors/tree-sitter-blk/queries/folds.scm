@@ -1,0 +1,2 @@
+; A block, a section and a layer override fold.
+(body) @fold

@@ -1,0 +1,3 @@
+; Statements inside braces are indented one level.
+(body) @indent
+"}" @outdent
