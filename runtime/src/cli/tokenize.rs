@@ -94,29 +94,7 @@ fn tokenize(args: &Args) -> Result<(), String> {
         plan.skipped.describe()
     );
     std::fs::create_dir_all(&args.out).map_err(|e| durable::describe("create", &args.out, &e))?;
-    let (tok, named) = match loaded {
-        Some(t) => (t, args.tokenizer.clone()),
-        None => {
-            let path = args.out.join("tokenizer.json");
-            let t = train_bpe(&plan, args.vocab.unwrap_or(0), args.sample_bytes)?;
-            t.save(&path)?;
-            outln!("{}: a byte-level BPE of {} tokens", path.display(), t.vocab_size());
-            (t, path.display().to_string())
-        }
-    };
-    let wide = tok.vocab_size() > 1 << 16;
-    for (valid, stem) in [(false, "train"), (true, "val")] {
-        let mut ids = Ids::create(&args.out, stem, wide)?;
-        let written = write_split(&plan, valid, &tok, &mut ids, start);
-        let (path, count) = match written {
-            Ok(()) => ids.finish()?,
-            Err(e) => {
-                ids.abandon();
-                return Err(e);
-            }
-        };
-        outln!("{}: {} tokens of {} documents", path.display(), count, plan.documents(valid));
-    }
+    let named = write_all(args, &plan, loaded, start)?;
     errln!(
         "tokenised in {:.1} s; train on it with `data = \"{}\"` and `tokenizer = \"{}\"`",
         start.elapsed().as_secs_f64(),
@@ -124,6 +102,56 @@ fn tokenize(args: &Args) -> Result<(), String> {
         named
     );
     Ok(())
+}
+
+/// Writes the tokenizer (when it is trained here: `loaded` is `None`) and
+/// the token files of both splits; returns the tokenizer's name for the
+/// settings. What it wrote is removed if it fails before the end, so that
+/// a second try finds nothing of the first in its way.
+fn write_all(args: &Args, plan: &data::Plan, loaded: Option<Tokenizer>, start: Instant) -> Result<String, String> {
+    let mut written = Vec::new();
+    let done = write_outputs(args, plan, loaded, &mut written, start);
+    if done.is_err() {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    done
+}
+
+/// [`write_all`]'s work, each path into `written` once it is there.
+fn write_outputs(
+    args: &Args,
+    plan: &data::Plan,
+    loaded: Option<Tokenizer>,
+    written: &mut Vec<PathBuf>,
+    start: Instant,
+) -> Result<String, String> {
+    let (tok, named) = match loaded {
+        Some(t) => (t, args.tokenizer.clone()),
+        None => {
+            let path = args.out.join("tokenizer.json");
+            let t = train_bpe(plan, args.vocab.unwrap_or(0), args.sample_bytes)?;
+            t.save(&path)?;
+            written.push(path.clone());
+            outln!("{}: a byte-level BPE of {} tokens", path.display(), t.vocab_size());
+            (t, path.display().to_string())
+        }
+    };
+    let wide = tok.vocab_size() > 1 << 16;
+    for (valid, stem) in [(false, "train"), (true, "val")] {
+        let mut ids = Ids::create(&args.out, stem, wide)?;
+        let (path, count) = match write_split(plan, valid, &tok, &mut ids, start) {
+            Ok(()) => ids.finish()?,
+            Err(e) => {
+                ids.abandon();
+                return Err(e);
+            }
+        };
+        written.push(path.clone());
+        outln!("{}: {} tokens of {} documents", path.display(), count, plan.documents(valid));
+    }
+    Ok(named)
 }
 
 /// A byte-level BPE of `vocab` tokens trained on an evenly spread sample of
@@ -308,6 +336,38 @@ fn npy_header(count: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("blkc-tokenize-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let corpus = dir.join("corpus");
+        std::fs::create_dir_all(&corpus).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..6 {
+            std::fs::write(corpus.join(format!("f{i}.txt")), format!("text {i}\n").repeat(50))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let args = Args {
+            data: corpus.display().to_string(),
+            tokenizer: "bpe".into(),
+            vocab: Some(300),
+            sample_bytes: 0,
+            out: dir.join("out"),
+            val_fraction: 0.3,
+            data_field: "text".into(),
+        };
+        let plan = data::plan(&args.data, args.val_fraction, &args.data_field).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&args.out).unwrap_or_else(|e| panic!("{e}"));
+        // A validation document gone after the plan: the tokenizer and the
+        // training file are written, then the validation split fails.
+        let gone = plan.valid.first().map(|p| corpus.join(&p.name)).unwrap_or_else(|| panic!("no validation"));
+        std::fs::remove_file(&gone).unwrap_or_else(|e| panic!("{e}"));
+        let e = write_all(&args, &plan, None, Instant::now()).err().unwrap_or_default();
+        assert!(e.contains("changed while it was tokenised"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(&args.out).unwrap_or_else(|e| panic!("{e}")).flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sizes_read_with_their_units() {

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod open;
 pub mod optim;
 pub mod parallel;
+pub mod plan;
 pub mod plot;
 pub mod progress;
 pub mod run;
