@@ -89,10 +89,53 @@ impl Drop for CwdGuard {
     }
 }
 
+/// Pieces of the language that [`mutate`] inserts.
+pub const PIECES: &[&str] = &[
+    "(",
+    ")",
+    "{",
+    "}",
+    "=",
+    "+",
+    "*",
+    "-",
+    "/",
+    "^",
+    ",",
+    "..",
+    "\"",
+    "#",
+    "\n",
+    " ",
+    "x",
+    "out",
+    "attn(",
+    "softmax",
+    "1e999",
+    "1e-3",
+    "0.5",
+    ".5",
+    "_a1",
+    "= ",
+    "param",
+    "param g = 1 ",
+    "trainable",
+    "fixed ",
+    "per_head",
+    "layer",
+    "layer 0 {",
+    "layer first, 1..depth-1 ",
+    "depth",
+    "model",
+    "train ",
+    "block b ",
+    "use \"a.blk\"",
+];
+
 /// `text` with random edits, each `(position, length, kind)`: a deletion of
-/// up to 7 characters, an insertion of one of `pieces`, or a swap of two
+/// up to 7 characters, an insertion of one of [`PIECES`], or a swap of two
 /// characters. On characters, so the result is text.
-pub fn mutate(text: &str, edits: &[(usize, usize, u8)], pieces: &[&str]) -> String {
+pub fn mutate(text: &str, edits: &[(usize, usize, u8)]) -> String {
     let mut s: Vec<char> = text.chars().collect();
     for &(pos, len, op) in edits {
         if s.is_empty() {
@@ -105,7 +148,7 @@ pub fn mutate(text: &str, edits: &[(usize, usize, u8)], pieces: &[&str]) -> Stri
                 s.drain(at..end);
             }
             1 => {
-                let piece = pieces[len % pieces.len()];
+                let piece = PIECES[len % PIECES.len()];
                 s.splice(at..at, piece.chars());
             }
             _ => {

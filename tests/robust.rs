@@ -15,35 +15,9 @@ fn corpus() -> Vec<String> {
     files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
 }
 
-/// Pieces of the language that edits insert.
-const PIECES: &[&str] = &[
-    "(",
-    ")",
-    "{",
-    "}",
-    "=",
-    "+",
-    "*",
-    "-",
-    "/",
-    "^",
-    ",",
-    "\"",
-    "#",
-    "\n",
-    "x",
-    "attn(",
-    "layer 0 {",
-    "param",
-    "1e999",
-    "softmax",
-    "out",
-    " ",
-];
-
 /// A canonical file with random edits ([`blkc_tests::mutate`]).
 fn mutate(text: &str, edits: &[(usize, usize, u8)]) -> String {
-    blkc_tests::mutate(text, edits, PIECES)
+    blkc_tests::mutate(text, edits)
 }
 
 proptest! {

@@ -74,46 +74,6 @@ fn both_grammars_agree_on_every_file() {
     assert_eq!(limits, 5, "files over the compiler's limits: tests/ui/parse/*_too_*, layer_range_bound");
 }
 
-/// Pieces of the language that edits insert.
-const PIECES: &[&str] = &[
-    "(",
-    ")",
-    "{",
-    "}",
-    "=",
-    "+",
-    "*",
-    "-",
-    "/",
-    "^",
-    ",",
-    "..",
-    "\"",
-    "#",
-    "\n",
-    " ",
-    "x",
-    "attn(",
-    "layer 0 {",
-    "layer first, 1..depth-1 ",
-    "param g = 1 ",
-    "trainable",
-    "fixed ",
-    "per_head",
-    "= ",
-    "1e-3",
-    "0.5",
-    ".5",
-    "model",
-    "train ",
-    "block b ",
-    "use \"a.blk\"",
-    "out",
-    "layer",
-    "depth",
-    "_a1",
-];
-
 /// Whether `text` has a number glued to a name (`7heads`, `1e`), outside
 /// comments and strings. The compiler's grammar refuses it (a number may
 /// not run into a letter); a tree-sitter grammar cannot say so without an
@@ -192,7 +152,7 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<usize>(), any::<u8>()), 1..6),
     ) {
         let files = CORPUS.get_or_init(corpus);
-        let text = blkc_tests::mutate(&files[which.index(files.len())].1, &edits, PIECES);
+        let text = blkc_tests::mutate(&files[which.index(files.len())].1, &edits);
         prop_assume!(!glued(&text));
         let ts = first_error(parse(&text).root_node());
         match compiler(&text) {
