@@ -1,6 +1,6 @@
 /**
  * @file The blkc block language (`.blk`) for tree-sitter: highlighting,
- * folding and indentation in Neovim, Helix, Zed and Emacs.
+ * folding and indentation in Neovim, Helix and other tree-sitter editors.
  *
  * The language is `grammar/blk.pest`'s, rule for rule; a test
  * (`tests/agree.rs`) holds the two to the same verdict on every `.blk` file

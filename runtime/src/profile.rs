@@ -5,7 +5,7 @@
 //! (each launch waits for the one before, and is timed on the device); the
 //! log is a line per launch, `| 1.234ms | KernelName | f32 | CudaRuntime`.
 //! [`enable`] turns it on, into a file, before the device starts; [`read`]
-//! sums the file by kernel. The bench launches a marker kernel ([`mark`])
+//! sums the file by kernel. The bench launches a marker kernel (`marker::mark`, with a GPU backend)
 //! between its warm-up and its timed steps, and only the launches after
 //! the last marker are counted, over the timed steps: what a step launches
 //! once the optimiser's state exists and every kernel is compiled. Without

@@ -1,10 +1,10 @@
 //! Semantic checks: spanned AST of every loaded file → [`Program`] plus
 //! every problem found, in one run.
 //!
-//! Passes, each in its own file: [`scope`] (definitions and duplicates),
-//! [`block`] (bindings and types → graph, per layer class), [`sections`]
-//! (attention and MLP settings), [`model`] (model and train settings,
-//! limits), and [`finish`] (checks that need the model: layer ranges,
+//! Passes, each in its own file: `scope` (definitions and duplicates),
+//! `block` (bindings and types → graph, per layer class), `sections`
+//! (attention and MLP settings), `model` (model and train settings,
+//! limits), and `finish` (checks that need the model: layer ranges,
 //! shapes, gain values, total size).
 
 mod block;

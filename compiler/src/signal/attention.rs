@@ -2,7 +2,7 @@
 //! logits vanish, so `softmax` equals the mask's centre matrix C and a
 //! shaped matrix αI + β·softmax − γC is a fixed T×T matrix. With random
 //! queries and keys the matrix stays random even at infinite width; its
-//! moments E[A] and E[A Σ Aᵀ] are then estimated by Monte Carlo over
+//! moments E\[A\] and E\[A Σ Aᵀ\] are then estimated by Monte Carlo over
 //! Gaussian queries and keys with the input's kernel.
 
 use rayon::prelude::*;
@@ -68,7 +68,7 @@ pub fn rotate(x: &mut Mat, rope: crate::graph::Rope) {
     }
 }
 
-/// Monte Carlo moments (E[A], E[A Σ Aᵀ]) of the attention matrix for input
+/// Monte Carlo moments (E\[A\], E\[A Σ Aᵀ\]) of the attention matrix for input
 /// kernel `sigma`, from `samples` draws seeded by `seed`.
 pub fn mc_moments(
     terms: &[(f64, MatrixTerm)],

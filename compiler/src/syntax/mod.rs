@@ -1,5 +1,5 @@
 //! Syntax: text → spanned AST ([`parse`]), comment collection and the
-//! canonical formatter ([`format`]).
+//! canonical formatter ([`format`](mod@format)).
 
 pub mod ast;
 pub mod comments;

@@ -1,4 +1,4 @@
-; Highlighting of .blk files (capture names as Neovim, Helix and Zed use them).
+; Highlighting of .blk files (capture names as Neovim and Helix use them).
 
 (comment) @comment
 (string) @string

@@ -40,7 +40,7 @@ impl<B: TrainKernels> Start<B> {
 }
 
 /// Trains `job` on `devices` (one, or several in data parallel: see
-/// [`parallel`]), holding the run directory's lock throughout. A fresh run
+/// [`super::parallel`]), holding the run directory's lock throughout. A fresh run
 /// that fails before it has written `run.json` leaves no directory behind.
 pub fn train<B: TrainKernels>(job: &Job, devices: &[B::Device]) -> Result<Summary, Failure> {
     let dir = RunDir::new(&job.out);
