@@ -127,6 +127,15 @@ fn tokenize_trains_the_bpe_train_trains() {
         assert!(text(&o.stderr).contains(why), "{args:?}: {}", text(&o.stderr));
         assert!(!d.join("no").exists());
     }
+    // A BPE that cannot reach the vocabulary asked is refused before the
+    // ids are written, with the size it reached.
+    let o = blkc(
+        &d,
+        &["tokenize", arg(&src), "--tokenizer", "bpe", "--vocab", "300", "--out", "tiny", "--sample-bytes", "200"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("a larger --sample-bytes"), "{}", text(&o.stderr));
+    assert!(std::fs::read_dir(d.join("tiny")).map(|r| r.count()).unwrap_or(0) == 0, "nothing written");
     std::fs::remove_file(d.join("toks/train.bin")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_file(d.join("toks/val.bin")).unwrap_or_else(|e| panic!("{e}"));
     let again = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bpe", "--vocab", "300", "--out", "toks"]);

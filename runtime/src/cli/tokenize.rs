@@ -181,6 +181,18 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         })
     })?;
     errln!("tokenizer: trained in {:.1} s", start.elapsed().as_secs_f64());
+    // A model of `vocab` tokens would refuse this tokenizer (E5002): say so
+    // before the corpus is encoded.
+    if t.vocab_size() < vocab {
+        let more = if budget < total { "a larger --sample-bytes" } else { "more text" };
+        return Err(format!(
+            "the training text gave a BPE of only {} tokens, not {vocab}: give --vocab {} (and the model \
+             `vocab = {}`), or {more}",
+            t.vocab_size(),
+            t.vocab_size(),
+            t.vocab_size()
+        ));
+    }
     Ok(t)
 }
 
@@ -350,7 +362,7 @@ mod tests {
         let args = Args {
             data: corpus.display().to_string(),
             tokenizer: "bpe".into(),
-            vocab: Some(300),
+            vocab: Some(260),
             sample_bytes: 0,
             out: dir.join("out"),
             val_fraction: 0.3,
