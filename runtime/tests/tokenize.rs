@@ -44,6 +44,10 @@ fn token_files_train_as_their_text() {
     let again = blkc(&d, &["tokenize", arg(&src), "--tokenizer", "bytes", "--out", "toks"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("train.bin` exists"), "{}", text(&again.stderr));
+    // A BPE cannot be trained on ids, and there is none beside them.
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "other", "--data", "toks", "--set", "tokenizer=bpe", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("name the tokenizer that made it"), "{}", text(&o.stderr));
     let ids = blkc(&d, &["tokenize", "toks", "--tokenizer", "bytes", "--out", "other"]);
     assert!(text(&ids.stderr).contains("tokenised"), "{}", text(&ids.stderr));
     assert!(!d.join("other").exists());
@@ -98,15 +102,15 @@ fn tokenize_trains_the_bpe_train_trains() {
     assert!(text(&o.stdout).contains("tokenizer.json: a byte-level BPE of 300 tokens"), "{}", text(&o.stdout));
     let read = |p: &str| std::fs::read(d.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert!(read("toks/tokenizer.json") == read("text/tokenizer.json"), "the same BPE as train's");
-    // The BPE beside the ids is named where a run asks to train one.
-    let o = blkc(&d, &["train", "tiny.blk", "--out", "no", "--data", "toks", "-q"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("toks/tokenizer.json\"`, beside them"), "{}", text(&o.stderr));
-    tiny(&d, "sas_p", "causal", 300, "tokenizer = \"toks/tokenizer.json\"\nsteps = 3\neval_every = 3");
+    // `tokenizer = bpe` on the ids takes the BPE beside them; naming it
+    // does the same.
     trained(&d, "ids", "toks", &[]);
-    let (a, b) = (losses(&d.join("text")), losses(&d.join("ids")));
+    trained(&d, "named", "toks", &["tokenizer=\"toks/tokenizer.json\""]);
+    let a = losses(&d.join("text"));
     assert_eq!(a.len(), 3);
-    assert_eq!(a, b);
+    assert_eq!(a, losses(&d.join("ids")));
+    assert_eq!(a, losses(&d.join("named")));
+    assert!(read("ids/tokenizer.json") == read("toks/tokenizer.json"), "the run keeps the BPE it used");
     // A sample: trained on part of the split, so another BPE.
     let o = blkc(
         &d,

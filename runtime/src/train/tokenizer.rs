@@ -291,15 +291,17 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
         return Ok((Tokenizer::Bytes, Origin::Builtin));
     }
     if !corpus.token_files.is_empty() {
-        // `blkc tokenize --tokenizer bpe` writes its BPE beside the ids.
+        // `blkc tokenize --tokenizer bpe` writes the BPE it trained beside
+        // the ids: that is the corpus's BPE.
         let source = Path::new(&corpus.source);
         let beside = if source.is_dir() { Some(source) } else { source.parent() }.map(|d| d.join("tokenizer.json"));
-        let name = match beside.filter(|p| p.is_file()) {
-            Some(p) => format!("`tokenizer = \"{}\"`, beside them", p.display()),
-            None => "`tokenizer = \"path/tokenizer.json\"`, or `tokenizer = bytes`".to_string(),
-        };
+        if let Some(path) = beside.filter(|p| p.is_file()) {
+            let t = Tokenizer::load(&path)?;
+            return Ok((t, Origin::File { path }));
+        }
         return Err(format!(
-            "`{}` is pre-tokenised: name the tokenizer that made it ({name}); a BPE cannot be trained on token ids",
+            "`{}` is pre-tokenised: name the tokenizer that made it (`tokenizer = \"path/tokenizer.json\"`, or \
+             `tokenizer = bytes`); a BPE cannot be trained on token ids",
             corpus.source
         ));
     }
