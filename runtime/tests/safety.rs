@@ -492,6 +492,51 @@ fn data_paths_follow_the_file_and_hold_from_anywhere() {
 /// GiB when they were held as u32 beside the file read) trains in a
 /// process allowed 4 GiB of address space.
 #[cfg(target_os = "linux")]
+/// A split with more windows than a pass can order (its order is a
+/// permutation of u32 window numbers) is refused before the order is made
+/// (17 GB here), with what to do: 4 GiB of sparse 8-bit ids (a `.npy` of
+/// `u1`) and the end of text, in windows of one token, are 2^32 + 1
+/// windows. The memory check would refuse it first
+/// where less than its 32 GiB is free; it is off here, so that the guard
+/// behind it is what answers on any machine.
+#[test]
+fn a_split_with_more_windows_than_a_pass_can_order_is_refused() {
+    let d = scratch("too-many-windows");
+    let model = tiny(&d, "sas_p", "causal", 258, "");
+    let blk = std::fs::read_to_string(&model).unwrap_or_default();
+    write(&model, &blk.replace("context = 32", "context = 1"));
+    let toks = d.join("toks");
+    std::fs::create_dir_all(&toks).unwrap_or_else(|e| panic!("{e}"));
+    let ids: u64 = (1 << 32) + 1;
+    let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({ids},), }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    npy.extend_from_slice(dict.as_bytes());
+    let head = npy.len() as u64;
+    std::fs::write(toks.join("train.npy"), npy).unwrap_or_else(|e| panic!("{e}"));
+    let f = std::fs::OpenOptions::new().write(true).open(toks.join("train.npy")).unwrap_or_else(|e| panic!("{e}"));
+    f.set_len(head + ids).unwrap_or_else(|e| panic!("{e}"));
+    write(&toks.join("val.bin"), "\x05\x00\x06\x00".repeat(100).as_str());
+    let blkc = env!("CARGO_BIN_EXE_blkc");
+    let run = "train tiny.blk --out run --data toks --steps 2 --no-memory-check";
+    let o = Command::new("sh")
+        .args(["-c", &format!("ulimit -v {}; exec {blkc} {run}", 4 << 20)])
+        .current_dir(&d)
+        .env("BLKC_CACHE", d.join("cache"))
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    refused(&o, "4294967297 windows of 2 tokens, more than the 4294967295 a run can order");
+    assert!(text(&o.stderr).contains("a longer context"), "{}", text(&o.stderr));
+    assert!(!d.join("run").exists(), "nothing left of a run that never started");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn token_files_larger_than_the_memory_allowed_train() {
     let d = scratch("token-files-on-disk");
