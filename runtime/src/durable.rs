@@ -53,6 +53,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     write_with(path, bytes, None)
 }
 
+/// [`write_atomic`] for a file written piece by piece: `fill` writes it
+/// through a buffer into the temporary file.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    write_into(path, None, fill)
+}
+
 /// Rewrites a file the user keeps (a source `blkc fmt` formats) as
 /// [`write_atomic`] does, but as an editor saves it: through a symbolic
 /// link to the file it names (the link stays), with the file's permissions
@@ -71,13 +80,25 @@ pub fn rewrite(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn write_with(path: &Path, bytes: &[u8], permissions: Option<std::fs::Permissions>) -> Result<(), String> {
+    write_into(path, permissions, |f| f.write_all(bytes))
+}
+
+/// Writes `path` through its temporary file (made with `permissions`),
+/// which [`persist`] syncs and moves into place; on failure the temporary
+/// is removed.
+fn write_into(
+    path: &Path,
+    permissions: Option<std::fs::Permissions>,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), String> {
     let tmp = temporary(path);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+    let written = std::fs::File::create(&tmp).and_then(|f| {
         if let Some(p) = permissions {
             f.set_permissions(p)?;
         }
-        f.write_all(bytes)?;
-        f.sync_all()
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut out)?;
+        out.flush()
     });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);

@@ -492,6 +492,20 @@ fn data_paths_follow_the_file_and_hold_from_anywhere() {
 /// GiB when they were held as u32 beside the file read) trains in a
 /// process allowed 4 GiB of address space.
 #[cfg(target_os = "linux")]
+/// `blkc ARGS` in `d` with 4 GiB of address space (`ulimit -v`).
+fn in_4_gib(d: &Path, args: &str) -> std::process::Output {
+    let blkc = env!("CARGO_BIN_EXE_blkc");
+    Command::new("sh")
+        .args(["-c", &format!("ulimit -v {}; exec {blkc} {args}", 4 << 20)])
+        .current_dir(d)
+        .env("BLKC_CACHE", d.join("cache"))
+        // glibc reserves address space per thread for its arenas.
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A split with more windows than a pass can order (its order is a
 /// permutation of u32 window numbers) is refused before the order is made
 /// (17 GB here), with what to do: 4 GiB of sparse 8-bit ids (a `.npy` of
@@ -508,29 +522,12 @@ fn a_split_with_more_windows_than_a_pass_can_order_is_refused() {
     let toks = d.join("toks");
     std::fs::create_dir_all(&toks).unwrap_or_else(|e| panic!("{e}"));
     let ids: u64 = (1 << 32) + 1;
-    let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({ids},), }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    npy.extend_from_slice(dict.as_bytes());
-    let head = npy.len() as u64;
-    std::fs::write(toks.join("train.npy"), npy).unwrap_or_else(|e| panic!("{e}"));
+    let npy = blkc_runtime::train::token_files::npy_header("|u1", ids);
+    std::fs::write(toks.join("train.npy"), &npy).unwrap_or_else(|e| panic!("{e}"));
     let f = std::fs::OpenOptions::new().write(true).open(toks.join("train.npy")).unwrap_or_else(|e| panic!("{e}"));
-    f.set_len(head + ids).unwrap_or_else(|e| panic!("{e}"));
+    f.set_len(npy.len() as u64 + ids).unwrap_or_else(|e| panic!("{e}"));
     write(&toks.join("val.bin"), "\x05\x00\x06\x00".repeat(100).as_str());
-    let blkc = env!("CARGO_BIN_EXE_blkc");
-    let run = "train tiny.blk --out run --data toks --steps 2 --no-memory-check";
-    let o = Command::new("sh")
-        .args(["-c", &format!("ulimit -v {}; exec {blkc} {run}", 4 << 20)])
-        .current_dir(&d)
-        .env("BLKC_CACHE", d.join("cache"))
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let o = in_4_gib(&d, "train tiny.blk --out run --data toks --steps 2 --no-memory-check");
     refused(&o, "4294967297 windows of 2 tokens, more than the 4294967295 a run can order");
     assert!(text(&o.stderr).contains("a longer context"), "{}", text(&o.stderr));
     assert!(!d.join("run").exists(), "nothing left of a run that never started");
@@ -547,17 +544,7 @@ fn token_files_larger_than_the_memory_allowed_train() {
     let f = std::fs::File::create(toks.join("train.bin")).unwrap_or_else(|e| panic!("{e}"));
     f.set_len(6 << 30).unwrap_or_else(|e| panic!("{e}"));
     write(&toks.join("val.bin"), "\x05\x00\x06\x00".repeat(100).as_str());
-    let blkc = env!("CARGO_BIN_EXE_blkc");
-    let o = Command::new("sh")
-        .args(["-c", &format!("ulimit -v {}; exec {blkc} train tiny.blk --out run --data toks --steps 2 -q", 4 << 20)])
-        .current_dir(&d)
-        .env("BLKC_CACHE", d.join("cache"))
-        // glibc reserves address space per thread for its arenas.
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    ok(&o);
+    ok(&in_4_gib(&d, "train tiny.blk --out run --data toks --steps 2 -q"));
     assert_eq!(losses(&d.join("run")).len(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }

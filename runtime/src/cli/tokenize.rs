@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::{OK, REJECTED};
 use crate::durable;
 use crate::train::data;
+use crate::train::token_files::npy_header;
 use crate::train::tokenizer::{self, Kind, Tokenizer};
 
 #[derive(Debug, clap::Args)]
@@ -171,7 +172,7 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         // The sample exceeds its budget by at most a document: cut there.
         let mut left = budget as usize;
         sample.texts(false, |text| {
-            let take = &text[..floor_char_boundary(text, left.min(text.len()))];
+            let take = &text[..text.floor_char_boundary(left)];
             left -= take.len();
             if take.is_empty() || give(take) {
                 Ok(())
@@ -194,14 +195,6 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         ));
     }
     Ok(t)
-}
-
-/// The largest character boundary of `s` at or below `i`.
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// A number of bytes: digits with an optional `K`, `M`, `G` or `T`
@@ -265,9 +258,6 @@ fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, s
     flush(&mut group, ids)
 }
 
-/// Bytes of the `.npy` header written (a version-1 header, padded).
-const NPY_HEADER: usize = 128;
-
 /// A token file being written: a temporary file, moved into place when
 /// finished.
 struct Ids {
@@ -287,7 +277,7 @@ impl Ids {
         let mut ids = Ids { path, tmp, out: std::io::BufWriter::with_capacity(1 << 20, file), wide, count: 0 };
         if wide {
             // Rewritten with the count when finished.
-            ids.write(&npy_header(0))?;
+            ids.write(&npy_header("<u4", 0))?;
         }
         Ok(ids)
     }
@@ -313,7 +303,7 @@ impl Ids {
             if self.wide {
                 let file = self.out.get_mut();
                 file.rewind()?;
-                file.write_all(&npy_header(self.count))?;
+                file.write_all(&npy_header("<u4", self.count))?;
             }
             Ok(())
         });
@@ -329,20 +319,6 @@ impl Ids {
     fn abandon(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
-}
-
-/// A version-1 `.npy` header of `count` little-endian u32, [`NPY_HEADER`]
-/// bytes long.
-fn npy_header(count: u64) -> Vec<u8> {
-    let mut dict = format!("{{'descr': '<u4', 'fortran_order': False, 'shape': ({count},), }}");
-    while dict.len() < NPY_HEADER - 10 - 1 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&((NPY_HEADER - 10) as u16).to_le_bytes());
-    b.extend_from_slice(dict.as_bytes());
-    b
 }
 
 #[cfg(test)]
@@ -389,15 +365,6 @@ mod tests {
         assert_eq!(bytes_setting("4096"), Ok(4096));
         for bad in ["", "G", "-1M", "2X", "nanG", "1e30"] {
             assert!(bytes_setting(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_npy_header_has_one_length_for_every_count() {
-        for count in [0, 7, u64::MAX] {
-            let h = npy_header(count);
-            assert_eq!(h.len(), NPY_HEADER, "{count}");
-            assert!(String::from_utf8_lossy(&h).contains(&format!("({count},)")));
         }
     }
 }

@@ -298,10 +298,7 @@ pub fn in_validation(name: &str, fraction: f64) -> bool {
 /// A text cut before its last tenth, at the start of a line where one
 /// is near (else at a character boundary).
 pub(super) fn split_tail(text: &str) -> (&str, &str) {
-    let mut cut = text.len() * 9 / 10;
-    while cut > 0 && !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = text.floor_char_boundary(text.len() * 9 / 10);
     let line = text[..cut].rfind('\n').map(|i| i + 1).filter(|&i| cut - i < text.len() / 20 + 1);
     text.split_at(line.filter(|&i| i > 0).unwrap_or(cut))
 }

@@ -32,6 +32,24 @@ pub const MAX_BYTES: u64 = 1 << 40;
 /// width).
 const BLOCK: usize = 1 << 20;
 
+/// Bytes of the `.npy` headers [`npy_header`] writes.
+pub const NPY_HEADER: usize = 128;
+
+/// A version-1 `.npy` header of `count` ids stored as `descr` (`<u4`,
+/// `|u1`, …), [`NPY_HEADER`] bytes long whatever the count, so that a file
+/// written before its count is known can have its header written again.
+pub fn npy_header(descr: &str, count: u64) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({count},), }}");
+    while dict.len() < NPY_HEADER - 10 - 1 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&((NPY_HEADER - 10) as u16).to_le_bytes());
+    b.extend_from_slice(dict.as_bytes());
+    b
+}
+
 /// Whether `path` names a token file.
 pub fn is_token_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "npy" || e == "bin")
@@ -358,8 +376,8 @@ impl Checked {
 fn check(path: &Path, file: &File, data: u64, kind: Kind, count: u64, vocab: usize) -> Result<Checked, String> {
     let io = |e: std::io::Error| crate::durable::describe("read", path, &e);
     let bad = |why: &str| format!("`{}` is not a token file: {why}", path.display());
+    // The last id stays -1 (no id) for an empty file.
     let mut found = Checked { low: i128::MAX, high: i128::MIN, last: -1 };
-    let mut last = None;
     let mut block = vec![0u8; BLOCK];
     let mut at = 0u64;
     while at < count {
@@ -387,10 +405,11 @@ fn check(path: &Path, file: &File, data: u64, kind: Kind, count: u64, vocab: usi
                 }
             }
         }
-        last = bytes.rchunks_exact(kind.width).next().map(|b| kind.id(b));
+        if let Some(b) = bytes.rchunks_exact(kind.width).next() {
+            found.last = kind.id(b);
+        }
         at += n as u64;
     }
-    found.last = last.unwrap_or(-1);
     Ok(found)
 }
 
@@ -452,16 +471,18 @@ mod tests {
 
     /// A version-1 `.npy` of `descr` holding `data`.
     fn npy_file(descr: &str, n: usize, data: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({n},), }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        b.extend_from_slice(header.as_bytes());
+        let mut b = npy_header(descr, n as u64);
         b.extend_from_slice(data);
         b
+    }
+
+    #[test]
+    fn the_npy_header_has_one_length_for_every_count() {
+        for count in [0, 7, u64::MAX] {
+            let h = npy_header("<u4", count);
+            assert_eq!(h.len(), NPY_HEADER, "{count}");
+            assert!(String::from_utf8_lossy(&h).contains(&format!("({count},)")));
+        }
     }
 
     fn scratch(name: &str) -> PathBuf {

@@ -229,9 +229,7 @@ fn chunks(text: &str) -> impl Iterator<Item = &str> {
         }
         let mut cut = rest.len().min(CHUNK);
         if cut < rest.len() {
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            cut = rest.floor_char_boundary(cut);
             if let Some(nl) = rest[CHUNK / 2..cut].rfind('\n') {
                 cut = CHUNK / 2 + nl;
             }
@@ -293,9 +291,8 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
     if !corpus.token_files.is_empty() {
         // `blkc tokenize --tokenizer bpe` writes the BPE it trained beside
         // the ids: that is the corpus's BPE.
-        let source = Path::new(&corpus.source);
-        let beside = if source.is_dir() { Some(source) } else { source.parent() }.map(|d| d.join("tokenizer.json"));
-        if let Some(path) = beside.filter(|p| p.is_file()) {
+        let path = corpus.root.join("tokenizer.json");
+        if path.is_file() {
             let t = Tokenizer::load(&path)?;
             return Ok((t, Origin::File { path }));
         }

@@ -125,41 +125,31 @@ const BLOCK: usize = 1 << 18;
 /// Writes a cache entry for the streams `train` and `valid`, atomically.
 fn write(path: &Path, train: &[u32], valid: &[u32]) -> Result<(), String> {
     let mut sum = crc32fast::Hasher::new();
-    blocks(train, valid, |b| sum.update(b));
+    let _ = blocks(train, valid, |b| {
+        sum.update(b);
+        Ok(())
+    });
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(train.len() as u64).to_le_bytes());
     header.extend_from_slice(&(valid.len() as u64).to_le_bytes());
     header.extend_from_slice(&sum.finalize().to_le_bytes());
-    let tmp = durable::temporary(path);
-    let written = std::fs::File::create(&tmp).and_then(|f| {
-        let mut out = std::io::BufWriter::with_capacity(4 * BLOCK, f);
+    durable::write_atomic_with(path, |out| {
         out.write_all(&header)?;
-        let mut result = Ok(());
-        blocks(train, valid, |b| {
-            if result.is_ok() {
-                result = out.write_all(b);
-            }
-        });
-        result?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(durable::describe("write", path, &e));
-    }
-    durable::persist(&tmp, path)
+        blocks(train, valid, |b| out.write_all(b))
+    })
 }
 
 /// Gives `each` the ids of `train` then `valid` as little-endian bytes, a
-/// block at a time.
-fn blocks(train: &[u32], valid: &[u32], mut each: impl FnMut(&[u8])) {
+/// block at a time; stops at its first error.
+fn blocks(train: &[u32], valid: &[u32], mut each: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(4 * BLOCK);
     for block in train.chunks(BLOCK).chain(valid.chunks(BLOCK)) {
         bytes.clear();
         bytes.extend(block.iter().flat_map(|t| t.to_le_bytes()));
-        each(&bytes);
+        each(&bytes)?;
     }
+    Ok(())
 }
 
 /// A cache entry's streams; `None` when missing, of another format,
@@ -174,25 +164,20 @@ fn read(path: &Path) -> Option<(Vec<u32>, Vec<u32>)> {
     if size != (HEADER as u64).checked_add(4 * (n as u64).checked_add(m as u64)?)? {
         return None;
     }
-    let (mut train, mut valid) = (Vec::with_capacity(n), Vec::with_capacity(m));
     let mut sum = crc32fast::Hasher::new();
     let mut bytes = vec![0u8; 4 * BLOCK];
-    let mut left = n + m;
-    while left > 0 {
-        let take = left.min(BLOCK);
-        let b = &mut bytes[..4 * take];
-        file.read_exact(b).ok()?;
-        sum.update(b);
-        for c in b.chunks_exact(4) {
-            let id = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            if train.len() < n {
-                train.push(id);
-            } else {
-                valid.push(id);
-            }
+    // `count` ids into a stream of their own.
+    let mut ids = |count: usize| -> Option<Vec<u32>> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let b = &mut bytes[..4 * (count - out.len()).min(BLOCK)];
+            file.read_exact(b).ok()?;
+            sum.update(b);
+            out.extend(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
         }
-        left -= take;
-    }
+        Some(out)
+    };
+    let (train, valid) = (ids(n)?, ids(m)?);
     (sum.finalize() == want).then_some((train, valid))
 }
 
