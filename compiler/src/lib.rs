@@ -52,7 +52,7 @@ pub fn compile_with(root: &Path, loader: &dyn Loader, sets: &[String]) -> Result
     if !sets.is_empty() {
         set::apply(&mut loaded, sets, &mut diags);
     }
-    let (program, check_diags) = check::check(&loaded.files);
+    let (program, check_diags) = check::check(&loaded.files, &loaded.unread);
     diags.extend(check_diags);
     let mut all = diag::Diagnostics::default();
     all.extend(diags);

@@ -21,6 +21,10 @@ pub struct Loaded {
     pub files: Vec<File>,
     /// The file of each entry of `files`.
     pub ids: Vec<FileId>,
+    /// Each `use` whose file was not loaded (unreadable, too large or with
+    /// syntax errors, each reported at its place): a name the program
+    /// misses may be defined there.
+    pub unread: Vec<Span>,
 }
 
 /// Loads `root` (read failures of the root itself are the caller's to
@@ -48,7 +52,9 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    fn file(&mut self, name: &str, path: PathBuf, text: &str) {
+    /// Loads one file and what it uses; `false` when it could not be
+    /// parsed (its definitions are missing).
+    fn file(&mut self, name: &str, path: PathBuf, text: &str) -> bool {
         let id = self.loaded.sources.add(name, path.clone(), text);
         if text.len() > MAX_FILE_BYTES {
             self.diags.push(
@@ -60,13 +66,13 @@ impl Cx<'_> {
                 .label("file starts here")
                 .help("a .blk file describes a block and a model; split generated content out"),
             );
-            return;
+            return false;
         }
         let file = match parse(id, text) {
             Ok(f) => f,
             Err(ds) => {
                 self.diags.extend(ds);
-                return;
+                return false;
             }
         };
         self.stack.push(path.clone());
@@ -79,6 +85,7 @@ impl Cx<'_> {
         self.stack.pop();
         self.loaded.files.push(file);
         self.loaded.ids.push(id);
+        true
     }
 
     fn use_file(&mut self, dir: &Path, rel: &str, span: Span) {
@@ -103,13 +110,19 @@ impl Cx<'_> {
             );
             return;
         }
-        match self.loader.load(&path) {
+        let loaded = match self.loader.load(&path) {
             Ok(text) => self.file(&path.display().to_string(), path, &text),
-            Err(why) => self.diags.push(
-                Diagnostic::new(Code::E2012, span, format!("cannot read `{}`: {why}", path.display()))
-                    .label("used here")
-                    .help("paths in `use` are relative to the file that contains the `use`"),
-            ),
+            Err(why) => {
+                self.diags.push(
+                    Diagnostic::new(Code::E2012, span, format!("cannot read `{}`: {why}", path.display()))
+                        .label("used here")
+                        .help("paths in `use` are relative to the file that contains the `use`"),
+                );
+                false
+            }
+        };
+        if !loaded {
+            self.loaded.unread.push(span);
         }
     }
 }

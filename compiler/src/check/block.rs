@@ -419,7 +419,7 @@ impl<'a> Cx<'a> {
                 if known.is_empty() || did_you_mean(&id.name, known.iter().map(String::as_str)).is_none() {
                     d = d.help(format!("define it with `{what} {} {{ … }}`, or `use` the file that does", id.name));
                 }
-                self.diags.push(d);
+                self.diags.push(self.defs.perhaps_unread(d, &id.name));
                 None
             }
         }

@@ -20,7 +20,7 @@ pub fn model(s: ModelSettings, defs: &Defs, blocks: &[BlockIr], diags: &mut Vec<
         if known.is_empty() {
             d = d.help("define the block here or `use` the file that defines it");
         }
-        diags.push(d);
+        diags.push(defs.perhaps_unread(d, &name.name));
         return None;
     };
     layer_range(ast, defs, model.depth, diags);

@@ -21,6 +21,7 @@ pub use model::limits;
 use crate::diag::{Code, Diagnostic};
 use crate::eval::Env;
 use crate::graph::{BlockIr, LayerGraph, Program};
+use crate::span::Span;
 use crate::syntax::ast::{Block, Expr, File, LayerSelector, Stmt};
 
 /// The model a bare block is checked (and benchmarked) in: the small CPU
@@ -33,9 +34,11 @@ pub const MAX_STATEMENTS: usize = 512;
 pub const MAX_SELECTORS: usize = 64;
 
 /// Checks every file; the program is `Some` when there is no error.
-pub fn check(files: &[File]) -> (Option<Program>, Vec<Diagnostic>) {
+/// `unread` lists the `use`s whose files were not loaded (their errors
+/// are the loader's), to point at from names they may have defined.
+pub fn check(files: &[File], unread: &[Span]) -> (Option<Program>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let defs = scope::collect(files, &mut diags);
+    let defs = scope::collect(files, unread, &mut diags);
     let settings = defs.model.and_then(|s| model::model(s, &mut diags));
     let env = settings.as_ref().map_or(BARE_ENV, |m| Env {
         depth: m.model.depth as f64,

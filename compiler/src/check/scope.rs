@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::sections::duplicate;
 use crate::diag::{Code, Diagnostic};
+use crate::span::Span;
 use crate::syntax::ast::{Block, File, Item, Section, SectionKind};
 
 /// Every definition, by name.
@@ -18,10 +19,21 @@ pub struct Defs<'a> {
     pub model: Option<&'a Section>,
     /// Every `train` section, used files first: later settings win.
     pub train: Vec<&'a Section>,
+    /// The `use`s whose files were not loaded (see [`Loaded::unread`](crate::load::Loaded::unread)).
+    pub unread: &'a [Span],
 }
 
-pub fn collect<'a>(files: &'a [File], diags: &mut Vec<Diagnostic>) -> Defs<'a> {
-    let mut defs = Defs::default();
+impl Defs<'_> {
+    /// `d`, about a block or section that is not defined, with a note at
+    /// each `use` whose file was not loaded: it may be defined there, so
+    /// that the error is read as the other's consequence.
+    pub fn perhaps_unread(&self, d: Diagnostic, name: &str) -> Diagnostic {
+        self.unread.iter().fold(d, |d, span| d.note(*span, format!("not loaded: `{name}` may be defined there")))
+    }
+}
+
+pub fn collect<'a>(files: &'a [File], unread: &'a [Span], diags: &mut Vec<Diagnostic>) -> Defs<'a> {
+    let mut defs = Defs { unread, ..Defs::default() };
     for item in files.iter().flat_map(|f| &f.items) {
         match item {
             Item::Use(_) => {}
