@@ -95,7 +95,24 @@ fn sample<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     // Each token read once: the attentions keep their keys and values.
     let mut window = Window::new(&run.model, context, device);
     let logits = |ids: &[u32]| window.next(ids);
-    g.run(ids, &mut Rng::new(args.seed), |ids| tok.decode(ids), logits, &mut out)
+    if let Ended::EndOfText(n) = g.run(ids, &mut Rng::new(args.seed), |ids| tok.decode(ids), logits, &mut out)? {
+        // Said apart from the text, so that a short or empty sample is not
+        // taken for a fault.
+        let tokens = if n == 1 { "token" } else { "tokens" };
+        crate::errln!("sample: the model ended the text after {n} {tokens} (`--ignore-eot` goes on past its end)");
+    }
+    Ok(())
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It drew its count of tokens, or its reader left.
+    Drawn,
+    /// The model drew the end of text after this many tokens.
+    EndOfText(usize),
+    /// A stop string was written.
+    Stopped,
 }
 
 /// What a generation draws and where it ends.
@@ -122,7 +139,7 @@ impl Generation<'_> {
         decode: impl Fn(&[u32]) -> String,
         mut logits: impl FnMut(&[u32]) -> Result<Vec<f32>, String>,
         out: &mut impl Write,
-    ) -> Result<(), String> {
+    ) -> Result<Ended, String> {
         let prompt_len = ids.len();
         // Text that could still be the start of a stop string is held back.
         let hold = self.stops.iter().map(String::len).max().unwrap_or(1) - 1;
@@ -134,32 +151,26 @@ impl Generation<'_> {
             }
             let next = pick(&last, self.sampling, rng);
             if Some(next) == self.end {
-                break;
+                let _ = writeln!(out, "{}", decode(&ids[prompt_len..]).get(shown..).unwrap_or_default());
+                return Ok(Ended::EndOfText(ids.len() - prompt_len));
             }
             ids.push(next);
             let text = decode(&ids[prompt_len..]);
             if let Some(at) = self.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
                 let _ = writeln!(out, "{}", text.get(shown..at).unwrap_or_default());
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
             // Print what is new (multi-byte characters may complete later).
-            let mut upto = text.len().saturating_sub(hold);
-            while upto > shown && !text.is_char_boundary(upto) {
-                upto -= 1;
-            }
+            let upto = text.floor_char_boundary(text.len().saturating_sub(hold));
             if upto > shown && text.is_char_boundary(shown) && !text[..upto].ends_with('\u{fffd}') {
                 if write!(out, "{}", &text[shown..upto]).and_then(|()| out.flush()).is_err() {
-                    return Ok(());
+                    return Ok(Ended::Drawn);
                 }
                 shown = upto;
             }
         }
-        let text = decode(&ids[prompt_len..]);
-        if text.len() > shown && text.is_char_boundary(shown) {
-            let _ = write!(out, "{}", &text[shown..]);
-        }
-        let _ = writeln!(out);
-        Ok(())
+        let _ = writeln!(out, "{}", decode(&ids[prompt_len..]).get(shown..).unwrap_or_default());
+        Ok(Ended::Drawn)
     }
 }
 
@@ -234,11 +245,16 @@ mod tests {
     /// Tokens are letters: 0 'a', 1 'b', 2 'c', 3 the end of text, 4 the
     /// mask; `scores` gives the logits after each count of ids so far.
     fn generated(g: &Generation<'_>, scores: &[[f32; 5]]) -> String {
+        ended(g, scores).0
+    }
+
+    /// [`generated`], with how it ended.
+    fn ended(g: &Generation<'_>, scores: &[[f32; 5]]) -> (String, Ended) {
         let decode = |ids: &[u32]| ids.iter().map(|&i| ["a", "b", "c", "<eot>", "<mask>"][i as usize]).collect();
         let mut out = Vec::new();
         let logits = |ids: &[u32]| Ok(scores[(ids.len() - 1).min(scores.len() - 1)].to_vec());
-        g.run(vec![0], &mut Rng::new(1), decode, logits, &mut out).unwrap_or_else(|e| panic!("{e}"));
-        String::from_utf8_lossy(&out).into_owned()
+        let end = g.run(vec![0], &mut Rng::new(1), decode, logits, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        (String::from_utf8_lossy(&out).into_owned(), end)
     }
 
     #[test]
@@ -247,14 +263,16 @@ mod tests {
         let g = Generation { tokens: 10, sampling: greedy, stops: &[], end: Some(3), never: Some(4) };
         // b, then the mask (most likely, never drawn: c instead), then the end.
         let scores = [[0.0, 5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 9.0], [0.0, 0.0, 0.0, 9.0, 0.0]];
-        assert_eq!(generated(&g, &scores), "bc\n");
+        assert_eq!(ended(&g, &scores), ("bc\n".into(), Ended::EndOfText(2)));
+        // The end first: no text, and the count says so.
+        assert_eq!(ended(&g, &[[0.0, 0.0, 0.0, 9.0, 0.0]]), ("\n".into(), Ended::EndOfText(0)));
         // Past the end of text when asked, to the token count.
         let on = Generation { tokens: 4, end: None, ..g };
-        assert_eq!(generated(&on, &scores), "bc<eot><eot>\n");
+        assert_eq!(ended(&on, &scores), ("bc<eot><eot>\n".into(), Ended::Drawn));
         // A stop string ends it before the text is written.
         let stops = ["c<".to_string()];
         let stopped = Generation { stops: &stops, ..on };
-        assert_eq!(generated(&stopped, &scores), "b\n");
+        assert_eq!(ended(&stopped, &scores), ("b\n".into(), Ended::Stopped));
         // Sampled, the mask is never drawn however likely.
         let hot = Sampling { temperature: 2.0, top_k: 0, top_p: 1.0 };
         let drawn = Generation { tokens: 200, sampling: hot, end: None, ..g };
