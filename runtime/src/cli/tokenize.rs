@@ -171,7 +171,7 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
     let t = tokenizer::train_bpe_streamed(vocab, |give| {
         // The sample exceeds its budget by at most a document: cut there.
         let mut left = budget as usize;
-        sample.texts(false, |text| {
+        sample.texts(|_, text| {
             let take = &text[..text.floor_char_boundary(left)];
             left -= take.len();
             if take.is_empty() || give(take) {
@@ -246,7 +246,7 @@ fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, s
         }
         Ok(())
     };
-    plan.texts(valid, |text| {
+    plan.texts(valid, |_, text| {
         group.push(text.to_string());
         bytes += text.len();
         if bytes >= GROUP_BYTES || group.len() >= 1024 {
@@ -348,8 +348,14 @@ mod tests {
         std::fs::create_dir_all(&args.out).unwrap_or_else(|e| panic!("{e}"));
         // A validation document gone after the plan: the tokenizer and the
         // training file are written, then the validation split fails.
-        let gone = plan.valid.first().map(|p| corpus.join(&p.name)).unwrap_or_else(|| panic!("no validation"));
-        std::fs::remove_file(&gone).unwrap_or_else(|e| panic!("{e}"));
+        let mut valid = Vec::new();
+        plan.texts(true, |name, _| {
+            valid.push(corpus.join(name));
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let gone = valid.first().unwrap_or_else(|| panic!("no validation"));
+        std::fs::remove_file(gone).unwrap_or_else(|e| panic!("{e}"));
         let e = write_all(&args, &plan, None, Instant::now()).err().unwrap_or_default();
         assert!(e.contains("changed while it was tokenised"), "{e}");
         let left: Vec<_> = std::fs::read_dir(&args.out).unwrap_or_else(|e| panic!("{e}")).flatten().collect();

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub use super::plan::{plan, Place, Plan};
+pub use super::plan::{plan, Plan, Sample};
 
 /// The named corpus of Python's standard library sources.
 pub const PYTHON_STDLIB: &str = "python-stdlib";
@@ -187,7 +187,7 @@ pub(super) fn documents(
     for (i, f) in files.iter().enumerate() {
         match read(f) {
             Ok(text) => {
-                let name = f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+                let name = name_in(root, f);
                 if is_json_lines(f) {
                     skipped.bad_records += records(&text, field, |line, t| {
                         each(format!("{name}:{line}"), i, Some(line), t.into());
@@ -268,7 +268,13 @@ pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u
     Ok((if bytes_tokenizer { 6 * text } else { 5 * text + (200 * text).min(512 << 20) }, true))
 }
 
-fn is_json_lines(path: &Path) -> bool {
+/// A file's name relative to the corpus root: its document's name, or the
+/// prefix of its records' (`name:line`).
+pub(super) fn name_in(root: &Path, f: &Path) -> String {
+    f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/")
+}
+
+pub(super) fn is_json_lines(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson")
 }
 
