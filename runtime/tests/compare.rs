@@ -114,3 +114,35 @@ fn a_sweep_trains_every_value_and_refuses_a_bad_one() {
     assert!(text(&o.stderr).contains("variant `tiny`: error[E2015]"), "{}", text(&o.stderr));
     assert!(!d.join("bad").exists());
 }
+
+/// Variants that read their text through different tokenizers are told
+/// so before anything trains; a variant that cannot train is named, after
+/// the runs before it have finished (and are kept); and a sweep says a
+/// file's diagnostics once, not once per value.
+#[test]
+fn unlike_variants_are_named_and_a_failing_one_too() {
+    let d = scratch("compare-unlike");
+    variants(&d);
+    // `pre.blk` with a vocabulary that the bytes tokenizer does not have.
+    let pre = std::fs::read_to_string(d.join("pre.blk")).unwrap_or_default();
+    std::fs::write(d.join("pre.blk"), pre.replace("vocab = 258", "vocab = 300")).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["compare", "tiny.blk", "pre.blk", "--steps", "2", "--out", "cmp", "-q"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let note = err.lines().find(|l| l.starts_with("note: the variants do not share their text")).unwrap_or_default();
+    assert!(note.contains("tiny reads") && note.contains("of 258 tokens") && note.contains("of 300 tokens"), "{err}");
+    assert!(err.contains("error: pre seed 0 did not train"), "named even with -q: {err}");
+    assert!(err.contains("run the same command again"), "{err}");
+    assert_eq!(losses(&d.join("cmp/tiny/seed-0")).len(), 2, "the run before it finished");
+    // Alike variants: no note. A warning of the file, once for two values.
+    let tiny = std::fs::read_to_string(d.join("tiny.blk")).unwrap_or_default();
+    let spare = "use \"sas-p.blk\"\nblock spare {\n    param unused_gain = 0.5\n    out = x\n}";
+    let unused = tiny.replace("use \"sas-p.blk\"", spare);
+    std::fs::write(d.join("tiny.blk"), unused).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["compare", "tiny.blk", "twin.blk", "--sweep", "lr=1e-3,1e-2", "--steps", "1", "--out", "alike"]);
+    ok(&o);
+    let err = text(&o.stderr);
+    assert!(!err.contains("do not share"), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning[")).collect();
+    assert_eq!(warnings, ["warning[W2003]: param `unused_gain` is never used"], "{err}");
+}

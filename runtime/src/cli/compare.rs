@@ -12,7 +12,7 @@ use blkc::span::FileId;
 use serde::Serialize;
 
 use super::train::{bare_model, fits, on_cpu, on_cuda, on_wgpu};
-use super::{compile_reported, split_sets, Device, BROKEN, OK, REJECTED};
+use super::{split_sets, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::{self, Curves};
 use crate::train::rundir::RunDir;
@@ -115,12 +115,40 @@ pub fn run(args: &Args) -> u8 {
         );
         return REJECTED;
     }
+    if let Some(note) = unshared_text(args, &variants) {
+        errln!("{note}");
+    }
     signals::install();
     if let Err(code) = train_all(args, &variants) {
         return code;
     }
     summarise(args, &variants)
 }
+
+/// A note where the variants do not all read one text through one
+/// tokenizer: their batches differ, and their losses, per token of
+/// different tokenizers, do not compare.
+fn unshared_text(args: &Args, variants: &[Variant]) -> Option<String> {
+    let flags = Flags { data: args.data.clone(), ..Flags::default() };
+    let text = |v: &Variant| {
+        let file_train = v.program.train.as_ref().map(|t| (t, &v.sources));
+        let s = Settings::of_run(file_train, v.extra.as_ref(), &flags).ok()?;
+        let vocab = v.program.model.as_ref()?.vocab;
+        Some(format!("`{}` through `{}` of {vocab} tokens", s.data, s.tokenizer))
+    };
+    let texts: Vec<(String, String)> = variants.iter().filter_map(|v| Some((v.name.clone(), text(v)?))).collect();
+    let first = texts.first()?;
+    let other = texts.iter().find(|t| t.1 != first.1)?;
+    Some(format!(
+        "note: the variants do not share their text: {} reads {}, {} reads {}; their batches differ, and losses per \
+         token of different tokenizers do not compare (`blkc eval` gives bits per byte, which do); to compare the \
+         blocks, give every variant the same `--data`, `--set tokenizer=…` and `--set vocab=…`",
+        first.0, first.1, other.0, other.1
+    ))
+}
+
+/// After a run that failed.
+const AGAIN: &str = "the runs that finished are kept: run the same command again once this is fixed";
 
 /// Trains every variant with every seed that has not trained yet, in
 /// order; an interruption ends the command (exit status of the signal).
@@ -158,11 +186,14 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
                 }
                 Ok(_) => {}
                 Err(Failure::Message(m)) => {
-                    errln!("error: {}: {m}", v.name);
+                    errln!("error: {} seed {seed}: {m}", v.name);
+                    errln!("{AGAIN}");
                     return Err(REJECTED);
                 }
                 Err(Failure::Located(d, sources)) => {
                     crate::report::print(&[*d], &sources, crate::report::DiagFormat::Human);
+                    errln!("error: {} seed {seed} did not train (in {})", v.name, out.display());
+                    errln!("{AGAIN}");
                     return Err(REJECTED);
                 }
             }
@@ -209,6 +240,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
     })?;
     let mut out: Vec<Variant> = Vec::new();
     let mut stems: Vec<String> = Vec::new();
+    let mut said: Vec<(blkc::Code, blkc::span::Span, String)> = Vec::new();
     for file in &args.files {
         let stem = file.file_stem().map_or_else(|| "variant".into(), |s| s.to_string_lossy().to_string());
         let mut name = stem.clone();
@@ -227,10 +259,19 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
                 err!("{e}");
                 BROKEN
             })?;
-            let c = compile_reported(file, &sets).ok_or(BROKEN)?;
+            // Each diagnostic once, however many combinations share it.
+            let c = super::compile(file, &sets, crate::report::DiagFormat::Human).ok_or(BROKEN)?;
+            let new: Vec<blkc::Diagnostic> = c
+                .diagnostics
+                .iter()
+                .filter(|d| !said.contains(&(d.code, d.span, d.message.clone())))
+                .cloned()
+                .collect();
+            crate::report::print(&new, &c.sources, crate::report::DiagFormat::Human);
+            said.extend(new.into_iter().map(|d| (d.code, d.span, d.message)));
             let Some(mut program) = c.program else { return Err(BROKEN) };
             if program.model.is_none() {
-                program.model = bare_model(&program, file);
+                program.model = bare_model(&program, file, std::ptr::eq(combo, &combos[0]));
             }
             if program.model.is_none() {
                 errln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());

@@ -150,7 +150,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
     let c = compile_reported(file, &sets).ok_or(BROKEN)?;
     let Some(mut program) = c.program else { return Err(BROKEN) };
     if program.model.is_none() {
-        program.model = bare_model(&program, file);
+        program.model = bare_model(&program, file, true);
     }
     let Ok(model) = train::model_of(&program) else {
         errln!(
@@ -184,12 +184,14 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
 
 /// The small CPU model around the one block a file without a `model`
 /// defines (`small_<block>`), as `blkc bench` measures it; `None` when it
-/// defines several.
-pub(super) fn bare_model(p: &blkc::Program, file: &Path) -> Option<blkc::graph::Model> {
+/// defines several. `say`: a note says so.
+pub(super) fn bare_model(p: &blkc::Program, file: &Path, say: bool) -> Option<blkc::graph::Model> {
     let own: Vec<&blkc::graph::BlockIr> = p.blocks.iter().filter(|b| b.span.file == FileId(0)).collect();
     let [block] = own.as_slice() else { return None };
     let model = train::small_model(p, &block.name, &format!("small_{}", block.name))?;
-    errln!("note: `{}` has no model: training block `{}` in the small model (6 × 256)", file.display(), block.name);
+    if say {
+        errln!("note: `{}` has no model: training block `{}` in the small model (6 × 256)", file.display(), block.name);
+    }
     Some(model)
 }
 
