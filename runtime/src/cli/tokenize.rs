@@ -169,17 +169,7 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         total as f64 / 1e6
     );
     let t = tokenizer::train_bpe_streamed(vocab, |give| {
-        // The sample exceeds its budget by at most a document: cut there.
-        let mut left = budget as usize;
-        sample.texts(|_, text| {
-            let take = &text[..text.floor_char_boundary(left)];
-            left -= take.len();
-            if take.is_empty() || give(take) {
-                Ok(())
-            } else {
-                Err("stopped".into())
-            }
-        })
+        sample.texts(|_, text| if give(text) { Ok(()) } else { Err("stopped".into()) })
     })?;
     errln!("tokenizer: trained in {:.1} s", start.elapsed().as_secs_f64());
     // A model of `vocab` tokens would refuse this tokenizer (E5002): say so
@@ -367,6 +357,13 @@ mod tests {
     fn sizes_read_with_their_units() {
         assert_eq!(bytes_setting("0"), Ok(0));
         assert_eq!(bytes_setting("1G"), Ok(1_000_000_000));
+        // The default sample is the one `blkc train` takes: the same BPE.
+        let default = <Args as clap::Args>::augment_args(clap::Command::new("tokenize"))
+            .get_arguments()
+            .find(|a| a.get_id() == "sample_bytes")
+            .and_then(|a| a.get_default_values().first().map(|v| v.to_string_lossy().to_string()))
+            .unwrap_or_default();
+        assert_eq!(bytes_setting(&default), Ok(crate::train::plan::BPE_SAMPLE_BYTES));
         assert_eq!(bytes_setting("1.5m"), Ok(1_500_000));
         assert_eq!(bytes_setting("4096"), Ok(4096));
         for bad in ["", "G", "-1M", "2X", "nanG", "1e30"] {

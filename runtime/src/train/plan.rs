@@ -184,17 +184,7 @@ impl Plan {
     /// Gives `each` the name and text of every document of the training
     /// (or the validation) split, in order, reading each file again; fails
     /// where a file changed since the plan.
-    pub fn texts(&self, valid: bool, each: impl FnMut(&str, &str) -> Result<(), String>) -> Result<(), String> {
-        self.walk(valid, |_| true, each)
-    }
-
-    /// [`Plan::texts`] of the documents that `keep` keeps, given their bytes.
-    fn walk(
-        &self,
-        valid: bool,
-        mut keep: impl FnMut(u64) -> bool,
-        mut each: impl FnMut(&str, &str) -> Result<(), String>,
-    ) -> Result<(), String> {
+    pub fn texts(&self, valid: bool, mut each: impl FnMut(&str, &str) -> Result<(), String>) -> Result<(), String> {
         let side = usize::from(valid);
         let changed = |f: &Planned| format!("`{}` changed while it was tokenised", f.path.display());
         if let Some(at) = self.single {
@@ -205,8 +195,7 @@ impl Plan {
                 Some(l) => record(&file, &line_spans(&file), l, &self.field).ok_or_else(|| changed(f))?,
             };
             let (head, tail) = split_tail(&text);
-            let text = if valid { tail } else { head };
-            return if keep(text.len() as u64) { each(&f.name, text) } else { Ok(()) };
+            return each(&f.name, if valid { tail } else { head });
         }
         let mut name = String::new();
         for f in self.files.iter().filter(|f| f.documents[side] > 0) {
@@ -221,10 +210,7 @@ impl Plan {
                     return Ok(());
                 }
                 found += 1;
-                if keep(doc.len() as u64) {
-                    each(name, doc)?;
-                }
-                Ok(())
+                each(name, doc)
             };
             if f.records {
                 let lines = line_spans(&text);
@@ -256,19 +242,58 @@ pub struct Sample<'a> {
 }
 
 impl Sample<'_> {
-    /// [`Plan::texts`] of the training documents in the sample.
-    pub fn texts(&self, each: impl FnMut(&str, &str) -> Result<(), String>) -> Result<(), String> {
-        let (total, budget) = (self.plan.bytes(false), self.budget);
-        let (mut seen, mut kept) = (0u64, 0u64);
-        let keep = |bytes: u64| {
-            seen += bytes;
-            let take = total <= budget || u128::from(kept) * u128::from(total) < u128::from(budget) * u128::from(seen);
-            if take {
-                kept += bytes;
-            }
-            take
-        };
-        self.plan.walk(false, keep, each)
+    /// [`Plan::texts`] of the training documents in the sample, the last
+    /// cut where the budget ends.
+    pub fn texts(&self, mut each: impl FnMut(&str, &str) -> Result<(), String>) -> Result<(), String> {
+        let mut spread = Spread::new(self.plan.bytes(false), self.budget);
+        self.plan.texts(false, |name, text| match spread.take(text) {
+            Some(part) => each(name, part),
+            None => Ok(()),
+        })
+    }
+}
+
+/// The bytes a BPE is trained on, at most, where `blkc train` trains one
+/// (and `blkc tokenize`'s default `--sample-bytes`): 10⁹.
+pub const BPE_SAMPLE_BYTES: u64 = 1_000_000_000;
+
+/// An evenly spread sample of `budget` bytes of texts of `total` bytes,
+/// taken as they come (in name order): a text is kept while the bytes
+/// kept stay under the pro-rata share of the bytes seen, and the one that
+/// reaches the budget is cut there. All of them where `total` is no more.
+#[derive(Debug)]
+pub struct Spread {
+    total: u64,
+    budget: u64,
+    seen: u64,
+    kept: u64,
+}
+
+impl Spread {
+    pub fn new(total: u64, budget: u64) -> Self {
+        Spread { total, budget, seen: 0, kept: 0 }
+    }
+
+    /// Whether the next text, of `bytes`, is kept (at most one past the
+    /// budget: [`Spread::take`] cuts it).
+    fn keeps(&mut self, bytes: u64) -> bool {
+        self.seen += bytes;
+        let (total, budget) = (u128::from(self.total), u128::from(self.budget));
+        let keep = self.total <= self.budget || u128::from(self.kept) * total < budget * u128::from(self.seen);
+        if keep {
+            self.kept += bytes;
+        }
+        keep
+    }
+
+    /// The part of the next text in the sample: all of it, none, or its
+    /// start, where the budget ends.
+    pub fn take<'t>(&mut self, text: &'t str) -> Option<&'t str> {
+        let room = self.budget.saturating_sub(self.kept);
+        if !self.keeps(text.len() as u64) || room == 0 {
+            return None;
+        }
+        Some(&text[..text.floor_char_boundary(usize::try_from(room).unwrap_or(usize::MAX))])
     }
 }
 
@@ -407,9 +432,10 @@ mod tests {
         }
     }
 
-    /// A sample keeps about its budget, every tenth of the split giving its
-    /// share (checked on a corpus of 1,000 files of 1 to 997 bytes, in an
-    /// irregular pattern, each text starting with its number).
+    /// A sample keeps its budget, every tenth of the split giving its share
+    /// (checked on a corpus of 1,000 files of 1 to 997 bytes, in an
+    /// irregular pattern, each text starting with its number); it is the
+    /// sample `blkc train` takes from the corpus held in memory.
     #[test]
     fn a_sample_is_spread_evenly_and_near_its_budget() {
         let dir = std::env::temp_dir().join(format!("blkc-sample-{}", std::process::id()));
@@ -419,6 +445,7 @@ mod tests {
             write(&dir, &format!("{i:04}.txt"), &format!("{i:04}{}", "x".repeat(size)));
         }
         let plan = plan(&dir.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
+        let corpus = load(&dir.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
         let all = planned(&plan, false);
         assert_eq!(all.len(), 999, "one document validates");
         let total = plan.bytes(false);
@@ -426,7 +453,7 @@ mod tests {
         let tenth = |docs: &[(String, String)], t: usize| -> u64 {
             docs.iter().filter(|(_, d)| d[1..2] == t.to_string()).map(|(_, d)| d.len() as u64).sum()
         };
-        for budget in [1, 5_000, total / 3, total - 1, total] {
+        for budget in [1, 5_000, total / 3, total - 1, total, total + 1] {
             let mut kept = Vec::new();
             plan.sample(budget)
                 .texts(|n, t| {
@@ -435,7 +462,9 @@ mod tests {
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let bytes = kept.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
-            assert!(bytes >= budget && bytes < budget + largest, "{bytes} kept for {budget} of {total}");
+            assert_eq!(bytes, budget.min(total), "kept for {budget} of {total}");
+            let held: Vec<&str> = super::super::tokenizer::sampled(&corpus.train, budget).collect();
+            assert_eq!(held, kept.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(), "{budget}: train's sample");
             if budget >= total / 3 {
                 for t in 0..10 {
                     let (part, whole) = (tenth(&kept, t), tenth(&all, t));

@@ -16,6 +16,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use super::data::{Corpus, Fnv};
+use super::plan::{Spread, BPE_SAMPLE_BYTES};
 
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const MASK: &str = "<|mask|>";
@@ -302,10 +303,17 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
             corpus.source
         ));
     }
+    // A split larger than the sample trains the BPE on an evenly spread
+    // sample of it, as `blkc tokenize` does by default: the same BPE.
+    let total = corpus.train.iter().map(|d| d.text.len() as u64).sum::<u64>();
+    let budget = total.min(BPE_SAMPLE_BYTES);
     let mut key = Fnv::new();
     key.write(&corpus.fingerprint().to_le_bytes());
     key.write(&(vocab as u64).to_le_bytes());
     key.write(&RECIPE.to_le_bytes());
+    if budget < total {
+        key.write(&budget.to_le_bytes());
+    }
     let path = cache_dir().join("tokenizers").join(format!("bpe-{vocab}-{:016x}.json", key.finish()));
     if path.is_file() {
         if let Ok(t) = Tokenizer::load(&path) {
@@ -313,21 +321,33 @@ pub fn obtain(setting: &str, vocab: usize, corpus: &Corpus, quiet: bool) -> Resu
         }
     }
     if !quiet {
-        let mb = corpus.train.iter().map(|d| d.text.len()).sum::<usize>() as f64 / 1e6;
-        errln!("tokenizer: training a byte-level BPE of {vocab} tokens on {mb:.1} MB (once per corpus; cached)…");
+        let of = if budget < total {
+            format!("an evenly spread {:.1} MB of the {:.1} MB training split", budget as f64 / 1e6, total as f64 / 1e6)
+        } else {
+            format!("{:.1} MB", total as f64 / 1e6)
+        };
+        errln!("tokenizer: training a byte-level BPE of {vocab} tokens on {of} (once per corpus; cached)…");
     }
     let start = std::time::Instant::now();
     // Progress bars on a terminal (the tokenizers library's own).
     let bars = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     // In pieces, as for encoding: the library pre-tokenises a whole text at
     // once, some 200 bytes per byte (9 GB for a 45 MB file).
-    let t = train_bpe_with(vocab, corpus.train.iter().flat_map(|d| chunks(&d.text)), bars)?;
+    let t = train_bpe_with(vocab, sampled(&corpus.train, budget).flat_map(chunks), bars)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the cache `{}`: {e}", dir.display()))?;
     }
     t.save(&path)?;
     Ok((t, Origin::Trained { seconds, path }))
+}
+
+/// The texts of `docs` in an evenly spread sample of `budget` bytes
+/// ([`Spread`]): what `blkc tokenize` trains its BPE on, from a
+/// [`Plan`](super::plan::Plan) of the same corpus.
+pub(super) fn sampled(docs: &[super::data::Doc], budget: u64) -> impl Iterator<Item = &str> + Send {
+    let mut spread = Spread::new(docs.iter().map(|d| d.text.len() as u64).sum(), budget);
+    docs.iter().filter_map(move |d| spread.take(&d.text))
 }
 
 /// Trains a byte-level BPE of `vocab` tokens (special tokens and the 256
