@@ -242,11 +242,7 @@ impl SourceMap {
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, id: FileId, offset: u32) -> (usize, usize) {
         let text = &self.get(id).text;
-        let mut end = (offset as usize).min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let upto = &text[..end];
+        let upto = &text[..text.floor_char_boundary(offset as usize)];
         let line = upto.matches('\n').count() + 1;
         let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)

@@ -29,7 +29,7 @@ pub enum Place {
 
 /// What the text before `offset` says about the cursor's place.
 pub fn place(text: &str, offset: usize) -> Place {
-    let before = &text[..floor_boundary(text, offset)];
+    let before = &text[..text.floor_char_boundary(offset)];
     let code = strip_comments(before);
     let headers = open_headers(&code);
     let line = code.rsplit('\n').next().unwrap_or("");
@@ -136,14 +136,6 @@ pub fn complete(text: &str, offset: usize, a: Option<&Analysis>) -> Vec<Completi
         }
     }
     items
-}
-
-fn floor_boundary(text: &str, offset: usize) -> usize {
-    let mut o = offset.min(text.len());
-    while !text.is_char_boundary(o) {
-        o -= 1;
-    }
-    o
 }
 
 /// The text with `# …` comments blanked (strings kept: a `#` in a string

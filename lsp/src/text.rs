@@ -19,10 +19,7 @@ impl<'a> Lines<'a> {
     /// The position of byte `offset` (clamped to the text, moved back to a
     /// character boundary).
     pub fn position(&self, offset: usize) -> Position {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
+        let offset = self.text.floor_char_boundary(offset);
         let line = self.starts.partition_point(|&s| s <= offset) - 1;
         let column = self.text[self.starts[line]..offset].encode_utf16().count();
         Position::new(line as u32, column as u32)

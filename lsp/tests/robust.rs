@@ -71,10 +71,7 @@ fn break_each<'a>(files: impl Iterator<Item = (usize, &'a PathBuf)>) -> usize {
         // new text (as the server does), and the broken one answers too.
         let bytes = ['{', '}', '(', ')', '=', '"', '#', '\n', 'x', '1', '.', 'γ'];
         for _ in 0..6 {
-            let mut cut = rng.next(text.len() + 1);
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            let cut = text.floor_char_boundary(rng.next(text.len() + 1));
             let mut broken = text[..cut].to_string();
             broken.push(bytes[rng.next(bytes.len())]);
             // Drop a few characters after the insertion.
