@@ -12,6 +12,7 @@ use crate::layers::block::Block;
 use crate::layers::dropout::Noise;
 use crate::layers::init::{param, weight};
 use crate::layers::norm::Norm;
+use crate::layers::tables::Tables;
 use crate::layers::Build;
 use crate::rng::Rng;
 
@@ -27,6 +28,10 @@ pub struct Model<B: Backend> {
     pub head: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     pub sinusoidal: bool,
+    /// Tables of positions, kept on each device (sinusoidal positions here,
+    /// rotary angles in the attentions).
+    #[module(skip)]
+    pub tables: Tables,
 }
 
 impl<B: Kernels> Model<B> {
@@ -44,18 +49,28 @@ impl<B: Kernels> Model<B> {
             }
             _ => None,
         };
+        let tables = Tables::default();
         let blocks = (0..m.depth)
             .map(|l| {
                 let rope = m.positions.rope();
                 let alibi = m.positions == Positions::Alibi;
-                let mut b = Build { width: d, heads: h, mask: m.mask, rope, alibi, env: env(l), rng: &mut rng, device };
+                let (rng, tables) = (&mut rng, &tables);
+                let mut b = Build { width: d, heads: h, mask: m.mask, rope, alibi, env: env(l), rng, device, tables };
                 Block::build(block.graph_at(l, m.depth), &mut b)
             })
             .collect();
         let final_norm = m.final_norm.map(|n| Norm::build(&n, d, device));
         let head =
             (!m.tied_embeddings).then(|| param(weight(&m.embed_init, d, m.vocab as usize, &env(0), &mut rng, device)));
-        Model { embedding, positions, blocks, final_norm, head, sinusoidal: m.positions == Positions::Sinusoidal }
+        Model {
+            embedding,
+            positions,
+            blocks,
+            final_norm,
+            head,
+            sinusoidal: m.positions == Positions::Sinusoidal,
+            tables,
+        }
     }
 
     /// Token and position embeddings of `tokens: [batch, T]` → `[batch, T, width]`.
@@ -71,7 +86,12 @@ impl<B: Kernels> Model<B> {
         let d = w.dims()[1];
         let positions = match &self.positions {
             Some(p) => Some(p.val().slice([from..from + t, 0..d])),
-            None if self.sinusoidal => Some(sinusoidal::<B>(from..from + t, d, &device)),
+            None if self.sinusoidal => {
+                let [table] = self
+                    .tables
+                    .rows(("sinusoidal", d), from..from + t, &device, |n| [sinusoidal::<B>(0..n, d, &device)]);
+                Some(table)
+            }
             None => None,
         };
         crate::kernels::embed(w, tokens.reshape([b * t]), positions).reshape([b, t, d])

@@ -53,6 +53,7 @@ fn block(p: &Program, layer: u64) -> Block<B> {
         env,
         rng: &mut rng,
         device: &device,
+        tables: &Default::default(),
     };
     Block::build(p.blocks[m.block].graph_at(layer, m.depth), &mut b)
 }
@@ -286,6 +287,7 @@ fn grouped_query_attention_matches_a_hand_written_forward_pass_and_its_count() {
             env,
             rng: &mut rng,
             device: &device,
+            tables: &Default::default(),
         };
         let b = Block::<B>::build(p.blocks[m.block].graph_at(1, 2), &mut ctx);
         let a = &b.attention[0];

@@ -23,6 +23,7 @@ use super::linear;
 use super::map::{Kind, Map};
 use super::norm::Norm;
 use super::scalar::{self, Slot};
+use super::tables::Tables;
 
 /// How the attention's matrix is computed, decided when it is built.
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub struct Plan {
     pub dropout: blkc::graph::Dropout,
     /// The constant gains as tensors, once made.
     pub constants: scalar::Constants,
+    /// The model's tables of positions (rotary angles).
+    pub tables: Tables,
 }
 
 #[derive(Module, Debug)]
@@ -139,6 +142,7 @@ impl<B: Kernels> Attention<B> {
                 form: Form::of(&spec.matrix),
                 dropout: spec.dropout,
                 constants: Default::default(),
+                tables: b.tables.clone(),
             },
         }
     }
@@ -326,18 +330,20 @@ impl<B: Kernels> Attention<B> {
         let Some(rope) = self.plan.rope else { return (q, k) };
         let [_, _, t, hd] = q.dims();
         let r = rope.dims(hd);
-        let half = r / 2;
-        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
-        for i in from..from + t {
-            for p in 0..half {
-                let (s, c) = rope.angle(i, p, r).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
-            }
-        }
         let device = q.device();
-        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, half]), &device);
-        let (cos, sin) = (table(cos), table(sin));
+        let [cos, sin] = self.plan.tables.rows(("rotary", r), from..from + t, &device, |n| {
+            let half = r / 2;
+            let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+            for i in 0..n {
+                for p in 0..half {
+                    let (s, c) = rope.angle(i, p, r).sin_cos();
+                    cos.push(c as f32);
+                    sin.push(s as f32);
+                }
+            }
+            let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [n, half]), &device);
+            [table(cos), table(sin)]
+        });
         (kernels::rope(q, cos.clone(), sin.clone()), kernels::rope(k, cos, sin))
     }
 

@@ -10,6 +10,7 @@ pub mod map;
 pub mod mlp;
 pub mod norm;
 pub mod scalar;
+pub mod tables;
 
 use blkc::eval::Env;
 use blkc::graph::{Init, Mask};
@@ -34,6 +35,8 @@ pub struct Build<'a, B: Backend> {
     pub env: Env,
     pub rng: &'a mut Rng,
     pub device: &'a B::Device,
+    /// The model's tables of positions, shared by its layers.
+    pub tables: &'a tables::Tables,
 }
 
 impl<B: Backend> Build<'_, B> {

@@ -1,0 +1,90 @@
+//! Tables of positions (the cosines and sines of rotary angles, sinusoidal
+//! embeddings), made on the host once per backend and device for every
+//! position asked so far, and kept there. A forward takes rows of them on
+//! the device; before, it made its table on the host and uploaded it, per
+//! layer and step (on a GPU, a copy from the host the queue waits for).
+//! A row depends only on its position, so rows of the kept table are the
+//! table made for those positions, bit for bit.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::backend::{Backend, DeviceId, DeviceOps};
+use burn::tensor::Tensor;
+
+/// The kept tables, by backend, device and [`Kind`], each as long as
+/// the furthest position asked, rounded up to a power of two. Shared by
+/// clones (every layer of a model holds the same).
+#[derive(Clone, Default)]
+pub struct Tables(Arc<Mutex<HashMap<(TypeId, DeviceId, Kind), Box<dyn Any + Send>>>>);
+
+/// A kind of table: its name and a number that sets its columns.
+pub type Kind = (&'static str, usize);
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "Tables({n} held)")
+    }
+}
+
+impl Tables {
+    /// Rows `positions` of the `K` tables of kind `kind` that `make` fills
+    /// for positions `0..n` (each `[n, columns]`, a row per position).
+    pub fn rows<B: Backend, const K: usize>(
+        &self,
+        kind: Kind,
+        positions: Range<usize>,
+        device: &B::Device,
+        make: impl Fn(usize) -> [Tensor<B, 2>; K],
+    ) -> [Tensor<B, 2>; K] {
+        let take = |tables: [Tensor<B, 2>; K]| tables.map(|t| t.slice(positions.clone()));
+        let key = (TypeId::of::<B>(), device.id(), kind);
+        let Ok(mut held) = self.0.lock() else { return take(make(positions.end)) };
+        let kept = held
+            .get(&key)
+            .and_then(|t| t.downcast_ref::<[Tensor<B, 2>; K]>())
+            .filter(|t| t.first().is_none_or(|t| t.dims()[0] >= positions.end));
+        let tables = match kept {
+            Some(t) => t.clone(),
+            None => {
+                let t = make(positions.end.next_power_of_two());
+                held.insert(key, Box::new(t.clone()));
+                t
+            }
+        };
+        take(tables)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    type B = crate::backend::Cpu;
+
+    /// `[n, 2]`: position and its square, counting the tables made.
+    fn table(n: usize, made: &std::cell::Cell<usize>) -> [Tensor<B, 2>; 1] {
+        made.set(made.get() + 1);
+        let data: Vec<f32> = (0..n).flat_map(|p| [p as f32, (p * p) as f32]).collect();
+        [Tensor::from_data(TensorData::new(data, [n, 2]), &Default::default())]
+    }
+
+    #[test]
+    fn rows_are_those_of_a_table_made_for_them_and_made_once() {
+        let (tables, made) = (Tables::default(), std::cell::Cell::new(0));
+        let device = Default::default();
+        for (range, made_by_then) in [(0..5, 1), (3..8, 1), (2..9, 2), (0..16, 2), (15..16, 2), (16..17, 3)] {
+            let [got] = tables.rows::<B, 1>(("squares", 2), range.clone(), &device, |n| table(n, &made));
+            let want: Vec<f32> = range.clone().flat_map(|p| [p as f32, (p * p) as f32]).collect();
+            assert_eq!(got.into_data().to_vec::<f32>().unwrap_or_default(), want, "{range:?}");
+            assert_eq!(made.get(), made_by_then, "{range:?}: made again only to grow");
+        }
+        // Another kind has its own table.
+        tables.rows::<B, 1>(("squares", 3), 0..1, &device, |n| table(n, &made));
+        assert_eq!(made.get(), 4);
+    }
+}
