@@ -18,7 +18,10 @@ use burn::tensor::Tensor;
 /// the furthest position asked, rounded up to a power of two. Shared by
 /// clones (every layer of a model holds the same).
 #[derive(Clone, Default)]
-pub struct Tables(Arc<Mutex<HashMap<(TypeId, DeviceId, Kind), Box<dyn Any + Send>>>>);
+pub struct Tables(Arc<Mutex<HashMap<Key, Box<dyn Any + Send>>>>);
+
+/// A kept table's backend, device and kind.
+type Key = (TypeId, DeviceId, Kind);
 
 /// A kind of table: its name and a number that sets its columns.
 pub type Kind = (&'static str, usize);
