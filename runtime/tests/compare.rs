@@ -40,6 +40,18 @@ fn variants_with_one_seed_see_the_same_batches() {
         serde_json::from_str(&std::fs::read_to_string(d.join("cmp/summary.json")).unwrap_or_default())
             .unwrap_or_default();
     assert_eq!(summary["variants"][0]["seeds"], 2, "{summary}");
+    // Bits per byte: the mean validation loss per token over the bytes per
+    // token of the validation text.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("cmp/tiny/seed-0/run.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let (tokens, bytes) = (info["valid_tokens"].as_f64().unwrap_or(0.0), info["valid_bytes"].as_f64().unwrap_or(0.0));
+    // A token per byte, and one end of text per document.
+    assert!(bytes > 0.0 && tokens > bytes && tokens - bytes < 10.0, "{info}");
+    let loss = summary["variants"][0]["eval_loss"][0].as_f64().unwrap_or(f64::NAN);
+    let bpb = summary["variants"][0]["eval_bits_per_byte"].as_f64().unwrap_or(f64::NAN);
+    assert!((bpb - loss / std::f64::consts::LN_2 * tokens / bytes).abs() < 1e-9, "{summary}");
+    assert!(table.contains("validation bits/byte") && table.contains(&format!("{bpb:.4}")), "{table}");
     assert!(d.join("cmp/summary.md").is_file());
 }
 

@@ -99,6 +99,9 @@ pub struct Row {
     pub loss: [f64; 3],
     /// Final validation loss: mean, min, max.
     pub eval_loss: [f64; 3],
+    /// The mean final validation loss in bits per byte of the validation
+    /// text (comparable across tokenizers); none for token files.
+    pub eval_bits_per_byte: Option<f64>,
     pub tokens_per_s: f64,
     pub seconds: f64,
 }
@@ -141,8 +144,7 @@ fn unshared_text(args: &Args, variants: &[Variant]) -> Option<String> {
     let other = texts.iter().find(|t| t.1 != first.1)?;
     Some(format!(
         "note: the variants do not share their text: {} reads {}, {} reads {}; their batches differ, and losses per \
-         token of different tokenizers do not compare (`blkc eval` gives bits per byte, which do); to compare the \
-         blocks, give every variant the same `--data`, `--set tokenizer=…` and `--set vocab=…`",
+         token of different tokenizers do not compare (bits per byte, in the table, do); to compare the blocks, give every variant the same `--data`, `--set tokenizer=…` and `--set vocab=…`",
         first.0, first.1, other.0, other.1
     ))
 }
@@ -388,7 +390,8 @@ fn run_dir(out: &Path, v: &Variant, seed: u64) -> PathBuf {
 /// Variant `v`'s row from its first run's `run.json` and every seed's
 /// metrics.
 fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
-    let params = first.read_info().map_or(0, |info| info.params);
+    let info = first.read_info().ok();
+    let params = info.as_ref().map_or(0, |info| info.params);
     let last = |s: &plot::Series| s.last().map_or(f64::NAN, |p| p.1);
     let mean = |s: &plot::Series| s.iter().map(|p| p.1).sum::<f64>() / s.len().max(1) as f64;
     let finals: Vec<(f64, f64, f64, f64)> =
@@ -403,7 +406,9 @@ fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
         .model
         .as_ref()
         .map_or(0, |m| blkc::graph::params::flops_per_token(m, &v.program.blocks[m.block], m.context));
+    let eval_loss = stats(|x| x.1);
     Row {
+        eval_bits_per_byte: info.and_then(|i| i.bits_per_byte(eval_loss[0])).filter(|b| b.is_finite()),
         variant: v.name.clone(),
         file: v.file.display().to_string(),
         rejected: v.rejected,
@@ -412,7 +417,7 @@ fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
         flops_per_token: flops as u64,
         seeds: finals.len(),
         loss: stats(|x| x.0),
-        eval_loss: stats(|x| x.1),
+        eval_loss,
         tokens_per_s: stats(|x| x.2)[0],
         seconds: stats(|x| x.3)[0],
     }
@@ -421,12 +426,12 @@ fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
 /// The table, in Markdown.
 pub fn markdown(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| variant | check (final cosine) | parameters | MFLOP/token | seeds | train loss | validation loss | tokens/s | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| variant | check (final cosine) | parameters | MFLOP/token | seeds | train loss | validation loss | validation bits/byte | tokens/s | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let spread = |x: [f64; 3]| format!("{:.4} ({:.4}–{:.4})", x[0], x[1], x[2]);
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} ({:.3}) | {} | {:.1} | {} | {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} ({:.3}) | {} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
             r.variant,
             if r.rejected { "rejected" } else { "passes" },
             r.cosine,
@@ -435,6 +440,7 @@ pub fn markdown(rows: &[Row]) -> String {
             r.seeds,
             spread(r.loss),
             spread(r.eval_loss),
+            r.eval_bits_per_byte.map_or_else(|| "—".into(), |b| format!("{b:.4}")),
             r.tokens_per_s,
             r.seconds
         ));

@@ -85,6 +85,9 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
         None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
     };
     let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted, t0)?;
+    // Bytes of validation text, for losses in bits per byte (none for
+    // token files).
+    let valid_bytes = corpus.valid.iter().map(|d| d.text.len() as u64).sum::<u64>();
     // The text is encoded: only its ids train.
     drop(corpus);
     let block = job.program.blocks[ir.block].name.clone();
@@ -92,7 +95,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
     if job.resume.is_none() && s.devices == 1 {
         s.micro_batch = micro as u64;
     }
-    let info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream]);
+    let info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream], valid_bytes);
     dir.write_info(&info)?;
     // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
     let logs = super::logs::Logs::rebuild(&dir.root)?;
@@ -230,6 +233,7 @@ fn run_info(
     tok: &Tokenizer,
     params: u64,
     [train, valid]: [&batch::Stream; 2],
+    valid_bytes: u64,
 ) -> RunInfo {
     let block = job.program.blocks[ir.block].name.clone();
     let before = job.resume.as_ref().map(|r| &r.before);
@@ -255,6 +259,7 @@ fn run_info(
         tokenizer_vocab: tok.vocab_size() as u64,
         train_tokens: train.len() as u64,
         valid_tokens: valid.len() as u64,
+        valid_bytes: (valid_bytes > 0).then_some(valid_bytes),
     }
 }
 

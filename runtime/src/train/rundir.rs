@@ -50,6 +50,10 @@ pub struct RunInfo {
     pub tokenizer_vocab: u64,
     pub train_tokens: u64,
     pub valid_tokens: u64,
+    /// Bytes of the validation text (none for token files): with
+    /// `valid_tokens`, a loss per token in bits per byte.
+    #[serde(default)]
+    pub valid_bytes: Option<u64>,
     /// The model as resolved by the compiler (block, sizes, mask,
     /// positions, final norm, embeddings).
     #[serde(default)]
@@ -66,6 +70,15 @@ pub struct RunInfo {
     pub started: String,
     #[serde(default)]
     pub updated: String,
+}
+
+impl RunInfo {
+    /// `loss` (nats per validation token) in bits per byte of the
+    /// validation text, comparable across tokenizers; none for token files.
+    pub fn bits_per_byte(&self, loss: f64) -> Option<f64> {
+        let bytes = self.valid_bytes.filter(|&b| b > 0)?;
+        Some(loss / std::f64::consts::LN_2 * self.valid_tokens as f64 / bytes as f64)
+    }
 }
 
 /// Where the source of a run came from in version control.
