@@ -86,7 +86,7 @@ fn tokenize(args: &Args) -> Result<(), String> {
             p.display()
         ));
     }
-    let plan = data::plan(&args.data, args.val_fraction, &args.data_field)?;
+    let plan = data::plan(&args.data, args.val_fraction, &args.data_field, true)?;
     errln!(
         "data: `{}`: {} training and {} validation documents; skipped: {}",
         args.data,
@@ -169,7 +169,23 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         total as f64 / 1e6
     );
     let t = tokenizer::train_bpe_streamed(vocab, |give| {
-        sample.texts(|_, text| if give(text) { Ok(()) } else { Err("stopped".into()) })
+        let (mut told, mut read) = (Instant::now(), 0u64);
+        let read = sample.texts(|_, text| {
+            read += text.len() as u64;
+            if told.elapsed().as_secs() >= 10 {
+                told = Instant::now();
+                errln!("tokenizer: counted {:.0} of {:.0} MB", read as f64 / 1e6, budget as f64 / 1e6);
+            }
+            if give(text) {
+                Ok(())
+            } else {
+                Err("stopped".into())
+            }
+        });
+        if read.is_ok() {
+            errln!("tokenizer: text read in {:.0} s; merging pairs…", start.elapsed().as_secs_f64());
+        }
+        read
     })?;
     errln!("tokenizer: trained in {:.1} s", start.elapsed().as_secs_f64());
     // A model of `vocab` tokens would refuse this tokenizer (E5002): say so
@@ -334,7 +350,7 @@ mod tests {
             val_fraction: 0.3,
             data_field: "text".into(),
         };
-        let plan = data::plan(&args.data, args.val_fraction, &args.data_field).unwrap_or_else(|e| panic!("{e}"));
+        let plan = data::plan(&args.data, args.val_fraction, &args.data_field, false).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(&args.out).unwrap_or_else(|e| panic!("{e}"));
         // A validation document gone after the plan: the tokenizer and the
         // training file are written, then the validation split fails.

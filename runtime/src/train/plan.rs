@@ -80,8 +80,9 @@ pub struct Plan {
 
 /// The [`Plan`] of the text corpus `source`: every file read once (to skip
 /// what [`load`](super::data::load) skips, and to count the documents on
-/// each side), nothing kept per document.
-pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String> {
+/// each side), nothing kept per document. With `progress`, a line on
+/// standard error every ten seconds says how far the reading is.
+pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Result<Plan, String> {
     let (root, paths) = find(source)?;
     if tokenised(&paths).is_some() {
         return Err(format!("`{source}` holds token files already: it is tokenised"));
@@ -95,7 +96,14 @@ pub fn plan(source: &str, val_fraction: f64, field: &str) -> Result<Plan, String
     // split may move one of them), and the first document found.
     let (mut last_train, mut first_valid): (Option<Named>, Option<Named>) = (None, None);
     let mut first = None;
+    let (start, mut told) = (std::time::Instant::now(), std::time::Instant::now());
     let skipped = documents(&root, &paths, field, |name, file, line, text| {
+        if progress && told.elapsed().as_secs() >= 10 {
+            told = std::time::Instant::now();
+            let mb = (bytes[0] + bytes[1]) as f64 / 1e6;
+            let s = start.elapsed().as_secs_f64();
+            crate::errln!("data: read {} of {} files, {mb:.0} MB of text, in {s:.0} s", file + 1, paths.len());
+        }
         let at = At { file, line, bytes: text.len() as u64 };
         let side = usize::from(in_validation(&name, val_fraction));
         files[file].documents[side] += 1;
@@ -389,7 +397,7 @@ mod tests {
         for (corpus, fraction) in cases {
             let source = dir.join(corpus).display().to_string();
             let c = load(&source, fraction, "text").unwrap_or_else(|e| panic!("{e}"));
-            let p = plan(&source, fraction, "text").unwrap_or_else(|e| panic!("{e}"));
+            let p = plan(&source, fraction, "text", false).unwrap_or_else(|e| panic!("{e}"));
             let held = |docs: &[Doc]| docs.iter().map(|d| d.text.clone()).collect::<Vec<_>>();
             let texts = |valid| planned(&p, valid).into_iter().map(|(_, t)| t).collect::<Vec<_>>();
             assert_eq!(texts(false), held(&c.train), "{corpus} at {fraction}: training");
@@ -407,7 +415,7 @@ mod tests {
         }
         // A record that went away between the two passes is an error.
         let source = dir.join("many").display().to_string();
-        let p = plan(&source, 0.3, "text").unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&source, 0.3, "text", false).unwrap_or_else(|e| panic!("{e}"));
         write(&dir, "many/r.jsonl", &lines[..lines.len() / 2]);
         let mut read = Ok(());
         for valid in [false, true] {
@@ -417,7 +425,7 @@ mod tests {
         // A file named like a record would interleave with the records:
         // refused, by name.
         write(&dir, "many/r.jsonl:5.txt", "x\n");
-        let e = plan(&source, 0.3, "text").err().unwrap_or_default();
+        let e = plan(&source, 0.3, "text", false).err().unwrap_or_default();
         assert!(e.contains("r.jsonl:5.txt` is named like a record of"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -444,7 +452,7 @@ mod tests {
             let size = 1 + (i * 7919) % 997;
             write(&dir, &format!("{i:04}.txt"), &format!("{i:04}{}", "x".repeat(size)));
         }
-        let plan = plan(&dir.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&dir.display().to_string(), 0.0, "text", false).unwrap_or_else(|e| panic!("{e}"));
         let corpus = load(&dir.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
         let all = planned(&plan, false);
         assert_eq!(all.len(), 999, "one document validates");
