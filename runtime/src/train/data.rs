@@ -12,8 +12,10 @@ pub use super::plan::{plan, Plan, Sample};
 /// The named corpus of Python's standard library sources.
 pub const PYTHON_STDLIB: &str = "python-stdlib";
 
-/// Files larger than this are skipped (counted as too large): a text corpus
-/// file of 64 MiB is almost certainly not source text.
+/// Text files larger than this are skipped (counted as too large): a text
+/// corpus file of 64 MiB is almost certainly not source text. JSON-lines
+/// files, often gigabytes of records, are read a line at a time whatever
+/// their size (`lines.rs`).
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Files per corpus, at most (a glob over `/` must not exhaust memory).
@@ -185,18 +187,16 @@ pub(super) fn documents(
 ) -> Skipped {
     let mut skipped = Skipped::default();
     for (i, f) in files.iter().enumerate() {
-        match read(f) {
-            Ok(text) => {
-                let name = name_in(root, f);
-                if is_json_lines(f) {
-                    skipped.bad_records += records(&text, field, |line, t| {
-                        each(format!("{name}:{line}"), i, Some(line), t.into());
-                    });
-                } else {
-                    each(name, i, None, text.into());
-                }
-            }
-            Err(why) => skipped.count(why),
+        let name = name_in(root, f);
+        let read = if is_json_lines(f) {
+            // Of any size, a line at a time.
+            super::lines::each_record(f, field, |line, t| each(format!("{name}:{line}"), i, Some(line), t.into()))
+                .map(|bad| skipped.bad_records += bad)
+        } else {
+            read(f).map(|text| each(name, i, None, text.into()))
+        };
+        if let Err(why) = read {
+            skipped.count(why);
         }
     }
     skipped
@@ -263,7 +263,9 @@ pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u
         // At most one id per byte (8-bit ids).
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
-    let text: u128 = files.iter().map(|f| size(f).min(u128::from(MAX_FILE_BYTES))).sum();
+    // Text files over the limit are skipped; JSON lines are read whatever their size.
+    let text: u128 =
+        files.iter().map(|f| if is_json_lines(f) { size(f) } else { size(f).min(u128::from(MAX_FILE_BYTES)) }).sum();
     // A BPE's encoder holds some 200 bytes per byte of a batch of text.
     Ok((if bytes_tokenizer { 6 * text } else { 5 * text + (200 * text).min(512 << 20) }, true))
 }
@@ -309,6 +311,7 @@ pub(super) fn split_tail(text: &str) -> (&str, &str) {
     text.split_at(line.filter(|&i| i > 0).unwrap_or(cut))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Skip {
     NotUtf8,
     Empty,

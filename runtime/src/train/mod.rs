@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod comparison;
 pub mod data;
+mod lines;
 pub mod logs;
 pub mod memory;
 pub mod open;

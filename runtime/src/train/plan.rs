@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use super::data::{
     documents, find, in_validation, is_json_lines, name_in, no_text, read, records, split_tail, tokenised, Skipped,
 };
+use super::lines::Lines;
 
 /// One file of a [`Plan`]: its documents on each side.
 #[derive(Debug, Clone)]
@@ -197,17 +198,18 @@ impl Plan {
         let changed = |f: &Planned| format!("`{}` changed while it was tokenised", f.path.display());
         if let Some(at) = self.single {
             let f = &self.files[at.file];
-            let file = read(&f.path).map_err(|_| changed(f))?;
             let text = match at.line {
-                None => file,
-                Some(l) => record(&file, &line_spans(&file), l, &self.field).ok_or_else(|| changed(f))?,
+                None => read(&f.path).map_err(|_| changed(f))?,
+                Some(l) => {
+                    let mut lines = Lines::index(&f.path).map_err(|_| changed(f))?;
+                    record(&mut lines, l, &self.field).ok_or_else(|| changed(f))?
+                }
             };
             let (head, tail) = split_tail(&text);
             return each(&f.name, if valid { tail } else { head });
         }
         let mut name = String::new();
         for f in self.files.iter().filter(|f| f.documents[side] > 0) {
-            let text = read(&f.path).map_err(|_| changed(f))?;
             let mut found = 0;
             let mut give = |name: &str, doc: &str| -> Result<(), String> {
                 let mut here = usize::from(in_validation(name, self.val_fraction));
@@ -221,9 +223,9 @@ impl Plan {
                 each(name, doc)
             };
             if f.records {
-                let lines = line_spans(&text);
-                for l in lexicographic(lines.len()) {
-                    if let Some(doc) = record(&text, &lines, l, &self.field) {
+                let mut lines = Lines::index(&f.path).map_err(|_| changed(f))?;
+                for l in lexicographic(lines.count()) {
+                    if let Some(doc) = record(&mut lines, l, &self.field) {
                         name.clear();
                         name.push_str(&f.name);
                         name.push(':');
@@ -232,7 +234,7 @@ impl Plan {
                     }
                 }
             } else {
-                give(&f.name, &text)?;
+                give(&f.name, &read(&f.path).map_err(|_| changed(f))?)?;
             }
             if found != f.documents[side] {
                 return Err(changed(f));
@@ -325,25 +327,12 @@ fn lexicographic(n: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-/// The text of the record on line `l` (1-based) of a JSON-lines file,
-/// whose lines lie at `lines`.
-fn record(text: &str, lines: &[(usize, usize)], l: usize, field: &str) -> Option<String> {
-    let &(a, b) = lines.get(l.checked_sub(1)?)?;
+/// The text of the record on line `l` (1-based) of a JSON-lines file.
+fn record(lines: &mut Lines, l: usize, field: &str) -> Option<String> {
+    let line = lines.line(l)?;
     let mut found = None;
-    records(&text[a..b], field, |_, t| found = Some(t.to_string()));
+    records(&line, field, |_, t| found = Some(t.to_string()));
     found
-}
-
-/// Where each line of `text` lies, as `str::lines` cuts them.
-fn line_spans(text: &str) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
-    let mut start = 0;
-    for line in text.lines() {
-        let at = start + text[start..].find(line).unwrap_or(0);
-        spans.push((at, at + line.len()));
-        start = at + line.len();
-    }
-    spans
 }
 
 #[cfg(test)]
