@@ -144,7 +144,8 @@ fn unshared_text(args: &Args, variants: &[Variant]) -> Option<String> {
     let other = texts.iter().find(|t| t.1 != first.1)?;
     Some(format!(
         "note: the variants do not share their text: {} reads {}, {} reads {}; their batches differ, and losses per \
-         token of different tokenizers do not compare (bits per byte, in the table, do); to compare the blocks, give every variant the same `--data`, `--set tokenizer=…` and `--set vocab=…`",
+         token of different tokenizers do not compare (bits per byte, in the table, do); to compare the blocks, \
+         give every variant the same `--data`, `--set tokenizer=…` and `--set vocab=…`",
         first.0, first.1, other.0, other.1
     ))
 }
@@ -252,7 +253,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             k += 1;
         }
         stems.push(name.clone());
-        for combo in &combos {
+        for (k, combo) in combos.iter().enumerate() {
             let suffix: String = combo.iter().map(|p| format!(".{p}")).collect();
             let mut set = args.set.clone();
             set.extend(combo.iter().cloned());
@@ -273,7 +274,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             said.extend(new.into_iter().map(|d| (d.code, d.span, d.message)));
             let Some(mut program) = c.program else { return Err(BROKEN) };
             if program.model.is_none() {
-                program.model = bare_model(&program, file, std::ptr::eq(combo, &combos[0]));
+                program.model = bare_model(&program, file, k == 0);
             }
             if program.model.is_none() {
                 errln!("error: `{}` has no model and several blocks; give one model or block per file", file.display());

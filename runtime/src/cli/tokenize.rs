@@ -169,12 +169,12 @@ fn train_bpe(plan: &data::Plan, vocab: usize, budget: u64) -> Result<Tokenizer, 
         total as f64 / 1e6
     );
     let t = tokenizer::train_bpe_streamed(vocab, |give| {
-        let (mut told, mut read) = (Instant::now(), 0u64);
+        let (mut told, mut given) = (Instant::now(), 0u64);
         let read = sample.texts(|_, text| {
-            read += text.len() as u64;
+            given += text.len() as u64;
             if told.elapsed().as_secs() >= 10 {
                 told = Instant::now();
-                errln!("tokenizer: counted {:.0} of {:.0} MB", read as f64 / 1e6, budget as f64 / 1e6);
+                errln!("tokenizer: {:.0} of the sample's {:.0} MB read", given as f64 / 1e6, budget as f64 / 1e6);
             }
             if give(text) {
                 Ok(())
