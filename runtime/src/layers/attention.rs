@@ -362,7 +362,13 @@ impl<B: Kernels> Attention<B> {
             self.projected(x, &self.key, &self.key_bias, &self.key_norm),
             0,
         );
-        let bias = self.plan.alibi.then(|| self.alibi_bias((0, t), t, causal, &x.device()));
+        let bias = self.plan.alibi.then(|| {
+            // The whole window's bias, kept: the same at every layer (the
+            // model's heads) and step.
+            let device = x.device();
+            let kind = (if causal { "alibi-causal" } else { "alibi" }, t);
+            self.plan.tables.kept::<B, _>(kind, &device, || self.alibi_bias((0, t), t, causal, &device))
+        });
         let out = match weights {
             Some(noise) => {
                 let w = self.weights(q, k, bias, causal, 0);

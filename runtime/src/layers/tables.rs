@@ -1,6 +1,6 @@
 //! Tables of positions (the cosines and sines of rotary angles, sinusoidal
-//! embeddings), made on the host once per backend and device for every
-//! position asked so far, and kept there. A forward takes rows of them on
+//! embeddings, ALiBi's bias), made on the host once per backend and device
+//! for every position asked so far, and kept there. A forward takes rows of them on
 //! the device; before, it made its table on the host and uploaded it, per
 //! layer and step (on a GPU, a copy from the host the queue waits for).
 //! A row depends only on its position, so rows of the kept table are the
@@ -34,6 +34,25 @@ impl std::fmt::Debug for Tables {
 }
 
 impl Tables {
+    /// The table of kind `kind` that `make` makes, made once per backend
+    /// and device (a table whose rows are not positions alone: ALiBi's
+    /// bias of a whole window, by its length).
+    pub fn kept<B: Backend, T: Clone + Send + 'static>(
+        &self,
+        kind: Kind,
+        device: &B::Device,
+        make: impl FnOnce() -> T,
+    ) -> T {
+        let key = (TypeId::of::<B>(), device.id(), kind);
+        let Ok(mut held) = self.0.lock() else { return make() };
+        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<T>()) {
+            return t.clone();
+        }
+        let t = make();
+        held.insert(key, Box::new(t.clone()));
+        t
+    }
+
     /// Rows `positions` of the `K` tables of kind `kind` that `make` fills
     /// for positions `0..n` (each `[n, columns]`, a row per position).
     pub fn rows<B: Backend, const K: usize>(
@@ -89,5 +108,11 @@ mod tests {
         // Another kind has its own table.
         tables.rows::<B, 1>(("squares", 3), 0..1, &device, |n| table(n, &made));
         assert_eq!(made.get(), 4);
+        // A kept table is made once.
+        for _ in 0..2 {
+            let [t] = tables.kept::<B, _>(("squares", 4), &device, || table(3, &made));
+            assert_eq!(t.dims(), [3, 2]);
+        }
+        assert_eq!(made.get(), 5);
     }
 }
