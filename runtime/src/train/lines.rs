@@ -132,35 +132,49 @@ pub(super) struct Lines {
 }
 
 impl Lines {
-    /// Where the lines of `path` start (a pass over it).
-    pub(super) fn index(path: &Path) -> Result<Self, Skip> {
-        Self::index_holding(path, MAX_LINE as u64)
+    /// Where the lines of `path` start (a pass over it). Refused where the
+    /// index would take more than a quarter of the memory free (a file of
+    /// gigabytes of empty lines: 8 bytes each).
+    pub(super) fn index(path: &Path) -> Result<Self, String> {
+        let room = super::memory::available().map_or(4 << 30, |free| free / 4);
+        Self::index_holding(path, MAX_LINE as u64, room)
     }
 
-    /// [`Lines::index`], the file held where it has at most `hold` bytes.
-    fn index_holding(path: &Path, hold: u64) -> Result<Self, Skip> {
-        let mut file = open(path)?;
-        let size = file.metadata().map_err(|_| Skip::Unreadable)?.len();
+    /// [`Lines::index`], the file held where it has at most `hold` bytes,
+    /// the index at most `room` bytes.
+    fn index_holding(path: &Path, hold: u64, room: u128) -> Result<Self, String> {
+        let unreadable = |_| format!("`{}` cannot be read", path.display());
+        let mut file = open(path).map_err(|_| format!("`{}` cannot be read as a regular file", path.display()))?;
+        let size = file.metadata().map_err(unreadable)?.len();
         let mut starts = vec![0u64];
         let mut at = 0u64;
         let mut mark = |bytes: &[u8], at: u64| {
             starts.extend(bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| at + i as u64 + 1));
+            if starts.len() as u128 * 8 > room {
+                return Err(format!(
+                    "`{}` has too many lines ({} and more) for an index of their starts in a quarter of the memory \
+                     free; split it into several files",
+                    path.display(),
+                    starts.len()
+                ));
+            }
+            Ok(())
         };
         let bytes = if size <= hold {
             let mut held = Vec::new();
-            file.read_to_end(&mut held).map_err(|_| Skip::Unreadable)?;
-            mark(&held, 0);
+            file.read_to_end(&mut held).map_err(unreadable)?;
+            mark(&held, 0)?;
             at = held.len() as u64;
             Some(held)
         } else {
             let mut reader = BufReader::with_capacity(1 << 20, &mut file);
             loop {
-                let available = reader.fill_buf().map_err(|_| Skip::Unreadable)?;
+                let available = reader.fill_buf().map_err(unreadable)?;
                 if available.is_empty() {
                     break;
                 }
                 let n = available.len();
-                mark(available, at);
+                mark(available, at)?;
                 at += n as u64;
                 reader.consume(n);
             }
@@ -233,7 +247,7 @@ mod tests {
             assert_eq!((read, bad_read), (whole, bad_whole), "{text:?}");
             // Held, and read from the file line by line.
             for hold in [u64::MAX, 0] {
-                let mut lines = Lines::index_holding(&p, hold).unwrap_or_else(|_| panic!("index"));
+                let mut lines = Lines::index_holding(&p, hold, u128::MAX).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(lines.bytes.is_some(), hold > 0);
                 let want: Vec<&str> = text.lines().collect();
                 assert_eq!(lines.count(), want.len(), "{text:?}");
@@ -261,10 +275,20 @@ mod tests {
             each_record(&p, "text", |l, t| seen.push((l, t.len(), t.chars().next()))).map_err(|e| format!("{e:?}"));
         assert_eq!(bad, Ok(1), "the long line");
         assert_eq!(seen, [(1, 20 << 20, Some('a')), (3, 20 << 20, Some('b'))]);
-        let mut lines = Lines::index(&p).unwrap_or_else(|_| panic!("index"));
+        let mut lines = Lines::index(&p).unwrap_or_else(|e| panic!("{e}"));
         assert!(lines.bytes.is_none(), "not held");
         assert_eq!((lines.count(), lines.line(2)), (3, None));
         assert_eq!(lines.line(3).map(|l| l.len()), Some((20 << 20) + 12));
+        let _ = std::fs::remove_file(p);
+    }
+
+    /// An index that would not fit its room is refused, by name.
+    #[test]
+    fn an_index_too_large_is_refused() {
+        let p = file("blank-lines.jsonl", &b"\n".repeat(10_000));
+        let e = Lines::index_holding(&p, 0, 8 * 5_000).err().unwrap_or_default();
+        assert!(e.contains("blank-lines.jsonl` has too many lines"), "{e}");
+        assert!(Lines::index_holding(&p, 0, 8 * 10_002).is_ok());
         let _ = std::fs::remove_file(p);
     }
 

@@ -201,7 +201,7 @@ impl Plan {
             let text = match at.line {
                 None => read(&f.path).map_err(|_| changed(f))?,
                 Some(l) => {
-                    let mut lines = Lines::index(&f.path).map_err(|_| changed(f))?;
+                    let mut lines = Lines::index(&f.path)?;
                     record(&mut lines, l, &self.field).ok_or_else(|| changed(f))?
                 }
             };
@@ -223,7 +223,7 @@ impl Plan {
                 each(name, doc)
             };
             if f.records {
-                let mut lines = Lines::index(&f.path).map_err(|_| changed(f))?;
+                let mut lines = Lines::index(&f.path)?;
                 for l in lexicographic(lines.count()) {
                     if let Some(doc) = record(&mut lines, l, &self.field) {
                         name.clear();
