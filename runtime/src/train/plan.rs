@@ -10,7 +10,7 @@
 //! order comes without holding the names: files sorted by `path` (a text
 //! file) or `path:` (a JSON-lines file), and a JSON-lines file's records by
 //! their line numbers as strings (1, 10, 11, …, 2, 20, …), which
-//! [`lexicographic`] counts out. The two orders differ only where a file's
+//! `lexicographic` counts out. The two orders differ only where a file's
 //! path starts with `path:` of a JSON-lines file (`r.jsonl:2.txt` beside
 //! `r.jsonl`), which is refused.
 
