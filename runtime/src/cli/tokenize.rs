@@ -141,14 +141,33 @@ fn write_outputs(
     };
     let wide = tok.vocab_size() > 1 << 16;
     for (valid, stem) in [(false, "train"), (true, "val")] {
-        let mut ids = Ids::create(&args.out, stem, wide)?;
-        let (path, count) = match write_split(plan, valid, &tok, &mut ids, start) {
-            Ok(()) => ids.finish()?,
-            Err(e) => {
-                ids.abandon();
-                return Err(e);
+        let path = args.out.join(format!("{stem}.{}", if wide { "npy" } else { "bin" }));
+        // The split's own failure (a file changed, an encoding error), kept
+        // apart from the writer's.
+        let (mut failed, mut count) = (None, 0);
+        let done = durable::write_atomic_with(&path, |out| {
+            if wide {
+                // Rewritten with the count when finished.
+                out.write_all(&npy_header("<u4", 0))?;
             }
-        };
+            let mut ids = Ids { path: &path, out, wide, count: 0 };
+            if let Err(e) = write_split(plan, valid, &tok, &mut ids, start) {
+                failed = Some(e);
+                return Err(std::io::Error::other("the split failed"));
+            }
+            count = ids.count;
+            if wide {
+                out.flush()?;
+                let file = out.get_mut();
+                file.rewind()?;
+                file.write_all(&npy_header("<u4", count))?;
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        done?;
         written.push(path.clone());
         outln!("{}: {} tokens of {} documents", path.display(), count, plan.documents(valid));
     }
@@ -232,12 +251,18 @@ const GROUP_BYTES: usize = 8 << 20;
 
 /// The split's documents, encoded and each followed by the end of text, as
 /// `train/tokens.rs` packs them.
-fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, start: Instant) -> Result<(), String> {
+fn write_split(
+    plan: &data::Plan,
+    valid: bool,
+    tok: &Tokenizer,
+    ids: &mut Ids<'_>,
+    start: Instant,
+) -> Result<(), String> {
     let mut group: Vec<String> = Vec::new();
     let mut bytes = 0;
     let (mut done, total) = (0usize, plan.documents(valid));
     let mut told = Instant::now();
-    let mut flush = |group: &mut Vec<String>, ids: &mut Ids| -> Result<(), String> {
+    let mut flush = |group: &mut Vec<String>, ids: &mut Ids<'_>| -> Result<(), String> {
         let texts: Vec<&str> = group.iter().map(String::as_str).collect();
         for doc in tok.encode_all(&texts)? {
             ids.push(&doc)?;
@@ -264,34 +289,16 @@ fn write_split(plan: &data::Plan, valid: bool, tok: &Tokenizer, ids: &mut Ids, s
     flush(&mut group, ids)
 }
 
-/// A token file being written: a temporary file, moved into place when
-/// finished.
-struct Ids {
-    path: PathBuf,
-    tmp: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
-    /// u32 ids in a `.npy` (else u16 in a `.bin`).
+/// The ids of a token file being written (through
+/// [`durable::write_atomic_with`]): u32 in a `.npy`, else u16 in a `.bin`.
+struct Ids<'a> {
+    path: &'a Path,
+    out: &'a mut std::io::BufWriter<std::fs::File>,
     wide: bool,
     count: u64,
 }
 
-impl Ids {
-    fn create(dir: &Path, stem: &str, wide: bool) -> Result<Ids, String> {
-        let path = dir.join(format!("{stem}.{}", if wide { "npy" } else { "bin" }));
-        let tmp = durable::temporary(&path);
-        let file = std::fs::File::create(&tmp).map_err(|e| durable::describe("create", &tmp, &e))?;
-        let mut ids = Ids { path, tmp, out: std::io::BufWriter::with_capacity(1 << 20, file), wide, count: 0 };
-        if wide {
-            // Rewritten with the count when finished.
-            ids.write(&npy_header("<u4", 0))?;
-        }
-        Ok(ids)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.out.write_all(bytes).map_err(|e| durable::describe("write", &self.path, &e))
-    }
-
+impl Ids<'_> {
     fn push(&mut self, ids: &[u32]) -> Result<(), String> {
         let bytes: Vec<u8> = if self.wide {
             ids.iter().flat_map(|i| i.to_le_bytes()).collect()
@@ -300,30 +307,7 @@ impl Ids {
             ids.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect()
         };
         self.count += ids.len() as u64;
-        self.write(&bytes)
-    }
-
-    /// Moves the finished file into place: its path and its ids.
-    fn finish(mut self) -> Result<(PathBuf, u64), String> {
-        let done = self.out.flush().and_then(|()| {
-            if self.wide {
-                let file = self.out.get_mut();
-                file.rewind()?;
-                file.write_all(&npy_header("<u4", self.count))?;
-            }
-            Ok(())
-        });
-        if let Err(e) = done {
-            let why = durable::describe("write", &self.path, &e);
-            self.abandon();
-            return Err(why);
-        }
-        durable::persist(&self.tmp, &self.path)?;
-        Ok((self.path, self.count))
-    }
-
-    fn abandon(self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        self.out.write_all(&bytes).map_err(|e| durable::describe("write", self.path, &e))
     }
 }
 

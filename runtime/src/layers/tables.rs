@@ -43,14 +43,7 @@ impl Tables {
         device: &B::Device,
         make: impl FnOnce() -> T,
     ) -> T {
-        let key = (TypeId::of::<B>(), device.id(), kind);
-        let Ok(mut held) = self.0.lock() else { return make() };
-        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<T>()) {
-            return t.clone();
-        }
-        let t = make();
-        held.insert(key, Box::new(t.clone()));
-        t
+        self.held::<B, T>(kind, device, |_| true, make)
     }
 
     /// Rows `positions` of the `K` tables of kind `kind` that `make` fills
@@ -62,22 +55,29 @@ impl Tables {
         device: &B::Device,
         make: impl Fn(usize) -> [Tensor<B, 2>; K],
     ) -> [Tensor<B, 2>; K] {
-        let take = |tables: [Tensor<B, 2>; K]| tables.map(|t| t.slice(positions.clone()));
+        let end = positions.end;
+        let long_enough = |t: &[Tensor<B, 2>; K]| t.first().is_none_or(|t| t.dims()[0] >= end);
+        let tables = self.held::<B, _>(kind, device, long_enough, || make(end.next_power_of_two()));
+        tables.map(|t| t.slice(positions.clone()))
+    }
+
+    /// The kept table of `kind` where `fits` takes it, else the one `make`
+    /// makes, kept in its place.
+    fn held<B: Backend, T: Clone + Send + 'static>(
+        &self,
+        kind: Kind,
+        device: &B::Device,
+        fits: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+    ) -> T {
         let key = (TypeId::of::<B>(), device.id(), kind);
-        let Ok(mut held) = self.0.lock() else { return take(make(positions.end)) };
-        let kept = held
-            .get(&key)
-            .and_then(|t| t.downcast_ref::<[Tensor<B, 2>; K]>())
-            .filter(|t| t.first().is_none_or(|t| t.dims()[0] >= positions.end));
-        let tables = match kept {
-            Some(t) => t.clone(),
-            None => {
-                let t = make(positions.end.next_power_of_two());
-                held.insert(key, Box::new(t.clone()));
-                t
-            }
-        };
-        take(tables)
+        let Ok(mut held) = self.0.lock() else { return make() };
+        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<T>()).filter(|t| fits(t)) {
+            return t.clone();
+        }
+        let t = make();
+        held.insert(key, Box::new(t.clone()));
+        t
     }
 }
 

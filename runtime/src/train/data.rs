@@ -227,17 +227,27 @@ pub(super) enum Split<T> {
     One(T),
 }
 
+/// The side (0 training, 1 validation) that gives one document to the
+/// other, left empty by the hash (too few documents for it to pick one):
+/// training gives its last, validation its first.
+pub(super) fn giving_side(train: u64, valid: u64) -> Option<usize> {
+    match (train, valid) {
+        (2.., 0) => Some(0),
+        (0, 2..) => Some(1),
+        _ => None,
+    }
+}
+
 /// Splits documents by the hash of their names, in the order of their
 /// names, at least one on each side when there are two or more.
 pub(super) fn split<T>(mut docs: Vec<T>, name: impl Fn(&T) -> &str, val_fraction: f64) -> Split<T> {
     docs.sort_by(|a, b| name(a).cmp(name(b)));
     let (mut train, mut valid): (Vec<T>, Vec<T>) =
         docs.into_iter().partition(|d| !in_validation(name(d), val_fraction));
-    if valid.is_empty() && train.len() >= 2 {
-        // Too few files for the hash to pick one: the last goes to validation.
-        valid.extend(train.pop());
-    } else if train.is_empty() && valid.len() >= 2 {
-        train.push(valid.remove(0));
+    match giving_side(train.len() as u64, valid.len() as u64) {
+        Some(0) => valid.extend(train.pop()),
+        Some(_) => train.push(valid.remove(0)),
+        None => {}
     }
     match (train.len(), valid.len()) {
         (1, 0) => Split::One(train.remove(0)),

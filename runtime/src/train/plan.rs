@@ -14,12 +14,14 @@
 //! path starts with `path:` of a JSON-lines file (`r.jsonl:2.txt` beside
 //! `r.jsonl`), which is refused.
 
+use std::fmt::Write;
 #[cfg(test)]
 use std::path::Path;
 use std::path::PathBuf;
 
 use super::data::{
-    documents, find, in_validation, is_json_lines, name_in, no_text, read, records, split_tail, tokenised, Skipped,
+    documents, find, giving_side, in_validation, is_json_lines, name_in, no_text, read, records, split_tail, tokenised,
+    Skipped,
 };
 use super::lines::Lines;
 
@@ -131,10 +133,10 @@ pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Res
     // As `data::split`: a side left empty takes one document of the other,
     // and a single document is split within.
     let [train, valid] = counts;
-    let moved = match (train, valid) {
-        (2.., 0) => last_train.map(|m| (m, 0)),
-        (0, 2..) => first_valid.map(|m| (m, 1)),
-        _ => None,
+    let moved = match giving_side(train, valid) {
+        Some(0) => last_train.map(|m| (m, 0)),
+        Some(_) => first_valid.map(|m| (m, 1)),
+        None => None,
     };
     if let Some(((name, at), from)) = moved {
         files[at.file].documents[from] -= 1;
@@ -227,9 +229,7 @@ impl Plan {
                 for l in lexicographic(lines.count()) {
                     if let Some(doc) = record(&mut lines, l, &self.field) {
                         name.clear();
-                        name.push_str(&f.name);
-                        name.push(':');
-                        name.push_str(&l.to_string());
+                        let _ = write!(name, "{}:{l}", f.name);
                         give(&name, &doc)?;
                     }
                 }
