@@ -189,3 +189,46 @@ fn the_window_slides_over_a_long_text() {
     assert!(window.next(&ids[..5]).is_ok());
     assert!(window.next(&ids[..4]).is_err(), "a shorter text than before");
 }
+
+/// `blkc eval --stride`: the summed loss of a sliding evaluation is each
+/// target's loss under a forward pass over the earliest window that holds
+/// it (one row at a time, worked out here apart from the windows' code),
+/// every target counted once.
+#[test]
+fn a_sliding_evaluation_scores_each_token_from_its_window() {
+    use blkc_runtime::train::batch::{Objective, Sliding, Stream};
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blocks/preln.blk"))
+        .unwrap_or_default();
+    let model = built(&tiny(&text, "preln", "learned"));
+    let device = Default::default();
+    let ids: Vec<u32> = tokens(1, 37, 4).into_iter().map(|x| x as u32).collect();
+    let stream = Stream::new(ids.clone(), CONTEXT, true);
+    let last = ids.len() - CONTEXT - 1;
+    for stride in [1, 4, CONTEXT] {
+        let sliding = Sliding::new(&stream, stride);
+        let mut heard = Vec::new();
+        let (total, count) =
+            blkc_runtime::train::evaluate_all(&model, &stream, &sliding, 3, Objective::Causal, 0, &device, |i, n| {
+                heard.push((i, n))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(count as usize, ids.len() - 1, "stride {stride}: every target once");
+        let n = sliding.count().div_ceil(3);
+        assert_eq!(heard, (1..=n).map(|i| (i, n)).collect::<Vec<_>>());
+        let mut want = 0.0;
+        for target in 1..ids.len() {
+            // The earliest window that holds the target: the first start
+            // at a multiple of the stride, or the stream's last window.
+            let k = (target.saturating_sub(CONTEXT)).div_ceil(stride);
+            let start = (k * stride).min(last);
+            assert!(target - start > CONTEXT - stride || start == 0, "stride {stride}: target {target}");
+            let window: Vec<i64> = ids[start..start + CONTEXT].iter().map(|&x| i64::from(x)).collect();
+            let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, CONTEXT]), &device));
+            let row = logits.slice([0..1, target - start - 1..target - start]).reshape([-1]);
+            let logp = burn::tensor::activation::log_softmax(row, 0);
+            let logp = logp.into_data().to_vec::<f32>().unwrap_or_default();
+            want -= f64::from(logp[ids[target] as usize]);
+        }
+        assert!((total - want).abs() < 1e-4 * want, "stride {stride}: {total} against {want}");
+    }
+}

@@ -173,6 +173,24 @@ fn a_tiny_model_learns_and_writes_a_complete_run_directory() {
     let per = e["bytes_per_token"].as_f64().unwrap_or(0.0);
     assert!((0.9..=1.0).contains(&per), "{e}");
     assert!((bpb - logged / std::f64::consts::LN_2 / per).abs() < 1e-9, "{e}");
+    // Every token of the split: tiled, and sliding with more context.
+    let all = |extra: &[&str]| {
+        let o = blkc(&d, &[&["eval", "run", "--json"], extra].concat());
+        ok(&o);
+        serde_json::from_str::<serde_json::Value>(&text(&o.stdout)).unwrap_or_default()
+    };
+    let (tiled, sliding) = (all(&["--all"]), all(&["--stride", "8"]));
+    let targets = tiled["tokens_scored"].as_u64().unwrap_or(0);
+    assert!(targets > 0 && sliding["tokens_scored"] == targets, "{tiled} {sliding}");
+    assert_eq!(tiled["stride"], 32, "--all tiles the text in windows of the context: {tiled}");
+    let loss = |e: &serde_json::Value| e["eval_loss"].as_f64().unwrap_or(f64::NAN);
+    assert!(loss(&tiled).is_finite() && loss(&sliding) < loss(&tiled), "more context, lower loss: {tiled} {sliding}");
+    for (bad, says) in [("0", "1 to the model's context, 32"), ("33", "1 to the model's context")] {
+        let o = blkc(&d, &["eval", "run", "--stride", bad]);
+        assert_eq!(o.status.code(), Some(1), "--stride {bad}");
+        assert!(text(&o.stderr).contains(says), "{}", text(&o.stderr));
+    }
+    assert_eq!(blkc(&d, &["eval", "run", "--all", "--batches", "2"]).status.code(), Some(2), "an estimate or all");
     let o = blkc(&d, &["sample", "run", "--prompt", "fn ", "--tokens", "20", "--temperature", "0"]);
     ok(&o);
     let out = text(&o.stdout);
@@ -534,6 +552,14 @@ fn a_bidirectional_model_trains_as_a_masked_language_model() {
     assert!(filled.starts_with("fn main() { let ") && !filled.contains("mask"), "{filled}");
     let o = blkc(&d, &["fill", "run", "--text", "no mask here"]);
     assert_eq!(o.status.code(), Some(1));
+    // Scored over all of its split in windows that tile it; no sliding.
+    let o = blkc(&d, &["eval", "run", "--all", "--json"]);
+    ok(&o);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert!(e["eval_loss"].as_f64().is_some_and(f64::is_finite) && e["stride"] == 32, "{e}");
+    let o = blkc(&d, &["eval", "run", "--stride", "8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("masked model"), "{}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -2,6 +2,7 @@
 //! the checkpoint directory given), on the run's data or on `--data`.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use super::{Device, PrecisionArg};
 use crate::kernels::Kernels;
@@ -15,9 +16,20 @@ pub struct Args {
     /// file, no split) instead of the run's validation split.
     #[arg(long)]
     pub data: Option<String>,
-    /// Batches to average (default: the run's `eval_batches`).
-    #[arg(long)]
+    /// Batches to average (default: the run's `eval_batches`): windows
+    /// spread evenly over the text, an estimate.
+    #[arg(long, conflicts_with_all = ["all", "stride"])]
     pub batches: Option<u64>,
+    /// Score every token of the text once, in windows that tile it (each
+    /// token predicted from the tokens before it in its window).
+    #[arg(long)]
+    pub all: bool,
+    /// Score every token of the text once, in windows that start every N
+    /// tokens and count only their last N: each token after the first
+    /// window is predicted from at least `context − N` tokens (1 to the
+    /// context; implies `--all`; causal models).
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
     /// The weight products (default: the run's `precision` on this
@@ -48,13 +60,27 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         errln!("warning: {note}");
     }
     let s = &run.info.settings;
+    let obj = train::objective(&run.ir, s, &run.tokenizer);
+    let context = run.ir.context as usize;
+    let stride = match (args.stride, args.all) {
+        (Some(n), _) if n == 0 || n > context => {
+            return Err(format!("--stride {n}: a stride is 1 to the model's context, {context}"));
+        }
+        (Some(n), _) if obj != batch::Objective::Causal && n != context => {
+            return Err(format!(
+                "--stride {n}: a masked model reads its whole window, so it is scored in windows that tile the text (--all)"
+            ));
+        }
+        (Some(n), _) => Some(n),
+        (None, true) => Some(context),
+        (None, false) => None,
+    };
     let source = args.data.clone().unwrap_or_else(|| s.data.clone());
     if !args.no_memory_check {
         let bytes = run.tokenizer.kind() == crate::train::tokenizer::Kind::Bytes;
         super::train::corpus_fits(&source, bytes, run.ir.context, "evaluates")?;
     }
     let corpus = data::load(&source, s.val_fraction, &s.data_field)?;
-    let obj = train::objective(&run.ir, s, &run.tokenizer);
     let shifted = obj == batch::Objective::Causal;
     let key = tokens::tokenizer_key(&run.dir.tokenizer());
     let (train_stream, valid_stream, _) =
@@ -72,6 +98,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
     if stream.windows() == 0 {
         return Err(format!("`{source}` has fewer tokens than one context window"));
     }
+    let sliding = stride.map(|n| batch::Sliding::new(&stream, n));
     let batches = args.batches.unwrap_or(s.eval_batches) as usize;
     // The batches of the run's own evaluations (on however many devices).
     let rows = s.rows_per_pass() as usize;
@@ -80,11 +107,27 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         None => crate::kernels::precision::Precision::resolve(&s.precision, args.device.name()),
     }
     .on_device(args.device.name())?;
-    let loss = crate::kernels::precision::scope(precision, || {
-        let alone = train::parallel::Peer::ALONE;
-        train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device, alone).map(train::mean_loss)
+    let loss = crate::kernels::precision::scope(precision, || match &sliding {
+        Some(sliding) => {
+            let mut told = Instant::now();
+            let mut progress = |i: usize, n: usize| {
+                if told.elapsed() >= Duration::from_secs(10) && i < n {
+                    errln!("scored {i} of {n} batches");
+                    told = Instant::now();
+                }
+            };
+            train::evaluate_all(&run.model, &stream, sliding, rows, obj, s.seed, device, &mut progress)
+                .map(train::mean_loss)
+        }
+        None => {
+            let alone = train::parallel::Peer::ALONE;
+            train::evaluate(&run.model, &stream, batches, rows, obj, s.seed, device, alone).map(train::mean_loss)
+        }
     })?;
-    let n = batch::eval_batches(&stream, batches, rows);
+    let n = match &sliding {
+        Some(sliding) => sliding.count().div_ceil(rows.max(1)),
+        None => batch::eval_batches(&stream, batches, rows),
+    };
     // For a masked model, the loss is over the masked positions only.
     // Pre-tokenised data has no text to count bytes of.
     let bits_per_byte =
@@ -105,16 +148,27 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
                 "bytes_per_token": (text_bytes > 0).then(|| text_bytes as f64 / stream.len().max(1) as f64),
                 "batches": n,
                 "rows": rows,
+                "windows": sliding.map(|w| w.count()),
+                "stride": sliding.map(|w| w.stride()),
+                "tokens_scored": sliding.map(|w| w.targets()),
             })
         );
     } else {
+        let over = match &sliding {
+            Some(w) => format!(
+                "every token of `{source}` ({} in {} windows of {context}, stride {})",
+                w.targets(),
+                w.count(),
+                w.stride()
+            ),
+            None => format!("{n} batches of {rows} × {context} tokens of `{source}`"),
+        };
         outln!(
-            "{} (step {}): validation loss {loss:.4} nats/token{}, perplexity {:.2}, over {n} batches of {rows} × {} tokens of `{source}`",
+            "{} (step {}): validation loss {loss:.4} nats/token{}, perplexity {:.2}, over {over}",
             run.checkpoint.display(),
             run.state.step,
             bits_per_byte.map(|b| format!(" ({b:.4} bits/byte)")).unwrap_or_default(),
             loss.exp(),
-            run.ir.context
         );
     }
     Ok(())

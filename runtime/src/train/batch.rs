@@ -75,9 +75,9 @@ impl Stream {
         (self.len() - extra) / self.context
     }
 
-    /// Window `w` into `out`.
-    fn window(&self, w: usize, out: &mut Vec<u32>) -> Result<(), String> {
-        let (start, n) = (w * self.context, self.context + usize::from(self.shifted));
+    /// The window whose first id is id `start` of the stream into `out`.
+    fn window_at(&self, start: usize, out: &mut Vec<u32>) -> Result<(), String> {
+        let n = self.context + usize::from(self.shifted);
         out.clear();
         match &self.ids {
             Ids::Memory(v) => {
@@ -183,7 +183,7 @@ pub fn train_batch(
     obj: Objective,
     seed: u64,
 ) -> Result<Batch, String> {
-    let windows: Vec<usize> = (0..rows as u64).map(|r| sampler.window(first + r)).collect();
+    let windows: Vec<Span> = (0..rows as u64).map(|r| Span::whole(stream, sampler.window(first + r))).collect();
     assemble(stream, &windows, obj, mix(seed, first, 0x3a5c))
 }
 
@@ -200,8 +200,101 @@ pub fn eval_batch(
     let n = stream.windows();
     let total = (count * rows).max(1);
     let spread = |j: usize| if total <= n { j * n / total } else { j % n.max(1) };
-    let windows: Vec<usize> = (0..rows).map(|r| spread(i * rows + r)).collect();
+    let windows: Vec<Span> = (0..rows).map(|r| Span::whole(stream, spread(i * rows + r))).collect();
     assemble(stream, &windows, obj, mix(seed, i as u64, 0xe7a1))
+}
+
+/// A window of a stream and the positions of it that count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The window's first id in the stream.
+    pub start: usize,
+    /// The first position whose target counts: those before it were
+    /// scored by an earlier window and only give context.
+    pub from: usize,
+}
+
+impl Span {
+    /// The `w`-th window of the stream's tiling, all of it counted.
+    fn whole(stream: &Stream, w: usize) -> Span {
+        Span { start: w * stream.context, from: 0 }
+    }
+}
+
+/// Windows that score every target of a stream once, in order: a window
+/// starts every `stride` ids and counts only its last `stride` targets
+/// (the first counts all of them), so that each target after the first
+/// window is predicted from at least `context − stride` ids before it;
+/// a last window ends at the stream's end and counts the targets no
+/// window before it reached. A stride of the context tiles the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    context: usize,
+    stride: usize,
+    /// The start of the last window: the stream's last full window.
+    last: usize,
+    /// Windows starting at multiples of the stride.
+    regular: usize,
+}
+
+impl Sliding {
+    /// The windows of `stream` at `stride` (1 to its context; clamped).
+    pub fn new(stream: &Stream, stride: usize) -> Sliding {
+        let context = stream.context;
+        let stride = stride.clamp(1, context.max(1));
+        let needed = context + usize::from(stream.shifted);
+        match stream.len().checked_sub(needed) {
+            Some(last) => Sliding { context, stride, last, regular: last / stride + 1 },
+            None => Sliding { context, stride, last: 0, regular: 0 },
+        }
+    }
+
+    /// Ids between the starts of consecutive windows.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Windows in all.
+    pub fn count(&self) -> usize {
+        let tail = self.regular > 0 && (self.regular - 1) * self.stride < self.last;
+        self.regular + usize::from(tail)
+    }
+
+    /// Window `k` (below [`Sliding::count`]).
+    pub fn span(&self, k: usize) -> Span {
+        if k == 0 {
+            return Span { start: 0, from: 0 };
+        }
+        if k < self.regular {
+            return Span { start: k * self.stride, from: self.context - self.stride };
+        }
+        // The last window: what follows the end of the last regular one.
+        let end = (self.regular - 1) * self.stride + self.context;
+        Span { start: self.last, from: end - self.last }
+    }
+
+    /// Targets counted in all: each once.
+    pub fn targets(&self) -> usize {
+        if self.regular == 0 {
+            return 0;
+        }
+        self.last + self.context
+    }
+}
+
+/// Batch `i` of `rows` windows of `sliding` (the last batch may hold
+/// fewer rows).
+pub fn sliding_batch(
+    stream: &Stream,
+    sliding: &Sliding,
+    i: usize,
+    rows: usize,
+    obj: Objective,
+    seed: u64,
+) -> Result<Batch, String> {
+    let n = sliding.count();
+    let windows: Vec<Span> = (i * rows..((i + 1) * rows).min(n)).map(|k| sliding.span(k)).collect();
+    assemble(stream, &windows, obj, mix(seed, i as u64, 0x511d))
 }
 
 /// Batches an evaluation pass can hold without repeating windows.
@@ -210,7 +303,7 @@ pub fn eval_batches(stream: &Stream, wanted: usize, rows: usize) -> usize {
 }
 
 /// The batch of `windows`; fails only where a token file cannot be read.
-fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Result<Batch, String> {
+fn assemble(stream: &Stream, windows: &[Span], obj: Objective, seed: u64) -> Result<Batch, String> {
     let t = stream.context;
     let mut b = Batch {
         rows: windows.len(),
@@ -221,8 +314,9 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Re
     };
     let mut rng = Rng::new(seed);
     let mut win = Vec::with_capacity(t + 1);
-    for &w in windows {
-        stream.window(w, &mut win)?;
+    for w in windows {
+        stream.window_at(w.start, &mut win)?;
+        let first = b.weights.len();
         match obj {
             Objective::Causal => {
                 b.inputs.extend(win[..t].iter().map(|&x| i64::from(x)));
@@ -250,6 +344,7 @@ fn assemble(stream: &Stream, windows: &[usize], obj: Objective, seed: u64) -> Re
                 }
             }
         }
+        b.weights[first..first + w.from.min(t)].fill(0.0);
     }
     Ok(b)
 }
@@ -268,6 +363,60 @@ mod tests {
 
     fn stream(n: u32, t: usize) -> Stream {
         Stream::new((0..n).collect(), t, true)
+    }
+
+    /// Every target counted once, by the first window that reaches it,
+    /// with the context the stride promises; the windows inside the
+    /// stream; a stride of the context tiles it.
+    #[test]
+    fn sliding_windows_count_every_target_once() {
+        for (len, t) in [(100, 8), (9, 8), (8, 8), (57, 10), (31, 1)] {
+            for shifted in [true, false] {
+                let s = Stream::new((0..len).collect(), t, shifted);
+                let extra = usize::from(shifted);
+                for stride in 1..=t {
+                    let w = Sliding::new(&s, stride);
+                    let mut counted = vec![0; len as usize];
+                    for k in 0..w.count() {
+                        let span = w.span(k);
+                        assert!(span.start + t + extra <= len as usize, "{len} {t} {stride}: window {k} {span:?}");
+                        assert!(span.from < t, "{len} {t} {stride}: window {k} counts nothing");
+                        for j in span.from..t {
+                            let target = span.start + j + extra;
+                            counted[target] += 1;
+                            if k > 0 {
+                                assert!(j + extra >= t - stride, "{len} {t} {stride}: target {target} sees {j}");
+                            }
+                        }
+                    }
+                    let want: Vec<i32> =
+                        (0..len as usize).map(|i| i32::from(len as usize >= t + extra && i >= extra)).collect();
+                    assert_eq!(counted, want, "{len} {t} {stride} {shifted}");
+                    assert_eq!(w.targets(), want.iter().sum::<i32>() as usize);
+                    if stride == t {
+                        let starts: Vec<usize> = (0..w.count()).map(|k| w.span(k).start).collect();
+                        assert!(starts.windows(2).all(|p| p[1] - p[0] <= t), "{starts:?}");
+                        assert!(starts.iter().take(s.windows()).enumerate().all(|(k, &a)| a == k * t));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_sliding_batch_weighs_only_the_targets_it_counts() {
+        let s = stream(31, 8);
+        let w = Sliding::new(&s, 3);
+        assert_eq!(w.count(), 9, "starts 0, 3, …, 21, and 22 for the last target");
+        let b = sliding_batch(&s, &w, 1, 4, Objective::Causal, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.rows, 4);
+        assert_eq!(b.inputs[..8], (12..20).collect::<Vec<i64>>());
+        assert_eq!(b.targets[..8], (13..21).collect::<Vec<i64>>());
+        assert_eq!(b.weights[..8], [0., 0., 0., 0., 0., 1., 1., 1.]);
+        let last = sliding_batch(&s, &w, 2, 4, Objective::Causal, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(last.rows, 1, "the last batch holds what is left");
+        assert_eq!(last.inputs, (22..30).collect::<Vec<i64>>());
+        assert_eq!(last.weights, [0., 0., 0., 0., 0., 0., 0., 1.], "only the stream's last target is new");
     }
 
     #[test]

@@ -224,10 +224,14 @@ pub fn share_of_loss<B: Kernels>(
     let logits = model.forward_with(inputs, noise);
     let [rows, t, v] = logits.dims();
     let (logits, targets) = (logits.reshape([rows * t, v]), targets.reshape([rows * t]));
+    // Every position counts in a causal model's batches, except in the
+    // windows of a sliding evaluation, which count only what an earlier
+    // window did not.
+    let every = whole.counted == (whole.rows * t) as f32;
     match obj {
         // The mean over every token: one kernel whose gradient is written
         // in the forward pass; every row counts the same number of them.
-        Objective::Causal => {
+        Objective::Causal if every => {
             let mean = kernels::nll_mean(logits, targets);
             if share.rows == whole.rows {
                 mean
@@ -235,7 +239,7 @@ pub fn share_of_loss<B: Kernels>(
                 mean.mul_scalar(share.rows as f64 / whole.rows.max(1) as f64)
             }
         }
-        Objective::Masked { .. } => {
+        Objective::Causal | Objective::Masked { .. } => {
             kernels::total(kernels::nll(logits, targets) * weights).div_scalar(whole.counted.max(1.0))
         }
     }
@@ -256,10 +260,25 @@ pub fn evaluate<B: Kernels>(
     peer: parallel::Peer,
 ) -> Result<(f64, f64), String> {
     let n = batch::eval_batches(valid, batches, rows);
+    scored(model, n, |i| batch::eval_batch(valid, i, n, rows, obj, seed), obj, device, peer, |_| {})
+}
+
+/// (summed loss, tokens counted) of `model` over batches `0..n` of
+/// `batch`, as `peer` sees them; `done` hears how many are scored after
+/// each.
+fn scored<B: Kernels>(
+    model: &Model<B>,
+    n: usize,
+    batch: impl Fn(usize) -> Result<Batch, String>,
+    obj: Objective,
+    device: &B::Device,
+    peer: parallel::Peer,
+    mut done: impl FnMut(usize),
+) -> Result<(f64, f64), String> {
     let mut total = 0.0;
     let mut count = 0.0;
     for i in 0..n {
-        let whole = batch::eval_batch(valid, i, n, rows, obj, seed)?;
+        let whole = batch(i)?;
         let b = peer.share(&whole);
         let c = f64::from(b.counted());
         if b.rows == 0 {
@@ -268,8 +287,29 @@ pub fn evaluate<B: Kernels>(
         let l = loss(model, &b, obj, None, device).into_scalar();
         total += f64::from(burn::tensor::ElementConversion::elem::<f32>(l)) * c;
         count += c;
+        done(i + 1);
     }
     Ok((total, count))
+}
+
+/// (summed loss, tokens counted) of `model` over every target of `stream`,
+/// each scored once by the windows of `sliding` in batches of `rows`;
+/// `done` hears how many batches are scored, of how many.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_all<B: Kernels>(
+    model: &Model<B>,
+    stream: &Stream,
+    sliding: &batch::Sliding,
+    rows: usize,
+    obj: Objective,
+    seed: u64,
+    device: &B::Device,
+    mut done: impl FnMut(usize, usize),
+) -> Result<(f64, f64), String> {
+    let rows = rows.max(1);
+    let n = sliding.count().div_ceil(rows);
+    let batch = |i| batch::sliding_batch(stream, sliding, i, rows, obj, seed);
+    scored(model, n, batch, obj, device, parallel::Peer::ALONE, |i| done(i, n))
 }
 
 /// The mean loss of (summed loss, tokens counted); NaN of no tokens.
