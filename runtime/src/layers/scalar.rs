@@ -4,13 +4,11 @@
 use blkc::eval::{eval_const, Env};
 use blkc::graph::{Func, ParamDef, Scalar};
 use blkc::syntax::ast::BinOp;
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use burn::module::Param;
-use burn::tensor::backend::{Backend, DeviceId, DeviceOps};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+
+use super::tables::Kept;
 
 /// Where a param's value lives.
 #[derive(Debug, Clone)]
@@ -110,18 +108,8 @@ pub fn value<B: Backend>(
 /// (a kernel launch on a GPU) in every step. Keyed by the expression, which
 /// within one plan (its slots and variables fixed) names one value. Shared
 /// by a plan's clones.
-#[derive(Clone, Default)]
-pub struct Constants(Arc<Mutex<HashMap<ConstantKey, Box<dyn Any + Send>>>>);
-
-/// A constant's backend, device and expression.
-type ConstantKey = (TypeId, DeviceId, String);
-
-impl std::fmt::Debug for Constants {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |m| m.len());
-        write!(f, "Constants({n} held)")
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct Constants(Kept<String>);
 
 impl Constants {
     /// [`value`] of `s`, from the cache when it involves no trainable
@@ -137,14 +125,7 @@ impl Constants {
         if trainable(s, slots) {
             return value(s, slots, gains, env, device);
         }
-        let key = (TypeId::of::<B>(), device.id(), format!("{s:?}"));
-        let Ok(mut held) = self.0.lock() else { return value(s, slots, gains, env, device) };
-        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<Tensor<B, 1>>()) {
-            return t.clone();
-        }
-        let t = value(s, slots, gains, env, device);
-        held.insert(key, Box::new(t.clone()));
-        t
+        self.0.held::<B, _>(format!("{s:?}"), device, |_| true, || value(s, slots, gains, env, device))
     }
 }
 

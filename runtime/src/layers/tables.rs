@@ -14,24 +14,63 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::backend::{Backend, DeviceId, DeviceOps};
 use burn::tensor::Tensor;
 
+/// Values made once per backend, device and key `K`, and kept: shared by
+/// clones. The tables of positions and a plan's constant gains
+/// (`scalar::Constants`) are each one.
+pub struct Kept<K>(Arc<Mutex<Held<K>>>);
+
+/// Kept values by backend, device and key, each of the type its user asks
+/// for.
+type Held<K> = HashMap<(TypeId, DeviceId, K), Box<dyn Any + Send>>;
+
+impl<K> Clone for Kept<K> {
+    fn clone(&self) -> Self {
+        Kept(self.0.clone())
+    }
+}
+
+impl<K> Default for Kept<K> {
+    fn default() -> Self {
+        Kept(Default::default())
+    }
+}
+
+impl<K> std::fmt::Debug for Kept<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "Kept({n} held)")
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Kept<K> {
+    /// The value kept for `key` on `device` where `fits` takes it, else
+    /// the one `make` makes, kept in its place.
+    pub fn held<B: Backend, T: Clone + Send + 'static>(
+        &self,
+        key: K,
+        device: &B::Device,
+        fits: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+    ) -> T {
+        let key = (TypeId::of::<B>(), device.id(), key);
+        let Ok(mut held) = self.0.lock() else { return make() };
+        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<T>()).filter(|t| fits(t)) {
+            return t.clone();
+        }
+        let t = make();
+        held.insert(key, Box::new(t.clone()));
+        t
+    }
+}
+
 /// The kept tables, by backend, device and [`Kind`], each as long as
 /// the furthest position asked, rounded up to a power of two. Shared by
 /// clones (every layer of a model holds the same).
-#[derive(Clone, Default)]
-pub struct Tables(Arc<Mutex<HashMap<Key, Box<dyn Any + Send>>>>);
-
-/// A kept table's backend, device and kind.
-type Key = (TypeId, DeviceId, Kind);
+#[derive(Debug, Clone, Default)]
+pub struct Tables(Kept<Kind>);
 
 /// A kind of table: its name and a number that sets its columns.
 pub type Kind = (&'static str, usize);
-
-impl std::fmt::Debug for Tables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |m| m.len());
-        write!(f, "Tables({n} held)")
-    }
-}
 
 impl Tables {
     /// The table of kind `kind` that `make` makes, made once per backend
@@ -43,7 +82,7 @@ impl Tables {
         device: &B::Device,
         make: impl FnOnce() -> T,
     ) -> T {
-        self.held::<B, T>(kind, device, |_| true, make)
+        self.0.held::<B, T>(kind, device, |_| true, make)
     }
 
     /// Rows `positions` of the `K` tables of kind `kind` that `make` fills
@@ -57,27 +96,8 @@ impl Tables {
     ) -> [Tensor<B, 2>; K] {
         let end = positions.end;
         let long_enough = |t: &[Tensor<B, 2>; K]| t.first().is_none_or(|t| t.dims()[0] >= end);
-        let tables = self.held::<B, _>(kind, device, long_enough, || make(end.next_power_of_two()));
+        let tables = self.0.held::<B, _>(kind, device, long_enough, || make(end.next_power_of_two()));
         tables.map(|t| t.slice(positions.clone()))
-    }
-
-    /// The kept table of `kind` where `fits` takes it, else the one `make`
-    /// makes, kept in its place.
-    fn held<B: Backend, T: Clone + Send + 'static>(
-        &self,
-        kind: Kind,
-        device: &B::Device,
-        fits: impl Fn(&T) -> bool,
-        make: impl FnOnce() -> T,
-    ) -> T {
-        let key = (TypeId::of::<B>(), device.id(), kind);
-        let Ok(mut held) = self.0.lock() else { return make() };
-        if let Some(t) = held.get(&key).and_then(|t| t.downcast_ref::<T>()).filter(|t| fits(t)) {
-            return t.clone();
-        }
-        let t = make();
-        held.insert(key, Box::new(t.clone()));
-        t
     }
 }
 
