@@ -119,6 +119,21 @@ fn tokenize_trains_the_bpe_train_trains() {
     ok(&o);
     assert!(text(&o.stderr).contains("an evenly spread sample of 0.0 MB"), "{}", text(&o.stderr));
     assert!(read("few/tokenizer.json") != read("toks/tokenizer.json"));
+    // The ids say which tokenizer made them (`tokens.json`): another BPE
+    // of the same size is refused, the runs' own copies of this one read
+    // them.
+    let record: serde_json::Value = serde_json::from_slice(&read("toks/tokens.json")).unwrap_or_default();
+    assert_eq!(record["vocab"], 300, "{record}");
+    let o = blkc(
+        &d,
+        &["train", "tiny.blk", "--out", "other", "--data", "toks", "--set", "tokenizer=\"few/tokenizer.json\""],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("holds the ids of") && err.contains("toks/tokens.json"), "{err}");
+    for run in ["text", "ids"] {
+        ok(&blkc(&d, &["eval", run, "--data", "toks", "--batches", "1"]));
+    }
     // Refused before anything is read or written.
     for (args, why) in [
         (&["--tokenizer", "bpe", "--out", "no"][..], "needs --vocab"),

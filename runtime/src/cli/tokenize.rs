@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use super::{OK, REJECTED};
 use crate::durable;
-use crate::train::data;
 use crate::train::token_files::npy_header;
 use crate::train::tokenizer::{self, Kind, Tokenizer};
+use crate::train::{data, made_by};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -80,6 +80,7 @@ fn tokenize(args: &Args) -> Result<(), String> {
     if trains {
         outputs.push("tokenizer.json");
     }
+    outputs.push(made_by::FILE);
     if let Some(p) = outputs.iter().map(|f| args.out.join(f)).find(|p| p.exists()) {
         return Err(format!(
             "`{}` exists; choose another --out (what `tokenize` writes is never overwritten)",
@@ -171,6 +172,8 @@ fn write_outputs(
         written.push(path.clone());
         outln!("{}: {} tokens of {} documents", path.display(), count, plan.documents(valid));
     }
+    // Which tokenizer made the ids, for the runs that read them.
+    written.push(made_by::write(&args.out, &tok, &named)?);
     Ok(named)
 }
 

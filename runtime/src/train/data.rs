@@ -203,12 +203,12 @@ pub(super) fn documents(
 }
 
 /// The token files of a pre-tokenised corpus: `files` where all are token
-/// files, but for the tokenizer that made them (a `tokenizer.json`, as
-/// `blkc tokenize --tokenizer bpe` writes beside them). A `.bin` among text
-/// files is read, and skipped, as any other file.
+/// files, but for the tokenizer that made them and its record (a
+/// `tokenizer.json` and a `tokens.json`, as `blkc tokenize` writes beside
+/// them). A `.bin` among text files is read, and skipped, as any other file.
 pub(super) fn tokenised(files: &[PathBuf]) -> Option<Vec<PathBuf>> {
     let (ids, rest): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|f| super::token_files::is_token_file(f));
-    let beside = |f: &&PathBuf| f.file_name().is_some_and(|n| n == "tokenizer.json");
+    let beside = |f: &&PathBuf| f.file_name().is_some_and(|n| n == "tokenizer.json" || n == super::made_by::FILE);
     (!ids.is_empty() && rest.iter().all(beside)).then(|| ids.into_iter().cloned().collect())
 }
 
@@ -483,6 +483,7 @@ mod tests {
         assert_eq!(tokenised(&paths(&["d/train.bin", "d/val.npy", "d/tokenizer.json"])), Some(ids));
         assert_eq!(tokenised(&paths(&["d/train.bin", "d/notes.json"])), None);
         assert_eq!(tokenised(&paths(&["d/tokenizer.json"])), None);
+        assert_eq!(tokenised(&paths(&["d/train.bin", "d/tokens.json"])).map(|f| f.len()), Some(1));
     }
 
     #[test]

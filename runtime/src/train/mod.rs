@@ -7,6 +7,7 @@ pub mod comparison;
 pub mod data;
 mod lines;
 pub mod logs;
+pub mod made_by;
 pub mod memory;
 pub mod open;
 pub mod optim;

@@ -84,6 +84,24 @@ impl Tokenizer {
         }
     }
 
+    /// What an id means to this tokenizer, as 64 bits: its kind, size and
+    /// the token of every id. Two tokenizers with one fingerprint read
+    /// every id alike, whatever their files look like (the key order of a
+    /// `tokenizer.json` or its merges, which only say how text is cut).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.write(self.kind().name().as_bytes());
+        h.write(&(self.vocab_size() as u64).to_le_bytes());
+        if let Tokenizer::Bpe(t) = self {
+            for id in 0..self.vocab_size() as u32 {
+                let token = t.id_to_token(id).unwrap_or_default();
+                h.write(&(token.len() as u64).to_le_bytes());
+                h.write(token.as_bytes());
+            }
+        }
+        h.finish()
+    }
+
     /// The token between packed documents: blkc's own, or the one an
     /// existing tokenizer uses for it (GPT-2's `<|endoftext|>`, `</s>`,
     /// `[SEP]`…); 0 for a tokenizer that has none.
