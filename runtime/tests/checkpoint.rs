@@ -113,3 +113,65 @@ fn weights_of_another_model_are_refused_by_name() {
     assert!(err.contains("is damaged"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `blkc train --init-from RUN`: a new run starts from the weights of
+/// RUN's newest checkpoint (fixed when it starts) and its tokenizer; with
+/// a learning rate of 0 it scores what RUN scores. A resume from step 0
+/// starts from them again. Another architecture, or a tokenizer that
+/// reads ids otherwise, is refused with the checkpoint named.
+#[test]
+fn a_run_starts_from_another_runs_weights() {
+    use crate::train::{blkc, ok, scratch, text, tiny};
+    let d = scratch("init-from");
+    tiny(&d, "sas_p", "causal", 258, "steps = 20");
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "base", "-q"]));
+    let eval = |run: &str| {
+        let o = blkc(&d, &["eval", run, "--json"]);
+        ok(&o);
+        let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        e["eval_loss"].as_f64().unwrap_or(f64::NAN)
+    };
+    let base = eval("base");
+    // A rate far below a weight's last bit: no step changes one.
+    let frozen = ["--set", "lr=1e-30", "--steps", "4"];
+    ok(&blkc(&d, &[&["train", "tiny.blk", "--out", "same", "--init-from", "base", "-q"][..], &frozen].concat()));
+    assert_eq!(eval("same"), base, "no step taken, so the weights are base's");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("same/run.json")).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(info["init_from"]["step"], 20, "{info}");
+    assert!(info["init_from"]["checkpoint"].as_str().is_some_and(|c| c.ends_with("base/checkpoints/step-00000020")));
+    // Training on from there: its first loss is base's, far below a fresh
+    // run's.
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "on", "--init-from", "base/checkpoints/step-00000010", "-q"]));
+    let first = |run: &str| crate::train::losses(&d.join(run))[&1].0;
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "fresh", "--steps", "1", "-q"]));
+    assert!(first("on") < first("fresh") - 1.0, "{} against {}", first("on"), first("fresh"));
+    // Stopped before its first checkpoint: the resume starts from the
+    // same weights.
+    ok(&blkc(&d, &[&["train", "tiny.blk", "--out", "again", "--init-from", "base", "-q"][..], &frozen].concat()));
+    std::fs::remove_dir_all(d.join("again/checkpoints")).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["train", "--resume", "again"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("init: the weights of"), "{}", text(&o.stderr));
+    assert_eq!(eval("again"), base);
+    // Refused: another architecture, another tokenizer, no checkpoint.
+    let deeper = std::fs::read_to_string(d.join("tiny.blk")).unwrap_or_default().replace("depth = 2", "depth = 3");
+    std::fs::write(d.join("deeper.blk"), deeper).unwrap_or_else(|e| panic!("{e}"));
+    let o = blkc(&d, &["train", "deeper.blk", "--out", "deeper", "--init-from", "base"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("--init-from") && err.contains("blocks.2") && err.contains("is missing"), "{err}");
+    assert!(!d.join("deeper").exists(), "a run that could not start leaves nothing");
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..258).map(|i| (format!("t{i}"), i.into())).collect();
+    let other = serde_json::json!({"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+        "post_processor": null, "decoder": null, "model": {"type": "BPE", "vocab": vocab, "merges": []}});
+    std::fs::write(d.join("other.json"), other.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let o =
+        blkc(&d, &["train", "tiny.blk", "--out", "tok", "--init-from", "base", "--set", "tokenizer=\"other.json\""]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("reads ids otherwise"), "{}", text(&o.stderr));
+    let o = blkc(&d, &["train", "tiny.blk", "--out", "none", "--init-from", "nowhere"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("--init-from: `nowhere` is neither a run directory"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}

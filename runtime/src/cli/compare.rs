@@ -377,6 +377,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         file,
         settings,
         out: out.into(),
+        init_from: resume.as_ref().and_then(|r| r.before.init_from.clone()),
         resume,
         stop_at: args.stop_at,
         quiet: args.quiet,

@@ -51,6 +51,13 @@ pub struct Args {
     /// FILE may be given too when it is the run's own source.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Start from the weights of a run's newest complete checkpoint (or
+    /// of the checkpoint directory given) instead of an initialisation:
+    /// continued training or fine-tuning, on this file's model (every
+    /// weight's name and shape must match) with its settings, a fresh
+    /// optimiser and schedule, and the checkpoint's tokenizer.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// When resuming: accept settings that change the learning-rate
     /// schedule (`--steps`, `lr`, `warmup`, `schedule`); the rate then
     /// follows the new schedule from the next step on.
@@ -169,6 +176,10 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
         BROKEN
     })?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::model_name(model)));
+    let init_from = match &args.init_from {
+        Some(path) => Some(open::init_from(path).map_err(|e| fail(&format!("--init-from: {e}")))?),
+        None => None,
+    };
     Ok(Job {
         program,
         sources: c.sources,
@@ -177,6 +188,7 @@ fn fresh(args: &Args, extra: Option<&blkc::graph::Train>, sets: Vec<String>) -> 
         settings: s,
         out,
         resume: None,
+        init_from,
         stop_at: args.stop_at,
         quiet: args.quiet,
     })
@@ -216,6 +228,7 @@ fn resumed(args: &Args, path: &Path, extra: Option<&blkc::graph::Train>) -> Resu
         file: info.file.clone(),
         settings: s,
         out: dir,
+        init_from: info.init_from.clone(),
         resume: Some(Resume { checkpoint, before: info, reschedule: args.reschedule }),
         stop_at: args.stop_at,
         quiet: args.quiet,

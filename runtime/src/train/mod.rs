@@ -70,6 +70,10 @@ pub struct Job {
     pub out: PathBuf,
     /// Continue the run in `out` instead of starting one.
     pub resume: Option<Resume>,
+    /// Start from this checkpoint's weights instead of an initialisation
+    /// (and with its tokenizer); a resumed run's own, for a resume from
+    /// step 0.
+    pub init_from: Option<rundir::InitFrom>,
     /// Stop (as if interrupted) once this many steps are done.
     pub stop_at: Option<u64>,
     pub quiet: bool,

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 
 use super::optim::{Optimizer, Rule};
-use super::rundir::{self, Found, RunDir, RunInfo, State};
+use super::rundir::{self, Found, InitFrom, RunDir, RunInfo, State};
 use super::settings::Settings;
 use super::tokenizer::Tokenizer;
 use super::{model_of, tokens};
@@ -90,6 +90,37 @@ pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
     }
     let found = dir.latest();
     Ok((dir, found))
+}
+
+/// The checkpoint a run is to start from (`--init-from PATH`): PATH's
+/// newest complete one, or PATH itself when it is one, fixed now (the run
+/// it belongs to may write newer ones).
+pub fn init_from(path: &Path) -> Result<InitFrom, String> {
+    let (_, found) = locate(path)?;
+    let found = found.ok_or_else(|| format!("`{}` holds no complete checkpoint yet", path.display()))?;
+    let checkpoint = std::path::absolute(&found.path).map_err(|e| crate::durable::describe("find", &found.path, &e))?;
+    Ok(InitFrom { checkpoint, step: found.state.step })
+}
+
+/// `model` with the weights of the checkpoint `init` (`--init-from`).
+pub fn load_init<B: Kernels>(model: Model<B>, init: &InitFrom, device: &B::Device) -> Result<Model<B>, String> {
+    let found = match locate(&init.checkpoint) {
+        Ok((_, Some(found))) => found,
+        Ok((_, None)) | Err(_) => {
+            return Err(format!(
+                "the run starts from the weights of `{}`, which is no longer a checkpoint",
+                init.checkpoint.display()
+            ))
+        }
+    };
+    load_weights(model, &found, device).map_err(|e| format!("--init-from `{}`: {e}", init.checkpoint.display()))
+}
+
+/// The tokenizer of the run that wrote the checkpoint `init`.
+pub fn init_tokenizer(init: &InitFrom) -> Result<(Tokenizer, PathBuf), String> {
+    let (root, _) = split(&init.checkpoint);
+    let path = RunDir::new(&root).tokenizer();
+    Ok((Tokenizer::load(&path)?, path))
 }
 
 /// A checkpoint's weights loaded into `model`, verified against the

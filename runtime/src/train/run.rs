@@ -157,10 +157,10 @@ fn data_and_tokenizer(
             ),
         );
     }
-    let (tok, origin) = if job.resume.is_some() {
-        (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() })
-    } else {
-        tokenizer::obtain(&s.tokenizer, ir.vocab as usize, &corpus, q)?
+    let (tok, origin) = match (&job.resume, &job.init_from) {
+        (Some(_), _) => (Tokenizer::load(&dir.tokenizer())?, Origin::Cached { path: dir.tokenizer() }),
+        (None, Some(init)) => init_tokenizer(init, s, ir, &corpus, q)?,
+        (None, None) => tokenizer::obtain(&s.tokenizer, ir.vocab as usize, &corpus, q)?,
     };
     say_tokenizer(q, &tok, &origin);
     check_vocab(ir, &tok, &origin, &job.sources)?;
@@ -172,6 +172,37 @@ fn data_and_tokenizer(
         ));
     }
     Ok((corpus, tok))
+}
+
+/// The tokenizer of a run that starts from a checkpoint: the one whose
+/// ids its embeddings were trained on. `tokenizer = bpe` (the default)
+/// means it; another setting must name a tokenizer that reads every id
+/// alike.
+fn init_tokenizer(
+    init: &rundir::InitFrom,
+    s: &Settings,
+    ir: &ModelIr,
+    corpus: &data::Corpus,
+    q: bool,
+) -> Result<(Tokenizer, Origin), Failure> {
+    let (theirs, path) = open::init_tokenizer(init)?;
+    if s.tokenizer == "bpe" {
+        return Ok((theirs, Origin::File { path }));
+    }
+    let (ours, origin) = tokenizer::obtain(&s.tokenizer, ir.vocab as usize, corpus, q)?;
+    if ours.fingerprint() != theirs.fingerprint() {
+        return Err(Failure::Message(format!(
+            "--init-from `{}`: its embeddings are of the tokenizer `{}` (a {} tokenizer of {} tokens), and              `tokenizer = {}` reads ids otherwise (a {} tokenizer of {} tokens); leave `tokenizer` unset (or              `bpe`) to train with the checkpoint's own",
+            init.checkpoint.display(),
+            path.display(),
+            theirs.kind().name(),
+            theirs.vocab_size(),
+            s.tokenizer,
+            ours.kind().name(),
+            ours.vocab_size()
+        )));
+    }
+    Ok((ours, origin))
 }
 
 /// The training and validation token streams (cached by tokenizer), each
@@ -249,6 +280,7 @@ fn run_info(
         commands,
         started: before.as_ref().map_or_else(|| now.clone(), |b| b.started.clone()),
         updated: now,
+        init_from: job.init_from.clone(),
         blkc_version: env!("CARGO_PKG_VERSION").into(),
         file: job.file.clone(),
         entry: job.sources.get(FileId(0)).path.display().to_string(),
@@ -331,7 +363,16 @@ fn fresh<B: TrainKernels>(
         json!({"entry": entry, "files": files, "set": job.sets}).to_string().as_bytes(),
     )?;
     let model = Model::<B>::build(&job.program, ir, s.seed, device);
-    Ok(Start::at_zero(model, s))
+    Ok(Start::at_zero(initial(job, model, device)?, s))
+}
+
+/// The model at step 0: as built, or with the weights of the checkpoint
+/// the run starts from.
+fn initial<B: TrainKernels>(job: &Job, model: Model<B>, device: &B::Device) -> Result<Model<B>, Failure> {
+    let Some(init) = &job.init_from else { return Ok(model) };
+    let model = open::load_init(model, init, device)?;
+    say(job.quiet, format!("init: the weights of {} (step {})", init.checkpoint.display(), init.step));
+    Ok(model)
 }
 
 /// A run continued from its newest complete checkpoint (or the one given),
@@ -359,7 +400,7 @@ fn resumed<B: TrainKernels>(
             ),
         );
         dir.truncate_metrics(0)?;
-        return Ok(Start::at_zero(model, s));
+        return Ok(Start::at_zero(initial(job, model, device)?, s));
     };
     if let Some(note) = &found.note {
         errln!("warning: {note}");

@@ -70,6 +70,19 @@ pub struct RunInfo {
     pub started: String,
     #[serde(default)]
     pub updated: String,
+    /// The checkpoint whose weights the run started from (`--init-from`),
+    /// instead of an initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// A checkpoint a run started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// Its directory (`RUN/checkpoints/step-N`), absolute.
+    pub checkpoint: PathBuf,
+    /// The step it was written at.
+    pub step: u64,
 }
 
 impl RunInfo {
