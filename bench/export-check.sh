@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Holds `blkc export --format pytorch` to blkc itself: trains tiny models of
 # every canonical block and of a block that uses every other construct (QK
-# norm, soft-cap, query/key bias, fixed and per-head gains, gains that depend
+# norm, soft-cap, a sliding window, query/key bias, fixed and per-head gains, gains that depend
 # on `layer`, dense maps with bias, reparam maps, GELU and leaky-ReLU MLPs,
 # sinusoidal positions, an untied head, a bidirectional mask) for a few
 # steps — and Llama (rotary, grouped-query, SwiGLU), GPT-J (partial rotary),
@@ -28,6 +28,7 @@ attention wide {
     bias    = true
     qk_norm = layernorm
     softcap = 5
+    window  = 5
     value   = linear(normal(0.02), bias = true)
     proj    = reparam(skip = 0.5, resid = 1, init = orthogonal, trainable)
     matrix  = a * I + softmax - c * centre

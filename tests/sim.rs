@@ -135,8 +135,22 @@ fn linear(l: &Linear, x: &Mat, fan_out: usize, env: &Env, rng: &mut Rng) -> Mat 
     }
 }
 
-fn centre(t: usize, mask: Mask) -> Mat {
-    blkc::signal::attention::centre(t, mask)
+/// Whether query `i` sees key `j`: the mask, and the window when there is
+/// one (the `window` latest tokens; bidirectional, those less than
+/// `window` away).
+fn sees(i: usize, j: usize, mask: Mask, window: Option<u64>) -> bool {
+    let near = window.is_none_or(|w| (i.abs_diff(j) as u64) < w);
+    near && (mask == Mask::Bidirectional || j <= i)
+}
+
+/// The uniform average over the keys each query sees.
+fn centre(t: usize, mask: Mask, window: Option<u64>) -> Mat {
+    let mut c = Mat::from_fn(t, t, |i, j| if sees(i, j, mask, window) { 1.0 } else { 0.0 });
+    for mut row in c.row_iter_mut() {
+        let n = row.sum();
+        row /= n;
+    }
+    c
 }
 
 fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng) -> Mat {
@@ -151,7 +165,7 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
         let at = |i: usize| params[i];
         spec.matrix.iter().map(|(c, m)| (eval(c, &env, &at).unwrap_or(0.0), *m)).collect()
     };
-    let c = centre(t, dims.mask);
+    let c = centre(t, dims.mask, spec.window);
     // ALiBi: −m_h·(i − j) on head h's scores (|i − j| without a causal mask).
     let slopes = blkc::graph::alibi_slopes(dims.heads);
     let distance_bias = |head: usize| {
@@ -195,9 +209,9 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
             if let Some(cap) = spec.softcap {
                 logits.apply(|x| *x = cap * (*x / cap).tanh());
             }
-            softmax(&(logits + distance_bias(head)), dims.mask)
+            softmax(&(logits + distance_bias(head)), dims.mask, spec.window)
         } else if dims.alibi {
-            softmax(&distance_bias(head), dims.mask)
+            softmax(&distance_bias(head), dims.mask, spec.window)
         } else {
             c.clone()
         };
@@ -215,14 +229,14 @@ fn attention(spec: &AttentionSpec, h: &Mat, env: &Env, dims: Dims, rng: &mut Rng
     linear(&spec.proj, &o, d, env, rng)
 }
 
-fn softmax(g: &Mat, mask: Mask) -> Mat {
+fn softmax(g: &Mat, mask: Mask, window: Option<u64>) -> Mat {
     let t = g.nrows();
     let mut out = Mat::zeros(t, t);
     for i in 0..t {
-        let last = if mask == Mask::Causal { i } else { t - 1 };
-        let max = (0..=last).map(|j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = (0..=last).map(|j| (g[(i, j)] - max).exp()).sum();
-        for j in 0..=last {
+        let seen: Vec<usize> = (0..t).filter(|&j| sees(i, j, mask, window)).collect();
+        let max = seen.iter().map(|&j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = seen.iter().map(|&j| (g[(i, j)] - max).exp()).sum();
+        for &j in &seen {
             out[(i, j)] = (g[(i, j)] - max).exp() / z;
         }
     }

@@ -215,8 +215,8 @@ class Attention(nn.Module):
         if s["softcap"]:
             scores = s["softcap"] * torch.tanh(scores / s["softcap"])
         t = scores.shape[-1]
-        if self.causal:
-            blocked = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        blocked = ~self.seen(t, x.device)
+        if blocked.any():
             scores = scores.masked_fill(blocked, float("-inf"))
         if self.positions["kind"] == "alibi":
             i = torch.arange(t, device=x.device, dtype=torch.float64)
@@ -227,7 +227,21 @@ class Attention(nn.Module):
         o = scores.softmax(-1) @ self.split(v)
         return o.transpose(1, 2).reshape(v.shape)
 
+    def seen(self, t, device):
+        """[t, t]: whether query i sees key j (the mask, and the window:
+        the `window` latest tokens; bidirectional, those less than
+        `window` away)."""
+        i = torch.arange(t, device=device).reshape(-1, 1)
+        j = torch.arange(t, device=device).reshape(1, -1)
+        seen = j <= i if self.causal else torch.ones(t, t, dtype=torch.bool, device=device)
+        if self.spec.get("window"):
+            seen = seen & ((i - j).abs() < self.spec["window"])
+        return seen
+
     def centre(self, v):
+        if self.spec.get("window"):
+            seen = self.seen(v.shape[1], v.device).to(v.dtype)
+            return (seen / seen.sum(-1, keepdim=True)) @ v
         if self.causal:
             counts = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype).reshape(1, -1, 1)
             return v.cumsum(1) / counts

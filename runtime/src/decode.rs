@@ -76,7 +76,10 @@ impl<B: Kernels> Attention<B> {
             });
             out.clone()
         };
-        let centre = || kernels::causal_mean(all.clone()).slice([0..b, from..t]);
+        let centre = || match self.plan.window {
+            Some(_) => self.windowed_centre(all.clone(), from, true),
+            None => kernels::causal_mean(all.clone()).slice([0..b, from..t]),
+        };
         let out = self.summed(v, centre, softmax);
         cache.values = Some(all);
         self.proj.forward(out)

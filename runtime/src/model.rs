@@ -89,7 +89,7 @@ impl<B: Kernels> Model<B> {
             None if self.sinusoidal => {
                 let [table] = self
                     .tables
-                    .rows(("sinusoidal", d), from..from + t, &device, |n| [sinusoidal::<B>(0..n, d, &device)]);
+                    .rows(("sinusoidal", d, 0), from..from + t, &device, |n| [sinusoidal::<B>(0..n, d, &device)]);
                 Some(table)
             }
             None => None,

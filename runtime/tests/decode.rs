@@ -129,6 +129,8 @@ fn attentions_of_every_form_decode_as_their_forward_pass() {
         "matrix = 0.3 * I + centre\n value = linear(normal(0.3))",
         "matrix = a * I + b * softmax - c * centre\n param a = 1 trainable per_head\n param b = 2 trainable\n \
          param c = 1 trainable per_head\n softcap = 3",
+        "window = 3\n matrix = 0.5 * I + softmax - 0.3 * centre\n kv_heads = 2",
+        "window = 1\n qk_norm = rmsnorm",
     ];
     for (i, body) in attention.iter().enumerate() {
         let text = format!(
@@ -231,4 +233,42 @@ fn a_sliding_evaluation_scores_each_token_from_its_window() {
         }
         assert!((total - want).abs() < 1e-4 * want, "stride {stride}: {total} against {want}");
     }
+}
+
+/// Sliding-window attention: a token's logits depend on the `depth ·
+/// (window − 1)` tokens before it and no others (each layer reaches
+/// `window − 1` further back), so with relative positions the last
+/// token's logits over a long text are its logits over just those tokens,
+/// and differ over one fewer.
+#[test]
+fn a_window_bounds_what_a_token_reads() {
+    let text = "attention local {\n window = 3\n matrix = 0.5 * I + softmax - 0.2 * centre\n}\n\
+                block b {\n n = rmsnorm(x)\n out = x + attn(n, local) + mlp(n)\n}";
+    let model = built(&tiny(text, "b", "rope"));
+    let device = Default::default();
+    let ids = tokens(1, CONTEXT, 3);
+    let last = |from: usize| {
+        let seen: Vec<i64> = ids[from..].to_vec();
+        let n = seen.len();
+        let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(seen, [1, n]), &device));
+        logits.slice([0..1, n - 1..n])
+    };
+    let reach = 2 * (3 - 1) + 1;
+    let whole = last(0);
+    let g = gap(last(CONTEXT - reach), whole.clone());
+    assert!(g < 2e-5, "the last {reach} tokens give the logits of all {CONTEXT}: {g} apart");
+    let g = gap(last(CONTEXT - reach + 1), whole);
+    assert!(g > 1e-3, "one token fewer changes them: only {g} apart");
+    // A window as long as the text is no window (the same model; blkc's
+    // kernels without one, burn's masked attention with it).
+    let logits = |window: Option<usize>| {
+        let mut m = model.clone();
+        for a in m.blocks.iter_mut().flat_map(|b| &mut b.attention) {
+            a.plan.window = window;
+        }
+        m.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, CONTEXT]), &device))
+    };
+    let g = gap(logits(Some(CONTEXT)), logits(None));
+    assert!(g < 2e-5, "a window of the whole context: {g} from none");
+    assert!(gap(logits(Some(2)), logits(None)) > 1e-3, "a short window matters");
 }

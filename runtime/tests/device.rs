@@ -66,6 +66,8 @@ const MODELS: &[&str] = &[
     "sas-p-swiglu",
     "llama",
     "gpt-j",
+    // Sliding-window attention: burn's attention with a mask.
+    "mistral",
     // Bidirectional: the masked-token objective, whose loss is a weighted
     // sum of the tokens' losses (`kernels::total`).
     "sas-p mask=bidirectional",

@@ -249,6 +249,7 @@ pub(crate) const ATTENTION_KEYS: &[&str] = &[
     "bias",
     "qk_norm",
     "softcap",
+    "window",
     "head_dim",
     "kv_heads",
     "dropout",
@@ -285,6 +286,7 @@ pub fn attention(
         params,
         qk_norm: None,
         softcap: None,
+        window: None,
         dropout: Dropout::default(),
     };
     let mut used = HashSet::new();
@@ -299,6 +301,7 @@ pub fn attention(
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
             "qk_norm" => expr::keyword(v, key, super::model::NORMS, diags).map(|k| spec.qk_norm = norm_kind(k)),
             "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
+            "window" => window(v, diags).map(|w| spec.window = w),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.kv_heads = Some(h)),
             "dropout" => rate(v, key, diags).map(|p| spec.dropout.inner = p),
@@ -364,6 +367,17 @@ fn softcap(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
     }
     Some(Some(c))
 }
+
+/// `window = N` (a whole number of tokens, at least 1) or `none`.
+fn window(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<u64>> {
+    if matches!(v, Expr::Name(n) if n.name == "none") {
+        return Some(None);
+    }
+    expr::integer(v, "window", 1, MAX_WINDOW, true, diags).map(Some)
+}
+
+/// The largest window: far beyond any context a model here can have.
+const MAX_WINDOW: u64 = 1 << 24;
 
 /// Resolves an MLP sub-block: reference defaults (ReLU, 4×, no bias,
 /// N(0, 0.02²)), then the section, then the call's keyword arguments.

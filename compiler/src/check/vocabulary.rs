@@ -66,6 +66,7 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Attention, "bias") => "biases on the query and key maps",
         (SectionKind::Attention, "qk_norm") => "a norm on queries and keys per head",
         (SectionKind::Attention, "softcap") => "caps the scores: c·tanh(s/c)",
+        (SectionKind::Attention, "window") => "sliding-window attention: each token sees the N latest tokens",
         (SectionKind::Attention, "head_dim") => "width of one head (default: width / heads)",
         (SectionKind::Attention, "kv_heads") => "heads of keys and values, each shared by heads / kv_heads query heads (grouped-query attention; 1: multi-query)",
         (SectionKind::Attention, "dropout") => "dropout on the softmax weights, in training only (not in the signal check)",

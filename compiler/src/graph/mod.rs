@@ -449,6 +449,12 @@ pub struct AttentionSpec {
     pub qk_norm: Option<NormKind>,
     /// `cap · tanh(logits / cap)` before the mask.
     pub softcap: Option<f64>,
+    /// Sliding-window (local) attention: each token sees the `window`
+    /// latest tokens, itself included (causal), or those less than
+    /// `window` positions away (bidirectional); its `softmax` and `centre`
+    /// average over them. `None`: every token the mask allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
     /// Dropout on the softmax weights and on the sub-block's output.
     #[serde(skip_serializing_if = "Dropout::is_off")]
     pub dropout: Dropout,

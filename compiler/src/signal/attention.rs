@@ -11,13 +11,46 @@ use super::kernel::Mat;
 use super::rng::Rng;
 use crate::graph::{Mask, MatrixTerm};
 
-/// C: the softmax of all-zero logits under the mask (causal: row i uniform
-/// over j ≤ i; bidirectional: 1/T everywhere).
-pub fn centre(t: usize, mask: Mask) -> Mat {
-    match mask {
-        Mask::Causal => Mat::from_fn(t, t, |i, j| if j <= i { 1.0 / (i + 1) as f64 } else { 0.0 }),
-        Mask::Bidirectional => Mat::from_element(t, t, 1.0 / t as f64),
+/// The keys each query sees: those the mask allows, narrowed to a
+/// sliding window when the attention has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub mask: Mask,
+    /// Causal: the `window` latest tokens, the query's own included;
+    /// bidirectional: those less than `window` positions away.
+    pub window: Option<usize>,
+}
+
+impl Seen {
+    /// Every key the mask allows.
+    pub fn all(mask: Mask) -> Seen {
+        Seen { mask, window: None }
     }
+
+    /// The keys `first..=last` that query `i` of `t` sees.
+    pub fn keys(self, i: usize, t: usize) -> std::ops::RangeInclusive<usize> {
+        let reach = self.window.map_or(usize::MAX, |w| w.max(1) - 1);
+        let last = match self.mask {
+            Mask::Causal => i,
+            Mask::Bidirectional => i.saturating_add(reach).min(t - 1),
+        };
+        i.saturating_sub(reach)..=last
+    }
+}
+
+/// C: the softmax of all-zero logits under the mask (causal: row i uniform
+/// over j ≤ i; bidirectional: 1/T everywhere), each row uniform over the
+/// keys it sees.
+pub fn centre(t: usize, seen: Seen) -> Mat {
+    let mut c = Mat::zeros(t, t);
+    for i in 0..t {
+        let keys = seen.keys(i, t);
+        let share = 1.0 / keys.clone().count() as f64;
+        for j in keys {
+            c[(i, j)] = share;
+        }
+    }
+    c
 }
 
 /// Σ coefficient · term with `softmax` replaced by `soft`.
@@ -75,12 +108,12 @@ pub fn mc_moments(
     logits: Logits,
     bias: Option<&Mat>,
     sigma: &Mat,
-    mask: Mask,
+    seen: Seen,
     samples: usize,
     seed: u64,
 ) -> (Mat, Mat) {
     let t = sigma.nrows();
-    let c = centre(t, mask);
+    let c = centre(t, seen);
     let l = cholesky(sigma);
     let dh = logits.head_dim.max(1);
     // Draw j takes normals 2·j·T·d_h onwards of the one seeded stream (its
@@ -115,7 +148,7 @@ pub fn mc_moments(
             if let Some(b) = bias {
                 g += b;
             }
-            let soft = masked_softmax(&g, mask);
+            let soft = masked_softmax(&g, seen);
             let a = combine(terms, &soft, &c);
             let second = &a * sigma * a.transpose();
             (a, second)
@@ -140,24 +173,24 @@ pub fn alibi(t: usize, slope: f64, mask: Mask) -> Mat {
     })
 }
 
-/// The row softmax of scores `g` under `mask`.
-pub fn softmax_masked(g: &Mat, mask: Mask) -> Mat {
-    masked_softmax(g, mask)
+/// The row softmax of scores `g` over the keys each query sees.
+pub fn softmax_masked(g: &Mat, seen: Seen) -> Mat {
+    masked_softmax(g, seen)
 }
 
-fn masked_softmax(g: &Mat, mask: Mask) -> Mat {
+fn masked_softmax(g: &Mat, seen: Seen) -> Mat {
     let t = g.nrows();
     let mut out = Mat::zeros(t, t);
     for i in 0..t {
-        let last = if mask == Mask::Causal { i } else { t - 1 };
-        let max = (0..=last).map(|j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
+        let keys = seen.keys(i, t);
+        let max = keys.clone().map(|j| g[(i, j)]).fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
-        for j in 0..=last {
+        for j in keys.clone() {
             let e = (g[(i, j)] - max).exp();
             out[(i, j)] = e;
             sum += e;
         }
-        for j in 0..=last {
+        for j in keys {
             out[(i, j)] /= sum;
         }
     }

@@ -359,7 +359,8 @@ impl Tracker<'_> {
         let s = self.setting;
         let terms = terms.to_vec();
         let t = k.nrows();
-        let c = attention::centre(t, s.mask);
+        let seen = attention::Seen { mask: s.mask, window: spec.window.map(|w| w as usize) };
+        let c = attention::centre(t, seen);
         // ALiBi's distance bias of this head, in the softmax only.
         let bias = (s.alibi && spec.uses(MatrixTerm::Softmax)).then(|| {
             let slope = crate::graph::alibi_slopes(s.heads.max(1) as usize)[head.min(s.heads.max(1) as usize - 1)];
@@ -380,11 +381,11 @@ impl Tracker<'_> {
             let logits =
                 Logits { sigma_qk, head_dim, qk_norm: spec.qk_norm.is_some(), softcap: spec.softcap, rope: s.rope };
             let seed = s.seed ^ (env.layer as u64).wrapping_mul(0x9E37_79B9) ^ salt.wrapping_mul(0x85EB_CA6B);
-            return attention::mc_moments(&terms, logits, bias.as_ref(), k, s.mask, s.samples, seed);
+            return attention::mc_moments(&terms, logits, bias.as_ref(), k, seen, s.samples, seed);
         }
         // Zero queries (exact) or small logits (approximate): the softmax of
         // the bias alone, C without one.
-        let soft = bias.map_or_else(|| c.clone(), |b| attention::softmax_masked(&b, s.mask));
+        let soft = bias.map_or_else(|| c.clone(), |b| attention::softmax_masked(&b, seen));
         let a = attention::combine(&terms, &soft, &c);
         let second = &a * k * a.transpose();
         (a, second)

@@ -66,6 +66,9 @@ pub struct Plan {
     pub terms: Vec<(Scalar, MatrixTerm)>,
     pub slots: Vec<Slot>,
     pub softcap: Option<f64>,
+    /// Sliding-window attention: the keys each query sees
+    /// (`layers/window.rs`).
+    pub window: Option<usize>,
     pub mask: Mask,
     /// Rotary positions of queries and keys.
     pub rope: Option<blkc::graph::Rope>,
@@ -134,6 +137,7 @@ impl<B: Kernels> Attention<B> {
                 terms: spec.matrix.clone(),
                 slots,
                 softcap: spec.softcap,
+                window: spec.window.map(|w| w as usize),
                 mask: b.mask,
                 rope: b.rope,
                 alibi: b.alibi,
@@ -208,6 +212,9 @@ impl<B: Kernels> Attention<B> {
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
             Form::Shaped(_) if self.fused() && weights.is_none() => self.mix_parts(x).apply(None),
+            // Under a window the mix's own centre (over every earlier
+            // token) is not the term's: one term at a time.
+            Form::Shaped(_) if self.plan.window.is_some() => self.terms(x, causal, weights),
             Form::Shaped(_) => {
                 let v = self.values(x.clone());
                 let o = self.softmax_times(&x, v.clone(), causal, weights);
@@ -227,9 +234,9 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// Whether blkc's attention kernels compute the softmax term (no
-    /// soft-cap, no ALiBi bias).
+    /// soft-cap, no ALiBi bias, no window).
     fn fused(&self) -> bool {
-        self.plan.softcap.is_none() && !self.plan.alibi
+        self.plan.softcap.is_none() && !self.plan.alibi && self.plan.window.is_none()
     }
 
     /// The matrix's terms one by one, each with its gain, summed.
@@ -237,7 +244,11 @@ impl<B: Kernels> Attention<B> {
         let v = self.values(x.clone());
         let mut soft = None;
         let softmax = || soft.get_or_insert_with(|| self.softmax_times(&x, v.clone(), causal, weights)).clone();
-        self.summed(v.clone(), || centre(v.clone(), causal), softmax)
+        let centre = || match self.plan.window {
+            Some(_) => self.windowed_centre(v.clone(), 0, causal),
+            None => centre(v.clone(), causal),
+        };
+        self.summed(v.clone(), centre, softmax)
     }
 
     /// The matrix's terms, each with its gain, summed, given the values
@@ -331,7 +342,7 @@ impl<B: Kernels> Attention<B> {
         let [_, _, t, hd] = q.dims();
         let r = rope.dims(hd);
         let device = q.device();
-        let [cos, sin] = self.plan.tables.rows(("rotary", r), from..from + t, &device, |n| {
+        let [cos, sin] = self.plan.tables.rows(("rotary", r, 0), from..from + t, &device, |n| {
             let half = r / 2;
             let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
             for i in 0..n {
@@ -366,7 +377,7 @@ impl<B: Kernels> Attention<B> {
             // The whole window's bias, kept: the same at every layer (the
             // model's heads) and step.
             let device = x.device();
-            let kind = (if causal { "alibi-causal" } else { "alibi" }, t);
+            let kind = (if causal { "alibi-causal" } else { "alibi" }, t, 0);
             self.plan.tables.kept::<B, _>(kind, &device, || self.alibi_bias((0, t), t, causal, &device))
         });
         let out = match weights {
@@ -376,7 +387,11 @@ impl<B: Kernels> Attention<B> {
             }
             None => {
                 let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
-                fused(q, k, self.split(v), None, bias, options)
+                let heads = q.dims()[1];
+                let hidden = self
+                    .outside_window((0, t), t, causal, &q.device())
+                    .map(|m| m.reshape([1, 1, t, t]).expand([b, heads, t, t]));
+                fused(q, k, self.split(v), hidden, bias, options)
             }
         };
         out.swap_dims(1, 2).reshape([b, t, inner])
@@ -405,6 +420,9 @@ impl<B: Kernels> Attention<B> {
                 .reshape([1, 1, n, t])
                 .expand([b, h, n, t]);
             s = s.mask_fill(future, f32::NEG_INFINITY);
+        }
+        if let Some(hidden) = self.outside_window((from, n), t, causal, &s.device()) {
+            s = s.mask_fill(hidden.reshape([1, 1, n, t]).expand([b, h, n, t]), f32::NEG_INFINITY);
         }
         if let Some(bias) = bias {
             s = s + bias;

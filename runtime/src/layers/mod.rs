@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod norm;
 pub mod scalar;
 pub mod tables;
+pub mod window;
 
 use blkc::eval::Env;
 use blkc::graph::{Init, Mask};

@@ -69,8 +69,9 @@ impl<K: std::hash::Hash + Eq> Kept<K> {
 #[derive(Debug, Clone, Default)]
 pub struct Tables(Kept<Kind>);
 
-/// A kind of table: its name and a number that sets its columns.
-pub type Kind = (&'static str, usize);
+/// A kind of table: its name and the numbers that set its shape (its
+/// columns; a window's length and reach).
+pub type Kind = (&'static str, usize, usize);
 
 impl Tables {
     /// The table of kind `kind` that `make` makes, made once per backend
@@ -120,17 +121,17 @@ mod tests {
         let (tables, made) = (Tables::default(), std::cell::Cell::new(0));
         let device = Default::default();
         for (range, made_by_then) in [(0..5, 1), (3..8, 1), (2..9, 2), (0..16, 2), (15..16, 2), (16..17, 3)] {
-            let [got] = tables.rows::<B, 1>(("squares", 2), range.clone(), &device, |n| table(n, &made));
+            let [got] = tables.rows::<B, 1>(("squares", 2, 0), range.clone(), &device, |n| table(n, &made));
             let want: Vec<f32> = range.clone().flat_map(|p| [p as f32, (p * p) as f32]).collect();
             assert_eq!(got.into_data().to_vec::<f32>().unwrap_or_default(), want, "{range:?}");
             assert_eq!(made.get(), made_by_then, "{range:?}: made again only to grow");
         }
         // Another kind has its own table.
-        tables.rows::<B, 1>(("squares", 3), 0..1, &device, |n| table(n, &made));
+        tables.rows::<B, 1>(("squares", 3, 0), 0..1, &device, |n| table(n, &made));
         assert_eq!(made.get(), 4);
         // A kept table is made once.
         for _ in 0..2 {
-            let [t] = tables.kept::<B, _>(("squares", 4), &device, || table(3, &made));
+            let [t] = tables.kept::<B, _>(("squares", 4, 0), &device, || table(3, &made));
             assert_eq!(t.dims(), [3, 2]);
         }
         assert_eq!(made.get(), 5);
