@@ -154,7 +154,7 @@ fn parameter_counts_match_blkc_params() {
         .filter(|n| n.ends_with(".blk") && n != "train.blk")
         .collect();
     names.sort();
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 12);
     for n in names {
         let p = file(&format!("examples/small/{n}"));
         let m = p.model.as_ref().expect("model");

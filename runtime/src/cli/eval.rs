@@ -125,7 +125,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         }
     })?;
     let n = match &sliding {
-        Some(sliding) => sliding.count().div_ceil(rows.max(1)),
+        Some(sliding) => sliding.batches(rows),
         None => batch::eval_batches(&stream, batches, rows),
     };
     // For a masked model, the loss is over the masked positions only.

@@ -273,6 +273,12 @@ impl Sliding {
         Span { start: self.last, from: end - self.last }
     }
 
+    /// Batches of `rows` windows that hold them all (the last may hold
+    /// fewer).
+    pub fn batches(&self, rows: usize) -> usize {
+        self.count().div_ceil(rows.max(1))
+    }
+
     /// Targets counted in all: each once.
     pub fn targets(&self) -> usize {
         if self.regular == 0 {

@@ -312,7 +312,7 @@ pub fn evaluate_all<B: Kernels>(
     mut done: impl FnMut(usize, usize),
 ) -> Result<(f64, f64), String> {
     let rows = rows.max(1);
-    let n = sliding.count().div_ceil(rows);
+    let n = sliding.batches(rows);
     let batch = |i| batch::sliding_batch(stream, sliding, i, rows, obj, seed);
     scored(model, n, batch, obj, device, parallel::Peer::ALONE, |i| done(i, n))
 }
