@@ -5,6 +5,8 @@
 //! (blkc's attention kernels see the whole mask), so their autodiff gives
 //! the gradient.
 
+use blkc::graph::Mask;
+use blkc::signal::attention::Seen;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::attention::Attention;
@@ -54,15 +56,16 @@ impl<B: Kernels> Attention<B> {
 }
 
 /// Rows `from..from + n` of the `[t, t]` matrix that averages what each
-/// query sees through a window of `w`, row-major.
+/// query sees through a window of `w` (the keys the signal check's
+/// [`Seen`] gives it), row-major.
 fn averages((from, n): (usize, usize), t: usize, w: usize, causal: bool) -> Vec<f32> {
+    let mask = if causal { Mask::Causal } else { Mask::Bidirectional };
+    let seen = Seen { mask, window: Some(w) };
     let mut out = vec![0.0; n * t];
     for (i, row) in out.chunks_mut(t).enumerate() {
-        let p = from + i;
-        let first = p.saturating_sub(w - 1);
-        let last = if causal { p } else { (p + w - 1).min(t - 1) };
-        let share = 1.0 / (last - first + 1) as f32;
-        row[first..=last].fill(share);
+        let keys = seen.keys(from + i, t);
+        let share = 1.0 / keys.clone().count() as f32;
+        row[keys].fill(share);
     }
     out
 }
