@@ -376,6 +376,8 @@ fn graph_prints_dot_and_mermaid() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or("?");
     assert_eq!(dot.matches(&format!("  {norm} -> ")).count(), 2, "{dot}");
+    let o = blkc(&["graph", "examples/small/mistral.blk"]);
+    assert!(text(&o.stdout).contains("A = softmax over a window of 32"), "{}", text(&o.stdout));
     let o = blkc(&["graph", "--format", "mermaid", "examples/codeparrot/sas.blk", "--layer", "0"]);
     let mm = text(&o.stdout);
     assert!(mm.starts_with("flowchart TB") && mm.contains("reparam"), "{mm}");

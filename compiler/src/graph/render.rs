@@ -98,7 +98,10 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
             None => format!("Q {} · K {}", init(&s.query), init(&s.key)),
         },
         format!("V {} · P {}", linear(&s.value, &s.params), linear(&s.proj, &s.params)),
-        format!("A = {matrix}"),
+        match s.window {
+            Some(w) => format!("A = {matrix} over a window of {w}"),
+            None => format!("A = {matrix}"),
+        },
     ];
     lines.extend(dropout(s.dropout, "weights"));
     lines
