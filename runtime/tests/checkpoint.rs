@@ -147,13 +147,21 @@ fn a_run_starts_from_another_runs_weights() {
     ok(&blkc(&d, &["train", "tiny.blk", "--out", "fresh", "--steps", "1", "-q"]));
     assert!(first("on") < first("fresh") - 1.0, "{} against {}", first("on"), first("fresh"));
     // Stopped before its first checkpoint: the resume starts from the
-    // same weights.
+    // same weights, from the run's own copy of them (the checkpoint may
+    // have gone: a run keeps its newest two).
     ok(&blkc(&d, &[&["train", "tiny.blk", "--out", "again", "--init-from", "base", "-q"][..], &frozen].concat()));
     std::fs::remove_dir_all(d.join("again/checkpoints")).unwrap_or_else(|e| panic!("{e}"));
+    let moved = |from: &str, to: &str| std::fs::rename(d.join(from), d.join(to)).unwrap_or_else(|e| panic!("{e}"));
+    moved("base/checkpoints", "gone");
     let o = blkc(&d, &["train", "--resume", "again"]);
+    moved("gone", "base/checkpoints");
     ok(&o);
     assert!(text(&o.stderr).contains("init: the weights of"), "{}", text(&o.stderr));
     assert_eq!(eval("again"), base);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("again/run.json")).unwrap_or_default())
+            .unwrap_or_default();
+    assert!(info["init_from"]["copy"].is_u64() && d.join("again/init.safetensors").is_file(), "{info}");
     // Refused: another architecture, another tokenizer, no checkpoint.
     let deeper = std::fs::read_to_string(d.join("tiny.blk")).unwrap_or_default().replace("depth = 2", "depth = 3");
     std::fs::write(d.join("deeper.blk"), deeper).unwrap_or_else(|e| panic!("{e}"));

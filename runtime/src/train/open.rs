@@ -99,7 +99,7 @@ pub fn init_from(path: &Path) -> Result<InitFrom, String> {
     let (_, found) = locate(path)?;
     let found = found.ok_or_else(|| format!("`{}` holds no complete checkpoint yet", path.display()))?;
     let checkpoint = std::path::absolute(&found.path).map_err(|e| crate::durable::describe("find", &found.path, &e))?;
-    Ok(InitFrom { checkpoint, step: found.state.step })
+    Ok(InitFrom { checkpoint, step: found.state.step, copy: None })
 }
 
 /// `model` with the weights of the checkpoint `init` (`--init-from`).

@@ -30,12 +30,16 @@ pub(super) struct Start<B: TrainKernels> {
     pub(super) seconds: f64,
     /// The newest checkpoint and its step.
     pub(super) last: Option<(PathBuf, u64)>,
+    /// The checksum of the run's copy of the weights it started from, when
+    /// it was just written (`--init-from`).
+    pub(super) init_copy: Option<u32>,
 }
 
 impl<B: TrainKernels> Start<B> {
     /// Step 0: the model at init, no optimiser state.
     fn at_zero(model: Model<B>, s: &Settings) -> Self {
-        Start { step: 0, opt: Optimizer::new(s.optimizer_config()), model, tokens: 0, seconds: 0.0, last: None }
+        let opt = Optimizer::new(s.optimizer_config());
+        Start { step: 0, opt, model, tokens: 0, seconds: 0.0, last: None, init_copy: None }
     }
 }
 
@@ -95,7 +99,10 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
     if job.resume.is_none() && s.devices == 1 {
         s.micro_batch = micro as u64;
     }
-    let info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream], valid_bytes);
+    let mut info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream], valid_bytes);
+    if let (Some(init), Some(sum)) = (info.init_from.as_mut(), start.init_copy) {
+        init.copy = Some(sum);
+    }
     dir.write_info(&info)?;
     // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
     let logs = super::logs::Logs::rebuild(&dir.root)?;
@@ -363,14 +370,23 @@ fn fresh<B: TrainKernels>(
         json!({"entry": entry, "files": files, "set": job.sets}).to_string().as_bytes(),
     )?;
     let model = Model::<B>::build(&job.program, ir, s.seed, device);
-    Ok(Start::at_zero(initial(job, model, device)?, s))
+    let Some(init) = &job.init_from else { return Ok(Start::at_zero(model, s)) };
+    let model = open::load_init(model, init, device)?;
+    say(job.quiet, format!("init: the weights of {} (step {})", init.checkpoint.display(), init.step));
+    // A copy in the run: a resume from step 0 needs nothing outside it.
+    let copy = crate::checkpoint::save(&model, &dir.init_weights())?;
+    Ok(Start { init_copy: Some(copy), ..Start::at_zero(model, s) })
 }
 
-/// The model at step 0: as built, or with the weights of the checkpoint
-/// the run starts from.
-fn initial<B: TrainKernels>(job: &Job, model: Model<B>, device: &B::Device) -> Result<Model<B>, Failure> {
+/// The model at step 0 of a resumed run: as built, or with the weights it
+/// started from (its copy of them; the checkpoint, for a run of a blkc
+/// that made none).
+fn initial<B: TrainKernels>(job: &Job, dir: &RunDir, model: Model<B>, device: &B::Device) -> Result<Model<B>, Failure> {
     let Some(init) = &job.init_from else { return Ok(model) };
-    let model = open::load_init(model, init, device)?;
+    let model = match init.copy {
+        Some(sum) => crate::checkpoint::load(model, &dir.init_weights(), Some(sum), device)?,
+        None => open::load_init(model, init, device)?,
+    };
     say(job.quiet, format!("init: the weights of {} (step {})", init.checkpoint.display(), init.step));
     Ok(model)
 }
@@ -400,7 +416,7 @@ fn resumed<B: TrainKernels>(
             ),
         );
         dir.truncate_metrics(0)?;
-        return Ok(Start::at_zero(initial(job, model, device)?, s));
+        return Ok(Start::at_zero(initial(job, dir, model, device)?, s));
     };
     if let Some(note) = &found.note {
         errln!("warning: {note}");
@@ -430,5 +446,6 @@ fn resumed<B: TrainKernels>(
         tokens: found.state.tokens,
         seconds: found.state.seconds,
         last: Some((found.path, step)),
+        init_copy: None,
     })
 }

@@ -9,6 +9,7 @@
 //! tensorboard/        the same as a TensorBoard event file
 //! loss.{png,svg}      the loss curves; training.{png,svg} also lr, gradient norm, gains
 //! .lock               held by the one process writing the run
+//! init.safetensors    the weights a run started from (`--init-from`)
 //! checkpoints/latest  the name of the newest complete checkpoint
 //! checkpoints/step-NNNNNNNN/{model.safetensors, optimizer.bin, state.json}
 //! ```
@@ -83,6 +84,10 @@ pub struct InitFrom {
     pub checkpoint: PathBuf,
     /// The step it was written at.
     pub step: u64,
+    /// The checksum of the run's copy of its weights
+    /// ([`RunDir::init_weights`]), once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<u32>,
 }
 
 impl RunInfo {
@@ -201,6 +206,11 @@ impl RunDir {
 
     pub fn sources(&self) -> PathBuf {
         self.root.join("source.json")
+    }
+
+    /// The weights a run started from (`--init-from`), copied in.
+    pub fn init_weights(&self) -> PathBuf {
+        self.root.join("init.safetensors")
     }
 
     pub fn checkpoints(&self) -> PathBuf {

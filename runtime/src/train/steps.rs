@@ -339,8 +339,9 @@ impl Loop<'_> {
         let (s, dir) = (self.s, self.dir);
         let peer = Peer { index: 0, count: orders.len() + 1 };
         parallel::register::<B::InnerBackend>(peer, device)?;
-        let Start { step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last } =
-            start;
+        let Start {
+            step: first, mut opt, mut model, tokens: mut tokens_seen, seconds: seconds_before, mut last, ..
+        } = start;
         let mut sampler = Sampler::new(s.seed, self.train.windows());
         let bar = progress::Progress::new(first, s.steps, self.job.quiet);
         let run_start = Instant::now();
