@@ -23,14 +23,25 @@ impl<B: Kernels> Attention<B> {
         causal: bool,
         device: &B::Device,
     ) -> Option<Tensor<B, 2, Bool>> {
-        let w = self.plan.window? as i64;
-        let from = from as i64;
-        // Keys more than w − 1 before the query.
-        let before = Tensor::<B, 2, Bool>::triu_mask([n, t], from - w + 1, device);
-        if causal {
-            return Some(before);
-        }
-        Some(before.bool_or(Tensor::<B, 2, Bool>::tril_mask([n, t], from + w - 1, device)))
+        let window = self.plan.window?;
+        let make = || {
+            let (w, from) = (window as i64, from as i64);
+            // Keys more than w − 1 before the query.
+            let before = Tensor::<B, 2, Bool>::triu_mask([n, t], from - w + 1, device);
+            match causal {
+                true => before,
+                false => before.bool_or(Tensor::<B, 2, Bool>::tril_mask([n, t], from + w - 1, device)),
+            }
+        };
+        // A forward pass's mask is the same at every layer and step: kept.
+        Some(match from {
+            0 => self.plan.tables.kept::<B, _>(
+                (if causal { "hidden-causal" } else { "hidden" }, t, window),
+                device,
+                make,
+            ),
+            _ => make(),
+        })
     }
 
     /// The `centre` term of `v: [batch, t, inner]` at positions `from..t`
