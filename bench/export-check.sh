@@ -4,7 +4,8 @@
 # norm, soft-cap, a sliding window, query/key bias, fixed and per-head gains, gains that depend
 # on `layer`, dense maps with bias, reparam maps, GELU and leaky-ReLU MLPs,
 # sinusoidal positions, an untied head, a bidirectional mask) for a few
-# steps — and Llama (rotary, grouped-query, SwiGLU), GPT-J (partial rotary),
+# steps — and Llama (rotary, grouped-query, SwiGLU), Mistral (Llama's block
+# with a window, through blkc's attention kernels), GPT-J (partial rotary),
 # the gated SAS-P and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's
 # (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
@@ -53,17 +54,29 @@ mlp gelu_mlp {
     activation = gelu
 }
 BLK
+cat > "$work/mistral.blk" <<'BLK'
+use "llama.blk"
+attention local {
+    kv_heads = 2
+    bias     = false
+    window   = 5
+}
+block mistral {
+    h   = x + attn(rmsnorm(x), local)
+    out = h + mlp(rmsnorm(h), swiglu)
+}
+BLK
 fail=0
 dirs=()
 for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-p-nonorm:sas_p_nonorm \
             vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything \
-            llama:llama gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln; do
+            llama:llama mistral:mistral gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln; do
     file="${spec%%:*}"; block="${spec##*:}"
     src="$file"; [ "$file" = everything-mlm ] && src=everything
     [ "$file" = preln-alibi ] && src=preln
     mask=causal; positions=learned; tied=true
     if [ "$file" = everything-mlm ]; then mask=bidirectional; positions=sinusoidal; tied=false; fi
-    [ "$file" = llama ] && positions=rope && tied=false
+    [ "$file" = llama ] || [ "$file" = mistral ] && positions=rope && tied=false
     [ "$file" = gpt-j ] && positions="rope(fraction = 0.25)" && tied=false
     [ "$file" = preln-alibi ] && positions=alibi
     cat > "$work/m-$file.blk" <<BLK

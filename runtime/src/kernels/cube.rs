@@ -98,6 +98,33 @@ pub(super) fn chunk_end(first: usize, #[comptime] chunk: usize, rows: usize) -> 
     last
 }
 
+/// The first key that query `i` sees: `reach` (a window less one, or
+/// the length: no window) before it, or the first.
+#[cube]
+pub(super) fn first_key(i: usize, reach: usize) -> usize {
+    let mut first = 0;
+    if i > reach {
+        first = i - reach;
+    }
+    first
+}
+
+/// The end of the keys (of `tokens`) that query `i` sees: past itself
+/// under a causal mask, else `reach` after it or the last (the
+/// attention family's `Keys::range`).
+#[cube]
+pub(super) fn keys_end(i: usize, tokens: usize, reach: usize, #[comptime] causal: bool) -> usize {
+    let mut end = tokens;
+    if causal {
+        if i < tokens {
+            end = i + 1;
+        }
+    } else if i + reach + 1 < tokens {
+        end = i + reach + 1;
+    }
+    end
+}
+
 /// The log-sum-exp of `scale ·` the `len` entries from `start` (a row),
 /// returned to every unit of the cube (`block` units, a power of two):
 /// each unit's share with a running maximum, then merged pairwise.

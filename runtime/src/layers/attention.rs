@@ -12,7 +12,7 @@ use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Sca
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
-use crate::kernels::{self, Kernels};
+use crate::kernels::{self, Kernels, Keys};
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
@@ -211,7 +211,7 @@ impl<B: Kernels> Attention<B> {
         let weights = noise.filter(|_| self.plan.dropout.inner > 0.0).map(|n| n.at(0));
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
-            Form::Shaped(_) if self.fused() && weights.is_none() => self.mix_parts(x).apply(None),
+            Form::Shaped(_) if self.mixed() && weights.is_none() => self.mix_parts(x).apply(None),
             // Under a window the mix's own centre (over every earlier
             // token) is not the term's: one term at a time.
             Form::Shaped(_) if self.plan.window.is_some() => self.terms(x, causal, weights),
@@ -234,9 +234,21 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// Whether blkc's attention kernels compute the softmax term (no
-    /// soft-cap, no ALiBi bias, no window).
+    /// soft-cap, no ALiBi bias).
     fn fused(&self) -> bool {
-        self.plan.softcap.is_none() && !self.plan.alibi && self.plan.window.is_none()
+        self.plan.softcap.is_none() && !self.plan.alibi
+    }
+
+    /// Whether the shaped mix's kernels compute the whole matrix: those of
+    /// the softmax term, and no window (the mix's `centre` averages every
+    /// key the mask allows).
+    fn mixed(&self) -> bool {
+        self.fused() && self.plan.window.is_none()
+    }
+
+    /// The keys each query sees, as blkc's attention kernels take them.
+    fn keys(&self, causal: bool) -> Keys {
+        Keys { causal, window: self.plan.window }
     }
 
     /// The matrix's terms one by one, each with its gain, summed.
@@ -288,7 +300,7 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.fused()
+        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.mixed()
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
@@ -359,14 +371,15 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
-    /// attention kernel, or, with a logit soft-cap or ALiBi, burn's
+    /// attention kernel (under a window too), or, with a logit soft-cap or
+    /// ALiBi, burn's
     /// attention (whose autodiff composes it), or, with dropout on the
     /// weights (`weights`, in training), the weights written out.
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
         let [b, t, inner] = v.dims();
         if self.fused() && weights.is_none() {
             let (q, k, bq) = self.queries_keys(x);
-            return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), causal));
+            return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), self.keys(causal)));
         }
         let (q, k) = self.rotated(
             self.projected(x, &self.query, &self.query_bias, &self.query_norm),

@@ -1,9 +1,11 @@
 //! Sliding-window attention (`window = N` in an attention section): a
 //! query sees the `N` latest tokens, its own included (causal), or those
 //! less than `N` positions away (bidirectional). Its softmax is masked to
-//! them, and its `centre` term averages them. Built from burn's operations
-//! (blkc's attention kernels see the whole mask), so their autodiff gives
-//! the gradient.
+//! them, and its `centre` term averages them. blkc's attention kernels
+//! take the window (`kernels::Keys`); here is what they do not: the mask
+//! of burn's attention (a soft-cap or ALiBi with a window, dropout on the
+//! weights, decoding) and the `centre` term of a shaped matrix, built from
+//! burn's operations, whose autodiff gives the gradient.
 
 use blkc::graph::Mask;
 use blkc::signal::attention::Seen;

@@ -7,7 +7,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
-use super::{loops, reference, AttentionOps};
+use super::{loops, reference, AttentionOps, Keys};
 use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
@@ -18,11 +18,11 @@ impl AttentionOps for Flex {
         k: FlexTensor,
         v: FlexTensor,
         bq: Option<FlexTensor>,
-        (scale, causal): (f64, bool),
+        (scale, keys): (f64, Keys),
     ) -> (FlexTensor, FlexTensor) {
         let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
         let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_forward::<Flex>(q, k, v, bq, (scale, causal));
+            return reference::attention_forward::<Flex>(q, k, v, bq, (scale, keys));
         };
         let n = b * h;
         let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
@@ -32,7 +32,7 @@ impl AttentionOps for Flex {
         // Per head: the scores, their softmax while in cache, the output.
         let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
             let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
+            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, keys), u.as_deref());
             let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
             (wp, op)
         });
@@ -45,7 +45,7 @@ impl AttentionOps for Flex {
         bq: Option<FlexTensor>,
         (p, _): (FlexTensor, Option<FlexTensor>),
         g: FlexTensor,
-        (scale, causal, acc): (f64, bool, Option<FlexTensor>),
+        (scale, keys, acc): (f64, Keys, Option<FlexTensor>),
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
@@ -60,7 +60,7 @@ impl AttentionOps for Flex {
         });
         let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
         let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, causal, acc), wants);
+            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, keys, acc), wants);
         };
         let n = b * h;
         let p = p.to_contiguous();
@@ -137,19 +137,15 @@ impl AttentionOps for Flex {
         [dq, dk, dv, dbq]
     }
 
-    fn softmax_scores(s: FlexTensor, scale: f64, causal: bool) -> FlexTensor {
+    fn softmax_scores(s: FlexTensor, scale: f64, keys: Keys) -> FlexTensor {
         if s.dtype() != DType::F32 {
-            return reference::softmax_scores::<Flex>(s, scale, causal);
+            return reference::softmax_scores::<Flex>(s, scale, keys);
         }
         let shape = s.layout().shape().clone();
         let (tq, tk) = (shape[shape.num_dims() - 2], shape[shape.num_dims() - 1]);
         let mut out = Rows::new(s);
         let scale = scale as f32;
-        out.for_each(|r, row| {
-            // Row `i` of its matrix sees columns `0..=i`.
-            let seen = if causal { (r % tq + 1).min(tk) } else { tk };
-            loops::softmax(row, seen, scale);
-        });
+        out.for_each(|r, row| seen_softmax(row, keys.range(r % tq, tk), scale));
         out.tensor
     }
 
@@ -184,26 +180,33 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
 }
 
 /// One head's attention weights `softmax(scale · (q · kᵀ + 1 · uᵀ) (+
-/// causal mask))` (`q`, `k`: `t × d`; `u`, a shift per key, or none)
-/// formed in `p` (`t × t`).
+/// mask))` (`q`, `k`: `t × d`; `u`, a shift per key, or none) formed in
+/// `p` (`t × t`), the keys a query does not see (`keys`) weighted 0.
 pub(crate) fn attention_weights<'a>(
     gemm: &Gemm,
     p: MatOut<'a>,
     [q, k]: [Mat<'_>; 2],
-    (scale, causal): (f32, bool),
+    (scale, keys): (f32, Keys),
     shift: Option<&[f32]>,
 ) -> (MatMut<'a>, Written) {
     let (mut p, proof) = gemm.into(p, q, k.t());
     let t = p.dims()[0];
     for r in 0..t {
         let row = p.row(r);
-        let seen = if causal { r + 1 } else { t };
+        let seen = keys.range(r, t);
         if let Some(u) = shift {
-            simd::add_into(&mut row[..seen], &u[..seen]);
+            simd::add_into(&mut row[seen.clone()], &u[seen.clone()]);
         }
-        loops::softmax(row, seen, scale);
+        seen_softmax(row, seen, scale);
     }
     (p, proof)
+}
+
+/// The softmax of `scale · row[seen]` in place, and zeros elsewhere.
+fn seen_softmax(row: &mut [f32], seen: std::ops::Range<usize>, scale: f32) {
+    let (before, from) = row.split_at_mut(seen.start);
+    before.fill(0.0);
+    loops::softmax(from, seen.len(), scale);
 }
 
 /// The scores' shift per key from a query bias `bq` (one head's `d`

@@ -1,7 +1,12 @@
-//! Softmax attention: `softmax(scale · (q + bq) · kᵀ (+ causal mask)) · v`
-//! as one graph node whose mask is never built, its weights, and the
-//! backward through them.
+//! Softmax attention: `softmax(scale · (q + bq) · kᵀ (+ mask)) · v` as one
+//! graph node whose mask is never built, its weights, and the backward
+//! through them. The mask is a [`Keys`]: causal or not, with a sliding
+//! window or not.
 
+use std::ops::Range;
+
+use blkc::graph::Mask;
+use blkc::signal::attention::Seen;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata};
 
@@ -26,10 +31,47 @@ mod tests;
 pub(crate) use route::as_products;
 pub use route::{Route, PRODUCTS_UP_TO};
 
+/// The keys each query of an attention sees: the earlier ones and its
+/// own (`causal`) or every one, narrowed to a sliding window of `window`
+/// when given (causal: the `window` latest; otherwise those less than
+/// `window` positions away). Which keys those are is the signal check's
+/// [`Seen::keys`], so that the model computes what the checker predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Keys {
+    pub causal: bool,
+    pub window: Option<usize>,
+}
+
+impl Keys {
+    /// Every key the mask allows.
+    pub fn all(causal: bool) -> Keys {
+        Keys { causal, window: None }
+    }
+
+    /// The keys `lo..hi` that query `i` sees of `t` (clamped to `t` for a
+    /// query past the keys).
+    pub fn range(self, i: usize, t: usize) -> Range<usize> {
+        let mask = if self.causal { Mask::Causal } else { Mask::Bidirectional };
+        let keys = Seen { mask, window: self.window }.keys(i, t.max(i + 1));
+        (*keys.start()).min(t)..(*keys.end() + 1).min(t)
+    }
+
+    /// How many positions back (and, without a causal mask, ahead) a query
+    /// sees among `t` keys: the window less one, or `t` (every key).
+    pub fn reach(self, t: usize) -> usize {
+        self.window.map_or(t, |w| (w.max(1) - 1).min(t))
+    }
+
+    /// Whether the window hides any key of `t` from some query.
+    pub fn windowed(self, t: usize) -> bool {
+        self.reach(t) + 1 < t
+    }
+}
+
 /// The attention family.
 pub trait AttentionOps: DenseOps {
-    /// Softmax attention `softmax(scale · (q + bq) · kᵀ (+ causal mask)) ·
-    /// v` for `q, k: [batch, heads, tokens, head_dim]` and `v: [batch,
+    /// Softmax attention `softmax(scale · (q + bq) · kᵀ (+ mask)) · v`
+    /// (the mask hides what `keys` does not see) for `q, k: [batch, heads, tokens, head_dim]` and `v: [batch,
     /// tokens, heads · head_dim]`, the heads merged the same way in the
     /// output (`bq` as in [`AttentionOps::attention_forward`]).
     fn softmax_attention(
@@ -37,14 +79,14 @@ pub trait AttentionOps: DenseOps {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, causal): (f64, bool),
+        (scale, keys): (f64, Keys),
     ) -> FloatTensor<Self> {
         let v = split_heads::<Self>(v, q.shape()[1]);
-        merge_heads::<Self>(Self::attention_forward(q, k, v, bq, (scale, causal)).0)
+        merge_heads::<Self>(Self::attention_forward(q, k, v, bq, (scale, keys)).0)
     }
 
     /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · (q + bq)
-    /// · kᵀ (+ causal mask))` and `o = p · v` stored token-major (see
+    /// · kᵀ (+ mask))` and `o = p · v` stored token-major (see
     /// [`crate::kernels::DenseOps::matmul_token_major`]), for `q, k, v: [batch, heads,
     /// tokens, head_dim]` and the query's bias `bq: [heads · head_dim]`
     /// when given. There is no key bias: `bk` would add `(q_i + bq) · bk`
@@ -55,9 +97,9 @@ pub trait AttentionOps: DenseOps {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, causal): (f64, bool),
+        (scale, keys): (f64, Keys),
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::attention_forward::<Self>(q, k, v, bq, (scale, causal))
+        reference::attention_forward::<Self>(q, k, v, bq, (scale, keys))
     }
 
     /// The gradients `[dq, dk, dv, dbq]` of [`AttentionOps::attention_forward`]
@@ -68,7 +110,7 @@ pub trait AttentionOps: DenseOps {
     /// tokens. `dv` is added into `acc` (`[batch, tokens, heads ·
     /// head_dim]`) when given. `p` is what the forward kept: the weights,
     /// or what a backend keeps in their place (the rows' log-sum-exp on
-    /// the CubeCL backends), with the mask `causal` of the forward. `o`,
+    /// the CubeCL backends), with the mask `keys` of the forward. `o`,
     /// when given, is the forward's output (as
     /// [`AttentionOps::attention_forward`] returned it), which the graph
     /// keeps anyway (the next product reads it): a backend that kept row
@@ -79,18 +121,18 @@ pub trait AttentionOps: DenseOps {
         bq: Option<FloatTensor<Self>>,
         (p, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
-        (scale, causal, acc): (f64, bool, Option<FloatTensor<Self>>),
+        (scale, keys, acc): (f64, Keys, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
         let _ = o;
-        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, causal, acc), wants)
+        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, keys, acc), wants)
     }
 
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over
-    /// the last dimension of `scale · s`, with the future (`j > i`) weighted
-    /// 0 when `causal`.
-    fn softmax_scores(s: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
-        reference::softmax_scores::<Self>(s, scale, causal)
+    /// the last dimension of `scale · s`, the keys that query `i` does not
+    /// see ([`Keys::range`]) weighted 0.
+    fn softmax_scores(s: FloatTensor<Self>, scale: f64, keys: Keys) -> FloatTensor<Self> {
+        reference::softmax_scores::<Self>(s, scale, keys)
     }
 
     /// The gradient of the scores from that of the weights `p` (as made by
@@ -108,7 +150,7 @@ pub fn attention<B: AttentionOps>(
     k: Tensor<B, 4>,
     v: Tensor<B, 3>,
     bq: Option<Tensor<B, 1>>,
-    (scale, causal): (f64, bool),
+    (scale, keys): (f64, Keys),
 ) -> Tensor<B, 3> {
-    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), bq.map(primitive), (scale, causal)))
+    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), bq.map(primitive), (scale, keys)))
 }

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor, TensorMetadata};
 
-use super::AttentionOps;
+use super::{AttentionOps, Keys};
 use crate::kernels::tensor::{primitive, tensor};
 
 /// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
@@ -29,10 +29,10 @@ pub fn attention_forward<B: AttentionOps>(
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     bq: Option<FloatTensor<B>>,
-    (scale, causal): (f64, bool),
+    (scale, keys): (f64, Keys),
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let s = B::matmul(biased::<B>(q, bq), B::float_transpose(k));
-    let p = B::softmax_scores(s, scale, causal);
+    let p = B::softmax_scores(s, scale, keys);
     (B::matmul_token_major(p.clone(), v), p)
 }
 
@@ -41,7 +41,7 @@ pub fn attention_backward<B: AttentionOps>(
     bq: Option<FloatTensor<B>>,
     p: FloatTensor<B>,
     g: FloatTensor<B>,
-    (scale, _causal, acc): (f64, bool, Option<FloatTensor<B>>),
+    (scale, _keys, acc): (f64, Keys, Option<FloatTensor<B>>),
     wants: [bool; 3],
 ) -> [Option<FloatTensor<B>>; 4] {
     let [q, k, v] = qkv;
@@ -65,22 +65,42 @@ pub fn attention_backward<B: AttentionOps>(
     [dq.filter(|_| wants[0]), dk, dv, dbq]
 }
 
-pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
+pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, keys: Keys) -> FloatTensor<B> {
     let s = B::float_mul_scalar(s, scale.into());
-    let s = if causal {
-        let shape = s.shape();
-        let rank = shape.num_dims();
-        let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
-        let future = Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, &B::float_device(&s));
-        let mut dims = vec![1; rank];
-        dims[rank - 2] = tq;
-        dims[rank - 1] = tk;
-        let future = B::bool_expand(B::bool_reshape(future.into_primitive(), dims.into()), shape);
-        B::float_mask_fill(s, future, f32::NEG_INFINITY.into())
-    } else {
-        s
+    let shape = s.shape();
+    let rank = shape.num_dims();
+    let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+    let s = match hidden::<B>([tq, tk], keys, &B::float_device(&s)) {
+        Some(hidden) => {
+            let mut dims = vec![1; rank];
+            dims[rank - 2] = tq;
+            dims[rank - 1] = tk;
+            let hidden = B::bool_expand(B::bool_reshape(hidden.into_primitive(), dims.into()), shape);
+            B::float_mask_fill(s, hidden, f32::NEG_INFINITY.into())
+        }
+        None => s,
     };
     primitive(burn::tensor::activation::softmax(tensor::<B, 4>(s), 3))
+}
+
+/// The keys `[t_q, t_k]` that the queries do not see, true where hidden:
+/// later keys under a causal mask, and those outside the window; `None`
+/// when every query sees every key.
+fn hidden<B: Backend>([tq, tk]: [usize; 2], keys: Keys, device: &B::Device) -> Option<Tensor<B, 2, Bool>> {
+    let later = keys.causal.then(|| Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, device));
+    let t = tq.max(tk);
+    let window = keys.windowed(t).then(|| {
+        let reach = keys.reach(t) as i64;
+        let before = Tensor::<B, 2, Bool>::triu_mask([tq, tk], -reach, device);
+        match keys.causal {
+            true => before,
+            false => before.bool_or(Tensor::<B, 2, Bool>::tril_mask([tq, tk], reach, device)),
+        }
+    });
+    match (later, window) {
+        (Some(a), Some(b)) => Some(a.bool_or(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 pub fn softmax_scores_backward<B: Backend>(p: FloatTensor<B>, dp: FloatTensor<B>, scale: f64) -> FloatTensor<B> {

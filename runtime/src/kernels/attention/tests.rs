@@ -2,30 +2,71 @@
 //! reference maths.
 
 use burn::tensor::ops::FloatTensorOps;
-use burn::tensor::Tolerance;
+use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
 
-use super::{reference, AttentionOps};
+use super::{reference, AttentionOps, Keys};
 use crate::kernels::tensor::{merge_heads, split_heads};
 use crate::kernels::testing::*;
 use crate::kernels::*;
 
+/// Every mask the tests try on 7 tokens: causal or not, with no window,
+/// one of 3, of 1 (a token sees only itself) and of 9 (past the tokens:
+/// no window).
+fn masks() -> Vec<Keys> {
+    [true, false]
+        .into_iter()
+        .flat_map(|causal| [None, Some(3), Some(1), Some(9)].map(|window| Keys { causal, window }))
+        .collect()
+}
+
+/// What `keys` hides of `[t, t]`, true where hidden, from the definition
+/// (not from [`Keys::range`]): later keys under a causal mask, keys
+/// `window` or more positions away; burn's attention takes it.
+fn hidden_by(keys: Keys, t: usize) -> Tensor<Ad, 4, Bool> {
+    let hides = |i: usize, j: usize| (keys.causal && j > i) || keys.window.is_some_and(|w| i.abs_diff(j) >= w);
+    let cells: Vec<bool> = (0..t * t).map(|c| hides(c / t, c % t)).collect();
+    Tensor::<Ad, 2, Bool>::from_data(TensorData::new(cells, [t, t]), &Default::default()).reshape([1, 1, t, t])
+}
+
+/// The keys a query sees are those the definition does not hide: every
+/// query, length, window and mask.
+#[test]
+fn a_query_sees_the_keys_of_its_window() {
+    for t in 1..9 {
+        for window in [None, Some(1), Some(2), Some(3), Some(t), Some(t + 1)] {
+            for causal in [true, false] {
+                let keys = Keys { causal, window };
+                for i in 0..t {
+                    let seen: Vec<usize> = (0..t)
+                        .filter(|&j| !((causal && j > i) || window.is_some_and(|w| i.abs_diff(j) >= w)))
+                        .collect();
+                    assert_eq!(keys.range(i, t).collect::<Vec<_>>(), seen, "{keys:?}, query {i} of {t}");
+                }
+                let hides = (0..t).any(|i| keys.range(i, t).len() < if causal { i + 1 } else { t });
+                assert_eq!(keys.windowed(t), hides, "{keys:?} of {t}");
+            }
+        }
+    }
+}
+
 /// The attention kernel and burn's attention (its autodiff composition)
-/// agree on value and on the gradients of q, k and v, causal or not;
-/// and with the query's bias given to the kernel, with burn's on `q +
-/// bq` and `k + bk`: the key's bias changes nothing, and its gradient
-/// is zero.
+/// agree on value and on the gradients of q, k and v, for every mask
+/// (burn's given what the window hides); and with the query's bias given
+/// to the kernel, with burn's on `q + bq` and `k + bk`: the key's bias
+/// changes nothing, and its gradient is zero.
 #[test]
 fn softmax_attention_matches_burn() {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    for causal in [true, false] {
+    for keys in masks() {
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
         let (bq, bk) = (random([12]), random([12]));
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), Some(bq.clone()), (0.5, causal));
-        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), Some(bq.clone()), (0.5, keys));
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: false };
+        let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
         let (q1, k1) = (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4]));
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q1, k1, v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let theirs = attention(q1, k1, v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[q, k], &g1, &g2);
@@ -35,7 +76,7 @@ fn softmax_attention_matches_burn() {
         let dbk = bk.grad(&g2).expect("burn gradient");
         dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
     }
-    for causal in [true, false] {
+    for keys in masks() {
         let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
         // Large logits, so that a missing max shift would overflow.
         let q = (q * 30.0).detach().require_grad();
@@ -44,11 +85,12 @@ fn softmax_attention_matches_burn() {
         // the attention's `dv` is added into that product's.
         let v = random([2, 7, 12]);
         let w = random([12, 12]);
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal))
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, keys))
             + linear(v.clone(), w.clone(), None, false);
-        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: causal };
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: false };
+        let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12])
+        let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12])
             + v.clone().matmul(w.clone().unsqueeze());
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
@@ -56,9 +98,9 @@ fn softmax_attention_matches_burn() {
         grads_agree(&[v], &g1, &g2);
         // Alone, `dv` is written fresh.
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, causal));
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, keys));
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q.clone(), k.clone(), v4, None, None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[q, k], &g1, &g2);
         grads_agree(&[v], &g1, &g2);
@@ -71,25 +113,25 @@ fn softmax_attention_matches_burn() {
 #[test]
 fn the_cpu_kernels_equal_the_reference() {
     // Heads split from `[batch, tokens, heads · d]` (the
-    // layers' strided views), forward and backward, causal or not, `dv`
+    // layers' strided views), forward and backward, for every mask, `dv`
     // fresh and added into a gradient from elsewhere.
     let heads = |p| split_heads::<C>(C::float_reshape(p, [2, 5, 12].into()), 3);
     let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 120])));
     let merged = |p| C::float_reshape(merge_heads::<C>(p), [10, 12].into());
     // With a query bias or not; every gradient or only some.
     let bias = C::float_reshape(r([1, 12]), [12].into());
-    for (causal, bq) in [false, true].into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]) {
-        let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
-        let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, causal));
+    for (keys, bq) in masks().into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]) {
+        let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, keys));
+        let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, keys));
         same(merged(o1), merged(o2));
         same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
         let accs = [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))];
         for (acc, wants) in accs.into_iter().flat_map(|a| [(a.clone(), [true; 3]), (a, [false, true, false])]) {
             let qkv = [q.clone(), k.clone(), v.clone()];
             let (p, go) = (p1.clone(), g.clone());
-            let ours = C::attention_backward(qkv.clone(), bq.clone(), (p, None), go, (0.5, causal, acc.clone()), wants);
+            let ours = C::attention_backward(qkv.clone(), bq.clone(), (p, None), go, (0.5, keys, acc.clone()), wants);
             let theirs =
-                reference::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (0.5, causal, acc), wants);
+                reference::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (0.5, keys, acc), wants);
             for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
                 let wanted = if i < 3 { wants[i] } else { bq.is_some() };
                 assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "gradient {i}");
@@ -101,13 +143,13 @@ fn the_cpu_kernels_equal_the_reference() {
             }
         }
     }
-    // Attention weights: [2, 2, 6, 6] scores, causal or not.
+    // Attention weights: [2, 2, 6, 6] scores, every mask.
     let (s4, dp) = (r([4, 36]), r([4, 36]));
     let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
     let flat = |p| C::float_reshape(p, [4, 36].into());
-    for causal in [false, true] {
-        let p1 = C::softmax_scores(four(s4.clone()), 0.7, causal);
-        let p2 = reference::softmax_scores::<C>(four(s4.clone()), 0.7, causal);
+    for keys in masks() {
+        let p1 = C::softmax_scores(four(s4.clone()), 0.7, keys);
+        let p2 = reference::softmax_scores::<C>(four(s4.clone()), 0.7, keys);
         same(flat(p1.clone()), flat(p2));
         let d1 = C::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
         let d2 = reference::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);

@@ -10,6 +10,7 @@ use burn_flex::FlexTensor;
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift};
+use crate::kernels::attention::Keys;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, Threads, Written};
 use crate::kernels::cpu::rows::{dims3, owned, per_head, Rows};
 use crate::kernels::cpu::{parallel, simd};
@@ -51,7 +52,8 @@ impl ShapedOps for Flex {
                 let i = q * h + hi;
                 let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
                 let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
-                let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, causal), u.as_deref());
+                let (wi, wp) =
+                    attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, Keys::all(causal)), u.as_deref());
                 heads.push(gemm.into(oi, wi.mat(), vi).1);
                 proofs.push(wp);
             }

@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, TensorMetadata};
 
 use super::{MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::reference as attention;
+use crate::kernels::attention::Keys;
 use crate::kernels::tensor::{merge_heads, primitive, split_heads};
 
 /// The `centre` term: running mean over tokens, or the mean.
@@ -38,7 +39,7 @@ pub fn shaped_attention_forward<B: ShapedOps>(
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let heads = a.q.shape()[1];
     let v4 = split_heads::<B>(a.v.clone(), heads);
-    let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, (a.scale, a.causal));
+    let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, (a.scale, Keys::all(a.causal)));
     let y = B::mix(a.v, merge_heads::<B>(o.clone()), a.gains, a.causal);
     let y = match add {
         Some(m) => B::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
@@ -81,8 +82,14 @@ pub fn shaped_attention_backward_with<B: ShapedOps>(
     };
     let (dv, d_o, dgains) = B::mix_backward(a.v, o, a.gains, dy, a.causal, acc);
     let d_o = split_heads::<B>(d_o, heads);
-    let [dq, dk, dv, dbq] =
-        attention::attention_backward::<B>([a.q, a.k, v4], a.bq, p, d_o, (a.scale, a.causal, Some(dv)), [true; 3]);
+    let [dq, dk, dv, dbq] = attention::attention_backward::<B>(
+        [a.q, a.k, v4],
+        a.bq,
+        p,
+        d_o,
+        (a.scale, Keys::all(a.causal), Some(dv)),
+        [true; 3],
+    );
     let [dq, dk, dv] = [dq, dk, dv].map(|g| g.expect("every gradient was wanted"));
     ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, dbq }
 }

@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use crate::kernels::cube::cube_sum;
+use crate::kernels::cube::{cube_sum, first_key, keys_end};
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
 /// `[batch, tokens, heads·d]` tensor start at `h·d`. Rows are read and
@@ -26,6 +26,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     units: usize,
     heads: usize,
     tokens: usize,
+    reach: usize,
     #[comptime] w: usize,
     #[comptime] n: usize,
     #[comptime] causal: bool,
@@ -45,13 +46,14 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     let qrow = (b * q.stride(0) + h * q.stride(1) + i * q.stride(2)) / n;
     let kbase = (b * k.stride(0) + h * k.stride(1)) / n;
     let ks = k.stride(2) / n;
-    let end = if causal { i + 1 } else { tokens };
+    let lo = first_key(i, reach);
+    let end = keys_end(i, tokens, reach, causal);
     let qr = held(q, qrow, bq, h * w, w, biased);
     let mut acc = zeros::<F, N>(w);
     let mut sum = zeros::<F, N>(w);
     let mut m = F::min_value();
     let mut l = F::new(0.0);
-    for j in 0..end {
+    for j in lo..end {
         let s = dot(&qr, k, kbase + j * ks, w) * scale;
         let top = F::max(m, s);
         let keep = Vector::new(F::exp(m - top));
@@ -74,7 +76,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     if mixed {
         let ga = Vector::new(gain(alpha, h));
         let gb = Vector::new(gain(beta, h));
-        let gg = Vector::new(gain(gamma, h) / F::cast_from(end));
+        let gg = Vector::new(gain(gamma, h) / F::cast_from(end - lo));
         #[unroll]
         for c in 0..w {
             y[out + c] = ga * v[out + c] + gb * acc[c] * inv + gg * sum[c];
@@ -175,6 +177,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     units: usize,
     heads: usize,
     tokens: usize,
+    reach: usize,
     #[comptime] w: usize,
     #[comptime] n: usize,
     #[comptime] causal: bool,
@@ -196,7 +199,8 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     let qrow = (b * q.stride(0) + h * q.stride(1) + i * q.stride(2)) / n;
     let kbase = (b * k.stride(0) + h * k.stride(1)) / n;
     let ks = k.stride(2) / n;
-    let end = if causal { i + 1 } else { tokens };
+    let lo = first_key(i, reach);
+    let end = keys_end(i, tokens, reach, causal);
     // A plain softmax (not `mixed`): gains `[0, 1, 0]` and no gained sum,
     // the gains and `part` not read or written.
     let mut sa = F::new(1.0);
@@ -225,7 +229,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
             o[c] = o_kept[at + c];
         }
     } else {
-        for j in 0..end {
+        for j in lo..end {
             let p = Vector::new(F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse));
             let vrow = (b * tokens + j) * width + h * w;
             #[unroll]
@@ -238,7 +242,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
             }
         }
     }
-    let inv_count = Vector::new(F::new(1.0) / F::cast_from(end));
+    let inv_count = Vector::new(F::new(1.0) / F::cast_from(end - lo));
     let mut d_o = Array::<Vector<F, N>>::new(w);
     let mut dd = Vector::new(F::new(0.0));
     let mut pv = Vector::new(F::new(0.0));
@@ -261,7 +265,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
         }
     }
     let dd = total(dd);
-    for j in 0..end {
+    for j in lo..end {
         let vrow = (b * tokens + j) * width + h * w;
         let dp = dot(&d_o, v, vrow, w);
         let p = F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse);
@@ -306,6 +310,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
     units: usize,
     heads: usize,
     tokens: usize,
+    reach: usize,
     #[comptime] w: usize,
     #[comptime] n: usize,
     #[comptime] causal: bool,
@@ -333,10 +338,13 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
         kb = dot(&kr, bq, h * w, w);
     }
     let mut sds = F::new(0.0);
-    let mut start = 0;
+    // The queries that see key `j`: itself and the `reach` after it, and
+    // without a causal mask the `reach` before it too.
+    let mut start = first_key(j, reach);
     if causal {
         start = j;
     }
+    let stop = keys_end(j, tokens, reach, false);
     // A plain softmax (not `mixed`): `beta` 1, no other term.
     let mut ga = F::new(0.0);
     let mut gb = F::new(1.0);
@@ -357,7 +365,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
     for c in 0..w {
         gv[c] = Vector::new(ga) * dy[vat + c];
     }
-    for i in start..tokens {
+    for i in start..stop {
         let qrow = qbase + i * qs;
         let yrow = (b * tokens + i) * width + h * w;
         let mut dpv = Vector::new(F::new(0.0));
@@ -371,11 +379,12 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
         if biased {
             sds += ds;
         }
-        // The centre's weight of token j in row i: 1/(i+1) causal, 1/T otherwise.
+        // The centre's weight of token j in row i: one over the keys row
+        // i sees.
         let mut weight = p * gb;
         if mixed {
-            let centre = if causal { F::new(1.0) / F::cast_from(i + 1) } else { F::new(1.0) / F::cast_from(tokens) };
-            weight += centre * gg;
+            let seen = keys_end(i, tokens, reach, causal) - first_key(i, reach);
+            weight += gg / F::cast_from(seen);
         }
         let (ds, weight) = (Vector::new(ds), Vector::new(weight));
         #[unroll]

@@ -5,7 +5,8 @@
 //! - `forward`: for query row `i`, one pass over its keys with a running
 //!   maximum (the online softmax) accumulates `softmax · v` and the sum of
 //!   the values the `centre` averages (the same tokens: `0..=i` causal, all
-//!   otherwise), then writes the mix `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre`
+//!   otherwise, narrowed to a sliding window when one is given: a
+//!   runtime `reach`, the keys `i − reach ..` that row `i` sees), then writes the mix `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre`
 //!   and the row's log-sum-exp, which is all the backward keeps (in the
 //!   place of the reference's weights `p`).
 //! - `rows` (backward by query row): recomputes `o_i` from the
@@ -39,6 +40,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use burn::tensor::ops::FloatTensorOps;
 
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::attention::Keys;
 use crate::kernels::cube::{empty_f32, row_cubes, units};
 use crate::kernels::gains::GainOps;
 
@@ -175,7 +177,7 @@ fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 pub(crate) fn forward<R: CubeRuntime>(
     o: Operands<R>,
     p: &Plan,
-    (scale, causal, mixed): (f64, bool, bool),
+    (scale, keys, mixed): (f64, Keys, bool),
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let y = empty_f32(&o.v, [p.batch, p.tokens, p.heads * p.d]);
     let lse = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
@@ -201,9 +203,10 @@ pub(crate) fn forward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
+        keys.reach(p.tokens),
         p.d / n,
         n,
-        causal,
+        keys.causal,
         mixed,
         o.biased,
     );
@@ -235,7 +238,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     p: &Plan,
     (lse, kept): (CubeTensor<R>, Option<CubeTensor<R>>),
     dy: CubeTensor<R>,
-    (scale, causal, mix): (f64, bool, Mix),
+    (scale, keys, mix): (f64, Keys, Mix),
 ) -> [CubeTensor<R>; 4] {
     let client = o.v.client.clone();
     let (count, dim) = units(&client, p.rows());
@@ -273,9 +276,10 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
+        keys.reach(p.tokens),
         p.d / n,
         n,
-        causal,
+        keys.causal,
         mix.mixed,
         mix.summed,
         o.biased,
@@ -304,9 +308,10 @@ pub(crate) fn backward<R: CubeRuntime>(
         p.rows(),
         p.heads,
         p.tokens,
+        keys.reach(p.tokens),
         p.d / n,
         n,
-        causal,
+        keys.causal,
         mix.mixed,
         mix.summed,
         o.biased,
@@ -373,7 +378,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
-        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, a.causal, mix));
+        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, Keys::all(a.causal), mix));
         let [da, db, dg, dsa] = gain_grads(part, &p, summed);
         let some =
             |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
@@ -516,7 +521,7 @@ pub(crate) fn by_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     add: Option<MixAddend<CubeTensor<R>>>,
     p: &Plan,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, a.causal, true));
+    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, Keys::all(a.causal), true));
     let y = match add {
         Some(m) => CubeBackend::<R, F, I, BT>::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
