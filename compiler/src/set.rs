@@ -1,9 +1,10 @@
 //! `--set KEY=VALUE` from a command line: a model setting (`depth`,
-//! `width`, …) or a param of the program (`beta_ff`, every param of that
-//! name) given another value than the file's, before the program is
-//! checked — so a value set on the command line is checked by exactly the
-//! rules of one written in the file, and its diagnostics point into
-//! `<command line>`.
+//! `width`, …), a param of the program (`beta_ff`, every param of that
+//! name) or a setting of a named attention or MLP section
+//! (`SECTION.KEY`: `local.window`, `swiglu.width`) given another value
+//! than the file's, before the program is checked — so a value set on the
+//! command line is checked by exactly the rules of one written in the
+//! file, and its diagnostics point into `<command line>`.
 //!
 //! A file without a model whose root defines one block (a bare block) is
 //! given the small CPU model as a `model` section, so its settings can be
@@ -17,8 +18,8 @@ use crate::check::vocabulary;
 use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::graph::Model;
 use crate::load::Loaded;
-use crate::span::FileId;
-use crate::syntax::ast::{Assign, File, Item, Section, SectionKind, Stmt};
+use crate::span::{FileId, Span};
+use crate::syntax::ast::{Assign, File, Ident, Item, Section, SectionKind, Stmt};
 use crate::syntax::parse;
 
 /// The name diagnostics give the command line.
@@ -32,14 +33,26 @@ pub fn is_program_key(key: &str) -> bool {
 
 /// Applies `pairs` (`KEY=VALUE`) to the loaded files; problems go to `diags`.
 pub fn apply(loaded: &mut Loaded, pairs: &[String], diags: &mut Vec<Diagnostic>) {
+    // One line per pair, as diagnostics show them. The parser reads the
+    // same lines with a section's name and its dot blanked (`local.window`
+    // is read as `window`), so that spans are those of the text shown.
     let mut text = String::from("model {\n");
+    let mut parsed_text = text.clone();
+    let mut lines = Vec::new();
     for p in pairs {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        text.push_str(&format!("    {} = {}\n", k.trim(), v.trim()));
+        let (k, v) = (k.trim(), v.trim());
+        let start = text.len();
+        let section = k.split_once('.').map(|(name, _)| (start + 4, name.len()));
+        text.push_str(&format!("    {k} = {v}\n"));
+        let blank = section.map_or(0, |(_, n)| n + 1);
+        parsed_text.push_str(&format!("    {}{} = {v}\n", " ".repeat(blank), &k[blank..]));
+        lines.push((start..text.len(), section));
     }
     text.push_str("}\n");
+    parsed_text.push_str("}\n");
     let id = loaded.sources.add(ORIGIN, PathBuf::from(ORIGIN), &text);
-    let parsed = match parse(id, &text) {
+    let parsed = match parse(id, &parsed_text) {
         Ok(f) => f,
         Err(ds) => {
             diags.extend(ds);
@@ -56,8 +69,16 @@ pub fn apply(loaded: &mut Loaded, pairs: &[String], diags: &mut Vec<Diagnostic>)
             );
             continue;
         };
+        // The section a `SECTION.KEY` names, from the line the setting is on.
+        let at = a.span.start as usize;
+        let named = lines.iter().find(|(line, _)| line.contains(&at)).and_then(|(_, s)| *s).map(|(start, n)| Ident {
+            name: text[start..start + n].to_string(),
+            span: Span::new(id, start, start + n),
+        });
         let key = a.name.name.as_str();
-        if vocabulary::settings(SectionKind::Model).contains(&key) {
+        if let Some(name) = named {
+            set_section(loaded, &name, a, diags);
+        } else if vocabulary::settings(SectionKind::Model).contains(&key) {
             set_model(loaded, a, diags);
         } else if !is_program_key(key) {
             diags.push(
@@ -69,6 +90,52 @@ pub fn apply(loaded: &mut Loaded, pairs: &[String], diags: &mut Vec<Diagnostic>)
             diags.push(unknown(loaded, &a));
         }
     }
+}
+
+/// Sets `a` in every attention or MLP section called `name`: the setting
+/// of that name (added when the section has none), or the section's param
+/// of that name. Its layer overrides are left as they are. The checker
+/// then holds the value to the section's rules.
+fn set_section(loaded: &mut Loaded, name: &Ident, a: Assign, diags: &mut Vec<Diagnostic>) {
+    let settable = |s: &Section| matches!(s.kind, SectionKind::Attention | SectionKind::Mlp);
+    let mut found = 0;
+    for item in loaded.files.iter_mut().flat_map(|f| f.items.iter_mut()) {
+        let Item::Section(s) = item else { continue };
+        if !settable(s) || s.name.as_ref().is_none_or(|n| n.name != name.name) {
+            continue;
+        }
+        found += 1;
+        let existing = s.body.iter_mut().find_map(|stmt| match stmt {
+            Stmt::Assign(x) if x.name.name == a.name.name => Some(&mut x.value),
+            Stmt::Param(p) if p.name.name == a.name.name => Some(&mut p.value),
+            _ => None,
+        });
+        match existing {
+            Some(value) => *value = a.value.clone(),
+            None => s.body.push(Stmt::Assign(a.clone())),
+        }
+    }
+    if found > 0 {
+        return;
+    }
+    let sections: Vec<&str> = loaded
+        .files
+        .iter()
+        .flat_map(|f| &f.items)
+        .filter_map(|i| match i {
+            Item::Section(s) if settable(s) => s.name.as_ref().map(|n| n.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let d = Diagnostic::new(Code::E2007, name.span, format!("no attention or MLP section `{}`", name.name))
+        .label("not in this program");
+    diags.push(match did_you_mean(&name.name, sections.iter().copied()) {
+        Some(s) => d.help(format!("did you mean `{s}`?")),
+        None if sections.is_empty() => {
+            d.help("`--set SECTION.KEY=VALUE` sets a named `attention` or `mlp` section; this program has none")
+        }
+        None => d.help(format!("`--set SECTION.KEY=VALUE` sets a named section: {}", sections.join(", "))),
+    });
 }
 
 /// Sets a model setting, in the program's `model` section or in the small
@@ -178,7 +245,10 @@ fn unknown(loaded: &Loaded, a: &Assign) -> Diagnostic {
         .label("not in this program");
     match did_you_mean(&a.name.name, known.iter().copied()) {
         Some(s) => d.help(format!("did you mean `{s}`?")),
-        None => d.help(format!("`--set` takes a model setting or a param of the program: {}", known.join(", "))),
+        None => d.help(format!(
+            "`--set` takes a model setting, a param of the program ({}) or a section's setting (`SECTION.KEY`)",
+            known.join(", ")
+        )),
     }
 }
 
@@ -221,6 +291,51 @@ mod tests {
         let init = &p.blocks[0].base.params[0].init;
         assert_eq!(init.as_const(), Some(0.25));
         assert!(compiled(FILE, &["g=1/sqrt(depth)"]).program.is_some());
+    }
+
+    const SECTIONS: &str = "attention local {\n    window = 32\n    matrix = a * I + softmax\n    param a = 0.5\n}\n\
+        mlp wide {\n    width = 4\n}\n\
+        block b {\n    out = x + attn(rmsnorm(x), local) + mlp(rmsnorm(x), wide)\n}\n";
+
+    /// The program as JSON, where the sections' settings show.
+    fn json(c: crate::Compilation) -> String {
+        assert!(!c.has_errors(), "{:?}", c.diagnostics);
+        serde_json::to_string(&c.program.unwrap_or_else(|| panic!("does not compile"))).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_sections_setting_takes_the_value() {
+        assert!(json(compiled(SECTIONS, &[])).contains("\"window\":32"));
+        // Replaced, added (`kv_heads` is not written), and a section's param.
+        let set = json(compiled(SECTIONS, &["local.window=8", "local.kv_heads = 2", "wide.width=2", "local.a=0.25"]));
+        assert!(set.contains("\"window\":8") && !set.contains("\"window\":32"), "{set}");
+        assert!(set.contains("\"kv_heads\":2"), "{set}");
+        assert!(set.contains("\"width\":2.0") && !set.contains("\"width\":4.0"), "{set}");
+        assert!(set.contains("\"init\":{\"Const\":0.25}"), "{set}");
+        // `none` is a window's value too: no window.
+        assert!(!json(compiled(SECTIONS, &["local.window=none"])).contains("\"window\""));
+    }
+
+    #[test]
+    fn a_bad_sections_setting_is_located_in_the_command_line() {
+        let origin = |c: &crate::Compilation| c.sources.get(c.diagnostics[0].span.file).name.clone();
+        // No such section: the name is pointed at, with the nearest one.
+        let c = compiled(SECTIONS, &["depth=3", "locl.window=8"]);
+        let d = &c.diagnostics[0];
+        assert_eq!((d.code, origin(&c)), (Code::E2007, ORIGIN.to_string()));
+        assert!(d.message.contains("`locl`") && d.help.contains("`local`"), "{d:?}");
+        let shown = &c.sources.get(d.span.file).text[d.span.start as usize..d.span.end as usize];
+        assert_eq!(shown, "locl");
+        // A value the section refuses, by the section's own rule (E2015: a
+        // window of 0), and a key it does not have.
+        let c = compiled(SECTIONS, &["local.window=0"]);
+        assert!(c.has_errors() && origin(&c) == ORIGIN, "{:?}", c.diagnostics);
+        assert_eq!(c.diagnostics[0].code, Code::E2015);
+        let c = compiled(SECTIONS, &["local.windw=8"]);
+        assert!(c.has_errors() && origin(&c) == ORIGIN, "{:?}", c.diagnostics);
+        // A block or the model is not a section to set.
+        let c = compiled(SECTIONS, &["b.out=x"]);
+        assert!(c.diagnostics[0].message.contains("no attention or MLP section `b`"), "{:?}", c.diagnostics);
     }
 
     #[test]

@@ -127,6 +127,30 @@ fn a_sweep_trains_every_value_and_refuses_a_bad_one() {
     assert!(!d.join("bad").exists());
 }
 
+/// A sweep over a section's setting (`SECTION.KEY`): SAS-P's shaped
+/// attention through a window of 2 tokens and of all 32. Its queries start
+/// at zero, where the softmax equals the `centre` it is taken from, so the
+/// two start as the same function (the same first loss) and part as the
+/// queries learn; each run keeps its setting for a resume.
+#[test]
+fn a_sweep_over_a_sections_setting_trains_each_value() {
+    let d = scratch("compare-section");
+    variants(&d);
+    let o = blkc(&d, &["compare", "tiny.blk", "--sweep", "shaped.window=2,32", "--steps", "4", "--out", "cmp"]);
+    ok(&o);
+    let run = |v: &str| d.join("cmp").join(v).join("seed-0");
+    let (narrow, whole) = (losses(&run("tiny.shaped.window=2")), losses(&run("tiny.shaped.window=32")));
+    assert!((narrow[&1].0 - whole[&1].0).abs() < 1e-5, "the same function at init: {narrow:?} {whole:?}");
+    assert_ne!(narrow[&4].0, whole[&4].0, "then the windows differ");
+    let sources = std::fs::read_to_string(run("tiny.shaped.window=2").join("source.json")).unwrap_or_default();
+    assert!(sources.contains("shaped.window=2"), "{sources}");
+    // A section that is not there is the compiler's located diagnostic.
+    let o = blkc(&d, &["compare", "tiny.blk", "--sweep", "shapd.window=2,4", "--steps", "4", "--out", "bad"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("did you mean `shaped`?"), "{}", text(&o.stderr));
+    assert!(!d.join("bad").exists());
+}
+
 /// Variants that read their text through different tokenizers are told
 /// so before anything trains; a variant that cannot train is named, after
 /// the runs before it have finished (and are kept); and a sweep says a
