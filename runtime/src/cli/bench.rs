@@ -38,8 +38,8 @@ pub struct Args {
     /// `human` (a table) or `json` (one object, docs/json.md).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
-    /// Give a model setting or a param another value in every file, e.g.
-    /// `--set depth=12`.
+    /// Give a model setting, a param or a section's setting another value
+    /// in every file, e.g. `--set depth=12` or `--set local.window=64`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Where a training step's time goes, by GPU kernel (`--device cuda`

@@ -85,8 +85,9 @@ pub struct Args {
     /// With `--fix`: print the change as a diff, leave the file as it is.
     #[arg(long, requires = "fix")]
     pub diff: bool,
-    /// Give a model setting or a param another value, e.g. `--set depth=72`
-    /// or `--set beta_ff=0.2` (a bare block gets the small model to set).
+    /// Give a model setting, a param or a named section's setting another
+    /// value, e.g. `--set depth=72`, `--set beta_ff=0.2` or `--set
+    /// local.window=64` (a bare block gets the small model to set).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }

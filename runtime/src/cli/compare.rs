@@ -34,11 +34,13 @@ pub struct Args {
     /// Training text, for every variant (see `blkc train --data`).
     #[arg(long)]
     pub data: Option<String>,
-    /// Override a `train` setting of every variant, e.g. `--set lr=3e-4`.
+    /// Override a `train` setting of every variant, e.g. `--set lr=3e-4`
+    /// (or a model setting, a param or `SECTION.KEY`, as `train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Train every file once per value of a `train` setting, e.g.
-    /// `--sweep lr=1e-3,3e-4` (several: every combination).
+    /// Train every file once per value of a `train` setting, a model
+    /// setting, a param or a section's setting, e.g. `--sweep lr=1e-3,3e-4`
+    /// or `--sweep local.window=16,64` (several: every combination).
     #[arg(long, value_name = "KEY=V1,V2,…")]
     pub sweep: Vec<String>,
     /// Where the runs and the summary go.

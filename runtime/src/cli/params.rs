@@ -16,7 +16,8 @@ pub struct Args {
     /// `human` (a table) or `json` (one object, docs/json.md).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
-    /// Give a model setting or a param another value, e.g. `--set width=512`.
+    /// Give a model setting, a param or a section's setting another value,
+    /// e.g. `--set width=512` or `--set swiglu.width=4`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }

@@ -65,7 +65,8 @@ pub struct Args {
     pub reschedule: bool,
     /// Override a `train` setting (`--set lr=3e-4 --set batch=32`), a
     /// model setting (`--set depth=12`; a bare block gets the small model
-    /// to set) or a param (`--set beta_ff=0.2`), checked like the file's.
+    /// to set), a param (`--set beta_ff=0.2`) or a named attention or MLP
+    /// section's setting (`--set local.window=64`), checked like the file's.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Stop once N steps are done, with a checkpoint, as if interrupted.
