@@ -6,7 +6,13 @@
 //! those a forward pass over the same tokens gives at the same positions
 //! (`runtime/tests/decode.rs`: every block of `blocks/`, every kind of
 //! positions, grouped queries, QK-norm, soft-cap, matrices of any terms).
-//! [`Window`] slides over a text longer than the model's context.
+//! [`Window`] slides over a text longer than the model's context. An
+//! attention with a sliding window keeps only the keys and values its
+//! next query can see (a rolling cache, as Mistral's), so a model whose
+//! every attention has a window and whose positions are relative (rotary,
+//! ALiBi or none) reads a text of any length at a constant cost per token,
+//! each token through its windows as a forward pass over the whole text
+//! would.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -15,30 +21,57 @@ use crate::kernels::{self, Kernels};
 use crate::layers::attention::Attention;
 use crate::model::Model;
 
-/// What one attention keeps of the tokens decoded so far.
+/// What one attention keeps of the tokens decoded so far: all of them, or,
+/// under a sliding window, the latest its next query sees.
 #[derive(Debug, Clone)]
 pub struct Cache<B: Backend> {
-    /// Keys `[batch, heads, tokens, head_dim]` as its softmax reads them
+    /// Keys `[batch, heads, kept, head_dim]` as its softmax reads them
     /// (with their bias, normed, rotated; one per query head).
     keys: Option<Tensor<B, 4>>,
-    /// Values `[batch, tokens, heads · head_dim]`, one per query head.
+    /// Values `[batch, kept, heads · head_dim]`, one per query head.
     values: Option<Tensor<B, 3>>,
+    /// The position of the first token kept.
+    start: usize,
+    /// Tokens read: the position of the next.
+    read: usize,
 }
 
 impl<B: Backend> Default for Cache<B> {
     fn default() -> Self {
-        Cache { keys: None, values: None }
+        Cache { keys: None, values: None, start: 0, read: 0 }
     }
 }
 
 impl<B: Backend> Cache<B> {
-    /// Tokens kept.
+    /// Tokens read so far: the position of the next.
     pub fn len(&self) -> usize {
-        self.values.as_ref().map_or(0, |v| v.dims()[1])
+        self.read
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tokens whose keys and values are kept.
+    pub fn kept(&self) -> usize {
+        self.read - self.start
+    }
+
+    /// Keeps the latest `reach` tokens only (those the next query of a
+    /// window sees besides itself).
+    fn roll(&mut self, reach: usize) {
+        let drop = self.kept().saturating_sub(reach);
+        if drop == 0 {
+            return;
+        }
+        self.start += drop;
+        let kept = self.kept();
+        if kept == 0 {
+            (self.keys, self.values) = (None, None);
+            return;
+        }
+        self.values = self.values.take().map(|v| v.narrow(1, drop, kept));
+        self.keys = self.keys.take().map(|k| k.narrow(2, drop, kept));
     }
 }
 
@@ -52,13 +85,17 @@ fn joined<B: Backend, const D: usize>(kept: Option<Tensor<B, D>>, new: Tensor<B,
 
 impl<B: Kernels> Attention<B> {
     /// The attention's output `[batch, n, width]` for `x: [batch, n,
-    /// width]`, the `n` tokens that follow those `cache` holds (whose count
-    /// is their first position); `cache` then holds them too. Causal, as at
-    /// evaluation (no dropout).
+    /// width]`, the `n` tokens that follow those `cache` has read (whose
+    /// count is their first position); `cache` then holds them too, and
+    /// under a window drops what the next query will not see. Causal, as
+    /// at evaluation (no dropout).
     pub fn decode(&self, x: Tensor<B, 3>, cache: &mut Cache<B>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let from = cache.len();
-        let t = from + n;
+        // Positions within what is kept (from `cache.start`), where the
+        // masks, ALiBi's distances and the window's averages are formed:
+        // they depend on distances only.
+        let (at, t) = (from - cache.start, from - cache.start + n);
         let v = self.values(x.clone());
         let inner = v.dims()[2];
         let all = joined(cache.values.take(), v.clone(), 1);
@@ -67,22 +104,33 @@ impl<B: Kernels> Attention<B> {
             let out = soft.get_or_insert_with(|| {
                 let q = self.projected(&x, &self.query, &self.query_bias, &self.query_norm);
                 let k = self.projected(&x, &self.key, &self.key_bias, &self.key_norm);
+                // Rotary angles are those of the text's positions.
                 let (q, k) = self.rotated(q, k, from);
                 let keys = joined(cache.keys.take(), k, 2);
-                let bias = self.plan.alibi.then(|| self.alibi_bias((from, n), t, true, &x.device()));
-                let w = self.weights(q, keys.clone(), bias, true, from);
+                let bias = self.plan.alibi.then(|| self.alibi_bias((at, n), t, true, &x.device()));
+                let w = self.weights(q, keys.clone(), bias, true, at);
                 cache.keys = Some(keys);
                 w.matmul(self.split(all.clone())).swap_dims(1, 2).reshape([b, n, inner])
             });
             out.clone()
         };
         let centre = || match self.plan.window {
-            Some(_) => self.windowed_centre(all.clone(), from, true),
-            None => kernels::causal_mean(all.clone()).slice([0..b, from..t]),
+            Some(_) => self.windowed_centre(all.clone(), at, true),
+            // Without a window every token is kept (`at` is `from`).
+            None => kernels::causal_mean(all.clone()).slice([0..b, at..t]),
         };
         let out = self.summed(v, centre, softmax);
         cache.values = Some(all);
+        cache.read = from + n;
+        if let Some(w) = self.plan.window {
+            cache.roll(w.max(1) - 1);
+        }
         self.proj.forward(out)
+    }
+
+    /// Whether decoding keeps a bounded cache: the attention has a window.
+    pub fn rolls(&self) -> bool {
+        self.plan.window.is_some()
     }
 }
 
@@ -100,9 +148,15 @@ impl<B: Kernels> State<B> {
         State { blocks: model.blocks.iter().map(|b| vec![Cache::default(); b.attention.len()]).collect(), len: 0 }
     }
 
-    /// Tokens held: the position of the next.
+    /// Tokens read: the position of the next.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The most tokens whose keys and values one attention keeps (all
+    /// those read, but under a window).
+    pub fn kept(&self) -> usize {
+        self.blocks.iter().flatten().map(Cache::kept).max().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,6 +165,15 @@ impl<B: Kernels> State<B> {
 }
 
 impl<B: Kernels> Model<B> {
+    /// Whether decoding reads a text of any length at a constant cost: its
+    /// positions are relative (rotary, ALiBi or none: no table to run out
+    /// of) and every attention has a window (its cache is bounded).
+    pub fn rolls(&self) -> bool {
+        self.positions.is_none()
+            && !self.sinusoidal
+            && self.blocks.iter().flat_map(|b| &b.attention).all(Attention::rolls)
+    }
+
     /// Logits `[batch, n, vocab]` of `tokens: [batch, n]`, the tokens that
     /// follow those `state` holds; `state` then holds them too. A causal
     /// model at evaluation: the logits of a forward pass over all the
@@ -140,6 +203,10 @@ impl<B: Kernels> Model<B> {
 /// prompt longer than the context keeps its last `context`). Each token
 /// then sees at least half the context, at the cost of one forward pass
 /// of `context / 2` tokens per `context / 2` generated.
+///
+/// A model that [`Model::rolls`] never restarts: it reads the whole text,
+/// each token through its attentions' windows, at a constant cost per
+/// token (a long prompt is read `context` tokens at a time).
 #[derive(Debug)]
 pub struct Window<'a, B: Kernels> {
     model: &'a Model<B>,
@@ -148,11 +215,13 @@ pub struct Window<'a, B: Kernels> {
     state: State<B>,
     /// Where the window starts in the text.
     start: usize,
+    rolls: bool,
 }
 
 impl<'a, B: Kernels> Window<'a, B> {
     pub fn new(model: &'a Model<B>, context: usize, device: &B::Device) -> Self {
-        Window { model, context: context.max(1), device: device.clone(), state: State::new(model), start: 0 }
+        let (context, rolls) = (context.max(1), model.rolls());
+        Window { model, context, device: device.clone(), state: State::new(model), start: 0, rolls }
     }
 
     /// Where the window starts in the text now.
@@ -168,20 +237,24 @@ impl<'a, B: Kernels> Window<'a, B> {
         if len == 0 || fed > len {
             return Err("the text to continue is empty, or shorter than before".into());
         }
-        if len - self.start > self.context {
+        if !self.rolls && len - self.start > self.context {
             let keep = if fed == 0 { self.context } else { (self.context / 2).max(1) };
             self.start = len - keep;
             fed = self.start;
             self.state = State::new(self.model);
         }
-        let new: Vec<i64> = ids[fed..].iter().map(|&x| i64::from(x)).collect();
-        let n = new.len();
-        if n == 0 {
+        if fed == len {
             return Err("no new token to read".into());
         }
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(new, [1, n]), &self.device);
-        let logits = self.model.decode(input, &mut self.state)?;
-        let v = logits.dims()[2];
-        logits.slice([0..1, n - 1..n, 0..v]).into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))
+        let mut logits = None;
+        // At most a context of tokens per pass (more only when rolling).
+        for piece in ids[fed..].chunks(self.context) {
+            let n = piece.len();
+            let new: Vec<i64> = piece.iter().map(|&x| i64::from(x)).collect();
+            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(new, [1, n]), &self.device);
+            logits = Some(self.model.decode(input, &mut self.state)?.narrow(1, n - 1, 1));
+        }
+        let logits = logits.ok_or("no new token to read")?;
+        logits.into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))
     }
 }

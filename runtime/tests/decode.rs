@@ -192,6 +192,55 @@ fn the_window_slides_over_a_long_text() {
     assert!(window.next(&ids[..4]).is_err(), "a shorter text than before");
 }
 
+/// A model whose every attention has a window, with relative positions
+/// (rotary, ALiBi), reads a text past its context without restarting, at
+/// a bounded cost: its attentions keep `window − 1` tokens, and each
+/// token's logits are those of a forward pass over the tokens that reach
+/// it — `depth · (window − 1)` before it, here 4, within the context — as
+/// over the whole text. A long prompt is read a context at a time. With
+/// learned positions, or one attention without a window, it slides.
+#[test]
+fn a_windowed_model_rolls_past_its_context() {
+    let text = "attention local {\n window = 3\n kv_heads = 2\n}\n\
+                block b {\n h = x + attn(rmsnorm(x), local)\n out = h + mlp(rmsnorm(h))\n}\n";
+    let device = Default::default();
+    let ids: Vec<u32> = tokens(1, 40, 2).into_iter().map(|x| x as u32).collect();
+    for positions in ["rope", "alibi"] {
+        let model = built(&tiny(text, "b", positions));
+        assert!(model.rolls(), "{positions}");
+        for prompt in [3, 14] {
+            let mut window = Window::new(&model, CONTEXT, &device);
+            for len in prompt..ids.len() {
+                let got = window.next(&ids[..len]).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(window.start(), 0, "never restarts");
+                let from = len.saturating_sub(2 * (3 - 1) + 1);
+                let seen: Vec<i64> = ids[from..len].iter().map(|&x| i64::from(x)).collect();
+                let n = seen.len();
+                let want = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(seen, [1, n]), &device));
+                let want = want.slice([0..1, n - 1..n]);
+                let got = Tensor::<B, 1>::from_floats(got.as_slice(), &device).reshape([1, 1, want.dims()[2]]);
+                let g = gap(got, want);
+                assert!(g < 2e-5, "{positions}, prompt {prompt}, {len} tokens: {g}");
+            }
+        }
+        // One token at a time: the caches hold the window's 2 latest.
+        let mut state = State::new(&model);
+        for (i, &id) in ids.iter().enumerate() {
+            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![i64::from(id)], [1, 1]), &device);
+            model.decode(input, &mut state).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((state.len(), state.kept()), (i + 1, (i + 1).min(2)));
+        }
+    }
+    // What does not roll: learned positions, or a layer without a window.
+    assert!(!built(&tiny(text, "b", "learned")).rolls());
+    let global = text.replace(" kv_heads = 2\n", " kv_heads = 2\n layer last { window = none }\n");
+    let model = built(&tiny(&global, "b", "rope"));
+    assert!(!model.rolls());
+    let mut window = Window::new(&model, CONTEXT, &device);
+    window.next(&ids[..30]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(window.start(), 30 - CONTEXT, "slides");
+}
+
 /// `blkc eval --stride`: the summed loss of a sliding evaluation is each
 /// target's loss under a forward pass over the earliest window that holds
 /// it (one row at a time, worked out here apart from the windows' code),
