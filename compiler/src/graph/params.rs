@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use super::{AttentionSpec, BlockIr, Graph, Linear, MatrixTerm, Model, NormKind, Op, ParamDef, Positions};
+use super::{AttentionSpec, BlockIr, Graph, Linear, Mask, MatrixTerm, Model, NormKind, Op, ParamDef, Positions};
 
 /// Parameters per component and in total.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -150,8 +150,10 @@ fn reparam_gains(l: &Linear) -> u128 {
 /// Forward FLOPs per token at context `t`: 2 per weight of every matmul
 /// (Q/K only when the matrix uses `softmax`, none for identity maps), plus
 /// 4·T·(heads·head_dim) for the scores and the weighted sum of each
-/// softmax attention, plus the LM head. Norms, activations and the
-/// `centre` term (a running mean) are not counted.
+/// softmax attention, plus the LM head. Under a sliding window of `W`,
+/// `T` is the span of keys a query sees: `W` (causal) or `2W − 1`
+/// (bidirectional), at most `T`. Norms, activations and the `centre` term
+/// (a running mean) are not counted.
 pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
     let (d, h, t) = (model.width as u128, model.heads as u128, t as u128);
     let mut flops = 2 * d * model.vocab as u128;
@@ -162,7 +164,11 @@ pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
                     let inner = h * spec.head_dim.map_or(d / h, u128::from);
                     let kv_inner = inner / h * spec.kv_heads.map_or(h, u128::from);
                     if spec.uses(MatrixTerm::Softmax) {
-                        flops += 2 * d * (inner + kv_inner) + 4 * t * inner;
+                        let span = spec.window.map_or(t, |w| match model.mask {
+                            Mask::Causal => u128::from(w),
+                            Mask::Bidirectional => 2 * u128::from(w) - 1,
+                        });
+                        flops += 2 * d * (inner + kv_inner) + 4 * span.min(t) * inner;
                     }
                     flops += 2 * (linear(&spec.value, kv_inner, d) + linear(&spec.proj, d, inner));
                 }
@@ -172,4 +178,36 @@ pub fn flops_per_token(model: &Model, block: &BlockIr, t: u64) -> u128 {
         }
     }
     flops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FLOPs of a small Pre-LN model by hand (width 64, 4 heads, T 32,
+    /// vocab 100, two layers), with no window, windows of 8 and of 64 (past
+    /// T: none), causal and bidirectional.
+    #[test]
+    fn flops_count_the_keys_a_window_spans() {
+        let flops = |window: &str, mask: &str| {
+            let text = format!(
+                "attention a {{\n window = {window}\n}}\n\
+                 block b {{\n h = x + attn(rmsnorm(x), a)\n out = h + mlp(rmsnorm(h))\n}}\n\
+                 model m {{\n block = b\n depth = 2\n width = 64\n heads = 4\n context = 32\n vocab = 100\n mask = {mask}\n}}\n"
+            );
+            let c = crate::compile_str("m.blk", &text);
+            let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+            let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+            flops_per_token(&m, &p.blocks[m.block], m.context)
+        };
+        let (d, head) = (64u128, 2 * 64 * 100u128);
+        // Q, K, V and the projection; the MLP's two 4× matrices.
+        let weights = 2 * (4 * d * d) + 2 * (2 * d * 4 * d);
+        let by_hand = |span: u128| head + 2 * (weights + 4 * span * d);
+        assert_eq!(flops("none", "causal"), by_hand(32));
+        assert_eq!(flops("8", "causal"), by_hand(8));
+        assert_eq!(flops("8", "bidirectional"), by_hand(15));
+        assert_eq!(flops("64", "causal"), by_hand(32));
+        assert_eq!(flops("64", "bidirectional"), by_hand(32));
+    }
 }
