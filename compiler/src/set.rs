@@ -76,7 +76,19 @@ pub fn apply(loaded: &mut Loaded, pairs: &[String], diags: &mut Vec<Diagnostic>)
             span: Span::new(id, start, start + n),
         });
         let key = a.name.name.as_str();
-        if let Some(name) = named {
+        if let Some(name) = named.as_ref().filter(|n| n.name.is_empty()) {
+            diags.push(
+                Diagnostic::new(
+                    Code::E2007,
+                    Span::new(id, name.span.start as usize, name.span.start as usize + 1),
+                    "no section before the dot",
+                )
+                .label("a section's name goes here")
+                .help(
+                    "`--set SECTION.KEY=VALUE` sets a named `attention` or `mlp` section, e.g. `--set local.window=64`",
+                ),
+            );
+        } else if let Some(name) = named {
             set_section(loaded, &name, a, diags);
         } else if vocabulary::settings(SectionKind::Model).contains(&key) {
             set_model(loaded, a, diags);
@@ -333,6 +345,8 @@ mod tests {
         assert_eq!(c.diagnostics[0].code, Code::E2015);
         let c = compiled(SECTIONS, &["local.windw=8"]);
         assert!(c.has_errors() && origin(&c) == ORIGIN, "{:?}", c.diagnostics);
+        let c = compiled(SECTIONS, &[".window=8"]);
+        assert!(c.diagnostics[0].message.contains("no section before the dot"), "{:?}", c.diagnostics);
         // A block or the model is not a section to set.
         let c = compiled(SECTIONS, &["b.out=x"]);
         assert!(c.diagnostics[0].message.contains("no attention or MLP section `b`"), "{:?}", c.diagnostics);
