@@ -30,6 +30,23 @@ proptest! {
         prop_assert!(c.program.is_some() || c.has_errors());
     }
 
+    /// `--set` pairs from an alphabet of the characters that matter to
+    /// them (dots, `=`, spaces, line breaks, braces, a multi-byte letter),
+    /// on a file with sections: diagnostics, never a panic, each inside
+    /// the text it points into.
+    #[test]
+    fn random_sets_never_panic(pairs in proptest::collection::vec("[a-z.= \n{}0-9é_]{0,16}", 1..4)) {
+        let text = "attention local {\n window = 4\n}\nmlp wide {\n width = 2\n}\n\
+                    block b {\n out = x + attn(rmsnorm(x), local) + mlp(x, wide)\n}\n";
+        let loader = MemLoader::default().with("s.blk", text);
+        let c = blkc::compile_with(Path::new("s.blk"), &loader, &pairs).expect("readable");
+        prop_assert!(c.program.is_some() || c.has_errors());
+        for d in &c.diagnostics {
+            let len = c.sources.get(d.span.file).text.len();
+            prop_assert!(d.span.start <= d.span.end && d.span.end as usize <= len + 1, "{:?}", d);
+        }
+    }
+
     #[test]
     fn mutated_canonical_files_never_panic(
         which in any::<prop::sample::Index>(),
