@@ -10,6 +10,7 @@ use blkc::span::FileId;
 
 use super::{compile_reported, Device, Format, PrecisionArg, BROKEN, OK, REJECTED};
 use crate::bench::{self, Plan, Record, Subject};
+use crate::kernels::precision::Precision;
 use crate::train::memory;
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +73,7 @@ pub fn run(args: &Args) -> u8 {
         }
     }
     if !args.no_memory_check {
-        if let Err(e) = fits(&subjects, args.batch, args.device) {
+        if let Err(e) = fits(&subjects, args.batch, args.device, args.precision.on(args.device)) {
             errln!("error: {e} (an estimate; --no-memory-check runs anyway)");
             return REJECTED;
         }
@@ -189,7 +190,7 @@ pub fn run(args: &Args) -> u8 {
 /// is built at once, with its gradients and optimiser state, and steps one
 /// at a time. Passes where the free memory is unknown (wgpu, or a CUDA
 /// device that cannot be reached: the benchmark then says why).
-fn fits(subjects: &[Subject], batch: usize, device: Device) -> Result<(), String> {
+fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision) -> Result<(), String> {
     let (have, what) = match device {
         Device::Cpu => (memory::available(), "this machine".to_string()),
         Device::Cuda => match crate::backend::cuda() {
@@ -200,7 +201,12 @@ fn fits(subjects: &[Subject], batch: usize, device: Device) -> Result<(), String
     };
     let Some(have) = have else { return Ok(()) };
     let rows = batch as u64;
-    let estimates: Vec<_> = subjects.iter().map(|s| memory::estimate(&s.program, &s.model, rows)).collect();
+    let estimates: Vec<_> = subjects
+        .iter()
+        .map(|s| {
+            memory::estimate(&s.program, &s.model, rows, memory::Kept::on(device.name(), precision, s.model.context))
+        })
+        .collect();
     let parameters: u128 = estimates.iter().map(|e| e.parameters).sum();
     let step = estimates.iter().map(|e| e.activations + e.logits).max().unwrap_or(0);
     let need = memory::BASE + parameters + step;

@@ -284,7 +284,8 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
         })?
     };
     let host = memory::available();
-    let estimate = memory::estimate(&job.program, model, rows);
+    let kept = memory::Kept::on(&job.settings.device, job.settings.products(), model.context);
+    let estimate = memory::estimate(&job.program, model, rows, kept);
     let (have, what) = if job.settings.device == "cuda" {
         let gpu = crate::backend::cuda().map_err(|e| {
             errln!("error: cannot train on CUDA: {e}");
@@ -328,7 +329,7 @@ pub(super) fn fits(job: &Job, no_memory_check: bool) -> Result<(), u8> {
     let per_copy = |d: u64| {
         let s = crate::train::settings::Settings { devices: d, ..job.settings.clone() };
         s.accumulation().ok()?;
-        let e = memory::estimate(&job.program, model, s.micro());
+        let e = memory::estimate(&job.program, model, s.micro(), kept);
         Some(e.parameters + e.activations + e.logits)
     };
     memory::check(&estimate, have, &what, rows, model, copies, &per_copy).map_err(|e| {

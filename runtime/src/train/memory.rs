@@ -8,10 +8,41 @@
 //! updated weights (five copies of the parameters); per micro-batch row
 //! and token, what backward keeps of every node of every layer (its
 //! outputs, an MLP's hidden layer twice, an attention's scores and
-//! weights); the logits and their gradient. Measured peaks of the step
-//! (`blkc bench`, bench/NOTES.md) lie below it.
+//! weights — or, where blkc's row kernels run it on a GPU, a statistic
+//! per row in their place); the logits and their gradient. Measured peaks
+//! of the step (`blkc bench`, bench/NOTES.md) lie below it.
 
-use blkc::graph::{BlockIr, Model as ModelIr, Op, Program};
+use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Positions, Program};
+
+use crate::kernels::attention::products_in;
+use crate::kernels::precision::Precision;
+
+/// What an attention keeps for its backward, besides its operands and
+/// output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Its weights, a row of `context` per token and head: the CPU's
+    /// kernels, the products route, burn's attention.
+    Weights,
+    /// A log-sum-exp per token and head: blkc's row kernels on the CubeCL
+    /// backends, for the attentions they take (no soft-cap, no ALiBi, no
+    /// dropout on the weights; the others keep their weights).
+    Rows,
+}
+
+impl Kept {
+    /// What attentions over `tokens` tokens keep on `device` (`cpu`,
+    /// `cuda`, `wgpu`) with products in `precision`, on this thread's
+    /// route (`BLKC_ATTENTION`).
+    pub fn on(device: &str, precision: Precision, tokens: u64) -> Kept {
+        let products = products_in(precision, usize::try_from(tokens).unwrap_or(usize::MAX));
+        if device == "cpu" || products {
+            Kept::Weights
+        } else {
+            Kept::Rows
+        }
+    }
+}
 
 /// Bytes of an f32.
 const F32: u128 = 4;
@@ -30,12 +61,13 @@ pub struct Estimate {
     pub logits: u128,
 }
 
-/// The estimate for training `model` with micro-batches of `rows`.
-pub fn estimate(program: &Program, model: &ModelIr, rows: u64) -> Estimate {
+/// The estimate for training `model` with micro-batches of `rows`, its
+/// attentions keeping what `kept` says.
+pub fn estimate(program: &Program, model: &ModelIr, rows: u64, kept: Kept) -> Estimate {
     let block = &program.blocks[model.block];
     let params = blkc::graph::params::count(model, block).total;
     let tokens = u128::from(rows) * u128::from(model.context);
-    let per_token: u128 = (0..model.depth).map(|l| layer_floats(block, model, l)).sum();
+    let per_token: u128 = (0..model.depth).map(|l| layer_floats(block, model, l, kept)).sum();
     Estimate {
         parameters: 5 * F32 * params,
         activations: F32 * tokens * per_token,
@@ -43,8 +75,9 @@ pub fn estimate(program: &Program, model: &ModelIr, rows: u64) -> Estimate {
     }
 }
 
-/// Floats kept per token by layer `layer`.
-fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64) -> u128 {
+/// Floats kept per token by layer `layer`: an attention's scores and
+/// weights where it keeps them (a softmax's), else two per head.
+fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
     let (d, h, t) = (u128::from(m.width), u128::from(m.heads), u128::from(m.context));
     block
         .graph_at(layer, m.depth)
@@ -53,7 +86,15 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64) -> u128 {
         .map(|n| match &n.op {
             Op::Input | Op::Sum { .. } => d,
             Op::Norm { .. } => 2 * d,
-            Op::Attention { .. } => 6 * d + 2 * h * t,
+            Op::Attention { spec, .. } => {
+                let composed = spec.softcap.is_some() || m.positions == Positions::Alibi || spec.dropout.inner > 0.0;
+                let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
+                    (false, _) => 0,
+                    (true, Kept::Rows) if !composed => 2,
+                    (true, _) => 2 * t,
+                };
+                6 * d + h * per_head
+            }
             Op::Mlp { spec, .. } => 2 * d + 2 * (d as f64 * spec.width).ceil() as u128,
         })
         .sum()
@@ -181,9 +222,9 @@ mod tests {
         let p = program(256, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
         let none = |_: u64| None;
-        let small = estimate(&p, &m, 16);
+        let small = estimate(&p, &m, 16, Kept::Weights);
         assert!(check(&small, 8 << 30, "this machine", 16, &m, 1, &none).is_ok(), "{small:?}");
-        let big = estimate(&p, &m, 100_000);
+        let big = estimate(&p, &m, 100_000, Kept::Weights);
         let err = check(&big, 8 << 30, "this machine", 100_000, &m, 1, &none).err().unwrap_or_default();
         assert!(err.contains("needs about") && err.contains("micro_batch"), "{err}");
         // The parts the message names add up to its total.
@@ -203,12 +244,12 @@ mod tests {
         // its larger share of it: of 4 devices sharing a batch of 20 rows
         // (5 each), 3 do not split it, 2 (10 rows each) need less than 4
         // (two copies of the parameters fewer) and more than 1.
-        let rows = |d: u64| 20_u64.is_multiple_of(d).then(|| estimate(&p, &m, 20 / d));
+        let rows = |d: u64| 20_u64.is_multiple_of(d).then(|| estimate(&p, &m, 20 / d, Kept::Weights));
         let bytes = |e: Estimate| e.parameters + e.activations + e.logits;
         let per_copy = |d: u64| rows(d).map(bytes);
         let four = rows(4).unwrap_or_else(|| panic!("4 split 20"));
-        let one = BASE + bytes(estimate(&p, &m, 20));
-        let two = BASE + 2 * bytes(estimate(&p, &m, 10));
+        let one = BASE + bytes(estimate(&p, &m, 20, Kept::Weights));
+        let two = BASE + 2 * bytes(estimate(&p, &m, 10, Kept::Weights));
         assert!(BASE + 4 * bytes(four) > two && two > one, "each copy of the parameters counts");
         let err = check(&four, one, "this machine", 5, &m, 4, &per_copy).err().unwrap_or_default();
         assert!(err.contains("`--devices 1` fits"), "only one device fits in {}: {err}", gib(one));
@@ -219,13 +260,54 @@ mod tests {
         // Width 16384: the parameters alone do not fit.
         let p = program(16384, 128);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1, &none).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1, Kept::Weights), 24 << 30, "this machine", 1, &m, 1, &none)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("parameters alone"), "{err}");
         // Context 131072: one sequence's attention does not fit.
         let p = program(256, 131_072);
         let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let err = check(&estimate(&p, &m, 1), 24 << 30, "this machine", 1, &m, 1, &none).err().unwrap_or_default();
+        let err = check(&estimate(&p, &m, 1, Kept::Weights), 24 << 30, "this machine", 1, &m, 1, &none)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("lower the context"), "{err}");
+    }
+
+    /// blkc's row kernels keep a statistic per row where the weights
+    /// were kept: a long context that fits a GPU so is not refused for
+    /// the weights it never writes. Attentions the kernels do not take
+    /// keep their weights.
+    #[test]
+    fn row_kernels_keep_no_weights() {
+        use crate::kernels::attention::Route;
+        assert_eq!(Kept::on("cpu", Precision::Fp32, 4096), Kept::Weights);
+        assert_eq!(Kept::on("cuda", Precision::Fp32, 128), Kept::Rows);
+        assert_eq!(Kept::on("cuda", Precision::Bf16, 128), Kept::Weights, "bf16 runs short ones as products");
+        assert_eq!(Kept::on("cuda", Precision::Bf16, 4096), Kept::Rows);
+        assert_eq!(Route::Rows.scope(|| Kept::on("wgpu", Precision::Bf16, 128)), Kept::Rows);
+        assert_eq!(Route::Products.scope(|| Kept::on("cuda", Precision::Fp32, 4096)), Kept::Weights);
+        // Pre-LN, 6 layers of 4 heads, 32768 tokens: the weights alone are
+        // 4 bytes × 32768² × 2 × 4 heads × 6 layers = 192 GiB.
+        let p = program(256, 32_768);
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let (weights, rows) = (estimate(&p, &m, 1, Kept::Weights), estimate(&p, &m, 1, Kept::Rows));
+        let (t, h, depth) = (32_768u128, 4u128, 6u128);
+        assert_eq!(weights.activations - rows.activations, F32 * t * depth * h * (2 * t - 2));
+        assert_eq!(weights.parameters, rows.parameters);
+        let none = |_: u64| None;
+        assert!(check(&weights, 80 << 30, "the GPU", 1, &m, 1, &none).is_err());
+        assert!(check(&rows, 80 << 30, "the GPU", 1, &m, 1, &none).is_ok(), "{rows:?}");
+        // With a soft-cap the attention is burn's, which keeps them.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
+        let capped = format!(
+            "{block}\nattention capped {{\n softcap = 30\n}}\nblock c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
+             model m {{\n block = c\n depth = 6\n width = 256\n heads = 4\n context = 1024\n vocab = 4096\n}}\n"
+        );
+        let c = blkc::compile_str("c.blk", &capped);
+        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        assert_eq!(estimate(&p, &m, 1, Kept::Rows), estimate(&p, &m, 1, Kept::Weights));
     }
 
     #[test]

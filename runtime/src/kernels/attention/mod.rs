@@ -29,7 +29,7 @@ mod tests;
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub(crate) use route::as_products;
-pub use route::{Route, PRODUCTS_UP_TO};
+pub use route::{products_in, Route, PRODUCTS_UP_TO};
 
 /// The keys each query of an attention sees: the earlier ones and its
 /// own (`causal`) or every one, narrowed to a sliding window of `window`

@@ -106,10 +106,16 @@ impl Route {
 /// the CubeCL backends; the CPU's kernels have one route).
 #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
 pub(crate) fn as_products(tokens: usize) -> bool {
+    products_in(precision::current(), tokens)
+}
+
+/// Whether this thread's route runs an attention over `tokens` tokens as
+/// products with the products in `precision` (on the CubeCL backends).
+pub fn products_in(precision: Precision, tokens: usize) -> bool {
     match Route::current() {
         Route::Products => true,
         Route::Rows => false,
-        Route::Auto => precision::current() != Precision::Fp32 && tokens <= PRODUCTS_UP_TO,
+        Route::Auto => precision != Precision::Fp32 && tokens <= PRODUCTS_UP_TO,
     }
 }
 
