@@ -100,6 +100,10 @@ fn a_sweep_trains_every_value_and_refuses_a_bad_one() {
     let (slow, fast) = (losses(&run("tiny.lr=1e-3")), losses(&run("tiny.lr=1e-2")));
     assert_eq!(slow[&1].0, fast[&1].0, "the same weights and batch before the first update");
     assert_ne!(slow[&3].0, fast[&3].0, "then the learning rates differ");
+    // The final validation loss against the learning rate, drawn.
+    let svg = std::fs::read_to_string(d.join("cmp/sweep-lr.svg")).unwrap_or_default();
+    assert!(svg.contains("against lr") && svg.contains("tiny"), "sweep-lr.svg");
+    assert!(d.join("cmp/sweep-lr.png").is_file());
     for bad in ["lr", "colour=red,blue", "lr=-1"] {
         let o = blkc(&d, &["compare", "tiny.blk", "--sweep", bad, "--steps", "3", "--out", "bad"]);
         assert_eq!(o.status.code(), Some(2), "--sweep {bad}: {}", text(&o.stderr));
@@ -144,6 +148,7 @@ fn a_sweep_over_a_sections_setting_trains_each_value() {
     assert_ne!(narrow[&4].0, whole[&4].0, "then the windows differ");
     let sources = std::fs::read_to_string(run("tiny.shaped.window=2").join("source.json")).unwrap_or_default();
     assert!(sources.contains("shaped.window=2"), "{sources}");
+    assert!(d.join("cmp/sweep-shaped.window.svg").is_file(), "the sweep is drawn");
     // A section that is not there is the compiler's located diagnostic.
     let o = blkc(&d, &["compare", "tiny.blk", "--sweep", "shapd.window=2,4", "--steps", "4", "--out", "bad"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));

@@ -84,6 +84,10 @@ struct Variant {
     extra: Option<blkc::graph::Train>,
     /// The model settings and params among them (compiled into `program`).
     sets: Vec<String>,
+    /// The variant's file, as its name starts (`tiny`, `tiny-2`).
+    stem: String,
+    /// Its value of each sweep, `(key, value)`, in the order swept.
+    swept: Vec<(String, String)>,
 }
 
 /// How one variant did, over its seeds.
@@ -224,6 +228,11 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
     if let Err(e) = comparison::draw(&curves, "blkc compare", &args.out) {
         errln!("plot: {e}");
     }
+    for (key, points) in swept(variants, &curves) {
+        if let Err(e) = comparison::draw_sweep(&key, &points, &args.out) {
+            errln!("plot: {e}");
+        }
+    }
     let table = markdown(&rows);
     out!("{table}");
     let json = serde_json::json!({ "schema_version": super::JSON_VERSION, "variants": rows });
@@ -294,6 +303,11 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
                 cosine,
                 extra,
                 sets,
+                stem: name.clone(),
+                swept: combo
+                    .iter()
+                    .map(|p| (super::set_key(p).to_string(), p.split_once('=').map_or("", |x| x.1).trim().to_string()))
+                    .collect(),
             });
         }
     }
@@ -384,6 +398,30 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         stop_at: args.stop_at,
         quiet: args.quiet,
     }))
+}
+
+/// Each sweep whose values are all numbers, with its points: per variant,
+/// its value, its line (its file and the other sweeps' values) and its
+/// seeds' final validation losses.
+fn swept(variants: &[Variant], curves: &[comparison::Variant]) -> Vec<(String, Vec<comparison::Swept>)> {
+    let keys: Vec<String> =
+        variants.first().map(|v| v.swept.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+    keys.into_iter()
+        .filter_map(|key| {
+            let points = variants
+                .iter()
+                .zip(curves)
+                .map(|(v, c)| {
+                    let x = v.swept.iter().find(|(k, _)| *k == key)?.1.parse::<f64>().ok()?;
+                    let others: String =
+                        v.swept.iter().filter(|(k, _)| *k != key).map(|(k, value)| format!(".{k}={value}")).collect();
+                    let losses = c.seeds.iter().map(|s| s.eval.last().map_or(f64::NAN, |p| p.1)).collect();
+                    Some(comparison::Swept { line: format!("{}{others}", v.stem), x, losses })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((key, points))
+        })
+        .collect()
 }
 
 /// The run directory of variant `v` with `seed`.

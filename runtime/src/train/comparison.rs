@@ -139,6 +139,115 @@ where
     Ok(())
 }
 
+/// One variant of a sweep: the line it belongs to (its file and the other
+/// sweeps' values), the swept value, and its seeds' final validation
+/// losses.
+#[derive(Debug, Clone)]
+pub struct Swept {
+    pub line: String,
+    pub x: f64,
+    pub losses: Vec<f64>,
+}
+
+/// Draws `sweep-KEY.{png,svg}` into `dir`: the final validation loss
+/// against the value of `key`, the mean over the seeds with their min–max
+/// as a bar, one line per file (and value of the other sweeps). The axis
+/// is logarithmic where the values are positive and span a factor of ten
+/// or more (a learning rate's). `None` where there is nothing to draw
+/// (fewer than two values with a finite loss).
+pub fn draw_sweep(key: &str, points: &[Swept], dir: &Path) -> Result<Option<Vec<PathBuf>>, String> {
+    let mut lines: BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+    for p in points {
+        let ys: Vec<f64> = p.losses.iter().copied().filter(|y| y.is_finite()).collect();
+        if ys.is_empty() || !p.x.is_finite() {
+            continue;
+        }
+        let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+        let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+        lines.entry(&p.line).or_default().push((p.x, mean, lo, hi));
+    }
+    lines.values_mut().for_each(|l| l.sort_by(|a, b| a.0.total_cmp(&b.0)));
+    let xs: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
+    let (x_lo, x_hi) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    if xs.len() < 2 || x_lo >= x_hi {
+        return Ok(None);
+    }
+    font();
+    let lines: Vec<(&str, Banded)> = lines.into_iter().collect();
+    let logarithmic = x_lo > 0.0 && x_hi / x_lo >= 10.0;
+    let name = format!("sweep-{key}");
+    let mut written = Vec::new();
+    for ext in ["png", "svg"] {
+        let path = dir.join(format!("{name}.{ext}"));
+        let drawn = match ext {
+            "png" => sweep_panel(BitMapBackend::new(&path, (960, 640)).into_drawing_area(), key, &lines, logarithmic),
+            _ => sweep_panel(SVGBackend::new(&path, (960, 640)).into_drawing_area(), key, &lines, logarithmic),
+        };
+        drawn.map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(Some(written))
+}
+
+fn sweep_panel<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    key: &str,
+    lines: &[(&str, Banded)],
+    logarithmic: bool,
+) -> Drawn
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let points = || lines.iter().flat_map(|(_, b)| b.iter());
+    let (x_lo, x_hi) = points().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (lo, hi) = points().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.2), b.max(p.3)));
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    let title = format!("blkc compare: final validation loss against {key}");
+    let mut chart = ChartBuilder::on(&root);
+    chart.margin(20).caption(&title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(70);
+    // The x range widened a little either side, on the axis's own scale.
+    let (a, b) = match logarithmic {
+        true => (x_lo / (x_hi / x_lo).powf(0.05), x_hi * (x_hi / x_lo).powf(0.05)),
+        false => (x_lo - (x_hi - x_lo) * 0.05, x_hi + (x_hi - x_lo) * 0.05),
+    };
+    let y = (lo - pad)..(hi + pad);
+    // A logarithmic axis marks the values swept (its own marks crowd
+    // each decade), each written short.
+    let mut values: Vec<f64> = points().map(|p| p.0).collect();
+    values.sort_by(f64::total_cmp);
+    values.dedup();
+    let short = |x: &f64| match x {
+        x if x.fract() == 0.0 && x.abs() < 1e9 => format!("{x:.0}"),
+        x if x.abs() < 1e-2 => format!("{x:e}"),
+        x => format!("{x}"),
+    };
+    macro_rules! plot {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart.configure_mesh().x_desc(key).y_desc("nats/token").x_label_formatter(&short).draw()?;
+            for (i, (label, band)) in lines.iter().enumerate() {
+                let colour = super::plot::colour(i);
+                chart
+                    .draw_series(LineSeries::new(band.iter().map(|p| (p.0, p.1)), colour.stroke_width(2)))?
+                    .label(*label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                chart.draw_series(band.iter().map(|p| Circle::new((p.0, p.1), 4, colour.filled())))?;
+                chart.draw_series(
+                    band.iter().map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], colour.stroke_width(1))),
+                )?;
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        }};
+    }
+    match logarithmic {
+        true => plot!(chart.build_cartesian_2d((a..b).log_scale().with_key_points(values), y)?),
+        false => plot!(chart.build_cartesian_2d(a..b, y)?),
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +284,31 @@ mod tests {
         for label in ["preln", "naive (rejected)", "validation loss", "seconds"] {
             assert!(svg.contains(label), "compare.svg lacks `{label}`");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A sweep's picture: one line per file, the swept values on a log
+    /// axis when they span a factor of ten; nothing drawn from one value.
+    #[test]
+    fn a_sweep_is_drawn_against_its_values() {
+        let dir = std::env::temp_dir().join(format!("blkc-sweep-plot-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let point = |line: &str, x: f64, y: f64| Swept { line: line.into(), x, losses: vec![y, y + 0.1] };
+        let points = [
+            point("preln", 1e-3, 4.0),
+            point("preln", 1e-2, 3.5),
+            point("sas-p", 1e-3, 4.2),
+            point("sas-p", 3e-2, f64::NAN),
+        ];
+        let written = draw_sweep("lr", &points, &dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(written.map(|w| w.len()), Some(2));
+        let svg = std::fs::read_to_string(dir.join("sweep-lr.svg")).unwrap_or_default();
+        for label in ["preln", "sas-p", "against lr", "nats/token"] {
+            assert!(svg.contains(label), "sweep-lr.svg lacks `{label}`");
+        }
+        let one = [point("preln", 8.0, 4.0), point("sas-p", 8.0, 4.1)];
+        assert!(draw_sweep("local.window", &one, &dir).unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(!dir.join("sweep-local.window.svg").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
