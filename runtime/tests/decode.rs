@@ -72,6 +72,18 @@ fn gap(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
     diff / scale.max(1e-6)
 }
 
+/// The [`gap`] of next-token logits `got` to those of a forward pass over
+/// `seen` at its last token.
+fn gap_to_forward(model: &Model<B>, got: &[f32], seen: &[u32]) -> f32 {
+    let device = Default::default();
+    let n = seen.len();
+    let ids: Vec<i64> = seen.iter().map(|&x| i64::from(x)).collect();
+    let want = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device));
+    let want = want.slice([0..1, n - 1..n]);
+    let got = Tensor::<B, 1>::from_floats(got, &device).reshape([1, 1, want.dims()[2]]);
+    gap(got, want)
+}
+
 /// Three tokens at once, then one at a time up to the context: each
 /// step's logits against the forward pass over the whole sequence.
 fn decodes_as_the_forward_pass(p: &Program, what: &str) {
@@ -161,12 +173,7 @@ fn the_window_slides_over_a_long_text() {
             let got = window.next(&ids[..len]).unwrap_or_else(|e| panic!("{e}"));
             let start = window.start();
             assert!(len - start <= CONTEXT && len - start >= (CONTEXT / 2).min(len), "window {start}..{len}");
-            let seen: Vec<i64> = ids[start..len].iter().map(|&x| i64::from(x)).collect();
-            let n = seen.len();
-            let want = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(seen, [1, n]), &device));
-            let want = want.slice([0..1, n - 1..n]);
-            let got = Tensor::<B, 1>::from_floats(got.as_slice(), &device).reshape([1, 1, want.dims()[2]]);
-            let g = gap(got, want);
+            let g = gap_to_forward(&model, &got, &ids[start..len]);
             assert!(g < 2e-5, "prompt {prompt}, window {start}..{len}: {g}");
             if starts.last() != Some(&start) {
                 starts.push(start);
@@ -213,13 +220,7 @@ fn a_windowed_model_rolls_past_its_context() {
             for len in prompt..ids.len() {
                 let got = window.next(&ids[..len]).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(window.start(), 0, "never restarts");
-                let from = len.saturating_sub(2 * (3 - 1) + 1);
-                let seen: Vec<i64> = ids[from..len].iter().map(|&x| i64::from(x)).collect();
-                let n = seen.len();
-                let want = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(seen, [1, n]), &device));
-                let want = want.slice([0..1, n - 1..n]);
-                let got = Tensor::<B, 1>::from_floats(got.as_slice(), &device).reshape([1, 1, want.dims()[2]]);
-                let g = gap(got, want);
+                let g = gap_to_forward(&model, &got, &ids[len.saturating_sub(2 * (3 - 1) + 1)..len]);
                 assert!(g < 2e-5, "{positions}, prompt {prompt}, {len} tokens: {g}");
             }
         }
