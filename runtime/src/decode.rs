@@ -128,9 +128,9 @@ impl<B: Kernels> Attention<B> {
         self.proj.forward(out)
     }
 
-    /// Whether decoding keeps a bounded cache: the attention has a window.
-    pub fn rolls(&self) -> bool {
-        self.plan.window.is_some()
+    /// The attention's sliding window, if it has one.
+    pub fn window(&self) -> Option<usize> {
+        self.plan.window
     }
 }
 
@@ -167,11 +167,13 @@ impl<B: Kernels> State<B> {
 impl<B: Kernels> Model<B> {
     /// Whether decoding reads a text of any length at a constant cost: its
     /// positions are relative (rotary, ALiBi or none: no table to run out
-    /// of) and every attention has a window (its cache is bounded).
-    pub fn rolls(&self) -> bool {
+    /// of) and every attention has a window (its cache is bounded) no
+    /// longer than the `context` it was trained on (so no token sees
+    /// further than in training).
+    pub fn rolls(&self, context: usize) -> bool {
         self.positions.is_none()
             && !self.sinusoidal
-            && self.blocks.iter().flat_map(|b| &b.attention).all(Attention::rolls)
+            && self.blocks.iter().flat_map(|b| &b.attention).all(|a| a.window().is_some_and(|w| w <= context))
     }
 
     /// Logits `[batch, n, vocab]` of `tokens: [batch, n]`, the tokens that
@@ -204,7 +206,7 @@ impl<B: Kernels> Model<B> {
 /// then sees at least half the context, at the cost of one forward pass
 /// of `context / 2` tokens per `context / 2` generated.
 ///
-/// A model that [`Model::rolls`] never restarts: it reads the whole text,
+/// A model that [`Model::rolls`] within its context never restarts: it reads the whole text,
 /// each token through its attentions' windows, at a constant cost per
 /// token (a long prompt is read `context` tokens at a time).
 #[derive(Debug)]
@@ -220,7 +222,8 @@ pub struct Window<'a, B: Kernels> {
 
 impl<'a, B: Kernels> Window<'a, B> {
     pub fn new(model: &'a Model<B>, context: usize, device: &B::Device) -> Self {
-        let (context, rolls) = (context.max(1), model.rolls());
+        let context = context.max(1);
+        let rolls = model.rolls(context);
         Window { model, context, device: device.clone(), state: State::new(model), start: 0, rolls }
     }
 

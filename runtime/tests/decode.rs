@@ -214,7 +214,7 @@ fn a_windowed_model_rolls_past_its_context() {
     let ids: Vec<u32> = tokens(1, 40, 2).into_iter().map(|x| x as u32).collect();
     for positions in ["rope", "alibi"] {
         let model = built(&tiny(text, "b", positions));
-        assert!(model.rolls(), "{positions}");
+        assert!(model.rolls(CONTEXT) && !model.rolls(2), "{positions}: within the context only");
         for prompt in [3, 14] {
             let mut window = Window::new(&model, CONTEXT, &device);
             for len in prompt..ids.len() {
@@ -233,10 +233,10 @@ fn a_windowed_model_rolls_past_its_context() {
         }
     }
     // What does not roll: learned positions, or a layer without a window.
-    assert!(!built(&tiny(text, "b", "learned")).rolls());
+    assert!(!built(&tiny(text, "b", "learned")).rolls(CONTEXT));
     let global = text.replace(" kv_heads = 2\n", " kv_heads = 2\n layer last { window = none }\n");
     let model = built(&tiny(&global, "b", "rope"));
-    assert!(!model.rolls());
+    assert!(!model.rolls(CONTEXT));
     let mut window = Window::new(&model, CONTEXT, &device);
     window.next(&ids[..30]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(window.start(), 30 - CONTEXT, "slides");
