@@ -6,8 +6,8 @@
 # sinusoidal positions, an untied head, a bidirectional mask) for a few
 # steps — and Llama (rotary, grouped-query, SwiGLU), Mistral (Llama's block
 # with a window, through blkc's attention kernels), GPT-J (partial rotary),
-# the gated SAS-P and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's
-# (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
+# the gated SAS-P and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
+# and the loss and every parameter's gradient on the same tokens (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
 #   bench/export-check.sh [WORKDIR]
 set -euo pipefail
@@ -16,10 +16,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/blkc/target}"
 PYTHON="${PYTHON:-python3}"
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work"
-cargo build --release -p blkc-runtime --example logits -q
+cargo build --release -p blkc-runtime --example logits --example grads -q
 cargo build --release -p blkc-runtime -q
 blkc="$CARGO_TARGET_DIR/release/blkc"
 logits="$CARGO_TARGET_DIR/release/examples/logits"
+grads="$CARGO_TARGET_DIR/release/examples/grads"
 cp blocks/*.blk "$work/"
 cat > "$work/everything.blk" <<'BLK'
 # Every construct the export must carry.
@@ -107,7 +108,9 @@ BLK
     out="$work/run-$file/export"
     "$blkc" export "$work/run-$file" --format pytorch > /dev/null
     tokens="72,101,108,108,111,32,119,111,114,108,100,33,10,100,101,102"
-    printf '{"tokens": [%s], "logits": %s}\n' "$tokens" "$("$logits" "$work/run-$file" "$tokens")" > "$out/expected.json"
+    loss=$("$grads" "$work/run-$file" "$tokens" "$out/grads.safetensors")
+    printf '{"tokens": [%s], "logits": %s, "loss": %s}\n' "$tokens" "$("$logits" "$work/run-$file" "$tokens")" "$loss" \
+      > "$out/expected.json"
     dirs+=("$out")
 done
 "$PYTHON" bench/export_check.py "${dirs[@]}" || fail=1
