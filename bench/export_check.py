@@ -12,18 +12,24 @@ bench/export-check.sh; needs PyTorch.
 
 import importlib.util
 import json
+import os
 import sys
 
 import torch
 
 
-def check(d):
+def exported(d):
+    """The export's module, its model with the weights, what blkc
+    computed (expected.json) and its tokens as a batch of one."""
     spec = importlib.util.spec_from_file_location("exported", f"{d}/model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    m = mod.load(f"{d}/model.safetensors")
     want = json.load(open(f"{d}/expected.json"))
-    tokens = torch.tensor([want["tokens"]])
+    return mod, mod.load(f"{d}/model.safetensors"), want, torch.tensor([want["tokens"]])
+
+
+def check(d):
+    _, m, want, tokens = exported(d)
     with torch.no_grad():
         got = m(tokens)[0]
     exp = torch.tensor(want["logits"])
@@ -35,16 +41,9 @@ def check(d):
 def check_grads(d):
     """The loss's difference, and the worst gradient's (over its largest
     entry) with its name; None without blkc's gradients."""
-    import os
-
     if not os.path.exists(f"{d}/grads.safetensors"):
         return None
-    spec = importlib.util.spec_from_file_location("exported", f"{d}/model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    m = mod.load(f"{d}/model.safetensors")
-    want = json.load(open(f"{d}/expected.json"))
-    tokens = torch.tensor([want["tokens"]])
+    mod, m, want, tokens = exported(d)
     logits = m(tokens[:, :-1])[0]
     loss = torch.nn.functional.cross_entropy(logits, tokens[0, 1:])
     loss.backward()

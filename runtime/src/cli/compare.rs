@@ -72,7 +72,6 @@ pub struct Args {
 /// One variant: a file's model (with one value of each sweep).
 #[derive(Clone)]
 struct Variant {
-    name: String,
     file: PathBuf,
     program: blkc::Program,
     sources: blkc::SourceMap,
@@ -86,8 +85,17 @@ struct Variant {
     sets: Vec<String>,
     /// The variant's file, as its name starts (`tiny`, `tiny-2`).
     stem: String,
-    /// Its value of each sweep, `(key, value)`, in the order swept.
-    swept: Vec<(String, String)>,
+    /// Its value of each sweep.
+    swept: Combo,
+}
+
+impl Variant {
+    /// Its name (its run directory's): the file's, then `.KEY=VALUE` for
+    /// each sweep.
+    fn name(&self) -> String {
+        let suffix: String = self.swept.iter().map(|(k, v)| format!(".{k}={v}")).collect();
+        format!("{}{suffix}", self.stem)
+    }
 }
 
 /// How one variant did, over its seeds.
@@ -145,7 +153,7 @@ fn unshared_text(args: &Args, variants: &[Variant]) -> Option<String> {
         let vocab = v.program.model.as_ref()?.vocab;
         Some(format!("`{}` through `{}` of {vocab} tokens", s.data, s.tokenizer))
     };
-    let texts: Vec<(String, String)> = variants.iter().filter_map(|v| Some((v.name.clone(), text(v)?))).collect();
+    let texts: Vec<(String, String)> = variants.iter().filter_map(|v| Some((v.name(), text(v)?))).collect();
     let first = texts.first()?;
     let other = texts.iter().find(|t| t.1 != first.1)?;
     Some(format!(
@@ -178,7 +186,7 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
                         format!(", about {:.0} s left", per * (total - done + 1) as f64)
                     }
                 };
-                errln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name, out.display());
+                errln!("compare: {} seed {seed} ({done}/{total}{left}) in {}", v.name(), out.display());
             }
             let Some(job) = job(args, v, seed, &out)? else { continue };
             fits(&job, args.no_memory_check)?;
@@ -195,13 +203,13 @@ fn train_all(args: &Args, variants: &[Variant]) -> Result<(), u8> {
                 }
                 Ok(_) => {}
                 Err(Failure::Message(m)) => {
-                    errln!("error: {} seed {seed}: {m}", v.name);
+                    errln!("error: {} seed {seed}: {m}", v.name());
                     errln!("{AGAIN}");
                     return Err(REJECTED);
                 }
                 Err(Failure::Located(d, sources)) => {
                     crate::report::print(&[*d], &sources, crate::report::DiagFormat::Human);
-                    errln!("error: {} seed {seed} did not train (in {})", v.name, out.display());
+                    errln!("error: {} seed {seed} did not train (in {})", v.name(), out.display());
                     errln!("{AGAIN}");
                     return Err(REJECTED);
                 }
@@ -218,7 +226,7 @@ fn summarise(args: &Args, variants: &[Variant]) -> u8 {
     let curves: Vec<comparison::Variant> = variants
         .iter()
         .map(|v| comparison::Variant {
-            name: v.name.clone(),
+            name: v.name(),
             rejected: v.rejected,
             seeds: (0..args.seeds).map(|k| Curves::read(&RunDir::new(&run_dir(&args.out, v, k)).metrics())).collect(),
         })
@@ -265,9 +273,8 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
         }
         stems.push(name.clone());
         for (k, combo) in combos.iter().enumerate() {
-            let suffix: String = combo.iter().map(|p| format!(".{p}")).collect();
             let mut set = args.set.clone();
-            set.extend(combo.iter().cloned());
+            set.extend(combo.iter().map(|(key, value)| format!("{key}={value}")));
             let (train_pairs, sets) = split_sets(&set);
             let extra = settings::overrides(&train_pairs).map_err(|e| {
                 err!("{e}");
@@ -295,7 +302,6 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
             let rejected = reps.iter().any(|r| r.verdict == Status::Reject);
             let cosine = reps.first().and_then(|r| r.layers.last()).map_or(f64::NAN, |l| l.cosine);
             out.push(Variant {
-                name: format!("{name}{suffix}"),
                 file: file.clone(),
                 program,
                 sources: c.sources,
@@ -304,20 +310,20 @@ fn variants(args: &Args) -> Result<Vec<Variant>, u8> {
                 extra,
                 sets,
                 stem: name.clone(),
-                swept: combo
-                    .iter()
-                    .map(|p| (super::set_key(p).to_string(), p.split_once('=').map_or("", |x| x.1).trim().to_string()))
-                    .collect(),
+                swept: combo.clone(),
             });
         }
     }
     Ok(out)
 }
 
-/// Every combination of the sweeps' values, as `KEY=VALUE` pairs (one
-/// empty combination without sweeps); refused: a sweep that is not
-/// `KEY=V1,V2,…`, a value given twice, a key swept twice or also `set`.
-fn sweeps(specs: &[String], set: &[String]) -> Result<Vec<Vec<String>>, String> {
+/// A variant's value of each sweep, `(key, value)`, in the order swept.
+type Combo = Vec<(String, String)>;
+
+/// Every combination of the sweeps' values (one empty combination
+/// without sweeps); refused: a sweep that is not `KEY=V1,V2,…`, a value
+/// given twice, a key swept twice or also `set`.
+fn sweeps(specs: &[String], set: &[String]) -> Result<Vec<Combo>, String> {
     let mut combos = vec![Vec::new()];
     let mut keys: Vec<&str> = Vec::new();
     for spec in specs {
@@ -341,7 +347,7 @@ fn sweeps(specs: &[String], set: &[String]) -> Result<Vec<Vec<String>>, String> 
             .flat_map(|c| {
                 values.iter().map(move |v| {
                     let mut c = c.clone();
-                    c.push(format!("{key}={v}"));
+                    c.push((key.to_string(), v.to_string()));
                     c
                 })
             })
@@ -362,7 +368,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         devices: args.devices,
     };
     let fail = |e: String| {
-        errln!("error: {}: {e}", v.name);
+        errln!("error: {}: {e}", v.name());
         REJECTED
     };
     let extra = v.extra.as_ref();
@@ -372,7 +378,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
         let file_train = v.program.train.as_ref().map(|t| (t, &v.sources));
         // The compiler's diagnostics, rendered: the input is broken.
         let s = Settings::of_run(file_train, extra, &flags).map_err(|e| {
-            err!("variant `{}`: {e}", v.name);
+            err!("variant `{}`: {e}", v.name());
             BROKEN
         })?;
         (v.program.clone(), v.sources.clone(), v.file.display().to_string(), s, None)
@@ -426,7 +432,7 @@ fn swept(variants: &[Variant], curves: &[comparison::Variant]) -> Vec<(String, V
 
 /// The run directory of variant `v` with `seed`.
 fn run_dir(out: &Path, v: &Variant, seed: u64) -> PathBuf {
-    out.join(&v.name).join(format!("seed-{seed}"))
+    out.join(v.name()).join(format!("seed-{seed}"))
 }
 
 /// Variant `v`'s row from its first run's `run.json` and every seed's
@@ -451,7 +457,7 @@ fn row(v: &Variant, first: &RunDir, seeds: &[Curves]) -> Row {
     let eval_loss = stats(|x| x.1);
     Row {
         eval_bits_per_byte: info.and_then(|i| i.bits_per_byte(eval_loss[0])).filter(|b| b.is_finite()),
-        variant: v.name.clone(),
+        variant: v.name(),
         file: v.file.display().to_string(),
         rejected: v.rejected,
         cosine: v.cosine,

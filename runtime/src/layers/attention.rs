@@ -233,10 +233,9 @@ impl<B: Kernels> Attention<B> {
         }
     }
 
-    /// Whether blkc's attention kernels compute the softmax term (no
-    /// soft-cap, no ALiBi bias).
+    /// Whether blkc's attention kernels compute the softmax term.
     fn fused(&self) -> bool {
-        self.plan.softcap.is_none() && !self.plan.alibi
+        in_kernels(self.plan.softcap, self.plan.alibi)
     }
 
     /// Whether the shaped mix's kernels compute the whole matrix: those of
@@ -466,6 +465,14 @@ impl<B: Kernels> Attention<B> {
         }
         Tensor::from_data(TensorData::new(data, [1, self.plan.heads, n, t]), device)
     }
+}
+
+/// Whether blkc's attention kernels compute an attention's softmax (a
+/// window included): not with a logit soft-cap or ALiBi's bias, which
+/// burn's attention adds (nor, in training, with dropout on the weights,
+/// which are then written out).
+pub fn in_kernels(softcap: Option<f64>, alibi: bool) -> bool {
+    softcap.is_none() && !alibi
 }
 
 /// The operands of a shaped attention, before its products and mix.

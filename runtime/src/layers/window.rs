@@ -12,12 +12,14 @@ use blkc::signal::attention::Seen;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::attention::Attention;
-use crate::kernels::Kernels;
+use crate::kernels::attention::reference;
+use crate::kernels::{Kernels, Keys};
 
 impl<B: Kernels> Attention<B> {
     /// The keys `0..t` that queries at positions `from..from + n` do not
     /// see for the window, `[n, t]`, true where hidden (the causal mask
-    /// hides the later keys on its own); `None` without a window.
+    /// hides the later keys on its own); `None` without a window, or where
+    /// it hides none.
     pub(crate) fn outside_window(
         &self,
         (from, n): (usize, usize),
@@ -26,24 +28,17 @@ impl<B: Kernels> Attention<B> {
         device: &B::Device,
     ) -> Option<Tensor<B, 2, Bool>> {
         let window = self.plan.window?;
-        let make = || {
-            let (w, from) = (window as i64, from as i64);
-            // Keys more than w − 1 before the query.
-            let before = Tensor::<B, 2, Bool>::triu_mask([n, t], from - w + 1, device);
-            match causal {
-                true => before,
-                false => before.bool_or(Tensor::<B, 2, Bool>::tril_mask([n, t], from + w - 1, device)),
-            }
-        };
+        let keys = Keys { causal, window: Some(window) };
+        let make = || reference::outside_window::<B>((from, n), t, keys, device);
         // A forward pass's mask is the same at every layer and step: kept.
-        Some(match from {
+        match from {
             0 => self.plan.tables.kept::<B, _>(
                 (if causal { "hidden-causal" } else { "hidden" }, t, window),
                 device,
                 make,
             ),
             _ => make(),
-        })
+        }
     }
 
     /// The `centre` term of `v: [batch, t, inner]` at positions `from..t`

@@ -16,6 +16,7 @@ use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Positions, Program}
 
 use crate::kernels::attention::products_in;
 use crate::kernels::precision::Precision;
+use crate::layers::attention::in_kernels;
 
 /// What an attention keeps for its backward, besides its operands and
 /// output.
@@ -87,7 +88,8 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Input | Op::Sum { .. } => d,
             Op::Norm { .. } => 2 * d,
             Op::Attention { spec, .. } => {
-                let composed = spec.softcap.is_some() || m.positions == Positions::Alibi || spec.dropout.inner > 0.0;
+                let alibi = m.positions == Positions::Alibi;
+                let composed = !in_kernels(spec.softcap, alibi) || spec.dropout.inner > 0.0;
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,

@@ -88,19 +88,33 @@ pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, keys: Keys) -> 
 /// when every query sees every key.
 fn hidden<B: Backend>([tq, tk]: [usize; 2], keys: Keys, device: &B::Device) -> Option<Tensor<B, 2, Bool>> {
     let later = keys.causal.then(|| Tensor::<B, 2, Bool>::tril_mask([tq, tk], 0, device));
-    let t = tq.max(tk);
-    let window = keys.windowed(t).then(|| {
-        let reach = keys.reach(t) as i64;
-        let before = Tensor::<B, 2, Bool>::triu_mask([tq, tk], -reach, device);
-        match keys.causal {
-            true => before,
-            false => before.bool_or(Tensor::<B, 2, Bool>::tril_mask([tq, tk], reach, device)),
-        }
-    });
-    match (later, window) {
+    match (later, outside_window::<B>((0, tq), tk, keys, device)) {
         (Some(a), Some(b)) => Some(a.bool_or(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The keys `0..t` that queries at positions `from..from + n` do not see
+/// for the window of `keys`, `[n, t]`, true where hidden (a causal mask
+/// hides the later keys on its own); `None` where the window hides none.
+pub fn outside_window<B: Backend>(
+    (from, n): (usize, usize),
+    t: usize,
+    keys: Keys,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    let span = t.max(from + n);
+    if !keys.windowed(span) {
+        return None;
+    }
+    let (reach, from) = (keys.reach(span) as i64, from as i64);
+    // Keys more than `reach` before the query, and without a causal mask
+    // more than `reach` after it.
+    let before = Tensor::<B, 2, Bool>::triu_mask([n, t], from - reach, device);
+    Some(match keys.causal {
+        true => before,
+        false => before.bool_or(Tensor::<B, 2, Bool>::tril_mask([n, t], from + reach, device)),
+    })
 }
 
 pub fn softmax_scores_backward<B: Backend>(p: FloatTensor<B>, dp: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
