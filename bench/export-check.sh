@@ -6,7 +6,8 @@
 # sinusoidal positions, an untied head, a bidirectional mask) for a few
 # steps — and Llama (rotary, grouped-query, SwiGLU), Mistral (Llama's block
 # with a window, through blkc's attention kernels), GPT-J (partial rotary),
-# the gated SAS-P and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
+# the gated SAS-P, SAS-P with a window (its shaped kernel's `centre` over
+# the window) and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
 # and the loss and every parameter's gradient on the same tokens (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
 #   bench/export-check.sh [WORKDIR]
@@ -71,10 +72,13 @@ fail=0
 dirs=()
 for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-p-nonorm:sas_p_nonorm \
             vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything \
-            llama:llama mistral:mistral gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln; do
+            llama:llama mistral:mistral gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln \
+            sas-p-local:sas_p; do
     file="${spec%%:*}"; block="${spec##*:}"
     src="$file"; [ "$file" = everything-mlm ] && src=everything
     [ "$file" = preln-alibi ] && src=preln
+    sets=()
+    [ "$file" = sas-p-local ] && src=sas-p && sets=(--set shaped.window=5)
     mask=causal; positions=learned; tied=true
     if [ "$file" = everything-mlm ]; then mask=bidirectional; positions=sinusoidal; tied=false; fi
     [ "$file" = llama ] || [ "$file" = mistral ] && positions=rope && tied=false
@@ -104,7 +108,7 @@ train {
     eval_every = 6
 }
 BLK
-    (cd "$work" && rm -rf "run-$file" && "$blkc" train "m-$file.blk" --out "run-$file" --no-check -q)
+    (cd "$work" && rm -rf "run-$file" && "$blkc" train "m-$file.blk" --out "run-$file" --no-check -q "${sets[@]}")
     out="$work/run-$file/export"
     "$blkc" export "$work/run-$file" --format pytorch > /dev/null
     tokens="72,101,108,108,111,32,119,111,114,108,100,33,10,100,101,102"

@@ -114,11 +114,8 @@ impl<B: Kernels> Attention<B> {
             });
             out.clone()
         };
-        let centre = || match self.plan.window {
-            Some(_) => self.windowed_centre(all.clone(), at, true),
-            // Without a window every token is kept (`at` is `from`).
-            None => kernels::causal_mean(all.clone()).slice([0..b, at..t]),
-        };
+        // Under a window the cache holds what the new tokens see.
+        let centre = || kernels::centre(all.clone(), self.keys(true)).slice([0..b, at..t]);
         let out = self.summed(v, centre, softmax);
         cache.values = Some(all);
         cache.read = from + n;

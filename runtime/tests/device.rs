@@ -66,8 +66,10 @@ const MODELS: &[&str] = &[
     "sas-p-swiglu",
     "llama",
     "gpt-j",
-    // Sliding-window attention: burn's attention with a mask.
+    // Sliding-window attention, a softmax one and a shaped one (SAS-P's
+    // whole block in one kernel, its `centre` over the window).
     "mistral",
+    "sas-p shaped.window=5",
     // Bidirectional: the masked-token objective, whose loss is a weighted
     // sum of the tokens' losses (`kernels::total`).
     "sas-p mask=bidirectional",

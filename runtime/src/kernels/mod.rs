@@ -19,7 +19,7 @@
 //! |---|---|---|---|---|---|---|
 //! | `dense` | `linear`, `relu_mlp`, `gated`, `linear_transposed`, `matmul` | `dense/reference.rs` | `dense/autodiff.rs` | `dense/cpu.rs` | `dense/cube.rs` | `dense/tests.rs` |
 //! | `attention` | `attention` | `attention/reference.rs` | `attention/autodiff.rs` | `attention/cpu.rs` | `attention/cube.rs` | `attention/tests.rs` |
-//! | `shaped` | `shaped_attention`, `mix`, `causal_mean` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube/` | `shaped/tests.rs` |
+//! | `shaped` | `shaped_attention`, `mix`, `centre` | `shaped/reference.rs` | `shaped/autodiff.rs` | `shaped/cpu.rs` | `shaped/cube/` | `shaped/tests.rs` |
 //! | `gains` | `scaled_sum`, `scale_groups` | `gains/reference.rs` | `gains/autodiff.rs` | `gains/cpu.rs` | `gains/cube.rs` | `gains/tests.rs` |
 //! | `norm` | `normalise` | `norm/reference.rs` | `norm/autodiff.rs` | `norm/cpu.rs` | `norm/cube.rs` | `norm/tests.rs` |
 //! | `loss` | `nll_mean`, `nll`, `total` | `loss/reference.rs` | `loss/autodiff.rs` | `loss/cpu.rs` | `loss/cube.rs` | `loss/tests.rs` |
@@ -64,7 +64,7 @@ pub use loss::{nll, nll_mean, total, LossOps};
 pub use memory::{DeviceBytes, DeviceMemory};
 pub use norm::{normalise, NormOps};
 pub use rope::{rope, RopeOps};
-pub use shaped::{causal_mean, mix, shaped_attention, MixAddend, Shaped, ShapedGrads, ShapedOps};
+pub use shaped::{centre, mix, shaped_attention, MixAddend, Shaped, ShapedGrads, ShapedOps};
 
 use burn::tensor::backend::AutodiffBackend;
 

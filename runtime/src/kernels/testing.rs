@@ -7,12 +7,30 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Distribution, Tensor, Tolerance};
 
 pub use crate::backend::Cpu;
+use crate::kernels::attention::Keys;
 pub use crate::kernels::tensor::{primitive, tensor};
 
 pub type Ad = Autodiff<Cpu>;
 
 /// The CPU backend the fused kernels run on, without autodiff.
 pub type C = Cpu;
+
+/// Every mask the tests try on 5 to 7 tokens: causal or not, with no
+/// window, one of 3, of 1 (a token sees only itself) and of 9 (past the
+/// tokens: no window).
+pub fn masks() -> Vec<Keys> {
+    [true, false]
+        .into_iter()
+        .flat_map(|causal| [None, Some(3), Some(1), Some(9)].map(|window| Keys { causal, window }))
+        .collect()
+}
+
+/// Whether `keys` hides key `j` from query `i`, from the definition (not
+/// from [`Keys::range`]): a later key under a causal mask, a key `window`
+/// or more positions away.
+pub fn hides(keys: Keys, i: usize, j: usize) -> bool {
+    (keys.causal && j > i) || keys.window.is_some_and(|w| i.abs_diff(j) >= w)
+}
 
 pub fn random<const D: usize>(shape: [usize; D]) -> Tensor<Ad, D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default()).require_grad()

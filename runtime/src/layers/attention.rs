@@ -3,8 +3,9 @@
 //! (the softmax at zero logits under the mask). The softmax term is blkc's
 //! attention kernel (`kernels::attention`: one graph node, the mask never
 //! built) or, with a soft-cap, burn's; any other term is computed apart, the centre
-//! as a running mean (causal) or a mean (bidirectional) — never as a T×T
-//! matrix. Identity value/projection maps cost no matmul.
+//! as the mean of the values each token sees (`kernels::centre`: a sum slid
+//! along the tokens) — never as a T×T matrix. Identity value/projection
+//! maps cost no matmul.
 
 use super::Build;
 use blkc::eval::Env;
@@ -211,14 +212,11 @@ impl<B: Kernels> Attention<B> {
         let weights = noise.filter(|_| self.plan.dropout.inner > 0.0).map(|n| n.at(0));
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
-            Form::Shaped(_) if self.mixed() && weights.is_none() => self.mix_parts(x).apply(None),
-            // Under a window the mix's own centre (over every earlier
-            // token) is not the term's: one term at a time.
-            Form::Shaped(_) if self.plan.window.is_some() => self.terms(x, causal, weights),
+            Form::Shaped(_) if self.fused() && weights.is_none() => self.mix_parts(x).apply(None),
             Form::Shaped(_) => {
                 let v = self.values(x.clone());
                 let o = self.softmax_times(&x, v.clone(), causal, weights);
-                kernels::mix(v, o, self.mix_gains(&device), causal)
+                kernels::mix(v, o, self.mix_gains(&device), self.keys(causal))
             }
             Form::Softmax => {
                 let v = self.values(x.clone());
@@ -238,15 +236,8 @@ impl<B: Kernels> Attention<B> {
         in_kernels(self.plan.softcap, self.plan.alibi)
     }
 
-    /// Whether the shaped mix's kernels compute the whole matrix: those of
-    /// the softmax term, and no window (the mix's `centre` averages every
-    /// key the mask allows).
-    fn mixed(&self) -> bool {
-        self.fused() && self.plan.window.is_none()
-    }
-
     /// The keys each query sees, as blkc's attention kernels take them.
-    fn keys(&self, causal: bool) -> Keys {
+    pub(crate) fn keys(&self, causal: bool) -> Keys {
         Keys { causal, window: self.plan.window }
     }
 
@@ -255,10 +246,7 @@ impl<B: Kernels> Attention<B> {
         let v = self.values(x.clone());
         let mut soft = None;
         let softmax = || soft.get_or_insert_with(|| self.softmax_times(&x, v.clone(), causal, weights)).clone();
-        let centre = || match self.plan.window {
-            Some(_) => self.windowed_centre(v.clone(), 0, causal),
-            None => centre(v.clone(), causal),
-        };
+        let centre = || kernels::centre(v.clone(), self.keys(causal));
         self.summed(v.clone(), centre, softmax)
     }
 
@@ -299,7 +287,7 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.mixed()
+        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.fused()
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
@@ -317,7 +305,7 @@ impl<B: Kernels> Attention<B> {
         let v = self.values(x.clone());
         let (q, k, bq) = self.queries_keys(&x);
         let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
-        MixParts { q, k, bq, v, gains, scale, causal: self.plan.mask == Mask::Causal }
+        MixParts { q, k, bq, v, gains, scale, keys: self.keys(self.plan.mask == Mask::Causal) }
     }
 
     /// Queries and keys split into heads for blkc's attention kernels,
@@ -485,25 +473,13 @@ pub struct MixParts<B: Backend> {
     pub v: Tensor<B, 3>,
     pub gains: [Tensor<B, 1>; 3],
     pub scale: f64,
-    pub causal: bool,
+    pub keys: Keys,
 }
 
 impl<B: Kernels> MixParts<B> {
     /// The attention through its mix (one kernel), summed with `(b, beta_sa,
     /// beta_ff)` when given.
     pub fn apply(self, add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>) -> Tensor<B, 3> {
-        kernels::shaped_attention([self.q, self.k], self.bq, self.v, self.gains, (self.scale, self.causal), add)
-    }
-}
-
-/// C·v without a T×T matrix, for `v: [batch, tokens, inner]`: the running
-/// mean over earlier tokens (causal) or the mean over all tokens
-/// (bidirectional).
-fn centre<B: Kernels>(v: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
-    if causal {
-        kernels::causal_mean(v)
-    } else {
-        let dims = v.dims();
-        v.mean_dim(1).expand(dims)
+        kernels::shaped_attention([self.q, self.k], self.bq, self.v, self.gains, (self.scale, self.keys), add)
     }
 }

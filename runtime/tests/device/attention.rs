@@ -8,8 +8,9 @@ use blkc_runtime::kernels::Keys;
 
 /// The shaped attention's CubeCL kernels (`kernels/shaped/cube/`)
 /// against the reference maths on the same device: the output and every
-/// gradient, causal or not, with the query's bias or not, summed with
-/// another branch or not, per-head or single gains, `v` read elsewhere;
+/// gradient, causal or not, with a window or not, with the query's bias
+/// or not, summed with another branch or not, per-head or single gains,
+/// `v` read elsewhere;
 /// and the route of products (its kept softmax term read by its backward).
 pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::attention::Route;
@@ -27,6 +28,8 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
     for case in 0..32 {
         let (causal, biased, added, per_head) = (case & 1 == 0, case & 2 == 0, case & 4 == 0, case & 8 == 0);
         let token_major = case & 16 == 0;
+        // Windows of 3, 1 and 2 of the 7 tokens, or none.
+        let window = [None, Some(3), Some(1), None, Some(2)][case % 5];
         // Heads of 8 entries are read as vectors of 4, of 6 one by one.
         let d = if case % 3 == 1 { 6 } else { 8 };
         let (batch, heads, tokens) = (2, 3, 7);
@@ -37,7 +40,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
             v: random(&[batch, tokens, heads * d]),
             gains: [random(&[n]), random(&[1]), random(&[n])],
             scale: 1.0 / (d as f64).sqrt(),
-            causal,
+            keys: Keys { causal, window },
             bq: biased.then(|| random(&[heads * d])),
         };
         let add = added.then(|| MixAddend {
@@ -218,7 +221,8 @@ pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernel
 }
 
 /// The shaped mix's kernels (`kernels/shaped/cube/mix.rs`) against the
-/// reference: the mix and its backward, causal or not, gains one per head
+/// reference: the mix and its backward, causal or not, with a window of
+/// 4, 3 or 1 or none, gains one per head
 /// or one in all (mixed), heads read as vectors of 4 and one by one, `dv`
 /// added into a gradient from elsewhere or not.
 pub(super) fn mix_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
@@ -227,18 +231,24 @@ pub(super) fn mix_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(d
     let mut worst = 0.0f32;
     for (batch, tokens, heads, d) in [(2usize, 9usize, 3usize, 8usize), (3, 5, 2, 6), (1, 40, 4, 4)] {
         let width = heads * d;
-        for (lengths, causal, with_acc) in
-            [([heads, heads, heads], true, false), ([1, heads, 1], false, true), ([heads, 1, heads], true, true)]
-        {
+        let cases = [
+            ([heads, heads, heads], Keys::all(true), false),
+            ([1, heads, 1], Keys::all(false), true),
+            ([heads, 1, heads], Keys::all(true), true),
+            ([heads, heads, heads], Keys { causal: true, window: Some(4) }, true),
+            ([1, heads, 1], Keys { causal: false, window: Some(3) }, false),
+            ([heads, 1, heads], Keys { causal: true, window: Some(1) }, false),
+        ];
+        for (lengths, keys, with_acc) in cases {
             let gains = lengths.map(|n| draws.normal::<B>(device, &[n]));
             let v = draws.normal::<B>(device, &[batch, tokens, width]);
             let o = draws.normal::<B>(device, &[batch, tokens, width]);
             let dy = draws.normal::<B>(device, &[batch, tokens, width]);
             let acc = with_acc.then(|| draws.normal::<B>(device, &[batch, tokens, width]));
-            let y = B::mix(v.clone(), o.clone(), gains.clone(), causal);
-            let y2 = reference::mix::<B>(v.clone(), o.clone(), gains.clone(), causal);
-            let (dv, d_o, dg) = B::mix_backward(v.clone(), o.clone(), gains.clone(), dy.clone(), causal, acc.clone());
-            let (dv2, d_o2, dg2) = reference::mix_backward::<B>(v, o, gains, dy, causal, acc);
+            let y = B::mix(v.clone(), o.clone(), gains.clone(), keys);
+            let y2 = reference::mix::<B>(v.clone(), o.clone(), gains.clone(), keys);
+            let (dv, d_o, dg) = B::mix_backward(v.clone(), o.clone(), gains.clone(), dy.clone(), keys, acc.clone());
+            let (dv2, d_o2, dg2) = reference::mix_backward::<B>(v, o, gains, dy, keys, acc);
             let [da, db, dc] = dg;
             let [da2, db2, dc2] = dg2;
             let pairs = [
@@ -251,7 +261,10 @@ pub(super) fn mix_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(d
             ];
             for (name, a, b) in pairs {
                 let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
-                assert!(e < 1e-5, "{batch}×{tokens}×{heads}×{d}, gains {lengths:?}, causal {causal}: {name} differs by {e:e} of scale");
+                assert!(
+                    e < 1e-5,
+                    "{batch}×{tokens}×{heads}×{d}, gains {lengths:?}, {keys:?}: {name} differs by {e:e} of scale"
+                );
                 worst = worst.max(e);
             }
         }

@@ -56,6 +56,15 @@ impl Keys {
         (*keys.start()).min(t)..(*keys.end() + 1).min(t)
     }
 
+    /// The queries `lo..hi` of `t` that see key `j` (those whose
+    /// [`Keys::range`] holds it): the transpose of the mask, which the
+    /// backward of an average over the keys walks.
+    pub fn queries(self, j: usize, t: usize) -> Range<usize> {
+        let reach = self.reach(t);
+        let lo = if self.causal { j } else { j.saturating_sub(reach) };
+        lo.min(t)..(j + reach + 1).min(t)
+    }
+
     /// How many positions back (and, without a causal mask, ahead) a query
     /// sees among `t` keys: the window less one, or `t` (every key).
     pub fn reach(self, t: usize) -> usize {

@@ -9,22 +9,11 @@ use crate::kernels::tensor::{merge_heads, split_heads};
 use crate::kernels::testing::*;
 use crate::kernels::*;
 
-/// Every mask the tests try on 7 tokens: causal or not, with no window,
-/// one of 3, of 1 (a token sees only itself) and of 9 (past the tokens:
-/// no window).
-fn masks() -> Vec<Keys> {
-    [true, false]
-        .into_iter()
-        .flat_map(|causal| [None, Some(3), Some(1), Some(9)].map(|window| Keys { causal, window }))
-        .collect()
-}
-
 /// What `keys` hides of `[t, t]`, true where hidden, from the definition
 /// (not from [`Keys::range`]): later keys under a causal mask, keys
 /// `window` or more positions away; burn's attention takes it.
 fn hidden_by(keys: Keys, t: usize) -> Tensor<Ad, 4, Bool> {
-    let hides = |i: usize, j: usize| (keys.causal && j > i) || keys.window.is_some_and(|w| i.abs_diff(j) >= w);
-    let cells: Vec<bool> = (0..t * t).map(|c| hides(c / t, c % t)).collect();
+    let cells: Vec<bool> = (0..t * t).map(|c| hides(keys, c / t, c % t)).collect();
     Tensor::<Ad, 2, Bool>::from_data(TensorData::new(cells, [t, t]), &Default::default()).reshape([1, 1, t, t])
 }
 
@@ -37,13 +26,13 @@ fn a_query_sees_the_keys_of_its_window() {
             for causal in [true, false] {
                 let keys = Keys { causal, window };
                 for i in 0..t {
-                    let seen: Vec<usize> = (0..t)
-                        .filter(|&j| !((causal && j > i) || window.is_some_and(|w| i.abs_diff(j) >= w)))
-                        .collect();
+                    let seen: Vec<usize> = (0..t).filter(|&j| !hides(keys, i, j)).collect();
                     assert_eq!(keys.range(i, t).collect::<Vec<_>>(), seen, "{keys:?}, query {i} of {t}");
+                    let seeing: Vec<usize> = (0..t).filter(|&q| keys.range(q, t).contains(&i)).collect();
+                    assert_eq!(keys.queries(i, t).collect::<Vec<_>>(), seeing, "{keys:?}, key {i} of {t}");
                 }
-                let hides = (0..t).any(|i| keys.range(i, t).len() < if causal { i + 1 } else { t });
-                assert_eq!(keys.windowed(t), hides, "{keys:?} of {t}");
+                let narrowed = (0..t).any(|i| keys.range(i, t).len() < if causal { i + 1 } else { t });
+                assert_eq!(keys.windowed(t), narrowed, "{keys:?} of {t}");
             }
         }
     }

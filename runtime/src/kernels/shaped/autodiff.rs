@@ -1,6 +1,6 @@
 //! The shaped attention on `Autodiff<B>`: one node for the attention
 //! through its mix (and a gained sum), one for the mix alone, one for the
-//! running mean.
+//! `centre` term.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -10,6 +10,7 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 
 use super::{MixAddend, Shaped, ShapedOps};
+use crate::kernels::attention::Keys;
 use crate::kernels::graph::{record, register_all, take_grad};
 use crate::kernels::Kernels;
 
@@ -42,27 +43,28 @@ impl<B: Kernels, const N: usize> Backward<B, N> for ShapedAttention {
 struct Mix;
 
 impl<B: Kernels> Backward<B, 5> for Mix {
-    /// `v`, `o`, the gains, causal.
-    type State = (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3], bool);
+    /// `v`, `o`, the gains, the keys each query sees.
+    type State = (FloatTensor<B>, FloatTensor<B>, [FloatTensor<B>; 3], Keys);
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (v, o, gains, causal) = ops.state;
+        let (v, o, gains, keys) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let acc = take_grad!(B, grads, &ops.parents[0], dy.clone());
-        let (dv, d_o, [dalpha, dbeta, dgamma]) = B::mix_backward(v, o, gains, dy, causal, acc);
+        let (dv, d_o, [dalpha, dbeta, dgamma]) = B::mix_backward(v, o, gains, dy, keys, acc);
         register_all!(B, grads, ops.parents, [dv, d_o, dalpha, dbeta, dgamma]);
     }
 }
 
-/// The running mean over tokens.
+/// The `centre` term: the mean of what each token sees.
 #[derive(Debug)]
-struct CausalMean;
+struct Centre;
 
-impl<B: Kernels> Backward<B, 1> for CausalMean {
-    type State = ();
+impl<B: Kernels> Backward<B, 1> for Centre {
+    type State = Keys;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        unary::<B, _>(ops.parents, ops.node, grads, B::causal_mean_backward);
+        let keys = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| B::centre_backward(dy, keys));
     }
 }
 
@@ -77,7 +79,7 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
             v: a.v.primitive,
             gains: [alpha.primitive, beta.primitive, gamma.primitive],
             scale: a.scale,
-            causal: a.causal,
+            keys: a.keys,
             bq: a.bq.map(|t| t.primitive),
         };
         let (extra, addend) = match add {
@@ -105,21 +107,16 @@ impl<B: Kernels, C: CheckpointStrategy> ShapedOps for Autodiff<B, C> {
         }
     }
 
-    fn mix(
-        v: FloatTensor<Self>,
-        o: FloatTensor<Self>,
-        gains: [FloatTensor<Self>; 3],
-        causal: bool,
-    ) -> FloatTensor<Self> {
+    fn mix(v: FloatTensor<Self>, o: FloatTensor<Self>, gains: [FloatTensor<Self>; 3], keys: Keys) -> FloatTensor<Self> {
         let [alpha, beta, gamma] = gains;
         let nodes = [v.node.clone(), o.node.clone(), alpha.node.clone(), beta.node.clone(), gamma.node.clone()];
         let inner = [alpha.primitive, beta.primitive, gamma.primitive];
-        let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), causal);
-        record!(Mix, nodes, (v.primitive, o.primitive, inner, causal), y)
+        let y = B::mix(v.primitive.clone(), o.primitive.clone(), inner.clone(), keys);
+        record!(Mix, nodes, (v.primitive, o.primitive, inner, keys), y)
     }
 
-    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let y = B::causal_mean(x.primitive.clone());
-        CausalMean.prepare::<C>([x.node.clone()]).compute_bound().stateless(y)
+    fn centre(x: FloatTensor<Self>, keys: Keys) -> FloatTensor<Self> {
+        let y = B::centre(x.primitive.clone(), keys);
+        record!(Centre, [x.node.clone()], keys, y)
     }
 }

@@ -10,9 +10,9 @@ use super::cpu::{shaped_plan, ShapedPlan};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads};
 use crate::kernels::attention::cpu::query_bias_back;
 use crate::kernels::attention::loops::softmax_backward;
+use crate::kernels::attention::Keys;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
 use crate::kernels::cpu::rows::{group_sums, owned, token_major, totals, vector, Rows};
-use crate::kernels::cpu::simd;
 
 /// Where a sequence's `dv` goes: added into a gradient from elsewhere, or
 /// fresh.
@@ -53,7 +53,7 @@ struct Back<'a> {
     gains: loops::MixGains<'a>,
     softmax_gain: &'a [f32],
     scale: f32,
-    causal: bool,
+    keys: Keys,
 }
 
 pub(super) fn backward(
@@ -90,7 +90,7 @@ pub(super) fn backward(
         gains: loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] },
         softmax_gain: &cols[1],
         scale: a.scale as f32,
-        causal: a.causal,
+        keys: a.keys,
     };
     // `dq`, `dk` and `db` fresh; `dv` added into `acc`, or fresh.
     let (mut dq, mut dk) = (Fresh::new(n * t * d), Fresh::new(n * t * d));
@@ -180,10 +180,7 @@ impl Back<'_> {
         let width = self.gains.alpha.len();
         let base = q * t * width;
         let [mut si, mut sc, mut sb, mut unused, mut r] = [0, 1, 2, 3, 4].map(|_| vec![0.0f32; width]);
-        if !self.causal {
-            self.dy[base..base + t * width].chunks(width).for_each(|row| simd::add_into(&mut r, row));
-            r.iter_mut().for_each(|x| *x /= t as f32);
-        }
+        let centre = loops::CentreGrads::new(&self.dy[base..base + t * width], width, self.keys, &mut r);
         let mut sums = loops::MixSums { r: &mut r, alpha: &mut si, beta: &mut unused, gamma: &mut sc, branch: &mut sb };
         let (mut row_dv, mut row_db) = (vec![0.0f32; width], vec![0.0f32; width]);
         let (mut db_rows, db_join) = match db.map(|o| o.split(width)) {
@@ -212,7 +209,7 @@ impl Back<'_> {
                     raw::prefetch(&x[(row - 2) * width..(row - 1) * width]);
                 }
             }
-            let inv = if self.causal { 1.0 / (row + 1) as f32 } else { 0.0 };
+            let inv = centre.row(row, sums.r);
             let branch = self.b.map(|x| (&x[at..at + width], &mut row_db[..]));
             let out = match dv_add.as_deref_mut() {
                 Some(x) => loops::Grad::Add(&mut x[row * width..(row + 1) * width]),

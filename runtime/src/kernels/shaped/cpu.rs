@@ -11,9 +11,10 @@ use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift};
 use crate::kernels::attention::Keys;
+use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, Threads, Written};
-use crate::kernels::cpu::rows::{dims3, owned, per_head, Rows};
-use crate::kernels::cpu::{parallel, simd};
+use crate::kernels::cpu::rows::{dims3, owned, per_head};
+use rayon::prelude::*;
 
 impl ShapedOps for Flex {
     fn shaped_attention_forward(
@@ -37,7 +38,7 @@ impl ShapedOps for Flex {
             y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
         let cols = plan.columns(dv);
         let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
-        let (scale, causal) = (a.scale as f32, a.causal);
+        let (scale, keys) = (a.scale as f32, a.keys);
         // Per sequence: per head the scores, their softmax and the softmax
         // term (into a scratch `[t, width]` that stays in cache), then the
         // mix row by row.
@@ -52,23 +53,19 @@ impl ShapedOps for Flex {
                 let i = q * h + hi;
                 let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
                 let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
-                let (wi, wp) =
-                    attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, Keys::all(causal)), u.as_deref());
+                let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, keys), u.as_deref());
                 heads.push(gemm.into(oi, wi.mat(), vi).1);
                 proofs.push(wp);
             }
             let o = o.finish(heads);
-            let mut sum = vec![0.0f32; width];
-            if !causal {
-                vq.chunks(width).for_each(|row| simd::add_into(&mut sum, row));
-            }
+            let mut centres = loops::Centres::new(vq, width, keys);
             // Each row into a scratch row in cache, then streamed out.
             let mut row = vec![0.0f32; width];
             let yp = yq.rows(width, false, |r, out| {
                 let rows = r * width..(r + 1) * width;
                 let x = loops::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
-                let inv = 1.0 / if causal { r + 1 } else { t } as f32;
-                loops::mix_row(&mut row, x, &mut sum, g, inv, causal);
+                let (sum, inv, running) = centres.row(r, t);
+                loops::mix_row(&mut row, x, sum, g, inv, running);
                 out.stream(&row)
             });
             raw::fence();
@@ -89,8 +86,8 @@ impl ShapedOps for Flex {
         super::backward::backward(a, add, p, dy, acc)
     }
 
-    fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], causal: bool) -> FlexTensor {
-        mix_forward(&v, &o, &gains, causal).unwrap_or_else(|| reference::mix::<Flex>(v, o, gains, causal))
+    fn mix(v: FlexTensor, o: FlexTensor, gains: [FlexTensor; 3], keys: Keys) -> FlexTensor {
+        mix_forward(&v, &o, &gains, keys).unwrap_or_else(|| reference::mix::<Flex>(v, o, gains, keys))
     }
 
     fn mix_backward(
@@ -98,33 +95,23 @@ impl ShapedOps for Flex {
         o: FlexTensor,
         gains: [FlexTensor; 3],
         dy: FlexTensor,
-        causal: bool,
+        keys: Keys,
         acc: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor, [FlexTensor; 3]) {
-        match mix_backward([&v, &o], &gains, dy, causal, acc) {
+        match mix_backward([&v, &o], &gains, dy, keys, acc) {
             Ok(grads) => grads,
-            Err((dy, acc)) => reference::mix_backward::<Flex>(v, o, gains, dy, causal, acc),
+            Err((dy, acc)) => reference::mix_backward::<Flex>(v, o, gains, dy, keys, acc),
         }
     }
 
-    fn causal_mean(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || x.layout().num_dims() != 3 {
-            return reference::causal_mean::<Flex>(x);
-        }
-        let [_, t, d] = dims3(&x);
-        let mut out = Rows::new(x);
-        out.for_each_sequence(t * d, |seq| loops::running_mean(seq, d));
-        out.tensor
+    fn centre(x: FlexTensor, keys: Keys) -> FlexTensor {
+        by_sequence(x, |out, x, d| loops::window_mean(out, x, d, keys))
+            .unwrap_or_else(|x| reference::centre::<Flex>(x, keys))
     }
 
-    fn causal_mean_backward(dy: FlexTensor) -> FlexTensor {
-        if dy.dtype() != DType::F32 || dy.layout().num_dims() != 3 {
-            return reference::causal_mean_backward::<Flex>(dy);
-        }
-        let [_, t, d] = dims3(&dy);
-        let mut out = Rows::new(dy);
-        out.for_each_sequence(t * d, |seq| loops::running_mean_backward(seq, d));
-        out.tensor
+    fn centre_backward(dy: FlexTensor, keys: Keys) -> FlexTensor {
+        by_sequence(dy, |out, dy, d| loops::window_mean_backward(out, dy, d, keys))
+            .unwrap_or_else(|dy| reference::centre_backward::<Flex>(dy, keys))
     }
 }
 
@@ -184,4 +171,24 @@ pub(super) fn shaped_plan(a: &Shaped<FlexTensor>, add: Option<&MixAddend<FlexTen
     };
     let bq = bias_values(&a.bq, h * d)?;
     Some(ShapedPlan { dims: [b, h, t, d, sv[2] / h], alpha: alpha?, beta: beta?, gamma: gamma?, beta_sa, beta_ff, bq })
+}
+
+/// `f(out, x, width)` on each sequence of an f32 `x: [batch, tokens,
+/// width]` into a fresh tensor of its shape; `x` back otherwise.
+fn by_sequence(x: FlexTensor, f: impl Fn(&mut [f32], &[f32], usize) + Sync) -> Result<FlexTensor, FlexTensor> {
+    if x.dtype() != DType::F32 || x.layout().num_dims() != 3 {
+        return Err(x);
+    }
+    let [_, t, d] = dims3(&x);
+    let x = x.to_contiguous();
+    let len = x.layout().num_elements();
+    let xs: &[f32] = &x.storage()[..len];
+    let mut out = vec![0.0f32; len];
+    let seq = |(q, y): (usize, &mut [f32])| f(y, &xs[q * t * d..(q + 1) * t * d], d);
+    if parallel(len) {
+        out.par_chunks_mut((t * d).max(1)).enumerate().for_each(seq);
+    } else {
+        out.chunks_mut((t * d).max(1)).enumerate().for_each(seq);
+    }
+    Ok(owned(out, x.layout().shape().clone()))
 }

@@ -11,6 +11,7 @@ use burn_fusion::{Fusion, FusionBackend};
 
 use super::cube::{by_rows, mix_backward_fits, mix_plan, plan, routed};
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
+use crate::kernels::attention::Keys;
 use crate::kernels::fused::{f32s, like, outputs, run, Operands, Taken};
 
 /// `a`'s tensors and `add`'s as operands.
@@ -29,7 +30,7 @@ fn operands<B: FusionBackend>(
 /// The shaped attention and its addend back from [`operands`].
 fn taken<B: burn::tensor::backend::Backend>(
     x: &mut Taken<B>,
-    (scale, causal): (f64, bool),
+    (scale, keys): (f64, Keys),
 ) -> (Shaped<FloatTensor<B>>, Option<MixAddend<FloatTensor<B>>>) {
     let [q, k, v] = x.floats();
     let gains = x.floats();
@@ -38,7 +39,7 @@ fn taken<B: burn::tensor::backend::Backend>(
         (Some(b), Some(beta_sa), Some(beta_ff)) => Some(MixAddend { b, beta_sa, beta_ff }),
         _ => None,
     };
-    (Shaped { q, k, v, gains, scale, causal, bq }, add)
+    (Shaped { q, k, v, gains, scale, keys, bq }, add)
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps for Fusion<CubeBackend<R, F, I, BT>> {
@@ -47,7 +48,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         add: Option<MixAddend<FloatTensor<Self>>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         routed::<Self>(a, add, |a, add, p| {
-            let mask = (a.scale, a.causal);
+            let mask = (a.scale, a.keys);
             let shapes = vec![f32s([p.batch, p.tokens, p.heads * p.d]), f32s([p.batch, p.heads, p.tokens])];
             let ops = operands::<CubeBackend<R, F, I, BT>>(a, add);
             let [y, lse] = outputs(run("blkc.shaped_forward", ops, shapes, move |mut x| {
@@ -75,7 +76,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let Some(p) = planned else {
             return reference::shaped_attention_backward::<Self>(a, add, lse, dy, acc);
         };
-        let mask = (a.scale, a.causal);
+        let mask = (a.scale, a.keys);
         let (biased, added) = (a.bq.is_some(), add.is_some());
         // What the kernels return: dq, dk, dv, the three gains', then the
         // addend's three (db as dy, one per beta_sa and beta_ff entry) and
@@ -109,20 +110,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
     }
 
-    fn mix(
-        v: FloatTensor<Self>,
-        o: FloatTensor<Self>,
-        gains: [FloatTensor<Self>; 3],
-        causal: bool,
-    ) -> FloatTensor<Self> {
+    fn mix(v: FloatTensor<Self>, o: FloatTensor<Self>, gains: [FloatTensor<Self>; 3], keys: Keys) -> FloatTensor<Self> {
         if mix_plan(&v, &o, &gains, false).is_none() {
-            return reference::mix::<Self>(v, o, gains, causal);
+            return reference::mix::<Self>(v, o, gains, keys);
         }
         let shapes = vec![like(&v)];
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([v, o]).floats(gains);
         let [y] = outputs(run("blkc.mix", ops, shapes, move |mut x| {
             let [v, o] = x.floats();
-            vec![CubeBackend::<R, F, I, BT>::mix(v, o, x.floats(), causal)]
+            vec![CubeBackend::<R, F, I, BT>::mix(v, o, x.floats(), keys)]
         }));
         y
     }
@@ -132,11 +128,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         o: FloatTensor<Self>,
         gains: [FloatTensor<Self>; 3],
         dy: FloatTensor<Self>,
-        causal: bool,
+        keys: Keys,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
         if mix_plan(&v, &o, &gains, false).is_none() || !mix_backward_fits(&v, &dy, acc.as_ref()) {
-            return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc);
+            return reference::mix_backward::<Self>(v, o, gains, dy, keys, acc);
         }
         let mut shapes = vec![like(&v), like(&v)];
         shapes.extend(gains.iter().map(|g| f32s([g.shape().num_elements()])));
@@ -146,7 +142,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             let gains = x.floats();
             let dy = x.float();
             let acc = x.maybe();
-            let (dv, d_o, [da, db, dg]) = CubeBackend::<R, F, I, BT>::mix_backward(v, o, gains, dy, causal, acc);
+            let (dv, d_o, [da, db, dg]) = CubeBackend::<R, F, I, BT>::mix_backward(v, o, gains, dy, keys, acc);
             vec![dv, d_o, da, db, dg]
         }));
         (dv, d_o, [da, db, dg])

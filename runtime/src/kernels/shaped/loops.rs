@@ -1,34 +1,129 @@
 //! The shaped family's loops: the mix row by row (the `I`, `softmax` and
 //! `centre` terms with their per-column gains, and the other branch of a
-//! block's sum), its backward, and the running mean over tokens.
+//! block's sum), its backward, and the `centre` term's mean over the tokens
+//! each token sees.
 
+use crate::kernels::attention::Keys;
 use crate::kernels::cpu::raw::multiversion;
+use crate::kernels::cpu::simd;
 
-multiversion! {
-    /// The running mean over the rows (of `width`) of one sequence, in place.
-    pub fn running_mean(seq: &mut [f32], width: usize) {
-        let mut acc = vec![0.0f32; width];
-        for (i, row) in seq.chunks_mut(width.max(1)).enumerate() {
-            let inv = 1.0 / (i + 1) as f32;
-            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
-                *a += *v;
-                *v = *a * inv;
-            }
-        }
+/// The `centre` term of one sequence `x` (rows of `width`) into `out`
+/// (every row written): row `i` the mean of the rows `keys.range(i, t)`,
+/// a sum slid along the rows (rows enter at its end and, under a window,
+/// leave at its start; without one nothing leaves, and the causal sum is
+/// the running sum).
+pub fn window_mean(out: &mut [f32], x: &[f32], width: usize, keys: Keys) {
+    let w = width.max(1);
+    let t = x.len() / w;
+    let row = |j: usize| &x[j * w..(j + 1) * w];
+    let mut sum = vec![0.0f32; w];
+    let (mut lo, mut hi) = (0, 0);
+    for (i, y) in out.chunks_mut(w).enumerate().take(t) {
+        let seen = keys.range(i, t);
+        (hi..seen.end).for_each(|j| simd::add_into(&mut sum, row(j)));
+        (lo..seen.start).for_each(|j| simd::add_scaled(&mut sum, -1.0, row(j)));
+        (lo, hi) = (seen.start, seen.end);
+        let inv = 1.0 / (hi - lo) as f32;
+        y.iter_mut().zip(&sum).for_each(|(y, s)| *y = s * inv);
     }
 }
 
-multiversion! {
-    /// The gradient of [`running_mean`] in place: row `s` becomes
-    /// `Σ_{i ≥ s} row[i] / (i + 1)`.
-    pub fn running_mean_backward(seq: &mut [f32], width: usize) {
-        let mut acc = vec![0.0f32; width];
-        for (i, row) in seq.chunks_mut(width.max(1)).enumerate().rev() {
-            let inv = 1.0 / (i + 1) as f32;
-            for (a, v) in acc.iter_mut().zip(row.iter_mut()) {
-                *a += *v * inv;
-                *v = *a;
-            }
+/// The gradient of [`window_mean`] from `dy` into `out` (every row
+/// written): row `j` is `Σ dy[i] / |keys.range(i, t)|` over the queries
+/// `i` that see key `j`, a sum slid from the last row to the first (rows
+/// enter at its start and, under a window, leave at its end).
+pub fn window_mean_backward(out: &mut [f32], dy: &[f32], width: usize, keys: Keys) {
+    let w = width.max(1);
+    let t = dy.len() / w;
+    let share = |acc: &mut [f32], i: usize, sign: f32| {
+        let n = keys.range(i, t).len() as f32;
+        simd::add_scaled(acc, sign / n, &dy[i * w..(i + 1) * w]);
+    };
+    let mut acc = vec![0.0f32; w];
+    let (mut lo, mut hi) = (t, t);
+    for (j, y) in out.chunks_mut(w).enumerate().take(t).rev() {
+        let seeing = keys.queries(j, t);
+        (seeing.start..lo).rev().for_each(|i| share(&mut acc, i, 1.0));
+        (seeing.end..hi).for_each(|i| share(&mut acc, i, -1.0));
+        (lo, hi) = (seeing.start, seeing.end);
+        y.copy_from_slice(&acc);
+    }
+}
+
+/// The `centre` term of one sequence (rows of `width`) as the mix reads
+/// it row by row, rows in order (see [`mix_row`]): a running sum (causal,
+/// no window), the sum of every row (no mask, no window), or under a
+/// window every row's mean, formed first ([`window_mean`]).
+#[derive(Debug)]
+pub struct Centres {
+    causal: bool,
+    width: usize,
+    sum: Vec<f32>,
+    means: Vec<f32>,
+}
+
+impl Centres {
+    pub fn new(v: &[f32], width: usize, keys: Keys) -> Centres {
+        let t = v.len() / width.max(1);
+        let (mut sum, mut means) = (vec![0.0f32; width], Vec::new());
+        if keys.windowed(t) {
+            means = vec![0.0f32; v.len()];
+            window_mean(&mut means, v, width, keys);
+        } else if !keys.causal {
+            v.chunks(width.max(1)).for_each(|row| simd::add_into(&mut sum, row));
+        }
+        Centres { causal: keys.causal, width, sum, means }
+    }
+
+    /// What [`mix_row`] takes for row `i` of `t`: the sum, its scale, and
+    /// whether the row's value is still to be added to it.
+    pub fn row(&mut self, i: usize, t: usize) -> (&mut [f32], f32, bool) {
+        if !self.means.is_empty() {
+            return (&mut self.means[i * self.width..(i + 1) * self.width], 1.0, false);
+        }
+        let inv = 1.0 / if self.causal { i + 1 } else { t } as f32;
+        (&mut self.sum, inv, self.causal)
+    }
+}
+
+/// The `centre` term's gradient per unit gain (`r` of [`MixSums`]) as the
+/// mix's backward reads it, rows last to first (see [`shaped_back_row`]):
+/// a running sum of `dy[i] / (i + 1)` (causal, no window), `Σ dy / t` for
+/// every row (no mask, no window), or under a window every row's,
+/// formed first from `dy` ([`window_mean_backward`]).
+#[derive(Debug)]
+pub struct CentreGrads {
+    causal: bool,
+    width: usize,
+    rows: Vec<f32>,
+}
+
+impl CentreGrads {
+    /// From the sequence's `dy`, with `r` zeros (`width` of them).
+    pub fn new(dy: &[f32], width: usize, keys: Keys, r: &mut [f32]) -> CentreGrads {
+        let t = dy.len() / width.max(1);
+        let mut rows = Vec::new();
+        if keys.windowed(t) {
+            rows = vec![0.0f32; dy.len()];
+            window_mean_backward(&mut rows, dy, width, keys);
+        } else if !keys.causal {
+            dy.chunks(width.max(1)).for_each(|row| simd::add_into(r, row));
+            r.iter_mut().for_each(|x| *x /= t as f32);
+        }
+        CentreGrads { causal: keys.causal, width, rows }
+    }
+
+    /// Row `i`'s `inv` for [`shaped_back_row`] (the share of `dy[i]` that
+    /// `r` takes on there), `r` set first under a window.
+    pub fn row(&self, i: usize, r: &mut [f32]) -> f32 {
+        if !self.rows.is_empty() {
+            r.copy_from_slice(&self.rows[i * self.width..(i + 1) * self.width]);
+            return 0.0;
+        }
+        if self.causal {
+            1.0 / (i + 1) as f32
+        } else {
+            0.0
         }
     }
 }

@@ -6,9 +6,10 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::loops;
+use crate::kernels::attention::Keys;
+use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{fresh, Out};
 use crate::kernels::cpu::rows::{columns, dims3, group_sums, owned, Rows};
-use crate::kernels::cpu::{parallel, simd};
 
 /// The per-column gains of a shaped mix (`[width]` each) and the dims of
 /// `v`, or `None` where the fused kernel does not apply (not f32, not
@@ -34,7 +35,7 @@ fn setup(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3]) -> Option<([Ve
 
 /// The shaped mix, one pass per sequence; `None` where the kernel does
 /// not apply.
-pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], causal: bool) -> Option<FlexTensor> {
+pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], keys: Keys) -> Option<FlexTensor> {
     let ([alpha, beta, gamma], [_, t, w]) = setup(v, o, gains)?;
     let (v, o) = (v.to_contiguous(), o.to_contiguous());
     let len = v.layout().num_elements();
@@ -43,17 +44,13 @@ pub fn mix_forward(v: &FlexTensor, o: &FlexTensor, gains: &[FlexTensor; 3], caus
     let out = fresh(len, t * w, |q, y: Out<'_>| {
         let span = q * t * w..(q + 1) * t * w;
         let (vq, oq) = (&vs[span.clone()], &os[span]);
-        // The running sum of the rows (causal), or the sum of all.
-        let mut sum = vec![0.0f32; w];
-        if !causal {
-            vq.chunks(w).for_each(|row| simd::add_into(&mut sum, row));
-        }
+        let mut centres = loops::Centres::new(vq, w, keys);
         let mut row = vec![0.0f32; w];
         y.rows(w, false, |i, y| {
             let rows = i * w..(i + 1) * w;
-            let inv = 1.0 / if causal { i + 1 } else { t } as f32;
             let x = loops::MixIn { v: &vq[rows.clone()], o: &oq[rows], b: None };
-            loops::mix_row(&mut row, x, &mut sum, g, inv, causal);
+            let (sum, inv, running) = centres.row(i, t);
+            loops::mix_row(&mut row, x, sum, g, inv, running);
             y.copy(&row)
         })
     });
@@ -69,7 +66,7 @@ pub fn mix_backward(
     [v, o]: [&FlexTensor; 2],
     gains: &[FlexTensor; 3],
     dy: FlexTensor,
-    causal: bool,
+    keys: Keys,
     acc: Option<FlexTensor>,
 ) -> Result<(FlexTensor, FlexTensor, [FlexTensor; 3]), (FlexTensor, Option<FlexTensor>)> {
     let shape = v.layout().shape().clone();
@@ -93,15 +90,11 @@ pub fn mix_backward(
         let (vq, oq) = (&vs[span.clone()], &os[span]);
         let [mut si, mut ss, mut sc, mut unused] = [0, 1, 2, 3].map(|_| vec![0.0f32; w]);
         let mut r = vec![0.0f32; w];
-        if !causal {
-            // The mean's gradient per unit gain: Σ_i dy_i / t, the same
-            // for every token.
-            dq.chunks(w).for_each(|row| simd::add_into(&mut r, row));
-            r.iter_mut().for_each(|x| *x /= t as f32);
-        }
+        // Before `do` is written over `dy`.
+        let centre = loops::CentreGrads::new(dq, w, keys, &mut r);
         let mut sums = loops::MixSums { r: &mut r, alpha: &mut si, beta: &mut ss, gamma: &mut sc, branch: &mut unused };
         for i in (0..t).rev() {
-            let inv = if causal { 1.0 / (i + 1) as f32 } else { 0.0 };
+            let inv = centre.row(i, sums.r);
             let rows = i * w..(i + 1) * w;
             let vo = [&vq[rows.clone()], &oq[rows.clone()]];
             loops::mix_back_row(&mut dvq[rows.clone()], &mut dq[rows], vo, g, &mut sums, inv);

@@ -4,12 +4,13 @@
 //! `αI + β softmax − γC`) — as one graph node that never writes the attention's
 //! output on its own, summed with a block's other branch when it ends in
 //! a gained sum; its mix (the three terms, given the softmax term) and the
-//! causal `centre` (a running mean over tokens).
+//! `centre` term (the mean of the values each token sees: a running mean
+//! under a causal mask, slid along the tokens under a window).
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::attention::AttentionOps;
+use super::attention::{AttentionOps, Keys};
 use super::gains::GainOps;
 use super::tensor::{primitive, tensor};
 
@@ -42,7 +43,8 @@ pub struct MixAddend<T> {
 /// A shaped attention that ends in its mix: `q`, `k` split into heads
 /// (`[batch, heads, tokens, d]`), `v` with the heads merged (`[batch,
 /// tokens, heads · d]`), the mix's gains (of `I`, `softmax`, `centre`), the
-/// softmax scale and the mask; and the query's bias `bq` (`[heads · d]`),
+/// softmax scale and the keys each query sees (those its softmax
+/// weighs and its `centre` averages); and the query's bias `bq` (`[heads · d]`),
 /// added to `q` when given (see [`crate::kernels::AttentionOps::attention_forward`]).
 #[derive(Debug, Clone)]
 pub struct Shaped<T> {
@@ -51,7 +53,7 @@ pub struct Shaped<T> {
     pub v: T,
     pub gains: [T; 3],
     pub scale: f64,
-    pub causal: bool,
+    pub keys: Keys,
     pub bq: Option<T>,
 }
 
@@ -111,15 +113,9 @@ pub trait ShapedOps: AttentionOps + GainOps {
     /// `alpha ⊙ v + beta ⊙ o + gamma ⊙ centre(v)` for `v`, `o` (the softmax term,
     /// `softmax · v`): `[batch, tokens, width]`, each gain `[n]` scaling
     /// `n` equal groups of the last dimension (heads; `n = 1` scales
-    /// everything), `centre` the running mean over tokens (`causal`) or
-    /// their mean.
-    fn mix(
-        v: FloatTensor<Self>,
-        o: FloatTensor<Self>,
-        gains: [FloatTensor<Self>; 3],
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        reference::mix::<Self>(v, o, gains, causal)
+    /// everything), `centre` as [`ShapedOps::centre`].
+    fn mix(v: FloatTensor<Self>, o: FloatTensor<Self>, gains: [FloatTensor<Self>; 3], keys: Keys) -> FloatTensor<Self> {
+        reference::mix::<Self>(v, o, gains, keys)
     }
 
     /// The gradients of [`ShapedOps::mix`] from `dy`: `(dv, do, [dalpha, dbeta,
@@ -130,23 +126,26 @@ pub trait ShapedOps: AttentionOps + GainOps {
         o: FloatTensor<Self>,
         gains: [FloatTensor<Self>; 3],
         dy: FloatTensor<Self>,
-        causal: bool,
+        keys: Keys,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
-        reference::mix_backward::<Self>(v, o, gains, dy, causal, acc)
+        reference::mix_backward::<Self>(v, o, gains, dy, keys, acc)
     }
 
-    /// The running mean over tokens of `x: [batch, tokens, width]`: token
-    /// `i` of the output is the mean of tokens `0..=i` (the causal `centre`
-    /// matrix applied without a T×T matrix).
-    fn causal_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        reference::causal_mean::<Self>(x)
+    /// The `centre` term of `x: [batch, tokens, width]` (the `C` matrix
+    /// applied without a T×T matrix): token `i` of the output is the mean
+    /// of the tokens `keys.range(i, tokens)` — `0..=i` under a causal
+    /// mask without a window (the running mean), all of them without a
+    /// mask.
+    fn centre(x: FloatTensor<Self>, keys: Keys) -> FloatTensor<Self> {
+        reference::centre::<Self>(x, keys)
     }
 
-    /// The gradient of [`ShapedOps::causal_mean`]:
-    /// `dx[s] = Σ_{i ≥ s} dy[i] / (i + 1)`.
-    fn causal_mean_backward(dy: FloatTensor<Self>) -> FloatTensor<Self> {
-        reference::causal_mean_backward::<Self>(dy)
+    /// The gradient of [`ShapedOps::centre`]: `dx[j] = Σ dy[i] / |keys(i)|`
+    /// over the queries `i` that see `j` (`Σ_{i ≥ j} dy[i] / (i + 1)` for
+    /// the running mean).
+    fn centre_backward(dy: FloatTensor<Self>, keys: Keys) -> FloatTensor<Self> {
+        reference::centre_backward::<Self>(dy, keys)
     }
 }
 
@@ -159,11 +158,11 @@ pub fn shaped_attention<B: ShapedOps>(
     bq: Option<Tensor<B, 1>>,
     v: Tensor<B, 3>,
     gains: [Tensor<B, 1>; 3],
-    (scale, causal): (f64, bool),
+    (scale, keys): (f64, Keys),
     add: Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>,
 ) -> Tensor<B, 3> {
     let [q, k] = qk.map(primitive);
-    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, causal, bq: bq.map(primitive) };
+    let a = Shaped { q, k, v: primitive(v), gains: gains.map(primitive), scale, keys, bq: bq.map(primitive) };
     let add = add.map(|(b, beta_sa, beta_ff)| MixAddend {
         b: primitive(b),
         beta_sa: primitive(beta_sa),
@@ -173,11 +172,12 @@ pub fn shaped_attention<B: ShapedOps>(
 }
 
 /// The shaped attention's terms summed (see [`ShapedOps::mix`]).
-pub fn mix<B: ShapedOps>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3], causal: bool) -> Tensor<B, 3> {
-    tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), causal))
+pub fn mix<B: ShapedOps>(v: Tensor<B, 3>, o: Tensor<B, 3>, gains: [Tensor<B, 1>; 3], keys: Keys) -> Tensor<B, 3> {
+    tensor(B::mix(primitive(v), primitive(o), gains.map(primitive), keys))
 }
 
-/// The running mean over tokens (see [`ShapedOps::causal_mean`]).
-pub fn causal_mean<B: ShapedOps>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    tensor(B::causal_mean(primitive(x)))
+/// The `centre` term: the mean of the tokens each token sees (see
+/// [`ShapedOps::centre`]).
+pub fn centre<B: ShapedOps>(x: Tensor<B, 3>, keys: Keys) -> Tensor<B, 3> {
+    tensor(B::centre(primitive(x), keys))
 }

@@ -1,29 +1,36 @@
 //! The shaped attention against its composition from the attention and
-//! burn's ops, and the CPU kernels against the reference maths.
+//! burn's ops, and the CPU kernels against the reference maths, under
+//! every mask the attention family's tests try (windows included).
 
 use burn::tensor::ops::FloatTensorOps;
-use burn::tensor::{Tensor, Tolerance};
+use burn::tensor::{Tensor, TensorData, Tolerance};
 
 use super::{reference, ShapedOps};
 use crate::kernels::testing::*;
 use crate::kernels::*;
 
-/// The fused shaped mix is its composition from burn's ops, causal or
-/// not, with per-head, single and negated gains: value and the
+/// The `centre` term of `v: [batch, t, width]` from the definition: the
+/// matrix averaging the keys that [`hides`] does not hide, written out.
+fn centre_by_matrix(v: Tensor<Ad, 3>, keys: Keys) -> Tensor<Ad, 3> {
+    let [b, t, _] = v.dims();
+    let mut c = vec![0.0f32; t * t];
+    for (i, row) in c.chunks_mut(t).enumerate() {
+        let seen: Vec<usize> = (0..t).filter(|&j| !hides(keys, i, j)).collect();
+        seen.iter().for_each(|&j| row[j] = 1.0 / seen.len() as f32);
+    }
+    let c = Tensor::<Ad, 2>::from_data(TensorData::new(c, [t, t]), &Default::default());
+    c.unsqueeze::<3>().expand([b, t, t]).matmul(v)
+}
+
+/// The fused shaped mix is its composition from burn's ops, under every
+/// mask, with per-head, single and negated gains: value and the
 /// gradients of v, o and all three gains.
 #[test]
 fn mix_matches_its_composition() {
-    for causal in [true, false] {
+    for keys in masks() {
         let (v, o) = (random([2, 5, 12]), random([2, 5, 12]));
         let (alpha, beta, gamma) = (random([3]), random([1]), random([3]));
-        let centre = |v: Tensor<Ad, 3>| {
-            if causal {
-                let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..6, &Default::default()).float();
-                v.cumsum(1) / counts.reshape([1, 5, 1])
-            } else {
-                v.mean_dim(1).expand([2, 5, 12])
-            }
-        };
+        let centre = |v: Tensor<Ad, 3>| centre_by_matrix(v, keys);
         let heads = |x: Tensor<Ad, 3>, g: Tensor<Ad, 1>| {
             let n = g.dims()[0];
             (x.reshape([2, 5, n, 12 / n]) * g.reshape([1, 1, n, 1])).reshape([2, 5, 12])
@@ -31,7 +38,7 @@ fn mix_matches_its_composition() {
         let theirs = heads(v.clone(), alpha.clone())
             + heads(o.clone(), beta.clone())
             + heads(centre(v.clone()), gamma.clone().neg());
-        let ours = mix(v.clone(), o.clone(), [alpha.clone(), beta.clone(), gamma.clone().neg()], causal);
+        let ours = mix(v.clone(), o.clone(), [alpha.clone(), beta.clone(), gamma.clone().neg()], keys);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         // `v` also read by a product made after the mix: its gradient
         // is registered first, and the mix's `dv` is added into it.
@@ -47,13 +54,15 @@ fn mix_matches_its_composition() {
 
 /// The shaped attention through its mix in one kernel (and summed with
 /// another branch) is the attention, then the mix (then the gained
-/// sum): value and every gradient, causal or not, `v` also read by a
+/// sum): value and every gradient, under every mask, `v` also read by a
 /// product made after it, with the query's bias or without (and, with
 /// it, theirs with a key bias, which changes nothing).
 #[test]
 fn shaped_attention_matches_attention_then_mix() {
-    for i in 0..16 {
-        let (causal, addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0, i & 8 == 0);
+    let masks = masks();
+    for i in 0..8 * masks.len() {
+        let (addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0);
+        let keys = masks[i / 8];
         let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
         let gains = [random([3]), random([1]), random([3])];
         let (b, beta_sa, beta_ff, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
@@ -65,14 +74,14 @@ fn shaped_attention_matches_attention_then_mix() {
             false => v.zeros_like(),
         };
         let bias = biased.then(|| bq.clone());
-        let ours = shaped_attention([q.clone(), k.clone()], bias, v.clone(), gains.clone(), (0.5, causal), add)
+        let ours = shaped_attention([q.clone(), k.clone()], bias, v.clone(), gains.clone(), (0.5, keys), add)
             + extra(v.clone());
         let (q1, k1) = match biased {
             true => (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4])),
             false => (q.clone(), k.clone()),
         };
-        let o = attention(q1, k1, v.clone(), None, (0.5, Keys::all(causal)));
-        let mixed = mix(v.clone(), o, gains.clone(), causal);
+        let o = attention(q1, k1, v.clone(), None, (0.5, keys));
+        let mixed = mix(v.clone(), o, gains.clone(), keys);
         let theirs = match addend {
             true => scaled_sum(mixed, b.clone(), beta_sa.clone(), beta_ff.clone()),
             false => mixed,
@@ -101,14 +110,14 @@ fn shaped_attention_matches_attention_then_mix() {
 fn mix_alone_has_the_composed_gradients() {
     let (v, o) = (random([2, 6, 8]), random([2, 6, 8]));
     let gains = [random([2]), random([2]), random([2])];
-    for causal in [true, false] {
-        let ours = mix(v.clone(), o.clone(), gains.clone(), causal);
+    for keys in masks() {
+        let ours = mix(v.clone(), o.clone(), gains.clone(), keys);
         let p = |t: &Tensor<Ad, 3>| t.clone().into_primitive().tensor();
         let theirs = Tensor::<Ad, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(reference::mix::<Ad>(
             p(&v),
             p(&o),
             gains.clone().map(|g| g.into_primitive().tensor()),
-            causal,
+            keys,
         )));
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
@@ -117,29 +126,35 @@ fn mix_alone_has_the_composed_gradients() {
     }
 }
 
+/// The `centre` term is the average of what each token sees, under
+/// every mask: value and gradient against the matrix written out; the
+/// running mean (causal, no window) starts at the first token and ends at
+/// the mean of all.
 #[test]
-fn causal_mean_is_the_running_mean() {
+fn centre_averages_what_each_token_sees() {
+    for keys in masks() {
+        let x = random::<3>([2, 6, 5]);
+        same_gradients(std::slice::from_ref(&x), centre(x.clone(), keys), centre_by_matrix(x.clone(), keys));
+    }
     let x = random::<3>([2, 6, 5]);
-    let counts = Tensor::<Ad, 1, burn::tensor::Int>::arange(1..7, &Default::default()).float().reshape([1, 6, 1]);
-    let theirs = x.clone().cumsum(1) / counts;
-    same_gradients(std::slice::from_ref(&x), causal_mean(x.clone()), theirs);
-    // Token 0 is itself; the last token is the mean of all.
-    let ours = causal_mean(x.clone());
+    let ours = centre(x.clone(), Keys::all(true));
     let first = ours.clone().slice([0..2, 0..1, 0..5]);
     first.to_data().assert_approx_eq::<f32>(&x.clone().slice([0..2, 0..1, 0..5]).to_data(), Tolerance::absolute(1e-6));
     let last = ours.slice([0..2, 5..6, 0..5]);
     last.to_data().assert_approx_eq::<f32>(&x.mean_dim(1).to_data(), Tolerance::absolute(1e-5));
 }
 
-/// The CPU's running mean over tokens and its backward against the
-/// reference.
+/// The CPU's `centre` and its backward against the reference, under
+/// every mask.
 #[test]
 fn the_cpu_kernels_equal_the_reference() {
-    let x = r([9, 24]);
-    let x3 = C::float_reshape(x.clone(), [3, 3, 24].into());
-    let t3 = |p| tensor::<C, 3>(p).reshape([9, 24]);
-    let (m1, m2) = (C::causal_mean(x3.clone()), reference::causal_mean::<C>(x3.clone()));
-    same(primitive(t3(m1)), primitive(t3(m2)));
-    let (m1, m2) = (C::causal_mean_backward(x3.clone()), reference::causal_mean_backward::<C>(x3));
-    same(primitive(t3(m1)), primitive(t3(m2)));
+    let x = r([21, 24]);
+    let x3 = C::float_reshape(x.clone(), [3, 7, 24].into());
+    let t3 = |p| tensor::<C, 3>(p).reshape([21, 24]);
+    for keys in masks() {
+        let (m1, m2) = (C::centre(x3.clone(), keys), reference::centre::<C>(x3.clone(), keys));
+        same(primitive(t3(m1)), primitive(t3(m2)));
+        let (m1, m2) = (C::centre_backward(x3.clone(), keys), reference::centre_backward::<C>(x3.clone(), keys));
+        same(primitive(t3(m1)), primitive(t3(m2)));
+    }
 }

@@ -1,16 +1,28 @@
 //! The shaped attention's mix on its own, when the attention runs as
 //! products (`kernels/attention/route.rs`): `y = alpha ⊙ v + beta ⊙ o +
 //! gamma ⊙ centre(v)` and its backward, one unit per (sequence, vector of
-//! columns) walking the tokens, so that the running mean `centre` is a
-//! running sum in a register (the reference: a cumulative sum, a division,
-//! three scalings and two additions each way).
+//! columns) walking the tokens, so that the `centre` term's mean is a sum
+//! slid along them in a register (the reference: a cumulative sum, a
+//! division, three scalings and two additions each way; under a window,
+//! the averaging matrix).
 
 use cubecl::prelude::*;
 
 use super::kernels::gain;
+use crate::kernels::cube::{first_key, keys_end};
+
+/// The share of each of query `i`'s keys in its `centre`: one over how
+/// many it sees.
+#[cube]
+fn share<F: Float>(i: usize, tokens: usize, reach: usize, #[comptime] causal: bool) -> F {
+    F::new(1.0) / F::cast_from(keys_end(i, tokens, reach, causal) - first_key(i, reach))
+}
 
 /// Unit `pos` of `units = batch · w` (`w` vectors a token, `hw` a head):
-/// its column's `y` for every token.
+/// its column's `y` for every token, the centre's sum slid along the
+/// tokens (the keys `first_key .. keys_end` of each, `reach` as the
+/// attention kernels take it: rows enter at its end and, under a window,
+/// leave at its start).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mix_forward<F: Float, N: Size>(
@@ -24,6 +36,7 @@ pub(super) fn mix_forward<F: Float, N: Size>(
     tokens: usize,
     w: usize,
     hw: usize,
+    reach: usize,
     #[comptime] causal: bool,
 ) {
     let pos = ABSOLUTE_POS;
@@ -34,21 +47,20 @@ pub(super) fn mix_forward<F: Float, N: Size>(
     let base = (pos / w) * tokens * w + pos % w;
     let (ga, gb, gg) = (Vector::new(gain(alpha, h)), Vector::new(gain(beta, h)), Vector::new(gain(gamma, h)));
     let mut sum = Vector::new(F::new(0.0));
-    if !causal {
-        for t in 0..tokens {
-            sum += v[base + t * w];
-        }
-        sum *= Vector::new(F::new(1.0) / F::cast_from(tokens));
-    }
+    let (mut lo, mut hi) = (0usize, 0usize);
     for t in 0..tokens {
-        let at = base + t * w;
-        let x = v[at];
-        let mut centre = sum;
-        if causal {
-            sum += x;
-            centre = sum * Vector::new(F::new(1.0) / F::cast_from(t + 1));
+        let (first, end) = (first_key(t, reach), keys_end(t, tokens, reach, causal));
+        for j in hi..end {
+            sum += v[base + j * w];
         }
-        y[at] = ga * x + gb * o[at] + gg * centre;
+        for j in lo..first {
+            sum -= v[base + j * w];
+        }
+        lo = first;
+        hi = end;
+        let at = base + t * w;
+        let centre = sum * Vector::new(F::new(1.0) / F::cast_from(end - first));
+        y[at] = ga * v[at] + gb * o[at] + gg * centre;
     }
 }
 
@@ -72,6 +84,7 @@ pub(super) fn mix_backward<F: Float, N: Size>(
     tokens: usize,
     w: usize,
     hw: usize,
+    reach: usize,
     #[comptime] causal: bool,
     #[comptime] accumulate: bool,
 ) {
@@ -83,46 +96,51 @@ pub(super) fn mix_backward<F: Float, N: Size>(
     let base = (pos / w) * tokens * w + pos % w;
     let (ga, gb, gg) = (Vector::new(gain(alpha, h)), Vector::new(gain(beta, h)), Vector::new(gain(gamma, h)));
     let zero = Vector::new(F::new(0.0));
-    // Without a mask, every token's centre is the mean, and every token's
-    // share of the centre's gradient the mean of `dy`.
-    let mut mean_v = zero;
-    let mut mean_dy = zero;
-    if !causal {
-        for t in 0..tokens {
-            mean_v += v[base + t * w];
-            mean_dy += dy[base + t * w];
-        }
-        let inv = Vector::new(F::new(1.0) / F::cast_from(tokens));
-        mean_v *= inv;
-        mean_dy *= inv;
-    }
     let (mut pv, mut po, mut pc) = (zero, zero, zero);
     let mut sum = zero;
+    let (mut lo, mut hi) = (0usize, 0usize);
     for t in 0..tokens {
+        let (first, end) = (first_key(t, reach), keys_end(t, tokens, reach, causal));
+        for j in hi..end {
+            sum += v[base + j * w];
+        }
+        for j in lo..first {
+            sum -= v[base + j * w];
+        }
+        lo = first;
+        hi = end;
         let at = base + t * w;
         let (x, g) = (v[at], dy[at]);
-        let mut centre = mean_v;
-        if causal {
-            sum += x;
-            centre = sum * Vector::new(F::new(1.0) / F::cast_from(t + 1));
-        }
+        let centre = sum * Vector::new(F::new(1.0) / F::cast_from(end - first));
         pv += x * g;
         po += o[at] * g;
         pc += centre * g;
         d_o[at] = gb * g;
     }
-    // `dv[s] = alpha · dy[s] + gamma · Σ_{i ≥ s} dy[i] / (i + 1)` (causal).
+    // `dv[s] = alpha · dy[s] + gamma · Σ dy[i] / |keys of i|` over the
+    // queries `i` that see `s` (`s ..` under a causal mask, `reach` either
+    // side of it otherwise, within `reach` after it), slid from the last
+    // token: queries enter at the start and, under a window, leave at the
+    // end.
     let mut later = zero;
+    let (mut qlo, mut qhi) = (tokens, tokens);
     for r in 0..tokens {
-        let t = tokens - 1 - r;
-        let at = base + t * w;
-        let g = dy[at];
-        let mut share = mean_dy;
+        let s = tokens - 1 - r;
+        let mut first = first_key(s, reach);
         if causal {
-            later += g * Vector::new(F::new(1.0) / F::cast_from(t + 1));
-            share = later;
+            first = s;
         }
-        let mut d = ga * g + gg * share;
+        let end = keys_end(s, tokens, reach, false);
+        for i in first..qlo {
+            later += dy[base + i * w] * Vector::new(share::<F>(i, tokens, reach, causal));
+        }
+        for i in end..qhi {
+            later -= dy[base + i * w] * Vector::new(share::<F>(i, tokens, reach, causal));
+        }
+        qlo = first;
+        qhi = end;
+        let at = base + s * w;
+        let mut d = ga * dy[at] + gg * later;
         if accumulate {
             d += acc[at];
         }

@@ -378,7 +378,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
-        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, Keys::all(a.causal), mix));
+        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, a.keys, mix));
         let [da, db, dg, dsa] = gain_grads(part, &p, summed);
         let some =
             |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
@@ -400,13 +400,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         ShapedGrads { dq, dk, dv, dgains, addend, dbq }
     }
 
-    fn mix(
-        v: FloatTensor<Self>,
-        o: FloatTensor<Self>,
-        gains: [FloatTensor<Self>; 3],
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        let Some(m) = mix_plan(&v, &o, &gains, vectors(&v)) else { return reference::mix::<Self>(v, o, gains, causal) };
+    fn mix(v: FloatTensor<Self>, o: FloatTensor<Self>, gains: [FloatTensor<Self>; 3], keys: Keys) -> FloatTensor<Self> {
+        let Some(m) = mix_plan(&v, &o, &gains, vectors(&v)) else { return reference::mix::<Self>(v, o, gains, keys) };
         let [v, o] = [v, o].map(into_contiguous);
         let [alpha, beta, gamma] = gains.each_ref().map(flat::<R, F, I, BT>);
         let y = empty_f32(&v, v.shape());
@@ -427,7 +422,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             m.tokens,
             m.w,
             m.hw,
-            causal,
+            keys.reach(m.tokens),
+            keys.causal,
         );
         y
     }
@@ -437,11 +433,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         o: FloatTensor<Self>,
         gains: [FloatTensor<Self>; 3],
         dy: FloatTensor<Self>,
-        causal: bool,
+        keys: Keys,
         acc: Option<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, [FloatTensor<Self>; 3]) {
         let fits = mix_plan(&v, &o, &gains, vectors(&v)).filter(|_| mix_backward_fits(&v, &dy, acc.as_ref()));
-        let Some(m) = fits else { return reference::mix_backward::<Self>(v, o, gains, dy, causal, acc) };
+        let Some(m) = fits else { return reference::mix_backward::<Self>(v, o, gains, dy, keys, acc) };
         let [v, o, dy] = [v, o, dy].map(into_contiguous);
         let lengths = gains.each_ref().map(|g| g.shape().num_elements());
         let [alpha, beta, gamma] = gains.each_ref().map(flat::<R, F, I, BT>);
@@ -470,7 +466,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
             m.tokens,
             m.w,
             m.hw,
-            causal,
+            keys.reach(m.tokens),
+            keys.causal,
             accumulate,
         );
         // The rows' shares summed per group as the shaped kernels' are:
@@ -521,7 +518,7 @@ pub(crate) fn by_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     add: Option<MixAddend<CubeTensor<R>>>,
     p: &Plan,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, Keys::all(a.causal), true));
+    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, a.keys, true));
     let y = match add {
         Some(m) => CubeBackend::<R, F, I, BT>::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
