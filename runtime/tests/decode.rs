@@ -205,15 +205,24 @@ fn the_window_slides_over_a_long_text() {
 /// token's logits are those of a forward pass over the tokens that reach
 /// it — `depth · (window − 1)` before it, here 4, within the context — as
 /// over the whole text. A long prompt is read a context at a time. With
-/// learned positions, or one attention without a window, it slides.
+/// learned positions, or one attention without a window, it slides. The
+/// same for SAS-P's block with a window.
 #[test]
 fn a_windowed_model_rolls_past_its_context() {
     let text = "attention local {\n window = 3\n kv_heads = 2\n}\n\
                 block b {\n h = x + attn(rmsnorm(x), local)\n out = h + mlp(rmsnorm(h))\n}\n";
+    // SAS-P's block with a window: its forward is the shaped kernel, its
+    // decoding the terms, `centre` averaging the window in the cache.
+    let shaped = "attention local {\n window = 3\n value = identity\n proj = identity\n \
+                  matrix = alpha * I + beta * softmax - gamma * centre\n param alpha = 1 trainable per_head\n \
+                  param beta = 1 trainable per_head\n param gamma = 1 trainable per_head\n}\n\
+                  block s {\n param beta_sa = 1 trainable\n param beta_ff = 0.1 trainable\n n = rmsnorm(x)\n \
+                  out = beta_sa * attn(n, local) + beta_ff * mlp(n)\n}\n";
     let device = Default::default();
     let ids: Vec<u32> = tokens(1, 40, 2).into_iter().map(|x| x as u32).collect();
-    for positions in ["rope", "alibi"] {
-        let model = built(&tiny(text, "b", positions));
+    for (positions, (text, block)) in ["rope", "alibi"].into_iter().flat_map(|p| [(p, (text, "b")), (p, (shaped, "s"))])
+    {
+        let model = built(&tiny(text, block, positions));
         assert!(model.rolls(CONTEXT) && !model.rolls(2), "{positions}: within the context only");
         for prompt in [3, 14] {
             let mut window = Window::new(&model, CONTEXT, &device);
@@ -221,7 +230,7 @@ fn a_windowed_model_rolls_past_its_context() {
                 let got = window.next(&ids[..len]).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(window.start(), 0, "never restarts");
                 let g = gap_to_forward(&model, &got, &ids[len.saturating_sub(2 * (3 - 1) + 1)..len]);
-                assert!(g < 2e-5, "{positions}, prompt {prompt}, {len} tokens: {g}");
+                assert!(g < 2e-5, "{block}, {positions}, prompt {prompt}, {len} tokens: {g}");
             }
         }
         // One token at a time: the caches hold the window's 2 latest.

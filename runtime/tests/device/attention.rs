@@ -59,6 +59,14 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
         if forward > worst.0 {
             worst = (forward, case, "the output");
         }
+        // Under a window of one each query's softmax weighs its own key
+        // alone: the scores' gradients (`dq`, `dk`, `dbq`) are zero in
+        // exact arithmetic, and what is left is round-off, measured
+        // against the scale of the values instead (1 here).
+        let gap = |name: &str, a: &[f32], b: &[f32]| match window == Some(1) && ["dq", "dk", "dbq"].contains(&name) {
+            true => a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())),
+            false => gap_of_scale(a, b),
+        };
         let dy = random(&[batch, tokens, heads * d]);
         let acc = (case % 3 == 0).then(|| random(&[batch, tokens, heads * d]));
         // The route of products too (the weights kept, and the softmax
@@ -76,7 +84,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
         let r2 =
             reference::shaped_attention_backward::<B>(shaped.clone(), add.clone(), p.clone(), dy.clone(), acc.clone());
         for (name, a, b) in [("dq", g2.dq, r2.dq), ("dk", g2.dk, r2.dk), ("dv", g2.dv, r2.dv)] {
-            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            let e = gap(name, &values::<B>(a), &values::<B>(b));
             assert!(e < 1e-5, "case {case}: as products, {name} differs by {e:e} of its largest");
         }
         for (a, b) in g2.dgains.into_iter().zip(r2.dgains) {
@@ -101,7 +109,7 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
         for (name, a, b) in pairs {
             let shapes = (burn::tensor::TensorMetadata::shape(&a), burn::tensor::TensorMetadata::shape(&b));
             assert_eq!(shapes.0, shapes.1, "case {case}: {name}'s shape");
-            let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+            let e = gap(name, &values::<B>(a), &values::<B>(b));
             if e > worst.0 {
                 worst = (e, case, name);
             }
@@ -261,8 +269,13 @@ pub(super) fn mix_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(d
             ];
             for (name, a, b) in pairs {
                 let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
+                // A gain's gradient sums up to 640 products here (a single
+                // gain: every token and column), in another order than the
+                // reference's: measured against less, as the shaped
+                // kernels' are.
+                let tolerance = if name.starts_with("d") && !["dv", "do"].contains(&name) { 1e-4 } else { 1e-5 };
                 assert!(
-                    e < 1e-5,
+                    e < tolerance,
                     "{batch}×{tokens}×{heads}×{d}, gains {lengths:?}, {keys:?}: {name} differs by {e:e} of scale"
                 );
                 worst = worst.max(e);
