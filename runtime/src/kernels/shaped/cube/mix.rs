@@ -47,9 +47,11 @@ pub(super) fn mix_forward<F: Float, N: Size>(
     let base = (pos / w) * tokens * w + pos % w;
     let (ga, gb, gg) = (Vector::new(gain(alpha, h)), Vector::new(gain(beta, h)), Vector::new(gain(gamma, h)));
     let mut sum = Vector::new(F::new(0.0));
-    let (mut lo, mut hi) = (0usize, 0usize);
+    let mut lo = 0;
+    let mut hi = 0;
     for t in 0..tokens {
-        let (first, end) = (first_key(t, reach), keys_end(t, tokens, reach, causal));
+        let first = first_key(t, reach);
+        let end = keys_end(t, tokens, reach, causal);
         for j in hi..end {
             sum += v[base + j * w];
         }
@@ -98,9 +100,11 @@ pub(super) fn mix_backward<F: Float, N: Size>(
     let zero = Vector::new(F::new(0.0));
     let (mut pv, mut po, mut pc) = (zero, zero, zero);
     let mut sum = zero;
-    let (mut lo, mut hi) = (0usize, 0usize);
+    let mut lo = 0;
+    let mut hi = 0;
     for t in 0..tokens {
-        let (first, end) = (first_key(t, reach), keys_end(t, tokens, reach, causal));
+        let first = first_key(t, reach);
+        let end = keys_end(t, tokens, reach, causal);
         for j in hi..end {
             sum += v[base + j * w];
         }
@@ -123,7 +127,8 @@ pub(super) fn mix_backward<F: Float, N: Size>(
     // token: queries enter at the start and, under a window, leave at the
     // end.
     let mut later = zero;
-    let (mut qlo, mut qhi) = (tokens, tokens);
+    let mut qlo = tokens;
+    let mut qhi = tokens;
     for r in 0..tokens {
         let s = tokens - 1 - r;
         let mut first = first_key(s, reach);
