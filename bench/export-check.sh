@@ -7,7 +7,9 @@
 # steps — and Llama (rotary, grouped-query, SwiGLU), Mistral (Llama's block
 # with a window, through blkc's attention kernels), GPT-J (partial rotary),
 # the gated SAS-P, SAS-P with a window (its shaped kernel's `centre` over
-# the window) and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
+# the window), Gemma 2 (norms on the branches' outputs, soft-capped
+# attention in a window, GeGLU, the embedding scaled, the logits soft-capped)
+# and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
 # and the loss and every parameter's gradient on the same tokens (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
 #   bench/export-check.sh [WORKDIR]
@@ -73,12 +75,17 @@ dirs=()
 for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-p-nonorm:sas_p_nonorm \
             vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything \
             llama:llama mistral:mistral gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln \
-            sas-p-local:sas_p; do
+            sas-p-local:sas_p gemma2:gemma2; do
     file="${spec%%:*}"; block="${spec##*:}"
     src="$file"; [ "$file" = everything-mlm ] && src=everything
     [ "$file" = preln-alibi ] && src=preln
     sets=()
     [ "$file" = sas-p-local ] && src=sas-p && sets=(--set shaped.window=5)
+    extra=""
+    if [ "$file" = gemma2 ]; then
+        positions=rope; sets=(--set gemma.window=5); extra="embed_scale = 8
+    logit_softcap = 3"
+    fi
     mask=causal; positions=learned; tied=true
     if [ "$file" = everything-mlm ]; then mask=bidirectional; positions=sinusoidal; tied=false; fi
     [ "$file" = llama ] || [ "$file" = mistral ] && positions=rope && tied=false
@@ -97,6 +104,7 @@ model m {
     positions = $positions
     tied_embeddings = $tied
     final_norm = layernorm
+    $extra
 }
 train {
     data = "$PWD/compiler/src"

@@ -16,7 +16,8 @@ shape [fan_in, fan_out]), as in blkc.
 The plan: `width`, `heads`, `vocab`, `context`, `causal`, `positions`
 (`none`, `learned` with `max`, `sinusoidal`, `rope` with `base` and
 `fraction` in GPT-NeoX's layout, `alibi` with the heads' `slopes`),
-`final_norm`, `tied`, and
+`final_norm`, `tied`, `embed_scale` (the embedding, positions added,
+times it), `logit_softcap` (`cap * tanh(logits / cap)`, or null), and
 `layers`, each with `params` (a trainable one names its gain tensor
 `gains.G` and its `size`, 1 or the heads; a fixed one has its `value`), `nodes` and `out`. A node is
 `input`, `norm` (`centred` = LayerNorm, else RMSNorm, and `eps`),
@@ -369,11 +370,15 @@ class Model(nn.Module):
             x = x + self.positions[:t]
         elif kind == "sinusoidal":
             x = x + sinusoidal(t, x.shape[-1]).to(x)
+        if self.plan["embed_scale"] != 1:
+            x = x * self.plan["embed_scale"]
         for b in self.blocks:
             x = b(x)
         if self.plan["final_norm"]:
             x = self.final_norm(x)
-        return x @ (self.embedding.T if self.plan["tied"] else self.head)
+        logits = x @ (self.embedding.T if self.plan["tied"] else self.head)
+        cap = self.plan["logit_softcap"]
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def load(path=None):

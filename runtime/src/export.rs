@@ -44,6 +44,8 @@ pub fn plan(p: &Program, m: &ModelIr) -> Value {
         },
         "final_norm": m.final_norm.map(|n| norm(n.kind, n.eps)),
         "tied": m.tied_embeddings,
+        "embed_scale": m.embed_scale,
+        "logit_softcap": m.logit_softcap,
         "layers": layers,
     })
 }

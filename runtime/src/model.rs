@@ -28,6 +28,12 @@ pub struct Model<B: Backend> {
     pub head: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     pub sinusoidal: bool,
+    /// The embedding's scale (1: none).
+    #[module(skip)]
+    pub embed_scale: f64,
+    /// `cap · tanh(logits / cap)` on the logits, when given.
+    #[module(skip)]
+    pub logit_softcap: Option<f64>,
     /// Tables of positions, kept on each device (sinusoidal positions here,
     /// rotary angles in the attentions).
     #[module(skip)]
@@ -69,6 +75,8 @@ impl<B: Kernels> Model<B> {
             final_norm,
             head,
             sinusoidal: m.positions == Positions::Sinusoidal,
+            embed_scale: m.embed_scale,
+            logit_softcap: m.logit_softcap,
             tables,
         }
     }
@@ -94,7 +102,11 @@ impl<B: Kernels> Model<B> {
             }
             None => None,
         };
-        crate::kernels::embed(w, tokens.reshape([b * t]), positions).reshape([b, t, d])
+        let x = crate::kernels::embed(w, tokens.reshape([b * t]), positions).reshape([b, t, d]);
+        match self.embed_scale {
+            1.0 => x,
+            s => x * s,
+        }
     }
 
     /// The residual stream after each block (layer 1 = after the first).
@@ -162,16 +174,21 @@ impl<B: Kernels> Model<B> {
         self.logits(x)
     }
 
-    /// The final norm and the head on the last block's output.
+    /// The final norm and the head on the last block's output (and the
+    /// logits' soft-cap).
     pub fn logits(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         if let Some(n) = &self.final_norm {
             x = n.forward(x);
         }
-        match &self.head {
+        let logits = match &self.head {
             Some(h) => crate::layers::linear(x, h.val(), None),
             // Tied: the table itself is the product's operand (its
             // gradient is added into the embedding's, no transpose node).
             None => crate::kernels::linear_transposed(x, self.embedding.val()),
+        };
+        match self.logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
         }
     }
 }

@@ -154,7 +154,7 @@ fn parameter_counts_match_blkc_params() {
         .filter(|n| n.ends_with(".blk") && n != "train.blk")
         .collect();
     names.sort();
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 13);
     for n in names {
         let p = file(&format!("examples/small/{n}"));
         let m = p.model.as_ref().expect("model");
@@ -508,4 +508,30 @@ fn dropout_on_a_shaped_attentions_weights_leaves_its_identity_at_init() {
     assert!(max_diff(b.forward_with(x.clone(), Some(noise)), want) < 1e-5, "training");
     // Evaluation: the identity at init, through the fused kernels.
     assert!(max_diff(b.forward(x), n.clone() + mlp_by_hand(&b, n) * 0.1) < 1e-5, "evaluation");
+}
+
+/// `embed_scale` multiplies what enters the first block; `logit_softcap`
+/// makes the logits `cap · tanh(z / cap)` of the head's `z`. Neither draws
+/// a weight: the same seed builds the same weights with and without them.
+#[test]
+fn the_embedding_scale_and_the_logits_cap_are_applied() {
+    let base = "block b {\n out = x + attn(rmsnorm(x)) + mlp(rmsnorm(x))\n}\n\
+                model {\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n";
+    let plain = program(&format!("{base}}}\n"));
+    let set = program(&format!("{base} embed_scale = 4\n logit_softcap = 0.02\n}}\n"));
+    let device = Default::default();
+    let build = |p: &Program| Model::<B>::build(p, p.model.as_ref().expect("a model"), 7, &device);
+    let (plain, set) = (build(&plain), build(&set));
+    let ids = burn::tensor::TensorData::new(vec![1i64, 5, 9, 49, 0, 3], [1, 6]);
+    let tokens = Tensor::<B, 2, Int>::from_data(ids, &device);
+    let e = max_diff(plain.embed(tokens.clone()) * 4.0, set.embed(tokens.clone()));
+    assert!(e < 1e-6, "the embedding times 4: {e}");
+    let mut uncapped = set.clone();
+    uncapped.logit_softcap = None;
+    let (z, y) = (uncapped.forward(tokens.clone()), set.forward(tokens));
+    let largest = |t: Tensor<B, 3>| t.abs().max().into_scalar();
+    assert!(largest(z.clone()) > 0.04, "the cap bites: the head's logits reach past twice it");
+    assert!(largest(y.clone()) <= 0.02, "capped at 0.02");
+    let e = max_diff(y, (z / 0.02).tanh() * 0.02);
+    assert!(e < 1e-6, "0.02 · tanh(z / 0.02): {e}");
 }

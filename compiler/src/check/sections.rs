@@ -300,7 +300,7 @@ pub fn attention(
             "proj" => expr::linear(v, key, diags).map(|l| spec.proj = stuck(l, v, diags)),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
             "qk_norm" => expr::keyword(v, key, super::model::NORMS, diags).map(|k| spec.qk_norm = norm_kind(k)),
-            "softcap" => softcap(v, diags).map(|c| spec.softcap = c),
+            "softcap" => softcap(v, key, diags).map(|c| spec.softcap = c),
             "window" => window(v, diags).map(|w| spec.window = w),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.kv_heads = Some(h)),
@@ -356,13 +356,13 @@ pub fn norm_kind(k: &str) -> Option<NormKind> {
     }
 }
 
-fn softcap(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
+pub(crate) fn softcap(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
     if matches!(v, Expr::Name(n) if n.name == "none") {
         return Some(None);
     }
-    let c = expr::number(v, "softcap", diags)?;
-    if c <= 0.0 {
-        diags.push(expr::out_of_range(v.span(), "softcap", c, "greater than 0 (or `none`)"));
+    let c = expr::number(v, key, diags)?;
+    if !(c > 0.0 && c.is_finite()) {
+        diags.push(expr::out_of_range(v.span(), key, c, "greater than 0 and finite (or `none`)"));
         return None;
     }
     Some(Some(c))

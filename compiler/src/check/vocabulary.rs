@@ -90,6 +90,8 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Model, "final_norm") => "the norm before the LM head",
         (SectionKind::Model, "tied_embeddings") => "the LM head is the embedding's transpose",
         (SectionKind::Model, "embed_init") => "init of the token embedding",
+        (SectionKind::Model, "embed_scale") => "the embedding times this before the first block (Gemma: sqrt(width))",
+        (SectionKind::Model, "logit_softcap") => "cap · tanh(logits / cap) on the head's logits (Gemma 2: 30), or `none`",
         (SectionKind::Train, "data") => "the corpus: `\"python-stdlib\"`, a glob of text files or a JSONL file",
         (SectionKind::Train, "data_field") => "the JSONL field that holds the text",
         (SectionKind::Train, "tokenizer") => "`bpe` (trained on the data), `bytes`, or a tokenizer.json path",

@@ -610,6 +610,10 @@ impl Positions {
     }
 }
 
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
 /// A model: embedding, `depth` copies of a block, final norm, LM head.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Model {
@@ -626,6 +630,14 @@ pub struct Model {
     pub final_norm: Option<Norm>,
     pub tied_embeddings: bool,
     pub embed_init: Init,
+    /// The token embedding (with the positions added to it) times this
+    /// before the first block (Gemma: `sqrt(width)`); the tied head reads
+    /// the table unscaled.
+    #[serde(skip_serializing_if = "is_one")]
+    pub embed_scale: f64,
+    /// `cap · tanh(logits / cap)` on the head's logits (Gemma 2: 30).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_softcap: Option<f64>,
     /// Where each setting was written, for later diagnostics.
     pub spans: Vec<(String, Span)>,
     pub span: Span,
@@ -650,6 +662,8 @@ impl Model {
             final_norm: Some(Norm { kind: NormKind::LayerNorm, eps: 1e-5 }),
             tied_embeddings: true,
             embed_init: Init::Normal { std: Scalar::Const(0.02) },
+            embed_scale: 1.0,
+            logit_softcap: None,
             spans: Vec::new(),
             span: Span::default(),
         }
