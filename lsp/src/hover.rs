@@ -389,6 +389,8 @@ fn model_value(p: &blkc::Program, m: &Model, key: &str) -> Option<String> {
         },
         "final_norm" => m.final_norm.map_or_else(|| "none".into(), |n| n.kind.keyword().to_string()),
         "tied_embeddings" => m.tied_embeddings.to_string(),
+        "embed_scale" => num(m.embed_scale),
+        "logit_softcap" => m.logit_softcap.map_or_else(|| "none".into(), num),
         _ => return None,
     })
 }
