@@ -67,7 +67,7 @@ module.exports = grammar({
 
     flag: _ => choice('trainable', 'fixed', 'per_head'),
 
-    /// `layer first|last|N|A..B[, …] { … }`.
+    /// `layer first|last|N|A..B[ step S][, …] { … }`.
     layer_override: $ => seq(
       'layer',
       commaSep1(field('layers', choice($.layer_range, $.layer_selector))),
@@ -76,8 +76,13 @@ module.exports = grammar({
 
     layer_selector: $ => choice('first', 'last', $.integer),
 
-    /// `A..B`, bounds of whole numbers and `depth`.
-    layer_range: $ => seq(field('start', $._bound), '..', field('end', $._bound)),
+    /// `A..B`, bounds of whole numbers and `depth`; `step S`: every S-th.
+    layer_range: $ => seq(
+      field('start', $._bound),
+      '..',
+      field('end', $._bound),
+      optional(seq('step', field('step', $.integer))),
+    ),
 
     _bound: $ => choice(
       $.integer,

@@ -67,7 +67,7 @@ fn layer_range(ast: &crate::syntax::ast::Block, defs: &Defs, depth: u64, diags: 
     for s in bodies.into_iter().flatten() {
         let Stmt::Layer(l) = s else { continue };
         for (sel, span) in &l.selectors {
-            if let LayerSelector::Range(a, b) = sel {
+            if let Some((a, b)) = sel.bounds() {
                 let (start, end) = (a.at(depth), b.at(depth));
                 let past = b.per_depth as i128 * depth as i128 + b.offset as i128 > depth as i128 * b.divisor as i128;
                 if start >= end || past {

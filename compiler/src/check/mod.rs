@@ -147,10 +147,9 @@ fn selectors(block: &Block, defs: &scope::Defs, diags: &mut Vec<Diagnostic>) -> 
                             .label("no such layer")
                             .help("layers are numbered from 0; use `first` or `last` for the ends"),
                         ),
-                        LayerSelector::Range(..)
-                            if !out.contains(sel)
-                                && out.iter().filter(|s| matches!(s, LayerSelector::Range(..))).count()
-                                    >= MAX_RANGES =>
+                        s if s.is_range()
+                            && !out.contains(sel)
+                            && out.iter().filter(|s| s.is_range()).count() >= MAX_RANGES =>
                         {
                             diags.push(
                                 Diagnostic::new(
@@ -208,10 +207,8 @@ pub(super) fn visit_calls(s: &Stmt, out: &mut Vec<(String, String)>) {
 /// range can match together with any of them and with any other range, so
 /// every subset of the ranges joins each of those sets.
 pub fn layer_classes(selectors: &[LayerSelector]) -> Vec<Vec<LayerSelector>> {
-    let ranges: Vec<LayerSelector> =
-        selectors.iter().copied().filter(|s| matches!(s, LayerSelector::Range(..))).collect();
-    let points: Vec<LayerSelector> =
-        selectors.iter().copied().filter(|s| !matches!(s, LayerSelector::Range(..))).collect();
+    let ranges: Vec<LayerSelector> = selectors.iter().copied().filter(|s| s.is_range()).collect();
+    let points: Vec<LayerSelector> = selectors.iter().copied().filter(|s| !s.is_range()).collect();
     let mut classes = Vec::new();
     let mut bases = point_classes(&points);
     bases.push(Vec::new());
@@ -269,10 +266,11 @@ fn own_classes(body: &[Stmt]) -> Vec<Vec<LayerSelector>> {
 mod tests {
     use crate::graph::{Init, NormKind, Op};
 
-    const RANGES: &str = "attention a {\n    query = normal(0.02)\n    layer depth - 2..depth { query = zeros }\n}\nblock b {\n    param g = 1\n    n = rmsnorm(x)\n    layer 0..depth/2 { param g = 0.5 }\n    layer 2..4, last { n = layernorm(x) }\n    out = x + g * attn(n, a) + mlp(rmsnorm(x))\n}\n";
+    const RANGES: &str = "attention a {\n    query = normal(0.02)\n    layer depth - 2..depth { query = zeros }\n}\nblock b {\n    param g = 1\n    n = rmsnorm(x)\n    layer 0..depth/2 { param g = 0.5 }\n    layer 2..4, last { n = layernorm(x) }\n    param s = 1\n    layer 1..depth step 3 { param s = 0.25 }\n    out = x + g * attn(n, a) + s * mlp(rmsnorm(x))\n}\n";
 
-    /// (g, the norm is a layernorm, the query is zero) in each layer.
-    fn layers(depth: u64) -> Vec<(f64, bool, bool)> {
+    /// (g, the norm is a layernorm, the query is zero, `s` is 0.25) in
+    /// each layer.
+    fn layers(depth: u64) -> Vec<(f64, bool, bool, bool)> {
         let c = crate::compile_str("r.blk", RANGES);
         let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
         let b = &p.blocks[0];
@@ -284,7 +282,8 @@ mod tests {
                     g.nodes.iter().any(|n| matches!(&n.op, Op::Norm { norm, .. } if norm.kind == NormKind::LayerNorm));
                 let zero =
                     g.nodes.iter().any(|n| matches!(&n.op, Op::Attention { spec, .. } if spec.query == Init::Zeros));
-                (gain, layernorm, zero)
+                let stepped = g.params[1].init.as_const() == Some(0.25);
+                (gain, layernorm, zero, stepped)
             })
             .collect()
     }
@@ -298,11 +297,15 @@ mod tests {
         assert_eq!(ln, [false, false, true, true, false, false, true], "2..4 and last");
         let zero: Vec<bool> = at7.iter().map(|l| l.2).collect();
         assert_eq!(zero, [false, false, false, false, false, true, true], "depth - 2..depth");
+        let stepped: Vec<bool> = at7.iter().map(|l| l.3).collect();
+        assert_eq!(stepped, [false, true, false, false, true, false, false], "1..depth step 3");
         // The same file at depth 12: the ranges follow the depth.
         let at12 = layers(12);
         assert_eq!(at12.iter().filter(|l| l.0 == 0.5).count(), 6);
         assert!(at12[10].2 && at12[11].2 && !at12[9].2);
         assert!(at12[11].1 && at12[3].1 && !at12[4].1);
+        let stepped: Vec<usize> = (0..12).filter(|&l| at12[l].3).collect();
+        assert_eq!(stepped, [1, 4, 7, 10]);
     }
 
     #[test]
@@ -318,6 +321,8 @@ mod tests {
         assert_eq!(text("0..depth/2"), "layer 0..depth/2 { n = layernorm(x) }");
         assert_eq!(text("(depth+1)/2 .. depth"), "layer (depth + 1)/2..depth { n = layernorm(x) }");
         assert_eq!(text("2*depth/3..depth-1"), "layer 2*depth/3..depth - 1 { n = layernorm(x) }");
+        assert_eq!(text("1..depth  step  2"), "layer 1..depth step 2 { n = layernorm(x) }");
+        assert_eq!(text("0..depth step 1"), "layer 0..depth { n = layernorm(x) }");
         let bad = |sel: &str| {
             let src = format!("block b {{\n    layer {sel} {{ n = x }}\n    out = x\n}}\n");
             crate::compile_str("t.blk", &src).diagnostics.first().map(|d| (d.code, d.message.clone()))
@@ -326,5 +331,8 @@ mod tests {
         assert_eq!(code, crate::Code::E1005);
         assert!(message.contains("depth by depth"), "{message}");
         assert!(bad("0..4/0").is_some_and(|(_, m)| m.contains("zero")));
+        let (code, message) = bad("0..depth step 0").unwrap_or_else(|| panic!("a step of 0 accepted"));
+        assert_eq!(code, crate::Code::E1005);
+        assert!(message.contains("step"), "{message}");
     }
 }

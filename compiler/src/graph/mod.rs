@@ -77,6 +77,10 @@ pub fn selects(sel: LayerSelector, layer: u64, depth: u64) -> bool {
         LayerSelector::Last => layer + 1 == depth,
         LayerSelector::Index(i) => i == layer,
         LayerSelector::Range(a, b) => a.at(depth) <= layer && layer < b.at(depth),
+        LayerSelector::Stepped(a, b, s) => {
+            let start = a.at(depth);
+            start <= layer && layer < b.at(depth) && (layer - start).is_multiple_of(s.max(1))
+        }
     }
 }
 

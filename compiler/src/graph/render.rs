@@ -103,6 +103,9 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
             None => format!("A = {matrix}"),
         },
     ];
+    if let Some(cap) = s.softcap {
+        lines.push(format!("logits soft-capped at {}", num(cap)));
+    }
     lines.extend(dropout(s.dropout, "weights"));
     lines
 }

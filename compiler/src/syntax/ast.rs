@@ -139,6 +139,25 @@ pub enum LayerSelector {
     /// `start..end`: the layers from `start` up to but not including `end`
     /// (as Rust's ranges), each bound a whole number or a function of `depth`.
     Range(Bound, Bound),
+    /// `start..end step s`: every `s`-th layer of the range from `start`
+    /// (`s` at least 2; a step of 1 is the plain range).
+    Stepped(Bound, Bound, u64),
+}
+
+impl LayerSelector {
+    /// Whether it is a range (stepped or not): it may match together with
+    /// any other selector.
+    pub fn is_range(self) -> bool {
+        matches!(self, LayerSelector::Range(..) | LayerSelector::Stepped(..))
+    }
+
+    /// A range's bounds.
+    pub fn bounds(self) -> Option<(Bound, Bound)> {
+        match self {
+            LayerSelector::Range(a, b) | LayerSelector::Stepped(a, b, _) => Some((a, b)),
+            _ => None,
+        }
+    }
 }
 
 /// A layer-range bound: ⌊(per_depth·depth + offset) / divisor⌋, clamped to

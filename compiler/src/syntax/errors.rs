@@ -405,13 +405,17 @@ fn layer_without_brace(file: FileId, text: &str, pos: usize) -> Option<Diagnosti
         let selector = t == "first"
             || t == "last"
             || t == "depth"
+            || t == "step"
             || t.chars().all(|c| c.is_ascii_digit() || c == '.')
             || matches!(t, "," | "+" | "-" | "*" | "/" | "(" | ")");
         if t.is_empty() || !selector || t == "{" {
             break;
         }
+        if t == "step" {
+            selectors.push(' ');
+        }
         selectors.push_str(t);
-        if t == "," {
+        if t == "," || t == "step" {
             selectors.push(' ');
         }
         at += t.len();

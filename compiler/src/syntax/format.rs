@@ -245,6 +245,7 @@ pub fn selector(s: LayerSelector) -> String {
         LayerSelector::Last => "last".into(),
         LayerSelector::Index(n) => n.to_string(),
         LayerSelector::Range(a, b) => format!("{}..{}", a.text(), b.text()),
+        LayerSelector::Stepped(a, b, s) => format!("{}..{} step {s}", a.text(), b.text()),
     }
 }
 

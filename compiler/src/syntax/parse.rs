@@ -143,10 +143,15 @@ impl Cx {
                 selectors.push((self.layer_selector(&q), self.span(&q)));
             } else if q.as_rule() == Rule::layer_range {
                 let span = self.span(&q);
-                let mut bounds = q.into_inner().map(|b| self.range_bound(b));
-                let (a, b) = (bounds.next().flatten(), bounds.next().flatten());
-                if let (Some(a), Some(b)) = (a, b) {
-                    selectors.push((LayerSelector::Range(a, b), span));
+                let mut parts = q.into_inner();
+                let (a, b) = (parts.next().map(|b| self.range_bound(b)), parts.next().map(|b| self.range_bound(b)));
+                let step = parts.next().map(|s| self.range_step(s));
+                if let (Some(Some(a)), Some(Some(b))) = (a, b) {
+                    match step {
+                        None | Some(Some(1)) => selectors.push((LayerSelector::Range(a, b), span)),
+                        Some(Some(s)) => selectors.push((LayerSelector::Stepped(a, b, s), span)),
+                        Some(None) => {}
+                    }
                 }
             } else {
                 body.push(self.stmt(q));
@@ -166,6 +171,24 @@ impl Cx {
                     LayerSelector::Index(u64::MAX)
                 }
             },
+        }
+    }
+
+    /// A range's `step S`: a whole number of at least 1 (`None`, reported,
+    /// otherwise).
+    fn range_step(&mut self, p: Pair<Rule>) -> Option<u64> {
+        let span = self.span(&p);
+        let n = p.into_inner().next().and_then(|n| n.as_str().parse::<u64>().ok());
+        match n {
+            Some(s) if s >= 1 => Some(s),
+            _ => {
+                self.diags.push(
+                    Diagnostic::new(Code::E1005, span, "a layer range's step must be a whole number of at least 1")
+                        .label("this step")
+                        .help("`A..B step S` takes every S-th layer from A, e.g. `1..depth step 2` for the odd layers"),
+                );
+                None
+            }
         }
     }
 
@@ -424,6 +447,7 @@ pub(super) fn describe(rule: Rule) -> &'static str {
         | Rule::range_atom
         | Rule::range_int
         | Rule::range_depth => "a layer range (`A..B`, e.g. `0..depth/2`)",
+        Rule::range_step | Rule::keyword_step => "a layer range's step (`step S`, e.g. `1..depth step 2`)",
         Rule::range_add_op | Rule::range_mul_op => "an operator of a layer range (`+ - * /`)",
         Rule::expr | Rule::operand | Rule::prefix | Rule::neg | Rule::call | Rule::arg => "an expression",
         Rule::named_arg => "an argument",

@@ -5,7 +5,7 @@
 (number) @number
 (integer) @number
 
-["use" "block" "param" "layer"] @keyword
+["use" "block" "param" "layer" "step"] @keyword
 (section_kind) @keyword
 (flag) @keyword.modifier
 (layer_selector ["first" "last"] @constant.builtin)
