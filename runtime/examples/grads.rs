@@ -49,9 +49,11 @@ fn main() {
     let t = ids.len() - 1;
     let inputs = Tensor::<Ad, 2, Int>::from_data(TensorData::new(ids[..t].to_vec(), [1, t]), &device);
     let targets = Tensor::<Ad, 1, Int>::from_data(TensorData::new(ids[1..].to_vec(), [t]), &device);
-    let logits = opened.model.forward(inputs);
+    // As training takes it: the head's logits, soft-capped (where the
+    // model caps them) by the loss's own kernel.
+    let logits = opened.model.head_with(inputs, None);
     let v = logits.dims()[2];
-    let loss = blkc_runtime::kernels::nll_mean(logits.reshape([t, v]), targets);
+    let loss = blkc_runtime::kernels::nll_mean(logits.reshape([t, v]), targets, opened.model.logit_softcap);
     let value: f32 = loss.clone().into_scalar();
     let grads = loss.backward();
     let model = opened.model.map(&mut GradientOf(&grads));

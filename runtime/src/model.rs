@@ -167,27 +167,42 @@ impl<B: Kernels> Model<B> {
     /// Logits `[batch, T, vocab]`, with the blocks' dropout drawn from
     /// `noise` when it is given (a training forward).
     pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, noise: Option<Noise>) -> Tensor<B, 3> {
+        self.capped(self.head_with(tokens, noise))
+    }
+
+    /// The head's output before the logits' soft-cap (`logit_softcap`),
+    /// which the training loss applies in its own kernel.
+    pub fn head_with(&self, tokens: Tensor<B, 2, Int>, noise: Option<Noise>) -> Tensor<B, 3> {
         let mut x = self.embed(tokens);
         for b in &self.blocks {
             x = b.forward_with(x, noise);
         }
-        self.logits(x)
+        self.head(x)
     }
 
-    /// The final norm and the head on the last block's output (and the
-    /// logits' soft-cap).
-    pub fn logits(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// The final norm and the head on the last block's output, then the
+    /// logits' soft-cap.
+    pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.capped(self.head(x))
+    }
+
+    /// The final norm and the head on the last block's output.
+    fn head(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         if let Some(n) = &self.final_norm {
             x = n.forward(x);
         }
-        let logits = match &self.head {
+        match &self.head {
             Some(h) => crate::layers::linear(x, h.val(), None),
             // Tied: the table itself is the product's operand (its
             // gradient is added into the embedding's, no transpose node).
             None => crate::kernels::linear_transposed(x, self.embedding.val()),
-        };
+        }
+    }
+
+    /// `cap · tanh(logits / cap)` with the model's `logit_softcap`.
+    fn capped(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
         match self.logit_softcap {
-            Some(cap) => (logits / cap).tanh() * cap,
+            Some(cap) => crate::kernels::softcap(logits, cap),
             None => logits,
         }
     }

@@ -60,7 +60,7 @@ pub use cpu::product_time;
 pub use dense::{linear, linear_transposed, matmul, relu_mlp, DenseOps, Projection, ReluMask};
 pub use embed::{embed, EmbedOps};
 pub use gains::{scale_groups, scaled_sum, GainOps};
-pub use loss::{nll, nll_mean, total, LossOps};
+pub use loss::{nll, nll_mean, softcap, total, LossOps};
 pub use memory::{DeviceBytes, DeviceMemory};
 pub use norm::{normalise, NormOps};
 pub use rope::{rope, RopeOps};

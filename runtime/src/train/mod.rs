@@ -226,9 +226,11 @@ pub fn share_of_loss<B: Kernels>(
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let (inputs, targets, weights) = tensors::<B>(share, device);
-    let logits = model.forward_with(inputs, noise);
+    // The head's logits: the mean's kernel soft-caps them itself.
+    let logits = model.head_with(inputs, noise);
     let [rows, t, v] = logits.dims();
     let (logits, targets) = (logits.reshape([rows * t, v]), targets.reshape([rows * t]));
+    let cap = model.logit_softcap;
     // Every position counts in a causal model's batches, except in the
     // windows of a sliding evaluation, which count only what an earlier
     // window did not.
@@ -237,7 +239,7 @@ pub fn share_of_loss<B: Kernels>(
         // The mean over every token: one kernel whose gradient is written
         // in the forward pass; every row counts the same number of them.
         Objective::Causal if every => {
-            let mean = kernels::nll_mean(logits, targets);
+            let mean = kernels::nll_mean(logits, targets, cap);
             if share.rows == whole.rows {
                 mean
             } else {
@@ -245,6 +247,10 @@ pub fn share_of_loss<B: Kernels>(
             }
         }
         Objective::Causal | Objective::Masked { .. } => {
+            let logits = match cap {
+                Some(c) => kernels::softcap(logits, c),
+                None => logits,
+            };
             kernels::total(kernels::nll(logits, targets) * weights).div_scalar(whole.counted.max(1.0))
         }
     }

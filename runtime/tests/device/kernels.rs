@@ -425,13 +425,16 @@ fn gains_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B
 /// The loss's CubeCL kernels (`kernels/loss/cube.rs`) against the
 /// reference: the cross-entropy and its log-sum-exp per row, its backward
 /// from a gradient per row, and the mean with its gradient written over
-/// the logits (shared logits are left as they were); vocabularies wider
-/// than a cube and narrower, large logits (the online maximum matters).
+/// the logits (shared logits are left as they were), the logits
+/// soft-capped or not; vocabularies wider than a cube and narrower, large
+/// logits (the online maximum matters).
 fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::loss::reference;
     let draws = Draws::new(21);
     let mut worst = 0.0f32;
-    for (rows, vocab) in [(37, 1000), (16, 5), (64, 512)] {
+    for (rows, vocab, cap) in
+        [(37, 1000, None), (16, 5, None), (64, 512, None), (37, 1000, Some(5.0)), (16, 5, Some(30.0))]
+    {
         let logits = B::float_mul_scalar(draws.normal::<B>(device, &[rows, vocab]), 8.0.into());
         let draw = draws.uniform::<B>(rows, 0.0, vocab as f64, device);
         let targets = draw.int().clamp(0, vocab as i64 - 1).into_primitive();
@@ -441,14 +444,14 @@ fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
         let d = B::cross_entropy_backward(logits.clone(), lse.clone(), targets.clone(), g.clone());
         let d2 = reference::cross_entropy_backward::<B>(logits.clone(), lse2.clone(), targets.clone(), g);
         let before = values::<B>(logits.clone());
-        let (mean, grad) = B::nll_mean_with_grad(logits.clone(), targets.clone());
+        let (mean, grad) = B::nll_mean_with_grad(logits.clone(), targets.clone(), cap);
         let targets2 = targets.clone();
-        let (mean2, grad2) = reference::nll_mean_with_grad::<B>(logits.clone(), targets);
+        let (mean2, grad2) = reference::nll_mean_with_grad::<B>(logits.clone(), targets, cap);
         assert_eq!(values::<B>(logits.clone()), before, "{rows}×{vocab}: the shared logits are unchanged");
         // Logits held nowhere else (a training step's) take the gradient
         // in their own memory.
         let alone = B::float_add_scalar(logits, 0.0.into());
-        let (mean3, grad3) = B::nll_mean_with_grad(alone, targets2.clone());
+        let (mean3, grad3) = B::nll_mean_with_grad(alone, targets2.clone(), cap);
         let pairs = [
             ("nll", nll, nll2),
             ("lse", lse, lse2),
@@ -460,7 +463,7 @@ fn loss_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
         ];
         for (name, a, b) in pairs {
             let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
-            assert!(e < 1e-5, "{rows}×{vocab}: {name} differs by {e:e} of scale");
+            assert!(e < 1e-5, "{rows}×{vocab}, cap {cap:?}: {name} differs by {e:e} of scale");
             worst = worst.max(e);
         }
     }

@@ -20,7 +20,7 @@ use crate::kernels::Kernels;
 struct NllMean;
 
 impl<B: Kernels> Backward<B, 1> for NllMean {
-    /// `(softmax(logits) − onehot) / n`.
+    /// `(softmax(z) − onehot) / n` (times `1 − (z / cap)²` with a cap).
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -71,12 +71,12 @@ impl<B: Kernels, C: CheckpointStrategy> LossOps for Autodiff<B, C> {
         record!(Nll, [logits.node.clone()], (logits.primitive, lse, targets), nll)
     }
 
-    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>, cap: Option<f64>) -> FloatTensor<Self> {
         if !logits.is_tracked() {
-            let loss = B::nll_mean(logits.primitive, targets);
+            let loss = B::nll_mean(logits.primitive, targets, cap);
             return <Autodiff<B, C> as AutodiffBackend>::from_inner(loss);
         }
-        let (loss, grad) = B::nll_mean_with_grad(logits.primitive, targets);
+        let (loss, grad) = B::nll_mean_with_grad(logits.primitive, targets, cap);
         record!(NllMean, [logits.node.clone()], grad, loss)
     }
 }

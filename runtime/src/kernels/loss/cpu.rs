@@ -32,16 +32,23 @@ impl LossOps for Flex {
         (vector(nll), vector(lse))
     }
 
-    fn nll_mean_with_grad(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+    fn nll_mean_with_grad(logits: FlexTensor, targets: FlexTensor, cap: Option<f64>) -> (FlexTensor, FlexTensor) {
         let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
         let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {
-            return reference::nll_mean_with_grad::<Flex>(logits, targets);
+            return reference::nll_mean_with_grad::<Flex>(logits, targets, cap);
         };
         let mut out = Rows::new(logits);
         let (n, v) = (t.len(), out.width());
         let inv_n = 1.0 / n.max(1) as f32;
         let rows = out.all();
-        let row = |(i, r): (usize, &mut [f32])| f64::from(loops::cross_entropy_grad_row(r, t[i].min(v - 1), inv_n));
+        let row = |(i, r): (usize, &mut [f32])| {
+            let target = t[i].min(v - 1);
+            let nll = match cap {
+                Some(c) => loops::capped_cross_entropy_grad_row(r, target, inv_n, c as f32),
+                None => loops::cross_entropy_grad_row(r, target, inv_n),
+            };
+            f64::from(nll)
+        };
         let total: f64 = if parallel(n * v) {
             rows.par_chunks_mut(v).enumerate().map(row).sum()
         } else {

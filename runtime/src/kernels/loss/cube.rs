@@ -55,8 +55,11 @@ fn loss_rows<F: Float, I: Int>(
 }
 
 /// The row's cross-entropy into `nll`, and `(softmax − onehot) · inv_n`
-/// over its logits.
+/// over its logits; when `capped`, of the soft-capped logits `z = cap ·
+/// tanh(x / cap)`, written over the row first, and the gradient taken back
+/// through the cap (times `1 − (z / cap)²`).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn loss_with_grad<F: Float, I: Int>(
     x: &mut Tensor<F>,
     targets: &Tensor<I>,
@@ -64,7 +67,9 @@ fn loss_with_grad<F: Float, I: Int>(
     rows: usize,
     vocab: usize,
     inv_n: f32,
+    cap: f32,
     #[comptime] block: usize,
+    #[comptime] capped: bool,
 ) {
     let row = CUBE_POS;
     if row >= rows {
@@ -72,6 +77,17 @@ fn loss_with_grad<F: Float, I: Int>(
     }
     let start = row * vocab;
     let t = target(targets, row, vocab);
+    let cap = F::cast_from(cap);
+    if capped {
+        // Each unit caps the entries it strides over; every unit then
+        // reads the whole row.
+        let mut c = UNIT_POS as usize;
+        while c < vocab {
+            x[start + c] = F::tanh(x[start + c] / cap) * cap;
+            c += block;
+        }
+        sync_cube();
+    }
     // Read before the row is overwritten (the writes follow the cube's
     // synchronisations in `row_lse`).
     let picked = x[start + t];
@@ -79,12 +95,15 @@ fn loss_with_grad<F: Float, I: Int>(
     let k = F::cast_from(inv_n);
     let mut c = UNIT_POS as usize;
     while c < vocab {
-        let p = F::exp(x[start + c] - s) * k;
+        let z = x[start + c];
+        let mut p = F::exp(z - s) * k;
         if c == t {
-            x[start + c] = p - k;
-        } else {
-            x[start + c] = p;
+            p -= k;
         }
+        if capped {
+            p *= F::new(1.0) - (z / cap) * (z / cap);
+        }
+        x[start + c] = p;
         c += block;
     }
     if UNIT_POS == 0 {
@@ -198,9 +217,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         sum_all(x)
     }
 
-    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        let Some([rows, _]) = plan::<_, I>(&logits, &targets) else {
-            return reference::nll_mean::<Self>(logits, targets);
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>, cap: Option<f64>) -> FloatTensor<Self> {
+        let planned = plan::<_, I>(&logits, &targets).filter(|_| cap.is_none());
+        let Some([rows, _]) = planned else {
+            return reference::nll_mean::<Self>(logits, targets, cap);
         };
         let nll = Self::cross_entropy(logits, targets).0;
         Self::float_div_scalar(sum_all(nll), (rows as f64).into())
@@ -209,9 +229,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
     fn nll_mean_with_grad(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        cap: Option<f64>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some([rows, vocab]) = plan::<_, I>(&logits, &targets) else {
-            return reference::nll_mean_with_grad::<Self>(logits, targets);
+            return reference::nll_mean_with_grad::<Self>(logits, targets, cap);
         };
         // The gradient goes over the logits: a fresh copy when they are
         // shared or strided.
@@ -230,7 +251,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
             rows,
             vocab,
             1.0 / rows as f32,
+            cap.unwrap_or(1.0) as f32,
             block,
+            cap.is_some(),
         );
         let loss = Self::float_div_scalar(sum_all(nll), (rows as f64).into());
         (loss, x)

@@ -52,14 +52,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         sum
     }
 
-    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        if plan::<_, I>(&logits, &targets).is_none() {
-            return reference::nll_mean::<Self>(logits, targets);
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>, cap: Option<f64>) -> FloatTensor<Self> {
+        if plan::<_, I>(&logits, &targets).is_none() || cap.is_some() {
+            return reference::nll_mean::<Self>(logits, targets, cap);
         }
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(logits).int(targets);
         let [mean] = outputs(run("blkc.nll_mean", ops, vec![f32s([1])], |mut a| {
             let logits = a.float();
-            vec![CubeBackend::<R, F, I, BT>::nll_mean(logits, a.int())]
+            vec![CubeBackend::<R, F, I, BT>::nll_mean(logits, a.int(), None)]
         }));
         mean
     }
@@ -67,16 +67,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
     fn nll_mean_with_grad(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        cap: Option<f64>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let Some([rows, vocab]) = plan::<_, I>(&logits, &targets) else {
-            return reference::nll_mean_with_grad::<Self>(logits, targets);
+            return reference::nll_mean_with_grad::<Self>(logits, targets, cap);
         };
         // The kernel writes the gradient over the logits when the stream
         // holds them nowhere else (they were this operation's last use).
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(logits).int(targets);
         let [loss, dx] = outputs(run("blkc.nll_mean_with_grad", ops, vec![f32s([1]), f32s([rows, vocab])], |mut a| {
             let logits = a.float();
-            let (loss, dx) = CubeBackend::<R, F, I, BT>::nll_mean_with_grad(logits, a.int());
+            let (loss, dx) = CubeBackend::<R, F, I, BT>::nll_mean_with_grad(logits, a.int(), cap);
             vec![loss, dx]
         }));
         (loss, dx)

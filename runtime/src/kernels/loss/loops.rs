@@ -2,7 +2,7 @@
 //! gradient written over the logits.
 
 use crate::kernels::cpu::raw::multiversion;
-use crate::kernels::cpu::simd::{exp, fold_lanes, max, sum_map, LANES};
+use crate::kernels::cpu::simd::{exp, fold_lanes, max, sum_map, tanh, LANES};
 
 multiversion! {
     /// `log Σ exp(row)`, shifted by the row's maximum.
@@ -32,6 +32,30 @@ multiversion! {
         row.iter_mut().for_each(|x| *x *= k);
         row[target] -= inv_n;
         m + total.ln() - xt
+    }
+}
+
+multiversion! {
+    /// [`cross_entropy_grad_row`] of the soft-capped row `z = cap ·
+    /// tanh(row / cap)`, its gradient taken back through the cap: the row
+    /// becomes `(softmax(z) − onehot(target)) · inv_n · (1 − (z / cap)²)`;
+    /// returns `log Σ exp(z) − z[target]`. A pass writes `z` over the row
+    /// and finds its maximum; the others run in cache.
+    pub fn capped_cross_entropy_grad_row(row: &mut [f32], target: usize, inv_n: f32, cap: f32) -> f32 {
+        let mut m = f32::NEG_INFINITY;
+        for x in row.iter_mut() {
+            *x = cap * tanh(*x / cap);
+            m = m.max(*x);
+        }
+        let zt = row[target];
+        let total = sum_map(row, |z| exp(z - m));
+        let k = inv_n / total;
+        for (j, z) in row.iter_mut().enumerate() {
+            let slope = 1.0 - (*z / cap) * (*z / cap);
+            let p = exp(*z - m) * k - if j == target { inv_n } else { 0.0 };
+            *z = p * slope;
+        }
+        m + total.ln() - zt
     }
 }
 

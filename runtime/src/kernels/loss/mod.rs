@@ -1,5 +1,6 @@
 //! The loss: cross-entropy of logits against targets, per row and as the
-//! mean whose gradient is formed in the forward pass.
+//! mean whose gradient is formed in the forward pass (the logits
+//! soft-capped on the way when the model caps them).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -46,20 +47,23 @@ pub trait LossOps: Backend {
     }
 
     /// The mean cross-entropy `[1]` of `logits: [n, vocab]` against
-    /// `targets: [n]` (one graph node on autodiff, its gradient computed
-    /// in the forward pass).
-    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        reference::nll_mean::<Self>(logits, targets)
+    /// `targets: [n]`, the logits first soft-capped to `cap · tanh(logits /
+    /// cap)` when `cap` is given (one graph node on autodiff, its gradient
+    /// computed in the forward pass).
+    fn nll_mean(logits: FloatTensor<Self>, targets: IntTensor<Self>, cap: Option<f64>) -> FloatTensor<Self> {
+        reference::nll_mean::<Self>(logits, targets, cap)
     }
 
-    /// The mean cross-entropy `[1]` and its gradient with respect to the
-    /// logits, `(softmax(logits) − onehot) / n` — into the logits' memory
-    /// where the backend can.
+    /// The mean cross-entropy `[1]` (of the soft-capped logits `z`, with
+    /// `cap`) and its gradient with respect to the logits, `(softmax(z) −
+    /// onehot) / n`, times `1 − (z / cap)²` with a cap — into the logits'
+    /// memory where the backend can.
     fn nll_mean_with_grad(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        cap: Option<f64>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::nll_mean_with_grad::<Self>(logits, targets)
+        reference::nll_mean_with_grad::<Self>(logits, targets, cap)
     }
 
     /// The sum of every entry of `x`, `[1]`, in an order its shape fixes (a
@@ -76,9 +80,16 @@ pub trait LossOps: Backend {
     }
 }
 
-/// The mean cross-entropy (see [`LossOps::nll_mean`]): `[1]`.
-pub fn nll_mean<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    tensor(B::nll_mean(primitive(logits), targets.into_primitive()))
+/// The mean cross-entropy of the logits, soft-capped at `cap` when given
+/// (see [`LossOps::nll_mean`]): `[1]`.
+pub fn nll_mean<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>, cap: Option<f64>) -> Tensor<B, 1> {
+    tensor(B::nll_mean(primitive(logits), targets.into_primitive(), cap))
+}
+
+/// `cap · tanh(x / cap)`: logits soft-capped (Gemma 2), composed of
+/// burn's operations (its autodiff gives the gradient).
+pub fn softcap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    (x / cap).tanh() * cap
 }
 
 /// The sum of every entry (see [`LossOps::total`]): `[1]`.

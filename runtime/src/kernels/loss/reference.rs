@@ -32,7 +32,11 @@ pub fn cross_entropy_backward<B: Backend>(
     primitive(d * tensor::<B, 1>(g).reshape([n, 1]))
 }
 
-pub fn nll_mean<B: LossOps>(logits: FloatTensor<B>, targets: IntTensor<B>) -> FloatTensor<B> {
+pub fn nll_mean<B: LossOps>(logits: FloatTensor<B>, targets: IntTensor<B>, cap: Option<f64>) -> FloatTensor<B> {
+    let logits = match cap {
+        Some(c) => primitive(super::softcap(tensor::<B, 2>(logits), c)),
+        None => logits,
+    };
     let nll = B::cross_entropy(logits, targets).0;
     let n = nll.shape().num_elements();
     B::float_div_scalar(B::float_sum(nll), (n.max(1) as f64).into())
@@ -41,7 +45,15 @@ pub fn nll_mean<B: LossOps>(logits: FloatTensor<B>, targets: IntTensor<B>) -> Fl
 pub fn nll_mean_with_grad<B: LossOps>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
+    cap: Option<f64>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    if let Some(c) = cap {
+        // Through `z = c · tanh(logits / c)`: dz/dlogits = 1 − (z / c)².
+        let z = super::softcap(tensor::<B, 2>(logits), c);
+        let slope = z.clone().div_scalar(c).powi_scalar(2).neg().add_scalar(1.0);
+        let (loss, dz) = B::nll_mean_with_grad(primitive(z), targets, None);
+        return (loss, primitive(tensor::<B, 2>(dz) * slope));
+    }
     let n = logits.shape()[0];
     let (nll, lse) = B::cross_entropy(logits.clone(), targets.clone());
     let g = B::float_full([n].into(), (1.0 / n.max(1) as f64).into(), &B::float_device(&nll), nll.dtype().into());

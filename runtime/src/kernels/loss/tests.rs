@@ -29,15 +29,43 @@ fn nll_mean_is_the_mean_cross_entropy() {
     let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
     for factor in [1.0, 3.0] {
         let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
-        let ours = nll_mean(logits.clone(), targets.clone());
+        let ours = nll_mean(logits.clone(), targets.clone(), None);
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
         let theirs = logp.gather(1, targets.clone().reshape([6, 1])).reshape([6]).neg().mean();
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
-        let plain = nll_mean(logits.clone().detach(), targets.clone());
+        let plain = nll_mean(logits.clone().detach(), targets.clone(), None);
         plain.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = ((ours * factor).sum().backward(), (theirs * factor).sum().backward());
         grads_agree(std::slice::from_ref(&logits), &g1, &g2);
     }
+}
+
+/// With a soft-cap, the mean's kernel (the CPU's row loop, its gradient
+/// written in the forward) is burn's mean cross-entropy of `cap · tanh(x /
+/// cap)`: value and the logits' gradient, for caps that bite (logits up to
+/// about 60) and one that does not; untracked, the same value.
+#[test]
+fn a_capped_nll_mean_is_the_cross_entropy_of_the_capped_logits() {
+    let device = Default::default();
+    let targets = Tensor::<Ad, 1, burn::tensor::Int>::from_ints([0, 10, 3, 3, 7, 1], &device);
+    for cap in [0.5, 5.0, 30.0, 1e4] {
+        let logits = (random::<2>([6, 11]) * 20.0).detach().require_grad();
+        let ours = nll_mean(logits.clone(), targets.clone(), Some(cap));
+        let logp = burn::tensor::activation::log_softmax(softcap(logits.clone(), cap), 1);
+        let theirs = logp.gather(1, targets.clone().reshape([6, 1])).reshape([6]).neg().mean();
+        ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let plain = nll_mean(logits.clone().detach(), targets.clone(), Some(cap));
+        plain.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
+        let (g1, g2) = ((ours * 2.0).sum().backward(), (theirs * 2.0).sum().backward());
+        grads_agree(std::slice::from_ref(&logits), &g1, &g2);
+    }
+    // The CPU kernel against the reference's composition, on primitives.
+    let x = r([7, 300]);
+    let t = Tensor::<C, 1, Int>::from_ints([0, 299, 5, 5, 100, 7, 8], &device).into_primitive();
+    let (l1, g1) = C::nll_mean_with_grad(x.clone(), t.clone(), Some(0.5));
+    let (l2, g2) = reference::nll_mean_with_grad::<C>(x, t, Some(0.5));
+    same1(l1, l2);
+    same(g1, g2);
 }
 
 /// `total` is the sum, value and gradient (a masked model's loss: the
