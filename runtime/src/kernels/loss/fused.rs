@@ -75,11 +75,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LossOps fo
         // The kernel writes the gradient over the logits when the stream
         // holds them nowhere else (they were this operation's last use).
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(logits).int(targets);
-        let [loss, dx] = outputs(run("blkc.nll_mean_with_grad", ops, vec![f32s([1]), f32s([rows, vocab])], |mut a| {
-            let logits = a.float();
-            let (loss, dx) = CubeBackend::<R, F, I, BT>::nll_mean_with_grad(logits, a.int(), cap);
-            vec![loss, dx]
-        }));
+        let [loss, dx] =
+            outputs(run("blkc.nll_mean_with_grad", ops, vec![f32s([1]), f32s([rows, vocab])], move |mut a| {
+                let logits = a.float();
+                let (loss, dx) = CubeBackend::<R, F, I, BT>::nll_mean_with_grad(logits, a.int(), cap);
+                vec![loss, dx]
+            }));
         (loss, dx)
     }
 }
