@@ -350,6 +350,16 @@ mod tests {
         // A block or the model is not a section to set.
         let c = compiled(SECTIONS, &["b.out=x"]);
         assert!(c.diagnostics[0].message.contains("no attention or MLP section `b`"), "{:?}", c.diagnostics);
+        // A value the model does not fit (3 key/value heads of the small
+        // model's 4), a rule checked where the section is used: the error
+        // is at the attention's call, its note at the command line's value.
+        let c = compiled(SECTIONS, &["depth=3", "local.kv_heads=3"]);
+        let d = &c.diagnostics[0];
+        assert_eq!((d.code, c.sources.get(d.span.file).name.as_str()), (Code::E2013, "b.blk"), "{d:?}");
+        let (at, text) = d.notes.first().unwrap_or_else(|| panic!("no note: {d:?}"));
+        assert_eq!(c.sources.get(at.file).name, ORIGIN);
+        assert_eq!(&c.sources.get(at.file).text[at.start as usize..at.end as usize], "3");
+        assert!(text.contains("set here"), "{text}");
     }
 
     #[test]

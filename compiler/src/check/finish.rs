@@ -201,11 +201,14 @@ fn init_value(init: &Init, span: Span, env: &Env, diags: &mut Vec<Diagnostic>) {
 /// is a map to `kv_heads × head_dim` (not an identity).
 fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, diags: &mut Vec<Diagnostic>) {
     if kv > m.heads || !m.heads.is_multiple_of(kv) {
-        diags.push(
-            Diagnostic::new(Code::E2013, span, format!("`kv_heads` = {kv} does not divide the {} heads", m.heads))
-                .label("key/value heads must group the query heads evenly")
-                .help(format!("use a divisor of {}: 1 (multi-query) up to {}", m.heads, m.heads)),
-        );
+        let d = Diagnostic::new(Code::E2013, span, format!("`kv_heads` = {kv} does not divide the {} heads", m.heads))
+            .label("key/value heads must group the query heads evenly")
+            .help(format!("use a divisor of {}: 1 (multi-query) up to {}", m.heads, m.heads));
+        // Where the value was set: the section, or the command line.
+        diags.push(match spec.kv_heads_at {
+            Some(at) => d.note(at, format!("`kv_heads` = {kv} set here")),
+            None => d,
+        });
         return;
     }
     if spec.value.is_identity() {
@@ -223,7 +226,7 @@ fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, d
 
 /// Identity value/projection (or identity-initialised ones) need
 /// `heads × head_dim = width`.
-fn shapes(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
+pub(super) fn shapes(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
     for n in &g.nodes {
         let Op::Attention { spec, .. } = &n.op else { continue };
         if let Some(kv) = spec.kv_heads.filter(|kv| *kv != m.heads) {

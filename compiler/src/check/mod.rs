@@ -66,6 +66,21 @@ pub fn check(files: &[File], unread: &[Span]) -> (Option<Program>, Vec<Diagnosti
             finish::values(b, &env, &mut diags);
         }
     }
+    if defs.model.is_none() {
+        // A bare block is checked, counted and benchmarked in the small
+        // model: the shapes must fit it (`kv_heads`, identity maps).
+        for (i, b) in blocks.iter().enumerate() {
+            let mut found = Vec::new();
+            b.graphs().for_each(|g| finish::shapes(g, &crate::graph::Model::small(i), &mut found));
+            diags.extend(found.into_iter().map(|mut d| {
+                d.help = format!(
+                    "{} (a bare block is checked in the small model, width 256 and 4 heads: `--set heads=N` or a `model` section gives it others)",
+                    d.help
+                );
+                d
+            }));
+        }
+    }
     let errors = diags.iter().any(Diagnostic::is_error);
     let program = (!errors).then_some(Program { blocks, model, train });
     (program, diags)

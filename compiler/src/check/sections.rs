@@ -277,6 +277,7 @@ pub fn attention(
         config: section.and_then(|s| s.name.as_ref().map(|n| n.name.clone())),
         head_dim: None,
         kv_heads: None,
+        kv_heads_at: None,
         query: std002(),
         key: std002(),
         qk_bias: true,
@@ -303,7 +304,12 @@ pub fn attention(
             "softcap" => softcap(v, key, diags).map(|c| spec.softcap = c),
             "window" => window(v, diags).map(|w| spec.window = w),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
-            "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.kv_heads = Some(h)),
+            "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| {
+                spec.kv_heads = Some(h);
+                // The value's span: under `--set` the name stays the
+                // file's, the value is the command line's.
+                spec.kv_heads_at = Some(v.span());
+            }),
             "dropout" => rate(v, key, diags).map(|p| spec.dropout.inner = p),
             "resid_dropout" => rate(v, key, diags).map(|p| spec.dropout.branch = p),
             _ => {

@@ -440,6 +440,10 @@ pub struct AttentionSpec {
     /// Heads of keys and values (grouped-query attention: each serves
     /// `heads / kv_heads` query heads; `None` is one per query head).
     pub kv_heads: Option<u64>,
+    /// Where `kv_heads` was set (the file, or the command line's `--set`),
+    /// for the diagnostics of a model that does not fit it.
+    #[serde(skip)]
+    pub kv_heads_at: Option<Span>,
     pub query: Init,
     pub key: Init,
     /// Biases on queries and keys (zero-initialised, trainable).
