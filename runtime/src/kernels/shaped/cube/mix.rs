@@ -18,6 +18,39 @@ fn share<F: Float>(i: usize, tokens: usize, reach: usize, #[comptime] causal: bo
     F::new(1.0) / F::cast_from(keys_end(i, tokens, reach, causal) - first_key(i, reach))
 }
 
+/// A column's sum over the keys token `t` sees (`first_key .. keys_end`),
+/// from `sum`, its sum over those of token `t − 1` (zero before the
+/// first): the rows that enter at its end added, those that leave at its
+/// start (under a window) taken off. The column's rows are `w` apart from
+/// `base`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn slid<F: Float, N: Size>(
+    v: &Tensor<Vector<F, N>>,
+    base: usize,
+    w: usize,
+    sum: Vector<F, N>,
+    t: usize,
+    tokens: usize,
+    reach: usize,
+    #[comptime] causal: bool,
+) -> Vector<F, N> {
+    let mut s = sum;
+    let mut lo = 0;
+    let mut hi = 0;
+    if t > 0 {
+        lo = first_key(t - 1, reach);
+        hi = keys_end(t - 1, tokens, reach, causal);
+    }
+    for j in hi..keys_end(t, tokens, reach, causal) {
+        s += v[base + j * w];
+    }
+    for j in lo..first_key(t, reach) {
+        s -= v[base + j * w];
+    }
+    s
+}
+
 /// Unit `pos` of `units = batch · w` (`w` vectors a token, `hw` a head):
 /// its column's `y` for every token, the centre's sum slid along the
 /// tokens (the keys `first_key .. keys_end` of each, `reach` as the
@@ -47,21 +80,10 @@ pub(super) fn mix_forward<F: Float, N: Size>(
     let base = (pos / w) * tokens * w + pos % w;
     let (ga, gb, gg) = (Vector::new(gain(alpha, h)), Vector::new(gain(beta, h)), Vector::new(gain(gamma, h)));
     let mut sum = Vector::new(F::new(0.0));
-    let mut lo = 0;
-    let mut hi = 0;
     for t in 0..tokens {
-        let first = first_key(t, reach);
-        let end = keys_end(t, tokens, reach, causal);
-        for j in hi..end {
-            sum += v[base + j * w];
-        }
-        for j in lo..first {
-            sum -= v[base + j * w];
-        }
-        lo = first;
-        hi = end;
+        sum = slid(v, base, w, sum, t, tokens, reach, causal);
         let at = base + t * w;
-        let centre = sum * Vector::new(F::new(1.0) / F::cast_from(end - first));
+        let centre = sum * Vector::new(share::<F>(t, tokens, reach, causal));
         y[at] = ga * v[at] + gb * o[at] + gg * centre;
     }
 }
@@ -100,22 +122,11 @@ pub(super) fn mix_backward<F: Float, N: Size>(
     let zero = Vector::new(F::new(0.0));
     let (mut pv, mut po, mut pc) = (zero, zero, zero);
     let mut sum = zero;
-    let mut lo = 0;
-    let mut hi = 0;
     for t in 0..tokens {
-        let first = first_key(t, reach);
-        let end = keys_end(t, tokens, reach, causal);
-        for j in hi..end {
-            sum += v[base + j * w];
-        }
-        for j in lo..first {
-            sum -= v[base + j * w];
-        }
-        lo = first;
-        hi = end;
+        sum = slid(v, base, w, sum, t, tokens, reach, causal);
         let at = base + t * w;
         let (x, g) = (v[at], dy[at]);
-        let centre = sum * Vector::new(F::new(1.0) / F::cast_from(end - first));
+        let centre = sum * Vector::new(share::<F>(t, tokens, reach, causal));
         pv += x * g;
         po += o[at] * g;
         pc += centre * g;
