@@ -358,8 +358,29 @@ mod tests {
         assert_eq!((d.code, c.sources.get(d.span.file).name.as_str()), (Code::E2013, "b.blk"), "{d:?}");
         let (at, text) = d.notes.first().unwrap_or_else(|| panic!("no note: {d:?}"));
         assert_eq!(c.sources.get(at.file).name, ORIGIN);
-        assert_eq!(&c.sources.get(at.file).text[at.start as usize..at.end as usize], "3");
+        assert_eq!(&c.sources.get(at.file).text[at.start as usize..at.end as usize], "kv_heads = 3", "added whole");
         assert!(text.contains("set here"), "{text}");
+    }
+
+    /// Where a model setting was written (what a later diagnostic points
+    /// at, as `vocab` against the tokenizer's): the whole setting in its
+    /// file, or, set from the command line, the value there (the name
+    /// stays the file's: a span over both would mix two files).
+    #[test]
+    fn a_settings_place_is_its_value_on_the_command_line() {
+        let text = format!(
+            "{FILE}model m {{\n    block = b\n    depth = 2\n    width = 64\n    heads = 4\n    vocab = 300\n}}\n"
+        );
+        let shown = |c: &crate::Compilation, key: &str| {
+            let m = c.program.as_ref().and_then(|p| p.model.as_ref()).unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+            let at = m.span_of(key);
+            let file = c.sources.get(at.file);
+            (file.name.clone(), file.text[at.start as usize..at.end as usize].to_string())
+        };
+        let c = compiled(&text, &[]);
+        assert_eq!(shown(&c, "vocab"), ("b.blk".to_string(), "vocab = 300".to_string()));
+        let c = compiled(&text, &["vocab=512"]);
+        assert_eq!(shown(&c, "vocab"), (ORIGIN.to_string(), "512".to_string()));
     }
 
     #[test]

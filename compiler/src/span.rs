@@ -30,6 +30,17 @@ impl Span {
         Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
     }
 
+    /// A setting's span from its name (`self`) to its value: [`Span::to`]
+    /// in one file; where the value lies in another (`--set` replaces a
+    /// value and keeps the file's name), the value alone.
+    pub fn to_value(self, value: Span) -> Span {
+        if self.file == value.file {
+            self.to(value)
+        } else {
+            value
+        }
+    }
+
     pub fn len(self) -> usize {
         (self.end - self.start) as usize
     }

@@ -172,7 +172,7 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
     let embed_scale = get("embed_scale").map_or(Some(1.0), |v| embed_scale(v, diags));
     let cap = get("logit_softcap").map_or(Some(None), |v| crate::check::sections::softcap(v, "logit_softcap", diags));
     let (embed_scale, logit_softcap) = (embed_scale?, cap?);
-    let spans = settings.iter().map(|(n, v)| (n.name.clone(), n.span.to(v.span()))).collect();
+    let spans = settings.iter().map(|(n, v)| (n.name.clone(), n.span.to_value(v.span()))).collect();
     let model = Model {
         name: s.name.as_ref().map(|n| n.name.clone()),
         block: usize::MAX,
@@ -394,7 +394,7 @@ pub fn train(sections: &[&Section], diags: &mut Vec<Diagnostic>) -> Train {
         };
         if let Some(value) = value {
             settings.retain(|(k, _, _)| *k != n.name);
-            settings.push((n.name.clone(), value, n.span.to(v.span())));
+            settings.push((n.name.clone(), value, n.span.to_value(v.span())));
         }
     }
     let span = sections.last().map_or_else(Span::default, |s| s.span);

@@ -306,9 +306,7 @@ pub fn attention(
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| {
                 spec.kv_heads = Some(h);
-                // The value's span: under `--set` the name stays the
-                // file's, the value is the command line's.
-                spec.kv_heads_at = Some(v.span());
+                spec.kv_heads_at = Some(n.span.to_value(v.span()));
             }),
             "dropout" => rate(v, key, diags).map(|p| spec.dropout.inner = p),
             "resid_dropout" => rate(v, key, diags).map(|p| spec.dropout.branch = p),
