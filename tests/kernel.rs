@@ -220,7 +220,7 @@ fn grouped_query_attention_matches_simulation() {
 /// are independent at init: docs/theory.md §2.3).
 #[test]
 fn gated_mlps_match_simulation() {
-    for act in ["swiglu", "geglu", "reglu"] {
+    for act in ["swiglu", "geglu", "geglu_tanh", "reglu"] {
         let src = format!(
             "mlp m {{\n activation = {act}\n width = 8/3\n up = fan_in\n down = fan_in\n}}\nblock b {{\n h = x + attn(rmsnorm(x))\n out = h + mlp(rmsnorm(h), m)\n}}\n"
         );

@@ -236,11 +236,15 @@ fn orthogonal_init_is_orthogonal() {
 /// parameters `blkc params` counts (three matrices and their biases).
 #[test]
 fn gated_mlps_match_a_hand_written_forward_pass_and_their_count() {
-    use burn::tensor::activation::{gelu, silu};
+    use burn::tensor::activation::{gelu, gelu_approximate, silu};
     let x = input();
-    for (act, f) in
-        [("swiglu", silu::<3, B> as fn(Tensor<B, 3>) -> Tensor<B, 3>), ("geglu", gelu::<3, B>), ("reglu", relu::<3, B>)]
-    {
+    let acts = [
+        ("swiglu", silu::<3, B> as fn(Tensor<B, 3>) -> Tensor<B, 3>),
+        ("geglu", gelu::<3, B>),
+        ("geglu_tanh", gelu_approximate::<3, B>),
+        ("reglu", relu::<3, B>),
+    ];
+    for (act, f) in acts {
         let text = format!(
             "mlp m {{\n activation = {act}\n width = 8/3\n multiple_of = 8\n bias = true\n}}\nblock b {{\n out = x + mlp(rmsnorm(x), m)\n}}\nmodel {{\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n}}\n"
         );

@@ -466,11 +466,23 @@ fn mlp_width(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     Some(w)
 }
 
-pub(crate) const ACTIVATIONS: &[&str] =
-    &["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "erf", "identity", "swiglu", "geglu", "reglu"];
+pub(crate) const ACTIVATIONS: &[&str] = &[
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "tanh",
+    "erf",
+    "identity",
+    "swiglu",
+    "geglu",
+    "geglu_tanh",
+    "reglu",
+];
 
 /// The activation, and whether the unit is gated (`swiglu`, `geglu`,
-/// `reglu`: the activation of a gate times a linear map).
+/// `geglu_tanh`, `reglu`: the activation of a gate times a linear map).
 fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Activation, bool)> {
     if let Expr::Call { callee, args, span } = v {
         if callee.name == "leaky_relu" {
@@ -487,13 +499,13 @@ fn activation(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Activation, bool
         }
     }
     let k = expr::keyword(v, "activation", ACTIVATIONS, diags)?;
-    let gated = matches!(k, "swiglu" | "geglu" | "reglu");
+    let gated = matches!(k, "swiglu" | "geglu" | "geglu_tanh" | "reglu");
     Some((
         match k {
             "relu" | "reglu" => Activation::Relu,
             "leaky_relu" => Activation::LeakyRelu { slope: 0.01 },
             "gelu" | "geglu" => Activation::Gelu,
-            "gelu_tanh" => Activation::GeluTanh,
+            "gelu_tanh" | "geglu_tanh" => Activation::GeluTanh,
             "silu" | "swiglu" => Activation::Silu,
             "tanh" => Activation::Tanh,
             "erf" => Activation::Erf,

@@ -138,6 +138,7 @@ fn mlp(s: &MlpSpec) -> Vec<String> {
     let act = match (s.gated, s.activation) {
         (true, Activation::Silu) => "swiglu".to_string(),
         (true, Activation::Gelu) => "geglu".to_string(),
+        (true, Activation::GeluTanh) => "geglu_tanh".to_string(),
         (true, Activation::Relu) => "reglu".to_string(),
         (true, _) => format!("gated {act}"),
         (false, _) => act,
