@@ -46,7 +46,7 @@ codes! {
     E1002 Error "unterminated string";
     E1003 Error "unclosed delimiter";
     E1004 Error "closing delimiter without an opening one";
-    E1005 Error "number too large to represent";
+    E1005 Error "number too large to represent, or a layer range out of form";
     E1006 Error "character that cannot appear outside comments and strings";
     E1007 Error "file too large or not readable as text";
     E2001 Error "unknown name";
