@@ -169,7 +169,8 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
         None => Init::Normal { std: Scalar::Const(0.02) },
     };
     // Both checked before either returns, so that both are reported.
-    let embed_scale = get("embed_scale").map_or(Some(1.0), |v| embed_scale(v, diags));
+    let embed_scale =
+        get("embed_scale").map_or(Some(1.0), |v| crate::check::sections::positive(v, "embed_scale", "", diags));
     let cap = get("logit_softcap").map_or(Some(None), |v| crate::check::sections::softcap(v, "logit_softcap", diags));
     let (embed_scale, logit_softcap) = (embed_scale?, cap?);
     let spans = settings.iter().map(|(n, v)| (n.name.clone(), n.span.to_value(v.span()))).collect();
@@ -192,16 +193,6 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
         span: s.span,
     };
     Some(ModelSettings { block, model })
-}
-
-/// `embed_scale`: a number greater than 0 and finite.
-fn embed_scale(v: &Expr, diags: &mut Vec<Diagnostic>) -> Option<f64> {
-    let c = expr::number(v, "embed_scale", diags)?;
-    if !(c > 0.0 && c.is_finite()) {
-        diags.push(expr::out_of_range(v.span(), "embed_scale", c, "greater than 0 and finite"));
-        return None;
-    }
-    Some(c)
 }
 
 /// The head count must divide the width; the error is at the heads, with

@@ -364,12 +364,18 @@ pub(crate) fn softcap(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Optio
     if matches!(v, Expr::Name(n) if n.name == "none") {
         return Some(None);
     }
+    positive(v, key, " (or `none`)", diags).map(Some)
+}
+
+/// A constant number greater than 0 and finite (`also`: what else the
+/// setting takes, for the diagnostic).
+pub(crate) fn positive(v: &Expr, key: &str, also: &str, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     let c = expr::number(v, key, diags)?;
     if !(c > 0.0 && c.is_finite()) {
-        diags.push(expr::out_of_range(v.span(), key, c, "greater than 0 and finite (or `none`)"));
+        diags.push(expr::out_of_range(v.span(), key, c, &format!("greater than 0 and finite{also}")));
         return None;
     }
-    Some(Some(c))
+    Some(c)
 }
 
 /// `window = N` (a whole number of tokens, at least 1) or `none`.

@@ -40,21 +40,28 @@ multiversion! {
     /// tanh(row / cap)`, its gradient taken back through the cap: the row
     /// becomes `(softmax(z) − onehot(target)) · inv_n · (1 − (z / cap)²)`;
     /// returns `log Σ exp(z) − z[target]`. A pass writes `z` over the row
-    /// and finds its maximum; the others run in cache.
+    /// and finds its maximum; one writes `exp(z − m)` times the slope and
+    /// sums the exponentials; one scales (each exponential taken once).
     pub fn capped_cross_entropy_grad_row(row: &mut [f32], target: usize, inv_n: f32, cap: f32) -> f32 {
+        let slope = |z: f32| 1.0 - (z / cap) * (z / cap);
         let mut m = f32::NEG_INFINITY;
         for x in row.iter_mut() {
             *x = cap * tanh(*x / cap);
             m = m.max(*x);
         }
         let zt = row[target];
-        let total = sum_map(row, |z| exp(z - m));
-        let k = inv_n / total;
-        for (j, z) in row.iter_mut().enumerate() {
-            let slope = 1.0 - (*z / cap) * (*z / cap);
-            let p = exp(*z - m) * k - if j == target { inv_n } else { 0.0 };
-            *z = p * slope;
+        let mut sums = [0.0f32; LANES];
+        for c in row.chunks_mut(LANES) {
+            for (s, z) in sums.iter_mut().zip(c.iter_mut()) {
+                let e = exp(*z - m);
+                *s += e;
+                *z = e * slope(*z);
+            }
         }
+        let total = fold_lanes(sums, |a, b| a + b);
+        let k = inv_n / total;
+        row.iter_mut().for_each(|x| *x *= k);
+        row[target] -= inv_n * slope(zt);
         m + total.ln() - zt
     }
 }
