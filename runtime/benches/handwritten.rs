@@ -94,7 +94,8 @@ fn handwritten(m: &Model<Ad>, tokens: &Tensor<Ad, 2, Int>, targets: &Tensor<Ad, 
             Ops::Kernels => {
                 let q = split(dense(n.clone(), weight(&a.query), ops));
                 let k = split(dense(n, weight(&a.key), ops));
-                kernels::attention(q, k, vv, bias(&a.query_bias), (1.0 / (hd as f64).sqrt(), kernels::Keys::all(true)))
+                let scores = kernels::Scores::new(1.0 / (hd as f64).sqrt(), kernels::Keys::all(true));
+                kernels::attention(q, k, vv, bias(&a.query_bias), scores)
             }
             Ops::Stock => {
                 let q = split(biased(n.clone(), weight(&a.query), bias(&a.query_bias), ops));

@@ -125,6 +125,29 @@ pub(super) fn keys_end(i: usize, tokens: usize, reach: usize, #[comptime] causal
     end
 }
 
+/// The logit of a score `s`: `scale · s`, soft-capped to `cap · tanh(scale
+/// · s / cap)` when `capped` (the attention family's `Scores::logit`).
+#[cube]
+pub(super) fn logit<F: Float>(s: F, scale: F, cap: F, #[comptime] capped: bool) -> F {
+    let mut z = s * scale;
+    if capped {
+        z = F::tanh(z / cap) * cap;
+    }
+    z
+}
+
+/// The slope of a soft-cap at the logit `z` it gave: `1 − (z / cap)²` when
+/// `capped`, else 1 (the logit's slope over `scale`).
+#[cube]
+pub(super) fn cap_slope<F: Float>(z: F, cap: F, #[comptime] capped: bool) -> F {
+    let mut slope = F::new(1.0);
+    if capped {
+        let t = z / cap;
+        slope = F::new(1.0) - t * t;
+    }
+    slope
+}
+
 /// The log-sum-exp of `scale ·` the `len` entries from `start` (a row),
 /// returned to every unit of the cube (`block` units, a power of two):
 /// each unit's share with a running maximum, then merged pairwise.

@@ -13,7 +13,7 @@ use blkc::graph::{AttentionSpec, Mask, MatrixTerm, Norm as NormIr, NormKind, Sca
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
-use crate::kernels::{self, Kernels, Keys};
+use crate::kernels::{self, Kernels, Keys, Scores};
 use burn::tensor::module::attention as fused;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
@@ -212,7 +212,7 @@ impl<B: Kernels> Attention<B> {
         let weights = noise.filter(|_| self.plan.dropout.inner > 0.0).map(|n| n.at(0));
         let out = match &self.plan.form {
             // The three terms and their gains in one kernel.
-            Form::Shaped(_) if self.fused() && weights.is_none() => self.mix_parts(x).apply(None),
+            Form::Shaped(_) if self.mixed_in_kernel() && weights.is_none() => self.mix_parts(x).apply(None),
             Form::Shaped(_) => {
                 let v = self.values(x.clone());
                 let o = self.softmax_times(&x, v.clone(), causal, weights);
@@ -233,7 +233,14 @@ impl<B: Kernels> Attention<B> {
 
     /// Whether blkc's attention kernels compute the softmax term.
     fn fused(&self) -> bool {
-        in_kernels(self.plan.softcap, self.plan.alibi)
+        in_kernels(self.plan.alibi)
+    }
+
+    /// Whether the shaped attention's kernel computes the whole matrix
+    /// (its softmax not soft-capped: a capped one is the attention's
+    /// kernel, then the mix's).
+    fn mixed_in_kernel(&self) -> bool {
+        self.fused() && self.plan.softcap.is_none()
     }
 
     /// The keys each query sees, as blkc's attention kernels take them.
@@ -287,7 +294,7 @@ impl<B: Kernels> Attention<B> {
     /// [`Attention::mix_parts`] and sum the mix with another branch in one
     /// kernel ([`kernels::shaped_attention`]).
     pub fn ends_in_mix(&self) -> bool {
-        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.fused()
+        matches!(self.plan.form, Form::Shaped(_)) && self.proj.kind == Kind::Identity && self.mixed_in_kernel()
     }
 
     /// The gains of the shaped mix's `I`, `softmax` and `centre` terms.
@@ -317,8 +324,13 @@ impl<B: Kernels> Attention<B> {
     /// function is the same and its gradient is zero (it keeps its value).
     /// With QK-norm, both are added before the norm.
     /// With rotary positions, too: the biases are rotated with the rest.
+    /// With a soft-cap, too: the tanh bends the constant the key's bias
+    /// adds to a row of scores, so the softmax does see it.
     fn queries_keys(&self, x: &Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 1>>) {
-        let apart = self.query_norm.is_none() && self.key_norm.is_none() && self.plan.rope.is_none();
+        let apart = self.query_norm.is_none()
+            && self.key_norm.is_none()
+            && self.plan.rope.is_none()
+            && self.plan.softcap.is_none();
         let (bq, bk) = match apart {
             true => (&None, &None),
             false => (&self.query_bias, &self.key_bias),
@@ -358,15 +370,15 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
-    /// attention kernel (under a window too), or, with a logit soft-cap or
-    /// ALiBi, burn's
-    /// attention (whose autodiff composes it), or, with dropout on the
-    /// weights (`weights`, in training), the weights written out.
+    /// attention kernel (under a window, soft-capped, too), or, with ALiBi,
+    /// burn's attention (whose autodiff composes it), or, with dropout on
+    /// the weights (`weights`, in training), the weights written out.
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
         let [b, t, inner] = v.dims();
         if self.fused() && weights.is_none() {
             let (q, k, bq) = self.queries_keys(x);
-            return kernels::attention(q, k, v, bq, (1.0 / (self.plan.head_dim as f64).sqrt(), self.keys(causal)));
+            let scores = Scores::new(1.0 / (self.plan.head_dim as f64).sqrt(), self.keys(causal));
+            return kernels::attention(q, k, v, bq, scores.capped(self.plan.softcap));
         }
         let (q, k) = self.rotated(
             self.projected(x, &self.query, &self.query_bias, &self.query_norm),
@@ -456,11 +468,11 @@ impl<B: Kernels> Attention<B> {
 }
 
 /// Whether blkc's attention kernels compute an attention's softmax (a
-/// window included): not with a logit soft-cap or ALiBi's bias, which
-/// burn's attention adds (nor, in training, with dropout on the weights,
-/// which are then written out).
-pub fn in_kernels(softcap: Option<f64>, alibi: bool) -> bool {
-    softcap.is_none() && !alibi
+/// window and a soft-cap included): not with ALiBi's bias, which burn's
+/// attention adds (nor, in training, with dropout on the weights, which
+/// are then written out).
+pub fn in_kernels(alibi: bool) -> bool {
+    !alibi
 }
 
 /// The operands of a shaped attention, before its products and mix.

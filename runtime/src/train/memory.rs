@@ -89,7 +89,7 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Norm { .. } => 2 * d,
             Op::Attention { spec, .. } => {
                 let alibi = m.positions == Positions::Alibi;
-                let composed = !in_kernels(spec.softcap, alibi) || spec.dropout.inner > 0.0;
+                let composed = !in_kernels(alibi) || spec.dropout.inner > 0.0;
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,
@@ -299,17 +299,25 @@ mod tests {
         let none = |_: u64| None;
         assert!(check(&weights, 80 << 30, "the GPU", 1, &m, 1, &none).is_err());
         assert!(check(&rows, 80 << 30, "the GPU", 1, &m, 1, &none).is_ok(), "{rows:?}");
-        // With a soft-cap the attention is burn's, which keeps them.
+        // A soft-capped attention is blkc's kernel, which keeps rows; with
+        // ALiBi's bias it is burn's, which keeps the weights.
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
-        let capped = format!(
-            "{block}\nattention capped {{\n softcap = 30\n}}\nblock c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
-             model m {{\n block = c\n depth = 6\n width = 256\n heads = 4\n context = 1024\n vocab = 4096\n}}\n"
-        );
-        let c = blkc::compile_str("c.blk", &capped);
-        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
-        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        assert_eq!(estimate(&p, &m, 1, Kept::Rows), estimate(&p, &m, 1, Kept::Weights));
+        let model = |positions: &str| {
+            let text = format!(
+                "{block}\nattention capped {{\n softcap = 30\n}}\nblock c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
+                 model m {{\n block = c\n depth = 6\n width = 256\n heads = 4\n context = 1024\n vocab = 4096\n \
+                 positions = {positions}\n}}\n"
+            );
+            let c = blkc::compile_str("c.blk", &text);
+            let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+            let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+            (estimate(&p, &m, 1, Kept::Rows), estimate(&p, &m, 1, Kept::Weights))
+        };
+        let (rows, weights) = model("learned");
+        assert!(rows.activations < weights.activations, "{rows:?}");
+        let (rows, weights) = model("alibi");
+        assert_eq!(rows, weights);
     }
 
     #[test]

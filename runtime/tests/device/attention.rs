@@ -4,7 +4,7 @@
 //! Part of the device kernels test (`device/kernels.rs`, which runs them).
 
 use super::kernels::{gap_of_scale, values, Draws};
-use blkc_runtime::kernels::Keys;
+use blkc_runtime::kernels::{Keys, Scores};
 
 /// The shaped attention's CubeCL kernels (`kernels/shaped/cube/`)
 /// against the reference maths on the same device: the output and every
@@ -132,9 +132,9 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
 /// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
 /// the shaped kernels with a plain softmax's gains) against the reference:
 /// the output, and every gradient wanted or some, causal or not, with a
-/// sliding window or not, with the query's bias or not, `dv` added into a
-/// gradient from elsewhere or not, with the heads split from the layers'
-/// strided views.
+/// sliding window or not, soft-capped or not, with the query's bias or
+/// not, `dv` added into a gradient from elsewhere or not, with the heads
+/// split from the layers' strided views.
 pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::attention::reference;
     use blkc_runtime::kernels::tensor::split_heads;
@@ -143,32 +143,39 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
     let split = |x| split_heads::<B>(x, heads);
     let mut worst = 0.0f32;
     let mut kept_ran = false;
-    for case in 0..12 {
+    for case in 0..16 {
         let (causal, biased, added) = (case & 1 == 0, case & 2 == 0, case & 4 == 0);
-        // Windows of 4 and of 1 (a token sees itself only) of the 9 tokens.
-        let window = (case >= 8).then_some(if biased { 4 } else { 1 });
+        // Windows of 4 and of 1 (a token sees itself only) of the 9
+        // tokens; then soft-capped at 1 (which the logits pass), with a
+        // window of 3 or none.
+        let window = match case {
+            8..12 => Some(if biased { 4 } else { 1 }),
+            12.. => biased.then_some(3),
+            _ => None,
+        };
         let keys = Keys { causal, window };
+        let scores = Scores::new(0.35, keys).capped((case >= 12).then_some(1.0));
         let [q, k, v] = [0; 3].map(|_| split(draws.normal::<B>(device, &[batch, tokens, heads * d])));
         let bq = biased.then(|| draws.normal::<B>(device, &[heads * d]));
-        let (o, kept) = B::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, keys));
+        let (o, kept) = B::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         let rank = burn::tensor::TensorMetadata::shape(&kept).num_dims();
         assert_eq!(rank, 3, "case {case}: the kernels ran (they keep row statistics, not the weights)");
-        let (o2, p) = reference::attention_forward::<B>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.35, keys));
+        let (o2, p) = reference::attention_forward::<B>(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         let merged = |x| blkc_runtime::kernels::tensor::merge_heads::<B>(x);
         let e = gap_of_scale(&values::<B>(merged(o.clone())), &values::<B>(merged(o2)));
         assert!(e < 1e-5, "case {case}: outputs differ by {e:e} of scale");
         worst = worst.max(e);
         let g = split(draws.normal::<B>(device, &[batch, tokens, heads * d]));
-        let wants = if case < 4 { [true; 3] } else { [false, true, true] };
+        let wants = if case < 4 || case >= 12 { [true; 3] } else { [false, true, true] };
         let acc = added.then(|| draws.normal::<B>(device, &[batch, tokens, heads * d]));
         let qkv = [q, k, v];
-        let mask = (0.35, keys, acc.clone());
+        let mask = (scores, acc.clone());
         // From the row statistics alone, and with the output kept (the
         // rows' kernel then reads `D_i` from it, which rounds otherwise:
         // `dq` and `dk` differ from the first in their last bits).
         let ours = B::attention_backward(qkv.clone(), bq.clone(), (kept.clone(), None), g.clone(), mask.clone(), wants);
         let from_o = B::attention_backward(qkv.clone(), bq.clone(), (kept, Some(o)), g.clone(), mask, wants);
-        let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (0.35, keys, acc), wants);
+        let theirs = reference::attention_backward::<B>(qkv, bq.clone(), p, g, (scores, acc), wants);
         for (i, ((a, a2), b)) in ours.into_iter().zip(from_o).zip(theirs).enumerate() {
             let wanted = if i < 3 { wants[i] } else { biased };
             assert_eq!((a.is_some(), a2.is_some(), b.is_some()), (wanted, wanted, wanted), "case {case}: gradient {i}");
@@ -194,10 +201,9 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
 /// The softmax's row kernels (`kernels/attention/cube.rs`, what the
 /// attention runs as products) against the reference: the weights of
 /// scores `[batch, heads, t_q, t_k]` causal or not, with a window of 3 or
-/// none (rows wider and
-/// narrower than a cube, `t_q` ≠ `t_k`, large scores), and the scores'
-/// gradient, over a `dp` held elsewhere (left as it was) and over one held
-/// nowhere else.
+/// none, soft-capped at 4 or not (rows wider and narrower than a cube,
+/// `t_q` ≠ `t_k`, large scores), and the scores' gradient, over a `dp`
+/// held elsewhere (left as it was) and over one held nowhere else.
 pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::attention::reference;
     let draws = Draws::new(48);
@@ -206,10 +212,12 @@ pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernel
         [([2usize, 3, 9, 9], 0.35), ([1, 2, 5, 7], 1.0), ([1, 1, 300, 300], 0.125), ([2, 1, 1, 3], 2.0)]
     {
         let masks = [false, true].map(|causal| [None, Some(3)].map(|window| Keys { causal, window }));
-        for keys in masks.into_iter().flatten() {
+        let cases = masks.into_iter().flatten().flat_map(|keys| [None, Some(4.0)].map(|cap| (keys, cap)));
+        for (keys, cap) in cases {
+            let scores = Scores::new(scale, keys).capped(cap);
             let s = B::float_mul_scalar(draws.normal::<B>(device, &shape), 6.0.into());
-            let p = B::softmax_scores(s.clone(), scale, keys);
-            let p2 = reference::softmax_scores::<B>(s, scale, keys);
+            let p = B::softmax_scores(s.clone(), scores);
+            let p2 = reference::softmax_scores::<B>(s, scores);
             let dp = draws.normal::<B>(device, &shape);
             let before = values::<B>(dp.clone());
             let ds = B::softmax_scores_backward(p2.clone(), dp.clone(), scale);
@@ -219,7 +227,7 @@ pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernel
             let ds3 = B::softmax_scores_backward(p2.clone(), alone, scale);
             for (name, a, b) in [("p", p, p2), ("ds", ds, ds2.clone()), ("ds in place", ds3, ds2)] {
                 let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
-                assert!(e < 1e-5, "{shape:?}, {keys:?}: {name} differs by {e:e} of scale");
+                assert!(e < 1e-5, "{shape:?}, {keys:?}, cap {cap:?}: {name} differs by {e:e} of scale");
                 worst = worst.max(e);
             }
         }

@@ -7,7 +7,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
-use super::{loops, reference, AttentionOps, Keys};
+use super::{loops, reference, AttentionOps, Scores};
 use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
@@ -18,21 +18,20 @@ impl AttentionOps for Flex {
         k: FlexTensor,
         v: FlexTensor,
         bq: Option<FlexTensor>,
-        (scale, keys): (f64, Keys),
+        scores: Scores,
     ) -> (FlexTensor, FlexTensor) {
         let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
         let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_forward::<Flex>(q, k, v, bq, (scale, keys));
+            return reference::attention_forward::<Flex>(q, k, v, bq, scores);
         };
         let n = b * h;
         let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
         let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
         let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
-        let scale = scale as f32;
         // Per head: the scores, their softmax while in cache, the output.
         let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
             let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scale, keys), u.as_deref());
+            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], scores, u.as_deref());
             let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
             (wp, op)
         });
@@ -45,7 +44,7 @@ impl AttentionOps for Flex {
         bq: Option<FlexTensor>,
         (p, _): (FlexTensor, Option<FlexTensor>),
         g: FlexTensor,
-        (scale, keys, acc): (f64, Keys, Option<FlexTensor>),
+        (scores, acc): (Scores, Option<FlexTensor>),
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
@@ -60,7 +59,7 @@ impl AttentionOps for Flex {
         });
         let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
         let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scale, keys, acc), wants);
+            return reference::attention_backward::<Flex>(qkv, bq, p, g, (scores, acc), wants);
         };
         let n = b * h;
         let p = p.to_contiguous();
@@ -69,7 +68,7 @@ impl AttentionOps for Flex {
         let [want_q, want_k, want_v] = wants;
         // With a query bias, `dq` is needed for its gradient.
         let (want_q, keep_q) = (want_q || bias.is_some(), want_q);
-        let scores = want_q || want_k;
+        let through_scores = want_q || want_k;
         // `dv` added into `acc`, or fresh; `dq`, `dk` fresh.
         let mut acc = acc.filter(|_| want_v).map(Rows::new);
         let [mut dq, mut dk, mut dvs] = [(d, want_q), (d, want_k), (dv, want_v && acc.is_none())]
@@ -81,7 +80,7 @@ impl AttentionOps for Flex {
             None => (0..n).map(|_| None).collect(),
         };
         let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
-        let scale = scale as f32;
+        let scale = scores.scale as f32;
         let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
             let pi = Mat::rows(&pv[i * t * t..(i + 1) * t * t], t, t);
             let mut proofs = Vec::new();
@@ -91,7 +90,7 @@ impl AttentionOps for Flex {
                 (None, Some(mut into)) => gemm.product(&mut into, Some(1.0), pi.t(), gh.at(i)),
                 (None, None) => {}
             }
-            if !scores {
+            if !through_scores {
                 return (proofs, Vec::new());
             }
             // dp = g · vᵀ, then ds in place, while in cache.
@@ -99,6 +98,19 @@ impl AttentionOps for Flex {
             gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gh.at(i), vh.at(i).t());
             for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
                 loops::softmax_backward(row, w, scale);
+            }
+            if let Some(cap) = scores.cap {
+                // The soft-cap's slope, from the scores formed again.
+                let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
+                let mut s = vec![0.0f32; t * t];
+                gemm.product(&mut MatMut::rows(&mut s, t, t), None, qh.at(i), kh.at(i).t());
+                for (r, (row, sr)) in ds.chunks_mut(t).zip(s.chunks_mut(t)).enumerate() {
+                    let seen = scores.keys.range(r, t);
+                    if let Some(u) = &u {
+                        simd::add_into(&mut sr[seen.clone()], &u[seen.clone()]);
+                    }
+                    loops::cap_slope(&mut row[seen.clone()], &sr[seen], scale, cap as f32);
+                }
             }
             let dsi = Mat::rows(&ds, t, t);
             let mut dq = dqi.map(|out| gemm.into(out, dsi, kh.at(i)));
@@ -137,15 +149,14 @@ impl AttentionOps for Flex {
         [dq, dk, dv, dbq]
     }
 
-    fn softmax_scores(s: FlexTensor, scale: f64, keys: Keys) -> FlexTensor {
+    fn softmax_scores(s: FlexTensor, scores: Scores) -> FlexTensor {
         if s.dtype() != DType::F32 {
-            return reference::softmax_scores::<Flex>(s, scale, keys);
+            return reference::softmax_scores::<Flex>(s, scores);
         }
         let shape = s.layout().shape().clone();
         let (tq, tk) = (shape[shape.num_dims() - 2], shape[shape.num_dims() - 1]);
         let mut out = Rows::new(s);
-        let scale = scale as f32;
-        out.for_each(|r, row| seen_softmax(row, keys.range(r % tq, tk), scale));
+        out.for_each(|r, row| seen_softmax(row, scores.keys.range(r % tq, tk), scores));
         out.tensor
     }
 
@@ -179,34 +190,42 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
     fits.then_some(dims)
 }
 
-/// One head's attention weights `softmax(scale · (q · kᵀ + 1 · uᵀ) (+
-/// mask))` (`q`, `k`: `t × d`; `u`, a shift per key, or none) formed in
-/// `p` (`t × t`), the keys a query does not see (`keys`) weighted 0.
+/// One head's attention weights: the softmax of the logits of `q · kᵀ +
+/// 1 · uᵀ` (`q`, `k`: `t × d`; `u`, a shift per key, or none; the logits
+/// as `scores` makes them) formed in `p` (`t × t`), the keys a query does
+/// not see (`scores.keys`) weighted 0.
 pub(crate) fn attention_weights<'a>(
     gemm: &Gemm,
     p: MatOut<'a>,
     [q, k]: [Mat<'_>; 2],
-    (scale, keys): (f32, Keys),
+    scores: Scores,
     shift: Option<&[f32]>,
 ) -> (MatMut<'a>, Written) {
     let (mut p, proof) = gemm.into(p, q, k.t());
     let t = p.dims()[0];
     for r in 0..t {
         let row = p.row(r);
-        let seen = keys.range(r, t);
+        let seen = scores.keys.range(r, t);
         if let Some(u) = shift {
             simd::add_into(&mut row[seen.clone()], &u[seen.clone()]);
         }
-        seen_softmax(row, seen, scale);
+        seen_softmax(row, seen, scores);
     }
     (p, proof)
 }
 
-/// The softmax of `scale · row[seen]` in place, and zeros elsewhere.
-fn seen_softmax(row: &mut [f32], seen: std::ops::Range<usize>, scale: f32) {
+/// The softmax of the logits of `row[seen]` in place, and zeros elsewhere.
+fn seen_softmax(row: &mut [f32], seen: std::ops::Range<usize>, scores: Scores) {
     let (before, from) = row.split_at_mut(seen.start);
     before.fill(0.0);
-    loops::softmax(from, seen.len(), scale);
+    let scale = scores.scale as f32;
+    match scores.cap {
+        Some(cap) => {
+            loops::soft_cap(&mut from[..seen.len()], scale, cap as f32);
+            loops::softmax(from, seen.len(), 1.0);
+        }
+        None => loops::softmax(from, seen.len(), scale),
+    }
 }
 
 /// The scores' shift per key from a query bias `bq` (one head's `d`

@@ -26,8 +26,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::{reference, AttentionOps, Keys};
-use crate::kernels::cube::{cube_sum, empty_f32, first_key, keys_end, row_cubes, row_lse, writable};
+use super::{reference, AttentionOps, Scores};
+use crate::kernels::cube::{cube_sum, empty_f32, first_key, keys_end, logit, row_cubes, row_lse, writable};
 use crate::kernels::shaped::cube::{backward, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
@@ -51,17 +51,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, keys): (f64, Keys),
+        scores: Scores,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         if super::as_products(q.shape()[2]) {
-            return reference::attention_forward::<Self>(q, k, v, bq, (scale, keys));
+            return reference::attention_forward::<Self>(q, k, v, bq, scores);
         }
         let qkv = [q, k, v];
         let Some((operands, p)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
             let [q, k, v] = qkv;
-            return reference::attention_forward::<Self>(q, k, v, bq, (scale, keys));
+            return reference::attention_forward::<Self>(q, k, v, bq, scores);
         };
-        let (o, lse) = forward(operands, &p, (scale, keys, false));
+        let (o, lse) = forward(operands, &p, (scores, false));
         (split_heads::<Self>(o, p.heads), lse)
     }
 
@@ -70,14 +70,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         kept: (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
-        mask: (f64, Keys, Option<FloatTensor<Self>>),
+        mask: (Scores, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
         rows_backward::<R, F, I, BT>(qkv, bq, kept, g, mask, wants)
     }
 
-    fn softmax_scores(s: FloatTensor<Self>, scale: f64, keys: Keys) -> FloatTensor<Self> {
-        let Some([rows, tq, tk]) = rows_of(&s) else { return reference::softmax_scores::<Self>(s, scale, keys) };
+    fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
+        let Some([rows, tq, tk]) = rows_of(&s) else { return reference::softmax_scores::<Self>(s, scores) };
+        let keys = scores.keys;
         let s = into_contiguous(s);
         let p = empty_f32(&s, s.shape());
         let client = s.client.clone();
@@ -88,13 +89,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
             dim,
             s.into_tensor_arg(),
             p.clone().into_tensor_arg(),
-            scale as f32,
+            scores.scale as f32,
+            scores.cap.unwrap_or(1.0) as f32,
             rows,
             tq,
             tk,
             keys.reach(tq.max(tk)),
             block,
             keys.causal,
+            scores.cap.is_some(),
         );
         p
     }
@@ -129,19 +132,19 @@ fn rows_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement
     bq: Option<CubeTensor<R>>,
     (p, o): (CubeTensor<R>, Option<CubeTensor<R>>),
     g: CubeTensor<R>,
-    (scale, keys, acc): (f64, Keys, Option<CubeTensor<R>>),
+    (scores, acc): (Scores, Option<CubeTensor<R>>),
     wants: [bool; 3],
 ) -> [Option<CubeTensor<R>>; 4] {
     type B<R, F, I, BT> = CubeBackend<R, F, I, BT>;
     if p.shape().num_dims() != 3 {
-        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, p, g, (scale, keys, acc), wants);
+        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, p, g, (scores, acc), wants);
     }
     let Some((operands, plan)) = operands::<R, F, I, BT>(&qkv, bq.as_ref()) else {
         // Not reached (the forward kept row statistics, so it ran the
         // kernels on these operands); the reference, from its weights.
         let [q, k, v] = qkv.clone();
-        let weights = reference::attention_forward::<B<R, F, I, BT>>(q, k, v, bq.clone(), (scale, keys)).1;
-        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, weights, g, (scale, keys, acc), wants);
+        let weights = reference::attention_forward::<B<R, F, I, BT>>(q, k, v, bq.clone(), scores).1;
+        return reference::attention_backward::<B<R, F, I, BT>>(qkv, bq, weights, g, (scores, acc), wants);
     };
     let dy = into_contiguous(merge_heads::<B<R, F, I, BT>>(g));
     let shape = [plan.batch, plan.heads, plan.tokens, plan.d];
@@ -149,7 +152,7 @@ fn rows_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement
         .filter(|o| o.dtype == DType::F32 && o.shape().as_slice() == shape)
         .map(|o| into_contiguous(merge_heads::<B<R, F, I, BT>>(o)));
     let plain = Mix { mixed: false, summed: false };
-    let [dq, dk, dv, _] = backward(operands, &plan, (p, kept), dy, (scale, keys, plain));
+    let [dq, dk, dv, _] = backward(operands, &plan, (p, kept), dy, (scores, plain));
     let dbq = bq.as_ref().map(|_| {
         let s = B::<R, F, I, BT>::float_sum_dim(B::<R, F, I, BT>::float_sum_dim(dq.clone(), 2), 0);
         B::<R, F, I, BT>::float_reshape(s, [plan.heads * plan.d].into())
@@ -176,20 +179,23 @@ pub(crate) fn rows_of<T: TensorMetadata>(s: &T) -> Option<[usize; 3]> {
 }
 
 /// Row `CUBE_POS` of `rows` rows of `tk` scores (`tq` rows a matrix): the
-/// softmax of `scale · s` over the keys its query sees (`Keys::range`:
-/// the causal mask's and those within `reach`), the others weighted 0.
+/// softmax of their logits (`scale · s`, soft-capped at `cap` when
+/// `capped`) over the keys its query sees (`Keys::range`: the causal
+/// mask's and those within `reach`), the others weighted 0.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn softmax_rows<F: Float>(
     s: &Tensor<F>,
     p: &mut Tensor<F>,
     scale: f32,
+    cap: f32,
     rows: usize,
     tq: usize,
     tk: usize,
     reach: usize,
     #[comptime] block: usize,
     #[comptime] causal: bool,
+    #[comptime] capped: bool,
 ) {
     let row = CUBE_POS;
     if row >= rows {
@@ -200,15 +206,37 @@ fn softmax_rows<F: Float>(
     let lo = first_key(i, reach);
     let end = keys_end(i, tk, reach, causal);
     let scale = F::cast_from(scale);
-    let lse = row_lse(s, start + lo, end - lo, scale, block);
-    let mut j = UNIT_POS as usize;
-    while j < tk {
-        let mut x = F::new(0.0);
-        if j >= lo && j < end {
-            x = F::exp(s[start + j] * scale - lse);
+    if capped {
+        // The logits first, then their log-sum-exp (whose units read
+        // others' entries: after a barrier).
+        let cap = F::cast_from(cap);
+        let mut j = UNIT_POS as usize;
+        while j < tk {
+            p[start + j] = logit::<F>(s[start + j], scale, cap, true);
+            j += block;
         }
-        p[start + j] = x;
-        j += block;
+        sync_cube();
+        let lse = row_lse(p, start + lo, end - lo, F::new(1.0), block);
+        j = UNIT_POS as usize;
+        while j < tk {
+            let mut x = F::new(0.0);
+            if j >= lo && j < end {
+                x = F::exp(p[start + j] - lse);
+            }
+            p[start + j] = x;
+            j += block;
+        }
+    } else {
+        let lse = row_lse(s, start + lo, end - lo, scale, block);
+        let mut j = UNIT_POS as usize;
+        while j < tk {
+            let mut x = F::new(0.0);
+            if j >= lo && j < end {
+                x = F::exp(s[start + j] * scale - lse);
+            }
+            p[start + j] = x;
+            j += block;
+        }
     }
 }
 

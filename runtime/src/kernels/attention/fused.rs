@@ -11,7 +11,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use burn_fusion::Fusion;
 
 use super::cube::rows_of;
-use super::{reference, AttentionOps, Keys};
+use super::{reference, AttentionOps, Scores};
 use crate::kernels::fused::{f32s, like, outputs, run, Operands};
 use crate::kernels::shaped::cube::shape_plan;
 
@@ -29,17 +29,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, keys): (f64, Keys),
+        scores: Scores,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let products = crate::kernels::attention::as_products(q.shape()[2]);
         let planned = merged(&v).and_then(|m| shape_plan(&q, &k, (m, v.dtype()), bq.as_ref())).filter(|_| !products);
-        let Some(p) = planned else { return reference::attention_forward::<Self>(q, k, v, bq, (scale, keys)) };
+        let Some(p) = planned else { return reference::attention_forward::<Self>(q, k, v, bq, scores) };
         let shapes = vec![f32s([p.batch, p.heads, p.tokens, p.d]), f32s([p.batch, p.heads, p.tokens])];
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().floats([q, k, v]).maybe(bq);
         let [o, lse] = outputs(run("blkc.attention_forward", ops, shapes, move |mut x| {
             let [q, k, v] = x.floats();
             let bq = x.maybe();
-            let (o, lse) = CubeBackend::<R, F, I, BT>::attention_forward(q, k, v, bq, (scale, keys));
+            let (o, lse) = CubeBackend::<R, F, I, BT>::attention_forward(q, k, v, bq, scores);
             vec![o, lse]
         }));
         (o, lse)
@@ -50,20 +50,20 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
         bq: Option<FloatTensor<Self>>,
         kept: (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
-        mask: (f64, Keys, Option<FloatTensor<Self>>),
+        mask: (Scores, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
         backward_op::<R, F, I, BT>(qkv, bq, kept, g, mask, wants)
     }
 
-    fn softmax_scores(s: FloatTensor<Self>, scale: f64, keys: Keys) -> FloatTensor<Self> {
+    fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
         if rows_of(&s).is_none() {
-            return reference::softmax_scores::<Self>(s, scale, keys);
+            return reference::softmax_scores::<Self>(s, scores);
         }
         let shapes = vec![like(&s)];
         let ops = Operands::<CubeBackend<R, F, I, BT>>::new().float(s);
         let [p] = outputs(run("blkc.softmax_scores", ops, shapes, move |mut x| {
-            vec![CubeBackend::<R, F, I, BT>::softmax_scores(x.float(), scale, keys)]
+            vec![CubeBackend::<R, F, I, BT>::softmax_scores(x.float(), scores)]
         }));
         p
     }
@@ -94,18 +94,11 @@ fn backward_op<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     bq: Option<Fused<R, F, I, BT>>,
     (p, o): (Fused<R, F, I, BT>, Option<Fused<R, F, I, BT>>),
     g: Fused<R, F, I, BT>,
-    (scale, keys, acc): (f64, Keys, Option<Fused<R, F, I, BT>>),
+    (scores, acc): (Scores, Option<Fused<R, F, I, BT>>),
     wants: [bool; 3],
 ) -> [Option<Fused<R, F, I, BT>>; 4] {
     if p.shape().num_dims() != 3 {
-        return reference::attention_backward::<Fusion<CubeBackend<R, F, I, BT>>>(
-            qkv,
-            bq,
-            p,
-            g,
-            (scale, keys, acc),
-            wants,
-        );
+        return reference::attention_backward::<Fusion<CubeBackend<R, F, I, BT>>>(qkv, bq, p, g, (scores, acc), wants);
     }
     // The gradients asked for, shaped as their operands, and the query
     // bias's (one per entry of `heads · d`, as the bias).
@@ -120,8 +113,7 @@ fn backward_op<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         let o = x.maybe();
         let g = x.float();
         let acc = x.maybe();
-        let mask = (scale, keys, acc);
-        let grads = CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, (p, o), g, mask, wants);
+        let grads = CubeBackend::<R, F, I, BT>::attention_backward(qkv, bq, (p, o), g, (scores, acc), wants);
         grads.into_iter().flatten().collect()
     })
     .into_iter();

@@ -1,8 +1,8 @@
 //! The attention family's loops: a row's softmax (under the causal mask)
-//! and its backward.
+//! and its backward, and a soft-cap's logits and slope.
 
 use crate::kernels::cpu::raw::multiversion;
-use crate::kernels::cpu::simd::{dot, exp, fold_lanes, LANES};
+use crate::kernels::cpu::simd::{dot, exp, fold_lanes, tanh, LANES};
 
 multiversion! {
     /// The softmax of `scale · row[..seen]` in place, and zeros after.
@@ -44,5 +44,28 @@ multiversion! {
             *g = scale * w * (*g - d);
         }
         d
+    }
+}
+
+multiversion! {
+    /// Scores to soft-capped logits in place: `cap · tanh(scale · s / cap)`.
+    pub fn soft_cap(row: &mut [f32], scale: f32, cap: f32) {
+        let inner = scale / cap;
+        for x in row.iter_mut() {
+            *x = cap * tanh(*x * inner);
+        }
+    }
+}
+
+multiversion! {
+    /// The soft-cap's slope applied to a row of logit gradients `dz` in
+    /// place, from the scores `s` formed again: `dz · (1 − tanh²(scale · s
+    /// / cap))`.
+    pub fn cap_slope(dz: &mut [f32], s: &[f32], scale: f32, cap: f32) {
+        let inner = scale / cap;
+        for (g, &x) in dz.iter_mut().zip(s) {
+            let th = tanh(x * inner);
+            *g *= 1.0 - th * th;
+        }
     }
 }

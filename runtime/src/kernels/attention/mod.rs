@@ -1,4 +1,5 @@
-//! Softmax attention: `softmax(scale · (q + bq) · kᵀ (+ mask)) · v` as one
+//! Softmax attention: `softmax(z (+ mask)) · v`, `z` the logits of the
+//! scores `(q + bq) · kᵀ` (scaled, soft-capped or not: [`Scores`]), as one
 //! graph node whose mask is never built, its weights, and the backward
 //! through them. The mask is a [`Keys`]: causal or not, with a sliding
 //! window or not.
@@ -77,25 +78,56 @@ impl Keys {
     }
 }
 
+/// How an attention's scores `s = (q + bq) · k` become the softmax's
+/// logits, and which keys each query sees: `z = scale · s`, soft-capped to
+/// `cap · tanh(z / cap)` when `cap` is given (Gemma 2's attention), the
+/// keys that `keys` hides weighted 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    pub scale: f64,
+    pub cap: Option<f64>,
+    pub keys: Keys,
+}
+
+impl Scores {
+    /// Scores times `scale`, not capped, under the mask `keys`.
+    pub fn new(scale: f64, keys: Keys) -> Scores {
+        Scores { scale, cap: None, keys }
+    }
+
+    /// These scores soft-capped at `cap` (or not, `None`).
+    pub fn capped(self, cap: Option<f64>) -> Scores {
+        Scores { cap, ..self }
+    }
+
+    /// The logit of the score `s`.
+    pub fn logit(self, s: f64) -> f64 {
+        let z = self.scale * s;
+        self.cap.map_or(z, |c| c * (z / c).tanh())
+    }
+}
+
 /// The attention family.
 pub trait AttentionOps: DenseOps {
-    /// Softmax attention `softmax(scale · (q + bq) · kᵀ (+ mask)) · v`
-    /// (the mask hides what `keys` does not see) for `q, k: [batch, heads, tokens, head_dim]` and `v: [batch,
-    /// tokens, heads · head_dim]`, the heads merged the same way in the
-    /// output (`bq` as in [`AttentionOps::attention_forward`]).
+    /// Softmax attention `softmax(z (+ mask)) · v`, `z` the logits
+    /// ([`Scores::logit`]) of `(q + bq) · kᵀ` (the mask hides what
+    /// `scores.keys` does not see) for `q, k: [batch, heads, tokens,
+    /// head_dim]` and `v: [batch, tokens, heads · head_dim]`, the heads
+    /// merged the same way in the output (`bq` as in
+    /// [`AttentionOps::attention_forward`]).
     fn softmax_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, keys): (f64, Keys),
+        scores: Scores,
     ) -> FloatTensor<Self> {
         let v = split_heads::<Self>(v, q.shape()[1]);
-        merge_heads::<Self>(Self::attention_forward(q, k, v, bq, (scale, keys)).0)
+        merge_heads::<Self>(Self::attention_forward(q, k, v, bq, scores).0)
     }
 
-    /// Softmax attention on heads: `(o, p)`, `p = softmax(scale · (q + bq)
-    /// · kᵀ (+ mask))` and `o = p · v` stored token-major (see
+    /// Softmax attention on heads: `(o, p)`, `p = softmax(z (+ mask))`, `z`
+    /// the logits of `(q + bq) · kᵀ`, and `o = p · v` stored token-major (see
     /// [`crate::kernels::DenseOps::matmul_token_major`]), for `q, k, v: [batch, heads,
     /// tokens, head_dim]` and the query's bias `bq: [heads · head_dim]`
     /// when given. There is no key bias: `bk` would add `(q_i + bq) · bk`
@@ -106,20 +138,22 @@ pub trait AttentionOps: DenseOps {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bq: Option<FloatTensor<Self>>,
-        (scale, keys): (f64, Keys),
+        scores: Scores,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::attention_forward::<Self>(q, k, v, bq, (scale, keys))
+        reference::attention_forward::<Self>(q, k, v, bq, scores)
     }
 
     /// The gradients `[dq, dk, dv, dbq]` of [`AttentionOps::attention_forward`]
     /// from `g` (`o`'s, `[batch, heads, tokens, head_dim]`), the first
     /// three where `wants` them, `dbq` with `bq`; stored token-major: `dv =
-    /// pᵀ · g`, `ds = scale · p ⊙ (dp − Σ p ⊙ dp)` with `dp = g · vᵀ`, `dq
+    /// pᵀ · g`, `ds = z′ ⊙ p ⊙ (dp − Σ p ⊙ dp)` with `dp = g · vᵀ` and `z′`
+    /// the logit's slope (`scale`, or `scale · (1 − (z / cap)²)` under a
+    /// soft-cap), `dq
     /// = ds · k`, `dk = dsᵀ · (q + bq)`, `dbq = Σ dq` over the batch and
     /// tokens. `dv` is added into `acc` (`[batch, tokens, heads ·
     /// head_dim]`) when given. `p` is what the forward kept: the weights,
     /// or what a backend keeps in their place (the rows' log-sum-exp on
-    /// the CubeCL backends), with the mask `keys` of the forward. `o`,
+    /// the CubeCL backends), with the forward's `scores`. `o`,
     /// when given, is the forward's output (as
     /// [`AttentionOps::attention_forward`] returned it), which the graph
     /// keeps anyway (the next product reads it): a backend that kept row
@@ -130,22 +164,24 @@ pub trait AttentionOps: DenseOps {
         bq: Option<FloatTensor<Self>>,
         (p, o): (FloatTensor<Self>, Option<FloatTensor<Self>>),
         g: FloatTensor<Self>,
-        (scale, keys, acc): (f64, Keys, Option<FloatTensor<Self>>),
+        (scores, acc): (Scores, Option<FloatTensor<Self>>),
         wants: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 4] {
         let _ = o;
-        reference::attention_backward::<Self>(qkv, bq, p, g, (scale, keys, acc), wants)
+        reference::attention_backward::<Self>(qkv, bq, p, g, (scores, acc), wants)
     }
 
-    /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the softmax over
-    /// the last dimension of `scale · s`, the keys that query `i` does not
-    /// see ([`Keys::range`]) weighted 0.
-    fn softmax_scores(s: FloatTensor<Self>, scale: f64, keys: Keys) -> FloatTensor<Self> {
-        reference::softmax_scores::<Self>(s, scale, keys)
+    /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the
+    /// softmax over the last dimension of their logits
+    /// ([`Scores::logit`]), the keys that query `i` does not see
+    /// ([`Keys::range`]) weighted 0.
+    fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
+        reference::softmax_scores::<Self>(s, scores)
     }
 
     /// The gradient of the scores from that of the weights `p` (as made by
-    /// [`AttentionOps::softmax_scores`]): `scale · p ⊙ (dp − Σⱼ p ⊙ dp)`.
+    /// [`AttentionOps::softmax_scores`] without a soft-cap): `scale · p ⊙
+    /// (dp − Σⱼ p ⊙ dp)` (that of the logits times `scale`).
     fn softmax_scores_backward(p: FloatTensor<Self>, dp: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         reference::softmax_scores_backward::<Self>(p, dp, scale)
     }
@@ -159,7 +195,7 @@ pub fn attention<B: AttentionOps>(
     k: Tensor<B, 4>,
     v: Tensor<B, 3>,
     bq: Option<Tensor<B, 1>>,
-    (scale, keys): (f64, Keys),
+    scores: Scores,
 ) -> Tensor<B, 3> {
-    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), bq.map(primitive), (scale, keys)))
+    tensor(B::softmax_attention(primitive(q), primitive(k), primitive(v), bq.map(primitive), scores))
 }

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor, TensorMetadata};
 
-use super::{AttentionOps, Keys};
+use super::{AttentionOps, Keys, Scores};
 use crate::kernels::tensor::{primitive, tensor};
 
 /// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
@@ -29,10 +29,10 @@ pub fn attention_forward<B: AttentionOps>(
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     bq: Option<FloatTensor<B>>,
-    (scale, keys): (f64, Keys),
+    scores: Scores,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let s = B::matmul(biased::<B>(q, bq), B::float_transpose(k));
-    let p = B::softmax_scores(s, scale, keys);
+    let p = B::softmax_scores(s, scores);
     (B::matmul_token_major(p.clone(), v), p)
 }
 
@@ -41,7 +41,7 @@ pub fn attention_backward<B: AttentionOps>(
     bq: Option<FloatTensor<B>>,
     p: FloatTensor<B>,
     g: FloatTensor<B>,
-    (scale, _keys, acc): (f64, Keys, Option<FloatTensor<B>>),
+    (scores, acc): (Scores, Option<FloatTensor<B>>),
     wants: [bool; 3],
 ) -> [Option<FloatTensor<B>>; 4] {
     let [q, k, v] = qkv;
@@ -58,15 +58,31 @@ pub fn attention_backward<B: AttentionOps>(
         return [None, None, dv, None];
     }
     let dp = B::matmul(g, B::float_transpose(v));
-    let ds = B::softmax_scores_backward(p, dp, scale);
+    let ds = match scores.cap {
+        None => B::softmax_scores_backward(p, dp, scores.scale),
+        // The logits' gradient times their slope, from the scores formed
+        // again.
+        Some(cap) => {
+            let dz = B::softmax_scores_backward(p, dp, 1.0);
+            let s = B::matmul(q.clone(), B::float_transpose(k.clone()));
+            let th = B::float_tanh(B::float_mul_scalar(s, (scores.scale / cap).into()));
+            let flat = B::float_add_scalar(B::float_neg(B::float_mul(th.clone(), th)), 1.0.into());
+            B::float_mul(dz, B::float_mul_scalar(flat, scores.scale.into()))
+        }
+    };
     let dq = (wants[0] || with_bias).then(|| B::matmul_token_major(ds.clone(), k));
     let dk = wants[1].then(|| B::matmul_token_major(B::float_transpose(ds), q));
     let dbq = dq.as_ref().filter(|_| with_bias).map(bias_grad::<B>);
     [dq.filter(|_| wants[0]), dk, dv, dbq]
 }
 
-pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scale: f64, keys: Keys) -> FloatTensor<B> {
-    let s = B::float_mul_scalar(s, scale.into());
+pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scores: Scores) -> FloatTensor<B> {
+    let s = B::float_mul_scalar(s, scores.scale.into());
+    let s = match scores.cap {
+        Some(cap) => B::float_mul_scalar(B::float_tanh(B::float_div_scalar(s, cap.into())), cap.into()),
+        None => s,
+    };
+    let keys = scores.keys;
     let shape = s.shape();
     let rank = shape.num_dims();
     let (tq, tk) = (shape[rank - 2], shape[rank - 1]);

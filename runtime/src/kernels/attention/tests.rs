@@ -4,7 +4,7 @@
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
 
-use super::{reference, AttentionOps, Keys};
+use super::{reference, AttentionOps, Keys, Scores};
 use crate::kernels::tensor::{merge_heads, split_heads};
 use crate::kernels::testing::*;
 use crate::kernels::*;
@@ -38,34 +38,56 @@ fn a_query_sees_the_keys_of_its_window() {
     }
 }
 
+/// Every mask, soft-capped (at 1.5, which large scores reach) or not.
+fn capped_masks() -> Vec<(Keys, Option<f64>)> {
+    masks().into_iter().flat_map(|keys| [(keys, None), (keys, Some(1.5))]).collect()
+}
+
 /// The attention kernel and burn's attention (its autodiff composition)
 /// agree on value and on the gradients of q, k and v, for every mask
-/// (burn's given what the window hides); and with the query's bias given
-/// to the kernel, with burn's on `q + bq` and `k + bk`: the key's bias
-/// changes nothing, and its gradient is zero.
+/// (burn's given what the window hides), soft-capped or not; and with
+/// the query's bias given to the kernel, with burn's on `q + bq` and `k +
+/// bk`: uncapped, the key's bias changes nothing, and its gradient is
+/// zero (so the kernel is not given it); capped, it does change the
+/// weights (the tanh bends the constant it adds to a row), so the kernel
+/// is given `k + bk`.
 #[test]
 fn softmax_attention_matches_burn() {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    for keys in masks() {
+    for (keys, softcap) in capped_masks() {
+        let scores = Scores::new(0.5, keys).capped(softcap);
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
         let (bq, bk) = (random([12]), random([12]));
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), Some(bq.clone()), (0.5, keys));
-        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: false };
+        // Each graph its own `k + bk` (a backward consumes the nodes it
+        // walks).
+        let k1 = || k.clone() + bk.clone().reshape([1, 3, 1, 4]);
+        let kernel_k = if softcap.is_some() { k1() } else { k.clone() };
+        let ours = super::attention(q.clone(), kernel_k, v.clone(), Some(bq.clone()), scores);
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap, is_causal: false };
         let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
-        let (q1, k1) = (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4]));
+        let q1 = q.clone() + bq.clone().reshape([1, 3, 1, 4]);
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q1, k1, v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let theirs = attention(q1, k1(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[q, k], &g1, &g2);
         grads_agree(&[v], &g1, &g2);
         let dbq = (bq.grad(&g1).expect("kernel gradient"), bq.grad(&g2).expect("burn gradient"));
         dbq.0.to_data().assert_approx_eq::<f32>(&dbq.1.to_data(), Tolerance::absolute(1e-3));
-        let dbk = bk.grad(&g2).expect("burn gradient");
-        dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4));
+        let dbk = (bk.grad(&g1), bk.grad(&g2).expect("burn gradient"));
+        match dbk {
+            (None, dbk) => {
+                dbk.to_data().assert_approx_eq::<f32>(&dbk.zeros_like().to_data(), Tolerance::absolute(1e-4))
+            }
+            (Some(ours), theirs) => {
+                ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-3))
+            }
+        }
+        assert_eq!(bk.grad(&g1).is_some(), softcap.is_some());
     }
-    for keys in masks() {
+    for (keys, softcap) in capped_masks() {
+        let scores = Scores::new(0.5, keys).capped(softcap);
         let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
         // Large logits, so that a missing max shift would overflow.
         let q = (q * 30.0).detach().require_grad();
@@ -74,9 +96,9 @@ fn softmax_attention_matches_burn() {
         // the attention's `dv` is added into that product's.
         let v = random([2, 7, 12]);
         let w = random([12, 12]);
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, keys))
-            + linear(v.clone(), w.clone(), None, false);
-        let options = AttentionModuleOptions { scale: Some(0.5), softcap: None, is_causal: false };
+        let ours =
+            super::attention(q.clone(), k.clone(), v.clone(), None, scores) + linear(v.clone(), w.clone(), None, false);
+        let options = AttentionModuleOptions { scale: Some(0.5), softcap, is_causal: false };
         let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
         let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12])
@@ -87,7 +109,7 @@ fn softmax_attention_matches_burn() {
         grads_agree(&[v], &g1, &g2);
         // Alone, `dv` is written fresh.
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
-        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, (0.5, keys));
+        let ours = super::attention(q.clone(), k.clone(), v.clone(), None, scores);
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
         let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
         let (g1, g2) = backward_both(ours, theirs);
@@ -109,18 +131,20 @@ fn the_cpu_kernels_equal_the_reference() {
     let merged = |p| C::float_reshape(merge_heads::<C>(p), [10, 12].into());
     // With a query bias or not; every gradient or only some.
     let bias = C::float_reshape(r([1, 12]), [12].into());
-    for (keys, bq) in masks().into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]) {
-        let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, keys));
-        let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), (0.5, keys));
+    let cases = capped_masks().into_iter().flat_map(|(c, cap)| [(c, cap, None), (c, cap, Some(bias.clone()))]);
+    for (keys, cap, bq) in cases {
+        let scores = Scores::new(0.5, keys).capped(cap);
+        let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
+        let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         same(merged(o1), merged(o2));
         same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
         let accs = [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))];
         for (acc, wants) in accs.into_iter().flat_map(|a| [(a.clone(), [true; 3]), (a, [false, true, false])]) {
             let qkv = [q.clone(), k.clone(), v.clone()];
             let (p, go) = (p1.clone(), g.clone());
-            let ours = C::attention_backward(qkv.clone(), bq.clone(), (p, None), go, (0.5, keys, acc.clone()), wants);
+            let ours = C::attention_backward(qkv.clone(), bq.clone(), (p, None), go, (scores, acc.clone()), wants);
             let theirs =
-                reference::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (0.5, keys, acc), wants);
+                reference::attention_backward::<C>(qkv, bq.clone(), p1.clone(), g.clone(), (scores, acc), wants);
             for (i, (a, b)) in ours.into_iter().zip(theirs).enumerate() {
                 let wanted = if i < 3 { wants[i] } else { bq.is_some() };
                 assert_eq!((a.is_some(), b.is_some()), (wanted, wanted), "gradient {i}");
@@ -132,13 +156,14 @@ fn the_cpu_kernels_equal_the_reference() {
             }
         }
     }
-    // Attention weights: [2, 2, 6, 6] scores, every mask.
+    // Attention weights: [2, 2, 6, 6] scores, every mask, capped or not.
     let (s4, dp) = (r([4, 36]), r([4, 36]));
     let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
     let flat = |p| C::float_reshape(p, [4, 36].into());
-    for keys in masks() {
-        let p1 = C::softmax_scores(four(s4.clone()), 0.7, keys);
-        let p2 = reference::softmax_scores::<C>(four(s4.clone()), 0.7, keys);
+    for (keys, cap) in capped_masks() {
+        let scores = Scores::new(0.7, keys).capped(cap);
+        let p1 = C::softmax_scores(four(s4.clone()), scores);
+        let p2 = reference::softmax_scores::<C>(four(s4.clone()), scores);
         same(flat(p1.clone()), flat(p2));
         let d1 = C::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
         let d2 = reference::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);

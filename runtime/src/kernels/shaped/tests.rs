@@ -80,7 +80,7 @@ fn shaped_attention_matches_attention_then_mix() {
             true => (q.clone() + bq.clone().reshape([1, 3, 1, 4]), k.clone() + bk.clone().reshape([1, 3, 1, 4])),
             false => (q.clone(), k.clone()),
         };
-        let o = attention(q1, k1, v.clone(), None, (0.5, keys));
+        let o = attention(q1, k1, v.clone(), None, Scores::new(0.5, keys));
         let mixed = mix(v.clone(), o, gains.clone(), keys);
         let theirs = match addend {
             true => scaled_sum(mixed, b.clone(), beta_sa.clone(), beta_ff.clone()),

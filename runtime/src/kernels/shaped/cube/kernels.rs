@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use crate::kernels::cube::{cube_sum, first_key, keys_end};
+use crate::kernels::cube::{cap_slope, cube_sum, first_key, keys_end, logit};
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
 /// `[batch, tokens, heads·d]` tensor start at `h·d`. Rows are read and
@@ -23,6 +23,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     y: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<F>,
     scale: f32,
+    cap: f32,
     units: usize,
     heads: usize,
     tokens: usize,
@@ -32,12 +33,14 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     #[comptime] causal: bool,
     #[comptime] mixed: bool,
     #[comptime] biased: bool,
+    #[comptime] capped: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
         terminate!();
     }
     let scale = F::cast_from(scale);
+    let cap = F::cast_from(cap);
     let i = pos % tokens;
     let bh = pos / tokens;
     let h = bh % heads;
@@ -54,7 +57,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in lo..end {
-        let s = dot(&qr, k, kbase + j * ks, w) * scale;
+        let s = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
         let top = F::max(m, s);
         let keep = Vector::new(F::exp(m - top));
         let p = F::exp(s - top);
@@ -174,6 +177,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     delta: &mut Tensor<F>,
     part: &mut Tensor<F>,
     scale: f32,
+    cap: f32,
     units: usize,
     heads: usize,
     tokens: usize,
@@ -185,12 +189,14 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     #[comptime] summed: bool,
     #[comptime] biased: bool,
     #[comptime] kept: bool,
+    #[comptime] capped: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
         terminate!();
     }
     let scale = F::cast_from(scale);
+    let cap = F::cast_from(cap);
     let i = pos % tokens;
     let bh = pos / tokens;
     let h = bh % heads;
@@ -230,7 +236,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
         }
     } else {
         for j in lo..end {
-            let p = Vector::new(F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse));
+            let p = Vector::new(F::exp(logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped) - row_lse));
             let vrow = (b * tokens + j) * width + h * w;
             #[unroll]
             for c in 0..w {
@@ -268,8 +274,8 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     for j in lo..end {
         let vrow = (b * tokens + j) * width + h * w;
         let dp = dot(&d_o, v, vrow, w);
-        let p = F::exp(dot(&qr, k, kbase + j * ks, w) * scale - row_lse);
-        let ds = Vector::new(p * (dp - dd));
+        let z = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
+        let ds = Vector::new(F::exp(z - row_lse) * (dp - dd) * cap_slope::<F>(z, cap, capped));
         #[unroll]
         for c in 0..w {
             grad[c] += ds * k[kbase + j * ks + c];
@@ -307,6 +313,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
     dk: &mut Tensor<Vector<F, N>>,
     dv: &mut Tensor<Vector<F, N>>,
     scale: f32,
+    cap: f32,
     units: usize,
     heads: usize,
     tokens: usize,
@@ -317,12 +324,14 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
     #[comptime] mixed: bool,
     #[comptime] summed: bool,
     #[comptime] biased: bool,
+    #[comptime] capped: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
         terminate!();
     }
     let scale = F::cast_from(scale);
+    let cap = F::cast_from(cap);
     let j = pos % tokens;
     let bh = pos / tokens;
     let h = bh % heads;
@@ -374,8 +383,9 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
             dpv += dy[yrow + c] * v[vat + c];
         }
         let dp = gb * total(dpv);
-        let p = F::exp((dot(&kr, q, qrow, w) + kb) * scale - lse[bh * tokens + i]);
-        let ds = p * (dp - delta[bh * tokens + i]);
+        let z = logit::<F>(dot(&kr, q, qrow, w) + kb, scale, cap, capped);
+        let p = F::exp(z - lse[bh * tokens + i]);
+        let ds = p * (dp - delta[bh * tokens + i]) * cap_slope::<F>(z, cap, capped);
         if biased {
             sds += ds;
         }

@@ -15,6 +15,12 @@
 //! - `columns` (backward by key row): `dk_j` and `dv_j`, summing over the
 //!   queries that see key `j`, with the `alpha` and `centre` terms of `dv`.
 //!
+//! A soft-capped softmax (the plain softmax attention of `attention/cube.rs`
+//! with Gemma 2's cap; the shaped mix itself is not capped) forms each
+//! logit as `cap · tanh(scale · s / cap)` where the others form `scale · s`,
+//! and each `ds` is bent by the cap's slope `1 − (z / cap)²` (`capped`, a
+//! comptime switch, so that the uncapped kernels are as they were).
+//!
 //! The loops over a head's `d` entries are unrolled (`d` is known when a
 //! kernel is compiled), so that a row's accumulators can live in registers;
 //! so does the row a unit dots with all others (its query, or in `columns`
@@ -40,7 +46,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use burn::tensor::ops::FloatTensorOps;
 
 use super::{reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
-use crate::kernels::attention::Keys;
+use crate::kernels::attention::{Keys, Scores};
 use crate::kernels::cube::{empty_f32, row_cubes, units};
 use crate::kernels::gains::GainOps;
 
@@ -177,8 +183,9 @@ fn operands<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 pub(crate) fn forward<R: CubeRuntime>(
     o: Operands<R>,
     p: &Plan,
-    (scale, keys, mixed): (f64, Keys, bool),
+    (scores, mixed): (Scores, bool),
 ) -> (CubeTensor<R>, CubeTensor<R>) {
+    let keys = scores.keys;
     let y = empty_f32(&o.v, [p.batch, p.tokens, p.heads * p.d]);
     let lse = empty_f32(&o.v, [p.batch, p.heads, p.tokens]);
     let client = o.v.client.clone();
@@ -199,7 +206,8 @@ pub(crate) fn forward<R: CubeRuntime>(
         gamma.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
-        scale as f32,
+        scores.scale as f32,
+        scores.cap.unwrap_or(1.0) as f32,
         p.rows(),
         p.heads,
         p.tokens,
@@ -209,6 +217,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         keys.causal,
         mixed,
         o.biased,
+        scores.cap.is_some(),
     );
     (y, lse)
 }
@@ -238,8 +247,10 @@ pub(crate) fn backward<R: CubeRuntime>(
     p: &Plan,
     (lse, kept): (CubeTensor<R>, Option<CubeTensor<R>>),
     dy: CubeTensor<R>,
-    (scale, keys, mix): (f64, Keys, Mix),
+    (scores, mix): (Scores, Mix),
 ) -> [CubeTensor<R>; 4] {
+    let keys = scores.keys;
+    let (scale, cap) = (scores.scale as f32, scores.cap.unwrap_or(1.0) as f32);
     let client = o.v.client.clone();
     let (count, dim) = units(&client, p.rows());
     let dq = empty_f32(&o.v, [p.batch, p.heads, p.tokens, p.d]);
@@ -272,7 +283,8 @@ pub(crate) fn backward<R: CubeRuntime>(
         dq.clone().into_tensor_arg(),
         delta.clone().into_tensor_arg(),
         part.clone().into_tensor_arg(),
-        scale as f32,
+        scale,
+        cap,
         p.rows(),
         p.heads,
         p.tokens,
@@ -284,6 +296,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         mix.summed,
         o.biased,
         with_o,
+        scores.cap.is_some(),
     );
     let [alpha, beta, gamma, beta_sa] = gains();
     shaped_columns::launch::<f32, R>(
@@ -304,7 +317,8 @@ pub(crate) fn backward<R: CubeRuntime>(
         dy.into_tensor_arg(),
         dk.clone().into_tensor_arg(),
         dv.clone().into_tensor_arg(),
-        scale as f32,
+        scale,
+        cap,
         p.rows(),
         p.heads,
         p.tokens,
@@ -315,6 +329,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         mix.mixed,
         mix.summed,
         o.biased,
+        scores.cap.is_some(),
     );
     [dq, dk, dv, part]
 }
@@ -378,7 +393,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
-        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scale, a.keys, mix));
+        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (Scores::new(a.scale, a.keys), mix));
         let [da, db, dg, dsa] = gain_grads(part, &p, summed);
         let some =
             |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
@@ -518,7 +533,7 @@ pub(crate) fn by_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     add: Option<MixAddend<CubeTensor<R>>>,
     p: &Plan,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scale, a.keys, true));
+    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (Scores::new(a.scale, a.keys), true));
     let y = match add {
         Some(m) => CubeBackend::<R, F, I, BT>::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
