@@ -17,15 +17,16 @@ use crate::kernels::tensor::split_heads;
 
 impl DenseOps for Flex {
     fn activate(x: FlexTensor, gate: Gate) -> FlexTensor {
-        map([&x], |[x]| gate.at(x).0).unwrap_or_else(|| reference::activate::<Flex>(x, gate))
+        map([&x], |out, [x]| loops::activate(out, x, gate)).unwrap_or_else(|| reference::activate::<Flex>(x, gate))
     }
 
     fn activate_backward(x: FlexTensor, dy: FlexTensor, gate: Gate) -> FlexTensor {
-        map([&x, &dy], |[x, dy]| dy * gate.at(x).1).unwrap_or_else(|| reference::activate_backward::<Flex>(x, dy, gate))
+        map([&x, &dy], |out, [x, dy]| loops::activate_grad(out, x, dy, gate))
+            .unwrap_or_else(|| reference::activate_backward::<Flex>(x, dy, gate))
     }
 
     fn gated(g: FlexTensor, h: FlexTensor, gate: Gate) -> FlexTensor {
-        map([&g, &h], |[g, h]| gate.at(g).0 * h).unwrap_or_else(|| reference::gated::<Flex>(g, h, gate))
+        map([&g, &h], |out, [g, h]| loops::gated(out, g, h, gate)).unwrap_or_else(|| reference::gated::<Flex>(g, h, gate))
     }
 
     fn gated_backward(g: FlexTensor, h: FlexTensor, dz: FlexTensor, gate: Gate) -> (FlexTensor, FlexTensor) {
@@ -36,22 +37,17 @@ impl DenseOps for Flex {
         let (g, h, dz) = (g.to_contiguous(), h.to_contiguous(), dz.to_contiguous());
         let n = shape.num_elements();
         let (gs, hs, ds): (&[f32], &[f32], &[f32]) = (&g.storage()[..n], &h.storage()[..n], &dz.storage()[..n]);
-        // `dg` and `dh` interleaved by blocks, so one pass writes both.
+        // `dg` and `dh` by blocks, so one pass writes both.
         let mut both = vec![0.0f32; 2 * n];
         let (dg, dh) = both.split_at_mut(n);
-        let block = 4096;
         let work = |(k, (a, b)): (usize, (&mut [f32], &mut [f32]))| {
-            let at = k * block;
-            for i in 0..a.len() {
-                let (act, slope) = gate.at(gs[at + i]);
-                a[i] = ds[at + i] * hs[at + i] * slope;
-                b[i] = ds[at + i] * act;
-            }
+            let at = k * BLOCK..k * BLOCK + a.len();
+            loops::gated_grad(a, b, &gs[at.clone()], &hs[at.clone()], &ds[at], gate);
         };
         if parallel(n) {
-            dg.par_chunks_mut(block).zip(dh.par_chunks_mut(block)).enumerate().for_each(work);
+            dg.par_chunks_mut(BLOCK).zip(dh.par_chunks_mut(BLOCK)).enumerate().for_each(work);
         } else {
-            dg.chunks_mut(block).zip(dh.chunks_mut(block)).enumerate().for_each(work);
+            dg.chunks_mut(BLOCK).zip(dh.chunks_mut(BLOCK)).enumerate().for_each(work);
         }
         let dh = both.split_off(n);
         (owned(both, shape.clone()), owned(dh, shape))
@@ -310,10 +306,13 @@ fn same_f32(ts: &[&FlexTensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32 && t.layout().shape() == ts[0].layout().shape())
 }
 
-/// `f` of the entries of `ts` at each index, as a new tensor of their
-/// shape, in parallel by blocks when large; `None` unless every tensor is
-/// f32 with one shape.
-fn map<const N: usize>(ts: [&FlexTensor; N], f: impl Fn([f32; N]) -> f32 + Sync) -> Option<FlexTensor> {
+/// The entries an elementwise loop takes at a time (in parallel by blocks).
+const BLOCK: usize = 4096;
+
+/// `f` over blocks of the entries of `ts` (`f(out, [blocks of ts])`), as a
+/// new tensor of their shape, in parallel when large; `None` unless every
+/// tensor is f32 with one shape.
+fn map<const N: usize>(ts: [&FlexTensor; N], f: impl Fn(&mut [f32], [&[f32]; N]) + Sync) -> Option<FlexTensor> {
     if !same_f32(&ts) {
         return None;
     }
@@ -322,17 +321,14 @@ fn map<const N: usize>(ts: [&FlexTensor; N], f: impl Fn([f32; N]) -> f32 + Sync)
     let held = ts.map(|t| t.to_contiguous());
     let xs: [&[f32]; N] = std::array::from_fn(|k| &held[k].storage()[..n]);
     let mut y = vec![0.0f32; n];
-    let block = 4096;
     let run = |(k, out): (usize, &mut [f32])| {
-        let at = k * block;
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = f(std::array::from_fn(|j| xs[j][at + i]));
-        }
+        let at = k * BLOCK..k * BLOCK + out.len();
+        f(out, xs.map(|x| &x[at.clone()]));
     };
     if parallel(n) {
-        y.par_chunks_mut(block).enumerate().for_each(run);
+        y.par_chunks_mut(BLOCK).enumerate().for_each(run);
     } else {
-        y.chunks_mut(block).enumerate().for_each(run);
+        y.chunks_mut(BLOCK).enumerate().for_each(run);
     }
     Some(owned(y, shape))
 }

@@ -1,7 +1,10 @@
 //! The dense family's loops: ReLU in place (after a bias), its mask of
-//! bits, and the gradients through it.
+//! bits, and the gradients through it; the activations of gated units and
+//! their gradients.
 
+use super::Gate;
 use crate::kernels::cpu::raw::multiversion;
+use crate::kernels::cpu::simd;
 
 multiversion! {
     /// `max(v + b, 0)` in place (`b` per column).
@@ -110,5 +113,102 @@ multiversion! {
             *d = if v > 0.0 { *d } else { 0.0 };
             *s += *d;
         }
+    }
+}
+
+/// `(act(x), act'(x))` of `gate`, SiLU, GELU's tanh form and tanh with
+/// [`simd::exp`] and [`simd::tanh`] (operations that vectorise, where
+/// libm's `expf` and `tanhf` are calls per entry); the others as
+/// [`Gate::at`] has them.
+#[inline(always)]
+fn slope_of(gate: Gate, x: f32) -> (f32, f32) {
+    match gate {
+        Gate::Silu => {
+            let sig = 1.0 / (1.0 + simd::exp(-x));
+            (x * sig, sig * (1.0 + x * (1.0 - sig)))
+        }
+        Gate::GeluTanh => {
+            const K: f32 = 0.797_884_6; // √(2/π)
+            let th = simd::tanh(K * (x + 0.044715 * x * x * x));
+            let half = 0.5 * (1.0 + th);
+            (x * half, half + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * 0.044715 * x * x))
+        }
+        Gate::Tanh => {
+            let th = simd::tanh(x);
+            (th, 1.0 - th * th)
+        }
+        other => other.at(x),
+    }
+}
+
+/// `$body` with `$at` the slope of `$gate` fixed in each arm (so that each
+/// loop is compiled for its gate, with no branch per entry).
+macro_rules! per_gate {
+    ($gate:expr, $at:ident => $body:block) => {
+        match $gate {
+            Gate::Silu => {
+                let $at = |x: f32| slope_of(Gate::Silu, x);
+                $body
+            }
+            Gate::GeluTanh => {
+                let $at = |x: f32| slope_of(Gate::GeluTanh, x);
+                $body
+            }
+            Gate::Tanh => {
+                let $at = |x: f32| slope_of(Gate::Tanh, x);
+                $body
+            }
+            other => {
+                let $at = |x: f32| other.at(x);
+                $body
+            }
+        }
+    };
+}
+
+multiversion! {
+    /// `out = act(x)`.
+    pub fn activate(out: &mut [f32], x: &[f32], gate: Gate) {
+        per_gate!(gate, at => {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = at(x).0;
+            }
+        })
+    }
+}
+
+multiversion! {
+    /// `out = dy · act'(x)`.
+    pub fn activate_grad(out: &mut [f32], x: &[f32], dy: &[f32], gate: Gate) {
+        per_gate!(gate, at => {
+            for ((o, &x), &dy) in out.iter_mut().zip(x).zip(dy) {
+                *o = dy * at(x).1;
+            }
+        })
+    }
+}
+
+multiversion! {
+    /// A gated unit: `out = act(g) ⊙ h`.
+    pub fn gated(out: &mut [f32], g: &[f32], h: &[f32], gate: Gate) {
+        per_gate!(gate, at => {
+            for ((o, &g), &h) in out.iter_mut().zip(g).zip(h) {
+                *o = at(g).0 * h;
+            }
+        })
+    }
+}
+
+multiversion! {
+    /// A gated unit's gradients from `dz`: `dg = dz ⊙ h ⊙ act'(g)`, `dh =
+    /// dz ⊙ act(g)`.
+    pub fn gated_grad(dg: &mut [f32], dh: &mut [f32], g: &[f32], h: &[f32], dz: &[f32], gate: Gate) {
+        per_gate!(gate, at => {
+            for ((((a, b), &g), &h), &dz) in dg.iter_mut().zip(dh.iter_mut()).zip(g).zip(h).zip(dz) {
+                let (act, slope) = at(g);
+                *a = dz * h * slope;
+                *b = dz * act;
+            }
+        })
     }
 }
