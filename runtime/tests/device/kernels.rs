@@ -266,7 +266,7 @@ fn gate_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B:
     use blkc_runtime::kernels::dense::reference;
     use blkc_runtime::kernels::dense::Gate;
     let draws = Draws::new(44);
-    let gates = [Gate::Relu, Gate::LeakyRelu(0.1), Gate::Silu, Gate::GeluTanh, Gate::Tanh, Gate::Identity];
+    let gates = [Gate::Relu, Gate::LeakyRelu(0.1), Gate::Silu, Gate::Gelu, Gate::GeluTanh, Gate::Tanh, Gate::Identity];
     let mut worst = 0.0f32;
     for gate in gates {
         for shape in [[4usize, 8], [33, 65], [1, 1]] {

@@ -26,7 +26,8 @@ impl DenseOps for Flex {
     }
 
     fn gated(g: FlexTensor, h: FlexTensor, gate: Gate) -> FlexTensor {
-        map([&g, &h], |out, [g, h]| loops::gated(out, g, h, gate)).unwrap_or_else(|| reference::gated::<Flex>(g, h, gate))
+        map([&g, &h], |out, [g, h]| loops::gated(out, g, h, gate))
+            .unwrap_or_else(|| reference::gated::<Flex>(g, h, gate))
     }
 
     fn gated_backward(g: FlexTensor, h: FlexTensor, dz: FlexTensor, gate: Gate) -> (FlexTensor, FlexTensor) {

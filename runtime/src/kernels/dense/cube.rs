@@ -21,7 +21,7 @@
 //! A gated unit (`act(g) ⊙ h`) and an activation without a gate are one
 //! element-wise kernel each way (the reference is four to nine launches
 //! for SwiGLU's or a tanh GELU's), the derivatives written out as
-//! [`Gate::at`] has them; an input's gradient is written over the incoming
+//! the reference has them; an input's gradient is written over the incoming
 //! gradient when nothing else holds it.
 //!
 //! Tested against a product in f64 on the host and against the reference
@@ -224,6 +224,7 @@ enum Kind {
     Relu,
     LeakyRelu,
     Silu,
+    Gelu,
     GeluTanh,
     Tanh,
     Identity,
@@ -236,6 +237,7 @@ impl Kind {
             Gate::Relu => (Kind::Relu, 0.0),
             Gate::LeakyRelu(s) => (Kind::LeakyRelu, s as f32),
             Gate::Silu => (Kind::Silu, 0.0),
+            Gate::Gelu => (Kind::Gelu, 0.0),
             Gate::GeluTanh => (Kind::GeluTanh, 0.0),
             Gate::Tanh => (Kind::Tanh, 0.0),
             Gate::Identity => (Kind::Identity, 0.0),
@@ -243,6 +245,10 @@ impl Kind {
     }
 }
 
+/// `1/√2`, GELU's scale of its argument to erf.
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// `1/√(2π)`, the normal density's scale.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// `√(2/π)`, the tanh GELU's scale.
 const GELU_K: f32 = 0.797_884_6;
 /// The tanh GELU's cubic coefficient.
@@ -257,6 +263,7 @@ fn act<F: Float, N: Size>(x: Vector<F, N>, slope: F, #[comptime] kind: Kind) -> 
         Kind::Relu => select_many(x.greater_than(zero), x, zero),
         Kind::LeakyRelu => select_many(x.greater_than(zero), x, x * Vector::new(slope)),
         Kind::Silu => x * (one / (one + Vector::exp(-x))),
+        Kind::Gelu => Vector::new(F::new(0.5)) * x * (one + Vector::erf(x * Vector::new(F::new(FRAC_1_SQRT_2)))),
         Kind::GeluTanh => {
             let inner = Vector::new(F::new(GELU_K)) * (x + Vector::new(F::new(GELU_C)) * x * x * x);
             Vector::new(F::new(0.5)) * x * (one + Vector::tanh(inner))
@@ -277,6 +284,12 @@ fn slope_at<F: Float, N: Size>(x: Vector<F, N>, slope: F, #[comptime] kind: Kind
         Kind::Silu => {
             let sig = one / (one + Vector::exp(-x));
             sig * (one + x * (one - sig))
+        }
+        Kind::Gelu => {
+            // Φ(x) + x · e^(−x²/2) / √(2π).
+            let half = Vector::new(F::new(0.5));
+            let phi = half * (one + Vector::erf(x * Vector::new(F::new(FRAC_1_SQRT_2))));
+            phi + x * Vector::exp(-half * x * x) * Vector::new(F::new(FRAC_1_SQRT_2PI))
         }
         Kind::GeluTanh => {
             let (k, c) = (Vector::new(F::new(GELU_K)), Vector::new(F::new(GELU_C)));

@@ -116,10 +116,20 @@ multiversion! {
     }
 }
 
-/// `(act(x), act'(x))` of `gate`, SiLU, GELU's tanh form and tanh with
-/// [`simd::exp`] and [`simd::tanh`] (operations that vectorise, where
-/// libm's `expf` and `tanhf` are calls per entry); the others as
-/// [`Gate::at`] has them.
+/// GELU's erf form and its slope: `x · Φ(x)`, `Φ(x) + x · φ(x)`, with
+/// `Φ(x) = (1 + erf(x / √2)) / 2` and `φ(x) = e^(−x²/2) / √(2π)`
+/// ([`simd::erf`], [`simd::exp`]).
+#[inline(always)]
+pub(super) fn gelu(x: f32) -> (f32, f32) {
+    let phi = 0.5 * (1.0 + simd::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let density = simd::exp(-0.5 * x * x) * 0.398_942_3;
+    (x * phi, phi + x * density)
+}
+
+/// `(act(x), act'(x))` of `gate`, SiLU, both GELUs and tanh with
+/// [`simd::exp`], [`simd::erf`] and [`simd::tanh`] (operations that
+/// vectorise, where libm's `expf` and `tanhf` are calls per entry); the
+/// others as [`Gate::at`] has them.
 #[inline(always)]
 fn slope_of(gate: Gate, x: f32) -> (f32, f32) {
     match gate {
@@ -137,6 +147,7 @@ fn slope_of(gate: Gate, x: f32) -> (f32, f32) {
             let th = simd::tanh(x);
             (th, 1.0 - th * th)
         }
+        Gate::Gelu => gelu(x),
         other => other.at(x),
     }
 }
@@ -156,6 +167,10 @@ macro_rules! per_gate {
             }
             Gate::Tanh => {
                 let $at = |x: f32| slope_of(Gate::Tanh, x);
+                $body
+            }
+            Gate::Gelu => {
+                let $at = |x: f32| slope_of(Gate::Gelu, x);
                 $body
             }
             other => {

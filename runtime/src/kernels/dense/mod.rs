@@ -50,14 +50,16 @@ impl<B: Backend> ReluMask<B> {
     }
 }
 
-/// The activation of a gated unit whose derivative the family computes
-/// (SwiGLU's SiLU, GeGLU's tanh GELU, ReGLU's ReLU, …); a gate of another
-/// activation is composed from burn's ops.
+/// The activation of a gated unit (or of an MLP's hidden layer) whose
+/// derivative the family computes (SwiGLU's SiLU, GeGLU's GELU in either
+/// form, ReGLU's ReLU, …); another activation is composed from burn's ops.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Gate {
     Relu,
     LeakyRelu(f64),
     Silu,
+    /// GELU, `x · Φ(x)` with Φ the normal distribution (the erf form).
+    Gelu,
     GeluTanh,
     Tanh,
     Identity,
@@ -71,14 +73,18 @@ impl Gate {
             A::Relu => Some(Gate::Relu),
             A::LeakyRelu { slope } => Some(Gate::LeakyRelu(slope)),
             A::Silu => Some(Gate::Silu),
+            A::Gelu => Some(Gate::Gelu),
             A::GeluTanh => Some(Gate::GeluTanh),
             A::Tanh => Some(Gate::Tanh),
             A::Identity => Some(Gate::Identity),
-            A::Gelu | A::Erf => None,
+            A::Erf => None,
         }
     }
 
-    /// `(act(x), act'(x))` in f32.
+    /// `(act(x), act'(x))` in f32 (inlined, so that a loop over a gate
+    /// known when it is compiled vectorises).
+    #[cfg(feature = "flex")]
+    #[inline(always)]
     pub fn at(self, x: f32) -> (f32, f32) {
         match self {
             Gate::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
@@ -94,6 +100,7 @@ impl Gate {
                 let sig = 1.0 / (1.0 + (-x).exp());
                 (x * sig, sig * (1.0 + x * (1.0 - sig)))
             }
+            Gate::Gelu => loops::gelu(x),
             Gate::GeluTanh => {
                 let k = (2.0 / std::f32::consts::PI).sqrt();
                 let th = (k * (x + 0.044715 * x * x * x)).tanh();

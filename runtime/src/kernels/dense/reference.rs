@@ -79,6 +79,7 @@ fn activation<B: Backend>(g: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
         Gate::Relu => activation::relu(g),
         Gate::LeakyRelu(k) => activation::leaky_relu(g, k),
         Gate::Silu => activation::silu(g),
+        Gate::Gelu => activation::gelu(g),
         Gate::GeluTanh => activation::gelu_approximate(g),
         Gate::Tanh => g.tanh(),
         Gate::Identity => g,
@@ -96,6 +97,13 @@ fn slope<B: Backend>(g: FloatTensor<B>, gate: Gate) -> FloatTensor<B> {
         Gate::Silu => {
             let sig = activation::sigmoid(g.clone());
             sig.clone() * (g * (sig.neg() + 1.0) + 1.0)
+        }
+        Gate::Gelu => {
+            // Φ(x) + x · e^(−x²/2) / √(2π).
+            let phi = (g.clone() * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0) * 0.5;
+            phi + g.clone()
+                * (g.powi_scalar(2) * -0.5).exp()
+                * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2)
         }
         Gate::GeluTanh => {
             let k = (2.0 / std::f64::consts::PI).sqrt();

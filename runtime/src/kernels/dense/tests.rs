@@ -237,13 +237,14 @@ fn linear_relu(a: Tensor<Ad, 2>, b: Tensor<Ad, 2>) -> Tensor<Ad, 2> {
 fn gated_units_match_their_composition() {
     use super::{gated, Gate};
     use burn::tensor::activation as act;
-    let gates = [Gate::Relu, Gate::LeakyRelu(0.1), Gate::Silu, Gate::GeluTanh, Gate::Tanh, Gate::Identity];
+    let gates = [Gate::Relu, Gate::LeakyRelu(0.1), Gate::Silu, Gate::Gelu, Gate::GeluTanh, Gate::Tanh, Gate::Identity];
     for gate in gates {
         let (g, h) = (random::<3>([2, 9, 12]), random::<3>([2, 9, 12]));
         let composed = |g: Tensor<Ad, 3>| match gate {
             Gate::Relu => act::relu(g),
             Gate::LeakyRelu(s) => act::leaky_relu(g, s),
             Gate::Silu => act::silu(g),
+            Gate::Gelu => act::gelu(g),
             Gate::GeluTanh => act::gelu_approximate(g),
             Gate::Tanh => act::tanh(g),
             Gate::Identity => g,
