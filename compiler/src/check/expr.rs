@@ -241,7 +241,14 @@ pub fn integer(e: &Expr, key: &str, min: u64, max: u64, limit: bool, diags: &mut
 }
 
 pub fn out_of_range(span: Span, key: &str, v: f64, range: &str) -> Diagnostic {
-    Diagnostic::new(Code::E2015, span, format!("`{key}` = {v} is out of range"))
+    // Very small and very large values in exponent form (every digit
+    // kept: the value is what is out of range).
+    let shown = if v != 0.0 && v.is_finite() && (v.abs() < 1e-4 || v.abs() >= 1e16) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    };
+    Diagnostic::new(Code::E2015, span, format!("`{key}` = {shown} is out of range"))
         .label(format!("must be {range}"))
         .help(format!("choose a value {range}"))
 }

@@ -367,12 +367,15 @@ pub(crate) fn softcap(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Optio
     positive(v, key, " (or `none`)", diags).map(Some)
 }
 
-/// A constant number greater than 0 and finite (`also`: what else the
-/// setting takes, for the diagnostic).
+/// A constant number greater than 0 and finite as the model computes it:
+/// in f32's range of normal numbers, so that neither it nor its inverse
+/// is 0 or infinite there (`also`: what else the setting takes, for the
+/// diagnostic).
 pub(crate) fn positive(v: &Expr, key: &str, also: &str, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     let c = expr::number(v, key, diags)?;
-    if !(c > 0.0 && c.is_finite()) {
-        diags.push(expr::out_of_range(v.span(), key, c, &format!("greater than 0 and finite{also}")));
+    if !(f64::from(f32::MIN_POSITIVE)..=f64::from(f32::MAX)).contains(&c) {
+        let range = format!("greater than 0 and finite in f32 (1.2e-38 to 3.4e38){also}");
+        diags.push(expr::out_of_range(v.span(), key, c, &range));
         return None;
     }
     Some(c)
