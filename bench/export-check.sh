@@ -8,8 +8,9 @@
 # with a window, through blkc's attention kernels), GPT-J (partial rotary),
 # the gated SAS-P, SAS-P with a window (its shaped kernel's `centre` over
 # the window), Gemma 2 (norms on the branches' outputs, soft-capped
-# attention in a window, GeGLU, the embedding scaled, the logits soft-capped)
-# and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
+# attention in a window, GeGLU, the embedding scaled, the logits soft-capped),
+# Gemma 3 (QK-norm, five windowed layers to a global one whose rotary base
+# is its own) and Pre-LN with ALiBi — exports each, and compares the PyTorch model's logits with blkc's,
 # and the loss and every parameter's gradient on the same tokens (bench/export_check.py). Needs PyTorch in $PYTHON (default python3).
 #
 #   bench/export-check.sh [WORKDIR]
@@ -75,18 +76,22 @@ dirs=()
 for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-p-nonorm:sas_p_nonorm \
             vskipinit:vskipinit skipless-naive:skipless_naive everything:everything everything-mlm:everything \
             llama:llama mistral:mistral gpt-j:gpt_j sas-p-swiglu:sas_p_swiglu preln-alibi:preln \
-            sas-p-local:sas_p gemma2:gemma2; do
+            sas-p-local:sas_p gemma2:gemma2 gemma3:gemma3; do
     file="${spec%%:*}"; block="${spec##*:}"
     src="$file"; [ "$file" = everything-mlm ] && src=everything
     [ "$file" = preln-alibi ] && src=preln
     sets=()
     [ "$file" = sas-p-local ] && src=sas-p && sets=(--set shaped.window=5)
-    extra=""
+    extra=""; depth=3
+    mask=causal; positions=learned; tied=true
     if [ "$file" = gemma2 ]; then
         positions=rope; sets=(--set gemma.window=5); extra="embed_scale = 8
     logit_softcap = 3"
     fi
-    mask=causal; positions=learned; tied=true
+    # Gemma 3's sixth layer is its first global one (its rotary base 1e6).
+    if [ "$file" = gemma3 ]; then
+        positions="rope(base = 10000)"; depth=6; sets=(--set interleaved.window=5); extra="embed_scale = 8"
+    fi
     if [ "$file" = everything-mlm ]; then mask=bidirectional; positions=sinusoidal; tied=false; fi
     [ "$file" = llama ] || [ "$file" = mistral ] && positions=rope && tied=false
     [ "$file" = gpt-j ] && positions="rope(fraction = 0.25)" && tied=false
@@ -95,7 +100,7 @@ for spec in preln:preln postln:postln parallel:parallel sas:sas sas-p:sas_p sas-
 use "$src.blk"
 model m {
     block = $block
-    depth = 3
+    depth = $depth
     width = 64
     heads = 4
     context = 16

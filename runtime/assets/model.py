@@ -190,15 +190,17 @@ class Attention(nn.Module):
 
     def rotate(self, x):
         """Rotary positions on [b, heads, t, d]: the first r dimensions of
-        each head in pairs (p, p + r/2), turned by t · base^(-2p/r)."""
+        each head in pairs (p, p + r/2), turned by t · base^(-2p/r); the
+        base the attention's `rope_base` where it has one, else the model's."""
         pos = self.positions
         if pos["kind"] != "rope":
             return x
+        base = self.spec.get("rope_base") or pos["base"]
         t, d = x.shape[-2], x.shape[-1]
         r = max(min(int(pos["fraction"] * d) // 2 * 2, d // 2 * 2), min(2, d))
         half = r // 2
         p = torch.arange(half, dtype=torch.float64)
-        angle = torch.arange(t, dtype=torch.float64).reshape(-1, 1) * pos["base"] ** (-2.0 * p / r)
+        angle = torch.arange(t, dtype=torch.float64).reshape(-1, 1) * base ** (-2.0 * p / r)
         cos, sin = angle.cos().to(x), angle.sin().to(x)
         x1, x2 = x[..., :half], x[..., half:r]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., r:]], -1)

@@ -151,6 +151,7 @@ fn attn(spec: &AttentionSpec, m: &ModelIr, env: &Env) -> Value {
         "qk_norm": spec.qk_norm.map(|k| norm(k, 1e-6)),
         "softcap": spec.softcap,
         "window": spec.window,
+        "rope_base": spec.rope_base,
         "terms": terms,
         "params": params(&spec.params, env),
         "value": map(&spec.value, env),

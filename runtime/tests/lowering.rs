@@ -154,7 +154,7 @@ fn parameter_counts_match_blkc_params() {
         .filter(|n| n.ends_with(".blk") && n != "train.blk")
         .collect();
     names.sort();
-    assert_eq!(names.len(), 13);
+    assert_eq!(names.len(), 14);
     for n in names {
         let p = file(&format!("examples/small/{n}"));
         let m = p.model.as_ref().expect("model");
@@ -538,4 +538,37 @@ fn the_embedding_scale_and_the_logits_cap_are_applied() {
     assert!(largest(y.clone()) <= 0.02, "capped at 0.02");
     let e = max_diff(y, (z / 0.02).tanh() * 0.02);
     assert!(e < 1e-6, "0.02 · tanh(z / 0.02): {e}");
+}
+
+/// An attention's `rope_base` turns its queries and keys by its own base:
+/// the model's base written there changes nothing; another base is the
+/// model that has it (same seed, same weights); a model whose layers turn
+/// by two bases is neither.
+#[test]
+fn a_rope_base_replaces_the_models_base() {
+    let text = |model_base: u32, attention: &str| {
+        format!(
+            "attention a {{\n {attention}\n}}\nblock b {{\n out = x + attn(rmsnorm(x), a) + mlp(rmsnorm(x))\n}}\n\
+             model {{\n block = b\n depth = 2\n width = 16\n heads = 2\n context = 8\n vocab = 50\n \
+             positions = rope(base = {model_base})\n}}\n"
+        )
+    };
+    let device = Default::default();
+    let logits = |t: String| {
+        let p = program(&t);
+        let m = Model::<B>::build(&p, p.model.as_ref().expect("a model"), 7, &device);
+        let ids = burn::tensor::TensorData::new(vec![1i64, 5, 9, 49, 0, 3, 7, 2], [1, 8]);
+        m.forward(Tensor::<B, 2, Int>::from_data(ids, &device))
+    };
+    let model_500 = logits(text(500, "rope_base = none"));
+    let same = logits(text(500, "rope_base = 500"));
+    let own_3 = logits(text(500, "rope_base = 3"));
+    let model_3 = logits(text(3, "rope_base = none"));
+    let mixed = logits(text(500, "rope_base = none\n layer 1 { rope_base = 3 }"));
+    assert!(max_diff(model_500.clone(), same) < 1e-6, "the model's base written in the attention");
+    assert!(max_diff(own_3.clone(), model_3.clone()) < 1e-6, "the attention's base is the model's of that base");
+    assert!(max_diff(model_500.clone(), model_3.clone()) > 1e-4, "the base turns the positions");
+    for other in [model_500, model_3] {
+        assert!(max_diff(mixed.clone(), other) > 1e-4, "one layer of each base is neither");
+    }
 }

@@ -32,6 +32,7 @@ pub fn model(s: ModelSettings, defs: &Defs, blocks: &[BlockIr], diags: &mut Vec<
     values(b, &env, diags);
     for g in b.graphs() {
         shapes(g, &model, diags);
+        rope_bases(g, &model, diags);
     }
     let total = params::count(&model, b).total;
     if total > limits::PARAMS {
@@ -221,6 +222,29 @@ fn grouped(spec: &crate::graph::AttentionSpec, kv: u64, span: Span, m: &Model, d
             .label("value is an identity map here")
             .help("give the attention a value map: `value = linear(orthogonal)`, or drop `kv_heads`"),
         );
+    }
+}
+
+/// An attention's `rope_base` replaces the base of the model's rotary
+/// positions: a model without them has none to replace (a bare block
+/// may set it for the models that use it).
+fn rope_bases(g: &Graph, m: &Model, diags: &mut Vec<Diagnostic>) {
+    if m.positions.rope().is_some() {
+        return;
+    }
+    for n in &g.nodes {
+        let Op::Attention { spec, .. } = &n.op else { continue };
+        let Some(base) = spec.rope_base else { continue };
+        let d = Diagnostic::new(
+            Code::E2026,
+            spec.rope_base_at.unwrap_or(n.span),
+            format!("`rope_base` = {base} in a model without rotary positions"),
+        )
+        .label("a rotary base, but the model's positions do not rotate")
+        .help("give the model `positions = rope`, or drop `rope_base`");
+        if !diags.iter().any(|e| e.code == Code::E2026 && e.span == d.span) {
+            diags.push(d.note(n.span, "this attention"));
+        }
     }
 }
 

@@ -171,7 +171,8 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
     // Both checked before either returns, so that both are reported.
     let embed_scale =
         get("embed_scale").map_or(Some(1.0), |v| crate::check::sections::positive(v, "embed_scale", "", diags));
-    let cap = get("logit_softcap").map_or(Some(None), |v| crate::check::sections::softcap(v, "logit_softcap", diags));
+    let cap = get("logit_softcap")
+        .map_or(Some(None), |v| crate::check::sections::positive_or_none(v, "logit_softcap", diags));
     let (embed_scale, logit_softcap) = (embed_scale?, cap?);
     let spans = settings.iter().map(|(n, v)| (n.name.clone(), n.span.to_value(v.span()))).collect();
     let model = Model {

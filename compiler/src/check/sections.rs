@@ -250,6 +250,7 @@ pub(crate) const ATTENTION_KEYS: &[&str] = &[
     "qk_norm",
     "softcap",
     "window",
+    "rope_base",
     "head_dim",
     "kv_heads",
     "dropout",
@@ -288,6 +289,8 @@ pub fn attention(
         qk_norm: None,
         softcap: None,
         window: None,
+        rope_base: None,
+        rope_base_at: None,
         dropout: Dropout::default(),
     };
     let mut used = HashSet::new();
@@ -301,8 +304,12 @@ pub fn attention(
             "proj" => expr::linear(v, key, diags).map(|l| spec.proj = stuck(l, v, diags)),
             "bias" => expr::boolean(v, key, diags).map(|b| spec.qk_bias = b),
             "qk_norm" => expr::keyword(v, key, super::model::NORMS, diags).map(|k| spec.qk_norm = norm_kind(k)),
-            "softcap" => softcap(v, key, diags).map(|c| spec.softcap = c),
+            "softcap" => positive_or_none(v, key, diags).map(|c| spec.softcap = c),
             "window" => window(v, diags).map(|w| spec.window = w),
+            "rope_base" => positive_or_none(v, key, diags).map(|b| {
+                spec.rope_base = b;
+                spec.rope_base_at = b.map(|_| n.span.to_value(v.span()));
+            }),
             "head_dim" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| spec.head_dim = Some(h)),
             "kv_heads" => expr::integer(v, key, 1, 65_536, true, diags).map(|h| {
                 spec.kv_heads = Some(h);
@@ -360,7 +367,9 @@ pub fn norm_kind(k: &str) -> Option<NormKind> {
     }
 }
 
-pub(crate) fn softcap(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
+/// `none`, or a number as [`positive`] takes it (a soft-cap, a rotary
+/// base).
+pub(crate) fn positive_or_none(v: &Expr, key: &str, diags: &mut Vec<Diagnostic>) -> Option<Option<f64>> {
     if matches!(v, Expr::Name(n) if n.name == "none") {
         return Some(None);
     }

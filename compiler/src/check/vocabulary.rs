@@ -66,6 +66,9 @@ pub fn describe(kind: SectionKind, key: &str) -> Option<&'static str> {
         (SectionKind::Attention, "bias") => "biases on the query and key maps",
         (SectionKind::Attention, "qk_norm") => "a norm on queries and keys per head",
         (SectionKind::Attention, "softcap") => "caps the scores: c·tanh(s/c)",
+        (SectionKind::Attention, "rope_base") => {
+            "the rotary base of this attention's layers in place of the model's (Gemma 3: 1e6 on global layers), or `none`"
+        }
         (SectionKind::Attention, "window") => "sliding-window attention: each token sees the N latest tokens",
         (SectionKind::Attention, "head_dim") => "width of one head (default: width / heads)",
         (SectionKind::Attention, "kv_heads") => "heads of keys and values, each shared by heads / kv_heads query heads (grouped-query attention; 1: multi-query)",

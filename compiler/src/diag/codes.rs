@@ -74,6 +74,7 @@ codes! {
     E2023 Error "name used before it is defined";
     E2024 Error "contradictory flags";
     E2025 Error "layer override of a name the block does not define";
+    E2026 Error "`rope_base` in a model without rotary positions";
     W2001 Warning "binding is never used";
     W2002 Warning "block input `x` is never used";
     W2003 Warning "parameter is never used";

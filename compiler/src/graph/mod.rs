@@ -463,9 +463,26 @@ pub struct AttentionSpec {
     /// average over them. `None`: every token the mask allows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// The rotary positions' base of this attention's layers, in place of
+    /// the model's (Gemma 3: 10 000 on its local layers, 1 000 000 on its
+    /// global ones); `None`: the model's. Only with `positions = rope`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_base: Option<f64>,
+    /// Where `rope_base` was set, for the diagnostic of a model without
+    /// rotary positions.
+    #[serde(skip)]
+    pub rope_base_at: Option<Span>,
     /// Dropout on the softmax weights and on the sub-block's output.
     #[serde(skip_serializing_if = "Dropout::is_off")]
     pub dropout: Dropout,
+}
+
+impl AttentionSpec {
+    /// The rotary positions this attention applies under the model's
+    /// (`rope_base`, when set, in place of the model's base).
+    pub fn rope(&self, model: Option<Rope>) -> Option<Rope> {
+        model.map(|r| Rope { base: self.rope_base.unwrap_or(r.base), ..r })
+    }
 }
 
 /// Dropout rates of a sub-block, active in training only: `inner` on the

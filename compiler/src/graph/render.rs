@@ -106,6 +106,9 @@ fn attention(s: &AttentionSpec) -> Vec<String> {
     if let Some(cap) = s.softcap {
         lines.push(format!("logits soft-capped at {}", num(cap)));
     }
+    if let Some(base) = s.rope_base {
+        lines.push(format!("rotary base {}", num(base)));
+    }
     lines.extend(dropout(s.dropout, "weights"));
     lines
 }

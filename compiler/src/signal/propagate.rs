@@ -378,8 +378,13 @@ impl Tracker<'_> {
                 AttentionMode::Auto => sigma_qk > 1.0 || spec.qk_norm.is_some(),
             };
         if monte_carlo {
-            let logits =
-                Logits { sigma_qk, head_dim, qk_norm: spec.qk_norm.is_some(), softcap: spec.softcap, rope: s.rope };
+            let logits = Logits {
+                sigma_qk,
+                head_dim,
+                qk_norm: spec.qk_norm.is_some(),
+                softcap: spec.softcap,
+                rope: spec.rope(s.rope),
+            };
             let seed = s.seed ^ (env.layer as u64).wrapping_mul(0x9E37_79B9) ^ salt.wrapping_mul(0x85EB_CA6B);
             return attention::mc_moments(&terms, logits, bias.as_ref(), k, seen, s.samples, seed);
         }

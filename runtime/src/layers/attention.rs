@@ -140,7 +140,7 @@ impl<B: Kernels> Attention<B> {
                 softcap: spec.softcap,
                 window: spec.window.map(|w| w as usize),
                 mask: b.mask,
-                rope: b.rope,
+                rope: spec.rope(b.rope),
                 alibi: b.alibi,
                 env,
                 gain_names: scalar::trainable_names(&spec.params),
@@ -353,7 +353,10 @@ impl<B: Kernels> Attention<B> {
         let [_, _, t, hd] = q.dims();
         let r = rope.dims(hd);
         let device = q.device();
-        let [cos, sin] = self.plan.tables.rows(("rotary", r, 0), from..from + t, &device, |n| {
+        // Keyed by the base too: attentions of another `rope_base` turn by
+        // other angles.
+        let kind = ("rotary", r, rope.base.to_bits() as usize);
+        let [cos, sin] = self.plan.tables.rows(kind, from..from + t, &device, |n| {
             let half = r / 2;
             let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
             for i in 0..n {

@@ -69,8 +69,8 @@ impl<K: std::hash::Hash + Eq> Kept<K> {
 #[derive(Debug, Clone, Default)]
 pub struct Tables(Kept<Kind>);
 
-/// A kind of table: its name and the numbers that set its shape (its
-/// columns; a window's length and reach).
+/// A kind of table: its name and the numbers that set it (its columns; a
+/// window's length and reach; a rotary base's bits).
 pub type Kind = (&'static str, usize, usize);
 
 impl Tables {
