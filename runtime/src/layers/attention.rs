@@ -2,7 +2,8 @@
 //! `A = Σ gain_h · term`, terms `I`, `softmax(QKᵀ/√d_k + M)` and `centre`
 //! (the softmax at zero logits under the mask). The softmax term is blkc's
 //! attention kernel (`kernels::attention`: one graph node, the mask never
-//! built) or, with a soft-cap, burn's; any other term is computed apart, the centre
+//! built, a soft-cap in it) or, with ALiBi's bias, burn's; any other term
+//! is computed apart, the centre
 //! as the mean of the values each token sees (`kernels::centre`: a sum slid
 //! along the tokens) — never as a T×T matrix. Identity value/projection
 //! maps cost no matmul.
