@@ -4,7 +4,6 @@
 
 use super::Gate;
 use crate::kernels::cpu::raw::multiversion;
-use crate::kernels::cpu::simd;
 
 multiversion! {
     /// `max(v + b, 0)` in place (`b` per column).
@@ -116,61 +115,25 @@ multiversion! {
     }
 }
 
-/// GELU's erf form and its slope: `x · Φ(x)`, `Φ(x) + x · φ(x)`, with
-/// `Φ(x) = (1 + erf(x / √2)) / 2` and `φ(x) = e^(−x²/2) / √(2π)`
-/// ([`simd::erf`], [`simd::exp`]).
-#[inline(always)]
-pub(super) fn gelu(x: f32) -> (f32, f32) {
-    let phi = 0.5 * (1.0 + simd::erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let density = simd::exp(-0.5 * x * x) * 0.398_942_3;
-    (x * phi, phi + x * density)
-}
-
-/// `(act(x), act'(x))` of `gate`, SiLU, both GELUs and tanh with
-/// [`simd::exp`], [`simd::erf`] and [`simd::tanh`] (operations that
-/// vectorise, where libm's `expf` and `tanhf` are calls per entry); the
-/// others as [`Gate::at`] has them.
-#[inline(always)]
-fn slope_of(gate: Gate, x: f32) -> (f32, f32) {
-    match gate {
-        Gate::Silu => {
-            let sig = 1.0 / (1.0 + simd::exp(-x));
-            (x * sig, sig * (1.0 + x * (1.0 - sig)))
-        }
-        Gate::GeluTanh => {
-            const K: f32 = 0.797_884_6; // √(2/π)
-            let th = simd::tanh(K * (x + 0.044715 * x * x * x));
-            let half = 0.5 * (1.0 + th);
-            (x * half, half + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * 0.044715 * x * x))
-        }
-        Gate::Tanh => {
-            let th = simd::tanh(x);
-            (th, 1.0 - th * th)
-        }
-        Gate::Gelu => gelu(x),
-        other => other.at(x),
-    }
-}
-
 /// `$body` with `$at` the slope of `$gate` fixed in each arm (so that each
 /// loop is compiled for its gate, with no branch per entry).
 macro_rules! per_gate {
     ($gate:expr, $at:ident => $body:block) => {
         match $gate {
             Gate::Silu => {
-                let $at = |x: f32| slope_of(Gate::Silu, x);
-                $body
-            }
-            Gate::GeluTanh => {
-                let $at = |x: f32| slope_of(Gate::GeluTanh, x);
-                $body
-            }
-            Gate::Tanh => {
-                let $at = |x: f32| slope_of(Gate::Tanh, x);
+                let $at = |x: f32| Gate::Silu.at(x);
                 $body
             }
             Gate::Gelu => {
-                let $at = |x: f32| slope_of(Gate::Gelu, x);
+                let $at = |x: f32| Gate::Gelu.at(x);
+                $body
+            }
+            Gate::GeluTanh => {
+                let $at = |x: f32| Gate::GeluTanh.at(x);
+                $body
+            }
+            Gate::Tanh => {
+                let $at = |x: f32| Gate::Tanh.at(x);
                 $body
             }
             other => {

@@ -81,11 +81,14 @@ impl Gate {
         }
     }
 
-    /// `(act(x), act'(x))` in f32 (inlined, so that a loop over a gate
-    /// known when it is compiled vectorises).
+    /// `(act(x), act'(x))` in f32, with the CPU's `simd::exp`, `erf` and
+    /// `tanh` (operations that vectorise, where libm's are a call per
+    /// entry); inlined, so that a loop over a gate known when it is
+    /// compiled vectorises (the loops' `per_gate!`).
     #[cfg(feature = "flex")]
     #[inline(always)]
     pub fn at(self, x: f32) -> (f32, f32) {
+        use super::cpu::simd::{erf, exp, tanh};
         match self {
             Gate::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
             Gate::LeakyRelu(s) => {
@@ -97,20 +100,23 @@ impl Gate {
                 }
             }
             Gate::Silu => {
-                let sig = 1.0 / (1.0 + (-x).exp());
+                let sig = 1.0 / (1.0 + exp(-x));
                 (x * sig, sig * (1.0 + x * (1.0 - sig)))
             }
-            Gate::Gelu => loops::gelu(x),
+            Gate::Gelu => {
+                // x · Φ(x), Φ(x) + x · φ(x): Φ(x) = (1 + erf(x / √2)) / 2,
+                // φ(x) = e^(−x²/2) / √(2π).
+                let phi = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                (x * phi, phi + x * exp(-0.5 * x * x) * 0.398_942_3)
+            }
             Gate::GeluTanh => {
-                let k = (2.0 / std::f32::consts::PI).sqrt();
-                let th = (k * (x + 0.044715 * x * x * x)).tanh();
-                (
-                    0.5 * x * (1.0 + th),
-                    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * x * x),
-                )
+                const K: f32 = 0.797_884_6; // √(2/π)
+                let th = tanh(K * (x + 0.044715 * x * x * x));
+                let half = 0.5 * (1.0 + th);
+                (x * half, half + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * 0.044715 * x * x))
             }
             Gate::Tanh => {
-                let th = x.tanh();
+                let th = tanh(x);
                 (th, 1.0 - th * th)
             }
             Gate::Identity => (x, 1.0),
