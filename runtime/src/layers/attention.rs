@@ -188,11 +188,19 @@ impl<B: Kernels> Attention<B> {
             Some(w) => linear(x.clone(), w.val(), bias),
             None => bias.map_or_else(|| x.clone(), |b| x.clone() + b.unsqueeze()),
         };
-        let y = self.split(self.widen(y));
-        match n {
-            Some(n) => n.forward(y),
+        // QK-norm over each head's entries before the heads are split out
+        // (each row then whole in memory, one pass of the norm's kernel; a
+        // split view's rows are strided, and gathering them cost 11× the
+        // norm) and before grouped keys are repeated (the norm of a
+        // repeated head is the repeat of its norm).
+        let y = match n {
+            Some(n) => {
+                let ([b, t, w], hd) = (y.dims(), self.plan.head_dim);
+                n.forward(y.reshape([b, t, w / hd, hd])).reshape([b, t, w])
+            }
             None => y,
-        }
+        };
+        self.split(self.widen(y))
     }
 
     /// `x: [batch, tokens, width]` → `[batch, tokens, width]`, as at
