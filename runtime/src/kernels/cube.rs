@@ -126,7 +126,7 @@ pub(super) fn keys_end(i: usize, tokens: usize, reach: usize, #[comptime] causal
 }
 
 /// The logit of a score `s`: `scale · s`, soft-capped to `cap · tanh(scale
-/// · s / cap)` when `capped` (the attention family's `Scores::logit`).
+/// · s / cap)` when `capped` (the attention family's `Scores`).
 #[cube]
 pub(super) fn logit<F: Float>(s: F, scale: F, cap: F, #[comptime] capped: bool) -> F {
     let mut z = s * scale;

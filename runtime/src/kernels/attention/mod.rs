@@ -99,18 +99,12 @@ impl Scores {
     pub fn capped(self, cap: Option<f64>) -> Scores {
         Scores { cap, ..self }
     }
-
-    /// The logit of the score `s`.
-    pub fn logit(self, s: f64) -> f64 {
-        let z = self.scale * s;
-        self.cap.map_or(z, |c| c * (z / c).tanh())
-    }
 }
 
 /// The attention family.
 pub trait AttentionOps: DenseOps {
     /// Softmax attention `softmax(z (+ mask)) · v`, `z` the logits
-    /// ([`Scores::logit`]) of `(q + bq) · kᵀ` (the mask hides what
+    /// ([`Scores`]) of `(q + bq) · kᵀ` (the mask hides what
     /// `scores.keys` does not see) for `q, k: [batch, heads, tokens,
     /// head_dim]` and `v: [batch, tokens, heads · head_dim]`, the heads
     /// merged the same way in the output (`bq` as in
@@ -173,7 +167,7 @@ pub trait AttentionOps: DenseOps {
 
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the
     /// softmax over the last dimension of their logits
-    /// ([`Scores::logit`]), the keys that query `i` does not see
+    /// ([`Scores`]), the keys that query `i` does not see
     /// ([`Keys::range`]) weighted 0.
     fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
         reference::softmax_scores::<Self>(s, scores)
