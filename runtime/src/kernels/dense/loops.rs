@@ -119,23 +119,14 @@ multiversion! {
 /// loop is compiled for its gate, with no branch per entry).
 macro_rules! per_gate {
     ($gate:expr, $at:ident => $body:block) => {
+        per_gate!(@arms $gate, $at, $body, Silu, Gelu, GeluTanh, Tanh)
+    };
+    (@arms $gate:expr, $at:ident, $body:block, $($g:ident),*) => {
         match $gate {
-            Gate::Silu => {
-                let $at = |x: f32| Gate::Silu.at(x);
+            $(Gate::$g => {
+                let $at = |x: f32| Gate::$g.at(x);
                 $body
-            }
-            Gate::Gelu => {
-                let $at = |x: f32| Gate::Gelu.at(x);
-                $body
-            }
-            Gate::GeluTanh => {
-                let $at = |x: f32| Gate::GeluTanh.at(x);
-                $body
-            }
-            Gate::Tanh => {
-                let $at = |x: f32| Gate::Tanh.at(x);
-                $body
-            }
+            })*
             other => {
                 let $at = |x: f32| other.at(x);
                 $body
