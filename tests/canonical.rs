@@ -204,7 +204,7 @@ fn graphs_of_the_canonical_blocks_match_their_snapshots() {
         let p = program(&rel(f));
         let name = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         // The file's own block (`gemma3.blk` also reads `gemma2.blk`'s).
-        let b = p.blocks.iter().find(|b| b.name == name.replace('-', "_")).unwrap_or(&p.blocks[0]);
+        let b = p.block(&name.replace('-', "_")).unwrap_or(&p.blocks[0]);
         let text = format!(
             "{}\n--- layer 0 ---\n{}",
             render(&b.base, &b.name, Format::Mermaid),

@@ -148,17 +148,27 @@ pub(super) fn cap_slope<F: Float>(z: F, cap: F, #[comptime] capped: bool) -> F {
     slope
 }
 
-/// The log-sum-exp of `scale ·` the `len` entries from `start` (a row),
-/// returned to every unit of the cube (`block` units, a power of two):
-/// each unit's share with a running maximum, then merged pairwise.
+/// The log-sum-exp of the logits ([`logit`]) of the `len` entries from
+/// `start` (a row), returned to every unit of the cube (`block` units, a
+/// power of two): each unit's share with a running maximum, then merged
+/// pairwise.
 #[cube]
-pub(super) fn row_lse<F: Float>(x: &Tensor<F>, start: usize, len: usize, scale: F, #[comptime] block: usize) -> F {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn row_lse<F: Float>(
+    x: &Tensor<F>,
+    start: usize,
+    len: usize,
+    scale: F,
+    cap: F,
+    #[comptime] capped: bool,
+    #[comptime] block: usize,
+) -> F {
     let u = UNIT_POS as usize;
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     let mut c = u;
     while c < len {
-        let e = x[start + c] * scale;
+        let e = logit::<F>(x[start + c], scale, cap, capped);
         let top = F::max(m, e);
         l = l * F::exp(m - top) + F::exp(e - top);
         m = top;

@@ -205,38 +205,16 @@ fn softmax_rows<F: Float>(
     let i = row % tq;
     let lo = first_key(i, reach);
     let end = keys_end(i, tk, reach, causal);
-    let scale = F::cast_from(scale);
-    if capped {
-        // The logits first, then their log-sum-exp (whose units read
-        // others' entries: after a barrier).
-        let cap = F::cast_from(cap);
-        let mut j = UNIT_POS as usize;
-        while j < tk {
-            p[start + j] = logit::<F>(s[start + j], scale, cap, true);
-            j += block;
+    let (scale, cap) = (F::cast_from(scale), F::cast_from(cap));
+    let lse = row_lse(s, start + lo, end - lo, scale, cap, capped, block);
+    let mut j = UNIT_POS as usize;
+    while j < tk {
+        let mut x = F::new(0.0);
+        if j >= lo && j < end {
+            x = F::exp(logit::<F>(s[start + j], scale, cap, capped) - lse);
         }
-        sync_cube();
-        let lse = row_lse(p, start + lo, end - lo, F::new(1.0), block);
-        j = UNIT_POS as usize;
-        while j < tk {
-            let mut x = F::new(0.0);
-            if j >= lo && j < end {
-                x = F::exp(p[start + j] - lse);
-            }
-            p[start + j] = x;
-            j += block;
-        }
-    } else {
-        let lse = row_lse(s, start + lo, end - lo, scale, block);
-        let mut j = UNIT_POS as usize;
-        while j < tk {
-            let mut x = F::new(0.0);
-            if j >= lo && j < end {
-                x = F::exp(s[start + j] * scale - lse);
-            }
-            p[start + j] = x;
-            j += block;
-        }
+        p[start + j] = x;
+        j += block;
     }
 }
 

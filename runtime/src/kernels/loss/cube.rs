@@ -47,7 +47,7 @@ fn loss_rows<F: Float, I: Int>(
         terminate!();
     }
     let start = row * vocab;
-    let s = row_lse(x, start, vocab, F::new(1.0), block);
+    let s = row_lse(x, start, vocab, F::new(1.0), F::new(1.0), false, block);
     if UNIT_POS == 0 {
         nll[row] = s - x[start + target(targets, row, vocab)];
         lse[row] = s;
@@ -91,7 +91,7 @@ fn loss_with_grad<F: Float, I: Int>(
     // Read before the row is overwritten (the writes follow the cube's
     // synchronisations in `row_lse`).
     let picked = x[start + t];
-    let s = row_lse(x, start, vocab, F::new(1.0), block);
+    let s = row_lse(x, start, vocab, F::new(1.0), F::new(1.0), false, block);
     let k = F::cast_from(inv_n);
     let mut c = UNIT_POS as usize;
     while c < vocab {

@@ -10,7 +10,7 @@ use burn_flex::FlexTensor;
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift};
-use crate::kernels::attention::{Keys, Scores};
+use crate::kernels::attention::Keys;
 use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, Threads, Written};
 use crate::kernels::cpu::rows::{dims3, owned, per_head};
@@ -38,7 +38,7 @@ impl ShapedOps for Flex {
             y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
         let cols = plan.columns(dv);
         let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
-        let (scores, keys) = (Scores::new(a.scale, a.keys), a.keys);
+        let (scores, keys) = (a.scores(), a.keys);
         // Per sequence: per head the scores, their softmax and the softmax
         // term (into a scratch `[t, width]` that stays in cache), then the
         // mix row by row.

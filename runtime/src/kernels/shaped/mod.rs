@@ -10,7 +10,7 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::attention::{AttentionOps, Keys};
+use super::attention::{AttentionOps, Keys, Scores};
 use super::gains::GainOps;
 use super::tensor::{primitive, tensor};
 
@@ -55,6 +55,15 @@ pub struct Shaped<T> {
     pub scale: f64,
     pub keys: Keys,
     pub bq: Option<T>,
+}
+
+impl<T> Shaped<T> {
+    /// How its softmax makes logits of the scores: times `scale`, never
+    /// soft-capped (a capped shaped matrix runs the softmax attention's
+    /// kernel, then the mix), under its mask.
+    pub fn scores(&self) -> Scores {
+        Scores::new(self.scale, self.keys)
+    }
 }
 
 /// The gradients of [`ShapedOps::shaped_attention`].

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorMetadata};
 
 use super::{MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::reference as attention;
-use crate::kernels::attention::{Keys, Scores};
+use crate::kernels::attention::Keys;
 use crate::kernels::tensor::{merge_heads, primitive, split_heads};
 
 /// The forward, the weights, and the softmax term `o` (`[batch, heads,
@@ -19,8 +19,8 @@ pub fn shaped_attention_forward<B: ShapedOps>(
     add: Option<MixAddend<FloatTensor<B>>>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let heads = a.q.shape()[1];
-    let v4 = split_heads::<B>(a.v.clone(), heads);
-    let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, Scores::new(a.scale, a.keys));
+    let (v4, scores) = (split_heads::<B>(a.v.clone(), heads), a.scores());
+    let (o, p) = attention::attention_forward::<B>(a.q, a.k, v4, a.bq, scores);
     let y = B::mix(a.v, merge_heads::<B>(o.clone()), a.gains, a.keys);
     let y = match add {
         Some(m) => B::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
@@ -61,16 +61,11 @@ pub fn shaped_attention_backward_with<B: ShapedOps>(
         }
         None => (dy, None),
     };
+    let scores = a.scores();
     let (dv, d_o, dgains) = B::mix_backward(a.v, o, a.gains, dy, a.keys, acc);
     let d_o = split_heads::<B>(d_o, heads);
-    let [dq, dk, dv, dbq] = attention::attention_backward::<B>(
-        [a.q, a.k, v4],
-        a.bq,
-        p,
-        d_o,
-        (Scores::new(a.scale, a.keys), Some(dv)),
-        [true; 3],
-    );
+    let [dq, dk, dv, dbq] =
+        attention::attention_backward::<B>([a.q, a.k, v4], a.bq, p, d_o, (scores, Some(dv)), [true; 3]);
     let [dq, dk, dv] = [dq, dk, dv].map(|g| g.expect("every gradient was wanted"));
     ShapedGrads { dq, dk, dv: merge_heads::<B>(dv), dgains, addend, dbq }
 }

@@ -393,7 +393,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ShapedOps 
         let dy = into_contiguous(dy);
         let summed = add.is_some();
         let mix = Mix { mixed: true, summed };
-        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (Scores::new(a.scale, a.keys), mix));
+        let [dq, dk, dv, part] = backward(operands, &p, (lse, None), dy.clone(), (a.scores(), mix));
         let [da, db, dg, dsa] = gain_grads(part, &p, summed);
         let some =
             |t: Option<CubeTensor<R>>| t.unwrap_or_else(|| unreachable!("the first three gains' gradients are made"));
@@ -533,7 +533,7 @@ pub(crate) fn by_rows<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     add: Option<MixAddend<CubeTensor<R>>>,
     p: &Plan,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (Scores::new(a.scale, a.keys), true));
+    let (y, lse) = forward(operands::<R, F, I, BT>(&a, None), p, (a.scores(), true));
     let y = match add {
         Some(m) => CubeBackend::<R, F, I, BT>::scaled_sum(y, m.b, m.beta_sa, m.beta_ff),
         None => y,
