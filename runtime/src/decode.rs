@@ -107,7 +107,8 @@ impl<B: Kernels> Attention<B> {
                 // Rotary angles are those of the text's positions.
                 let (q, k) = self.rotated(q, k, from);
                 let keys = joined(cache.keys.take(), k, 2);
-                let bias = self.plan.alibi.then(|| self.alibi_bias((at, n), t, true, &x.device()));
+                let heads = self.plan.heads;
+                let bias = self.plan.alibi.then(|| kernels::alibi_bias((at, n), t, heads, true, &x.device()));
                 let w = self.weights(q, keys.clone(), bias, true, at);
                 cache.keys = Some(keys);
                 w.matmul(self.split(all.clone())).swap_dims(1, 2).reshape([b, n, inner])

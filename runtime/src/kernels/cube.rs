@@ -148,8 +148,59 @@ pub(super) fn cap_slope<F: Float>(z: F, cap: F, #[comptime] capped: bool) -> F {
     slope
 }
 
-/// The log-sum-exp of the logits ([`logit`]) of the `len` entries from
-/// `start` (a row), returned to every unit of the cube (`block` units, a
+/// ALiBi's slope of head `h` of `heads` (`blkc::graph::alibi_slopes`):
+/// `2^(−8 (h + 1) / n)` for the first `n` heads, `n` the largest power of
+/// two in `heads`, and `2^(−4 (2 (h − n) + 1) / n)` (every other slope of
+/// `2n` heads) for the rest.
+#[cube]
+pub(super) fn alibi_slope<F: Float>(h: usize, heads: usize) -> F {
+    let mut n = 1usize;
+    while n * 2 <= heads {
+        n *= 2;
+    }
+    let mut e = F::cast_from(h + 1) * F::new(-8.0) / F::cast_from(n);
+    if h >= n {
+        e = F::cast_from(2 * (h - n) + 1) * F::new(-4.0) / F::cast_from(n);
+    }
+    F::powf(F::new(2.0), e)
+}
+
+/// Head `h`'s ALiBi slope when `alibi` ([`alibi_slope`]), else 0.
+#[cube]
+pub(super) fn slope_of<F: Float>(h: usize, heads: usize, #[comptime] alibi: bool) -> F {
+    let mut m = F::new(0.0);
+    if alibi {
+        m = alibi_slope::<F>(h, heads);
+    }
+    m
+}
+
+/// Query `i`'s logit `z` of key `j` less ALiBi's distance `slope · |i −
+/// j|` when `alibi` (the attention family's `Scores`: after the cap).
+#[cube]
+pub(super) fn distanced<F: Float>(z: F, slope: F, i: usize, j: usize, #[comptime] alibi: bool) -> F {
+    let mut x = z;
+    if alibi {
+        if i >= j {
+            x = z - slope * F::cast_from(i - j);
+        } else {
+            x = z - slope * F::cast_from(j - i);
+        }
+    }
+    x
+}
+
+/// The log-sum-exp of the `len` entries of a row from `start`, returned to
+/// every unit of the cube (`block` units, a power of two) ([`row_lse`] of
+/// the entries as they are).
+#[cube]
+pub(super) fn plain_lse<F: Float>(x: &Tensor<F>, start: usize, len: usize, #[comptime] block: usize) -> F {
+    row_lse::<F>(x, start, len, F::new(1.0), F::new(1.0), F::new(0.0), 0usize, 0usize, false, false, block)
+}
+
+/// The log-sum-exp of query `i`'s logits ([`logit`], then [`distanced`]:
+/// `scale`, `cap`, `slope`) of the `len` entries from `start` (a row's keys
+/// from `first`), returned to every unit of the cube (`block` units, a
 /// power of two): each unit's share with a running maximum, then merged
 /// pairwise.
 #[cube]
@@ -160,7 +211,11 @@ pub(super) fn row_lse<F: Float>(
     len: usize,
     scale: F,
     cap: F,
+    slope: F,
+    i: usize,
+    first: usize,
     #[comptime] capped: bool,
+    #[comptime] alibi: bool,
     #[comptime] block: usize,
 ) -> F {
     let u = UNIT_POS as usize;
@@ -168,7 +223,7 @@ pub(super) fn row_lse<F: Float>(
     let mut l = F::new(0.0);
     let mut c = u;
     while c < len {
-        let e = logit::<F>(x[start + c], scale, cap, capped);
+        let e = distanced::<F>(logit::<F>(x[start + c], scale, cap, capped), slope, i, first + c, alibi);
         let top = F::max(m, e);
         l = l * F::exp(m - top) + F::exp(e - top);
         m = top;

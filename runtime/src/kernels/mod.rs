@@ -54,7 +54,7 @@ pub mod tensor;
 mod testing;
 
 pub use adam::{AdamOps, AdamStep};
-pub use attention::{attention, AttentionOps, Keys, Scores};
+pub use attention::{alibi_bias, attention, AttentionOps, Keys, Scores};
 #[cfg(feature = "flex")]
 pub use cpu::product_time;
 pub use dense::{linear, linear_transposed, matmul, relu_mlp, DenseOps, Projection, ReluMask};

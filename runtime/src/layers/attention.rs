@@ -2,7 +2,7 @@
 //! `A = Σ gain_h · term`, terms `I`, `softmax(QKᵀ/√d_k + M)` and `centre`
 //! (the softmax at zero logits under the mask). The softmax term is blkc's
 //! attention kernel (`kernels::attention`: one graph node, the mask never
-//! built, a soft-cap in it) or, with ALiBi's bias, burn's; any other term
+//! built, a soft-cap and ALiBi's bias in it); any other term
 //! is computed apart, the centre
 //! as the mean of the values each token sees (`kernels::centre`: a sum slid
 //! along the tokens) — never as a T×T matrix. Identity value/projection
@@ -15,8 +15,6 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
 use crate::kernels::{self, Kernels, Keys, Scores};
-use burn::tensor::module::attention as fused;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::dropout::Noise;
@@ -74,7 +72,7 @@ pub struct Plan {
     pub mask: Mask,
     /// Rotary positions of queries and keys.
     pub rope: Option<blkc::graph::Rope>,
-    /// ALiBi's distance bias on the scores (burn's attention takes it).
+    /// ALiBi's distance bias on the scores.
     pub alibi: bool,
     pub env: Env,
     /// Names of the trainable gains, in the order of `Attention::gains`.
@@ -240,16 +238,11 @@ impl<B: Kernels> Attention<B> {
         }
     }
 
-    /// Whether blkc's attention kernels compute the softmax term.
-    fn fused(&self) -> bool {
-        in_kernels(self.plan.alibi)
-    }
-
     /// Whether the shaped attention's kernel computes the whole matrix
-    /// (its softmax not soft-capped: a capped one is the attention's
-    /// kernel, then the mix's).
+    /// (its softmax neither soft-capped nor biased by ALiBi: such a one is
+    /// the attention's kernel, then the mix's).
     fn mixed_in_kernel(&self) -> bool {
-        self.fused() && self.plan.softcap.is_none()
+        self.plan.softcap.is_none() && !self.plan.alibi
     }
 
     /// The keys each query sees, as blkc's attention kernels take them.
@@ -382,16 +375,17 @@ impl<B: Kernels> Attention<B> {
     }
 
     /// `softmax(q·kᵀ/√d_k + M) · v` for `v: [batch, tokens, inner]`: blkc's
-    /// attention kernel (under a window, soft-capped, too), or, with ALiBi,
-    /// burn's attention (whose autodiff composes it), or, with dropout on
-    /// the weights (`weights`, in training), the weights written out.
+    /// attention kernel (under a window, soft-capped, with ALiBi's bias,
+    /// too), or, with dropout on the weights (`weights`, in training), the
+    /// weights written out.
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
-        let [b, t, inner] = v.dims();
-        if self.fused() && weights.is_none() {
+        let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
+        let Some(noise) = weights else {
             let (q, k, bq) = self.queries_keys(x);
-            let scores = Scores::new(1.0 / (self.plan.head_dim as f64).sqrt(), self.keys(causal));
-            return kernels::attention(q, k, v, bq, scores.capped(self.plan.softcap));
-        }
+            let scores = Scores::new(scale, self.keys(causal)).capped(self.plan.softcap).with_alibi(self.plan.alibi);
+            return kernels::attention(q, k, v, bq, scores);
+        };
+        let [b, t, inner] = v.dims();
         let (q, k) = self.rotated(
             self.projected(x, &self.query, &self.query_bias, &self.query_norm),
             self.projected(x, &self.key, &self.key_bias, &self.key_norm),
@@ -402,22 +396,11 @@ impl<B: Kernels> Attention<B> {
             // model's heads) and step.
             let device = x.device();
             let kind = (if causal { "alibi-causal" } else { "alibi" }, t, 0);
-            self.plan.tables.kept::<B, _>(kind, &device, || self.alibi_bias((0, t), t, causal, &device))
+            let heads = self.plan.heads;
+            self.plan.tables.kept::<B, _>(kind, &device, || kernels::alibi_bias((0, t), t, heads, causal, &device))
         });
-        let out = match weights {
-            Some(noise) => {
-                let w = self.weights(q, k, bias, causal, 0);
-                noise.drop(w, self.plan.dropout.inner).matmul(self.split(v))
-            }
-            None => {
-                let options = AttentionModuleOptions { scale: None, softcap: self.plan.softcap, is_causal: causal };
-                let heads = q.dims()[1];
-                let hidden = self
-                    .outside_window((0, t), t, causal, &q.device())
-                    .map(|m| m.reshape([1, 1, t, t]).expand([b, heads, t, t]));
-                fused(q, k, self.split(v), hidden, bias, options)
-            }
-        };
+        let w = self.weights(q, k, bias, causal, 0);
+        let out = noise.drop(w, self.plan.dropout.inner).matmul(self.split(v));
         out.swap_dims(1, 2).reshape([b, t, inner])
     }
 
@@ -453,38 +436,6 @@ impl<B: Kernels> Attention<B> {
         }
         burn::tensor::activation::softmax(s, 3)
     }
-
-    /// ALiBi's bias `[1, heads, n, t]` of queries at positions `from` to
-    /// `from + n` and keys at 0 to `t`: `−m_h · (i − j)`, or
-    /// `· |i − j|` without a causal mask (masked entries are the mask's to
-    /// hide).
-    pub(crate) fn alibi_bias(
-        &self,
-        (from, n): (usize, usize),
-        t: usize,
-        causal: bool,
-        device: &B::Device,
-    ) -> Tensor<B, 4> {
-        let slopes = blkc::graph::alibi_slopes(self.plan.heads);
-        let mut data = Vec::with_capacity(self.plan.heads * n * t);
-        for m in &slopes {
-            for i in from..from + n {
-                for j in 0..t {
-                    let d = i as f64 - j as f64;
-                    data.push((-m * if causal { d } else { d.abs() }) as f32);
-                }
-            }
-        }
-        Tensor::from_data(TensorData::new(data, [1, self.plan.heads, n, t]), device)
-    }
-}
-
-/// Whether blkc's attention kernels compute an attention's softmax (a
-/// window and a soft-cap included): not with ALiBi's bias, which burn's
-/// attention adds (nor, in training, with dropout on the weights, which
-/// are then written out).
-pub fn in_kernels(alibi: bool) -> bool {
-    !alibi
 }
 
 /// The operands of a shaped attention, before its products and mix.

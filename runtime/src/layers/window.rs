@@ -3,9 +3,8 @@
 //! less than `N` positions away (bidirectional). Its softmax is masked to
 //! them, and its `centre` term averages them. blkc's kernels take the
 //! window (`kernels::Keys`: the attention family's softmax, the shaped
-//! family's mix and `centre`); here is the mask of burn's attention, for
-//! what they do not take (a soft-cap or ALiBi with a window, dropout on
-//! the weights, decoding).
+//! family's mix and `centre`); here is the mask of the composed weights,
+//! for what they do not take (dropout on the weights, decoding).
 
 use burn::tensor::{Bool, Tensor};
 

@@ -12,11 +12,10 @@
 //! per row in their place); the logits and their gradient. Measured peaks
 //! of the step (`blkc bench`, bench/NOTES.md) lie below it.
 
-use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Positions, Program};
+use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
 
 use crate::kernels::attention::products_in;
 use crate::kernels::precision::Precision;
-use crate::layers::attention::in_kernels;
 
 /// What an attention keeps for its backward, besides its operands and
 /// output.
@@ -26,8 +25,8 @@ pub enum Kept {
     /// kernels, the products route, burn's attention.
     Weights,
     /// A log-sum-exp per token and head: blkc's row kernels on the CubeCL
-    /// backends, for the attentions they take (no soft-cap, no ALiBi, no
-    /// dropout on the weights; the others keep their weights).
+    /// backends, for the attentions they take (all but those with dropout
+    /// on the weights, which keep their weights).
     Rows,
 }
 
@@ -88,8 +87,8 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Input | Op::Sum { .. } => d,
             Op::Norm { .. } => 2 * d,
             Op::Attention { spec, .. } => {
-                let alibi = m.positions == Positions::Alibi;
-                let composed = !in_kernels(alibi) || spec.dropout.inner > 0.0;
+                // Dropout on the weights writes them out.
+                let composed = spec.dropout.inner > 0.0;
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,
@@ -299,13 +298,14 @@ mod tests {
         let none = |_: u64| None;
         assert!(check(&weights, 80 << 30, "the GPU", 1, &m, 1, &none).is_err());
         assert!(check(&rows, 80 << 30, "the GPU", 1, &m, 1, &none).is_ok(), "{rows:?}");
-        // A soft-capped attention is blkc's kernel, which keeps rows; with
-        // ALiBi's bias it is burn's, which keeps the weights.
+        // A soft-capped attention is blkc's kernel, which keeps rows, with
+        // ALiBi's bias too; with dropout on its weights, it writes them.
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
-        let model = |positions: &str| {
+        let model = |positions: &str, dropout: f64| {
             let text = format!(
-                "{block}\nattention capped {{\n softcap = 30\n}}\nblock c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
+                "{block}\nattention capped {{\n softcap = 30\n dropout = {dropout}\n}}\n\
+                 block c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
                  model m {{\n block = c\n depth = 6\n width = 256\n heads = 4\n context = 1024\n vocab = 4096\n \
                  positions = {positions}\n}}\n"
             );
@@ -314,10 +314,12 @@ mod tests {
             let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
             (estimate(&p, &m, 1, Kept::Rows), estimate(&p, &m, 1, Kept::Weights))
         };
-        let (rows, weights) = model("learned");
-        assert!(rows.activations < weights.activations, "{rows:?}");
-        let (rows, weights) = model("alibi");
-        assert_eq!(rows, weights);
+        for positions in ["learned", "alibi"] {
+            let (rows, weights) = model(positions, 0.0);
+            assert!(rows.activations < weights.activations, "{positions}: {rows:?}");
+            let (rows, weights) = model(positions, 0.1);
+            assert_eq!(rows, weights, "{positions}");
+        }
     }
 
     #[test]

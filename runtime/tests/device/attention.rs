@@ -132,9 +132,9 @@ pub(super) fn shaped_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels
 /// The softmax attention's CubeCL kernels (`kernels/attention/cube.rs`,
 /// the shaped kernels with a plain softmax's gains) against the reference:
 /// the output, and every gradient wanted or some, causal or not, with a
-/// sliding window or not, soft-capped or not, with the query's bias or
-/// not, `dv` added into a gradient from elsewhere or not, with the heads
-/// split from the layers' strided views.
+/// sliding window or not, soft-capped or not, with ALiBi's bias or not,
+/// with the query's bias or not, `dv` added into a gradient from elsewhere
+/// or not, with the heads split from the layers' strided views.
 pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::attention::reference;
     use blkc_runtime::kernels::tensor::split_heads;
@@ -143,18 +143,20 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
     let split = |x| split_heads::<B>(x, heads);
     let mut worst = 0.0f32;
     let mut kept_ran = false;
-    for case in 0..16 {
+    for case in 0..24 {
         let (causal, biased, added) = (case & 1 == 0, case & 2 == 0, case & 4 == 0);
         // Windows of 4 and of 1 (a token sees itself only) of the 9
         // tokens; then soft-capped at 1 (which the logits pass), with a
-        // window of 3 or none.
+        // window of 3 or none; then with ALiBi's bias (3 heads: slopes of
+        // both kinds), capped and windowed from 20.
         let window = match case {
             8..12 => Some(if biased { 4 } else { 1 }),
-            12.. => biased.then_some(3),
+            12..16 | 20.. => biased.then_some(3),
             _ => None,
         };
         let keys = Keys { causal, window };
-        let scores = Scores::new(0.35, keys).capped((case >= 12).then_some(1.0));
+        let capped = (12..16).contains(&case) || case >= 20;
+        let scores = Scores::new(0.35, keys).capped(capped.then_some(1.0)).with_alibi(case >= 16);
         let [q, k, v] = [0; 3].map(|_| split(draws.normal::<B>(device, &[batch, tokens, heads * d])));
         let bq = biased.then(|| draws.normal::<B>(device, &[heads * d]));
         let (o, kept) = B::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
@@ -201,9 +203,10 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
 /// The softmax's row kernels (`kernels/attention/cube.rs`, what the
 /// attention runs as products) against the reference: the weights of
 /// scores `[batch, heads, t_q, t_k]` causal or not, with a window of 3 or
-/// none, soft-capped at 4 or not (rows wider and narrower than a cube,
-/// `t_q` ≠ `t_k`, large scores), and the scores' gradient, over a `dp`
-/// held elsewhere (left as it was) and over one held nowhere else.
+/// none, soft-capped at 4 or not, with ALiBi's bias or not (rows wider
+/// and narrower than a cube, `t_q` ≠ `t_k`, large scores), and the
+/// scores' gradient, over a `dp` held elsewhere (left as it was) and over
+/// one held nowhere else.
 pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernels>(device: &B::Device) {
     use blkc_runtime::kernels::attention::reference;
     let draws = Draws::new(48);
@@ -212,9 +215,10 @@ pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernel
         [([2usize, 3, 9, 9], 0.35), ([1, 2, 5, 7], 1.0), ([1, 1, 300, 300], 0.125), ([2, 1, 1, 3], 2.0)]
     {
         let masks = [false, true].map(|causal| [None, Some(3)].map(|window| Keys { causal, window }));
-        let cases = masks.into_iter().flatten().flat_map(|keys| [None, Some(4.0)].map(|cap| (keys, cap)));
-        for (keys, cap) in cases {
-            let scores = Scores::new(scale, keys).capped(cap);
+        let logits = [(None, false), (Some(4.0), false), (None, true), (Some(4.0), true)];
+        let cases = masks.into_iter().flatten().flat_map(|keys| logits.map(|(cap, alibi)| (keys, cap, alibi)));
+        for (keys, cap, alibi) in cases {
+            let scores = Scores::new(scale, keys).capped(cap).with_alibi(alibi);
             let s = B::float_mul_scalar(draws.normal::<B>(device, &shape), 6.0.into());
             let p = B::softmax_scores(s.clone(), scores);
             let p2 = reference::softmax_scores::<B>(s, scores);
@@ -227,7 +231,7 @@ pub(super) fn softmax_kernels_are_the_reference<B: blkc_runtime::kernels::Kernel
             let ds3 = B::softmax_scores_backward(p2.clone(), alone, scale);
             for (name, a, b) in [("p", p, p2), ("ds", ds, ds2.clone()), ("ds in place", ds3, ds2)] {
                 let e = gap_of_scale(&values::<B>(a), &values::<B>(b));
-                assert!(e < 1e-5, "{shape:?}, {keys:?}, cap {cap:?}: {name} differs by {e:e} of scale");
+                assert!(e < 1e-5, "{shape:?}, {keys:?}, cap {cap:?}, ALiBi {alibi}: {name} differs by {e:e} of scale");
                 worst = worst.max(e);
             }
         }

@@ -2,6 +2,8 @@
 //! output while in cache, and their backward. The shaped family's kernel
 //! is built from the same pieces.
 
+use std::ops::Range;
+
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
@@ -25,13 +27,15 @@ impl AttentionOps for Flex {
             return reference::attention_forward::<Flex>(q, k, v, bq, scores);
         };
         let n = b * h;
+        let slopes = scores.slopes(h);
         let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
         let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
         let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
         // Per head: the scores, their softmax while in cache, the output.
         let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
             let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], scores, u.as_deref());
+            let slope = slopes.as_ref().map(|m| m[i % h]);
+            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scores, slope), u.as_deref());
             let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
             (wp, op)
         });
@@ -154,9 +158,19 @@ impl AttentionOps for Flex {
             return reference::softmax_scores::<Flex>(s, scores);
         }
         let shape = s.layout().shape().clone();
-        let (tq, tk) = (shape[shape.num_dims() - 2], shape[shape.num_dims() - 1]);
+        let rank = shape.num_dims();
+        let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
+        // ALiBi's slope by head: `[batch, heads, t_q, t_k]` scores.
+        let heads = if rank == 4 { shape[1] } else { 1 };
+        let slopes = scores.slopes(heads).filter(|_| rank == 4);
+        if scores.alibi && slopes.is_none() {
+            return reference::softmax_scores::<Flex>(s, scores);
+        }
         let mut out = Rows::new(s);
-        out.for_each(|r, row| seen_softmax(row, scores.keys.range(r % tq, tk), scores));
+        out.for_each(|r, row| {
+            let (i, slope) = (r % tq, slopes.as_ref().map(|m| m[r / tq % heads]));
+            seen_softmax(row, (i, scores.keys.range(i, tk)), (scores, slope))
+        });
         out.tensor
     }
 
@@ -192,40 +206,46 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
 
 /// One head's attention weights: the softmax of the logits of `q · kᵀ +
 /// 1 · uᵀ` (`q`, `k`: `t × d`; `u`, a shift per key, or none; the logits
-/// as `scores` makes them) formed in `p` (`t × t`), the keys a query does
-/// not see (`scores.keys`) weighted 0.
+/// as `scores` makes them, with the head's ALiBi slope when it takes
+/// ALiBi's bias) formed in `p` (`t × t`), the keys a query does not see
+/// (`scores.keys`) weighted 0.
 pub(crate) fn attention_weights<'a>(
     gemm: &Gemm,
     p: MatOut<'a>,
     [q, k]: [Mat<'_>; 2],
-    scores: Scores,
+    logits: (Scores, Option<f32>),
     shift: Option<&[f32]>,
 ) -> (MatMut<'a>, Written) {
     let (mut p, proof) = gemm.into(p, q, k.t());
     let t = p.dims()[0];
     for r in 0..t {
         let row = p.row(r);
-        let seen = scores.keys.range(r, t);
+        let seen = logits.0.keys.range(r, t);
         if let Some(u) = shift {
             simd::add_into(&mut row[seen.clone()], &u[seen.clone()]);
         }
-        seen_softmax(row, seen, scores);
+        seen_softmax(row, (r, seen), logits);
     }
     (p, proof)
 }
 
-/// The softmax of the logits of `row[seen]` in place, and zeros elsewhere.
-fn seen_softmax(row: &mut [f32], seen: std::ops::Range<usize>, scores: Scores) {
+/// The softmax of query `i`'s logits of `row[seen]` in place (ALiBi's bias
+/// of `slope` on them when given), and zeros elsewhere.
+fn seen_softmax(row: &mut [f32], (i, seen): (usize, Range<usize>), (scores, slope): (Scores, Option<f32>)) {
     let (before, from) = row.split_at_mut(seen.start);
     before.fill(0.0);
-    let scale = scores.scale as f32;
-    match scores.cap {
-        Some(cap) => {
-            loops::soft_cap(&mut from[..seen.len()], scale, cap as f32);
-            loops::softmax(from, seen.len(), 1.0);
-        }
-        None => loops::softmax(from, seen.len(), scale),
+    let (mut scale, len) = (scores.scale as f32, seen.len());
+    if let Some(cap) = scores.cap {
+        loops::soft_cap(&mut from[..len], scale, cap as f32);
+        scale = 1.0;
     }
+    if let Some(m) = slope {
+        loops::distance_bias(&mut from[..len], scale, m, i, seen.start);
+        scale = 1.0;
+    }
+    // Neither capped nor biased, the scale is the softmax's (no pass of
+    // its own).
+    loops::softmax(from, len, scale);
 }
 
 /// The scores' shift per key from a query bias `bq` (one head's `d`

@@ -27,7 +27,9 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, AttentionOps, Scores};
-use crate::kernels::cube::{cube_sum, empty_f32, first_key, keys_end, logit, row_cubes, row_lse, writable};
+use crate::kernels::cube::{
+    cube_sum, distanced, empty_f32, first_key, keys_end, logit, row_cubes, row_lse, slope_of, writable,
+};
 use crate::kernels::shaped::cube::{backward, forward, no_gains, shape_plan, Mix, Operands, Plan};
 use crate::kernels::tensor::{merge_heads, split_heads};
 
@@ -77,8 +79,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
-        let Some([rows, tq, tk]) = rows_of(&s) else { return reference::softmax_scores::<Self>(s, scores) };
+        let fits = rows_of(&s).filter(|_| !scores.alibi || s.shape().num_dims() == 4);
+        let Some([rows, tq, tk]) = fits else { return reference::softmax_scores::<Self>(s, scores) };
         let keys = scores.keys;
+        // ALiBi's slopes by head of `[batch, heads, t_q, t_k]` scores.
+        let heads = if scores.alibi { s.shape()[1] } else { 1 };
         let s = into_contiguous(s);
         let p = empty_f32(&s, s.shape());
         let client = s.client.clone();
@@ -92,12 +97,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
             scores.scale as f32,
             scores.cap.unwrap_or(1.0) as f32,
             rows,
+            heads,
             tq,
             tk,
             keys.reach(tq.max(tk)),
             block,
             keys.causal,
             scores.cap.is_some(),
+            scores.alibi,
         );
         p
     }
@@ -178,10 +185,11 @@ pub(crate) fn rows_of<T: TensorMetadata>(s: &T) -> Option<[usize; 3]> {
     Some([shape.num_elements() / tk, tq, tk])
 }
 
-/// Row `CUBE_POS` of `rows` rows of `tk` scores (`tq` rows a matrix): the
-/// softmax of their logits (`scale · s`, soft-capped at `cap` when
-/// `capped`) over the keys its query sees (`Keys::range`: the causal
-/// mask's and those within `reach`), the others weighted 0.
+/// Row `CUBE_POS` of `rows` rows of `tk` scores (`tq` rows a matrix, of
+/// `heads` matrices per sequence): the softmax of their logits (`scale ·
+/// s`, soft-capped at `cap` when `capped`, less ALiBi's distance when
+/// `alibi`) over the keys its query sees (`Keys::range`: the causal mask's
+/// and those within `reach`), the others weighted 0.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn softmax_rows<F: Float>(
@@ -190,12 +198,14 @@ fn softmax_rows<F: Float>(
     scale: f32,
     cap: f32,
     rows: usize,
+    heads: usize,
     tq: usize,
     tk: usize,
     reach: usize,
     #[comptime] block: usize,
     #[comptime] causal: bool,
     #[comptime] capped: bool,
+    #[comptime] alibi: bool,
 ) {
     let row = CUBE_POS;
     if row >= rows {
@@ -206,12 +216,13 @@ fn softmax_rows<F: Float>(
     let lo = first_key(i, reach);
     let end = keys_end(i, tk, reach, causal);
     let (scale, cap) = (F::cast_from(scale), F::cast_from(cap));
-    let lse = row_lse(s, start + lo, end - lo, scale, cap, capped, block);
+    let slope = slope_of::<F>(row / tq % heads, heads, alibi);
+    let lse = row_lse(s, start + lo, end - lo, scale, cap, slope, i, lo, capped, alibi, block);
     let mut j = UNIT_POS as usize;
     while j < tk {
         let mut x = F::new(0.0);
         if j >= lo && j < end {
-            x = F::exp(logit::<F>(s[start + j], scale, cap, capped) - lse);
+            x = F::exp(distanced::<F>(logit::<F>(s[start + j], scale, cap, capped), slope, i, j, alibi) - lse);
         }
         p[start + j] = x;
         j += block;

@@ -1,5 +1,5 @@
 //! The attention family's loops: a row's softmax (under the causal mask)
-//! and its backward, and a soft-cap's logits and slope.
+//! and its backward, a soft-cap's logits and slope, and ALiBi's bias.
 
 use crate::kernels::cpu::raw::multiversion;
 use crate::kernels::cpu::simd::{dot, exp, fold_lanes, tanh, LANES};
@@ -66,6 +66,18 @@ multiversion! {
         for (g, &x) in dz.iter_mut().zip(s) {
             let th = tanh(x * inner);
             *g *= 1.0 - th * th;
+        }
+    }
+}
+
+multiversion! {
+    /// Query `i`'s logits over keys `from..from + row.len()` in place,
+    /// from scaled (or capped) scores: `row[c] = scale · row[c] − slope ·
+    /// |i − (from + c)|` (ALiBi's distance bias; positions below 2³¹).
+    pub fn distance_bias(row: &mut [f32], scale: f32, slope: f32, i: usize, from: usize) {
+        let first = i as i32 - from as i32;
+        for (c, x) in (0i32..).zip(row.iter_mut()) {
+            *x = *x * scale - slope * (first - c).abs() as f32;
         }
     }
 }

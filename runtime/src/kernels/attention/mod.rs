@@ -6,10 +6,11 @@
 
 use std::ops::Range;
 
-use blkc::graph::Mask;
+use blkc::graph::{alibi_slopes, Mask};
 use blkc::signal::attention::Seen;
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorMetadata};
+use burn::tensor::{Tensor, TensorData, TensorMetadata};
 
 use super::dense::DenseOps;
 use super::tensor::{merge_heads, primitive, split_heads, tensor};
@@ -80,25 +81,65 @@ impl Keys {
 
 /// How an attention's scores `s = (q + bq) · k` become the softmax's
 /// logits, and which keys each query sees: `z = scale · s`, soft-capped to
-/// `cap · tanh(z / cap)` when `cap` is given (Gemma 2's attention), the
-/// keys that `keys` hides weighted 0.
+/// `cap · tanh(z / cap)` when `cap` is given (Gemma 2's attention), then,
+/// with `alibi`, less ALiBi's distance `m_h · |i − j|` (query `i`, key
+/// `j`, `m_h` head `h`'s slope: [`alibi_slopes`]) — burn's attention's
+/// order: scale, cap, mask, bias; the keys that `keys` hides weighted 0.
+/// The distance is the positions' in one text, queries and keys from 0
+/// (training's and evaluation's attention, not decoding's).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scores {
     pub scale: f64,
     pub cap: Option<f64>,
     pub keys: Keys,
+    pub alibi: bool,
 }
 
 impl Scores {
-    /// Scores times `scale`, not capped, under the mask `keys`.
+    /// Scores times `scale`, not capped, no distance bias, under the mask
+    /// `keys`.
     pub fn new(scale: f64, keys: Keys) -> Scores {
-        Scores { scale, cap: None, keys }
+        Scores { scale, cap: None, keys, alibi: false }
     }
 
     /// These scores soft-capped at `cap` (or not, `None`).
     pub fn capped(self, cap: Option<f64>) -> Scores {
         Scores { cap, ..self }
     }
+
+    /// These scores with ALiBi's distance bias (or without, `false`).
+    pub fn with_alibi(self, alibi: bool) -> Scores {
+        Scores { alibi, ..self }
+    }
+
+    /// ALiBi's slope of each of `heads` heads, in f32, when the scores
+    /// take its bias.
+    pub fn slopes(self, heads: usize) -> Option<Vec<f32>> {
+        self.alibi.then(|| alibi_slopes(heads).into_iter().map(|m| m as f32).collect())
+    }
+}
+
+/// ALiBi's bias `[1, heads, n, t]` on the logits of queries at positions
+/// `from..from + n` and keys at `0..t`: `−m_h · (i − j)`, or `· |i − j|`
+/// without a causal mask (a causal mask hides the keys where the two
+/// differ); burn's attention adds it as given.
+pub fn alibi_bias<B: Backend>(
+    (from, n): (usize, usize),
+    t: usize,
+    heads: usize,
+    causal: bool,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let mut data = Vec::with_capacity(heads * n * t);
+    for m in alibi_slopes(heads) {
+        for i in from..from + n {
+            for j in 0..t {
+                let d = i as f64 - j as f64;
+                data.push((-m * if causal { d } else { d.abs() }) as f32);
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [1, heads, n, t]), device)
 }
 
 /// The attention family.

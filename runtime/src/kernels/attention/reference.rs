@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor, TensorMetadata};
 
-use super::{AttentionOps, Keys, Scores};
+use super::{alibi_bias, AttentionOps, Keys, Scores};
 use crate::kernels::tensor::{primitive, tensor};
 
 /// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
@@ -91,10 +91,20 @@ pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scores: Scores) -> FloatTen
             let mut dims = vec![1; rank];
             dims[rank - 2] = tq;
             dims[rank - 1] = tk;
-            let hidden = B::bool_expand(B::bool_reshape(hidden.into_primitive(), dims.into()), shape);
+            let hidden = B::bool_expand(B::bool_reshape(hidden.into_primitive(), dims.into()), shape.clone());
             B::float_mask_fill(s, hidden, f32::NEG_INFINITY.into())
         }
         None => s,
+    };
+    // ALiBi's bias after the mask (burn's order), by head of `[batch, heads,
+    // t_q, t_k]` scores.
+    let s = match scores.alibi {
+        true => {
+            let device = B::float_device(&s);
+            let bias = alibi_bias::<B>((0, tq), tk, shape[rank - 3], keys.causal, &device);
+            B::float_add(s, B::float_expand(primitive(bias), shape))
+        }
+        false => s,
     };
     primitive(burn::tensor::activation::softmax(tensor::<B, 4>(s), 3))
 }

@@ -38,14 +38,27 @@ fn a_query_sees_the_keys_of_its_window() {
     }
 }
 
-/// Every mask, soft-capped (at 1.5, which large scores reach) or not.
-fn capped_masks() -> Vec<(Keys, Option<f64>)> {
-    masks().into_iter().flat_map(|keys| [(keys, None), (keys, Some(1.5))]).collect()
+/// Every mask, soft-capped (at 1.5, which large scores reach) or not,
+/// with ALiBi's bias or not.
+fn logit_cases() -> Vec<(Keys, Option<f64>, bool)> {
+    let kinds = [(None, false), (Some(1.5), false), (None, true), (Some(1.5), true)];
+    masks().into_iter().flat_map(|keys| kinds.map(|(cap, alibi)| (keys, cap, alibi))).collect()
+}
+
+/// ALiBi's bias as burn's attention takes it, from the definition: `−m_h
+/// · |i − j|` (`m` the slopes of 3 heads: 2⁻⁴ and 2⁻⁸, the two of 2 heads,
+/// then 2⁻², the first of the odd ones of 4), expanded to `[batch, 3, t,
+/// t]`.
+fn alibi_of(batch: usize, t: usize) -> Tensor<Ad, 4> {
+    let slopes = [2f32.powi(-4), 2f32.powi(-8), 2f32.powi(-2)];
+    let cells: Vec<f32> = (0..3 * t * t).map(|c| -slopes[c / (t * t)] * ((c / t) % t).abs_diff(c % t) as f32).collect();
+    Tensor::<Ad, 4>::from_data(TensorData::new(cells, [1, 3, t, t]), &Default::default()).expand([batch, 3, t, t])
 }
 
 /// The attention kernel and burn's attention (its autodiff composition)
 /// agree on value and on the gradients of q, k and v, for every mask
-/// (burn's given what the window hides), soft-capped or not; and with
+/// (burn's given what the window hides), soft-capped or not, with ALiBi's
+/// bias or not (burn's given it); and with
 /// the query's bias given to the kernel, with burn's on `q + bq` and `k +
 /// bk`: uncapped, the key's bias changes nothing, and its gradient is
 /// zero (so the kernel is not given it); capped, it does change the
@@ -55,8 +68,9 @@ fn capped_masks() -> Vec<(Keys, Option<f64>)> {
 fn softmax_attention_matches_burn() {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    for (keys, softcap) in capped_masks() {
-        let scores = Scores::new(0.5, keys).capped(softcap);
+    for (keys, softcap, alibi) in logit_cases() {
+        let scores = Scores::new(0.5, keys).capped(softcap).with_alibi(alibi);
+        let bias = || alibi.then(|| alibi_of(2, 7));
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
         let (bq, bk) = (random([12]), random([12]));
         // Each graph its own `k + bk` (a backward consumes the nodes it
@@ -68,7 +82,7 @@ fn softmax_attention_matches_burn() {
         let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
         let q1 = q.clone() + bq.clone().reshape([1, 3, 1, 4]);
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q1, k1(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let theirs = attention(q1, k1(), v4, hidden(), bias(), options).swap_dims(1, 2).reshape([2, 7, 12]);
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[q, k], &g1, &g2);
@@ -86,8 +100,9 @@ fn softmax_attention_matches_burn() {
         }
         assert_eq!(bk.grad(&g1).is_some(), softcap.is_some());
     }
-    for (keys, softcap) in capped_masks() {
-        let scores = Scores::new(0.5, keys).capped(softcap);
+    for (keys, softcap, alibi) in logit_cases() {
+        let scores = Scores::new(0.5, keys).capped(softcap).with_alibi(alibi);
+        let bias = || alibi.then(|| alibi_of(2, 7));
         let [q, k] = [0, 1].map(|_| random([2, 3, 7, 4]));
         // Large logits, so that a missing max shift would overflow.
         let q = (q * 30.0).detach().require_grad();
@@ -101,7 +116,7 @@ fn softmax_attention_matches_burn() {
         let options = AttentionModuleOptions { scale: Some(0.5), softcap, is_causal: false };
         let hidden = || Some(hidden_by(keys, 7).expand([2, 3, 7, 7]));
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12])
+        let theirs = attention(q.clone(), k.clone(), v4, hidden(), bias(), options).swap_dims(1, 2).reshape([2, 7, 12])
             + v.clone().matmul(w.clone().unsqueeze());
         ours.to_data().assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-4));
         let (g1, g2) = backward_both(ours, theirs);
@@ -111,7 +126,7 @@ fn softmax_attention_matches_burn() {
         let (q, k, v) = (random([2, 3, 7, 4]), random([2, 3, 7, 4]), random([2, 7, 12]));
         let ours = super::attention(q.clone(), k.clone(), v.clone(), None, scores);
         let v4 = v.clone().reshape([2, 7, 3, 4]).swap_dims(1, 2);
-        let theirs = attention(q.clone(), k.clone(), v4, hidden(), None, options).swap_dims(1, 2).reshape([2, 7, 12]);
+        let theirs = attention(q.clone(), k.clone(), v4, hidden(), bias(), options).swap_dims(1, 2).reshape([2, 7, 12]);
         let (g1, g2) = backward_both(ours, theirs);
         grads_agree(&[q, k], &g1, &g2);
         grads_agree(&[v], &g1, &g2);
@@ -131,9 +146,9 @@ fn the_cpu_kernels_equal_the_reference() {
     let merged = |p| C::float_reshape(merge_heads::<C>(p), [10, 12].into());
     // With a query bias or not; every gradient or only some.
     let bias = C::float_reshape(r([1, 12]), [12].into());
-    let cases = capped_masks().into_iter().flat_map(|(c, cap)| [(c, cap, None), (c, cap, Some(bias.clone()))]);
-    for (keys, cap, bq) in cases {
-        let scores = Scores::new(0.5, keys).capped(cap);
+    let cases = logit_cases().into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]);
+    for ((keys, cap, alibi), bq) in cases {
+        let scores = Scores::new(0.5, keys).capped(cap).with_alibi(alibi);
         let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         same(merged(o1), merged(o2));
@@ -156,12 +171,13 @@ fn the_cpu_kernels_equal_the_reference() {
             }
         }
     }
-    // Attention weights: [2, 2, 6, 6] scores, every mask, capped or not.
-    let (s4, dp) = (r([4, 36]), r([4, 36]));
-    let four = |p| C::float_reshape(p, [2, 2, 6, 6].into());
-    let flat = |p| C::float_reshape(p, [4, 36].into());
-    for (keys, cap) in capped_masks() {
-        let scores = Scores::new(0.7, keys).capped(cap);
+    // Attention weights: [2, 3, 6, 6] scores, every mask, capped or not,
+    // with ALiBi's bias or not.
+    let (s4, dp) = (r([6, 36]), r([6, 36]));
+    let four = |p| C::float_reshape(p, [2, 3, 6, 6].into());
+    let flat = |p| C::float_reshape(p, [6, 36].into());
+    for (keys, cap, alibi) in logit_cases() {
+        let scores = Scores::new(0.7, keys).capped(cap).with_alibi(alibi);
         let p1 = C::softmax_scores(four(s4.clone()), scores);
         let p2 = reference::softmax_scores::<C>(four(s4.clone()), scores);
         same(flat(p1.clone()), flat(p2));

@@ -19,7 +19,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 
 use super::{reference, LossOps};
-use crate::kernels::cube::{empty_f32, row_cubes, row_lse, sum_all, units, writable};
+use crate::kernels::cube::{empty_f32, plain_lse, row_cubes, sum_all, units, writable};
 
 /// The target of `row`, within the vocabulary.
 #[cube]
@@ -47,7 +47,7 @@ fn loss_rows<F: Float, I: Int>(
         terminate!();
     }
     let start = row * vocab;
-    let s = row_lse(x, start, vocab, F::new(1.0), F::new(1.0), false, block);
+    let s = plain_lse(x, start, vocab, block);
     if UNIT_POS == 0 {
         nll[row] = s - x[start + target(targets, row, vocab)];
         lse[row] = s;
@@ -89,9 +89,9 @@ fn loss_with_grad<F: Float, I: Int>(
         sync_cube();
     }
     // Read before the row is overwritten (the writes follow the cube's
-    // synchronisations in `row_lse`).
+    // synchronisations in `plain_lse`).
     let picked = x[start + t];
-    let s = row_lse(x, start, vocab, F::new(1.0), F::new(1.0), false, block);
+    let s = plain_lse(x, start, vocab, block);
     let k = F::cast_from(inv_n);
     let mut c = UNIT_POS as usize;
     while c < vocab {

@@ -53,7 +53,7 @@ impl ShapedOps for Flex {
                 let i = q * h + hi;
                 let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
                 let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
-                let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], scores, u.as_deref());
+                let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scores, None), u.as_deref());
                 heads.push(gemm.into(oi, wi.mat(), vi).1);
                 proofs.push(wp);
             }

@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use crate::kernels::cube::{cap_slope, cube_sum, first_key, keys_end, logit};
+use crate::kernels::cube::{cap_slope, cube_sum, distanced, first_key, keys_end, logit, slope_of};
 
 /// Rows `[batch·heads·tokens]` of `[·, d]` blocks; head `h`'s columns of a
 /// `[batch, tokens, heads·d]` tensor start at `h·d`. Rows are read and
@@ -34,6 +34,7 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     #[comptime] mixed: bool,
     #[comptime] biased: bool,
     #[comptime] capped: bool,
+    #[comptime] alibi: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -52,12 +53,14 @@ pub(super) fn shaped_forward<F: Float, N: Size>(
     let lo = first_key(i, reach);
     let end = keys_end(i, tokens, reach, causal);
     let qr = held(q, qrow, bq, h * w, w, biased);
+    let slope = slope_of::<F>(h, heads, alibi);
     let mut acc = zeros::<F, N>(w);
     let mut sum = zeros::<F, N>(w);
     let mut m = F::min_value();
     let mut l = F::new(0.0);
     for j in lo..end {
-        let s = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
+        let z = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
+        let s = distanced::<F>(z, slope, i, j, alibi);
         let top = F::max(m, s);
         let keep = Vector::new(F::exp(m - top));
         let p = F::exp(s - top);
@@ -190,6 +193,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     #[comptime] biased: bool,
     #[comptime] kept: bool,
     #[comptime] capped: bool,
+    #[comptime] alibi: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -223,6 +227,7 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
     }
     let row_lse = lse[pos];
     let qr = held(q, qrow, bq, h * w, w, biased);
+    let slope = slope_of::<F>(h, heads, alibi);
     let at = (b * tokens + i) * width + h * w;
     let mut o = zeros::<F, N>(w);
     let mut sum = zeros::<F, N>(w);
@@ -236,7 +241,8 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
         }
     } else {
         for j in lo..end {
-            let p = Vector::new(F::exp(logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped) - row_lse));
+            let z = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
+            let p = Vector::new(F::exp(distanced::<F>(z, slope, i, j, alibi) - row_lse));
             let vrow = (b * tokens + j) * width + h * w;
             #[unroll]
             for c in 0..w {
@@ -275,7 +281,8 @@ pub(super) fn shaped_rows<F: Float, N: Size>(
         let vrow = (b * tokens + j) * width + h * w;
         let dp = dot(&d_o, v, vrow, w);
         let z = logit::<F>(dot(&qr, k, kbase + j * ks, w), scale, cap, capped);
-        let ds = Vector::new(F::exp(z - row_lse) * (dp - dd) * cap_slope::<F>(z, cap, capped));
+        let p = F::exp(distanced::<F>(z, slope, i, j, alibi) - row_lse);
+        let ds = Vector::new(p * (dp - dd) * cap_slope::<F>(z, cap, capped));
         #[unroll]
         for c in 0..w {
             grad[c] += ds * k[kbase + j * ks + c];
@@ -325,6 +332,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
     #[comptime] summed: bool,
     #[comptime] biased: bool,
     #[comptime] capped: bool,
+    #[comptime] alibi: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= units {
@@ -347,6 +355,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
         kb = dot(&kr, bq, h * w, w);
     }
     let mut sds = F::new(0.0);
+    let slope = slope_of::<F>(h, heads, alibi);
     // The queries that see key `j`: itself and the `reach` after it, and
     // without a causal mask the `reach` before it too.
     let mut start = first_key(j, reach);
@@ -384,7 +393,7 @@ pub(super) fn shaped_columns<F: Float, N: Size>(
         }
         let dp = gb * total(dpv);
         let z = logit::<F>(dot(&kr, q, qrow, w) + kb, scale, cap, capped);
-        let p = F::exp(z - lse[bh * tokens + i]);
+        let p = F::exp(distanced::<F>(z, slope, i, j, alibi) - lse[bh * tokens + i]);
         let ds = p * (dp - delta[bh * tokens + i]) * cap_slope::<F>(z, cap, capped);
         if biased {
             sds += ds;

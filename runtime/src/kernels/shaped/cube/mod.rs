@@ -218,6 +218,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         mixed,
         o.biased,
         scores.cap.is_some(),
+        scores.alibi,
     );
     (y, lse)
 }
@@ -297,6 +298,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         o.biased,
         with_o,
         scores.cap.is_some(),
+        scores.alibi,
     );
     let [alpha, beta, gamma, beta_sa] = gains();
     shaped_columns::launch::<f32, R>(
@@ -330,6 +332,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         mix.summed,
         o.biased,
         scores.cap.is_some(),
+        scores.alibi,
     );
     [dq, dk, dv, part]
 }
