@@ -565,6 +565,10 @@ fn a_rope_base_replaces_the_models_base() {
     let own_3 = logits(text(500, "rope_base = 3"));
     let model_3 = logits(text(3, "rope_base = none"));
     let mixed = logits(text(500, "rope_base = none\n layer 1 { rope_base = 3 }"));
+    // The section's default (the model's base) replaced in one layer, not
+    // written outside the override.
+    let mixed_default = logits(text(500, "layer 1 { rope_base = 3 }"));
+    assert!(max_diff(mixed.clone(), mixed_default) < 1e-6, "an override of the default is the same");
     assert!(max_diff(model_500.clone(), same) < 1e-6, "the model's base written in the attention");
     assert!(max_diff(own_3.clone(), model_3.clone()) < 1e-6, "the attention's base is the model's of that base");
     assert!(max_diff(model_500.clone(), model_3.clone()) > 1e-4, "the base turns the positions");

@@ -55,7 +55,7 @@ pub struct Checked {
 /// Checks `block` for layer class `m`.
 pub fn check(block: &Block, defs: &Defs, m: &[LayerSelector]) -> Checked {
     let mut diags = Vec::new();
-    let flat = sections::flatten(&block.body, m, &mut diags);
+    let flat = sections::flatten(&block.body, m, false, &mut diags);
     let mut cx = Cx {
         defs,
         m,

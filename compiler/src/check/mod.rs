@@ -323,6 +323,37 @@ mod tests {
         assert_eq!(stepped, [1, 4, 7, 10]);
     }
 
+    /// A section's override may set what the section leaves at its
+    /// default, in its layers only; a block's override, or a section's
+    /// `param`, must replace something (E2025).
+    #[test]
+    fn a_section_override_sets_a_default_in_its_layers() {
+        let src = "attention a {\n    layer 1..depth step 2 { window = 3 }\n}\n\
+                   block b {\n    out = x + attn(rmsnorm(x), a) + mlp(rmsnorm(x))\n}\n";
+        let c = crate::compile_str("d.blk", src);
+        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let windows: Vec<Option<u64>> = (0..5)
+            .map(|l| {
+                let g = p.blocks[0].graph_at(l, 5);
+                g.nodes.iter().find_map(|n| match &n.op {
+                    Op::Attention { spec, .. } => Some(spec.window),
+                    _ => None,
+                })
+            })
+            .map(|w| w.unwrap_or_else(|| panic!("no attention")))
+            .collect();
+        assert_eq!(windows, [None, Some(3), None, Some(3), None]);
+        let codes = |src: &str| -> Vec<crate::Code> {
+            crate::compile_str("e.blk", src).diagnostics.iter().map(|d| d.code).collect()
+        };
+        let param = "attention a {\n    matrix = softmax\n    layer first { param g = 1 }\n}\n\
+                     block b {\n    out = x + attn(rmsnorm(x), a)\n}\n";
+        assert_eq!(codes(param), [crate::Code::E2025]);
+        let unknown = "attention a {\n    layer first, last { windw = 3 }\n}\n\
+                       block b {\n    out = x + attn(rmsnorm(x), a)\n}\n";
+        assert_eq!(codes(unknown), [crate::Code::E2007], "one diagnostic, however many layers it applies to");
+    }
+
     #[test]
     fn bounds_are_linear_in_depth_and_written_canonically() {
         let text = |sel: &str| {

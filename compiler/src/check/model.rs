@@ -55,7 +55,7 @@ fn plain<'a>(s: &'a Section, known: &[&str], diags: &mut Vec<Diagnostic>) -> Vec
             );
         }
     }
-    for f in flatten(&s.body, &[], &mut Vec::new()) {
+    for f in flatten(&s.body, &[], false, &mut Vec::new()) {
         match f {
             Flat::Param(p) => diags.push(
                 Diagnostic::new(Code::E2008, p.span, format!("a `{kw}` section has no params"))
@@ -121,7 +121,7 @@ pub fn model<'a>(s: &'a Section, diags: &mut Vec<Diagnostic>) -> Option<ModelSet
     };
     // A setting written under another tool's name (`n_layer`) is already
     // reported with blkc's name; it is not missing as well.
-    let written: Vec<String> = flatten(&s.body, &[], &mut Vec::new())
+    let written: Vec<String> = flatten(&s.body, &[], false, &mut Vec::new())
         .iter()
         .filter_map(|f| match f {
             Flat::Assign(n, _, _) => crate::check::sections::renamed(&n.name).map(str::to_string),

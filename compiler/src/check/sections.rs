@@ -33,8 +33,17 @@ pub fn applies(selectors: &[(LayerSelector, Span)], m: &[LayerSelector]) -> bool
 }
 
 /// The statements of `body` with the overrides that apply to `m` put in
-/// place of the statements they replace.
-pub fn flatten<'a>(body: &'a [Stmt], m: &[LayerSelector], diags: &mut Vec<Diagnostic>) -> Vec<Flat<'a>> {
+/// place of the statements they replace. With `defaults` (a section,
+/// whose settings have defaults), an override may also set a setting the
+/// section leaves at its default (the later checks of the section's keys
+/// catch a name that is no setting); otherwise, and for a `param`, it must
+/// replace a statement outside it (E2025).
+pub fn flatten<'a>(
+    body: &'a [Stmt],
+    m: &[LayerSelector],
+    defaults: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Flat<'a>> {
     let mut flat: Vec<Flat<'a>> = body
         .iter()
         .filter_map(|s| match s {
@@ -58,9 +67,15 @@ pub fn flatten<'a>(body: &'a [Stmt], m: &[LayerSelector], diags: &mut Vec<Diagno
                     continue;
                 }
             };
+            let applied = applies(&l.selectors, m);
             match flat.iter().position(|f| f.name().name == name.name) {
-                Some(i) if applies(&l.selectors, m) => flat[i] = replacement,
+                Some(i) if applied => flat[i] = replacement,
                 Some(_) => {}
+                None if defaults && matches!(replacement, Flat::Assign(..)) => {
+                    if applied {
+                        flat.push(replacement);
+                    }
+                }
                 None => diags.push(
                     Diagnostic::new(
                         Code::E2025,
@@ -272,7 +287,7 @@ pub fn attention(
     m: &[LayerSelector],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<AttentionSpec> {
-    let flat = section.map(|s| flatten(&s.body, m, diags)).unwrap_or_default();
+    let flat = section.map(|s| flatten(&s.body, m, true, diags)).unwrap_or_default();
     let params = params(&flat, true, diags);
     let mut spec = AttentionSpec {
         config: section.and_then(|s| s.name.as_ref().map(|n| n.name.clone())),
@@ -409,7 +424,7 @@ pub fn mlp(
     m: &[LayerSelector],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<MlpSpec> {
-    let flat = section.map(|s| flatten(&s.body, m, diags)).unwrap_or_default();
+    let flat = section.map(|s| flatten(&s.body, m, true, diags)).unwrap_or_default();
     for f in &flat {
         if let Flat::Param(p) = f {
             diags.push(
