@@ -32,6 +32,34 @@ impl LossOps for Flex {
         (vector(nll), vector(lse))
     }
 
+    fn nll_mean(logits: FlexTensor, targets: FlexTensor, cap: Option<f64>) -> FlexTensor {
+        let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
+        let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {
+            return reference::nll_mean::<Flex>(logits, targets, cap);
+        };
+        let logits = logits.to_contiguous();
+        let (n, v) = (t.len(), logits.layout().shape()[1]);
+        let x: &[f32] = &logits.storage()[..n * v];
+        // A capped row is formed in a scratch row of the thread's, while
+        // in cache; the logits are not written.
+        let row = |z: &mut Vec<f32>, (i, r): (usize, &[f32])| {
+            let target = t[i].min(v - 1);
+            let nll = match cap {
+                Some(c) => loops::capped_cross_entropy(r, target, c as f32, z),
+                None => loops::log_sum_exp(r) - r[target],
+            };
+            f64::from(nll)
+        };
+        let scratch = || vec![0.0f32; if cap.is_some() { v } else { 0 }];
+        let total: f64 = if parallel(n * v) {
+            x.par_chunks(v).enumerate().map_init(scratch, row).sum()
+        } else {
+            let mut z = scratch();
+            x.chunks(v).enumerate().map(|r| row(&mut z, r)).sum()
+        };
+        vector(vec![(total / n.max(1) as f64) as f32])
+    }
+
     fn nll_mean_with_grad(logits: FlexTensor, targets: FlexTensor, cap: Option<f64>) -> (FlexTensor, FlexTensor) {
         let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
         let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {

@@ -13,6 +13,18 @@ multiversion! {
 }
 
 multiversion! {
+    /// The cross-entropy `log Σ exp(z) − z[target]` of the soft-capped row
+    /// `z = cap · tanh(row / cap)`, formed in `z` (as long as the row).
+    pub fn capped_cross_entropy(row: &[f32], target: usize, cap: f32, z: &mut [f32]) -> f32 {
+        let inner = 1.0 / cap;
+        for (z, &x) in z.iter_mut().zip(row) {
+            *z = cap * tanh(x * inner);
+        }
+        log_sum_exp(z) - z[target]
+    }
+}
+
+multiversion! {
     /// One row of the mean cross-entropy with its gradient, in place: the
     /// row becomes `(softmax(row) − onehot(target)) · inv_n`; returns the
     /// row's cross-entropy `log Σ exp(row) − row[target]`. One pass reads

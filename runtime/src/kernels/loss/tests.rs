@@ -63,9 +63,21 @@ fn a_capped_nll_mean_is_the_cross_entropy_of_the_capped_logits() {
     let x = r([7, 300]);
     let t = Tensor::<C, 1, Int>::from_ints([0, 299, 5, 5, 100, 7, 8], &device).into_primitive();
     let (l1, g1) = C::nll_mean_with_grad(x.clone(), t.clone(), Some(0.5));
-    let (l2, g2) = reference::nll_mean_with_grad::<C>(x, t, Some(0.5));
+    let (l2, g2) = reference::nll_mean_with_grad::<C>(x.clone(), t.clone(), Some(0.5));
     same1(l1, l2);
     same(g1, g2);
+    // The mean alone (evaluation's), capped and not, small and large
+    // enough to run on several threads.
+    let rows = |n: usize, v: usize| {
+        Tensor::<C, 1, Int>::from_ints(&*(0..n).map(|i| (i * 7 % v) as i32).collect::<Vec<_>>(), &device)
+            .into_primitive()
+    };
+    for (x, t) in [(x, t), (r([3, 5]), rows(3, 5)), (r([70, 1000]), rows(70, 1000))] {
+        for cap in [Some(0.5), Some(30.0), None] {
+            let ours = C::nll_mean(x.clone(), t.clone(), cap);
+            same1(ours, reference::nll_mean::<C>(x.clone(), t.clone(), cap));
+        }
+    }
 }
 
 /// `total` is the sum, value and gradient (a masked model's loss: the
