@@ -67,12 +67,21 @@ const MODELS: &[&str] = &[
     "llama",
     "gpt-j",
     // Sliding-window attention, a softmax one and a shaped one (SAS-P's
-    // whole block in one kernel, its `centre` over the window).
-    "mistral",
+    // whole block in one kernel, its `centre` over the window); the
+    // windows narrower than the 32 tokens, so that they hide keys.
+    "mistral local.window=8",
     "sas-p shaped.window=5",
     // Bidirectional: the masked-token objective, whose loss is a weighted
     // sum of the tokens' losses (`kernels::total`).
     "sas-p mask=bidirectional",
+    // Soft-caps on the attention (in a window on every other layer) and
+    // on the logits, norms on the branches, GeGLU, the embedding scaled.
+    "gemma2 alternating.window=8",
+    // QK-norm, and a sixth layer with a rotary base of its own.
+    "gemma3 depth=6 local_global.window=8",
+    // ALiBi's bias in the attention's kernels, with grouped keys and a
+    // window.
+    "mistral positions=alibi local.window=8",
 ];
 const SHRUNK: &[&str] = &["depth=2", "width=64", "context=32", "vocab=512"];
 const LOGITS: f32 = 1e-4;
@@ -86,7 +95,11 @@ fn program(name: &str) -> blkc::Program {
     let mut words = name.split_whitespace();
     let file = words.next().unwrap_or(name);
     let path = std::path::Path::new("..").join(format!("examples/small/{file}.blk"));
-    let sets: Vec<String> = SHRUNK.iter().copied().chain(words).map(str::to_string).collect();
+    // A model's own settings replace the shrunk ones of the same key.
+    let own: Vec<&str> = words.collect();
+    let key = |s: &str| s.split('=').next().unwrap_or(s).to_string();
+    let shrunk = SHRUNK.iter().copied().filter(|s| own.iter().all(|o| key(o) != key(s)));
+    let sets: Vec<String> = shrunk.chain(own.iter().copied()).map(str::to_string).collect();
     let c = blkc::compile_with(&path, &blkc::FsLoader, &sets).unwrap_or_else(|e| panic!("{e}"));
     c.program.unwrap_or_else(|| panic!("{name}: {:?}", c.diagnostics))
 }
@@ -214,10 +227,10 @@ const AS_PRODUCTS: &[&str] = &["preln", "sas", "sas-p", "sas-p mask=bidirectiona
 fn check<D: TrainKernels>(device: &D::Device, label: &str, steps: usize, models: &[&str]) {
     let found: Vec<(&str, Found)> = models.iter().map(|n| (*n, compare::<D>(n, device, steps))).collect();
     println!("{label} against the CPU (fp32; depth 2, width 64, 4 × 32 tokens):");
-    println!("{:<26} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
+    println!("{:<40} {:>12} {:>12}  {:<44} {:>12}", "model", "logits", "gradient", "(worst parameter)", "loss gap");
     for (name, f) in &found {
         let gap = f.losses.iter().map(|(c, d)| ((c - d) / c).abs()).fold(0.0f64, f64::max);
-        println!("{name:<26} {:>12.3e} {:>12.3e}  {:<44} {gap:>12.3e}", f.logits, f.worst.1, f.worst.0);
+        println!("{name:<40} {:>12.3e} {:>12.3e}  {:<44} {gap:>12.3e}", f.logits, f.worst.1, f.worst.0);
     }
     for (name, f) in &found {
         let gaps: Vec<String> = f.losses.iter().map(|(c, d)| format!("{:.1e}", ((c - d) / c).abs())).collect();
