@@ -22,7 +22,7 @@ use crate::kernels::precision::Precision;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
     /// Its weights, a row of `context` per token and head: the CPU's
-    /// kernels, the products route, burn's attention.
+    /// kernels, the products route, the composed weights of dropout.
     Weights,
     /// A log-sum-exp per token and head: blkc's row kernels on the CubeCL
     /// backends, for the attentions they take (all but those with dropout

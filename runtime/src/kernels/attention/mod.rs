@@ -1,6 +1,7 @@
 //! Softmax attention: `softmax(z (+ mask)) · v`, `z` the logits of the
-//! scores `(q + bq) · kᵀ` (scaled, soft-capped or not: [`Scores`]), as one
-//! graph node whose mask is never built, its weights, and the backward
+//! scores `(q + bq) · kᵀ` (scaled, soft-capped or not, with ALiBi's bias or
+//! not: [`Scores`]), as one graph node whose mask and bias are never
+//! built, its weights, and the backward
 //! through them. The mask is a [`Keys`]: causal or not, with a sliding
 //! window or not.
 
@@ -122,7 +123,8 @@ impl Scores {
 /// ALiBi's bias `[1, heads, n, t]` on the logits of queries at positions
 /// `from..from + n` and keys at `0..t`: `−m_h · (i − j)`, or `· |i − j|`
 /// without a causal mask (a causal mask hides the keys where the two
-/// differ); burn's attention adds it as given.
+/// differ): what the composed weights add (dropout's, decoding's, the
+/// reference's).
 pub fn alibi_bias<B: Backend>(
     (from, n): (usize, usize),
     t: usize,

@@ -19,7 +19,11 @@
 //! with Gemma 2's cap; the shaped mix itself is not capped) forms each
 //! logit as `cap · tanh(scale · s / cap)` where the others form `scale · s`,
 //! and each `ds` is bent by the cap's slope `1 − (z / cap)²` (`capped`, a
-//! comptime switch, so that the uncapped kernels are as they were).
+//! comptime switch, so that the uncapped kernels are as they were). With
+//! ALiBi (`alibi`, comptime too; a plain softmax's only), each logit is
+//! then less head `h`'s slope times `|i − j|`, the slope formed once per
+//! unit (`cube::alibi_slope`); the cap's slope is the capped logit's,
+//! before the bias, which has no slope of its own.
 //!
 //! The loops over a head's `d` entries are unrolled (`d` is known when a
 //! kernel is compiled), so that a row's accumulators can live in registers;
