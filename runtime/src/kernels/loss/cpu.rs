@@ -7,6 +7,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{loops, reference, LossOps};
+use crate::kernels::attention::loops::soft_cap;
 use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::rows::{indices, vector, Rows};
 
@@ -83,6 +84,15 @@ impl LossOps for Flex {
             rows.chunks_mut(v).enumerate().map(row).sum()
         };
         (vector(vec![(total / n.max(1) as f64) as f32]), out.tensor)
+    }
+
+    fn soft_capped(x: FlexTensor, cap: f64) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return reference::soft_capped::<Flex>(x, cap);
+        }
+        let mut out = Rows::new(x);
+        out.for_each(|_, row| soft_cap(row, 1.0, cap as f32));
+        out.tensor
     }
 
     fn times_scalar(x: FlexTensor, g: FlexTensor) -> FlexTensor {

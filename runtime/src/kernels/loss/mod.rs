@@ -66,6 +66,15 @@ pub trait LossOps: Backend {
         reference::nll_mean_with_grad::<Self>(logits, targets, cap)
     }
 
+    /// Logits soft-capped, `cap · tanh(x / cap)` (Gemma 2's), where the
+    /// mean's kernel does not cap them itself: a masked model's loss, a
+    /// sliding evaluation, the logits of sampling. By default burn's
+    /// operations (under autodiff, their gradient); in place where the
+    /// backend can.
+    fn soft_capped(x: FloatTensor<Self>, cap: f64) -> FloatTensor<Self> {
+        reference::soft_capped::<Self>(x, cap)
+    }
+
     /// The sum of every entry of `x`, `[1]`, in an order its shape fixes (a
     /// masked model's loss: the tokens' losses, weighted); burn's own sum
     /// on a GPU adds partial sums with atomics, in any order.
@@ -86,10 +95,10 @@ pub fn nll_mean<B: LossOps>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>, ca
     tensor(B::nll_mean(primitive(logits), targets.into_primitive(), cap))
 }
 
-/// `cap · tanh(x / cap)`: logits soft-capped (Gemma 2), composed of
-/// burn's operations (its autodiff gives the gradient).
-pub fn softcap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
-    (x / cap).tanh() * cap
+/// `cap · tanh(x / cap)`: logits soft-capped (Gemma 2; see
+/// [`LossOps::soft_capped`]).
+pub fn softcap<B: LossOps, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    tensor(B::soft_capped(primitive(x), cap))
 }
 
 /// The sum of every entry (see [`LossOps::total`]): `[1]`.

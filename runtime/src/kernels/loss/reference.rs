@@ -34,7 +34,7 @@ pub fn cross_entropy_backward<B: Backend>(
 
 pub fn nll_mean<B: LossOps>(logits: FloatTensor<B>, targets: IntTensor<B>, cap: Option<f64>) -> FloatTensor<B> {
     let logits = match cap {
-        Some(c) => primitive(super::softcap(tensor::<B, 2>(logits), c)),
+        Some(c) => soft_capped::<B>(logits, c),
         None => logits,
     };
     let nll = B::cross_entropy(logits, targets).0;
@@ -49,7 +49,7 @@ pub fn nll_mean_with_grad<B: LossOps>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     if let Some(c) = cap {
         // Through `z = c · tanh(logits / c)`: dz/dlogits = 1 − (z / c)².
-        let z = super::softcap(tensor::<B, 2>(logits), c);
+        let z = tensor::<B, 2>(soft_capped::<B>(logits, c));
         let slope = z.clone().div_scalar(c).powi_scalar(2).neg().add_scalar(1.0);
         let (loss, dz) = B::nll_mean_with_grad(primitive(z), targets, None);
         return (loss, primitive(tensor::<B, 2>(dz) * slope));
@@ -64,4 +64,8 @@ pub fn nll_mean_with_grad<B: LossOps>(
 pub fn times_scalar<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
     let ones = vec![1usize; x.shape().num_dims()];
     B::float_mul(x, B::float_reshape(g, ones.into()))
+}
+
+pub fn soft_capped<B: Backend>(x: FloatTensor<B>, cap: f64) -> FloatTensor<B> {
+    B::float_mul_scalar(B::float_tanh(B::float_div_scalar(x, cap.into())), cap.into())
 }

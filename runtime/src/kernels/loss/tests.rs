@@ -77,6 +77,11 @@ fn a_capped_nll_mean_is_the_cross_entropy_of_the_capped_logits() {
             let ours = C::nll_mean(x.clone(), t.clone(), cap);
             same1(ours, reference::nll_mean::<C>(x.clone(), t.clone(), cap));
         }
+        // The capped logits alone (a masked model's, a sliding
+        // evaluation's).
+        for cap in [0.5, 30.0] {
+            same(C::soft_capped(x.clone(), cap), reference::soft_capped::<C>(x.clone(), cap));
+        }
     }
 }
 
