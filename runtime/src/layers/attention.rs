@@ -245,6 +245,15 @@ impl<B: Kernels> Attention<B> {
         self.plan.softcap.is_none() && !self.plan.alibi
     }
 
+    /// How the softmax makes logits of its scores, as blkc's attention
+    /// kernels take them: times `1/√d_k`, soft-capped with the spec's cap,
+    /// less ALiBi's distance with the model's positions, over the keys of
+    /// [`Attention::keys`].
+    pub(crate) fn scores(&self, causal: bool) -> Scores {
+        let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
+        Scores::new(scale, self.keys(causal)).capped(self.plan.softcap).with_alibi(self.plan.alibi)
+    }
+
     /// The keys each query sees, as blkc's attention kernels take them.
     pub(crate) fn keys(&self, causal: bool) -> Keys {
         Keys { causal, window: self.plan.window }
@@ -313,8 +322,8 @@ impl<B: Kernels> Attention<B> {
         let gains = self.mix_gains(&device);
         let v = self.values(x.clone());
         let (q, k, bq) = self.queries_keys(&x);
-        let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
-        MixParts { q, k, bq, v, gains, scale, keys: self.keys(self.plan.mask == Mask::Causal) }
+        let scores = self.scores(self.plan.mask == Mask::Causal);
+        MixParts { q, k, bq, v, gains, scale: scores.scale, keys: scores.keys }
     }
 
     /// Queries and keys split into heads for blkc's attention kernels,
@@ -379,11 +388,9 @@ impl<B: Kernels> Attention<B> {
     /// too), or, with dropout on the weights (`weights`, in training), the
     /// weights written out.
     fn softmax_times(&self, x: &Tensor<B, 3>, v: Tensor<B, 3>, causal: bool, weights: Option<Noise>) -> Tensor<B, 3> {
-        let scale = 1.0 / (self.plan.head_dim as f64).sqrt();
         let Some(noise) = weights else {
             let (q, k, bq) = self.queries_keys(x);
-            let scores = Scores::new(scale, self.keys(causal)).capped(self.plan.softcap).with_alibi(self.plan.alibi);
-            return kernels::attention(q, k, v, bq, scores);
+            return kernels::attention(q, k, v, bq, self.scores(causal));
         };
         let [b, t, inner] = v.dims();
         let (q, k) = self.rotated(
@@ -418,8 +425,9 @@ impl<B: Kernels> Attention<B> {
     ) -> Tensor<B, 4> {
         let [b, h, n, _] = q.dims();
         let t = k.dims()[2];
-        let mut s = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.plan.head_dim as f64).sqrt());
-        if let Some(c) = self.plan.softcap {
+        let scores = self.scores(causal);
+        let mut s = q.matmul(k.swap_dims(2, 3)).mul_scalar(scores.scale);
+        if let Some(c) = scores.cap {
             s = s.div_scalar(c).tanh().mul_scalar(c);
         }
         if causal {

@@ -168,7 +168,7 @@ pub(super) fn attention_kernels_are_the_reference<B: blkc_runtime::kernels::Kern
         assert!(e < 1e-5, "case {case}: outputs differ by {e:e} of scale");
         worst = worst.max(e);
         let g = split(draws.normal::<B>(device, &[batch, tokens, heads * d]));
-        let wants = if case < 4 || case >= 12 { [true; 3] } else { [false, true, true] };
+        let wants = if !(4..12).contains(&case) { [true; 3] } else { [false, true, true] };
         let acc = added.then(|| draws.normal::<B>(device, &[batch, tokens, heads * d]));
         let qkv = [q, k, v];
         let mask = (scores, acc.clone());

@@ -9,7 +9,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
-use super::{loops, reference, AttentionOps, Scores};
+use super::{loops, reference, score_heads, AttentionOps, Scores};
 use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
@@ -160,12 +160,8 @@ impl AttentionOps for Flex {
         let shape = s.layout().shape().clone();
         let rank = shape.num_dims();
         let (tq, tk) = (shape[rank - 2], shape[rank - 1]);
-        // ALiBi's slope by head: `[batch, heads, t_q, t_k]` scores.
-        let heads = if rank == 4 { shape[1] } else { 1 };
-        let slopes = scores.slopes(heads).filter(|_| rank == 4);
-        if scores.alibi && slopes.is_none() {
-            return reference::softmax_scores::<Flex>(s, scores);
-        }
+        let heads = score_heads(&shape);
+        let slopes = scores.slopes(heads);
         let mut out = Rows::new(s);
         out.for_each(|r, row| {
             let (i, slope) = (r % tq, slopes.as_ref().map(|m| m[r / tq % heads]));

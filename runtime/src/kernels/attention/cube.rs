@@ -26,7 +26,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::{reference, AttentionOps, Scores};
+use super::{reference, score_heads, AttentionOps, Scores};
 use crate::kernels::cube::{
     cube_sum, distanced, empty_f32, first_key, keys_end, logit, row_cubes, row_lse, slope_of, writable,
 };
@@ -79,11 +79,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionO
     }
 
     fn softmax_scores(s: FloatTensor<Self>, scores: Scores) -> FloatTensor<Self> {
-        let fits = rows_of(&s).filter(|_| !scores.alibi || s.shape().num_dims() == 4);
-        let Some([rows, tq, tk]) = fits else { return reference::softmax_scores::<Self>(s, scores) };
-        let keys = scores.keys;
-        // ALiBi's slopes by head of `[batch, heads, t_q, t_k]` scores.
-        let heads = if scores.alibi { s.shape()[1] } else { 1 };
+        let Some([rows, tq, tk]) = rows_of(&s) else { return reference::softmax_scores::<Self>(s, scores) };
+        let (keys, heads) = (scores.keys, score_heads(&s.shape()));
         let s = into_contiguous(s);
         let p = empty_f32(&s, s.shape());
         let client = s.client.clone();

@@ -120,6 +120,17 @@ impl Scores {
     }
 }
 
+/// The heads of scores `[batch, heads, t_q, t_k]` (1 for fewer
+/// dimensions), by which ALiBi's slope goes.
+pub(crate) fn score_heads(shape: &burn::tensor::Shape) -> usize {
+    let rank = shape.num_dims();
+    if rank > 2 {
+        shape[rank - 3]
+    } else {
+        1
+    }
+}
+
 /// ALiBi's bias `[1, heads, n, t]` on the logits of queries at positions
 /// `from..from + n` and keys at `0..t`: `−m_h · (i − j)`, or `· |i − j|`
 /// without a causal mask (a causal mask hides the keys where the two

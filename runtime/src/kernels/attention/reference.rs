@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor, TensorMetadata};
 
-use super::{alibi_bias, AttentionOps, Keys, Scores};
+use super::{alibi_bias, score_heads, AttentionOps, Keys, Scores};
 use crate::kernels::tensor::{primitive, tensor};
 
 /// `q + bq` for `q: [batch, heads, tokens, d]`, `bq: [heads · d]`.
@@ -101,7 +101,7 @@ pub fn softmax_scores<B: Backend>(s: FloatTensor<B>, scores: Scores) -> FloatTen
     let s = match scores.alibi {
         true => {
             let device = B::float_device(&s);
-            let bias = alibi_bias::<B>((0, tq), tk, shape[rank - 3], keys.causal, &device);
+            let bias = alibi_bias::<B>((0, tq), tk, score_heads(&shape), keys.causal, &device);
             B::float_add(s, B::float_expand(primitive(bias), shape))
         }
         false => s,

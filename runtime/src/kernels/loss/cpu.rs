@@ -34,8 +34,7 @@ impl LossOps for Flex {
     }
 
     fn nll_mean(logits: FlexTensor, targets: FlexTensor, cap: Option<f64>) -> FlexTensor {
-        let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
-        let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {
+        let Some(t) = row_targets(&logits, &targets) else {
             return reference::nll_mean::<Flex>(logits, targets, cap);
         };
         let logits = logits.to_contiguous();
@@ -62,8 +61,7 @@ impl LossOps for Flex {
     }
 
     fn nll_mean_with_grad(logits: FlexTensor, targets: FlexTensor, cap: Option<f64>) -> (FlexTensor, FlexTensor) {
-        let fits = logits.dtype() == DType::F32 && logits.layout().num_dims() == 2 && logits.layout().shape()[1] > 0;
-        let Some(t) = indices(&targets).filter(|t| fits && t.len() == logits.layout().shape()[0]) else {
+        let Some(t) = row_targets(&logits, &targets) else {
             return reference::nll_mean_with_grad::<Flex>(logits, targets, cap);
         };
         let mut out = Rows::new(logits);
@@ -124,4 +122,12 @@ impl LossOps for Flex {
         });
         out.tensor
     }
+}
+
+/// The targets of f32 logits `[n, vocab]` (a vocabulary of at least one),
+/// one per row, as indices, where the mean's kernels take them.
+fn row_targets(logits: &FlexTensor, targets: &FlexTensor) -> Option<Vec<usize>> {
+    let shape = logits.layout().shape();
+    let fits = logits.dtype() == DType::F32 && shape.num_dims() == 2 && shape[1] > 0;
+    indices(targets).filter(|t| fits && t.len() == shape[0])
 }

@@ -59,8 +59,8 @@ pub struct Shaped<T> {
 
 impl<T> Shaped<T> {
     /// How its softmax makes logits of the scores: times `scale`, never
-    /// soft-capped (a capped shaped matrix runs the softmax attention's
-    /// kernel, then the mix), under its mask.
+    /// soft-capped nor biased by ALiBi (such a shaped matrix runs the
+    /// softmax attention's kernel, then the mix), under its mask.
     pub fn scores(&self) -> Scores {
         Scores::new(self.scale, self.keys)
     }
