@@ -9,8 +9,8 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
-use super::{loops, reference, score_heads, AttentionOps, Scores};
-use crate::kernels::cpu::raw::{Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
+use super::{loops, reference, score_heads, AttentionOps, Keys, Scores};
+use crate::kernels::cpu::raw::{Band, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
 
@@ -31,12 +31,15 @@ impl AttentionOps for Flex {
         let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
         let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
         let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
-        // Per head: the scores, their softmax while in cache, the output.
+        let [band, _] = bands(scores.keys, t);
+        // Per head: the scores, their softmax while in cache, the output,
+        // over the band of keys the queries see.
         let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
             let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
             let slope = slopes.as_ref().map(|m| m[i % h]);
-            let (weights, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scores, slope), u.as_deref());
-            let (_, op) = gemm.into(oi, weights.mat(), vh.at(i));
+            let qk = [qh.at(i), kh.at(i)];
+            let (weights, wp) = attention_weights(gemm, pi, qk, (scores, slope), u.as_deref(), &band);
+            let (_, op) = gemm.into_from_band(oi, weights.mat(), vh.at(i), &band);
             (wp, op)
         });
         let (wp, op): (Vec<Written>, Vec<Written>) = proofs.into_iter().unzip();
@@ -85,29 +88,34 @@ impl AttentionOps for Flex {
         };
         let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
         let scale = scores.scale as f32;
+        // The band of the weights (`p`, `ds`: queries by keys) and of their
+        // transpose (keys by queries).
+        let [band, band_t] = bands(scores.keys, t);
         let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
-            let pi = Mat::rows(&pv[i * t * t..(i + 1) * t * t], t, t);
+            let pw = &pv[i * t * t..(i + 1) * t * t];
+            let pi = Mat::rows(pw, t, t);
             let mut proofs = Vec::new();
             // dv = pᵀ · g, fresh or added into a gradient from elsewhere.
             match (dv_fresh, dv_add) {
-                (Some(out), _) => proofs.push((2, gemm.into(out, pi.t(), gh.at(i)).1)),
-                (None, Some(mut into)) => gemm.product(&mut into, Some(1.0), pi.t(), gh.at(i)),
+                (Some(out), _) => proofs.push((2, gemm.into_from_band(out, pi.t(), gh.at(i), &band_t).1)),
+                (None, Some(mut into)) => gemm.product_from_band(&mut into, Some(1.0), pi.t(), gh.at(i), &band_t),
                 (None, None) => {}
             }
             if !through_scores {
                 return (proofs, Vec::new());
             }
-            // dp = g · vᵀ, then ds in place, while in cache.
+            // dp = g · vᵀ, then ds in place, while in cache (zero outside
+            // the band).
             let mut ds = vec![0.0f32; t * t];
-            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, gh.at(i), vh.at(i).t());
-            for (row, w) in ds.chunks_mut(t).zip(pv[i * t * t..(i + 1) * t * t].chunks(t)) {
+            gemm.product_in_band(&mut MatMut::rows(&mut ds, t, t), gh.at(i), vh.at(i).t(), &band);
+            in_band(&band, &mut ds, pw, |row, w| {
                 loops::softmax_backward(row, w, scale);
-            }
+            });
             if let Some(cap) = scores.cap {
                 // The soft-cap's slope, from the scores formed again.
                 let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
                 let mut s = vec![0.0f32; t * t];
-                gemm.product(&mut MatMut::rows(&mut s, t, t), None, qh.at(i), kh.at(i).t());
+                gemm.product_in_band(&mut MatMut::rows(&mut s, t, t), qh.at(i), kh.at(i).t(), &band);
                 for (r, (row, sr)) in ds.chunks_mut(t).zip(s.chunks_mut(t)).enumerate() {
                     let seen = scores.keys.range(r, t);
                     if let Some(u) = &u {
@@ -117,8 +125,8 @@ impl AttentionOps for Flex {
                 }
             }
             let dsi = Mat::rows(&ds, t, t);
-            let mut dq = dqi.map(|out| gemm.into(out, dsi, kh.at(i)));
-            let mut dk = dki.map(|out| gemm.into(out, dsi.t(), qh.at(i)));
+            let mut dq = dqi.map(|out| gemm.into_from_band(out, dsi, kh.at(i), &band));
+            let mut dk = dki.map(|out| gemm.into_from_band(out, dsi.t(), qh.at(i), &band_t));
             let mut dbq = Vec::new();
             if let (Some(bias), Some((dq, _))) = (&bias, dq.as_mut()) {
                 dbq = vec![0.0f32; d];
@@ -165,7 +173,7 @@ impl AttentionOps for Flex {
         let mut out = Rows::new(s);
         out.for_each(|r, row| {
             let (i, slope) = (r % tq, slopes.as_ref().map(|m| m[r / tq % heads]));
-            seen_softmax(row, (i, scores.keys.range(i, tk)), (scores, slope))
+            seen_softmax(row, 0, (i, scores.keys.range(i, tk)), (scores, slope))
         });
         out.tensor
     }
@@ -200,35 +208,74 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
     fits.then_some(dims)
 }
 
+/// Rows of queries per block of a head's banded weights on the CPU:
+/// small enough that a causal mask's blocks skip most of the keys no
+/// query of theirs sees, large enough for whole products.
+const BAND_ROWS: usize = 64;
+
+/// The band of one head's `t × t` attention weights under `keys` (blocks
+/// of queries and the keys they see), and of their transpose (blocks of
+/// keys and the queries that see them): without a causal mask or a
+/// window that hides a key, every entry, in one block.
+pub(crate) fn bands(keys: Keys, t: usize) -> [Band; 2] {
+    let block = if keys.causal || keys.windowed(t) { BAND_ROWS } else { t };
+    // Both masks see ranges whose ends grow with the query (or key).
+    let seen = |r: Range<usize>| keys.range(r.start, t).start..keys.range(r.end - 1, t).end;
+    let seeing = |c: Range<usize>| keys.queries(c.start, t).start..keys.queries(c.end - 1, t).end;
+    [Band::new([t, t], block, seen), Band::new([t, t], block, seeing)]
+}
+
+/// `f(row, w)` for the band's part of each row of `x` and of `w` (`t × t`
+/// row-major each).
+pub(crate) fn in_band(band: &Band, x: &mut [f32], w: &[f32], mut f: impl FnMut(&mut [f32], &[f32])) {
+    let t = band.dims()[1];
+    for (rows, cols) in band.blocks() {
+        for r in rows.clone() {
+            let at = r * t + cols.start..r * t + cols.end;
+            f(&mut x[at.clone()], &w[at]);
+        }
+    }
+}
+
 /// One head's attention weights: the softmax of the logits of `q · kᵀ +
 /// 1 · uᵀ` (`q`, `k`: `t × d`; `u`, a shift per key, or none; the logits
 /// as `scores` makes them, with the head's ALiBi slope when it takes
 /// ALiBi's bias) formed in `p` (`t × t`), the keys a query does not see
-/// (`scores.keys`) weighted 0.
+/// (`scores.keys`) weighted 0; the scores formed in `band` (the band of
+/// [`bands`]) alone.
 pub(crate) fn attention_weights<'a>(
     gemm: &Gemm,
     p: MatOut<'a>,
     [q, k]: [Mat<'_>; 2],
     logits: (Scores, Option<f32>),
     shift: Option<&[f32]>,
+    band: &Band,
 ) -> (MatMut<'a>, Written) {
-    let (mut p, proof) = gemm.into(p, q, k.t());
+    let (mut p, proof) = gemm.into_band(p, q, k.t(), band);
     let t = p.dims()[0];
-    for r in 0..t {
-        let row = p.row(r);
-        let seen = logits.0.keys.range(r, t);
-        if let Some(u) = shift {
-            simd::add_into(&mut row[seen.clone()], &u[seen.clone()]);
+    for (rows, cols) in band.blocks() {
+        for r in rows.clone() {
+            let row = &mut p.row(r)[cols.clone()];
+            let seen = logits.0.keys.range(r, t);
+            if let Some(u) = shift {
+                simd::add_into(&mut row[seen.start - cols.start..seen.end - cols.start], &u[seen.clone()]);
+            }
+            seen_softmax(row, cols.start, (r, seen), logits);
         }
-        seen_softmax(row, (r, seen), logits);
     }
     (p, proof)
 }
 
-/// The softmax of query `i`'s logits of `row[seen]` in place (ALiBi's bias
-/// of `slope` on them when given), and zeros elsewhere.
-fn seen_softmax(row: &mut [f32], (i, seen): (usize, Range<usize>), (scores, slope): (Scores, Option<f32>)) {
-    let (before, from) = row.split_at_mut(seen.start);
+/// The softmax of query `i`'s logits of keys `seen` in place (ALiBi's bias
+/// of `slope` on them when given), and zeros for the other keys of `row`,
+/// which holds keys `first..first + row.len()` (`seen` among them).
+fn seen_softmax(
+    row: &mut [f32],
+    first: usize,
+    (i, seen): (usize, Range<usize>),
+    (scores, slope): (Scores, Option<f32>),
+) {
+    let (before, from) = row.split_at_mut(seen.start - first);
     before.fill(0.0);
     let (mut scale, len) = (scores.scale as f32, seen.len());
     if let Some(cap) = scores.cap {

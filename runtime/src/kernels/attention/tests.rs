@@ -5,6 +5,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
 
 use super::{reference, AttentionOps, Keys, Scores};
+use crate::kernels::cpu::raw::Band;
 use crate::kernels::tensor::{merge_heads, split_heads};
 use crate::kernels::testing::*;
 use crate::kernels::*;
@@ -33,6 +34,29 @@ fn a_query_sees_the_keys_of_its_window() {
                 }
                 let narrowed = (0..t).any(|i| keys.range(i, t).len() < if causal { i + 1 } else { t });
                 assert_eq!(keys.windowed(t), narrowed, "{keys:?} of {t}");
+            }
+        }
+    }
+}
+
+/// A head's band holds every key each query sees, and its transpose every
+/// query that sees each key, for every mask and lengths about the band's
+/// blocks; masks that hide keys of long sequences skip some of them.
+#[test]
+fn a_band_holds_every_key_a_query_sees() {
+    let inside = |band: &Band, r: usize, c: usize| band.blocks().iter().any(|(x, y)| x.contains(&r) && y.contains(&c));
+    for t in [1, 5, 63, 64, 65, 130, 200] {
+        for window in [None, Some(1), Some(3), Some(64), Some(100), Some(t + 1)] {
+            for causal in [true, false] {
+                let keys = Keys { causal, window };
+                let [band, band_t] = super::cpu::bands(keys, t);
+                for (i, j) in (0..t * t).map(|c| (c / t, c % t)).filter(|&(i, j)| !hides(keys, i, j)) {
+                    assert!(inside(&band, i, j), "{keys:?} of {t}: query {i}, key {j}");
+                    assert!(inside(&band_t, j, i), "{keys:?} of {t}: key {j}, query {i}");
+                }
+                let skips = band.entries() < t * t && band_t.entries() < t * t;
+                let hiding = t >= 130 && (causal || window.is_some_and(|w| w <= 64));
+                assert!(!hiding || skips, "{keys:?} of {t}: {} of {} entries", band.entries(), t * t);
             }
         }
     }
@@ -138,22 +162,47 @@ fn softmax_attention_matches_burn() {
 /// softmax and backward, against the reference.
 #[test]
 fn the_cpu_kernels_equal_the_reference() {
-    // Heads split from `[batch, tokens, heads · d]` (the
-    // layers' strided views), forward and backward, for every mask, `dv`
-    // fresh and added into a gradient from elsewhere.
-    let heads = |p| split_heads::<C>(C::float_reshape(p, [2, 5, 12].into()), 3);
-    let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 120])));
-    let merged = |p| C::float_reshape(merge_heads::<C>(p), [10, 12].into());
-    // With a query bias or not; every gradient or only some.
+    // Heads split from `[batch, tokens, heads · d]` (the layers' strided
+    // views), forward and backward, for every mask, `dv` fresh and added
+    // into a gradient from elsewhere; 5 tokens, and 150 (the band's blocks
+    // of queries and of keys several, and windows of 9 and 100 among
+    // them).
+    heads_equal_the_reference(5, logit_cases());
+    let long = [Keys { causal: true, window: Some(100) }, Keys { causal: false, window: Some(100) }];
+    heads_equal_the_reference(150, logit_cases().into_iter().chain(long.map(|keys| (keys, Some(1.5), true))).collect());
+    // Attention weights: [2, 3, 6, 6] scores, every mask, capped or not,
+    // with ALiBi's bias or not.
+    let (s4, dp) = (r([6, 36]), r([6, 36]));
+    let four = |p| C::float_reshape(p, [2, 3, 6, 6].into());
+    let flat = |p| C::float_reshape(p, [6, 36].into());
+    for (keys, cap, alibi) in logit_cases() {
+        let scores = Scores::new(0.7, keys).capped(cap).with_alibi(alibi);
+        let p1 = C::softmax_scores(four(s4.clone()), scores);
+        let p2 = reference::softmax_scores::<C>(four(s4.clone()), scores);
+        same(flat(p1.clone()), flat(p2));
+        let d1 = C::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
+        let d2 = reference::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);
+        same(flat(d1), flat(d2));
+    }
+}
+
+/// The CPU's attention of `t` tokens (2 sequences, 3 heads of 4) on heads
+/// split from `[2, t, 12]`, forward and backward, against the reference:
+/// with a query bias or not, every gradient or only `dk`, `dv` fresh or
+/// added into another gradient.
+fn heads_equal_the_reference(t: usize, cases: Vec<(Keys, Option<f64>, bool)>) {
+    let heads = |p| split_heads::<C>(C::float_reshape(p, [2, t, 12].into()), 3);
+    let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 24 * t])));
+    let merged = |p| C::float_reshape(merge_heads::<C>(p), [2 * t, 12].into());
     let bias = C::float_reshape(r([1, 12]), [12].into());
-    let cases = logit_cases().into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]);
+    let cases = cases.into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]);
     for ((keys, cap, alibi), bq) in cases {
         let scores = Scores::new(0.5, keys).capped(cap).with_alibi(alibi);
         let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         same(merged(o1), merged(o2));
-        same(C::float_reshape(p1.clone(), [30, 5].into()), C::float_reshape(p2, [30, 5].into()));
-        let accs = [None, Some(C::float_reshape(r([1, 120]), [2, 5, 12].into()))];
+        same(C::float_reshape(p1.clone(), [6 * t, t].into()), C::float_reshape(p2, [6 * t, t].into()));
+        let accs = [None, Some(C::float_reshape(r([1, 24 * t]), [2, t, 12].into()))];
         for (acc, wants) in accs.into_iter().flat_map(|a| [(a.clone(), [true; 3]), (a, [false, true, false])]) {
             let qkv = [q.clone(), k.clone(), v.clone()];
             let (p, go) = (p1.clone(), g.clone());
@@ -170,19 +219,5 @@ fn the_cpu_kernels_equal_the_reference() {
                 }
             }
         }
-    }
-    // Attention weights: [2, 3, 6, 6] scores, every mask, capped or not,
-    // with ALiBi's bias or not.
-    let (s4, dp) = (r([6, 36]), r([6, 36]));
-    let four = |p| C::float_reshape(p, [2, 3, 6, 6].into());
-    let flat = |p| C::float_reshape(p, [6, 36].into());
-    for (keys, cap, alibi) in logit_cases() {
-        let scores = Scores::new(0.7, keys).capped(cap).with_alibi(alibi);
-        let p1 = C::softmax_scores(four(s4.clone()), scores);
-        let p2 = reference::softmax_scores::<C>(four(s4.clone()), scores);
-        same(flat(p1.clone()), flat(p2));
-        let d1 = C::softmax_scores_backward(p1.clone(), four(dp.clone()), 0.7);
-        let d2 = reference::softmax_scores_backward::<C>(p1, four(dp.clone()), 0.7);
-        same(flat(d1), flat(d2));
     }
 }

@@ -8,10 +8,10 @@ use burn_flex::FlexTensor;
 
 use super::cpu::{shaped_plan, ShapedPlan};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads};
-use crate::kernels::attention::cpu::query_bias_back;
+use crate::kernels::attention::cpu::{bands, in_band, query_bias_back};
 use crate::kernels::attention::loops::softmax_backward;
 use crate::kernels::attention::Keys;
-use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
+use crate::kernels::cpu::raw::{self, Band, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
 use crate::kernels::cpu::rows::{group_sums, owned, token_major, totals, vector, Rows};
 
 /// Where a sequence's `dv` goes: added into a gradient from elsewhere, or
@@ -54,6 +54,8 @@ struct Back<'a> {
     softmax_gain: &'a [f32],
     scale: f32,
     keys: Keys,
+    /// The band of each head's weights and of their transpose.
+    bands: [Band; 2],
 }
 
 pub(super) fn backward(
@@ -91,6 +93,7 @@ pub(super) fn backward(
         softmax_gain: &cols[1],
         scale: a.scale as f32,
         keys: a.keys,
+        bands: bands(a.keys, t),
     };
     // `dq`, `dk` and `db` fresh; `dv` added into `acc`, or fresh.
     let (mut dq, mut dk) = (Fresh::new(n * t * d), Fresh::new(n * t * d));
@@ -261,7 +264,9 @@ impl Back<'_> {
         let (width, base) = (h * dvw, q * t * h * dvw);
         let mut so = vec![0.0f64; h];
         let mut dbq = vec![0.0f32; if self.plan.bq.is_some() { h * d } else { 0 }];
+        // Zero outside the band, for every head.
         let mut ds = vec![0.0f32; t * t];
+        let [band, band_t] = &self.bands;
         let dv_heads = MatMut::heads(dv, [1, h, t, dvw]);
         for (hi, ((mut dvi, dqi), dki)) in dv_heads.into_iter().zip(dqs).zip(dks).enumerate() {
             let i = q * h + hi;
@@ -269,18 +274,18 @@ impl Back<'_> {
             let vi = Mat::new(self.v, base + hi * dvw, [t, dvw], [width as isize, 1]);
             let (p, gain) = (&self.p[i * t * t..(i + 1) * t * t], self.softmax_gain[hi * dvw]);
             // dv += beta · pᵀ · dy (the mix's part is written already).
-            gemm.product(&mut dvi, Some(gain), Mat::rows(p, t, t).t(), dyi);
+            gemm.product_from_band(&mut dvi, Some(gain), Mat::rows(p, t, t).t(), dyi, band_t);
             // ds = beta · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ; the row
             // sums Σ p ⊙ dp are dy · o: the softmax gain's gradient.
-            gemm.product(&mut MatMut::rows(&mut ds, t, t), None, dyi, vi.t());
-            for (row, w) in ds.chunks_mut(t).zip(p.chunks(t)) {
+            gemm.product_in_band(&mut MatMut::rows(&mut ds, t, t), dyi, vi.t(), band);
+            in_band(band, &mut ds, p, |row, w| {
                 so[hi] += f64::from(softmax_backward(row, w, gain * self.scale));
-            }
+            });
             let dsi = Mat::rows(&ds, t, t);
             // dq = ds · k: the key's bias adds (Σ_j ds_ij) · bk, and each
             // row of ds sums to zero.
-            let (mut dqm, pq) = gemm.into(dqi, dsi, self.k.at(i));
-            let (mut dkm, pk) = gemm.into(dki, dsi.t(), self.q.at(i));
+            let (mut dqm, pq) = gemm.into_from_band(dqi, dsi, self.k.at(i), band);
+            let (mut dkm, pk) = gemm.into_from_band(dki, dsi.t(), self.q.at(i), band_t);
             if let Some(bias) = &self.plan.bq {
                 let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
                 query_bias_back(&ds, bias, &mut dqm, Some(&mut dkm), part);

@@ -9,7 +9,7 @@ use burn_flex::FlexTensor;
 
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
-use crate::kernels::attention::cpu::{attention_weights, bias_values, key_shift};
+use crate::kernels::attention::cpu::{attention_weights, bands, bias_values, key_shift};
 use crate::kernels::attention::Keys;
 use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, Threads, Written};
@@ -39,6 +39,7 @@ impl ShapedOps for Flex {
         let cols = plan.columns(dv);
         let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
         let (scores, keys) = (a.scores(), a.keys);
+        let [band, _] = bands(keys, t);
         // Per sequence: per head the scores, their softmax and the softmax
         // term (into a scratch `[t, width]` that stays in cache), then the
         // mix row by row.
@@ -53,8 +54,9 @@ impl ShapedOps for Flex {
                 let i = q * h + hi;
                 let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
                 let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
-                let (wi, wp) = attention_weights(gemm, pi, [qh.at(i), kh.at(i)], (scores, None), u.as_deref());
-                heads.push(gemm.into(oi, wi.mat(), vi).1);
+                let qk = [qh.at(i), kh.at(i)];
+                let (wi, wp) = attention_weights(gemm, pi, qk, (scores, None), u.as_deref(), &band);
+                heads.push(gemm.into_from_band(oi, wi.mat(), vi, &band).1);
                 proofs.push(wp);
             }
             let o = o.finish(heads);

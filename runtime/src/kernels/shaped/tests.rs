@@ -56,16 +56,17 @@ fn mix_matches_its_composition() {
 /// another branch) is the attention, then the mix (then the gained
 /// sum): value and every gradient, under every mask, `v` also read by a
 /// product made after it, with the query's bias or without (and, with
-/// it, theirs with a key bias, which changes nothing).
+/// it, theirs with a key bias, which changes nothing); 5 tokens and 150
+/// (several blocks of the weights' band).
 #[test]
 fn shaped_attention_matches_attention_then_mix() {
     let masks = masks();
-    for i in 0..8 * masks.len() {
+    for (t, i) in [5, 150].into_iter().flat_map(|t| (0..8 * masks.len()).map(move |i| (t, i))) {
         let (addend, shared, biased) = (i & 1 == 0, i & 2 == 0, i & 4 == 0);
         let keys = masks[i / 8];
-        let (q, k, v) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]), random([2, 5, 12]));
+        let (q, k, v) = (random([2, 3, t, 4]), random([2, 3, t, 4]), random([2, t, 12]));
         let gains = [random([3]), random([1]), random([3])];
-        let (b, beta_sa, beta_ff, w) = (random([2, 5, 12]), random([1]), random([3]), random([12, 12]));
+        let (b, beta_sa, beta_ff, w) = (random([2, t, 12]), random([1]), random([3]), random([12, 12]));
         let (bq, bk) = (random([12]), random([12]));
         let add = addend.then(|| (b.clone(), beta_sa.clone(), beta_ff.clone()));
         // `v` also read by a product (its gradient added into), or not.

@@ -4,6 +4,7 @@
 //! yet written), and [`Gemm`], the products, whose clock it keeps.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,18 @@ impl<'a> Mat<'a> {
     /// `rows × cols` row-major from the start of `data`.
     pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self::new(data, 0, [rows, cols], [cols as isize, 1])
+    }
+
+    /// Rows `rows` and columns `cols` of this matrix.
+    pub fn block(self, rows: Range<usize>, cols: Range<usize>) -> Self {
+        let [r, c] = self.dims;
+        assert!(rows.start <= rows.end && rows.end <= r && cols.start <= cols.end && cols.end <= c);
+        let at = rows.start as isize * self.strides[0] + cols.start as isize * self.strides[1];
+        // SAFETY: the block's elements are this matrix's (checked above),
+        // which lie in its storage; a block with no element offsets by
+        // less than one past them.
+        let ptr = if rows.is_empty() || cols.is_empty() { self.ptr } else { unsafe { self.ptr.offset(at) } };
+        Mat { ptr, dims: [rows.len(), cols.len()], ..self }
     }
 
     /// The transposed view.
@@ -189,6 +202,35 @@ impl<'a> MatMut<'a> {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.rs), self.dims[1]) }
     }
 
+    /// Rows `rows` and columns `cols` of this view, written, as a view of
+    /// its own while it lives.
+    pub fn block(&mut self, rows: Range<usize>, cols: Range<usize>) -> MatMut<'_> {
+        self.sub(rows, cols)
+    }
+
+    /// [`MatMut::block`] for this module, where the view's elements may
+    /// not be written yet.
+    fn sub(&mut self, rows: Range<usize>, cols: Range<usize>) -> MatMut<'_> {
+        let [r, c] = self.dims;
+        assert!(rows.start <= rows.end && rows.end <= r && cols.start <= cols.end && cols.end <= c);
+        let ptr = match rows.is_empty() || cols.is_empty() {
+            true => self.ptr,
+            // SAFETY: element (rows.start, cols.start) is this view's.
+            false => unsafe { self.ptr.add(rows.start * self.rs + cols.start) },
+        };
+        MatMut { ptr, dims: [rows.len(), cols.len()], rs: self.rs, life: PhantomData }
+    }
+
+    /// Zeros into columns `cols` of rows `rows`, written or not before.
+    fn zero(&mut self, rows: Range<usize>, cols: Range<usize>) {
+        let sub = self.sub(rows, cols);
+        for r in 0..sub.dims[0] {
+            // SAFETY: row `r` of the block is `cols.len()` elements at
+            // `r·rs` of it, this view's alone; writing needs no reads.
+            unsafe { std::ptr::write_bytes(sub.ptr.add(r * sub.rs), 0, sub.dims[1]) };
+        }
+    }
+
     /// The view as an operand (read while it is not written).
     pub fn mat(&self) -> Mat<'_> {
         // This view's elements, written, and not written while borrowed.
@@ -246,6 +288,55 @@ impl Fresh {
 impl MatOut<'_> {
     pub fn dims(&self) -> [usize; 2] {
         self.view.dims
+    }
+}
+
+/// Where a matrix's entries may be nonzero: blocks of consecutive rows
+/// from the first to the last, each with the columns its rows may hold
+/// nonzeros in (attention's weights under a causal mask or a sliding
+/// window: a band about the diagonal). The products that read or write
+/// such a matrix visit those blocks alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Band {
+    dims: [usize; 2],
+    blocks: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Band {
+    /// A `rows × cols` matrix's band in blocks of `block` rows (the last
+    /// may have fewer), the columns of block `r0..r1` being `cols(r0..r1)`.
+    pub fn new(dims: [usize; 2], block: usize, cols: impl Fn(Range<usize>) -> Range<usize>) -> Band {
+        let [rows, width] = dims;
+        let step = block.clamp(1, rows.max(1));
+        let blocks = (0..rows)
+            .step_by(step)
+            .map(|r0| {
+                let rows = r0..(r0 + step).min(rows);
+                let c = cols(rows.clone());
+                assert!(c.start <= c.end && c.end <= width, "columns {c:?} of {width}");
+                (rows, c)
+            })
+            .collect();
+        Band { dims, blocks }
+    }
+
+    /// Every entry of a `rows × cols` matrix.
+    pub fn full(dims: [usize; 2]) -> Band {
+        Band::new(dims, dims[0], |_| 0..dims[1])
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        self.dims
+    }
+
+    /// The blocks of rows and their columns, first to last.
+    pub fn blocks(&self) -> &[(Range<usize>, Range<usize>)] {
+        &self.blocks
+    }
+
+    /// The band's entries, which its products compute.
+    pub fn entries(&self) -> usize {
+        self.blocks.iter().map(|(r, c)| r.len() * c.len()).sum()
     }
 }
 
@@ -331,6 +422,61 @@ impl Gemm {
         self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// `dst ← a · b` in `band` (`dst`'s band), `dst` untouched elsewhere.
+    pub fn product_in_band(&self, dst: &mut MatMut<'_>, a: Mat<'_>, b: Mat<'_>, band: &Band) {
+        let (k, n) = (a.dims[1], b.dims[1]);
+        assert!(band.dims == dst.dims && band.dims == [a.dims[0], n], "a band {:?} of {:?}", band.dims, dst.dims);
+        for (rows, cols) in band.blocks.iter().filter(|(r, c)| !r.is_empty() && !c.is_empty()) {
+            let (a, b) = (a.block(rows.clone(), 0..k), b.block(0..k, cols.clone()));
+            self.product(&mut dst.sub(rows.clone(), cols.clone()), None, a, b);
+        }
+    }
+
+    /// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`,
+    /// where `a` is zero outside `band`: each block of rows from the band's
+    /// columns of `a` and those rows of `b` alone.
+    pub fn product_from_band(&self, dst: &mut MatMut<'_>, add: Option<f32>, a: Mat<'_>, b: Mat<'_>, band: &Band) {
+        let n = b.dims[1];
+        assert!(band.dims == a.dims && dst.dims == [a.dims[0], n], "a band {:?} of {:?}", band.dims, a.dims);
+        for (rows, cols) in &band.blocks {
+            let mut dst = dst.sub(rows.clone(), 0..n);
+            match cols.is_empty() {
+                // No term: the sum is nothing, the added term zero.
+                true if add.is_none() => dst.zero(0..rows.len(), 0..n),
+                true => {}
+                false => {
+                    let (a, b) = (a.block(rows.clone(), cols.clone()), b.block(cols.clone(), 0..n));
+                    self.product(&mut dst, add, a, b)
+                }
+            }
+        }
+    }
+
+    /// `out ← a · b` in `band`, zeros elsewhere: the matrix, written, and
+    /// the proof.
+    pub fn into_band<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>, band: &Band) -> (MatMut<'a>, Written) {
+        let MatOut { mut view, proof } = out;
+        let n = view.dims[1];
+        assert_eq!(band.dims, view.dims, "a band of the output");
+        for (rows, cols) in &band.blocks {
+            view.zero(rows.clone(), 0..cols.start.min(n));
+            view.zero(rows.clone(), cols.end.min(n)..n);
+        }
+        // The band's entries not yet written: gemm writes them without
+        // reading (no `add`).
+        self.product_in_band(&mut view, a, b, band);
+        (view, proof)
+    }
+
+    /// `out ← a · b`, `a` zero outside `band` (see
+    /// [`Gemm::product_from_band`]): the matrix, written, and the proof.
+    pub fn into_from_band<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>, band: &Band) -> (MatMut<'a>, Written) {
+        let MatOut { mut view, proof } = out;
+        // Every row is in one block, each written whole (no `add`).
+        self.product_from_band(&mut view, None, a, b, band);
+        (view, proof)
+    }
+
     /// `out ← a · b`: the matrix, written, and the proof.
     pub fn into<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>) -> (MatMut<'a>, Written) {
         let MatOut { mut view, proof } = out;
@@ -338,5 +484,93 @@ impl Gemm {
         // without `add`.
         self.product(&mut view, None, a, b);
         (view, proof)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers from a seed, spread about zero.
+    fn numbers(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `a · b` (`m × k`, `k × n`, row-major), the plain way.
+    fn product(a: &[f32], b: &[f32], [m, k, n]: [usize; 3]) -> Vec<f32> {
+        (0..m * n).map(|c| (0..k).map(|l| a[c / n * k + l] * b[l * n + c % n]).sum()).collect()
+    }
+
+    fn inside(band: &Band, r: usize, c: usize) -> bool {
+        band.blocks().iter().any(|(rows, cols)| rows.contains(&r) && cols.contains(&c))
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: entry {i}: {x} vs {y}");
+        }
+    }
+
+    /// A band's blocks are its rows in order, each with its columns.
+    #[test]
+    fn a_band_partitions_its_rows() {
+        let band = Band::new([10, 6], 4, |r| r.start / 2..r.end.min(6));
+        let blocks: Vec<_> = band.blocks().to_vec();
+        assert_eq!(blocks, vec![(0..4, 0..4), (4..8, 2..6), (8..10, 4..6)]);
+        assert_eq!(band.entries(), 16 + 16 + 4);
+        assert_eq!(Band::full([3, 5]).blocks().to_vec(), vec![(0..3, 0..5)]);
+    }
+
+    /// The banded products equal the plain product masked to the band:
+    /// into the band (zeros outside, over an output not yet written),
+    /// from a banded left operand (fresh and added into), and in the band
+    /// of a written matrix (the rest untouched); blocks whose columns are
+    /// none among them.
+    #[test]
+    fn banded_products_are_the_masked_product() {
+        let (m, k, n) = (23, 5, 19);
+        let cols = |r: std::ops::Range<usize>| match r.start {
+            8 => 3..3,
+            s => s.saturating_sub(4).min(n)..(r.end + 2).min(n),
+        };
+        let band = Band::new([m, n], 4, cols);
+        let (a, b) = (numbers(m * k, 1), numbers(k * n, 2));
+        let full = product(&a, &b, [m, k, n]);
+        let masked: Vec<f32> = (0..m * n).map(|c| if inside(&band, c / n, c % n) { full[c] } else { 0.0 }).collect();
+        let gemm = Gemm { nanos: AtomicU64::new(0), inside: false };
+        let (am, bm) = (Mat::rows(&a, m, k), Mat::rows(&b, k, n));
+        // Into the band, over an output not written before.
+        let mut out = Fresh::new(m * n);
+        let mut parts = out.matrices(1, [m, n]);
+        let (_, proof) = gemm.into_band(parts.remove(0), am, bm, &band);
+        close(&out.finish([proof]), &masked, "into_band");
+        // In the band of a written matrix: the rest as it was.
+        let mut x = numbers(m * n, 3);
+        let before = x.clone();
+        gemm.product_in_band(&mut MatMut::rows(&mut x, m, n), am, bm, &band);
+        let kept: Vec<f32> =
+            (0..m * n).map(|c| if inside(&band, c / n, c % n) { full[c] } else { before[c] }).collect();
+        close(&x, &kept, "product_in_band");
+        // From a banded left operand (`masked`, `m × n`) times `n × k`.
+        let c = numbers(n * k, 4);
+        let (pm, cm) = (Mat::rows(&masked, m, n), Mat::rows(&c, n, k));
+        let want = product(&masked, &c, [m, n, k]);
+        let mut out = Fresh::new(m * k);
+        let mut parts = out.matrices(1, [m, k]);
+        let (_, proof) = gemm.into_from_band(parts.remove(0), pm, cm, &band);
+        close(&out.finish([proof]), &want, "into_from_band");
+        let mut y = numbers(m * k, 5);
+        let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
+        gemm.product_from_band(&mut MatMut::rows(&mut y, m, k), Some(0.5), pm, cm, &band);
+        close(&y, &added, "product_from_band, added");
     }
 }
