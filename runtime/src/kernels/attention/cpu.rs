@@ -13,8 +13,20 @@ use super::{loops, reference, score_heads, AttentionOps, Keys, Scores};
 use crate::kernels::cpu::raw::{Band, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
+use crate::kernels::tensor::{merge_heads, split_heads};
 
 impl AttentionOps for Flex {
+    fn softmax_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bq: Option<FlexTensor>,
+        scores: Scores,
+    ) -> FlexTensor {
+        let v = split_heads::<Flex>(v, q.layout().shape()[1]);
+        merge_heads::<Flex>(forward([q, k, v], bq, scores, false).0)
+    }
+
     fn attention_forward(
         q: FlexTensor,
         k: FlexTensor,
@@ -22,28 +34,10 @@ impl AttentionOps for Flex {
         bq: Option<FlexTensor>,
         scores: Scores,
     ) -> (FlexTensor, FlexTensor) {
-        let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
-        let Some(([b, h, t, d, dv], bias)) = plan else {
-            return reference::attention_forward::<Flex>(q, k, v, bq, scores);
-        };
-        let n = b * h;
-        let slopes = scores.slopes(h);
-        let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
-        let (mut p, mut o) = (Fresh::new(n * t * t), Fresh::new(n * t * dv));
-        let heads: Vec<_> = p.matrices(n, [t, t]).into_iter().zip(o.heads([b, h, t, dv])).collect();
-        let [band, _] = bands(scores.keys, t);
-        // Per head: the scores, their softmax while in cache, the output,
-        // over the band of keys the queries see.
-        let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
-            let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-            let slope = slopes.as_ref().map(|m| m[i % h]);
-            let qk = [qh.at(i), kh.at(i)];
-            let (weights, wp) = attention_weights(gemm, pi, qk, (scores, slope), u.as_deref(), &band);
-            let (_, op) = gemm.into_from_band(oi, weights.mat(), vh.at(i), &band);
-            (wp, op)
-        });
-        let (wp, op): (Vec<Written>, Vec<Written>) = proofs.into_iter().unzip();
-        (token_major(o.finish(op), [b, h, t, dv]), owned(p.finish(wp), [b, h, t, t].into()))
+        match forward([q, k, v], bq, scores, true) {
+            (o, Some(p)) => (o, p),
+            (_, None) => unreachable!("the weights are kept when asked for"),
+        }
     }
 
     fn attention_backward(
@@ -192,6 +186,51 @@ impl AttentionOps for Flex {
         });
         out.tensor
     }
+}
+
+/// Softmax attention on heads (see [`AttentionOps::attention_forward`]):
+/// the output, token-major, and the weights when `keep` asks for them
+/// (training's forward; otherwise each head's weights are formed in a
+/// scratch of their own, and no `[batch, heads, t, t]` is ever held).
+fn forward(
+    [q, k, v]: [FlexTensor; 3],
+    bq: Option<FlexTensor>,
+    scores: Scores,
+    keep: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let plan = attention_dims(&q, &k, &v).and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
+    let Some(([b, h, t, d, dv], bias)) = plan else {
+        let (o, p) = reference::attention_forward::<Flex>(q, k, v, bq, scores);
+        return (o, keep.then_some(p));
+    };
+    let n = b * h;
+    let slopes = scores.slopes(h);
+    let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
+    let (mut p, mut o) = (Fresh::new(if keep { n * t * t } else { 0 }), Fresh::new(n * t * dv));
+    let kept = match keep {
+        true => p.matrices(n, [t, t]).into_iter().map(Some).collect(),
+        false => (0..n).map(|_| None).collect::<Vec<_>>(),
+    };
+    let heads: Vec<_> = kept.into_iter().zip(o.heads([b, h, t, dv])).collect();
+    let [band, _] = bands(scores.keys, t);
+    // Per head: the scores, their softmax while in cache, the output,
+    // over the band of keys the queries see.
+    let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
+        let mut scratch = Fresh::new(if pi.is_some() { 0 } else { t * t });
+        let (pi, keeping) = match pi {
+            Some(pi) => (pi, true),
+            None => (scratch.matrices(1, [t, t]).remove(0), false),
+        };
+        let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
+        let slope = slopes.as_ref().map(|m| m[i % h]);
+        let qk = [qh.at(i), kh.at(i)];
+        let (weights, wp) = attention_weights(gemm, pi, qk, (scores, slope), u.as_deref(), &band);
+        let (_, op) = gemm.into_from_band(oi, weights.mat(), vh.at(i), &band);
+        (keeping.then_some(wp), op)
+    });
+    let (wp, op): (Vec<Option<Written>>, Vec<Written>) = proofs.into_iter().unzip();
+    let p = keep.then(|| owned(p.finish(wp.into_iter().flatten()), [b, h, t, t].into()));
+    (token_major(o.finish(op), [b, h, t, dv]), p)
 }
 
 /// `[batch, heads, tokens, head_dim, value_dim]` of attention operands

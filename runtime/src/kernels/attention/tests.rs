@@ -194,12 +194,16 @@ fn heads_equal_the_reference(t: usize, cases: Vec<(Keys, Option<f64>, bool)>) {
     let heads = |p| split_heads::<C>(C::float_reshape(p, [2, t, 12].into()), 3);
     let [q, k, v, g] = [0, 1, 2, 3].map(|_| heads(r([1, 24 * t])));
     let merged = |p| C::float_reshape(merge_heads::<C>(p), [2 * t, 12].into());
+    let v_merged = C::float_reshape(merge_heads::<C>(v.clone()), [2, t, 12].into());
     let bias = C::float_reshape(r([1, 12]), [12].into());
     let cases = cases.into_iter().flat_map(|c| [(c, None), (c, Some(bias.clone()))]);
     for ((keys, cap, alibi), bq) in cases {
         let scores = Scores::new(0.5, keys).capped(cap).with_alibi(alibi);
         let (o1, p1) = C::attention_forward(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
         let (o2, p2) = reference::attention_forward::<C>(q.clone(), k.clone(), v.clone(), bq.clone(), scores);
+        // The forward alone (inference's: no weights kept), the same.
+        let alone = C::softmax_attention(q.clone(), k.clone(), v_merged.clone(), bq.clone(), scores);
+        same(C::float_reshape(alone, [2 * t, 12].into()), merged(o2.clone()));
         same(merged(o1), merged(o2));
         same(C::float_reshape(p1.clone(), [6 * t, t].into()), C::float_reshape(p2, [6 * t, t].into()));
         let accs = [None, Some(C::float_reshape(r([1, 24 * t]), [2, t, 12].into()))];

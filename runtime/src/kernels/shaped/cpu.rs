@@ -17,65 +17,18 @@ use crate::kernels::cpu::rows::{dims3, owned, per_head};
 use rayon::prelude::*;
 
 impl ShapedOps for Flex {
+    fn shaped_attention(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>) -> FlexTensor {
+        forward(a, add, false).0
+    }
+
     fn shaped_attention_forward(
         a: Shaped<FlexTensor>,
         add: Option<MixAddend<FlexTensor>>,
     ) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
-        let Some(plan) = shaped_plan(&a, add.as_ref()) else {
-            let (y, p, _) = reference::shaped_attention_forward::<Flex>(a, add);
-            return (y, p, None);
-        };
-        let [b, h, t, d, dv] = plan.dims;
-        let width = h * dv;
-        let (qh, kh) = (Heads::new(&a.q), Heads::new(&a.k));
-        let v = a.v.to_contiguous();
-        let bt = add.map(|m| m.b.to_contiguous());
-        let vs: &[f32] = &v.storage()[..b * t * width];
-        let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
-        let (mut p, mut y) = (Fresh::new(b * h * t * t), Fresh::new(b * t * width));
-        let mut weights = p.matrices(b * h, [t, t]).into_iter();
-        let seqs: Vec<_> =
-            y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
-        let cols = plan.columns(dv);
-        let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
-        let (scores, keys) = (a.scores(), a.keys);
-        let [band, _] = bands(keys, t);
-        // Per sequence: per head the scores, their softmax and the softmax
-        // term (into a scratch `[t, width]` that stays in cache), then the
-        // mix row by row.
-        let threads = if parallel(b * t * width) { Threads::Items } else { Threads::One };
-        let done = Gemm::map_with(threads, seqs, |q, (pq, yq), gemm| {
-            let span = q * t * width..(q + 1) * t * width;
-            let (vq, bq) = (&vs[span.clone()], bs.map(|x| &x[span]));
-            let mut o = Fresh::new(t * width);
-            let mut heads = Vec::with_capacity(h);
-            let mut proofs = Vec::with_capacity(h);
-            for (hi, (pi, oi)) in pq.into_iter().zip(o.heads([1, h, t, dv])).enumerate() {
-                let i = q * h + hi;
-                let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
-                let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
-                let qk = [qh.at(i), kh.at(i)];
-                let (wi, wp) = attention_weights(gemm, pi, qk, (scores, None), u.as_deref(), &band);
-                heads.push(gemm.into_from_band(oi, wi.mat(), vi, &band).1);
-                proofs.push(wp);
-            }
-            let o = o.finish(heads);
-            let mut centres = loops::Centres::new(vq, width, keys);
-            // Each row into a scratch row in cache, then streamed out.
-            let mut row = vec![0.0f32; width];
-            let yp = yq.rows(width, false, |r, out| {
-                let rows = r * width..(r + 1) * width;
-                let x = loops::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
-                let (sum, inv, running) = centres.row(r, t);
-                loops::mix_row(&mut row, x, sum, g, inv, running);
-                out.stream(&row)
-            });
-            raw::fence();
-            (proofs, yp)
-        });
-        let (pp, yp): (Vec<Vec<Written>>, Vec<Written>) = done.into_iter().unzip();
-        let (p, y) = (p.finish(pp.into_iter().flatten()), y.finish(yp));
-        (owned(y, v.layout().shape().clone()), owned(p, [b, h, t, t].into()), None)
+        match forward(a, add, true) {
+            (y, Some(p)) => (y, p, None),
+            (_, None) => unreachable!("the weights are kept when asked for"),
+        }
     }
 
     fn shaped_attention_backward(
@@ -115,6 +68,79 @@ impl ShapedOps for Flex {
         by_sequence(dy, |out, dy, d| loops::window_mean_backward(out, dy, d, keys))
             .unwrap_or_else(|dy| reference::centre_backward::<Flex>(dy, keys))
     }
+}
+
+/// The shaped attention through its mix (see
+/// [`ShapedOps::shaped_attention_forward`]), and its weights when `keep`
+/// asks for them (training's forward; otherwise each head's weights are
+/// formed in a scratch of their own, and no `[batch, heads, t, t]` is ever
+/// held).
+fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool) -> (FlexTensor, Option<FlexTensor>) {
+    let Some(plan) = shaped_plan(&a, add.as_ref()) else {
+        let (y, p, _) = reference::shaped_attention_forward::<Flex>(a, add);
+        return (y, keep.then_some(p));
+    };
+    let [b, h, t, d, dv] = plan.dims;
+    let width = h * dv;
+    let (qh, kh) = (Heads::new(&a.q), Heads::new(&a.k));
+    let v = a.v.to_contiguous();
+    let bt = add.map(|m| m.b.to_contiguous());
+    let vs: &[f32] = &v.storage()[..b * t * width];
+    let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
+    let (mut p, mut y) = (Fresh::new(if keep { b * h * t * t } else { 0 }), Fresh::new(b * t * width));
+    let mut weights = match keep {
+        true => p.matrices(b * h, [t, t]).into_iter().map(Some).collect(),
+        false => (0..b * h).map(|_| None).collect::<Vec<_>>(),
+    }
+    .into_iter();
+    let seqs: Vec<_> =
+        y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
+    let cols = plan.columns(dv);
+    let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
+    let (scores, keys) = (a.scores(), a.keys);
+    let [band, _] = bands(keys, t);
+    // Per sequence: per head the scores, their softmax and the softmax
+    // term (into a scratch `[t, width]` that stays in cache), then the
+    // mix row by row.
+    let threads = if parallel(b * t * width) { Threads::Items } else { Threads::One };
+    let done = Gemm::map_with(threads, seqs, |q, (pq, yq), gemm| {
+        let span = q * t * width..(q + 1) * t * width;
+        let (vq, bq) = (&vs[span.clone()], bs.map(|x| &x[span]));
+        let mut o = Fresh::new(t * width);
+        let mut heads = Vec::with_capacity(h);
+        let mut proofs = Vec::with_capacity(h);
+        for (hi, (pi, oi)) in pq.into_iter().zip(o.heads([1, h, t, dv])).enumerate() {
+            let i = q * h + hi;
+            let vi = Mat::new(vq, hi * dv, [t, dv], [width as isize, 1]);
+            let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
+            let qk = [qh.at(i), kh.at(i)];
+            // The weights kept, or in a scratch of this head's.
+            let mut scratch = Fresh::new(if pi.is_some() { 0 } else { t * t });
+            let (pi, keeping) = match pi {
+                Some(pi) => (pi, true),
+                None => (scratch.matrices(1, [t, t]).remove(0), false),
+            };
+            let (wi, wp) = attention_weights(gemm, pi, qk, (scores, None), u.as_deref(), &band);
+            heads.push(gemm.into_from_band(oi, wi.mat(), vi, &band).1);
+            proofs.extend(keeping.then_some(wp));
+        }
+        let o = o.finish(heads);
+        let mut centres = loops::Centres::new(vq, width, keys);
+        // Each row into a scratch row in cache, then streamed out.
+        let mut row = vec![0.0f32; width];
+        let yp = yq.rows(width, false, |r, out| {
+            let rows = r * width..(r + 1) * width;
+            let x = loops::MixIn { v: &vq[rows.clone()], o: &o[rows.clone()], b: bq.map(|x| &x[rows]) };
+            let (sum, inv, running) = centres.row(r, t);
+            loops::mix_row(&mut row, x, sum, g, inv, running);
+            out.stream(&row)
+        });
+        raw::fence();
+        (proofs, yp)
+    });
+    let (pp, yp): (Vec<Vec<Written>>, Vec<Written>) = done.into_iter().unzip();
+    let p = keep.then(|| owned(p.finish(pp.into_iter().flatten()), [b, h, t, t].into()));
+    (owned(y.finish(yp), v.layout().shape().clone()), p)
 }
 
 /// A fused shaped attention's dims `[batch, heads, tokens, d, dv]`, its

@@ -5,7 +5,7 @@
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Tensor, TensorData, Tolerance};
 
-use super::{reference, ShapedOps};
+use super::{reference, MixAddend, Shaped, ShapedOps};
 use crate::kernels::testing::*;
 use crate::kernels::*;
 
@@ -157,5 +157,35 @@ fn the_cpu_kernels_equal_the_reference() {
         same(primitive(t3(m1)), primitive(t3(m2)));
         let (m1, m2) = (C::centre_backward(x3.clone(), keys), reference::centre_backward::<C>(x3.clone(), keys));
         same(primitive(t3(m1)), primitive(t3(m2)));
+    }
+}
+
+/// The CPU's shaped attention alone (inference's: no weights kept) and
+/// through the forward that keeps them equal the reference, under every
+/// mask, with the query's bias or not, summed with another branch or
+/// not; 5 tokens and 150 (several blocks of the weights' band).
+#[test]
+fn the_cpu_forward_equals_the_reference() {
+    for t in [5, 150] {
+        let seq = |p| C::float_reshape(p, [2, t, 12].into());
+        let heads = |p| C::float_reshape(p, [2, 3, t, 4].into());
+        let vector = |n: usize| C::float_reshape(r([1, n]), [n].into());
+        for (keys, case) in masks().into_iter().flat_map(|keys| (0..4).map(move |case| (keys, case))) {
+            let a = Shaped {
+                q: heads(r([1, 24 * t])),
+                k: heads(r([1, 24 * t])),
+                v: seq(r([1, 24 * t])),
+                gains: [vector(3), vector(1), vector(3)],
+                scale: 0.5,
+                keys,
+                bq: (case & 1 == 1).then(|| vector(12)),
+            };
+            let add =
+                (case & 2 == 2).then(|| MixAddend { b: seq(r([1, 24 * t])), beta_sa: vector(1), beta_ff: vector(3) });
+            let flat = |y| C::float_reshape(y, [2 * t, 12].into());
+            let theirs = flat(reference::shaped_attention_forward::<C>(a.clone(), add.clone()).0);
+            same(flat(C::shaped_attention(a.clone(), add.clone())), theirs.clone());
+            same(flat(C::shaped_attention_forward(a, add).0), theirs);
+        }
     }
 }
