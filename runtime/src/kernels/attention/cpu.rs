@@ -1,6 +1,9 @@
 //! Attention on the CPU, head by head: the scores, their softmax and the
-//! output while in cache, and their backward. The shaped family's kernel
-//! is built from the same pieces.
+//! output while in cache, and their backward, each product over the band
+//! of keys that each block of queries sees (under a causal mask or a
+//! window, most of the hidden keys are never visited); the weights kept
+//! for the backward only under autodiff. The shaped family's kernel is
+//! built from the same pieces.
 
 use std::ops::Range;
 
