@@ -1,44 +1,45 @@
-//! The allocator set-up of the `blkc` process.
+//! The allocator of the `blkc` process: mimalloc, counted.
 //!
 //! A training step allocates and frees tensors of up to tens of MiB many
-//! times over. glibc serves allocations above its mmap threshold with fresh
-//! mappings and returns freed memory at the top of the heap to the kernel,
-//! so each such tensor costs page faults and the kernel's zeroing of every
-//! page: measured at 10 % of a CPU step of the small model (perf:
-//! `clear_page_erms`, `exc_page_fault`). Serving every allocation from the
-//! heap, never trimming it below 1 GiB of free space, and keeping one arena
-//! for all threads (a second arena's heaps are unmapped when they empty,
-//! which cost another 4 %) keeps freed blocks in the process for reuse.
+//! times over; memory returned to the kernel between uses comes back as
+//! page faults and the zeroing of every page (measured at 10 % of a CPU
+//! step of the small model under glibc's defaults: `clear_page_erms`,
+//! `exc_page_fault`). Encoding a corpus with BPE makes millions of small
+//! allocations on every thread at once. glibc could serve the first well
+//! (no mappings of their own, no trimming, one arena for all threads) only
+//! at the cost of the second: with one arena its lock serialised the
+//! encoding (`blkc tokenize python-stdlib` on 2 cores: 21.4 s, 26.0 s of
+//! CPU), with an arena per thread a training step took 4 % longer (a
+//! second arena's heaps are unmapped when they empty). mimalloc keeps a
+//! heap per thread and, never purging (see [`keep_freed_memory`]), keeps
+//! freed memory for reuse: the same encoding in 9.5 s, and the training
+//! step as fast as with glibc's one arena (bench/NOTES.md).
 //!
-//! [`Counting`] wraps the system allocator to count bytes in use and their
-//! peak, for `blkc bench`'s memory figure.
+//! [`Counting`] wraps it to count bytes in use and their peak, for `blkc
+//! bench`'s memory figure.
 
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Keeps large freed blocks in the heap (Linux with glibc; elsewhere a
-/// no-op). Call once, first thing in `main`, before threads start.
+use mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t`,
+/// mimalloc.h of libmimalloc-sys 0.1.49, pinned): how long freed memory
+/// waits before it is returned to the kernel, in ms; −1 never.
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory in the process for reuse: mimalloc never returns it
+/// to the kernel (a process's memory stays at its peak, as a training
+/// run's does anyway). Call once, first thing in `main`.
 pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // No allocation is served by its own mapping (the logits of the
-        // small model alone are 32 MiB, the largest mmap threshold glibc
-        // accepts); trimming waits until 1 GiB is free at the top.
-        const TRIM_THRESHOLD: libc::c_int = 1 << 30;
-        // SAFETY: `mallopt` only sets allocator parameters; it is called
-        // before any other thread exists, and an out-of-range value is
-        // rejected by glibc (returns 0) without side effects.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
+    // SAFETY: setting an option only stores its value; mimalloc reads it
+    // when it would purge.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
 }
 
-/// The `blkc` binary's global allocator: the system's, counting the bytes
+/// The `blkc` binary's global allocator: mimalloc, counting the bytes
 /// in use and their peak, so that `blkc bench` reports what a step
 /// allocates at its peak — exactly, whatever the allocator keeps for reuse
 /// (the process's resident set cannot tell once freed memory stays).
@@ -51,21 +52,27 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 fn grew(bytes: usize) {
     let now = IN_USE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
+    // A read first: below the peak (nearly always) no write to a line
+    // every thread reads.
+    if now > PEAK.load(Ordering::Relaxed) {
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
 }
 
 fn shrank(bytes: usize) {
     IN_USE.fetch_sub(bytes, Ordering::Relaxed);
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged and only adds bookkeeping on atomics, so `System`'s guarantees
-// carry over.
+// SAFETY: every method forwards to `MiMalloc` with the caller's arguments
+// unchanged and only adds bookkeeping on atomics, so `MiMalloc`'s
+// guarantees carry over.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        if !INSTALLED.load(Ordering::Relaxed) {
+            INSTALLED.store(true, Ordering::Relaxed);
+        }
         // SAFETY: forwarded as is (see the impl).
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { MiMalloc.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
@@ -74,7 +81,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is (see the impl).
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
@@ -83,13 +90,13 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as is (see the impl).
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { MiMalloc.dealloc(ptr, layout) };
         shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is (see the impl).
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             shrank(layout.size());
             grew(new_size);
@@ -112,4 +119,23 @@ pub fn start_peak() -> Option<usize> {
 /// The most bytes in use since [`start_peak`].
 pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`PURGE_DELAY`] names mimalloc's purge delay: its default is that
+    /// of mimalloc 3's options.c (1000 ms; no other option's is), and
+    /// setting it reads back.
+    #[test]
+    fn the_purge_delay_is_mimallocs() {
+        // SAFETY: reading and setting an option (see `keep_freed_memory`).
+        let (before, after) = unsafe {
+            let before = libmimalloc_sys::mi_option_get(PURGE_DELAY);
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+            (before, libmimalloc_sys::mi_option_get(PURGE_DELAY))
+        };
+        assert_eq!((before, after), (1000, -1));
+    }
 }
