@@ -12,7 +12,7 @@
 //! CPU), with an arena per thread a training step took 4 % longer (a
 //! second arena's heaps are unmapped when they empty). mimalloc keeps a
 //! heap per thread and, never purging (see [`keep_freed_memory`]), keeps
-//! freed memory for reuse: the same encoding in 9.5 s, and the training
+//! freed memory for reuse: the same encoding in 8.8 s, and the training
 //! step as fast as with glibc's one arena (bench/NOTES.md).
 //!
 //! [`Counting`] wraps it to count bytes in use and their peak, for `blkc
