@@ -202,14 +202,9 @@ impl<'a> MatMut<'a> {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.rs), self.dims[1]) }
     }
 
-    /// Rows `rows` and columns `cols` of this view, written, as a view of
-    /// its own while it lives.
-    pub fn block(&mut self, rows: Range<usize>, cols: Range<usize>) -> MatMut<'_> {
-        self.sub(rows, cols)
-    }
-
-    /// [`MatMut::block`] for this module, where the view's elements may
-    /// not be written yet.
+    /// Rows `rows` and columns `cols` of this view, as a view of its own
+    /// while it lives (for this module: its elements may not be written
+    /// yet).
     fn sub(&mut self, rows: Range<usize>, cols: Range<usize>) -> MatMut<'_> {
         let [r, c] = self.dims;
         assert!(rows.start <= rows.end && rows.end <= r && cols.start <= cols.end && cols.end <= c);
@@ -318,11 +313,6 @@ impl Band {
             })
             .collect();
         Band { dims, blocks }
-    }
-
-    /// Every entry of a `rows × cols` matrix.
-    pub fn full(dims: [usize; 2]) -> Band {
-        Band::new(dims, dims[0], |_| 0..dims[1])
     }
 
     pub fn dims(&self) -> [usize; 2] {
@@ -527,7 +517,8 @@ mod tests {
         let blocks: Vec<_> = band.blocks().to_vec();
         assert_eq!(blocks, vec![(0..4, 0..4), (4..8, 2..6), (8..10, 4..6)]);
         assert_eq!(band.entries(), 16 + 16 + 4);
-        assert_eq!(Band::full([3, 5]).blocks().to_vec(), vec![(0..3, 0..5)]);
+        let whole = Band::new([3, 5], 7, |_| 0..5);
+        assert_eq!(whole.blocks().to_vec(), vec![(0..3, 0..5)]);
     }
 
     /// The banded products equal the plain product masked to the band:
