@@ -210,20 +210,13 @@ fn forward(
     let slopes = scores.slopes(h);
     let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
     let (mut p, mut o) = (Fresh::new(if keep { n * t * t } else { 0 }), Fresh::new(n * t * dv));
-    let kept = match keep {
-        true => p.matrices(n, [t, t]).into_iter().map(Some).collect(),
-        false => (0..n).map(|_| None).collect::<Vec<_>>(),
-    };
-    let heads: Vec<_> = kept.into_iter().zip(o.heads([b, h, t, dv])).collect();
+    let heads: Vec<_> = kept_weights(&mut p, n, t, keep).into_iter().zip(o.heads([b, h, t, dv])).collect();
     let [band, _] = bands(scores.keys, t);
     // Per head: the scores, their softmax while in cache, the output,
     // over the band of keys the queries see.
     let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
-        let mut scratch = Fresh::new(if pi.is_some() { 0 } else { t * t });
-        let (pi, keeping) = match pi {
-            Some(pi) => (pi, true),
-            None => (scratch.matrices(1, [t, t]).remove(0), false),
-        };
+        let mut scratch = Fresh::new(0);
+        let (pi, keeping) = weights_or_scratch(pi, &mut scratch, t);
         let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
         let slope = slopes.as_ref().map(|m| m[i % h]);
         let qk = [qh.at(i), kh.at(i)];
@@ -234,6 +227,27 @@ fn forward(
     let (wp, op): (Vec<Option<Written>>, Vec<Written>) = proofs.into_iter().unzip();
     let p = keep.then(|| owned(p.finish(wp.into_iter().flatten()), [b, h, t, t].into()));
     (token_major(o.finish(op), [b, h, t, dv]), p)
+}
+
+/// The `n` heads' weights (`t × t` each) to write: matrices of `p` when
+/// `keep` asks for them, else none (see [`weights_or_scratch`]).
+pub(crate) fn kept_weights(p: &mut Fresh, n: usize, t: usize, keep: bool) -> Vec<Option<MatOut<'_>>> {
+    match keep {
+        true => p.matrices(n, [t, t]).into_iter().map(Some).collect(),
+        false => (0..n).map(|_| None).collect(),
+    }
+}
+
+/// Where a head writes its weights (`t × t`): the kept ones, or a matrix
+/// of `scratch` made for them; and whether they are kept.
+pub(crate) fn weights_or_scratch<'a>(kept: Option<MatOut<'a>>, scratch: &'a mut Fresh, t: usize) -> (MatOut<'a>, bool) {
+    match kept {
+        Some(p) => (p, true),
+        None => {
+            *scratch = Fresh::new(t * t);
+            (scratch.matrices(1, [t, t]).remove(0), false)
+        }
+    }
 }
 
 /// `[batch, heads, tokens, head_dim, value_dim]` of attention operands

@@ -9,7 +9,9 @@ use burn_flex::FlexTensor;
 
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
-use crate::kernels::attention::cpu::{attention_weights, bands, bias_values, key_shift};
+use crate::kernels::attention::cpu::{
+    attention_weights, bands, bias_values, kept_weights, key_shift, weights_or_scratch,
+};
 use crate::kernels::attention::Keys;
 use crate::kernels::cpu::parallel;
 use crate::kernels::cpu::raw::{self, Fresh, Gemm, Heads, Mat, Threads, Written};
@@ -88,11 +90,7 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool
     let vs: &[f32] = &v.storage()[..b * t * width];
     let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
     let (mut p, mut y) = (Fresh::new(if keep { b * h * t * t } else { 0 }), Fresh::new(b * t * width));
-    let mut weights = match keep {
-        true => p.matrices(b * h, [t, t]).into_iter().map(Some).collect(),
-        false => (0..b * h).map(|_| None).collect::<Vec<_>>(),
-    }
-    .into_iter();
+    let mut weights = kept_weights(&mut p, b * h, t, keep).into_iter();
     let seqs: Vec<_> =
         y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
     let cols = plan.columns(dv);
@@ -115,11 +113,8 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool
             let u = plan.bq.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[hi * d..]));
             let qk = [qh.at(i), kh.at(i)];
             // The weights kept, or in a scratch of this head's.
-            let mut scratch = Fresh::new(if pi.is_some() { 0 } else { t * t });
-            let (pi, keeping) = match pi {
-                Some(pi) => (pi, true),
-                None => (scratch.matrices(1, [t, t]).remove(0), false),
-            };
+            let mut scratch = Fresh::new(0);
+            let (pi, keeping) = weights_or_scratch(pi, &mut scratch, t);
             let (wi, wp) = attention_weights(gemm, pi, qk, (scores, None), u.as_deref(), &band);
             heads.push(gemm.into_from_band(oi, wi.mat(), vi, &band).1);
             proofs.extend(keeping.then_some(wp));
