@@ -78,7 +78,6 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
         }
     }
 
-    let t0 = Instant::now();
     let (corpus, tok) = data_and_tokenizer(job, dir, &s, &ir)?;
     let obj = objective(&ir, &s, &tok);
     let shifted = obj == Objective::Causal;
@@ -88,7 +87,7 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
         Some(_) => resumed::<B>(job, dir, &ir, &s, device)?,
         None => fresh::<B>(job, dir, &tok, &ir, &s, device)?,
     };
-    let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted, t0)?;
+    let (train_stream, valid_stream) = token_streams(job, dir, (&corpus, &tok), &ir, shifted)?;
     // Bytes of validation text, for losses in bits per byte (none for
     // token files).
     let valid_bytes = corpus.valid.iter().map(|d| d.text.len() as u64).sum::<u64>();
@@ -220,8 +219,9 @@ fn token_streams(
     (corpus, tok): (&data::Corpus, &Tokenizer),
     ir: &ModelIr,
     shifted: bool,
-    t0: Instant,
 ) -> Result<(batch::Stream, batch::Stream), Failure> {
+    // The streams' own time: read from the cache, or encoded.
+    let t0 = Instant::now();
     let (q, s) = (job.quiet, &job.settings);
     let context = ir.context as usize;
     let key = tokens::tokenizer_key(&dir.tokenizer());
