@@ -428,7 +428,7 @@ impl<B: Kernels> Attention<B> {
         let scores = self.scores(causal);
         let mut s = q.matmul(k.swap_dims(2, 3)).mul_scalar(scores.scale);
         if let Some(c) = scores.cap {
-            s = s.div_scalar(c).tanh().mul_scalar(c);
+            s = kernels::softcap(s, c);
         }
         if causal {
             let future = Tensor::<B, 2, Bool>::tril_mask([n, t], from as i64, &s.device())

@@ -232,10 +232,7 @@ fn forward(
 /// The `n` heads' weights (`t × t` each) to write: matrices of `p` when
 /// `keep` asks for them, else none (see [`weights_or_scratch`]).
 pub(crate) fn kept_weights(p: &mut Fresh, n: usize, t: usize, keep: bool) -> Vec<Option<MatOut<'_>>> {
-    match keep {
-        true => p.matrices(n, [t, t]).into_iter().map(Some).collect(),
-        false => (0..n).map(|_| None).collect(),
-    }
+    some_if(keep, n, || p.matrices(n, [t, t]))
 }
 
 /// Where a head writes its weights (`t × t`): the kept ones, or a matrix
@@ -395,8 +392,13 @@ pub(crate) fn bias_values(bq: &Option<FlexTensor>, n: usize) -> Option<Option<Ve
 
 /// `f`'s heads when `wanted`, else as many `None`s.
 fn optional_heads(f: &mut Fresh, dims: [usize; 4], wanted: bool) -> Vec<Option<MatOut<'_>>> {
+    some_if(wanted, dims[0] * dims[1], || f.heads(dims))
+}
+
+/// `make()`'s `n` items when `wanted`, else `n` `None`s.
+fn some_if<T>(wanted: bool, n: usize, make: impl FnOnce() -> Vec<T>) -> Vec<Option<T>> {
     match wanted {
-        true => f.heads(dims).into_iter().map(Some).collect(),
-        false => (0..dims[0] * dims[1]).map(|_| None).collect(),
+        true => make().into_iter().map(Some).collect(),
+        false => (0..n).map(|_| None).collect(),
     }
 }
