@@ -8,22 +8,27 @@
 //! updated weights (five copies of the parameters); per micro-batch row
 //! and token, what backward keeps of every node of every layer (its
 //! outputs, an MLP's hidden layer twice, an attention's scores and
-//! weights — or, where blkc's row kernels run it on a GPU, a statistic
-//! per row in their place); the logits and their gradient. Measured peaks
+//! weights — or, where blkc's CPU kernels run it, its weights on the band
+//! of keys its queries see, and where its row kernels run it on a GPU, a
+//! statistic per row in their place); the logits and their gradient. Measured peaks
 //! of the step (`blkc bench`, bench/NOTES.md) lie below it.
 
-use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
+use blkc::graph::{BlockIr, Mask, MatrixTerm, Model as ModelIr, Op, Program};
 
-use crate::kernels::attention::products_in;
+use crate::kernels::attention::{cpu::band, products_in, Keys};
 use crate::kernels::precision::Precision;
 
 /// What an attention keeps for its backward, besides its operands and
 /// output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
-    /// Its weights, a row of `context` per token and head: the CPU's
-    /// kernels, the products route, the composed weights of dropout.
+    /// Its scores and weights, a row of `context` each per token and
+    /// head: the products route, the composed weights of dropout.
     Weights,
+    /// Its weights on the band of keys its queries see (blkc's CPU
+    /// kernels, [`band`]): under a causal mask about half a row of
+    /// `context` per token and head, under a window a few blocks of keys.
+    Band,
     /// A log-sum-exp per token and head: blkc's row kernels on the CubeCL
     /// backends, for the attentions they take (all but those with dropout
     /// on the weights, which keep their weights).
@@ -36,10 +41,10 @@ impl Kept {
     /// route (`BLKC_ATTENTION`).
     pub fn on(device: &str, precision: Precision, tokens: u64) -> Kept {
         let products = products_in(precision, usize::try_from(tokens).unwrap_or(usize::MAX));
-        if device == "cpu" || products {
-            Kept::Weights
-        } else {
-            Kept::Rows
+        match (device, products) {
+            ("cpu", _) => Kept::Band,
+            (_, true) => Kept::Weights,
+            (_, false) => Kept::Rows,
         }
     }
 }
@@ -76,7 +81,8 @@ pub fn estimate(program: &Program, model: &ModelIr, rows: u64, kept: Kept) -> Es
 }
 
 /// Floats kept per token by layer `layer`: an attention's scores and
-/// weights where it keeps them (a softmax's), else two per head.
+/// weights where it keeps them (a softmax's), or its weights on their
+/// band (the band's entries per query, rounded up), else two per head.
 fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
     let (d, h, t) = (u128::from(m.width), u128::from(m.heads), u128::from(m.context));
     block
@@ -92,6 +98,7 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,
+                    (true, Kept::Band) if !composed => banded(m, spec.window),
                     (true, _) => 2 * t,
                 };
                 6 * d + h * per_head
@@ -99,6 +106,16 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Mlp { spec, .. } => 2 * d + 2 * (d as f64 * spec.width).ceil() as u128,
         })
         .sum()
+}
+
+/// The entries per query (rounded up) of the band that blkc's CPU
+/// kernels keep of an attention's weights: under `model`'s mask and the
+/// attention's `window`, its context's band.
+fn banded(model: &ModelIr, window: Option<u64>) -> u128 {
+    let t = usize::try_from(model.context).unwrap_or(usize::MAX);
+    let window = window.map(|w| usize::try_from(w).unwrap_or(usize::MAX));
+    let keys = Keys { causal: model.mask == Mask::Causal, window };
+    band(keys, t).entries().div_ceil(t.max(1)) as u128
 }
 
 /// Bytes free for this process: the smaller of the system's available
@@ -281,7 +298,7 @@ mod tests {
     #[test]
     fn row_kernels_keep_no_weights() {
         use crate::kernels::attention::Route;
-        assert_eq!(Kept::on("cpu", Precision::Fp32, 4096), Kept::Weights);
+        assert_eq!(Kept::on("cpu", Precision::Fp32, 4096), Kept::Band);
         assert_eq!(Kept::on("cuda", Precision::Fp32, 128), Kept::Rows);
         assert_eq!(Kept::on("cuda", Precision::Bf16, 128), Kept::Weights, "bf16 runs short ones as products");
         assert_eq!(Kept::on("cuda", Precision::Bf16, 4096), Kept::Rows);
@@ -319,6 +336,37 @@ mod tests {
             assert!(rows.activations < weights.activations, "{positions}: {rows:?}");
             let (rows, weights) = model(positions, 0.1);
             assert_eq!(rows, weights, "{positions}");
+        }
+    }
+
+    /// The CPU's kernels keep the weights on their band: under a causal
+    /// mask about half of those of the products route, under a window of
+    /// 128 a few hundred floats per query however long the context.
+    #[test]
+    fn the_cpu_keeps_the_weights_band() {
+        let (t, h, depth) = (32_768u128, 4u128, 6u128);
+        let p = program(256, 32_768);
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        let (band, rows) = (estimate(&p, &m, 1, Kept::Band), estimate(&p, &m, 1, Kept::Rows));
+        let per_query = (band.activations - rows.activations) / (F32 * t * depth * h) + 2;
+        assert!((t / 2..=t / 2 + 64).contains(&per_query), "{per_query} of {t} keys");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
+        let windowed = |context: u64| {
+            let text = format!(
+                "{block}\nattention local {{\n window = 128\n}}\n\
+                 block w {{\n out = x + attn(rmsnorm(x), local)\n}}\n\
+                 model m {{\n block = w\n depth = 6\n width = 256\n heads = 4\n context = {context}\n vocab = 4096\n}}\n"
+            );
+            let c = blkc::compile_str("w.blk", &text);
+            let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+            let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+            let (band, rows) = (estimate(&p, &m, 1, Kept::Band), estimate(&p, &m, 1, Kept::Rows));
+            (band.activations - rows.activations) / (F32 * u128::from(context) * 6 * 4) + 2
+        };
+        for context in [1024, 32_768] {
+            let per_query = windowed(context);
+            assert!((128..=128 + 64).contains(&per_query), "{per_query} of {context} keys");
         }
     }
 

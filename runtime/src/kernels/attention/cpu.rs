@@ -2,8 +2,10 @@
 //! output while in cache, and their backward, each product over the band
 //! of keys that each block of queries sees (under a causal mask or a
 //! window, most of the hidden keys are never visited); the weights kept
-//! for the backward only under autodiff. The shaped family's kernel is
-//! built from the same pieces.
+//! for the backward only under autodiff, and then stored by that band
+//! alone (`[batch, heads, entries]`, [`Banded`]: about half of `t × t`
+//! under a causal mask, a few blocks per block of queries under a window).
+//! The shaped family's kernel is built from the same pieces.
 
 use std::ops::Range;
 
@@ -13,7 +15,7 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
 use super::{loops, reference, score_heads, AttentionOps, Keys, Scores};
-use crate::kernels::cpu::raw::{Band, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Written};
+use crate::kernels::cpu::raw::{Band, Banded, BandedMut, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
 use crate::kernels::cpu::rows::{owned, token_major, vector, Rows};
 use crate::kernels::cpu::simd;
 use crate::kernels::tensor::{merge_heads, split_heads};
@@ -52,22 +54,24 @@ impl AttentionOps for Flex {
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
-        let dims = attention_dims(q, k, v).filter(|&[b, h, t, _, dv]| {
+        let band = attention_dims(q, k, v).map(|[_, _, t, _, _]| band(scores.keys, t));
+        let dims = attention_dims(q, k, v).zip(band.as_ref()).filter(|&([b, h, t, _, dv], band)| {
             p.dtype() == DType::F32
-                && p.layout().shape().as_slice() == [b, h, t, t]
+                && p.layout().shape().as_slice() == [b, h, band.entries()]
                 && g.dtype() == DType::F32
                 && g.layout().shape().as_slice() == [b, h, t, dv]
                 && acc
                     .as_ref()
                     .is_none_or(|a| a.dtype() == DType::F32 && a.layout().shape().as_slice() == [b, t, h * dv])
         });
-        let plan = dims.and_then(|dims| Some((dims, bias_values(&bq, dims[1] * dims[3])?)));
-        let Some(([b, h, t, d, dv], bias)) = plan else {
+        let plan = dims.and_then(|(dims, band)| Some((dims, band, bias_values(&bq, dims[1] * dims[3])?)));
+        let Some(([b, h, t, d, dv], band, bias)) = plan else {
+            let p = whole_weights(p, scores.keys, q);
             return reference::attention_backward::<Flex>(qkv, bq, p, g, (scores, acc), wants);
         };
-        let n = b * h;
+        let (n, e) = (b * h, band.entries());
         let p = p.to_contiguous();
-        let pv: &[f32] = &p.storage()[..n * t * t];
+        let pv: &[f32] = &p.storage()[..n * e];
         let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
         let [want_q, want_k, want_v] = wants;
         // With a query bias, `dq` is needed for its gradient.
@@ -85,50 +89,49 @@ impl AttentionOps for Flex {
         };
         let work: Vec<_> = dqs.into_iter().zip(dks).zip(dvs_out.into_iter().zip(dv_add)).collect();
         let scale = scores.scale as f32;
-        // The band of the weights (`p`, `ds`: queries by keys) and of their
-        // transpose (keys by queries).
-        let [band, band_t] = bands(scores.keys, t);
         let done = Gemm::map(work, |i, ((dqi, dki), (dv_fresh, dv_add)), gemm| {
-            let pw = &pv[i * t * t..(i + 1) * t * t];
-            let pi = Mat::rows(pw, t, t);
+            let pi = Banded::new(&pv[i * e..(i + 1) * e], band);
             let mut proofs = Vec::new();
             // dv = pᵀ · g, fresh or added into a gradient from elsewhere.
             match (dv_fresh, dv_add) {
-                (Some(out), _) => proofs.push((2, gemm.into_from_band(out, pi.t(), gh.at(i), &band_t).1)),
-                (None, Some(mut into)) => gemm.product_from_band(&mut into, Some(1.0), pi.t(), gh.at(i), &band_t),
+                (Some(out), _) => proofs.push((2, gemm.into_from_banded_t(out, pi, gh.at(i)).1)),
+                (None, Some(mut into)) => gemm.product_from_banded_t(&mut into, Some(1.0), pi, gh.at(i)),
                 (None, None) => {}
             }
             if !through_scores {
                 return (proofs, Vec::new());
             }
-            // dp = g · vᵀ, then ds in place, while in cache (zero outside
-            // the band).
-            let mut ds = vec![0.0f32; t * t];
-            gemm.product_in_band(&mut MatMut::rows(&mut ds, t, t), gh.at(i), vh.at(i).t(), &band);
-            in_band(&band, &mut ds, pw, |row, w| {
+            // dp = g · vᵀ, then ds in place, while in cache (the band's
+            // entries alone).
+            let mut ds = vec![0.0f32; e];
+            let mut ds = BandedMut::new(&mut ds, band);
+            gemm.product_banded(&mut ds, gh.at(i), vh.at(i).t());
+            for ((_, _, row), (_, _, w)) in ds.rows().zip(pi.rows()) {
                 loops::softmax_backward(row, w, scale);
-            });
+            }
             if let Some(cap) = scores.cap {
                 // The soft-cap's slope, from the scores formed again.
                 let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
-                let mut s = vec![0.0f32; t * t];
-                gemm.product_in_band(&mut MatMut::rows(&mut s, t, t), qh.at(i), kh.at(i).t(), &band);
-                for (r, (row, sr)) in ds.chunks_mut(t).zip(s.chunks_mut(t)).enumerate() {
+                let mut s = vec![0.0f32; e];
+                let mut s = BandedMut::new(&mut s, band);
+                gemm.product_banded(&mut s, qh.at(i), kh.at(i).t());
+                for ((r, cols, row), (_, _, sr)) in ds.rows().zip(s.rows()) {
                     let seen = scores.keys.range(r, t);
+                    let at = seen.start - cols.start..seen.end - cols.start;
                     if let Some(u) = &u {
-                        simd::add_into(&mut sr[seen.clone()], &u[seen.clone()]);
+                        simd::add_into(&mut sr[at.clone()], &u[seen]);
                     }
-                    loops::cap_slope(&mut row[seen.clone()], &sr[seen], scale, cap as f32);
+                    loops::cap_slope(&mut row[at.clone()], &sr[at], scale, cap as f32);
                 }
             }
-            let dsi = Mat::rows(&ds, t, t);
-            let mut dq = dqi.map(|out| gemm.into_from_band(out, dsi, kh.at(i), &band));
-            let mut dk = dki.map(|out| gemm.into_from_band(out, dsi.t(), qh.at(i), &band_t));
+            let dsi = ds.view();
+            let mut dq = dqi.map(|out| gemm.into_from_banded(out, dsi, kh.at(i)));
+            let mut dk = dki.map(|out| gemm.into_from_banded_t(out, dsi, qh.at(i)));
             let mut dbq = Vec::new();
             if let (Some(bias), Some((dq, _))) = (&bias, dq.as_mut()) {
                 dbq = vec![0.0f32; d];
                 let bias = &bias[(i % h) * d..(i % h + 1) * d];
-                query_bias_back(&ds, bias, dq, dk.as_mut().map(|(dk, _)| dk), &mut dbq);
+                query_bias_back(dsi, bias, dq, dk.as_mut().map(|(dk, _)| dk), &mut dbq);
             }
             proofs.extend(dq.map(|(_, w)| (0, w)));
             proofs.extend(dk.map(|(_, w)| (1, w)));
@@ -209,42 +212,67 @@ fn forward(
     let n = b * h;
     let slopes = scores.slopes(h);
     let (qh, kh, vh) = (Heads::new(&q), Heads::new(&k), Heads::new(&v));
-    let (mut p, mut o) = (Fresh::new(if keep { n * t * t } else { 0 }), Fresh::new(n * t * dv));
-    let heads: Vec<_> = kept_weights(&mut p, n, t, keep).into_iter().zip(o.heads([b, h, t, dv])).collect();
-    let [band, _] = bands(scores.keys, t);
+    let band = band(scores.keys, t);
+    let e = band.entries();
+    let (mut p, mut o) = (Fresh::new(if keep { n * e } else { 0 }), Fresh::new(n * t * dv));
+    let heads: Vec<_> = kept_weights(&mut p, n, e, keep).into_iter().zip(o.heads([b, h, t, dv])).collect();
     // Per head: the scores, their softmax while in cache, the output,
     // over the band of keys the queries see.
     let proofs = Gemm::map(heads, |i, (pi, oi), gemm| {
         let mut scratch = Fresh::new(0);
-        let (pi, keeping) = weights_or_scratch(pi, &mut scratch, t);
+        let (pi, keeping) = weights_or_scratch(pi, &mut scratch, e);
         let u = bias.as_ref().map(|bias| key_shift(gemm, kh.at(i), &bias[(i % h) * d..]));
         let slope = slopes.as_ref().map(|m| m[i % h]);
         let qk = [qh.at(i), kh.at(i)];
         let (weights, wp) = attention_weights(gemm, pi, qk, (scores, slope), u.as_deref(), &band);
-        let (_, op) = gemm.into_from_band(oi, weights.mat(), vh.at(i), &band);
+        let (_, op) = gemm.into_from_banded(oi, weights.view(), vh.at(i));
         (keeping.then_some(wp), op)
     });
     let (wp, op): (Vec<Option<Written>>, Vec<Written>) = proofs.into_iter().unzip();
-    let p = keep.then(|| owned(p.finish(wp.into_iter().flatten()), [b, h, t, t].into()));
+    let p = keep.then(|| owned(p.finish(wp.into_iter().flatten()), [b, h, e].into()));
     (token_major(o.finish(op), [b, h, t, dv]), p)
 }
 
-/// The `n` heads' weights (`t × t` each) to write: matrices of `p` when
-/// `keep` asks for them, else none (see [`weights_or_scratch`]).
-pub(crate) fn kept_weights(p: &mut Fresh, n: usize, t: usize, keep: bool) -> Vec<Option<MatOut<'_>>> {
-    some_if(keep, n, || p.matrices(n, [t, t]))
+/// The `n` heads' weights to write (the `entries` of their band each,
+/// [`Banded`]): parts of `p` when `keep` asks for them, else none (see
+/// [`weights_or_scratch`]).
+pub(crate) fn kept_weights(p: &mut Fresh, n: usize, entries: usize, keep: bool) -> Vec<Option<Out<'_>>> {
+    some_if(keep, n, || p.parts(entries))
 }
 
-/// Where a head writes its weights (`t × t`): the kept ones, or a matrix
-/// of `scratch` made for them; and whether they are kept.
-pub(crate) fn weights_or_scratch<'a>(kept: Option<MatOut<'a>>, scratch: &'a mut Fresh, t: usize) -> (MatOut<'a>, bool) {
+/// Where a head writes its weights (the `entries` of their band): the
+/// kept ones, or a scratch made for them; and whether they are kept.
+pub(crate) fn weights_or_scratch<'a>(kept: Option<Out<'a>>, scratch: &'a mut Fresh, entries: usize) -> (Out<'a>, bool) {
     match kept {
         Some(p) => (p, true),
         None => {
-            *scratch = Fresh::new(t * t);
-            (scratch.matrices(1, [t, t]).remove(0), false)
+            *scratch = Fresh::new(entries);
+            (scratch.parts(entries).remove(0), false)
         }
     }
+}
+
+/// Weights as the reference's backward takes them (`[batch, heads, t,
+/// t]`, zeros outside the band) from what the forward kept: the band
+/// alone (`[batch, heads, entries]`, under `keys`, `t` the tokens of `q:
+/// [batch, heads, t, d]`), or already whole.
+pub(crate) fn whole_weights(p: FlexTensor, keys: Keys, q: &FlexTensor) -> FlexTensor {
+    let (sp, sq) = (p.layout().shape(), q.layout().shape());
+    if sp.num_dims() != 3 || sq.num_dims() != 4 || p.dtype() != DType::F32 {
+        return p;
+    }
+    let ([b, h], t) = ([sp[0], sp[1]], sq[2]);
+    let band = band(keys, t);
+    let e = band.entries();
+    let p = p.to_contiguous();
+    let packed: &[f32] = &p.storage()[..b * h * e];
+    let mut whole = vec![0.0f32; b * h * t * t];
+    for (i, out) in whole.chunks_mut(t * t).enumerate() {
+        for (r, cols, row) in Banded::new(&packed[i * e..], &band).rows() {
+            out[r * t + cols.start..r * t + cols.end].copy_from_slice(row);
+        }
+    }
+    owned(whole, [b, h, t, t].into())
 }
 
 /// `[batch, heads, tokens, head_dim, value_dim]` of attention operands
@@ -266,55 +294,38 @@ pub(crate) fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> 
 /// query of theirs sees, large enough for whole products.
 const BAND_ROWS: usize = 64;
 
-/// The band of one head's `t × t` attention weights under `keys` (blocks
-/// of queries and the keys they see), and of their transpose (blocks of
-/// keys and the queries that see them): without a causal mask or a
-/// window that hides a key, every entry, in one block.
-pub(crate) fn bands(keys: Keys, t: usize) -> [Band; 2] {
+/// The band of one head's `t × t` attention weights under `keys`: blocks
+/// of queries and the keys they see; without a causal mask or a window
+/// that hides a key, every entry, in one block.
+pub(crate) fn band(keys: Keys, t: usize) -> Band {
     let block = if keys.causal || keys.windowed(t) { BAND_ROWS } else { t };
-    // Both masks see ranges whose ends grow with the query (or key).
+    // Both masks see ranges whose ends grow with the query.
     let seen = |r: Range<usize>| keys.range(r.start, t).start..keys.range(r.end - 1, t).end;
-    let seeing = |c: Range<usize>| keys.queries(c.start, t).start..keys.queries(c.end - 1, t).end;
-    [Band::new([t, t], block, seen), Band::new([t, t], block, seeing)]
-}
-
-/// `f(row, w)` for the band's part of each row of `x` and of `w` (`t × t`
-/// row-major each).
-pub(crate) fn in_band(band: &Band, x: &mut [f32], w: &[f32], mut f: impl FnMut(&mut [f32], &[f32])) {
-    let t = band.dims()[1];
-    for (rows, cols) in band.blocks() {
-        for r in rows.clone() {
-            let at = r * t + cols.start..r * t + cols.end;
-            f(&mut x[at.clone()], &w[at]);
-        }
-    }
+    Band::new([t, t], block, seen)
 }
 
 /// One head's attention weights: the softmax of the logits of `q · kᵀ +
 /// 1 · uᵀ` (`q`, `k`: `t × d`; `u`, a shift per key, or none; the logits
 /// as `scores` makes them, with the head's ALiBi slope when it takes
-/// ALiBi's bias) formed in `p` (`t × t`), the keys a query does not see
-/// (`scores.keys`) weighted 0; the scores formed in `band` (the band of
-/// [`bands`]) alone.
+/// ALiBi's bias) formed in `p`, stored by `band` (the band of [`band`]:
+/// its entries alone are formed), the keys a query does not see
+/// (`scores.keys`) weighted 0.
 pub(crate) fn attention_weights<'a>(
     gemm: &Gemm,
-    p: MatOut<'a>,
+    p: Out<'a>,
     [q, k]: [Mat<'_>; 2],
     logits: (Scores, Option<f32>),
     shift: Option<&[f32]>,
-    band: &Band,
-) -> (MatMut<'a>, Written) {
-    let (mut p, proof) = gemm.into_band(p, q, k.t(), band);
-    let t = p.dims()[0];
-    for (rows, cols) in band.blocks() {
-        for r in rows.clone() {
-            let row = &mut p.row(r)[cols.clone()];
-            let seen = logits.0.keys.range(r, t);
-            if let Some(u) = shift {
-                simd::add_into(&mut row[seen.start - cols.start..seen.end - cols.start], &u[seen.clone()]);
-            }
-            seen_softmax(row, cols.start, (r, seen), logits);
+    band: &'a Band,
+) -> (BandedMut<'a>, Written) {
+    let (mut p, proof) = gemm.into_banded(p, q, k.t(), band);
+    let t = band.dims()[0];
+    for (r, cols, row) in p.rows() {
+        let seen = logits.0.keys.range(r, t);
+        if let Some(u) = shift {
+            simd::add_into(&mut row[seen.start - cols.start..seen.end - cols.start], &u[seen.clone()]);
         }
+        seen_softmax(row, cols.start, (r, seen), logits);
     }
     (p, proof)
 }
@@ -355,12 +366,12 @@ pub(crate) fn key_shift(gemm: &Gemm, k: Mat<'_>, bq: &[f32]) -> Vec<f32> {
 }
 
 /// A query bias's part of one head's backward, from its score gradients
-/// `ds` (`t × t`, rows summing to zero): with `dk = dsᵀ · (q + bq)`, adds
-/// `c_j · bq` to row `j` of `dk` (when given), `c` the column sums of `ds`;
-/// adds the rows of `dq = ds · k` (exact without the key's bias, whose
-/// term is `(Σ_j ds_ij) · bk = 0`) into `dbq`.
+/// `ds` (`t × t` stored by its band, rows summing to zero): with `dk =
+/// dsᵀ · (q + bq)`, adds `c_j · bq` to row `j` of `dk` (when given), `c`
+/// the column sums of `ds`; adds the rows of `dq = ds · k` (exact without
+/// the key's bias, whose term is `(Σ_j ds_ij) · bk = 0`) into `dbq`.
 pub(crate) fn query_bias_back(
-    ds: &[f32],
+    ds: Banded<'_>,
     bq: &[f32],
     dq: &mut MatMut<'_>,
     dk: Option<&mut MatMut<'_>>,
@@ -368,7 +379,7 @@ pub(crate) fn query_bias_back(
 ) {
     let t = dq.dims()[0];
     let mut c = vec![0.0f32; t];
-    ds.chunks(t).take(t).for_each(|row| simd::add_into(&mut c, row));
+    ds.rows().for_each(|(_, cols, row)| simd::add_into(&mut c[cols], row));
     let mut dk = dk;
     for (r, &cr) in c.iter().enumerate() {
         if let Some(dk) = dk.as_mut() {

@@ -8,10 +8,10 @@ use burn_flex::FlexTensor;
 
 use super::cpu::{shaped_plan, ShapedPlan};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads};
-use crate::kernels::attention::cpu::{bands, in_band, query_bias_back};
+use crate::kernels::attention::cpu::{band, query_bias_back, whole_weights};
 use crate::kernels::attention::loops::softmax_backward;
 use crate::kernels::attention::Keys;
-use crate::kernels::cpu::raw::{self, Band, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
+use crate::kernels::cpu::raw::{self, Band, Banded, BandedMut, Fresh, Gemm, Heads, Mat, MatMut, MatOut, Out, Written};
 use crate::kernels::cpu::rows::{group_sums, owned, token_major, totals, vector, Rows};
 
 /// Where a sequence's `dv` goes: added into a gradient from elsewhere, or
@@ -47,6 +47,7 @@ struct Back<'a> {
     q: Heads<'a>,
     k: Heads<'a>,
     v: &'a [f32],
+    /// The kept weights, each head's stored by `band` ([`Banded`]).
     p: &'a [f32],
     dy: &'a [f32],
     b: Option<&'a [f32]>,
@@ -54,8 +55,8 @@ struct Back<'a> {
     softmax_gain: &'a [f32],
     scale: f32,
     keys: Keys,
-    /// The band of each head's weights and of their transpose.
-    bands: [Band; 2],
+    /// The band of each head's weights.
+    band: Band,
 }
 
 pub(super) fn backward(
@@ -65,19 +66,24 @@ pub(super) fn backward(
     dy: FlexTensor,
     acc: Option<FlexTensor>,
 ) -> ShapedGrads<FlexTensor> {
-    let plan = shaped_plan(&a, add.as_ref()).filter(|plan| {
+    let plan = shaped_plan(&a, add.as_ref()).map(|plan| {
+        let band = band(a.keys, plan.dims[2]);
+        (plan, band)
+    });
+    let plan = plan.filter(|(plan, band)| {
         let [b, h, t, _, dv] = plan.dims;
         let fits = |x: &FlexTensor| x.dtype() == DType::F32 && x.layout().shape().as_slice() == [b, t, h * dv];
         p.dtype() == DType::F32
-            && p.layout().shape().as_slice() == [b, h, t, t]
+            && p.layout().shape().as_slice() == [b, h, band.entries()]
             && fits(&dy)
             && acc.as_ref().is_none_or(fits)
     });
-    let Some(plan) = plan else {
+    let Some((plan, band)) = plan else {
+        let p = whole_weights(p, a.keys, &a.q);
         return reference::shaped_attention_backward::<Flex>(a, add, p, dy, acc);
     };
     let [b, h, t, d, dv] = plan.dims;
-    let (n, width, len) = (b * h, h * dv, b * t * h * dv);
+    let (n, width, len, e) = (b * h, h * dv, b * t * h * dv, band.entries());
     let (v, p, dy) = (a.v.to_contiguous(), p.to_contiguous(), dy.to_contiguous());
     let bt = add.as_ref().map(|m| m.b.to_contiguous());
     let cols = plan.columns(dv);
@@ -86,14 +92,14 @@ pub(super) fn backward(
         q: Heads::new(&a.q),
         k: Heads::new(&a.k),
         v: &v.storage()[..len],
-        p: &p.storage()[..n * t * t],
+        p: &p.storage()[..n * e],
         dy: &dy.storage()[..len],
         b: bt.as_ref().map(|x| &x.storage()[..len]),
         gains: loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] },
         softmax_gain: &cols[1],
         scale: a.scale as f32,
         keys: a.keys,
-        bands: bands(a.keys, t),
+        band,
     };
     // `dq`, `dk` and `db` fresh; `dv` added into `acc`, or fresh.
     let (mut dq, mut dk) = (Fresh::new(n * t * d), Fresh::new(n * t * d));
@@ -264,31 +270,32 @@ impl Back<'_> {
         let (width, base) = (h * dvw, q * t * h * dvw);
         let mut so = vec![0.0f64; h];
         let mut dbq = vec![0.0f32; if self.plan.bq.is_some() { h * d } else { 0 }];
-        // Zero outside the band, for every head.
-        let mut ds = vec![0.0f32; t * t];
-        let [band, band_t] = &self.bands;
+        // Every head's, stored by the band.
+        let (band, e) = (&self.band, self.band.entries());
+        let mut ds = vec![0.0f32; e];
+        let mut ds = BandedMut::new(&mut ds, band);
         let dv_heads = MatMut::heads(dv, [1, h, t, dvw]);
         for (hi, ((mut dvi, dqi), dki)) in dv_heads.into_iter().zip(dqs).zip(dks).enumerate() {
             let i = q * h + hi;
             let dyi = Mat::new(self.dy, base + hi * dvw, [t, dvw], [width as isize, 1]);
             let vi = Mat::new(self.v, base + hi * dvw, [t, dvw], [width as isize, 1]);
-            let (p, gain) = (&self.p[i * t * t..(i + 1) * t * t], self.softmax_gain[hi * dvw]);
+            let (p, gain) = (Banded::new(&self.p[i * e..(i + 1) * e], band), self.softmax_gain[hi * dvw]);
             // dv += beta · pᵀ · dy (the mix's part is written already).
-            gemm.product_from_band(&mut dvi, Some(gain), Mat::rows(p, t, t).t(), dyi, band_t);
+            gemm.product_from_banded_t(&mut dvi, Some(gain), p, dyi);
             // ds = beta · scale · p ⊙ (dp − Σ p ⊙ dp), dp = dy · vᵀ; the row
             // sums Σ p ⊙ dp are dy · o: the softmax gain's gradient.
-            gemm.product_in_band(&mut MatMut::rows(&mut ds, t, t), dyi, vi.t(), band);
-            in_band(band, &mut ds, p, |row, w| {
+            gemm.product_banded(&mut ds, dyi, vi.t());
+            for ((_, _, row), (_, _, w)) in ds.rows().zip(p.rows()) {
                 so[hi] += f64::from(softmax_backward(row, w, gain * self.scale));
-            });
-            let dsi = Mat::rows(&ds, t, t);
+            }
+            let dsi = ds.view();
             // dq = ds · k: the key's bias adds (Σ_j ds_ij) · bk, and each
             // row of ds sums to zero.
-            let (mut dqm, pq) = gemm.into_from_band(dqi, dsi, self.k.at(i), band);
-            let (mut dkm, pk) = gemm.into_from_band(dki, dsi.t(), self.q.at(i), band_t);
+            let (mut dqm, pq) = gemm.into_from_banded(dqi, dsi, self.k.at(i));
+            let (mut dkm, pk) = gemm.into_from_banded_t(dki, dsi, self.q.at(i));
             if let Some(bias) = &self.plan.bq {
                 let (bias, part) = (&bias[hi * d..(hi + 1) * d], &mut dbq[hi * d..(hi + 1) * d]);
-                query_bias_back(&ds, bias, &mut dqm, Some(&mut dkm), part);
+                query_bias_back(dsi, bias, &mut dqm, Some(&mut dkm), part);
             }
             proofs.extend([(2, pq), (3, pk)]);
         }

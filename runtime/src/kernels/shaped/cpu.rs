@@ -10,7 +10,7 @@ use burn_flex::FlexTensor;
 use super::mix::{mix_backward, mix_forward};
 use super::{loops, reference, MixAddend, Shaped, ShapedGrads, ShapedOps};
 use crate::kernels::attention::cpu::{
-    attention_weights, bands, bias_values, kept_weights, key_shift, weights_or_scratch,
+    attention_weights, band, bias_values, kept_weights, key_shift, weights_or_scratch,
 };
 use crate::kernels::attention::Keys;
 use crate::kernels::cpu::parallel;
@@ -89,14 +89,15 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool
     let bt = add.map(|m| m.b.to_contiguous());
     let vs: &[f32] = &v.storage()[..b * t * width];
     let bs: Option<&[f32]> = bt.as_ref().map(|x| &x.storage()[..b * t * width]);
-    let (mut p, mut y) = (Fresh::new(if keep { b * h * t * t } else { 0 }), Fresh::new(b * t * width));
-    let mut weights = kept_weights(&mut p, b * h, t, keep).into_iter();
+    let band = band(a.keys, t);
+    let e = band.entries();
+    let (mut p, mut y) = (Fresh::new(if keep { b * h * e } else { 0 }), Fresh::new(b * t * width));
+    let mut weights = kept_weights(&mut p, b * h, e, keep).into_iter();
     let seqs: Vec<_> =
         y.parts(t * width).into_iter().map(|yq| (weights.by_ref().take(h).collect::<Vec<_>>(), yq)).collect();
     let cols = plan.columns(dv);
     let g = loops::MixGains { alpha: &cols[0], beta: &cols[1], gamma: &cols[2], branch: &cols[3] };
     let (scores, keys) = (a.scores(), a.keys);
-    let [band, _] = bands(keys, t);
     // Per sequence: per head the scores, their softmax and the softmax
     // term (into a scratch `[t, width]` that stays in cache), then the
     // mix row by row.
@@ -114,9 +115,9 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool
             let qk = [qh.at(i), kh.at(i)];
             // The weights kept, or in a scratch of this head's.
             let mut scratch = Fresh::new(0);
-            let (pi, keeping) = weights_or_scratch(pi, &mut scratch, t);
+            let (pi, keeping) = weights_or_scratch(pi, &mut scratch, e);
             let (wi, wp) = attention_weights(gemm, pi, qk, (scores, None), u.as_deref(), &band);
-            heads.push(gemm.into_from_band(oi, wi.mat(), vi, &band).1);
+            heads.push(gemm.into_from_banded(oi, wi.view(), vi).1);
             proofs.extend(keeping.then_some(wp));
         }
         let o = o.finish(heads);
@@ -134,7 +135,7 @@ fn forward(a: Shaped<FlexTensor>, add: Option<MixAddend<FlexTensor>>, keep: bool
         (proofs, yp)
     });
     let (pp, yp): (Vec<Vec<Written>>, Vec<Written>) = done.into_iter().unzip();
-    let p = keep.then(|| owned(p.finish(pp.into_iter().flatten()), [b, h, t, t].into()));
+    let p = keep.then(|| owned(p.finish(pp.into_iter().flatten()), [b, h, e].into()));
     (owned(y.finish(yp), v.layout().shape().clone()), p)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::out::{Fresh, Written};
+use super::out::{Fresh, Out, Written};
 
 /// Nanoseconds spent inside `gemm` by the products of this process.
 static PRODUCT_NANOS: AtomicU64 = AtomicU64::new(0);
@@ -324,9 +324,99 @@ impl Band {
         &self.blocks
     }
 
-    /// The band's entries, which its products compute.
+    /// The band's entries, which its products compute, and which a
+    /// matrix stored by its band ([`Banded`]) holds.
     pub fn entries(&self) -> usize {
         self.blocks.iter().map(|(r, c)| r.len() * c.len()).sum()
+    }
+
+    /// Each row, first to last, with its columns and where its entries lie
+    /// in a matrix stored by the band ([`Banded`]).
+    pub fn rows(&self) -> impl Iterator<Item = (usize, Range<usize>, Range<usize>)> + '_ {
+        self.packed().flat_map(|(at, rows, cols)| {
+            let w = cols.len();
+            rows.clone().enumerate().map(move |(k, r)| (r, cols.clone(), at + k * w..at + (k + 1) * w))
+        })
+    }
+
+    /// The blocks, each with where it starts in a matrix stored by the
+    /// band: one after another, each row-major over its own columns.
+    fn packed(&self) -> impl Iterator<Item = (usize, &Range<usize>, &Range<usize>)> + '_ {
+        self.blocks.iter().scan(0, |at, (rows, cols)| {
+            let start = *at;
+            *at += rows.len() * cols.len();
+            Some((start, rows, cols))
+        })
+    }
+}
+
+/// A matrix stored by its [`Band`] alone: the band's blocks one after
+/// another, each row-major over its own columns ([`Band::rows`]), the
+/// entries outside the band zero and not stored. What the CPU's attention
+/// keeps of its weights: under a causal mask about half of `t × t`, under
+/// a window a few blocks per row of blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Banded<'a> {
+    data: &'a [f32],
+    band: &'a Band,
+}
+
+impl<'a> Banded<'a> {
+    /// The band's entries, from the start of `data`.
+    pub fn new(data: &'a [f32], band: &'a Band) -> Self {
+        let n = band.entries();
+        assert!(data.len() >= n, "{} elements for a band of {n}", data.len());
+        Banded { data: &data[..n], band }
+    }
+
+    pub fn band(&self) -> &'a Band {
+        self.band
+    }
+
+    /// Each row with its columns and its entries.
+    pub fn rows(&self) -> impl Iterator<Item = (usize, Range<usize>, &'a [f32])> + 'a {
+        let data = self.data;
+        self.band.rows().map(move |(r, cols, at)| (r, cols, &data[at]))
+    }
+
+    /// Each block's rows and columns (of the whole) and the block as a
+    /// matrix of its own.
+    fn blocks(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>, Mat<'a>)> + 'a {
+        let data = self.data;
+        self.band
+            .packed()
+            .map(move |(at, rows, cols)| (rows.clone(), cols.clone(), Mat::rows(&data[at..], rows.len(), cols.len())))
+    }
+}
+
+/// A [`Banded`] matrix to rewrite, its entries written.
+#[derive(Debug)]
+pub struct BandedMut<'a> {
+    data: &'a mut [f32],
+    band: &'a Band,
+}
+
+impl<'a> BandedMut<'a> {
+    /// The band's entries, from the start of `data`.
+    pub fn new(data: &'a mut [f32], band: &'a Band) -> Self {
+        let n = band.entries();
+        assert!(data.len() >= n, "{} elements for a band of {n}", data.len());
+        BandedMut { data: &mut data[..n], band }
+    }
+
+    /// The matrix as an operand (read while it is not written).
+    pub fn view(&self) -> Banded<'_> {
+        Banded { data: self.data, band: self.band }
+    }
+
+    /// Each row with its columns and its entries, to rewrite.
+    pub fn rows(&mut self) -> impl Iterator<Item = (usize, Range<usize>, &mut [f32])> + '_ {
+        let mut rest: &mut [f32] = self.data;
+        self.band.rows().map(move |(r, cols, at)| {
+            let (row, tail) = std::mem::take(&mut rest).split_at_mut(at.len());
+            rest = tail;
+            (r, cols, row)
+        })
     }
 }
 
@@ -412,58 +502,105 @@ impl Gemm {
         self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// `dst ← a · b` in `band` (`dst`'s band), `dst` untouched elsewhere.
-    pub fn product_in_band(&self, dst: &mut MatMut<'_>, a: Mat<'_>, b: Mat<'_>, band: &Band) {
-        let (k, n) = (a.dims[1], b.dims[1]);
-        assert!(band.dims == dst.dims && band.dims == [a.dims[0], n], "a band {:?} of {:?}", band.dims, dst.dims);
-        for (rows, cols) in band.blocks.iter().filter(|(r, c)| !r.is_empty() && !c.is_empty()) {
-            let (a, b) = (a.block(rows.clone(), 0..k), b.block(0..k, cols.clone()));
-            self.product(&mut dst.sub(rows.clone(), cols.clone()), None, a, b);
+    /// `a · b` on `band` into the band's blocks at `ptr` (see
+    /// [`Banded`]), every entry of the band written and none read.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` points to `band.entries()` writable elements that no other
+    /// view touches.
+    unsafe fn banded_product(&self, ptr: *mut f32, band: &Band, a: Mat<'_>, b: Mat<'_>) {
+        let k = a.dims[1];
+        assert!(
+            band.dims == [a.dims[0], b.dims[1]] && b.dims[0] == k,
+            "a band {:?} of {:?} · {:?}",
+            band.dims,
+            a.dims,
+            b.dims
+        );
+        for (at, rows, cols) in band.packed().filter(|(_, r, c)| !r.is_empty() && !c.is_empty()) {
+            // SAFETY: the block's `rows × cols` elements start at `at` of
+            // the band's entries (`band.packed`), all at `ptr` (the
+            // caller's promise), and no other block's.
+            let mut dst = MatMut {
+                ptr: unsafe { ptr.add(at) },
+                dims: [rows.len(), cols.len()],
+                rs: cols.len(),
+                life: PhantomData,
+            };
+            self.product(&mut dst, None, a.block(rows.clone(), 0..k), b.block(0..k, cols.clone()));
         }
     }
 
-    /// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`,
-    /// where `a` is zero outside `band`: each block of rows from the band's
-    /// columns of `a` and those rows of `b` alone.
-    pub fn product_from_band(&self, dst: &mut MatMut<'_>, add: Option<f32>, a: Mat<'_>, b: Mat<'_>, band: &Band) {
+    /// `out ← a · b` on `band` alone, stored by the band (see [`Banded`]):
+    /// the matrix, written, and the proof.
+    pub fn into_banded<'a>(&self, out: Out<'a>, a: Mat<'_>, b: Mat<'_>, band: &'a Band) -> (BandedMut<'a>, Written) {
+        let (data, proof) = out.into_raw();
+        assert_eq!(data.len(), band.entries(), "an output of the band's entries");
+        // SAFETY: `data` is the band's entries, this `Out`'s alone.
+        unsafe { self.banded_product(data.as_mut_ptr().cast(), band, a, b) };
+        // SAFETY: the blocks cover the band's entries (`band.packed`: each
+        // after the one before), each written whole by its product (gemm
+        // writes every element of its output without `add`).
+        let data = unsafe { &mut *(std::ptr::from_mut(data) as *mut [f32]) };
+        (BandedMut { data, band }, proof)
+    }
+
+    /// `dst ← a · b` on `dst`'s band, every entry of it rewritten.
+    pub fn product_banded(&self, dst: &mut BandedMut<'_>, a: Mat<'_>, b: Mat<'_>) {
+        // SAFETY: `dst.data` holds the band's entries, borrowed mutably.
+        unsafe { self.banded_product(dst.data.as_mut_ptr(), dst.band, a, b) };
+    }
+
+    /// `dst ← a · b`, or with `add = Some(s)` `dst ← dst + s · a · b`, for
+    /// a banded `a`: each block of rows from its block's columns alone
+    /// (the rows of a block with no columns zero, or as they were when
+    /// adding).
+    pub fn product_from_banded(&self, dst: &mut MatMut<'_>, add: Option<f32>, a: Banded<'_>, b: Mat<'_>) {
         let n = b.dims[1];
-        assert!(band.dims == a.dims && dst.dims == [a.dims[0], n], "a band {:?} of {:?}", band.dims, a.dims);
-        for (rows, cols) in &band.blocks {
+        assert!(a.band.dims == [dst.dims[0], b.dims[0]] && dst.dims[1] == n, "a band {:?} · {:?}", a.band.dims, b.dims);
+        for (rows, cols, block) in a.blocks() {
             let mut dst = dst.sub(rows.clone(), 0..n);
             match cols.is_empty() {
                 // No term: the sum is nothing, the added term zero.
                 true if add.is_none() => dst.zero(0..rows.len(), 0..n),
                 true => {}
-                false => {
-                    let (a, b) = (a.block(rows.clone(), cols.clone()), b.block(cols.clone(), 0..n));
-                    self.product(&mut dst, add, a, b)
-                }
+                false => self.product(&mut dst, add, block, b.block(cols, 0..n)),
             }
         }
     }
 
-    /// `out ← a · b` in `band`, zeros elsewhere: the matrix, written, and
-    /// the proof.
-    pub fn into_band<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>, band: &Band) -> (MatMut<'a>, Written) {
+    /// `out ← a · b` for a banded `a` (see [`Gemm::product_from_banded`]):
+    /// the matrix, written, and the proof.
+    pub fn into_from_banded<'a>(&self, out: MatOut<'a>, a: Banded<'_>, b: Mat<'_>) -> (MatMut<'a>, Written) {
         let MatOut { mut view, proof } = out;
-        let n = view.dims[1];
-        assert_eq!(band.dims, view.dims, "a band of the output");
-        for (rows, cols) in &band.blocks {
-            view.zero(rows.clone(), 0..cols.start.min(n));
-            view.zero(rows.clone(), cols.end.min(n)..n);
-        }
-        // The band's entries not yet written: gemm writes them without
-        // reading (no `add`).
-        self.product_in_band(&mut view, a, b, band);
+        // Every row is in one block, each written whole (no `add`).
+        self.product_from_banded(&mut view, None, a, b);
         (view, proof)
     }
 
-    /// `out ← a · b`, `a` zero outside `band` (see
-    /// [`Gemm::product_from_band`]): the matrix, written, and the proof.
-    pub fn into_from_band<'a>(&self, out: MatOut<'a>, a: Mat<'_>, b: Mat<'_>, band: &Band) -> (MatMut<'a>, Written) {
+    /// `dst ← aᵀ · b`, or with `add = Some(s)` `dst ← dst + s · aᵀ · b`,
+    /// for a banded `a`: block by block, each adding its rows' part into
+    /// the rows of `dst` that its columns name.
+    pub fn product_from_banded_t(&self, dst: &mut MatMut<'_>, add: Option<f32>, a: Banded<'_>, b: Mat<'_>) {
+        let ([m, k], n) = (a.band.dims, b.dims[1]);
+        assert!(dst.dims == [k, n] && b.dims[0] == m, "a band {:?}ᵀ · {:?} into {:?}", a.band.dims, b.dims, dst.dims);
+        if add.is_none() {
+            dst.zero(0..k, 0..n);
+        }
+        let s = add.unwrap_or(1.0);
+        for (rows, cols, block) in a.blocks().filter(|(r, c, _)| !r.is_empty() && !c.is_empty()) {
+            self.product(&mut dst.sub(cols, 0..n), Some(s), block.t(), b.block(rows, 0..n));
+        }
+    }
+
+    /// `out ← aᵀ · b` for a banded `a` (see
+    /// [`Gemm::product_from_banded_t`]): the matrix, written, and the
+    /// proof.
+    pub fn into_from_banded_t<'a>(&self, out: MatOut<'a>, a: Banded<'_>, b: Mat<'_>) -> (MatMut<'a>, Written) {
         let MatOut { mut view, proof } = out;
-        // Every row is in one block, each written whole (no `add`).
-        self.product_from_band(&mut view, None, a, b, band);
+        // Zeros first, then every block added (see above).
+        self.product_from_banded_t(&mut view, None, a, b);
         (view, proof)
     }
 
@@ -517,15 +654,33 @@ mod tests {
         let blocks: Vec<_> = band.blocks().to_vec();
         assert_eq!(blocks, vec![(0..4, 0..4), (4..8, 2..6), (8..10, 4..6)]);
         assert_eq!(band.entries(), 16 + 16 + 4);
+        // Stored by the band: the blocks one after another, each row-major
+        // over its own columns.
+        let rows: Vec<_> = band.rows().collect();
+        assert_eq!(rows.len(), 10);
+        assert_eq!(rows[0], (0, 0..4, 0..4));
+        assert_eq!(rows[3], (3, 0..4, 12..16));
+        assert_eq!(rows[4], (4, 2..6, 16..20));
+        assert_eq!(rows[9], (9, 4..6, 34..36));
         let whole = Band::new([3, 5], 7, |_| 0..5);
         assert_eq!(whole.blocks().to_vec(), vec![(0..3, 0..5)]);
     }
 
+    /// A banded matrix, stored by its band, as the whole (zeros outside).
+    fn unpacked(x: &[f32], band: &Band) -> Vec<f32> {
+        let [m, n] = band.dims();
+        let mut whole = vec![0.0f32; m * n];
+        for (r, cols, at) in band.rows() {
+            whole[r * n + cols.start..r * n + cols.end].copy_from_slice(&x[at]);
+        }
+        whole
+    }
+
     /// The banded products equal the plain product masked to the band:
-    /// into the band (zeros outside, over an output not yet written),
-    /// from a banded left operand (fresh and added into), and in the band
-    /// of a written matrix (the rest untouched); blocks whose columns are
-    /// none among them.
+    /// into the band (stored by it), over an output not yet written and
+    /// over a written one; from a banded left operand and from its
+    /// transpose, fresh and added into; blocks whose columns are none
+    /// among them.
     #[test]
     fn banded_products_are_the_masked_product() {
         let (m, k, n) = (23, 5, 19);
@@ -534,34 +689,42 @@ mod tests {
             s => s.saturating_sub(4).min(n)..(r.end + 2).min(n),
         };
         let band = Band::new([m, n], 4, cols);
+        let e = band.entries();
         let (a, b) = (numbers(m * k, 1), numbers(k * n, 2));
         let full = product(&a, &b, [m, k, n]);
         let masked: Vec<f32> = (0..m * n).map(|c| if inside(&band, c / n, c % n) { full[c] } else { 0.0 }).collect();
         let gemm = Gemm { nanos: AtomicU64::new(0), inside: false };
         let (am, bm) = (Mat::rows(&a, m, k), Mat::rows(&b, k, n));
         // Into the band, over an output not written before.
-        let mut out = Fresh::new(m * n);
-        let mut parts = out.matrices(1, [m, n]);
-        let (_, proof) = gemm.into_band(parts.remove(0), am, bm, &band);
-        close(&out.finish([proof]), &masked, "into_band");
-        // In the band of a written matrix: the rest as it was.
-        let mut x = numbers(m * n, 3);
-        let before = x.clone();
-        gemm.product_in_band(&mut MatMut::rows(&mut x, m, n), am, bm, &band);
-        let kept: Vec<f32> =
-            (0..m * n).map(|c| if inside(&band, c / n, c % n) { full[c] } else { before[c] }).collect();
-        close(&x, &kept, "product_in_band");
-        // From a banded left operand (`masked`, `m × n`) times `n × k`.
+        let mut out = Fresh::new(e);
+        let (_, proof) = gemm.into_banded(out.parts(e).remove(0), am, bm, &band);
+        let packed = out.finish([proof]);
+        close(&unpacked(&packed, &band), &masked, "into_banded");
+        // Over a written one: every entry rewritten.
+        let mut x = numbers(e, 3);
+        gemm.product_banded(&mut BandedMut::new(&mut x, &band), am, bm);
+        close(&x, &packed, "product_banded");
+        // From the banded `masked` (`m × n`) times `n × k`.
+        let pb = Banded::new(&packed, &band);
         let c = numbers(n * k, 4);
-        let (pm, cm) = (Mat::rows(&masked, m, n), Mat::rows(&c, n, k));
         let want = product(&masked, &c, [m, n, k]);
         let mut out = Fresh::new(m * k);
-        let mut parts = out.matrices(1, [m, k]);
-        let (_, proof) = gemm.into_from_band(parts.remove(0), pm, cm, &band);
-        close(&out.finish([proof]), &want, "into_from_band");
+        let (_, proof) = gemm.into_from_banded(out.matrices(1, [m, k]).remove(0), pb, Mat::rows(&c, n, k));
+        close(&out.finish([proof]), &want, "into_from_banded");
         let mut y = numbers(m * k, 5);
         let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
-        gemm.product_from_band(&mut MatMut::rows(&mut y, m, k), Some(0.5), pm, cm, &band);
-        close(&y, &added, "product_from_band, added");
+        gemm.product_from_banded(&mut MatMut::rows(&mut y, m, k), Some(0.5), pb, Mat::rows(&c, n, k));
+        close(&y, &added, "product_from_banded, added");
+        // From its transpose (`n × m`) times `m × k`.
+        let masked_t: Vec<f32> = (0..n * m).map(|c| masked[(c % m) * n + c / m]).collect();
+        let d = numbers(m * k, 6);
+        let want = product(&masked_t, &d, [n, m, k]);
+        let mut out = Fresh::new(n * k);
+        let (_, proof) = gemm.into_from_banded_t(out.matrices(1, [n, k]).remove(0), pb, Mat::rows(&d, m, k));
+        close(&out.finish([proof]), &want, "into_from_banded_t");
+        let mut y = numbers(n * k, 7);
+        let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
+        gemm.product_from_banded_t(&mut MatMut::rows(&mut y, n, k), Some(0.5), pb, Mat::rows(&d, m, k));
+        close(&y, &added, "product_from_banded_t, added");
     }
 }

@@ -39,6 +39,12 @@ impl<'a> Out<'a> {
         self.data.is_empty()
     }
 
+    /// Its elements, not yet written, and its proof: for the products of
+    /// this module that write them whole.
+    pub(super) fn into_raw(self) -> (&'a mut [MaybeUninit<f32>], Written) {
+        (self.data, self.proof)
+    }
+
     /// Element `j` ← `f(j)`, for every `j` in order.
     #[inline(always)]
     pub fn each(self, mut f: impl FnMut(usize) -> f32) -> Written {
