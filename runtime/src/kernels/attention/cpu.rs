@@ -54,8 +54,9 @@ impl AttentionOps for Flex {
         wants: [bool; 3],
     ) -> [Option<FlexTensor>; 4] {
         let [q, k, v] = &qkv;
-        let band = attention_dims(q, k, v).map(|[_, _, t, _, _]| band(scores.keys, t));
-        let dims = attention_dims(q, k, v).zip(band.as_ref()).filter(|&([b, h, t, _, dv], band)| {
+        let dims = attention_dims(q, k, v).map(|dims| (dims, band(scores.keys, dims[2])));
+        let dims = dims.filter(|(dims, band)| {
+            let [b, h, t, _, dv] = *dims;
             p.dtype() == DType::F32
                 && p.layout().shape().as_slice() == [b, h, band.entries()]
                 && g.dtype() == DType::F32
@@ -69,7 +70,7 @@ impl AttentionOps for Flex {
             let p = whole_weights(p, scores.keys, q);
             return reference::attention_backward::<Flex>(qkv, bq, p, g, (scores, acc), wants);
         };
-        let (n, e) = (b * h, band.entries());
+        let (n, e, band) = (b * h, band.entries(), &band);
         let p = p.to_contiguous();
         let pv: &[f32] = &p.storage()[..n * e];
         let (qh, kh, vh, gh) = (Heads::new(q), Heads::new(k), Heads::new(v), Heads::new(&g));
@@ -264,6 +265,9 @@ pub(crate) fn whole_weights(p: FlexTensor, keys: Keys, q: &FlexTensor) -> FlexTe
     let ([b, h], t) = ([sp[0], sp[1]], sq[2]);
     let band = band(keys, t);
     let e = band.entries();
+    if sp[2] != e {
+        return p;
+    }
     let p = p.to_contiguous();
     let packed: &[f32] = &p.storage()[..b * h * e];
     let mut whole = vec![0.0f32; b * h * t * t];

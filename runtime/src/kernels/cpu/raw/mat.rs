@@ -369,10 +369,6 @@ impl<'a> Banded<'a> {
         Banded { data: &data[..n], band }
     }
 
-    pub fn band(&self) -> &'a Band {
-        self.band
-    }
-
     /// Each row with its columns and its entries.
     pub fn rows(&self) -> impl Iterator<Item = (usize, Range<usize>, &'a [f32])> + 'a {
         let data = self.data;
