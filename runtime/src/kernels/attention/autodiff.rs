@@ -65,9 +65,9 @@ impl<B: Kernels, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
         let (qp, kp) = (q.primitive, k.primitive);
         let b = bq.as_ref().map(|b| b.primitive.clone());
         let (o, p) = B::attention_forward(qp.clone(), kp.clone(), v4.clone(), b.clone(), scores);
-        // The output too where the backend kept row statistics (whose
-        // backward would recompute it), not beside the weights.
-        let o_kept = (p.shape().num_dims() == 3).then(|| o.clone());
+        // The output too where the backend's backward reads it (beside row
+        // statistics, where it would recompute it), not beside weights.
+        let o_kept = B::reads_output(&p).then(|| o.clone());
         let (state, y) = (([qp, kp, v4], b, (p, o_kept), scores), merge_heads::<B>(o));
         match bq {
             Some(bq) => {

@@ -162,6 +162,11 @@ impl AttentionOps for Flex {
         [dq, dk, dv, dbq]
     }
 
+    fn reads_output(_: &FlexTensor) -> bool {
+        // The weights kept on their band (rank 3 too) are all it reads.
+        false
+    }
+
     fn softmax_scores(s: FlexTensor, scores: Scores) -> FlexTensor {
         if s.dtype() != DType::F32 {
             return reference::softmax_scores::<Flex>(s, scores);

@@ -219,6 +219,14 @@ pub trait AttentionOps: DenseOps {
         reference::attention_backward::<Self>(qkv, bq, p, g, (scores, acc), wants)
     }
 
+    /// Whether [`AttentionOps::attention_backward`] reads the forward's
+    /// output beside what the forward kept (`kept`), so that the graph
+    /// holds it for the backward: where the backend kept row statistics
+    /// (rank 3) in place of the weights, by default.
+    fn reads_output(kept: &FloatTensor<Self>) -> bool {
+        kept.shape().num_dims() == 3
+    }
+
     /// Attention weights from scores `s: [batch, heads, t_q, t_k]`: the
     /// softmax over the last dimension of their logits
     /// ([`Scores`]), the keys that query `i` does not see
