@@ -13,9 +13,9 @@
 //! statistic per row in their place); the logits and their gradient. Measured peaks
 //! of the step (`blkc bench`, bench/NOTES.md) lie below it.
 
-use blkc::graph::{BlockIr, Mask, MatrixTerm, Model as ModelIr, Op, Program};
+use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
 
-use crate::kernels::attention::{cpu::band, products_in, Keys};
+use crate::kernels::attention::products_in;
 use crate::kernels::precision::Precision;
 
 /// What an attention keeps for its backward, besides its operands and
@@ -112,11 +112,20 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
 /// The entries per query (rounded up) of the band that blkc's CPU
 /// kernels keep of an attention's weights: under `model`'s mask and the
 /// attention's `window`, its context's band.
+#[cfg(feature = "flex")]
 fn banded(model: &ModelIr, window: Option<u64>) -> u128 {
+    use crate::kernels::attention::{cpu::band, Keys};
     let t = usize::try_from(model.context).unwrap_or(usize::MAX);
     let window = window.map(|w| usize::try_from(w).unwrap_or(usize::MAX));
-    let keys = Keys { causal: model.mask == Mask::Causal, window };
+    let keys = Keys { causal: model.mask == blkc::graph::Mask::Causal, window };
     band(keys, t).entries().div_ceil(t.max(1)) as u128
+}
+
+/// Without flex, no kernel keeps a band ([`Kept::on`] never says so): the
+/// weights and scores whole.
+#[cfg(not(feature = "flex"))]
+fn banded(model: &ModelIr, _: Option<u64>) -> u128 {
+    2 * u128::from(model.context)
 }
 
 /// Bytes free for this process: the smaller of the system's available
@@ -345,6 +354,7 @@ mod tests {
     /// mask about half of those of the products route, under a window of
     /// 128 a few hundred floats per query however long the context.
     #[test]
+    #[cfg(feature = "flex")]
     fn the_cpu_keeps_the_weights_band() {
         let (t, h, depth) = (32_768u128, 4u128, 6u128);
         let p = program(256, 32_768);
