@@ -64,6 +64,12 @@ pub struct Record {
     pub peak_mib: Option<f64>,
     /// Where `peak_mib` was counted: `host` or `device`.
     pub memory: &'static str,
+    /// What `train`'s memory estimate says one step allocates (activations,
+    /// logits, gradients, updated weights; [`crate::train::memory`]), in
+    /// MiB: on the CPU, where `peak_mib` counts the same, it lies above it
+    /// but for the smallest models (a step of a few MiB, mostly fixed
+    /// scratch, which the estimate's allowance for the process covers).
+    pub estimate_mib: Option<f64>,
     /// Device bytes in live tensors before the step (the models' weights and
     /// optimiser state), in MiB; `None` on the CPU.
     pub resident_mib: Option<f64>,
@@ -289,6 +295,7 @@ fn measure<B: TrainKernels>(
                 gflops: 3.0 * flops * tokens / (step / 1e3) / 1e9,
                 peak_mib: e.peak,
                 memory: e.memory,
+                estimate_mib: None,
                 resident_mib: e.resident,
                 mfu: peak.map(|p| 3.0 * flops * tokens / (step / 1e3) / 1e9 / p),
                 speed_vs_first: 1.0,

@@ -72,15 +72,17 @@ pub fn run(args: &Args) -> u8 {
             subjects.push(Subject { file: f.display().to_string(), program: p.clone(), model: m, bare });
         }
     }
-    if !args.no_memory_check {
-        if let Err(e) = fits(&subjects, args.batch, args.device, args.precision.on(args.device)) {
-            errln!("error: {e} (an estimate; --no-memory-check runs anyway)");
-            return REJECTED;
-        }
-    }
+    // The threads first: the memory estimate counts the scratch each holds
+    // (and asking their number starts the pool).
     if let Some(n) = args.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
             errln!("error: cannot set {n} threads: {e}");
+            return REJECTED;
+        }
+    }
+    if !args.no_memory_check {
+        if let Err(e) = fits(&subjects, args.batch, args.device, args.precision.on(args.device)) {
+            errln!("error: {e} (an estimate; --no-memory-check runs anyway)");
             return REJECTED;
         }
     }
@@ -114,7 +116,7 @@ pub fn run(args: &Args) -> u8 {
             let _ = std::io::stderr().flush();
         }
     };
-    let (records, device) = match args.device {
+    let (mut records, device) = match args.device {
         Device::Cpu => on::<crate::backend::Cpu>(&subjects, plan, &mut progress),
         Device::Cuda => match crate::backend::cuda().and_then(|_| cuda(&subjects, plan, &mut progress)) {
             Ok(x) => x,
@@ -133,6 +135,9 @@ pub fn run(args: &Args) -> u8 {
     };
     if show {
         errln!();
+    }
+    for (r, e) in records.iter_mut().zip(estimates(&subjects, args.batch as u64, args.device, precision)) {
+        r.estimate_mib = Some(e.step() as f64 / f64::from(1u32 << 20));
     }
     let profile = if args.profile {
         let read = crate::profile::read(&profile_log, plan.warmup.max(1) + plan.steps.max(1), plan.steps.max(1));
@@ -201,12 +206,7 @@ fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision
     };
     let Some(have) = have else { return Ok(()) };
     let rows = batch as u64;
-    let estimates: Vec<_> = subjects
-        .iter()
-        .map(|s| {
-            memory::estimate(&s.program, &s.model, rows, memory::Kept::on(device.name(), precision, s.model.context))
-        })
-        .collect();
+    let estimates = estimates(subjects, rows, device, precision);
     let parameters: u128 = estimates.iter().map(|e| e.parameters).sum();
     let step = estimates.iter().map(|e| e.activations + e.logits).max().unwrap_or(0);
     let need = memory::BASE + parameters + step;
@@ -235,6 +235,13 @@ fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision
         memory::gib(step),
         memory::gib(memory::BASE)
     ))
+}
+
+/// `train`'s memory estimate of each of `subjects` at micro-batches of
+/// `rows` on `device`.
+fn estimates(subjects: &[Subject], rows: u64, device: Device, precision: Precision) -> Vec<memory::Estimate> {
+    let kept = |s: &Subject| memory::Kept::on(device.name(), precision, s.model.context);
+    subjects.iter().map(|s| memory::estimate(&s.program, &s.model, rows, kept(s))).collect()
 }
 
 /// The records of `subjects` on backend `B`'s default device, and its name.
@@ -346,6 +353,7 @@ mod tests {
             gflops: 92.7,
             peak_mib: Some(72.0),
             memory: "host",
+            estimate_mib: Some(90.0),
             resident_mib: None,
             mfu: Some(0.56),
             speed_vs_first: 1.0,

@@ -26,9 +26,11 @@ pub enum Kept {
     /// head: the products route, the composed weights of dropout.
     Weights,
     /// Its weights on the band of keys its queries see (blkc's CPU
-    /// kernels, [`band`]): under a causal mask about half a row of
-    /// `context` per token and head, under a window a few blocks of keys.
-    Band,
+    /// kernels, `attention::cpu::band`): under a causal mask about half a
+    /// row of `context` per token and head, under a window a few blocks of
+    /// keys; and, while its backward runs, a head's band of score
+    /// gradients (and, soft-capped, of scores) on each of `threads`.
+    Band { threads: usize },
     /// A log-sum-exp per token and head: blkc's row kernels on the CubeCL
     /// backends, for the attentions they take (all but those with dropout
     /// on the weights, which keep their weights).
@@ -43,7 +45,7 @@ impl Kept {
         let products = products_in(precision, usize::try_from(tokens).unwrap_or(usize::MAX));
         match (device, products) {
             // blkc's CPU kernels are flex's; on ndarray, the reference.
-            ("cpu", _) if crate::backend::cpu_name() == "flex" => Kept::Band,
+            ("cpu", _) if crate::backend::cpu_name() == "flex" => Kept::Band { threads: rayon::current_num_threads() },
             ("cpu", _) | (_, true) => Kept::Weights,
             (_, false) => Kept::Rows,
         }
@@ -61,10 +63,21 @@ pub const BASE: u128 = 256 << 20;
 pub struct Estimate {
     /// Weights, gradients, optimiser moments, updated weights.
     pub parameters: u128,
-    /// Activations kept for backward, per micro-batch.
+    /// Activations kept for backward, per micro-batch (with the
+    /// backward's scratch, where a kernel's is large).
     pub activations: u128,
     /// Logits and their gradient, per micro-batch.
     pub logits: u128,
+}
+
+impl Estimate {
+    /// What one training step allocates: its activations and logits, and
+    /// two of the parameters' five copies (the gradients, the updated
+    /// weights); the weights and the optimiser's moments are in use
+    /// before it.
+    pub fn step(&self) -> u128 {
+        self.activations + self.logits + self.parameters * 2 / 5
+    }
 }
 
 /// The estimate for training `model` with micro-batches of `rows`, its
@@ -76,9 +89,29 @@ pub fn estimate(program: &Program, model: &ModelIr, rows: u64, kept: Kept) -> Es
     let per_token: u128 = (0..model.depth).map(|l| layer_floats(block, model, l, kept)).sum();
     Estimate {
         parameters: 5 * F32 * params,
-        activations: F32 * tokens * per_token,
+        activations: F32 * (tokens * per_token + scratch(block, model, rows, kept)),
         logits: 3 * F32 * tokens * u128::from(model.vocab),
     }
+}
+
+/// Floats the CPU kernels' attention backward holds at once besides what
+/// the forward kept, for micro-batches of `rows`: a head's band of score
+/// gradients (and of scores, soft-capped) on each thread that runs a head,
+/// for the largest attention of the stack.
+fn scratch(block: &BlockIr, m: &ModelIr, rows: u64, kept: Kept) -> u128 {
+    let Kept::Band { threads } = kept else { return 0 };
+    let heads = u128::from(rows) * u128::from(m.heads);
+    let per_head = (0..m.depth)
+        .flat_map(|l| block.graph_at(l, m.depth).nodes.clone())
+        .filter_map(|n| match n.op {
+            Op::Attention { spec, .. } if spec.uses(MatrixTerm::Softmax) && spec.dropout.inner == 0.0 => {
+                Some(band_entries(m, spec.window) * if spec.softcap.is_some() { 2 } else { 1 })
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    per_head * heads.min(threads as u128)
 }
 
 /// Floats kept per token by layer `layer`: an attention's scores and
@@ -99,7 +132,7 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,
-                    (true, Kept::Band) if !composed => banded(m, spec.window),
+                    (true, Kept::Band { .. }) if !composed => band_entries(m, spec.window).div_ceil(t.max(1)),
                     (true, _) => 2 * t,
                 };
                 6 * d + h * per_head
@@ -109,23 +142,23 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
         .sum()
 }
 
-/// The entries per query (rounded up) of the band that blkc's CPU
-/// kernels keep of an attention's weights: under `model`'s mask and the
-/// attention's `window`, its context's band.
+/// The entries of one head's band that blkc's CPU kernels keep of an
+/// attention's weights: under `model`'s mask and the attention's
+/// `window`, its context's band.
 #[cfg(feature = "flex")]
-fn banded(model: &ModelIr, window: Option<u64>) -> u128 {
+fn band_entries(model: &ModelIr, window: Option<u64>) -> u128 {
     use crate::kernels::attention::{cpu::band, Keys};
     let t = usize::try_from(model.context).unwrap_or(usize::MAX);
     let window = window.map(|w| usize::try_from(w).unwrap_or(usize::MAX));
     let keys = Keys { causal: model.mask == blkc::graph::Mask::Causal, window };
-    band(keys, t).entries().div_ceil(t.max(1)) as u128
+    band(keys, t).entries() as u128
 }
 
 /// Without flex, no kernel keeps a band ([`Kept::on`] never says so): the
 /// weights and scores whole.
 #[cfg(not(feature = "flex"))]
-fn banded(model: &ModelIr, _: Option<u64>) -> u128 {
-    2 * u128::from(model.context)
+fn band_entries(model: &ModelIr, _: Option<u64>) -> u128 {
+    2 * u128::from(model.context) * u128::from(model.context)
 }
 
 /// Bytes free for this process: the smaller of the system's available
@@ -308,7 +341,8 @@ mod tests {
     #[test]
     fn row_kernels_keep_no_weights() {
         use crate::kernels::attention::Route;
-        let cpu = if crate::backend::cpu_name() == "flex" { Kept::Band } else { Kept::Weights };
+        let threads = rayon::current_num_threads();
+        let cpu = if crate::backend::cpu_name() == "flex" { Kept::Band { threads } } else { Kept::Weights };
         assert_eq!(Kept::on("cpu", Precision::Fp32, 4096), cpu);
         assert_eq!(Kept::on("cuda", Precision::Fp32, 128), Kept::Rows);
         assert_eq!(Kept::on("cuda", Precision::Bf16, 128), Kept::Weights, "bf16 runs short ones as products");
@@ -352,33 +386,39 @@ mod tests {
 
     /// The CPU's kernels keep the weights on their band: under a causal
     /// mask about half of those of the products route, under a window of
-    /// 128 a few hundred floats per query however long the context.
+    /// 128 a few hundred floats per query however long the context; and
+    /// their backward holds a head's band on each thread that runs a head.
     #[test]
     #[cfg(feature = "flex")]
     fn the_cpu_keeps_the_weights_band() {
-        let (t, h, depth) = (32_768u128, 4u128, 6u128);
-        let p = program(256, 32_768);
-        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-        let (band, rows) = (estimate(&p, &m, 1, Kept::Band), estimate(&p, &m, 1, Kept::Rows));
-        let per_query = (band.activations - rows.activations) / (F32 * t * depth * h) + 2;
-        assert!((t / 2..=t / 2 + 64).contains(&per_query), "{per_query} of {t} keys");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
-        let windowed = |context: u64| {
+        // Per query and head, what the forward keeps; per head, the
+        // backward's scratch on each thread: 6 layers of 4 heads, 1 row.
+        let band = |window: Option<u64>, t: u128| {
+            let local = window.map_or(String::new(), |w| format!(" window = {w}\n"));
             let text = format!(
-                "{block}\nattention local {{\n window = 128\n}}\n\
+                "{block}\nattention local {{\n{local}}}\n\
                  block w {{\n out = x + attn(rmsnorm(x), local)\n}}\n\
-                 model m {{\n block = w\n depth = 6\n width = 256\n heads = 4\n context = {context}\n vocab = 4096\n}}\n"
+                 model m {{\n block = w\n depth = 6\n width = 256\n heads = 4\n context = {t}\n vocab = 4096\n}}\n"
             );
             let c = blkc::compile_str("w.blk", &text);
             let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
             let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
-            let (band, rows) = (estimate(&p, &m, 1, Kept::Band), estimate(&p, &m, 1, Kept::Rows));
-            (band.activations - rows.activations) / (F32 * u128::from(context) * 6 * 4) + 2
+            let on = |threads| estimate(&p, &m, 1, Kept::Band { threads }).activations;
+            let rows = estimate(&p, &m, 1, Kept::Rows).activations;
+            let entries = (on(4) - on(1)) / (3 * F32);
+            assert_eq!(on(8), on(4), "threads beyond the heads of a micro-batch hold nothing");
+            ((on(1) - F32 * entries - rows) / (F32 * t * 6 * 4) + 2, entries)
         };
-        for context in [1024, 32_768] {
-            let per_query = windowed(context);
-            assert!((128..=128 + 64).contains(&per_query), "{per_query} of {context} keys");
+        let t = 32_768u128;
+        let (per_query, entries) = band(None, t);
+        assert!((t / 2..=t / 2 + 64).contains(&per_query), "{per_query} of {t} keys");
+        assert!((t * t / 2..=t * t / 2 + 64 * t).contains(&entries), "{entries} of {t} × {t}");
+        for t in [1024, 32_768] {
+            let (per_query, entries) = band(Some(128), t);
+            assert!((128..=128 + 64).contains(&per_query), "{per_query} of {t} keys");
+            assert!((128 * t..=(128 + 64) * t).contains(&entries), "{entries} for {t} queries");
         }
     }
 
