@@ -67,8 +67,8 @@ pub struct Record {
     /// What `train`'s memory estimate says one step allocates (activations,
     /// logits, gradients, updated weights; [`crate::train::memory`]), in
     /// MiB: on the CPU, where `peak_mib` counts the same, it lies above it
-    /// but for the smallest models (a step of a few MiB, mostly fixed
-    /// scratch, which the estimate's allowance for the process covers).
+    /// once the step's tensors outweigh its few MiB of fixed scratch (which
+    /// the estimate's allowance for the process covers).
     pub estimate_mib: Option<f64>,
     /// Device bytes in live tensors before the step (the models' weights and
     /// optimiser state), in MiB; `None` on the CPU.
