@@ -10,8 +10,9 @@
 //! outputs, an MLP's hidden layer twice, an attention's scores and
 //! weights — or, where blkc's CPU kernels run it, its weights on the band
 //! of keys its queries see, and where its row kernels run it on a GPU, a
-//! statistic per row in their place); the logits and their gradient. Measured peaks
-//! of the step (`blkc bench`, bench/NOTES.md) lie below it.
+//! statistic per row in their place); the logits and their gradient.
+//! Measured peaks of the step (`blkc bench`'s `peak_mib` beside its
+//! `estimate_mib`, bench/NOTES.md) lie below it.
 
 use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
 
