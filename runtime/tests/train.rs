@@ -689,8 +689,10 @@ fn bench_measures_models_side_by_side() {
     // window, whose weights are kept on their band), on the threads asked
     // for (set before the estimate counts their scratch).
     for set in [&["--set", "context=1024"][..], &["--set", "context=2048", "--set", "shaped.window=64"]] {
-        let args = [&["bench", "tiny.blk", "--steps", "1", "--warmup", "1", "--batch", "2", "--threads", "2"], set];
-        let o = blkc(&d, &[&args.concat()[..], &["--format", "json"]].concat());
+        let mut args = vec!["bench", "tiny.blk", "--steps", "1", "--warmup", "1", "--batch", "2", "--threads", "2"];
+        args.extend_from_slice(set);
+        args.extend_from_slice(&["--format", "json"]);
+        let o = blkc(&d, &args);
         ok(&o);
         let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap_or_default();
         let r = &v["records"][0];
