@@ -80,8 +80,9 @@ pub fn run(args: &Args) -> u8 {
             return REJECTED;
         }
     }
+    let estimates = estimates(&subjects, args.batch as u64, args.device, args.precision.on(args.device));
     if !args.no_memory_check {
-        if let Err(e) = fits(&subjects, args.batch, args.device, args.precision.on(args.device)) {
+        if let Err(e) = fits(&estimates, args.batch, args.device) {
             errln!("error: {e} (an estimate; --no-memory-check runs anyway)");
             return REJECTED;
         }
@@ -136,7 +137,7 @@ pub fn run(args: &Args) -> u8 {
     if show {
         errln!();
     }
-    for (r, e) in records.iter_mut().zip(estimates(&subjects, args.batch as u64, args.device, precision)) {
+    for (r, e) in records.iter_mut().zip(&estimates) {
         r.estimate_mib = Some(e.step() as f64 / f64::from(1u32 << 20));
     }
     let profile = if args.profile {
@@ -190,12 +191,12 @@ pub fn run(args: &Args) -> u8 {
     OK
 }
 
-/// Refuses to benchmark `subjects` at `batch` where the device has too
-/// little memory free (with the estimate `blkc train` makes): every model
-/// is built at once, with its gradients and optimiser state, and steps one
-/// at a time. Passes where the free memory is unknown (wgpu, or a CUDA
-/// device that cannot be reached: the benchmark then says why).
-fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision) -> Result<(), String> {
+/// Refuses to benchmark models whose `estimates` (`blkc train`'s, at
+/// `batch`) exceed the memory `device` has free: every model is built at
+/// once, with its gradients and optimiser state, and steps one at a time.
+/// Passes where the free memory is unknown (wgpu, or a CUDA device that
+/// cannot be reached: the benchmark then says why).
+fn fits(estimates: &[memory::Estimate], batch: usize, device: Device) -> Result<(), String> {
     let (have, what) = match device {
         Device::Cpu => (memory::available(), "this machine".to_string()),
         Device::Cuda => match crate::backend::cuda() {
@@ -206,7 +207,6 @@ fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision
     };
     let Some(have) = have else { return Ok(()) };
     let rows = batch as u64;
-    let estimates = estimates(subjects, rows, device, precision);
     let parameters: u128 = estimates.iter().map(|e| e.parameters).sum();
     let step = estimates.iter().map(|e| e.activations + e.logits).max().unwrap_or(0);
     let need = memory::BASE + parameters + step;
@@ -215,7 +215,7 @@ fn fits(subjects: &[Subject], batch: usize, device: Device, precision: Precision
     }
     let per_row = (step / u128::from(rows.max(1))).max(1);
     let room = have.saturating_sub(memory::BASE + parameters) / per_row;
-    let models = if subjects.len() == 1 { "the model".to_string() } else { format!("{} models", subjects.len()) };
+    let models = if estimates.len() == 1 { "the model".to_string() } else { format!("{} models", estimates.len()) };
     let hint = if room >= 1 {
         format!("--batch {room} or less fits")
     } else if memory::BASE + parameters > have {

@@ -14,7 +14,7 @@
 //! Measured peaks of the step (`blkc bench`'s `peak_mib` beside its
 //! `estimate_mib`, bench/NOTES.md) lie below it.
 
-use blkc::graph::{BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
+use blkc::graph::{AttentionSpec, BlockIr, MatrixTerm, Model as ModelIr, Op, Program};
 
 use crate::kernels::attention::products_in;
 use crate::kernels::precision::Precision;
@@ -103,9 +103,9 @@ fn scratch(block: &BlockIr, m: &ModelIr, rows: u64, kept: Kept) -> u128 {
     let Kept::Band { threads } = kept else { return 0 };
     let heads = u128::from(rows) * u128::from(m.heads);
     let per_head = (0..m.depth)
-        .flat_map(|l| block.graph_at(l, m.depth).nodes.clone())
-        .filter_map(|n| match n.op {
-            Op::Attention { spec, .. } if spec.uses(MatrixTerm::Softmax) && spec.dropout.inner == 0.0 => {
+        .flat_map(|l| &block.graph_at(l, m.depth).nodes)
+        .filter_map(|n| match &n.op {
+            Op::Attention { spec, .. } if spec.uses(MatrixTerm::Softmax) && !composed(spec) => {
                 Some(band_entries(m, spec.window) * if spec.softcap.is_some() { 2 } else { 1 })
             }
             _ => None,
@@ -128,8 +128,7 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Input | Op::Sum { .. } => d,
             Op::Norm { .. } => 2 * d,
             Op::Attention { spec, .. } => {
-                // Dropout on the weights writes them out.
-                let composed = spec.dropout.inner > 0.0;
+                let composed = composed(spec);
                 let per_head = match (spec.uses(MatrixTerm::Softmax), kept) {
                     (false, _) => 0,
                     (true, Kept::Rows) if !composed => 2,
@@ -141,6 +140,12 @@ fn layer_floats(block: &BlockIr, m: &ModelIr, layer: u64, kept: Kept) -> u128 {
             Op::Mlp { spec, .. } => 2 * d + 2 * (d as f64 * spec.width).ceil() as u128,
         })
         .sum()
+}
+
+/// Whether an attention's weights are composed (dropout on them writes
+/// them out), not run by blkc's kernels.
+fn composed(spec: &AttentionSpec) -> bool {
+    spec.dropout.inner > 0.0
 }
 
 /// The entries of one head's band that blkc's CPU kernels keep of an
@@ -279,6 +284,23 @@ mod tests {
         c.program.unwrap_or_else(|| panic!("{}", blkc::diag::render_plain(&c.diagnostics, &c.sources)))
     }
 
+    /// A model of 6 layers (width 256, 4 heads, vocab 4096) whose block is
+    /// one attention on a norm, its section's lines `attention`, and the
+    /// model's further lines `model`.
+    fn one_attention(attention: &str, model: &str) -> (Program, ModelIr) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
+        let text = format!(
+            "{block}\nattention one {{\n{attention}}}\n\
+             block b {{\n out = x + attn(rmsnorm(x), one)\n}}\n\
+             model m {{\n block = b\n depth = 6\n width = 256\n heads = 4\n vocab = 4096\n{model}}}\n"
+        );
+        let c = blkc::compile_str("one.blk", &text);
+        let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+        (p, m)
+    }
+
     #[test]
     fn a_model_that_cannot_fit_is_refused_with_a_hint() {
         let p = program(256, 128);
@@ -363,18 +385,11 @@ mod tests {
         assert!(check(&rows, 80 << 30, "the GPU", 1, &m, 1, &none).is_ok(), "{rows:?}");
         // A soft-capped attention is blkc's kernel, which keeps rows, with
         // ALiBi's bias too; with dropout on its weights, it writes them.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
         let model = |positions: &str, dropout: f64| {
-            let text = format!(
-                "{block}\nattention capped {{\n softcap = 30\n dropout = {dropout}\n}}\n\
-                 block c {{\n out = x + attn(rmsnorm(x), capped)\n}}\n\
-                 model m {{\n block = c\n depth = 6\n width = 256\n heads = 4\n context = 1024\n vocab = 4096\n \
-                 positions = {positions}\n}}\n"
+            let (p, m) = one_attention(
+                &format!(" softcap = 30\n dropout = {dropout}\n"),
+                &format!(" context = 1024\n positions = {positions}\n"),
             );
-            let c = blkc::compile_str("c.blk", &text);
-            let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
-            let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
             (estimate(&p, &m, 1, Kept::Rows), estimate(&p, &m, 1, Kept::Weights))
         };
         for positions in ["learned", "alibi"] {
@@ -392,20 +407,11 @@ mod tests {
     #[test]
     #[cfg(feature = "flex")]
     fn the_cpu_keeps_the_weights_band() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let block = std::fs::read_to_string(root.join("blocks/preln.blk")).unwrap_or_default();
         // Per query and head, what the forward keeps; per head, the
         // backward's scratch on each thread: 6 layers of 4 heads, 1 row.
         let band = |window: Option<u64>, t: u128| {
             let local = window.map_or(String::new(), |w| format!(" window = {w}\n"));
-            let text = format!(
-                "{block}\nattention local {{\n{local}}}\n\
-                 block w {{\n out = x + attn(rmsnorm(x), local)\n}}\n\
-                 model m {{\n block = w\n depth = 6\n width = 256\n heads = 4\n context = {t}\n vocab = 4096\n}}\n"
-            );
-            let c = blkc::compile_str("w.blk", &text);
-            let p = c.program.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
-            let m = p.model.clone().unwrap_or_else(|| panic!("no model"));
+            let (p, m) = one_attention(&local, &format!(" context = {t}\n"));
             let on = |threads| estimate(&p, &m, 1, Kept::Band { threads }).activations;
             let rows = estimate(&p, &m, 1, Kept::Rows).activations;
             let entries = (on(4) - on(1)) / (3 * F32);

@@ -277,9 +277,7 @@ pub(crate) fn whole_weights(p: FlexTensor, keys: Keys, q: &FlexTensor) -> FlexTe
     let packed: &[f32] = &p.storage()[..b * h * e];
     let mut whole = vec![0.0f32; b * h * t * t];
     for (i, out) in whole.chunks_mut(t * t).enumerate() {
-        for (r, cols, row) in Banded::new(&packed[i * e..], &band).rows() {
-            out[r * t + cols.start..r * t + cols.end].copy_from_slice(row);
-        }
+        Banded::new(&packed[i * e..], &band).unpack_into(out);
     }
     owned(whole, [b, h, t, t].into())
 }

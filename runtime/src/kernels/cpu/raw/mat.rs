@@ -375,6 +375,15 @@ impl<'a> Banded<'a> {
         self.band.rows().map(move |(r, cols, at)| (r, cols, &data[at]))
     }
 
+    /// The band's entries into `out`, the whole matrix row-major (its
+    /// other entries untouched: zeros where `out` was).
+    pub fn unpack_into(&self, out: &mut [f32]) {
+        let n = self.band.dims[1];
+        for (r, cols, row) in self.rows() {
+            out[r * n + cols.start..r * n + cols.end].copy_from_slice(row);
+        }
+    }
+
     /// Each block's rows and columns (of the whole) and the block as a
     /// matrix of its own.
     fn blocks(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>, Mat<'a>)> + 'a {
@@ -662,16 +671,6 @@ mod tests {
         assert_eq!(whole.blocks().to_vec(), vec![(0..3, 0..5)]);
     }
 
-    /// A banded matrix, stored by its band, as the whole (zeros outside).
-    fn unpacked(x: &[f32], band: &Band) -> Vec<f32> {
-        let [m, n] = band.dims();
-        let mut whole = vec![0.0f32; m * n];
-        for (r, cols, at) in band.rows() {
-            whole[r * n + cols.start..r * n + cols.end].copy_from_slice(&x[at]);
-        }
-        whole
-    }
-
     /// The banded products equal the plain product masked to the band:
     /// into the band (stored by it), over an output not yet written and
     /// over a written one; from a banded left operand and from its
@@ -695,32 +694,35 @@ mod tests {
         let mut out = Fresh::new(e);
         let (_, proof) = gemm.into_banded(out.parts(e).remove(0), am, bm, &band);
         let packed = out.finish([proof]);
-        close(&unpacked(&packed, &band), &masked, "into_banded");
+        let mut whole = vec![0.0f32; m * n];
+        Banded::new(&packed, &band).unpack_into(&mut whole);
+        close(&whole, &masked, "into_banded");
         // Over a written one: every entry rewritten.
         let mut x = numbers(e, 3);
         gemm.product_banded(&mut BandedMut::new(&mut x, &band), am, bm);
         close(&x, &packed, "product_banded");
-        // From the banded `masked` (`m × n`) times `n × k`.
+        // From the banded `masked` (`m × n`) times `n × k`, and from its
+        // transpose (`n × m`) times `m × k`: fresh, and added into.
         let pb = Banded::new(&packed, &band);
-        let c = numbers(n * k, 4);
-        let want = product(&masked, &c, [m, n, k]);
-        let mut out = Fresh::new(m * k);
-        let (_, proof) = gemm.into_from_banded(out.matrices(1, [m, k]).remove(0), pb, Mat::rows(&c, n, k));
-        close(&out.finish([proof]), &want, "into_from_banded");
-        let mut y = numbers(m * k, 5);
-        let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
-        gemm.product_from_banded(&mut MatMut::rows(&mut y, m, k), Some(0.5), pb, Mat::rows(&c, n, k));
-        close(&y, &added, "product_from_banded, added");
-        // From its transpose (`n × m`) times `m × k`.
         let masked_t: Vec<f32> = (0..n * m).map(|c| masked[(c % m) * n + c / m]).collect();
-        let d = numbers(m * k, 6);
-        let want = product(&masked_t, &d, [n, m, k]);
-        let mut out = Fresh::new(n * k);
-        let (_, proof) = gemm.into_from_banded_t(out.matrices(1, [n, k]).remove(0), pb, Mat::rows(&d, m, k));
-        close(&out.finish([proof]), &want, "into_from_banded_t");
-        let mut y = numbers(n * k, 7);
-        let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
-        gemm.product_from_banded_t(&mut MatMut::rows(&mut y, n, k), Some(0.5), pb, Mat::rows(&d, m, k));
-        close(&y, &added, "product_from_banded_t, added");
+        for (transposed, left, [rows, inner], seed) in [(false, &masked, [m, n], 4), (true, &masked_t, [n, m], 6)] {
+            let c = numbers(inner * k, seed);
+            let (cm, want) = (Mat::rows(&c, inner, k), product(left, &c, [rows, inner, k]));
+            let mut out = Fresh::new(rows * k);
+            let fresh = out.matrices(1, [rows, k]).remove(0);
+            let (_, proof) = match transposed {
+                false => gemm.into_from_banded(fresh, pb, cm),
+                true => gemm.into_from_banded_t(fresh, pb, cm),
+            };
+            close(&out.finish([proof]), &want, &format!("fresh, transposed {transposed}"));
+            let mut y = numbers(rows * k, seed + 1);
+            let added: Vec<f32> = y.iter().zip(&want).map(|(y, w)| y + 0.5 * w).collect();
+            let dst = &mut MatMut::rows(&mut y, rows, k);
+            match transposed {
+                false => gemm.product_from_banded(dst, Some(0.5), pb, cm),
+                true => gemm.product_from_banded_t(dst, Some(0.5), pb, cm),
+            }
+            close(&y, &added, &format!("added, transposed {transposed}"));
+        }
     }
 }
