@@ -204,11 +204,12 @@ fn recovery_has_no_dead_ends() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         assert_eq!(v["step"], 20, "{v}");
     }
-    // An incomplete newest checkpoint is passed over for the one before.
+    // A newest checkpoint without its optimiser state: its weights are
+    // evaluated, and a resume passes it over for the one before (below).
     let _ = std::fs::remove_file(ckpt(&run, 20).join("optimizer.bin"));
     let o = blkc(&d, &["eval", "run", "--json"]);
     ok(&o);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["step"], 10);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["step"], 20);
     // Temporaries of killed writers are removed by the next one.
     let stale = [
         run.join("checkpoints/.step-00000030.tmp-1"),
@@ -218,7 +219,9 @@ fn recovery_has_no_dead_ends() {
     let _ = std::fs::create_dir_all(&stale[0]);
     write(&stale[1], "{");
     write(&stale[2], "x");
-    ok(&blkc(&d, &["train", "--resume", "run", "--stop-at", "11", "-q"]));
+    let o = blkc(&d, &["train", "--resume", "run", "--stop-at", "11", "-q"]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("step-00000010"), "resumed from step 10: {}", text(&o.stderr));
     assert!(stale.iter().all(|p| !p.exists()), "stale temporaries left");
     // A run stopped before its first checkpoint resumes from step 0 …
     let _ = std::fs::remove_dir_all(run.join("checkpoints"));
@@ -231,6 +234,22 @@ fn recovery_has_no_dead_ends() {
     let o = blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "2"]);
     ok(&o);
     assert!(text(&o.stderr).contains("stopped before its first checkpoint"), "{}", text(&o.stderr));
+    // Its one checkpoint damaged: named by every command, and never
+    // trained over (its weights may be all that is left of the run).
+    let state = ckpt(&run, 2).join("state.json");
+    let saved = read(&state);
+    write(&state, "{\"step\": 2");
+    refused(&blkc(&d, &["train", "tiny.blk", "--out", "run", "--steps", "2"]), "cannot continue from");
+    refused(&blkc(&d, &["train", "--resume", "run"]), "step-00000002/state.json` is damaged");
+    refused(&blkc(&d, &["eval", "run"]), "step-00000002/state.json` is damaged");
+    assert!(ckpt(&run, 2).join("model.safetensors").is_file());
+    // Without its optimiser state: evaluated, and a new run can start
+    // from its weights.
+    write(&state, &saved);
+    let _ = std::fs::remove_file(ckpt(&run, 2).join("optimizer.bin"));
+    refused(&blkc(&d, &["train", "--resume", "run"]), "--init-from");
+    ok(&blkc(&d, &["eval", "run"]));
+    ok(&blkc(&d, &["train", "tiny.blk", "--out", "run2", "--steps", "2", "--init-from", "run", "-q"]));
     // Checkpoints without run.json belong to something blkc cannot continue.
     let _ = std::fs::remove_file(run.join("run.json"));
     refused(&blkc(&d, &["train", "tiny.blk", "--out", "run"]), "no run.json");

@@ -15,7 +15,7 @@ use super::train::{bare_model, fits, on_cpu, on_cuda, on_wgpu};
 use super::{split_sets, Device, BROKEN, OK, REJECTED};
 use crate::train::comparison;
 use crate::train::plot::{self, Curves};
-use crate::train::rundir::RunDir;
+use crate::train::rundir::{Need, RunDir};
 use crate::train::settings::{self, Flags, Settings};
 use crate::train::{open, signals, Failure, Job, Resume};
 
@@ -385,7 +385,7 @@ fn job(args: &Args, v: &Variant, seed: u64, out: &Path) -> Result<Option<Job>, u
     } else {
         let info = open::read_info(&run).map_err(fail)?;
         let s = info.settings.clone().overridden(extra, &flags).map_err(fail)?;
-        if run.latest().is_some_and(|c| c.state.step >= s.steps) {
+        if run.latest(Need::Weights).is_some_and(|c| c.state.step >= s.steps) {
             return Ok(None);
         }
         let (program, sources) = open::compile_saved(&run).map_err(fail)?;

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 
 use super::optim::{Optimizer, Rule};
-use super::rundir::{self, Found, InitFrom, RunDir, RunInfo, State};
+use super::rundir::{self, Found, InitFrom, Need, RunDir, RunInfo, State};
 use super::settings::Settings;
 use super::tokenizer::Tokenizer;
 use super::{model_of, tokens};
@@ -76,10 +76,11 @@ pub fn split(path: &Path) -> (PathBuf, Option<PathBuf>) {
     (path.to_path_buf(), None)
 }
 
-/// The checkpoint `path` names: a run directory (its newest complete
-/// checkpoint) or one of its `checkpoints/step-…` directories. `Ok(None)`
-/// for a run with no checkpoint yet.
-pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
+/// The checkpoint `path` names: a run directory (its newest checkpoint
+/// complete for `need`) or one of its `checkpoints/step-…` directories.
+/// `Ok(None)` for a run with no checkpoint yet; an error for one whose
+/// checkpoints cannot be used, saying why.
+pub fn locate(path: &Path, need: Need) -> Result<(RunDir, Option<Found>), String> {
     if let (root, Some(ckpt)) = split(path) {
         let state = rundir::read_state(&ckpt)?;
         return Ok((RunDir::new(&root), Some(Found { path: ckpt, state, note: None })));
@@ -88,7 +89,12 @@ pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
     if !dir.info_path().exists() {
         return Err(format!("`{}` is neither a run directory (no run.json) nor a checkpoint", path.display()));
     }
-    let found = dir.latest();
+    let found = dir.latest(need);
+    if found.is_none() {
+        if let Some(why) = dir.unreadable(need) {
+            return Err(format!("`{}` holds no checkpoint blkc can use: {why}", path.display()));
+        }
+    }
     Ok((dir, found))
 }
 
@@ -96,15 +102,15 @@ pub fn locate(path: &Path) -> Result<(RunDir, Option<Found>), String> {
 /// newest complete one, or PATH itself when it is one, fixed now (the run
 /// it belongs to may write newer ones).
 pub fn init_from(path: &Path) -> Result<InitFrom, String> {
-    let (_, found) = locate(path)?;
-    let found = found.ok_or_else(|| format!("`{}` holds no complete checkpoint yet", path.display()))?;
+    let (_, found) = locate(path, Need::Weights)?;
+    let found = found.ok_or_else(|| format!("`{}` holds no checkpoint yet", path.display()))?;
     let checkpoint = std::path::absolute(&found.path).map_err(|e| crate::durable::describe("find", &found.path, &e))?;
     Ok(InitFrom { checkpoint, step: found.state.step, copy: None })
 }
 
 /// `model` with the weights of the checkpoint `init` (`--init-from`).
 pub fn load_init<B: Kernels>(model: Model<B>, init: &InitFrom, device: &B::Device) -> Result<Model<B>, String> {
-    let found = match locate(&init.checkpoint) {
+    let found = match locate(&init.checkpoint, Need::Weights) {
         Ok((_, Some(found))) => found,
         Ok((_, None)) | Err(_) => {
             return Err(format!(
@@ -191,10 +197,10 @@ pub struct Opened<B: Kernels> {
 /// Loads the newest checkpoint of a run (or the checkpoint directory
 /// given) into a freshly built model.
 pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, String> {
-    let (dir, found) = locate(path)?;
+    let (dir, found) = locate(path, Need::Weights)?;
     let found = found.ok_or_else(|| {
         format!(
-            "`{}` holds no complete checkpoint yet (the run stopped before its first); continue it with \
+            "`{}` holds no checkpoint yet (the run stopped before its first); continue it with \
              `blkc train --resume {}`",
             path.display(),
             path.display()

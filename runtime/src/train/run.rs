@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::batch::{self, Objective};
 use super::optim::Optimizer;
-use super::rundir::{self, RunDir, RunInfo};
+use super::rundir::{self, Need, RunDir, RunInfo};
 use super::settings::Settings;
 use super::steps::Loop;
 use super::tokenizer::{self, Origin, Tokenizer};
@@ -402,10 +402,7 @@ fn resumed<B: TrainKernels>(
 ) -> Result<Start<B>, Failure> {
     let q = job.quiet;
     let r = job.resume.as_ref().ok_or_else(|| "not a resumed run".to_string())?;
-    let found = match &r.checkpoint {
-        Some(p) => open::locate(p)?.1,
-        None => dir.latest(),
-    };
+    let found = open::locate(r.checkpoint.as_deref().unwrap_or(&dir.root), Need::Training)?.1;
     let model = Model::<B>::build(&job.program, ir, s.seed, device);
     let Some(found) = found else {
         say(

@@ -250,20 +250,31 @@ impl RunDir {
     }
 
     /// Prepares the directory for a fresh run (the caller holds the lock).
-    /// Refuses a directory holding a run with checkpoints, or checkpoints
-    /// and metrics without `run.json` (they belong to something else). A
-    /// run stopped before its first checkpoint is taken over: returns a note.
+    /// Refuses a directory holding a run with checkpoints (readable or
+    /// not), or checkpoints and metrics without `run.json` (they belong to
+    /// something else). A run stopped before its first checkpoint is taken
+    /// over: returns a note.
     pub fn create(&self) -> Result<Option<String>, String> {
-        let checkpoints = self.list().len();
+        let any = !self.step_dirs().is_empty();
         let has_run = self.info_path().exists();
-        if has_run && checkpoints > 0 {
+        if has_run && !self.list(Need::Training).is_empty() {
             return Err(format!(
                 "`{}` already holds a run; continue it with `--resume {}` or choose another --out",
                 self.root.display(),
                 self.root.display()
             ));
         }
-        if !has_run && (checkpoints > 0 || self.metrics().exists()) {
+        if let Some(why) = self.unreadable(Need::Training).filter(|_| has_run) {
+            // Never written over: their weights may be all that is left of
+            // the run.
+            return Err(format!(
+                "`{}` holds checkpoints blkc cannot continue from ({why}); a new run does not start over them: \
+                 move them out of `{}` to start again, or choose another --out",
+                self.root.display(),
+                self.checkpoints().display()
+            ));
+        }
+        if !has_run && (any || self.metrics().exists()) {
             return Err(format!(
                 "`{}` holds checkpoints or metrics but no run.json, so it is not a run blkc can continue or \
                  replace; choose another --out, or remove the directory",
@@ -290,34 +301,49 @@ impl RunDir {
         serde_json::from_str(&text).map_err(|e| format!("`{}` is damaged: {e}", p.display()))
     }
 
-    /// The complete checkpoints (a `state.json` that reads, beside a
-    /// weights file and an optimiser state), by step.
-    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+    /// The `checkpoints/step-N` directories, by name (complete or not).
+    fn step_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return Vec::new() };
-        let mut v: Vec<(u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
-            .filter_map(|e| complete(&e.path()).map(|s| (s.step, e.path())))
-            .collect();
+        let mut v: Vec<PathBuf> =
+            entries.flatten().filter(|e| valid_name(&e.file_name().to_string_lossy())).map(|e| e.path()).collect();
         v.sort();
         v
     }
 
-    /// The newest complete checkpoint: the one `latest` names, else (it is
-    /// missing, damaged, incomplete or points outside the run) the newest
-    /// complete one, with a note saying so.
-    pub fn latest(&self) -> Option<Found> {
+    /// The checkpoints complete for `need` (a `state.json` that reads,
+    /// beside a weights file, and for training an optimiser state), by
+    /// step.
+    pub fn list(&self, need: Need) -> Vec<(u64, PathBuf)> {
+        let mut v: Vec<(u64, PathBuf)> =
+            self.step_dirs().into_iter().filter_map(|p| complete(&p, need).ok().map(|s| (s.step, p))).collect();
+        v.sort();
+        v
+    }
+
+    /// Why each checkpoint directory that is not complete for `need`
+    /// cannot be used, joined for a message; `None` when every one can
+    /// (or there are none).
+    pub fn unreadable(&self, need: Need) -> Option<String> {
+        let why: Vec<String> = self.step_dirs().iter().filter_map(|p| complete(p, need).err()).collect();
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// The newest checkpoint complete for `need`: the one `latest` names,
+    /// else (it is missing, damaged, incomplete or points outside the run)
+    /// the newest complete one, with a note saying so.
+    pub fn latest(&self, need: Need) -> Option<Found> {
         let named = std::fs::read_to_string(self.checkpoints().join("latest")).map(|n| n.trim().to_string());
         let why = match &named {
             Ok(n) if !valid_name(n) => format!("`latest` names `{n}`, which is not a checkpoint of this run"),
-            Ok(n) => match complete(&self.checkpoints().join(n)) {
-                Some(state) => return Some(Found { path: self.checkpoints().join(n), state, note: None }),
-                None => format!("`latest` names `{n}`, which is missing or incomplete"),
+            Ok(n) => match complete(&self.checkpoints().join(n), need) {
+                Ok(state) => return Some(Found { path: self.checkpoints().join(n), state, note: None }),
+                Err(_) if !self.checkpoints().join(n).exists() => format!("`latest` names `{n}`, which is missing"),
+                Err(e) => format!("`latest` names `{n}`, which cannot be used ({e})"),
             },
             Err(_) => "`latest` is missing".to_string(),
         };
-        let (_, path) = self.list().pop()?;
-        let state = complete(&path)?;
+        let (_, path) = self.list(need).pop()?;
+        let state = complete(&path, need).ok()?;
         let note = format!("{why}; using the newest complete checkpoint, {}", path.display());
         Some(Found { path, state, note: Some(note) })
     }
@@ -437,12 +463,30 @@ fn valid_name(name: &str) -> bool {
     name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The state of `ckpt` when the checkpoint is complete.
-fn complete(ckpt: &Path) -> Option<State> {
-    let state = read_state(ckpt).ok()?;
+/// What a checkpoint is opened for: evaluation and sampling read its
+/// weights alone, training (resuming) its optimiser state too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Weights,
+    Training,
+}
+
+/// The state of `ckpt` when the checkpoint is complete for `need`, else
+/// what it lacks.
+fn complete(ckpt: &Path, need: Need) -> Result<State, String> {
+    let state = read_state(ckpt)?;
     let weights =
         [crate::checkpoint::WEIGHTS, crate::checkpoint::LEGACY_WEIGHTS].iter().any(|w| ckpt.join(w).is_file());
-    (weights && ckpt.join("optimizer.bin").is_file()).then_some(state)
+    if !weights {
+        return Err(format!("`{}` holds no {}", ckpt.display(), crate::checkpoint::WEIGHTS));
+    }
+    if need == Need::Training && !ckpt.join("optimizer.bin").is_file() {
+        return Err(format!(
+            "`{}` holds no optimizer.bin (its weights can start a new run: --init-from)",
+            ckpt.display()
+        ));
+    }
+    Ok(state)
 }
 
 /// Reads a checkpoint's state.
@@ -507,22 +551,52 @@ mod tests {
         let _ = std::fs::create_dir_all(run.checkpoints());
         fake(&run, 4);
         fake(&run, 8);
-        assert_eq!(run.latest().map(|f| (f.state.step, f.note.is_none())), Some((8, true)));
+        assert_eq!(run.latest(Need::Training).map(|f| (f.state.step, f.note.is_none())), Some((8, true)));
         for (text, why) in [
             ("garbage\u{0}", "not a checkpoint"),
             ("../../elsewhere", "not a checkpoint"),
             ("step-00000099", "missing"),
         ] {
             let _ = std::fs::write(run.checkpoints().join("latest"), text);
-            let f = run.latest().unwrap_or_else(|| panic!("no fallback for {text:?}"));
+            let f = run.latest(Need::Training).unwrap_or_else(|| panic!("no fallback for {text:?}"));
             assert_eq!(f.state.step, 8);
             assert!(f.note.as_deref().is_some_and(|n| n.contains(why) && n.contains("step-00000008")), "{:?}", f.note);
         }
         let _ = std::fs::remove_file(run.checkpoints().join("latest"));
-        assert!(run.latest().and_then(|f| f.note).is_some_and(|n| n.contains("missing")));
+        assert!(run.latest(Need::Training).and_then(|f| f.note).is_some_and(|n| n.contains("missing")));
         // An incomplete newest checkpoint is passed over.
         let _ = std::fs::remove_file(run.checkpoints().join("step-00000008/optimizer.bin"));
-        assert_eq!(run.latest().map(|f| f.state.step), Some(4));
+        assert_eq!(run.latest(Need::Training).map(|f| f.state.step), Some(4));
+        let _ = std::fs::remove_dir_all(&run.root);
+    }
+
+    #[test]
+    fn checkpoints_that_cannot_be_used_are_named_and_never_written_over() {
+        let run = scratch("unreadable");
+        let _ = std::fs::create_dir_all(run.checkpoints());
+        let _ = std::fs::write(run.info_path(), "{}");
+        fake(&run, 5);
+        let ckpt = run.checkpoints().join("step-00000005");
+        // Weights without the optimiser state: enough to evaluate, not to
+        // resume.
+        let _ = std::fs::remove_file(ckpt.join("optimizer.bin"));
+        assert_eq!(run.latest(Need::Weights).map(|f| f.state.step), Some(5));
+        assert!(run.latest(Need::Training).is_none());
+        assert_eq!(run.unreadable(Need::Weights), None);
+        let why = run.unreadable(Need::Training).unwrap_or_default();
+        assert!(why.contains("step-00000005") && why.contains("no optimizer.bin"), "{why}");
+        let err = run.create().err().unwrap_or_default();
+        assert!(err.contains("cannot continue from") && err.contains("no optimizer.bin"), "{err}");
+        // A damaged state: no use for anything, and still not replaced.
+        let _ = std::fs::write(ckpt.join("state.json"), "{\"step\": 5");
+        assert!(run.latest(Need::Weights).is_none());
+        let why = run.unreadable(Need::Weights).unwrap_or_default();
+        assert!(why.contains("state.json") && why.contains("damaged"), "{why}");
+        assert!(run.create().is_err());
+        assert!(ckpt.join(crate::checkpoint::WEIGHTS).is_file(), "the weights are still there");
+        // Its weights gone too: still a checkpoint directory, still refused.
+        let _ = std::fs::remove_file(ckpt.join(crate::checkpoint::WEIGHTS));
+        assert!(run.create().is_err());
         let _ = std::fs::remove_dir_all(&run.root);
     }
 
