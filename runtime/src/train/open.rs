@@ -194,6 +194,29 @@ pub struct Opened<B: Kernels> {
     pub note: Option<String>,
 }
 
+/// `load` of the checkpoint `found` in the run or checkpoint at `path`.
+/// A run being trained removes its older checkpoints, so the newest one
+/// found may be gone by the time it is read: then `load` runs again on
+/// the newest one now (a few times at most). A checkpoint named by its own
+/// path is read once.
+fn loaded<T>(
+    path: &Path,
+    mut found: Found,
+    mut load: impl FnMut(&Found) -> Result<T, String>,
+) -> Result<(T, Found), String> {
+    let named = split(path).1.is_some();
+    for _ in 0..3 {
+        match load(&found) {
+            Err(_) if !named && !found.path.exists() => match RunDir::new(path).latest(Need::Weights) {
+                Some(newer) => found = newer,
+                None => break,
+            },
+            result => return result.map(|t| (t, found)),
+        }
+    }
+    load(&found).map(|t| (t, found))
+}
+
 /// Loads the newest checkpoint of a run (or the checkpoint directory
 /// given) into a freshly built model.
 pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, String> {
@@ -219,8 +242,8 @@ pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, St
         ));
     }
     tokens::check_ids(&[tok.end_of_text(), tok.mask()], ir.vocab as usize)?;
-    let model = Model::<B>::build(&program, &ir, info.settings.seed, device);
-    let model = load_weights(model, &found, device)?;
+    let build = || Model::<B>::build(&program, &ir, info.settings.seed, device);
+    let (model, found) = loaded(path, found, |f| load_weights(build(), f, device))?;
     Ok(Opened {
         dir,
         checkpoint: found.path,
@@ -233,4 +256,59 @@ pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, St
         state: found.state,
         note: found.note,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_pruned_while_it_is_opened_gives_way_to_the_newest() {
+        let root = std::env::temp_dir().join(format!("blkc-open-pruned-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run = RunDir::new(&root);
+        let _ = std::fs::create_dir_all(run.checkpoints());
+        let step = |n: u64| {
+            let state =
+                State { step: n, loss: 1.0, eval_loss: None, tokens: 0, seconds: 0.0, checksums: BTreeMap::new() };
+            let made = run.checkpoint(&state, |d| {
+                let _ = std::fs::write(d.join(crate::checkpoint::WEIGHTS), b"w");
+                let _ = std::fs::write(d.join("optimizer.bin"), b"o");
+                Ok(BTreeMap::new())
+            });
+            assert!(made.is_ok(), "{made:?}");
+        };
+        step(4);
+        let first = run.latest(Need::Weights).unwrap_or_else(|| panic!("no checkpoint"));
+        // While step 4 is being read, the run writes 5 and 6 and removes 4.
+        let mut seen = Vec::new();
+        let got = loaded(&root, first, |f| {
+            seen.push(f.state.step);
+            if f.state.step == 4 {
+                step(5);
+                step(6);
+                return Err("cannot read: no such file".into());
+            }
+            Ok(f.state.step)
+        });
+        assert_eq!(got.map(|(n, f)| (n, f.state.step)), Ok((6, 6)));
+        assert_eq!(seen, vec![4, 6]);
+        // A checkpoint named by its path is read once: its failure is the answer.
+        let named = run.checkpoints().join("step-00000006");
+        let found = Found {
+            path: named.clone(),
+            state: rundir::read_state(&named).unwrap_or_else(|e| panic!("{e}")),
+            note: None,
+        };
+        let mut calls = 0;
+        let got = loaded(&named, found, |_| {
+            calls += 1;
+            let _ = std::fs::remove_dir_all(&named);
+            Err::<(), _>("gone".to_string())
+        });
+        assert!(got.is_err() && calls == 1, "{calls}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
