@@ -105,21 +105,42 @@ pub fn init_from(path: &Path) -> Result<InitFrom, String> {
     let (_, found) = locate(path, Need::Weights)?;
     let found = found.ok_or_else(|| format!("`{}` holds no checkpoint yet", path.display()))?;
     let checkpoint = std::path::absolute(&found.path).map_err(|e| crate::durable::describe("find", &found.path, &e))?;
-    Ok(InitFrom { checkpoint, step: found.state.step, copy: None })
+    Ok(InitFrom { checkpoint, step: found.state.step, copy: None, newest: split(path).1.is_none() })
 }
 
-/// `model` with the weights of the checkpoint `init` (`--init-from`).
-pub fn load_init<B: Kernels>(model: Model<B>, init: &InitFrom, device: &B::Device) -> Result<Model<B>, String> {
-    let found = match locate(&init.checkpoint, Need::Weights) {
-        Ok((_, Some(found))) => found,
-        Ok((_, None)) | Err(_) => {
-            return Err(format!(
-                "the run starts from the weights of `{}`, which is no longer a checkpoint",
-                init.checkpoint.display()
-            ))
-        }
+/// The checkpoint `init` (`--init-from`) names, found again. Given as a
+/// run directory, it may have been removed by that run (it keeps two)
+/// since the run starting from it began: then the run's newest one now.
+fn init_checkpoint(init: &InitFrom) -> Result<(PathBuf, Found), String> {
+    let gone = || {
+        format!("the run starts from the weights of `{}`, which is no longer a checkpoint", init.checkpoint.display())
     };
-    load_weights(model, &found, device).map_err(|e| format!("--init-from `{}`: {e}", init.checkpoint.display()))
+    let run = init.checkpoint.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    match locate(&init.checkpoint, Need::Weights) {
+        Ok((_, Some(found))) if !init.newest => Ok((init.checkpoint.clone(), found)),
+        Ok((_, Some(found))) => Ok((run, found)),
+        _ if init.newest => match locate(&run, Need::Weights) {
+            Ok((_, Some(found))) => Ok((run, found)),
+            _ => Err(gone()),
+        },
+        _ => Err(gone()),
+    }
+}
+
+/// A model `build` gives, with the weights of the checkpoint `init`
+/// (`--init-from`); and that checkpoint, which is another than `init`'s
+/// where the run it was given by removed that one (see
+/// [`InitFrom::newest`]).
+pub fn load_init<B: Kernels>(
+    build: impl Fn() -> Model<B>,
+    init: &InitFrom,
+    device: &B::Device,
+) -> Result<(Model<B>, InitFrom), String> {
+    let (path, found) = init_checkpoint(init)?;
+    let (model, found) = loaded(&path, found, |f| load_weights(build(), f, device))
+        .map_err(|e| format!("--init-from `{}`: {e}", init.checkpoint.display()))?;
+    let checkpoint = std::path::absolute(&found.path).unwrap_or(found.path);
+    Ok((model, InitFrom { checkpoint, step: found.state.step, ..init.clone() }))
 }
 
 /// The tokenizer of the run that wrote the checkpoint `init`.
@@ -264,13 +285,15 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_checkpoint_pruned_while_it_is_opened_gives_way_to_the_newest() {
-        let root = std::env::temp_dir().join(format!("blkc-open-pruned-{}", std::process::id()));
+    /// A scratch run directory, and a way to write its checkpoint N (the
+    /// run keeps two, as training does).
+    fn scratch(name: &str) -> (PathBuf, impl Fn(u64)) {
+        let root = std::env::temp_dir().join(format!("blkc-open-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let run = RunDir::new(&root);
         let _ = std::fs::create_dir_all(run.checkpoints());
-        let step = |n: u64| {
+        let _ = std::fs::write(run.info_path(), "{}");
+        let step = move |n: u64| {
             let state =
                 State { step: n, loss: 1.0, eval_loss: None, tokens: 0, seconds: 0.0, checksums: BTreeMap::new() };
             let made = run.checkpoint(&state, |d| {
@@ -280,6 +303,13 @@ mod tests {
             });
             assert!(made.is_ok(), "{made:?}");
         };
+        (root, step)
+    }
+
+    #[test]
+    fn a_checkpoint_pruned_while_it_is_opened_gives_way_to_the_newest() {
+        let (root, step) = scratch("pruned");
+        let run = RunDir::new(&root);
         step(4);
         let first = run.latest(Need::Weights).unwrap_or_else(|| panic!("no checkpoint"));
         // While step 4 is being read, the run writes 5 and 6 and removes 4.
@@ -297,18 +327,31 @@ mod tests {
         assert_eq!(seen, vec![4, 6]);
         // A checkpoint named by its path is read once: its failure is the answer.
         let named = run.checkpoints().join("step-00000006");
-        let found = Found {
-            path: named.clone(),
-            state: rundir::read_state(&named).unwrap_or_else(|e| panic!("{e}")),
-            note: None,
-        };
+        let state = rundir::read_state(&named).unwrap_or_else(|e| panic!("{e}"));
         let mut calls = 0;
-        let got = loaded(&named, found, |_| {
+        let got = loaded(&named, Found { path: named.clone(), state, note: None }, |_| {
             calls += 1;
             let _ = std::fs::remove_dir_all(&named);
             Err::<(), _>("gone".to_string())
         });
         assert!(got.is_err() && calls == 1, "{calls}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_run_started_from_a_run_that_trains_on_takes_its_newest_checkpoint() {
+        let (root, step) = scratch("init");
+        step(4);
+        let by_run = init_from(&root).unwrap_or_else(|e| panic!("{e}"));
+        let by_path = init_from(&root.join("checkpoints/step-00000004")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(by_run.newest && !by_path.newest);
+        assert_eq!(init_checkpoint(&by_run).map(|(_, f)| f.state.step), Ok(4));
+        // The run writes 5 and 6 and removes 4 before the weights are read.
+        step(5);
+        step(6);
+        assert_eq!(init_checkpoint(&by_run).map(|(_, f)| f.state.step), Ok(6));
+        let err = init_checkpoint(&by_path).err().unwrap_or_default();
+        assert!(err.contains("no longer a checkpoint"), "{err}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

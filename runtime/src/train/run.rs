@@ -30,16 +30,16 @@ pub(super) struct Start<B: TrainKernels> {
     pub(super) seconds: f64,
     /// The newest checkpoint and its step.
     pub(super) last: Option<(PathBuf, u64)>,
-    /// The checksum of the run's copy of the weights it started from, when
-    /// it was just written (`--init-from`).
-    pub(super) init_copy: Option<u32>,
+    /// The checkpoint a new run started from, with the checksum of the
+    /// run's copy of its weights, just written (`--init-from`).
+    pub(super) init: Option<rundir::InitFrom>,
 }
 
 impl<B: TrainKernels> Start<B> {
     /// Step 0: the model at init, no optimiser state.
     fn at_zero(model: Model<B>, s: &Settings) -> Self {
         let opt = Optimizer::new(s.optimizer_config());
-        Start { step: 0, opt, model, tokens: 0, seconds: 0.0, last: None, init_copy: None }
+        Start { step: 0, opt, model, tokens: 0, seconds: 0.0, last: None, init: None }
     }
 }
 
@@ -99,8 +99,8 @@ fn run<B: TrainKernels>(job: &Job, dir: &RunDir, devices: &[B::Device]) -> Resul
         s.micro_batch = micro as u64;
     }
     let mut info = run_info(job, &ir, &s, &tok, params, [&train_stream, &valid_stream], valid_bytes);
-    if let (Some(init), Some(sum)) = (info.init_from.as_mut(), start.init_copy) {
-        init.copy = Some(sum);
+    if let Some(init) = &start.init {
+        info.init_from = Some(init.clone());
     }
     dir.write_info(&info)?;
     // metrics.csv and the TensorBoard file follow metrics.jsonl as it is now.
@@ -369,13 +369,20 @@ fn fresh<B: TrainKernels>(
         &dir.sources(),
         json!({"entry": entry, "files": files, "set": job.sets}).to_string().as_bytes(),
     )?;
-    let model = Model::<B>::build(&job.program, ir, s.seed, device);
-    let Some(init) = &job.init_from else { return Ok(Start::at_zero(model, s)) };
-    let model = open::load_init(model, init, device)?;
+    let build = || Model::<B>::build(&job.program, ir, s.seed, device);
+    let Some(asked) = &job.init_from else { return Ok(Start::at_zero(build(), s)) };
+    let (model, init) = open::load_init(build, asked, device)?;
+    if init.checkpoint != asked.checkpoint {
+        errln!(
+            "warning: --init-from: `{}` was removed by its run since this one began; its newest checkpoint now \
+             is used",
+            asked.checkpoint.display()
+        );
+    }
     say(job.quiet, format!("init: the weights of {} (step {})", init.checkpoint.display(), init.step));
     // A copy in the run: a resume from step 0 needs nothing outside it.
     let copy = crate::checkpoint::save(&model, &dir.init_weights())?;
-    Ok(Start { init_copy: Some(copy), ..Start::at_zero(model, s) })
+    Ok(Start { init: Some(rundir::InitFrom { copy: Some(copy), ..init }), ..Start::at_zero(model, s) })
 }
 
 /// The model at step 0 of a resumed run: as built, or with the weights it
@@ -385,7 +392,7 @@ fn initial<B: TrainKernels>(job: &Job, dir: &RunDir, model: Model<B>, device: &B
     let Some(init) = &job.init_from else { return Ok(model) };
     let model = match init.copy {
         Some(sum) => crate::checkpoint::load(model, &dir.init_weights(), Some(sum), device)?,
-        None => open::load_init(model, init, device)?,
+        None => open::load_init(|| model.clone(), init, device)?.0,
     };
     say(job.quiet, format!("init: the weights of {} (step {})", init.checkpoint.display(), init.step));
     Ok(model)
@@ -443,6 +450,6 @@ fn resumed<B: TrainKernels>(
         tokens: found.state.tokens,
         seconds: found.state.seconds,
         last: Some((found.path, step)),
-        init_copy: None,
+        init: None,
     })
 }

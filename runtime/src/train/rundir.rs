@@ -88,6 +88,12 @@ pub struct InitFrom {
     /// ([`RunDir::init_weights`]), once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<u32>,
+    /// Given as a run directory (its newest checkpoint) rather than as a
+    /// checkpoint: one removed by that run before its weights are read
+    /// gives way to the newest then. Not kept: a resume reads the one
+    /// recorded.
+    #[serde(skip)]
+    pub newest: bool,
 }
 
 impl RunInfo {
