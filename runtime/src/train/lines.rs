@@ -1,7 +1,6 @@
 //! JSON-lines files of any size, read a line at a time and never whole:
-//! a dump of records is often gigabytes in one file, where a text file of
-//! that size is almost certainly not source text (text files stay under
-//! `data`'s 64 MiB). Lines are cut as `str::lines` cuts them (`\n`, or
+//! a dump of records is often gigabytes in one file (a text file of that
+//! size is read in pieces, `pieces.rs`). Lines are cut as `str::lines` cuts them (`\n`, or
 //! `\r\n`), numbered from 1, so a record has the name it has when its file
 //! is read whole. A file is left out for the reasons a text file is
 //! (`data::Skip`): not regular, unreadable, empty, not UTF-8 or with a NUL
@@ -39,7 +38,7 @@ pub(super) fn each_record(path: &Path, field: &str, mut each: impl FnMut(usize, 
 }
 
 /// The file, when it is a regular one.
-fn open(path: &Path) -> Result<File, Skip> {
+pub(super) fn open(path: &Path) -> Result<File, Skip> {
     let meta = std::fs::metadata(path).map_err(|_| Skip::Unreadable)?;
     if !meta.is_file() {
         return Err(Skip::NotRegular);
@@ -50,7 +49,7 @@ fn open(path: &Path) -> Result<File, Skip> {
 /// Whether the file is text as `data::read` requires it, read in blocks:
 /// UTF-8 (a character may straddle two blocks), no NUL byte, not only
 /// whitespace.
-fn check(path: &Path) -> Result<(), Skip> {
+pub(super) fn check(path: &Path) -> Result<(), Skip> {
     let mut file = open(path)?;
     let mut block = vec![0u8; 1 << 20];
     // Bytes of a character cut by the block's end, carried to the next.

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod open;
 pub mod optim;
 pub mod parallel;
+mod pieces;
 pub mod plan;
 pub mod plot;
 pub mod progress;

@@ -6,7 +6,7 @@
 //! count of files.
 //!
 //! `load` sorts every document by name (`path`, or `path:line` for a record
-//! of a JSON-lines file) and splits them by the hash of that name. The same
+//! of a JSON-lines file, `path:K` for a piece of a large text file) and splits them by the hash of that name. The same
 //! order comes without holding the names: files sorted by `path` (a text
 //! file) or `path:` (a JSON-lines file), and a JSON-lines file's records by
 //! their line numbers as strings (1, 10, 11, …, 2, 20, …), which
@@ -20,10 +20,22 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use super::data::{
-    documents, find, giving_side, in_validation, is_json_lines, name_in, no_text, read, records, split_tail, tokenised,
-    Skipped,
+    documents, find, giving_side, in_pieces, in_validation, is_json_lines, name_in, no_text, read, records, split_tail,
+    tokenised, Holdout, Skipped,
 };
 use super::lines::Lines;
+use super::pieces::Pieces;
+
+/// How a file holds its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// A text file: one.
+    One,
+    /// JSON lines: one per record (`name:LINE`).
+    Records,
+    /// A text file too large for one: one per piece (`name:K`).
+    Pieces,
+}
 
 /// One file of a [`Plan`]: its documents on each side.
 #[derive(Debug, Clone)]
@@ -32,19 +44,54 @@ struct Planned {
     /// Its name, relative to the corpus root (its documents' name, or
     /// their prefix).
     name: String,
-    /// JSON lines: a document per record.
-    records: bool,
+    holds: Holds,
     /// Its documents for training and for validation.
     documents: [u64; 2],
 }
 
 impl Planned {
-    /// What its documents' names sort by, before their lines.
+    /// What its documents' names sort by, before their numbers.
     fn key(&self) -> String {
-        if self.records {
-            format!("{}:", self.name)
-        } else {
+        if self.holds == Holds::One {
             self.name.clone()
+        } else {
+            format!("{}:", self.name)
+        }
+    }
+
+    /// Its numbered documents (records or pieces), to be read by number.
+    fn numbered<'f>(&self, field: &'f str) -> Result<Numbered<'f>, String> {
+        Ok(match self.holds {
+            Holds::Pieces => Numbered::Pieces(
+                Pieces::open(&self.path)
+                    .map_err(|_| format!("`{}` changed while it was tokenised", self.path.display()))?,
+            ),
+            _ => Numbered::Records(Lines::index(&self.path)?, field),
+        })
+    }
+}
+
+/// The documents of a JSON-lines file or of a large text file, by number.
+enum Numbered<'f> {
+    /// Its lines, and the field that holds a record's text.
+    Records(Lines, &'f str),
+    Pieces(Pieces),
+}
+
+impl Numbered<'_> {
+    /// Numbers in the file (not every line is a record).
+    fn count(&mut self) -> usize {
+        match self {
+            Numbered::Records(lines, _) => lines.count(),
+            Numbered::Pieces(pieces) => pieces.count(),
+        }
+    }
+
+    /// The document numbered `n` (from 1), where there is one.
+    fn get(&mut self, n: usize) -> Option<String> {
+        match self {
+            Numbered::Records(lines, field) => record(lines, n, field),
+            Numbered::Pieces(pieces) => pieces.piece(n),
         }
     }
 }
@@ -78,21 +125,29 @@ pub struct Plan {
     single: Option<At>,
     pub skipped: Skipped,
     field: String,
-    val_fraction: f64,
+    holdout: Holdout,
 }
 
 /// The [`Plan`] of the text corpus `source`: every file read once (to skip
 /// what [`load`](super::data::load) skips, and to count the documents on
 /// each side), nothing kept per document. With `progress`, a line on
 /// standard error every ten seconds says how far the reading is.
-pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Result<Plan, String> {
+pub fn plan(source: &str, holdout: impl Into<Holdout>, field: &str, progress: bool) -> Result<Plan, String> {
+    let holdout = holdout.into();
     let (root, paths) = find(source)?;
     if tokenised(&paths).is_some() {
         return Err(format!("`{source}` holds token files already: it is tokenised"));
     }
     let mut files: Vec<Planned> = paths
         .iter()
-        .map(|p| Planned { path: p.clone(), name: name_in(&root, p), records: is_json_lines(p), documents: [0; 2] })
+        .map(|p| {
+            let holds = match (is_json_lines(p), in_pieces(p)) {
+                (true, _) => Holds::Records,
+                (_, true) => Holds::Pieces,
+                _ => Holds::One,
+            };
+            Planned { path: p.clone(), name: name_in(&root, p), holds, documents: [0; 2] }
+        })
         .collect();
     let (mut counts, mut bytes) = ([0u64; 2], [0u64; 2]);
     // The last training document by name and the first validation one (the
@@ -108,7 +163,7 @@ pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Res
             crate::errln!("data: read {} of {} files, {mb:.0} MB of text, in {s:.0} s", file + 1, paths.len());
         }
         let at = At { file, line, bytes: text.len() as u64 };
-        let side = usize::from(in_validation(&name, val_fraction));
+        let side = usize::from(in_validation(&name, holdout));
         files[file].documents[side] += 1;
         counts[side] += 1;
         bytes[side] += at.bytes;
@@ -128,7 +183,7 @@ pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Res
         single: None,
         skipped,
         field: field.to_string(),
-        val_fraction,
+        holdout,
     };
     // As `data::split`: a side left empty takes one document of the other,
     // and a single document is split within.
@@ -154,7 +209,7 @@ pub fn plan(source: &str, val_fraction: f64, field: &str, progress: bool) -> Res
     }
     files.retain(|f| f.documents != [0, 0]);
     files.sort_by_cached_key(Planned::key);
-    if let Some(w) = files.windows(2).find(|w| w[0].records && w[1].key().starts_with(&w[0].key())) {
+    if let Some(w) = files.windows(2).find(|w| w[0].holds != Holds::One && w[1].key().starts_with(&w[0].key())) {
         return Err(format!(
             "`{}` is named like a record of `{}` (`{}LINE`), which would interleave their documents; rename it",
             w[1].path.display(),
@@ -202,10 +257,7 @@ impl Plan {
             let f = &self.files[at.file];
             let text = match at.line {
                 None => read(&f.path).map_err(|_| changed(f))?,
-                Some(l) => {
-                    let mut lines = Lines::index(&f.path)?;
-                    record(&mut lines, l, &self.field).ok_or_else(|| changed(f))?
-                }
+                Some(l) => f.numbered(&self.field)?.get(l).ok_or_else(|| changed(f))?,
             };
             let (head, tail) = split_tail(&text);
             return each(&f.name, if valid { tail } else { head });
@@ -214,7 +266,7 @@ impl Plan {
         for f in self.files.iter().filter(|f| f.documents[side] > 0) {
             let mut found = 0;
             let mut give = |name: &str, doc: &str| -> Result<(), String> {
-                let mut here = usize::from(in_validation(name, self.val_fraction));
+                let mut here = usize::from(in_validation(name, self.holdout));
                 if self.moved.as_deref() == Some(name) {
                     here = 1 - here;
                 }
@@ -224,10 +276,10 @@ impl Plan {
                 found += 1;
                 each(name, doc)
             };
-            if f.records {
-                let mut lines = Lines::index(&f.path)?;
-                for l in lexicographic(lines.count()) {
-                    if let Some(doc) = record(&mut lines, l, &self.field) {
+            if f.holds != Holds::One {
+                let mut numbered = f.numbered(&self.field)?;
+                for l in lexicographic(numbered.count()) {
+                    if let Some(doc) = numbered.get(l) {
                         name.clear();
                         let _ = write!(name, "{}:{l}", f.name);
                         give(&name, &doc)?;
@@ -381,8 +433,20 @@ mod tests {
         write(&dir, "record/r.jsonl", &format!("{}\n", serde_json::json!({ "text": long })));
         write(&dir, "two/a.txt", "a\n");
         write(&dir, "two/b.txt", "b\n");
-        let cases =
-            [("many", 0.3), ("many", 0.0), ("many", 1.0), ("one", 0.05), ("record", 0.05), ("two", 0.0), ("two", 1.0)];
+        // Larger than a document may be: its pieces are documents.
+        let large: String = (0..800_000).map(|i| format!("line {i:06} of a large file{}\n", " .".repeat(34))).collect();
+        write(&dir, "large/big.txt", &large);
+        write(&dir, "large/small.txt", "beside it\n");
+        let cases = [
+            ("many", 0.3),
+            ("many", 0.0),
+            ("many", 1.0),
+            ("one", 0.05),
+            ("record", 0.05),
+            ("two", 0.0),
+            ("two", 1.0),
+            ("large", 0.1),
+        ];
         for (corpus, fraction) in cases {
             let source = dir.join(corpus).display().to_string();
             let c = load(&source, fraction, "text").unwrap_or_else(|e| panic!("{e}"));
@@ -400,6 +464,17 @@ mod tests {
             }
             if corpus == "many" {
                 assert!(c.train.len() + c.valid.len() > 120, "{corpus}: {} documents", c.train.len());
+            }
+            if corpus == "large" {
+                // About a mebibyte each, cut after a line end, both sides
+                // given some, every byte of the file in one of them.
+                let pieces: Vec<&Doc> =
+                    c.train.iter().chain(&c.valid).filter(|d| d.name.starts_with("big.txt:")).collect();
+                assert!(large.len() > 64 << 20 && pieces.len() == large.len().div_ceil(1 << 20), "{}", pieces.len());
+                assert!(pieces.iter().all(|d| d.text.ends_with('\n') && d.text.len() <= (1 << 20) + (64 << 10)));
+                assert_eq!(pieces.iter().map(|d| d.text.len()).sum::<usize>(), large.len());
+                assert!(c.valid.iter().any(|d| d.name.starts_with("big.txt:")));
+                assert!(c.train.iter().any(|d| d.name.starts_with("big.txt:")));
             }
         }
         // A record that went away between the two passes is an error.

@@ -146,7 +146,7 @@ fn data_and_tokenizer(
     ir: &ModelIr,
 ) -> Result<(data::Corpus, Tokenizer), Failure> {
     let q = job.quiet;
-    let corpus = data::load(&s.data, s.val_fraction, &s.data_field)?;
+    let corpus = data::load(&s.data, data::Holdout::of(s), &s.data_field)?;
     if !corpus.token_files.is_empty() {
         say(q, format!("data: `{}`: {} pre-tokenised file(s)", s.data, corpus.token_files.len()));
     } else {

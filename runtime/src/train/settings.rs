@@ -49,6 +49,11 @@ pub struct Settings {
     /// the setting existed ran on one.
     #[serde(default = "one")]
     pub devices: u64,
+    /// How documents' names are hashed for the split (not a setting:
+    /// [`Holdout::hash`](super::data::Holdout)). A run recorded before
+    /// hash 2 splits, and resumes, by hash 1.
+    #[serde(default = "one")]
+    pub split_hash: u64,
 }
 
 fn one() -> u64 {
@@ -87,6 +92,7 @@ impl Default for Settings {
             device: "cpu".into(),
             precision: "auto".into(),
             devices: 1,
+            split_hash: super::data::Holdout::HASH,
         }
     }
 }

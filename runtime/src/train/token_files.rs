@@ -25,6 +25,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::data::Holdout;
+
 /// Largest token file, in bytes (1 TiB: larger is a mistake, not a corpus).
 pub const MAX_BYTES: u64 = 1 << 40;
 
@@ -243,7 +245,7 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
 /// Opens `files` (relative names from `root`) as training and validation
 /// streams, each file followed by `end` when it does not end with it, after
 /// checking that every id is below `vocab`.
-pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32, vocab: usize) -> Result<Tokens, String> {
+pub fn load(root: &Path, files: &[PathBuf], holdout: Holdout, end: u32, vocab: usize) -> Result<Tokens, String> {
     let name = |f: &PathBuf| f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
     let named_valid = |f: &PathBuf| {
         let stem = f.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
@@ -255,7 +257,7 @@ pub fn load(root: &Path, files: &[PathBuf], val_fraction: f64, end: u32, vocab: 
     let cache = super::tokenizer::cache_dir();
     for f in files {
         let part = open(f, end, vocab, Some(&cache))?;
-        let valid = if by_name { named_valid(f) } else { super::data::in_validation(&name(f), val_fraction) };
+        let valid = if by_name { named_valid(f) } else { super::data::in_validation(&name(f), holdout) };
         if valid {
             t.valid.push(part);
             t.files.1 += 1;
@@ -574,10 +576,10 @@ mod tests {
         );
         let train: Vec<u8> = (0..1000u16).flat_map(|i| (i % 250).to_le_bytes()).collect();
         let files = [write("train.bin", train), write("val.bin", vec![7u8, 0, 8, 0])];
-        let t = load(&dir, &files, 0.05, 256, 258).unwrap_or_else(|e| panic!("{e}"));
+        let t = load(&dir, &files, 0.05.into(), 256, 258).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((t.train.len(), all(&t.valid)), (1001, vec![7, 8, 256]), "named splits, end of text after each");
         assert_eq!(all(&t.train)[998..], [248, 249, 256]);
-        let one = load(&dir, &files[..1], 0.05, 256, 258).unwrap_or_else(|e| panic!("{e}"));
+        let one = load(&dir, &files[..1], 0.05.into(), 256, 258).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((one.train.len(), one.valid.len()), (901, 100));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -609,7 +611,7 @@ mod tests {
         }
         // No file is named for validation and 0 puts none there by hash:
         // the last tenth of all of them validates.
-        let t = load(&dir, &files, 0.0, end, 10).unwrap_or_else(|e| panic!("{e}"));
+        let t = load(&dir, &files, 0.0.into(), end, 10).unwrap_or_else(|e| panic!("{e}"));
         let cut = whole.len() - whole.len() / 10;
         assert_eq!((all(&t.train), all(&t.valid)), (whole[..cut].to_vec(), whole[cut..].to_vec()));
         for _ in 0..500 {

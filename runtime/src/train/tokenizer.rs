@@ -249,8 +249,10 @@ fn chunks(text: &str) -> impl Iterator<Item = &str> {
         let mut cut = rest.len().min(CHUNK);
         if cut < rest.len() {
             cut = rest.floor_char_boundary(cut);
-            if let Some(nl) = rest[CHUNK / 2..cut].rfind('\n') {
-                cut = CHUNK / 2 + nl;
+            // Both ends on characters: a character may straddle either mark.
+            let half = rest.floor_char_boundary(CHUNK / 2);
+            if let Some(nl) = rest[half..cut].rfind('\n') {
+                cut = half + nl;
             }
         }
         let (piece, tail) = rest.split_at(cut);
@@ -443,6 +445,14 @@ mod tests {
         assert!(pieces.len() >= 3 && pieces.iter().all(|p| p.len() <= CHUNK));
         assert_eq!(pieces.concat(), text);
         assert!(pieces[1].starts_with('\n'), "cut before a line break");
+        // A character across the half mark or the end mark (it panicked
+        // across the half: 2-byte 'ы' at bytes 131071..131073).
+        for at in [CHUNK / 2 - 1, CHUNK - 1, CHUNK / 2 - 2] {
+            let text = format!("{}ы€{}\n{}", "a".repeat(at), "b".repeat(1000), "c".repeat(CHUNK));
+            let pieces: Vec<&str> = chunks(&text).collect();
+            assert_eq!(pieces.concat(), text, "{at}");
+            assert!(pieces.iter().all(|p| p.len() <= CHUNK), "{at}");
+        }
         let texts: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}\n")).collect();
         let t = train_bpe(300, texts.iter().map(String::as_str)).unwrap_or_else(|e| panic!("{e}"));
         let all = t.encode_all(&[texts[3].as_str(), &text]).unwrap_or_else(|e| panic!("{e}"));

@@ -29,7 +29,7 @@ pub fn streams(
         // Every id checked here; the windows are read as they are drawn.
         let (root, files) = (&corpus.root, &corpus.token_files);
         super::made_by::check(files, tok)?;
-        let t = super::token_files::load(root, files, corpus.val_fraction, tok.end_of_text(), vocab)?;
+        let t = super::token_files::load(root, files, corpus.holdout, tok.end_of_text(), vocab)?;
         return Ok((
             Stream::on_disk(t.train, context, shifted),
             Stream::on_disk(t.valid, context, shifted),
