@@ -544,6 +544,16 @@ mod tests {
     }
 
     #[test]
+    fn a_run_recorded_before_the_mixed_split_keeps_its_split() {
+        let new = Settings::default();
+        let mut json = serde_json::to_value(&new).unwrap_or_default();
+        assert_eq!(json["split_hash"], 2);
+        json.as_object_mut().map(|o| o.remove("split_hash"));
+        let old: Settings = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!((old.split_hash, super::super::data::Holdout::of(&old).hash), (1, 1));
+    }
+
+    #[test]
     fn accumulation_must_divide() {
         let s = Settings { batch: 16, micro_batch: 4, ..Settings::default() };
         assert_eq!(s.accumulation(), Ok(4));
