@@ -6,9 +6,9 @@
 //! treat the two alike.
 //!
 //! Piece K (0-based here) starts after the first line end in the
-//! [`REACH`] bytes from `K · PIECE`, or, with no line end that near (one
-//! long line, as text8's), at the first character boundary there; it ends
-//! where piece K + 1 starts. So a piece is found from its number alone,
+//! [`REACH`] bytes from `K · PIECE`; with no line end that near (one long
+//! line, as text8's), after the first space there, else at the first
+//! character boundary; it ends where piece K + 1 starts. So a piece is found from its number alone,
 //! whichever order the pieces are read in, and the pieces of a file are
 //! the same on every read. The file is left out for the reasons a text
 //! file is (`data::Skip`): not regular, unreadable, not UTF-8, a NUL byte
@@ -59,11 +59,12 @@ impl Pieces {
         let mut near = vec![0u8; usize::try_from(self.reach.min(self.len - at)).ok()?];
         self.file.seek(SeekFrom::Start(at)).ok()?;
         self.file.read_exact(&mut near).ok()?;
-        let cut = match near.iter().position(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            // No line end near: the first byte that starts a character.
-            None => near.iter().position(|&b| b & 0xC0 != 0x80).unwrap_or(near.len()),
-        };
+        let after = |byte: u8| near.iter().position(|&b| b == byte).map(|i| i + 1);
+        // No line end near: after a space (text8's one line of words), else
+        // at the first byte that starts a character.
+        let cut = after(b'\n')
+            .or_else(|| after(b' '))
+            .unwrap_or_else(|| near.iter().position(|&b| b & 0xC0 != 0x80).unwrap_or(near.len()));
         Some(at + cut as u64)
     }
 
@@ -120,7 +121,8 @@ mod tests {
     fn pieces_cut_after_a_line_end_and_join_to_the_file() {
         let lines: String = (0..40).map(|i| format!("line {i}: {}\n", "é".repeat(i % 7))).collect();
         let one_line: String = (0..200).map(|i| if i % 3 == 0 { 'ü' } else { 'a' }).collect();
-        let texts = [lines.as_str(), one_line.as_str(), "short", "ends at a mark\n"];
+        let words: String = (0..60).map(|i| format!("w{i} ")).collect();
+        let texts = [lines.as_str(), one_line.as_str(), words.as_str(), "short", "ends at a mark\n"];
         for (n, text) in texts.iter().enumerate() {
             let p = file(&format!("join{n}.txt"), text.as_bytes());
             let mut pieces = Pieces::sized(&p, 32, 8).unwrap_or_else(|e| panic!("{e:?}"));
@@ -134,8 +136,9 @@ mod tests {
                 at += all[k - 1].len();
                 let mark = 32 * k;
                 let near = &text.as_bytes()[mark..(mark + 8).min(text.len())];
-                match near.iter().position(|&b| b == b'\n') {
-                    Some(i) => assert_eq!(at, mark + i + 1, "{text:?} piece {k}"),
+                let after = |byte| near.iter().position(|&b| b == byte).map(|i| mark + i + 1);
+                match after(b'\n').or_else(|| after(b' ')) {
+                    Some(cut) => assert_eq!(at, cut, "{text:?} piece {k}"),
                     None => assert!(at >= mark && text.is_char_boundary(at) && at - mark < 4, "{text:?} {k}"),
                 }
                 assert!(piece.len() <= 32 + 8, "{piece:?}");
