@@ -80,7 +80,7 @@ fn evaluate<B: Kernels>(args: &Args, device: &B::Device) -> Result<(), String> {
         let bytes = run.tokenizer.kind() == crate::train::tokenizer::Kind::Bytes;
         super::train::corpus_fits(&source, bytes, run.ir.context, "evaluates")?;
     }
-    let corpus = data::load(&source, data::Holdout::of(&s), &s.data_field)?;
+    let corpus = data::load(&source, data::Holdout::of(s), &s.data_field)?;
     let shifted = obj == batch::Objective::Causal;
     let key = tokens::tokenizer_key(&run.dir.tokenizer());
     let (train_stream, valid_stream, _) =
