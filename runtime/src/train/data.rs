@@ -315,8 +315,17 @@ pub(super) fn name_in(root: &Path, f: &Path) -> String {
     f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/")
 }
 
+/// Whether `path` holds JSON lines: a `.jsonl` or `.ndjson` file, or a
+/// `.json` file whose first line that is not blank is a JSON object alone
+/// (as Hugging Face `datasets` and C4 write their records); any other
+/// `.json` (a document over several lines, an array) is text.
 pub(super) fn is_json_lines(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "jsonl" || e == "ndjson")
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("jsonl" | "ndjson") => true,
+        Some("json") => super::lines::first_line(path)
+            .is_some_and(|l| serde_json::from_str::<serde_json::Value>(&l).is_ok_and(|v| v.is_object())),
+        _ => false,
+    }
 }
 
 /// Whether `path` is read in pieces, each a document (`path:K`): a text
@@ -466,7 +475,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool, librar
             let Ok(kind) = e.file_type() else { continue };
             let p = e.path();
             if kind.is_dir() {
-                stack.push(p);
+                if !blkc_output(&p) {
+                    stack.push(p);
+                }
             } else if keep(&p) {
                 // Links, pipes and devices too: `read` counts them as not
                 // regular instead of reading them.
@@ -478,6 +489,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool, librar
         }
     }
     Ok(())
+}
+
+/// Whether `dir` is what blkc wrote: a run (`run.json` beside
+/// `checkpoints/`) or `blkc tokenize`'s output (`tokens.json`). A corpus
+/// walk passes them over, so that a run kept inside its data directory
+/// (`--data . --out runs/x`) never trains on its own metrics, plots and
+/// tokenizer, nor reads a corpus on resuming that its start did not.
+fn blkc_output(dir: &Path) -> bool {
+    (dir.join("run.json").is_file() && dir.join("checkpoints").is_dir()) || dir.join(super::made_by::FILE).is_file()
 }
 
 /// The standard library directory of the newest Python 3 found in the
@@ -617,6 +637,42 @@ mod tests {
             .any(|d| d.name == "corpus.jsonl:1" && d.text == "def f0(x):\n    return x"));
         let err = load(&p.display().to_string(), 0.2, "text").err().unwrap_or_default();
         assert!(err.contains("42 JSON lines without their text field"), "{err}");
+        // `.json` files: records where the first line is an object alone
+        // (C4's, `datasets`' `to_json`), else text.
+        let records = dir.join("records");
+        let _ = std::fs::create_dir_all(&records);
+        let _ = std::fs::write(records.join("c4.json"), "\n{\"text\": \"one\"}\n{\"text\": \"two\"}\n");
+        let _ = std::fs::write(records.join("pretty.json"), "{\n  \"text\": \"not a record\"\n}\n");
+        let _ = std::fs::write(records.join("array.json"), "[{\"text\": \"a\"}, {\"text\": \"b\"}]\n");
+        let c = load(&records.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
+        let mut names: Vec<&str> = c.train.iter().chain(&c.valid).map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["array.json", "c4.json:2", "c4.json:3", "pretty.json"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A run, or token files, inside the data directory are not data.
+    #[test]
+    fn blkc_outputs_inside_the_corpus_are_passed_over() {
+        let dir = std::env::temp_dir().join(format!("blkc-outputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (rel, text) in [
+            ("a.txt", "text\n"),
+            ("runs/x/run.json", "{}"),
+            ("runs/x/metrics.csv", "step,loss\n"),
+            ("runs/x/checkpoints/latest", "step-00000001"),
+            ("runs/notes.txt", "kept\n"),
+            ("ids/tokens.json", "{}"),
+            ("ids/tokenizer.json", "{}"),
+            ("looks/run.json", "a run.json alone is data\n"),
+        ] {
+            let p = dir.join(rel);
+            let _ = std::fs::create_dir_all(p.parent().unwrap_or(&dir));
+            let _ = std::fs::write(&p, text);
+        }
+        let (_, files) = find(&dir.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = files.iter().map(|f| name_in(&dir, f)).collect();
+        assert_eq!(names, ["a.txt", "looks/run.json", "runs/notes.txt"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

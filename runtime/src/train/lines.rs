@@ -80,6 +80,19 @@ pub(super) fn check(path: &Path) -> Result<(), Skip> {
     }
 }
 
+/// The first line of the regular file `path` that is not blank, when it
+/// is UTF-8 and no longer than a record may be.
+pub(super) fn first_line(path: &Path) -> Option<String> {
+    let mut reader = BufReader::new(open(path).ok()?);
+    let mut buf = Vec::new();
+    while next_line(&mut reader, &mut buf).ok()?? {
+        if !buf.iter().all(u8::is_ascii_whitespace) {
+            return String::from_utf8(std::mem::take(&mut buf)).ok();
+        }
+    }
+    None
+}
+
 /// The next line of `r` into `buf`, without its `\n` (or `\r\n`): `None` at
 /// the end, `Some(false)` for a line longer than [`MAX_LINE`] (skipped,
 /// `buf` left empty).
