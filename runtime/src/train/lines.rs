@@ -231,10 +231,11 @@ impl Lines {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    /// A file of `bytes` of its own for the test that names it `name`.
+    pub(in crate::train) fn file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
         let p = std::env::temp_dir().join(format!("blkc-lines-{}-{name}", std::process::id()));
         std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("{e}"));
         p

@@ -281,44 +281,31 @@ pub fn open<B: Kernels>(path: &Path, device: &B::Device) -> Result<Opened<B>, St
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
-    /// A scratch run directory, and a way to write its checkpoint N (the
-    /// run keeps two, as training does).
-    fn scratch(name: &str) -> (PathBuf, impl Fn(u64)) {
-        let root = std::env::temp_dir().join(format!("blkc-open-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let run = RunDir::new(&root);
+    use super::super::rundir::tests::fake;
+
+    /// A run directory of its own for the test `name`, with a `run.json`.
+    fn scratch(name: &str) -> RunDir {
+        let run = super::super::rundir::tests::scratch(&format!("open-{name}"));
         let _ = std::fs::create_dir_all(run.checkpoints());
         let _ = std::fs::write(run.info_path(), "{}");
-        let step = move |n: u64| {
-            let state =
-                State { step: n, loss: 1.0, eval_loss: None, tokens: 0, seconds: 0.0, checksums: BTreeMap::new() };
-            let made = run.checkpoint(&state, |d| {
-                let _ = std::fs::write(d.join(crate::checkpoint::WEIGHTS), b"w");
-                let _ = std::fs::write(d.join("optimizer.bin"), b"o");
-                Ok(BTreeMap::new())
-            });
-            assert!(made.is_ok(), "{made:?}");
-        };
-        (root, step)
+        run
     }
 
     #[test]
     fn a_checkpoint_pruned_while_it_is_opened_gives_way_to_the_newest() {
-        let (root, step) = scratch("pruned");
-        let run = RunDir::new(&root);
-        step(4);
+        let run = scratch("pruned");
+        let root = run.root.clone();
+        fake(&run, 4);
         let first = run.latest(Need::Weights).unwrap_or_else(|| panic!("no checkpoint"));
         // While step 4 is being read, the run writes 5 and 6 and removes 4.
         let mut seen = Vec::new();
         let got = loaded(&root, first, |f| {
             seen.push(f.state.step);
             if f.state.step == 4 {
-                step(5);
-                step(6);
+                fake(&run, 5);
+                fake(&run, 6);
                 return Err("cannot read: no such file".into());
             }
             Ok(f.state.step)
@@ -340,15 +327,16 @@ mod tests {
 
     #[test]
     fn a_run_started_from_a_run_that_trains_on_takes_its_newest_checkpoint() {
-        let (root, step) = scratch("init");
-        step(4);
+        let run = scratch("init");
+        let root = run.root.clone();
+        fake(&run, 4);
         let by_run = init_from(&root).unwrap_or_else(|e| panic!("{e}"));
         let by_path = init_from(&root.join("checkpoints/step-00000004")).unwrap_or_else(|e| panic!("{e}"));
         assert!(by_run.newest && !by_path.newest);
         assert_eq!(init_checkpoint(&by_run).map(|(_, f)| f.state.step), Ok(4));
         // The run writes 5 and 6 and removes 4 before the weights are read.
-        step(5);
-        step(6);
+        fake(&run, 5);
+        fake(&run, 6);
         assert_eq!(init_checkpoint(&by_run).map(|(_, f)| f.state.step), Ok(6));
         let err = init_checkpoint(&by_path).err().unwrap_or_default();
         assert!(err.contains("no longer a checkpoint"), "{err}");

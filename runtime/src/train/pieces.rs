@@ -106,13 +106,8 @@ pub(super) fn each_piece(path: &Path, mut each: impl FnMut(usize, &str)) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use super::super::lines::tests::file;
     use super::*;
-
-    fn file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("blkc-pieces-{}-{name}", std::process::id()));
-        std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("{e}"));
-        p
-    }
 
     /// The pieces join to the file, each (but the first) starts after a
     /// line end within reach of its mark or, with none, at the first
@@ -124,7 +119,7 @@ mod tests {
         let words: String = (0..60).map(|i| format!("w{i} ")).collect();
         let texts = [lines.as_str(), one_line.as_str(), words.as_str(), "short", "ends at a mark\n"];
         for (n, text) in texts.iter().enumerate() {
-            let p = file(&format!("join{n}.txt"), text.as_bytes());
+            let p = file(&format!("pieces-join{n}.txt"), text.as_bytes());
             let mut pieces = Pieces::sized(&p, 32, 8).unwrap_or_else(|e| panic!("{e:?}"));
             let count = pieces.count();
             let all: Vec<String> = (1..=count).map(|k| pieces.piece(k).unwrap_or_default()).collect();
@@ -158,12 +153,12 @@ mod tests {
         for (name, at, byte, why) in [("utf8", 100, 0xFF, Skip::NotUtf8), ("nul", 140, 0, Skip::NotUtf8)] {
             let mut bytes = bad.clone();
             bytes[at] = byte;
-            let p = file(name, &bytes);
+            let p = file(&format!("pieces-{name}"), &bytes);
             assert_eq!(Pieces::sized(&p, 32, 8).err(), Some(why), "{name}");
             let _ = std::fs::remove_file(p);
         }
         bad.fill(b' ');
-        let p = file("blank", &bad);
+        let p = file("pieces-blank", &bad);
         assert_eq!(Pieces::sized(&p, 32, 8).err(), Some(Skip::Empty));
         let _ = std::fs::remove_file(p);
     }

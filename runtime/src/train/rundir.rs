@@ -512,16 +512,19 @@ pub fn weights(ckpt: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> RunDir {
+    /// An empty run directory of its own for the test `name`.
+    pub(in crate::train) fn scratch(name: &str) -> RunDir {
         let d = std::env::temp_dir().join(format!("blkc-rundir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         RunDir::new(&d)
     }
 
-    fn fake(run: &RunDir, step: u64) {
+    /// Writes checkpoint `step` of `run` as training does (the newest two
+    /// kept), its files stand-ins.
+    pub(in crate::train) fn fake(run: &RunDir, step: u64) {
         let state = State { step, loss: 1.0, eval_loss: None, tokens: 0, seconds: 0.0, checksums: BTreeMap::new() };
         let made = run.checkpoint(&state, |d| {
             let _ = std::fs::write(d.join(crate::checkpoint::WEIGHTS), b"w");
