@@ -5,13 +5,14 @@
 //! trained on a sample of it) in memory bounded by its largest file and its
 //! count of files.
 //!
-//! `load` sorts every document by name (`path`, or `path:line` for a record
-//! of a JSON-lines file, `path:K` for a piece of a large text file) and splits them by the hash of that name. The same
-//! order comes without holding the names: files sorted by `path` (a text
-//! file) or `path:` (a JSON-lines file), and a JSON-lines file's records by
-//! their line numbers as strings (1, 10, 11, …, 2, 20, …), which
-//! `lexicographic` counts out. The two orders differ only where a file's
-//! path starts with `path:` of a JSON-lines file (`r.jsonl:2.txt` beside
+//! `load` sorts every document by name (`path`; `path:LINE` for a record
+//! of a JSON-lines file, `path:K` for a piece of a large text file) and
+//! splits them by the hash of that name. The same order comes without
+//! holding the names: files sorted by `path` (a text file) or `path:` (a
+//! file of numbered documents), and a file's records or pieces by their
+//! numbers as strings (1, 10, 11, …, 2, 20, …), which `lexicographic`
+//! counts out. The two orders differ only where a file's path starts with
+//! `path:` of a file of numbered documents (`r.jsonl:2.txt` beside
 //! `r.jsonl`), which is refused.
 
 use std::fmt::Write;
