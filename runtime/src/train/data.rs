@@ -4,7 +4,8 @@
 //! is a document, except a JSON-lines file (`.jsonl`, `.ndjson`), whose
 //! every record is one: the string in its text field (`data_field`,
 //! default `text`); and a text file over 64 MiB, whose every piece of
-//! about a mebibyte is one (`pieces.rs`).
+//! about a mebibyte is one (`pieces.rs`). A gzip file (`.gz`) is read as
+//! the file it holds (`c4.json.gz` as `c4.json`), decompressed in memory.
 
 use std::path::{Path, PathBuf};
 
@@ -299,12 +300,14 @@ pub(super) fn split<T>(mut docs: Vec<T>, name: impl Fn(&T) -> &str, holdout: Hol
 pub fn footprint(source: &str, bytes_tokenizer: bool, context: u64) -> Result<(u128, bool), String> {
     let (_, files) = find(source)?;
     let size = |f: &PathBuf| std::fs::metadata(f).map(|m| u128::from(m.len())).unwrap_or(0);
+    // What a file holds: a gzip file's decompressed bytes.
+    let held = |f: &PathBuf| super::lines::size(f).map_or(0, u128::from).max(size(f));
     if let Some(files) = tokenised(&files) {
         // At most one id per byte (8-bit ids).
         return Ok((4 * files.iter().map(size).sum::<u128>() / u128::from(context.max(1)), false));
     }
     // Every file is read whatever its size (a large text file in pieces).
-    let text: u128 = files.iter().map(size).sum();
+    let text: u128 = files.iter().map(held).sum();
     // A BPE's encoder holds some 200 bytes per byte of a batch of text.
     Ok((if bytes_tokenizer { 6 * text } else { 5 * text + (200 * text).min(512 << 20) }, true))
 }
@@ -320,7 +323,9 @@ pub(super) fn name_in(root: &Path, f: &Path) -> String {
 /// (as Hugging Face `datasets` and C4 write their records); any other
 /// `.json` (a document over several lines, an array) is text.
 pub(super) fn is_json_lines(path: &Path) -> bool {
-    match path.extension().and_then(|e| e.to_str()) {
+    // A gzip file by the name of what it holds (`c4.json.gz`: `c4.json`).
+    let held = if super::lines::gzipped(path) { path.with_extension("") } else { path.to_path_buf() };
+    match held.extension().and_then(|e| e.to_str()) {
         Some("jsonl" | "ndjson") => true,
         Some("json") => super::lines::first_line(path)
             .is_some_and(|l| serde_json::from_str::<serde_json::Value>(&l).is_ok_and(|v| v.is_object())),
@@ -329,9 +334,9 @@ pub(super) fn is_json_lines(path: &Path) -> bool {
 }
 
 /// Whether `path` is read in pieces, each a document (`path:K`): a text
-/// file larger than a document may be.
+/// file larger than a document may be (a gzip file: what it holds).
 pub(super) fn in_pieces(path: &Path) -> bool {
-    !is_json_lines(path) && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > MAX_FILE_BYTES)
+    !is_json_lines(path) && super::lines::size(path).is_some_and(|n| n > MAX_FILE_BYTES)
 }
 
 /// Gives `each` the line (1-based) and text of every record of a JSON-lines
@@ -386,12 +391,23 @@ pub(super) enum Skip {
     NotRegular,
 }
 
-/// A file's text: a regular file of at most 64 MiB (`durable::read_regular`).
+/// A file's text: a regular file of at most 64 MiB (`durable::read_regular`),
+/// or what a gzip file of at most that holds.
 pub(super) fn read(path: &Path) -> Result<String, Skip> {
-    let bytes = match crate::durable::read_regular(path, MAX_FILE_BYTES).map_err(|_| Skip::Unreadable)? {
-        crate::durable::Read::Bytes(b) => b,
-        crate::durable::Read::NotRegular => return Err(Skip::NotRegular),
-        crate::durable::Read::TooLarge => return Err(Skip::TooLarge),
+    let bytes = if super::lines::gzipped(path) {
+        let mut bytes = Vec::new();
+        let held = std::io::Read::take(super::lines::stream(path)?, MAX_FILE_BYTES + 1);
+        std::io::Read::read_to_end(&mut { held }, &mut bytes).map_err(|_| Skip::Unreadable)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(Skip::TooLarge);
+        }
+        bytes
+    } else {
+        match crate::durable::read_regular(path, MAX_FILE_BYTES).map_err(|_| Skip::Unreadable)? {
+            crate::durable::Read::Bytes(b) => b,
+            crate::durable::Read::NotRegular => return Err(Skip::NotRegular),
+            crate::durable::Read::TooLarge => return Err(Skip::TooLarge),
+        }
     };
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Skip::Empty);
@@ -648,6 +664,29 @@ mod tests {
         let mut names: Vec<&str> = c.train.iter().chain(&c.valid).map(|d| d.name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["array.json", "c4.json:2", "c4.json:3", "pretty.json"]);
+        // Compressed, the same documents by the same names, but `.gz`; a
+        // text file too.
+        let gz = |name: &str, text: &[u8]| {
+            let _ = std::fs::write(records.join(name), super::super::lines::tests::gzip(text));
+        };
+        for f in ["c4.json", "pretty.json", "array.json"] {
+            let text = std::fs::read(records.join(f)).unwrap_or_default();
+            let _ = std::fs::remove_file(records.join(f));
+            gz(&format!("{f}.gz"), &text);
+        }
+        gz("notes.txt.gz", b"a text\n");
+        let c = load(&records.display().to_string(), 0.0, "text").unwrap_or_else(|e| panic!("{e}"));
+        let mut docs: Vec<(&str, &str)> =
+            c.train.iter().chain(&c.valid).map(|d| (d.name.as_str(), d.text.as_str())).collect();
+        docs.sort_unstable();
+        let want = [
+            ("array.json.gz", "[{\"text\": \"a\"}, {\"text\": \"b\"}]\n"),
+            ("c4.json.gz:2", "one"),
+            ("c4.json.gz:3", "two"),
+            ("notes.txt.gz", "a text\n"),
+            ("pretty.json.gz", "{\n  \"text\": \"not a record\"\n}\n"),
+        ];
+        assert_eq!(docs, want);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

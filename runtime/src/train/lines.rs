@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::data::{records, Skip};
@@ -22,7 +22,7 @@ const MAX_LINE: usize = 64 << 20;
 /// [`records`] counts them.
 pub(super) fn each_record(path: &Path, field: &str, mut each: impl FnMut(usize, &str)) -> Result<usize, Skip> {
     check(path)?;
-    let mut reader = BufReader::with_capacity(1 << 20, open(path)?);
+    let mut reader = BufReader::with_capacity(1 << 20, stream(path)?);
     let (mut buf, mut bad, mut number) = (Vec::new(), 0, 0);
     while let Some(fits) = next_line(&mut reader, &mut buf).map_err(|_| Skip::Unreadable)? {
         number += 1;
@@ -37,8 +37,49 @@ pub(super) fn each_record(path: &Path, field: &str, mut each: impl FnMut(usize, 
     Ok(bad)
 }
 
-/// The file, when it is a regular one.
-pub(super) fn open(path: &Path) -> Result<File, Skip> {
+/// What a corpus file holds, to be read and sought in: the file itself,
+/// or, for a gzip-compressed one (`.gz`), its bytes decompressed into
+/// memory.
+pub(super) enum Body {
+    File(File),
+    Held(Cursor<Vec<u8>>),
+}
+
+impl Body {
+    /// Bytes in it.
+    pub(super) fn len(&self) -> Result<u64, Skip> {
+        match self {
+            Body::File(f) => f.metadata().map(|m| m.len()).map_err(|_| Skip::Unreadable),
+            Body::Held(c) => Ok(c.get_ref().len() as u64),
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::File(f) => f.read(buf),
+            Body::Held(c) => c.read(buf),
+        }
+    }
+}
+
+impl Seek for Body {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Body::File(f) => f.seek(to),
+            Body::Held(c) => c.seek(to),
+        }
+    }
+}
+
+/// Whether `path` is gzip-compressed (`.gz`): read as the file it holds.
+pub(super) fn gzipped(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// The regular file `path`, opened.
+fn regular(path: &Path) -> Result<File, Skip> {
     let meta = std::fs::metadata(path).map_err(|_| Skip::Unreadable)?;
     if !meta.is_file() {
         return Err(Skip::NotRegular);
@@ -46,11 +87,53 @@ pub(super) fn open(path: &Path) -> Result<File, Skip> {
     File::open(path).map_err(|_| Skip::Unreadable)
 }
 
+/// What the regular file `path` holds, read from its start: a gzip file
+/// decompressed as it is read (several members, as `bgzip` and `cat a.gz
+/// b.gz` write, one after another; a file that is not gzip fails to read).
+pub(super) fn stream(path: &Path) -> Result<Box<dyn Read>, Skip> {
+    let file = regular(path)?;
+    Ok(if gzipped(path) { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))) } else { Box::new(file) })
+}
+
+/// What the regular file `path` holds, to be sought in: the file, or a
+/// gzip file decompressed into memory. Decompressing more than a quarter
+/// of the memory free is refused as too large; a file that is not gzip as
+/// unreadable.
+pub(super) fn open(path: &Path) -> Result<Body, Skip> {
+    if !gzipped(path) {
+        return regular(path).map(Body::File);
+    }
+    let room = super::memory::available().map_or(4 << 30, |free| free / 4);
+    let cap = u64::try_from(room).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    stream(path)?.take(cap.saturating_add(1)).read_to_end(&mut bytes).map_err(|_| Skip::Unreadable)?;
+    if bytes.len() as u64 > cap {
+        return Err(Skip::TooLarge);
+    }
+    Ok(Body::Held(Cursor::new(bytes)))
+}
+
+/// Bytes the regular file `path` holds, without reading it: a gzip
+/// file's from its trailer (its last member's size, modulo 4 GiB: a hint,
+/// which reading it settles). `None` for what is not a regular file (a
+/// pipe is never opened: that would wait for a writer).
+pub(super) fn size(path: &Path) -> Option<u64> {
+    let len = std::fs::metadata(path).ok().filter(|m| m.is_file())?.len();
+    let mut file = File::open(path).ok()?;
+    if !gzipped(path) || len < 18 {
+        return Some(len);
+    }
+    let mut trailer = [0u8; 4];
+    file.seek(SeekFrom::End(-4)).ok()?;
+    file.read_exact(&mut trailer).ok()?;
+    Some(u64::from(u32::from_le_bytes(trailer)))
+}
+
 /// Whether the file is text as `data::read` requires it, read in blocks:
 /// UTF-8 (a character may straddle two blocks), no NUL byte, not only
 /// whitespace.
 pub(super) fn check(path: &Path) -> Result<(), Skip> {
-    let mut file = open(path)?;
+    let mut file = stream(path)?;
     let mut block = vec![0u8; 1 << 20];
     // Bytes of a character cut by the block's end, carried to the next.
     let (mut carried, mut blank) = (0usize, true);
@@ -83,7 +166,7 @@ pub(super) fn check(path: &Path) -> Result<(), Skip> {
 /// The first line of the regular file `path` that is not blank, when it
 /// is UTF-8 and no longer than a record may be.
 pub(super) fn first_line(path: &Path) -> Option<String> {
-    let mut reader = BufReader::new(open(path).ok()?);
+    let mut reader = BufReader::new(stream(path).ok()?);
     let mut buf = Vec::new();
     while next_line(&mut reader, &mut buf).ok()?? {
         if !buf.iter().all(u8::is_ascii_whitespace) {
@@ -138,7 +221,7 @@ fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<
 /// at a time when asked.
 pub(super) struct Lines {
     bytes: Option<Vec<u8>>,
-    file: File,
+    file: Body,
     /// Where each line starts, and where the file ends.
     starts: Vec<u64>,
 }
@@ -157,7 +240,7 @@ impl Lines {
     fn index_holding(path: &Path, hold: u64, room: u128) -> Result<Self, String> {
         let unreadable = |_| format!("`{}` cannot be read", path.display());
         let mut file = open(path).map_err(|_| format!("`{}` cannot be read as a regular file", path.display()))?;
-        let size = file.metadata().map_err(unreadable)?.len();
+        let size = file.len().map_err(|_| format!("`{}` cannot be read", path.display()))?;
         let mut starts = vec![0u64];
         let mut at = 0u64;
         let mut mark = |bytes: &[u8], at: u64| {
@@ -332,5 +415,45 @@ pub(super) mod tests {
         }
         let dir = std::env::temp_dir();
         assert!(matches!(check(&dir), Err(Skip::NotRegular)));
+    }
+
+    /// `bytes` gzip-compressed, as `gzip` writes them.
+    pub(in crate::train) fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, bytes).unwrap_or_else(|e| panic!("{e}"));
+        z.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A gzip file is read as the file it holds: its records one by one,
+    /// by number, its size from its trailer; two members one after the
+    /// other hold their texts joined; a file that is not gzip cannot be
+    /// read.
+    #[test]
+    fn a_gzip_file_reads_as_the_file_it_holds() {
+        let text = "{\"text\": \"a\"}\n\n{\"text\": \"ü\"}\nnot json\n";
+        let plain = file("gz-plain.jsonl", text.as_bytes());
+        let mut two = gzip(&text.as_bytes()[..10]);
+        two.extend(gzip(&text.as_bytes()[10..]));
+        for (name, bytes) in [("gz-one.jsonl.gz", gzip(text.as_bytes())), ("gz-two.jsonl.gz", two)] {
+            let p = file(name, &bytes);
+            let read = |path: &Path| {
+                let mut got = Vec::new();
+                let bad = each_record(path, "text", |l, t| got.push((l, t.to_string())));
+                (got, bad)
+            };
+            assert_eq!(read(&p), read(&plain), "{name}");
+            let mut lines = Lines::index(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((lines.count(), lines.line(3).as_deref()), (4, Some("{\"text\": \"ü\"}")), "{name}");
+            assert_eq!(first_line(&p).as_deref(), Some("{\"text\": \"a\"}"));
+            if name == "gz-one.jsonl.gz" {
+                assert_eq!(size(&p), Some(text.len() as u64), "from the trailer");
+            }
+            let _ = std::fs::remove_file(p);
+        }
+        let fake = file("gz-fake.txt.gz", b"plain text, not gzip\n");
+        assert_eq!(check(&fake).err(), Some(Skip::Unreadable));
+        assert_eq!(open(&fake).err(), Some(Skip::Unreadable));
+        let _ = std::fs::remove_file(fake);
+        let _ = std::fs::remove_file(plain);
     }
 }

@@ -14,7 +14,6 @@
 //! file is (`data::Skip`): not regular, unreadable, not UTF-8, a NUL byte
 //! anywhere, only whitespace.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -29,7 +28,7 @@ pub(super) const REACH: u64 = 64 << 10;
 
 /// A large text file's pieces, by number.
 pub(super) struct Pieces {
-    file: File,
+    file: lines::Body,
     len: u64,
     piece: u64,
     reach: u64,
@@ -46,7 +45,7 @@ impl Pieces {
     fn sized(path: &Path, piece: u64, reach: u64) -> Result<Self, Skip> {
         lines::check(path)?;
         let file = lines::open(path)?;
-        let len = file.metadata().map_err(|_| Skip::Unreadable)?.len();
+        let len = file.len()?;
         Ok(Pieces { file, len, piece, reach })
     }
 
@@ -143,6 +142,22 @@ mod tests {
             assert_eq!(back.into_iter().rev().collect::<Vec<_>>(), all);
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// The pieces of a gzip file are those of the file it holds.
+    #[test]
+    fn a_gzip_file_has_the_pieces_of_what_it_holds() {
+        let text: String = (0..50).map(|i| format!("line {i}\n")).collect();
+        let read = |p: &std::path::Path| {
+            let mut pieces = Pieces::sized(p, 32, 8).unwrap_or_else(|e| panic!("{e:?}"));
+            (1..=pieces.count()).map(|k| pieces.piece(k).unwrap_or_default()).collect::<Vec<_>>()
+        };
+        let plain = file("pieces-gz.txt", text.as_bytes());
+        let gz = file("pieces-gz.txt.gz", &super::super::lines::tests::gzip(text.as_bytes()));
+        assert!(read(&plain).len() > 5);
+        assert_eq!(read(&gz), read(&plain));
+        let _ = std::fs::remove_file(plain);
+        let _ = std::fs::remove_file(gz);
     }
 
     /// Left out as a text file is: not UTF-8 (a bad byte in any piece), a

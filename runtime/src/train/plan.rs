@@ -428,6 +428,9 @@ mod tests {
         write(&dir, "many/r.jsonl~", "after the records\n");
         write(&dir, "many/r-2.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n");
         write(&dir, "many/z.txt", "last\n");
+        let packed: String = (0..30).map(|i| format!("{{\"text\": \"packed {i}\"}}\n")).collect();
+        std::fs::write(dir.join("many/y.jsonl.gz"), super::super::lines::tests::gzip(packed.as_bytes()))
+            .unwrap_or_else(|e| panic!("{e}"));
         write(&dir, "many/empty.txt", "  \n");
         let long: String = (0..40).map(|i| format!("line {i}\n")).collect();
         write(&dir, "one/only.txt", &long);
