@@ -64,7 +64,7 @@ impl Skipped {
             (self.not_utf8, "not UTF-8"),
             (self.empty, "empty"),
             (self.unreadable, "unreadable"),
-            (self.too_large, "over 64 MiB"),
+            (self.too_large, "too large to read"),
             (self.not_regular, "not regular files"),
             (self.bad_records, "JSON lines without their text field"),
         ]

@@ -1,10 +1,12 @@
 //! JSON-lines files of any size, read a line at a time and never whole:
 //! a dump of records is often gigabytes in one file (a text file of that
-//! size is read in pieces, `pieces.rs`). Lines are cut as `str::lines` cuts them (`\n`, or
-//! `\r\n`), numbered from 1, so a record has the name it has when its file
-//! is read whole. A file is left out for the reasons a text file is
-//! (`data::Skip`): not regular, unreadable, empty, not UTF-8 or with a NUL
-//! byte anywhere; a record longer than 64 MiB is a bad record.
+//! size is read in pieces, `pieces.rs`). Lines are cut as `str::lines`
+//! cuts them (`\n`, or `\r\n`), numbered from 1, so a record has the name
+//! it has when its file is read whole. A gzip file (`.gz`) is read as what
+//! it holds: decompressed as it is read ([`stream`]), or into memory where
+//! it is sought in ([`open`]). A file is left out for the reasons a text
+//! file is (`data::Skip`): not regular, unreadable, empty, not UTF-8 or
+//! with a NUL byte anywhere; a record longer than 64 MiB is a bad record.
 
 use std::borrow::Cow;
 use std::fs::File;
