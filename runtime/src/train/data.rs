@@ -218,14 +218,14 @@ pub(super) fn documents(
     let mut skipped = Skipped::default();
     for (i, f) in files.iter().enumerate() {
         let name = name_in(root, f);
-        let read = if is_json_lines(f) {
+        let read = match holds(f) {
             // Of any size, a line at a time.
-            super::lines::each_record(f, field, |line, t| each(format!("{name}:{line}"), i, Some(line), t.into()))
-                .map(|bad| skipped.bad_records += bad)
-        } else if in_pieces(f) {
-            super::pieces::each_piece(f, |k, t| each(format!("{name}:{k}"), i, Some(k), t.into()))
-        } else {
-            read(f).map(|text| each(name, i, None, text.into()))
+            Holds::Records => {
+                super::lines::each_record(f, field, |line, t| each(format!("{name}:{line}"), i, Some(line), t.into()))
+                    .map(|bad| skipped.bad_records += bad)
+            }
+            Holds::Pieces => super::pieces::each_piece(f, |k, t| each(format!("{name}:{k}"), i, Some(k), t.into())),
+            Holds::One => read(f).map(|text| each(name, i, None, text.into())),
         };
         if let Err(why) = read {
             skipped.count(why);
@@ -318,11 +318,33 @@ pub(super) fn name_in(root: &Path, f: &Path) -> String {
     f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/")
 }
 
+/// How a corpus file holds its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holds {
+    /// A text file: one.
+    One,
+    /// JSON lines: one per record (`name:LINE`).
+    Records,
+    /// A text file too large for one: one per piece (`name:K`).
+    Pieces,
+}
+
+/// How `path` holds its documents (a gzip file: what it holds does).
+pub(super) fn holds(path: &Path) -> Holds {
+    if is_json_lines(path) {
+        Holds::Records
+    } else if super::lines::size(path).is_some_and(|n| n > MAX_FILE_BYTES) {
+        Holds::Pieces
+    } else {
+        Holds::One
+    }
+}
+
 /// Whether `path` holds JSON lines: a `.jsonl` or `.ndjson` file, or a
 /// `.json` file whose first line that is not blank is a JSON object alone
 /// (as Hugging Face `datasets` and C4 write their records); any other
 /// `.json` (a document over several lines, an array) is text.
-pub(super) fn is_json_lines(path: &Path) -> bool {
+fn is_json_lines(path: &Path) -> bool {
     // A gzip file by the name of what it holds (`c4.json.gz`: `c4.json`).
     let held = if super::lines::gzipped(path) { path.with_extension("") } else { path.to_path_buf() };
     match held.extension().and_then(|e| e.to_str()) {
@@ -331,12 +353,6 @@ pub(super) fn is_json_lines(path: &Path) -> bool {
             .is_some_and(|l| serde_json::from_str::<serde_json::Value>(&l).is_ok_and(|v| v.is_object())),
         _ => false,
     }
-}
-
-/// Whether `path` is read in pieces, each a document (`path:K`): a text
-/// file larger than a document may be (a gzip file: what it holds).
-pub(super) fn in_pieces(path: &Path) -> bool {
-    !is_json_lines(path) && super::lines::size(path).is_some_and(|n| n > MAX_FILE_BYTES)
 }
 
 /// Gives `each` the line (1-based) and text of every record of a JSON-lines

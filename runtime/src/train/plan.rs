@@ -21,22 +21,11 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use super::data::{
-    documents, find, giving_side, in_pieces, in_validation, is_json_lines, name_in, no_text, read, records, split_tail,
-    tokenised, Holdout, Skipped,
+    documents, find, giving_side, holds, in_validation, name_in, no_text, read, records, split_tail, tokenised,
+    Holdout, Holds, Skipped,
 };
 use super::lines::Lines;
 use super::pieces::Pieces;
-
-/// How a file holds its documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holds {
-    /// A text file: one.
-    One,
-    /// JSON lines: one per record (`name:LINE`).
-    Records,
-    /// A text file too large for one: one per piece (`name:K`).
-    Pieces,
-}
 
 /// One file of a [`Plan`]: its documents on each side.
 #[derive(Debug, Clone)]
@@ -141,14 +130,7 @@ pub fn plan(source: &str, holdout: impl Into<Holdout>, field: &str, progress: bo
     }
     let mut files: Vec<Planned> = paths
         .iter()
-        .map(|p| {
-            let holds = match (is_json_lines(p), in_pieces(p)) {
-                (true, _) => Holds::Records,
-                (_, true) => Holds::Pieces,
-                _ => Holds::One,
-            };
-            Planned { path: p.clone(), name: name_in(&root, p), holds, documents: [0; 2] }
-        })
+        .map(|p| Planned { path: p.clone(), name: name_in(&root, p), holds: holds(p), documents: [0; 2] })
         .collect();
     let (mut counts, mut bytes) = ([0u64; 2], [0u64; 2]);
     // The last training document by name and the first validation one (the
