@@ -171,8 +171,14 @@ pub fn read_regular(path: &Path, cap: u64) -> std::io::Result<Read> {
     if meta.len() > cap {
         return Ok(Read::TooLarge);
     }
+    read_capped(std::fs::File::open(path)?, cap)
+}
+
+/// What `r` gives, when that is at most `cap` bytes (one byte more is
+/// read to know).
+pub fn read_capped(r: impl std::io::Read, cap: u64) -> std::io::Result<Read> {
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path)?, cap + 1), &mut bytes)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, cap.saturating_add(1)), &mut bytes)?;
     Ok(if bytes.len() as u64 > cap { Read::TooLarge } else { Read::Bytes(bytes) })
 }
 

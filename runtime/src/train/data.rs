@@ -411,13 +411,7 @@ pub(super) enum Skip {
 /// or what a gzip file of at most that holds.
 pub(super) fn read(path: &Path) -> Result<String, Skip> {
     let bytes = if super::lines::gzipped(path) {
-        let mut bytes = Vec::new();
-        let held = std::io::Read::take(super::lines::stream(path)?, MAX_FILE_BYTES + 1);
-        std::io::Read::read_to_end(&mut { held }, &mut bytes).map_err(|_| Skip::Unreadable)?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(Skip::TooLarge);
-        }
-        bytes
+        super::lines::held(path, MAX_FILE_BYTES)?
     } else {
         match crate::durable::read_regular(path, MAX_FILE_BYTES).map_err(|_| Skip::Unreadable)? {
             crate::durable::Read::Bytes(b) => b,

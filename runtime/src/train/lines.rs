@@ -106,13 +106,16 @@ pub(super) fn open(path: &Path) -> Result<Body, Skip> {
         return regular(path).map(Body::File);
     }
     let room = super::memory::available().map_or(4 << 30, |free| free / 4);
-    let cap = u64::try_from(room).unwrap_or(u64::MAX);
-    let mut bytes = Vec::new();
-    stream(path)?.take(cap.saturating_add(1)).read_to_end(&mut bytes).map_err(|_| Skip::Unreadable)?;
-    if bytes.len() as u64 > cap {
-        return Err(Skip::TooLarge);
+    held(path, u64::try_from(room).unwrap_or(u64::MAX)).map(|bytes| Body::Held(Cursor::new(bytes)))
+}
+
+/// What the regular file `path` holds (a gzip file decompressed), when
+/// that is at most `cap` bytes.
+pub(super) fn held(path: &Path, cap: u64) -> Result<Vec<u8>, Skip> {
+    match crate::durable::read_capped(stream(path)?, cap).map_err(|_| Skip::Unreadable)? {
+        crate::durable::Read::Bytes(bytes) => Ok(bytes),
+        _ => Err(Skip::TooLarge),
     }
-    Ok(Body::Held(Cursor::new(bytes)))
 }
 
 /// Bytes the regular file `path` holds, without reading it: a gzip
@@ -121,10 +124,10 @@ pub(super) fn open(path: &Path) -> Result<Body, Skip> {
 /// pipe is never opened: that would wait for a writer).
 pub(super) fn size(path: &Path) -> Option<u64> {
     let len = std::fs::metadata(path).ok().filter(|m| m.is_file())?.len();
-    let mut file = File::open(path).ok()?;
     if !gzipped(path) || len < 18 {
         return Some(len);
     }
+    let mut file = File::open(path).ok()?;
     let mut trailer = [0u8; 4];
     file.seek(SeekFrom::End(-4)).ok()?;
     file.read_exact(&mut trailer).ok()?;
@@ -135,7 +138,11 @@ pub(super) fn size(path: &Path) -> Option<u64> {
 /// UTF-8 (a character may straddle two blocks), no NUL byte, not only
 /// whitespace.
 pub(super) fn check(path: &Path) -> Result<(), Skip> {
-    let mut file = stream(path)?;
+    check_read(stream(path)?)
+}
+
+/// [`check`] of what `file` gives from where it stands to its end.
+pub(super) fn check_read(mut file: impl Read) -> Result<(), Skip> {
     let mut block = vec![0u8; 1 << 20];
     // Bytes of a character cut by the block's end, carried to the next.
     let (mut carried, mut blank) = (0usize, true);

@@ -70,10 +70,15 @@ pub fn read_info(dir: &RunDir) -> Result<RunInfo, String> {
 /// it is one (`RUN/checkpoints/step-N`) rather than the run itself.
 pub fn split(path: &Path) -> (PathBuf, Option<PathBuf>) {
     if path.join("state.json").is_file() {
-        let root = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-        return (root, Some(path.to_path_buf()));
+        return (run_of(path), Some(path.to_path_buf()));
     }
     (path.to_path_buf(), None)
+}
+
+/// The run directory of the checkpoint directory `ckpt`
+/// (`RUN/checkpoints/step-N`), whether or not it is still there.
+fn run_of(ckpt: &Path) -> PathBuf {
+    ckpt.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// The checkpoint `path` names: a run directory (its newest checkpoint
@@ -115,7 +120,7 @@ fn init_checkpoint(init: &InitFrom) -> Result<(PathBuf, Found), String> {
     let gone = || {
         format!("the run starts from the weights of `{}`, which is no longer a checkpoint", init.checkpoint.display())
     };
-    let run = init.checkpoint.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let run = run_of(&init.checkpoint);
     match locate(&init.checkpoint, Need::Weights) {
         Ok((_, Some(found))) if !init.newest => Ok((init.checkpoint.clone(), found)),
         Ok((_, Some(found))) => Ok((run, found)),

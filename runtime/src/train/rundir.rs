@@ -261,26 +261,27 @@ impl RunDir {
     /// something else). A run stopped before its first checkpoint is taken
     /// over: returns a note.
     pub fn create(&self) -> Result<Option<String>, String> {
-        let any = !self.step_dirs().is_empty();
+        let (usable, unusable) = self.survey(Need::Training);
         let has_run = self.info_path().exists();
-        if has_run && !self.list(Need::Training).is_empty() {
+        if has_run && !usable.is_empty() {
             return Err(format!(
                 "`{}` already holds a run; continue it with `--resume {}` or choose another --out",
                 self.root.display(),
                 self.root.display()
             ));
         }
-        if let Some(why) = self.unreadable(Need::Training).filter(|_| has_run) {
+        if has_run && !unusable.is_empty() {
             // Never written over: their weights may be all that is left of
             // the run.
             return Err(format!(
-                "`{}` holds checkpoints blkc cannot continue from ({why}); a new run does not start over them: \
+                "`{}` holds checkpoints blkc cannot continue from ({}); a new run does not start over them: \
                  move them out of `{}` to start again, or choose another --out",
                 self.root.display(),
+                unusable.join("; "),
                 self.checkpoints().display()
             ));
         }
-        if !has_run && (any || self.metrics().exists()) {
+        if !has_run && (!usable.is_empty() || !unusable.is_empty() || self.metrics().exists()) {
             return Err(format!(
                 "`{}` holds checkpoints or metrics but no run.json, so it is not a run blkc can continue or \
                  replace; choose another --out, or remove the directory",
@@ -316,21 +317,27 @@ impl RunDir {
         v
     }
 
-    /// The checkpoints complete for `need` (a `state.json` that reads,
-    /// beside a weights file, and for training an optimiser state), by
-    /// step.
-    pub fn list(&self, need: Need) -> Vec<(u64, PathBuf)> {
-        let mut v: Vec<(u64, PathBuf)> =
-            self.step_dirs().into_iter().filter_map(|p| complete(&p, need).ok().map(|s| (s.step, p))).collect();
-        v.sort();
-        v
+    /// The checkpoint directories, each read once: those complete for
+    /// `need` (a `state.json` that reads, beside a weights file, and for
+    /// training an optimiser state) by step, and why each other one cannot
+    /// be used.
+    fn survey(&self, need: Need) -> (Vec<Found>, Vec<String>) {
+        let (mut usable, mut why) = (Vec::new(), Vec::new());
+        for path in self.step_dirs() {
+            match complete(&path, need) {
+                Ok(state) => usable.push(Found { path, state, note: None }),
+                Err(e) => why.push(e),
+            }
+        }
+        usable.sort_by_key(|f| f.state.step);
+        (usable, why)
     }
 
     /// Why each checkpoint directory that is not complete for `need`
     /// cannot be used, joined for a message; `None` when every one can
     /// (or there are none).
     pub fn unreadable(&self, need: Need) -> Option<String> {
-        let why: Vec<String> = self.step_dirs().iter().filter_map(|p| complete(p, need).err()).collect();
+        let (_, why) = self.survey(need);
         (!why.is_empty()).then(|| why.join("; "))
     }
 
@@ -348,10 +355,9 @@ impl RunDir {
             },
             Err(_) => "`latest` is missing".to_string(),
         };
-        let (_, path) = self.list(need).pop()?;
-        let state = complete(&path, need).ok()?;
-        let note = format!("{why}; using the newest complete checkpoint, {}", path.display());
-        Some(Found { path, state, note: Some(note) })
+        let newest = self.survey(need).0.pop()?;
+        let note = format!("{why}; using the newest complete checkpoint, {}", newest.path.display());
+        Some(Found { note: Some(note), ..newest })
     }
 
     /// Writes checkpoint `state.step`: `fill` puts the weights and optimiser
